@@ -1,0 +1,63 @@
+# The two commands that matter: `make demo` and `make test`. Both set up everything they need.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: help venv up down status lint typecheck test test-unit test-integration demo bench clean codegen
+
+help:
+	@echo "make demo    - install, start the local services, run the demo"
+	@echo "make test    - install, start the services, lint, run every test"
+	@echo "make up      - start Kafka, PostgreSQL, Redis, S3 (s3proxy) and check ClickHouse (chdb)"
+	@echo "make down    - stop every service started by make up"
+	@echo "make status  - what runs where"
+	@echo "make bench   - run the benchmarks into benchmarks/out/results.json"
+	@echo "make lint    - ruff, mypy and import-linter"
+
+# The venv is rebuilt when the lock (constraints.txt) or pyproject.toml changes.
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+up: venv
+	$(PY) -m infra.stack up
+
+down:
+	@if [ -x $(PY) ]; then $(PY) -m infra.stack down; else echo "nothing to stop (no venv)"; fi
+
+status: venv
+	@$(PY) -m infra.stack status
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy .
+	$(VENV)/bin/lint-imports
+	$(PY) -m schemas.codegen --check
+
+codegen: venv
+	$(PY) -m schemas.codegen
+
+test-unit: venv
+	$(VENV)/bin/pytest tests/unit -q
+
+test-integration: up
+	$(VENV)/bin/pytest tests/integration -q
+
+test: lint up
+	$(VENV)/bin/pytest tests -q
+
+demo: up
+	$(VENV)/bin/reflux demo
+
+bench: up
+	$(PY) -m benchmarks.run
+
+clean: down
+	rm -rf var $(VENV)

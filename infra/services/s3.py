@@ -1,0 +1,87 @@
+"""An S3-compatible object store: s3proxy (Maven Central) with a filesystem backend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from infra.services.base import Service, ServiceError, port_open
+from infra.services.kafka import java_major, maven_classpath
+from reflux.settings import PROJECT_ROOT
+
+INFRA = PROJECT_ROOT / "infra" / "s3proxy"
+
+
+class S3(Service):
+    name = "s3"
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        url = urlparse(self.settings.s3_endpoint)
+        return url.hostname or "127.0.0.1", url.port or 80
+
+    @property
+    def endpoint(self) -> str:
+        return self.settings.s3_endpoint
+
+    @property
+    def libs(self) -> Path:
+        return self.root / "libs"
+
+    def install(self) -> None:
+        if java_major() < 17:
+            raise ServiceError("s3proxy here needs Java 17 or newer on PATH.")
+        maven_classpath(INFRA / "pom.xml", self.libs, [INFRA / "pom.xml"])
+
+    def port_in_use(self) -> bool:
+        return port_open(*self.host_port)
+
+    def launch(self) -> None:
+        _, port = self.host_port
+        data = self.root / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        config = self.root / "s3proxy.properties"
+        config.write_text(
+            (INFRA / "s3proxy.properties.tmpl")
+            .read_text()
+            .format(
+                port=port,
+                access_key=self.settings.s3_access_key,
+                secret_key=self.settings.s3_secret_key,
+                data_dir=data,
+            )
+        )
+        self.spawn(
+            [
+                "java",
+                "-Xms64m",
+                "-Xmx384m",
+                "-XX:+UseSerialGC",
+                "-cp",
+                f"{self.libs}/*",
+                "org.gaul.s3proxy.Main",
+                "--properties",
+                str(config),
+            ]
+        )
+
+    def client(self) -> Any:
+        from reflux.objectstore import s3_client
+
+        return s3_client(self.settings, connect_timeout=1, read_timeout=3)
+
+    def is_ready(self) -> bool:
+        if not port_open(*self.host_port):
+            return False
+        try:
+            client = self.client()
+            names = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
+            if self.settings.s3_bucket not in names:
+                client.create_bucket(Bucket=self.settings.s3_bucket)
+            return True
+        except Exception:
+            return False
+
+    def detail(self) -> str:
+        return f"s3proxy (filesystem backend), bucket '{self.settings.s3_bucket}', data {self.root}"

@@ -1,0 +1,7 @@
+"""The ``reflux`` command line."""
+
+from __future__ import annotations
+
+
+def main(argv: list[str] | None = None) -> int:
+    return 0

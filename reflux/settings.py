@@ -1,0 +1,52 @@
+"""The one typed, frozen settings object, built from ``REFLUX_*`` environment variables.
+
+Nothing else in the code base reads ``os.environ`` for configuration: components receive a
+``Settings`` instance (or call :func:`get_settings`) so tests and processes can be configured
+in one place.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    """Connection and tuning settings; every field maps to ``REFLUX_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="REFLUX_", frozen=True, extra="ignore")
+
+    # Where the local services keep their data (see infra/). One folder for everything.
+    data_dir: Path = PROJECT_ROOT / "var"
+
+    kafka_bootstrap: str = "127.0.0.1:19092"
+    # Every topic name starts with this prefix; tests use their own prefix for isolation.
+    topic_prefix: str = "reflux"
+    default_partitions: int = 6
+    replication_factor: int = 1
+
+    postgres_dsn: str = "postgresql://reflux@127.0.0.1:15432/reflux"
+    redis_url: str = "redis://127.0.0.1:16379/0"
+
+    s3_endpoint: str = "http://127.0.0.1:19000"
+    s3_access_key: str = "reflux"
+    # Credentials of the loopback-only local s3proxy; set real ones through the environment.
+    s3_secret_key: str = "reflux-secret-key"  # noqa: S105
+    s3_bucket: str = "reflux"
+    s3_region: str = "us-east-1"
+
+    # "chdb:///abs/path" selects the embedded engine (one process owns that folder);
+    # "http://host:8123" selects a ClickHouse server. Same client code either way.
+    clickhouse_dsn: str = ""
+
+    def resolved_clickhouse_dsn(self) -> str:
+        return self.clickhouse_dsn or f"chdb://{self.data_dir / 'chdb'}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

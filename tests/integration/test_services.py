@@ -1,0 +1,70 @@
+"""Each local service answers its own protocol, with the features the product relies on."""
+
+from __future__ import annotations
+
+import uuid
+
+import psycopg
+import redis
+from confluent_kafka.admin import AdminClient
+
+from infra.services.s3 import S3
+from projections.clickhouse import connect
+from reflux.settings import Settings
+
+
+def test_kafka_is_apache_kafka_in_kraft_mode(local_services: Settings) -> None:
+    admin = AdminClient({"bootstrap.servers": local_services.kafka_bootstrap})
+    cluster = admin.describe_cluster().result(timeout=10)
+    assert len(cluster.nodes) == 1
+    # KRaft brokers report a controller; there is no ZooKeeper in this deployment.
+    assert cluster.controller is not None
+
+
+def test_postgres_has_pgvector(local_services: Settings) -> None:
+    with psycopg.connect(local_services.postgres_dsn) as conn:
+        version = conn.execute("SHOW server_version").fetchone()
+        assert version is not None and version[0].startswith("18.")
+        row = conn.execute(
+            "SELECT extversion FROM pg_extension WHERE extname = 'vector'"
+        ).fetchone()
+        assert row is not None
+        distance = conn.execute("SELECT '[1,2,3]'::vector <-> '[1,2,5]'::vector").fetchone()
+        assert distance == (2.0,)
+
+
+def test_redis_round_trip(local_services: Settings) -> None:
+    client = redis.Redis.from_url(local_services.redis_url)
+    key = f"test:{uuid.uuid4()}"
+    client.set(key, b"value", ex=30)
+    assert client.get(key) == b"value"
+
+
+def test_s3_put_get_with_boto3(local_services: Settings) -> None:
+    s3 = S3(local_services).client()
+    key = f"tests/{uuid.uuid4()}.bin"
+    body = bytes(range(256)) * 1024
+    s3.put_object(Bucket=local_services.s3_bucket, Key=key, Body=body)
+    got = s3.get_object(Bucket=local_services.s3_bucket, Key=key)["Body"].read()
+    assert got == body
+    s3.delete_object(Bucket=local_services.s3_bucket, Key=key)
+
+
+def test_clickhouse_embedded_engine_answers_queries(local_services: Settings, tmp_path) -> None:
+    # A private folder: the default store belongs to the process that owns it.
+    settings = local_services.model_copy(update={"clickhouse_dsn": f"chdb://{tmp_path / 'chdb'}"})
+    client = connect(settings)
+    try:
+        assert client.mode == "embedded"
+        rows = client.query(
+            "SELECT 1 + 1 AS two, %(word)s AS word, version() AS v", {"word": "it's"}
+        )
+        assert rows[0]["two"] == 2 and rows[0]["word"] == "it's"
+        assert int(rows[0]["v"].split(".")[0]) >= 25
+        client.command("CREATE TABLE t (id UInt64) ENGINE = MergeTree ORDER BY id")
+        client.command("INSERT INTO t SELECT number FROM numbers(1000)")
+        assert client.query("SELECT count() AS n, sum(id) AS s FROM t") == [
+            {"n": 1000, "s": 499500}
+        ]
+    finally:
+        client.close()
