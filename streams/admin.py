@@ -1,0 +1,291 @@
+"""Create and inspect the catalog's topics, idempotently and without ever touching data.
+
+:func:`ensure_topics` creates what is missing, leaves matching topics alone and raises
+:class:`TopicMismatchError` when an existing topic cannot be what the catalog says. It never
+deletes a topic, adds partitions or alters configs: changing the partition count of a keyed topic
+moves keys to other partitions (breaking per-run ordering and co-partitioning), and flipping
+``cleanup.policy`` can erase history. Those are migrations a person decides on.
+
+Other config drift (e.g. ``retention.ms`` changed by an operator) is reported, not fixed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient
+
+# The admin package re-exports these without __all__; import from their defining modules so
+# mypy --strict sees them.
+from confluent_kafka.admin._config import ConfigResource
+from confluent_kafka.admin._resource import ResourceType
+from confluent_kafka.cimpl import NewTopic
+
+from reflux.errors import ConfigurationError, ServiceUnavailableError
+from reflux.settings import Settings, get_settings
+from streams.catalog import TopicCatalog, TopicSpec
+
+__all__ = [
+    "EnsureReport",
+    "TopicMismatch",
+    "TopicMismatchError",
+    "TopicState",
+    "admin_client",
+    "describe_topics",
+    "ensure_topics",
+]
+
+TopicStatus = Literal["ok", "missing", "mismatch"]
+
+
+@dataclass(frozen=True, slots=True)
+class TopicMismatch:
+    topic: str
+    setting: str
+    expected: str
+    actual: str
+
+    def __str__(self) -> str:
+        return (
+            f"Expected topic {self.topic!r} to have {self.setting}={self.expected}, "
+            f"but it has {self.setting}={self.actual}"
+        )
+
+
+class TopicMismatchError(ConfigurationError):
+    """An existing topic contradicts the catalog in a way only a migration can fix."""
+
+    error_class = "TopicMismatch"
+
+    def __init__(self, mismatches: Sequence[TopicMismatch]) -> None:
+        self.mismatches = tuple(mismatches)
+        lines = "\n".join(f"  - {m}" for m in self.mismatches)
+        super().__init__(
+            f"{len(self.mismatches)} existing topic(s) do not match the catalog; nothing was "
+            f"changed (fixing this needs a deliberate migration):\n{lines}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TopicState:
+    """A catalog spec next to what the broker has."""
+
+    spec: TopicSpec
+    exists: bool
+    partitions: int | None = None
+    replication: int | None = None
+    configs: Mapping[str, str] = field(default_factory=dict)
+    mismatches: tuple[TopicMismatch, ...] = ()
+    """Partition count or cleanup.policy differ: fatal, never fixed automatically."""
+    drift: tuple[TopicMismatch, ...] = ()
+    """Other catalog configs or replication differ: reported only."""
+
+    @property
+    def status(self) -> TopicStatus:
+        if not self.exists:
+            return "missing"
+        return "mismatch" if self.mismatches else "ok"
+
+
+@dataclass(frozen=True, slots=True)
+class EnsureReport:
+    created: tuple[str, ...]
+    unchanged: tuple[str, ...]
+    drift: tuple[TopicMismatch, ...] = ()
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.created)
+
+
+def admin_client(settings: Settings | None = None) -> AdminClient:
+    settings = settings or get_settings()
+    return AdminClient({"bootstrap.servers": settings.kafka_bootstrap, "socket.timeout.ms": 10000})
+
+
+def _unavailable(bootstrap: str, exc: BaseException) -> ServiceUnavailableError:
+    return ServiceUnavailableError(
+        f"Expected a Kafka broker at {bootstrap}, but it could not be reached ({exc}). "
+        "Is it running? Try `make up` / `make status`."
+    )
+
+
+def _result(future: Future[Any], timeout: float) -> Any:
+    return future.result(timeout=timeout)
+
+
+def _bootstrap(settings: Settings | None) -> str:
+    return (settings or get_settings()).kafka_bootstrap
+
+
+def describe_topics(
+    catalog: TopicCatalog,
+    specs: Iterable[TopicSpec] | None = None,
+    *,
+    admin: AdminClient | None = None,
+    settings: Settings | None = None,
+    timeout: float = 10.0,
+) -> list[TopicState]:
+    """Compare each spec (default: every fixed catalog topic) with the broker."""
+    specs = list(catalog if specs is None else specs)
+    client = admin or admin_client(settings)
+    try:
+        metadata = client.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        raise _unavailable(_bootstrap(settings), exc) from exc
+
+    existing = {s.topic: metadata.topics[s.topic] for s in specs if s.topic in metadata.topics}
+    configs: dict[str, dict[str, str]] = {}
+    if existing:
+        resources = [ConfigResource(ResourceType.TOPIC, name) for name in existing]
+        try:
+            futures = client.describe_configs(resources, request_timeout=timeout)
+            for resource, future in futures.items():
+                entries = _result(future, timeout)
+                configs[resource.name] = {k: str(v.value) for k, v in entries.items()}
+        except KafkaException as exc:
+            raise _unavailable(_bootstrap(settings), exc) from exc
+
+    states: list[TopicState] = []
+    for spec in specs:
+        meta = existing.get(spec.topic)
+        if meta is None:
+            states.append(TopicState(spec=spec, exists=False))
+            continue
+        partitions = len(meta.partitions)
+        replication = min((len(p.replicas) for p in meta.partitions.values()), default=0)
+        actual = configs.get(spec.topic, {})
+        mismatches: list[TopicMismatch] = []
+        drift: list[TopicMismatch] = []
+        if partitions != spec.partitions:
+            mismatches.append(
+                TopicMismatch(spec.topic, "partitions", str(spec.partitions), str(partitions))
+            )
+        for key, expected in spec.configs.items():
+            value = actual.get(key, "<unset>")
+            if value != expected:
+                target = mismatches if key == "cleanup.policy" else drift
+                target.append(TopicMismatch(spec.topic, key, expected, value))
+        if replication != spec.replication:
+            drift.append(
+                TopicMismatch(spec.topic, "replication", str(spec.replication), str(replication))
+            )
+        states.append(
+            TopicState(
+                spec=spec,
+                exists=True,
+                partitions=partitions,
+                replication=replication,
+                configs={k: actual[k] for k in sorted(actual)},
+                mismatches=tuple(mismatches),
+                drift=tuple(drift),
+            )
+        )
+    return states
+
+
+def ensure_topics(
+    catalog: TopicCatalog,
+    specs: Iterable[TopicSpec] | None = None,
+    *,
+    admin: AdminClient | None = None,
+    settings: Settings | None = None,
+    timeout: float = 15.0,
+) -> EnsureReport:
+    """Create the missing topics among ``specs`` (default: every fixed catalog topic).
+
+    Checks everything before creating anything, so a mismatch leaves the cluster as it was.
+    Safe to run concurrently: a topic created by someone else in between is verified, not
+    recreated.
+    """
+    specs = list(catalog if specs is None else specs)
+    client = admin or admin_client(settings)
+    states = describe_topics(catalog, specs, admin=client, settings=settings, timeout=timeout)
+    _raise_on_mismatch(states)
+
+    missing = [s.spec for s in states if not s.exists]
+    created: list[str] = []
+    raced: list[TopicSpec] = []
+    if missing:
+        new_topics = [
+            NewTopic(
+                s.topic,
+                num_partitions=s.partitions,
+                replication_factor=s.replication,
+                config=dict(s.configs),
+            )
+            for s in missing
+        ]
+        futures = client.create_topics(
+            new_topics, operation_timeout=timeout, request_timeout=timeout
+        )
+        by_name = {s.topic: s for s in missing}
+        for name, future in futures.items():
+            try:
+                _result(future, timeout)
+                created.append(name)
+            except KafkaException as exc:
+                error = exc.args[0] if exc.args else None
+                if (
+                    isinstance(error, KafkaError)
+                    and error.code() == KafkaError.TOPIC_ALREADY_EXISTS
+                ):
+                    raced.append(by_name[name])
+                    continue
+                raise ConfigurationError(
+                    f"Expected to create topic {name!r}, but the broker refused: {exc}"
+                ) from exc
+        _wait_for_leaders(client, created, timeout, settings)
+    if raced:
+        _raise_on_mismatch(
+            describe_topics(catalog, raced, admin=client, settings=settings, timeout=timeout)
+        )
+
+    created_set = set(created)
+    return EnsureReport(
+        created=tuple(sorted(created_set)),
+        unchanged=tuple(sorted(s.topic for s in specs if s.topic not in created_set)),
+        drift=tuple(d for s in states for d in s.drift),
+    )
+
+
+def _raise_on_mismatch(states: Iterable[TopicState]) -> None:
+    mismatches = [m for s in states for m in s.mismatches]
+    if mismatches:
+        raise TopicMismatchError(mismatches)
+
+
+def _wait_for_leaders(
+    client: AdminClient, topics: Sequence[str], timeout: float, settings: Settings | None
+) -> None:
+    """Creation is acknowledged before every partition has a leader; wait so callers can
+    produce right away instead of racing the controller."""
+    deadline = time.monotonic() + timeout
+    pending = set(topics)
+    while pending:
+        try:
+            metadata = client.list_topics(timeout=max(deadline - time.monotonic(), 0.1))
+        except KafkaException as exc:
+            raise _unavailable(_bootstrap(settings), exc) from exc
+        for name in list(pending):
+            meta = metadata.topics.get(name)
+            if (
+                meta is not None
+                and meta.error is None
+                and meta.partitions
+                and all(p.leader >= 0 and p.error is None for p in meta.partitions.values())
+            ):
+                pending.discard(name)
+        if not pending:
+            return
+        if time.monotonic() >= deadline:
+            raise ServiceUnavailableError(
+                f"Expected leaders for new topics {sorted(pending)} within {timeout}s, "
+                "but they have none yet"
+            )
+        time.sleep(0.05)

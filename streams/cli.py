@@ -1,0 +1,133 @@
+"""``reflux topics create`` / ``reflux topics list``.
+
+Wire into the main parser with::
+
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    add_topics_commands(subparsers)
+    args = parser.parse_args(argv)
+    return args.handler(args)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from reflux.errors import RefluxError
+from reflux.settings import Settings, get_settings
+from streams.admin import TopicState, describe_topics, ensure_topics
+from streams.catalog import TopicCatalog, TopicSpec
+
+__all__ = ["add_topics_commands", "handle_topics", "render_table"]
+
+
+def add_topics_commands(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``topics`` command (with ``create`` and ``list``) to an argparse subparsers."""
+    topics: argparse.ArgumentParser = subparsers.add_parser(
+        "topics", help="create and inspect the Kafka topics"
+    )
+    actions = topics.add_subparsers(dest="topics_action", required=True)
+    for name, help_text in (
+        ("create", "create missing topics (idempotent; never alters existing ones)"),
+        ("list", "show each catalog topic next to what the broker has"),
+    ):
+        action = actions.add_parser(name, help=help_text)
+        action.add_argument("--bootstrap", help="Kafka bootstrap servers (default: settings)")
+        action.add_argument("--prefix", help="topic prefix (default: settings)")
+        action.add_argument(
+            "--invoke",
+            action="append",
+            default=[],
+            metavar="NODE:MAJOR",
+            help="also include invoke topic(s), e.g. --invoke http.request:1 (repeatable)",
+        )
+        action.add_argument("--timeout", type=float, default=15.0, help="seconds (default 15)")
+        action.set_defaults(handler=handle_topics)
+    return topics
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    updates: dict[str, Any] = {}
+    if args.bootstrap:
+        updates["kafka_bootstrap"] = args.bootstrap
+    if args.prefix:
+        updates["topic_prefix"] = args.prefix
+    return get_settings().model_copy(update=updates)
+
+
+def _specs(catalog: TopicCatalog, invoke: Sequence[str]) -> list[TopicSpec]:
+    specs = list(catalog)
+    for item in invoke:
+        node, sep, major = item.rpartition(":")
+        if not sep or not major.isdigit():
+            raise RefluxError(f"Expected --invoke NODE:MAJOR (e.g. http.request:1), got {item!r}")
+        specs.append(catalog.invoke_topic(node, int(major)))
+    return specs
+
+
+def render_table(rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _state_rows(states: Sequence[TopicState]) -> list[list[str]]:
+    rows = [["topic", "status", "partitions", "replication", "cleanup", "retention.ms", "key"]]
+    for s in states:
+        actual_partitions = "-" if s.partitions is None else str(s.partitions)
+        partitions = (
+            str(s.spec.partitions)
+            if s.partitions in (None, s.spec.partitions)
+            else f"{actual_partitions} (want {s.spec.partitions})"
+        )
+        cleanup = s.configs.get("cleanup.policy", s.spec.cleanup_policy)
+        if s.exists and cleanup != s.spec.cleanup_policy:
+            cleanup = f"{cleanup} (want {s.spec.cleanup_policy})"
+        retention = s.configs.get("retention.ms", s.spec.configs.get("retention.ms", "-"))
+        rows.append(
+            [
+                s.spec.topic,
+                s.status,
+                partitions,
+                str(s.replication if s.replication is not None else s.spec.replication),
+                cleanup,
+                retention,
+                s.spec.key,
+            ]
+        )
+    return rows
+
+
+def handle_topics(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    try:
+        settings = _settings(args)
+        catalog = TopicCatalog.from_settings(settings)
+        specs = _specs(catalog, args.invoke)
+        if args.topics_action == "create":
+            print(
+                f"ensuring {len(specs)} topics on {settings.kafka_bootstrap} "
+                f"(prefix {catalog.prefix!r})",
+                file=out,
+            )
+            report = ensure_topics(catalog, specs, settings=settings, timeout=args.timeout)
+            for name in report.created:
+                print(f"  created   {name}", file=out)
+            for name in report.unchanged:
+                print(f"  exists    {name}", file=out)
+            for drift in report.drift:
+                print(f"  warning   {drift} (left as is)", file=out)
+            print(f"{len(report.created)} created, {len(report.unchanged)} unchanged", file=out)
+            return 0
+        states = describe_topics(catalog, specs, settings=settings, timeout=args.timeout)
+        print(render_table(_state_rows(states)), file=out)
+        problems = [m for s in states for m in (*s.mismatches, *s.drift)]
+        for problem in problems:
+            print(f"! {problem}", file=out)
+        return 1 if any(s.status == "mismatch" for s in states) else 0
+    except RefluxError as exc:
+        print(f"error [{exc.error_class}]: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,465 @@
+"""A typed consumer with manual commits and dead-lettering of poison records.
+
+Commit order (quix-streams style) -- the one rule that makes processing at-least-once:
+
+1. process the records (handlers write their outputs through a :class:`~streams.producer.Producer`);
+2. flush the caller's producers (``commit(flush=[...])``): outputs are on the broker;
+3. flush the dead-letter producer: every poison record is on the ``dlq`` topic;
+4. commit the consumed offsets, synchronously.
+
+A crash anywhere before step 4 re-delivers the records, which are then processed again
+(duplicates are possible, losses are not); consumers dedupe on ``(run_id, seq)`` / ``event_id``.
+If a flush raises, the commit does not happen.
+
+Poison records never block a partition: a record that cannot be decoded (``MalformedRecordError``,
+``UnknownSchemaError``, any ``SchemaError``) or whose handler raises a non-retryable error is
+published to ``dlq`` (:mod:`streams.dlq`) and processing continues with the next record. A handler
+that raises a *retryable* error (:class:`reflux.errors.RetryableError`) makes :meth:`process`
+rewind that partition to the failed record; the rest of the batch goes on.
+
+Positions: a record counts as consumed once it was handed to the caller (``poll_batch`` /
+iteration) or dead-lettered; :meth:`Consumer.commit` without arguments commits those positions.
+That matches a single-threaded loop, where the caller is done with the previous records when it
+asks for more. On a rebalance, positions of revoked partitions are committed (after flushing the
+DLQ) before the partitions go; positions of lost partitions are dropped, their records will be
+re-delivered to the new owner.
+
+The ``range`` assignor is used on purpose: it gives one member the same partition numbers of
+every subscribed topic, which is what co-partitioned topics (``commands``/``runs``/``results``)
+need.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Final, Self
+
+from confluent_kafka import Consumer as _KafkaConsumer
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
+
+from reflux.errors import RefluxError, ServiceUnavailableError
+from reflux.settings import Settings, get_settings
+from schemas import serde
+from schemas.base import RefluxRecord
+from schemas.errors import SchemaError
+from streams.catalog import TopicCatalog, TopicSpec
+from streams.dlq import DeadLetterPublisher, PoisonRecord
+from streams.producer import TYPE_HEADER, Producer
+
+__all__ = [
+    "BatchResult",
+    "ConsumedRecord",
+    "Consumer",
+    "RebalanceHook",
+    "consumer_config",
+    "error_class_of",
+    "is_retryable",
+]
+
+log = logging.getLogger(__name__)
+
+RebalanceHook = Callable[[list[TopicPartition]], None]
+Decoder = Callable[[bytes], RefluxRecord]
+
+DEFAULT_CONFIG: Final[Mapping[str, Any]] = {
+    "enable.auto.commit": False,
+    # Positions are tracked here, not by librdkafka's store, so nothing advances by accident.
+    "enable.auto.offset.store": False,
+    "auto.offset.reset": "earliest",
+    "partition.assignment.strategy": "range",
+    "isolation.level": "read_committed",
+}
+_FORCED: Final[Mapping[str, Any]] = {"enable.auto.commit": False}
+
+
+def consumer_config(
+    group_id: str, settings: Settings | None = None, overrides: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    settings = settings or get_settings()
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "group.id": group_id,
+        **DEFAULT_CONFIG,
+    }
+    config.update(overrides or {})
+    config.update(_FORCED)
+    return config
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumedRecord:
+    """One decoded record and where it came from."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: RefluxRecord | None
+    """The decoded record; ``None`` for a tombstone (compacted topics)."""
+    headers: tuple[tuple[str, bytes], ...]
+    timestamp_ms: int | None
+    raw: bytes | None
+
+    def header(self, name: str) -> bytes | None:
+        """The last value of a header, or ``None``."""
+        for header_name, value in reversed(self.headers):
+            if header_name == name:
+                return value
+        return None
+
+    @property
+    def record_type(self) -> str | None:
+        value = self.header(TYPE_HEADER)
+        return value.decode() if value is not None else None
+
+    def poison(self) -> PoisonRecord:
+        return PoisonRecord(
+            self.topic, self.partition, self.offset, self.key, self.raw, self.headers
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    processed: int = 0
+    dead_lettered: int = 0
+    retried: int = 0
+    """Partitions rewound because a handler raised a retryable error."""
+
+    @property
+    def empty(self) -> bool:
+        return not (self.processed or self.dead_lettered or self.retried)
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Whether a handler failure should be retried (rewind) rather than dead-lettered.
+
+    Only errors that say so are retried; anything else (bugs included) would block the
+    partition forever if retried, so it is dead-lettered with its original bytes instead.
+    Wrap transient I/O failures in :class:`reflux.errors.RetryableError`.
+    """
+    if isinstance(exc, RefluxError | SchemaError):
+        return bool(exc.retryable)
+    if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
+        return bool(exc.args[0].retriable())
+    return False
+
+
+def error_class_of(exc: BaseException) -> str:
+    error_class = getattr(exc, "error_class", None)
+    return error_class if isinstance(error_class, str) else type(exc).__name__
+
+
+def _headers(message: Message) -> tuple[tuple[str, bytes], ...]:
+    headers = message.headers() or []
+    items = headers.items() if isinstance(headers, dict) else headers
+    return tuple(
+        (name, value.encode() if isinstance(value, str) else (value or b""))
+        for name, value in items
+    )
+
+
+def _poison(message: Message) -> PoisonRecord:
+    return PoisonRecord(
+        message.topic() or "",
+        message.partition() or 0,
+        message.offset() or 0,
+        message.key(),
+        message.value(),
+        _headers(message),
+    )
+
+
+class Consumer:
+    """Subscribes to topics in a consumer group; see the module docstring for the contract."""
+
+    def __init__(
+        self,
+        topics: Sequence[str | TopicSpec],
+        group_id: str,
+        settings: Settings | None = None,
+        *,
+        catalog: TopicCatalog | None = None,
+        dead_letters: DeadLetterPublisher | None = None,
+        config: Mapping[str, Any] | None = None,
+        expected: type[RefluxRecord] | tuple[type[RefluxRecord], ...] | None = None,
+        decoder: Decoder | None = None,
+        on_assign: RebalanceHook | None = None,
+        on_revoke: RebalanceHook | None = None,
+        on_lost: RebalanceHook | None = None,
+    ) -> None:
+        settings = settings or get_settings()
+        self.group_id = group_id
+        self.topics = [t.topic if isinstance(t, TopicSpec) else t for t in topics]
+        if decoder is None:
+            # A record of a type this consumer cannot handle is poison too (dead-lettered).
+            def decoder(data: bytes) -> RefluxRecord:
+                return serde.decode(data, expected)
+
+        self._decoder: Decoder = decoder
+        self._hooks = (on_assign, on_revoke, on_lost)
+        self._owned_producer: Producer | None = None
+        if dead_letters is None:
+            catalog = catalog or TopicCatalog.from_settings(settings)
+            self._owned_producer = Producer(settings, client_id=f"{group_id}-dlq")
+            dead_letters = DeadLetterPublisher(self._owned_producer, catalog.dlq, group_id)
+        self.dead_letters = dead_letters
+        # (topic, partition) -> next offset to commit.
+        self._positions: dict[tuple[str, int], int] = {}
+        self._consumer = _KafkaConsumer(consumer_config(group_id, settings, config))
+        self._consumer.subscribe(
+            self.topics,
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        self._closed = False
+
+    # -- rebalancing ---------------------------------------------------------------------------
+
+    def _on_assign(self, _consumer: _KafkaConsumer, partitions: list[TopicPartition]) -> None:
+        if self._hooks[0]:
+            self._hooks[0](partitions)
+
+    def _on_revoke(self, _consumer: _KafkaConsumer, partitions: list[TopicPartition]) -> None:
+        revoked = {(p.topic, p.partition) for p in partitions}
+        try:
+            self._commit_positions(
+                {tp: pos for tp, pos in self._positions.items() if tp in revoked}
+            )
+        except RefluxError as exc:
+            # The new owner re-processes from the last commit: duplicates, never losses.
+            log.warning("commit on revoke failed for %s: %s", sorted(revoked), exc)
+        for tp in revoked:
+            self._positions.pop(tp, None)
+        if self._hooks[1]:
+            self._hooks[1](partitions)
+
+    def _on_lost(self, _consumer: _KafkaConsumer, partitions: list[TopicPartition]) -> None:
+        for p in partitions:
+            self._positions.pop((p.topic, p.partition), None)
+        if self._hooks[2]:
+            self._hooks[2](partitions)
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def _consume(self, max_records: int, timeout: float) -> list[Message]:
+        try:
+            messages = self._consumer.consume(max_records, timeout)
+        except KafkaException as exc:
+            raise ServiceUnavailableError(f"Expected to consume {self.topics}: {exc}") from exc
+        good: list[Message] = []
+        for message in messages:
+            error = message.error()
+            if error is None:
+                good.append(message)
+            elif error.fatal():
+                raise RefluxError(
+                    f"Expected to consume {self.topics}, but the client failed: {error}",
+                    error_class="KafkaFatal",
+                )
+            elif error.code() != KafkaError._PARTITION_EOF:
+                log.warning("consumer %s: %s", self.group_id, error)
+        return good
+
+    def _advance(self, topic: str, partition: int, offset: int) -> None:
+        key = (topic, partition)
+        self._positions[key] = max(self._positions.get(key, 0), offset + 1)
+
+    def _decode(self, message: Message) -> ConsumedRecord | None:
+        """The decoded record, or ``None`` after dead-lettering a record that cannot be decoded."""
+        value = message.value()
+        try:
+            decoded = None if value is None else self._decoder(value)
+        except SchemaError as exc:
+            self.dead_letters.publish(_poison(message), exc.error_class, str(exc))
+            return None
+        timestamp_type, timestamp = message.timestamp()
+        return ConsumedRecord(
+            topic=message.topic() or "",
+            partition=message.partition() or 0,
+            offset=message.offset() or 0,
+            key=message.key(),
+            value=decoded,
+            headers=_headers(message),
+            timestamp_ms=timestamp if timestamp_type else None,
+            raw=value,
+        )
+
+    def poll_batch(self, max_records: int = 500, timeout: float = 1.0) -> list[ConsumedRecord]:
+        """Up to ``max_records`` decoded records; poison ones are dead-lettered and left out."""
+        records: list[ConsumedRecord] = []
+        for message in self._consume(max_records, timeout):
+            record = self._decode(message)
+            self._advance(message.topic() or "", message.partition() or 0, message.offset() or 0)
+            if record is not None:
+                records.append(record)
+        return records
+
+    def records(
+        self, poll_timeout: float = 1.0, *, idle_timeout: float | None = None
+    ) -> Iterator[ConsumedRecord]:
+        """Records one by one; ends after ``idle_timeout`` seconds without any (never if None)."""
+        last_seen = time.monotonic()
+        while not self._closed:
+            messages = self._consume(500, poll_timeout)
+            if messages:
+                last_seen = time.monotonic()
+            elif idle_timeout is not None and time.monotonic() - last_seen >= idle_timeout:
+                return
+            for message in messages:
+                record = self._decode(message)
+                # Advance before yielding: a caller that breaks out after processing this
+                # record must still commit it.
+                self._advance(
+                    message.topic() or "", message.partition() or 0, message.offset() or 0
+                )
+                if record is not None:
+                    yield record
+
+    def __iter__(self) -> Iterator[ConsumedRecord]:
+        return self.records()
+
+    def process(
+        self,
+        handler: Callable[[ConsumedRecord], None],
+        *,
+        max_records: int = 500,
+        timeout: float = 1.0,
+        flush: Sequence[Producer] = (),
+        retry_backoff: float = 0.2,
+    ) -> BatchResult:
+        """Poll one batch, run ``handler`` on each record, then flush and commit.
+
+        A record whose handler raises a retryable error is re-delivered by rewinding its
+        partition (the following records of that partition wait); any other failure
+        dead-letters the record and processing goes on.
+        """
+        processed = dead = retried = 0
+        rewound: set[tuple[str, int]] = set()
+        for message in self._consume(max_records, timeout):
+            tp = (message.topic() or "", message.partition() or 0)
+            offset = message.offset() or 0
+            if tp in rewound:
+                continue
+            record = self._decode(message)
+            if record is None:
+                dead += 1
+            else:
+                try:
+                    handler(record)
+                    processed += 1
+                except Exception as exc:
+                    if is_retryable(exc):
+                        log.info("retrying %s/%s@%s: %s", tp[0], tp[1], offset, exc)
+                        self._consumer.seek(TopicPartition(tp[0], tp[1], offset))
+                        rewound.add(tp)
+                        retried += 1
+                        continue
+                    log.warning("dead-lettering %s/%s@%s: %s", tp[0], tp[1], offset, exc)
+                    reason = str(exc) or repr(exc)
+                    self.dead_letters.publish(record.poison(), error_class_of(exc), reason)
+                    dead += 1
+            self._advance(tp[0], tp[1], offset)
+        self.commit(flush=flush)
+        if rewound and retry_backoff > 0:
+            time.sleep(retry_backoff)
+        return BatchResult(processed=processed, dead_lettered=dead, retried=retried)
+
+    # -- committing ----------------------------------------------------------------------------
+
+    def commit(
+        self,
+        records: Iterable[ConsumedRecord] | None = None,
+        *,
+        flush: Sequence[Producer] = (),
+        timeout: float = 30.0,
+    ) -> dict[tuple[str, int], int]:
+        """Flush ``flush`` and the DLQ, then commit; returns the committed positions.
+
+        Without ``records``, commits everything handed out or dead-lettered so far; with them,
+        the position just after the last given record of each partition.
+        """
+        for producer in flush:
+            producer.flush(timeout)
+        self.dead_letters.flush(timeout)
+        if records is None:
+            positions = dict(self._positions)
+        else:
+            positions = {}
+            for r in records:
+                key = (r.topic, r.partition)
+                positions[key] = max(positions.get(key, 0), r.offset + 1)
+        self._commit_positions(positions)
+        for key, position in positions.items():
+            if self._positions.get(key, -1) <= position:
+                self._positions.pop(key, None)
+        return positions
+
+    def _commit_positions(self, positions: Mapping[tuple[str, int], int]) -> None:
+        if not positions:
+            return
+        self.dead_letters.flush()
+        offsets = [TopicPartition(t, p, o) for (t, p), o in sorted(positions.items())]
+        try:
+            result = self._consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            raise RefluxError(
+                f"Expected to commit {positions} for group {self.group_id}, but: {exc}",
+                error_class="CommitFailed",
+            ) from exc
+        failed = [tp for tp in result if tp.error is not None]
+        if failed:
+            raise RefluxError(
+                f"Expected to commit offsets for group {self.group_id}, but these failed: "
+                + ", ".join(f"{tp.topic}/{tp.partition}: {tp.error}" for tp in failed),
+                error_class="CommitFailed",
+            )
+
+    def committed(self, timeout: float = 10.0) -> dict[tuple[str, int], int]:
+        """The group's committed offsets for the assigned partitions (for tests and tooling)."""
+        assigned = self._consumer.assignment()
+        if not assigned:
+            return {}
+        return {
+            (tp.topic, tp.partition): tp.offset
+            for tp in self._consumer.committed(assigned, timeout=timeout)
+        }
+
+    def assignment(self) -> list[TopicPartition]:
+        return self._consumer.assignment()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def close(self, *, commit: bool = True) -> None:
+        """Commit what was consumed (DLQ flushed first), leave the group, release clients."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if commit:
+                self.commit()
+        finally:
+            # Leaving the group revokes the partitions; the revoke callback must not commit
+            # what the caller chose not to (or failed to) commit.
+            self._positions.clear()
+            try:
+                self._consumer.close()
+            finally:
+                if self._owned_producer is not None:
+                    self._owned_producer.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # On error, do not commit: the records were possibly not processed.
+        self.close(commit=exc is None)

@@ -1,0 +1,121 @@
+"""Topic admin against the real broker: idempotent creation, mismatches refused, data untouched."""
+
+# Fixtures are imported from kafka_fixtures (conftest.py belongs to the lead); pytest injects
+# them by parameter name, which ruff reads as redefinition.
+# ruff: noqa: F401, F811
+
+from __future__ import annotations
+
+import argparse
+import io
+
+import pytest
+from confluent_kafka import Consumer as RawConsumer
+from confluent_kafka import Producer as RawProducer
+from confluent_kafka import TopicPartition
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
+from reflux.errors import ConfigurationError
+from reflux.settings import Settings
+from streams.admin import TopicMismatchError, describe_topics, ensure_topics
+from streams.catalog import TopicCatalog
+from streams.cli import add_topics_commands
+from tests.integration.kafka_fixtures import admin, catalog, kafka_settings
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
+
+
+def test_ensure_topics_is_idempotent(catalog: TopicCatalog, admin: AdminClient) -> None:
+    first = ensure_topics(catalog, admin=admin)
+    assert sorted(first.created) == sorted(s.topic for s in catalog)
+    assert first.unchanged == ()
+
+    second = ensure_topics(catalog, admin=admin)
+    assert second.created == ()
+    assert sorted(second.unchanged) == sorted(s.topic for s in catalog)
+    assert second.drift == ()
+
+    states = {s.spec.logical: s for s in describe_topics(catalog, admin=admin)}
+    assert {s.status for s in states.values()} == {"ok"}
+    assert states["runs"].partitions == 3
+    assert states["runs"].configs["retention.ms"] == "-1"
+    assert states["workflows"].configs["cleanup.policy"] == "compact"
+    assert states["commands"].partitions == states["results"].partitions == 3
+
+
+def test_invoke_topics_are_created_on_demand(catalog: TopicCatalog, admin: AdminClient) -> None:
+    spec = catalog.invoke_topic("http.request", 1)
+    report = ensure_topics(catalog, [spec], admin=admin)
+    assert report.created == (f"{catalog.prefix}.invoke.http.request.v1",)
+    assert spec.topic in admin.list_topics(timeout=5).topics
+
+
+def test_wrong_partition_count_is_refused_and_left_untouched(
+    catalog: TopicCatalog, admin: AdminClient, kafka_settings: Settings
+) -> None:
+    runs = catalog.runs.topic
+    workflows = catalog.workflows.topic
+    futures = admin.create_topics(
+        [
+            NewTopic(runs, num_partitions=2, replication_factor=1),
+            NewTopic(workflows, 3, 1, config={"cleanup.policy": "delete"}),
+        ]
+    )
+    for future in futures.values():
+        future.result(timeout=10)
+    producer = RawProducer({"bootstrap.servers": kafka_settings.kafka_bootstrap})
+    producer.produce(runs, value=b"precious", key=b"run-1")
+    assert producer.flush(10) == 0
+
+    with pytest.raises(TopicMismatchError) as info:
+        ensure_topics(catalog, admin=admin)
+    message = str(info.value)
+    assert f"Expected topic '{runs}' to have partitions=3, but it has partitions=2" in message
+    assert f"'{workflows}' to have cleanup.policy=compact, but it has cleanup.policy=delete" in (
+        message
+    )
+    assert "nothing was changed" in message
+    assert isinstance(info.value, ConfigurationError)
+    assert {(m.topic, m.setting) for m in info.value.mismatches} == {
+        (runs, "partitions"),
+        (workflows, "cleanup.policy"),
+    }
+
+    # Nothing was created, altered or deleted.
+    existing = admin.list_topics(timeout=5).topics
+    assert len(existing[runs].partitions) == 2
+    assert catalog.commands.topic not in existing
+    probe = RawConsumer({"bootstrap.servers": kafka_settings.kafka_bootstrap, "group.id": "probe"})
+    try:
+        total = 0
+        for partition in (0, 1):
+            low, high = probe.get_watermark_offsets(TopicPartition(runs, partition), timeout=5)
+            total += high - low
+        assert total == 1
+    finally:
+        probe.close()
+
+
+def test_cli_create_and_list(kafka_settings: Settings, admin: AdminClient) -> None:
+    parser = argparse.ArgumentParser(prog="reflux")
+    add_topics_commands(parser.add_subparsers(dest="command", required=True))
+    common = [
+        "--bootstrap",
+        kafka_settings.kafka_bootstrap,
+        "--prefix",
+        kafka_settings.topic_prefix,
+        "--invoke",
+        "code.run:2",
+    ]
+    out = io.StringIO()
+    args = parser.parse_args(["topics", "create", *common])
+    assert args.handler(args, out) == 0
+    assert "10 created, 0 unchanged" in out.getvalue()
+
+    out = io.StringIO()
+    args = parser.parse_args(["topics", "list", *common])
+    assert args.handler(args, out) == 0
+    table = out.getvalue()
+    assert f"{kafka_settings.topic_prefix}.invoke.code.run.v2" in table
+    assert "missing" not in table and "mismatch" not in table
