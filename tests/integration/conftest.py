@@ -31,3 +31,7 @@ def isolated_settings(local_services: Settings) -> Iterator[Settings]:
     """Settings with a unique topic prefix, so tests never see each other's records."""
     prefix = f"test-{uuid.uuid4().hex[:8]}"
     yield local_services.model_copy(update={"topic_prefix": prefix})
+
+
+# Shared Kafka fixtures (kafka_settings, admin, catalog, topics) for every integration test.
+from tests.integration.kafka_fixtures import admin, catalog, kafka_settings, topics  # noqa: E402, F401
