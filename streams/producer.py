@@ -49,6 +49,10 @@ DEFAULT_CONFIG: Final[Mapping[str, Any]] = {
     "linger.ms": 5,
     "batch.size": 256 * 1024,
     "compression.type": "lz4",
+    # The Java client's partitioner (murmur2). librdkafka's default (CRC32) would put the same
+    # run id on different partitions than faust/aiokafka or Java producers do, breaking the
+    # co-partitioning of commands / runs / results across clients.
+    "partitioner": "murmur2_random",
     # Bounded: a message that cannot be delivered in this time fails loudly (DeliveryError)
     # instead of hanging a flush forever.
     "delivery.timeout.ms": 30_000,

@@ -149,3 +149,10 @@ def test_unreachable_broker_is_a_clear_service_error() -> None:
     settings = Settings(kafka_bootstrap="127.0.0.1:1", topic_prefix="unit")
     with pytest.raises(ServiceUnavailableError, match=r"127\.0\.0\.1:1.*make up"):
         describe_topics(TopicCatalog.from_settings(settings), settings=settings, timeout=1.0)
+
+
+def test_producers_partition_like_the_java_client() -> None:
+    # Co-partitioning across clients (faust/aiokafka, Java) needs murmur2 on every producer.
+    from streams.producer import producer_config
+
+    assert producer_config()["partitioner"] == "murmur2_random"
