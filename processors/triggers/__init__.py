@@ -1,0 +1,1 @@
+"""Turns records on ``reflux.triggers`` (webhooks, external systems) into ``StartRun`` commands."""
