@@ -33,7 +33,7 @@ def test_every_record_round_trips_through_kafka(
         received = drain(consumer, lambda got: len(got) >= len(names), timeout=30)
     finally:
         consumer.close()
-    by_type = {r.record_type: r for r in received}
+    by_type = {str(r.record_type): r for r in received}
     assert sorted(by_type) == names
     for name, record in samples.items():
         got = by_type[name]

@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 
 from confluent_kafka import Consumer, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from reflux.settings import Settings
 
@@ -39,8 +39,8 @@ def _drain(settings: Settings, topic: str, expected: int, timeout: float) -> lis
     try:
         while len(values) < expected and time.monotonic() < deadline:
             msg = consumer.poll(0.5)
-            if msg is not None and msg.error() is None:
-                values.append(msg.value())
+            if msg is not None and msg.error() is None and msg.value() is not None:
+                values.append(msg.value() or b"")
     finally:
         consumer.close()
     return values

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import psycopg
 import redis
@@ -50,7 +51,9 @@ def test_s3_put_get_with_boto3(local_services: Settings) -> None:
     s3.delete_object(Bucket=local_services.s3_bucket, Key=key)
 
 
-def test_clickhouse_embedded_engine_answers_queries(local_services: Settings, tmp_path) -> None:
+def test_clickhouse_embedded_engine_answers_queries(
+    local_services: Settings, tmp_path: Path
+) -> None:
     # A private folder: the default store belongs to the process that owns it.
     settings = local_services.model_copy(update={"clickhouse_dsn": f"chdb://{tmp_path / 'chdb'}"})
     client = connect(settings)
