@@ -39,6 +39,12 @@ class Settings(BaseSettings):
     s3_bucket: str = "reflux"
     s3_region: str = "us-east-1"
 
+    # Step params / outputs larger than this travel through the object store (claim check).
+    claim_check_threshold_bytes: int = 256 * 1024
+    # Stable per scheduler process: its Kafka transactional id derives from it, so a restarted
+    # instance aborts the transaction its crashed predecessor left open.
+    scheduler_instance_id: str = "0"
+
     # "chdb:///abs/path" selects the embedded engine (one process owns that folder);
     # "http://host:8123" selects a ClickHouse server. Same client code either way.
     clickhouse_dsn: str = ""

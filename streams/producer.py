@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, Self
 
-from confluent_kafka import KafkaError, KafkaException, Message
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka import Producer as _KafkaProducer
 
 from reflux.errors import ConfigurationError, RefluxError
@@ -256,3 +256,50 @@ class Producer:
         # Already failing: still try to deliver, but do not mask the original error.
         with contextlib.suppress(RefluxError):
             self.close()
+
+
+class TransactionalProducer(Producer):
+    """Exactly-once output: records and the consumed offsets commit in one Kafka transaction.
+
+    The ``transactional_id`` must be stable across restarts of the same instance: initialising
+    it aborts whatever transaction a crashed predecessor left open, so read_committed consumers
+    are not held back until the transaction times out.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        transactional_id: str,
+        client_id: str = "reflux",
+        config: Mapping[str, Any] | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        # A short transaction timeout bounds how long a dead instance can stall its partitions.
+        base = {"transactional.id": transactional_id, "transaction.timeout.ms": 15_000}
+        super().__init__(settings, config={**base, **(config or {})}, client_id=client_id)
+        self._producer.init_transactions(timeout)
+
+    def begin(self) -> None:
+        self._producer.begin_transaction()
+
+    def commit(
+        self, offsets: Sequence[TopicPartition], group_metadata: Any, timeout: float = 30.0
+    ) -> None:
+        """Adds the consumer's offsets to the transaction and commits it."""
+        if offsets:
+            self._producer.send_offsets_to_transaction(list(offsets), group_metadata, timeout)
+        self._producer.commit_transaction(timeout)
+        failures, self._failures = self._failures, []
+        if failures:
+            raise DeliveryError(failures, " (in a committed transaction)")
+
+    def abort(self, timeout: float = 30.0) -> None:
+        self._failures = []
+        self._producer.abort_transaction(timeout)
+
+    def close(self, timeout: float = 30.0) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._producer.flush(timeout)

@@ -1,0 +1,961 @@
+"""``decide(state, input, ctx) -> Decision``: the step scheduler's pure command processor.
+
+Zeebe-style: a handler validates against read-only state and *appends* events; appending applies
+the event through :func:`~processors.scheduler.evolve.evolve` at once, so the rest of the handler
+sees the new state (e.g. after ``StepSucceeded`` the downstream steps are ready). Events get
+consecutive ``seq`` from ``state.last_seq + 1``. Nothing here does I/O, reads a clock or draws a
+random number on its own: all of that comes in through :class:`DecisionContext`.
+
+Inputs (``SchedulerInput``): the commands ``StartRun``, ``CancelRun``, ``PauseRun``,
+``ResumeRun``, ``RedriveStep``, ``MutateGraph``, ``FireTimer``; a worker's ``NodeResult``; and the
+runtime's answers to cache lookups, :class:`CacheHit` / :class:`CacheMiss` (plain dataclasses,
+not Avro records: they never leave the scheduler process).
+
+What the runtime does with a :class:`Decision`, in one Kafka transaction with the input's offset:
+
+1. append ``events`` to ``reflux.runs`` (key = run id);
+2. publish ``invocations`` to ``NodeInvocation``'s topic (``StepDispatched.invoke_topic``); if a
+   rendered ``params`` payload is larger than the claim-check threshold, store it and send
+   ``params_ref`` instead (``StepScheduled`` keeps the params inline in the run log);
+3. store ``state`` in the run table;
+4. after commit: answer each ``cache_lookups`` entry from Redis by feeding ``CacheHit`` or
+   ``CacheMiss`` back into ``decide``; write ``cache_writes`` to Redis with their TTL;
+   update the timer index from ``timers_armed`` / ``timers_cancelled`` (or ``state.next_due()``).
+
+Cache design: a cache-enabled step goes ``StepScheduled(cache_key=...)`` -> the runtime looks the
+key up -> ``CacheHit`` gives ``StepSucceeded(cache_hit=True)`` with no invocation, ``CacheMiss``
+gives ``StepDispatched`` + a ``NodeInvocation``. Lookups lost in a crash are recoverable from
+state: :func:`pending_cache_lookups`. A ``CacheMiss`` that arrives while the run is paused is
+dropped; ``ResumeRun`` issues the lookup again.
+
+Rejections: an invalid command yields a ``CommandRejected`` event ("Expected X, but Y") and
+``Decision.rejection`` holds the same reason. A command for a run with no events (other than
+``StartRun``) cannot be placed in a log; it yields no event, only ``rejection``. Results, cache
+answers and timers that lost a race (stale attempt, finished step) are silent no-ops.
+"""
+
+from __future__ import annotations
+
+import random as _random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, NamedTuple, TypeVar
+
+from processors.scheduler.backoff import backoff_ms, should_retry
+from processors.scheduler.cache import cache_key, params_digest
+from processors.scheduler.evolve import RUN_EVENT_TYPES, RunEvent, evolve
+from processors.scheduler.state import (
+    ACTIVE_STEP_STATUSES,
+    DONE_STEP_STATUSES,
+    FAILED_STEP_STATUSES,
+    RunState,
+    RunStatus,
+    StepStatus,
+    Timer,
+)
+from processors.workflow.catalog import NodeCatalogView
+from processors.workflow.expressions import (
+    TemplateError,
+    evaluate_when,
+    expression_references,
+    iter_expressions,
+    render_params,
+)
+from processors.workflow.model import StepDefinition, WorkflowDefinition
+from processors.workflow.mutations import apply_mutation
+from processors.workflow.semver import VersionConstraint, invoke_major
+from processors.workflow.validation import (
+    WorkflowValidationError,
+    check_definition,
+    validate_inputs,
+)
+from schemas.base import RefluxRecord
+from schemas.base import new_id as _uuid
+from schemas.models import (
+    CancelRun,
+    CommandRejected,
+    ErrorInfo,
+    FireTimer,
+    GraphMutated,
+    GraphMutationType,
+    MutateGraph,
+    NodeInvocation,
+    NodeResult,
+    PauseRun,
+    PayloadRef,
+    RedriveStep,
+    ResumeRun,
+    RunCancelled,
+    RunFailed,
+    RunPaused,
+    RunResumed,
+    RunStarted,
+    RunSucceeded,
+    StartRun,
+    StepDispatched,
+    StepFailed,
+    StepRef,
+    StepRetryScheduled,
+    StepScheduled,
+    StepSkipped,
+    StepSucceeded,
+    StepTimedOut,
+    TimerKind,
+    TraceStatus,
+)
+
+__all__ = [
+    "CacheHit",
+    "CacheLookup",
+    "CacheMiss",
+    "CacheWrite",
+    "Decision",
+    "DecisionContext",
+    "RegisteredWorkflow",
+    "SchedulerInput",
+    "decide",
+    "default_invoke_topic",
+    "default_resolve_node_version",
+    "invocation_for",
+    "pending_cache_lookups",
+]
+
+
+# -- inputs and outputs ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CacheLookup:
+    """Intent: look ``cache_key`` up, then feed back :class:`CacheHit` or :class:`CacheMiss`."""
+
+    run_id: str
+    step_id: str
+    attempt: int
+    cache_key: str
+
+
+@dataclass(frozen=True)
+class CacheHit:
+    """The runtime found the step's output in the cache."""
+
+    run_id: str
+    step_id: str
+    attempt: int
+    cache_key: str
+    output: Any = None
+    output_ref: PayloadRef | None = None
+
+
+@dataclass(frozen=True)
+class CacheMiss:
+    run_id: str
+    step_id: str
+    attempt: int
+    cache_key: str
+
+
+@dataclass(frozen=True)
+class CacheWrite:
+    """Intent: store a fresh step output under ``cache_key`` for ``ttl_ms``."""
+
+    cache_key: str
+    output: Any
+    output_ref: PayloadRef | None
+    ttl_ms: int
+
+
+SchedulerInput = (
+    StartRun
+    | CancelRun
+    | PauseRun
+    | ResumeRun
+    | RedriveStep
+    | MutateGraph
+    | FireTimer
+    | NodeResult
+    | CacheHit
+    | CacheMiss
+)
+
+_COMMANDS = (StartRun, CancelRun, PauseRun, ResumeRun, RedriveStep, MutateGraph)
+Command = StartRun | CancelRun | PauseRun | ResumeRun | RedriveStep | MutateGraph
+
+
+class RegisteredWorkflow(NamedTuple):
+    version: int
+    definition: WorkflowDefinition
+
+
+def default_resolve_node_version(name: str, constraint: str, run_id: str) -> str:
+    """Without a catalog: an exact pin is the version; otherwise the constraint text itself.
+
+    The invoke topic's major is derived from it (``invoke_major``), and the worker group of that
+    major runs whatever version it has deployed. The catalog-backed resolver (rollout weights,
+    deterministic by run id) replaces this in the runtime.
+    """
+    parsed = VersionConstraint.parse(constraint)
+    return str(parsed.exact) if parsed.exact is not None else parsed.raw
+
+
+def default_invoke_topic(node: str, major: int) -> str:
+    return f"reflux.invoke.{node}.v{major}"
+
+
+def _no_workflows(workflow_id: str, version: int | None) -> RegisteredWorkflow | None:
+    return None
+
+
+def _always_cacheable(node: str, version: str) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class DecisionContext:
+    """Everything ``decide`` needs that is not in run state. Inject fakes for determinism."""
+
+    now: datetime
+    """Timezone-aware; becomes every event's ``occurred_at``."""
+    new_id: Callable[[], str] = _uuid
+    """Event ids, invocation ids and backoff timer ids."""
+    random: Callable[[], float] = _random.random
+    """Jitter source in [0, 1)."""
+    resolve_node_version: Callable[[str, str, str], str] = default_resolve_node_version
+    """``(node name, constraint, run_id) -> version`` chosen for a new attempt."""
+    invoke_topic: Callable[[str, int], str] = default_invoke_topic
+    """``(node name, major) -> topic``; the runtime passes its topic catalog's."""
+    lookup_workflow: Callable[[str, int | None], RegisteredWorkflow | None] = _no_workflows
+    """``(workflow id, version or None = latest) -> registered definition`` for StartRun."""
+    node_catalog: NodeCatalogView | None = None
+    """When set, graph mutations must name nodes/versions that exist."""
+    is_cacheable: Callable[[str, str], bool] = _always_cacheable
+    """``(node, version) -> bool``: the node's ``cacheable`` flag; steps also opt in."""
+    load_payload: Callable[[PayloadRef], Any] | None = None
+    """Reads a claim-checked step output when a template references it (runtime I/O hook)."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    state: RunState | None
+    """State after every event below (equals ``fold`` of the log so far)."""
+    events: tuple[RunEvent, ...] = ()
+    invocations: tuple[NodeInvocation, ...] = ()
+    cache_lookups: tuple[CacheLookup, ...] = ()
+    cache_writes: tuple[CacheWrite, ...] = ()
+    timers_armed: tuple[Timer, ...] = ()
+    timers_cancelled: tuple[str, ...] = ()
+    """Timer ids no longer in state (fired, obsolete, or the run ended)."""
+    rejection: str | None = None
+
+    @property
+    def is_noop(self) -> bool:
+        return not self.events and self.rejection is None
+
+
+# -- the writer: append = apply -------------------------------------------------------------------
+
+E = TypeVar("E", bound=RefluxRecord)
+
+
+@dataclass
+class _Writer:
+    state: RunState | None
+    ctx: DecisionContext
+    run_id: str
+    causation: str | None
+    events: list[RunEvent] = field(default_factory=list)
+    invocations: list[NodeInvocation] = field(default_factory=list)
+    lookups: list[CacheLookup] = field(default_factory=list)
+    writes: list[CacheWrite] = field(default_factory=list)
+    rejection: str | None = None
+
+    @property
+    def run(self) -> RunState:
+        assert self.state is not None
+        return self.state
+
+    def emit(self, cls: type[E], **fields: Any) -> E:
+        seq = self.state.last_seq + 1 if self.state is not None else 0
+        envelope: dict[str, Any] = {
+            "run_id": self.run_id,
+            "seq": seq,
+            "event_id": self.ctx.new_id(),
+            "occurred_at": self.ctx.now,
+            "causation_id": self.causation,
+        }
+        event = cls(**envelope, **fields)
+        assert isinstance(event, RUN_EVENT_TYPES)
+        self.state = evolve(self.state, event)
+        self.events.append(event)
+        return event
+
+    def reject(self, command: Command, reason: str) -> None:
+        self.rejection = reason
+        self.emit(
+            CommandRejected,
+            command_id=command.command_id,
+            command_type=command.AVRO_NAME,
+            reason=reason,
+        )
+
+    def decision(self, before: RunState | None) -> Decision:
+        old = before.timers if before is not None else {}
+        new = self.state.timers if self.state is not None else {}
+        return Decision(
+            state=self.state,
+            events=tuple(self.events),
+            invocations=tuple(self.invocations),
+            cache_lookups=tuple(self.lookups),
+            cache_writes=tuple(self.writes),
+            timers_armed=tuple(t for tid, t in new.items() if tid not in old),
+            timers_cancelled=tuple(tid for tid in old if tid not in new),
+            rejection=self.rejection,
+        )
+
+
+# -- entry point ----------------------------------------------------------------------------------
+
+
+def decide(state: RunState | None, input: SchedulerInput, ctx: DecisionContext) -> Decision:
+    """Validate ``input`` against ``state`` and return the events (already applied) and intents."""
+    if state is not None and state.run_id != input.run_id:
+        raise ValueError(f"Expected input for run {state.run_id!r}, but got {input.run_id!r}")
+    if isinstance(input, _COMMANDS):
+        if state is not None and input.command_id in state.processed_ids:
+            return Decision(state=state)  # a redelivered command: already decided
+        if state is None and not isinstance(input, StartRun):
+            return Decision(
+                state=None,
+                rejection=f"Expected run {input.run_id!r} to exist, but it has no events",
+            )
+    causation = _causation_of(input)
+    writer = _Writer(state=state, ctx=ctx, run_id=input.run_id, causation=causation)
+    handler = _HANDLERS[type(input)]
+    handler(writer, input)
+    return writer.decision(state)
+
+
+def _causation_of(input: SchedulerInput) -> str | None:
+    if isinstance(input, _COMMANDS):
+        return input.command_id
+    if isinstance(input, FireTimer):
+        return input.timer_id
+    if isinstance(input, NodeResult):
+        return input.invocation_id
+    return None
+
+
+# -- commands -------------------------------------------------------------------------------------
+
+
+def _start(w: _Writer, cmd: StartRun) -> None:
+    state = w.state
+    if state is not None and state.status is not RunStatus.PENDING:
+        if cmd.idempotency_key is not None and cmd.idempotency_key == state.idempotency_key:
+            return  # the same start, sent again
+        w.reject(cmd, f"Expected run {cmd.run_id!r} not to exist, but it is {state.status}")
+        return
+    registered = w.ctx.lookup_workflow(cmd.workflow_id, cmd.workflow_version)
+    if registered is None:
+        which = "latest" if cmd.workflow_version is None else f"version {cmd.workflow_version}"
+        w.reject(
+            cmd, f"Expected workflow {cmd.workflow_id!r} ({which}) to be registered, but it is not"
+        )
+        return
+    definition = registered.definition
+    try:
+        inputs = validate_inputs(definition, cmd.inputs)
+    except WorkflowValidationError as exc:
+        w.reject(cmd, "Expected valid inputs, but " + "; ".join(str(e) for e in exc.errors))
+        return
+    deadline = cmd.deadline
+    if definition.deadline is not None:
+        relative = w.ctx.now + timedelta(milliseconds=definition.deadline)
+        deadline = min(deadline, relative) if deadline is not None else relative
+    w.emit(
+        RunStarted,
+        workflow_id=cmd.workflow_id,
+        workflow_version=registered.version,
+        inputs=inputs,
+        definition=definition.to_json_dict(),
+        idempotency_key=cmd.idempotency_key,
+        deadline=deadline,
+        source=cmd.source,
+        source_key=cmd.source_key,
+    )
+    _advance(w)
+
+
+def _expect_status(w: _Writer, cmd: Command, allowed: tuple[RunStatus, ...], wording: str) -> bool:
+    status = w.run.status
+    if status in allowed:
+        return True
+    w.reject(cmd, f"Expected run to be {wording}, but it is {status}")
+    return False
+
+
+def _cancel(w: _Writer, cmd: CancelRun) -> None:
+    allowed = (RunStatus.RUNNING, RunStatus.PAUSED, RunStatus.FAILED)
+    if _expect_status(w, cmd, allowed, "running, paused or failed"):
+        w.emit(RunCancelled, reason=cmd.reason, requested_by=cmd.requested_by)
+
+
+def _pause(w: _Writer, cmd: PauseRun) -> None:
+    if _expect_status(w, cmd, (RunStatus.RUNNING,), "running"):
+        w.emit(RunPaused, reason=cmd.reason, requested_by=cmd.requested_by)
+
+
+def _resume(w: _Writer, cmd: ResumeRun) -> None:
+    if _expect_status(w, cmd, (RunStatus.PAUSED,), "paused"):
+        w.emit(RunResumed, reason=cmd.reason, requested_by=cmd.requested_by)
+        _resume_work(w)
+        _advance(w)
+
+
+def _redrive(w: _Writer, cmd: RedriveStep) -> None:
+    if not _expect_status(w, cmd, (RunStatus.FAILED, RunStatus.RUNNING), "failed or running"):
+        return
+    run = w.run
+    step = run.steps.get(cmd.step_id)
+    if step is None:
+        w.reject(
+            cmd,
+            f"Expected step {cmd.step_id!r} to exist, but the run has no such step "
+            f"(steps: {', '.join(run.steps)})",
+        )
+        return
+    if step.status not in FAILED_STEP_STATUSES:
+        w.reject(
+            cmd, f"Expected step {cmd.step_id!r} to be failed or timed_out, but it is {step.status}"
+        )
+        return
+    if run.status is RunStatus.FAILED:
+        w.emit(
+            RunResumed,
+            reason=cmd.reason or f"re-drive of step {cmd.step_id!r}",
+            requested_by=cmd.requested_by,
+        )
+        _resume_work(w)
+    # Through `when` again: a step that failed evaluating its condition must not bypass it.
+    _start_step(w, cmd.step_id, step.attempt + 1)
+    _advance(w)
+
+
+_MUTABLE_STEP = (
+    StepStatus.PENDING,
+    StepStatus.RETRY_WAIT,
+    StepStatus.FAILED,
+    StepStatus.TIMED_OUT,
+)
+
+
+def _mutate(w: _Writer, cmd: MutateGraph) -> None:
+    allowed = (RunStatus.RUNNING, RunStatus.PAUSED, RunStatus.FAILED)
+    if not _expect_status(w, cmd, allowed, "running, paused or failed"):
+        return
+    run = w.run
+    mutation = cmd.mutation
+    step_id = mutation.step_id
+    step = run.steps.get(step_id)
+    if mutation.type is GraphMutationType.ADD_STEP:
+        if step is not None:
+            w.reject(cmd, f"Expected step {step_id!r} not to exist, but it is {step.status}")
+            return
+    elif step is None:
+        w.reject(
+            cmd,
+            f"Expected step {step_id!r} to exist, but the run has no such step "
+            f"(steps: {', '.join(run.steps)})",
+        )
+        return
+    elif mutation.type is GraphMutationType.REMOVE_STEP:
+        if step.status is not StepStatus.PENDING:
+            w.reject(cmd, f"Expected step {step_id!r} to be pending, but it is {step.status}")
+            return
+        dependents = run.graph.dependents(step_id)
+        if dependents:
+            names = ", ".join(repr(d) for d in dependents)
+            w.reject(cmd, f"Expected no step to need {step_id!r}, but {names} needs it")
+            return
+    elif step.status not in _MUTABLE_STEP:
+        w.reject(
+            cmd,
+            f"Expected step {step_id!r} to be pending, retry_wait, failed or timed_out, "
+            f"but it is {step.status}",
+        )
+        return
+    try:
+        mutated = apply_mutation(run.graph, mutation)
+    except WorkflowValidationError as exc:
+        w.reject(cmd, "Expected a valid graph mutation, but " + "; ".join(map(str, exc.errors)))
+        return
+    errors = check_definition(mutated, node_catalog=w.ctx.node_catalog)
+    if errors:
+        w.reject(
+            cmd, "Expected a valid graph after the mutation, but " + "; ".join(map(str, errors))
+        )
+        return
+    w.emit(GraphMutated, mutation=mutation, mutation_id=cmd.mutation_id)
+    _advance(w)
+
+
+def _fire_timer(w: _Writer, cmd: FireTimer) -> None:
+    run = w.state
+    if run is None:
+        return
+    timer = run.timers.get(cmd.timer_id)
+    if (
+        timer is None
+        or timer.kind is not cmd.kind
+        or timer.attempt != cmd.attempt
+        or timer.step_id != cmd.step_id
+    ):
+        return  # fired before, or made obsolete by a result: timers race with everything
+    if timer.kind is TimerKind.RUN_DEADLINE:
+        if run.status in (RunStatus.RUNNING, RunStatus.PAUSED):
+            due = timer.due_at.isoformat(timespec="milliseconds")
+            w.emit(
+                RunFailed,
+                error=ErrorInfo(
+                    error_class="RunDeadlineExceeded",
+                    message=f"the run deadline {due} passed before the run finished",
+                    retryable=False,
+                ),
+                failed_step=None,
+            )
+        return
+    assert timer.step_id is not None
+    step = run.steps.get(timer.step_id)
+    if step is None:
+        return
+    if timer.kind is TimerKind.STEP_TIMEOUT:
+        if step.status is not StepStatus.DISPATCHED or step.attempt != timer.attempt:
+            return
+        w.emit(
+            StepTimedOut,
+            step=run.step_ref(step.step_id),
+            attempt=step.attempt,
+            invocation_id=step.invocation_id,
+            timeout_ms=_timeout_ms(run, step.step_id),
+        )
+        error = w.run.steps[step.step_id].error
+        assert error is not None
+        _after_failure(w, step.step_id, error)
+        _advance(w)
+        return
+    # Backoff: start the next attempt (a paused run keeps the timer until it is resumed).
+    if step.status is StepStatus.RETRY_WAIT and run.status is RunStatus.RUNNING:
+        _schedule(w, step.step_id, timer.attempt)
+        _advance(w)
+
+
+def _timeout_ms(run: RunState, step_id: str) -> int:
+    step = run.steps[step_id]
+    if step.timeout_at is not None and step.dispatched_at is not None:
+        return int((step.timeout_at - step.dispatched_at).total_seconds() * 1000)
+    return run.step_definition(step_id).timeout or 0
+
+
+# -- results and cache answers -------------------------------------------------------------------
+
+_RECORDING = (RunStatus.RUNNING, RunStatus.PAUSED, RunStatus.FAILED)
+"""Run statuses in which results are still recorded (a failed run can be re-driven)."""
+
+_WORKER_ERRORS = {
+    TraceStatus.ERROR: ("WorkerError", "the worker reported an error without details"),
+    TraceStatus.TIMEOUT: ("WorkerTimeout", "the worker gave up on the attempt"),
+    TraceStatus.CANCELLED: ("WorkerCancelled", "the worker cancelled the attempt"),
+}
+
+
+def _result(w: _Writer, result: NodeResult) -> None:
+    run = w.state
+    if run is None or run.status not in _RECORDING:
+        return
+    step = run.steps.get(result.step.step_id)
+    if (
+        step is None
+        or step.status is not StepStatus.DISPATCHED
+        or step.invocation_id != result.invocation_id
+        or step.attempt != result.attempt
+    ):
+        return  # late or duplicate: only the current attempt's first result counts
+    ref = StepRef(
+        step_id=step.step_id,
+        node=run.step_definition(step.step_id).node_name,
+        node_version=result.step.node_version or step.node_version or "",
+    )
+    if result.status is TraceStatus.OK:
+        duration = max(0, int((result.finished_at - result.started_at).total_seconds() * 1000))
+        w.emit(
+            StepSucceeded,
+            step=ref,
+            attempt=result.attempt,
+            invocation_id=result.invocation_id,
+            output=result.output,
+            output_ref=result.output_ref,
+            cache_hit=False,
+            duration_ms=duration,
+        )
+        if step.cache_key is not None:
+            w.writes.append(
+                CacheWrite(
+                    cache_key=step.cache_key,
+                    output=result.output,
+                    output_ref=result.output_ref,
+                    ttl_ms=run.step_definition(step.step_id).cache.ttl,
+                )
+            )
+    elif result.status is TraceStatus.SKIPPED:
+        w.emit(StepSkipped, step=ref, reason=f"node {ref.node!r} reported the step as skipped")
+    else:
+        error_class, message = _WORKER_ERRORS[result.status]
+        error = result.error or ErrorInfo(error_class=error_class, message=message, retryable=True)
+        w.emit(
+            StepFailed,
+            step=ref,
+            attempt=result.attempt,
+            invocation_id=result.invocation_id,
+            error=error,
+        )
+        _after_failure(w, step.step_id, error)
+    _advance(w)
+
+
+def _awaiting_cache(run: RunState | None, answer: CacheHit | CacheMiss) -> bool:
+    if run is None:
+        return False
+    step = run.steps.get(answer.step_id)
+    return (
+        step is not None
+        and step.status is StepStatus.SCHEDULED
+        and step.attempt == answer.attempt
+        and step.cache_key == answer.cache_key
+    )
+
+
+def _cache_hit(w: _Writer, hit: CacheHit) -> None:
+    if not _awaiting_cache(w.state, hit) or w.run.status not in _RECORDING:
+        return
+    w.emit(
+        StepSucceeded,
+        step=w.run.step_ref(hit.step_id),
+        attempt=hit.attempt,
+        invocation_id=None,
+        output=hit.output,
+        output_ref=hit.output_ref,
+        cache_hit=True,
+        duration_ms=0,
+    )
+    _advance(w)
+
+
+def _cache_miss(w: _Writer, miss: CacheMiss) -> None:
+    if _awaiting_cache(w.state, miss) and w.run.status is RunStatus.RUNNING:
+        _dispatch(w, miss.step_id)
+
+
+# -- the DAG ---------------------------------------------------------------------------------------
+
+
+def _after_failure(w: _Writer, step_id: str, error: ErrorInfo) -> None:
+    """After a failed attempt: schedule a retry, or fail the run (record only if it failed)."""
+    run = w.run
+    if run.status not in (RunStatus.RUNNING, RunStatus.PAUSED):
+        return
+    policy = run.step_definition(step_id).retry
+    attempt = run.steps[step_id].attempt
+    if should_retry(policy, attempt, error_class=error.error_class, retryable=error.retryable):
+        delay = backoff_ms(policy, attempt, w.ctx.random())
+        w.emit(
+            StepRetryScheduled,
+            step=run.step_ref(step_id),
+            attempt=attempt + 1,
+            next_attempt_at=w.ctx.now + timedelta(milliseconds=delay),
+            backoff_ms=delay,
+            timer_id=w.ctx.new_id(),
+        )
+    else:
+        w.emit(RunFailed, error=error, failed_step=run.step_ref(step_id))
+
+
+def _resume_work(w: _Writer) -> None:
+    """After RunResumed: restart what a pause (or a failure) left waiting."""
+    run = w.run
+    for step_id in run.graph.topological_order:
+        step = w.run.steps[step_id]
+        if step.status is StepStatus.SCHEDULED:
+            if step.cache_key is not None:
+                w.lookups.append(CacheLookup(run.run_id, step_id, step.attempt, step.cache_key))
+            else:
+                _dispatch(w, step_id)
+        elif step.status is StepStatus.RETRY_WAIT:
+            backoff = next(
+                (
+                    t
+                    for t in w.run.timers.values()
+                    if t.step_id == step_id and t.kind is TimerKind.BACKOFF
+                ),
+                None,
+            )
+            # No timer left means the run failed meanwhile (RunFailed drops backoffs): retry now.
+            if backoff is None or backoff.due_at <= w.ctx.now:
+                _schedule(w, step_id, step.attempt + 1)
+
+
+def _advance(w: _Writer) -> None:
+    """Schedule or skip every ready step, then finish the run if nothing is left to do.
+
+    Rules: a step is ready when each of its needs succeeded or was skipped. If any need was
+    skipped the step is skipped too ("any need skipped -> skipped"). Otherwise a false ``when``
+    skips it, and a true (or absent) ``when`` schedules it. A failed need blocks the step.
+    """
+    if w.run.status is not RunStatus.RUNNING:
+        return
+    graph = w.run.graph
+    for step_id in graph.topological_order:
+        run = w.run
+        if run.status is not RunStatus.RUNNING:
+            return
+        step = run.steps[step_id]
+        if step.status is not StepStatus.PENDING:
+            continue
+        definition = graph.step(step_id)
+        needs = [run.steps[n] for n in definition.needs if n in run.steps]
+        if any(n.status not in DONE_STEP_STATUSES for n in needs):
+            continue
+        skipped = [n.step_id for n in needs if n.status is StepStatus.SKIPPED]
+        if skipped:
+            w.emit(
+                StepSkipped,
+                step=run.step_ref(step_id),
+                reason=f"upstream step {skipped[0]!r} was skipped",
+            )
+            continue
+        _start_step(w, step_id, step.attempt + 1)
+    _finish_if_done(w)
+
+
+def _start_step(w: _Writer, step_id: str, attempt: int) -> None:
+    """Evaluate ``when`` (skip if false, fail if it errors), else schedule ``attempt``."""
+    definition = w.run.step_definition(step_id)
+    if definition.when is not None:
+        try:
+            go = evaluate_when(
+                definition.when, _context(w, definition), path=f"steps.{step_id}.when"
+            )
+        except TemplateError as exc:
+            _fail_before_dispatch(w, step_id, attempt, exc)
+            return
+        if not go:
+            w.emit(
+                StepSkipped,
+                step=w.run.step_ref(step_id),
+                reason=f"condition {definition.when!r} was false",
+            )
+            return
+    _schedule(w, step_id, attempt)
+
+
+def _finish_if_done(w: _Writer) -> None:
+    run = w.run
+    if run.status is not RunStatus.RUNNING:
+        return
+    statuses = [st.status for st in run.steps.values()]
+    if all(s in DONE_STEP_STATUSES for s in statuses):
+        try:
+            outputs = render_params(run.graph.outputs, _context(w, None), path="outputs")
+        except TemplateError as exc:
+            w.emit(
+                RunFailed,
+                error=ErrorInfo(error_class="OutputTemplate", message=str(exc), retryable=False),
+                failed_step=None,
+            )
+            return
+        started = run.started_at or w.ctx.now
+        w.emit(
+            RunSucceeded,
+            outputs=outputs,
+            duration_ms=max(0, int((w.ctx.now - started).total_seconds() * 1000)),
+        )
+        return
+    if any(s in ACTIVE_STEP_STATUSES for s in statuses):
+        return
+    # Nothing in flight and not done: a failed step blocks the rest (e.g. one of two failed
+    # steps was re-driven and succeeded). The run fails again, naming the blocking step.
+    for step_id in run.graph.topological_order:
+        step = run.steps[step_id]
+        if step.status in FAILED_STEP_STATUSES and step.error is not None:
+            w.emit(RunFailed, error=step.error, failed_step=run.step_ref(step_id))
+            return
+
+
+def _fail_before_dispatch(w: _Writer, step_id: str, attempt: int, exc: TemplateError) -> None:
+    error = ErrorInfo(error_class=exc.error_class, message=str(exc), retryable=False)
+    w.emit(StepFailed, step=w.run.step_ref(step_id), attempt=attempt, error=error)
+    _after_failure(w, step_id, error)
+
+
+def _schedule(w: _Writer, step_id: str, attempt: int) -> None:
+    """StepScheduled for ``attempt`` (params rendered now), then dispatch or a cache lookup."""
+    run = w.run
+    definition = run.step_definition(step_id)
+    try:
+        params = render_params(
+            definition.params, _context(w, definition), path=f"steps.{step_id}.params"
+        )
+    except TemplateError as exc:
+        _fail_before_dispatch(w, step_id, attempt, exc)
+        return
+    name = definition.node_name
+    version = w.ctx.resolve_node_version(name, definition.node_constraint, run.run_id)
+    key = None
+    if definition.cache.enabled and w.ctx.is_cacheable(name, version):
+        key = cache_key(name, version, params)
+    w.emit(
+        StepScheduled,
+        step=StepRef(step_id=step_id, node=name, node_version=version),
+        attempt=attempt,
+        params=params,
+        cache_key=key,
+    )
+    if key is not None:
+        w.lookups.append(CacheLookup(run.run_id, step_id, attempt, key))
+    else:
+        _dispatch(w, step_id)
+
+
+def _dispatch(w: _Writer, step_id: str) -> None:
+    run = w.run
+    step = run.steps[step_id]
+    definition = run.step_definition(step_id)
+    version = step.node_version or definition.node_constraint
+    timeout_at = (
+        w.ctx.now + timedelta(milliseconds=definition.timeout)
+        if definition.timeout is not None
+        else None
+    )
+    w.emit(
+        StepDispatched,
+        step=StepRef(step_id=step_id, node=definition.node_name, node_version=version),
+        attempt=step.attempt,
+        invocation_id=w.ctx.new_id(),
+        invoke_topic=w.ctx.invoke_topic(definition.node_name, invoke_major(version)),
+        node_version=version,
+        timeout_at=timeout_at,
+    )
+    w.invocations.append(
+        invocation_for(w.run, step_id, event_id=w.ctx.new_id(), occurred_at=w.ctx.now)
+    )
+
+
+def _context(w: _Writer, definition: StepDefinition | None) -> dict[str, Any]:
+    """The expression context; claim-checked outputs are loaded only when referenced."""
+    run = w.run
+    loaded: set[str] = set()
+    if any(st.output_ref is not None for st in run.steps.values()):
+        loaded = _referenced_steps(run.graph, definition)
+    steps: dict[str, Any] = {}
+    for step_id, st in run.steps.items():
+        output = st.output
+        if st.output_ref is not None and step_id in loaded:
+            if w.ctx.load_payload is None:
+                raise TemplateError(
+                    f"steps.{step_id}.output",
+                    f"the output is in object storage ({st.output_ref.uri}) and the scheduler "
+                    "has no payload loader",
+                )
+            output = w.ctx.load_payload(st.output_ref)
+        steps[step_id] = {"status": st.status.value, "attempt": st.attempt, "output": output}
+    return {
+        "inputs": run.inputs,
+        "steps": steps,
+        "run": {
+            "id": run.run_id,
+            "workflow_id": run.workflow_id,
+            "workflow_version": run.workflow_version,
+        },
+    }
+
+
+def _referenced_steps(graph: WorkflowDefinition, definition: StepDefinition | None) -> set[str]:
+    exprs: list[str] = []
+    if definition is None:
+        exprs = [e for _, e in iter_expressions(graph.outputs, "outputs")]
+    else:
+        exprs = [e for _, e in iter_expressions(definition.params, "params")]
+        if definition.when is not None:
+            exprs.append(definition.when)
+    return {
+        ref.name
+        for expr in exprs
+        for ref in expression_references(expr)
+        if ref.root == "steps" and ref.name is not None
+    }
+
+
+# -- helpers for the runtime ----------------------------------------------------------------------
+
+
+def invocation_for(
+    state: RunState,
+    step_id: str,
+    *,
+    event_id: str | None = None,
+    occurred_at: datetime | None = None,
+) -> NodeInvocation:
+    """The NodeInvocation of a dispatched step's current attempt, rebuilt from state.
+
+    ``decide`` uses it to build invocations; a runtime can use it to re-publish after a crash
+    between writing ``StepDispatched`` and the invocation (the worker dedupes on invocation_id).
+    """
+    step = state.steps[step_id]
+    if step.status is not StepStatus.DISPATCHED or step.invocation_id is None:
+        raise ValueError(f"Expected step {step_id!r} to be dispatched, but it is {step.status}")
+    definition = state.step_definition(step_id)
+    version = step.node_version or definition.node_constraint
+    extra: dict[str, Any] = {}
+    if event_id is not None:
+        extra["event_id"] = event_id
+    if occurred_at is not None:
+        extra["occurred_at"] = occurred_at
+    return NodeInvocation(
+        run_id=state.run_id,
+        seq=step.dispatch_seq if step.dispatch_seq is not None else state.last_seq,
+        invocation_id=step.invocation_id,
+        attempt=step.attempt,
+        workflow_id=state.workflow_id,
+        workflow_version=state.workflow_version,
+        step=StepRef(step_id=step_id, node=definition.node_name, node_version=version),
+        params=step.params,
+        deadline=step.timeout_at,
+        # Stable across retries with the same params (a retry after a timeout must not repeat a
+        # side effect that did happen), new when the params change (a mutation, a fix).
+        idempotency_key=f"{state.run_id}:{step_id}:{params_digest(step.params)[:16]}",
+        **extra,
+    )
+
+
+def pending_cache_lookups(state: RunState) -> list[CacheLookup]:
+    """Lookups a running run is waiting for (to re-issue after a runtime restart)."""
+    if state.status is not RunStatus.RUNNING:
+        return []
+    return [
+        CacheLookup(state.run_id, st.step_id, st.attempt, st.cache_key)
+        for st in state.steps.values()
+        if st.status is StepStatus.SCHEDULED and st.cache_key is not None
+    ]
+
+
+_HANDLERS: dict[type[Any], Callable[[_Writer, Any], None]] = {
+    StartRun: _start,
+    CancelRun: _cancel,
+    PauseRun: _pause,
+    ResumeRun: _resume,
+    RedriveStep: _redrive,
+    MutateGraph: _mutate,
+    FireTimer: _fire_timer,
+    NodeResult: _result,
+    CacheHit: _cache_hit,
+    CacheMiss: _cache_miss,
+}

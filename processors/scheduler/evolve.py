@@ -1,0 +1,443 @@
+"""``evolve(state, event) -> state``: apply ONE run event, nothing else (Zeebe's appliers).
+
+No validation, no I/O, no clock, no randomness: everything an applier needs is in the event, so
+replaying a log (:func:`fold`) rebuilds exactly the state the scheduler had when it wrote it.
+Appliers are registered per event type with ``functools.singledispatch``; an event type without
+an applier is an error, never silently skipped.
+
+Positions: an event with ``seq <= state.last_seq`` was already applied (a redelivered record) and
+is ignored; a gap (``seq > last_seq + 1``) raises :class:`EvolveError`, because state built over a
+hole in the log would be wrong in ways nobody could see.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from functools import singledispatch
+from typing import Any
+
+from processors.scheduler.state import (
+    MAX_PROCESSED_IDS,
+    RunState,
+    RunStatus,
+    StepState,
+    StepStatus,
+    Timer,
+)
+from processors.workflow.model import WorkflowDefinition
+from processors.workflow.mutations import apply_mutation
+from schemas.models import (
+    CommandRejected,
+    ErrorInfo,
+    GraphMutated,
+    GraphMutationType,
+    RunCancelled,
+    RunFailed,
+    RunPaused,
+    RunResumed,
+    RunStarted,
+    RunSucceeded,
+    StepDispatched,
+    StepFailed,
+    StepRetryScheduled,
+    StepScheduled,
+    StepSkipped,
+    StepSucceeded,
+    StepTimedOut,
+    TimerKind,
+)
+
+__all__ = [
+    "RUN_EVENT_TYPES",
+    "EvolveError",
+    "RunEvent",
+    "deadline_timer_id",
+    "evolve",
+    "fold",
+    "timeout_timer_id",
+]
+
+RunEvent = (
+    RunStarted
+    | StepScheduled
+    | StepDispatched
+    | StepSucceeded
+    | StepFailed
+    | StepRetryScheduled
+    | StepTimedOut
+    | StepSkipped
+    | GraphMutated
+    | RunPaused
+    | RunResumed
+    | RunSucceeded
+    | RunFailed
+    | RunCancelled
+    | CommandRejected
+)
+"""Every record the scheduler appends to ``reflux.runs``."""
+
+RUN_EVENT_TYPES: tuple[type[RunEvent], ...] = (
+    RunStarted,
+    StepScheduled,
+    StepDispatched,
+    StepSucceeded,
+    StepFailed,
+    StepRetryScheduled,
+    StepTimedOut,
+    StepSkipped,
+    GraphMutated,
+    RunPaused,
+    RunResumed,
+    RunSucceeded,
+    RunFailed,
+    RunCancelled,
+    CommandRejected,
+)
+
+
+class EvolveError(ValueError):
+    """An event cannot be applied (gap in the log, event before RunStarted...)."""
+
+
+def deadline_timer_id(run_id: str) -> str:
+    """Timer ids derived from events (StepDispatched/RunStarted carry no timer id of their own)."""
+    return f"deadline:{run_id}"
+
+
+def timeout_timer_id(invocation_id: str) -> str:
+    return f"timeout:{invocation_id}"
+
+
+def evolve(state: RunState | None, event: RunEvent) -> RunState:
+    """The state after ``event``; ``state`` is not modified."""
+    if state is not None:
+        if event.seq <= state.last_seq:
+            return state  # already applied: redelivery of an old record
+        if event.seq != state.last_seq + 1:
+            raise EvolveError(
+                f"Expected seq {state.last_seq + 1} for run {state.run_id!r}, but got {event.seq} "
+                f"({type(event).__name__}): the log has a gap"
+            )
+    elif event.seq != 0:
+        raise EvolveError(
+            f"Expected the first event of run {event.run_id!r} at seq 0, but got seq {event.seq} "
+            f"({type(event).__name__})"
+        )
+    new = _apply(event, state)
+    return new.model_copy(
+        update={"last_seq": event.seq, "processed_ids": _remember(new, _causation(event))}
+    )
+
+
+def fold(events: Iterable[RunEvent], state: RunState | None = None) -> RunState | None:
+    """Replay: evolve over a log (optionally continuing from a snapshot)."""
+    for event in events:
+        state = evolve(state, event)
+    return state
+
+
+def _causation(event: RunEvent) -> str | None:
+    if isinstance(event, CommandRejected):
+        return event.command_id
+    return event.causation_id
+
+
+def _remember(state: RunState, causation: str | None) -> tuple[str, ...]:
+    if causation is None or causation in state.processed_ids:
+        return state.processed_ids
+    return (*state.processed_ids, causation)[-MAX_PROCESSED_IDS:]
+
+
+# -- persistent-update helpers --------------------------------------------------------------------
+
+
+def _require(state: RunState | None, event: RunEvent) -> RunState:
+    if state is None or state.definition is None:
+        raise EvolveError(
+            f"Expected run {event.run_id!r} to have started before {type(event).__name__} "
+            f"(seq {event.seq}), but it has not"
+        )
+    return state
+
+
+def _with_step(state: RunState, step_id: str, **changes: Any) -> RunState:
+    current = state.steps.get(step_id) or StepState(step_id=step_id)
+    steps = {**state.steps, step_id: current.model_copy(update=changes)}
+    return state.model_copy(update={"steps": steps})
+
+
+def _without_step_timers(state: RunState, step_id: str) -> RunState:
+    timers = {tid: t for tid, t in state.timers.items() if t.step_id != step_id}
+    if len(timers) == len(state.timers):
+        return state
+    return state.model_copy(update={"timers": timers})
+
+
+def _with_timer(state: RunState, timer: Timer) -> RunState:
+    return state.model_copy(update={"timers": {**state.timers, timer.timer_id: timer}})
+
+
+def _finish_step(state: RunState, step_id: str, at: datetime, **changes: Any) -> RunState:
+    return _with_step(_without_step_timers(state, step_id), step_id, finished_at=at, **changes)
+
+
+# -- appliers -----------------------------------------------------------------------------------
+
+
+@singledispatch
+def _apply(event: object, state: RunState | None) -> RunState:
+    raise EvolveError(f"Expected a run event, but got {type(event).__name__} (no applier)")
+
+
+@_apply.register
+def _(event: RunStarted, state: RunState | None) -> RunState:
+    if state is not None and state.status is not RunStatus.PENDING:
+        raise EvolveError(f"Expected run {event.run_id!r} not to have started, but it has")
+    definition = WorkflowDefinition.from_json_dict(event.definition)
+    timers: dict[str, Timer] = {}
+    if event.deadline is not None:
+        timer = Timer(
+            timer_id=deadline_timer_id(event.run_id),
+            kind=TimerKind.RUN_DEADLINE,
+            due_at=event.deadline,
+        )
+        timers[timer.timer_id] = timer
+    base = state or RunState(run_id=event.run_id, status=RunStatus.PENDING)
+    return base.model_copy(
+        update={
+            "status": RunStatus.RUNNING,
+            "workflow_id": event.workflow_id,
+            "workflow_version": event.workflow_version,
+            "definition": definition,
+            "inputs": dict(event.inputs) if isinstance(event.inputs, dict) else {},
+            "deadline": event.deadline,
+            "started_at": event.occurred_at,
+            "idempotency_key": event.idempotency_key,
+            "source": event.source,
+            "steps": {sid: StepState(step_id=sid) for sid in definition.step_ids},
+            "timers": timers,
+        }
+    )
+
+
+@_apply.register
+def _(event: StepScheduled, state: RunState | None) -> RunState:
+    state = _without_step_timers(_require(state, event), event.step.step_id)
+    return _with_step(
+        state,
+        event.step.step_id,
+        status=StepStatus.SCHEDULED,
+        attempt=event.attempt,
+        node_version=event.step.node_version,
+        params=event.params,
+        cache_key=event.cache_key,
+        invocation_id=None,
+        invoke_topic=None,
+        dispatch_seq=None,
+        dispatched_at=None,
+        timeout_at=None,
+        output=None,
+        output_ref=None,
+        cache_hit=False,
+        error=None,
+        skip_reason=None,
+        finished_at=None,
+    )
+
+
+@_apply.register
+def _(event: StepDispatched, state: RunState | None) -> RunState:
+    state = _require(state, event)
+    step_id = event.step.step_id
+    state = _with_step(
+        state,
+        step_id,
+        status=StepStatus.DISPATCHED,
+        attempt=event.attempt,
+        node_version=event.node_version,
+        invocation_id=event.invocation_id,
+        invoke_topic=event.invoke_topic,
+        dispatch_seq=event.seq,
+        dispatched_at=event.occurred_at,
+        timeout_at=event.timeout_at,
+    )
+    if event.timeout_at is not None:
+        state = _with_timer(
+            state,
+            Timer(
+                timer_id=timeout_timer_id(event.invocation_id),
+                kind=TimerKind.STEP_TIMEOUT,
+                due_at=event.timeout_at,
+                step_id=step_id,
+                attempt=event.attempt,
+            ),
+        )
+    return state
+
+
+@_apply.register
+def _(event: StepSucceeded, state: RunState | None) -> RunState:
+    return _finish_step(
+        _require(state, event),
+        event.step.step_id,
+        event.occurred_at,
+        status=StepStatus.SUCCEEDED,
+        attempt=event.attempt,
+        output=event.output,
+        output_ref=event.output_ref,
+        cache_hit=event.cache_hit,
+        error=None,
+    )
+
+
+@_apply.register
+def _(event: StepFailed, state: RunState | None) -> RunState:
+    return _finish_step(
+        _require(state, event),
+        event.step.step_id,
+        event.occurred_at,
+        status=StepStatus.FAILED,
+        attempt=event.attempt,
+        error=event.error,
+    )
+
+
+@_apply.register
+def _(event: StepTimedOut, state: RunState | None) -> RunState:
+    error = ErrorInfo(
+        error_class="StepTimeout",
+        message=f"attempt {event.attempt} exceeded its {event.timeout_ms} ms timeout",
+        retryable=True,
+    )
+    return _finish_step(
+        _require(state, event),
+        event.step.step_id,
+        event.occurred_at,
+        status=StepStatus.TIMED_OUT,
+        attempt=event.attempt,
+        error=error,
+    )
+
+
+@_apply.register
+def _(event: StepRetryScheduled, state: RunState | None) -> RunState:
+    state = _require(state, event)
+    step_id = event.step.step_id
+    state = _with_step(_without_step_timers(state, step_id), step_id, status=StepStatus.RETRY_WAIT)
+    return _with_timer(
+        state,
+        Timer(
+            timer_id=event.timer_id,
+            kind=TimerKind.BACKOFF,
+            due_at=event.next_attempt_at,
+            step_id=step_id,
+            attempt=event.attempt,
+        ),
+    )
+
+
+@_apply.register
+def _(event: StepSkipped, state: RunState | None) -> RunState:
+    return _finish_step(
+        _require(state, event),
+        event.step.step_id,
+        event.occurred_at,
+        status=StepStatus.SKIPPED,
+        skip_reason=event.reason,
+    )
+
+
+@_apply.register
+def _(event: GraphMutated, state: RunState | None) -> RunState:
+    state = _require(state, event)
+    definition = apply_mutation(state.graph, event.mutation)
+    steps = dict(state.steps)
+    step_id = event.mutation.step_id
+    if event.mutation.type is GraphMutationType.ADD_STEP:
+        steps[step_id] = StepState(step_id=step_id)
+    elif event.mutation.type is GraphMutationType.REMOVE_STEP:
+        steps.pop(step_id, None)
+        state = _without_step_timers(state, step_id)
+    return state.model_copy(update={"definition": definition, "steps": steps})
+
+
+@_apply.register
+def _(event: RunPaused, state: RunState | None) -> RunState:
+    return _require(state, event).model_copy(update={"status": RunStatus.PAUSED})
+
+
+@_apply.register
+def _(event: RunResumed, state: RunState | None) -> RunState:
+    # From paused, or from failed when a step is re-driven: the failure is undone, and the run
+    # deadline is not re-armed (it bounded the original execution; a re-drive is deliberate).
+    return _require(state, event).model_copy(
+        update={
+            "status": RunStatus.RUNNING,
+            "error": None,
+            "failed_step": None,
+            "finished_at": None,
+        }
+    )
+
+
+@_apply.register
+def _(event: RunSucceeded, state: RunState | None) -> RunState:
+    return _require(state, event).model_copy(
+        update={
+            "status": RunStatus.SUCCEEDED,
+            "outputs": event.outputs,
+            "finished_at": event.occurred_at,
+            "timers": {},
+        }
+    )
+
+
+@_apply.register
+def _(event: RunFailed, state: RunState | None) -> RunState:
+    state = _require(state, event)
+    # Step timeouts stay armed: a failed run can be re-driven, and attempts still in flight must
+    # end (result or timeout) for it to finish then. Backoffs and the deadline are dropped.
+    timers = {tid: t for tid, t in state.timers.items() if t.kind is TimerKind.STEP_TIMEOUT}
+    return state.model_copy(
+        update={
+            "status": RunStatus.FAILED,
+            "error": event.error,
+            "failed_step": event.failed_step.step_id if event.failed_step else None,
+            "finished_at": event.occurred_at,
+            "timers": timers,
+        }
+    )
+
+
+_ABANDONED = frozenset(
+    {StepStatus.PENDING, StepStatus.SCHEDULED, StepStatus.DISPATCHED, StepStatus.RETRY_WAIT}
+)
+
+
+@_apply.register
+def _(event: RunCancelled, state: RunState | None) -> RunState:
+    state = _require(state, event)
+    steps = {
+        sid: st.model_copy(
+            update={"status": StepStatus.CANCELLED, "finished_at": event.occurred_at}
+        )
+        if st.status in _ABANDONED
+        else st
+        for sid, st in state.steps.items()
+    }
+    return state.model_copy(
+        update={
+            "status": RunStatus.CANCELLED,
+            "steps": steps,
+            "finished_at": event.occurred_at,
+            "timers": {},
+        }
+    )
+
+
+@_apply.register
+def _(event: CommandRejected, state: RunState | None) -> RunState:
+    # Only the position (and the command id, for dedupe) changes. A rejected StartRun is the
+    # first record of its run: the log then holds a PENDING run that a later StartRun may start.
+    return state or RunState(run_id=event.run_id, status=RunStatus.PENDING)

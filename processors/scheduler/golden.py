@@ -1,0 +1,500 @@
+"""Golden run logs: scenarios played by :class:`Simulation`, written as JSON Lines fixtures.
+
+``python -m processors.scheduler.golden [--out tests/fixtures/runs] [--check]`` writes, per
+scenario, ``<name>.jsonl`` (one run event per line: ``{"type": <Avro name>, "event": {...}}``)
+and ``<name>.summary.json`` (:meth:`RunState.summary` of the final state). Tests replay the
+committed logs with the current ``evolve`` and compare summaries, so a change that makes old logs
+replay differently fails until it is deliberate (regenerate, review the diff, commit).
+``--check`` regenerates in memory and fails if the committed files differ (decide changed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from processors.scheduler.evolve import RUN_EVENT_TYPES, RunEvent, fold
+from processors.scheduler.simulate import NO_ANSWER, Simulation
+from processors.scheduler.state import RunState
+from processors.workflow.catalog import StaticNodeCatalog
+from schemas.models import (
+    MODELS,
+    ErrorInfo,
+    FireTimer,
+    GraphMutationType,
+    NodeInvocation,
+    TraceStatus,
+)
+
+__all__ = [
+    "SCENARIOS",
+    "dump_events",
+    "load_events",
+    "main",
+    "replay_file",
+]
+
+DEFAULT_OUT = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "runs"
+
+CATALOG = StaticNodeCatalog(
+    {
+        "http.request": ["1.0.0", "1.4.2", "2.0.0"],
+        "transform": ["1.0.0", "1.2.0"],
+        "condition": ["1.0.0"],
+        "llm.summarize": ["0.3.0"],
+    }
+)
+
+
+def _echo(invocation: NodeInvocation) -> Any:
+    """A worker that answers with what it was asked (so outputs show the params flowed)."""
+    return {"step": invocation.step.step_id, "params": invocation.params}
+
+
+# -- scenarios -----------------------------------------------------------------------------------
+
+LINEAR = """
+id: linear
+inputs:
+  url: {type: string, required: true}
+steps:
+  - id: fetch
+    node: http.request@^1
+    params: {url: "{{ inputs.url }}", method: GET}
+  - id: parse
+    node: transform@1.2.0
+    needs: [fetch]
+    params: {body: "{{ steps.fetch.output.params.url }}"}
+  - id: store
+    node: transform@^1
+    needs: [parse]
+    params: {note: "parsed {{ steps.parse.output.step }}"}
+outputs:
+  note: "{{ steps.store.output.params.note }}"
+"""
+
+
+def linear() -> Simulation:
+    sim = Simulation(LINEAR, node_catalog=CATALOG)
+    sim.start({"url": "https://example.com/a"})
+    sim.run_workers(_echo)
+    return sim
+
+
+DIAMOND = """
+id: diamond
+steps:
+  - {id: a, node: transform@^1, params: {n: 1}}
+  - {id: b, node: transform@^1, needs: [a], params: {n: "{{ steps.a.output.params.n }}"}}
+  - {id: c, node: transform@^1, needs: [a], params: {n: 3}}
+  - id: d
+    node: transform@^1
+    needs: [b, c]
+    params: {sum: "{{ [steps.b.output.params.n, steps.c.output.params.n] }}"}
+outputs: {sum: "{{ steps.d.output.params.sum }}"}
+"""
+
+
+def diamond() -> Simulation:
+    sim = Simulation(DIAMOND, node_catalog=CATALOG)
+    sim.start()
+    sim.run_workers(_echo)
+    return sim
+
+
+FAN = """
+id: fan-out-fan-in
+inputs:
+  region: {type: string, default: eu}
+steps:
+  - {id: split, node: transform@^1, params: {region: "{{ inputs.region }}"}}
+  - {id: w1, node: http.request@^1, needs: [split], params: {shard: 1}}
+  - {id: w2, node: http.request@^1, needs: [split], params: {shard: 2}}
+  - {id: w3, node: http.request@^1, needs: [split], params: {shard: 3}}
+  - id: join
+    node: transform@^1
+    needs: [w1, w2, w3]
+    params:
+      shards: "{{ [steps.w1.output, steps.w2.output, steps.w3.output][*].params.shard }}"
+outputs: {shards: "{{ steps.join.output.params.shards }}"}
+"""
+
+
+def fan_out_fan_in() -> Simulation:
+    sim = Simulation(FAN, node_catalog=CATALOG)
+    sim.start()
+    sim.run_workers(_echo)
+    return sim
+
+
+CONDITION = """
+id: condition-skip
+inputs:
+  amount: {type: number, required: true}
+steps:
+  - {id: check, node: transform@^1, params: {amount: "{{ inputs.amount }}"}}
+  - id: approve
+    node: http.request@^1
+    needs: [check]
+    when: "steps.check.output.params.amount > `100`"
+  - {id: notify, node: http.request@^1, needs: [approve], params: {msg: approved}}
+  - id: auto
+    node: transform@^1
+    needs: [check]
+    when: "steps.check.output.params.amount <= `100`"
+outputs:
+  approved: "{{ steps.approve.status }}"
+  notified: "{{ steps.notify.status }}"
+"""
+
+
+def condition_skip() -> Simulation:
+    sim = Simulation(CONDITION, node_catalog=CATALOG)
+    sim.start({"amount": 42})
+    sim.run_workers(_echo)
+    return sim
+
+
+RETRY = """
+id: retry
+defaults:
+  retry: {max_attempts: 3, initial_backoff: 100ms, max_backoff: 1s, jitter: 0.5}
+steps:
+  - {id: flaky, node: http.request@^1, params: {url: "https://flaky.example"}}
+  - id: after
+    node: transform@^1
+    needs: [flaky]
+    params: {attempts: "{{ steps.flaky.attempt }}"}
+outputs: {attempts: "{{ steps.after.output.params.attempts }}"}
+"""
+
+
+def _flaky(failures: int, error_class: str = "HttpStatus503", retryable: bool = True) -> Any:
+    seen: dict[str, int] = {}
+
+    def worker(invocation: NodeInvocation) -> Any:
+        step = invocation.step.step_id
+        seen[step] = seen.get(step, 0) + 1
+        if step in ("flaky", "fetch") and seen[step] <= failures:
+            return ErrorInfo(
+                error_class=error_class,
+                message=f"attempt {invocation.attempt} failed",
+                retryable=retryable,
+            )
+        return _echo(invocation)
+
+    return worker
+
+
+def retry_then_success() -> Simulation:
+    sim = Simulation(RETRY, node_catalog=CATALOG)
+    sim.start()
+    sim.run_workers(_flaky(2))
+    return sim
+
+
+def retries_exhausted() -> Simulation:
+    sim = Simulation(RETRY, node_catalog=CATALOG)
+    sim.start()
+    sim.run_workers(_flaky(10))
+    return sim
+
+
+NON_RETRYABLE = """
+id: non-retryable
+steps:
+  - id: flaky
+    node: http.request@^1
+    retry: {max_attempts: 5, non_retryable: [HttpStatus400]}
+"""
+
+
+def non_retryable() -> Simulation:
+    sim = Simulation(NON_RETRYABLE, node_catalog=CATALOG)
+    sim.start()
+    sim.run_workers(_flaky(10, "HttpStatus400"))
+    return sim
+
+
+TIMEOUT = """
+id: step-timeout
+steps:
+  - id: slow
+    node: http.request@^1
+    timeout: 1s
+    retry: {max_attempts: 2, initial_backoff: 200ms, jitter: 0}
+outputs: {ok: "{{ steps.slow.output.params.ok }}"}
+"""
+
+
+def step_timeout() -> Simulation:
+    sim = Simulation(TIMEOUT, node_catalog=CATALOG)
+    sim.start()
+    first = sim.invocation("slow")
+    sim.run_workers(lambda inv: NO_ANSWER if inv.attempt == 1 else {"params": {"ok": True}})
+    # The lost attempt answers after all: late, so a no-op.
+    sim.result(first, status=TraceStatus.OK, output={"late": True})
+    return sim
+
+
+DEADLINE = """
+id: run-deadline
+deadline: 5s
+steps:
+  - {id: hang, node: http.request@^1}
+"""
+
+
+def run_deadline() -> Simulation:
+    sim = Simulation(DEADLINE, node_catalog=CATALOG)
+    sim.start()
+    sim.run_workers(lambda inv: NO_ANSWER)
+    return sim
+
+
+TWO_STEPS = """
+id: two-steps
+steps:
+  - {id: first, node: transform@^1, params: {n: 1}}
+  - {id: second, node: transform@^1, needs: [first], params: {n: 2}}
+outputs: {n: "{{ steps.second.output.params.n }}"}
+"""
+
+
+def pause_resume() -> Simulation:
+    sim = Simulation(TWO_STEPS, node_catalog=CATALOG)
+    sim.start()
+    sim.pause()
+    sim.succeed("first", _echo(sim.invocation("first")))  # in flight: recorded while paused
+    sim.resume()  # second is dispatched now
+    sim.run_workers(_echo)
+    return sim
+
+
+def cancel() -> Simulation:
+    sim = Simulation(TWO_STEPS, node_catalog=CATALOG)
+    sim.start()
+    first = sim.invocation("first")
+    sim.cancel("no longer needed")
+    sim.result(first, status=TraceStatus.OK, output={"late": True})  # ignored: the run is cancelled
+    return sim
+
+
+REDRIVE = """
+id: redrive
+steps:
+  - {id: fetch, node: http.request@^1, params: {url: "https://bad.example"}}
+  - id: use
+    node: transform@^1
+    needs: [fetch]
+    params: {from: "{{ steps.fetch.output.params.url }}"}
+outputs: {from: "{{ steps.use.output.params.from }}"}
+"""
+
+
+def redrive() -> Simulation:
+    sim = Simulation(REDRIVE, node_catalog=CATALOG)
+    sim.start()
+    sim.fail("fetch", "DnsError", retryable=False)  # run fails
+    sim.mutate("update_params", "fetch", {"url": "https://good.example"})  # the fix
+    sim.redrive("fetch")
+    sim.run_workers(_echo)
+    return sim
+
+
+CACHE = """
+id: cache
+defaults:
+  cache: {enabled: true, ttl: 1h}
+steps:
+  - {id: first, node: llm.summarize@^0.3, params: {text: hello}}
+  - {id: second, node: llm.summarize@^0.3, needs: [first], params: {text: hello}}
+  - id: fresh
+    node: llm.summarize@^0.3
+    needs: [second]
+    params: {text: other}
+    cache: {enabled: false}
+outputs: {second: "{{ steps.second.output }}"}
+"""
+
+
+def cache_hit() -> Simulation:
+    sim = Simulation(CACHE, node_catalog=CATALOG)
+    sim.start()
+    sim.run_workers(_echo)  # first: miss + dispatch + cache write; second: hit
+    return sim
+
+
+MUTATION = """
+id: mutation
+steps:
+  - {id: a, node: transform@^1, params: {v: 1}}
+  - {id: b, node: transform@^1, needs: [a], params: {v: 2}}
+  - {id: c, node: http.request@^1, needs: [a], params: {v: 3}}
+  - {id: d, node: transform@^1, needs: [a], params: {v: 4}}
+outputs: {b: "{{ steps.b.output.params }}"}
+"""
+
+
+def graph_mutation() -> Simulation:
+    sim = Simulation(MUTATION, node_catalog=CATALOG)
+    sim.start()
+    sim.mutate("update_params", "b", {"v": 20, "from_a": "{{ steps.a.output.params.v }}"})
+    sim.mutate("replace_node", "c", {"node": "http.request", "node_version": "^2"})
+    sim.mutate("remove_step", "d")
+    sim.mutate(
+        "add_step",
+        "e",
+        {"node": "transform@^1", "needs": ["b"], "params": {"b": "{{ steps.b.output.params.v }}"}},
+    )
+    sim.run_workers(_echo)
+    return sim
+
+
+def rejections() -> Simulation:
+    sim = Simulation(TWO_STEPS, node_catalog=CATALOG)
+    sim.start()
+    sim.resume()  # rejected: running, not paused
+    sim.redrive("first")  # rejected: dispatched, not failed
+    sim.redrive("nope")  # rejected: no such step
+    sim.mutate(GraphMutationType.REMOVE_STEP, "first")  # rejected: not pending
+    sim.run_workers(_echo)
+    sim.redrive("second")  # rejected: the run succeeded
+    sim.pause()  # rejected: the run succeeded
+    return sim
+
+
+def start_rejected() -> Simulation:
+    sim = Simulation(LINEAR, node_catalog=CATALOG)
+    sim.start({"url": 42})  # rejected: wrong input type
+    sim.start({"url": "https://example.com"}, workflow_version=9)  # rejected: unknown version
+    sim.start({"url": "https://example.com"})  # a pending run can still start
+    sim.run_workers(_echo)
+    return sim
+
+
+def stale_and_duplicate() -> Simulation:
+    sim = Simulation(TIMEOUT, node_catalog=CATALOG)
+    sim.start()
+    first = sim.invocation("slow")
+    sim.advance(1_000)
+    timeout_timer = next(iter(sim.run.timers.values()))
+    sim.fire_due()  # attempt 1 times out; a retry is scheduled
+    sim.send(  # the same timeout fires again (re-emitted by the timer loop): no-op
+        FireTimer(
+            run_id=sim.run_id,
+            timer_id=timeout_timer.timer_id,
+            step_id=timeout_timer.step_id,
+            attempt=timeout_timer.attempt,
+            kind=timeout_timer.kind,
+            due_at=timeout_timer.due_at,
+        )
+    )
+    sim.result(
+        first, status=TraceStatus.OK, output={"late": True}
+    )  # late result of attempt 1: no-op
+    sim.advance_and_fire(200)  # backoff over: attempt 2 dispatched
+    second = sim.invocation("slow")
+    sim.succeed("slow", {"params": {"ok": True}})
+    sim.result(second, status=TraceStatus.OK, output={"duplicate": True})  # duplicate: no-op
+    return sim
+
+
+SCENARIOS: dict[str, Callable[[], Simulation]] = {
+    "linear": linear,
+    "diamond": diamond,
+    "fan_out_fan_in": fan_out_fan_in,
+    "condition_skip": condition_skip,
+    "retry_then_success": retry_then_success,
+    "retries_exhausted": retries_exhausted,
+    "non_retryable": non_retryable,
+    "step_timeout": step_timeout,
+    "run_deadline": run_deadline,
+    "pause_resume": pause_resume,
+    "cancel": cancel,
+    "redrive": redrive,
+    "cache_hit": cache_hit,
+    "graph_mutation": graph_mutation,
+    "rejections": rejections,
+    "start_rejected": start_rejected,
+    "stale_and_duplicate": stale_and_duplicate,
+}
+
+
+# -- fixture I/O ----------------------------------------------------------------------------------
+
+
+def dump_events(events: Iterable[RunEvent]) -> str:
+    lines = [
+        json.dumps(
+            {"type": event.AVRO_NAME, "event": event.model_dump(mode="json")},
+            sort_keys=True,
+            ensure_ascii=False,
+        )
+        for event in events
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def load_events(text: str) -> list[RunEvent]:
+    events: list[RunEvent] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        model = MODELS.get(record["type"])
+        if model is None or not issubclass(model, RUN_EVENT_TYPES):
+            raise ValueError(
+                f"line {number}: Expected a run event type, but got {record['type']!r}"
+            )
+        event = model.model_validate(record["event"])
+        assert isinstance(event, RUN_EVENT_TYPES)
+        events.append(event)
+    return events
+
+
+def replay_file(path: Path) -> RunState:
+    state = fold(load_events(path.read_text(encoding="utf-8")))
+    if state is None:
+        raise ValueError(f"{path} holds no events")
+    return state
+
+
+def _summary_text(state: RunState) -> str:
+    return json.dumps(state.summary(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--check", action="store_true", help="fail if fixtures are out of date")
+    args = parser.parse_args(argv)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    stale: list[str] = []
+    for name, scenario in SCENARIOS.items():
+        sim = scenario()
+        files = {
+            out / f"{name}.jsonl": dump_events(sim.log),
+            out / f"{name}.summary.json": _summary_text(sim.run),
+        }
+        for path, text in files.items():
+            if args.check:
+                if not path.exists() or path.read_text(encoding="utf-8") != text:
+                    stale.append(path.name)
+            else:
+                path.write_text(text, encoding="utf-8")
+        if not args.check:
+            print(f"{name}: {len(sim.log)} events, run {sim.run.status}")
+    if stale:
+        print("out of date: " + ", ".join(stale), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

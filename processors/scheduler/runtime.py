@@ -1,0 +1,464 @@
+"""The step scheduler's runtime: a transactional consume-decide-produce loop on confluent-kafka.
+
+One consumer group reads ``commands`` and ``results`` (co-partitioned with ``runs`` by run id);
+the instance that owns partition *p* owns every run on it and is the single writer of those runs'
+events on ``runs`` partition *p*. Per batch, in ONE Kafka transaction:
+
+1. each input is decided by the pure core (:func:`processors.scheduler.decide.decide`) against the
+   run's state; cache lookups are answered from Redis right away and fed back into ``decide``;
+2. the resulting events go to ``runs`` (same partition number), the node invocations to their
+   invoke topics (params above the claim-check threshold go to the object store first), due
+   timers become ``FireTimer`` commands on ``commands``, poison inputs go to ``dlq``;
+3. the consumed offsets are added to the transaction and it commits.
+
+So an input's effects and its offset commit together or not at all (exactly-once within Kafka;
+see docs/decisions/0006-scheduler-runtime.md). After the commit, ``cache_writes`` go to Redis
+(a derived cache: losing one costs a recomputation, never correctness).
+
+State is not kept in a separate changelog: on assignment, a partition's runs are rebuilt by
+folding its ``runs`` log (:mod:`processors.scheduler.runtime_recovery`). If a transaction aborts,
+the assigned partitions are rebuilt and the consumer rewinds to the committed offsets.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+
+from processors.scheduler.decide import (
+    CacheHit,
+    CacheLookup,
+    CacheMiss,
+    Decision,
+    DecisionContext,
+    RegisteredWorkflow,
+    SchedulerInput,
+    decide,
+)
+from processors.scheduler.runtime_recovery import rebuild_partitions
+from processors.scheduler.runtime_workflows import WorkflowsView
+from processors.scheduler.state import RunState
+from processors.scheduler.timers import due_timers
+from processors.workflow.model import WorkflowDefinition
+from processors.workflow.validation import WorkflowValidationError
+from reflux.objectstore import S3BlobStore, content_key
+from reflux.settings import Settings
+from schemas import decode
+from schemas.base import canonical_json
+from schemas.errors import SchemaError
+from schemas.models import (
+    CancelRun,
+    DeadLetter,
+    FireTimer,
+    MutateGraph,
+    NodeInvocation,
+    NodeResult,
+    PauseRun,
+    PayloadRef,
+    RedriveStep,
+    ResumeRun,
+    StartRun,
+)
+from streams.catalog import TopicCatalog
+from streams.consumer import consumer_config
+from streams.dlq import PoisonRecord, dead_letter_headers
+from streams.producer import TransactionalProducer
+
+log = logging.getLogger(__name__)
+
+INPUT_TYPES = (
+    StartRun,
+    CancelRun,
+    PauseRun,
+    ResumeRun,
+    RedriveStep,
+    MutateGraph,
+    FireTimer,
+    NodeResult,
+)
+CACHE_PREFIX = "reflux:step-cache:"
+
+
+@dataclass
+class RuntimeStats:
+    batches: int = 0
+    inputs: int = 0
+    events: int = 0
+    invocations: int = 0
+    dead_lettered: int = 0
+    timers_fired: int = 0
+    cache_hits: int = 0
+    aborted: int = 0
+    last_commit_ms: float = 0.0
+    # run id -> seq of the last committed event (tests and progress output read it)
+    committed_seq: dict[str, int] = field(default_factory=dict)
+
+
+class SchedulerRuntime:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        instance_id: str | None = None,
+        batch_size: int = 500,
+        poll_timeout: float = 0.01,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.settings = settings
+        self.catalog = TopicCatalog.from_settings(settings)
+        self.group = f"{settings.topic_prefix}.scheduler"
+        self.instance_id = instance_id or settings.scheduler_instance_id
+        self.batch_size = batch_size
+        self.poll_timeout = poll_timeout
+        self.clock = clock
+        self.stats = RuntimeStats()
+        self.states: dict[int, dict[str, RunState]] = {}
+        self._partition_of: dict[str, int] = {}
+        # Timers already written as FireTimer and not yet answered: do not write them twice.
+        self._fired: set[str] = set()
+        self._redis = redis.Redis.from_url(settings.redis_url)
+        self._blobs = S3BlobStore(settings)
+        self._workflows = WorkflowsView(settings, self.catalog)
+        self._workflow_cache: dict[tuple[str, int], WorkflowDefinition] = {}
+        self.producer = TransactionalProducer(
+            settings,
+            transactional_id=f"{self.group}.{self.instance_id}",
+            client_id=f"reflux-scheduler-{self.instance_id}",
+            config={"linger.ms": 1},
+        )
+        self.consumer = Consumer(
+            consumer_config(
+                self.group,
+                settings,
+                {"fetch.wait.max.ms": 5, "max.poll.interval.ms": 300_000},
+            )
+        )
+        self.consumer.subscribe(
+            [self.catalog.commands.topic, self.catalog.results.topic],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
+        )
+
+    # -- partition ownership -------------------------------------------------------------------
+
+    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        new = {tp.partition for tp in partitions} - set(self.states)
+        if not new:
+            return
+        rebuilt = rebuild_partitions(self.settings, self.catalog.runs.topic, new)
+        for p, runs in rebuilt.items():
+            self.states[p] = runs
+            for run_id in runs:
+                self._partition_of[run_id] = p
+        log.info("scheduler %s owns partitions %s", self.instance_id, sorted(self.states))
+
+    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            runs = self.states.pop(tp.partition, {})
+            for run_id in runs:
+                self._partition_of.pop(run_id, None)
+
+    # -- context for the pure core ---------------------------------------------------------------
+
+    def _lookup_workflow(self, workflow_id: str, version: int | None) -> RegisteredWorkflow | None:
+        record = self._workflows.resolve(workflow_id, version)
+        if record is None:
+            return None
+        key = (record.workflow_id, record.version)
+        definition = self._workflow_cache.get(key)
+        if definition is None:
+            definition = WorkflowDefinition.from_json_dict(record.definition)
+            self._workflow_cache[key] = definition
+        return RegisteredWorkflow(record.version, definition)
+
+    def _load_payload(self, ref: PayloadRef) -> Any:
+        return json.loads(self._blobs.get(ref.uri))
+
+    def _context(self) -> DecisionContext:
+        return DecisionContext(
+            now=self.clock(),
+            invoke_topic=lambda node, major: self.catalog.invoke_topic(node, major).topic,
+            lookup_workflow=self._lookup_workflow,
+            load_payload=self._load_payload,
+        )
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        log.info("scheduler %s running (group %s)", self.instance_id, self.group)
+        while not stop.is_set():
+            self.run_once()
+        self.close()
+
+    def run_once(self) -> int:
+        """Consumes one batch (possibly empty), fires due timers; returns inputs processed."""
+        messages = self.consumer.consume(num_messages=self.batch_size, timeout=self.poll_timeout)
+        messages = [m for m in messages if m.error() is None]
+        now = self.clock()
+        timers = self._due_timers(now)
+        if not messages and not timers:
+            return 0
+        started = time.perf_counter()
+        batch = _Batch()
+        try:
+            self.producer.begin()
+            for message in messages:
+                self._handle(message, batch)
+            for command in timers:
+                self.producer.send(
+                    self.catalog.commands,
+                    key=command.run_id,
+                    value=command,
+                    partition=self._partition_of.get(command.run_id),
+                )
+            self.producer.commit(
+                self.consumer.position(self.consumer.assignment()),
+                self.consumer.consumer_group_metadata(),
+            )
+        except (KafkaException, Exception) as exc:
+            self._recover(exc)
+            return 0
+        # Committed: the new states are now the truth.
+        for run_id, (partition, state) in batch.states.items():
+            self.states.setdefault(partition, {})[run_id] = state
+            self._partition_of[run_id] = partition
+            self.stats.committed_seq[run_id] = state.last_seq
+        self._fired.update(t.timer_id for t in timers)
+        self._write_cache(batch)
+        self.stats.batches += 1
+        self.stats.inputs += len(messages)
+        self.stats.timers_fired += len(timers)
+        self.stats.last_commit_ms = (time.perf_counter() - started) * 1000
+        return len(messages)
+
+    def _handle(self, message: Message, batch: _Batch) -> None:
+        partition = message.partition() or 0
+        try:
+            decoded = decode(message.value() or b"", INPUT_TYPES)
+        except SchemaError as exc:
+            self._dead_letter(message, exc.error_class, str(exc))
+            return
+        assert isinstance(decoded, INPUT_TYPES)
+        record: SchedulerInput = decoded
+        state = batch.state_of(record.run_id, self.states.get(partition, {}))
+        try:
+            decision = decide(state, record, self._context())
+            decision = self._answer_cache(decision, batch)
+        except WorkflowValidationError as exc:
+            self._dead_letter(message, "WorkflowInvalid", str(exc))
+            return
+        self._write(decision, partition, batch)
+        if isinstance(record, FireTimer):
+            self._fired.discard(record.timer_id)
+        if decision.rejection:
+            log.info(
+                "rejected %s for run %s: %s",
+                type(record).__name__,
+                record.run_id,
+                decision.rejection,
+            )
+
+    def _answer_cache(self, decision: Decision, batch: _Batch) -> Decision:
+        """Looks cache-enabled steps up in Redis and feeds the answers back into ``decide``.
+
+        Done inside the transaction: the lookup only reads a derived cache, so an abort simply
+        repeats it, and a hit costs no extra round trip through Kafka.
+        """
+        lookups = list(decision.cache_lookups)
+        events = list(decision.events)
+        invocations = list(decision.invocations)
+        writes = list(decision.cache_writes)
+        state = decision.state
+        while lookups:
+            lookup = lookups.pop(0)
+            answer = self._lookup_cache(lookup)
+            follow = decide(state, answer, self._context())
+            if isinstance(answer, CacheHit):
+                self.stats.cache_hits += 1
+            state = follow.state
+            events.extend(follow.events)
+            invocations.extend(follow.invocations)
+            writes.extend(follow.cache_writes)
+            lookups.extend(follow.cache_lookups)
+        return Decision(
+            state=state,
+            events=tuple(events),
+            invocations=tuple(invocations),
+            cache_lookups=(),
+            cache_writes=tuple(writes),
+            rejection=decision.rejection,
+        )
+
+    def _lookup_cache(self, lookup: CacheLookup) -> CacheHit | CacheMiss:
+        raw = self._redis.get(CACHE_PREFIX + lookup.cache_key)
+        if raw is None:
+            return CacheMiss(lookup.run_id, lookup.step_id, lookup.attempt, lookup.cache_key)
+        entry = json.loads(raw)
+        ref = PayloadRef(**entry["output_ref"]) if entry.get("output_ref") else None
+        return CacheHit(
+            lookup.run_id,
+            lookup.step_id,
+            lookup.attempt,
+            lookup.cache_key,
+            output=entry.get("output"),
+            output_ref=ref,
+        )
+
+    def _write(self, decision: Decision, partition: int, batch: _Batch) -> None:
+        for event in decision.events:
+            self.producer.send(
+                self.catalog.runs, key=event.run_id, value=event, partition=partition
+            )
+        for invocation in decision.invocations:
+            self.producer.send(
+                self._invoke_topic_of(decision, invocation),
+                key=invocation.run_id,
+                value=self._claim_check(invocation),
+            )
+        if decision.state is not None and decision.events:
+            batch.states[decision.state.run_id] = (partition, decision.state)
+        batch.cache_writes.extend(decision.cache_writes)
+        self.stats.events += len(decision.events)
+        self.stats.invocations += len(decision.invocations)
+
+    @staticmethod
+    def _invoke_topic_of(decision: Decision, invocation: NodeInvocation) -> str:
+        state = decision.state
+        assert state is not None
+        topic = state.steps[invocation.step.step_id].invoke_topic
+        assert topic is not None
+        return topic
+
+    def _claim_check(self, invocation: NodeInvocation) -> NodeInvocation:
+        payload = canonical_json(invocation.params).encode()
+        if len(payload) <= self.settings.claim_check_threshold_bytes:
+            return invocation
+        key = content_key(payload, prefix="params")
+        uri = self._blobs.put(key, payload, "application/json")
+        ref = PayloadRef(
+            uri=uri,
+            size_bytes=len(payload),
+            sha256=key.rsplit("/", 1)[1],
+            content_type="application/json",
+        )
+        return invocation.model_copy(update={"params": None, "params_ref": ref})
+
+    def _write_cache(self, batch: _Batch) -> None:
+        for write in batch.cache_writes:
+            entry = {
+                "output": write.output,
+                "output_ref": write.output_ref.model_dump(mode="json")
+                if write.output_ref
+                else None,
+            }
+            self._redis.set(
+                CACHE_PREFIX + write.cache_key,
+                canonical_json(entry),
+                px=write.ttl_ms if write.ttl_ms > 0 else None,
+            )
+
+    def _due_timers(self, now: datetime) -> list[FireTimer]:
+        commands: list[FireTimer] = []
+        for runs in self.states.values():
+            for state in runs.values():
+                if not state.timers:
+                    continue
+                for command in due_timers(state, now):
+                    if command.timer_id not in self._fired:
+                        commands.append(command)
+        return commands
+
+    def _dead_letter(self, message: Message, error_class: str, reason: str) -> None:
+        poison = PoisonRecord(
+            topic=message.topic() or "",
+            partition=message.partition() or 0,
+            offset=message.offset() or 0,
+            key=message.key(),
+            value=message.value(),
+            headers=tuple(
+                (str(k), v if isinstance(v, bytes) else str(v or "").encode())
+                for k, v in _header_pairs(message)
+            ),
+        )
+        record = DeadLetter(
+            original_topic=poison.topic,
+            partition=poison.partition,
+            offset=poison.offset,
+            key=poison.key,
+            value=poison.value,
+            error_class=error_class,
+            reason=reason,
+            consumer_group=self.group,
+            failed_at=datetime.now(UTC),
+        )
+        self.producer.send(
+            self.catalog.dlq,
+            key=poison.key,
+            value=record,
+            headers=dead_letter_headers(poison, error_class, reason, self.group),
+        )
+        self.stats.dead_lettered += 1
+        log.warning(
+            "dead-lettered %s@%d: [%s] %s", poison.topic, poison.offset, error_class, reason
+        )
+
+    def _recover(self, exc: BaseException) -> None:
+        """Abort, rebuild owned state from the log, rewind to the committed offsets."""
+        log.exception("scheduler batch failed; aborting the transaction: %s", exc)
+        self.stats.aborted += 1
+        try:
+            self.producer.abort()
+        except KafkaException:
+            log.exception("abort failed (producer fenced?); exiting so a supervisor restarts")
+            raise
+        assignment = self.consumer.assignment()
+        partitions = {tp.partition for tp in assignment}
+        self.states = rebuild_partitions(self.settings, self.catalog.runs.topic, partitions)
+        self._partition_of = {run_id: p for p, runs in self.states.items() for run_id in runs}
+        self._fired.clear()
+        for tp in self.consumer.committed(assignment, timeout=10):
+            if tp.offset >= 0:
+                self.consumer.seek(tp)
+            else:
+                self.consumer.seek(TopicPartition(tp.topic, tp.partition, 0))
+        time.sleep(0.2)
+
+    def run_state(self, run_id: str) -> RunState | None:
+        partition = self._partition_of.get(run_id)
+        if partition is None:
+            return None
+        return self.states.get(partition, {}).get(run_id)
+
+    def close(self) -> None:
+        try:
+            self.consumer.close()
+        finally:
+            self.producer.close()
+            self._workflows.close()
+
+
+def _header_pairs(message: Message) -> list[tuple[Any, Any]]:
+    return list(message.headers() or [])  # type: ignore[arg-type]
+
+
+class _Batch:
+    """States changed in the current (uncommitted) transaction, by run id."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, tuple[int, RunState]] = {}
+        self.cache_writes: list[Any] = []
+
+    def state_of(self, run_id: str, committed: dict[str, RunState]) -> RunState | None:
+        if run_id in self.states:
+            return self.states[run_id][1]
+        return committed.get(run_id)

@@ -1,0 +1,209 @@
+"""Run state: what ``evolve`` builds from a run's events and ``decide`` reads (frozen pydantic).
+
+Immutable by convention and by construction: every change goes through ``model_copy(update=...)``
+in :mod:`processors.scheduler.evolve`; nothing else ever writes a field. Mappings inside are only
+replaced, never mutated in place, so a state handed to ``decide`` can be kept as "before".
+
+The state is also the runtime's table value: :meth:`RunState.to_snapshot` /
+:meth:`RunState.from_snapshot` give a JSON form for a changelog-backed table.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from processors.workflow.model import StepDefinition, WorkflowDefinition
+from schemas.models import ErrorInfo, PayloadRef, StepRef, TimerKind
+
+__all__ = [
+    "ACTIVE_STEP_STATUSES",
+    "DONE_STEP_STATUSES",
+    "FAILED_STEP_STATUSES",
+    "FINISHED_RUN_STATUSES",
+    "RunState",
+    "RunStatus",
+    "StepState",
+    "StepStatus",
+    "Timer",
+]
+
+MAX_PROCESSED_IDS = 512
+"""How many recent causation ids a run remembers for command dedupe (oldest dropped first)."""
+
+
+class RunStatus(StrEnum):
+    PENDING = "pending"
+    """A log exists but the run never started (its StartRun was rejected)."""
+    RUNNING = "running"
+    PAUSED = "paused"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    """Not final: a failed step can be re-driven, which puts the run back to running."""
+    CANCELLED = "cancelled"
+
+
+FINISHED_RUN_STATUSES = frozenset({RunStatus.SUCCEEDED, RunStatus.CANCELLED})
+"""Nothing changes a run in these statuses any more."""
+
+
+class StepStatus(StrEnum):
+    PENDING = "pending"
+    """Waiting for its needs (or for the run to resume)."""
+    SCHEDULED = "scheduled"
+    """Params rendered; waiting for the cache lookup (cache-enabled steps) before dispatch."""
+    DISPATCHED = "dispatched"
+    """A NodeInvocation is out; waiting for its result or its timeout."""
+    RETRY_WAIT = "retry_wait"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+
+
+DONE_STEP_STATUSES = frozenset({StepStatus.SUCCEEDED, StepStatus.SKIPPED})
+"""Statuses that satisfy a downstream step's needs."""
+FAILED_STEP_STATUSES = frozenset({StepStatus.FAILED, StepStatus.TIMED_OUT})
+"""The last attempt failed and no retry is pending (a retry moves the step to retry_wait)."""
+ACTIVE_STEP_STATUSES = frozenset(
+    {StepStatus.SCHEDULED, StepStatus.DISPATCHED, StepStatus.RETRY_WAIT}
+)
+"""Work in flight: a result, a cache answer or a timer will move these steps on."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Timer(_Frozen):
+    """A deadline in run state; the runtime turns due timers into ``FireTimer`` commands."""
+
+    timer_id: str
+    kind: TimerKind
+    due_at: datetime
+    step_id: str | None = None
+    attempt: int = 0
+    """Backoff: the attempt it will start. Step timeout: the attempt it guards. Deadline: 0."""
+
+
+class StepState(_Frozen):
+    step_id: str
+    status: StepStatus = StepStatus.PENDING
+    attempt: int = 0
+    """Current (or last) attempt, 1-based; 0 before the first StepScheduled."""
+    node_version: str | None = None
+    """Version resolved at scheduling (concrete semver, or the constraint without a catalog)."""
+    params: Any = None
+    """Params rendered for the current attempt."""
+    cache_key: str | None = None
+    invocation_id: str | None = None
+    invoke_topic: str | None = None
+    dispatch_seq: int | None = None
+    """seq of the StepDispatched event, copied into NodeInvocation.seq."""
+    dispatched_at: datetime | None = None
+    timeout_at: datetime | None = None
+    output: Any = None
+    output_ref: PayloadRef | None = None
+    cache_hit: bool = False
+    error: ErrorInfo | None = None
+    skip_reason: str | None = None
+    finished_at: datetime | None = None
+
+
+class RunState(_Frozen):
+    run_id: str
+    status: RunStatus
+    last_seq: int = -1
+    """seq of the last applied event; the next event gets last_seq + 1."""
+    workflow_id: str = ""
+    workflow_version: int = 0
+    definition: WorkflowDefinition | None = None
+    """The run's graph (None only while PENDING); GraphMutated events change it."""
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    deadline: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    idempotency_key: str | None = None
+    source: str = "api"
+    steps: dict[str, StepState] = Field(default_factory=dict)
+    timers: dict[str, Timer] = Field(default_factory=dict)
+    outputs: Any = None
+    error: ErrorInfo | None = None
+    failed_step: str | None = None
+    processed_ids: tuple[str, ...] = ()
+    """Recent causation ids (command ids, invocation ids, timer ids); bounded, for dedupe."""
+
+    # -- reading helpers ------------------------------------------------------------------------
+
+    @property
+    def graph(self) -> WorkflowDefinition:
+        if self.definition is None:
+            raise ValueError(
+                f"Expected run {self.run_id!r} to have a definition, but it is pending"
+            )
+        return self.definition
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in FINISHED_RUN_STATUSES
+
+    def step(self, step_id: str) -> StepState:
+        return self.steps[step_id]
+
+    def step_definition(self, step_id: str) -> StepDefinition:
+        return self.graph.step(step_id)
+
+    def step_ref(self, step_id: str) -> StepRef:
+        """StepRef for events: the resolved version once scheduled, else the constraint."""
+        definition = self.graph.step(step_id)
+        state = self.steps.get(step_id)
+        version = state.node_version if state and state.node_version else definition.node_constraint
+        return StepRef(step_id=step_id, node=definition.node_name, node_version=version)
+
+    def next_due(self) -> datetime | None:
+        """Earliest due timer the runtime should fire (see :mod:`processors.scheduler.timers`)."""
+        from processors.scheduler.timers import next_due
+
+        return next_due(self)
+
+    def summary(self) -> dict[str, Any]:
+        """A stable, compact JSON view (golden fixtures compare it; also handy in logs)."""
+        return {
+            "run_id": self.run_id,
+            "status": self.status.value,
+            "last_seq": self.last_seq,
+            "workflow": f"{self.workflow_id}@{self.workflow_version}",
+            "graph": [f"{s.id}={s.node}<-{','.join(s.needs)}" for s in self.graph.steps]
+            if self.definition
+            else [],
+            "steps": {
+                sid: {
+                    "status": st.status.value,
+                    "attempt": st.attempt,
+                    "cache_hit": st.cache_hit,
+                    "output": st.output,
+                    "error_class": st.error.error_class if st.error else None,
+                }
+                for sid, st in sorted(self.steps.items())
+            },
+            "timers": sorted(
+                f"{t.kind.value}:{t.step_id}:{t.attempt}" for t in self.timers.values()
+            ),
+            "outputs": self.outputs,
+            "error_class": self.error.error_class if self.error else None,
+            "failed_step": self.failed_step,
+        }
+
+    # -- snapshots --------------------------------------------------------------------------------
+
+    def to_snapshot(self) -> dict[str, Any]:
+        data: dict[str, Any] = self.model_dump(mode="json")
+        return data
+
+    @classmethod
+    def from_snapshot(cls, data: dict[str, Any]) -> RunState:
+        return cls.model_validate(data)

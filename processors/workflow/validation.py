@@ -1,0 +1,475 @@
+"""Parse and validate workflow definitions and run inputs, reporting every problem with its path.
+
+Paths look like ``steps[2].needs[0]``, ``steps[1].params.url``, ``inputs.count.type``; messages
+say what is wrong and, where it helps, what would be right ("unknown step 'fecth' (known: fetch,
+parse)"). Two phases: the pydantic model checks structure; :func:`check_definition` then checks
+the graph as a whole (ids, needs, cycles, node catalog, expressions).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from processors.workflow.catalog import NodeCatalogView
+from processors.workflow.expressions import (
+    ExpressionSyntaxError,
+    Reference,
+    compile_expression,
+    expression_references,
+    iter_expressions,
+)
+from processors.workflow.model import (
+    CacheSpec,
+    Defaults,
+    InputSpec,
+    RetrySpec,
+    StepDefinition,
+    WorkflowDefinition,
+)
+from reflux.errors import NonRetryableError
+
+__all__ = [
+    "RUN_FIELDS",
+    "FieldError",
+    "WorkflowValidationError",
+    "build_definition",
+    "check_definition",
+    "json_type_name",
+    "load_source",
+    "merge_step_defaults",
+    "parse_workflow",
+    "type_mismatch",
+    "validate_inputs",
+]
+
+RUN_FIELDS = ("id", "workflow_id", "workflow_version")
+"""Names under ``run.`` in the expression context."""
+
+ROOT_PATH = "$"
+
+
+@dataclass(frozen=True)
+class FieldError:
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+class WorkflowValidationError(NonRetryableError):
+    """A definition (or run inputs) is invalid; ``errors`` lists every problem found."""
+
+    error_class = "WorkflowValidation"
+
+    def __init__(self, errors: Sequence[FieldError], *, subject: str = "workflow") -> None:
+        self.errors: list[FieldError] = list(errors)
+        super().__init__(f"invalid {subject}: " + "; ".join(str(e) for e in self.errors))
+
+
+# -- loading ------------------------------------------------------------------------------------
+
+
+def load_source(source: str | bytes | Mapping[str, Any]) -> dict[str, Any]:
+    """YAML or JSON text (JSON is YAML) or an already-parsed mapping -> a plain dict."""
+    if isinstance(source, Mapping):
+        return dict(source)
+    if isinstance(source, bytes):
+        try:
+            source = source.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise WorkflowValidationError(
+                [FieldError(ROOT_PATH, f"not UTF-8 text: {exc}")]
+            ) from exc
+    try:
+        data = yaml.safe_load(source)
+    except yaml.YAMLError as exc:
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise WorkflowValidationError(
+            [FieldError(ROOT_PATH, f"not valid YAML/JSON{where}: {problem}")]
+        ) from exc
+    if not isinstance(data, dict):
+        raise WorkflowValidationError(
+            [FieldError(ROOT_PATH, f"expected a mapping at the top level, got {_kind(data)}")]
+        )
+    return data
+
+
+def _kind(value: Any) -> str:
+    return "nothing" if value is None else json_type_name(value)
+
+
+# -- structure (pydantic) -----------------------------------------------------------------------
+
+
+def merge_step_defaults(step: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """A raw step with the workflow's raw ``defaults`` applied (retry/cache merged field by field).
+
+    Applied before the model is built, so a step's explicit value always wins and the canonical
+    form carries each step's effective policy.
+    """
+    merged = dict(step)
+    for key in ("retry", "cache"):
+        default = defaults.get(key)
+        if isinstance(default, Mapping):
+            own = merged.get(key)
+            if own is None:
+                merged[key] = dict(default)
+            elif isinstance(own, Mapping):
+                merged[key] = {**default, **own}
+    if defaults.get("timeout") is not None and "timeout" not in merged:
+        merged["timeout"] = defaults["timeout"]
+    return merged
+
+
+def build_definition(raw: Mapping[str, Any]) -> WorkflowDefinition:
+    """Structural validation only; raises :class:`WorkflowValidationError`."""
+    data = dict(raw)
+    defaults = data.get("defaults")
+    if isinstance(defaults, Mapping):
+        try:
+            Defaults.model_validate(defaults)
+        except ValidationError as exc:
+            raise WorkflowValidationError(_pydantic_errors(exc, prefix=("defaults",))) from exc
+        steps = data.get("steps")
+        if isinstance(steps, list):
+            data["steps"] = [
+                merge_step_defaults(step, defaults) if isinstance(step, Mapping) else step
+                for step in steps
+            ]
+    try:
+        return WorkflowDefinition.model_validate(data)
+    except ValidationError as exc:
+        raise WorkflowValidationError(_pydantic_errors(exc)) from exc
+
+
+def _format_path(loc: Sequence[str | int]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or ROOT_PATH
+
+
+def _model_at(loc: Sequence[str | int]) -> type[BaseModel] | None:
+    """The model class whose fields live at ``loc`` (for "allowed fields" hints)."""
+    loc = tuple(loc)
+    if loc == ():
+        return WorkflowDefinition
+    if loc[0] == "steps" and len(loc) == 2:
+        return StepDefinition
+    if loc[0] == "inputs" and len(loc) == 2:
+        return InputSpec
+    if loc in (("defaults",),):
+        return Defaults
+    if loc[-1] == "retry":
+        return RetrySpec
+    if loc[-1] == "cache":
+        return CacheSpec
+    return None
+
+
+def _pydantic_errors(exc: ValidationError, prefix: tuple[str, ...] = ()) -> list[FieldError]:
+    errors: list[FieldError] = []
+    for err in exc.errors(include_url=False):
+        loc = prefix + tuple(err["loc"])
+        kind = err["type"]
+        message = str(err["msg"])
+        if kind == "extra_forbidden":
+            model = _model_at(loc[:-1])
+            allowed = f" (allowed: {', '.join(model.model_fields)})" if model else ""
+            message = f"unknown field {loc[-1]!r}{allowed}"
+        elif kind == "missing":
+            message = "required field is missing"
+        elif message.startswith("Value error, "):
+            message = message.removeprefix("Value error, ")
+        errors.append(FieldError(_format_path(loc), message))
+    return errors
+
+
+# -- the graph as a whole ------------------------------------------------------------------------
+
+
+def check_definition(
+    definition: WorkflowDefinition, *, node_catalog: NodeCatalogView | None = None
+) -> list[FieldError]:
+    """Every cross-field problem of a structurally valid definition (empty list = valid)."""
+    errors: list[FieldError] = []
+    if not definition.steps:
+        errors.append(FieldError("steps", "a workflow needs at least one step"))
+    errors += _check_inputs(definition)
+    errors += _check_ids_and_needs(definition)
+    errors += _check_cycles(definition)
+    if node_catalog is not None:
+        errors += _check_nodes(definition, node_catalog)
+    errors += _check_expressions(definition)
+    return errors
+
+
+def json_type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list | tuple):
+        return "array"
+    if isinstance(value, Mapping):
+        return "object"
+    return type(value).__name__
+
+
+def type_mismatch(expected: str, value: Any) -> str | None:
+    """None if ``value`` is a JSON value of the declared input type, else the problem."""
+    actual = json_type_name(value)
+    ok = {
+        "string": actual == "string",
+        "number": actual in ("integer", "number"),
+        "integer": actual == "integer",
+        "boolean": actual == "boolean",
+        "object": actual == "object",
+        "array": actual == "array",
+    }[expected]
+    return None if ok else f"expected {expected}, got {actual}"
+
+
+def _check_inputs(definition: WorkflowDefinition) -> list[FieldError]:
+    errors: list[FieldError] = []
+    for name, spec in definition.inputs.items():
+        if spec.default is not None:
+            problem = type_mismatch(spec.type, spec.default)
+            if problem:
+                errors.append(FieldError(f"inputs.{name}.default", problem))
+            if spec.required:
+                errors.append(
+                    FieldError(
+                        f"inputs.{name}.required",
+                        "an input with a default is never missing; drop 'required' or the default",
+                    )
+                )
+    return errors
+
+
+def _check_ids_and_needs(definition: WorkflowDefinition) -> list[FieldError]:
+    errors: list[FieldError] = []
+    first_index: dict[str, int] = {}
+    for i, step in enumerate(definition.steps):
+        if step.id in first_index:
+            errors.append(
+                FieldError(
+                    f"steps[{i}].id",
+                    f"duplicate step id {step.id!r} "
+                    f"(first defined at steps[{first_index[step.id]}])",
+                )
+            )
+        else:
+            first_index[step.id] = i
+    known = ", ".join(first_index)
+    for i, step in enumerate(definition.steps):
+        seen: set[str] = set()
+        for j, need in enumerate(step.needs):
+            path = f"steps[{i}].needs[{j}]"
+            if need == step.id:
+                errors.append(FieldError(path, f"step {step.id!r} cannot need itself"))
+            elif need not in first_index:
+                errors.append(FieldError(path, f"unknown step {need!r} (known: {known})"))
+            elif need in seen:
+                errors.append(FieldError(path, f"duplicate need {need!r}"))
+            seen.add(need)
+    return errors
+
+
+def _check_cycles(definition: WorkflowDefinition) -> list[FieldError]:
+    index = {step.id: i for i, step in reversed(list(enumerate(definition.steps)))}
+    graph: dict[str, list[str]] = {}
+    for step in definition.steps:  # a duplicate id is reported elsewhere; keep the first
+        graph.setdefault(step.id, [n for n in step.needs if n in index and n != step.id])
+    state: dict[str, int] = {}  # 1 = on the DFS stack, 2 = done
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for need in graph.get(node, []):
+            if state.get(need) == 1:
+                cycle = stack[stack.index(need) :]
+                start = min(range(len(cycle)), key=lambda k: index[cycle[k]])
+                rotated = cycle[start:] + cycle[:start]
+                if rotated not in cycles:
+                    cycles.append(rotated)
+            elif need not in state:
+                visit(need)
+        stack.pop()
+        state[node] = 2
+
+    for step in definition.steps:
+        if step.id not in state:
+            visit(step.id)
+    return [
+        FieldError(
+            f"steps[{index[cycle[0]]}].needs",
+            "cycle: " + " -> ".join([*cycle, cycle[0]]),
+        )
+        for cycle in cycles
+    ]
+
+
+def _check_nodes(definition: WorkflowDefinition, catalog: NodeCatalogView) -> list[FieldError]:
+    errors: list[FieldError] = []
+    for i, step in enumerate(definition.steps):
+        ref = step.ref
+        versions = list(catalog.versions(ref.name))
+        path = f"steps[{i}].node"
+        if not versions:
+            names = list(catalog.names())
+            close = difflib.get_close_matches(ref.name, names, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(names[:20])}"
+            errors.append(FieldError(path, f"unknown node {ref.name!r} ({hint})"))
+        elif ref.constraint.best(versions) is None:
+            errors.append(
+                FieldError(
+                    path,
+                    f"no version of {ref.name!r} satisfies {ref.constraint.raw!r} "
+                    f"(available: {', '.join(versions)})",
+                )
+            )
+    return errors
+
+
+def _check_expressions(definition: WorkflowDefinition) -> list[FieldError]:
+    errors: list[FieldError] = []
+    for i, step in enumerate(definition.steps):
+        upstream = definition.upstream(step.id)
+        exprs: list[tuple[str, str]] = []
+        if step.when is not None:
+            exprs.append((f"steps[{i}].when", step.when))
+        try:
+            exprs += list(iter_expressions(step.params, f"steps[{i}].params"))
+        except ExpressionSyntaxError as exc:
+            errors.append(FieldError(f"steps[{i}].params", str(exc)))
+        for path, expr in exprs:
+            errors += _check_expression(definition, path, expr, step.id, upstream)
+    try:
+        outputs = list(iter_expressions(definition.outputs, "outputs"))
+    except ExpressionSyntaxError as exc:
+        errors.append(FieldError("outputs", str(exc)))
+        outputs = []
+    for path, expr in outputs:
+        errors += _check_expression(definition, path, expr, None, None)
+    return errors
+
+
+def _check_expression(
+    definition: WorkflowDefinition,
+    path: str,
+    expression: str,
+    step_id: str | None,
+    upstream: frozenset[str] | None,
+) -> list[FieldError]:
+    try:
+        compile_expression(expression)
+        refs = expression_references(expression)
+    except ExpressionSyntaxError as exc:
+        return [FieldError(path, str(exc))]
+    return [
+        FieldError(path, problem)
+        for ref in refs
+        if (problem := _reference_problem(definition, ref, step_id, upstream))
+    ]
+
+
+def _reference_problem(
+    definition: WorkflowDefinition,
+    ref: Reference,
+    step_id: str | None,
+    upstream: frozenset[str] | None,
+) -> str | None:
+    if ref.root == "inputs":
+        if ref.name is None or ref.name in definition.inputs:
+            return None
+        declared = ", ".join(definition.inputs) or "none"
+        return f"unknown input {ref.name!r} (declared: {declared})"
+    if ref.root == "steps":
+        if ref.name is None:
+            return None
+        if not definition.has_step(ref.name):
+            return f"unknown step {ref.name!r} (known: {', '.join(definition.step_ids)})"
+        if ref.name == step_id:
+            return f"step {step_id!r} cannot reference its own output or status"
+        if upstream is not None and ref.name not in upstream:
+            return f"step {ref.name!r} is not upstream of {step_id!r}; add it to needs"
+        return None
+    if ref.root == "run":
+        if ref.name is None or ref.name in RUN_FIELDS:
+            return None
+        return f"unknown run field {ref.name!r} (known: {', '.join(RUN_FIELDS)})"
+    return f"unknown name {ref.root!r}: expressions start with inputs., steps. or run."
+
+
+# -- entry points -------------------------------------------------------------------------------
+
+
+def parse_workflow(
+    source: str | bytes | Mapping[str, Any], *, node_catalog: NodeCatalogView | None = None
+) -> WorkflowDefinition:
+    """Parse YAML/JSON text or a mapping into a validated definition.
+
+    Raises :class:`WorkflowValidationError` listing every problem. With ``node_catalog`` the
+    nodes must exist in a version that satisfies each step's constraint.
+    """
+    definition = build_definition(load_source(source))
+    errors = check_definition(definition, node_catalog=node_catalog)
+    if errors:
+        raise WorkflowValidationError(errors)
+    return definition
+
+
+def validate_inputs(definition: WorkflowDefinition, inputs: Any) -> dict[str, Any]:
+    """Run inputs checked against the declaration, defaults applied (declared order)."""
+    if inputs is None:
+        inputs = {}
+    if not isinstance(inputs, Mapping):
+        raise WorkflowValidationError(
+            [FieldError("inputs", f"expected an object, got {json_type_name(inputs)}")],
+            subject="inputs",
+        )
+    errors: list[FieldError] = []
+    declared = ", ".join(definition.inputs) or "none"
+    for name in inputs:
+        if name not in definition.inputs:
+            errors.append(
+                FieldError(f"inputs.{name}", f"unknown input {name!r} (declared: {declared})")
+            )
+    result: dict[str, Any] = {}
+    for name, spec in definition.inputs.items():
+        if name in inputs and inputs[name] is not None:
+            problem = type_mismatch(spec.type, inputs[name])
+            if problem:
+                errors.append(FieldError(f"inputs.{name}", problem))
+            result[name] = inputs[name]
+        elif spec.default is not None:
+            result[name] = json.loads(json.dumps(spec.default))  # a copy: never share defaults
+        elif spec.required:
+            errors.append(FieldError(f"inputs.{name}", "required input is missing"))
+    if errors:
+        raise WorkflowValidationError(errors, subject="inputs")
+    return result

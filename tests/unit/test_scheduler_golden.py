@@ -1,0 +1,45 @@
+"""Golden run logs: committed event logs must replay to their committed state summaries.
+
+An ``evolve`` change that replays old logs differently fails here. If the change is deliberate,
+regenerate with ``python -m processors.scheduler.golden``, review the diff, and commit both.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from processors.scheduler.golden import SCENARIOS, dump_events, load_events, replay_file
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "runs"
+
+
+def logs() -> list[Path]:
+    return sorted(FIXTURES.glob("*.jsonl"))
+
+
+def test_every_scenario_has_a_committed_log() -> None:
+    assert {p.stem for p in logs()} == set(SCENARIOS)
+
+
+@pytest.mark.parametrize("path", logs(), ids=lambda p: p.stem)
+def test_committed_log_replays_to_its_summary(path: Path) -> None:
+    expected = json.loads(path.with_suffix(".summary.json").read_text(encoding="utf-8"))
+    state = replay_file(path)
+    assert state.summary() == expected
+
+
+@pytest.mark.parametrize("path", logs(), ids=lambda p: p.stem)
+def test_committed_log_is_gap_free_and_round_trips(path: Path) -> None:
+    text = path.read_text(encoding="utf-8")
+    events = load_events(text)
+    assert [e.seq for e in events] == list(range(len(events)))
+    assert dump_events(events) == text
+
+
+def test_load_events_rejects_non_run_records() -> None:
+    line = json.dumps({"type": "reflux.commands.PauseRun", "event": {"run_id": "r"}})
+    with pytest.raises(ValueError, match="Expected a run event type"):
+        load_events(line)
