@@ -102,7 +102,8 @@ _COMPACT: Final = {"cleanup.policy": "compact"}
 # Retention is a starting point: the run log is the source of truth, so it is kept forever (-1)
 # and only ever deleted on purpose; transient inputs keep a week for debugging and re-drives.
 _FIXED: Final[dict[str, tuple[str, dict[str, str], str | None, str]]] = {
-    "workflows": ("workflow_id", _COMPACT, None, "registered workflow versions"),
+    # Keyed by "id@version", not id: compaction would otherwise drop the older versions.
+    "workflows": ("workflow_id@version", _COMPACT, None, "registered workflow versions"),
     "nodes": ("node@version", _COMPACT, None, "node catalog: registrations, rollout weights"),
     "commands": ("run_id", _retention(7 * DAY_MS), RUN_GROUP, "commands to the step scheduler"),
     "runs": ("run_id", _retention(-1), RUN_GROUP, "the run event log, the source of truth"),

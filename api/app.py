@@ -1,0 +1,111 @@
+"""The app factory: ``create_app(settings) -> FastAPI``.
+
+The lifespan owns the I/O clients -- a psycopg connection pool, the Kafka producer, an admin
+client for readiness -- and puts them on ``app.state`` where :mod:`api.deps` finds them. Nothing
+connects at import time, and a missing Postgres or Kafka does not stop the process from starting:
+``/readyz`` says which one is missing and writes answer 503 until it is back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+from psycopg_pool import ConnectionPool
+from starlette.concurrency import run_in_threadpool
+
+from api.config import ApiSettings
+from api.errors import install_error_handlers
+from api.metrics import ApiMetrics, MetricsMiddleware
+from api.publisher import Publisher, api_producer
+from api.readmodel import ReadModel
+from api.routes import health, hooks, runs, workflows
+from api.store import ApiStore
+from reflux.settings import Settings, get_settings
+from streams.admin import admin_client
+from streams.catalog import TopicCatalog
+
+__all__ = ["API_PREFIX", "create_app"]
+
+log = logging.getLogger(__name__)
+
+API_PREFIX = "/v1"
+
+DESCRIPTION = """\
+Writes become commands on Kafka (202 + id, with an optional bounded wait); reads come from the
+Postgres projections, so a just-accepted run appears after the projector has caught up.
+Errors are `{"detail": ...}`; 422 details carry the field path in `loc`.
+"""
+
+TAGS = [
+    {"name": "workflows", "description": "Register immutable workflow versions and read them."},
+    {"name": "runs", "description": "Start runs, read their state, events and stream; control."},
+    {"name": "hooks", "description": "Webhook triggers that start runs."},
+    {"name": "health", "description": "Liveness, readiness and Prometheus metrics."},
+]
+
+
+def create_app(
+    settings: Settings | None = None, api_settings: ApiSettings | None = None
+) -> FastAPI:
+    """A configured app; clients are created by its lifespan (``with TestClient(app)``,
+    uvicorn), not here."""
+    settings = settings or get_settings()
+    api = api_settings or ApiSettings()
+    metrics = ApiMetrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pool: ConnectionPool[Any] = ConnectionPool(
+            settings.postgres_dsn,
+            min_size=api.pool_min_size,
+            max_size=api.pool_max_size,
+            kwargs={"autocommit": True},
+            open=False,
+            name="reflux-api",
+        )
+        # wait=False: start even when Postgres is down; requests then answer 503.
+        pool.open(wait=False)
+        producer = api_producer(settings, api.publish_timeout_s)
+        catalog = TopicCatalog.from_settings(settings)
+        app.state.settings = settings
+        app.state.api_settings = api
+        app.state.pool = pool
+        app.state.catalog = catalog
+        app.state.publisher = Publisher(producer, catalog, metrics, api.publish_timeout_s)
+        app.state.admin = admin_client(settings)
+        app.state.read_model = ReadModel(pool, api.read_schema, api.pool_timeout_s)
+        app.state.store = store = ApiStore(pool, api.api_schema, api.pool_timeout_s)
+        try:
+            await run_in_threadpool(store.ensure)
+        except Exception as exc:  # retried lazily by the first write that needs the tables
+            log.warning("API schema %r not ready yet: %s", api.api_schema, exc)
+        try:
+            yield
+        finally:
+            try:
+                await run_in_threadpool(producer.close, api.publish_timeout_s)
+            except Exception as exc:
+                log.warning("producer close: %s", exc)
+            await run_in_threadpool(pool.close)
+
+    app = FastAPI(
+        title="REFLUX API",
+        version="1",
+        description=DESCRIPTION,
+        openapi_tags=TAGS,
+        lifespan=lifespan,
+    )
+    app.state.metrics = metrics
+    install_error_handlers(app)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    v1 = APIRouter(prefix=API_PREFIX)
+    v1.include_router(workflows.router)
+    v1.include_router(runs.router)
+    v1.include_router(hooks.router)
+    app.include_router(v1)
+    app.include_router(health.router)
+    return app

@@ -1,0 +1,44 @@
+"""Settings of the HTTP API that the shared :class:`reflux.settings.Settings` does not hold.
+
+Kept separate (env prefix ``REFLUX_API_``) so the foundation settings stay about connections, and
+the API can be configured per process (schemas per test, webhook secrets per deployment).
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["MAX_WAIT_MS", "ApiSettings"]
+
+MAX_WAIT_MS = 30_000
+"""Upper bound of every ``wait_ms``: a request never holds a connection longer than this."""
+
+
+class ApiSettings(BaseSettings):
+    """Every field maps to ``REFLUX_API_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="REFLUX_API_", frozen=True, extra="ignore")
+
+    read_schema: str = "reflux"
+    """Postgres schema of the projections' read models (runs, steps, run_events, workflows)."""
+
+    api_schema: str = "reflux_api"
+    """Postgres schema the API owns: version allocation and idempotency keys."""
+
+    webhook_secrets: dict[str, str] = Field(default_factory=dict)
+    """workflow id -> HMAC secret; JSON in ``REFLUX_API_WEBHOOK_SECRETS``. A workflow listed
+    here only accepts webhook calls signed with ``X-Reflux-Signature: sha256=<hex>``."""
+
+    pool_min_size: int = 1
+    pool_max_size: int = 10
+    pool_timeout_s: float = 5.0
+    """How long a request waits for a Postgres connection before answering 503."""
+
+    publish_timeout_s: float = 5.0
+    """How long a write waits for Kafka's acknowledgement before answering 503."""
+
+    poll_interval_s: float = 0.2
+    """How often ``wait_ms`` and the SSE stream look at the projection again."""
+
+    readiness_timeout_s: float = 2.0

@@ -1,0 +1,168 @@
+"""Run models: the start request, accepted/command answers, run/step/event views, state."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.config import MAX_WAIT_MS
+
+__all__ = [
+    "CommandAccepted",
+    "CommandApplied",
+    "CommandCreate",
+    "ErrorInfoPublic",
+    "RunAccepted",
+    "RunCreate",
+    "RunDetail",
+    "RunEventPublic",
+    "RunEventsPublic",
+    "RunPublic",
+    "RunStatePublic",
+    "RunsPublic",
+    "StepPublic",
+]
+
+WaitMs = Field(
+    default=None,
+    ge=0,
+    le=MAX_WAIT_MS,
+    description=f"Wait up to this many ms (max {MAX_WAIT_MS}) for the outcome.",
+)
+
+
+class RunCreate(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"workflow_id": "order-sync", "inputs": {"order_id": 42}, "wait_ms": 5000}]
+        },
+    )
+
+    workflow_id: str = Field(min_length=1, max_length=200)
+    version: int | None = Field(default=None, ge=1, description="Default: the latest version.")
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    idempotency_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="Same as the Idempotency-Key header: the same key yields the same run.",
+    )
+    wait_ms: int | None = WaitMs
+
+
+class ErrorInfoPublic(BaseModel):
+    error_class: str
+    message: str
+    retryable: bool
+
+
+class RunPublic(BaseModel):
+    run_id: str
+    workflow_id: str
+    workflow_version: int
+    status: Literal["running", "paused", "succeeded", "failed", "cancelled"]
+    inputs: Any = None
+    outputs: Any = None
+    error: ErrorInfoPublic | None = None
+    failed_step: str | None = None
+    source: str
+    source_key: str | None = None
+    idempotency_key: str | None = None
+    deadline: datetime | None = None
+    started_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None = None
+    last_seq: int = Field(description="seq of the last event in this view.")
+
+
+class StepPublic(BaseModel):
+    step_id: str
+    node: str
+    node_version: str
+    status: Literal[
+        "scheduled",
+        "dispatched",
+        "retry_wait",
+        "succeeded",
+        "failed",
+        "skipped",
+        "timed_out",
+        "cancelled",
+    ]
+    attempt: int
+    invocation_id: str | None = None
+    output: Any = None
+    output_ref: dict[str, Any] | None = Field(
+        default=None, description="Claim check of a large output (uri, size_bytes, ...)."
+    )
+    error: ErrorInfoPublic | None = None
+    skip_reason: str | None = None
+    cache_hit: bool | None = None
+    duration_ms: int | None = None
+    scheduled_at: datetime | None = None
+    started_at: datetime | None = None
+    next_attempt_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class RunDetail(RunPublic):
+    steps: list[StepPublic]
+
+
+class RunsPublic(BaseModel):
+    data: list[RunPublic]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page.")
+
+
+class RunAccepted(BaseModel):
+    run_id: str
+    status: Literal["accepted"] = "accepted"
+    run: RunDetail | None = Field(
+        default=None,
+        description="With wait_ms: the run as far as it got (absent until it is projected).",
+    )
+
+
+class RunEventPublic(BaseModel):
+    seq: int
+    event_type: str = Field(examples=["StepSucceeded"])
+    event_id: str
+    occurred_at: datetime
+    payload: dict[str, Any]
+
+
+class RunEventsPublic(BaseModel):
+    run_id: str
+    data: list[RunEventPublic]
+    next_after_seq: int = Field(description="Pass as `after_seq` to continue.")
+
+
+class RunStatePublic(BaseModel):
+    run_id: str
+    seq: int = Field(description="The state after applying every event up to this seq.")
+    event_count: int
+    state: dict[str, Any] = Field(description="The scheduler's RunState as JSON.")
+
+
+class CommandCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str | None = Field(default=None, max_length=1000)
+    requested_by: str | None = Field(default=None, max_length=200)
+
+
+class CommandAccepted(BaseModel):
+    command_id: str
+    run_id: str
+    status: Literal["accepted"] = "accepted"
+
+
+class CommandApplied(BaseModel):
+    command_id: str
+    run_id: str
+    status: Literal["applied"] = "applied"
+    event_type: str = Field(examples=["RunCancelled"])
+    seq: int

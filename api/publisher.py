@@ -1,0 +1,57 @@
+"""Publishing the API's records to Kafka, confirmed before the HTTP answer.
+
+A 202 promises the command is on the broker, so every publish waits for the acknowledgement
+(``flush``). The shared :class:`streams.producer.Producer` reports delivery failures on the next
+``flush`` of *any* caller, so publishes are serialised with a lock: otherwise one request could
+receive another's failure and answer 202 for a lost command. ``linger.ms=0`` keeps the serialised
+section to one broker round trip; a per-message delivery callback in ``Producer.send`` would
+remove the lock.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from api.metrics import ApiMetrics
+from reflux.settings import Settings
+from schemas.base import RefluxRecord
+from streams.catalog import TopicCatalog, TopicSpec
+from streams.producer import Producer
+
+__all__ = ["Publisher", "api_producer"]
+
+
+def api_producer(settings: Settings, publish_timeout_s: float) -> Producer:
+    timeout_ms = max(1000, int(publish_timeout_s * 1000))
+    config: dict[str, Any] = {
+        "linger.ms": 0,
+        # A message not delivered within the publish timeout is dropped by librdkafka and
+        # reported as failed, so a 503 answer is not followed by a late, surprising delivery.
+        "delivery.timeout.ms": timeout_ms,
+        "request.timeout.ms": min(timeout_ms, 30_000),
+    }
+    return Producer(settings, config=config, client_id="reflux-api")
+
+
+class Publisher:
+    def __init__(
+        self,
+        producer: Producer,
+        catalog: TopicCatalog,
+        metrics: ApiMetrics,
+        timeout_s: float,
+    ) -> None:
+        self.producer = producer
+        self.catalog = catalog
+        self._metrics = metrics
+        self._timeout_s = timeout_s
+        self._lock = threading.Lock()
+
+    def publish(self, topic: TopicSpec, key: str, record: RefluxRecord) -> None:
+        """Send and wait for the broker; raises ``DeliveryError`` (-> 503) when not confirmed."""
+        with self._lock:
+            self.producer.send(topic, key, record)
+            # Slightly longer than delivery.timeout.ms, so the failure arrives as a callback.
+            self.producer.flush(self._timeout_s + 1.0)
+        self._metrics.published(type(record).__name__, topic.logical)

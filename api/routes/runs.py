@@ -1,0 +1,619 @@
+"""``/v1/runs``: start and control runs (commands on Kafka), read them (projections), watch them
+(SSE) and rebuild their state at any seq (time travel)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any
+
+import anyio
+from fastapi import APIRouter, Body, Header, Query, Request, Response
+from pydantic import ValidationError
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.concurrency import run_in_threadpool
+
+from api.config import MAX_WAIT_MS
+from api.deps import (
+    ApiSettingsDep,
+    CatalogDep,
+    ConnDep,
+    PublisherDep,
+    ReadModelDep,
+    StoreDep,
+)
+from api.errors import (
+    ConflictError,
+    FieldIssue,
+    NotFoundError,
+    ReplayFailedError,
+    RequestInvalidError,
+)
+from api.ids import API_SOURCE, new_command_id, run_id_for
+from api.models.common import errors
+from api.models.runs import (
+    CommandAccepted,
+    CommandApplied,
+    CommandCreate,
+    RunAccepted,
+    RunCreate,
+    RunDetail,
+    RunEventsPublic,
+    RunsPublic,
+    RunStatePublic,
+)
+from api.publisher import Publisher
+from api.readmodel import (
+    TERMINAL_EVENTS,
+    TERMINAL_STATUSES,
+    ReadModel,
+    event_public,
+    load_run_detail,
+    run_public,
+)
+from api.store import request_fingerprint
+from api.timetravel import UnknownEventTypeError, state_at, state_view
+from api.validation import check_inputs, parse_definition
+from processors.scheduler.evolve import EvolveError
+from projections.postgres import queries
+from projections.postgres.queries import RunEventRow
+from schemas.base import RefluxRecord
+from schemas.models import CancelRun, PauseRun, RedriveStep, ResumeRun, StartRun
+from streams.catalog import TopicCatalog
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/runs", tags=["runs"])
+
+WaitQuery = Annotated[
+    int | None,
+    Query(ge=0, le=MAX_WAIT_MS, description=f"Wait up to this many ms (max {MAX_WAIT_MS})."),
+]
+OptionalCommandBody = Annotated[CommandCreate | None, Body()]
+
+
+def run_not_found(run_id: str) -> NotFoundError:
+    return NotFoundError(f"run {run_id!r} not found")
+
+
+async def _require_run(read_model: ReadModel, run_id: str) -> queries.RunRow:
+    row = await read_model.run(run_id)
+    if row is None:
+        raise run_not_found(run_id)
+    return row
+
+
+def _deadline(wait_ms: int) -> float:
+    return time.monotonic() + wait_ms / 1000
+
+
+# -- starting runs ------------------------------------------------------------------------------
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=RunAccepted | RunDetail,
+    summary="Start a run",
+    responses={
+        200: {"model": RunDetail, "description": "With wait_ms: the run finished in time."},
+        202: {"model": RunAccepted, "description": "StartRun is on the broker."},
+        **errors(404, 409, 422, 503),
+    },
+)
+async def start_run(
+    body: RunCreate,
+    *,
+    response: Response,
+    api: ApiSettingsDep,
+    store: StoreDep,
+    read_model: ReadModelDep,
+    publisher: PublisherDep,
+    catalog: CatalogDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=200,
+            description="The same key yields the same run_id (and the run starts once).",
+        ),
+    ] = None,
+) -> RunAccepted | RunDetail:
+    """Checks the workflow version exists and the inputs fit it, then publishes ``StartRun`` on
+    ``commands`` (keyed by run id) and answers 202. With ``wait_ms`` it waits for the run to
+    finish: 200 with the run when it did, else 202 with the run as far as it got."""
+    if idempotency_key and body.idempotency_key and idempotency_key != body.idempotency_key:
+        raise RequestInvalidError(
+            [
+                FieldIssue(
+                    "idempotency_key",
+                    "Expected the Idempotency-Key header and body field to agree, but they differ",
+                    "idempotency_key_mismatch",
+                )
+            ]
+        )
+    key = idempotency_key or body.idempotency_key
+    workflow = await read_model.workflow(body.workflow_id, body.version)
+    if workflow is None:
+        if body.version is None:
+            raise NotFoundError(f"workflow {body.workflow_id!r} not found")
+        raise NotFoundError(f"workflow {body.workflow_id!r} has no version {body.version}")
+    definition = await run_in_threadpool(parse_definition, workflow.definition)
+    await run_in_threadpool(check_inputs, definition, body.inputs)
+
+    run_id = run_id_for(API_SOURCE, key)
+    if key is not None:
+        fingerprint = request_fingerprint(body.workflow_id, body.version, body.inputs)
+        claimed = await store.claim_key(key, run_id, body.workflow_id, fingerprint)
+        if claimed.fingerprint != fingerprint:
+            raise ConflictError(
+                f"Expected Idempotency-Key {key!r} to be reused with the same request, but it "
+                f"was first used for another one (workflow {claimed.workflow_id!r}, run "
+                f"{claimed.run_id!r}); use a new key for a new run"
+            )
+        run_id = claimed.run_id
+    command = StartRun(
+        run_id=run_id,
+        workflow_id=body.workflow_id,
+        workflow_version=workflow.version,
+        # The caller's inputs, not the defaulted ones: the scheduler applies defaults itself
+        # from the definition it runs, so the command stays what the caller asked for.
+        inputs=body.inputs,
+        # Namespaced by source like the trigger router's keys, so sources never collide.
+        idempotency_key=f"{API_SOURCE}:{key}" if key is not None else None,
+        source=API_SOURCE,
+    )
+    # Published again on a retry with the same key: the first attempt may not have reached the
+    # broker, and the scheduler starts a run id only once.
+    await run_in_threadpool(publisher.publish, catalog.commands, run_id, command)
+    if not body.wait_ms:
+        return RunAccepted(run_id=run_id)
+
+    deadline = _deadline(body.wait_ms)
+    detail = await read_model.run_detail(run_id)
+    while (detail is None or detail.status not in TERMINAL_STATUSES) and (
+        time.monotonic() < deadline
+    ):
+        await anyio.sleep(min(api.poll_interval_s, max(0.0, deadline - time.monotonic())))
+        detail = await read_model.run_detail(run_id)
+    if detail is not None and detail.status in TERMINAL_STATUSES:
+        response.status_code = 200
+        return detail
+    return RunAccepted(run_id=run_id, run=detail)
+
+
+# -- reading runs -------------------------------------------------------------------------------
+
+
+@router.get(
+    "", response_model=RunsPublic, summary="List runs, newest first", responses=errors(422, 503)
+)
+def list_runs(
+    conn: ConnDep,
+    *,
+    api: ApiSettingsDep,
+    workflow_id: str | None = None,
+    status: Annotated[
+        str | None, Query(description=f"One of {', '.join(queries.RUN_STATUSES)}")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=queries.MAX_LIMIT)] = 50,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+) -> RunsPublic:
+    if status is not None and status not in queries.RUN_STATUSES:
+        raise RequestInvalidError(
+            [
+                FieldIssue(
+                    "status",
+                    f"Expected one of {list(queries.RUN_STATUSES)}, but got {status!r}",
+                    "enum",
+                )
+            ],
+            prefix=("query",),
+        )
+    try:
+        page = queries.list_runs(conn, workflow_id, status, limit, cursor, schema=api.read_schema)
+    except queries.InvalidQueryError as exc:
+        raise RequestInvalidError(
+            [FieldIssue("cursor", str(exc), "cursor_invalid")], prefix=("query",)
+        ) from exc
+    return RunsPublic(data=[run_public(row) for row in page.items], next_cursor=page.next_cursor)
+
+
+@router.get(
+    "/{run_id}",
+    response_model=RunDetail,
+    summary="A run with its steps",
+    responses=errors(404, 503),
+)
+def get_run(run_id: str, conn: ConnDep, api: ApiSettingsDep) -> RunDetail:
+    detail = load_run_detail(conn, run_id, schema=api.read_schema)
+    if detail is None:
+        raise run_not_found(run_id)
+    return detail
+
+
+@router.get(
+    "/{run_id}/events",
+    response_model=RunEventsPublic,
+    summary="A run's events in seq order",
+    responses=errors(404, 503),
+)
+def get_events(
+    run_id: str,
+    *,
+    conn: ConnDep,
+    api: ApiSettingsDep,
+    after_seq: Annotated[int, Query(ge=-1, description="Only events with seq > after_seq")] = -1,
+    limit: Annotated[int, Query(ge=1, le=queries.MAX_EVENTS_LIMIT)] = 1000,
+) -> RunEventsPublic:
+    if queries.get_run(conn, run_id, schema=api.read_schema) is None:
+        raise run_not_found(run_id)
+    rows = queries.get_events(conn, run_id, after_seq, limit, schema=api.read_schema)
+    return RunEventsPublic(
+        run_id=run_id,
+        data=[event_public(row) for row in rows],
+        next_after_seq=rows[-1].seq if rows else after_seq,
+    )
+
+
+def _events_through(conn: Any, run_id: str, seq: int, schema: str) -> list[RunEventRow]:
+    events: list[RunEventRow] = []
+    after = -1
+    while True:
+        page = queries.get_events(conn, run_id, after, queries.MAX_EVENTS_LIMIT, schema=schema)
+        events.extend(row for row in page if row.seq <= seq)
+        if not page or page[-1].seq >= seq or len(page) < queries.MAX_EVENTS_LIMIT:
+            return events
+        after = page[-1].seq
+
+
+@router.get(
+    "/{run_id}/state",
+    response_model=RunStatePublic,
+    summary="Time travel: the run's state after event `seq`",
+    responses=errors(404, 422, 503),
+)
+def get_state(
+    run_id: str,
+    *,
+    conn: ConnDep,
+    api: ApiSettingsDep,
+    seq: Annotated[
+        int | None, Query(ge=0, description="Fold events up to this seq (default: all).")
+    ] = None,
+) -> RunStatePublic:
+    """Folds the run's events up to ``seq`` with the scheduler's own ``fold`` (replay)."""
+    run = queries.get_run(conn, run_id, schema=api.read_schema)
+    if run is None:
+        raise run_not_found(run_id)
+    target = run.last_seq if seq is None else seq
+    if target > run.last_seq:
+        raise RequestInvalidError(
+            [
+                FieldIssue(
+                    "seq",
+                    f"Expected seq <= {run.last_seq} (the run's last projected event), "
+                    f"but got {target}",
+                    "seq_out_of_range",
+                )
+            ],
+            prefix=("query",),
+        )
+    rows = _events_through(conn, run_id, target, api.read_schema)
+    try:
+        state = state_at(rows)
+    except (UnknownEventTypeError, EvolveError, ValidationError) as exc:
+        # The projection holds something the engine cannot replay: a server-side problem.
+        raise ReplayFailedError(
+            f"Expected run {run_id!r} to replay, but it does not: {exc}"
+        ) from exc
+    return RunStatePublic(
+        run_id=run_id,
+        seq=rows[-1].seq if rows else -1,
+        event_count=len(rows),
+        state=state_view(state),
+    )
+
+
+@router.get(
+    "/{run_id}/stream",
+    summary="Server-sent events of a run",
+    response_class=EventSourceResponse,
+    responses={
+        200: {
+            "description": "`text/event-stream`: one SSE event per run event (id = seq, "
+            "event = event type, data = the event as JSON); ends after the terminal event.",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        **errors(404, 422, 503),
+    },
+)
+async def stream_run(
+    run_id: str,
+    *,
+    request: Request,
+    read_model: ReadModelDep,
+    api: ApiSettingsDep,
+    after_seq: Annotated[int | None, Query(ge=-1)] = None,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+) -> EventSourceResponse:
+    """Replays the run's events after ``Last-Event-ID`` (or ``after_seq``), then follows new ones
+    as the projection receives them."""
+    start = after_seq if after_seq is not None else -1
+    if last_event_id:
+        try:
+            start = int(last_event_id)
+        except ValueError:
+            raise RequestInvalidError(
+                [
+                    FieldIssue(
+                        "Last-Event-ID",
+                        f"Expected an event seq (integer), but got {last_event_id!r}",
+                        "int_parsing",
+                    )
+                ],
+                prefix=("header",),
+            ) from None
+    await _require_run(read_model, run_id)
+    return EventSourceResponse(
+        _follow(request, read_model, run_id, start, api.poll_interval_s), ping=15
+    )
+
+
+async def _follow(
+    request: Request, read_model: ReadModel, run_id: str, after: int, poll_s: float
+) -> AsyncIterator[ServerSentEvent]:
+    while True:
+        rows = await read_model.events(run_id, after, 500)
+        for row in rows:
+            after = row.seq
+            yield ServerSentEvent(
+                data=event_public(row).model_dump_json(),
+                event=row.event_type,
+                id=str(row.seq),
+            )
+            if row.event_type in TERMINAL_EVENTS:
+                return
+        if rows:
+            continue
+        # Nothing new: stop if the run ended before `after` (a resume past the end).
+        run = await read_model.run(run_id)
+        if run is not None and run.status in TERMINAL_STATUSES and run.last_seq <= after:
+            return
+        if await request.is_disconnected():
+            return
+        await anyio.sleep(poll_s)
+
+
+# -- controlling runs ---------------------------------------------------------------------------
+
+EventMatch = Callable[[RunEventRow], bool]
+
+
+def _caused_by(row: RunEventRow, command: RefluxRecord) -> bool:
+    """Whether an effect event may be this command's: a causation id, when the scheduler sets
+    one, must name the command."""
+    cause = row.payload.get("causation_id")
+    return cause is None or cause in {
+        getattr(command, "command_id", None),
+        getattr(command, "event_id", None),
+    }
+
+
+async def _command(
+    run_id: str,
+    *,
+    command: RefluxRecord,
+    effect: EventMatch,
+    wait_ms: int | None,
+    response: Response,
+    read_model: ReadModel,
+    publisher: Publisher,
+    catalog: TopicCatalog,
+    poll_s: float,
+) -> CommandAccepted | CommandApplied:
+    run = await _require_run(read_model, run_id)
+    command_id: str = getattr(command, "command_id")  # noqa: B009  every command has one
+    await run_in_threadpool(publisher.publish, catalog.commands, run_id, command)
+    if not wait_ms:
+        return CommandAccepted(command_id=command_id, run_id=run_id)
+    # Events at or before last_seq were projected before the command existed.
+    after = run.last_seq
+    deadline = _deadline(wait_ms)
+    while True:
+        for row in await read_model.events(run_id, after):
+            after = row.seq
+            if row.event_type == "CommandRejected" and row.payload.get("command_id") == command_id:
+                raise ConflictError(str(row.payload.get("reason") or "command rejected"))
+            if effect(row) and _caused_by(row, command):
+                response.status_code = 200
+                return CommandApplied(
+                    command_id=command_id, run_id=run_id, event_type=row.event_type, seq=row.seq
+                )
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return CommandAccepted(command_id=command_id, run_id=run_id)
+        await anyio.sleep(min(poll_s, remaining))
+
+
+def _of_type(event_type: str) -> EventMatch:
+    return lambda row: row.event_type == event_type
+
+
+_COMMAND_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": CommandApplied, "description": "With wait_ms: the command took effect."},
+    202: {"model": CommandAccepted, "description": "The command is on the broker."},
+    **errors(404, 409, 422, 503),
+}
+
+
+@router.post(
+    "/{run_id}/cancel",
+    status_code=202,
+    response_model=CommandAccepted | CommandApplied,
+    summary="Cancel a run",
+    responses=_COMMAND_RESPONSES,
+)
+async def cancel_run(
+    run_id: str,
+    *,
+    response: Response,
+    api: ApiSettingsDep,
+    read_model: ReadModelDep,
+    publisher: PublisherDep,
+    catalog: CatalogDep,
+    wait_ms: WaitQuery = None,
+    body: OptionalCommandBody = None,
+) -> CommandAccepted | CommandApplied:
+    """Publishes ``CancelRun``; with ``wait_ms`` answers 200 on ``RunCancelled`` and 409 with the
+    scheduler's reason on ``CommandRejected``."""
+    extra = body or CommandCreate()
+    command = CancelRun(
+        run_id=run_id,
+        command_id=new_command_id(),
+        reason=extra.reason,
+        requested_by=extra.requested_by,
+    )
+    return await _command(
+        run_id,
+        command=command,
+        effect=_of_type("RunCancelled"),
+        wait_ms=wait_ms,
+        response=response,
+        read_model=read_model,
+        publisher=publisher,
+        catalog=catalog,
+        poll_s=api.poll_interval_s,
+    )
+
+
+@router.post(
+    "/{run_id}/pause",
+    status_code=202,
+    response_model=CommandAccepted | CommandApplied,
+    summary="Pause a run",
+    responses=_COMMAND_RESPONSES,
+)
+async def pause_run(
+    run_id: str,
+    *,
+    response: Response,
+    api: ApiSettingsDep,
+    read_model: ReadModelDep,
+    publisher: PublisherDep,
+    catalog: CatalogDep,
+    wait_ms: WaitQuery = None,
+    body: OptionalCommandBody = None,
+) -> CommandAccepted | CommandApplied:
+    """Publishes ``PauseRun``; with ``wait_ms`` answers 200 on ``RunPaused``, 409 on rejection."""
+    extra = body or CommandCreate()
+    command = PauseRun(
+        run_id=run_id,
+        command_id=new_command_id(),
+        reason=extra.reason,
+        requested_by=extra.requested_by,
+    )
+    return await _command(
+        run_id,
+        command=command,
+        effect=_of_type("RunPaused"),
+        wait_ms=wait_ms,
+        response=response,
+        read_model=read_model,
+        publisher=publisher,
+        catalog=catalog,
+        poll_s=api.poll_interval_s,
+    )
+
+
+@router.post(
+    "/{run_id}/resume",
+    status_code=202,
+    response_model=CommandAccepted | CommandApplied,
+    summary="Resume a paused run",
+    responses=_COMMAND_RESPONSES,
+)
+async def resume_run(
+    run_id: str,
+    *,
+    response: Response,
+    api: ApiSettingsDep,
+    read_model: ReadModelDep,
+    publisher: PublisherDep,
+    catalog: CatalogDep,
+    wait_ms: WaitQuery = None,
+    body: OptionalCommandBody = None,
+) -> CommandAccepted | CommandApplied:
+    """Publishes ``ResumeRun``; with ``wait_ms`` answers 200 on ``RunResumed``, 409 on
+    rejection."""
+    extra = body or CommandCreate()
+    command = ResumeRun(
+        run_id=run_id,
+        command_id=new_command_id(),
+        reason=extra.reason,
+        requested_by=extra.requested_by,
+    )
+    return await _command(
+        run_id,
+        command=command,
+        effect=_of_type("RunResumed"),
+        wait_ms=wait_ms,
+        response=response,
+        read_model=read_model,
+        publisher=publisher,
+        catalog=catalog,
+        poll_s=api.poll_interval_s,
+    )
+
+
+@router.post(
+    "/{run_id}/steps/{step_id}/redrive",
+    status_code=202,
+    response_model=CommandAccepted | CommandApplied,
+    summary="Re-drive one step of a run",
+    responses=_COMMAND_RESPONSES,
+)
+async def redrive_step(
+    run_id: str,
+    *,
+    step_id: str,
+    response: Response,
+    api: ApiSettingsDep,
+    read_model: ReadModelDep,
+    publisher: PublisherDep,
+    catalog: CatalogDep,
+    wait_ms: WaitQuery = None,
+    body: OptionalCommandBody = None,
+) -> CommandAccepted | CommandApplied:
+    """Publishes ``RedriveStep``; with ``wait_ms`` answers 200 when the step is scheduled again
+    and 409 with the scheduler's reason (e.g. the step is not failed) on rejection."""
+    detail = await read_model.run_detail(run_id)
+    if detail is None:
+        raise run_not_found(run_id)
+    if step_id not in {step.step_id for step in detail.steps}:
+        raise NotFoundError(f"step {step_id!r} not found in run {run_id!r}")
+    extra = body or CommandCreate()
+    command = RedriveStep(
+        run_id=run_id,
+        step_id=step_id,
+        command_id=new_command_id(),
+        reason=extra.reason,
+        requested_by=extra.requested_by,
+    )
+
+    def effect(row: RunEventRow) -> bool:
+        step = row.payload.get("step") or {}
+        return row.event_type == "StepScheduled" and step.get("step_id") == step_id
+
+    return await _command(
+        run_id,
+        command=command,
+        effect=effect,
+        wait_ms=wait_ms,
+        response=response,
+        read_model=read_model,
+        publisher=publisher,
+        catalog=catalog,
+        poll_s=api.poll_interval_s,
+    )

@@ -1,0 +1,483 @@
+"""One applier per event type: what the event does to the read models, as SQL statements.
+
+Appliers are pure: they read the event and return a :class:`Plan`; executing it is the writer's
+job (:mod:`projections.postgres.writer`). A plan has a *guard* and *updates*:
+
+- for run-log events the guard inserts the ``run_events`` row with ``ON CONFLICT (run_id, seq)
+  DO NOTHING``; the updates run only if that insert inserted. A redelivered event (lost offset
+  commit, duplicate produce, replay after an offsets reset) therefore changes nothing, even though
+  the row updates themselves (status flips, upserts) are not idempotent in general;
+- for ``WorkflowRegistered`` the guard is the ``workflows`` insert itself (versions are
+  immutable: the first registration of ``(workflow_id, version)`` wins).
+
+Because ``seq`` is gap-free and per-run order is preserved by the partitioning, updates can
+simply overwrite with the event's values; ``last_seq`` says how far a run's row has got.
+
+Status rules that are not obvious from the event names:
+
+- ``StepScheduled`` / ``StepDispatched`` / ``StepRetryScheduled`` on a finished run (a re-driven
+  step) move it back to ``running`` and clear ``finished_at``/``error``/``failed_step``/``outputs``
+  (a paused run stays paused); ``RunResumed`` does the same, including after ``RunFailed``;
+- ``RunCancelled`` also marks every step still in flight (scheduled, dispatched, retry_wait) as
+  ``cancelled``: there is no per-step event for that;
+- ``StepTimedOut`` stores an error ``{"error_class": "StepTimedOut", ...}`` so a timed-out step
+  has an error like a failed one (the event itself carries only the timeout);
+- ``GraphMutated`` only advances the run: step rows appear and change with the step events,
+  which carry the (possibly replaced) node and version;
+- ``CommandRejected`` changes no state: it advances ``last_seq`` but not ``updated_at``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import singledispatch
+from typing import Any, Final
+
+from psycopg.types.json import Jsonb
+
+from projections.postgres.identifiers import table
+from reflux.errors import NonRetryableError
+from schemas.base import RefluxRecord
+from schemas.models import (
+    CommandRejected,
+    GraphMutated,
+    RunCancelled,
+    RunFailed,
+    RunPaused,
+    RunResumed,
+    RunStarted,
+    RunSucceeded,
+    StepDispatched,
+    StepFailed,
+    StepRef,
+    StepRetryScheduled,
+    StepScheduled,
+    StepSkipped,
+    StepSucceeded,
+    StepTimedOut,
+    WorkflowRegistered,
+)
+
+__all__ = [
+    "RUN_EVENT_TYPES",
+    "WORKFLOW_EVENT_TYPES",
+    "Plan",
+    "Statement",
+    "UnsupportedEventError",
+    "jsonb",
+    "plan",
+]
+
+RUN_EVENT_TYPES: Final[tuple[type[RefluxRecord], ...]] = (
+    RunStarted,
+    StepScheduled,
+    StepDispatched,
+    StepSucceeded,
+    StepFailed,
+    StepRetryScheduled,
+    StepTimedOut,
+    StepSkipped,
+    GraphMutated,
+    RunPaused,
+    RunResumed,
+    RunSucceeded,
+    RunFailed,
+    RunCancelled,
+    CommandRejected,
+)
+"""Every record type the ``runs`` topic carries; anything else there is poison."""
+
+WORKFLOW_EVENT_TYPES: Final[tuple[type[RefluxRecord], ...]] = (WorkflowRegistered,)
+
+_FINISHED: Final = "('succeeded', 'failed', 'cancelled')"
+_IN_FLIGHT: Final = "('scheduled', 'dispatched', 'retry_wait')"
+
+
+class UnsupportedEventError(NonRetryableError):
+    """A decodable record this projection has no applier for (dead-lettered)."""
+
+    error_class = "UnsupportedEvent"
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    sql: str
+    params: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What one record does to the read models; see the module docstring."""
+
+    guard: Statement
+    """Claims the record: inserts one row on its first delivery, none on a redelivery."""
+    updates: tuple[Statement, ...] = ()
+    """Run only when the guard claimed the record."""
+
+
+def jsonb(value: Any) -> Jsonb | None:
+    """A JSON value for a ``jsonb`` column; Python ``None`` (absent) becomes SQL NULL."""
+    return None if value is None else Jsonb(value)
+
+
+def _dump(model: RefluxRecord | None) -> Jsonb | None:
+    return None if model is None else Jsonb(model.model_dump(mode="json"))
+
+
+@singledispatch
+def plan(event: RefluxRecord, schema: str) -> Plan:
+    """The plan of one record; raises :class:`UnsupportedEventError` for unknown types."""
+    raise UnsupportedEventError(
+        f"Expected one of the projected event types "
+        f"({', '.join(t.__name__ for t in RUN_EVENT_TYPES + WORKFLOW_EVENT_TYPES)}), "
+        f"but got {type(event).__name__}"
+    )
+
+
+# -- building blocks -------------------------------------------------------------------------
+
+
+def _run_plan(event: Any, schema: str, *updates: Statement) -> Plan:
+    guard = Statement(
+        f"INSERT INTO {table(schema, 'run_events')} "
+        "(run_id, seq, event_type, event_id, occurred_at, payload) "
+        "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (run_id, seq) DO NOTHING",
+        (
+            event.run_id,
+            event.seq,
+            type(event).__name__,
+            event.event_id,
+            event.occurred_at,
+            Jsonb(event.model_dump(mode="json")),
+        ),
+    )
+    return Plan(guard, updates)
+
+
+def _update_run(event: Any, schema: str, **columns: Any) -> Statement:
+    """Set ``columns`` on the run's row and advance it to this event."""
+    assignments = "".join(f"{name} = %s, " for name in columns)
+    return Statement(
+        f"UPDATE {table(schema, 'runs')} SET {assignments}"
+        "last_seq = GREATEST(last_seq, %s), updated_at = %s WHERE run_id = %s",
+        (*columns.values(), event.seq, event.occurred_at, event.run_id),
+    )
+
+
+def _reopen_run(event: Any, schema: str) -> Statement:
+    """Advance the run; a finished run becomes running again (re-drive), a paused one stays."""
+    reopen = f"status IN {_FINISHED}"
+    return Statement(
+        f"UPDATE {table(schema, 'runs')} SET "
+        f"status = CASE WHEN {reopen} THEN 'running' ELSE status END, "
+        f"finished_at = CASE WHEN {reopen} THEN NULL ELSE finished_at END, "
+        f"error = CASE WHEN {reopen} THEN NULL ELSE error END, "
+        f"failed_step = CASE WHEN {reopen} THEN NULL ELSE failed_step END, "
+        f"outputs = CASE WHEN {reopen} THEN NULL ELSE outputs END, "
+        "last_seq = GREATEST(last_seq, %s), updated_at = %s WHERE run_id = %s",
+        (event.seq, event.occurred_at, event.run_id),
+    )
+
+
+def _upsert_step(
+    event: Any,
+    schema: str,
+    step: StepRef,
+    status: str,
+    *,
+    attempt: int | None,
+    set_node: bool = False,
+    **columns: Any,
+) -> Statement:
+    """Insert the step's row or overwrite ``columns`` (plus status and attempt) on it.
+
+    Columns not named keep their value on update and are NULL on insert, so an event that does
+    not know a value (``invocation_id`` of a cache hit, ``attempt`` of a skip) passes nothing.
+    ``node``/``node_version`` are overwritten only with ``set_node``: outcome events carry the
+    version pinned by the definition, while the row shows the concrete version dispatched.
+    A step is normally inserted by ``StepScheduled``; the insert path also makes the projection
+    tolerate a log whose beginning was deleted.
+    """
+    insert: dict[str, Any] = {
+        "node": step.node,
+        "node_version": step.node_version,
+        "status": status,
+        "attempt": 0 if attempt is None else attempt,
+        **columns,
+        "updated_at": event.occurred_at,
+    }
+    overwrite = [
+        name
+        for name in insert
+        if (set_node or name not in ("node", "node_version"))
+        and (attempt is not None or name != "attempt")
+    ]
+    names = ", ".join(insert)
+    placeholders = ", ".join(["%s"] * len(insert))
+    updates = ", ".join(f"{name} = EXCLUDED.{name}" for name in overwrite)
+    return Statement(
+        f"INSERT INTO {table(schema, 'steps')} (run_id, step_id, {names}) "
+        f"VALUES (%s, %s, {placeholders}) "
+        f"ON CONFLICT (run_id, step_id) DO UPDATE SET {updates}",
+        (event.run_id, step.step_id, *insert.values()),
+    )
+
+
+# -- run lifecycle ---------------------------------------------------------------------------
+
+
+@plan.register
+def _(event: RunStarted, schema: str) -> Plan:
+    insert = Statement(
+        f"INSERT INTO {table(schema, 'runs')} (run_id, workflow_id, workflow_version, status, "
+        "inputs, source, source_key, idempotency_key, deadline, started_at, updated_at, last_seq) "
+        "VALUES (%s, %s, %s, 'running', %s, %s, %s, %s, %s, %s, %s, %s) "
+        "ON CONFLICT (run_id) DO NOTHING",
+        (
+            event.run_id,
+            event.workflow_id,
+            event.workflow_version,
+            jsonb(event.inputs),
+            event.source,
+            event.source_key,
+            event.idempotency_key,
+            event.deadline,
+            event.occurred_at,
+            event.occurred_at,
+            event.seq,
+        ),
+    )
+    return _run_plan(event, schema, insert)
+
+
+@plan.register
+def _(event: RunPaused, schema: str) -> Plan:
+    return _run_plan(event, schema, _update_run(event, schema, status="paused"))
+
+
+@plan.register
+def _(event: RunResumed, schema: str) -> Plan:
+    update = _update_run(
+        event,
+        schema,
+        status="running",
+        finished_at=None,
+        error=None,
+        failed_step=None,
+        outputs=None,
+    )
+    return _run_plan(event, schema, update)
+
+
+@plan.register
+def _(event: RunSucceeded, schema: str) -> Plan:
+    update = _update_run(
+        event,
+        schema,
+        status="succeeded",
+        outputs=jsonb(event.outputs),
+        error=None,
+        failed_step=None,
+        finished_at=event.occurred_at,
+    )
+    return _run_plan(event, schema, update)
+
+
+@plan.register
+def _(event: RunFailed, schema: str) -> Plan:
+    update = _update_run(
+        event,
+        schema,
+        status="failed",
+        error=_dump(event.error),
+        failed_step=event.failed_step.step_id if event.failed_step else None,
+        finished_at=event.occurred_at,
+    )
+    return _run_plan(event, schema, update)
+
+
+@plan.register
+def _(event: RunCancelled, schema: str) -> Plan:
+    cancel_steps = Statement(
+        f"UPDATE {table(schema, 'steps')} SET status = 'cancelled', finished_at = %s, "
+        f"next_attempt_at = NULL, updated_at = %s WHERE run_id = %s AND status IN {_IN_FLIGHT}",
+        (event.occurred_at, event.occurred_at, event.run_id),
+    )
+    update = _update_run(event, schema, status="cancelled", finished_at=event.occurred_at)
+    return _run_plan(event, schema, update, cancel_steps)
+
+
+@plan.register
+def _(event: GraphMutated, schema: str) -> Plan:
+    return _run_plan(event, schema, _update_run(event, schema))
+
+
+@plan.register
+def _(event: CommandRejected, schema: str) -> Plan:
+    advance = Statement(
+        f"UPDATE {table(schema, 'runs')} SET last_seq = GREATEST(last_seq, %s) WHERE run_id = %s",
+        (event.seq, event.run_id),
+    )
+    return _run_plan(event, schema, advance)
+
+
+# -- steps -----------------------------------------------------------------------------------
+
+
+@plan.register
+def _(event: StepScheduled, schema: str) -> Plan:
+    # Scheduling starts the step afresh (a re-drive re-schedules a finished step).
+    step = _upsert_step(
+        event,
+        schema,
+        event.step,
+        "scheduled",
+        attempt=event.attempt,
+        set_node=True,
+        params=jsonb(event.params),
+        scheduled_at=event.occurred_at,
+        started_at=None,
+        next_attempt_at=None,
+        finished_at=None,
+        invocation_id=None,
+        output=None,
+        output_ref=None,
+        error=None,
+        skip_reason=None,
+        cache_hit=None,
+        duration_ms=None,
+    )
+    return _run_plan(event, schema, step, _reopen_run(event, schema))
+
+
+@plan.register
+def _(event: StepDispatched, schema: str) -> Plan:
+    step = _upsert_step(
+        event,
+        schema,
+        StepRef(step_id=event.step.step_id, node=event.step.node, node_version=event.node_version),
+        "dispatched",
+        attempt=event.attempt,
+        set_node=True,
+        invocation_id=event.invocation_id,
+        started_at=event.occurred_at,
+        next_attempt_at=None,
+        finished_at=None,
+        output=None,
+        output_ref=None,
+        error=None,
+        cache_hit=None,
+        duration_ms=None,
+    )
+    return _run_plan(event, schema, step, _reopen_run(event, schema))
+
+
+@plan.register
+def _(event: StepSucceeded, schema: str) -> Plan:
+    step = _upsert_step(
+        event,
+        schema,
+        event.step,
+        "succeeded",
+        attempt=event.attempt,
+        invocation_id=event.invocation_id,
+        output=jsonb(event.output),
+        output_ref=_dump(event.output_ref),
+        cache_hit=event.cache_hit,
+        duration_ms=event.duration_ms,
+        error=None,
+        next_attempt_at=None,
+        finished_at=event.occurred_at,
+    )
+    return _run_plan(event, schema, step, _update_run(event, schema))
+
+
+@plan.register
+def _(event: StepFailed, schema: str) -> Plan:
+    optional: dict[str, Any] = {"invocation_id": event.invocation_id} if event.invocation_id else {}
+    step = _upsert_step(
+        event,
+        schema,
+        event.step,
+        "failed",
+        attempt=event.attempt,
+        error=_dump(event.error),
+        next_attempt_at=None,
+        finished_at=event.occurred_at,
+        **optional,
+    )
+    return _run_plan(event, schema, step, _update_run(event, schema))
+
+
+@plan.register
+def _(event: StepRetryScheduled, schema: str) -> Plan:
+    # The error of the failed attempt stays visible while the step waits for the next one.
+    step = _upsert_step(
+        event,
+        schema,
+        event.step,
+        "retry_wait",
+        attempt=event.attempt,
+        next_attempt_at=event.next_attempt_at,
+        finished_at=None,
+    )
+    return _run_plan(event, schema, step, _reopen_run(event, schema))
+
+
+@plan.register
+def _(event: StepTimedOut, schema: str) -> Plan:
+    error = {
+        "error_class": "StepTimedOut",
+        "message": f"Attempt {event.attempt} exceeded its timeout of {event.timeout_ms} ms",
+        "retryable": True,
+    }
+    optional: dict[str, Any] = {"invocation_id": event.invocation_id} if event.invocation_id else {}
+    step = _upsert_step(
+        event,
+        schema,
+        event.step,
+        "timed_out",
+        attempt=event.attempt,
+        error=Jsonb(error),
+        next_attempt_at=None,
+        finished_at=event.occurred_at,
+        **optional,
+    )
+    return _run_plan(event, schema, step, _update_run(event, schema))
+
+
+@plan.register
+def _(event: StepSkipped, schema: str) -> Plan:
+    step = _upsert_step(
+        event,
+        schema,
+        event.step,
+        "skipped",
+        attempt=None,
+        skip_reason=event.reason,
+        next_attempt_at=None,
+        finished_at=event.occurred_at,
+    )
+    return _run_plan(event, schema, step, _update_run(event, schema))
+
+
+# -- workflows -------------------------------------------------------------------------------
+
+
+@plan.register
+def _(event: WorkflowRegistered, schema: str) -> Plan:
+    return Plan(
+        Statement(
+            f"INSERT INTO {table(schema, 'workflows')} "
+            "(workflow_id, version, definition, registered_at, registered_by) "
+            "VALUES (%s, %s, %s, %s, %s) "
+            "ON CONFLICT (workflow_id, version) DO NOTHING",
+            (
+                event.workflow_id,
+                event.version,
+                Jsonb(event.definition),
+                event.registered_at,
+                event.registered_by,
+            ),
+        )
+    )

@@ -1,0 +1,309 @@
+"""The read API over the run-engine read models, for the FastAPI layer.
+
+Every function takes a psycopg connection (autocommit or inside the caller's transaction) and a
+keyword ``schema`` (default ``"reflux"``), and returns frozen dataclasses whose fields are the
+table columns: JSON columns hold Python values, timestamps are aware datetimes. They are storage
+rows: the API maps them to its own Public models rather than returning them as they are.
+
+Errors: invalid arguments (unknown status, bad cursor, limit out of range) raise
+:class:`InvalidQueryError`, a non-retryable error the API turns into a 400/422.
+
+``list_runs`` pages newest first with an opaque keyset cursor, so a page is stable while new runs
+arrive (no OFFSET drift).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass, fields
+from datetime import datetime
+from typing import Any, Final
+
+import psycopg
+from psycopg.rows import class_row
+
+from projections.postgres.identifiers import DEFAULT_SCHEMA, table
+from reflux.errors import NonRetryableError
+
+__all__ = [
+    "MAX_LIMIT",
+    "RUN_STATUSES",
+    "STEP_STATUSES",
+    "InvalidQueryError",
+    "RunEventRow",
+    "RunPage",
+    "RunRow",
+    "StepRow",
+    "WorkflowRow",
+    "WorkflowSummary",
+    "get_events",
+    "get_run",
+    "get_steps",
+    "get_workflow",
+    "list_runs",
+    "list_workflow_versions",
+    "list_workflows",
+]
+
+RUN_STATUSES: Final = ("running", "paused", "succeeded", "failed", "cancelled")
+STEP_STATUSES: Final = (
+    "scheduled",
+    "dispatched",
+    "retry_wait",
+    "succeeded",
+    "failed",
+    "skipped",
+    "timed_out",
+    "cancelled",
+)
+MAX_LIMIT: Final = 1000
+MAX_EVENTS_LIMIT: Final = 10_000
+
+
+class InvalidQueryError(NonRetryableError):
+    error_class = "InvalidQuery"
+
+
+@dataclass(frozen=True, slots=True)
+class RunRow:
+    run_id: str
+    workflow_id: str
+    workflow_version: int
+    status: str
+    """One of :data:`RUN_STATUSES`."""
+    inputs: Any
+    outputs: Any
+    """Set when succeeded."""
+    error: dict[str, Any] | None
+    """ErrorInfo (``error_class``, ``message``, ``retryable``) when failed."""
+    failed_step: str | None
+    """step_id of the step that failed the run."""
+    source: str
+    source_key: str | None
+    idempotency_key: str | None
+    deadline: datetime | None
+    started_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    last_seq: int
+    """seq of the last event applied: clients can wait for ``last_seq >= n``."""
+
+
+@dataclass(frozen=True, slots=True)
+class StepRow:
+    run_id: str
+    step_id: str
+    node: str
+    node_version: str
+    status: str
+    """One of :data:`STEP_STATUSES`."""
+    attempt: int
+    """Current (or next, in retry_wait) attempt, 1-based; 0 for a step skipped before any."""
+    invocation_id: str | None
+    params: Any
+    output: Any
+    output_ref: dict[str, Any] | None
+    """PayloadRef (``uri``, ``size_bytes``, ``sha256``, ``content_type``) of a large output."""
+    error: dict[str, Any] | None
+    skip_reason: str | None
+    cache_hit: bool | None
+    duration_ms: int | None
+    scheduled_at: datetime | None
+    started_at: datetime | None
+    """When the current attempt was dispatched."""
+    next_attempt_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RunEventRow:
+    run_id: str
+    seq: int
+    event_type: str
+    """The event model's class name, e.g. ``"StepSucceeded"``."""
+    event_id: str
+    occurred_at: datetime
+    payload: dict[str, Any]
+    """The event model's JSON dump (``model_dump(mode="json")``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowRow:
+    workflow_id: str
+    version: int
+    definition: Any
+    registered_at: datetime
+    registered_by: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowSummary:
+    workflow_id: str
+    latest_version: int
+    version_count: int
+    registered_at: datetime
+    """When the latest version was registered."""
+    registered_by: str | None
+    """Who registered the latest version."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunPage:
+    items: list[RunRow]
+    next_cursor: str | None
+    """Pass back as ``cursor`` for the next page; ``None`` on the last page."""
+
+
+def _columns(row_type: type) -> str:
+    # Explicit columns, so a migration that adds one does not break these row types.
+    return ", ".join(f.name for f in fields(row_type))
+
+
+def _check_limit(limit: int, maximum: int) -> None:
+    if not 1 <= limit <= maximum:
+        raise InvalidQueryError(f"Expected limit between 1 and {maximum}, but got {limit}")
+
+
+def get_run(
+    conn: psycopg.Connection, run_id: str, *, schema: str = DEFAULT_SCHEMA
+) -> RunRow | None:
+    with conn.cursor(row_factory=class_row(RunRow)) as cursor:
+        cursor.execute(
+            f"SELECT {_columns(RunRow)} FROM {table(schema, 'runs')} WHERE run_id = %s", (run_id,)
+        )
+        return cursor.fetchone()
+
+
+def encode_cursor(row: RunRow) -> str:
+    raw = json.dumps([row.started_at.isoformat(), row.run_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        started_at, run_id = json.loads(raw)
+        return datetime.fromisoformat(started_at), str(run_id)
+    except (binascii.Error, ValueError, TypeError) as exc:
+        raise InvalidQueryError(
+            f"Expected a cursor returned by a previous page, but got {cursor!r}"
+        ) from exc
+
+
+def list_runs(
+    conn: psycopg.Connection,
+    workflow_id: str | None = None,
+    status: str | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+    *,
+    schema: str = DEFAULT_SCHEMA,
+) -> RunPage:
+    """Runs newest first (``started_at``, then ``run_id``), optionally filtered."""
+    _check_limit(limit, MAX_LIMIT)
+    if status is not None and status not in RUN_STATUSES:
+        raise InvalidQueryError(f"Expected status to be one of {RUN_STATUSES}, but got {status!r}")
+    where: list[str] = []
+    params: list[object] = []
+    if workflow_id is not None:
+        where.append("workflow_id = %s")
+        params.append(workflow_id)
+    if status is not None:
+        where.append("status = %s")
+        params.append(status)
+    if cursor is not None:
+        started_at, run_id = decode_cursor(cursor)
+        where.append("(started_at, run_id) < (%s, %s)")
+        params.extend([started_at, run_id])
+    sql = f"SELECT {_columns(RunRow)} FROM {table(schema, 'runs')}"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY started_at DESC, run_id DESC LIMIT %s"
+    params.append(limit + 1)
+    with conn.cursor(row_factory=class_row(RunRow)) as cur:
+        rows = cur.execute(sql, params).fetchall()
+    more = len(rows) > limit
+    items = rows[:limit]
+    return RunPage(items, encode_cursor(items[-1]) if more else None)
+
+
+def get_steps(
+    conn: psycopg.Connection, run_id: str, *, schema: str = DEFAULT_SCHEMA
+) -> list[StepRow]:
+    """The run's steps in the order they were first scheduled."""
+    with conn.cursor(row_factory=class_row(StepRow)) as cursor:
+        cursor.execute(
+            f"SELECT {_columns(StepRow)} FROM {table(schema, 'steps')} WHERE run_id = %s "
+            "ORDER BY scheduled_at NULLS LAST, step_id",
+            (run_id,),
+        )
+        return cursor.fetchall()
+
+
+def get_events(
+    conn: psycopg.Connection,
+    run_id: str,
+    after_seq: int = -1,
+    limit: int = 1000,
+    *,
+    schema: str = DEFAULT_SCHEMA,
+) -> list[RunEventRow]:
+    """Events with ``seq > after_seq`` in seq order (seq is 0-based: the default starts at 0)."""
+    _check_limit(limit, MAX_EVENTS_LIMIT)
+    with conn.cursor(row_factory=class_row(RunEventRow)) as cursor:
+        cursor.execute(
+            f"SELECT {_columns(RunEventRow)} FROM {table(schema, 'run_events')} "
+            "WHERE run_id = %s AND seq > %s "
+            "ORDER BY seq LIMIT %s",
+            (run_id, after_seq, limit),
+        )
+        return cursor.fetchall()
+
+
+def get_workflow(
+    conn: psycopg.Connection,
+    workflow_id: str,
+    version: int | None = None,
+    *,
+    schema: str = DEFAULT_SCHEMA,
+) -> WorkflowRow | None:
+    """One version of a workflow; the latest when ``version`` is None."""
+    sql = f"SELECT {_columns(WorkflowRow)} FROM {table(schema, 'workflows')} "
+    sql += "WHERE workflow_id = %s"
+    params: list[object] = [workflow_id]
+    if version is not None:
+        sql += " AND version = %s"
+        params.append(version)
+    sql += " ORDER BY version DESC LIMIT 1"
+    with conn.cursor(row_factory=class_row(WorkflowRow)) as cursor:
+        return cursor.execute(sql, params).fetchone()
+
+
+def list_workflows(
+    conn: psycopg.Connection, *, schema: str = DEFAULT_SCHEMA
+) -> list[WorkflowSummary]:
+    """Every workflow with its latest version, by workflow id."""
+    with conn.cursor(row_factory=class_row(WorkflowSummary)) as cursor:
+        cursor.execute(
+            "SELECT DISTINCT ON (workflow_id) workflow_id, version AS latest_version, "
+            "count(*) OVER (PARTITION BY workflow_id) AS version_count, "
+            f"registered_at, registered_by FROM {table(schema, 'workflows')} "
+            "ORDER BY workflow_id, version DESC"
+        )
+        return cursor.fetchall()
+
+
+def list_workflow_versions(
+    conn: psycopg.Connection, workflow_id: str, *, schema: str = DEFAULT_SCHEMA
+) -> list[WorkflowRow]:
+    """Every registered version of a workflow, oldest first; empty if it is unknown."""
+    with conn.cursor(row_factory=class_row(WorkflowRow)) as cursor:
+        cursor.execute(
+            f"SELECT {_columns(WorkflowRow)} FROM {table(schema, 'workflows')} "
+            "WHERE workflow_id = %s ORDER BY version",
+            (workflow_id,),
+        )
+        return cursor.fetchall()

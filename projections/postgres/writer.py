@@ -1,0 +1,258 @@
+"""Apply a batch of consumed records to Postgres together with the consumed offsets.
+
+This is the tracking-record pattern (eventsourcing): the rows a batch produces and the
+``projection_offsets`` "next offset" of every partition it touched are committed in ONE
+transaction, so after a crash the read models and the position agree, whatever Kafka's own
+committed offsets say. Three defences make a redelivered record a no-op:
+
+1. the transaction locks the batch's offset rows (``FOR UPDATE``) and skips records below the
+   stored ``next_offset`` (a second projector instance, a stale rebalance);
+2. each run event claims ``(run_id, seq)`` in ``run_events`` first; its updates run only if the
+   claim inserted (duplicates produced under other offsets, lost offset rows);
+3. offsets only move forward (``GREATEST``).
+
+Statements are sent in two psycopg pipelines per batch (all guards, then the claimed updates),
+so a batch costs a few round trips rather than one per statement.
+
+Poison records: a record Postgres refuses (a ``DataError`` such as ``\\u0000`` in a JSON string,
+or an ``IntegrityError``) would fail its batch forever. The batch is then re-applied with one
+savepoint per record; the refused ones go to the dead-letter sink and the rest commit. Every other
+database error (connection lost, missing table) propagates: retrying or fixing the deployment
+helps, dead-lettering the whole log would not. The sink is flushed *before* the commit, so an
+offset recorded as consumed always has its dead letter on the broker.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import psycopg
+
+from projections.postgres.appliers import Plan
+from projections.postgres.identifiers import table
+from streams.dlq import PoisonRecord
+
+__all__ = [
+    "READ_MODEL_TABLES",
+    "BatchItem",
+    "BatchOutcome",
+    "DeadLetterSink",
+    "apply_batch",
+    "load_offsets",
+    "reset_read_models",
+]
+
+log = logging.getLogger(__name__)
+
+READ_MODEL_TABLES = ("workflows", "runs", "steps", "run_events")
+"""The tables this projector owns; a rebuild truncates exactly these."""
+
+TopicPartition = tuple[str, int]
+
+
+class DeadLetterSink(Protocol):
+    """What :class:`streams.dlq.DeadLetterPublisher` offers; a protocol so tests can collect."""
+
+    def publish(self, poison: PoisonRecord, error_class: str, reason: str) -> object: ...
+
+    def flush(self, timeout: float = 30.0) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class BatchItem:
+    """One consumed record: its position, its raw form and what to do with it."""
+
+    record: PoisonRecord
+    """Coordinates and original bytes (what the DLQ keeps if Postgres refuses the record)."""
+    plan: Plan | None
+    """``None``: nothing to apply (a tombstone, or already dead-lettered while decoding)."""
+
+    @property
+    def partition(self) -> TopicPartition:
+        return (self.record.topic, self.record.partition)
+
+    @property
+    def offset(self) -> int:
+        return self.record.offset
+
+
+@dataclass(slots=True)
+class BatchOutcome:
+    applied: int = 0
+    """Records whose guard claimed them (their updates ran)."""
+    duplicates: int = 0
+    """Records already in the read models (guard claimed nothing)."""
+    stale: int = 0
+    """Records below the stored offset, skipped without touching the read models."""
+    dead_lettered: int = 0
+    """Records Postgres refused, sent to the dead-letter sink."""
+    offsets: dict[TopicPartition, int] = field(default_factory=dict)
+    """The committed ``next_offset`` of every partition of the batch."""
+
+
+class _PoisonedBatchError(Exception):
+    """Internal: the fast path hit a data error; re-apply record by record."""
+
+
+_POISON_ERRORS = (psycopg.errors.DataError, psycopg.errors.IntegrityError)
+
+
+def load_offsets(
+    conn: psycopg.Connection, schema: str, projector: str, topics: Iterable[str] | None = None
+) -> dict[TopicPartition, int]:
+    """The stored next offsets of ``projector`` (optionally only for ``topics``)."""
+    sql = f"SELECT topic, partition, next_offset FROM {table(schema, 'projection_offsets')} "
+    sql += "WHERE projector = %s"
+    params: list[object] = [projector]
+    if topics is not None:
+        sql += " AND topic = ANY(%s)"
+        params.append(list(topics))
+    rows = conn.execute(sql, params).fetchall()
+    return {(topic, partition): offset for topic, partition, offset in rows}
+
+
+def reset_read_models(conn: psycopg.Connection, schema: str, projector: str) -> None:
+    """Empty the read models and forget the projector's offsets, atomically (a rebuild's start)."""
+    tables = ", ".join(table(schema, name) for name in READ_MODEL_TABLES)
+    with conn.transaction():
+        conn.execute(f"TRUNCATE {tables}")
+        conn.execute(
+            f"DELETE FROM {table(schema, 'projection_offsets')} WHERE projector = %s",
+            (projector,),
+        )
+
+
+def apply_batch(
+    conn: psycopg.Connection,
+    items: Sequence[BatchItem],
+    *,
+    schema: str,
+    projector: str,
+    dead_letters: DeadLetterSink | None = None,
+) -> BatchOutcome:
+    """Apply ``items`` and record their offsets in one transaction; see the module docstring.
+
+    Called inside an open transaction, it becomes a savepoint of it: the caller's rollback then
+    undoes rows and offsets together (how the crash tests simulate a crash mid-batch).
+    """
+    if not items:
+        return BatchOutcome()
+    try:
+        return _apply(conn, items, schema, projector, dead_letters, careful=False)
+    except _PoisonedBatchError:
+        log.warning("projector %s: a record was refused; re-applying record by record", projector)
+        return _apply(conn, items, schema, projector, dead_letters, careful=True)
+
+
+def _apply(
+    conn: psycopg.Connection,
+    items: Sequence[BatchItem],
+    schema: str,
+    projector: str,
+    dead_letters: DeadLetterSink | None,
+    *,
+    careful: bool,
+) -> BatchOutcome:
+    outcome = BatchOutcome()
+    with conn.transaction():
+        stored = _lock_offsets(conn, schema, projector, {item.partition for item in items})
+        todo: list[Plan] = []
+        for item in items:
+            if item.offset < stored.get(item.partition, -1):
+                outcome.stale += 1
+            elif item.plan is not None:
+                todo.append(item.plan)
+        if not careful:
+            try:
+                _run_plans_pipelined(conn, todo, outcome)
+            except _POISON_ERRORS as exc:
+                raise _PoisonedBatchError from exc
+        else:
+            for item in items:
+                if item.plan is None or item.offset < stored.get(item.partition, -1):
+                    continue
+                try:
+                    with conn.transaction():
+                        _run_plan(conn, item.plan, outcome)
+                except _POISON_ERRORS as exc:
+                    if dead_letters is None:
+                        raise
+                    reason = f"Expected Postgres to accept the record, but: {exc}".strip()
+                    dead_letters.publish(item.record, f"Postgres{type(exc).__name__}", reason)
+                    outcome.dead_lettered += 1
+        outcome.offsets = _next_offsets(items, stored)
+        _save_offsets(conn, schema, projector, outcome.offsets)
+        if dead_letters is not None:
+            dead_letters.flush()
+    return outcome
+
+
+def _run_plans_pipelined(
+    conn: psycopg.Connection, plans: Sequence[Plan], outcome: BatchOutcome
+) -> None:
+    """All guards in one pipeline, then the claimed plans' updates in another, in order.
+
+    Same result as running plan by plan, because no update reads or writes what a guard
+    writes (``run_events``, the ``workflows`` insert), and a duplicate within the batch is still
+    refused by the guard of its first copy. Two round trips instead of one per statement.
+    """
+    with conn.pipeline():
+        guards = [conn.execute(plan.guard.sql, plan.guard.params) for plan in plans]
+    claimed = [plan for plan, cursor in zip(plans, guards, strict=True) if cursor.rowcount == 1]
+    outcome.applied += len(claimed)
+    outcome.duplicates += len(plans) - len(claimed)
+    with conn.pipeline():
+        for plan in claimed:
+            for statement in plan.updates:
+                conn.execute(statement.sql, statement.params)
+
+
+def _run_plan(conn: psycopg.Connection, plan: Plan, outcome: BatchOutcome) -> None:
+    cursor = conn.execute(plan.guard.sql, plan.guard.params)
+    if cursor.rowcount != 1:
+        outcome.duplicates += 1
+        return
+    for statement in plan.updates:
+        conn.execute(statement.sql, statement.params)
+    outcome.applied += 1
+
+
+def _lock_offsets(
+    conn: psycopg.Connection, schema: str, projector: str, partitions: set[TopicPartition]
+) -> dict[TopicPartition, int]:
+    topics = sorted({topic for topic, _ in partitions})
+    rows = conn.execute(
+        f"SELECT topic, partition, next_offset FROM {table(schema, 'projection_offsets')} "
+        "WHERE projector = %s AND topic = ANY(%s) ORDER BY topic, partition FOR UPDATE",
+        (projector, topics),
+    ).fetchall()
+    return {(t, p): o for t, p, o in rows if (t, p) in partitions}
+
+
+def _next_offsets(
+    items: Sequence[BatchItem], stored: Mapping[TopicPartition, int]
+) -> dict[TopicPartition, int]:
+    offsets = dict(stored)
+    for item in items:
+        offsets[item.partition] = max(offsets.get(item.partition, 0), item.offset + 1)
+    batch = {item.partition for item in items}
+    return {tp: offset for tp, offset in offsets.items() if tp in batch}
+
+
+def _save_offsets(
+    conn: psycopg.Connection, schema: str, projector: str, offsets: Mapping[TopicPartition, int]
+) -> None:
+    with conn.cursor() as cursor:
+        cursor.executemany(
+            f"INSERT INTO {table(schema, 'projection_offsets')} AS o "
+            "(projector, topic, partition, next_offset, updated_at) "
+            "VALUES (%s, %s, %s, %s, now()) ON CONFLICT (projector, topic, partition) DO UPDATE "
+            "SET next_offset = GREATEST(o.next_offset, EXCLUDED.next_offset), updated_at = now()",
+            [
+                (projector, topic, partition, offset)
+                for (topic, partition), offset in offsets.items()
+            ],
+        )
