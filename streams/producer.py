@@ -276,7 +276,11 @@ class TransactionalProducer(Producer):
         timeout: float = 30.0,
     ) -> None:
         # A short transaction timeout bounds how long a dead instance can stall its partitions.
-        base = {"transactional.id": transactional_id, "transaction.timeout.ms": 15_000}
+        base = {
+            "transactional.id": transactional_id,
+            "transaction.timeout.ms": 15_000,
+            "delivery.timeout.ms": 15_000,
+        }
         super().__init__(settings, config={**base, **(config or {})}, client_id=client_id)
         self._producer.init_transactions(timeout)
 

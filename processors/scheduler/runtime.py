@@ -85,7 +85,6 @@ INPUT_TYPES = (
     FireTimer,
     NodeResult,
 )
-CACHE_PREFIX = "reflux:step-cache:"
 
 
 @dataclass
@@ -126,6 +125,8 @@ class SchedulerRuntime:
         # Timers already written as FireTimer and not yet answered: do not write them twice.
         self._fired: set[str] = set()
         self._redis = redis.Redis.from_url(settings.redis_url)
+        # Namespaced like the topics, so environments sharing one Redis never share entries.
+        self.cache_prefix = f"{settings.topic_prefix}:step-cache:"
         self._blobs = S3BlobStore(settings)
         self._workflows = WorkflowsView(settings, self.catalog)
         self._workflow_cache: dict[tuple[str, int], WorkflowDefinition] = {}
@@ -300,7 +301,7 @@ class SchedulerRuntime:
         )
 
     def _lookup_cache(self, lookup: CacheLookup) -> CacheHit | CacheMiss:
-        raw = self._redis.get(CACHE_PREFIX + lookup.cache_key)
+        raw = self._redis.get(self.cache_prefix + lookup.cache_key)
         if raw is None:
             return CacheMiss(lookup.run_id, lookup.step_id, lookup.attempt, lookup.cache_key)
         entry = json.loads(raw)
@@ -362,7 +363,7 @@ class SchedulerRuntime:
                 else None,
             }
             self._redis.set(
-                CACHE_PREFIX + write.cache_key,
+                self.cache_prefix + write.cache_key,
                 canonical_json(entry),
                 px=write.ttl_ms if write.ttl_ms > 0 else None,
             )
