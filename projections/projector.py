@@ -63,7 +63,7 @@ from schemas import serde
 from schemas.base import RefluxRecord
 from schemas.errors import SchemaError
 from streams.catalog import TopicCatalog
-from streams.consumer import consumer_config
+from streams.consumer import consume_available, consumer_config
 from streams.dlq import DeadLetterPublisher, PoisonRecord
 from streams.producer import Producer
 
@@ -369,8 +369,8 @@ class Projector:
         """Up to ``batch_size`` messages (errors other than end-of-partition raise)."""
         consumer = self._ensure_consumer()
         try:
-            messages = consumer.consume(
-                self.batch_size, self.poll_timeout if timeout is None else timeout
+            messages = consume_available(
+                consumer, self.batch_size, self.poll_timeout if timeout is None else timeout
             )
         except KafkaException as exc:
             raise ServiceUnavailableError(f"Expected to consume {self.topics}: {exc}") from exc

@@ -173,6 +173,21 @@ def _poison(message: Message) -> PoisonRecord:
     )
 
 
+def consume_available(consumer: _KafkaConsumer, max_messages: int, timeout: float) -> list[Message]:
+    """Up to ``max_messages`` messages, returning as soon as at least one is there.
+
+    librdkafka's ``consume(n, timeout)`` waits for the full ``n`` or the whole ``timeout`` (1 record
+    with ``consume(500, 1.0)`` takes 1 s here), which would put the poll timeout on every hop of a
+    run. So: block in ``poll`` for the first message, then drain what is already fetched.
+    """
+    first = consumer.poll(timeout)
+    if first is None:
+        return []
+    if max_messages <= 1:
+        return [first]
+    return [first, *consumer.consume(max_messages - 1, 0)]
+
+
 class Consumer:
     """Subscribes to topics in a consumer group; see the module docstring for the contract."""
 
@@ -248,7 +263,7 @@ class Consumer:
 
     def _consume(self, max_records: int, timeout: float) -> list[Message]:
         try:
-            messages = self._consumer.consume(max_records, timeout)
+            messages = consume_available(self._consumer, max_records, timeout)
         except KafkaException as exc:
             raise ServiceUnavailableError(f"Expected to consume {self.topics}: {exc}") from exc
         good: list[Message] = []

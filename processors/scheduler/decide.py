@@ -608,6 +608,19 @@ def _result(w: _Writer, result: NodeResult) -> None:
             )
     elif result.status is TraceStatus.SKIPPED:
         w.emit(StepSkipped, step=ref, reason=f"node {ref.node!r} reported the step as skipped")
+    elif result.status is TraceStatus.TIMEOUT and step.timeout_at is not None:
+        # The worker enforces the same deadline as the step-timeout timer; whichever reports
+        # first, the step ends the same way (StepTimedOut, error class StepTimeout).
+        w.emit(
+            StepTimedOut,
+            step=ref,
+            attempt=result.attempt,
+            invocation_id=result.invocation_id,
+            timeout_ms=_timeout_ms(run, step.step_id),
+        )
+        timed_out = w.run.steps[step.step_id].error
+        assert timed_out is not None
+        _after_failure(w, step.step_id, timed_out)
     else:
         error_class, message = _WORKER_ERRORS[result.status]
         error = result.error or ErrorInfo(error_class=error_class, message=message, retryable=True)

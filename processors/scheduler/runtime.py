@@ -69,7 +69,7 @@ from schemas.models import (
     StartRun,
 )
 from streams.catalog import TopicCatalog
-from streams.consumer import consumer_config
+from streams.consumer import consume_available, consumer_config
 from streams.dlq import PoisonRecord, dead_letter_headers
 from streams.producer import TransactionalProducer
 
@@ -109,7 +109,7 @@ class SchedulerRuntime:
         *,
         instance_id: str | None = None,
         batch_size: int = 500,
-        poll_timeout: float = 0.01,
+        poll_timeout: float = 0.02,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.settings = settings
@@ -203,7 +203,7 @@ class SchedulerRuntime:
 
     def run_once(self) -> int:
         """Consumes one batch (possibly empty), fires due timers; returns inputs processed."""
-        messages = self.consumer.consume(num_messages=self.batch_size, timeout=self.poll_timeout)
+        messages = consume_available(self.consumer, self.batch_size, self.poll_timeout)
         messages = [m for m in messages if m.error() is None]
         now = self.clock()
         timers = self._due_timers(now)

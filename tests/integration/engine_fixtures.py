@@ -110,3 +110,38 @@ def harness(kafka_settings: Settings) -> Iterator[Harness]:
         engine.stop()
         with psycopg.connect(kafka_settings.postgres_dsn, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def replayed_state(harness: Harness, run_id: str) -> Any:
+    """The run's state folded from its projected event log (payloads back into event models)."""
+    from processors.scheduler import fold
+    from schemas import models
+
+    events = []
+    for row in harness.events(run_id):
+        cls = getattr(models, row.event_type)
+        events.append(cls.model_validate(row.payload))
+    return fold(events)
+
+
+def assert_replay_equivalent(harness: Harness, run_id: str, timeout: float = 10.0) -> None:
+    """Live scheduler state == state folded from the projected log == the projection's rows."""
+    scheduler = harness.engine.scheduler
+    assert scheduler is not None
+    deadline = time.monotonic() + timeout
+    while True:
+        live = scheduler.run_state(run_id)
+        replayed = replayed_state(harness, run_id)
+        if live is not None and replayed is not None and live.last_seq == replayed.last_seq:
+            break
+        if time.monotonic() > deadline:
+            pytest.fail(f"projection of {run_id} never caught up with the scheduler")
+        time.sleep(0.05)
+    assert replayed == live
+    run = harness.run(run_id)
+    assert run is not None and run.last_seq == live.last_seq
+    assert run.status == live.status.value
+    projected = {s: row.status for s, row in harness.steps(run_id).items()}
+    assert projected == {
+        s: st.status.value for s, st in live.steps.items() if st.status.value != "pending"
+    }

@@ -673,3 +673,14 @@ def test_examples_run_to_success_with_an_identity_worker(path: Path) -> None:
     sim.run_workers(lambda inv: inv.params)  # each step outputs its own rendered params
     assert run_status(sim) is RunStatus.SUCCEEDED, sim.run.error
     assert fold(sim.log) == sim.state
+
+
+def test_a_worker_timeout_on_a_step_with_a_timeout_ends_like_the_timer() -> None:
+    # Worker deadline and step-timeout timer race; either way the step is StepTimedOut.
+    sim = Simulation(RETRY)
+    sim.start()
+    d = sim.result(sim.invocation("flaky"), TraceStatus.TIMEOUT)
+    assert isinstance(d.events[0], StepTimedOut)
+    assert sim.run.steps["flaky"].error is not None
+    assert sim.run.steps["flaky"].error.error_class == "StepTimeout"
+    assert step_status(sim, "flaky") is StepStatus.RETRY_WAIT
