@@ -8,14 +8,29 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from api.cli import add_api_commands
+from node_workers.cli import add_worker_commands
+from processors.scheduler.cli import add_scheduler_commands
+from projections.cli import add_projections_commands
+from reflux.client import add_client_commands
 from reflux.errors import RefluxError
+from reflux.settings import get_settings
 from streams.cli import add_topics_commands
 
 
 def _demo(args: argparse.Namespace) -> int:
     from reflux.demo import run_demo
 
+    if not args.verbose:
+        # The demo narrates itself; component logs are for `reflux -v demo`.
+        logging.getLogger().setLevel(logging.WARNING)
     return run_demo()
+
+
+def _dev(args: argparse.Namespace) -> int:
+    from reflux.devserver import serve_dev
+
+    return serve_dev(host=args.host, port=args.port)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,8 +39,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub: Any = parser.add_subparsers(dest="command", required=True)
+    dev = sub.add_parser(
+        "dev", help="every component in one process (scheduler, workers, projector, API)"
+    )
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", type=int, default=8080)
+    dev.set_defaults(handler=_dev)
+    add_scheduler_commands(sub)
+    add_worker_commands(sub)
+    add_projections_commands(sub)
+    add_api_commands(sub)
+    add_client_commands(sub, get_settings().api_url)
     add_topics_commands(sub)
-    demo = sub.add_parser("demo", help="run the demo against the local services")
+    demo = sub.add_parser("demo", help="run the demo workflow against the local services")
     demo.set_defaults(handler=_demo)
     return parser
 

@@ -1,133 +1,111 @@
-"""``reflux demo``: the product's main job on the local services, narrated.
+"""``reflux demo`` (``make demo``): a real multi-step workflow through the whole engine.
 
-Today it proves the event backbone end to end: it creates the topic catalog, publishes Avro
-commands and run events through Kafka, consumes and decodes them, and shows a malformed record
-landing on the dead-letter topic with its reason while processing goes on.
+It starts, in this process, a stand-in supplier API on loopback, the engine (scheduler, workers,
+projector, trigger router: :class:`reflux.dev.DevEngine`) and the HTTP API; then, as a user
+would, it registers ``examples/order-quote.yaml`` through the API, starts two runs (one whose
+condition calls the approval service, one that skips it), follows them and prints their
+timelines from the API.
 """
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 import uuid
-from datetime import UTC, datetime
+from pathlib import Path
 
-from reflux.settings import Settings, get_settings
-from schemas import RefluxRecord, models
-from streams.admin import ensure_topics
-from streams.catalog import TopicCatalog
-from streams.consumer import ConsumedRecord, Consumer
-from streams.producer import Producer
+import httpx
 
+from reflux.client import ClientError, _check, describe_event, timeline
+from reflux.demo_service import offers_service
+from reflux.dev import DevEngine
+from reflux.settings import PROJECT_ROOT, Settings, get_settings
 
-def _events(run_id: str) -> list[RefluxRecord]:
-    now = datetime.now(UTC)
-    step = models.StepRef(step_id="fetch", node="http.request", node_version="^1")
-    definition = {"id": "demo", "steps": [{"id": "fetch", "node": "http.request@^1"}]}
-    return [
-        models.RunStarted(
-            run_id=run_id,
-            seq=1,
-            workflow_id="demo",
-            workflow_version=1,
-            inputs={"city": "Lyon"},
-            definition=definition,
-            source="demo",
-        ),
-        models.StepScheduled(
-            run_id=run_id,
-            seq=2,
-            step=step,
-            attempt=1,
-            params={"url": "http://127.0.0.1/weather?city=Lyon"},
-        ),
-        models.StepDispatched(
-            run_id=run_id,
-            seq=3,
-            step=step,
-            attempt=1,
-            invocation_id=str(uuid.uuid4()),
-            invoke_topic="reflux-demo.invoke.http.request.v1",
-            node_version="1.0.0",
-            timeout_at=now,
-        ),
-        models.StepSucceeded(
-            run_id=run_id,
-            seq=4,
-            step=step,
-            attempt=1,
-            output={"status": 200},
-            cache_hit=False,
-            duration_ms=42,
-        ),
-        models.RunSucceeded(run_id=run_id, seq=5, outputs={"status": 200}, duration_ms=57),
-    ]
+WORKFLOW = PROJECT_ROOT / "examples" / "order-quote.yaml"
 
 
-def _describe(record: ConsumedRecord) -> str:
-    value = record.value
-    seq = getattr(value, "seq", -1)
-    kind = type(value).__name__
-    extra = ""
-    if isinstance(value, models.StartRun):
-        extra = f"workflow={value.workflow_id} inputs={value.inputs}"
-    elif isinstance(value, models.DeadLetter):
-        extra = f"from {value.original_topic}@{value.offset}: [{value.error_class}] {value.reason}"
-    elif hasattr(value, "step"):
-        extra = f"step={value.step.step_id}"  # type: ignore[union-attr]
-    where = f"{record.topic:<28} p{record.partition} @{record.offset:<4}"
-    return f"  {where} seq={seq:<3} {kind:<16} {extra}"
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
-def _show(record: ConsumedRecord, seen: list[ConsumedRecord]) -> None:
-    seen.append(record)
-    print(_describe(record))
+def _serve_api(settings: Settings, port: int) -> tuple[object, threading.Thread]:
+    import uvicorn
 
+    from api.app import create_app
 
-def run_demo(settings: Settings | None = None) -> int:
-    base = settings or get_settings()
-    settings = base.model_copy(update={"topic_prefix": f"{base.topic_prefix}-demo"})
-    catalog = TopicCatalog.from_settings(settings)
-    print(
-        f"1. Creating the topic catalog (prefix '{settings.topic_prefix}') "
-        f"on {settings.kafka_bootstrap}"
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
     )
-    report = ensure_topics(catalog, settings=settings)
-    print(f"   created {len(report.created)}, already there {len(report.unchanged)}")
+    thread = threading.Thread(target=server.run, name="reflux-demo-api", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise ClientError("the API did not start")
+        time.sleep(0.05)
+    return server, thread
 
-    run_id = str(uuid.uuid4())
-    print(f"2. Publishing a StartRun command and the events of run {run_id[:8]} (Avro)")
-    start = models.StartRun(run_id=run_id, workflow_id="demo", inputs={"city": "Lyon"})
-    with Producer(settings, client_id="reflux-demo") as producer:
-        producer.send(catalog.commands, key=run_id, value=start)
-        for event in _events(run_id):
-            producer.send(catalog.runs, key=run_id, value=event)
-        print("3. Publishing a malformed record on the runs topic (it must not stop anything)")
-        producer.send(catalog.runs, key=run_id, value=b"\x00not avro at all")
-        producer.send(catalog.runs, key=run_id, value=models.RunCancelled(run_id=run_id, seq=6))
-        producer.flush(30)
 
-    print("4. Consuming and decoding (poison records go to the dead-letter topic):")
-    group = f"reflux-demo-{uuid.uuid4().hex[:6]}"
-    seen: list[ConsumedRecord] = []
-    with Consumer([catalog.commands, catalog.runs], group, settings, catalog=catalog) as consumer:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            consumer.process(lambda r: _show(r, seen), timeout=0.5)
-            if sum(1 for r in seen if getattr(r.value, "run_id", None) == run_id) >= 7:
-                break
-    with Consumer([catalog.dlq], f"{group}-dlq", settings, catalog=catalog) as dlq:
-        deadline = time.monotonic() + 15
-        dead: list[ConsumedRecord] = []
+def _follow(client: httpx.Client, run_id: str, timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    seen = -1
+    while time.monotonic() < deadline:
+        response = client.get(f"/v1/runs/{run_id}/events", params={"after_seq": seen})
+        if response.status_code == 200:
+            for event in response.json()["data"]:
+                print(f"     {describe_event(event)}", flush=True)
+                seen = max(seen, event["seq"])
+            status = client.get(f"/v1/runs/{run_id}").json()["status"]
+            if status in {"succeeded", "failed", "cancelled"}:
+                return str(status)
+        time.sleep(0.1)
+    return "timeout"
 
-        def mine(record: ConsumedRecord) -> None:
-            if isinstance(record.value, models.DeadLetter) and record.value.key == run_id.encode():
-                dead.append(record)
 
-        while time.monotonic() < deadline and not dead:
-            dlq.process(mine, timeout=0.5)
-    print("5. Dead-letter topic:")
-    for record in dead:
-        print(_describe(record))
-    ok = len([r for r in seen if getattr(r.value, "run_id", None) == run_id]) == 7 and bool(dead)
-    print("demo", "OK" if ok else "FAILED: not every record came back")
+def run_demo(settings: Settings | None = None, workflow: Path = WORKFLOW) -> int:
+    settings = settings or get_settings()
+    print(f"1. Starting the engine (scheduler, workers, projector) on {settings.kafka_bootstrap}")
+    engine = DevEngine(settings).start()
+    port = _free_port()
+    server, thread = _serve_api(settings, port)
+    ok = True
+    try:
+        with (
+            offers_service() as service,
+            httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client,
+        ):
+            print(f"2. API on http://127.0.0.1:{port}; supplier API (demo stand-in) on {service}")
+            registered = _check(
+                client.post(
+                    "/v1/workflows",
+                    content=workflow.read_bytes(),
+                    headers={"content-type": "application/yaml"},
+                )
+            )
+            print(
+                f"3. Registered {registered['workflow_id']} version {registered['version']} "
+                f"from {workflow.relative_to(PROJECT_ROOT)}"
+            )
+            for n, city in enumerate(["Lyon", "Nantes"], start=4):
+                body = {
+                    "workflow_id": registered["workflow_id"],
+                    "version": registered["version"],
+                    "inputs": {"city": city, "quantity": 12, "service": service},
+                    "idempotency_key": f"demo-{city}-{uuid.uuid4().hex[:8]}",
+                }
+                accepted = _check(client.post("/v1/runs", json=body))
+                print(f"{n}. Run for {city}: {accepted['run_id']} accepted; following its events")
+                status = _follow(client, accepted["run_id"])
+                print()
+                print(timeline(client, accepted["run_id"]))
+                print()
+                ok = ok and status == "succeeded"
+    finally:
+        server.should_exit = True  # type: ignore[attr-defined]
+        thread.join(10)
+        engine.stop()
+    print("demo", "OK" if ok else "FAILED")
     return 0 if ok else 1

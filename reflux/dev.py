@@ -96,7 +96,7 @@ class DevEngine:
         if self._want["projector"]:
             projector = Projector(self.settings, schema=self.schema)
             self.projector = projector
-            self._thread("projector", lambda stop: projector.run(stop), projector.close)
+            self._thread("projector", projector.run, projector.close)
         return self
 
     def start_scheduler(self, instance_id: str | None = None) -> SchedulerRuntime:

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     s3_bucket: str = "reflux"
     s3_region: str = "us-east-1"
 
+    # Where `reflux run` / `reflux runs show` find the HTTP API.
+    api_url: str = "http://127.0.0.1:8080"
+
     # Step params / outputs larger than this travel through the object store (claim check).
     claim_check_threshold_bytes: int = 256 * 1024
     # Stable per scheduler process: its Kafka transactional id derives from it, so a restarted

@@ -1,0 +1,187 @@
+"""Run one attempt of a node for one invocation and capture what happened, without Kafka.
+
+Every way an attempt can end becomes an :class:`Attempt` (never an exception): success, a node's
+own :class:`~node_workers.errors.NodeError`, invalid params, an unreachable params blob, the
+deadline, or a bug in the node. The runtime only has to publish it; unit tests only have to
+look at it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from pydantic import BaseModel
+
+from node_workers.node import AnyNode, NodeContext, validate_params
+from reflux.errors import RefluxError
+from schemas.base import canonical_json
+from schemas.models import ErrorInfo, NodeInvocation, TraceStatus
+
+__all__ = [
+    "DEFAULT_TIMEOUT_S",
+    "Attempt",
+    "ParamsLoader",
+    "error_info",
+    "inputs_hash",
+    "run_attempt",
+]
+
+log = logging.getLogger(__name__)
+
+# Without a deadline an attempt still must end: a hung node would hold a concurrency slot and
+# its partition's commits forever.
+DEFAULT_TIMEOUT_S: Final = 300.0
+
+ParamsLoader = Callable[[NodeInvocation], Awaitable[Any]]
+
+
+def inputs_hash(params: Any) -> str:
+    """sha256 of the canonical JSON params (the trace's ``inputs_hash``)."""
+    return hashlib.sha256(canonical_json(params).encode()).hexdigest()
+
+
+def error_info(exc: BaseException) -> ErrorInfo:
+    """An ``ErrorInfo`` for any exception; unknown exceptions are bugs, hence non-retryable."""
+    if isinstance(exc, RefluxError):
+        return ErrorInfo(error_class=exc.error_class, message=str(exc), retryable=exc.retryable)
+    return ErrorInfo(
+        error_class=type(exc).__name__,
+        message=f"{type(exc).__name__}: {exc}",
+        retryable=False,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """The outcome of one attempt, ready to become a NodeResult and a Trace."""
+
+    status: TraceStatus
+    started_at: datetime
+    finished_at: datetime
+    inputs_hash: str
+    output: Any = None
+    """The JSON output (``Output.model_dump(mode="json")``) when status is ok."""
+    error: ErrorInfo | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    cost_tokens: int | None = None
+
+    @property
+    def latency_ms(self) -> int:
+        return max(int((self.finished_at - self.started_at).total_seconds() * 1000), 0)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def _inline_params(invocation: NodeInvocation) -> Any:
+    if invocation.params_ref is not None:
+        raise RefluxError(
+            "Expected inline params, but the invocation carries a params_ref and no store "
+            "was configured",
+            error_class="Configuration",
+        )
+    return {} if invocation.params is None else invocation.params
+
+
+async def run_attempt(
+    node: AnyNode,
+    invocation: NodeInvocation,
+    *,
+    load_params: ParamsLoader = _inline_params,
+    default_timeout_s: float = DEFAULT_TIMEOUT_S,
+    logger: logging.Logger | None = None,
+) -> Attempt:
+    """Validate params, run ``node.execute`` under the invocation's deadline, capture the end.
+
+    ``asyncio.CancelledError`` propagates: a cancelled attempt (shutdown, revoked partition)
+    produces no result and is re-delivered from the last committed offset.
+    """
+    started = _now()
+    ctx = NodeContext(
+        invocation_id=invocation.invocation_id,
+        run_id=invocation.run_id,
+        step_id=invocation.step.step_id,
+        attempt=invocation.attempt,
+        deadline=invocation.deadline,
+        idempotency_key=invocation.idempotency_key,
+        workflow_id=invocation.workflow_id,
+        logger=logging.LoggerAdapter(
+            logger or log,
+            {"run_id": invocation.run_id, "step_id": invocation.step.step_id},
+        ),
+    )
+    digest = ""
+
+    def ended(
+        status: TraceStatus, *, output: Any = None, error: ErrorInfo | None = None
+    ) -> Attempt:
+        return Attempt(
+            status=status,
+            started_at=started,
+            finished_at=_now(),
+            inputs_hash=digest,
+            output=output,
+            error=error,
+            metrics=dict(ctx.metrics),
+            cost_tokens=ctx.cost_tokens,
+        )
+
+    if invocation.params_ref is not None:
+        digest = invocation.params_ref.sha256  # until the params are loaded
+    try:
+        if invocation.step.node != node.name:
+            raise RefluxError(
+                f"Expected an invocation of {node.name}, but got one of {invocation.step.node!r}"
+                f" on {node.name}'s topic",
+                error_class="UnknownNode",
+            )
+        raw = await load_params(invocation)
+        digest = inputs_hash(raw)
+        params = validate_params(node, raw)
+        remaining = ctx.remaining_s()
+        if remaining is not None and remaining <= 0:
+            return ended(
+                TraceStatus.TIMEOUT,
+                error=ErrorInfo(
+                    error_class="NodeTimeout",
+                    message=f"Deadline {invocation.deadline} passed before the attempt started",
+                    retryable=True,
+                ),
+            )
+        timeout = default_timeout_s if remaining is None else remaining
+        scope = asyncio.timeout(timeout)
+        try:
+            async with scope:
+                output = await node.execute(params, ctx)
+        except TimeoutError:
+            if not scope.expired():  # the node's own TimeoutError, not the deadline
+                raise
+            return ended(
+                TraceStatus.TIMEOUT,
+                error=ErrorInfo(
+                    error_class="NodeTimeout",
+                    message=f"Expected {node.key} to finish within {timeout:.3f}s, but it did not",
+                    retryable=True,
+                ),
+            )
+        if not isinstance(output, BaseModel):
+            raise RefluxError(
+                f"Expected {node.key}.execute to return {node.Output.__name__}, "
+                f"but it returned {type(output).__name__}",
+                error_class="InvalidOutput",
+            )
+        return ended(TraceStatus.OK, output=output.model_dump(mode="json", by_alias=True))
+    except asyncio.CancelledError:
+        raise
+    except RefluxError as exc:
+        return ended(TraceStatus.ERROR, error=error_info(exc))
+    except Exception as exc:
+        ctx.logger.exception("%s crashed on invocation %s", node.key, invocation.invocation_id)
+        return ended(TraceStatus.ERROR, error=error_info(exc))

@@ -1,0 +1,202 @@
+"""The node model: what a node is, what it gets when it runs, and how it reports failure.
+
+A node is a versioned, typed async function. It knows nothing about Kafka: the worker runtime
+(:mod:`node_workers.runtime`) decodes an invocation, validates the params into ``Input``
+(:func:`validate_params`), calls :meth:`Node.execute` with a :class:`NodeContext`, and turns the
+returned ``Output`` or the raised :class:`~node_workers.errors.NodeError` into a result and a
+trace. That split keeps nodes unit-testable with nothing but ``asyncio.run``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from node_workers.errors import NodeError, NonRetryableNodeError, RetryableNodeError
+
+__all__ = [
+    "AnyNode",
+    "Node",
+    "NodeContext",
+    "NodeError",
+    "NodeModel",
+    "NonRetryableNodeError",
+    "RetryableNodeError",
+    "format_validation_error",
+    "parse_semver",
+    "validate_params",
+]
+
+# semver.org 2.0.0, without build metadata (a build never changes behaviour a caller sees).
+_SEMVER: Final = re.compile(
+    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?$"
+)
+# Same rule as streams.catalog: node names become topic and consumer group names.
+_NODE_NAME: Final = re.compile(r"^[a-z0-9][a-z0-9_-]*(\.[a-z0-9][a-z0-9_-]*)*$")
+
+
+def parse_semver(version: str) -> tuple[int, int, int, str]:
+    """``"1.2.3-draft"`` -> ``(1, 2, 3, "draft")``; raises ``ValueError`` on anything else."""
+    match = _SEMVER.fullmatch(version)
+    if match is None:
+        raise ValueError(f"Expected a semver version like '1.0.0', but got {version!r}")
+    major, minor, patch, pre = match.groups()
+    return int(major), int(minor), int(patch), pre or ""
+
+
+class NodeModel(BaseModel):
+    """Base of node ``Input``/``Output`` models: unknown params are errors, not silently dropped
+    (a typo like ``urll`` must fail the step, not send a request without a URL)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+InputT = TypeVar("InputT", bound=BaseModel)
+OutputT = TypeVar("OutputT", bound=BaseModel)
+
+
+@dataclass(slots=True)
+class NodeContext:
+    """What one attempt knows besides its params. Built by the runtime, one per attempt."""
+
+    invocation_id: str
+    run_id: str
+    step_id: str
+    attempt: int
+    deadline: datetime | None = None
+    """Abandon the attempt after this instant (the runtime enforces it as a timeout too)."""
+    idempotency_key: str = ""
+    """Key for side effects (HTTP ``Idempotency-Key``, SMTP ``Message-ID``); defaults to the
+    invocation id. The scheduler may keep it stable across attempts of a step."""
+    workflow_id: str = ""
+    logger: logging.Logger | logging.LoggerAdapter[logging.Logger] = field(
+        default_factory=lambda: logging.getLogger("node_workers.node")
+    )
+    metrics: dict[str, float] = field(default_factory=dict)
+    """Numbers the node wants recorded in the trace (e.g. ``http_status``, ``response_bytes``)."""
+    cost_tokens: int | None = None
+    """LLM tokens spent, for nodes that call a model."""
+
+    def __post_init__(self) -> None:
+        if not self.idempotency_key:
+            self.idempotency_key = self.invocation_id
+
+    def remaining_s(self, now: datetime | None = None) -> float | None:
+        """Seconds until the deadline (may be negative), or ``None`` without a deadline."""
+        if self.deadline is None:
+            return None
+        return (self.deadline - (now or datetime.now(UTC))).total_seconds()
+
+    def record(self, name: str, value: float) -> None:
+        """Record a metric; booleans and non-finite numbers are refused (ClickHouse Float64)."""
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            raise TypeError(f"Expected a finite number for metric {name!r}, but got {value!r}")
+        self.metrics[name] = float(value)
+
+
+class Node(ABC, Generic[InputT, OutputT]):
+    """A node version. Subclasses set the class attributes and implement :meth:`execute`.
+
+    ``execute`` must be safe to run again for the same invocation (delivery is at-least-once):
+    side-effecting nodes pass ``ctx.idempotency_key`` downstream.
+    """
+
+    name: str
+    """Dotted lowercase name, e.g. ``"http.request"``; part of topic and group names."""
+    version: str
+    """Semver; the major selects the invoke topic (``invoke.<name>.v<major>``)."""
+    Input: type[InputT]
+    Output: type[OutputT]
+    cacheable: bool = False
+    """Same params, same output: the scheduler may serve it from the step cache."""
+    side_effects: bool = False
+    """Changes the outside world: never replayed for real in shadow evaluation."""
+    description: str = ""
+
+    @property
+    def major(self) -> int:
+        return parse_semver(self.version)[0]
+
+    @property
+    def key(self) -> str:
+        """``name@version``, the node catalog's key."""
+        return f"{self.name}@{self.version}"
+
+    def check(self) -> None:
+        """Raise ``ValueError`` if the class attributes cannot name topics or versions."""
+        if not _NODE_NAME.fullmatch(getattr(self, "name", "")):
+            raise ValueError(
+                "Expected a node name of dotted lowercase segments (e.g. 'http.request'), "
+                f"but {type(self).__name__} has {getattr(self, 'name', None)!r}"
+            )
+        parse_semver(getattr(self, "version", ""))
+        for attr in ("Input", "Output"):
+            model = getattr(self, attr, None)
+            if not (isinstance(model, type) and issubclass(model, BaseModel)):
+                raise ValueError(
+                    f"Expected {type(self).__name__}.{attr} to be a pydantic model, "
+                    f"but it is {model!r}"
+                )
+
+    def cacheable_for(self, params: InputT) -> bool:
+        """Whether this invocation's output may be cached; nodes may narrow it per params."""
+        return self.cacheable
+
+    def manifest(self) -> dict[str, Any]:
+        """The catalog manifest: flags and JSON schemas of the params and the output."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "description": self.description,
+            "cacheable": self.cacheable,
+            "side_effects": self.side_effects,
+            "input_schema": self.Input.model_json_schema(by_alias=True),
+            "output_schema": self.Output.model_json_schema(by_alias=True),
+        }
+
+    @abstractmethod
+    async def execute(self, params: InputT, ctx: NodeContext) -> OutputT:
+        """Run one attempt; raise a :class:`NodeError` subclass to fail it."""
+
+    async def aclose(self) -> None:  # optional hook, deliberately not abstract
+        """Release clients (connection pools) at worker shutdown."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.key}>"
+
+
+AnyNode = Node[Any, Any]
+
+
+def _path(loc: Sequence[int | str]) -> str:
+    out = "params"
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """``"params.url: Input should be a valid URL; params.timeout_s: ..."``."""
+    return "; ".join(f"{_path(error['loc'])}: {error['msg']}" for error in exc.errors())
+
+
+def validate_params(node: Node[InputT, Any], raw: Any) -> InputT:
+    """The node's ``Input`` from raw JSON params; invalid params fail the step for good."""
+    try:
+        return node.Input.model_validate(raw)
+    except ValidationError as exc:
+        raise NonRetryableNodeError(
+            format_validation_error(exc), error_class="ValidationError"
+        ) from exc

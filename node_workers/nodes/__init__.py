@@ -1,0 +1,15 @@
+"""The built-in nodes. Add a node here and to :func:`builtin_nodes`; the registry does the rest."""
+
+from __future__ import annotations
+
+from node_workers.node import AnyNode
+from node_workers.nodes.condition import ConditionNode
+from node_workers.nodes.http_request import HttpRequestNode
+from node_workers.nodes.transform import TransformNode
+
+__all__ = ["ConditionNode", "HttpRequestNode", "TransformNode", "builtin_nodes"]
+
+
+def builtin_nodes() -> list[AnyNode]:
+    """Fresh instances of every built-in node version (each owns its own client pools)."""
+    return [HttpRequestNode(), TransformNode(), ConditionNode()]

@@ -1,0 +1,322 @@
+"""``http.request@1.0.0``: one HTTP request with httpx, failures classified for the retry policy.
+
+Classification (what the scheduler's retry policy and the critic group by):
+
+- timeouts (connect/read/write/pool, or the whole request over ``timeout_s``) -> retryable
+  ``HttpTimeout``; connection failures -> retryable ``NetworkError``;
+- ``429`` -> retryable ``Http429``; ``5xx`` -> retryable ``Http5xx``; other ``4xx`` ->
+  non-retryable ``Http4xx``; a status outside ``expect_status`` that is none of those ->
+  non-retryable ``UnexpectedStatus``; a body over ``max_response_bytes`` -> non-retryable
+  ``ResponseTooLarge`` (the next attempt would get the same body).
+
+Delivery is at-least-once, so unsafe methods carry ``Idempotency-Key: <ctx.idempotency_key>``
+(the invocation's key) and a server that honours it applies a re-delivered request once.
+The body is read as a stream and abandoned past the limit, so a huge response cannot exhaust a
+worker's memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Sequence
+from typing import Any, Final, Literal, Self
+
+import httpx
+from pydantic import Field, HttpUrl, field_validator, model_validator
+
+from node_workers.node import (
+    Node,
+    NodeContext,
+    NodeError,
+    NodeModel,
+    NonRetryableNodeError,
+    RetryableNodeError,
+)
+
+__all__ = [
+    "DEFAULT_MAX_RESPONSE_BYTES",
+    "HttpRequestInput",
+    "HttpRequestNode",
+    "HttpRequestOutput",
+    "classify_status",
+    "classify_transport_error",
+    "decode_body",
+    "is_json_content_type",
+]
+
+DEFAULT_MAX_RESPONSE_BYTES: Final = 1024 * 1024
+SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
+USER_AGENT: Final = "reflux-worker/1.0"
+_EXCERPT_CHARS: Final = 200
+
+Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+_QUERY_SCALARS: Final = (str, int, float, bool)
+
+
+class HttpRequestInput(NodeModel):
+    url: HttpUrl
+    method: Method = "GET"
+    headers: dict[str, str] = Field(default_factory=dict)
+    query: dict[str, Any] = Field(default_factory=dict)
+    """Query parameters: scalars, or lists of scalars for repeated parameters."""
+    json_body: Any = Field(default=None, alias="json")
+    """JSON request body (``"json"`` in params); at most one of json / form / body."""
+    form: dict[str, str] | None = None
+    body: str | None = None
+    timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    follow_redirects: bool = True
+    verify_tls: bool = True
+    max_response_bytes: int = Field(default=DEFAULT_MAX_RESPONSE_BYTES, gt=0)
+    expect_status: list[int] | None = None
+    """Statuses that count as success; default: 2xx and 3xx."""
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("query")
+    @classmethod
+    def _query(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for name, item in value.items():
+            items = item if isinstance(item, list) else [item]
+            if not all(isinstance(i, _QUERY_SCALARS) for i in items):
+                raise ValueError(
+                    "Expected query values to be strings, numbers, booleans or lists of them, "
+                    f"but {name!r} is {item!r}"
+                )
+        return value
+
+    @field_validator("expect_status")
+    @classmethod
+    def _statuses(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None:
+            bad = [s for s in value if not 100 <= s <= 599]
+            if bad or not value:
+                raise ValueError(f"Expected HTTP statuses between 100 and 599, but got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_body(self) -> Self:
+        given = [
+            name
+            for name, field_name in (("json", "json_body"), ("form", "form"), ("body", "body"))
+            if field_name in self.model_fields_set
+        ]
+        if len(given) > 1:
+            raise ValueError(f"Expected at most one of json, form, body, but got {given}")
+        return self
+
+    @property
+    def has_json(self) -> bool:
+        # `"json": null` is a JSON body too; only an absent key means "no JSON body".
+        return "json_body" in self.model_fields_set
+
+
+class HttpRequestOutput(NodeModel):
+    status: int
+    headers: dict[str, str]
+    """Response headers, names lower-cased, repeated headers joined with ", "."""
+    body: Any
+    """JSON-decoded for a JSON content type, else text."""
+    elapsed_ms: float
+
+
+def is_json_content_type(content_type: str | None) -> bool:
+    if not content_type:
+        return False
+    mime = content_type.split(";", 1)[0].strip().lower()
+    return mime == "application/json" or mime.endswith("+json")
+
+
+def decode_body(content: bytes, content_type: str | None, encoding: str | None = None) -> Any:
+    """Text, or the decoded JSON value when the content type says JSON and it parses."""
+    try:
+        text = content.decode(encoding or "utf-8", errors="replace")
+    except LookupError:  # an unknown charset name in the response
+        text = content.decode("utf-8", errors="replace")
+    if is_json_content_type(content_type) and text.strip():
+        try:
+            return json.loads(text)
+        except ValueError:
+            return text
+    return text
+
+
+def _excerpt(text: str) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= _EXCERPT_CHARS else flat[:_EXCERPT_CHARS] + "..."
+
+
+def classify_status(
+    status: int,
+    *,
+    method: str,
+    url: str,
+    body_text: str = "",
+    expect_status: Sequence[int] | None = None,
+) -> NodeError | None:
+    """``None`` when ``status`` counts as success, else the error to raise."""
+    ok = status in expect_status if expect_status is not None else 200 <= status < 400
+    if ok:
+        return None
+    message = f"HTTP {status} from {method} {url}: {_excerpt(body_text) or '<empty body>'}"
+    if status == 429:
+        return RetryableNodeError(message, error_class="Http429")
+    if 500 <= status <= 599:
+        return RetryableNodeError(message, error_class="Http5xx")
+    if 400 <= status <= 499:
+        return NonRetryableNodeError(message, error_class="Http4xx")
+    return NonRetryableNodeError(
+        f"Expected status in {list(expect_status or [])}, but got {message}",
+        error_class="UnexpectedStatus",
+    )
+
+
+def classify_transport_error(exc: BaseException, *, method: str, url: str) -> NodeError:
+    """The error for an exception raised while sending or reading (no status available)."""
+    where = f"{method} {url}"
+    if isinstance(exc, httpx.TimeoutException | TimeoutError):
+        return RetryableNodeError(f"Timed out: {where} ({exc!r})", error_class="HttpTimeout")
+    if isinstance(exc, httpx.TooManyRedirects):
+        return NonRetryableNodeError(f"{where}: {exc}", error_class="TooManyRedirects")
+    if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
+        return NonRetryableNodeError(f"{where}: {exc}", error_class="InvalidUrl")
+    if isinstance(exc, httpx.DecodingError):
+        return NonRetryableNodeError(f"{where}: {exc}", error_class="ResponseDecodeError")
+    if isinstance(exc, httpx.TransportError | OSError):
+        return RetryableNodeError(f"Network error on {where}: {exc!r}", error_class="NetworkError")
+    return NonRetryableNodeError(f"{where}: {exc!r}", error_class="HttpError")
+
+
+class _TooLargeError(Exception):
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+
+async def _read_limited(response: httpx.Response, limit: int) -> bytes:
+    declared = response.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _TooLargeError(int(declared))
+    chunks: list[bytes] = []
+    size = 0
+    # Decoded bytes are counted, so a small gzip bomb is caught too.
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise _TooLargeError(size)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class HttpRequestNode(Node[HttpRequestInput, HttpRequestOutput]):
+    name = "http.request"
+    version = "1.0.0"
+    Input = HttpRequestInput
+    Output = HttpRequestOutput
+    cacheable = False
+    side_effects = True
+    description = "Send one HTTP request; output status, headers and body."
+
+    def __init__(self) -> None:
+        # One pooled client per TLS mode (verify is a client setting in httpx), created on
+        # first use so the pool belongs to the running event loop.
+        self._clients: dict[bool, httpx.AsyncClient] = {}
+
+    def cacheable_for(self, params: HttpRequestInput) -> bool:
+        return params.method in {"GET", "HEAD"}
+
+    def _client(self, verify: bool) -> httpx.AsyncClient:
+        client = self._clients.get(verify)
+        if client is None or client.is_closed:
+            client = httpx.AsyncClient(
+                verify=verify,
+                timeout=None,  # noqa: S113  # set per request in execute, never unbounded
+                limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+                headers={"User-Agent": USER_AGENT},
+            )
+            self._clients[verify] = client
+        return client
+
+    async def aclose(self) -> None:
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.aclose()
+
+    def _headers(self, params: HttpRequestInput, ctx: NodeContext) -> dict[str, str]:
+        headers = dict(params.headers)
+        if params.method not in SAFE_METHODS and not any(
+            name.lower() == "idempotency-key" for name in headers
+        ):
+            headers["Idempotency-Key"] = ctx.idempotency_key
+        return headers
+
+    async def execute(self, params: HttpRequestInput, ctx: NodeContext) -> HttpRequestOutput:
+        url = str(params.url)
+        method = params.method
+        timeout = params.timeout_s
+        remaining = ctx.remaining_s()
+        if remaining is not None:
+            timeout = max(min(timeout, remaining), 0.001)
+        client = self._client(params.verify_tls)
+        kwargs: dict[str, Any] = {}
+        if params.has_json:
+            kwargs["json"] = params.json_body
+        elif params.form is not None:
+            kwargs["data"] = params.form
+        elif params.body is not None:
+            kwargs["content"] = params.body.encode()
+        started = time.perf_counter()
+        try:
+            request = client.build_request(
+                method,
+                url,
+                params=params.query or None,
+                headers=self._headers(params, ctx),
+                timeout=httpx.Timeout(timeout),
+                **kwargs,
+            )
+            # httpx timeouts are per operation; this bounds the whole exchange (a server that
+            # trickles a byte per second never trips a read timeout).
+            async with asyncio.timeout(timeout):
+                response = await client.send(
+                    request, stream=True, follow_redirects=params.follow_redirects
+                )
+                try:
+                    content = await _read_limited(response, params.max_response_bytes)
+                finally:
+                    await response.aclose()
+        except _TooLargeError as exc:
+            ctx.record("response_bytes", exc.size)
+            raise NonRetryableNodeError(
+                f"Expected a response of at most {params.max_response_bytes} bytes from "
+                f"{method} {url}, but got at least {exc.size}",
+                error_class="ResponseTooLarge",
+            ) from None
+        except (httpx.HTTPError, httpx.InvalidURL, TimeoutError, OSError) as exc:
+            raise classify_transport_error(exc, method=method, url=url) from exc
+        elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
+
+        ctx.record("http_status", response.status_code)
+        ctx.record("response_bytes", len(content))
+        ctx.record("elapsed_ms", elapsed_ms)
+        content_type = response.headers.get("content-type")
+        body = decode_body(content, content_type, response.charset_encoding)
+        error = classify_status(
+            response.status_code,
+            method=method,
+            url=url,
+            body_text=body if isinstance(body, str) else json.dumps(body),
+            expect_status=params.expect_status,
+        )
+        if error is not None:
+            retry_after = response.headers.get("retry-after", "")
+            if retry_after.isdigit():
+                ctx.record("retry_after_s", int(retry_after))
+            raise error
+        headers = {name: ", ".join(response.headers.get_list(name)) for name in response.headers}
+        return HttpRequestOutput(
+            status=response.status_code, headers=headers, body=body, elapsed_ms=elapsed_ms
+        )

@@ -1,0 +1,627 @@
+"""The worker runtime: consume node invocations, run them concurrently, publish results and traces.
+
+One *lane* per served node major: consumer group ``{prefix}.workers.<node>.v<major>`` on the
+invoke topic ``{prefix}.invoke.<node>.v<major>`` (both named by :mod:`streams.catalog`). All lanes
+of a process share one idempotent producer, one object store and one concurrency limit.
+
+Delivery is **at-least-once**. The commit order, per lane:
+
+1. run the attempt (:func:`node_workers.attempt.run_attempt`); outputs over
+   ``max_inline_output_bytes`` are first written to the object store (claim check);
+2. queue the ``NodeResult`` (``results``, keyed by run id) and the ``Trace`` (``traces``, keyed by
+   node name), then mark the invocation's offset finished;
+3. periodically: snapshot the committable positions, **flush the producer** (every result, trace
+   and dead letter queued before the snapshot is acknowledged by the broker), and only then
+   **commit** the snapshot, synchronously.
+
+A crash anywhere before step 3 re-delivers the invocation, which runs again: duplicate results
+are possible (the scheduler accepts one result per attempt and drops the rest; side-effecting
+nodes pass the idempotency key downstream), lost ones are not. If a flush fails the runtime stops
+without committing, so a restart re-processes instead of losing.
+
+Invocations of a partition run concurrently and finish out of order, so commits follow
+:mod:`node_workers.offsets`: only the contiguous finished prefix of each partition is committed.
+
+This is why the runtime drives confluent-kafka itself (with :func:`streams.consumer.
+consumer_config`, :mod:`streams.dlq` and :class:`streams.producer.Producer`) instead of
+:class:`streams.consumer.Consumer`: that class counts a record as consumed once it was handed out,
+which is right for a sequential loop but would commit past invocations still running here.
+
+Rebalances: on revoke, the lane waits (up to ``revoke_grace_s``) for the revoked partitions'
+in-flight invocations, cancels the rest, flushes, commits the finished prefix and lets the
+partitions go; a lost partition (session expired) is dropped without committing. Shutdown (stop
+event, SIGTERM in the CLI): stop polling, let in-flight invocations finish for
+``shutdown_grace_s``, cancel the rest, flush, commit what finished, leave the group.
+
+Poison invocations (undecodable bytes, a record of another type, a tombstone) go to the ``dlq``
+topic and the partition moves on; the DLQ record is flushed before its offset is committed.
+Backpressure: a lane pauses its partitions while it holds ``max_buffered`` invocations, and keeps
+polling (to stay in the group and serve rebalances) without fetching.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from confluent_kafka import Consumer as KafkaConsumer
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
+
+from node_workers.attempt import DEFAULT_TIMEOUT_S, Attempt, run_attempt
+from node_workers.claimcheck import encode_json, load_json, output_key, store_json
+from node_workers.node import AnyNode
+from node_workers.offsets import OffsetTracker, TopicPartitionKey
+from node_workers.records import build_result, build_trace
+from node_workers.registry import NodeRegistry
+from reflux.errors import ConfigurationError, RefluxError, ServiceUnavailableError
+from reflux.objectstore import BlobStore, S3BlobStore
+from reflux.settings import Settings
+from schemas import serde
+from schemas.errors import MalformedRecordError, SchemaError
+from schemas.models import ErrorInfo, NodeInvocation, TraceStatus
+from streams.catalog import TopicCatalog, TopicSpec
+from streams.consumer import consume_available, consumer_config
+from streams.dlq import DeadLetterPublisher, PoisonRecord
+from streams.producer import DeliveryError, Producer
+
+__all__ = ["DEFAULT_MAX_INLINE_OUTPUT_BYTES", "WorkerConfig", "WorkerRuntime", "WorkerStats"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_INLINE_OUTPUT_BYTES: Final = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    concurrency: int = 8
+    """Attempts running at once in this process, across all lanes."""
+    max_inline_output_bytes: int = DEFAULT_MAX_INLINE_OUTPUT_BYTES
+    """Larger outputs (canonical JSON bytes) go to the object store; the result has output_ref."""
+    default_timeout_s: float = DEFAULT_TIMEOUT_S
+    """Timeout of an invocation without a deadline."""
+    shutdown_grace_s: float = 10.0
+    revoke_grace_s: float = 10.0
+    commit_interval_s: float = 0.5
+    poll_timeout_s: float = 0.1
+    max_buffered: int | None = None
+    """Invocations a lane holds (running or waiting for a slot) before pausing; default
+    ``2 * concurrency``."""
+    flush_timeout_s: float = 30.0
+    client_id: str = "reflux-worker"
+    consumer_overrides: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise ConfigurationError(f"Expected concurrency >= 1, but got {self.concurrency}")
+        if self.max_inline_output_bytes < 0:
+            raise ConfigurationError(
+                f"Expected max_inline_output_bytes >= 0, but got {self.max_inline_output_bytes}"
+            )
+
+    @property
+    def buffer_limit(self) -> int:
+        return self.max_buffered or 2 * self.concurrency
+
+
+@dataclass(slots=True)
+class WorkerStats:
+    """Counters for tests, logs and readiness; never used for decisions about offsets."""
+
+    received: int = 0
+    results: int = 0
+    ok: int = 0
+    errors: int = 0
+    claim_checked: int = 0
+    dead_lettered: int = 0
+    abandoned: int = 0
+    commits: int = 0
+    assigned: int = 0
+
+    @property
+    def pending(self) -> int:
+        """Invocations received but not (yet) answered: running, waiting for a slot, or
+        abandoned at a revoke."""
+        return self.received - self.results - self.dead_lettered - self.abandoned
+
+
+class _Lane:
+    """One node major: its consumer, in-flight tasks and offsets."""
+
+    def __init__(self, runtime: WorkerRuntime, node: AnyNode) -> None:
+        self.runtime = runtime
+        self.node = node
+        self.spec: TopicSpec = runtime.catalog.invoke_topic(node.name, node.major)
+        self.group = runtime.catalog.worker_group(node.name, node.major)
+        self.tracker = OffsetTracker()
+        self.tasks: dict[TopicPartitionKey, set[asyncio.Task[None]]] = {}
+        self.consumer: KafkaConsumer | None = None
+        self.dead_letters = DeadLetterPublisher(runtime.producer, runtime.catalog.dlq, self.group)
+        self._last_commit = time.monotonic()
+        self._paused = False
+
+    # -- consumer (called in a worker thread; never concurrently for one lane) -----------------
+
+    def open(self) -> None:
+        config = consumer_config(
+            self.group,
+            self.runtime.settings,
+            {"client.id": self.runtime.config.client_id, **self.runtime.config.consumer_overrides},
+        )
+        self.consumer = KafkaConsumer(config)
+        self.consumer.subscribe(
+            [self.spec.topic],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+
+    def _consume(self, capacity: int) -> list[Message]:
+        consumer = self._require_consumer()
+        full = capacity <= 0
+        if full != self._paused:
+            assignment = consumer.assignment()
+            if assignment and full:
+                consumer.pause(assignment)
+            elif assignment:
+                consumer.resume(assignment)
+                # Pausing drops prefetched messages; fetching must go on right after the last
+                # dispatched offset. Observed: without this seek, librdkafka sometimes re-fetches
+                # an already delivered offset after a resume.
+                for tp in assignment:
+                    following = self.tracker.next_offset((tp.topic, tp.partition))
+                    if following is not None:
+                        consumer.seek(TopicPartition(tp.topic, tp.partition, following))
+            self._paused = full
+        try:
+            messages = consume_available(
+                consumer, max(capacity, 1), self.runtime.config.poll_timeout_s
+            )
+        except KafkaException as exc:
+            raise ServiceUnavailableError(f"Expected to consume {self.spec.topic}: {exc}") from exc
+        good: list[Message] = []
+        for message in messages:
+            error = message.error()
+            if error is None:
+                good.append(message)
+            elif error.fatal():
+                raise RefluxError(
+                    f"Expected to consume {self.spec.topic}, but the client failed: {error}",
+                    error_class="KafkaFatal",
+                )
+            elif error.code() != KafkaError._PARTITION_EOF:
+                log.warning("worker %s: %s", self.group, error)
+        return good
+
+    def _flush_and_commit(self, positions: Mapping[TopicPartitionKey, int]) -> None:
+        """Step 3 of the commit order: producer flushed first, then a synchronous commit.
+
+        Lanes share the producer, so a delivery failure reported to one lane's flush may be
+        another lane's result: flushes and commits are serialized by one lock, and after any
+        delivery failure no lane commits again (the process restarts and re-processes).
+        """
+        runtime = self.runtime
+        with runtime.commit_lock:
+            if runtime.failure is not None:
+                raise RefluxError(
+                    f"Expected a healthy runtime, but it failed: {runtime.failure!r}",
+                    error_class="Stopped",
+                )
+            try:
+                runtime.producer.flush(runtime.config.flush_timeout_s)
+            except DeliveryError as exc:
+                runtime.fail(exc)
+                raise
+            self._commit(positions)
+
+    def _commit(self, positions: Mapping[TopicPartitionKey, int]) -> None:
+        offsets = [TopicPartition(t, p, o) for (t, p), o in sorted(positions.items())]
+        try:
+            result = self._require_consumer().commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            raise RefluxError(
+                f"Expected to commit {dict(positions)} for {self.group}, but: {exc}",
+                error_class="CommitFailed",
+            ) from exc
+        failed = [tp for tp in result or [] if tp.error is not None]
+        if failed:
+            raise RefluxError(
+                f"Expected to commit offsets for {self.group}, but these failed: "
+                + ", ".join(f"{tp.topic}/{tp.partition}: {tp.error}" for tp in failed),
+                error_class="CommitFailed",
+            )
+
+    def _require_consumer(self) -> KafkaConsumer:
+        if self.consumer is None:
+            raise RefluxError(
+                "Expected an open consumer, but the lane is closed", error_class="State"
+            )
+        return self.consumer
+
+    # -- rebalance callbacks (run inside consume(), i.e. in the lane's worker thread) ----------
+
+    def _on_assign(self, _consumer: KafkaConsumer, partitions: list[TopicPartition]) -> None:
+        self._paused = False  # a new assignment starts unpaused
+        self.runtime.stats.assigned += 1
+        log.info("%s assigned %s", self.group, [(p.topic, p.partition) for p in partitions])
+
+    def _on_revoke(self, _consumer: KafkaConsumer, partitions: list[TopicPartition]) -> None:
+        tps = [(p.topic, p.partition) for p in partitions]
+        log.info("%s revoked %s (%d in flight)", self.group, tps, self.tracker.in_flight(tps))
+        if self.runtime.hard_stopped:
+            self.tracker.drop(tps)
+            return
+        grace = self.runtime.config.revoke_grace_s
+        future = asyncio.run_coroutine_threadsafe(self._drain(tps, grace), self.runtime.loop)
+        try:
+            positions = future.result(timeout=grace + 10)
+            if positions:
+                self._flush_and_commit(positions)
+                self.runtime.stats.commits += 1
+        except Exception as exc:
+            # The new owner re-processes from the last commit: duplicates, never losses.
+            log.warning("%s: commit on revoke of %s failed: %s", self.group, tps, exc)
+        finally:
+            self.tracker.drop(tps)
+            self._paused = False
+
+    def _on_lost(self, _consumer: KafkaConsumer, partitions: list[TopicPartition]) -> None:
+        # Someone else may own them already: committing now could move their offsets.
+        self.tracker.drop([(p.topic, p.partition) for p in partitions])
+
+    # -- the loop (event loop thread) ----------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        config = self.runtime.config
+        try:
+            while not stop.is_set():
+                capacity = config.buffer_limit - self.tracker.in_flight()
+                messages = await asyncio.to_thread(self._consume, capacity)
+                for message in messages:
+                    self._dispatch(message)
+                if time.monotonic() - self._last_commit >= config.commit_interval_s:
+                    await self.commit()
+        except Exception as exc:
+            # Recorded before the shutdown below, so that shutdown does not commit.
+            self.runtime.fail(exc)
+            raise
+        finally:
+            await self._shutdown()
+
+    def _dispatch(self, message: Message) -> None:
+        tp = (message.topic() or "", message.partition() or 0)
+        offset = message.offset() or 0
+        if self.tracker.seen(tp, offset):
+            # A re-fetch of an offset this lane already runs or ran (see _consume): running it
+            # twice would only duplicate work and side effects.
+            log.debug("%s: skipping re-fetched %s/%s@%s", self.group, *tp, offset)
+            return
+        log.debug("%s: received %s/%s@%s", self.group, *tp, offset)
+        self.tracker.start(tp, offset)
+        self.runtime.stats.received += 1
+        value = message.value()
+        try:
+            if value is None:
+                raise MalformedRecordError("Expected a NodeInvocation, but got a tombstone")
+            invocation = serde.decode(value, NodeInvocation)
+        except SchemaError as exc:
+            log.warning("%s: dead-lettering %s/%s@%s: %s", self.group, *tp, offset, exc)
+            self.dead_letters.publish(
+                PoisonRecord(tp[0], tp[1], offset, message.key(), value, _headers(message)),
+                exc.error_class,
+                str(exc),
+            )
+            self.runtime.stats.dead_lettered += 1
+            self.tracker.finish(tp, offset)
+            return
+        task = asyncio.create_task(self._handle(tp, offset, invocation))
+        self.tasks.setdefault(tp, set()).add(task)
+        task.add_done_callback(lambda t: self._task_done(tp, t))
+
+    def _task_done(self, tp: TopicPartitionKey, task: asyncio.Task[None]) -> None:
+        self.tasks.get(tp, set()).discard(task)
+        if task.cancelled():
+            self.runtime.stats.abandoned += 1
+            return
+        exc = task.exception()
+        if exc is not None:
+            self.runtime.fail(exc)
+
+    async def _handle(self, tp: TopicPartitionKey, offset: int, invocation: NodeInvocation) -> None:
+        runtime = self.runtime
+        async with runtime.semaphore:
+            attempt = await run_attempt(
+                self.node,
+                invocation,
+                load_params=runtime.load_params,
+                default_timeout_s=runtime.config.default_timeout_s,
+            )
+        output_ref = None
+        if attempt.status is TraceStatus.OK:
+            data = encode_json(attempt.output)
+            if len(data) > runtime.config.max_inline_output_bytes:
+                try:
+                    output_ref = await asyncio.to_thread(
+                        store_json, runtime.blob_store, output_key(invocation), data
+                    )
+                    runtime.stats.claim_checked += 1
+                except Exception as exc:
+                    attempt = _claim_check_failed(attempt, exc)
+        result = build_result(self.node, invocation, attempt, output_ref=output_ref)
+        trace = build_trace(
+            self.node,
+            invocation,
+            attempt,
+            context={"worker": runtime.config.client_id, "origin": f"{tp[0]}/{tp[1]}/{offset}"},
+        )
+        runtime.producer.send(runtime.catalog.results, invocation.run_id, result)
+        runtime.producer.send(runtime.catalog.traces, self.node.name, trace)
+        runtime.stats.results += 1
+        if attempt.status is TraceStatus.OK:
+            runtime.stats.ok += 1
+        else:
+            runtime.stats.errors += 1
+        self.tracker.finish(tp, offset)
+
+    async def commit(self) -> None:
+        self._last_commit = time.monotonic()
+        positions = self.tracker.positions()
+        if not positions:
+            return
+        log.debug("%s: committing %s", self.group, positions)
+        try:
+            await asyncio.to_thread(self._flush_and_commit, positions)
+        except RefluxError as exc:
+            if exc.error_class != "CommitFailed":
+                raise  # a delivery failure or a failed runtime: never commit past it
+            # Typically a rebalance in progress; the next interval (or the revoke) commits.
+            log.warning("%s: %s", self.group, exc)
+            return
+        self.tracker.mark_committed(positions)
+        self.runtime.stats.commits += 1
+
+    async def _drain(
+        self, tps: Iterable[TopicPartitionKey], grace: float
+    ) -> dict[TopicPartitionKey, int]:
+        """Wait for the in-flight tasks of ``tps`` up to ``grace`` s, cancel the rest; return
+        the positions that are safe to commit."""
+        tps = list(tps)
+        tasks = {t for tp in tps for t in self.tasks.get(tp, set())}
+        if tasks and grace > 0:
+            await asyncio.wait(tasks, timeout=grace)
+        leftover = [t for t in tasks if not t.done()]
+        for task in leftover:
+            task.cancel()
+        if leftover:
+            log.warning("%s: abandoned %d in-flight invocation(s)", self.group, len(leftover))
+            await asyncio.gather(*leftover, return_exceptions=True)
+        return self.tracker.positions(tps)
+
+    async def _shutdown(self) -> None:
+        runtime = self.runtime
+        try:
+            grace = 0.0 if runtime.hard_stopped else runtime.config.shutdown_grace_s
+            positions = await self._drain(self.tracker.partitions(), grace)
+            if positions and not runtime.hard_stopped and runtime.failure is None:
+                try:
+                    await asyncio.to_thread(self._flush_and_commit, positions)
+                    self.tracker.mark_committed(positions)
+                    runtime.stats.commits += 1
+                except RefluxError as exc:
+                    log.warning("%s: final commit failed: %s", self.group, exc)
+            self.tracker.drop(self.tracker.partitions())
+        finally:
+            if self.consumer is not None:
+                consumer, self.consumer = self.consumer, None
+                await asyncio.to_thread(consumer.close)
+
+
+def _headers(message: Message) -> tuple[tuple[str, bytes], ...]:
+    headers = message.headers() or []
+    items = headers.items() if isinstance(headers, dict) else headers
+    return tuple(
+        (name, value.encode() if isinstance(value, str) else (value or b""))
+        for name, value in items
+    )
+
+
+def _claim_check_failed(attempt: Attempt, exc: BaseException) -> Attempt:
+    # The attempt itself succeeded but its output cannot be handed over; another attempt (with
+    # the same idempotency key) is the way to get it, so this is retryable.
+    return dataclasses.replace(
+        attempt,
+        status=TraceStatus.ERROR,
+        output=None,
+        error=ErrorInfo(
+            error_class="ClaimCheckFailed",
+            message=f"Expected to store the output in the object store, but: {exc!r}",
+            retryable=True,
+        ),
+    )
+
+
+class WorkerRuntime:
+    """Serves every node of ``nodes``; see the module docstring for the delivery contract."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        nodes: NodeRegistry | Iterable[AnyNode],
+        *,
+        config: WorkerConfig | None = None,
+        catalog: TopicCatalog | None = None,
+        blob_store: BlobStore | None = None,
+    ) -> None:
+        self.settings = settings
+        self.nodes = nodes if isinstance(nodes, NodeRegistry) else NodeRegistry(nodes)
+        if not len(self.nodes):
+            raise ConfigurationError("Expected at least one node to serve, but got none")
+        self.config = config or WorkerConfig()
+        self.catalog = catalog or TopicCatalog.from_settings(settings)
+        self.stats = WorkerStats()
+        self._blob_store = blob_store
+        self._producer: Producer | None = None
+        self._semaphore: asyncio.Semaphore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._failure: BaseException | None = None
+        self._hard_stop = False
+        self._running = False
+        self.commit_lock = threading.Lock()
+
+    # -- what it serves ------------------------------------------------------------------------
+
+    def invoke_topics(self) -> list[TopicSpec]:
+        """The invoke topics this runtime consumes (create them with ``ensure_topics``)."""
+        return [self.catalog.invoke_topic(n.name, n.major) for n in self.nodes]
+
+    def consumer_groups(self) -> list[str]:
+        return [self.catalog.worker_group(n.name, n.major) for n in self.nodes]
+
+    # -- shared resources (used by lanes) ------------------------------------------------------
+
+    @property
+    def producer(self) -> Producer:
+        if self._producer is None:
+            self._producer = Producer(self.settings, client_id=self.config.client_id)
+        return self._producer
+
+    @property
+    def semaphore(self) -> asyncio.Semaphore:
+        if self._semaphore is None:
+            self._semaphore = asyncio.Semaphore(self.config.concurrency)
+        return self._semaphore
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            raise RefluxError("Expected a running worker, but it is not", error_class="State")
+        return self._loop
+
+    @property
+    def blob_store(self) -> BlobStore:
+        # Created on first use: a worker whose outputs are all small never touches S3.
+        if self._blob_store is None:
+            self._blob_store = S3BlobStore(self.settings)
+        return self._blob_store
+
+    @property
+    def hard_stopped(self) -> bool:
+        return self._hard_stop
+
+    @property
+    def failure(self) -> BaseException | None:
+        return self._failure
+
+    async def load_params(self, invocation: NodeInvocation) -> Any:
+        if invocation.params_ref is None:
+            return {} if invocation.params is None else invocation.params
+        try:
+            return await asyncio.to_thread(load_json, self.blob_store, invocation.params_ref)
+        except RefluxError:
+            raise
+        except Exception as exc:
+            raise ServiceUnavailableError(
+                f"Expected to read params from {invocation.params_ref.uri}, but: {exc!r}"
+            ) from exc
+
+    def fail(self, exc: BaseException) -> None:
+        """Stop the whole runtime without committing further (a result may be undelivered).
+
+        Callable from any thread."""
+        if self._failure is None:
+            log.error("worker runtime failing: %r", exc, exc_info=exc)
+            self._failure = exc
+        if self._stop is not None and self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._stop.set)
+
+    # -- running -------------------------------------------------------------------------------
+
+    async def run_forever(self, stop_event: asyncio.Event) -> None:
+        """Serve until ``stop_event`` is set, then shut down gracefully (see module docstring).
+
+        Raises the first fatal error (e.g. a :class:`~streams.producer.DeliveryError`) after
+        shutting down.
+        """
+        if self._running:
+            raise RefluxError("Expected a runtime that is not running yet", error_class="State")
+        self._running = True
+        self._loop = asyncio.get_running_loop()
+        self._stop = stop_event
+        lanes = [_Lane(self, node) for node in self.nodes]
+        try:
+            for lane in lanes:
+                await asyncio.to_thread(lane.open)
+            log.info(
+                "worker serving %s (concurrency %d)", self.nodes.names(), self.config.concurrency
+            )
+            tasks = [asyncio.create_task(lane.run(stop_event)) for lane in lanes]
+            # A failing lane calls fail(), which stops the others; gather waits for all.
+            await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            for lane in lanes:
+                if lane.consumer is not None:  # a lane that never started its loop
+                    with contextlib.suppress(Exception):
+                        await asyncio.to_thread(lane.consumer.close)
+            await self._close_resources()
+            # Loop-bound state goes with the loop, so a later run (new loop) starts clean.
+            self._semaphore = None
+            self._loop = None
+            self._stop = None
+            self._running = False
+        if self._failure is not None:
+            raise self._failure
+
+    async def _close_resources(self) -> None:
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            try:
+                await asyncio.to_thread(producer.close, self.config.flush_timeout_s)
+            except RefluxError as exc:
+                log.warning("closing the worker producer: %s", exc)
+                if self._failure is None:
+                    self._failure = exc
+        for node in self.nodes:
+            with contextlib.suppress(Exception):
+                await node.aclose()
+
+    async def run_until(
+        self,
+        predicate: Callable[[WorkerStats], bool] | None = None,
+        *,
+        timeout: float,
+        graceful: bool = True,
+    ) -> WorkerStats:
+        """Run until ``predicate(stats)`` holds or ``timeout`` s passed, then stop (for tests).
+
+        ``graceful=False`` simulates a crash: in-flight attempts are cancelled and nothing more
+        is flushed or committed (results already queued may still reach the broker).
+        """
+        stop = asyncio.Event()
+
+        async def watch() -> None:
+            deadline = time.monotonic() + timeout
+            while not stop.is_set():
+                if (predicate is not None and predicate(self.stats)) or (
+                    time.monotonic() >= deadline
+                ):
+                    break
+                await asyncio.sleep(0.02)
+            if not graceful:
+                self._hard_stop = True
+            stop.set()
+
+        watcher = asyncio.create_task(watch())
+        try:
+            await self.run_forever(stop)
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        return self.stats

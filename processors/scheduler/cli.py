@@ -1,0 +1,59 @@
+"""``reflux scheduler`` and ``reflux trigger-router``: the run engine's stream processors."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from typing import Any
+
+from reflux.settings import get_settings
+
+__all__ = ["add_scheduler_commands"]
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def add_scheduler_commands(subparsers: Any) -> None:
+    scheduler = subparsers.add_parser(
+        "scheduler", help="run the step scheduler (consumes commands + results, writes runs)"
+    )
+    scheduler.add_argument(
+        "--instance-id",
+        help="stable id of this instance (its Kafka transactional id derives from it; "
+        "default: REFLUX_SCHEDULER_INSTANCE_ID or '0')",
+    )
+    scheduler.set_defaults(handler=_run_scheduler)
+    router = subparsers.add_parser(
+        "trigger-router", help="turn records on the triggers topic into StartRun commands"
+    )
+    router.set_defaults(handler=_run_router)
+
+
+def _run_scheduler(args: argparse.Namespace) -> int:
+    from processors.scheduler.runtime import SchedulerRuntime
+    from streams.admin import ensure_topics
+    from streams.catalog import TopicCatalog
+
+    settings = get_settings()
+    ensure_topics(TopicCatalog.from_settings(settings), settings=settings)
+    stop = _stop_on_signals()
+    SchedulerRuntime(settings, instance_id=args.instance_id).run(stop)
+    return 0
+
+
+def _run_router(args: argparse.Namespace) -> int:
+    from processors.triggers.router import TriggerRouter
+
+    stop = _stop_on_signals()
+    router = TriggerRouter(get_settings())
+    try:
+        router.run(stop)
+    finally:
+        router.close()
+    return 0

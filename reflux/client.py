@@ -1,0 +1,193 @@
+"""``reflux run FILE`` and ``reflux runs show RUN_ID``: the API's client side, for people.
+
+Both talk to the HTTP API (``REFLUX_API_URL`` or ``--api``), the product's front door, so they
+work the same against ``reflux dev`` on a laptop and against a deployed API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+DEFAULT_API = "http://127.0.0.1:8080"
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+class ClientError(Exception):
+    pass
+
+
+def _check(response: httpx.Response) -> Any:
+    if response.status_code >= 400:
+        try:
+            detail = response.json().get("detail")
+        except ValueError:
+            detail = response.text
+        if isinstance(detail, list):
+            detail = "; ".join(
+                f"{'.'.join(str(p) for p in d.get('loc', [])[1:])}: {d.get('msg')}" for d in detail
+            )
+        raise ClientError(
+            f"{response.request.method} {response.request.url.path} -> "
+            f"{response.status_code}: {detail}"
+        )
+    return response.json()
+
+
+def parse_inputs(pairs: list[str]) -> dict[str, Any]:
+    """``k=v`` pairs; a value that parses as JSON is used as JSON (``n=3`` is a number)."""
+    inputs: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ClientError(f"Expected --input KEY=VALUE, but got {pair!r}")
+        try:
+            inputs[key] = json.loads(raw)
+        except ValueError:
+            inputs[key] = raw
+    return inputs
+
+
+def _time(value: str | None) -> str:
+    if not value:
+        return "            "
+    return datetime.fromisoformat(value).strftime("%H:%M:%S.%f")[:-3]
+
+
+def describe_event(event: dict[str, Any]) -> str:
+    payload = event.get("payload") or {}
+    kind = event.get("event_type", "?")
+    step = (payload.get("step") or {}).get("step_id")
+    parts = [f"{_time(event.get('occurred_at'))}  #{event.get('seq'):<3} {kind:<18}"]
+    if step:
+        parts.append(f"{step:<14}")
+    if payload.get("attempt"):
+        parts.append(f"attempt {payload['attempt']}")
+    if payload.get("cache_hit"):
+        parts.append("(cache hit)")
+    if payload.get("error"):
+        parts.append(f"[{payload['error'].get('error_class')}] {payload['error'].get('message')}")
+    if payload.get("reason"):
+        parts.append(str(payload["reason"]))
+    if kind == "RunSucceeded":
+        parts.append(f"outputs={json.dumps(payload.get('outputs'))}")
+    return " ".join(parts)
+
+
+def timeline(client: httpx.Client, run_id: str) -> str:
+    run = _check(client.get(f"/v1/runs/{run_id}"))
+    events = _check(client.get(f"/v1/runs/{run_id}/events"))["data"]
+    lines = [
+        f"run {run['run_id']}  {run['workflow_id']}@{run['workflow_version']}  "
+        f"status={run['status']}",
+    ]
+    lines += [f"  {describe_event(e)}" for e in events]
+    steps = run.get("steps") or []
+    if steps:
+        lines.append("  steps:")
+        for s in steps:
+            hit = " (cache)" if s.get("cache_hit") else ""
+            lines.append(f"    {s['step_id']:<16} {s['status']:<10} attempt {s['attempt']}{hit}")
+    return "\n".join(lines)
+
+
+def run_file(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    if not path.exists():
+        raise ClientError(f"No such workflow file: {path}")
+    content_type = "application/yaml" if path.suffix in {".yaml", ".yml"} else "application/json"
+    with httpx.Client(base_url=args.api, timeout=30) as client:
+        registered = _check(
+            client.post(
+                "/v1/workflows", content=path.read_bytes(), headers={"content-type": content_type}
+            )
+        )
+        print(f"registered {registered['workflow_id']} version {registered['version']}")
+        body = {
+            "workflow_id": registered["workflow_id"],
+            "version": registered["version"],
+            "inputs": parse_inputs(args.input),
+        }
+        accepted = _check(client.post("/v1/runs", json=body))
+        run_id = accepted["run_id"]
+        print(f"run {run_id} accepted")
+        if not args.wait:
+            return 0
+        return _follow(client, run_id, args.timeout)
+
+
+def _follow(client: httpx.Client, run_id: str, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    seen = -1
+    status = "accepted"
+    while time.monotonic() < deadline:
+        response = client.get(f"/v1/runs/{run_id}/events", params={"after_seq": seen})
+        if response.status_code == 404:
+            time.sleep(0.1)  # the projection has not seen the run yet
+            continue
+        for event in _check(response)["data"]:
+            print(f"  {describe_event(event)}", flush=True)
+            seen = max(seen, event["seq"])
+        run = client.get(f"/v1/runs/{run_id}")
+        if run.status_code == 200:
+            status = run.json()["status"]
+            if status in TERMINAL:
+                print(timeline(client, run_id))
+                return 0 if status == "succeeded" else 1
+        time.sleep(0.1)
+    print(f"run {run_id} is still {status} after {timeout:.0f}s", file=sys.stderr)
+    return 3
+
+
+def show_run(args: argparse.Namespace) -> int:
+    with httpx.Client(base_url=args.api, timeout=30) as client:
+        print(timeline(client, args.run_id))
+    return 0
+
+
+def add_client_commands(subparsers: Any, default_api: str) -> None:
+    run = subparsers.add_parser("run", help="register a workflow file and start a run")
+    run.add_argument("file", help="workflow definition (.yaml or .json)")
+    run.add_argument(
+        "--input",
+        "-i",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="run input (repeatable); JSON values are parsed (n=3 is a number)",
+    )
+    run.add_argument("--wait", action="store_true", help="follow the run until it ends")
+    run.add_argument("--timeout", type=float, default=300.0, help="seconds to wait (300)")
+    run.add_argument("--api", default=default_api, help=f"API base URL ({default_api})")
+    run.set_defaults(handler=_guard(run_file))
+    runs = subparsers.add_parser("runs", help="inspect runs")
+    actions = runs.add_subparsers(dest="runs_action", required=True)
+    show = actions.add_parser("show", help="a run's timeline")
+    show.add_argument("run_id")
+    show.add_argument("--api", default=default_api, help=f"API base URL ({default_api})")
+    show.set_defaults(handler=_guard(show_run))
+
+
+def _guard(handler: Any) -> Any:
+    def wrapped(args: argparse.Namespace) -> int:
+        try:
+            return int(handler(args))
+        except ClientError as exc:
+            print(f"reflux: {exc}", file=sys.stderr)
+            return 2
+        except httpx.ConnectError:
+            print(
+                f"reflux: cannot reach the API at {args.api} (is `reflux dev` or `reflux api` "
+                "running?)",
+                file=sys.stderr,
+            )
+            return 2
+
+    return wrapped

@@ -1,0 +1,207 @@
+"""A real local HTTP server for tests: loopback only, ephemeral port, bounded work per request.
+
+Use the ``http_server`` fixture (``from tests.integration.http_fixtures import http_server``) or
+the ``serve()`` context manager outside pytest. Endpoints:
+
+- ``/echo`` (any method): JSON ``{method, path, query, headers, json, body}`` of the request;
+- ``/flaky?key=K&fail=N``: ``503`` for the first ``N`` calls with that key, then ``200``;
+- ``/status/{code}``: that status with a small JSON body (``429``/``503`` add ``Retry-After: 1``);
+- ``/slow?ms=N``: waits ``N`` ms (at most 10 s), then ``200``;
+- ``/big?bytes=N``: ``N`` bytes of text (at most 16 MiB); ``&json=1`` wraps them as
+  ``{"data": "..."}`` with a JSON content type;
+- ``/redirect?to=PATH``: ``302`` to ``PATH``.
+
+Every request is recorded (method, path, query, lower-cased headers, body) so tests can assert
+what a node sent, e.g. its ``Idempotency-Key``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+__all__ = ["HttpTestServer", "RecordedRequest", "http_server", "serve"]
+
+MAX_SLOW_MS = 10_000
+MAX_BIG_BYTES = 16 * 1024 * 1024
+MAX_REQUEST_BODY = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedRequest:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class _State:
+    requests: list[RecordedRequest] = field(default_factory=list)
+    flaky_calls: dict[str, int] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # keep pytest output quiet
+        return
+
+    def _send(
+        self,
+        status: int,
+        body: bytes | str | Any,
+        content_type: str = "application/json",
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        if isinstance(body, str):
+            data = body.encode()
+        elif isinstance(body, bytes):
+            data = body
+        else:
+            data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    def _handle(self) -> None:
+        state = self.server.state
+        parts = urlsplit(self.path)
+        query = parse_qs(parts.query)
+        length = min(int(self.headers.get("Content-Length") or 0), MAX_REQUEST_BODY)
+        body = self.rfile.read(length) if length else b""
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        with state.lock:
+            state.requests.append(RecordedRequest(self.command, parts.path, query, headers, body))
+
+        def arg(name: str, default: str = "") -> str:
+            return query.get(name, [default])[0]
+
+        path = parts.path
+        if path == "/echo":
+            try:
+                parsed = json.loads(body) if body else None
+            except ValueError:
+                parsed = None
+            self._send(
+                200,
+                {
+                    "method": self.command,
+                    "path": path,
+                    "query": query,
+                    "headers": headers,
+                    "json": parsed,
+                    "body": body.decode(errors="replace"),
+                },
+            )
+        elif path == "/flaky":
+            key, fail = arg("key", "default"), int(arg("fail", "1"))
+            with state.lock:
+                calls = state.flaky_calls.get(key, 0) + 1
+                state.flaky_calls[key] = calls
+            if calls <= fail:
+                self._send(503, {"error": "flaky", "call": calls}, headers={"Retry-After": "1"})
+            else:
+                self._send(200, {"key": key, "calls": calls})
+        elif path.startswith("/status/"):
+            code = int(path.removeprefix("/status/"))
+            extra = {"Retry-After": "1"} if code in {429, 503} else {}
+            self._send(code, {"status": code, "detail": f"status {code} on request"}, headers=extra)
+        elif path == "/slow":
+            ms = min(int(arg("ms", "100")), MAX_SLOW_MS)
+            time.sleep(ms / 1000)
+            self._send(200, {"slept_ms": ms})
+        elif path == "/big":
+            size = min(int(arg("bytes", "1024")), MAX_BIG_BYTES)
+            if arg("json") == "1":
+                self._send(200, {"data": "x" * size})
+            else:
+                self._send(200, b"x" * size, content_type="text/plain; charset=utf-8")
+        elif path == "/redirect":
+            self._send(302, "", content_type="text/plain", headers={"Location": arg("to", "/echo")})
+        else:
+            self._send(404, {"error": f"no route {path}"})
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _handle
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True  # a /slow request must not hold up shutdown
+    state: _State
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Clients that give up (timeouts, cancelled attempts) close the socket mid-response;
+        # that is what the tests provoke, not a server failure worth a traceback.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
+
+class HttpTestServer:
+    """A running server; ``url`` is its base URL (no trailing slash)."""
+
+    def __init__(self, server: _Server) -> None:
+        self._server = server
+        host, port = server.server_address[:2]
+        self.url = f"http://{host!s}:{port}"
+
+    @property
+    def log(self) -> list[RecordedRequest]:
+        """A snapshot of every request received so far."""
+        with self._server.state.lock:
+            return list(self._server.state.requests)
+
+    def requests_to(self, path: str) -> list[RecordedRequest]:
+        return [r for r in self.log if r.path == path]
+
+    def reset(self) -> None:
+        with self._server.state.lock:
+            self._server.state.requests.clear()
+            self._server.state.flaky_calls.clear()
+
+
+@contextmanager
+def serve() -> Iterator[HttpTestServer]:
+    """Run the server on ``127.0.0.1`` and an ephemeral port for the duration of the block."""
+    server = _Server(("127.0.0.1", 0), _Handler)
+    server.state = _State()
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.daemon = True
+    thread.start()
+    try:
+        yield HttpTestServer(server)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.fixture
+def http_server() -> Iterator[HttpTestServer]:
+    """A fresh local HTTP server per test: ``http_server.url``, ``http_server.log``."""
+    with serve() as server:
+        yield server

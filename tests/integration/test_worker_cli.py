@@ -1,0 +1,106 @@
+"""`reflux worker` as a real process: serves a node group, stops cleanly on SIGTERM."""
+
+# ruff: noqa: F401, F811  # pytest injects imported fixtures by parameter name
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+from confluent_kafka import Consumer as RawConsumer
+from confluent_kafka import TopicPartition
+
+from reflux.settings import PROJECT_ROOT, Settings
+from schemas.models import NodeInvocation, NodeResult, StepRef
+from streams.catalog import TopicCatalog
+from streams.consumer import Consumer
+from streams.producer import Producer
+from tests.integration.kafka_fixtures import admin, catalog, drain, kafka_settings, topics
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+
+def _invocation(n: int) -> NodeInvocation:
+    invocation_id = str(uuid.uuid4())
+    return NodeInvocation(
+        run_id=f"run-{n}",
+        seq=1,
+        invocation_id=invocation_id,
+        attempt=1,
+        workflow_id="wf",
+        workflow_version=1,
+        step=StepRef(step_id="t", node="transform", node_version="1.0.0"),
+        params={"expression": "n", "data": {"n": n}},
+        idempotency_key=invocation_id,
+    )
+
+
+def test_worker_process_serves_and_stops_on_sigterm(
+    topics: TopicCatalog, kafka_settings: Settings
+) -> None:
+    env = {
+        **os.environ,
+        "REFLUX_TOPIC_PREFIX": kafka_settings.topic_prefix,
+        "REFLUX_DEFAULT_PARTITIONS": str(kafka_settings.default_partitions),
+        "NODES_FILTER": "condition",  # --nodes wins over the environment
+    }
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "node_workers.cli",
+            "worker",
+            "--nodes",
+            "transform",
+            "--concurrency",
+            "2",
+            "--create-topics",
+        ],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        invoke = topics.invoke_topic("transform", 1)
+        deadline = time.monotonic() + 20
+        while invoke.topic not in topics_on_broker(kafka_settings):
+            assert process.poll() is None, process.stdout.read()  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "worker did not create its invoke topic"
+            time.sleep(0.1)
+        invocations = [_invocation(n) for n in range(10)]
+        with Producer(kafka_settings) as producer:
+            for inv in invocations:
+                producer.send(invoke, inv.run_id, inv)
+        with Consumer(
+            [topics.results], f"r-{uuid.uuid4().hex[:6]}", kafka_settings, catalog=topics
+        ) as consumer:
+            records = drain(consumer, lambda rs: len(rs) >= 10, timeout=20)
+        outputs = {r.value.invocation_id: r.value.output for r in records}  # type: ignore[union-attr]
+        assert outputs == {i.invocation_id: {"result": n} for n, i in enumerate(invocations)}
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=20)
+    assert process.returncode == 0, output
+    assert "transform@1.0.0" in output and "condition" not in output.split("serving")[-1]
+
+    group = topics.worker_group("transform", 1)
+    probe = RawConsumer({"bootstrap.servers": kafka_settings.kafka_bootstrap, "group.id": group})
+    try:
+        parts = [TopicPartition(invoke.topic, p) for p in range(kafka_settings.default_partitions)]
+        committed = probe.committed(parts, timeout=10)
+    finally:
+        probe.close()
+    assert sum(tp.offset for tp in committed if tp.offset > 0) == 10
+
+
+def topics_on_broker(settings: Settings) -> set[str]:
+    from streams.admin import admin_client
+
+    return set(admin_client(settings).list_topics(timeout=5).topics)
