@@ -8,6 +8,7 @@ the client sent.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
 from api.errors import FieldIssue, RequestInvalidError
@@ -17,6 +18,7 @@ from processors.workflow import (
     parse_workflow,
     validate_inputs,
 )
+from processors.workflow.catalog import StaticNodeCatalog
 
 __all__ = ["check_inputs", "parse_definition"]
 
@@ -25,10 +27,25 @@ def _issues(exc: WorkflowValidationError, type_: str) -> list[FieldIssue]:
     return [FieldIssue(error.path, error.message, type_) for error in exc.errors]
 
 
+@lru_cache(maxsize=1)
+def builtin_catalog() -> StaticNodeCatalog:
+    """The nodes this build ships, with their versions.
+
+    Until the node catalog read model exists (projected from the ``nodes`` topic), registration
+    checks node names and version constraints against the built-in nodes.
+    """
+    from node_workers.nodes import builtin_nodes
+
+    versions: dict[str, list[str]] = {}
+    for node in builtin_nodes():
+        versions.setdefault(node.name, []).append(node.version)
+    return StaticNodeCatalog(versions)
+
+
 def parse_definition(source: Any) -> WorkflowDefinition:
     """The parsed definition; 422 (``type: workflow_invalid``) naming every bad field."""
     try:
-        return parse_workflow(source)
+        return parse_workflow(source, node_catalog=builtin_catalog())
     except WorkflowValidationError as exc:
         raise RequestInvalidError(_issues(exc, "workflow_invalid")) from exc
 

@@ -266,3 +266,29 @@ def test_run_started_from_a_trigger_record(harness: Harness) -> None:
     starts = [e for e in harness.events(run_id) if e.event_type == "RunStarted"]
     assert len(starts) == 1
     assert_replay_equivalent(harness, run_id)
+
+
+def test_poison_records_on_scheduler_inputs_go_to_the_dlq(harness: Harness) -> None:
+    import uuid as _uuid
+
+    from schemas.models import DeadLetter
+    from streams.consumer import Consumer
+    from tests.integration.kafka_fixtures import drain
+
+    harness.register(LINEAR)
+    catalog = harness.engine.catalog
+    for topic in (catalog.commands.topic, catalog.results.topic):
+        harness.producer.send(topic, "poison-key", b"\x00\x01 definitely not avro")
+    harness.producer.flush(10)
+    run_id = harness.start("linear", {"n": 1})
+    assert harness.wait(run_id).status == "succeeded"
+    consumer = Consumer([catalog.dlq.topic], f"dlq-check-{_uuid.uuid4().hex[:6]}",
+                        harness.settings, catalog=catalog)
+    try:
+        records = drain(consumer, lambda got: len(got) >= 2, timeout=20)
+    finally:
+        consumer.close()
+    letters = [r.value for r in records if isinstance(r.value, DeadLetter)]
+    assert {d.original_topic for d in letters} == {catalog.commands.topic, catalog.results.topic}
+    assert all(d.error_class == "MalformedRecord" and d.reason for d in letters)
+    assert all(d.value == b"\x00\x01 definitely not avro" for d in letters)
