@@ -246,8 +246,14 @@ class _Lane:
 
     # -- rebalance callbacks (run inside consume(), i.e. in the lane's worker thread) ----------
 
-    def _on_assign(self, _consumer: KafkaConsumer, partitions: list[TopicPartition]) -> None:
-        self._paused = False  # a new assignment starts unpaused
+    def _on_assign(self, consumer: KafkaConsumer, partitions: list[TopicPartition]) -> None:
+        # librdkafka keeps a partition's pause flag across revoke/assign: a partition paused
+        # for backpressure before a rebalance would come back paused and never be resumed.
+        # Assign explicitly, then resume, so every assignment starts fetching.
+        consumer.assign(partitions)
+        if partitions:
+            consumer.resume(partitions)
+        self._paused = False
         self.runtime.stats.assigned += 1
         log.info("%s assigned %s", self.group, [(p.topic, p.partition) for p in partitions])
 

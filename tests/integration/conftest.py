@@ -34,4 +34,5 @@ def isolated_settings(local_services: Settings) -> Iterator[Settings]:
 
 
 # Shared Kafka fixtures (kafka_settings, admin, catalog, topics) for every integration test.
+from tests.integration.engine_fixtures import harness  # noqa: E402, F401
 from tests.integration.kafka_fixtures import admin, catalog, kafka_settings, topics  # noqa: E402, F401

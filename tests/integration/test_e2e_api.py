@@ -15,12 +15,8 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from api.config import ApiSettings
-from tests.integration.engine_fixtures import (  # noqa: F401
-    Harness,
-    assert_replay_equivalent,
-    harness,
-)
-from tests.integration.http_fixtures import HttpTestServer, serve
+from tests.integration.engine_fixtures import Harness, assert_replay_equivalent
+from tests.integration.http_fixtures import serve
 
 SECRET = "s3cret-for-tests"
 
@@ -56,8 +52,13 @@ def _wait_visible(api: TestClient, workflow_id: str) -> None:
 ECHO = {
     "id": "echo",
     "inputs": {"word": {"type": "string", "required": True}},
-    "steps": [{"id": "say", "node": "transform@^1",
-               "params": {"expression": "w", "data": {"w": "{{ inputs.word }}"}}}],
+    "steps": [
+        {
+            "id": "say",
+            "node": "transform@^1",
+            "params": {"expression": "w", "data": {"w": "{{ inputs.word }}"}},
+        }
+    ],
     "outputs": {"said": "{{ steps.say.output.result }}"},
 }
 
@@ -65,13 +66,14 @@ ECHO = {
 def test_start_a_run_and_wait_for_it(harness: Harness, api: TestClient) -> None:
     _register(api, ECHO)
     _wait_visible(api, "echo")
-    response = api.post("/v1/runs", json={"workflow_id": "echo", "inputs": {"word": "hi"},
-                                          "wait_ms": 20_000})
+    response = api.post(
+        "/v1/runs", json={"workflow_id": "echo", "inputs": {"word": "hi"}, "wait_ms": 20_000}
+    )
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["status"] == "succeeded" and body["outputs"] == {"said": "hi"}
     events = api.get(f"/v1/runs/{body['run_id']}/events").json()["data"]
-    assert [e["event_type"] for e in events][0] == "RunStarted"
+    assert events[0]["event_type"] == "RunStarted"
     state = api.get(f"/v1/runs/{body['run_id']}/state", params={"seq": 0}).json()
     assert state["seq"] == 0 and state["state"]["status"] == "running"
     assert_replay_equivalent(harness, body["run_id"])
@@ -83,12 +85,19 @@ def test_webhook_starts_a_signed_run(harness: Harness, api: TestClient) -> None:
     _wait_visible(api, "hooked")
     payload = json.dumps({"word": "from-hook"}).encode()
     signature = hmac.new(SECRET.encode(), payload, hashlib.sha256).hexdigest()
-    unsigned = api.post("/v1/hooks/hooked", content=payload,
-                        headers={"content-type": "application/json"})
+    unsigned = api.post(
+        "/v1/hooks/hooked", content=payload, headers={"content-type": "application/json"}
+    )
     assert unsigned.status_code == 401
-    accepted = api.post("/v1/hooks/hooked", content=payload, headers={
-        "content-type": "application/json", "X-Reflux-Signature": f"sha256={signature}",
-        "Idempotency-Key": "hook-1"})
+    accepted = api.post(
+        "/v1/hooks/hooked",
+        content=payload,
+        headers={
+            "content-type": "application/json",
+            "X-Reflux-Signature": f"sha256={signature}",
+            "Idempotency-Key": "hook-1",
+        },
+    )
     assert accepted.status_code == 202, accepted.text
     run = harness.wait(accepted.json()["run_id"])
     assert (run.status, run.outputs, run.source) == ("succeeded", {"said": "from-hook"}, "webhook")
@@ -96,9 +105,19 @@ def test_webhook_starts_a_signed_run(harness: Harness, api: TestClient) -> None:
 
 def test_illegal_command_is_a_409_with_the_reason(harness: Harness, api: TestClient) -> None:
     with serve() as http:
-        _register(api, {"id": "busy", "steps": [
-            {"id": "wait", "node": "http.request@^1",
-             "params": {"url": f"{http.url}/slow?ms=2000"}}]})
+        _register(
+            api,
+            {
+                "id": "busy",
+                "steps": [
+                    {
+                        "id": "wait",
+                        "node": "http.request@^1",
+                        "params": {"url": f"{http.url}/slow?ms=2000"},
+                    }
+                ],
+            },
+        )
         _wait_visible(api, "busy")
         run_id = api.post("/v1/runs", json={"workflow_id": "busy", "inputs": {}}).json()["run_id"]
         harness.wait_step(run_id, "wait", "dispatched")
@@ -113,9 +132,13 @@ def test_illegal_command_is_a_409_with_the_reason(harness: Harness, api: TestCli
 
 
 def test_bad_input_gets_precise_errors(api: TestClient) -> None:
-    cyclic = {"id": "cyc", "steps": [
-        {"id": "a", "node": "transform@^1", "needs": ["b"], "params": {}},
-        {"id": "b", "node": "transform@^1", "needs": ["a"], "params": {}}]}
+    cyclic = {
+        "id": "cyc",
+        "steps": [
+            {"id": "a", "node": "transform@^1", "needs": ["b"], "params": {}},
+            {"id": "b", "node": "transform@^1", "needs": ["a"], "params": {}},
+        ],
+    }
     response = api.post("/v1/workflows", json=cyclic)
     assert response.status_code == 422
     assert any("cycle" in d["msg"] for d in response.json()["detail"]), response.json()

@@ -14,11 +14,7 @@ from typing import Any
 import pytest
 
 from schemas.models import CancelRun, PauseRun, RedriveStep, ResumeRun, Trigger
-from tests.integration.engine_fixtures import (  # noqa: F401
-    Harness,
-    assert_replay_equivalent,
-    harness,
-)
+from tests.integration.engine_fixtures import Harness, assert_replay_equivalent
 from tests.integration.http_fixtures import HttpTestServer, serve
 
 
@@ -29,8 +25,12 @@ def http() -> Iterator[HttpTestServer]:
 
 
 def transform(step_id: str, expression: str, data: Any, **extra: Any) -> dict[str, Any]:
-    return {"id": step_id, "node": "transform@^1",
-            "params": {"expression": expression, "data": data}, **extra}
+    return {
+        "id": step_id,
+        "node": "transform@^1",
+        "params": {"expression": expression, "data": data},
+        **extra,
+    }
 
 
 def http_step(step_id: str, url: str, **extra: Any) -> dict[str, Any]:
@@ -58,18 +58,23 @@ def test_linear(harness: Harness) -> None:
 
 
 def test_diamond(harness: Harness) -> None:
-    harness.register({
-        "id": "diamond",
-        "steps": [
-            transform("top", "`3`", None),
-            transform("left", "x", {"x": "{{ steps.top.output.result }}"}, needs=["top"]),
-            transform("right", "x", {"x": "{{ steps.top.output.result }}"}, needs=["top"]),
-            transform("bottom", "sum([l, r])",
-                      {"l": "{{ steps.left.output.result }}", "r": "{{ steps.right.output.result }}"},
-                      needs=["left", "right"]),
-        ],
-        "outputs": {"total": "{{ steps.bottom.output.result }}"},
-    })
+    harness.register(
+        {
+            "id": "diamond",
+            "steps": [
+                transform("top", "`3`", None),
+                transform("left", "x", {"x": "{{ steps.top.output.result }}"}, needs=["top"]),
+                transform("right", "x", {"x": "{{ steps.top.output.result }}"}, needs=["top"]),
+                transform(
+                    "bottom",
+                    "sum([l, r])",
+                    {"l": "{{ steps.left.output.result }}", "r": "{{ steps.right.output.result }}"},
+                    needs=["left", "right"],
+                ),
+            ],
+            "outputs": {"total": "{{ steps.bottom.output.result }}"},
+        }
+    )
     run_id = harness.start("diamond")
     run = harness.wait(run_id)
     assert (run.status, run.outputs) == ("succeeded", {"total": 6})
@@ -78,16 +83,22 @@ def test_diamond(harness: Harness) -> None:
 
 def test_fan_out_fan_in(harness: Harness) -> None:
     branches = [transform(f"b{i}", f"`{i}`", None, needs=["start"]) for i in range(5)]
-    harness.register({
-        "id": "fan",
-        "steps": [
-            transform("start", "`0`", None),
-            *branches,
-            transform("join", "sum(@)", [f"{{{{ steps.b{i}.output.result }}}}" for i in range(5)],
-                      needs=[f"b{i}" for i in range(5)]),
-        ],
-        "outputs": {"sum": "{{ steps.join.output.result }}"},
-    })
+    harness.register(
+        {
+            "id": "fan",
+            "steps": [
+                transform("start", "`0`", None),
+                *branches,
+                transform(
+                    "join",
+                    "sum(@)",
+                    [f"{{{{ steps.b{i}.output.result }}}}" for i in range(5)],
+                    needs=[f"b{i}" for i in range(5)],
+                ),
+            ],
+            "outputs": {"sum": "{{ steps.join.output.result }}"},
+        }
+    )
     run_id = harness.start("fan")
     run = harness.wait(run_id)
     assert (run.status, run.outputs) == ("succeeded", {"sum": 10})
@@ -97,35 +108,58 @@ def test_fan_out_fan_in(harness: Harness) -> None:
 
 
 def test_condition_skips_a_branch_and_propagates(harness: Harness) -> None:
-    harness.register({
-        "id": "cond",
-        "inputs": {"amount": {"type": "number", "required": True}},
-        "steps": [
-            transform("score", "amount", {"amount": "{{ inputs.amount }}"}),
-            transform("review", "`1`", None, needs=["score"],
-                      when="steps.score.output.result > `1000`"),
-            transform("notify", "`1`", None, needs=["review"]),
-            transform("approve", "`1`", None, needs=["score"],
-                      when="steps.score.output.result <= `1000`"),
-        ],
-    })
+    harness.register(
+        {
+            "id": "cond",
+            "inputs": {"amount": {"type": "number", "required": True}},
+            "steps": [
+                transform("score", "amount", {"amount": "{{ inputs.amount }}"}),
+                transform(
+                    "review",
+                    "`1`",
+                    None,
+                    needs=["score"],
+                    when="steps.score.output.result > `1000`",
+                ),
+                transform("notify", "`1`", None, needs=["review"]),
+                transform(
+                    "approve",
+                    "`1`",
+                    None,
+                    needs=["score"],
+                    when="steps.score.output.result <= `1000`",
+                ),
+            ],
+        }
+    )
     run_id = harness.start("cond", {"amount": 50})
     run = harness.wait(run_id)
     assert run.status == "succeeded"
     steps = {s: row.status for s, row in harness.steps(run_id).items()}
-    assert steps == {"score": "succeeded", "review": "skipped", "notify": "skipped",
-                     "approve": "succeeded"}
+    assert steps == {
+        "score": "succeeded",
+        "review": "skipped",
+        "notify": "skipped",
+        "approve": "succeeded",
+    }
     assert_replay_equivalent(harness, run_id)
 
 
 def test_retry_then_success_against_a_flaky_server(harness: Harness, http: HttpTestServer) -> None:
     key = uuid.uuid4().hex
-    harness.register({
-        "id": "flaky",
-        "steps": [http_step("call", f"{http.url}/flaky?key={key}&fail=2",
-                            retry={"max_attempts": 4, "initial_backoff": "50ms"})],
-        "outputs": {"calls": "{{ steps.call.output.body.calls }}"},
-    })
+    harness.register(
+        {
+            "id": "flaky",
+            "steps": [
+                http_step(
+                    "call",
+                    f"{http.url}/flaky?key={key}&fail=2",
+                    retry={"max_attempts": 4, "initial_backoff": "50ms"},
+                )
+            ],
+            "outputs": {"calls": "{{ steps.call.output.body.calls }}"},
+        }
+    )
     run_id = harness.start("flaky")
     run = harness.wait(run_id)
     assert (run.status, run.outputs) == ("succeeded", {"calls": 3})
@@ -139,11 +173,18 @@ def test_retry_then_success_against_a_flaky_server(harness: Harness, http: HttpT
 def test_retries_exhausted_fail_the_run_with_the_error_class(
     harness: Harness, http: HttpTestServer
 ) -> None:
-    harness.register({
-        "id": "down",
-        "steps": [http_step("call", f"{http.url}/status/503",
-                            retry={"max_attempts": 2, "initial_backoff": "20ms"})],
-    })
+    harness.register(
+        {
+            "id": "down",
+            "steps": [
+                http_step(
+                    "call",
+                    f"{http.url}/status/503",
+                    retry={"max_attempts": 2, "initial_backoff": "20ms"},
+                )
+            ],
+        }
+    )
     run_id = harness.start("down")
     run = harness.wait(run_id)
     assert run.status == "failed"
@@ -154,10 +195,12 @@ def test_retries_exhausted_fail_the_run_with_the_error_class(
 
 
 def test_step_timeout(harness: Harness, http: HttpTestServer) -> None:
-    harness.register({
-        "id": "slow",
-        "steps": [http_step("call", f"{http.url}/slow?ms=3000", timeout="300ms")],
-    })
+    harness.register(
+        {
+            "id": "slow",
+            "steps": [http_step("call", f"{http.url}/slow?ms=3000", timeout="300ms")],
+        }
+    )
     run_id = harness.start("slow")
     run = harness.wait(run_id, timeout=20)
     assert run.status == "failed"
@@ -167,13 +210,16 @@ def test_step_timeout(harness: Harness, http: HttpTestServer) -> None:
 
 
 def test_identical_second_run_is_served_from_cache(harness: Harness) -> None:
-    harness.register({
-        "id": "cached",
-        "steps": [transform("t", "a", {"a": "{{ inputs.a }}"},
-                            cache={"enabled": True, "ttl": "1h"})],
-        "inputs": {"a": {"type": "integer", "required": True}},
-        "outputs": {"a": "{{ steps.t.output.result }}"},
-    })
+    harness.register(
+        {
+            "id": "cached",
+            "steps": [
+                transform("t", "a", {"a": "{{ inputs.a }}"}, cache={"enabled": True, "ttl": "1h"})
+            ],
+            "inputs": {"a": {"type": "integer", "required": True}},
+            "outputs": {"a": "{{ steps.t.output.result }}"},
+        }
+    )
     first = harness.wait(harness.start("cached", {"a": 7}))
     second_id = harness.start("cached", {"a": 7})
     second = harness.wait(second_id)
@@ -196,13 +242,15 @@ def test_cancel(harness: Harness, http: HttpTestServer) -> None:
 
 
 def test_pause_and_resume(harness: Harness, http: HttpTestServer) -> None:
-    harness.register({
-        "id": "pause",
-        "steps": [
-            http_step("slow", f"{http.url}/slow?ms=1500"),
-            transform("after", "`1`", None, needs=["slow"]),
-        ],
-    })
+    harness.register(
+        {
+            "id": "pause",
+            "steps": [
+                http_step("slow", f"{http.url}/slow?ms=1500"),
+                transform("after", "`1`", None, needs=["slow"]),
+            ],
+        }
+    )
     run_id = harness.start("pause")
     harness.wait_step(run_id, "slow", "dispatched")
     harness.command(PauseRun(run_id=run_id))
@@ -219,11 +267,15 @@ def test_pause_and_resume(harness: Harness, http: HttpTestServer) -> None:
 
 def test_redrive_a_failed_step(harness: Harness, http: HttpTestServer) -> None:
     key = uuid.uuid4().hex
-    harness.register({
-        "id": "redrive",
-        "steps": [http_step("call", f"{http.url}/flaky?key={key}&fail=1"),
-                  transform("after", "`1`", None, needs=["call"])],
-    })
+    harness.register(
+        {
+            "id": "redrive",
+            "steps": [
+                http_step("call", f"{http.url}/flaky?key={key}&fail=1"),
+                transform("after", "`1`", None, needs=["call"]),
+            ],
+        }
+    )
     run_id = harness.start("redrive")
     assert harness.wait(run_id).status == "failed"
     harness.command(RedriveStep(run_id=run_id, step_id="call"))
@@ -239,7 +291,7 @@ def test_illegal_command_becomes_a_rejection_event(harness: Harness, http: HttpT
     harness.wait_step(run_id, "wait", "dispatched")
     harness.command(ResumeRun(run_id=run_id, command_id="resume-1"))
     deadline = time.monotonic() + 10
-    rejected = []
+    rejected: list[Any] = []
     while time.monotonic() < deadline and not rejected:
         rejected = [e for e in harness.events(run_id) if e.event_type == "CommandRejected"]
         time.sleep(0.05)
@@ -255,14 +307,18 @@ def test_run_started_from_a_trigger_record(harness: Harness) -> None:
     from processors.triggers.mapping import run_id_for_trigger
 
     harness.register(LINEAR)
-    trigger = Trigger(source="orders-system", source_key="order-42", workflow_id="linear",
-                      payload={"n": 5}, idempotency_key="evt-42")
+    trigger = Trigger(
+        source="orders-system",
+        source_key="order-42",
+        workflow_id="linear",
+        payload={"n": 5},
+        idempotency_key="evt-42",
+    )
     harness.send(harness.engine.catalog.triggers.topic, trigger.source_key, trigger)
     harness.send(harness.engine.catalog.triggers.topic, trigger.source_key, trigger)  # redelivery
     run_id = run_id_for_trigger("orders-system", "evt-42")
     run = harness.wait(run_id)
-    assert (run.status, run.outputs, run.source) == ("succeeded", {"pair": [5, 5]},
-                                                     "orders-system")
+    assert (run.status, run.outputs, run.source) == ("succeeded", {"pair": [5, 5]}, "orders-system")
     starts = [e for e in harness.events(run_id) if e.event_type == "RunStarted"]
     assert len(starts) == 1
     assert_replay_equivalent(harness, run_id)
@@ -282,8 +338,9 @@ def test_poison_records_on_scheduler_inputs_go_to_the_dlq(harness: Harness) -> N
     harness.producer.flush(10)
     run_id = harness.start("linear", {"n": 1})
     assert harness.wait(run_id).status == "succeeded"
-    consumer = Consumer([catalog.dlq.topic], f"dlq-check-{_uuid.uuid4().hex[:6]}",
-                        harness.settings, catalog=catalog)
+    consumer = Consumer(
+        [catalog.dlq.topic], f"dlq-check-{_uuid.uuid4().hex[:6]}", harness.settings, catalog=catalog
+    )
     try:
         records = drain(consumer, lambda got: len(got) >= 2, timeout=20)
     finally:

@@ -384,9 +384,13 @@ def test_rebalance_hands_over_partitions_without_duplicates(
     worker_topics: TopicCatalog, kafka_settings: Settings, http_server: HttpTestServer
 ) -> None:
     invocations = [
-        _invocation("http.request", {"url": f"{http_server.url}/slow?ms=300"}) for _ in range(18)
+        _invocation("http.request", {"url": f"{http_server.url}/slow?ms=300"}) for _ in range(36)
     ]
-    _publish(kafka_settings, worker_topics, invocations)
+    # Spread evenly, so whichever partition the second member gets still has work left.
+    with Producer(kafka_settings) as producer:
+        topic = worker_topics.invoke_topic("http.request", 1)
+        for n, invocation in enumerate(invocations):
+            producer.send(topic, invocation.run_id, invocation, partition=n % 3)
     config = WorkerConfig(
         concurrency=4,
         commit_interval_s=0.1,
