@@ -49,13 +49,15 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from confluent_kafka import Consumer as KafkaConsumer
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
-from node_workers.attempt import DEFAULT_TIMEOUT_S, Attempt, run_attempt
+from node_workers.attempt import DEFAULT_TIMEOUT_S, Attempt, inputs_hash, run_attempt
 from node_workers.claimcheck import encode_json, load_json, output_key, store_json
+from node_workers.ledger import AttemptLedger, ClaimState
 from node_workers.node import AnyNode
 from node_workers.offsets import OffsetTracker, TopicPartitionKey
 from node_workers.records import build_result, build_trace
@@ -65,11 +67,11 @@ from reflux.objectstore import BlobStore, S3BlobStore
 from reflux.settings import Settings
 from schemas import serde
 from schemas.errors import MalformedRecordError, SchemaError
-from schemas.models import ErrorInfo, NodeInvocation, TraceStatus
+from schemas.models import ErrorInfo, NodeInvocation, NodeResult, TraceStatus
 from streams.catalog import TopicCatalog, TopicSpec
 from streams.consumer import consume_available, consumer_config
 from streams.dlq import DeadLetterPublisher, PoisonRecord
-from streams.producer import DeliveryError, Producer
+from streams.producer import TYPE_HEADER, DeliveryError, Producer
 
 __all__ = ["DEFAULT_MAX_INLINE_OUTPUT_BYTES", "WorkerConfig", "WorkerRuntime", "WorkerStats"]
 
@@ -341,13 +343,28 @@ class _Lane:
 
     async def _handle(self, tp: TopicPartitionKey, offset: int, invocation: NodeInvocation) -> None:
         runtime = self.runtime
-        async with runtime.semaphore:
-            attempt = await run_attempt(
-                self.node,
-                invocation,
-                load_params=runtime.load_params,
-                default_timeout_s=runtime.config.default_timeout_s,
+        claim = await runtime.ledger.claim(invocation.invocation_id)
+        if claim.state is ClaimState.DONE and claim.result is not None:
+            # Executed and recorded by an earlier delivery: hand over the same result again.
+            runtime.producer.send(
+                runtime.catalog.results,
+                invocation.run_id,
+                claim.result,
+                {TYPE_HEADER: NodeResult.AVRO_NAME},
             )
+            runtime.stats.results += 1
+            self.tracker.finish(tp, offset)
+            return
+        if claim.state is ClaimState.STARTED:
+            attempt = _interrupted(invocation)
+        else:
+            async with runtime.semaphore:
+                attempt = await run_attempt(
+                    self.node,
+                    invocation,
+                    load_params=runtime.load_params,
+                    default_timeout_s=runtime.config.default_timeout_s,
+                )
         output_ref = None
         if attempt.status is TraceStatus.OK:
             data = encode_json(attempt.output)
@@ -366,6 +383,8 @@ class _Lane:
             attempt,
             context={"worker": runtime.config.client_id, "origin": f"{tp[0]}/{tp[1]}/{offset}"},
         )
+        if claim.state is ClaimState.NEW:
+            await runtime.ledger.record(invocation.invocation_id, serde.encode(result))
         runtime.producer.send(runtime.catalog.results, invocation.run_id, result)
         runtime.producer.send(runtime.catalog.traces, self.node.name, trace)
         runtime.stats.results += 1
@@ -452,6 +471,25 @@ def _claim_check_failed(attempt: Attempt, exc: BaseException) -> Attempt:
     )
 
 
+def _interrupted(invocation: NodeInvocation) -> Attempt:
+    """The result of an attempt an earlier delivery started but never finished (see ledger)."""
+    now = datetime.now(UTC)
+    return Attempt(
+        status=TraceStatus.ERROR,
+        started_at=now,
+        finished_at=now,
+        inputs_hash=inputs_hash(invocation.params),
+        error=ErrorInfo(
+            error_class="AttemptInterrupted",
+            message=(
+                f"Attempt {invocation.attempt} ({invocation.invocation_id}) was started by a "
+                "worker that stopped before reporting; it is not executed twice"
+            ),
+            retryable=True,
+        ),
+    )
+
+
 class WorkerRuntime:
     """Serves every node of ``nodes``; see the module docstring for the delivery contract."""
 
@@ -477,6 +515,7 @@ class WorkerRuntime:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._failure: BaseException | None = None
+        self._ledger: AttemptLedger | None = None
         self._hard_stop = False
         self._running = False
         self.commit_lock = threading.Lock()
@@ -584,7 +623,18 @@ class WorkerRuntime:
         if self._failure is not None:
             raise self._failure
 
+    @property
+    def ledger(self) -> AttemptLedger:
+        # Created on first use, inside the running event loop its asyncio client belongs to.
+        if self._ledger is None:
+            self._ledger = AttemptLedger(self.settings)
+        return self._ledger
+
     async def _close_resources(self) -> None:
+        if self._ledger is not None:
+            ledger, self._ledger = self._ledger, None
+            with contextlib.suppress(Exception):
+                await ledger.aclose()
         if self._producer is not None:
             producer, self._producer = self._producer, None
             try:

@@ -49,6 +49,7 @@ __all__ = [
 DEFAULT_MAX_RESPONSE_BYTES: Final = 1024 * 1024
 SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 USER_AGENT: Final = "reflux-worker/1.0"
+INVOCATION_HEADER: Final = "X-Reflux-Invocation-Id"
 _EXCERPT_CHARS: Final = 200
 
 Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
@@ -251,6 +252,8 @@ class HttpRequestNode(Node[HttpRequestInput, HttpRequestOutput]):
             name.lower() == "idempotency-key" for name in headers
         ):
             headers["Idempotency-Key"] = ctx.idempotency_key
+        # Names the attempt, so a receiver (and our tests) can tell a retry from a redelivery.
+        headers.setdefault(INVOCATION_HEADER, ctx.invocation_id)
         return headers
 
     async def execute(self, params: HttpRequestInput, ctx: NodeContext) -> HttpRequestOutput:

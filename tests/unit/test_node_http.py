@@ -177,4 +177,10 @@ def test_idempotency_key_only_on_unsafe_methods() -> None:
     assert node._headers(_params(method="DELETE"), ctx)["Idempotency-Key"] == "key-7"
     # A key the workflow sets itself wins.
     own = node._headers(_params(method="PUT", headers={"idempotency-key": "mine"}), ctx)
-    assert own == {"idempotency-key": "mine"}
+    assert own == {"idempotency-key": "mine", "X-Reflux-Invocation-Id": "inv-7"}
+
+
+def test_every_request_names_its_attempt() -> None:
+    node = HttpRequestNode()
+    ctx = NodeContext("inv-9", "run", "step", 1, idempotency_key="key-9")
+    assert node._headers(_params(), ctx)["X-Reflux-Invocation-Id"] == "inv-9"
