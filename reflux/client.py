@@ -110,6 +110,7 @@ def run_file(args: argparse.Namespace) -> int:
             )
         )
         print(f"registered {registered['workflow_id']} version {registered['version']}")
+        wait_registered(client, registered["workflow_id"], registered["version"])
         body = {
             "workflow_id": registered["workflow_id"],
             "version": registered["version"],
@@ -121,6 +122,19 @@ def run_file(args: argparse.Namespace) -> int:
         if not args.wait:
             return 0
         return _follow(client, run_id, args.timeout)
+
+
+def wait_registered(client: httpx.Client, workflow_id: str, version: int) -> None:
+    """Registration is asynchronous (a record on Kafka, then the projection): wait until the
+    API can see the version, since starting a run needs it."""
+    deadline = time.monotonic() + 15
+    while client.get(f"/v1/workflows/{workflow_id}/versions/{version}").status_code != 200:
+        if time.monotonic() > deadline:
+            raise ClientError(
+                f"{workflow_id} version {version} was registered but is still not "
+                "visible after 15s; is the projector running?"
+            )
+        time.sleep(0.1)
 
 
 def _follow(client: httpx.Client, run_id: str, timeout: float) -> int:

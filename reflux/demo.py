@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from reflux.client import ClientError, _check, describe_event, timeline
+from reflux.client import ClientError, _check, describe_event, timeline, wait_registered
 from reflux.demo_service import offers_service
 from reflux.dev import DevEngine
 from reflux.settings import PROJECT_ROOT, Settings, get_settings
@@ -89,6 +89,7 @@ def run_demo(settings: Settings | None = None, workflow: Path = WORKFLOW) -> int
                 f"3. Registered {registered['workflow_id']} version {registered['version']} "
                 f"from {workflow.relative_to(PROJECT_ROOT)}"
             )
+            wait_registered(client, registered["workflow_id"], registered["version"])
             for n, city in enumerate(["Lyon", "Nantes"], start=4):
                 body = {
                     "workflow_id": registered["workflow_id"],

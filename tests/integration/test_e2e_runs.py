@@ -349,3 +349,27 @@ def test_poison_records_on_scheduler_inputs_go_to_the_dlq(harness: Harness) -> N
     assert {d.original_topic for d in letters} == {catalog.commands.topic, catalog.results.topic}
     assert all(d.error_class == "MalformedRecord" and d.reason for d in letters)
     assert all(d.value == b"\x00\x01 definitely not avro" for d in letters)
+
+
+def test_large_payloads_travel_by_claim_check(harness: Harness, http: HttpTestServer) -> None:
+    # 300 kB of output (> the 256 KiB threshold): the worker stores it in S3 and the event
+    # carries a PayloadRef; the downstream step's params (the same 300 kB) are claim-checked by
+    # the scheduler, and the worker loads them back.
+    harness.register(
+        {
+            "id": "big",
+            "steps": [
+                http_step("fetch", f"{http.url}/big?bytes=300000&json=1"),
+                transform("size", "length(data)", "{{ steps.fetch.output.body }}", needs=["fetch"]),
+            ],
+            "outputs": {"size": "{{ steps.size.output.result }}"},
+        }
+    )
+    run_id = harness.start("big")
+    run = harness.wait(run_id)
+    assert (run.status, run.outputs) == ("succeeded", {"size": 300000}), run
+    fetch = harness.steps(run_id)["fetch"]
+    assert fetch.output is None and fetch.output_ref is not None
+    assert fetch.output_ref["uri"].startswith("s3://")
+    assert fetch.output_ref["size_bytes"] > 256 * 1024
+    assert_replay_equivalent(harness, run_id)
