@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv up down status lint typecheck test test-unit test-integration demo bench clean codegen
+.PHONY: help venv up down status lint typecheck test test-unit test-integration demo bench bench-quick clean codegen
 
 help:
 	@echo "make demo    - install, start the local services, run the demo"
@@ -56,8 +56,15 @@ test: lint up
 demo: up
 	$(VENV)/bin/reflux demo
 
-bench: up
+$(VENV)/.bench-installed: $(STAMP)
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,bench]'
+	@touch $@
+
+bench: up $(VENV)/.bench-installed
 	$(PY) -m benchmarks.run
+
+bench-quick: up $(VENV)/.bench-installed
+	$(PY) -m benchmarks.run --quick
 
 clean: down
 	rm -rf var $(VENV)

@@ -10,8 +10,9 @@ from typing import Any
 
 from api.cli import add_api_commands
 from node_workers.cli import add_worker_commands
-from processors.scheduler.cli import add_scheduler_commands
+from processors.scheduler.runtime_cli import add_scheduler_commands
 from projections.cli import add_projections_commands
+from projections.traces.cli import add_traces_commands
 from reflux.client import add_client_commands
 from reflux.errors import RefluxError
 from reflux.settings import get_settings
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_scheduler_commands(sub)
     add_worker_commands(sub)
     add_projections_commands(sub)
+    add_traces_commands(sub)
     add_api_commands(sub)
     add_client_commands(sub, get_settings().api_url)
     add_topics_commands(sub)

@@ -134,7 +134,7 @@ class SchedulerRuntime:
             settings,
             transactional_id=f"{self.group}.{self.instance_id}",
             client_id=f"reflux-scheduler-{self.instance_id}",
-            config={"linger.ms": 1},
+            config={"linger.ms": 0},
         )
         self.consumer = Consumer(
             consumer_config(

@@ -204,10 +204,12 @@ def _run_plans_pipelined(
     claimed = [plan for plan, cursor in zip(plans, guards, strict=True) if cursor.rowcount == 1]
     outcome.applied += len(claimed)
     outcome.duplicates += len(plans) - len(claimed)
-    with conn.pipeline():
+    # One cursor for every update: conn.execute makes a cursor (and its adapters map) per call,
+    # which was the projector's largest CPU cost under load; only the guards need their own.
+    with conn.pipeline(), conn.cursor() as cursor:
         for plan in claimed:
             for statement in plan.updates:
-                conn.execute(statement.sql, statement.params)
+                cursor.execute(statement.sql, statement.params)
 
 
 def _run_plan(conn: psycopg.Connection, plan: Plan, outcome: BatchOutcome) -> None:

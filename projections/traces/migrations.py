@@ -36,6 +36,7 @@ __all__ = [
     "applied_versions",
     "apply",
     "consumer_group",
+    "drop",
     "load_migrations",
     "quote_string",
     "render",
@@ -239,3 +240,13 @@ def apply(
         )
         applied_now.append(migration.version)
     return applied_now
+
+
+def drop(ch: ClickHouse, database: str = DEFAULT_DATABASE) -> None:
+    """Delete the whole store (tests, rebuilds). Views and the Kafka table go first: with chdb
+    3.7.2 ``DROP DATABASE ... SYNC`` hangs while a Kafka table in it has attached views."""
+    database = validate_database(database)
+    for view in ("traces_errors_mv", "traces_mv"):
+        ch.command(f"DROP VIEW IF EXISTS {database}.{view}")
+    ch.command(f"DROP TABLE IF EXISTS {database}.traces_queue")
+    ch.command(f"DROP DATABASE IF EXISTS {database}")

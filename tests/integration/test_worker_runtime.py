@@ -341,8 +341,13 @@ def test_at_least_once_across_a_crash(
         for n in range(24)
     ]
     _publish(kafka_settings, worker_topics, invocations)
+    # A small buffer, so the crash leaves invocations that were never fetched or started.
     config = WorkerConfig(
-        concurrency=4, commit_interval_s=0.1, poll_timeout_s=0.05, shutdown_grace_s=5
+        concurrency=4,
+        commit_interval_s=0.1,
+        poll_timeout_s=0.05,
+        shutdown_grace_s=5,
+        max_buffered=8,
     )
     first = _serve(
         kafka_settings,
@@ -395,6 +400,8 @@ def test_rebalance_hands_over_partitions_without_duplicates(
         concurrency=4,
         commit_interval_s=0.1,
         poll_timeout_s=0.05,
+        # A small buffer leaves work on every partition for the member that joins later.
+        max_buffered=8,
         # Members learn about a rebalance from heartbeats: keep the test short.
         consumer_overrides={"heartbeat.interval.ms": 100},
     )

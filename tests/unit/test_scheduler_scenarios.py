@@ -659,6 +659,7 @@ EXAMPLE_INPUTS: dict[str, dict[str, Any]] = {
     "linear": {"url": "https://example.com"},
     "condition": {"amount": 5000},
     "http-call": {"user_id": 7, "token": "t"},
+    "order-quote": {"city": "Lyon", "service": "http://127.0.0.1:9"},
 }
 
 

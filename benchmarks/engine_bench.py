@@ -1,0 +1,559 @@
+"""REFLUX's run-engine benchmark: the whole engine (DevEngine) on real Kafka, Postgres, Redis.
+
+``run_engine_benchmark(settings, quick)`` starts every engine component in this process
+(scheduler, trigger router, workers, projector; :class:`reflux.dev.DevEngine`) on a topic prefix
+and Postgres schema of its own, and measures, with the same workflow shape as the Temporal peer
+(10 sequential no-op steps; ``transform`` with a constant expression):
+
+- start latency: ``StartRun`` acknowledged by Kafka (produced and flushed with the API's own
+  producer settings: this is the moment ``POST /v1/runs`` answers 202) -> the run's first
+  ``NodeInvocation`` visible on its invoke topic. Also through the real FastAPI app (in-process
+  ``TestClient``): 202 received -> first invocation visible.
+- step overhead: runs one at a time; (RunStarted -> RunSucceeded event time - the nodes' own
+  execution time) / 10. Also end to end as the peer measures it: (StartRun sent -> RunSucceeded
+  visible) / 10.
+- cache hit: a 1-step workflow whose step is cache-enabled and warm: StepScheduled ->
+  StepSucceeded(cache_hit) event time; also StartRun acked -> RunSucceeded visible.
+- steps/s: N runs of the 10-step workflow started at once; succeeded steps / (first StartRun
+  sent -> last RunSucceeded visible); median over rounds.
+
+Timings come from a watcher thread that consumes ``runs``, ``results`` and the invoke topic
+directly (read_committed), never from the projection. It only files raw bytes while the engine
+runs and decodes after each phase, so it takes as little CPU from the engine as possible.
+Where a goal is missed, one more throughput round runs under py-spy (if installed) and
+``benchmarks/out/profile.txt`` gets the hop-by-hop breakdown of a step, CPU per thread and per
+service, and the hottest stacks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import statistics
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import redis
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from benchmarks import engine_metrics as em
+from benchmarks.engine_metrics import RunTrace, Seen
+from benchmarks.profiling import (
+    PySpy,
+    cpu_delta,
+    cpu_snapshot,
+    find_py_spy,
+    format_cpu,
+    format_stacks,
+    parse_py_spy_raw,
+)
+from benchmarks.report import evaluate_goals
+from processors.workflow import parse_workflow
+from reflux.dev import DevEngine
+from reflux.settings import PROJECT_ROOT, Settings
+from schemas import decode
+from schemas.models import (
+    CommandRejected,
+    RunCancelled,
+    RunFailed,
+    RunSucceeded,
+    StartRun,
+    WorkflowRegistered,
+)
+from streams.admin import admin_client
+from streams.catalog import TopicCatalog
+from streams.consumer import consume_available
+from streams.producer import TYPE_HEADER, Producer
+
+__all__ = ["FULL", "QUICK", "EnginePlan", "run_engine_benchmark"]
+
+log = logging.getLogger(__name__)
+
+OUT_DIR = PROJECT_ROOT / "benchmarks" / "out"
+STEPS = 10
+SEQ_WORKFLOW = "bench-seq10"
+CACHE_WORKFLOW = "bench-cache1"
+# The node and topic the no-op steps use: transform@1 with a constant JMESPath expression.
+NOOP_NODE = ("transform", 1)
+_TERMINAL = {
+    cls.AVRO_NAME.encode() for cls in (RunSucceeded, RunFailed, RunCancelled, CommandRejected)
+}
+
+
+@dataclass(frozen=True)
+class EnginePlan:
+    warmup_runs: int
+    sequential_runs: int
+    """One at a time: start latency and step overhead are taken from these."""
+    http_runs: int
+    cache_runs: int
+    concurrent_runs: int
+    throughput_rounds: int
+    run_timeout_s: float
+    phase_timeout_s: float
+
+
+QUICK = EnginePlan(3, 30, 10, 30, 30, 1, 60, 180)
+FULL = EnginePlan(5, 100, 30, 100, 100, 3, 60, 300)
+
+
+def noop(step_id: str, needs: Sequence[str] = (), **extra: Any) -> dict[str, Any]:
+    return {
+        "id": step_id,
+        "node": "transform@^1",
+        "params": {"expression": "`1`"},
+        "needs": list(needs),
+        **extra,
+    }
+
+
+def sequential_workflow(steps: int = STEPS) -> dict[str, Any]:
+    chain = [noop(f"s{i}", [f"s{i - 1}"] if i else []) for i in range(steps)]
+    return {"id": SEQ_WORKFLOW, "steps": chain}
+
+
+def cached_workflow() -> dict[str, Any]:
+    return {"id": CACHE_WORKFLOW, "steps": [noop("c", cache={"enabled": True, "ttl": "1h"})]}
+
+
+# -- the watcher ----------------------------------------------------------------------------------
+
+
+class Watcher:
+    """Reads ``runs``, ``results`` and the no-op invoke topic from the start (read_committed).
+
+    While the engine runs it only files ``(received, topic, key, value, CreateTime)`` per run and
+    notes terminal events by their type header; :meth:`traces` decodes afterwards.
+    """
+
+    def __init__(self, settings: Settings, catalog: TopicCatalog) -> None:
+        self.topics = {
+            catalog.runs.topic: "runs",
+            catalog.results.topic: "results",
+            catalog.invoke_topic(*NOOP_NODE).topic: "invoke",
+        }
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": settings.kafka_bootstrap,
+                "group.id": f"{settings.topic_prefix}.bench-watcher",
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+                # Low, so the watcher's own fetch wait adds little to what it observes.
+                "fetch.wait.max.ms": 5,
+            }
+        )
+        assignment = []
+        for topic in self.topics:
+            metadata = self._consumer.list_topics(topic, timeout=10)
+            for p in sorted(metadata.topics[topic].partitions):
+                assignment.append(TopicPartition(topic, p, OFFSET_BEGINNING))
+        self._consumer.assign(assignment)
+        self._raw: dict[str, list[tuple[float, str, bytes, int | None]]] = {}
+        self.terminal: dict[str, float] = {}
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="bench-watcher", daemon=True)
+        self.error: BaseException | None = None
+
+    def start(self) -> Watcher:
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        try:
+            while not self._stop.is_set():
+                messages = consume_available(self._consumer, 1000, 0.05)
+                if not messages:
+                    continue
+                now = time.time()
+                ended: list[str] = []
+                for m in messages:
+                    if m.error() is not None or m.value() is None:
+                        continue
+                    run_id = (m.key() or b"").decode()
+                    kind = self.topics[m.topic() or ""]
+                    ts_type, ts = m.timestamp()
+                    value = m.value()
+                    assert value is not None
+                    self._raw.setdefault(run_id, []).append(
+                        (now, kind, value, ts if ts_type else None)
+                    )
+                    if kind == "runs" and _type_of(m.headers()) in _TERMINAL:
+                        ended.append(run_id)
+                if ended:
+                    with self._cond:
+                        for run_id in ended:
+                            self.terminal.setdefault(run_id, now)
+                        self._cond.notify_all()
+        except BaseException as exc:
+            self.error = exc
+            log.exception("benchmark watcher failed")
+            with self._cond:
+                self._cond.notify_all()
+
+    def wait(
+        self,
+        run_ids: Iterable[str],
+        timeout: float,
+        health: Callable[[], None] = lambda: None,
+    ) -> None:
+        """Until every run ended (or was rejected); raises ``TimeoutError`` naming the rest."""
+        wanted = set(run_ids)
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not wanted <= self.terminal.keys():
+                if self.error is not None:
+                    raise RuntimeError(f"Expected a running watcher, but: {self.error!r}")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    missing = sorted(wanted - self.terminal.keys())
+                    raise TimeoutError(
+                        f"Expected {len(wanted)} runs to end within {timeout:.0f}s, but "
+                        f"{len(missing)} did not (e.g. {missing[:3]})"
+                    )
+                self._cond.wait(min(left, 0.5))
+                health()
+
+    def traces(self, starts: Iterable[tuple[str, float, float]]) -> list[RunTrace]:
+        """Decoded observations of the given ``(run_id, sent, acked)``; raises if a run did not
+        succeed, with the reason."""
+        traces = []
+        for run_id, sent, acked in starts:
+            trace = RunTrace(run_id, sent, acked)
+            for received, kind, value, ts in self._raw.get(run_id, []):
+                trace.seen.append(Seen(received, kind, decode(value), ts))
+            ended = [
+                s.record
+                for s in trace.seen
+                if isinstance(s.record, RunSucceeded | RunFailed | RunCancelled | CommandRejected)
+            ]
+            if not ended or not isinstance(ended[0], RunSucceeded):
+                raise RuntimeError(
+                    f"Expected benchmark run {run_id} to succeed, but it ended with {ended[:1]}"
+                )
+            traces.append(trace)
+        return traces
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self._consumer.close()
+
+
+def _type_of(headers: Any) -> bytes | None:
+    for name, value in headers or []:
+        if name == TYPE_HEADER:
+            return value if isinstance(value, bytes) else str(value).encode()
+    return None
+
+
+# -- the driver -----------------------------------------------------------------------------------
+
+
+class EngineBench:
+    def __init__(self, settings: Settings, plan: EnginePlan, schema: str) -> None:
+        self.settings = settings
+        self.plan = plan
+        self.schema = schema
+        self.engine = DevEngine(settings, schema=schema)
+        self.catalog = self.engine.catalog
+        self.watcher = Watcher(settings, self.catalog).start()
+        # The API's own producer settings (linger.ms=0, flush per command): an ack here is the
+        # moment POST /v1/runs would answer 202.
+        from api.publisher import api_producer
+
+        self.producer: Producer = api_producer(settings, 5.0)
+
+    def health(self) -> None:
+        errors = self.engine.errors()
+        if errors:
+            raise RuntimeError(f"Expected a healthy engine, but components failed: {errors}")
+
+    def register(self, definition: dict[str, Any]) -> None:
+        parsed = parse_workflow(definition)
+        record = WorkflowRegistered(
+            workflow_id=parsed.id,
+            version=1,
+            definition=parsed.to_json_dict(),
+            registered_at=datetime.now(UTC),
+        )
+        self.producer.send(self.catalog.workflows, f"{parsed.id}@1", record)
+        self.producer.flush(10)
+
+    def _command(self, workflow_id: str) -> StartRun:
+        return StartRun(run_id=str(uuid.uuid4()), workflow_id=workflow_id, inputs={})
+
+    def start_one(self, workflow_id: str) -> tuple[str, float, float]:
+        command = self._command(workflow_id)
+        sent = time.time()
+        self.producer.send(self.catalog.commands, command.run_id, command)
+        self.producer.flush(10)
+        return command.run_id, sent, time.time()
+
+    def sequential(self, workflow_id: str, runs: int) -> list[RunTrace]:
+        starts = []
+        deadline = time.monotonic() + self.plan.phase_timeout_s
+        for _ in range(runs):
+            start = self.start_one(workflow_id)
+            self.watcher.wait([start[0]], self.plan.run_timeout_s, self.health)
+            starts.append(start)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Expected {runs} runs within {self.plan.phase_timeout_s}s")
+        return self.watcher.traces(starts)
+
+    def concurrent(self, workflow_id: str, runs: int) -> tuple[list[RunTrace], float]:
+        commands = [self._command(workflow_id) for _ in range(runs)]
+        began = time.time()
+        for command in commands:
+            self.producer.send(self.catalog.commands, command.run_id, command)
+        self.producer.flush(10)
+        acked = time.time()
+        self.watcher.wait([c.run_id for c in commands], self.plan.phase_timeout_s, self.health)
+        return self.watcher.traces((c.run_id, began, acked) for c in commands), began
+
+    def via_http(self, runs: int) -> tuple[list[float], list[float]]:
+        """(202 received -> first invocation visible, request duration) in ms, per run."""
+        from fastapi.testclient import TestClient
+
+        from api.app import create_app
+        from api.config import ApiSettings
+
+        api = ApiSettings(read_schema=self.schema, api_schema=f"{self.schema}_api")
+        start_ms: list[float] = []
+        request_ms: list[float] = []
+        with TestClient(create_app(self.settings, api)) as client:
+            body = {"workflow_id": SEQ_WORKFLOW, "inputs": {}}
+            # The projection may not have the workflow yet (404 until it does).
+            deadline = time.monotonic() + 30
+            while client.post("/v1/runs", json=body).status_code != 202:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("Expected the API to accept runs within 30 s")
+                time.sleep(0.2)
+            for _ in range(runs):
+                requested = time.time()
+                response = client.post("/v1/runs", json=body)
+                answered = time.time()
+                if response.status_code != 202:
+                    raise RuntimeError(
+                        f"Expected 202 from POST /v1/runs, but got {response.status_code}: "
+                        f"{response.text[:300]}"
+                    )
+                run_id = response.json()["run_id"]
+                self.watcher.wait([run_id], self.plan.run_timeout_s, self.health)
+                (trace,) = self.watcher.traces([(run_id, requested, answered)])
+                start_ms.append(em.start_latency_ms(trace))
+                request_ms.append((answered - requested) * 1000)
+        return start_ms, request_ms
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.producer.close(10)
+        self.watcher.close()
+        self.engine.stop()
+
+
+def _cleanup(settings: Settings, schema: str) -> None:
+    """Drops what the benchmark created: its topics, schemas and cache entries."""
+    prefix = settings.topic_prefix
+    with contextlib.suppress(Exception):
+        admin = admin_client(settings)
+        topics = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefix + ".")]
+        if topics:
+            for future in admin.delete_topics(topics, operation_timeout=30).values():
+                with contextlib.suppress(Exception):
+                    future.result(30)
+    with (
+        contextlib.suppress(Exception),
+        psycopg.connect(settings.postgres_dsn, autocommit=True) as conn,
+    ):
+        for name in (schema, f"{schema}_api"):
+            conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+    with contextlib.suppress(Exception):
+        client = redis.Redis.from_url(settings.redis_url)
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+
+
+def _service_pids(settings: Settings) -> dict[str, int | None]:
+    from infra.services.kafka import Kafka
+    from infra.services.postgres import Postgres
+    from infra.services.redis import Redis
+    from infra.services.s3 import S3
+
+    return {cls.name: cls(settings).read_pid() for cls in (Kafka, Postgres, Redis, S3)}
+
+
+def _progress(message: str) -> None:
+    print(f"[engine {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def run_engine_benchmark(
+    settings: Settings,
+    quick: bool = False,
+    *,
+    profile: bool | None = None,
+    out_dir: Path = OUT_DIR,
+) -> dict[str, float]:
+    """Runs the engine benchmark on an isolated prefix/schema; returns flat metrics.
+
+    ``profile``: None = only when a goal is missed; writes ``profile.txt`` and
+    ``engine_details.json`` (hop breakdowns, CPU) into ``out_dir``.
+    """
+    plan = QUICK if quick else FULL
+    tag = uuid.uuid4().hex[:8]
+    settings = settings.model_copy(update={"topic_prefix": f"bench-{tag}"})
+    schema = f"bench_{tag}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _progress(f"prefix {settings.topic_prefix}, schema {schema}, plan {asdict(plan)}")
+    bench: EngineBench | None = None
+    try:
+        bench = EngineBench(settings, plan, schema)
+        bench.engine.start()
+        return _measure(bench, plan, settings, profile, out_dir)
+    finally:
+        if bench is not None:
+            bench.close()
+        _cleanup(settings, schema)
+
+
+def _measure(
+    bench: EngineBench,
+    plan: EnginePlan,
+    settings: Settings,
+    profile: bool | None,
+    out_dir: Path,
+) -> dict[str, float]:
+    bench.register(sequential_workflow())
+    bench.register(cached_workflow())
+    _progress(f"warm-up: {plan.warmup_runs} runs (consumer groups join)")
+    bench.sequential(SEQ_WORKFLOW, plan.warmup_runs)
+
+    _progress(f"sequential: {plan.sequential_runs} runs of {STEPS} steps, one at a time")
+    seq = bench.sequential(SEQ_WORKFLOW, plan.sequential_runs)
+    results: dict[str, float] = {}
+    starts = [em.start_latency_ms(r) for r in seq]
+    results |= em.latency_keys("start_latency", starts)
+    results |= em.latency_keys("step_overhead", [em.step_overhead_ms(r, STEPS) for r in seq])
+    results |= em.latency_keys("start_to_first_step", [em.start_to_first_step_ms(r) for r in seq])
+    results |= em.latency_keys("step_overhead_e2e", [em.end_to_end_step_ms(r, STEPS) for r in seq])
+    _progress(
+        f"start p50 {results['start_latency_p50_ms']:.1f} ms, step overhead p50 "
+        f"{results['step_overhead_p50_ms']:.1f} ms"
+    )
+
+    _progress(f"through the API (FastAPI TestClient): {plan.http_runs} runs")
+    http_start, http_request = bench.via_http(plan.http_runs)
+    results |= em.latency_keys("start_latency_http", http_start)
+    results |= em.latency_keys("api_start_request", http_request)
+
+    _progress(f"cache: 1 cold + {plan.cache_runs} warm runs of a 1-step cached workflow")
+    bench.sequential(CACHE_WORKFLOW, 1)
+    time.sleep(0.1)  # the scheduler writes the cache right after its commit
+    cached = bench.sequential(CACHE_WORKFLOW, plan.cache_runs)
+    hits = [em.cache_hit_ms(r) for r in cached]
+    results |= em.latency_keys("cache_hit", hits)
+    results |= em.latency_keys(
+        "cache_hit_run", [(r.first(RunSucceeded).received - r.acked) * 1000 for r in cached]
+    )
+
+    pids = _service_pids(settings)
+    rates: list[float] = []
+    loaded: list[RunTrace] = []
+    before = cpu_snapshot(pids)
+    wall = 0.0
+    for i in range(plan.throughput_rounds):
+        _progress(f"throughput round {i + 1}/{plan.throughput_rounds}: {plan.concurrent_runs} runs")
+        began_mono = time.monotonic()
+        runs, began = bench.concurrent(SEQ_WORKFLOW, plan.concurrent_runs)
+        wall += time.monotonic() - began_mono
+        rates.append(em.steps_per_s(runs, began))
+        loaded.extend(runs)
+        _progress(f"  {rates[-1]:.0f} steps/s")
+    cpu = cpu_delta(before, cpu_snapshot(pids))
+    results["steps_per_s"] = statistics.median(rates)
+    results["concurrent_runs"] = float(plan.concurrent_runs)
+
+    details: dict[str, Any] = {
+        "plan": asdict(plan),
+        "hops_sequential": em.summarize_hops(em.hop_samples(seq)),
+        "hops_loaded": em.summarize_hops(em.hop_samples(loaded)),
+        "throughput_rounds_steps_per_s": rates,
+        # The tail in detail: (position in the sequential phase, ms) of the slowest starts.
+        "slowest_starts_ms": sorted(enumerate(starts), key=lambda s: -s[1])[:5],
+        "cpu_throughput": {"wall_s": wall, "threads": cpu.threads, "services": cpu.services},
+    }
+    missed = [g.key for g, _, met in evaluate_goals(results) if met is False]
+    if profile or (profile is None and missed):
+        _progress(f"goals missed ({', '.join(missed) or 'none'}): profiling one more round")
+        details["profile"] = _profile_round(bench, plan, pids, seq, loaded, cpu, wall, out_dir)
+    (out_dir / "engine_details.json").write_text(json.dumps(details, indent=2) + "\n")
+    return results
+
+
+def _profile_round(
+    bench: EngineBench,
+    plan: EnginePlan,
+    pids: dict[str, int | None],
+    seq: list[RunTrace],
+    loaded: list[RunTrace],
+    cpu: Any,
+    wall: float,
+    out_dir: Path,
+) -> str:
+    sections = [
+        "REFLUX engine benchmark profile (everything co-located; see benchmarks/README.md)",
+        "",
+        _format_hops("One step, unloaded (sequential runs), by hop", seq),
+        "",
+        _format_hops(f"One step under load ({plan.concurrent_runs} concurrent runs)", loaded),
+        "",
+        format_cpu(cpu, wall, _cores()),
+    ]
+    spy = find_py_spy()
+    if spy is None:
+        sections += ["", "py-spy not installed (pip install py-spy): no stacks sampled."]
+    else:
+        raw_path = out_dir / "profile.pyspy.raw"
+        raw_path.unlink(missing_ok=True)
+        recorder = PySpy(spy, raw_path)
+        time.sleep(1.0)  # py-spy attaches
+        _, _ = bench.concurrent(SEQ_WORKFLOW, plan.concurrent_runs)
+        raw = recorder.stop()
+        sections += [
+            "",
+            f"Stacks during one more round of {plan.concurrent_runs} concurrent runs:",
+            format_stacks(parse_py_spy_raw(raw)),
+        ]
+    text = "\n".join(sections) + "\n"
+    (out_dir / "profile.txt").write_text(text)
+    _progress(f"wrote {out_dir / 'profile.txt'}")
+    return str(out_dir / "profile.txt")
+
+
+def _format_hops(title: str, runs: list[RunTrace]) -> str:
+    summary = em.summarize_hops(em.hop_samples(runs))
+    lines = [title + " (ms; event timestamps have 1 ms resolution, means are finer):"]
+    lines.append(f"  {'hop':<16} {'mean':>7} {'p50':>7} {'p99':>7} {'n':>6}  what")
+    for name, what in em.HOPS:
+        row = summary.get(name)
+        if row is None:
+            continue
+        lines.append(
+            f"  {name:<16} {row['mean']:7.2f} {row['p50']:7.2f} {row['p99']:7.2f} "
+            f"{int(row['n']):6d}  {what}"
+        )
+    return "\n".join(lines)
+
+
+def _cores() -> int:
+    return os.cpu_count() or 1

@@ -1,0 +1,179 @@
+"""``make bench``: ``python -m benchmarks.run [--quick] [--skip-peer] [--skip-traces]``.
+
+Runs, one after the other (never at the same time: they share the machine's two cores), the
+engine benchmark (:mod:`benchmarks.engine_bench`), the Temporal peer on the same workload
+(:mod:`benchmarks.peer_temporal`) and, when present, the traces benchmark
+(``benchmarks.traces_bench``). Writes ``benchmarks/out/results.json``: one flat object of
+metrics (ours, ``peer_temporal_*``, ``peer_temporal_*_ratio``, the traces keys) plus ``meta``
+(date, commit, machine, errors). A sub-benchmark that fails is recorded in ``meta.errors`` and
+the others still run; the exit status is 1 then.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from benchmarks.report import evaluate_goals, format_table, peer_ratios
+from reflux.settings import PROJECT_ROOT, Settings, get_settings
+
+OUT_FILE = PROJECT_ROOT / "benchmarks" / "out" / "results.json"
+TRACES_MODULE = "benchmarks.traces_bench"
+# Traces per traces-benchmark run (its own module decides what it does with them).
+TRACES_N = {True: 20_000, False: 200_000}
+
+
+def _progress(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+def _git(*args: str) -> str:
+    try:
+        out = subprocess.run(
+            ["git", *args],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def cpu_model(cpuinfo: str) -> str:
+    for line in cpuinfo.splitlines():
+        if line.lower().startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def memory_gib(meminfo: str) -> float | None:
+    for line in meminfo.splitlines():
+        if line.startswith("MemTotal:"):
+            return round(int(line.split()[1]) / 1024 / 1024, 1)
+    return None
+
+
+def kafka_version(libs: Path) -> str:
+    """From the broker's jar name (``kafka-server-3.9.1.jar``) in the local install."""
+    for jar in sorted(libs.glob("kafka-server-[0-9]*.jar")):
+        return jar.stem.removeprefix("kafka-server-")
+    return "unknown"
+
+
+def describe_machine(settings: Settings) -> dict[str, Any]:
+    return {
+        "nproc": os.cpu_count(),
+        "memory_gib": memory_gib(_read("/proc/meminfo")),
+        "cpu_model": cpu_model(_read("/proc/cpuinfo")),
+        "python": platform.python_version(),
+        "kafka_version": kafka_version(settings.data_dir / "kafka" / "libs"),
+        "loadavg_1m_at_start": round(os.getloadavg()[0], 2),
+    }
+
+
+def _attempt(
+    name: str, errors: dict[str, str], timings: dict[str, float], fn: Callable[[], dict[str, float]]
+) -> dict[str, float]:
+    _progress(f"{name}: starting")
+    began = time.monotonic()
+    try:
+        metrics = fn()
+    except Exception as exc:
+        errors[name] = f"{type(exc).__name__}: {exc}"
+        traceback.print_exc()
+        _progress(f"{name}: FAILED ({errors[name][:200]})")
+        return {}
+    finally:
+        timings[name] = round(time.monotonic() - began, 1)
+    _progress(f"{name}: done in {timings[name]:.0f}s")
+    return metrics
+
+
+def run_all(quick: bool, skip_peer: bool, skip_traces: bool) -> dict[str, Any]:
+    settings = get_settings()
+    errors: dict[str, str] = {}
+    timings: dict[str, float] = {}
+    skipped: list[str] = []
+    meta: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "quick": quick,
+        "machine": describe_machine(settings),
+        "ratio_direction": "peer_temporal_*_ratio > 1 means REFLUX is better: peer/ours for "
+        "latencies, ours/peer for throughput (see benchmarks/README.md)",
+    }
+    results: dict[str, Any] = {}
+
+    from benchmarks.engine_bench import run_engine_benchmark
+
+    results |= _attempt("engine", errors, timings, lambda: run_engine_benchmark(settings, quick))
+    if skip_peer:
+        skipped.append("peer_temporal")
+    else:
+        from benchmarks.peer_temporal import run_temporal_benchmark
+
+        results |= _attempt("peer_temporal", errors, timings, lambda: run_temporal_benchmark(quick))
+    if skip_traces:
+        skipped.append("traces")
+    elif importlib.util.find_spec(TRACES_MODULE) is None:
+        skipped.append("traces (benchmarks/traces_bench.py not present)")
+    else:
+        module = importlib.import_module(TRACES_MODULE)
+        n = TRACES_N[quick]
+        results |= _attempt(
+            "traces", errors, timings, lambda: module.run_traces_benchmark(settings, n)
+        )
+    results |= peer_ratios(results)
+    meta |= {"errors": errors, "skipped": skipped, "wall_s": timings}
+    return {**results, "meta": meta}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer runs (a few minutes)")
+    parser.add_argument("--skip-peer", action="store_true", help="do not run the Temporal peer")
+    parser.add_argument("--skip-traces", action="store_true", help="do not run traces_bench")
+    parser.add_argument("--out", type=Path, default=OUT_FILE, help="results JSON file")
+    args = parser.parse_args(argv)
+    output = run_all(args.quick, args.skip_peer, args.skip_traces)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(output, indent=2) + "\n")
+    print()
+    print(format_table(output))
+    print()
+    for goal, value, met in evaluate_goals(output):
+        verdict = "missing" if met is None else ("met" if met else "MISSED")
+        shown = "-" if value is None else f"{value:.2f}"
+        print(f"goal {goal.key} {goal}: {shown} -> {verdict}")
+    errors = output["meta"]["errors"]
+    for name, error in errors.items():
+        print(f"ERROR in {name}: {error}", file=sys.stderr)
+    print(f"wrote {args.out}")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,469 @@
+"""The traces store end to end: JSON traces on a real Kafka topic -> chdb Kafka engine ->
+materialized views -> MergeTree and rollups, and the queries over them.
+
+chdb allows one data folder per process, so every ClickHouse test lives in this module and
+shares one store (under pytest's tmp_path); each test gets its own topic prefix and its own
+ClickHouse database, so tests do not see each other's rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka.admin import AdminClient
+
+from projections.clickhouse import ClickHouse, connect
+from projections.traces.cli import add_traces_commands
+from projections.traces.migrations import (
+    Migration,
+    MigrationError,
+    applied_versions,
+    apply,
+    consumer_group,
+    drop,
+    load_migrations,
+    render,
+    template_params,
+)
+from projections.traces.owner import TracesOwner
+from projections.traces.queries import (
+    ingest_status,
+    node_metrics,
+    reliability_matrix,
+    top_failures,
+    workflow_metrics,
+)
+from reflux.settings import Settings
+from schemas.models import ErrorInfo, Trace, TraceStatus
+from schemas.trace_json import encode_trace
+from streams.admin import ensure_topics
+from streams.catalog import TopicCatalog
+from streams.producer import Producer
+
+pytestmark = pytest.mark.integration
+
+INGEST_TIMEOUT_S = 60.0
+
+
+class Store:
+    """The module's one chdb session; the restart test closes and reopens it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._ch: ClickHouse | None = None
+
+    @property
+    def ch(self) -> ClickHouse:
+        if self._ch is None:
+            self._ch = connect(self.settings)
+        return self._ch
+
+    def close(self) -> None:
+        ch, self._ch = self._ch, None
+        if ch is not None:
+            ch.close()
+
+
+@pytest.fixture(scope="module")
+def store(local_services: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
+    folder: Path = tmp_path_factory.mktemp("chdb")
+    s = Store(local_services.model_copy(update={"clickhouse_dsn": f"chdb://{folder}"}))
+    yield s
+    s.close()
+
+
+@dataclass
+class Env:
+    settings: Settings
+    database: str
+    catalog: TopicCatalog
+    store: Store
+
+    @property
+    def ch(self) -> ClickHouse:
+        return self.store.ch
+
+    def count(self, table: str = "traces") -> int:
+        return int(self.ch.query(f"SELECT count() AS n FROM {self.database}.{table}")[0]["n"])
+
+
+@pytest.fixture
+def env(
+    store: Store, kafka_settings: Settings, catalog: TopicCatalog, admin: AdminClient
+) -> Iterator[Env]:
+    settings = kafka_settings.model_copy(update={"clickhouse_dsn": store.settings.clickhouse_dsn})
+    ensure_topics(catalog, [catalog.traces], admin=admin)
+    database = "t_" + settings.topic_prefix.replace("-", "_")
+    e = Env(settings, database, catalog, store)
+    yield e
+    # Before the topic is deleted (admin's teardown): dropping the Kafka table stops its consumer.
+    drop(store.ch, database)
+
+
+def _produce(settings: Settings, topic: str, messages: list[tuple[str, bytes]]) -> None:
+    with Producer(settings, client_id="test-traces") as producer:
+        for key, value in messages:
+            producer.send(topic, key, value)
+
+
+def _send(env: Env, traces: list[Trace]) -> None:
+    _produce(env.settings, env.catalog.traces.topic, [(t.node, encode_trace(t)) for t in traces])
+
+
+def _wait(what: str, check: Callable[[], int], expected: int) -> None:
+    deadline = time.monotonic() + INGEST_TIMEOUT_S
+    value = check()
+    while value != expected:
+        if value > expected:
+            pytest.fail(f"Expected {expected} {what}, but got {value} (duplicates?)")
+        if time.monotonic() > deadline:
+            pytest.fail(f"Expected {expected} {what} within {INGEST_TIMEOUT_S}s, but got {value}")
+        time.sleep(0.1)
+        value = check()
+
+
+BASE = datetime(2025, 3, 4, 10, 0, 0, tzinfo=UTC)
+
+
+def _trace(i: int, **overrides: Any) -> Trace:
+    start = BASE + timedelta(seconds=i, milliseconds=i % 1000)
+    fields: dict[str, Any] = {
+        "run_id": f"run-{i % 7}",
+        "seq": i,
+        "workflow_id": f"wf-{i % 2}",
+        "workflow_version": 1 + i % 3,
+        "step_id": f"step-{i % 5}",
+        "node": ("http.request", "llm.chat", "code.run")[i % 3],
+        "node_version": f"1.{i % 2}.0",
+        "invocation_id": None if i % 4 == 0 else f"inv-{i}",
+        "status": TraceStatus.OK,
+        "start": start,
+        "end": start + timedelta(milliseconds=10 + i),
+        "latency_ms": 10 + i,
+        "inputs_hash": f"{i:064x}",
+        "metrics": {} if i % 5 == 0 else {"bytes": i * 1.5, "ratio": 1 / (i + 3)},
+        "retry_count": i % 3,
+        "cache_hit": i % 6 == 0,
+        "cost_tokens": None if i % 2 else i * 10,
+        "context": {"region": "eu", "note": f'été "{i}"\n'} if i % 3 == 0 else {},
+    }
+    if i % 4 == 1:
+        fields["status"] = TraceStatus.ERROR
+        fields["error"] = ErrorInfo(
+            error_class="HttpTimeout", message=f"no answer from 'host-{i}'", retryable=i % 8 == 1
+        )
+    elif i % 9 == 2:
+        fields["status"] = TraceStatus.TIMEOUT
+    fields.update(overrides)
+    return Trace(**fields)
+
+
+def _ch_time(moment: datetime) -> str:
+    return (
+        moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.") + f"{moment.microsecond // 1000:03d}"
+    )
+
+
+def _expected_row(trace: Trace) -> dict[str, Any]:
+    return {
+        "event_id": trace.event_id,
+        "run_id": trace.run_id,
+        "seq": trace.seq,
+        "occurred_at": _ch_time(trace.occurred_at),
+        "schema_version": Trace.SCHEMA_VERSION,
+        "workflow_id": trace.workflow_id,
+        "workflow_version": trace.workflow_version,
+        "step_id": trace.step_id,
+        "node": trace.node,
+        "node_version": trace.node_version,
+        "invocation_id": trace.invocation_id,
+        "status": trace.status.value,
+        "start": _ch_time(trace.start),
+        "end": _ch_time(trace.end),
+        "latency_ms": trace.latency_ms,
+        "inputs_hash": trace.inputs_hash,
+        "metrics": trace.metrics,
+        "error_class": trace.error.error_class if trace.error else None,
+        "error_message": trace.error.message if trace.error else None,
+        "error_retryable": trace.error.retryable if trace.error else None,
+        "retry_count": trace.retry_count,
+        "cache_hit": trace.cache_hit,
+        "cost_tokens": trace.cost_tokens,
+        "context": trace.context,
+    }
+
+
+def test_traces_arrive_field_by_field(env: Env) -> None:
+    assert apply(env.ch, env.settings, database=env.database) == [1, 2, 3]
+    traces = [_trace(i) for i in range(600)]
+    before = time.time()
+    _send(env, traces)
+    _wait("rows in traces", env.count, len(traces))
+
+    rows = env.ch.query(f"SELECT * FROM {env.database}.traces")
+    by_id = {r["event_id"]: r for r in rows}
+    assert len(by_id) == len(traces)
+    for trace in traces:
+        row = by_id[trace.event_id]
+        expected = _expected_row(trace)
+        assert {k: row[k] for k in expected} == expected, trace.event_id
+        assert row["kafka_partition"] in range(env.catalog.traces.partitions)
+        # Kafka stamps produced_at at send time; received_at is when the view wrote the row.
+        produced = datetime.fromisoformat(row["produced_at"]).replace(tzinfo=UTC)
+        received = datetime.fromisoformat(row["received_at"]).replace(tzinfo=UTC)
+        assert before - 1 <= produced.timestamp() <= received.timestamp() + 0.001
+    offsets = {(r["kafka_partition"], r["kafka_offset"]) for r in rows}
+    assert len(offsets) == len(traces)
+    assert env.count("traces_errors") == 0
+
+
+def test_malformed_messages_go_to_traces_errors_and_later_traces_still_arrive(env: Env) -> None:
+    apply(env.ch, env.settings, database=env.database)
+    good_before = [_trace(i) for i in range(20)]
+    good_after = [_trace(i) for i in range(20, 45)]
+    unknown_status = encode_trace(good_before[0]).replace(b'"status":"ok"', b'"status":"boom"')
+    unknown_field = encode_trace(good_before[0]).replace(b"{", b'{"surprise":1,', 1)
+    bad = [b"{not json", unknown_status, unknown_field]
+    # One key, so all of them share a partition and the bad ones sit between the good ones.
+    messages = [("k", encode_trace(t)) for t in good_before]
+    messages += [("k", value) for value in bad]
+    messages += [("k", encode_trace(t)) for t in good_after]
+    _produce(env.settings, env.catalog.traces.topic, messages)
+
+    _wait("rows in traces", env.count, len(good_before) + len(good_after))
+    _wait("rows in traces_errors", lambda: env.count("traces_errors"), len(bad))
+    errors = env.ch.query(f"SELECT * FROM {env.database}.traces_errors ORDER BY offset")
+    assert [e["raw_message"].encode() for e in errors] == bad
+    assert [e["offset"] for e in errors] == [20, 21, 22]
+    assert {e["topic"] for e in errors} == {env.catalog.traces.topic}
+    assert all(e["key"] == "k" and e["error"] for e in errors)
+    assert "Unknown field" in errors[2]["error"]
+    ids = {r["event_id"] for r in env.ch.query(f"SELECT event_id FROM {env.database}.traces")}
+    assert ids == {t.event_id for t in good_before + good_after}
+
+
+def test_restart_resumes_without_loss_or_duplicates(env: Env) -> None:
+    # The owner opens its own session on the same folder: release the module's first.
+    env.store.close()
+    owner = TracesOwner(env.settings, database=env.database)
+    counted = lambda: int(  # noqa: E731
+        owner.ch.query(f"SELECT count() AS n FROM {env.database}.traces")[0]["n"]
+    )
+    stop = threading.Event()
+    serving = threading.Thread(target=owner.run, args=(stop,), kwargs={"report_every_s": 0.2})
+    try:
+        serving.start()
+        deadline = time.monotonic() + 30
+        while not owner.is_open and serving.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert owner.is_open
+        first = [_trace(i) for i in range(3000)]
+        _send(env, first)
+        time.sleep(0.3)
+        stop.set()  # most likely mid-ingestion: some blocks written, others not yet
+        serving.join(timeout=30)
+        assert not serving.is_alive() and not owner.is_open
+        second = [_trace(i) for i in range(3000, 5000)]
+        _send(env, second)  # produced while nothing consumes
+
+        owner.open()
+        assert applied_versions(owner.ch, env.database).keys() == {1, 2, 3}
+        _wait("rows after restart", counted, len(first) + len(second))
+        time.sleep(2.0)  # a late duplicate would show up now
+        rows = owner.ch.query(
+            f"SELECT count() AS n, uniqExact(event_id) AS ids FROM {env.database}.traces"
+        )[0]
+        assert rows == {"n": 5000, "ids": 5000}
+        ids = {r["event_id"] for r in owner.ch.query(f"SELECT event_id FROM {env.database}.traces")}
+        assert ids == {t.event_id for t in first + second}
+        status = ingest_status(owner.ch, database=env.database)
+        assert status.rows == 5000 and status.error_rows == 0
+        assert status.lag_ms_p50 is not None and status.lag_ms_p50 >= 0
+    finally:
+        owner.close()
+
+
+def _rollup_attempts(env: Env, rollup: str) -> Callable[[], int]:
+    def attempts() -> int:
+        return int(env.ch.query(f"SELECT sum(attempts) AS n FROM {env.database}.{rollup}")[0]["n"])
+
+    return attempts
+
+
+def _quantile(values: list[float], q: float) -> float:
+    """Linear interpolation between closest ranks (what ClickHouse ``quantiles`` computes for
+    fewer than 8192 samples)."""
+    ordered = sorted(values)
+    position = q * (len(ordered) - 1)
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def test_metrics_queries_return_the_aggregates_of_a_known_data_set(env: Env) -> None:
+    apply(env.ch, env.settings, database=env.database)
+    until = BASE + timedelta(minutes=30)
+    window = timedelta(minutes=20)  # starts 10:10:00, a minute boundary
+    inside = [
+        _trace(
+            i,
+            start=BASE + timedelta(minutes=10 + i % 20, seconds=i % 60),
+            end=BASE + timedelta(minutes=10 + i % 20, seconds=i % 60, milliseconds=5 * i),
+            latency_ms=5 * i,
+        )
+        for i in range(240)
+    ]
+    outside = [
+        _trace(1000 + i, start=BASE + timedelta(minutes=5), end=BASE + timedelta(minutes=5))
+        for i in range(30)
+    ]
+    _send(env, inside + outside)
+    _wait("rows in traces", env.count, len(inside) + len(outside))
+    # The rollups are written by views of their own and become visible a moment after traces.
+    for rollup in ("node_metrics_1m", "workflow_metrics_1m"):
+        _wait(f"attempts in {rollup}", _rollup_attempts(env, rollup), len(inside) + len(outside))
+
+    failures_of = [t for t in inside if t.status in (TraceStatus.ERROR, TraceStatus.TIMEOUT)]
+    assert failures_of and any(t.cache_hit for t in inside)  # the data set exercises every rate
+    seconds = window.total_seconds()
+
+    by_node = {m.node: m for m in node_metrics(env.ch, window, until=until, database=env.database)}
+    assert set(by_node) == {"http.request", "llm.chat", "code.run"}
+    for name, got in by_node.items():
+        mine = [t for t in inside if t.node == name]
+        failed = [t for t in mine if t in failures_of]
+        latencies = [float(t.latency_ms) for t in mine]
+        assert got.node_version is None
+        assert got.attempts == len(mine)
+        assert got.failures == len(failed)
+        assert got.error_rate == pytest.approx(len(failed) / len(mine))
+        assert got.throughput_per_s == pytest.approx(len(mine) / seconds)
+        assert got.cache_hits == sum(t.cache_hit for t in mine)
+        assert got.cache_hit_rate == pytest.approx(got.cache_hits / len(mine))
+        assert got.retried == sum(t.retry_count > 0 for t in mine)
+        assert got.cost_tokens == sum(t.cost_tokens or 0 for t in mine)
+        assert got.latency_ms_avg == pytest.approx(sum(latencies) / len(mine))
+        assert got.latency_ms_p50 == pytest.approx(_quantile(latencies, 0.5))
+        assert got.latency_ms_p95 == pytest.approx(_quantile(latencies, 0.95))
+        assert got.latency_ms_p99 == pytest.approx(_quantile(latencies, 0.99))
+
+    versions = node_metrics(
+        env.ch, window, "llm.chat", by_version=True, until=until, database=env.database
+    )
+    assert sorted((m.node_version, m.attempts) for m in versions) == sorted(
+        (v, sum(1 for t in inside if t.node == "llm.chat" and t.node_version == v))
+        for v in {t.node_version for t in inside if t.node == "llm.chat"}
+    )
+
+    flows = workflow_metrics(env.ch, window, until=until, database=env.database)
+    assert len(flows) == len({(t.workflow_id, t.workflow_version) for t in inside})
+    for flow in flows:
+        mine = [
+            t
+            for t in inside
+            if (t.workflow_id, t.workflow_version) == (flow.workflow_id, flow.workflow_version)
+        ]
+        assert flow.attempts == len(mine)
+        assert flow.runs == len({t.run_id for t in mine})
+        assert flow.failed_runs == len({t.run_id for t in mine if t in failures_of})
+        assert flow.failures == sum(t in failures_of for t in mine)
+        assert flow.cost_tokens == sum(t.cost_tokens or 0 for t in mine)
+        assert flow.cache_hit_rate == pytest.approx(sum(t.cache_hit for t in mine) / len(mine))
+        assert flow.step_latency_ms_p95 == pytest.approx(
+            _quantile([float(t.latency_ms) for t in mine], 0.95)
+        )
+
+    groups = top_failures(env.ch, window, limit=10, until=until, database=env.database)
+    expected: dict[tuple[str, str], list[Trace]] = {}
+    for t in failures_of:
+        key = (t.node, t.error.error_class if t.error else t.status.value)
+        expected.setdefault(key, []).append(t)
+    assert [(g.node, g.error_class, g.failures) for g in groups] == sorted(
+        ((n, c, len(ts)) for (n, c), ts in expected.items()), key=lambda x: (-x[2], x[0], x[1])
+    )
+    for g in groups:
+        ts = expected[(g.node, g.error_class)]
+        assert g.runs == len({t.run_id for t in ts})
+        assert g.retryable == sum(bool(t.error and t.error.retryable) for t in ts)
+        assert g.first_seen == min(t.start for t in ts)
+        assert g.last_seen == max(t.start for t in ts)
+        latest = max(ts, key=lambda t: t.start)
+        assert g.last_message == (latest.error.message if latest.error else "")
+    assert len(top_failures(env.ch, window, limit=2, until=until, database=env.database)) == 2
+
+    cells = reliability_matrix(
+        env.ch, window, timedelta(minutes=5), until=until, database=env.database
+    )
+    want: dict[tuple[str, datetime], list[Trace]] = {}
+    for t in inside:
+        bucket = t.start.replace(minute=t.start.minute // 5 * 5, second=0, microsecond=0)
+        want.setdefault((t.node, bucket), []).append(t)
+    assert [(c.node, c.bucket_start) for c in cells] == sorted(want)
+    for c in cells:
+        ts = want[(c.node, c.bucket_start)]
+        assert c.attempts == len(ts)
+        assert c.failures == sum(t in failures_of for t in ts)
+        assert c.latency_ms_p95 == pytest.approx(_quantile([float(t.latency_ms) for t in ts], 0.95))
+
+
+def test_migrations_are_recorded_idempotent_and_refuse_edits(env: Env) -> None:
+    assert apply(env.ch, env.settings, database=env.database) == [1, 2, 3]
+    assert apply(env.ch, env.settings, database=env.database) == []
+    recorded = applied_versions(env.ch, env.database)
+    migrations = load_migrations()
+    assert recorded == {m.version: m.checksum for m in migrations}
+    edited = [Migration(m.version, m.name, m.template + "\n-- edited\n") for m in migrations]
+    with pytest.raises(MigrationError, match=r"001_traces to be unchanged"):
+        apply(env.ch, env.settings, database=env.database, migrations=edited)
+    tables = {
+        r["name"]
+        for r in env.ch.query(
+            "SELECT name FROM system.tables WHERE database = %(db)s", {"db": env.database}
+        )
+    }
+    assert tables == {
+        "schema_migrations",
+        "traces",
+        "traces_errors",
+        "traces_queue",
+        "traces_mv",
+        "traces_errors_mv",
+        "node_metrics_1m",
+        "node_metrics_1m_mv",
+        "workflow_metrics_1m",
+        "workflow_metrics_1m_mv",
+    }
+
+
+def test_templates_render_the_settings_catalog_topic_and_quote_values(env: Env) -> None:
+    params = template_params(env.settings, database=env.database)
+    assert params.traces_topic == env.catalog.traces.topic
+    assert params.consumer_group == consumer_group(env.settings, env.database)
+    assert params.consumer_group != consumer_group(env.settings, "other")
+    ingest = render(load_migrations()[2], params)
+    queue = next(s for s in ingest if "ENGINE = Kafka" in s)
+    assert f"kafka_topic_list = '{env.catalog.traces.topic}'" in queue
+    assert f"kafka_broker_list = '{env.settings.kafka_bootstrap}'" in queue
+    assert all("$" not in s and not s.endswith(";") for s in ingest)
+    hostile = template_params(env.settings.model_copy(update={"kafka_bootstrap": "a',b\\"}))
+    assert "kafka_broker_list = 'a\\',b\\\\'" in render(load_migrations()[2], hostile)[0]
+    with pytest.raises(MigrationError, match="database name"):
+        template_params(env.settings, database="x; DROP")
+
+
+def test_cli_parses_migrate_and_serve() -> None:
+    parser = argparse.ArgumentParser()
+    add_traces_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["traces", "serve", "--database", "abc", "--report-every", "5"])
+    assert (args.traces_action, args.database, args.report_every) == ("serve", "abc", 5.0)
+    args = parser.parse_args(["traces", "migrate"])
+    assert args.database == "reflux" and args.flush_interval_ms == 250
+    assert callable(args.handler)

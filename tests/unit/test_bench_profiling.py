@@ -1,0 +1,95 @@
+"""Profile parsing and formatting of the engine benchmark (py-spy raw output, /proc CPU)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from benchmarks.profiling import (
+    CpuSnapshot,
+    cpu_delta,
+    cpu_snapshot,
+    format_cpu,
+    format_stacks,
+    parse_py_spy_raw,
+    thread_group,
+)
+
+SCHED = "thread (0x7f01): reflux-scheduler;run (processors/scheduler/runtime.py:{});"
+RAW = "\n".join(
+    [
+        SCHED.format(204) + "commit (streams/producer.py:301) 6",
+        SCHED.format(205) + "decide (processors/scheduler/decide.py:40) 3",
+        SCHED.format(204) + "commit (streams/producer.py:305) 1",
+        "thread (771): asyncio_3;_worker (concurrent/futures/thread.py:83) 2",
+        "thread (772): asyncio_0;_worker (concurrent/futures/thread.py:83) 1",
+        "not a stack line",
+    ]
+)
+
+
+def test_thread_group_folds_numbered_siblings() -> None:
+    assert thread_group("asyncio_3") == "asyncio_*"
+    assert thread_group("ThreadPoolExecutor-0_1") == "ThreadPoolExecutor-0_*"
+    assert thread_group("rdk:broker1") == thread_group("rdk:main")
+    assert thread_group("reflux-scheduler") == "reflux-scheduler"
+
+
+def test_parse_raw_counts_self_and_inclusive_samples_per_thread_group() -> None:
+    profile = parse_py_spy_raw(RAW)
+    assert profile.samples == 13
+    assert profile.by_thread == {"reflux-scheduler": 10, "asyncio_*": 3}
+    own = profile.own["reflux-scheduler"]
+    # Line numbers are dropped: two lines of one function are one entry.
+    assert own["commit (streams/producer.py)"] == 7
+    assert own["decide (processors/scheduler/decide.py)"] == 3
+    assert profile.total["reflux-scheduler"]["run (processors/scheduler/runtime.py)"] == 10
+
+
+def test_format_stacks_lists_busy_threads_first() -> None:
+    text = format_stacks(parse_py_spy_raw(RAW), top=1)
+    assert text.index("reflux-scheduler") < text.index("asyncio_*")
+    assert "70.0%  commit (streams/producer.py)" in text
+    assert format_stacks(parse_py_spy_raw("")) == "py-spy recorded no on-CPU samples"
+
+
+def test_cpu_delta_and_table() -> None:
+    before = CpuSnapshot({"reflux-scheduler": 1.0}, {"kafka": 2.0})
+    after = CpuSnapshot({"reflux-scheduler": 1.5, "reflux-workers": 0.25}, {"kafka": 3.0})
+    delta = cpu_delta(before, after)
+    assert delta == CpuSnapshot({"reflux-scheduler": 0.5, "reflux-workers": 0.25}, {"kafka": 1.0})
+    table = format_cpu(delta, wall_s=1.0, cores=2).splitlines()
+    assert "1.75 CPU-s = 1.75 cores" in table[0]
+    assert table[2].split()[:2] == ["service:", "kafka"]  # largest first
+
+
+def test_cpu_snapshot_sees_a_busy_thread_of_this_process() -> None:
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            sum(range(1000))
+
+    thread = threading.Thread(target=spin, name="bench-spinner")
+    before = cpu_snapshot({})
+    thread.start()
+    time.sleep(0.3)
+    stop.set()
+    thread.join()
+    # The spinner's task is gone after join; its CPU shows while it runs, so sample mid-run.
+    assert before.services == {}
+    busy = threading.Event()
+    stop.clear()
+
+    def announce_and_spin() -> None:
+        busy.set()
+        spin()
+
+    thread = threading.Thread(target=announce_and_spin, name="bench-spinner")
+    thread.start()
+    busy.wait()
+    time.sleep(0.3)
+    during = cpu_snapshot({})
+    stop.set()
+    thread.join()
+    assert during.threads.get("bench-spinner", 0.0) > 0.05

@@ -1,0 +1,90 @@
+"""Goals, peer ratios, the results table and the machine description of ``make bench``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from benchmarks.report import GOALS, RATIOS, evaluate_goals, format_table, peer_ratios
+from benchmarks.run import cpu_model, kafka_version, memory_gib
+
+
+def test_goals_are_the_issues() -> None:
+    assert {(g.key, g.op, g.target) for g in GOALS} == {
+        ("start_latency_p99_ms", "<", 50),
+        ("step_overhead_p50_ms", "<", 10),
+        ("step_overhead_p99_ms", "<", 50),
+        ("cache_hit_p50_ms", "<", 5),
+        ("steps_per_s", ">=", 1000),
+    }
+
+
+def test_evaluate_goals_marks_met_missed_and_missing() -> None:
+    verdicts = {
+        g.key: (value, met)
+        for g, value, met in evaluate_goals(
+            {"start_latency_p99_ms": 49.9, "step_overhead_p50_ms": 10.0, "steps_per_s": 1000}
+        )
+    }
+    assert verdicts["start_latency_p99_ms"] == (49.9, True)
+    assert verdicts["step_overhead_p50_ms"] == (10.0, False)  # "< 10" is strict
+    assert verdicts["steps_per_s"] == (1000.0, True)  # ">= 1000" is not
+    assert verdicts["cache_hit_p50_ms"] == (None, None)
+
+
+def test_ratios_are_how_many_times_better_we_are() -> None:
+    results = {
+        "peer_temporal_step_overhead_p50_ms": 50.0,
+        "step_overhead_e2e_p50_ms": 20.0,
+        "peer_temporal_steps_per_s": 50.0,
+        "steps_per_s": 300.0,
+        "peer_temporal_start_latency_p50_ms": 40.0,
+        "start_to_first_step_p50_ms": 80.0,
+    }
+    ratios = peer_ratios(results)
+    assert ratios == {
+        "peer_temporal_step_overhead_p50_ratio": 2.5,  # latency: peer / ours
+        "peer_temporal_steps_per_s_ratio": 6.0,  # throughput: ours / peer
+        "peer_temporal_start_latency_p50_ratio": 0.5,  # < 1: the peer is better
+    }
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf"), "12", None])
+def test_ratios_skip_unusable_inputs(bad: object) -> None:
+    assert peer_ratios({"peer_temporal_steps_per_s": bad, "steps_per_s": 300.0}) == {}
+    assert peer_ratios({"peer_temporal_steps_per_s": 50.0, "steps_per_s": bad}) == {}
+
+
+def test_every_ratio_compares_a_peer_key_with_one_of_ours() -> None:
+    for ratio in RATIOS:
+        assert ratio.key.startswith("peer_temporal_") and ratio.key.endswith("_ratio")
+        assert ratio.peer.startswith("peer_temporal_")
+        assert not ratio.ours.startswith("peer_")
+
+
+def test_table_shows_goal_verdict_and_peer_beside_ours() -> None:
+    table = format_table(
+        {
+            "step_overhead_p50_ms": 17.5,
+            "steps_per_s": 1200.0,
+            "step_overhead_e2e_p50_ms": 18.25,
+            "peer_temporal_step_overhead_p50_ms": 55.0,
+            "meta": {"ignored": True},
+        }
+    )
+    lines = {line.split()[0]: line for line in table.splitlines()[1:]}
+    assert "MISS" in lines["step_overhead_p50_ms"] and "< 10" in lines["step_overhead_p50_ms"]
+    assert lines["steps_per_s"].split()[-1] == "ok"
+    assert lines["step_overhead_e2e_p50_ms"].split()[-1] == "55.00"
+    assert "meta" not in lines
+
+
+def test_machine_description_parsers(tmp_path: Path) -> None:
+    assert cpu_model("processor\t: 0\nmodel name\t: AMD EPYC 7B13\n") == "AMD EPYC 7B13"
+    assert memory_gib("MemTotal:       24634096 kB\nMemFree: 1 kB\n") == 23.5
+    assert memory_gib("") is None
+    (tmp_path / "kafka-server-common-3.9.1.jar").touch()
+    assert kafka_version(tmp_path) == "unknown"
+    (tmp_path / "kafka-server-3.9.1.jar").touch()
+    assert kafka_version(tmp_path) == "3.9.1"
