@@ -66,6 +66,7 @@ from reflux.errors import ConfigurationError, RefluxError, ServiceUnavailableErr
 from reflux.objectstore import BlobStore, S3BlobStore
 from reflux.settings import Settings
 from schemas import serde
+from schemas.trace_json import TRACE_HEADERS, encode_trace
 from schemas.errors import MalformedRecordError, SchemaError
 from schemas.models import ErrorInfo, NodeInvocation, NodeResult, TraceStatus
 from streams.catalog import TopicCatalog, TopicSpec
@@ -389,7 +390,11 @@ class _Lane:
         if claim.state is ClaimState.NEW:
             await runtime.ledger.record(invocation.invocation_id, serde.encode(result))
         runtime.producer.send(runtime.catalog.results, invocation.run_id, result)
-        runtime.producer.send(runtime.catalog.traces, self.node.name, trace)
+        # Traces are JSON (the Avro Trace schema's fields) so ClickHouse's Kafka engine reads
+        # them with no Python in the path: docs/decisions/0004-traces-json-on-kafka.md.
+        runtime.producer.send(
+            runtime.catalog.traces, self.node.name, encode_trace(trace), TRACE_HEADERS
+        )
         runtime.stats.results += 1
         if attempt.status is TraceStatus.OK:
             runtime.stats.ok += 1

@@ -32,7 +32,7 @@ from schemas.errors import MalformedRecordError
 from schemas.models import Trace
 from schemas.registry import default_registry
 
-__all__ = ["TIMESTAMP_FIELDS", "TraceJsonError", "decode_trace", "encode_trace"]
+__all__ = ["TIMESTAMP_FIELDS", "TRACE_HEADERS", "TraceJsonError", "decode_trace", "encode_trace"]
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MILLISECOND: Final = timedelta(milliseconds=1)
@@ -131,3 +131,10 @@ def decode_trace(data: bytes | bytearray | memoryview) -> Trace:
             for err in exc.errors()
         )
         raise TraceJsonError(f"Expected a valid Trace, but {problems}") from None
+
+
+# Kafka headers of a JSON trace: what it is and how it is encoded (consumers need not guess).
+TRACE_HEADERS: dict[str, str] = {
+    "reflux-type": "reflux.traces.Trace",
+    "content-type": "application/json",
+}

@@ -45,6 +45,7 @@ from processors.scheduler.decide import (
     decide,
 )
 from processors.scheduler.runtime_recovery import rebuild_partitions
+from processors.scheduler.runtime_traces import traces_for
 from processors.scheduler.runtime_workflows import WorkflowsView
 from processors.scheduler.state import RunState
 from processors.scheduler.timers import due_timers
@@ -68,6 +69,7 @@ from schemas.models import (
     ResumeRun,
     StartRun,
 )
+from schemas.trace_json import TRACE_HEADERS, encode_trace
 from streams.catalog import TopicCatalog
 from streams.consumer import consume_available, consumer_config
 from streams.dlq import PoisonRecord, dead_letter_headers
@@ -328,6 +330,10 @@ class SchedulerRuntime:
             )
         if decision.state is not None and decision.events:
             batch.states[decision.state.run_id] = (partition, decision.state)
+            for trace in traces_for(decision.events, decision.state):
+                self.producer.send(
+                    self.catalog.traces, trace.node, encode_trace(trace), TRACE_HEADERS
+                )
         batch.cache_writes.extend(decision.cache_writes)
         self.stats.events += len(decision.events)
         self.stats.invocations += len(decision.invocations)

@@ -467,3 +467,83 @@ def test_cli_parses_migrate_and_serve() -> None:
     args = parser.parse_args(["traces", "migrate"])
     assert args.database == "reflux" and args.flush_interval_ms == 250
     assert callable(args.handler)
+
+
+def test_traces_of_engine_runs_match_their_run_events(env: Env, harness: Any) -> None:
+    """Worker traces (executed steps) and scheduler traces (cache hit, skip) of real runs land
+    in ClickHouse, and each row agrees with the run events of its step."""
+    apply(env.ch, env.settings, database=env.database)
+    harness.register(
+        {
+            "id": "traced",
+            "inputs": {"n": {"type": "integer", "required": True}},
+            "steps": [
+                {
+                    "id": "first",
+                    "node": "transform@^1",
+                    "cache": {"enabled": True, "ttl": "1h"},
+                    "params": {"expression": "n", "data": {"n": "{{ inputs.n }}"}},
+                },
+                {
+                    "id": "never",
+                    "node": "transform@^1",
+                    "needs": ["first"],
+                    "when": "steps.first.output.result > `100`",
+                    "params": {"expression": "`1`"},
+                },
+                {
+                    "id": "last",
+                    "node": "transform@^1",
+                    "needs": ["first"],
+                    "params": {"expression": "x", "data": {"x": "{{ steps.first.output.result }}"}},
+                },
+            ],
+        }
+    )
+    runs = []
+    for _ in range(2):  # the second run's "first" is a cache hit
+        run_id = harness.start("traced", {"n": 5})
+        assert harness.wait(run_id).status == "succeeded"
+        runs.append(run_id)
+
+    def rows() -> list[dict[str, Any]]:
+        return env.ch.query(
+            f"SELECT run_id, step_id, node, node_version, status, invocation_id, retry_count, "
+            f"cache_hit, workflow_id, workflow_version, seq, start, `end`, latency_ms "
+            f"FROM {env.database}.traces WHERE run_id IN %(runs)s ORDER BY run_id, seq",
+            {"runs": tuple(runs)},
+        )
+
+    _wait("traces", lambda: len(rows()), 6)
+    by_step = {(r["run_id"], r["step_id"]): r for r in rows()}
+    for run_id in runs:
+        events = harness.events(run_id)
+        for (rid, step_id), row in by_step.items():
+            if rid != run_id:
+                continue
+            mine = [e for e in events if (e.payload.get("step") or {}).get("step_id") == step_id]
+            last = mine[-1]
+            assert (row["workflow_id"], row["workflow_version"]) == ("traced", 1)
+            assert row["node"] == "transform"
+            if last.event_type == "StepSkipped":
+                assert (row["status"], row["cache_hit"]) == ("skipped", False)
+                assert row["seq"] == last.seq
+            elif last.payload["cache_hit"]:
+                assert (row["status"], row["cache_hit"]) == ("ok", True)
+                assert row["seq"] == last.seq and row["invocation_id"] is None
+            else:
+                dispatched = next(e for e in mine if e.event_type == "StepDispatched")
+                assert (row["status"], row["cache_hit"]) == ("ok", False)
+                assert row["invocation_id"] == dispatched.payload["invocation_id"]
+                assert row["seq"] == dispatched.seq  # invocations carry their dispatch's seq
+                assert row["node_version"] == "1.0.0"  # the version that actually ran
+            assert row["retry_count"] == last.payload.get("attempt", 1) - 1
+    statuses = sorted((r["step_id"], r["status"], r["cache_hit"]) for r in by_step.values())
+    assert statuses == [
+        ("first", "ok", False),
+        ("first", "ok", True),
+        ("last", "ok", False),
+        ("last", "ok", False),
+        ("never", "skipped", False),
+        ("never", "skipped", False),
+    ]

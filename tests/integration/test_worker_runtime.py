@@ -35,6 +35,7 @@ from schemas.models import (
     Trace,
     TraceStatus,
 )
+from schemas.trace_json import decode_trace
 from streams.admin import ensure_topics
 from streams.catalog import TopicCatalog
 from streams.consumer import ConsumedRecord, Consumer
@@ -109,7 +110,11 @@ def _read(
     until: Callable[[list[ConsumedRecord]], bool] | None = None,
 ) -> list[ConsumedRecord]:
     group = f"reader-{uuid.uuid4().hex[:8]}"
-    with Consumer([catalog[spec_name]], group, settings, catalog=catalog) as consumer:
+    # Traces travel as JSON (ADR 0004); everything else is Avro.
+    decoder = decode_trace if spec_name == "traces" else None
+    with Consumer(
+        [catalog[spec_name]], group, settings, catalog=catalog, decoder=decoder
+    ) as consumer:
         return drain(consumer, until or (lambda rs: len(rs) >= count), timeout=timeout)
 
 

@@ -1,0 +1,61 @@
+"""Traces the scheduler writes itself: steps that ended without a worker reporting them.
+
+Workers trace every attempt they execute. A cache hit, a step timeout (the worker may never
+answer) and a skipped step have no worker trace, so the scheduler emits one from the run events,
+in the same transaction as those events.
+"""
+
+from __future__ import annotations
+
+from processors.scheduler.cache import params_digest
+from processors.scheduler.state import RunState
+from schemas.models import (
+    StepSkipped,
+    StepSucceeded,
+    StepTimedOut,
+    Trace,
+    TraceStatus,
+)
+
+TracedEvent = StepSucceeded | StepTimedOut | StepSkipped
+
+
+def traces_for(events: tuple[object, ...], state: RunState) -> list[Trace]:
+    traces: list[Trace] = []
+    for event in events:
+        if isinstance(event, StepSucceeded) and event.cache_hit:
+            traces.append(_trace(event, state, TraceStatus.OK))
+        elif isinstance(event, StepTimedOut):
+            traces.append(_trace(event, state, TraceStatus.TIMEOUT))
+        elif isinstance(event, StepSkipped):
+            traces.append(_trace(event, state, TraceStatus.SKIPPED))
+    return traces
+
+
+def _trace(event: TracedEvent, state: RunState, status: TraceStatus) -> Trace:
+    step = state.steps.get(event.step.step_id)
+    attempt = getattr(event, "attempt", step.attempt if step else 0)
+    start = event.occurred_at
+    if isinstance(event, StepTimedOut) and step is not None and step.dispatched_at is not None:
+        start = min(step.dispatched_at, event.occurred_at)
+    latency = int((event.occurred_at - start).total_seconds() * 1000)
+    error = step.error if isinstance(event, StepTimedOut) and step is not None else None
+    return Trace(
+        run_id=state.run_id,
+        seq=event.seq,
+        workflow_id=state.workflow_id,
+        workflow_version=state.workflow_version,
+        step_id=event.step.step_id,
+        node=event.step.node,
+        node_version=event.step.node_version,
+        invocation_id=getattr(event, "invocation_id", None),
+        status=status,
+        start=start,
+        end=event.occurred_at,
+        latency_ms=max(latency, 0),
+        inputs_hash=params_digest(step.params if step is not None else None),
+        error=error,
+        retry_count=max(attempt - 1, 0),
+        cache_hit=isinstance(event, StepSucceeded) and event.cache_hit,
+        context={"source": "scheduler"},
+    )
