@@ -66,9 +66,9 @@ from reflux.errors import ConfigurationError, RefluxError, ServiceUnavailableErr
 from reflux.objectstore import BlobStore, S3BlobStore
 from reflux.settings import Settings
 from schemas import serde
-from schemas.trace_json import TRACE_HEADERS, encode_trace
 from schemas.errors import MalformedRecordError, SchemaError
 from schemas.models import ErrorInfo, NodeInvocation, NodeResult, TraceStatus
+from schemas.trace_json import TRACE_HEADERS, encode_trace
 from streams.catalog import TopicCatalog, TopicSpec
 from streams.consumer import consume_available, consumer_config
 from streams.dlq import DeadLetterPublisher, PoisonRecord
