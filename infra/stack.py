@@ -12,7 +12,7 @@ import json
 import sys
 import time
 
-from infra.services.base import Service, ServiceError, log
+from infra.services.base import Service, ServiceError, ensure_debian_packages, log
 from infra.services.clickhouse import ClickHouse
 from infra.services.kafka import Kafka
 from infra.services.postgres import Postgres
@@ -37,8 +37,15 @@ def services(settings: Settings, names: list[str] | None = None) -> list[Service
     return [SERVICE_TYPES[n](settings) for n in chosen]
 
 
+# Tools the product runs (not services): bubblewrap is code.run's sandbox where no Docker
+# engine is reachable. Installed with the services so a fresh machine needs nothing by hand.
+SYSTEM_TOOLS = {"bwrap": "bubblewrap"}
+
+
 def up(settings: Settings, names: list[str] | None = None) -> dict[str, float]:
     """Starts the services; returns each one's start time in seconds (0 = already running)."""
+    if not names:
+        ensure_debian_packages(SYSTEM_TOOLS)
     timings: dict[str, float] = {}
     for service in services(settings, names):
         log(f"{service.name}: starting ({service.endpoint})")

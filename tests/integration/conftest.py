@@ -20,7 +20,7 @@ from reflux.settings import Settings, get_settings
 def local_services() -> Settings:
     settings = get_settings()
     try:
-        up(settings, ["kafka", "postgres", "redis", "s3", "clickhouse"])
+        up(settings)
     except ServiceError as exc:
         pytest.fail(f"local services could not start: {exc}", pytrace=False)
     return settings
