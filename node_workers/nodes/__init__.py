@@ -3,13 +3,34 @@
 from __future__ import annotations
 
 from node_workers.node import AnyNode
+from node_workers.nodes.code_run import CodeRunNode
 from node_workers.nodes.condition import ConditionNode
+from node_workers.nodes.database_query import DatabaseQueryNode
+from node_workers.nodes.email_send import EmailSendNode
 from node_workers.nodes.http_request import HttpRequestNode
+from node_workers.nodes.openai_chat import OpenAIChatNode
 from node_workers.nodes.transform import TransformNode
 
-__all__ = ["ConditionNode", "HttpRequestNode", "TransformNode", "builtin_nodes"]
+__all__ = [
+    "CodeRunNode",
+    "ConditionNode",
+    "DatabaseQueryNode",
+    "EmailSendNode",
+    "HttpRequestNode",
+    "OpenAIChatNode",
+    "TransformNode",
+    "builtin_nodes",
+]
 
 
 def builtin_nodes() -> list[AnyNode]:
     """Fresh instances of every built-in node version (each owns its own client pools)."""
-    return [HttpRequestNode(), TransformNode(), ConditionNode()]
+    return [
+        HttpRequestNode(),
+        TransformNode(),
+        ConditionNode(),
+        DatabaseQueryNode(),
+        EmailSendNode(),
+        OpenAIChatNode(),
+        CodeRunNode(),
+    ]

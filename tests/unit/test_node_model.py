@@ -102,6 +102,10 @@ def test_builtin_nodes_have_the_documented_flags() -> None:
         "http.request@1.0.0": (False, True),
         "transform@1.0.0": (True, False),
         "condition@1.0.0": (True, False),
+        "database.query@1.0.0": (False, True),
+        "email.send@1.0.0": (False, True),
+        "openai.chat@1.0.0": (True, False),
+        "code.run@1.0.0": (False, True),
     }
     http = HttpRequestNode()
     get = validate_params(http, {"url": "http://x"})
@@ -112,7 +116,15 @@ def test_builtin_nodes_have_the_documented_flags() -> None:
 
 def test_registry_lookup_and_selection() -> None:
     registry = default_registry()
-    assert registry.names() == ["condition@1.0.0", "http.request@1.0.0", "transform@1.0.0"]
+    assert registry.names() == [
+        "code.run@1.0.0",
+        "condition@1.0.0",
+        "database.query@1.0.0",
+        "email.send@1.0.0",
+        "http.request@1.0.0",
+        "openai.chat@1.0.0",
+        "transform@1.0.0",
+    ]
     assert isinstance(registry.get("transform", 1), TransformNode)
     with pytest.raises(UnknownNodeError, match="'transform' v2"):
         registry.get("transform", 2)
@@ -120,7 +132,7 @@ def test_registry_lookup_and_selection() -> None:
     assert registry.select("http,transform").names() == ["http.request@1.0.0", "transform@1.0.0"]
     assert registry.select(["condition"]).names() == ["condition@1.0.0"]
     assert registry.select("http.request@1").names() == ["http.request@1.0.0"]
-    assert len(registry.select(None)) == len(registry.select("*")) == 3
+    assert len(registry.select(None)) == len(registry.select("*")) == len(builtin_nodes())
     with pytest.raises(UnknownNodeError, match=r"\['htp'\] match nothing"):
         registry.select("htp,transform")
     with pytest.raises(UnknownNodeError):

@@ -457,6 +457,9 @@ def test_examples_are_valid(path: Path) -> None:
             "condition": ["1.0.0"],
             "llm.summarize": ["0.3.0"],
             "email.send": ["1.0.0"],
+            "database.query": ["1.0.0"],
+            "openai.chat": ["1.0.0"],
+            "code.run": ["1.0.0"],
         }
     )
     definition = parse_workflow(path.read_text(), node_catalog=catalog)

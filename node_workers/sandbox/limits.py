@@ -1,0 +1,145 @@
+"""Sandbox configuration and the mapping from a request's ``limits`` to kernel limits (pure).
+
+bubblewrap has no cgroups, so every limit is an rlimit set inside the sandbox (``prlimit``) plus
+a wall clock enforced by the parent:
+
+- ``memMb`` -> RLIMIT_DATA (heap and private writable mappings). Not RLIMIT_AS: node's V8
+  reserves gigabytes of address space it never touches and refuses to start under a tight AS
+  limit; RLIMIT_AS is kept only as a loose backstop (``memMb`` + 4 GiB).
+- ``cpu`` (vCPUs) -> RLIMIT_CPU of ``ceil(cpu * timeoutSec)`` CPU-seconds (soft; hard + 1 s so
+  SIGXCPU comes first) and ``nice`` 10. Without cgroups, parallelism itself cannot be capped.
+- ``processes`` -> RLIMIT_NPROC. Set *inside* the sandbox's own user namespace, where the
+  kernel (>= 5.14, ucounts) counts per namespace: concurrent sandboxes do not share the budget.
+  It only binds a non-root uid, so the sandbox never runs as root (see ``SandboxConfig.uid``).
+- output size -> RLIMIT_FSIZE of ``max_output_bytes + 1`` per file (a file reaching the cap is
+  detected after the run) and a watchdog on the work directory's total size.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final, Literal
+
+from node_workers.sandbox.models import Lang, Limits
+
+__all__ = [
+    "DEFAULT_INTERPRETERS",
+    "DEFAULT_SANDBOX_GID",
+    "DEFAULT_SANDBOX_UID",
+    "BackendChoice",
+    "ResourceLimits",
+    "SandboxConfig",
+    "resource_limits",
+]
+
+MIB: Final = 1024 * 1024
+# A uid/gid nothing else on the host runs as. Not `nobody` (65534): local services (postgres
+# here) often run as nobody, and a shared uid would share the kernel's per-user accounting.
+DEFAULT_SANDBOX_UID: Final = 65432
+DEFAULT_SANDBOX_GID: Final = 65432
+DEFAULT_INTERPRETERS: Final[dict[Lang, str]] = {
+    "python": "/usr/bin/python3",
+    "node": "/usr/bin/node",
+    "bash": "/bin/bash",
+}
+DEFAULT_IMAGES: Final[dict[Lang, str]] = {
+    "python": "python:3.11-slim",
+    "node": "node:20-slim",
+    "bash": "bash:5.2",
+}
+
+BackendChoice = Literal["auto", "docker", "bubblewrap"]
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxConfig:
+    """Operator settings of the code runner (not user-controlled)."""
+
+    backend: BackendChoice = "auto"
+    """``auto``: Docker when an engine answers ``ping``, else bubblewrap."""
+    allow_network: bool = False
+    """Whether requests may ask for ``network: full``. Off by default: a worker operator opts in."""
+    uid: int = DEFAULT_SANDBOX_UID
+    gid: int = DEFAULT_SANDBOX_GID
+    """Unprivileged ids the sandbox runs as when the worker is root."""
+    work_root: Path | None = None
+    """Where per-run work directories are created (default: the system temp dir)."""
+    bwrap_path: str = "/usr/bin/bwrap"
+    setpriv_path: str = "/usr/bin/setpriv"
+    prlimit_path: str = "/usr/bin/prlimit"
+    nice_path: str = "/usr/bin/nice"
+    launcher_python: str = "/usr/bin/python3"
+    """Runs the tiny in-sandbox launcher that measures peak memory (see bubblewrap.LAUNCHER)."""
+    interpreters: dict[Lang, str] = field(default_factory=lambda: dict(DEFAULT_INTERPRETERS))
+    images: dict[Lang, str] = field(default_factory=lambda: dict(DEFAULT_IMAGES))
+    """Docker images per language (the docker backend)."""
+    max_output_bytes: int = 64 * MIB
+    """Total bytes the code may leave under /work (out/ included)."""
+    max_output_files: int = 1000
+    max_input_bytes: int = 64 * MIB
+    """Total bytes of downloaded inputs (they are held in memory once while downloading)."""
+    log_cap_bytes: int = 64 * 1024
+    tmp_size_bytes: int = 64 * MIB
+    """Size of the sandbox's private /tmp (a tmpfs: memory not counted by RLIMIT_DATA)."""
+    max_open_files: int = 256
+    nice: int = 10
+    watchdog_interval_s: float = 0.2
+    max_parallel_runs: int = 8
+    output_key_prefix: str = "code-run"
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceLimits:
+    """Kernel limits for one run, derived from the request and the config."""
+
+    wall_timeout_s: float
+    cpus: float
+    """vCPUs as requested (a CPU quota where the backend has one: Docker)."""
+    cpu_seconds: int
+    data_bytes: int
+    address_space_bytes: int
+    processes: int
+    file_size_bytes: int
+    open_files: int
+    nice: int
+    tmp_size_bytes: int
+    max_output_bytes: int
+    max_output_files: int
+
+    def prlimit_args(self, prlimit_path: str = "/usr/bin/prlimit") -> list[str]:
+        """``prlimit`` options setting every limit on the command it runs (``soft:hard``)."""
+        return [
+            prlimit_path,
+            f"--cpu={self.cpu_seconds}:{self.cpu_seconds + 1}",
+            f"--data={self.data_bytes}",
+            f"--as={self.address_space_bytes}",
+            f"--nproc={self.processes}",
+            f"--fsize={self.file_size_bytes}",
+            f"--nofile={self.open_files}",
+            "--core=0",
+            "--",
+        ]
+
+
+def resource_limits(limits: Limits, config: SandboxConfig) -> ResourceLimits:
+    return ResourceLimits(
+        wall_timeout_s=limits.timeout_sec,
+        cpus=limits.cpu,
+        cpu_seconds=max(1, math.ceil(limits.cpu * limits.timeout_sec)),
+        data_bytes=limits.mem_mb * MIB,
+        address_space_bytes=(limits.mem_mb + 4096) * MIB,
+        processes=limits.processes,
+        file_size_bytes=config.max_output_bytes + 1,
+        open_files=config.max_open_files,
+        nice=config.nice,
+        tmp_size_bytes=config.tmp_size_bytes,
+        max_output_bytes=config.max_output_bytes,
+        max_output_files=config.max_output_files,
+    )
+
+
+def running_as_root() -> bool:
+    return os.geteuid() == 0

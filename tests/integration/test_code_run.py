@@ -1,0 +1,345 @@
+"""``code.run`` against real bubblewrap and the real object store (s3proxy).
+
+Every run here is bounded (seconds) and harmless to the machine: the fork bomb runs with 64
+processes at most and a 3 s wall clock, the memory hog under a 256 MiB data limit, the output
+flood under an 8 MiB cap. Host processes of the sandbox uid are counted before and after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from node_workers.node import NodeContext, NonRetryableNodeError, RetryableNodeError
+from node_workers.nodes.code_run import CodeRunInput, CodeRunNode
+from node_workers.sandbox import CodeRunRequest, CodeRunResult, SandboxConfig, SandboxRunner
+from node_workers.sandbox.limits import MIB
+from reflux.objectstore import S3BlobStore
+from reflux.settings import Settings
+
+PROJECT = Path(__file__).resolve().parents[2]
+CONFIG = SandboxConfig(backend="bubblewrap", max_output_bytes=8 * MIB, log_cap_bytes=16 * 1024)
+
+
+@pytest.fixture(scope="module")
+def store(local_services: Settings) -> S3BlobStore:
+    return S3BlobStore(local_services)
+
+
+@pytest.fixture(scope="module")
+def runner(store: S3BlobStore) -> Iterator[SandboxRunner]:
+    runner = SandboxRunner(CONFIG, store=store)
+    yield runner
+    runner.close()
+
+
+def _sandbox_processes(uid: int = CONFIG.uid) -> int:
+    """Live (non-zombie) host processes of the sandbox uid."""
+    count = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            status = Path(f"/proc/{entry}/status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        if int(fields["Uid"].split()[0]) == uid and not fields["State"].strip().startswith("Z"):
+            count += 1
+    return count
+
+
+def _run(runner: SandboxRunner, **params: Any) -> CodeRunResult:
+    request = CodeRunRequest.model_validate({"lang": "python", "entry": "main.py", **params})
+    return runner.run_sync(request, key_prefix=f"test/{uuid.uuid4().hex[:8]}")
+
+
+def _report(result: CodeRunResult) -> dict[str, Any]:
+    """The JSON line a probe printed last."""
+    assert result.status == "ok", result
+    value: dict[str, Any] = json.loads(result.logs.strip().splitlines()[-1])
+    return value
+
+
+def test_no_network_not_even_the_hosts_loopback(runner: SandboxRunner) -> None:
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    server.settimeout(0.1)
+    port = server.getsockname()[1]
+    code = f"""
+import json, os, socket, time
+result = {{"interfaces": [name for _, name in socket.if_nameindex()]}}
+started = time.monotonic()
+try:
+    socket.create_connection(("127.0.0.1", {port}), timeout=2).close()
+    result["connect"] = "connected"
+except OSError as exc:
+    result["connect"] = type(exc).__name__ + ": " + str(exc)
+result["connect_s"] = round(time.monotonic() - started, 3)
+try:
+    socket.getaddrinfo("example.com", 80)
+    result["dns"] = "resolved"
+except OSError as exc:
+    result["dns"] = type(exc).__name__
+result["pids"] = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
+print(json.dumps(result))
+"""
+    try:
+        report = _report(_run(runner, code=code))
+        with pytest.raises(TimeoutError):
+            server.accept()  # nothing reached the host's listener
+    finally:
+        server.close()
+    assert report["interfaces"] == ["lo"]
+    assert report["connect"] != "connected"
+    assert report["connect_s"] < 1.0  # refused/unreachable at once, not a hang
+    assert report["dns"] != "resolved"
+    assert len(report["pids"]) <= 4  # its own pid namespace: bwrap's init, launcher, python
+
+
+def test_writes_outside_the_work_dir_fail(runner: SandboxRunner) -> None:
+    project_file = PROJECT / "pyproject.toml"
+    code = f"""
+import json, os
+result = {{}}
+for path in ["/etc/x", "/usr/x", "/x", "/work/in/x", "{PROJECT}/x", "/root/x", "/home/x"]:
+    try:
+        open(path, "w").write("pwned")
+        result[path] = "written"
+    except OSError as exc:
+        result[path] = type(exc).__name__
+result["project_visible"] = os.path.exists("{project_file}")
+result["root_visible"] = os.path.exists("/root")
+open("/tmp/scratch", "w").write("private tmpfs")
+open("/work/out/ok.txt", "w").write("ok")
+result["uid"] = os.getuid()
+print(json.dumps(result))
+"""
+    before = set(os.listdir("/tmp"))
+    result = _run(runner, code=code)
+    report = _report(result)
+    written = [path for path, outcome in report.items() if outcome == "written"]
+    assert written == []
+    assert not report["project_visible"] and not report["root_visible"]
+    assert report["uid"] == CONFIG.uid
+    assert not (PROJECT / "x").exists() and not Path("/etc/x").exists()
+    assert "scratch" not in set(os.listdir("/tmp")) - before
+    assert [o.name for o in result.outputs] == ["ok.txt"]
+
+
+def test_cpu_limit_kills_a_busy_loop(runner: SandboxRunner) -> None:
+    started = time.monotonic()
+    result = _run(runner, code="while True: pass", limits={"cpu": 0.5, "timeoutSec": 4})
+    elapsed = time.monotonic() - started
+    assert result.status == "error"
+    assert result.metrics.exit_code == 128 + 24  # SIGXCPU at ceil(0.5 * 4) = 2 CPU-seconds
+    assert result.error is not None and "CPU-time limit of 2s" in result.error.message
+    assert 1.5 < elapsed < 4.0
+
+
+def test_memory_limit(runner: SandboxRunner) -> None:
+    at_once = _run(runner, code="x = bytearray(10 * 2**30)", limits={"memMb": 256})
+    assert at_once.status == "error" and "MemoryError" in at_once.logs
+    gradual = _run(
+        runner,
+        code="chunks = []\nwhile True: chunks.append(bytearray(8 * 2**20))",
+        limits={"memMb": 256},
+    )
+    assert gradual.status == "error" and "MemoryError" in gradual.logs
+    assert gradual.metrics.peak_mem_mb is not None
+    assert 100 < gradual.metrics.peak_mem_mb < 300  # it really grew, up to the limit
+    assert gradual.metrics.duration_ms < 5000
+
+
+def test_wall_clock_timeout(runner: SandboxRunner) -> None:
+    started = time.monotonic()
+    result = _run(runner, code="import time; time.sleep(60)", limits={"timeoutSec": 1.5})
+    elapsed = time.monotonic() - started
+    assert result.status == "timeout"
+    assert result.error is not None and result.error.error_class == "CodeTimeout"
+    assert result.metrics.exit_code == -1
+    assert 1.5 <= elapsed < 2.5
+    assert _sandbox_processes() == 0
+
+
+def test_fork_bomb_is_contained(runner: SandboxRunner) -> None:
+    baseline = _sandbox_processes()
+    samples: list[int] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            samples.append(_sandbox_processes())
+            done.wait(0.05)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    started = time.monotonic()
+    try:
+        result = _run(
+            runner,
+            lang="bash",
+            entry="bomb.sh",
+            code="bomb() { bomb | bomb & }; bomb; wait; sleep 10",
+            limits={"processes": 64, "timeoutSec": 3},
+        )
+    finally:
+        done.set()
+        sampler.join()
+    elapsed = time.monotonic() - started
+    # Host-side: setpriv/bwrap (1) + the sandbox's own processes (<= 64).
+    assert max(samples) <= 64 + 2, max(samples)
+    assert elapsed < 5
+    assert result.status in {"timeout", "error"}
+    deadline = time.monotonic() + 3
+    while _sandbox_processes() > baseline and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _sandbox_processes() == baseline == 0
+
+
+def test_output_size_is_capped(runner: SandboxRunner) -> None:
+    one_file = _run(
+        runner,
+        code="with open('out/big.bin', 'wb') as f:\n    for _ in range(100): f.write(b'x' * 2**20)",
+    )
+    assert one_file.status == "error" and one_file.outputs == []
+    assert one_file.error is not None and one_file.error.error_class == "OutputTooLarge"
+    assert f"at most {8 * MIB} bytes in out/" in one_file.error.message
+    assert "File too large" in one_file.logs  # RLIMIT_FSIZE stopped the write itself
+
+    many_files = _run(
+        runner,
+        lang="bash",
+        entry="fill.sh",
+        code="for i in $(seq 1 100); do head -c 1048576 /dev/zero > out/f$i; done; sleep 30",
+        limits={"timeoutSec": 20},
+    )
+    assert many_files.status == "error"
+    assert many_files.error is not None and many_files.error.error_class == "OutputTooLarge"
+    assert "the sandbox was killed" in many_files.error.message
+    assert many_files.metrics.duration_ms < 5000  # the watchdog, not the 20 s clock
+
+
+def test_inputs_and_outputs_through_the_object_store(
+    runner: SandboxRunner, store: S3BlobStore
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    data_uri = store.put(f"test/code-run/{tag}/data.csv", b"a,b\n1,2\n3,4\n")
+    code_uri = store.put(
+        f"test/code-run/{tag}/main.py",
+        b"import csv, json, os\n"
+        b"rows = list(csv.DictReader(open('/work/in/data/table.csv')))\n"
+        b"os.makedirs('out/sub', exist_ok=True)\n"
+        b"json.dump({'sum': sum(int(r['b']) for r in rows)}, open('out/result.json', 'w'))\n"
+        b"open('out/sub/rows.txt', 'w').write(str(len(rows)))\n"
+        b"os.symlink('/etc/hostname', 'out/leak')\n"
+        b"print('done')\n",
+    )
+    request = CodeRunRequest.model_validate(
+        {
+            "lang": "python",
+            "entry": "main.py",
+            "code_ref": {"s3Url": code_uri},
+            "inputs": [{"name": "data/table.csv", "url": data_uri}],
+        }
+    )
+    result = runner.run_sync(request, key_prefix=f"test/{tag}")
+    assert result.status == "ok", result
+    assert result.backend == "bubblewrap"
+    assert result.logs == "done\n"
+    assert [(o.name, o.size) for o in result.outputs] == [("result.json", 10), ("sub/rows.txt", 1)]
+    assert result.outputs[0].url == f"s3://reflux/code-run/test/{tag}/out/result.json"
+    assert json.loads(store.get(result.outputs[0].url)) == {"sum": 6}
+    assert store.get(result.outputs[1].url) == b"2"
+    assert result.metrics.exit_code == 0 and result.metrics.peak_mem_mb is not None
+
+    missing = CodeRunRequest.model_validate(
+        {**request.model_dump(by_alias=True), "inputs": [{"name": "x", "url": data_uri + "-no"}]}
+    )
+    with pytest.raises(NonRetryableNodeError, match="no such blob") as caught:
+        runner.run_sync(missing, key_prefix=f"test/{tag}")
+    assert caught.value.error_class == "InputError"
+
+
+def test_logs_are_captured_in_order_and_truncated(runner: SandboxRunner) -> None:
+    code = (
+        "import sys\nprint('first')\nsys.stderr.write('to stderr\\n')\n"
+        "for i in range(200000): print(i)\nprint('last')"
+    )
+    result = _run(runner, code=code)
+    assert result.status == "ok"
+    assert result.logs.startswith("first\nto stderr\n0\n1\n")
+    assert result.logs.endswith("199999\nlast\n")
+    assert result.logs_truncated
+    assert len(result.logs.encode()) < CONFIG.log_cap_bytes + 100
+
+
+def test_node_and_bash_run_too(runner: SandboxRunner) -> None:
+    node = _run(
+        runner,
+        lang="node",
+        entry="index.js",
+        code="require('fs').writeFileSync('out/n.txt', String(process.getuid()))",
+        limits={"memMb": 256},
+    )
+    assert node.status == "ok", node.logs
+    assert node.outputs[0].size == len(str(CONFIG.uid))
+    bash = _run(runner, lang="bash", entry="run.sh", code="echo $HOME; exit 7")
+    assert (bash.status, bash.metrics.exit_code, bash.logs) == ("error", 7, "/work\n")
+
+
+def _ctx(**changes: Any) -> NodeContext:
+    return NodeContext(
+        invocation_id=uuid.uuid4().hex, run_id="run-1", step_id="code", attempt=1, **changes
+    )
+
+
+def test_code_run_node(runner: SandboxRunner) -> None:
+    node = CodeRunNode(runner)
+
+    def params(**changes: Any) -> CodeRunInput:
+        return CodeRunInput.model_validate({"lang": "python", "entry": "main.py", **changes})
+
+    async def scenario() -> None:
+        ctx = _ctx()
+        ok = await node.execute(params(code="open('out/a','w').write('1')"), ctx)
+        assert ok.status == "ok" and ok.outputs[0].name == "a"
+        assert ctx.metrics["exit_code"] == 0 and ctx.metrics["outputs"] == 1
+        assert f"run-1/code/1-{ctx.invocation_id}/out/a" in ok.outputs[0].url
+
+        with pytest.raises(NonRetryableNodeError, match="exit code 3") as failed:
+            await node.execute(params(code="print('boom'); raise SystemExit(3)"), _ctx())
+        assert failed.value.error_class == "CodeFailed" and "boom" in str(failed.value)
+
+        allowed = await node.execute(params(code="raise SystemExit(3)", allow_failure=True), _ctx())
+        assert (allowed.status, allowed.metrics.exit_code) == ("error", 3)
+
+        with pytest.raises(RetryableNodeError) as timed_out:
+            await node.execute(
+                params(code="import time; time.sleep(30)", limits={"timeoutSec": 1}), _ctx()
+            )
+        assert timed_out.value.error_class == "CodeTimeout"
+
+        # The worker's deadline cancels execute(): the sandbox must die with it.
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.5):
+                await node.execute(params(code="import time; time.sleep(30)"), _ctx())
+        deadline = time.monotonic() + 3
+        while _sandbox_processes() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert _sandbox_processes() == 0
+        assert time.monotonic() - started < 2
+
+    asyncio.run(scenario())

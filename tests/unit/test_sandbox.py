@@ -1,0 +1,365 @@
+"""Pure parts of the code runner: request validation, limit mapping, the bwrap command, result
+classification, log truncation and safe output collection (no sandbox is started here)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from node_workers.node import NonRetryableNodeError, RetryableNodeError, validate_params
+from node_workers.nodes.code_run import CodeRunNode, error_for_result
+from node_workers.sandbox import (
+    CodeRunRequest,
+    CodeRunResult,
+    Limits,
+    NetworkNotAllowedError,
+    RawRun,
+    SandboxConfig,
+    SandboxJob,
+    SandboxRunner,
+    SandboxUnavailableError,
+    UnsupportedRequestError,
+    build_command,
+    resource_limits,
+)
+from node_workers.sandbox.limits import MIB
+from node_workers.sandbox.logs import HeadTailBuffer
+from node_workers.sandbox.runner import check_policy, exit_hint, result_from_run
+from node_workers.sandbox.workdir import collect_outputs, directory_usage
+
+BASE: dict[str, Any] = {"lang": "python", "entry": "main.py", "code": "print(1)"}
+
+
+def _invalid(**changes: Any) -> str:
+    raw = {**BASE, **changes}
+    with pytest.raises(NonRetryableNodeError) as caught:
+        validate_params(CodeRunNode(), raw)
+    assert caught.value.error_class == "ValidationError"
+    return str(caught.value)
+
+
+def test_request_defaults_and_seed_aliases() -> None:
+    request = CodeRunRequest.model_validate(
+        {
+            "lang": "node",
+            "entry": "src/index.js",
+            "code_ref": {"s3Url": "s3://reflux/code/a.js"},
+            "inputs": [{"name": "data/a.csv", "url": "s3://reflux/in/a.csv"}],
+            "limits": {"cpu": 0.5, "memMb": 256, "timeoutSec": 10},
+        }
+    )
+    assert request.code_ref is not None and request.code_ref.uri == "s3://reflux/code/a.js"
+    assert (request.limits.mem_mb, request.limits.timeout_sec) == (256, 10)
+    assert request.limits.network == "off"
+    assert CodeRunRequest.model_validate(
+        {**BASE, "code": None, "code_ref": {"uri": "s3://bucket/k"}}
+    )
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"lang": "ruby"}, "params.lang: Input should be 'python', 'node' or 'bash'"),
+        (
+            {"entry": "../main.py"},
+            "params.entry: Value error, Expected entry without '.' or '..' segments",
+        ),
+        ({"entry": "/etc/passwd"}, "params.entry: Value error, Expected entry to be a relative"),
+        ({"entry": "out/main.py"}, "params.entry: Value error, Expected entry outside in/"),
+        ({"entry": "a b.py"}, "segments of letters"),
+        ({"code_ref": {"uri": "s3://reflux/x"}}, "params: Value error, Expected exactly one of"),
+        ({"code": None}, "Expected exactly one of code and code_ref"),
+        ({"code": "x" * (1024 * 1024 + 1)}, "params.code: Value error, Expected code of at most"),
+        (
+            {"inputs": [{"name": "../x", "url": "s3://reflux/k"}]},
+            "params.inputs[0].name: Value error",
+        ),
+        (
+            {"inputs": [{"name": "a", "url": "http://example.com/a"}]},
+            "params.inputs[0].url: Value error, Expected an object store URI",
+        ),
+        (
+            {
+                "inputs": [
+                    {"name": "a", "url": "s3://reflux/1"},
+                    {"name": "a", "url": "s3://reflux/2"},
+                ]
+            },
+            "params.inputs: Value error, Expected unique input names, but ['a'] repeat",
+        ),
+        (
+            {
+                "inputs": [
+                    {"name": "a", "url": "s3://reflux/1"},
+                    {"name": "a/b", "url": "s3://reflux/2"},
+                ]
+            },
+            "Expected input 'a' not to be a parent of 'a/b'",
+        ),
+        ({"packages": ["requests"]}, "params: Value error, Expected no packages with limits"),
+        (
+            {"packages": ["--index-url=http://evil"], "limits": {"network": "full"}},
+            "params.packages: Value error, Expected a package requirement",
+        ),
+        (
+            {"lang": "bash", "packages": ["jq"], "limits": {"network": "full"}},
+            "Expected no packages for lang 'bash'",
+        ),
+        ({"limits": {"memMb": 1}}, "params.limits.memMb: Input should be greater than or equal"),
+        ({"limits": {"timeoutSec": 0}}, "params.limits.timeoutSec: Input should be greater"),
+        ({"limits": {"network": "some"}}, "params.limits.network: Input should be 'off'"),
+        ({"limits": {"cpus": 1}}, "params.limits.cpus: Extra inputs are not permitted"),
+    ],
+)
+def test_invalid_requests_name_the_field(changes: dict[str, Any], expected: str) -> None:
+    assert expected in _invalid(**changes)
+
+
+def test_limit_mapping() -> None:
+    limits = resource_limits(
+        Limits.model_validate({"cpu": 0.5, "memMb": 256, "timeoutSec": 9, "processes": 64}),
+        SandboxConfig(max_output_bytes=8 * MIB),
+    )
+    assert limits.cpu_seconds == 5  # ceil(0.5 * 9)
+    assert limits.data_bytes == 256 * MIB
+    assert limits.address_space_bytes == (256 + 4096) * MIB
+    assert limits.file_size_bytes == 8 * MIB + 1
+    assert limits.prlimit_args("/p") == [
+        "/p",
+        "--cpu=5:6",
+        f"--data={256 * MIB}",
+        f"--as={(256 + 4096) * MIB}",
+        "--nproc=64",
+        f"--fsize={8 * MIB + 1}",
+        "--nofile=256",
+        "--core=0",
+        "--",
+    ]
+    tiny = resource_limits(Limits.model_validate({"cpu": 0.01, "timeoutSec": 1}), SandboxConfig())
+    assert tiny.cpu_seconds == 1  # never 0: RLIMIT_CPU 0 would kill at once
+
+
+def _job(tmp_path: Path, **changes: Any) -> SandboxJob:
+    request = CodeRunRequest.model_validate({**BASE, **changes})
+    return SandboxJob(
+        lang=request.lang,
+        entry=request.entry,
+        network=request.limits.network,
+        limits=resource_limits(request.limits, SandboxConfig()),
+        host_work=tmp_path / "work",
+        host_inputs=tmp_path / "in",
+        packages=tuple(request.packages),
+    )
+
+
+def _pairs(command: list[str], option: str) -> list[tuple[str, str]]:
+    return [(command[i + 1], command[i + 2]) for i, arg in enumerate(command) if arg == option]
+
+
+def test_bwrap_command_isolates_by_default(tmp_path: Path) -> None:
+    config = SandboxConfig()
+    command = build_command(
+        _job(tmp_path), config, as_root=True, status_fd=7, usage_fd=8, root_entries=[]
+    )
+    assert command[:6] == [
+        "/usr/bin/setpriv",
+        "--reuid=65432",
+        "--regid=65432",
+        "--clear-groups",
+        "--no-new-privs",
+        "--",
+    ]
+    sandbox = command[: command.index("--", 6)]
+    for flag in (
+        "--unshare-all",
+        "--unshare-user",
+        "--disable-userns",
+        "--die-with-parent",
+        "--new-session",
+        "--clearenv",
+    ):
+        assert flag in sandbox
+    assert "--share-net" not in sandbox
+    assert sandbox[sandbox.index("--remount-ro") + 1] == "/"
+    # The only writable bind is the run's work dir; inputs are read-only; nothing of the host's
+    # home, project or /var is mounted.
+    assert _pairs(sandbox, "--bind") == [(str(tmp_path / "work"), "/work")]
+    assert (str(tmp_path / "in"), "/work/in") in _pairs(sandbox, "--ro-bind")
+    sources = {src for src, _ in _pairs(sandbox, "--ro-bind") + _pairs(sandbox, "--ro-bind-try")}
+    assert not {s for s in sources if s.startswith(("/root", "/home", "/var", "/run"))}
+    assert "/etc/resolv.conf" not in sources
+    assert ("/usr", "/usr") in _pairs(sandbox, "--ro-bind")
+    assert sandbox[sandbox.index("--tmpfs") - 2 : sandbox.index("--tmpfs") + 2] == [
+        "--size",
+        str(64 * MIB),
+        "--tmpfs",
+        "/tmp",
+    ]
+    assert sandbox[sandbox.index("--json-status-fd") + 1] == "7"
+    inner = command[command.index("--", 6) + 1 :]
+    assert inner[:4] == ["/usr/bin/python3", "-I", "-S", "-c"]
+    assert inner[5] == "8"  # the launcher reports peak memory on fd 8
+    assert inner[6] == "/usr/bin/prlimit"
+    assert inner[-6:] == ["/usr/bin/nice", "-n", "10", "--", "/usr/bin/python3", "-s"] or inner[
+        -7:
+    ] == ["/usr/bin/nice", "-n", "10", "--", "/usr/bin/python3", "-s", "main.py"]
+    assert inner[-1] == "main.py"
+
+
+def test_bwrap_command_network_packages_and_non_root(tmp_path: Path) -> None:
+    job = _job(tmp_path, packages=["requests==2.32.3"], limits={"network": "full"})
+    command = build_command(job, SandboxConfig(), as_root=False, root_entries=[])
+    assert command[0] == "/usr/bin/bwrap"  # no setpriv: already unprivileged
+    assert "--share-net" in command
+    assert "/etc/resolv.conf" in command
+    shell = command[command.index("/bin/sh") :]
+    assert shell[1] == "-c"
+    assert "pip install" in shell[2] and "--target /work/.packages -- requests==2.32.3" in shell[2]
+    assert shell[-3:] == ["/usr/bin/python3", "-s", "main.py"]
+    env = dict(_pairs(command, "--setenv"))
+    assert env["PYTHONPATH"] == "/work/.packages"
+    assert env["HOME"] == "/work" and env["REFLUX_OUT"] == "/work/out"
+
+    node = build_command(
+        _job(tmp_path, lang="node", entry="index.js"),
+        SandboxConfig(),
+        as_root=False,
+        root_entries=[],
+    )
+    assert node[-2:] == ["/usr/bin/node", "index.js"]
+
+
+def test_root_layout_is_recreated(tmp_path: Path) -> None:
+    command = build_command(_job(tmp_path), SandboxConfig(), as_root=False)
+    for path in ("/bin", "/lib"):
+        if os.path.islink(path):
+            assert (os.readlink(path), path) in _pairs(command, "--symlink")
+
+
+def test_network_policy() -> None:
+    limited = CodeRunRequest.model_validate({**BASE, "limits": {"network": "limited"}})
+    with pytest.raises(UnsupportedRequestError, match="'limited'"):
+        check_policy(limited, SandboxConfig())
+    full = CodeRunRequest.model_validate({**BASE, "limits": {"network": "full"}})
+    with pytest.raises(NetworkNotAllowedError, match="does not allow network"):
+        check_policy(full, SandboxConfig())
+    check_policy(full, SandboxConfig(allow_network=True))
+    check_policy(CodeRunRequest.model_validate(BASE), SandboxConfig())
+
+
+def test_no_backend_is_a_non_retryable_error_with_a_fix() -> None:
+    runner = SandboxRunner(SandboxConfig(backend="bubblewrap", bwrap_path="/nonexistent/bwrap"))
+    with pytest.raises(SandboxUnavailableError) as caught:
+        runner.backend()
+    assert caught.value.error_class == "SandboxUnavailable"
+    assert not caught.value.retryable
+    assert "/nonexistent/bwrap" in str(caught.value)
+    assert "apt-get install -y bubblewrap" in str(caught.value)
+
+
+def _raw(**changes: Any) -> RawRun:
+    values: dict[str, Any] = {
+        "exit_code": 0,
+        "duration_ms": 12.5,
+        "peak_mem_mb": 9.0,
+        "logs": "hello\n",
+        "logs_truncated": False,
+    }
+    return RawRun(**{**values, **changes})
+
+
+def _result(raw: RawRun, collection_error: tuple[str, str] | None = None) -> CodeRunResult:
+    limits = resource_limits(Limits(), SandboxConfig())
+    return result_from_run(
+        raw, backend="bubblewrap", outputs=[], collection_error=collection_error, limits=limits
+    )
+
+
+def test_result_classification() -> None:
+    assert _result(_raw()).status == "ok" and _result(_raw()).error is None
+    failed = _result(_raw(exit_code=3))
+    assert (failed.status, failed.error and failed.error.error_class) == ("error", "CodeFailed")
+    timeout = _result(_raw(exit_code=-1, timed_out=True))
+    assert timeout.status == "timeout"
+    assert timeout.error is not None and "within 60s" in timeout.error.message
+    killed = _result(_raw(exit_code=-1, killed_reason="OutputTooLarge", killed_message="big"))
+    assert killed.error is not None and killed.error.error_class == "OutputTooLarge"
+    # A program that died writing past the cap is told about the cap, not just "exit 1".
+    capped = _result(_raw(exit_code=1), ("OutputTooLarge", "Expected at most"))
+    assert capped.error is not None and capped.error.error_class == "OutputTooLarge"
+
+
+def test_exit_hints() -> None:
+    limits = resource_limits(Limits.model_validate({"timeoutSec": 3}), SandboxConfig())
+    assert "CPU-time limit of 3s" in exit_hint(128 + 24, limits)
+    assert "SIGXFSZ" in exit_hint(128 + 25, limits)
+    assert "SIGKILL" in exit_hint(137, limits)
+    assert exit_hint(1, limits) == exit_hint(255 + 1, limits) == ""
+
+
+def test_node_errors_for_results() -> None:
+    failed = _result(_raw(exit_code=2, logs="x" * 5000 + "Traceback: boom"))
+    error = error_for_result(failed)
+    assert isinstance(error, NonRetryableNodeError) and error.error_class == "CodeFailed"
+    assert "exit code 2" in str(error) and str(error).endswith("Traceback: boom")
+    assert len(str(error)) < 2000
+    timeout = error_for_result(_result(_raw(exit_code=-1, timed_out=True)))
+    assert isinstance(timeout, RetryableNodeError) and timeout.error_class == "CodeTimeout"
+
+
+def test_code_run_node_manifest() -> None:
+    node = CodeRunNode()
+    node.check()
+    assert (node.key, node.cacheable, node.side_effects) == ("code.run@1.0.0", False, True)
+    schema = node.manifest()["input_schema"]
+    assert {"lang", "entry", "code", "code_ref", "inputs", "packages", "limits"} <= set(
+        schema["properties"]
+    )
+    assert "allow_failure" in schema["properties"]
+
+
+def test_head_tail_buffer() -> None:
+    buffer = HeadTailBuffer(64)
+    buffer.write(b"a" * 10)
+    assert (buffer.text(), buffer.truncated) == ("a" * 10, False)
+    for _ in range(100):
+        buffer.write(b"0123456789")
+    buffer.write(b"THE-END")
+    text = buffer.text()
+    assert buffer.truncated and buffer.total == 1017
+    assert text.startswith("a" * 10 + "012345")
+    assert text.endswith("THE-END")
+    assert "[... 953 bytes of logs truncated ...]" in text
+    with pytest.raises(ValueError, match="at least 16"):
+        HeadTailBuffer(8)
+
+
+def test_collect_outputs_skips_links_and_special_files(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    (out / "sub").mkdir(parents=True)
+    (out / "a.txt").write_text("a")
+    (out / "sub" / "b.json").write_text("{}")
+    (out / "leak").symlink_to("/etc/hostname")
+    (out / "dirlink").symlink_to(tmp_path)
+    os.mkfifo(out / "fifo")
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(out / "sock"))
+        collected = collect_outputs(out, max_bytes=100, max_files=10)
+    assert [(f.name, f.size) for f in collected.files] == [("a.txt", 1), ("sub/b.json", 2)]
+    assert sorted(collected.skipped) == ["dirlink", "fifo", "leak", "sock"]
+    assert collected.error_class is None
+
+
+def test_collect_outputs_caps(tmp_path: Path) -> None:
+    (tmp_path / "a").write_bytes(b"x" * 60)
+    (tmp_path / "b").write_bytes(b"x" * 60)
+    too_big = collect_outputs(tmp_path, max_bytes=100, max_files=10)
+    assert too_big.error_class == "OutputTooLarge" and too_big.files == []
+    too_many = collect_outputs(tmp_path, max_bytes=1000, max_files=1)
+    assert too_many.error_class == "TooManyOutputs"
+    size, entries = directory_usage(tmp_path)
+    assert (size, entries) >= (120, 2)
