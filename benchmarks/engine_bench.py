@@ -89,6 +89,10 @@ _TERMINAL = {
 }
 
 
+# Scheduler instances in the engine under test (env REFLUX_BENCH_SCHEDULERS for experiments).
+SCHEDULERS = int(os.environ.get("REFLUX_BENCH_SCHEDULERS", "1"))
+
+
 @dataclass(frozen=True)
 class EnginePlan:
     warmup_runs: int
@@ -264,7 +268,7 @@ class EngineBench:
         self.settings = settings
         self.plan = plan
         self.schema = schema
-        self.engine = DevEngine(settings, schema=schema)
+        self.engine = DevEngine(settings, schema=schema, schedulers=SCHEDULERS)
         self.catalog = self.engine.catalog
         self.watcher = Watcher(settings, self.catalog).start()
         # The API's own producer settings (linger.ms=0, flush per command): an ack here is the

@@ -67,6 +67,7 @@ class DevEngine:
         workers: bool = True,
         projector: bool = True,
         trigger_router: bool = True,
+        schedulers: int = 1,
     ) -> None:
         self.settings = settings
         self.nodes = nodes or default_registry()
@@ -79,6 +80,10 @@ class DevEngine:
             "trigger-router": trigger_router,
         }
         self.components: list[_Component] = []
+        # Several instances share the partitions like separate processes would (each has its
+        # own transactional producer, so their commits overlap instead of queueing).
+        self.scheduler_count = schedulers
+        self.schedulers: list[SchedulerRuntime] = []
         self.scheduler: SchedulerRuntime | None = None
         self.worker: WorkerRuntime | None = None
         self.projector: Projector | None = None
@@ -87,7 +92,8 @@ class DevEngine:
 
     def start(self) -> DevEngine:
         if self._want["scheduler"]:
-            self.start_scheduler()
+            for n in range(self.scheduler_count):
+                self.start_scheduler(instance_id=None if n == 0 else f"dev-{n}")
         if self._want["trigger-router"]:
             router = TriggerRouter(self.settings)
             self._thread("trigger-router", router.run, router.close)
@@ -101,8 +107,9 @@ class DevEngine:
 
     def start_scheduler(self, instance_id: str | None = None) -> SchedulerRuntime:
         scheduler = SchedulerRuntime(self.settings, instance_id=instance_id)
-        self.scheduler = scheduler
-        self._thread("scheduler", scheduler.run, lambda: None)
+        self.schedulers.append(scheduler)
+        self.scheduler = self.scheduler or scheduler
+        self._thread(f"scheduler-{scheduler.instance_id}", scheduler.run, lambda: None)
         return scheduler
 
     def start_workers(self) -> WorkerRuntime:
