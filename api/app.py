@@ -1,7 +1,8 @@
 """The app factory: ``create_app(settings) -> FastAPI``.
 
 The lifespan owns the I/O clients -- a psycopg connection pool, the Kafka producer, an admin
-client for readiness -- and puts them on ``app.state`` where :mod:`api.deps` finds them. Nothing
+client for readiness, the traces store (ClickHouse: with embedded chdb this process owns it, see
+:mod:`api.reflection`) -- and puts them on ``app.state`` where :mod:`api.deps` finds them. Nothing
 connects at import time, and a missing Postgres or Kafka does not stop the process from starting:
 ``/readyz`` says which one is missing and writes answer 503 until it is back.
 """
@@ -13,7 +14,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 from psycopg_pool import ConnectionPool
 from starlette.concurrency import run_in_threadpool
 
@@ -22,8 +23,12 @@ from api.errors import install_error_handlers
 from api.metrics import ApiMetrics, MetricsMiddleware
 from api.publisher import Publisher, api_producer
 from api.readmodel import ReadModel
-from api.routes import health, hooks, runs, workflows
+from api.reflection import LazyAlertsView, close_clickhouse, open_clickhouse
+from api.routes import alerts, health, hooks, nodes, runs, workflows
+from api.routes import metrics as metrics_routes
 from api.store import ApiStore
+from api.validation import bind_node_catalog
+from projections.clickhouse import ClickHouse
 from reflux.settings import Settings, get_settings
 from streams.admin import admin_client
 from streams.catalog import TopicCatalog
@@ -44,15 +49,22 @@ TAGS = [
     {"name": "workflows", "description": "Register immutable workflow versions and read them."},
     {"name": "runs", "description": "Start runs, read their state, events and stream; control."},
     {"name": "hooks", "description": "Webhook triggers that start runs."},
+    {"name": "metrics", "description": "Node and workflow metrics from the traces store."},
+    {"name": "alerts", "description": "SLO alerts (latency, error rate, cost budget)."},
+    {"name": "nodes", "description": "The node catalog: versions, promotion, rollout weights."},
     {"name": "health", "description": "Liveness, readiness and Prometheus metrics."},
 ]
 
 
 def create_app(
-    settings: Settings | None = None, api_settings: ApiSettings | None = None
+    settings: Settings | None = None,
+    api_settings: ApiSettings | None = None,
+    *,
+    clickhouse: ClickHouse | None = None,
 ) -> FastAPI:
     """A configured app; clients are created by its lifespan (``with TestClient(app)``,
-    uvicorn), not here."""
+    uvicorn), not here. ``clickhouse``: an open traces store owned by the caller, used for
+    ``/v1/metrics`` instead of opening one (``ApiSettings.clickhouse_enabled`` is then moot)."""
     settings = settings or get_settings()
     api = api_settings or ApiSettings()
     metrics = ApiMetrics()
@@ -83,9 +95,15 @@ def create_app(
             await run_in_threadpool(store.ensure)
         except Exception as exc:  # retried lazily by the first write that needs the tables
             log.warning("API schema %r not ready yet: %s", api.api_schema, exc)
+        app.state.clickhouse = ch_access = await run_in_threadpool(
+            open_clickhouse, settings, api, clickhouse, catalog
+        )
+        app.state.alerts_view = alerts_view = LazyAlertsView(settings, catalog)
         try:
             yield
         finally:
+            await run_in_threadpool(alerts_view.close)
+            await run_in_threadpool(close_clickhouse, ch_access)
             try:
                 await run_in_threadpool(producer.close, api.publish_timeout_s)
             except Exception as exc:
@@ -102,10 +120,14 @@ def create_app(
     app.state.metrics = metrics
     install_error_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    v1 = APIRouter(prefix=API_PREFIX)
+    # Workflow validation in every /v1 request checks nodes against the projected catalog.
+    v1 = APIRouter(prefix=API_PREFIX, dependencies=[Depends(bind_node_catalog)])
     v1.include_router(workflows.router)
     v1.include_router(runs.router)
     v1.include_router(hooks.router)
+    v1.include_router(metrics_routes.router)
+    v1.include_router(alerts.router)
+    v1.include_router(nodes.router)
     app.include_router(v1)
     app.include_router(health.router)
     return app

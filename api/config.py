@@ -42,3 +42,18 @@ class ApiSettings(BaseSettings):
     """How often ``wait_ms`` and the SSE stream look at the projection again."""
 
     readiness_timeout_s: float = 2.0
+
+    clickhouse_enabled: bool = True
+    """Open the traces store (ClickHouse) for ``/v1/metrics``. With embedded chdb this process
+    then *owns* the store: it migrates it and the Kafka engine consumes traces inside it, so only
+    one process per data folder may have it on (see docs/traces.md). Off: metrics answer 503."""
+
+    clickhouse_database: str = "reflux"
+    """ClickHouse database of the traces store."""
+
+    alert_evaluator: bool | None = None
+    """Run the SLO alert evaluator in this process. ``None`` (default): only when this process
+    owns an embedded store; with a ClickHouse server run ``reflux alerts serve`` once instead."""
+
+    alerts_catch_up_timeout_s: float = 5.0
+    """How long ``GET /v1/alerts`` may read the alerts topic to reach its end before 503."""

@@ -17,14 +17,19 @@ from api.config import ApiSettings
 from api.metrics import ApiMetrics
 from api.publisher import Publisher
 from api.readmodel import ReadModel
+from api.reflection import ClickHouseAccess
 from api.store import ApiStore
+from processors.alerts.view import AlertsView
+from projections.clickhouse import ClickHouse
 from reflux.settings import Settings
 from streams.catalog import TopicCatalog
 from streams.producer import Producer
 
 __all__ = [
+    "AlertsViewDep",
     "ApiSettingsDep",
     "CatalogDep",
+    "ClickHouseDep",
     "ConnDep",
     "MetricsDep",
     "PoolDep",
@@ -78,6 +83,19 @@ def get_metrics(request: Request) -> ApiMetrics:
     return metrics
 
 
+def get_clickhouse(request: Request) -> ClickHouse:
+    """The traces store; 503 naming the reason when this API has none (disabled, not
+    reachable, or owned by another process)."""
+    access: ClickHouseAccess = request.app.state.clickhouse
+    return access.require()
+
+
+def get_alerts_view(request: Request) -> AlertsView:
+    """The alerts view, created on first use; 503 when the alerts topic cannot be read."""
+    view: AlertsView = request.app.state.alerts_view.get()
+    return view
+
+
 def get_read_model(request: Request) -> ReadModel:
     read_model: ReadModel = request.app.state.read_model
     return read_model
@@ -98,3 +116,5 @@ CatalogDep = Annotated[TopicCatalog, Depends(get_catalog)]
 MetricsDep = Annotated[ApiMetrics, Depends(get_metrics)]
 ReadModelDep = Annotated[ReadModel, Depends(get_read_model)]
 StoreDep = Annotated[ApiStore, Depends(get_store)]
+ClickHouseDep = Annotated[ClickHouse, Depends(get_clickhouse)]
+AlertsViewDep = Annotated[AlertsView, Depends(get_alerts_view)]

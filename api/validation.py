@@ -3,13 +3,25 @@
 The processor reports every problem with a dotted path (``steps[1].needs[0]``, ``inputs.x``);
 the API prefixes where the value sits in the request (``body``), so ``loc`` points at the field
 the client sent.
+
+Node references are checked against the node catalog: the projected one (``node_versions``)
+for every node it knows, the built-in nodes for the rest (a deployment whose workers have not
+registered yet, or a catalog that only holds a few user nodes, must still accept
+``transform@^1``). The ``/v1`` router binds the request's read model with
+:func:`bind_node_catalog`; outside a request (CLI, unit tests) only the built-ins apply.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from functools import lru_cache
 from typing import Any
+
+import psycopg
+from fastapi import Request
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from api.errors import FieldIssue, RequestInvalidError
 from processors.workflow import (
@@ -18,9 +30,25 @@ from processors.workflow import (
     parse_workflow,
     validate_inputs,
 )
-from processors.workflow.catalog import StaticNodeCatalog
+from processors.workflow.catalog import NodeCatalogView, StaticNodeCatalog
+from projections.postgres import queries
 
-__all__ = ["check_inputs", "parse_definition"]
+__all__ = [
+    "bind_node_catalog",
+    "builtin_catalog",
+    "check_inputs",
+    "current_node_catalog",
+    "merged_catalog",
+    "parse_definition",
+    "projected_catalog",
+]
+
+log = logging.getLogger(__name__)
+
+CatalogLoader = Callable[[], NodeCatalogView]
+_catalog_loader: ContextVar[CatalogLoader | None] = ContextVar(
+    "reflux_node_catalog_loader", default=None
+)
 
 
 def _issues(exc: WorkflowValidationError, type_: str) -> list[FieldIssue]:
@@ -29,11 +57,7 @@ def _issues(exc: WorkflowValidationError, type_: str) -> list[FieldIssue]:
 
 @lru_cache(maxsize=1)
 def builtin_catalog() -> StaticNodeCatalog:
-    """The nodes this build ships, with their versions.
-
-    Until the node catalog read model exists (projected from the ``nodes`` topic), registration
-    checks node names and version constraints against the built-in nodes.
-    """
+    """The nodes this build ships, with their versions (the fallback of the catalog)."""
     from node_workers.nodes import builtin_nodes
 
     versions: dict[str, list[str]] = {}
@@ -42,10 +66,62 @@ def builtin_catalog() -> StaticNodeCatalog:
     return StaticNodeCatalog(versions)
 
 
-def parse_definition(source: Any) -> WorkflowDefinition:
+def merged_catalog(projected: dict[str, list[str]]) -> StaticNodeCatalog:
+    """The projected versions of each node they name, the built-ins for every other node."""
+    builtin = builtin_catalog()
+    versions = {name: list(builtin.versions(name)) for name in builtin.names()}
+    versions.update(projected)
+    return StaticNodeCatalog(versions)
+
+
+def projected_catalog(conn: psycopg.Connection[Any], schema: str) -> StaticNodeCatalog:
+    """The catalog read model merged with the built-ins (see :func:`merged_catalog`)."""
+    projected: dict[str, list[str]] = {}
+    for row in queries.list_node_versions(conn, schema=schema):
+        projected.setdefault(row.name, []).append(row.version)
+    return merged_catalog(projected)
+
+
+def _pool_loader(pool: ConnectionPool[Any], schema: str, timeout: float) -> CatalogLoader:
+    def load() -> NodeCatalogView:
+        try:
+            with pool.connection(timeout=timeout) as conn:
+                return projected_catalog(conn, schema)
+        except (psycopg.Error, PoolTimeout) as exc:
+            # No read model yet (projector not migrated) or Postgres away: the built-ins still
+            # catch typos; the scheduler refuses versions the catalog cannot serve anyway.
+            log.warning("node catalog read model unavailable, using the built-ins: %s", exc)
+            return builtin_catalog()
+
+    return load
+
+
+async def bind_node_catalog(request: Request) -> None:
+    """Router dependency: validation in this request reads the app's catalog read model.
+
+    Async on purpose: it runs in the request's own context, so the binding is visible to the
+    endpoint and to the threads it starts (``run_in_threadpool`` copies the context).
+    """
+    state = request.app.state
+    if getattr(state, "pool", None) is None or getattr(state, "api_settings", None) is None:
+        return
+    api = state.api_settings
+    _catalog_loader.set(_pool_loader(state.pool, api.read_schema, api.pool_timeout_s))
+
+
+def current_node_catalog() -> NodeCatalogView:
+    """The catalog bound to this request, else the built-ins."""
+    loader = _catalog_loader.get()
+    return builtin_catalog() if loader is None else loader()
+
+
+def parse_definition(
+    source: Any, node_catalog: NodeCatalogView | None = None
+) -> WorkflowDefinition:
     """The parsed definition; 422 (``type: workflow_invalid``) naming every bad field."""
+    catalog = node_catalog if node_catalog is not None else current_node_catalog()
     try:
-        return parse_workflow(source, node_catalog=builtin_catalog())
+        return parse_workflow(source, node_catalog=catalog)
     except WorkflowValidationError as exc:
         raise RequestInvalidError(_issues(exc, "workflow_invalid")) from exc
 

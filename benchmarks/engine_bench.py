@@ -331,7 +331,10 @@ class EngineBench:
         from api.app import create_app
         from api.config import ApiSettings
 
-        api = ApiSettings(read_schema=self.schema, api_schema=f"{self.schema}_api")
+        # No ClickHouse: the benchmark measures the run engine, not trace ingestion.
+        api = ApiSettings(
+            read_schema=self.schema, api_schema=f"{self.schema}_api", clickhouse_enabled=False
+        )
         start_ms: list[float] = []
         request_ms: list[float] = []
         with TestClient(create_app(self.settings, api)) as client:

@@ -4,6 +4,11 @@ Every way an attempt can end becomes an :class:`Attempt` (never an exception): s
 own :class:`~node_workers.errors.NodeError`, invalid params, an unreachable params blob, the
 deadline, or a bug in the node. The runtime only has to publish it; unit tests only have to
 look at it.
+
+Secrets: ``{{ secrets.NAME }}`` placeholders in the loaded params are resolved here, after the
+params are hashed (``inputs_hash`` stays the hash of the placeholders) and right before they are
+validated, so a value exists only in this process. Every way out of an attempt (output, error
+message and class, metric names) passes the resolver's redactor first (docs/secrets.md).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any, Final
 from pydantic import BaseModel
 
 from node_workers.node import AnyNode, NodeContext, validate_params
+from node_workers.secrets import SecretResolver, no_secrets, secret_names
 from reflux.errors import RefluxError
 from schemas.base import canonical_json
 from schemas.models import ErrorInfo, NodeInvocation, TraceStatus
@@ -97,12 +103,17 @@ async def run_attempt(
     load_params: ParamsLoader = _inline_params,
     default_timeout_s: float = DEFAULT_TIMEOUT_S,
     logger: logging.Logger | None = None,
+    secrets: SecretResolver | None = None,
 ) -> Attempt:
-    """Validate params, run ``node.execute`` under the invocation's deadline, capture the end.
+    """Resolve secrets, validate params, run ``node.execute`` under the invocation's deadline,
+    capture the end (redacted).
 
+    Without ``secrets`` any placeholder fails the attempt with ``SecretUnavailable``.
     ``asyncio.CancelledError`` propagates: a cancelled attempt (shutdown, revoked partition)
     produces no result and is re-delivered from the last committed offset.
     """
+    resolver = secrets if secrets is not None else no_secrets()
+    redactor = resolver.redactor
     started = _now()
     ctx = NodeContext(
         invocation_id=invocation.invocation_id,
@@ -127,9 +138,9 @@ async def run_attempt(
             started_at=started,
             finished_at=_now(),
             inputs_hash=digest,
-            output=output,
-            error=error,
-            metrics=dict(ctx.metrics),
+            output=redactor.redact(output),
+            error=redactor.redact_error(error),
+            metrics={redactor.redact_text(name): value for name, value in ctx.metrics.items()},
             cost_tokens=ctx.cost_tokens,
         )
 
@@ -144,6 +155,9 @@ async def run_attempt(
             )
         raw = await load_params(invocation)
         digest = inputs_hash(raw)
+        if secret_names(raw):
+            # In a thread: a provider may block (files, a Vault round trip).
+            raw = await asyncio.to_thread(resolver.resolve, raw, workflow_id=invocation.workflow_id)
         params = validate_params(node, raw)
         remaining = ctx.remaining_s()
         if remaining is not None and remaining <= 0:

@@ -69,6 +69,14 @@ def add_worker_commands(subparsers: Any) -> argparse.ArgumentParser:
         help="create the served invoke topics (and the fixed topics) if missing",
     )
     worker.add_argument("--list", action="store_true", help="print the selected nodes and exit")
+    worker.add_argument(
+        "--catalog-status",
+        choices=["draft", "staging", "production", "none"],
+        default="production",
+        help="register the served node versions in the catalog with this status when the "
+        "catalog lacks them (default production; 'none' registers nothing). Never changes a "
+        "version the catalog already has (an operator's promotion, weight or deprecation).",
+    )
     worker.set_defaults(handler=handle_worker)
     return worker
 
@@ -114,6 +122,12 @@ def handle_worker(args: argparse.Namespace, settings: Settings | None = None) ->
         ensure_topics(
             runtime.catalog, [*runtime.catalog, *runtime.invoke_topics()], settings=settings
         )
+    if args.catalog_status != "none":
+        from node_workers.registration import register_nodes
+        from schemas.models import NodeStatus
+
+        registered = register_nodes(settings, nodes, status=NodeStatus(args.catalog_status))
+        log.info("catalog: %s", registered)
     log.info("serving %s in groups %s", nodes.names(), runtime.consumer_groups())
     asyncio.run(_serve(runtime))
     return 0

@@ -62,6 +62,7 @@ from node_workers.node import AnyNode
 from node_workers.offsets import OffsetTracker, TopicPartitionKey
 from node_workers.records import build_result, build_trace
 from node_workers.registry import NodeRegistry
+from node_workers.secrets import SecretResolver, resolver_from_settings
 from reflux.errors import ConfigurationError, RefluxError, ServiceUnavailableError
 from reflux.objectstore import BlobStore, S3BlobStore
 from reflux.settings import Settings
@@ -355,6 +356,7 @@ class _Lane:
                     invocation,
                     load_params=runtime.load_params,
                     default_timeout_s=runtime.config.default_timeout_s,
+                    secrets=runtime.secrets,
                 )
         if claim.state is ClaimState.DONE and claim.result is not None:
             # Executed and recorded by an earlier delivery: hand over the same result again.
@@ -509,8 +511,12 @@ class WorkerRuntime:
         config: WorkerConfig | None = None,
         catalog: TopicCatalog | None = None,
         blob_store: BlobStore | None = None,
+        secrets: SecretResolver | None = None,
     ) -> None:
         self.settings = settings
+        # Built now, so a bad secrets_dir or grants file stops the worker at start, and its
+        # redactor covers this process's logs before the first attempt (docs/secrets.md).
+        self.secrets = secrets if secrets is not None else resolver_from_settings(settings)
         self.nodes = nodes if isinstance(nodes, NodeRegistry) else NodeRegistry(nodes)
         if not len(self.nodes):
             raise ConfigurationError("Expected at least one node to serve, but got none")

@@ -1,4 +1,4 @@
-"""The Postgres projector: the ``runs`` and ``workflows`` topics -> the run-engine read models.
+"""The Postgres projector: ``runs``, ``workflows`` and ``nodes`` -> the read models.
 
 Offsets of record live in Postgres (``projection_offsets``), written in the same transaction as
 the rows (:mod:`projections.postgres.writer`). Kafka's committed offsets are only a hint for
@@ -20,7 +20,7 @@ consistent either way.
 
 Assignment: ``"group"`` (default) subscribes with the consumer group
 ``{topic_prefix}.projector.{name}``, so several instances share the partitions; ``"manual"``
-assigns every partition of both topics to this instance (rebuilds, catch-up in tests).
+assigns every partition of the topics to this instance (rebuilds, catch-up in tests).
 
 Locking: a projector holds a shared session-level advisory lock on ``(schema, name)``; a rebuild
 holds it exclusively. So a rebuild refuses to start while a projector runs, and a projector
@@ -42,7 +42,13 @@ import psycopg
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka import Consumer as KafkaConsumer
 
-from projections.postgres.appliers import RUN_EVENT_TYPES, WORKFLOW_EVENT_TYPES, Plan, plan
+from projections.postgres.appliers import (
+    NODE_EVENT_TYPES,
+    RUN_EVENT_TYPES,
+    WORKFLOW_EVENT_TYPES,
+    Plan,
+    plan,
+)
 from projections.postgres.identifiers import DEFAULT_SCHEMA, validate_schema
 from projections.postgres.migrations import apply_migrations
 from projections.postgres.writer import (
@@ -127,7 +133,7 @@ class Progress:
 
 
 class Projector:
-    """Consumes ``runs`` + ``workflows`` into Postgres; see the module docstring."""
+    """Consumes ``runs`` + ``workflows`` + ``nodes`` into Postgres; see the module docstring."""
 
     def __init__(
         self,
@@ -159,10 +165,12 @@ class Projector:
         catalog = TopicCatalog.from_settings(self.settings)
         self.runs_topic = catalog.runs.topic
         self.workflows_topic = catalog.workflows.topic
+        self.nodes_topic = catalog.nodes.topic
         self.group_id = f"{self.settings.topic_prefix}.projector.{name}"
         self._expected: dict[str, tuple[type[RefluxRecord], ...]] = {
             self.runs_topic: RUN_EVENT_TYPES,
             self.workflows_topic: WORKFLOW_EVENT_TYPES,
+            self.nodes_topic: NODE_EVENT_TYPES,
         }
         self._dlq_topic = catalog.dlq
         self._consumer_overrides = dict(consumer_overrides or {})
@@ -179,8 +187,8 @@ class Projector:
     # -- lifecycle -----------------------------------------------------------------------------
 
     @property
-    def topics(self) -> tuple[str, str]:
-        return (self.runs_topic, self.workflows_topic)
+    def topics(self) -> tuple[str, ...]:
+        return (self.runs_topic, self.workflows_topic, self.nodes_topic)
 
     @property
     def application_name(self) -> str:
@@ -413,7 +421,7 @@ class Projector:
 
     def _plan(self, record: PoisonRecord) -> Plan | None:
         if record.value is None:
-            return None  # a tombstone (compaction of `workflows`): nothing to project
+            return None  # a tombstone (compaction of `workflows`/`nodes`): nothing to project
         event = serde.decode(record.value, self._expected[record.topic])
         return plan(event, self.schema)
 
@@ -560,7 +568,7 @@ class Projector:
     ) -> ProjectorStats:
         """Project until every assigned partition reaches the high watermark seen at the start.
 
-        With ``assignment="manual"`` that is every partition of both topics; in group mode only
+        With ``assignment="manual"`` that is every partition of every topic; in group mode only
         the partitions this member owns (it waits for an assignment first).
         """
         self.start()

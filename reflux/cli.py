@@ -10,11 +10,13 @@ from typing import Any
 
 from api.cli import add_api_commands
 from node_workers.cli import add_worker_commands
+from processors.alerts.cli import add_alerts_commands
 from processors.scheduler.runtime_cli import add_scheduler_commands
 from projections.cli import add_projections_commands
 from projections.traces.cli import add_traces_commands
 from reflux.client import add_client_commands
 from reflux.errors import RefluxError
+from reflux.metrics_cli import add_metrics_commands
 from reflux.settings import get_settings
 from streams.cli import add_topics_commands
 
@@ -52,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_traces_commands(sub)
     add_api_commands(sub)
     add_client_commands(sub, get_settings().api_url)
+    add_metrics_commands(sub, get_settings().api_url)
+    add_alerts_commands(sub)
     add_topics_commands(sub)
     demo = sub.add_parser("demo", help="run the demo workflow against the local services")
     demo.set_defaults(handler=_demo)

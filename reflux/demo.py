@@ -68,7 +68,7 @@ def _follow(client: httpx.Client, run_id: str, timeout: float = 60) -> str:
 def run_demo(settings: Settings | None = None, workflow: Path = WORKFLOW) -> int:
     settings = settings or get_settings()
     print(f"1. Starting the engine (scheduler, workers, projector) on {settings.kafka_bootstrap}")
-    engine = DevEngine(settings).start()
+    engine = DevEngine(settings, register_nodes=True).start()
     port = _free_port()
     server, thread = _serve_api(settings, port)
     ok = True

@@ -68,6 +68,7 @@ class DevEngine:
         projector: bool = True,
         trigger_router: bool = True,
         schedulers: int = 1,
+        register_nodes: bool = False,
     ) -> None:
         self.settings = settings
         self.nodes = nodes or default_registry()
@@ -83,6 +84,9 @@ class DevEngine:
         # Several instances share the partitions like separate processes would (each has its
         # own transactional producer, so their commits overlap instead of queueing).
         self.scheduler_count = schedulers
+        # Publish the served node versions to the catalog (as `reflux worker` does). Off for
+        # tests that manage the catalog themselves.
+        self.register_nodes = register_nodes
         self.schedulers: list[SchedulerRuntime] = []
         self.scheduler: SchedulerRuntime | None = None
         self.worker: WorkerRuntime | None = None
@@ -113,6 +117,10 @@ class DevEngine:
         return scheduler
 
     def start_workers(self) -> WorkerRuntime:
+        if self.register_nodes:
+            from node_workers.registration import register_nodes
+
+            register_nodes(self.settings, self.nodes)
         worker = WorkerRuntime(self.settings, self.nodes)
         self.worker = worker
         stop_event: dict[str, asyncio.Event] = {}

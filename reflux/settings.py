@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     # instance aborts the transaction its crashed predecessor left open.
     scheduler_instance_id: str = "0"
 
+    # Workers read secrets (files named NAME) and their grants (grants.yaml) from this folder;
+    # without it only REFLUX_SECRET_<NAME> variables exist and nothing is granted.
+    # docs/secrets.md
+    secrets_dir: Path | None = None
+
     # "chdb:///abs/path" selects the embedded engine (one process owns that folder);
     # "http://host:8123" selects a ClickHouse server. Same client code either way.
     clickhouse_dsn: str = ""

@@ -13,6 +13,23 @@ from pydantic import Field
 from schemas.base import Json, OptionalJson, RefluxRecord, TimestampMillis, new_id, utc_now
 
 
+class AlertKind(StrEnum):
+    """What an alert rule watches: a node's p99 latency or error rate, or a workflow's token
+    cost.
+    """
+
+    LATENCY_P99 = "latency_p99"
+    ERROR_RATE = "error_rate"
+    COST_BUDGET = "cost_budget"
+
+
+class AlertState(StrEnum):
+    """A transition of an SLO alert: it started to fire, or it stopped."""
+
+    FIRING = "firing"
+    RESOLVED = "resolved"
+
+
 class GraphMutationType(StrEnum):
     """Kinds of change to a run's graph."""
 
@@ -152,6 +169,71 @@ class StepRef(RefluxRecord):
 
     node_version: str
     """Node version (semver) as pinned by the definition."""
+
+
+class Alert(RefluxRecord):
+    """An SLO alert started or stopped firing for one subject (a node or a workflow). Only
+    transitions are written; the latest record per (rule_id, subject) is the alert's state.
+    """
+
+    AVRO_NAME: ClassVar[str] = "reflux.alerts.Alert"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    event_id: str = Field(default_factory=new_id)
+    """Unique id (UUID text) of this record; consumers dedupe on it."""
+
+    seq: int = -1
+    """-1: not positioned in a run log. Only the scheduler assigns run-log positions, to the
+    events it writes.
+    """
+
+    occurred_at: TimestampMillis = Field(default_factory=utc_now)
+    """When the producer created this record (UTC, milliseconds)."""
+
+    schema_version: int = 1
+    """Version of the writer schema; old records keep the version they were written with."""
+
+    alert_id: str
+    """Id of one incident, '<rule_id>/<subject>/<started_at ms>': its firing and resolved records
+    share it.
+    """
+
+    rule_id: str
+    """The rule that fired; the Kafka key."""
+
+    kind: AlertKind
+    """What the rule watches; says whether subject is a node or a workflow id."""
+
+    subject: str
+    """Node name (latency_p99, error_rate) or workflow id (cost_budget)."""
+
+    state: AlertState
+    """firing: the value crossed the threshold; resolved: it went back below the clear level."""
+
+    value: float
+    """The measured value at the transition (ms, a 0..1 rate, or tokens); 0 when the window held
+    no samples.
+    """
+
+    threshold: float
+    """The objective the value is compared with, in the value's unit."""
+
+    samples: int
+    """Attempts in the window behind the value."""
+
+    window_ms: int
+    """Length of the evaluation window, in milliseconds."""
+
+    started_at: TimestampMillis
+    """When the incident started firing (equal to at on the firing record)."""
+
+    at: TimestampMillis
+    """The evaluation time (end of the window) at which the transition was seen."""
+
+    message: str
+    """One line for people, e.g. 'p99 latency of node http.request is 1520 ms over 5m, above 1000
+    ms'.
+    """
 
 
 class CancelRun(RefluxRecord):
@@ -1366,6 +1448,7 @@ MODELS: dict[str, type[RefluxRecord]] = {
     "reflux.common.PayloadRef": PayloadRef,
     "reflux.common.RetryPolicy": RetryPolicy,
     "reflux.common.StepRef": StepRef,
+    "reflux.alerts.Alert": Alert,
     "reflux.commands.CancelRun": CancelRun,
     "reflux.commands.FireTimer": FireTimer,
     "reflux.commands.MutateGraph": MutateGraph,
@@ -1401,6 +1484,9 @@ MODELS: dict[str, type[RefluxRecord]] = {
 
 __all__ = [
     "MODELS",
+    "Alert",
+    "AlertKind",
+    "AlertState",
     "CancelRun",
     "CommandRejected",
     "DeadLetter",

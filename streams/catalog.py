@@ -112,6 +112,9 @@ _FIXED: Final[dict[str, tuple[str, dict[str, str], str | None, str]]] = {
     "mutations": ("workflow_id", _retention(90 * DAY_MS), None, "graph mutation lifecycle"),
     "triggers": ("source_key", _retention(7 * DAY_MS), None, "external events that start runs"),
     "dlq": ("original_key", _retention(30 * DAY_MS), None, "poison records with error and origin"),
+    # Keyed by rule id, and one rule has many subjects (nodes, workflows): compaction would keep
+    # only the last subject's record of each rule, so this is a retained history of transitions.
+    "alerts": ("rule_id", _retention(30 * DAY_MS), None, "SLO alert transitions (firing/resolved)"),
 }
 _INVOKE_CONFIGS: Final = _retention(7 * DAY_MS)
 
@@ -236,6 +239,10 @@ class TopicCatalog:
     @property
     def dlq(self) -> TopicSpec:
         return self._specs["dlq"]
+
+    @property
+    def alerts(self) -> TopicSpec:
+        return self._specs["alerts"]
 
     def __getitem__(self, logical: str) -> TopicSpec:
         try:

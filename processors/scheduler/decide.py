@@ -70,6 +70,7 @@ from processors.workflow.validation import (
     check_definition,
     validate_inputs,
 )
+from reflux.errors import NonRetryableError
 from schemas.base import RefluxRecord
 from schemas.base import new_id as _uuid
 from schemas.models import (
@@ -221,7 +222,9 @@ class DecisionContext:
     random: Callable[[], float] = _random.random
     """Jitter source in [0, 1)."""
     resolve_node_version: Callable[[str, str, str], str] = default_resolve_node_version
-    """``(node name, constraint, run_id) -> version`` chosen for a new attempt."""
+    """``(node name, constraint, run_id) -> version`` chosen for a new attempt. Raising a
+    ``NonRetryableError`` (e.g. the catalog's ``NodeVersionUnavailableError``) fails the step
+    with that error, non-retryable, instead of scheduling it."""
     invoke_topic: Callable[[str, int], str] = default_invoke_topic
     """``(node name, major) -> topic``; the runtime passes its topic catalog's."""
     lookup_workflow: Callable[[str, int | None], RegisteredWorkflow | None] = _no_workflows
@@ -803,7 +806,9 @@ def _finish_if_done(w: _Writer) -> None:
             return
 
 
-def _fail_before_dispatch(w: _Writer, step_id: str, attempt: int, exc: TemplateError) -> None:
+def _fail_before_dispatch(
+    w: _Writer, step_id: str, attempt: int, exc: TemplateError | NonRetryableError
+) -> None:
     error = ErrorInfo(error_class=exc.error_class, message=str(exc), retryable=False)
     w.emit(StepFailed, step=w.run.step_ref(step_id), attempt=attempt, error=error)
     _after_failure(w, step_id, error)
@@ -821,7 +826,13 @@ def _schedule(w: _Writer, step_id: str, attempt: int) -> None:
         _fail_before_dispatch(w, step_id, attempt, exc)
         return
     name = definition.node_name
-    version = w.ctx.resolve_node_version(name, definition.node_constraint, run.run_id)
+    try:
+        version = w.ctx.resolve_node_version(name, definition.node_constraint, run.run_id)
+    except NonRetryableError as exc:
+        # The catalog refuses (deprecated pin, no production version matching): retrying the
+        # same step cannot help, so it fails for good and says why.
+        _fail_before_dispatch(w, step_id, attempt, exc)
+        return
     key = None
     if definition.cache.enabled and w.ctx.is_cacheable(name, version):
         key = cache_key(name, version, params)

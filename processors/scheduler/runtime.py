@@ -34,6 +34,7 @@ from typing import Any
 import redis
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
+from processors.catalog.runtime_view import CatalogResolver, NodeCatalogKafkaView
 from processors.scheduler.decide import (
     CacheHit,
     CacheLookup,
@@ -132,6 +133,9 @@ class SchedulerRuntime:
         self._blobs = S3BlobStore(settings)
         self._workflows = WorkflowsView(settings, self.catalog)
         self._workflow_cache: dict[tuple[str, int], WorkflowDefinition] = {}
+        # Node versions by catalog status and rollout weight (nodes topic, all partitions).
+        self._nodes = NodeCatalogKafkaView(settings, self.catalog)
+        self._resolve_node_version = CatalogResolver(self._nodes)
         self.producer = TransactionalProducer(
             settings,
             transactional_id=f"{self.group}.{self.instance_id}",
@@ -193,6 +197,7 @@ class SchedulerRuntime:
             invoke_topic=lambda node, major: self.catalog.invoke_topic(node, major).topic,
             lookup_workflow=self._lookup_workflow,
             load_payload=self._load_payload,
+            resolve_node_version=self._resolve_node_version,
         )
 
     # -- the loop --------------------------------------------------------------------------------
@@ -452,6 +457,7 @@ class SchedulerRuntime:
         finally:
             self.producer.close()
             self._workflows.close()
+            self._nodes.close()
 
 
 def _header_pairs(message: Message) -> list[tuple[Any, Any]]:

@@ -14,6 +14,14 @@ JSON). ``when`` is a bare expression (no braces) tested for JMESPath truthiness:
 
 References are found by walking the JMESPath AST, so validation can say "unknown input 'x'" or
 "step 'a' is not upstream of 'b'" before a run ever starts.
+
+Secrets (docs/secrets.md): ``{{ secrets.NAME }}`` is not an expression over the context. The
+scheduler never has secret values, so rendering *keeps the placeholder text* (the values of the
+other expressions in the same string are rendered around it) and the worker resolves it just
+before the node runs. Because the worker resolves every placeholder it finds, rendered *data*
+(run inputs, step outputs) must never contain placeholder text: it would make the worker resolve
+a secret the definition never asked for (template injection). A render whose result holds more
+placeholders than the definition wrote fails with :class:`SecretInjectionError`.
 """
 
 from __future__ import annotations
@@ -32,8 +40,11 @@ from jmespath.parser import ParsedResult
 from reflux.errors import NonRetryableError
 
 __all__ = [
+    "SECRET_NAME",
+    "SECRET_PLACEHOLDER",
     "ExpressionSyntaxError",
     "Reference",
+    "SecretInjectionError",
     "TemplateError",
     "compile_expression",
     "evaluate",
@@ -43,10 +54,22 @@ __all__ = [
     "iter_expressions",
     "render_params",
     "render_template",
+    "secret_name",
+    "secret_placeholders",
     "template_expressions",
 ]
 
 _TEMPLATE = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
+
+SECRET_NAME = re.compile(r"[A-Z][A-Z0-9_]*")
+"""What a secret may be called: it names a file and an environment variable, so no dots,
+slashes or lowercase (``API_TOKEN``, ``DB_PASSWORD_2``)."""
+
+SECRET_PLACEHOLDER = re.compile(r"\{\{\s*secrets\.([A-Z][A-Z0-9_]*)\s*\}\}")
+"""``{{ secrets.NAME }}`` as text: what the scheduler keeps and the worker resolves (group 1 is
+the name). The one definition both sides use, so they can never disagree on what counts."""
+
+_SECRET_EXPRESSION = re.compile(r"secrets\.([A-Z][A-Z0-9_]*)")
 
 # AST nodes whose first child is evaluated against the current node and the rest against its
 # result: for these only the leading field chain names something in the root context.
@@ -73,6 +96,17 @@ class TemplateError(NonRetryableError):
         super().__init__(f"{path}: {message}")
         self.path = path
         self.detail = message
+
+
+class SecretInjectionError(TemplateError):
+    """Rendered data would carry ``{{ secrets.NAME }}`` text the definition did not write.
+
+    The worker resolves every placeholder in its params, so letting such data through would hand
+    a secret to whoever controls a run input or an upstream response. Non-retryable: the same
+    data renders the same way.
+    """
+
+    error_class = "SecretInjection"
 
 
 class ExpressionSyntaxError(ValueError):
@@ -170,6 +204,39 @@ def template_expressions(text: str) -> list[str]:
     return exprs
 
 
+def secret_name(expression: str) -> str | None:
+    """``NAME`` if the (stripped) expression is exactly ``secrets.NAME``, else ``None``."""
+    match = _SECRET_EXPRESSION.fullmatch(expression.strip())
+    return match.group(1) if match else None
+
+
+def secret_placeholders(text: str) -> list[str]:
+    """Names of the ``{{ secrets.NAME }}`` placeholders in ``text``, in order (with repeats)."""
+    return SECRET_PLACEHOLDER.findall(text)
+
+
+def _refuse_placeholders(value: Any, path: str) -> None:
+    """Rendered data must not contain placeholder text (keys are never resolved, only values)."""
+    if isinstance(value, str):
+        names = secret_placeholders(value)
+        if names:
+            raise SecretInjectionError(path, _injection_message(names))
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            _refuse_placeholders(item, f"{path}.{key}")
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _refuse_placeholders(item, f"{path}[{index}]")
+
+
+def _injection_message(names: list[str]) -> str:
+    listed = ", ".join(sorted(set(names)))
+    return (
+        f"rendered data contains secret placeholder text ({listed}) that the definition did "
+        "not write; refusing it, because the worker would resolve it as a secret"
+    )
+
+
 def iter_expressions(value: Any, path: str) -> Iterator[tuple[str, str]]:
     """Every ``(path, expression)`` in a JSON value's templates (keys are never templates)."""
     if isinstance(value, str):
@@ -209,19 +276,45 @@ def evaluate_when(expression: str, context: Mapping[str, Any], path: str = "when
 
 
 def render_template(text: str, context: Mapping[str, Any], path: str) -> Any:
-    """Render one string: exactly one ``{{ expr }}`` (and nothing else) keeps the JSON type."""
+    """Render one string: exactly one ``{{ expr }}`` (and nothing else) keeps the JSON type.
+
+    ``{{ secrets.NAME }}`` placeholders are kept as written (the worker resolves them); the
+    other expressions of the string are rendered around them. Raises
+    :class:`SecretInjectionError` when the rendered result holds placeholders it did not write.
+    """
     try:
         exprs = template_expressions(text)
     except ExpressionSyntaxError as exc:
         raise TemplateError(path, str(exc)) from exc
     if len(exprs) == 1 and not _TEMPLATE.sub("", text).strip():
-        return evaluate(exprs[0], context, path)
+        if secret_name(exprs[0]) is not None:
+            return text
+        value = evaluate(exprs[0], context, path)
+        _refuse_placeholders(value, path)
+        return value
+
+    kept: list[str] = []
 
     def substitute(match: re.Match[str]) -> str:
-        value = evaluate(match.group(1).strip(), context, path)
+        expression = match.group(1).strip()
+        name = secret_name(expression)
+        if name is not None:
+            kept.append(name)
+            return match.group(0)
+        value = evaluate(expression, context, path)
         return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
-    return _TEMPLATE.sub(substitute, text)
+    rendered = _TEMPLATE.sub(substitute, text)
+    # Placeholders cannot overlap (their text has no braces inside), so equal name lists mean
+    # the only placeholders left are the ones the definition wrote, where it wrote them.
+    found = secret_placeholders(rendered)
+    if found != kept:
+        extra = list(found)
+        for name in kept:
+            if name in extra:
+                extra.remove(name)
+        raise SecretInjectionError(path, _injection_message(extra or found))
+    return rendered
 
 
 def render_params(params: Any, context: Mapping[str, Any], path: str = "params") -> Any:

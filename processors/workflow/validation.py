@@ -19,11 +19,13 @@ from pydantic import BaseModel, ValidationError
 
 from processors.workflow.catalog import NodeCatalogView
 from processors.workflow.expressions import (
+    SECRET_NAME,
     ExpressionSyntaxError,
     Reference,
     compile_expression,
     expression_references,
     iter_expressions,
+    secret_name,
 )
 from processors.workflow.model import (
     CacheSpec,
@@ -359,23 +361,61 @@ def _check_expressions(definition: WorkflowDefinition) -> list[FieldError]:
     errors: list[FieldError] = []
     for i, step in enumerate(definition.steps):
         upstream = definition.upstream(step.id)
-        exprs: list[tuple[str, str]] = []
         if step.when is not None:
-            exprs.append((f"steps[{i}].when", step.when))
+            errors += _check_expression(
+                definition, f"steps[{i}].when", step.when, step.id, upstream, secrets="when"
+            )
         try:
-            exprs += list(iter_expressions(step.params, f"steps[{i}].params"))
+            params = list(iter_expressions(step.params, f"steps[{i}].params"))
         except ExpressionSyntaxError as exc:
             errors.append(FieldError(f"steps[{i}].params", str(exc)))
-        for path, expr in exprs:
+            params = []
+        for path, expr in params:
             errors += _check_expression(definition, path, expr, step.id, upstream)
+        if step.cache.enabled and any(secret_name(expr) for _, expr in params):
+            errors.append(
+                FieldError(
+                    f"steps[{i}].cache.enabled",
+                    "a step that uses secrets cannot be cached: the cache key holds the "
+                    "placeholder, not the value or the grant, so another workflow with the same "
+                    "params would be served this one's output (set cache: {enabled: false})",
+                )
+            )
     try:
         outputs = list(iter_expressions(definition.outputs, "outputs"))
     except ExpressionSyntaxError as exc:
         errors.append(FieldError("outputs", str(exc)))
         outputs = []
     for path, expr in outputs:
-        errors += _check_expression(definition, path, expr, None, None)
+        errors += _check_expression(definition, path, expr, None, None, secrets="outputs")
     return errors
+
+
+_SECRETS_FORBIDDEN = {
+    "when": "secrets cannot be used in 'when': conditions are evaluated by the scheduler, "
+    "which never sees secret values",
+    "outputs": "secrets cannot be used in outputs: run outputs are stored in the run log",
+}
+
+
+def _secret_problem(expression: str, where: str | None) -> str | None:
+    """Secrets are placeholders resolved by the worker, never JMESPath: only ``secrets.NAME``,
+    alone in its braces, inside step params."""
+    if where is not None:
+        return _SECRETS_FORBIDDEN[where]
+    if secret_name(expression) is not None:
+        return None
+    text = expression.strip()
+    if text.startswith("secrets.") and not SECRET_NAME.fullmatch(text.removeprefix("secrets.")):
+        name = text.removeprefix("secrets.")
+        return (
+            f"invalid secret name {name!r}: use upper-case letters, digits and _, starting "
+            "with a letter (e.g. secrets.API_TOKEN)"
+        )
+    return (
+        "secrets can only be used alone in a template, as '{{ secrets.NAME }}': the worker "
+        "substitutes them as text and never evaluates them as JMESPath"
+    )
 
 
 def _check_expression(
@@ -384,17 +424,24 @@ def _check_expression(
     expression: str,
     step_id: str | None,
     upstream: frozenset[str] | None,
+    *,
+    secrets: str | None = None,
 ) -> list[FieldError]:
+    """``secrets`` names where secrets are forbidden ("when", "outputs"); None = step params."""
     try:
         compile_expression(expression)
         refs = expression_references(expression)
     except ExpressionSyntaxError as exc:
         return [FieldError(path, str(exc))]
-    return [
-        FieldError(path, problem)
-        for ref in refs
-        if (problem := _reference_problem(definition, ref, step_id, upstream))
-    ]
+    errors: list[FieldError] = []
+    for ref in refs:
+        if ref.root == "secrets":
+            problem = _secret_problem(expression, secrets)
+        else:
+            problem = _reference_problem(definition, ref, step_id, upstream)
+        if problem and FieldError(path, problem) not in errors:
+            errors.append(FieldError(path, problem))
+    return errors
 
 
 def _reference_problem(

@@ -8,7 +8,10 @@ job (:mod:`projections.postgres.writer`). A plan has a *guard* and *updates*:
   commit, duplicate produce, replay after an offsets reset) therefore changes nothing, even though
   the row updates themselves (status flips, upserts) are not idempotent in general;
 - for ``WorkflowRegistered`` the guard is the ``workflows`` insert itself (versions are
-  immutable: the first registration of ``(workflow_id, version)`` wins).
+  immutable: the first registration of ``(workflow_id, version)`` wins);
+- for ``NodeCatalogEntry`` the guard inserts its ``event_id`` into ``node_catalog_events``; the
+  updates replace the version's ``node_versions`` row (later entries win, as on the compacted
+  topic) and recompute ``nodes.latest_version``.
 
 Because ``seq`` is gap-free and per-run order is preserved by the partitioning, updates can
 simply overwrite with the event's values; ``last_seq`` says how far a run's row has got.
@@ -29,6 +32,8 @@ Status rules that are not obvious from the event names:
 
 from __future__ import annotations
 
+import re
+import uuid
 from dataclasses import dataclass
 from functools import singledispatch
 from typing import Any, Final
@@ -41,6 +46,7 @@ from schemas.base import RefluxRecord
 from schemas.models import (
     CommandRejected,
     GraphMutated,
+    NodeCatalogEntry,
     RunCancelled,
     RunFailed,
     RunPaused,
@@ -59,6 +65,7 @@ from schemas.models import (
 )
 
 __all__ = [
+    "NODE_EVENT_TYPES",
     "RUN_EVENT_TYPES",
     "WORKFLOW_EVENT_TYPES",
     "Plan",
@@ -88,6 +95,9 @@ RUN_EVENT_TYPES: Final[tuple[type[RefluxRecord], ...]] = (
 """Every record type the ``runs`` topic carries; anything else there is poison."""
 
 WORKFLOW_EVENT_TYPES: Final[tuple[type[RefluxRecord], ...]] = (WorkflowRegistered,)
+
+NODE_EVENT_TYPES: Final[tuple[type[RefluxRecord], ...]] = (NodeCatalogEntry,)
+"""What the ``nodes`` topic carries (the node catalog)."""
 
 _FINISHED: Final = "('succeeded', 'failed', 'cancelled')"
 _IN_FLIGHT: Final = "('scheduled', 'dispatched', 'retry_wait')"
@@ -127,9 +137,10 @@ def _dump(model: RefluxRecord | None) -> Jsonb | None:
 @singledispatch
 def plan(event: RefluxRecord, schema: str) -> Plan:
     """The plan of one record; raises :class:`UnsupportedEventError` for unknown types."""
+    projected = RUN_EVENT_TYPES + WORKFLOW_EVENT_TYPES + NODE_EVENT_TYPES
     raise UnsupportedEventError(
         f"Expected one of the projected event types "
-        f"({', '.join(t.__name__ for t in RUN_EVENT_TYPES + WORKFLOW_EVENT_TYPES)}), "
+        f"({', '.join(t.__name__ for t in projected)}), "
         f"but got {type(event).__name__}"
     )
 
@@ -481,3 +492,109 @@ def _(event: WorkflowRegistered, schema: str) -> Plan:
             ),
         )
     )
+
+
+# -- node catalog ----------------------------------------------------------------------------
+# The guard claims the entry's event_id; the updates replace the version's row with the entry
+# (in log order: the compacted topic keeps the last entry per node@version, and these rows are
+# that last entry), then recompute the node's latest version. Ids are uuid5, so a rebuild
+# reproduces them. An entry that cannot name a version (bad name, semver or weight) is refused
+# here and dead-lettered by the projector.
+
+_CATALOG_NAMESPACE: Final = uuid.UUID("6f1c2a8e-3d0b-5c53-9a41-7e2f1b0c9d11")
+_NODE_NAME: Final = re.compile(r"^[a-z0-9][a-z0-9_-]*(\.[a-z0-9][a-z0-9_-]*)*$")
+_SEMVER: Final = re.compile(r"^\d+\.\d+\.\d+(?:-[0-9A-Za-z.-]+)?$")
+# Semver order in SQL: numeric core, then a release after its pre-releases.
+_SEMVER_ORDER: Final = (
+    "string_to_array(split_part(version, '-', 1), '.')::int[] DESC, "
+    "(strpos(version, '-') = 0) DESC, version DESC"
+)
+
+
+class InvalidCatalogEntryError(NonRetryableError):
+    error_class = "InvalidCatalogEntry"
+
+
+def node_id(name: str) -> uuid.UUID:
+    return uuid.uuid5(_CATALOG_NAMESPACE, name)
+
+
+def node_version_id(name: str, version: str) -> uuid.UUID:
+    return uuid.uuid5(_CATALOG_NAMESPACE, f"{name}@{version}")
+
+
+def node_category(name: str, manifest: Any) -> str:
+    """The manifest's ``category`` when it has one, else the name's first segment (``http``)."""
+    if isinstance(manifest, dict) and isinstance(manifest.get("category"), str):
+        category: str = manifest["category"].strip()
+        if category:
+            return category
+    return name.split(".", 1)[0]
+
+
+def _check_entry(event: NodeCatalogEntry) -> None:
+    problems = []
+    if not _NODE_NAME.fullmatch(event.name):
+        problems.append(f"a dotted lowercase node name, but got {event.name!r}")
+    if not _SEMVER.fullmatch(event.version):
+        problems.append(f"a semver version, but got {event.version!r}")
+    if not 0.0 <= event.rollout_weight <= 1.0:
+        problems.append(f"a rollout weight between 0 and 1, but got {event.rollout_weight!r}")
+    if problems:
+        raise InvalidCatalogEntryError("Expected " + "; expected ".join(problems))
+
+
+@plan.register
+def _(event: NodeCatalogEntry, schema: str) -> Plan:
+    _check_entry(event)
+    nid = node_id(event.name)
+    manifest = event.manifest if event.manifest is not None else {}
+    guard = Statement(
+        f"INSERT INTO {table(schema, 'node_catalog_events')} "
+        "(event_id, name, version, occurred_at) VALUES (%s, %s, %s, %s) "
+        "ON CONFLICT (event_id) DO NOTHING",
+        (event.event_id, event.name, event.version, event.occurred_at),
+    )
+    node = Statement(
+        f"INSERT INTO {table(schema, 'nodes')} "
+        "(id, name, latest_version, category, created_at, updated_at) "
+        "VALUES (%s, %s, %s, %s, %s, %s) "
+        "ON CONFLICT (name) DO UPDATE SET category = EXCLUDED.category, "
+        "updated_at = EXCLUDED.updated_at",
+        (
+            nid,
+            event.name,
+            event.version,
+            node_category(event.name, manifest),
+            event.occurred_at,
+            event.occurred_at,
+        ),
+    )
+    version = Statement(
+        f"INSERT INTO {table(schema, 'node_versions')} "
+        "(id, node_id, version, manifest, code_url, status, rollout_weight, created_at, "
+        "updated_at, last_event_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+        "ON CONFLICT (node_id, version) DO UPDATE SET manifest = EXCLUDED.manifest, "
+        "code_url = EXCLUDED.code_url, status = EXCLUDED.status, "
+        "rollout_weight = EXCLUDED.rollout_weight, updated_at = EXCLUDED.updated_at, "
+        "last_event_id = EXCLUDED.last_event_id",
+        (
+            node_version_id(event.name, event.version),
+            nid,
+            event.version,
+            Jsonb(manifest),
+            event.code_uri,
+            event.status.value,
+            event.rollout_weight,
+            event.occurred_at,
+            event.occurred_at,
+            event.event_id,
+        ),
+    )
+    latest = Statement(
+        f"UPDATE {table(schema, 'nodes')} SET latest_version = ("
+        f"SELECT version FROM {table(schema, 'node_versions')} WHERE node_id = %s "
+        f"ORDER BY {_SEMVER_ORDER} LIMIT 1) WHERE id = %s",
+        (nid, nid),
+    )
+    return Plan(guard, (node, version, latest))

@@ -29,9 +29,12 @@ from reflux.errors import NonRetryableError
 
 __all__ = [
     "MAX_LIMIT",
+    "NODE_STATUSES",
     "RUN_STATUSES",
     "STEP_STATUSES",
     "InvalidQueryError",
+    "NodeRow",
+    "NodeVersionRow",
     "RunEventRow",
     "RunPage",
     "RunRow",
@@ -39,9 +42,13 @@ __all__ = [
     "WorkflowRow",
     "WorkflowSummary",
     "get_events",
+    "get_node",
+    "get_node_version",
     "get_run",
     "get_steps",
     "get_workflow",
+    "list_node_versions",
+    "list_nodes",
     "list_runs",
     "list_workflow_versions",
     "list_workflows",
@@ -58,6 +65,7 @@ STEP_STATUSES: Final = (
     "timed_out",
     "cancelled",
 )
+NODE_STATUSES: Final = ("draft", "staging", "production", "deprecated")
 MAX_LIMIT: Final = 1000
 MAX_EVENTS_LIMIT: Final = 10_000
 
@@ -307,3 +315,117 @@ def list_workflow_versions(
             (workflow_id,),
         )
         return cursor.fetchall()
+
+
+# -- node catalog ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRow:
+    name: str
+    latest_version: str
+    """Highest registered semver, any status."""
+    category: str
+    created_at: datetime
+    updated_at: datetime
+    version_count: int
+    production_versions: list[str]
+    """Versions in production, oldest first (what ranges route to)."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeVersionRow:
+    name: str
+    version: str
+    status: str
+    """One of :data:`NODE_STATUSES`."""
+    rollout_weight: float
+    manifest: Any
+    code_url: str | None
+    created_at: datetime
+    updated_at: datetime
+    last_event_id: str
+    """The catalog entry this row shows (lets a writer wait for its own entry)."""
+
+
+# Semver order (numeric core, release after its pre-releases), as in the appliers.
+_VERSION_ORDER: Final = (
+    "string_to_array(split_part(v.version, '-', 1), '.')::int[], "
+    "(strpos(v.version, '-') = 0), v.version"
+)
+_NODE_VERSION_COLUMNS: Final = (
+    "n.name, v.version, v.status, v.rollout_weight, v.manifest, v.code_url, v.created_at, "
+    "v.updated_at, v.last_event_id"
+)
+
+
+def list_nodes(
+    conn: psycopg.Connection,
+    *,
+    category: str | None = None,
+    schema: str = DEFAULT_SCHEMA,
+) -> list[NodeRow]:
+    """Every catalogued node by name, with its version count and production versions."""
+    sql = (
+        "SELECT n.name, n.latest_version, n.category, n.created_at, n.updated_at, "
+        "count(v.id)::int AS version_count, "
+        f"coalesce(array_agg(v.version ORDER BY {_VERSION_ORDER}) "
+        "FILTER (WHERE v.status = 'production'), '{}') AS production_versions "
+        f"FROM {table(schema, 'nodes')} n "
+        f"LEFT JOIN {table(schema, 'node_versions')} v ON v.node_id = n.id"
+    )
+    params: list[object] = []
+    if category is not None:
+        sql += " WHERE n.category = %s"
+        params.append(category)
+    sql += " GROUP BY n.id ORDER BY n.name"
+    with conn.cursor(row_factory=class_row(NodeRow)) as cursor:
+        return cursor.execute(sql, params).fetchall()
+
+
+def get_node(
+    conn: psycopg.Connection, name: str, *, schema: str = DEFAULT_SCHEMA
+) -> NodeRow | None:
+    rows = [row for row in list_nodes(conn, schema=schema) if row.name == name]
+    return rows[0] if rows else None
+
+
+def list_node_versions(
+    conn: psycopg.Connection,
+    name: str | None = None,
+    *,
+    status: str | None = None,
+    schema: str = DEFAULT_SCHEMA,
+) -> list[NodeVersionRow]:
+    """Versions of one node (or of every node), oldest first; empty if none."""
+    if status is not None and status not in NODE_STATUSES:
+        raise InvalidQueryError(f"Expected status to be one of {NODE_STATUSES}, but got {status!r}")
+    where: list[str] = []
+    params: list[object] = []
+    if name is not None:
+        where.append("n.name = %s")
+        params.append(name)
+    if status is not None:
+        where.append("v.status = %s")
+        params.append(status)
+    sql = (
+        f"SELECT {_NODE_VERSION_COLUMNS} FROM {table(schema, 'node_versions')} v "
+        f"JOIN {table(schema, 'nodes')} n ON n.id = v.node_id"
+    )
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += f" ORDER BY n.name, {_VERSION_ORDER}"
+    with conn.cursor(row_factory=class_row(NodeVersionRow)) as cursor:
+        return cursor.execute(sql, params).fetchall()
+
+
+def get_node_version(
+    conn: psycopg.Connection, name: str, version: str, *, schema: str = DEFAULT_SCHEMA
+) -> NodeVersionRow | None:
+    with conn.cursor(row_factory=class_row(NodeVersionRow)) as cursor:
+        return cursor.execute(
+            f"SELECT {_NODE_VERSION_COLUMNS} FROM {table(schema, 'node_versions')} v "
+            f"JOIN {table(schema, 'nodes')} n ON n.id = v.node_id "
+            "WHERE n.name = %s AND v.version = %s",
+            (name, version),
+        ).fetchone()

@@ -47,7 +47,15 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-READ_MODEL_TABLES = ("workflows", "runs", "steps", "run_events")
+READ_MODEL_TABLES = (
+    "workflows",
+    "runs",
+    "steps",
+    "run_events",
+    "nodes",
+    "node_versions",
+    "node_catalog_events",
+)
 """The tables this projector owns; a rebuild truncates exactly these."""
 
 TopicPartition = tuple[str, int]

@@ -101,6 +101,7 @@ def env(kafka_settings: Settings, topics: TopicCatalog) -> Iterator[Env]:
         api_schema=api_schema,
         webhook_secrets={"signed-wf": SECRET},
         poll_interval_s=0.05,
+        clickhouse_enabled=False,  # metrics are tested in test_traces.py (one chdb per process)
     )
     projector_name = f"api-test-{uuid.uuid4().hex[:6]}"
 
@@ -608,6 +609,7 @@ def test_unreachable_services_are_503_naming_them(env: Env, kafka_settings: Sett
         publish_timeout_s=1.0,
         pool_timeout_s=1.0,
         readiness_timeout_s=1.0,
+        clickhouse_enabled=False,
     )
     with TestClient(create_app(broken, api_settings)) as client:
         ready = client.get("/readyz")
@@ -622,7 +624,10 @@ def test_unreachable_services_are_503_naming_them(env: Env, kafka_settings: Sett
 
     kafka_down = kafka_settings.model_copy(update={"kafka_bootstrap": "127.0.0.1:1"})
     api_settings = ApiSettings(
-        read_schema=env.read_schema, api_schema=_schema("api"), publish_timeout_s=1.0
+        read_schema=env.read_schema,
+        api_schema=_schema("api"),
+        publish_timeout_s=1.0,
+        clickhouse_enabled=False,
     )
     with TestClient(create_app(kafka_down, api_settings)) as client:
         response = client.post("/v1/workflows", json=DEFINITION)

@@ -27,7 +27,12 @@ def api_url(harness: Harness) -> Iterator[str]:
     api_schema = f"{harness.schema}_api"
     app = create_app(
         harness.settings,
-        ApiSettings(read_schema=harness.schema, api_schema=api_schema, poll_interval_s=0.05),
+        ApiSettings(
+            read_schema=harness.schema,
+            api_schema=api_schema,
+            poll_interval_s=0.05,
+            clickhouse_enabled=False,  # one chdb per process: metrics live in test_traces.py
+        ),
     )
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)

@@ -29,6 +29,7 @@ def api(harness: Harness) -> Iterator[TestClient]:
         api_schema=api_schema,
         webhook_secrets={"hooked": SECRET},
         poll_interval_s=0.05,
+        clickhouse_enabled=False,  # metrics are tested in test_traces.py (one chdb per process)
     )
     with TestClient(create_app(harness.settings, settings)) as client:
         yield client

@@ -46,7 +46,13 @@ def test_migrate_then_rebuild_with_progress(
     common = ["--schema", pg_schema, "--prefix", kafka_settings.topic_prefix]
 
     code, out, _ = run_cli(["projections", "migrate", *common])
-    assert (code, out.strip()) == (0, f"applied 001_read_models to schema {pg_schema}")
+    assert (code, out.strip().splitlines()) == (
+        0,
+        [
+            f"applied 001_read_models to schema {pg_schema}",
+            f"applied 002_node_catalog to schema {pg_schema}",
+        ],
+    )
     code, out, _ = run_cli(["projections", "migrate", *common])
     assert code == 0 and "is up to date" in out
 

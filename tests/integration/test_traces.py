@@ -9,17 +9,28 @@ ClickHouse database, so tests do not see each other's rows.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+from confluent_kafka import Consumer as KafkaConsumer
 from confluent_kafka.admin import AdminClient
+from fastapi.testclient import TestClient
 
+from api.app import create_app
+from api.config import ApiSettings
+from processors.alerts.config import ERROR_RATE_RULE
+from processors.alerts.evaluator import AlertEvaluator
+from processors.alerts.rules import AlertRule
 from projections.clickhouse import ClickHouse, connect
 from projections.traces.cli import add_traces_commands
 from projections.traces.migrations import (
@@ -42,7 +53,8 @@ from projections.traces.queries import (
     workflow_metrics,
 )
 from reflux.settings import Settings
-from schemas.models import ErrorInfo, Trace, TraceStatus
+from schemas import decode
+from schemas.models import Alert, AlertKind, AlertState, ErrorInfo, Trace, TraceStatus
 from schemas.trace_json import encode_trace
 from streams.admin import ensure_topics
 from streams.catalog import TopicCatalog
@@ -547,3 +559,293 @@ def test_traces_of_engine_runs_match_their_run_events(env: Env, harness: Any) ->
         ("never", "skipped", False),
         ("never", "skipped", False),
     ]
+
+
+# -- the metrics API and SLO alerts over this module's store --------------------------------------
+# The app gets the module's chdb session (create_app(clickhouse=...)): opening its own would close
+# the module's (one chdb session per process).
+
+
+@contextlib.contextmanager
+def _api(env: Env, **api_fields: Any) -> Iterator[TestClient]:
+    api_schema = f"t_api_{uuid.uuid4().hex[:10]}"
+    fields: dict[str, Any] = {
+        "read_schema": f"t_read_{uuid.uuid4().hex[:10]}",
+        "api_schema": api_schema,
+        "clickhouse_database": env.database,
+        "alert_evaluator": False,
+    }
+    fields.update(api_fields)
+    app = create_app(env.settings, ApiSettings(**fields), clickhouse=env.ch)
+    try:
+        with TestClient(app) as client:
+            yield client
+    finally:
+        with psycopg.connect(env.settings.postgres_dsn, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{api_schema}" CASCADE')
+
+
+def _ok(response: Any) -> Any:
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def test_metrics_api_serves_the_aggregates_of_known_traces(env: Env) -> None:
+    apply(env.ch, env.settings, database=env.database)
+    until = BASE + timedelta(minutes=30)
+    inside = [
+        _trace(
+            i,
+            start=BASE + timedelta(minutes=10 + i % 20, seconds=i % 60),
+            end=BASE + timedelta(minutes=10 + i % 20, seconds=i % 60, milliseconds=7 * i),
+            latency_ms=7 * i,
+        )
+        for i in range(180)
+    ]
+    outside = [_trace(500 + i, start=BASE, end=BASE) for i in range(12)]
+    _send(env, inside + outside)
+    _wait("rows in traces", env.count, len(inside) + len(outside))
+    for rollup in ("node_metrics_1m", "workflow_metrics_1m"):
+        _wait(f"attempts in {rollup}", _rollup_attempts(env, rollup), len(inside) + len(outside))
+    failed = {t.event_id for t in inside if t.status in (TraceStatus.ERROR, TraceStatus.TIMEOUT)}
+    window = {"window": "20m", "until": _iso(until)}
+
+    with _api(env) as api:
+        nodes = _ok(api.get("/v1/metrics/nodes", params=window))
+        assert nodes["window"] == "20m"
+        assert nodes["since"] == "2025-03-04T10:10:00Z" and nodes["until"] == _iso(until)
+        assert {r["node"] for r in nodes["data"]} == {"http.request", "llm.chat", "code.run"}
+        for row in nodes["data"]:
+            mine = [t for t in inside if t.node == row["node"]]
+            latencies = [float(t.latency_ms) for t in mine]
+            assert row["attempts"] == len(mine)
+            assert row["failures"] == sum(t.event_id in failed for t in mine)
+            assert row["error_rate"] == pytest.approx(row["failures"] / len(mine))
+            assert row["throughput_per_s"] == pytest.approx(len(mine) / 1200)
+            assert row["cache_hit_rate"] == pytest.approx(
+                sum(t.cache_hit for t in mine) / len(mine)
+            )
+            assert row["cost_tokens"] == sum(t.cost_tokens or 0 for t in mine)
+            assert row["latency_ms_p99"] == pytest.approx(_quantile(latencies, 0.99))
+            assert row["node_version"] is None
+        one = _ok(api.get("/v1/metrics/nodes", params={**window, "node": "llm.chat"}))
+        assert [r["node"] for r in one["data"]] == ["llm.chat"]
+        versions = _ok(
+            api.get("/v1/metrics/nodes", params={**window, "node": "code.run", "by_version": True})
+        )
+        assert sorted((r["node_version"], r["attempts"]) for r in versions["data"]) == sorted(
+            (v, sum(1 for t in inside if t.node == "code.run" and t.node_version == v))
+            for v in {t.node_version for t in inside if t.node == "code.run"}
+        )
+
+        flows = _ok(api.get("/v1/metrics/workflows", params=window))["data"]
+        assert len(flows) == len({(t.workflow_id, t.workflow_version) for t in inside})
+        for flow in flows:
+            key = (flow["workflow_id"], flow["workflow_version"])
+            mine = [t for t in inside if (t.workflow_id, t.workflow_version) == key]
+            runs = {t.run_id for t in mine}
+            bad_runs = {t.run_id for t in mine if t.event_id in failed}
+            spans = [
+                (
+                    max(t.end for t in mine if t.run_id == r)
+                    - min(t.start for t in mine if t.run_id == r)
+                )
+                / timedelta(milliseconds=1)
+                for r in runs
+            ]
+            assert flow["runs"] == len(runs) and flow["failed_runs"] == len(bad_runs)
+            assert flow["success_rate"] == pytest.approx(1 - len(bad_runs) / len(runs))
+            assert flow["cost_tokens"] == sum(t.cost_tokens or 0 for t in mine)
+            assert flow["cost_tokens_per_run"] == pytest.approx(flow["cost_tokens"] / len(runs))
+            assert flow["run_duration_ms_avg"] == pytest.approx(sum(spans) / len(spans))
+            assert flow["run_duration_ms_p50"] == pytest.approx(_quantile(spans, 0.5))
+            assert flow["run_duration_ms_p99"] == pytest.approx(_quantile(spans, 0.99))
+
+        groups = _ok(api.get("/v1/metrics/failures", params={**window, "limit": 3}))["data"]
+        expected: dict[tuple[str, str], int] = {}
+        for t in inside:
+            if t.event_id in failed:
+                key = (t.node, t.error.error_class if t.error else t.status.value)
+                expected[key] = expected.get(key, 0) + 1
+        ranked = sorted(
+            ((n, c, k) for (n, c), k in expected.items()), key=lambda x: (-x[2], x[0], x[1])
+        )
+        assert [(g["node"], g["error_class"], g["failures"]) for g in groups] == ranked[:3]
+
+        matrix = _ok(api.get("/v1/metrics/reliability", params={**window, "bucket": "10m"}))
+        cells: dict[tuple[str, str], list[Trace]] = {}
+        for t in inside:
+            bucket = t.start.replace(minute=t.start.minute // 10 * 10, second=0, microsecond=0)
+            cells.setdefault((t.node, _iso(bucket)), []).append(t)
+        assert matrix["bucket"] == "10m"
+        assert matrix["nodes"] == sorted({t.node for t in inside})
+        assert matrix["buckets"] == sorted({b for _, b in cells})
+        got = {(c["node"], c["bucket_start"]): c for c in matrix["cells"]}
+        assert set(got) == set(cells)
+        for key, ts in cells.items():
+            assert got[key]["attempts"] == len(ts)
+            assert got[key]["failures"] == sum(t.event_id in failed for t in ts)
+
+        ingest = _ok(api.get("/v1/metrics/ingest"))
+        assert ingest["rows"] == len(inside) + len(outside) and ingest["error_rows"] == 0
+        assert ingest["last_received_at"] is not None
+
+        bad = api.get("/v1/metrics/nodes", params={"window": "soon"})
+        assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["query", "window"]
+        # A database that was never migrated: 503 naming ClickHouse, not a 500.
+    with _api(env, clickhouse_database="t_never_migrated") as api:
+        missing = api.get("/v1/metrics/nodes")
+        assert missing.status_code == 503
+        assert missing.json()["detail"].startswith("ClickHouse could not answer")
+
+
+def _read_alert_records(env: Env) -> list[tuple[bytes, Alert]]:
+    """Every record on the alerts topic as (key, record)."""
+    consumer = KafkaConsumer(
+        {
+            "bootstrap.servers": env.settings.kafka_bootstrap,
+            "group.id": f"t-alerts-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        topic = env.catalog.alerts.topic
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        out: list[tuple[bytes, Alert]] = []
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p))[1] for p in partitions}
+        deadline = time.monotonic() + 15
+        while len(out) < sum(ends.values()) and time.monotonic() < deadline:
+            for message in consumer.consume(100, timeout=0.2):
+                if message.error() is None:
+                    out.append((message.key() or b"", decode(message.value() or b"", Alert)))
+        return sorted(out, key=lambda kv: kv[1].at)
+    finally:
+        consumer.close()
+
+
+def _failed(i: int, node: str, at: datetime) -> Trace:
+    error = ErrorInfo(error_class="Boom", message="no", retryable=False)
+    return _trace(i, node=node, start=at, end=at, status=TraceStatus.ERROR, error=error)
+
+
+def test_error_rate_alert_fires_on_the_alerts_topic_is_listed_and_resolves(env: Env) -> None:
+    apply(env.ch, env.settings, database=env.database)
+    rule = AlertRule(
+        ERROR_RATE_RULE, AlertKind.ERROR_RATE, 0.01, timedelta(minutes=5), min_samples=20
+    )
+    t1 = BASE + timedelta(hours=1)
+    bad = [
+        _trace(i, node="flaky.node", start=t1 + timedelta(seconds=i), end=t1 + timedelta(seconds=i),
+               status=TraceStatus.ERROR,
+               error=ErrorInfo(error_class="Boom", message="no", retryable=False))
+        for i in range(25)
+    ]  # fmt: skip
+    few = [
+        _trace(
+            100 + i,
+            node="rare.node",
+            start=t1,
+            end=t1,
+            status=TraceStatus.ERROR,
+            error=ErrorInfo(error_class="Boom", message="no", retryable=False),
+        )
+        for i in range(5)
+    ]  # fmt: skip  -- 100% errors, but fewer than min_samples
+    _send(env, bad + few)
+    _wait("attempts in node_metrics_1m", _rollup_attempts(env, "node_metrics_1m"), 30)
+
+    evaluator = AlertEvaluator(
+        env.settings, env.ch, rules=[rule], database=env.database, catalog=env.catalog
+    )
+    try:
+        fired = evaluator.run_once(now=t1 + timedelta(minutes=2))
+        assert [(e.subject, e.state, e.value, e.samples) for e in fired] == [
+            ("flaky.node", AlertState.FIRING, 1.0, 25)
+        ]
+        assert evaluator.run_once(now=t1 + timedelta(minutes=3)) == []  # no duplicate
+
+        [(key, record)] = _read_alert_records(env)
+        assert key == ERROR_RATE_RULE.encode()
+        assert (record.rule_id, record.subject, record.state) == (
+            ERROR_RATE_RULE,
+            "flaky.node",
+            AlertState.FIRING,
+        )
+        assert (record.threshold, record.window_ms, record.kind) == (
+            0.01,
+            300_000,
+            AlertKind.ERROR_RATE,
+        )
+
+        with _api(env) as api:
+            listed = _ok(api.get("/v1/alerts"))
+            assert listed["count"] == 1
+            [alert] = listed["data"]
+            assert (alert["rule_id"], alert["subject"], alert["state"]) == (
+                ERROR_RATE_RULE,
+                "flaky.node",
+                "firing",
+            )
+            assert alert["value"] == 1.0 and alert["window"] == "5m"
+            assert alert["alert_id"] == record.alert_id
+
+            # A restarted evaluator learns what is firing from the topic: no second announcement.
+            restarted = AlertEvaluator(
+                env.settings, env.ch, rules=[rule], database=env.database, catalog=env.catalog
+            )
+            try:
+                assert restarted.run_once(now=t1 + timedelta(minutes=4)) == []
+                assert set(restarted.active) == {(ERROR_RATE_RULE, "flaky.node")}
+            finally:
+                restarted.stop()
+
+            t2 = t1 + timedelta(minutes=10)
+            good = [
+                _trace(
+                    200 + i, node="flaky.node", start=t2, end=t2, status=TraceStatus.OK, error=None
+                )
+                for i in range(40)
+            ]
+            _send(env, good)
+            _wait("attempts in node_metrics_1m", _rollup_attempts(env, "node_metrics_1m"), 70)
+            resolved = evaluator.run_once(now=t2 + timedelta(minutes=1))
+            assert [(e.subject, e.state, e.value) for e in resolved] == [
+                ("flaky.node", AlertState.RESOLVED, 0.0)
+            ]
+            assert resolved[0].started_at == fired[0].started_at
+            assert _ok(api.get("/v1/alerts")) == {"data": [], "count": 0}
+            history = _ok(api.get("/v1/alerts", params={"state": "all"}))["data"]
+            assert [(a["subject"], a["state"]) for a in history] == [("flaky.node", "resolved")]
+        assert [r.state for _, r in _read_alert_records(env)] == [
+            AlertState.FIRING,
+            AlertState.RESOLVED,
+        ]
+    finally:
+        evaluator.stop()
+
+
+def test_the_api_runs_the_alert_evaluator_in_process(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """alert_evaluator=True: the app's lifespan runs the loop (as an embedded owner does) with
+    the REFLUX_ALERTS_* rules, on the wall clock."""
+    apply(env.ch, env.settings, database=env.database)
+    monkeypatch.setenv("REFLUX_ALERTS_INTERVAL_S", "0.5")
+    now = datetime.now(UTC)
+    failing = [_failed(i, "live.node", now - timedelta(seconds=30)) for i in range(30)]
+    _send(env, failing)
+    _wait("attempts in node_metrics_1m", _rollup_attempts(env, "node_metrics_1m"), 30)
+    with _api(env, alert_evaluator=True) as api:
+        deadline = time.monotonic() + 30
+        alerts: list[dict[str, Any]] = []
+        while time.monotonic() < deadline and not alerts:
+            alerts = _ok(api.get("/v1/alerts"))["data"]
+            time.sleep(0.2)
+        assert [(a["rule_id"], a["subject"], a["state"]) for a in alerts] == [
+            (ERROR_RATE_RULE, "live.node", "firing")
+        ]

@@ -18,6 +18,7 @@ FIXED = [
     "mutations",
     "triggers",
     "dlq",
+    "alerts",
 ]
 
 

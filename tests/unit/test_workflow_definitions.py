@@ -219,12 +219,10 @@ def test_own_output_reference() -> None:
 
 def test_unknown_root_and_run_field() -> None:
     errors = errors_of(
-        workflow(step(id="a", params={"x": "{{ secrets.k }}"}), outputs={"o": "{{ run.nope }}"})
+        workflow(step(id="a", params={"x": "{{ vault.k }}"}), outputs={"o": "{{ run.nope }}"})
     )
     assert errors == {
-        "steps[0].params.x": (
-            "unknown name 'secrets': expressions start with inputs., steps. or run."
-        ),
+        "steps[0].params.x": "unknown name 'vault': expressions start with inputs., steps. or run.",
         "outputs.o": "unknown run field 'nope' (known: id, workflow_id, workflow_version)",
     }
 

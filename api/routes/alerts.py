@@ -1,0 +1,48 @@
+"""``/v1/alerts``: SLO alerts as the ``alerts`` topic says they stand.
+
+The view reads the topic from the beginning (created on the first request) and, on every
+request, up to the end it has at that moment, so an alert published before the request is in the
+answer. The evaluator that publishes them runs elsewhere (see :mod:`api.reflection`).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
+
+from api.deps import AlertsViewDep, ApiSettingsDep
+from api.models.alerts import AlertsPublic, alert_public
+from api.models.common import ErrorMessage
+from schemas.models import AlertState
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/alerts", tags=["alerts"])
+
+
+@router.get(
+    "",
+    response_model=AlertsPublic,
+    summary="SLO alerts: the firing ones (default), or the latest state of every alert",
+    responses={
+        503: {
+            "model": ErrorMessage,
+            "description": "Kafka or the alerts topic is unavailable; the detail says which",
+        }
+    },
+)
+def list_alerts(
+    api: ApiSettingsDep,
+    view: AlertsViewDep,
+    state: Annotated[
+        Literal["firing", "all"],
+        Query(description="firing: active alerts only; all: last transition of every alert."),
+    ] = "firing",
+) -> AlertsPublic:
+    """Ordered by rule, then subject."""
+    view.catch_up(timeout=api.alerts_catch_up_timeout_s)
+    events = view.latest()
+    if state == "firing":
+        events = [e for e in events if e.state is AlertState.FIRING]
+    return AlertsPublic(data=[alert_public(e) for e in events], count=len(events))

@@ -1,0 +1,308 @@
+"""``/v1/nodes``: the node catalog. Writes publish a ``NodeCatalogEntry`` on the compacted
+``nodes`` topic (202); reads come from the projection (``nodes``, ``node_versions``).
+
+Lifecycle checks (promote draft -> staging -> production, deprecate, weights in 0..1) run
+against the projected state, so a change is judged against what the projector has applied:
+with ``wait_ms`` a write answers once its own entry is visible, which makes the next write
+safe. Two writers changing one version at the same moment race (last entry wins); the catalog
+is an operator tool, not a high-contention one.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import anyio
+from fastapi import APIRouter, Query, Response
+from psycopg_pool import ConnectionPool
+from starlette.concurrency import run_in_threadpool
+
+from api.config import MAX_WAIT_MS, ApiSettings
+from api.db import with_conn
+from api.deps import ApiSettingsDep, CatalogDep, ConnDep, PoolDep, PublisherDep
+from api.errors import ConflictError, NotFoundError
+from api.models.common import errors
+from api.models.nodes import (
+    NodesPublic,
+    NodeSummaryPublic,
+    NodeVersionAccepted,
+    NodeVersionCreate,
+    NodeVersionPublic,
+    NodeVersionsPublic,
+    RolloutUpdate,
+)
+from api.publisher import Publisher
+from processors.catalog import TransitionError, catalog_key, deprecated, promoted, reweighted
+from projections.postgres import queries
+from projections.postgres.queries import NodeVersionRow
+from schemas.models import NodeCatalogEntry, NodeStatus
+from streams.catalog import TopicCatalog
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/nodes", tags=["nodes"])
+
+WaitQuery = Annotated[
+    int | None,
+    Query(
+        ge=0,
+        le=MAX_WAIT_MS,
+        description="Wait up to this many ms for the read model to show the entry "
+        f"(max {MAX_WAIT_MS}).",
+    ),
+]
+
+
+def _version_public(row: NodeVersionRow) -> NodeVersionPublic:
+    return NodeVersionPublic.model_validate(row, from_attributes=True)
+
+
+def _not_found(name: str, version: str | None = None) -> NotFoundError:
+    if version is None:
+        return NotFoundError(f"node {name!r} not found in the catalog")
+    return NotFoundError(f"node {name!r} has no version {version!r} in the catalog")
+
+
+async def _version_row(
+    pool: ConnectionPool[Any], api: ApiSettings, name: str, version: str
+) -> NodeVersionRow | None:
+    return await with_conn(
+        pool,
+        api.pool_timeout_s,
+        queries.get_node_version,
+        name,
+        version,
+        schema=api.read_schema,
+    )
+
+
+async def _publish(
+    entry: NodeCatalogEntry,
+    *,
+    publisher: Publisher,
+    catalog: TopicCatalog,
+    pool: ConnectionPool[Any],
+    api: ApiSettings,
+    wait_ms: int | None,
+) -> NodeVersionAccepted:
+    key = catalog_key(entry.name, entry.version)
+    await run_in_threadpool(publisher.publish, catalog.nodes, key, entry)
+    applied = False
+    if wait_ms:
+        deadline = time.monotonic() + wait_ms / 1000
+        while True:
+            row = await _version_row(pool, api, entry.name, entry.version)
+            if row is not None and row.last_event_id == entry.event_id:
+                applied = True
+                break
+            if time.monotonic() >= deadline:
+                break
+            await anyio.sleep(api.poll_interval_s)
+    return NodeVersionAccepted(
+        name=entry.name,
+        version=entry.version,
+        status=entry.status.value,
+        rollout_weight=entry.rollout_weight,
+        event_id=entry.event_id,
+        applied=applied,
+    )
+
+
+def _next_entry(row: NodeVersionRow, **changes: Any) -> NodeCatalogEntry:
+    """The version's full state with ``changes``: the compacted topic keeps only the last entry
+    per version, so every entry repeats everything (manifest, code, weight)."""
+    fields: dict[str, Any] = {
+        "name": row.name,
+        "version": row.version,
+        "status": NodeStatus(row.status),
+        "rollout_weight": row.rollout_weight,
+        "manifest": row.manifest,
+        "code_uri": row.code_url,
+    }
+    fields.update(changes)
+    return NodeCatalogEntry(**fields)
+
+
+async def _require(
+    pool: ConnectionPool[Any], api: ApiSettings, name: str, version: str
+) -> NodeVersionRow:
+    row = await _version_row(pool, api, name, version)
+    if row is None:
+        raise _not_found(name, version)
+    return row
+
+
+@router.get("", response_model=NodesPublic, summary="List catalogued nodes", responses=errors(503))
+def list_nodes(
+    conn: ConnDep, api: ApiSettingsDep, category: Annotated[str | None, Query()] = None
+) -> NodesPublic:
+    rows = queries.list_nodes(conn, category=category, schema=api.read_schema)
+    data = [NodeSummaryPublic.model_validate(row, from_attributes=True) for row in rows]
+    return NodesPublic(data=data, count=len(data))
+
+
+@router.get(
+    "/{name}/versions",
+    response_model=NodeVersionsPublic,
+    summary="Every version of a node, oldest first",
+    responses=errors(404, 503),
+)
+def list_versions(name: str, conn: ConnDep, api: ApiSettingsDep) -> NodeVersionsPublic:
+    rows = queries.list_node_versions(conn, name, schema=api.read_schema)
+    if not rows:
+        raise _not_found(name)
+    data = [_version_public(row) for row in rows]
+    return NodeVersionsPublic(name=name, data=data, count=len(data))
+
+
+@router.get(
+    "/{name}/versions/{version}",
+    response_model=NodeVersionPublic,
+    summary="One version of a node",
+    responses=errors(404, 503),
+)
+def get_version(name: str, version: str, conn: ConnDep, api: ApiSettingsDep) -> NodeVersionPublic:
+    row = queries.get_node_version(conn, name, version, schema=api.read_schema)
+    if row is None:
+        raise _not_found(name, version)
+    return _version_public(row)
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=NodeVersionAccepted,
+    summary="Register a node version (draft by default)",
+    responses=errors(409, 422, 503),
+)
+async def register_version(
+    body: NodeVersionCreate,
+    *,
+    response: Response,
+    pool: PoolDep,
+    api: ApiSettingsDep,
+    publisher: PublisherDep,
+    catalog: CatalogDep,
+    wait_ms: WaitQuery = None,
+) -> NodeVersionAccepted:
+    """Publishes the version's first ``NodeCatalogEntry``. Versions are immutable: registering
+    one the catalog has is 409 (ship a new version instead)."""
+    existing = await _version_row(pool, api, body.name, body.version)
+    if existing is not None:
+        raise ConflictError(
+            f"Expected {catalog_key(body.name, body.version)} not to be registered, but it is "
+            f"({existing.status})"
+        )
+    entry = NodeCatalogEntry(
+        name=body.name,
+        version=body.version,
+        status=NodeStatus(body.status),
+        rollout_weight=body.rollout_weight,
+        manifest=body.manifest,
+        code_uri=body.code_uri,
+    )
+    accepted = await _publish(
+        entry, publisher=publisher, catalog=catalog, pool=pool, api=api, wait_ms=wait_ms
+    )
+    response.headers["Location"] = f"/v1/nodes/{body.name}/versions/{body.version}"
+    return accepted
+
+
+@router.post(
+    "/{name}/versions/{version}/promote",
+    status_code=202,
+    response_model=NodeVersionAccepted,
+    summary="Promote a version: draft -> staging -> production",
+    responses=errors(404, 409, 503),
+)
+async def promote_version(
+    name: str,
+    version: str,
+    *,
+    pool: PoolDep,
+    api: ApiSettingsDep,
+    publisher: PublisherDep,
+    catalog: CatalogDep,
+    wait_ms: WaitQuery = None,
+) -> NodeVersionAccepted:
+    row = await _require(pool, api, name, version)
+    try:
+        target = promoted(catalog_key(name, version), NodeStatus(row.status))
+    except TransitionError as exc:
+        raise ConflictError(str(exc)) from exc
+    return await _publish(
+        _next_entry(row, status=target),
+        publisher=publisher,
+        catalog=catalog,
+        pool=pool,
+        api=api,
+        wait_ms=wait_ms,
+    )
+
+
+@router.post(
+    "/{name}/versions/{version}/deprecate",
+    status_code=202,
+    response_model=NodeVersionAccepted,
+    summary="Deprecate a version: new runs are refused, running ones finish",
+    responses=errors(404, 409, 503),
+)
+async def deprecate_version(
+    name: str,
+    version: str,
+    *,
+    pool: PoolDep,
+    api: ApiSettingsDep,
+    publisher: PublisherDep,
+    catalog: CatalogDep,
+    wait_ms: WaitQuery = None,
+) -> NodeVersionAccepted:
+    row = await _require(pool, api, name, version)
+    try:
+        target = deprecated(catalog_key(name, version), NodeStatus(row.status))
+    except TransitionError as exc:
+        raise ConflictError(str(exc)) from exc
+    return await _publish(
+        _next_entry(row, status=target, rollout_weight=0.0),
+        publisher=publisher,
+        catalog=catalog,
+        pool=pool,
+        api=api,
+        wait_ms=wait_ms,
+    )
+
+
+@router.put(
+    "/{name}/versions/{version}/rollout",
+    status_code=202,
+    response_model=NodeVersionAccepted,
+    summary="Set the share of range-resolved runs routed to a version",
+    responses=errors(404, 409, 422, 503),
+)
+async def set_rollout(
+    name: str,
+    version: str,
+    body: RolloutUpdate,
+    *,
+    pool: PoolDep,
+    api: ApiSettingsDep,
+    publisher: PublisherDep,
+    catalog: CatalogDep,
+    wait_ms: WaitQuery = None,
+) -> NodeVersionAccepted:
+    """Among the production versions a step's range allows, newest first, each takes its weight
+    of the share the newer ones left; the oldest takes the rest (docs/nodes.md)."""
+    row = await _require(pool, api, name, version)
+    try:
+        weight = reweighted(catalog_key(name, version), NodeStatus(row.status), body.weight)
+    except TransitionError as exc:
+        raise ConflictError(str(exc)) from exc
+    return await _publish(
+        _next_entry(row, rollout_weight=weight),
+        publisher=publisher,
+        catalog=catalog,
+        pool=pool,
+        api=api,
+        wait_ms=wait_ms,
+    )

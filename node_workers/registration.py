@@ -1,0 +1,159 @@
+"""Workers publish the node versions they serve to the catalog (``nodes``) when they start.
+
+For each served node the worker uploads its manifest (flags, input/output JSON schemas) to the
+object store at ``nodes/<name>/<version>/manifest.json`` -- the packaged artifact of a built-in
+node; generated or user code would sit next to it -- and publishes a ``NodeCatalogEntry`` with
+``code_uri`` pointing there.
+
+Register-if-absent: a version the catalog already knows is left alone. The catalog is operated
+through the API (promote, deprecate, rollout weights); a worker restart must not undo an
+operator's deprecation or weight change. Two workers starting at once may both publish the same
+first entry, which is harmless (same content; the projector and the scheduler keep the last).
+Built-ins register as ``production`` with weight 1 by default (a single version per node takes
+every run either way); ``status``/``rollout_weight`` let a deployment start a new build as
+``staging`` or dark (weight 0) instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from node_workers.node import AnyNode
+from reflux.objectstore import BlobStore, S3BlobStore
+from reflux.settings import Settings
+from schemas import decode
+from schemas.base import canonical_json
+from schemas.errors import SchemaError
+from schemas.models import NodeCatalogEntry, NodeStatus
+from streams.catalog import TopicCatalog
+from streams.producer import Producer
+
+__all__ = [
+    "DEFAULT_STATUS",
+    "RegistrationResult",
+    "catalog_entry",
+    "manifest_key",
+    "read_catalog_keys",
+    "register_nodes",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STATUS = NodeStatus.PRODUCTION
+
+
+def manifest_key(name: str, version: str) -> str:
+    """Object-store key of a node version's packaged manifest."""
+    return f"nodes/{name}/{version}/manifest.json"
+
+
+def catalog_entry(
+    node: AnyNode,
+    *,
+    status: NodeStatus = DEFAULT_STATUS,
+    rollout_weight: float = 1.0,
+    code_uri: str | None = None,
+) -> NodeCatalogEntry:
+    return NodeCatalogEntry(
+        name=node.name,
+        version=node.version,
+        status=status,
+        rollout_weight=rollout_weight,
+        manifest=node.manifest(),
+        code_uri=code_uri,
+    )
+
+
+def read_catalog_keys(settings: Settings, catalog: TopicCatalog, timeout: float = 10.0) -> set[str]:
+    """Every ``node@version`` on the compacted ``nodes`` topic, read to the high watermarks."""
+    topic = catalog.nodes.topic
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": f"{settings.topic_prefix}.worker-registration-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+        }
+    )
+    keys: set[str] = set()
+    try:
+        metadata = consumer.list_topics(topic, timeout=10)
+        partitions = sorted(metadata.topics[topic].partitions)
+        targets: dict[int, int] = {}
+        for p in partitions:
+            _, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5)
+            if high > 0:
+                targets[p] = high
+        if not targets:
+            return keys
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in targets])
+        deadline = time.monotonic() + timeout
+        done: set[int] = set()
+        while len(done) < len(targets) and time.monotonic() < deadline:
+            for message in consumer.consume(num_messages=500, timeout=0.2):
+                if message.error() is not None or message.value() is None:
+                    continue
+                try:
+                    record = decode(message.value() or b"", NodeCatalogEntry)
+                except SchemaError:
+                    continue
+                keys.add(f"{record.name}@{record.version}")
+            for tp in consumer.position([TopicPartition(topic, p) for p in targets]):
+                if tp.offset >= targets[tp.partition]:
+                    done.add(tp.partition)
+        if len(done) < len(targets):
+            log.warning("read the node catalog only partly within %.0fs", timeout)
+    finally:
+        consumer.close()
+    return keys
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationResult:
+    published: list[str]
+    """``node@version`` keys published now."""
+    skipped: list[str]
+    """Keys the catalog already had (left as the operators set them)."""
+
+
+def register_nodes(
+    settings: Settings,
+    nodes: Iterable[AnyNode],
+    *,
+    status: NodeStatus = DEFAULT_STATUS,
+    rollout_weight: float = 1.0,
+    blobs: BlobStore | None = None,
+    producer: Producer | None = None,
+    catalog: TopicCatalog | None = None,
+) -> RegistrationResult:
+    """Upload manifests and publish catalog entries for the versions the catalog lacks."""
+    catalog = catalog or TopicCatalog.from_settings(settings)
+    blobs = blobs or S3BlobStore(settings)
+    known = read_catalog_keys(settings, catalog)
+    own = producer is None
+    producer = producer or Producer(settings, client_id="reflux-worker-registration")
+    published: list[str] = []
+    skipped: list[str] = []
+    try:
+        for node in nodes:
+            if node.key in known:
+                skipped.append(node.key)
+                continue
+            manifest = canonical_json(node.manifest()).encode()
+            uri = blobs.put(manifest_key(node.name, node.version), manifest, "application/json")
+            entry = catalog_entry(node, status=status, rollout_weight=rollout_weight, code_uri=uri)
+            producer.send(catalog.nodes, node.key, entry)
+            published.append(node.key)
+        producer.flush(30)
+    finally:
+        if own:
+            producer.close()
+    if published:
+        log.info("registered %s in the node catalog as %s", published, status.value)
+    return RegistrationResult(published, skipped)

@@ -1,0 +1,267 @@
+"""Gradual rollout on real services: the scheduler's catalog view (``nodes`` topic) routes runs
+between two majors of a test node served side by side, by run id.
+
+``echo@1.0.0`` and ``echo@2.0.0`` are defined here (not built-ins): they answer with the version
+that ran, so a run's output, its ``StepDispatched`` and the worker's trace can be compared with
+what the pure rollout (:func:`processors.catalog.choose_version`) predicts for its run id.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from node_workers.node import Node, NodeContext, NodeModel
+from node_workers.registry import NodeRegistry
+from processors.catalog import CatalogVersion, choose_version
+from processors.catalog.runtime_view import CatalogResolver, NodeCatalogKafkaView
+from reflux.dev import DevEngine
+from reflux.settings import Settings
+from schemas.models import NodeCatalogEntry, NodeStatus
+from schemas.trace_json import decode_trace
+from streams.catalog import TopicCatalog
+from streams.producer import Producer
+from tests.integration.engine_fixtures import Harness
+
+pytestmark = pytest.mark.integration
+
+
+class EchoIn(NodeModel):
+    text: str = ""
+
+
+class EchoOut(NodeModel):
+    text: str
+    version: str
+
+
+class EchoV1(Node[EchoIn, EchoOut]):
+    name = "echo"
+    version = "1.0.0"
+    Input, Output = EchoIn, EchoOut
+
+    async def execute(self, params: EchoIn, ctx: NodeContext) -> EchoOut:
+        return EchoOut(text=params.text, version=self.version)
+
+
+class EchoV2(EchoV1):
+    version = "2.0.0"
+
+    async def execute(self, params: EchoIn, ctx: NodeContext) -> EchoOut:
+        return EchoOut(text=params.text.upper(), version=self.version)
+
+
+def entry(version: str, status: NodeStatus, weight: float) -> NodeCatalogEntry:
+    return NodeCatalogEntry(
+        name="echo", version=version, status=status, rollout_weight=weight, manifest={}
+    )
+
+
+def publish(settings: Settings, catalog: TopicCatalog, *entries: NodeCatalogEntry) -> None:
+    with Producer(settings, client_id="rollout-test") as producer:
+        for record in entries:
+            producer.send(catalog.nodes, f"{record.name}@{record.version}", record)
+        producer.flush(10)
+
+
+def run_ids(n: int, salt: str) -> list[str]:
+    return [str(uuid.uuid5(uuid.NAMESPACE_URL, f"{salt}-{i}")) for i in range(n)]
+
+
+# -- the real resolver on 1,000 run ids ------------------------------------------------------
+
+
+def test_a_90_10_rollout_over_1000_runs_through_the_kafka_view(
+    kafka_settings: Settings, topics: TopicCatalog
+) -> None:
+    publish(
+        kafka_settings,
+        topics,
+        entry("1.0.0", NodeStatus.PRODUCTION, 1.0),
+        entry("2.0.0", NodeStatus.DRAFT, 0.0),
+        # Later entries of a version win (as on the compacted topic).
+        entry("2.0.0", NodeStatus.PRODUCTION, 0.1),
+    )
+    view = NodeCatalogKafkaView(kafka_settings, topics)
+    try:
+        view.catch_up()
+        resolve = CatalogResolver(view)
+        n, p = 1000, 0.1
+        ids = [str(uuid.uuid4()) for _ in range(n)]  # fresh ids: the split is a real sample
+        chosen = [resolve("echo", ">=1", run_id) for run_id in ids]
+        v2 = chosen.count("2.0.0")
+        sigma = math.sqrt(n * p * (1 - p))  # binomial: 9.49 runs
+        assert abs(v2 - n * p) <= 3 * sigma, f"{v2} of {n} runs on 2.0.0 (expected 100 +- 28)"
+        assert chosen.count("1.0.0") == n - v2
+        print(f"rollout 90/10 over {n} runs: {n - v2} on 1.0.0, {v2} on 2.0.0 (3 sigma = 28.5)")
+        # Deterministic: the same run ids get the same versions again.
+        assert [resolve("echo", ">=1", r) for r in ids] == chosen
+        # Pinned and caret constraints keep v1 at any weight.
+        assert {resolve("echo", "^1", r) for r in ids[:200]} == {"1.0.0"}
+        assert {resolve("echo", "1.0.0", r) for r in ids[:200]} == {"1.0.0"}
+        # A node the catalog does not know resolves as before the catalog existed.
+        assert resolve("http.request", "^1", ids[0]) == "^1"
+        assert resolve("http.request", "1.2.0", ids[0]) == "1.2.0"
+        # A version registered a moment ago is found by the catch-up on a miss, not refused.
+        publish(kafka_settings, topics, entry("3.0.0", NodeStatus.PRODUCTION, 0.0))
+        assert resolve("echo", "^3", ids[0]) == "3.0.0"
+    finally:
+        view.close()
+
+
+# -- the engine: two majors side by side -----------------------------------------------------
+
+
+@pytest.fixture
+def echo_harness(kafka_settings: Settings) -> Iterator[Harness]:
+    schema = f"t_{uuid.uuid4().hex[:10]}"
+    engine = DevEngine(
+        kafka_settings, nodes=NodeRegistry([EchoV1(), EchoV2()]), schema=schema
+    ).start()
+    producer = Producer(kafka_settings, client_id="rollout-e2e")
+    try:
+        yield Harness(kafka_settings, engine, schema, producer)
+    finally:
+        producer.close()
+        engine.stop()
+        with psycopg.connect(kafka_settings.postgres_dsn, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def workflow(workflow_id: str, constraint: str) -> dict[str, Any]:
+    return {
+        "id": workflow_id,
+        "steps": [{"id": "say", "node": f"echo@{constraint}", "params": {"text": "hi"}}],
+        "outputs": {"version": "{{ steps.say.output.version }}"},
+    }
+
+
+def settle(harness: Harness, *entries: NodeCatalogEntry) -> None:
+    """Publish catalog entries and wait until a reader sees them; the scheduler's view drains
+    the same topic on its next resolution (it prefetches in the background)."""
+    publish(harness.settings, harness.engine.catalog, *entries)
+    probe = NodeCatalogKafkaView(harness.settings, harness.engine.catalog)
+    try:
+        probe.catch_up()
+        for record in entries:
+            seen = probe.state.entry(record.name, record.version)
+            assert seen is not None and seen.event_id == record.event_id
+    finally:
+        probe.close()
+    time.sleep(0.5)
+
+
+def dispatched(harness: Harness, run_id: str) -> tuple[str, str]:
+    events = [e for e in harness.events(run_id) if e.event_type == "StepDispatched"]
+    assert len(events) == 1, events
+    return events[0].payload["node_version"], events[0].payload["invoke_topic"]
+
+
+def worker_traces(settings: Settings, catalog: TopicCatalog, want: int) -> dict[str, str]:
+    """run id -> node_version of the worker traces of echo (JSON on ``traces``)."""
+    topic = catalog.traces.topic
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": f"{settings.topic_prefix}.trace-reader-{uuid.uuid4().hex[:6]}",
+            "enable.auto.commit": False,
+        }
+    )
+    found: dict[str, str] = {}
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        deadline = time.monotonic() + 20
+        while len(found) < want and time.monotonic() < deadline:
+            for message in consumer.consume(500, timeout=0.2):
+                if message.error() is not None or not message.value():
+                    continue
+                trace = decode_trace(message.value() or b"")
+                if trace.node == "echo" and trace.invocation_id is not None:
+                    found[trace.run_id] = trace.node_version
+    finally:
+        consumer.close()
+    return found
+
+
+def test_two_majors_side_by_side_split_by_run_id(echo_harness: Harness) -> None:
+    h = echo_harness
+    catalog = [
+        CatalogVersion("1.0.0", NodeStatus.PRODUCTION, 1.0),
+        CatalogVersion("2.0.0", NodeStatus.PRODUCTION, 0.5),
+    ]
+    settle(
+        h, entry("1.0.0", NodeStatus.PRODUCTION, 1.0), entry("2.0.0", NodeStatus.PRODUCTION, 0.5)
+    )
+    h.register(workflow("rolling", ">=1"))
+    ids = run_ids(40, f"{h.settings.topic_prefix}-rolling")
+    expected = {run_id: choose_version("echo", ">=1", catalog, run_id) for run_id in ids}
+    assert set(expected.values()) == {"1.0.0", "2.0.0"}  # both versions must run
+    for run_id in ids:
+        h.start("rolling", run_id=run_id)
+    prefix = h.settings.topic_prefix
+    for run_id in ids:
+        run = h.wait(run_id, timeout=60)
+        assert run.status == "succeeded", run
+        version = expected[run_id]
+        major = version.split(".")[0]
+        assert run.outputs == {"version": version}  # the worker of that version ran it
+        assert dispatched(h, run_id) == (version, f"{prefix}.invoke.echo.v{major}")
+        assert h.steps(run_id)["say"].node_version == version
+    traces = worker_traces(h.settings, h.engine.catalog, len(ids))
+    assert {r: traces.get(r) for r in ids} == expected
+
+
+def test_pinned_workflows_keep_v1_and_deprecation_refuses_new_runs(echo_harness: Harness) -> None:
+    h = echo_harness
+    # v2 takes every run a range lets it take...
+    settle(
+        h, entry("1.0.0", NodeStatus.PRODUCTION, 1.0), entry("2.0.0", NodeStatus.PRODUCTION, 1.0)
+    )
+    h.register(workflow("pinned", "1.0.0"))
+    h.register(workflow("caret", "^1"))
+    h.register(workflow("open", "*"))
+    runs = {wf: [h.start(wf) for _ in range(3)] for wf in ("pinned", "caret", "open")}
+    for wf, ids in runs.items():
+        for run_id in ids:
+            run = h.wait(run_id)
+            assert run.status == "succeeded", run
+            # ...but pinned and caret constraints that exclude v2 keep v1.
+            want = "2.0.0" if wf == "open" else "1.0.0"
+            assert run.outputs == {"version": want}, (wf, run)
+
+    # Deprecating v1: new runs that can only use it fail at once, non-retryably, and say why.
+    settle(h, entry("1.0.0", NodeStatus.DEPRECATED, 0.0))
+    pinned = h.start("pinned")
+    caret = h.start("caret")
+    for run_id, message in [
+        (
+            pinned,
+            "Expected echo@1.0.0 to accept new runs, but it is deprecated (the catalog has "
+            "1.0.0 (deprecated), 2.0.0 (production)); pin a supported version or use a range",
+        ),
+        (
+            caret,
+            "Expected a production version of echo matching ^1, but the catalog has "
+            "1.0.0 (deprecated), 2.0.0 (production)",
+        ),
+    ]:
+        run = h.wait(run_id)
+        assert run.status == "failed", run
+        assert run.error == {
+            "error_class": "NodeVersionUnavailable",
+            "message": message,
+            "retryable": False,
+        }
+        assert run.failed_step == "say"
+        kinds = [e.event_type for e in h.events(run_id)]
+        assert "StepDispatched" not in kinds and "StepRetryScheduled" not in kinds
+    # Ranges that allow v2 are unaffected.
+    assert h.wait(h.start("open")).outputs == {"version": "2.0.0"}

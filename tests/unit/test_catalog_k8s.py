@@ -1,0 +1,174 @@
+"""The Kubernetes scaling mode: every manifest in infra/k8s parses and is consistent with the
+code (node filters select real nodes, KEDA watches the right consumer groups and topics, the
+ConfigMap sets real settings). kubectl is not available here, so this is a structural check,
+not a server-side validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from node_workers.registry import default_registry
+from reflux.settings import Settings
+from streams.catalog import TopicCatalog
+
+K8S = Path(__file__).resolve().parents[2] / "infra" / "k8s"
+NAMESPACE = "reflux"
+
+
+def documents() -> list[tuple[str, dict[str, Any]]]:
+    docs: list[tuple[str, dict[str, Any]]] = []
+    for path in sorted(K8S.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc is not None:
+                docs.append((path.name, doc))
+    return docs
+
+
+def of_kind(kind: str) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for _, d in documents() if d.get("kind") == kind}
+
+
+def settings() -> dict[str, str]:
+    return dict(of_kind("ConfigMap")["reflux-settings"]["data"])
+
+
+def topic_catalog() -> TopicCatalog:
+    data = settings()
+    return TopicCatalog.from_settings(
+        Settings(
+            topic_prefix=data["REFLUX_TOPIC_PREFIX"],
+            default_partitions=int(data["REFLUX_DEFAULT_PARTITIONS"]),
+        )
+    )
+
+
+def container(doc: dict[str, Any]) -> dict[str, Any]:
+    containers = doc["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return dict(containers[0])
+
+
+def test_every_document_is_a_named_resource_in_the_namespace() -> None:
+    docs = documents()
+    assert len(docs) >= 15
+    for name, doc in docs:
+        if name == "kustomization.yaml":
+            continue
+        assert {"apiVersion", "kind", "metadata"} <= set(doc), name
+        assert doc["metadata"].get("name"), name
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"].get("namespace") == NAMESPACE, (name, doc["kind"])
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    manifests = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert set(kustomization["resources"]) == manifests
+
+
+def test_configmap_sets_only_real_settings() -> None:
+    known = {f"REFLUX_{name.upper()}" for name in Settings.model_fields}
+    data = settings()
+    assert set(data) <= known, set(data) - known
+    assert {"REFLUX_KAFKA_BOOTSTRAP", "REFLUX_POSTGRES_DSN", "REFLUX_TOPIC_PREFIX"} <= set(data)
+    assert all(isinstance(v, str) for v in data.values())  # env values must be strings
+
+
+def test_components_run_the_one_binary_with_the_settings() -> None:
+    workloads = {**of_kind("Deployment"), **of_kind("StatefulSet")}
+    commands = {name: container(doc)["args"][0] for name, doc in workloads.items()}
+    assert sorted(set(commands.values())) == [
+        "api",
+        "projector",
+        "scheduler",
+        "trigger-router",
+        "worker",
+    ]
+    for name, doc in workloads.items():
+        spec = doc["spec"]
+        assert (
+            spec["selector"]["matchLabels"].items()
+            <= spec["template"]["metadata"]["labels"].items()
+        ), name
+        refs = [e["configMapRef"]["name"] for e in container(doc).get("envFrom", [])]
+        assert refs == ["reflux-settings"], name
+        assert container(doc)["image"], name
+
+
+def test_the_scheduler_is_a_statefulset_with_its_ordinal_as_instance_id() -> None:
+    scheduler = of_kind("StatefulSet")["reflux-scheduler"]
+    assert scheduler["spec"]["serviceName"] in of_kind("Service")
+    env = {e["name"]: e for e in container(scheduler)["env"]}
+    field = env["REFLUX_SCHEDULER_INSTANCE_ID"]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert field == "metadata.labels['apps.kubernetes.io/pod-index']"
+
+
+def test_the_api_service_targets_the_api_pods() -> None:
+    service = of_kind("Service")["reflux-api"]
+    api = of_kind("Deployment")["reflux-api"]
+    assert (
+        service["spec"]["selector"].items() <= api["spec"]["template"]["metadata"]["labels"].items()
+    )
+    ports = {p["name"] for p in container(api)["ports"]}
+    assert {p["targetPort"] for p in service["spec"]["ports"]} <= ports
+
+
+def worker_groups() -> dict[str, str]:
+    """Deployment name -> its --nodes filter."""
+    out: dict[str, str] = {}
+    for name, doc in of_kind("Deployment").items():
+        args = container(doc)["args"]
+        if args[0] == "worker":
+            out[name] = args[args.index("--nodes") + 1]
+    return out
+
+
+def test_worker_groups_are_the_seed_groups_and_cover_every_node() -> None:
+    groups = worker_groups()
+    assert sorted(groups.values()) == sorted(
+        ["http", "transform,condition", "database,email,openai", "code"]
+    )
+    served: list[str] = []
+    for node_filter in groups.values():
+        served.extend(default_registry().select(node_filter).names())  # raises on a typo
+    assert sorted(served) == default_registry().names()  # every node exactly once
+
+
+@pytest.mark.parametrize("deployment", sorted(worker_groups()))
+def test_keda_scales_each_group_on_its_node_majors_lag(deployment: str) -> None:
+    scaled = of_kind("ScaledObject")[deployment]
+    assert scaled["apiVersion"] == "keda.sh/v1alpha1"
+    target = scaled["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", deployment)
+    catalog = topic_catalog()
+    nodes = default_registry().select(worker_groups()[deployment])
+    expected = {
+        (catalog.worker_group(n.name, n.major), catalog.invoke_topic(n.name, n.major).topic)
+        for n in nodes
+    }
+    triggers = scaled["spec"]["triggers"]
+    assert all(t["type"] == "kafka" for t in triggers)
+    got = {(t["metadata"]["consumerGroup"], t["metadata"]["topic"]) for t in triggers}
+    assert got == expected
+    bootstrap = settings()["REFLUX_KAFKA_BOOTSTRAP"]
+    for trigger in triggers:
+        assert int(trigger["metadata"]["lagThreshold"]) > 0
+        assert trigger["metadata"]["bootstrapServers"] == bootstrap
+    partitions = int(settings()["REFLUX_DEFAULT_PARTITIONS"])
+    assert 1 <= scaled["spec"]["minReplicaCount"] <= scaled["spec"]["maxReplicaCount"]
+    assert scaled["spec"]["maxReplicaCount"] <= partitions  # more members than partitions idle
+
+
+def test_keda_scales_the_scheduler_on_its_inputs() -> None:
+    scaled = of_kind("ScaledObject")["reflux-scheduler"]
+    assert scaled["spec"]["scaleTargetRef"]["kind"] == "StatefulSet"
+    catalog = topic_catalog()
+    got = {
+        (t["metadata"]["consumerGroup"], t["metadata"]["topic"]) for t in scaled["spec"]["triggers"]
+    }
+    group = f"{catalog.prefix}.scheduler"
+    assert got == {(group, catalog.commands.topic), (group, catalog.results.topic)}
