@@ -53,7 +53,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from confluent_kafka import Consumer as KafkaConsumer
-from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import KafkaException, Message, TopicPartition
 
 from node_workers.attempt import DEFAULT_TIMEOUT_S, Attempt, inputs_hash, run_attempt
 from node_workers.claimcheck import encode_json, load_json, output_key, store_json
@@ -71,7 +71,7 @@ from schemas.errors import MalformedRecordError, SchemaError
 from schemas.models import ErrorInfo, NodeInvocation, NodeResult, TraceStatus
 from schemas.trace_json import TRACE_HEADERS, encode_trace
 from streams.catalog import TopicCatalog, TopicSpec
-from streams.consumer import consume_available, consumer_config
+from streams.consumer import consume_messages, consumer_config
 from streams.dlq import DeadLetterPublisher, PoisonRecord
 from streams.producer import TYPE_HEADER, DeliveryError, Producer
 
@@ -184,25 +184,13 @@ class _Lane:
                     if following is not None:
                         consumer.seek(TopicPartition(tp.topic, tp.partition, following))
             self._paused = full
-        try:
-            messages = consume_available(
-                consumer, max(capacity, 1), self.runtime.config.poll_timeout_s
-            )
-        except KafkaException as exc:
-            raise ServiceUnavailableError(f"Expected to consume {self.spec.topic}: {exc}") from exc
-        good: list[Message] = []
-        for message in messages:
-            error = message.error()
-            if error is None:
-                good.append(message)
-            elif error.fatal():
-                raise RefluxError(
-                    f"Expected to consume {self.spec.topic}, but the client failed: {error}",
-                    error_class="KafkaFatal",
-                )
-            elif error.code() != KafkaError._PARTITION_EOF:
-                log.warning("worker %s: %s", self.group, error)
-        return good
+        return consume_messages(
+            consumer,
+            max(capacity, 1),
+            self.runtime.config.poll_timeout_s,
+            what=f"{self.spec.topic} (worker {self.group})",
+            logger=log,
+        )
 
     def _flush_and_commit(self, positions: Mapping[TopicPartitionKey, int]) -> None:
         """Step 3 of the commit order: producer flushed first, then a synchronous commit.

@@ -39,7 +39,7 @@ from types import TracebackType
 from typing import Any, Final, Literal, Self
 
 import psycopg
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaException, Message, TopicPartition
 from confluent_kafka import Consumer as KafkaConsumer
 
 from projections.postgres.appliers import (
@@ -69,7 +69,7 @@ from schemas import serde
 from schemas.base import RefluxRecord
 from schemas.errors import SchemaError
 from streams.catalog import TopicCatalog
-from streams.consumer import consume_available, consumer_config
+from streams.consumer import consume_messages, consumer_config
 from streams.dlq import DeadLetterPublisher, PoisonRecord
 from streams.producer import Producer
 
@@ -376,25 +376,13 @@ class Projector:
     def poll(self, timeout: float | None = None) -> list[Message]:
         """Up to ``batch_size`` messages (errors other than end-of-partition raise)."""
         consumer = self._ensure_consumer()
-        try:
-            messages = consume_available(
-                consumer, self.batch_size, self.poll_timeout if timeout is None else timeout
-            )
-        except KafkaException as exc:
-            raise ServiceUnavailableError(f"Expected to consume {self.topics}: {exc}") from exc
-        good: list[Message] = []
-        for message in messages:
-            error = message.error()
-            if error is None:
-                good.append(message)
-            elif error.fatal():
-                raise NonRetryableError(
-                    f"Expected to consume {self.topics}, but the client failed: {error}",
-                    error_class="KafkaFatal",
-                )
-            elif error.code() != KafkaError._PARTITION_EOF:
-                log.warning("projector %s: %s", self.name, error)
-        return good
+        return consume_messages(
+            consumer,
+            self.batch_size,
+            self.poll_timeout if timeout is None else timeout,
+            what=f"{self.topics} (projector {self.name})",
+            logger=log,
+        )
 
     def decode(self, messages: Sequence[Message]) -> tuple[list[BatchItem], int]:
         """Batch items for ``messages``; poison ones are dead-lettered (queued) and counted."""

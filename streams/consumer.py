@@ -41,7 +41,7 @@ from typing import Any, Final, Self
 from confluent_kafka import Consumer as _KafkaConsumer
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
-from reflux.errors import RefluxError, ServiceUnavailableError
+from reflux.errors import NonRetryableError, RefluxError, ServiceUnavailableError
 from reflux.settings import Settings, get_settings
 from schemas import serde
 from schemas.base import RefluxRecord
@@ -166,7 +166,7 @@ def _headers(message: Message) -> tuple[tuple[str, bytes], ...]:
     )
 
 
-def _poison(message: Message) -> PoisonRecord:
+def poison_record(message: Message) -> PoisonRecord:
     return PoisonRecord(
         message.topic() or "",
         message.partition() or 0,
@@ -190,6 +190,36 @@ def consume_available(consumer: _KafkaConsumer, max_messages: int, timeout: floa
     if max_messages <= 1:
         return [first]
     return [first, *consumer.consume(max_messages - 1, 0)]
+
+
+def consume_messages(
+    consumer: _KafkaConsumer,
+    max_messages: int,
+    timeout: float,
+    *,
+    what: str,
+    logger: logging.Logger | None = None,
+) -> list[Message]:
+    """:func:`consume_available` minus error events: an unreachable broker raises
+    :class:`ServiceUnavailableError` (retryable), a fatal client error raises a non-retryable
+    ``KafkaFatal``, end-of-partition events are dropped and other errors are logged."""
+    try:
+        messages = consume_available(consumer, max_messages, timeout)
+    except KafkaException as exc:
+        raise ServiceUnavailableError(f"Expected to consume {what}: {exc}") from exc
+    good: list[Message] = []
+    for message in messages:
+        error = message.error()
+        if error is None:
+            good.append(message)
+        elif error.fatal():
+            raise NonRetryableError(
+                f"Expected to consume {what}, but the client failed: {error}",
+                error_class="KafkaFatal",
+            )
+        elif error.code() != KafkaError._PARTITION_EOF:
+            (logger or log).warning("%s: %s", what, error)
+    return good
 
 
 class Consumer:
@@ -266,23 +296,9 @@ class Consumer:
     # -- reading -------------------------------------------------------------------------------
 
     def _consume(self, max_records: int, timeout: float) -> list[Message]:
-        try:
-            messages = consume_available(self._consumer, max_records, timeout)
-        except KafkaException as exc:
-            raise ServiceUnavailableError(f"Expected to consume {self.topics}: {exc}") from exc
-        good: list[Message] = []
-        for message in messages:
-            error = message.error()
-            if error is None:
-                good.append(message)
-            elif error.fatal():
-                raise RefluxError(
-                    f"Expected to consume {self.topics}, but the client failed: {error}",
-                    error_class="KafkaFatal",
-                )
-            elif error.code() != KafkaError._PARTITION_EOF:
-                log.warning("consumer %s: %s", self.group_id, error)
-        return good
+        return consume_messages(
+            self._consumer, max_records, timeout, what=f"{self.topics} ({self.group_id})"
+        )
 
     def _advance(self, topic: str, partition: int, offset: int) -> None:
         key = (topic, partition)
@@ -294,7 +310,7 @@ class Consumer:
         try:
             decoded = None if value is None else self._decoder(value)
         except SchemaError as exc:
-            self.dead_letters.publish(_poison(message), exc.error_class, str(exc))
+            self.dead_letters.publish(poison_record(message), exc.error_class, str(exc))
             return None
         timestamp_type, timestamp = message.timestamp()
         return ConsumedRecord(

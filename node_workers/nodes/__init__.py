@@ -10,6 +10,7 @@ from node_workers.nodes.email_send import EmailSendNode
 from node_workers.nodes.http_request import HttpRequestNode
 from node_workers.nodes.openai_chat import OpenAIChatNode
 from node_workers.nodes.transform import TransformNode
+from node_workers.nodes.webhook_trigger import WebhookTriggerNode
 
 __all__ = [
     "CodeRunNode",
@@ -19,6 +20,7 @@ __all__ = [
     "HttpRequestNode",
     "OpenAIChatNode",
     "TransformNode",
+    "WebhookTriggerNode",
     "builtin_nodes",
 ]
 
@@ -33,4 +35,5 @@ def builtin_nodes() -> list[AnyNode]:
         EmailSendNode(),
         OpenAIChatNode(),
         CodeRunNode(),
+        WebhookTriggerNode(),
     ]

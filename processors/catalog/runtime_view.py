@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
-
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from processors.catalog.rollout import NodeVersionUnavailableError
 from processors.catalog.state import CatalogState
@@ -28,6 +25,7 @@ from schemas import decode
 from schemas.errors import SchemaError
 from schemas.models import NodeCatalogEntry
 from streams.catalog import TopicCatalog
+from streams.table import TopicTableReader
 
 __all__ = ["CatalogResolver", "NodeCatalogKafkaView"]
 
@@ -49,19 +47,7 @@ class NodeCatalogKafkaView:
         self.state = CatalogState()
         self.refresh_interval = refresh_interval
         self._last_poll = 0.0
-        self._consumer = Consumer(
-            {
-                "bootstrap.servers": settings.kafka_bootstrap,
-                # Never used to commit: the view always reads the compacted topic from the start.
-                "group.id": f"{settings.topic_prefix}.scheduler-nodes-{uuid.uuid4().hex[:8]}",
-                "enable.auto.commit": False,
-                "isolation.level": "read_committed",
-            }
-        )
-        metadata = self._consumer.list_topics(self.topic, timeout=10)
-        partitions = sorted(metadata.topics[self.topic].partitions)
-        self._partitions = [TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in partitions]
-        self._consumer.assign(self._partitions)
+        self._reader = TopicTableReader(settings, self.topic, self._apply, name="scheduler-nodes")
 
     def _apply(self, data: bytes | None) -> None:
         if data is None:
@@ -75,36 +61,22 @@ class NodeCatalogKafkaView:
         self.state.apply(record)
 
     def poll(self, timeout: float = 0.0) -> int:
-        messages = self._consumer.consume(num_messages=500, timeout=timeout)
-        for message in messages:
-            if message.error() is None:
-                self._apply(message.value())
+        count = self._reader.poll(timeout)
         self._last_poll = time.monotonic()
-        return len(messages)
+        return count
 
     def refresh(self) -> None:
         """Drain what has arrived, at most every ``refresh_interval`` seconds."""
         if time.monotonic() - self._last_poll >= self.refresh_interval:
-            while self.poll(timeout=0) >= 500:
-                pass
+            self._reader.drain()
+            self._last_poll = time.monotonic()
 
     def catch_up(self, timeout: float = 10.0) -> None:
         """Reads until every partition reached the high watermark seen now."""
-        targets = {}
-        for tp in self._partitions:
-            _, high = self._consumer.get_watermark_offsets(tp, timeout=5)
-            targets[tp.partition] = high
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            positions = self._consumer.position([TopicPartition(self.topic, p) for p in targets])
-            if all(
-                tp.offset >= targets[tp.partition] or targets[tp.partition] == 0 for tp in positions
-            ):
-                return
-            self.poll(timeout=0.1)
+        self._reader.catch_up(timeout)
 
     def close(self) -> None:
-        self._consumer.close()
+        self._reader.close()
 
 
 class CatalogResolver:

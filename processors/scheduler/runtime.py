@@ -59,7 +59,6 @@ from schemas.base import canonical_json
 from schemas.errors import SchemaError
 from schemas.models import (
     CancelRun,
-    DeadLetter,
     FireTimer,
     MutateGraph,
     NodeInvocation,
@@ -72,8 +71,8 @@ from schemas.models import (
 )
 from schemas.trace_json import TRACE_HEADERS, encode_trace
 from streams.catalog import TopicCatalog
-from streams.consumer import consume_available, consumer_config
-from streams.dlq import PoisonRecord, dead_letter_headers
+from streams.consumer import consume_messages, consumer_config, poison_record
+from streams.dlq import DeadLetterPublisher
 from streams.producer import TransactionalProducer
 
 log = logging.getLogger(__name__)
@@ -142,6 +141,7 @@ class SchedulerRuntime:
             client_id=f"reflux-scheduler-{self.instance_id}",
             config={"linger.ms": 0},
         )
+        self._dead_letters = DeadLetterPublisher(self.producer, self.catalog.dlq, self.group)
         self.consumer = Consumer(
             consumer_config(
                 self.group,
@@ -210,8 +210,9 @@ class SchedulerRuntime:
 
     def run_once(self) -> int:
         """Consumes one batch (possibly empty), fires due timers; returns inputs processed."""
-        messages = consume_available(self.consumer, self.batch_size, self.poll_timeout)
-        messages = [m for m in messages if m.error() is None]
+        messages = consume_messages(
+            self.consumer, self.batch_size, self.poll_timeout, what=f"scheduler {self.group}"
+        )
         now = self.clock()
         timers = self._due_timers(now)
         if not messages and not timers:
@@ -391,37 +392,11 @@ class SchedulerRuntime:
         return commands
 
     def _dead_letter(self, message: Message, error_class: str, reason: str) -> None:
-        poison = PoisonRecord(
-            topic=message.topic() or "",
-            partition=message.partition() or 0,
-            offset=message.offset() or 0,
-            key=message.key(),
-            value=message.value(),
-            headers=tuple(
-                (str(k), v if isinstance(v, bytes) else str(v or "").encode())
-                for k, v in _header_pairs(message)
-            ),
-        )
-        record = DeadLetter(
-            original_topic=poison.topic,
-            partition=poison.partition,
-            offset=poison.offset,
-            key=poison.key,
-            value=poison.value,
-            error_class=error_class,
-            reason=reason,
-            consumer_group=self.group,
-            failed_at=datetime.now(UTC),
-        )
-        self.producer.send(
-            self.catalog.dlq,
-            key=poison.key,
-            value=record,
-            headers=dead_letter_headers(poison, error_class, reason, self.group),
-        )
+        # Queued on the transactional producer: the dead letter commits with the batch.
+        self._dead_letters.publish(poison_record(message), error_class, reason)
         self.stats.dead_lettered += 1
         log.warning(
-            "dead-lettered %s@%d: [%s] %s", poison.topic, poison.offset, error_class, reason
+            "dead-lettered %s@%s: [%s] %s", message.topic(), message.offset(), error_class, reason
         )
 
     def _recover(self, exc: BaseException) -> None:
@@ -458,10 +433,6 @@ class SchedulerRuntime:
             self.producer.close()
             self._workflows.close()
             self._nodes.close()
-
-
-def _header_pairs(message: Message) -> list[tuple[Any, Any]]:
-    return list(message.headers() or [])  # type: ignore[arg-type]
 
 
 class _Batch:

@@ -9,16 +9,13 @@ after its workflow was registered is not rejected by a race.
 from __future__ import annotations
 
 import logging
-import time
-import uuid
-
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from reflux.settings import Settings
 from schemas import decode
 from schemas.errors import SchemaError
 from schemas.models import WorkflowRegistered
 from streams.catalog import TopicCatalog
+from streams.table import TopicTableReader
 
 log = logging.getLogger(__name__)
 
@@ -28,19 +25,9 @@ class WorkflowsView:
         self.catalog = catalog or TopicCatalog.from_settings(settings)
         self.topic = self.catalog.workflows.topic
         self._versions: dict[str, dict[int, WorkflowRegistered]] = {}
-        self._consumer = Consumer(
-            {
-                "bootstrap.servers": settings.kafka_bootstrap,
-                # Never used to commit: the view always reads the compacted topic from the start.
-                "group.id": f"{settings.topic_prefix}.scheduler-workflows-{uuid.uuid4().hex[:8]}",
-                "enable.auto.commit": False,
-                "isolation.level": "read_committed",
-            }
+        self._reader = TopicTableReader(
+            settings, self.topic, self._apply, name="scheduler-workflows"
         )
-        metadata = self._consumer.list_topics(self.topic, timeout=10)
-        partitions = sorted(metadata.topics[self.topic].partitions)
-        self._partitions = [TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in partitions]
-        self._consumer.assign(self._partitions)
 
     def _apply(self, data: bytes | None) -> None:
         if data is None:
@@ -54,26 +41,10 @@ class WorkflowsView:
         self._versions.setdefault(record.workflow_id, {})[record.version] = record
 
     def poll(self, timeout: float = 0.0) -> int:
-        messages = self._consumer.consume(num_messages=500, timeout=timeout)
-        for message in messages:
-            if message.error() is None:
-                self._apply(message.value())
-        return len(messages)
+        return self._reader.poll(timeout)
 
     def catch_up(self, timeout: float = 10.0) -> None:
-        """Reads until every partition reached the high watermark seen now."""
-        targets = {}
-        for tp in self._partitions:
-            _, high = self._consumer.get_watermark_offsets(tp, timeout=5)
-            targets[tp.partition] = high
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            positions = self._consumer.position([TopicPartition(self.topic, p) for p in targets])
-            if all(
-                tp.offset >= targets[tp.partition] or targets[tp.partition] == 0 for tp in positions
-            ):
-                return
-            self.poll(timeout=0.1)
+        self._reader.catch_up(timeout)
 
     def get(self, workflow_id: str, version: int | None = None) -> WorkflowRegistered | None:
         versions = self._versions.get(workflow_id)
@@ -86,7 +57,7 @@ class WorkflowsView:
     def resolve(self, workflow_id: str, version: int | None) -> WorkflowRegistered | None:
         """``get`` after draining what has arrived, with one blocking catch-up when the answer
         is missing (it may be missing only because registration raced the command)."""
-        self.poll(timeout=0)
+        self._reader.drain()
         found = self.get(workflow_id, version)
         if found is None:
             self.catch_up()
@@ -94,4 +65,4 @@ class WorkflowsView:
         return found
 
     def close(self) -> None:
-        self._consumer.close()
+        self._reader.close()

@@ -1,0 +1,208 @@
+"""``webhook.trigger@1.0.0``: wait, inside a run, for an inbound webhook call; its payload is the
+step's output.
+
+The call goes to ``POST /v1/hooks/runs/{run_id}/steps/{step_id}``, which stores it in the step's
+Redis mailbox (:mod:`node_workers.webhooks`) and answers 202. The attempt takes deliveries from
+that mailbox, oldest first, until one passes its checks:
+
+- ``secret``: the ``X-Reflux-Signature: sha256=<hex>`` header must be the HMAC-SHA256 of the
+  raw body. Checked here, not in the API, because only the worker holds the resolved
+  ``{{ secrets.NAME }}`` value (secrets never go to Redis).
+- ``expect``: a JMESPath condition on the payload (JMESPath truthiness).
+
+A refused delivery is dropped for good (logged with the reason, counted in the ``rejected``
+metric) and the attempt keeps waiting. Waiting holds one of the worker's concurrency slots.
+
+Timeouts: the attempt waits ``timeout_s`` (capped by the invocation deadline minus a margin),
+then fails with the **retryable** ``WebhookTimeout``: a retry policy with ``max_attempts: N``
+waits N times; ``non_retryable: [WebhookTimeout]`` (or the default single attempt) ends the
+step.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Any, Final
+
+from jmespath.exceptions import JMESPathError
+from pydantic import Field, field_validator
+
+from node_workers.node import (
+    Node,
+    NodeContext,
+    NodeModel,
+    NonRetryableNodeError,
+    RetryableNodeError,
+)
+from node_workers.nodes.condition import jmespath_truthy
+from node_workers.nodes.transform import compile_expression
+from node_workers.webhooks import Delivery, WebhookWaiter, signature_problem
+from reflux.settings import Settings, get_settings
+
+__all__ = [
+    "DEADLINE_MARGIN_S",
+    "MAX_WAIT_S",
+    "WebhookTriggerInput",
+    "WebhookTriggerNode",
+    "WebhookTriggerOutput",
+    "refusal",
+]
+
+MAX_WAIT_S: Final = 24 * 3600.0
+"""A wait holds a worker slot; longer waits are a retry policy's job (or a human task queue)."""
+DEFAULT_WAIT_S: Final = 240.0
+"""Below the worker's default timeout (300 s) for steps that declare no ``timeout``."""
+DEADLINE_MARGIN_S: Final = 0.5
+"""Stop waiting this long before the invocation deadline, so the step fails as
+``WebhookTimeout`` rather than racing the step-timeout timer."""
+POLL_S: Final = 1.0
+"""Longest single blocking call on Redis: keeps cancellation (shutdown, revoke) prompt."""
+
+
+class WebhookTriggerInput(NodeModel):
+    timeout_s: float = Field(default=DEFAULT_WAIT_S, gt=0, le=MAX_WAIT_S)
+    """How long one attempt waits; keep it below the step's ``timeout``."""
+    secret: str | None = Field(default=None, min_length=1)
+    """HMAC-SHA256 secret the sender signs the body with; write ``{{ secrets.NAME }}``."""
+    expect: str | None = Field(default=None, min_length=1)
+    """JMESPath condition on the payload; deliveries where it is false are dropped."""
+
+    @field_validator("expect")
+    @classmethod
+    def _expression(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                compile_expression(value)
+            except NonRetryableNodeError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+
+class WebhookTriggerOutput(NodeModel):
+    payload: Any
+    """The body's JSON value."""
+    received_at: datetime
+    """When the API received the call (not when the step took it)."""
+    headers: dict[str, str]
+    """The kept headers (content type, user agent, idempotency key, request and event ids)."""
+    delivery_id: str
+    verified: bool
+    """The signature was checked against ``secret``."""
+
+
+def refusal(params: WebhookTriggerInput, delivery: Delivery) -> tuple[str | None, Any]:
+    """``(None, payload)`` when the delivery resumes the step, else ``(reason, None)``.
+
+    Pure, so the rules are unit-tested without Redis. Signature first: an unsigned payload's
+    content must not influence anything, not even which condition error is logged.
+    """
+    if params.secret is not None:
+        problem = signature_problem(params.secret, delivery.body, delivery.signature)
+        if problem is not None:
+            return problem, None
+    try:
+        payload = delivery.payload()
+    except ValueError as exc:
+        return f"the body is not JSON: {exc}", None
+    if params.expect is not None:
+        try:
+            matched = jmespath_truthy(compile_expression(params.expect).search(payload))
+        except JMESPathError as exc:
+            return f"expect {params.expect!r} failed on the payload: {exc}", None
+        if not matched:
+            return f"expect {params.expect!r} is false for the payload", None
+    return None, payload
+
+
+class WebhookTriggerNode(Node[WebhookTriggerInput, WebhookTriggerOutput]):
+    name = "webhook.trigger"
+    version = "1.0.0"
+    Input = WebhookTriggerInput
+    Output = WebhookTriggerOutput
+    cacheable = False  # the output is whatever call arrives, never a function of the params
+    # Taking a delivery consumes it: a shadow replay must use the recorded payload, not wait.
+    side_effects = True
+    description = "Wait for a webhook call to this step (signed, optionally filtered)."
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        waiter: WebhookWaiter | None = None,
+        poll_s: float = POLL_S,
+    ) -> None:
+        # Settings are read on first use: the API builds every built-in node only to list
+        # versions, and must not need Redis settings for that.
+        self._settings = settings
+        self._waiter = waiter
+        self.poll_s = poll_s
+
+    @property
+    def waiter(self) -> WebhookWaiter:
+        if self._waiter is None:
+            settings = self._settings or get_settings()
+            self._waiter = WebhookWaiter(settings.redis_url, settings.topic_prefix)
+        return self._waiter
+
+    async def execute(self, params: WebhookTriggerInput, ctx: NodeContext) -> WebhookTriggerOutput:
+        started = time.monotonic()
+        budget = params.timeout_s
+        remaining = ctx.remaining_s()
+        if remaining is not None:
+            budget = max(min(budget, remaining - DEADLINE_MARGIN_S), 0.0)
+        until = started + budget
+        keys = self.waiter.keys(ctx.run_id, ctx.step_id)
+        recovered = await self.waiter.recover(keys)
+        if recovered:
+            ctx.record("recovered", recovered)
+        rejected = 0
+        while True:
+            left = until - time.monotonic()
+            raw = await self.waiter.take(keys, min(self.poll_s, max(left, 0.0)))
+            if raw is None:
+                if left <= 0:
+                    break
+                continue
+            reason, payload, delivery = self._check(params, raw)
+            if reason is None and delivery is not None:
+                ctx.record("waited_ms", round((time.monotonic() - started) * 1000, 3))
+                ctx.record("rejected", rejected)
+                ctx.record("body_bytes", len(delivery.body))
+                return WebhookTriggerOutput(
+                    payload=payload,
+                    received_at=delivery.received_at,
+                    headers=delivery.headers,
+                    delivery_id=delivery.delivery_id,
+                    verified=params.secret is not None,
+                )
+            rejected += 1
+            ctx.logger.warning(
+                "webhook delivery %s for step %s of run %s refused: %s",
+                delivery.delivery_id if delivery is not None else "<unreadable>",
+                ctx.step_id,
+                ctx.run_id,
+                reason,
+            )
+            await self.waiter.drop(keys, raw)
+        ctx.record("waited_ms", round((time.monotonic() - started) * 1000, 3))
+        ctx.record("rejected", rejected)
+        raise RetryableNodeError(
+            f"Expected a webhook call to POST /v1/hooks/runs/{ctx.run_id}/steps/{ctx.step_id} "
+            f"within {budget:.1f}s, but none "
+            + ("arrived" if rejected == 0 else f"was accepted ({rejected} refused)"),
+            error_class="WebhookTimeout",
+        )
+
+    @staticmethod
+    def _check(params: WebhookTriggerInput, raw: bytes) -> tuple[str | None, Any, Delivery | None]:
+        try:
+            delivery = Delivery.decode(raw)
+        except ValueError as exc:
+            return str(exc), None, None
+        reason, payload = refusal(params, delivery)
+        return reason, payload, delivery
+
+    async def aclose(self) -> None:
+        if self._waiter is not None:
+            await self._waiter.aclose()
