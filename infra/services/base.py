@@ -173,8 +173,19 @@ class Service(ABC):
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         self.pid_file.parent.mkdir(parents=True, exist_ok=True)
         self.launch()
-        wait_until(self.is_ready, self.start_timeout(), self.name, self.log_file)
+        wait_until(self._ready_or_died, self.start_timeout(), self.name, self.log_file)
         return time.monotonic() - started
+
+    def _ready_or_died(self) -> bool:
+        """Readiness, but a process that exited (a port taken, a bad config) fails at once
+        with its log instead of after the whole start timeout."""
+        if self.is_ready():
+            return True
+        if not self.is_running():
+            time.sleep(0.5)  # a last look: the pid file may be written a moment after start
+            if not self.is_running() and not self.is_ready():
+                raise ServiceError(f"{self.name} exited during start.{tail_of(self.log_file)}")
+        return False
 
     def port_in_use(self) -> bool:
         return False
