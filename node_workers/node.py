@@ -21,6 +21,7 @@ from typing import Any, Final, Generic, TypeVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from node_workers.errors import NodeError, NonRetryableNodeError, RetryableNodeError
+from reflux.settings import Settings
 
 __all__ = [
     "AnyNode",
@@ -169,6 +170,10 @@ class Node(ABC, Generic[InputT, OutputT]):
     @abstractmethod
     async def execute(self, params: InputT, ctx: NodeContext) -> OutputT:
         """Run one attempt; raise a :class:`NodeError` subclass to fail it."""
+
+    def bind(self, settings: Settings) -> None:  # optional hook, deliberately not abstract
+        """Receive the serving runtime's settings before the first attempt (nodes that talk to
+        the platform's own services, e.g. Redis, use them instead of the environment's)."""
 
     async def aclose(self) -> None:  # optional hook, deliberately not abstract
         """Release clients (connection pools) at worker shutdown."""

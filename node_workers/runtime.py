@@ -605,6 +605,8 @@ class WorkerRuntime:
         self._running = True
         self._loop = asyncio.get_running_loop()
         self._stop = stop_event
+        for node in self.nodes:
+            node.bind(self.settings)
         lanes = [_Lane(self, node) for node in self.nodes]
         try:
             for lane in lanes:

@@ -138,6 +138,11 @@ class WebhookTriggerNode(Node[WebhookTriggerInput, WebhookTriggerOutput]):
         self._waiter = waiter
         self.poll_s = poll_s
 
+    def bind(self, settings: Settings) -> None:
+        # The serving runtime's settings win over the environment, unless given explicitly.
+        if self._settings is None and self._waiter is None:
+            self._settings = settings
+
     @property
     def waiter(self) -> WebhookWaiter:
         if self._waiter is None:

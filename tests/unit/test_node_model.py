@@ -106,6 +106,7 @@ def test_builtin_nodes_have_the_documented_flags() -> None:
         "email.send@1.0.0": (False, True),
         "openai.chat@1.0.0": (True, False),
         "code.run@1.0.0": (False, True),
+        "webhook.trigger@1.0.0": (False, True),
     }
     http = HttpRequestNode()
     get = validate_params(http, {"url": "http://x"})
@@ -124,6 +125,7 @@ def test_registry_lookup_and_selection() -> None:
         "http.request@1.0.0",
         "openai.chat@1.0.0",
         "transform@1.0.0",
+        "webhook.trigger@1.0.0",
     ]
     assert isinstance(registry.get("transform", 1), TransformNode)
     with pytest.raises(UnknownNodeError, match="'transform' v2"):

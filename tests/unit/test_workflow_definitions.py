@@ -458,6 +458,7 @@ def test_examples_are_valid(path: Path) -> None:
             "database.query": ["1.0.0"],
             "openai.chat": ["1.0.0"],
             "code.run": ["1.0.0"],
+            "webhook.trigger": ["1.0.0"],
         }
     )
     definition = parse_workflow(path.read_text(), node_catalog=catalog)

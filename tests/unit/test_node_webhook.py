@@ -1,0 +1,243 @@
+"""webhook.trigger's pure parts: mailbox keys, stored deliveries, signatures, params, refusals."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from api.signatures import SIGNATURE_HEADER as API_SIGNATURE_HEADER
+from api.signatures import sign
+from node_workers.node import NonRetryableNodeError, validate_params
+from node_workers.nodes import builtin_nodes
+from node_workers.nodes.webhook_trigger import (
+    DEFAULT_WAIT_S,
+    MAX_WAIT_S,
+    WebhookTriggerInput,
+    WebhookTriggerNode,
+    refusal,
+)
+from node_workers.webhooks import (
+    SIGNATURE_HEADER,
+    Delivery,
+    check_ids,
+    mailbox_keys,
+    passed_headers,
+    signature_problem,
+)
+from processors.workflow import parse_workflow
+from processors.workflow.catalog import StaticNodeCatalog
+
+RUN = "0b6e5c1e-3f7a-4a55-9a0e-5d2f3c9b1a01"
+SECRET = "whsec-unit"
+
+
+# -- keys -----------------------------------------------------------------------------------------
+
+
+def test_mailbox_keys_are_namespaced_per_prefix_run_and_step() -> None:
+    keys = mailbox_keys("reflux", RUN, "approve")
+    assert keys.mailbox == f"reflux:webhook:{{{RUN}/approve}}"
+    assert keys.inflight == keys.mailbox + ":inflight"
+    assert keys.seen("delivery-1").startswith(keys.mailbox + ":seen:")
+    assert keys.seen("delivery-1") == keys.seen("delivery-1") != keys.seen("delivery-2")
+    others = {
+        mailbox_keys("staging", RUN, "approve").mailbox,
+        mailbox_keys("reflux", RUN, "approve_2").mailbox,
+        mailbox_keys("reflux", RUN.replace("0b6e", "0b6f"), "approve").mailbox,
+    }
+    assert keys.mailbox not in others and len(others) == 3
+
+
+@pytest.mark.parametrize(
+    ("run_id", "step_id", "message"),
+    [
+        ("", "approve", "run id"),
+        ("a:b", "approve", "run id"),
+        ("a b", "approve", "run id"),
+        ("x" * 201, "approve", "run id"),
+        (RUN, "Approve", "step id"),
+        (RUN, "1st", "step id"),
+        (RUN, "a/b", "step id"),
+        (RUN, "a" * 64, "step id"),
+    ],
+)
+def test_unsafe_ids_are_refused(run_id: str, step_id: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        check_ids(run_id, step_id)
+    with pytest.raises(ValueError, match=message):
+        mailbox_keys("reflux", run_id, step_id)
+
+
+def test_step_ids_follow_the_workflow_rule() -> None:
+    # Every step id a workflow accepts has a mailbox.
+    for step_id in ("a", "_x", "approve_2", "a" * 63):
+        definition = {"id": "w", "steps": [{"id": step_id, "node": "transform@^1"}]}
+        parse_workflow(definition, node_catalog=StaticNodeCatalog({"transform": ["1.0.0"]}))
+        check_ids("run.1_a-b", step_id)
+
+
+# -- deliveries and headers -----------------------------------------------------------------------
+
+
+def test_delivery_round_trips_the_exact_bytes() -> None:
+    body = b'{"b": 1,   "a": "\\u00e9"}'  # odd spacing and escapes: the HMAC covers these bytes
+    at = datetime(2025, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
+    delivery = Delivery(body, "sha256=ab", {"user-agent": "t"}, at, "d-1")
+    back = Delivery.decode(delivery.encode())
+    assert back == delivery
+    assert back.payload() == {"b": 1, "a": "é"}
+    assert Delivery(b"x").delivery_id != Delivery(b"x").delivery_id
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"junk", b"[]", b'{"v": 2}', b'{"v": 1, "headers": {}}', json.dumps({"v": 1}).encode()],
+)
+def test_foreign_records_do_not_decode(raw: bytes) -> None:
+    with pytest.raises(ValueError, match="Expected a stored webhook delivery"):
+        Delivery.decode(raw)
+
+
+def test_only_harmless_headers_are_kept() -> None:
+    kept = passed_headers(
+        {
+            "Content-Type": "application/json",
+            "User-Agent": "GitHub-Hookshot/1",
+            "X-GitHub-Event": "pull_request",
+            "X-GitHub-Delivery": "72d3162e",
+            "Idempotency-Key": "k1",
+            "X-Request-Id": "r" * 5000,
+            "Authorization": "Bearer t",
+            "Cookie": "s=1",
+            "X-Api-Key": "k",
+            "X-Reflux-Signature": "sha256=00",
+            "Stripe-Signature": "t=1,v1=00",
+        }
+    )
+    assert kept == {
+        "content-type": "application/json",
+        "user-agent": "GitHub-Hookshot/1",
+        "x-github-event": "pull_request",
+        "x-github-delivery": "72d3162e",
+        "idempotency-key": "k1",
+        "x-request-id": "r" * 1024,
+    }
+
+
+# -- signatures -----------------------------------------------------------------------------------
+
+
+def test_signature_scheme_is_the_api_one() -> None:
+    body = b'{"approved": true}'
+    digest = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+    assert sign(SECRET, body) == f"sha256={digest}"
+    assert SIGNATURE_HEADER == API_SIGNATURE_HEADER
+    assert signature_problem(SECRET, body, sign(SECRET, body)) is None
+    assert signature_problem(SECRET, body, f"  SHA256={digest.upper()} ") is None
+
+
+@pytest.mark.parametrize(
+    ("header", "why"),
+    [
+        (None, "no X-Reflux-Signature header"),
+        ("  ", "no X-Reflux-Signature header"),
+        ("sha1=abc", "does not start with 'sha256='"),
+        (sign("other", b"{}"), "not the HMAC-SHA256"),
+        ("sha256=", "not the HMAC-SHA256"),
+    ],
+)
+def test_bad_signatures_say_why(header: str | None, why: str) -> None:
+    problem = signature_problem(SECRET, b"{}", header)
+    assert problem is not None and why in problem and SECRET not in problem
+
+
+def test_a_signature_covers_the_body_not_its_json_value() -> None:
+    signed = sign(SECRET, b'{"a":1}')
+    assert signature_problem(SECRET, b'{"a": 1}', signed) is not None
+
+
+# -- params ---------------------------------------------------------------------------------------
+
+
+def test_params_defaults_and_bounds() -> None:
+    node = WebhookTriggerNode()
+    params = validate_params(node, {})
+    assert (params.timeout_s, params.secret, params.expect) == (DEFAULT_WAIT_S, None, None)
+    full = {"timeout_s": 5, "secret": "s", "expect": "approved == `true`"}
+    assert validate_params(node, full) == WebhookTriggerInput.model_validate(full)
+    for bad, path in [
+        ({"timeout_s": 0}, "params.timeout_s"),
+        ({"timeout_s": MAX_WAIT_S + 1}, "params.timeout_s"),
+        ({"secret": ""}, "params.secret"),
+        ({"expect": "approved =="}, "params.expect"),
+        ({"expect": ""}, "params.expect"),
+        ({"timeout": 5}, "params.timeout"),
+    ]:
+        with pytest.raises(NonRetryableNodeError, match=path) as info:
+            validate_params(node, bad)
+        assert info.value.error_class == "ValidationError"
+
+
+def test_flags_and_manifest() -> None:
+    node = next(n for n in builtin_nodes() if n.name == "webhook.trigger")
+    assert isinstance(node, WebhookTriggerNode)
+    assert (node.key, node.cacheable, node.side_effects, node.major) == (
+        "webhook.trigger@1.0.0",
+        False,
+        True,
+        1,
+    )
+    manifest = node.manifest()
+    assert set(manifest["input_schema"]["properties"]) == {"timeout_s", "secret", "expect"}
+    assert {"payload", "received_at", "headers", "delivery_id", "verified"} <= set(
+        manifest["output_schema"]["properties"]
+    )
+
+
+# -- which deliveries resume the step -------------------------------------------------------------
+
+
+def _params(**kw: object) -> WebhookTriggerInput:
+    return WebhookTriggerInput.model_validate(kw)
+
+
+def _signed(body: bytes, secret: str = SECRET) -> Delivery:
+    return Delivery(body, sign(secret, body))
+
+
+def test_without_secret_or_condition_any_json_resumes() -> None:
+    assert refusal(_params(), Delivery(b'"yes"')) == (None, "yes")
+    assert refusal(_params(), Delivery(b"null")) == (None, None)
+    reason, _ = refusal(_params(), Delivery(b"not json"))
+    assert reason is not None and "not JSON" in reason
+
+
+def test_secret_requires_a_matching_signature() -> None:
+    body = b'{"approved": true}'
+    assert refusal(_params(secret=SECRET), _signed(body)) == (None, {"approved": True})
+    for delivery in (Delivery(body), _signed(body, "wrong"), Delivery(body, "sha256=00")):
+        reason, payload = refusal(_params(secret=SECRET), delivery)
+        assert reason is not None and payload is None
+
+
+def test_expect_filters_with_jmespath_truthiness() -> None:
+    params = _params(expect="decision")
+    assert refusal(params, Delivery(b'{"decision": 0}')) == (None, {"decision": 0})  # 0 is true
+    for body in (b'{"decision": ""}', b'{"decision": []}', b"{}", b'{"decision": false}'):
+        reason, _ = refusal(params, Delivery(body))
+        assert reason is not None and "is false" in reason
+    typed = _params(expect="abs(decision) > `1`")
+    reason, _ = refusal(typed, Delivery(b'{"decision": "x"}'))
+    assert reason is not None and "failed on the payload" in reason
+
+
+def test_signature_is_checked_before_the_condition() -> None:
+    params = _params(secret=SECRET, expect="approved")
+    reason, _ = refusal(params, Delivery(b'{"approved": false}'))
+    assert reason is not None and "X-Reflux-Signature" in reason
+    reason, _ = refusal(params, _signed(b'{"approved": false}'))
+    assert reason is not None and "is false" in reason
