@@ -5,6 +5,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
+# Two processes, one test file each at a time (--dist loadfile keeps a module, and so the one
+# process that may own a chdb store, together): the integration tests mostly wait on Kafka.
+PYTEST_PARALLEL := -n 2 --dist loadfile
+
 .PHONY: help venv up down status lint typecheck test test-unit test-integration demo bench bench-quick clean codegen
 
 help:
@@ -48,10 +52,10 @@ test-unit: venv
 	$(VENV)/bin/pytest tests/unit -q
 
 test-integration: up
-	$(VENV)/bin/pytest tests/integration -q
+	$(VENV)/bin/pytest tests/integration -q $(PYTEST_PARALLEL)
 
 test: lint up
-	$(VENV)/bin/pytest tests -q
+	$(VENV)/bin/pytest tests -q $(PYTEST_PARALLEL) --durations=10
 
 demo: up
 	$(VENV)/bin/reflux demo
