@@ -448,123 +448,62 @@ _COMMAND_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.post(
-    "/{run_id}/cancel",
-    status_code=202,
-    response_model=CommandAccepted | CommandApplied,
-    summary="Cancel a run",
-    responses=_COMMAND_RESPONSES,
-)
-async def cancel_run(
-    run_id: str,
-    *,
-    response: Response,
-    api: ApiSettingsDep,
-    read_model: ReadModelDep,
-    publisher: PublisherDep,
-    catalog: CatalogDep,
-    wait_ms: WaitQuery = None,
-    body: OptionalCommandBody = None,
-) -> CommandAccepted | CommandApplied:
-    """Publishes ``CancelRun``; with ``wait_ms`` answers 200 on ``RunCancelled`` and 409 with the
-    scheduler's reason on ``CommandRejected``."""
-    extra = body or CommandCreate()
-    command = CancelRun(
-        run_id=run_id,
-        command_id=new_command_id(),
-        reason=extra.reason,
-        requested_by=extra.requested_by,
-    )
-    return await _command(
-        run_id,
-        command=command,
-        effect=_of_type("RunCancelled"),
-        wait_ms=wait_ms,
-        response=response,
-        read_model=read_model,
-        publisher=publisher,
-        catalog=catalog,
-        poll_s=api.poll_interval_s,
-    )
+LifecycleCommand = type[CancelRun] | type[PauseRun] | type[ResumeRun]
 
 
-@router.post(
-    "/{run_id}/pause",
-    status_code=202,
-    response_model=CommandAccepted | CommandApplied,
-    summary="Pause a run",
-    responses=_COMMAND_RESPONSES,
-)
-async def pause_run(
-    run_id: str,
-    *,
-    response: Response,
-    api: ApiSettingsDep,
-    read_model: ReadModelDep,
-    publisher: PublisherDep,
-    catalog: CatalogDep,
-    wait_ms: WaitQuery = None,
-    body: OptionalCommandBody = None,
-) -> CommandAccepted | CommandApplied:
-    """Publishes ``PauseRun``; with ``wait_ms`` answers 200 on ``RunPaused``, 409 on rejection."""
-    extra = body or CommandCreate()
-    command = PauseRun(
-        run_id=run_id,
-        command_id=new_command_id(),
-        reason=extra.reason,
-        requested_by=extra.requested_by,
+def _lifecycle_route(
+    action: str, command_cls: LifecycleCommand, effect_type: str, summary: str
+) -> None:
+    """``POST /v1/runs/{run_id}/<action>``: publish the command; with ``wait_ms`` answer 200
+    on its effect event and 409 with the scheduler's reason on ``CommandRejected``."""
+
+    async def endpoint(
+        run_id: str,
+        *,
+        response: Response,
+        api: ApiSettingsDep,
+        read_model: ReadModelDep,
+        publisher: PublisherDep,
+        catalog: CatalogDep,
+        wait_ms: WaitQuery = None,
+        body: OptionalCommandBody = None,
+    ) -> CommandAccepted | CommandApplied:
+        extra = body or CommandCreate()
+        command = command_cls(
+            run_id=run_id,
+            command_id=new_command_id(),
+            reason=extra.reason,
+            requested_by=extra.requested_by,
+        )
+        return await _command(
+            run_id,
+            command=command,
+            effect=_of_type(effect_type),
+            wait_ms=wait_ms,
+            response=response,
+            read_model=read_model,
+            publisher=publisher,
+            catalog=catalog,
+            poll_s=api.poll_interval_s,
+        )
+
+    endpoint.__name__ = f"{action}_run"
+    endpoint.__doc__ = (
+        f"Publishes ``{command_cls.__name__}``; with ``wait_ms`` answers 200 on "
+        f"``{effect_type}`` and 409 with the scheduler's reason on ``CommandRejected``."
     )
-    return await _command(
-        run_id,
-        command=command,
-        effect=_of_type("RunPaused"),
-        wait_ms=wait_ms,
-        response=response,
-        read_model=read_model,
-        publisher=publisher,
-        catalog=catalog,
-        poll_s=api.poll_interval_s,
-    )
+    router.post(
+        f"/{{run_id}}/{action}",
+        status_code=202,
+        response_model=CommandAccepted | CommandApplied,
+        summary=summary,
+        responses=_COMMAND_RESPONSES,
+    )(endpoint)
 
 
-@router.post(
-    "/{run_id}/resume",
-    status_code=202,
-    response_model=CommandAccepted | CommandApplied,
-    summary="Resume a paused run",
-    responses=_COMMAND_RESPONSES,
-)
-async def resume_run(
-    run_id: str,
-    *,
-    response: Response,
-    api: ApiSettingsDep,
-    read_model: ReadModelDep,
-    publisher: PublisherDep,
-    catalog: CatalogDep,
-    wait_ms: WaitQuery = None,
-    body: OptionalCommandBody = None,
-) -> CommandAccepted | CommandApplied:
-    """Publishes ``ResumeRun``; with ``wait_ms`` answers 200 on ``RunResumed``, 409 on
-    rejection."""
-    extra = body or CommandCreate()
-    command = ResumeRun(
-        run_id=run_id,
-        command_id=new_command_id(),
-        reason=extra.reason,
-        requested_by=extra.requested_by,
-    )
-    return await _command(
-        run_id,
-        command=command,
-        effect=_of_type("RunResumed"),
-        wait_ms=wait_ms,
-        response=response,
-        read_model=read_model,
-        publisher=publisher,
-        catalog=catalog,
-        poll_s=api.poll_interval_s,
-    )
+_lifecycle_route("cancel", CancelRun, "RunCancelled", "Cancel a run")
+_lifecycle_route("pause", PauseRun, "RunPaused", "Pause a run")
+_lifecycle_route("resume", ResumeRun, "RunResumed", "Resume a paused run")
 
 
 @router.post(
