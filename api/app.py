@@ -103,6 +103,9 @@ def create_app(
             yield
         finally:
             await run_in_threadpool(alerts_view.close)
+            mailbox = getattr(app.state, "webhook_mailbox", None)  # created on first use
+            if mailbox is not None:
+                await run_in_threadpool(mailbox.close)
             await run_in_threadpool(close_clickhouse, ch_access)
             try:
                 await run_in_threadpool(producer.close, api.publish_timeout_s)
