@@ -12,8 +12,9 @@ import time
 import uuid
 from collections.abc import Callable
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
+from reflux.errors import ServiceUnavailableError
 from reflux.settings import Settings
 
 __all__ = ["TopicTableReader"]
@@ -45,8 +46,22 @@ class TopicTableReader:
                 "allow.auto.create.topics": False,
             }
         )
-        metadata = self._consumer.list_topics(topic, timeout=metadata_timeout)
-        partitions = sorted(metadata.topics[topic].partitions)
+        try:
+            metadata = self._consumer.list_topics(topic, timeout=metadata_timeout)
+        except KafkaException as exc:
+            self._consumer.close()
+            raise ServiceUnavailableError(
+                f"Kafka at {settings.kafka_bootstrap} is unavailable, so {topic!r} cannot be "
+                f"read: {exc}"
+            ) from exc
+        found = metadata.topics.get(topic)
+        if found is None or found.error is not None or not found.partitions:
+            self._consumer.close()
+            raise ServiceUnavailableError(
+                f"Expected the topic {topic!r} on Kafka, but it does not exist yet "
+                "(`reflux topics create` creates the catalog's topics)"
+            )
+        partitions = sorted(found.partitions)
         self._partitions = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions]
         self._consumer.assign(self._partitions)
 
@@ -66,21 +81,38 @@ class TopicTableReader:
         while self.poll(timeout=0) >= BATCH:
             pass
 
-    def catch_up(self, timeout: float = 10.0) -> bool:
-        """Reads until every partition reached the high watermark seen now; False on timeout."""
-        targets = {
-            tp.partition: self._consumer.get_watermark_offsets(tp, timeout=5)[1]
-            for tp in self._partitions
-        }
+    def behind(self, targets: dict[int, int]) -> list[int]:
+        """Partitions whose position has not reached ``targets`` (0 = nothing to wait for)."""
+        positions = self._consumer.position([TopicPartition(self.topic, p) for p in targets])
+        return [
+            tp.partition
+            for tp in positions
+            if targets[tp.partition] > 0 and tp.offset < targets[tp.partition]
+        ]
+
+    def high_watermarks(self, timeout: float = 5.0) -> dict[int, int]:
+        """Each partition's end now; 0 for an empty one (or one emptied by retention)."""
+        try:
+            ends = {
+                tp.partition: self._consumer.get_watermark_offsets(tp, timeout=timeout)
+                for tp in self._partitions
+            }
+        except KafkaException as exc:
+            raise ServiceUnavailableError(
+                f"Kafka did not answer for {self.topic!r}: {exc}"
+            ) from exc
+        return {p: high if high > low else 0 for p, (low, high) in ends.items()}
+
+    def catch_up(self, timeout: float = 10.0) -> list[int]:
+        """Reads until every partition reached the end it had now; returns the partitions still
+        behind when ``timeout`` ran out (empty: caught up)."""
+        targets = self.high_watermarks()
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            positions = self._consumer.position([TopicPartition(self.topic, p) for p in targets])
-            if all(
-                tp.offset >= targets[tp.partition] or targets[tp.partition] == 0 for tp in positions
-            ):
-                return True
+        while True:
+            behind = self.behind(targets)
+            if not behind or time.monotonic() > deadline:
+                return behind
             self.poll(timeout=0.1)
-        return False
 
     def close(self) -> None:
         self._consumer.close()

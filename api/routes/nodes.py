@@ -11,6 +11,7 @@ is an operator tool, not a high-contention one.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import anyio
@@ -209,6 +210,34 @@ async def register_version(
     return accepted
 
 
+async def _transition(
+    name: str,
+    version: str,
+    rule: Callable[[str, NodeStatus], NodeStatus],
+    *,
+    pool: ConnectionPool[Any],
+    api: ApiSettings,
+    publisher: Publisher,
+    catalog: TopicCatalog,
+    wait_ms: int | None,
+    **overrides: Any,
+) -> NodeVersionAccepted:
+    """Applies a status transition rule (promote, deprecate): 409 with its reason if refused."""
+    row = await _require(pool, api, name, version)
+    try:
+        target = rule(catalog_key(name, version), NodeStatus(row.status))
+    except TransitionError as exc:
+        raise ConflictError(str(exc)) from exc
+    return await _publish(
+        _next_entry(row, status=target, **overrides),
+        publisher=publisher,
+        catalog=catalog,
+        pool=pool,
+        api=api,
+        wait_ms=wait_ms,
+    )
+
+
 @router.post(
     "/{name}/versions/{version}/promote",
     status_code=202,
@@ -226,17 +255,14 @@ async def promote_version(
     catalog: CatalogDep,
     wait_ms: WaitQuery = None,
 ) -> NodeVersionAccepted:
-    row = await _require(pool, api, name, version)
-    try:
-        target = promoted(catalog_key(name, version), NodeStatus(row.status))
-    except TransitionError as exc:
-        raise ConflictError(str(exc)) from exc
-    return await _publish(
-        _next_entry(row, status=target),
-        publisher=publisher,
-        catalog=catalog,
+    return await _transition(
+        name,
+        version,
+        promoted,
         pool=pool,
         api=api,
+        publisher=publisher,
+        catalog=catalog,
         wait_ms=wait_ms,
     )
 
@@ -258,18 +284,17 @@ async def deprecate_version(
     catalog: CatalogDep,
     wait_ms: WaitQuery = None,
 ) -> NodeVersionAccepted:
-    row = await _require(pool, api, name, version)
-    try:
-        target = deprecated(catalog_key(name, version), NodeStatus(row.status))
-    except TransitionError as exc:
-        raise ConflictError(str(exc)) from exc
-    return await _publish(
-        _next_entry(row, status=target, rollout_weight=0.0),
-        publisher=publisher,
-        catalog=catalog,
+    # A deprecated version takes no share of new runs.
+    return await _transition(
+        name,
+        version,
+        deprecated,
         pool=pool,
         api=api,
+        publisher=publisher,
+        catalog=catalog,
         wait_ms=wait_ms,
+        rollout_weight=0.0,
     )
 
 

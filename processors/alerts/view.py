@@ -11,12 +11,8 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-import uuid
 from types import TracebackType
 from typing import Self
-
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
 from processors.alerts.records import from_record
 from processors.alerts.rules import AlertEvent, AlertKey
@@ -26,6 +22,7 @@ from schemas import decode
 from schemas.errors import SchemaError
 from schemas.models import Alert, AlertState
 from streams.catalog import TopicCatalog
+from streams.table import TopicTableReader
 
 __all__ = ["AlertsView", "AlertsViewError"]
 
@@ -50,35 +47,16 @@ class AlertsView:
         self.topic = self.catalog.alerts.topic
         self._lock = threading.Lock()
         self._latest: dict[AlertKey, AlertEvent] = {}
-        self._consumer = Consumer(
-            {
-                "bootstrap.servers": settings.kafka_bootstrap,
-                # Never used to commit: every view reads the whole topic.
-                "group.id": f"{settings.topic_prefix}.alerts-view-{uuid.uuid4().hex[:8]}",
-                "enable.auto.commit": False,
-                "isolation.level": "read_committed",
-                "allow.auto.create.topics": False,
-            }
-        )
         try:
-            metadata = self._consumer.list_topics(self.topic, timeout=metadata_timeout_s)
-        except KafkaException as exc:
-            self._consumer.close()
-            raise AlertsViewError(
-                f"Kafka at {settings.kafka_bootstrap} is unavailable, so the alerts topic "
-                f"{self.topic!r} cannot be read: {exc}"
-            ) from exc
-        topic = metadata.topics.get(self.topic)
-        if topic is None or topic.error is not None or not topic.partitions:
-            self._consumer.close()
-            raise AlertsViewError(
-                f"Expected the alerts topic {self.topic!r} on Kafka, but it does not exist yet "
-                "(the alert evaluator, `reflux dev` and `reflux topics ensure` create it)"
+            self._reader = TopicTableReader(
+                settings,
+                self.topic,
+                self._apply,
+                name="alerts-view",
+                metadata_timeout=metadata_timeout_s,
             )
-        self._partitions = [
-            TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in sorted(topic.partitions)
-        ]
-        self._consumer.assign(self._partitions)
+        except ServiceUnavailableError as exc:
+            raise AlertsViewError(str(exc)) from exc
 
     def _apply(self, data: bytes | None) -> None:
         if data is None:
@@ -90,43 +68,19 @@ class AlertsView:
             return
         self._latest[event.key] = event
 
-    def _poll(self, timeout: float) -> int:
-        messages = self._consumer.consume(num_messages=500, timeout=timeout)
-        for message in messages:
-            if message.error() is None:
-                self._apply(message.value())
-        return len(messages)
-
     def catch_up(self, timeout: float = 10.0) -> None:
         """Read until every partition reached the high watermark it had when this was called;
         raises :class:`AlertsViewError` if that takes longer than ``timeout``."""
         with self._lock:
-            targets: dict[int, int] = {}
             try:
-                for tp in self._partitions:
-                    low, high = self._consumer.get_watermark_offsets(tp, timeout=timeout)
-                    # An empty partition (or one emptied by retention) has nothing to wait for.
-                    targets[tp.partition] = high if high > low else 0
-            except KafkaException as exc:
-                raise AlertsViewError(f"Kafka did not answer for {self.topic!r}: {exc}") from exc
-            deadline = time.monotonic() + timeout
-            while True:
-                positions = self._consumer.position(
-                    [TopicPartition(self.topic, p) for p in targets]
-                )
-                behind = [
-                    tp.partition
-                    for tp in positions
-                    if targets[tp.partition] > 0 and tp.offset < targets[tp.partition]
-                ]
-                if not behind:
-                    return
-                if time.monotonic() > deadline:
-                    raise AlertsViewError(
-                        f"Expected to read {self.topic!r} up to its end within {timeout}s, but "
-                        f"partitions {behind} are still behind"
-                    )
-                self._poll(timeout=0.1)
+                behind = self._reader.catch_up(timeout)
+            except ServiceUnavailableError as exc:
+                raise AlertsViewError(str(exc)) from exc
+        if behind:
+            raise AlertsViewError(
+                f"Expected to read {self.topic!r} up to its end within {timeout}s, but "
+                f"partitions {behind} are still behind"
+            )
 
     def latest(self) -> list[AlertEvent]:
         """The last transition of every alert ever seen, by rule then subject."""
@@ -140,7 +94,7 @@ class AlertsView:
 
     def close(self) -> None:
         with self._lock:
-            self._consumer.close()
+            self._reader.close()
 
     def __enter__(self) -> Self:
         return self

@@ -47,6 +47,7 @@ from schemas.models import (
     StepTimedOut,
     TimerKind,
 )
+from schemas.run_log import RUN_EVENT_TYPES, RunEvent
 
 __all__ = [
     "RUN_EVENT_TYPES",
@@ -57,43 +58,6 @@ __all__ = [
     "fold",
     "timeout_timer_id",
 ]
-
-RunEvent = (
-    RunStarted
-    | StepScheduled
-    | StepDispatched
-    | StepSucceeded
-    | StepFailed
-    | StepRetryScheduled
-    | StepTimedOut
-    | StepSkipped
-    | GraphMutated
-    | RunPaused
-    | RunResumed
-    | RunSucceeded
-    | RunFailed
-    | RunCancelled
-    | CommandRejected
-)
-"""Every record the scheduler appends to ``reflux.runs``."""
-
-RUN_EVENT_TYPES: tuple[type[RunEvent], ...] = (
-    RunStarted,
-    StepScheduled,
-    StepDispatched,
-    StepSucceeded,
-    StepFailed,
-    StepRetryScheduled,
-    StepTimedOut,
-    StepSkipped,
-    GraphMutated,
-    RunPaused,
-    RunResumed,
-    RunSucceeded,
-    RunFailed,
-    RunCancelled,
-    CommandRejected,
-)
 
 
 class EvolveError(ValueError):

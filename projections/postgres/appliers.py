@@ -63,6 +63,7 @@ from schemas.models import (
     StepTimedOut,
     WorkflowRegistered,
 )
+from schemas.run_log import RUN_EVENT_TYPES
 
 __all__ = [
     "NODE_EVENT_TYPES",
@@ -75,24 +76,6 @@ __all__ = [
     "plan",
 ]
 
-RUN_EVENT_TYPES: Final[tuple[type[RefluxRecord], ...]] = (
-    RunStarted,
-    StepScheduled,
-    StepDispatched,
-    StepSucceeded,
-    StepFailed,
-    StepRetryScheduled,
-    StepTimedOut,
-    StepSkipped,
-    GraphMutated,
-    RunPaused,
-    RunResumed,
-    RunSucceeded,
-    RunFailed,
-    RunCancelled,
-    CommandRejected,
-)
-"""Every record type the ``runs`` topic carries; anything else there is poison."""
 
 WORKFLOW_EVENT_TYPES: Final[tuple[type[RefluxRecord], ...]] = (WorkflowRegistered,)
 
