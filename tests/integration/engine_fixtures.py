@@ -15,6 +15,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from confluent_kafka.admin import AdminClient
 
 from processors.workflow import parse_workflow
 from projections.postgres import queries
@@ -99,7 +100,9 @@ class Harness:
 
 
 @pytest.fixture
-def harness(kafka_settings: Settings) -> Iterator[Harness]:
+def harness(kafka_settings: Settings, admin: AdminClient) -> Iterator[Harness]:
+    # `admin` deletes this test's topics afterwards (thousands of leftover partitions exhaust
+    # the broker's open files on a long-lived development broker).
     schema = f"t_{uuid.uuid4().hex[:10]}"
     engine = DevEngine(kafka_settings, schema=schema).start()
     producer = Producer(kafka_settings, client_id="e2e-test")
