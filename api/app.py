@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.config import ApiSettings
 from api.errors import install_error_handlers
-from api.metrics import ApiMetrics, MetricsMiddleware
+from api.prometheus import ApiMetrics, MetricsMiddleware
 from api.publisher import Publisher, api_producer
 from api.readmodel import ReadModel
 from api.reflection import LazyAlertsView, close_clickhouse, open_clickhouse
@@ -28,10 +28,10 @@ from api.routes import alerts, health, hooks, nodes, runs, workflows
 from api.routes import metrics as metrics_routes
 from api.store import ApiStore
 from api.validation import bind_node_catalog
+from foundation.settings import Settings, get_settings
 from projections.clickhouse import ClickHouse
-from reflux.settings import Settings, get_settings
 from streams.admin import admin_client
-from streams.catalog import TopicCatalog
+from streams.topics import TopicCatalog
 
 __all__ = ["API_PREFIX", "create_app"]
 
@@ -82,12 +82,12 @@ def create_app(
         # wait=False: start even when Postgres is down; requests then answer 503.
         pool.open(wait=False)
         producer = api_producer(settings, api.publish_timeout_s)
-        catalog = TopicCatalog.from_settings(settings)
+        topics = TopicCatalog.from_settings(settings)
         app.state.settings = settings
         app.state.api_settings = api
         app.state.pool = pool
-        app.state.catalog = catalog
-        app.state.publisher = Publisher(producer, catalog, metrics, api.publish_timeout_s)
+        app.state.topics = topics
+        app.state.publisher = Publisher(producer, topics, metrics, api.publish_timeout_s)
         app.state.admin = admin_client(settings)
         app.state.read_model = ReadModel(pool, api.read_schema, api.pool_timeout_s)
         app.state.store = store = ApiStore(pool, api.api_schema, api.pool_timeout_s)
@@ -96,9 +96,9 @@ def create_app(
         except Exception as exc:  # retried lazily by the first write that needs the tables
             log.warning("API schema %r not ready yet: %s", api.api_schema, exc)
         app.state.clickhouse = ch_access = await run_in_threadpool(
-            open_clickhouse, settings, api, clickhouse, catalog
+            open_clickhouse, settings, api, clickhouse, topics
         )
-        app.state.alerts_view = alerts_view = LazyAlertsView(settings, catalog)
+        app.state.alerts_view = alerts_view = LazyAlertsView(settings, topics)
         try:
             yield
         finally:
@@ -123,7 +123,7 @@ def create_app(
     app.state.metrics = metrics
     install_error_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    # Workflow validation in every /v1 request checks nodes against the projected catalog.
+    # Workflow validation in every /v1 request checks nodes against the projected node catalog.
     v1 = APIRouter(prefix=API_PREFIX, dependencies=[Depends(bind_node_catalog)])
     v1.include_router(workflows.router)
     v1.include_router(runs.router)

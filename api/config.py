@@ -1,4 +1,4 @@
-"""Settings of the HTTP API that the shared :class:`reflux.settings.Settings` does not hold.
+"""Settings of the HTTP API that the shared :class:`foundation.settings.Settings` does not hold.
 
 Kept separate (env prefix ``REFLUX_API_``) so the foundation settings stay about connections, and
 the API can be configured per process (schemas per test, webhook secrets per deployment).

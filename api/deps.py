@@ -14,30 +14,30 @@ from fastapi import Depends, Request
 from psycopg_pool import ConnectionPool
 
 from api.config import ApiSettings
-from api.metrics import ApiMetrics
+from api.prometheus import ApiMetrics
 from api.publisher import Publisher
 from api.readmodel import ReadModel
 from api.reflection import ClickHouseAccess
 from api.store import ApiStore
+from foundation.settings import Settings
 from processors.alerts.view import AlertsView
 from projections.clickhouse import ClickHouse
-from reflux.settings import Settings
-from streams.catalog import TopicCatalog
 from streams.producer import Producer
+from streams.topics import TopicCatalog
 
 __all__ = [
     "AlertsViewDep",
     "ApiSettingsDep",
-    "CatalogDep",
     "ClickHouseDep",
     "ConnDep",
-    "MetricsDep",
     "PoolDep",
     "ProducerDep",
+    "PrometheusDep",
     "PublisherDep",
     "ReadModelDep",
     "SettingsDep",
     "StoreDep",
+    "TopicsDep",
 ]
 
 
@@ -73,12 +73,12 @@ def get_publisher(request: Request) -> Publisher:
     return publisher
 
 
-def get_catalog(request: Request) -> TopicCatalog:
-    catalog: TopicCatalog = request.app.state.catalog
-    return catalog
+def get_topics(request: Request) -> TopicCatalog:
+    topics: TopicCatalog = request.app.state.topics
+    return topics
 
 
-def get_metrics(request: Request) -> ApiMetrics:
+def get_prometheus(request: Request) -> ApiMetrics:
     metrics: ApiMetrics = request.app.state.metrics
     return metrics
 
@@ -112,8 +112,8 @@ PoolDep = Annotated[ConnectionPool[Any], Depends(get_pool)]
 ConnDep = Annotated[psycopg.Connection[Any], Depends(get_conn)]
 ProducerDep = Annotated[Producer, Depends(get_producer)]
 PublisherDep = Annotated[Publisher, Depends(get_publisher)]
-CatalogDep = Annotated[TopicCatalog, Depends(get_catalog)]
-MetricsDep = Annotated[ApiMetrics, Depends(get_metrics)]
+TopicsDep = Annotated[TopicCatalog, Depends(get_topics)]
+PrometheusDep = Annotated[ApiMetrics, Depends(get_prometheus)]
 ReadModelDep = Annotated[ReadModel, Depends(get_read_model)]
 StoreDep = Annotated[ApiStore, Depends(get_store)]
 ClickHouseDep = Annotated[ClickHouse, Depends(get_clickhouse)]

@@ -19,7 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from psycopg_pool import PoolTimeout
 
-from reflux.errors import ServiceUnavailableError
+from foundation.errors import ServiceUnavailableError
 from streams.producer import DeliveryError
 
 __all__ = [

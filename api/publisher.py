@@ -13,11 +13,11 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from api.metrics import ApiMetrics
-from reflux.settings import Settings
+from api.prometheus import ApiMetrics
+from foundation.settings import Settings
 from schemas.base import RefluxRecord
-from streams.catalog import TopicCatalog, TopicSpec
 from streams.producer import Producer
+from streams.topics import TopicCatalog, TopicSpec
 
 __all__ = ["Publisher", "api_producer"]
 

@@ -26,13 +26,13 @@ from typing import IO
 
 from api.config import ApiSettings
 from api.errors import UnavailableError
+from foundation.settings import Settings
 from processors.alerts.evaluator import AlertEvaluator
 from processors.alerts.view import AlertsView
 from projections.clickhouse import ClickHouse, connect
 from projections.traces.owner import TracesOwner
-from reflux.settings import Settings
 from streams.admin import ensure_topics
-from streams.catalog import TopicCatalog
+from streams.topics import TopicCatalog
 
 __all__ = ["ClickHouseAccess", "LazyAlertsView", "close_clickhouse", "open_clickhouse"]
 

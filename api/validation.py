@@ -1,4 +1,4 @@
-"""Workflow and input validation through :mod:`processors.workflow`, as 422 answers.
+"""Workflow and input validation through :mod:`workflows`, as 422 answers.
 
 The processor reports every problem with a dotted path (``steps[1].needs[0]``, ``inputs.x``);
 the API prefixes where the value sits in the request (``body``), so ``loc`` points at the field
@@ -24,14 +24,14 @@ from fastapi import Request
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from api.errors import FieldIssue, RequestInvalidError
-from processors.workflow import (
+from projections.postgres import queries
+from workflows import (
     WorkflowDefinition,
     WorkflowValidationError,
     parse_workflow,
     validate_inputs,
 )
-from processors.workflow.catalog import NodeCatalogView, StaticNodeCatalog
-from projections.postgres import queries
+from workflows.node_catalog import NodeCatalogView, StaticNodeCatalog
 
 __all__ = [
     "bind_node_catalog",

@@ -57,9 +57,8 @@ from benchmarks.profiling import (
     parse_py_spy_raw,
 )
 from benchmarks.report import evaluate_goals
-from processors.workflow import parse_workflow
+from foundation.settings import PROJECT_ROOT, Settings
 from reflux.dev import DevEngine
-from reflux.settings import PROJECT_ROOT, Settings
 from schemas import decode
 from schemas.models import (
     CommandRejected,
@@ -70,9 +69,10 @@ from schemas.models import (
     WorkflowRegistered,
 )
 from streams.admin import admin_client
-from streams.catalog import TopicCatalog
 from streams.consumer import consume_available
 from streams.producer import TYPE_HEADER, Producer
+from streams.topics import TopicCatalog
+from workflows import parse_workflow
 
 __all__ = ["FULL", "QUICK", "EnginePlan", "run_engine_benchmark"]
 

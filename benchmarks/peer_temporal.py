@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.peers.timings import FULL, QUICK, STEPS_PER_RUN
+from foundation.settings import PROJECT_ROOT, get_settings
 from infra.peers.temporal import BUILD_TIMEOUT_S, NAMESPACE, SERVER_VERSION, TemporalServer
-from reflux.settings import PROJECT_ROOT, get_settings
 
 OUT_FILE = PROJECT_ROOT / "benchmarks" / "out" / "peer_temporal.json"
 # Bounds the child process: a first build of the server plus the slowest full plan.

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.report import evaluate_goals, format_table, peer_ratios
-from reflux.settings import PROJECT_ROOT, Settings, get_settings
+from foundation.settings import PROJECT_ROOT, Settings, get_settings
 
 OUT_FILE = PROJECT_ROOT / "benchmarks" / "out" / "results.json"
 TRACES_MODULE = "benchmarks.traces_bench"

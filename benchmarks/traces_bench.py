@@ -32,14 +32,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from foundation.settings import PROJECT_ROOT, Settings, get_settings
 from projections.clickhouse import ClickHouse, connect
 from projections.traces.migrations import IngestTuning, apply, drop
-from reflux.settings import PROJECT_ROOT, Settings, get_settings
 from schemas.models import ErrorInfo, Trace, TraceStatus
 from schemas.trace_json import encode_trace
 from streams.admin import admin_client, ensure_topics
-from streams.catalog import TopicCatalog
 from streams.producer import Producer
+from streams.topics import TopicCatalog
 
 OUT_FILE = PROJECT_ROOT / "benchmarks" / "out" / "traces.json"
 MARKER_NODE = "bench.marker"

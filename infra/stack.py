@@ -12,13 +12,13 @@ import json
 import sys
 import time
 
+from foundation.settings import Settings, get_settings
 from infra.services.base import Service, ServiceError, ensure_debian_packages, log
 from infra.services.clickhouse import ClickHouse
 from infra.services.kafka import Kafka
 from infra.services.postgres import Postgres
 from infra.services.redis import Redis
 from infra.services.s3 import S3
-from reflux.settings import Settings, get_settings
 
 SERVICE_TYPES: dict[str, type[Service]] = {
     "kafka": Kafka,

@@ -23,9 +23,9 @@ from typing import Any, Final
 
 from pydantic import BaseModel
 
+from foundation.errors import RefluxError
 from node_workers.node import AnyNode, NodeContext, validate_params
 from node_workers.secrets import SecretResolver, no_secrets, secret_names
-from reflux.errors import RefluxError
 from schemas.base import canonical_json
 from schemas.models import ErrorInfo, NodeInvocation, TraceStatus
 

@@ -12,8 +12,8 @@ import hashlib
 import json
 from typing import Any, Final
 
-from reflux.errors import NonRetryableError
-from reflux.objectstore import BlobStore
+from foundation.errors import NonRetryableError
+from foundation.objectstore import BlobStore
 from schemas.base import canonical_json
 from schemas.models import NodeInvocation, PayloadRef
 

@@ -23,9 +23,9 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+from foundation.settings import Settings, get_settings
 from node_workers.registry import NodeRegistry, default_registry
 from node_workers.runtime import DEFAULT_MAX_INLINE_OUTPUT_BYTES, WorkerConfig, WorkerRuntime
-from reflux.settings import Settings, get_settings
 from streams.admin import ensure_topics
 
 __all__ = ["NODES_FILTER_ENV", "add_worker_commands", "handle_worker", "select_nodes"]

@@ -1,4 +1,4 @@
-"""Errors raised by node code, rooted in :mod:`reflux.errors`.
+"""Errors raised by node code, rooted in :mod:`foundation.errors`.
 
 A node says *what* went wrong (``error_class``, e.g. ``"Http5xx"``) and *whether another attempt
 can help* (retryable or not). The worker runtime copies both into the result's ``ErrorInfo``; the
@@ -7,7 +7,7 @@ scheduler's retry policy and the critic act on them. Node code never decides to 
 
 from __future__ import annotations
 
-from reflux.errors import NonRetryableError, RefluxError, RetryableError
+from foundation.errors import NonRetryableError, RefluxError, RetryableError
 
 __all__ = ["NodeError", "NonRetryableNodeError", "RetryableNodeError"]
 

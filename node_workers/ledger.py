@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from reflux.settings import Settings
+from foundation.settings import Settings
 
 DEFAULT_TTL_S = 7 * 24 * 3600
 _STARTED = b"started"

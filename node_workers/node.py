@@ -20,8 +20,8 @@ from typing import Any, Final, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from foundation.settings import Settings
 from node_workers.errors import NodeError, NonRetryableNodeError, RetryableNodeError
-from reflux.settings import Settings
 
 __all__ = [
     "AnyNode",
@@ -40,7 +40,7 @@ __all__ = [
 _SEMVER: Final = re.compile(
     r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?$"
 )
-# Same rule as streams.catalog: node names become topic and consumer group names.
+# Same rule as streams.topics: node names become topic and consumer group names.
 _NODE_NAME: Final = re.compile(r"^[a-z0-9][a-z0-9_-]*(\.[a-z0-9][a-z0-9_-]*)*$")
 
 

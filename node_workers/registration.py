@@ -24,15 +24,15 @@ from dataclasses import dataclass
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+from foundation.objectstore import BlobStore, S3BlobStore
+from foundation.settings import Settings
 from node_workers.node import AnyNode
-from reflux.objectstore import BlobStore, S3BlobStore
-from reflux.settings import Settings
 from schemas import decode
 from schemas.base import canonical_json
 from schemas.errors import SchemaError
 from schemas.models import NodeCatalogEntry, NodeStatus
-from streams.catalog import TopicCatalog
 from streams.producer import Producer
+from streams.topics import TopicCatalog
 
 __all__ = [
     "DEFAULT_STATUS",

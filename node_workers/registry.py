@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 
+from foundation.errors import ConfigurationError
 from node_workers.node import AnyNode
 from node_workers.nodes import builtin_nodes
-from reflux.errors import ConfigurationError
 
 __all__ = ["NodeRegistry", "UnknownNodeError", "default_registry", "parse_filter"]
 

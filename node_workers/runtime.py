@@ -1,7 +1,7 @@
 """The worker runtime: consume node invocations, run them concurrently, publish results and traces.
 
 One *lane* per served node major: consumer group ``{prefix}.workers.<node>.v<major>`` on the
-invoke topic ``{prefix}.invoke.<node>.v<major>`` (both named by :mod:`streams.catalog`). All lanes
+invoke topic ``{prefix}.invoke.<node>.v<major>`` (both named by :mod:`streams.topics`). All lanes
 of a process share one idempotent producer, one object store and one concurrency limit.
 
 Delivery is **at-least-once**. The commit order, per lane:
@@ -56,6 +56,9 @@ from typing import Any, Final
 from confluent_kafka import Consumer as KafkaConsumer
 from confluent_kafka import KafkaException, Message, TopicPartition
 
+from foundation.errors import ConfigurationError, RefluxError, ServiceUnavailableError
+from foundation.objectstore import BlobStore, S3BlobStore
+from foundation.settings import Settings
 from node_workers.attempt import DEFAULT_TIMEOUT_S, Attempt, inputs_hash, run_attempt
 from node_workers.claimcheck import encode_json, load_json, output_key, store_json
 from node_workers.ledger import AttemptLedger, ClaimState
@@ -64,17 +67,14 @@ from node_workers.offsets import OffsetTracker, TopicPartitionKey
 from node_workers.records import build_result, build_trace
 from node_workers.registry import NodeRegistry
 from node_workers.secrets import SecretResolver, resolver_from_settings
-from reflux.errors import ConfigurationError, RefluxError, ServiceUnavailableError
-from reflux.objectstore import BlobStore, S3BlobStore
-from reflux.settings import Settings
 from schemas import serde
 from schemas.errors import MalformedRecordError, SchemaError
 from schemas.models import ErrorInfo, NodeInvocation, NodeResult, TraceStatus
 from schemas.trace_json import TRACE_HEADERS, encode_trace
-from streams.catalog import TopicCatalog, TopicSpec
 from streams.consumer import consume_messages, consumer_config
 from streams.dlq import DeadLetterPublisher, PoisonRecord
 from streams.producer import TYPE_HEADER, DeliveryError, Producer
+from streams.topics import TopicCatalog, TopicSpec
 
 __all__ = ["DEFAULT_MAX_INLINE_OUTPUT_BYTES", "WorkerConfig", "WorkerRuntime", "WorkerStats"]
 

@@ -1,7 +1,7 @@
 """Secrets inside the worker: providers, grants, placeholder resolution and redaction.
 
 A definition writes ``{{ secrets.NAME }}`` in step params. The scheduler keeps that text as it is
-(:mod:`processors.workflow.expressions`), so run events, invocations, Postgres rows and traces
+(:mod:`workflows.expressions`), so run events, invocations, Postgres rows and traces
 carry the placeholder, never the value. Here, in the worker and right before the node's params
 are validated, :class:`SecretResolver` replaces each placeholder with the value, if the
 workflow is **granted** that secret, and registers the value with a :class:`Redactor`, which
@@ -40,10 +40,10 @@ from urllib.parse import quote, quote_plus
 
 import yaml
 
-from processors.workflow.expressions import SECRET_NAME, SECRET_PLACEHOLDER
-from reflux.errors import ConfigurationError, NonRetryableError, RefluxError, RetryableError
-from reflux.settings import Settings
+from foundation.errors import ConfigurationError, NonRetryableError, RefluxError, RetryableError
+from foundation.settings import Settings
 from schemas.models import ErrorInfo
+from workflows.expressions import SECRET_NAME, SECRET_PLACEHOLDER
 
 __all__ = [
     "ENV_PREFIX",

@@ -39,8 +39,8 @@ from typing import Any, Final
 import redis
 import redis.asyncio as aioredis
 
-from reflux.errors import ServiceUnavailableError
-from reflux.settings import Settings
+from foundation.errors import ServiceUnavailableError
+from foundation.settings import Settings
 
 __all__ = [
     "DEFAULT_TTL_S",
@@ -75,7 +75,7 @@ _SCHEME: Final = "sha256="
 RUN_ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$"
 """Run ids are uuids in practice; anything else that is a safe key segment is accepted too."""
 STEP_ID_PATTERN: Final = r"^[a-z_][a-z0-9_]{0,62}$"
-"""The workflow model's step id rule (``processors.workflow.model``)."""
+"""The workflow model's step id rule (``workflows.model``)."""
 _RUN_ID: Final = re.compile(RUN_ID_PATTERN)
 _STEP_ID: Final = re.compile(STEP_ID_PATTERN)
 
@@ -262,7 +262,7 @@ class WebhookMailbox:
         self, run_id: str, step_id: str, delivery: Delivery, idempotency_key: str | None = None
     ) -> DeliveryOutcome:
         """Store ``delivery``; raise :class:`MailboxFullError`, ``ValueError`` (ids) or
-        :class:`~reflux.errors.ServiceUnavailableError` (Redis)."""
+        :class:`~foundation.errors.ServiceUnavailableError` (Redis)."""
         keys = mailbox_keys(self.topic_prefix, run_id, step_id)
         seen = keys.seen(idempotency_key) if idempotency_key else keys.mailbox
         try:

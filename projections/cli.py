@@ -20,11 +20,11 @@ from typing import Any, TextIO
 
 import psycopg
 
+from foundation.errors import RefluxError
+from foundation.settings import Settings, get_settings
 from projections.postgres.identifiers import DEFAULT_SCHEMA
 from projections.postgres.migrations import apply_migrations, load_migrations
 from projections.projector import DEFAULT_NAME, Progress, Projector, rebuild
-from reflux.errors import RefluxError
-from reflux.settings import Settings, get_settings
 
 __all__ = ["add_projections_commands"]
 

@@ -23,8 +23,8 @@ from typing import Any, Protocol
 
 from clickhouse_connect.driver.binding import finalize_query
 
-from reflux.errors import NonRetryableError
-from reflux.settings import Settings
+from foundation.errors import NonRetryableError
+from foundation.settings import Settings
 
 
 class ClickHouseError(NonRetryableError):

@@ -42,6 +42,13 @@ import psycopg
 from confluent_kafka import OFFSET_BEGINNING, KafkaException, Message, TopicPartition
 from confluent_kafka import Consumer as KafkaConsumer
 
+from foundation.errors import (
+    ConfigurationError,
+    NonRetryableError,
+    RefluxError,
+    ServiceUnavailableError,
+)
+from foundation.settings import Settings, get_settings
 from projections.postgres.appliers import (
     NODE_EVENT_TYPES,
     RUN_EVENT_TYPES,
@@ -58,20 +65,13 @@ from projections.postgres.writer import (
     load_offsets,
     reset_read_models,
 )
-from reflux.errors import (
-    ConfigurationError,
-    NonRetryableError,
-    RefluxError,
-    ServiceUnavailableError,
-)
-from reflux.settings import Settings, get_settings
 from schemas import serde
 from schemas.base import RefluxRecord
 from schemas.errors import SchemaError
-from streams.catalog import TopicCatalog
 from streams.consumer import consume_messages, consumer_config
 from streams.dlq import DeadLetterPublisher, PoisonRecord
 from streams.producer import Producer
+from streams.topics import TopicCatalog
 
 __all__ = [
     "DEFAULT_NAME",

@@ -9,15 +9,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from api.cli import add_api_commands
+from foundation.errors import RefluxError
+from foundation.settings import get_settings
 from node_workers.cli import add_worker_commands
 from processors.alerts.cli import add_alerts_commands
-from processors.scheduler.runtime_cli import add_scheduler_commands
+from processors.scheduler.runtime.cli import add_scheduler_commands
 from projections.cli import add_projections_commands
 from projections.traces.cli import add_traces_commands
 from reflux.client import add_client_commands
-from reflux.errors import RefluxError
 from reflux.metrics_cli import add_metrics_commands
-from reflux.settings import get_settings
 from streams.cli import add_topics_commands
 
 

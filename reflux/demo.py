@@ -17,10 +17,10 @@ from pathlib import Path
 
 import httpx
 
+from foundation.settings import PROJECT_ROOT, Settings, get_settings
 from reflux.client import ClientError, _check, describe_event, timeline, wait_registered
 from reflux.demo_service import offers_service
 from reflux.dev import DevEngine
-from reflux.settings import PROJECT_ROOT, Settings, get_settings
 
 WORKFLOW = PROJECT_ROOT / "examples" / "order-quote.yaml"
 

@@ -19,15 +19,15 @@ from typing import Any
 
 import psycopg
 
+from foundation.settings import Settings
 from node_workers.registry import NodeRegistry, default_registry
 from node_workers.runtime import WorkerRuntime
-from processors.scheduler.runtime import SchedulerRuntime
+from processors.scheduler.runtime.loop import SchedulerRuntime
 from processors.triggers.router import TriggerRouter
 from projections.postgres.migrations import apply_migrations
 from projections.projector import Projector
-from reflux.settings import Settings
 from streams.admin import ensure_topics
-from streams.catalog import TopicCatalog
+from streams.topics import TopicCatalog
 
 log = logging.getLogger(__name__)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from foundation.settings import get_settings
 from reflux.dev import DevEngine
-from reflux.settings import get_settings
 
 log = logging.getLogger(__name__)
 

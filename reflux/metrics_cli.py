@@ -256,7 +256,7 @@ def show_metrics(args: argparse.Namespace) -> int:
 def add_metrics_commands(subparsers: Any, default_api: str | None = None) -> None:
     """Add ``metrics <view>`` (nodes, workflows, failures, reliability, ingest, alerts)."""
     if default_api is None:
-        from reflux.settings import get_settings
+        from foundation.settings import get_settings
 
         default_api = get_settings().api_url
     metrics = subparsers.add_parser(

@@ -1,6 +1,6 @@
 """Kafka plumbing: the topic catalog, topic admin, typed producer/consumer and dead-lettering.
 
-- :mod:`streams.catalog` names every topic (the only place that does);
+- :mod:`streams.topics` names every topic (the only place that does);
 - :mod:`streams.admin` creates/inspects them idempotently (``reflux topics``, :mod:`streams.cli`);
 - :mod:`streams.producer` / :mod:`streams.consumer` move schemas records with at-least-once
   semantics; :mod:`streams.dlq` parks poison records.

@@ -26,9 +26,9 @@ from confluent_kafka.admin._config import ConfigResource
 from confluent_kafka.admin._resource import ResourceType
 from confluent_kafka.cimpl import NewTopic
 
-from reflux.errors import ConfigurationError, ServiceUnavailableError
-from reflux.settings import Settings, get_settings
-from streams.catalog import TopicCatalog, TopicSpec
+from foundation.errors import ConfigurationError, ServiceUnavailableError
+from foundation.settings import Settings, get_settings
+from streams.topics import TopicCatalog, TopicSpec
 
 __all__ = [
     "EnsureReport",

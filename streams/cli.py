@@ -15,10 +15,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from reflux.errors import RefluxError
-from reflux.settings import Settings, get_settings
+from foundation.errors import RefluxError
+from foundation.settings import Settings, get_settings
 from streams.admin import TopicState, describe_topics, ensure_topics
-from streams.catalog import TopicCatalog, TopicSpec
+from streams.topics import TopicCatalog, TopicSpec
 
 __all__ = ["add_topics_commands", "handle_topics", "render_table"]
 

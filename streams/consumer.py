@@ -14,7 +14,7 @@ If a flush raises, the commit does not happen.
 Poison records never block a partition: a record that cannot be decoded (``MalformedRecordError``,
 ``UnknownSchemaError``, any ``SchemaError``) or whose handler raises a non-retryable error is
 published to ``dlq`` (:mod:`streams.dlq`) and processing continues with the next record. A handler
-that raises a *retryable* error (:class:`reflux.errors.RetryableError`) makes :meth:`process`
+that raises a *retryable* error (:class:`foundation.errors.RetryableError`) makes :meth:`process`
 rewind that partition to the failed record; the rest of the batch goes on.
 
 Positions: a record counts as consumed once it was handed to the caller (``poll_batch`` /
@@ -41,14 +41,14 @@ from typing import Any, Final, Self
 from confluent_kafka import Consumer as _KafkaConsumer
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
-from reflux.errors import NonRetryableError, RefluxError, ServiceUnavailableError
-from reflux.settings import Settings, get_settings
+from foundation.errors import NonRetryableError, RefluxError, ServiceUnavailableError
+from foundation.settings import Settings, get_settings
 from schemas import serde
 from schemas.base import RefluxRecord
 from schemas.errors import SchemaError
-from streams.catalog import TopicCatalog, TopicSpec
 from streams.dlq import DeadLetterPublisher, PoisonRecord
 from streams.producer import TYPE_HEADER, Producer
+from streams.topics import TopicCatalog, TopicSpec
 
 __all__ = [
     "BatchResult",
@@ -143,7 +143,7 @@ def is_retryable(exc: BaseException) -> bool:
 
     Only errors that say so are retried; anything else (bugs included) would block the
     partition forever if retried, so it is dead-lettered with its original bytes instead.
-    Wrap transient I/O failures in :class:`reflux.errors.RetryableError`.
+    Wrap transient I/O failures in :class:`foundation.errors.RetryableError`.
     """
     if isinstance(exc, RefluxError | SchemaError):
         return bool(exc.retryable)

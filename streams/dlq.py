@@ -23,8 +23,8 @@ from datetime import UTC, datetime
 from typing import Final
 
 from schemas.models import DeadLetter
-from streams.catalog import TopicSpec
 from streams.producer import Producer
+from streams.topics import TopicSpec
 
 __all__ = [
     "ERROR_CLASS_HEADER",

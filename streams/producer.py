@@ -20,11 +20,11 @@ from typing import Any, Final, Self
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka import Producer as _KafkaProducer
 
-from reflux.errors import ConfigurationError, RefluxError
-from reflux.settings import Settings, get_settings
+from foundation.errors import ConfigurationError, RefluxError
+from foundation.settings import Settings, get_settings
 from schemas import serde
 from schemas.base import RefluxRecord
-from streams.catalog import TopicSpec
+from streams.topics import TopicSpec
 
 __all__ = [
     "TYPE_HEADER",

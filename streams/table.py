@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
-from reflux.errors import ServiceUnavailableError
-from reflux.settings import Settings
+from foundation.errors import ServiceUnavailableError
+from foundation.settings import Settings
 
 __all__ = ["TopicTableReader"]
 

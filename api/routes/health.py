@@ -8,9 +8,9 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import ApiSettingsDep, MetricsDep, PoolDep, SettingsDep
-from api.metrics import CONTENT_TYPE_LATEST
+from api.deps import ApiSettingsDep, PoolDep, PrometheusDep, SettingsDep
 from api.models.health import CheckResult, Health, Readiness
+from api.prometheus import CONTENT_TYPE_LATEST
 
 __all__ = ["router"]
 
@@ -73,5 +73,5 @@ async def readyz(
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Text exposition"}},
 )
-def metrics(app_metrics: MetricsDep) -> Response:
+def metrics(app_metrics: PrometheusDep) -> Response:
     return Response(content=app_metrics.render(), media_type=CONTENT_TYPE_LATEST)

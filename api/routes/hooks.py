@@ -28,7 +28,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from api.bodies import decode_body
-from api.deps import ApiSettingsDep, CatalogDep, PublisherDep, ReadModelDep
+from api.deps import ApiSettingsDep, PublisherDep, ReadModelDep, TopicsDep
 from api.errors import ApiError, NotFoundError, UnauthorizedError
 from api.ids import WEBHOOK_SOURCE, run_id_for
 from api.models.common import ErrorMessage, errors
@@ -74,7 +74,7 @@ async def webhook(
     api: ApiSettingsDep,
     read_model: ReadModelDep,
     publisher: PublisherDep,
-    catalog: CatalogDep,
+    topics: TopicsDep,
     signature: Annotated[
         str | None, Header(alias=SIGNATURE_HEADER, description="sha256=<hex HMAC of the body>")
     ] = None,
@@ -107,7 +107,7 @@ async def webhook(
         payload=payload,
         idempotency_key=key,
     )
-    await run_in_threadpool(publisher.publish, catalog.triggers, trigger.source_key, trigger)
+    await run_in_threadpool(publisher.publish, topics.triggers, trigger.source_key, trigger)
     return HookAccepted(
         run_id=run_id_for(WEBHOOK_SOURCE, key),
         workflow_id=workflow_id,

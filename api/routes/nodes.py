@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.config import MAX_WAIT_MS, ApiSettings
 from api.db import with_conn
-from api.deps import ApiSettingsDep, CatalogDep, ConnDep, PoolDep, PublisherDep
+from api.deps import ApiSettingsDep, ConnDep, PoolDep, PublisherDep, TopicsDep
 from api.errors import ConflictError, NotFoundError
 from api.models.common import errors
 from api.models.nodes import (
@@ -34,11 +34,11 @@ from api.models.nodes import (
     RolloutUpdate,
 )
 from api.publisher import Publisher
-from processors.catalog import TransitionError, catalog_key, deprecated, promoted, reweighted
+from processors.node_catalog import TransitionError, catalog_key, deprecated, promoted, reweighted
 from projections.postgres import queries
 from projections.postgres.queries import NodeVersionRow
 from schemas.models import NodeCatalogEntry, NodeStatus
-from streams.catalog import TopicCatalog
+from streams.topics import TopicCatalog
 
 __all__ = ["router"]
 
@@ -82,13 +82,13 @@ async def _publish(
     entry: NodeCatalogEntry,
     *,
     publisher: Publisher,
-    catalog: TopicCatalog,
+    topics: TopicCatalog,
     pool: ConnectionPool[Any],
     api: ApiSettings,
     wait_ms: int | None,
 ) -> NodeVersionAccepted:
     key = catalog_key(entry.name, entry.version)
-    await run_in_threadpool(publisher.publish, catalog.nodes, key, entry)
+    await run_in_threadpool(publisher.publish, topics.nodes, key, entry)
     applied = False
     if wait_ms:
         deadline = time.monotonic() + wait_ms / 1000
@@ -184,7 +184,7 @@ async def register_version(
     pool: PoolDep,
     api: ApiSettingsDep,
     publisher: PublisherDep,
-    catalog: CatalogDep,
+    topics: TopicsDep,
     wait_ms: WaitQuery = None,
 ) -> NodeVersionAccepted:
     """Publishes the version's first ``NodeCatalogEntry``. Versions are immutable: registering
@@ -204,7 +204,7 @@ async def register_version(
         code_uri=body.code_uri,
     )
     accepted = await _publish(
-        entry, publisher=publisher, catalog=catalog, pool=pool, api=api, wait_ms=wait_ms
+        entry, publisher=publisher, topics=topics, pool=pool, api=api, wait_ms=wait_ms
     )
     response.headers["Location"] = f"/v1/nodes/{body.name}/versions/{body.version}"
     return accepted
@@ -218,7 +218,7 @@ async def _transition(
     pool: ConnectionPool[Any],
     api: ApiSettings,
     publisher: Publisher,
-    catalog: TopicCatalog,
+    topics: TopicCatalog,
     wait_ms: int | None,
     **overrides: Any,
 ) -> NodeVersionAccepted:
@@ -231,7 +231,7 @@ async def _transition(
     return await _publish(
         _next_entry(row, status=target, **overrides),
         publisher=publisher,
-        catalog=catalog,
+        topics=topics,
         pool=pool,
         api=api,
         wait_ms=wait_ms,
@@ -252,7 +252,7 @@ async def promote_version(
     pool: PoolDep,
     api: ApiSettingsDep,
     publisher: PublisherDep,
-    catalog: CatalogDep,
+    topics: TopicsDep,
     wait_ms: WaitQuery = None,
 ) -> NodeVersionAccepted:
     return await _transition(
@@ -262,7 +262,7 @@ async def promote_version(
         pool=pool,
         api=api,
         publisher=publisher,
-        catalog=catalog,
+        topics=topics,
         wait_ms=wait_ms,
     )
 
@@ -281,7 +281,7 @@ async def deprecate_version(
     pool: PoolDep,
     api: ApiSettingsDep,
     publisher: PublisherDep,
-    catalog: CatalogDep,
+    topics: TopicsDep,
     wait_ms: WaitQuery = None,
 ) -> NodeVersionAccepted:
     # A deprecated version takes no share of new runs.
@@ -292,7 +292,7 @@ async def deprecate_version(
         pool=pool,
         api=api,
         publisher=publisher,
-        catalog=catalog,
+        topics=topics,
         wait_ms=wait_ms,
         rollout_weight=0.0,
     )
@@ -313,7 +313,7 @@ async def set_rollout(
     pool: PoolDep,
     api: ApiSettingsDep,
     publisher: PublisherDep,
-    catalog: CatalogDep,
+    topics: TopicsDep,
     wait_ms: WaitQuery = None,
 ) -> NodeVersionAccepted:
     """Among the production versions a step's range allows, newest first, each takes its weight
@@ -326,7 +326,7 @@ async def set_rollout(
     return await _publish(
         _next_entry(row, rollout_weight=weight),
         publisher=publisher,
-        catalog=catalog,
+        topics=topics,
         pool=pool,
         api=api,
         wait_ms=wait_ms,

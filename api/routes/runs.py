@@ -16,11 +16,11 @@ from starlette.concurrency import run_in_threadpool
 from api.config import MAX_WAIT_MS
 from api.deps import (
     ApiSettingsDep,
-    CatalogDep,
     ConnDep,
     PublisherDep,
     ReadModelDep,
     StoreDep,
+    TopicsDep,
 )
 from api.errors import (
     ConflictError,
@@ -59,7 +59,7 @@ from projections.postgres import queries
 from projections.postgres.queries import RunEventRow
 from schemas.base import RefluxRecord
 from schemas.models import CancelRun, PauseRun, RedriveStep, ResumeRun, StartRun
-from streams.catalog import TopicCatalog
+from streams.topics import TopicCatalog
 
 __all__ = ["router"]
 
@@ -109,7 +109,7 @@ async def start_run(
     store: StoreDep,
     read_model: ReadModelDep,
     publisher: PublisherDep,
-    catalog: CatalogDep,
+    topics: TopicsDep,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -166,7 +166,7 @@ async def start_run(
     )
     # Published again on a retry with the same key: the first attempt may not have reached the
     # broker, and the scheduler starts a run id only once.
-    await run_in_threadpool(publisher.publish, catalog.commands, run_id, command)
+    await run_in_threadpool(publisher.publish, topics.commands, run_id, command)
     if not body.wait_ms:
         return RunAccepted(run_id=run_id)
 
@@ -410,12 +410,12 @@ async def _command(
     response: Response,
     read_model: ReadModel,
     publisher: Publisher,
-    catalog: TopicCatalog,
+    topics: TopicCatalog,
     poll_s: float,
 ) -> CommandAccepted | CommandApplied:
     run = await _require_run(read_model, run_id)
     command_id: str = getattr(command, "command_id")  # noqa: B009  every command has one
-    await run_in_threadpool(publisher.publish, catalog.commands, run_id, command)
+    await run_in_threadpool(publisher.publish, topics.commands, run_id, command)
     if not wait_ms:
         return CommandAccepted(command_id=command_id, run_id=run_id)
     # Events at or before last_seq were projected before the command existed.
@@ -464,7 +464,7 @@ def _lifecycle_route(
         api: ApiSettingsDep,
         read_model: ReadModelDep,
         publisher: PublisherDep,
-        catalog: CatalogDep,
+        topics: TopicsDep,
         wait_ms: WaitQuery = None,
         body: OptionalCommandBody = None,
     ) -> CommandAccepted | CommandApplied:
@@ -483,7 +483,7 @@ def _lifecycle_route(
             response=response,
             read_model=read_model,
             publisher=publisher,
-            catalog=catalog,
+            topics=topics,
             poll_s=api.poll_interval_s,
         )
 
@@ -521,7 +521,7 @@ async def redrive_step(
     api: ApiSettingsDep,
     read_model: ReadModelDep,
     publisher: PublisherDep,
-    catalog: CatalogDep,
+    topics: TopicsDep,
     wait_ms: WaitQuery = None,
     body: OptionalCommandBody = None,
 ) -> CommandAccepted | CommandApplied:
@@ -553,6 +553,6 @@ async def redrive_step(
         response=response,
         read_model=read_model,
         publisher=publisher,
-        catalog=catalog,
+        topics=topics,
         poll_s=api.poll_interval_s,
     )

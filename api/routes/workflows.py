@@ -10,7 +10,7 @@ from fastapi import APIRouter, Header, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from api.bodies import YAML_TYPES, decode_body, media_type
-from api.deps import ApiSettingsDep, CatalogDep, ConnDep, PublisherDep, ReadModelDep, StoreDep
+from api.deps import ApiSettingsDep, ConnDep, PublisherDep, ReadModelDep, StoreDep, TopicsDep
 from api.errors import NotFoundError
 from api.models.common import errors
 from api.models.workflows import (
@@ -83,7 +83,7 @@ async def register_workflow(
     store: StoreDep,
     read_model: ReadModelDep,
     publisher: PublisherDep,
-    catalog: CatalogDep,
+    topics: TopicsDep,
     registered_by: Annotated[str | None, Header(alias="X-Reflux-User", max_length=200)] = None,
 ) -> WorkflowCreated:
     """Validates the definition (cycles, unknown steps, templates, ...: 422 with the field path),
@@ -108,7 +108,7 @@ async def register_workflow(
     )
     # Keyed by id@version: compaction must keep every version (runs pin old ones).
     key = f"{definition.id}@{version}"
-    await run_in_threadpool(publisher.publish, catalog.workflows, key, record)
+    await run_in_threadpool(publisher.publish, topics.workflows, key, record)
     response.headers["Location"] = f"{request.url.path}/{definition.id}/versions/{version}"
     return WorkflowCreated(
         workflow_id=definition.id, version=version, registered_at=record.registered_at

@@ -33,8 +33,8 @@ from typing import Any
 import httpx
 import yaml
 
+from foundation.settings import Settings, get_settings
 from infra.services.base import Service, ServiceError, log, port_open, tail_of, wait_until
-from reflux.settings import Settings, get_settings
 
 SERVER_MODULE = "go.temporal.io/server/cmd/server"
 # The server version embedded by temporal CLI v1.9.1's `server start-dev` (its go.mod pins it).

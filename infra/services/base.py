@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from reflux.settings import PROJECT_ROOT, Settings
+from foundation.settings import PROJECT_ROOT, Settings
 
 
 class ServiceError(RuntimeError):
@@ -50,16 +50,23 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
 
 
 def wait_until(
-    check: Callable[[], bool], timeout: float, what: str, log_file: Path | None = None
+    check: Callable[[], bool],
+    timeout: float,
+    what: str,
+    log_file: Path | None = None,
+    last_error: Callable[[], str | None] = lambda: None,
 ) -> float:
-    """Polls ``check`` until it holds; returns the seconds waited or raises with the log tail."""
+    """Polls ``check`` until it holds; returns the seconds waited or raises with the last probe
+    error and the log tail."""
     started = time.monotonic()
     while True:
         if check():
             return time.monotonic() - started
         if time.monotonic() - started > timeout:
             tail = tail_of(log_file) if log_file else ""
-            raise ServiceError(f"{what} not ready after {timeout:.0f}s.{tail}")
+            probe = last_error()
+            because = f" Last probe: {probe}." if probe else ""
+            raise ServiceError(f"{what} not ready after {timeout:.0f}s.{because}{tail}")
         time.sleep(0.2)
 
 
@@ -125,6 +132,8 @@ class Service(ABC):
         self.root = settings.data_dir / self.name
         self.log_file = settings.data_dir / "log" / f"{self.name}.log"
         self.pid_file = settings.data_dir / "run" / f"{self.name}.pid"
+        self.last_probe_error: str | None = None
+        """Why the last readiness probe failed, when the service can tell (quoted on timeout)."""
 
     # -- what each service defines -------------------------------------------------------
     @property
@@ -162,7 +171,13 @@ class Service(ABC):
         self.install()
         started = time.monotonic()
         if self.is_running():
-            wait_until(self.is_ready, self.start_timeout(), self.name, self.log_file)
+            wait_until(
+                self.is_ready,
+                self.start_timeout(),
+                self.name,
+                self.log_file,
+                lambda: self.last_probe_error,
+            )
             return 0.0
         if self.port_in_use():
             raise ServiceError(
@@ -173,7 +188,13 @@ class Service(ABC):
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         self.pid_file.parent.mkdir(parents=True, exist_ok=True)
         self.launch()
-        wait_until(self._ready_or_died, self.start_timeout(), self.name, self.log_file)
+        wait_until(
+            self._ready_or_died,
+            self.start_timeout(),
+            self.name,
+            self.log_file,
+            lambda: self.last_probe_error,
+        )
         return time.monotonic() - started
 
     def _ready_or_died(self) -> bool:

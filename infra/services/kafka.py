@@ -8,8 +8,8 @@ import subprocess
 import uuid
 from pathlib import Path
 
+from foundation.settings import PROJECT_ROOT
 from infra.services.base import Service, ServiceError, log, port_open, require_command
-from reflux.settings import PROJECT_ROOT
 
 INFRA = PROJECT_ROOT / "infra" / "kafka"
 

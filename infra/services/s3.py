@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from foundation.settings import PROJECT_ROOT
 from infra.services.base import Service, ServiceError, port_open
 from infra.services.kafka import java_major, maven_classpath
-from reflux.settings import PROJECT_ROOT
 
 INFRA = PROJECT_ROOT / "infra" / "s3proxy"
 
@@ -67,7 +67,7 @@ class S3(Service):
         )
 
     def client(self) -> Any:
-        from reflux.objectstore import s3_client
+        from foundation.objectstore import s3_client
 
         return s3_client(self.settings, connect_timeout=1, read_timeout=3)
 
@@ -80,7 +80,10 @@ class S3(Service):
             if self.settings.s3_bucket not in names:
                 client.create_bucket(Bucket=self.settings.s3_bucket)
             return True
-        except Exception:
+        except Exception as exc:
+            # Kept for the "not ready" error: a listening port that never answers S3 calls is
+            # otherwise indistinguishable from a slow start.
+            self.last_probe_error = f"{type(exc).__name__}: {exc}"
             return False
 
     def detail(self) -> str:

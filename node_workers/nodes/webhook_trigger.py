@@ -28,6 +28,7 @@ from typing import Any, Final
 from jmespath.exceptions import JMESPathError
 from pydantic import Field, field_validator
 
+from foundation.settings import Settings, get_settings
 from node_workers.node import (
     Node,
     NodeContext,
@@ -38,7 +39,6 @@ from node_workers.node import (
 from node_workers.nodes.condition import jmespath_truthy
 from node_workers.nodes.transform import compile_expression
 from node_workers.webhooks import Delivery, WebhookWaiter, signature_problem
-from reflux.settings import Settings, get_settings
 
 __all__ = [
     "DEADLINE_MARGIN_S",

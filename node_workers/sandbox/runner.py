@@ -24,6 +24,8 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from foundation.objectstore import BlobNotFoundError, BlobStore, S3BlobStore
+from foundation.settings import Settings, get_settings
 from node_workers.errors import RetryableNodeError
 from node_workers.sandbox.backend import SandboxBackend, SandboxJob
 from node_workers.sandbox.bubblewrap import BubblewrapBackend, bubblewrap_problem
@@ -44,8 +46,6 @@ from node_workers.sandbox.models import (
     RunMetrics,
 )
 from node_workers.sandbox.workdir import RunDirectory, collect_outputs, read_regular_file
-from reflux.objectstore import BlobNotFoundError, BlobStore, S3BlobStore
-from reflux.settings import Settings, get_settings
 
 __all__ = ["SandboxRunner", "check_policy", "exit_hint", "result_from_run"]
 

@@ -17,12 +17,12 @@ from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 
+from foundation.settings import Settings, get_settings
 from processors.alerts.config import AlertSettings
 from processors.alerts.evaluator import AlertEvaluator
 from projections.clickhouse import ClickHouse, connect
 from projections.traces.migrations import DEFAULT_DATABASE
 from projections.traces.owner import TracesOwner
-from reflux.settings import Settings, get_settings
 
 __all__ = ["add_alerts_commands", "handle_serve"]
 

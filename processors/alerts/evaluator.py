@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Self
 
+from foundation.settings import Settings
 from processors.alerts.config import AlertSettings, rules_from_settings
 from processors.alerts.records import to_record
 from processors.alerts.rules import (
@@ -38,10 +39,9 @@ from processors.alerts.view import AlertsView
 from projections.clickhouse import ClickHouse
 from projections.traces.migrations import DEFAULT_DATABASE
 from projections.traces.queries import node_metrics, workflow_metrics
-from reflux.settings import Settings
 from streams.admin import ensure_topics
-from streams.catalog import TopicCatalog
 from streams.producer import Producer
+from streams.topics import TopicCatalog
 
 __all__ = ["AlertEvaluator", "collect_snapshot"]
 

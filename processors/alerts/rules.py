@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import Final
 
-from reflux.errors import ConfigurationError
+from foundation.errors import ConfigurationError
 from schemas.models import AlertKind, AlertState
 
 __all__ = [

@@ -1,6 +1,6 @@
 """The latest state of every alert, read from the ``alerts`` topic.
 
-The topic holds transitions keyed by rule id (see :mod:`streams.catalog`), so the view reads every
+The topic holds transitions keyed by rule id (see :mod:`streams.topics`), so the view reads every
 partition from the beginning and keeps the last record per (rule_id, subject). It never commits:
 each process builds its own view (the API for ``GET /v1/alerts``, the evaluator at start-up to
 know what is firing). :meth:`AlertsView.catch_up` reads up to the high watermarks seen when it is
@@ -14,15 +14,15 @@ import threading
 from types import TracebackType
 from typing import Self
 
+from foundation.errors import ServiceUnavailableError
+from foundation.settings import Settings
 from processors.alerts.records import from_record
 from processors.alerts.rules import AlertEvent, AlertKey
-from reflux.errors import ServiceUnavailableError
-from reflux.settings import Settings
 from schemas import decode
 from schemas.errors import SchemaError
 from schemas.models import Alert, AlertState
-from streams.catalog import TopicCatalog
 from streams.table import TopicTableReader
+from streams.topics import TopicCatalog
 
 __all__ = ["AlertsView", "AlertsViewError"]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from processors.workflow.model import RetrySpec
+from workflows.model import RetrySpec
 
 __all__ = ["backoff_ms", "should_retry"]
 

@@ -20,7 +20,8 @@ What the runtime does with a :class:`Decision`, in one Kafka transaction with th
 3. store ``state`` in the run table;
 4. after commit: answer each ``cache_lookups`` entry from Redis by feeding ``CacheHit`` or
    ``CacheMiss`` back into ``decide``; write ``cache_writes`` to Redis with their TTL;
-   update the timer index from ``timers_armed`` / ``timers_cancelled`` (or ``state.next_due()``).
+   update the timer index from ``timers_armed`` / ``timers_cancelled``
+   (or ``timers.next_due(state)``).
 
 Cache design: a cache-enabled step goes ``StepScheduled(cache_key=...)`` -> the runtime looks the
 key up -> ``CacheHit`` gives ``StepSucceeded(cache_hit=True)`` with no invocation, ``CacheMiss``
@@ -42,6 +43,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple, TypeVar
 
+from foundation.errors import NonRetryableError
 from processors.scheduler.backoff import backoff_ms, should_retry
 from processors.scheduler.cache import cache_key, params_digest
 from processors.scheduler.evolve import RUN_EVENT_TYPES, RunEvent, evolve
@@ -54,23 +56,6 @@ from processors.scheduler.state import (
     StepStatus,
     Timer,
 )
-from processors.workflow.catalog import NodeCatalogView
-from processors.workflow.expressions import (
-    TemplateError,
-    evaluate_when,
-    expression_references,
-    iter_expressions,
-    render_params,
-)
-from processors.workflow.model import StepDefinition, WorkflowDefinition
-from processors.workflow.mutations import apply_mutation
-from processors.workflow.semver import VersionConstraint, invoke_major
-from processors.workflow.validation import (
-    WorkflowValidationError,
-    check_definition,
-    validate_inputs,
-)
-from reflux.errors import NonRetryableError
 from schemas.base import RefluxRecord
 from schemas.base import new_id as _uuid
 from schemas.models import (
@@ -104,6 +89,22 @@ from schemas.models import (
     StepTimedOut,
     TimerKind,
     TraceStatus,
+)
+from workflows.expressions import (
+    TemplateError,
+    evaluate_when,
+    expression_references,
+    iter_expressions,
+    render_params,
+)
+from workflows.model import StepDefinition, WorkflowDefinition
+from workflows.mutations import apply_mutation
+from workflows.node_catalog import NodeCatalogView, default_resolve_node_version
+from workflows.semver import invoke_major
+from workflows.validation import (
+    WorkflowValidationError,
+    check_definition,
+    validate_inputs,
 )
 
 __all__ = [
@@ -186,17 +187,6 @@ Command = StartRun | CancelRun | PauseRun | ResumeRun | RedriveStep | MutateGrap
 class RegisteredWorkflow(NamedTuple):
     version: int
     definition: WorkflowDefinition
-
-
-def default_resolve_node_version(name: str, constraint: str, run_id: str) -> str:
-    """Without a catalog: an exact pin is the version; otherwise the constraint text itself.
-
-    The invoke topic's major is derived from it (``invoke_major``), and the worker group of that
-    major runs whatever version it has deployed. The catalog-backed resolver (rollout weights,
-    deterministic by run id) replaces this in the runtime.
-    """
-    parsed = VersionConstraint.parse(constraint)
-    return str(parsed.exact) if parsed.exact is not None else parsed.raw
 
 
 def default_invoke_topic(node: str, major: int) -> str:

@@ -25,8 +25,6 @@ from processors.scheduler.state import (
     StepStatus,
     Timer,
 )
-from processors.workflow.model import WorkflowDefinition
-from processors.workflow.mutations import apply_mutation
 from schemas.models import (
     CommandRejected,
     ErrorInfo,
@@ -48,6 +46,8 @@ from schemas.models import (
     TimerKind,
 )
 from schemas.run_log import RUN_EVENT_TYPES, RunEvent
+from workflows.model import WorkflowDefinition
+from workflows.mutations import apply_mutation
 
 __all__ = [
     "RUN_EVENT_TYPES",

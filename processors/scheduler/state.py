@@ -16,8 +16,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from processors.workflow.model import StepDefinition, WorkflowDefinition
 from schemas.models import ErrorInfo, PayloadRef, StepRef, TimerKind
+from workflows.model import StepDefinition, WorkflowDefinition
 
 __all__ = [
     "ACTIVE_STEP_STATUSES",
@@ -163,12 +163,6 @@ class RunState(_Frozen):
         state = self.steps.get(step_id)
         version = state.node_version if state and state.node_version else definition.node_constraint
         return StepRef(step_id=step_id, node=definition.node_name, node_version=version)
-
-    def next_due(self) -> datetime | None:
-        """Earliest due timer the runtime should fire (see :mod:`processors.scheduler.timers`)."""
-        from processors.scheduler.timers import next_due
-
-        return next_due(self)
 
     def summary(self) -> dict[str, Any]:
         """A stable, compact JSON view (golden fixtures compare it; also handy in logs)."""

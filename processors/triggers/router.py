@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 import threading
 
+from foundation.settings import Settings
 from processors.triggers.mapping import start_command
-from reflux.settings import Settings
 from schemas.models import Trigger
-from streams.catalog import TopicCatalog
 from streams.consumer import ConsumedRecord, Consumer
 from streams.producer import Producer
+from streams.topics import TopicCatalog
 
 log = logging.getLogger(__name__)
 

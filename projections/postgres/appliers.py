@@ -40,8 +40,8 @@ from typing import Any, Final
 
 from psycopg.types.json import Jsonb
 
+from foundation.errors import NonRetryableError
 from projections.postgres.identifiers import table
-from reflux.errors import NonRetryableError
 from schemas.base import RefluxRecord
 from schemas.models import (
     CommandRejected,

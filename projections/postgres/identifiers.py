@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
-from reflux.errors import ConfigurationError
+from foundation.errors import ConfigurationError
 
 __all__ = ["DEFAULT_SCHEMA", "quote_schema", "table", "validate_schema"]
 

@@ -17,8 +17,8 @@ from typing import Final
 
 import psycopg
 
+from foundation.errors import ConfigurationError
 from projections.postgres.identifiers import DEFAULT_SCHEMA, quote_schema
-from reflux.errors import ConfigurationError
 
 __all__ = ["Migration", "MigrationError", "apply_migrations", "load_migrations"]
 

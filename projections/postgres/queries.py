@@ -24,8 +24,8 @@ from typing import Any, Final
 import psycopg
 from psycopg.rows import class_row
 
+from foundation.errors import NonRetryableError
 from projections.postgres.identifiers import DEFAULT_SCHEMA, table
-from reflux.errors import NonRetryableError
 
 __all__ = [
     "MAX_LIMIT",

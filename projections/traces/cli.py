@@ -13,11 +13,11 @@ import threading
 from types import FrameType
 from typing import Any
 
+from foundation.errors import RefluxError
+from foundation.settings import get_settings
 from projections.clickhouse import connect
 from projections.traces.migrations import DEFAULT_DATABASE, IngestTuning, apply
 from projections.traces.owner import TracesOwner
-from reflux.errors import RefluxError
-from reflux.settings import get_settings
 
 __all__ = ["add_traces_commands", "handle_migrate", "handle_serve"]
 

@@ -22,10 +22,10 @@ from pathlib import Path
 from string import Template
 from typing import Final
 
+from foundation.errors import ConfigurationError
+from foundation.settings import Settings
 from projections.clickhouse import ClickHouse
-from reflux.errors import ConfigurationError
-from reflux.settings import Settings
-from streams.catalog import TopicCatalog
+from streams.topics import TopicCatalog
 
 __all__ = [
     "DEFAULT_DATABASE",

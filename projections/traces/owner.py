@@ -19,13 +19,13 @@ import threading
 from types import TracebackType
 from typing import Self
 
+from foundation.errors import RefluxError
+from foundation.settings import Settings
 from projections.clickhouse import ClickHouse, connect
 from projections.traces.migrations import DEFAULT_DATABASE, IngestTuning, apply, validate_database
 from projections.traces.queries import ingest_status
-from reflux.errors import RefluxError
-from reflux.settings import Settings
 from streams.admin import ensure_topics
-from streams.catalog import TopicCatalog
+from streams.topics import TopicCatalog
 
 __all__ = ["TracesOwner"]
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
+from foundation.errors import NonRetryableError
 from projections.clickhouse import ClickHouse
 from projections.traces.migrations import DEFAULT_DATABASE, validate_database
-from reflux.errors import NonRetryableError
 
 __all__ = [
     "FailureGroup",

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from foundation.settings import Settings, get_settings
 from infra.services.base import ServiceError
 from infra.stack import up
-from reflux.settings import Settings, get_settings
 
 
 @pytest.fixture(scope="session", autouse=True)

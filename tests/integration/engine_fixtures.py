@@ -17,13 +17,13 @@ import psycopg
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from processors.workflow import parse_workflow
+from foundation.settings import Settings
 from projections.postgres import queries
 from reflux.dev import DevEngine
-from reflux.settings import Settings
 from schemas.base import RefluxRecord
 from schemas.models import StartRun, WorkflowRegistered
 from streams.producer import Producer
+from workflows import parse_workflow
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 

@@ -12,10 +12,10 @@ from collections.abc import Callable, Iterator
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from reflux.settings import Settings
+from foundation.settings import Settings
 from streams.admin import admin_client, ensure_topics
-from streams.catalog import TopicCatalog
 from streams.consumer import ConsumedRecord, Consumer
+from streams.topics import TopicCatalog
 
 __all__ = ["admin", "catalog", "drain", "kafka_settings", "topics"]
 

@@ -26,10 +26,10 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from api.config import ApiSettings
 from api.signatures import sign
+from foundation.settings import Settings
 from processors.triggers.mapping import run_id_for_trigger
 from projections.postgres import apply_migrations
 from projections.projector import Projector
-from reflux.settings import Settings
 from schemas.base import RefluxRecord
 from schemas.models import (
     CancelRun,
@@ -45,9 +45,9 @@ from schemas.models import (
     StepSucceeded,
     Trigger,
 )
-from streams.catalog import TopicCatalog
 from streams.consumer import ConsumedRecord, Consumer
 from streams.producer import Producer
+from streams.topics import TopicCatalog
 from tests.integration.kafka_fixtures import drain
 
 pytestmark = pytest.mark.integration

@@ -21,15 +21,15 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from api.config import ApiSettings
+from foundation.objectstore import S3BlobStore
+from foundation.settings import Settings
 from node_workers.registration import manifest_key, read_catalog_keys, register_nodes
 from node_workers.registry import default_registry
 from projections.postgres import apply_migrations, queries
 from projections.postgres.writer import load_offsets
 from projections.projector import Projector
-from reflux.objectstore import S3BlobStore
-from reflux.settings import Settings
 from schemas.models import NodeStatus
-from streams.catalog import TopicCatalog
+from streams.topics import TopicCatalog
 
 pytestmark = pytest.mark.integration
 

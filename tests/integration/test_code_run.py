@@ -20,12 +20,12 @@ from typing import Any
 
 import pytest
 
+from foundation.objectstore import S3BlobStore
+from foundation.settings import Settings
 from node_workers.node import NodeContext, NonRetryableNodeError, RetryableNodeError
 from node_workers.nodes.code_run import CodeRunInput, CodeRunNode
 from node_workers.sandbox import CodeRunRequest, CodeRunResult, SandboxConfig, SandboxRunner
 from node_workers.sandbox.limits import MIB
-from reflux.objectstore import S3BlobStore
-from reflux.settings import Settings
 
 PROJECT = Path(__file__).resolve().parents[2]
 CONFIG = SandboxConfig(backend="bubblewrap", max_output_bytes=8 * MIB, log_cap_bytes=16 * 1024)

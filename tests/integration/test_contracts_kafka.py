@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import uuid
 
-from reflux.settings import Settings
+from foundation.settings import Settings
 from schemas import encode
 from schemas.models import MODELS
 from schemas.registry import default_registry
 from schemas.samples import sample_record
-from streams.catalog import TopicCatalog
 from streams.consumer import Consumer
 from streams.producer import TYPE_HEADER, Producer
+from streams.topics import TopicCatalog
 from tests.integration.kafka_fixtures import drain
 
 

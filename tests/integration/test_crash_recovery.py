@@ -20,13 +20,13 @@ from typing import Any
 import psycopg
 import pytest
 
-from processors.workflow import parse_workflow
+from foundation.settings import Settings
 from reflux.dev import DevEngine
-from reflux.settings import Settings
 from schemas.models import StartRun, WorkflowRegistered
 from streams.producer import Producer
 from tests.integration.engine_fixtures import TERMINAL, Harness, replayed_state
 from tests.integration.http_fixtures import HttpTestServer, serve
+from workflows import parse_workflow
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNS = 12

@@ -12,7 +12,7 @@ from pathlib import Path
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from reflux.settings import Settings
+from foundation.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -14,9 +14,9 @@ from typing import Any
 import psycopg
 import pytest
 
+from foundation.settings import Settings
 from node_workers.node import NodeContext, NodeError, validate_params
 from node_workers.nodes.database_query import DatabaseQueryNode, DatabaseQueryOutput
-from reflux.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
 

@@ -11,11 +11,11 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
+from foundation.settings import Settings
 from projections.cli import add_projections_commands
-from reflux.settings import Settings
 from schemas.models import WorkflowRegistered
-from streams.catalog import TopicCatalog
 from streams.producer import Producer
+from streams.topics import TopicCatalog
 from tests.integration.kafka_fixtures import admin, catalog, kafka_settings, topics
 from tests.integration.test_projection_scenarios import T0, pg_schema
 

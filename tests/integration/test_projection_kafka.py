@@ -19,15 +19,15 @@ import pytest
 from confluent_kafka import Consumer as RawConsumer
 from confluent_kafka import Message, TopicPartition
 
+from foundation.errors import ConfigurationError
+from foundation.settings import Settings
 from projections.postgres import queries
 from projections.postgres.writer import apply_batch
 from projections.projector import Progress, Projector, rebuild
-from reflux.errors import ConfigurationError
-from reflux.settings import Settings
 from schemas.models import DeadLetter, RunStarted, StartRun, StepScheduled, StepSucceeded
-from streams.catalog import TopicCatalog
 from streams.consumer import Consumer
 from streams.producer import Producer
+from streams.topics import TopicCatalog
 from tests.integration.kafka_fixtures import admin, catalog, drain, kafka_settings, topics
 from tests.integration.test_projection_scenarios import (
     FETCH,

@@ -16,11 +16,11 @@ from typing import Any
 import psycopg
 import pytest
 
+from foundation.settings import Settings
 from projections.postgres import queries
 from projections.postgres.appliers import plan
 from projections.postgres.migrations import apply_migrations
 from projections.postgres.writer import BatchItem, apply_batch
-from reflux.settings import Settings
 from schemas.base import RefluxRecord
 from schemas.models import (
     CommandRejected,

@@ -3,7 +3,7 @@ between two majors of a test node served side by side, by run id.
 
 ``echo@1.0.0`` and ``echo@2.0.0`` are defined here (not built-ins): they answer with the version
 that ran, so a run's output, its ``StepDispatched`` and the worker's trace can be compared with
-what the pure rollout (:func:`processors.catalog.choose_version`) predicts for its run id.
+what the pure rollout (:func:`processors.node_catalog.choose_version`) predicts for its run id.
 """
 
 from __future__ import annotations
@@ -18,16 +18,16 @@ import psycopg
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+from foundation.settings import Settings
 from node_workers.node import Node, NodeContext, NodeModel
 from node_workers.registry import NodeRegistry
-from processors.catalog import CatalogVersion, choose_version
-from processors.catalog.runtime_view import CatalogResolver, NodeCatalogKafkaView
+from processors.node_catalog import CatalogVersion, choose_version
+from processors.node_catalog.runtime_view import CatalogResolver, NodeCatalogKafkaView
 from reflux.dev import DevEngine
-from reflux.settings import Settings
 from schemas.models import NodeCatalogEntry, NodeStatus
 from schemas.trace_json import decode_trace
-from streams.catalog import TopicCatalog
 from streams.producer import Producer
+from streams.topics import TopicCatalog
 from tests.integration.engine_fixtures import Harness
 
 pytestmark = pytest.mark.integration

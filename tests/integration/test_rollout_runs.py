@@ -21,10 +21,10 @@ import psycopg
 import pytest
 from confluent_kafka.admin import AdminClient
 
+from foundation.settings import Settings
 from node_workers.registry import NodeRegistry
-from processors.catalog import CatalogVersion, choose_version
+from processors.node_catalog import CatalogVersion, choose_version
 from reflux.dev import DevEngine
-from reflux.settings import Settings
 from schemas.models import NodeStatus, StartRun
 from streams.producer import Producer
 from tests.integration.engine_fixtures import TERMINAL, Harness

@@ -28,8 +28,8 @@ import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from foundation.settings import Settings
 from reflux.dev import DevEngine
-from reflux.settings import Settings
 from streams.producer import Producer
 from tests.integration.engine_fixtures import Harness
 from tests.integration.http_fixtures import HttpTestServer, serve

@@ -8,8 +8,8 @@ import psycopg
 import redis
 from confluent_kafka.admin import AdminClient
 
+from foundation.settings import Settings
 from infra.services.s3 import S3
-from reflux.settings import Settings
 
 
 def test_kafka_is_apache_kafka_in_kraft_mode(local_services: Settings) -> None:

@@ -16,11 +16,11 @@ from confluent_kafka import TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from reflux.errors import ConfigurationError
-from reflux.settings import Settings
+from foundation.errors import ConfigurationError
+from foundation.settings import Settings
 from streams.admin import TopicMismatchError, describe_topics, ensure_topics
-from streams.catalog import TopicCatalog
 from streams.cli import add_topics_commands
+from streams.topics import TopicCatalog
 from tests.integration.kafka_fixtures import admin, catalog, kafka_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]

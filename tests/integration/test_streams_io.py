@@ -15,16 +15,16 @@ from confluent_kafka import Consumer as RawConsumer
 from confluent_kafka import TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from reflux.errors import NonRetryableError, RetryableError
-from reflux.settings import Settings
+from foundation.errors import NonRetryableError, RetryableError
+from foundation.settings import Settings
 from schemas.models import DeadLetter, NodeResult, RunStarted, StartRun, StepSucceeded
 from schemas.samples import sample_record
 from schemas.serde import MAGIC
 from streams.admin import ensure_topics
-from streams.catalog import TopicCatalog, TopicSpec
 from streams.consumer import ConsumedRecord, Consumer
 from streams.dlq import DeadLetterPublisher
 from streams.producer import TYPE_HEADER, DeliveryError, Producer
+from streams.topics import TopicCatalog, TopicSpec
 from tests.integration.kafka_fixtures import admin, catalog, drain, kafka_settings, topics
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]

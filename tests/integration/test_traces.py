@@ -28,6 +28,7 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from api.config import ApiSettings
+from foundation.settings import Settings
 from processors.alerts.config import ERROR_RATE_RULE
 from processors.alerts.evaluator import AlertEvaluator
 from processors.alerts.rules import AlertRule
@@ -52,13 +53,12 @@ from projections.traces.queries import (
     top_failures,
     workflow_metrics,
 )
-from reflux.settings import Settings
 from schemas import decode
 from schemas.models import Alert, AlertKind, AlertState, ErrorInfo, Trace, TraceStatus
 from schemas.trace_json import encode_trace
 from streams.admin import ensure_topics
-from streams.catalog import TopicCatalog
 from streams.producer import Producer
+from streams.topics import TopicCatalog
 
 pytestmark = pytest.mark.integration
 

@@ -23,6 +23,7 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from api.config import ApiSettings
 from api.signatures import sign
+from foundation.settings import Settings
 from node_workers.node import NodeContext, RetryableNodeError
 from node_workers.nodes import TransformNode
 from node_workers.nodes.webhook_trigger import WebhookTriggerInput, WebhookTriggerNode
@@ -36,7 +37,6 @@ from node_workers.webhooks import (
     mailbox_keys,
 )
 from reflux.dev import DevEngine
-from reflux.settings import Settings
 from streams.admin import admin_client
 from streams.producer import Producer
 from tests.integration.engine_fixtures import Harness, assert_replay_equivalent

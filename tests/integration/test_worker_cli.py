@@ -15,11 +15,11 @@ import pytest
 from confluent_kafka import Consumer as RawConsumer
 from confluent_kafka import TopicPartition
 
-from reflux.settings import PROJECT_ROOT, Settings
+from foundation.settings import PROJECT_ROOT, Settings
 from schemas.models import NodeInvocation, NodeResult, StepRef
-from streams.catalog import TopicCatalog
 from streams.consumer import Consumer
 from streams.producer import Producer
+from streams.topics import TopicCatalog
 from tests.integration.kafka_fixtures import admin, catalog, drain, kafka_settings, topics
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]

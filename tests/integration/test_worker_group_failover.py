@@ -23,12 +23,12 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from foundation.settings import Settings
 from reflux.dev import DevEngine
-from reflux.settings import Settings
 from schemas import serde
 from schemas.models import NodeResult, StartRun
-from streams.catalog import TopicCatalog
 from streams.producer import Producer
+from streams.topics import TopicCatalog
 from tests.integration.engine_fixtures import TERMINAL, Harness
 from tests.integration.http_fixtures import HttpTestServer, serve
 from tests.integration.test_crash_recovery import Process

@@ -20,12 +20,12 @@ import pytest
 from confluent_kafka import Consumer as RawConsumer
 from confluent_kafka import TopicPartition
 
+from foundation.objectstore import S3BlobStore
+from foundation.settings import Settings
 from node_workers.attempt import inputs_hash
 from node_workers.claimcheck import encode_json, load_json, store_json
 from node_workers.registry import default_registry
 from node_workers.runtime import WorkerConfig, WorkerRuntime, WorkerStats
-from reflux.objectstore import S3BlobStore
-from reflux.settings import Settings
 from schemas.models import (
     DeadLetter,
     NodeInvocation,
@@ -37,9 +37,9 @@ from schemas.models import (
 )
 from schemas.trace_json import decode_trace
 from streams.admin import ensure_topics
-from streams.catalog import TopicCatalog
 from streams.consumer import ConsumedRecord, Consumer
 from streams.producer import Producer
+from streams.topics import TopicCatalog
 from tests.integration.http_fixtures import HttpTestServer, http_server
 from tests.integration.kafka_fixtures import admin, catalog, drain, kafka_settings, topics
 

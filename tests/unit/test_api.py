@@ -23,14 +23,14 @@ from api.errors import (
     validation_detail,
 )
 from api.ids import run_id_for
-from api.metrics import route_template
+from api.prometheus import route_template
 from api.signatures import SignatureError, sign, verify_signature
 from api.store import request_fingerprint
 from api.timetravel import UnknownEventTypeError, event_model, state_at, state_view
 from api.validation import check_inputs, parse_definition
+from foundation.settings import Settings
 from processors.triggers.mapping import run_id_for_trigger
 from projections.postgres.queries import RunEventRow
-from reflux.settings import Settings
 from schemas.models import RunStarted, StepRef, StepScheduled
 from streams.producer import DeliveryError, DeliveryFailure
 

@@ -15,7 +15,7 @@ from benchmarks.profiling import (
     thread_group,
 )
 
-SCHED = "thread (0x7f01): reflux-scheduler;run (processors/scheduler/runtime.py:{});"
+SCHED = "thread (0x7f01): reflux-scheduler;run (processors/scheduler/runtime/loop.py:{});"
 RAW = "\n".join(
     [
         SCHED.format(204) + "commit (streams/producer.py:301) 6",
@@ -43,7 +43,7 @@ def test_parse_raw_counts_self_and_inclusive_samples_per_thread_group() -> None:
     # Line numbers are dropped: two lines of one function are one entry.
     assert own["commit (streams/producer.py)"] == 7
     assert own["decide (processors/scheduler/decide.py)"] == 3
-    assert profile.total["reflux-scheduler"]["run (processors/scheduler/runtime.py)"] == 10
+    assert profile.total["reflux-scheduler"]["run (processors/scheduler/runtime/loop.py)"] == 10
 
 
 def test_format_stacks_lists_busy_threads_first() -> None:

@@ -10,9 +10,10 @@ import pytest
 
 from api.errors import RequestInvalidError
 from api.validation import merged_catalog, parse_definition
+from foundation.errors import NonRetryableError
 from node_workers.registration import catalog_entry, manifest_key
 from node_workers.registry import default_registry
-from processors.catalog import (
+from processors.node_catalog import (
     TransitionError,
     catalog_key,
     check_weight,
@@ -20,7 +21,6 @@ from processors.catalog import (
     promoted,
     reweighted,
 )
-from processors.workflow.catalog import StaticNodeCatalog
 from projections.postgres.appliers import (
     NODE_EVENT_TYPES,
     InvalidCatalogEntryError,
@@ -30,8 +30,8 @@ from projections.postgres.appliers import (
     plan,
 )
 from projections.postgres.migrations import load_migrations
-from reflux.errors import NonRetryableError
 from schemas.models import NodeCatalogEntry, NodeStatus
+from workflows.node_catalog import StaticNodeCatalog
 
 P, S, D, X = NodeStatus.PRODUCTION, NodeStatus.STAGING, NodeStatus.DRAFT, NodeStatus.DEPRECATED
 

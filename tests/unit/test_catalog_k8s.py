@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import yaml
 
+from foundation.settings import Settings
 from node_workers.registry import default_registry
-from reflux.settings import Settings
-from streams.catalog import TopicCatalog
+from streams.topics import TopicCatalog
 
 K8S = Path(__file__).resolve().parents[2] / "infra" / "k8s"
 NAMESPACE = "reflux"

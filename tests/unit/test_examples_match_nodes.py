@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from node_workers.nodes import builtin_nodes
-from processors.workflow import parse_workflow
+from workflows import parse_workflow
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
 NODES = {node.name: node for node in builtin_nodes()}

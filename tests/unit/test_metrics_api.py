@@ -25,6 +25,7 @@ from api.models.metrics import (
 )
 from api.reflection import ClickHouseAccess
 from api.routes import metrics
+from foundation.settings import Settings
 from processors.alerts.rules import AlertEvent
 from reflux.metrics_cli import (
     add_metrics_commands,
@@ -33,7 +34,6 @@ from reflux.metrics_cli import (
     render_reliability,
     render_table,
 )
-from reflux.settings import Settings
 from schemas.models import AlertKind, AlertState
 
 

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from foundation.errors import ConfigurationError, NonRetryableError, RetryableError
 from node_workers.node import (
     Node,
     NodeContext,
@@ -17,7 +18,6 @@ from node_workers.node import (
 )
 from node_workers.nodes import ConditionNode, HttpRequestNode, TransformNode, builtin_nodes
 from node_workers.registry import NodeRegistry, UnknownNodeError, default_registry, parse_filter
-from reflux.errors import ConfigurationError, NonRetryableError, RetryableError
 
 
 class _In(NodeModel):

@@ -28,8 +28,8 @@ from node_workers.webhooks import (
     passed_headers,
     signature_problem,
 )
-from processors.workflow import parse_workflow
-from processors.workflow.catalog import StaticNodeCatalog
+from workflows import parse_workflow
+from workflows.node_catalog import StaticNodeCatalog
 
 RUN = "0b6e5c1e-3f7a-4a55-9a0e-5d2f3c9b1a01"
 SECRET = "whsec-unit"

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from psycopg.types.json import Jsonb
 
+from foundation.errors import ConfigurationError
 from projections.postgres.appliers import (
     RUN_EVENT_TYPES,
     WORKFLOW_EVENT_TYPES,
@@ -25,7 +26,6 @@ from projections.postgres.queries import (
     decode_cursor,
     encode_cursor,
 )
-from reflux.errors import ConfigurationError
 from schemas.base import RefluxRecord
 from schemas.models import (
     MODELS,

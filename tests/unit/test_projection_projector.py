@@ -7,9 +7,9 @@ from typing import Any
 import psycopg
 import pytest
 
+from foundation.errors import ConfigurationError, RefluxError, ServiceUnavailableError
+from foundation.settings import Settings
 from projections.projector import Projector, is_transient
-from reflux.errors import ConfigurationError, RefluxError, ServiceUnavailableError
-from reflux.settings import Settings
 from schemas.errors import MalformedRecordError
 from streams.producer import DeliveryError, DeliveryFailure
 

@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from processors.catalog import (
+from processors.node_catalog import (
     CatalogState,
     CatalogVersion,
     NodeVersionUnavailableError,
@@ -17,7 +17,6 @@ from processors.catalog import (
     shares,
 )
 from processors.scheduler import DecisionContext, RunStatus, StepStatus
-from processors.scheduler.simulate import Simulation
 from schemas.models import (
     NodeCatalogEntry,
     NodeStatus,
@@ -26,6 +25,7 @@ from schemas.models import (
     StepFailed,
     StepScheduled,
 )
+from tests.support.scheduler_simulation import Simulation
 
 P, S, D, X = NodeStatus.PRODUCTION, NodeStatus.STAGING, NodeStatus.DRAFT, NodeStatus.DEPRECATED
 

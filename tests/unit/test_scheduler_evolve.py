@@ -8,8 +8,6 @@ from pathlib import Path
 import pytest
 
 from processors.scheduler import EvolveError, RunState, RunStatus, StepStatus, evolve, fold
-from processors.scheduler.golden import SCENARIOS
-from processors.scheduler.simulate import T0
 from schemas.models import (
     CommandRejected,
     GraphMutated,
@@ -18,6 +16,8 @@ from schemas.models import (
     PauseRun,
     RunPaused,
 )
+from tests.support.scheduler_golden import SCENARIOS
+from tests.support.scheduler_simulation import T0
 
 ROOT = Path(__file__).resolve().parents[2]
 

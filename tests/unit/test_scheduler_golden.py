@@ -1,7 +1,7 @@
 """Golden run logs: committed event logs must replay to their committed state summaries.
 
 An ``evolve`` change that replays old logs differently fails here. If the change is deliberate,
-regenerate with ``python -m processors.scheduler.golden``, review the diff, and commit both.
+regenerate with ``python -m tests.support.scheduler_golden``, review the diff, and commit both.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from processors.scheduler.golden import SCENARIOS, dump_events, load_events, replay_file
+from tests.support.scheduler_golden import SCENARIOS, dump_events, load_events, replay_file
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "runs"
 

@@ -26,9 +26,7 @@ from processors.scheduler import (
     pending_cache_lookups,
 )
 from processors.scheduler.backoff import backoff_ms
-from processors.scheduler.golden import SCENARIOS
-from processors.scheduler.simulate import NO_ANSWER, T0, Simulation
-from processors.workflow import RetrySpec
+from processors.scheduler.timers import next_due
 from schemas.models import (
     CommandRejected,
     FireTimer,
@@ -47,6 +45,9 @@ from schemas.models import (
     TimerKind,
     TraceStatus,
 )
+from tests.support.scheduler_golden import SCENARIOS
+from tests.support.scheduler_simulation import NO_ANSWER, T0, Simulation
+from workflows import RetrySpec
 
 
 def echo(inv: NodeInvocation) -> object:
@@ -583,7 +584,7 @@ def test_graph_mutations_via_commands() -> None:
     ],
 )  # fmt: skip
 def test_graph_mutation_rules(kind: str, step_id: str, data: object, reason: str | None) -> None:
-    from processors.workflow import StaticNodeCatalog
+    from workflows import StaticNodeCatalog
 
     sim = Simulation(
         """
@@ -635,7 +636,7 @@ def test_fire_timer_commands_come_from_state() -> None:
     (command,) = due_timers(sim.run, T0 + timedelta(seconds=2))
     assert command.kind is TimerKind.STEP_TIMEOUT and command.attempt == 1
     assert command.command_id == f"fire:{command.timer_id}"
-    assert sim.run.next_due() == T0 + timedelta(seconds=1)
+    assert next_due(sim.run) == T0 + timedelta(seconds=1)
 
 
 def test_redrive_re_evaluates_when_after_a_fix() -> None:

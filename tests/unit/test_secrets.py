@@ -12,6 +12,8 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 
+from foundation.errors import ConfigurationError
+from foundation.settings import Settings
 from node_workers.secrets import (
     REDACTED,
     ChainSecretProvider,
@@ -28,8 +30,6 @@ from node_workers.secrets import (
     resolver_from_settings,
     secret_names,
 )
-from reflux.errors import ConfigurationError
-from reflux.settings import Settings
 from schemas.models import ErrorInfo
 
 TOKEN = "tok-9f2c81 a+b/c=d"  # blanks, + / = : every URL encoding differs from the raw text

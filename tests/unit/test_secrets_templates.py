@@ -10,16 +10,16 @@ from typing import Any
 
 import pytest
 
-from processors.scheduler.simulate import Simulation
-from processors.workflow import WorkflowValidationError, parse_workflow, render_params
-from processors.workflow.expressions import (
+from foundation.errors import NonRetryableError
+from schemas.models import StepFailed, StepScheduled
+from tests.support.scheduler_simulation import Simulation
+from workflows import WorkflowValidationError, parse_workflow, render_params
+from workflows.expressions import (
     SecretInjectionError,
     TemplateError,
     secret_name,
     secret_placeholders,
 )
-from reflux.errors import NonRetryableError
-from schemas.models import StepFailed, StepScheduled
 
 CTX: dict[str, Any] = {
     "inputs": {

@@ -8,13 +8,13 @@ import io
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
-from reflux.errors import (
+from foundation.errors import (
     ConfigurationError,
     NonRetryableError,
     RetryableError,
     ServiceUnavailableError,
 )
-from reflux.settings import Settings
+from foundation.settings import Settings
 from schemas.errors import MalformedRecordError
 from streams.cli import add_topics_commands, render_table
 from streams.consumer import ConsumedRecord, consumer_config, error_class_of, is_retryable
@@ -144,7 +144,7 @@ def test_render_table_aligns_columns() -> None:
 
 def test_unreachable_broker_is_a_clear_service_error() -> None:
     from streams.admin import describe_topics
-    from streams.catalog import TopicCatalog
+    from streams.topics import TopicCatalog
 
     settings = Settings(kafka_bootstrap="127.0.0.1:1", topic_prefix="unit")
     with pytest.raises(ServiceUnavailableError, match=r"127\.0\.0\.1:1.*make up"):

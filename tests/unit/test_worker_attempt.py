@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
+from foundation.objectstore import FileBlobStore
 from node_workers.attempt import error_info, inputs_hash, run_attempt
 from node_workers.claimcheck import PayloadCorruptError, encode_json, load_json, store_json
 from node_workers.node import Node, NodeContext, NodeModel, RetryableNodeError
 from node_workers.nodes.transform import TransformNode
 from node_workers.records import build_result, build_trace
-from reflux.objectstore import FileBlobStore
 from schemas import decode, encode
 from schemas.base import canonical_json
 from schemas.models import NodeInvocation, PayloadRef, StepRef, TraceStatus

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from processors.workflow import (
+from schemas.models import GraphMutation, GraphMutationType
+from workflows import (
     FieldError,
     StaticNodeCatalog,
     Version,
@@ -20,7 +21,6 @@ from processors.workflow import (
     parse_workflow,
     validate_inputs,
 )
-from schemas.models import GraphMutation, GraphMutationType
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

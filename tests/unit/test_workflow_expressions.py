@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from processors.workflow import (
+from foundation.errors import NonRetryableError
+from workflows import (
     Reference,
     TemplateError,
     evaluate_when,
@@ -12,7 +13,6 @@ from processors.workflow import (
     is_truthy,
     render_params,
 )
-from reflux.errors import NonRetryableError
 
 CTX = {
     "inputs": {"url": "https://x", "count": 3, "flags": {"a": True}, "empty": []},

@@ -1,7 +1,7 @@
 """The topic catalog: the one place that names every Kafka topic, its partitions and configs.
 
 Nothing else in the code base spells a topic name. Components ask a :class:`TopicCatalog` (built
-from :class:`~reflux.settings.Settings`) for a :class:`TopicSpec` and use ``spec.topic``. Tests
+from :class:`~foundation.settings.Settings`) for a :class:`TopicSpec` and use ``spec.topic``. Tests
 build a catalog with their own ``topic_prefix`` so runs never collide.
 
 ``commands``, ``runs`` and ``results`` form the co-partitioned group ``"run"``: the same key (run
@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final
 
-from reflux.errors import ConfigurationError
-from reflux.settings import Settings, get_settings
+from foundation.errors import ConfigurationError
+from foundation.settings import Settings, get_settings
 
 __all__ = [
     "RUN_GROUP",
-    "CatalogError",
     "TopicCatalog",
+    "TopicCatalogError",
     "TopicSpec",
     "invoke_topic",
     "validate_topic_name",
@@ -39,7 +39,7 @@ _TOPIC_NAME = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
 _NODE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*(\.[a-z0-9][a-z0-9_-]*)*$")
 
 
-class CatalogError(ConfigurationError):
+class TopicCatalogError(ConfigurationError):
     """The catalog itself is inconsistent (bad name, broken co-partitioning, unknown topic)."""
 
     error_class = "TopicCatalog"
@@ -47,7 +47,7 @@ class CatalogError(ConfigurationError):
 
 def validate_topic_name(name: str) -> str:
     if name in {".", ".."} or not _TOPIC_NAME.fullmatch(name):
-        raise CatalogError(
+        raise TopicCatalogError(
             f"Expected a Kafka topic name of 1-249 characters from [a-zA-Z0-9._-], but got {name!r}"
         )
     return name
@@ -72,11 +72,11 @@ class TopicSpec:
     def __post_init__(self) -> None:
         validate_topic_name(self.topic)
         if self.partitions < 1:
-            raise CatalogError(
+            raise TopicCatalogError(
                 f"Expected at least 1 partition for topic {self.topic!r}, but got {self.partitions}"
             )
         if self.replication < 1:
-            raise CatalogError(
+            raise TopicCatalogError(
                 f"Expected a replication factor of at least 1 for topic {self.topic!r}, "
                 f"but got {self.replication}"
             )
@@ -141,15 +141,17 @@ class TopicCatalog:
         self._specs: dict[str, TopicSpec] = dict(specs)
         missing = sorted(set(_FIXED) - set(self._specs))
         if missing:
-            raise CatalogError(f"Expected the catalog to define {missing}, but they are missing")
+            raise TopicCatalogError(
+                f"Expected the catalog to define {missing}, but they are missing"
+            )
         for logical, spec in self._specs.items():
             if spec.logical != logical:
-                raise CatalogError(
+                raise TopicCatalogError(
                     f"Expected spec registered as {logical!r} to be named so, "
                     f"but it is {spec.logical!r}"
                 )
             if spec.topic != f"{prefix}.{logical}":
-                raise CatalogError(
+                raise TopicCatalogError(
                     f"Expected topic {prefix}.{logical!r} for {logical!r}, but got {spec.topic!r}"
                 )
         self._check_copartitioning()
@@ -166,7 +168,9 @@ class TopicCatalog:
         overrides = dict(partitions or {})
         unknown = sorted(set(overrides) - set(_FIXED))
         if unknown:
-            raise CatalogError(f"Expected partition overrides for known topics, but got {unknown}")
+            raise TopicCatalogError(
+                f"Expected partition overrides for known topics, but got {unknown}"
+            )
         specs = {
             logical: TopicSpec(
                 logical=logical,
@@ -198,7 +202,7 @@ class TopicCatalog:
                 detail = ", ".join(
                     f"{m.topic}={m.partitions} partitions keyed by {m.key}" for m in members
                 )
-                raise CatalogError(
+                raise TopicCatalogError(
                     f"Expected co-partitioned group {group!r} to share one partition count "
                     f"and key, but got {detail}"
                 )
@@ -248,7 +252,7 @@ class TopicCatalog:
         try:
             return self._specs[logical]
         except KeyError:
-            raise CatalogError(
+            raise TopicCatalogError(
                 f"Expected a topic of the catalog ({sorted(self._specs)}), but got {logical!r}"
             ) from None
 
@@ -269,17 +273,17 @@ class TopicCatalog:
         match = re.fullmatch(rf"{re.escape(self.prefix)}\.invoke\.(.+)\.v(\d+)", topic)
         if match:
             return self.invoke_topic(match.group(1), int(match.group(2)))
-        raise CatalogError(f"Expected a topic of catalog {self.prefix!r}, but got {topic!r}")
+        raise TopicCatalogError(f"Expected a topic of catalog {self.prefix!r}, but got {topic!r}")
 
     def invoke_topic(self, node: str, major: int) -> TopicSpec:
         """The invocation topic of one node major version: ``{prefix}.invoke.{node}.v{major}``."""
         if not _NODE_NAME.fullmatch(node):
-            raise CatalogError(
+            raise TopicCatalogError(
                 "Expected a node name of dotted lowercase segments (e.g. 'http.request'), "
                 f"but got {node!r}"
             )
         if isinstance(major, bool) or not isinstance(major, int) or major < 0:
-            raise CatalogError(f"Expected a non-negative major version, but got {major!r}")
+            raise TopicCatalogError(f"Expected a non-negative major version, but got {major!r}")
         logical = f"invoke.{node}.v{major}"
         return TopicSpec(
             logical=logical,

@@ -15,10 +15,10 @@ from collections.abc import Iterable
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+from foundation.errors import ServiceUnavailableError
+from foundation.settings import Settings
 from processors.scheduler.evolve import RUN_EVENT_TYPES, RunEvent, evolve
 from processors.scheduler.state import RunState
-from reflux.errors import ServiceUnavailableError
-from reflux.settings import Settings
 from schemas import decode
 from schemas.errors import SchemaError
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from reflux.errors import ConfigurationError
-from reflux.settings import Settings
-from streams.catalog import CatalogError, TopicCatalog, TopicSpec, invoke_topic
+from foundation.errors import ConfigurationError
+from foundation.settings import Settings
+from streams.topics import TopicCatalog, TopicCatalogError, TopicSpec, invoke_topic
 
 FIXED = [
     "workflows",
@@ -68,7 +68,7 @@ def test_run_group_is_copartitioned_and_keyed_by_run_id(settings: Settings) -> N
 
 
 def test_broken_copartitioning_is_refused(settings: Settings) -> None:
-    with pytest.raises(CatalogError, match="co-partitioned group 'run'") as info:
+    with pytest.raises(TopicCatalogError, match="co-partitioned group 'run'") as info:
         TopicCatalog.from_settings(settings, partitions={"runs": 12})
     assert "acme.runs=12" in str(info.value) and "acme.commands=4" in str(info.value)
     assert isinstance(info.value, ConfigurationError)
@@ -83,7 +83,7 @@ def test_copartitioned_override_of_the_whole_group_is_fine(settings: Settings) -
 
 
 def test_unknown_override_is_refused(settings: Settings) -> None:
-    with pytest.raises(CatalogError, match="runz"):
+    with pytest.raises(TopicCatalogError, match="runz"):
         TopicCatalog.from_settings(settings, partitions={"runz": 3})
 
 
@@ -103,26 +103,26 @@ def test_invoke_topics(settings: Settings) -> None:
 
 @pytest.mark.parametrize("node", ["", "Http", "http..request", ".http", "http/request", "a b"])
 def test_invalid_node_names_are_refused(settings: Settings, node: str) -> None:
-    with pytest.raises(CatalogError, match="node name"):
+    with pytest.raises(TopicCatalogError, match="node name"):
         TopicCatalog.from_settings(settings).invoke_topic(node, 1)
 
 
 @pytest.mark.parametrize("major", [-1, True, 1.0])
 def test_invalid_majors_are_refused(settings: Settings, major: object) -> None:
-    with pytest.raises(CatalogError, match="major"):
+    with pytest.raises(TopicCatalogError, match="major"):
         TopicCatalog.from_settings(settings).invoke_topic("http.request", major)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("prefix", ["bad prefix", "x" * 250, "a/b", ""])
 def test_invalid_prefix_is_refused(prefix: str) -> None:
-    with pytest.raises(CatalogError, match="topic name"):
+    with pytest.raises(TopicCatalogError, match="topic name"):
         TopicCatalog.from_settings(Settings(topic_prefix=prefix))
 
 
 def test_by_topic_rejects_foreign_topics(settings: Settings) -> None:
-    with pytest.raises(CatalogError, match=r"other\.runs"):
+    with pytest.raises(TopicCatalogError, match=r"other\.runs"):
         TopicCatalog.from_settings(settings).by_topic("other.runs")
-    with pytest.raises(CatalogError, match="nope"):
+    with pytest.raises(TopicCatalogError, match="nope"):
         TopicCatalog.from_settings(settings)["nope"]
 
 
@@ -136,7 +136,7 @@ def test_spec_is_frozen_including_configs(settings: Settings) -> None:
 
 
 def test_spec_validation() -> None:
-    with pytest.raises(CatalogError, match="at least 1 partition"):
+    with pytest.raises(TopicCatalogError, match="at least 1 partition"):
         TopicSpec("x", "p.x", 0, 1, "k", "d")
-    with pytest.raises(CatalogError, match="replication"):
+    with pytest.raises(TopicCatalogError, match="replication"):
         TopicSpec("x", "p.x", 1, 0, "k", "d")

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import logging
 
-from reflux.settings import Settings
+from foundation.settings import Settings
 from schemas import decode
 from schemas.errors import SchemaError
 from schemas.models import WorkflowRegistered
-from streams.catalog import TopicCatalog
 from streams.table import TopicTableReader
+from streams.topics import TopicCatalog
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ folded from ``NodeCatalogEntry`` records), :mod:`.transitions` (draft -> staging
 -> deprecated). The Kafka edge: :mod:`.runtime_view` (import it explicitly; it needs a broker).
 """
 
-from processors.catalog.rollout import (
+from processors.node_catalog.rollout import (
     CatalogVersion,
     NodeVersionUnavailableError,
     choose_version,
@@ -13,8 +13,8 @@ from processors.catalog.rollout import (
     rollout_point,
     shares,
 )
-from processors.catalog.state import CatalogState, catalog_key
-from processors.catalog.transitions import (
+from processors.node_catalog.state import CatalogState, catalog_key
+from processors.node_catalog.transitions import (
     TransitionError,
     check_weight,
     deprecated,

@@ -1,9 +1,9 @@
 """The scheduler's view of the node catalog, read from the compacted ``nodes`` topic.
 
 Every scheduler instance reads all partitions of ``nodes`` (any run may use any node), folds
-them into a :class:`~processors.catalog.state.CatalogState` and resolves versions with
-:func:`~processors.catalog.rollout.choose_version`. Same pattern as
-:mod:`processors.scheduler.runtime_workflows`: an unassigned consumer that never commits and
+them into a :class:`~processors.node_catalog.state.CatalogState` and resolves versions with
+:func:`~processors.node_catalog.rollout.choose_version`. Same pattern as
+:mod:`processors.scheduler.runtime.workflows`: an unassigned consumer that never commits and
 always starts from the beginning of the topic.
 
 Freshness: the view drains what has arrived at most every ``refresh_interval`` seconds, so a
@@ -17,15 +17,15 @@ from __future__ import annotations
 import logging
 import time
 
-from processors.catalog.rollout import NodeVersionUnavailableError
-from processors.catalog.state import CatalogState
-from processors.scheduler.decide import default_resolve_node_version
-from reflux.settings import Settings
+from foundation.settings import Settings
+from processors.node_catalog.rollout import NodeVersionUnavailableError
+from processors.node_catalog.state import CatalogState
 from schemas import decode
 from schemas.errors import SchemaError
 from schemas.models import NodeCatalogEntry
-from streams.catalog import TopicCatalog
 from streams.table import TopicTableReader
+from streams.topics import TopicCatalog
+from workflows.node_catalog import default_resolve_node_version
 
 __all__ = ["CatalogResolver", "NodeCatalogKafkaView"]
 
@@ -83,10 +83,10 @@ class CatalogResolver:
     """``DecisionContext.resolve_node_version`` backed by a catalog view.
 
     A node the catalog has never heard of resolves as before the catalog existed
-    (:func:`~processors.scheduler.decide.default_resolve_node_version`: the exact pin, else the
+    (:func:`~workflows.node_catalog.default_resolve_node_version`: the exact pin, else the
     constraint, whose major picks the invoke topic), so deployments without catalog entries keep
     working. A known node with no usable version raises
-    :class:`~processors.catalog.rollout.NodeVersionUnavailableError` after one catch-up.
+    :class:`~processors.node_catalog.rollout.NodeVersionUnavailableError` after one catch-up.
     """
 
     def __init__(self, view: NodeCatalogKafkaView) -> None:

@@ -2,14 +2,14 @@
 
 The ``nodes`` topic is compacted and keyed by ``node@version``, so its last record per key is
 the version's state; folding the log in order (later records win) gives exactly that. Pure:
-the Kafka reader (:mod:`processors.catalog.runtime_view`) and tests feed it records.
+the Kafka reader (:mod:`processors.node_catalog.runtime_view`) and tests feed it records.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from processors.catalog.rollout import CatalogVersion, choose_version
+from processors.node_catalog.rollout import CatalogVersion, choose_version
 from schemas.models import NodeCatalogEntry
 
 __all__ = ["CatalogState", "catalog_key"]
@@ -21,7 +21,7 @@ def catalog_key(name: str, version: str) -> str:
 
 
 class CatalogState:
-    """Node versions by name; also a :class:`processors.workflow.catalog.NodeCatalogView`."""
+    """Node versions by name; also a :class:`workflows.node_catalog.NodeCatalogView`."""
 
     def __init__(self, entries: Iterable[NodeCatalogEntry] = ()) -> None:
         self._nodes: dict[str, dict[str, NodeCatalogEntry]] = {}

@@ -18,14 +18,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from processors.workflow.model import WorkflowDefinition
-from processors.workflow.validation import (
+from schemas.models import GraphMutation, GraphMutationType
+from workflows.model import WorkflowDefinition
+from workflows.validation import (
     FieldError,
     WorkflowValidationError,
     build_definition,
     merge_step_defaults,
 )
-from schemas.models import GraphMutation, GraphMutationType
 
 __all__ = ["apply_mutation"]
 

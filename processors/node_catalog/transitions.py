@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from typing import Final
 
-from reflux.errors import NonRetryableError
+from foundation.errors import NonRetryableError
 from schemas.models import NodeStatus
 
 __all__ = [

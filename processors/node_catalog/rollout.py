@@ -1,7 +1,7 @@
 """Which node version a run gets: constraint, catalog status and rollout weight, by run id.
 
 Pure: no clock, no randomness, no I/O. The scheduler's resolver
-(:mod:`processors.catalog.runtime_view`) feeds it the catalog it has read from ``nodes``.
+(:mod:`processors.node_catalog.runtime_view`) feeds it the catalog it has read from ``nodes``.
 
 Rules (docs/nodes.md, "Catalog, versions and rollout"):
 
@@ -29,9 +29,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from processors.workflow.semver import Version, VersionConstraint
-from reflux.errors import NonRetryableError
+from foundation.errors import NonRetryableError
 from schemas.models import NodeStatus
+from workflows.semver import Version, VersionConstraint
 
 __all__ = [
     "CatalogVersion",

@@ -29,11 +29,7 @@ from processors.scheduler.decide import (
 )
 from processors.scheduler.evolve import RunEvent, fold
 from processors.scheduler.state import RunState, RunStatus
-from processors.scheduler.timers import due_timers
-from processors.workflow.catalog import NodeCatalogView
-from processors.workflow.model import WorkflowDefinition
-from processors.workflow.semver import VersionConstraint
-from processors.workflow.validation import parse_workflow
+from processors.scheduler.timers import due_timers, next_due
 from schemas.models import (
     CancelRun,
     ErrorInfo,
@@ -48,6 +44,10 @@ from schemas.models import (
     StartRun,
     TraceStatus,
 )
+from workflows.model import WorkflowDefinition
+from workflows.node_catalog import NodeCatalogView
+from workflows.semver import VersionConstraint
+from workflows.validation import parse_workflow
 
 __all__ = ["NO_ANSWER", "T0", "Simulation", "catalog_resolver"]
 
@@ -303,7 +303,7 @@ class Simulation:
                 for invocation in list(self.outstanding.values()):
                     self._answer(invocation, worker(invocation))
                 continue
-            due = self.state.next_due()
+            due = next_due(self.state)
             if due is None:
                 break
             self.now = max(self.now, due)

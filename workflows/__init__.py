@@ -11,9 +11,8 @@ Public surface (re-exported here; modules are small and private in spirit):
 See docs/workflows.md for the file format.
 """
 
-from processors.workflow.catalog import NodeCatalogView, StaticNodeCatalog
-from processors.workflow.durations import format_duration, parse_duration
-from processors.workflow.expressions import (
+from workflows.durations import format_duration, parse_duration
+from workflows.expressions import (
     ExpressionSyntaxError,
     Reference,
     TemplateError,
@@ -25,7 +24,7 @@ from processors.workflow.expressions import (
     render_params,
     render_template,
 )
-from processors.workflow.model import (
+from workflows.model import (
     CacheSpec,
     Defaults,
     InputSpec,
@@ -33,15 +32,16 @@ from processors.workflow.model import (
     StepDefinition,
     WorkflowDefinition,
 )
-from processors.workflow.mutations import apply_mutation
-from processors.workflow.semver import (
+from workflows.mutations import apply_mutation
+from workflows.node_catalog import NodeCatalogView, StaticNodeCatalog
+from workflows.semver import (
     NodeRef,
     Version,
     VersionConstraint,
     invoke_major,
     parse_node_ref,
 )
-from processors.workflow.validation import (
+from workflows.validation import (
     FieldError,
     WorkflowValidationError,
     build_definition,

@@ -2,7 +2,7 @@
 
 Structure only: field types, ranges, slugs, durations and node references. Cross-field rules
 (needs exist, no cycles, templates reference upstream steps, the catalog has the node) live in
-:mod:`processors.workflow.validation`, because they need the whole graph and report many errors
+:mod:`workflows.validation`, because they need the whole graph and report many errors
 at once with precise paths.
 
 The canonical JSON form (:meth:`WorkflowDefinition.to_json_dict`) has every default applied and
@@ -19,9 +19,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-from processors.workflow.durations import parse_duration
-from processors.workflow.semver import NodeRef, parse_node_ref
 from schemas.base import canonical_json
+from workflows.durations import parse_duration
+from workflows.semver import NodeRef, parse_node_ref
 
 __all__ = [
     "CacheSpec",

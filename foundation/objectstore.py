@@ -10,8 +10,8 @@ import hashlib
 from pathlib import Path
 from typing import Any, Protocol
 
-from reflux.errors import NonRetryableError
-from reflux.settings import Settings
+from foundation.errors import NonRetryableError
+from foundation.settings import Settings
 
 
 class BlobNotFoundError(NonRetryableError):

@@ -16,7 +16,7 @@ see docs/decisions/0006-scheduler-runtime.md). After the commit, ``cache_writes`
 (a derived cache: losing one costs a recomputation, never correctness).
 
 State is not kept in a separate changelog: on assignment, a partition's runs are rebuilt by
-folding its ``runs`` log (:mod:`processors.scheduler.runtime_recovery`). If a transaction aborts,
+folding its ``runs`` log (:mod:`processors.scheduler.runtime.recovery`). If a transaction aborts,
 the assigned partitions are rebuilt and the consumer rewinds to the committed offsets.
 """
 
@@ -34,7 +34,9 @@ from typing import Any
 import redis
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
-from processors.catalog.runtime_view import CatalogResolver, NodeCatalogKafkaView
+from foundation.objectstore import S3BlobStore, content_key
+from foundation.settings import Settings
+from processors.node_catalog.runtime_view import CatalogResolver, NodeCatalogKafkaView
 from processors.scheduler.decide import (
     CacheHit,
     CacheLookup,
@@ -45,15 +47,11 @@ from processors.scheduler.decide import (
     SchedulerInput,
     decide,
 )
-from processors.scheduler.runtime_recovery import rebuild_partitions
-from processors.scheduler.runtime_traces import traces_for
-from processors.scheduler.runtime_workflows import WorkflowsView
+from processors.scheduler.runtime.recovery import rebuild_partitions
+from processors.scheduler.runtime.traces import traces_for
+from processors.scheduler.runtime.workflows import WorkflowsView
 from processors.scheduler.state import RunState
 from processors.scheduler.timers import due_timers
-from processors.workflow.model import WorkflowDefinition
-from processors.workflow.validation import WorkflowValidationError
-from reflux.objectstore import S3BlobStore, content_key
-from reflux.settings import Settings
 from schemas import decode
 from schemas.base import canonical_json
 from schemas.errors import SchemaError
@@ -70,10 +68,12 @@ from schemas.models import (
     StartRun,
 )
 from schemas.trace_json import TRACE_HEADERS, encode_trace
-from streams.catalog import TopicCatalog
 from streams.consumer import consume_messages, consumer_config, poison_record
 from streams.dlq import DeadLetterPublisher
 from streams.producer import TransactionalProducer
+from streams.topics import TopicCatalog
+from workflows.model import WorkflowDefinition
+from workflows.validation import WorkflowValidationError
 
 log = logging.getLogger(__name__)
 

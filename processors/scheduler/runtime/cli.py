@@ -7,7 +7,7 @@ import signal
 import threading
 from typing import Any
 
-from reflux.settings import get_settings
+from foundation.settings import get_settings
 
 __all__ = ["add_scheduler_commands"]
 
@@ -36,9 +36,9 @@ def add_scheduler_commands(subparsers: Any) -> None:
 
 
 def _run_scheduler(args: argparse.Namespace) -> int:
-    from processors.scheduler.runtime import SchedulerRuntime
+    from processors.scheduler.runtime.loop import SchedulerRuntime
     from streams.admin import ensure_topics
-    from streams.catalog import TopicCatalog
+    from streams.topics import TopicCatalog
 
     settings = get_settings()
     ensure_topics(TopicCatalog.from_settings(settings), settings=settings)

@@ -1,6 +1,6 @@
 """Golden run logs: scenarios played by :class:`Simulation`, written as JSON Lines fixtures.
 
-``python -m processors.scheduler.golden [--out tests/fixtures/runs] [--check]`` writes, per
+``python -m tests.support.scheduler_golden [--out tests/fixtures/runs] [--check]`` writes, per
 scenario, ``<name>.jsonl`` (one run event per line: ``{"type": <Avro name>, "event": {...}}``)
 and ``<name>.summary.json`` (:meth:`RunState.summary` of the final state). Tests replay the
 committed logs with the current ``evolve`` and compare summaries, so a change that makes old logs
@@ -18,9 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from processors.scheduler.evolve import RUN_EVENT_TYPES, RunEvent, fold
-from processors.scheduler.simulate import NO_ANSWER, Simulation
 from processors.scheduler.state import RunState
-from processors.workflow.catalog import StaticNodeCatalog
 from schemas.models import (
     MODELS,
     ErrorInfo,
@@ -29,6 +27,8 @@ from schemas.models import (
     NodeInvocation,
     TraceStatus,
 )
+from tests.support.scheduler_simulation import NO_ANSWER, Simulation
+from workflows.node_catalog import StaticNodeCatalog
 
 __all__ = [
     "SCENARIOS",

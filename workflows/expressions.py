@@ -37,7 +37,7 @@ import jmespath
 from jmespath import exceptions as jmespath_errors
 from jmespath.parser import ParsedResult
 
-from reflux.errors import NonRetryableError
+from foundation.errors import NonRetryableError
 
 __all__ = [
     "SECRET_NAME",

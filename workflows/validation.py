@@ -17,8 +17,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from processors.workflow.catalog import NodeCatalogView
-from processors.workflow.expressions import (
+from foundation.errors import NonRetryableError
+from workflows.expressions import (
     SECRET_NAME,
     ExpressionSyntaxError,
     Reference,
@@ -27,7 +27,7 @@ from processors.workflow.expressions import (
     iter_expressions,
     secret_name,
 )
-from processors.workflow.model import (
+from workflows.model import (
     CacheSpec,
     Defaults,
     InputSpec,
@@ -35,7 +35,7 @@ from processors.workflow.model import (
     StepDefinition,
     WorkflowDefinition,
 )
-from reflux.errors import NonRetryableError
+from workflows.node_catalog import NodeCatalogView
 
 __all__ = [
     "RUN_FIELDS",

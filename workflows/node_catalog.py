@@ -9,7 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
-__all__ = ["NodeCatalogView", "StaticNodeCatalog"]
+from workflows.semver import VersionConstraint
+
+__all__ = ["NodeCatalogView", "StaticNodeCatalog", "default_resolve_node_version"]
 
 
 @runtime_checkable
@@ -36,3 +38,14 @@ class StaticNodeCatalog:
 
     def names(self) -> Sequence[str]:
         return sorted(self._nodes)
+
+
+def default_resolve_node_version(name: str, constraint: str, run_id: str) -> str:
+    """Without a catalog: an exact pin is the version; otherwise the constraint text itself.
+
+    The invoke topic's major is derived from it (``invoke_major``), and the worker group of that
+    major runs whatever version it has deployed. The catalog-backed resolver (rollout weights,
+    deterministic by run id) replaces this in the runtime.
+    """
+    parsed = VersionConstraint.parse(constraint)
+    return str(parsed.exact) if parsed.exact is not None else parsed.raw

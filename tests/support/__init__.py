@@ -1,0 +1,1 @@
+"""Test-only tools: the scheduler simulation and the golden run-log writer."""

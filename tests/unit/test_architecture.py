@@ -1,0 +1,95 @@
+"""The package tree is the architecture: packages import each other without cycles.
+
+import-linter's layers contract (``make lint``) fixes the order of the top-level packages; this
+test looks at every depth (``processors.scheduler`` vs ``processors.node_catalog``, then
+``processors.scheduler.state`` vs ``processors.scheduler.timers``), where a cycle would mean two
+parts that can only be understood together.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections import defaultdict
+from pathlib import Path
+
+import grimp
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def root_packages() -> list[str]:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages: list[str] = config["tool"]["importlinter"]["root_packages"]
+    return packages
+
+
+def import_graph(depth: int) -> dict[str, set[str]]:
+    """Who imports whom, every module collapsed to its first ``depth`` name parts: depth 1 is
+    the top-level packages, depth 2 their sub-packages and modules (``processors.scheduler``,
+    ``node_workers.runtime``), and so on."""
+    roots = root_packages()
+    graph = grimp.build_graph(*roots)
+    edges: dict[str, set[str]] = defaultdict(set)
+    for module in graph.modules:
+        source = ".".join(module.split(".")[:depth])
+        for imported in graph.find_modules_directly_imported_by(module):
+            if imported.split(".")[0] not in roots:
+                continue
+            target = ".".join(imported.split(".")[:depth])
+            if target != source:
+                edges[source].add(target)
+    return edges
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one member (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in sorted(edges.get(node, ())):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(set(edges) | {t for targets in edges.values() for t in targets}):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_cycle_finder_finds_a_cycle() -> None:
+    edges = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert cycles(edges) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 4])
+def test_the_import_graph_has_no_cycles(depth: int) -> None:
+    edges = import_graph(depth)
+    assert len(edges) >= 8, "the graph should cover every package of the project"
+    assert cycles(edges) == []
+
+
+def test_the_foundation_imports_no_other_package_of_the_project() -> None:
+    edges = import_graph(1)
+    assert edges.get("foundation", set()) == set()
