@@ -8,6 +8,14 @@ Mapping: records -> frozen models with ``AVRO_NAME`` / ``SCHEMA_VERSION``; enums
 ``datetime``; ``["null", X]`` -> ``X | None = None``. Field ``doc`` becomes the attribute docstring
 (pydantic turns it into the field description). ``"reflux.default_factory"`` on a field gives the
 Python model a convenience default (``uuid4``, ``now``) that the wire schema cannot express.
+
+Envelopes: records of one kind start with the same fields (every run event with ``event_id``,
+``run_id``, ``seq``, ``occurred_at``, ``schema_version``, ``causation_id``). :data:`ENVELOPES`
+names those groups; each becomes one base class holding the shared fields, and its records
+inherit them instead of repeating them. An envelope's fields must be the first fields of every
+member, defined identically (type, default, doc), or generation fails: the base class is then an
+exact prefix of each record, so a model's field order stays the Avro field order (JSON dumps,
+such as the traces topic and the projections, follow the model's order).
 """
 
 from __future__ import annotations
@@ -16,8 +24,9 @@ import argparse
 import json
 import sys
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from schemas.errors import SchemaDefinitionError
 from schemas.registry import AVRO_DIR, VERSION_ATTRIBUTE, full_name
@@ -38,6 +47,62 @@ _WIDTH = 100
 Raw = dict[str, Any]
 
 
+@dataclass(frozen=True)
+class Envelope:
+    """A group of records that start with the same fields, generated as one base class."""
+
+    class_name: str
+    doc: str
+    namespaces: tuple[str, ...]
+    """Every record in these namespaces belongs to the group (and must carry the fields)."""
+    fields: tuple[str, ...]
+    """The shared leading fields, in Avro order."""
+
+
+ENVELOPES: Final = (
+    Envelope(
+        "StandaloneEnvelope",
+        "Envelope of a record that belongs to no run (alerts, dead letters, mutations, node "
+        "catalog entries, triggers, workflow registrations): no run_id, and seq stays -1.",
+        (
+            "reflux.alerts",
+            "reflux.dlq",
+            "reflux.mutations",
+            "reflux.nodes",
+            "reflux.triggers",
+            "reflux.workflows",
+        ),
+        ("event_id", "seq", "occurred_at", "schema_version"),
+    ),
+    Envelope(
+        "RunCommandEnvelope",
+        "Envelope of a command to a run (reflux.commands): not positioned in the run log "
+        "(seq -1), deduplicated on command_id, with who asked and why for the audit trail.",
+        ("reflux.commands",),
+        (
+            "event_id",
+            "run_id",
+            "seq",
+            "occurred_at",
+            "schema_version",
+            "command_id",
+            "reason",
+            "requested_by",
+        ),
+    ),
+    Envelope(
+        "RunEventEnvelope",
+        "Envelope of an event in a run log (reflux.events): positioned by seq, and pointing at "
+        "the command, invocation or timer that caused it.",
+        ("reflux.events",),
+        ("event_id", "run_id", "seq", "occurred_at", "schema_version", "causation_id"),
+    ),
+)
+"""The envelope groups. Records outside them (common types, node invocations, node results,
+traces) declare every field themselves: their ``seq`` means something different in each, and a
+trace's ``schema_version`` defaults to 2."""
+
+
 class _Generator:
     def __init__(self, raws: list[Raw]) -> None:
         self.by_name = {full_name(r): r for r in raws}
@@ -47,6 +112,59 @@ class _Generator:
             if short in self.class_of.values():
                 raise SchemaDefinitionError(f"Two Avro types share the class name {short!r}.")
             self.class_of[name] = short
+        self.envelope_of = self._envelope_members()
+
+    def _envelope_members(self) -> dict[str, Envelope]:
+        """Which envelope each record belongs to, checked against the schemas."""
+        envelope_of: dict[str, Envelope] = {}
+        for envelope in ENVELOPES:
+            if envelope.class_name in self.class_of.values():
+                raise SchemaDefinitionError(
+                    f"Envelope {envelope.class_name} has the class name of an Avro type."
+                )
+            members = [
+                name
+                for name, raw in self.by_name.items()
+                if raw["type"] == "record" and name.rsplit(".", 1)[0] in envelope.namespaces
+            ]
+            if not members:
+                raise SchemaDefinitionError(
+                    f"Envelope {envelope.class_name} has no record in {envelope.namespaces}."
+                )
+            for name in members:
+                if name in envelope_of:
+                    raise SchemaDefinitionError(
+                        f"{name} is in two envelopes: {envelope_of[name].class_name} and "
+                        f"{envelope.class_name}."
+                    )
+                self._check_member(envelope, name, like=members[0])
+                envelope_of[name] = envelope
+        return envelope_of
+
+    def _check_member(self, envelope: Envelope, name: str, like: str) -> None:
+        """``name`` starts with the envelope's fields, defined as in the member ``like``."""
+        leading = tuple(f["name"] for f in self.by_name[name]["fields"])
+        if leading[: len(envelope.fields)] != envelope.fields:
+            raise SchemaDefinitionError(
+                f"Expected {name} to start with the {envelope.class_name} fields "
+                f"{list(envelope.fields)}, but its fields are {list(leading)}."
+            )
+        for index, field_name in enumerate(envelope.fields):
+            if self.field_source(name, index) != self.field_source(like, index):
+                raise SchemaDefinitionError(
+                    f"Expected field {field_name!r} to be defined alike in every "
+                    f"{envelope.class_name} record, but {like} and {name} differ "
+                    "(type, default or doc)."
+                )
+
+    def field_source(self, record: str, index: int) -> list[str]:
+        """The class-body lines of a record's ``index``-th field: annotation, default, doc."""
+        namespace = record.rsplit(".", 1)[0]
+        fld = self.by_name[record]["fields"][index]
+        py_type = self.py_type(fld["type"], namespace, bool(fld.get("reflux.json")))
+        default = self.default(fld, py_type, namespace)
+        line = f"    {fld['name']}: {py_type}" + ("" if default is None else f" = {default}")
+        return [line] + (_docstring(fld["doc"], "    ") if "doc" in fld else [])
 
     def resolve(self, ref: str, namespace: str) -> str:
         name = ref if "." in ref else f"{namespace}.{ref}"
@@ -157,21 +275,28 @@ def _enum_source(gen: _Generator, raw: Raw) -> list[str]:
     return out
 
 
+def _envelope_source(gen: _Generator, envelope: Envelope, first_member: str) -> list[str]:
+    out = [f"class {envelope.class_name}(RefluxRecord):"]
+    out += _docstring(envelope.doc, "    ")
+    for index in range(len(envelope.fields)):
+        out += ["", *gen.field_source(first_member, index)]
+    return out
+
+
 def _record_source(gen: _Generator, raw: Raw) -> list[str]:
     name = full_name(raw)
-    namespace = name.rsplit(".", 1)[0]
-    out = [f"class {gen.class_of[name]}(RefluxRecord):"]
+    envelope = gen.envelope_of.get(name)
+    base = "RefluxRecord" if envelope is None else envelope.class_name
+    out = [f"class {gen.class_of[name]}({base}):"]
     out += _docstring(raw.get("doc", name), "    ")
     out += [
         "",
         f'    AVRO_NAME: ClassVar[str] = "{name}"',
         f"    SCHEMA_VERSION: ClassVar[int] = {raw.get(VERSION_ATTRIBUTE, 1)}",
     ]
-    for fld in raw["fields"]:
-        py_type = gen.py_type(fld["type"], namespace, bool(fld.get("reflux.json")))
-        default = gen.default(fld, py_type, namespace)
-        line = f"    {fld['name']}: {py_type}" + ("" if default is None else f" = {default}")
-        out += ["", line] + (_docstring(fld["doc"], "    ") if "doc" in fld else [])
+    inherited = 0 if envelope is None else len(envelope.fields)
+    for index in range(inherited, len(raw["fields"])):
+        out += ["", *gen.field_source(name, index)]
     return out
 
 
@@ -197,14 +322,20 @@ def generate(avro_dir: Path = AVRO_DIR) -> str:
     raws = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(avro_dir.glob("*.avsc"))]
     gen = _Generator(raws)
     blocks: list[list[str]] = []
+    emitted: set[str] = set()
     for name in gen.ordered():
         raw = gen.by_name[name]
+        envelope = gen.envelope_of.get(name)
+        # Right before its first member: by then every type its fields use is defined.
+        if envelope is not None and envelope.class_name not in emitted:
+            blocks.append(_envelope_source(gen, envelope, name))
+            emitted.add(envelope.class_name)
         blocks.append(_enum_source(gen, raw) if raw["type"] == "enum" else _record_source(gen, raw))
     records = [n for n in gen.ordered() if gen.by_name[n]["type"] == "record"]
     registry = ["MODELS: dict[str, type[RefluxRecord]] = {"]
     registry += [f'    "{n}": {gen.class_of[n]},' for n in records]
-    registry += ["}", '"""Every record model by full Avro name."""']
-    names = ["MODELS", *sorted(gen.class_of.values())]
+    registry += ["}", '"""Every record model by full Avro name (envelopes are not records)."""']
+    names = ["MODELS", *sorted([*gen.class_of.values(), *emitted])]
     all_ = ["__all__ = [", *(f'    "{n}",' for n in names), "]"]
     body = "\n\n\n".join("\n".join(b) for b in [*blocks, registry])
     return HEADER + "\n\n" + body + "\n\n" + "\n".join(all_) + "\n"

@@ -171,13 +171,10 @@ class StepRef(RefluxRecord):
     """Node version (semver) as pinned by the definition."""
 
 
-class Alert(RefluxRecord):
-    """An SLO alert started or stopped firing for one subject (a node or a workflow). Only
-    transitions are written; the latest record per (rule_id, subject) is the alert's state.
+class StandaloneEnvelope(RefluxRecord):
+    """Envelope of a record that belongs to no run (alerts, dead letters, mutations, node catalog
+    entries, triggers, workflow registrations): no run_id, and seq stays -1.
     """
-
-    AVRO_NAME: ClassVar[str] = "reflux.alerts.Alert"
-    SCHEMA_VERSION: ClassVar[int] = 1
 
     event_id: str = Field(default_factory=new_id)
     """Unique id (UUID text) of this record; consumers dedupe on it."""
@@ -192,6 +189,15 @@ class Alert(RefluxRecord):
 
     schema_version: int = 1
     """Version of the writer schema; old records keep the version they were written with."""
+
+
+class Alert(StandaloneEnvelope):
+    """An SLO alert started or stopped firing for one subject (a node or a workflow). Only
+    transitions are written; the latest record per (rule_id, subject) is the alert's state.
+    """
+
+    AVRO_NAME: ClassVar[str] = "reflux.alerts.Alert"
+    SCHEMA_VERSION: ClassVar[int] = 1
 
     alert_id: str
     """Id of one incident, '<rule_id>/<subject>/<started_at ms>': its firing and resolved records
@@ -236,70 +242,50 @@ class Alert(RefluxRecord):
     """
 
 
-class CancelRun(RefluxRecord):
+class RunCommandEnvelope(RefluxRecord):
+    """Envelope of a command to a run (reflux.commands): not positioned in the run log (seq -1),
+    deduplicated on command_id, with who asked and why for the audit trail.
+    """
+
+    event_id: str = Field(default_factory=new_id)
+    """Unique id (UUID text) of this record; consumers dedupe on it."""
+
+    run_id: str
+    """The run this record belongs to; the Kafka key."""
+
+    seq: int = -1
+    """-1: commands are not positioned; the scheduler assigns seq to the events a command
+    produces. Dedupe commands on command_id.
+    """
+
+    occurred_at: TimestampMillis = Field(default_factory=utc_now)
+    """When the producer created this record (UTC, milliseconds)."""
+
+    schema_version: int = 1
+    """Version of the writer schema; old records keep the version they were written with."""
+
+    command_id: str = Field(default_factory=new_id)
+    """Client-visible id (returned with 202); rejections and resulting events refer to it."""
+
+    reason: str | None = None
+    """Why the command was issued, for the audit trail."""
+
+    requested_by: str | None = None
+    """Who issued it: a user, 'trigger:<source>', 'timer', 'policy'."""
+
+
+class CancelRun(RunCommandEnvelope):
     """Cancel a run; in-flight attempts are abandoned."""
 
     AVRO_NAME: ClassVar[str] = "reflux.commands.CancelRun"
     SCHEMA_VERSION: ClassVar[int] = 1
 
-    event_id: str = Field(default_factory=new_id)
-    """Unique id (UUID text) of this record; consumers dedupe on it."""
 
-    run_id: str
-    """The run this record belongs to; the Kafka key."""
-
-    seq: int = -1
-    """-1: commands are not positioned; the scheduler assigns seq to the events a command
-    produces. Dedupe commands on command_id.
-    """
-
-    occurred_at: TimestampMillis = Field(default_factory=utc_now)
-    """When the producer created this record (UTC, milliseconds)."""
-
-    schema_version: int = 1
-    """Version of the writer schema; old records keep the version they were written with."""
-
-    command_id: str = Field(default_factory=new_id)
-    """Client-visible id (returned with 202); rejections and resulting events refer to it."""
-
-    reason: str | None = None
-    """Why the command was issued, for the audit trail."""
-
-    requested_by: str | None = None
-    """Who issued it: a user, 'trigger:<source>', 'timer', 'policy'."""
-
-
-class FireTimer(RefluxRecord):
+class FireTimer(RunCommandEnvelope):
     """A timer is due; emitted by the per-partition timer into reflux.commands."""
 
     AVRO_NAME: ClassVar[str] = "reflux.commands.FireTimer"
     SCHEMA_VERSION: ClassVar[int] = 1
-
-    event_id: str = Field(default_factory=new_id)
-    """Unique id (UUID text) of this record; consumers dedupe on it."""
-
-    run_id: str
-    """The run this record belongs to; the Kafka key."""
-
-    seq: int = -1
-    """-1: commands are not positioned; the scheduler assigns seq to the events a command
-    produces. Dedupe commands on command_id.
-    """
-
-    occurred_at: TimestampMillis = Field(default_factory=utc_now)
-    """When the producer created this record (UTC, milliseconds)."""
-
-    schema_version: int = 1
-    """Version of the writer schema; old records keep the version they were written with."""
-
-    command_id: str = Field(default_factory=new_id)
-    """Client-visible id (returned with 202); rejections and resulting events refer to it."""
-
-    reason: str | None = None
-    """Why the command was issued, for the audit trail."""
-
-    requested_by: str | None = None
-    """Who issued it: a user, 'trigger:<source>', 'timer', 'policy'."""
 
     timer_id: str
     """Timer id from run state; stale timers are ignored."""
@@ -317,37 +303,11 @@ class FireTimer(RefluxRecord):
     """When the timer was due."""
 
 
-class MutateGraph(RefluxRecord):
+class MutateGraph(RunCommandEnvelope):
     """Change the graph of a running run."""
 
     AVRO_NAME: ClassVar[str] = "reflux.commands.MutateGraph"
     SCHEMA_VERSION: ClassVar[int] = 1
-
-    event_id: str = Field(default_factory=new_id)
-    """Unique id (UUID text) of this record; consumers dedupe on it."""
-
-    run_id: str
-    """The run this record belongs to; the Kafka key."""
-
-    seq: int = -1
-    """-1: commands are not positioned; the scheduler assigns seq to the events a command
-    produces. Dedupe commands on command_id.
-    """
-
-    occurred_at: TimestampMillis = Field(default_factory=utc_now)
-    """When the producer created this record (UTC, milliseconds)."""
-
-    schema_version: int = 1
-    """Version of the writer schema; old records keep the version they were written with."""
-
-    command_id: str = Field(default_factory=new_id)
-    """Client-visible id (returned with 202); rejections and resulting events refer to it."""
-
-    reason: str | None = None
-    """Why the command was issued, for the audit trail."""
-
-    requested_by: str | None = None
-    """Who issued it: a user, 'trigger:<source>', 'timer', 'policy'."""
 
     mutation: GraphMutation
     """The change."""
@@ -356,139 +316,35 @@ class MutateGraph(RefluxRecord):
     """The reflux.mutations proposal this applies, if any."""
 
 
-class PauseRun(RefluxRecord):
+class PauseRun(RunCommandEnvelope):
     """Pause a run: no new steps are dispatched until it is resumed."""
 
     AVRO_NAME: ClassVar[str] = "reflux.commands.PauseRun"
     SCHEMA_VERSION: ClassVar[int] = 1
 
-    event_id: str = Field(default_factory=new_id)
-    """Unique id (UUID text) of this record; consumers dedupe on it."""
 
-    run_id: str
-    """The run this record belongs to; the Kafka key."""
-
-    seq: int = -1
-    """-1: commands are not positioned; the scheduler assigns seq to the events a command
-    produces. Dedupe commands on command_id.
-    """
-
-    occurred_at: TimestampMillis = Field(default_factory=utc_now)
-    """When the producer created this record (UTC, milliseconds)."""
-
-    schema_version: int = 1
-    """Version of the writer schema; old records keep the version they were written with."""
-
-    command_id: str = Field(default_factory=new_id)
-    """Client-visible id (returned with 202); rejections and resulting events refer to it."""
-
-    reason: str | None = None
-    """Why the command was issued, for the audit trail."""
-
-    requested_by: str | None = None
-    """Who issued it: a user, 'trigger:<source>', 'timer', 'policy'."""
-
-
-class RedriveStep(RefluxRecord):
+class RedriveStep(RunCommandEnvelope):
     """Run one failed, timed-out or skipped step again."""
 
     AVRO_NAME: ClassVar[str] = "reflux.commands.RedriveStep"
     SCHEMA_VERSION: ClassVar[int] = 1
 
-    event_id: str = Field(default_factory=new_id)
-    """Unique id (UUID text) of this record; consumers dedupe on it."""
-
-    run_id: str
-    """The run this record belongs to; the Kafka key."""
-
-    seq: int = -1
-    """-1: commands are not positioned; the scheduler assigns seq to the events a command
-    produces. Dedupe commands on command_id.
-    """
-
-    occurred_at: TimestampMillis = Field(default_factory=utc_now)
-    """When the producer created this record (UTC, milliseconds)."""
-
-    schema_version: int = 1
-    """Version of the writer schema; old records keep the version they were written with."""
-
-    command_id: str = Field(default_factory=new_id)
-    """Client-visible id (returned with 202); rejections and resulting events refer to it."""
-
-    reason: str | None = None
-    """Why the command was issued, for the audit trail."""
-
-    requested_by: str | None = None
-    """Who issued it: a user, 'trigger:<source>', 'timer', 'policy'."""
-
     step_id: str
     """The step to re-drive."""
 
 
-class ResumeRun(RefluxRecord):
+class ResumeRun(RunCommandEnvelope):
     """Resume a paused run."""
 
     AVRO_NAME: ClassVar[str] = "reflux.commands.ResumeRun"
     SCHEMA_VERSION: ClassVar[int] = 1
 
-    event_id: str = Field(default_factory=new_id)
-    """Unique id (UUID text) of this record; consumers dedupe on it."""
 
-    run_id: str
-    """The run this record belongs to; the Kafka key."""
-
-    seq: int = -1
-    """-1: commands are not positioned; the scheduler assigns seq to the events a command
-    produces. Dedupe commands on command_id.
-    """
-
-    occurred_at: TimestampMillis = Field(default_factory=utc_now)
-    """When the producer created this record (UTC, milliseconds)."""
-
-    schema_version: int = 1
-    """Version of the writer schema; old records keep the version they were written with."""
-
-    command_id: str = Field(default_factory=new_id)
-    """Client-visible id (returned with 202); rejections and resulting events refer to it."""
-
-    reason: str | None = None
-    """Why the command was issued, for the audit trail."""
-
-    requested_by: str | None = None
-    """Who issued it: a user, 'trigger:<source>', 'timer', 'policy'."""
-
-
-class StartRun(RefluxRecord):
+class StartRun(RunCommandEnvelope):
     """Start a run of a registered workflow."""
 
     AVRO_NAME: ClassVar[str] = "reflux.commands.StartRun"
     SCHEMA_VERSION: ClassVar[int] = 1
-
-    event_id: str = Field(default_factory=new_id)
-    """Unique id (UUID text) of this record; consumers dedupe on it."""
-
-    run_id: str
-    """The run this record belongs to; the Kafka key."""
-
-    seq: int = -1
-    """-1: commands are not positioned; the scheduler assigns seq to the events a command
-    produces. Dedupe commands on command_id.
-    """
-
-    occurred_at: TimestampMillis = Field(default_factory=utc_now)
-    """When the producer created this record (UTC, milliseconds)."""
-
-    schema_version: int = 1
-    """Version of the writer schema; old records keep the version they were written with."""
-
-    command_id: str = Field(default_factory=new_id)
-    """Client-visible id (returned with 202); rejections and resulting events refer to it."""
-
-    reason: str | None = None
-    """Why the command was issued, for the audit trail."""
-
-    requested_by: str | None = None
-    """Who issued it: a user, 'trigger:<source>', 'timer', 'policy'."""
 
     workflow_id: str
     """Workflow to run."""
@@ -512,25 +368,11 @@ class StartRun(RefluxRecord):
     """The trigger's source key, if any."""
 
 
-class DeadLetter(RefluxRecord):
+class DeadLetter(StandaloneEnvelope):
     """A poison record and where it came from."""
 
     AVRO_NAME: ClassVar[str] = "reflux.dlq.DeadLetter"
     SCHEMA_VERSION: ClassVar[int] = 1
-
-    event_id: str = Field(default_factory=new_id)
-    """Unique id (UUID text) of this record; consumers dedupe on it."""
-
-    seq: int = -1
-    """-1: not positioned in a run log. Only the scheduler assigns run-log positions, to the
-    events it writes.
-    """
-
-    occurred_at: TimestampMillis = Field(default_factory=utc_now)
-    """When the producer created this record (UTC, milliseconds)."""
-
-    schema_version: int = 1
-    """Version of the writer schema; old records keep the version they were written with."""
 
     original_topic: str
     """Topic it was read from."""
@@ -560,11 +402,10 @@ class DeadLetter(RefluxRecord):
     """When it was dead-lettered."""
 
 
-class CommandRejected(RefluxRecord):
-    """A command was not valid for the run's state; state is unchanged."""
-
-    AVRO_NAME: ClassVar[str] = "reflux.events.CommandRejected"
-    SCHEMA_VERSION: ClassVar[int] = 1
+class RunEventEnvelope(RefluxRecord):
+    """Envelope of an event in a run log (reflux.events): positioned by seq, and pointing at the
+    command, invocation or timer that caused it.
+    """
 
     event_id: str = Field(default_factory=new_id)
     """Unique id (UUID text) of this record; consumers dedupe on it."""
@@ -583,6 +424,13 @@ class CommandRejected(RefluxRecord):
 
     causation_id: str | None = None
     """Id of what caused this event: a command_id, an invocation_id or a timer_id."""
+
+
+class CommandRejected(RunEventEnvelope):
+    """A command was not valid for the run's state; state is unchanged."""
+
+    AVRO_NAME: ClassVar[str] = "reflux.events.CommandRejected"
+    SCHEMA_VERSION: ClassVar[int] = 1
 
     command_id: str
     """The rejected command's command_id."""
@@ -594,29 +442,11 @@ class CommandRejected(RefluxRecord):
     """"Expected X, but Y", e.g. "Expected step 'fetch' to be failed, but it is running"."""
 
 
-class GraphMutated(RefluxRecord):
+class GraphMutated(RunEventEnvelope):
     """The run's graph changed; evolve applies it like any event."""
 
     AVRO_NAME: ClassVar[str] = "reflux.events.GraphMutated"
     SCHEMA_VERSION: ClassVar[int] = 1
-
-    event_id: str = Field(default_factory=new_id)
-    """Unique id (UUID text) of this record; consumers dedupe on it."""
-
-    run_id: str
-    """The run this record belongs to; the Kafka key."""
-
-    seq: int
-    """Position of this event in the run log (0-based, gap-free); (run_id, seq) is unique."""
-
-    occurred_at: TimestampMillis = Field(default_factory=utc_now)
-    """When the producer created this record (UTC, milliseconds)."""
-
-    schema_version: int = 1
-    """Version of the writer schema; old records keep the version they were written with."""
-
-    causation_id: str | None = None
-    """Id of what caused this event: a command_id, an invocation_id or a timer_id."""
 
     mutation: GraphMutation
     """The change."""
@@ -625,29 +455,11 @@ class GraphMutated(RefluxRecord):
     """The reflux.mutations proposal applied, if any."""
 
 
-class RunCancelled(RefluxRecord):
+class RunCancelled(RunEventEnvelope):
     """The run was cancelled."""
 
     AVRO_NAME: ClassVar[str] = "reflux.events.RunCancelled"
     SCHEMA_VERSION: ClassVar[int] = 1
-
-    event_id: str = Field(default_factory=new_id)
-    """Unique id (UUID text) of this record; consumers dedupe on it."""
-
-    run_id: str
-    """The run this record belongs to; the Kafka key."""
-
-    seq: int
-    """Position of this event in the run log (0-based, gap-free); (run_id, seq) is unique."""
-
-    occurred_at: TimestampMillis = Field(default_factory=utc_now)
-    """When the producer created this record (UTC, milliseconds)."""
-
-    schema_version: int = 1
-    """Version of the writer schema; old records keep the version they were written with."""
-
-    causation_id: str | None = None
-    """Id of what caused this event: a command_id, an invocation_id or a timer_id."""
 
     reason: str | None = None
     """Why."""
@@ -656,29 +468,11 @@ class RunCancelled(RefluxRecord):
     """Who."""
 
 
-class RunFailed(RefluxRecord):
+class RunFailed(RunEventEnvelope):
     """The run failed."""
 
     AVRO_NAME: ClassVar[str] = "reflux.events.RunFailed"
     SCHEMA_VERSION: ClassVar[int] = 1
-
-    event_id: str = Field(default_factory=new_id)
-    """Unique id (UUID text) of this record; consumers dedupe on it."""
-
-    run_id: str
-    """The run this record belongs to; the Kafka key."""
-
-    seq: int
-    """Position of this event in the run log (0-based, gap-free); (run_id, seq) is unique."""
-
-    occurred_at: TimestampMillis = Field(default_factory=utc_now)
-    """When the producer created this record (UTC, milliseconds)."""
-
-    schema_version: int = 1
-    """Version of the writer schema; old records keep the version they were written with."""
-
-    causation_id: str | None = None
-    """Id of what caused this event: a command_id, an invocation_id or a timer_id."""
 
     error: ErrorInfo
     """Why the run failed."""
@@ -687,30 +481,12 @@ class RunFailed(RefluxRecord):
     """The step that failed it; null for a run deadline."""
 
 
-class RunPaused(RefluxRecord):
+class RunPaused(RunEventEnvelope):
     """The run is paused."""
 
     AVRO_NAME: ClassVar[str] = "reflux.events.RunPaused"
     SCHEMA_VERSION: ClassVar[int] = 1
 
-    event_id: str = Field(default_factory=new_id)
-    """Unique id (UUID text) of this record; consumers dedupe on it."""
-
-    run_id: str
-    """The run this record belongs to; the Kafka key."""
-
-    seq: int
-    """Position of this event in the run log (0-based, gap-free); (run_id, seq) is unique."""
-
-    occurred_at: TimestampMillis = Field(default_factory=utc_now)
-    """When the producer created this record (UTC, milliseconds)."""
-
-    schema_version: int = 1
-    """Version of the writer schema; old records keep the version they were written with."""
-
-    causation_id: str | None = None
-    """Id of what caused this event: a command_id, an invocation_id or a timer_id."""
-
     reason: str | None = None
     """Why."""
 
@@ -718,30 +494,12 @@ class RunPaused(RefluxRecord):
     """Who."""
 
 
-class RunResumed(RefluxRecord):
+class RunResumed(RunEventEnvelope):
     """The run is resumed."""
 
     AVRO_NAME: ClassVar[str] = "reflux.events.RunResumed"
     SCHEMA_VERSION: ClassVar[int] = 1
 
-    event_id: str = Field(default_factory=new_id)
-    """Unique id (UUID text) of this record; consumers dedupe on it."""
-
-    run_id: str
-    """The run this record belongs to; the Kafka key."""
-
-    seq: int
-    """Position of this event in the run log (0-based, gap-free); (run_id, seq) is unique."""
-
-    occurred_at: TimestampMillis = Field(default_factory=utc_now)
-    """When the producer created this record (UTC, milliseconds)."""
-
-    schema_version: int = 1
-    """Version of the writer schema; old records keep the version they were written with."""
-
-    causation_id: str | None = None
-    """Id of what caused this event: a command_id, an invocation_id or a timer_id."""
-
     reason: str | None = None
     """Why."""
 
@@ -749,29 +507,11 @@ class RunResumed(RefluxRecord):
     """Who."""
 
 
-class RunStarted(RefluxRecord):
+class RunStarted(RunEventEnvelope):
     """A run started; carries everything replay needs."""
 
     AVRO_NAME: ClassVar[str] = "reflux.events.RunStarted"
     SCHEMA_VERSION: ClassVar[int] = 1
-
-    event_id: str = Field(default_factory=new_id)
-    """Unique id (UUID text) of this record; consumers dedupe on it."""
-
-    run_id: str
-    """The run this record belongs to; the Kafka key."""
-
-    seq: int
-    """Position of this event in the run log (0-based, gap-free); (run_id, seq) is unique."""
-
-    occurred_at: TimestampMillis = Field(default_factory=utc_now)
-    """When the producer created this record (UTC, milliseconds)."""
-
-    schema_version: int = 1
-    """Version of the writer schema; old records keep the version they were written with."""
-
-    causation_id: str | None = None
-    """Id of what caused this event: a command_id, an invocation_id or a timer_id."""
 
     workflow_id: str
     """Workflow id."""
@@ -798,29 +538,11 @@ class RunStarted(RefluxRecord):
     """The trigger's source key, if any."""
 
 
-class RunSucceeded(RefluxRecord):
+class RunSucceeded(RunEventEnvelope):
     """All steps finished; the run succeeded."""
 
     AVRO_NAME: ClassVar[str] = "reflux.events.RunSucceeded"
     SCHEMA_VERSION: ClassVar[int] = 1
-
-    event_id: str = Field(default_factory=new_id)
-    """Unique id (UUID text) of this record; consumers dedupe on it."""
-
-    run_id: str
-    """The run this record belongs to; the Kafka key."""
-
-    seq: int
-    """Position of this event in the run log (0-based, gap-free); (run_id, seq) is unique."""
-
-    occurred_at: TimestampMillis = Field(default_factory=utc_now)
-    """When the producer created this record (UTC, milliseconds)."""
-
-    schema_version: int = 1
-    """Version of the writer schema; old records keep the version they were written with."""
-
-    causation_id: str | None = None
-    """Id of what caused this event: a command_id, an invocation_id or a timer_id."""
 
     outputs: Json
     """Run outputs (canonical JSON)"""
@@ -829,29 +551,11 @@ class RunSucceeded(RefluxRecord):
     """Wall time from RunStarted."""
 
 
-class StepDispatched(RefluxRecord):
+class StepDispatched(RunEventEnvelope):
     """A node invocation was sent to a worker group."""
 
     AVRO_NAME: ClassVar[str] = "reflux.events.StepDispatched"
     SCHEMA_VERSION: ClassVar[int] = 1
-
-    event_id: str = Field(default_factory=new_id)
-    """Unique id (UUID text) of this record; consumers dedupe on it."""
-
-    run_id: str
-    """The run this record belongs to; the Kafka key."""
-
-    seq: int
-    """Position of this event in the run log (0-based, gap-free); (run_id, seq) is unique."""
-
-    occurred_at: TimestampMillis = Field(default_factory=utc_now)
-    """When the producer created this record (UTC, milliseconds)."""
-
-    schema_version: int = 1
-    """Version of the writer schema; old records keep the version they were written with."""
-
-    causation_id: str | None = None
-    """Id of what caused this event: a command_id, an invocation_id or a timer_id."""
 
     step: StepRef
     """The step."""
@@ -872,29 +576,11 @@ class StepDispatched(RefluxRecord):
     """When the attempt times out, if the step has a timeout."""
 
 
-class StepFailed(RefluxRecord):
+class StepFailed(RunEventEnvelope):
     """An attempt failed; StepRetryScheduled follows if another is allowed."""
 
     AVRO_NAME: ClassVar[str] = "reflux.events.StepFailed"
     SCHEMA_VERSION: ClassVar[int] = 1
-
-    event_id: str = Field(default_factory=new_id)
-    """Unique id (UUID text) of this record; consumers dedupe on it."""
-
-    run_id: str
-    """The run this record belongs to; the Kafka key."""
-
-    seq: int
-    """Position of this event in the run log (0-based, gap-free); (run_id, seq) is unique."""
-
-    occurred_at: TimestampMillis = Field(default_factory=utc_now)
-    """When the producer created this record (UTC, milliseconds)."""
-
-    schema_version: int = 1
-    """Version of the writer schema; old records keep the version they were written with."""
-
-    causation_id: str | None = None
-    """Id of what caused this event: a command_id, an invocation_id or a timer_id."""
 
     step: StepRef
     """The step."""
@@ -909,29 +595,11 @@ class StepFailed(RefluxRecord):
     """What went wrong."""
 
 
-class StepRetryScheduled(RefluxRecord):
+class StepRetryScheduled(RunEventEnvelope):
     """Another attempt will be dispatched after a backoff."""
 
     AVRO_NAME: ClassVar[str] = "reflux.events.StepRetryScheduled"
     SCHEMA_VERSION: ClassVar[int] = 1
-
-    event_id: str = Field(default_factory=new_id)
-    """Unique id (UUID text) of this record; consumers dedupe on it."""
-
-    run_id: str
-    """The run this record belongs to; the Kafka key."""
-
-    seq: int
-    """Position of this event in the run log (0-based, gap-free); (run_id, seq) is unique."""
-
-    occurred_at: TimestampMillis = Field(default_factory=utc_now)
-    """When the producer created this record (UTC, milliseconds)."""
-
-    schema_version: int = 1
-    """Version of the writer schema; old records keep the version they were written with."""
-
-    causation_id: str | None = None
-    """Id of what caused this event: a command_id, an invocation_id or a timer_id."""
 
     step: StepRef
     """The step."""
@@ -949,29 +617,11 @@ class StepRetryScheduled(RefluxRecord):
     """The backoff timer's id (echoed by FireTimer)."""
 
 
-class StepScheduled(RefluxRecord):
+class StepScheduled(RunEventEnvelope):
     """A step's dependencies are met; it will be dispatched."""
 
     AVRO_NAME: ClassVar[str] = "reflux.events.StepScheduled"
     SCHEMA_VERSION: ClassVar[int] = 1
-
-    event_id: str = Field(default_factory=new_id)
-    """Unique id (UUID text) of this record; consumers dedupe on it."""
-
-    run_id: str
-    """The run this record belongs to; the Kafka key."""
-
-    seq: int
-    """Position of this event in the run log (0-based, gap-free); (run_id, seq) is unique."""
-
-    occurred_at: TimestampMillis = Field(default_factory=utc_now)
-    """When the producer created this record (UTC, milliseconds)."""
-
-    schema_version: int = 1
-    """Version of the writer schema; old records keep the version they were written with."""
-
-    causation_id: str | None = None
-    """Id of what caused this event: a command_id, an invocation_id or a timer_id."""
 
     step: StepRef
     """The step."""
@@ -986,29 +636,11 @@ class StepScheduled(RefluxRecord):
     """sha256(node, version, canonical params) if cacheable."""
 
 
-class StepSkipped(RefluxRecord):
+class StepSkipped(RunEventEnvelope):
     """A step will not run (condition false or an upstream step skipped)."""
 
     AVRO_NAME: ClassVar[str] = "reflux.events.StepSkipped"
     SCHEMA_VERSION: ClassVar[int] = 1
-
-    event_id: str = Field(default_factory=new_id)
-    """Unique id (UUID text) of this record; consumers dedupe on it."""
-
-    run_id: str
-    """The run this record belongs to; the Kafka key."""
-
-    seq: int
-    """Position of this event in the run log (0-based, gap-free); (run_id, seq) is unique."""
-
-    occurred_at: TimestampMillis = Field(default_factory=utc_now)
-    """When the producer created this record (UTC, milliseconds)."""
-
-    schema_version: int = 1
-    """Version of the writer schema; old records keep the version they were written with."""
-
-    causation_id: str | None = None
-    """Id of what caused this event: a command_id, an invocation_id or a timer_id."""
 
     step: StepRef
     """The step."""
@@ -1017,29 +649,11 @@ class StepSkipped(RefluxRecord):
     """Why, e.g. "condition 'status == 200' was false"."""
 
 
-class StepSucceeded(RefluxRecord):
+class StepSucceeded(RunEventEnvelope):
     """A step completed; output is inline or a claim check."""
 
     AVRO_NAME: ClassVar[str] = "reflux.events.StepSucceeded"
     SCHEMA_VERSION: ClassVar[int] = 1
-
-    event_id: str = Field(default_factory=new_id)
-    """Unique id (UUID text) of this record; consumers dedupe on it."""
-
-    run_id: str
-    """The run this record belongs to; the Kafka key."""
-
-    seq: int
-    """Position of this event in the run log (0-based, gap-free); (run_id, seq) is unique."""
-
-    occurred_at: TimestampMillis = Field(default_factory=utc_now)
-    """When the producer created this record (UTC, milliseconds)."""
-
-    schema_version: int = 1
-    """Version of the writer schema; old records keep the version they were written with."""
-
-    causation_id: str | None = None
-    """Id of what caused this event: a command_id, an invocation_id or a timer_id."""
 
     step: StepRef
     """The step."""
@@ -1063,29 +677,11 @@ class StepSucceeded(RefluxRecord):
     """Attempt duration; 0 for a cache hit."""
 
 
-class StepTimedOut(RefluxRecord):
+class StepTimedOut(RunEventEnvelope):
     """An attempt exceeded its step timeout."""
 
     AVRO_NAME: ClassVar[str] = "reflux.events.StepTimedOut"
     SCHEMA_VERSION: ClassVar[int] = 1
-
-    event_id: str = Field(default_factory=new_id)
-    """Unique id (UUID text) of this record; consumers dedupe on it."""
-
-    run_id: str
-    """The run this record belongs to; the Kafka key."""
-
-    seq: int
-    """Position of this event in the run log (0-based, gap-free); (run_id, seq) is unique."""
-
-    occurred_at: TimestampMillis = Field(default_factory=utc_now)
-    """When the producer created this record (UTC, milliseconds)."""
-
-    schema_version: int = 1
-    """Version of the writer schema; old records keep the version they were written with."""
-
-    causation_id: str | None = None
-    """Id of what caused this event: a command_id, an invocation_id or a timer_id."""
 
     step: StepRef
     """The step."""
@@ -1152,25 +748,11 @@ class NodeInvocation(RefluxRecord):
     """W3C trace context (traceparent, tracestate)."""
 
 
-class Mutation(RefluxRecord):
+class Mutation(StandaloneEnvelope):
     """A proposed change to a workflow, and where it stands."""
 
     AVRO_NAME: ClassVar[str] = "reflux.mutations.Mutation"
     SCHEMA_VERSION: ClassVar[int] = 1
-
-    event_id: str = Field(default_factory=new_id)
-    """Unique id (UUID text) of this record; consumers dedupe on it."""
-
-    seq: int = -1
-    """-1: not positioned in a run log. Only the scheduler assigns run-log positions, to the
-    events it writes.
-    """
-
-    occurred_at: TimestampMillis = Field(default_factory=utc_now)
-    """When the producer created this record (UTC, milliseconds)."""
-
-    schema_version: int = 1
-    """Version of the writer schema; old records keep the version they were written with."""
 
     mutation_id: str
     """Id of the proposal; stable across status changes."""
@@ -1200,25 +782,11 @@ class Mutation(RefluxRecord):
     """Workflow version created when applied."""
 
 
-class NodeCatalogEntry(RefluxRecord):
+class NodeCatalogEntry(StandaloneEnvelope):
     """State of one node version in the catalog."""
 
     AVRO_NAME: ClassVar[str] = "reflux.nodes.NodeCatalogEntry"
     SCHEMA_VERSION: ClassVar[int] = 1
-
-    event_id: str = Field(default_factory=new_id)
-    """Unique id (UUID text) of this record; consumers dedupe on it."""
-
-    seq: int = -1
-    """-1: not positioned in a run log. Only the scheduler assigns run-log positions, to the
-    events it writes.
-    """
-
-    occurred_at: TimestampMillis = Field(default_factory=utc_now)
-    """When the producer created this record (UTC, milliseconds)."""
-
-    schema_version: int = 1
-    """Version of the writer schema; old records keep the version they were written with."""
 
     name: str
     """Node name, e.g. 'http.request'."""
@@ -1367,25 +935,11 @@ class Trace(RefluxRecord):
     """Free-form context for the critic and historian (added in v2)."""
 
 
-class Trigger(RefluxRecord):
+class Trigger(StandaloneEnvelope):
     """An event from an external system that may start a run."""
 
     AVRO_NAME: ClassVar[str] = "reflux.triggers.Trigger"
     SCHEMA_VERSION: ClassVar[int] = 1
-
-    event_id: str = Field(default_factory=new_id)
-    """Unique id (UUID text) of this record; consumers dedupe on it."""
-
-    seq: int = -1
-    """-1: not positioned in a run log. Only the scheduler assigns run-log positions, to the
-    events it writes.
-    """
-
-    occurred_at: TimestampMillis = Field(default_factory=utc_now)
-    """When the producer created this record (UTC, milliseconds)."""
-
-    schema_version: int = 1
-    """Version of the writer schema; old records keep the version they were written with."""
 
     source: str
     """Source system, e.g. 'webhook', 'cron', 'email'."""
@@ -1406,25 +960,11 @@ class Trigger(RefluxRecord):
     """e.g. the webhook delivery id; becomes the run's key."""
 
 
-class WorkflowRegistered(RefluxRecord):
+class WorkflowRegistered(StandaloneEnvelope):
     """A workflow version was registered."""
 
     AVRO_NAME: ClassVar[str] = "reflux.workflows.WorkflowRegistered"
     SCHEMA_VERSION: ClassVar[int] = 1
-
-    event_id: str = Field(default_factory=new_id)
-    """Unique id (UUID text) of this record; consumers dedupe on it."""
-
-    seq: int = -1
-    """-1: not positioned in a run log. Only the scheduler assigns run-log positions, to the
-    events it writes.
-    """
-
-    occurred_at: TimestampMillis = Field(default_factory=utc_now)
-    """When the producer created this record (UTC, milliseconds)."""
-
-    schema_version: int = 1
-    """Version of the writer schema; old records keep the version they were written with."""
 
     workflow_id: str
     """Workflow id; the Kafka key."""
@@ -1480,7 +1020,7 @@ MODELS: dict[str, type[RefluxRecord]] = {
     "reflux.triggers.Trigger": Trigger,
     "reflux.workflows.WorkflowRegistered": WorkflowRegistered,
 }
-"""Every record model by full Avro name."""
+"""Every record model by full Avro name (envelopes are not records)."""
 
 __all__ = [
     "MODELS",
@@ -1508,11 +1048,14 @@ __all__ = [
     "ResumeRun",
     "RetryPolicy",
     "RunCancelled",
+    "RunCommandEnvelope",
+    "RunEventEnvelope",
     "RunFailed",
     "RunPaused",
     "RunResumed",
     "RunStarted",
     "RunSucceeded",
+    "StandaloneEnvelope",
     "StartRun",
     "StepDispatched",
     "StepFailed",

@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 from fastavro import schemaless_reader, schemaless_writer
 
-from schemas import decode, encode
-from schemas.codegen import MODELS_PATH, generate, main
+from schemas import decode, encode, models
+from schemas.codegen import ENVELOPES, MODELS_PATH, generate, main
 from schemas.errors import SchemaDefinitionError
 from schemas.fixtures import FIXTURES_DIR, fixture_path
 from schemas.models import MODELS
-from schemas.registry import AVRO_DIR, SchemaEntry, default_registry, load_registry
+from schemas.registry import AVRO_DIR, SchemaEntry, default_registry, full_name, load_registry
 from schemas.samples import sample_datum
 
 ENTRIES = sorted(default_registry().by_fingerprint.values(), key=lambda e: (e.name, e.version))
@@ -71,6 +71,58 @@ def test_models_py_is_generated_not_hand_edited() -> None:
         "schemas/models.py is stale: run `python -m schemas.codegen`"
     )
     assert main(["--check"]) == 0
+
+
+def test_model_fields_follow_the_avro_field_order() -> None:
+    # JSON dumps (the traces topic, the projections' event rows) follow the model's field order;
+    # envelope base classes hold a record's leading fields, so the two orders stay the same.
+    for path in sorted(AVRO_DIR.glob("*.avsc")):
+        raw = json.loads(path.read_text())
+        if raw["type"] == "record":
+            expected = [f["name"] for f in raw["fields"]]
+            assert list(MODELS[full_name(raw)].model_fields) == expected, full_name(raw)
+
+
+def test_envelope_members_inherit_the_envelope_fields() -> None:
+    for envelope in ENVELOPES:
+        base = getattr(models, envelope.class_name)
+        assert tuple(base.model_fields) == envelope.fields
+        members = [
+            m for m in MODELS.values() if m.AVRO_NAME.rsplit(".", 1)[0] in envelope.namespaces
+        ]
+        assert members, envelope.class_name
+        for model in members:
+            assert issubclass(model, base), model.AVRO_NAME
+            assert not set(envelope.fields) & set(vars(model).get("__annotations__", {}))
+
+
+def _edit_schema(avro: Path, name: str, edit: Any) -> None:
+    path = avro / f"{name}.avsc"
+    raw = json.loads(path.read_text())
+    edit(raw)
+    path.write_text(json.dumps(raw))
+
+
+def test_codegen_rejects_an_envelope_field_defined_differently(tmp_path: Path) -> None:
+    avro = _copy_avro(tmp_path)
+
+    def redoc(raw: dict[str, Any]) -> None:
+        next(f for f in raw["fields"] if f["name"] == "causation_id")["doc"] = "Something else."
+
+    _edit_schema(avro, "reflux.events.StepSkipped", redoc)
+    with pytest.raises(SchemaDefinitionError, match="'causation_id' to be defined alike"):
+        generate(avro)
+
+
+def test_codegen_rejects_a_member_without_the_envelope_fields(tmp_path: Path) -> None:
+    avro = _copy_avro(tmp_path)
+
+    def reorder(raw: dict[str, Any]) -> None:
+        raw["fields"].insert(0, raw["fields"].pop(5))  # command_id first
+
+    _edit_schema(avro, "reflux.commands.PauseRun", reorder)
+    with pytest.raises(SchemaDefinitionError, match="to start with the RunCommandEnvelope fields"):
+        generate(avro)
 
 
 def _copy_avro(tmp_path: Path) -> Path:
