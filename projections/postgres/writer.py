@@ -28,6 +28,7 @@ with the rows.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -203,27 +204,14 @@ def apply_batch(
     if checkpoint is None:
         offsets = PostgresOffsets(lambda: conn, schema, projector)
         checkpoint = Checkpoint(offsets, dead_letters=dead_letters, name=f"projector {projector}")
+    apply = functools.partial(
+        _apply, conn, items, schema, projector, dead_letters=dead_letters, checkpoint=checkpoint
+    )
     try:
-        return _apply(
-            conn,
-            items,
-            schema,
-            projector,
-            dead_letters=dead_letters,
-            checkpoint=checkpoint,
-            careful=False,
-        )
+        return apply(careful=False)
     except _PoisonedBatchError:
         log.warning("projector %s: a record was refused; re-applying record by record", projector)
-        return _apply(
-            conn,
-            items,
-            schema,
-            projector,
-            dead_letters=dead_letters,
-            checkpoint=checkpoint,
-            careful=True,
-        )
+        return apply(careful=True)
 
 
 def _apply(
@@ -263,6 +251,8 @@ def _apply(
                     reason = f"Expected Postgres to accept the record, but: {exc}".strip()
                     dead_letters.publish(item.record, f"Postgres{type(exc).__name__}", reason)
                     outcome.dead_lettered += 1
+        # The checkpoint's commit order, inside this transaction: dead letters flushed, then the
+        # positions written next to the rows; leaving the block commits both.
         outcome.offsets = checkpoint.commit(positions=_next_offsets(items, stored))
     return outcome
 
