@@ -4,39 +4,43 @@ One *lane* per served node major: consumer group ``{prefix}.workers.<node>.v<maj
 invoke topic ``{prefix}.invoke.<node>.v<major>`` (both named by :mod:`streams.topics`). All lanes
 of a process share one idempotent producer, one object store and one concurrency limit.
 
-Delivery is **at-least-once**. The commit order, per lane:
+Delivery is **at-least-once**; execution is at most once per attempt. Per invocation, a lane:
 
-1. run the attempt (:func:`node_workers.attempt.run_attempt`); outputs over
-   ``max_inline_output_bytes`` are first written to the object store (claim check);
-2. queue the ``NodeResult`` (``results``, keyed by run id) and the ``Trace`` (``traces``, keyed by
-   node name), then mark the invocation's offset finished;
-3. periodically: snapshot the committable positions, **flush the producer** (every result, trace
-   and dead letter queued before the snapshot is acknowledged by the broker), and only then
-   **commit** the snapshot, synchronously.
+1. waits for a concurrency slot, claims the invocation id in the attempt ledger
+   (:mod:`node_workers.ledger`) and, on a first claim only, runs the attempt
+   (:func:`node_workers.attempt.run_attempt`); outputs over ``max_inline_output_bytes`` are first
+   written to the object store (claim check) and the result is recorded in the ledger;
+2. queues the ``NodeResult`` (``results``, keyed by run id) and the ``Trace`` (``traces``, keyed by
+   node name), then finishes the invocation's offset in the lane's checkpoint.
 
-A crash anywhere before step 3 re-delivers the invocation, which runs again: duplicate results
-are possible (the scheduler accepts one result per attempt and drops the rest; side-effecting
-nodes pass the idempotency key downstream), lost ones are not. If a flush fails the runtime stops
-without committing, so a restart re-processes instead of losing.
+Commits (periodically, on revoke, at shutdown) follow :mod:`streams.checkpoint`, committing the
+consumer group's offsets. Invocations of a partition run concurrently and finish out of order, so
+only the contiguous finished prefix of each partition is committed.
 
-Invocations of a partition run concurrently and finish out of order, so commits follow
-:mod:`node_workers.offsets`: only the contiguous finished prefix of each partition is committed.
+A crash before the commit re-delivers the invocation, which is *not* executed again: the ledger
+answers a redelivery whose attempt recorded its result with that result again (the scheduler
+accepts one result per attempt and drops the rest), and one whose attempt started but recorded
+nothing with a retryable ``AttemptInterrupted`` error (the step's retry policy then starts a new
+attempt, with a new invocation id). Only an invocation that was still waiting for a slot runs on
+its redelivery, for the first time. So results can be duplicated, never lost. If a flush fails the
+runtime stops without committing; after a restart the ledger answers the re-delivered
+invocations.
 
-This is why the runtime drives confluent-kafka itself (with :func:`streams.consumer.
-consumer_config`, :mod:`streams.dlq` and :class:`streams.producer.Producer`) instead of
+A lane drives confluent-kafka itself (with :func:`streams.consumer.consumer_config`,
+:mod:`streams.dlq` and :class:`streams.producer.Producer`) rather than using
 :class:`streams.consumer.Consumer`: that class counts a record as consumed once it was handed out,
 which is right for a sequential loop but would commit past invocations still running here.
 
-Rebalances: on revoke, the lane waits (up to ``revoke_grace_s``) for the revoked partitions'
-in-flight invocations, cancels the rest, flushes, commits the finished prefix and lets the
-partitions go; a lost partition (session expired) is dropped without committing. Shutdown (stop
-event, SIGTERM in the CLI): stop polling, let in-flight invocations finish for
-``shutdown_grace_s``, cancel the rest, flush, commit what finished, leave the group.
+Rebalances: on revoke, the lane drains first -- waits (up to ``revoke_grace_s``) for the revoked
+partitions' in-flight invocations and cancels the rest -- and the checkpoint then commits what
+finished and lets the partitions go; a lost partition (session expired) is dropped without
+committing. Shutdown (stop event, SIGTERM in the CLI): stop polling, let in-flight invocations
+finish for ``shutdown_grace_s``, cancel the rest, commit what finished, leave the group.
 
 Poison invocations (undecodable bytes, a record of another type, a tombstone) go to the ``dlq``
-topic and the partition moves on; the DLQ record is flushed before its offset is committed.
-Backpressure: a lane pauses its partitions while it holds ``max_buffered`` invocations, and keeps
-polling (to stay in the group and serve rebalances) without fetching.
+topic through the shared producer and the partition moves on. Backpressure: a lane pauses its
+partitions while it holds ``max_buffered`` invocations, and keeps polling (to stay in the group
+and serve rebalances) without fetching.
 """
 
 from __future__ import annotations
@@ -47,14 +51,14 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from confluent_kafka import Consumer as KafkaConsumer
-from confluent_kafka import KafkaException, Message, TopicPartition
+from confluent_kafka import Message, TopicPartition
 
 from foundation.errors import ConfigurationError, RefluxError, ServiceUnavailableError
 from foundation.objectstore import BlobStore, S3BlobStore
@@ -63,7 +67,6 @@ from node_workers.attempt import DEFAULT_TIMEOUT_S, Attempt, inputs_hash, run_at
 from node_workers.claimcheck import encode_json, load_json, output_key, store_json
 from node_workers.ledger import AttemptLedger, ClaimState
 from node_workers.node import AnyNode
-from node_workers.offsets import OffsetTracker, TopicPartitionKey
 from node_workers.records import build_result, build_trace
 from node_workers.registry import NodeRegistry
 from node_workers.secrets import SecretResolver, resolver_from_settings
@@ -71,8 +74,9 @@ from schemas import serde
 from schemas.errors import MalformedRecordError, SchemaError
 from schemas.models import ErrorInfo, NodeInvocation, NodeResult, TraceStatus
 from schemas.trace_json import TRACE_HEADERS, encode_trace
+from streams.checkpoint import Checkpoint, ConsumerCommit, Flushable, TopicPartitionKey
 from streams.consumer import consume_messages, consumer_config
-from streams.dlq import DeadLetterPublisher, PoisonRecord
+from streams.dlq import DeadLetterPublisher, poison_record
 from streams.producer import TYPE_HEADER, DeliveryError, Producer
 from streams.topics import TopicCatalog, TopicSpec
 
@@ -137,17 +141,68 @@ class WorkerStats:
         return self.received - self.results - self.dead_lettered - self.abandoned
 
 
+class _LaneCheckpoint(Checkpoint):
+    """A lane's positions, committed to its consumer group after flushing the shared producer.
+
+    Lanes share the producer (results, traces and dead letters alike), so a delivery failure
+    reported to one lane's flush may be another lane's result: commits, flush included, are
+    serialized by one lock, and after any delivery failure no lane commits again (the process
+    restarts and re-processes).
+    """
+
+    def __init__(self, runtime: WorkerRuntime, lane: _Lane, consumer: KafkaConsumer) -> None:
+        super().__init__(
+            ConsumerCommit(consumer, lane.group),
+            outputs=[runtime.producer],
+            name=lane.group,
+            flush_timeout=runtime.config.flush_timeout_s,
+            on_assign=lane.on_assign,
+            on_revoke=lane.on_revoke,
+            drain=lane.drain_revoked,
+        )
+        self.runtime = runtime
+
+    def commit(
+        self,
+        tps: Iterable[TopicPartitionKey] | None = None,
+        *,
+        positions: Mapping[TopicPartitionKey, int] | None = None,
+        flush: Sequence[Flushable] = (),
+        timeout: float | None = None,
+    ) -> dict[TopicPartitionKey, int]:
+        runtime = self.runtime
+        with runtime.commit_lock:
+            if runtime.failure is not None:
+                raise RefluxError(
+                    f"Expected a healthy runtime, but it failed: {runtime.failure!r}",
+                    error_class="Stopped",
+                )
+            try:
+                committed = super().commit(tps, positions=positions, flush=flush, timeout=timeout)
+            except DeliveryError as exc:
+                runtime.fail(exc)
+                raise
+        runtime.stats.commits += 1
+        return committed
+
+
 class _Lane:
-    """One node major: its consumer, in-flight tasks and offsets."""
+    """One node major: its consumer, in-flight tasks and checkpoint."""
 
     def __init__(self, runtime: WorkerRuntime, node: AnyNode) -> None:
         self.runtime = runtime
         self.node = node
         self.spec: TopicSpec = runtime.catalog.invoke_topic(node.name, node.major)
         self.group = runtime.catalog.worker_group(node.name, node.major)
-        self.tracker = OffsetTracker()
         self.tasks: dict[TopicPartitionKey, set[asyncio.Task[None]]] = {}
-        self.consumer: KafkaConsumer | None = None
+        config = consumer_config(
+            self.group,
+            runtime.settings,
+            {"client.id": runtime.config.client_id, **runtime.config.consumer_overrides},
+        )
+        consumer = KafkaConsumer(config)
+        self.consumer: KafkaConsumer | None = consumer
+        self.checkpoint = _LaneCheckpoint(runtime, self, consumer)
         self.dead_letters = DeadLetterPublisher(runtime.producer, runtime.catalog.dlq, self.group)
         self._last_commit = time.monotonic()
         self._paused = False
@@ -155,18 +210,7 @@ class _Lane:
     # -- consumer (called in a worker thread; never concurrently for one lane) -----------------
 
     def open(self) -> None:
-        config = consumer_config(
-            self.group,
-            self.runtime.settings,
-            {"client.id": self.runtime.config.client_id, **self.runtime.config.consumer_overrides},
-        )
-        self.consumer = KafkaConsumer(config)
-        self.consumer.subscribe(
-            [self.spec.topic],
-            on_assign=self._on_assign,
-            on_revoke=self._on_revoke,
-            on_lost=self._on_lost,
-        )
+        self.checkpoint.subscribe(self._require_consumer(), [self.spec.topic])
 
     def _consume(self, capacity: int) -> list[Message]:
         consumer = self._require_consumer()
@@ -181,7 +225,7 @@ class _Lane:
                 # dispatched offset. Observed: without this seek, librdkafka sometimes re-fetches
                 # an already delivered offset after a resume.
                 for tp in assignment:
-                    following = self.tracker.next_offset((tp.topic, tp.partition))
+                    following = self.checkpoint.next_offset((tp.topic, tp.partition))
                     if following is not None:
                         consumer.seek(TopicPartition(tp.topic, tp.partition, following))
             self._paused = full
@@ -193,44 +237,6 @@ class _Lane:
             logger=log,
         )
 
-    def _flush_and_commit(self, positions: Mapping[TopicPartitionKey, int]) -> None:
-        """Step 3 of the commit order: producer flushed first, then a synchronous commit.
-
-        Lanes share the producer, so a delivery failure reported to one lane's flush may be
-        another lane's result: flushes and commits are serialized by one lock, and after any
-        delivery failure no lane commits again (the process restarts and re-processes).
-        """
-        runtime = self.runtime
-        with runtime.commit_lock:
-            if runtime.failure is not None:
-                raise RefluxError(
-                    f"Expected a healthy runtime, but it failed: {runtime.failure!r}",
-                    error_class="Stopped",
-                )
-            try:
-                runtime.producer.flush(runtime.config.flush_timeout_s)
-            except DeliveryError as exc:
-                runtime.fail(exc)
-                raise
-            self._commit(positions)
-
-    def _commit(self, positions: Mapping[TopicPartitionKey, int]) -> None:
-        offsets = [TopicPartition(t, p, o) for (t, p), o in sorted(positions.items())]
-        try:
-            result = self._require_consumer().commit(offsets=offsets, asynchronous=False)
-        except KafkaException as exc:
-            raise RefluxError(
-                f"Expected to commit {dict(positions)} for {self.group}, but: {exc}",
-                error_class="CommitFailed",
-            ) from exc
-        failed = [tp for tp in result or [] if tp.error is not None]
-        if failed:
-            raise RefluxError(
-                f"Expected to commit offsets for {self.group}, but these failed: "
-                + ", ".join(f"{tp.topic}/{tp.partition}: {tp.error}" for tp in failed),
-                error_class="CommitFailed",
-            )
-
     def _require_consumer(self) -> KafkaConsumer:
         if self.consumer is None:
             raise RefluxError(
@@ -240,7 +246,8 @@ class _Lane:
 
     # -- rebalance callbacks (run inside consume(), i.e. in the lane's worker thread) ----------
 
-    def _on_assign(self, consumer: KafkaConsumer, partitions: list[TopicPartition]) -> None:
+    def on_assign(self, partitions: list[TopicPartition]) -> None:
+        consumer = self._require_consumer()
         # librdkafka keeps a partition's pause flag across revoke/assign: a partition paused
         # for backpressure before a rebalance would come back paused and never be resumed.
         # Assign explicitly, then resume, so every assignment starts fetching.
@@ -251,29 +258,19 @@ class _Lane:
         self.runtime.stats.assigned += 1
         log.info("%s assigned %s", self.group, [(p.topic, p.partition) for p in partitions])
 
-    def _on_revoke(self, _consumer: KafkaConsumer, partitions: list[TopicPartition]) -> None:
+    def drain_revoked(self, partitions: list[TopicPartition]) -> dict[TopicPartitionKey, int]:
+        """Before the checkpoint commits on revoke: the revoked partitions' in-flight
+        invocations finish (or are cancelled after ``revoke_grace_s``); returns what finished."""
         tps = [(p.topic, p.partition) for p in partitions]
-        log.info("%s revoked %s (%d in flight)", self.group, tps, self.tracker.in_flight(tps))
+        log.info("%s revoked %s (%d in flight)", self.group, tps, self.checkpoint.in_flight(tps))
         if self.runtime.hard_stopped:
-            self.tracker.drop(tps)
-            return
+            return {}
         grace = self.runtime.config.revoke_grace_s
         future = asyncio.run_coroutine_threadsafe(self._drain(tps, grace), self.runtime.loop)
-        try:
-            positions = future.result(timeout=grace + 10)
-            if positions:
-                self._flush_and_commit(positions)
-                self.runtime.stats.commits += 1
-        except Exception as exc:
-            # The new owner re-processes from the last commit: duplicates, never losses.
-            log.warning("%s: commit on revoke of %s failed: %s", self.group, tps, exc)
-        finally:
-            self.tracker.drop(tps)
-            self._paused = False
+        return future.result(timeout=grace + 10)
 
-    def _on_lost(self, _consumer: KafkaConsumer, partitions: list[TopicPartition]) -> None:
-        # Someone else may own them already: committing now could move their offsets.
-        self.tracker.drop([(p.topic, p.partition) for p in partitions])
+    def on_revoke(self, _partitions: list[TopicPartition]) -> None:
+        self._paused = False
 
     # -- the loop (event loop thread) ----------------------------------------------------------
 
@@ -281,7 +278,7 @@ class _Lane:
         config = self.runtime.config
         try:
             while not stop.is_set():
-                capacity = config.buffer_limit - self.tracker.in_flight()
+                capacity = config.buffer_limit - self.checkpoint.in_flight()
                 messages = await asyncio.to_thread(self._consume, capacity)
                 for message in messages:
                     self._dispatch(message)
@@ -297,13 +294,13 @@ class _Lane:
     def _dispatch(self, message: Message) -> None:
         tp = (message.topic() or "", message.partition() or 0)
         offset = message.offset() or 0
-        if self.tracker.seen(tp, offset):
+        if self.checkpoint.seen(tp, offset):
             # A re-fetch of an offset this lane already runs or ran (see _consume): running it
             # twice would only duplicate work and side effects.
             log.debug("%s: skipping re-fetched %s/%s@%s", self.group, *tp, offset)
             return
         log.debug("%s: received %s/%s@%s", self.group, *tp, offset)
-        self.tracker.start(tp, offset)
+        self.checkpoint.start(tp, offset)
         self.runtime.stats.received += 1
         value = message.value()
         try:
@@ -312,13 +309,9 @@ class _Lane:
             invocation = serde.decode(value, NodeInvocation)
         except SchemaError as exc:
             log.warning("%s: dead-lettering %s/%s@%s: %s", self.group, *tp, offset, exc)
-            self.dead_letters.publish(
-                PoisonRecord(tp[0], tp[1], offset, message.key(), value, _headers(message)),
-                exc.error_class,
-                str(exc),
-            )
+            self.dead_letters.publish(poison_record(message), exc.error_class, str(exc))
             self.runtime.stats.dead_lettered += 1
-            self.tracker.finish(tp, offset)
+            self.checkpoint.finish(tp, offset)
             return
         task = asyncio.create_task(self._handle(tp, offset, invocation))
         self.tasks.setdefault(tp, set()).add(task)
@@ -356,7 +349,7 @@ class _Lane:
                 {TYPE_HEADER: NodeResult.AVRO_NAME},
             )
             runtime.stats.results += 1
-            self.tracker.finish(tp, offset)
+            self.checkpoint.finish(tp, offset)
             return
         if claim.state is not ClaimState.NEW:
             attempt = _interrupted(invocation)
@@ -391,24 +384,21 @@ class _Lane:
             runtime.stats.ok += 1
         else:
             runtime.stats.errors += 1
-        self.tracker.finish(tp, offset)
+        self.checkpoint.finish(tp, offset)
 
     async def commit(self) -> None:
         self._last_commit = time.monotonic()
-        positions = self.tracker.positions()
+        positions = self.checkpoint.positions()
         if not positions:
             return
         log.debug("%s: committing %s", self.group, positions)
         try:
-            await asyncio.to_thread(self._flush_and_commit, positions)
+            await asyncio.to_thread(self.checkpoint.commit, positions=positions)
         except RefluxError as exc:
             if exc.error_class != "CommitFailed":
                 raise  # a delivery failure or a failed runtime: never commit past it
             # Typically a rebalance in progress; the next interval (or the revoke) commits.
             log.warning("%s: %s", self.group, exc)
-            return
-        self.tracker.mark_committed(positions)
-        self.runtime.stats.commits += 1
 
     async def _drain(
         self, tps: Iterable[TopicPartitionKey], grace: float
@@ -425,34 +415,23 @@ class _Lane:
         if leftover:
             log.warning("%s: abandoned %d in-flight invocation(s)", self.group, len(leftover))
             await asyncio.gather(*leftover, return_exceptions=True)
-        return self.tracker.positions(tps)
+        return self.checkpoint.positions(tps)
 
     async def _shutdown(self) -> None:
         runtime = self.runtime
         try:
             grace = 0.0 if runtime.hard_stopped else runtime.config.shutdown_grace_s
-            positions = await self._drain(self.tracker.partitions(), grace)
+            positions = await self._drain(self.checkpoint.partitions(), grace)
             if positions and not runtime.hard_stopped and runtime.failure is None:
                 try:
-                    await asyncio.to_thread(self._flush_and_commit, positions)
-                    self.tracker.mark_committed(positions)
-                    runtime.stats.commits += 1
+                    await asyncio.to_thread(self.checkpoint.commit, positions=positions)
                 except RefluxError as exc:
                     log.warning("%s: final commit failed: %s", self.group, exc)
-            self.tracker.drop(self.tracker.partitions())
+            self.checkpoint.clear()
         finally:
             if self.consumer is not None:
                 consumer, self.consumer = self.consumer, None
                 await asyncio.to_thread(consumer.close)
-
-
-def _headers(message: Message) -> tuple[tuple[str, bytes], ...]:
-    headers = message.headers() or []
-    items = headers.items() if isinstance(headers, dict) else headers
-    return tuple(
-        (name, value.encode() if isinstance(value, str) else (value or b""))
-        for name, value in items
-    )
 
 
 def _claim_check_failed(attempt: Attempt, exc: BaseException) -> Attempt:
@@ -608,14 +587,18 @@ class WorkerRuntime:
         self._stop = stop_event
         for node in self.nodes:
             node.bind(self.settings)
-        lanes = [_Lane(self, node) for node in self.nodes]
+        lanes: list[_Lane] = []
         # Every lane blocks a thread in its poll: asyncio's default pool (cpu + 4 threads, 6
         # here) is smaller than 8 lanes, and a lane waiting for a thread added ~25 ms to every
         # step. One thread per lane, plus room for commits, claim checks and secret lookups.
         self._loop.set_default_executor(
-            ThreadPoolExecutor(max_workers=2 * len(lanes) + 4, thread_name_prefix="reflux-lane")
+            ThreadPoolExecutor(
+                max_workers=2 * len(self.nodes) + 4, thread_name_prefix="reflux-lane"
+            )
         )
         try:
+            for node in self.nodes:
+                lanes.append(_Lane(self, node))
             for lane in lanes:
                 await asyncio.to_thread(lane.open)
             log.info(

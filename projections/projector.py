@@ -8,8 +8,10 @@ tooling (lag dashboards): when partitions are assigned, the projector seeks each
 1. poll up to ``batch_size`` messages;
 2. decode them; undecodable ones (or types this topic must not carry) are published to the DLQ
    with the reason, and only their offset is kept;
-3. in ONE Postgres transaction: apply the plans, upsert the offsets, flush the DLQ producer,
-   commit (a crash before the commit leaves no trace: the batch is re-read from the stored offsets);
+3. in ONE Postgres transaction: apply the plans, then the projector's checkpoint commits the
+   positions to :class:`~projections.postgres.writer.PostgresOffsets` in that transaction (the
+   commit order is :mod:`streams.checkpoint`'s); a crash before the transaction commits leaves no
+   trace: the batch is re-read from the stored offsets;
 4. commit the offsets to Kafka asynchronously, as a hint.
 
 If step 3 fails, the consumer has already moved past the batch: the next :meth:`Projector.step`
@@ -61,6 +63,7 @@ from projections.postgres.migrations import apply_migrations
 from projections.postgres.writer import (
     BatchItem,
     BatchOutcome,
+    PostgresOffsets,
     apply_batch,
     load_offsets,
     reset_read_models,
@@ -68,8 +71,9 @@ from projections.postgres.writer import (
 from schemas import serde
 from schemas.base import RefluxRecord
 from schemas.errors import SchemaError
+from streams.checkpoint import Checkpoint
 from streams.consumer import consume_messages, consumer_config
-from streams.dlq import DeadLetterPublisher, PoisonRecord
+from streams.dlq import DeadLetterPublisher, PoisonRecord, poison_record
 from streams.producer import Producer
 from streams.topics import TopicCatalog
 
@@ -179,8 +183,13 @@ class Projector:
         self._consumer: KafkaConsumer | None = None
         self._producer: Producer | None = None
         self._dead_letters: DeadLetterPublisher | None = None
-        # Next offset per assigned partition, as far as this process knows (stored or projected).
-        self._next: dict[TopicPartitionKey, int] = {}
+        # Positions of the assigned partitions: always committed ones (stored at assignment, or
+        # committed with a batch's rows), so a revoke has nothing left to commit.
+        self.checkpoint = Checkpoint(
+            PostgresOffsets(self._session, self.schema, name),
+            name=f"projector {name}",
+            on_assign=self._on_assign,
+        )
         self._needs_rewind = False
         self._closed = False
 
@@ -237,6 +246,13 @@ class Projector:
         self._conn = conn
         return conn
 
+    def _session(self) -> psycopg.Connection:
+        """The session of the batch in progress: never a new one, which would not hold the
+        batch's rows (the offsets target then refuses to write)."""
+        if self._conn is None:
+            raise RefluxError("Expected a Postgres session, but there is none", error_class="State")
+        return self._conn
+
     def _ensure_consumer(self) -> KafkaConsumer:
         if self._consumer is not None:
             return self._consumer
@@ -244,17 +260,13 @@ class Projector:
         if self._producer is None:
             self._producer = Producer(self.settings, client_id=f"{self.group_id}-dlq")
             self._dead_letters = DeadLetterPublisher(self._producer, self._dlq_topic, self.group_id)
+            self.checkpoint.dead_letters = self._dead_letters
         consumer = KafkaConsumer(
             consumer_config(self.group_id, self.settings, self._consumer_overrides)
         )
         try:
             if self.assignment == "group":
-                consumer.subscribe(
-                    list(self.topics),
-                    on_assign=self._on_assign,
-                    on_revoke=self._on_revoke,
-                    on_lost=self._on_revoke,
-                )
+                self.checkpoint.subscribe(consumer, self.topics)
             else:
                 self._assign(consumer, self._all_partitions(consumer))
         except BaseException:
@@ -332,10 +344,10 @@ class Projector:
     def _assign(self, consumer: KafkaConsumer, partitions: list[TopicPartition]) -> None:
         """Start every partition at its stored offset: Postgres, not Kafka, is the record."""
         stored = load_offsets(self._connect(), self.schema, self.name, self.topics)
-        for tp in partitions:
-            key = (tp.topic, tp.partition)
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        for tp, key in zip(partitions, keys, strict=True):
             tp.offset = stored.get(key, OFFSET_BEGINNING)
-            self._next[key] = stored.get(key, 0)
+        self.checkpoint.restore({key: stored.get(key, 0) for key in keys})
         consumer.assign(partitions)
         log.info(
             "projector %s: assigned %s",
@@ -343,7 +355,8 @@ class Projector:
             ", ".join(f"{tp.topic}/{tp.partition}@{tp.offset}" for tp in partitions) or "nothing",
         )
 
-    def _on_assign(self, consumer: KafkaConsumer, partitions: list[TopicPartition]) -> None:
+    def _on_assign(self, partitions: list[TopicPartition]) -> None:
+        consumer = self._ensure_consumer()
         try:
             self._assign(consumer, partitions)
         except (psycopg.Error, RefluxError) as exc:
@@ -353,11 +366,6 @@ class Projector:
             consumer.assign(partitions)
             consumer.pause(partitions)
             self._needs_rewind = True
-
-    def _on_revoke(self, consumer: KafkaConsumer, partitions: list[TopicPartition]) -> None:
-        # Nothing to commit: every finished batch already is (in Postgres).
-        for tp in partitions:
-            self._next.pop((tp.topic, tp.partition), None)
 
     def _rewind(self) -> None:
         """After a failed batch: start every assigned partition again at its stored offset.
@@ -389,7 +397,7 @@ class Projector:
         items: list[BatchItem] = []
         dead = 0
         for message in messages:
-            record = _poison_record(message)
+            record = poison_record(message)
             try:
                 items.append(BatchItem(record, self._plan(record)))
             except (SchemaError, NonRetryableError) as exc:
@@ -430,14 +438,14 @@ class Projector:
                 schema=self.schema,
                 projector=self.name,
                 dead_letters=self._dlq(),
+                checkpoint=self.checkpoint,
             )
         except BaseException:
             # The consumer is past this batch but Postgres is not: go back before going on.
             self._needs_rewind = True
             raise
         self.stats.add(outcome, len(messages), dead)
-        for key, offset in outcome.offsets.items():
-            self._next[key] = max(self._next.get(key, 0), offset)
+        self.checkpoint.restore(outcome.offsets)
         self._commit_hint(outcome.offsets)
         return outcome
 
@@ -525,7 +533,8 @@ class Projector:
         consumer = self._ensure_consumer()
         assigned = consumer.assignment()
         positions = {
-            (tp.topic, tp.partition): self._next.get((tp.topic, tp.partition), 0) for tp in assigned
+            (tp.topic, tp.partition): self.checkpoint.next_offset((tp.topic, tp.partition)) or 0
+            for tp in assigned
         }
         if assigned:
             for tp in consumer.position(assigned):
@@ -605,22 +614,6 @@ class Projector:
                 "partitions from the old offsets"
             )
         reset_read_models(self._connect(), self.schema, self.name)
-
-
-def _poison_record(message: Message) -> PoisonRecord:
-    headers = message.headers() or []
-    items = headers.items() if isinstance(headers, dict) else headers
-    return PoisonRecord(
-        topic=message.topic() or "",
-        partition=message.partition() or 0,
-        offset=message.offset() or 0,
-        key=message.key(),
-        value=message.value(),
-        headers=tuple(
-            (name, value.encode() if isinstance(value, str) else (value or b""))
-            for name, value in items
-        ),
-    )
 
 
 def rebuild(

@@ -1,15 +1,9 @@
 """A typed consumer with manual commits and dead-lettering of poison records.
 
-Commit order (quix-streams style) -- the one rule that makes processing at-least-once:
-
-1. process the records (handlers write their outputs through a :class:`~streams.producer.Producer`);
-2. flush the caller's producers (``commit(flush=[...])``): outputs are on the broker;
-3. flush the dead-letter producer: every poison record is on the ``dlq`` topic;
-4. commit the consumed offsets, synchronously.
-
-A crash anywhere before step 4 re-delivers the records, which are then processed again
-(duplicates are possible, losses are not); consumers dedupe on ``(run_id, seq)`` / ``event_id``.
-If a flush raises, the commit does not happen.
+Positions, the commit order and rebalance handling are :mod:`streams.checkpoint`'s, with a
+synchronous consumer-offset commit as the target: :meth:`Consumer.commit` flushes the caller's
+producers (``commit(flush=[...])``), then the dead-letter producer, then commits. Processing is
+at-least-once.
 
 Poison records never block a partition: a record that cannot be decoded (``MalformedRecordError``,
 ``UnknownSchemaError``, any ``SchemaError``) or whose handler raises a non-retryable error is
@@ -20,9 +14,8 @@ rewind that partition to the failed record; the rest of the batch goes on.
 Positions: a record counts as consumed once it was handed to the caller (``poll_batch`` /
 iteration) or dead-lettered; :meth:`Consumer.commit` without arguments commits those positions.
 That matches a single-threaded loop, where the caller is done with the previous records when it
-asks for more. On a rebalance, positions of revoked partitions are committed (after flushing the
-DLQ) before the partitions go; positions of lost partitions are dropped, their records will be
-re-delivered to the new owner.
+asks for more. On a rebalance, revoked partitions commit their positions before they go and lost
+ones are dropped (see :mod:`streams.checkpoint`).
 
 The ``range`` assignor is used on purpose: it gives one member the same partition numbers of
 every subscribed topic, which is what co-partitioned topics (``commands``/``runs``/``results``)
@@ -46,7 +39,8 @@ from foundation.settings import Settings, get_settings
 from schemas import serde
 from schemas.base import RefluxRecord
 from schemas.errors import SchemaError
-from streams.dlq import DeadLetterPublisher, PoisonRecord
+from streams.checkpoint import Checkpoint, ConsumerCommit, RebalanceHook
+from streams.dlq import DeadLetterPublisher, PoisonRecord, message_headers, poison_record
 from streams.producer import TYPE_HEADER, Producer
 from streams.topics import TopicCatalog, TopicSpec
 
@@ -62,7 +56,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-RebalanceHook = Callable[[list[TopicPartition]], None]
 Decoder = Callable[[bytes], RefluxRecord]
 
 DEFAULT_CONFIG: Final[Mapping[str, Any]] = {
@@ -157,26 +150,6 @@ def error_class_of(exc: BaseException) -> str:
     return error_class if isinstance(error_class, str) else type(exc).__name__
 
 
-def _headers(message: Message) -> tuple[tuple[str, bytes], ...]:
-    headers = message.headers() or []
-    items = headers.items() if isinstance(headers, dict) else headers
-    return tuple(
-        (name, value.encode() if isinstance(value, str) else (value or b""))
-        for name, value in items
-    )
-
-
-def poison_record(message: Message) -> PoisonRecord:
-    return PoisonRecord(
-        message.topic() or "",
-        message.partition() or 0,
-        message.offset() or 0,
-        message.key(),
-        message.value(),
-        _headers(message),
-    )
-
-
 def consume_available(consumer: _KafkaConsumer, max_messages: int, timeout: float) -> list[Message]:
     """Up to ``max_messages`` messages, returning as soon as at least one is there.
 
@@ -249,49 +222,23 @@ class Consumer:
                 return serde.decode(data, expected)
 
         self._decoder: Decoder = decoder
-        self._hooks = (on_assign, on_revoke, on_lost)
         self._owned_producer: Producer | None = None
         if dead_letters is None:
             catalog = catalog or TopicCatalog.from_settings(settings)
             self._owned_producer = Producer(settings, client_id=f"{group_id}-dlq")
             dead_letters = DeadLetterPublisher(self._owned_producer, catalog.dlq, group_id)
         self.dead_letters = dead_letters
-        # (topic, partition) -> next offset to commit.
-        self._positions: dict[tuple[str, int], int] = {}
         self._consumer = _KafkaConsumer(consumer_config(group_id, settings, config))
-        self._consumer.subscribe(
-            self.topics,
-            on_assign=self._on_assign,
-            on_revoke=self._on_revoke,
-            on_lost=self._on_lost,
+        self.checkpoint = Checkpoint(
+            ConsumerCommit(self._consumer, group_id),
+            dead_letters=dead_letters,
+            name=group_id,
+            on_assign=on_assign,
+            on_revoke=on_revoke,
+            on_lost=on_lost,
         )
+        self.checkpoint.subscribe(self._consumer, self.topics)
         self._closed = False
-
-    # -- rebalancing ---------------------------------------------------------------------------
-
-    def _on_assign(self, _consumer: _KafkaConsumer, partitions: list[TopicPartition]) -> None:
-        if self._hooks[0]:
-            self._hooks[0](partitions)
-
-    def _on_revoke(self, _consumer: _KafkaConsumer, partitions: list[TopicPartition]) -> None:
-        revoked = {(p.topic, p.partition) for p in partitions}
-        try:
-            self._commit_positions(
-                {tp: pos for tp, pos in self._positions.items() if tp in revoked}
-            )
-        except RefluxError as exc:
-            # The new owner re-processes from the last commit: duplicates, never losses.
-            log.warning("commit on revoke failed for %s: %s", sorted(revoked), exc)
-        for tp in revoked:
-            self._positions.pop(tp, None)
-        if self._hooks[1]:
-            self._hooks[1](partitions)
-
-    def _on_lost(self, _consumer: _KafkaConsumer, partitions: list[TopicPartition]) -> None:
-        for p in partitions:
-            self._positions.pop((p.topic, p.partition), None)
-        if self._hooks[2]:
-            self._hooks[2](partitions)
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -299,10 +246,6 @@ class Consumer:
         return consume_messages(
             self._consumer, max_records, timeout, what=f"{self.topics} ({self.group_id})"
         )
-
-    def _advance(self, topic: str, partition: int, offset: int) -> None:
-        key = (topic, partition)
-        self._positions[key] = max(self._positions.get(key, 0), offset + 1)
 
     def _decode(self, message: Message) -> ConsumedRecord | None:
         """The decoded record, or ``None`` after dead-lettering a record that cannot be decoded."""
@@ -319,7 +262,7 @@ class Consumer:
             offset=message.offset() or 0,
             key=message.key(),
             value=decoded,
-            headers=_headers(message),
+            headers=message_headers(message),
             timestamp_ms=timestamp if timestamp_type else None,
             raw=value,
         )
@@ -329,7 +272,9 @@ class Consumer:
         records: list[ConsumedRecord] = []
         for message in self._consume(max_records, timeout):
             record = self._decode(message)
-            self._advance(message.topic() or "", message.partition() or 0, message.offset() or 0)
+            self.checkpoint.advance(
+                (message.topic() or "", message.partition() or 0), message.offset() or 0
+            )
             if record is not None:
                 records.append(record)
         return records
@@ -349,8 +294,8 @@ class Consumer:
                 record = self._decode(message)
                 # Advance before yielding: a caller that breaks out after processing this
                 # record must still commit it.
-                self._advance(
-                    message.topic() or "", message.partition() or 0, message.offset() or 0
+                self.checkpoint.advance(
+                    (message.topic() or "", message.partition() or 0), message.offset() or 0
                 )
                 if record is not None:
                     yield record
@@ -398,7 +343,7 @@ class Consumer:
                     reason = str(exc) or repr(exc)
                     self.dead_letters.publish(record.poison(), error_class_of(exc), reason)
                     dead += 1
-            self._advance(tp[0], tp[1], offset)
+            self.checkpoint.advance(tp, offset)
         self.commit(flush=flush)
         if rewound and retry_backoff > 0:
             time.sleep(retry_backoff)
@@ -418,41 +363,13 @@ class Consumer:
         Without ``records``, commits everything handed out or dead-lettered so far; with them,
         the position just after the last given record of each partition.
         """
-        for producer in flush:
-            producer.flush(timeout)
-        self.dead_letters.flush(timeout)
-        if records is None:
-            positions = dict(self._positions)
-        else:
+        positions: dict[tuple[str, int], int] | None = None
+        if records is not None:
             positions = {}
             for r in records:
                 key = (r.topic, r.partition)
                 positions[key] = max(positions.get(key, 0), r.offset + 1)
-        self._commit_positions(positions)
-        for key, position in positions.items():
-            if self._positions.get(key, -1) <= position:
-                self._positions.pop(key, None)
-        return positions
-
-    def _commit_positions(self, positions: Mapping[tuple[str, int], int]) -> None:
-        if not positions:
-            return
-        self.dead_letters.flush()
-        offsets = [TopicPartition(t, p, o) for (t, p), o in sorted(positions.items())]
-        try:
-            result = self._consumer.commit(offsets=offsets, asynchronous=False)
-        except KafkaException as exc:
-            raise RefluxError(
-                f"Expected to commit {positions} for group {self.group_id}, but: {exc}",
-                error_class="CommitFailed",
-            ) from exc
-        failed = [tp for tp in result if tp.error is not None]
-        if failed:
-            raise RefluxError(
-                f"Expected to commit offsets for group {self.group_id}, but these failed: "
-                + ", ".join(f"{tp.topic}/{tp.partition}: {tp.error}" for tp in failed),
-                error_class="CommitFailed",
-            )
+        return self.checkpoint.commit(positions=positions, flush=flush, timeout=timeout)
 
     def committed(self, timeout: float = 10.0) -> dict[tuple[str, int], int]:
         """The group's committed offsets for the assigned partitions (for tests and tooling)."""
@@ -480,7 +397,7 @@ class Consumer:
         finally:
             # Leaving the group revokes the partitions; the revoke callback must not commit
             # what the caller chose not to (or failed to) commit.
-            self._positions.clear()
+            self.checkpoint.clear()
             try:
                 self._consumer.close()
             finally:

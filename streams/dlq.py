@@ -10,9 +10,10 @@ essentials (``reflux-error-class``, ``reflux-reason``, ``reflux-origin``, ``refl
 person can triage with a console consumer; the original headers ride along prefixed with
 ``reflux-original-``.
 
-Publishing only queues the record: the consumer flushes the DLQ producer before it commits the
-poison record's offset (see :mod:`streams.consumer`), so a crash in between re-delivers the record
-rather than losing it.
+Publishing only queues the record: a loop's checkpoint flushes the DLQ producer before it commits
+the poison record's offset (the commit order, :mod:`streams.checkpoint`), so a crash in between
+re-delivers the record rather than losing it. :func:`poison_record` turns a consumed message into
+what is dead-lettered.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
+
+from confluent_kafka import Message
 
 from schemas.models import DeadLetter
 from streams.producer import Producer
@@ -34,6 +37,8 @@ __all__ = [
     "DeadLetterPublisher",
     "PoisonRecord",
     "dead_letter_headers",
+    "message_headers",
+    "poison_record",
 ]
 
 ERROR_CLASS_HEADER: Final = "reflux-error-class"
@@ -55,6 +60,31 @@ class PoisonRecord:
     key: bytes | None
     value: bytes | None
     headers: Sequence[tuple[str, bytes]] = ()
+
+
+def message_headers(message: Message) -> tuple[tuple[str, bytes], ...]:
+    """A consumed message's headers as ``(name, bytes)`` pairs, in order.
+
+    confluent-kafka hands them out as a list (or a dict) whose values may be ``str`` or ``None``.
+    """
+    headers = message.headers() or []
+    items = headers.items() if isinstance(headers, dict) else headers
+    return tuple(
+        (name, value.encode() if isinstance(value, str) else (value or b""))
+        for name, value in items
+    )
+
+
+def poison_record(message: Message) -> PoisonRecord:
+    """The coordinates, original bytes and headers of a consumed message."""
+    return PoisonRecord(
+        message.topic() or "",
+        message.partition() or 0,
+        message.offset() or 0,
+        message.key(),
+        message.value(),
+        message_headers(message),
+    )
 
 
 def dead_letter_headers(

@@ -18,21 +18,29 @@ Poison records: a record Postgres refuses (a ``DataError`` such as ``\\u0000`` i
 or an ``IntegrityError``) would fail its batch forever. The batch is then re-applied with one
 savepoint per record; the refused ones go to the dead-letter sink and the rest commit. Every other
 database error (connection lost, missing table) propagates: retrying or fixing the deployment
-helps, dead-lettering the whole log would not. The sink is flushed *before* the commit, so an
-offset recorded as consumed always has its dead letter on the broker.
+helps, dead-lettering the whole log would not.
+
+The offsets are committed by a :class:`streams.checkpoint.Checkpoint` whose target is
+:class:`PostgresOffsets`, inside the batch's transaction: the commit order (dead letters flushed
+before the positions) is the checkpoint's, and leaving the transaction commits the positions
+with the rows.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import psycopg
+from psycopg import pq
 
+from foundation.errors import RefluxError
 from projections.postgres.appliers import Plan
 from projections.postgres.identifiers import table
+from streams.checkpoint import Checkpoint
 from streams.dlq import PoisonRecord
 
 __all__ = [
@@ -40,6 +48,7 @@ __all__ = [
     "BatchItem",
     "BatchOutcome",
     "DeadLetterSink",
+    "PostgresOffsets",
     "apply_batch",
     "load_offsets",
     "reset_read_models",
@@ -101,6 +110,46 @@ class BatchOutcome:
     """The committed ``next_offset`` of every partition of the batch."""
 
 
+class PostgresOffsets:
+    """A :class:`streams.checkpoint.CommitTarget`: positions in ``projection_offsets``.
+
+    They are written in the open transaction of the connection, the one holding the batch's rows,
+    so the transaction commits both or neither; outside a transaction it refuses (the positions
+    would be durable without their rows). Positions only move forward (``GREATEST``).
+    """
+
+    def __init__(
+        self, connection: Callable[[], psycopg.Connection], schema: str, projector: str
+    ) -> None:
+        self._connection = connection
+        self.schema = schema
+        self.projector = projector
+
+    def commit(self, positions: Mapping[TopicPartition, int]) -> None:
+        if not positions:
+            return
+        conn = self._connection()
+        if conn.info.transaction_status != pq.TransactionStatus.INTRANS:
+            raise RefluxError(
+                f"Expected the batch's open transaction to write the offsets of {self.projector} "
+                f"into, but the connection is {conn.info.transaction_status.name}",
+                error_class="State",
+            )
+        with conn.cursor() as cursor:
+            cursor.executemany(
+                f"INSERT INTO {table(self.schema, 'projection_offsets')} AS o "
+                "(projector, topic, partition, next_offset, updated_at) "
+                "VALUES (%s, %s, %s, %s, now()) "
+                "ON CONFLICT (projector, topic, partition) DO UPDATE "
+                "SET next_offset = GREATEST(o.next_offset, EXCLUDED.next_offset), "
+                "updated_at = now()",
+                [
+                    (self.projector, topic, partition, offset)
+                    for (topic, partition), offset in positions.items()
+                ],
+            )
+
+
 class _PoisonedBatchError(Exception):
     """Internal: the fast path hit a data error; re-apply record by record."""
 
@@ -140,19 +189,29 @@ def apply_batch(
     schema: str,
     projector: str,
     dead_letters: DeadLetterSink | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> BatchOutcome:
     """Apply ``items`` and record their offsets in one transaction; see the module docstring.
 
-    Called inside an open transaction, it becomes a savepoint of it: the caller's rollback then
-    undoes rows and offsets together (how the crash tests simulate a crash mid-batch).
+    ``checkpoint`` commits the offsets (the projector's, with a :class:`PostgresOffsets` target
+    on ``conn`` for the same schema and projector); by default one that flushes
+    ``dead_letters``. Called inside an open transaction, it becomes a savepoint of it: the
+    caller's rollback then undoes rows and offsets together (how the crash tests simulate a
+    crash mid-batch).
     """
     if not items:
         return BatchOutcome()
+    if checkpoint is None:
+        offsets = PostgresOffsets(lambda: conn, schema, projector)
+        checkpoint = Checkpoint(offsets, dead_letters=dead_letters, name=f"projector {projector}")
+    apply = functools.partial(
+        _apply, conn, items, schema, projector, dead_letters=dead_letters, checkpoint=checkpoint
+    )
     try:
-        return _apply(conn, items, schema, projector, dead_letters, careful=False)
+        return apply(careful=False)
     except _PoisonedBatchError:
         log.warning("projector %s: a record was refused; re-applying record by record", projector)
-        return _apply(conn, items, schema, projector, dead_letters, careful=True)
+        return apply(careful=True)
 
 
 def _apply(
@@ -160,8 +219,9 @@ def _apply(
     items: Sequence[BatchItem],
     schema: str,
     projector: str,
-    dead_letters: DeadLetterSink | None,
     *,
+    dead_letters: DeadLetterSink | None,
+    checkpoint: Checkpoint,
     careful: bool,
 ) -> BatchOutcome:
     outcome = BatchOutcome()
@@ -191,10 +251,9 @@ def _apply(
                     reason = f"Expected Postgres to accept the record, but: {exc}".strip()
                     dead_letters.publish(item.record, f"Postgres{type(exc).__name__}", reason)
                     outcome.dead_lettered += 1
-        outcome.offsets = _next_offsets(items, stored)
-        _save_offsets(conn, schema, projector, outcome.offsets)
-        if dead_letters is not None:
-            dead_letters.flush()
+        # The checkpoint's commit order, inside this transaction: dead letters flushed, then the
+        # positions written next to the rows; leaving the block commits both.
+        outcome.offsets = checkpoint.commit(positions=_next_offsets(items, stored))
     return outcome
 
 
@@ -250,19 +309,3 @@ def _next_offsets(
         offsets[item.partition] = max(offsets.get(item.partition, 0), item.offset + 1)
     batch = {item.partition for item in items}
     return {tp: offset for tp, offset in offsets.items() if tp in batch}
-
-
-def _save_offsets(
-    conn: psycopg.Connection, schema: str, projector: str, offsets: Mapping[TopicPartition, int]
-) -> None:
-    with conn.cursor() as cursor:
-        cursor.executemany(
-            f"INSERT INTO {table(schema, 'projection_offsets')} AS o "
-            "(projector, topic, partition, next_offset, updated_at) "
-            "VALUES (%s, %s, %s, %s, now()) ON CONFLICT (projector, topic, partition) DO UPDATE "
-            "SET next_offset = GREATEST(o.next_offset, EXCLUDED.next_offset), updated_at = now()",
-            [
-                (projector, topic, partition, offset)
-                for (topic, partition), offset in offsets.items()
-            ],
-        )

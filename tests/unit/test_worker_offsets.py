@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from node_workers.offsets import OffsetTracker, PartitionOffsets
+from streams.checkpoint import OffsetTracker, PartitionOffsets
 
 TP = ("t", 0)
 

@@ -2,14 +2,15 @@
 
 One consumer group reads ``commands`` and ``results`` (co-partitioned with ``runs`` by run id);
 the instance that owns partition *p* owns every run on it and is the single writer of those runs'
-events on ``runs`` partition *p*. Per batch, in ONE Kafka transaction:
+events on ``runs`` partition *p*. A batch is ONE Kafka transaction:
 
 1. each input is decided by the pure core (:func:`processors.scheduler.decide.decide`) against the
    run's state; cache lookups are answered from Redis right away and fed back into ``decide``;
 2. the resulting events go to ``runs`` (same partition number), the node invocations to their
    invoke topics (params above the claim-check threshold go to the object store first), due
    timers become ``FireTimer`` commands on ``commands``, poison inputs go to ``dlq``;
-3. the consumed offsets are added to the transaction and it commits.
+3. the batch's checkpoint commits to a :class:`streams.checkpoint.KafkaTransaction`: the consumed
+   positions join the transaction and it commits (the commit order is :mod:`streams.checkpoint`'s).
 
 So an input's effects and its offset commit together or not at all (exactly-once within Kafka;
 see docs/decisions/0006-scheduler-runtime.md). After the commit, ``cache_writes`` go to Redis
@@ -17,7 +18,8 @@ see docs/decisions/0006-scheduler-runtime.md). After the commit, ``cache_writes`
 
 State is not kept in a separate changelog: on assignment, a partition's runs are rebuilt by
 folding its ``runs`` log (:mod:`processors.scheduler.runtime.recovery`). If a transaction aborts,
-the assigned partitions are rebuilt and the consumer rewinds to the committed offsets.
+the checkpoint forgets the batch's positions, the assigned partitions are rebuilt and the consumer
+rewinds to the committed offsets.
 """
 
 from __future__ import annotations
@@ -68,8 +70,9 @@ from schemas.models import (
     StartRun,
 )
 from schemas.trace_json import TRACE_HEADERS, encode_trace
-from streams.consumer import consume_messages, consumer_config, poison_record
-from streams.dlq import DeadLetterPublisher
+from streams.checkpoint import Checkpoint, KafkaTransaction
+from streams.consumer import consume_messages, consumer_config
+from streams.dlq import DeadLetterPublisher, poison_record
 from streams.producer import TransactionalProducer
 from streams.topics import TopicCatalog
 from workflows.model import WorkflowDefinition
@@ -149,16 +152,22 @@ class SchedulerRuntime:
                 {"fetch.wait.max.ms": 5, "max.poll.interval.ms": 300_000},
             )
         )
-        self.consumer.subscribe(
-            [self.catalog.commands.topic, self.catalog.results.topic],
+        # The transaction flushes the events, invocations and dead letters as it commits.
+        self._transaction = KafkaTransaction(self.producer, self.consumer)
+        self.checkpoint = Checkpoint(
+            self._transaction,
+            name=f"scheduler {self.group}",
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
             on_lost=self._on_revoke,
         )
+        self.checkpoint.subscribe(
+            self.consumer, [self.catalog.commands.topic, self.catalog.results.topic]
+        )
 
     # -- partition ownership -------------------------------------------------------------------
 
-    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_assign(self, partitions: list[TopicPartition]) -> None:
         new = {tp.partition for tp in partitions} - set(self.states)
         if not new:
             return
@@ -169,7 +178,7 @@ class SchedulerRuntime:
                 self._partition_of[run_id] = p
         log.info("scheduler %s owns partitions %s", self.instance_id, sorted(self.states))
 
-    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_revoke(self, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             runs = self.states.pop(tp.partition, {})
             for run_id in runs:
@@ -220,9 +229,12 @@ class SchedulerRuntime:
         started = time.perf_counter()
         batch = _Batch()
         try:
-            self.producer.begin()
+            self._transaction.begin()
             for message in messages:
                 self._handle(message, batch)
+                self.checkpoint.advance(
+                    (message.topic() or "", message.partition() or 0), message.offset() or 0
+                )
             for command in timers:
                 self.producer.send(
                     self.catalog.commands,
@@ -230,10 +242,7 @@ class SchedulerRuntime:
                     value=command,
                     partition=self._partition_of.get(command.run_id),
                 )
-            self.producer.commit(
-                self.consumer.position(self.consumer.assignment()),
-                self.consumer.consumer_group_metadata(),
-            )
+            self.checkpoint.commit()
         except (KafkaException, Exception) as exc:
             self._recover(exc)
             return 0
@@ -403,8 +412,9 @@ class SchedulerRuntime:
         """Abort, rebuild owned state from the log, rewind to the committed offsets."""
         log.exception("scheduler batch failed; aborting the transaction: %s", exc)
         self.stats.aborted += 1
+        self.checkpoint.clear()
         try:
-            self.producer.abort()
+            self._transaction.abort()
         except KafkaException:
             log.exception("abort failed (producer fenced?); exiting so a supervisor restarts")
             raise
