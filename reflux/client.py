@@ -16,12 +16,16 @@ from typing import Any
 
 import httpx
 
+from foundation.errors import RefluxError
+
 DEFAULT_API = "http://127.0.0.1:8080"
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
-class ClientError(Exception):
-    pass
+class ClientError(RefluxError):
+    """The API refused a request (the message has its status and detail) or the input is bad."""
+
+    error_class = "ClientError"
 
 
 def _check(response: httpx.Response) -> Any:

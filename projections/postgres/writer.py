@@ -31,6 +31,7 @@ from typing import Protocol
 
 import psycopg
 
+from foundation.errors import RefluxError, classify
 from projections.postgres.appliers import Plan
 from projections.postgres.identifiers import table
 from streams.dlq import PoisonRecord
@@ -101,8 +102,13 @@ class BatchOutcome:
     """The committed ``next_offset`` of every partition of the batch."""
 
 
-class _PoisonedBatchError(Exception):
+class _PoisonedBatchError(RefluxError):
     """Internal: the fast path hit a data error; re-apply record by record."""
+
+    error_class = "PoisonedBatch"
+
+    def __init__(self) -> None:
+        super().__init__("a record of the batch was refused; re-apply record by record")
 
 
 _POISON_ERRORS = (psycopg.errors.DataError, psycopg.errors.IntegrityError)
@@ -189,7 +195,8 @@ def _apply(
                     if dead_letters is None:
                         raise
                     reason = f"Expected Postgres to accept the record, but: {exc}".strip()
-                    dead_letters.publish(item.record, f"Postgres{type(exc).__name__}", reason)
+                    error_class = f"Postgres{classify(exc).error_class}"
+                    dead_letters.publish(item.record, error_class, reason)
                     outcome.dead_lettered += 1
         outcome.offsets = _next_offsets(items, stored)
         _save_offsets(conn, schema, projector, outcome.offsets)
