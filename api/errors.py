@@ -4,6 +4,9 @@ Every error body is ``{"detail": ...}`` like FastAPI's own: a string for 404/409
 422 a list of ``{"loc": [...], "msg": ..., "type": ...}`` whose ``loc`` is the field path inside
 the request (``["body", "steps", "fetch", "needs", 0]``), so clients can point at the bad field.
 Backing-service failures become 503 with a message that names the service; they never leak as 500.
+
+``ApiError`` is a :class:`foundation.errors.RefluxError`: its ``error_class`` is the class name,
+and the answers a client may simply retry (503, 429) are the retryable ones.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from psycopg_pool import PoolTimeout
 
-from foundation.errors import ServiceUnavailableError
+from foundation.errors import RefluxError, RetryableError, ServiceUnavailableError
 from streams.producer import DeliveryError
 
 __all__ = [
@@ -41,7 +44,8 @@ log = logging.getLogger(__name__)
 _SEGMENT: Final = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 
 
-class ApiError(Exception):
+class ApiError(RefluxError):
+    error_class = "ApiError"
     status_code: int = 500
 
     def __init__(self, detail: Any) -> None:
@@ -50,18 +54,22 @@ class ApiError(Exception):
 
 
 class NotFoundError(ApiError):
+    error_class = "NotFoundError"
     status_code = 404
 
 
 class ConflictError(ApiError):
+    error_class = "ConflictError"
     status_code = 409
 
 
 class UnauthorizedError(ApiError):
+    error_class = "UnauthorizedError"
     status_code = 401
 
 
-class UnavailableError(ApiError):
+class UnavailableError(ApiError, RetryableError):
+    error_class = "UnavailableError"
     status_code = 503
 
 
@@ -69,6 +77,7 @@ class ReplayFailedError(ApiError):
     """The stored events of a run cannot be folded: a bug or an incompatible log, never the
     client's fault."""
 
+    error_class = "ReplayFailedError"
     status_code = 500
 
 
@@ -82,6 +91,7 @@ class FieldIssue:
 
 
 class RequestInvalidError(ApiError):
+    error_class = "RequestInvalidError"
     status_code = 422
 
     def __init__(self, issues: Sequence[FieldIssue], prefix: Sequence[str | int] = ("body",)):

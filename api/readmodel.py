@@ -13,10 +13,10 @@ from api.models.runs import RunDetail, RunEventPublic, RunPublic, StepPublic
 from api.models.workflows import WorkflowVersionPublic
 from projections.postgres import queries
 from projections.postgres.queries import RunEventRow, RunRow, StepRow, WorkflowRow
+from schemas.run_log import TERMINAL_RUN_EVENT_TYPES
 
 __all__ = [
     "TERMINAL_EVENTS",
-    "TERMINAL_STATUSES",
     "ReadModel",
     "event_public",
     "run_detail",
@@ -25,8 +25,8 @@ __all__ = [
     "workflow_version_public",
 ]
 
-TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
-TERMINAL_EVENTS = frozenset({"RunSucceeded", "RunFailed", "RunCancelled"})
+TERMINAL_EVENTS = frozenset(event.__name__ for event in TERMINAL_RUN_EVENT_TYPES)
+"""``run_events.event_type`` of the events that end a run (:mod:`schemas.run_log`)."""
 
 
 def run_public(row: RunRow) -> RunPublic:

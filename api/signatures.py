@@ -10,14 +10,18 @@ import hashlib
 import hmac
 from typing import Final
 
+from foundation.errors import NonRetryableError
+
 __all__ = ["SIGNATURE_HEADER", "SignatureError", "sign", "verify_signature"]
 
 SIGNATURE_HEADER: Final = "X-Reflux-Signature"
 _SCHEME: Final = "sha256="
 
 
-class SignatureError(ValueError):
+class SignatureError(NonRetryableError):
     """The request is not signed with the workflow's secret; the message says how."""
+
+    error_class = "SignatureError"
 
 
 def sign(secret: str, body: bytes) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Final
 
+from foundation.errors import NonRetryableError
 from processors.scheduler.evolve import RUN_EVENT_TYPES, RunEvent, fold
 from processors.scheduler.state import RunState
 from projections.postgres.queries import RunEventRow
@@ -27,8 +28,8 @@ EVENT_MODELS: Final[dict[str, type[RunEvent]]] = {
 }
 
 
-class UnknownEventTypeError(ValueError):
-    pass
+class UnknownEventTypeError(NonRetryableError):
+    error_class = "UnknownEventTypeError"
 
 
 def event_model(row: RunEventRow) -> RunEvent:

@@ -60,14 +60,8 @@ from benchmarks.report import evaluate_goals
 from foundation.settings import PROJECT_ROOT, Settings
 from reflux.dev import DevEngine
 from schemas import decode
-from schemas.models import (
-    CommandRejected,
-    RunCancelled,
-    RunFailed,
-    RunSucceeded,
-    StartRun,
-    WorkflowRegistered,
-)
+from schemas.models import CommandRejected, RunSucceeded, StartRun, WorkflowRegistered
+from schemas.run_log import TERMINAL_RUN_EVENT_TYPES
 from streams.admin import admin_client
 from streams.consumer import consume_available
 from streams.producer import TYPE_HEADER, Producer
@@ -84,9 +78,9 @@ SEQ_WORKFLOW = "bench-seq10"
 CACHE_WORKFLOW = "bench-cache1"
 # The node and topic the no-op steps use: transform@1 with a constant JMESPath expression.
 NOOP_NODE = ("transform", 1)
-_TERMINAL = {
-    cls.AVRO_NAME.encode() for cls in (RunSucceeded, RunFailed, RunCancelled, CommandRejected)
-}
+# A run of the benchmark ends with a terminal run event, or with the rejection of its StartRun.
+_ENDINGS = (*TERMINAL_RUN_EVENT_TYPES, CommandRejected)
+_TERMINAL = {cls.AVRO_NAME.encode() for cls in _ENDINGS}
 
 
 # Scheduler instances in the engine under test (env REFLUX_BENCH_SCHEDULERS for experiments).
@@ -235,11 +229,7 @@ class Watcher:
             trace = RunTrace(run_id, sent, acked)
             for received, kind, value, ts in self._raw.get(run_id, []):
                 trace.seen.append(Seen(received, kind, decode(value), ts))
-            ended = [
-                s.record
-                for s in trace.seen
-                if isinstance(s.record, RunSucceeded | RunFailed | RunCancelled | CommandRejected)
-            ]
+            ended = [s.record for s in trace.seen if isinstance(s.record, _ENDINGS)]
             if not ended or not isinstance(ended[0], RunSucceeded):
                 raise RuntimeError(
                     f"Expected benchmark run {run_id} to succeed, but it ended with {ended[:1]}"

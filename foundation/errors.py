@@ -1,10 +1,26 @@
-"""The rooted error hierarchy.
+"""The one error root, and the one classification of any exception.
 
-Every error carries an ``error_class`` string that traces, dead-letter records and the critic
-group by, and says whether retrying can help.
+Every exception REFLUX defines derives from :class:`RefluxError` and carries an ``error_class``
+string (what traces, dead-letter records and the critic group by) and ``retryable`` (whether a
+later attempt of the same work can succeed). :func:`classify` answers both questions for *any*
+exception, ours or a library's; nothing else in the tree works them out.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+__all__ = [
+    "ConfigurationError",
+    "ErrorClassification",
+    "NonRetryableError",
+    "RefluxError",
+    "RetryableError",
+    "ServiceUnavailableError",
+    "TransientRule",
+    "classify",
+]
 
 
 class RefluxError(Exception):
@@ -45,3 +61,32 @@ class ServiceUnavailableError(RetryableError):
     """A backing service (Kafka, Postgres, ...) cannot be reached."""
 
     error_class = "ServiceUnavailable"
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorClassification:
+    """What the engine records and decides about one failure."""
+
+    error_class: str
+    """Traces, ``ErrorInfo`` and dead letters carry it; retry policies name it."""
+    retryable: bool
+    """A later attempt (a rewind, a retry) may succeed; otherwise dead-letter or fail."""
+
+
+TransientRule = Callable[[BaseException], bool]
+"""Says whether a library's exception is transient; the layer that owns the library passes it
+(a retriable ``KafkaException`` in :mod:`streams`, a lost Postgres connection in
+:mod:`projections`)."""
+
+
+def classify(exc: BaseException, *, transient: TransientRule | None = None) -> ErrorClassification:
+    """The error class and retryability of ``exc``.
+
+    A :class:`RefluxError` says both itself. Any other exception is classed by its type name
+    (``KeyError``) and is not retryable, because a bug retried would block its partition
+    forever, unless ``transient`` says it is.
+    """
+    if isinstance(exc, RefluxError):
+        return ErrorClassification(exc.error_class, bool(exc.retryable))
+    retryable = transient is not None and transient(exc)
+    return ErrorClassification(type(exc).__name__, retryable)

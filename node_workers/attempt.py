@@ -23,7 +23,7 @@ from typing import Any, Final
 
 from pydantic import BaseModel
 
-from foundation.errors import RefluxError
+from foundation.errors import RefluxError, classify
 from node_workers.node import AnyNode, NodeContext, validate_params
 from node_workers.secrets import SecretResolver, no_secrets, secret_names
 from schemas.base import canonical_json
@@ -53,14 +53,11 @@ def inputs_hash(params: Any) -> str:
 
 
 def error_info(exc: BaseException) -> ErrorInfo:
-    """An ``ErrorInfo`` for any exception; unknown exceptions are bugs, hence non-retryable."""
-    if isinstance(exc, RefluxError):
-        return ErrorInfo(error_class=exc.error_class, message=str(exc), retryable=exc.retryable)
-    return ErrorInfo(
-        error_class=type(exc).__name__,
-        message=f"{type(exc).__name__}: {exc}",
-        retryable=False,
-    )
+    """An ``ErrorInfo`` for any exception (:func:`foundation.errors.classify`: unknown exceptions
+    are bugs, hence non-retryable); a bug's message starts with its class name."""
+    found = classify(exc)
+    message = str(exc) if isinstance(exc, RefluxError) else f"{found.error_class}: {exc}"
+    return ErrorInfo(error_class=found.error_class, message=message, retryable=found.retryable)
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,7 +39,7 @@ from typing import Any, Final
 import redis
 import redis.asyncio as aioredis
 
-from foundation.errors import ServiceUnavailableError
+from foundation.errors import RetryableError, ServiceUnavailableError
 from foundation.settings import Settings
 
 __all__ = [
@@ -221,8 +221,10 @@ class Delivery:
 # -- API side (sync: the API calls it from its thread pool) ---------------------------------------
 
 
-class MailboxFullError(Exception):
-    """The mailbox already holds :data:`MAX_QUEUED` deliveries."""
+class MailboxFullError(RetryableError):
+    """The mailbox already holds :data:`MAX_QUEUED` deliveries (the node empties it)."""
+
+    error_class = "MailboxFullError"
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,6 +49,7 @@ from foundation.errors import (
     NonRetryableError,
     RefluxError,
     ServiceUnavailableError,
+    classify,
 )
 from foundation.settings import Settings, get_settings
 from projections.postgres.appliers import (
@@ -96,11 +97,16 @@ TopicPartitionKey = tuple[str, int]
 _NO_POSITION: Final = -1001
 
 
+def postgres_transient(exc: BaseException) -> bool:
+    """A lost or refused Postgres connection (the projector's
+    :data:`~foundation.errors.TransientRule`)."""
+    return isinstance(exc, psycopg.OperationalError)
+
+
 def is_transient(exc: BaseException) -> bool:
-    """Whether retrying the batch (reconnect + rewind) can succeed."""
-    if isinstance(exc, psycopg.OperationalError):
-        return True
-    return isinstance(exc, RefluxError) and bool(exc.retryable)
+    """Whether retrying the batch (reconnect + rewind) can succeed:
+    :func:`foundation.errors.classify` with :func:`postgres_transient`."""
+    return classify(exc, transient=postgres_transient).retryable
 
 
 class CatchUpTimeoutError(RefluxError):
@@ -401,7 +407,7 @@ class Projector:
             try:
                 items.append(BatchItem(record, self._plan(record)))
             except (SchemaError, NonRetryableError) as exc:
-                error_class = getattr(exc, "error_class", type(exc).__name__)
+                error_class = classify(exc).error_class
                 log.warning(
                     "projector %s: dead-lettering %s/%s@%s: %s",
                     self.name,
@@ -410,7 +416,7 @@ class Projector:
                     record.offset,
                     exc,
                 )
-                self._dlq().publish(record, str(error_class), str(exc))
+                self._dlq().publish(record, error_class, str(exc))
                 items.append(BatchItem(record, None))
                 dead += 1
         return items, dead

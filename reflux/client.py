@@ -16,12 +16,16 @@ from typing import Any
 
 import httpx
 
+from foundation.errors import RefluxError
+from schemas.statuses import TERMINAL_RUN_STATUSES, RunStatus
+
 DEFAULT_API = "http://127.0.0.1:8080"
-TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
-class ClientError(Exception):
-    pass
+class ClientError(RefluxError):
+    """The API refused a request (the message has its status and detail) or the input is bad."""
+
+    error_class = "ClientError"
 
 
 def _check(response: httpx.Response) -> Any:
@@ -152,9 +156,9 @@ def _follow(client: httpx.Client, run_id: str, timeout: float) -> int:
         run = client.get(f"/v1/runs/{run_id}")
         if run.status_code == 200:
             status = run.json()["status"]
-            if status in TERMINAL:
+            if status in TERMINAL_RUN_STATUSES:
                 print(timeline(client, run_id))
-                return 0 if status == "succeeded" else 1
+                return 0 if status == RunStatus.SUCCEEDED else 1
         time.sleep(0.1)
     print(f"run {run_id} is still {status} after {timeout:.0f}s", file=sys.stderr)
     return 3

@@ -21,6 +21,7 @@ from foundation.settings import PROJECT_ROOT, Settings, get_settings
 from reflux.client import ClientError, _check, describe_event, timeline, wait_registered
 from reflux.demo_service import offers_service
 from reflux.dev import DevEngine
+from schemas.statuses import TERMINAL_RUN_STATUSES, RunStatus
 
 WORKFLOW = PROJECT_ROOT / "examples" / "order-quote.yaml"
 
@@ -59,7 +60,7 @@ def _follow(client: httpx.Client, run_id: str, timeout: float = 60) -> str:
                 print(f"     {describe_event(event)}", flush=True)
                 seen = max(seen, event["seq"])
             status = client.get(f"/v1/runs/{run_id}").json()["status"]
-            if status in {"succeeded", "failed", "cancelled"}:
+            if status in TERMINAL_RUN_STATUSES:
                 return str(status)
         time.sleep(0.1)
     return "timeout"
@@ -103,7 +104,7 @@ def run_demo(settings: Settings | None = None, workflow: Path = WORKFLOW) -> int
                 print()
                 print(timeline(client, accepted["run_id"]))
                 print()
-                ok = ok and status == "succeeded"
+                ok = ok and status == RunStatus.SUCCEEDED
     finally:
         server.should_exit = True  # type: ignore[attr-defined]
         thread.join(10)

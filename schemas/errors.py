@@ -1,32 +1,32 @@
 """Errors raised by the contracts layer.
 
-One rooted hierarchy so consumers can route every contract failure the same way (usually to the
-DLQ), and an ``error_class`` string that traces, DLQ records and the critic group by.
+One branch of :class:`foundation.errors.RefluxError` so consumers can route every contract
+failure the same way (usually to the DLQ), with an ``error_class`` string that traces, DLQ
+records and the critic group by.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from foundation.errors import NonRetryableError
 
 
-class SchemaError(Exception):
+class SchemaError(NonRetryableError):
     """Base of every error raised while loading schemas or (de)serializing records."""
 
-    error_class: ClassVar[str] = "SchemaError"
     # Retrying the same bytes against the same code cannot succeed; deploying a fix can.
-    retryable: ClassVar[bool] = False
+    error_class = "SchemaError"
 
 
 class MalformedRecordError(SchemaError):
     """The bytes are not a valid single-object-encoded REFLUX record (magic, truncation, junk)."""
 
-    error_class: ClassVar[str] = "MalformedRecord"
+    error_class = "MalformedRecord"
 
 
 class UnknownSchemaError(SchemaError):
     """The writer schema's fingerprint is not in the registry (a newer or foreign producer)."""
 
-    error_class: ClassVar[str] = "UnknownSchema"
+    error_class = "UnknownSchema"
 
     def __init__(self, fingerprint: bytes) -> None:
         self.fingerprint = fingerprint
@@ -43,10 +43,10 @@ class UnknownSchemaError(SchemaError):
 class UnexpectedRecordTypeError(SchemaError):
     """The record is valid but not one of the types the caller can handle."""
 
-    error_class: ClassVar[str] = "UnexpectedRecordType"
+    error_class = "UnexpectedRecordType"
 
 
 class SchemaDefinitionError(SchemaError):
     """The .avsc files or generated models are inconsistent; raised at load time, never later."""
 
-    error_class: ClassVar[str] = "SchemaDefinition"
+    error_class = "SchemaDefinition"

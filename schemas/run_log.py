@@ -2,6 +2,8 @@
 
 The scheduler appends these, its replay folds them, and the projections apply them; they all
 import the list from here so a new event type cannot reach one of them and not the others.
+:data:`TERMINAL_RUN_EVENT_TYPES` are the ones that put a run into one of
+:data:`schemas.statuses.TERMINAL_RUN_STATUSES`.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from schemas.models import (
     StepTimedOut,
 )
 
-__all__ = ["RUN_EVENT_TYPES", "RunEvent"]
+__all__ = ["RUN_EVENT_TYPES", "TERMINAL_RUN_EVENT_TYPES", "RunEvent", "TerminalRunEvent"]
 
 RunEvent = (
     RunStarted
@@ -63,3 +65,13 @@ RUN_EVENT_TYPES: tuple[type[RunEvent], ...] = (
     CommandRejected,
 )
 """The same, as a tuple for ``isinstance``; anything else on ``reflux.runs`` is poison."""
+
+TerminalRunEvent = RunSucceeded | RunFailed | RunCancelled
+"""The events after which a run has stopped (its status is terminal)."""
+
+TERMINAL_RUN_EVENT_TYPES: tuple[type[TerminalRunEvent], ...] = (
+    RunSucceeded,
+    RunFailed,
+    RunCancelled,
+)
+"""The same, as a tuple; their names are what the read model's ``run_events.event_type`` says."""

@@ -34,7 +34,7 @@ from typing import Any, Final, Self
 from confluent_kafka import Consumer as _KafkaConsumer
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
-from foundation.errors import NonRetryableError, RefluxError, ServiceUnavailableError
+from foundation.errors import NonRetryableError, ServiceUnavailableError, classify
 from foundation.settings import Settings, get_settings
 from schemas import serde
 from schemas.base import RefluxRecord
@@ -131,23 +131,28 @@ class BatchResult:
         return not (self.processed or self.dead_lettered or self.retried)
 
 
-def is_retryable(exc: BaseException) -> bool:
-    """Whether a handler failure should be retried (rewind) rather than dead-lettered.
-
-    Only errors that say so are retried; anything else (bugs included) would block the
-    partition forever if retried, so it is dead-lettered with its original bytes instead.
-    Wrap transient I/O failures in :class:`foundation.errors.RetryableError`.
-    """
-    if isinstance(exc, RefluxError | SchemaError):
-        return bool(exc.retryable)
+def kafka_transient(exc: BaseException) -> bool:
+    """A ``KafkaException`` whose ``KafkaError`` says retriable (the streams layer's
+    :data:`~foundation.errors.TransientRule`)."""
     if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
         return bool(exc.args[0].retriable())
     return False
 
 
+def is_retryable(exc: BaseException) -> bool:
+    """Whether a handler failure should be retried (rewind) rather than dead-lettered:
+    :func:`foundation.errors.classify` with :func:`kafka_transient`.
+
+    Only errors that say so are retried; anything else (bugs included) would block the
+    partition forever if retried, so it is dead-lettered with its original bytes instead.
+    Wrap transient I/O failures in :class:`foundation.errors.RetryableError`.
+    """
+    return classify(exc, transient=kafka_transient).retryable
+
+
 def error_class_of(exc: BaseException) -> str:
-    error_class = getattr(exc, "error_class", None)
-    return error_class if isinstance(error_class, str) else type(exc).__name__
+    """The dead letter's error class: :func:`foundation.errors.classify`'s."""
+    return classify(exc).error_class
 
 
 def consume_available(consumer: _KafkaConsumer, max_messages: int, timeout: float) -> list[Message]:

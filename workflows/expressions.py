@@ -109,8 +109,10 @@ class SecretInjectionError(TemplateError):
     error_class = "SecretInjection"
 
 
-class ExpressionSyntaxError(ValueError):
+class ExpressionSyntaxError(NonRetryableError):
     """An expression does not parse; the message says where."""
+
+    error_class = "ExpressionSyntaxError"
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from typing import Final
 from pydantic import BaseModel, Field
 
 from api.errors import FieldIssue, RequestInvalidError
+from foundation.errors import NonRetryableError
 
 __all__ = [
     "MAX_BUCKETS",
@@ -46,8 +47,10 @@ _UNITS: Final = {"w": 604_800, "d": 86_400, "h": 3_600, "m": 60, "s": 1}
 _WINDOW: Final = re.compile(r"^(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
 
-class WindowError(ValueError):
+class WindowError(NonRetryableError):
     """A window or bucket that cannot be used; ``type`` is the 422 error type."""
+
+    error_class = "WindowError"
 
     def __init__(self, message: str, type_: str = "window_invalid") -> None:
         super().__init__(message)

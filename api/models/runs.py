@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.config import MAX_WAIT_MS
+from schemas.statuses import ProjectedRunStatus, ProjectedStepStatus
 
 __all__ = [
     "CommandAccepted",
@@ -63,7 +64,7 @@ class RunPublic(BaseModel):
     run_id: str
     workflow_id: str
     workflow_version: int
-    status: Literal["running", "paused", "succeeded", "failed", "cancelled"]
+    status: ProjectedRunStatus
     inputs: Any = None
     outputs: Any = None
     error: ErrorInfoPublic | None = None
@@ -82,16 +83,7 @@ class StepPublic(BaseModel):
     step_id: str
     node: str
     node_version: str
-    status: Literal[
-        "scheduled",
-        "dispatched",
-        "retry_wait",
-        "succeeded",
-        "failed",
-        "skipped",
-        "timed_out",
-        "cancelled",
-    ]
+    status: ProjectedStepStatus
     attempt: int
     invocation_id: str | None = None
     output: Any = None

@@ -35,6 +35,7 @@ from api.models.common import ErrorMessage, errors
 from api.models.hooks import HookAccepted
 from api.signatures import SIGNATURE_HEADER, SignatureError, verify_signature
 from api.validation import check_inputs, parse_definition
+from foundation.errors import RetryableError
 from node_workers.webhooks import (
     MAX_BODY_BYTES,
     MAX_QUEUED,
@@ -120,10 +121,12 @@ async def webhook(
 
 
 class PayloadTooLargeError(ApiError):
+    error_class = "PayloadTooLargeError"
     status_code = 413
 
 
-class MailboxFullApiError(ApiError):
+class MailboxFullApiError(ApiError, RetryableError):
+    error_class = "MailboxFullApiError"
     status_code = 429
 
 

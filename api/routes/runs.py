@@ -45,7 +45,6 @@ from api.models.runs import (
 from api.publisher import Publisher
 from api.readmodel import (
     TERMINAL_EVENTS,
-    TERMINAL_STATUSES,
     ReadModel,
     event_public,
     load_run_detail,
@@ -59,6 +58,7 @@ from projections.postgres import queries
 from projections.postgres.queries import RunEventRow
 from schemas.base import RefluxRecord
 from schemas.models import CancelRun, PauseRun, RedriveStep, ResumeRun, StartRun
+from schemas.statuses import TERMINAL_RUN_STATUSES
 from streams.topics import TopicCatalog
 
 __all__ = ["router"]
@@ -172,12 +172,12 @@ async def start_run(
 
     deadline = _deadline(body.wait_ms)
     detail = await read_model.run_detail(run_id)
-    while (detail is None or detail.status not in TERMINAL_STATUSES) and (
+    while (detail is None or detail.status not in TERMINAL_RUN_STATUSES) and (
         time.monotonic() < deadline
     ):
         await anyio.sleep(min(api.poll_interval_s, max(0.0, deadline - time.monotonic())))
         detail = await read_model.run_detail(run_id)
-    if detail is not None and detail.status in TERMINAL_STATUSES:
+    if detail is not None and detail.status in TERMINAL_RUN_STATUSES:
         response.status_code = 200
         return detail
     return RunAccepted(run_id=run_id, run=detail)
@@ -379,7 +379,7 @@ async def _follow(
             continue
         # Nothing new: stop if the run ended before `after` (a resume past the end).
         run = await read_model.run(run_id)
-        if run is not None and run.status in TERMINAL_STATUSES and run.last_seq <= after:
+        if run is not None and run.status in TERMINAL_RUN_STATUSES and run.last_seq <= after:
             return
         if await request.is_disconnected():
             return

@@ -20,11 +20,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from foundation.errors import NonRetryableError
 from foundation.settings import PROJECT_ROOT, Settings
 
 
-class ServiceError(RuntimeError):
+class ServiceError(NonRetryableError):
     """A service could not be installed, started or reached; the message says what to do."""
+
+    error_class = "ServiceError"
 
 
 @dataclass(frozen=True)

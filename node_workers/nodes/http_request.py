@@ -192,8 +192,13 @@ def classify_transport_error(exc: BaseException, *, method: str, url: str) -> No
     return NonRetryableNodeError(f"{where}: {exc!r}", error_class="HttpError")
 
 
-class _TooLargeError(Exception):
+class _TooLargeError(NonRetryableNodeError):
+    """Internal: the body passed the limit; ``execute`` reports it with the request's details."""
+
+    error_class = "ResponseTooLarge"
+
     def __init__(self, size: int) -> None:
+        super().__init__(f"a response of at least {size} bytes")
         self.size = size
 
 

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple, TypeVar
 
-from foundation.errors import NonRetryableError
+from foundation.errors import NonRetryableError, classify
 from processors.scheduler.backoff import backoff_ms, should_retry
 from processors.scheduler.cache import cache_key, params_digest
 from processors.scheduler.evolve import RUN_EVENT_TYPES, RunEvent, evolve
@@ -799,7 +799,8 @@ def _finish_if_done(w: _Writer) -> None:
 def _fail_before_dispatch(
     w: _Writer, step_id: str, attempt: int, exc: TemplateError | NonRetryableError
 ) -> None:
-    error = ErrorInfo(error_class=exc.error_class, message=str(exc), retryable=False)
+    found = classify(exc)
+    error = ErrorInfo(error_class=found.error_class, message=str(exc), retryable=found.retryable)
     w.emit(StepFailed, step=w.run.step_ref(step_id), attempt=attempt, error=error)
     _after_failure(w, step_id, error)
 

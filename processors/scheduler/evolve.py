@@ -17,6 +17,7 @@ from datetime import datetime
 from functools import singledispatch
 from typing import Any
 
+from foundation.errors import NonRetryableError
 from processors.scheduler.state import (
     MAX_PROCESSED_IDS,
     RunState,
@@ -60,8 +61,10 @@ __all__ = [
 ]
 
 
-class EvolveError(ValueError):
+class EvolveError(NonRetryableError):
     """An event cannot be applied (gap in the log, event before RunStarted...)."""
+
+    error_class = "EvolveError"
 
 
 def deadline_timer_id(run_id: str) -> str:

@@ -11,14 +11,23 @@ The state is also the runtime's table value: :meth:`RunState.to_snapshot` /
 from __future__ import annotations
 
 from datetime import datetime
-from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.models import ErrorInfo, PayloadRef, StepRef, TimerKind
+from schemas.statuses import (
+    ACTIVE_STEP_STATUSES,
+    DONE_STEP_STATUSES,
+    FAILED_STEP_STATUSES,
+    FINISHED_RUN_STATUSES,
+    RunStatus,
+    StepStatus,
+)
 from workflows.model import StepDefinition, WorkflowDefinition
 
+# The statuses and their sets are defined in schemas.statuses (the API, the client and the read
+# models use them too); the scheduler re-exports them with its state.
 __all__ = [
     "ACTIVE_STEP_STATUSES",
     "DONE_STEP_STATUSES",
@@ -33,46 +42,6 @@ __all__ = [
 
 MAX_PROCESSED_IDS = 512
 """How many recent causation ids a run remembers for command dedupe (oldest dropped first)."""
-
-
-class RunStatus(StrEnum):
-    PENDING = "pending"
-    """A log exists but the run never started (its StartRun was rejected)."""
-    RUNNING = "running"
-    PAUSED = "paused"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    """Not final: a failed step can be re-driven, which puts the run back to running."""
-    CANCELLED = "cancelled"
-
-
-FINISHED_RUN_STATUSES = frozenset({RunStatus.SUCCEEDED, RunStatus.CANCELLED})
-"""Nothing changes a run in these statuses any more."""
-
-
-class StepStatus(StrEnum):
-    PENDING = "pending"
-    """Waiting for its needs (or for the run to resume)."""
-    SCHEDULED = "scheduled"
-    """Params rendered; waiting for the cache lookup (cache-enabled steps) before dispatch."""
-    DISPATCHED = "dispatched"
-    """A NodeInvocation is out; waiting for its result or its timeout."""
-    RETRY_WAIT = "retry_wait"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    SKIPPED = "skipped"
-    TIMED_OUT = "timed_out"
-    CANCELLED = "cancelled"
-
-
-DONE_STEP_STATUSES = frozenset({StepStatus.SUCCEEDED, StepStatus.SKIPPED})
-"""Statuses that satisfy a downstream step's needs."""
-FAILED_STEP_STATUSES = frozenset({StepStatus.FAILED, StepStatus.TIMED_OUT})
-"""The last attempt failed and no retry is pending (a retry moves the step to retry_wait)."""
-ACTIVE_STEP_STATUSES = frozenset(
-    {StepStatus.SCHEDULED, StepStatus.DISPATCHED, StepStatus.RETRY_WAIT}
-)
-"""Work in flight: a result, a cache answer or a timer will move these steps on."""
 
 
 class _Frozen(BaseModel):

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import singledispatch
 from typing import Any, Final
@@ -64,6 +65,7 @@ from schemas.models import (
     WorkflowRegistered,
 )
 from schemas.run_log import RUN_EVENT_TYPES
+from schemas.statuses import ACTIVE_STEP_STATUSES, TERMINAL_RUN_STATUSES, RunStatus, StepStatus
 
 __all__ = [
     "NODE_EVENT_TYPES",
@@ -82,8 +84,14 @@ WORKFLOW_EVENT_TYPES: Final[tuple[type[RefluxRecord], ...]] = (WorkflowRegistere
 NODE_EVENT_TYPES: Final[tuple[type[RefluxRecord], ...]] = (NodeCatalogEntry,)
 """What the ``nodes`` topic carries (the node catalog)."""
 
-_FINISHED: Final = "('succeeded', 'failed', 'cancelled')"
-_IN_FLIGHT: Final = "('scheduled', 'dispatched', 'retry_wait')"
+
+def _sql_list(statuses: Iterable[str]) -> str:
+    """``('a', 'b')``: statuses are our own identifiers, never input, so they are inlined."""
+    return "(" + ", ".join(f"'{status}'" for status in statuses) + ")"
+
+
+_TERMINAL: Final = _sql_list(s for s in RunStatus if s in TERMINAL_RUN_STATUSES)
+_IN_FLIGHT: Final = _sql_list(s for s in StepStatus if s in ACTIVE_STEP_STATUSES)
 
 
 class UnsupportedEventError(NonRetryableError):
@@ -160,10 +168,10 @@ def _update_run(event: Any, schema: str, **columns: Any) -> Statement:
 
 def _reopen_run(event: Any, schema: str) -> Statement:
     """Advance the run; a finished run becomes running again (re-drive), a paused one stays."""
-    reopen = f"status IN {_FINISHED}"
+    reopen = f"status IN {_TERMINAL}"
     return Statement(
         f"UPDATE {table(schema, 'runs')} SET "
-        f"status = CASE WHEN {reopen} THEN 'running' ELSE status END, "
+        f"status = CASE WHEN {reopen} THEN '{RunStatus.RUNNING}' ELSE status END, "
         f"finished_at = CASE WHEN {reopen} THEN NULL ELSE finished_at END, "
         f"error = CASE WHEN {reopen} THEN NULL ELSE error END, "
         f"failed_step = CASE WHEN {reopen} THEN NULL ELSE failed_step END, "
@@ -225,7 +233,7 @@ def _(event: RunStarted, schema: str) -> Plan:
     insert = Statement(
         f"INSERT INTO {table(schema, 'runs')} (run_id, workflow_id, workflow_version, status, "
         "inputs, source, source_key, idempotency_key, deadline, started_at, updated_at, last_seq) "
-        "VALUES (%s, %s, %s, 'running', %s, %s, %s, %s, %s, %s, %s, %s) "
+        f"VALUES (%s, %s, %s, '{RunStatus.RUNNING}', %s, %s, %s, %s, %s, %s, %s, %s) "
         "ON CONFLICT (run_id) DO NOTHING",
         (
             event.run_id,
@@ -246,7 +254,7 @@ def _(event: RunStarted, schema: str) -> Plan:
 
 @plan.register
 def _(event: RunPaused, schema: str) -> Plan:
-    return _run_plan(event, schema, _update_run(event, schema, status="paused"))
+    return _run_plan(event, schema, _update_run(event, schema, status=RunStatus.PAUSED))
 
 
 @plan.register
@@ -254,7 +262,7 @@ def _(event: RunResumed, schema: str) -> Plan:
     update = _update_run(
         event,
         schema,
-        status="running",
+        status=RunStatus.RUNNING,
         finished_at=None,
         error=None,
         failed_step=None,
@@ -268,7 +276,7 @@ def _(event: RunSucceeded, schema: str) -> Plan:
     update = _update_run(
         event,
         schema,
-        status="succeeded",
+        status=RunStatus.SUCCEEDED,
         outputs=jsonb(event.outputs),
         error=None,
         failed_step=None,
@@ -282,7 +290,7 @@ def _(event: RunFailed, schema: str) -> Plan:
     update = _update_run(
         event,
         schema,
-        status="failed",
+        status=RunStatus.FAILED,
         error=_dump(event.error),
         failed_step=event.failed_step.step_id if event.failed_step else None,
         finished_at=event.occurred_at,
@@ -293,11 +301,11 @@ def _(event: RunFailed, schema: str) -> Plan:
 @plan.register
 def _(event: RunCancelled, schema: str) -> Plan:
     cancel_steps = Statement(
-        f"UPDATE {table(schema, 'steps')} SET status = 'cancelled', finished_at = %s, "
+        f"UPDATE {table(schema, 'steps')} SET status = '{StepStatus.CANCELLED}', finished_at = %s, "
         f"next_attempt_at = NULL, updated_at = %s WHERE run_id = %s AND status IN {_IN_FLIGHT}",
         (event.occurred_at, event.occurred_at, event.run_id),
     )
-    update = _update_run(event, schema, status="cancelled", finished_at=event.occurred_at)
+    update = _update_run(event, schema, status=RunStatus.CANCELLED, finished_at=event.occurred_at)
     return _run_plan(event, schema, update, cancel_steps)
 
 
@@ -325,7 +333,7 @@ def _(event: StepScheduled, schema: str) -> Plan:
         event,
         schema,
         event.step,
-        "scheduled",
+        StepStatus.SCHEDULED,
         attempt=event.attempt,
         set_node=True,
         params=jsonb(event.params),
@@ -350,7 +358,7 @@ def _(event: StepDispatched, schema: str) -> Plan:
         event,
         schema,
         StepRef(step_id=event.step.step_id, node=event.step.node, node_version=event.node_version),
-        "dispatched",
+        StepStatus.DISPATCHED,
         attempt=event.attempt,
         set_node=True,
         invocation_id=event.invocation_id,
@@ -372,7 +380,7 @@ def _(event: StepSucceeded, schema: str) -> Plan:
         event,
         schema,
         event.step,
-        "succeeded",
+        StepStatus.SUCCEEDED,
         attempt=event.attempt,
         invocation_id=event.invocation_id,
         output=jsonb(event.output),
@@ -393,7 +401,7 @@ def _(event: StepFailed, schema: str) -> Plan:
         event,
         schema,
         event.step,
-        "failed",
+        StepStatus.FAILED,
         attempt=event.attempt,
         error=_dump(event.error),
         next_attempt_at=None,
@@ -410,7 +418,7 @@ def _(event: StepRetryScheduled, schema: str) -> Plan:
         event,
         schema,
         event.step,
-        "retry_wait",
+        StepStatus.RETRY_WAIT,
         attempt=event.attempt,
         next_attempt_at=event.next_attempt_at,
         finished_at=None,
@@ -430,7 +438,7 @@ def _(event: StepTimedOut, schema: str) -> Plan:
         event,
         schema,
         event.step,
-        "timed_out",
+        StepStatus.TIMED_OUT,
         attempt=event.attempt,
         error=Jsonb(error),
         next_attempt_at=None,
@@ -446,7 +454,7 @@ def _(event: StepSkipped, schema: str) -> Plan:
         event,
         schema,
         event.step,
-        "skipped",
+        StepStatus.SKIPPED,
         attempt=None,
         skip_reason=event.reason,
         next_attempt_at=None,

@@ -26,6 +26,8 @@ from psycopg.rows import class_row
 
 from foundation.errors import NonRetryableError
 from projections.postgres.identifiers import DEFAULT_SCHEMA, table
+from schemas.models import NodeStatus
+from schemas.statuses import PROJECTED_RUN_STATUSES, PROJECTED_STEP_STATUSES
 
 __all__ = [
     "MAX_LIMIT",
@@ -54,18 +56,10 @@ __all__ = [
     "list_workflows",
 ]
 
-RUN_STATUSES: Final = ("running", "paused", "succeeded", "failed", "cancelled")
-STEP_STATUSES: Final = (
-    "scheduled",
-    "dispatched",
-    "retry_wait",
-    "succeeded",
-    "failed",
-    "skipped",
-    "timed_out",
-    "cancelled",
-)
-NODE_STATUSES: Final = ("draft", "staging", "production", "deprecated")
+# Plain strings (they appear in messages and query descriptions), from the one vocabulary.
+RUN_STATUSES: Final = tuple(status.value for status in PROJECTED_RUN_STATUSES)
+STEP_STATUSES: Final = tuple(status.value for status in PROJECTED_STEP_STATUSES)
+NODE_STATUSES: Final = tuple(status.value for status in NodeStatus)
 MAX_LIMIT: Final = 1000
 MAX_EVENTS_LIMIT: Final = 10_000
 

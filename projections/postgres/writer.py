@@ -37,7 +37,7 @@ from typing import Protocol
 import psycopg
 from psycopg import pq
 
-from foundation.errors import RefluxError
+from foundation.errors import RefluxError, classify
 from projections.postgres.appliers import Plan
 from projections.postgres.identifiers import table
 from streams.checkpoint import Checkpoint
@@ -150,8 +150,13 @@ class PostgresOffsets:
             )
 
 
-class _PoisonedBatchError(Exception):
+class _PoisonedBatchError(RefluxError):
     """Internal: the fast path hit a data error; re-apply record by record."""
+
+    error_class = "PoisonedBatch"
+
+    def __init__(self) -> None:
+        super().__init__("a record of the batch was refused; re-apply record by record")
 
 
 _POISON_ERRORS = (psycopg.errors.DataError, psycopg.errors.IntegrityError)
@@ -249,7 +254,8 @@ def _apply(
                     if dead_letters is None:
                         raise
                     reason = f"Expected Postgres to accept the record, but: {exc}".strip()
-                    dead_letters.publish(item.record, f"Postgres{type(exc).__name__}", reason)
+                    error_class = f"Postgres{classify(exc).error_class}"
+                    dead_letters.publish(item.record, error_class, reason)
                     outcome.dead_lettered += 1
         # The checkpoint's commit order, inside this transaction: dead letters flushed, then the
         # positions written next to the rows; leaving the block commits both.

@@ -22,10 +22,11 @@ from projections.postgres import queries
 from reflux.dev import DevEngine
 from schemas.base import RefluxRecord
 from schemas.models import StartRun, WorkflowRegistered
+from schemas.statuses import TERMINAL_RUN_STATUSES
 from streams.producer import Producer
 from workflows import parse_workflow
 
-TERMINAL = {"succeeded", "failed", "cancelled"}
+TERMINAL: frozenset[str] = TERMINAL_RUN_STATUSES
 
 
 @dataclass

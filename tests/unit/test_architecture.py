@@ -1,4 +1,5 @@
-"""The package tree is the architecture: packages import each other without cycles.
+"""The package tree is the architecture: packages import each other without cycles, and every
+exception they define has one root.
 
 import-linter's layers contract (``make lint``) fixes the order of the top-level packages; this
 test looks at every depth (``processors.scheduler`` vs ``processors.node_catalog``, then
@@ -8,12 +9,18 @@ parts that can only be understood together.
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import pkgutil
 import tomllib
 from collections import defaultdict
 from pathlib import Path
+from types import ModuleType
 
 import grimp
 import pytest
+
+from foundation.errors import RefluxError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -93,3 +100,41 @@ def test_the_import_graph_has_no_cycles(depth: int) -> None:
 def test_the_foundation_imports_no_other_package_of_the_project() -> None:
     edges = import_graph(1)
     assert edges.get("foundation", set()) == set()
+
+
+# Installed only by `make bench` (pyproject's `bench` extra): modules that need them are skipped
+# when they are missing, and only then.
+OPTIONAL_DEPENDENCIES = {"temporalio"}
+
+
+def project_modules() -> list[ModuleType]:
+    """Every module of the project's packages (the import-linter roots and ``benchmarks``)."""
+    modules: list[ModuleType] = []
+    for root in [*root_packages(), "benchmarks"]:
+        package = importlib.import_module(root)
+        modules.append(package)
+        for info in pkgutil.walk_packages(package.__path__, f"{root}."):
+            try:
+                modules.append(importlib.import_module(info.name))
+            except ModuleNotFoundError as exc:
+                if (exc.name or "").split(".")[0] not in OPTIONAL_DEPENDENCIES:
+                    raise
+    return modules
+
+
+def test_every_exception_of_the_project_derives_from_the_error_root() -> None:
+    defined = [
+        value
+        for module in project_modules()
+        for value in vars(module).values()
+        if inspect.isclass(value)
+        and issubclass(value, BaseException)
+        and value.__module__ == module.__name__
+    ]
+    assert len(defined) >= 50, "the walk should find the exceptions of every package"
+    strays = sorted(
+        f"{error.__module__}.{error.__qualname__}"
+        for error in defined
+        if not issubclass(error, RefluxError)
+    )
+    assert strays == [], "derive these from foundation.errors.RefluxError"
