@@ -23,12 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Literal
 
+from infra.sandbox_image import sandbox_image_tag
 from node_workers.sandbox.models import Lang, Limits
 
 __all__ = [
     "DEFAULT_INTERPRETERS",
     "DEFAULT_SANDBOX_GID",
     "DEFAULT_SANDBOX_UID",
+    "IMAGE_INTERPRETERS",
     "BackendChoice",
     "ResourceLimits",
     "SandboxConfig",
@@ -45,11 +47,8 @@ DEFAULT_INTERPRETERS: Final[dict[Lang, str]] = {
     "node": "/usr/bin/node",
     "bash": "/bin/bash",
 }
-DEFAULT_IMAGES: Final[dict[Lang, str]] = {
-    "python": "python:3.11-slim",
-    "node": "node:20-slim",
-    "bash": "bash:5.2",
-}
+# Where the docker backend's image (infra/sandbox-image/) has each interpreter.
+IMAGE_INTERPRETERS: Final[dict[Lang, str]] = dict(DEFAULT_INTERPRETERS)
 
 BackendChoice = Literal["auto", "docker", "bubblewrap"]
 
@@ -74,8 +73,12 @@ class SandboxConfig:
     launcher_python: str = "/usr/bin/python3"
     """Runs the tiny in-sandbox launcher that measures peak memory (see bubblewrap.LAUNCHER)."""
     interpreters: dict[Lang, str] = field(default_factory=lambda: dict(DEFAULT_INTERPRETERS))
-    images: dict[Lang, str] = field(default_factory=lambda: dict(DEFAULT_IMAGES))
-    """Docker images per language (the docker backend)."""
+    image: str = field(default_factory=sandbox_image_tag)
+    """The docker backend's image, one for every language: by default the one `make up` builds
+    (``reflux-sandbox:<hash>``, infra/sandbox-image/). Never pulled: the engine must hold it."""
+    docker_host: str | None = None
+    """The Docker engine (DOCKER_HOST syntax); ``None``: ``Settings.resolved_docker_host()``,
+    the project's own dockerd."""
     max_output_bytes: int = 64 * MIB
     """Total bytes the code may leave under /work (out/ included)."""
     max_output_files: int = 1000
