@@ -13,6 +13,9 @@ a wall clock enforced by the parent:
   It only binds a non-root uid, so the sandbox never runs as root (see ``SandboxConfig.uid``).
 - output size -> RLIMIT_FSIZE of ``max_output_bytes + 1`` per file (a file reaching the cap is
   detected after the run) and a watchdog on the work directory's total size.
+
+The docker backend sets the same rlimits as ulimits (RLIMIT_CPU one CPU-second higher, as a
+backstop behind its CPU quota) and adds cgroup limits; see docker_backend.py.
 """
 
 from __future__ import annotations
