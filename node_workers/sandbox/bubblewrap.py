@@ -81,10 +81,12 @@ ROOT_LINKS: Final = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 # is this launcher's own ~5 MB. The program could forge the number (same uid): it is a metric,
 # not a limit. The report goes to file descriptor argv[1]: a pipe under bubblewrap; 2 under
 # Docker, where the program's stderr is then joined to its stdout (one ordered log, as under
-# bubblewrap) and the container's stderr carries only the report.
+# bubblewrap) and the container's stderr carries only the report. "FD:SECONDS" also arms an
+# alarm that ends the launcher (Docker: and with it the container) if nobody else has by then.
 LAUNCHER: Final = """
-import json, os, sys
-fd = int(sys.argv[1])
+import json, os, signal, sys
+fd, _, alarm = sys.argv[1].partition(":")
+fd = int(fd)
 pid = os.fork()
 if pid == 0:
     if fd == 2:
@@ -92,6 +94,8 @@ if pid == 0:
     else:
         os.close(fd)
     os.execv(sys.argv[2], sys.argv[2:])
+if alarm:
+    signal.alarm(int(alarm))
 _, status, usage = os.wait4(pid, 0)
 os.write(fd, json.dumps({"maxrss_kib": usage.ru_maxrss}).encode())
 code = os.waitstatus_to_exitcode(status)

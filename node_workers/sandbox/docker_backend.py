@@ -32,6 +32,9 @@ log, no log driver: nothing is written to the engine's disk). Limits:
 - the wall clock, cancel and the /work watchdog as under bubblewrap: the watchdog reads the
   volume's folder on this host (``Mountpoint``) with the same check. With a remote engine that
   folder is not visible: then only RLIMIT_FSIZE and the capped copy-out bound the outputs.
+  Should the worker die mid-run, the launcher's alarm ends the container 30 s after its wall
+  clock (what ``--die-with-parent`` does for bwrap); the stopped container and its volume stay
+  until someone removes them (label ``io.reflux.sandbox``).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ import dataclasses
 import io
 import json
 import logging
+import math
 import posixpath
 import struct
 import tarfile
@@ -68,6 +72,8 @@ _MEMORY_HEADROOM: Final = 64 * MIB
 # The engine's API calls (create, start, archive, remove); a wait or an attach has none.
 _API_TIMEOUT_S: Final = 60.0
 _WAIT_POLL_S: Final = 5
+# How long after its wall clock a container whose worker died ends by itself.
+_BACKSTOP_GRACE_S: Final = 30
 _FRAME_HEADER: Final = struct.Struct(">BxxxL")
 _STDERR: Final = 2
 log = logging.getLogger(__name__)
@@ -376,13 +382,16 @@ class DockerBackend:
 
         config, limits = self.config, job.limits
         image_config = dataclasses.replace(config, interpreters=dict(IMAGE_INTERPRETERS))
+        # The worker kills the container on the wall clock; should the worker itself die, the
+        # launcher's alarm ends the container a little later (bwrap has --die-with-parent).
+        backstop = math.ceil(limits.wall_timeout_s + _BACKSTOP_GRACE_S)
         command = [
             _LAUNCHER_PYTHON,
             "-I",
             "-S",
             "-c",
             LAUNCHER,
-            "2",
+            f"2:{backstop}",
             *program_command(job, image_config),
         ]
         memory = limits.data_bytes + limits.tmp_size_bytes + _MEMORY_HEADROOM

@@ -4,14 +4,17 @@ tag (no sandbox is started here)."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -406,6 +409,23 @@ def test_launcher_reporting_on_stderr_joins_the_programs_stderr_to_stdout() -> N
     assert done.returncode == 3
     assert done.stdout == b"out\nerr\n"
     assert json.loads(done.stderr)["maxrss_kib"] > 0
+
+
+def test_launcher_alarm_ends_a_run_nobody_ended() -> None:
+    started = time.monotonic()
+    launcher = subprocess.Popen(
+        [sys.executable, "-I", "-S", "-c", LAUNCHER, "2:1", "/bin/sleep", "30"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        assert launcher.wait(timeout=10) == -signal.SIGALRM
+        assert 0.9 < time.monotonic() - started < 5
+    finally:
+        # Under Docker, docker-init ends the rest when the launcher goes; here: its group.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(launcher.pid, signal.SIGKILL)
 
 
 def test_docker_work_archive_makes_inputs_read_only(tmp_path: Path) -> None:
