@@ -261,6 +261,7 @@ class DockerBackend:
         config = self.config
         name = f"reflux-sandbox-{uuid.uuid4().hex[:12]}"
         volume = container = None
+        output: _Output | None = None
         try:
             volume = self.client.volumes.create(name=name, labels={_LABEL: "1"})
             container = self._create(job, name)
@@ -308,6 +309,8 @@ class DockerBackend:
             if volume is not None:
                 with contextlib.suppress(docker.errors.DockerException):
                     volume.remove(force=True)
+            if output is not None:
+                output.finish(timeout=1)  # at EOF once the container is gone; closes the socket
 
     @staticmethod
     def _peak_kib(report: bytes, buffer: HeadTailBuffer) -> int:
