@@ -14,7 +14,7 @@ PYTEST_PARALLEL := -n 2 --dist loadfile
 help:
 	@echo "make demo    - install, start the local services, run the demo"
 	@echo "make test    - install, start the services, lint, run every test"
-	@echo "make up      - start Kafka, PostgreSQL, Redis, S3 (s3proxy) and check ClickHouse (chdb)"
+	@echo "make up      - start Kafka, PostgreSQL, Redis, S3 (s3proxy), Docker (+ sandbox image); check ClickHouse"
 	@echo "make down    - stop every service started by make up"
 	@echo "make status  - what runs where"
 	@echo "make bench   - run the benchmarks into benchmarks/out/results.json"

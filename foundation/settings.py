@@ -57,8 +57,20 @@ class Settings(BaseSettings):
     # "http://host:8123" selects a ClickHouse server. Same client code either way.
     clickhouse_dsn: str = ""
 
+    # The Docker engine code.run's docker backend talks to. Empty: the project's own dockerd
+    # that `make up` starts, listening on var/run/docker.sock (never the host's default
+    # /var/run/docker.sock). Any DOCKER_HOST-style value ("unix:///…", "tcp://…") selects
+    # another engine, which must then hold the sandbox image (node_workers/sandbox/docker_image/).
+    docker_host: str = ""
+    # Where `make up` fetches the Debian packages of the sandbox image's root file system.
+    debian_mirror: str = "http://deb.debian.org/debian"
+
     def resolved_clickhouse_dsn(self) -> str:
         return self.clickhouse_dsn or f"chdb://{self.data_dir / 'chdb'}"
+
+    def resolved_docker_host(self) -> str:
+        """The engine's address as DOCKER_HOST spells it."""
+        return self.docker_host or f"unix://{self.data_dir / 'run' / 'docker.sock'}"
 
 
 @lru_cache(maxsize=1)

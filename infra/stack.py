@@ -1,8 +1,8 @@
 """Start, stop and inspect the local services: ``python -m infra.stack up|down|status``.
 
-Idempotent: ``up`` installs what is missing (Maven jars, Debian packages, PostgreSQL binaries),
-starts what is not running and waits until every service answers its own protocol. All data
-lives under ``Settings.data_dir`` (``var/`` by default).
+Idempotent: ``up`` installs what is missing (Maven jars, Debian packages, PostgreSQL binaries,
+code.run's sandbox image), starts what is not running and waits until every service answers its
+own protocol. All data lives under ``Settings.data_dir`` (``var/`` by default).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import time
 from foundation.settings import Settings, get_settings
 from infra.services.base import Service, ServiceError, ensure_debian_packages, log
 from infra.services.clickhouse import ClickHouse
+from infra.services.docker import Docker
 from infra.services.kafka import Kafka
 from infra.services.postgres import Postgres
 from infra.services.redis import Redis
@@ -26,6 +27,8 @@ SERVICE_TYPES: dict[str, type[Service]] = {
     "redis": Redis,
     "s3": S3,
     "clickhouse": ClickHouse,
+    # The Docker engine of code.run's docker backend, with the sandbox image (built if missing).
+    "docker": Docker,
 }
 
 
@@ -37,8 +40,9 @@ def services(settings: Settings, names: list[str] | None = None) -> list[Service
     return [SERVICE_TYPES[n](settings) for n in chosen]
 
 
-# Tools the product runs (not services): bubblewrap is code.run's sandbox where no Docker
-# engine is reachable. Installed with the services so a fresh machine needs nothing by hand.
+# Tools the product runs (not services): bubblewrap is code.run's other sandbox backend (the
+# one used where no Docker engine is reachable). Installed with the services so a fresh machine
+# needs nothing by hand.
 SYSTEM_TOOLS = {"bwrap": "bubblewrap"}
 
 
@@ -71,11 +75,12 @@ def down(settings: Settings, names: list[str] | None = None) -> None:
 
 def status(settings: Settings) -> bool:
     rows = [s.status() for s in services(settings)]
-    print(f"{'service':<11} {'state':<9} {'pid':<8} {'endpoint':<38} detail")
+    width = max(38, *(len(row.endpoint) for row in rows))
+    print(f"{'service':<11} {'state':<9} {'pid':<8} {'endpoint':<{width}} detail")
     for row in rows:
         state = "ready" if row.ready else ("starting" if row.running else "stopped")
         pid = str(row.pid) if row.pid else "-"
-        print(f"{row.name:<11} {state:<9} {pid:<8} {row.endpoint:<38} {row.detail}")
+        print(f"{row.name:<11} {state:<9} {pid:<8} {row.endpoint:<{width}} {row.detail}")
     return all(row.ready for row in rows)
 
 

@@ -102,13 +102,19 @@ def require_command(name: str, hint: str) -> str:
     return path
 
 
+def find_command(name: str) -> str | None:
+    """``name`` on PATH or in the sbin folders (daemons such as dockerd live there, and a
+    non-login shell's PATH may lack them)."""
+    return shutil.which(name, path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
+
+
 _apt_updated = False
 
 
 def ensure_debian_packages(commands: dict[str, str]) -> None:
     """Installs Debian packages for missing commands (``{command: package}``) with apt-get."""
     global _apt_updated  # noqa: PLW0603 - apt-get update once per process
-    missing = {cmd: pkg for cmd, pkg in commands.items() if shutil.which(cmd) is None}
+    missing = {cmd: pkg for cmd, pkg in commands.items() if find_command(cmd) is None}
     if not missing:
         return
     packages = sorted(set(missing.values()))

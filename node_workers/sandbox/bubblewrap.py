@@ -43,7 +43,7 @@ from node_workers.sandbox.errors import SandboxFailedError
 from node_workers.sandbox.limits import SandboxConfig
 from node_workers.sandbox.logs import HeadTailBuffer
 from node_workers.sandbox.models import Lang
-from node_workers.sandbox.workdir import directory_usage
+from node_workers.sandbox.workdir import work_overflow
 
 __all__ = [
     "ETC_FILES",
@@ -52,6 +52,7 @@ __all__ = [
     "bubblewrap_problem",
     "build_command",
     "interpreter_command",
+    "program_command",
     "sandbox_env",
 ]
 
@@ -78,14 +79,23 @@ ROOT_LINKS: Final = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 # worker does not work: bwrap's monitor never reaps its pid 1 (the rusage is lost), and a direct
 # child of the worker reports the worker's own RSS (inherited across fork and exec). The floor
 # is this launcher's own ~5 MB. The program could forge the number (same uid): it is a metric,
-# not a limit.
+# not a limit. The report goes to file descriptor argv[1]: a pipe under bubblewrap; 2 under
+# Docker, where the program's stderr is then joined to its stdout (one ordered log, as under
+# bubblewrap) and the container's stderr carries only the report. "FD:SECONDS" also arms an
+# alarm that ends the launcher (Docker: and with it the container) if nobody else has by then.
 LAUNCHER: Final = """
-import json, os, sys
-fd = int(sys.argv[1])
+import json, os, signal, sys
+fd, _, alarm = sys.argv[1].partition(":")
+fd = int(fd)
 pid = os.fork()
 if pid == 0:
-    os.close(fd)
+    if fd == 2:
+        os.dup2(1, 2)
+    else:
+        os.close(fd)
     os.execv(sys.argv[2], sys.argv[2:])
+if alarm:
+    signal.alarm(int(alarm))
 _, status, usage = os.wait4(pid, 0)
 os.write(fd, json.dumps({"maxrss_kib": usage.ru_maxrss}).encode())
 code = os.waitstatus_to_exitcode(status)
@@ -115,6 +125,16 @@ def interpreter_command(lang: Lang, entry: str, config: SandboxConfig) -> list[s
     if lang == "python":
         return [interpreter, "-s", entry]  # -s: no user site-packages
     return [interpreter, entry]
+
+
+def program_command(job: SandboxJob, config: SandboxConfig) -> list[str]:
+    """The interpreter running the entry; with ``packages``, one shell under the same limits
+    that installs them, then replaces itself with the interpreter."""
+    run = interpreter_command(job.lang, job.entry, config)
+    install = _install_script(job, config)
+    if install is None:
+        return run
+    return ["/bin/sh", "-c", f'set -e; {install}; exec "$@"', "sh", *run]
 
 
 def _install_script(job: SandboxJob, config: SandboxConfig) -> str | None:
@@ -216,13 +236,7 @@ def build_command(
         command += [config.launcher_python, "-I", "-S", "-c", LAUNCHER, str(usage_fd)]
     command += limits.prlimit_args(config.prlimit_path)
     command += [config.nice_path, "-n", str(limits.nice), "--"]
-    run = interpreter_command(job.lang, job.entry, config)
-    install = _install_script(job, config)
-    if install is None:
-        command += run
-    else:
-        # One shell under the same limits: install, then replace itself with the interpreter.
-        command += ["/bin/sh", "-c", f'set -e; {install}; exec "$@"', "sh", *run]
+    command += program_command(job, config)
     return command
 
 
@@ -386,8 +400,6 @@ class BubblewrapBackend:
         limits, interval = job.limits, self.config.watchdog_interval_s
         deadline = started + limits.wall_timeout_s
         next_check = started + interval
-        # Files are cheap to create and each is an inode: bound the count too.
-        max_entries = limits.max_output_files * 10 + 100
         outcome: _Outcome | None = None
         killed = False
         while True:
@@ -406,17 +418,10 @@ class BubblewrapBackend:
                     outcome = _Outcome(0, timed_out=True)
                 elif now >= next_check:
                     next_check = now + interval
-                    size, entries = directory_usage(job.host_work, stop_after=max_entries)
-                    if size > limits.max_output_bytes + 1 or entries > max_entries:
+                    overflow = work_overflow(job.host_work, limits)
+                    if overflow is not None:
                         outcome = _Outcome(
-                            0,
-                            killed_reason="OutputTooLarge",
-                            killed_message=(
-                                f"Expected the work directory to stay within "
-                                f"{limits.max_output_bytes} bytes and {max_entries} entries, "
-                                f"but it reached {size} bytes and {entries} entries; the "
-                                "sandbox was killed"
-                            ),
+                            0, killed_reason="OutputTooLarge", killed_message=overflow
                         )
                 if outcome is not None:
                     self._kill(process)

@@ -13,6 +13,9 @@ a wall clock enforced by the parent:
   It only binds a non-root uid, so the sandbox never runs as root (see ``SandboxConfig.uid``).
 - output size -> RLIMIT_FSIZE of ``max_output_bytes + 1`` per file (a file reaching the cap is
   detected after the run) and a watchdog on the work directory's total size.
+
+The docker backend sets the same rlimits as ulimits (RLIMIT_CPU one CPU-second higher, as a
+backstop behind its CPU quota) and adds cgroup limits; see docker_backend.py.
 """
 
 from __future__ import annotations
@@ -23,12 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Literal
 
+from node_workers.sandbox.image import sandbox_image_tag
 from node_workers.sandbox.models import Lang, Limits
 
 __all__ = [
     "DEFAULT_INTERPRETERS",
     "DEFAULT_SANDBOX_GID",
     "DEFAULT_SANDBOX_UID",
+    "IMAGE_INTERPRETERS",
     "BackendChoice",
     "ResourceLimits",
     "SandboxConfig",
@@ -45,11 +50,8 @@ DEFAULT_INTERPRETERS: Final[dict[Lang, str]] = {
     "node": "/usr/bin/node",
     "bash": "/bin/bash",
 }
-DEFAULT_IMAGES: Final[dict[Lang, str]] = {
-    "python": "python:3.11-slim",
-    "node": "node:20-slim",
-    "bash": "bash:5.2",
-}
+# Where the docker backend's image (node_workers/sandbox/docker_image/) has each interpreter.
+IMAGE_INTERPRETERS: Final[dict[Lang, str]] = dict(DEFAULT_INTERPRETERS)
 
 BackendChoice = Literal["auto", "docker", "bubblewrap"]
 
@@ -74,8 +76,13 @@ class SandboxConfig:
     launcher_python: str = "/usr/bin/python3"
     """Runs the tiny in-sandbox launcher that measures peak memory (see bubblewrap.LAUNCHER)."""
     interpreters: dict[Lang, str] = field(default_factory=lambda: dict(DEFAULT_INTERPRETERS))
-    images: dict[Lang, str] = field(default_factory=lambda: dict(DEFAULT_IMAGES))
-    """Docker images per language (the docker backend)."""
+    image: str = field(default_factory=sandbox_image_tag)
+    """The docker backend's image, one for every language: by default the one `make up` builds
+    (``reflux-sandbox:<hash>``, node_workers/sandbox/docker_image/). Never pulled: the engine
+    must hold it."""
+    docker_host: str | None = None
+    """The Docker engine (DOCKER_HOST syntax); ``None``: ``Settings.resolved_docker_host()``,
+    the project's own dockerd."""
     max_output_bytes: int = 64 * MIB
     """Total bytes the code may leave under /work (out/ included)."""
     max_output_files: int = 1000

@@ -99,8 +99,9 @@ class InputFile(NodeModel):
 
 class Limits(NodeModel):
     cpu: float = Field(default=1.0, gt=0, le=16)
-    """vCPUs. Docker: a CPU quota. bubblewrap: a CPU-seconds budget of ``cpu * timeoutSec``
-    (RLIMIT_CPU) plus ``nice``; it cannot cap parallelism without cgroups."""
+    """vCPUs. Docker: a CPU quota (capped at the engine's CPU count). bubblewrap: a CPU-seconds
+    budget of ``cpu * timeoutSec`` (RLIMIT_CPU) plus ``nice``; it cannot cap parallelism
+    without cgroups."""
     mem_mb: int = Field(default=512, ge=16, le=16384, alias="memMb")
     timeout_sec: float = Field(default=60.0, gt=0, le=3600, alias="timeoutSec")
     network: Network = "off"

@@ -29,7 +29,7 @@ from foundation.settings import Settings, get_settings
 from node_workers.errors import RetryableNodeError
 from node_workers.sandbox.backend import SandboxBackend, SandboxJob
 from node_workers.sandbox.bubblewrap import BubblewrapBackend, bubblewrap_problem
-from node_workers.sandbox.docker_backend import DockerBackend, docker_client
+from node_workers.sandbox.docker_backend import DockerBackend, docker_client, docker_problem
 from node_workers.sandbox.errors import (
     InputError,
     NetworkNotAllowedError,
@@ -51,8 +51,9 @@ __all__ = ["SandboxRunner", "check_policy", "exit_hint", "result_from_run"]
 
 _FIX_HINT = (
     "Install bubblewrap on the worker host (`apt-get install -y bubblewrap`; it needs "
-    "unprivileged user namespaces) or give the worker a reachable Docker engine "
-    "(DOCKER_HOST or /var/run/docker.sock)."
+    "unprivileged user namespaces) or give the worker a reachable Docker engine holding the "
+    "sandbox image (`make up` starts one and builds the image; REFLUX_DOCKER_HOST selects "
+    "another)."
 )
 
 
@@ -164,18 +165,31 @@ class SandboxRunner:
             return self._store
 
     def backend(self) -> SandboxBackend:
-        """Docker if an engine answers (``auto``/``docker``), else bubblewrap; cached once found."""
+        """Docker if an engine answers and holds the sandbox image (``auto``/``docker``), else
+        bubblewrap; cached once found."""
         with self._lock:
             if self._backend is not None:
                 return self._backend
             choice = self.config.backend
             reasons: list[str] = []
             if choice in ("auto", "docker"):
-                client = docker_client()
-                if client is not None:
+                host = (
+                    self.config.docker_host
+                    or (self._settings or get_settings()).resolved_docker_host()
+                )
+                client = docker_client(host)
+                problem = (
+                    f"no Docker engine answered ping at {host}"
+                    if client is None
+                    else docker_problem(client, self.config)
+                )
+                if problem is None:
                     self._backend = DockerBackend(self.config, client)
                     return self._backend
-                reasons.append("no Docker engine answered ping")
+                if client is not None:
+                    client.close()
+                    problem = f"the Docker engine at {host} is unusable: {problem}"
+                reasons.append(problem)
             if choice in ("auto", "bubblewrap"):
                 problem = bubblewrap_problem(self.config)
                 if problem is None:

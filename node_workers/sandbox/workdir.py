@@ -21,7 +21,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from node_workers.sandbox.limits import SandboxConfig
+from node_workers.sandbox.limits import ResourceLimits, SandboxConfig
 
 __all__ = [
     "CollectedOutputs",
@@ -29,6 +29,7 @@ __all__ = [
     "RunDirectory",
     "collect_outputs",
     "directory_usage",
+    "work_overflow",
 ]
 
 
@@ -119,6 +120,32 @@ def directory_usage(path: Path, *, stop_after: int | None = None) -> tuple[int, 
                 if stop_after is not None and entries > stop_after:
                     return total, entries
     return total, entries
+
+
+_BLOCK = 4096
+
+
+def work_overflow(
+    work: Path, limits: ResourceLimits, *, baseline: tuple[int, int] = (0, 0)
+) -> str | None:
+    """The watchdog's check of a running sandbox's ``/work`` (polled: RLIMIT_FSIZE bounds one
+    file, not how many): why it must be killed, or ``None``. ``baseline`` is ``(bytes,
+    entries)`` that do not count (the inputs, where they live inside ``work``)."""
+    # Files are cheap to create and each is an inode: bound the count too.
+    max_entries = limits.max_output_files * 10 + 100
+    size, entries = directory_usage(work, stop_after=max_entries + baseline[1])
+    size, entries = size - baseline[0], entries - baseline[1]
+    # Sizes are allocated blocks, so one file at the RLIMIT_FSIZE cap (cap + 1 bytes) and the
+    # entry file already count cap + 8 KiB: allow a block per entry, or the watchdog would race
+    # the check after the run for a file the rlimit has already stopped (which one reported it
+    # depended on whether a poll fell in the program's last milliseconds).
+    if size > limits.max_output_bytes + 1 + entries * _BLOCK or entries > max_entries:
+        return (
+            f"Expected the work directory to stay within {limits.max_output_bytes} bytes and "
+            f"{max_entries} entries, but it reached {size} bytes and {entries} entries; the "
+            "sandbox was killed"
+        )
+    return None
 
 
 def collect_outputs(out: Path, *, max_bytes: int, max_files: int) -> CollectedOutputs:

@@ -1,13 +1,22 @@
-"""``code.run`` against real bubblewrap and the real object store (s3proxy).
+"""The sandbox contract of ``code.run``, run on both backends against the real thing: bubblewrap
+and the project's own Docker engine (``make up`` starts it and builds the sandbox image), with
+the real object store (s3proxy).
+
+Every test runs once per backend (the module-scoped ``backend`` fixture) with the same
+assertions. Where ADR 0007 documents a real difference (CPU: a CPU-seconds rlimit under
+bubblewrap, a CPU quota under Docker), the test asserts each backend's documented behaviour. A
+backend that is not available fails the tests; nothing is skipped.
 
 Every run here is bounded (seconds) and harmless to the machine: the fork bomb runs with 64
 processes at most and a 3 s wall clock, the memory hog under a 256 MiB data limit, the output
-flood under an 8 MiB cap. Host processes of the sandbox uid are counted before and after.
+flood under an 8 MiB cap. Host processes of the sandbox uid are counted before and after (Docker
+runs containers without a user namespace, so they are the same host uid).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import socket
@@ -24,10 +33,17 @@ from foundation.objectstore import S3BlobStore
 from foundation.settings import Settings
 from node_workers.node import NodeContext, NonRetryableNodeError, RetryableNodeError
 from node_workers.nodes.code_run import CodeRunInput, CodeRunNode
-from node_workers.sandbox import CodeRunRequest, CodeRunResult, SandboxConfig, SandboxRunner
+from node_workers.sandbox import (
+    CodeRunRequest,
+    CodeRunResult,
+    SandboxConfig,
+    SandboxRunner,
+    SandboxUnavailableError,
+)
 from node_workers.sandbox.limits import MIB
 
 PROJECT = Path(__file__).resolve().parents[2]
+BACKENDS = ("bubblewrap", "docker")
 CONFIG = SandboxConfig(backend="bubblewrap", max_output_bytes=8 * MIB, log_cap_bytes=16 * 1024)
 
 
@@ -36,9 +52,21 @@ def store(local_services: Settings) -> S3BlobStore:
     return S3BlobStore(local_services)
 
 
+@pytest.fixture(scope="module", params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
 @pytest.fixture(scope="module")
-def runner(store: S3BlobStore) -> Iterator[SandboxRunner]:
-    runner = SandboxRunner(CONFIG, store=store)
+def runner(backend: str, store: S3BlobStore, local_services: Settings) -> Iterator[SandboxRunner]:
+    config = dataclasses.replace(CONFIG, backend=backend)  # type: ignore[arg-type]
+    runner = SandboxRunner(config, store=store, settings=local_services)
+    try:
+        chosen = runner.backend()
+    except SandboxUnavailableError as exc:
+        pytest.fail(f"the {backend} backend is not available: {exc}", pytrace=False)
+    assert chosen.name == backend
     yield runner
     runner.close()
 
@@ -105,7 +133,8 @@ print(json.dumps(result))
     assert report["connect"] != "connected"
     assert report["connect_s"] < 1.0  # refused/unreachable at once, not a hang
     assert report["dns"] != "resolved"
-    assert len(report["pids"]) <= 4  # its own pid namespace: bwrap's init, launcher, python
+    # Its own pid namespace: an init (bwrap's, docker-init), the launcher, python.
+    assert len(report["pids"]) <= 4
 
 
 def test_writes_outside_the_work_dir_fail(runner: SandboxRunner) -> None:
@@ -138,7 +167,11 @@ print(json.dumps(result))
     assert [o.name for o in result.outputs] == ["ok.txt"]
 
 
-def test_cpu_limit_kills_a_busy_loop(runner: SandboxRunner) -> None:
+def test_cpu_limit_kills_a_busy_loop(runner: SandboxRunner, backend: str) -> None:
+    if backend == "docker":
+        _busy_loop_under_a_cpu_quota(runner)
+        return
+    # bubblewrap (no cgroups): a CPU-seconds budget, RLIMIT_CPU = ceil(cpu * timeoutSec).
     started = time.monotonic()
     result = _run(runner, code="while True: pass", limits={"cpu": 0.5, "timeoutSec": 4})
     elapsed = time.monotonic() - started
@@ -146,6 +179,30 @@ def test_cpu_limit_kills_a_busy_loop(runner: SandboxRunner) -> None:
     assert result.metrics.exit_code == 128 + 24  # SIGXCPU at ceil(0.5 * 4) = 2 CPU-seconds
     assert result.error is not None and "CPU-time limit of 2s" in result.error.message
     assert 1.5 < elapsed < 4.0
+
+
+def _busy_loop_under_a_cpu_quota(runner: SandboxRunner) -> None:
+    """Docker (ADR 0007): ``cpu`` is a real quota (nano_cpus). The busy loop gets 0.5 vCPU, so
+    it never uses more than cpu * timeoutSec = 2 CPU-seconds, which it would reach only at the
+    wall clock: the wall clock ends it, as a timeout (RLIMIT_CPU is a backstop above that)."""
+    code = (
+        "import time\n"
+        "mark = time.monotonic()\n"
+        "while True:\n"
+        "    if time.monotonic() - mark >= 0.1:\n"
+        "        mark = time.monotonic()\n"
+        "        print(time.process_time())\n"
+    )
+    started = time.monotonic()
+    result = _run(runner, code=code, limits={"cpu": 0.5, "timeoutSec": 4})
+    elapsed = time.monotonic() - started
+    assert result.status == "timeout", result
+    assert result.error is not None and result.error.error_class == "CodeTimeout"
+    assert result.metrics.exit_code == -1
+    assert 4.0 <= elapsed < 5.0
+    cpu_seconds = [float(line) for line in result.logs.split()]
+    # Throttled to the quota: about 0.5 CPU-second per second of its ~4 s, never more than 2.
+    assert 1.0 < cpu_seconds[-1] <= 0.5 * 4, cpu_seconds[-5:]
 
 
 def test_memory_limit(runner: SandboxRunner) -> None:
@@ -198,7 +255,8 @@ def test_fork_bomb_is_contained(runner: SandboxRunner) -> None:
         done.set()
         sampler.join()
     elapsed = time.monotonic() - started
-    # Host-side: setpriv/bwrap (1) + the sandbox's own processes (<= 64).
+    # Host-side: setpriv/bwrap (1) + the sandbox's own processes (<= 64; under Docker all of
+    # them, docker-init and the launcher included, are in the container's pids limit).
     assert max(samples) <= 64 + 2, max(samples)
     assert elapsed < 5
     assert result.status in {"timeout", "error"}
@@ -232,7 +290,7 @@ def test_output_size_is_capped(runner: SandboxRunner) -> None:
 
 
 def test_inputs_and_outputs_through_the_object_store(
-    runner: SandboxRunner, store: S3BlobStore
+    runner: SandboxRunner, store: S3BlobStore, backend: str
 ) -> None:
     tag = uuid.uuid4().hex[:8]
     data_uri = store.put(f"test/code-run/{tag}/data.csv", b"a,b\n1,2\n3,4\n")
@@ -256,7 +314,7 @@ def test_inputs_and_outputs_through_the_object_store(
     )
     result = runner.run_sync(request, key_prefix=f"test/{tag}")
     assert result.status == "ok", result
-    assert result.backend == "bubblewrap"
+    assert result.backend == backend
     assert result.logs == "done\n"
     assert [(o.name, o.size) for o in result.outputs] == [("result.json", 10), ("sub/rows.txt", 1)]
     assert result.outputs[0].url == f"s3://reflux/code-run/test/{tag}/out/result.json"

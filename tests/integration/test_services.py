@@ -9,7 +9,10 @@ import redis
 from confluent_kafka.admin import AdminClient
 
 from foundation.settings import Settings
+from infra.services.docker import docker_api
 from infra.services.s3 import S3
+from node_workers.sandbox.image import sandbox_image_tag
+from node_workers.sandbox.limits import DEFAULT_SANDBOX_GID, DEFAULT_SANDBOX_UID
 
 
 def test_kafka_is_apache_kafka_in_kraft_mode(local_services: Settings) -> None:
@@ -47,6 +50,24 @@ def test_s3_put_get_with_boto3(local_services: Settings) -> None:
     got = s3.get_object(Bucket=local_services.s3_bucket, Key=key)["Body"].read()
     assert got == body
     s3.delete_object(Bucket=local_services.s3_bucket, Key=key)
+
+
+def test_docker_is_the_projects_own_engine_with_the_sandbox_image(
+    local_services: Settings,
+) -> None:
+    host = local_services.resolved_docker_host()
+    assert host == f"unix://{local_services.data_dir / 'run' / 'docker.sock'}"
+    client = docker_api(host)
+    try:
+        assert client.ping()
+        info = client.info()
+        assert info["DockerRootDir"] == str((local_services.data_dir / "docker/data").resolve())
+        # Built locally by `make up` (nothing can be pulled), for the sandbox's user.
+        config = client.images.get(sandbox_image_tag()).attrs["Config"]
+        assert config["User"] == f"{DEFAULT_SANDBOX_UID}:{DEFAULT_SANDBOX_GID}"
+        assert config["WorkingDir"] == "/work"
+    finally:
+        client.close()
 
 
 # ClickHouse (chdb) is exercised in test_traces.py: chdb allows one data folder per process,

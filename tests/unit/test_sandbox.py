@@ -1,10 +1,20 @@
 """Pure parts of the code runner: request validation, limit mapping, the bwrap command, result
-classification, log truncation and safe output collection (no sandbox is started here)."""
+classification, log truncation, safe output collection, the docker backend's archive and image
+tag (no sandbox is started here)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import os
+import re
+import signal
 import socket
+import subprocess
+import sys
+import tarfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +36,18 @@ from node_workers.sandbox import (
     build_command,
     resource_limits,
 )
-from node_workers.sandbox.limits import MIB
+from node_workers.sandbox.bubblewrap import LAUNCHER
+from node_workers.sandbox.docker_backend import _work_archive
+from node_workers.sandbox.image import DOCKERFILE, packages, sandbox_image_tag
+from node_workers.sandbox.limits import (
+    DEFAULT_SANDBOX_GID,
+    DEFAULT_SANDBOX_UID,
+    IMAGE_INTERPRETERS,
+    MIB,
+)
 from node_workers.sandbox.logs import HeadTailBuffer
 from node_workers.sandbox.runner import check_policy, exit_hint, result_from_run
-from node_workers.sandbox.workdir import collect_outputs, directory_usage
+from node_workers.sandbox.workdir import collect_outputs, directory_usage, work_overflow
 
 BASE: dict[str, Any] = {"lang": "python", "entry": "main.py", "code": "print(1)"}
 
@@ -363,3 +381,92 @@ def test_collect_outputs_caps(tmp_path: Path) -> None:
     assert too_many.error_class == "TooManyOutputs"
     size, entries = directory_usage(tmp_path)
     assert (size, entries) >= (120, 2)
+
+
+def test_work_overflow_allows_one_file_at_the_fsize_cap(tmp_path: Path) -> None:
+    limits = resource_limits(Limits(), SandboxConfig(max_output_bytes=64 * 1024))
+    (tmp_path / "main.py").write_bytes(b"x" * 10)
+    (tmp_path / "out").mkdir()
+    # RLIMIT_FSIZE stops a file at cap + 1 bytes; the check after the run reports it.
+    (tmp_path / "out" / "big.bin").write_bytes(b"x" * (64 * 1024 + 1))
+    assert work_overflow(tmp_path, limits) is None
+    (tmp_path / "out" / "second.bin").write_bytes(b"x" * 32 * 1024)
+    message = work_overflow(tmp_path, limits)
+    assert message is not None and "the sandbox was killed" in message
+    # What lives in the work directory but is not the program's (Docker's inputs) is excluded.
+    assert work_overflow(tmp_path, limits, baseline=directory_usage(tmp_path / "out")) is None
+
+
+def test_launcher_reporting_on_stderr_joins_the_programs_stderr_to_stdout() -> None:
+    """The docker backend runs the launcher with report fd 2: the container's stderr then
+    carries only the report, and the program's two streams stay one ordered log."""
+    program = "import sys; print('out', flush=True); sys.stderr.write('err\\n'); sys.exit(3)"
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", LAUNCHER, "2", sys.executable, "-c", program],
+        capture_output=True,
+        check=False,
+    )
+    assert done.returncode == 3
+    assert done.stdout == b"out\nerr\n"
+    assert json.loads(done.stderr)["maxrss_kib"] > 0
+
+
+def test_launcher_alarm_ends_a_run_nobody_ended() -> None:
+    started = time.monotonic()
+    launcher = subprocess.Popen(
+        [sys.executable, "-I", "-S", "-c", LAUNCHER, "2:1", "/bin/sleep", "30"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        assert launcher.wait(timeout=10) == -signal.SIGALRM
+        assert 0.9 < time.monotonic() - started < 5
+    finally:
+        # Under Docker, docker-init ends the rest when the launcher goes; here: its group.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(launcher.pid, signal.SIGKILL)
+
+
+def test_docker_work_archive_makes_inputs_read_only(tmp_path: Path) -> None:
+    config = SandboxConfig()
+    job = _job(tmp_path)
+    for folder in (job.host_work / "out", job.host_work / "in", job.host_inputs / "data"):
+        folder.mkdir(parents=True)
+    (job.host_work / "main.py").write_text("print(1)")
+    (job.host_inputs / "data" / "table.csv").write_text("a,b\n")
+    (job.host_work / "out" / "link").symlink_to("/etc/hostname")
+    with tarfile.open(fileobj=io.BytesIO(_work_archive(job, config))) as tar:
+        members = {m.name: (m.type, m.uid, m.gid, m.mode) for m in tar.getmembers()}
+    user = (config.uid, config.gid)
+    assert members == {
+        "main.py": (tarfile.REGTYPE, *user, 0o600),
+        "out": (tarfile.DIRTYPE, *user, 0o700),
+        # Owned by root: the sandbox user can read but neither write nor chmod them.
+        "in": (tarfile.DIRTYPE, 0, 0, 0o755),
+        "in/data": (tarfile.DIRTYPE, 0, 0, 0o755),
+        "in/data/table.csv": (tarfile.REGTYPE, 0, 0, 0o444),
+    }  # and the symlink is not copied in
+
+
+def test_sandbox_image_is_named_by_its_content() -> None:
+    tag = sandbox_image_tag()
+    assert re.fullmatch(r"reflux-sandbox:[0-9a-f]{12}", tag)
+    assert SandboxConfig().image == tag
+    assert {"python3", "nodejs"} <= set(packages())
+    dockerfile = DOCKERFILE.read_text()
+    # The image's user and /work are the sandbox config's ids.
+    assert f"--uid {DEFAULT_SANDBOX_UID}" in dockerfile
+    assert f"--gid {DEFAULT_SANDBOX_GID}" in dockerfile
+    # The launcher and the interpreters the backend runs exist at these paths in Debian.
+    assert set(IMAGE_INTERPRETERS.values()) == {"/usr/bin/python3", "/usr/bin/node", "/bin/bash"}
+
+
+def test_no_docker_engine_is_a_non_retryable_error_with_a_fix(tmp_path: Path) -> None:
+    host = f"unix://{tmp_path}/docker.sock"
+    runner = SandboxRunner(SandboxConfig(backend="docker", docker_host=host))
+    with pytest.raises(SandboxUnavailableError) as caught:
+        runner.backend()
+    assert not caught.value.retryable
+    assert f"no Docker engine answered ping at {host}" in str(caught.value)
+    assert "`make up` starts one" in str(caught.value)
