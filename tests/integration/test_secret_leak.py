@@ -29,9 +29,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from foundation.settings import Settings
-from reflux.dev import DevEngine
-from streams.producer import Producer
-from tests.integration.engine_fixtures import Harness
+from tests.integration.engine_fixtures import Harness, HarnessFactory
 from tests.integration.http_fixtures import HttpTestServer, serve
 
 CORES = {name: uuid.uuid4().hex for name in ("API_TOKEN", "DB_PASSWORD", "OTHER_TOKEN")}
@@ -101,26 +99,17 @@ def secrets_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def harness(
-    kafka_settings: Settings,
-    admin: AdminClient,
-    secrets_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
-) -> Iterator[Harness]:
+    secrets_dir: Path,
+    kafka_settings: Settings,
+    engine_harness: HarnessFactory,  # last: the engine stops before the patches are undone
+) -> Harness:
     caplog.set_level(logging.DEBUG)  # before any component starts: every record is captured
     monkeypatch.setenv("REFLUX_SECRET_API_TOKEN", SECRETS["API_TOKEN"])
     monkeypatch.setenv("REFLUX_SECRET_OTHER_TOKEN", SECRETS["OTHER_TOKEN"])
     settings = kafka_settings.model_copy(update={"secrets_dir": secrets_dir})
-    schema = f"t_{uuid.uuid4().hex[:10]}"
-    engine = DevEngine(settings, schema=schema).start()
-    producer = Producer(settings, client_id="secret-leak-test")
-    try:
-        yield Harness(settings, engine, schema, producer)
-    finally:
-        producer.close()
-        engine.stop()
-        with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    return engine_harness(settings, client_id="secret-leak-test")
 
 
 # -- workflows -------------------------------------------------------------------------------------
