@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +30,7 @@ from confluent_kafka.admin import AdminClient
 from foundation.settings import Settings
 from tests.integration.engine_fixtures import Harness, HarnessFactory
 from tests.integration.http_fixtures import HttpTestServer, serve
+from tests.support.waiting import eventually
 
 CORES = {name: uuid.uuid4().hex for name in ("API_TOKEN", "DB_PASSWORD", "OTHER_TOKEN")}
 # A blank, + / = and a quote and backslash: URL, form and JSON encodings all differ from the raw
@@ -202,48 +202,60 @@ def topic_bytes(settings: Settings, admin: AdminClient) -> dict[str, list[bytes]
     """Every record (value, key, headers) of every topic of this test's prefix, read raw."""
     prefix = settings.topic_prefix + "."
     metadata = admin.list_topics(timeout=10)
-    out: dict[str, list[bytes]] = {}
-    for topic, info in sorted(metadata.topics.items()):
-        if not topic.startswith(prefix):
-            continue
-        consumer = Consumer(
-            {
-                "bootstrap.servers": settings.kafka_bootstrap,
-                "group.id": f"leak-scan-{uuid.uuid4().hex}",
-                "enable.auto.commit": False,
-                # Aborted transactions too: bytes on the broker are what an operator could read.
-                "isolation.level": "read_uncommitted",
-            }
+    return {
+        topic.removeprefix(prefix): _raw_records(settings, topic, sorted(info.partitions))
+        for topic, info in sorted(metadata.topics.items())
+        if topic.startswith(prefix)
+    }
+
+
+def _raw_records(settings: Settings, topic: str, partitions: list[int]) -> list[bytes]:
+    """Values, keys and headers of every record of ``topic``, read to the end it has now."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": f"leak-scan-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            # Aborted transactions too: bytes on the broker are what an operator could read.
+            "isolation.level": "read_uncommitted",
+        }
+    )
+    blobs: list[bytes] = []
+    try:
+        assigned = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions]
+        ends = {p.partition: consumer.get_watermark_offsets(p, timeout=10)[1] for p in assigned}
+        consumer.assign(assigned)
+
+        def behind() -> dict[int, int]:
+            """partition -> position, for the partitions not read to their end yet."""
+            positions = consumer.position([TopicPartition(topic, p) for p in ends if ends[p] > 0])
+            return {tp.partition: tp.offset for tp in positions if tp.offset < ends[tp.partition]}
+
+        def read_more() -> dict[int, int]:
+            if not behind():
+                return {}
+            for message in consumer.consume(500, timeout=0.5):
+                if message.error() is not None:
+                    continue
+                blobs.append(message.value() or b"")
+                blobs.append(message.key() or b"")
+                headers = message.headers() or []
+                items = headers.items() if isinstance(headers, dict) else headers
+                for name, value in items:
+                    data = value.encode() if isinstance(value, str) else (value or b"")
+                    blobs.append(name.encode() + b"=" + data)
+            return behind()
+
+        eventually(
+            read_more,
+            30,
+            f"{topic} read to its end {ends}",
+            until=lambda left: not left,
+            interval=0,  # consume() waits
         )
-        try:
-            partitions = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in info.partitions]
-            ends = {
-                p.partition: consumer.get_watermark_offsets(p, timeout=10)[1] for p in partitions
-            }
-            consumer.assign(partitions)
-            blobs: list[bytes] = []
-            deadline = time.monotonic() + 30
-            while True:
-                positions = consumer.position(
-                    [TopicPartition(topic, p) for p in ends if ends[p] > 0]
-                )
-                if all(tp.offset >= ends[tp.partition] for tp in positions):
-                    break
-                assert time.monotonic() < deadline, f"could not read {topic} to its end"
-                for message in consumer.consume(500, timeout=0.5):
-                    if message.error() is not None:
-                        continue
-                    blobs.append(message.value() or b"")
-                    blobs.append(message.key() or b"")
-                    headers = message.headers() or []
-                    items = headers.items() if isinstance(headers, dict) else headers
-                    for name, value in items:
-                        data = value.encode() if isinstance(value, str) else (value or b"")
-                        blobs.append(name.encode() + b"=" + data)
-            out[topic.removeprefix(prefix)] = blobs
-        finally:
-            consumer.close()
-    return out
+    finally:
+        consumer.close()
+    return blobs
 
 
 def postgres_rows(settings: Settings, schema: str) -> dict[str, list[bytes]]:
