@@ -87,7 +87,7 @@ def test_the_async_wait_lets_other_tasks_run() -> None:
 
         async def producer() -> None:
             for _ in range(3):
-                await asyncio.sleep(0)
+                await asyncio.sleep(0)  # yield to the loop: the wait must let this run
                 box["n"] += 1
 
         task = asyncio.create_task(producer())
