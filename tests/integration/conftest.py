@@ -2,11 +2,15 @@
 
 The session fixture starts them through the project's own scripts (idempotent: a no-op when
 `make up` already ran). A service that cannot start fails the tests; nothing is ever skipped.
+
+Everything a test creates on the shared services is its own and is removed afterwards: topics by
+prefix (``isolated_settings``), engine read models by schema (the harness factory in
+engine_fixtures.py). ``no_leftovers`` checks at the end of the session (of each xdist worker)
+that nothing of this session is left, and fails the run loudly if something is.
 """
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -14,6 +18,7 @@ import pytest
 from foundation.settings import Settings, get_settings
 from infra.services.base import ServiceError
 from infra.stack import up
+from tests.integration.kafka_fixtures import check_session_leftovers, isolated_kafka
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -26,13 +31,25 @@ def local_services() -> Settings:
     return settings
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_leftovers(local_services: Settings) -> Iterator[None]:
+    """After the last test of this process: no topic of this session's prefix and no registered
+    Postgres schema may remain on the shared services (an error at teardown fails the run)."""
+    yield
+    check_session_leftovers(local_services)
+
+
 @pytest.fixture
-def isolated_settings(local_services: Settings) -> Iterator[Settings]:
-    """Settings with a unique topic prefix, so tests never see each other's records."""
-    prefix = f"test-{uuid.uuid4().hex[:8]}"
-    yield local_services.model_copy(update={"topic_prefix": prefix})
+def isolated_settings(
+    local_services: Settings, request: pytest.FixtureRequest
+) -> Iterator[Settings]:
+    """Settings with a unique topic prefix, so tests never see each other's records; every
+    topic of the prefix is deleted after the test, whatever created it."""
+    with isolated_kafka(local_services, request.node.nodeid) as settings:
+        yield settings
 
 
-# Shared Kafka fixtures (kafka_settings, admin, catalog, topics) for every integration test.
-from tests.integration.engine_fixtures import harness  # noqa: E402, F401
+# Shared fixtures (kafka_settings, admin, catalog, topics, the engine harness) for every
+# integration test.
+from tests.integration.engine_fixtures import engine_harness, harness  # noqa: E402, F401
 from tests.integration.kafka_fixtures import admin, catalog, kafka_settings, topics  # noqa: E402, F401

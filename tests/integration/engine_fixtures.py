@@ -1,29 +1,34 @@
 """End-to-end fixtures: the whole engine (DevEngine) on real services, isolated per test.
 
-Each test gets its own topic prefix (so its own topics, consumer groups and cache namespace) and
-its own Postgres schema for the read models.
+One factory starts every engine the tests use (``engine_harness`` for a test, ``running_engine``
+for a wider scope): each engine gets its own topic prefix (so its own topics, consumer groups
+and cache namespace) and its own Postgres schema for the read models. Cleanup is not optional:
+the engine is stopped and its schemas dropped however the test ended, and the topics go with
+the prefix, whose owner (``isolated_settings`` or ``isolated_kafka``) deletes and checks them.
 """
 
 from __future__ import annotations
 
-import time
+import contextlib
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 import pytest
-from confluent_kafka.admin import AdminClient
 
 from foundation.settings import Settings
+from node_workers.registry import NodeRegistry
 from projections.postgres import queries
 from reflux.dev import DevEngine
 from schemas.base import RefluxRecord
 from schemas.models import StartRun, WorkflowRegistered
 from schemas.statuses import TERMINAL_RUN_STATUSES
 from streams.producer import Producer
+from tests.integration.kafka_fixtures import LEDGER, register_schema
+from tests.support.waiting import eventually
 from workflows import parse_workflow
 
 TERMINAL: frozenset[str] = TERMINAL_RUN_STATUSES
@@ -73,47 +78,131 @@ class Harness:
         with self.conn() as conn:
             return list(queries.get_events(conn, run_id, schema=self.schema))
 
+    def _engine_alive(self) -> None:
+        errors = self.engine.errors()
+        if errors:
+            pytest.fail(f"engine component failed: {errors}")
+
     def wait(
         self, run_id: str, statuses: set[str] | None = None, timeout: float = 30.0
     ) -> queries.RunRow:
         """Polls the projection until the run reaches one of ``statuses`` (default: terminal)."""
         wanted = statuses or TERMINAL
-        deadline = time.monotonic() + timeout
-        row = None
-        while time.monotonic() < deadline:
-            row = self.run(run_id)
-            if row is not None and row.status in wanted:
-                return row
-            errors = self.engine.errors()
-            if errors:
-                pytest.fail(f"engine component failed: {errors}")
-            time.sleep(0.05)
-        pytest.fail(f"run {run_id} not in {wanted} after {timeout}s (last: {row})")
+
+        def row() -> queries.RunRow | None:
+            self._engine_alive()
+            return self.run(run_id)
+
+        found = eventually(
+            row,
+            timeout,
+            f"run {run_id} in {sorted(wanted)}",
+            until=lambda r: r is not None and r.status in wanted,
+        )
+        assert found is not None
+        return found
 
     def wait_step(self, run_id: str, step_id: str, status: str, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            step = self.steps(run_id).get(step_id)
-            if step is not None and step.status == status:
-                return
-            time.sleep(0.05)
-        pytest.fail(f"step {step_id} of {run_id} never became {status}: {self.steps(run_id)}")
+        def step() -> queries.StepRow | None:
+            self._engine_alive()
+            return self.steps(run_id).get(step_id)
+
+        eventually(
+            step,
+            timeout,
+            f"step {step_id} of {run_id} to become {status}",
+            until=lambda s: s is not None and s.status == status,
+            describe=lambda: f"steps: {self.steps(run_id)}",
+        )
+
+
+class HarnessFactory(Protocol):
+    def __call__(
+        self,
+        settings: Settings | None = None,
+        *,
+        nodes: NodeRegistry | None = None,
+        client_id: str = "e2e-test",
+        **engine: Any,
+    ) -> Harness:
+        """Start an engine (``engine``: DevEngine's switches) on ``settings`` (default: the
+        test's ``kafka_settings``); it is stopped and cleaned up after the test."""
+
+
+def drop_schemas(settings: Settings, *schemas: str) -> None:
+    with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
+        for schema in schemas:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@contextlib.contextmanager
+def running_engine(
+    settings: Settings,
+    owner: str,
+    *,
+    nodes: NodeRegistry | None = None,
+    client_id: str = "e2e-test",
+    **engine: Any,
+) -> Iterator[Harness]:
+    """The one way tests start a DevEngine. ``settings`` must carry a topic prefix handed out
+    by ``isolated_kafka`` (whose owner deletes the topics); the read-model schema and the
+    ``<schema>_api`` schema an API over it may create are dropped here, always."""
+    assert settings.topic_prefix in LEDGER.prefixes, (
+        f"{settings.topic_prefix!r} is not a test prefix: use isolated_kafka / kafka_settings"
+    )
+    schema = f"t_{uuid.uuid4().hex[:10]}"
+    schemas = (schema, f"{schema}_api")
+    for name in schemas:
+        register_schema(name, owner)
+    dev: DevEngine | None = None
+    producer: Producer | None = None
+    try:
+        dev = DevEngine(settings, nodes=nodes, schema=schema, **engine)
+        dev.start()
+        producer = Producer(settings, client_id=client_id)
+        yield Harness(settings, dev, schema, producer)
+    finally:
+        try:
+            if producer is not None:
+                producer.close()
+        finally:
+            if dev is not None:
+                dev.stop()
+            drop_schemas(settings, *schemas)
 
 
 @pytest.fixture
-def harness(kafka_settings: Settings, admin: AdminClient) -> Iterator[Harness]:
-    # `admin` deletes this test's topics afterwards (thousands of leftover partitions exhaust
-    # the broker's open files on a long-lived development broker).
-    schema = f"t_{uuid.uuid4().hex[:10]}"
-    engine = DevEngine(kafka_settings, schema=schema).start()
-    producer = Producer(kafka_settings, client_id="e2e-test")
-    try:
-        yield Harness(kafka_settings, engine, schema, producer)
-    finally:
-        producer.close()
-        engine.stop()
-        with psycopg.connect(kafka_settings.postgres_dsn, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+def engine_harness(
+    kafka_settings: Settings, request: pytest.FixtureRequest
+) -> Iterator[HarnessFactory]:
+    """Starts engines for this test (see :class:`HarnessFactory`); all are stopped afterwards,
+    before the prefix's topics are deleted."""
+    with contextlib.ExitStack() as stack:
+
+        def start(
+            settings: Settings | None = None,
+            *,
+            nodes: NodeRegistry | None = None,
+            client_id: str = "e2e-test",
+            **engine: Any,
+        ) -> Harness:
+            return stack.enter_context(
+                running_engine(
+                    settings or kafka_settings,
+                    request.node.nodeid,
+                    nodes=nodes,
+                    client_id=client_id,
+                    **engine,
+                )
+            )
+
+        yield start
+
+
+@pytest.fixture
+def harness(engine_harness: HarnessFactory) -> Harness:
+    """The whole engine with the built-in nodes."""
+    return engine_harness()
 
 
 def replayed_state(harness: Harness, run_id: str) -> Any:
@@ -132,15 +221,25 @@ def assert_replay_equivalent(harness: Harness, run_id: str, timeout: float = 10.
     """Live scheduler state == state folded from the projected log == the projection's rows."""
     scheduler = harness.engine.scheduler
     assert scheduler is not None
-    deadline = time.monotonic() + timeout
-    while True:
-        live = scheduler.run_state(run_id)
-        replayed = replayed_state(harness, run_id)
-        if live is not None and replayed is not None and live.last_seq == replayed.last_seq:
-            break
-        if time.monotonic() > deadline:
-            pytest.fail(f"projection of {run_id} never caught up with the scheduler")
-        time.sleep(0.05)
+
+    seen: dict[str, Any] = {}
+
+    def last_seqs() -> tuple[int | None, int | None]:
+        """(live, replayed) last_seq; the states themselves are kept for the comparison."""
+        seen["live"] = live = scheduler.run_state(run_id)
+        seen["replayed"] = replayed = replayed_state(harness, run_id)
+        return (
+            None if live is None else live.last_seq,
+            None if replayed is None else replayed.last_seq,
+        )
+
+    eventually(
+        last_seqs,
+        timeout,
+        f"the projection of {run_id} to catch up with the scheduler (live, projected last_seq)",
+        until=lambda seqs: seqs[0] is not None and seqs[0] == seqs[1],
+    )
+    live, replayed = seen["live"], seen["replayed"]
     assert replayed == live
     run = harness.run(run_id)
     assert run is not None and run.last_seq == live.last_seq

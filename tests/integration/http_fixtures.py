@@ -133,7 +133,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(code, {"status": code, "detail": f"status {code} on request"}, headers=extra)
         elif path == "/slow":
             ms = min(int(arg("ms", "100")), MAX_SLOW_MS)
-            time.sleep(ms / 1000)
+            time.sleep(ms / 1000)  # the slow server is the thing under test, not a wait
             self._send(200, {"slept_ms": ms})
         elif path == "/big":
             size = min(int(arg("bytes", "1024")), MAX_BIG_BYTES)

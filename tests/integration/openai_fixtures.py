@@ -137,7 +137,7 @@ class _Handler(BaseHTTPRequestHandler):
             failure = state.failures.pop(0) if state.failures else None
             delay = state.delay_s
         if delay:
-            time.sleep(delay)
+            time.sleep(delay)  # a slow API is the thing under test, not a wait
         if self.path != "/v1/chat/completions":
             self._error(404, f"no route {self.path}")
         elif headers.get("authorization") != f"Bearer {state.api_key}":

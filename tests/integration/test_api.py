@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -429,21 +428,36 @@ def test_stream_replays_then_ends_after_the_terminal_event(env: Env) -> None:
     assert env.client.get("/v1/runs/nope/stream").status_code == 404
 
 
+def _next_event(lines: Iterator[str]) -> dict[str, str]:
+    """The next SSE event with an id from a live stream's lines (comments and pings skipped)."""
+    block: list[str] = []
+    for line in lines:
+        if line:
+            block.append(line)
+            continue
+        events = _sse("\n".join(block))
+        block = []
+        if events:
+            return events[0]
+    raise AssertionError(f"the stream ended before another event (pending lines: {block})")
+
+
 def test_stream_follows_events_that_arrive_later(env: Env) -> None:
     run_id = _seed_run(env, finish=False)
     tail = _run_log(run_id, _projected_definition(env), finish=True)[3:]
-
-    def later() -> None:
-        time.sleep(0.5)
+    with env.client.stream("GET", f"/v1/runs/{run_id}/stream", params={"after_seq": 1}) as response:
+        assert response.status_code == 200
+        lines = response.iter_lines()
+        # Event 2 is the last one the projection has: the stream replays it and stays open.
+        replayed = _next_event(lines)
+        # Events 3 and 4 are published only now, after the stream has sent event 2: they can
+        # reach it only by following the projection.
         _publish(env.settings, env.catalog.runs.topic, tail)
         env.project()
-
-    thread = threading.Thread(target=later)
-    thread.start()
-    with env.client.stream("GET", f"/v1/runs/{run_id}/stream", params={"after_seq": 1}) as response:
-        events = _sse(response.read().decode())
-    thread.join()
-    assert [e["id"] for e in events] == ["2", "3", "4"]
+        followed = _sse("\n".join(lines))  # to the end: the stream closes after the terminal
+    assert replayed["id"] == "2"
+    assert [e["id"] for e in followed] == ["3", "4"]
+    assert [e["event"] for e in followed] == ["StepSucceeded", "RunSucceeded"]
 
 
 # -- controlling runs ---------------------------------------------------------------------------

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from projections.postgres.writer import load_offsets
 from projections.projector import Projector
 from schemas.models import NodeStatus
 from streams.topics import TopicCatalog
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -87,14 +87,17 @@ def env(kafka_settings: Settings, topics: TopicCatalog) -> Iterator[Env]:
                 _, high = probe.get_watermark_offsets(TopicPartition(topic, p), timeout=5)
                 if high > 0:
                     targets[(topic, p)] = high
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def stored_offsets() -> dict[tuple[str, int], int]:
             with psycopg.connect(kafka_settings.postgres_dsn, autocommit=True) as conn:
-                stored = load_offsets(conn, read_schema, name, watched)
-            if all(stored.get(tp, 0) >= high for tp, high in targets.items()):
-                return
-            time.sleep(0.05)
-        pytest.fail(f"projector did not reach {targets} within {timeout}s")
+                return dict(load_offsets(conn, read_schema, name, watched))
+
+        eventually(
+            stored_offsets,
+            timeout,
+            f"the projector to store offsets up to {targets}",
+            until=lambda stored: all(stored.get(tp, 0) >= high for tp, high in targets.items()),
+        )
 
     api = ApiSettings(read_schema=read_schema, api_schema=api_schema, poll_interval_s=0.05)
     try:

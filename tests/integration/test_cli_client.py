@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from api.app import create_app
 from api.config import ApiSettings
 from reflux.cli import main
 from tests.integration.engine_fixtures import Harness
+from tests.support.waiting import eventually
 
 
 @pytest.fixture
@@ -37,10 +37,13 @@ def api_url(harness: Harness) -> Iterator[str]:
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "API did not start"
-        time.sleep(0.05)
+
+    def started() -> bool:
+        if not server.started and not thread.is_alive():
+            pytest.fail(f"the API server thread ended before listening on port {port}")
+        return server.started
+
+    eventually(started, 20, f"the API to listen on port {port}")
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(10)

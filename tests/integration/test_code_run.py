@@ -41,6 +41,7 @@ from node_workers.sandbox import (
     SandboxUnavailableError,
 )
 from node_workers.sandbox.limits import MIB
+from tests.support.waiting import eventually, eventually_async
 
 PROJECT = Path(__file__).resolve().parents[2]
 BACKENDS = ("bubblewrap", "docker")
@@ -260,10 +261,10 @@ def test_fork_bomb_is_contained(runner: SandboxRunner) -> None:
     assert max(samples) <= 64 + 2, max(samples)
     assert elapsed < 5
     assert result.status in {"timeout", "error"}
-    deadline = time.monotonic() + 3
-    while _sandbox_processes() > baseline and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert _sandbox_processes() == baseline == 0
+    assert baseline == 0
+    eventually(
+        _sandbox_processes, 3, "every sandbox process to be gone", until=lambda n: n == baseline
+    )
 
 
 def test_output_size_is_capped(runner: SandboxRunner) -> None:
@@ -394,10 +395,9 @@ def test_code_run_node(runner: SandboxRunner) -> None:
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.5):
                 await node.execute(params(code="import time; time.sleep(30)"), _ctx())
-        deadline = time.monotonic() + 3
-        while _sandbox_processes() and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        assert _sandbox_processes() == 0
+        await eventually_async(
+            _sandbox_processes, 3, "every sandbox process to be gone", until=lambda n: n == 0
+        )
         assert time.monotonic() - started < 2
 
     asyncio.run(scenario())

@@ -11,9 +11,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +20,10 @@ import psycopg
 import pytest
 
 from foundation.settings import Settings
-from reflux.dev import DevEngine
 from schemas.models import StartRun, WorkflowRegistered
-from streams.producer import Producer
-from tests.integration.engine_fixtures import TERMINAL, Harness, replayed_state
+from tests.integration.engine_fixtures import TERMINAL, HarnessFactory, replayed_state
 from tests.integration.http_fixtures import HttpTestServer, serve
+from tests.support.waiting import eventually
 from workflows import parse_workflow
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,18 +81,20 @@ def http() -> Iterator[HttpTestServer]:
 
 
 def test_kill_9_scheduler_and_worker_with_runs_in_flight(
-    kafka_settings: Settings, http: HttpTestServer, tmp_path: Path
+    engine_harness: HarnessFactory, http: HttpTestServer, tmp_path: Path
 ) -> None:
-    settings = kafka_settings
-    schema = f"t_{uuid.uuid4().hex[:10]}"
     # The projector stays up in this process; scheduler and workers are real processes.
-    engine = DevEngine(
-        settings, schema=schema, scheduler=False, workers=False, trigger_router=False
-    ).start()
+    harness = engine_harness(
+        scheduler=False, workers=False, trigger_router=False, client_id="crash-test"
+    )
+    settings, engine, schema, producer = (
+        harness.settings,
+        harness.engine,
+        harness.schema,
+        harness.producer,
+    )
     scheduler = Process("scheduler", ["scheduler", "--instance-id", "crash"], settings, tmp_path)
     worker = Process("worker", ["worker", "--nodes", "http,transform"], settings, tmp_path)
-    producer = Producer(settings, client_id="crash-test")
-    harness = Harness(settings, engine, schema, producer)
     try:
         definition = parse_workflow(
             {
@@ -154,8 +154,7 @@ def test_kill_9_scheduler_and_worker_with_runs_in_flight(
             worker,
         )
         scheduler.kill9()
-        worker.kill9()
-        time.sleep(1.0)
+        worker.kill9()  # both reaped: nothing of them runs any more, restart at once
         scheduler.start()
         worker.start()
 
@@ -191,10 +190,6 @@ def test_kill_9_scheduler_and_worker_with_runs_in_flight(
     finally:
         scheduler.stop()
         worker.stop()
-        producer.close()
-        engine.stop()
-        with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 class _NoRun:
@@ -210,12 +205,20 @@ def definition_time() -> Any:
     return datetime.now(UTC)
 
 
-def _wait_for(check: Any, timeout: float, what: str, *procs: Process) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
+def _wait_for(check: Callable[[], bool], timeout: float, what: str, *procs: Process) -> None:
+    """Until ``check()`` holds; fails at once if one of ``procs`` exits, and with their log
+    tails on timeout."""
+
+    def alive_and_checked() -> bool:
         for proc in procs:
             if proc.proc is not None and proc.proc.poll() is not None:
                 pytest.fail(f"{proc.name} exited while waiting for {what}:\n{proc.tail()}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}:\n" + "\n".join(p.tail() for p in procs))
-        time.sleep(0.2)
+        return check()
+
+    eventually(
+        alive_and_checked,
+        timeout,
+        what,
+        interval=0.2,
+        describe=lambda: "\n".join(p.tail() for p in procs),
+    )

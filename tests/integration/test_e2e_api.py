@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,6 +16,7 @@ from api.app import create_app
 from api.config import ApiSettings
 from tests.integration.engine_fixtures import Harness, assert_replay_equivalent
 from tests.integration.http_fixtures import serve
+from tests.support.waiting import eventually
 
 SECRET = "s3cret-for-tests"
 
@@ -44,10 +44,12 @@ def _register(api: TestClient, definition: dict[str, Any]) -> dict[str, Any]:
 
 
 def _wait_visible(api: TestClient, workflow_id: str) -> None:
-    deadline = time.monotonic() + 15
-    while api.get(f"/v1/workflows/{workflow_id}").status_code != 200:
-        assert time.monotonic() < deadline, "workflow never reached the projection"
-        time.sleep(0.05)
+    eventually(
+        lambda: api.get(f"/v1/workflows/{workflow_id}").status_code,
+        15,
+        f"workflow {workflow_id} in the projection (GET /v1/workflows/{workflow_id} = 200)",
+        until=lambda status: status == 200,
+    )
 
 
 ECHO = {

@@ -6,7 +6,6 @@ state folded from the projected event log, and the projection's rows agree with 
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -16,6 +15,7 @@ import pytest
 from schemas.models import CancelRun, PauseRun, RedriveStep, ResumeRun, Trigger
 from tests.integration.engine_fixtures import Harness, assert_replay_equivalent
 from tests.integration.http_fixtures import HttpTestServer, serve
+from tests.support.waiting import eventually
 
 
 @pytest.fixture
@@ -256,8 +256,29 @@ def test_pause_and_resume(harness: Harness, http: HttpTestServer) -> None:
     harness.command(PauseRun(run_id=run_id))
     harness.wait(run_id, {"paused"})
     harness.wait_step(run_id, "slow", "succeeded")
-    time.sleep(0.5)
+    # The scheduler schedules a step in the same decision as the result that frees it: once the
+    # projection has every event the scheduler wrote for this run (same last_seq), a wrongly
+    # scheduled "after" would be in it.
+    scheduler = harness.engine.scheduler
+    assert scheduler is not None
+
+    def live_and_projected() -> tuple[int | None, int | None]:
+        live, row = scheduler.run_state(run_id), harness.run(run_id)
+        return (
+            None if live is None else live.last_seq,
+            None if row is None else row.last_seq,
+        )
+
+    eventually(
+        live_and_projected,
+        10,
+        f"the projection of {run_id} to hold every event of the scheduler (live, projected)",
+        until=lambda seqs: seqs[0] is not None and seqs[0] == seqs[1],
+    )
     assert "after" not in harness.steps(run_id), "a paused run must not schedule new steps"
+    live = scheduler.run_state(run_id)
+    assert live is not None
+    assert live.steps["after"].status.value == "pending", live.steps
     assert harness.run(run_id).status == "paused"  # type: ignore[union-attr]
     harness.command(ResumeRun(run_id=run_id))
     run = harness.wait(run_id)
@@ -290,12 +311,11 @@ def test_illegal_command_becomes_a_rejection_event(harness: Harness, http: HttpT
     run_id = harness.start("busy")
     harness.wait_step(run_id, "wait", "dispatched")
     harness.command(ResumeRun(run_id=run_id, command_id="resume-1"))
-    deadline = time.monotonic() + 10
-    rejected: list[Any] = []
-    while time.monotonic() < deadline and not rejected:
-        rejected = [e for e in harness.events(run_id) if e.event_type == "CommandRejected"]
-        time.sleep(0.05)
-    assert rejected, "expected a CommandRejected event"
+    rejected = eventually(
+        lambda: [e for e in harness.events(run_id) if e.event_type == "CommandRejected"],
+        10,
+        "a CommandRejected event",
+    )
     payload = rejected[0].payload
     assert payload["command_id"] == "resume-1"
     assert "Expected run to be paused" in payload["reason"], payload["reason"]

@@ -1,18 +1,23 @@
-"""The chosen Kafka version works with both client stacks the product uses."""
+"""The chosen Kafka version works with both client stacks the product uses.
+
+Topics (faust's own changelog and assignor topics too) are named under the test's prefix, so
+they are deleted with it.
+"""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
-import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from foundation.settings import Settings
+from tests.support.waiting import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,7 +29,13 @@ def _create(settings: Settings, *topics: str) -> None:
         future.result(timeout=30)
 
 
-def _drain(settings: Settings, topic: str, expected: int, timeout: float) -> list[bytes]:
+def _drain(
+    settings: Settings,
+    topic: str,
+    expected: int,
+    timeout: float,
+    describe: Callable[[], str] | None = None,
+) -> list[bytes]:
     consumer = Consumer(
         {
             "bootstrap.servers": settings.kafka_bootstrap,
@@ -35,44 +46,54 @@ def _drain(settings: Settings, topic: str, expected: int, timeout: float) -> lis
     )
     consumer.subscribe([topic])
     values: list[bytes] = []
-    deadline = time.monotonic() + timeout
+
+    def poll() -> int:
+        msg = consumer.poll(0.5)
+        if msg is not None and msg.error() is None and msg.value() is not None:
+            values.append(msg.value() or b"")
+        return len(values)
+
     try:
-        while len(values) < expected and time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is not None and msg.error() is None and msg.value() is not None:
-                values.append(msg.value() or b"")
+        eventually(
+            poll,
+            timeout,
+            f"{expected} records on {topic}",
+            until=lambda n: n >= expected,
+            interval=0,  # poll() waits
+            describe=describe,
+        )
     finally:
         consumer.close()
     return values
 
 
-def test_confluent_kafka_idempotent_round_trip(local_services: Settings) -> None:
-    topic = f"probe-ck-{uuid.uuid4().hex[:8]}"
-    _create(local_services, topic)
+def test_confluent_kafka_idempotent_round_trip(kafka_settings: Settings) -> None:
+    topic = f"{kafka_settings.topic_prefix}.probe-ck"
+    _create(kafka_settings, topic)
     producer = Producer(
-        {"bootstrap.servers": local_services.kafka_bootstrap, "enable.idempotence": True}
+        {"bootstrap.servers": kafka_settings.kafka_bootstrap, "enable.idempotence": True}
     )
     for i in range(1000):
         producer.produce(topic, key=str(i % 7).encode(), value=str(i).encode())
     assert producer.flush(30) == 0
-    values = _drain(local_services, topic, 1000, 30)
+    values = _drain(kafka_settings, topic, 1000, 30)
     assert sorted(int(v) for v in values) == list(range(1000))
 
 
-def test_faust_streaming_agent_with_table(local_services: Settings, tmp_path: Path) -> None:
-    suffix = uuid.uuid4().hex[:8]
-    src, out = f"probe-in-{suffix}", f"probe-out-{suffix}"
-    _create(local_services, src, out)
-    producer = Producer({"bootstrap.servers": local_services.kafka_bootstrap})
+def test_faust_streaming_agent_with_table(kafka_settings: Settings, tmp_path: Path) -> None:
+    prefix = kafka_settings.topic_prefix
+    src, out = f"{prefix}.probe-in", f"{prefix}.probe-out"
+    _create(kafka_settings, src, out)
+    producer = Producer({"bootstrap.servers": kafka_settings.kafka_bootstrap})
     for i in range(200):
         producer.produce(src, key=str(i).encode(), value=str(i).encode())
     assert producer.flush(30) == 0
     env = {
         **os.environ,
-        "PROBE_BROKER": f"kafka://{local_services.kafka_bootstrap}",
+        "PROBE_BROKER": f"kafka://{kafka_settings.kafka_bootstrap}",
         "PROBE_IN": src,
         "PROBE_OUT": out,
-        "PROBE_APP": f"probe-{suffix}",
+        "PROBE_APP": f"{prefix}.probe",  # faust's own topics start with the app id
     }
     log = (tmp_path / "faust.log").open("w")
     worker = subprocess.Popen(
@@ -83,7 +104,13 @@ def test_faust_streaming_agent_with_table(local_services: Settings, tmp_path: Pa
         stderr=subprocess.STDOUT,
     )
     try:
-        values = _drain(local_services, out, 200, 90)
+        values = _drain(
+            kafka_settings,
+            out,
+            200,
+            90,
+            describe=lambda: (tmp_path / "faust.log").read_text()[-3000:],
+        )
     finally:
         worker.terminate()
         worker.wait(30)

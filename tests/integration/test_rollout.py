@@ -9,12 +9,9 @@ what the pure rollout (:func:`processors.node_catalog.choose_version`) predicts 
 from __future__ import annotations
 
 import math
-import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
-import psycopg
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
@@ -23,12 +20,12 @@ from node_workers.node import Node, NodeContext, NodeModel
 from node_workers.registry import NodeRegistry
 from processors.node_catalog import CatalogVersion, choose_version
 from processors.node_catalog.runtime_view import CatalogResolver, NodeCatalogKafkaView
-from reflux.dev import DevEngine
 from schemas.models import NodeCatalogEntry, NodeStatus
 from schemas.trace_json import decode_trace
 from streams.producer import Producer
 from streams.topics import TopicCatalog
-from tests.integration.engine_fixtures import Harness
+from tests.integration.engine_fixtures import Harness, HarnessFactory
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -120,19 +117,8 @@ def test_a_90_10_rollout_over_1000_runs_through_the_kafka_view(
 
 
 @pytest.fixture
-def echo_harness(kafka_settings: Settings) -> Iterator[Harness]:
-    schema = f"t_{uuid.uuid4().hex[:10]}"
-    engine = DevEngine(
-        kafka_settings, nodes=NodeRegistry([EchoV1(), EchoV2()]), schema=schema
-    ).start()
-    producer = Producer(kafka_settings, client_id="rollout-e2e")
-    try:
-        yield Harness(kafka_settings, engine, schema, producer)
-    finally:
-        producer.close()
-        engine.stop()
-        with psycopg.connect(kafka_settings.postgres_dsn, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+def echo_harness(engine_harness: HarnessFactory) -> Harness:
+    return engine_harness(nodes=NodeRegistry([EchoV1(), EchoV2()]), client_id="rollout-e2e")
 
 
 def workflow(workflow_id: str, constraint: str) -> dict[str, Any]:
@@ -143,19 +129,40 @@ def workflow(workflow_id: str, constraint: str) -> dict[str, Any]:
     }
 
 
+PROBE_WORKFLOW = "catalog-probe"
+"""Runs of this workflow only make the schedulers resolve ``echo`` (tests leave them out)."""
+
+
 def settle(harness: Harness, *entries: NodeCatalogEntry) -> None:
-    """Publish catalog entries and wait until a reader sees them; the scheduler's view drains
-    the same topic on its next resolution (it prefetches in the background)."""
+    """Publish catalog entries and wait until every scheduler of the engine routes by them.
+
+    A scheduler reads ``nodes`` when it resolves a node version (at most every 50 ms), not on
+    its own, so each check starts a probe run (``echo@>=1``, valid under every catalog these
+    tests publish), waits until it is decided and then asks the schedulers which entry of each
+    version they hold."""
     publish(harness.settings, harness.engine.catalog, *entries)
-    probe = NodeCatalogKafkaView(harness.settings, harness.engine.catalog)
-    try:
-        probe.catch_up()
-        for record in entries:
-            seen = probe.state.entry(record.name, record.version)
-            assert seen is not None and seen.event_id == record.event_id
-    finally:
-        probe.close()
-    time.sleep(0.5)
+    harness.register(workflow(PROBE_WORKFLOW, ">=1"))
+    schedulers = harness.engine.schedulers
+    assert schedulers, "settle needs an engine with a scheduler"
+
+    def stale_after_a_probe() -> list[str]:
+        harness.wait(harness.start(PROBE_WORKFLOW))
+        return [
+            f"{scheduler.instance_id} routes {record.name}@{record.version} by "
+            f"{scheduler.node_catalog_event_id(record.name, record.version)}, "
+            f"not {record.event_id}"
+            for scheduler in schedulers
+            for record in entries
+            if scheduler.node_catalog_event_id(record.name, record.version) != record.event_id
+        ]
+
+    eventually(
+        stale_after_a_probe,
+        30,
+        "every scheduler to route by the published catalog entries",
+        until=lambda stale: not stale,
+        interval=0,  # each check waits for its probe run
+    )
 
 
 def dispatched(harness: Harness, run_id: str) -> tuple[str, str]:
@@ -164,9 +171,10 @@ def dispatched(harness: Harness, run_id: str) -> tuple[str, str]:
     return events[0].payload["node_version"], events[0].payload["invoke_topic"]
 
 
-def worker_traces(settings: Settings, catalog: TopicCatalog, want: int) -> dict[str, str]:
-    """run id -> node_version of the worker traces of echo (JSON on ``traces``)."""
+def worker_traces(settings: Settings, catalog: TopicCatalog, run_ids: list[str]) -> dict[str, str]:
+    """run id -> node_version of the worker traces of echo (JSON on ``traces``) of ``run_ids``."""
     topic = catalog.traces.topic
+    wanted = set(run_ids)
     consumer = Consumer(
         {
             "bootstrap.servers": settings.kafka_bootstrap,
@@ -175,17 +183,28 @@ def worker_traces(settings: Settings, catalog: TopicCatalog, want: int) -> dict[
         }
     )
     found: dict[str, str] = {}
+
+    def read() -> set[str]:
+        """Consumes what arrived; returns the run ids without a trace yet."""
+        for message in consumer.consume(500, timeout=0.2):
+            if message.error() is not None or not message.value():
+                continue
+            trace = decode_trace(message.value() or b"")
+            echo_run = trace.node == "echo" and trace.invocation_id is not None
+            if echo_run and trace.run_id in wanted:
+                found[trace.run_id] = trace.node_version
+        return wanted - set(found)
+
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-        deadline = time.monotonic() + 20
-        while len(found) < want and time.monotonic() < deadline:
-            for message in consumer.consume(500, timeout=0.2):
-                if message.error() is not None or not message.value():
-                    continue
-                trace = decode_trace(message.value() or b"")
-                if trace.node == "echo" and trace.invocation_id is not None:
-                    found[trace.run_id] = trace.node_version
+        eventually(
+            read,
+            20,
+            f"an echo trace of each of {len(wanted)} runs on {topic}",
+            until=lambda missing: not missing,
+            interval=0,  # consume() waits
+        )
     finally:
         consumer.close()
     return found
@@ -215,7 +234,7 @@ def test_two_majors_side_by_side_split_by_run_id(echo_harness: Harness) -> None:
         assert run.outputs == {"version": version}  # the worker of that version ran it
         assert dispatched(h, run_id) == (version, f"{prefix}.invoke.echo.v{major}")
         assert h.steps(run_id)["say"].node_version == version
-    traces = worker_traces(h.settings, h.engine.catalog, len(ids))
+    traces = worker_traces(h.settings, h.engine.catalog, ids)
     assert {r: traces.get(r) for r in ids} == expected
 
 

@@ -14,21 +14,23 @@ import collections
 import math
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
-import psycopg
 import pytest
-from confluent_kafka.admin import AdminClient
 
-from foundation.settings import Settings
 from node_workers.registry import NodeRegistry
 from processors.node_catalog import CatalogVersion, choose_version
-from reflux.dev import DevEngine
 from schemas.models import NodeStatus, StartRun
-from streams.producer import Producer
-from tests.integration.engine_fixtures import TERMINAL, Harness
-from tests.integration.test_rollout import EchoV1, EchoV2, entry, settle, workflow
+from tests.integration.engine_fixtures import TERMINAL, Harness, HarnessFactory
+from tests.integration.test_rollout import (
+    PROBE_WORKFLOW,
+    EchoV1,
+    EchoV2,
+    entry,
+    settle,
+    workflow,
+)
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -43,44 +45,38 @@ RUN_IDS = uuid.UUID("0b7e1c2a-5d0f-4c55-9a1e-3f6d2b8c4e71")
 
 
 @pytest.fixture
-def echo_engine(kafka_settings: Settings, admin: AdminClient) -> Iterator[Harness]:
-    """The whole engine serving both echo versions; ``admin`` deletes the test's topics after."""
-    schema = f"t_{uuid.uuid4().hex[:10]}"
-    engine = DevEngine(
-        kafka_settings,
-        nodes=NodeRegistry([EchoV1(), EchoV2()]),
-        schema=schema,
-        trigger_router=False,
-    ).start()
-    producer = Producer(kafka_settings, client_id="rollout-runs")
-    try:
-        yield Harness(kafka_settings, engine, schema, producer)
-    finally:
-        producer.close()
-        engine.stop()
-        with psycopg.connect(kafka_settings.postgres_dsn, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+def echo_engine(engine_harness: HarnessFactory) -> Harness:
+    """The whole engine serving both echo versions."""
+    return engine_harness(
+        nodes=NodeRegistry([EchoV1(), EchoV2()]), trigger_router=False, client_id="rollout-runs"
+    )
 
 
 def _finished(h: Harness) -> dict[str, int]:
-    """status -> number of runs in the projection (every run of this schema is this test's)."""
+    """status -> number of runs in the projection (every run of this schema is this test's, but
+    the probe runs of ``settle``)."""
     with h.conn() as conn:
-        rows = conn.execute(f'SELECT status, count(*) FROM "{h.schema}".runs GROUP BY status')
+        rows = conn.execute(
+            f'SELECT status, count(*) FROM "{h.schema}".runs WHERE workflow_id <> %s '
+            "GROUP BY status",
+            (PROBE_WORKFLOW,),
+        )
         return {str(status): int(n) for status, n in rows}
 
 
 def _wait_all_terminal(h: Harness, total: int, deadline: float) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    while time.monotonic() < deadline:
-        counts = _finished(h)
-        if sum(n for status, n in counts.items() if status in TERMINAL) >= total:
-            return counts
+    def counts() -> dict[str, int]:
         errors = h.engine.errors()
         if errors:
             pytest.fail(f"engine component failed: {errors}")
-        time.sleep(0.25)
-    pytest.fail(
-        f"expected {total} finished runs within the budget, but the projection has {counts}"
+        return _finished(h)
+
+    return eventually(
+        counts,
+        deadline - time.monotonic(),
+        f"{total} finished runs in the projection within the budget",
+        until=lambda c: sum(n for status, n in c.items() if status in TERMINAL) >= total,
+        interval=0.25,
     )
 
 
@@ -93,7 +89,9 @@ def _versions_ran(h: Harness) -> dict[str, dict[str, Any]]:
                    s.node_version, s.output ->> 'version', s.attempt
               FROM "{h.schema}".runs r
               LEFT JOIN "{h.schema}".steps s ON s.run_id = r.run_id AND s.step_id = 'say'
-            """
+             WHERE r.workflow_id <> %s
+            """,
+            (PROBE_WORKFLOW,),
         ).fetchall()
         dispatched = collections.defaultdict(list)
         for run_id, version, topic in conn.execute(

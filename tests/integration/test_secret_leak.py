@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,10 +28,9 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from foundation.settings import Settings
-from reflux.dev import DevEngine
-from streams.producer import Producer
-from tests.integration.engine_fixtures import Harness
+from tests.integration.engine_fixtures import Harness, HarnessFactory
 from tests.integration.http_fixtures import HttpTestServer, serve
+from tests.support.waiting import eventually
 
 CORES = {name: uuid.uuid4().hex for name in ("API_TOKEN", "DB_PASSWORD", "OTHER_TOKEN")}
 # A blank, + / = and a quote and backslash: URL, form and JSON encodings all differ from the raw
@@ -101,26 +99,17 @@ def secrets_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def harness(
-    kafka_settings: Settings,
-    admin: AdminClient,
-    secrets_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
-) -> Iterator[Harness]:
+    secrets_dir: Path,
+    kafka_settings: Settings,
+    engine_harness: HarnessFactory,  # last: the engine stops before the patches are undone
+) -> Harness:
     caplog.set_level(logging.DEBUG)  # before any component starts: every record is captured
     monkeypatch.setenv("REFLUX_SECRET_API_TOKEN", SECRETS["API_TOKEN"])
     monkeypatch.setenv("REFLUX_SECRET_OTHER_TOKEN", SECRETS["OTHER_TOKEN"])
     settings = kafka_settings.model_copy(update={"secrets_dir": secrets_dir})
-    schema = f"t_{uuid.uuid4().hex[:10]}"
-    engine = DevEngine(settings, schema=schema).start()
-    producer = Producer(settings, client_id="secret-leak-test")
-    try:
-        yield Harness(settings, engine, schema, producer)
-    finally:
-        producer.close()
-        engine.stop()
-        with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    return engine_harness(settings, client_id="secret-leak-test")
 
 
 # -- workflows -------------------------------------------------------------------------------------
@@ -213,48 +202,60 @@ def topic_bytes(settings: Settings, admin: AdminClient) -> dict[str, list[bytes]
     """Every record (value, key, headers) of every topic of this test's prefix, read raw."""
     prefix = settings.topic_prefix + "."
     metadata = admin.list_topics(timeout=10)
-    out: dict[str, list[bytes]] = {}
-    for topic, info in sorted(metadata.topics.items()):
-        if not topic.startswith(prefix):
-            continue
-        consumer = Consumer(
-            {
-                "bootstrap.servers": settings.kafka_bootstrap,
-                "group.id": f"leak-scan-{uuid.uuid4().hex}",
-                "enable.auto.commit": False,
-                # Aborted transactions too: bytes on the broker are what an operator could read.
-                "isolation.level": "read_uncommitted",
-            }
+    return {
+        topic.removeprefix(prefix): _raw_records(settings, topic, sorted(info.partitions))
+        for topic, info in sorted(metadata.topics.items())
+        if topic.startswith(prefix)
+    }
+
+
+def _raw_records(settings: Settings, topic: str, partitions: list[int]) -> list[bytes]:
+    """Values, keys and headers of every record of ``topic``, read to the end it has now."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": f"leak-scan-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            # Aborted transactions too: bytes on the broker are what an operator could read.
+            "isolation.level": "read_uncommitted",
+        }
+    )
+    blobs: list[bytes] = []
+    try:
+        assigned = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions]
+        ends = {p.partition: consumer.get_watermark_offsets(p, timeout=10)[1] for p in assigned}
+        consumer.assign(assigned)
+
+        def behind() -> dict[int, int]:
+            """partition -> position, for the partitions not read to their end yet."""
+            positions = consumer.position([TopicPartition(topic, p) for p in ends if ends[p] > 0])
+            return {tp.partition: tp.offset for tp in positions if tp.offset < ends[tp.partition]}
+
+        def read_more() -> dict[int, int]:
+            if not behind():
+                return {}
+            for message in consumer.consume(500, timeout=0.5):
+                if message.error() is not None:
+                    continue
+                blobs.append(message.value() or b"")
+                blobs.append(message.key() or b"")
+                headers = message.headers() or []
+                items = headers.items() if isinstance(headers, dict) else headers
+                for name, value in items:
+                    data = value.encode() if isinstance(value, str) else (value or b"")
+                    blobs.append(name.encode() + b"=" + data)
+            return behind()
+
+        eventually(
+            read_more,
+            30,
+            f"{topic} read to its end {ends}",
+            until=lambda left: not left,
+            interval=0,  # consume() waits
         )
-        try:
-            partitions = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in info.partitions]
-            ends = {
-                p.partition: consumer.get_watermark_offsets(p, timeout=10)[1] for p in partitions
-            }
-            consumer.assign(partitions)
-            blobs: list[bytes] = []
-            deadline = time.monotonic() + 30
-            while True:
-                positions = consumer.position(
-                    [TopicPartition(topic, p) for p in ends if ends[p] > 0]
-                )
-                if all(tp.offset >= ends[tp.partition] for tp in positions):
-                    break
-                assert time.monotonic() < deadline, f"could not read {topic} to its end"
-                for message in consumer.consume(500, timeout=0.5):
-                    if message.error() is not None:
-                        continue
-                    blobs.append(message.value() or b"")
-                    blobs.append(message.key() or b"")
-                    headers = message.headers() or []
-                    items = headers.items() if isinstance(headers, dict) else headers
-                    for name, value in items:
-                        data = value.encode() if isinstance(value, str) else (value or b"")
-                        blobs.append(name.encode() + b"=" + data)
-            out[topic.removeprefix(prefix)] = blobs
-        finally:
-            consumer.close()
-    return out
+    finally:
+        consumer.close()
+    return blobs
 
 
 def postgres_rows(settings: Settings, schema: str) -> dict[str, list[bytes]]:

@@ -26,6 +26,7 @@ from streams.dlq import DeadLetterPublisher
 from streams.producer import TYPE_HEADER, DeliveryError, Producer
 from streams.topics import TopicCatalog, TopicSpec
 from tests.integration.kafka_fixtures import admin, catalog, drain, kafka_settings, topics
+from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
 
@@ -117,13 +118,21 @@ def test_poison_records_are_dead_lettered_and_nothing_is_lost(
     with Consumer(
         [topics.commands], group, kafka_settings, catalog=topics, expected=StartRun
     ) as consumer:
-        deadline_polls = 60
-        while totals["processed"] < 5 and deadline_polls:
-            deadline_polls -= 1
+
+        def process() -> dict[str, int]:
             result = consumer.process(handler, timeout=0.3, retry_backoff=0.05)
             totals["processed"] += result.processed
             totals["dead"] += result.dead_lettered
             totals["retried"] += result.retried
+            return dict(totals)
+
+        eventually(
+            process,
+            20,
+            "5 records processed",
+            until=lambda counted: counted["processed"] >= 5,
+            interval=0,  # process() waits
+        )
         committed = consumer.committed()
 
     # Every good record was handled exactly once, in order, despite the poison in between.

@@ -35,6 +35,7 @@ from processors.alerts.rules import AlertRule
 from projections.clickhouse import ClickHouse, connect
 from projections.traces.cli import add_traces_commands
 from projections.traces.migrations import (
+    IngestTuning,
     Migration,
     MigrationError,
     applied_versions,
@@ -59,6 +60,7 @@ from schemas.trace_json import encode_trace
 from streams.admin import ensure_topics
 from streams.producer import Producer
 from streams.topics import TopicCatalog
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -131,15 +133,21 @@ def _send(env: Env, traces: list[Trace]) -> None:
 
 
 def _wait(what: str, check: Callable[[], int], expected: int) -> None:
-    deadline = time.monotonic() + INGEST_TIMEOUT_S
-    value = check()
-    while value != expected:
+    """Until ``check()`` is ``expected``; more than that fails at once (duplicates)."""
+
+    def counted() -> int:
+        value = check()
         if value > expected:
             pytest.fail(f"Expected {expected} {what}, but got {value} (duplicates?)")
-        if time.monotonic() > deadline:
-            pytest.fail(f"Expected {expected} {what} within {INGEST_TIMEOUT_S}s, but got {value}")
-        time.sleep(0.1)
-        value = check()
+        return value
+
+    eventually(
+        counted,
+        INGEST_TIMEOUT_S,
+        f"{expected} {what}",
+        until=lambda value: value == expected,
+        interval=0.1,
+    )
 
 
 BASE = datetime(2025, 3, 4, 10, 0, 0, tzinfo=UTC)
@@ -262,43 +270,141 @@ def test_malformed_messages_go_to_traces_errors_and_later_traces_still_arrive(en
     assert ids == {t.event_id for t in good_before + good_after}
 
 
-def test_restart_resumes_without_loss_or_duplicates(env: Env) -> None:
+FLUSH_MS = 3000
+"""The restart test's Kafka engine writes a block every 3 s: read traces wait that long in the
+engine's pending block, a window to observe and to stop in."""
+
+
+@dataclass(frozen=True)
+class StopPoint:
+    rows: int
+    """Rows in ``traces`` when the stop was decided."""
+    position: int
+    """Messages the Kafka engine had read by then (its consumer's position)."""
+    committed: int
+    """The engine's committed offsets after the stop: where a restart resumes."""
+
+
+def _committed(settings: Settings, database: str, topic: str, partitions: int) -> int:
+    """The traces store's consumer group: its committed offsets, summed over the partitions."""
+    probe = KafkaConsumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": consumer_group(settings, database),
+        }
+    )
+    try:
+        tps = probe.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+    finally:
+        probe.close()
+    return sum(tp.offset for tp in tps if tp.offset > 0)
+
+
+def test_a_stop_mid_ingestion_then_a_restart_loses_and_duplicates_nothing(env: Env) -> None:
+    """The owner stops while its Kafka engine holds traces it has read but not written (seen in
+    ``system.kafka_consumers``: the consumer's position is past the rows written, some blocks
+    already written); after the stop its committed offsets are behind that position, so the
+    restart must read those traces again. More traces are produced while nothing consumes; after
+    the restart every trace is in ``traces`` exactly once."""
     # The owner opens its own session on the same folder: release the module's first.
     env.store.close()
-    owner = TracesOwner(env.settings, database=env.database)
-    counted = lambda: int(  # noqa: E731
-        owner.ch.query(f"SELECT count() AS n FROM {env.database}.traces")[0]["n"]
+    owner = TracesOwner(
+        env.settings, database=env.database, tuning=IngestTuning(flush_interval_ms=FLUSH_MS)
     )
-    stop = threading.Event()
-    serving = threading.Thread(target=owner.run, args=(stop,), kwargs={"report_every_s": 0.2})
-    try:
-        serving.start()
-        deadline = time.monotonic() + 30
-        while not owner.is_open and serving.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert owner.is_open
-        first = [_trace(i) for i in range(3000)]
-        _send(env, first)
-        time.sleep(0.3)
-        stop.set()  # most likely mid-ingestion: some blocks written, others not yet
-        serving.join(timeout=30)
-        assert not serving.is_alive() and not owner.is_open
-        second = [_trace(i) for i in range(3000, 5000)]
-        _send(env, second)  # produced while nothing consumes
+    topic, partitions = env.catalog.traces.topic, env.catalog.traces.partitions
+    sent: list[Trace] = []
 
-        owner.open()
+    def send(n: int) -> None:
+        batch = [_trace(i) for i in range(len(sent), len(sent) + n)]
+        _send(env, batch)
+        sent.extend(batch)
+
+    def counted() -> int:
+        return int(owner.ch.query(f"SELECT count() AS n FROM {env.database}.traces")[0]["n"])
+
+    def committed() -> int:
+        return _committed(env.settings, env.database, topic, partitions)
+
+    def position() -> int:
+        rows = owner.ch.query(
+            "SELECT assignments.current_offset AS offsets FROM system.kafka_consumers "
+            "WHERE database = %(db)s AND table = 'traces_queue'",
+            {"db": env.database},
+        )
+        return sum(offset for row in rows for offset in row["offsets"] if offset > 0)
+
+    def stop_mid_ingestion() -> StopPoint:
+        """Serve until the engine holds read but unwritten traces, then stop at once."""
+        stop = threading.Event()
+        serving = threading.Thread(target=owner.run, args=(stop,), kwargs={"report_every_s": 0.2})
+        serving.start()
+        try:
+
+            def opened() -> bool:
+                if not serving.is_alive() and not owner.is_open:
+                    pytest.fail("the traces owner stopped before it opened the store")
+                return owner.is_open
+
+            eventually(opened, 30, "the traces owner to open the store")
+
+            def rows_and_position() -> tuple[int, int]:
+                rows, read = counted(), position()
+                if rows == len(sent):  # everything sent is written: give it more to read
+                    send(500)
+                return rows, read
+
+            rows, read = eventually(
+                rows_and_position,
+                INGEST_TIMEOUT_S,
+                "the Kafka engine to have written blocks and read traces it has not written "
+                "yet (rows, position)",
+                until=lambda seen: 0 < seen[0] < seen[1],
+                interval=0.02,
+            )
+        finally:
+            stop.set()
+            serving.join(timeout=30)
+        assert not serving.is_alive() and not owner.is_open
+        return StopPoint(rows, read, committed())
+
+    # A block written in the few milliseconds between the observation and the stop would make
+    # this stop not a mid-ingestion one; then it is tried again (each try is a restart too).
+    point = eventually(
+        stop_mid_ingestion,
+        120,
+        "a stop that left read traces uncommitted (committed < position)",
+        until=lambda p: p.committed < p.position,
+        interval=0,
+    )
+    assert 0 < point.rows <= point.committed < point.position <= len(sent), point
+    stopped_at = len(sent)
+    send(2000)  # produced while nothing consumes
+
+    owner.open()
+    try:
         assert applied_versions(owner.ch, env.database).keys() == {1, 2, 3}
-        _wait("rows after restart", counted, len(first) + len(second))
-        time.sleep(2.0)  # a late duplicate would show up now
+        _wait("rows after restart", counted, len(sent))
+        # Everything read is committed: nothing is left that a late duplicate could come from.
+        eventually(
+            committed,
+            INGEST_TIMEOUT_S,
+            f"the engine to commit every trace ({len(sent)})",
+            until=lambda offsets: offsets == len(sent),
+        )
         rows = owner.ch.query(
             f"SELECT count() AS n, uniqExact(event_id) AS ids FROM {env.database}.traces"
         )[0]
-        assert rows == {"n": 5000, "ids": 5000}
+        assert rows == {"n": len(sent), "ids": len(sent)}
         ids = {r["event_id"] for r in owner.ch.query(f"SELECT event_id FROM {env.database}.traces")}
-        assert ids == {t.event_id for t in first + second}
+        assert ids == {t.event_id for t in sent}
         status = ingest_status(owner.ch, database=env.database)
-        assert status.rows == 5000 and status.error_rows == 0
+        assert status.rows == len(sent) and status.error_rows == 0
         assert status.lag_ms_p50 is not None and status.lag_ms_p50 >= 0
+        print(
+            f"\nstopped with {point.rows} rows written, position {point.position}, committed "
+            f"{point.committed} (of {stopped_at} sent); {len(sent) - stopped_at} sent while "
+            f"stopped; {len(sent)} rows after the restart, each once"
+        )
     finally:
         owner.close()
 
@@ -718,11 +824,20 @@ def _read_alert_records(env: Env) -> list[tuple[bytes, Alert]]:
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
         out: list[tuple[bytes, Alert]] = []
         ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p))[1] for p in partitions}
-        deadline = time.monotonic() + 15
-        while len(out) < sum(ends.values()) and time.monotonic() < deadline:
+
+        def read() -> int:
             for message in consumer.consume(100, timeout=0.2):
                 if message.error() is None:
                     out.append((message.key() or b"", decode(message.value() or b"", Alert)))
+            return len(out)
+
+        eventually(
+            read,
+            15,
+            f"every record on {topic} (ends {ends})",
+            until=lambda n: n >= sum(ends.values()),
+            interval=0,  # consume() waits
+        )
         return sorted(out, key=lambda kv: kv[1].at)
     finally:
         consumer.close()
@@ -841,11 +956,12 @@ def test_the_api_runs_the_alert_evaluator_in_process(
     _send(env, failing)
     _wait("attempts in node_metrics_1m", _rollup_attempts(env, "node_metrics_1m"), 30)
     with _api(env, alert_evaluator=True) as api:
-        deadline = time.monotonic() + 30
-        alerts: list[dict[str, Any]] = []
-        while time.monotonic() < deadline and not alerts:
-            alerts = _ok(api.get("/v1/alerts"))["data"]
-            time.sleep(0.2)
+        alerts: list[dict[str, Any]] = eventually(
+            lambda: _ok(api.get("/v1/alerts"))["data"],
+            30,
+            "the in-process evaluator to list an alert",
+            interval=0.2,
+        )
         assert [(a["rule_id"], a["subject"], a["state"]) for a in alerts] == [
             (ERROR_RATE_RULE, "live.node", "firing")
         ]

@@ -36,10 +36,9 @@ from node_workers.webhooks import (
     WebhookWaiter,
     mailbox_keys,
 )
-from reflux.dev import DevEngine
-from streams.admin import admin_client
-from streams.producer import Producer
-from tests.integration.engine_fixtures import Harness, assert_replay_equivalent
+from tests.integration.engine_fixtures import Harness, assert_replay_equivalent, running_engine
+from tests.integration.kafka_fixtures import isolated_kafka
+from tests.support.waiting import eventually
 
 SECRET = "whsec-integration-7f3a"
 
@@ -102,43 +101,33 @@ SHORT_WAIT = {
 
 
 @pytest.fixture(scope="module")
-def settings(local_services: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+def settings(
+    local_services: Settings,
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
+) -> Iterator[Settings]:
+    """The module's settings: its own topic prefix (every topic of it is deleted at the end of
+    the module) and a secrets folder."""
     secrets_dir: Path = tmp_path_factory.mktemp("secrets")
     (secrets_dir / "APPROVAL_HOOK").write_text(SECRET + "\n")
     (secrets_dir / "grants.yaml").write_text("APPROVAL_HOOK: [approval]\n")
-    return local_services.model_copy(
-        update={
-            "topic_prefix": f"test-{uuid.uuid4().hex[:8]}",
-            "default_partitions": 3,
-            "secrets_dir": secrets_dir,
-        }
-    )
+    with isolated_kafka(
+        local_services, request.node.nodeid, default_partitions=3, secrets_dir=secrets_dir
+    ) as isolated:
+        yield isolated
 
 
 @pytest.fixture(scope="module")
-def harness(settings: Settings) -> Iterator[Harness]:
-    schema = f"t_{uuid.uuid4().hex[:10]}"
+def harness(settings: Settings, request: pytest.FixtureRequest) -> Iterator[Harness]:
     # The node gets the engine's settings: the mailbox namespace is the topic prefix, and this
     # test's prefix is not the environment's.
     nodes = NodeRegistry([TransformNode(), WebhookTriggerNode(settings, poll_s=0.2)])
-    engine = DevEngine(settings, nodes=nodes, schema=schema).start()
-    producer = Producer(settings, client_id="webhook-resume-test")
-    harness = Harness(settings, engine, schema, producer)
-    try:
+    with running_engine(
+        settings, request.node.nodeid, nodes=nodes, client_id="webhook-resume-test"
+    ) as harness:
         harness.register(approval())
         harness.register(SHORT_WAIT)
         yield harness
-    finally:
-        producer.close()
-        engine.stop()
-        with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        admin = admin_client(settings)
-        mine = [
-            t for t in admin.list_topics(timeout=10).topics if t.startswith(settings.topic_prefix)
-        ]
-        for future in admin.delete_topics(mine, operation_timeout=10).values():
-            future.result(timeout=15)
 
 
 @pytest.fixture(scope="module")
@@ -187,17 +176,19 @@ def stored_raw(rds: redis.Redis, key: str) -> list[bytes]:
 def wait_taken(rds: redis.Redis, settings: Settings, run_id: str, step_id: str) -> None:
     """Until the waiting attempt took everything from the mailbox and dropped what it refused."""
     keys = mailbox_keys(settings.topic_prefix, run_id, step_id)
-    deadline = time.monotonic() + 10
-    while rds.llen(keys.mailbox) or rds.llen(keys.inflight):
-        assert time.monotonic() < deadline, "the waiting step never took the delivery"
-        time.sleep(0.05)
+    eventually(
+        lambda: (rds.llen(keys.mailbox), rds.llen(keys.inflight)),
+        10,
+        "the waiting step to take every delivery (mailbox, in flight)",
+        until=lambda lengths: lengths == (0, 0),
+    )
 
 
 # -- the run resumes ------------------------------------------------------------------------------
 
 
 def test_a_signed_call_resumes_the_run_and_bad_ones_do_not(
-    harness: Harness, api: TestClient, rds: redis.Redis
+    harness: Harness, api: TestClient, rds: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
     run_id = harness.start("approval", {"order": "o-42"})
     harness.wait_step(run_id, "wait_for_approval", "dispatched")
@@ -206,8 +197,20 @@ def test_a_signed_call_resumes_the_run_and_bad_ones_do_not(
     unsigned = post(api, run_id, "wait_for_approval", {"approved": True}, secret=None)
     unmet = post(api, run_id, "wait_for_approval", {"note": "no decision yet"})
     assert forged["status"] == unsigned["status"] == unmet["status"] == "accepted"
+    # The attempt decides on each delivery as it takes it: all three are refused (its warning
+    # per delivery), and none stays in flight (an accepted one would, until its TTL).
+    refusals = eventually(
+        lambda: [
+            r.getMessage()
+            for r in caplog.records
+            if f"for step wait_for_approval of run {run_id} refused" in r.getMessage()
+        ],
+        10,
+        "the waiting attempt to refuse the forged, unsigned and unmet deliveries",
+        until=lambda refused: len(refused) >= 3,
+    )
+    assert len(refusals) == 3, refusals
     wait_taken(rds, harness.settings, run_id, "wait_for_approval")
-    time.sleep(0.3)  # a wrongly accepted delivery would have been reported by now
     assert harness.steps(run_id)["wait_for_approval"].status == "dispatched"
     assert harness.run(run_id).status == "running"  # type: ignore[union-attr]
 

@@ -21,6 +21,7 @@ from streams.consumer import Consumer
 from streams.producer import Producer
 from streams.topics import TopicCatalog
 from tests.integration.kafka_fixtures import admin, catalog, drain, kafka_settings, topics
+from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -69,11 +70,14 @@ def test_worker_process_serves_and_stops_on_sigterm(
     )
     try:
         invoke = topics.invoke_topic("transform", 1)
-        deadline = time.monotonic() + 20
-        while invoke.topic not in topics_on_broker(kafka_settings):
-            assert process.poll() is None, process.stdout.read()  # type: ignore[union-attr]
-            assert time.monotonic() < deadline, "worker did not create its invoke topic"
-            time.sleep(0.1)
+
+        def invoke_topic_created() -> bool:
+            if process.poll() is not None:
+                output = process.stdout.read()  # type: ignore[union-attr]
+                pytest.fail(f"the worker exited before creating its invoke topic:\n{output}")
+            return invoke.topic in topics_on_broker(kafka_settings)
+
+        eventually(invoke_topic_created, 20, f"the worker to create {invoke.topic}", interval=0.1)
         invocations = [_invocation(n) for n in range(10)]
         with Producer(kafka_settings) as producer:
             for inv in invocations:

@@ -18,20 +18,18 @@ from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 
-import psycopg
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from foundation.settings import Settings
-from reflux.dev import DevEngine
 from schemas import serde
 from schemas.models import NodeResult, StartRun
-from streams.producer import Producer
 from streams.topics import TopicCatalog
-from tests.integration.engine_fixtures import TERMINAL, Harness
+from tests.integration.engine_fixtures import TERMINAL, HarnessFactory
 from tests.integration.http_fixtures import HttpTestServer, serve
-from tests.integration.test_crash_recovery import Process
+from tests.integration.test_crash_recovery import Process, _wait_for
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -83,13 +81,8 @@ def _assignments(admin: AdminClient, group: str) -> dict[str, list[int]]:
 
 
 def _wait(check: Callable[[], bool], deadline: float, what: str, *procs: Process) -> None:
-    while not check():
-        for proc in procs:
-            if proc.proc is not None and proc.proc.poll() is not None:
-                pytest.fail(f"{proc.name} exited while waiting for {what}:\n{proc.tail()}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}:\n" + "\n".join(p.tail() for p in procs))
-        time.sleep(0.1)
+    """Until ``check()`` holds, within what is left of the test's budget (``deadline``)."""
+    _wait_for(check, deadline - time.monotonic(), what, *procs)
 
 
 def _received(proc: Process, group: str) -> int:
@@ -130,33 +123,49 @@ def _results(settings: Settings, catalog: TopicCatalog) -> dict[str, list[NodeRe
         assignment = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions]
         consumer.assign(assignment)
 
-        def behind() -> bool:
+        def behind() -> dict[int, int]:
             # position(), not the last message's offset: it also moves past control records.
             positions = consumer.position(assignment)
-            return any(tp.offset < ends[tp.partition] for tp in positions if ends[tp.partition])
+            return {
+                tp.partition: tp.offset
+                for tp in positions
+                if ends[tp.partition] and tp.offset < ends[tp.partition]
+            }
 
-        deadline = time.monotonic() + 20
-        while behind():
-            if time.monotonic() > deadline:
-                pytest.fail(f"could not read {topic} up to {ends} within 20 s")
+        def read_to_the_end() -> dict[int, int]:
+            """Consumes what arrived; returns the partitions still behind (partition ->
+            position)."""
             for message in consumer.consume(500, timeout=0.2):
                 if message.error() is None:
                     result = serde.decode(message.value() or b"", NodeResult)
                     found[result.invocation_id].append(result)
+            return behind()
+
+        eventually(
+            read_to_the_end,
+            20,
+            f"{topic} read up to {ends}",
+            until=lambda left: not left,
+            interval=0,  # consume() waits
+        )
     finally:
         consumer.close()
     return found
 
 
 def test_kill_9_one_of_two_workers_in_a_group_loses_no_invocation(
-    kafka_settings: Settings, admin: AdminClient, http: HttpTestServer, tmp_path: Path
+    engine_harness: HarnessFactory, admin: AdminClient, http: HttpTestServer, tmp_path: Path
 ) -> None:
-    settings = kafka_settings
     began = time.monotonic()
     deadline = began + BUDGET_S
-    schema = f"t_{uuid.uuid4().hex[:10]}"
     # Scheduler and projector in this process; the two workers are real processes.
-    engine = DevEngine(settings, schema=schema, workers=False, trigger_router=False).start()
+    harness = engine_harness(workers=False, trigger_router=False, client_id="failover-test")
+    settings, engine, schema, producer = (
+        harness.settings,
+        harness.engine,
+        harness.schema,
+        harness.producer,
+    )
     catalog = engine.catalog
     http_group = catalog.worker_group("http.request", 1)
     groups = [catalog.worker_group(node, major) for node, major in NODES.items()]
@@ -167,8 +176,6 @@ def test_kill_9_one_of_two_workers_in_a_group_loses_no_invocation(
         name: Process(name, ["-v", *args, "--client-id", name], settings, tmp_path)
         for name in ("worker-a", "worker-b")
     }
-    producer = Producer(settings, client_id="failover-test")
-    harness = Harness(settings, engine, schema, producer)
     try:
         harness.register(_workflow(http.url))
         for worker in workers.values():
@@ -287,10 +294,6 @@ def test_kill_9_one_of_two_workers_in_a_group_loses_no_invocation(
     finally:
         for worker in workers.values():
             worker.stop()
-        producer.close()
-        engine.stop()
-        with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 class _NoRun:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
@@ -42,6 +43,7 @@ from streams.producer import Producer
 from streams.topics import TopicCatalog
 from tests.integration.http_fixtures import HttpTestServer, http_server
 from tests.integration.kafka_fixtures import admin, catalog, drain, kafka_settings, topics
+from tests.support.waiting import eventually_async
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -433,14 +435,23 @@ def test_rebalance_hands_over_partitions_without_duplicates(
         )
         stop_first, stop_second = asyncio.Event(), asyncio.Event()
         task_first = asyncio.create_task(first.run_forever(stop_first))
-        async with asyncio.timeout(30):
-            while first.stats.results < 3:
-                await asyncio.sleep(0.02)
-            # Joining revokes the first member's partitions while it has invocations in
-            # flight: it must finish them and commit before letting go.
-            task_second = asyncio.create_task(second.run_forever(stop_second))
-            while first.stats.results + second.stats.results < len(invocations):
-                await asyncio.sleep(0.05)
+        began = time.monotonic()
+        await eventually_async(
+            lambda: first.stats.results,
+            30,
+            "3 results from the first member",
+            until=lambda n: n >= 3,
+            interval=0.02,
+        )
+        # Joining revokes the first member's partitions while it has invocations in
+        # flight: it must finish them and commit before letting go.
+        task_second = asyncio.create_task(second.run_forever(stop_second))
+        await eventually_async(
+            lambda: first.stats.results + second.stats.results,
+            30 - (time.monotonic() - began),
+            f"{len(invocations)} results from both members",
+            until=lambda n: n >= len(invocations),
+        )
         stop_first.set()
         stop_second.set()
         await asyncio.gather(task_first, task_second)

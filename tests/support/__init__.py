@@ -1,1 +1,2 @@
-"""Test-only tools: the scheduler simulation and the golden run-log writer."""
+"""Test-only tools: the scheduler simulation, the golden run-log writer and the one wait
+(:func:`tests.support.waiting.eventually`)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 from benchmarks.profiling import (
     CpuSnapshot,
@@ -14,6 +13,7 @@ from benchmarks.profiling import (
     parse_py_spy_raw,
     thread_group,
 )
+from tests.support.waiting import eventually
 
 SCHED = "thread (0x7f01): reflux-scheduler;run (processors/scheduler/runtime/loop.py:{});"
 RAW = "\n".join(
@@ -64,6 +64,8 @@ def test_cpu_delta_and_table() -> None:
 
 
 def test_cpu_snapshot_sees_a_busy_thread_of_this_process() -> None:
+    before = cpu_snapshot({})
+    assert before.services == {}
     stop = threading.Event()
 
     def spin() -> None:
@@ -71,25 +73,17 @@ def test_cpu_snapshot_sees_a_busy_thread_of_this_process() -> None:
             sum(range(1000))
 
     thread = threading.Thread(target=spin, name="bench-spinner")
-    before = cpu_snapshot({})
     thread.start()
-    time.sleep(0.3)
-    stop.set()
-    thread.join()
-    # The spinner's task is gone after join; its CPU shows while it runs, so sample mid-run.
-    assert before.services == {}
-    busy = threading.Event()
-    stop.clear()
-
-    def announce_and_spin() -> None:
-        busy.set()
-        spin()
-
-    thread = threading.Thread(target=announce_and_spin, name="bench-spinner")
-    thread.start()
-    busy.wait()
-    time.sleep(0.3)
-    during = cpu_snapshot({})
-    stop.set()
-    thread.join()
+    try:
+        # Its CPU shows while it runs (its task is gone after join): sample until it shows.
+        during = eventually(
+            lambda: cpu_snapshot({}),
+            10,
+            "a snapshot with more than 0.05 CPU-s of the spinning thread",
+            until=lambda snap: snap.threads.get("bench-spinner", 0.0) > 0.05,
+        )
+    finally:
+        stop.set()
+        thread.join()
     assert during.threads.get("bench-spinner", 0.0) > 0.05
+    assert "bench-spinner" not in cpu_snapshot({}).threads  # joined: its task is gone

@@ -22,7 +22,6 @@ from node_workers.secrets import (
     GrantsFile,
     Redactor,
     SecretGrants,
-    SecretProvider,
     SecretProviderError,
     SecretResolver,
     SecretUnavailable,
@@ -43,16 +42,9 @@ def _resolver(values: dict[str, str], grants: dict[str, Any]) -> SecretResolver:
 
 
 # -- providers -------------------------------------------------------------------------------------
-
-
-def test_env_provider_reads_prefixed_variables(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("REFLUX_SECRET_API_TOKEN", TOKEN)
-    provider = EnvSecretProvider()
-    assert provider.get("API_TOKEN") == TOKEN
-    assert provider.get("NOPE") is None
-    monkeypatch.setenv("REFLUX_SECRET_API_TOKEN", "rotated")
-    assert provider.get("API_TOKEN") == "rotated"  # read at each get
-    assert TOKEN not in repr(provider) and isinstance(provider, SecretProvider)
+# What every provider does (values exact, unknown names None, rotation, removal, repr without
+# values) is the contract suite test_contract_secret_provider.py, run on each of them; here is
+# what only one of them does.
 
 
 def test_file_provider_directory(tmp_path: Path) -> None:

@@ -42,7 +42,7 @@ class _Sleep(Node[_SleepIn, _SleepOut]):
         if params.metric is not None:
             ctx.record("m", params.metric)
             ctx.cost_tokens = 42
-        await asyncio.sleep(params.seconds)
+        await asyncio.sleep(params.seconds)  # a node that takes time: under test, not a wait
         if params.fail:
             raise RetryableNodeError("flaky", error_class=params.fail)
         if params.crash:

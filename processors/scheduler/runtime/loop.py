@@ -436,6 +436,12 @@ class SchedulerRuntime:
             return None
         return self.states.get(partition, {}).get(run_id)
 
+    def node_catalog_event_id(self, name: str, version: str) -> str | None:
+        """The event id of the ``nodes`` entry this scheduler now routes ``name@version`` by
+        (``None``: not seen yet). An observable for tests; the view is read at resolutions."""
+        entry = self._nodes.state.entry(name, version)
+        return None if entry is None else entry.event_id
+
     def close(self) -> None:
         try:
             self.consumer.close()
