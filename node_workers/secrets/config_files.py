@@ -6,6 +6,7 @@ echo the offending line the way YAML's own messages do: errors give the position
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,16 @@ def load_config_file(path: Path, what: str) -> Any:
         ) from None
     except UnicodeDecodeError:
         raise ConfigurationError(f"Expected {what} {path} to be UTF-8 text") from None
+    if path.suffix == ".json":
+        # YAML reads JSON too, but splits a surrogate-pair escape ("\\ud83d\\ude00", what
+        # json.dumps writes for characters beyond U+FFFF) into two lone surrogates.
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigurationError(
+                f"Expected {what} {path} to be JSON, but it does not parse "
+                f"(line {exc.lineno}, column {exc.colno})"
+            ) from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:

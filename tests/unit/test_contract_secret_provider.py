@@ -162,20 +162,9 @@ def test_a_set_secret_is_returned_exactly(source: Source, name: str) -> None:
     assert source.provider.get(name) == VALUES[name]
 
 
-def test_a_secret_beyond_the_basic_plane_is_returned_exactly(
-    source: Source, request: pytest.FixtureRequest
-) -> None:
-    if source.kind == "json":
-        # A product bug this suite found: FileSecretProvider parses every mapping file with
-        # yaml.safe_load, which does not join a JSON surrogate pair ("\\ud83d\\udd11", what
-        # json.dumps writes by default) into one character, so the value comes back as two
-        # lone surrogates. node_workers/secrets.py is being reworked elsewhere; strict, so the
-        # fix turns this into a failure that asks for the marker to go.
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True, reason="JSON mapping files are parsed as YAML: surrogate pairs split"
-            )
-        )
+def test_a_secret_beyond_the_basic_plane_is_returned_exactly(source: Source) -> None:
+    # JSON files used to be read by YAML, which split json.dumps' surrogate-pair escapes into
+    # two lone surrogates.
     source.set("EMOJI", ASTRAL)
     # Compared as ascii(): exact all the same, and a wrong value with lone surrogates cannot
     # be sent to the xdist controller as text (it cannot be encoded as UTF-8).
