@@ -37,13 +37,13 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Final, Literal, Self
+from typing import Any, Final, Literal
 
 import psycopg
 from confluent_kafka import OFFSET_BEGINNING, KafkaException, Message, TopicPartition
 from confluent_kafka import Consumer as KafkaConsumer
 
+from foundation.closing import Closing
 from foundation.errors import (
     ConfigurationError,
     NonRetryableError,
@@ -142,7 +142,7 @@ class Progress:
     stats: ProjectorStats
 
 
-class Projector:
+class Projector(Closing):
     """Consumes ``runs`` + ``workflows`` + ``nodes`` into Postgres; see the module docstring."""
 
     def __init__(
@@ -315,17 +315,6 @@ class Projector:
             log.debug("could not release advisory locks: %s", exc)
         finally:
             conn.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- assignment ----------------------------------------------------------------------------
 

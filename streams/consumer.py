@@ -28,12 +28,12 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final
 
 from confluent_kafka import Consumer as _KafkaConsumer
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
+from foundation.closing import Closing
 from foundation.errors import NonRetryableError, ServiceUnavailableError, classify
 from foundation.settings import Settings, get_settings
 from schemas import serde
@@ -200,7 +200,7 @@ def consume_messages(
     return good
 
 
-class Consumer:
+class Consumer(Closing):
     """Subscribes to topics in a consumer group; see the module docstring for the contract."""
 
     def __init__(
@@ -409,14 +409,6 @@ class Consumer:
                 if self._owned_producer is not None:
                     self._owned_producer.close()
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        # On error, do not commit: the records were possibly not processed.
-        self.close(commit=exc is None)
+    def close_after_error(self, error: BaseException) -> None:
+        # Do not commit: the records were possibly not processed.
+        self.close(commit=False)

@@ -14,12 +14,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final
 
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka import Producer as _KafkaProducer
 
+from foundation.closing import Closing
 from foundation.errors import ConfigurationError, RefluxError
 from foundation.settings import Settings, get_settings
 from schemas import serde
@@ -125,7 +125,7 @@ def _failure(topic: str, key: bytes | None, error: KafkaError) -> DeliveryFailur
     )
 
 
-class Producer:
+class Producer(Closing):
     """Sends records and raw bytes; see the module docstring for the failure contract."""
 
     def __init__(
@@ -241,18 +241,7 @@ class Producer:
             self._closed = True
             self._producer.close()
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc is None:
-            self.close()
-            return
+    def close_after_error(self, error: BaseException) -> None:
         # Already failing: still try to deliver, but do not mask the original error.
         with contextlib.suppress(RefluxError):
             self.close()

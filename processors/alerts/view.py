@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from types import TracebackType
-from typing import Self
 
+from foundation.closing import Closing
 from foundation.errors import ServiceUnavailableError
 from foundation.settings import Settings
 from processors.alerts.records import from_record
@@ -33,7 +32,7 @@ class AlertsViewError(ServiceUnavailableError):
     error_class = "AlertsView"
 
 
-class AlertsView:
+class AlertsView(Closing):
     """Thread-safe: API requests call :meth:`catch_up` and read concurrently."""
 
     def __init__(
@@ -95,14 +94,3 @@ class AlertsView:
     def close(self) -> None:
         with self._lock:
             self._reader.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

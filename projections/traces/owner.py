@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from types import TracebackType
 from typing import Self
 
+from foundation.closing import Closing
 from foundation.errors import RefluxError
 from foundation.settings import Settings
 from projections.clickhouse import ClickHouse, connect
@@ -32,7 +32,7 @@ __all__ = ["TracesOwner"]
 log = logging.getLogger(__name__)
 
 
-class TracesOwner:
+class TracesOwner(Closing):
     def __init__(
         self,
         settings: Settings,
@@ -113,11 +113,3 @@ class TracesOwner:
     def __enter__(self) -> Self:
         self.open()
         return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
