@@ -5,9 +5,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-# Two processes, one test file each at a time (--dist loadfile keeps a module, and so the one
-# process that may own a chdb store, together): the integration tests mostly wait on Kafka.
-PYTEST_PARALLEL := -n 2 --dist loadfile
+# Three processes on two cores, one test file each at a time (--dist loadfile keeps a module, and
+# so the one process that may own a chdb store, together): the integration tests mostly wait on
+# Kafka, so a third process overlaps waits (measured: 225 s with two, 168 s with three).
+PYTEST_PARALLEL := -n 3 --dist loadfile
 
 .PHONY: help venv up down status lint typecheck test test-unit test-integration demo bench bench-quick clean codegen
 
