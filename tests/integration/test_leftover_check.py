@@ -20,6 +20,7 @@ from tests.integration.kafka_fixtures import (
     register_schema,
     session_topics,
 )
+from tests.support.waiting import eventually
 
 
 def test_a_topic_left_under_the_session_prefix_fails_the_check(
@@ -32,7 +33,13 @@ def test_a_topic_left_under_the_session_prefix_fails_the_check(
         admin = admin_client(settings)
         for future in admin.create_topics([NewTopic(topic, 1, 1)]).values():
             future.result(timeout=30)
-        assert topic in session_topics(settings)
+        # A created topic reaches the metadata every client reads a moment later.
+        eventually(
+            lambda: session_topics(settings),
+            timeout=10,
+            what=f"the broker's metadata to list {topic}",
+            until=lambda topics: topic in topics,
+        )
         with pytest.raises(pytest.fail.Exception) as failed:
             check_session_leftovers(settings, timeout=0.5)
         message = str(failed.value)
