@@ -305,6 +305,11 @@ class TransactionalProducer(Producer):
                     and not error.txn_requires_abort()
                 ):
                     continue
+                failures, self._failures = self._failures, []
+                if failures and not (isinstance(error, KafkaError) and error.fatal()):
+                    # The commit failed because messages did: say which and why (a record
+                    # over the topic's limit is not the same as a broker that timed out).
+                    raise DeliveryError(failures, f" (transaction not committed: {exc})") from exc
                 raise
         failures, self._failures = self._failures, []
         if failures:

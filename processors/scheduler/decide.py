@@ -999,7 +999,8 @@ def fail_input(
 
     ``prefix``: the decision's first events, which can be written (kept, with the
     ``invocations`` of the steps they dispatched); ``step_id`` / ``attempt``: the step the
-    refused record belongs to, when known. Then:
+    refused record belongs to, when known (for a ``NodeResult``, by default the step whose
+    current attempt it reports on). Then:
 
     - a command that changed nothing (empty ``prefix``) is rejected: ``CommandRejected`` with
       ``"[ErrorClass] message"``, and the run carries on as it was;
@@ -1009,6 +1010,11 @@ def fail_input(
       written: the decision has no event and the runtime dead-letters the input.
     """
     current = fold(prefix, state) if prefix else state
+    if step_id is None and isinstance(input, NodeResult) and current is not None:
+        # A result that could not be decided fails the attempt it reports on (if current).
+        reported = current.steps.get(input.step.step_id)
+        if reported is not None and reported.invocation_id == input.invocation_id:
+            step_id, attempt = reported.step_id, input.attempt
     w = _Writer(state=current, ctx=ctx, run_id=input.run_id, causation=_causation_of(input))
     w.events.extend(prefix)
     w.invocations.extend(invocations)

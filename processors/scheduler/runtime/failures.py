@@ -170,6 +170,12 @@ class Backoff:
         self.failures = 0
 
 
+def _first_line(exc: BaseException) -> str:
+    if isinstance(exc, DeliveryError) and exc.failures:
+        return "; ".join(str(f) for f in exc.failures[:3])
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
 Coordinates = tuple[str, int, int]
 """(topic, partition, offset) of a consumed input."""
 
@@ -184,8 +190,11 @@ class Strike:
 
     error_class: str
     message: str
+    topics: frozenset[str] = frozenset()
+    """Topics the broker refused records on (from the delivery reports), when known."""
     level: int = 1
-    """1: write the failure on its run; 2: even that failed, dead-letter the input only."""
+    """1: fail the records bound for ``topics`` (or else the whole input) on the run;
+    2: even that was refused, dead-letter the input only."""
 
 
 class Isolation:
@@ -213,11 +222,16 @@ class Isolation:
             key = (topic, partition)
             self.marks[key] = max(self.marks.get(key, -1), offset)
 
-    def strike(self, message: Message, failure: ErrorClassification, detail: str) -> Strike:
+    def strike(self, message: Message, failure: ErrorClassification, exc: BaseException) -> Strike:
         key = coordinates(message)
         strike = self.strikes.get(key)
         if strike is None:
-            strike = self.strikes[key] = Strike(failure.error_class, detail)
+            topics = (
+                frozenset(f.topic for f in exc.failures if f.topic != "*")
+                if isinstance(exc, DeliveryError)
+                else frozenset()
+            )
+            strike = self.strikes[key] = Strike(failure.error_class, _first_line(exc), topics)
         else:
             strike.level += 1
         return strike

@@ -64,6 +64,7 @@ from processors.scheduler.runtime.failures import (
     Backoff,
     Isolation,
     PayloadTooLargeError,
+    Strike,
     classify_failure,
     coordinates,
     is_fatal,
@@ -367,29 +368,24 @@ class SchedulerRuntime:
             self._fired.discard(record.timer_id)
         state = batch.state_of(record.run_id, self.states.get(partition, {}))
         strike = self._isolation.strikes.get(coordinates(message))
-        if strike is not None:
-            # This input's own transaction was refused: write its failure instead (level 1),
-            # or, if even that was refused, only dead-letter it (level 2).
-            self._write_failure(
-                _Failure(strike.error_class, strike.message),
-                message,
-                record,
-                state,
-                batch,
-                dead_letter_only=strike.level >= 2,
-            )
+        if strike is not None and strike.level >= 2:
+            # Even writing this input's failure was refused: dead-letter it, nothing else.
+            failure = _Failure(strike.error_class, strike.message)
+            self._write_failure(failure, message, record, state, batch, dead_letter_only=True)
             return
         decision: Decision | None = None
         try:
             decision = decide(state, record, self._context())
             decision = self._answer_cache(decision, batch)
-            records = self._records(decision, partition)
+            # After a refused commit (a strike), the records bound for the refusing topics
+            # fail their step; the rest of the decision stands.
+            records = self._records(decision, partition, refused=strike)
         except WorkflowValidationError as exc:
             self._dead_letter(message, "WorkflowInvalid", str(exc), batch)
             return
-        except _OversizedError as too_large:
+        except _RecordRefusedError as refused:
             assert decision is not None
-            failure = too_large.failure()
+            failure = refused.failure()
             self._write_failure(failure, message, record, state, batch, decision=decision)
             return
         except Exception as exc:
@@ -403,6 +399,12 @@ class SchedulerRuntime:
             )
             detail = str(exc) or type(exc).__name__
             self._write_failure(_Failure(found.error_class, detail), message, record, state, batch)
+            return
+        if strike is not None:
+            # Refused alone, but none of its records goes where the broker refused: fail the
+            # input as a whole rather than try the same transaction again.
+            failure = _Failure(strike.error_class, strike.message)
+            self._write_failure(failure, message, record, state, batch)
             return
         self._send(records)
         self._applied(decision, partition, batch)
@@ -513,18 +515,21 @@ class SchedulerRuntime:
             output_ref=ref,
         )
 
-    def _records(self, decision: Decision, partition: int) -> list[_Out]:
+    def _records(
+        self, decision: Decision, partition: int, refused: Strike | None = None
+    ) -> list[_Out]:
         """Everything ``decision`` writes, encoded and size-checked; nothing is sent yet.
 
-        Raises :class:`_OversizedError` at the first event or invocation over the message limit (the
-        decision's events before it can still be written); an oversized trace is dropped.
+        Raises :class:`_RecordRefusedError` at the first event or invocation over the message
+        limit, or (``refused``) bound for a topic whose broker refused this input's records
+        before; the decision's events before it can still be written. An oversized trace is
+        dropped.
         """
         out: list[_Out] = []
         dispatched: dict[str, int] = {}
         for index, event in enumerate(decision.events):
             record = self._encoded(self.catalog.runs.topic, event.run_id, event, partition)
-            if record.size > self.max_message_bytes:
-                raise _OversizedError(index, event, record.size, self.max_message_bytes)
+            self._check(index, event, record, refused)
             if isinstance(event, StepDispatched):
                 dispatched[event.invocation_id] = index
             out.append(record)
@@ -532,9 +537,9 @@ class SchedulerRuntime:
             topic = self._invoke_topic_of(decision, invocation)
             value = self._claim_check(invocation)
             record = self._encoded(topic, invocation.run_id, value, None)
-            if record.size > self.max_message_bytes:
-                index = dispatched.get(invocation.invocation_id, len(decision.events))
-                raise _OversizedError(index, value, record.size, self.max_message_bytes)
+            # Cut before the StepDispatched of the invocation: the step fails instead.
+            index = dispatched.get(invocation.invocation_id, len(decision.events))
+            self._check(index, value, record, refused)
             out.append(record)
         if decision.state is not None and decision.events:
             for trace in traces_for(decision.events, decision.state):
@@ -547,6 +552,24 @@ class SchedulerRuntime:
                 topic = self.catalog.traces.topic
                 out.append(_Out(topic, trace.node.encode(), data, headers, None, size))
         return out
+
+    def _check(self, index: int, value: RefluxRecord, record: _Out, refused: Strike | None) -> None:
+        if record.size > self.max_message_bytes:
+            raise _RecordRefusedError(
+                index,
+                value,
+                PayloadTooLargeError.error_class,
+                f"it is {record.size} bytes, over Kafka's {self.max_message_bytes}-byte message "
+                "limit (large step params and outputs travel by claim check; run inputs, "
+                "outputs and definitions must stay under the limit)",
+            )
+        if refused is not None and record.topic in refused.topics:
+            raise _RecordRefusedError(
+                index,
+                value,
+                refused.error_class,
+                f"the broker refused it on {record.topic}: {refused.message}",
+            )
 
     @staticmethod
     def _encoded(topic: str, key: str, value: RefluxRecord, partition: int | None) -> _Out:
@@ -641,7 +664,7 @@ class SchedulerRuntime:
         )
         self.invoke_topics.forget()  # a topic deleted meanwhile is created again
         if len(messages) == 1 and not timers:
-            strike = self._isolation.strike(messages[0], failure, str(exc))
+            strike = self._isolation.strike(messages[0], failure, exc)
             if strike.level > 2:
                 # Even a dead letter alone was refused: nothing is left but to wait (never
                 # skip an input: that would lose it).
@@ -754,30 +777,26 @@ class _Failure(NamedTuple):
     attempt: int | None = None
 
 
-class _OversizedError(PayloadTooLargeError):
-    """A record of a decision is over the message limit (raised by ``_records``; the runtime
-    turns it into a :class:`_Failure` that keeps the events before it)."""
+class _RecordRefusedError(NonRetryableError):
+    """A record of a decision cannot be written (raised by ``_records``); the runtime turns it
+    into a :class:`_Failure` that keeps the decision's events before it."""
 
-    def __init__(self, index: int, record: RefluxRecord, size: int, limit: int) -> None:
-        super().__init__(f"{type(record).__name__} is {size} bytes, over {limit}")
+    def __init__(self, index: int, record: RefluxRecord, error_class: str, reason: str) -> None:
+        run_id = getattr(record, "run_id", None)
+        seq = getattr(record, "seq", None)
+        super().__init__(
+            f"Expected to write {type(record).__name__} (seq {seq}) of run {run_id!r}, but "
+            f"{reason}",
+            error_class=error_class,
+        )
         self.index = index
         self.record = record
-        self.size = size
-        self.limit = limit
 
     def failure(self) -> _Failure:
         step = getattr(self.record, "step", None)
-        seq = getattr(self.record, "seq", None)
-        run_id = getattr(self.record, "run_id", None)
-        detail = (
-            f"Expected {type(self.record).__name__} (seq {seq}) of run {run_id!r} "
-            f"to fit Kafka's {self.limit}-byte message limit, but it is {self.size} bytes; "
-            "large step params and outputs travel by claim check, but run inputs, outputs and "
-            "definitions must stay under the limit"
-        )
         return _Failure(
-            PayloadTooLargeError.error_class,
-            detail,
+            self.error_class,
+            str(self),
             keep=self.index,
             step_id=step.step_id if step is not None else None,
             attempt=getattr(self.record, "attempt", None),
