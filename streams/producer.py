@@ -305,8 +305,9 @@ class TransactionalProducer(Producer):
                     and not error.txn_requires_abort()
                 ):
                     continue
-                failures, self._failures = self._failures, []
-                if failures and not (isinstance(error, KafkaError) and error.fatal()):
+                fatal = isinstance(error, KafkaError) and error.fatal()
+                failures = [] if fatal else self.take_failures(min(timeout, 5.0))
+                if failures:
                     # The commit failed because messages did: say which and why (a record
                     # over the topic's limit is not the same as a broker that timed out).
                     raise DeliveryError(failures, f" (transaction not committed: {exc})") from exc
@@ -321,6 +322,16 @@ class TransactionalProducer(Producer):
                 len(failures),
                 "; ".join(str(f) for f in failures[:5]),
             )
+
+    def take_failures(self, timeout: float = 5.0) -> list[DeliveryFailure]:
+        """The failed deliveries of the current transaction, which just failed: serves the
+        delivery reports still due (waiting up to ``timeout`` for messages in flight) and hands
+        them over. A transaction that failed because a record did (over a topic's limit, to a
+        missing topic) is then explained by that record, not by the error that surfaced later
+        (e.g. ``_STATE`` from the next ``produce``)."""
+        self._producer.flush(timeout)
+        failures, self._failures = self._failures, []
+        return failures
 
     def abort(self, timeout: float = 30.0) -> None:
         self._producer.abort_transaction(timeout)

@@ -11,6 +11,7 @@ aborted transactions.
 from __future__ import annotations
 
 import os
+import socket
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -20,12 +21,14 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
+from foundation.objectstore import S3BlobStore
 from foundation.settings import Settings
 from node_workers.node import Node, NodeContext, NodeModel
 from node_workers.registry import NodeRegistry, default_registry
 from processors.scheduler.decide import decide
 from processors.scheduler.runtime import loop as scheduler_loop
 from processors.scheduler.runtime.loop import SchedulerRuntime
+from processors.scheduler.runtime.recovery import rebuild_partitions
 from streams.admin import admin_client
 from tests.integration.engine_fixtures import Harness, HarnessFactory, assert_replay_equivalent
 from tests.integration.http_fixtures import HttpTestServer, serve
@@ -97,6 +100,19 @@ def echo_workflow(workflow_id: str, node: str, text: Any = "hi") -> dict[str, An
             {"id": "say", "node": f"{node}@^1", "params": {"text": text}, "needs": ["first"]},
         ],
         "outputs": {"text": "{{ steps.say.output.text }}"},
+    }
+
+
+def big_workflow(http: HttpTestServer, size: int) -> dict[str, Any]:
+    """An upstream output of ``size`` bytes used as the downstream step's params."""
+    fetch = {"url": f"{http.url}/big?bytes={size}&json=1", "max_response_bytes": size + 1000}
+    return {
+        "id": "big",
+        "steps": [
+            {"id": "fetch", "node": "http.request@^1", "params": fetch},
+            transform("size", "length(data)", "{{ steps.fetch.output.body }}", needs=["fetch"]),
+        ],
+        "outputs": {"size": "{{ steps.size.output.result }}"},
     }
 
 
@@ -176,23 +192,7 @@ def test_big_params_and_missing_invoke_topics_end_clearly_while_100_runs_succeed
     scheduler = scheduler_of(harness)
     assert topic_partitions(admin, late_topic) is None  # nobody created it: no worker serves it
     harness.register(ORDINARY)
-    harness.register(
-        {
-            "id": "big",
-            "steps": [
-                {
-                    "id": "fetch",
-                    "node": "http.request@^1",
-                    "params": {
-                        "url": f"{http.url}/big?bytes={BIG_BYTES}&json=1",
-                        "max_response_bytes": BIG_BYTES + 1000,
-                    },
-                },
-                transform("size", "length(data)", "{{ steps.fetch.output.body }}", needs=["fetch"]),
-            ],
-            "outputs": {"size": "{{ steps.size.output.result }}"},
-        }
-    )
+    harness.register(big_workflow(http, BIG_BYTES))
     harness.register(echo_workflow("late", "late.echo"))
     harness.register(echo_workflow("clash", "clash.echo"))
 
@@ -339,3 +339,67 @@ def test_a_bug_in_decide_and_a_record_the_broker_refuses_fail_only_their_runs(
         f"40 ordinary runs succeeded; failed inputs={stats.failed_inputs}, "
         f"aborted={stats.aborted}, isolated batches={stats.isolated_batches}"
     )
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (connections are refused at once)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def test_an_unreachable_object_store_is_retried_with_backoff_and_rebuilds_nothing(
+    engine_harness: HarnessFactory,
+    kafka_settings: Settings,
+    http: HttpTestServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rebuilt: list[list[int]] = []
+    real_rebuild = rebuild_partitions
+
+    def counting_rebuild(settings: Settings, topic: str, partitions: Any, **kw: Any) -> Any:
+        rebuilt.append(sorted(partitions))
+        return real_rebuild(settings, topic, partitions, **kw)
+
+    monkeypatch.setattr(scheduler_loop, "rebuild_partitions", counting_rebuild)
+    harness = engine_harness(nodes=default_registry(), client_id="no-wedge-outage")
+    scheduler = scheduler_of(harness)
+    eventually(
+        lambda: sorted(scheduler.states),
+        30,
+        "the scheduler to own every partition",
+        until=lambda owned: len(owned) == kafka_settings.default_partitions,
+    )
+    rebuilds_before = list(rebuilt)
+    harness.register(ORDINARY)
+    size = 600_000  # over the 256 KiB claim-check threshold: the scheduler must read S3
+    harness.register(big_workflow(http, size))
+
+    # The object store goes away for the scheduler (its workers keep theirs).
+    working = scheduler._blobs
+    unreachable = kafka_settings.model_copy(
+        update={"s3_endpoint": f"http://127.0.0.1:{closed_port()}"}
+    )
+    scheduler._blobs = S3BlobStore(unreachable)
+    big = harness.start("big")
+    ordinary = [harness.start("ordinary", {"n": i}) for i in range(20)]
+    eventually(
+        lambda: scheduler.stats.transient_failures,
+        60,
+        "three tries of the batch that needs the object store",
+        until=lambda failures: failures >= 3,
+    )
+    during = statuses(harness, [big, *ordinary])
+    assert not [r for r, (status, _) in during.items() if status == "failed"], during
+    # Back: the same batch commits, nothing was lost, failed or rebuilt.
+    scheduler._blobs = working
+    finished = wait_all_terminal(harness, [big, *ordinary], timeout=120)
+    assert finished[big] == ("succeeded", {"size": size})
+    assert [finished[r] for r in ordinary] == [("succeeded", {"pair": [i, i]}) for i in range(20)]
+    stats = scheduler.stats
+    assert stats.aborted == stats.transient_failures >= 3, stats
+    assert (stats.failed_inputs, stats.isolated_batches, stats.dead_lettered) == (0, 0, 0)
+    assert dlq_records(kafka_settings, harness) == 0
+    assert rebuilt == rebuilds_before, "an abort rebuilt partitions"
+    print(f"object store outage: {stats.transient_failures} tries, rebuilds {rebuilt} (assignment)")

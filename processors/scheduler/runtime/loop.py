@@ -96,7 +96,7 @@ from schemas.trace_json import TRACE_HEADERS, encode_trace
 from streams.checkpoint import Checkpoint, KafkaTransaction
 from streams.consumer import consume_messages, consumer_config
 from streams.dlq import DeadLetterPublisher, poison_record
-from streams.producer import TYPE_HEADER, TransactionalProducer, normalize_headers
+from streams.producer import TYPE_HEADER, DeliveryError, TransactionalProducer, normalize_headers
 from streams.topics import TopicCatalog
 from workflows.model import WorkflowDefinition
 from workflows.validation import WorkflowValidationError
@@ -647,6 +647,13 @@ class SchedulerRuntime:
         """The batch's transaction failed: abort it, rewind, then retry or narrow it down.
 
         Nothing is rebuilt: the batch's decisions were never applied to ``self.states``."""
+        if not is_fatal(exc):
+            # A record that failed earlier in the transaction is the real cause (the error
+            # that surfaced may be a later produce refused because the transaction had failed).
+            reports = self.producer.take_failures()
+            if reports:
+                then = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                exc = DeliveryError(reports, f" (then: {then})")
         failure = classify_failure(exc)
         self.stats.aborted += 1
         self.checkpoint.clear()
