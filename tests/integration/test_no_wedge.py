@@ -327,13 +327,13 @@ def test_a_bug_in_decide_and_a_record_the_broker_refuses_fail_only_their_runs(
     assert (steps["first"].status, steps["say"].status) == ("succeeded", "failed")
     assert_replay_equivalent(harness, tiny)
 
-    # Three inputs failed on their runs; nothing dead-lettered; the refused commit cost at most
-    # two aborts (the batch, then the input alone), not a loop.
+    # Three inputs failed on their runs; nothing dead-lettered; the refused commit cost two
+    # aborts (its batch, then the input alone), not a loop.
     stats = scheduler.stats
     assert stats.failed_inputs == 3, stats
     assert stats.dead_lettered == 0
     assert dlq_records(kafka_settings, harness) == 0
-    assert 1 <= stats.aborted <= 2, stats
+    assert (stats.aborted, stats.isolated_batches) == (2, 1), stats
     assert stats.transient_failures == 0, stats
     print(
         f"40 ordinary runs succeeded; failed inputs={stats.failed_inputs}, "

@@ -20,6 +20,7 @@ from processors.scheduler.cache import params_digest
 from processors.scheduler.decide import fail_input, invocation_for
 from processors.scheduler.runtime.failures import (
     Backoff,
+    Isolation,
     NodeUnavailableError,
     PayloadTooLargeError,
     classify_failure,
@@ -282,3 +283,43 @@ def test_backoff_doubles_up_to_its_cap_and_resets() -> None:
     assert all(d <= 1.0 for d in delays) and delays[-1] >= 0.5
     backoff.reset()
     assert backoff.next_delay() <= 0.1
+
+
+class FakeMessage:
+    """Just the coordinates of a consumed message (what Isolation reads)."""
+
+    def __init__(self, partition: int, offset: int, topic: str = "t.results") -> None:
+        self._coords = (topic, partition, offset)
+
+    def topic(self) -> str:
+        return self._coords[0]
+
+    def partition(self) -> int:
+        return self._coords[1]
+
+    def offset(self) -> int:
+        return self._coords[2]
+
+
+def test_isolation_blames_an_input_only_after_it_failed_alone_within_a_refused_batch() -> None:
+    isolation = Isolation()
+    batch: list[Any] = [FakeMessage(0, 10), FakeMessage(0, 11), FakeMessage(1, 5)]
+    refused = classify_failure(DeliveryError([failure("MSG_SIZE_TOO_LARGE")]))
+    assert not isolation.active and not isolation.covers(batch[0])
+    isolation.isolate(batch)
+    assert isolation.active and isolation.marks == {("t.results", 0): 11, ("t.results", 1): 5}
+    assert isolation.covers(batch[1]) and not isolation.covers(FakeMessage(0, 12))
+    exc = DeliveryError([DeliveryFailure("t.invoke.x.v1", b"k", "MSG_SIZE_TOO_LARGE", "r", False)])
+    strike = isolation.strike(batch[1], refused, exc)
+    assert (strike.error_class, strike.topics, strike.level) == (
+        "PayloadTooLarge",
+        frozenset({"t.invoke.x.v1"}),
+        1,
+    )
+    assert "MSG_SIZE_TOO_LARGE" in strike.message
+    assert isolation.strike(batch[1], refused, exc).level == 2
+    # Committing inputs lifts their strikes and the marks they reach.
+    isolation.committed(batch[:2])
+    assert isolation.strikes == {} and isolation.marks == {("t.results", 1): 5}
+    isolation.forget([("t.results", 1)])  # revoked
+    assert not isolation.active

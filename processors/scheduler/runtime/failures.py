@@ -200,27 +200,32 @@ class Strike:
 class Isolation:
     """Finds the one input a failed transaction was about, by trying inputs one by one.
 
-    After a deterministic failure of a batch's commit, every partition of the batch is marked up
-    to the batch's last offset; while marks remain the runtime consumes one input per
-    transaction. An input that fails alone gets a :class:`Strike`; its next try writes the
-    failure instead of the decision (level 1), then only a dead letter (level 2).
+    After a deterministic failure of a batch's commit (a batch of one input included), every
+    partition of the batch is marked up to the batch's last offset; while marks remain the
+    runtime consumes one input per transaction. An input that fails alone within a marked batch
+    gets a :class:`Strike` (so every input is tried alone once before it is blamed); its next try
+    writes the failure instead of the decision (level 1), then only a dead letter (level 2).
     """
 
     def __init__(self) -> None:
         self.marks: dict[tuple[str, int], int] = {}
         self.strikes: dict[Coordinates, Strike] = {}
-        self.isolated_batches = 0
 
     @property
     def active(self) -> bool:
         return bool(self.marks)
 
     def isolate(self, messages: Iterable[Message]) -> None:
-        self.isolated_batches += 1
         for message in messages:
             topic, partition, offset = coordinates(message)
             key = (topic, partition)
             self.marks[key] = max(self.marks.get(key, -1), offset)
+
+    def covers(self, message: Message) -> bool:
+        """Whether ``message`` belongs to a batch being narrowed down."""
+        topic, partition, offset = coordinates(message)
+        mark = self.marks.get((topic, partition))
+        return mark is not None and offset <= mark
 
     def strike(self, message: Message, failure: ErrorClassification, exc: BaseException) -> Strike:
         key = coordinates(message)

@@ -659,6 +659,9 @@ class SchedulerRuntime:
         self.checkpoint.clear()
         self._abort(exc)
         self._rewind(messages)
+        # Check invoke topics again on their next use: one deleted meanwhile (its records time
+        # out, or are refused) is created again instead of failing every try.
+        self.invoke_topics.forget()
         if failure.retryable:
             self.stats.transient_failures += 1
             self._wait_after("the batch", exc)
@@ -669,8 +672,8 @@ class SchedulerRuntime:
             failure.error_class,
             exc,
         )
-        self.invoke_topics.forget()  # a topic deleted meanwhile is created again
-        if len(messages) == 1 and not timers:
+        if len(messages) == 1 and not timers and self._isolation.covers(messages[0]):
+            # Refused alone, after the batch it was in was refused: this input is the cause.
             strike = self._isolation.strike(messages[0], failure, exc)
             if strike.level > 2:
                 # Even a dead letter alone was refused: nothing is left but to wait (never
