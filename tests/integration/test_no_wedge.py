@@ -29,6 +29,7 @@ from processors.scheduler.decide import decide
 from processors.scheduler.runtime import loop as scheduler_loop
 from processors.scheduler.runtime.loop import SchedulerRuntime
 from processors.scheduler.runtime.recovery import rebuild_partitions
+from schemas.models import RedriveStep
 from streams.admin import admin_client
 from tests.integration.engine_fixtures import Harness, HarnessFactory, assert_replay_equivalent
 from tests.integration.http_fixtures import HttpTestServer, serve
@@ -403,3 +404,41 @@ def test_an_unreachable_object_store_is_retried_with_backoff_and_rebuilds_nothin
     assert dlq_records(kafka_settings, harness) == 0
     assert rebuilt == rebuilds_before, "an abort rebuilt partitions"
     print(f"object store outage: {stats.transient_failures} tries, rebuilds {rebuilt} (assignment)")
+
+
+def test_a_missing_claim_checked_output_fails_the_step_that_needs_it(
+    engine_harness: HarnessFactory, kafka_settings: Settings, http: HttpTestServer
+) -> None:
+    harness = engine_harness(nodes=default_registry(), client_id="no-wedge-blob")
+    scheduler = scheduler_of(harness)
+    flaky = f"{http.url}/flaky?key={uuid.uuid4().hex}&fail=1"
+    body = "{{ steps.fetch.output.body }}"
+    size = 300_000
+    harness.register(
+        {
+            "id": "blob",
+            "steps": [
+                big_workflow(http, size)["steps"][0],
+                # Fails once: the run stops before "use" renders its params.
+                {"id": "gate", "node": "http.request@^1", "params": {"url": flaky}},
+                transform("use", "length(data)", body, needs=["fetch", "gate"]),
+            ],
+        }
+    )
+    run_id = harness.start("blob")
+    assert harness.wait(run_id).status == "failed"
+    harness.wait_step(run_id, "fetch", "succeeded")  # recorded even after the run failed
+    ref = harness.steps(run_id)["fetch"].output_ref
+    assert ref is not None and ref["size_bytes"] > size
+    # The claim-checked output disappears (retention, an operator, a bug)...
+    store = S3BlobStore(kafka_settings)
+    bucket, _, object_key = ref["uri"].removeprefix("s3://").partition("/")
+    store.client.delete_object(Bucket=bucket, Key=object_key)
+    # ...then the run is re-driven and "use" needs it: that step fails, clearly, and only it.
+    harness.command(RedriveStep(run_id=run_id, step_id="gate"))
+    harness.wait_step(run_id, "gate", "succeeded")
+    run = harness.wait(run_id, {"failed"}, timeout=60)
+    assert run.failed_step == "use" and run.error is not None, run
+    assert run.error["error_class"] == "BlobNotFound" and ref["uri"] in run.error["message"]
+    assert scheduler.stats.aborted == 0 and scheduler.stats.dead_lettered == 0
+    assert_replay_equivalent(harness, run_id)

@@ -688,10 +688,12 @@ class SchedulerRuntime:
             self._wait_after("firing timers", exc)
 
     def _abort(self, exc: BaseException) -> None:
+        """Abort the open transaction; an abort that times out (broker unreachable) is tried
+        again after a backoff, as librdkafka allows. Only a fatal error ends the loop."""
         if is_fatal(exc):
             log.error("scheduler %s: fatal producer error, exiting: %s", self.instance_id, exc)
             raise exc
-        for attempt in range(1, 6):
+        while True:
             try:
                 self._transaction.abort()
                 return
@@ -699,12 +701,12 @@ class SchedulerRuntime:
                 error = abort_exc.args[0] if abort_exc.args else None
                 if isinstance(error, KafkaError) and error.code() == KafkaError._STATE:
                     return  # no transaction was open (begin itself failed)
-                if is_fatal(abort_exc) or attempt == 5:
-                    log.exception(
-                        "abort failed (producer fenced?); exiting so a supervisor restarts"
-                    )
+                if is_fatal(abort_exc) or not classify_failure(abort_exc).retryable:
+                    log.exception("abort failed; exiting so a supervisor restarts")
                     raise
                 self._wait_after("aborting", abort_exc)
+                if self._stop.is_set():
+                    raise
 
     def _rewind(self, messages: Sequence[Message]) -> None:
         """Seek every partition of the batch back to its first input (what was committed)."""
