@@ -12,6 +12,10 @@ first entry, which is harmless (same content; the projector and the scheduler ke
 Built-ins register as ``production`` with weight 1 by default (a single version per node takes
 every run either way); ``status``/``rollout_weight`` let a deployment start a new build as
 ``staging`` or dark (weight 0) instead.
+
+Registering also creates the invoke topic of each served node major when it is missing
+(:func:`streams.admin.create_missing_topics`), so invocations never wait for a topic that only
+some other process would have created (the scheduler also creates it on first use).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import logging
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
@@ -31,6 +35,7 @@ from schemas import decode
 from schemas.base import canonical_json
 from schemas.errors import SchemaError
 from schemas.models import NodeCatalogEntry, NodeStatus
+from streams.admin import create_missing_topics
 from streams.producer import Producer
 from streams.topics import TopicCatalog
 
@@ -120,6 +125,8 @@ class RegistrationResult:
     """``node@version`` keys published now."""
     skipped: list[str]
     """Keys the catalog already had (left as the operators set them)."""
+    topics_created: list[str] = field(default_factory=list)
+    """Invoke topics that were missing and were created now."""
 
 
 def register_nodes(
@@ -132,8 +139,13 @@ def register_nodes(
     producer: Producer | None = None,
     catalog: TopicCatalog | None = None,
 ) -> RegistrationResult:
-    """Upload manifests and publish catalog entries for the versions the catalog lacks."""
+    """Upload manifests and publish catalog entries for the versions the catalog lacks, and
+    create the served majors' invoke topics that are missing."""
+    nodes = list(nodes)
     catalog = catalog or TopicCatalog.from_settings(settings)
+    topics_created = create_missing_topics(
+        {catalog.invoke_topic(n.name, n.major) for n in nodes}, settings=settings
+    )
     blobs = blobs or S3BlobStore(settings)
     known = read_catalog_keys(settings, catalog)
     own = producer is None
@@ -156,4 +168,6 @@ def register_nodes(
             producer.close()
     if published:
         log.info("registered %s in the node catalog as %s", published, status.value)
-    return RegistrationResult(published, skipped)
+    if topics_created:
+        log.info("created invoke topics %s", topics_created)
+    return RegistrationResult(published, skipped, topics_created)

@@ -13,8 +13,9 @@ Envelopes: records of one kind start with the same fields (every run event with 
 ``run_id``, ``seq``, ``occurred_at``, ``schema_version``, ``causation_id``). :data:`ENVELOPES`
 names those groups; each becomes one base class holding the shared fields, and its records
 inherit them instead of repeating them. An envelope's fields must be the first fields of every
-member, defined identically (type, default, doc), or generation fails: the base class is then an
-exact prefix of each record, so a model's field order stays the Avro field order (JSON dumps,
+member, defined identically (type, default, doc; only ``schema_version``'s default may differ: it
+is the member's version, which ``to_avro`` writes), or generation fails: the base class is then
+an exact prefix of each record, so a model's field order stays the Avro field order (JSON dumps,
 such as the traces topic and the projections, follow the model's order).
 """
 
@@ -150,17 +151,27 @@ class _Generator:
                 f"{list(envelope.fields)}, but its fields are {list(leading)}."
             )
         for index, field_name in enumerate(envelope.fields):
-            if self.field_source(name, index) != self.field_source(like, index):
+            if self.field_source(name, index, envelope=True) != self.field_source(
+                like, index, envelope=True
+            ):
                 raise SchemaDefinitionError(
                     f"Expected field {field_name!r} to be defined alike in every "
                     f"{envelope.class_name} record, but {like} and {name} differ "
                     "(type, default or doc)."
                 )
 
-    def field_source(self, record: str, index: int) -> list[str]:
-        """The class-body lines of a record's ``index``-th field: annotation, default, doc."""
+    def field_source(self, record: str, index: int, *, envelope: bool = False) -> list[str]:
+        """The class-body lines of a record's ``index``-th field: annotation, default, doc.
+
+        ``envelope``: as the envelope base class declares it. ``schema_version`` is the one
+        envelope field whose Avro default belongs to each record (it equals the record's
+        version): the base declares it with default 1, and :meth:`RefluxRecord.to_avro` writes
+        the model's ``SCHEMA_VERSION`` whatever the attribute holds.
+        """
         namespace = record.rsplit(".", 1)[0]
         fld = self.by_name[record]["fields"][index]
+        if envelope and fld["name"] == "schema_version":
+            fld = {**fld, "default": 1}
         py_type = self.py_type(fld["type"], namespace, bool(fld.get("reflux.json")))
         default = self.default(fld, py_type, namespace)
         line = f"    {fld['name']}: {py_type}" + ("" if default is None else f" = {default}")
@@ -279,7 +290,7 @@ def _envelope_source(gen: _Generator, envelope: Envelope, first_member: str) -> 
     out = [f"class {envelope.class_name}(RefluxRecord):"]
     out += _docstring(envelope.doc, "    ")
     for index in range(len(envelope.fields)):
-        out += ["", *gen.field_source(first_member, index)]
+        out += ["", *gen.field_source(first_member, index, envelope=True)]
     return out
 
 

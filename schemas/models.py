@@ -621,7 +621,7 @@ class StepScheduled(RunEventEnvelope):
     """A step's dependencies are met; it will be dispatched."""
 
     AVRO_NAME: ClassVar[str] = "reflux.events.StepScheduled"
-    SCHEMA_VERSION: ClassVar[int] = 1
+    SCHEMA_VERSION: ClassVar[int] = 2
 
     step: StepRef
     """The step."""
@@ -630,10 +630,13 @@ class StepScheduled(RunEventEnvelope):
     """Attempt number, 1-based."""
 
     params: Json
-    """Resolved step parameters (canonical JSON)"""
+    """Resolved step parameters (canonical JSON); null when they are in params_ref"""
 
     cache_key: str | None = None
     """sha256(node, version, canonical params) if cacheable."""
+
+    params_ref: PayloadRef | None = None
+    """Params in object storage (claim check), when too large to inline."""
 
 
 class StepSkipped(RunEventEnvelope):

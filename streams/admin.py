@@ -7,6 +7,12 @@ moves keys to other partitions (breaking per-run ordering and co-partitioning), 
 ``cleanup.policy`` can erase history. Those are migrations a person decides on.
 
 Other config drift (e.g. ``retention.ms`` changed by an operator) is reported, not fixed.
+
+:func:`create_missing_topics` only makes sure topics exist (invoke topics, created when a node
+version is registered and by the scheduler on first use): an existing topic is used as it is,
+and a refusal is classified -- :class:`TopicRefusedError` (permanent: the name collides with
+another topic, a policy or the cluster forbids it) or ``ServiceUnavailableError`` (the broker
+cannot be reached or timed out: try again later).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from confluent_kafka.admin._config import ConfigResource
 from confluent_kafka.admin._resource import ResourceType
 from confluent_kafka.cimpl import NewTopic
 
-from foundation.errors import ConfigurationError, ServiceUnavailableError
+from foundation.errors import ConfigurationError, NonRetryableError, ServiceUnavailableError
 from foundation.settings import Settings, get_settings
 from streams.topics import TopicCatalog, TopicSpec
 
@@ -34,8 +40,10 @@ __all__ = [
     "EnsureReport",
     "TopicMismatch",
     "TopicMismatchError",
+    "TopicRefusedError",
     "TopicState",
     "admin_client",
+    "create_missing_topics",
     "describe_topics",
     "ensure_topics",
 ]
@@ -69,6 +77,12 @@ class TopicMismatchError(ConfigurationError):
             f"{len(self.mismatches)} existing topic(s) do not match the catalog; nothing was "
             f"changed (fixing this needs a deliberate migration):\n{lines}"
         )
+
+
+class TopicRefusedError(NonRetryableError):
+    """The broker refuses to create a topic, and asking again will not change that."""
+
+    error_class = "TopicRefused"
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,3 +303,68 @@ def _wait_for_leaders(
                 "but they have none yet"
             )
         time.sleep(0.05)
+
+
+def _transient_kafka_error(error: KafkaError) -> bool:
+    # librdkafka's own (negative) codes are local: transport, timeouts, resolution.
+    return error.retriable() or error.code() < 0 or error.code() == KafkaError.REQUEST_TIMED_OUT
+
+
+def create_missing_topics(
+    specs: Iterable[TopicSpec],
+    *,
+    admin: AdminClient | None = None,
+    settings: Settings | None = None,
+    timeout: float = 10.0,
+) -> list[str]:
+    """Create those of ``specs`` that do not exist; returns the names created now.
+
+    Existing topics are left as they are, whatever their partitions or configs (use
+    :func:`ensure_topics` to check those). Safe to run concurrently: a topic created by someone
+    else in between counts as existing. Raises :class:`TopicRefusedError` when the broker
+    refuses a topic for good, ``ServiceUnavailableError`` when it cannot answer.
+    """
+    specs = list(specs)
+    client = admin or admin_client(settings)
+    missing: list[TopicSpec] = []
+    for spec in specs:
+        try:
+            metadata = client.list_topics(topic=spec.topic, timeout=timeout)
+        except KafkaException as exc:
+            raise _unavailable(_bootstrap(settings), exc) from exc
+        meta = metadata.topics.get(spec.topic)
+        if meta is None or meta.error is not None or not meta.partitions:
+            missing.append(spec)
+    if not missing:
+        return []
+    new_topics = [
+        NewTopic(
+            s.topic,
+            num_partitions=s.partitions,
+            replication_factor=s.replication,
+            config=dict(s.configs),
+        )
+        for s in missing
+    ]
+    futures = client.create_topics(new_topics, operation_timeout=timeout, request_timeout=timeout)
+    created: list[str] = []
+    for name, future in futures.items():
+        try:
+            _result(future, timeout)
+            created.append(name)
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            if not isinstance(error, KafkaError):
+                raise _unavailable(_bootstrap(settings), exc) from exc
+            if error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                continue
+            if _transient_kafka_error(error):
+                raise _unavailable(_bootstrap(settings), exc) from exc
+            raise TopicRefusedError(
+                f"Expected to create topic {name!r}, but the broker refused: "
+                f"{error.name()}: {error.str()}"
+            ) from exc
+        except TimeoutError as exc:
+            raise _unavailable(_bootstrap(settings), exc) from exc
+    _wait_for_leaders(client, created, timeout, settings)
+    return sorted(created)

@@ -1,5 +1,10 @@
 """``reflux topics create`` / ``reflux topics list``.
 
+Both cover the catalog's fixed topics, the ``--invoke`` topics named on the command line and the
+invoke topic of every node major the node catalog (the ``nodes`` topic) knows, so a deployment
+that registered its nodes gets their topics from this one command (``--no-catalog-nodes`` skips
+them).
+
 Wire into the main parser with::
 
     subparsers = parser.add_subparsers(dest="command", required=True)
@@ -11,16 +16,24 @@ Wire into the main parser with::
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from foundation.errors import RefluxError
+from foundation.errors import RefluxError, ServiceUnavailableError
 from foundation.settings import Settings, get_settings
+from schemas import decode
+from schemas.errors import SchemaError
+from schemas.models import NodeCatalogEntry
 from streams.admin import TopicState, describe_topics, ensure_topics
+from streams.table import TopicTableReader
 from streams.topics import TopicCatalog, TopicSpec
 
-__all__ = ["add_topics_commands", "handle_topics", "render_table"]
+log = logging.getLogger(__name__)
+
+__all__ = ["add_topics_commands", "catalog_invoke_topics", "handle_topics", "render_table"]
 
 
 def add_topics_commands(subparsers: Any) -> argparse.ArgumentParser:
@@ -42,6 +55,12 @@ def add_topics_commands(subparsers: Any) -> argparse.ArgumentParser:
             default=[],
             metavar="NODE:MAJOR",
             help="also include invoke topic(s), e.g. --invoke http.request:1 (repeatable)",
+        )
+        action.add_argument(
+            "--no-catalog-nodes",
+            dest="catalog_nodes",
+            action="store_false",
+            help="leave out the invoke topics of the nodes the node catalog knows",
         )
         action.add_argument("--timeout", type=float, default=15.0, help="seconds (default 15)")
         action.set_defaults(handler=handle_topics)
@@ -65,6 +84,53 @@ def _specs(catalog: TopicCatalog, invoke: Sequence[str]) -> list[TopicSpec]:
             raise RefluxError(f"Expected --invoke NODE:MAJOR (e.g. http.request:1), got {item!r}")
         specs.append(catalog.invoke_topic(node, int(major)))
     return specs
+
+
+def catalog_invoke_topics(
+    catalog: TopicCatalog, settings: Settings, timeout: float = 10.0
+) -> list[TopicSpec]:
+    """The invoke topic of every node major on the ``nodes`` topic (none if it does not exist)."""
+    majors: set[tuple[str, int]] = set()
+
+    def apply(data: bytes | None) -> None:
+        if data is None:
+            return
+        try:
+            entry = decode(data, NodeCatalogEntry)
+        except SchemaError as exc:
+            log.warning("skipping an unreadable nodes record: %s", exc)
+            return
+        major = entry.version.split(".", 1)[0]
+        if major.isdigit():
+            majors.add((entry.name, int(major)))
+
+    topic = catalog.nodes.topic
+    try:
+        reader = TopicTableReader(
+            settings, topic, apply, name="topics-cli", metadata_timeout=timeout
+        )
+    except RefluxError:
+        return []  # no node catalog yet: nothing registered
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                behind = reader.catch_up(max(deadline - time.monotonic(), 0.1))
+                break
+            except ServiceUnavailableError:
+                # A topic created a moment ago may have no leader in this client's view yet.
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.2)
+    finally:
+        reader.close()
+    if behind:
+        raise RefluxError(
+            f"Expected to read {topic} to its end within {timeout}s, but partitions {behind} "
+            "are behind",
+            error_class="ServiceUnavailable",
+        )
+    return [catalog.invoke_topic(name, major) for name, major in sorted(majors)]
 
 
 def render_table(rows: Sequence[Sequence[str]]) -> str:
@@ -101,27 +167,49 @@ def _state_rows(states: Sequence[TopicState]) -> list[list[str]]:
     return rows
 
 
+def _with_catalog_nodes(
+    catalog: TopicCatalog, settings: Settings, specs: list[TopicSpec], timeout: float
+) -> list[TopicSpec]:
+    named = {s.topic for s in specs}
+    return [s for s in catalog_invoke_topics(catalog, settings, timeout) if s.topic not in named]
+
+
 def handle_topics(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     try:
         settings = _settings(args)
         catalog = TopicCatalog.from_settings(settings)
         specs = _specs(catalog, args.invoke)
+        catalog_nodes = getattr(args, "catalog_nodes", True)
         if args.topics_action == "create":
             print(
                 f"ensuring {len(specs)} topics on {settings.kafka_bootstrap} "
                 f"(prefix {catalog.prefix!r})",
                 file=out,
             )
-            report = ensure_topics(catalog, specs, settings=settings, timeout=args.timeout)
-            for name in report.created:
+            reports = [ensure_topics(catalog, specs, settings=settings, timeout=args.timeout)]
+            # The nodes topic exists now: add the invoke topics of what it lists (nothing if it
+            # was created just now).
+            extra: list[TopicSpec] = []
+            if catalog_nodes and catalog.nodes.topic not in reports[0].created:
+                extra = _with_catalog_nodes(catalog, settings, specs, args.timeout)
+            if extra:
+                print(f"ensuring {len(extra)} invoke topics of the node catalog", file=out)
+                reports.append(
+                    ensure_topics(catalog, extra, settings=settings, timeout=args.timeout)
+                )
+            created = [name for r in reports for name in r.created]
+            unchanged = [name for r in reports for name in r.unchanged]
+            for name in created:
                 print(f"  created   {name}", file=out)
-            for name in report.unchanged:
+            for name in unchanged:
                 print(f"  exists    {name}", file=out)
-            for drift in report.drift:
+            for drift in (d for r in reports for d in r.drift):
                 print(f"  warning   {drift} (left as is)", file=out)
-            print(f"{len(report.created)} created, {len(report.unchanged)} unchanged", file=out)
+            print(f"{len(created)} created, {len(unchanged)} unchanged", file=out)
             return 0
+        if catalog_nodes:
+            specs += _with_catalog_nodes(catalog, settings, specs, args.timeout)
         states = describe_topics(catalog, specs, settings=settings, timeout=args.timeout)
         print(render_table(_state_rows(states)), file=out)
         problems = [m for s in states for m in (*s.mismatches, *s.drift)]

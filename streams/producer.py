@@ -12,6 +12,7 @@ everything is on the broker" before it commits offsets.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -26,6 +27,8 @@ from schemas import serde
 from schemas.base import RefluxRecord
 from streams.topics import TopicSpec
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "TYPE_HEADER",
     "DeliveryError",
@@ -38,6 +41,7 @@ __all__ = [
 ]
 
 TYPE_HEADER: Final = "reflux-type"
+_COMMIT_ATTEMPTS: Final = 3
 
 Key = str | bytes | None
 Headers = Mapping[str, str | bytes] | Sequence[tuple[str, str | bytes | None]] | None
@@ -279,17 +283,62 @@ class TransactionalProducer(Producer):
     def commit(
         self, offsets: Sequence[TopicPartition], group_metadata: Any, timeout: float = 30.0
     ) -> None:
-        """Adds the consumer's offsets to the transaction and commits it."""
+        """Adds the consumer's offsets to the transaction and commits it.
+
+        Returns: the transaction committed. Raises: it did not (abort it), or the producer is
+        unusable (a fatal error, e.g. fenced). A commit whose outcome librdkafka reports as
+        unknown (a retriable error) is retried, as librdkafka asks, so callers never have to
+        guess: if any message of the transaction failed, librdkafka fails the commit itself.
+        """
         if offsets:
             self._producer.send_offsets_to_transaction(list(offsets), group_metadata, timeout)
-        self._producer.commit_transaction(timeout)
+        for attempt in range(1, _COMMIT_ATTEMPTS + 1):
+            try:
+                self._producer.commit_transaction(timeout)
+                break
+            except KafkaException as exc:
+                error = exc.args[0] if exc.args else None
+                if (
+                    attempt < _COMMIT_ATTEMPTS
+                    and isinstance(error, KafkaError)
+                    and error.retriable()
+                    and not error.txn_requires_abort()
+                ):
+                    continue
+                fatal = isinstance(error, KafkaError) and error.fatal()
+                failures = [] if fatal else self.take_failures(min(timeout, 5.0))
+                if failures:
+                    # The commit failed because messages did: say which and why (a record
+                    # over the topic's limit is not the same as a broker that timed out).
+                    raise DeliveryError(failures, f" (transaction not committed: {exc})") from exc
+                raise
         failures, self._failures = self._failures, []
         if failures:
-            raise DeliveryError(failures, " (in a committed transaction)")
+            # The transaction committed, so each of its messages was delivered: these reports
+            # belong to an earlier transaction (see abort). Said loudly, not raised: raising
+            # would make the caller treat a committed transaction as failed.
+            log.warning(
+                "%d delivery report(s) of an earlier transaction arrived late: %s",
+                len(failures),
+                "; ".join(str(f) for f in failures[:5]),
+            )
+
+    def take_failures(self, timeout: float = 5.0) -> list[DeliveryFailure]:
+        """The failed deliveries of the current transaction, which just failed: serves the
+        delivery reports still due (waiting up to ``timeout`` for messages in flight) and hands
+        them over. A transaction that failed because a record did (over a topic's limit, to a
+        missing topic) is then explained by that record, not by the error that surfaced later
+        (e.g. ``_STATE`` from the next ``produce``)."""
+        self._producer.flush(timeout)
+        failures, self._failures = self._failures, []
+        return failures
 
     def abort(self, timeout: float = 30.0) -> None:
-        self._failures = []
         self._producer.abort_transaction(timeout)
+        # The aborted transaction's messages are purged; serve their (failed) delivery reports
+        # now, so they are not mistaken for failures of the next transaction.
+        self._producer.flush(min(timeout, 5.0))
+        self._failures = []
 
     def close(self, timeout: float = 30.0) -> None:
         if self._closed:

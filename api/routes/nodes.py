@@ -1,6 +1,10 @@
 """``/v1/nodes``: the node catalog. Writes publish a ``NodeCatalogEntry`` on the compacted
 ``nodes`` topic (202); reads come from the projection (``nodes``, ``node_versions``).
 
+Registering a version also creates its major's invoke topic when it is missing, so invocations
+never wait for a topic only a worker's start would have created (409 when the broker refuses
+it, e.g. a name that collides with another topic's).
+
 Lifecycle checks (promote draft -> staging -> production, deprecate, weights in 0..1) run
 against the projected state, so a change is judged against what the projector has applied:
 with ``wait_ms`` a write answers once its own entry is visible, which makes the next write
@@ -21,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.config import MAX_WAIT_MS, ApiSettings
 from api.db import with_conn
-from api.deps import ApiSettingsDep, ConnDep, PoolDep, PublisherDep, TopicsDep
+from api.deps import ApiSettingsDep, ConnDep, PoolDep, PublisherDep, SettingsDep, TopicsDep
 from api.errors import ConflictError, NotFoundError
 from api.models.common import errors
 from api.models.nodes import (
@@ -38,7 +42,8 @@ from processors.node_catalog import TransitionError, catalog_key, deprecated, pr
 from projections.postgres import queries
 from projections.postgres.queries import NodeVersionRow
 from schemas.models import NodeCatalogEntry, NodeStatus
-from streams.topics import TopicCatalog
+from streams.admin import TopicRefusedError, create_missing_topics
+from streams.topics import TopicCatalog, TopicCatalogError
 
 __all__ = ["router"]
 
@@ -185,16 +190,25 @@ async def register_version(
     api: ApiSettingsDep,
     publisher: PublisherDep,
     topics: TopicsDep,
+    settings: SettingsDep,
     wait_ms: WaitQuery = None,
 ) -> NodeVersionAccepted:
-    """Publishes the version's first ``NodeCatalogEntry``. Versions are immutable: registering
-    one the catalog has is 409 (ship a new version instead)."""
+    """Publishes the version's first ``NodeCatalogEntry``, after creating its major's invoke
+    topic if missing. Versions are immutable: registering one the catalog has is 409 (ship a
+    new version instead); so is a version whose invoke topic the broker refuses."""
     existing = await _version_row(pool, api, body.name, body.version)
     if existing is not None:
         raise ConflictError(
             f"Expected {catalog_key(body.name, body.version)} not to be registered, but it is "
             f"({existing.status})"
         )
+    try:
+        spec = topics.invoke_topic(body.name, int(body.version.split(".", 1)[0]))
+        await run_in_threadpool(create_missing_topics, [spec], settings=settings)
+    except (TopicCatalogError, TopicRefusedError) as exc:
+        raise ConflictError(
+            f"Expected an invoke topic for {catalog_key(body.name, body.version)}, but {exc}"
+        ) from exc
     entry = NodeCatalogEntry(
         name=body.name,
         version=body.version,

@@ -14,9 +14,9 @@ not Avro records: they never leave the scheduler process).
 What the runtime does with a :class:`Decision`, in one Kafka transaction with the input's offset:
 
 1. append ``events`` to ``reflux.runs`` (key = run id);
-2. publish ``invocations`` to ``NodeInvocation``'s topic (``StepDispatched.invoke_topic``); if a
-   rendered ``params`` payload is larger than the claim-check threshold, store it and send
-   ``params_ref`` instead (``StepScheduled`` keeps the params inline in the run log);
+2. publish ``invocations`` to ``NodeInvocation``'s topic (``StepDispatched.invoke_topic``).
+   Rendered params larger than the claim-check threshold were already stored through
+   ``DecisionContext.store_payload``: ``StepScheduled`` and the invocation carry ``params_ref``;
 3. store ``state`` in the run table;
 4. after commit: answer each ``cache_lookups`` entry from Redis by feeding ``CacheHit`` or
    ``CacheMiss`` back into ``decide``; write ``cache_writes`` to Redis with their TTL;
@@ -38,15 +38,15 @@ answers and timers that lost a race (stale attempt, finished step) are silent no
 from __future__ import annotations
 
 import random as _random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple, TypeVar
 
 from foundation.errors import NonRetryableError, classify
 from processors.scheduler.backoff import backoff_ms, should_retry
-from processors.scheduler.cache import cache_key, params_digest
-from processors.scheduler.evolve import RUN_EVENT_TYPES, RunEvent, evolve
+from processors.scheduler.cache import cache_key
+from processors.scheduler.evolve import RUN_EVENT_TYPES, RunEvent, evolve, fold
 from processors.scheduler.state import (
     ACTIVE_STEP_STATUSES,
     DONE_STEP_STATUSES,
@@ -119,6 +119,7 @@ __all__ = [
     "decide",
     "default_invoke_topic",
     "default_resolve_node_version",
+    "fail_input",
     "invocation_for",
     "pending_cache_lookups",
 ]
@@ -216,7 +217,9 @@ class DecisionContext:
     ``NonRetryableError`` (e.g. the catalog's ``NodeVersionUnavailableError``) fails the step
     with that error, non-retryable, instead of scheduling it."""
     invoke_topic: Callable[[str, int], str] = default_invoke_topic
-    """``(node name, major) -> topic``; the runtime passes its topic catalog's."""
+    """``(node name, major) -> topic``; the runtime passes its topic catalog's (and makes sure
+    the topic exists). Raising a ``NonRetryableError`` (``NodeUnavailable``: the topic cannot be
+    named or created) fails the step with it instead of dispatching."""
     lookup_workflow: Callable[[str, int | None], RegisteredWorkflow | None] = _no_workflows
     """``(workflow id, version or None = latest) -> registered definition`` for StartRun."""
     node_catalog: NodeCatalogView | None = None
@@ -224,7 +227,12 @@ class DecisionContext:
     is_cacheable: Callable[[str, str], bool] = _always_cacheable
     """``(node, version) -> bool``: the node's ``cacheable`` flag; steps also opt in."""
     load_payload: Callable[[PayloadRef], Any] | None = None
-    """Reads a claim-checked step output when a template references it (runtime I/O hook)."""
+    """Reads a claim-checked step output when a template references it (runtime I/O hook).
+    Raising a ``NonRetryableError`` (a missing or corrupt blob) fails the step (or the run's
+    outputs) with that error; a ``RetryableError`` propagates (the runtime retries the input)."""
+    store_payload: Callable[[Any], PayloadRef | None] | None = None
+    """Claim check for rendered params (runtime I/O hook): stores them and returns their
+    ``PayloadRef`` when they are too large to inline in the run log, else ``None``."""
 
 
 @dataclass(frozen=True)
@@ -274,6 +282,8 @@ class _Writer:
             "seq": seq,
             "event_id": self.ctx.new_id(),
             "occurred_at": self.ctx.now,
+            # The envelope base's default is 1; a later version of an event says its own.
+            "schema_version": cls.SCHEMA_VERSION,
             "causation_id": self.causation,
         }
         event = cls(**envelope, **fields)
@@ -750,7 +760,7 @@ def _start_step(w: _Writer, step_id: str, attempt: int) -> None:
             go = evaluate_when(
                 definition.when, _context(w, definition), path=f"steps.{step_id}.when"
             )
-        except TemplateError as exc:
+        except NonRetryableError as exc:  # a TemplateError, or a claim check that cannot load
             _fail_before_dispatch(w, step_id, attempt, exc)
             return
         if not go:
@@ -771,10 +781,11 @@ def _finish_if_done(w: _Writer) -> None:
     if all(s in DONE_STEP_STATUSES for s in statuses):
         try:
             outputs = render_params(run.graph.outputs, _context(w, None), path="outputs")
-        except TemplateError as exc:
+        except NonRetryableError as exc:
+            error_class = "OutputTemplate" if isinstance(exc, TemplateError) else exc.error_class
             w.emit(
                 RunFailed,
-                error=ErrorInfo(error_class="OutputTemplate", message=str(exc), retryable=False),
+                error=ErrorInfo(error_class=error_class, message=str(exc), retryable=False),
                 failed_step=None,
             )
             return
@@ -796,9 +807,7 @@ def _finish_if_done(w: _Writer) -> None:
             return
 
 
-def _fail_before_dispatch(
-    w: _Writer, step_id: str, attempt: int, exc: TemplateError | NonRetryableError
-) -> None:
+def _fail_before_dispatch(w: _Writer, step_id: str, attempt: int, exc: NonRetryableError) -> None:
     found = classify(exc)
     error = ErrorInfo(error_class=found.error_class, message=str(exc), retryable=found.retryable)
     w.emit(StepFailed, step=w.run.step_ref(step_id), attempt=attempt, error=error)
@@ -813,7 +822,7 @@ def _schedule(w: _Writer, step_id: str, attempt: int) -> None:
         params = render_params(
             definition.params, _context(w, definition), path=f"steps.{step_id}.params"
         )
-    except TemplateError as exc:
+    except NonRetryableError as exc:  # a TemplateError, or a claim check that cannot load
         _fail_before_dispatch(w, step_id, attempt, exc)
         return
     name = definition.node_name
@@ -827,11 +836,15 @@ def _schedule(w: _Writer, step_id: str, attempt: int) -> None:
     key = None
     if definition.cache.enabled and w.ctx.is_cacheable(name, version):
         key = cache_key(name, version, params)
+    # Large params (e.g. an upstream output of megabytes) go to the object store: the run log
+    # and the invocation carry the reference, never a record over Kafka's message limit.
+    ref = w.ctx.store_payload(params) if w.ctx.store_payload is not None else None
     w.emit(
         StepScheduled,
         step=StepRef(step_id=step_id, node=name, node_version=version),
         attempt=attempt,
-        params=params,
+        params=None if ref is not None else params,
+        params_ref=ref,
         cache_key=key,
     )
     if key is not None:
@@ -845,6 +858,13 @@ def _dispatch(w: _Writer, step_id: str) -> None:
     step = run.steps[step_id]
     definition = run.step_definition(step_id)
     version = step.node_version or definition.node_constraint
+    try:
+        invoke_topic = w.ctx.invoke_topic(definition.node_name, invoke_major(version))
+    except NonRetryableError as exc:
+        # No topic can carry the invocation (NodeUnavailable): fail the step rather than send
+        # a record that can never be delivered (and would block its partition).
+        _fail_before_dispatch(w, step_id, step.attempt, exc)
+        return
     timeout_at = (
         w.ctx.now + timedelta(milliseconds=definition.timeout)
         if definition.timeout is not None
@@ -855,7 +875,7 @@ def _dispatch(w: _Writer, step_id: str) -> None:
         step=StepRef(step_id=step_id, node=definition.node_name, node_version=version),
         attempt=step.attempt,
         invocation_id=w.ctx.new_id(),
-        invoke_topic=w.ctx.invoke_topic(definition.node_name, invoke_major(version)),
+        invoke_topic=invoke_topic,
         node_version=version,
         timeout_at=timeout_at,
     )
@@ -943,12 +963,82 @@ def invocation_for(
         workflow_version=state.workflow_version,
         step=StepRef(step_id=step_id, node=definition.node_name, node_version=version),
         params=step.params,
+        params_ref=step.params_ref,
         deadline=step.timeout_at,
         # Stable across retries with the same params (a retry after a timeout must not repeat a
         # side effect that did happen), new when the params change (a mutation, a fix).
-        idempotency_key=f"{state.run_id}:{step_id}:{params_digest(step.params)[:16]}",
+        idempotency_key=f"{state.run_id}:{step_id}:{step.params_sha256[:16]}",
         **extra,
     )
+
+
+_UNFINISHED_STEP = (
+    StepStatus.PENDING,
+    StepStatus.SCHEDULED,
+    StepStatus.DISPATCHED,
+    StepStatus.RETRY_WAIT,
+)
+
+
+def fail_input(
+    state: RunState | None,
+    input: SchedulerInput,
+    error: ErrorInfo,
+    ctx: DecisionContext,
+    *,
+    prefix: Sequence[RunEvent] = (),
+    invocations: Sequence[NodeInvocation] = (),
+    step_id: str | None = None,
+    attempt: int | None = None,
+) -> Decision:
+    """The decision for an input whose own decision cannot be written (docs/decisions/0011).
+
+    The runtime calls it when deciding ``input`` raised (a bug), or when the decision holds a
+    record that Kafka refuses (over the message limit, refused by the broker): the failure is
+    recorded on the run, with ``error``, instead of blocking the input's partition.
+
+    ``prefix``: the decision's first events, which can be written (kept, with the
+    ``invocations`` of the steps they dispatched); ``step_id`` / ``attempt``: the step the
+    refused record belongs to, when known (for a ``NodeResult``, by default the step whose
+    current attempt it reports on). Then:
+
+    - a command that changed nothing (empty ``prefix``) is rejected: ``CommandRejected`` with
+      ``"[ErrorClass] message"``, and the run carries on as it was;
+    - otherwise a running or paused run fails: ``StepFailed`` for the step (when known and not
+      finished), then ``RunFailed``, both carrying ``error``;
+    - otherwise (a result or timer for a missing, finished or already failed run) nothing is
+      written: the decision has no event and the runtime dead-letters the input.
+    """
+    current = fold(prefix, state) if prefix else state
+    if step_id is None and isinstance(input, NodeResult) and current is not None:
+        # A result that could not be decided fails the attempt it reports on (if current).
+        reported = current.steps.get(input.step.step_id)
+        if reported is not None and reported.invocation_id == input.invocation_id:
+            step_id, attempt = reported.step_id, input.attempt
+    w = _Writer(state=current, ctx=ctx, run_id=input.run_id, causation=_causation_of(input))
+    w.events.extend(prefix)
+    w.invocations.extend(invocations)
+    if isinstance(input, _COMMANDS) and not prefix:
+        reason = f"[{error.error_class}] {error.message}"
+        if current is None and not isinstance(input, StartRun):
+            return Decision(state=None, rejection=reason)  # no run log to put it in
+        w.reject(input, reason)
+    elif current is not None and current.status in (RunStatus.RUNNING, RunStatus.PAUSED):
+        run = w.run
+        step = run.steps.get(step_id) if step_id is not None else None
+        failed_step = None
+        if step is not None and step.status in _UNFINISHED_STEP:
+            failed_step = run.step_ref(step.step_id)
+            dispatched = step.status is StepStatus.DISPATCHED
+            w.emit(
+                StepFailed,
+                step=failed_step,
+                attempt=attempt if attempt is not None else max(step.attempt, 1),
+                invocation_id=step.invocation_id if dispatched else None,
+                error=error,
+            )
+        w.emit(RunFailed, error=error, failed_step=failed_step)
+    return w.decision(state)
 
 
 def pending_cache_lookups(state: RunState) -> list[CacheLookup]:

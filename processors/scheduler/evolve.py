@@ -198,6 +198,7 @@ def _(event: StepScheduled, state: RunState | None) -> RunState:
         attempt=event.attempt,
         node_version=event.step.node_version,
         params=event.params,
+        params_ref=event.params_ref,
         cache_key=event.cache_key,
         invocation_id=None,
         invoke_topic=None,

@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from processors.scheduler.cache import params_digest
 from schemas.models import ErrorInfo, PayloadRef, StepRef, TimerKind
 from schemas.statuses import (
     ACTIVE_STEP_STATUSES,
@@ -67,7 +68,9 @@ class StepState(_Frozen):
     node_version: str | None = None
     """Version resolved at scheduling (concrete semver, or the constraint without a catalog)."""
     params: Any = None
-    """Params rendered for the current attempt."""
+    """Params rendered for the current attempt (``None`` when they are in ``params_ref``)."""
+    params_ref: PayloadRef | None = None
+    """The rendered params in the object store, when too large to inline (claim check)."""
     cache_key: str | None = None
     invocation_id: str | None = None
     invoke_topic: str | None = None
@@ -81,6 +84,13 @@ class StepState(_Frozen):
     error: ErrorInfo | None = None
     skip_reason: str | None = None
     finished_at: datetime | None = None
+
+    @property
+    def params_sha256(self) -> str:
+        """sha256 of the canonical params: the claim check's digest is that of the same bytes."""
+        if self.params_ref is not None:
+            return self.params_ref.sha256
+        return params_digest(self.params)
 
 
 class RunState(_Frozen):

@@ -16,6 +16,7 @@ import psycopg
 import pytest
 from confluent_kafka import Consumer as KafkaConsumer
 from confluent_kafka import TopicPartition
+from confluent_kafka.cimpl import NewTopic
 from fastapi.testclient import TestClient
 
 from api.app import create_app
@@ -28,6 +29,7 @@ from projections.postgres import apply_migrations, queries
 from projections.postgres.writer import load_offsets
 from projections.projector import Projector
 from schemas.models import NodeStatus
+from streams.admin import admin_client
 from streams.topics import TopicCatalog
 from tests.support.waiting import eventually
 
@@ -222,6 +224,10 @@ def test_workers_register_their_nodes_once_with_manifests_in_s3(env: Env) -> Non
     nodes = default_registry().select("transform,condition")
     result = register_nodes(env.settings, nodes, catalog=env.catalog)
     assert sorted(result.published) == ["condition@1.0.0", "transform@1.0.0"]
+    # Registering creates the served majors' invoke topics (none existed in this catalog).
+    assert result.topics_created == sorted(
+        env.catalog.invoke_topic(name, 1).topic for name in ("condition", "transform")
+    )
     assert read_catalog_keys(env.settings, env.catalog) == set(result.published)
     env.project()
     with env.conn() as conn:
@@ -238,7 +244,32 @@ def test_workers_register_their_nodes_once_with_manifests_in_s3(env: Env) -> Non
     env.client.post("/v1/nodes/transform/versions/1.0.0/deprecate")
     again = register_nodes(env.settings, nodes, catalog=env.catalog, status=NodeStatus.PRODUCTION)
     assert again.published == [] and sorted(again.skipped) == sorted(result.published)
+    assert again.topics_created == []
     env.project()
     with env.conn() as conn:
         row = queries.get_node_version(conn, "transform", "1.0.0", schema=env.read_schema)
     assert row is not None and row.status == "deprecated"
+
+
+def _topics(env: Env) -> set[str]:
+    return set(admin_client(env.settings).list_topics(timeout=10).topics)
+
+
+def test_registering_a_version_creates_its_invoke_topic(env: Env) -> None:
+    v1, v2 = env.catalog.invoke_topic("echo", 1).topic, env.catalog.invoke_topic("echo", 2).topic
+    assert not {v1, v2} & _topics(env)
+    env.register("1.0.0")
+    assert v1 in _topics(env) and v2 not in _topics(env)
+    env.register("1.1.0")  # same major: the topic is there already
+    env.register("2.0.0")
+    assert {v1, v2} <= _topics(env)
+    # A topic Kafka refuses for good (its name collides with echo_x's): 409, nothing published.
+    clash = env.catalog.invoke_topic("echo_x", 1).topic
+    admin = admin_client(env.settings)
+    for future in admin.create_topics([NewTopic(clash, 1, 1)]).values():
+        future.result(10)
+    refused = env.client.post("/v1/nodes", json={"name": "echo.x", "version": "1.0.0"})
+    assert refused.status_code == 409, refused.text
+    assert "collides" in refused.json()["detail"]
+    env.project()
+    assert env.client.get("/v1/nodes/echo.x/versions").status_code == 404

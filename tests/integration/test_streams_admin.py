@@ -18,8 +18,16 @@ from confluent_kafka.cimpl import NewTopic
 
 from foundation.errors import ConfigurationError
 from foundation.settings import Settings
-from streams.admin import TopicMismatchError, describe_topics, ensure_topics
+from schemas.models import NodeCatalogEntry, NodeStatus
+from streams.admin import (
+    TopicMismatchError,
+    TopicRefusedError,
+    create_missing_topics,
+    describe_topics,
+    ensure_topics,
+)
 from streams.cli import add_topics_commands
+from streams.producer import Producer
 from streams.topics import TopicCatalog
 from tests.integration.kafka_fixtures import admin, catalog, kafka_settings
 
@@ -120,3 +128,60 @@ def test_cli_create_and_list(kafka_settings: Settings, admin: AdminClient) -> No
     table = out.getvalue()
     assert f"{kafka_settings.topic_prefix}.invoke.code.run.v2" in table
     assert "missing" not in table and "mismatch" not in table
+
+
+def test_create_missing_topics_leaves_existing_ones_and_classifies_refusals(
+    catalog: TopicCatalog, admin: AdminClient
+) -> None:
+    present = catalog.invoke_topic("present.node", 1)
+    # An existing topic is used as it is, even with another partition count than the catalog's.
+    for future in admin.create_topics([NewTopic(present.topic, 1, 1)]).values():
+        future.result(10)
+    fresh = catalog.invoke_topic("fresh.node", 3)
+    assert create_missing_topics([present, fresh], admin=admin) == [fresh.topic]
+    assert len(admin.list_topics(timeout=5).topics[fresh.topic].partitions) == fresh.partitions
+    assert len(admin.list_topics(timeout=5).topics[present.topic].partitions) == 1
+    assert create_missing_topics([present, fresh], admin=admin) == []  # idempotent
+    # Kafka refuses for good a name that differs from an existing one only by '.' vs '_'.
+    clash = catalog.invoke_topic("present_node", 1)
+    with pytest.raises(TopicRefusedError, match="collides") as refused:
+        create_missing_topics([clash], admin=admin)
+    assert refused.value.error_class == "TopicRefused" and not refused.value.retryable
+    assert clash.topic not in admin.list_topics(timeout=5).topics
+
+
+def test_cli_create_adds_the_invoke_topics_of_the_node_catalog(
+    kafka_settings: Settings, admin: AdminClient
+) -> None:
+    parser = argparse.ArgumentParser(prog="reflux")
+    add_topics_commands(parser.add_subparsers(dest="command", required=True))
+    catalog = TopicCatalog.from_settings(kafka_settings)  # the names (the CLI's partitions)
+    common = ["--bootstrap", kafka_settings.kafka_bootstrap, "--prefix", catalog.prefix]
+    wanted = {catalog.invoke_topic("echo", 1).topic, catalog.invoke_topic("echo", 2).topic}
+
+    out = io.StringIO()
+    args = parser.parse_args(["topics", "create", *common])  # the nodes topic, still empty
+    assert args.handler(args, out) == 0, out.getvalue()
+    with Producer(kafka_settings, client_id="topics-cli-test") as producer:
+        for version in ("1.0.0", "2.1.0", "2.2.0"):
+            entry = NodeCatalogEntry(
+                name="echo", version=version, status=NodeStatus.DRAFT, rollout_weight=0, manifest={}
+            )
+            producer.send(catalog.nodes, f"echo@{version}", entry)
+        producer.flush(10)
+
+    out = io.StringIO()
+    args = parser.parse_args(["topics", "create", "--no-catalog-nodes", *common])
+    assert args.handler(args, out) == 0, out.getvalue()
+    assert not wanted & set(admin.list_topics(timeout=5).topics)
+
+    out = io.StringIO()
+    args = parser.parse_args(["topics", "create", *common])
+    assert args.handler(args, out) == 0, out.getvalue()
+    assert "2 created" in out.getvalue(), out.getvalue()
+    assert wanted <= set(admin.list_topics(timeout=5).topics)
+
+    out = io.StringIO()
+    args = parser.parse_args(["topics", "list", *common])
+    assert args.handler(args, out) == 0, out.getvalue()
+    assert all(topic in out.getvalue() for topic in wanted)

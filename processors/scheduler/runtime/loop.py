@@ -7,8 +7,10 @@ events on ``runs`` partition *p*. A batch is ONE Kafka transaction:
 1. each input is decided by the pure core (:func:`processors.scheduler.decide.decide`) against the
    run's state; cache lookups are answered from Redis right away and fed back into ``decide``;
 2. the resulting events go to ``runs`` (same partition number), the node invocations to their
-   invoke topics (params above the claim-check threshold go to the object store first), due
-   timers become ``FireTimer`` commands on ``commands``, poison inputs go to ``dlq``;
+   invoke topics (created on first use; params above the claim-check threshold go to the object
+   store first, and ``StepScheduled`` carries the reference), due timers become ``FireTimer``
+   commands on ``commands``, poison inputs go to ``dlq``; every record is size-checked against
+   Kafka's message limit before anything of its input is sent;
 3. the batch's checkpoint commits to a :class:`streams.checkpoint.KafkaTransaction`: the consumed
    positions join the transaction and it commits (the commit order is :mod:`streams.checkpoint`'s).
 
@@ -17,25 +19,32 @@ see docs/decisions/0006-scheduler-runtime.md). After the commit, ``cache_writes`
 (a derived cache: losing one costs a recomputation, never correctness).
 
 State is not kept in a separate changelog: on assignment, a partition's runs are rebuilt by
-folding its ``runs`` log (:mod:`processors.scheduler.runtime.recovery`). If a transaction aborts,
-the checkpoint forgets the batch's positions, the assigned partitions are rebuilt and the consumer
-rewinds to the committed offsets.
+folding its ``runs`` log (:mod:`processors.scheduler.runtime.recovery`).
+
+No failure stops a partition (:mod:`processors.scheduler.runtime.failures`, ADR 0011): an input
+whose decision fails deterministically (a bug in ``decide``, a record over the message limit)
+fails its run or is rejected or dead-lettered, inside the batch's transaction; a transient
+failure aborts the transaction, rewinds the consumer to the batch and retries after a backoff;
+a commit the broker refuses is retried one input per transaction to single out the bad input.
+In-memory states only ever hold committed decisions, so an abort rebuilds nothing.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final, NamedTuple
 
 import redis
-from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from foundation.errors import NonRetryableError, RefluxError, ServiceUnavailableError
 from foundation.objectstore import S3BlobStore, content_key
 from foundation.settings import Settings
 from processors.node_catalog.runtime_view import CatalogResolver, NodeCatalogKafkaView
@@ -48,17 +57,30 @@ from processors.scheduler.decide import (
     RegisteredWorkflow,
     SchedulerInput,
     decide,
+    fail_input,
 )
+from processors.scheduler.evolve import RunEvent
+from processors.scheduler.runtime.failures import (
+    Backoff,
+    Isolation,
+    PayloadTooLargeError,
+    Strike,
+    classify_failure,
+    coordinates,
+    is_fatal,
+)
+from processors.scheduler.runtime.invoke_topics import InvokeTopics
 from processors.scheduler.runtime.recovery import rebuild_partitions
 from processors.scheduler.runtime.traces import traces_for
 from processors.scheduler.runtime.workflows import WorkflowsView
 from processors.scheduler.state import RunState
 from processors.scheduler.timers import due_timers
-from schemas import decode
-from schemas.base import canonical_json
+from schemas import decode, serde
+from schemas.base import RefluxRecord, canonical_json
 from schemas.errors import SchemaError
 from schemas.models import (
     CancelRun,
+    ErrorInfo,
     FireTimer,
     MutateGraph,
     NodeInvocation,
@@ -68,17 +90,24 @@ from schemas.models import (
     RedriveStep,
     ResumeRun,
     StartRun,
+    StepDispatched,
 )
 from schemas.trace_json import TRACE_HEADERS, encode_trace
 from streams.checkpoint import Checkpoint, KafkaTransaction
 from streams.consumer import consume_messages, consumer_config
 from streams.dlq import DeadLetterPublisher, poison_record
-from streams.producer import TransactionalProducer
+from streams.producer import TYPE_HEADER, DeliveryError, TransactionalProducer, normalize_headers
 from streams.topics import TopicCatalog
 from workflows.model import WorkflowDefinition
 from workflows.validation import WorkflowValidationError
 
 log = logging.getLogger(__name__)
+
+DEFAULT_MAX_MESSAGE_BYTES: Final = 1_000_000
+"""librdkafka's default ``message.max.bytes``; the producer refuses larger records locally."""
+_RECORD_OVERHEAD: Final = 512
+"""Bytes kept free for the record's framing (headers, lengths, timestamps) within the limit."""
+_MAX_ERROR_MESSAGE: Final = 4000
 
 INPUT_TYPES = (
     StartRun,
@@ -102,6 +131,14 @@ class RuntimeStats:
     timers_fired: int = 0
     cache_hits: int = 0
     aborted: int = 0
+    """Transactions aborted (transient failures and commits the broker refused)."""
+    transient_failures: int = 0
+    """Batches retried after a backoff (a service unreachable or slow)."""
+    failed_inputs: int = 0
+    """Inputs whose failure was written on their run (RunFailed / CommandRejected) instead of
+    their decision; see ``fail_input``."""
+    isolated_batches: int = 0
+    """Batches re-processed one input per transaction after the broker refused their commit."""
     last_commit_ms: float = 0.0
     # run id -> seq of the last committed event (tests and progress output read it)
     committed_seq: dict[str, int] = field(default_factory=dict)
@@ -116,6 +153,7 @@ class SchedulerRuntime:
         batch_size: int = 500,
         poll_timeout: float = 0.02,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        max_message_bytes: int | None = None,
     ) -> None:
         self.settings = settings
         self.catalog = TopicCatalog.from_settings(settings)
@@ -145,6 +183,14 @@ class SchedulerRuntime:
             config={"linger.ms": 0},
         )
         self._dead_letters = DeadLetterPublisher(self.producer, self.catalog.dlq, self.group)
+        # Records over this are refused before anything of their input is sent.
+        self.max_message_bytes = max_message_bytes or int(
+            self.producer.config.get("message.max.bytes", DEFAULT_MAX_MESSAGE_BYTES)
+        )
+        self.invoke_topics = InvokeTopics(settings, self.catalog)
+        self._backoff = Backoff()
+        self._isolation = Isolation()
+        self._stop = threading.Event()
         self.consumer = Consumer(
             consumer_config(
                 self.group,
@@ -179,6 +225,7 @@ class SchedulerRuntime:
         log.info("scheduler %s owns partitions %s", self.instance_id, sorted(self.states))
 
     def _on_revoke(self, partitions: list[TopicPartition]) -> None:
+        self._isolation.forget((tp.topic, tp.partition) for tp in partitions)
         for tp in partitions:
             runs = self.states.pop(tp.partition, {})
             for run_id in runs:
@@ -198,14 +245,47 @@ class SchedulerRuntime:
         return RegisteredWorkflow(record.version, definition)
 
     def _load_payload(self, ref: PayloadRef) -> Any:
-        return json.loads(self._blobs.get(ref.uri))
+        """A claim-checked output a template references: a missing or corrupt blob fails the
+        step (non-retryable); an unreachable store is retried with the batch."""
+        try:
+            data = self._blobs.get(ref.uri)
+        except RefluxError:
+            raise  # BlobNotFound
+        except Exception as exc:
+            if classify_failure(exc).retryable:
+                raise ServiceUnavailableError(f"Expected to read {ref.uri}, but: {exc}") from exc
+            raise
+        digest = hashlib.sha256(data).hexdigest()
+        if len(data) != ref.size_bytes or digest != ref.sha256:
+            raise NonRetryableError(
+                f"Expected {ref.uri} to hold {ref.size_bytes} bytes with sha256 {ref.sha256}, "
+                f"but it holds {len(data)} bytes with sha256 {digest}",
+                error_class="PayloadCorrupt",
+            )
+        return json.loads(data)
+
+    def _store_params(self, params: Any) -> PayloadRef | None:
+        """Claim check: params over the threshold go to the object store (content-addressed,
+        so a retried batch stores the same object again)."""
+        payload = canonical_json(params).encode()
+        if len(payload) <= self.settings.claim_check_threshold_bytes:
+            return None
+        key = content_key(payload, prefix="params")
+        uri = self._blobs.put(key, payload, "application/json")
+        return PayloadRef(
+            uri=uri,
+            size_bytes=len(payload),
+            sha256=key.rsplit("/", 1)[1],
+            content_type="application/json",
+        )
 
     def _context(self) -> DecisionContext:
         return DecisionContext(
             now=self.clock(),
-            invoke_topic=lambda node, major: self.catalog.invoke_topic(node, major).topic,
+            invoke_topic=self.invoke_topics,
             lookup_workflow=self._lookup_workflow,
             load_payload=self._load_payload,
+            store_payload=self._store_params,
             resolve_node_version=self._resolve_node_version,
         )
 
@@ -213,17 +293,29 @@ class SchedulerRuntime:
 
     def run(self, stop: threading.Event) -> None:
         log.info("scheduler %s running (group %s)", self.instance_id, self.group)
+        self._stop = stop  # backoff waits end early on stop
         while not stop.is_set():
             self.run_once()
         self.close()
 
     def run_once(self) -> int:
-        """Consumes one batch (possibly empty), fires due timers; returns inputs processed."""
-        messages = consume_messages(
-            self.consumer, self.batch_size, self.poll_timeout, what=f"scheduler {self.group}"
-        )
+        """Consumes one batch (possibly empty), fires due timers; returns inputs processed.
+
+        While a refused commit is being narrowed down (:class:`Isolation`), a batch is one
+        input and fires no timers."""
+        isolating = self._isolation.active
+        try:
+            messages = consume_messages(
+                self.consumer,
+                1 if isolating else self.batch_size,
+                self.poll_timeout,
+                what=f"scheduler {self.group}",
+            )
+        except ServiceUnavailableError as exc:
+            self._wait_after("consuming", exc)
+            return 0
         now = self.clock()
-        timers = self._due_timers(now)
+        timers = [] if isolating else self._due_timers(now)
         if not messages and not timers:
             return 0
         started = time.perf_counter()
@@ -243,8 +335,8 @@ class SchedulerRuntime:
                     partition=self._partition_of.get(command.run_id),
                 )
             self.checkpoint.commit()
-        except (KafkaException, Exception) as exc:
-            self._recover(exc)
+        except Exception as exc:
+            self._failed(exc, messages, timers)
             return 0
         # Committed: the new states are now the truth.
         for run_id, (partition, state) in batch.states.items():
@@ -253,9 +345,13 @@ class SchedulerRuntime:
             self.stats.committed_seq[run_id] = state.last_seq
         self._fired.update(t.timer_id for t in timers)
         self._write_cache(batch)
+        self._backoff.reset()
+        self._isolation.committed(messages)
         self.stats.batches += 1
         self.stats.inputs += len(messages)
         self.stats.timers_fired += len(timers)
+        self.stats.dead_lettered += batch.dead_lettered
+        self.stats.failed_inputs += batch.failed_inputs
         self.stats.last_commit_ms = (time.perf_counter() - started) * 1000
         return len(messages)
 
@@ -264,20 +360,54 @@ class SchedulerRuntime:
         try:
             decoded = decode(message.value() or b"", INPUT_TYPES)
         except SchemaError as exc:
-            self._dead_letter(message, exc.error_class, str(exc))
+            self._dead_letter(message, exc.error_class, str(exc), batch)
             return
         assert isinstance(decoded, INPUT_TYPES)
         record: SchedulerInput = decoded
+        if isinstance(record, FireTimer):
+            self._fired.discard(record.timer_id)
         state = batch.state_of(record.run_id, self.states.get(partition, {}))
+        strike = self._isolation.strikes.get(coordinates(message))
+        if strike is not None and strike.level >= 2:
+            # Even writing this input's failure was refused: dead-letter it, nothing else.
+            failure = _Failure(strike.error_class, strike.message)
+            self._write_failure(failure, message, record, state, batch, dead_letter_only=True)
+            return
+        decision: Decision | None = None
         try:
             decision = decide(state, record, self._context())
             decision = self._answer_cache(decision, batch)
+            # After a refused commit (a strike), the records bound for the refusing topics
+            # fail their step; the rest of the decision stands.
+            records = self._records(decision, partition, refused=strike)
         except WorkflowValidationError as exc:
-            self._dead_letter(message, "WorkflowInvalid", str(exc))
+            self._dead_letter(message, "WorkflowInvalid", str(exc), batch)
             return
-        self._write(decision, partition, batch)
-        if isinstance(record, FireTimer):
-            self._fired.discard(record.timer_id)
+        except _RecordRefusedError as refused:
+            assert decision is not None
+            failure = refused.failure()
+            self._write_failure(failure, message, record, state, batch, decision=decision)
+            return
+        except Exception as exc:
+            found = classify_failure(exc)
+            if found.retryable or is_fatal(exc):
+                raise  # the whole batch is retried (after a backoff) or the loop ends
+            log.exception(
+                "deciding %s of run %s failed; failing the input, not the partition",
+                type(record).__name__,
+                record.run_id,
+            )
+            detail = str(exc) or type(exc).__name__
+            self._write_failure(_Failure(found.error_class, detail), message, record, state, batch)
+            return
+        if strike is not None:
+            # Refused alone, but none of its records goes where the broker refused: fail the
+            # input as a whole rather than try the same transaction again.
+            failure = _Failure(strike.error_class, strike.message)
+            self._write_failure(failure, message, record, state, batch)
+            return
+        self._send(records)
+        self._applied(decision, partition, batch)
         if decision.rejection:
             log.info(
                 "rejected %s for run %s: %s",
@@ -285,6 +415,59 @@ class SchedulerRuntime:
                 record.run_id,
                 decision.rejection,
             )
+
+    def _write_failure(
+        self,
+        failure: _Failure,
+        message: Message,
+        record: SchedulerInput,
+        state: RunState | None,
+        batch: _Batch,
+        *,
+        decision: Decision | None = None,
+        dead_letter_only: bool = False,
+    ) -> None:
+        """Queue ``failure`` on the input's run (``fail_input``) instead of its decision, or
+        else dead-letter the input."""
+        topic, partition, offset = coordinates(message)
+        origin = f"{type(record).__name__} at {topic}/{partition}@{offset}"
+        text = f"{failure.detail} (input: {origin})"
+        if len(text) > _MAX_ERROR_MESSAGE:
+            text = text[: _MAX_ERROR_MESSAGE - 1] + "…"
+        error = ErrorInfo(error_class=failure.error_class, message=text, retryable=False)
+        failed: Decision | None = None
+        records: list[_Out] = []
+        if not dead_letter_only:
+            prefix: tuple[RunEvent, ...] = ()
+            invocations: tuple[NodeInvocation, ...] = ()
+            if decision is not None and failure.keep:
+                prefix = decision.events[: failure.keep]
+                sent = {e.invocation_id for e in prefix if isinstance(e, StepDispatched)}
+                invocations = tuple(i for i in decision.invocations if i.invocation_id in sent)
+            try:
+                failed = fail_input(
+                    state,
+                    record,
+                    error,
+                    self._context(),
+                    prefix=prefix,
+                    invocations=invocations,
+                    step_id=failure.step_id,
+                    attempt=failure.attempt,
+                )
+                records = self._records(failed, partition)
+            except Exception as exc:
+                if classify_failure(exc).retryable or is_fatal(exc):
+                    raise
+                log.exception("could not write the failure of %s; dead-lettering it", origin)
+                failed = None
+        if failed is None or not failed.events:
+            self._dead_letter(message, error.error_class, error.message, batch)
+            return
+        log.error("run %s: [%s] %s", record.run_id, error.error_class, error.message)
+        self._send(records)
+        self._applied(failed, partition, batch)
+        batch.failed_inputs += 1
 
     def _answer_cache(self, decision: Decision, batch: _Batch) -> Decision:
         """Looks cache-enabled steps up in Redis and feeds the answers back into ``decide``.
@@ -332,23 +515,78 @@ class SchedulerRuntime:
             output_ref=ref,
         )
 
-    def _write(self, decision: Decision, partition: int, batch: _Batch) -> None:
-        for event in decision.events:
-            self.producer.send(
-                self.catalog.runs, key=event.run_id, value=event, partition=partition
-            )
+    def _records(
+        self, decision: Decision, partition: int, refused: Strike | None = None
+    ) -> list[_Out]:
+        """Everything ``decision`` writes, encoded and size-checked; nothing is sent yet.
+
+        Raises :class:`_RecordRefusedError` at the first event or invocation over the message
+        limit, or (``refused``) bound for a topic whose broker refused this input's records
+        before; the decision's events before it can still be written. An oversized trace is
+        dropped.
+        """
+        out: list[_Out] = []
+        dispatched: dict[str, int] = {}
+        for index, event in enumerate(decision.events):
+            record = self._encoded(self.catalog.runs.topic, event.run_id, event, partition)
+            self._check(index, event, record, refused)
+            if isinstance(event, StepDispatched):
+                dispatched[event.invocation_id] = index
+            out.append(record)
         for invocation in decision.invocations:
-            self.producer.send(
-                self._invoke_topic_of(decision, invocation),
-                key=invocation.run_id,
-                value=self._claim_check(invocation),
+            topic = self._invoke_topic_of(decision, invocation)
+            value = self._claim_check(invocation)
+            record = self._encoded(topic, invocation.run_id, value, None)
+            # Cut before the StepDispatched of the invocation: the step fails instead.
+            index = dispatched.get(invocation.invocation_id, len(decision.events))
+            self._check(index, value, record, refused)
+            out.append(record)
+        if decision.state is not None and decision.events:
+            for trace in traces_for(decision.events, decision.state):
+                data = encode_trace(trace)
+                size = len(data) + len(trace.node) + _RECORD_OVERHEAD
+                if size > self.max_message_bytes:
+                    log.warning("dropping a %d-byte trace of run %s", size, trace.run_id)
+                    continue
+                headers = normalize_headers(TRACE_HEADERS)
+                topic = self.catalog.traces.topic
+                out.append(_Out(topic, trace.node.encode(), data, headers, None, size))
+        return out
+
+    def _check(self, index: int, value: RefluxRecord, record: _Out, refused: Strike | None) -> None:
+        if record.size > self.max_message_bytes:
+            raise _RecordRefusedError(
+                index,
+                value,
+                PayloadTooLargeError.error_class,
+                f"it is {record.size} bytes, over Kafka's {self.max_message_bytes}-byte message "
+                "limit (large step params and outputs travel by claim check; run inputs, "
+                "outputs and definitions must stay under the limit)",
             )
+        if refused is not None and record.topic in refused.topics:
+            raise _RecordRefusedError(
+                index,
+                value,
+                refused.error_class,
+                f"the broker refused it on {record.topic}: {refused.message}",
+            )
+
+    @staticmethod
+    def _encoded(topic: str, key: str, value: RefluxRecord, partition: int | None) -> _Out:
+        data = serde.encode(value)
+        key_bytes = key.encode()
+        headers = [(TYPE_HEADER, value.AVRO_NAME.encode())]
+        size = len(data) + len(key_bytes) + _RECORD_OVERHEAD
+        return _Out(topic, key_bytes, data, headers, partition, size)
+
+    def _send(self, records: Sequence[_Out]) -> None:
+        for r in records:
+            self.producer.send(r.topic, r.key, r.value, r.headers, partition=r.partition)
+
+    def _applied(self, decision: Decision, partition: int, batch: _Batch) -> None:
+        """Bookkeeping once a decision's records are queued in the transaction."""
         if decision.state is not None and decision.events:
             batch.states[decision.state.run_id] = (partition, decision.state)
-            for trace in traces_for(decision.events, decision.state):
-                self.producer.send(
-                    self.catalog.traces, trace.node, encode_trace(trace), TRACE_HEADERS
-                )
         batch.cache_writes.extend(decision.cache_writes)
         self.stats.events += len(decision.events)
         self.stats.invocations += len(decision.invocations)
@@ -362,17 +600,12 @@ class SchedulerRuntime:
         return topic
 
     def _claim_check(self, invocation: NodeInvocation) -> NodeInvocation:
-        payload = canonical_json(invocation.params).encode()
-        if len(payload) <= self.settings.claim_check_threshold_bytes:
+        """Params still inline in state (logged before StepScheduled had ``params_ref``)."""
+        if invocation.params_ref is not None:
             return invocation
-        key = content_key(payload, prefix="params")
-        uri = self._blobs.put(key, payload, "application/json")
-        ref = PayloadRef(
-            uri=uri,
-            size_bytes=len(payload),
-            sha256=key.rsplit("/", 1)[1],
-            content_type="application/json",
-        )
+        ref = self._store_params(invocation.params)
+        if ref is None:
+            return invocation
         return invocation.model_copy(update={"params": None, "params_ref": ref})
 
     def _write_cache(self, batch: _Batch) -> None:
@@ -400,35 +633,103 @@ class SchedulerRuntime:
                         commands.append(command)
         return commands
 
-    def _dead_letter(self, message: Message, error_class: str, reason: str) -> None:
+    def _dead_letter(self, message: Message, error_class: str, reason: str, batch: _Batch) -> None:
         # Queued on the transactional producer: the dead letter commits with the batch.
         self._dead_letters.publish(poison_record(message), error_class, reason)
-        self.stats.dead_lettered += 1
+        batch.dead_lettered += 1
         log.warning(
             "dead-lettered %s@%s: [%s] %s", message.topic(), message.offset(), error_class, reason
         )
 
-    def _recover(self, exc: BaseException) -> None:
-        """Abort, rebuild owned state from the log, rewind to the committed offsets."""
-        log.exception("scheduler batch failed; aborting the transaction: %s", exc)
+    def _failed(
+        self, exc: BaseException, messages: Sequence[Message], timers: Sequence[FireTimer]
+    ) -> None:
+        """The batch's transaction failed: abort it, rewind, then retry or narrow it down.
+
+        Nothing is rebuilt: the batch's decisions were never applied to ``self.states``."""
+        if not is_fatal(exc):
+            # A record that failed earlier in the transaction is the real cause (the error
+            # that surfaced may be a later produce refused because the transaction had failed).
+            reports = self.producer.take_failures()
+            if reports:
+                then = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                exc = DeliveryError(reports, f" (then: {then})")
+        failure = classify_failure(exc)
         self.stats.aborted += 1
         self.checkpoint.clear()
-        try:
-            self._transaction.abort()
-        except KafkaException:
-            log.exception("abort failed (producer fenced?); exiting so a supervisor restarts")
-            raise
-        assignment = self.consumer.assignment()
-        partitions = {tp.partition for tp in assignment}
-        self.states = rebuild_partitions(self.settings, self.catalog.runs.topic, partitions)
-        self._partition_of = {run_id: p for p, runs in self.states.items() for run_id in runs}
-        self._fired.clear()
-        for tp in self.consumer.committed(assignment, timeout=10):
-            if tp.offset >= 0:
-                self.consumer.seek(tp)
-            else:
-                self.consumer.seek(TopicPartition(tp.topic, tp.partition, 0))
-        time.sleep(0.2)
+        self._abort(exc)
+        self._rewind(messages)
+        # Check invoke topics again on their next use: one deleted meanwhile (its records time
+        # out, or are refused) is created again instead of failing every try.
+        self.invoke_topics.forget()
+        if failure.retryable:
+            self.stats.transient_failures += 1
+            self._wait_after("the batch", exc)
+            return
+        log.error(
+            "the broker refused the transaction of %d input(s) [%s]: %s",
+            len(messages),
+            failure.error_class,
+            exc,
+        )
+        if len(messages) == 1 and not timers and self._isolation.covers(messages[0]):
+            # Refused alone, after the batch it was in was refused: this input is the cause.
+            strike = self._isolation.strike(messages[0], failure, exc)
+            if strike.level > 2:
+                # Even a dead letter alone was refused: nothing is left but to wait (never
+                # skip an input: that would lose it).
+                strike.level = 2
+                log.critical("cannot even dead-letter %s", coordinates(messages[0]))
+                self._wait_after("dead-lettering", exc)
+        elif messages:
+            self._isolation.isolate(messages)
+            self.stats.isolated_batches += 1
+        else:
+            self._wait_after("firing timers", exc)
+
+    def _abort(self, exc: BaseException) -> None:
+        """Abort the open transaction; an abort that times out (broker unreachable) is tried
+        again after a backoff, as librdkafka allows. Only a fatal error ends the loop."""
+        if is_fatal(exc):
+            log.error("scheduler %s: fatal producer error, exiting: %s", self.instance_id, exc)
+            raise exc
+        while True:
+            try:
+                self._transaction.abort()
+                return
+            except KafkaException as abort_exc:
+                error = abort_exc.args[0] if abort_exc.args else None
+                if isinstance(error, KafkaError) and error.code() == KafkaError._STATE:
+                    return  # no transaction was open (begin itself failed)
+                if is_fatal(abort_exc) or not classify_failure(abort_exc).retryable:
+                    log.exception("abort failed; exiting so a supervisor restarts")
+                    raise
+                self._wait_after("aborting", abort_exc)
+                if self._stop.is_set():
+                    raise
+
+    def _rewind(self, messages: Sequence[Message]) -> None:
+        """Seek every partition of the batch back to its first input (what was committed)."""
+        first: dict[tuple[str, int], int] = {}
+        for message in messages:
+            topic, partition, offset = coordinates(message)
+            first[(topic, partition)] = min(first.get((topic, partition), offset), offset)
+        for (topic, partition), offset in first.items():
+            try:
+                self.consumer.seek(TopicPartition(topic, partition, offset))
+            except KafkaException as exc:  # revoked meanwhile: its next owner starts over
+                log.warning("could not rewind %s/%d to %d: %s", topic, partition, offset, exc)
+
+    def _wait_after(self, what: str, exc: BaseException) -> None:
+        delay = self._backoff.next_delay()
+        log.warning(
+            "scheduler %s: %s failed transiently (%s); retrying in %.2fs",
+            self.instance_id,
+            what,
+            exc,
+            delay,
+        )
+        self._stop.wait(delay)
 
     def run_state(self, run_id: str) -> RunState | None:
         partition = self._partition_of.get(run_id)
@@ -457,8 +758,58 @@ class _Batch:
     def __init__(self) -> None:
         self.states: dict[str, tuple[int, RunState]] = {}
         self.cache_writes: list[Any] = []
+        self.dead_lettered = 0
+        self.failed_inputs = 0
 
     def state_of(self, run_id: str, committed: dict[str, RunState]) -> RunState | None:
         if run_id in self.states:
             return self.states[run_id][1]
         return committed.get(run_id)
+
+
+class _Out(NamedTuple):
+    """One encoded record to send in the transaction."""
+
+    topic: str
+    key: bytes
+    value: bytes
+    headers: list[tuple[str, bytes]]
+    partition: int | None
+    size: int
+
+
+class _Failure(NamedTuple):
+    """A deterministic failure of one input, to be written instead of its decision."""
+
+    error_class: str
+    detail: str
+    keep: int = 0
+    """How many of the decision's first events are still written (before the refused one)."""
+    step_id: str | None = None
+    attempt: int | None = None
+
+
+class _RecordRefusedError(NonRetryableError):
+    """A record of a decision cannot be written (raised by ``_records``); the runtime turns it
+    into a :class:`_Failure` that keeps the decision's events before it."""
+
+    def __init__(self, index: int, record: RefluxRecord, error_class: str, reason: str) -> None:
+        run_id = getattr(record, "run_id", None)
+        seq = getattr(record, "seq", None)
+        super().__init__(
+            f"Expected to write {type(record).__name__} (seq {seq}) of run {run_id!r}, but "
+            f"{reason}",
+            error_class=error_class,
+        )
+        self.index = index
+        self.record = record
+
+    def failure(self) -> _Failure:
+        step = getattr(self.record, "step", None)
+        return _Failure(
+            self.error_class,
+            str(self),
+            keep=self.index,
+            step_id=step.step_id if step is not None else None,
+            attempt=getattr(self.record, "attempt", None),
+        )

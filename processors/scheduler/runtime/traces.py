@@ -53,7 +53,7 @@ def _trace(event: TracedEvent, state: RunState, status: TraceStatus) -> Trace:
         start=start,
         end=event.occurred_at,
         latency_ms=max(latency, 0),
-        inputs_hash=params_digest(step.params if step is not None else None),
+        inputs_hash=step.params_sha256 if step is not None else params_digest(None),
         error=error,
         retry_count=max(attempt - 1, 0),
         cache_hit=isinstance(event, StepSucceeded) and event.cache_hit,
