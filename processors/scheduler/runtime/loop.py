@@ -61,6 +61,7 @@ from schemas.models import (
     CancelRun,
     FireTimer,
     MutateGraph,
+    NodeHeartbeat,
     NodeInvocation,
     NodeResult,
     PauseRun,
@@ -88,6 +89,7 @@ INPUT_TYPES = (
     RedriveStep,
     MutateGraph,
     FireTimer,
+    NodeHeartbeat,
     NodeResult,
 )
 

@@ -36,8 +36,10 @@ def _trace(event: TracedEvent, state: RunState, status: TraceStatus) -> Trace:
     step = state.steps.get(event.step.step_id)
     attempt = getattr(event, "attempt", step.attempt if step else 0)
     start = event.occurred_at
-    if isinstance(event, StepTimedOut) and step is not None and step.dispatched_at is not None:
-        start = min(step.dispatched_at, event.occurred_at)
+    began = None if step is None else step.started_at or step.dispatched_at
+    if isinstance(event, StepTimedOut) and began is not None:
+        # From the worker's start (StepStarted); logs without one: from the dispatch.
+        start = min(began, event.occurred_at)
     latency = int((event.occurred_at - start).total_seconds() * 1000)
     error = step.error if isinstance(event, StepTimedOut) and step is not None else None
     return Trace(
