@@ -123,7 +123,7 @@ def test_illegal_command_is_a_409_with_the_reason(harness: Harness, api: TestCli
         )
         _wait_visible(api, "busy")
         run_id = api.post("/v1/runs", json={"workflow_id": "busy", "inputs": {}}).json()["run_id"]
-        harness.wait_step(run_id, "wait", "dispatched")
+        harness.wait_step(run_id, "wait", "running")
         response = api.post(f"/v1/runs/{run_id}/resume", params={"wait_ms": 10_000})
         assert response.status_code == 409, response.text
         assert "Expected run to be paused" in response.json()["detail"]
