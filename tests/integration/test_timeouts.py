@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -127,3 +127,61 @@ def test_queue_timeout_fails_the_step_when_no_worker_starts_it(
     assert_replay_equivalent(harness, run_id)
     after = harness.run(run_id)
     assert after is not None and (after.status, after.last_seq) == ("failed", run.last_seq)
+
+
+def test_a_scheduler_restart_reads_the_results_before_timing_attempts_out(
+    engine_harness: HarnessFactory, http: HttpTestServer
+) -> None:
+    # The attempts finish while the scheduler is down and their step-timeout timers fall due
+    # before it is back: it must read the results waiting for it before firing those timers.
+    # Frequent heartbeats (every 5 ms) leave the restarted scheduler a backlog of a few
+    # thousand records to read before the results.
+    runs = 8
+    harness = engine_harness(worker_config=WorkerConfig(heartbeat_interval_s=0.005))
+    harness.register(
+        {
+            "id": "restart",
+            "inputs": {"n": {"type": "integer", "required": True}},
+            "steps": [
+                {
+                    "id": "call",
+                    "node": "http.request@^1",
+                    "params": {"url": f"{http.url}/slow?ms=1200&n={{{{ inputs.n }}}}"},
+                    "timeout": "2s",  # no retry: a timer fired too early would fail the run
+                }
+            ],
+        }
+    )
+    engine = harness.engine
+    worker = engine.worker
+    assert worker is not None
+    run_ids = [harness.start("restart", {"n": n}) for n in range(runs)]
+    for run_id in run_ids:
+        harness.wait_step(run_id, "call", "running")
+    first = next(c for c in engine.components if c.name.startswith("scheduler-"))
+    first.stop()
+    first.thread.join(30)
+    assert not first.thread.is_alive()
+
+    eventually(lambda: worker.stats.results, 30, f"{runs} results", until=lambda n: n >= runs)
+    started = [harness.steps(run_id)["call"].started_at for run_id in run_ids]
+    due = max(s for s in started if s is not None) + timedelta(seconds=2, milliseconds=1_000)
+    eventually(
+        lambda: datetime.now(UTC),
+        30,
+        f"the step timers to be due ({due})",
+        until=lambda now: now > due,
+    )
+
+    engine.scheduler = engine.start_scheduler(instance_id="restarted")
+    finished = {run_id: harness.wait(run_id, timeout=60) for run_id in run_ids}
+    assert Counter(r.status for r in finished.values()) == {"succeeded": runs}, {
+        r: run.error for r, run in finished.items()
+    }
+    events = Counter(e.event_type for run_id in run_ids for e in harness.events(run_id))
+    assert events["StepTimedOut"] == events["StepFailed"] == 0
+    assert events["StepStarted"] == events["StepSucceeded"] == runs
+    assert Counter(r.query["n"][0] for r in http.requests_to("/slow")) == {
+        str(n): 1 for n in range(runs)
+    }
+    assert_replay_equivalent(harness, run_ids[0])

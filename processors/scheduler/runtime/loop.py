@@ -50,6 +50,7 @@ from processors.scheduler.decide import (
     decide,
 )
 from processors.scheduler.runtime.recovery import rebuild_partitions
+from processors.scheduler.runtime.results_gate import ResultsGate
 from processors.scheduler.runtime.traces import traces_for
 from processors.scheduler.runtime.workflows import WorkflowsView
 from processors.scheduler.state import RunState
@@ -131,6 +132,8 @@ class SchedulerRuntime:
         self._partition_of: dict[str, int] = {}
         # Timers already written as FireTimer and not yet answered: do not write them twice.
         self._fired: set[str] = set()
+        # Queue and step timeouts wait until the results they race with are read.
+        self._results_gate = ResultsGate(self.catalog.results.topic)
         self._redis = redis.Redis.from_url(settings.redis_url)
         # Namespaced like the topics, so environments sharing one Redis never share entries.
         self.cache_prefix = f"{settings.topic_prefix}:step-cache:"
@@ -173,6 +176,7 @@ class SchedulerRuntime:
         new = {tp.partition for tp in partitions} - set(self.states)
         if not new:
             return
+        self._results_gate.assigned(self.consumer, [tp for tp in partitions if tp.partition in new])
         rebuilt = rebuild_partitions(self.settings, self.catalog.runs.topic, new)
         for p, runs in rebuilt.items():
             self.states[p] = runs
@@ -181,6 +185,7 @@ class SchedulerRuntime:
         log.info("scheduler %s owns partitions %s", self.instance_id, sorted(self.states))
 
     def _on_revoke(self, partitions: list[TopicPartition]) -> None:
+        self._results_gate.revoked(partitions)
         for tp in partitions:
             runs = self.states.pop(tp.partition, {})
             for run_id in runs:
@@ -224,6 +229,8 @@ class SchedulerRuntime:
         messages = consume_messages(
             self.consumer, self.batch_size, self.poll_timeout, what=f"scheduler {self.group}"
         )
+        for message in messages:
+            self._results_gate.consumed(message)
         now = self.clock()
         timers = self._due_timers(now)
         if not messages and not timers:
@@ -393,12 +400,14 @@ class SchedulerRuntime:
 
     def _due_timers(self, now: datetime) -> list[FireTimer]:
         commands: list[FireTimer] = []
-        for runs in self.states.values():
+        for partition, runs in self.states.items():
             for state in runs.values():
                 if not state.timers:
                     continue
                 for command in due_timers(state, now):
-                    if command.timer_id not in self._fired:
+                    if command.timer_id not in self._fired and self._results_gate.allows(
+                        self.consumer, partition, command
+                    ):
                         commands.append(command)
         return commands
 
@@ -430,6 +439,8 @@ class SchedulerRuntime:
                 self.consumer.seek(tp)
             else:
                 self.consumer.seek(TopicPartition(tp.topic, tp.partition, 0))
+        self._results_gate.revoked(assignment)
+        self._results_gate.assigned(self.consumer, assignment)
         time.sleep(0.2)
 
     def run_state(self, run_id: str) -> RunState | None:
