@@ -576,7 +576,9 @@ def _timeout_ms(run: RunState, step_id: str) -> int:
     if timeout is not None:
         return timeout
     step = run.steps[step_id]
-    if step.timeout_at is not None and step.dispatched_at is not None:  # a mutated definition
+    if step.timeout_at is not None and step.dispatched_at is not None:
+        # A timer armed at dispatch (a log from before StepStarted) whose step lost its timeout
+        # in a graph mutation since: report what it was armed with.
         return int((step.timeout_at - step.dispatched_at).total_seconds() * 1000)
     return 0
 
@@ -669,8 +671,8 @@ def _heartbeat(w: _Writer, beat: NodeHeartbeat) -> None:
         return
     # Running: a heartbeat pushes the timer forward, recorded only when it moves it by at least
     # half the timeout (at most about two events per attempt: the worker ends it at `timeout`).
-    if due is None or timeout is None or step.timeout_at is None or beat.beat <= 0:
-        return
+    if timeout is None or due is None or step.timeout_at is None or beat.beat <= 0:
+        return  # no timer to move (no timeout), or a duplicate start
     if (due - step.timeout_at) >= timedelta(milliseconds=timeout / 2):
         w.emit(
             StepTimeoutExtended,
