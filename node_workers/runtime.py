@@ -349,21 +349,7 @@ class _Lane:
             # dies was never started, so its redelivery may run it.
             claim = await runtime.ledger.claim(invocation.invocation_id)
             if claim.state is ClaimState.NEW:
-                started = datetime.now(UTC)
-                late = too_late_to_start(invocation, started)
-                if late is not None:
-                    attempt = late  # its queue timeout passed: not started at all
-                else:
-                    runtime.stats.started += 1
-                    async with runtime.heartbeats(self.node, invocation, started):
-                        attempt = await run_attempt(
-                            self.node,
-                            invocation,
-                            load_params=runtime.load_params,
-                            default_timeout_s=runtime.config.default_timeout_s,
-                            secrets=runtime.secrets,
-                            started_at=started,
-                        )
+                attempt = await runtime.execute(self.node, invocation)
         if claim.state is ClaimState.DONE and claim.result is not None:
             # Executed and recorded by an earlier delivery: hand over the same result again.
             runtime.producer.send(
@@ -565,6 +551,24 @@ class WorkerRuntime:
         if self._blob_store is None:
             self._blob_store = S3BlobStore(self.settings)
         return self._blob_store
+
+    async def execute(self, node: AnyNode, invocation: NodeInvocation) -> Attempt:
+        """Run a claimed attempt: signal its start, heartbeat while it runs; one whose
+        ``start_by`` (queue timeout) passed is not started at all (``QueueTimeout``)."""
+        started = datetime.now(UTC)
+        late = too_late_to_start(invocation, started)
+        if late is not None:
+            return late
+        self.stats.started += 1
+        async with self.heartbeats(node, invocation, started):
+            return await run_attempt(
+                node,
+                invocation,
+                load_params=self.load_params,
+                default_timeout_s=self.config.default_timeout_s,
+                secrets=self.secrets,
+                started_at=started,
+            )
 
     @property
     def worker_name(self) -> str:
