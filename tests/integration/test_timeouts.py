@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from node_workers.runtime import WorkerConfig
+from processors.scheduler import TIMEOUT_GRACE_MS
 from tests.integration.engine_fixtures import HarnessFactory, assert_replay_equivalent
 from tests.integration.http_fixtures import HttpTestServer, serve
 from tests.support.waiting import eventually
@@ -134,10 +135,10 @@ def test_a_scheduler_restart_reads_the_results_before_timing_attempts_out(
 ) -> None:
     # The attempts finish while the scheduler is down and their step-timeout timers fall due
     # before it is back: it must read the results waiting for it before firing those timers.
-    # Frequent heartbeats (every 5 ms) leave the restarted scheduler a backlog of a few
+    # Frequent heartbeats (every 20 ms) leave the restarted scheduler a backlog of about a
     # thousand records to read before the results.
     runs = 8
-    harness = engine_harness(worker_config=WorkerConfig(heartbeat_interval_s=0.005))
+    harness = engine_harness(worker_config=WorkerConfig(heartbeat_interval_s=0.02))
     harness.register(
         {
             "id": "restart",
@@ -146,26 +147,31 @@ def test_a_scheduler_restart_reads_the_results_before_timing_attempts_out(
                 {
                     "id": "call",
                     "node": "http.request@^1",
-                    "params": {"url": f"{http.url}/slow?ms=1200&n={{{{ inputs.n }}}}"},
-                    "timeout": "2s",  # no retry: a timer fired too early would fail the run
+                    "params": {"url": f"{http.url}/slow?ms=3000&n={{{{ inputs.n }}}}"},
+                    "timeout": "4s",  # no retry: a timer fired too early would fail the run
                 }
             ],
         }
     )
     engine = harness.engine
-    worker = engine.worker
-    assert worker is not None
+    scheduler, worker = engine.scheduler, engine.worker
+    assert scheduler is not None and worker is not None
     run_ids = [harness.start("restart", {"n": n}) for n in range(runs)]
-    for run_id in run_ids:
-        harness.wait_step(run_id, "call", "running")
+
+    def running() -> list[str]:
+        """The runs whose step the live scheduler has seen started (not the projection)."""
+        states = [scheduler.run_state(run_id) for run_id in run_ids]
+        return [s.run_id for s in states if s and s.steps["call"].status.value == "running"]
+
+    eventually(running, 30, f"{runs} steps running", until=lambda ids: len(ids) == runs)
     first = next(c for c in engine.components if c.name.startswith("scheduler-"))
     first.stop()
     first.thread.join(30)
     assert not first.thread.is_alive()
+    # Every timer it armed (at a start or a heartbeat, before it stopped) is due by then.
+    due = datetime.now(UTC) + timedelta(seconds=4, milliseconds=TIMEOUT_GRACE_MS)
 
     eventually(lambda: worker.stats.results, 30, f"{runs} results", until=lambda n: n >= runs)
-    started = [harness.steps(run_id)["call"].started_at for run_id in run_ids]
-    due = max(s for s in started if s is not None) + timedelta(seconds=2, milliseconds=1_000)
     eventually(
         lambda: datetime.now(UTC),
         30,
