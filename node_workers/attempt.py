@@ -5,6 +5,13 @@ own :class:`~node_workers.errors.NodeError`, invalid params, an unreachable para
 deadline, or a bug in the node. The runtime only has to publish it; unit tests only have to
 look at it.
 
+Timeouts (docs/decisions/0013-execution-and-queue-timeouts.md): the step timeout
+(``NodeInvocation.timeout_ms``) counts from the moment this worker starts the attempt, never from
+the dispatch, so time spent in the invoke topic or waiting for a concurrency slot is not
+execution time. An absolute ``deadline`` (invocations from older schedulers) still applies too.
+An invocation whose ``start_by`` passed before it got a slot is not started at all
+(:func:`too_late_to_start`): the scheduler fails such a step with ``QueueTimeout``.
+
 Secrets: ``{{ secrets.NAME }}`` placeholders in the loaded params are resolved here, after the
 params are hashed (``inputs_hash`` stays the hash of the placeholders) and right before they are
 validated, so a value exists only in this process. Every way out of an attempt (output, error
@@ -18,7 +25,7 @@ import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from pydantic import BaseModel
@@ -31,11 +38,14 @@ from schemas.models import ErrorInfo, NodeInvocation, TraceStatus
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
+    "QUEUE_TIMEOUT",
     "Attempt",
     "ParamsLoader",
+    "attempt_deadline",
     "error_info",
     "inputs_hash",
     "run_attempt",
+    "too_late_to_start",
 ]
 
 log = logging.getLogger(__name__)
@@ -45,6 +55,50 @@ log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT_S: Final = 300.0
 
 ParamsLoader = Callable[[NodeInvocation], Awaitable[Any]]
+
+QUEUE_TIMEOUT: Final = "QueueTimeout"
+"""Error class of an invocation not started by its ``start_by`` (the step's queue_timeout)."""
+
+
+def attempt_deadline(invocation: NodeInvocation, started_at: datetime) -> datetime | None:
+    """When an attempt started at ``started_at`` must end: the step timeout counted from the
+    start, or the invocation's absolute deadline, whichever comes first (None: neither)."""
+    candidates = [
+        d
+        for d in (
+            started_at + timedelta(milliseconds=invocation.timeout_ms)
+            if invocation.timeout_ms is not None
+            else None,
+            invocation.deadline,
+        )
+        if d is not None
+    ]
+    return min(candidates) if candidates else None
+
+
+def too_late_to_start(invocation: NodeInvocation, now: datetime) -> Attempt | None:
+    """The outcome of an invocation whose ``start_by`` passed before a worker could start it
+    (``QueueTimeout``, not retryable: another attempt would queue behind it), else None."""
+    if invocation.start_by is None or now <= invocation.start_by:
+        return None
+    late_ms = int((now - invocation.start_by).total_seconds() * 1000)
+    return Attempt(
+        status=TraceStatus.ERROR,
+        started_at=now,
+        finished_at=now,
+        inputs_hash=inputs_hash(invocation.params)
+        if invocation.params_ref is None
+        else invocation.params_ref.sha256,
+        error=ErrorInfo(
+            error_class=QUEUE_TIMEOUT,
+            message=(
+                f"Attempt {invocation.attempt} ({invocation.invocation_id}) was not started: a "
+                f"worker got to it {late_ms} ms after its start_by {invocation.start_by} (the "
+                "step's queue_timeout)"
+            ),
+            retryable=False,
+        ),
+    )
 
 
 def inputs_hash(params: Any) -> str:
@@ -101,9 +155,10 @@ async def run_attempt(
     default_timeout_s: float = DEFAULT_TIMEOUT_S,
     logger: logging.Logger | None = None,
     secrets: SecretResolver | None = None,
+    started_at: datetime | None = None,
 ) -> Attempt:
-    """Resolve secrets, validate params, run ``node.execute`` under the invocation's deadline,
-    capture the end (redacted).
+    """Resolve secrets, validate params, run ``node.execute`` under the attempt's deadline
+    (:func:`attempt_deadline` from ``started_at``, default now), capture the end (redacted).
 
     Without ``secrets`` any placeholder fails the attempt with ``SecretUnavailable``.
     ``asyncio.CancelledError`` propagates: a cancelled attempt (shutdown, revoked partition)
@@ -111,13 +166,14 @@ async def run_attempt(
     """
     resolver = secrets if secrets is not None else no_secrets()
     redactor = resolver.redactor
-    started = _now()
+    started = started_at or _now()
+    deadline = attempt_deadline(invocation, started)
     ctx = NodeContext(
         invocation_id=invocation.invocation_id,
         run_id=invocation.run_id,
         step_id=invocation.step.step_id,
         attempt=invocation.attempt,
-        deadline=invocation.deadline,
+        deadline=deadline,
         idempotency_key=invocation.idempotency_key,
         workflow_id=invocation.workflow_id,
         logger=logging.LoggerAdapter(
@@ -162,7 +218,7 @@ async def run_attempt(
                 TraceStatus.TIMEOUT,
                 error=ErrorInfo(
                     error_class="NodeTimeout",
-                    message=f"Deadline {invocation.deadline} passed before the attempt started",
+                    message=f"Deadline {deadline} passed before the attempt started",
                     retryable=True,
                 ),
             )

@@ -7,9 +7,12 @@ of a process share one idempotent producer, one object store and one concurrency
 Delivery is **at-least-once**; execution is at most once per attempt. Per invocation, a lane:
 
 1. waits for a concurrency slot, claims the invocation id in the attempt ledger
-   (:mod:`node_workers.ledger`) and, on a first claim only, runs the attempt
-   (:func:`node_workers.attempt.run_attempt`); outputs over ``max_inline_output_bytes`` are first
-   written to the object store (claim check) and the result is recorded in the ledger;
+   (:mod:`node_workers.ledger`) and, on a first claim only, signals the start on ``results``
+   (:mod:`node_workers.heartbeats`: the step timeout counts from here) and runs the attempt
+   (:func:`node_workers.attempt.run_attempt`), heartbeating while it runs; an invocation whose
+   ``start_by`` (queue timeout) passed is not run but answered with ``QueueTimeout``; outputs
+   over ``max_inline_output_bytes`` are first written to the object store (claim check) and the
+   result is recorded in the ledger;
 2. queues the ``NodeResult`` (``results``, keyed by run id) and the ``Trace`` (``traces``, keyed by
    node name), then finishes the invocation's offset in the lane's checkpoint.
 
@@ -49,6 +52,8 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -63,8 +68,15 @@ from confluent_kafka import Message, TopicPartition
 from foundation.errors import ConfigurationError, RefluxError, ServiceUnavailableError
 from foundation.objectstore import BlobStore, S3BlobStore
 from foundation.settings import Settings
-from node_workers.attempt import DEFAULT_TIMEOUT_S, Attempt, inputs_hash, run_attempt
+from node_workers.attempt import (
+    DEFAULT_TIMEOUT_S,
+    Attempt,
+    inputs_hash,
+    run_attempt,
+    too_late_to_start,
+)
 from node_workers.claimcheck import encode_json, load_json, output_key, store_json
+from node_workers.heartbeats import DEFAULT_HEARTBEAT_INTERVAL_S, heartbeating
 from node_workers.ledger import AttemptLedger, ClaimState
 from node_workers.node import AnyNode
 from node_workers.records import build_result, build_trace
@@ -72,7 +84,7 @@ from node_workers.registry import NodeRegistry
 from node_workers.secrets import SecretResolver, resolver_from_settings
 from schemas import serde
 from schemas.errors import MalformedRecordError, SchemaError
-from schemas.models import ErrorInfo, NodeInvocation, NodeResult, TraceStatus
+from schemas.models import ErrorInfo, NodeHeartbeat, NodeInvocation, NodeResult, TraceStatus
 from schemas.trace_json import TRACE_HEADERS, encode_trace
 from streams.checkpoint import Checkpoint, ConsumerCommit, Flushable, TopicPartitionKey
 from streams.consumer import consume_messages, consumer_config
@@ -95,6 +107,8 @@ class WorkerConfig:
     """Larger outputs (canonical JSON bytes) go to the object store; the result has output_ref."""
     default_timeout_s: float = DEFAULT_TIMEOUT_S
     """Timeout of an invocation without a deadline."""
+    heartbeat_interval_s: float = DEFAULT_HEARTBEAT_INTERVAL_S
+    """Between two heartbeats of a running attempt (its start is always signalled); 0 = none."""
     shutdown_grace_s: float = 10.0
     revoke_grace_s: float = 10.0
     commit_interval_s: float = 0.5
@@ -125,6 +139,8 @@ class WorkerStats:
     """Counters for tests, logs and readiness; never used for decisions about offsets."""
 
     received: int = 0
+    started: int = 0
+    """Attempts this process started executing (and signalled as started)."""
     results: int = 0
     ok: int = 0
     errors: int = 0
@@ -333,13 +349,7 @@ class _Lane:
             # dies was never started, so its redelivery may run it.
             claim = await runtime.ledger.claim(invocation.invocation_id)
             if claim.state is ClaimState.NEW:
-                attempt = await run_attempt(
-                    self.node,
-                    invocation,
-                    load_params=runtime.load_params,
-                    default_timeout_s=runtime.config.default_timeout_s,
-                    secrets=runtime.secrets,
-                )
+                attempt = await runtime.execute(self.node, invocation)
         if claim.state is ClaimState.DONE and claim.result is not None:
             # Executed and recorded by an earlier delivery: hand over the same result again.
             runtime.producer.send(
@@ -541,6 +551,45 @@ class WorkerRuntime:
         if self._blob_store is None:
             self._blob_store = S3BlobStore(self.settings)
         return self._blob_store
+
+    async def execute(self, node: AnyNode, invocation: NodeInvocation) -> Attempt:
+        """Run a claimed attempt: signal its start, heartbeat while it runs; one whose
+        ``start_by`` (queue timeout) passed is not started at all (``QueueTimeout``)."""
+        started = datetime.now(UTC)
+        late = too_late_to_start(invocation, started)
+        if late is not None:
+            return late
+        self.stats.started += 1
+        async with self.heartbeats(node, invocation, started):
+            return await run_attempt(
+                node,
+                invocation,
+                load_params=self.load_params,
+                default_timeout_s=self.config.default_timeout_s,
+                secrets=self.secrets,
+                started_at=started,
+            )
+
+    @property
+    def worker_name(self) -> str:
+        """How this process names itself in its heartbeats (the steps' ``worker``)."""
+        return f"{self.config.client_id}@{socket.gethostname()}:{os.getpid()}"
+
+    def heartbeats(
+        self, node: AnyNode, invocation: NodeInvocation, started_at: datetime
+    ) -> contextlib.AbstractAsyncContextManager[None]:
+        """The start signal now, heartbeats while the block runs (see node_workers.heartbeats)."""
+        return heartbeating(
+            self._send_heartbeat,
+            node,
+            invocation,
+            started_at=started_at,
+            interval_s=self.config.heartbeat_interval_s,
+            worker=self.worker_name,
+        )
+
+    def _send_heartbeat(self, record: NodeHeartbeat) -> None:
+        self.producer.send(self.catalog.results, record.run_id, record)
 
     @property
     def hard_stopped(self) -> bool:

@@ -21,7 +21,7 @@ import psycopg
 
 from foundation.settings import Settings
 from node_workers.registry import NodeRegistry, default_registry
-from node_workers.runtime import WorkerRuntime
+from node_workers.runtime import WorkerConfig, WorkerRuntime
 from processors.scheduler.runtime.loop import SchedulerRuntime
 from processors.triggers.router import TriggerRouter
 from projections.postgres.migrations import apply_migrations
@@ -69,6 +69,7 @@ class DevEngine:
         trigger_router: bool = True,
         schedulers: int = 1,
         register_nodes: bool = False,
+        worker_config: WorkerConfig | None = None,
     ) -> None:
         self.settings = settings
         self.nodes = nodes or default_registry()
@@ -87,6 +88,7 @@ class DevEngine:
         # Publish the served node versions to the catalog (as `reflux worker` does). Off for
         # tests that manage the catalog themselves.
         self.register_nodes = register_nodes
+        self.worker_config = worker_config
         self.schedulers: list[SchedulerRuntime] = []
         self.scheduler: SchedulerRuntime | None = None
         self.worker: WorkerRuntime | None = None
@@ -121,7 +123,7 @@ class DevEngine:
             from node_workers.registration import register_nodes
 
             register_nodes(self.settings, self.nodes)
-        worker = WorkerRuntime(self.settings, self.nodes)
+        worker = WorkerRuntime(self.settings, self.nodes, config=self.worker_config)
         self.worker = worker
         stop_event: dict[str, asyncio.Event] = {}
         loop_holder: dict[str, asyncio.AbstractEventLoop] = {}

@@ -13,10 +13,12 @@ Envelopes: records of one kind start with the same fields (every run event with 
 ``run_id``, ``seq``, ``occurred_at``, ``schema_version``, ``causation_id``). :data:`ENVELOPES`
 names those groups; each becomes one base class holding the shared fields, and its records
 inherit them instead of repeating them. An envelope's fields must be the first fields of every
-member, defined identically (type, default, doc; only ``schema_version``'s default may differ: it
-is the member's version, which ``to_avro`` writes), or generation fails: the base class is then
-an exact prefix of each record, so a model's field order stays the Avro field order (JSON dumps,
-such as the traces topic and the projections, follow the model's order).
+member, defined identically (type, default, doc), or generation fails: the base class is then an
+exact prefix of each record, so a model's field order stays the Avro field order (JSON dumps,
+such as the traces topic and the projections, follow the model's order). The one allowed
+difference is the default of ``schema_version`` (a member at version 2 while the others are at
+1): such a member re-declares that field with its own default, in place (pydantic keeps an
+overridden field at its inherited position).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ _PRIMITIVES = {
 }
 _FACTORIES = {"uuid4": "new_id", "now": "utc_now"}
 _WIDTH = 100
+_VERSION_FIELD = "schema_version"
 
 Raw = dict[str, Any]
 
@@ -151,8 +154,8 @@ class _Generator:
                 f"{list(envelope.fields)}, but its fields are {list(leading)}."
             )
         for index, field_name in enumerate(envelope.fields):
-            if self.field_source(name, index, envelope=True) != self.field_source(
-                like, index, envelope=True
+            if self.field_source(name, index, versioned=False) != self.field_source(
+                like, index, versioned=False
             ):
                 raise SchemaDefinitionError(
                     f"Expected field {field_name!r} to be defined alike in every "
@@ -160,20 +163,17 @@ class _Generator:
                     "(type, default or doc)."
                 )
 
-    def field_source(self, record: str, index: int, *, envelope: bool = False) -> list[str]:
+    def field_source(self, record: str, index: int, *, versioned: bool = True) -> list[str]:
         """The class-body lines of a record's ``index``-th field: annotation, default, doc.
 
-        ``envelope``: as the envelope base class declares it. ``schema_version`` is the one
-        envelope field whose Avro default belongs to each record (it equals the record's
-        version): the base declares it with default 1, and :meth:`RefluxRecord.to_avro` writes
-        the model's ``SCHEMA_VERSION`` whatever the attribute holds.
-        """
+        ``versioned=False`` leaves out the default of ``schema_version`` (it is the record's own
+        version, so it may differ between the members of one envelope)."""
         namespace = record.rsplit(".", 1)[0]
         fld = self.by_name[record]["fields"][index]
-        if envelope and fld["name"] == "schema_version":
-            fld = {**fld, "default": 1}
         py_type = self.py_type(fld["type"], namespace, bool(fld.get("reflux.json")))
         default = self.default(fld, py_type, namespace)
+        if not versioned and fld["name"] == _VERSION_FIELD:
+            default = None
         line = f"    {fld['name']}: {py_type}" + ("" if default is None else f" = {default}")
         return [line] + (_docstring(fld["doc"], "    ") if "doc" in fld else [])
 
@@ -290,11 +290,12 @@ def _envelope_source(gen: _Generator, envelope: Envelope, first_member: str) -> 
     out = [f"class {envelope.class_name}(RefluxRecord):"]
     out += _docstring(envelope.doc, "    ")
     for index in range(len(envelope.fields)):
-        out += ["", *gen.field_source(first_member, index, envelope=True)]
+        out += ["", *gen.field_source(first_member, index)]
     return out
 
 
-def _record_source(gen: _Generator, raw: Raw) -> list[str]:
+def _record_source(gen: _Generator, raw: Raw, base_member: str | None = None) -> list[str]:
+    """A record's class; ``base_member`` is the record its envelope base was generated from."""
     name = full_name(raw)
     envelope = gen.envelope_of.get(name)
     base = "RefluxRecord" if envelope is None else envelope.class_name
@@ -306,6 +307,12 @@ def _record_source(gen: _Generator, raw: Raw) -> list[str]:
         f"    SCHEMA_VERSION: ClassVar[int] = {raw.get(VERSION_ATTRIBUTE, 1)}",
     ]
     inherited = 0 if envelope is None else len(envelope.fields)
+    if envelope is not None and base_member is not None:
+        # A member at another version than the base re-declares schema_version's default.
+        index = envelope.fields.index(_VERSION_FIELD)
+        own = gen.field_source(name, index)
+        if own != gen.field_source(base_member, index):
+            out += ["", *own]
     for index in range(inherited, len(raw["fields"])):
         out += ["", *gen.field_source(name, index)]
     return out
@@ -334,6 +341,7 @@ def generate(avro_dir: Path = AVRO_DIR) -> str:
     gen = _Generator(raws)
     blocks: list[list[str]] = []
     emitted: set[str] = set()
+    base_of: dict[str, str] = {}
     for name in gen.ordered():
         raw = gen.by_name[name]
         envelope = gen.envelope_of.get(name)
@@ -341,7 +349,12 @@ def generate(avro_dir: Path = AVRO_DIR) -> str:
         if envelope is not None and envelope.class_name not in emitted:
             blocks.append(_envelope_source(gen, envelope, name))
             emitted.add(envelope.class_name)
-        blocks.append(_enum_source(gen, raw) if raw["type"] == "enum" else _record_source(gen, raw))
+            base_of[envelope.class_name] = name
+        if raw["type"] == "enum":
+            blocks.append(_enum_source(gen, raw))
+        else:
+            base = base_of.get(envelope.class_name) if envelope is not None else None
+            blocks.append(_record_source(gen, raw, base))
     records = [n for n in gen.ordered() if gen.by_name[n]["type"] == "record"]
     registry = ["MODELS: dict[str, type[RefluxRecord]] = {"]
     registry += [f'    "{n}": {gen.class_of[n]},' for n in records]

@@ -45,6 +45,7 @@ class TimerKind(StrEnum):
     BACKOFF = "backoff"
     STEP_TIMEOUT = "step_timeout"
     RUN_DEADLINE = "run_deadline"
+    QUEUE_TIMEOUT = "queue_timeout"
 
 
 class TraceStatus(StrEnum):
@@ -285,7 +286,10 @@ class FireTimer(RunCommandEnvelope):
     """A timer is due; emitted by the per-partition timer into reflux.commands."""
 
     AVRO_NAME: ClassVar[str] = "reflux.commands.FireTimer"
-    SCHEMA_VERSION: ClassVar[int] = 1
+    SCHEMA_VERSION: ClassVar[int] = 2
+
+    schema_version: int = 2
+    """Version of the writer schema; old records keep the version they were written with."""
 
     timer_id: str
     """Timer id from run state; stale timers are ignored."""
@@ -555,7 +559,10 @@ class StepDispatched(RunEventEnvelope):
     """A node invocation was sent to a worker group."""
 
     AVRO_NAME: ClassVar[str] = "reflux.events.StepDispatched"
-    SCHEMA_VERSION: ClassVar[int] = 1
+    SCHEMA_VERSION: ClassVar[int] = 2
+
+    schema_version: int = 2
+    """Version of the writer schema; old records keep the version they were written with."""
 
     step: StepRef
     """The step."""
@@ -573,7 +580,15 @@ class StepDispatched(RunEventEnvelope):
     """Concrete node version chosen by the rollout weights."""
 
     timeout_at: TimestampMillis | None = None
-    """When the attempt times out, if the step has a timeout."""
+    """Version 1 only: when the attempt timed out, counted from dispatch. Since version 2 always
+    null: the execution timeout is armed by StepStarted, when a worker starts the attempt
+    (docs/decisions/0013-execution-and-queue-timeouts.md).
+    """
+
+    queue_timeout_at: TimestampMillis | None = None
+    """When the step fails with QueueTimeout unless a worker has started the attempt (the step's
+    queue_timeout); null = wait for a worker as long as it takes.
+    """
 
 
 class StepFailed(RunEventEnvelope):
@@ -623,6 +638,9 @@ class StepScheduled(RunEventEnvelope):
     AVRO_NAME: ClassVar[str] = "reflux.events.StepScheduled"
     SCHEMA_VERSION: ClassVar[int] = 2
 
+    schema_version: int = 2
+    """Version of the writer schema; old records keep the version they were written with."""
+
     step: StepRef
     """The step."""
 
@@ -650,6 +668,37 @@ class StepSkipped(RunEventEnvelope):
 
     reason: str
     """Why, e.g. "condition 'status == 200' was false"."""
+
+
+class StepStarted(RunEventEnvelope):
+    """A worker started executing the step's current attempt (its start signal or a heartbeat
+    reached the scheduler): the queue timeout no longer applies and the execution timeout
+    counts from here.
+    """
+
+    AVRO_NAME: ClassVar[str] = "reflux.events.StepStarted"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    step: StepRef
+    """The step."""
+
+    attempt: int
+    """Attempt number, 1-based."""
+
+    invocation_id: str
+    """The invocation a worker runs."""
+
+    started_at: TimestampMillis
+    """When the worker started the attempt (the worker's clock)."""
+
+    timeout_at: TimestampMillis | None = None
+    """When the scheduler times the attempt out if no result (or heartbeat) arrives: the step's
+    timeout plus a grace, from the moment the start was decided; null when the step has no
+    timeout.
+    """
+
+    worker: str | None = None
+    """The worker process running the attempt, as it named itself."""
 
 
 class StepSucceeded(RunEventEnvelope):
@@ -699,11 +748,35 @@ class StepTimedOut(RunEventEnvelope):
     """The timeout that was exceeded."""
 
 
+class StepTimeoutExtended(RunEventEnvelope):
+    """A heartbeat of the running attempt moved its step-timeout timer forward (recorded only
+    when it moves the timer by at least half the step timeout).
+    """
+
+    AVRO_NAME: ClassVar[str] = "reflux.events.StepTimeoutExtended"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    step: StepRef
+    """The step."""
+
+    attempt: int
+    """Attempt number, 1-based."""
+
+    invocation_id: str
+    """The invocation a worker runs."""
+
+    beat: int
+    """The heartbeat's number (1, 2, ...)."""
+
+    timeout_at: TimestampMillis
+    """The timer's new due time."""
+
+
 class NodeInvocation(RefluxRecord):
     """Ask a worker group to run one attempt of a step."""
 
     AVRO_NAME: ClassVar[str] = "reflux.invoke.NodeInvocation"
-    SCHEMA_VERSION: ClassVar[int] = 1
+    SCHEMA_VERSION: ClassVar[int] = 2
 
     event_id: str = Field(default_factory=new_id)
     """Unique id (UUID text) of this record; consumers dedupe on it."""
@@ -717,7 +790,7 @@ class NodeInvocation(RefluxRecord):
     occurred_at: TimestampMillis = Field(default_factory=utc_now)
     """When the producer created this record (UTC, milliseconds)."""
 
-    schema_version: int = 1
+    schema_version: int = 2
     """Version of the writer schema; old records keep the version they were written with."""
 
     invocation_id: str
@@ -742,7 +815,20 @@ class NodeInvocation(RefluxRecord):
     """Params in object storage, when too large."""
 
     deadline: TimestampMillis | None = None
-    """Abandon the attempt after this instant."""
+    """Abandon the attempt after this instant (absolute). Version 1 invocations carry the step
+    timeout here, counted from dispatch; the scheduler now leaves it null and sends
+    timeout_ms.
+    """
+
+    timeout_ms: int | None = None
+    """Execution budget of the attempt in ms, counted from the moment the worker starts it (the
+    step's timeout); null = the worker's default.
+    """
+
+    start_by: TimestampMillis | None = None
+    """Do not start the attempt after this instant (the step's queue_timeout): the scheduler
+    fails the step with QueueTimeout then; null = no limit.
+    """
 
     idempotency_key: str
     """Pass downstream (Idempotency-Key, Message-ID)."""
@@ -808,6 +894,49 @@ class NodeCatalogEntry(StandaloneEnvelope):
 
     code_uri: str | None = None
     """Artifact location for generated/user code, if any."""
+
+
+class NodeHeartbeat(RefluxRecord):
+    """A worker is executing one invocation attempt: sent when it starts the attempt (beat 0,
+    right after claiming it in the attempt ledger) and every heartbeat interval while the
+    attempt runs. The scheduler turns the first one into StepStarted.
+    """
+
+    AVRO_NAME: ClassVar[str] = "reflux.results.NodeHeartbeat"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    event_id: str = Field(default_factory=new_id)
+    """Unique id (UUID text) of this record; consumers dedupe on it."""
+
+    run_id: str
+    """The run this record belongs to; the Kafka key."""
+
+    seq: int
+    """seq of the invocation this is about (copied from NodeInvocation)."""
+
+    occurred_at: TimestampMillis = Field(default_factory=utc_now)
+    """When the producer created this record (UTC, milliseconds)."""
+
+    schema_version: int = 1
+    """Version of the writer schema; old records keep the version they were written with."""
+
+    invocation_id: str
+    """The invocation being executed."""
+
+    attempt: int
+    """Attempt number, 1-based."""
+
+    step: StepRef
+    """Step; node_version is the version that runs."""
+
+    started_at: TimestampMillis
+    """When the worker started executing the attempt (its clock)."""
+
+    beat: int
+    """0 for the start, then 1, 2, ... for each heartbeat of the attempt."""
+
+    worker: str | None = None
+    """The worker process (its client id), for operators."""
 
 
 class NodeResult(RefluxRecord):
@@ -1013,11 +1142,14 @@ MODELS: dict[str, type[RefluxRecord]] = {
     "reflux.events.StepRetryScheduled": StepRetryScheduled,
     "reflux.events.StepScheduled": StepScheduled,
     "reflux.events.StepSkipped": StepSkipped,
+    "reflux.events.StepStarted": StepStarted,
     "reflux.events.StepSucceeded": StepSucceeded,
     "reflux.events.StepTimedOut": StepTimedOut,
+    "reflux.events.StepTimeoutExtended": StepTimeoutExtended,
     "reflux.invoke.NodeInvocation": NodeInvocation,
     "reflux.mutations.Mutation": Mutation,
     "reflux.nodes.NodeCatalogEntry": NodeCatalogEntry,
+    "reflux.results.NodeHeartbeat": NodeHeartbeat,
     "reflux.results.NodeResult": NodeResult,
     "reflux.traces.Trace": Trace,
     "reflux.triggers.Trigger": Trigger,
@@ -1042,6 +1174,7 @@ __all__ = [
     "Mutation",
     "MutationStatus",
     "NodeCatalogEntry",
+    "NodeHeartbeat",
     "NodeInvocation",
     "NodeResult",
     "NodeStatus",
@@ -1066,8 +1199,10 @@ __all__ = [
     "StepRetryScheduled",
     "StepScheduled",
     "StepSkipped",
+    "StepStarted",
     "StepSucceeded",
     "StepTimedOut",
+    "StepTimeoutExtended",
     "TimerKind",
     "Trace",
     "TraceStatus",

@@ -22,8 +22,10 @@ from schemas.models import (
     StepRetryScheduled,
     StepScheduled,
     StepSkipped,
+    StepStarted,
     StepSucceeded,
     StepTimedOut,
+    StepTimeoutExtended,
 )
 
 __all__ = ["RUN_EVENT_TYPES", "TERMINAL_RUN_EVENT_TYPES", "RunEvent", "TerminalRunEvent"]
@@ -32,6 +34,8 @@ RunEvent = (
     RunStarted
     | StepScheduled
     | StepDispatched
+    | StepStarted
+    | StepTimeoutExtended
     | StepSucceeded
     | StepFailed
     | StepRetryScheduled
@@ -51,6 +55,8 @@ RUN_EVENT_TYPES: tuple[type[RunEvent], ...] = (
     RunStarted,
     StepScheduled,
     StepDispatched,
+    StepStarted,
+    StepTimeoutExtended,
     StepSucceeded,
     StepFailed,
     StepRetryScheduled,

@@ -43,7 +43,10 @@ class StepStatus(StrEnum):
     SCHEDULED = "scheduled"
     """Params rendered; waiting for the cache lookup (cache-enabled steps) before dispatch."""
     DISPATCHED = "dispatched"
-    """A NodeInvocation is out; waiting for its result or its timeout."""
+    """A NodeInvocation is out, waiting for a worker to start it (only ``queue_timeout`` bounds
+    that wait)."""
+    RUNNING = "running"
+    """A worker started the attempt (StepStarted); waiting for its result or its ``timeout``."""
     RETRY_WAIT = "retry_wait"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
@@ -65,7 +68,7 @@ DONE_STEP_STATUSES: Final = frozenset({StepStatus.SUCCEEDED, StepStatus.SKIPPED}
 FAILED_STEP_STATUSES: Final = frozenset({StepStatus.FAILED, StepStatus.TIMED_OUT})
 """The last attempt failed and no retry is pending (a retry moves the step to retry_wait)."""
 ACTIVE_STEP_STATUSES: Final = frozenset(
-    {StepStatus.SCHEDULED, StepStatus.DISPATCHED, StepStatus.RETRY_WAIT}
+    {StepStatus.SCHEDULED, StepStatus.DISPATCHED, StepStatus.RUNNING, StepStatus.RETRY_WAIT}
 )
 """Work in flight: a result, a cache answer or a timer will move these steps on."""
 
@@ -76,6 +79,7 @@ ProjectedRunStatus = Literal["running", "paused", "succeeded", "failed", "cancel
 ProjectedStepStatus = Literal[
     "scheduled",
     "dispatched",
+    "running",
     "retry_wait",
     "succeeded",
     "failed",

@@ -99,12 +99,24 @@ class CacheSpec(_Frozen):
     ttl: DurationMs = 3_600_000
 
 
+def _positive_queue_timeout(value: int | None) -> int | None:
+    if value is not None and value <= 0:
+        raise ValueError(
+            f"queue_timeout must be positive, but got {value} ms (leave it out to wait for a "
+            "worker as long as it takes)"
+        )
+    return value
+
+
 class Defaults(_Frozen):
     """Applied to every step that does not say otherwise (field by field for retry and cache)."""
 
     retry: RetrySpec | None = None
     timeout: DurationMs | None = None
+    queue_timeout: DurationMs | None = None
     cache: CacheSpec | None = None
+
+    _queue_timeout = field_validator("queue_timeout")(_positive_queue_timeout)
 
 
 class StepDefinition(_Frozen):
@@ -117,7 +129,12 @@ class StepDefinition(_Frozen):
     when: str | None = None
     retry: RetrySpec = RetrySpec()
     timeout: DurationMs | None = None
+    """Execution bound of one attempt, counted from the moment a worker starts it."""
+    queue_timeout: DurationMs | None = None
+    """Bound on the wait for a worker to start an attempt (schedule-to-start); None = no bound."""
     cache: CacheSpec = CacheSpec()
+
+    _queue_timeout = field_validator("queue_timeout")(_positive_queue_timeout)
 
     @field_validator("id")
     @classmethod

@@ -130,8 +130,9 @@ def merge_step_defaults(step: Mapping[str, Any], defaults: Mapping[str, Any]) ->
                 merged[key] = dict(default)
             elif isinstance(own, Mapping):
                 merged[key] = {**default, **own}
-    if defaults.get("timeout") is not None and "timeout" not in merged:
-        merged["timeout"] = defaults["timeout"]
+    for key in ("timeout", "queue_timeout"):
+        if defaults.get(key) is not None and key not in merged:
+            merged[key] = defaults[key]
     return merged
 
 

@@ -95,7 +95,15 @@ class StepPublic(BaseModel):
     cache_hit: bool | None = None
     duration_ms: int | None = None
     scheduled_at: datetime | None = None
-    started_at: datetime | None = None
+    dispatched_at: datetime | None = Field(
+        default=None, description="When the current attempt was sent to the workers."
+    )
+    started_at: datetime | None = Field(
+        default=None,
+        description="When a worker started the current attempt (status `running` from then on); "
+        "the step `timeout` counts from here, not from the dispatch.",
+    )
+    worker: str | None = Field(default=None, description="The worker running the attempt.")
     next_attempt_at: datetime | None = None
     finished_at: datetime | None = None
 

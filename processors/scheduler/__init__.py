@@ -6,6 +6,8 @@ See :mod:`processors.scheduler.decide` for the runtime contract (what to do with
 
 from processors.scheduler.cache import cache_key, params_digest
 from processors.scheduler.decide import (
+    QUEUE_TIMEOUT,
+    TIMEOUT_GRACE_MS,
     CacheHit,
     CacheLookup,
     CacheMiss,
@@ -31,7 +33,9 @@ from processors.scheduler.state import RunState, RunStatus, StepState, StepStatu
 from processors.scheduler.timers import due_timers, fire_timer_command, live_timers, next_due
 
 __all__ = [
+    "QUEUE_TIMEOUT",
     "RUN_EVENT_TYPES",
+    "TIMEOUT_GRACE_MS",
     "CacheHit",
     "CacheLookup",
     "CacheMiss",

@@ -7,9 +7,18 @@ consecutive ``seq`` from ``state.last_seq + 1``. Nothing here does I/O, reads a 
 random number on its own: all of that comes in through :class:`DecisionContext`.
 
 Inputs (``SchedulerInput``): the commands ``StartRun``, ``CancelRun``, ``PauseRun``,
-``ResumeRun``, ``RedriveStep``, ``MutateGraph``, ``FireTimer``; a worker's ``NodeResult``; and the
-runtime's answers to cache lookups, :class:`CacheHit` / :class:`CacheMiss` (plain dataclasses,
-not Avro records: they never leave the scheduler process).
+``ResumeRun``, ``RedriveStep``, ``MutateGraph``, ``FireTimer``; a worker's ``NodeHeartbeat`` and
+``NodeResult``; and the runtime's answers to cache lookups, :class:`CacheHit` / :class:`CacheMiss`
+(plain dataclasses, not Avro records: they never leave the scheduler process).
+
+Timeouts (docs/decisions/0013-execution-and-queue-timeouts.md): waiting for a worker is bounded
+only by the step's optional ``queue_timeout`` (a timer armed at dispatch; it fails the step with
+the non-retryable ``QueueTimeout``). The step ``timeout`` bounds execution: the worker enforces it
+from its own start, and the first ``NodeHeartbeat`` of the current attempt (the start, beat 0, or
+any later beat) becomes ``StepStarted``, which cancels the queue timer and arms the step-timeout
+timer at ``now + timeout + TIMEOUT_GRACE_MS`` (a backstop for a worker that is lost). Later
+heartbeats move that timer forward (``StepTimeoutExtended``) when they move it by at least half
+the timeout, so a long attempt adds at most a few events to the log.
 
 What the runtime does with a :class:`Decision`, in one Kafka transaction with the input's offset:
 
@@ -53,6 +62,7 @@ from processors.scheduler.state import (
     FAILED_STEP_STATUSES,
     RunState,
     RunStatus,
+    StepState,
     StepStatus,
     Timer,
 )
@@ -66,6 +76,7 @@ from schemas.models import (
     GraphMutated,
     GraphMutationType,
     MutateGraph,
+    NodeHeartbeat,
     NodeInvocation,
     NodeResult,
     PauseRun,
@@ -85,8 +96,10 @@ from schemas.models import (
     StepRetryScheduled,
     StepScheduled,
     StepSkipped,
+    StepStarted,
     StepSucceeded,
     StepTimedOut,
+    StepTimeoutExtended,
     TimerKind,
     TraceStatus,
 )
@@ -108,6 +121,8 @@ from workflows.validation import (
 )
 
 __all__ = [
+    "QUEUE_TIMEOUT",
+    "TIMEOUT_GRACE_MS",
     "CacheHit",
     "CacheLookup",
     "CacheMiss",
@@ -176,10 +191,16 @@ SchedulerInput = (
     | RedriveStep
     | MutateGraph
     | FireTimer
+    | NodeHeartbeat
     | NodeResult
     | CacheHit
     | CacheMiss
 )
+
+TIMEOUT_GRACE_MS = 1_000
+"""Added to the step timeout on the scheduler's timer: the worker enforces the timeout itself
+from its own start and reports it, so the scheduler's timer only decides for a worker that is
+lost, and must not beat a result that was sent in time and is still on its way."""
 
 _COMMANDS = (StartRun, CancelRun, PauseRun, ResumeRun, RedriveStep, MutateGraph)
 Command = StartRun | CancelRun | PauseRun | ResumeRun | RedriveStep | MutateGraph
@@ -343,7 +364,7 @@ def _causation_of(input: SchedulerInput) -> str | None:
         return input.command_id
     if isinstance(input, FireTimer):
         return input.timer_id
-    if isinstance(input, NodeResult):
+    if isinstance(input, NodeResult | NodeHeartbeat):
         return input.invocation_id
     return None
 
@@ -531,8 +552,15 @@ def _fire_timer(w: _Writer, cmd: FireTimer) -> None:
     step = run.steps.get(timer.step_id)
     if step is None:
         return
-    if timer.kind is TimerKind.STEP_TIMEOUT:
+    if timer.kind is TimerKind.QUEUE_TIMEOUT:
         if step.status is not StepStatus.DISPATCHED or step.attempt != timer.attempt:
+            return  # a worker started it (or it ended) first
+        _fail_attempt(w, step.step_id, _queue_timeout_error(run, step.step_id))
+        _advance(w)
+        return
+    if timer.kind is TimerKind.STEP_TIMEOUT:
+        # RUNNING since StepStarted; DISPATCHED only in logs written before it (timer at dispatch)
+        if step.status not in _IN_FLIGHT or step.attempt != timer.attempt:
             return
         w.emit(
             StepTimedOut,
@@ -553,16 +581,56 @@ def _fire_timer(w: _Writer, cmd: FireTimer) -> None:
 
 
 def _timeout_ms(run: RunState, step_id: str) -> int:
+    """The step's execution timeout (what StepTimedOut reports)."""
+    timeout = run.step_definition(step_id).timeout
+    if timeout is not None:
+        return timeout
     step = run.steps[step_id]
     if step.timeout_at is not None and step.dispatched_at is not None:
+        # A timer armed at dispatch (a log from before StepStarted) whose step lost its timeout
+        # in a graph mutation since: report what it was armed with.
         return int((step.timeout_at - step.dispatched_at).total_seconds() * 1000)
-    return run.step_definition(step_id).timeout or 0
+    return 0
+
+
+def _queue_timeout_error(run: RunState, step_id: str) -> ErrorInfo:
+    step = run.steps[step_id]
+    waited = run.step_definition(step_id).queue_timeout
+    if step.queue_timeout_at is not None and step.dispatched_at is not None:
+        waited = int((step.queue_timeout_at - step.dispatched_at).total_seconds() * 1000)
+    return ErrorInfo(
+        error_class=QUEUE_TIMEOUT,
+        message=(
+            f"No worker started attempt {step.attempt} of step {step_id!r} within its "
+            f"queue_timeout of {waited} ms (invoke topic {step.invoke_topic})"
+        ),
+        # Another attempt would wait in the same queue, behind this one: re-drive instead.
+        retryable=False,
+    )
+
+
+def _fail_attempt(w: _Writer, step_id: str, error: ErrorInfo) -> None:
+    step = w.run.steps[step_id]
+    w.emit(
+        StepFailed,
+        step=w.run.step_ref(step_id),
+        attempt=step.attempt,
+        invocation_id=step.invocation_id,
+        error=error,
+    )
+    _after_failure(w, step_id, error)
 
 
 # -- results and cache answers -------------------------------------------------------------------
 
 _RECORDING = (RunStatus.RUNNING, RunStatus.PAUSED, RunStatus.FAILED)
 """Run statuses in which results are still recorded (a failed run can be re-driven)."""
+
+_IN_FLIGHT = (StepStatus.DISPATCHED, StepStatus.RUNNING)
+"""Step statuses of an attempt that a worker may answer."""
+
+QUEUE_TIMEOUT = "QueueTimeout"
+"""Error class of a step whose attempt no worker started within its ``queue_timeout``."""
 
 _WORKER_ERRORS = {
     TraceStatus.ERROR: ("WorkerError", "the worker reported an error without details"),
@@ -571,18 +639,66 @@ _WORKER_ERRORS = {
 }
 
 
-def _result(w: _Writer, result: NodeResult) -> None:
+def _current_attempt(w: _Writer, signal: NodeResult | NodeHeartbeat) -> StepState | None:
+    """The step ``signal`` is about, if it is for the step's attempt in flight (else None)."""
     run = w.state
     if run is None or run.status not in _RECORDING:
-        return
-    step = run.steps.get(result.step.step_id)
+        return None
+    step = run.steps.get(signal.step.step_id)
     if (
         step is None
-        or step.status is not StepStatus.DISPATCHED
-        or step.invocation_id != result.invocation_id
-        or step.attempt != result.attempt
+        or step.status not in _IN_FLIGHT
+        or step.invocation_id != signal.invocation_id
+        or step.attempt != signal.attempt
     ):
-        return  # late or duplicate: only the current attempt's first result counts
+        return None  # late or duplicate: an old attempt's, or the step moved on
+    return step
+
+
+def _heartbeat(w: _Writer, beat: NodeHeartbeat) -> None:
+    """A worker runs the attempt: StepStarted once, then maybe StepTimeoutExtended."""
+    step = _current_attempt(w, beat)
+    if step is None:
+        return
+    run = w.run
+    timeout = run.step_definition(step.step_id).timeout
+    due = (
+        w.ctx.now + timedelta(milliseconds=timeout + TIMEOUT_GRACE_MS)
+        if timeout is not None
+        else None
+    )
+    ref = run.step_ref(step.step_id)
+    if step.status is StepStatus.DISPATCHED:
+        w.emit(
+            StepStarted,
+            step=ref,
+            attempt=step.attempt,
+            invocation_id=beat.invocation_id,
+            started_at=beat.started_at,
+            timeout_at=due,
+            worker=beat.worker,
+        )
+        return
+    # Running: a heartbeat pushes the timer forward, recorded only when it moves it by at least
+    # half the timeout (at most about two events per attempt: the worker ends it at `timeout`).
+    if timeout is None or due is None or step.timeout_at is None or beat.beat <= 0:
+        return  # no timer to move (no timeout), or a duplicate start
+    if (due - step.timeout_at) >= timedelta(milliseconds=timeout / 2):
+        w.emit(
+            StepTimeoutExtended,
+            step=ref,
+            attempt=step.attempt,
+            invocation_id=beat.invocation_id,
+            beat=beat.beat,
+            timeout_at=due,
+        )
+
+
+def _result(w: _Writer, result: NodeResult) -> None:
+    step = _current_attempt(w, result)
+    if step is None:
+        return
+    run = w.run
     ref = StepRef(
         step_id=step.step_id,
         node=run.step_definition(step.step_id).node_name,
@@ -611,9 +727,12 @@ def _result(w: _Writer, result: NodeResult) -> None:
             )
     elif result.status is TraceStatus.SKIPPED:
         w.emit(StepSkipped, step=ref, reason=f"node {ref.node!r} reported the step as skipped")
-    elif result.status is TraceStatus.TIMEOUT and step.timeout_at is not None:
-        # The worker enforces the same deadline as the step-timeout timer; whichever reports
-        # first, the step ends the same way (StepTimedOut, error class StepTimeout).
+    elif result.status is TraceStatus.TIMEOUT and (
+        step.timeout_at is not None or run.step_definition(step.step_id).timeout is not None
+    ):
+        # The worker enforces the step timeout from its own start; the scheduler's timer is the
+        # backstop. Whichever reports first, the step ends the same way (StepTimedOut, error
+        # class StepTimeout).
         w.emit(
             StepTimedOut,
             step=ref,
@@ -865,9 +984,10 @@ def _dispatch(w: _Writer, step_id: str) -> None:
         # a record that can never be delivered (and would block its partition).
         _fail_before_dispatch(w, step_id, step.attempt, exc)
         return
-    timeout_at = (
-        w.ctx.now + timedelta(milliseconds=definition.timeout)
-        if definition.timeout is not None
+    # Only the queue timeout starts now; the step timeout starts when a worker starts the attempt.
+    queue_timeout_at = (
+        w.ctx.now + timedelta(milliseconds=definition.queue_timeout)
+        if definition.queue_timeout is not None
         else None
     )
     w.emit(
@@ -877,7 +997,8 @@ def _dispatch(w: _Writer, step_id: str) -> None:
         invocation_id=w.ctx.new_id(),
         invoke_topic=invoke_topic,
         node_version=version,
-        timeout_at=timeout_at,
+        timeout_at=None,
+        queue_timeout_at=queue_timeout_at,
     )
     w.invocations.append(
         invocation_for(w.run, step_id, event_id=w.ctx.new_id(), occurred_at=w.ctx.now)
@@ -964,7 +1085,11 @@ def invocation_for(
         step=StepRef(step_id=step_id, node=definition.node_name, node_version=version),
         params=step.params,
         params_ref=step.params_ref,
-        deadline=step.timeout_at,
+        # The worker counts the timeout from its own start of the attempt, and does not start it
+        # after the queue timeout (the scheduler fails the step then).
+        deadline=None,
+        timeout_ms=definition.timeout,
+        start_by=step.queue_timeout_at,
         # Stable across retries with the same params (a retry after a timeout must not repeat a
         # side effect that did happen), new when the params change (a mutation, a fix).
         idempotency_key=f"{state.run_id}:{step_id}:{step.params_sha256[:16]}",
@@ -1060,6 +1185,7 @@ _HANDLERS: dict[type[Any], Callable[[_Writer, Any], None]] = {
     RedriveStep: _redrive,
     MutateGraph: _mutate,
     FireTimer: _fire_timer,
+    NodeHeartbeat: _heartbeat,
     NodeResult: _result,
     CacheHit: _cache_hit,
     CacheMiss: _cache_miss,

@@ -42,8 +42,10 @@ from schemas.models import (
     StepRetryScheduled,
     StepScheduled,
     StepSkipped,
+    StepStarted,
     StepSucceeded,
     StepTimedOut,
+    StepTimeoutExtended,
     TimerKind,
 )
 from schemas.run_log import RUN_EVENT_TYPES, RunEvent
@@ -51,12 +53,14 @@ from workflows.model import WorkflowDefinition
 from workflows.mutations import apply_mutation
 
 __all__ = [
+    "ATTEMPT_TIMER_KINDS",
     "RUN_EVENT_TYPES",
     "EvolveError",
     "RunEvent",
     "deadline_timer_id",
     "evolve",
     "fold",
+    "queue_timer_id",
     "timeout_timer_id",
 ]
 
@@ -72,8 +76,15 @@ def deadline_timer_id(run_id: str) -> str:
     return f"deadline:{run_id}"
 
 
-def timeout_timer_id(invocation_id: str) -> str:
-    return f"timeout:{invocation_id}"
+def timeout_timer_id(invocation_id: str, beat: int | None = None) -> str:
+    """The step-timeout timer of an attempt: armed at dispatch in logs from before StepStarted
+    (``beat`` None), by StepStarted (0), re-armed by each StepTimeoutExtended (its beat). A new
+    id each time, so a FireTimer already written for an earlier due time finds no timer."""
+    return f"timeout:{invocation_id}" if beat is None else f"timeout:{invocation_id}:{beat}"
+
+
+def queue_timer_id(invocation_id: str) -> str:
+    return f"queue:{invocation_id}"
 
 
 def evolve(state: RunState | None, event: RunEvent) -> RunState:
@@ -114,6 +125,10 @@ def _remember(state: RunState, causation: str | None) -> tuple[str, ...]:
     if causation is None or causation in state.processed_ids:
         return state.processed_ids
     return (*state.processed_ids, causation)[-MAX_PROCESSED_IDS:]
+
+
+ATTEMPT_TIMER_KINDS = frozenset({TimerKind.STEP_TIMEOUT, TimerKind.QUEUE_TIMEOUT})
+"""Timers that end an attempt in flight (kept while a failed run waits for a re-drive)."""
 
 
 # -- persistent-update helpers --------------------------------------------------------------------
@@ -204,6 +219,8 @@ def _(event: StepScheduled, state: RunState | None) -> RunState:
         invoke_topic=None,
         dispatch_seq=None,
         dispatched_at=None,
+        queue_timeout_at=None,
+        started_at=None,
         timeout_at=None,
         output=None,
         output_ref=None,
@@ -228,20 +245,70 @@ def _(event: StepDispatched, state: RunState | None) -> RunState:
         invoke_topic=event.invoke_topic,
         dispatch_seq=event.seq,
         dispatched_at=event.occurred_at,
+        queue_timeout_at=event.queue_timeout_at,
+        started_at=None,
         timeout_at=event.timeout_at,
     )
-    if event.timeout_at is not None:
+    if event.queue_timeout_at is not None:
         state = _with_timer(
             state,
             Timer(
-                timer_id=timeout_timer_id(event.invocation_id),
-                kind=TimerKind.STEP_TIMEOUT,
-                due_at=event.timeout_at,
+                timer_id=queue_timer_id(event.invocation_id),
+                kind=TimerKind.QUEUE_TIMEOUT,
+                due_at=event.queue_timeout_at,
                 step_id=step_id,
                 attempt=event.attempt,
             ),
         )
+    if event.timeout_at is not None:
+        # Version 1 logs only: the step timeout counted from dispatch. Since version 2 it is
+        # armed by StepStarted.
+        state = _step_timeout_timer(state, event, event.timeout_at, None)
     return state
+
+
+def _step_timeout_timer(
+    state: RunState,
+    event: StepDispatched | StepStarted | StepTimeoutExtended,
+    due_at: datetime,
+    beat: int | None,
+) -> RunState:
+    return _with_timer(
+        state,
+        Timer(
+            timer_id=timeout_timer_id(event.invocation_id, beat),
+            kind=TimerKind.STEP_TIMEOUT,
+            due_at=due_at,
+            step_id=event.step.step_id,
+            attempt=event.attempt,
+        ),
+    )
+
+
+@_apply.register
+def _(event: StepStarted, state: RunState | None) -> RunState:
+    # The wait for a worker is over: the queue timeout (and a timeout armed at dispatch by an
+    # older scheduler) no longer applies; the execution timeout counts from here.
+    step_id = event.step.step_id
+    state = _without_step_timers(_require(state, event), step_id)
+    state = _with_step(
+        state,
+        step_id,
+        status=StepStatus.RUNNING,
+        started_at=event.started_at,
+        timeout_at=event.timeout_at,
+    )
+    if event.timeout_at is not None:
+        state = _step_timeout_timer(state, event, event.timeout_at, 0)
+    return state
+
+
+@_apply.register
+def _(event: StepTimeoutExtended, state: RunState | None) -> RunState:
+    step_id = event.step.step_id
+    state = _without_step_timers(_require(state, event), step_id)
+    state = _with_step(state, step_id, timeout_at=event.timeout_at)
+    return _step_timeout_timer(state, event, event.timeout_at, event.beat)
 
 
 @_apply.register
@@ -364,9 +431,10 @@ def _(event: RunSucceeded, state: RunState | None) -> RunState:
 @_apply.register
 def _(event: RunFailed, state: RunState | None) -> RunState:
     state = _require(state, event)
-    # Step timeouts stay armed: a failed run can be re-driven, and attempts still in flight must
-    # end (result or timeout) for it to finish then. Backoffs and the deadline are dropped.
-    timers = {tid: t for tid, t in state.timers.items() if t.kind is TimerKind.STEP_TIMEOUT}
+    # Step and queue timeouts stay armed: a failed run can be re-driven, and attempts still in
+    # flight must end (result or timeout) for it to finish then. Backoffs and the deadline are
+    # dropped.
+    timers = {tid: t for tid, t in state.timers.items() if t.kind in ATTEMPT_TIMER_KINDS}
     return state.model_copy(
         update={
             "status": RunStatus.FAILED,
@@ -379,7 +447,13 @@ def _(event: RunFailed, state: RunState | None) -> RunState:
 
 
 _ABANDONED = frozenset(
-    {StepStatus.PENDING, StepStatus.SCHEDULED, StepStatus.DISPATCHED, StepStatus.RETRY_WAIT}
+    {
+        StepStatus.PENDING,
+        StepStatus.SCHEDULED,
+        StepStatus.DISPATCHED,
+        StepStatus.RUNNING,
+        StepStatus.RETRY_WAIT,
+    }
 )
 
 

@@ -57,7 +57,8 @@ class Timer(_Frozen):
     due_at: datetime
     step_id: str | None = None
     attempt: int = 0
-    """Backoff: the attempt it will start. Step timeout: the attempt it guards. Deadline: 0."""
+    """Backoff: the attempt it will start. Step or queue timeout: the attempt it guards.
+    Deadline: 0."""
 
 
 class StepState(_Frozen):
@@ -77,7 +78,13 @@ class StepState(_Frozen):
     dispatch_seq: int | None = None
     """seq of the StepDispatched event, copied into NodeInvocation.seq."""
     dispatched_at: datetime | None = None
+    queue_timeout_at: datetime | None = None
+    """When the step fails with QueueTimeout unless a worker starts the attempt (queue_timeout)."""
+    started_at: datetime | None = None
+    """When a worker started the current attempt (StepStarted; the worker's clock)."""
     timeout_at: datetime | None = None
+    """When the step-timeout timer of the current attempt fires: armed by StepStarted (logs
+    written before StepStarted existed armed it at dispatch), moved by StepTimeoutExtended."""
     output: Any = None
     output_ref: PayloadRef | None = None
     cache_hit: bool = False

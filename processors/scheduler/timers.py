@@ -1,23 +1,26 @@
 """Timers are deadlines in run state; the runtime turns due ones into ``FireTimer`` commands.
 
 Design: ``decide`` never arms a timer "somewhere else". ``evolve`` records every timer in
-``RunState.timers`` (backoff from StepRetryScheduled, step timeout from StepDispatched.timeout_at,
-run deadline from RunStarted.deadline) and removes it when it can no longer matter. A
-per-partition loop in the runtime keeps an index of ``next_due(state)`` per run (or re-reads the
-``timers_armed`` / ``timers_cancelled`` of each :class:`~processors.scheduler.decide.Decision`),
-and when one is due writes ``due_timers(state, now)`` to ``reflux.commands``. The FireTimer then
-goes through ``decide`` like any command, so every decision stays in the single-writer agent.
+``RunState.timers`` (backoff from StepRetryScheduled, queue timeout from
+StepDispatched.queue_timeout_at, step timeout from StepStarted.timeout_at and
+StepTimeoutExtended, run deadline from RunStarted.deadline) and removes it when it can no longer
+matter. A per-partition loop in the runtime keeps an index of ``next_due(state)`` per run (or
+re-reads the ``timers_armed`` / ``timers_cancelled`` of each
+:class:`~processors.scheduler.decide.Decision`), and when one is due writes
+``due_timers(state, now)`` to ``reflux.commands``. The FireTimer then goes through ``decide``
+like any command, so every decision stays in the single-writer agent.
 
 A FireTimer that lost a race (its step already finished, or a newer attempt exists) is a no-op.
 Backoff timers of a paused run are not due: ResumeRun dispatches the retries whose time has come.
-A failed run keeps only its step timeouts (attempts in flight must end before a re-drive can
-finish the run).
+A failed run keeps only its step and queue timeouts (attempts in flight must end before a
+re-drive can finish the run).
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 
+from processors.scheduler.evolve import ATTEMPT_TIMER_KINDS
 from processors.scheduler.state import RunState, RunStatus, Timer
 from schemas.models import FireTimer, TimerKind
 
@@ -32,7 +35,7 @@ def live_timers(state: RunState) -> list[Timer]:
         timers = [t for t in state.timers.values() if t.kind is not TimerKind.BACKOFF]
     elif state.status is RunStatus.FAILED:
         # Attempts still in flight in a failed run must end for a later re-drive to finish.
-        timers = [t for t in state.timers.values() if t.kind is TimerKind.STEP_TIMEOUT]
+        timers = [t for t in state.timers.values() if t.kind in ATTEMPT_TIMER_KINDS]
     else:
         return []
     return sorted(timers, key=lambda t: (t.due_at, t.timer_id))

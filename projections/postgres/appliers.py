@@ -21,8 +21,12 @@ Status rules that are not obvious from the event names:
 - ``StepScheduled`` / ``StepDispatched`` / ``StepRetryScheduled`` on a finished run (a re-driven
   step) move it back to ``running`` and clear ``finished_at``/``error``/``failed_step``/``outputs``
   (a paused run stays paused); ``RunResumed`` does the same, including after ``RunFailed``;
-- ``RunCancelled`` also marks every step still in flight (scheduled, dispatched, retry_wait) as
-  ``cancelled``: there is no per-step event for that;
+- ``RunCancelled`` also marks every step still in flight (scheduled, dispatched, running,
+  retry_wait) as ``cancelled``: there is no per-step event for that;
+- ``StepDispatched`` sets ``dispatched_at`` and clears ``started_at``; ``StepStarted`` (a worker
+  started the attempt) makes the step ``running`` and sets ``started_at`` (the worker's clock) and
+  ``worker``; ``StepTimeoutExtended`` (a heartbeat moved the scheduler's timer) only advances the
+  run;
 - ``StepTimedOut`` stores an error ``{"error_class": "StepTimedOut", ...}`` so a timed-out step
   has an error like a failed one (the event itself carries only the timeout);
 - ``GraphMutated`` only advances the run: step rows appear and change with the step events,
@@ -60,8 +64,10 @@ from schemas.models import (
     StepRetryScheduled,
     StepScheduled,
     StepSkipped,
+    StepStarted,
     StepSucceeded,
     StepTimedOut,
+    StepTimeoutExtended,
     WorkflowRegistered,
 )
 from schemas.run_log import RUN_EVENT_TYPES
@@ -338,7 +344,9 @@ def _(event: StepScheduled, schema: str) -> Plan:
         set_node=True,
         params=jsonb(event.params),
         scheduled_at=event.occurred_at,
+        dispatched_at=None,
         started_at=None,
+        worker=None,
         next_attempt_at=None,
         finished_at=None,
         invocation_id=None,
@@ -362,7 +370,9 @@ def _(event: StepDispatched, schema: str) -> Plan:
         attempt=event.attempt,
         set_node=True,
         invocation_id=event.invocation_id,
-        started_at=event.occurred_at,
+        dispatched_at=event.occurred_at,
+        started_at=None,
+        worker=None,
         next_attempt_at=None,
         finished_at=None,
         output=None,
@@ -372,6 +382,26 @@ def _(event: StepDispatched, schema: str) -> Plan:
         duration_ms=None,
     )
     return _run_plan(event, schema, step, _reopen_run(event, schema))
+
+
+@plan.register
+def _(event: StepStarted, schema: str) -> Plan:
+    step = _upsert_step(
+        event,
+        schema,
+        event.step,
+        StepStatus.RUNNING,
+        attempt=event.attempt,
+        invocation_id=event.invocation_id,
+        started_at=event.started_at,
+        worker=event.worker,
+    )
+    return _run_plan(event, schema, step, _update_run(event, schema))
+
+
+@plan.register
+def _(event: StepTimeoutExtended, schema: str) -> Plan:
+    return _run_plan(event, schema, _update_run(event, schema))
 
 
 @plan.register

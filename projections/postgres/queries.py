@@ -114,10 +114,15 @@ class StepRow:
     duration_ms: int | None
     scheduled_at: datetime | None
     started_at: datetime | None
-    """When the current attempt was dispatched."""
+    """When a worker started the current attempt (StepStarted, the worker's clock); rows from
+    before migration 003 hold the dispatch time."""
     next_attempt_at: datetime | None
     finished_at: datetime | None
     updated_at: datetime
+    dispatched_at: datetime | None
+    """When the current attempt's invocation was sent to the workers."""
+    worker: str | None
+    """The worker process that started the current attempt."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -123,7 +123,14 @@ def test_illegal_command_is_a_409_with_the_reason(harness: Harness, api: TestCli
         )
         _wait_visible(api, "busy")
         run_id = api.post("/v1/runs", json={"workflow_id": "busy", "inputs": {}}).json()["run_id"]
-        harness.wait_step(run_id, "wait", "dispatched")
+        harness.wait_step(run_id, "wait", "running")
+        # The run view tells a step a worker runs from one still waiting for a worker.
+        (step,) = api.get(f"/v1/runs/{run_id}").json()["steps"]
+        assert (step["status"], step["attempt"]) == ("running", 1)
+        assert step["dispatched_at"] <= step["started_at"] and step["worker"]
+        events = api.get(f"/v1/runs/{run_id}/events").json()["data"]
+        started = [e for e in events if e["event_type"] == "StepStarted"]
+        assert len(started) == 1 and started[0]["payload"]["invocation_id"] == step["invocation_id"]
         response = api.post(f"/v1/runs/{run_id}/resume", params={"wait_ms": 10_000})
         assert response.status_code == 409, response.text
         assert "Expected run to be paused" in response.json()["detail"]

@@ -234,7 +234,7 @@ def test_identical_second_run_is_served_from_cache(harness: Harness) -> None:
 def test_cancel(harness: Harness, http: HttpTestServer) -> None:
     harness.register({"id": "cancel", "steps": [http_step("wait", f"{http.url}/slow?ms=5000")]})
     run_id = harness.start("cancel")
-    harness.wait_step(run_id, "wait", "dispatched")
+    harness.wait_step(run_id, "wait", "running")
     harness.command(CancelRun(run_id=run_id, reason="test"))
     run = harness.wait(run_id)
     assert run.status == "cancelled"
@@ -252,7 +252,7 @@ def test_pause_and_resume(harness: Harness, http: HttpTestServer) -> None:
         }
     )
     run_id = harness.start("pause")
-    harness.wait_step(run_id, "slow", "dispatched")
+    harness.wait_step(run_id, "slow", "running")
     harness.command(PauseRun(run_id=run_id))
     harness.wait(run_id, {"paused"})
     harness.wait_step(run_id, "slow", "succeeded")
@@ -309,7 +309,7 @@ def test_redrive_a_failed_step(harness: Harness, http: HttpTestServer) -> None:
 def test_illegal_command_becomes_a_rejection_event(harness: Harness, http: HttpTestServer) -> None:
     harness.register({"id": "busy", "steps": [http_step("wait", f"{http.url}/slow?ms=1500")]})
     run_id = harness.start("busy")
-    harness.wait_step(run_id, "wait", "dispatched")
+    harness.wait_step(run_id, "wait", "running")
     harness.command(ResumeRun(run_id=run_id, command_id="resume-1"))
     rejected = eventually(
         lambda: [e for e in harness.events(run_id) if e.event_type == "CommandRejected"],

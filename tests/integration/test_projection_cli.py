@@ -51,6 +51,7 @@ def test_migrate_then_rebuild_with_progress(
         [
             f"applied 001_read_models to schema {pg_schema}",
             f"applied 002_node_catalog to schema {pg_schema}",
+            f"applied 003_step_started to schema {pg_schema}",
         ],
     )
     code, out, _ = run_cli(["projections", "migrate", *common])

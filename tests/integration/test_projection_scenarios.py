@@ -40,8 +40,10 @@ from schemas.models import (
     StepRetryScheduled,
     StepScheduled,
     StepSkipped,
+    StepStarted,
     StepSucceeded,
     StepTimedOut,
+    StepTimeoutExtended,
     WorkflowRegistered,
 )
 from streams.dlq import PoisonRecord
@@ -220,7 +222,9 @@ def check_scenario(
     assert (fetch.status, fetch.output, fetch.cache_hit, fetch.attempt) == (
         "succeeded", {"status": 200}, False, 1)  # fmt: skip
     assert (fetch.node_version, fetch.invocation_id, fetch.duration_ms) == ("1.0.3", "inv-l-1", 120)
-    assert fetch.started_at == logs[f"linear{tag}"].at(2)
+    # This log has no StepStarted (as written before it existed): the dispatch time is known,
+    # the worker's start is not (started_at held the dispatch time before migration 003).
+    assert (fetch.dispatched_at, fetch.started_at) == (logs[f"linear{tag}"].at(2), None)
     assert (parse.status, parse.cache_hit, parse.invocation_id, parse.started_at) == (
         "succeeded", True, None, None)  # fmt: skip
     assert parse.params == {"expr": "a.b"}
@@ -440,3 +444,52 @@ def test_duplicates_inside_one_batch_are_claimed_once(
     outcome = apply_batch(pg, _items(events, pg_schema), schema=pg_schema, projector="a")
     assert (outcome.applied, outcome.duplicates) == (len(events) - 4, 4)
     check_scenario(pg, pg_schema, scenario)
+
+
+def test_started_steps_are_running_with_the_workers_start_time(
+    pg: psycopg.Connection, pg_schema: str
+) -> None:
+    worker_start = T0 + timedelta(seconds=42)  # 40 s in the queue after the dispatch at seq 2
+    log = (
+        RunLog("started", T0)
+        .started()
+        .add(StepScheduled, step=FETCH, attempt=1, params={})
+        .attempt(FETCH, 1, "inv-s-1")
+        .add(StepStarted, step=FETCH, attempt=1, invocation_id="inv-s-1",
+             started_at=worker_start, timeout_at=worker_start + timedelta(seconds=2),
+             worker="worker-a")
+        .add(StepTimeoutExtended, step=FETCH, attempt=1, invocation_id="inv-s-1", beat=3,
+             timeout_at=worker_start + timedelta(seconds=40))
+    )  # fmt: skip
+    apply_batch(pg, _items(log.events, pg_schema), schema=pg_schema, projector="direct")
+
+    def fetch() -> queries.StepRow:
+        (row,) = queries.get_steps(pg, "started", schema=pg_schema)
+        return row
+
+    row = fetch()
+    assert (row.status, row.attempt, row.invocation_id, row.worker) == (
+        "running", 1, "inv-s-1", "worker-a")  # fmt: skip
+    assert (row.dispatched_at, row.started_at) == (log.at(2), worker_start)
+    run = queries.get_run(pg, "started", schema=pg_schema)
+    assert run is not None and (run.status, run.last_seq) == ("running", 4)
+
+    # The next attempt: dispatched again, not started yet, then cancelled with the run.
+    more = RunLog("started", T0)
+    more.events = list(log.events)
+    more.add(StepTimedOut, step=FETCH, attempt=1, invocation_id="inv-s-1", timeout_ms=1000)
+    more.add(StepRetryScheduled, step=FETCH, attempt=2, next_attempt_at=more.at(6),
+             backoff_ms=1000, timer_id="t-s")  # fmt: skip
+    more.add(StepScheduled, step=FETCH, attempt=2, params={})
+    more.attempt(FETCH, 2, "inv-s-2")
+    apply_batch(
+        pg, _items(more.events[len(log.events) :], pg_schema), schema=pg_schema, projector="d2"
+    )
+    row = fetch()
+    assert (row.status, row.attempt, row.dispatched_at, row.started_at, row.worker) == (
+        "dispatched", 2, more.at(8), None, None)  # fmt: skip
+    more.add(StepStarted, step=FETCH, attempt=2, invocation_id="inv-s-2", started_at=more.at(9))
+    more.add(RunCancelled, reason="enough")
+    apply_batch(pg, _items(more.events[-2:], pg_schema), schema=pg_schema, projector="d3")
+    row = fetch()
+    assert (row.status, row.started_at, row.finished_at) == ("cancelled", more.at(9), more.at(10))

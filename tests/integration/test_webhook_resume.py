@@ -191,7 +191,7 @@ def test_a_signed_call_resumes_the_run_and_bad_ones_do_not(
     harness: Harness, api: TestClient, rds: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
     run_id = harness.start("approval", {"order": "o-42"})
-    harness.wait_step(run_id, "wait_for_approval", "dispatched")
+    harness.wait_step(run_id, "wait_for_approval", "running")
 
     forged = post(api, run_id, "wait_for_approval", {"approved": True}, secret="guessed")
     unsigned = post(api, run_id, "wait_for_approval", {"approved": True}, secret=None)
@@ -211,7 +211,7 @@ def test_a_signed_call_resumes_the_run_and_bad_ones_do_not(
     )
     assert len(refusals) == 3, refusals
     wait_taken(rds, harness.settings, run_id, "wait_for_approval")
-    assert harness.steps(run_id)["wait_for_approval"].status == "dispatched"
+    assert harness.steps(run_id)["wait_for_approval"].status == "running"
     assert harness.run(run_id).status == "running"  # type: ignore[union-attr]
 
     good = post(

@@ -16,7 +16,7 @@ from confluent_kafka import Consumer as RawConsumer
 from confluent_kafka import TopicPartition
 
 from foundation.settings import PROJECT_ROOT, Settings
-from schemas.models import NodeInvocation, NodeResult, StepRef
+from schemas.models import NodeHeartbeat, NodeInvocation, NodeResult, StepRef
 from streams.consumer import Consumer
 from streams.producer import Producer
 from streams.topics import TopicCatalog
@@ -85,8 +85,15 @@ def test_worker_process_serves_and_stops_on_sigterm(
         with Consumer(
             [topics.results], f"r-{uuid.uuid4().hex[:6]}", kafka_settings, catalog=topics
         ) as consumer:
-            records = drain(consumer, lambda rs: len(rs) >= 10, timeout=20)
-        outputs = {r.value.invocation_id: r.value.output for r in records}  # type: ignore[union-attr]
+            records = drain(
+                consumer,
+                lambda rs: len([r for r in rs if isinstance(r.value, NodeResult)]) >= 10,
+                timeout=20,
+            )
+        # Each executed attempt also signalled its start (a NodeHeartbeat) before its result.
+        results = [r.value for r in records if isinstance(r.value, NodeResult)]
+        assert len([r for r in records if isinstance(r.value, NodeHeartbeat)]) == 10
+        outputs = {r.invocation_id: r.output for r in results}
         assert outputs == {i.invocation_id: {"result": n} for n, i in enumerate(invocations)}
     finally:
         process.send_signal(signal.SIGTERM)

@@ -137,8 +137,9 @@ def _results(settings: Settings, catalog: TopicCatalog) -> dict[str, list[NodeRe
             position)."""
             for message in consumer.consume(500, timeout=0.2):
                 if message.error() is None:
-                    result = serde.decode(message.value() or b"", NodeResult)
-                    found[result.invocation_id].append(result)
+                    result = serde.decode(message.value() or b"")
+                    if isinstance(result, NodeResult):  # not the start signals / heartbeats
+                        found[result.invocation_id].append(result)
             return behind()
 
         eventually(

@@ -27,8 +27,10 @@ from node_workers.attempt import inputs_hash
 from node_workers.claimcheck import encode_json, load_json, store_json
 from node_workers.registry import default_registry
 from node_workers.runtime import WorkerConfig, WorkerRuntime, WorkerStats
+from schemas.base import RefluxRecord
 from schemas.models import (
     DeadLetter,
+    NodeHeartbeat,
     NodeInvocation,
     NodeResult,
     StartRun,
@@ -110,14 +112,24 @@ def _read(
     count: int = 0,
     timeout: float = 15,
     until: Callable[[list[ConsumedRecord]], bool] | None = None,
+    *,
+    keep: type[RefluxRecord] | None = None,
 ) -> list[ConsumedRecord]:
+    """The records of ``keep``'s type on a topic (default on ``results``: the NodeResults, not
+    the start signals and heartbeats that share the topic), until ``count`` or ``until``."""
     group = f"reader-{uuid.uuid4().hex[:8]}"
     # Traces travel as JSON (ADR 0004); everything else is Avro.
     decoder = decode_trace if spec_name == "traces" else None
+    wanted = keep or (NodeResult if spec_name == "results" else None)
+
+    def kept(records: list[ConsumedRecord]) -> list[ConsumedRecord]:
+        return [r for r in records if wanted is None or isinstance(r.value, wanted)]
+
+    done = until or (lambda rs: len(rs) >= count)
     with Consumer(
         [catalog[spec_name]], group, settings, catalog=catalog, decoder=decoder
     ) as consumer:
-        return drain(consumer, until or (lambda rs: len(rs) >= count), timeout=timeout)
+        return kept(drain(consumer, lambda rs: done(kept(rs)), timeout=timeout))
 
 
 def _results(records: list[ConsumedRecord]) -> dict[str, NodeResult]:
@@ -484,3 +496,75 @@ def test_graceful_stop_finishes_in_flight_invocations(
     # Nothing left for the next worker.
     again = _serve(kafka_settings, worker_topics, lambda s: False, config=config, timeout=1.5)
     assert again.received == 0
+
+
+def test_a_started_attempt_is_signalled_before_its_result_and_a_long_one_heartbeats(
+    worker_topics: TopicCatalog, kafka_settings: Settings, http_server: HttpTestServer
+) -> None:
+    url = http_server.url
+    an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    invocations = {
+        # Dispatched an hour ago with a 2 s timeout: the timeout counts from the worker's start.
+        "queued": _invocation(
+            "http.request", {"url": f"{url}/slow?ms=200"}, timeout_ms=2_000, occurred_at=an_hour_ago
+        ),
+        "long": _invocation("http.request", {"url": f"{url}/slow?ms=1200"}, timeout_ms=5_000),
+        "too_long": _invocation("http.request", {"url": f"{url}/slow?ms=3000"}, timeout_ms=300),
+        # Its queue timeout passed before a worker got to it: not started, never sent.
+        "late": _invocation(
+            "http.request",
+            {"url": f"{url}/echo"},
+            start_by=datetime.now(UTC) - timedelta(seconds=1),
+        ),
+    }
+    _publish(kafka_settings, worker_topics, invocations.values())
+    config = WorkerConfig(commit_interval_s=0.1, poll_timeout_s=0.05, heartbeat_interval_s=0.25)
+    stats = _serve(
+        kafka_settings, worker_topics, lambda s: s.results >= len(invocations), config=config
+    )
+    assert (stats.results, stats.started) == (4, 3)  # every one answered; "late" never started
+
+    records = _read(
+        kafka_settings,
+        worker_topics,
+        "results",
+        keep=RefluxRecord,
+        until=lambda rs: (
+            len({r.value.invocation_id for r in rs if isinstance(r.value, NodeResult)})
+            >= len(invocations)
+        ),
+    )
+    by_invocation: dict[str, list[ConsumedRecord]] = {}
+    for record in records:
+        assert isinstance(record.value, NodeHeartbeat | NodeResult)
+        assert record.key == record.value.run_id.encode()
+        by_invocation.setdefault(record.value.invocation_id, []).append(record)
+
+    def story(name: str) -> tuple[list[int], NodeResult]:
+        """The beats before the result, in partition order, and the result."""
+        mine = sorted(by_invocation[invocations[name].invocation_id], key=lambda r: r.offset)
+        assert len({r.partition for r in mine}) == 1
+        *beats, result = [r.value for r in mine]
+        assert isinstance(result, NodeResult), f"{name}: the result comes last"
+        assert all(isinstance(b, NodeHeartbeat) for b in beats)
+        started = {b.started_at for b in beats}  # type: ignore[union-attr]
+        assert started <= {result.started_at}, name  # the start the result reports
+        return [b.beat for b in beats], result  # type: ignore[union-attr]
+
+    beats, queued = story("queued")
+    assert beats == [0] and queued.status is TraceStatus.OK, queued.error
+    beats, long = story("long")
+    assert long.status is TraceStatus.OK
+    assert beats[0] == 0 and len(beats) >= 3 and beats == list(range(len(beats)))
+    beats, too_long = story("too_long")
+    assert beats[0] == 0 and too_long.error is not None
+    # The node caps its own timeout by the deadline too; either way it ends at ~300 ms.
+    assert too_long.error.error_class in {"HttpTimeout", "NodeTimeout"}
+    assert (too_long.finished_at - too_long.started_at) < timedelta(seconds=2)
+    beats, late = story("late")
+    assert beats == [] and late.error is not None
+    assert (late.error.error_class, late.error.retryable) == ("QueueTimeout", False)
+    assert http_server.requests_to("/echo") == []
+    heartbeat = by_invocation[invocations["long"].invocation_id][0].value
+    assert isinstance(heartbeat, NodeHeartbeat) and heartbeat.worker is not None
+    assert heartbeat.worker.startswith("reflux-worker@")

@@ -6,6 +6,8 @@ and ``<name>.summary.json`` (:meth:`RunState.summary` of the final state). Tests
 committed logs with the current ``evolve`` and compare summaries, so a change that makes old logs
 replay differently fails until it is deliberate (regenerate, review the diff, commit).
 ``--check`` regenerates in memory and fails if the committed files differ (decide changed).
+``tests/fixtures/runs/before-step-started/`` keeps the logs as they were before ``StepStarted``
+existed (never regenerated): they must keep replaying to their summaries.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from processors.scheduler.decide import TIMEOUT_GRACE_MS
 from processors.scheduler.evolve import RUN_EVENT_TYPES, RunEvent, fold
 from processors.scheduler.state import RunState
 from schemas.models import (
@@ -27,7 +30,7 @@ from schemas.models import (
     NodeInvocation,
     TraceStatus,
 )
-from tests.support.scheduler_simulation import NO_ANSWER, Simulation
+from tests.support.scheduler_simulation import NO_ANSWER, NOT_PICKED_UP, Simulation
 from workflows.node_catalog import StaticNodeCatalog
 
 __all__ = [
@@ -46,6 +49,7 @@ CATALOG = StaticNodeCatalog(
         "transform": ["1.0.0", "1.2.0"],
         "condition": ["1.0.0"],
         "llm.summarize": ["0.3.0"],
+        "webhook.trigger": ["1.0.0"],
     }
 )
 
@@ -381,7 +385,8 @@ def stale_and_duplicate() -> Simulation:
     sim = Simulation(TIMEOUT, node_catalog=CATALOG)
     sim.start()
     first = sim.invocation("slow")
-    sim.advance(1_000)
+    sim.start_attempt(first)  # the timeout counts from here
+    sim.advance(1_000 + TIMEOUT_GRACE_MS)
     timeout_timer = next(iter(sim.run.timers.values()))
     sim.fire_due()  # attempt 1 times out; a retry is scheduled
     sim.send(  # the same timeout fires again (re-emitted by the timer loop): no-op
@@ -404,6 +409,71 @@ def stale_and_duplicate() -> Simulation:
     return sim
 
 
+BACKLOG = """
+id: backlog
+steps:
+  - id: call
+    node: http.request@^1
+    timeout: 1s
+    retry: {max_attempts: 4, initial_backoff: 100ms, jitter: 0}
+outputs: {ok: "{{ steps.call.output.ok }}"}
+"""
+
+
+def backlog() -> Simulation:
+    """The invocation waits 30 s for a worker, then runs 400 ms: no timeout, no retry."""
+    sim = Simulation(BACKLOG, node_catalog=CATALOG)
+    sim.start()
+    sim.advance(30_000)
+    sim.fire_due()  # nothing is due: waiting in the queue is not execution
+    sim.result(sim.invocation("call"), status=TraceStatus.OK, output={"ok": True}, duration_ms=400)
+    return sim
+
+
+QUEUE_TIMEOUT = """
+id: queue-timeout
+steps:
+  - id: call
+    node: http.request@^1
+    timeout: 1s
+    queue_timeout: 5s
+    retry: {max_attempts: 3}
+"""
+
+
+def queue_timeout() -> Simulation:
+    """No worker starts the attempt within 5 s: the step fails with QueueTimeout, not retried."""
+    sim = Simulation(QUEUE_TIMEOUT, node_catalog=CATALOG)
+    sim.start()
+    sim.run_workers(lambda inv: NOT_PICKED_UP)
+    sim.start_attempt(sim.invocation("call"))  # a worker gets to it after all: too late, a no-op
+    return sim
+
+
+HEARTBEATS = """
+id: heartbeats
+steps:
+  - id: wait
+    node: webhook.trigger@^1
+    timeout: 1m
+outputs: {payload: "{{ steps.wait.output.payload }}"}
+"""
+
+
+def heartbeats() -> Simulation:
+    """A 50 s attempt heartbeating every 10 s: beats that move the timer by >= 30 s are logged."""
+    sim = Simulation(HEARTBEATS, node_catalog=CATALOG)
+    sim.start()
+    sim.advance(2_000)  # two seconds in the queue
+    invocation = sim.invocation("wait")
+    sim.start_attempt(invocation)
+    for beat in range(1, 5):
+        sim.advance(10_000)
+        sim.heartbeat(invocation, beat)
+    sim.result(invocation, status=TraceStatus.OK, output={"payload": 1}, duration_ms=10_000)
+    return sim
+
+
 SCENARIOS: dict[str, Callable[[], Simulation]] = {
     "linear": linear,
     "diamond": diamond,
@@ -422,6 +492,9 @@ SCENARIOS: dict[str, Callable[[], Simulation]] = {
     "rejections": rejections,
     "start_rejected": start_rejected,
     "stale_and_duplicate": stale_and_duplicate,
+    "backlog": backlog,
+    "queue_timeout": queue_timeout,
+    "heartbeats": heartbeats,
 }
 
 

@@ -36,6 +36,7 @@ from schemas.models import (
     GraphMutation,
     GraphMutationType,
     MutateGraph,
+    NodeHeartbeat,
     NodeInvocation,
     NodeResult,
     PauseRun,
@@ -49,22 +50,31 @@ from workflows.node_catalog import NodeCatalogView
 from workflows.semver import VersionConstraint
 from workflows.validation import parse_workflow
 
-__all__ = ["NO_ANSWER", "T0", "Simulation", "catalog_resolver"]
+__all__ = ["NOT_PICKED_UP", "NO_ANSWER", "T0", "WORKER", "Simulation", "catalog_resolver"]
 
 T0 = datetime(2025, 1, 1, 12, 0, 0, tzinfo=UTC)
 """The simulated clock's start."""
 
 
-class _NoAnswer:
+class _Marker:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
     def __repr__(self) -> str:
-        return "NO_ANSWER"
+        return self.name
 
 
-NO_ANSWER: Any = _NoAnswer()
-"""A worker outcome meaning "the result never arrives" (lost worker, hung call)."""
+NO_ANSWER: Any = _Marker("NO_ANSWER")
+"""A worker outcome meaning "started, but the result never arrives" (hung call, lost worker)."""
+NOT_PICKED_UP: Any = _Marker("NOT_PICKED_UP")
+"""A worker outcome meaning "no worker ever starts the invocation" (a backlog, no worker)."""
+WORKER = "sim-worker"
+"""The worker name the simulated workers send with their heartbeats."""
 
 Worker = Callable[[NodeInvocation], Any]
-"""``invocation -> output``; return an ``ErrorInfo`` to fail, ``NO_ANSWER`` to never answer."""
+"""``invocation -> output``; return an ``ErrorInfo`` to fail, ``NO_ANSWER`` to never answer,
+``NOT_PICKED_UP`` to never even start. Every other answer is preceded by the worker's start
+signal (a ``NodeHeartbeat`` with beat 0), as real workers send it."""
 
 
 def catalog_resolver(catalog: NodeCatalogView) -> Callable[[str, str, str], str]:
@@ -106,6 +116,8 @@ class Simulation:
         self.outstanding: dict[str, NodeInvocation] = {}
         """Invocations sent and not yet answered, by invocation id."""
         self.sent: list[NodeInvocation] = []
+        self.start_times: dict[str, datetime] = {}
+        """When the simulated worker started each invocation it started, by invocation id."""
         self.lookups: list[CacheLookup] = []
         self.cache: dict[str, Any] = {}
         self.rejections: list[str] = []
@@ -215,6 +227,28 @@ class Simulation:
                 return invocation
         raise KeyError(f"no invocation was sent for step {step_id!r}")
 
+    def start_attempt(self, invocation: NodeInvocation) -> Decision:
+        """The worker's start signal: what a worker publishes right after claiming the attempt."""
+        return self.heartbeat(invocation, beat=0)
+
+    def heartbeat(self, invocation: NodeInvocation, beat: int) -> Decision:
+        """Beat 0 is the start; later beats are the heartbeats of a long attempt."""
+        started_at = self.start_times.setdefault(invocation.invocation_id, self.now)
+        return self.send(
+            NodeHeartbeat(
+                run_id=self.run_id,
+                seq=invocation.seq,
+                event_id=self.new_id(),
+                occurred_at=self.now,
+                invocation_id=invocation.invocation_id,
+                attempt=invocation.attempt,
+                step=invocation.step,
+                started_at=started_at,
+                beat=beat,
+                worker=WORKER,
+            )
+        )
+
     def result(
         self,
         invocation: NodeInvocation,
@@ -223,8 +257,13 @@ class Simulation:
         output: Any = None,
         error: ErrorInfo | None = None,
         duration_ms: int = 5,
+        start: bool = True,
     ) -> Decision:
-        started = self.now
+        """The worker's result; with ``start`` (default) preceded by its start signal unless the
+        attempt was started already (``start=False``: a worker that sends none)."""
+        if start and invocation.invocation_id not in self.start_times:
+            self.start_attempt(invocation)
+        started = self.start_times.get(invocation.invocation_id, self.now)
         self.advance(duration_ms)
         self.outstanding.pop(invocation.invocation_id, None)
         return self.send(
@@ -311,7 +350,11 @@ class Simulation:
         return self.run
 
     def _answer(self, invocation: NodeInvocation, outcome: Any) -> None:
-        if outcome is NO_ANSWER:
+        if outcome is NOT_PICKED_UP:
+            self.outstanding.pop(invocation.invocation_id, None)
+        elif outcome is NO_ANSWER:
+            if invocation.invocation_id not in self.start_times:
+                self.start_attempt(invocation)
             self.outstanding.pop(invocation.invocation_id, None)
         elif isinstance(outcome, ErrorInfo):
             self.result(invocation, TraceStatus.ERROR, error=outcome)

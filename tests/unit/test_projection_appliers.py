@@ -35,6 +35,7 @@ from schemas.models import (
     StepDispatched,
     StepRef,
     StepSkipped,
+    StepStarted,
     StepSucceeded,
     WorkflowRegistered,
 )
@@ -135,7 +136,38 @@ def test_a_skip_keeps_the_attempt_of_a_step_that_ran() -> None:
 def test_cancelling_a_run_cancels_only_steps_in_flight() -> None:
     result = plan(RunCancelled(run_id="r", seq=9), "reflux")
     steps = next(s.sql for s in result.updates if "steps" in s.sql)
-    assert "status IN ('scheduled', 'dispatched', 'retry_wait')" in steps
+    assert "status IN ('scheduled', 'dispatched', 'running', 'retry_wait')" in steps
+
+
+def test_a_started_step_is_running_from_the_workers_start() -> None:
+    ref = StepRef(step_id="fetch", node="http.request", node_version="1.2.3")
+    worker_start = datetime(2025, 1, 1, 12, 0, 3, tzinfo=UTC)
+    event = StepStarted(
+        run_id="r",
+        seq=4,
+        step=ref,
+        attempt=2,
+        invocation_id="inv-2",
+        started_at=worker_start,
+        worker="w-1",
+    )
+    result = plan(event, "reflux")
+    step = result.updates[0]
+    assert "status = EXCLUDED.status" in step.sql and "started_at = EXCLUDED.started_at" in step.sql
+    assert "node_version = EXCLUDED.node_version" not in step.sql  # the dispatch's stays
+    assert {"running", 2, "inv-2", worker_start, "w-1"} <= set(step.params)
+    dispatched = StepDispatched(
+        run_id="r",
+        seq=3,
+        step=ref,
+        attempt=2,
+        invocation_id="inv-2",
+        invoke_topic="t",
+        node_version="1.2.3",
+    )
+    sql = _step_upsert(plan(dispatched, "reflux"))
+    assert "dispatched_at = EXCLUDED.dispatched_at" in sql and "started_at = EXCLUDED" in sql
+    assert worker_start not in plan(dispatched, "reflux").updates[0].params
 
 
 def test_run_started_inserts_a_running_run() -> None:

@@ -14,6 +14,9 @@ import pytest
 from tests.support.scheduler_golden import SCENARIOS, dump_events, load_events, replay_file
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "runs"
+BEFORE_STEP_STARTED = FIXTURES / "before-step-started"
+"""The logs as schedulers wrote them before StepStarted existed (step timeout armed at dispatch,
+no queue timeout): runs in flight at an upgrade have such logs, and they must replay unchanged."""
 
 
 def logs() -> list[Path]:
@@ -37,6 +40,24 @@ def test_committed_log_is_gap_free_and_round_trips(path: Path) -> None:
     events = load_events(text)
     assert [e.seq for e in events] == list(range(len(events)))
     assert dump_events(events) == text
+
+
+def legacy_logs() -> list[Path]:
+    return sorted(BEFORE_STEP_STARTED.glob("*.jsonl"))
+
+
+def test_the_logs_from_before_step_started_are_kept() -> None:
+    assert len(legacy_logs()) == 17
+
+
+@pytest.mark.parametrize("path", legacy_logs(), ids=lambda p: p.stem)
+def test_logs_from_before_step_started_replay_to_their_summaries(path: Path) -> None:
+    expected = json.loads(path.with_suffix(".summary.json").read_text(encoding="utf-8"))
+    events = load_events(path.read_text(encoding="utf-8"))
+    assert not any(type(e).__name__ in ("StepStarted", "StepTimeoutExtended") for e in events)
+    assert [e.seq for e in events] == list(range(len(events)))
+    state = replay_file(path)
+    assert state.summary() == expected
 
 
 def test_load_events_rejects_non_run_records() -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from processors.scheduler import (
+    TIMEOUT_GRACE_MS,
     CacheHit,
     CacheMiss,
     DecisionContext,
@@ -22,6 +23,7 @@ from processors.scheduler import (
     cache_key,
     decide,
     due_timers,
+    fire_timer_command,
     fold,
     pending_cache_lookups,
 )
@@ -29,8 +31,10 @@ from processors.scheduler.backoff import backoff_ms
 from processors.scheduler.timers import next_due
 from schemas.models import (
     CommandRejected,
+    ErrorInfo,
     FireTimer,
     GraphMutationType,
+    NodeHeartbeat,
     NodeInvocation,
     PauseRun,
     RunFailed,
@@ -40,13 +44,15 @@ from schemas.models import (
     StepRetryScheduled,
     StepScheduled,
     StepSkipped,
+    StepStarted,
     StepSucceeded,
     StepTimedOut,
+    StepTimeoutExtended,
     TimerKind,
     TraceStatus,
 )
-from tests.support.scheduler_golden import SCENARIOS
-from tests.support.scheduler_simulation import NO_ANSWER, T0, Simulation
+from tests.support.scheduler_golden import SCENARIOS, load_events
+from tests.support.scheduler_simulation import NO_ANSWER, T0, WORKER, Simulation
 from workflows import RetrySpec
 
 
@@ -203,6 +209,7 @@ def test_non_retryable_class_is_not_retried() -> None:
         "RunStarted",
         "StepScheduled",
         "StepDispatched",
+        "StepStarted",
         "StepFailed",
         "RunFailed",
     ]
@@ -218,14 +225,26 @@ def test_worker_says_not_retryable() -> None:
 
 
 def test_step_timeout_via_fire_timer_then_retry() -> None:
+    # The step timeout counts from the worker's start (StepStarted), not from the dispatch: the
+    # scheduler's timer is the step timeout plus TIMEOUT_GRACE_MS after the start.
     sim = Simulation(RETRY)
     sim.start()
     dispatched = events_of(sim, StepDispatched)[0]
-    assert dispatched.timeout_at == T0 + timedelta(seconds=1)
+    assert dispatched.timeout_at is None and dispatched.queue_timeout_at is None
+    assert sim.run.timers == {}  # waiting for a worker: no timer at all
+    sim.advance(3_000)  # three seconds in the queue
+    sim.start_attempt(sim.invocation("flaky"))
+    started = T0 + timedelta(seconds=3)
+    (start,) = events_of(sim, StepStarted)
+    assert (start.started_at, start.worker) == (started, WORKER)
+    assert start.timeout_at == started + timedelta(milliseconds=1_000 + TIMEOUT_GRACE_MS)
     timer = next(iter(sim.run.timers.values()))
     assert (timer.kind, timer.attempt, timer.step_id) == (TimerKind.STEP_TIMEOUT, 1, "flaky")
-    assert due_timers(sim.run, T0 + timedelta(milliseconds=999)) == []
-    sim.advance_and_fire(1_000)
+    assert timer.due_at == start.timeout_at
+    assert step_status(sim, "flaky") is StepStatus.RUNNING
+    assert sim.run.steps["flaky"].started_at == started
+    assert due_timers(sim.run, start.timeout_at - timedelta(milliseconds=1)) == []
+    sim.advance_and_fire(1_000 + TIMEOUT_GRACE_MS)
     timed_out = events_of(sim, StepTimedOut)
     assert len(timed_out) == 1 and timed_out[0].timeout_ms == 1_000
     assert sim.run.steps["flaky"].error is not None
@@ -256,6 +275,7 @@ def test_stale_timers_and_late_or_duplicate_results_are_silent_noops() -> None:
 def test_fire_timer_for_an_unknown_or_mismatched_timer_is_a_noop() -> None:
     sim = Simulation(RETRY)
     sim.start()
+    sim.start_attempt(sim.invocation("flaky"))
     timer = next(iter(sim.run.timers.values()))
     for attempt, kind in ((2, timer.kind), (timer.attempt, TimerKind.BACKOFF)):
         d = sim.send(
@@ -544,10 +564,12 @@ def test_decide_does_not_modify_its_input_state() -> None:
 def test_timers_diff_in_decisions() -> None:
     sim = Simulation(RETRY)
     d = sim.start()
+    assert d.timers_armed == ()  # no queue_timeout: nothing bounds the wait for a worker
+    d = sim.start_attempt(sim.invocation("flaky"))
     assert [t.kind for t in d.timers_armed] == [TimerKind.STEP_TIMEOUT]
     d = sim.fail("flaky", "Flaky")
     assert [t.kind for t in d.timers_armed] == [TimerKind.BACKOFF]
-    assert d.timers_cancelled == (f"timeout:{sim.invocation('flaky').invocation_id}",)
+    assert d.timers_cancelled == (f"timeout:{sim.invocation('flaky').invocation_id}:0",)
 
 
 def test_backoff_grows_caps_and_jitters() -> None:
@@ -633,10 +655,11 @@ def test_removing_the_last_pending_step_completes_the_run() -> None:
 def test_fire_timer_commands_come_from_state() -> None:
     sim = Simulation(RETRY)
     sim.start()
-    (command,) = due_timers(sim.run, T0 + timedelta(seconds=2))
+    sim.start_attempt(sim.invocation("flaky"))
+    (command,) = due_timers(sim.run, T0 + timedelta(seconds=3))
     assert command.kind is TimerKind.STEP_TIMEOUT and command.attempt == 1
     assert command.command_id == f"fire:{command.timer_id}"
-    assert next_due(sim.run) == T0 + timedelta(seconds=1)
+    assert next_due(sim.run) == T0 + timedelta(milliseconds=1_000 + TIMEOUT_GRACE_MS)
 
 
 def test_redrive_re_evaluates_when_after_a_fix() -> None:
@@ -686,3 +709,235 @@ def test_a_worker_timeout_on_a_step_with_a_timeout_ends_like_the_timer() -> None
     assert sim.run.steps["flaky"].error is not None
     assert sim.run.steps["flaky"].error.error_class == "StepTimeout"
     assert step_status(sim, "flaky") is StepStatus.RETRY_WAIT
+
+
+# -- execution timeout vs queue wait (docs/decisions/0013-execution-and-queue-timeouts.md) ------
+
+QUEUED = """
+id: queued
+steps:
+  - id: call
+    node: http.request@^1
+    timeout: 1s
+    queue_timeout: 5s
+    retry: {max_attempts: 3, initial_backoff: 100ms, jitter: 0}
+  - {id: other, node: transform@^1}
+"""
+
+
+def test_a_backlog_delays_a_step_but_does_not_time_it_out() -> None:
+    sim = SCENARIOS["backlog"]()
+    assert run_status(sim) is RunStatus.SUCCEEDED
+    assert not events_of(sim, StepTimedOut) and not events_of(sim, StepRetryScheduled)
+    assert [e.attempt for e in events_of(sim, StepDispatched)] == [1]
+    (start,) = events_of(sim, StepStarted)
+    assert start.started_at == T0 + timedelta(seconds=30)  # 30x the timeout spent in the queue
+    assert sim.run.steps["call"].attempt == 1
+
+
+def test_a_long_backlog_fires_no_timer_at_all_without_queue_timeout() -> None:
+    sim = Simulation(RETRY)
+    sim.start()
+    assert next_due(sim.run) is None
+    sim.advance(3_600_000)
+    assert sim.fire_due() == []
+    assert step_status(sim, "flaky") is StepStatus.DISPATCHED
+
+
+def test_queue_timeout_fails_the_step_with_its_own_error_class_and_no_retry() -> None:
+    sim = SCENARIOS["queue_timeout"]()
+    failed = events_of(sim, StepFailed)
+    assert len(failed) == 1 and failed[0].attempt == 1
+    assert failed[0].error.error_class == "QueueTimeout" and not failed[0].error.retryable
+    assert failed[0].invocation_id == sim.invocation("call").invocation_id
+    assert "queue_timeout of 5000 ms" in failed[0].error.message
+    assert sim.now == T0 + timedelta(seconds=5)
+    assert not events_of(sim, StepTimedOut) and not events_of(sim, StepRetryScheduled)
+    assert run_status(sim) is RunStatus.FAILED
+    assert sim.run.error is not None and sim.run.error.error_class == "QueueTimeout"
+    assert step_status(sim, "call") is StepStatus.FAILED
+    assert sim.decisions[-1].is_noop  # the worker's start after the queue timeout
+    assert not events_of(sim, StepStarted)
+
+
+def test_a_start_within_the_queue_timeout_cancels_it_and_arms_the_step_timeout() -> None:
+    sim = Simulation(QUEUED)
+    sim.start()
+    invocation = sim.invocation("call")
+    assert invocation.start_by == T0 + timedelta(seconds=5)
+    assert invocation.timeout_ms == 1_000 and invocation.deadline is None
+    (queue,) = [t for t in sim.run.timers.values() if t.step_id == "call"]
+    assert (queue.kind, queue.due_at) == (TimerKind.QUEUE_TIMEOUT, T0 + timedelta(seconds=5))
+    sim.advance(4_900)
+    d = sim.start_attempt(invocation)
+    assert d.timers_cancelled == (queue.timer_id,)
+    assert [t.kind for t in d.timers_armed] == [TimerKind.STEP_TIMEOUT]
+    # The queue timer's FireTimer, already on its way when the start arrived: a no-op.
+    stale = sim.send(
+        FireTimer(
+            run_id=sim.run_id,
+            timer_id=queue.timer_id,
+            step_id="call",
+            attempt=1,
+            kind=TimerKind.QUEUE_TIMEOUT,
+            due_at=queue.due_at,
+        )
+    )
+    assert stale.is_noop
+    sim.advance(900)  # 5.8 s after dispatch, 0.9 s of execution
+    assert sim.fire_due() == []
+    sim.succeed("call", {"ok": 1})
+    sim.run_workers(echo)
+    assert run_status(sim) is RunStatus.SUCCEEDED
+    assert not events_of(sim, StepFailed) and not events_of(sim, StepTimedOut)
+
+
+def test_the_worker_refusing_a_start_after_start_by_ends_like_the_queue_timer() -> None:
+    sim = Simulation(QUEUED)
+    sim.start()
+    error = ErrorInfo(error_class="QueueTimeout", message="start_by passed", retryable=False)
+    d = sim.result(sim.invocation("call"), TraceStatus.ERROR, error=error, start=False)
+    assert [type(e).__name__ for e in d.events] == ["StepFailed", "RunFailed"]
+    assert sim.run.error is not None and sim.run.error.error_class == "QueueTimeout"
+    assert not any(t.step_id == "call" for t in sim.run.timers.values())
+
+
+def test_a_failed_run_keeps_the_queue_timers_of_attempts_in_flight() -> None:
+    sim = Simulation(
+        """
+id: two-queued
+steps:
+  - {id: a, node: http.request@^1, queue_timeout: 5s}
+  - {id: b, node: http.request@^1, queue_timeout: 5s}
+"""
+    )
+    sim.start()
+    sim.fail("a", "Fatal", retryable=False)
+    assert run_status(sim) is RunStatus.FAILED
+    (timer,) = sim.run.timers.values()
+    assert (timer.kind, timer.step_id) == (TimerKind.QUEUE_TIMEOUT, "b")
+    (d,) = sim.advance_and_fire(5_000)
+    assert [type(e).__name__ for e in d.events] == ["StepFailed"]  # the run stays failed
+    assert step_status(sim, "b") is StepStatus.FAILED and sim.run.timers == {}
+
+
+def test_late_or_duplicate_starts_and_heartbeats_are_noops() -> None:
+    sim = Simulation(RETRY)
+    sim.start()
+    first = sim.invocation("flaky")
+    assert events_of(sim, StepStarted) == []
+    sim.start_attempt(first)
+    assert sim.start_attempt(first).is_noop  # duplicate start
+    assert sim.heartbeat(first, 1).is_noop  # too early to move the timer by half the timeout
+    sim.fail("flaky", "Flaky")
+    assert sim.start_attempt(first).is_noop  # attempt 1 ended
+    sim.advance_and_fire(100)
+    second = sim.invocation("flaky")
+    assert second.attempt == 2 and step_status(sim, "flaky") is StepStatus.DISPATCHED
+    assert sim.heartbeat(first, 2).is_noop  # an old attempt's heartbeat does not start attempt 2
+    assert step_status(sim, "flaky") is StepStatus.DISPATCHED
+    assert len(events_of(sim, StepStarted)) == 1
+
+
+def test_a_heartbeat_starts_the_attempt_when_the_start_signal_is_missing() -> None:
+    sim = Simulation(RETRY)
+    sim.start()
+    invocation = sim.invocation("flaky")
+    sim.start_times[invocation.invocation_id] = T0 + timedelta(milliseconds=200)
+    sim.advance(700)
+    d = sim.heartbeat(invocation, 3)
+    (start,) = d.events
+    assert isinstance(start, StepStarted)
+    assert start.started_at == T0 + timedelta(milliseconds=200)  # the worker's start
+    assert start.timeout_at == sim.now + timedelta(milliseconds=1_000 + TIMEOUT_GRACE_MS)
+    assert step_status(sim, "flaky") is StepStatus.RUNNING
+
+
+def test_heartbeats_push_the_step_timeout_forward_with_few_events() -> None:
+    sim = SCENARIOS["heartbeats"]()
+    assert run_status(sim) is RunStatus.SUCCEEDED
+    (extended,) = events_of(sim, StepTimeoutExtended)
+    assert extended.beat == 3  # beats 1, 2 and 4 moved the timer by less than 30 s
+    assert extended.timeout_at == T0 + timedelta(seconds=32 + 60) + timedelta(
+        milliseconds=TIMEOUT_GRACE_MS
+    )
+    heartbeats = [d for d in sim.decisions if d.is_noop]
+    assert len(heartbeats) == 3
+    assert not events_of(sim, StepTimedOut)
+
+
+def test_a_worker_that_stops_heartbeating_times_out_from_its_last_recorded_heartbeat() -> None:
+    sim = Simulation(SCENARIOS["heartbeats"]().definition)
+    sim.start()
+    invocation = sim.invocation("wait")
+    sim.start_attempt(invocation)
+    first_timer = next(iter(sim.run.timers.values()))
+    sim.advance(30_000)
+    d = sim.heartbeat(invocation, 3)
+    assert [type(e).__name__ for e in d.events] == ["StepTimeoutExtended"]
+    assert d.timers_cancelled == (first_timer.timer_id,)
+    (timer,) = sim.run.timers.values()
+    assert timer.timer_id != first_timer.timer_id and timer.kind is TimerKind.STEP_TIMEOUT
+    # The first timer's FireTimer, written before the extension: no timer by that id any more.
+    assert sim.send(fire_timer_command(sim.run, first_timer)).is_noop
+    sim.advance(59_999 + TIMEOUT_GRACE_MS)  # the worker died right after beat 3
+    assert sim.fire_due() == []
+    (d,) = sim.advance_and_fire(1)
+    assert [type(e).__name__ for e in d.events] == ["StepTimedOut", "RunFailed"]
+    assert events_of(sim, StepTimedOut)[0].timeout_ms == 60_000
+
+
+def test_a_step_without_timeout_starts_without_a_timer_and_heartbeats_log_nothing() -> None:
+    sim = Simulation(TWO)
+    sim.start()
+    invocation = sim.invocation("first")
+    d = sim.start_attempt(invocation)
+    assert isinstance(d.events[0], StepStarted) and d.events[0].timeout_at is None
+    assert sim.run.timers == {}
+    sim.advance(600_000)
+    assert sim.heartbeat(invocation, 60).is_noop
+
+
+def test_starts_are_recorded_while_paused_and_running_steps_are_cancelled() -> None:
+    sim = Simulation(RETRY)
+    sim.start()
+    sim.pause()
+    d = sim.start_attempt(sim.invocation("flaky"))
+    assert [type(e).__name__ for e in d.events] == ["StepStarted"]
+    assert step_status(sim, "flaky") is StepStatus.RUNNING
+    sim.cancel("stop")
+    assert step_status(sim, "flaky") is StepStatus.CANCELLED and sim.run.timers == {}
+
+
+def test_a_run_in_flight_from_before_step_started_keeps_its_dispatch_timer() -> None:
+    # A log written by an older scheduler: the step timeout was armed at dispatch. After an
+    # upgrade the new scheduler still honours it, and a new worker's start replaces it.
+    legacy = Path(__file__).resolve().parents[1] / "fixtures" / "runs" / "before-step-started"
+    events = load_events((legacy / "step_timeout.jsonl").read_text(encoding="utf-8"))
+    dispatched = next(e for e in events if isinstance(e, StepDispatched))
+    assert dispatched.schema_version == 1 and dispatched.timeout_at == T0 + timedelta(seconds=1)
+    in_flight = fold(events[: events.index(dispatched) + 1])
+    assert in_flight is not None
+    (timer,) = in_flight.timers.values()
+    assert timer.kind is TimerKind.STEP_TIMEOUT and timer.due_at == dispatched.timeout_at
+
+    ctx = DecisionContext(now=T0 + timedelta(seconds=1), new_id=lambda: "x")
+    fired = decide(in_flight, fire_timer_command(in_flight, timer), ctx)
+    assert [type(e).__name__ for e in fired.events] == ["StepTimedOut", "StepRetryScheduled"]
+    assert fired.events[0].timeout_ms == 1_000  # type: ignore[union-attr]
+
+    beat = NodeHeartbeat(
+        run_id=in_flight.run_id,
+        seq=dispatched.seq,
+        invocation_id=dispatched.invocation_id,
+        attempt=1,
+        step=dispatched.step,
+        started_at=T0 + timedelta(milliseconds=500),
+        beat=0,
+    )
+    started = decide(in_flight, beat, DecisionContext(now=T0 + timedelta(milliseconds=600)))
+    assert [type(e).__name__ for e in started.events] == ["StepStarted"]
+    assert started.timers_cancelled == (timer.timer_id,)
+    assert started.state is not None
+    (new_timer,) = started.state.timers.values()
+    assert new_timer.due_at == T0 + timedelta(milliseconds=600 + 1_000 + TIMEOUT_GRACE_MS)

@@ -39,7 +39,7 @@ def test_a_run_stops_when_it_succeeded_failed_or_was_cancelled() -> None:
 def test_step_status_sets_do_not_overlap() -> None:
     assert {"succeeded", "skipped"} == DONE_STEP_STATUSES
     assert {"failed", "timed_out"} == FAILED_STEP_STATUSES
-    assert {"scheduled", "dispatched", "retry_wait"} == ACTIVE_STEP_STATUSES
+    assert {"scheduled", "dispatched", "running", "retry_wait"} == ACTIVE_STEP_STATUSES
     assert not (DONE_STEP_STATUSES & FAILED_STEP_STATUSES)
     assert not ((DONE_STEP_STATUSES | FAILED_STEP_STATUSES) & ACTIVE_STEP_STATUSES)
 
@@ -51,6 +51,7 @@ def test_the_read_models_hold_every_status_but_pending_in_declaration_order() ->
     assert queries.STEP_STATUSES == (
         "scheduled",
         "dispatched",
+        "running",
         "retry_wait",
         "succeeded",
         "failed",

@@ -10,7 +10,13 @@ from typing import Any
 import pytest
 
 from foundation.objectstore import FileBlobStore
-from node_workers.attempt import error_info, inputs_hash, run_attempt
+from node_workers.attempt import (
+    attempt_deadline,
+    error_info,
+    inputs_hash,
+    run_attempt,
+    too_late_to_start,
+)
 from node_workers.claimcheck import PayloadCorruptError, encode_json, load_json, store_json
 from node_workers.node import Node, NodeContext, NodeModel, RetryableNodeError
 from node_workers.nodes.transform import TransformNode
@@ -118,6 +124,60 @@ def test_deadline_already_passed_does_not_run_the_node() -> None:
     deadline = datetime.now(UTC) - timedelta(seconds=1)
     attempt = _run(_Sleep(), _invocation(params={"crash": True}, deadline=deadline))
     assert attempt.status is TraceStatus.TIMEOUT  # not a crash: execute never ran
+
+
+def test_the_step_timeout_counts_from_the_workers_start_not_the_dispatch() -> None:
+    # Dispatched an hour ago with a 1 s timeout: a backlog is not execution time.
+    invocation = _invocation(
+        params={"seconds": 0.05},
+        timeout_ms=1_000,
+        occurred_at=datetime.now(UTC) - timedelta(hours=1),
+    )
+    assert _run(_Sleep(), invocation).status is TraceStatus.OK
+
+
+def test_the_step_timeout_ends_a_long_attempt_from_its_start() -> None:
+    started = datetime.now(UTC)
+    attempt = _run(_Sleep(), _invocation(params={"seconds": 5}, timeout_ms=100), started_at=started)
+    assert attempt.status is TraceStatus.TIMEOUT and attempt.started_at == started
+    assert attempt.error is not None
+    assert (attempt.error.error_class, attempt.error.retryable) == ("NodeTimeout", True)
+    assert attempt.latency_ms < 2000
+
+
+def test_attempt_deadline_is_the_earlier_of_timeout_and_absolute_deadline() -> None:
+    start = datetime(2025, 1, 1, tzinfo=UTC)
+    timeout = _invocation(timeout_ms=1_500)
+    assert attempt_deadline(timeout, start) == start + timedelta(milliseconds=1_500)
+    both = _invocation(timeout_ms=1_500, deadline=start + timedelta(seconds=1))
+    assert attempt_deadline(both, start) == start + timedelta(seconds=1)
+    assert attempt_deadline(_invocation(), start) is None
+
+
+def test_the_node_sees_the_deadline_counted_from_the_start() -> None:
+    seen: list[datetime | None] = []
+
+    class _Peek(_Sleep):
+        async def execute(self, params: _SleepIn, ctx: NodeContext) -> _SleepOut:
+            seen.append(ctx.deadline)
+            return await super().execute(params, ctx)
+
+    started = datetime.now(UTC)
+    _run(_Peek(), _invocation(params={}, timeout_ms=2_000), started_at=started)
+    assert seen == [started + timedelta(seconds=2)]
+
+
+def test_an_invocation_past_its_start_by_is_not_started() -> None:
+    now = datetime(2025, 1, 1, 12, tzinfo=UTC)
+    invocation = _invocation(params={"seconds": 0}, start_by=now - timedelta(milliseconds=250))
+    late = too_late_to_start(invocation, now)
+    assert late is not None and late.status is TraceStatus.ERROR
+    assert late.error is not None
+    assert (late.error.error_class, late.error.retryable) == ("QueueTimeout", False)
+    assert "250 ms after its start_by" in late.error.message
+    assert late.inputs_hash == inputs_hash({"seconds": 0})
+    assert too_late_to_start(invocation, now - timedelta(milliseconds=250)) is None
+    assert too_late_to_start(_invocation(params={}), now) is None
 
 
 def test_default_timeout_without_deadline() -> None:

@@ -259,6 +259,29 @@ def test_bad_duration_type_and_unknown_field() -> None:
     assert errors["inputs.count.type"].startswith("Input should be 'string'")
 
 
+def test_queue_timeout_is_optional_defaulted_and_validated_with_its_path() -> None:
+    definition = parse_workflow(
+        workflow(
+            step(id="a", timeout="2s"),
+            step(id="b", queue_timeout="1m30s", needs=["a"]),
+            defaults={"queue_timeout": "30s", "timeout": "5s"},
+        )
+    )
+    a, b = definition.steps
+    assert (a.timeout, a.queue_timeout) == (2_000, 30_000)
+    assert (b.timeout, b.queue_timeout) == (5_000, 90_000)
+    assert definition.to_json_dict()["steps"][1]["queue_timeout"] == 90_000
+    assert parse_workflow(workflow(step(id="a"))).steps[0].queue_timeout is None  # unset: no bound
+    errors = errors_of(workflow(step(id="a", queue_timeout=0), step(id="b", queue_timeout="soon")))
+    assert errors["steps[0].queue_timeout"].startswith("queue_timeout must be positive, but got 0")
+    assert errors["steps[1].queue_timeout"].startswith("invalid duration 'soon'")
+    errors = errors_of(workflow(step(id="a"), defaults={"queue_timeout": "0s"}))
+    assert errors == {
+        "defaults.queue_timeout": "queue_timeout must be positive, but got 0 ms (leave it out "
+        "to wait for a worker as long as it takes)"
+    }
+
+
 def test_missing_fields_and_bad_ids() -> None:
     errors = errors_of({"id": "Bad Id!", "steps": [{"id": "Fetch-1"}]})
     assert errors["id"].startswith("invalid workflow id 'Bad Id!'")

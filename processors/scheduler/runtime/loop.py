@@ -71,6 +71,7 @@ from processors.scheduler.runtime.failures import (
 )
 from processors.scheduler.runtime.invoke_topics import InvokeTopics
 from processors.scheduler.runtime.recovery import rebuild_partitions
+from processors.scheduler.runtime.results_gate import ResultsGate
 from processors.scheduler.runtime.traces import traces_for
 from processors.scheduler.runtime.workflows import WorkflowsView
 from processors.scheduler.state import RunState
@@ -83,6 +84,7 @@ from schemas.models import (
     ErrorInfo,
     FireTimer,
     MutateGraph,
+    NodeHeartbeat,
     NodeInvocation,
     NodeResult,
     PauseRun,
@@ -117,6 +119,7 @@ INPUT_TYPES = (
     RedriveStep,
     MutateGraph,
     FireTimer,
+    NodeHeartbeat,
     NodeResult,
 )
 
@@ -167,6 +170,8 @@ class SchedulerRuntime:
         self._partition_of: dict[str, int] = {}
         # Timers already written as FireTimer and not yet answered: do not write them twice.
         self._fired: set[str] = set()
+        # Queue and step timeouts wait until the results they race with are read.
+        self._results_gate = ResultsGate(self.catalog.results.topic)
         self._redis = redis.Redis.from_url(settings.redis_url)
         # Namespaced like the topics, so environments sharing one Redis never share entries.
         self.cache_prefix = f"{settings.topic_prefix}:step-cache:"
@@ -217,6 +222,7 @@ class SchedulerRuntime:
         new = {tp.partition for tp in partitions} - set(self.states)
         if not new:
             return
+        self._results_gate.assigned(self.consumer, [tp for tp in partitions if tp.partition in new])
         rebuilt = rebuild_partitions(self.settings, self.catalog.runs.topic, new)
         for p, runs in rebuilt.items():
             self.states[p] = runs
@@ -226,6 +232,7 @@ class SchedulerRuntime:
 
     def _on_revoke(self, partitions: list[TopicPartition]) -> None:
         self._isolation.forget((tp.topic, tp.partition) for tp in partitions)
+        self._results_gate.revoked(partitions)
         for tp in partitions:
             runs = self.states.pop(tp.partition, {})
             for run_id in runs:
@@ -314,6 +321,8 @@ class SchedulerRuntime:
         except ServiceUnavailableError as exc:
             self._wait_after("consuming", exc)
             return 0
+        for message in messages:
+            self._results_gate.consumed(message)
         now = self.clock()
         timers = [] if isolating else self._due_timers(now)
         if not messages and not timers:
@@ -624,12 +633,14 @@ class SchedulerRuntime:
 
     def _due_timers(self, now: datetime) -> list[FireTimer]:
         commands: list[FireTimer] = []
-        for runs in self.states.values():
+        for partition, runs in self.states.items():
             for state in runs.values():
                 if not state.timers:
                     continue
                 for command in due_timers(state, now):
-                    if command.timer_id not in self._fired:
+                    if command.timer_id not in self._fired and self._results_gate.allows(
+                        self.consumer, partition, command
+                    ):
                         commands.append(command)
         return commands
 
@@ -719,6 +730,11 @@ class SchedulerRuntime:
                 self.consumer.seek(TopicPartition(topic, partition, offset))
             except KafkaException as exc:  # revoked meanwhile: its next owner starts over
                 log.warning("could not rewind %s/%d to %d: %s", topic, partition, offset, exc)
+        # The results read in the aborted batch are read again: the gate starts over from the
+        # committed offsets (docs/decisions/0013-execution-and-queue-timeouts.md).
+        rewound = [TopicPartition(topic, partition) for topic, partition in first]
+        self._results_gate.revoked(rewound)
+        self._results_gate.assigned(self.consumer, rewound)
 
     def _wait_after(self, what: str, exc: BaseException) -> None:
         delay = self._backoff.next_delay()

@@ -1,15 +1,17 @@
 """Traces the scheduler writes itself: steps that ended without a worker reporting them.
 
 Workers trace every attempt they execute. A cache hit, a step timeout (the worker may never
-answer) and a skipped step have no worker trace, so the scheduler emits one from the run events,
-in the same transaction as those events.
+answer), a queue timeout (no worker started the attempt) and a skipped step have no worker trace,
+so the scheduler emits one from the run events, in the same transaction as those events.
 """
 
 from __future__ import annotations
 
 from processors.scheduler.cache import params_digest
+from processors.scheduler.decide import QUEUE_TIMEOUT
 from processors.scheduler.state import RunState
 from schemas.models import (
+    StepFailed,
     StepSkipped,
     StepSucceeded,
     StepTimedOut,
@@ -17,7 +19,7 @@ from schemas.models import (
     TraceStatus,
 )
 
-TracedEvent = StepSucceeded | StepTimedOut | StepSkipped
+TracedEvent = StepSucceeded | StepTimedOut | StepFailed | StepSkipped
 
 
 def traces_for(events: tuple[object, ...], state: RunState) -> list[Trace]:
@@ -25,7 +27,9 @@ def traces_for(events: tuple[object, ...], state: RunState) -> list[Trace]:
     for event in events:
         if isinstance(event, StepSucceeded) and event.cache_hit:
             traces.append(_trace(event, state, TraceStatus.OK))
-        elif isinstance(event, StepTimedOut):
+        elif isinstance(event, StepTimedOut) or (
+            isinstance(event, StepFailed) and event.error.error_class == QUEUE_TIMEOUT
+        ):
             traces.append(_trace(event, state, TraceStatus.TIMEOUT))
         elif isinstance(event, StepSkipped):
             traces.append(_trace(event, state, TraceStatus.SKIPPED))
@@ -36,10 +40,17 @@ def _trace(event: TracedEvent, state: RunState, status: TraceStatus) -> Trace:
     step = state.steps.get(event.step.step_id)
     attempt = getattr(event, "attempt", step.attempt if step else 0)
     start = event.occurred_at
-    if isinstance(event, StepTimedOut) and step is not None and step.dispatched_at is not None:
-        start = min(step.dispatched_at, event.occurred_at)
+    began = None if step is None else step.started_at or step.dispatched_at
+    if isinstance(event, StepTimedOut | StepFailed) and began is not None:
+        # From the worker's start (StepStarted); a queue timeout or a log without a start: from
+        # the dispatch.
+        start = min(began, event.occurred_at)
     latency = int((event.occurred_at - start).total_seconds() * 1000)
-    error = step.error if isinstance(event, StepTimedOut) and step is not None else None
+    error = None
+    if isinstance(event, StepFailed):
+        error = event.error
+    elif isinstance(event, StepTimedOut) and step is not None:
+        error = step.error
     return Trace(
         run_id=state.run_id,
         seq=event.seq,
