@@ -1101,6 +1101,7 @@ _UNFINISHED_STEP = (
     StepStatus.PENDING,
     StepStatus.SCHEDULED,
     StepStatus.DISPATCHED,
+    StepStatus.RUNNING,
     StepStatus.RETRY_WAIT,
 )
 
@@ -1154,7 +1155,7 @@ def fail_input(
         failed_step = None
         if step is not None and step.status in _UNFINISHED_STEP:
             failed_step = run.step_ref(step.step_id)
-            dispatched = step.status is StepStatus.DISPATCHED
+            dispatched = step.status in (StepStatus.DISPATCHED, StepStatus.RUNNING)
             w.emit(
                 StepFailed,
                 step=failed_step,
