@@ -18,13 +18,15 @@ from infra.services.clickhouse import ClickHouse
 from infra.services.docker import Docker
 from infra.services.kafka import Kafka
 from infra.services.postgres import Postgres
-from infra.services.redis import Redis
+from infra.services.redis import LedgerRedis, Redis
 from infra.services.s3 import S3
 
 SERVICE_TYPES: dict[str, type[Service]] = {
     "kafka": Kafka,
     "postgres": Postgres,
     "redis": Redis,
+    # The attempt ledger's own Redis: noeviction + append-only file (ADR 0017).
+    "redis-ledger": LedgerRedis,
     "s3": S3,
     "clickhouse": ClickHouse,
     # The Docker engine of code.run's docker backend, with the sandbox image (built if missing).
