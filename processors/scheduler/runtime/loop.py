@@ -20,10 +20,21 @@ State is not kept in a separate changelog: on assignment, a partition's runs are
 folding its ``runs`` log (:mod:`processors.scheduler.runtime.recovery`). If a transaction aborts,
 the checkpoint forgets the batch's positions, the assigned partitions are rebuilt and the consumer
 rewinds to the committed offsets.
+
+Fencing (docs/decisions/0018-scheduler-restarts-and-supervision.md): a transaction left open
+longer than ``transaction.timeout.ms`` -- the process paused or starved, a dependency hung -- is
+rolled back by the transaction coordinator, which bumps the producer epoch: the producer is then
+"fenced by a newer instance" although no other instance exists, and can neither commit nor
+abort. The loop keeps its transactions short (a batch stops taking inputs after
+``max_batch_seconds`` and leaves the rest for the next one) and, when the producer is fenced or
+broken anyway, replaces it with a new one under the same transactional id (whose initialisation
+aborts whatever the old one left open), rebuilds and rewinds like after any abort. Only repeated
+fencing in a short time (another live process with this instance id) stops the scheduler.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -36,6 +47,7 @@ from typing import Any
 import redis
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
+from foundation.errors import RefluxError
 from foundation.objectstore import S3BlobStore, content_key
 from foundation.settings import Settings
 from processors.node_catalog.runtime_view import CatalogResolver, NodeCatalogKafkaView
@@ -92,6 +104,19 @@ INPUT_TYPES = (
 )
 
 
+# Producer replacements tolerated within FENCING_WINDOW_S before the scheduler gives up: a
+# transaction timed out now and then is recovered; a producer fenced again and again means
+# another live process uses this instance id (two schedulers would take turns fencing).
+MAX_FENCINGS = 3
+FENCING_WINDOW_S = 300.0
+
+
+class SchedulerFencedError(RefluxError):
+    """The producer keeps being fenced: another process uses this scheduler's instance id."""
+
+    error_class = "SchedulerFenced"
+
+
 @dataclass
 class RuntimeStats:
     batches: int = 0
@@ -102,6 +127,10 @@ class RuntimeStats:
     timers_fired: int = 0
     cache_hits: int = 0
     aborted: int = 0
+    # Producers replaced after they were fenced or broken (see the module docstring).
+    producer_replaced: int = 0
+    # Batches that stopped taking inputs at max_batch_seconds (the rest went to the next one).
+    batches_cut: int = 0
     last_commit_ms: float = 0.0
     # run id -> seq of the last committed event (tests and progress output read it)
     committed_seq: dict[str, int] = field(default_factory=dict)
@@ -115,6 +144,7 @@ class SchedulerRuntime:
         instance_id: str | None = None,
         batch_size: int = 500,
         poll_timeout: float = 0.02,
+        max_batch_seconds: float = 5.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.settings = settings
@@ -123,6 +153,8 @@ class SchedulerRuntime:
         self.instance_id = instance_id or settings.scheduler_instance_id
         self.batch_size = batch_size
         self.poll_timeout = poll_timeout
+        # Well inside the producer's transaction.timeout.ms (15 s), so the commit has room too.
+        self.max_batch_seconds = max_batch_seconds
         self.clock = clock
         self.stats = RuntimeStats()
         self.states: dict[int, dict[str, RunState]] = {}
@@ -138,18 +170,19 @@ class SchedulerRuntime:
         # Node versions by catalog status and rollout weight (nodes topic, all partitions).
         self._nodes = NodeCatalogKafkaView(settings, self.catalog)
         self._resolve_node_version = CatalogResolver(self._nodes)
-        self.producer = TransactionalProducer(
-            settings,
-            transactional_id=f"{self.group}.{self.instance_id}",
-            client_id=f"reflux-scheduler-{self.instance_id}",
-            config={"linger.ms": 0},
-        )
+        self.transactional_id = f"{self.group}.{self.instance_id}"
+        self.producer = self._new_producer()
+        self._fencings: list[float] = []
         self._dead_letters = DeadLetterPublisher(self.producer, self.catalog.dlq, self.group)
         self.consumer = Consumer(
             consumer_config(
                 self.group,
                 settings,
-                {"fetch.wait.max.ms": 5, "max.poll.interval.ms": 300_000},
+                {
+                    "fetch.wait.max.ms": 5,
+                    "max.poll.interval.ms": 300_000,
+                    "client.id": f"reflux-scheduler-{self.instance_id}",
+                },
             )
         )
         # The transaction flushes the events, invocations and dead letters as it commits.
@@ -163,6 +196,16 @@ class SchedulerRuntime:
         )
         self.checkpoint.subscribe(
             self.consumer, [self.catalog.commands.topic, self.catalog.results.topic]
+        )
+
+    def _new_producer(self) -> TransactionalProducer:
+        # Initialising the transactional id aborts what an earlier producer with this id (a
+        # crashed predecessor, or this instance's own fenced one) left open.
+        return TransactionalProducer(
+            self.settings,
+            transactional_id=self.transactional_id,
+            client_id=f"reflux-scheduler-{self.instance_id}",
+            config={"linger.ms": 0},
         )
 
     # -- partition ownership -------------------------------------------------------------------
@@ -213,9 +256,13 @@ class SchedulerRuntime:
 
     def run(self, stop: threading.Event) -> None:
         log.info("scheduler %s running (group %s)", self.instance_id, self.group)
-        while not stop.is_set():
-            self.run_once()
-        self.close()
+        try:
+            while not stop.is_set():
+                self.run_once()
+        finally:
+            # Also after an error: the consumer leaves the group at once, so whoever restarts
+            # the scheduler gets the partitions without waiting for a session timeout.
+            self.close()
 
     def run_once(self) -> int:
         """Consumes one batch (possibly empty), fires due timers; returns inputs processed."""
@@ -230,7 +277,13 @@ class SchedulerRuntime:
         batch = _Batch()
         try:
             self._transaction.begin()
-            for message in messages:
+            for n, message in enumerate(messages):
+                if n and time.perf_counter() - started > self.max_batch_seconds:
+                    # A transaction open too long is rolled back by the coordinator and fences
+                    # the producer: commit what is done, the rest comes again.
+                    self._put_back(messages[n:])
+                    messages = messages[:n]
+                    break
                 self._handle(message, batch)
                 self.checkpoint.advance(
                     (message.topic() or "", message.partition() or 0), message.offset() or 0
@@ -258,6 +311,22 @@ class SchedulerRuntime:
         self.stats.timers_fired += len(timers)
         self.stats.last_commit_ms = (time.perf_counter() - started) * 1000
         return len(messages)
+
+    def _put_back(self, messages: list[Message]) -> None:
+        """Rewinds each partition to the first of ``messages`` (consumed, not processed)."""
+        first: dict[tuple[str, int], int] = {}
+        for message in messages:
+            key = (message.topic() or "", message.partition() or 0)
+            first[key] = min(first.get(key, message.offset() or 0), message.offset() or 0)
+        for (topic, partition), offset in first.items():
+            self.consumer.seek(TopicPartition(topic, partition, offset))
+        self.stats.batches_cut += 1
+        log.info(
+            "scheduler %s: batch cut after %.1fs; %d input(s) left for the next one",
+            self.instance_id,
+            self.max_batch_seconds,
+            len(messages),
+        )
 
     def _handle(self, message: Message, batch: _Batch) -> None:
         partition = message.partition() or 0
@@ -409,26 +478,62 @@ class SchedulerRuntime:
         )
 
     def _recover(self, exc: BaseException) -> None:
-        """Abort, rebuild owned state from the log, rewind to the committed offsets."""
+        """Abort (or replace a fenced producer), rebuild owned state from the log, rewind to
+        the committed offsets."""
         log.exception("scheduler batch failed; aborting the transaction: %s", exc)
         self.stats.aborted += 1
         self.checkpoint.clear()
         try:
             self._transaction.abort()
-        except KafkaException:
-            log.exception("abort failed (producer fenced?); exiting so a supervisor restarts")
-            raise
+        except KafkaException as abort_error:
+            self._replace_producer(abort_error)
         assignment = self.consumer.assignment()
         partitions = {tp.partition for tp in assignment}
         self.states = rebuild_partitions(self.settings, self.catalog.runs.topic, partitions)
         self._partition_of = {run_id: p for p, runs in self.states.items() for run_id in runs}
         self._fired.clear()
         for tp in self.consumer.committed(assignment, timeout=10):
-            if tp.offset >= 0:
-                self.consumer.seek(tp)
-            else:
-                self.consumer.seek(TopicPartition(tp.topic, tp.partition, 0))
+            try:
+                if tp.offset >= 0:
+                    self.consumer.seek(tp)
+                else:
+                    self.consumer.seek(TopicPartition(tp.topic, tp.partition, 0))
+            except KafkaException as seek_error:
+                # Lost meanwhile (the session expired while the batch hung): the rebalance
+                # callbacks reset it, and a new owner starts from the committed offset.
+                log.info("not rewinding %s/%s: %s", tp.topic, tp.partition, seek_error)
         time.sleep(0.2)
+
+    def _replace_producer(self, error: KafkaException) -> None:
+        """The producer cannot abort: fenced (its epoch was bumped, typically because the
+        coordinator rolled back a transaction that stayed open past transaction.timeout.ms) or
+        broken. A new producer with the same transactional id takes over."""
+        now = time.monotonic()
+        self._fencings = [t for t in self._fencings if now - t < FENCING_WINDOW_S] + [now]
+        if len(self._fencings) > MAX_FENCINGS:
+            raise SchedulerFencedError(
+                f"Expected to be the only scheduler with transactional id "
+                f"{self.transactional_id!r}, but its producer was fenced "
+                f"{len(self._fencings)} times in {FENCING_WINDOW_S:.0f}s (last: {error}): is "
+                f"another process running with instance id {self.instance_id!r}?"
+            ) from error
+        log.warning(
+            "scheduler %s: the producer cannot abort (%s); replacing it with a new producer "
+            "for transactional id %s (%d of %d allowed in %.0fs)",
+            self.instance_id,
+            error,
+            self.transactional_id,
+            len(self._fencings),
+            MAX_FENCINGS,
+            FENCING_WINDOW_S,
+        )
+        old = self.producer
+        with contextlib.suppress(Exception):
+            old.close(timeout=1.0)
+        self.producer = self._new_producer()
+        self._transaction.producer = self.producer
+        self._dead_letters.producer = self.producer
+        self.stats.producer_replaced += 1
 
     def run_state(self, run_id: str) -> RunState | None:
         partition = self._partition_of.get(run_id)
@@ -446,9 +551,12 @@ class SchedulerRuntime:
         try:
             self.consumer.close()
         finally:
-            self.producer.close()
-            self._workflows.close()
-            self._nodes.close()
+            try:
+                # Bounded: a fenced producer's queue never drains.
+                self.producer.close(timeout=5.0)
+            finally:
+                self._workflows.close()
+                self._nodes.close()
 
 
 class _Batch:
