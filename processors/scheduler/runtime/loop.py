@@ -262,7 +262,10 @@ class SchedulerRuntime:
         finally:
             # Also after an error: the consumer leaves the group at once, so whoever restarts
             # the scheduler gets the partitions without waiting for a session timeout.
-            self.close()
+            try:
+                self.close()
+            except Exception:
+                log.exception("scheduler %s: closing its clients failed", self.instance_id)
 
     def run_once(self) -> int:
         """Consumes one batch (possibly empty), fires due timers; returns inputs processed."""
