@@ -57,6 +57,11 @@ class Settings(BaseSettings):
     # docs/secrets.md
     secrets_dir: Path | None = None
 
+    # Components without an HTTP port (scheduler, projector, trigger router, workers) touch
+    # this file from their loops; a liveness probe (python -m foundation.liveness) checks its
+    # age. Unset: no heartbeat (foundation/liveness.py).
+    liveness_file: Path | None = None
+
     # "chdb:///abs/path" selects the embedded engine (one process owns that folder);
     # "http://host:8123" selects a ClickHouse server. Same client code either way.
     clickhouse_dsn: str = ""

@@ -12,14 +12,20 @@ still up. Each component now runs under a :class:`Supervisor` thread that
    goes back to 1 -- until the engine is stopped.
 
 Every death is also kept in :attr:`Supervisor.errors`, so tests still see that something failed.
-Separate processes get the same from their own supervisor (Kubernetes' restartPolicy and
-liveness probes: docs/decisions/0018-scheduler-restarts-and-supervision.md).
+
+Separate processes get the same from a process supervisor: Kubernetes (restartPolicy and
+liveness probes, ``infra/k8s``), systemd, or ``reflux supervise -- <command>``, which runs one
+``reflux`` command as a child process under a :class:`Supervisor` (:func:`supervise`):
+docs/decisions/0018-scheduler-restarts-and-supervision.md.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -28,7 +34,7 @@ from typing import Any
 
 from foundation.errors import RefluxError
 
-__all__ = ["ComponentExitedError", "Running", "Supervisor"]
+__all__ = ["ComponentExitedError", "Running", "Supervisor", "process_component", "supervise"]
 
 log = logging.getLogger(__name__)
 
@@ -135,3 +141,71 @@ class Supervisor:
                 if running is not None:
                     with contextlib.suppress(Exception):
                         running.close()
+
+
+# -- separate processes ---------------------------------------------------------------------------
+
+
+def _exit_reason(status: int) -> str:
+    if status < 0:
+        try:
+            return f"killed by {signal.Signals(-status).name}"
+        except ValueError:
+            return f"killed by signal {-status}"
+    return f"exit status {status}"
+
+
+def process_component(argv: list[str], *, grace_s: float = 30.0) -> Callable[[], Running]:
+    """``launch`` for a ``reflux`` command in a child process (``reflux supervise``): a child
+    that exits unasked is a death (its status says why; its own log says more)."""
+
+    def launch() -> Running:
+        # Its own session: a Ctrl-C meant for the supervisor does not reach the child, which
+        # the supervisor then stops itself (SIGTERM, then SIGKILL after the grace).
+        child = subprocess.Popen(
+            [sys.executable, "-m", "reflux.cli", *argv], start_new_session=True
+        )
+        log.info("started reflux %s (pid %d)", " ".join(argv), child.pid)
+
+        def run(stop: threading.Event) -> None:
+            while child.poll() is None and not stop.wait(0.2):
+                pass
+            if stop.is_set():
+                return
+            raise ComponentExitedError(
+                f"Expected reflux {argv[0]} (pid {child.pid}) to run until stopped, but it "
+                f"ended: {_exit_reason(child.returncode)}"
+            )
+
+        def close() -> None:
+            if child.poll() is None:
+                child.terminate()
+                try:
+                    child.wait(grace_s)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    child.wait()
+
+        return Running(run, close)
+
+    return launch
+
+
+def supervise(argv: list[str], *, max_backoff_s: float = MAX_BACKOFF_S) -> int:
+    """Runs ``reflux <argv>`` and starts it again whenever it ends, until SIGTERM/SIGINT."""
+    if not argv:
+        raise ComponentExitedError("Expected a command to supervise, e.g. `-- scheduler`")
+    supervisor = Supervisor(argv[0], process_component(argv), max_backoff_s=max_backoff_s)
+    stopping = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("supervisor: %s received; stopping reflux %s", signal.strsignal(signum), argv[0])
+        stopping.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    supervisor.start()
+    stopping.wait()
+    supervisor.stop()
+    supervisor.join()
+    return 0

@@ -18,6 +18,8 @@ HTTP server, attempts executed twice.
 from __future__ import annotations
 
 import collections
+import os
+import re
 import signal
 import threading
 import uuid
@@ -37,6 +39,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._listoffsets import OffsetSpec
 
+from foundation.liveness import main as liveness_probe
 from foundation.settings import Settings
 from processors.scheduler.runtime.loop import SchedulerRuntime
 from schemas import decode
@@ -153,6 +156,7 @@ class Scenario:
     scheduler: Process
     worker: Process
     run_log: RunLog
+    heartbeat: Path
     run_ids: list[str] = field(default_factory=list)
 
     @property
@@ -208,7 +212,12 @@ class Scenario:
 
 
 @pytest.fixture
-def scenario(kafka_settings: Settings, http: HttpTestServer, tmp_path: Path) -> Iterator[Scenario]:
+def scenario(
+    kafka_settings: Settings, http: HttpTestServer, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Scenario]:
+    """The scheduler and a worker as processes, the workflow registered; ``supervised`` (an
+    indirect parameter) runs the scheduler under ``reflux supervise``."""
+    supervised = getattr(request, "param", None) == "supervised"
     settings = kafka_settings
     catalog = TopicCatalog.from_settings(settings)
     invoke: list[TopicSpec] = [
@@ -231,7 +240,14 @@ def scenario(kafka_settings: Settings, http: HttpTestServer, tmp_path: Path) -> 
         ),
     )
     producer.flush(10)
-    scheduler = Process("scheduler", ["scheduler", "--instance-id", INSTANCE], settings, tmp_path)
+    command = ["scheduler", "--instance-id", INSTANCE]
+    scheduler = Process(
+        "scheduler",
+        ["supervise", "--max-backoff", "2", "--", *command] if supervised else command,
+        settings,
+        tmp_path,
+        env={"REFLUX_LIVENESS_FILE": str(tmp_path / "scheduler-alive")},
+    )
     worker = Process(
         "worker",
         ["worker", "--nodes", "http,transform", "--catalog-status", "none"],
@@ -239,7 +255,17 @@ def scenario(kafka_settings: Settings, http: HttpTestServer, tmp_path: Path) -> 
         tmp_path,
     )
     run_log = RunLog(settings, catalog.runs.topic)
-    found = Scenario(settings, catalog, admin, producer, http, scheduler, worker, run_log)
+    found = Scenario(
+        settings,
+        catalog,
+        admin,
+        producer,
+        http,
+        scheduler,
+        worker,
+        run_log,
+        heartbeat=tmp_path / "scheduler-alive",
+    )
     try:
         scheduler.start()
         worker.start()
@@ -348,7 +374,12 @@ def test_scheduler_fenced_by_its_own_timed_out_transaction_replaces_its_producer
         f"the coordinator to roll back the paused scheduler's transaction on {held}",
         interval=0.5,
     )
+    # A hung scheduler is what its liveness probe catches: the heartbeat went stale (paused for
+    # transaction.timeout.ms at least; it beats every 5 s when running).
+    probe = ["--file", str(scenario.heartbeat), "--max-age", "10"]
+    assert liveness_probe(probe) == 1
     proc.send_signal(signal.SIGCONT)
+    eventually(lambda: liveness_probe(probe) == 0, 30, "the resumed scheduler's heartbeat")
 
     scenario.wait_finished()
     assert scenario.scheduler.starts == 1 and proc.poll() is None, scenario.scheduler.tail()
@@ -387,3 +418,35 @@ def test_a_batch_cut_at_its_time_budget_leaves_the_rest_for_the_next_one(
     finally:
         run_log.close()
     assert counts == {"lost": 0, "failed": 0, "duplicated": 0, "missing": 0}, counts
+
+
+def _children(supervisor: Process) -> list[int]:
+    """Pids of the scheduler processes ``reflux supervise`` started, in order (its log)."""
+    text = "".join(f.read_text() for f in sorted(supervisor.logs.glob(f"{supervisor.name}-*")))
+    return [int(pid) for pid in re.findall(r"started reflux scheduler .*\(pid (\d+)\)", text)]
+
+
+@pytest.mark.parametrize("scenario", ["supervised"], indirect=True)
+def test_reflux_supervise_restarts_a_killed_scheduler_and_logs_why(scenario: Scenario) -> None:
+    """Separate processes without Kubernetes: the reported stall ('with no supervisor, runs
+    stalled') does not happen under ``reflux supervise``."""
+    scenario.start_runs()
+    scenario.wait_in_flight()
+    (child,) = _children(scenario.scheduler)
+    os.kill(child, signal.SIGKILL)
+    _wait_for(
+        lambda: len(_children(scenario.scheduler)) == 2,
+        30,
+        "the supervisor to start the scheduler again",
+        scenario.scheduler,
+        scenario.worker,
+    )
+    scenario.wait_finished()
+    assert scenario.scheduler.starts == 1 and scenario.scheduler.proc is not None
+    assert scenario.scheduler.proc.poll() is None, "the supervisor itself exited"
+    text = "".join(f.read_text() for f in scenario.scheduler.logs.glob("scheduler-*"))
+    died = [line for line in text.splitlines() if "scheduler died after" in line]
+    assert len(died) == 1, died
+    assert f"(pid {child}) to run until stopped, but it ended: killed by SIGKILL" in died[0]
+    assert "restarting it in 0.5s (restart 1)" in died[0]
+    scenario.assert_exactly_once()

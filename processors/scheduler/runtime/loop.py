@@ -48,6 +48,7 @@ import redis
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from foundation.errors import RefluxError
+from foundation.liveness import Heartbeat
 from foundation.objectstore import S3BlobStore, content_key
 from foundation.settings import Settings
 from processors.node_catalog.runtime_view import CatalogResolver, NodeCatalogKafkaView
@@ -256,8 +257,10 @@ class SchedulerRuntime:
 
     def run(self, stop: threading.Event) -> None:
         log.info("scheduler %s running (group %s)", self.instance_id, self.group)
+        heartbeat = Heartbeat.from_settings(self.settings)
         try:
             while not stop.is_set():
+                heartbeat.beat()
                 self.run_once()
         finally:
             # Also after an error: the consumer leaves the group at once, so whoever restarts
