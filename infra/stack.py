@@ -78,11 +78,12 @@ def down(settings: Settings, names: list[str] | None = None) -> None:
 def status(settings: Settings) -> bool:
     rows = [s.status() for s in services(settings)]
     width = max(38, *(len(row.endpoint) for row in rows))
-    print(f"{'service':<11} {'state':<9} {'pid':<8} {'endpoint':<{width}} detail")
+    names = max(11, *(len(row.name) for row in rows))
+    print(f"{'service':<{names}} {'state':<9} {'pid':<8} {'endpoint':<{width}} detail")
     for row in rows:
         state = "ready" if row.ready else ("starting" if row.running else "stopped")
         pid = str(row.pid) if row.pid else "-"
-        print(f"{row.name:<11} {state:<9} {pid:<8} {row.endpoint:<{width}} {row.detail}")
+        print(f"{row.name:<{names}} {state:<9} {pid:<8} {row.endpoint:<{width}} {row.detail}")
     return all(row.ready for row in rows)
 
 
