@@ -18,6 +18,7 @@ HTTP server, attempts executed twice.
 from __future__ import annotations
 
 import collections
+import importlib
 import os
 import re
 import signal
@@ -27,6 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka import (
@@ -37,7 +39,6 @@ from confluent_kafka import (
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient
-from confluent_kafka.admin._listoffsets import OffsetSpec
 
 from foundation.liveness import main as liveness_probe
 from foundation.settings import Settings
@@ -53,6 +54,9 @@ from tests.integration.http_fixtures import HttpTestServer, serve
 from tests.integration.test_crash_recovery import Process, _wait_for
 from tests.support.waiting import eventually
 from workflows import parse_workflow
+
+# Exported by confluent_kafka.admin at run time, but not declared by its type stubs.
+OffsetSpec: Any = getattr(importlib.import_module("confluent_kafka.admin"), "OffsetSpec")  # noqa: B009
 
 pytestmark = pytest.mark.integration
 
@@ -335,7 +339,7 @@ def _open_transactions(scenario: Scenario) -> list[str]:
     ends = {}
     for level in (IsolationLevel.READ_UNCOMMITTED, IsolationLevel.READ_COMMITTED):
         answers = scenario.admin.list_offsets(
-            {tp: OffsetSpec.latest() for tp in partitions},  # type: ignore[no-untyped-call]
+            {tp: OffsetSpec.latest() for tp in partitions},
             isolation_level=level,
         )
         ends[level] = {(tp.topic, tp.partition): f.result().offset for tp, f in answers.items()}
