@@ -30,7 +30,11 @@ class Settings(BaseSettings):
     replication_factor: int = 1
 
     postgres_dsn: str = "postgresql://reflux@127.0.0.1:15432/reflux"
+    # Step cache and webhook mailboxes: volatile, evicts least recently used keys when full.
     redis_url: str = "redis://127.0.0.1:16379/0"
+    # The workers' attempt ledger, on its own instance: never evicted, append-only file
+    # (docs/decisions/0017-attempt-ledger-store.md). Never the cache's instance.
+    ledger_redis_url: str = "redis://127.0.0.1:16380/0"
 
     s3_endpoint: str = "http://127.0.0.1:19000"
     s3_access_key: str = "reflux"
@@ -52,6 +56,11 @@ class Settings(BaseSettings):
     # without it only REFLUX_SECRET_<NAME> variables exist and nothing is granted.
     # docs/secrets.md
     secrets_dir: Path | None = None
+
+    # Components without an HTTP port (scheduler, projector, trigger router, workers) touch
+    # this file from their loops; a liveness probe (python -m foundation.liveness) checks its
+    # age. Unset: no heartbeat (foundation/liveness.py).
+    liveness_file: Path | None = None
 
     # "chdb:///abs/path" selects the embedded engine (one process owns that folder);
     # "http://host:8123" selects a ClickHouse server. Same client code either way.

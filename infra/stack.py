@@ -18,13 +18,15 @@ from infra.services.clickhouse import ClickHouse
 from infra.services.docker import Docker
 from infra.services.kafka import Kafka
 from infra.services.postgres import Postgres
-from infra.services.redis import Redis
+from infra.services.redis import LedgerRedis, Redis
 from infra.services.s3 import S3
 
 SERVICE_TYPES: dict[str, type[Service]] = {
     "kafka": Kafka,
     "postgres": Postgres,
     "redis": Redis,
+    # The attempt ledger's own Redis: noeviction + append-only file (ADR 0017).
+    "redis-ledger": LedgerRedis,
     "s3": S3,
     "clickhouse": ClickHouse,
     # The Docker engine of code.run's docker backend, with the sandbox image (built if missing).
@@ -76,11 +78,12 @@ def down(settings: Settings, names: list[str] | None = None) -> None:
 def status(settings: Settings) -> bool:
     rows = [s.status() for s in services(settings)]
     width = max(38, *(len(row.endpoint) for row in rows))
-    print(f"{'service':<11} {'state':<9} {'pid':<8} {'endpoint':<{width}} detail")
+    names = max(11, *(len(row.name) for row in rows))
+    print(f"{'service':<{names}} {'state':<9} {'pid':<8} {'endpoint':<{width}} detail")
     for row in rows:
         state = "ready" if row.ready else ("starting" if row.running else "stopped")
         pid = str(row.pid) if row.pid else "-"
-        print(f"{row.name:<11} {state:<9} {pid:<8} {row.endpoint:<{width}} {row.detail}")
+        print(f"{row.name:<{names}} {state:<9} {pid:<8} {row.endpoint:<{width}} {row.detail}")
     return all(row.ready for row in rows)
 
 

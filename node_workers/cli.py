@@ -23,6 +23,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+from foundation.liveness import BEAT_EVERY_S, Heartbeat
 from foundation.settings import Settings, get_settings
 from node_workers.registry import NodeRegistry, default_registry
 from node_workers.runtime import DEFAULT_MAX_INLINE_OUTPUT_BYTES, WorkerConfig, WorkerRuntime
@@ -100,7 +101,19 @@ def _install_signal_handlers(stop: asyncio.Event) -> None:
 async def _serve(runtime: WorkerRuntime) -> None:
     stop = asyncio.Event()
     _install_signal_handlers(stop)
-    await runtime.run_forever(stop)
+    beating = asyncio.create_task(_beat(Heartbeat.from_settings(runtime.settings), stop))
+    try:
+        await runtime.run_forever(stop)
+    finally:
+        beating.cancel()
+
+
+async def _beat(heartbeat: Heartbeat, stop: asyncio.Event) -> None:
+    """The liveness heartbeat, from the worker's event loop: a loop that stops turning (blocked
+    by a call that never returns) stops beating, and the probe restarts the process."""
+    while not stop.is_set():
+        heartbeat.beat()
+        await asyncio.sleep(BEAT_EVERY_S)
 
 
 def handle_worker(args: argparse.Namespace, settings: Settings | None = None) -> int:

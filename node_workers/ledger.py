@@ -12,8 +12,12 @@ same attempt id, so before executing, a worker claims the invocation id in Redis
   retryable ``AttemptInterrupted`` error, and the step's retry policy starts a *new* attempt with
   a new invocation id.
 
-Redis is a cache here, never the source of truth: losing the ledger only weakens "at most once
-per attempt" back to Kafka's at-least-once.
+The ledger is not a cache: a dropped ``STARTED`` entry lets a redelivered invocation run its side
+effect a second time. So it lives on its own Redis instance (``Settings.ledger_redis_url``), which
+never evicts (``noeviction``: a full instance refuses the claim and the worker stops, loudly) and
+writes every change to an append-only file; the step cache and the webhook mailboxes, which may
+be evicted, live on the other instance (docs/decisions/0017-attempt-ledger-store.md). Losing the
+ledger anyway (its machine dies) weakens "at most once per attempt" back to Kafka's at-least-once.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ class Claim:
 
 class AttemptLedger:
     def __init__(self, settings: Settings, ttl_s: int = DEFAULT_TTL_S) -> None:
-        self._redis = aioredis.Redis.from_url(settings.redis_url)
+        self._redis = aioredis.Redis.from_url(settings.ledger_redis_url)
         self._prefix = f"{settings.topic_prefix}:attempt:"
         self._ttl_s = ttl_s
 

@@ -51,6 +51,7 @@ from foundation.errors import (
     ServiceUnavailableError,
     classify,
 )
+from foundation.liveness import Heartbeat
 from foundation.settings import Settings, get_settings
 from projections.postgres.appliers import (
     NODE_EVENT_TYPES,
@@ -478,7 +479,9 @@ class Projector(Closing):
         last_report = time.monotonic()
         reported = 0
         backoff = 0.5
+        heartbeat = Heartbeat.from_settings(self.settings)
         while not stop_event.is_set():
+            heartbeat.beat()
             try:
                 self.step()
                 backoff = 0.5

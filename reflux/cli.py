@@ -36,6 +36,13 @@ def _dev(args: argparse.Namespace) -> int:
     return serve_dev(host=args.host, port=args.port)
 
 
+def _supervise(args: argparse.Namespace) -> int:
+    from reflux.supervision import supervise
+
+    command = [a for a in args.component if a != "--"]
+    return supervise(command, max_backoff_s=args.max_backoff)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="reflux", description="REFLUX: self-improving workflows, event-sourced on Kafka."
@@ -48,6 +55,16 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=8080)
     dev.set_defaults(handler=_dev)
+    supervise = sub.add_parser(
+        "supervise",
+        help="run one component (e.g. `reflux supervise -- scheduler`) and start it again, "
+        "with backoff, whenever it exits; logs why",
+    )
+    supervise.add_argument(
+        "--max-backoff", type=float, default=30.0, help="seconds between restarts, at most"
+    )
+    supervise.add_argument("component", nargs=argparse.REMAINDER, help="-- <reflux command>")
+    supervise.set_defaults(handler=_supervise)
     add_scheduler_commands(sub)
     add_worker_commands(sub)
     add_projections_commands(sub)
@@ -76,6 +93,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        # A component's process ends here when its loop fails: say which and why, in the log a
+        # supervisor keeps, before the exit status it acts on.
+        logging.getLogger("reflux.cli").critical(
+            "reflux %s exiting on %s: %s", args.command, type(exc).__name__, exc, exc_info=exc
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -4,18 +4,20 @@ Each component runs in its own thread with its own Kafka clients, exactly as it 
 process; only the process boundary is gone. The demo, the end-to-end tests and the benchmarks use
 the same engine, so what they exercise is what ``reflux scheduler`` / ``reflux worker`` /
 ``reflux projector`` / ``reflux api`` run separately.
+
+Every component is supervised (:mod:`reflux.supervision`): one that dies is logged with the
+reason and started again, as a fresh instance, after a backoff -- what a process supervisor
+does for a separate process.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 
@@ -26,18 +28,20 @@ from processors.scheduler.runtime.loop import SchedulerRuntime
 from processors.triggers.router import TriggerRouter
 from projections.postgres.migrations import apply_migrations
 from projections.projector import Projector
+from reflux.supervision import Running, Supervisor
 from streams.admin import ensure_topics
 from streams.topics import TopicCatalog
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 
-@dataclass
-class _Component:
-    name: str
-    thread: threading.Thread
-    stop: Callable[[], None]
-    error: list[BaseException] = field(default_factory=list)
+
+def _first_then_fresh(first: T, build: Callable[[], T]) -> Callable[[], T]:
+    """The instance built by the caller (so its construction errors reach the caller) for the
+    first run, a fresh one for every restart."""
+    pending = [first]
+    return lambda: pending.pop() if pending else build()
 
 
 def invoke_specs(catalog: TopicCatalog, nodes: NodeRegistry) -> list[Any]:
@@ -55,7 +59,8 @@ def prepare(settings: Settings, nodes: NodeRegistry, schema: str = "reflux") -> 
 
 
 class DevEngine:
-    """Starts the scheduler, trigger router, workers and projector (and optionally the API)."""
+    """Starts the scheduler, trigger router, workers and projector (and optionally the API),
+    each under a :class:`~reflux.supervision.Supervisor`."""
 
     def __init__(
         self,
@@ -81,7 +86,7 @@ class DevEngine:
             "projector": projector,
             "trigger-router": trigger_router,
         }
-        self.components: list[_Component] = []
+        self.components: list[Supervisor] = []
         # Several instances share the partitions like separate processes would (each has its
         # own transactional producer, so their commits overlap instead of queueing).
         self.scheduler_count = schedulers
@@ -89,6 +94,7 @@ class DevEngine:
         # tests that manage the catalog themselves.
         self.register_nodes = register_nodes
         self.worker_config = worker_config
+        # The running instances; a restarted component replaces its entry.
         self.schedulers: list[SchedulerRuntime] = []
         self.scheduler: SchedulerRuntime | None = None
         self.worker: WorkerRuntime | None = None
@@ -101,91 +107,103 @@ class DevEngine:
             for n in range(self.scheduler_count):
                 self.start_scheduler(instance_id=None if n == 0 else f"dev-{n}")
         if self._want["trigger-router"]:
-            router = TriggerRouter(self.settings)
-            self._thread("trigger-router", router.run, router.close)
+            build_router = _first_then_fresh(
+                TriggerRouter(self.settings), lambda: TriggerRouter(self.settings)
+            )
+
+            def router() -> Running:
+                instance = build_router()
+                return Running(instance.run, instance.close)
+
+            self._supervise("trigger-router", router)
         if self._want["workers"]:
             self.start_workers()
         if self._want["projector"]:
-            projector = Projector(self.settings, schema=self.schema)
-            self.projector = projector
-            self._thread("projector", projector.run, projector.close)
+
+            def new_projector() -> Projector:
+                return Projector(self.settings, schema=self.schema)
+
+            build_projector = _first_then_fresh(new_projector(), new_projector)
+
+            def projector() -> Running:
+                instance = self.projector = build_projector()
+                return Running(instance.run, instance.close)
+
+            self._supervise("projector", projector)
         return self
 
     def start_scheduler(self, instance_id: str | None = None) -> SchedulerRuntime:
-        scheduler = SchedulerRuntime(self.settings, instance_id=instance_id)
-        self.schedulers.append(scheduler)
-        self.scheduler = self.scheduler or scheduler
-        self._thread(f"scheduler-{scheduler.instance_id}", scheduler.run, lambda: None)
-        return scheduler
+        def new_scheduler() -> SchedulerRuntime:
+            return SchedulerRuntime(self.settings, instance_id=instance_id)
+
+        first = new_scheduler()
+        index = len(self.schedulers)
+        self.schedulers.append(first)
+        self.scheduler = self.scheduler or first
+        build = _first_then_fresh(first, new_scheduler)
+
+        def scheduler() -> Running:
+            instance = build()
+            if self.scheduler is self.schedulers[index]:
+                self.scheduler = instance
+            self.schedulers[index] = instance
+            # run() closes the runtime, also when it fails.
+            return Running(instance.run)
+
+        self._supervise(f"scheduler-{first.instance_id}", scheduler)
+        return first
 
     def start_workers(self) -> WorkerRuntime:
         if self.register_nodes:
             from node_workers.registration import register_nodes
 
             register_nodes(self.settings, self.nodes)
-        worker = WorkerRuntime(self.settings, self.nodes, config=self.worker_config)
-        self.worker = worker
-        stop_event: dict[str, asyncio.Event] = {}
-        loop_holder: dict[str, asyncio.AbstractEventLoop] = {}
-        ready = threading.Event()
+        first = WorkerRuntime(self.settings, self.nodes, config=self.worker_config)
+        self.worker = first
+        build = _first_then_fresh(
+            first, lambda: WorkerRuntime(self.settings, self.nodes, config=self.worker_config)
+        )
 
-        async def serve() -> None:
-            stop_event["event"] = asyncio.Event()
-            loop_holder["loop"] = asyncio.get_running_loop()
-            ready.set()
-            await worker.run_forever(stop_event["event"])
+        def workers() -> Running:
+            worker = self.worker = build()
+            stop_event: dict[str, asyncio.Event] = {}
+            loop_holder: dict[str, asyncio.AbstractEventLoop] = {}
+            ready = threading.Event()
 
-        def body(_stop: threading.Event) -> None:
-            asyncio.run(serve())
+            async def serve() -> None:
+                stop_event["event"] = asyncio.Event()
+                loop_holder["loop"] = asyncio.get_running_loop()
+                ready.set()
+                await worker.run_forever(stop_event["event"])
 
-        def stop() -> None:
-            if ready.wait(5):
-                loop_holder["loop"].call_soon_threadsafe(stop_event["event"].set)
+            def run(_stop: threading.Event) -> None:
+                asyncio.run(serve())
 
-        self._thread("workers", body, lambda: None, stopper=stop)
-        return worker
+            def interrupt() -> None:
+                if ready.wait(5):
+                    loop_holder["loop"].call_soon_threadsafe(stop_event["event"].set)
 
-    def _thread(
-        self,
-        name: str,
-        body: Callable[[threading.Event], Any],
-        close: Callable[[], Any],
-        *,
-        stopper: Callable[[], None] | None = None,
-    ) -> None:
-        stop = threading.Event()
-        component = _Component(name, threading.Thread(), lambda: None)
+            return Running(run, interrupt=interrupt)
 
-        def target() -> None:
-            try:
-                body(stop)
-            except BaseException as exc:
-                component.error.append(exc)
-                log.exception("%s stopped with an error", name)
-            finally:
-                with contextlib.suppress(Exception):
-                    close()
+        self._supervise("workers", workers)
+        return first
 
-        def request_stop() -> None:
-            stop.set()
-            if stopper is not None:
-                stopper()
-
-        component.thread = threading.Thread(target=target, name=f"reflux-{name}", daemon=True)
-        component.stop = request_stop
-        self.components.append(component)
-        component.thread.start()
+    def _supervise(self, name: str, launch: Callable[[], Running]) -> Supervisor:
+        supervisor = Supervisor(name, launch).start()
+        self.components.append(supervisor)
+        return supervisor
 
     def errors(self) -> dict[str, list[BaseException]]:
-        return {c.name: c.error for c in self.components if c.error}
+        """Every death of a component (each one was restarted), by component name."""
+        return {c.name: c.errors for c in self.components if c.errors}
 
     def stop(self, timeout: float = 30.0) -> None:
         for component in reversed(self.components):
             component.stop()
         deadline = time.monotonic() + timeout
         for component in reversed(self.components):
-            component.thread.join(max(0.1, deadline - time.monotonic()))
-            if component.thread.is_alive():
+            component.join(max(0.1, deadline - time.monotonic()))
+            if component.is_alive():
                 log.warning("%s did not stop within %.0fs", component.name, timeout)
         self.components.clear()
 

@@ -61,6 +61,7 @@ Rebalances
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -258,13 +259,23 @@ class KafkaTransaction:
         self._open = True
 
     def commit(self, positions: Mapping[TopicPartitionKey, int]) -> None:
-        if not self._open:
+        own = not self._open
+        if own:
             if not positions:
                 return
             self.begin()
-        self.producer.commit(
-            _offsets(positions), self.consumer.consumer_group_metadata(), self.timeout
-        )
+        try:
+            self.producer.commit(
+                _offsets(positions), self.consumer.consumer_group_metadata(), self.timeout
+            )
+        except BaseException:
+            if own:
+                # Nobody else would end a transaction opened here (a revoke's commit): left
+                # open, it would hold the group's offsets and end in the coordinator's timeout,
+                # which fences the producer.
+                with contextlib.suppress(Exception):
+                    self.abort()
+            raise
         self._open = False
 
     def abort(self) -> None:

@@ -1,4 +1,14 @@
-"""Redis from Debian's redis-server: step cache and short-lived hot state only."""
+"""Redis from Debian's redis-server: two instances with opposite memory policies.
+
+- ``redis`` (``REFLUX_REDIS_URL``): the step cache and webhook mailboxes. Volatile on purpose:
+  no persistence, and at ``maxmemory`` the least recently used keys are evicted.
+- ``redis-ledger`` (``REFLUX_LEDGER_REDIS_URL``): the workers' attempt ledger only. Nothing is
+  ever evicted (``noeviction``: a full instance refuses writes, loudly) and every write goes to
+  the append-only file, so a ``kill -9`` of the server loses no claim (ADR 0017).
+
+They are separate processes because ``maxmemory`` and the eviction policy belong to the
+instance, not to a logical database: a cache filling up must never push out a ledger entry.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +19,29 @@ from infra.services.base import Service, ensure_debian_packages, port_open
 
 class Redis(Service):
     name = "redis"
+    maxmemory = "512mb"
+    # Options that make the instance what it is; the base ones (address, folder) come first.
+    policy: tuple[str, ...] = (
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--maxmemory-policy",
+        "allkeys-lru",
+    )
+
+    @property
+    def url(self) -> str:
+        return self.settings.redis_url
 
     @property
     def host_port(self) -> tuple[str, int]:
-        url = urlparse(self.settings.redis_url)
+        url = urlparse(self.url)
         return url.hostname or "127.0.0.1", url.port or 6379
 
     @property
     def endpoint(self) -> str:
-        return self.settings.redis_url
+        return self.url
 
     def install(self) -> None:
         ensure_debian_packages({"redis-server": "redis-server"})
@@ -25,31 +49,27 @@ class Redis(Service):
     def port_in_use(self) -> bool:
         return port_open(*self.host_port)
 
-    def launch(self) -> None:
+    def argv(self) -> list[str]:
         host, port = self.host_port
-        self.spawn(
-            [
-                "redis-server",
-                "--bind",
-                host,
-                "--port",
-                str(port),
-                "--dir",
-                str(self.root),
-                "--daemonize",
-                "no",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--protected-mode",
-                "yes",
-                "--maxmemory",
-                "512mb",
-                "--maxmemory-policy",
-                "allkeys-lru",
-            ]
-        )
+        return [
+            "redis-server",
+            "--bind",
+            host,
+            "--port",
+            str(port),
+            "--dir",
+            str(self.root),
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "yes",
+            "--maxmemory",
+            self.maxmemory,
+            *self.policy,
+        ]
+
+    def launch(self) -> None:
+        self.spawn(self.argv())
 
     def is_ready(self) -> bool:
         import redis
@@ -58,3 +78,33 @@ class Redis(Service):
             return bool(redis.Redis.from_url(self.endpoint, socket_timeout=1).ping())
         except Exception:
             return False
+
+
+class LedgerRedis(Redis):
+    """The attempt ledger's own instance: no eviction, append-only file (ADR 0017)."""
+
+    name = "redis-ledger"
+    # A bound, so a ledger outgrowing its machine fails writes with an OOM error instead of
+    # being killed by the kernel; with noeviction no key is ever dropped to make room.
+    maxmemory = "1gb"
+    policy = (
+        "--maxmemory-policy",
+        "noeviction",
+        "--appendonly",
+        "yes",
+        # Each write reaches the kernel before Redis answers, so a killed server loses nothing;
+        # fsync once a second bounds a machine crash's loss to that second.
+        "--appendfsync",
+        "everysec",
+        "--appendfilename",
+        "ledger.aof",
+        "--save",
+        "",
+    )
+
+    @property
+    def url(self) -> str:
+        return self.settings.ledger_redis_url
+
+    def detail(self) -> str:
+        return f"data {self.root} (append-only, noeviction)"

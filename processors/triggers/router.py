@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from foundation.liveness import Heartbeat
 from foundation.settings import Settings
 from processors.triggers.mapping import start_command
 from schemas.models import Trigger
@@ -53,7 +54,9 @@ class TriggerRouter:
         return result.processed
 
     def run(self, stop: threading.Event) -> None:
+        heartbeat = Heartbeat.from_settings(self.settings)
         while not stop.is_set():
+            heartbeat.beat()
             self.run_once()
 
     def close(self) -> None:

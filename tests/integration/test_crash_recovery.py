@@ -40,8 +40,16 @@ def _env(settings: Settings) -> dict[str, str]:
 
 
 class Process:
-    def __init__(self, name: str, args: list[str], settings: Settings, logs: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        args: list[str],
+        settings: Settings,
+        logs: Path,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.name, self.args, self.settings, self.logs = name, args, settings, logs
+        self.env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -51,7 +59,7 @@ class Process:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "reflux.cli", *self.args],
             cwd=ROOT,
-            env=_env(self.settings),
+            env={**_env(self.settings), **self.env},
             stdout=log,
             stderr=subprocess.STDOUT,
         )

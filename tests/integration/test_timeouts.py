@@ -166,8 +166,8 @@ def test_a_scheduler_restart_reads_the_results_before_timing_attempts_out(
     eventually(running, 30, f"{runs} steps running", until=lambda ids: len(ids) == runs)
     first = next(c for c in engine.components if c.name.startswith("scheduler-"))
     first.stop()
-    first.thread.join(30)
-    assert not first.thread.is_alive()
+    first.join(30)
+    assert not first.is_alive()
     # Every timer it armed (at a start or a heartbeat, before it stopped) is due by then.
     due = datetime.now(UTC) + timedelta(seconds=4, milliseconds=TIMEOUT_GRACE_MS)
 

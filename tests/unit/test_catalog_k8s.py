@@ -180,3 +180,28 @@ def test_keda_scales_the_scheduler_on_its_inputs() -> None:
     }
     group = f"{catalog.prefix}.scheduler"
     assert got == {(group, catalog.commands.topic), (group, catalog.results.topic)}
+
+
+def test_every_pod_is_restarted_and_every_component_has_a_liveness_probe() -> None:
+    """Supervision of separate processes: the kubelet restarts a container that exits
+    (restartPolicy) or hangs (liveness probe: /healthz for the API, the heartbeat file for the
+    components without an HTTP port)."""
+    from foundation.liveness import BEAT_EVERY_S
+
+    heartbeat = settings()["REFLUX_LIVENESS_FILE"]
+    assert heartbeat.startswith("/")
+    workloads = {**of_kind("Deployment"), **of_kind("StatefulSet")}
+    assert len(workloads) >= 8
+    for name, doc in workloads.items():
+        assert doc["spec"]["template"]["spec"]["restartPolicy"] == "Always", name
+        probe = container(doc)["livenessProbe"]
+        if container(doc)["args"][0] == "api":
+            assert probe["httpGet"]["path"] == "/healthz", name
+            continue
+        command = probe["exec"]["command"]
+        assert command[:3] == ["python", "-m", "foundation.liveness"], name
+        max_age = float(command[command.index("--max-age") + 1])
+        # Several missed beats before the file counts as stale, and time to start first.
+        assert max_age >= 10 * BEAT_EVERY_S, name
+        assert probe["initialDelaySeconds"] >= 30, name
+        assert probe["failureThreshold"] >= 2, name

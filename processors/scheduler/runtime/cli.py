@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import threading
 from typing import Any
@@ -10,6 +11,8 @@ from typing import Any
 from foundation.settings import get_settings
 
 __all__ = ["add_scheduler_commands"]
+
+log = logging.getLogger(__name__)
 
 
 def _stop_on_signals() -> threading.Event:
@@ -43,7 +46,20 @@ def _run_scheduler(args: argparse.Namespace) -> int:
     settings = get_settings()
     ensure_topics(TopicCatalog.from_settings(settings), settings=settings)
     stop = _stop_on_signals()
-    SchedulerRuntime(settings, instance_id=args.instance_id).run(stop)
+    runtime = SchedulerRuntime(settings, instance_id=args.instance_id)
+    try:
+        runtime.run(stop)
+    except Exception as exc:
+        # The one line a supervisor's log shows for this exit (the traceback follows).
+        log.critical(
+            "scheduler %s exiting on %s: %s (its supervisor starts it again)",
+            runtime.instance_id,
+            type(exc).__name__,
+            exc,
+            exc_info=exc,
+        )
+        return 1
+    log.info("scheduler %s stopped on request", runtime.instance_id)
     return 0
 
 

@@ -27,10 +27,21 @@ fails its run or is rejected or dead-lettered, inside the batch's transaction; a
 failure aborts the transaction, rewinds the consumer to the batch and retries after a backoff;
 a commit the broker refuses is retried one input per transaction to single out the bad input.
 In-memory states only ever hold committed decisions, so an abort rebuilds nothing.
+
+Fencing (docs/decisions/0018-scheduler-restarts-and-supervision.md): a transaction left open
+longer than ``transaction.timeout.ms`` -- the process paused or starved, a dependency hung -- is
+rolled back by the transaction coordinator, which bumps the producer epoch: the producer is then
+"fenced by a newer instance" although no other instance exists, and can neither commit nor
+abort. The loop keeps its transactions short (a batch stops taking inputs after
+``max_batch_seconds`` and leaves the rest for the next one) and, when the producer is fenced or
+broken anyway, replaces it with a new one under the same transactional id (whose initialisation
+aborts whatever the old one left open), and rewinds like after any abort. Only repeated
+fencing in a short time (another live process with this instance id) stops the scheduler.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -45,6 +56,7 @@ import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from foundation.errors import NonRetryableError, RefluxError, ServiceUnavailableError
+from foundation.liveness import Heartbeat
 from foundation.objectstore import S3BlobStore, content_key
 from foundation.settings import Settings
 from processors.node_catalog.runtime_view import CatalogResolver, NodeCatalogKafkaView
@@ -124,6 +136,19 @@ INPUT_TYPES = (
 )
 
 
+# Producer replacements tolerated within FENCING_WINDOW_S before the scheduler gives up: a
+# transaction timed out now and then is recovered; a producer fenced again and again means
+# another live process uses this instance id (two schedulers would take turns fencing).
+MAX_FENCINGS = 3
+FENCING_WINDOW_S = 300.0
+
+
+class SchedulerFencedError(RefluxError):
+    """The producer keeps being fenced: another process uses this scheduler's instance id."""
+
+    error_class = "SchedulerFenced"
+
+
 @dataclass
 class RuntimeStats:
     batches: int = 0
@@ -142,6 +167,10 @@ class RuntimeStats:
     their decision; see ``fail_input``."""
     isolated_batches: int = 0
     """Batches re-processed one input per transaction after the broker refused their commit."""
+    # Producers replaced after they were fenced or broken (see the module docstring).
+    producer_replaced: int = 0
+    # Batches that stopped taking inputs at max_batch_seconds (the rest went to the next one).
+    batches_cut: int = 0
     last_commit_ms: float = 0.0
     # run id -> seq of the last committed event (tests and progress output read it)
     committed_seq: dict[str, int] = field(default_factory=dict)
@@ -155,6 +184,7 @@ class SchedulerRuntime:
         instance_id: str | None = None,
         batch_size: int = 500,
         poll_timeout: float = 0.02,
+        max_batch_seconds: float = 5.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         max_message_bytes: int | None = None,
     ) -> None:
@@ -164,6 +194,8 @@ class SchedulerRuntime:
         self.instance_id = instance_id or settings.scheduler_instance_id
         self.batch_size = batch_size
         self.poll_timeout = poll_timeout
+        # Well inside the producer's transaction.timeout.ms (15 s), so the commit has room too.
+        self.max_batch_seconds = max_batch_seconds
         self.clock = clock
         self.stats = RuntimeStats()
         self.states: dict[int, dict[str, RunState]] = {}
@@ -181,12 +213,9 @@ class SchedulerRuntime:
         # Node versions by catalog status and rollout weight (nodes topic, all partitions).
         self._nodes = NodeCatalogKafkaView(settings, self.catalog)
         self._resolve_node_version = CatalogResolver(self._nodes)
-        self.producer = TransactionalProducer(
-            settings,
-            transactional_id=f"{self.group}.{self.instance_id}",
-            client_id=f"reflux-scheduler-{self.instance_id}",
-            config={"linger.ms": 0},
-        )
+        self.transactional_id = f"{self.group}.{self.instance_id}"
+        self.producer = self._new_producer()
+        self._fencings: list[float] = []
         self._dead_letters = DeadLetterPublisher(self.producer, self.catalog.dlq, self.group)
         # Records over this are refused before anything of their input is sent.
         self.max_message_bytes = max_message_bytes or int(
@@ -200,7 +229,11 @@ class SchedulerRuntime:
             consumer_config(
                 self.group,
                 settings,
-                {"fetch.wait.max.ms": 5, "max.poll.interval.ms": 300_000},
+                {
+                    "fetch.wait.max.ms": 5,
+                    "max.poll.interval.ms": 300_000,
+                    "client.id": f"reflux-scheduler-{self.instance_id}",
+                },
             )
         )
         # The transaction flushes the events, invocations and dead letters as it commits.
@@ -214,6 +247,16 @@ class SchedulerRuntime:
         )
         self.checkpoint.subscribe(
             self.consumer, [self.catalog.commands.topic, self.catalog.results.topic]
+        )
+
+    def _new_producer(self) -> TransactionalProducer:
+        # Initialising the transactional id aborts what an earlier producer with this id (a
+        # crashed predecessor, or this instance's own fenced one) left open.
+        return TransactionalProducer(
+            self.settings,
+            transactional_id=self.transactional_id,
+            client_id=f"reflux-scheduler-{self.instance_id}",
+            config={"linger.ms": 0},
         )
 
     # -- partition ownership -------------------------------------------------------------------
@@ -301,9 +344,18 @@ class SchedulerRuntime:
     def run(self, stop: threading.Event) -> None:
         log.info("scheduler %s running (group %s)", self.instance_id, self.group)
         self._stop = stop  # backoff waits end early on stop
-        while not stop.is_set():
-            self.run_once()
-        self.close()
+        heartbeat = Heartbeat.from_settings(self.settings)
+        try:
+            while not stop.is_set():
+                heartbeat.beat()
+                self.run_once()
+        finally:
+            # Also after an error: the consumer leaves the group at once, so whoever restarts
+            # the scheduler gets the partitions without waiting for a session timeout.
+            try:
+                self.close()
+            except Exception:
+                log.exception("scheduler %s: closing its clients failed", self.instance_id)
 
     def run_once(self) -> int:
         """Consumes one batch (possibly empty), fires due timers; returns inputs processed.
@@ -331,7 +383,13 @@ class SchedulerRuntime:
         batch = _Batch()
         try:
             self._transaction.begin()
-            for message in messages:
+            for n, message in enumerate(messages):
+                if n and time.perf_counter() - started > self.max_batch_seconds:
+                    # A transaction open too long is rolled back by the coordinator and fences
+                    # the producer: commit what is done, the rest comes again.
+                    self._put_back(messages[n:])
+                    messages = messages[:n]
+                    break
                 self._handle(message, batch)
                 self.checkpoint.advance(
                     (message.topic() or "", message.partition() or 0), message.offset() or 0
@@ -363,6 +421,22 @@ class SchedulerRuntime:
         self.stats.failed_inputs += batch.failed_inputs
         self.stats.last_commit_ms = (time.perf_counter() - started) * 1000
         return len(messages)
+
+    def _put_back(self, messages: list[Message]) -> None:
+        """Rewinds each partition to the first of ``messages`` (consumed, not processed)."""
+        first: dict[tuple[str, int], int] = {}
+        for message in messages:
+            key = (message.topic() or "", message.partition() or 0)
+            first[key] = min(first.get(key, message.offset() or 0), message.offset() or 0)
+        for (topic, partition), offset in first.items():
+            self.consumer.seek(TopicPartition(topic, partition, offset))
+        self.stats.batches_cut += 1
+        log.info(
+            "scheduler %s: batch cut after %.1fs; %d input(s) left for the next one",
+            self.instance_id,
+            self.max_batch_seconds,
+            len(messages),
+        )
 
     def _handle(self, message: Message, batch: _Batch) -> None:
         partition = message.partition() or 0
@@ -658,7 +732,8 @@ class SchedulerRuntime:
         """The batch's transaction failed: abort it, rewind, then retry or narrow it down.
 
         Nothing is rebuilt: the batch's decisions were never applied to ``self.states``."""
-        if not is_fatal(exc):
+        fatal = is_fatal(exc)
+        if not fatal:
             # A record that failed earlier in the transaction is the real cause (the error
             # that surfaced may be a later produce refused because the transaction had failed).
             reports = self.producer.take_failures()
@@ -673,6 +748,8 @@ class SchedulerRuntime:
         # Check invoke topics again on their next use: one deleted meanwhile (its records time
         # out, or are refused) is created again instead of failing every try.
         self.invoke_topics.forget()
+        if fatal:
+            return  # the producer was replaced (_abort): the batch runs again at once
         if failure.retryable:
             self.stats.transient_failures += 1
             self._wait_after("the batch", exc)
@@ -700,10 +777,11 @@ class SchedulerRuntime:
 
     def _abort(self, exc: BaseException) -> None:
         """Abort the open transaction; an abort that times out (broker unreachable) is tried
-        again after a backoff, as librdkafka allows. Only a fatal error ends the loop."""
+        again after a backoff, as librdkafka allows. A fenced or broken producer, which cannot
+        abort, is replaced (:meth:`_replace_producer`)."""
         if is_fatal(exc):
-            log.error("scheduler %s: fatal producer error, exiting: %s", self.instance_id, exc)
-            raise exc
+            self._replace_producer(exc)
+            return
         while True:
             try:
                 self._transaction.abort()
@@ -713,8 +791,8 @@ class SchedulerRuntime:
                 if isinstance(error, KafkaError) and error.code() == KafkaError._STATE:
                     return  # no transaction was open (begin itself failed)
                 if is_fatal(abort_exc) or not classify_failure(abort_exc).retryable:
-                    log.exception("abort failed; exiting so a supervisor restarts")
-                    raise
+                    self._replace_producer(abort_exc)
+                    return
                 self._wait_after("aborting", abort_exc)
                 if self._stop.is_set():
                     raise
@@ -747,6 +825,37 @@ class SchedulerRuntime:
         )
         self._stop.wait(delay)
 
+    def _replace_producer(self, error: BaseException) -> None:
+        """The producer cannot abort: fenced (its epoch was bumped, typically because the
+        coordinator rolled back a transaction that stayed open past transaction.timeout.ms) or
+        broken. A new producer with the same transactional id takes over."""
+        now = time.monotonic()
+        self._fencings = [t for t in self._fencings if now - t < FENCING_WINDOW_S] + [now]
+        if len(self._fencings) > MAX_FENCINGS:
+            raise SchedulerFencedError(
+                f"Expected to be the only scheduler with transactional id "
+                f"{self.transactional_id!r}, but its producer was fenced "
+                f"{len(self._fencings)} times in {FENCING_WINDOW_S:.0f}s (last: {error}): is "
+                f"another process running with instance id {self.instance_id!r}?"
+            ) from error
+        log.warning(
+            "scheduler %s: the producer cannot abort (%s); replacing it with a new producer "
+            "for transactional id %s (%d of %d allowed in %.0fs)",
+            self.instance_id,
+            error,
+            self.transactional_id,
+            len(self._fencings),
+            MAX_FENCINGS,
+            FENCING_WINDOW_S,
+        )
+        old = self.producer
+        with contextlib.suppress(Exception):
+            old.close(timeout=1.0)
+        self.producer = self._new_producer()
+        self._transaction.producer = self.producer
+        self._dead_letters.producer = self.producer
+        self.stats.producer_replaced += 1
+
     def run_state(self, run_id: str) -> RunState | None:
         partition = self._partition_of.get(run_id)
         if partition is None:
@@ -763,9 +872,12 @@ class SchedulerRuntime:
         try:
             self.consumer.close()
         finally:
-            self.producer.close()
-            self._workflows.close()
-            self._nodes.close()
+            try:
+                # Bounded: a fenced producer's queue never drains.
+                self.producer.close(timeout=5.0)
+            finally:
+                self._workflows.close()
+                self._nodes.close()
 
 
 class _Batch:
