@@ -147,8 +147,10 @@ def test_a_scheduler_restart_reads_the_results_before_timing_attempts_out(
                 {
                     "id": "call",
                     "node": "http.request@^1",
-                    "params": {"url": f"{http.url}/slow?ms=3000&n={{{{ inputs.n }}}}"},
-                    "timeout": "4s",  # no retry: a timer fired too early would fail the run
+                    # 2 s of work against a 6 s timeout: a margin a loaded machine (a full
+                    # suite beside other work) keeps; 1 s of margin did not, once.
+                    "params": {"url": f"{http.url}/slow?ms=2000&n={{{{ inputs.n }}}}"},
+                    "timeout": "6s",  # no retry: a timer fired too early would fail the run
                 }
             ],
         }
@@ -169,7 +171,7 @@ def test_a_scheduler_restart_reads_the_results_before_timing_attempts_out(
     first.join(30)
     assert not first.is_alive()
     # Every timer it armed (at a start or a heartbeat, before it stopped) is due by then.
-    due = datetime.now(UTC) + timedelta(seconds=4, milliseconds=TIMEOUT_GRACE_MS)
+    due = datetime.now(UTC) + timedelta(seconds=6, milliseconds=TIMEOUT_GRACE_MS)
 
     eventually(lambda: worker.stats.results, 30, f"{runs} results", until=lambda n: n >= runs)
     eventually(
