@@ -16,10 +16,14 @@ So an input's effects and its offset commit together or not at all (exactly-once
 see docs/decisions/0006-scheduler-runtime.md). After the commit, ``cache_writes`` go to Redis
 (a derived cache: losing one costs a recomputation, never correctness).
 
-State is not kept in a separate changelog: on assignment, a partition's runs are rebuilt by
-folding its ``runs`` log (:mod:`processors.scheduler.runtime.recovery`). If a transaction aborts,
-the checkpoint forgets the batch's positions, the assigned partitions are rebuilt and the consumer
-rewinds to the committed offsets.
+On assignment, a partition's runs are rebuilt from its snapshot on ``scheduler-state`` plus the
+tail of its ``runs`` log (:mod:`processors.scheduler.runtime.recovery`). Every
+``scheduler_snapshot_interval_ms``, a batch starts with a snapshot cycle: the runs that changed
+since their last snapshot are written to ``scheduler-state`` in the same transaction
+(:mod:`processors.scheduler.runtime.snapshots`). Finished runs shrink to markers in memory
+(:mod:`processors.scheduler.runtime.run_table`). If a transaction aborts, the checkpoint forgets
+the batch's positions, the assigned partitions are rebuilt and the consumer rewinds to the
+committed offsets.
 """
 
 from __future__ import annotations
@@ -49,7 +53,9 @@ from processors.scheduler.decide import (
     SchedulerInput,
     decide,
 )
-from processors.scheduler.runtime.recovery import rebuild_partitions
+from processors.scheduler.runtime.recovery import RecoveryReport, recover_partitions
+from processors.scheduler.runtime.run_table import RunTable
+from processors.scheduler.runtime.snapshots import SnapshotCycle, SnapshotWriter
 from processors.scheduler.runtime.traces import traces_for
 from processors.scheduler.runtime.workflows import WorkflowsView
 from processors.scheduler.state import RunState
@@ -103,8 +109,15 @@ class RuntimeStats:
     cache_hits: int = 0
     aborted: int = 0
     last_commit_ms: float = 0.0
-    # run id -> seq of the last committed event (tests and progress output read it)
+    # run id -> seq of the last committed event, for runs held in full (tests and progress
+    # output read it); a finished run's entry goes when the run shrinks to a marker
     committed_seq: dict[str, int] = field(default_factory=dict)
+    recoveries: int = 0
+    snapshot_fallbacks: int = 0
+    """Partitions whose snapshot could not be used (folded from offset 0 instead)."""
+    last_recovery: RecoveryReport | None = None
+    snapshot_cycles: int = 0
+    snapshot_records: int = 0
 
 
 class SchedulerRuntime:
@@ -125,7 +138,11 @@ class SchedulerRuntime:
         self.poll_timeout = poll_timeout
         self.clock = clock
         self.stats = RuntimeStats()
-        self.states: dict[int, dict[str, RunState]] = {}
+        self.finished_kept = settings.scheduler_finished_runs_kept
+        self.states: dict[int, RunTable] = {}
+        self._snapshots = SnapshotWriter(
+            self.catalog.scheduler_state.topic, settings.scheduler_snapshot_interval_ms / 1000
+        )
         self._partition_of: dict[str, int] = {}
         # Timers already written as FireTimer and not yet answered: do not write them twice.
         self._fired: set[str] = set()
@@ -171,17 +188,31 @@ class SchedulerRuntime:
         new = {tp.partition for tp in partitions} - set(self.states)
         if not new:
             return
-        rebuilt = rebuild_partitions(self.settings, self.catalog.runs.topic, new)
-        for p, runs in rebuilt.items():
-            self.states[p] = runs
-            for run_id in runs:
+        for p, table in self._rebuild(new).items():
+            self.states[p] = table
+            for run_id in table.active:
                 self._partition_of[run_id] = p
         log.info("scheduler %s owns partitions %s", self.instance_id, sorted(self.states))
 
+    def _rebuild(self, partitions: set[int]) -> dict[int, RunTable]:
+        recovery = recover_partitions(
+            self.settings, self.catalog, partitions, kept=self.finished_kept
+        )
+        self.stats.recoveries += 1
+        self.stats.snapshot_fallbacks += len(recovery.report.fallbacks)
+        self.stats.last_recovery = recovery.report
+        return recovery.tables
+
+    def _table(self, partition: int) -> RunTable:
+        table = self.states.get(partition)
+        if table is None:
+            table = self.states[partition] = RunTable(self.finished_kept)
+        return table
+
     def _on_revoke(self, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
-            runs = self.states.pop(tp.partition, {})
-            for run_id in runs:
+            runs = self.states.pop(tp.partition, None)
+            for run_id in runs or ():
                 self._partition_of.pop(run_id, None)
 
     # -- context for the pure core ---------------------------------------------------------------
@@ -224,12 +255,17 @@ class SchedulerRuntime:
         )
         now = self.clock()
         timers = self._due_timers(now)
-        if not messages and not timers:
+        snapshot = self._snapshots.due(self.states)
+        if not messages and not timers and not snapshot:
             return 0
         started = time.perf_counter()
         batch = _Batch()
+        cycle: SnapshotCycle | None = None
         try:
             self._transaction.begin()
+            if snapshot:
+                # First in the transaction: the committed states, before any event of this batch.
+                cycle = self._snapshots.write(self.producer, self.states, self._runs_end)
             for message in messages:
                 self._handle(message, batch)
                 self.checkpoint.advance(
@@ -242,15 +278,23 @@ class SchedulerRuntime:
                     value=command,
                     partition=self._partition_of.get(command.run_id),
                 )
-            self.checkpoint.commit()
+            self._commit(cycle)
         except (KafkaException, Exception) as exc:
             self._recover(exc)
             return 0
         # Committed: the new states are now the truth.
+        if cycle is not None:
+            self._snapshots.committed(cycle, self.states)
+            self.stats.snapshot_cycles += 1
+            self.stats.snapshot_records += cycle.records
         for run_id, (partition, state) in batch.states.items():
-            self.states.setdefault(partition, {})[run_id] = state
-            self._partition_of[run_id] = partition
             self.stats.committed_seq[run_id] = state.last_seq
+            if state.is_finished:
+                self._partition_of.pop(run_id, None)
+            else:
+                self._partition_of[run_id] = partition
+            for shrunk in self._table(partition).put(state):
+                self.stats.committed_seq.pop(shrunk, None)
         self._fired.update(t.timer_id for t in timers)
         self._write_cache(batch)
         self.stats.batches += 1
@@ -268,7 +312,7 @@ class SchedulerRuntime:
             return
         assert isinstance(decoded, INPUT_TYPES)
         record: SchedulerInput = decoded
-        state = batch.state_of(record.run_id, self.states.get(partition, {}))
+        state = batch.state_of(record.run_id, self._table(partition))
         try:
             decision = decide(state, record, self._context())
             decision = self._answer_cache(decision, batch)
@@ -392,13 +436,34 @@ class SchedulerRuntime:
     def _due_timers(self, now: datetime) -> list[FireTimer]:
         commands: list[FireTimer] = []
         for runs in self.states.values():
-            for state in runs.values():
+            for state in runs.active_states():
                 if not state.timers:
                     continue
                 for command in due_timers(state, now):
                     if command.timer_id not in self._fired:
                         commands.append(command)
         return commands
+
+    def _runs_end(self, partition: int) -> int:
+        """The end of ``runs`` partition ``partition`` now (a snapshot checkpoint's offset)."""
+        tp = TopicPartition(self.catalog.runs.topic, partition)
+        _, high = self.consumer.get_watermark_offsets(tp, timeout=10, cached=False)
+        return int(high)
+
+    def _commit(self, cycle: SnapshotCycle | None) -> None:
+        if cycle is None or self.checkpoint.positions():
+            self.checkpoint.commit()
+            return
+        # Snapshots without consumed input: commit the group's current positions anyway, so the
+        # transaction is fenced by the group generation like any batch (a member that lost its
+        # partitions must not commit snapshots of them).
+        assignment = self.consumer.assignment()
+        current = [tp for tp in self.consumer.position(assignment) if tp.offset >= 0]
+        if not current:
+            current = [
+                tp for tp in self.consumer.committed(assignment, timeout=10) if tp.offset >= 0
+            ]
+        self.checkpoint.commit(positions={(tp.topic, tp.partition): tp.offset for tp in current})
 
     def _dead_letter(self, message: Message, error_class: str, reason: str) -> None:
         # Queued on the transactional producer: the dead letter commits with the batch.
@@ -420,8 +485,10 @@ class SchedulerRuntime:
             raise
         assignment = self.consumer.assignment()
         partitions = {tp.partition for tp in assignment}
-        self.states = rebuild_partitions(self.settings, self.catalog.runs.topic, partitions)
-        self._partition_of = {run_id: p for p, runs in self.states.items() for run_id in runs}
+        self.states = self._rebuild(partitions)
+        self._partition_of = {
+            run_id: p for p, table in self.states.items() for run_id in table.active
+        }
         self._fired.clear()
         for tp in self.consumer.committed(assignment, timeout=10):
             if tp.offset >= 0:
@@ -431,10 +498,13 @@ class SchedulerRuntime:
         time.sleep(0.2)
 
     def run_state(self, run_id: str) -> RunState | None:
-        partition = self._partition_of.get(run_id)
-        if partition is None:
-            return None
-        return self.states.get(partition, {}).get(run_id)
+        """The run's state as this scheduler holds it: in full (active, or among the recently
+        finished), or the minimal state of its marker; ``None``: not on an owned partition."""
+        for table in list(self.states.values()):
+            state = table.get(run_id)
+            if state is not None:
+                return state
+        return None
 
     def node_catalog_event_id(self, name: str, version: str) -> str | None:
         """The event id of the ``nodes`` entry this scheduler now routes ``name@version`` by
@@ -458,7 +528,7 @@ class _Batch:
         self.states: dict[str, tuple[int, RunState]] = {}
         self.cache_writes: list[Any] = []
 
-    def state_of(self, run_id: str, committed: dict[str, RunState]) -> RunState | None:
+    def state_of(self, run_id: str, committed: RunTable) -> RunState | None:
         if run_id in self.states:
             return self.states[run_id][1]
         return committed.get(run_id)
