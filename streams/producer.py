@@ -288,8 +288,14 @@ class TransactionalProducer(Producer):
             raise DeliveryError(failures, " (in a committed transaction)")
 
     def abort(self, timeout: float = 30.0) -> None:
-        self._failures = []
-        self._producer.abort_transaction(timeout)
+        try:
+            self._producer.abort_transaction(timeout)
+            self._producer.poll(0)
+        finally:
+            # The aborted messages are purged and their delivery reports (_PURGE_QUEUE) are
+            # served during the abort: they are not failures of the next transaction, whose
+            # commit would otherwise raise after committing.
+            self._failures = []
 
     def close(self, timeout: float = 30.0) -> None:
         if self._closed:

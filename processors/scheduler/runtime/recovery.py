@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from foundation.errors import ServiceUnavailableError
 from foundation.settings import Settings
@@ -43,6 +43,7 @@ from processors.scheduler.runtime.snapshots import (
 from processors.scheduler.state import RunState
 from schemas import decode
 from schemas.errors import SchemaError
+from streams.consumer import consume_available, kafka_transient
 from streams.topics import TopicCatalog
 
 __all__ = ["Recovery", "RecoveryReport", "recover_partitions"]
@@ -110,7 +111,7 @@ def _read(
     to ``handle(partition, key, value, offset)``; returns how many."""
     ends: dict[int, int] = {}
     for p, start in starts.items():
-        _, high = reader.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+        high = _end_offset(reader, TopicPartition(topic, p), deadline)
         if high > start:
             ends[p] = high
     if not ends:
@@ -125,7 +126,8 @@ def _read(
                     f"Expected to read {topic} partitions {sorted(todo)} to their end in time, "
                     "but the recovery deadline passed"
                 )
-            for message in reader.consume(num_messages=10_000, timeout=0.2):
+            # Returns as soon as records are there (consume(n, t) would wait for all n).
+            for message in consume_available(reader, 10_000, 0.05):
                 if message.error() is not None:
                     continue
                 p = message.partition() or 0
@@ -143,6 +145,35 @@ def _read(
     finally:
         reader.unassign()
     return count
+
+
+# Errors of a topic whose metadata is still settling (created a moment ago): ask again.
+_METADATA_SETTLING = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._UNKNOWN_PARTITION,
+    }
+)
+
+
+def _end_offset(reader: Consumer, tp: TopicPartition, deadline: float) -> int:
+    """The partition's end (the LSO: the reader is read_committed); retries what Kafka calls
+    retriable (a topic created a moment ago may not have a known leader yet)."""
+    while True:
+        try:
+            _, high = reader.get_watermark_offsets(tp, timeout=10)
+            return int(high)
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            settling = isinstance(error, KafkaError) and error.code() in _METADATA_SETTLING
+            if not (settling or kafka_transient(exc)) or time.monotonic() > deadline:
+                raise ServiceUnavailableError(
+                    f"Expected the end offset of {tp.topic}/{tp.partition}, but: {exc}"
+                ) from exc
+            log.info("end offset of %s/%d not available yet: %s", tp.topic, tp.partition, exc)
+            time.sleep(0.1)  # the broker's metadata catches up
 
 
 def _load_snapshots(
@@ -267,7 +298,7 @@ def recover_partitions(
             report.snapshot_s = time.monotonic() - started
         folding = time.monotonic()
         broken: dict[int, str] = {}
-        strict = {p for p in wanted if starts[p] == 0}
+        strict = {p for p in wanted if p not in report.from_snapshot}
         _read(reader, runs_topic, starts, _folder(tables, report, strict, broken), deadline)
         if broken:
             for p, why in broken.items():
