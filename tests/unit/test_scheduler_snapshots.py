@@ -81,6 +81,21 @@ def test_records_carry_their_version_and_kind() -> None:
     assert decode_snapshot(encode_checkpoint(1234)) == SnapshotCheckpoint(1234)
 
 
+@pytest.mark.parametrize("key", [None, "order-17", 'with "quotes" and \\ and \u00e9'])
+@pytest.mark.parametrize("status", [RunStatus.SUCCEEDED, RunStatus.CANCELLED])
+def test_markers_round_trip_with_and_without_an_idempotency_key(
+    status: RunStatus, key: str | None
+) -> None:
+    marker = FinishedRun(status, 41, key)
+    encoded = encode_entry(marker)
+    assert decode_snapshot(encoded) == marker
+    # The fast path (no key) and the JSON path read the same thing.
+    data = json.loads(encoded)
+    assert FinishedRun(RunStatus(data["status"]), data["last_seq"], data["idempotency_key"]) == (
+        marker
+    )
+
+
 def test_a_marker_is_a_small_fraction_of_the_full_state() -> None:
     state = FINAL["fan_out_fan_in"]
     full, small = len(encode_entry(state)), len(encode_entry(FinishedRun.of(state)))
@@ -94,6 +109,10 @@ def test_a_marker_is_a_small_fraction_of_the_full_state() -> None:
         (b'{"kind":"checkpoint","runs_offset":3}', "version 1, but got None"),
         (b'{"v":1,"kind":"diff"}', "record kind, but got 'diff'"),
         (b'{"v":1,"kind":"finished","status":"exploded","last_seq":3}', "valid 'finished'"),
+        (
+            b'{"v":1,"kind":"finished","status":"exploded","last_seq":3,"idempotency_key":null}',
+            "valid 'finished'",
+        ),
         (b'{"v":1,"kind":"run","state":{"status":"running"}}', "valid 'run'"),
         (b'{"v":1,"kind":"checkpoint"}', "valid 'checkpoint'"),
         (b"[1, 2]", "JSON object, but got list"),

@@ -25,10 +25,20 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    IsolationLevel,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
+
+# The admin package re-exports it without __all__ (as streams.admin notes for its imports).
+from confluent_kafka.admin._listoffsets import OffsetSpec
 
 from foundation.errors import ServiceUnavailableError
 from foundation.settings import Settings
@@ -39,10 +49,12 @@ from processors.scheduler.runtime.snapshots import (
     SnapshotCheckpoint,
     SnapshotFormatError,
     decode_snapshot,
+    fast_marker,
 )
 from processors.scheduler.state import RunState
 from schemas import decode
 from schemas.errors import SchemaError
+from streams.admin import admin_client
 from streams.consumer import consume_available, kafka_transient
 from streams.topics import TopicCatalog
 
@@ -66,13 +78,16 @@ class RecoveryReport:
     events_applied: int = 0
     active_runs: int = 0
     finished_runs: int = 0
+    offsets_s: float = 0.0
+    """Asking the broker where both topics end."""
     snapshot_s: float = 0.0
     fold_s: float = 0.0
     seconds: float = 0.0
 
     def summary(self) -> str:
         return (
-            f"partitions {self.partitions}: {len(self.from_snapshot)} from a snapshot "
+            f"partitions {self.partitions} (end offsets {self.offsets_s:.2f}s): "
+            f"{len(self.from_snapshot)} from a snapshot "
             f"({self.snapshot_records} records, {self.snapshot_s:.2f}s), "
             f"{len(self.full_fold)} folded from offset 0; {self.events_applied} of "
             f"{self.events_read} run events applied ({self.fold_s:.2f}s); "
@@ -96,29 +111,23 @@ def _reader(settings: Settings) -> Consumer:
             "isolation.level": "read_committed",
             "fetch.max.bytes": 64 * 1024 * 1024,
             "max.partition.fetch.bytes": 16 * 1024 * 1024,
+            # The end of a partition is a transaction marker: reaching it takes one more fetch,
+            # which should not wait for data that will not come.
+            "fetch.wait.max.ms": 10,
         }
     )
 
 
 def _read(
-    reader: Consumer,
-    topic: str,
-    starts: dict[int, int],
-    handle: Callable[[int, bytes | None, bytes | None, int], None],
-    deadline: float,
-) -> int:
-    """Feeds every record of ``topic`` partitions from ``starts`` to their end (the LSO now)
-    to ``handle(partition, key, value, offset)``; returns how many."""
-    ends: dict[int, int] = {}
-    for p, start in starts.items():
-        high = _end_offset(reader, TopicPartition(topic, p), deadline)
-        if high > start:
-            ends[p] = high
+    reader: Consumer, topic: str, starts: dict[int, int], ends: dict[int, int], deadline: float
+) -> Iterator[list[Message]]:
+    """Batches of the records of ``topic`` partitions from ``starts`` to ``ends``, in offset
+    order per partition; error events are left out."""
+    ends = {p: ends[p] for p, start in starts.items() if ends[p] > start}
     if not ends:
-        return 0
+        return
     reader.assign([TopicPartition(topic, p, starts[p]) for p in sorted(ends)])
     todo = set(ends)
-    count = 0
     try:
         while todo:
             if time.monotonic() > deadline:
@@ -127,24 +136,21 @@ def _read(
                     "but the recovery deadline passed"
                 )
             # Returns as soon as records are there (consume(n, t) would wait for all n).
-            for message in consume_available(reader, 10_000, 0.05):
-                if message.error() is not None:
-                    continue
-                p = message.partition() or 0
-                offset = message.offset() or 0
-                if p not in todo:
-                    continue
-                handle(p, message.key(), message.value(), offset)
-                count += 1
+            batch = [m for m in consume_available(reader, 10_000, 0.05) if m.error() is None]
+            last: dict[int, int] = {}
+            for message in batch:
+                last[message.partition() or 0] = message.offset() or 0
+            for p, offset in last.items():
                 if offset + 1 >= ends[p]:
                     todo.discard(p)
             # A partition whose tail is transaction markers never yields its last offset.
             for tp in reader.position([TopicPartition(topic, p) for p in list(todo)]):
                 if tp.offset >= ends[tp.partition]:
                     todo.discard(tp.partition)
+            if batch:
+                yield batch
     finally:
         reader.unassign()
-    return count
 
 
 # Errors of a topic whose metadata is still settling (created a moment ago): ask again.
@@ -158,39 +164,50 @@ _METADATA_SETTLING = frozenset(
 )
 
 
-def _end_offset(reader: Consumer, tp: TopicPartition, deadline: float) -> int:
-    """The partition's end (the LSO: the reader is read_committed); retries what Kafka calls
-    retriable (a topic created a moment ago may not have a known leader yet)."""
+def _end_offsets(
+    settings: Settings, topics: Iterable[str], partitions: list[int], deadline: float
+) -> dict[str, dict[int, int]]:
+    """Each partition's end now, as a read_committed reader sees it (the last stable offset),
+    in one request; retries while a topic created a moment ago has no known leader yet."""
+    admin = admin_client(settings)
+    latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]  # untyped in the library
+    wanted = {TopicPartition(t, p): latest for t in topics for p in partitions}
     while True:
         try:
-            _, high = reader.get_watermark_offsets(tp, timeout=10)
-            return int(high)
+            futures = admin.list_offsets(
+                wanted, isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=10
+            )
+            ends: dict[str, dict[int, int]] = {}
+            for tp, future in futures.items():
+                ends.setdefault(tp.topic, {})[tp.partition] = int(future.result().offset)
+            return ends
         except KafkaException as exc:
             error = exc.args[0] if exc.args else None
             settling = isinstance(error, KafkaError) and error.code() in _METADATA_SETTLING
             if not (settling or kafka_transient(exc)) or time.monotonic() > deadline:
                 raise ServiceUnavailableError(
-                    f"Expected the end offset of {tp.topic}/{tp.partition}, but: {exc}"
+                    f"Expected the end offsets of {sorted(set(t for t in topics))}, but: {exc}"
                 ) from exc
-            log.info("end offset of %s/%d not available yet: %s", tp.topic, tp.partition, exc)
+            log.info("end offsets not available yet: %s", exc)
             time.sleep(0.1)  # the broker's metadata catches up
 
 
 def _load_snapshots(
-    reader: Consumer, topic: str, partitions: list[int], deadline: float
+    reader: Consumer, topic: str, ends: dict[int, int], deadline: float
 ) -> tuple[dict[int, dict[bytes, bytes]], int]:
     """The newest value per key of each partition (a tombstone removes the key)."""
-    latest: dict[int, dict[bytes, bytes]] = {p: {} for p in partitions}
-
-    def keep(p: int, key: bytes | None, value: bytes | None, offset: int) -> None:
-        if key is None:
-            return
-        if value is None:
-            latest[p].pop(key, None)
-        else:
-            latest[p][key] = value
-
-    count = _read(reader, topic, dict.fromkeys(partitions, 0), keep, deadline)
+    latest: dict[int, dict[bytes, bytes]] = {p: {} for p in ends}
+    count = 0
+    for batch in _read(reader, topic, dict.fromkeys(ends, 0), ends, deadline):
+        count += len(batch)
+        for message in batch:
+            key, value = message.key(), message.value()
+            if key is None:
+                continue
+            if value is None:
+                latest[message.partition() or 0].pop(key, None)
+            else:
+                latest[message.partition() or 0][key] = value
     return latest, count
 
 
@@ -198,18 +215,23 @@ def _restore(table: RunTable, records: dict[bytes, bytes]) -> int | None:
     """Fills ``table`` from a partition's records; returns the checkpoint's runs offset
     (``None``: no checkpoint, the records alone do not say where the tail starts)."""
     checkpoint: int | None = None
+    finished = table.finished
     for key, value in records.items():
+        marker = fast_marker(value)  # most records: one per finished run ever
+        if marker is not None and key != CHECKPOINT_KEY:
+            finished[key.decode()] = marker
+            continue
         record = decode_snapshot(value)
         if key == CHECKPOINT_KEY:
             if not isinstance(record, SnapshotCheckpoint):
                 raise SnapshotFormatError(
-                    f"Expected a checkpoint under the checkpoint key: {key!r}"
+                    f"Expected a checkpoint under the checkpoint key, but got {record!r}"
                 )
             checkpoint = record.runs_offset
             continue
         if isinstance(record, SnapshotCheckpoint):
             raise SnapshotFormatError(
-                f"Expected a run snapshot under key {key!r}, but a checkpoint"
+                f"Expected a run snapshot under key {key!r}, but got a checkpoint"
             )
         run_id = key.decode()
         if isinstance(record, RunState) and record.run_id != run_id:
@@ -220,39 +242,54 @@ def _restore(table: RunTable, records: dict[bytes, bytes]) -> int | None:
     return checkpoint
 
 
-def _folder(
-    tables: dict[int, RunTable], report: RecoveryReport, strict: set[int], broken: dict[int, str]
-) -> Callable[[int, bytes | None, bytes | None, int], None]:
-    def apply(p: int, key: bytes | None, value: bytes | None, offset: int) -> None:
-        if p in broken or value is None:
-            return
-        report.events_read += 1
-        try:
-            event = decode(value)
-        except SchemaError as exc:
-            # Only the scheduler writes this topic; an unreadable record is a bug to surface, but
-            # refusing to start would stop every run of the partition.
-            log.error("skipping unreadable run-log record at %d/%d: %s", p, offset, exc)
-            return
-        if not isinstance(event, RUN_EVENT_TYPES):
-            log.error("skipping a %s at %d/%d: not a run event", type(event).__name__, p, offset)
-            return
-        run_event: RunEvent = event
-        table = tables[p]
-        last = table.last_seq(run_event.run_id)
-        if last is not None and run_event.seq <= last:
-            return  # already in the snapshot (or applied: redelivered record)
-        try:
-            state = evolve(table.get(run_event.run_id), run_event)
-        except EvolveError as exc:
-            if p in strict:
-                raise
-            broken[p] = f"the tail does not continue the snapshot at offset {offset}: {exc}"
-            return
-        table.put(state, recent=False)
-        report.events_applied += 1
-
-    return apply
+def _fold(
+    batches: Iterable[list[Message]],
+    tables: dict[int, RunTable],
+    report: RecoveryReport,
+    strict: set[int],
+    broken: dict[int, str],
+) -> None:
+    """Applies run events to their tables; a partition whose snapshot the tail does not continue
+    goes to ``broken`` (unless ``strict``: a fold from offset 0 raises, as it always did)."""
+    for batch in batches:
+        for message in batch:
+            p, value = message.partition() or 0, message.value()
+            if p in broken or value is None:
+                continue
+            report.events_read += 1
+            try:
+                event = decode(value)
+            except SchemaError as exc:
+                # Only the scheduler writes this topic; an unreadable record is a bug to
+                # surface, but refusing to start would stop every run of the partition.
+                log.error(
+                    "skipping unreadable run-log record at %d/%s: %s", p, message.offset(), exc
+                )
+                continue
+            if not isinstance(event, RUN_EVENT_TYPES):
+                log.error(
+                    "skipping a %s at %d/%s: not a run event",
+                    type(event).__name__,
+                    p,
+                    message.offset(),
+                )
+                continue
+            run_event: RunEvent = event
+            table = tables[p]
+            last = table.last_seq(run_event.run_id)
+            if last is not None and run_event.seq <= last:
+                continue  # already in the snapshot (or applied: a redelivered record)
+            try:
+                state = evolve(table.get(run_event.run_id), run_event)
+            except EvolveError as exc:
+                if p in strict:
+                    raise
+                broken[p] = (
+                    f"the tail does not continue the snapshot at offset {message.offset()}: {exc}"
+                )
+                continue
+            table.put(state, recent=False)
+            report.events_applied += 1
 
 
 def recover_partitions(
@@ -272,47 +309,42 @@ def recover_partitions(
     tables = {p: RunTable(kept) for p in wanted}
     if not wanted:
         return Recovery(tables, report)
-    runs_topic = catalog.runs.topic
-    reader = _reader(settings)
+    runs_topic, state_topic = catalog.runs.topic, catalog.scheduler_state.topic
+    # Both ends at once: snapshots and events as of one moment (any later record of either
+    # is consistent too: a snapshot never holds less than its checkpoint says).
+    ends = _end_offsets(settings, (runs_topic, state_topic), wanted, deadline)
+    report.offsets_s = time.monotonic() - started
+    # One reader per topic: re-assigning a reader to another topic costs ~1 s before its first
+    # fetch; a second one, with the topic's metadata asked for now, starts at once.
+    reader, state_reader = _reader(settings), _reader(settings)
     try:
+        reader.list_topics(runs_topic, timeout=10)
         starts = dict.fromkeys(wanted, 0)
         if use_snapshots:
             latest, report.snapshot_records = _load_snapshots(
-                reader, catalog.scheduler_state.topic, wanted, deadline
+                state_reader, state_topic, ends[state_topic], deadline
             )
-            for p in wanted:
-                if not latest[p]:
-                    continue
-                try:
-                    offset = _restore(tables[p], latest[p])
-                except (SnapshotFormatError, UnicodeDecodeError) as exc:
-                    _fallback(report, tables, p, kept, f"unreadable snapshot: {exc}")
-                    continue
-                if offset is None:
-                    # Records of a first cycle that never completed: start from the log.
-                    log.warning("partition %d has snapshot records but no checkpoint", p)
-                    tables[p] = RunTable(kept)
-                    continue
-                starts[p] = offset
-                report.from_snapshot.append(p)
-            report.snapshot_s = time.monotonic() - started
+            starts |= _restore_all(latest, tables, report, kept)
+            report.snapshot_s = time.monotonic() - started - report.offsets_s
         folding = time.monotonic()
         broken: dict[int, str] = {}
         strict = {p for p in wanted if p not in report.from_snapshot}
-        _read(reader, runs_topic, starts, _folder(tables, report, strict, broken), deadline)
+        tail = _read(reader, runs_topic, starts, ends[runs_topic], deadline)
+        _fold(tail, tables, report, strict, broken)
         if broken:
-            for p, why in broken.items():
-                report.from_snapshot.remove(p)
-                _fallback(report, tables, p, kept, why)
-            _read(
-                reader,
-                runs_topic,
-                dict.fromkeys(broken, 0),
-                _folder(tables, report, set(broken), {}),
-                deadline,
+            _refold(
+                settings,
+                runs_topic=runs_topic,
+                ends=ends[runs_topic],
+                broken=broken,
+                tables=tables,
+                report=report,
+                kept=kept,
+                deadline=deadline,
             )
         report.fold_s = time.monotonic() - folding
     finally:
+        state_reader.close()
         reader.close()
     report.full_fold = [p for p in wanted if p not in report.from_snapshot]
     report.active_runs = sum(len(t.active) for t in tables.values())
@@ -320,6 +352,56 @@ def recover_partitions(
     report.seconds = time.monotonic() - started
     log.info("recovered %s %s", runs_topic, report.summary())
     return Recovery(tables, report)
+
+
+def _restore_all(
+    latest: dict[int, dict[bytes, bytes]],
+    tables: dict[int, RunTable],
+    report: RecoveryReport,
+    kept: int,
+) -> dict[int, int]:
+    """Fills the tables from their snapshot records; returns where each restored partition's
+    tail starts (partitions left out are folded from offset 0)."""
+    starts: dict[int, int] = {}
+    for p, records in latest.items():
+        if not records:
+            continue
+        try:
+            offset = _restore(tables[p], records)
+        except (SnapshotFormatError, UnicodeDecodeError) as exc:
+            _fallback(report, tables, p, kept, f"unreadable snapshot: {exc}")
+            continue
+        if offset is None:
+            # Records of a first cycle that never completed: start from the log.
+            log.warning("partition %d has snapshot records but no checkpoint", p)
+            tables[p] = RunTable(kept)
+            continue
+        starts[p] = offset
+        report.from_snapshot.append(p)
+    return starts
+
+
+def _refold(
+    settings: Settings,
+    *,
+    runs_topic: str,
+    ends: dict[int, int],
+    broken: dict[int, str],
+    tables: dict[int, RunTable],
+    report: RecoveryReport,
+    kept: int,
+    deadline: float,
+) -> None:
+    """Partitions whose tail did not continue their snapshot: folded again from offset 0."""
+    for p, why in broken.items():
+        report.from_snapshot.remove(p)
+        _fallback(report, tables, p, kept, why)
+    reader = _reader(settings)  # a fresh one (see recover_partitions)
+    try:
+        again = _read(reader, runs_topic, dict.fromkeys(broken, 0), ends, deadline)
+        _fold(again, tables, report, set(broken), {})
+    finally:
+        reader.close()
 
 
 def _fallback(

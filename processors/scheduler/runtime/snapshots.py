@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -60,6 +61,7 @@ __all__ = [
     "decode_snapshot",
     "encode_checkpoint",
     "encode_entry",
+    "fast_marker",
 ]
 
 log = logging.getLogger(__name__)
@@ -109,8 +111,31 @@ def encode_checkpoint(runs_offset: int) -> bytes:
     return _dumps({"v": SNAPSHOT_VERSION, "kind": "checkpoint", "runs_offset": runs_offset})
 
 
+# Recovery decodes one marker per finished run ever: the exact bytes encode_entry writes for a
+# marker without idempotency key are parsed without the JSON module (~5x faster); anything else
+# takes the general path below.
+_MARKER = re.compile(
+    rb'\{"v":%d,"kind":"finished","status":"([a-z_]+)","last_seq":(\d+),"idempotency_key":null\}\Z'
+    % SNAPSHOT_VERSION
+)
+_STATUSES: Final = {status.value.encode(): status for status in RunStatus}
+
+
+def fast_marker(value: bytes) -> FinishedRun | None:
+    """The marker, if ``value`` is exactly what :func:`encode_entry` writes for one without an
+    idempotency key; ``None``: use :func:`decode_snapshot`."""
+    match = _MARKER.match(value)
+    if match is None:
+        return None
+    status = _STATUSES.get(match.group(1))
+    return None if status is None else FinishedRun(status, int(match.group(2)), None)
+
+
 def decode_snapshot(value: bytes) -> SnapshotRecord:
     """One record's value; raises :class:`SnapshotFormatError` for anything but version 1."""
+    marker = fast_marker(value)
+    if marker is not None:
+        return marker
     try:
         data = json.loads(value)
     except ValueError as exc:
