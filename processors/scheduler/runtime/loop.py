@@ -29,6 +29,7 @@ committed offsets.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import threading
@@ -150,7 +151,6 @@ class SchedulerRuntime:
         self._redis = redis.Redis.from_url(settings.redis_url)
         # Namespaced like the topics, so environments sharing one Redis never share entries.
         self.cache_prefix = f"{settings.topic_prefix}:step-cache:"
-        self._blobs = S3BlobStore(settings)
         self._workflows = WorkflowsView(settings, self.catalog)
         self._workflow_cache: dict[tuple[str, int], WorkflowDefinition] = {}
         # Node versions by catalog status and rollout weight (nodes topic, all partitions).
@@ -182,6 +182,11 @@ class SchedulerRuntime:
         self.checkpoint.subscribe(
             self.consumer, [self.catalog.commands.topic, self.catalog.results.topic]
         )
+
+    @functools.cached_property
+    def _blobs(self) -> S3BlobStore:
+        """Created on first use (a claim check): the S3 client costs ~0.2 s of every restart."""
+        return S3BlobStore(self.settings)
 
     # -- partition ownership -------------------------------------------------------------------
 
