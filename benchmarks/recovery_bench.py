@@ -116,6 +116,7 @@ def _scheduler(settings: Settings) -> Iterator[tuple[SchedulerRuntime, float]]:
     owned every partition with its state rebuilt."""
     began = time.monotonic()
     runtime = SchedulerRuntime(settings, instance_id="bench-recovery")
+    constructed = time.monotonic() - began
     stop = threading.Event()
     errors: list[BaseException] = []
 
@@ -130,7 +131,13 @@ def _scheduler(settings: Settings) -> Iterator[tuple[SchedulerRuntime, float]]:
     partitions = set(range(settings.default_partitions))
     try:
         _until(lambda: set(runtime.states) == partitions, errors, "the scheduler to own all")
-        yield runtime, time.monotonic() - began
+        owned = time.monotonic() - began
+        rebuild = _report(runtime).seconds
+        _progress(
+            f"  restart {owned:.2f}s = clients {constructed:.2f}s + group join "
+            f"{owned - constructed - rebuild:.2f}s + rebuild {rebuild:.2f}s"
+        )
+        yield runtime, owned
         if errors:
             raise RuntimeError(f"the scheduler failed: {errors[0]!r}") from errors[0]
     finally:
