@@ -517,7 +517,7 @@ def test_snapshots_of_an_aborted_transaction_are_not_state(
     assert writer.due({0: table})
     with TransactionalProducer(kafka_settings, transactional_id=f"{topics.prefix}.t") as producer:
         producer.begin()
-        cycle = writer.write(producer, {0: table}, lambda p: 0)
+        cycle = writer.write(producer, {0: table}, lambda ps: dict.fromkeys(ps, 0))
         assert (cycle.written, cycle.checkpoints, cycle.records) == ({0: ["ghost"]}, {0: 0}, 2)
         producer.abort()
         aborted = recover_partitions(kafka_settings, topics, range(PARTITIONS))
@@ -525,7 +525,7 @@ def test_snapshots_of_an_aborted_transaction_are_not_state(
         assert aborted.report.from_snapshot == [] and "ghost" not in aborted.tables[0]
 
         producer.begin()
-        cycle = writer.write(producer, {0: table}, lambda p: 0)
+        cycle = writer.write(producer, {0: table}, lambda ps: dict.fromkeys(ps, 0))
         producer.commit([], None)
         writer.committed(cycle, {0: table})
     assert table.dirty == set() and not writer.due({0: table})
@@ -553,7 +553,7 @@ def test_a_long_history_is_snapshotted_in_chunks_checkpointed_at_the_end(
     with TransactionalProducer(kafka_settings, transactional_id=f"{topics.prefix}.c") as producer:
         while writer.due({2: table}):
             producer.begin()
-            cycle = writer.write(producer, {2: table}, lambda p: 7)
+            cycle = writer.write(producer, {2: table}, lambda ps: dict.fromkeys(ps, 7))
             producer.commit([], None)
             writer.committed(cycle, {2: table})
             cycles.append((len(cycle.written[2]), dict(cycle.checkpoints)))

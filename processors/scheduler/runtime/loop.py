@@ -41,6 +41,7 @@ from typing import Any
 
 import redis
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from foundation.objectstore import S3BlobStore, content_key
 from foundation.settings import Settings
@@ -55,7 +56,11 @@ from processors.scheduler.decide import (
     SchedulerInput,
     decide,
 )
-from processors.scheduler.runtime.recovery import RecoveryReport, recover_partitions
+from processors.scheduler.runtime.recovery import (
+    RecoveryReport,
+    end_offsets,
+    recover_partitions,
+)
 from processors.scheduler.runtime.run_table import RunTable
 from processors.scheduler.runtime.snapshots import SnapshotCycle, SnapshotWriter
 from processors.scheduler.runtime.traces import traces_for
@@ -78,6 +83,7 @@ from schemas.models import (
     StartRun,
 )
 from schemas.trace_json import TRACE_HEADERS, encode_trace
+from streams.admin import admin_client
 from streams.checkpoint import Checkpoint, KafkaTransaction
 from streams.consumer import consume_messages, consumer_config
 from streams.dlq import DeadLetterPublisher, poison_record
@@ -184,6 +190,11 @@ class SchedulerRuntime:
         )
 
     @functools.cached_property
+    def _admin(self) -> AdminClient:
+        """Asks where partitions end (snapshot checkpoints, recovery)."""
+        return admin_client(self.settings)
+
+    @functools.cached_property
     def _blobs(self) -> S3BlobStore:
         """Created on first use (a claim check): the S3 client costs ~0.2 s of every restart."""
         return S3BlobStore(self.settings)
@@ -202,7 +213,7 @@ class SchedulerRuntime:
 
     def _rebuild(self, partitions: set[int]) -> dict[int, RunTable]:
         recovery = recover_partitions(
-            self.settings, self.catalog, partitions, kept=self.finished_kept
+            self.settings, self.catalog, partitions, kept=self.finished_kept, admin=self._admin
         )
         self.stats.recoveries += 1
         self.stats.snapshot_fallbacks += len(recovery.report.fallbacks)
@@ -265,7 +276,7 @@ class SchedulerRuntime:
         try:
             while any(table.dirty for table in self.states.values()):
                 self._transaction.begin()
-                cycle = self._snapshots.write(self.producer, self.states, self._runs_end)
+                cycle = self._snapshots.write(self.producer, self.states, self._runs_ends)
                 self._commit(cycle)
                 self._snapshots.committed(cycle, self.states)
                 self.stats.snapshot_cycles += 1
@@ -294,7 +305,7 @@ class SchedulerRuntime:
             self._transaction.begin()
             if snapshot:
                 # First in the transaction: the committed states, before any event of this batch.
-                cycle = self._snapshots.write(self.producer, self.states, self._runs_end)
+                cycle = self._snapshots.write(self.producer, self.states, self._runs_ends)
             for message in messages:
                 self._handle(message, batch)
                 self.checkpoint.advance(
@@ -473,11 +484,10 @@ class SchedulerRuntime:
                         commands.append(command)
         return commands
 
-    def _runs_end(self, partition: int) -> int:
-        """The end of ``runs`` partition ``partition`` now (a snapshot checkpoint's offset)."""
-        tp = TopicPartition(self.catalog.runs.topic, partition)
-        _, high = self.consumer.get_watermark_offsets(tp, timeout=10, cached=False)
-        return int(high)
+    def _runs_ends(self, partitions: list[int]) -> dict[int, int]:
+        """Where those ``runs`` partitions end now (snapshot checkpoints), in one request."""
+        topic = self.catalog.runs.topic
+        return end_offsets(self._admin, [topic], partitions, timeout=10)[topic]
 
     def _commit(self, cycle: SnapshotCycle | None) -> None:
         if cycle is None or self.checkpoint.positions():

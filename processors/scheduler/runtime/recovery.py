@@ -36,6 +36,7 @@ from confluent_kafka import (
     Message,
     TopicPartition,
 )
+from confluent_kafka.admin import AdminClient
 
 # The admin package re-exports it without __all__ (as streams.admin notes for its imports).
 from confluent_kafka.admin._listoffsets import OffsetSpec
@@ -58,7 +59,7 @@ from streams.admin import admin_client
 from streams.consumer import consume_available, kafka_transient
 from streams.topics import TopicCatalog
 
-__all__ = ["Recovery", "RecoveryReport", "recover_partitions"]
+__all__ = ["Recovery", "RecoveryReport", "end_offsets", "recover_partitions"]
 
 log = logging.getLogger(__name__)
 
@@ -164,12 +165,12 @@ _METADATA_SETTLING = frozenset(
 )
 
 
-def _end_offsets(
-    settings: Settings, topics: Iterable[str], partitions: list[int], deadline: float
+def end_offsets(
+    admin: AdminClient, topics: Iterable[str], partitions: Iterable[int], *, timeout: float
 ) -> dict[str, dict[int, int]]:
     """Each partition's end now, as a read_committed reader sees it (the last stable offset),
     in one request; retries while a topic created a moment ago has no known leader yet."""
-    admin = admin_client(settings)
+    deadline = time.monotonic() + timeout
     latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]  # untyped in the library
     wanted = {TopicPartition(t, p): latest for t in topics for p in partitions}
     while True:
@@ -186,7 +187,7 @@ def _end_offsets(
             settling = isinstance(error, KafkaError) and error.code() in _METADATA_SETTLING
             if not (settling or kafka_transient(exc)) or time.monotonic() > deadline:
                 raise ServiceUnavailableError(
-                    f"Expected the end offsets of {sorted(set(t for t in topics))}, but: {exc}"
+                    f"Expected the end offsets of {sorted({tp.topic for tp in wanted})}, but: {exc}"
                 ) from exc
             log.info("end offsets not available yet: %s", exc)
             time.sleep(0.1)  # the broker's metadata catches up
@@ -300,6 +301,7 @@ def recover_partitions(
     kept: int = 128,
     use_snapshots: bool = True,
     timeout: float = 120.0,
+    admin: AdminClient | None = None,
 ) -> Recovery:
     """Rebuilds the run tables of ``partitions`` (see the module docstring)."""
     wanted = sorted(set(partitions))
@@ -312,7 +314,8 @@ def recover_partitions(
     runs_topic, state_topic = catalog.runs.topic, catalog.scheduler_state.topic
     # Both ends at once: snapshots and events as of one moment (any later record of either
     # is consistent too: a snapshot never holds less than its checkpoint says).
-    ends = _end_offsets(settings, (runs_topic, state_topic), wanted, deadline)
+    admin = admin or admin_client(settings)
+    ends = end_offsets(admin, (runs_topic, state_topic), wanted, timeout=timeout)
     report.offsets_s = time.monotonic() - started
     # One reader per topic: re-assigning a reader to another topic costs ~1 s before its first
     # fetch; a second one, with the topic's metadata asked for now, starts at once.

@@ -208,24 +208,25 @@ class SnapshotWriter:
         self,
         producer: Producer,
         tables: Mapping[int, RunTable],
-        runs_end: Callable[[int], int],
+        runs_ends: Callable[[list[int]], Mapping[int, int]],
     ) -> SnapshotCycle:
         """Produce the records of the runs that changed (call before the batch writes events).
 
-        ``runs_end(p)``: the end offset of ``runs`` partition ``p`` now (the checkpoint).
+        ``runs_ends(partitions)``: the end offsets of those ``runs`` partitions now (the
+        checkpoints; one request for all).
         """
         cycle = SnapshotCycle()
         budget = self.chunk
         unfinished = False
-        for partition in sorted(tables):
+        dirty = [p for p in sorted(tables) if tables[p].dirty]
+        # Read before this transaction writes any event.
+        ends = runs_ends(dirty) if dirty else {}
+        for partition in dirty:
             table = tables[partition]
-            if not table.dirty:
-                continue
             if budget <= 0:
                 unfinished = True
                 break
-            # Read before this transaction writes any event of the partition.
-            end = runs_end(partition)
+            end = ends[partition]
             ids = list(table.dirty) if len(table.dirty) <= budget else list(table.dirty)[:budget]
             for run_id in ids:
                 entry = table.entry(run_id)
