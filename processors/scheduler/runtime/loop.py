@@ -126,6 +126,9 @@ class RuntimeStats:
     last_recovery: RecoveryReport | None = None
     snapshot_cycles: int = 0
     snapshot_records: int = 0
+    snapshot_bytes: int = 0
+    snapshot_s: float = 0.0
+    """Time spent producing snapshot cycles (what snapshots cost the loop)."""
 
 
 class SchedulerRuntime:
@@ -305,7 +308,9 @@ class SchedulerRuntime:
             self._transaction.begin()
             if snapshot:
                 # First in the transaction: the committed states, before any event of this batch.
+                writing = time.perf_counter()
                 cycle = self._snapshots.write(self.producer, self.states, self._runs_ends)
+                self.stats.snapshot_s += time.perf_counter() - writing
             for message in messages:
                 self._handle(message, batch)
                 self.checkpoint.advance(
@@ -327,6 +332,7 @@ class SchedulerRuntime:
             self._snapshots.committed(cycle, self.states)
             self.stats.snapshot_cycles += 1
             self.stats.snapshot_records += cycle.records
+            self.stats.snapshot_bytes += cycle.bytes
         for run_id, (partition, state) in batch.states.items():
             self.stats.committed_seq[run_id] = state.last_seq
             if state.is_finished:
