@@ -12,7 +12,7 @@ import collections
 import json
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -21,7 +21,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPar
 from foundation.settings import Settings
 from processors.scheduler.evolve import RUN_EVENT_TYPES, RunEvent, fold
 from processors.scheduler.runtime.loop import SchedulerRuntime
-from processors.scheduler.runtime.recovery import recover_partitions
+from processors.scheduler.runtime.recovery import recover_partitions, request_end_offsets
 from processors.scheduler.runtime.run_table import FinishedRun, RunTable, TableEntry
 from processors.scheduler.runtime.snapshots import (
     CHECKPOINT_KEY,
@@ -32,6 +32,7 @@ from processors.scheduler.runtime.snapshots import (
 from processors.scheduler.state import RunState, RunStatus
 from schemas import decode
 from schemas.models import CancelRun, PauseRun, ResumeRun
+from streams.admin import admin_client
 from streams.producer import Producer, TransactionalProducer
 from streams.topics import TopicCatalog
 from tests.integration.engine_fixtures import Harness, HarnessFactory, assert_replay_equivalent
@@ -515,17 +516,28 @@ def test_snapshots_of_an_aborted_transaction_are_not_state(
     assert not writer.due({0: table})  # the interval has not passed
     now[0] = 1.0
     assert writer.due({0: table})
+    admin = admin_client(kafka_settings)
+    runs = topics.runs.topic
+
+    def runs_ends(partitions: list[int]) -> Callable[[], dict[int, int]]:
+        answer = request_end_offsets(admin, [runs], partitions, timeout=10)
+        return lambda: answer()[runs]
+
     with TransactionalProducer(kafka_settings, transactional_id=f"{topics.prefix}.t") as producer:
         producer.begin()
-        cycle = writer.write(producer, {0: table}, lambda ps: dict.fromkeys(ps, 0))
-        assert (cycle.written, cycle.checkpoints, cycle.records) == ({0: ["ghost"]}, {0: 0}, 2)
+        cycle = writer.write(producer, {0: table}, runs_ends)
+        assert (cycle.written, cycle.complete, cycle.checkpoints) == ({0: ["ghost"]}, [0], {})
+        writer.finish(producer, cycle)
+        # The runs partition is empty: the tail starts at 0.
+        assert (cycle.checkpoints, cycle.records) == ({0: 0}, 2)
         producer.abort()
         aborted = recover_partitions(kafka_settings, topics, range(PARTITIONS))
         assert aborted.report.snapshot_records == 0
         assert aborted.report.from_snapshot == [] and "ghost" not in aborted.tables[0]
 
         producer.begin()
-        cycle = writer.write(producer, {0: table}, lambda ps: dict.fromkeys(ps, 0))
+        cycle = writer.write(producer, {0: table}, runs_ends)
+        writer.finish(producer, cycle)
         producer.commit([], None)
         writer.committed(cycle, {0: table})
     assert table.dirty == set() and not writer.due({0: table})
@@ -553,7 +565,8 @@ def test_a_long_history_is_snapshotted_in_chunks_checkpointed_at_the_end(
     with TransactionalProducer(kafka_settings, transactional_id=f"{topics.prefix}.c") as producer:
         while writer.due({2: table}):
             producer.begin()
-            cycle = writer.write(producer, {2: table}, lambda ps: dict.fromkeys(ps, 7))
+            cycle = writer.write(producer, {2: table}, lambda ps: lambda: dict.fromkeys(ps, 7))
+            writer.finish(producer, cycle)
             producer.commit([], None)
             writer.committed(cycle, {2: table})
             cycles.append((len(cycle.written[2]), dict(cycle.checkpoints)))

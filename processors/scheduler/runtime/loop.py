@@ -58,8 +58,8 @@ from processors.scheduler.decide import (
 )
 from processors.scheduler.runtime.recovery import (
     RecoveryReport,
-    end_offsets,
     recover_partitions,
+    request_end_offsets,
 )
 from processors.scheduler.runtime.run_table import RunTable
 from processors.scheduler.runtime.snapshots import SnapshotCycle, SnapshotWriter
@@ -490,12 +490,15 @@ class SchedulerRuntime:
                         commands.append(command)
         return commands
 
-    def _runs_ends(self, partitions: list[int]) -> dict[int, int]:
-        """Where those ``runs`` partitions end now (snapshot checkpoints), in one request."""
+    def _runs_ends(self, partitions: list[int]) -> Callable[[], dict[int, int]]:
+        """Asks where those ``runs`` partitions end (snapshot checkpoints); answered later."""
         topic = self.catalog.runs.topic
-        return end_offsets(self._admin, [topic], partitions, timeout=10)[topic]
+        answer = request_end_offsets(self._admin, [topic], partitions, timeout=10)
+        return lambda: answer()[topic]
 
     def _commit(self, cycle: SnapshotCycle | None) -> None:
+        if cycle is not None:
+            self._snapshots.finish(self.producer, cycle)
         if cycle is None or self.checkpoint.positions():
             self.checkpoint.commit()
             return

@@ -25,8 +25,10 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 from confluent_kafka import (
     Consumer,
@@ -59,7 +61,13 @@ from streams.admin import admin_client
 from streams.consumer import consume_available, kafka_transient
 from streams.topics import TopicCatalog
 
-__all__ = ["Recovery", "RecoveryReport", "end_offsets", "recover_partitions"]
+__all__ = [
+    "Recovery",
+    "RecoveryReport",
+    "end_offsets",
+    "recover_partitions",
+    "request_end_offsets",
+]
 
 log = logging.getLogger(__name__)
 
@@ -165,32 +173,57 @@ _METADATA_SETTLING = frozenset(
 )
 
 
-def end_offsets(
+def request_end_offsets(
     admin: AdminClient, topics: Iterable[str], partitions: Iterable[int], *, timeout: float
-) -> dict[str, dict[int, int]]:
-    """Each partition's end now, as a read_committed reader sees it (the last stable offset),
-    in one request; retries while a topic created a moment ago has no known leader yet."""
+) -> Callable[[], dict[str, dict[int, int]]]:
+    """Asks now (one request) where each partition ends, as a read_committed reader sees it (the
+    last stable offset); the returned function waits for the answer, retrying while a topic
+    created a moment ago has no known leader yet."""
     deadline = time.monotonic() + timeout
     latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]  # untyped in the library
     wanted = {TopicPartition(t, p): latest for t in topics for p in partitions}
-    while True:
-        try:
-            futures = admin.list_offsets(
-                wanted, isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=10
-            )
-            ends: dict[str, dict[int, int]] = {}
-            for tp, future in futures.items():
-                ends.setdefault(tp.topic, {})[tp.partition] = int(future.result().offset)
-            return ends
-        except KafkaException as exc:
-            error = exc.args[0] if exc.args else None
-            settling = isinstance(error, KafkaError) and error.code() in _METADATA_SETTLING
-            if not (settling or kafka_transient(exc)) or time.monotonic() > deadline:
-                raise ServiceUnavailableError(
-                    f"Expected the end offsets of {sorted({tp.topic for tp in wanted})}, but: {exc}"
-                ) from exc
-            log.info("end offsets not available yet: %s", exc)
-            time.sleep(0.1)  # the broker's metadata catches up
+
+    def ask() -> dict[TopicPartition, Future[Any]]:
+        futures: dict[TopicPartition, Future[Any]] = admin.list_offsets(
+            wanted, isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=10
+        )
+        return futures
+
+    asked = ask()
+
+    def answer() -> dict[str, dict[int, int]]:
+        futures = asked
+        while True:
+            try:
+                ends: dict[str, dict[int, int]] = {}
+                for tp, future in futures.items():
+                    ends.setdefault(tp.topic, {})[tp.partition] = int(future.result().offset)
+                return ends
+            except KafkaException as exc:
+                _retry_or_raise(exc, wanted, deadline)
+                futures = ask()
+
+    return answer
+
+
+def end_offsets(
+    admin: AdminClient, topics: Iterable[str], partitions: Iterable[int], *, timeout: float
+) -> dict[str, dict[int, int]]:
+    """:func:`request_end_offsets`, answered."""
+    return request_end_offsets(admin, topics, partitions, timeout=timeout)()
+
+
+def _retry_or_raise(
+    exc: KafkaException, wanted: dict[TopicPartition, Any], deadline: float
+) -> None:
+    error = exc.args[0] if exc.args else None
+    settling = isinstance(error, KafkaError) and error.code() in _METADATA_SETTLING
+    if not (settling or kafka_transient(exc)) or time.monotonic() > deadline:
+        raise ServiceUnavailableError(
+            f"Expected the end offsets of {sorted({tp.topic for tp in wanted})}, but: {exc}"
+        ) from exc
+    log.info("end offsets not available yet: %s", exc)
+    time.sleep(0.1)  # the broker's metadata catches up
 
 
 def _load_snapshots(

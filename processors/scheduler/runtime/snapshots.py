@@ -11,12 +11,15 @@ only the tail of ``runs`` that they do not cover. What makes that correct:
   full state while it is active, a :class:`~processors.scheduler.runtime.run_table.FinishedRun`
   marker once it finished. Compaction keeps the newest record of each run.
 - **A checkpoint per partition** (key :data:`CHECKPOINT_KEY`, written to that partition): the
-  ``runs`` offset from which the tail must be folded. It is the partition's end offset read
-  *before* the transaction writes any event, and it is written only in a cycle that wrote every
-  run of the partition that changed since its last record. So every event at or after it is
-  either already in a snapshot (recovery skips it: ``seq <= last_seq``) or in the tail; every
-  event before it is in a snapshot. Reading an end offset that is stale (smaller) only makes the
-  tail longer.
+  ``runs`` offset from which the tail must be folded, written only in a cycle that wrote every
+  run of the partition that changed since its last record. Its value is the partition's last
+  stable offset (ListOffsets, read_committed) as the broker computed it while this transaction
+  had not committed yet: then it is at most the first offset of this transaction's events (open
+  transactions hold the LSO back; events not produced yet come later). So every event before it
+  is in a committed state the cycle wrote or an earlier record holds, and every event at or
+  after it is in a snapshot (recovery skips it: ``seq <= last_seq``) or in the tail. The request
+  is sent when the cycle starts and answered before the commit, so its round trip overlaps the
+  batch; an end offset that is stale (smaller) only makes the tail longer.
 - **Fenced like the events.** A cycle without consumed input still commits the consumer group's
   current positions with it, so a scheduler that lost its partitions cannot commit snapshots
   (``send_offsets_to_transaction`` checks the group generation).
@@ -53,6 +56,7 @@ from streams.producer import Producer
 __all__ = [
     "CHECKPOINT_KEY",
     "SNAPSHOT_VERSION",
+    "EndsRequest",
     "SnapshotCheckpoint",
     "SnapshotCycle",
     "SnapshotFormatError",
@@ -168,13 +172,23 @@ class SnapshotCycle:
     """What one cycle produced in the open transaction (applied once it commits)."""
 
     written: dict[int, list[str]] = field(default_factory=dict)
+    complete: list[int] = field(default_factory=list)
+    """Partitions whose every changed run is in this cycle: they get a checkpoint."""
+    ends: Callable[[], Mapping[int, int]] | None = None
+    """Where those ``runs`` partitions end (asked for when the cycle started)."""
     checkpoints: dict[int, int] = field(default_factory=dict)
-    """partition -> runs offset of the checkpoint written (complete partitions only)."""
+    """partition -> runs offset of the checkpoint written (by :meth:`SnapshotWriter.finish`)."""
     bytes: int = 0
 
     @property
     def records(self) -> int:
         return sum(len(ids) for ids in self.written.values()) + len(self.checkpoints)
+
+
+EndsRequest = Callable[[list[int]], Callable[[], Mapping[int, int]]]
+"""``request(partitions)`` asks where those ``runs`` partitions end (the last stable offset) and
+returns how to get the answer: any answer the broker computed before this transaction commits
+is a valid checkpoint (see the module docstring), so the round trip overlaps the batch."""
 
 
 class SnapshotWriter:
@@ -205,28 +219,20 @@ class SnapshotWriter:
         return self._unfinished or self.clock() - self._last >= self.interval_s
 
     def write(
-        self,
-        producer: Producer,
-        tables: Mapping[int, RunTable],
-        runs_ends: Callable[[list[int]], Mapping[int, int]],
+        self, producer: Producer, tables: Mapping[int, RunTable], request_ends: EndsRequest
     ) -> SnapshotCycle:
-        """Produce the records of the runs that changed (call before the batch writes events).
-
-        ``runs_ends(partitions)``: the end offsets of those ``runs`` partitions now (the
-        checkpoints; one request for all).
-        """
+        """Produce the records of the runs that changed, from the committed states (call in the
+        open transaction, before the batch changes the tables); :meth:`finish` adds the
+        checkpoints before the transaction commits."""
         cycle = SnapshotCycle()
         budget = self.chunk
         unfinished = False
         dirty = [p for p in sorted(tables) if tables[p].dirty]
-        # Read before this transaction writes any event.
-        ends = runs_ends(dirty) if dirty else {}
         for partition in dirty:
             table = tables[partition]
             if budget <= 0:
                 unfinished = True
                 break
-            end = ends[partition]
             ids = list(table.dirty) if len(table.dirty) <= budget else list(table.dirty)[:budget]
             for run_id in ids:
                 entry = table.entry(run_id)
@@ -238,15 +244,24 @@ class SnapshotWriter:
             cycle.written[partition] = ids
             budget -= len(ids)
             if len(ids) == len(table.dirty):
-                producer.send(
-                    self.topic, CHECKPOINT_KEY, encode_checkpoint(end), partition=partition
-                )
-                cycle.checkpoints[partition] = end
+                cycle.complete.append(partition)
             else:
                 unfinished = True
+        if cycle.complete:
+            cycle.ends = request_ends(cycle.complete)
         self._unfinished = unfinished
         self._last = self.clock()
         return cycle
+
+    def finish(self, producer: Producer, cycle: SnapshotCycle) -> None:
+        """The checkpoints of the cycle's complete partitions (call before the commit)."""
+        if cycle.ends is None:
+            return
+        ends = cycle.ends()
+        for partition in cycle.complete:
+            end = ends[partition]
+            producer.send(self.topic, CHECKPOINT_KEY, encode_checkpoint(end), partition=partition)
+            cycle.checkpoints[partition] = end
 
     @staticmethod
     def committed(cycle: SnapshotCycle, tables: Mapping[int, RunTable]) -> None:
