@@ -1,7 +1,8 @@
 """``make bench``: ``python -m benchmarks.run [--quick] [--skip-peer] [--skip-traces]``.
 
 Runs, one after the other (never at the same time: they share the machine's two cores), the
-engine benchmark (:mod:`benchmarks.engine_bench`), the Temporal peer on the same workload
+engine benchmark (:mod:`benchmarks.engine_bench`), the scheduler's restart time against history
+size (:mod:`benchmarks.recovery_bench`), the Temporal peer on the same workload
 (:mod:`benchmarks.peer_temporal`) and, when present, the traces benchmark
 (``benchmarks.traces_bench``). Writes ``benchmarks/out/results.json``: one flat object of
 metrics (ours, ``peer_temporal_*``, ``peer_temporal_*_ratio``, the traces keys) plus ``meta``
@@ -111,7 +112,14 @@ def _attempt(
     return metrics
 
 
-def run_all(quick: bool, skip_peer: bool, skip_traces: bool) -> dict[str, Any]:
+def run_all(
+    quick: bool,
+    skip_peer: bool,
+    skip_traces: bool,
+    *,
+    skip_engine: bool = False,
+    skip_recovery: bool = False,
+) -> dict[str, Any]:
     settings = get_settings()
     errors: dict[str, str] = {}
     timings: dict[str, float] = {}
@@ -127,9 +135,22 @@ def run_all(quick: bool, skip_peer: bool, skip_traces: bool) -> dict[str, Any]:
     }
     results: dict[str, Any] = {}
 
-    from benchmarks.engine_bench import run_engine_benchmark
+    if skip_engine:
+        skipped.append("engine")
+    else:
+        from benchmarks.engine_bench import run_engine_benchmark
 
-    results |= _attempt("engine", errors, timings, lambda: run_engine_benchmark(settings, quick))
+        results |= _attempt(
+            "engine", errors, timings, lambda: run_engine_benchmark(settings, quick)
+        )
+    if skip_recovery:
+        skipped.append("recovery")
+    else:
+        from benchmarks.recovery_bench import run_recovery_benchmark
+
+        results |= _attempt(
+            "recovery", errors, timings, lambda: run_recovery_benchmark(settings, quick)
+        )
     if skip_peer:
         skipped.append("peer_temporal")
     else:
@@ -156,9 +177,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer runs (a few minutes)")
     parser.add_argument("--skip-peer", action="store_true", help="do not run the Temporal peer")
     parser.add_argument("--skip-traces", action="store_true", help="do not run traces_bench")
+    parser.add_argument("--skip-engine", action="store_true", help="do not run engine_bench")
+    parser.add_argument("--skip-recovery", action="store_true", help="do not run recovery_bench")
     parser.add_argument("--out", type=Path, default=OUT_FILE, help="results JSON file")
     args = parser.parse_args(argv)
-    output = run_all(args.quick, args.skip_peer, args.skip_traces)
+    output = run_all(
+        args.quick,
+        args.skip_peer,
+        args.skip_traces,
+        skip_engine=args.skip_engine,
+        skip_recovery=args.skip_recovery,
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(output, indent=2) + "\n")
     print()

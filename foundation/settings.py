@@ -74,6 +74,14 @@ class Settings(BaseSettings):
     # Where `make up` fetches the Debian packages of the sandbox image's root file system.
     debian_mirror: str = "http://deb.debian.org/debian"
 
+    # Scheduler recovery (docs/decisions/0015-scheduler-snapshots.md): run states changed since
+    # the last snapshot are written to the scheduler-state topic at most this often, inside the
+    # scheduler's transaction (0: never written; recovery still uses what the topic holds).
+    scheduler_snapshot_interval_ms: int = 2000
+    # Finished runs (succeeded, cancelled) kept in full in memory per partition, newest first;
+    # older ones shrink to a marker (status, last seq, idempotency key).
+    scheduler_finished_runs_kept: int = 128
+
     def resolved_clickhouse_dsn(self) -> str:
         return self.clickhouse_dsn or f"chdb://{self.data_dir / 'chdb'}"
 

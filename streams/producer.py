@@ -334,11 +334,13 @@ class TransactionalProducer(Producer):
         return failures
 
     def abort(self, timeout: float = 30.0) -> None:
-        self._producer.abort_transaction(timeout)
-        # The aborted transaction's messages are purged; serve their (failed) delivery reports
-        # now, so they are not mistaken for failures of the next transaction.
-        self._producer.flush(min(timeout, 5.0))
-        self._failures = []
+        try:
+            self._producer.abort_transaction(timeout)
+            # The aborted transaction's messages are purged; serve their (failed) delivery
+            # reports now, so they are not mistaken for failures of the next transaction.
+            self._producer.flush(min(timeout, 5.0))
+        finally:
+            self._failures = []
 
     def close(self, timeout: float = 30.0) -> None:
         if self._closed:

@@ -4,8 +4,9 @@ Nothing else in the code base spells a topic name. Components ask a :class:`Topi
 from :class:`~foundation.settings.Settings`) for a :class:`TopicSpec` and use ``spec.topic``. Tests
 build a catalog with their own ``topic_prefix`` so runs never collide.
 
-``commands``, ``runs`` and ``results`` form the co-partitioned group ``"run"``: the same key (run
-id) and the same partition count, so one scheduler task sees every input of a run in order. The
+``commands``, ``runs``, ``results`` and ``scheduler-state`` form the co-partitioned group ``"run"``:
+the same key (run id) and the same partition count, so one scheduler task sees every input of a
+run in order and finds the run's snapshot in the same partition number. The
 catalog refuses to exist if that invariant is broken, because a skew would silently split a run
 across scheduler tasks.
 """
@@ -97,6 +98,15 @@ def _retention(ms: int) -> dict[str, str]:
 
 
 _COMPACT: Final = {"cleanup.policy": "compact"}
+# Scheduler snapshots are rewritten all the time (every snapshot cycle of a run that changed),
+# so segments roll often and the cleaner runs early: recovery reads what compaction left, and
+# an uncompacted tail of superseded snapshots only costs reading time. 1 h / 64 MiB segments.
+_SNAPSHOTS: Final = {
+    "cleanup.policy": "compact",
+    "segment.ms": str(60 * 60 * 1000),
+    "segment.bytes": str(64 * 1024 * 1024),
+    "min.cleanable.dirty.ratio": "0.2",
+}
 
 # logical name -> (key, configs, co-partition group, description); the DESIGN.md section 3 table.
 # Retention is a starting point: the run log is the source of truth, so it is kept forever (-1)
@@ -108,6 +118,15 @@ _FIXED: Final[dict[str, tuple[str, dict[str, str], str | None, str]]] = {
     "commands": ("run_id", _retention(7 * DAY_MS), RUN_GROUP, "commands to the step scheduler"),
     "runs": ("run_id", _retention(-1), RUN_GROUP, "the run event log, the source of truth"),
     "results": ("run_id", _retention(7 * DAY_MS), RUN_GROUP, "node results from worker groups"),
+    # The scheduler's run states, written in its transactions (snapshot + tail recovery, ADR
+    # 0015): one record per run (its full state, or a small marker once it finished) plus one
+    # checkpoint record per partition. Co-partitioned: partition p snapshots runs partition p.
+    "scheduler-state": (
+        "run_id",
+        _SNAPSHOTS,
+        RUN_GROUP,
+        "scheduler run-state snapshots (compacted) for bounded recovery",
+    ),
     "traces": ("node", _retention(7 * DAY_MS), None, "one trace per node attempt"),
     "mutations": ("workflow_id", _retention(90 * DAY_MS), None, "graph mutation lifecycle"),
     "triggers": ("source_key", _retention(7 * DAY_MS), None, "external events that start runs"),
@@ -227,6 +246,10 @@ class TopicCatalog:
     @property
     def results(self) -> TopicSpec:
         return self._specs["results"]
+
+    @property
+    def scheduler_state(self) -> TopicSpec:
+        return self._specs["scheduler-state"]
 
     @property
     def traces(self) -> TopicSpec:

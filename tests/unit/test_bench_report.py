@@ -17,6 +17,8 @@ def test_goals_are_the_issues() -> None:
         ("step_overhead_p99_ms", "<", 50),
         ("cache_hit_p50_ms", "<", 5),
         ("steps_per_s", ">=", 1000),
+        ("scheduler_recovery_s_10k", "<", 2),
+        ("scheduler_recovery_s_100k", "<", 2),
     }
 
 

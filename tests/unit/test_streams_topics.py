@@ -14,6 +14,7 @@ FIXED = [
     "commands",
     "runs",
     "results",
+    "scheduler-state",
     "traces",
     "mutations",
     "triggers",
@@ -45,7 +46,7 @@ def test_default_prefix_matches_design() -> None:
 def test_cleanup_policies(settings: Settings) -> None:
     catalog = TopicCatalog.from_settings(settings)
     compacted = {s.logical for s in catalog if s.compacted}
-    assert compacted == {"workflows", "nodes"}
+    assert compacted == {"workflows", "nodes", "scheduler-state"}
     assert catalog.runs.cleanup_policy == "delete"
     # The run log is the source of truth: never expired by time.
     assert catalog.runs.configs["retention.ms"] == "-1"
@@ -63,7 +64,7 @@ def test_partitions_and_replication_come_from_settings(settings: Settings) -> No
 def test_run_group_is_copartitioned_and_keyed_by_run_id(settings: Settings) -> None:
     catalog = TopicCatalog.from_settings(settings)
     group = catalog.copartitioned()
-    assert {s.logical for s in group} == {"commands", "runs", "results"}
+    assert {s.logical for s in group} == {"commands", "runs", "results", "scheduler-state"}
     assert {(s.partitions, s.key) for s in group} == {(4, "run_id")}
 
 
@@ -76,9 +77,11 @@ def test_broken_copartitioning_is_refused(settings: Settings) -> None:
 
 def test_copartitioned_override_of_the_whole_group_is_fine(settings: Settings) -> None:
     catalog = TopicCatalog.from_settings(
-        settings, partitions={"commands": 12, "runs": 12, "results": 12}
+        settings,
+        partitions={"commands": 12, "runs": 12, "results": 12, "scheduler-state": 12},
     )
     assert catalog.runs.partitions == 12
+    assert catalog.scheduler_state.partitions == 12
     assert catalog.traces.partitions == 4
 
 

@@ -18,8 +18,12 @@ So an input's effects and its offset commit together or not at all (exactly-once
 see docs/decisions/0006-scheduler-runtime.md). After the commit, ``cache_writes`` go to Redis
 (a derived cache: losing one costs a recomputation, never correctness).
 
-State is not kept in a separate changelog: on assignment, a partition's runs are rebuilt by
-folding its ``runs`` log (:mod:`processors.scheduler.runtime.recovery`).
+On assignment, a partition's runs are rebuilt from its snapshot on ``scheduler-state`` plus the
+tail of its ``runs`` log (:mod:`processors.scheduler.runtime.recovery`). Every
+``scheduler_snapshot_interval_ms``, a batch starts with a snapshot cycle: the runs that changed
+since their last snapshot are written to ``scheduler-state`` in the same transaction
+(:mod:`processors.scheduler.runtime.snapshots`). Finished runs shrink to markers in memory
+(:mod:`processors.scheduler.runtime.run_table`).
 
 No failure stops a partition (:mod:`processors.scheduler.runtime.failures`, ADR 0011): an input
 whose decision fails deterministically (a bug in ``decide``, a record over the message limit)
@@ -42,6 +46,7 @@ fencing in a short time (another live process with this instance id) stops the s
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -54,6 +59,7 @@ from typing import Any, Final, NamedTuple
 
 import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from foundation.errors import NonRetryableError, RefluxError, ServiceUnavailableError
 from foundation.liveness import Heartbeat
@@ -82,8 +88,14 @@ from processors.scheduler.runtime.failures import (
     is_fatal,
 )
 from processors.scheduler.runtime.invoke_topics import InvokeTopics
-from processors.scheduler.runtime.recovery import rebuild_partitions
+from processors.scheduler.runtime.recovery import (
+    RecoveryReport,
+    recover_partitions,
+    request_end_offsets,
+)
 from processors.scheduler.runtime.results_gate import ResultsGate
+from processors.scheduler.runtime.run_table import RunTable
+from processors.scheduler.runtime.snapshots import SnapshotCycle, SnapshotWriter
 from processors.scheduler.runtime.traces import traces_for
 from processors.scheduler.runtime.workflows import WorkflowsView
 from processors.scheduler.state import RunState
@@ -107,6 +119,7 @@ from schemas.models import (
     StepDispatched,
 )
 from schemas.trace_json import TRACE_HEADERS, encode_trace
+from streams.admin import admin_client
 from streams.checkpoint import Checkpoint, KafkaTransaction
 from streams.consumer import consume_messages, consumer_config
 from streams.dlq import DeadLetterPublisher, poison_record
@@ -172,8 +185,18 @@ class RuntimeStats:
     # Batches that stopped taking inputs at max_batch_seconds (the rest went to the next one).
     batches_cut: int = 0
     last_commit_ms: float = 0.0
-    # run id -> seq of the last committed event (tests and progress output read it)
+    # run id -> seq of the last committed event, for runs held in full (tests and progress
+    # output read it); a finished run's entry goes when the run shrinks to a marker
     committed_seq: dict[str, int] = field(default_factory=dict)
+    recoveries: int = 0
+    snapshot_fallbacks: int = 0
+    """Partitions whose snapshot could not be used (folded from offset 0 instead)."""
+    last_recovery: RecoveryReport | None = None
+    snapshot_cycles: int = 0
+    snapshot_records: int = 0
+    snapshot_bytes: int = 0
+    snapshot_s: float = 0.0
+    """Time spent producing snapshot cycles (what snapshots cost the loop)."""
 
 
 class SchedulerRuntime:
@@ -198,7 +221,11 @@ class SchedulerRuntime:
         self.max_batch_seconds = max_batch_seconds
         self.clock = clock
         self.stats = RuntimeStats()
-        self.states: dict[int, dict[str, RunState]] = {}
+        self.finished_kept = settings.scheduler_finished_runs_kept
+        self.states: dict[int, RunTable] = {}
+        self._snapshots = SnapshotWriter(
+            self.catalog.scheduler_state.topic, settings.scheduler_snapshot_interval_ms / 1000
+        )
         self._partition_of: dict[str, int] = {}
         # Timers already written as FireTimer and not yet answered: do not write them twice.
         self._fired: set[str] = set()
@@ -207,7 +234,6 @@ class SchedulerRuntime:
         self._redis = redis.Redis.from_url(settings.redis_url)
         # Namespaced like the topics, so environments sharing one Redis never share entries.
         self.cache_prefix = f"{settings.topic_prefix}:step-cache:"
-        self._blobs = S3BlobStore(settings)
         self._workflows = WorkflowsView(settings, self.catalog)
         self._workflow_cache: dict[tuple[str, int], WorkflowDefinition] = {}
         # Node versions by catalog status and rollout weight (nodes topic, all partitions).
@@ -259,6 +285,16 @@ class SchedulerRuntime:
             config={"linger.ms": 0},
         )
 
+    @functools.cached_property
+    def _admin(self) -> AdminClient:
+        """Asks where partitions end (snapshot checkpoints, recovery)."""
+        return admin_client(self.settings)
+
+    @functools.cached_property
+    def _blobs(self) -> S3BlobStore:
+        """Created on first use (a claim check): the S3 client costs ~0.2 s of every restart."""
+        return S3BlobStore(self.settings)
+
     # -- partition ownership -------------------------------------------------------------------
 
     def _on_assign(self, partitions: list[TopicPartition]) -> None:
@@ -266,19 +302,33 @@ class SchedulerRuntime:
         if not new:
             return
         self._results_gate.assigned(self.consumer, [tp for tp in partitions if tp.partition in new])
-        rebuilt = rebuild_partitions(self.settings, self.catalog.runs.topic, new)
-        for p, runs in rebuilt.items():
-            self.states[p] = runs
-            for run_id in runs:
+        for p, table in self._rebuild(new).items():
+            self.states[p] = table
+            for run_id in table.active:
                 self._partition_of[run_id] = p
         log.info("scheduler %s owns partitions %s", self.instance_id, sorted(self.states))
+
+    def _rebuild(self, partitions: set[int]) -> dict[int, RunTable]:
+        recovery = recover_partitions(
+            self.settings, self.catalog, partitions, kept=self.finished_kept, admin=self._admin
+        )
+        self.stats.recoveries += 1
+        self.stats.snapshot_fallbacks += len(recovery.report.fallbacks)
+        self.stats.last_recovery = recovery.report
+        return recovery.tables
+
+    def _table(self, partition: int) -> RunTable:
+        table = self.states.get(partition)
+        if table is None:
+            table = self.states[partition] = RunTable(self.finished_kept)
+        return table
 
     def _on_revoke(self, partitions: list[TopicPartition]) -> None:
         self._isolation.forget((tp.topic, tp.partition) for tp in partitions)
         self._results_gate.revoked(partitions)
         for tp in partitions:
-            runs = self.states.pop(tp.partition, {})
-            for run_id in runs:
+            runs = self.states.pop(tp.partition, None)
+            for run_id in runs or ():
                 self._partition_of.pop(run_id, None)
 
     # -- context for the pure core ---------------------------------------------------------------
@@ -350,12 +400,35 @@ class SchedulerRuntime:
                 heartbeat.beat()
                 self.run_once()
         finally:
+            self.snapshot_before_stop()
             # Also after an error: the consumer leaves the group at once, so whoever restarts
             # the scheduler gets the partitions without waiting for a session timeout.
             try:
                 self.close()
             except Exception:
                 log.exception("scheduler %s: closing its clients failed", self.instance_id)
+
+    def snapshot_before_stop(self) -> int:
+        """Writes every run changed since its last snapshot, so whoever owns the partitions
+        next has no tail to fold (a planned restart); returns the records written. A failure
+        is only logged: the next owner folds the tail instead."""
+        written = 0
+        if not self._snapshots.enabled:
+            return written
+        try:
+            while any(table.dirty for table in self.states.values()):
+                self._transaction.begin()
+                cycle = self._snapshots.write(self.producer, self.states, self._runs_ends)
+                self._commit(cycle)
+                self._snapshots.committed(cycle, self.states)
+                self.stats.snapshot_cycles += 1
+                self.stats.snapshot_records += cycle.records
+                written += cycle.records
+        except Exception as exc:
+            log.warning("no snapshot before stopping (the next owner folds the tail): %s", exc)
+            with contextlib.suppress(Exception):
+                self._transaction.abort()
+        return written
 
     def run_once(self) -> int:
         """Consumes one batch (possibly empty), fires due timers; returns inputs processed.
@@ -377,12 +450,19 @@ class SchedulerRuntime:
             self._results_gate.consumed(message)
         now = self.clock()
         timers = [] if isolating else self._due_timers(now)
-        if not messages and not timers:
+        snapshot = False if isolating else self._snapshots.due(self.states)
+        if not messages and not timers and not snapshot:
             return 0
         started = time.perf_counter()
         batch = _Batch()
+        cycle: SnapshotCycle | None = None
         try:
             self._transaction.begin()
+            if snapshot:
+                # First in the transaction: the committed states, before any event of this batch.
+                writing = time.perf_counter()
+                cycle = self._snapshots.write(self.producer, self.states, self._runs_ends)
+                self.stats.snapshot_s += time.perf_counter() - writing
             for n, message in enumerate(messages):
                 if n and time.perf_counter() - started > self.max_batch_seconds:
                     # A transaction open too long is rolled back by the coordinator and fences
@@ -401,15 +481,12 @@ class SchedulerRuntime:
                     value=command,
                     partition=self._partition_of.get(command.run_id),
                 )
-            self.checkpoint.commit()
+            self._commit(cycle)
         except Exception as exc:
             self._failed(exc, messages, timers)
             return 0
         # Committed: the new states are now the truth.
-        for run_id, (partition, state) in batch.states.items():
-            self.states.setdefault(partition, {})[run_id] = state
-            self._partition_of[run_id] = partition
-            self.stats.committed_seq[run_id] = state.last_seq
+        self._apply_committed(batch, cycle)
         self._fired.update(t.timer_id for t in timers)
         self._write_cache(batch)
         self._backoff.reset()
@@ -421,6 +498,22 @@ class SchedulerRuntime:
         self.stats.failed_inputs += batch.failed_inputs
         self.stats.last_commit_ms = (time.perf_counter() - started) * 1000
         return len(messages)
+
+    def _apply_committed(self, batch: _Batch, cycle: SnapshotCycle | None) -> None:
+        """A batch's transaction committed: its states and snapshots are now the truth."""
+        if cycle is not None:
+            self._snapshots.committed(cycle, self.states)
+            self.stats.snapshot_cycles += 1
+            self.stats.snapshot_records += cycle.records
+            self.stats.snapshot_bytes += cycle.bytes
+        for run_id, (partition, state) in batch.states.items():
+            self.stats.committed_seq[run_id] = state.last_seq
+            if state.is_finished:
+                self._partition_of.pop(run_id, None)
+            else:
+                self._partition_of[run_id] = partition
+            for shrunk in self._table(partition).put(state):
+                self.stats.committed_seq.pop(shrunk, None)
 
     def _put_back(self, messages: list[Message]) -> None:
         """Rewinds each partition to the first of ``messages`` (consumed, not processed)."""
@@ -449,7 +542,7 @@ class SchedulerRuntime:
         record: SchedulerInput = decoded
         if isinstance(record, FireTimer):
             self._fired.discard(record.timer_id)
-        state = batch.state_of(record.run_id, self.states.get(partition, {}))
+        state = batch.state_of(record.run_id, self._table(partition))
         strike = self._isolation.strikes.get(coordinates(message))
         if strike is not None and strike.level >= 2:
             # Even writing this input's failure was refused: dead-letter it, nothing else.
@@ -708,7 +801,7 @@ class SchedulerRuntime:
     def _due_timers(self, now: datetime) -> list[FireTimer]:
         commands: list[FireTimer] = []
         for partition, runs in self.states.items():
-            for state in runs.values():
+            for state in runs.active_states():
                 if not state.timers:
                     continue
                 for command in due_timers(state, now):
@@ -717,6 +810,29 @@ class SchedulerRuntime:
                     ):
                         commands.append(command)
         return commands
+
+    def _runs_ends(self, partitions: list[int]) -> Callable[[], dict[int, int]]:
+        """Asks where those ``runs`` partitions end (snapshot checkpoints); answered later."""
+        topic = self.catalog.runs.topic
+        answer = request_end_offsets(self._admin, [topic], partitions, timeout=10)
+        return lambda: answer()[topic]
+
+    def _commit(self, cycle: SnapshotCycle | None) -> None:
+        if cycle is not None:
+            self._snapshots.finish(self.producer, cycle)
+        if cycle is None or self.checkpoint.positions():
+            self.checkpoint.commit()
+            return
+        # Snapshots without consumed input: commit the group's current positions anyway, so the
+        # transaction is fenced by the group generation like any batch (a member that lost its
+        # partitions must not commit snapshots of them).
+        assignment = self.consumer.assignment()
+        current = [tp for tp in self.consumer.position(assignment) if tp.offset >= 0]
+        if not current:
+            current = [
+                tp for tp in self.consumer.committed(assignment, timeout=10) if tp.offset >= 0
+            ]
+        self.checkpoint.commit(positions={(tp.topic, tp.partition): tp.offset for tp in current})
 
     def _dead_letter(self, message: Message, error_class: str, reason: str, batch: _Batch) -> None:
         # Queued on the transactional producer: the dead letter commits with the batch.
@@ -857,10 +973,13 @@ class SchedulerRuntime:
         self.stats.producer_replaced += 1
 
     def run_state(self, run_id: str) -> RunState | None:
-        partition = self._partition_of.get(run_id)
-        if partition is None:
-            return None
-        return self.states.get(partition, {}).get(run_id)
+        """The run's state as this scheduler holds it: in full (active, or among the recently
+        finished), or the minimal state of its marker; ``None``: not on an owned partition."""
+        for table in list(self.states.values()):
+            state = table.get(run_id)
+            if state is not None:
+                return state
+        return None
 
     def node_catalog_event_id(self, name: str, version: str) -> str | None:
         """The event id of the ``nodes`` entry this scheduler now routes ``name@version`` by
@@ -889,7 +1008,7 @@ class _Batch:
         self.dead_lettered = 0
         self.failed_inputs = 0
 
-    def state_of(self, run_id: str, committed: dict[str, RunState]) -> RunState | None:
+    def state_of(self, run_id: str, committed: RunTable) -> RunState | None:
         if run_id in self.states:
             return self.states[run_id][1]
         return committed.get(run_id)
