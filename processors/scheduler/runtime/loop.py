@@ -327,9 +327,9 @@ class SchedulerRuntime:
         self._isolation.forget((tp.topic, tp.partition) for tp in partitions)
         self._results_gate.revoked(partitions)
         for tp in partitions:
-            runs = self.states.pop(tp.partition, None)
-            for run_id in runs or ():
-                self._partition_of.pop(run_id, None)
+            table = self.states.pop(tp.partition, None)
+            for run_id in table.active if table is not None else ():
+                self._partition_of.pop(run_id, None)  # only active runs are indexed
 
     # -- context for the pure core ---------------------------------------------------------------
 
@@ -423,6 +423,7 @@ class SchedulerRuntime:
                 self._snapshots.committed(cycle, self.states)
                 self.stats.snapshot_cycles += 1
                 self.stats.snapshot_records += cycle.records
+                self.stats.snapshot_bytes += cycle.bytes
                 written += cycle.records
         except Exception as exc:
             log.warning("no snapshot before stopping (the next owner folds the tail): %s", exc)
