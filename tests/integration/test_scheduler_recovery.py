@@ -228,7 +228,7 @@ def _start_the_mix(harness: Harness) -> dict[str, list[str]]:
         "pausable": [harness.start("pausable")],
     }
     (paused,) = runs["pausable"]
-    harness.wait_step(paused, "slow", "dispatched")
+    harness.wait_step(paused, "slow", "running")
     harness.command(PauseRun(run_id=paused))
     for run_id in runs["quick"]:
         assert harness.wait(run_id).status == "succeeded"
