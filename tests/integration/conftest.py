@@ -18,6 +18,7 @@ import pytest
 from foundation.settings import Settings, get_settings
 from infra.services.base import ServiceError
 from infra.stack import up
+from tests.integration.http_fixtures import HttpTestServer, serve
 from tests.integration.kafka_fixtures import check_session_leftovers, isolated_kafka
 
 
@@ -53,3 +54,10 @@ def isolated_settings(
 # integration test.
 from tests.integration.engine_fixtures import engine_harness, harness  # noqa: E402, F401
 from tests.integration.kafka_fixtures import admin, catalog, kafka_settings, topics  # noqa: E402, F401
+
+
+@pytest.fixture
+def http() -> Iterator[HttpTestServer]:
+    """A local HTTP service for the nodes to call (tests/integration/http_fixtures.py)."""
+    with serve() as server:
+        yield server

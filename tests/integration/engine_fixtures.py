@@ -248,3 +248,13 @@ def assert_replay_equivalent(harness: Harness, run_id: str, timeout: float = 10.
     assert projected == {
         s: st.status.value for s, st in live.steps.items() if st.status.value != "pending"
     }
+
+
+def transform(step_id: str, expression: str, data: Any, **extra: Any) -> dict[str, Any]:
+    """A ``transform@^1`` step of a test workflow."""
+    return {
+        "id": step_id,
+        "node": "transform@^1",
+        "params": {"expression": expression, "data": data},
+        **extra,
+    }

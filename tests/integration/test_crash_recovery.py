@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ import pytest
 from foundation.settings import Settings
 from schemas.models import StartRun, WorkflowRegistered
 from tests.integration.engine_fixtures import TERMINAL, HarnessFactory, replayed_state
-from tests.integration.http_fixtures import HttpTestServer, serve
+from tests.integration.http_fixtures import HttpTestServer
 from tests.support.waiting import eventually
 from workflows import parse_workflow
 
@@ -80,12 +80,6 @@ class Process:
     def tail(self) -> str:
         files = sorted(self.logs.glob(f"{self.name}-*.log"))
         return "\n".join(f"--- {f.name}\n{f.read_text()[-3000:]}" for f in files)
-
-
-@pytest.fixture
-def http() -> Iterator[HttpTestServer]:
-    with serve() as server:
-        yield server
 
 
 def test_kill_9_scheduler_and_worker_with_runs_in_flight(

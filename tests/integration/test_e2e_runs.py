@@ -7,30 +7,12 @@ state folded from the projected event log, and the projection's rows agree with 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
-
 from schemas.models import CancelRun, PauseRun, RedriveStep, ResumeRun, Trigger
-from tests.integration.engine_fixtures import Harness, assert_replay_equivalent
-from tests.integration.http_fixtures import HttpTestServer, serve
+from tests.integration.engine_fixtures import Harness, assert_replay_equivalent, transform
+from tests.integration.http_fixtures import HttpTestServer
 from tests.support.waiting import eventually
-
-
-@pytest.fixture
-def http() -> Iterator[HttpTestServer]:
-    with serve() as server:
-        yield server
-
-
-def transform(step_id: str, expression: str, data: Any, **extra: Any) -> dict[str, Any]:
-    return {
-        "id": step_id,
-        "node": "transform@^1",
-        "params": {"expression": expression, "data": data},
-        **extra,
-    }
 
 
 def http_step(step_id: str, url: str, **extra: Any) -> dict[str, Any]:

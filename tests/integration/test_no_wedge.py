@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -30,8 +29,13 @@ from processors.scheduler.runtime import loop as scheduler_loop
 from processors.scheduler.runtime.loop import SchedulerRuntime
 from schemas.models import RedriveStep
 from streams.admin import admin_client
-from tests.integration.engine_fixtures import Harness, HarnessFactory, assert_replay_equivalent
-from tests.integration.http_fixtures import HttpTestServer, serve
+from tests.integration.engine_fixtures import (
+    Harness,
+    HarnessFactory,
+    assert_replay_equivalent,
+    transform,
+)
+from tests.integration.http_fixtures import HttpTestServer
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -63,21 +67,6 @@ class TinyEcho(LateEcho):
     """Served from the start, but its invoke topic only takes records of 1 kB."""
 
     name = "tiny.echo"
-
-
-@pytest.fixture
-def http() -> Iterator[HttpTestServer]:
-    with serve() as server:
-        yield server
-
-
-def transform(step_id: str, expression: str, data: Any, **extra: Any) -> dict[str, Any]:
-    return {
-        "id": step_id,
-        "node": "transform@^1",
-        "params": {"expression": expression, "data": data},
-        **extra,
-    }
 
 
 ORDINARY = {

@@ -12,7 +12,7 @@ import collections
 import json
 import logging
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -36,17 +36,11 @@ from streams.admin import admin_client
 from streams.producer import Producer, TransactionalProducer
 from streams.topics import TopicCatalog
 from tests.integration.engine_fixtures import Harness, HarnessFactory, assert_replay_equivalent
-from tests.integration.http_fixtures import HttpTestServer, serve
+from tests.integration.http_fixtures import HttpTestServer
 from tests.support.waiting import eventually
 
 PARTITIONS = 3  # kafka_settings' default_partitions
 QUICK_RUNS = 9
-
-
-@pytest.fixture
-def http() -> Iterator[HttpTestServer]:
-    with serve() as server:
-        yield server
 
 
 def _settings(base: Settings, *, interval_ms: int, kept: int = 2) -> Settings:

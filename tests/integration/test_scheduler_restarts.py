@@ -50,7 +50,7 @@ from streams.admin import ensure_topics
 from streams.producer import Producer
 from streams.topics import TopicCatalog, TopicSpec
 from tests.integration.engine_fixtures import HarnessFactory
-from tests.integration.http_fixtures import HttpTestServer, serve
+from tests.integration.http_fixtures import HttpTestServer
 from tests.integration.test_crash_recovery import Process, _wait_for
 from tests.support.waiting import eventually
 from workflows import parse_workflow
@@ -64,12 +64,6 @@ RUNS = 24
 TERMINAL = frozenset(t.__name__ for t in TERMINAL_RUN_EVENT_TYPES)
 SLOW_MS = 300
 INSTANCE = "restarts"
-
-
-@pytest.fixture
-def http() -> Iterator[HttpTestServer]:
-    with serve() as server:
-        yield server
 
 
 def _workflow(url: str) -> dict[str, object]:

@@ -16,7 +16,6 @@ import base64
 import json
 import logging
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, quote_plus
@@ -29,7 +28,7 @@ from confluent_kafka.admin import AdminClient
 
 from foundation.settings import Settings
 from tests.integration.engine_fixtures import Harness, HarnessFactory
-from tests.integration.http_fixtures import HttpTestServer, serve
+from tests.integration.http_fixtures import HttpTestServer
 from tests.support.waiting import eventually
 
 CORES = {name: uuid.uuid4().hex for name in ("API_TOKEN", "DB_PASSWORD", "OTHER_TOKEN")}
@@ -75,12 +74,6 @@ def _around(blob: bytes, needle: bytes) -> str:
 
 
 # -- fixtures --------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def http() -> Iterator[HttpTestServer]:
-    with serve() as server:
-        yield server
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ class (``QueueTimeout``), not retried, without the attempt ever running.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -17,7 +16,7 @@ import pytest
 from node_workers.runtime import WorkerConfig
 from processors.scheduler import TIMEOUT_GRACE_MS
 from tests.integration.engine_fixtures import HarnessFactory, assert_replay_equivalent
-from tests.integration.http_fixtures import HttpTestServer, serve
+from tests.integration.http_fixtures import HttpTestServer
 from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -25,12 +24,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 RUNS = 40
 CALL_MS = 250
 TIMEOUT = timedelta(milliseconds=1_500)
-
-
-@pytest.fixture
-def http() -> Iterator[HttpTestServer]:
-    with serve() as server:
-        yield server
 
 
 def test_a_backlog_longer_than_the_step_timeout_fails_no_run(

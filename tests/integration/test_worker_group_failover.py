@@ -14,7 +14,7 @@ import collections
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -27,7 +27,7 @@ from schemas import serde
 from schemas.models import NodeResult, StartRun
 from streams.topics import TopicCatalog
 from tests.integration.engine_fixtures import TERMINAL, HarnessFactory
-from tests.integration.http_fixtures import HttpTestServer, serve
+from tests.integration.http_fixtures import HttpTestServer
 from tests.integration.test_crash_recovery import Process, _wait_for
 from tests.support.waiting import eventually
 
@@ -41,12 +41,6 @@ CONCURRENCY = 2
 KILL_AFTER_REQUESTS = 12
 BUDGET_S = 60.0
 NODES = {"http.request": 1, "transform": 1}
-
-
-@pytest.fixture
-def http() -> Iterator[HttpTestServer]:
-    with serve() as server:
-        yield server
 
 
 def _workflow(url: str) -> dict[str, object]:
