@@ -10,6 +10,10 @@ the ``serve()`` context manager outside pytest. Endpoints:
 - ``/big?bytes=N``: ``N`` bytes of text (at most 16 MiB); ``&json=1`` wraps them as
   ``{"data": "..."}`` with a JSON content type;
 - ``/redirect?to=PATH``: ``302`` to ``PATH``.
+- ``/odds?run=R&step=S&seed=N&fail=F&hang=H&hang_ms=MS``: a sick dependency with fixed odds:
+  the n-th call for ``(run, step)`` answers ``500`` with probability ``F``, hangs ``MS`` ms
+  then answers ``200`` with probability ``H``, else ``200`` at once; the draw is
+  :func:`odds_outcome` (seeded, so a test knows each call's fate in advance).
 
 Every request is recorded (method, path, query, lower-cased headers, body) so tests can assert
 what a node sent, e.g. its ``Idempotency-Key``.
@@ -18,6 +22,7 @@ what a node sent, e.g. its ``Idempotency-Key``.
 from __future__ import annotations
 
 import json
+import random
 import sys
 import threading
 import time
@@ -30,7 +35,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-__all__ = ["HttpTestServer", "RecordedRequest", "http_server", "serve"]
+__all__ = ["HttpTestServer", "RecordedRequest", "http_server", "odds_outcome", "serve"]
 
 MAX_SLOW_MS = 10_000
 MAX_BIG_BYTES = 16 * 1024 * 1024
@@ -52,10 +57,22 @@ class RecordedRequest:
         return json.loads(self.body)
 
 
+def odds_outcome(seed: str, run: str, step: str, call: int, fail: float, hang: float) -> str:
+    """``"fail"``, ``"hang"`` or ``"ok"``: the fate of the ``call``-th call (1-based) of
+    ``(run, step)`` at ``/odds`` (string seeds hash the same in every process)."""
+    draw = random.Random(f"{seed}:{run}:{step}:{call}").random()  # noqa: S311  # test odds
+    if draw < fail:
+        return "fail"
+    if draw < fail + hang:
+        return "hang"
+    return "ok"
+
+
 @dataclass
 class _State:
     requests: list[RecordedRequest] = field(default_factory=list)
     flaky_calls: dict[str, int] = field(default_factory=dict)
+    odds_calls: dict[tuple[str, str], int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -127,6 +144,20 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(503, {"error": "flaky", "call": calls}, headers={"Retry-After": "1"})
             else:
                 self._send(200, {"key": key, "calls": calls})
+        elif path == "/odds":
+            run, step = arg("run"), arg("step")
+            with state.lock:
+                call = state.odds_calls.get((run, step), 0) + 1
+                state.odds_calls[(run, step)] = call
+            fate = odds_outcome(
+                arg("seed"), run, step, call, float(arg("fail", "0")), float(arg("hang", "0"))
+            )
+            if fate == "fail":
+                self._send(500, {"error": "odds", "call": call})
+            else:
+                if fate == "hang":
+                    time.sleep(min(int(arg("hang_ms", "2500")), MAX_SLOW_MS) / 1000)
+                self._send(200, {"run": run, "step": step, "call": call, "fate": fate})
         elif path.startswith("/status/"):
             code = int(path.removeprefix("/status/"))
             extra = {"Retry-After": "1"} if code in {429, 503} else {}

@@ -11,12 +11,10 @@ from __future__ import annotations
 import collections
 import json
 import logging
-import uuid
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
 from foundation.settings import Settings
 from processors.scheduler.evolve import RUN_EVENT_TYPES, RunEvent, fold
@@ -37,6 +35,7 @@ from streams.producer import Producer, TransactionalProducer
 from streams.topics import TopicCatalog
 from tests.integration.engine_fixtures import Harness, HarnessFactory, assert_replay_equivalent
 from tests.integration.http_fixtures import HttpTestServer
+from tests.support.kafka_log import read_log
 from tests.support.waiting import eventually
 
 PARTITIONS = 3  # kafka_settings' default_partitions
@@ -142,47 +141,10 @@ def _wait_owning(scheduler: SchedulerRuntime) -> None:
     )
 
 
-def _read_log(settings: Settings, topic: str) -> list[tuple[int, bytes | None, bytes | None]]:
-    """Every committed record of ``topic``: (partition, key, value), in offset order per
-    partition."""
-    reader = Consumer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "group.id": f"{settings.topic_prefix}.test-reader-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-        }
-    )
-    try:
-        parts = [TopicPartition(topic, p) for p in range(PARTITIONS)]
-
-        def watermarks() -> dict[int, int]:
-            try:
-                return {tp.partition: reader.get_watermark_offsets(tp, 10)[1] for tp in parts}
-            except KafkaException as exc:  # a topic created a moment ago: no leader known yet
-                raise AssertionError(str(exc)) from exc
-
-        ends = eventually(watermarks, 15, f"the end offsets of {topic}")
-        reader.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
-        records: list[tuple[int, bytes | None, bytes | None]] = []
-
-        def behind() -> list[int]:
-            for message in reader.consume(1000, 0.2):
-                if message.error() is None:
-                    records.append((message.partition() or 0, message.key(), message.value()))
-            positions = reader.position(parts)
-            return [tp.partition for tp in positions if ends[tp.partition] > max(tp.offset, 0)]
-
-        eventually(behind, 30, f"{topic} read to its end", until=lambda left: not left, interval=0)
-        return records
-    finally:
-        reader.close()
-
-
 def _full_fold(settings: Settings, catalog: TopicCatalog) -> dict[int, dict[str, TableEntry]]:
     """The reference: every run folded from all of its events, finished runs as markers."""
     events: dict[int, dict[str, list[RunEvent]]] = {p: {} for p in range(PARTITIONS)}
-    for partition, _, value in _read_log(settings, catalog.runs.topic):
+    for partition, _, value in read_log(settings, catalog.runs.topic, PARTITIONS):
         assert value is not None
         event = decode(value)
         assert isinstance(event, RUN_EVENT_TYPES)
@@ -407,7 +369,7 @@ def test_a_scheduler_that_stops_snapshots_what_changed_so_the_next_one_has_no_ta
 
 def _snapshot_records(settings: Settings, catalog: TopicCatalog) -> list[tuple[int, bytes, Any]]:
     out = []
-    for partition, key, value in _read_log(settings, catalog.scheduler_state.topic):
+    for partition, key, value in read_log(settings, catalog.scheduler_state.topic, PARTITIONS):
         assert key is not None and value is not None
         out.append((partition, key, json.loads(value)))
     return out

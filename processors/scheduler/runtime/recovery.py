@@ -169,8 +169,17 @@ _METADATA_SETTLING = frozenset(
         KafkaError.LEADER_NOT_AVAILABLE,
         KafkaError.UNKNOWN_TOPIC_OR_PART,
         KafkaError._UNKNOWN_PARTITION,
+        KafkaError.FENCED_LEADER_EPOCH,
+        KafkaError.UNKNOWN_LEADER_EPOCH,
     }
 )
+# After a broker restart the partition leaders' epochs move on (seen in the chaos test).
+_STALE_LEADER_EPOCH = frozenset({KafkaError.FENCED_LEADER_EPOCH, KafkaError.UNKNOWN_LEADER_EPOCH})
+
+
+def _code(exc: KafkaException) -> int | None:
+    error = exc.args[0] if exc.args else None
+    return error.code() if isinstance(error, KafkaError) else None
 
 
 def request_end_offsets(
@@ -201,6 +210,12 @@ def request_end_offsets(
                 return ends
             except KafkaException as exc:
                 _retry_or_raise(exc, wanted, deadline)
+                if _code(exc) in _STALE_LEADER_EPOCH:
+                    # The admin client keeps the leader epochs it cached before a broker
+                    # restart and list_offsets alone never refreshes them (measured: failing
+                    # for minutes); a metadata request does.
+                    for topic in {tp.topic for tp in wanted}:
+                        admin.list_topics(topic, timeout=5)
                 futures = ask()
 
     return answer
@@ -216,8 +231,7 @@ def end_offsets(
 def _retry_or_raise(
     exc: KafkaException, wanted: dict[TopicPartition, Any], deadline: float
 ) -> None:
-    error = exc.args[0] if exc.args else None
-    settling = isinstance(error, KafkaError) and error.code() in _METADATA_SETTLING
+    settling = _code(exc) in _METADATA_SETTLING
     if not (settling or kafka_transient(exc)) or time.monotonic() > deadline:
         raise ServiceUnavailableError(
             f"Expected the end offsets of {sorted({tp.topic for tp in wanted})}, but: {exc}"
