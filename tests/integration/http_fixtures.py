@@ -60,7 +60,7 @@ class RecordedRequest:
 def odds_outcome(seed: str, run: str, step: str, call: int, fail: float, hang: float) -> str:
     """``"fail"``, ``"hang"`` or ``"ok"``: the fate of the ``call``-th call (1-based) of
     ``(run, step)`` at ``/odds`` (string seeds hash the same in every process)."""
-    draw = random.Random(f"{seed}:{run}:{step}:{call}").random()  # noqa: S311  # test odds
+    draw = random.Random(f"{seed}:{run}:{step}:{call}").random()  # test odds
     if draw < fail:
         return "fail"
     if draw < fail + hang:

@@ -49,9 +49,12 @@ class PrivateKafka(Kafka):
     def restart(self) -> tuple[float, float]:
         """Controlled shutdown, then start; returns (seconds stopping, seconds starting)."""
         began = time.monotonic()
+        before = self.read_pid()
         self.stop()
         stopped = time.monotonic()
         self.start()
+        after = self.read_pid()
+        assert after is not None and after != before, f"broker pid {before} -> {after}"
         return stopped - began, time.monotonic() - stopped
 
 
