@@ -7,79 +7,20 @@ every event of every run exactly once, and folding it gives the same state as th
 from __future__ import annotations
 
 import collections
-import os
-import signal
-import subprocess
-import sys
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psycopg
-import pytest
 
-from foundation.settings import Settings
 from schemas.models import StartRun, WorkflowRegistered
 from tests.integration.engine_fixtures import TERMINAL, HarnessFactory, replayed_state
 from tests.integration.http_fixtures import HttpTestServer
-from tests.support.waiting import eventually
+from tests.support.processes import Component, wait_for
 from workflows import parse_workflow
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNS = 12
-
-
-def _env(settings: Settings) -> dict[str, str]:
-    return {
-        **os.environ,
-        "REFLUX_TOPIC_PREFIX": settings.topic_prefix,
-        "REFLUX_DEFAULT_PARTITIONS": str(settings.default_partitions),
-        "REFLUX_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-    }
-
-
-class Process:
-    def __init__(
-        self,
-        name: str,
-        args: list[str],
-        settings: Settings,
-        logs: Path,
-        env: dict[str, str] | None = None,
-    ) -> None:
-        self.name, self.args, self.settings, self.logs = name, args, settings, logs
-        self.env = env or {}
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    def start(self) -> None:
-        self.starts += 1
-        log = (self.logs / f"{self.name}-{self.starts}.log").open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "reflux.cli", *self.args],
-            cwd=ROOT,
-            env={**_env(self.settings), **self.env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def kill9(self) -> None:
-        assert self.proc is not None and self.proc.poll() is None, self.tail()
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-
-    def tail(self) -> str:
-        files = sorted(self.logs.glob(f"{self.name}-*.log"))
-        return "\n".join(f"--- {f.name}\n{f.read_text()[-3000:]}" for f in files)
 
 
 def test_kill_9_scheduler_and_worker_with_runs_in_flight(
@@ -95,8 +36,8 @@ def test_kill_9_scheduler_and_worker_with_runs_in_flight(
         harness.schema,
         harness.producer,
     )
-    scheduler = Process("scheduler", ["scheduler", "--instance-id", "crash"], settings, tmp_path)
-    worker = Process("worker", ["worker", "--nodes", "http,transform"], settings, tmp_path)
+    scheduler = Component("scheduler", ["scheduler", "--instance-id", "crash"], settings, tmp_path)
+    worker = Component("worker", ["worker", "--nodes", "http,transform"], settings, tmp_path)
     try:
         definition = parse_workflow(
             {
@@ -148,7 +89,7 @@ def test_kill_9_scheduler_and_worker_with_runs_in_flight(
             )
         producer.flush(10)
 
-        _wait_for(
+        wait_for(
             lambda: len(http.requests_to("/slow")) >= RUNS // 2,
             60,
             "work in flight",
@@ -163,7 +104,7 @@ def test_kill_9_scheduler_and_worker_with_runs_in_flight(
         def finished() -> bool:
             return all((harness.run(r) or _NONE).status in TERMINAL for r in run_ids)
 
-        _wait_for(finished, 120, "every run to finish", scheduler, worker)
+        wait_for(finished, 120, "every run to finish", scheduler, worker)
         statuses = collections.Counter(harness.run(r).status for r in run_ids)  # type: ignore[union-attr]
         assert statuses == {"succeeded": RUNS}, (statuses, scheduler.tail(), worker.tail())
 
@@ -205,22 +146,3 @@ def definition_time() -> Any:
     from datetime import UTC, datetime
 
     return datetime.now(UTC)
-
-
-def _wait_for(check: Callable[[], bool], timeout: float, what: str, *procs: Process) -> None:
-    """Until ``check()`` holds; fails at once if one of ``procs`` exits, and with their log
-    tails on timeout."""
-
-    def alive_and_checked() -> bool:
-        for proc in procs:
-            if proc.proc is not None and proc.proc.poll() is not None:
-                pytest.fail(f"{proc.name} exited while waiting for {what}:\n{proc.tail()}")
-        return check()
-
-    eventually(
-        alive_and_checked,
-        timeout,
-        what,
-        interval=0.2,
-        describe=lambda: "\n".join(p.tail() for p in procs),
-    )
