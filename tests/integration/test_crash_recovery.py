@@ -19,7 +19,6 @@ from tests.integration.http_fixtures import HttpTestServer
 from tests.support.processes import Component, wait_for
 from workflows import parse_workflow
 
-ROOT = Path(__file__).resolve().parents[2]
 RUNS = 12
 
 
