@@ -51,7 +51,7 @@ from streams.producer import Producer
 from streams.topics import TopicCatalog, TopicSpec
 from tests.integration.engine_fixtures import HarnessFactory
 from tests.integration.http_fixtures import HttpTestServer
-from tests.integration.test_crash_recovery import Process, _wait_for
+from tests.support.processes import Component, wait_for
 from tests.support.waiting import eventually
 from workflows import parse_workflow
 
@@ -151,8 +151,8 @@ class Scenario:
     admin: AdminClient
     producer: Producer
     http: HttpTestServer
-    scheduler: Process
-    worker: Process
+    scheduler: Component
+    worker: Component
     run_log: RunLog
     heartbeat: Path
     run_ids: list[str] = field(default_factory=list)
@@ -176,7 +176,7 @@ class Scenario:
         self.producer.flush(10)
 
     def wait_in_flight(self) -> None:
-        _wait_for(
+        wait_for(
             lambda: len(self.http.requests_to("/slow")) >= RUNS // 2,
             60,
             "runs in flight",
@@ -186,7 +186,7 @@ class Scenario:
         assert self.run_log.finished(self.run_ids) < RUNS, "every run finished: no load"
 
     def wait_finished(self) -> None:
-        _wait_for(
+        wait_for(
             lambda: self.run_log.finished(self.run_ids) == RUNS,
             120,
             "every run to finish",
@@ -239,14 +239,14 @@ def scenario(
     )
     producer.flush(10)
     command = ["scheduler", "--instance-id", INSTANCE]
-    scheduler = Process(
+    scheduler = Component(
         "scheduler",
         ["supervise", "--max-backoff", "2", "--", *command] if supervised else command,
         settings,
         tmp_path,
         env={"REFLUX_LIVENESS_FILE": str(tmp_path / "scheduler-alive")},
     )
-    worker = Process(
+    worker = Component(
         "worker",
         ["worker", "--nodes", "http,transform", "--catalog-status", "none"],
         settings,
@@ -267,7 +267,7 @@ def scenario(
     try:
         scheduler.start()
         worker.start()
-        _wait_for(
+        wait_for(
             lambda: found.members()[0] == ConsumerGroupState.STABLE,
             60,
             "the scheduler in its group",
@@ -300,7 +300,7 @@ def test_restarted_scheduler_takes_over_and_stays_up_through_the_rebalance(
         state, members = scenario.members()
         return state == ConsumerGroupState.STABLE and bool(members) and old_member not in members
 
-    _wait_for(
+    wait_for(
         taken_over,
         60,
         "the restarted scheduler to own the group after the old member's session expired",
@@ -418,7 +418,7 @@ def test_a_batch_cut_at_its_time_budget_leaves_the_rest_for_the_next_one(
     assert counts == {"lost": 0, "failed": 0, "duplicated": 0, "missing": 0}, counts
 
 
-def _children(supervisor: Process) -> list[int]:
+def _children(supervisor: Component) -> list[int]:
     """Pids of the scheduler processes ``reflux supervise`` started, in order (its log)."""
     text = "".join(f.read_text() for f in sorted(supervisor.logs.glob(f"{supervisor.name}-*")))
     return [int(pid) for pid in re.findall(r"started reflux scheduler .*\(pid (\d+)\)", text)]
@@ -432,7 +432,7 @@ def test_reflux_supervise_restarts_a_killed_scheduler_and_logs_why(scenario: Sce
     scenario.wait_in_flight()
     (child,) = _children(scenario.scheduler)
     os.kill(child, signal.SIGKILL)
-    _wait_for(
+    wait_for(
         lambda: len(_children(scenario.scheduler)) == 2,
         30,
         "the supervisor to start the scheduler again",

@@ -28,7 +28,7 @@ from schemas.models import NodeResult, StartRun
 from streams.topics import TopicCatalog
 from tests.integration.engine_fixtures import TERMINAL, HarnessFactory
 from tests.integration.http_fixtures import HttpTestServer
-from tests.integration.test_crash_recovery import Process, _wait_for
+from tests.support.processes import Component, wait_for
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -74,17 +74,17 @@ def _assignments(admin: AdminClient, group: str) -> dict[str, list[int]]:
     }
 
 
-def _wait(check: Callable[[], bool], deadline: float, what: str, *procs: Process) -> None:
+def _wait(check: Callable[[], bool], deadline: float, what: str, *procs: Component) -> None:
     """Until ``check()`` holds, within what is left of the test's budget (``deadline``)."""
-    _wait_for(check, deadline - time.monotonic(), what, *procs)
+    wait_for(check, deadline - time.monotonic(), what, *procs)
 
 
-def _received(proc: Process, group: str) -> int:
+def _received(proc: Component, group: str) -> int:
     """Invocations of ``group`` this worker took off its partitions (its debug log)."""
     return sum(f.read_text().count(f"{group}: received ") for f in proc.logs.glob(f"{proc.name}-*"))
 
 
-def _assigned(proc: Process, group: str) -> list[tuple[float, list[int]]]:
+def _assigned(proc: Component, group: str) -> list[tuple[float, list[int]]]:
     """Every assignment of ``group`` the worker logged, in order: (epoch seconds, partitions)."""
     text = "".join(f.read_text() for f in sorted(proc.logs.glob(f"{proc.name}-*")))
     # reflux.cli's log format: "2025-01-31 12:00:00,123 INFO node_workers.runtime: <group> ..."
@@ -168,7 +168,7 @@ def test_kill_9_one_of_two_workers_in_a_group_loses_no_invocation(
     args += ["--concurrency", str(CONCURRENCY)]
     # -v: the workers log each invocation they take, which shows both of them got work.
     workers = {
-        name: Process(name, ["-v", *args, "--client-id", name], settings, tmp_path)
+        name: Component(name, ["-v", *args, "--client-id", name], settings, tmp_path)
         for name in ("worker-a", "worker-b")
     }
     try:
