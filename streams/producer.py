@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -36,12 +38,16 @@ __all__ = [
     "Headers",
     "Key",
     "Producer",
+    "TransactionStuckError",
+    "TransactionalProducer",
     "normalize_headers",
     "producer_config",
 ]
 
 TYPE_HEADER: Final = "reflux-type"
 _COMMIT_ATTEMPTS: Final = 3
+STUCK_GRACE_S: Final = 10.0
+"""How long past its own timeout a transactional call may block before it counts as stuck."""
 
 Key = str | bytes | None
 Headers = Mapping[str, str | bytes] | Sequence[tuple[str, str | bytes | None]] | None
@@ -267,6 +273,7 @@ class TransactionalProducer(Producer):
         client_id: str = "reflux",
         config: Mapping[str, Any] | None = None,
         timeout: float = 30.0,
+        stuck_grace_s: float = STUCK_GRACE_S,
     ) -> None:
         # A short transaction timeout bounds how long a dead instance can stall its partitions.
         base = {
@@ -276,9 +283,39 @@ class TransactionalProducer(Producer):
         }
         super().__init__(settings, config={**base, **(config or {})}, client_id=client_id)
         self._producer.init_transactions(timeout)
+        # The calls that talk to the coordinators run here, so a call that never returns
+        # (TransactionStuckError) leaves the caller free: see _bounded.
+        self._calls = ThreadPoolExecutor(1, thread_name_prefix="reflux-txn")
+        self.stuck = False
+        self.stuck_grace_s = stuck_grace_s
 
     def begin(self) -> None:
         self._producer.begin_transaction()
+
+    def _bounded(self, call: Callable[[], None], timeout: float, what: str) -> None:
+        """``call()``, raising :class:`TransactionStuckError` if it has not returned
+        ``stuck_grace_s`` after its own ``timeout``.
+
+        librdkafka's ``send_offsets_to_transaction`` can block far past its timeout when the
+        group coordinator went away (confluentinc/librdkafka#5456, #5511): seen in the chaos
+        test after a broker restart, the scheduler blocked in it for minutes with its consumer
+        out of the group. A stuck producer cannot be aborted or closed (destroying a handle
+        another thread is inside is unsafe), so it is abandoned: the caller replaces it with a
+        new producer of the same transactional id, whose initialisation fences this one.
+        """
+        if self.stuck:
+            raise TransactionStuckError(f"Expected a usable producer, but its {what} is stuck")
+        future: Future[None] = self._calls.submit(call)
+        try:
+            future.result(timeout + self.stuck_grace_s)
+        except FutureTimeout:
+            self.stuck = True
+            self._calls.shutdown(wait=False)
+            raise TransactionStuckError(
+                f"Expected {what} to return within {timeout + self.stuck_grace_s:.0f} s (its "
+                "timeout plus a grace), but it is still blocked in librdkafka; abandoning "
+                "this producer"
+            ) from None
 
     def commit(
         self, offsets: Sequence[TopicPartition], group_metadata: Any, timeout: float = 30.0
@@ -290,11 +327,20 @@ class TransactionalProducer(Producer):
         unknown (a retriable error) is retried, as librdkafka asks, so callers never have to
         guess: if any message of the transaction failed, librdkafka fails the commit itself.
         """
+        producer = self._producer
         if offsets:
-            self._producer.send_offsets_to_transaction(list(offsets), group_metadata, timeout)
+            self._bounded(
+                lambda: producer.send_offsets_to_transaction(
+                    list(offsets), group_metadata, timeout
+                ),
+                timeout,
+                "send_offsets_to_transaction",
+            )
         for attempt in range(1, _COMMIT_ATTEMPTS + 1):
             try:
-                self._producer.commit_transaction(timeout)
+                self._bounded(
+                    lambda: producer.commit_transaction(timeout), timeout, "commit_transaction"
+                )
                 break
             except KafkaException as exc:
                 error = exc.args[0] if exc.args else None
@@ -334,6 +380,8 @@ class TransactionalProducer(Producer):
         return failures
 
     def abort(self, timeout: float = 30.0) -> None:
+        if self.stuck:
+            raise TransactionStuckError("Expected a usable producer to abort with, but it is stuck")
         try:
             self._producer.abort_transaction(timeout)
             # The aborted transaction's messages are purged; serve their (failed) delivery
@@ -346,4 +394,20 @@ class TransactionalProducer(Producer):
         if self._closed:
             return
         self._closed = True
+        if self.stuck:
+            # Never touch a handle a stuck call is inside; kept referenced (never destroyed).
+            _ABANDONED.append(self._producer)
+            return
+        self._calls.shutdown(wait=False)
         self._producer.flush(timeout)
+
+
+_ABANDONED: list[_KafkaProducer] = []
+"""Producers abandoned with a call stuck inside librdkafka: never garbage-collected, since
+destroying one would race that call."""
+
+
+class TransactionStuckError(RefluxError):
+    """A transactional call blocked past its timeout; the producer must be replaced."""
+
+    error_class = "TransactionStuck"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import uuid
 
 import pytest
@@ -23,7 +24,13 @@ from schemas.serde import MAGIC
 from streams.admin import ensure_topics
 from streams.consumer import ConsumedRecord, Consumer
 from streams.dlq import DeadLetterPublisher
-from streams.producer import TYPE_HEADER, DeliveryError, Producer
+from streams.producer import (
+    TYPE_HEADER,
+    DeliveryError,
+    Producer,
+    TransactionalProducer,
+    TransactionStuckError,
+)
 from streams.topics import TopicCatalog, TopicSpec
 from tests.integration.kafka_fixtures import admin, catalog, drain, kafka_settings, topics
 from tests.support.waiting import eventually
@@ -272,3 +279,36 @@ def test_failing_caller_commits_nothing(topics: TopicCatalog, kafka_settings: Se
     # Leaving the group (revoke callback) must not commit the unprocessed record either.
     with Consumer([topics.results], group, kafka_settings, catalog=topics) as again:
         assert len(drain(again, lambda rs: len(rs) >= 1)) == 1
+
+
+def test_a_transactional_call_stuck_past_its_timeout_abandons_the_producer(
+    kafka_settings: Settings,
+) -> None:
+    """librdkafka's send_offsets_to_transaction can block for minutes past its timeout
+    (confluentinc/librdkafka#5456): the producer gives up on it, raises a fatal error and never
+    touches the handle again, so its owner can replace it (the scheduler does)."""
+    producer = TransactionalProducer(
+        kafka_settings, transactional_id=f"{kafka_settings.topic_prefix}.stuck", stuck_grace_s=0.2
+    )
+    release = threading.Event()
+
+    def stuck() -> None:
+        release.wait(30)
+
+    try:
+        with pytest.raises(TransactionStuckError, match="still blocked"):
+            producer._bounded(stuck, 0.1, "a stuck call")
+        assert producer.stuck
+        with pytest.raises(TransactionStuckError):
+            producer.commit([], None)
+        with pytest.raises(TransactionStuckError):
+            producer.abort()
+    finally:
+        release.set()
+        producer.close()  # returns at once: a stuck producer is abandoned, not flushed
+    # A new producer with the same transactional id takes over (fencing the abandoned one).
+    with TransactionalProducer(
+        kafka_settings, transactional_id=f"{kafka_settings.topic_prefix}.stuck"
+    ) as successor:
+        successor.begin()
+        successor.commit([], None)

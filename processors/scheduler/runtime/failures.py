@@ -34,7 +34,7 @@ from botocore import exceptions as boto_errors
 from confluent_kafka import KafkaError, KafkaException, Message
 
 from foundation.errors import ErrorClassification, NonRetryableError, classify
-from streams.producer import DeliveryError
+from streams.producer import DeliveryError, TransactionStuckError
 
 __all__ = [
     "Backoff",
@@ -102,6 +102,8 @@ def _kafka_error(exc: BaseException) -> KafkaError | None:
 def is_fatal(exc: BaseException) -> bool:
     """The transactional producer is unusable (fenced by a newer instance...): only a restart
     helps, so the runtime lets the error end its loop."""
+    if isinstance(exc, TransactionStuckError):
+        return True
     error = _kafka_error(exc)
     return error is not None and error.fatal()
 
