@@ -9,10 +9,14 @@ workload class, shared by the lanes (node majors) of that class:
 - **CPU** (``transform``, ``condition``, ``code.run``): about one per core
   (:func:`default_cpu_concurrency`).
 
+Nodes whose attempts last long (``webhook.trigger`` waits, ``code.run`` programs: ``own_pool``)
+get a pool of their own, of their class's size: a few hundred waits must not hold the slots of
+HTTP calls, two long programs must not stall every ``transform``.
+
 A node group can have a limit of its own (``node_concurrency``: ``{"http.request": 512,
 "database.query@1": 32}``): the lanes an entry names then draw from a pool of that size instead
-of their class's (``name@major`` wins over ``name``). Entries name nodes exactly (not dotted
-prefixes as ``--nodes`` does). See docs/decisions/0019-worker-concurrency.md.
+(``name@major`` wins over ``name``). Entries name nodes exactly (not dotted prefixes as
+``--nodes`` does). See docs/decisions/0019-worker-concurrency.md.
 """
 
 from __future__ import annotations
@@ -107,19 +111,31 @@ class Limit:
     """The pool a lane draws its slots from."""
 
     pool: str
-    """``"io"``, ``"cpu"`` or the ``node_concurrency`` entry that named the lane."""
+    """``"io"``, ``"cpu"``, the node's name (``own_pool``) or the ``node_concurrency`` entry
+    that named the lane."""
     size: int
+    of_class: bool = False
+    """The pool of a workload class (shared by its lanes), not one named after a node group."""
+
+    @property
+    def key(self) -> str:
+        """Identifies the pool (a node may be named like a class: ``io``)."""
+        return f"{'class' if self.of_class else 'group'}:{self.pool}"
 
 
 def lane_limit(
     node: AnyNode, *, io: int, cpu: int, overrides: Mapping[str, int] | None = None
 ) -> Limit:
-    """The pool of ``node``'s lane: ``name@major`` entry, else ``name`` entry, else its class."""
+    """The pool of ``node``'s lane: ``name@major`` entry, else ``name`` entry, else its class's
+    (a pool named after the node, of the class's size, for an ``own_pool`` node)."""
     overrides = overrides or {}
     for key in (f"{node.name}@{node.major}", node.name):
         if key in overrides:
             return Limit(key, overrides[key])
-    return Limit(node.workload.value, io if node.workload is Workload.IO else cpu)
+    size = io if node.workload is Workload.IO else cpu
+    if node.own_pool:
+        return Limit(node.name, size)
+    return Limit(node.workload.value, size, of_class=True)
 
 
 def unmatched_entries(overrides: Mapping[str, int], nodes: Iterable[AnyNode]) -> list[str]:

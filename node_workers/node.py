@@ -145,6 +145,9 @@ class Node(ABC, Generic[InputT, OutputT]):
     workload: Workload = Workload.IO
     """Which concurrency limit of the worker its attempts count against. ``IO`` by default:
     ``execute`` is a coroutine, and a coroutine must not block the loop anyway."""
+    own_pool: bool = False
+    """Attempts may last minutes or hours (a wait, a sandboxed program): the node's lanes get a
+    pool of their own, of their class's size, so they never hold the slots of short attempts."""
     description: str = ""
 
     @property

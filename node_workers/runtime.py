@@ -610,9 +610,9 @@ class WorkerRuntime:
 
     def pool(self, limit: Limit) -> asyncio.Semaphore:
         """The slots of ``limit.pool``, shared by every lane drawing from it."""
-        if limit.pool not in self._pools:
-            self._pools[limit.pool] = asyncio.Semaphore(limit.size)
-        return self._pools[limit.pool]
+        if limit.key not in self._pools:
+            self._pools[limit.key] = asyncio.Semaphore(limit.size)
+        return self._pools[limit.key]
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:

@@ -65,6 +65,7 @@ class CodeRunNode(Node[CodeRunInput, CodeRunResult]):
     cacheable = False  # user code may read the clock or randomness
     side_effects = True  # with network allowed it can reach anything
     workload = Workload.CPU
+    own_pool = True  # long attempts: never holding the slots of short ones
     description = "Run python, node or bash code in a sandbox; outputs from out/ to the store."
 
     def __init__(

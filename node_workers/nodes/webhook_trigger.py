@@ -127,6 +127,7 @@ class WebhookTriggerNode(Node[WebhookTriggerInput, WebhookTriggerOutput]):
     # Taking a delivery consumes it: a shadow replay must use the recorded payload, not wait.
     side_effects = True
     workload = Workload.IO
+    own_pool = True  # long attempts: never holding the slots of short ones
     description = "Wait for a webhook call to this step (signed, optionally filtered)."
 
     def __init__(

@@ -49,21 +49,28 @@ def test_builtin_nodes_declare_their_workload() -> None:
 
 def test_a_lane_draws_from_its_class_unless_a_group_entry_names_it() -> None:
     http, transform, code = _node("http.request"), _node("transform"), _node("code.run")
-    assert (lane_limit(http, io=300, cpu=3).pool, lane_limit(http, io=300, cpu=3).size) == (
-        "io",
-        300,
-    )
-    assert (lane_limit(code, io=300, cpu=3).pool, lane_limit(code, io=300, cpu=3).size) == (
-        "cpu",
-        3,
-    )
-    overrides = {"http.request": 20, "http.request@1": 10, "transform@2": 7}
-    assert lane_limit(http, io=300, cpu=3, overrides=overrides).pool == "http.request@1"
-    assert lane_limit(http, io=300, cpu=3, overrides=overrides).size == 10
-    assert lane_limit(http, io=300, cpu=3, overrides={"http.request": 20}).size == 20
+    webhook = _node("webhook.trigger")
+
+    def limit(node: Any, overrides: dict[str, int] | None = None) -> tuple[str, int, str]:
+        found = lane_limit(node, io=300, cpu=3, overrides=overrides)
+        return found.pool, found.size, found.key
+
+    assert limit(http) == ("io", 300, "class:io")
+    assert limit(transform) == ("cpu", 3, "class:cpu")
+    # Long attempts: a pool of their own, of their class's size.
+    assert limit(code) == ("code.run", 3, "group:code.run")
+    assert limit(webhook) == ("webhook.trigger", 300, "group:webhook.trigger")
+    overrides = {"http.request": 20, "http.request@1": 10, "transform@2": 7, "code.run": 1}
+    assert limit(http, overrides) == ("http.request@1", 10, "group:http.request@1")
+    assert limit(http, {"http.request": 20}) == ("http.request", 20, "group:http.request")
+    assert limit(code, overrides) == ("code.run", 1, "group:code.run")
     # transform@2 names another major: transform v1 keeps its class's pool.
-    assert lane_limit(transform, io=300, cpu=3, overrides=overrides).pool == "cpu"
-    assert unmatched_entries(overrides, [http, transform]) == ["transform@2"]
+    assert limit(transform, overrides) == ("cpu", 3, "class:cpu")
+    assert unmatched_entries(overrides, [http, transform]) == ["code.run", "transform@2"]
+
+
+def test_only_long_attempts_get_a_pool_of_their_own() -> None:
+    assert {n.name for n in builtin_nodes() if n.own_pool} == {"code.run", "webhook.trigger"}
 
 
 def test_worker_config_defaults_and_buffers() -> None:
