@@ -43,8 +43,9 @@ __all__ = [
 ]
 
 DEFAULT_IO_CONCURRENCY: Final = 256
-"""I/O attempts at once per process. Measured: 256 attempts of a 200 ms HTTP call in flight
-together from one process (benchmarks/README.md, worker I/O); memory, not CPU, is the bound."""
+"""I/O attempts at once per process. Measured: one process keeps 256 calls of a 200 ms HTTP
+service in flight (benchmarks/README.md, Worker I/O). What bounds it is memory (each attempt in
+flight holds its params, a response, an output), not cores: waiting costs no CPU."""
 MIN_BUFFERED: Final = 256
 """A lane holds at least this many invocations before pausing: small buffers made lanes pause
 and resume constantly (a resume seeks and drops prefetched data)."""

@@ -120,6 +120,7 @@ class _CpuSpin(Node[_Work, _Done]):
 def test_cpu_nodes_never_run_more_than_their_class_limit_at_once(
     topics: TopicCatalog, kafka_settings: Settings
 ) -> None:
+    _CpuSpin.running = _CpuSpin.running_max = 0
     names = ("test.spin-a", "test.spin-b")
     nodes = NodeRegistry([_CpuSpin(name) for name in names])
     invoke = [topics.invoke_topic(name, 1) for name in names]
