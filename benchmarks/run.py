@@ -2,7 +2,8 @@
 
 Runs, one after the other (never at the same time: they share the machine's two cores), the
 engine benchmark (:mod:`benchmarks.engine_bench`), the scheduler's restart time against history
-size (:mod:`benchmarks.recovery_bench`), the Temporal peer on the same workload
+size (:mod:`benchmarks.recovery_bench`), one worker's attempts in flight and per second against
+a 200 ms HTTP service (:mod:`benchmarks.worker_io_bench`), the Temporal peer on the same workload
 (:mod:`benchmarks.peer_temporal`) and, when present, the traces benchmark
 (``benchmarks.traces_bench``). Writes ``benchmarks/out/results.json``: one flat object of
 metrics (ours, ``peer_temporal_*``, ``peer_temporal_*_ratio``, the traces keys) plus ``meta``
@@ -119,6 +120,7 @@ def run_all(
     *,
     skip_engine: bool = False,
     skip_recovery: bool = False,
+    skip_worker_io: bool = False,
 ) -> dict[str, Any]:
     settings = get_settings()
     errors: dict[str, str] = {}
@@ -151,6 +153,14 @@ def run_all(
         results |= _attempt(
             "recovery", errors, timings, lambda: run_recovery_benchmark(settings, quick)
         )
+    if skip_worker_io:
+        skipped.append("worker_io")
+    else:
+        from benchmarks.worker_io_bench import run_worker_io_benchmark
+
+        results |= _attempt(
+            "worker_io", errors, timings, lambda: run_worker_io_benchmark(settings, quick)
+        )
     if skip_peer:
         skipped.append("peer_temporal")
     else:
@@ -179,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-traces", action="store_true", help="do not run traces_bench")
     parser.add_argument("--skip-engine", action="store_true", help="do not run engine_bench")
     parser.add_argument("--skip-recovery", action="store_true", help="do not run recovery_bench")
+    parser.add_argument("--skip-worker-io", action="store_true", help="do not run worker_io_bench")
     parser.add_argument("--out", type=Path, default=OUT_FILE, help="results JSON file")
     args = parser.parse_args(argv)
     output = run_all(
@@ -187,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         args.skip_traces,
         skip_engine=args.skip_engine,
         skip_recovery=args.skip_recovery,
+        skip_worker_io=args.skip_worker_io,
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(output, indent=2) + "\n")

@@ -74,6 +74,13 @@ class Settings(BaseSettings):
     # Where `make up` fetches the Debian packages of the sandbox image's root file system.
     debian_mirror: str = "http://deb.debian.org/debian"
 
+    # Worker concurrency (docs/decisions/0019-worker-concurrency.md); `reflux worker` flags win.
+    # Unset: the worker's defaults (I/O 256 attempts at once per process, CPU one per core).
+    worker_io_concurrency: int | None = None
+    worker_cpu_concurrency: int | None = None
+    # Per node group, "http.request=512,database.query@1=32": a pool of its own of that size.
+    worker_node_concurrency: str = ""
+
     # Scheduler recovery (docs/decisions/0015-scheduler-snapshots.md): run states changed since
     # the last snapshot are written to the scheduler-state topic at most this often, inside the
     # scheduler's transaction (0: never written; recovery still uses what the topic holds).

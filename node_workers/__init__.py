@@ -3,6 +3,7 @@
 - :mod:`node_workers.node` -- the node model (``Node``, ``NodeContext``, errors, validation);
 - :mod:`node_workers.nodes` -- the built-in nodes (``http.request``, ``transform``, ``condition``);
 - :mod:`node_workers.registry` -- nodes by ``(name, major)`` and group selection (``--nodes``);
+- :mod:`node_workers.concurrency` -- how many attempts run at once per workload class and group;
 - :mod:`node_workers.runtime` -- ``WorkerRuntime``: consume, execute, publish, commit;
 - :mod:`node_workers.cli` -- ``reflux worker``.
 

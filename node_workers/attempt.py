@@ -207,7 +207,9 @@ async def run_attempt(
                 error_class="UnknownNode",
             )
         raw = await load_params(invocation)
-        digest = inputs_hash(raw)
+        encoded = canonical_json(raw).encode()
+        digest = hashlib.sha256(encoded).hexdigest()  # = inputs_hash(raw), serialized once
+        ctx.params_bytes = len(encoded)
         if secret_names(raw):
             # In a thread: a provider may block (files, a Vault round trip).
             raw = await asyncio.to_thread(resolver.resolve, raw, workflow_id=invocation.workflow_id)

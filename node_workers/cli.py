@@ -1,4 +1,4 @@
-"""``reflux worker --nodes http,transform --concurrency 8``: serve node invocations.
+"""``reflux worker --nodes http,transform --io-concurrency 256``: serve node invocations.
 
 Wire into the main parser with::
 
@@ -10,6 +10,11 @@ Wire into the main parser with::
 The node selection comes from ``--nodes``, else from the ``NODES_FILTER`` environment variable
 (the seed's name for it, so existing deployment manifests keep working), else every node. This
 module is the one place in node_workers that reads the environment.
+
+Concurrency (docs/decisions/0019-worker-concurrency.md): ``--io-concurrency``,
+``--cpu-concurrency`` and ``--node-concurrency NODE[@MAJOR]=N`` win over the
+``REFLUX_WORKER_IO_CONCURRENCY`` / ``_CPU_CONCURRENCY`` / ``_NODE_CONCURRENCY`` settings (the
+flag's entries are added to the setting's, replacing those of the same key).
 """
 
 from __future__ import annotations
@@ -23,13 +28,21 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+from foundation.errors import ConfigurationError
 from foundation.liveness import BEAT_EVERY_S, Heartbeat
 from foundation.settings import Settings, get_settings
+from node_workers.concurrency import DEFAULT_IO_CONCURRENCY, parse_node_concurrency
 from node_workers.registry import NodeRegistry, default_registry
 from node_workers.runtime import DEFAULT_MAX_INLINE_OUTPUT_BYTES, WorkerConfig, WorkerRuntime
 from streams.admin import ensure_topics
 
-__all__ = ["NODES_FILTER_ENV", "add_worker_commands", "handle_worker", "select_nodes"]
+__all__ = [
+    "NODES_FILTER_ENV",
+    "add_worker_commands",
+    "handle_worker",
+    "select_nodes",
+    "worker_config",
+]
 
 NODES_FILTER_ENV = "NODES_FILTER"
 
@@ -47,7 +60,28 @@ def add_worker_commands(subparsers: Any) -> argparse.ArgumentParser:
         f"pins a major; default: ${NODES_FILTER_ENV}, else every node)",
     )
     worker.add_argument(
-        "--concurrency", type=int, default=8, help="attempts running at once (default 8)"
+        "--io-concurrency",
+        type=_limit,
+        metavar="N",
+        help="attempts of I/O nodes (http.request, database.query, email.send, openai.chat, "
+        f"webhook.trigger) running at once, all together (default {DEFAULT_IO_CONCURRENCY}; "
+        "$REFLUX_WORKER_IO_CONCURRENCY)",
+    )
+    worker.add_argument(
+        "--cpu-concurrency",
+        type=_limit,
+        metavar="N",
+        help="attempts of CPU nodes (transform, condition, code.run) running at once, all "
+        "together (default: the cores this process may use; $REFLUX_WORKER_CPU_CONCURRENCY)",
+    )
+    worker.add_argument(
+        "--node-concurrency",
+        action="append",
+        default=[],
+        metavar="NODE[@MAJOR]=N",
+        help="a pool of its own for a node group, e.g. 'http.request=512' or "
+        "'database.query@1=32' (repeatable, or comma-separated; added to "
+        "$REFLUX_WORKER_NODE_CONCURRENCY)",
     )
     worker.add_argument(
         "--max-inline-output",
@@ -80,6 +114,44 @@ def add_worker_commands(subparsers: Any) -> argparse.ArgumentParser:
     )
     worker.set_defaults(handler=handle_worker)
     return worker
+
+
+def _limit(text: str) -> int:
+    # argparse names the flag in its message: "argument --io-concurrency: ..."
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, but got {text!r}")
+    return int(text)
+
+
+def worker_config(args: argparse.Namespace, settings: Settings) -> WorkerConfig:
+    """The worker's configuration: defaults, then the ``REFLUX_WORKER_*`` settings, then the
+    flags. A ``--node-concurrency`` (or setting) entry naming no built-in node is an error: a
+    typo must not silently leave a group at its class's limit."""
+    overrides: dict[str, int] = {}
+    if settings.worker_node_concurrency:
+        overrides |= parse_node_concurrency(
+            settings.worker_node_concurrency, "REFLUX_WORKER_NODE_CONCURRENCY"
+        )
+    overrides |= parse_node_concurrency(args.node_concurrency, "--node-concurrency")
+    known = {key for n in default_registry() for key in (n.name, f"{n.name}@{n.major}")}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ConfigurationError(
+            f"Expected --node-concurrency / REFLUX_WORKER_NODE_CONCURRENCY entries to name a "
+            f"node (one of {sorted(n.name for n in default_registry())}, optionally @MAJOR), "
+            f"but {unknown} name none"
+        )
+    changes: dict[str, Any] = {
+        "max_inline_output_bytes": args.max_inline_output,
+        "shutdown_grace_s": args.shutdown_grace,
+        "client_id": args.client_id,
+        "node_concurrency": overrides,
+    }
+    if args.io_concurrency is not None:
+        changes["io_concurrency"] = args.io_concurrency
+    if args.cpu_concurrency is not None:
+        changes["cpu_concurrency"] = args.cpu_concurrency
+    return WorkerConfig.from_settings(settings, **changes)
 
 
 def select_nodes(node_filter: str | None, environ: Mapping[str, str] | None = None) -> NodeRegistry:
@@ -119,17 +191,13 @@ async def _beat(heartbeat: Heartbeat, stop: asyncio.Event) -> None:
 def handle_worker(args: argparse.Namespace, settings: Settings | None = None) -> int:
     settings = settings or get_settings()
     nodes = select_nodes(args.nodes)
+    config = worker_config(args, settings)
     if args.list:
         for node in nodes:
             flags = [f for f in ("cacheable", "side_effects") if getattr(node, f)]
-            print(f"{node.key}\t{', '.join(flags)}")
+            limit = config.limit(node)
+            print(f"{node.key}\t{', '.join(flags)}\t{limit.pool} pool of {limit.size}")
         return 0
-    config = WorkerConfig(
-        concurrency=args.concurrency,
-        max_inline_output_bytes=args.max_inline_output,
-        shutdown_grace_s=args.shutdown_grace,
-        client_id=args.client_id,
-    )
     runtime = WorkerRuntime(settings, nodes, config=config)
     if args.create_topics:
         ensure_topics(

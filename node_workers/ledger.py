@@ -46,9 +46,20 @@ class Claim:
     result: bytes | None = None
 
 
+POOL_CONNECTIONS = 64
+"""Connections to the ledger per worker process. Commands take well under a millisecond, so a
+few dozen serve hundreds of attempts in flight; a claim or record beyond that waits for a free
+connection (up to :data:`POOL_WAIT_S`, then fails like an outage). redis-py's default pool
+raises ``Too many connections`` instead of waiting: a burst of 300 claims failed that way."""
+POOL_WAIT_S = 20.0
+
+
 class AttemptLedger:
     def __init__(self, settings: Settings, ttl_s: int = DEFAULT_TTL_S) -> None:
-        self._redis = aioredis.Redis.from_url(settings.ledger_redis_url)
+        pool = aioredis.BlockingConnectionPool.from_url(
+            settings.ledger_redis_url, max_connections=POOL_CONNECTIONS, timeout=POOL_WAIT_S
+        )
+        self._redis = aioredis.Redis.from_pool(pool)
         self._prefix = f"{settings.topic_prefix}:attempt:"
         self._ttl_s = ttl_s
 

@@ -9,6 +9,7 @@ trace. That split keeps nodes unit-testable with nothing but ``asyncio.run``.
 
 from __future__ import annotations
 
+import enum
 import logging
 import math
 import re
@@ -31,6 +32,7 @@ __all__ = [
     "NodeModel",
     "NonRetryableNodeError",
     "RetryableNodeError",
+    "Workload",
     "format_validation_error",
     "parse_semver",
     "validate_params",
@@ -60,6 +62,19 @@ class NodeModel(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
+class Workload(enum.Enum):
+    """What limits a node's attempts, hence how many one worker process runs at once
+    (docs/decisions/0019-worker-concurrency.md)."""
+
+    IO = "io"
+    """Waits on something else (a server, a mailbox): hundreds run at once on the event loop;
+    ``execute`` never blocks the loop (blocking calls go to a pool sized to the node's
+    concurrency)."""
+    CPU = "cpu"
+    """Computes (here or in a sandbox process): about one attempt per core; work that can take
+    long runs off the event loop, so the loop keeps serving every other attempt."""
+
+
 InputT = TypeVar("InputT", bound=BaseModel)
 OutputT = TypeVar("OutputT", bound=BaseModel)
 
@@ -81,6 +96,9 @@ class NodeContext:
     logger: logging.Logger | logging.LoggerAdapter[logging.Logger] = field(
         default_factory=lambda: logging.getLogger("node_workers.node")
     )
+    params_bytes: int | None = None
+    """Size of the attempt's params as canonical JSON (what ``inputs_hash`` hashes), when the
+    runtime measured it: lets a CPU node keep small inputs on the event loop."""
     metrics: dict[str, float] = field(default_factory=dict)
     """Numbers the node wants recorded in the trace (e.g. ``http_status``, ``response_bytes``)."""
     cost_tokens: int | None = None
@@ -124,6 +142,12 @@ class Node(ABC, Generic[InputT, OutputT]):
     """Same params, same output: the scheduler may serve it from the step cache."""
     side_effects: bool = False
     """Changes the outside world: never replayed for real in shadow evaluation."""
+    workload: Workload = Workload.IO
+    """Which concurrency limit of the worker its attempts count against. ``IO`` by default:
+    ``execute`` is a coroutine, and a coroutine must not block the loop anyway."""
+    own_pool: bool = False
+    """Attempts may last minutes or hours (a wait, a sandboxed program): the node's lanes get a
+    pool of their own, of their class's size, so they never hold the slots of short attempts."""
     description: str = ""
 
     @property
@@ -174,6 +198,11 @@ class Node(ABC, Generic[InputT, OutputT]):
     def bind(self, settings: Settings) -> None:  # optional hook, deliberately not abstract
         """Receive the serving runtime's settings before the first attempt (nodes that talk to
         the platform's own services, e.g. Redis, use them instead of the environment's)."""
+
+    def set_concurrency(self, limit: int) -> None:  # optional hook, deliberately not abstract
+        """Receive, before the first attempt, the most attempts of this node the serving runtime
+        runs at once: size client pools and thread pools to it, so that no started attempt
+        waits for a connection or a thread (its timeout already runs)."""
 
     async def aclose(self) -> None:  # optional hook, deliberately not abstract
         """Release clients (connection pools) at worker shutdown."""

@@ -2,7 +2,12 @@
 
 One *lane* per served node major: consumer group ``{prefix}.workers.<node>.v<major>`` on the
 invoke topic ``{prefix}.invoke.<node>.v<major>`` (both named by :mod:`streams.topics`). All lanes
-of a process share one idempotent producer, one object store and one concurrency limit.
+of a process share one idempotent producer and one object store. Concurrency is per workload
+class (:mod:`node_workers.concurrency`): I/O lanes share ``io_concurrency`` slots (256 by
+default: hundreds of attempts in flight on the event loop), CPU lanes share ``cpu_concurrency``
+(the cores), and a node group named in ``node_concurrency`` has a pool of its own; each node is
+told its lane's limit (:meth:`~node_workers.node.Node.set_concurrency`) to size its client and
+thread pools to it (docs/decisions/0019-worker-concurrency.md).
 
 Delivery is **at-least-once**; execution is at most once per attempt. Per invocation, a lane:
 
@@ -42,8 +47,10 @@ finish for ``shutdown_grace_s``, cancel the rest, commit what finished, leave th
 
 Poison invocations (undecodable bytes, a record of another type, a tombstone) go to the ``dlq``
 topic through the shared producer and the partition moves on. Backpressure: a lane pauses its
-partitions while it holds ``max_buffered`` invocations, and keeps polling (to stay in the group
-and serve rebalances) without fetching.
+partitions while it holds its buffer limit of invocations (``max_buffered``, default twice its
+pool's size and at least 256: it holds more than it runs), and keeps polling (to stay in the
+group and serve rebalances) without fetching. A held invocation waiting for a slot has not
+started: its step timeout does not run (ADR 0013), so a backlog waits, it never times out.
 """
 
 from __future__ import annotations
@@ -76,6 +83,17 @@ from node_workers.attempt import (
     too_late_to_start,
 )
 from node_workers.claimcheck import encode_json, load_json, output_key, store_json
+from node_workers.concurrency import (
+    DEFAULT_IO_CONCURRENCY,
+    MIN_BUFFERED,
+    Limit,
+    check_limit,
+    check_node_concurrency,
+    default_cpu_concurrency,
+    lane_limit,
+    parse_node_concurrency,
+    unmatched_entries,
+)
 from node_workers.heartbeats import DEFAULT_HEARTBEAT_INTERVAL_S, heartbeating
 from node_workers.ledger import AttemptLedger, ClaimState
 from node_workers.node import AnyNode
@@ -101,8 +119,15 @@ DEFAULT_MAX_INLINE_OUTPUT_BYTES: Final = 256 * 1024
 
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
-    concurrency: int = 8
-    """Attempts running at once in this process, across all lanes."""
+    io_concurrency: int = DEFAULT_IO_CONCURRENCY
+    """Attempts of I/O nodes (``Workload.IO``) running at once in this process, shared by
+    their lanes."""
+    cpu_concurrency: int = field(default_factory=default_cpu_concurrency)
+    """Attempts of CPU nodes (``Workload.CPU``) running at once, shared by their lanes; default:
+    the cores this process may run on."""
+    node_concurrency: Mapping[str, int] = field(default_factory=dict)
+    """Per node group (``"http.request"``, ``"database.query@1"``): a pool of its own of that
+    size instead of its class's."""
     max_inline_output_bytes: int = DEFAULT_MAX_INLINE_OUTPUT_BYTES
     """Larger outputs (canonical JSON bytes) go to the object store; the result has output_ref."""
     default_timeout_s: float = DEFAULT_TIMEOUT_S
@@ -115,23 +140,62 @@ class WorkerConfig:
     poll_timeout_s: float = 0.1
     max_buffered: int | None = None
     """Invocations a lane holds (running or waiting for a slot) before pausing; default
-    ``max(256, 2 * concurrency)``. Small limits made lanes pause and resume constantly (a resume
-    seeks and drops prefetched data): with 16, 100 concurrent runs waited ~0.5 s per hop."""
+    ``max(256, 2 * its pool's size)``. Never below a pool's size (a lane runs only what it
+    holds). Small limits made lanes pause and resume constantly (a resume seeks and drops
+    prefetched data): with 16, 100 concurrent runs waited ~0.5 s per hop."""
     flush_timeout_s: float = 30.0
     client_id: str = "reflux-worker"
     consumer_overrides: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.concurrency < 1:
-            raise ConfigurationError(f"Expected concurrency >= 1, but got {self.concurrency}")
+        check_limit(self.io_concurrency, "io_concurrency")
+        check_limit(self.cpu_concurrency, "cpu_concurrency")
+        check_node_concurrency(self.node_concurrency, "node_concurrency")
         if self.max_inline_output_bytes < 0:
             raise ConfigurationError(
                 f"Expected max_inline_output_bytes >= 0, but got {self.max_inline_output_bytes}"
             )
+        if self.max_buffered is not None:
+            check_limit(self.max_buffered, "max_buffered")
+            pools = {
+                "io_concurrency": self.io_concurrency,
+                "cpu_concurrency": self.cpu_concurrency,
+                **{f"node_concurrency[{k!r}]": v for k, v in self.node_concurrency.items()},
+            }
+            over = {name: size for name, size in pools.items() if size > self.max_buffered}
+            if over:
+                raise ConfigurationError(
+                    f"Expected max_buffered >= every concurrency limit (a lane runs only what "
+                    f"it holds), but max_buffered is {self.max_buffered} and {over} exceed it"
+                )
 
-    @property
-    def buffer_limit(self) -> int:
-        return self.max_buffered or max(256, 2 * self.concurrency)
+    @classmethod
+    def from_settings(cls, settings: Settings, **changes: Any) -> WorkerConfig:
+        """The defaults with the ``REFLUX_WORKER_*`` settings applied, then ``changes``."""
+        values: dict[str, Any] = {}
+        if settings.worker_io_concurrency is not None:
+            values["io_concurrency"] = check_limit(
+                settings.worker_io_concurrency, "REFLUX_WORKER_IO_CONCURRENCY"
+            )
+        if settings.worker_cpu_concurrency is not None:
+            values["cpu_concurrency"] = check_limit(
+                settings.worker_cpu_concurrency, "REFLUX_WORKER_CPU_CONCURRENCY"
+            )
+        if settings.worker_node_concurrency:
+            values["node_concurrency"] = parse_node_concurrency(
+                settings.worker_node_concurrency, "REFLUX_WORKER_NODE_CONCURRENCY"
+            )
+        return cls(**(values | changes))
+
+    def limit(self, node: AnyNode) -> Limit:
+        """The pool ``node``'s lane draws its slots from (see ``concurrency.lane_limit``)."""
+        return lane_limit(
+            node, io=self.io_concurrency, cpu=self.cpu_concurrency, overrides=self.node_concurrency
+        )
+
+    def buffer_limit(self, concurrency: int) -> int:
+        """Invocations a lane whose pool has ``concurrency`` slots holds before pausing."""
+        return self.max_buffered or max(MIN_BUFFERED, 2 * concurrency)
 
 
 @dataclass(slots=True)
@@ -149,6 +213,10 @@ class WorkerStats:
     abandoned: int = 0
     commits: int = 0
     assigned: int = 0
+    pauses: int = 0
+    """Times a lane paused its partitions because it held its buffer limit."""
+    held_max: int = 0
+    """The most invocations one lane held at once (after a poll's dispatch)."""
 
     @property
     def pending(self) -> int:
@@ -208,6 +276,9 @@ class _Lane:
     def __init__(self, runtime: WorkerRuntime, node: AnyNode) -> None:
         self.runtime = runtime
         self.node = node
+        self.limit = runtime.config.limit(node)
+        self.semaphore = runtime.pool(self.limit)
+        self.buffer_limit = runtime.config.buffer_limit(self.limit.size)
         self.spec: TopicSpec = runtime.catalog.invoke_topic(node.name, node.major)
         self.group = runtime.catalog.worker_group(node.name, node.major)
         self.tasks: dict[TopicPartitionKey, set[asyncio.Task[None]]] = {}
@@ -235,6 +306,7 @@ class _Lane:
             assignment = consumer.assignment()
             if assignment and full:
                 consumer.pause(assignment)
+                self.runtime.stats.pauses += 1
             elif assignment:
                 consumer.resume(assignment)
                 # Pausing drops prefetched messages; fetching must go on right after the last
@@ -294,10 +366,13 @@ class _Lane:
         config = self.runtime.config
         try:
             while not stop.is_set():
-                capacity = config.buffer_limit - self.checkpoint.in_flight()
+                capacity = self.buffer_limit - self.checkpoint.in_flight()
                 messages = await asyncio.to_thread(self._consume, capacity)
                 for message in messages:
                     self._dispatch(message)
+                if messages:
+                    stats = self.runtime.stats
+                    stats.held_max = max(stats.held_max, self.checkpoint.in_flight())
                 if time.monotonic() - self._last_commit >= config.commit_interval_s:
                     await self.commit()
         except Exception as exc:
@@ -344,7 +419,7 @@ class _Lane:
 
     async def _handle(self, tp: TopicPartitionKey, offset: int, invocation: NodeInvocation) -> None:
         runtime = self.runtime
-        async with runtime.semaphore:
+        async with self.semaphore:
             # Claimed only once a slot is free: an invocation still queued here when the worker
             # dies was never started, so its redelivery may run it.
             claim = await runtime.ledger.claim(invocation.invocation_id)
@@ -498,12 +573,12 @@ class WorkerRuntime:
         self.nodes = nodes if isinstance(nodes, NodeRegistry) else NodeRegistry(nodes)
         if not len(self.nodes):
             raise ConfigurationError("Expected at least one node to serve, but got none")
-        self.config = config or WorkerConfig()
+        self.config = config or WorkerConfig.from_settings(settings)
         self.catalog = catalog or TopicCatalog.from_settings(settings)
         self.stats = WorkerStats()
         self._blob_store = blob_store
         self._producer: Producer | None = None
-        self._semaphore: asyncio.Semaphore | None = None
+        self._pools: dict[str, asyncio.Semaphore] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._failure: BaseException | None = None
@@ -533,11 +608,11 @@ class WorkerRuntime:
             )
         return self._producer
 
-    @property
-    def semaphore(self) -> asyncio.Semaphore:
-        if self._semaphore is None:
-            self._semaphore = asyncio.Semaphore(self.config.concurrency)
-        return self._semaphore
+    def pool(self, limit: Limit) -> asyncio.Semaphore:
+        """The slots of ``limit.pool``, shared by every lane drawing from it."""
+        if limit.key not in self._pools:
+            self._pools[limit.key] = asyncio.Semaphore(limit.size)
+        return self._pools[limit.key]
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -636,6 +711,11 @@ class WorkerRuntime:
         self._stop = stop_event
         for node in self.nodes:
             node.bind(self.settings)
+            node.set_concurrency(self.config.limit(node).size)
+        unmatched = unmatched_entries(self.config.node_concurrency, self.nodes)
+        if unmatched:
+            # Not an error: one setting may configure several worker groups.
+            log.warning("node_concurrency entries %s name no node served here", unmatched)
         lanes: list[_Lane] = []
         # Every lane blocks a thread in its poll: asyncio's default pool (cpu + 4 threads, 6
         # here) is smaller than 8 lanes, and a lane waiting for a thread added ~25 ms to every
@@ -651,7 +731,12 @@ class WorkerRuntime:
             for lane in lanes:
                 await asyncio.to_thread(lane.open)
             log.info(
-                "worker serving %s (concurrency %d)", self.nodes.names(), self.config.concurrency
+                "worker serving %s",
+                ", ".join(
+                    f"{lane.node.key} ({lane.limit.pool} pool {lane.limit.size}, buffer "
+                    f"{lane.buffer_limit})"
+                    for lane in lanes
+                ),
             )
             tasks = [asyncio.create_task(lane.run(stop_event)) for lane in lanes]
             # A failing lane calls fail(), which stops the others; gather waits for all.
@@ -663,7 +748,7 @@ class WorkerRuntime:
                         await asyncio.to_thread(lane.consumer.close)
             await self._close_resources()
             # Loop-bound state goes with the loop, so a later run (new loop) starts clean.
-            self._semaphore = None
+            self._pools = {}
             self._loop = None
             self._stop = None
             self._running = False

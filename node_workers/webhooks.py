@@ -43,6 +43,7 @@ from foundation.errors import RetryableError, ServiceUnavailableError
 from foundation.settings import Settings
 
 __all__ = [
+    "DEFAULT_MAX_WAITS",
     "DEFAULT_TTL_S",
     "MAX_BODY_BYTES",
     "MAX_QUEUED",
@@ -63,6 +64,11 @@ __all__ = [
 
 DEFAULT_TTL_S: Final = 7 * 24 * 3600
 """How long an unconsumed delivery (and an in-flight one) is kept."""
+DEFAULT_MAX_WAITS: Final = 100
+"""Concurrent waits a :class:`WebhookWaiter` has connections for, unless told otherwise (the
+worker tells it the node's concurrency)."""
+_SPARE_CONNECTIONS: Final = 4
+"""Beyond one per wait: a pool is never the reason a wait fails."""
 MAX_BODY_BYTES: Final = 1024 * 1024
 """Larger bodies are refused (413): a mailbox lives in Redis memory."""
 MAX_QUEUED: Final = 100
@@ -302,16 +308,30 @@ class WebhookWaiter:
     The client is created on first use so that its connections belong to the running loop.
     """
 
-    def __init__(self, redis_url: str, topic_prefix: str, *, ttl_s: int = DEFAULT_TTL_S) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        topic_prefix: str,
+        *,
+        ttl_s: int = DEFAULT_TTL_S,
+        max_waits: int = DEFAULT_MAX_WAITS,
+    ) -> None:
         self.redis_url = redis_url
         self.topic_prefix = topic_prefix
         self.ttl_s = ttl_s
+        self.max_waits = max_waits
         self._client: aioredis.Redis | None = None
 
     def _redis(self) -> aioredis.Redis:
         if self._client is None:
             # No socket_timeout: BLMOVE blocks by design; its own timeout bounds each call.
-            self._client = aioredis.Redis.from_url(self.redis_url, socket_connect_timeout=2.0)
+            # A wait holds a connection for up to a second at a time, one per wait: a pool
+            # smaller than the waits would fail the surplus ("Too many connections").
+            self._client = aioredis.Redis.from_url(
+                self.redis_url,
+                socket_connect_timeout=2.0,
+                max_connections=self.max_waits + _SPARE_CONNECTIONS,
+            )
         return self._client
 
     def keys(self, run_id: str, step_id: str) -> MailboxKeys:

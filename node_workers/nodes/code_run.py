@@ -9,6 +9,12 @@ the exit code and the tail of the logs in the message. That keeps failures visib
 policy, the traces and the critic, which group by error class. A step that wants to inspect a
 failure itself (run tests, branch on the result) sets ``allow_failure: true`` and gets the result
 with ``status`` error/timeout as its output instead.
+
+Workload: CPU. The program runs in a sandbox process (its CPU is the kernel's to schedule, not
+the event loop's); the runner's blocking part (fetching inputs, waiting for the process,
+uploading outputs) runs in the runner's thread pool, which the runtime sizes to this node's
+concurrency (:meth:`CodeRunNode.set_concurrency`), so a started attempt never queues for a
+thread.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from node_workers.node import (
     NodeContext,
     NonRetryableNodeError,
     RetryableNodeError,
+    Workload,
 )
 from node_workers.sandbox import CodeRunRequest, CodeRunResult, SandboxConfig, SandboxRunner
 
@@ -57,12 +64,17 @@ class CodeRunNode(Node[CodeRunInput, CodeRunResult]):
     Output = CodeRunResult
     cacheable = False  # user code may read the clock or randomness
     side_effects = True  # with network allowed it can reach anything
+    workload = Workload.CPU
+    own_pool = True  # long attempts: never holding the slots of short ones
     description = "Run python, node or bash code in a sandbox; outputs from out/ to the store."
 
     def __init__(
         self, runner: SandboxRunner | None = None, config: SandboxConfig | None = None
     ) -> None:
         self.runner = runner or SandboxRunner(config)
+
+    def set_concurrency(self, limit: int) -> None:
+        self.runner.set_parallel_runs(limit)
 
     async def execute(self, params: CodeRunInput, ctx: NodeContext) -> CodeRunResult:
         remaining = ctx.remaining_s()

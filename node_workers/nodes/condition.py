@@ -4,6 +4,9 @@ Either ``{expression, data}`` (evaluate, then test the result) or ``{value}`` (t
 scheduler already resolved). Truthiness follows the JMESPath spec, not Python: ``0`` is *true*;
 only ``null``, ``false``, ``""``, ``[]`` and ``{}`` are false. Workflows written against other
 JMESPath implementations therefore branch the same way here.
+
+Workload: CPU, evaluated like ``transform`` (:func:`node_workers.nodes.transform.evaluate`: small
+params on the event loop, large ones in the node's own thread pool).
 """
 
 from __future__ import annotations
@@ -12,8 +15,9 @@ from typing import Any, Self
 
 from pydantic import model_validator
 
-from node_workers.node import Node, NodeContext, NodeModel
-from node_workers.nodes.transform import search
+from node_workers.node import Node, NodeContext, NodeModel, Workload
+from node_workers.nodes.transform import evaluate
+from node_workers.pools import BlockingPool
 
 __all__ = ["ConditionInput", "ConditionNode", "ConditionOutput", "jmespath_truthy"]
 
@@ -58,9 +62,20 @@ class ConditionNode(Node[ConditionInput, ConditionOutput]):
     Output = ConditionOutput
     cacheable = True
     side_effects = False
+    workload = Workload.CPU
     description = "True or false from a value or a JMESPath expression (JMESPath truthiness)."
+
+    def __init__(self) -> None:
+        self.pool = BlockingPool("condition")
+
+    def set_concurrency(self, limit: int) -> None:
+        self.pool.resize(limit)
 
     async def execute(self, params: ConditionInput, ctx: NodeContext) -> ConditionOutput:
         if params.expression is not None:
-            return ConditionOutput(result=jmespath_truthy(search(params.expression, params.data)))
+            found = await evaluate(self.pool, ctx, params.expression, params.data)
+            return ConditionOutput(result=jmespath_truthy(found))
         return ConditionOutput(result=jmespath_truthy(params.value))
+
+    async def aclose(self) -> None:
+        self.pool.close()

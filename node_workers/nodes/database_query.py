@@ -22,6 +22,13 @@ violation) -> non-retryable ``DatabaseError`` with the Postgres message.
 
 A connection is opened per attempt: connection errors surface as themselves (a pool would turn
 them into pool timeouts), and no session state can leak between workflows sharing a worker.
+
+Workload: I/O (psycopg's async connection: waiting on the server never blocks the loop). With no
+pool, nothing in the worker queues a started attempt: the limit is the *server's*. A worker runs
+up to its I/O concurrency (256 by default) of these at once, each one connection, while
+PostgreSQL accepts ``max_connections`` (100 by default) in all; beyond it the server refuses
+(SQLSTATE 53300, retryable ``DatabaseUnavailable``). Give the group a limit below what the
+target servers accept (``--node-concurrency database.query=50``).
 """
 
 from __future__ import annotations
@@ -58,6 +65,7 @@ from node_workers.node import (
     NodeModel,
     NonRetryableNodeError,
     RetryableNodeError,
+    Workload,
 )
 
 __all__ = [
@@ -253,6 +261,7 @@ class DatabaseQueryNode(Node[DatabaseQueryInput, DatabaseQueryOutput]):
     Output = DatabaseQueryOutput
     cacheable = False
     side_effects = True  # with read_only: false; read-only invocations are cacheable instead
+    workload = Workload.IO
     description = "Run one parameterized SQL statement on PostgreSQL; output rows as JSON."
 
     def cacheable_for(self, params: DatabaseQueryInput) -> bool:

@@ -1,5 +1,10 @@
 """``email.send@1.0.0``: send one email over SMTP (stdlib ``smtplib`` in a worker thread).
 
+Workload: I/O. ``smtplib`` blocks, so each send runs in the node's own thread pool
+(:class:`~node_workers.pools.BlockingPool`), sized by the runtime to the number of attempts of
+this node it runs at once: a started attempt never queues for a thread behind other sends, and
+never takes asyncio's small default pool from the worker's lanes.
+
 Delivery is at-least-once, so the ``Message-ID`` is derived from the invocation's idempotency
 key (:func:`message_id_for`): a redelivered attempt sends the *same* message, and a server or
 inbox that deduplicates by Message-ID drops the copy. SMTP itself has no idempotency, so a
@@ -25,7 +30,6 @@ structural headers (From, To, Message-ID, ...) cannot be overridden through ``he
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import re
 import smtplib
@@ -46,7 +50,9 @@ from node_workers.node import (
     NodeModel,
     NonRetryableNodeError,
     RetryableNodeError,
+    Workload,
 )
+from node_workers.pools import BlockingPool
 
 __all__ = [
     "RESERVED_HEADERS",
@@ -301,7 +307,17 @@ class EmailSendNode(Node[EmailSendInput, EmailSendOutput]):
     Output = EmailSendOutput
     cacheable = False
     side_effects = True
+    workload = Workload.IO
     description = "Send one email over SMTP; Message-ID derived from the idempotency key."
+
+    def __init__(self) -> None:
+        self.pool = BlockingPool("smtp")
+
+    def set_concurrency(self, limit: int) -> None:
+        self.pool.resize(limit)
+
+    async def aclose(self) -> None:
+        self.pool.close()
 
     async def execute(self, params: EmailSendInput, ctx: NodeContext) -> EmailSendOutput:
         timeout = params.timeout_s
@@ -316,7 +332,7 @@ class EmailSendNode(Node[EmailSendInput, EmailSendOutput]):
         try:
             # No asyncio timeout around the thread: it could not stop the send, only stop us
             # waiting for it. The socket timeout bounds every step instead.
-            refused_raw = await asyncio.to_thread(_send, params, msg, recipients, timeout)
+            refused_raw = await self.pool.run(_send, params, msg, recipients, timeout)
         except (smtplib.SMTPException, OSError) as exc:
             raise classify_smtp_error(exc, server=server) from exc
         finally:

@@ -13,6 +13,11 @@ JSON -> retryable ``LlmInvalidJson`` (sampling may do better next time).
 
 Tokens: ``ctx.cost_tokens = usage.total_tokens`` (the trace's ``cost_tokens``), and the
 metrics ``prompt_tokens`` / ``completion_tokens``.
+
+Workload: I/O (a completion waits seconds on the model). One connection pool serves every base
+URL; it allows as many connections as the runtime runs attempts of this node at once
+(:meth:`OpenAIChatNode.set_concurrency`), so no attempt waits for a connection inside its
+timeout.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from node_workers.node import (
     NodeModel,
     NonRetryableNodeError,
     RetryableNodeError,
+    Workload,
 )
 
 __all__ = [
@@ -45,6 +51,8 @@ __all__ = [
 ]
 
 DEFAULT_BASE_URL: Final = "https://api.openai.com/v1"
+DEFAULT_MAX_CONNECTIONS: Final = 1000
+"""Connections of a node never told its concurrency (the openai client's own default)."""
 _EXCERPT_CHARS: Final = 300
 
 
@@ -146,16 +154,26 @@ class OpenAIChatNode(Node[OpenAIChatInput, OpenAIChatOutput]):
     Output = OpenAIChatOutput
     cacheable = True  # a step still opts in; cached answers save tokens on re-runs
     side_effects = False
+    workload = Workload.IO
     description = "One chat completion from an OpenAI-compatible API; usage as cost_tokens."
 
     def __init__(self) -> None:
         # One connection pool for every base URL and key; the AsyncOpenAI facade per call is
         # cheap (<1 ms) and keeps keys from different workflows in different objects.
         self._http: openai.DefaultAsyncHttpxClient | None = None
+        self._max_connections = DEFAULT_MAX_CONNECTIONS
+
+    def set_concurrency(self, limit: int) -> None:
+        self._max_connections = limit
 
     def _client(self, params: OpenAIChatInput, timeout: float) -> openai.AsyncOpenAI:
         if self._http is None or self._http.is_closed:
-            self._http = openai.DefaultAsyncHttpxClient()
+            # The SDK's own Limits class (httpx's or its fork httpx2's, by SDK version).
+            limits = type(openai.DEFAULT_CONNECTION_LIMITS)(
+                max_connections=self._max_connections,
+                max_keepalive_connections=self._max_connections,
+            )
+            self._http = openai.DefaultAsyncHttpxClient(limits=limits)
         return openai.AsyncOpenAI(
             api_key=params.api_key.get_secret_value(),
             base_url=str(params.base_url),

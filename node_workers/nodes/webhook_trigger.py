@@ -11,7 +11,9 @@ that mailbox, oldest first, until one passes its checks:
 - ``expect``: a JMESPath condition on the payload (JMESPath truthiness).
 
 A refused delivery is dropped for good (logged with the reason, counted in the ``rejected``
-metric) and the attempt keeps waiting. Waiting holds one of the worker's concurrency slots.
+metric) and the attempt keeps waiting. Waiting holds one of the worker's I/O concurrency slots
+(workload I/O: hundreds of waits per process) and one Redis connection; the mailbox client's
+pool is sized to the node's concurrency (:meth:`WebhookTriggerNode.set_concurrency`).
 
 Timeouts: the attempt waits ``timeout_s`` (capped by the invocation deadline minus a margin),
 then fails with the **retryable** ``WebhookTimeout``: a retry policy with ``max_attempts: N``
@@ -35,10 +37,11 @@ from node_workers.node import (
     NodeModel,
     NonRetryableNodeError,
     RetryableNodeError,
+    Workload,
 )
 from node_workers.nodes.condition import jmespath_truthy
 from node_workers.nodes.transform import compile_expression
-from node_workers.webhooks import Delivery, WebhookWaiter, signature_problem
+from node_workers.webhooks import DEFAULT_MAX_WAITS, Delivery, WebhookWaiter, signature_problem
 
 __all__ = [
     "DEADLINE_MARGIN_S",
@@ -123,6 +126,8 @@ class WebhookTriggerNode(Node[WebhookTriggerInput, WebhookTriggerOutput]):
     cacheable = False  # the output is whatever call arrives, never a function of the params
     # Taking a delivery consumes it: a shadow replay must use the recorded payload, not wait.
     side_effects = True
+    workload = Workload.IO
+    own_pool = True  # long attempts: never holding the slots of short ones
     description = "Wait for a webhook call to this step (signed, optionally filtered)."
 
     def __init__(
@@ -137,6 +142,13 @@ class WebhookTriggerNode(Node[WebhookTriggerInput, WebhookTriggerOutput]):
         self._settings = settings
         self._waiter = waiter
         self.poll_s = poll_s
+        self._max_waits = DEFAULT_MAX_WAITS
+
+    def set_concurrency(self, limit: int) -> None:
+        # Read when the waiter's connection pool is created, at the first wait.
+        self._max_waits = limit
+        if self._waiter is not None:
+            self._waiter.max_waits = limit
 
     def bind(self, settings: Settings) -> None:
         # The serving runtime's settings win over the environment, unless given explicitly.
@@ -147,7 +159,9 @@ class WebhookTriggerNode(Node[WebhookTriggerInput, WebhookTriggerOutput]):
     def waiter(self) -> WebhookWaiter:
         if self._waiter is None:
             settings = self._settings or get_settings()
-            self._waiter = WebhookWaiter(settings.redis_url, settings.topic_prefix)
+            self._waiter = WebhookWaiter(
+                settings.redis_url, settings.topic_prefix, max_waits=self._max_waits
+            )
         return self._waiter
 
     async def execute(self, params: WebhookTriggerInput, ctx: NodeContext) -> WebhookTriggerOutput:

@@ -24,6 +24,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from foundation.errors import ConfigurationError
 from foundation.objectstore import BlobNotFoundError, BlobStore, S3BlobStore
 from foundation.settings import Settings, get_settings
 from node_workers.errors import RetryableNodeError
@@ -155,6 +156,7 @@ class SandboxRunner:
         self._settings = settings
         self._backend: SandboxBackend | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._parallel_runs = self.config.max_parallel_runs
         self._lock = threading.Lock()
 
     @property
@@ -316,7 +318,7 @@ class SandboxRunner:
         with self._lock:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(
-                    max_workers=self.config.max_parallel_runs, thread_name_prefix="sandbox"
+                    max_workers=self._parallel_runs, thread_name_prefix="sandbox"
                 )
             executor = self._executor
         cancel = threading.Event()
@@ -333,6 +335,18 @@ class SandboxRunner:
         except asyncio.CancelledError:
             cancel.set()  # the thread sees it within ~20 ms, kills the sandbox, cleans up
             raise
+
+    def set_parallel_runs(self, runs: int) -> None:
+        """Run up to ``runs`` at once from now on (instead of ``config.max_parallel_runs``): the
+        worker sets it to code.run's concurrency, so a started attempt never waits for a
+        thread. Runs already submitted finish in the previous pool."""
+        if runs < 1:
+            raise ConfigurationError(f"Expected parallel runs >= 1, but got {runs}")
+        with self._lock:
+            self._parallel_runs = runs
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False)
 
     def close(self) -> None:
         with self._lock:

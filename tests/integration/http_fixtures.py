@@ -6,7 +6,8 @@ the ``serve()`` context manager outside pytest. Endpoints:
 - ``/echo`` (any method): JSON ``{method, path, query, headers, json, body}`` of the request;
 - ``/flaky?key=K&fail=N``: ``503`` for the first ``N`` calls with that key, then ``200``;
 - ``/status/{code}``: that status with a small JSON body (``429``/``503`` add ``Retry-After: 1``);
-- ``/slow?ms=N``: waits ``N`` ms (at most 10 s), then ``200``;
+- ``/slow?ms=N``: waits ``N`` ms (at most 10 s), then ``200``; ``in_flight_max`` is the most
+  ``/slow`` requests the server held at once (each request has its own thread);
 - ``/big?bytes=N``: ``N`` bytes of text (at most 16 MiB); ``&json=1`` wraps them as
   ``{"data": "..."}`` with a JSON content type;
 - ``/redirect?to=PATH``: ``302`` to ``PATH``.
@@ -73,6 +74,8 @@ class _State:
     requests: list[RecordedRequest] = field(default_factory=list)
     flaky_calls: dict[str, int] = field(default_factory=dict)
     odds_calls: dict[tuple[str, str], int] = field(default_factory=dict)
+    slow_in_flight: int = 0
+    slow_in_flight_max: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -164,7 +167,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(code, {"status": code, "detail": f"status {code} on request"}, headers=extra)
         elif path == "/slow":
             ms = min(int(arg("ms", "100")), MAX_SLOW_MS)
-            time.sleep(ms / 1000)  # the slow server is the thing under test, not a wait
+            with state.lock:
+                state.slow_in_flight += 1
+                state.slow_in_flight_max = max(state.slow_in_flight_max, state.slow_in_flight)
+            try:
+                time.sleep(ms / 1000)  # the slow server is the thing under test, not a wait
+            finally:
+                with state.lock:
+                    state.slow_in_flight -= 1
             self._send(200, {"slept_ms": ms})
         elif path == "/big":
             size = min(int(arg("bytes", "1024")), MAX_BIG_BYTES)
@@ -182,6 +192,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True  # a /slow request must not hold up shutdown
+    # socketserver's default backlog (5) drops connections when hundreds arrive at once (a
+    # worker's I/O attempts); a dropped SYN is retried only after a second.
+    request_queue_size = 1024
     state: _State
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -209,10 +222,17 @@ class HttpTestServer:
     def requests_to(self, path: str) -> list[RecordedRequest]:
         return [r for r in self.log if r.path == path]
 
+    @property
+    def in_flight_max(self) -> int:
+        """The most ``/slow`` requests held at once since the start (or the last reset)."""
+        with self._server.state.lock:
+            return self._server.state.slow_in_flight_max
+
     def reset(self) -> None:
         with self._server.state.lock:
             self._server.state.requests.clear()
             self._server.state.flaky_calls.clear()
+            self._server.state.slow_in_flight_max = self._server.state.slow_in_flight
 
 
 @contextmanager

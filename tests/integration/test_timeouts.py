@@ -29,10 +29,10 @@ TIMEOUT = timedelta(milliseconds=1_500)
 def test_a_backlog_longer_than_the_step_timeout_fails_no_run(
     engine_harness: HarnessFactory, http: HttpTestServer
 ) -> None:
-    # One worker with two lanes, 40 runs at once of a 250 ms call with a 1.5 s timeout and
+    # One worker with two I/O slots, 40 runs at once of a 250 ms call with a 1.5 s timeout and
     # retries: the last runs wait ~5 s for a lane, three times their timeout.
     harness = engine_harness(
-        worker_config=WorkerConfig(concurrency=2, commit_interval_s=0.1, poll_timeout_s=0.05)
+        worker_config=WorkerConfig(io_concurrency=2, commit_interval_s=0.1, poll_timeout_s=0.05)
     )
     harness.register(
         {

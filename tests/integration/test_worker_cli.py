@@ -58,7 +58,7 @@ def test_worker_process_serves_and_stops_on_sigterm(
             "worker",
             "--nodes",
             "transform",
-            "--concurrency",
+            "--cpu-concurrency",
             "2",
             "--create-topics",
         ],

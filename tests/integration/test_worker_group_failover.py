@@ -165,7 +165,7 @@ def test_kill_9_one_of_two_workers_in_a_group_loses_no_invocation(
     http_group = catalog.worker_group("http.request", 1)
     groups = [catalog.worker_group(node, major) for node, major in NODES.items()]
     args = ["worker", "--nodes", "http,transform", "--catalog-status", "none"]
-    args += ["--concurrency", str(CONCURRENCY)]
+    args += ["--io-concurrency", str(CONCURRENCY), "--cpu-concurrency", str(CONCURRENCY)]
     # -v: the workers log each invocation they take, which shows both of them got work.
     workers = {
         name: Component(name, ["-v", *args, "--client-id", name], settings, tmp_path)

@@ -362,7 +362,8 @@ def test_at_least_once_across_a_crash(
     _publish(kafka_settings, worker_topics, invocations)
     # A small buffer, so the crash leaves invocations that were never fetched or started.
     config = WorkerConfig(
-        concurrency=4,
+        io_concurrency=4,
+        cpu_concurrency=2,  # max_buffered may not be below any limit, whatever the cores
         commit_interval_s=0.1,
         poll_timeout_s=0.05,
         shutdown_grace_s=5,
@@ -429,7 +430,8 @@ def test_rebalance_hands_over_partitions_without_duplicates(
         for n, invocation in enumerate(invocations):
             producer.send(topic, invocation.run_id, invocation, partition=n % 3)
     config = WorkerConfig(
-        concurrency=4,
+        io_concurrency=4,
+        cpu_concurrency=2,  # max_buffered may not be below any limit, whatever the cores
         commit_interval_s=0.1,
         poll_timeout_s=0.05,
         # A small buffer leaves work on every partition for the member that joins later.
