@@ -171,7 +171,9 @@ class Circuit:
         )
 
     def _start_round(self, now: datetime) -> None:
-        self.half_open_since = now
+        # Whole milliseconds: run events keep milliseconds, so a probe dispatched at this very
+        # ``now`` reports a dispatch time truncated to them, and must still count.
+        self.half_open_since = now.replace(microsecond=now.microsecond // 1000 * 1000)
         self.probes_admitted = 0
         self._probe_ok = self._probe_failed = 0
 

@@ -230,7 +230,9 @@ class RetryGate:
 
     def take_transitions(self) -> list[Transition]:
         """Transitions since the last call, oldest first (the runtime logs and counts them)."""
-        taken, self._transitions = self._transitions, []
+        # Emptied in place: every circuit appends to this very list.
+        taken = list(self._transitions)
+        self._transitions.clear()
         return taken
 
     def status(self, dependency: str, now: datetime) -> DependencyStatus:

@@ -267,6 +267,24 @@ def test_a_fired_retry_is_held_again_while_open_and_becomes_a_probe_when_half_op
     assert g.take_transitions() == []
 
 
+def test_transitions_keep_coming_after_they_were_taken() -> None:
+    g = gate()
+    fail(g, 4, T)
+    assert [t.after for t in g.take_transitions()] == [CircuitState.OPEN]
+    g.recheck("svc", at(2), half)  # the cool-down is over
+    assert [t.after for t in g.take_transitions()] == [CircuitState.HALF_OPEN]
+
+
+def test_a_probe_dispatched_in_the_same_millisecond_as_half_open_began_counts() -> None:
+    g = gate(probes=1)
+    fail(g, 4, T)
+    now = at(2.0004567)  # microseconds, as the scheduler's clock has them
+    assert g.recheck("svc", now, half).due == now  # the probe goes
+    dispatched = now.replace(microsecond=now.microsecond // 1000 * 1000)  # as the event keeps it
+    g.observe([Signal("svc", SignalKind.SUCCESS, dispatched)], at(2.1))
+    assert g.status("svc", at(2.1)).circuit is CircuitState.CLOSED
+
+
 def test_the_gate_answers_the_same_to_the_same_story() -> None:
     def story(seed: int) -> list[Admission]:
         rng = random.Random(seed)

@@ -13,6 +13,7 @@ Circuit transitions are logged here, one line each (the open one as a warning), 
 from __future__ import annotations
 
 import logging
+from collections import deque
 from dataclasses import dataclass
 
 from foundation.settings import Settings
@@ -23,6 +24,7 @@ from processors.scheduler.retry_gate import (
     GatePolicy,
     RetryGate,
     RetryReason,
+    Transition,
     retry_signals,
 )
 from schemas.models import StepRetryScheduled
@@ -61,6 +63,9 @@ class SchedulerGate:
         self.gate = RetryGate(gate_policy(settings))
         self.instance_id = instance_id
         self.counters = GateCounters()
+        self.recent: deque[Transition] = deque(maxlen=64)
+        """The last circuit transitions, oldest first (what the log lines said; for tests and
+        debugging)."""
 
     def fed(self, decision: Decision) -> None:
         """Teach the gate what ``decision`` did (called once its records are queued)."""
@@ -73,6 +78,7 @@ class SchedulerGate:
                 self.counters.retries_held += 1
         self.gate.observe(retry_signals(decision.events, state), now)
         for t in self.gate.take_transitions():
+            self.recent.append(t)
             if t.after is CircuitState.OPEN:
                 self.counters.circuits_opened += 1
                 level = logging.WARNING
