@@ -27,6 +27,7 @@ from processors.scheduler.retry_gate import (
     dependency_of,
     retry_signals,
 )
+from reflux.client import describe_event
 from schemas.models import StepRetryScheduled
 from tests.support.scheduler_golden import SCENARIOS
 from tests.support.scheduler_simulation import Simulation
@@ -443,3 +444,27 @@ def test_equal_jitter_spreads_a_burst_of_retries_wider_than_the_old_additive_jit
     assert {old(r, 9) for r in draws} == {30_000}
     capped = [backoff_ms(policy, 9, r) for r in draws]
     assert min(capped) >= 15_000 and max(capped) - min(capped) > 14_000
+
+
+# -- what `reflux runs show` prints ----------------------------------------------------------------
+
+
+def test_the_timeline_says_why_a_retry_waits() -> None:
+    sim = SCENARIOS["circuit_held"]()
+    lines = [
+        describe_event(
+            {
+                "event_type": type(e).__name__,
+                "seq": e.seq,
+                "occurred_at": e.occurred_at.isoformat(),
+                "payload": e.model_dump(mode="json"),
+            }
+        )
+        for e in sim.log
+        if isinstance(e, StepRetryScheduled)
+    ]
+    assert lines[0].endswith("attempt 2 at 12:00:00.105")
+    assert lines[1].endswith(
+        "attempt 2 at 12:00:03.306 held 3201 ms: circuit_open "
+        "(circuit open, http.request sick.example)"
+    )
