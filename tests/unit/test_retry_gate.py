@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -43,6 +44,15 @@ def at(seconds: float) -> datetime:
 
 def half() -> float:
     return 0.5
+
+
+def fixed(value: float) -> Callable[[], float]:
+    return lambda: value
+
+
+def state(c: Circuit) -> CircuitState:
+    """Read afresh (mypy would keep the state narrowed by an earlier assert)."""
+    return c.state
 
 
 # -- the budget ----------------------------------------------------------------------------------
@@ -119,18 +129,18 @@ def feed(c: Circuit, outcomes: str, start: float, step: float = 0.01) -> None:
 def test_it_stays_closed_below_min_samples_and_below_the_ratio() -> None:
     c, sink = circuit()
     feed(c, "x" * 9, 0)  # 100 % failures but only 9 outcomes
-    assert c.state is CircuitState.CLOSED
+    assert state(c) is CircuitState.CLOSED
     c2, _ = circuit()
     feed(c2, ("..x" * 40), 0)  # 33 % failures, 120 outcomes
-    assert c2.state is CircuitState.CLOSED and not sink
+    assert state(c2) is CircuitState.CLOSED and not sink
 
 
 def test_it_opens_when_the_failure_share_of_enough_recent_outcomes_reaches_the_ratio() -> None:
     c, sink = circuit()
     feed(c, ".x" * 4 + "x", 0)  # 5 of 9
-    assert c.state is CircuitState.CLOSED
+    assert state(c) is CircuitState.CLOSED
     feed(c, "x", 1)  # 6 of 10
-    assert c.state is CircuitState.OPEN and c.open_until == at(1 + 5)
+    assert state(c) is CircuitState.OPEN and c.open_until == at(1 + 5)
     (opened,) = sink
     assert (opened.before, opened.after, opened.failures, opened.samples) == (
         CircuitState.CLOSED,
@@ -145,20 +155,20 @@ def test_outcomes_older_than_the_window_no_longer_count() -> None:
     c, _ = circuit()
     feed(c, "x" * 9, 0)
     feed(c, "x", 10.5)  # the nine are out of the 10 s window: 1 of 1
-    assert c.state is CircuitState.CLOSED
+    assert state(c) is CircuitState.CLOSED
 
 
 def test_open_ignores_outcomes_then_goes_half_open_after_the_cool_down() -> None:
     c, sink = circuit()
     feed(c, "x" * 10, 0)
     opened_at = at(0.09)
-    assert c.state is CircuitState.OPEN
+    assert state(c) is CircuitState.OPEN
     feed(c, "." * 20, 1)  # answers of attempts sent before it opened: the past
-    assert c.state is CircuitState.OPEN
+    assert state(c) is CircuitState.OPEN
     c.tick(opened_at + timedelta(milliseconds=4_999))
-    assert c.state is CircuitState.OPEN
+    assert state(c) is CircuitState.OPEN
     c.tick(opened_at + timedelta(seconds=5))
-    assert c.state is CircuitState.HALF_OPEN
+    assert state(c) is CircuitState.HALF_OPEN
     assert c.half_open_since == opened_at + timedelta(seconds=5)
     assert [t.after for t in sink] == [CircuitState.OPEN, CircuitState.HALF_OPEN]
 
@@ -168,7 +178,7 @@ def half_open() -> tuple[Circuit, list[Transition], datetime]:
     feed(c, "x" * 10, 0)
     since = at(0.09) + timedelta(seconds=5)
     c.tick(since)
-    assert c.state is CircuitState.HALF_OPEN
+    assert state(c) is CircuitState.HALF_OPEN
     return c, sink, since
 
 
@@ -176,7 +186,7 @@ def test_half_open_admits_a_quota_of_probes_per_round() -> None:
     c, _, since = half_open()
     assert [c.admit_probe() for _ in range(5)] == [True, True, True, True, False]
     c.tick(since + timedelta(seconds=5))  # undecided for a cool-down: a fresh round
-    assert c.state is CircuitState.HALF_OPEN and c.half_open_since == since + timedelta(seconds=5)
+    assert state(c) is CircuitState.HALF_OPEN and c.half_open_since == since + timedelta(seconds=5)
     assert c.admit_probe()
 
 
@@ -186,21 +196,21 @@ def test_half_open_closes_once_failures_can_no_longer_reach_the_ratio() -> None:
     c.record(False, before, since)  # dispatched before the round: does not count
     for n in range(2):
         c.record(True, since, since + timedelta(milliseconds=n))
-    assert c.state is CircuitState.HALF_OPEN
+    assert state(c) is CircuitState.HALF_OPEN
     c.record(True, since, since + timedelta(milliseconds=5))  # 3 of 4 ok: 2 failures impossible
-    assert c.state is CircuitState.CLOSED and c.cooldown_ms == POLICY.cooldown_ms
+    assert state(c) is CircuitState.CLOSED and c.cooldown_ms == POLICY.cooldown_ms
     assert (
         sink[-1].after is CircuitState.CLOSED and "3 of 3 probes succeeded" in sink[-1].describe()
     )
     feed(c, "x" * 9, 7)  # a fresh window: the failures from before it opened are gone
-    assert c.state is CircuitState.CLOSED
+    assert state(c) is CircuitState.CLOSED
 
 
 def test_half_open_reopens_with_a_longer_cool_down_capped() -> None:
     c, sink, since = half_open()
     for _ in range(2):  # ceil(0.5 * 4) = 2 failed probes
         c.record(False, since, since)
-    assert c.state is CircuitState.OPEN and c.cooldown_ms == 10_000
+    assert state(c) is CircuitState.OPEN and c.cooldown_ms == 10_000
     assert c.open_until == since + timedelta(seconds=10)
     c.tick(since + timedelta(seconds=10))
     for _ in range(2):
@@ -236,7 +246,7 @@ def test_an_open_circuit_holds_retries_past_its_cool_down_spread_over_the_next()
     fail(g, 4, T)
     assert g.status("svc", T).circuit is CircuitState.OPEN
     opened_until = at(2)
-    dues = [g.admit("svc", at(0.1), at(0.1), lambda r=r: r).due for r in (0.0, 0.3, 0.9)]
+    dues = [g.admit("svc", at(0.1), at(0.1), fixed(r)).due for r in (0.0, 0.3, 0.9)]
     assert dues == [opened_until, at(2.6), at(3.8)]
     answer = g.admit("svc", at(0.1), at(0.1), half)
     assert (answer.reason, answer.circuit) == (RetryReason.CIRCUIT_OPEN, CircuitState.OPEN)
