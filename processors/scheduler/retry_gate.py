@@ -30,6 +30,7 @@ Pure: no clock, no randomness of its own (``now`` and ``random`` come in), no I/
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -230,6 +231,8 @@ class RetryGate:
 
     def take_transitions(self) -> list[Transition]:
         """Transitions since the last call, oldest first (the runtime logs and counts them)."""
+        if not self._transitions:
+            return []
         # Emptied in place: every circuit appends to this very list.
         taken = list(self._transitions)
         self._transitions.clear()
@@ -316,15 +319,22 @@ def dependency_of(node: str, params: Any) -> str:
     url = params.get(field_name)
     if not isinstance(url, str):
         return node
+    target = _target(url)
+    return f"{node} {target}" if target is not None else node
+
+
+@functools.lru_cache(maxsize=4096)
+def _target(url: str) -> str | None:
+    """``host`` or ``host:port`` of ``url`` (cached: every step outcome asks, urlsplit is slow)."""
     try:
         parts = urlsplit(url)
         host, port = parts.hostname, parts.port
     except ValueError:
-        return node
+        return None
     if not host:
-        return node
+        return None
     # Host and port only: never the user-info part of a URL (credentials).
-    return f"{node} {host}:{port}" if port is not None else f"{node} {host}"
+    return f"{host}:{port}" if port is not None else host
 
 
 def step_dependency(state: RunState, step_id: str) -> str:

@@ -73,9 +73,11 @@ class SchedulerGate:
         if state is None or not decision.events:
             return
         now = decision.events[0].occurred_at
-        for event in decision.events:
-            if isinstance(event, StepRetryScheduled) and event.reason != RetryReason.BACKOFF:
-                self.counters.retries_held += 1
+        self.counters.retries_held += sum(
+            1
+            for event in decision.events
+            if isinstance(event, StepRetryScheduled) and event.reason != RetryReason.BACKOFF
+        )
         self.gate.observe(retry_signals(decision.events, state), now)
         for t in self.gate.take_transitions():
             self.recent.append(t)
