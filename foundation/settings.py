@@ -88,6 +88,19 @@ class Settings(BaseSettings):
     # Finished runs (succeeded, cancelled) kept in full in memory per partition, newest first;
     # older ones shrink to a marker (status, last seq, idempotency key).
     scheduler_finished_runs_kept: int = 128
+    # Retry budget and circuit breaker per dependency, per scheduler process
+    # (docs/decisions/0020-retry-budget-and-circuit.md): retries to one dependency go at most at
+    # floor + ratio x its first attempts per second over the window (later ones are delayed,
+    # never failed); its circuit opens when failure_ratio of at least min_samples outcomes in
+    # the window failed, holds retries for the cool-down, then lets probes through.
+    scheduler_retry_budget_ratio: float = 0.2
+    scheduler_retry_budget_floor_per_s: float = 10.0
+    scheduler_retry_window_s: int = 10
+    scheduler_circuit_failure_ratio: float = 0.5
+    scheduler_circuit_min_samples: int = 20
+    scheduler_circuit_cooldown_ms: int = 5_000
+    scheduler_circuit_max_cooldown_ms: int = 60_000
+    scheduler_circuit_probes: int = 5
 
     def resolved_clickhouse_dsn(self) -> str:
         return self.clickhouse_dsn or f"chdb://{self.data_dir / 'chdb'}"

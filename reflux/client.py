@@ -78,7 +78,15 @@ def describe_event(event: dict[str, Any]) -> str:
         parts.append("(cache hit)")
     if payload.get("error"):
         parts.append(f"[{payload['error'].get('error_class')}] {payload['error'].get('message')}")
-    if payload.get("reason"):
+    if kind == "StepRetryScheduled":
+        parts.append(f"at {_time(payload.get('next_attempt_at'))}")
+        if payload.get("reason", "backoff") != "backoff":
+            # Held by the retry budget or the dependency's circuit (docs/decisions/0020).
+            parts.append(
+                f"held {payload.get('held_ms')} ms: {payload['reason']} "
+                f"(circuit {payload.get('circuit')}, {payload.get('dependency')})"
+            )
+    elif payload.get("reason"):
         parts.append(str(payload["reason"]))
     if kind == "RunSucceeded":
         parts.append(f"outputs={json.dumps(payload.get('outputs'))}")

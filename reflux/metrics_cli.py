@@ -1,5 +1,5 @@
-"""``reflux metrics [nodes|workflows|failures|reliability|ingest|alerts]``: the metrics API as
-terminal tables.
+"""``reflux metrics [nodes|workflows|failures|reliability|retries|ingest|alerts]``: the metrics
+API as terminal tables.
 
 Reads the HTTP API (``REFLUX_API_URL`` or ``--api``) like ``reflux run`` does, so it shows the
 same numbers against ``reflux dev`` on a laptop and against a deployed API. The ``render_*``
@@ -26,6 +26,7 @@ __all__ = [
     "render_ingest",
     "render_nodes",
     "render_reliability",
+    "render_retries",
     "render_table",
     "render_workflows",
 ]
@@ -172,6 +173,39 @@ def render_reliability(payload: Json) -> str:
     return f"{title}\n{render_table(headers, rows)}"
 
 
+def render_retries(payload: Json) -> str:
+    """Retries per node and dependency: how many the budget or the circuit held, and the
+    circuit's state at the last retry decision (docs/decisions/0020)."""
+    headers = [
+        "node",
+        "dependency",
+        "retries",
+        "per s",
+        "held",
+        "by budget",
+        "by circuit",
+        "held avg ms",
+        "held max ms",
+        "circuit",
+    ]
+    rows = [
+        [
+            r["node"],
+            r["dependency"],
+            r["retries"],
+            r["retries_per_s"],
+            r["held"],
+            r["held_by_budget"],
+            r["held_by_circuit"],
+            r["held_ms_avg"],
+            r["held_ms_max"],
+            r["last_circuit"],
+        ]
+        for r in payload["data"]
+    ]
+    return _with_title("retries", payload, headers, rows)
+
+
 def _heat(cell: Json | None) -> str:
     if cell is None:
         return "."
@@ -224,6 +258,7 @@ RENDERERS: dict[str, Callable[[Json], str]] = {
     "workflows": render_workflows,
     "failures": render_failures,
     "reliability": render_reliability,
+    "retries": render_retries,
     "ingest": render_ingest,
     "alerts": render_alerts,
 }
@@ -254,7 +289,8 @@ def show_metrics(args: argparse.Namespace) -> int:
 
 
 def add_metrics_commands(subparsers: Any, default_api: str | None = None) -> None:
-    """Add ``metrics <view>`` (nodes, workflows, failures, reliability, ingest, alerts)."""
+    """Add ``metrics <view>`` (nodes, workflows, failures, reliability, retries, ingest,
+    alerts)."""
     if default_api is None:
         from foundation.settings import get_settings
 
@@ -284,6 +320,8 @@ def add_metrics_commands(subparsers: Any, default_api: str | None = None) -> Non
     failures.add_argument("--node", help="only this node")
     reliability = view("reliability", "node x time error-rate heatmap")
     reliability.add_argument("--bucket", default="5m", help="cell width, whole minutes (5m)")
+    retries = view("retries", "retries per node and dependency: held by budget or circuit")
+    retries.add_argument("--node", help="only this node")
     view("ingest", "traces store ingestion: rows, refused rows, lag", windowed=False)
     alerts = view("alerts", "SLO alerts firing now", windowed=False)
     alerts.add_argument("--all", action="store_true", help="also resolved alerts")

@@ -132,7 +132,7 @@ class PayloadRef(RefluxRecord):
 
 
 class RetryPolicy(RefluxRecord):
-    """Per-step retry policy: exponential backoff with jitter."""
+    """Per-step retry policy: exponential backoff with jitter (equal jitter by default)."""
 
     AVRO_NAME: ClassVar[str] = "reflux.common.RetryPolicy"
     SCHEMA_VERSION: ClassVar[int] = 1
@@ -149,8 +149,10 @@ class RetryPolicy(RefluxRecord):
     backoff_multiplier: float = 2.0
     """Factor applied per attempt."""
 
-    jitter: float = 0.2
-    """Fraction (0..1) of random jitter added to each backoff."""
+    jitter: float = 0.5
+    """Random share (0..1) of each backoff, taken off the top: 0.5 = equal jitter, 1 = full
+    jitter.
+    """
 
     non_retryable_error_classes: list[str] = Field(default_factory=list)
     """Error classes that fail the step at once."""
@@ -611,10 +613,15 @@ class StepFailed(RunEventEnvelope):
 
 
 class StepRetryScheduled(RunEventEnvelope):
-    """Another attempt will be dispatched after a backoff."""
+    """Another attempt will be dispatched after a backoff, or a retry is held again (same
+    attempt) because its dependency's circuit is open or half-open.
+    """
 
     AVRO_NAME: ClassVar[str] = "reflux.events.StepRetryScheduled"
-    SCHEMA_VERSION: ClassVar[int] = 1
+    SCHEMA_VERSION: ClassVar[int] = 2
+
+    schema_version: int = 2
+    """Version of the writer schema; old records keep the version they were written with."""
 
     step: StepRef
     """The step."""
@@ -623,13 +630,29 @@ class StepRetryScheduled(RunEventEnvelope):
     """The attempt that will run next, 1-based."""
 
     next_attempt_at: TimestampMillis
-    """When it will be dispatched."""
+    """When it will be dispatched: the backoff, or later when the retry gate held it (held_ms)."""
 
     backoff_ms: int
-    """The backoff applied, jitter included."""
+    """The retry policy's backoff, jitter included (0 when a fired retry is held again)."""
 
     timer_id: str
     """The backoff timer's id (echoed by FireTimer)."""
+
+    reason: str = "backoff"
+    """Why it goes when it goes: backoff (the policy only), budget (later: the dependency's retry
+    budget is used up), circuit_open or half_open (held by the dependency's circuit).
+    """
+
+    circuit: str = "closed"
+    """The dependency's circuit when decided: closed, open or half_open."""
+
+    held_ms: int = 0
+    """How much later than the backoff alone the retry goes (budget or circuit)."""
+
+    dependency: str | None = None
+    """What the retry budget and circuit are kept for: the node, or for http.request the node and
+    the URL's host.
+    """
 
 
 class StepScheduled(RunEventEnvelope):

@@ -73,14 +73,17 @@ class InputSpec(_Frozen):
 
 
 class RetrySpec(_Frozen):
-    """Exponential backoff with jitter: min(max, initial * multiplier^(n-1)) * (1 + jitter*r)."""
+    """Exponential backoff with equal jitter by default: the delay before attempt n+1 is
+    ``b * (1 - jitter * r)`` with ``b = min(max, initial * multiplier^(n-1))`` and ``r`` in [0, 1)
+    (processors/scheduler/backoff.py; ADR 0020)."""
 
     max_attempts: int = Field(default=1, ge=1, le=100)
     """Total attempts including the first; 1 = no retry."""
     initial_backoff: DurationMs = 200
     max_backoff: DurationMs = 30_000
     multiplier: float = Field(default=2.0, ge=1.0, le=100.0)
-    jitter: float = Field(default=0.2, ge=0.0, le=1.0)
+    jitter: float = Field(default=0.5, ge=0.0, le=1.0)
+    """The random share of each delay, taken off the top: 0.5 = equal jitter, 1 = full."""
     non_retryable: tuple[str, ...] = ()
     """Error classes that fail the step at once, whatever the worker said about retrying."""
 

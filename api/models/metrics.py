@@ -220,6 +220,33 @@ class ReliabilityPublic(MetricsWindow):
     cells: list[ReliabilityCellPublic] = Field(description="Only (node, bucket) pairs with data.")
 
 
+class RetryMetricsPublic(BaseModel):
+    node: str
+    dependency: str = Field(
+        description="What the retry budget and circuit are kept for: the node, or for "
+        "http.request the node and the URL's host.",
+        examples=["http.request api.example.com"],
+    )
+    retries: int = Field(description="Retries scheduled (a retry held again counts again).")
+    retries_per_s: float
+    held: int = Field(description="Retries that go later than their backoff.")
+    held_by_budget: int = Field(description="Later because the retry budget was used up.")
+    held_by_circuit: int = Field(description="Held by an open (or half-open) circuit.")
+    held_ms_avg: float = Field(description="Mean extra wait of the held retries.")
+    held_ms_max: int
+    decided_while_open: int = Field(
+        description="Retry decisions taken while the circuit was open or half-open."
+    )
+    last_circuit: str = Field(
+        description="The circuit at the window's last retry decision: closed, open, half_open.",
+        examples=["open"],
+    )
+
+
+class RetriesMetricsPublic(MetricsWindow):
+    data: list[RetryMetricsPublic]
+
+
 class IngestStatusPublic(BaseModel):
     rows: int = Field(description="Traces ingested.")
     error_rows: int = Field(description="Messages refused into traces_errors.")

@@ -1,5 +1,5 @@
-"""``/v1/metrics``: node, workflow, failure, reliability and ingestion metrics from the traces
-store (ClickHouse; :mod:`projections.traces.queries`).
+"""``/v1/metrics``: node, workflow, failure, reliability, retry and ingestion metrics from the
+traces store (ClickHouse; :mod:`projections.traces.queries`).
 
 Routes are plain ``def``: the queries block (chdb serialises them behind one lock), so FastAPI runs
 them in its thread pool. A store that is off, unreachable or owned elsewhere answers 503 with the
@@ -26,6 +26,8 @@ from api.models.metrics import (
     NodesMetricsPublic,
     ReliabilityCellPublic,
     ReliabilityPublic,
+    RetriesMetricsPublic,
+    RetryMetricsPublic,
     WorkflowMetricsPublic,
     WorkflowsMetricsPublic,
     bucket_or_422,
@@ -277,6 +279,48 @@ def reliability(
                 latency_ms_p95=c.latency_ms_p95,
             )
             for c in cells
+        ],
+    )
+
+
+@router.get(
+    "/retries",
+    response_model=RetriesMetricsPublic,
+    summary="Retries per node and dependency: held by the retry budget or the circuit, and the "
+    "circuit's state",
+    responses=RESPONSES,
+)
+def retries(
+    window: WindowDep,
+    api: ApiSettingsDep,
+    ch: ClickHouseDep,
+    node: Annotated[str | None, Query(description="Only this node.")] = None,
+) -> RetriesMetricsPublic:
+    """Most retries first. From the scheduler's traces of its retry decisions
+    (docs/decisions/0020-retry-budget-and-circuit.md)."""
+    span, end = window.span, window.end
+    rows = _ask(
+        lambda: queries.retry_metrics(ch, span, node, until=end, database=api.clickhouse_database)
+    )
+    return RetriesMetricsPublic(
+        window=window.text,
+        since=_rollup_since(end, span),
+        until=end,
+        data=[
+            RetryMetricsPublic(
+                node=r.node,
+                dependency=r.dependency,
+                retries=r.retries,
+                retries_per_s=r.retries_per_s,
+                held=r.held,
+                held_by_budget=r.held_by_budget,
+                held_by_circuit=r.held_by_circuit,
+                held_ms_avg=r.held_ms_avg,
+                held_ms_max=r.held_ms_max,
+                decided_while_open=r.decided_while_open,
+                last_circuit=r.last_circuit,
+            )
+            for r in rows
         ],
     )
 

@@ -56,6 +56,7 @@ from foundation.errors import NonRetryableError, classify
 from processors.scheduler.backoff import backoff_ms, should_retry
 from processors.scheduler.cache import cache_key
 from processors.scheduler.evolve import RUN_EVENT_TYPES, RunEvent, evolve, fold
+from processors.scheduler.retry_gate import UNGATED, Admission, RetryGating, step_dependency
 from processors.scheduler.state import (
     ACTIVE_STEP_STATUSES,
     DONE_STEP_STATUSES,
@@ -254,6 +255,10 @@ class DecisionContext:
     store_payload: Callable[[Any], PayloadRef | None] | None = None
     """Claim check for rendered params (runtime I/O hook): stores them and returns their
     ``PayloadRef`` when they are too large to inline in the run log, else ``None``."""
+    retry_gate: RetryGating = UNGATED
+    """When a retry may go (retry budget and circuit per dependency; soft runtime state, like
+    ``now``): what it answers is written in ``StepRetryScheduled``, so replays never ask it.
+    The default lets every retry go at its backoff. See :mod:`processors.scheduler.retry_gate`."""
 
 
 @dataclass(frozen=True)
@@ -574,8 +579,11 @@ def _fire_timer(w: _Writer, cmd: FireTimer) -> None:
         _after_failure(w, step.step_id, error)
         _advance(w)
         return
-    # Backoff: start the next attempt (a paused run keeps the timer until it is resumed).
+    # Backoff: start the next attempt (a paused run keeps the timer until it is resumed),
+    # unless the dependency's circuit opened meanwhile: then the retry is held again.
     if step.status is StepStatus.RETRY_WAIT and run.status is RunStatus.RUNNING:
+        if _held_again(w, step.step_id, timer.attempt):
+            return
         _schedule(w, step.step_id, timer.attempt)
         _advance(w)
 
@@ -802,16 +810,48 @@ def _after_failure(w: _Writer, step_id: str, error: ErrorInfo) -> None:
     attempt = run.steps[step_id].attempt
     if should_retry(policy, attempt, error_class=error.error_class, retryable=error.retryable):
         delay = backoff_ms(policy, attempt, w.ctx.random())
-        w.emit(
-            StepRetryScheduled,
-            step=run.step_ref(step_id),
-            attempt=attempt + 1,
-            next_attempt_at=w.ctx.now + timedelta(milliseconds=delay),
-            backoff_ms=delay,
-            timer_id=w.ctx.new_id(),
-        )
+        earliest = w.ctx.now + timedelta(milliseconds=delay)
+        dependency = step_dependency(run, step_id)
+        admission = w.ctx.retry_gate.admit(dependency, earliest, w.ctx.now, w.ctx.random)
+        _retry_at(w, step_id, attempt + 1, admission, earliest=earliest, backoff=delay)
     else:
         w.emit(RunFailed, error=error, failed_step=run.step_ref(step_id))
+
+
+def _held_again(w: _Writer, step_id: str, attempt: int) -> bool:
+    """A retry's time has come: ask the gate again (its circuit may have opened since, or be
+    half-open with its probes out). Held: a new StepRetryScheduled for the same attempt."""
+    dependency = step_dependency(w.run, step_id)
+    admission = w.ctx.retry_gate.recheck(dependency, w.ctx.now, w.ctx.random)
+    if admission.due <= w.ctx.now:
+        return False
+    _retry_at(w, step_id, attempt, admission, earliest=w.ctx.now, backoff=0)
+    return True
+
+
+def _retry_at(
+    w: _Writer,
+    step_id: str,
+    attempt: int,
+    admission: Admission,
+    *,
+    earliest: datetime,
+    backoff: int,
+) -> None:
+    """StepRetryScheduled for ``attempt`` at the gate's time (never before ``earliest``)."""
+    due = max(admission.due, earliest)
+    w.emit(
+        StepRetryScheduled,
+        step=w.run.step_ref(step_id),
+        attempt=attempt,
+        next_attempt_at=due,
+        backoff_ms=backoff,
+        timer_id=w.ctx.new_id(),
+        reason=admission.reason.value,
+        circuit=admission.circuit.value,
+        held_ms=int((due - earliest) / timedelta(milliseconds=1)),
+        dependency=admission.dependency,
+    )
 
 
 def _resume_work(w: _Writer) -> None:
@@ -833,8 +873,10 @@ def _resume_work(w: _Writer) -> None:
                 ),
                 None,
             )
-            # No timer left means the run failed meanwhile (RunFailed drops backoffs): retry now.
-            if backoff is None or backoff.due_at <= w.ctx.now:
+            # No timer left means the run failed meanwhile (RunFailed drops backoffs): retry now
+            # (unless the dependency's circuit holds it).
+            due = backoff is None or backoff.due_at <= w.ctx.now
+            if due and not _held_again(w, step_id, step.attempt + 1):
                 _schedule(w, step_id, step.attempt + 1)
 
 

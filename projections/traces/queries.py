@@ -11,6 +11,10 @@ actually covered. :func:`top_failures` reads raw traces and uses the exact windo
 A failure is an attempt with status ``error`` or ``timeout``. Latency quantiles cover every
 attempt (cache hits included) and interpolate linearly between samples; they are exact up to
 8192 samples per group and a reservoir sample beyond (ClickHouse ``quantiles``).
+
+The scheduler's traces of retry decisions (``context['kind'] = 'retry'``) are not attempts: the
+attempt rollups and :func:`top_failures` leave them out; :func:`retry_metrics` reads their own
+rollup (004_retry_metrics.sql).
 """
 
 from __future__ import annotations
@@ -29,10 +33,12 @@ __all__ = [
     "NodeMetrics",
     "QueryError",
     "ReliabilityCell",
+    "RetryMetrics",
     "WorkflowMetrics",
     "ingest_status",
     "node_metrics",
     "reliability_matrix",
+    "retry_metrics",
     "top_failures",
     "workflow_metrics",
 ]
@@ -105,6 +111,30 @@ class ReliabilityCell:
     failures: int
     error_rate: float
     latency_ms_p95: float
+
+
+@dataclass(frozen=True, slots=True)
+class RetryMetrics:
+    """Retry decisions for one (node, dependency) in the window (docs/decisions/0020)."""
+
+    node: str
+    dependency: str
+    """What the retry budget and circuit are kept for: the node, or ``http.request <host>``."""
+    retries: int
+    """Retries scheduled (StepRetryScheduled, a held retry held again counts again)."""
+    retries_per_s: float
+    held: int
+    """Retries that go later than their backoff: over the budget, or held by the circuit."""
+    held_by_budget: int
+    held_by_circuit: int
+    """Held because the circuit was open, or half-open with its probes out."""
+    held_ms_avg: float
+    """Mean extra wait of the held ones."""
+    held_ms_max: int
+    decided_while_open: int
+    """Retry decisions taken while the circuit was open or half-open."""
+    last_circuit: str
+    """The circuit's state at the window's last retry decision: closed, open or half_open."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,7 +310,7 @@ def top_failures(
         f"FROM {db}.traces "
         "WHERE start >= fromUnixTimestamp64Milli(toInt64(%(since_ms)s), 'UTC') "
         "AND start <= fromUnixTimestamp64Milli(toInt64(%(until_ms)s), 'UTC') "
-        "AND status IN ('error', 'timeout') "
+        "AND status IN ('error', 'timeout') AND context['kind'] != 'retry' "
         + ("AND node = %(node)s " if node is not None else "")
         + "GROUP BY node, error_class_or_status "
         "ORDER BY failures DESC, node, error_class_or_status LIMIT %(limit)s",
@@ -343,6 +373,49 @@ def reliability_matrix(
         )
         for r in rows
     ]
+
+
+def retry_metrics(
+    ch: ClickHouse,
+    window: timedelta,
+    node: str | None = None,
+    *,
+    until: datetime | None = None,
+    database: str = DEFAULT_DATABASE,
+) -> list[RetryMetrics]:
+    """Retries per (node, dependency): how many, how many the budget or the circuit held and
+    for how long, and the circuit's last state; most retries first."""
+    db = validate_database(database)
+    since, end, seconds = _span(window, until)
+    rows = ch.query(
+        "SELECT toString(node) AS node, dependency, sum(retries) AS retries, sum(held) AS held, "
+        "sum(held_by_budget) AS by_budget, sum(held_by_circuit) AS by_circuit, "
+        "sum(held_ms_sum) AS held_ms_sum, max(held_ms_max) AS held_ms_max, "
+        "sum(circuit_open) AS circuit_open, argMaxMerge(last_circuit) AS last_circuit "
+        f"FROM {db}.retry_metrics_1m WHERE {_WINDOW_SQL} "
+        + ("AND node = %(node)s " if node is not None else "")
+        + "GROUP BY node, dependency ORDER BY retries DESC, node, dependency",
+        {"since_ms": _millis(since), "until_ms": _millis(end), "node": node},
+    )
+    out: list[RetryMetrics] = []
+    for r in rows:
+        held = int(r["held"])
+        out.append(
+            RetryMetrics(
+                node=str(r["node"]),
+                dependency=str(r["dependency"]),
+                retries=int(r["retries"]),
+                retries_per_s=int(r["retries"]) / seconds,
+                held=held,
+                held_by_budget=int(r["by_budget"]),
+                held_by_circuit=int(r["by_circuit"]),
+                held_ms_avg=int(r["held_ms_sum"]) / held if held else 0.0,
+                held_ms_max=int(r["held_ms_max"]),
+                decided_while_open=int(r["circuit_open"]),
+                last_circuit=str(r["last_circuit"]),
+            )
+        )
+    return out
 
 
 def ingest_status(ch: ClickHouse, *, database: str = DEFAULT_DATABASE) -> IngestStatus:

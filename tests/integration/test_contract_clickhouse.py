@@ -31,6 +31,7 @@ from projections.traces.queries import (
     ingest_status,
     node_metrics,
     reliability_matrix,
+    retry_metrics,
     top_failures,
 )
 from schemas.models import ErrorInfo, Trace, TraceStatus
@@ -231,18 +232,36 @@ def test_traces_ingest_from_kafka_and_the_metrics_queries_agree(
 ) -> None:
     settings, database = traces_store
     ch = backend.ch
-    assert apply(ch, settings, database=database) == [1, 2, 3]
+    assert apply(ch, settings, database=database) == [1, 2, 3, 4]
     traces = [_trace(i) for i in range(90)]
+    # Retry decisions of the scheduler (004_retry_metrics.sql): counted apart, not as attempts.
+    retries = [
+        _trace(90 + i).model_copy(
+            update={
+                "node": NODES[0],
+                "status": TraceStatus.SKIPPED,
+                "error": None,
+                "metrics": {"held_ms": 1_000.0 * i},
+                "context": {"kind": "retry", "reason": "circuit_open" if i else "backoff",
+                            "circuit": "open" if i else "closed", "dependency": "d"},
+            }
+        )
+        for i in range(3)
+    ]  # fmt: skip
     catalog = TopicCatalog.from_settings(settings)
     with Producer(settings, client_id="contract-clickhouse") as producer:
-        for trace in traces:
+        for trace in traces + retries:
             producer.send(catalog.traces.topic, trace.node, encode_trace(trace))
 
     def count(table: str, expression: str = "count()") -> int:
         return int(ch.query(f"SELECT {expression} AS n FROM {database}.{table}")[0]["n"])
 
+    eventually(lambda: count("traces"), 60, "93 rows in traces", until=lambda n: n == 93)
     eventually(
-        lambda: count("traces"), 60, f"{len(traces)} rows in traces", until=lambda n: n == 90
+        lambda: count("retry_metrics_1m", "sum(retries)"),
+        30,
+        "every retry decision in the retry_metrics_1m rollup",
+        until=lambda n: n == 3,
     )
     eventually(
         lambda: count("node_metrics_1m", "sum(attempts)"),
@@ -277,6 +296,9 @@ def test_traces_ingest_from_kafka_and_the_metrics_queries_agree(
     )
     assert [(c.node, c.bucket_start) for c in cells] == want
 
+    (held,) = retry_metrics(ch, window, until=until, database=database)
+    assert (held.retries, held.held, held.held_by_circuit, held.held_ms_max) == (3, 2, 2, 2_000)
+
     status = ingest_status(ch, database=database)
-    assert (status.rows, status.error_rows) == (90, 0)
+    assert (status.rows, status.error_rows) == (93, 0)
     assert status.last_received_at is not None and status.last_received_at.tzinfo is UTC

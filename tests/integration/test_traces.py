@@ -51,6 +51,7 @@ from projections.traces.queries import (
     ingest_status,
     node_metrics,
     reliability_matrix,
+    retry_metrics,
     top_failures,
     workflow_metrics,
 )
@@ -222,7 +223,7 @@ def _expected_row(trace: Trace) -> dict[str, Any]:
 
 
 def test_traces_arrive_field_by_field(env: Env) -> None:
-    assert apply(env.ch, env.settings, database=env.database) == [1, 2, 3]
+    assert apply(env.ch, env.settings, database=env.database) == [1, 2, 3, 4]
     traces = [_trace(i) for i in range(600)]
     before = time.time()
     _send(env, traces)
@@ -382,7 +383,7 @@ def test_a_stop_mid_ingestion_then_a_restart_loses_and_duplicates_nothing(env: E
 
     owner.open()
     try:
-        assert applied_versions(owner.ch, env.database).keys() == {1, 2, 3}
+        assert applied_versions(owner.ch, env.database).keys() == {1, 2, 3, 4}
         _wait("rows after restart", counted, len(sent))
         # Everything read is committed: nothing is left that a late duplicate could come from.
         eventually(
@@ -532,8 +533,100 @@ def test_metrics_queries_return_the_aggregates_of_a_known_data_set(env: Env) -> 
         assert c.latency_ms_p95 == pytest.approx(_quantile([float(t.latency_ms) for t in ts], 0.95))
 
 
+def _retry_trace(i: int, reason: str, circuit: str, held_ms: int, **overrides: Any) -> Trace:
+    """A trace of a retry decision, as processors/scheduler/runtime/traces.py writes it."""
+    start = BASE + timedelta(minutes=10, seconds=i)
+    fields: dict[str, Any] = {
+        "run_id": f"run-{i}",
+        "seq": 5,
+        "workflow_id": "wf-0",
+        "workflow_version": 1,
+        "step_id": "call",
+        "node": "http.request",
+        "node_version": "1.0.0",
+        "status": TraceStatus.SKIPPED,
+        "start": start,
+        "end": start + timedelta(milliseconds=100 + held_ms),
+        "latency_ms": 100 + held_ms,
+        "inputs_hash": f"{i:064x}",
+        "metrics": {"backoff_ms": 100.0, "held_ms": float(held_ms)},
+        "retry_count": 1,
+        "cache_hit": False,
+        "context": {
+            "source": "scheduler",
+            "kind": "retry",
+            "reason": reason,
+            "circuit": circuit,
+            "dependency": "http.request sick.example",
+            "error_class": "HttpStatus503",
+        },
+    }
+    fields.update(overrides)
+    return Trace(**fields)
+
+
+def test_retry_decisions_are_counted_apart_from_attempts(env: Env) -> None:
+    apply(env.ch, env.settings, database=env.database)
+    until = BASE + timedelta(minutes=30)
+    window = timedelta(minutes=30)
+    attempts = [
+        _trace(i, start=BASE + timedelta(minutes=10, seconds=i), node="http.request")
+        for i in range(12)
+    ]
+    transform = {"source": "scheduler", "kind": "retry", "reason": "backoff", "circuit": "closed",
+                 "dependency": "transform"}  # fmt: skip
+    retries = [
+        _retry_trace(0, "backoff", "closed", 0),
+        _retry_trace(1, "budget", "closed", 700),
+        _retry_trace(2, "circuit_open", "open", 5_000),
+        _retry_trace(3, "circuit_open", "open", 6_500),
+        _retry_trace(4, "half_open", "half_open", 2_000),
+        _retry_trace(5, "backoff", "closed", 0),  # the circuit closed again: the last state
+        _retry_trace(6, "backoff", "closed", 0, node="transform", context=transform),
+    ]
+    _send(env, attempts + retries)
+    _wait("rows in traces", env.count, len(attempts) + len(retries))
+
+    def retry_rows() -> int:
+        query = f"SELECT sum(retries) AS n FROM {env.database}.retry_metrics_1m"
+        return int(env.ch.query(query)[0]["n"])
+
+    _wait("retries in retry_metrics_1m", retry_rows, len(retries))
+    for rollup in ("node_metrics_1m", "workflow_metrics_1m"):
+        # _wait fails at once on more: not one retry row is counted as an attempt.
+        _wait(f"attempts in {rollup}", _rollup_attempts(env, rollup), len(attempts))
+    (http,) = node_metrics(env.ch, window, until=until, database=env.database)
+    assert http.node == "http.request" and http.attempts == len(attempts)
+    failed = [t for t in attempts if t.status in (TraceStatus.ERROR, TraceStatus.TIMEOUT)]
+    groups = top_failures(env.ch, window, until=until, database=env.database)
+    assert sum(g.failures for g in groups) == len(failed)
+
+    got = retry_metrics(env.ch, window, until=until, database=env.database)
+    assert [(r.node, r.dependency, r.retries) for r in got] == [
+        ("http.request", "http.request sick.example", 6),
+        ("transform", "transform", 1),
+    ]
+    sick = got[0]
+    assert (sick.held, sick.held_by_budget, sick.held_by_circuit) == (4, 1, 3)
+    assert sick.held_ms_avg == pytest.approx((700 + 5_000 + 6_500 + 2_000) / 4)
+    assert (sick.held_ms_max, sick.decided_while_open, sick.last_circuit) == (6_500, 3, "closed")
+    assert sick.retries_per_s == pytest.approx(6 / window.total_seconds())
+    only = retry_metrics(env.ch, window, "transform", until=until, database=env.database)
+    assert [r.node for r in only] == ["transform"]
+
+    with _api(env) as client:
+        payload = _ok(
+            client.get(
+                "/v1/metrics/retries",
+                params={"window": "30m", "until": _iso(until), "node": "http.request"},
+            )
+        )
+    rows = [(r["dependency"], r["held_by_circuit"], r["last_circuit"]) for r in payload["data"]]
+    assert rows == [("http.request sick.example", 3, "closed")]
+
+
 def test_migrations_are_recorded_idempotent_and_refuse_edits(env: Env) -> None:
-    assert apply(env.ch, env.settings, database=env.database) == [1, 2, 3]
+    assert apply(env.ch, env.settings, database=env.database) == [1, 2, 3, 4]
     assert apply(env.ch, env.settings, database=env.database) == []
     recorded = applied_versions(env.ch, env.database)
     migrations = load_migrations()
@@ -558,6 +651,8 @@ def test_migrations_are_recorded_idempotent_and_refuse_edits(env: Env) -> None:
         "node_metrics_1m_mv",
         "workflow_metrics_1m",
         "workflow_metrics_1m_mv",
+        "retry_metrics_1m",
+        "retry_metrics_1m_mv",
     }
 
 

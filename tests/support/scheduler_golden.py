@@ -21,6 +21,13 @@ from typing import Any
 
 from processors.scheduler.decide import TIMEOUT_GRACE_MS
 from processors.scheduler.evolve import RUN_EVENT_TYPES, RunEvent, fold
+from processors.scheduler.retry_gate import (
+    CircuitPolicy,
+    GatePolicy,
+    RetryGate,
+    Signal,
+    SignalKind,
+)
 from processors.scheduler.state import RunState
 from schemas.models import (
     MODELS,
@@ -242,6 +249,31 @@ def step_timeout() -> Simulation:
     sim.run_workers(lambda inv: NO_ANSWER if inv.attempt == 1 else {"params": {"ok": True}})
     # The lost attempt answers after all: late, so a no-op.
     sim.result(first, status=TraceStatus.OK, output={"late": True})
+    return sim
+
+
+CIRCUIT = """
+id: circuit
+steps:
+  - id: call
+    node: http.request@^1
+    params: {url: "https://sick.example/orders"}
+    retry: {max_attempts: 4, initial_backoff: 100ms, jitter: 0}
+"""
+
+
+def circuit_held() -> Simulation:
+    """A retry scheduled while its dependency's circuit was closed finds it open when its timer
+    fires (other runs' failures opened it): it is held again (StepRetryScheduled, same attempt,
+    reason circuit_open); after the cool-down it goes as the half-open probe, succeeds, and the
+    circuit closes."""
+    gate = RetryGate(GatePolicy(circuit=CircuitPolicy(min_samples=3, cooldown_ms=2_000, probes=1)))
+    sim = Simulation(CIRCUIT, node_catalog=CATALOG, retry_gate=gate)
+    sim.start()
+    sim.fail("call", "HttpStatus503")
+    others = Signal("http.request sick.example", SignalKind.FAILURE, sim.now)
+    gate.observe([others, others], sim.now)
+    sim.run_workers(_echo)
     return sim
 
 
@@ -495,6 +527,7 @@ SCENARIOS: dict[str, Callable[[], Simulation]] = {
     "backlog": backlog,
     "queue_timeout": queue_timeout,
     "heartbeats": heartbeats,
+    "circuit_held": circuit_held,
 }
 
 

@@ -28,6 +28,7 @@ from processors.scheduler.decide import (
     default_resolve_node_version,
 )
 from processors.scheduler.evolve import RunEvent, fold
+from processors.scheduler.retry_gate import UNGATED, RetryGate, retry_signals
 from processors.scheduler.state import RunState, RunStatus
 from processors.scheduler.timers import due_timers, next_due
 from schemas.models import (
@@ -97,6 +98,7 @@ class Simulation:
         seed: int = 7,
         node_catalog: NodeCatalogView | None = None,
         check_replay: bool = True,
+        retry_gate: RetryGate | None = None,
     ) -> None:
         self.definition = (
             definition
@@ -108,6 +110,9 @@ class Simulation:
         self.now = T0
         self.node_catalog = node_catalog
         self.check_replay = check_replay
+        self.retry_gate = retry_gate
+        """Shared by the simulations of one "scheduler process" (see :mod:`scheduler_fleet`);
+        fed every decision's signals, as the runtime does. None: retries are not gated."""
         self._ids = count(1)
         self._rng = random.Random(seed)
         self.state: RunState | None = None
@@ -140,6 +145,7 @@ class Simulation:
             resolve_node_version=resolver,
             lookup_workflow=self._lookup,
             node_catalog=self.node_catalog,
+            retry_gate=self.retry_gate if self.retry_gate is not None else UNGATED,
         )
 
     def _lookup(self, workflow_id: str, version: int | None) -> RegisteredWorkflow | None:
@@ -167,6 +173,8 @@ class Simulation:
             self.cache[write.cache_key] = write.output
         if decision.rejection is not None:
             self.rejections.append(decision.rejection)
+        if self.retry_gate is not None and decision.state is not None:
+            self.retry_gate.observe(retry_signals(decision.events, decision.state), self.now)
         if self.check_replay:
             replayed = fold(self.log)
             assert replayed == self.state, "live state differs from the replayed log"

@@ -32,6 +32,7 @@ from reflux.metrics_cli import (
     render_alerts,
     render_nodes,
     render_reliability,
+    render_retries,
     render_table,
 )
 from schemas.models import AlertKind, AlertState
@@ -114,7 +115,7 @@ def test_bad_parameters_are_422_with_the_field_path(url: str, loc: list[str], me
 
 
 @pytest.mark.parametrize(
-    "path", ["nodes", "workflows", "failures", "reliability?bucket=10m", "ingest"]
+    "path", ["nodes", "workflows", "failures", "reliability?bucket=10m", "retries", "ingest"]
 )
 def test_without_a_store_metrics_answer_503_naming_why(path: str) -> None:
     with TestClient(_app_without_store("owned by pid 42")) as client:
@@ -125,7 +126,7 @@ def test_without_a_store_metrics_answer_503_naming_why(path: str) -> None:
 
 def test_openapi_lists_the_metrics_and_alerts_endpoints() -> None:
     spec = create_app(Settings()).openapi()
-    for path in ("nodes", "workflows", "failures", "reliability"):
+    for path in ("nodes", "workflows", "failures", "reliability", "retries"):
         responses = spec["paths"][f"/v1/metrics/{path}"]["get"]["responses"]
         assert {"200", "422", "503"} <= set(responses), path
     assert {"200", "503"} <= set(spec["paths"]["/v1/metrics/ingest"]["get"]["responses"])
@@ -247,6 +248,29 @@ def test_render_reliability_is_a_heatmap() -> None:
     assert lines[4].split() == ["b", ".", "0.0%"]
 
 
+def test_render_retries() -> None:
+    row = {
+        "node": "http.request",
+        "dependency": "http.request api.example.com",
+        "retries": 40,
+        "retries_per_s": 0.0111,
+        "held": 25,
+        "held_by_budget": 10,
+        "held_by_circuit": 15,
+        "held_ms_avg": 2500.0,
+        "held_ms_max": 9000,
+        "decided_while_open": 15,
+        "last_circuit": "open",
+    }
+    lines = render_retries({**WINDOW, "data": [row]}).splitlines()
+    assert lines[0].startswith("retries over 1h")
+    assert lines[3].split() == [
+        "http.request", "http.request", "api.example.com", "40", "0.0", "25", "10", "15",
+        "2,500.0", "9,000", "open",
+    ]  # fmt: skip
+    assert "(no traces in this window)" in render_retries({**WINDOW, "data": []})
+
+
 def test_render_alerts() -> None:
     assert render_alerts({"data": [], "count": 0}) == "no alerts"
     alert = {
@@ -273,5 +297,7 @@ def test_metrics_command_arguments() -> None:
     )
     args = parser.parse_args(["metrics", "reliability"])
     assert (args.window, args.bucket) == ("1h", "5m")
+    args = parser.parse_args(["metrics", "retries", "--node", "http.request"])
+    assert (args.view, args.node, args.window) == ("retries", "http.request", "1h")
     args = parser.parse_args(["metrics", "alerts", "--all"])
     assert args.all and callable(args.handler)

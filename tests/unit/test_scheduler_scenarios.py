@@ -183,8 +183,12 @@ def test_retry_then_success() -> None:
     sim = SCENARIOS["retry_then_success"]()
     retries = events_of(sim, StepRetryScheduled)
     assert [r.attempt for r in retries] == [2, 3]
-    # Exponential: 100ms then 200ms, plus up to 50% jitter, capped at 1s.
-    assert 100 <= retries[0].backoff_ms <= 150 and 200 <= retries[1].backoff_ms <= 300
+    # Exponential: 100ms then 200ms, less up to 50% jitter (equal jitter), capped at 1s.
+    assert 50 < retries[0].backoff_ms <= 100 and 100 < retries[1].backoff_ms <= 200
+    assert all(
+        r.next_attempt_at - r.occurred_at == timedelta(milliseconds=r.backoff_ms) for r in retries
+    )
+    assert [(r.reason, r.circuit, r.held_ms) for r in retries] == [("backoff", "closed", 0)] * 2
     invocations = [i for i in sim.sent if i.step.step_id == "flaky"]
     assert [i.attempt for i in invocations] == [1, 2, 3]
     assert len({i.invocation_id for i in invocations}) == 3  # a new id per attempt
@@ -575,8 +579,11 @@ def test_timers_diff_in_decisions() -> None:
 def test_backoff_grows_caps_and_jitters() -> None:
     policy = RetrySpec(initial_backoff=100, max_backoff=1_000, multiplier=3, jitter=0.5)
     assert [backoff_ms(policy, n, 0.0) for n in (1, 2, 3, 4)] == [100, 300, 900, 1_000]
-    assert backoff_ms(policy, 1, 0.999) == 149
-    assert backoff_ms(policy, 3, 0.999) == 1_000  # the cap is an upper bound, jitter included
+    assert backoff_ms(policy, 1, 0.999) == 50
+    # The cap is an upper bound, and the jitter survives it (below, not above, the base).
+    assert backoff_ms(policy, 4, 0.999) == 500 and backoff_ms(policy, 9, 0.5) == 750
+    assert backoff_ms(policy.model_copy(update={"jitter": 1.0}), 2, 0.999) == 0  # full jitter
+    assert RetrySpec().jitter == 0.5  # equal jitter by default
 
 
 def test_graph_mutations_via_commands() -> None:

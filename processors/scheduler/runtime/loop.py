@@ -87,6 +87,7 @@ from processors.scheduler.runtime.failures import (
     coordinates,
     is_fatal,
 )
+from processors.scheduler.runtime.gate import SchedulerGate
 from processors.scheduler.runtime.invoke_topics import InvokeTopics
 from processors.scheduler.runtime.recovery import (
     RecoveryReport,
@@ -252,6 +253,8 @@ class SchedulerRuntime:
             self.producer.config.get("message.max.bytes", DEFAULT_MAX_MESSAGE_BYTES)
         )
         self.invoke_topics = InvokeTopics(settings, self.catalog)
+        # Retry budget and circuit per dependency: soft state fed by what this process decides.
+        self.retry_gate = SchedulerGate(settings, self.instance_id)
         self._backoff = Backoff()
         self._isolation = Isolation()
         self._stop = threading.Event()
@@ -414,6 +417,7 @@ class SchedulerRuntime:
             load_payload=self._load_payload,
             store_payload=self._store_params,
             resolve_node_version=self._resolve_node_version,
+            retry_gate=self.retry_gate.gate,
         )
 
     # -- the loop --------------------------------------------------------------------------------
@@ -800,6 +804,7 @@ class SchedulerRuntime:
         if decision.state is not None and decision.events:
             batch.states[decision.state.run_id] = (partition, decision.state)
         batch.cache_writes.extend(decision.cache_writes)
+        self.retry_gate.fed(decision)
         self.stats.events += len(decision.events)
         self.stats.invocations += len(decision.invocations)
 

@@ -1,8 +1,16 @@
-"""Traces the scheduler writes itself: steps that ended without a worker reporting them.
+"""Traces the scheduler writes itself: steps that ended without a worker reporting them, and
+its retry decisions.
 
 Workers trace every attempt they execute. A cache hit, a step timeout (the worker may never
 answer), a queue timeout (no worker started the attempt) and a skipped step have no worker trace,
 so the scheduler emits one from the run events, in the same transaction as those events.
+
+Every ``StepRetryScheduled`` also gets a trace, ``context["kind"] = "retry"`` (status
+``skipped``: it is a decision, not an attempt), spanning the wait (``start`` = the decision,
+``end`` = when the retry goes) with the retry gate's answer in ``context`` (``reason``,
+``circuit``, ``dependency``, the failed attempt's ``error_class``) and ``metrics``
+(``backoff_ms``, ``held_ms``). The attempt rollups leave these rows out; ``retry_metrics_1m``
+counts them (docs/traces.md, docs/decisions/0020-retry-budget-and-circuit.md).
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from processors.scheduler.decide import QUEUE_TIMEOUT
 from processors.scheduler.state import RunState
 from schemas.models import (
     StepFailed,
+    StepRetryScheduled,
     StepSkipped,
     StepSucceeded,
     StepTimedOut,
@@ -20,6 +29,9 @@ from schemas.models import (
 )
 
 TracedEvent = StepSucceeded | StepTimedOut | StepFailed | StepSkipped
+
+RETRY_KIND = "retry"
+"""``context["kind"]`` of the traces of retry decisions (not attempts)."""
 
 
 def traces_for(events: tuple[object, ...], state: RunState) -> list[Trace]:
@@ -33,7 +45,42 @@ def traces_for(events: tuple[object, ...], state: RunState) -> list[Trace]:
             traces.append(_trace(event, state, TraceStatus.TIMEOUT))
         elif isinstance(event, StepSkipped):
             traces.append(_trace(event, state, TraceStatus.SKIPPED))
+        elif isinstance(event, StepRetryScheduled):
+            traces.append(_retry_trace(event, state))
     return traces
+
+
+def _retry_trace(event: StepRetryScheduled, state: RunState) -> Trace:
+    step = state.steps.get(event.step.step_id)
+    context = {
+        "source": "scheduler",
+        "kind": RETRY_KIND,
+        "reason": event.reason,
+        "circuit": event.circuit,
+        "dependency": event.dependency or event.step.node,
+    }
+    if step is not None and step.error is not None:
+        context["error_class"] = step.error.error_class
+    wait = int((event.next_attempt_at - event.occurred_at).total_seconds() * 1000)
+    return Trace(
+        run_id=state.run_id,
+        seq=event.seq,
+        workflow_id=state.workflow_id,
+        workflow_version=state.workflow_version,
+        step_id=event.step.step_id,
+        node=event.step.node,
+        node_version=event.step.node_version,
+        invocation_id=None,
+        status=TraceStatus.SKIPPED,
+        start=event.occurred_at,
+        end=event.next_attempt_at,
+        latency_ms=max(wait, 0),
+        inputs_hash=step.params_sha256 if step is not None else params_digest(None),
+        retry_count=max(event.attempt - 1, 0),
+        cache_hit=False,
+        metrics={"backoff_ms": float(event.backoff_ms), "held_ms": float(event.held_ms)},
+        context=context,
+    )
 
 
 def _trace(event: TracedEvent, state: RunState, status: TraceStatus) -> Trace:
