@@ -382,8 +382,9 @@ class TransactionalProducer(Producer):
     def abort(self, timeout: float = 30.0) -> None:
         if self.stuck:
             raise TransactionStuckError("Expected a usable producer to abort with, but it is stuck")
+        producer = self._producer
         try:
-            self._producer.abort_transaction(timeout)
+            self._bounded(lambda: producer.abort_transaction(timeout), timeout, "abort_transaction")
             # The aborted transaction's messages are purged; serve their (failed) delivery
             # reports now, so they are not mistaken for failures of the next transaction.
             self._producer.flush(min(timeout, 5.0))

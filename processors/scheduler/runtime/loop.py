@@ -124,7 +124,13 @@ from streams.admin import admin_client
 from streams.checkpoint import Checkpoint, KafkaTransaction
 from streams.consumer import consume_messages, consumer_config
 from streams.dlq import DeadLetterPublisher, poison_record
-from streams.producer import TYPE_HEADER, DeliveryError, TransactionalProducer, normalize_headers
+from streams.producer import (
+    TYPE_HEADER,
+    DeliveryError,
+    TransactionalProducer,
+    TransactionStuckError,
+    normalize_headers,
+)
 from streams.topics import TopicCatalog
 from workflows.model import WorkflowDefinition
 from workflows.validation import WorkflowValidationError
@@ -198,6 +204,10 @@ class RuntimeStats:
     snapshot_bytes: int = 0
     snapshot_s: float = 0.0
     """Time spent producing snapshot cycles (what snapshots cost the loop)."""
+
+
+ABORT_ATTEMPTS: Final = 2
+"""Aborts that time out before the producer is replaced instead of tried again."""
 
 
 class SchedulerRuntime:
@@ -939,15 +949,26 @@ class SchedulerRuntime:
         if is_fatal(exc):
             self._replace_producer(exc)
             return
-        while True:
+        for attempt in range(1, ABORT_ATTEMPTS + 1):
             try:
                 self._transaction.abort()
+                return
+            except TransactionStuckError as abort_exc:
+                self._replace_producer(abort_exc)
                 return
             except KafkaException as abort_exc:
                 error = abort_exc.args[0] if abort_exc.args else None
                 if isinstance(error, KafkaError) and error.code() == KafkaError._STATE:
                     return  # no transaction was open (begin itself failed)
-                if is_fatal(abort_exc) or not classify_failure(abort_exc).retryable:
+                if (
+                    is_fatal(abort_exc)
+                    or not classify_failure(abort_exc).retryable
+                    or attempt == ABORT_ATTEMPTS
+                ):
+                    # Seen in the chaos test after a broker restart: abort_transaction timed
+                    # out every 30 s for minutes, the producer still bound to the coordinator
+                    # of the broker before the restart. A new producer (same transactional id)
+                    # finds the current coordinator, which aborts what this one left open.
                     self._replace_producer(abort_exc)
                     return
                 self._wait_after("aborting", abort_exc)
