@@ -280,7 +280,10 @@ class SchedulerRuntime:
             )
         )
         # The transaction flushes the events, invocations and dead letters as it commits.
-        self._transaction = KafkaTransaction(self.producer, self.consumer)
+        # 10 s: a transaction the coordinator would roll back anyway (transaction.timeout.ms
+        # 15 s) is not worth waiting longer for; a call still blocked 10 s after that is
+        # abandoned with its producer (TransactionStuckError).
+        self._transaction = KafkaTransaction(self.producer, self.consumer, timeout=10.0)
         self.checkpoint = Checkpoint(
             self._transaction,
             name=f"scheduler {self.group}",
