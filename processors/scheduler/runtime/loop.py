@@ -280,10 +280,11 @@ class SchedulerRuntime:
             )
         )
         # The transaction flushes the events, invocations and dead letters as it commits.
-        # 10 s: a transaction the coordinator would roll back anyway (transaction.timeout.ms
-        # 15 s) is not worth waiting longer for; a call still blocked 10 s after that is
-        # abandoned with its producer (TransactionStuckError).
-        self._transaction = KafkaTransaction(self.producer, self.consumer, timeout=10.0)
+        # Calls time out after 30 s; one still blocked 10 s later is abandoned with its
+        # producer (TransactionStuckError). A 10 s timeout made commits on a loaded machine
+        # (load average 6+) time out: an extra abort, and a refused record's delivery
+        # report lost to the timeout, so its whole input failed instead of its step.
+        self._transaction = KafkaTransaction(self.producer, self.consumer)
         self.checkpoint = Checkpoint(
             self._transaction,
             name=f"scheduler {self.group}",
