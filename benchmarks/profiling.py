@@ -135,16 +135,19 @@ def find_py_spy() -> str | None:
 
 
 class PySpy:
-    """``py-spy record`` on this process in raw (collapsed stacks) format until :meth:`stop`."""
+    """``py-spy record`` on a process (default: this one) in raw (collapsed stacks) format until
+    :meth:`stop`."""
 
-    def __init__(self, executable: str, out: Path, rate_hz: int = 200) -> None:
+    def __init__(
+        self, executable: str, out: Path, rate_hz: int = 200, pid: int | None = None
+    ) -> None:
         self.out = out
         self._proc = subprocess.Popen(
             [
                 executable,
                 "record",
                 "--pid",
-                str(os.getpid()),
+                str(pid or os.getpid()),
                 "--format",
                 "raw",
                 "--output",

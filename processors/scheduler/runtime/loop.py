@@ -282,7 +282,6 @@ class SchedulerRuntime:
             self.settings,
             transactional_id=self.transactional_id,
             client_id=f"reflux-scheduler-{self.instance_id}",
-            config={"linger.ms": 0},
         )
 
     @functools.cached_property
