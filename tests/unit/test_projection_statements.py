@@ -10,6 +10,7 @@ from projections.postgres.statements import (
     RunUpdate,
     Statement,
     StepUpsert,
+    Update,
     coalesce,
 )
 
@@ -77,7 +78,7 @@ def test_a_rejection_advances_the_run_without_touching_updated_at() -> None:
 
 
 def test_coalesce_folds_each_row_into_its_first_update() -> None:
-    updates = [
+    updates: list[Update] = [
         upsert("a", status="scheduled"),
         reopen(1),
         upsert("b", status="scheduled"),
