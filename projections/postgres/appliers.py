@@ -36,6 +36,7 @@ Status rules that are not obvious from the event names:
 
 from __future__ import annotations
 
+import functools
 import re
 import uuid
 from collections.abc import Iterable
@@ -197,13 +198,18 @@ def _upsert_step(
         **columns,
         "updated_at": event.occurred_at,
     }
-    overwrite = frozenset(
-        name
-        for name in insert
-        if (set_node or name not in ("node", "node_version"))
-        and (attempt is not None or name != "attempt")
-    )
+    overwrite = _overwritten(tuple(insert), set_node, attempt is not None)
     return StepUpsert(schema, event.run_id, step.step_id, tuple(insert.items()), overwrite)
+
+
+@functools.lru_cache(maxsize=1024)
+def _overwritten(names: tuple[str, ...], set_node: bool, attempt: bool) -> frozenset[str]:
+    """The columns an upsert overwrites (one set per event type: cached, it is on the hot path)."""
+    return frozenset(
+        name
+        for name in names
+        if (set_node or name not in ("node", "node_version")) and (attempt or name != "attempt")
+    )
 
 
 # -- run lifecycle ---------------------------------------------------------------------------

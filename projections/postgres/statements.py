@@ -19,6 +19,7 @@ touch its row.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -65,16 +66,7 @@ class StepUpsert:
 
     @property
     def sql(self) -> str:
-        names = ", ".join(name for name, _ in self.values)
-        placeholders = ", ".join(["%s"] * len(self.values))
-        updates = ", ".join(
-            f"{name} = EXCLUDED.{name}" for name, _ in self.values if name in self.overwrite
-        )
-        return (
-            f"INSERT INTO {table(self.schema, 'steps')} (run_id, step_id, {names}) "
-            f"VALUES (%s, %s, {placeholders}) "
-            f"ON CONFLICT (run_id, step_id) DO UPDATE SET {updates}"
-        )
+        return _upsert_sql(self.schema, tuple(name for name, _ in self.values), self.overwrite)
 
     @property
     def params(self) -> tuple[Any, ...]:
@@ -122,16 +114,8 @@ class RunUpdate:
 
     @property
     def sql(self) -> str:
-        if self.reopen:
-            when = f"status IN {_TERMINAL}"
-            sets = [f"status = CASE WHEN {when} THEN '{RunStatus.RUNNING}' ELSE status END"]
-            sets += [f"{c} = CASE WHEN {when} THEN NULL ELSE {c} END" for c in REOPENED_COLUMNS[1:]]
-        else:
-            sets = [f"{name} = %s" for name, _ in self.columns]
-        sets.append("last_seq = GREATEST(last_seq, %s)")
-        if self.updated_at is not None:
-            sets.append("updated_at = %s")
-        return f"UPDATE {table(self.schema, 'runs')} SET {', '.join(sets)} WHERE run_id = %s"
+        names = tuple(name for name, _ in self.columns)
+        return _update_sql(self.schema, names, self.reopen, self.updated_at is not None)
 
     @property
     def params(self) -> tuple[Any, ...]:
@@ -156,6 +140,33 @@ class RunUpdate:
         if self.reopen and set(REOPENED_COLUMNS) <= {name for name, _ in later.columns}:
             return replace(later, seq=seq, updated_at=at)
         return None
+
+
+# The SQL of an upsert or update depends on its shape only; a batch has a handful of shapes.
+
+
+@functools.lru_cache(maxsize=1024)
+def _upsert_sql(schema: str, names: tuple[str, ...], overwrite: frozenset[str]) -> str:
+    updates = ", ".join(f"{name} = EXCLUDED.{name}" for name in names if name in overwrite)
+    return (
+        f"INSERT INTO {table(schema, 'steps')} (run_id, step_id, {', '.join(names)}) "
+        f"VALUES (%s, %s, {', '.join(['%s'] * len(names))}) "
+        f"ON CONFLICT (run_id, step_id) DO UPDATE SET {updates}"
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _update_sql(schema: str, names: tuple[str, ...], reopen: bool, updated_at: bool) -> str:
+    if reopen:
+        when = f"status IN {_TERMINAL}"
+        sets = [f"status = CASE WHEN {when} THEN '{RunStatus.RUNNING}' ELSE status END"]
+        sets += [f"{c} = CASE WHEN {when} THEN NULL ELSE {c} END" for c in REOPENED_COLUMNS[1:]]
+    else:
+        sets = [f"{name} = %s" for name in names]
+    sets.append("last_seq = GREATEST(last_seq, %s)")
+    if updated_at:
+        sets.append("updated_at = %s")
+    return f"UPDATE {table(schema, 'runs')} SET {', '.join(sets)} WHERE run_id = %s"
 
 
 Update = Statement | StepUpsert | RunUpdate
