@@ -251,3 +251,25 @@ def test_claims_asked_together_go_in_one_batch_and_each_gets_its_own_answer(
         client.delete(*(f"{settings.topic_prefix}:attempt:{i}" for i in ids))
     finally:
         client.close()
+
+
+def test_a_dropped_connection_is_reopened_and_the_batch_sent_again(private: Settings) -> None:
+    """The ledger keeps one connection: when Redis drops it, the next batch reconnects (as
+    redis-py's client retries), and a claim applied before the drop is not claimed twice."""
+    first, second = _ids(2)
+
+    async def scenario() -> list[ClaimState]:
+        ledger = AttemptLedger(private)
+        admin = redis.asyncio.Redis.from_url(private.ledger_redis_url)
+        try:
+            states = [(await ledger.claim(first)).state]
+            killed = await admin.client_kill_filter(_type="normal", skipme=True)
+            assert killed >= 1, "the ledger's connection was not there to drop"
+            states.append((await ledger.claim(second)).state)
+            states.append((await ledger.claim(first)).state)
+            return states
+        finally:
+            await admin.aclose()
+            await ledger.aclose()
+
+    assert asyncio.run(scenario()) == [ClaimState.NEW, ClaimState.NEW, ClaimState.STARTED]
