@@ -1,9 +1,11 @@
-"""REFLUX's run-engine benchmark: the whole engine (DevEngine) on real Kafka, Postgres, Redis.
+"""REFLUX's run-engine benchmark: the whole engine on real Kafka, Postgres, Redis.
 
-``run_engine_benchmark(settings, quick)`` starts every engine component in this process
-(scheduler, trigger router, workers, projector; :class:`reflux.dev.DevEngine`) on a topic prefix
-and Postgres schema of its own, and measures, with the same workflow shape as the Temporal peer
-(10 sequential no-op steps; ``transform`` with a constant expression):
+``run_engine_benchmark(settings, quick)`` starts every engine component (scheduler, trigger
+router, workers, projector) on a topic prefix and Postgres schema of its own -- each in its own
+process, as users deploy them (:mod:`benchmarks.topology`; ``REFLUX_BENCH_TOPOLOGY=dev`` runs
+them as threads of this process instead, like ``reflux dev``) -- and measures, with the same
+workflow shape as the Temporal peer (10 sequential no-op steps; ``transform`` with a constant
+expression):
 
 - start latency: ``StartRun`` acknowledged by Kafka (produced and flushed with the API's own
   producer settings: this is the moment ``POST /v1/runs`` answers 202) -> the run's first
@@ -21,8 +23,8 @@ Timings come from a watcher thread that consumes ``runs``, ``results`` and the i
 directly (read_committed), never from the projection. It only files raw bytes while the engine
 runs and decodes after each phase, so it takes as little CPU from the engine as possible.
 Where a goal is missed, one more throughput round runs under py-spy (if installed) and
-``benchmarks/out/profile.txt`` gets the hop-by-hop breakdown of a step, CPU per thread and per
-service, and the hottest stacks.
+``benchmarks/out/profile.txt`` gets the hop-by-hop breakdown of a step, CPU per engine process,
+thread of this process and service, and the hottest stacks of every engine process.
 """
 
 from __future__ import annotations
@@ -518,7 +520,7 @@ def _profile_round(
         "",
         _format_hops(f"One step under load ({plan.concurrent_runs} concurrent runs)", loaded),
         "",
-        format_cpu(cpu, wall, _cores()),
+        format_cpu(cpu, wall, _cores(), steps=len(loaded) * STEPS),
     ]
     spy = find_py_spy()
     if spy is None:
