@@ -81,6 +81,10 @@ class Settings(BaseSettings):
     # Finished runs (succeeded, cancelled) kept in full in memory per partition, newest first;
     # older ones shrink to a marker (status, last seq, idempotency key).
     scheduler_finished_runs_kept: int = 128
+    # How long the scheduler's records wait in its producer before they are sent; its commit
+    # sends them at once anyway, so the default lets a batch's records leave in one request
+    # (docs/decisions/0021-engine-throughput.md). 0: each record as it is produced.
+    scheduler_linger_ms: int = 100
 
     def resolved_clickhouse_dsn(self) -> str:
         return self.clickhouse_dsn or f"chdb://{self.data_dir / 'chdb'}"

@@ -281,7 +281,7 @@ class TransactionalProducer(Producer):
             "retry.backoff.ms": 5,
             # Records of a transaction are invisible until it commits, and committing flushes
             # at once whatever linger says: so they wait and travel in a few large requests
-            # instead of one request per record (2.5 -> 0.2 produce requests per step under
+            # instead of one request per record (2.5 -> 0.3 produce requests per step under
             # load), at no cost to latency. docs/decisions/0021-engine-throughput.md
             "linger.ms": 100,
         }
