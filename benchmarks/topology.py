@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -53,7 +54,8 @@ class _InProcess(DevEngine):
 
 
 class ProcessEngine:
-    """Every component as its own ``reflux`` process (stdout/stderr into ``log_dir``)."""
+    """Every component as its own ``reflux`` process (stdout/stderr into ``log_dir``, by default
+    a temporary folder removed at :meth:`stop`)."""
 
     def __init__(
         self, settings: Settings, *, schema: str, schedulers: int = 1, log_dir: Path | None = None
@@ -61,6 +63,8 @@ class ProcessEngine:
         self.settings = settings
         self.schema = schema
         self.catalog = prepare(settings, default_registry(), schema)
+        # A folder of our own is removed at stop(); errors() quotes the logs before that.
+        self._own_logs = log_dir is None
         self.log_dir = log_dir or Path(tempfile.mkdtemp(prefix="reflux-bench-"))
         self.commands: dict[str, list[str]] = {
             **{
@@ -124,6 +128,8 @@ class ProcessEngine:
                 process.kill()
                 process.wait(10)
         self.processes.clear()
+        if self._own_logs:
+            shutil.rmtree(self.log_dir, ignore_errors=True)
 
 
 def build_engine(
