@@ -115,6 +115,8 @@ class AttemptLedger:
             except asyncio.CancelledError:  # the loop is shutting down
                 for _, answer in batch:
                     answer.cancel()
+                # Replies may be left unread on the connection: never reuse it.
+                self._connection = None
                 raise
             except (redis_errors.ConnectionError, redis_errors.TimeoutError) as exc:
                 await self._disconnect()
