@@ -1,9 +1,11 @@
-"""REFLUX's run-engine benchmark: the whole engine (DevEngine) on real Kafka, Postgres, Redis.
+"""REFLUX's run-engine benchmark: the whole engine on real Kafka, Postgres, Redis.
 
-``run_engine_benchmark(settings, quick)`` starts every engine component in this process
-(scheduler, trigger router, workers, projector; :class:`reflux.dev.DevEngine`) on a topic prefix
-and Postgres schema of its own, and measures, with the same workflow shape as the Temporal peer
-(10 sequential no-op steps; ``transform`` with a constant expression):
+``run_engine_benchmark(settings, quick)`` starts every engine component (scheduler, trigger
+router, workers, projector) on a topic prefix and Postgres schema of its own -- each in its own
+process, as users deploy them (:mod:`benchmarks.topology`; ``REFLUX_BENCH_TOPOLOGY=dev`` runs
+them as threads of this process instead, like ``reflux dev``) -- and measures, with the same
+workflow shape as the Temporal peer (10 sequential no-op steps; ``transform`` with a constant
+expression):
 
 - start latency: ``StartRun`` acknowledged by Kafka (produced and flushed with the API's own
   producer settings: this is the moment ``POST /v1/runs`` answers 202) -> the run's first
@@ -21,8 +23,8 @@ Timings come from a watcher thread that consumes ``runs``, ``results`` and the i
 directly (read_committed), never from the projection. It only files raw bytes while the engine
 runs and decodes after each phase, so it takes as little CPU from the engine as possible.
 Where a goal is missed, one more throughput round runs under py-spy (if installed) and
-``benchmarks/out/profile.txt`` gets the hop-by-hop breakdown of a step, CPU per thread and per
-service, and the hottest stacks.
+``benchmarks/out/profile.txt`` gets the hop-by-hop breakdown of a step, CPU per engine process,
+thread of this process and service, and the hottest stacks of every engine process.
 """
 
 from __future__ import annotations
@@ -57,8 +59,8 @@ from benchmarks.profiling import (
     parse_py_spy_raw,
 )
 from benchmarks.report import evaluate_goals
+from benchmarks.topology import Topology, build_engine
 from foundation.settings import PROJECT_ROOT, Settings
-from reflux.dev import DevEngine
 from schemas import decode
 from schemas.models import CommandRejected, RunSucceeded, StartRun, WorkflowRegistered
 from schemas.run_log import TERMINAL_RUN_EVENT_TYPES
@@ -85,6 +87,9 @@ _TERMINAL = {cls.AVRO_NAME.encode() for cls in _ENDINGS}
 
 # Scheduler instances in the engine under test (env REFLUX_BENCH_SCHEDULERS for experiments).
 SCHEDULERS = int(os.environ.get("REFLUX_BENCH_SCHEDULERS", "1"))
+# How the engine runs: one process per component (what users deploy; the default) or every
+# component in this process (`reflux dev`). See benchmarks/topology.py.
+TOPOLOGY: Topology = "dev" if os.environ.get("REFLUX_BENCH_TOPOLOGY") == "dev" else "processes"
 
 
 @dataclass(frozen=True)
@@ -258,7 +263,7 @@ class EngineBench:
         self.settings = settings
         self.plan = plan
         self.schema = schema
-        self.engine = DevEngine(settings, schema=schema, schedulers=SCHEDULERS)
+        self.engine = build_engine(TOPOLOGY, settings, schema=schema, schedulers=SCHEDULERS)
         self.catalog = self.engine.catalog
         self.watcher = Watcher(settings, self.catalog).start()
         # The API's own producer settings (linger.ms=0, flush per command): an ack here is the
@@ -384,10 +389,11 @@ def _cleanup(settings: Settings, schema: str) -> None:
 def _service_pids(settings: Settings) -> dict[str, int | None]:
     from infra.services.kafka import Kafka
     from infra.services.postgres import Postgres
-    from infra.services.redis import Redis
+    from infra.services.redis import LedgerRedis, Redis
     from infra.services.s3 import S3
 
-    return {cls.name: cls(settings).read_pid() for cls in (Kafka, Postgres, Redis, S3)}
+    services = (Kafka, Postgres, Redis, LedgerRedis, S3)
+    return {cls.name: cls(settings).read_pid() for cls in services}
 
 
 def _progress(message: str) -> None:
@@ -463,7 +469,7 @@ def _measure(
         "cache_hit_run", [(r.first(RunSucceeded).received - r.acked) * 1000 for r in cached]
     )
 
-    pids = _service_pids(settings)
+    pids: dict[str, int | None] = {**_service_pids(settings), **bench.engine.pids()}
     rates: list[float] = []
     loaded: list[RunTrace] = []
     before = cpu_snapshot(pids)
@@ -514,23 +520,25 @@ def _profile_round(
         "",
         _format_hops(f"One step under load ({plan.concurrent_runs} concurrent runs)", loaded),
         "",
-        format_cpu(cpu, wall, _cores()),
+        format_cpu(cpu, wall, _cores(), steps=len(loaded) * STEPS),
     ]
     spy = find_py_spy()
     if spy is None:
         sections += ["", "py-spy not installed (pip install py-spy): no stacks sampled."]
     else:
-        raw_path = out_dir / "profile.pyspy.raw"
-        raw_path.unlink(missing_ok=True)
-        recorder = PySpy(spy, raw_path)
+        # This process (the dev topology's engine, the watcher), then each engine process.
+        targets = {"benchmark process": None, **bench.engine.pids()}
+        recorders = {}
+        for name, pid in targets.items():
+            raw_path = out_dir / f"profile.pyspy.{name.replace(' ', '-')}.raw"
+            raw_path.unlink(missing_ok=True)
+            recorders[name] = PySpy(spy, raw_path, pid=pid)
         time.sleep(1.0)  # py-spy attaches
         _, _ = bench.concurrent(SEQ_WORKFLOW, plan.concurrent_runs)
-        raw = recorder.stop()
-        sections += [
-            "",
-            f"Stacks during one more round of {plan.concurrent_runs} concurrent runs:",
-            format_stacks(parse_py_spy_raw(raw)),
-        ]
+        raws = {name: recorder.stop() for name, recorder in recorders.items()}
+        sections += ["", f"Stacks during one more round of {plan.concurrent_runs} concurrent runs:"]
+        for name, raw in raws.items():
+            sections += ["", f"=== {name}", format_stacks(parse_py_spy_raw(raw))]
     text = "\n".join(sections) + "\n"
     (out_dir / "profile.txt").write_text(text)
     _progress(f"wrote {out_dir / 'profile.txt'}")

@@ -103,23 +103,36 @@ def cpu_delta(before: CpuSnapshot, after: CpuSnapshot) -> CpuSnapshot:
     return CpuSnapshot(diff(before.threads, after.threads), diff(before.services, after.services))
 
 
-def format_cpu(delta: CpuSnapshot, wall_s: float, cores: int) -> str:
-    """A table of CPU seconds and cores used over ``wall_s``, largest first."""
-    rows = [(f"engine process: {k}", v) for k, v in delta.threads.items()]
-    rows += [(f"service: {k}", v) for k, v in delta.services.items()]
+def format_cpu(delta: CpuSnapshot, wall_s: float, cores: int, steps: int | None = None) -> str:
+    """A table of CPU seconds and cores used over ``wall_s``, largest first; with ``steps``
+    (the steps run meanwhile) also CPU milliseconds per step, the measure that does not depend
+    on how busy the machine was."""
+    # This process's threads: the engine's too in the dev topology; the watcher in both.
+    rows = [(f"this process: {k}", v) for k, v in delta.threads.items()]
+    # Other processes: an engine process in the process topology ("engine <component>",
+    # librdkafka's threads included), or a service.
+    rows += [
+        (k if k.startswith("engine ") else f"service: {k}", v) for k, v in delta.services.items()
+    ]
     rows.sort(key=lambda r: -r[1])
     total = sum(v for _, v in rows)
     width = max([len(name) for name, _ in rows] + [10])
     lines = [
         f"CPU over {wall_s:.2f} s of wall time ({cores} cores = {cores * wall_s:.2f} CPU-s "
         f"available; measured total {total:.2f} CPU-s = {total / wall_s:.2f} cores)",
-        f"  {'who':<{width}}  {'CPU-s':>7}  {'cores':>5}  {'share':>6}",
+        f"  {'who':<{width}}  {'CPU-s':>7}  {'cores':>5}  {'share':>6}"
+        + (f"  {'ms/step':>7}" if steps else ""),
     ]
     for name, seconds in rows:
         if seconds < 0.005:
             continue
         share = seconds / total if total else 0.0
-        lines.append(f"  {name:<{width}}  {seconds:7.2f}  {seconds / wall_s:5.2f}  {share:6.1%}")
+        per_step = f"  {seconds * 1000 / steps:7.2f}" if steps else ""
+        lines.append(
+            f"  {name:<{width}}  {seconds:7.2f}  {seconds / wall_s:5.2f}  {share:6.1%}{per_step}"
+        )
+    if steps:
+        lines.append(f"  ({steps} steps: {total * 1000 / steps:.2f} CPU-ms per step in all)")
     return "\n".join(lines)
 
 
@@ -135,16 +148,19 @@ def find_py_spy() -> str | None:
 
 
 class PySpy:
-    """``py-spy record`` on this process in raw (collapsed stacks) format until :meth:`stop`."""
+    """``py-spy record`` on a process (default: this one) in raw (collapsed stacks) format until
+    :meth:`stop`."""
 
-    def __init__(self, executable: str, out: Path, rate_hz: int = 200) -> None:
+    def __init__(
+        self, executable: str, out: Path, rate_hz: int = 200, pid: int | None = None
+    ) -> None:
         self.out = out
         self._proc = subprocess.Popen(
             [
                 executable,
                 "record",
                 "--pid",
-                str(os.getpid()),
+                str(pid or os.getpid()),
                 "--format",
                 "raw",
                 "--output",

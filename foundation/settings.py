@@ -101,6 +101,10 @@ class Settings(BaseSettings):
     scheduler_circuit_cooldown_ms: int = 5_000
     scheduler_circuit_max_cooldown_ms: int = 60_000
     scheduler_circuit_probes: int = 5
+    # How long the scheduler's records wait in its producer before they are sent; its commit
+    # sends them at once anyway, so the default lets a batch's records leave in one request
+    # (docs/decisions/0021-engine-throughput.md). 0: each record as it is produced.
+    scheduler_linger_ms: int = 100
 
     def resolved_clickhouse_dsn(self) -> str:
         return self.clickhouse_dsn or f"chdb://{self.data_dir / 'chdb'}"

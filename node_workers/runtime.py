@@ -601,10 +601,12 @@ class WorkerRuntime:
     @property
     def producer(self) -> Producer:
         if self._producer is None:
-            # linger 0: a result is on the critical path of its run (linger 5 ms cost ~5 ms a
-            # step); under load librdkafka still batches what queues while a request is out.
+            # linger 1 ms: an attempt's start signal, result and trace travel in one request
+            # (a no-op node finishes well within it), so the scheduler decides the start and
+            # the result in one transaction instead of two in a row: step overhead p50 ~15 ->
+            # ~10 ms, and a third fewer produce requests under load. 5 ms cost ~5 ms a step.
             self._producer = Producer(
-                self.settings, client_id=self.config.client_id, config={"linger.ms": 0}
+                self.settings, client_id=self.config.client_id, config={"linger.ms": 1}
             )
         return self._producer
 

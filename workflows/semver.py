@@ -102,7 +102,10 @@ class VersionConstraint:
         return self.raw
 
 
+@lru_cache(maxsize=1024)
 def _parse_constraint(text: str) -> VersionConstraint:
+    # Cached: the scheduler parses a step's constraint at every attempt it schedules, and a
+    # workflow has a handful of distinct ones (constraints are immutable; errors are not cached).
     if text in ("", "*", "x", "latest"):
         return VersionConstraint(raw="*")
     op = ""

@@ -36,6 +36,7 @@ Status rules that are not obvious from the event names:
 
 from __future__ import annotations
 
+import functools
 import re
 import uuid
 from collections.abc import Iterable
@@ -47,6 +48,7 @@ from psycopg.types.json import Jsonb
 
 from foundation.errors import NonRetryableError
 from projections.postgres.identifiers import table
+from projections.postgres.statements import RunUpdate, Statement, StepUpsert, Update
 from schemas.base import RefluxRecord
 from schemas.models import (
     CommandRejected,
@@ -71,7 +73,7 @@ from schemas.models import (
     WorkflowRegistered,
 )
 from schemas.run_log import RUN_EVENT_TYPES
-from schemas.statuses import ACTIVE_STEP_STATUSES, TERMINAL_RUN_STATUSES, RunStatus, StepStatus
+from schemas.statuses import ACTIVE_STEP_STATUSES, RunStatus, StepStatus
 
 __all__ = [
     "NODE_EVENT_TYPES",
@@ -80,6 +82,7 @@ __all__ = [
     "Plan",
     "Statement",
     "UnsupportedEventError",
+    "Update",
     "jsonb",
     "plan",
 ]
@@ -96,7 +99,6 @@ def _sql_list(statuses: Iterable[str]) -> str:
     return "(" + ", ".join(f"'{status}'" for status in statuses) + ")"
 
 
-_TERMINAL: Final = _sql_list(s for s in RunStatus if s in TERMINAL_RUN_STATUSES)
 _IN_FLIGHT: Final = _sql_list(s for s in StepStatus if s in ACTIVE_STEP_STATUSES)
 
 
@@ -107,19 +109,16 @@ class UnsupportedEventError(NonRetryableError):
 
 
 @dataclass(frozen=True, slots=True)
-class Statement:
-    sql: str
-    params: tuple[Any, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
 class Plan:
     """What one record does to the read models; see the module docstring."""
 
     guard: Statement
     """Claims the record: inserts one row on its first delivery, none on a redelivery."""
-    updates: tuple[Statement, ...] = ()
+    updates: tuple[Update, ...] = ()
     """Run only when the guard claimed the record."""
+    run_event: bool = False
+    """The guard inserts the ``run_events`` row of ``guard.params``: the writer claims a batch's
+    run events in one statement."""
 
 
 def jsonb(value: Any) -> Jsonb | None:
@@ -145,7 +144,7 @@ def plan(event: RefluxRecord, schema: str) -> Plan:
 # -- building blocks -------------------------------------------------------------------------
 
 
-def _run_plan(event: Any, schema: str, *updates: Statement) -> Plan:
+def _run_plan(event: Any, schema: str, *updates: Update) -> Plan:
     guard = Statement(
         f"INSERT INTO {table(schema, 'run_events')} "
         "(run_id, seq, event_type, event_id, occurred_at, payload) "
@@ -159,32 +158,17 @@ def _run_plan(event: Any, schema: str, *updates: Statement) -> Plan:
             Jsonb(event.model_dump(mode="json")),
         ),
     )
-    return Plan(guard, updates)
+    return Plan(guard, updates, run_event=True)
 
 
-def _update_run(event: Any, schema: str, **columns: Any) -> Statement:
+def _update_run(event: Any, schema: str, **columns: Any) -> RunUpdate:
     """Set ``columns`` on the run's row and advance it to this event."""
-    assignments = "".join(f"{name} = %s, " for name in columns)
-    return Statement(
-        f"UPDATE {table(schema, 'runs')} SET {assignments}"
-        "last_seq = GREATEST(last_seq, %s), updated_at = %s WHERE run_id = %s",
-        (*columns.values(), event.seq, event.occurred_at, event.run_id),
-    )
+    return RunUpdate(schema, event.run_id, event.seq, event.occurred_at, tuple(columns.items()))
 
 
-def _reopen_run(event: Any, schema: str) -> Statement:
+def _reopen_run(event: Any, schema: str) -> RunUpdate:
     """Advance the run; a finished run becomes running again (re-drive), a paused one stays."""
-    reopen = f"status IN {_TERMINAL}"
-    return Statement(
-        f"UPDATE {table(schema, 'runs')} SET "
-        f"status = CASE WHEN {reopen} THEN '{RunStatus.RUNNING}' ELSE status END, "
-        f"finished_at = CASE WHEN {reopen} THEN NULL ELSE finished_at END, "
-        f"error = CASE WHEN {reopen} THEN NULL ELSE error END, "
-        f"failed_step = CASE WHEN {reopen} THEN NULL ELSE failed_step END, "
-        f"outputs = CASE WHEN {reopen} THEN NULL ELSE outputs END, "
-        "last_seq = GREATEST(last_seq, %s), updated_at = %s WHERE run_id = %s",
-        (event.seq, event.occurred_at, event.run_id),
-    )
+    return RunUpdate(schema, event.run_id, event.seq, event.occurred_at, reopen=True)
 
 
 def _upsert_step(
@@ -196,7 +180,7 @@ def _upsert_step(
     attempt: int | None,
     set_node: bool = False,
     **columns: Any,
-) -> Statement:
+) -> StepUpsert:
     """Insert the step's row or overwrite ``columns`` (plus status and attempt) on it.
 
     Columns not named keep their value on update and are NULL on insert, so an event that does
@@ -214,20 +198,17 @@ def _upsert_step(
         **columns,
         "updated_at": event.occurred_at,
     }
-    overwrite = [
+    overwrite = _overwritten(tuple(insert), set_node, attempt is not None)
+    return StepUpsert(schema, event.run_id, step.step_id, tuple(insert.items()), overwrite)
+
+
+@functools.lru_cache(maxsize=1024)
+def _overwritten(names: tuple[str, ...], set_node: bool, attempt: bool) -> frozenset[str]:
+    """The columns an upsert overwrites (one set per event type: cached, it is on the hot path)."""
+    return frozenset(
         name
-        for name in insert
-        if (set_node or name not in ("node", "node_version"))
-        and (attempt is not None or name != "attempt")
-    ]
-    names = ", ".join(insert)
-    placeholders = ", ".join(["%s"] * len(insert))
-    updates = ", ".join(f"{name} = EXCLUDED.{name}" for name in overwrite)
-    return Statement(
-        f"INSERT INTO {table(schema, 'steps')} (run_id, step_id, {names}) "
-        f"VALUES (%s, %s, {placeholders}) "
-        f"ON CONFLICT (run_id, step_id) DO UPDATE SET {updates}",
-        (event.run_id, step.step_id, *insert.values()),
+        for name in names
+        if (set_node or name not in ("node", "node_version")) and (attempt or name != "attempt")
     )
 
 
@@ -254,6 +235,7 @@ def _(event: RunStarted, schema: str) -> Plan:
             event.occurred_at,
             event.seq,
         ),
+        scope=("runs", event.run_id),
     )
     return _run_plan(event, schema, insert)
 
@@ -310,6 +292,7 @@ def _(event: RunCancelled, schema: str) -> Plan:
         f"UPDATE {table(schema, 'steps')} SET status = '{StepStatus.CANCELLED}', finished_at = %s, "
         f"next_attempt_at = NULL, updated_at = %s WHERE run_id = %s AND status IN {_IN_FLIGHT}",
         (event.occurred_at, event.occurred_at, event.run_id),
+        scope=("steps", event.run_id),
     )
     update = _update_run(event, schema, status=RunStatus.CANCELLED, finished_at=event.occurred_at)
     return _run_plan(event, schema, update, cancel_steps)
@@ -322,11 +305,8 @@ def _(event: GraphMutated, schema: str) -> Plan:
 
 @plan.register
 def _(event: CommandRejected, schema: str) -> Plan:
-    advance = Statement(
-        f"UPDATE {table(schema, 'runs')} SET last_seq = GREATEST(last_seq, %s) WHERE run_id = %s",
-        (event.seq, event.run_id),
-    )
-    return _run_plan(event, schema, advance)
+    # Advances last_seq but not updated_at: a rejection changes no state.
+    return _run_plan(event, schema, RunUpdate(schema, event.run_id, event.seq, None))
 
 
 # -- steps -----------------------------------------------------------------------------------
@@ -532,6 +512,10 @@ _SEMVER_ORDER: Final = (
 )
 
 
+_NODES: Final = ("nodes",)
+"""The scope of the catalog's statements: no run or step row."""
+
+
 class InvalidCatalogEntryError(NonRetryableError):
     error_class = "InvalidCatalogEntry"
 
@@ -590,6 +574,7 @@ def _(event: NodeCatalogEntry, schema: str) -> Plan:
             event.occurred_at,
             event.occurred_at,
         ),
+        scope=_NODES,
     )
     version = Statement(
         f"INSERT INTO {table(schema, 'node_versions')} "
@@ -611,11 +596,13 @@ def _(event: NodeCatalogEntry, schema: str) -> Plan:
             event.occurred_at,
             event.event_id,
         ),
+        scope=_NODES,
     )
     latest = Statement(
         f"UPDATE {table(schema, 'nodes')} SET latest_version = ("
         f"SELECT version FROM {table(schema, 'node_versions')} WHERE node_id = %s "
         f"ORDER BY {_SEMVER_ORDER} LIMIT 1) WHERE id = %s",
         (nid, nid),
+        scope=_NODES,
     )
     return Plan(guard, (node, version, latest))

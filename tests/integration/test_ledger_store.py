@@ -215,3 +215,61 @@ def test_a_full_ledger_refuses_claims_and_keeps_every_entry(private: Settings) -
     finally:
         ledger.close()
     assert lost == 0, f"{lost} of {ENTRIES} ledger entries were dropped to make room"
+
+
+def test_claims_asked_together_go_in_one_batch_and_each_gets_its_own_answer(
+    local_services: Settings,
+) -> None:
+    """The claims and records of one event-loop turn travel as one pipeline: a duplicate
+    delivery claimed in the same batch as its first still finds the attempt started."""
+    settings = local_services.model_copy(update={"topic_prefix": f"ledger-{uuid.uuid4().hex[:8]}"})
+    ids = _ids(100)
+
+    async def scenario() -> tuple[list[ClaimState], list[tuple[ClaimState, bytes | None]]]:
+        ledger = AttemptLedger(settings)
+        try:
+            # every id twice, all at once (a redelivery racing its first delivery)
+            claims = await asyncio.gather(*(ledger.claim(i) for i in [*ids, *ids]))
+            new = [
+                i for i, c in zip([*ids, *ids], claims, strict=True) if c.state is ClaimState.NEW
+            ]
+            await asyncio.gather(*(ledger.record(i, RESULT + i.encode()) for i in new[::2]))
+            again = await asyncio.gather(*(ledger.claim(i) for i in new))
+            return [c.state for c in claims], [(c.state, c.result) for c in again]
+        finally:
+            await ledger.aclose()
+
+    states, again = asyncio.run(scenario())
+    assert states.count(ClaimState.NEW) == len(ids)
+    assert states.count(ClaimState.STARTED) == len(ids)
+    assert states[: len(ids)] == [ClaimState.NEW] * len(ids)  # the first of each pair wins
+    recorded = [(ClaimState.DONE, RESULT + i.encode()) for i in ids[::2]]
+    assert again[::2] == recorded
+    assert again[1::2] == [(ClaimState.STARTED, None)] * (len(ids) // 2)
+    client = redis.Redis.from_url(settings.ledger_redis_url)
+    try:
+        client.delete(*(f"{settings.topic_prefix}:attempt:{i}" for i in ids))
+    finally:
+        client.close()
+
+
+def test_a_dropped_connection_is_reopened_and_the_batch_sent_again(private: Settings) -> None:
+    """The ledger keeps one connection: when Redis drops it, the next batch reconnects (as
+    redis-py's client retries), and a claim applied before the drop is not claimed twice."""
+    first, second = _ids(2)
+
+    async def scenario() -> list[ClaimState]:
+        ledger = AttemptLedger(private)
+        admin = redis.asyncio.Redis.from_url(private.ledger_redis_url)
+        try:
+            states = [(await ledger.claim(first)).state]
+            killed = await admin.client_kill_filter(_type="normal", skipme=True)
+            assert killed >= 1, "the ledger's connection was not there to drop"
+            states.append((await ledger.claim(second)).state)
+            states.append((await ledger.claim(first)).state)
+            return states
+        finally:
+            await admin.aclose()
+            await ledger.aclose()
+
+    assert asyncio.run(scenario()) == [ClaimState.NEW, ClaimState.NEW, ClaimState.STARTED]

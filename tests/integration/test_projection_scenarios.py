@@ -493,3 +493,77 @@ def test_started_steps_are_running_with_the_workers_start_time(
     apply_batch(pg, _items(more.events[-2:], pg_schema), schema=pg_schema, projector="d3")
     row = fetch()
     assert (row.status, row.started_at, row.finished_at) == ("cancelled", more.at(9), more.at(10))
+
+
+def _every_kind_of_run() -> list[Any]:
+    """The scenario's runs plus one with starts, heartbeats, a timeout, a retry and a cancel, and
+    one reopened after it succeeded (every event type that touches a run's or a step's row)."""
+    started = (
+        RunLog("heartbeats", T0)
+        .started()
+        .add(StepScheduled, step=FETCH, attempt=1, params={})
+        .attempt(FETCH, 1, "inv-h-1")
+        .add(StepStarted, step=FETCH, attempt=1, invocation_id="inv-h-1",
+             started_at=T0 + timedelta(seconds=3), worker="worker-a")
+        .add(StepTimeoutExtended, step=FETCH, attempt=1, invocation_id="inv-h-1", beat=2,
+             timeout_at=T0 + timedelta(seconds=40))
+        .add(StepTimedOut, step=FETCH, attempt=1, invocation_id="inv-h-1", timeout_ms=1000)
+        .add(StepRetryScheduled, step=FETCH, attempt=2, next_attempt_at=T0 + timedelta(hours=1),
+             backoff_ms=1000, timer_id="t-h")
+        .add(StepScheduled, step=FETCH, attempt=2, params={})
+        .attempt(FETCH, 2, "inv-h-2")
+        .add(StepStarted, step=FETCH, attempt=2, invocation_id="inv-h-2",
+             started_at=T0 + timedelta(seconds=11))
+        .add(StepSucceeded, step=FETCH, attempt=2, invocation_id="inv-h-2", output={"n": 1},
+             cache_hit=False, duration_ms=3)
+        .add(StepScheduled, step=PARSE, attempt=1, params={"n": 1})
+        .attempt(PARSE, 1, "inv-h-3")
+        .add(StepStarted, step=PARSE, attempt=1, invocation_id="inv-h-3",
+             started_at=T0 + timedelta(seconds=15), worker="worker-b")
+        .add(RunCancelled, reason="enough")
+    )  # fmt: skip
+    # A finished run reopened by a step scheduled again, then failed: the reopening cleared its
+    # outputs, which RunFailed does not set.
+    reopened = (
+        RunLog("reopened", T0)
+        .started()
+        .add(StepScheduled, step=FETCH, attempt=1, params={})
+        .add(StepSucceeded, step=FETCH, attempt=1, output={"n": 1}, cache_hit=True,
+             duration_ms=0)
+        .add(RunSucceeded, outputs={"n": 1}, duration_ms=10)
+        .add(StepScheduled, step=FETCH, attempt=2, params={})
+        .attempt(FETCH, 2, "inv-o-2")
+        .add(StepFailed, step=FETCH, attempt=2, invocation_id="inv-o-2", error=HTTP_404)
+        .add(RunFailed, error=HTTP_404, failed_step=FETCH)
+    )  # fmt: skip
+    return [*build_scenario().run_events, *started.events, *reopened.events]
+
+
+def test_one_batch_leaves_the_same_rows_as_one_event_per_batch(
+    pg: psycopg.Connection, pg_schema: str
+) -> None:
+    # Coalescing folds a batch's updates of a row into one statement: every row must end as
+    # if each event had been applied on its own. The batch interleaves the runs (as a partition
+    # does) and repeats some events (redelivered in the same batch).
+    events = _every_kind_of_run()
+    by_run: dict[str, list[Any]] = {}
+    for event in events:
+        by_run.setdefault(event.run_id, []).append(event)
+    interleaved: list[Any] = []
+    for i in range(max(len(log) for log in by_run.values())):
+        interleaved.extend(log[i] for log in by_run.values() if i < len(log))
+    interleaved += interleaved[10:14]
+    alone = f"{pg_schema}_alone"
+    apply_migrations(pg, alone)
+    try:
+        for offset, event in enumerate(events):
+            item = BatchItem(PoisonRecord("runs", 0, offset, None, None), plan(event, alone))
+            apply_batch(pg, [item], schema=alone, projector="a")
+        outcome = apply_batch(pg, _items(interleaved, pg_schema), schema=pg_schema, projector="a")
+        assert (outcome.applied, outcome.duplicates) == (len(events), 4)
+        one_by_one, batched = dump(pg, alone), dump(pg, pg_schema)
+        for name in ("runs", "steps", "run_events"):
+            assert batched[name] == one_by_one[name], name
+        assert len(batched["steps"]) == 11
+    finally:
+        pg.execute(f'DROP SCHEMA IF EXISTS "{alone}" CASCADE')

@@ -61,6 +61,10 @@ def test_cpu_delta_and_table() -> None:
     table = format_cpu(delta, wall_s=1.0, cores=2).splitlines()
     assert "1.75 CPU-s = 1.75 cores" in table[0]
     assert table[2].split()[:2] == ["service:", "kafka"]  # largest first
+    per_step = format_cpu(delta, wall_s=1.0, cores=2, steps=500).splitlines()
+    assert per_step[1].split()[-1] == "ms/step"
+    assert per_step[2].split()[-1] == "2.00"  # kafka: 1 CPU-s over 500 steps
+    assert per_step[-1] == "  (500 steps: 3.50 CPU-ms per step in all)"
 
 
 def test_cpu_snapshot_sees_a_busy_thread_of_this_process() -> None:

@@ -303,7 +303,7 @@ class SchedulerRuntime:
             self.settings,
             transactional_id=self.transactional_id,
             client_id=f"reflux-scheduler-{self.instance_id}",
-            config={"linger.ms": 0},
+            config={"linger.ms": self.settings.scheduler_linger_ms},
         )
 
     @functools.cached_property
