@@ -48,6 +48,7 @@ import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from benchmarks import engine_metrics as em
+from benchmarks.cleanup import delete_prefix_topics
 from benchmarks.engine_metrics import RunTrace, Seen
 from benchmarks.profiling import (
     PySpy,
@@ -64,7 +65,6 @@ from foundation.settings import PROJECT_ROOT, Settings
 from schemas import decode
 from schemas.models import CommandRejected, RunSucceeded, StartRun, WorkflowRegistered
 from schemas.run_log import TERMINAL_RUN_EVENT_TYPES
-from streams.admin import admin_client
 from streams.consumer import consume_available
 from streams.producer import TYPE_HEADER, Producer
 from streams.topics import TopicCatalog
@@ -366,13 +366,7 @@ class EngineBench:
 def _cleanup(settings: Settings, schema: str) -> None:
     """Drops what the benchmark created: its topics, schemas and cache entries."""
     prefix = settings.topic_prefix
-    with contextlib.suppress(Exception):
-        admin = admin_client(settings)
-        topics = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefix + ".")]
-        if topics:
-            for future in admin.delete_topics(topics, operation_timeout=30).values():
-                with contextlib.suppress(Exception):
-                    future.result(30)
+    delete_prefix_topics(settings, timeout=30)
     with (
         contextlib.suppress(Exception),
         psycopg.connect(settings.postgres_dsn, autocommit=True) as conn,

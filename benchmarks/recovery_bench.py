@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+from benchmarks.cleanup import delete_prefix_topics
 from foundation.settings import Settings
 from processors.scheduler.decide import DecisionContext, RegisteredWorkflow, decide
 from processors.scheduler.evolve import RunEvent
@@ -47,7 +48,7 @@ from processors.scheduler.runtime.recovery import RecoveryReport
 from processors.scheduler.state import RunState
 from schemas import serde
 from schemas.models import NodeResult, StartRun, TraceStatus
-from streams.admin import admin_client, ensure_topics
+from streams.admin import ensure_topics
 from streams.producer import Producer
 from streams.topics import TopicCatalog
 from workflows import parse_workflow
@@ -248,17 +249,7 @@ def _one_size(base: Settings, n: int) -> dict[str, float]:
             f"scheduler_state_bytes_per_finished_run_full_{label}": float(per_state),
         }
     finally:
-        with contextlib.suppress(Exception):
-            admin = admin_client(settings)
-            topics = [
-                t
-                for t in admin.list_topics(timeout=10).topics
-                if t.startswith(settings.topic_prefix + ".")
-            ]
-            if topics:
-                for future in admin.delete_topics(topics, operation_timeout=60).values():
-                    with contextlib.suppress(Exception):
-                        future.result(60)
+        delete_prefix_topics(settings)
 
 
 def run_recovery_benchmark(settings: Settings, quick: bool = False) -> dict[str, float]:

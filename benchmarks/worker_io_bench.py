@@ -31,13 +31,14 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+from benchmarks.cleanup import delete_prefix_topics
 from foundation.settings import Settings
 from node_workers.node import AnyNode
 from node_workers.nodes import HttpRequestNode, TransformNode
 from node_workers.registry import NodeRegistry
 from node_workers.runtime import WorkerConfig, WorkerRuntime
 from schemas.models import NodeInvocation, StepRef
-from streams.admin import admin_client, ensure_topics
+from streams.admin import ensure_topics
 from streams.producer import Producer
 from streams.topics import TopicCatalog
 
@@ -191,17 +192,7 @@ def run_worker_io_benchmark(settings: Settings, quick: bool = False) -> dict[str
             "worker_transform_cpu_concurrency": transform["pool"],
         }
     finally:
-        with contextlib.suppress(Exception):
-            admin = admin_client(settings)
-            topics = [
-                t
-                for t in admin.list_topics(timeout=10).topics
-                if t.startswith(settings.topic_prefix + ".")
-            ]
-            if topics:
-                for future in admin.delete_topics(topics, operation_timeout=60).values():
-                    with contextlib.suppress(Exception):
-                        future.result(60)
+        delete_prefix_topics(settings)
 
 
 if __name__ == "__main__":
