@@ -23,6 +23,8 @@ app = faust.App(
     topic_partitions=2,
     web_enabled=False,
     topic_allow_declare=True,
+    # faust's default data folder is "<app id>-data" in the working directory (the checkout).
+    datadir=os.environ["PROBE_DATADIR"],
 )
 source = app.topic(IN_TOPIC, key_type=bytes, value_type=bytes, value_serializer="raw")
 sink = app.topic(OUT_TOPIC, key_type=bytes, value_type=bytes, value_serializer="raw")

@@ -94,6 +94,7 @@ def test_faust_streaming_agent_with_table(kafka_settings: Settings, tmp_path: Pa
         "PROBE_IN": src,
         "PROBE_OUT": out,
         "PROBE_APP": f"{prefix}.probe",  # faust's own topics start with the app id
+        "PROBE_DATADIR": str(tmp_path / "faust-data"),
     }
     log = (tmp_path / "faust.log").open("w")
     worker = subprocess.Popen(
