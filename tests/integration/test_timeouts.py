@@ -96,7 +96,12 @@ def test_only_an_attempt_running_past_the_start_signal_delay_is_started(
         {
             "id": "lazy",
             "steps": [
-                {"id": "fast", "node": "transform@^1", "timeout": "5s"},
+                {
+                    "id": "fast",
+                    "node": "transform@^1",
+                    "params": {"expression": "`1`"},
+                    "timeout": "5s",
+                },
                 {
                     "id": "slow",
                     "node": "http.request@^1",

@@ -517,7 +517,7 @@ def test_an_attempt_still_running_after_the_delay_is_signalled_and_a_long_one_he
         # A queue timeout: the start is signalled at once, however short the attempt.
         "eager": _invocation(
             "http.request",
-            {"url": f"{url}/echo"},
+            {"url": f"{url}/slow?ms=0"},
             start_by=datetime.now(UTC) + timedelta(minutes=5),
         ),
         # Its queue timeout passed before a worker got to it: not started, never sent.
