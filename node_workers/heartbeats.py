@@ -47,7 +47,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_HEARTBEAT_INTERVAL_S = 10.0
-"""Between two heartbeats of one running attempt; attempts shorter than this send only the start."""
+"""Between two heartbeats of one running attempt; shorter attempts send at most the start."""
 
 DEFAULT_START_SIGNAL_DELAY_S = 0.25
 """How long an attempt runs before its start is signalled; shorter ones send only their result.
