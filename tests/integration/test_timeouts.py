@@ -127,8 +127,9 @@ def test_only_an_attempt_running_past_the_start_signal_delay_is_started(
     (start,) = started
     worker_start = datetime.fromisoformat(start.payload["started_at"])
     assert steps["slow"].started_at == worker_start  # the true start, not the signal's time
-    # Signalled after the delay, long before the result (worker and scheduler share a clock).
-    assert timedelta(milliseconds=450) <= start.occurred_at - worker_start < timedelta(seconds=1)
+    # Recorded no sooner than the delay after the start (worker and scheduler share a clock; how
+    # much later depends on the scheduler's lag, which a loaded machine makes unbounded).
+    assert start.occurred_at - worker_start >= timedelta(milliseconds=450)
     timer = datetime.fromisoformat(start.payload["timeout_at"])
     grace = timedelta(milliseconds=TIMEOUT_GRACE_MS)
     assert timer - start.occurred_at >= timedelta(seconds=5) + grace - timedelta(milliseconds=1)
