@@ -80,6 +80,10 @@ class Settings(BaseSettings):
     worker_cpu_concurrency: int | None = None
     # Per node group, "http.request=512,database.query@1=32": a pool of its own of that size.
     worker_node_concurrency: str = ""
+    # An attempt's start is signalled to the scheduler only if it still runs after this many ms
+    # (docs/decisions/0013-execution-and-queue-timeouts.md, addendum); 0: at once, always.
+    # Unset: the worker's default (250 ms).
+    worker_start_signal_delay_ms: int | None = None
 
     # Scheduler recovery (docs/decisions/0015-scheduler-snapshots.md): run states changed since
     # the last snapshot are written to the scheduler-state topic at most this often, inside the

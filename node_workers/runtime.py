@@ -12,9 +12,10 @@ thread pools to it (docs/decisions/0019-worker-concurrency.md).
 Delivery is **at-least-once**; execution is at most once per attempt. Per invocation, a lane:
 
 1. waits for a concurrency slot, claims the invocation id in the attempt ledger
-   (:mod:`node_workers.ledger`) and, on a first claim only, signals the start on ``results``
-   (:mod:`node_workers.heartbeats`: the step timeout counts from here) and runs the attempt
-   (:func:`node_workers.attempt.run_attempt`), heartbeating while it runs; an invocation whose
+   (:mod:`node_workers.ledger`) and, on a first claim only, runs the attempt
+   (:func:`node_workers.attempt.run_attempt`), signalling its start on ``results`` if it still
+   runs after ``start_signal_delay_s`` (at once with a queue timeout) and heartbeating while it
+   runs (:mod:`node_workers.heartbeats`: the step timeout counts from the start); one whose
    ``start_by`` (queue timeout) passed is not run but answered with ``QueueTimeout``; outputs
    over ``max_inline_output_bytes`` are first written to the object store (claim check) and the
    result is recorded in the ledger;
@@ -66,7 +67,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from confluent_kafka import Consumer as KafkaConsumer
@@ -78,6 +79,7 @@ from foundation.settings import Settings
 from node_workers.attempt import (
     DEFAULT_TIMEOUT_S,
     Attempt,
+    attempt_deadline,
     inputs_hash,
     run_attempt,
     too_late_to_start,
@@ -94,7 +96,12 @@ from node_workers.concurrency import (
     parse_node_concurrency,
     unmatched_entries,
 )
-from node_workers.heartbeats import DEFAULT_HEARTBEAT_INTERVAL_S, heartbeating
+from node_workers.heartbeats import (
+    DEFAULT_HEARTBEAT_INTERVAL_S,
+    DEFAULT_START_SIGNAL_DELAY_S,
+    heartbeating,
+    start_signal_delay,
+)
 from node_workers.ledger import AttemptLedger, ClaimState
 from node_workers.node import AnyNode
 from node_workers.records import build_result, build_trace
@@ -133,7 +140,10 @@ class WorkerConfig:
     default_timeout_s: float = DEFAULT_TIMEOUT_S
     """Timeout of an invocation without a deadline."""
     heartbeat_interval_s: float = DEFAULT_HEARTBEAT_INTERVAL_S
-    """Between two heartbeats of a running attempt (its start is always signalled); 0 = none."""
+    """Between two heartbeats of a running attempt (after its start signal); 0 = none."""
+    start_signal_delay_s: float = DEFAULT_START_SIGNAL_DELAY_S
+    """An attempt's start is signalled only if it still runs this long after it started (at
+    most half its timeout; at once with a queue timeout); 0 = at once, always."""
     shutdown_grace_s: float = 10.0
     revoke_grace_s: float = 10.0
     commit_interval_s: float = 0.5
@@ -154,6 +164,10 @@ class WorkerConfig:
         if self.max_inline_output_bytes < 0:
             raise ConfigurationError(
                 f"Expected max_inline_output_bytes >= 0, but got {self.max_inline_output_bytes}"
+            )
+        if self.start_signal_delay_s < 0:
+            raise ConfigurationError(
+                f"Expected start_signal_delay_s >= 0, but got {self.start_signal_delay_s}"
             )
         if self.max_buffered is not None:
             check_limit(self.max_buffered, "max_buffered")
@@ -185,6 +199,13 @@ class WorkerConfig:
             values["node_concurrency"] = parse_node_concurrency(
                 settings.worker_node_concurrency, "REFLUX_WORKER_NODE_CONCURRENCY"
             )
+        if settings.worker_start_signal_delay_ms is not None:
+            delay_ms = settings.worker_start_signal_delay_ms
+            if delay_ms < 0:
+                raise ConfigurationError(
+                    f"Expected REFLUX_WORKER_START_SIGNAL_DELAY_MS to be >= 0, but got {delay_ms}"
+                )
+            values["start_signal_delay_s"] = delay_ms / 1000
         return cls(**(values | changes))
 
     def limit(self, node: AnyNode) -> Limit:
@@ -630,8 +651,9 @@ class WorkerRuntime:
         return self._blob_store
 
     async def execute(self, node: AnyNode, invocation: NodeInvocation) -> Attempt:
-        """Run a claimed attempt: signal its start, heartbeat while it runs; one whose
-        ``start_by`` (queue timeout) passed is not started at all (``QueueTimeout``)."""
+        """Run a claimed attempt: signal its start if it runs long enough, heartbeat while it
+        runs; one whose ``start_by`` (queue timeout) passed is not started at all
+        (``QueueTimeout``)."""
         started = datetime.now(UTC)
         late = too_late_to_start(invocation, started)
         if late is not None:
@@ -655,13 +677,22 @@ class WorkerRuntime:
     def heartbeats(
         self, node: AnyNode, invocation: NodeInvocation, started_at: datetime
     ) -> contextlib.AbstractAsyncContextManager[None]:
-        """The start signal now, heartbeats while the block runs (see node_workers.heartbeats)."""
+        """The start signal (if the block still runs after its delay), heartbeats while the block
+        runs (see node_workers.heartbeats)."""
         return heartbeating(
             self._send_heartbeat,
             node,
             invocation,
             started_at=started_at,
             interval_s=self.config.heartbeat_interval_s,
+            start_delay_s=start_signal_delay(
+                invocation,
+                started_at=started_at,
+                # without a timeout of its own the attempt ends at the worker's default one
+                deadline=attempt_deadline(invocation, started_at)
+                or started_at + timedelta(seconds=self.config.default_timeout_s),
+                configured_s=self.config.start_signal_delay_s,
+            ),
             worker=self.worker_name,
         )
 

@@ -30,9 +30,12 @@ def test_a_backlog_longer_than_the_step_timeout_fails_no_run(
     engine_harness: HarnessFactory, http: HttpTestServer
 ) -> None:
     # One worker with two I/O slots, 40 runs at once of a 250 ms call with a 1.5 s timeout and
-    # retries: the last runs wait ~5 s for a lane, three times their timeout.
+    # retries: the last runs wait ~5 s for a lane, three times their timeout. Every call runs
+    # longer than the start signal's delay (100 ms), so every attempt is signalled.
     harness = engine_harness(
-        worker_config=WorkerConfig(io_concurrency=2, commit_interval_s=0.1, poll_timeout_s=0.05)
+        worker_config=WorkerConfig(
+            io_concurrency=2, commit_interval_s=0.1, poll_timeout_s=0.05, start_signal_delay_s=0.1
+        )
     )
     harness.register(
         {
@@ -76,6 +79,61 @@ def test_a_backlog_longer_than_the_step_timeout_fails_no_run(
     assert max(waits) > 2 * TIMEOUT, sorted(waits)
     longest = run_ids[waits.index(max(waits))]
     assert_replay_equivalent(harness, longest)
+
+
+def test_only_an_attempt_running_past_the_start_signal_delay_is_started(
+    engine_harness: HarnessFactory, http: HttpTestServer
+) -> None:
+    # A sub-millisecond transform ends long before the delay (500 ms): the scheduler goes from
+    # dispatched to succeeded on its result alone. The 1.5 s call is signalled after the delay,
+    # with the worker's true start; the scheduler's backstop timer counts from the signal.
+    harness = engine_harness(
+        worker_config=WorkerConfig(
+            commit_interval_s=0.1, poll_timeout_s=0.05, start_signal_delay_s=0.5
+        )
+    )
+    harness.register(
+        {
+            "id": "lazy",
+            "steps": [
+                {
+                    "id": "fast",
+                    "node": "transform@^1",
+                    "params": {"expression": "`1`"},
+                    "timeout": "5s",
+                },
+                {
+                    "id": "slow",
+                    "node": "http.request@^1",
+                    "params": {"url": f"{http.url}/slow?ms=1500"},
+                    "timeout": "5s",
+                    "needs": ["fast"],
+                },
+            ],
+        }
+    )
+    run_id = harness.start("lazy")
+    run = harness.wait(run_id, timeout=30)
+    assert run.status == "succeeded", run.error
+    events = harness.events(run_id)
+    started = [e for e in events if e.event_type == "StepStarted"]
+    assert [e.payload["step"]["step_id"] for e in started] == ["slow"]
+    fast = [e.event_type for e in events if e.payload.get("step", {}).get("step_id") == "fast"]
+    assert fast == ["StepScheduled", "StepDispatched", "StepSucceeded"], fast
+    steps = harness.steps(run_id)
+    assert steps["fast"].status == "succeeded" and steps["fast"].started_at is None
+    assert steps["fast"].duration_ms is not None
+
+    (start,) = started
+    worker_start = datetime.fromisoformat(start.payload["started_at"])
+    assert steps["slow"].started_at == worker_start  # the true start, not the signal's time
+    # Recorded no sooner than the delay after the start (worker and scheduler share a clock; how
+    # much later depends on the scheduler's lag, which a loaded machine makes unbounded).
+    assert start.occurred_at - worker_start >= timedelta(milliseconds=450)
+    timer = datetime.fromisoformat(start.payload["timeout_at"])
+    grace = timedelta(milliseconds=TIMEOUT_GRACE_MS)
+    assert timer - start.occurred_at >= timedelta(seconds=5) + grace - timedelta(milliseconds=1)
+    assert_replay_equivalent(harness, run_id)
 
 
 def test_queue_timeout_fails_the_step_when_no_worker_starts_it(

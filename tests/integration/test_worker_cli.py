@@ -49,6 +49,9 @@ def test_worker_process_serves_and_stops_on_sigterm(
         "REFLUX_TOPIC_PREFIX": kafka_settings.topic_prefix,
         "REFLUX_DEFAULT_PARTITIONS": str(kafka_settings.default_partitions),
         "NODES_FILTER": "condition",  # --nodes wins over the environment
+        # Every start signalled at once (a transform ends within the default delay): the
+        # setting reaches the worker process.
+        "REFLUX_WORKER_START_SIGNAL_DELAY_MS": "0",
     }
     process = subprocess.Popen(
         [

@@ -500,18 +500,26 @@ def test_graceful_stop_finishes_in_flight_invocations(
     assert again.received == 0
 
 
-def test_a_started_attempt_is_signalled_before_its_result_and_a_long_one_heartbeats(
+def test_an_attempt_still_running_after_the_delay_is_signalled_and_a_long_one_heartbeats(
     worker_topics: TopicCatalog, kafka_settings: Settings, http_server: HttpTestServer
 ) -> None:
     url = http_server.url
     an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
     invocations = {
         # Dispatched an hour ago with a 2 s timeout: the timeout counts from the worker's start.
+        # It ends within the start signal's delay (0.5 s): only its result is sent.
         "queued": _invocation(
-            "http.request", {"url": f"{url}/slow?ms=200"}, timeout_ms=2_000, occurred_at=an_hour_ago
+            "http.request", {"url": f"{url}/slow?ms=100"}, timeout_ms=2_000, occurred_at=an_hour_ago
         ),
-        "long": _invocation("http.request", {"url": f"{url}/slow?ms=1200"}, timeout_ms=5_000),
+        "long": _invocation("http.request", {"url": f"{url}/slow?ms=1500"}, timeout_ms=5_000),
+        # The delay is capped at half the timeout: the start is signalled at 150 ms.
         "too_long": _invocation("http.request", {"url": f"{url}/slow?ms=3000"}, timeout_ms=300),
+        # A queue timeout: the start is signalled at once, however short the attempt.
+        "eager": _invocation(
+            "http.request",
+            {"url": f"{url}/slow?ms=0"},
+            start_by=datetime.now(UTC) + timedelta(minutes=5),
+        ),
         # Its queue timeout passed before a worker got to it: not started, never sent.
         "late": _invocation(
             "http.request",
@@ -520,11 +528,16 @@ def test_a_started_attempt_is_signalled_before_its_result_and_a_long_one_heartbe
         ),
     }
     _publish(kafka_settings, worker_topics, invocations.values())
-    config = WorkerConfig(commit_interval_s=0.1, poll_timeout_s=0.05, heartbeat_interval_s=0.25)
+    config = WorkerConfig(
+        commit_interval_s=0.1,
+        poll_timeout_s=0.05,
+        heartbeat_interval_s=0.25,
+        start_signal_delay_s=0.5,
+    )
     stats = _serve(
         kafka_settings, worker_topics, lambda s: s.results >= len(invocations), config=config
     )
-    assert (stats.results, stats.started) == (4, 3)  # every one answered; "late" never started
+    assert (stats.results, stats.started) == (5, 4)  # every one answered; "late" never started
 
     records = _read(
         kafka_settings,
@@ -542,6 +555,14 @@ def test_a_started_attempt_is_signalled_before_its_result_and_a_long_one_heartbe
         assert record.key == record.value.run_id.encode()
         by_invocation.setdefault(record.value.invocation_id, []).append(record)
 
+    def signalled_after(name: str) -> timedelta:
+        """From the attempt's start (worker clock) to the broker's timestamp of its beat 0."""
+        mine = by_invocation[invocations[name].invocation_id]
+        (start,) = [r for r in mine if isinstance(r.value, NodeHeartbeat) and r.value.beat == 0]
+        assert isinstance(start.value, NodeHeartbeat) and start.timestamp_ms is not None
+        sent = datetime.fromtimestamp(start.timestamp_ms / 1000, UTC)
+        return sent - start.value.started_at
+
     def story(name: str) -> tuple[list[int], NodeResult]:
         """The beats before the result, in partition order, and the result."""
         mine = sorted(by_invocation[invocations[name].invocation_id], key=lambda r: r.offset)
@@ -554,15 +575,21 @@ def test_a_started_attempt_is_signalled_before_its_result_and_a_long_one_heartbe
         return [b.beat for b in beats], result  # type: ignore[union-attr]
 
     beats, queued = story("queued")
-    assert beats == [0] and queued.status is TraceStatus.OK, queued.error
+    assert beats == [] and queued.status is TraceStatus.OK, queued.error  # no start signal
     beats, long = story("long")
     assert long.status is TraceStatus.OK
     assert beats[0] == 0 and len(beats) >= 3 and beats == list(range(len(beats)))
+    # Sent after the delay, carrying the true start (``story``: the result's started_at).
+    assert timedelta(milliseconds=450) <= signalled_after("long") < timedelta(milliseconds=1500)
     beats, too_long = story("too_long")
     assert beats[0] == 0 and too_long.error is not None
+    assert timedelta(milliseconds=100) <= signalled_after("too_long") < timedelta(milliseconds=300)
     # The node caps its own timeout by the deadline too; either way it ends at ~300 ms.
     assert too_long.error.error_class in {"HttpTimeout", "NodeTimeout"}
     assert (too_long.finished_at - too_long.started_at) < timedelta(seconds=2)
+    beats, eager = story("eager")
+    assert beats == [0] and eager.status is TraceStatus.OK, eager.error
+    assert signalled_after("eager") < timedelta(milliseconds=450)
     beats, late = story("late")
     assert beats == [] and late.error is not None
     assert (late.error.error_class, late.error.retryable) == ("QueueTimeout", False)

@@ -124,6 +124,18 @@ def test_worker_config_from_settings() -> None:
     assert config.limit(_node("webhook.trigger")).size == 1000
 
 
+def test_the_start_signal_delay_comes_from_its_setting_in_ms_and_is_never_negative() -> None:
+    assert WorkerConfig.from_settings(Settings()).start_signal_delay_s == 0.25
+    eager = Settings(worker_start_signal_delay_ms=0)
+    assert WorkerConfig.from_settings(eager).start_signal_delay_s == 0.0
+    later = Settings(worker_start_signal_delay_ms=1500)
+    assert WorkerConfig.from_settings(later).start_signal_delay_s == 1.5
+    with pytest.raises(ConfigurationError, match="REFLUX_WORKER_START_SIGNAL_DELAY_MS"):
+        WorkerConfig.from_settings(Settings(worker_start_signal_delay_ms=-1))
+    with pytest.raises(ConfigurationError, match="start_signal_delay_s >= 0"):
+        WorkerConfig(start_signal_delay_s=-0.1)
+
+
 def test_parse_node_concurrency_accepts_lists_and_spaces() -> None:
     assert parse_node_concurrency(" a.b=1 ,, c@2=30 ", "--x") == {"a.b": 1, "c@2": 30}
     assert parse_node_concurrency(["a=1", "b=2,c=3"], "--x") == {"a": 1, "b": 2, "c": 3}
