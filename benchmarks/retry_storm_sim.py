@@ -33,27 +33,8 @@ from processors.scheduler.circuit import CircuitState
 from processors.scheduler.retry_gate import RetryGate
 from processors.scheduler.state import RunStatus
 from schemas.models import RunFailed, RunSucceeded
-from tests.support.scheduler_fleet import Fleet, Service, flaky_service
+from tests.support.scheduler_fleet import FIVE_STEPS, ONE_STEP, Fleet, Service, flaky_service
 from tests.support.scheduler_simulation import T0
-
-FIVE_STEPS = "id: five-steps\nsteps:\n" + "".join(
-    f"  - id: s{n}\n"
-    "    node: http.request@^1\n"
-    "    timeout: 1s\n"
-    "    retry: {max_attempts: 4}\n"
-    '    params: {url: "http://svc.local/x"}\n' + (f"    needs: [s{n - 1}]\n" if n > 1 else "")
-    for n in range(1, 6)
-)
-
-ONE_STEP = """
-id: one-step
-steps:
-  - id: call
-    node: http.request@^1
-    timeout: 1s
-    params: {url: "http://svc.local/x"}
-    retry: {max_attempts: 8, initial_backoff: 200ms, max_backoff: 2s}
-"""
 
 SCENARIOS: dict[str, tuple[str, int, Service, int]] = {
     "flaky": (FIVE_STEPS, 200, flaky_service(error=0.2, hang=0.1), 0),

@@ -27,7 +27,28 @@ from processors.scheduler.timers import next_due
 from schemas.models import ErrorInfo, NodeInvocation, StepRetryScheduled, TraceStatus
 from tests.support.scheduler_simulation import T0, Simulation
 
-__all__ = ["Call", "Fleet", "Outcome", "Service", "flaky_service"]
+__all__ = ["FIVE_STEPS", "ONE_STEP", "Call", "Fleet", "Outcome", "Service", "flaky_service"]
+
+# The workloads of the retry-storm scenarios (tests/unit/test_retry_storms.py and
+# benchmarks/retry_storm_sim.py): the chaos workload's five calls in a row, and one call.
+ONE_STEP = """
+id: one-step
+steps:
+  - id: call
+    node: http.request@^1
+    timeout: 1s
+    params: {url: "http://svc.local/x"}
+    retry: {max_attempts: 8, initial_backoff: 200ms, max_backoff: 2s}
+"""
+
+FIVE_STEPS = "id: five-steps\nsteps:\n" + "".join(
+    f"  - id: s{n}\n"
+    "    node: http.request@^1\n"
+    "    timeout: 1s\n"
+    "    retry: {max_attempts: 4}\n"
+    '    params: {url: "http://svc.local/x"}\n' + (f"    needs: [s{n - 1}]\n" if n > 1 else "")
+    for n in range(1, 6)
+)
 
 OutcomeKind = Literal["ok", "error", "hang"]
 

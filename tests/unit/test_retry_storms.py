@@ -13,27 +13,8 @@ from datetime import timedelta
 from processors.scheduler.circuit import CircuitPolicy, CircuitState
 from processors.scheduler.retry_gate import GatePolicy, RetryGate
 from processors.scheduler.state import RunStatus
-from tests.support.scheduler_fleet import Fleet, flaky_service
+from tests.support.scheduler_fleet import FIVE_STEPS, ONE_STEP, Fleet, flaky_service
 from tests.support.scheduler_simulation import T0
-
-ONE_STEP = """
-id: one-step
-steps:
-  - id: call
-    node: http.request@^1
-    timeout: 1s
-    params: {url: "http://svc.local/x"}
-    retry: {max_attempts: 8, initial_backoff: 200ms, max_backoff: 2s}
-"""
-
-FIVE_STEPS = "id: five-steps\nsteps:\n" + "".join(
-    f"  - id: s{n}\n"
-    "    node: http.request@^1\n"
-    "    timeout: 1s\n"
-    "    retry: {max_attempts: 4}\n"
-    '    params: {url: "http://svc.local/x"}\n' + (f"    needs: [s{n - 1}]\n" if n > 1 else "")
-    for n in range(1, 6)
-)
 
 FLOOR = 10.0
 RATIO = 0.2
