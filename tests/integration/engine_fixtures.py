@@ -250,6 +250,21 @@ def assert_replay_equivalent(harness: Harness, run_id: str, timeout: float = 10.
     }
 
 
+def slow_http_chain(workflow_id: str, url: str, *, slow_ms: int, timeout: str) -> dict[str, Any]:
+    """The kill tests' workflow: a slow HTTP call, a transform of its answer, another slow
+    call (``url`` is the test HTTP server's); 5 attempts per step, 100 ms apart at first."""
+    call = {"node": "http.request@^1", "params": {"url": f"{url}/slow?ms={slow_ms}"}}
+    return {
+        "id": workflow_id,
+        "defaults": {"retry": {"max_attempts": 5, "initial_backoff": "100ms"}, "timeout": timeout},
+        "steps": [
+            {"id": "one", **call},
+            transform("two", "slept_ms", "{{ steps.one.output.body }}", needs=["one"]),
+            {"id": "three", **call, "needs": ["two"]},
+        ],
+    }
+
+
 def transform(step_id: str, expression: str, data: Any, **extra: Any) -> dict[str, Any]:
     """A ``transform@^1`` step of a test workflow."""
     return {

@@ -159,6 +159,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(500, {"error": "odds", "call": call})
             else:
                 if fate == "hang":
+                    # The sick dependency's hang is the behaviour under test, not a wait.
                     time.sleep(min(int(arg("hang_ms", "2500")), MAX_SLOW_MS) / 1000)
                 self._send(200, {"run": run, "step": step, "call": call, "fate": fate})
         elif path.startswith("/status/"):

@@ -14,7 +14,12 @@ from typing import Any
 import psycopg
 
 from schemas.models import StartRun, WorkflowRegistered
-from tests.integration.engine_fixtures import TERMINAL, HarnessFactory, replayed_state
+from tests.integration.engine_fixtures import (
+    TERMINAL,
+    HarnessFactory,
+    replayed_state,
+    slow_http_chain,
+)
 from tests.integration.http_fixtures import HttpTestServer
 from tests.support.processes import Component, wait_for
 from workflows import parse_workflow
@@ -38,34 +43,7 @@ def test_kill_9_scheduler_and_worker_with_runs_in_flight(
     scheduler = Component("scheduler", ["scheduler", "--instance-id", "crash"], settings, tmp_path)
     worker = Component("worker", ["worker", "--nodes", "http,transform"], settings, tmp_path)
     try:
-        definition = parse_workflow(
-            {
-                "id": "crashy",
-                "defaults": {
-                    "retry": {"max_attempts": 5, "initial_backoff": "100ms"},
-                    "timeout": "20s",
-                },
-                "steps": [
-                    {
-                        "id": "one",
-                        "node": "http.request@^1",
-                        "params": {"url": f"{http.url}/slow?ms=400"},
-                    },
-                    {
-                        "id": "two",
-                        "node": "transform@^1",
-                        "needs": ["one"],
-                        "params": {"expression": "slept_ms", "data": "{{ steps.one.output.body }}"},
-                    },
-                    {
-                        "id": "three",
-                        "node": "http.request@^1",
-                        "needs": ["two"],
-                        "params": {"url": f"{http.url}/slow?ms=400"},
-                    },
-                ],
-            }
-        )
+        definition = parse_workflow(slow_http_chain("crashy", http.url, slow_ms=400, timeout="20s"))
         producer.send(
             engine.catalog.workflows,
             "crashy@1",

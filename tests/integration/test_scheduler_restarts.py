@@ -50,7 +50,7 @@ from schemas.run_log import RUN_EVENT_TYPES, TERMINAL_RUN_EVENT_TYPES
 from streams.admin import ensure_topics
 from streams.producer import Producer
 from streams.topics import TopicCatalog, TopicSpec
-from tests.integration.engine_fixtures import HarnessFactory
+from tests.integration.engine_fixtures import HarnessFactory, slow_http_chain
 from tests.integration.http_fixtures import HttpTestServer
 from tests.support.processes import Component, wait_for
 from tests.support.waiting import eventually
@@ -65,29 +65,8 @@ RUNS = 24
 TERMINAL = frozenset(t.__name__ for t in TERMINAL_RUN_EVENT_TYPES)
 SLOW_MS = 300
 INSTANCE = "restarts"
-
-
-def _workflow(url: str) -> dict[str, object]:
-    return {
-        "id": "restarts",
-        # Long step timeouts: a paused scheduler must not turn into timed-out steps.
-        "defaults": {"retry": {"max_attempts": 5, "initial_backoff": "100ms"}, "timeout": "120s"},
-        "steps": [
-            {"id": "one", "node": "http.request@^1", "params": {"url": f"{url}/slow?ms={SLOW_MS}"}},
-            {
-                "id": "two",
-                "node": "transform@^1",
-                "needs": ["one"],
-                "params": {"expression": "slept_ms", "data": "{{ steps.one.output.body }}"},
-            },
-            {
-                "id": "three",
-                "node": "http.request@^1",
-                "needs": ["two"],
-                "params": {"url": f"{url}/slow?ms={SLOW_MS}"},
-            },
-        ],
-    }
+# Long step timeouts: a paused scheduler must not turn into timed-out steps.
+STEP_TIMEOUT = "120s"
 
 
 @dataclass
@@ -230,7 +209,9 @@ def scenario(
     ensure_topics(catalog, invoke, settings=settings)
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
     producer = Producer(settings, client_id="restarts-test")
-    definition = parse_workflow(_workflow(http.url))
+    definition = parse_workflow(
+        slow_http_chain("restarts", http.url, slow_ms=SLOW_MS, timeout=STEP_TIMEOUT)
+    )
     producer.send(
         catalog.workflows,
         "restarts@1",
@@ -422,7 +403,9 @@ def test_a_batch_cut_at_its_time_budget_leaves_the_rest_for_the_next_one(
     thread = threading.Thread(target=scheduler.run, args=(stop,), name="cut-scheduler")
     thread.start()
     try:
-        harness.register(_workflow(http.url))
+        harness.register(
+            slow_http_chain("restarts", http.url, slow_ms=SLOW_MS, timeout=STEP_TIMEOUT)
+        )
         runs = [harness.start("restarts") for _ in range(8)]
         for run_id in runs:
             assert harness.wait(run_id, timeout=60).status == "succeeded"

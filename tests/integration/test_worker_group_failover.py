@@ -26,7 +26,7 @@ from foundation.settings import Settings
 from schemas import serde
 from schemas.models import NodeResult, StartRun
 from streams.topics import TopicCatalog
-from tests.integration.engine_fixtures import TERMINAL, HarnessFactory
+from tests.integration.engine_fixtures import TERMINAL, HarnessFactory, slow_http_chain
 from tests.integration.http_fixtures import HttpTestServer
 from tests.support.processes import Component, wait_for
 from tests.support.waiting import eventually
@@ -41,28 +41,6 @@ CONCURRENCY = 2
 KILL_AFTER_REQUESTS = 12
 BUDGET_S = 60.0
 NODES = {"http.request": 1, "transform": 1}
-
-
-def _workflow(url: str) -> dict[str, object]:
-    return {
-        "id": "failover",
-        "defaults": {"retry": {"max_attempts": 5, "initial_backoff": "100ms"}, "timeout": "20s"},
-        "steps": [
-            {"id": "one", "node": "http.request@^1", "params": {"url": f"{url}/slow?ms={SLOW_MS}"}},
-            {
-                "id": "two",
-                "node": "transform@^1",
-                "needs": ["one"],
-                "params": {"expression": "slept_ms", "data": "{{ steps.one.output.body }}"},
-            },
-            {
-                "id": "three",
-                "node": "http.request@^1",
-                "needs": ["two"],
-                "params": {"url": f"{url}/slow?ms={SLOW_MS}"},
-            },
-        ],
-    }
 
 
 def _assignments(admin: AdminClient, group: str) -> dict[str, list[int]]:
@@ -172,7 +150,7 @@ def test_kill_9_one_of_two_workers_in_a_group_loses_no_invocation(
         for name in ("worker-a", "worker-b")
     }
     try:
-        harness.register(_workflow(http.url))
+        harness.register(slow_http_chain("failover", http.url, slow_ms=SLOW_MS, timeout="20s"))
         for worker in workers.values():
             worker.start()
 
