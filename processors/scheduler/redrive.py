@@ -75,6 +75,13 @@ def plan_redrive_from(run: RunState, step_id: str) -> RedrivePlan | str:
             f"Expected run to be {_status_words(REDRIVE_FROM_RUN_STATUSES)} to re-drive from a "
             f"step, but it is {run.status}{hint}"
         )
+    if run.definition is None:
+        # A finished run the scheduler keeps only as a marker, and could not reload from the
+        # run log (its beginning is past retention): nothing to re-run from.
+        return (
+            f"Expected run {run.run_id!r} to be in the run log from its first event to re-drive "
+            "from a step, but the scheduler could not reload it (retention deleted its start)"
+        )
     step = run.steps.get(step_id)
     if step is None:
         return (
