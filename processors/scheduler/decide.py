@@ -7,7 +7,8 @@ consecutive ``seq`` from ``state.last_seq + 1``. Nothing here does I/O, reads a 
 random number on its own: all of that comes in through :class:`DecisionContext`.
 
 Inputs (``SchedulerInput``): the commands ``StartRun``, ``CancelRun``, ``PauseRun``,
-``ResumeRun``, ``RedriveStep``, ``MutateGraph``, ``FireTimer``; a worker's ``NodeHeartbeat`` and
+``ResumeRun``, ``RedriveStep`` (one step, or ``downstream``: from a step), ``RebindRun``,
+``MutateGraph``, ``FireTimer``; a worker's ``NodeHeartbeat`` and
 ``NodeResult``; and the runtime's answers to cache lookups, :class:`CacheHit` / :class:`CacheMiss`
 (plain dataclasses, not Avro records: they never leave the scheduler process).
 
@@ -56,6 +57,7 @@ from foundation.errors import NonRetryableError, classify
 from processors.scheduler.backoff import backoff_ms, should_retry
 from processors.scheduler.cache import cache_key
 from processors.scheduler.evolve import RUN_EVENT_TYPES, RunEvent, evolve, fold
+from processors.scheduler.redrive import plan_rebind, plan_redrive_from, rebind_status_refusal
 from processors.scheduler.retry_gate import UNGATED, Admission, RetryGating, step_dependency
 from processors.scheduler.state import (
     ACTIVE_STEP_STATUSES,
@@ -82,11 +84,13 @@ from schemas.models import (
     NodeResult,
     PauseRun,
     PayloadRef,
+    RebindRun,
     RedriveStep,
     ResumeRun,
     RunCancelled,
     RunFailed,
     RunPaused,
+    RunRebound,
     RunResumed,
     RunStarted,
     RunSucceeded,
@@ -97,6 +101,7 @@ from schemas.models import (
     StepRetryScheduled,
     StepScheduled,
     StepSkipped,
+    StepsReset,
     StepStarted,
     StepSucceeded,
     StepTimedOut,
@@ -190,6 +195,7 @@ SchedulerInput = (
     | PauseRun
     | ResumeRun
     | RedriveStep
+    | RebindRun
     | MutateGraph
     | FireTimer
     | NodeHeartbeat
@@ -203,8 +209,8 @@ TIMEOUT_GRACE_MS = 1_000
 from its own start and reports it, so the scheduler's timer only decides for a worker that is
 lost, and must not beat a result that was sent in time and is still on its way."""
 
-_COMMANDS = (StartRun, CancelRun, PauseRun, ResumeRun, RedriveStep, MutateGraph)
-Command = StartRun | CancelRun | PauseRun | ResumeRun | RedriveStep | MutateGraph
+_COMMANDS = (StartRun, CancelRun, PauseRun, ResumeRun, RedriveStep, RebindRun, MutateGraph)
+Command = StartRun | CancelRun | PauseRun | ResumeRun | RedriveStep | RebindRun | MutateGraph
 
 
 class RegisteredWorkflow(NamedTuple):
@@ -442,6 +448,9 @@ def _resume(w: _Writer, cmd: ResumeRun) -> None:
 
 
 def _redrive(w: _Writer, cmd: RedriveStep) -> None:
+    if cmd.downstream:
+        _redrive_from(w, cmd)
+        return
     if not _expect_status(w, cmd, (RunStatus.FAILED, RunStatus.RUNNING), "failed or running"):
         return
     run = w.run
@@ -468,6 +477,78 @@ def _redrive(w: _Writer, cmd: RedriveStep) -> None:
     # Through `when` again: a step that failed evaluating its condition must not bypass it.
     _start_step(w, cmd.step_id, step.attempt + 1)
     _advance(w)
+
+
+def _redrive_from(w: _Writer, cmd: RedriveStep) -> None:
+    """Re-drive from a step (docs/decisions/0026): the step and everything downstream of it go
+    back to pending (``StepsReset``), a failed or succeeded run is reopened (``RunResumed``), and
+    the reset steps run again on the outputs their upstream steps already have."""
+    plan = plan_redrive_from(w.run, cmd.step_id)
+    if isinstance(plan, str):
+        w.reject(cmd, plan)
+        return
+    reason = cmd.reason or f"re-drive from step {cmd.step_id!r}"
+    w.emit(
+        StepsReset,
+        step_ids=list(plan.step_ids),
+        from_step=cmd.step_id,
+        reason=reason,
+        requested_by=cmd.requested_by,
+    )
+    if plan.reopen:
+        w.emit(RunResumed, reason=reason, requested_by=cmd.requested_by)
+        _resume_work(w)
+    _advance(w)
+
+
+def _rebind(w: _Writer, cmd: RebindRun) -> None:
+    """Continue the run on another workflow version (docs/decisions/0026): ``RunRebound``, then
+    (a failed run, ``redrive_failed``) its failed steps are reset and the run reopens."""
+    run = w.run
+    refusal = rebind_status_refusal(run)
+    if refusal is not None:
+        w.reject(cmd, refusal)
+        return
+    registered = w.ctx.lookup_workflow(run.workflow_id, cmd.workflow_version)
+    if registered is None:
+        which = "latest" if cmd.workflow_version is None else f"version {cmd.workflow_version}"
+        w.reject(
+            cmd, f"Expected workflow {run.workflow_id!r} ({which}) to be registered, but it is not"
+        )
+        return
+    plan = plan_rebind(
+        run, registered.version, registered.definition, redrive_failed=cmd.redrive_failed
+    )
+    if isinstance(plan, str):
+        w.reject(cmd, plan)
+        return
+    reason = cmd.reason or f"rebind to version {registered.version}"
+    w.emit(
+        RunRebound,
+        workflow_version=registered.version,
+        previous_version=run.workflow_version,
+        definition=plan.definition.to_json_dict(),
+        inputs=plan.inputs,
+        kept_steps=list(plan.kept),
+        added_steps=list(plan.added),
+        removed_steps=list(plan.removed),
+        changed_steps=list(plan.changed),
+        reason=reason,
+        requested_by=cmd.requested_by,
+    )
+    if plan.redrive:
+        # Reset, not started directly: a failed step may have gained needs in the new version;
+        # `_advance` starts it (next attempt, through its `when`) once they have ended.
+        w.emit(
+            StepsReset,
+            step_ids=list(plan.redrive),
+            from_step=None,
+            reason=reason,
+            requested_by=cmd.requested_by,
+        )
+        w.emit(RunResumed, reason=reason, requested_by=cmd.requested_by)
+        _resume_work(w)
+        _advance(w)
 
 
 _MUTABLE_STEP = (
@@ -1226,6 +1307,7 @@ _HANDLERS: dict[type[Any], Callable[[_Writer, Any], None]] = {
     PauseRun: _pause,
     ResumeRun: _resume,
     RedriveStep: _redrive,
+    RebindRun: _rebind,
     MutateGraph: _mutate,
     FireTimer: _fire_timer,
     NodeHeartbeat: _heartbeat,
