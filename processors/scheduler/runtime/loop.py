@@ -432,6 +432,8 @@ class SchedulerRuntime:
             store_payload=self._store_params,
             resolve_node_version=self._resolve_node_version,
             retry_gate=self.retry_gate.gate,
+            # Graph mutations and ai.meta plans are validated against the live catalog.
+            node_catalog=self._nodes.state,
         )
 
     # -- the loop --------------------------------------------------------------------------------
