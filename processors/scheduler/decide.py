@@ -491,6 +491,10 @@ def _mutate(w: _Writer, cmd: MutateGraph) -> None:
         if step is not None:
             w.reject(cmd, f"Expected step {step_id!r} not to exist, but it is {step.status}")
             return
+        owner = ai_plan.owner_of(run.graph, step_id)
+        if owner is not None:
+            w.reject(cmd, f"Expected a step id outside {owner}__*, the ai.meta step's plan")
+            return
     elif step is None:
         w.reject(
             cmd,
@@ -1059,7 +1063,8 @@ def _schedule(w: _Writer, step_id: str, attempt: int) -> None:
         # same step cannot help, so it fails for good and says why.
         _fail_before_dispatch(w, step_id, attempt, exc)
         return
-    if ai_plan.is_ai_meta(definition):  # the planner sees the catalog and its last rejection
+    planner = ai_plan.is_ai_meta(definition)
+    if planner:  # the planner sees the catalog and its last rejection
         params = ai_plan.invocation_params(
             params,
             attempt=attempt,
@@ -1067,7 +1072,8 @@ def _schedule(w: _Writer, step_id: str, attempt: int) -> None:
             catalog=w.ctx.node_catalog,
         )
     key = None
-    if definition.cache.enabled and w.ctx.is_cacheable(name, version):
+    # A planner's answer is spliced into the run, never served from the cache.
+    if definition.cache.enabled and not planner and w.ctx.is_cacheable(name, version):
         key = cache_key(name, version, params)
     # Large params (e.g. an upstream output of megabytes) go to the object store: the run log
     # and the invocation carry the reference, never a record over Kafka's message limit.

@@ -399,3 +399,54 @@ def test_a_failed_planned_step_fails_the_run_and_a_redrive_finishes_the_meta_ste
     run = sim.run_workers(_workers([]))
     assert run.status is RunStatus.SUCCEEDED
     assert run.steps["plan"].output == {"result": 42}
+
+
+def test_a_subgraph_failure_found_after_a_redrive_fails_the_meta_step_until_redriven() -> None:
+    steps: list[Any] = [
+        *WORKFLOW["steps"],
+        {"id": "other", "node": "transform@^1", "params": {"expression": "@"}},
+    ]
+    sim = Simulation({**WORKFLOW, "steps": steps}, node_catalog=CATALOG)
+    sim.start()
+    sim.succeed("seed", {"result": 1})
+    sim.result(sim.invocation("plan"), status=_OK, output={"plan": GOOD_PLAN})
+    sim.fail("other", retryable=False)  # the run fails on another branch first
+    assert sim.run.status is RunStatus.FAILED
+    sim.fail("plan__double", retryable=False)  # recorded; the run has failed already
+    sim.redrive("other")
+    sim.succeed("other", {"result": 0})
+    # Nothing of the plan can move: the meta step fails, naming its failed planned step.
+    assert sim.run.status is RunStatus.FAILED and sim.run.failed_step == "plan"
+    error = sim.run.steps["plan"].error
+    assert error is not None and error.error_class == "SubgraphFailed"
+    assert "'plan__double'" in error.message
+    sim.redrive("plan__double")
+    run = sim.run_workers(_workers([]))
+    assert run.status is RunStatus.SUCCEEDED
+    assert run.steps["plan"].status is StepStatus.SUCCEEDED
+
+
+def test_plan_namespace_is_reserved_and_a_second_plan_is_refused() -> None:
+    sim = Simulation(WORKFLOW, node_catalog=CATALOG)
+    sim.start()
+    sim.mutate("add_step", "plan__x", {"node": "transform@^1", "params": {"expression": "@"}})
+    assert sim.rejections == [
+        "Expected a step id outside plan__*, the ai.meta step's plan",
+    ]
+    sim.succeed("seed", {"result": 1})
+    sim.result(sim.invocation("plan"), status=_OK, output={"plan": GOOD_PLAN})
+    graph = sim.run.graph
+    again = ai_plan.check_plan(graph, "plan", {"plan": GOOD_PLAN}, params={}, catalog=CATALOG)
+    assert [str(e) for e in again.errors] == [
+        "plan: step 'plan' already spliced a plan (double, result); re-drive its steps instead"
+    ]
+
+
+def test_a_cache_enabled_planner_is_never_served_from_the_cache() -> None:
+    steps: list[Any] = list(WORKFLOW["steps"])
+    steps[1] = {**steps[1], "cache": {"enabled": True}}
+    sim = Simulation({**WORKFLOW, "steps": steps}, node_catalog=CATALOG)
+    sim.start()
+    sim.succeed("seed", {"result": 1})
+    assert sim.run.steps["plan"].cache_key is None
+    assert sim.run.steps["plan"].status is StepStatus.DISPATCHED

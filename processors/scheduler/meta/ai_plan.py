@@ -270,6 +270,11 @@ def check_plan(
             hint = f" ({output['parse_error']})"
         message = f'expected a JSON object {{"steps": [...]}}, got {got}{hint}'
         return PlanCheck(errors=[FieldError("plan", message)])
+    spliced = subgraph_ids(graph, meta_id)
+    if spliced:  # a re-drive of a meta step whose plan already runs: redo its failed steps
+        names = ", ".join(s.removeprefix(meta_id + SEPARATOR) for s in spliced)
+        message = f"step {meta_id!r} already spliced a plan ({names}); re-drive its steps instead"
+        return PlanCheck(errors=[FieldError("plan", message)])
     errors = _shape_errors(plan, opts)
     if errors:
         return PlanCheck(errors=errors)
