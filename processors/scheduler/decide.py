@@ -801,7 +801,7 @@ def _splice_plan(w: _Writer, step: StepState, result: NodeResult) -> None:
 def _settle_meta_steps(w: _Writer) -> bool:
     """Complete the ai.meta steps whose sub-graph finished; True if any was completed."""
     run = w.run
-    if not any(ai_plan.is_ai_meta(s) for s in run.graph.steps):
+    if not ai_plan.has_ai_meta(run.graph):
         return False
     params = {sid: st.params for sid, st in run.steps.items()}
     completions = ai_plan.settle(run.graph, run.steps, params)

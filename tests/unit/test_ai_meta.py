@@ -12,7 +12,7 @@ import pytest
 
 from node_workers.node import validate_params
 from node_workers.nodes.ai_meta import AiMetaNode, build_messages, parse_plan
-from processors.scheduler import RunStatus, StepStatus
+from processors.scheduler import RunState, RunStatus, StepStatus, fold
 from processors.scheduler.meta import ai_plan
 from schemas.models import (
     ErrorInfo,
@@ -450,3 +450,20 @@ def test_a_cache_enabled_planner_is_never_served_from_the_cache() -> None:
     sim.succeed("seed", {"result": 1})
     assert sim.run.steps["plan"].cache_key is None
     assert sim.run.steps["plan"].status is StepStatus.DISPATCHED
+
+
+def test_the_spliced_run_survives_a_snapshot_and_a_replay() -> None:
+    sim = Simulation(WORKFLOW, node_catalog=CATALOG)
+    sim.start()
+    sim.succeed("seed", {"result": 1})
+    sim.result(sim.invocation("plan"), status=_OK, output={"plan": GOOD_PLAN})
+    state = sim.run
+    # Mid sub-graph: the graph holds the planned steps, the meta step runs, nothing pending lost.
+    assert fold(sim.log) == state
+    assert RunState.from_snapshot(state.to_snapshot()) == state
+    assert ai_plan.subgraph_ids(state.graph, "plan") == ["plan__double", "plan__result"]
+    assert ai_plan.owner_of(state.graph, "plan__result") == "plan"
+    assert ai_plan.owner_of(state.graph, "after") is None
+    assert ai_plan.has_ai_meta(state.graph)
+    seed_only: list[Any] = list(WORKFLOW["steps"])[:1]
+    assert not ai_plan.has_ai_meta(parse_workflow({"id": "x", "steps": seed_only}))

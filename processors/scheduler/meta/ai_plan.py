@@ -64,6 +64,7 @@ __all__ = [
     "catalog_for_prompt",
     "check_plan",
     "feedback_from",
+    "has_ai_meta",
     "invalid_plan_error",
     "invocation_params",
     "is_ai_meta",
@@ -98,6 +99,12 @@ class ManifestView(Protocol):
 
 def is_ai_meta(definition: StepDefinition) -> bool:
     return definition.node_name == AI_META_NODE
+
+
+def has_ai_meta(graph: WorkflowDefinition) -> bool:
+    """Cheap (a string prefix per step): ``decide`` asks it on every advance of every run."""
+    prefix = AI_META_NODE + "@"
+    return any(step.node.startswith(prefix) for step in graph.steps)
 
 
 def namespaced(meta_id: str, local_id: str) -> str:
