@@ -13,12 +13,15 @@ replay-equivalence check.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from typing import Any
 
 import pytest
 
+from node_workers.node import NodeContext, NodeError, validate_params
+from node_workers.nodes.ai_meta import AiMetaNode, AiMetaOutput
 from tests.integration.engine_fixtures import (
     Harness,
     HarnessFactory,
@@ -173,3 +176,32 @@ def test_plan_invalid_on_every_attempt_fails_the_step_with_the_last_errors(
     assert "after" not in harness.steps(run_id)  # never scheduled
     assert not _events(harness, run_id, "GraphMutated")
     assert_replay_equivalent(harness, run_id)
+
+
+def _plan_once(server: OpenAITestServer, ctx: NodeContext, **params: Any) -> AiMetaOutput:
+    async def go() -> AiMetaOutput:
+        node = AiMetaNode()
+        raw = {"goal": "g", "base_url": server.base_url, "api_key": server.api_key, **params}
+        try:
+            return await node.execute(validate_params(node, {"model": "m", **raw}), ctx)
+        finally:
+            await node.aclose()
+
+    return asyncio.run(go())
+
+
+def test_the_node_returns_the_parsed_plan_or_why_not_and_counts_tokens(
+    openai_server: OpenAITestServer,
+) -> None:
+    openai_server.script("```json\n" + json.dumps(VALID_PLAN) + "\n```", "no plan today")
+    ctx = NodeContext("inv-1", "run-1", "plan", 1)
+    out = _plan_once(openai_server, ctx)
+    assert out.plan == VALID_PLAN and out.parse_error is None
+    assert out.model == "m-test" and ctx.cost_tokens == out.usage.total_tokens > 0
+    out = _plan_once(openai_server, NodeContext("inv-2", "run-1", "plan", 2))
+    assert out.plan is None and out.content == "no plan today"
+    assert out.parse_error is not None and out.parse_error.startswith("the answer is not JSON")
+    # The model's own errors keep openai.chat's classes (here: a bad key, not retryable).
+    with pytest.raises(NodeError) as info:
+        _plan_once(openai_server, NodeContext("inv-3", "run-1", "plan", 3), api_key="wrong")
+    assert info.value.error_class == "LlmAuth"
