@@ -183,6 +183,32 @@ def test_valid_plan_becomes_namespaced_add_steps() -> None:
     assert double["params"]["data"] == {"n": "{{ inputs.n }}"}
 
 
+def test_only_template_and_when_references_are_namespaced() -> None:
+    plan = {
+        "steps": [
+            {"id": "double", "node": "transform@^1", "params": {"expression": "@"}},
+            {
+                "id": "result",
+                "node": "transform@^1",
+                "needs": ["double"],
+                "when": "steps.double.status == 'succeeded'",
+                "params": {
+                    "expression": "@",
+                    "data": ["see steps.double", "{{ steps.double.output }} and {{ inputs.n }}"],
+                },
+            },
+        ]
+    }
+    check = _check(plan)
+    assert check.ok, check.errors
+    result = check.mutations[1].data
+    assert result["when"] == "steps.plan__double.status == 'succeeded'"
+    assert result["params"]["data"] == [
+        "see steps.double",
+        "{{ steps.plan__double.output }} and {{ inputs.n }}",
+    ]
+
+
 def test_invalid_plan_reports_every_error_with_plan_paths() -> None:
     check = _check(BAD_PLAN)
     assert _errors(check) == [

@@ -224,15 +224,32 @@ class PlanCheck:
 _STEP_REF = re.compile(r"(?<![A-Za-z0-9_.])steps\.([a-z_][a-z0-9_]*)")
 
 
-def _rename_refs(value: Any, renames: Mapping[str, str]) -> Any:
-    """``steps.<local>`` -> ``steps.<M>__<local>`` inside every string (templates, ``when``)."""
+_TEMPLATE = re.compile(r"\{\{.*?\}\}", re.S)
+
+
+def _rename_expression(text: str, renames: Mapping[str, str]) -> str:
+    return _STEP_REF.sub(lambda m: f"steps.{renames.get(m.group(1), m.group(1))}", text)
+
+
+def _rename_templates(value: Any, renames: Mapping[str, str]) -> Any:
+    """``steps.<local>`` -> ``steps.<M>__<local>`` inside ``{{ }}`` only: literal text that
+    happens to say "steps.x" (an e-mail body) is data, not a reference."""
     if isinstance(value, str):
-        return _STEP_REF.sub(lambda m: f"steps.{renames.get(m.group(1), m.group(1))}", value)
+        return _TEMPLATE.sub(lambda m: _rename_expression(m.group(0), renames), value)
     if isinstance(value, Mapping):
-        return {k: _rename_refs(v, renames) for k, v in value.items()}
+        return {k: _rename_templates(v, renames) for k, v in value.items()}
     if isinstance(value, list):
-        return [_rename_refs(v, renames) for v in value]
+        return [_rename_templates(v, renames) for v in value]
     return value
+
+
+def _renamed_step(step: Mapping[str, Any], renames: Mapping[str, str]) -> dict[str, Any]:
+    body = dict(step)
+    if "params" in body:
+        body["params"] = _rename_templates(body["params"], renames)
+    if isinstance(body.get("when"), str):  # a bare expression, no braces
+        body["when"] = _rename_expression(body["when"], renames)
+    return body
 
 
 def _unspace(text: str, meta_id: str) -> str:
@@ -351,7 +368,7 @@ def _splice(
     mutations: list[GraphMutation] = []
     merged = graph
     for i, step in enumerate(steps):
-        body = dict(_rename_refs(dict(step), renames))
+        body = _renamed_step(step, renames)
         body["id"] = renames[step["id"]]
         needs: list[str] = list(step.get("needs", []))
         for j, need in enumerate(needs):
