@@ -120,16 +120,17 @@ def subgraph_ids(graph: WorkflowDefinition, meta_id: str) -> list[str]:
 
 
 def owner_of(graph: WorkflowDefinition, step_id: str) -> str | None:
-    """The ai.meta step whose plan ``step_id`` belongs to, if any (longest matching prefix)."""
+    """The ai.meta step whose plan ``step_id`` belongs to, if any (the longest matching prefix).
+
+    Only the prefixes before each ``__`` of the id are looked up: evolve asks this for every
+    added step, so it must not scan the graph."""
     owner: str | None = None
-    for candidate in graph.step_ids:
-        if (
-            candidate != step_id
-            and step_id.startswith(candidate + SEPARATOR)
-            and is_ai_meta(graph.step(candidate))
-            and (owner is None or len(candidate) > len(owner))
-        ):
+    at = step_id.find(SEPARATOR)
+    while at != -1:
+        candidate = step_id[:at]
+        if candidate and graph.has_step(candidate) and is_ai_meta(graph.step(candidate)):
             owner = candidate
+        at = step_id.find(SEPARATOR, at + 1)
     return owner
 
 
