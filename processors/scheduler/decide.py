@@ -57,6 +57,7 @@ from foundation.errors import NonRetryableError, classify
 from processors.scheduler.backoff import backoff_ms, should_retry
 from processors.scheduler.cache import cache_key
 from processors.scheduler.evolve import RUN_EVENT_TYPES, RunEvent, evolve, fold
+from processors.scheduler.meta import ai_plan
 from processors.scheduler.redrive import plan_rebind, plan_redrive_from, rebind_status_refusal
 from processors.scheduler.retry_gate import UNGATED, Admission, RetryGating, step_dependency
 from processors.scheduler.state import (
@@ -571,6 +572,10 @@ def _mutate(w: _Writer, cmd: MutateGraph) -> None:
         if step is not None:
             w.reject(cmd, f"Expected step {step_id!r} not to exist, but it is {step.status}")
             return
+        owner = ai_plan.owner_of(run.graph, step_id)
+        if owner is not None:
+            w.reject(cmd, f"Expected a step id outside {owner}__*, the ai.meta step's plan")
+            return
     elif step is None:
         w.reject(
             cmd,
@@ -793,7 +798,9 @@ def _result(w: _Writer, result: NodeResult) -> None:
         node=run.step_definition(step.step_id).node_name,
         node_version=result.step.node_version or step.node_version or "",
     )
-    if result.status is TraceStatus.OK:
+    if result.status is TraceStatus.OK and ai_plan.is_ai_meta(run.step_definition(step.step_id)):
+        _splice_plan(w, step, result)
+    elif result.status is TraceStatus.OK:
         duration = max(0, int((result.finished_at - result.started_at).total_seconds() * 1000))
         w.emit(
             StepSucceeded,
@@ -844,6 +851,64 @@ def _result(w: _Writer, result: NodeResult) -> None:
         )
         _after_failure(w, step.step_id, error)
     _advance(w)
+
+
+def _splice_plan(w: _Writer, step: StepState, result: NodeResult) -> None:
+    """An ai.meta step's plan: fail the attempt with ``InvalidPlan`` (retried with the errors as
+    feedback) or splice it in as ``GraphMutated`` add_steps (ADR 0027)."""
+    try:
+        params = step.params
+        if params is None and step.params_ref is not None and w.ctx.load_payload is not None:
+            params = w.ctx.load_payload(step.params_ref)
+        output = result.output
+        if output is None and result.output_ref is not None and w.ctx.load_payload is not None:
+            output = w.ctx.load_payload(result.output_ref)
+    except NonRetryableError as exc:
+        found = classify(exc)
+        error = ErrorInfo(error_class=found.error_class, message=str(exc), retryable=False)
+        _fail_attempt(w, step.step_id, error)
+        return
+    checked = ai_plan.check_plan(
+        w.run.graph, step.step_id, output, params=params, catalog=w.ctx.node_catalog
+    )
+    if not checked.ok:
+        error = ai_plan.invalid_plan_error(checked.errors, output, step.attempt)
+        _fail_attempt(w, step.step_id, error)
+        return
+    for mutation in checked.mutations:
+        w.emit(GraphMutated, mutation=mutation, mutation_id=None)
+
+
+def _settle_meta_steps(w: _Writer) -> bool:
+    """Complete the ai.meta steps whose sub-graph finished; True if any was completed."""
+    run = w.run
+    if not ai_plan.has_ai_meta(run.graph):
+        return False
+    params = {sid: st.params for sid, st in run.steps.items()}
+    completions = ai_plan.settle(run.graph, run.steps, params)
+    for done in completions:
+        meta = w.run.steps[done.meta_id]
+        ref = w.run.step_ref(done.meta_id)
+        if done.succeeded:
+            output, output_ref = done.output, None
+            if done.output_from is not None:
+                source = w.run.steps[done.output_from]
+                output, output_ref = source.output, source.output_ref
+            began = meta.started_at or meta.dispatched_at or w.ctx.now
+            w.emit(
+                StepSucceeded,
+                step=ref,
+                attempt=meta.attempt,
+                invocation_id=None,
+                output=output,
+                output_ref=output_ref,
+                cache_hit=False,
+                duration_ms=max(0, int((w.ctx.now - began).total_seconds() * 1000)),
+            )
+        elif done.error is not None:
+            w.emit(StepFailed, step=ref, attempt=meta.attempt, error=done.error)
+            _after_failure(w, done.meta_id, done.error)
+    return bool(completions)
 
 
 def _awaiting_cache(run: RunState | None, answer: CacheHit | CacheMiss) -> bool:
@@ -970,6 +1035,7 @@ def _advance(w: _Writer) -> None:
     """
     if w.run.status is not RunStatus.RUNNING:
         return
+    _settle_meta_steps(w)  # an ai.meta step whose sub-graph is done frees its dependents
     graph = w.run.graph
     for step_id in graph.topological_order:
         run = w.run
@@ -991,6 +1057,9 @@ def _advance(w: _Writer) -> None:
             )
             continue
         _start_step(w, step_id, step.attempt + 1)
+    if w.run.status is RunStatus.RUNNING and _settle_meta_steps(w):
+        _advance(w)  # planned steps skipped in this pass finished an ai.meta step
+        return
     _finish_if_done(w)
 
 
@@ -1075,8 +1144,17 @@ def _schedule(w: _Writer, step_id: str, attempt: int) -> None:
         # same step cannot help, so it fails for good and says why.
         _fail_before_dispatch(w, step_id, attempt, exc)
         return
+    planner = ai_plan.is_ai_meta(definition)
+    if planner:  # the planner sees the catalog and its last rejection
+        params = ai_plan.invocation_params(
+            params,
+            attempt=attempt,
+            previous_error=run.steps[step_id].error,
+            catalog=w.ctx.node_catalog,
+        )
     key = None
-    if definition.cache.enabled and w.ctx.is_cacheable(name, version):
+    # A planner's answer is spliced into the run, never served from the cache.
+    if definition.cache.enabled and not planner and w.ctx.is_cacheable(name, version):
         key = cache_key(name, version, params)
     # Large params (e.g. an upstream output of megabytes) go to the object store: the run log
     # and the invocation carry the reference, never a record over Kafka's message limit.

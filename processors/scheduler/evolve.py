@@ -18,6 +18,7 @@ from functools import singledispatch
 from typing import Any
 
 from foundation.errors import NonRetryableError
+from processors.scheduler.meta import ai_plan
 from processors.scheduler.state import (
     MAX_PROCESSED_IDS,
     RunState,
@@ -393,6 +394,14 @@ def _(event: GraphMutated, state: RunState | None) -> RunState:
     step_id = event.mutation.step_id
     if event.mutation.type is GraphMutationType.ADD_STEP:
         steps[step_id] = StepState(step_id=step_id)
+        # A planned step of an ai.meta step: the planner's attempt is over (the LLM answered),
+        # the meta step now runs its sub-graph, so its timers and invocation go (ADR 0027).
+        owner = ai_plan.on_step_added(definition, step_id)
+        if owner is not None and steps[owner].invocation_id is not None:
+            state = _without_step_timers(state, owner)
+            steps[owner] = steps[owner].model_copy(
+                update={"status": StepStatus.RUNNING, "invocation_id": None}
+            )
     elif event.mutation.type is GraphMutationType.REMOVE_STEP:
         steps.pop(step_id, None)
         state = _without_step_timers(state, step_id)

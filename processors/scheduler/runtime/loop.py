@@ -443,6 +443,10 @@ class SchedulerRuntime:
             store_payload=self._store_params,
             resolve_node_version=self._resolve_node_version,
             retry_gate=self.retry_gate.gate,
+            # Graph mutations and ai.meta plans are validated against the live catalog; an
+            # empty catalog (a deployment that registers no nodes) checks no node names, as
+            # the resolver then falls back to the constraint's major.
+            node_catalog=self._nodes.state if len(self._nodes.state) else None,
         )
 
     # -- the loop --------------------------------------------------------------------------------
