@@ -76,6 +76,7 @@ class DecisionContext(Protocol):
     @property
     def lookup_workflow(self) -> Callable[[str, int | None], _Registered | None]: ...
 
+
 __all__ = [
     "BUILTIN_VERSION",
     "CHILD_SOURCE",
