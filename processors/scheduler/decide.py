@@ -438,6 +438,7 @@ def _start(w: _Writer, cmd: StartRun) -> None:
         deadline=deadline,
         source=cmd.source,
         source_key=cmd.source_key,
+        parent=cmd.parent,
     )
     _advance(w)
 
