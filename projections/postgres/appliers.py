@@ -31,7 +31,10 @@ Status rules that are not obvious from the event names:
   has an error like a failed one (the event itself carries only the timeout);
 - ``GraphMutated`` only advances the run: step rows appear and change with the step events,
   which carry the (possibly replaced) node and version;
-- ``CommandRejected`` changes no state: it advances ``last_seq`` but not ``updated_at``.
+- ``CommandRejected`` changes no state: it advances ``last_seq`` but not ``updated_at``;
+- ``ChildRunRequested`` (a meta.workflow / meta.loop step starts a child run) makes the step
+  ``running`` with ``invocation_id`` = the child's run id; ``ChildRunEnded`` (a loop iteration
+  ended) only advances the run. A child's ``RunStarted`` fills ``parent_*`` on its row.
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from fastapi.testclient import TestClient
+
 from processors.scheduler.child_runs import child_run_id
 from processors.scheduler.runtime.loop import SchedulerRuntime
 from projections.postgres import queries
@@ -21,6 +23,7 @@ from tests.integration.engine_fixtures import (
     transform,
 )
 from tests.integration.http_fixtures import HttpTestServer
+from tests.integration.test_e2e_api import api  # noqa: F401  (the API fixture)
 from tests.support.waiting import eventually
 
 ACTIVE_STEPS = {"scheduled", "dispatched", "running", "retry_wait"}
@@ -344,3 +347,40 @@ def which(harness: Harness, run_id: str) -> int:
     found = [n for n, s in enumerate(harness.engine.schedulers) if s.run_state(run_id)]
     assert len(found) == 1, f"{run_id} held by instances {found}"
     return found[0]
+
+
+def test_through_the_api_meta_steps_register_and_runs_show_the_link(
+    harness: Harness,
+    api: TestClient,  # noqa: F811  (the fixture imported above)
+) -> None:
+    """POST /v1/workflows accepts meta steps (not in the node catalog) and refuses bad params
+    with the field path; GET /v1/runs/{id} shows the children and the parent."""
+    bad = parent_of("double", {"n": "{{ inputs.n }}"})
+    bad["id"] = "bad_parent"
+    del bad["steps"][0]["params"]["workflow_id"]
+    response = api.post("/v1/workflows", json=bad)
+    assert response.status_code == 422, response.text
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["body", "steps", 0, "params", "workflow_id"]
+    assert error["msg"] == "required"
+    for definition in (DOUBLE, parent_of("double", {"n": "{{ inputs.n }}"})):
+        assert api.post("/v1/workflows", json=definition).status_code == 201
+    eventually(
+        lambda: api.get("/v1/workflows/parent_of_double").status_code,
+        15,
+        "the parent workflow in the projection",
+        until=lambda status: status == 200,
+    )
+    response = api.post(
+        "/v1/runs", json={"workflow_id": "parent_of_double", "inputs": {"n": 4}, "wait_ms": 20_000}
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["status"] == "succeeded" and body["outputs"] == {"sub": {"pair": [4, 4]}}
+    child = child_run_id(body["run_id"], "sub", 1, None)
+    assert [(c["run_id"], c["step_id"], c["status"]) for c in body["children"]] == [
+        (child, "sub", "succeeded")
+    ]
+    child_body = api.get(f"/v1/runs/{child}").json()
+    assert (child_body["parent_run_id"], child_body["parent_step_id"]) == (body["run_id"], "sub")
+    assert child_body["parent_attempt"] == 1 and child_body["children"] == []

@@ -524,3 +524,23 @@ def test_validation_names_the_field_paths_of_meta_params() -> None:
 def test_meta_nodes_are_not_looked_up_in_the_node_catalog() -> None:
     catalog = StaticNodeCatalog({"transform": ["1.0.0"]})
     assert check_definition(parse_workflow(PARENT), node_catalog=catalog) == []
+
+
+def test_the_timeline_names_the_child_and_the_iteration() -> None:
+    from reflux.client import describe_event
+
+    line = describe_event(
+        {
+            "event_type": "ChildRunEnded",
+            "seq": 7,
+            "occurred_at": "2025-01-01T12:00:00+00:00",
+            "payload": {
+                "step": {"step_id": "grow"},
+                "attempt": 1,
+                "iteration": 2,
+                "child_run_id": "c-2",
+                "status": "succeeded",
+            },
+        }
+    )
+    assert "grow" in line and "iteration 2" in line and "child c-2 succeeded" in line
