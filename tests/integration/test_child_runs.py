@@ -8,6 +8,7 @@ events that caused it (docs/decisions/0025-child-runs-and-the-scheduler-outbox.m
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi.testclient import TestClient
@@ -315,6 +316,67 @@ def test_one_child_per_attempt_across_a_scheduler_restart(
         assert child_events.count("RunStarted") == 1
         assert "CommandRejected" not in child_events
     assert second.stats.recoveries >= 1
+
+
+class _Crash(BaseException):
+    """Not an Exception: the loop's error handling does not catch it (like a kill)."""
+
+
+class _CrashBeforeCommit(SchedulerRuntime):
+    """Dies once, in the first transaction that holds an outbox record (a child's StartRun),
+    after every record of the batch was produced and before the commit."""
+
+    crashed = False
+    _outbox = False
+
+    def _send(self, records: Sequence[Any]) -> None:
+        super()._send(records)
+        if any(r.topic == self.catalog.commands.topic for r in records):
+            self._outbox = True
+
+    def _commit(self, cycle: Any) -> None:
+        if self._outbox and not _CrashBeforeCommit.crashed:
+            _CrashBeforeCommit.crashed = True
+            raise _Crash
+        super()._commit(cycle)
+
+
+def test_a_crash_between_deciding_and_committing_starts_the_child_once(
+    engine_harness: HarnessFactory,
+) -> None:
+    """The child's StartRun is in the transaction of ChildRunRequested: a scheduler that dies
+    before the commit leaves neither (read_committed readers never see them); the next one
+    decides the StartRun again and sends it once."""
+    harness = engine_harness(scheduler=False, trigger_router=False, client_id="child-crash")
+    harness.register(DOUBLE)
+    harness.register(parent_of("double", {"n": "{{ inputs.n }}"}))
+    crashing = _CrashBeforeCommit(harness.settings, instance_id="child-crash")
+    died: list[BaseException] = []
+
+    def run_until_it_dies() -> None:
+        try:
+            crashing.run(threading.Event())
+        except _Crash as exc:
+            died.append(exc)
+
+    thread = threading.Thread(target=run_until_it_dies, name="sched-crash")
+    thread.start()
+    run_id = harness.start("parent_of_double", {"n": 7})
+    thread.join(60)
+    assert not thread.is_alive() and died, "the scheduler should have died before its commit"
+    child = child_run_id(run_id, "sub", 1, None)
+    assert harness.run(child) is None  # nothing of the aborted transaction is visible
+    _, stop, restarted = _scheduler(harness, "child-crash")
+    try:
+        run = harness.wait(run_id, timeout=60)
+        assert run.status == "succeeded", run.error
+    finally:
+        stop.set()
+        restarted.join(30)
+    assert [r.run_id for r in children(harness, run_id)] == [child]
+    assert [e.event_type for e in harness.events(run_id)].count("ChildRunRequested") == 1
+    child_events = [e.event_type for e in harness.events(child)]
+    assert child_events.count("RunStarted") == 1 and "CommandRejected" not in child_events
 
 
 def test_parents_and_children_on_two_scheduler_instances(engine_harness: HarnessFactory) -> None:
