@@ -7,9 +7,11 @@ consecutive ``seq`` from ``state.last_seq + 1``. Nothing here does I/O, reads a 
 random number on its own: all of that comes in through :class:`DecisionContext`.
 
 Inputs (``SchedulerInput``): the commands ``StartRun``, ``CancelRun``, ``PauseRun``,
-``ResumeRun``, ``RedriveStep``, ``MutateGraph``, ``FireTimer``; a worker's ``NodeHeartbeat`` and
-``NodeResult``; and the runtime's answers to cache lookups, :class:`CacheHit` / :class:`CacheMiss`
-(plain dataclasses, not Avro records: they never leave the scheduler process).
+``ResumeRun``, ``RedriveStep``, ``MutateGraph``, ``FireTimer``, ``ChildRunFinished`` (a child
+run of a ``meta.workflow`` / ``meta.loop`` step ended: :mod:`processors.scheduler.child_runs`);
+a worker's ``NodeHeartbeat`` and ``NodeResult``; and the runtime's answers to cache lookups,
+:class:`CacheHit` / :class:`CacheMiss` (plain dataclasses, not Avro records: they never leave
+the scheduler process).
 
 Timeouts (docs/decisions/0013-execution-and-queue-timeouts.md): waiting for a worker is bounded
 only by the step's optional ``queue_timeout`` (a timer armed at dispatch; it fails the step with
@@ -26,6 +28,8 @@ What the runtime does with a :class:`Decision`, in one Kafka transaction with th
 2. publish ``invocations`` to ``NodeInvocation``'s topic (``StepDispatched.invoke_topic``).
    Rendered params larger than the claim-check threshold were already stored through
    ``DecisionContext.store_payload``: ``StepScheduled`` and the invocation carry ``params_ref``;
+   publish ``commands`` (the outbox: commands to *other* runs, keyed by their run id) to the
+   commands topic (docs/decisions/0025-child-runs-and-the-scheduler-outbox.md);
 3. store ``state`` in the run table;
 4. after commit: answer each ``cache_lookups`` entry from Redis by feeding ``CacheHit`` or
    ``CacheMiss`` back into ``decide``; write ``cache_writes`` to Redis with their TTL;

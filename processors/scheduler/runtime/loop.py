@@ -8,8 +8,10 @@ events on ``runs`` partition *p*. A batch is ONE Kafka transaction:
    run's state; cache lookups are answered from Redis right away and fed back into ``decide``;
 2. the resulting events go to ``runs`` (same partition number), the node invocations to their
    invoke topics (created on first use; params above the claim-check threshold go to the object
-   store first, and ``StepScheduled`` carries the reference), due timers become ``FireTimer``
-   commands on ``commands``, poison inputs go to ``dlq``; every record is size-checked against
+   store first, and ``StepScheduled`` carries the reference), the decisions' outbox (commands to
+   other runs: child runs' starts, cancel/pause/resume sent on to them, ``ChildRunFinished`` to
+   their parents; ADR 0025) and due timers (``FireTimer``) go to ``commands``, poison inputs go
+   to ``dlq``; every record is size-checked against
    Kafka's message limit before anything of its input is sent;
 3. the batch's checkpoint commits to a :class:`streams.checkpoint.KafkaTransaction`: the consumed
    positions join the transaction and it commits (the commit order is :mod:`streams.checkpoint`'s).
