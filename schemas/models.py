@@ -132,6 +132,11 @@ class ParentRef(RefluxRecord):
     iteration: int | None = None
     """meta.loop: the iteration (1-based); null for meta.workflow."""
 
+    depth: int = 1
+    """How deep the child is: 1 for a child of a top-level run, its parent's depth + 1 below
+    (bounded, so a workflow that starts itself cannot recurse forever).
+    """
+
 
 class PayloadRef(RefluxRecord):
     """Claim check: a large payload stored in object storage."""

@@ -111,6 +111,10 @@ CHILD_REJECTED: Final = "ChildRunRejected"
 CHILD_WORKFLOW_NOT_FOUND: Final = "ChildWorkflowNotFound"
 CHILD_INPUTS_INVALID: Final = "ChildInputsInvalid"
 LOOP_MAX_ITERATIONS: Final = "LoopMaxIterations"
+CHILD_DEPTH_EXCEEDED: Final = "ChildDepthExceeded"
+
+MAX_CHILD_DEPTH: Final = 16
+"""Child runs nest at most this deep (a workflow that starts itself fails at that depth)."""
 
 
 class _Writer(Protocol):
@@ -245,6 +249,16 @@ def _request_child(
         )
         _fail_attempt(w, ops, step_id, error)
         return
+    depth = (run.parent.depth if run.parent is not None else 0) + 1
+    if depth > MAX_CHILD_DEPTH:
+        error = ErrorInfo(
+            error_class=CHILD_DEPTH_EXCEEDED,
+            message=f"Expected child runs to nest at most {MAX_CHILD_DEPTH} deep, but step "
+            f"{step_id!r} would start one at depth {depth} (a workflow that starts itself?)",
+            retryable=False,
+        )
+        _fail_attempt(w, ops, step_id, error)
+        return
     child = child_run_id(run.run_id, step_id, attempt, iteration)
     w.emit(
         ChildRunRequested,
@@ -275,7 +289,11 @@ def _request_child(
             source=CHILD_SOURCE,
             source_key=None,
             parent=ParentRef(
-                run_id=run.run_id, step_id=step_id, attempt=attempt, iteration=iteration
+                run_id=run.run_id,
+                step_id=step_id,
+                attempt=attempt,
+                iteration=iteration,
+                depth=depth,
             ),
         )
     )

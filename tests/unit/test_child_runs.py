@@ -544,3 +544,57 @@ def test_the_timeline_names_the_child_and_the_iteration() -> None:
         }
     )
     assert "grow" in line and "iteration 2" in line and "child c-2 succeeded" in line
+
+
+MIDDLE = """
+id: middle
+inputs:
+  n: {type: integer, required: true}
+steps:
+  - id: inner
+    node: meta.workflow
+    params: {workflow_id: child, inputs: {n: "{{ inputs.n }}"}}
+outputs:
+  n: "{{ steps.inner.output.n }}"
+"""
+
+TOP = PARENT.replace("workflow_id: child", "workflow_id: middle")
+
+
+def test_nested_children_cancel_all_the_way_down_and_report_all_the_way_up() -> None:
+    engine = Engine(CHILD, MIDDLE, TOP)
+    engine.start("parent", "top")
+    engine.pump()
+    middle = engine.child_of("top", "sub")
+    leaf = engine.child_of(middle, "inner")
+    parent = engine.run(leaf).parent
+    assert parent is not None and (parent.run_id, parent.depth) == (middle, 2)
+    engine.command(CancelRun, "top")
+    engine.pump()
+    assert {engine.run(r).status for r in ("top", middle, leaf)} == {RunStatus.CANCELLED}
+
+    engine = Engine(CHILD, MIDDLE, TOP)
+    engine.start("parent", "top", {"n": 3})
+    engine.pump()
+    leaf = engine.child_of(engine.child_of("top", "sub"), "inner")
+    engine.work_child(leaf)
+    assert engine.run("top").steps["sub"].output == {"n": 4}
+
+
+def test_a_workflow_that_starts_itself_stops_at_the_depth_limit() -> None:
+    selfish = """
+id: selfish
+steps:
+  - id: again
+    node: meta.workflow
+    params: {workflow_id: selfish}
+"""
+    engine = Engine(selfish)
+    engine.start("selfish", "s0")
+    engine.pump(limit=200)
+    runs = list(engine.states.values())
+    assert len(runs) == 17  # the top-level run and 16 levels of children
+    assert all(r.status is RunStatus.FAILED for r in runs)
+    deepest = max(runs, key=lambda r: r.parent.depth if r.parent else 0)
+    assert deepest.error is not None and deepest.error.error_class == "ChildDepthExceeded"
+    assert engine.run("s0").error is not None

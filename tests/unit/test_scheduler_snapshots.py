@@ -137,7 +137,7 @@ def test_unknown_versions_and_damaged_records_are_refused(value: bytes, reason: 
 # the definition with every default applied, so old snapshots still mean what a fold gives.
 # Child runs (ADR 0025) added RunState.parent and StepState.child_run_id/iteration/
 # iteration_output, all defaulting to what a fold of a log without child runs gives.
-RUN_STATE_FINGERPRINT = "452402a0d2f6c8c1"
+RUN_STATE_FINGERPRINT = "86e2bc4916731575"
 
 
 def test_the_snapshot_format_changes_only_deliberately() -> None:
