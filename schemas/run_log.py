@@ -11,6 +11,9 @@ from __future__ import annotations
 from schemas.models import (
     CommandRejected,
     GraphMutated,
+    MapChunkDispatched,
+    MapChunkFinished,
+    MapStarted,
     RunCancelled,
     RunFailed,
     RunPaused,
@@ -41,6 +44,9 @@ RunEvent = (
     | StepRetryScheduled
     | StepTimedOut
     | StepSkipped
+    | MapStarted
+    | MapChunkDispatched
+    | MapChunkFinished
     | GraphMutated
     | RunPaused
     | RunResumed
@@ -62,6 +68,9 @@ RUN_EVENT_TYPES: tuple[type[RunEvent], ...] = (
     StepRetryScheduled,
     StepTimedOut,
     StepSkipped,
+    MapStarted,
+    MapChunkDispatched,
+    MapChunkFinished,
     GraphMutated,
     RunPaused,
     RunResumed,

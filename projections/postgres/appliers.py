@@ -31,7 +31,10 @@ Status rules that are not obvious from the event names:
   has an error like a failed one (the event itself carries only the timeout);
 - ``GraphMutated`` only advances the run: step rows appear and change with the step events,
   which carry the (possibly replaced) node and version;
-- ``CommandRejected`` changes no state: it advances ``last_seq`` but not ``updated_at``.
+- ``CommandRejected`` changes no state: it advances ``last_seq`` but not ``updated_at``;
+- ``MapStarted`` makes a ``meta.map`` step ``running`` (a re-drive reopens the run);
+  ``MapChunkDispatched`` / ``MapChunkFinished`` only advance the run (their rows are in
+  ``run_events``).
 """
 
 from __future__ import annotations
@@ -53,6 +56,9 @@ from schemas.base import RefluxRecord
 from schemas.models import (
     CommandRejected,
     GraphMutated,
+    MapChunkDispatched,
+    MapChunkFinished,
+    MapStarted,
     NodeCatalogEntry,
     RunCancelled,
     RunFailed,
@@ -471,6 +477,40 @@ def _(event: StepSkipped, schema: str) -> Plan:
         finished_at=event.occurred_at,
     )
     return _run_plan(event, schema, step, _update_run(event, schema))
+
+
+# -- meta.map (ADR 0024) ---------------------------------------------------------------------
+
+
+@plan.register
+def _(event: MapStarted, schema: str) -> Plan:
+    # The map step runs in the scheduler: it is running from its start, with no invocation.
+    step = _upsert_step(
+        event,
+        schema,
+        event.step,
+        StepStatus.RUNNING,
+        attempt=event.attempt,
+        invocation_id=None,
+        dispatched_at=event.occurred_at,
+        started_at=event.occurred_at,
+        worker=None,
+        next_attempt_at=None,
+        finished_at=None,
+        output=None,
+        output_ref=None,
+        error=None,
+        cache_hit=None,
+        duration_ms=None,
+    )
+    return _run_plan(event, schema, step, _reopen_run(event, schema))
+
+
+@plan.register
+def _(event: MapChunkDispatched | MapChunkFinished, schema: str) -> Plan:
+    # Chunk bookkeeping: in the run's event log (run_events) only; the step row changes with
+    # MapStarted and the step's outcome.
+    return _run_plan(event, schema, _update_run(event, schema))
 
 
 # -- workflows -------------------------------------------------------------------------------
