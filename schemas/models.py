@@ -544,6 +544,17 @@ class MapChunkFinished(RunEventEnvelope):
     results_ref: PayloadRef | None = None
     """The entries in object storage, when too large to inline (the worker's claim check)."""
 
+    results_bytes: int = 0
+    """Size of the inline results (canonical JSON bytes; 0 when they are not inline): what the
+    run state holds for this chunk.
+    """
+
+    spill_ref: PayloadRef | None = None
+    """Set when the map's inline results grew over its budget: the inline results of its finished
+    chunks, this one included, moved to object storage as {"<chunk>": [entries]} (the run
+    state then drops them).
+    """
+
     succeeded: int
     """Items of the chunk that succeeded."""
 

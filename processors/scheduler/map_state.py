@@ -2,9 +2,11 @@
 
 Bounded by chunks, never by items: one entry per chunk (a few hundred at most for 10,000
 items), each holding its results as the worker returned them (inline, or a claim-check
-reference). The collection itself is kept as written in ``MapStarted`` (inline or a
-reference). Items are addressed by index; the final output is assembled from the chunks in
-chunk order, a later chunk (a retry) overriding an earlier outcome of the same item.
+reference); inline results over a budget are moved to object storage together ("spills"), so
+a map's results never make the state (and its snapshot record) large. The collection itself
+is kept as written in ``MapStarted`` (inline, or a reference when large). Items are addressed
+by index; the final output is assembled from the chunks in chunk order, a later chunk (a
+retry) overriding an earlier outcome of the same item.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ class MapChunkState(_Frozen):
     finished: bool = False
     results: Any = None
     results_ref: PayloadRef | None = None
+    spill: int | None = None
+    """Index into ``MapState.spills`` once its inline results were moved there."""
 
     @property
     def indices(self) -> list[int]:
@@ -72,6 +76,11 @@ class MapState(_Frozen):
     in_flight: tuple[int, ...] = ()
     """Chunk numbers dispatched and not finished."""
     retries: dict[str, MapRetry] = Field(default_factory=dict)
+    inline_bytes: int = 0
+    """Bytes of chunk results held inline in this state (bounded: see ``spills``)."""
+    spills: tuple[PayloadRef, ...] = ()
+    """Objects ``{"<chunk>": [entries]}`` holding results moved out of the state when the
+    inline ones grew over the map's budget."""
     done: int = 0
     """Items with a final outcome (succeeded, or failed with no attempt left)."""
     failed: int = 0

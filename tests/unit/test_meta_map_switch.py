@@ -3,18 +3,24 @@ every decision by the Simulation), chunk bookkeeping, failure policies, per-item
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 from typing import Any
 
 import pytest
 
-from processors.scheduler.meta.map import MAX_CHUNK_SIZE, chunking
+from processors.scheduler.decide import DecisionContext
+from processors.scheduler.meta.map import MAX_CHUNK_SIZE, SPILL_BYTES, chunking
 from processors.scheduler.state import RunState, RunStatus, StepStatus
+from schemas.base import canonical_json
 from schemas.models import (
     ErrorInfo,
     MapChunkDispatched,
     MapChunkFinished,
     MapStarted,
     NodeInvocation,
+    PayloadRef,
     StepSkipped,
 )
 from tests.support.scheduler_simulation import Simulation
@@ -49,15 +55,19 @@ def map_workflow(**params: Any) -> dict[str, Any]:
     }
 
 
-def chunk_worker(fail: dict[int, ErrorInfo] | None = None) -> Any:
-    """Answers chunks as a worker does: one entry per item, in order."""
+def chunk_worker(fail: dict[int, ErrorInfo] | None = None, load: Any = None) -> Any:
+    """Answers chunks as a worker does: one entry per item, in order (``load`` reads
+    claim-checked params)."""
     fail = fail or {}
 
     def work(invocation: NodeInvocation) -> Any:
         if invocation.chunk is None:
             return {"result": invocation.params}
         entries = []
-        for params in invocation.params:
+        params_list = invocation.params
+        if invocation.params_ref is not None:
+            params_list = load(invocation.params_ref)
+        for params in params_list:
             index = params["data"]["i"]
             error = fail.get(index)
             if error is not None and (invocation.attempt == 1 or not error.retryable):
@@ -359,3 +369,60 @@ def test_switch_on_a_non_string_value_matches_its_json_text() -> None:
     assert sim.run.steps["route"].output["case"] == "2"
     assert sim.run.steps["right"].status is StepStatus.SUCCEEDED
     assert sim.run.steps["left"].status is StepStatus.SKIPPED
+
+
+# -- claim checks and spills ---------------------------------------------------------------------
+
+
+class StoringSimulation(Simulation):
+    """With an in-memory object store: values over ``threshold`` bytes are claim-checked."""
+
+    def __init__(self, *args: Any, threshold: int = 1000, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.threshold = threshold
+        self.blobs: dict[str, bytes] = {}
+
+    def store(self, value: Any) -> PayloadRef | None:
+        data = canonical_json(value).encode()
+        if len(data) <= self.threshold:
+            return None
+        digest = hashlib.sha256(data).hexdigest()
+        self.blobs[digest] = data
+        return PayloadRef(
+            uri=f"mem://{digest}",
+            size_bytes=len(data),
+            sha256=digest,
+            content_type="application/json",
+        )
+
+    def load(self, ref: PayloadRef) -> Any:
+        return json.loads(self.blobs[ref.sha256])
+
+    def context(self) -> DecisionContext:
+        return dataclasses.replace(
+            super().context(), store_payload=self.store, load_payload=self.load
+        )
+
+
+def test_large_maps_keep_the_run_state_small_by_spilling_results() -> None:
+    sim = StoringSimulation(map_workflow(concurrency=4, chunk_size=10, on_failure="collect"))
+    xs = [f"{i:04d}" + "x" * 400 for i in range(300)]
+    sim.start({"xs": xs})
+    (started,) = events_of(sim, MapStarted)
+    assert started.items is None and started.items_ref is not None  # 120 kB of items
+    sim.run_workers(chunk_worker(load=sim.load))
+    assert sim.run.status is RunStatus.SUCCEEDED, sim.run.error
+    assert any(inv.params_ref is not None for inv in sim.sent)  # chunk params claim-checked
+    progress = sim.run.maps["each"]
+    assert progress.spills, "results over the budget must have moved out of the state"
+    assert progress.inline_bytes <= SPILL_BYTES
+    # items (claim-checked) and results (spilled, output claim-checked) are out of the state:
+    # the map's part of it stays within the budget, whatever the items and outputs weigh
+    assert len(progress.model_dump_json()) < 2 * SPILL_BYTES
+    step = sim.run.steps["each"]
+    assert step.output is None and step.output_ref is not None
+    output = sim.load(step.output_ref)
+    assert output["results"] == [{"result": {"x": x, "i": i}} for i, x in enumerate(xs)]
+    finished = events_of(sim, MapChunkFinished)
+    assert any(e.spill_ref is not None for e in finished)
+    assert RunState.from_snapshot(sim.run.to_snapshot()) == sim.run

@@ -104,8 +104,21 @@ def apply_map_chunk_finished(state: RunState, event: MapChunkFinished) -> RunSta
     chunk = progress.chunks[event.chunk].model_copy(
         update={"finished": True, "results": event.results, "results_ref": event.results_ref}
     )
+    chunks = {**progress.chunks, event.chunk: chunk}
+    inline_bytes = progress.inline_bytes + event.results_bytes
+    spills = progress.spills
+    if event.spill_ref is not None:
+        # Every inline result (this chunk's included) now lives in the spill object.
+        spill = len(spills)
+        spills = (*spills, event.spill_ref)
+        for number, held in chunks.items():
+            if held.finished and held.results_ref is None and held.spill is None:
+                chunks[number] = held.model_copy(update={"results": None, "spill": spill})
+        inline_bytes = 0
     update: dict[str, object] = {
-        "chunks": {**progress.chunks, event.chunk: chunk},
+        "chunks": chunks,
+        "inline_bytes": inline_bytes,
+        "spills": spills,
         "in_flight": tuple(n for n in progress.in_flight if n != event.chunk),
         "done": progress.done + event.succeeded + len(event.failed_items),
         "failed": progress.failed + len(event.failed_items),

@@ -29,7 +29,7 @@ from typing import Any, Final, Protocol, TypeVar
 from processors.scheduler.backoff import backoff_ms, should_retry
 from processors.scheduler.map_state import MapChunkState, MapState
 from processors.scheduler.state import RunState, RunStatus, StepStatus
-from schemas.base import RefluxRecord
+from schemas.base import RefluxRecord, canonical_json
 from schemas.models import (
     ErrorInfo,
     MapChunk,
@@ -68,6 +68,9 @@ MAX_CHUNK_SIZE: Final = 500
 """Items per chunk at most: bounds a chunk's records (params, results, events)."""
 _ROUNDS: Final = 4
 """Aim for at least this many chunks per in-flight slot, so results stream back in pieces."""
+SPILL_BYTES: Final = 64 * 1024
+"""Inline chunk results a map keeps in run state at most; beyond, they move to object storage
+together (one object per spill): the state, snapshotted as one Kafka record, stays small."""
 
 
 class _Context(Protocol):
@@ -353,14 +356,23 @@ def map_result(w: Writer, result: NodeResult, context_of: ContextOf) -> bool:
         retry_at = w.ctx.now + timedelta(milliseconds=delay)
         timer_id = f"map:{run.run_id}:{progress.step_id}:{progress.attempt}:{chunk.chunk}"
     inline = result.output_ref is None
+    size = len(canonical_json(entries)) if inline else 0
+    spill = None
+    if inline and progress.inline_bytes + size > SPILL_BYTES and w.ctx.store_payload is not None:
+        held = {str(n): c.results for n, c in sorted(progress.chunks.items()) if _inline(c)}
+        spill = w.ctx.store_payload({**held, str(chunk.chunk): entries})
+        if spill is not None:
+            _LOADED[spill.sha256] = {**held, str(chunk.chunk): entries}
     w.emit(
         MapChunkFinished,
         step=run.step_ref(progress.step_id),
         attempt=progress.attempt,
         chunk=chunk.chunk,
         invocation_id=result.invocation_id,
-        results=entries if inline else None,
+        results=entries if inline and spill is None else None,
         results_ref=None if inline else result.output_ref,
+        results_bytes=size if spill is None else 0,
+        spill_ref=spill,
         succeeded=succeeded,
         failed_items=failed,
         retry_items=retry,
@@ -376,6 +388,10 @@ def map_result(w: Writer, result: NodeResult, context_of: ContextOf) -> bool:
     if not finish_if_complete(w, progress.step_id):
         pump(w, progress.step_id, context_of)
     return True
+
+
+def _inline(chunk: MapChunkState) -> bool:
+    return chunk.finished and chunk.results_ref is None and chunk.spill is None
 
 
 def _entries(w: Writer, result: NodeResult, chunk: MapChunkState) -> list[Any]:
@@ -452,11 +468,19 @@ def finish_if_complete(w: Writer, step_id: str) -> bool:
 def assemble(progress: MapState, load: Callable[[PayloadRef], Any]) -> dict[str, Any]:
     """The map's output, in item order: a later chunk (a retry) overrides an earlier outcome."""
     outcome: list[Any] = [None] * progress.item_count
+    spills: dict[int, Any] = {}
     for number in sorted(progress.chunks):
         chunk = progress.chunks[number]
         if not chunk.finished:
             continue
-        entries = chunk.results if chunk.results_ref is None else load(chunk.results_ref)
+        if chunk.spill is not None:
+            if chunk.spill not in spills:
+                spills[chunk.spill] = load(progress.spills[chunk.spill])
+            entries = spills[chunk.spill][str(number)]
+        elif chunk.results_ref is not None:
+            entries = load(chunk.results_ref)
+        else:
+            entries = chunk.results
         for index, entry in zip(chunk.indices, entries, strict=True):
             outcome[index] = entry
     results: list[Any] = []
