@@ -112,10 +112,11 @@ def _describe_map(kind: str, payload: dict[str, Any]) -> list[str]:
             f"#{payload.get('first_item')}{retry}"
         ]
     if kind == "MapChunkFinished":
-        failed, retry = payload.get("failed_items") or [], payload.get("retry_items") or []
+        failed = len(payload.get("failed_items") or [])
+        retrying = len(payload.get("retry_items") or [])
         return [
-            f"chunk {payload.get('chunk')}: {payload.get('succeeded')} ok, {len(failed)} failed, "
-            f"{len(retry)} to retry"
+            f"chunk {payload.get('chunk')}: {payload.get('succeeded')} ok, {failed} failed, "
+            f"{retrying} to retry"
         ]
     return []
 
