@@ -5,9 +5,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from schemas.models import PayloadRef
-from tests.integration.engine_fixtures import Harness, assert_replay_equivalent, transform
+from foundation.settings import Settings
+from schemas.models import PauseRun, PayloadRef, ResumeRun
+from tests.integration.engine_fixtures import (
+    Harness,
+    HarnessFactory,
+    assert_replay_equivalent,
+    transform,
+)
 from tests.integration.http_fixtures import HttpTestServer
+from tests.support.waiting import eventually
 
 MAX_RECORD_BYTES = 300 * 1024
 """No run-log record of a map over 10,000 items may be larger than this (the claim-check
@@ -179,3 +186,58 @@ def test_switch_runs_the_chosen_branch(harness: Harness) -> None:
         skipped = {s for s, row in steps.items() if row.status == "skipped"}
         assert skipped == {"left", "right", "other", "after_left"} - expected[kind]
         assert_replay_equivalent(harness, run_id)
+
+
+def test_a_map_carries_on_after_a_scheduler_restart_from_its_snapshot(
+    engine_harness: HarnessFactory, kafka_settings: Settings, http: HttpTestServer
+) -> None:
+    # Paused mid-map (chunks left to send), the scheduler stops (writing its snapshot); the
+    # next one rebuilds the map's state from that snapshot, and the map finishes in order.
+    settings = kafka_settings.model_copy(update={"scheduler_snapshot_interval_ms": 100})
+    first = engine_harness(settings, client_id="map-restart-1")
+    first.register(
+        map_workflow(
+            "map-restart",
+            {"url": f"{http.url}/slow?ms=200&i={{{{ index }}}}"},
+            node="http.request@^1",
+            concurrency=2,
+            chunk_size=2,
+        )
+    )
+    run_id = first.start("map-restart", {"xs": list(range(20))})
+    first.wait_step(run_id, "each", "running")
+    first.command(PauseRun(run_id=run_id))
+    first.wait(run_id, {"paused"})
+    scheduler = first.engine.scheduler
+    assert scheduler is not None
+
+    def settled() -> Any:
+        state = scheduler.run_state(run_id)
+        return None if state is None else state.maps["each"]
+
+    progress = eventually(
+        settled,
+        30,
+        "the chunks in flight at the pause to finish",
+        until=lambda p: p is not None and not p.in_flight,
+    )
+    assert 0 < progress.done < 20, progress.done  # stopped mid-map
+    before = scheduler.run_state(run_id)
+    first.engine.stop()
+
+    second = engine_harness(settings, client_id="map-restart-2")
+    restarted = second.engine.scheduler
+    assert restarted is not None
+    recovered = eventually(
+        lambda: restarted.run_state(run_id), 60, f"the new scheduler to hold run {run_id}"
+    )
+    assert recovered == before
+    report = restarted.stats.last_recovery
+    assert report is not None and report.from_snapshot and not report.fallbacks
+    second.command(ResumeRun(run_id=run_id))
+    run = second.wait(run_id, timeout=60)
+    assert run.status == "succeeded", run
+    assert run.outputs == {"count": 20, "failed": 0}
+    calls = sorted(int(r.query["i"][0]) for r in http.log if r.path == "/slow")
+    assert calls == list(range(20))  # every item once: nothing re-run after the restart
+    assert_replay_equivalent(second, run_id)
