@@ -426,3 +426,47 @@ def test_large_maps_keep_the_run_state_small_by_spilling_results() -> None:
     finished = events_of(sim, MapChunkFinished)
     assert any(e.spill_ref is not None for e in finished)
     assert RunState.from_snapshot(sim.run.to_snapshot()) == sim.run
+
+
+def test_a_redriven_map_starts_a_new_attempt_and_ignores_the_old_chunks() -> None:
+    sim = Simulation(map_workflow(concurrency=4, chunk_size=5))
+    sim.start({"xs": list(range(20))})
+    work = chunk_worker({2: BOOM})
+    first, *stale = list(sim.outstanding.values())
+    sim._answer(first, work(first))
+    assert sim.run.status is RunStatus.FAILED
+    sim.redrive("each")
+    assert sim.run.status is RunStatus.RUNNING
+    assert [e.attempt for e in events_of(sim, MapStarted)] == [1, 2]
+    before = len(sim.log)
+    for invocation in stale:  # chunks of the first map attempt
+        sim._answer(invocation, work(invocation))
+    assert len(sim.log) == before
+    sim.run_workers(chunk_worker())
+    assert sim.run.status is RunStatus.SUCCEEDED
+    assert sim.run.steps["each"].attempt == 2
+
+
+def test_cancel_ends_a_map_and_later_chunk_results_change_nothing() -> None:
+    sim = Simulation(map_workflow(concurrency=4, chunk_size=5))
+    sim.start({"xs": list(range(20))})
+    sim.cancel("enough")
+    assert sim.run.steps["each"].status is StepStatus.CANCELLED
+    before = len(sim.log)
+    work = chunk_worker()
+    for invocation in list(sim.outstanding.values()):
+        sim._answer(invocation, work(invocation))
+    assert len(sim.log) == before
+
+
+def test_a_switch_whose_value_cannot_render_fails_the_step() -> None:
+    definition = switch_workflow()
+    definition["steps"][1]["params"]["value"] = "{{ abs(inputs.kind) }}"
+    sim = Simulation(definition)
+    sim.start({"kind": "a"})
+    sim.run_workers(lambda inv: {"ok": 1})
+    assert sim.run.status is RunStatus.FAILED
+    assert sim.run.failed_step == "route"
+    error = sim.run.steps["route"].error
+    assert error is not None and error.error_class == "TemplateError"
+    assert "steps.route.params.value" in error.message
