@@ -435,8 +435,8 @@ def test_a_redriven_map_starts_a_new_attempt_and_ignores_the_old_chunks() -> Non
     first, *stale = list(sim.outstanding.values())
     sim._answer(first, work(first))
     assert sim.run.status is RunStatus.FAILED
-    sim.redrive("each")
-    assert sim.run.status is RunStatus.RUNNING
+    redriven = sim.redrive("each").state
+    assert redriven is not None and redriven.status is RunStatus.RUNNING
     assert [e.attempt for e in events_of(sim, MapStarted)] == [1, 2]
     before = len(sim.log)
     for invocation in stale:  # chunks of the first map attempt
