@@ -702,7 +702,10 @@ EXAMPLE_INPUTS: dict[str, dict[str, Any]] = {
 def test_examples_run_to_success_with_an_identity_worker(path: Path) -> None:
     sim = Simulation(path.read_text())
     sim.start(EXAMPLE_INPUTS.get(path.stem, {}))
-    sim.run_workers(lambda inv: inv.params)  # each step outputs its own rendered params
+    # each step outputs its own rendered params (each item of a meta.map chunk too)
+    sim.run_workers(
+        lambda inv: [{"output": p} for p in inv.params] if inv.chunk is not None else inv.params
+    )
     assert run_status(sim) is RunStatus.SUCCEEDED, sim.run.error
     assert fold(sim.log) == sim.state
 
