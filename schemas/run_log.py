@@ -17,6 +17,7 @@ from schemas.models import (
     RunCancelled,
     RunFailed,
     RunPaused,
+    RunRebound,
     RunResumed,
     RunStarted,
     RunSucceeded,
@@ -25,6 +26,7 @@ from schemas.models import (
     StepRetryScheduled,
     StepScheduled,
     StepSkipped,
+    StepsReset,
     StepStarted,
     StepSucceeded,
     StepTimedOut,
@@ -48,6 +50,8 @@ RunEvent = (
     | MapChunkDispatched
     | MapChunkFinished
     | GraphMutated
+    | StepsReset
+    | RunRebound
     | RunPaused
     | RunResumed
     | RunSucceeded
@@ -72,6 +76,8 @@ RUN_EVENT_TYPES: tuple[type[RunEvent], ...] = (
     MapChunkDispatched,
     MapChunkFinished,
     GraphMutated,
+    StepsReset,
+    RunRebound,
     RunPaused,
     RunResumed,
     RunSucceeded,

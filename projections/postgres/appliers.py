@@ -31,6 +31,9 @@ Status rules that are not obvious from the event names:
   has an error like a failed one (the event itself carries only the timeout);
 - ``GraphMutated`` only advances the run: step rows appear and change with the step events,
   which carry the (possibly replaced) node and version;
+- ``StepsReset`` (a re-drive from a step) deletes the reset steps' rows: a pending step has no
+  row (as before its first ``StepScheduled``), and the run log keeps the old attempts;
+- ``RunRebound`` sets the run's ``workflow_version``; the steps it removes were pending (no row);
 - ``CommandRejected`` changes no state: it advances ``last_seq`` but not ``updated_at``;
 - ``MapStarted`` makes a ``meta.map`` step ``running`` (a re-drive reopens the run);
   ``MapChunkDispatched`` / ``MapChunkFinished`` only advance the run (their rows are in
@@ -63,6 +66,7 @@ from schemas.models import (
     RunCancelled,
     RunFailed,
     RunPaused,
+    RunRebound,
     RunResumed,
     RunStarted,
     RunSucceeded,
@@ -72,6 +76,7 @@ from schemas.models import (
     StepRetryScheduled,
     StepScheduled,
     StepSkipped,
+    StepsReset,
     StepStarted,
     StepSucceeded,
     StepTimedOut,
@@ -307,6 +312,22 @@ def _(event: RunCancelled, schema: str) -> Plan:
 @plan.register
 def _(event: GraphMutated, schema: str) -> Plan:
     return _run_plan(event, schema, _update_run(event, schema))
+
+
+@plan.register
+def _(event: StepsReset, schema: str) -> Plan:
+    delete = Statement(
+        f"DELETE FROM {table(schema, 'steps')} WHERE run_id = %s AND step_id = ANY(%s)",
+        (event.run_id, list(event.step_ids)),
+        scope=("steps", event.run_id),
+    )
+    return _run_plan(event, schema, delete, _update_run(event, schema))
+
+
+@plan.register
+def _(event: RunRebound, schema: str) -> Plan:
+    update = _update_run(event, schema, workflow_version=event.workflow_version)
+    return _run_plan(event, schema, update)
 
 
 @plan.register
