@@ -470,3 +470,26 @@ def test_a_switch_whose_value_cannot_render_fails_the_step() -> None:
     error = sim.run.steps["route"].error
     assert error is not None and error.error_class == "TemplateError"
     assert "steps.route.params.value" in error.message
+
+
+def test_a_failed_map_step_replaced_by_an_ordinary_node_runs_as_one() -> None:
+    definition = map_workflow(concurrency=4, chunk_size=5)
+    definition["steps"][0]["params"]["params"] = {"expression": "`1`"}  # valid either way
+    sim = Simulation(definition)
+    sim.start({"xs": list(range(10))})
+
+    def failing(inv: NodeInvocation) -> Any:
+        if inv.chunk is not None:
+            return [{"error": BOOM.model_dump(mode="json")} for _ in inv.params]
+        return {"result": inv.step.step_id}
+
+    sim.run_workers(failing)
+    assert sim.run.steps["each"].status is StepStatus.FAILED
+    sim.mutate("replace_node", "each", {"node": "transform", "node_version": "^1"})
+    assert not sim.rejections
+    sim.redrive("each")
+    invocation = sim.invocation("each")
+    assert invocation.chunk is None  # an ordinary attempt now, its result taken as usual
+    sim.run_workers(failing)
+    assert sim.run.status is RunStatus.SUCCEEDED
+    assert sim.run.steps["each"].output == {"result": "each"}

@@ -46,7 +46,7 @@ from schemas.models import (
     TraceStatus,
 )
 from workflows.expressions import TemplateError, render_params
-from workflows.meta import map_params
+from workflows.meta import MAP_NODE, map_params
 from workflows.semver import invoke_major, parse_node_ref
 
 __all__ = [
@@ -196,10 +196,18 @@ def start_map(w: Writer, step_id: str, attempt: int, context_of: ContextOf) -> N
 # -- dispatch -------------------------------------------------------------------------------------
 
 
+def _is_map(run: RunState, step_id: str) -> bool:
+    """Still a map step (a graph mutation may have replaced its node since it ran as one)."""
+    graph = run.graph
+    return graph.has_step(step_id) and graph.step(step_id).node_name == MAP_NODE
+
+
 def _running(run: RunState, step_id: str) -> MapState | None:
     progress = run.maps.get(step_id)
     step = run.steps.get(step_id)
     if progress is None or step is None or step.status is not StepStatus.RUNNING:
+        return None
+    if not _is_map(run, step_id):
         return None
     if step.attempt != progress.attempt:
         return None
@@ -326,7 +334,7 @@ def map_result(w: Writer, result: NodeResult, context_of: ContextOf) -> bool:
     """A chunk's result: MapChunkFinished, then retries, a fail-fast failure, success or more
     chunks. False when ``result`` is not for a map step (``decide`` handles it as usual)."""
     run = w.run
-    if result.step.step_id not in run.maps:
+    if result.step.step_id not in run.maps or not _is_map(run, result.step.step_id):
         return False
     if run.status not in (RunStatus.RUNNING, RunStatus.PAUSED, RunStatus.FAILED):
         return True
