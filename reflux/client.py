@@ -101,7 +101,35 @@ def describe_event(event: dict[str, Any]) -> str:
             parts.append(str(payload.get("status")))
     if kind == "RunSucceeded":
         parts.append(f"outputs={json.dumps(payload.get('outputs'))}")
+    parts += _describe_map(kind, payload)
     return " ".join(parts)
+
+
+def _describe_map(kind: str, payload: dict[str, Any]) -> list[str]:
+    """meta.map bookkeeping (docs/decisions/0024-chunked-map.md), one line per chunk."""
+    if kind == "MapStarted":
+        return [
+            f"{payload.get('item_count')} items, chunks of {payload.get('chunk_size')} "
+            f"({payload.get('max_chunks_in_flight')} in flight), {payload.get('on_failure')}"
+        ]
+    if kind == "MapChunkDispatched":
+        retry = (
+            f", item attempt {payload['item_attempt']}"
+            if payload.get("item_attempt", 1) > 1
+            else ""
+        )
+        return [
+            f"chunk {payload.get('chunk')}: {payload.get('item_count')} items from "
+            f"#{payload.get('first_item')}{retry}"
+        ]
+    if kind == "MapChunkFinished":
+        failed = len(payload.get("failed_items") or [])
+        retrying = len(payload.get("retry_items") or [])
+        return [
+            f"chunk {payload.get('chunk')}: {payload.get('succeeded')} ok, {failed} failed, "
+            f"{retrying} to retry"
+        ]
+    return []
 
 
 def timeline(client: httpx.Client, run_id: str) -> str:

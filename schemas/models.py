@@ -112,6 +112,29 @@ class GraphMutation(RefluxRecord):
     """
 
 
+class MapChunk(RefluxRecord):
+    """Which items of a meta.map step a chunk invocation carries, and how many the worker runs at
+    once.
+    """
+
+    AVRO_NAME: ClassVar[str] = "reflux.common.MapChunk"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    index: int
+    """Chunk number within the map attempt (0-based, in dispatch order)."""
+
+    first_item: int
+    """Index of the chunk's first item in the collection."""
+
+    item_indices: list[int] = Field(default_factory=list)
+    """The items' indices when they are not first_item, first_item + 1, ... (a retry of some
+    items); empty = contiguous.
+    """
+
+    concurrency: int
+    """How many items of this chunk the worker may run at the same time."""
+
+
 class ParentRef(RefluxRecord):
     """The parent of a child run: the run and meta step that started it, and which attempt (and
     loop iteration) of that step it is.
@@ -612,6 +635,139 @@ class GraphMutated(RunEventEnvelope):
     """The reflux.mutations proposal applied, if any."""
 
 
+class MapChunkDispatched(RunEventEnvelope):
+    """A chunk of a meta.map step's items was sent to a worker as one NodeInvocation."""
+
+    AVRO_NAME: ClassVar[str] = "reflux.events.MapChunkDispatched"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    step: StepRef
+    """The meta.map step."""
+
+    attempt: int
+    """Attempt of the map step."""
+
+    chunk: int
+    """Chunk number within the map attempt."""
+
+    item_attempt: int
+    """Attempt of the chunk's items (1 = first try; retried items come again in a new chunk)."""
+
+    first_item: int
+    """Index of the first item."""
+
+    item_count: int
+    """Items in the chunk."""
+
+    item_indices: list[int] = Field(default_factory=list)
+    """The items' indices when not contiguous from first_item (a retry); empty = contiguous."""
+
+    invocation_id: str
+    """The chunk's NodeInvocation id (its NodeResult answers with it)."""
+
+    retry_timer_id: str | None = None
+    """The retry timer whose items this chunk carries, if a retry."""
+
+
+class MapChunkFinished(RunEventEnvelope):
+    """A worker answered a chunk of a meta.map step: per-item outcomes, in item order."""
+
+    AVRO_NAME: ClassVar[str] = "reflux.events.MapChunkFinished"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    step: StepRef
+    """The meta.map step."""
+
+    attempt: int
+    """Attempt of the map step."""
+
+    chunk: int
+    """Chunk number within the map attempt."""
+
+    invocation_id: str
+    """The chunk's invocation id."""
+
+    results: OptionalJson = None
+    """One entry per item of the chunk, in order: {"output": ...} or {"error": ErrorInfo}
+    (canonical JSON; null = absent)
+    """
+
+    results_ref: PayloadRef | None = None
+    """The entries in object storage, when too large to inline (the worker's claim check)."""
+
+    results_bytes: int = 0
+    """Size of the inline results (canonical JSON bytes; 0 when they are not inline): what the
+    run state holds for this chunk.
+    """
+
+    spill_ref: PayloadRef | None = None
+    """Set when the map's inline results grew over its budget: the inline results of its finished
+    chunks, this one included, moved to object storage as {"<chunk>": [entries]} (the run
+    state then drops them).
+    """
+
+    succeeded: int
+    """Items of the chunk that succeeded."""
+
+    failed_items: list[int] = Field(default_factory=list)
+    """Items that failed for good (no attempt left, or not retryable)."""
+
+    retry_items: list[int] = Field(default_factory=list)
+    """Items that failed and will be tried again (in a new chunk, after retry_at)."""
+
+    retry_at: TimestampMillis | None = None
+    """When retry_items may be dispatched again (the step's retry backoff)."""
+
+    retry_timer_id: str | None = None
+    """The backoff timer of retry_items."""
+
+
+class MapStarted(RunEventEnvelope):
+    """A meta.map step started an attempt: its collection is evaluated and its chunking fixed
+    (ADR 0024).
+    """
+
+    AVRO_NAME: ClassVar[str] = "reflux.events.MapStarted"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    step: StepRef
+    """The meta.map step."""
+
+    attempt: int
+    """Attempt of the map step (1-based; a re-drive starts a new one)."""
+
+    item_count: int
+    """Number of items in the collection."""
+
+    items: OptionalJson = None
+    """The collection (canonical JSON; null = absent)"""
+
+    items_ref: PayloadRef | None = None
+    """The collection in object storage, when too large to inline."""
+
+    node: StepRef
+    """The node run per item: step_id is the map step, node_version the version resolved for this
+    attempt.
+    """
+
+    invoke_topic: str
+    """Topic the chunk invocations go to."""
+
+    chunk_size: int
+    """Items per chunk invocation."""
+
+    max_chunks_in_flight: int
+    """Chunks dispatched and not finished at most."""
+
+    chunk_concurrency: int
+    """Items a worker runs at once within one chunk (max_chunks_in_flight * chunk_concurrency <=
+    the step's concurrency).
+    """
+
+    on_failure: str
+    """fail_fast or collect."""
+
+
 class RunCancelled(RunEventEnvelope):
     """The run was cancelled."""
 
@@ -1026,7 +1182,7 @@ class NodeInvocation(RefluxRecord):
     """Ask a worker group to run one attempt of a step."""
 
     AVRO_NAME: ClassVar[str] = "reflux.invoke.NodeInvocation"
-    SCHEMA_VERSION: ClassVar[int] = 2
+    SCHEMA_VERSION: ClassVar[int] = 3
 
     event_id: str = Field(default_factory=new_id)
     """Unique id (UUID text) of this record; consumers dedupe on it."""
@@ -1040,7 +1196,7 @@ class NodeInvocation(RefluxRecord):
     occurred_at: TimestampMillis = Field(default_factory=utc_now)
     """When the producer created this record (UTC, milliseconds)."""
 
-    schema_version: int = 2
+    schema_version: int = 3
     """Version of the writer schema; old records keep the version they were written with."""
 
     invocation_id: str
@@ -1085,6 +1241,13 @@ class NodeInvocation(RefluxRecord):
 
     trace_context: dict[str, str] = Field(default_factory=dict)
     """W3C trace context (traceparent, tracestate)."""
+
+    chunk: MapChunk | None = None
+    """Set for a chunk of a meta.map step: params is then a JSON array, one params object per
+    item, and the worker answers with one NodeResult whose output is a JSON array of per-item
+    entries ({"output": ...} or {"error": ErrorInfo}) in the same order. Null = an ordinary
+    attempt.
+    """
 
 
 class Mutation(StandaloneEnvelope):
@@ -1367,6 +1530,7 @@ class WorkflowRegistered(StandaloneEnvelope):
 MODELS: dict[str, type[RefluxRecord]] = {
     "reflux.common.ErrorInfo": ErrorInfo,
     "reflux.common.GraphMutation": GraphMutation,
+    "reflux.common.MapChunk": MapChunk,
     "reflux.common.ParentRef": ParentRef,
     "reflux.common.PayloadRef": PayloadRef,
     "reflux.common.RetryPolicy": RetryPolicy,
@@ -1386,6 +1550,9 @@ MODELS: dict[str, type[RefluxRecord]] = {
     "reflux.events.ChildRunRequested": ChildRunRequested,
     "reflux.events.CommandRejected": CommandRejected,
     "reflux.events.GraphMutated": GraphMutated,
+    "reflux.events.MapChunkDispatched": MapChunkDispatched,
+    "reflux.events.MapChunkFinished": MapChunkFinished,
+    "reflux.events.MapStarted": MapStarted,
     "reflux.events.RunCancelled": RunCancelled,
     "reflux.events.RunFailed": RunFailed,
     "reflux.events.RunPaused": RunPaused,
@@ -1430,6 +1597,10 @@ __all__ = [
     "GraphMutated",
     "GraphMutation",
     "GraphMutationType",
+    "MapChunk",
+    "MapChunkDispatched",
+    "MapChunkFinished",
+    "MapStarted",
     "MutateGraph",
     "Mutation",
     "MutationStatus",

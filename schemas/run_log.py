@@ -13,6 +13,9 @@ from schemas.models import (
     ChildRunRequested,
     CommandRejected,
     GraphMutated,
+    MapChunkDispatched,
+    MapChunkFinished,
+    MapStarted,
     RunCancelled,
     RunFailed,
     RunPaused,
@@ -45,6 +48,9 @@ RunEvent = (
     | StepRetryScheduled
     | StepTimedOut
     | StepSkipped
+    | MapStarted
+    | MapChunkDispatched
+    | MapChunkFinished
     | GraphMutated
     | StepsReset
     | RunRebound
@@ -70,6 +76,9 @@ RUN_EVENT_TYPES: tuple[type[RunEvent], ...] = (
     StepRetryScheduled,
     StepTimedOut,
     StepSkipped,
+    MapStarted,
+    MapChunkDispatched,
+    MapChunkFinished,
     GraphMutated,
     StepsReset,
     RunRebound,

@@ -27,6 +27,7 @@ from workflows.expressions import (
     iter_expressions,
     secret_name,
 )
+from workflows.meta import MAP_NODE, check_meta_step, is_meta_node, map_inner_node
 from workflows.meta_children import (
     LOOP_UNTIL_ROOTS,
     check_child_run_step,
@@ -42,6 +43,7 @@ from workflows.model import (
     WorkflowDefinition,
 )
 from workflows.node_catalog import NodeCatalogView
+from workflows.semver import NodeRef, parse_node_ref
 
 __all__ = [
     "RUN_FIELDS",
@@ -370,25 +372,34 @@ def _check_cycles(definition: WorkflowDefinition) -> list[FieldError]:
 def _check_nodes(definition: WorkflowDefinition, catalog: NodeCatalogView) -> list[FieldError]:
     errors: list[FieldError] = []
     for i, step in enumerate(definition.steps):
-        if is_child_run_node(step.node_name):
+        ref, path = step.ref, f"steps[{i}].node"
+        if is_child_run_node(ref.name):
             continue  # run by the scheduler itself: not in the catalog
-        ref = step.ref
-        versions = list(catalog.versions(ref.name))
-        path = f"steps[{i}].node"
-        if not versions:
-            names = list(catalog.names())
-            close = difflib.get_close_matches(ref.name, names, n=1)
-            hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(names[:20])}"
-            errors.append(FieldError(path, f"unknown node {ref.name!r} ({hint})"))
-        elif ref.constraint.best(versions) is None:
-            errors.append(
-                FieldError(
-                    path,
-                    f"no version of {ref.name!r} satisfies {ref.constraint.raw!r} "
-                    f"(available: {', '.join(versions)})",
-                )
-            )
+        if is_meta_node(ref.name):
+            # Run by the scheduler, never looked up; a map's inner node is, at its own path.
+            inner = map_inner_node(step.params) if ref.name == MAP_NODE else None
+            if inner is None:
+                continue
+            ref, path = parse_node_ref(inner), f"steps[{i}].params.node"
+        problem = _node_problem(ref, catalog)
+        if problem:
+            errors.append(FieldError(path, problem))
     return errors
+
+
+def _node_problem(ref: NodeRef, catalog: NodeCatalogView) -> str | None:
+    versions = list(catalog.versions(ref.name))
+    if not versions:
+        names = list(catalog.names())
+        close = difflib.get_close_matches(ref.name, names, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(names[:20])}"
+        return f"unknown node {ref.name!r} ({hint})"
+    if ref.constraint.best(versions) is None:
+        return (
+            f"no version of {ref.name!r} satisfies {ref.constraint.raw!r} "
+            f"(available: {', '.join(versions)})"
+        )
+    return None
 
 
 def _check_expressions(definition: WorkflowDefinition) -> list[FieldError]:
@@ -399,6 +410,9 @@ def _check_expressions(definition: WorkflowDefinition) -> list[FieldError]:
             errors += _check_expression(
                 definition, f"steps[{i}].when", step.when, step.id, upstream, secrets="when"
             )
+        if is_meta_node(step.node_name):
+            errors += _check_meta(definition, i, step, upstream)
+            continue
         try:
             params = list(iter_expressions(step.params, f"steps[{i}].params"))
         except ExpressionSyntaxError as exc:
@@ -426,6 +440,29 @@ def _check_expressions(definition: WorkflowDefinition) -> list[FieldError]:
     for path, expr in outputs:
         errors += _check_expression(definition, path, expr, None, None, secrets="outputs")
     return errors
+
+
+def _check_meta(
+    definition: WorkflowDefinition, index: int, step: StepDefinition, upstream: frozenset[str]
+) -> list[FieldError]:
+    """A meta step's params (workflows.meta), with the generic expression check."""
+
+    def check(path: str, expression: str, extra_roots: frozenset[str]) -> list[tuple[str, str]]:
+        found = _check_expression(
+            definition, path, expression, step.id, upstream, extra_roots=extra_roots
+        )
+        return [(e.path, e.message) for e in found]
+
+    issues = check_meta_step(
+        index,
+        step_id=step.id,
+        node_name=step.node_name,
+        params=step.params,
+        step_ids=definition.step_ids,
+        needs_of={s.id: s.needs for s in definition.steps},
+        check_expression=check,
+    )
+    return [FieldError(path, message) for path, message in issues]
 
 
 _SECRETS_FORBIDDEN = {
@@ -472,7 +509,8 @@ def _check_expression(
     extra_roots: frozenset[str] = frozenset(),
 ) -> list[FieldError]:
     """``secrets`` names where secrets are forbidden ("when", "outputs"); None = step params.
-    ``extra_roots``: names the context has there besides inputs/steps/run (a meta.loop's)."""
+    ``extra_roots``: names the context has there besides inputs/steps/run (a meta.loop's
+    ``loop``, a map's ``item`` and ``index``)."""
     try:
         compile_expression(expression)
         refs = expression_references(expression)
@@ -480,10 +518,10 @@ def _check_expression(
         return [FieldError(path, str(exc))]
     errors: list[FieldError] = []
     for ref in refs:
-        if ref.root == "secrets":
-            problem = _secret_problem(expression, secrets)
-        elif ref.root in extra_roots:
+        if ref.root in extra_roots:
             problem = None
+        elif ref.root == "secrets":
+            problem = _secret_problem(expression, secrets)
         else:
             problem = _reference_problem(definition, ref, step_id, upstream)
         if problem and FieldError(path, problem) not in errors:

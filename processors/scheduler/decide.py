@@ -74,6 +74,8 @@ from processors.scheduler.child_runs import (
 )
 from processors.scheduler.evolve import RUN_EVENT_TYPES, RunEvent, evolve, fold
 from processors.scheduler.meta import ai_plan
+from processors.scheduler.meta.map import map_result, pump, retry_timer_due, start_map
+from processors.scheduler.meta.switch import run_switch, switch_skip_reason
 from processors.scheduler.redrive import plan_rebind, plan_redrive_from, rebind_status_refusal
 from processors.scheduler.retry_gate import UNGATED, Admission, RetryGating, step_dependency
 from processors.scheduler.state import (
@@ -134,6 +136,7 @@ from workflows.expressions import (
     iter_expressions,
     render_params,
 )
+from workflows.meta import MAP_NODE, is_meta_node
 from workflows.model import StepDefinition, WorkflowDefinition
 from workflows.mutations import apply_mutation
 from workflows.node_catalog import NodeCatalogView, default_resolve_node_version
@@ -721,6 +724,14 @@ def _fire_timer(w: _Writer, cmd: FireTimer) -> None:
         _after_failure(w, step.step_id, error)
         _advance(w)
         return
+    if step.step_id in run.maps and timer.timer_id in run.maps[step.step_id].retries:
+        # A meta.map's items waiting for their next attempt: dispatch them (if running).
+        try:
+            retry_timer_due(w, step.step_id, timer.timer_id, _meta_context(w, step.step_id))
+        except NonRetryableError as exc:
+            _fail_before_dispatch(w, step.step_id, step.attempt, exc)
+        _advance(w)
+        return
     # Backoff: start the next attempt (a paused run keeps the timer until it is resumed),
     # unless the dependency's circuit opened meanwhile: then the retry is held again.
     if step.status is StepStatus.RETRY_WAIT and run.status is RunStatus.RUNNING:
@@ -845,6 +856,17 @@ def _heartbeat(w: _Writer, beat: NodeHeartbeat) -> None:
 
 
 def _result(w: _Writer, result: NodeResult) -> None:
+    if w.state is not None and result.step.step_id in w.state.maps:
+        # A chunk of a meta.map step (processors/scheduler/meta/map.py).
+        try:
+            handled = map_result(w, result, _meta_context(w, result.step.step_id))
+        except NonRetryableError as exc:  # rendering the next chunk failed
+            failing = w.run.steps[result.step.step_id]
+            _fail_before_dispatch(w, failing.step_id, failing.attempt, exc)
+            handled = True
+        if handled:
+            _advance(w)
+            return
     step = _current_attempt(w, result)
     if step is None:
         return
@@ -1059,6 +1081,11 @@ def _retry_at(
 def _resume_work(w: _Writer) -> None:
     """After RunResumed: restart what a pause (or a failure) left waiting."""
     run = w.run
+    for step_id in list(run.maps):
+        try:  # meta.map steps dispatch the chunks they held back
+            pump(w, step_id, _meta_context(w, step_id))
+        except NonRetryableError as exc:
+            _fail_before_dispatch(w, step_id, w.run.steps[step_id].attempt, exc)
     for step_id in run.graph.topological_order:
         step = w.run.steps[step_id]
         if step.status is StepStatus.SCHEDULED:
@@ -1123,6 +1150,10 @@ def _advance(w: _Writer) -> None:
 def _start_step(w: _Writer, step_id: str, attempt: int) -> None:
     """Evaluate ``when`` (skip if false, fail if it errors), else schedule ``attempt``."""
     definition = w.run.step_definition(step_id)
+    branch_skipped = switch_skip_reason(w.run, step_id)  # a meta.switch chose another branch
+    if branch_skipped is not None:
+        w.emit(StepSkipped, step=w.run.step_ref(step_id), reason=branch_skipped)
+        return
     if definition.when is not None:
         try:
             go = evaluate_when(
@@ -1189,6 +1220,9 @@ def _schedule(w: _Writer, step_id: str, attempt: int) -> None:
     if is_child_run_node(definition.node_name):
         schedule_child_step(w, _CHILD_OPS, step_id, attempt)  # a child run, no worker
         return
+    if is_meta_node(definition.node_name):
+        _run_meta(w, step_id, attempt, definition)
+        return
     try:
         params = render_params(
             definition.params, _context(w, definition), path=f"steps.{step_id}.params"
@@ -1231,6 +1265,21 @@ def _schedule(w: _Writer, step_id: str, attempt: int) -> None:
         w.lookups.append(CacheLookup(run.run_id, step_id, attempt, key))
     else:
         _dispatch(w, step_id)
+
+
+def _run_meta(w: _Writer, step_id: str, attempt: int, definition: StepDefinition) -> None:
+    """A meta node runs in the scheduler (processors/scheduler/meta): never dispatched as such."""
+    try:
+        if definition.node_name == MAP_NODE:
+            start_map(w, step_id, attempt, lambda: _context(w, definition))
+        else:
+            run_switch(w, step_id, attempt, lambda: _context(w, definition))
+    except NonRetryableError as exc:  # a TemplateError, no such node version, no topic
+        _fail_before_dispatch(w, step_id, attempt, exc)
+
+
+def _meta_context(w: _Writer, step_id: str) -> Callable[[], dict[str, Any]]:
+    return lambda: _context(w, w.run.step_definition(step_id))
 
 
 def _dispatch(w: _Writer, step_id: str) -> None:

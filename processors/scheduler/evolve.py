@@ -19,6 +19,11 @@ from typing import Any
 
 from foundation.errors import NonRetryableError
 from processors.scheduler.meta import ai_plan
+from processors.scheduler.meta.fold import (
+    apply_map_chunk_dispatched,
+    apply_map_chunk_finished,
+    apply_map_started,
+)
 from processors.scheduler.state import (
     MAX_PROCESSED_IDS,
     RunState,
@@ -34,6 +39,9 @@ from schemas.models import (
     ErrorInfo,
     GraphMutated,
     GraphMutationType,
+    MapChunkDispatched,
+    MapChunkFinished,
+    MapStarted,
     RunCancelled,
     RunFailed,
     RunPaused,
@@ -390,6 +398,24 @@ def _(event: StepSkipped, state: RunState | None) -> RunState:
         status=StepStatus.SKIPPED,
         skip_reason=event.reason,
     )
+
+
+# meta.map (processors/scheduler/meta/fold.py)
+
+
+@_apply.register
+def _(event: MapStarted, state: RunState | None) -> RunState:
+    return apply_map_started(_require(state, event), event)
+
+
+@_apply.register
+def _(event: MapChunkDispatched, state: RunState | None) -> RunState:
+    return apply_map_chunk_dispatched(_require(state, event), event)
+
+
+@_apply.register
+def _(event: MapChunkFinished, state: RunState | None) -> RunState:
+    return apply_map_chunk_finished(_require(state, event), event)
 
 
 @_apply.register

@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from processors.scheduler.cache import params_digest
+from processors.scheduler.map_state import MapState
 from schemas.models import ErrorInfo, ParentRef, PayloadRef, StepRef, TimerKind
 from schemas.statuses import (
     ACTIVE_STEP_STATUSES,
@@ -129,6 +130,8 @@ class RunState(_Frozen):
     failed_step: str | None = None
     parent: ParentRef | None = None
     """A child run's parent (RunStarted v2): its terminal event sends ChildRunFinished there."""
+    maps: dict[str, MapState] = Field(default_factory=dict)
+    """Progress of the run's ``meta.map`` steps (current attempt), by step id."""
     processed_ids: tuple[str, ...] = ()
     """Recent causation ids (command ids, invocation ids, timer ids); bounded, for dedupe."""
 

@@ -38,6 +38,9 @@ Status rules that are not obvious from the event names:
 - ``ChildRunRequested`` (a meta.workflow / meta.loop step starts a child run) makes the step
   ``running`` with ``invocation_id`` = the child's run id; ``ChildRunEnded`` (a loop iteration
   ended) only advances the run. A child's ``RunStarted`` fills ``parent_*`` on its row.
+- ``MapStarted`` makes a ``meta.map`` step ``running`` (a re-drive reopens the run);
+  ``MapChunkDispatched`` / ``MapChunkFinished`` only advance the run (their rows are in
+  ``run_events``).
 """
 
 from __future__ import annotations
@@ -61,6 +64,9 @@ from schemas.models import (
     ChildRunRequested,
     CommandRejected,
     GraphMutated,
+    MapChunkDispatched,
+    MapChunkFinished,
+    MapStarted,
     NodeCatalogEntry,
     RunCancelled,
     RunFailed,
@@ -526,6 +532,40 @@ def _(event: ChildRunRequested, schema: str) -> Plan:
 def _(event: ChildRunEnded, schema: str) -> Plan:
     # A loop iteration ended: the step keeps running (the iteration is in run_events and in
     # the child's own row); StepSucceeded/StepFailed end the step.
+    return _run_plan(event, schema, _update_run(event, schema))
+
+
+# -- meta.map (ADR 0024) ---------------------------------------------------------------------
+
+
+@plan.register
+def _(event: MapStarted, schema: str) -> Plan:
+    # The map step runs in the scheduler: it is running from its start, with no invocation.
+    step = _upsert_step(
+        event,
+        schema,
+        event.step,
+        StepStatus.RUNNING,
+        attempt=event.attempt,
+        invocation_id=None,
+        dispatched_at=event.occurred_at,
+        started_at=event.occurred_at,
+        worker=None,
+        next_attempt_at=None,
+        finished_at=None,
+        output=None,
+        output_ref=None,
+        error=None,
+        cache_hit=None,
+        duration_ms=None,
+    )
+    return _run_plan(event, schema, step, _reopen_run(event, schema))
+
+
+@plan.register
+def _(event: MapChunkDispatched | MapChunkFinished, schema: str) -> Plan:
+    # Chunk bookkeeping: in the run's event log (run_events) only; the step row changes with
+    # MapStarted and the step's outcome.
     return _run_plan(event, schema, _update_run(event, schema))
 
 

@@ -567,6 +567,83 @@ def heartbeats() -> Simulation:
     return sim
 
 
+MAP = """
+id: map
+inputs:
+  xs: {type: array, required: true}
+steps:
+  - id: each
+    node: meta.map
+    params:
+      items: "{{ inputs.xs }}"
+      node: transform@^1
+      params: {expression: "@", data: "{{ item }}", at: "{{ index }}"}
+      concurrency: 2
+      chunk_size: 3
+      on_failure: collect
+    retry: {max_attempts: 2, initial_backoff: 100ms, jitter: 0}
+  - id: after
+    node: transform@^1
+    needs: [each]
+    params: {failed: "{{ steps.each.output.failed }}"}
+outputs:
+  results: "{{ steps.each.output.results }}"
+  errors: "{{ steps.each.output.errors }}"
+"""
+
+
+def map_chunks() -> Simulation:
+    """A map of 8 items in chunks of 3, one item retried (then ok), one failing for good."""
+
+    def worker(invocation: NodeInvocation) -> Any:
+        if invocation.chunk is None:
+            return _echo(invocation)
+        entries: list[Any] = []
+        for params in invocation.params:
+            if params["data"] == "flaky" and invocation.attempt == 1:
+                error = ErrorInfo(error_class="Flaky", message="once", retryable=True)
+                entries.append({"error": error.model_dump(mode="json")})
+            elif params["data"] == "bad":
+                error = ErrorInfo(error_class="Bad", message="never", retryable=False)
+                entries.append({"error": error.model_dump(mode="json")})
+            else:
+                entries.append({"output": {"result": params["data"], "at": params["at"]}})
+        return entries
+
+    sim = Simulation(MAP, node_catalog=CATALOG)
+    sim.start({"xs": ["a", "b", "flaky", "d", "bad", "f", "g", "h"]})
+    sim.run_workers(worker)
+    return sim
+
+
+SWITCH = """
+id: switch
+inputs:
+  kind: {type: string, required: true}
+steps:
+  - id: route
+    node: meta.switch
+    params:
+      value: "{{ inputs.kind }}"
+      cases: {small: [cheap], large: [careful]}
+      default: [fallback]
+  - {id: cheap, node: transform@^1, needs: [route], params: {v: 1}}
+  - {id: careful, node: transform@^1, needs: [route], params: {v: 2}}
+  - {id: fallback, node: transform@^1, needs: [route], params: {v: 3}}
+  - {id: review, node: transform@^1, needs: [careful], params: {v: 4}}
+outputs:
+  case: "{{ steps.route.output.case }}"
+"""
+
+
+def switch_branch() -> Simulation:
+    """The "large" case: careful and review run; cheap and fallback are skipped."""
+    sim = Simulation(SWITCH, node_catalog=CATALOG)
+    sim.start({"kind": "large"})
+    sim.run_workers(_echo)
+    return sim
+
+
 SCENARIOS: dict[str, Callable[[], Simulation]] = {
     "linear": linear,
     "diamond": diamond,
@@ -591,6 +668,8 @@ SCENARIOS: dict[str, Callable[[], Simulation]] = {
     "queue_timeout": queue_timeout,
     "heartbeats": heartbeats,
     "circuit_held": circuit_held,
+    "map_chunks": map_chunks,
+    "switch_branch": switch_branch,
 }
 
 

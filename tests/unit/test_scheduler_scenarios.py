@@ -705,8 +705,17 @@ IDENTITY_PLAN = {"plan": {"steps": [{"id": "result", "node": "transform@^1"}]}}
 def test_examples_run_to_success_with_an_identity_worker(path: Path) -> None:
     sim = Simulation(path.read_text())
     sim.start(EXAMPLE_INPUTS.get(path.stem, {}))
-    # Each step outputs its own rendered params; an ai.meta planner plans one such step.
-    sim.run_workers(lambda inv: IDENTITY_PLAN if inv.step.node == "ai.meta" else inv.params)
+
+    # Each step outputs its own rendered params (each item of a meta.map chunk too); an
+    # ai.meta planner plans one such step.
+    def identity(inv: NodeInvocation) -> Any:
+        if inv.step.node == "ai.meta":
+            return IDENTITY_PLAN
+        if inv.chunk is not None:
+            return [{"output": p} for p in inv.params]
+        return inv.params
+
+    sim.run_workers(identity)
     assert run_status(sim) is RunStatus.SUCCEEDED, sim.run.error
     assert fold(sim.log) == sim.state
 

@@ -136,8 +136,10 @@ def test_unknown_versions_and_damaged_records_are_refused(value: bytes, reason: 
 # ADR 0020 changed RetrySpec.jitter's default (0.2 -> 0.5): snapshots and RunStarted both hold
 # the definition with every default applied, so old snapshots still mean what a fold gives.
 # Child runs (ADR 0025) added RunState.parent and StepState.child_run_id/iteration/
-# iteration_output, all defaulting to what a fold of a log without child runs gives.
-RUN_STATE_FINGERPRINT = "86e2bc4916731575"
+# iteration_output; ADR 0024 added RunState.maps (meta.map progress, default empty): all
+# default to what a fold of a log without those events gives, so old snapshots still mean
+# what a fold gives.
+RUN_STATE_FINGERPRINT = "ce2035beaef727cf"
 
 
 def test_the_snapshot_format_changes_only_deliberately() -> None:
