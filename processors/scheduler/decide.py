@@ -118,6 +118,7 @@ from workflows.semver import invoke_major
 from workflows.validation import (
     WorkflowValidationError,
     check_definition,
+    check_step_nodes,
     validate_inputs,
 )
 
@@ -478,6 +479,9 @@ _MUTABLE_STEP = (
 )
 
 
+_NODE_MUTATIONS = (GraphMutationType.ADD_STEP, GraphMutationType.REPLACE_NODE)
+
+
 def _mutate(w: _Writer, cmd: MutateGraph) -> None:
     allowed = (RunStatus.RUNNING, RunStatus.PAUSED, RunStatus.FAILED)
     if not _expect_status(w, cmd, allowed, "running, paused or failed"):
@@ -518,13 +522,23 @@ def _mutate(w: _Writer, cmd: MutateGraph) -> None:
     except WorkflowValidationError as exc:
         w.reject(cmd, "Expected a valid graph mutation, but " + "; ".join(map(str, exc.errors)))
         return
-    errors = check_definition(mutated, node_catalog=w.ctx.node_catalog)
+    errors = check_definition(mutated)
+    if w.ctx.node_catalog is not None and mutation.type in _NODE_MUTATIONS:
+        # Only the step the mutation names: the rest of the graph was accepted when the run
+        # started, and a catalog change since must not block an unrelated fix.
+        errors += check_step_nodes(mutated, w.ctx.node_catalog, {step_id})
     if errors:
         w.reject(
             cmd, "Expected a valid graph after the mutation, but " + "; ".join(map(str, errors))
         )
         return
-    w.emit(GraphMutated, mutation=mutation, mutation_id=cmd.mutation_id)
+    w.emit(
+        GraphMutated,
+        mutation=mutation,
+        mutation_id=cmd.mutation_id,
+        requested_by=cmd.requested_by,
+        reason=cmd.reason,
+    )
     _advance(w)
 
 

@@ -29,8 +29,12 @@ Status rules that are not obvious from the event names:
   run;
 - ``StepTimedOut`` stores an error ``{"error_class": "StepTimedOut", ...}`` so a timed-out step
   has an error like a failed one (the event itself carries only the timeout);
-- ``GraphMutated`` only advances the run: step rows appear and change with the step events,
-  which carry the (possibly replaced) node and version;
+- ``GraphMutated`` appends a ``run_mutations`` row (type, step, data, who and why) and rewrites
+  ``runs.definition`` (set from ``RunStarted``) with ``reflux_apply_graph_mutation``, the SQL twin
+  of ``workflows.mutations.apply_mutation`` (migration 004); ``remove_step`` deletes the step's
+  row if it had one. Other step rows appear and change with the step events, which carry the
+  (possibly replaced) node and version: an added step, like every pending step, has no row until
+  it is scheduled;
 - ``CommandRejected`` changes no state: it advances ``last_seq`` but not ``updated_at``.
 """
 
@@ -53,6 +57,7 @@ from schemas.base import RefluxRecord
 from schemas.models import (
     CommandRejected,
     GraphMutated,
+    GraphMutationType,
     NodeCatalogEntry,
     RunCancelled,
     RunFailed,
@@ -219,9 +224,9 @@ def _overwritten(names: tuple[str, ...], set_node: bool, attempt: bool) -> froze
 def _(event: RunStarted, schema: str) -> Plan:
     insert = Statement(
         f"INSERT INTO {table(schema, 'runs')} (run_id, workflow_id, workflow_version, status, "
-        "inputs, source, source_key, idempotency_key, deadline, started_at, updated_at, last_seq) "
-        f"VALUES (%s, %s, %s, '{RunStatus.RUNNING}', %s, %s, %s, %s, %s, %s, %s, %s) "
-        "ON CONFLICT (run_id) DO NOTHING",
+        "inputs, source, source_key, idempotency_key, deadline, started_at, updated_at, last_seq, "
+        f"definition) VALUES (%s, %s, %s, '{RunStatus.RUNNING}', %s, %s, %s, %s, %s, %s, %s, %s, "
+        "%s) ON CONFLICT (run_id) DO NOTHING",
         (
             event.run_id,
             event.workflow_id,
@@ -234,6 +239,7 @@ def _(event: RunStarted, schema: str) -> Plan:
             event.occurred_at,
             event.occurred_at,
             event.seq,
+            jsonb(event.definition),
         ),
         scope=("runs", event.run_id),
     )
@@ -300,7 +306,44 @@ def _(event: RunCancelled, schema: str) -> Plan:
 
 @plan.register
 def _(event: GraphMutated, schema: str) -> Plan:
-    return _run_plan(event, schema, _update_run(event, schema))
+    mutation = event.mutation
+    data = Jsonb(mutation.data)
+    record = Statement(
+        f"INSERT INTO {table(schema, 'run_mutations')} (run_id, seq, type, step_id, data, "
+        "mutation_id, command_id, requested_by, reason, event_id, at) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (run_id, seq) DO NOTHING",
+        (
+            event.run_id,
+            event.seq,
+            mutation.type.value,
+            mutation.step_id,
+            data,
+            event.mutation_id,
+            event.causation_id,
+            event.requested_by,
+            event.reason,
+            event.event_id,
+            event.occurred_at,
+        ),
+        scope=("run_mutations", event.run_id),
+    )
+    rewrite = Statement(
+        f"UPDATE {table(schema, 'runs')} SET definition = "
+        f"{table(schema, 'reflux_apply_graph_mutation')}(definition, %s, %s, %s) "
+        "WHERE run_id = %s",
+        (mutation.type.value, mutation.step_id, data, event.run_id),
+        scope=("runs", event.run_id),
+    )
+    updates: list[Update] = [record, rewrite]
+    if mutation.type is GraphMutationType.REMOVE_STEP:
+        updates.append(
+            Statement(
+                f"DELETE FROM {table(schema, 'steps')} WHERE run_id = %s AND step_id = %s",
+                (event.run_id, mutation.step_id),
+                scope=("steps", event.run_id, mutation.step_id),
+            )
+        )
+    return _run_plan(event, schema, *updates, _update_run(event, schema))
 
 
 @plan.register

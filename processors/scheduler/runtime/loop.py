@@ -65,7 +65,11 @@ from foundation.errors import NonRetryableError, RefluxError, ServiceUnavailable
 from foundation.liveness import Heartbeat
 from foundation.objectstore import S3BlobStore, content_key
 from foundation.settings import Settings
-from processors.node_catalog.runtime_view import CatalogResolver, NodeCatalogKafkaView
+from processors.node_catalog.runtime_view import (
+    CatalogResolver,
+    CatalogValidator,
+    NodeCatalogKafkaView,
+)
 from processors.scheduler.decide import (
     CacheHit,
     CacheLookup,
@@ -254,6 +258,8 @@ class SchedulerRuntime:
         # Node versions by catalog status and rollout weight (nodes topic, all partitions).
         self._nodes = NodeCatalogKafkaView(settings, self.catalog)
         self._resolve_node_version = CatalogResolver(self._nodes)
+        # Graph mutations (add_step, replace_node) are checked against the same view.
+        self._node_validator = CatalogValidator(self._nodes)
         self.transactional_id = f"{self.group}.{self.instance_id}"
         self.producer = self._new_producer()
         self._fencings: list[float] = []
@@ -431,6 +437,7 @@ class SchedulerRuntime:
             load_payload=self._load_payload,
             store_payload=self._store_params,
             resolve_node_version=self._resolve_node_version,
+            node_catalog=self._node_validator if self._node_validator.active() else None,
             retry_gate=self.retry_gate.gate,
         )
 
