@@ -1,4 +1,4 @@
-"""``reflux run FILE`` and ``reflux runs show RUN_ID``: the API's client side, for people.
+"""``reflux run FILE``, ``reflux runs show|graph|mutate RUN_ID``: the API's client side, for people.
 
 Both talk to the HTTP API (``REFLUX_API_URL`` or ``--api``), the product's front door, so they
 work the same against ``reflux dev`` on a laptop and against a deployed API.
@@ -86,6 +86,11 @@ def describe_event(event: dict[str, Any]) -> str:
                 f"held {payload.get('held_ms')} ms: {payload['reason']} "
                 f"(circuit {payload.get('circuit')}, {payload.get('dependency')})"
             )
+    elif kind == "GraphMutated":
+        mutation = payload.get("mutation") or {}
+        who = payload.get("requested_by") or "?"
+        why = f": {payload['reason']}" if payload.get("reason") else ""
+        parts.append(f"{mutation.get('type')} {mutation.get('step_id')} by {who}{why}")
     elif payload.get("reason"):
         parts.append(str(payload["reason"]))
     if kind == "RunSucceeded":
@@ -178,6 +183,64 @@ def show_run(args: argparse.Namespace) -> int:
     return 0
 
 
+MUTATION_TYPES = ("add_step", "remove_step", "update_params", "replace_node")
+
+
+def mutation_body(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``POST /v1/runs/{id}/mutations`` body of ``reflux runs mutate``."""
+    data: Any = {}
+    if args.data is not None:
+        try:
+            data = json.loads(args.data)
+        except ValueError as exc:
+            raise ClientError(f"Expected --data to be JSON, but it does not parse: {exc}") from exc
+    if args.node is not None:
+        if args.op != "replace_node":
+            raise ClientError("--node goes with --op replace_node (add_step takes --data)")
+        data = {"node": args.node, **({"node_version": args.version} if args.version else {})}
+    body: dict[str, Any] = {"type": args.op, "step_id": args.step, "data": data}
+    if args.reason:
+        body["reason"] = args.reason
+    if args.by:
+        body["requested_by"] = args.by
+    return body
+
+
+def mutate_run(args: argparse.Namespace) -> int:
+    body = mutation_body(args)
+    with httpx.Client(base_url=args.api, timeout=30 + args.wait_ms / 1000) as client:
+        params = {"wait_ms": args.wait_ms} if args.wait_ms else {}
+        answer = _check(client.post(f"/v1/runs/{args.run_id}/mutations", json=body, params=params))
+    if answer.get("status") == "applied":
+        print(f"{args.op} {args.step}: applied at seq {answer['seq']} ({answer['command_id']})")
+    else:
+        print(f"{args.op} {args.step}: accepted ({answer['command_id']}), not applied yet")
+    return 0
+
+
+def graph_text(graph: dict[str, Any]) -> str:
+    lines = [f"run {graph['run_id']}  status={graph['status']}  last_seq={graph['last_seq']}"]
+    for step in graph["steps"]:
+        needs = f" needs {', '.join(step['needs'])}" if step["needs"] else ""
+        lines.append(f"  {step['step_id']:<16} {step['status']:<10} {step['node']}{needs}")
+    if graph["mutations"]:
+        lines.append("  mutations:")
+    for m in graph["mutations"]:
+        who = m.get("requested_by") or "?"
+        why = f": {m['reason']}" if m.get("reason") else ""
+        lines.append(
+            f"    #{m['seq']:<4} {m['type']:<14} {m['step_id']:<16} by {who}{why}  "
+            f"{json.dumps(m['data'])}"
+        )
+    return "\n".join(lines)
+
+
+def show_graph(args: argparse.Namespace) -> int:
+    with httpx.Client(base_url=args.api, timeout=30) as client:
+        print(graph_text(_check(client.get(f"/v1/runs/{args.run_id}/graph"))))
+    return 0
+
+
 def add_client_commands(subparsers: Any, default_api: str) -> None:
     run = subparsers.add_parser("run", help="register a workflow file and start a run")
     run.add_argument("file", help="workflow definition (.yaml or .json)")
@@ -199,6 +262,31 @@ def add_client_commands(subparsers: Any, default_api: str) -> None:
     show.add_argument("run_id")
     show.add_argument("--api", default=default_api, help=f"API base URL ({default_api})")
     show.set_defaults(handler=_guard(show_run))
+    graph = actions.add_parser("graph", help="a run's current graph and its mutations")
+    graph.add_argument("run_id")
+    graph.add_argument("--api", default=default_api, help=f"API base URL ({default_api})")
+    graph.set_defaults(handler=_guard(show_graph))
+    mutate = actions.add_parser(
+        "mutate",
+        help="change a running run's graph",
+        description="e.g. reflux runs mutate RUN --op update_params --step fetch "
+        '--data \'{"url": "https://b.test"}\' --reason "new host" --by alice',
+    )
+    mutate.add_argument("run_id")
+    mutate.add_argument("--op", required=True, choices=MUTATION_TYPES)
+    mutate.add_argument("--step", required=True, help="the step added, removed or changed")
+    mutate.add_argument(
+        "--data", help="JSON: the step (add_step), the new params (update_params), {} (remove)"
+    )
+    mutate.add_argument("--node", help="replace_node: the node name (or name@constraint)")
+    mutate.add_argument("--version", help="replace_node: the version constraint, e.g. ^2")
+    mutate.add_argument("--reason", help="why (kept with the mutation)")
+    mutate.add_argument("--by", help="who asks (kept with the mutation)")
+    mutate.add_argument(
+        "--wait-ms", type=int, default=10_000, help="wait for the scheduler's answer (10000; 0: no)"
+    )
+    mutate.add_argument("--api", default=default_api, help=f"API base URL ({default_api})")
+    mutate.set_defaults(handler=_guard(mutate_run))
 
 
 def _guard(handler: Any) -> Any:
