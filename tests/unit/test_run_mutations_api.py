@@ -204,3 +204,34 @@ steps:
     assert replaced.rejection is not None and "no version of 'transform' satisfies '^2'" in (
         replaced.rejection
     )
+
+
+@pytest.mark.parametrize("kind", list(GraphMutationType))
+def test_projection_plan_of_graph_mutated(kind: GraphMutationType) -> None:
+    from projections.postgres.appliers import plan
+    from projections.postgres.statements import RunUpdate, Statement
+    from schemas.models import GraphMutation
+
+    event = GraphMutated(
+        run_id="r",
+        seq=7,
+        causation_id="cmd-1",
+        mutation=GraphMutation(type=kind, step_id="s", data={}),
+        requested_by="alice",
+        reason="why not",
+    )
+    result = plan(event, "s1")
+    record, rewrite, *rest = result.updates
+    assert isinstance(record, Statement) and record.sql.startswith('INSERT INTO "s1".run_mutations')
+    assert record.params[:4] == ("r", 7, kind.value, "s")
+    assert record.params[6:9] == ("cmd-1", "alice", "why not")
+    assert isinstance(rewrite, Statement)
+    assert '"s1".reflux_apply_graph_mutation(definition, %s, %s, %s)' in rewrite.sql
+    deletes = [u for u in rest if isinstance(u, Statement)]
+    if kind is GraphMutationType.REMOVE_STEP:
+        assert [d.sql for d in deletes] == [
+            'DELETE FROM "s1".steps WHERE run_id = %s AND step_id = %s'
+        ]
+    else:
+        assert deletes == []
+    assert isinstance(rest[-1], RunUpdate) and rest[-1].seq == 7
