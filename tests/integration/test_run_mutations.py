@@ -4,7 +4,9 @@ run_mutations) -> GET /v1/runs/{id}/graph, equal to the replayed log."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -14,20 +16,33 @@ from psycopg.types.json import Jsonb
 
 from api.app import create_app
 from api.config import ApiSettings
-from schemas.models import CommandRejected, GraphMutation, GraphMutationType, MutateGraph
+from foundation.settings import Settings
+from processors.scheduler.evolve import fold
+from projections.postgres import queries
+from schemas.models import (
+    CommandRejected,
+    GraphMutated,
+    GraphMutation,
+    GraphMutationType,
+    MutateGraph,
+)
 from tests.integration.engine_fixtures import (
     Harness,
     HarnessFactory,
     assert_replay_equivalent,
+    drop_schemas,
     replayed_state,
     transform,
 )
 from tests.integration.http_fixtures import serve
+from tests.integration.kafka_fixtures import register_schema
+from tests.support.scheduler_golden import load_events
 from tests.support.waiting import eventually
 from workflows.mutations import apply_mutation
 from workflows.validation import build_definition
 
 WAIT = {"wait_ms": 15_000}
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "runs"
 
 
 @pytest.fixture
@@ -292,3 +307,57 @@ def test_projected_definition_normalises_to_the_scheduler_graph(registered: Harn
         )
         assert build_definition(row[0]).to_json_dict() == expected.to_json_dict()
         assert expected.step("b").retry.max_attempts == 4 and expected.step("b").timeout == 2000
+
+
+def test_migration_004_backfills_runs_projected_before_it(
+    local_services: Settings, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run projected under 001-003 gets its current definition and mutations from run_events:
+    the golden graph_mutation log (update_params, replace_node, remove_step, add_step)."""
+    from projections.postgres import migrations
+
+    schema = f"t_mig_{uuid.uuid4().hex[:10]}"
+    register_schema(schema, request.node.nodeid)
+    events = load_events((FIXTURES / "graph_mutation.jsonl").read_text())
+    every = migrations.load_migrations()
+    try:
+        with psycopg.connect(local_services.postgres_dsn, autocommit=True) as conn:
+            monkeypatch.setattr(
+                migrations, "load_migrations", lambda: [m for m in every if m.version < 4]
+            )
+            migrations.apply_migrations(conn, schema)
+            first = events[0]
+            conn.execute(
+                f'INSERT INTO "{schema}".runs (run_id, workflow_id, workflow_version, status, '
+                "source, started_at, updated_at, last_seq) "
+                "VALUES (%s, 'mutation', 1, 'succeeded', 'api', %s, %s, %s)",
+                (first.run_id, first.occurred_at, first.occurred_at, events[-1].seq),
+            )
+            for event in events:
+                conn.execute(
+                    f'INSERT INTO "{schema}".run_events (run_id, seq, event_type, event_id, '
+                    "occurred_at, payload) VALUES (%s, %s, %s, %s, %s, %s)",
+                    (
+                        event.run_id,
+                        event.seq,
+                        type(event).__name__,
+                        event.event_id,
+                        event.occurred_at,
+                        Jsonb(event.model_dump(mode="json")),
+                    ),
+                )
+            monkeypatch.setattr(migrations, "load_migrations", lambda: every)
+            assert migrations.apply_migrations(conn, schema) == [m.version for m in every[3:]]
+            graph = queries.get_run_graph(conn, first.run_id, schema=schema)
+            mutations = queries.get_run_mutations(conn, first.run_id, schema=schema)
+        assert graph is not None
+        replayed = fold(events)
+        assert replayed is not None
+        assert build_definition(graph.definition).to_json_dict() == replayed.graph.to_json_dict()
+        expected = [e for e in events if isinstance(e, GraphMutated)]
+        assert [(m.seq, m.type, m.step_id, m.requested_by) for m in mutations] == [
+            (e.seq, e.mutation.type.value, e.mutation.step_id, e.requested_by) for e in expected
+        ]
+        assert mutations[0].requested_by == "alice"
+    finally:
+        drop_schemas(local_services, schema)
