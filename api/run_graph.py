@@ -153,7 +153,9 @@ def params_issues(
     Checked: required parameters, unknown ones when the schema forbids extras, and a container
     (object/array) where the schema wants a scalar or the other way round. Values the worker's
     model may still coerce (``"5"`` for an integer) and templates (rendered at dispatch) are
-    left to the worker, which validates the rendered params against the full model.
+    left to the worker, which validates the rendered params against the full model. Names are
+    the schema's (a node's documented parameter names, e.g. ``json`` of ``http.request``): the
+    worker's model also takes its Python field name (``json_body``), which this check refuses.
     """
     if not isinstance(params, Mapping):
         return []  # a template string or similar: rendered at dispatch

@@ -246,7 +246,8 @@ class DecisionContext:
     lookup_workflow: Callable[[str, int | None], RegisteredWorkflow | None] = _no_workflows
     """``(workflow id, version or None = latest) -> registered definition`` for StartRun."""
     node_catalog: NodeCatalogView | None = None
-    """When set, graph mutations must name nodes/versions that exist."""
+    """When set, the step a graph mutation adds or re-points must name a node/version that
+    exists (the other steps were checked when the run started)."""
     is_cacheable: Callable[[str, str], bool] = _always_cacheable
     """``(node, version) -> bool``: the node's ``cacheable`` flag; steps also opt in."""
     load_payload: Callable[[PayloadRef], Any] | None = None
