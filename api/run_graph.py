@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 
 from api.errors import FieldIssue, RequestInvalidError
@@ -26,6 +27,7 @@ from api.models.graph import (
     MutationCreate,
     RunGraphPublic,
 )
+from processors.scheduler.state import RunState
 from projections.postgres.queries import RunGraphRow, RunMutationRow, StepRow
 from schemas.models import GraphMutation, GraphMutationType
 from workflows.model import WorkflowDefinition
@@ -34,7 +36,16 @@ from workflows.node_catalog import NodeCatalogView
 from workflows.semver import parse_node_ref
 from workflows.validation import WorkflowValidationError, build_definition, check_step_nodes
 
-__all__ = ["InputSchemaLookup", "check_mutation", "current_graph", "graph_view", "params_issues"]
+__all__ = [
+    "InputSchemaLookup",
+    "StepProgress",
+    "check_mutation",
+    "current_graph",
+    "graph_view",
+    "params_issues",
+    "progress_of_rows",
+    "progress_of_state",
+]
 
 InputSchemaLookup = Callable[[str, str], Mapping[str, Any] | None]
 """``(node name, constraint) -> the input JSON Schema`` of the version the catalog would pick,
@@ -196,16 +207,36 @@ def params_issues(
     return issues
 
 
+@dataclass(frozen=True, slots=True)
+class StepProgress:
+    """Where a step of the graph is: from the projection's row or a replayed ``StepState``."""
+
+    status: str
+    attempt: int
+    node_version: str | None
+
+
+def progress_of_rows(steps: list[StepRow]) -> dict[str, StepProgress]:
+    return {s.step_id: StepProgress(s.status, s.attempt, s.node_version) for s in steps}
+
+
+def progress_of_state(state: RunState) -> dict[str, StepProgress]:
+    return {
+        step_id: StepProgress(str(s.status), s.attempt, s.node_version)
+        for step_id, s in state.steps.items()
+    }
+
+
 def graph_view(
     row: RunGraphRow,
     graph: WorkflowDefinition | None,
-    steps: list[StepRow],
+    progress: Mapping[str, StepProgress],
     mutations: list[RunMutationRow],
 ) -> RunGraphPublic:
-    by_id = {step.step_id: step for step in steps}
+    """``row`` gives the run's status and seq (a replay passes its own: see ``get_graph``)."""
     public_steps: list[GraphStepPublic] = []
     for step in graph.steps if graph is not None else ():
-        projected = by_id.get(step.id)
+        found = progress.get(step.id)
         public_steps.append(
             GraphStepPublic(
                 step_id=step.id,
@@ -213,9 +244,9 @@ def graph_view(
                 needs=list(step.needs),
                 params=step.params,
                 when=step.when,
-                status=projected.status if projected is not None else "pending",
-                attempt=projected.attempt if projected is not None else 0,
-                node_version=projected.node_version if projected is not None else None,
+                status=found.status if found is not None else "pending",
+                attempt=found.attempt if found is not None else 0,
+                node_version=found.node_version if found is not None else None,
             )
         )
     return RunGraphPublic(

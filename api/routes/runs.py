@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from typing import Annotated, Any
 
 import anyio
@@ -52,11 +53,18 @@ from api.readmodel import (
     load_run_detail,
     run_public,
 )
-from api.run_graph import check_mutation, current_graph, graph_view
+from api.run_graph import (
+    check_mutation,
+    current_graph,
+    graph_view,
+    progress_of_rows,
+    progress_of_state,
+)
 from api.store import request_fingerprint
 from api.timetravel import UnknownEventTypeError, state_at, state_view
 from api.validation import check_inputs, current_node_catalog, parse_definition
 from processors.scheduler.evolve import EvolveError
+from processors.scheduler.state import RunState
 from projections.postgres import queries
 from projections.postgres.queries import RunEventRow
 from schemas.base import RefluxRecord
@@ -280,6 +288,34 @@ def _events_through(conn: Any, run_id: str, seq: int, schema: str) -> list[RunEv
         after = page[-1].seq
 
 
+def _check_seq(last_seq: int, seq: int | None) -> int:
+    """The seq to replay to (default: the last projected event); 422 beyond it."""
+    target = last_seq if seq is None else seq
+    if target > last_seq:
+        raise RequestInvalidError(
+            [
+                FieldIssue(
+                    "seq",
+                    f"Expected seq <= {last_seq} (the run's last projected event), "
+                    f"but got {target}",
+                    "seq_out_of_range",
+                )
+            ],
+            prefix=("query",),
+        )
+    return target
+
+
+def _replay(run_id: str, rows: list[RunEventRow]) -> RunState | None:
+    try:
+        return state_at(rows)
+    except (UnknownEventTypeError, EvolveError, ValidationError) as exc:
+        # The projection holds something the engine cannot replay: a server-side problem.
+        raise ReplayFailedError(
+            f"Expected run {run_id!r} to replay, but it does not: {exc}"
+        ) from exc
+
+
 @router.get(
     "/{run_id}/state",
     response_model=RunStatePublic,
@@ -299,27 +335,9 @@ def get_state(
     run = queries.get_run(conn, run_id, schema=api.read_schema)
     if run is None:
         raise run_not_found(run_id)
-    target = run.last_seq if seq is None else seq
-    if target > run.last_seq:
-        raise RequestInvalidError(
-            [
-                FieldIssue(
-                    "seq",
-                    f"Expected seq <= {run.last_seq} (the run's last projected event), "
-                    f"but got {target}",
-                    "seq_out_of_range",
-                )
-            ],
-            prefix=("query",),
-        )
+    target = _check_seq(run.last_seq, seq)
     rows = _events_through(conn, run_id, target, api.read_schema)
-    try:
-        state = state_at(rows)
-    except (UnknownEventTypeError, EvolveError, ValidationError) as exc:
-        # The projection holds something the engine cannot replay: a server-side problem.
-        raise ReplayFailedError(
-            f"Expected run {run_id!r} to replay, but it does not: {exc}"
-        ) from exc
+    state = _replay(run_id, rows)
     return RunStatePublic(
         run_id=run_id,
         seq=rows[-1].seq if rows else -1,
@@ -662,8 +680,30 @@ async def mutate_run(
     summary="A run's current graph and the mutations applied to it (who, why)",
     responses=errors(404, 503),
 )
-def get_graph(run_id: str, conn: ConnDep, api: ApiSettingsDep) -> RunGraphPublic:
+def get_graph(
+    run_id: str,
+    *,
+    conn: ConnDep,
+    api: ApiSettingsDep,
+    seq: Annotated[
+        int | None,
+        Query(ge=0, description="Time travel: the graph after event `seq` (replayed)."),
+    ] = None,
+) -> RunGraphPublic:
+    """The projection's current graph; with ``seq``, the graph folded from the run's events up
+    to ``seq`` with the scheduler's own ``fold`` (as ``GET .../state``), and the mutations up to
+    there. Both are the same graph at the last seq."""
     row, graph = _load_graph(conn, run_id, api.read_schema)
-    steps = queries.get_steps(conn, run_id, schema=api.read_schema)
     mutations = queries.get_run_mutations(conn, run_id, schema=api.read_schema)
-    return graph_view(row, graph, steps, mutations)
+    if seq is None:
+        steps = queries.get_steps(conn, run_id, schema=api.read_schema)
+        return graph_view(row, graph, progress_of_rows(steps), mutations)
+    target = _check_seq(row.last_seq, seq)
+    rows = _events_through(conn, run_id, target, api.read_schema)
+    state = _replay(run_id, rows)
+    if state is None or state.definition is None:
+        at = replace(row, status="pending", last_seq=target)
+        return graph_view(at, None, {}, [])
+    at = replace(row, status=str(state.status), last_seq=target)
+    earlier = [m for m in mutations if m.seq <= target]
+    return graph_view(at, state.definition, progress_of_state(state), earlier)

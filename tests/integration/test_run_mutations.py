@@ -151,6 +151,21 @@ def test_mutations_while_in_flight_change_the_outcome(registered: Harness, api: 
         replayed = replayed_state(registered, run_id)
         assert final["definition"] == replayed.graph.to_json_dict()
         assert [s["status"] for s in final["steps"]] == ["succeeded"] * 4
+        # Time travel: the replayed graph at the last seq is the projected one; before the first
+        # mutation it is the workflow as started.
+        graph_at = f"/v1/runs/{run_id}/graph"
+        now = api.get(graph_at, params={"seq": final["last_seq"]}).json()
+        assert (now["definition"], now["mutations"]) == (final["definition"], final["mutations"])
+        assert now["steps"] == final["steps"] and now["status"] == "succeeded"
+        first_seq = final["mutations"][0]["seq"]
+        before = api.get(graph_at, params={"seq": first_seq - 1}).json()
+        assert [s["step_id"] for s in before["steps"]] == ["first", "wait", "after"]
+        assert before["steps"][2]["params"]["data"] == {"v": 1} and before["mutations"] == []
+        between = api.get(graph_at, params={"seq": first_seq}).json()
+        assert [m["step_id"] for m in between["mutations"]] == ["after"]
+        assert between["steps"][2]["params"]["data"] == {"v": 42} and len(between["steps"]) == 3
+        too_far = api.get(graph_at, params={"seq": final["last_seq"] + 1})
+        assert too_far.status_code == 422 and too_far.json()["detail"][0]["loc"] == ["query", "seq"]
         assert_replay_equivalent(registered, run_id)
 
 
