@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.config import MAX_WAIT_MS
+
 __all__ = [
     "GraphMutationPublic",
     "GraphStepPublic",
@@ -54,7 +56,10 @@ class MutationCreate(BaseModel):
     reason: str | None = Field(default=None, max_length=1000)
     requested_by: str | None = Field(default=None, max_length=200)
     wait_ms: int | None = Field(
-        default=None, ge=0, description="Same as the `wait_ms` query parameter."
+        default=None,
+        ge=0,
+        le=MAX_WAIT_MS,
+        description=f"Same as the `wait_ms` query parameter (max {MAX_WAIT_MS}).",
     )
 
 

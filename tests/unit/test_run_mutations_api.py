@@ -235,3 +235,16 @@ def test_projection_plan_of_graph_mutated(kind: GraphMutationType) -> None:
     else:
         assert deletes == []
     assert isinstance(rest[-1], RunUpdate) and rest[-1].seq == 7
+
+
+def test_mutation_body_rejects_unknown_fields_and_long_waits() -> None:
+    from pydantic import ValidationError
+
+    from api.config import MAX_WAIT_MS
+
+    with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
+        MutationCreate(type="remove_step", step_id="a", steps=[])  # type: ignore[call-arg]
+    with pytest.raises(ValidationError, match="wait_ms"):
+        MutationCreate(type="remove_step", step_id="a", wait_ms=MAX_WAIT_MS + 1)
+    with pytest.raises(ValidationError, match="step_id"):
+        MutationCreate(type="remove_step", step_id="")
