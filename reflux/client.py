@@ -1,4 +1,5 @@
-"""``reflux run FILE``, ``reflux runs show|graph|mutate RUN_ID``: the API's client side, for people.
+"""``reflux run FILE``, ``reflux runs show|graph|mutate|redrive|rebind``: the API's client side,
+for people.
 
 Both talk to the HTTP API (``REFLUX_API_URL`` or ``--api``), the product's front door, so they
 work the same against ``reflux dev`` on a laptop and against a deployed API.
@@ -93,6 +94,10 @@ def describe_event(event: dict[str, Any]) -> str:
         parts.append(f"{mutation.get('type')} {mutation.get('step_id')} by {who}{why}")
     elif payload.get("reason"):
         parts.append(str(payload["reason"]))
+    if kind == "StepsReset":
+        parts.append(f"steps {', '.join(payload.get('step_ids') or [])}")
+    elif kind == "RunRebound":
+        parts.append(f"v{payload.get('previous_version')} -> v{payload.get('workflow_version')}")
     if kind == "RunSucceeded":
         parts.append(f"outputs={json.dumps(payload.get('outputs'))}")
     return " ".join(parts)
@@ -241,6 +246,52 @@ def show_graph(args: argparse.Namespace) -> int:
     return 0
 
 
+def _send_command(args: argparse.Namespace, path: str, body: dict[str, Any]) -> int:
+    """POST a run command, wait for its effect (``--wait-ms``), print what happened."""
+    body = {k: v for k, v in body.items() if v is not None}
+    with httpx.Client(base_url=args.api, timeout=30 + args.wait_ms / 1000) as client:
+        params = {"wait_ms": args.wait_ms} if args.wait_ms else {}
+        answer = _check(client.post(path, json=body, params=params))
+        if answer.get("status") == "applied":
+            print(f"{answer['command_id']} applied: {answer['event_type']} at seq {answer['seq']}")
+        else:
+            print(f"{answer['command_id']} accepted (not applied yet)")
+    return 0
+
+
+def redrive_step(args: argparse.Namespace) -> int:
+    return _send_command(
+        args,
+        f"/v1/runs/{args.run_id}/steps/{args.step_id}/redrive",
+        {"downstream": args.downstream, "reason": args.reason, "requested_by": args.by},
+    )
+
+
+def rebind_run(args: argparse.Namespace) -> int:
+    return _send_command(
+        args,
+        f"/v1/runs/{args.run_id}/rebind",
+        {
+            "version": args.version,
+            "redrive_failed": not args.no_redrive_failed,
+            "reason": args.reason,
+            "requested_by": args.by,
+        },
+    )
+
+
+def _command_options(parser: argparse.ArgumentParser, default_api: str) -> None:
+    parser.add_argument("--reason", help="why (kept in the run log)")
+    parser.add_argument("--by", help="who asks (requested_by)")
+    parser.add_argument(
+        "--wait-ms",
+        type=int,
+        default=10_000,
+        help="wait this long for the command to take effect (0: do not wait; default 10000)",
+    )
+    parser.add_argument("--api", default=default_api, help=f"API base URL ({default_api})")
+
+
 def add_client_commands(subparsers: Any, default_api: str) -> None:
     run = subparsers.add_parser("run", help="register a workflow file and start a run")
     run.add_argument("file", help="workflow definition (.yaml or .json)")
@@ -287,6 +338,32 @@ def add_client_commands(subparsers: Any, default_api: str) -> None:
     )
     mutate.add_argument("--api", default=default_api, help=f"API base URL ({default_api})")
     mutate.set_defaults(handler=_guard(mutate_run))
+    redrive = actions.add_parser(
+        "redrive",
+        help="re-run a failed step, or (--downstream) a step and everything downstream of it",
+    )
+    redrive.add_argument("run_id")
+    redrive.add_argument("step_id")
+    redrive.add_argument(
+        "--downstream",
+        action="store_true",
+        help="re-drive from the step: it and its transitive dependents run again, on the "
+        "upstream outputs the run has (a succeeded or failed run reopens)",
+    )
+    _command_options(redrive, default_api)
+    redrive.set_defaults(handler=_guard(redrive_step))
+    rebind = actions.add_parser(
+        "rebind", help="continue a failed or paused run on another version of its workflow"
+    )
+    rebind.add_argument("run_id")
+    rebind.add_argument("--version", type=int, help="workflow version (default: the latest)")
+    rebind.add_argument(
+        "--no-redrive-failed",
+        action="store_true",
+        help="only rebind: leave a failed run failed (re-drive its steps later)",
+    )
+    _command_options(rebind, default_api)
+    rebind.set_defaults(handler=_guard(rebind_run))
 
 
 def _guard(handler: Any) -> Any:

@@ -329,14 +329,42 @@ class PauseRun(RunCommandEnvelope):
     SCHEMA_VERSION: ClassVar[int] = 1
 
 
+class RebindRun(RunCommandEnvelope):
+    """Continue a failed or paused run on another registered version of its workflow; finished
+    steps map by id (docs/decisions/0026).
+    """
+
+    AVRO_NAME: ClassVar[str] = "reflux.commands.RebindRun"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    workflow_version: int | None = None
+    """The version to continue on; null: the latest registered."""
+
+    redrive_failed: bool = True
+    """After rebinding a failed run, reopen it and run its failed and timed-out steps again (on
+    the new definition).
+    """
+
+
 class RedriveStep(RunCommandEnvelope):
-    """Run one failed, timed-out or skipped step again."""
+    """Run one failed or timed-out step again (v1), or (v2, downstream) a chosen step and every
+    step downstream of it, with the original upstream outputs.
+    """
 
     AVRO_NAME: ClassVar[str] = "reflux.commands.RedriveStep"
-    SCHEMA_VERSION: ClassVar[int] = 1
+    SCHEMA_VERSION: ClassVar[int] = 2
+
+    schema_version: int = 2
+    """Version of the writer schema; old records keep the version they were written with."""
 
     step_id: str
     """The step to re-drive."""
+
+    downstream: bool = False
+    """false: re-run the failed or timed-out step only (v1 behaviour). true: reset the step and
+    its transitive dependents to pending (StepsReset) and run them again, in a running, failed
+    or succeeded run; upstream steps keep their outputs.
+    """
 
 
 class ResumeRun(RunCommandEnvelope):
@@ -505,6 +533,49 @@ class RunPaused(RunEventEnvelope):
 
     AVRO_NAME: ClassVar[str] = "reflux.events.RunPaused"
     SCHEMA_VERSION: ClassVar[int] = 1
+
+    reason: str | None = None
+    """Why."""
+
+    requested_by: str | None = None
+    """Who."""
+
+
+class RunRebound(RunEventEnvelope):
+    """The run continues on another version of its workflow: the definition (and inputs) are
+    replaced, steps map by id (docs/decisions/0026).
+    """
+
+    AVRO_NAME: ClassVar[str] = "reflux.events.RunRebound"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    workflow_version: int
+    """The version the run continues on."""
+
+    previous_version: int
+    """The version it ran on before."""
+
+    definition: Json
+    """The new version's full definition, so replay needs nothing else (canonical JSON)"""
+
+    inputs: Json
+    """The run inputs validated against the new version (its defaults applied; canonical JSON)"""
+
+    kept_steps: list[str] = Field(default_factory=list)
+    """Steps in both versions: they keep their state (a pending one stays pending; failed ones
+    are re-driven when redrive_failed).
+    """
+
+    added_steps: list[str] = Field(default_factory=list)
+    """Steps new in this version: pending."""
+
+    removed_steps: list[str] = Field(default_factory=list)
+    """Steps of the old graph that had not run (pending) and are gone."""
+
+    changed_steps: list[str] = Field(default_factory=list)
+    """Kept steps whose definition (params, node version, when, retry...) differs: their outputs
+    are kept; failed ones run again on the new definition.
+    """
 
     reason: str | None = None
     """Why."""
@@ -806,6 +877,31 @@ class StepTimeoutExtended(RunEventEnvelope):
 
     timeout_at: TimestampMillis
     """The timer's new due time."""
+
+
+class StepsReset(RunEventEnvelope):
+    """Steps go back to pending (a re-drive from a step): their outputs, errors and timers are
+    dropped, their attempt numbers are kept (the next attempt continues them).
+    """
+
+    AVRO_NAME: ClassVar[str] = "reflux.events.StepsReset"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    step_ids: list[str]
+    """The steps reset, in topological order: the chosen step first, then its transitive
+    dependents.
+    """
+
+    from_step: str | None = None
+    """The step a re-drive from a step was asked for; null when a rebind resets the run's failed
+    steps.
+    """
+
+    reason: str | None = None
+    """Why."""
+
+    requested_by: str | None = None
+    """Who."""
 
 
 class NodeInvocation(RefluxRecord):
@@ -1161,6 +1257,7 @@ MODELS: dict[str, type[RefluxRecord]] = {
     "reflux.commands.FireTimer": FireTimer,
     "reflux.commands.MutateGraph": MutateGraph,
     "reflux.commands.PauseRun": PauseRun,
+    "reflux.commands.RebindRun": RebindRun,
     "reflux.commands.RedriveStep": RedriveStep,
     "reflux.commands.ResumeRun": ResumeRun,
     "reflux.commands.StartRun": StartRun,
@@ -1170,6 +1267,7 @@ MODELS: dict[str, type[RefluxRecord]] = {
     "reflux.events.RunCancelled": RunCancelled,
     "reflux.events.RunFailed": RunFailed,
     "reflux.events.RunPaused": RunPaused,
+    "reflux.events.RunRebound": RunRebound,
     "reflux.events.RunResumed": RunResumed,
     "reflux.events.RunStarted": RunStarted,
     "reflux.events.RunSucceeded": RunSucceeded,
@@ -1182,6 +1280,7 @@ MODELS: dict[str, type[RefluxRecord]] = {
     "reflux.events.StepSucceeded": StepSucceeded,
     "reflux.events.StepTimedOut": StepTimedOut,
     "reflux.events.StepTimeoutExtended": StepTimeoutExtended,
+    "reflux.events.StepsReset": StepsReset,
     "reflux.invoke.NodeInvocation": NodeInvocation,
     "reflux.mutations.Mutation": Mutation,
     "reflux.nodes.NodeCatalogEntry": NodeCatalogEntry,
@@ -1216,6 +1315,7 @@ __all__ = [
     "NodeStatus",
     "PauseRun",
     "PayloadRef",
+    "RebindRun",
     "RedriveStep",
     "ResumeRun",
     "RetryPolicy",
@@ -1224,6 +1324,7 @@ __all__ = [
     "RunEventEnvelope",
     "RunFailed",
     "RunPaused",
+    "RunRebound",
     "RunResumed",
     "RunStarted",
     "RunSucceeded",
@@ -1239,6 +1340,7 @@ __all__ = [
     "StepSucceeded",
     "StepTimedOut",
     "StepTimeoutExtended",
+    "StepsReset",
     "TimerKind",
     "Trace",
     "TraceStatus",

@@ -14,6 +14,7 @@ from schemas.models import (
     RunCancelled,
     RunFailed,
     RunPaused,
+    RunRebound,
     RunResumed,
     RunStarted,
     RunSucceeded,
@@ -22,6 +23,7 @@ from schemas.models import (
     StepRetryScheduled,
     StepScheduled,
     StepSkipped,
+    StepsReset,
     StepStarted,
     StepSucceeded,
     StepTimedOut,
@@ -42,6 +44,8 @@ RunEvent = (
     | StepTimedOut
     | StepSkipped
     | GraphMutated
+    | StepsReset
+    | RunRebound
     | RunPaused
     | RunResumed
     | RunSucceeded
@@ -63,6 +67,8 @@ RUN_EVENT_TYPES: tuple[type[RunEvent], ...] = (
     StepTimedOut,
     StepSkipped,
     GraphMutated,
+    StepsReset,
+    RunRebound,
     RunPaused,
     RunResumed,
     RunSucceeded,

@@ -154,6 +154,25 @@ class CommandCreate(BaseModel):
     requested_by: str | None = Field(default=None, max_length=200)
 
 
+class RedriveCreate(CommandCreate):
+    downstream: bool = Field(
+        default=False,
+        description="false: re-run the failed or timed-out step only. true: re-drive from the "
+        "step: it and every step downstream of it run again (in a running, failed or succeeded "
+        "run, which reopens), on the outputs their upstream steps already have.",
+    )
+
+
+class RebindCreate(CommandCreate):
+    version: int | None = Field(
+        default=None, ge=1, description="The workflow version to continue on (default: latest)."
+    )
+    redrive_failed: bool = Field(
+        default=True,
+        description="Reopen a failed run and run its failed steps again on the new version.",
+    )
+
+
 class CommandAccepted(BaseModel):
     command_id: str
     run_id: str

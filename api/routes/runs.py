@@ -38,6 +38,8 @@ from api.models.runs import (
     CommandAccepted,
     CommandApplied,
     CommandCreate,
+    RebindCreate,
+    RedriveCreate,
     RunAccepted,
     RunCreate,
     RunDetail,
@@ -72,6 +74,7 @@ from schemas.models import (
     CancelRun,
     MutateGraph,
     PauseRun,
+    RebindRun,
     RedriveStep,
     ResumeRun,
     StartRun,
@@ -403,7 +406,7 @@ async def _follow(
                 event=row.event_type,
                 id=str(row.seq),
             )
-            if row.event_type in TERMINAL_EVENTS:
+            if row.event_type in TERMINAL_EVENTS and await _ended_at(read_model, run_id, row.seq):
                 return
         if rows:
             continue
@@ -414,6 +417,14 @@ async def _follow(
         if await request.is_disconnected():
             return
         await anyio.sleep(poll_s)
+
+
+async def _ended_at(read_model: ReadModel, run_id: str, seq: int) -> bool:
+    """Whether the run's last event is the terminal one at ``seq``: a re-driven or rebound run
+    ends more than once (its status is that of its last terminal event), and a stream replaying
+    its log goes on past an earlier end."""
+    run = await read_model.run(run_id)
+    return run is None or run.last_seq <= seq
 
 
 # -- controlling runs ---------------------------------------------------------------------------
@@ -540,7 +551,7 @@ _lifecycle_route("resume", ResumeRun, "RunResumed", "Resume a paused run")
     "/{run_id}/steps/{step_id}/redrive",
     status_code=202,
     response_model=CommandAccepted | CommandApplied,
-    summary="Re-drive one step of a run",
+    summary="Re-drive one step of a run, or (downstream) everything from a step on",
     responses=_COMMAND_RESPONSES,
 )
 async def redrive_step(
@@ -553,25 +564,30 @@ async def redrive_step(
     publisher: PublisherDep,
     topics: TopicsDep,
     wait_ms: WaitQuery = None,
-    body: OptionalCommandBody = None,
+    body: Annotated[RedriveCreate | None, Body()] = None,
 ) -> CommandAccepted | CommandApplied:
     """Publishes ``RedriveStep``; with ``wait_ms`` answers 200 when the step is scheduled again
-    and 409 with the scheduler's reason (e.g. the step is not failed) on rejection."""
+    (``downstream``: when the steps are reset) and 409 with the scheduler's reason (e.g. the
+    step is not failed, the run is cancelled or paused, a step downstream is in flight) on
+    rejection. See docs/workflows.md (re-drive) and docs/decisions/0026."""
     detail = await read_model.run_detail(run_id)
     if detail is None:
         raise run_not_found(run_id)
     if step_id not in {step.step_id for step in detail.steps}:
         raise NotFoundError(f"step {step_id!r} not found in run {run_id!r}")
-    extra = body or CommandCreate()
+    extra = body or RedriveCreate()
     command = RedriveStep(
         run_id=run_id,
         step_id=step_id,
         command_id=new_command_id(),
         reason=extra.reason,
         requested_by=extra.requested_by,
+        downstream=extra.downstream,
     )
 
     def effect(row: RunEventRow) -> bool:
+        if extra.downstream:
+            return row.event_type == "StepsReset" and row.payload.get("from_step") == step_id
         step = row.payload.get("step") or {}
         return row.event_type == "StepScheduled" and step.get("step_id") == step_id
 
@@ -579,6 +595,55 @@ async def redrive_step(
         run_id,
         command=command,
         effect=effect,
+        wait_ms=wait_ms,
+        response=response,
+        read_model=read_model,
+        publisher=publisher,
+        topics=topics,
+        poll_s=api.poll_interval_s,
+    )
+
+
+@router.post(
+    "/{run_id}/rebind",
+    status_code=202,
+    response_model=CommandAccepted | CommandApplied,
+    summary="Continue a failed or paused run on another version of its workflow",
+    responses=_COMMAND_RESPONSES,
+)
+async def rebind_run(
+    run_id: str,
+    *,
+    response: Response,
+    api: ApiSettingsDep,
+    read_model: ReadModelDep,
+    publisher: PublisherDep,
+    topics: TopicsDep,
+    wait_ms: WaitQuery = None,
+    body: Annotated[RebindCreate | None, Body()] = None,
+) -> CommandAccepted | CommandApplied:
+    """Publishes ``RebindRun`` for a registered version (default: the latest, resolved here so
+    the scheduler rebinds to the version the caller saw); with ``wait_ms`` answers 200 on
+    ``RunRebound`` and 409 with the scheduler's reason -- naming the step and the mapping rule
+    -- on rejection. See docs/workflows.md (rebind) and docs/decisions/0026."""
+    extra = body or RebindCreate()
+    run = await _require_run(read_model, run_id)
+    workflow = await read_model.workflow(run.workflow_id, extra.version)
+    if workflow is None:
+        which = "no registered version" if extra.version is None else f"no version {extra.version}"
+        raise NotFoundError(f"workflow {run.workflow_id!r} has {which}")
+    command = RebindRun(
+        run_id=run_id,
+        command_id=new_command_id(),
+        reason=extra.reason,
+        requested_by=extra.requested_by,
+        workflow_version=workflow.version,
+        redrive_failed=extra.redrive_failed,
+    )
+    return await _command(
+        run_id,
+        command=command,
+        effect=_of_type("RunRebound"),
         wait_ms=wait_ms,
         response=response,
         read_model=read_model,

@@ -7,7 +7,8 @@ consecutive ``seq`` from ``state.last_seq + 1``. Nothing here does I/O, reads a 
 random number on its own: all of that comes in through :class:`DecisionContext`.
 
 Inputs (``SchedulerInput``): the commands ``StartRun``, ``CancelRun``, ``PauseRun``,
-``ResumeRun``, ``RedriveStep``, ``MutateGraph``, ``FireTimer``; a worker's ``NodeHeartbeat`` and
+``ResumeRun``, ``RedriveStep`` (one step, or ``downstream``: from a step), ``RebindRun``,
+``MutateGraph``, ``FireTimer``; a worker's ``NodeHeartbeat`` and
 ``NodeResult``; and the runtime's answers to cache lookups, :class:`CacheHit` / :class:`CacheMiss`
 (plain dataclasses, not Avro records: they never leave the scheduler process).
 
@@ -56,6 +57,8 @@ from foundation.errors import NonRetryableError, classify
 from processors.scheduler.backoff import backoff_ms, should_retry
 from processors.scheduler.cache import cache_key
 from processors.scheduler.evolve import RUN_EVENT_TYPES, RunEvent, evolve, fold
+from processors.scheduler.meta import ai_plan
+from processors.scheduler.redrive import plan_rebind, plan_redrive_from, rebind_status_refusal
 from processors.scheduler.retry_gate import UNGATED, Admission, RetryGating, step_dependency
 from processors.scheduler.state import (
     ACTIVE_STEP_STATUSES,
@@ -82,11 +85,13 @@ from schemas.models import (
     NodeResult,
     PauseRun,
     PayloadRef,
+    RebindRun,
     RedriveStep,
     ResumeRun,
     RunCancelled,
     RunFailed,
     RunPaused,
+    RunRebound,
     RunResumed,
     RunStarted,
     RunSucceeded,
@@ -97,6 +102,7 @@ from schemas.models import (
     StepRetryScheduled,
     StepScheduled,
     StepSkipped,
+    StepsReset,
     StepStarted,
     StepSucceeded,
     StepTimedOut,
@@ -191,6 +197,7 @@ SchedulerInput = (
     | PauseRun
     | ResumeRun
     | RedriveStep
+    | RebindRun
     | MutateGraph
     | FireTimer
     | NodeHeartbeat
@@ -204,8 +211,8 @@ TIMEOUT_GRACE_MS = 1_000
 from its own start and reports it, so the scheduler's timer only decides for a worker that is
 lost, and must not beat a result that was sent in time and is still on its way."""
 
-_COMMANDS = (StartRun, CancelRun, PauseRun, ResumeRun, RedriveStep, MutateGraph)
-Command = StartRun | CancelRun | PauseRun | ResumeRun | RedriveStep | MutateGraph
+_COMMANDS = (StartRun, CancelRun, PauseRun, ResumeRun, RedriveStep, RebindRun, MutateGraph)
+Command = StartRun | CancelRun | PauseRun | ResumeRun | RedriveStep | RebindRun | MutateGraph
 
 
 class RegisteredWorkflow(NamedTuple):
@@ -444,6 +451,9 @@ def _resume(w: _Writer, cmd: ResumeRun) -> None:
 
 
 def _redrive(w: _Writer, cmd: RedriveStep) -> None:
+    if cmd.downstream:
+        _redrive_from(w, cmd)
+        return
     if not _expect_status(w, cmd, (RunStatus.FAILED, RunStatus.RUNNING), "failed or running"):
         return
     run = w.run
@@ -472,6 +482,78 @@ def _redrive(w: _Writer, cmd: RedriveStep) -> None:
     _advance(w)
 
 
+def _redrive_from(w: _Writer, cmd: RedriveStep) -> None:
+    """Re-drive from a step (docs/decisions/0026): the step and everything downstream of it go
+    back to pending (``StepsReset``), a failed or succeeded run is reopened (``RunResumed``), and
+    the reset steps run again on the outputs their upstream steps already have."""
+    plan = plan_redrive_from(w.run, cmd.step_id)
+    if isinstance(plan, str):
+        w.reject(cmd, plan)
+        return
+    reason = cmd.reason or f"re-drive from step {cmd.step_id!r}"
+    w.emit(
+        StepsReset,
+        step_ids=list(plan.step_ids),
+        from_step=cmd.step_id,
+        reason=reason,
+        requested_by=cmd.requested_by,
+    )
+    if plan.reopen:
+        w.emit(RunResumed, reason=reason, requested_by=cmd.requested_by)
+        _resume_work(w)
+    _advance(w)
+
+
+def _rebind(w: _Writer, cmd: RebindRun) -> None:
+    """Continue the run on another workflow version (docs/decisions/0026): ``RunRebound``, then
+    (a failed run, ``redrive_failed``) its failed steps are reset and the run reopens."""
+    run = w.run
+    refusal = rebind_status_refusal(run)
+    if refusal is not None:
+        w.reject(cmd, refusal)
+        return
+    registered = w.ctx.lookup_workflow(run.workflow_id, cmd.workflow_version)
+    if registered is None:
+        which = "latest" if cmd.workflow_version is None else f"version {cmd.workflow_version}"
+        w.reject(
+            cmd, f"Expected workflow {run.workflow_id!r} ({which}) to be registered, but it is not"
+        )
+        return
+    plan = plan_rebind(
+        run, registered.version, registered.definition, redrive_failed=cmd.redrive_failed
+    )
+    if isinstance(plan, str):
+        w.reject(cmd, plan)
+        return
+    reason = cmd.reason or f"rebind to version {registered.version}"
+    w.emit(
+        RunRebound,
+        workflow_version=registered.version,
+        previous_version=run.workflow_version,
+        definition=plan.definition.to_json_dict(),
+        inputs=plan.inputs,
+        kept_steps=list(plan.kept),
+        added_steps=list(plan.added),
+        removed_steps=list(plan.removed),
+        changed_steps=list(plan.changed),
+        reason=reason,
+        requested_by=cmd.requested_by,
+    )
+    if plan.redrive:
+        # Reset, not started directly: a failed step may have gained needs in the new version;
+        # `_advance` starts it (next attempt, through its `when`) once they have ended.
+        w.emit(
+            StepsReset,
+            step_ids=list(plan.redrive),
+            from_step=None,
+            reason=reason,
+            requested_by=cmd.requested_by,
+        )
+        w.emit(RunResumed, reason=reason, requested_by=cmd.requested_by)
+        _resume_work(w)
+        _advance(w)
+
+
 _MUTABLE_STEP = (
     StepStatus.PENDING,
     StepStatus.RETRY_WAIT,
@@ -494,6 +576,10 @@ def _mutate(w: _Writer, cmd: MutateGraph) -> None:
     if mutation.type is GraphMutationType.ADD_STEP:
         if step is not None:
             w.reject(cmd, f"Expected step {step_id!r} not to exist, but it is {step.status}")
+            return
+        owner = ai_plan.owner_of(run.graph, step_id)
+        if owner is not None:
+            w.reject(cmd, f"Expected a step id outside {owner}__*, the ai.meta step's plan")
             return
     elif step is None:
         w.reject(
@@ -727,7 +813,9 @@ def _result(w: _Writer, result: NodeResult) -> None:
         node=run.step_definition(step.step_id).node_name,
         node_version=result.step.node_version or step.node_version or "",
     )
-    if result.status is TraceStatus.OK:
+    if result.status is TraceStatus.OK and ai_plan.is_ai_meta(run.step_definition(step.step_id)):
+        _splice_plan(w, step, result)
+    elif result.status is TraceStatus.OK:
         duration = max(0, int((result.finished_at - result.started_at).total_seconds() * 1000))
         w.emit(
             StepSucceeded,
@@ -778,6 +866,64 @@ def _result(w: _Writer, result: NodeResult) -> None:
         )
         _after_failure(w, step.step_id, error)
     _advance(w)
+
+
+def _splice_plan(w: _Writer, step: StepState, result: NodeResult) -> None:
+    """An ai.meta step's plan: fail the attempt with ``InvalidPlan`` (retried with the errors as
+    feedback) or splice it in as ``GraphMutated`` add_steps (ADR 0027)."""
+    try:
+        params = step.params
+        if params is None and step.params_ref is not None and w.ctx.load_payload is not None:
+            params = w.ctx.load_payload(step.params_ref)
+        output = result.output
+        if output is None and result.output_ref is not None and w.ctx.load_payload is not None:
+            output = w.ctx.load_payload(result.output_ref)
+    except NonRetryableError as exc:
+        found = classify(exc)
+        error = ErrorInfo(error_class=found.error_class, message=str(exc), retryable=False)
+        _fail_attempt(w, step.step_id, error)
+        return
+    checked = ai_plan.check_plan(
+        w.run.graph, step.step_id, output, params=params, catalog=w.ctx.node_catalog
+    )
+    if not checked.ok:
+        error = ai_plan.invalid_plan_error(checked.errors, output, step.attempt)
+        _fail_attempt(w, step.step_id, error)
+        return
+    for mutation in checked.mutations:
+        w.emit(GraphMutated, mutation=mutation, mutation_id=None)
+
+
+def _settle_meta_steps(w: _Writer) -> bool:
+    """Complete the ai.meta steps whose sub-graph finished; True if any was completed."""
+    run = w.run
+    if not ai_plan.has_ai_meta(run.graph):
+        return False
+    params = {sid: st.params for sid, st in run.steps.items()}
+    completions = ai_plan.settle(run.graph, run.steps, params)
+    for done in completions:
+        meta = w.run.steps[done.meta_id]
+        ref = w.run.step_ref(done.meta_id)
+        if done.succeeded:
+            output, output_ref = done.output, None
+            if done.output_from is not None:
+                source = w.run.steps[done.output_from]
+                output, output_ref = source.output, source.output_ref
+            began = meta.started_at or meta.dispatched_at or w.ctx.now
+            w.emit(
+                StepSucceeded,
+                step=ref,
+                attempt=meta.attempt,
+                invocation_id=None,
+                output=output,
+                output_ref=output_ref,
+                cache_hit=False,
+                duration_ms=max(0, int((w.ctx.now - began).total_seconds() * 1000)),
+            )
+        elif done.error is not None:
+            w.emit(StepFailed, step=ref, attempt=meta.attempt, error=done.error)
+            _after_failure(w, done.meta_id, done.error)
+    return bool(completions)
 
 
 def _awaiting_cache(run: RunState | None, answer: CacheHit | CacheMiss) -> bool:
@@ -904,6 +1050,7 @@ def _advance(w: _Writer) -> None:
     """
     if w.run.status is not RunStatus.RUNNING:
         return
+    _settle_meta_steps(w)  # an ai.meta step whose sub-graph is done frees its dependents
     graph = w.run.graph
     for step_id in graph.topological_order:
         run = w.run
@@ -925,6 +1072,9 @@ def _advance(w: _Writer) -> None:
             )
             continue
         _start_step(w, step_id, step.attempt + 1)
+    if w.run.status is RunStatus.RUNNING and _settle_meta_steps(w):
+        _advance(w)  # planned steps skipped in this pass finished an ai.meta step
+        return
     _finish_if_done(w)
 
 
@@ -1009,8 +1159,17 @@ def _schedule(w: _Writer, step_id: str, attempt: int) -> None:
         # same step cannot help, so it fails for good and says why.
         _fail_before_dispatch(w, step_id, attempt, exc)
         return
+    planner = ai_plan.is_ai_meta(definition)
+    if planner:  # the planner sees the catalog and its last rejection
+        params = ai_plan.invocation_params(
+            params,
+            attempt=attempt,
+            previous_error=run.steps[step_id].error,
+            catalog=w.ctx.node_catalog,
+        )
     key = None
-    if definition.cache.enabled and w.ctx.is_cacheable(name, version):
+    # A planner's answer is spliced into the run, never served from the cache.
+    if definition.cache.enabled and not planner and w.ctx.is_cacheable(name, version):
         key = cache_key(name, version, params)
     # Large params (e.g. an upstream output of megabytes) go to the object store: the run log
     # and the invocation carry the reference, never a record over Kafka's message limit.
@@ -1241,6 +1400,7 @@ _HANDLERS: dict[type[Any], Callable[[_Writer, Any], None]] = {
     PauseRun: _pause,
     ResumeRun: _resume,
     RedriveStep: _redrive,
+    RebindRun: _rebind,
     MutateGraph: _mutate,
     FireTimer: _fire_timer,
     NodeHeartbeat: _heartbeat,

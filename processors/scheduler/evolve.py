@@ -18,6 +18,7 @@ from functools import singledispatch
 from typing import Any
 
 from foundation.errors import NonRetryableError
+from processors.scheduler.meta import ai_plan
 from processors.scheduler.state import (
     MAX_PROCESSED_IDS,
     RunState,
@@ -34,6 +35,7 @@ from schemas.models import (
     RunCancelled,
     RunFailed,
     RunPaused,
+    RunRebound,
     RunResumed,
     RunStarted,
     RunSucceeded,
@@ -42,6 +44,7 @@ from schemas.models import (
     StepRetryScheduled,
     StepScheduled,
     StepSkipped,
+    StepsReset,
     StepStarted,
     StepSucceeded,
     StepTimedOut,
@@ -391,10 +394,52 @@ def _(event: GraphMutated, state: RunState | None) -> RunState:
     step_id = event.mutation.step_id
     if event.mutation.type is GraphMutationType.ADD_STEP:
         steps[step_id] = StepState(step_id=step_id)
+        # A planned step of an ai.meta step: the planner's attempt is over (the LLM answered),
+        # the meta step now runs its sub-graph, so its timers and invocation go (ADR 0027).
+        owner = ai_plan.on_step_added(definition, step_id)
+        if owner is not None and steps[owner].invocation_id is not None:
+            state = _without_step_timers(state, owner)
+            steps[owner] = steps[owner].model_copy(
+                update={"status": StepStatus.RUNNING, "invocation_id": None}
+            )
     elif event.mutation.type is GraphMutationType.REMOVE_STEP:
         steps.pop(step_id, None)
         state = _without_step_timers(state, step_id)
     return state.model_copy(update={"definition": definition, "steps": steps})
+
+
+@_apply.register
+def _(event: StepsReset, state: RunState | None) -> RunState:
+    # Re-drive from a step (docs/decisions/0026): the steps start over as pending, keeping only
+    # their attempt numbers (the next attempt continues them: a new invocation id, never the
+    # old result); their timers go with their attempts.
+    state = _require(state, event)
+    steps = dict(state.steps)
+    for step_id in event.step_ids:
+        old = steps.get(step_id)
+        steps[step_id] = StepState(step_id=step_id, attempt=old.attempt if old else 0)
+        state = _without_step_timers(state, step_id)
+    return state.model_copy(update={"steps": steps})
+
+
+@_apply.register
+def _(event: RunRebound, state: RunState | None) -> RunState:
+    # The run continues on another version (docs/decisions/0026): steps map by id. Kept steps
+    # keep their state; steps new in the version start pending; steps that are gone (they had
+    # not run: decide refuses otherwise) disappear with their timers.
+    state = _require(state, event)
+    definition = WorkflowDefinition.from_json_dict(event.definition)
+    steps = {sid: state.steps.get(sid) or StepState(step_id=sid) for sid in definition.step_ids}
+    for gone in set(state.steps) - set(steps):
+        state = _without_step_timers(state, gone)
+    return state.model_copy(
+        update={
+            "workflow_version": event.workflow_version,
+            "definition": definition,
+            "inputs": dict(event.inputs) if isinstance(event.inputs, dict) else {},
+            "steps": steps,
+        }
+    )
 
 
 @_apply.register
@@ -404,14 +449,17 @@ def _(event: RunPaused, state: RunState | None) -> RunState:
 
 @_apply.register
 def _(event: RunResumed, state: RunState | None) -> RunState:
-    # From paused, or from failed when a step is re-driven: the failure is undone, and the run
-    # deadline is not re-armed (it bounded the original execution; a re-drive is deliberate).
+    # From paused, or from failed or succeeded when steps are re-driven (a succeeded run is
+    # reopened by a re-drive from a step, docs/decisions/0026): the end is undone (outputs too:
+    # they are rendered again when the run ends again), and the run deadline is not re-armed (it
+    # bounded the original execution; a re-drive is deliberate).
     return _require(state, event).model_copy(
         update={
             "status": RunStatus.RUNNING,
             "error": None,
             "failed_step": None,
             "finished_at": None,
+            "outputs": None,
         }
     )
 

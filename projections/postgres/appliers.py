@@ -35,6 +35,10 @@ Status rules that are not obvious from the event names:
   row if it had one. Other step rows appear and change with the step events, which carry the
   (possibly replaced) node and version: an added step, like every pending step, has no row until
   it is scheduled;
+- ``StepsReset`` (a re-drive from a step) deletes the reset steps' rows: a pending step has no
+  row (as before its first ``StepScheduled``), and the run log keeps the old attempts;
+- ``RunRebound`` sets the run's ``workflow_version`` and ``definition`` (later mutations apply to
+  it); the steps it removes were pending (no row);
 - ``CommandRejected`` changes no state: it advances ``last_seq`` but not ``updated_at``.
 """
 
@@ -62,6 +66,7 @@ from schemas.models import (
     RunCancelled,
     RunFailed,
     RunPaused,
+    RunRebound,
     RunResumed,
     RunStarted,
     RunSucceeded,
@@ -71,6 +76,7 @@ from schemas.models import (
     StepRetryScheduled,
     StepScheduled,
     StepSkipped,
+    StepsReset,
     StepStarted,
     StepSucceeded,
     StepTimedOut,
@@ -344,6 +350,27 @@ def _(event: GraphMutated, schema: str) -> Plan:
             )
         )
     return _run_plan(event, schema, *updates, _update_run(event, schema))
+
+
+@plan.register
+def _(event: StepsReset, schema: str) -> Plan:
+    delete = Statement(
+        f"DELETE FROM {table(schema, 'steps')} WHERE run_id = %s AND step_id = ANY(%s)",
+        (event.run_id, list(event.step_ids)),
+        scope=("steps", event.run_id),
+    )
+    return _run_plan(event, schema, delete, _update_run(event, schema))
+
+
+@plan.register
+def _(event: RunRebound, schema: str) -> Plan:
+    update = _update_run(
+        event,
+        schema,
+        workflow_version=event.workflow_version,
+        definition=jsonb(event.definition),
+    )
+    return _run_plan(event, schema, update)
 
 
 @plan.register

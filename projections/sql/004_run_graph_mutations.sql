@@ -82,11 +82,8 @@ BEGIN
 END
 $$;
 
--- Runs projected before this migration: their definition and mutations from the run log.
-UPDATE runs SET definition = e.payload -> 'definition'
-FROM run_events e
-WHERE e.run_id = runs.run_id AND e.event_type = 'RunStarted';
-
+-- Runs projected before this migration: their definition and mutations from the run log, in
+-- log order (RunStarted and RunRebound set the definition, GraphMutated rewrites it).
 INSERT INTO run_mutations (run_id, seq, type, step_id, data, mutation_id, command_id,
                            requested_by, reason, event_id, at)
 SELECT run_id, seq, payload -> 'mutation' ->> 'type', payload -> 'mutation' ->> 'step_id',
@@ -97,11 +94,22 @@ FROM run_events WHERE event_type = 'GraphMutated';
 
 DO $$
 DECLARE
-    m record;
+    e record;
 BEGIN
-    FOR m IN SELECT * FROM run_mutations ORDER BY run_id, seq LOOP
-        UPDATE runs SET definition = reflux_apply_graph_mutation(definition, m.type, m.step_id, m.data)
-        WHERE run_id = m.run_id;
+    FOR e IN
+        SELECT run_id, event_type, payload FROM run_events
+        WHERE event_type IN ('RunStarted', 'RunRebound', 'GraphMutated')
+        ORDER BY run_id, seq
+    LOOP
+        IF e.event_type = 'GraphMutated' THEN
+            UPDATE runs SET definition = reflux_apply_graph_mutation(
+                definition, e.payload -> 'mutation' ->> 'type',
+                e.payload -> 'mutation' ->> 'step_id',
+                COALESCE(e.payload -> 'mutation' -> 'data', '{}'::jsonb))
+            WHERE run_id = e.run_id;
+        ELSE
+            UPDATE runs SET definition = e.payload -> 'definition' WHERE run_id = e.run_id;
+        END IF;
     END LOOP;
 END
 $$;

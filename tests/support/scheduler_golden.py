@@ -39,6 +39,7 @@ from schemas.models import (
 )
 from tests.support.scheduler_simulation import NO_ANSWER, NOT_PICKED_UP, Simulation
 from workflows.node_catalog import StaticNodeCatalog
+from workflows.validation import parse_workflow
 
 __all__ = [
     "SCENARIOS",
@@ -342,6 +343,66 @@ def redrive() -> Simulation:
     return sim
 
 
+REDRIVE_FROM = """
+id: redrive-from
+steps:
+  - {id: fetch, node: http.request@^1, params: {url: "https://a.example"}}
+  - {id: parse, node: transform@^1, needs: [fetch],
+     params: {from: "{{ steps.fetch.output.params.url }}"}}
+  - {id: side, node: transform@^1, needs: [fetch], params: {n: 1}}
+  - {id: store, node: transform@^1, needs: [parse],
+     params: {from: "{{ steps.parse.output.params.from }}"}}
+outputs: {stored: "{{ steps.store.output.params.from }}"}
+"""
+
+
+def redrive_from() -> Simulation:
+    """A succeeded run re-driven from a middle step (docs/decisions/0026): it reopens, the step
+    and its downstream run again (attempt 2), fetch and side keep their outputs."""
+    sim = Simulation(REDRIVE_FROM, node_catalog=CATALOG)
+    sim.start()
+    sim.run_workers(_echo)
+    sim.redrive_from("parse")
+    sim.run_workers(_echo)
+    return sim
+
+
+REBIND_V1 = """
+id: rebind
+steps:
+  - {id: fetch, node: http.request@^1, params: {url: "https://a.example"}}
+  - {id: parse, node: transform@^1, needs: [fetch], params: {broken: true}}
+  - {id: store, node: transform@^1, needs: [parse], params: {n: 1}}
+  - {id: unused, node: transform@^1, needs: [store], params: {n: 2}}
+outputs: {parsed: "{{ steps.parse.output.params.from }}"}
+"""
+
+REBIND_V2 = """
+id: rebind
+steps:
+  - {id: fetch, node: http.request@^1, params: {url: "https://a.example"}}
+  - {id: clean, node: transform@^1, needs: [fetch],
+     params: {from: "{{ steps.fetch.output.params.url }}"}}
+  - {id: parse, node: transform@^1, needs: [clean],
+     params: {from: "{{ steps.clean.output.params.from }}"}}
+  - {id: store, node: transform@^1, needs: [parse], params: {n: 1}}
+outputs: {parsed: "{{ steps.parse.output.params.from }}"}
+"""
+
+
+def rebind() -> Simulation:
+    """A failed run rebound to a fixed version 2 (docs/decisions/0026): parse gains a need
+    (clean, new), unused (pending) is gone; fetch is not run again."""
+    sim = Simulation(REBIND_V1, node_catalog=CATALOG)
+    sim.start()
+    sim.versions[2] = parse_workflow(REBIND_V2, node_catalog=CATALOG)
+    sim.succeed("fetch", _echo(sim.invocation("fetch")))
+    sim.fail("parse", "ParseError", retryable=False)
+    sim.rebind(2)
+    sim.run_workers(_echo)
+    return sim
+
+
 CACHE = """
 id: cache
 defaults:
@@ -525,6 +586,8 @@ SCENARIOS: dict[str, Callable[[], Simulation]] = {
     "pause_resume": pause_resume,
     "cancel": cancel,
     "redrive": redrive,
+    "redrive_from": redrive_from,
+    "rebind": rebind,
     "cache_hit": cache_hit,
     "graph_mutation": graph_mutation,
     "rejections": rejections,

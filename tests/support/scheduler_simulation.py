@@ -41,6 +41,7 @@ from schemas.models import (
     NodeInvocation,
     NodeResult,
     PauseRun,
+    RebindRun,
     RedriveStep,
     ResumeRun,
     StartRun,
@@ -126,6 +127,8 @@ class Simulation:
         self.lookups: list[CacheLookup] = []
         self.cache: dict[str, Any] = {}
         self.rejections: list[str] = []
+        self.versions: dict[int, WorkflowDefinition] = {}
+        """Other registered versions of the workflow (what a RebindRun may ask for)."""
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -151,9 +154,11 @@ class Simulation:
     def _lookup(self, workflow_id: str, version: int | None) -> RegisteredWorkflow | None:
         if workflow_id != self.definition.id:
             return None
-        if version is not None and version != self.workflow_version:
-            return None
-        return RegisteredWorkflow(self.workflow_version, self.definition)
+        registered = {**self.versions, self.workflow_version: self.definition}
+        if version is None:
+            version = max(registered)
+        found = registered.get(version)
+        return None if found is None else RegisteredWorkflow(version, found)
 
     @property
     def run(self) -> RunState:
@@ -208,6 +213,23 @@ class Simulation:
     def redrive(self, step_id: str) -> Decision:
         return self.send(
             RedriveStep(**self._command_fields(), step_id=step_id, requested_by="test")
+        )
+
+    def redrive_from(self, step_id: str) -> Decision:
+        return self.send(
+            RedriveStep(
+                **self._command_fields(), step_id=step_id, downstream=True, requested_by="test"
+            )
+        )
+
+    def rebind(self, version: int | None = None, *, redrive_failed: bool = True) -> Decision:
+        return self.send(
+            RebindRun(
+                **self._command_fields(),
+                workflow_version=version,
+                redrive_failed=redrive_failed,
+                requested_by="test",
+            )
         )
 
     def mutate(

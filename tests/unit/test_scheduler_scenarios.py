@@ -694,6 +694,9 @@ EXAMPLE_INPUTS: dict[str, dict[str, Any]] = {
 }
 
 
+IDENTITY_PLAN = {"plan": {"steps": [{"id": "result", "node": "transform@^1"}]}}
+
+
 @pytest.mark.parametrize(
     "path",
     sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml")),
@@ -702,7 +705,8 @@ EXAMPLE_INPUTS: dict[str, dict[str, Any]] = {
 def test_examples_run_to_success_with_an_identity_worker(path: Path) -> None:
     sim = Simulation(path.read_text())
     sim.start(EXAMPLE_INPUTS.get(path.stem, {}))
-    sim.run_workers(lambda inv: inv.params)  # each step outputs its own rendered params
+    # Each step outputs its own rendered params; an ai.meta planner plans one such step.
+    sim.run_workers(lambda inv: IDENTITY_PLAN if inv.step.node == "ai.meta" else inv.params)
     assert run_status(sim) is RunStatus.SUCCEEDED, sim.run.error
     assert fold(sim.log) == sim.state
 

@@ -98,12 +98,13 @@ from processors.scheduler.runtime.recovery import (
     recover_partitions,
     request_end_offsets,
 )
+from processors.scheduler.runtime.reload import reload_run
 from processors.scheduler.runtime.results_gate import ResultsGate
 from processors.scheduler.runtime.run_table import RunTable
 from processors.scheduler.runtime.snapshots import SnapshotCycle, SnapshotWriter
 from processors.scheduler.runtime.traces import traces_for
 from processors.scheduler.runtime.workflows import WorkflowsView
-from processors.scheduler.state import RunState
+from processors.scheduler.state import RunState, RunStatus
 from processors.scheduler.timers import due_timers
 from schemas import decode, serde
 from schemas.base import RefluxRecord, canonical_json
@@ -118,6 +119,7 @@ from schemas.models import (
     NodeResult,
     PauseRun,
     PayloadRef,
+    RebindRun,
     RedriveStep,
     ResumeRun,
     StartRun,
@@ -153,6 +155,7 @@ INPUT_TYPES = (
     PauseRun,
     ResumeRun,
     RedriveStep,
+    RebindRun,
     MutateGraph,
     FireTimer,
     NodeHeartbeat,
@@ -367,6 +370,14 @@ class SchedulerRuntime:
         self.stats.last_recovery = recovery.report
         return recovery.tables
 
+    def _reload(self, partition: int, run_id: str, marker: RunState | None) -> RunState | None:
+        """A finished run's full state from the run log (a re-drive from a step reopens it);
+        the marker's minimal state when the log cannot give it (decide then refuses)."""
+        state = reload_run(self.settings, self._admin, self.catalog.runs.topic, partition, run_id)
+        if state is None or marker is None or state.last_seq != marker.last_seq:
+            return marker
+        return state
+
     def _table(self, partition: int) -> RunTable:
         table = self.states.get(partition)
         if table is None:
@@ -437,8 +448,12 @@ class SchedulerRuntime:
             load_payload=self._load_payload,
             store_payload=self._store_params,
             resolve_node_version=self._resolve_node_version,
-            node_catalog=self._node_validator if self._node_validator.active() else None,
             retry_gate=self.retry_gate.gate,
+            # Graph mutations and ai.meta plans are validated against the live catalog; an
+            # empty catalog (a deployment that registers no nodes) checks no node names, as
+            # the resolver then falls back to the constraint's major. The validator refreshes
+            # the view and catches up once before calling a name unknown (ADR 0022).
+            node_catalog=self._node_validator if self._node_validator.active() else None,
         )
 
     # -- the loop --------------------------------------------------------------------------------
@@ -604,6 +619,8 @@ class SchedulerRuntime:
         if isinstance(record, FireTimer):
             self._fired.discard(record.timer_id)
         state = batch.state_of(record.run_id, self._table(partition))
+        if _needs_full_state(record, state):
+            state = self._reload(partition, record.run_id, state)
         strike = self._isolation.strikes.get(coordinates(message))
         if strike is not None and strike.level >= 2:
             # Even writing this input's failure was refused: dead-letter it, nothing else.
@@ -1085,6 +1102,17 @@ class _Batch:
         if run_id in self.states:
             return self.states[run_id][1]
         return committed.get(run_id)
+
+
+def _needs_full_state(record: SchedulerInput, state: RunState | None) -> bool:
+    """A re-drive from a step of a run the table keeps only as a finished marker."""
+    return (
+        isinstance(record, RedriveStep)
+        and record.downstream
+        and state is not None
+        and state.definition is None
+        and state.status is RunStatus.SUCCEEDED
+    )
 
 
 class _Out(NamedTuple):
