@@ -327,13 +327,21 @@ def test_projected_definition_normalises_to_the_scheduler_graph(registered: Harn
 def test_migration_004_backfills_runs_projected_before_it(
     local_services: Settings, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A run projected under 001-003 gets its current definition and mutations from run_events:
-    the golden graph_mutation log (update_params, replace_node, remove_step, add_step)."""
+    """Runs projected under 001-003 get their current definition and mutations from run_events:
+    every golden run log (graph_mutation: update_params, replace_node, remove_step, add_step;
+    rebind: a new definition mid-run), each under its own run id, equals its replayed graph."""
     from projections.postgres import migrations
 
     schema = f"t_mig_{uuid.uuid4().hex[:10]}"
     register_schema(schema, request.node.nodeid)
-    events = load_events((FIXTURES / "graph_mutation.jsonl").read_text())
+    logs = {
+        path.stem: [
+            event.model_copy(update={"run_id": path.stem})
+            for event in load_events(path.read_text())
+        ]
+        for path in sorted(FIXTURES.glob("*.jsonl"))
+    }
+    assert {"graph_mutation", "rebind"} <= set(logs)
     every = migrations.load_migrations()
     try:
         with psycopg.connect(local_services.postgres_dsn, autocommit=True) as conn:
@@ -341,38 +349,91 @@ def test_migration_004_backfills_runs_projected_before_it(
                 migrations, "load_migrations", lambda: [m for m in every if m.version < 4]
             )
             migrations.apply_migrations(conn, schema)
-            first = events[0]
-            conn.execute(
-                f'INSERT INTO "{schema}".runs (run_id, workflow_id, workflow_version, status, '
-                "source, started_at, updated_at, last_seq) "
-                "VALUES (%s, 'mutation', 1, 'succeeded', 'api', %s, %s, %s)",
-                (first.run_id, first.occurred_at, first.occurred_at, events[-1].seq),
-            )
-            for event in events:
+            for run_id, events in logs.items():
+                first = events[0]
                 conn.execute(
-                    f'INSERT INTO "{schema}".run_events (run_id, seq, event_type, event_id, '
-                    "occurred_at, payload) VALUES (%s, %s, %s, %s, %s, %s)",
-                    (
-                        event.run_id,
-                        event.seq,
-                        type(event).__name__,
-                        event.event_id,
-                        event.occurred_at,
-                        Jsonb(event.model_dump(mode="json")),
-                    ),
+                    f'INSERT INTO "{schema}".runs (run_id, workflow_id, workflow_version, '
+                    "status, source, started_at, updated_at, last_seq) "
+                    "VALUES (%s, 'w', 1, 'running', 'api', %s, %s, %s)",
+                    (run_id, first.occurred_at, first.occurred_at, events[-1].seq),
                 )
+                for event in events:
+                    conn.execute(
+                        f'INSERT INTO "{schema}".run_events (run_id, seq, event_type, event_id, '
+                        "occurred_at, payload) VALUES (%s, %s, %s, %s, %s, %s)",
+                        (
+                            run_id,
+                            event.seq,
+                            type(event).__name__,
+                            event.event_id,
+                            event.occurred_at,
+                            Jsonb(event.model_dump(mode="json")),
+                        ),
+                    )
             monkeypatch.setattr(migrations, "load_migrations", lambda: every)
             assert migrations.apply_migrations(conn, schema) == [m.version for m in every[3:]]
-            graph = queries.get_run_graph(conn, first.run_id, schema=schema)
-            mutations = queries.get_run_mutations(conn, first.run_id, schema=schema)
-        assert graph is not None
-        replayed = fold(events)
-        assert replayed is not None
-        assert build_definition(graph.definition).to_json_dict() == replayed.graph.to_json_dict()
-        expected = [e for e in events if isinstance(e, GraphMutated)]
-        assert [(m.seq, m.type, m.step_id, m.requested_by) for m in mutations] == [
-            (e.seq, e.mutation.type.value, e.mutation.step_id, e.requested_by) for e in expected
-        ]
-        assert mutations[0].requested_by == "alice"
+            projected = {
+                run_id: (
+                    queries.get_run_graph(conn, run_id, schema=schema),
+                    queries.get_run_mutations(conn, run_id, schema=schema),
+                )
+                for run_id in logs
+            }
+        for run_id, events in logs.items():
+            graph, mutations = projected[run_id]
+            replayed = fold(events)
+            assert graph is not None and replayed is not None
+            if replayed.definition is None:  # a start that was rejected: no graph
+                assert graph.definition is None, run_id
+                continue
+            assert build_definition(graph.definition).to_json_dict() == (
+                replayed.graph.to_json_dict()
+            ), run_id
+            expected = [e for e in events if isinstance(e, GraphMutated)]
+            assert [(m.seq, m.type, m.step_id, m.requested_by) for m in mutations] == [
+                (e.seq, e.mutation.type.value, e.mutation.step_id, e.requested_by) for e in expected
+            ], run_id
+        assert projected["graph_mutation"][1][0].requested_by == "alice"
     finally:
         drop_schemas(local_services, schema)
+
+
+def test_mutations_after_a_rebind_apply_to_the_new_version(
+    registered: Harness, api: TestClient
+) -> None:
+    """RunRebound replaces the run's definition in the projection too; later mutations apply to
+    the new version's graph, and the projected graph still equals the replayed one."""
+    with serve() as http:
+        run_id = _start_waiting(registered, api, "mut_rebind", http.url)
+        paused = api.post(f"/v1/runs/{run_id}/pause", params=WAIT)
+        assert paused.status_code == 200, paused.text
+        v2 = _workflow("mut_rebind", http.url)
+        v2["steps"].append(transform("bonus", "v", {"v": 0}, needs=["after"]))
+        registered.register(v2, version=2)
+        eventually(
+            lambda: api.get("/v1/workflows/mut_rebind/versions/2").status_code,
+            15,
+            "version 2 projected",
+            until=lambda status: status == 200,
+        )
+        rebound = api.post(f"/v1/runs/{run_id}/rebind", params=WAIT, json={"version": 2})
+        assert rebound.status_code == 200, rebound.text
+        bonus = _mutate(
+            api,
+            run_id,
+            type="update_params",
+            step_id="bonus",
+            data={"expression": "v", "data": {"v": 99}},
+            requested_by="carol",
+        )
+        assert bonus.status_code == 200, bonus.text
+        assert api.post(f"/v1/runs/{run_id}/resume", params=WAIT).status_code == 200
+        assert registered.wait(run_id).status == "succeeded"
+        assert registered.steps(run_id)["bonus"].output == {"result": 99}
+        graph = api.get(f"/v1/runs/{run_id}/graph").json()
+        assert [s["step_id"] for s in graph["steps"]] == ["first", "wait", "after", "bonus"]
+        assert [(m["step_id"], m["requested_by"]) for m in graph["mutations"]] == [
+            ("bonus", "carol")
+        ]
+        assert graph["definition"] == replayed_state(registered, run_id).graph.to_json_dict()
+        assert_replay_equivalent(registered, run_id)
