@@ -212,15 +212,7 @@ def mutation_body(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def mutate_run(args: argparse.Namespace) -> int:
-    body = mutation_body(args)
-    with httpx.Client(base_url=args.api, timeout=30 + args.wait_ms / 1000) as client:
-        params = {"wait_ms": args.wait_ms} if args.wait_ms else {}
-        answer = _check(client.post(f"/v1/runs/{args.run_id}/mutations", json=body, params=params))
-    if answer.get("status") == "applied":
-        print(f"{args.op} {args.step}: applied at seq {answer['seq']} ({answer['command_id']})")
-    else:
-        print(f"{args.op} {args.step}: accepted ({answer['command_id']}), not applied yet")
-    return 0
+    return _send_command(args, f"/v1/runs/{args.run_id}/mutations", mutation_body(args))
 
 
 def graph_text(graph: dict[str, Any]) -> str:
@@ -331,12 +323,7 @@ def add_client_commands(subparsers: Any, default_api: str) -> None:
     )
     mutate.add_argument("--node", help="replace_node: the node name (or name@constraint)")
     mutate.add_argument("--version", help="replace_node: the version constraint, e.g. ^2")
-    mutate.add_argument("--reason", help="why (kept with the mutation)")
-    mutate.add_argument("--by", help="who asks (kept with the mutation)")
-    mutate.add_argument(
-        "--wait-ms", type=int, default=10_000, help="wait for the scheduler's answer (10000; 0: no)"
-    )
-    mutate.add_argument("--api", default=default_api, help=f"API base URL ({default_api})")
+    _command_options(mutate, default_api)
     mutate.set_defaults(handler=_guard(mutate_run))
     redrive = actions.add_parser(
         "redrive",

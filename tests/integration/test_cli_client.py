@@ -135,7 +135,7 @@ def test_mutate_a_running_run_and_show_its_graph(
         mutate = ["runs", "mutate", run_id, "--op", "update_params", "--step", "after"]
         who = ["--reason", "seven is better", "--by", "cli-user", "--api", api_url]
         assert main([*mutate, "--data", data, *who]) == 0
-        assert "update_params after: applied at seq" in capsys.readouterr().out
+        assert "applied: GraphMutated at seq" in capsys.readouterr().out
         refused = ["runs", "mutate", run_id, "--op", "remove_step", "--step", "wait"]
         assert main([*refused, "--api", api_url]) == 2
         assert "409: Expected step 'wait' to be pending" in capsys.readouterr().err
