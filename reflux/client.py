@@ -98,6 +98,13 @@ def describe_event(event: dict[str, Any]) -> str:
         parts.append(f"steps {', '.join(payload.get('step_ids') or [])}")
     elif kind == "RunRebound":
         parts.append(f"v{payload.get('previous_version')} -> v{payload.get('workflow_version')}")
+    if kind in ("ChildRunRequested", "ChildRunEnded"):
+        # meta.workflow / meta.loop: the child run (and loop iteration) of the step.
+        if payload.get("iteration"):
+            parts.append(f"iteration {payload['iteration']}")
+        parts.append(f"child {payload.get('child_run_id')}")
+        if kind == "ChildRunEnded":
+            parts.append(str(payload.get("status")))
     if kind == "RunSucceeded":
         parts.append(f"outputs={json.dumps(payload.get('outputs'))}")
     return " ".join(parts)
@@ -110,6 +117,8 @@ def timeline(client: httpx.Client, run_id: str) -> str:
         f"run {run['run_id']}  {run['workflow_id']}@{run['workflow_version']}  "
         f"status={run['status']}",
     ]
+    if run.get("parent_run_id"):
+        lines.append(f"  child of run {run['parent_run_id']} (step {run.get('parent_step_id')})")
     lines += [f"  {describe_event(e)}" for e in events]
     steps = run.get("steps") or []
     if steps:
@@ -117,6 +126,15 @@ def timeline(client: httpx.Client, run_id: str) -> str:
         for s in steps:
             hit = " (cache)" if s.get("cache_hit") else ""
             lines.append(f"    {s['step_id']:<16} {s['status']:<10} attempt {s['attempt']}{hit}")
+    children = run.get("children") or []
+    if children:
+        lines.append("  child runs:")
+        for c in children:
+            iteration = f" iteration {c['iteration']}" if c.get("iteration") else ""
+            lines.append(
+                f"    {c['run_id']}  {c['workflow_id']}  step {c['step_id']} attempt "
+                f"{c['attempt']}{iteration}  {c['status']}"
+            )
     return "\n".join(lines)
 
 

@@ -112,6 +112,32 @@ class GraphMutation(RefluxRecord):
     """
 
 
+class ParentRef(RefluxRecord):
+    """The parent of a child run: the run and meta step that started it, and which attempt (and
+    loop iteration) of that step it is.
+    """
+
+    AVRO_NAME: ClassVar[str] = "reflux.common.ParentRef"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    run_id: str
+    """The parent run."""
+
+    step_id: str
+    """The parent's meta step (meta.workflow or meta.loop)."""
+
+    attempt: int
+    """The attempt of the parent step this child belongs to (1-based)."""
+
+    iteration: int | None = None
+    """meta.loop: the iteration (1-based); null for meta.workflow."""
+
+    depth: int = 1
+    """How deep the child is: 1 for a child of a top-level run, its parent's depth + 1 below
+    (bounded, so a workflow that starts itself cannot recurse forever).
+    """
+
+
 class PayloadRef(RefluxRecord):
     """Claim check: a large payload stored in object storage."""
 
@@ -284,6 +310,36 @@ class CancelRun(RunCommandEnvelope):
     SCHEMA_VERSION: ClassVar[int] = 1
 
 
+class ChildRunFinished(RunCommandEnvelope):
+    """Sent by the scheduler to a parent run (in the transaction of the child's terminal event)
+    when one of its child runs ends.
+    """
+
+    AVRO_NAME: ClassVar[str] = "reflux.commands.ChildRunFinished"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    child_run_id: str
+    """The child run that ended."""
+
+    step_id: str
+    """The parent's meta step the child belongs to."""
+
+    attempt: int
+    """The parent step's attempt the child belongs to."""
+
+    iteration: int | None = None
+    """meta.loop: the child's iteration; null for meta.workflow."""
+
+    status: str
+    """The child's terminal status: succeeded, failed or cancelled."""
+
+    outputs: Json
+    """The child's outputs on success, else null (canonical JSON)"""
+
+    error: ErrorInfo | None = None
+    """Why the child failed or was cancelled."""
+
+
 class FireTimer(RunCommandEnvelope):
     """A timer is due; emitted by the per-partition timer into reflux.commands."""
 
@@ -378,7 +434,10 @@ class StartRun(RunCommandEnvelope):
     """Start a run of a registered workflow."""
 
     AVRO_NAME: ClassVar[str] = "reflux.commands.StartRun"
-    SCHEMA_VERSION: ClassVar[int] = 1
+    SCHEMA_VERSION: ClassVar[int] = 2
+
+    schema_version: int = 2
+    """Version of the writer schema; old records keep the version they were written with."""
 
     workflow_id: str
     """Workflow to run."""
@@ -400,6 +459,11 @@ class StartRun(RunCommandEnvelope):
 
     source_key: str | None = None
     """The trigger's source key, if any."""
+
+    parent: ParentRef | None = None
+    """Set when the run is a child run started by a meta step of another run (meta.workflow,
+    meta.loop): the run and step it reports its outcome to (ChildRunFinished).
+    """
 
 
 class DeadLetter(StandaloneEnvelope):
@@ -458,6 +522,65 @@ class RunEventEnvelope(RefluxRecord):
 
     causation_id: str | None = None
     """Id of what caused this event: a command_id, an invocation_id or a timer_id."""
+
+
+class ChildRunEnded(RunEventEnvelope):
+    """One iteration of a meta.loop step ended (its child run finished); the step then starts the
+    next iteration or finishes.
+    """
+
+    AVRO_NAME: ClassVar[str] = "reflux.events.ChildRunEnded"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    step: StepRef
+    """The meta step."""
+
+    attempt: int
+    """The step's attempt."""
+
+    iteration: int | None = None
+    """The iteration that ended."""
+
+    child_run_id: str
+    """The child run that ended."""
+
+    status: str
+    """The child's terminal status: succeeded, failed or cancelled."""
+
+    outputs: Json
+    """The child's outputs (canonical JSON)"""
+
+
+class ChildRunRequested(RunEventEnvelope):
+    """A meta step (meta.workflow, or one iteration of meta.loop) starts a child run: the
+    scheduler sends its StartRun in the same transaction. The step waits for ChildRunFinished.
+    """
+
+    AVRO_NAME: ClassVar[str] = "reflux.events.ChildRunRequested"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    step: StepRef
+    """The meta step."""
+
+    attempt: int
+    """The step's attempt."""
+
+    iteration: int | None = None
+    """meta.loop: the iteration (1-based); null for meta.workflow."""
+
+    child_run_id: str
+    """The child's run id, derived from (run id, step id, attempt, iteration): a redelivered
+    decision cannot start two children.
+    """
+
+    workflow_id: str
+    """The child's workflow."""
+
+    workflow_version: int | None = None
+    """The child's workflow version; null = latest registered."""
+
+    inputs: Json
+    """The child's inputs, rendered from the parent's context (canonical JSON)"""
 
 
 class CommandRejected(RunEventEnvelope):
@@ -601,7 +724,10 @@ class RunStarted(RunEventEnvelope):
     """A run started; carries everything replay needs."""
 
     AVRO_NAME: ClassVar[str] = "reflux.events.RunStarted"
-    SCHEMA_VERSION: ClassVar[int] = 1
+    SCHEMA_VERSION: ClassVar[int] = 2
+
+    schema_version: int = 2
+    """Version of the writer schema; old records keep the version they were written with."""
 
     workflow_id: str
     """Workflow id."""
@@ -626,6 +752,11 @@ class RunStarted(RunEventEnvelope):
 
     source_key: str | None = None
     """The trigger's source key, if any."""
+
+    parent: ParentRef | None = None
+    """Set when the run is a child run started by a meta step of another run (meta.workflow,
+    meta.loop): the run and step it reports its outcome to (ChildRunFinished).
+    """
 
 
 class RunSucceeded(RunEventEnvelope):
@@ -1249,11 +1380,13 @@ class WorkflowRegistered(StandaloneEnvelope):
 MODELS: dict[str, type[RefluxRecord]] = {
     "reflux.common.ErrorInfo": ErrorInfo,
     "reflux.common.GraphMutation": GraphMutation,
+    "reflux.common.ParentRef": ParentRef,
     "reflux.common.PayloadRef": PayloadRef,
     "reflux.common.RetryPolicy": RetryPolicy,
     "reflux.common.StepRef": StepRef,
     "reflux.alerts.Alert": Alert,
     "reflux.commands.CancelRun": CancelRun,
+    "reflux.commands.ChildRunFinished": ChildRunFinished,
     "reflux.commands.FireTimer": FireTimer,
     "reflux.commands.MutateGraph": MutateGraph,
     "reflux.commands.PauseRun": PauseRun,
@@ -1262,6 +1395,8 @@ MODELS: dict[str, type[RefluxRecord]] = {
     "reflux.commands.ResumeRun": ResumeRun,
     "reflux.commands.StartRun": StartRun,
     "reflux.dlq.DeadLetter": DeadLetter,
+    "reflux.events.ChildRunEnded": ChildRunEnded,
+    "reflux.events.ChildRunRequested": ChildRunRequested,
     "reflux.events.CommandRejected": CommandRejected,
     "reflux.events.GraphMutated": GraphMutated,
     "reflux.events.RunCancelled": RunCancelled,
@@ -1298,6 +1433,9 @@ __all__ = [
     "AlertKind",
     "AlertState",
     "CancelRun",
+    "ChildRunEnded",
+    "ChildRunFinished",
+    "ChildRunRequested",
     "CommandRejected",
     "DeadLetter",
     "ErrorInfo",
@@ -1313,6 +1451,7 @@ __all__ = [
     "NodeInvocation",
     "NodeResult",
     "NodeStatus",
+    "ParentRef",
     "PauseRun",
     "PayloadRef",
     "RebindRun",

@@ -9,6 +9,8 @@ import the list from here so a new event type cannot reach one of them and not t
 from __future__ import annotations
 
 from schemas.models import (
+    ChildRunEnded,
+    ChildRunRequested,
     CommandRejected,
     GraphMutated,
     RunCancelled,
@@ -52,6 +54,8 @@ RunEvent = (
     | RunFailed
     | RunCancelled
     | CommandRejected
+    | ChildRunRequested
+    | ChildRunEnded
 )
 """Every record the scheduler appends to ``reflux.runs``."""
 
@@ -75,6 +79,8 @@ RUN_EVENT_TYPES: tuple[type[RunEvent], ...] = (
     RunFailed,
     RunCancelled,
     CommandRejected,
+    ChildRunRequested,
+    ChildRunEnded,
 )
 """The same, as a tuple for ``isinstance``; anything else on ``reflux.runs`` is poison."""
 

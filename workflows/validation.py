@@ -27,6 +27,12 @@ from workflows.expressions import (
     iter_expressions,
     secret_name,
 )
+from workflows.meta_children import (
+    LOOP_UNTIL_ROOTS,
+    check_child_run_step,
+    is_child_run_node,
+    loop_scoped_roots,
+)
 from workflows.model import (
     CacheSpec,
     Defaults,
@@ -220,6 +226,31 @@ def check_definition(
     if node_catalog is not None:
         errors += _check_nodes(definition, node_catalog)
     errors += _check_expressions(definition)
+    errors += _check_child_run_steps(definition)
+    return errors
+
+
+def _check_child_run_steps(definition: WorkflowDefinition) -> list[FieldError]:
+    """meta.workflow / meta.loop params (workflows/meta_children.py), and a loop's ``until``."""
+    errors: list[FieldError] = []
+    for i, step in enumerate(definition.steps):
+        if not is_child_run_node(step.node_name):
+            continue
+        for path, message in check_child_run_step(
+            step.node_name, step.params, timeout=step.timeout, queue_timeout=step.queue_timeout
+        ):
+            errors.append(FieldError(f"steps[{i}].{path}", message))
+        until = step.params.get("until") if isinstance(step.params, dict) else None
+        if isinstance(until, str):
+            errors += _check_expression(
+                definition,
+                f"steps[{i}].params.until",
+                until,
+                step.id,
+                definition.upstream(step.id),
+                secrets="when",
+                extra_roots=LOOP_UNTIL_ROOTS,
+            )
     return errors
 
 
@@ -353,6 +384,8 @@ def _check_nodes(
     for i, step in enumerate(definition.steps):
         if only is not None and step.id not in only:
             continue
+        if is_child_run_node(step.node_name):
+            continue  # run by the scheduler itself: not in the catalog
         ref = step.ref
         versions = list(catalog.versions(ref.name))
         path = f"steps[{i}].node"
@@ -386,7 +419,10 @@ def _check_expressions(definition: WorkflowDefinition) -> list[FieldError]:
             errors.append(FieldError(f"steps[{i}].params", str(exc)))
             params = []
         for path, expr in params:
-            errors += _check_expression(definition, path, expr, step.id, upstream)
+            extra = loop_scoped_roots(step.node_name, _params_path(path, f"steps[{i}].params"))
+            errors += _check_expression(
+                definition, path, expr, step.id, upstream, extra_roots=extra
+            )
         if step.cache.enabled and any(secret_name(expr) for _, expr in params):
             errors.append(
                 FieldError(
@@ -411,6 +447,12 @@ _SECRETS_FORBIDDEN = {
     "which never sees secret values",
     "outputs": "secrets cannot be used in outputs: run outputs are stored in the run log",
 }
+
+
+def _params_path(path: str, prefix: str) -> tuple[str, ...]:
+    """``steps[1].params.inputs.x`` -> ("inputs", "x"): where in the params an expression is."""
+    rest = path.removeprefix(prefix).lstrip(".")
+    return tuple(part for part in rest.replace("[", ".").split(".") if part)
 
 
 def _secret_problem(expression: str, where: str | None) -> str | None:
@@ -441,8 +483,10 @@ def _check_expression(
     upstream: frozenset[str] | None,
     *,
     secrets: str | None = None,
+    extra_roots: frozenset[str] = frozenset(),
 ) -> list[FieldError]:
-    """``secrets`` names where secrets are forbidden ("when", "outputs"); None = step params."""
+    """``secrets`` names where secrets are forbidden ("when", "outputs"); None = step params.
+    ``extra_roots``: names the context has there besides inputs/steps/run (a meta.loop's)."""
     try:
         compile_expression(expression)
         refs = expression_references(expression)
@@ -452,6 +496,8 @@ def _check_expression(
     for ref in refs:
         if ref.root == "secrets":
             problem = _secret_problem(expression, secrets)
+        elif ref.root in extra_roots:
+            problem = None
         else:
             problem = _reference_problem(definition, ref, step_id, upstream)
         if problem and FieldError(path, problem) not in errors:

@@ -77,6 +77,28 @@ class RunPublic(BaseModel):
     updated_at: datetime
     finished_at: datetime | None = None
     last_seq: int = Field(description="seq of the last event in this view.")
+    parent_run_id: str | None = Field(
+        default=None, description="A child run's parent run (meta.workflow / meta.loop)."
+    )
+    parent_step_id: str | None = Field(
+        default=None, description="The parent's meta step that started this child run."
+    )
+    parent_attempt: int | None = None
+    parent_iteration: int | None = Field(
+        default=None, description="meta.loop: the iteration this child run is (1-based)."
+    )
+
+
+class ChildRunPublic(BaseModel):
+    """A child run started by one of the run's meta steps."""
+
+    run_id: str
+    workflow_id: str
+    workflow_version: int
+    status: ProjectedRunStatus
+    step_id: str | None
+    attempt: int | None
+    iteration: int | None
 
 
 class StepPublic(BaseModel):
@@ -110,6 +132,10 @@ class StepPublic(BaseModel):
 
 class RunDetail(RunPublic):
     steps: list[StepPublic]
+    children: list[ChildRunPublic] = Field(
+        default_factory=list,
+        description="Child runs of the run's meta.workflow / meta.loop steps, oldest first.",
+    )
 
 
 class RunsPublic(BaseModel):

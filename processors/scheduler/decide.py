@@ -8,9 +8,11 @@ random number on its own: all of that comes in through :class:`DecisionContext`.
 
 Inputs (``SchedulerInput``): the commands ``StartRun``, ``CancelRun``, ``PauseRun``,
 ``ResumeRun``, ``RedriveStep`` (one step, or ``downstream``: from a step), ``RebindRun``,
-``MutateGraph``, ``FireTimer``; a worker's ``NodeHeartbeat`` and
-``NodeResult``; and the runtime's answers to cache lookups, :class:`CacheHit` / :class:`CacheMiss`
-(plain dataclasses, not Avro records: they never leave the scheduler process).
+``MutateGraph``, ``FireTimer``, ``ChildRunFinished`` (a child run of a ``meta.workflow`` /
+``meta.loop`` step ended: :mod:`processors.scheduler.child_runs`); a worker's
+``NodeHeartbeat`` and ``NodeResult``; and the runtime's answers to cache lookups,
+:class:`CacheHit` / :class:`CacheMiss` (plain dataclasses, not Avro records: they never leave
+the scheduler process).
 
 Timeouts (docs/decisions/0013-execution-and-queue-timeouts.md): waiting for a worker is bounded
 only by the step's optional ``queue_timeout`` (a timer armed at dispatch; it fails the step with
@@ -27,6 +29,8 @@ What the runtime does with a :class:`Decision`, in one Kafka transaction with th
 2. publish ``invocations`` to ``NodeInvocation``'s topic (``StepDispatched.invoke_topic``).
    Rendered params larger than the claim-check threshold were already stored through
    ``DecisionContext.store_payload``: ``StepScheduled`` and the invocation carry ``params_ref``;
+   publish ``commands`` (the outbox: commands to *other* runs, keyed by their run id) to the
+   commands topic (docs/decisions/0025-child-runs-and-the-scheduler-outbox.md);
 3. store ``state`` in the run table;
 4. after commit: answer each ``cache_lookups`` entry from Redis by feeding ``CacheHit`` or
    ``CacheMiss`` back into ``decide``; write ``cache_writes`` to Redis with their TTL;
@@ -56,6 +60,18 @@ from typing import Any, NamedTuple, TypeVar
 from foundation.errors import NonRetryableError, classify
 from processors.scheduler.backoff import backoff_ms, should_retry
 from processors.scheduler.cache import cache_key
+from processors.scheduler.child_runs import (
+    ChildOps,
+    RunCommand,
+    child_finished,
+    children_in_flight,
+    is_child_run_node,
+    notify_parent,
+    propagate,
+    rejected_child,
+    resume_loops,
+    schedule_child_step,
+)
 from processors.scheduler.evolve import RUN_EVENT_TYPES, RunEvent, evolve, fold
 from processors.scheduler.meta import ai_plan
 from processors.scheduler.redrive import plan_rebind, plan_redrive_from, rebind_status_refusal
@@ -74,6 +90,7 @@ from schemas.base import RefluxRecord
 from schemas.base import new_id as _uuid
 from schemas.models import (
     CancelRun,
+    ChildRunFinished,
     CommandRejected,
     ErrorInfo,
     FireTimer,
@@ -204,6 +221,7 @@ SchedulerInput = (
     | NodeResult
     | CacheHit
     | CacheMiss
+    | ChildRunFinished
 )
 
 TIMEOUT_GRACE_MS = 1_000
@@ -211,8 +229,26 @@ TIMEOUT_GRACE_MS = 1_000
 from its own start and reports it, so the scheduler's timer only decides for a worker that is
 lost, and must not beat a result that was sent in time and is still on its way."""
 
-_COMMANDS = (StartRun, CancelRun, PauseRun, ResumeRun, RedriveStep, RebindRun, MutateGraph)
-Command = StartRun | CancelRun | PauseRun | ResumeRun | RedriveStep | RebindRun | MutateGraph
+_COMMANDS = (
+    StartRun,
+    CancelRun,
+    PauseRun,
+    ResumeRun,
+    RedriveStep,
+    RebindRun,
+    MutateGraph,
+    ChildRunFinished,
+)
+Command = (
+    StartRun
+    | CancelRun
+    | PauseRun
+    | ResumeRun
+    | RedriveStep
+    | RebindRun
+    | MutateGraph
+    | ChildRunFinished
+)
 
 
 class RegisteredWorkflow(NamedTuple):
@@ -282,6 +318,10 @@ class Decision:
     timers_cancelled: tuple[str, ...] = ()
     """Timer ids no longer in state (fired, obsolete, or the run ended)."""
     rejection: str | None = None
+    commands: tuple[RunCommand, ...] = ()
+    """The outbox: commands to *other* runs (a child's StartRun, cancel/pause/resume sent on to
+    children, ChildRunFinished to a parent); written to the commands topic in the same
+    transaction as ``events`` (docs/decisions/0025-child-runs-and-the-scheduler-outbox.md)."""
 
     @property
     def is_noop(self) -> bool:
@@ -303,6 +343,7 @@ class _Writer:
     invocations: list[NodeInvocation] = field(default_factory=list)
     lookups: list[CacheLookup] = field(default_factory=list)
     writes: list[CacheWrite] = field(default_factory=list)
+    commands: list[RunCommand] = field(default_factory=list)
     rejection: str | None = None
 
     @property
@@ -339,6 +380,9 @@ class _Writer:
     def decision(self, before: RunState | None) -> Decision:
         old = before.timers if before is not None else {}
         new = self.state.timers if self.state is not None else {}
+        notification = notify_parent(before, self.state, self.ctx) if self.events else None
+        if notification is not None:
+            self.commands.append(notification)
         return Decision(
             state=self.state,
             events=tuple(self.events),
@@ -348,6 +392,7 @@ class _Writer:
             timers_armed=tuple(t for tid, t in new.items() if tid not in old),
             timers_cancelled=tuple(tid for tid in old if tid not in new),
             rejection=self.rejection,
+            commands=tuple(self.commands),
         )
 
 
@@ -370,6 +415,10 @@ def decide(state: RunState | None, input: SchedulerInput, ctx: DecisionContext) 
     writer = _Writer(state=state, ctx=ctx, run_id=input.run_id, causation=causation)
     handler = _HANDLERS[type(input)]
     handler(writer, input)
+    if isinstance(input, StartRun) and writer.rejection is not None:
+        rejected = rejected_child(input, writer.rejection, ctx)  # its parent must not wait
+        if rejected is not None:
+            writer.commands.append(rejected)
     return writer.decision(state)
 
 
@@ -420,6 +469,7 @@ def _start(w: _Writer, cmd: StartRun) -> None:
         deadline=deadline,
         source=cmd.source,
         source_key=cmd.source_key,
+        parent=cmd.parent,
     )
     _advance(w)
 
@@ -435,17 +485,23 @@ def _expect_status(w: _Writer, cmd: Command, allowed: tuple[RunStatus, ...], wor
 def _cancel(w: _Writer, cmd: CancelRun) -> None:
     allowed = (RunStatus.RUNNING, RunStatus.PAUSED, RunStatus.FAILED)
     if _expect_status(w, cmd, allowed, "running, paused or failed"):
+        children = children_in_flight(w.run)
         w.emit(RunCancelled, reason=cmd.reason, requested_by=cmd.requested_by)
+        propagate(w, children, CancelRun, causation=cmd.command_id, reason=cmd.reason)
 
 
 def _pause(w: _Writer, cmd: PauseRun) -> None:
     if _expect_status(w, cmd, (RunStatus.RUNNING,), "running"):
         w.emit(RunPaused, reason=cmd.reason, requested_by=cmd.requested_by)
+        children = children_in_flight(w.run)
+        propagate(w, children, PauseRun, causation=cmd.command_id, reason=cmd.reason)
 
 
 def _resume(w: _Writer, cmd: ResumeRun) -> None:
     if _expect_status(w, cmd, (RunStatus.PAUSED,), "paused"):
+        children = children_in_flight(w.run)
         w.emit(RunResumed, reason=cmd.reason, requested_by=cmd.requested_by)
+        propagate(w, children, ResumeRun, causation=cmd.command_id, reason=cmd.reason)
         _resume_work(w)
         _advance(w)
 
@@ -1039,6 +1095,7 @@ def _resume_work(w: _Writer) -> None:
             due = backoff is None or backoff.due_at <= w.ctx.now
             if due and not _held_again(w, step_id, step.attempt + 1):
                 _schedule(w, step_id, step.attempt + 1)
+    resume_loops(w, _CHILD_OPS)
 
 
 def _advance(w: _Writer) -> None:
@@ -1144,6 +1201,9 @@ def _schedule(w: _Writer, step_id: str, attempt: int) -> None:
     """StepScheduled for ``attempt`` (params rendered now), then dispatch or a cache lookup."""
     run = w.run
     definition = run.step_definition(step_id)
+    if is_child_run_node(definition.node_name):
+        schedule_child_step(w, _CHILD_OPS, step_id, attempt)  # a child run, no worker
+        return
     try:
         params = render_params(
             definition.params, _context(w, definition), path=f"steps.{step_id}.params"
@@ -1330,6 +1390,7 @@ def fail_input(
     *,
     prefix: Sequence[RunEvent] = (),
     invocations: Sequence[NodeInvocation] = (),
+    commands: Sequence[RunCommand] = (),
     step_id: str | None = None,
     attempt: int | None = None,
 ) -> Decision:
@@ -1340,7 +1401,8 @@ def fail_input(
     recorded on the run, with ``error``, instead of blocking the input's partition.
 
     ``prefix``: the decision's first events, which can be written (kept, with the
-    ``invocations`` of the steps they dispatched); ``step_id`` / ``attempt``: the step the
+    ``invocations`` of the steps they dispatched and the outbox ``commands`` of the child runs
+    they requested); ``step_id`` / ``attempt``: the step the
     refused record belongs to, when known (for a ``NodeResult``, by default the step whose
     current attempt it reports on). Then:
 
@@ -1360,6 +1422,7 @@ def fail_input(
     w = _Writer(state=current, ctx=ctx, run_id=input.run_id, causation=_causation_of(input))
     w.events.extend(prefix)
     w.invocations.extend(invocations)
+    w.commands.extend(commands)
     if isinstance(input, _COMMANDS) and not prefix:
         reason = f"[{error.error_class}] {error.message}"
         if current is None and not isinstance(input, StartRun):
@@ -1394,6 +1457,14 @@ def pending_cache_lookups(state: RunState) -> list[CacheLookup]:
     ]
 
 
+def _child_finished(w: _Writer, cmd: ChildRunFinished) -> None:
+    if w.state is not None:
+        child_finished(w, _CHILD_OPS, cmd)
+
+
+_CHILD_OPS = ChildOps(after_failure=_after_failure, advance=_advance, context=_context)
+"""What the child-run hooks (processors/scheduler/child_runs.py) call back into."""
+
 _HANDLERS: dict[type[Any], Callable[[_Writer, Any], None]] = {
     StartRun: _start,
     CancelRun: _cancel,
@@ -1407,4 +1478,5 @@ _HANDLERS: dict[type[Any], Callable[[_Writer, Any], None]] = {
     NodeResult: _result,
     CacheHit: _cache_hit,
     CacheMiss: _cache_miss,
+    ChildRunFinished: _child_finished,
 }

@@ -28,6 +28,8 @@ from processors.scheduler.state import (
     Timer,
 )
 from schemas.models import (
+    ChildRunEnded,
+    ChildRunRequested,
     CommandRejected,
     ErrorInfo,
     GraphMutated,
@@ -200,6 +202,7 @@ def _(event: RunStarted, state: RunState | None) -> RunState:
             "started_at": event.occurred_at,
             "idempotency_key": event.idempotency_key,
             "source": event.source,
+            "parent": event.parent,
             "steps": {sid: StepState(step_id=sid) for sid in definition.step_ids},
             "timers": timers,
         }
@@ -231,6 +234,9 @@ def _(event: StepScheduled, state: RunState | None) -> RunState:
         error=None,
         skip_reason=None,
         finished_at=None,
+        child_run_id=None,
+        iteration=0,
+        iteration_output=None,
     )
 
 
@@ -439,6 +445,36 @@ def _(event: RunRebound, state: RunState | None) -> RunState:
             "inputs": dict(event.inputs) if isinstance(event.inputs, dict) else {},
             "steps": steps,
         }
+    )
+
+
+@_apply.register
+def _(event: ChildRunRequested, state: RunState | None) -> RunState:
+    # The step runs as a child run (meta.workflow, an iteration of meta.loop): it is running
+    # from the first request of its attempt until ChildRunFinished ends it.
+    state = _require(state, event)
+    step = state.steps.get(event.step.step_id)
+    first = step is None or step.status is not StepStatus.RUNNING
+    return _with_step(
+        state,
+        event.step.step_id,
+        status=StepStatus.RUNNING,
+        attempt=event.attempt,
+        child_run_id=event.child_run_id,
+        invocation_id=event.child_run_id,
+        iteration=event.iteration or 0,
+        started_at=event.occurred_at if first else step.started_at if step else None,
+    )
+
+
+@_apply.register
+def _(event: ChildRunEnded, state: RunState | None) -> RunState:
+    # One loop iteration ended: no child in flight until the next one is requested.
+    return _with_step(
+        _require(state, event),
+        event.step.step_id,
+        child_run_id=None,
+        iteration_output=event.outputs,
     )
 
 

@@ -39,7 +39,10 @@ Status rules that are not obvious from the event names:
   row (as before its first ``StepScheduled``), and the run log keeps the old attempts;
 - ``RunRebound`` sets the run's ``workflow_version`` and ``definition`` (later mutations apply to
   it); the steps it removes were pending (no row);
-- ``CommandRejected`` changes no state: it advances ``last_seq`` but not ``updated_at``.
+- ``CommandRejected`` changes no state: it advances ``last_seq`` but not ``updated_at``;
+- ``ChildRunRequested`` (a meta.workflow / meta.loop step starts a child run) makes the step
+  ``running`` with ``invocation_id`` = the child's run id; ``ChildRunEnded`` (a loop iteration
+  ended) only advances the run. A child's ``RunStarted`` fills ``parent_*`` on its row.
 """
 
 from __future__ import annotations
@@ -59,6 +62,8 @@ from projections.postgres.identifiers import table
 from projections.postgres.statements import RunUpdate, Statement, StepUpsert, Update
 from schemas.base import RefluxRecord
 from schemas.models import (
+    ChildRunEnded,
+    ChildRunRequested,
     CommandRejected,
     GraphMutated,
     GraphMutationType,
@@ -231,8 +236,9 @@ def _(event: RunStarted, schema: str) -> Plan:
     insert = Statement(
         f"INSERT INTO {table(schema, 'runs')} (run_id, workflow_id, workflow_version, status, "
         "inputs, source, source_key, idempotency_key, deadline, started_at, updated_at, last_seq, "
-        f"definition) VALUES (%s, %s, %s, '{RunStatus.RUNNING}', %s, %s, %s, %s, %s, %s, %s, %s, "
-        "%s) ON CONFLICT (run_id) DO NOTHING",
+        "parent_run_id, parent_step_id, parent_attempt, parent_iteration, definition) "
+        f"VALUES (%s, %s, %s, '{RunStatus.RUNNING}', %s, %s, %s, %s, %s, %s, %s, %s, "
+        "%s, %s, %s, %s, %s) ON CONFLICT (run_id) DO NOTHING",
         (
             event.run_id,
             event.workflow_id,
@@ -245,6 +251,10 @@ def _(event: RunStarted, schema: str) -> Plan:
             event.occurred_at,
             event.occurred_at,
             event.seq,
+            event.parent.run_id if event.parent else None,
+            event.parent.step_id if event.parent else None,
+            event.parent.attempt if event.parent else None,
+            event.parent.iteration if event.parent else None,
             jsonb(event.definition),
         ),
         scope=("runs", event.run_id),
@@ -541,6 +551,31 @@ def _(event: StepSkipped, schema: str) -> Plan:
         finished_at=event.occurred_at,
     )
     return _run_plan(event, schema, step, _update_run(event, schema))
+
+
+@plan.register
+def _(event: ChildRunRequested, schema: str) -> Plan:
+    # A child-run step (meta.workflow / meta.loop) runs while its child does; invocation_id
+    # names the current child (each loop iteration's is its own run, linked by parent_*).
+    first = event.iteration is None or event.iteration <= 1
+    started: dict[str, Any] = {"started_at": event.occurred_at} if first else {}
+    step = _upsert_step(
+        event,
+        schema,
+        event.step,
+        StepStatus.RUNNING,
+        attempt=event.attempt,
+        invocation_id=event.child_run_id,
+        **started,
+    )
+    return _run_plan(event, schema, step, _update_run(event, schema))
+
+
+@plan.register
+def _(event: ChildRunEnded, schema: str) -> Plan:
+    # A loop iteration ended: the step keeps running (the iteration is in run_events and in
+    # the child's own row); StepSucceeded/StepFailed end the step.
+    return _run_plan(event, schema, _update_run(event, schema))
 
 
 # -- workflows -------------------------------------------------------------------------------

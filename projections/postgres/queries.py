@@ -95,6 +95,11 @@ class RunRow:
     finished_at: datetime | None
     last_seq: int
     """seq of the last event applied: clients can wait for ``last_seq >= n``."""
+    parent_run_id: str | None = None
+    """A child run's parent (meta.workflow / meta.loop; migration 007), else None."""
+    parent_step_id: str | None = None
+    parent_attempt: int | None = None
+    parent_iteration: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,6 +296,19 @@ def list_runs(
     more = len(rows) > limit
     items = rows[:limit]
     return RunPage(items, encode_cursor(items[-1]) if more else None)
+
+
+def get_children(
+    conn: psycopg.Connection, run_id: str, *, schema: str = DEFAULT_SCHEMA, limit: int = 1000
+) -> list[RunRow]:
+    """The child runs of a run (meta.workflow / meta.loop steps), oldest first."""
+    with conn.cursor(row_factory=class_row(RunRow)) as cursor:
+        cursor.execute(
+            f"SELECT {_columns(RunRow)} FROM {table(schema, 'runs')} WHERE parent_run_id = %s "
+            "ORDER BY started_at, run_id LIMIT %s",
+            (run_id, limit),
+        )
+        return cursor.fetchall()
 
 
 def get_steps(

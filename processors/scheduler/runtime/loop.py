@@ -8,8 +8,10 @@ events on ``runs`` partition *p*. A batch is ONE Kafka transaction:
    run's state; cache lookups are answered from Redis right away and fed back into ``decide``;
 2. the resulting events go to ``runs`` (same partition number), the node invocations to their
    invoke topics (created on first use; params above the claim-check threshold go to the object
-   store first, and ``StepScheduled`` carries the reference), due timers become ``FireTimer``
-   commands on ``commands``, poison inputs go to ``dlq``; every record is size-checked against
+   store first, and ``StepScheduled`` carries the reference), the decisions' outbox (commands to
+   other runs: child runs' starts, cancel/pause/resume sent on to them, ``ChildRunFinished`` to
+   their parents; ADR 0025) and due timers (``FireTimer``) go to ``commands``, poison inputs go
+   to ``dlq``; every record is size-checked against
    Kafka's message limit before anything of its input is sent;
 3. the batch's checkpoint commits to a :class:`streams.checkpoint.KafkaTransaction`: the consumed
    positions join the transaction and it commits (the commit order is :mod:`streams.checkpoint`'s).
@@ -111,6 +113,8 @@ from schemas.base import RefluxRecord, canonical_json
 from schemas.errors import SchemaError
 from schemas.models import (
     CancelRun,
+    ChildRunFinished,
+    ChildRunRequested,
     ErrorInfo,
     FireTimer,
     MutateGraph,
@@ -160,6 +164,7 @@ INPUT_TYPES = (
     FireTimer,
     NodeHeartbeat,
     NodeResult,
+    ChildRunFinished,
 )
 
 
@@ -694,10 +699,16 @@ class SchedulerRuntime:
         if not dead_letter_only:
             prefix: tuple[RunEvent, ...] = ()
             invocations: tuple[NodeInvocation, ...] = ()
+            commands: tuple[Any, ...] = ()
             if decision is not None and failure.keep:
                 prefix = decision.events[: failure.keep]
                 sent = {e.invocation_id for e in prefix if isinstance(e, StepDispatched)}
                 invocations = tuple(i for i in decision.invocations if i.invocation_id in sent)
+                # A child requested in the kept events must be started too (its StartRun).
+                children = {e.child_run_id for e in prefix if isinstance(e, ChildRunRequested)}
+                commands = tuple(
+                    c for c in decision.commands if isinstance(c, StartRun) and c.run_id in children
+                )
             try:
                 failed = fail_input(
                     state,
@@ -706,6 +717,7 @@ class SchedulerRuntime:
                     self._context(),
                     prefix=prefix,
                     invocations=invocations,
+                    commands=commands,
                     step_id=failure.step_id,
                     attempt=failure.attempt,
                 )
@@ -733,6 +745,7 @@ class SchedulerRuntime:
         events = list(decision.events)
         invocations = list(decision.invocations)
         writes = list(decision.cache_writes)
+        commands = list(decision.commands)
         state = decision.state
         while lookups:
             lookup = lookups.pop(0)
@@ -745,6 +758,7 @@ class SchedulerRuntime:
             invocations.extend(follow.invocations)
             writes.extend(follow.cache_writes)
             lookups.extend(follow.cache_lookups)
+            commands.extend(follow.commands)
         return Decision(
             state=state,
             events=tuple(events),
@@ -752,6 +766,7 @@ class SchedulerRuntime:
             cache_lookups=(),
             cache_writes=tuple(writes),
             rejection=decision.rejection,
+            commands=tuple(commands),
         )
 
     def _lookup_cache(self, lookup: CacheLookup) -> CacheHit | CacheMiss:
@@ -794,6 +809,12 @@ class SchedulerRuntime:
             # Cut before the StepDispatched of the invocation: the step fails instead.
             index = dispatched.get(invocation.invocation_id, len(decision.events))
             self._check(index, value, record, refused)
+            out.append(record)
+        for command in decision.commands:
+            # The outbox (child runs, ADR 0025): commands to other runs, keyed (and so
+            # partitioned) by their run id like every command, in this same transaction.
+            record = self._encoded(self.catalog.commands.topic, command.run_id, command, None)
+            self._check(len(decision.events), command, record, refused)
             out.append(record)
         if decision.state is not None and decision.events:
             for trace in traces_for(decision.events, decision.state):
