@@ -1,4 +1,5 @@
-"""``reflux run FILE``, ``reflux runs show|redrive|rebind``: the API's client side, for people.
+"""``reflux run FILE``, ``reflux runs show|graph|mutate|redrive|rebind``: the API's client side,
+for people.
 
 Both talk to the HTTP API (``REFLUX_API_URL`` or ``--api``), the product's front door, so they
 work the same against ``reflux dev`` on a laptop and against a deployed API.
@@ -86,6 +87,11 @@ def describe_event(event: dict[str, Any]) -> str:
                 f"held {payload.get('held_ms')} ms: {payload['reason']} "
                 f"(circuit {payload.get('circuit')}, {payload.get('dependency')})"
             )
+    elif kind == "GraphMutated":
+        mutation = payload.get("mutation") or {}
+        who = payload.get("requested_by") or "?"
+        why = f": {payload['reason']}" if payload.get("reason") else ""
+        parts.append(f"{mutation.get('type')} {mutation.get('step_id')} by {who}{why}")
     elif payload.get("reason"):
         parts.append(str(payload["reason"]))
     if kind == "StepsReset":
@@ -228,6 +234,56 @@ def show_run(args: argparse.Namespace) -> int:
     return 0
 
 
+MUTATION_TYPES = ("add_step", "remove_step", "update_params", "replace_node")
+
+
+def mutation_body(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``POST /v1/runs/{id}/mutations`` body of ``reflux runs mutate``."""
+    data: Any = {}
+    if args.data is not None:
+        try:
+            data = json.loads(args.data)
+        except ValueError as exc:
+            raise ClientError(f"Expected --data to be JSON, but it does not parse: {exc}") from exc
+    if args.node is not None:
+        if args.op != "replace_node":
+            raise ClientError("--node goes with --op replace_node (add_step takes --data)")
+        data = {"node": args.node, **({"node_version": args.version} if args.version else {})}
+    body: dict[str, Any] = {"type": args.op, "step_id": args.step, "data": data}
+    if args.reason:
+        body["reason"] = args.reason
+    if args.by:
+        body["requested_by"] = args.by
+    return body
+
+
+def mutate_run(args: argparse.Namespace) -> int:
+    return _send_command(args, f"/v1/runs/{args.run_id}/mutations", mutation_body(args))
+
+
+def graph_text(graph: dict[str, Any]) -> str:
+    lines = [f"run {graph['run_id']}  status={graph['status']}  last_seq={graph['last_seq']}"]
+    for step in graph["steps"]:
+        needs = f" needs {', '.join(step['needs'])}" if step["needs"] else ""
+        lines.append(f"  {step['step_id']:<16} {step['status']:<10} {step['node']}{needs}")
+    if graph["mutations"]:
+        lines.append("  mutations:")
+    for m in graph["mutations"]:
+        who = m.get("requested_by") or "?"
+        why = f": {m['reason']}" if m.get("reason") else ""
+        lines.append(
+            f"    #{m['seq']:<4} {m['type']:<14} {m['step_id']:<16} by {who}{why}  "
+            f"{json.dumps(m['data'])}"
+        )
+    return "\n".join(lines)
+
+
+def show_graph(args: argparse.Namespace) -> int:
+    with httpx.Client(base_url=args.api, timeout=30) as client:
+        print(graph_text(_check(client.get(f"/v1/runs/{args.run_id}/graph"))))
+    return 0
+
+
 def _send_command(args: argparse.Namespace, path: str, body: dict[str, Any]) -> int:
     """POST a run command, wait for its effect (``--wait-ms``), print what happened."""
     body = {k: v for k, v in body.items() if v is not None}
@@ -295,6 +351,26 @@ def add_client_commands(subparsers: Any, default_api: str) -> None:
     show.add_argument("run_id")
     show.add_argument("--api", default=default_api, help=f"API base URL ({default_api})")
     show.set_defaults(handler=_guard(show_run))
+    graph = actions.add_parser("graph", help="a run's current graph and its mutations")
+    graph.add_argument("run_id")
+    graph.add_argument("--api", default=default_api, help=f"API base URL ({default_api})")
+    graph.set_defaults(handler=_guard(show_graph))
+    mutate = actions.add_parser(
+        "mutate",
+        help="change a running run's graph",
+        description="e.g. reflux runs mutate RUN --op update_params --step fetch "
+        '--data \'{"url": "https://b.test"}\' --reason "new host" --by alice',
+    )
+    mutate.add_argument("run_id")
+    mutate.add_argument("--op", required=True, choices=MUTATION_TYPES)
+    mutate.add_argument("--step", required=True, help="the step added, removed or changed")
+    mutate.add_argument(
+        "--data", help="JSON: the step (add_step), the new params (update_params), {} (remove)"
+    )
+    mutate.add_argument("--node", help="replace_node: the node name (or name@constraint)")
+    mutate.add_argument("--version", help="replace_node: the version constraint, e.g. ^2")
+    _command_options(mutate, default_api)
+    mutate.set_defaults(handler=_guard(mutate_run))
     redrive = actions.add_parser(
         "redrive",
         help="re-run a failed step, or (--downstream) a step and everything downstream of it",

@@ -623,16 +623,29 @@ class CommandRejected(RunEventEnvelope):
 
 
 class GraphMutated(RunEventEnvelope):
-    """The run's graph changed; evolve applies it like any event."""
+    """The run's graph changed; evolve applies it like any event. v2: who asked for the change
+    and why (requested_by, reason), copied from the MutateGraph command.
+    """
 
     AVRO_NAME: ClassVar[str] = "reflux.events.GraphMutated"
-    SCHEMA_VERSION: ClassVar[int] = 1
+    SCHEMA_VERSION: ClassVar[int] = 2
+
+    schema_version: int = 2
+    """Version of the writer schema; old records keep the version they were written with."""
 
     mutation: GraphMutation
     """The change."""
 
     mutation_id: str | None = None
     """The reflux.mutations proposal applied, if any."""
+
+    requested_by: str | None = None
+    """Who asked for the change (the MutateGraph command's requested_by: a user, 'policy',
+    'mutation:<proposal>'); null in v1 records.
+    """
+
+    reason: str | None = None
+    """Why (the MutateGraph command's reason), for the audit trail; null in v1 records."""
 
 
 class MapChunkDispatched(RunEventEnvelope):

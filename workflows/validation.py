@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +51,7 @@ __all__ = [
     "WorkflowValidationError",
     "build_definition",
     "check_definition",
+    "check_step_nodes",
     "json_type_name",
     "load_source",
     "merge_step_defaults",
@@ -369,9 +370,22 @@ def _check_cycles(definition: WorkflowDefinition) -> list[FieldError]:
     ]
 
 
-def _check_nodes(definition: WorkflowDefinition, catalog: NodeCatalogView) -> list[FieldError]:
+def check_step_nodes(
+    definition: WorkflowDefinition, catalog: NodeCatalogView, step_ids: Collection[str]
+) -> list[FieldError]:
+    """Catalog problems of the named steps' nodes only (a graph mutation checks what it adds)."""
+    return _check_nodes(definition, catalog, step_ids)
+
+
+def _check_nodes(
+    definition: WorkflowDefinition,
+    catalog: NodeCatalogView,
+    only: Collection[str] | None = None,
+) -> list[FieldError]:
     errors: list[FieldError] = []
     for i, step in enumerate(definition.steps):
+        if only is not None and step.id not in only:
+            continue
         ref, path = step.ref, f"steps[{i}].node"
         if is_child_run_node(ref.name):
             continue  # run by the scheduler itself: not in the catalog

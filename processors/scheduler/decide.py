@@ -144,6 +144,7 @@ from workflows.semver import invoke_major
 from workflows.validation import (
     WorkflowValidationError,
     check_definition,
+    check_step_nodes,
     validate_inputs,
 )
 
@@ -291,7 +292,8 @@ class DecisionContext:
     lookup_workflow: Callable[[str, int | None], RegisteredWorkflow | None] = _no_workflows
     """``(workflow id, version or None = latest) -> registered definition`` for StartRun."""
     node_catalog: NodeCatalogView | None = None
-    """When set, graph mutations must name nodes/versions that exist."""
+    """When set, the step a graph mutation adds or re-points must name a node/version that
+    exists (the other steps were checked when the run started)."""
     is_cacheable: Callable[[str, str], bool] = _always_cacheable
     """``(node, version) -> bool``: the node's ``cacheable`` flag; steps also opt in."""
     load_payload: Callable[[PayloadRef], Any] | None = None
@@ -619,6 +621,9 @@ _MUTABLE_STEP = (
 )
 
 
+_NODE_MUTATIONS = (GraphMutationType.ADD_STEP, GraphMutationType.REPLACE_NODE)
+
+
 def _mutate(w: _Writer, cmd: MutateGraph) -> None:
     allowed = (RunStatus.RUNNING, RunStatus.PAUSED, RunStatus.FAILED)
     if not _expect_status(w, cmd, allowed, "running, paused or failed"):
@@ -663,13 +668,23 @@ def _mutate(w: _Writer, cmd: MutateGraph) -> None:
     except WorkflowValidationError as exc:
         w.reject(cmd, "Expected a valid graph mutation, but " + "; ".join(map(str, exc.errors)))
         return
-    errors = check_definition(mutated, node_catalog=w.ctx.node_catalog)
+    errors = check_definition(mutated)
+    if w.ctx.node_catalog is not None and mutation.type in _NODE_MUTATIONS:
+        # Only the step the mutation names: the rest of the graph was accepted when the run
+        # started, and a catalog change since must not block an unrelated fix.
+        errors += check_step_nodes(mutated, w.ctx.node_catalog, {step_id})
     if errors:
         w.reject(
             cmd, "Expected a valid graph after the mutation, but " + "; ".join(map(str, errors))
         )
         return
-    w.emit(GraphMutated, mutation=mutation, mutation_id=cmd.mutation_id)
+    w.emit(
+        GraphMutated,
+        mutation=mutation,
+        mutation_id=cmd.mutation_id,
+        requested_by=cmd.requested_by,
+        reason=cmd.reason,
+    )
     _advance(w)
 
 
@@ -953,8 +968,16 @@ def _splice_plan(w: _Writer, step: StepState, result: NodeResult) -> None:
         error = ai_plan.invalid_plan_error(checked.errors, output, step.attempt)
         _fail_attempt(w, step.step_id, error)
         return
+    # Who/why in the graph view (ADR 0022): the planner step, and the goal it planned for.
+    goal = params.get("goal") if isinstance(params, dict) else None
     for mutation in checked.mutations:
-        w.emit(GraphMutated, mutation=mutation, mutation_id=None)
+        w.emit(
+            GraphMutated,
+            mutation=mutation,
+            mutation_id=None,
+            requested_by=f"ai.meta:{step.step_id}",
+            reason=f"plan for goal: {goal}" if isinstance(goal, str) else "ai.meta plan",
+        )
 
 
 def _settle_meta_steps(w: _Writer) -> bool:

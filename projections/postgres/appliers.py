@@ -29,11 +29,16 @@ Status rules that are not obvious from the event names:
   run;
 - ``StepTimedOut`` stores an error ``{"error_class": "StepTimedOut", ...}`` so a timed-out step
   has an error like a failed one (the event itself carries only the timeout);
-- ``GraphMutated`` only advances the run: step rows appear and change with the step events,
-  which carry the (possibly replaced) node and version;
+- ``GraphMutated`` appends a ``run_mutations`` row (type, step, data, who and why) and rewrites
+  ``runs.definition`` (set from ``RunStarted``) with ``reflux_apply_graph_mutation``, the SQL twin
+  of ``workflows.mutations.apply_mutation`` (migration 004); ``remove_step`` deletes the step's
+  row if it had one. Other step rows appear and change with the step events, which carry the
+  (possibly replaced) node and version: an added step, like every pending step, has no row until
+  it is scheduled;
 - ``StepsReset`` (a re-drive from a step) deletes the reset steps' rows: a pending step has no
   row (as before its first ``StepScheduled``), and the run log keeps the old attempts;
-- ``RunRebound`` sets the run's ``workflow_version``; the steps it removes were pending (no row);
+- ``RunRebound`` sets the run's ``workflow_version`` and ``definition`` (later mutations apply to
+  it); the steps it removes were pending (no row);
 - ``CommandRejected`` changes no state: it advances ``last_seq`` but not ``updated_at``;
 - ``ChildRunRequested`` (a meta.workflow / meta.loop step starts a child run) makes the step
   ``running`` with ``invocation_id`` = the child's run id; ``ChildRunEnded`` (a loop iteration
@@ -64,6 +69,7 @@ from schemas.models import (
     ChildRunRequested,
     CommandRejected,
     GraphMutated,
+    GraphMutationType,
     MapChunkDispatched,
     MapChunkFinished,
     MapStarted,
@@ -236,9 +242,9 @@ def _(event: RunStarted, schema: str) -> Plan:
     insert = Statement(
         f"INSERT INTO {table(schema, 'runs')} (run_id, workflow_id, workflow_version, status, "
         "inputs, source, source_key, idempotency_key, deadline, started_at, updated_at, last_seq, "
-        "parent_run_id, parent_step_id, parent_attempt, parent_iteration) "
+        "parent_run_id, parent_step_id, parent_attempt, parent_iteration, definition) "
         f"VALUES (%s, %s, %s, '{RunStatus.RUNNING}', %s, %s, %s, %s, %s, %s, %s, %s, "
-        "%s, %s, %s, %s) ON CONFLICT (run_id) DO NOTHING",
+        "%s, %s, %s, %s, %s) ON CONFLICT (run_id) DO NOTHING",
         (
             event.run_id,
             event.workflow_id,
@@ -255,6 +261,7 @@ def _(event: RunStarted, schema: str) -> Plan:
             event.parent.step_id if event.parent else None,
             event.parent.attempt if event.parent else None,
             event.parent.iteration if event.parent else None,
+            jsonb(event.definition),
         ),
         scope=("runs", event.run_id),
     )
@@ -321,7 +328,44 @@ def _(event: RunCancelled, schema: str) -> Plan:
 
 @plan.register
 def _(event: GraphMutated, schema: str) -> Plan:
-    return _run_plan(event, schema, _update_run(event, schema))
+    mutation = event.mutation
+    data = Jsonb(mutation.data)
+    record = Statement(
+        f"INSERT INTO {table(schema, 'run_mutations')} (run_id, seq, type, step_id, data, "
+        "mutation_id, command_id, requested_by, reason, event_id, at) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (run_id, seq) DO NOTHING",
+        (
+            event.run_id,
+            event.seq,
+            mutation.type.value,
+            mutation.step_id,
+            data,
+            event.mutation_id,
+            event.causation_id,
+            event.requested_by,
+            event.reason,
+            event.event_id,
+            event.occurred_at,
+        ),
+        scope=("run_mutations", event.run_id),
+    )
+    rewrite = Statement(
+        f"UPDATE {table(schema, 'runs')} SET definition = "
+        f"{table(schema, 'reflux_apply_graph_mutation')}(definition, %s, %s, %s) "
+        "WHERE run_id = %s",
+        (mutation.type.value, mutation.step_id, data, event.run_id),
+        scope=("runs", event.run_id),
+    )
+    updates: list[Update] = [record, rewrite]
+    if mutation.type is GraphMutationType.REMOVE_STEP:
+        updates.append(
+            Statement(
+                f"DELETE FROM {table(schema, 'steps')} WHERE run_id = %s AND step_id = %s",
+                (event.run_id, mutation.step_id),
+                scope=("steps", event.run_id, mutation.step_id),
+            )
+        )
+    return _run_plan(event, schema, *updates, _update_run(event, schema))
 
 
 @plan.register
@@ -336,7 +380,12 @@ def _(event: StepsReset, schema: str) -> Plan:
 
 @plan.register
 def _(event: RunRebound, schema: str) -> Plan:
-    update = _update_run(event, schema, workflow_version=event.workflow_version)
+    update = _update_run(
+        event,
+        schema,
+        workflow_version=event.workflow_version,
+        definition=jsonb(event.definition),
+    )
     return _run_plan(event, schema, update)
 
 

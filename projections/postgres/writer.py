@@ -66,6 +66,7 @@ READ_MODEL_TABLES = (
     "runs",
     "steps",
     "run_events",
+    "run_mutations",
     "nodes",
     "node_versions",
     "node_catalog_events",

@@ -440,7 +440,13 @@ outputs: {b: "{{ steps.b.output.params }}"}
 def graph_mutation() -> Simulation:
     sim = Simulation(MUTATION, node_catalog=CATALOG)
     sim.start()
-    sim.mutate("update_params", "b", {"v": 20, "from_a": "{{ steps.a.output.params.v }}"})
+    sim.mutate(
+        "update_params",
+        "b",
+        {"v": 20, "from_a": "{{ steps.a.output.params.v }}"},
+        requested_by="alice",
+        reason="b needs a's value",
+    )
     sim.mutate("replace_node", "c", {"node": "http.request", "node_version": "^2"})
     sim.mutate("remove_step", "d")
     sim.mutate(

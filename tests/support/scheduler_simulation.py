@@ -232,11 +232,26 @@ class Simulation:
             )
         )
 
-    def mutate(self, kind: GraphMutationType | str, step_id: str, data: Any = None) -> Decision:
+    def mutate(
+        self,
+        kind: GraphMutationType | str,
+        step_id: str,
+        data: Any = None,
+        *,
+        requested_by: str | None = None,
+        reason: str | None = None,
+    ) -> Decision:
         mutation = GraphMutation(
             type=GraphMutationType(kind), step_id=step_id, data=data if data is not None else {}
         )
-        return self.send(MutateGraph(**self._command_fields(), mutation=mutation))
+        return self.send(
+            MutateGraph(
+                **self._command_fields(),
+                mutation=mutation,
+                requested_by=requested_by,
+                reason=reason,
+            )
+        )
 
     def fire_due(self) -> list[Decision]:
         """Send FireTimer for every timer due now (what the runtime's timer loop does)."""

@@ -67,7 +67,11 @@ from foundation.errors import NonRetryableError, RefluxError, ServiceUnavailable
 from foundation.liveness import Heartbeat
 from foundation.objectstore import S3BlobStore, content_key
 from foundation.settings import Settings
-from processors.node_catalog.runtime_view import CatalogResolver, NodeCatalogKafkaView
+from processors.node_catalog.runtime_view import (
+    CatalogResolver,
+    CatalogValidator,
+    NodeCatalogKafkaView,
+)
 from processors.scheduler.decide import (
     CacheHit,
     CacheLookup,
@@ -262,6 +266,8 @@ class SchedulerRuntime:
         # Node versions by catalog status and rollout weight (nodes topic, all partitions).
         self._nodes = NodeCatalogKafkaView(settings, self.catalog)
         self._resolve_node_version = CatalogResolver(self._nodes)
+        # Graph mutations (add_step, replace_node) are checked against the same view.
+        self._node_validator = CatalogValidator(self._nodes)
         self.transactional_id = f"{self.group}.{self.instance_id}"
         self.producer = self._new_producer()
         self._fencings: list[float] = []
@@ -450,8 +456,9 @@ class SchedulerRuntime:
             retry_gate=self.retry_gate.gate,
             # Graph mutations and ai.meta plans are validated against the live catalog; an
             # empty catalog (a deployment that registers no nodes) checks no node names, as
-            # the resolver then falls back to the constraint's major.
-            node_catalog=self._nodes.state if len(self._nodes.state) else None,
+            # the resolver then falls back to the constraint's major. The validator refreshes
+            # the view and catches up once before calling a name unknown (ADR 0022).
+            node_catalog=self._node_validator if self._node_validator.active() else None,
         )
 
     # -- the loop --------------------------------------------------------------------------------
