@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from foundation.settings import Settings
 from processors.node_catalog.rollout import NodeVersionUnavailableError
@@ -132,3 +133,7 @@ class CatalogValidator:
 
     def names(self) -> Sequence[str]:
         return self.view.state.names()
+
+    def manifest(self, name: str, version: str) -> Mapping[str, Any] | None:
+        """The version's manifest (description, input schema): what ai.meta shows its LLM."""
+        return self.view.state.manifest(name, version)
