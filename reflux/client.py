@@ -135,6 +135,11 @@ def _describe_map(kind: str, payload: dict[str, Any]) -> list[str]:
             f"chunk {payload.get('chunk')}: {payload.get('succeeded')} ok, {failed} failed, "
             f"{retrying} to retry"
         ]
+    if kind == "MapChildEnded":
+        return [
+            f"item {payload.get('item')} (attempt {payload.get('item_attempt')}): child run "
+            f"{payload.get('child_run_id')} {payload.get('status')} -> {payload.get('outcome')}"
+        ]
     return []
 
 
