@@ -244,6 +244,7 @@ def test_stale_child_ends_change_nothing() -> None:
     child = pending_children(engine)[0]
     answer_child(engine, child)
     notification = engine.outbox[0]
+    assert isinstance(notification, ChildRunFinished)
     engine.pump()
     before = engine.run("p1")
     again = engine.send(notification.model_copy(update={"command_id": "dup"}))
