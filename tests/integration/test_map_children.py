@@ -11,6 +11,7 @@ from typing import Any
 
 from processors.scheduler.child_runs import map_child_run_id
 from projections.postgres import queries
+from schemas.models import CancelRun
 from tests.integration.engine_fixtures import Harness, assert_replay_equivalent, transform
 from tests.integration.http_fixtures import HttpTestServer
 from tests.integration.test_child_runs import nothing_left_running, slow_child
@@ -235,3 +236,27 @@ def test_a_thousand_items_over_a_one_step_workflow(harness: Harness) -> None:
     assert held
     for child in held[:3]:
         assert_replay_equivalent(harness, child)
+
+
+def test_cancelling_the_parent_cancels_the_item_children(
+    harness: Harness, http: HttpTestServer
+) -> None:
+    harness.register(call_child(http))
+    harness.register(
+        mapper("call", concurrency=2, on_failure="collect", inputs={"path": "{{ item }}"})
+    )
+    run_id = harness.start("map_call_collect", {"xs": ["/slow?ms=10000"] * 5})
+    first = [map_child_run_id(run_id, "each", 1, i, 1) for i in (0, 1)]
+    for child in first:
+        harness.wait_step(child, "call", "running", timeout=30)
+    harness.command(CancelRun(run_id=run_id, reason="enough"))
+    assert harness.wait(run_id, timeout=30).status == "cancelled"
+    for child in first:
+        assert harness.wait(child, timeout=30).status == "cancelled"
+        [cancelled] = [e for e in harness.events(child) if e.event_type == "RunCancelled"]
+        assert cancelled.payload["requested_by"] == f"run:{run_id}"
+    assert len(children(harness, run_id)) == 2  # no new child after the cancel
+    assert_replay_equivalent(harness, run_id)
+    for child in first:
+        assert_replay_equivalent(harness, child)
+    nothing_left_running(harness, run_id, *first)

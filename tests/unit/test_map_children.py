@@ -385,3 +385,32 @@ def test_validation_names_the_field_paths_of_a_map_over_a_workflow() -> None:
     assert "inputs" in _errors(mixed)["steps[0].params.params"]
     bad_root = mapper().replace("{{ item }}", "{{ nope }}")
     assert any(p.startswith("steps[0].params.inputs") for p in _errors(bad_root))
+
+
+def test_a_parent_whose_deadline_passes_cancels_its_children() -> None:
+    parent = mapper(concurrency=2).replace("id: mapper\n", "id: mapper\ndeadline: 60000\n")
+    engine = Engine(CHILD, parent)
+    engine.start("mapper", "p1")
+    engine.pump()
+    children = pending_children(engine)
+    [timer] = [t for t in engine.run("p1").timers.values() if t.kind.value == "run_deadline"]
+    engine.now = timer.due_at
+    decision = engine.send(
+        FireTimer(
+            run_id="p1",
+            timer_id=timer.timer_id,
+            kind=timer.kind,
+            step_id=None,
+            attempt=timer.attempt,
+            due_at=timer.due_at,
+        )
+    )
+    run = engine.run("p1")
+    assert run.status is RunStatus.FAILED
+    assert run.error is not None and run.error.error_class == "RunDeadlineExceeded"
+    cancels = [c for c in decision.commands if isinstance(c, CancelRun)]
+    assert sorted(c.run_id for c in cancels) == sorted(children)
+    assert all("deadline" in (c.reason or "") for c in cancels)
+    engine.pump()
+    assert {engine.run(c).status for c in children} == {RunStatus.CANCELLED}
+    assert engine.run("p1") == run  # their ends changed nothing
