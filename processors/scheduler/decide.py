@@ -75,8 +75,14 @@ from processors.scheduler.child_runs import (
 )
 from processors.scheduler.evolve import RUN_EVENT_TYPES, RunEvent, evolve, fold
 from processors.scheduler.meta import ai_plan
-from processors.scheduler.meta.map import map_result, pump, retry_timer_due, start_map
-from processors.scheduler.meta.map_children import map_child_finished, map_children_in_flight
+from processors.scheduler.meta.map import map_result
+from processors.scheduler.meta.map_children import (
+    map_child_finished,
+    map_children_in_flight,
+    map_timer_due,
+    pump_map,
+    start_any_map,
+)
 from processors.scheduler.meta.switch import run_switch, switch_skip_reason
 from processors.scheduler.redrive import plan_rebind, plan_redrive_from, rebind_status_refusal
 from processors.scheduler.retry_gate import UNGATED, Admission, RetryGating, step_dependency
@@ -757,7 +763,7 @@ def _fire_timer(w: _Writer, cmd: FireTimer) -> None:
     if step.step_id in run.maps and timer.timer_id in run.maps[step.step_id].retries:
         # A meta.map's items waiting for their next attempt: dispatch them (if running).
         try:
-            retry_timer_due(w, step.step_id, timer.timer_id, _meta_context(w, step.step_id))
+            map_timer_due(w, step.step_id, timer.timer_id, _meta_context(w, step.step_id))
         except NonRetryableError as exc:
             _fail_before_dispatch(w, step.step_id, step.attempt, exc)
         _advance(w)
@@ -1121,7 +1127,7 @@ def _resume_work(w: _Writer) -> None:
     run = w.run
     for step_id in list(run.maps):
         try:  # meta.map steps dispatch the chunks they held back
-            pump(w, step_id, _meta_context(w, step_id))
+            pump_map(w, step_id, _meta_context(w, step_id))
         except NonRetryableError as exc:
             _fail_before_dispatch(w, step_id, w.run.steps[step_id].attempt, exc)
     for step_id in run.graph.topological_order:
@@ -1309,7 +1315,7 @@ def _run_meta(w: _Writer, step_id: str, attempt: int, definition: StepDefinition
     """A meta node runs in the scheduler (processors/scheduler/meta): never dispatched as such."""
     try:
         if definition.node_name == MAP_NODE:
-            start_map(w, step_id, attempt, lambda: _context(w, definition))
+            start_any_map(w, step_id, attempt, lambda: _context(w, definition))
         else:
             run_switch(w, step_id, attempt, lambda: _context(w, definition))
     except NonRetryableError as exc:  # a TemplateError, no such node version, no topic

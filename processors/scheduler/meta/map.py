@@ -58,7 +58,6 @@ __all__ = [
     "finish_if_complete",
     "map_result",
     "pump",
-    "retry_timer_due",
     "start_map",
 ]
 
@@ -183,32 +182,25 @@ def items_of(w: CoreWriter, progress: MapState) -> list[Any]:
 # -- start ----------------------------------------------------------------------------------------
 
 
+def render_items(params: MapParams, step_id: str, context_of: ContextOf) -> list[Any]:
+    """The map's collection, evaluated once at its start (an array, or a TemplateError)."""
+    path = f"steps.{step_id}.params.items"
+    items = render_params(params.items, context_of(), path=path)
+    if not isinstance(items, list):
+        kind = type(items).__name__ if items is not None else "null"
+        raise TemplateError(path, f"expected an array of items, got {kind}")
+    return items
+
+
 def start_map(w: Writer, step_id: str, attempt: int, context_of: ContextOf) -> None:
     """MapStarted for ``attempt``, then the first chunks (or success, for no items).
 
     Raises ``NonRetryableError`` (a template error, no such node, no topic): ``decide`` fails
     the step with it, as for an ordinary step that cannot be dispatched."""
     run = w.run
-    definition = run.step_definition(step_id)
-    params = map_params(definition.params)
-    path = f"steps.{step_id}.params.items"
-    items = render_params(params.items, context_of(), path=path)
-    if not isinstance(items, list):
-        kind = type(items).__name__ if items is not None else "null"
-        raise TemplateError(path, f"expected an array of items, got {kind}")
-    if params.over_workflow:
-        from processors.scheduler.meta.map_children import start_map_children
-
-        start_map_children(
-            w,  # type: ignore[arg-type]
-            step_id,
-            attempt=attempt,
-            params=params,
-            items=items,
-            context_of=context_of,
-        )
-        return
-    assert params.node is not None
+    params = map_definition_params(run, step_id)
+    items = render_items(params, step_id, context_of)
+    assert params.node is not None  # the node form (map_children starts the workflow form)
     inner = parse_node_ref(params.node)
     version = w.ctx.resolve_node_version(inner.name, inner.constraint.raw, run.run_id)
     topic = w.ctx.invoke_topic(inner.name, invoke_major(version))
@@ -269,10 +261,7 @@ def pump(w: Writer, step_id: str, context_of: ContextOf) -> None:
     then fresh items in order. Only while the run is running (a pause holds new chunks)."""
     current = _running(w.run, step_id)
     if current is not None and current.workflow_id is not None:
-        from processors.scheduler.meta.map_children import pump_children
-
-        pump_children(w, step_id, context_of)  # type: ignore[arg-type]
-        return
+        return  # a map over a sub-workflow: map_children.pump_children starts its children
     base: dict[str, Any] | None = None
     while w.run.status is RunStatus.RUNNING:
         progress = _running(w.run, step_id)
@@ -365,15 +354,6 @@ def _dispatch(
             ),
         )
     )
-
-
-def retry_timer_due(w: Writer, step_id: str, timer_id: str, context_of: ContextOf) -> bool:
-    """A map retry timer fired: dispatch what is due (if room). False: not a map timer."""
-    progress = w.run.maps.get(step_id)
-    if progress is None or timer_id not in progress.retries:
-        return False
-    pump(w, step_id, context_of)
-    return True
 
 
 # -- results --------------------------------------------------------------------------------------

@@ -67,7 +67,10 @@ __all__ = [
     "child_batching",
     "map_child_finished",
     "map_children_in_flight",
+    "map_timer_due",
     "pump_children",
+    "pump_map",
+    "start_any_map",
     "start_map_children",
 ]
 
@@ -121,6 +124,40 @@ def child_batching(concurrency: int) -> tuple[int, int]:
     the cap is below 4)."""
     threshold = max(1, min(MAX_CHILD_BATCH, math.ceil(concurrency / 4)))
     return MAX_CHILD_BATCH, threshold
+
+
+# -- entry points for decide (either form of map) -------------------------------------------------
+
+
+def start_any_map(w: Writer, step_id: str, attempt: int, context_of: ContextOf) -> None:
+    """Start a map step's attempt: over a sub-workflow here, over a node in ``map``."""
+    params = node_map.map_definition_params(w.run, step_id)
+    if not params.over_workflow:
+        # decide's writer is both kinds of Writer (invocations and the outbox)
+        node_map.start_map(w, step_id, attempt, context_of)  # type: ignore[arg-type]
+        return
+    items = node_map.render_items(params, step_id, context_of)
+    start_map_children(
+        w, step_id, attempt=attempt, params=params, items=items, context_of=context_of
+    )
+
+
+def pump_map(w: Writer, step_id: str, context_of: ContextOf) -> None:
+    """Send what a map holds back (resume, a re-drive): chunks, or children."""
+    progress = w.run.maps.get(step_id)
+    if progress is not None and progress.workflow_id is not None:
+        pump_children(w, step_id, context_of)
+    else:
+        node_map.pump(w, step_id, context_of)  # type: ignore[arg-type]  # (see above)
+
+
+def map_timer_due(w: Writer, step_id: str, timer_id: str, context_of: ContextOf) -> bool:
+    """A map's retry timer fired: send what is due (if room). False: not a map timer."""
+    progress = w.run.maps.get(step_id)
+    if progress is None or timer_id not in progress.retries:
+        return False
+    pump_map(w, step_id, context_of)
+    return True
 
 
 def _lookup(w: Writer, workflow_id: str, version: int | None, step_id: str) -> _Registered:
