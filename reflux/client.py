@@ -113,6 +113,12 @@ def describe_event(event: dict[str, Any]) -> str:
 
 def _describe_map(kind: str, payload: dict[str, Any]) -> list[str]:
     """meta.map bookkeeping (docs/decisions/0024-chunked-map.md), one line per chunk."""
+    if kind == "MapStarted" and payload.get("workflow_id"):
+        return [
+            f"{payload.get('item_count')} items, a child run of {payload['workflow_id']} "
+            f"v{payload.get('workflow_version')} each ({payload.get('max_chunks_in_flight')} in "
+            f"flight), {payload.get('on_failure')}"
+        ]
     if kind == "MapStarted":
         return [
             f"{payload.get('item_count')} items, chunks of {payload.get('chunk_size')} "

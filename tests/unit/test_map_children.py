@@ -414,3 +414,34 @@ def test_a_parent_whose_deadline_passes_cancels_its_children() -> None:
     engine.pump()
     assert {engine.run(c).status for c in children} == {RunStatus.CANCELLED}
     assert engine.run("p1") == run  # their ends changed nothing
+
+
+def test_the_timeline_names_the_child_workflow_and_each_items_child() -> None:
+    from reflux.client import describe_event
+
+    def line(kind: str, payload: dict[str, Any]) -> str:
+        event = {"event_type": kind, "seq": 3, "occurred_at": "2025-01-01T12:00:00+00:00"}
+        return describe_event({**event, "payload": {"step": {"step_id": "each"}, **payload}})
+
+    started = line(
+        "MapStarted",
+        {
+            "item_count": 1000,
+            "workflow_id": "square",
+            "workflow_version": 2,
+            "max_chunks_in_flight": 100,
+            "on_failure": "fail_fast",
+        },
+    )
+    assert "1000 items, a child run of square v2 each (100 in flight), fail_fast" in started
+    ended = line(
+        "MapChildEnded",
+        {
+            "item": 7,
+            "item_attempt": 1,
+            "child_run_id": "c-7",
+            "status": "failed",
+            "outcome": "retry",
+        },
+    )
+    assert "item 7 (attempt 1): child run c-7 failed -> retry" in ended
