@@ -445,3 +445,21 @@ def test_the_timeline_names_the_child_workflow_and_each_items_child() -> None:
         },
     )
     assert "item 7 (attempt 1): child run c-7 failed -> retry" in ended
+
+
+def test_an_item_whose_inputs_do_not_validate_fails_the_map_and_cancels_its_children() -> None:
+    engine = Engine(CHILD, mapper(concurrency=2))
+    engine.start("mapper", "p1", {"xs": [1, 2, "three"]})  # the child wants an integer
+    engine.pump()
+    first, second = pending_children(engine)
+    answer_child(engine, first)
+    decision = engine.send(engine.outbox.popleft())  # first's end: the next batch is "three"
+    [cancel] = [c for c in decision.commands if isinstance(c, CancelRun)]
+    assert cancel.run_id == second
+    assert "item 2" in (cancel.reason or "") and "inputs.n" in (cancel.reason or "")
+    run = engine.run("p1")
+    assert run.status is RunStatus.FAILED and run.failed_step == "each"
+    assert run.error is not None and run.error.error_class == "ChildInputsInvalid"
+    assert not any(isinstance(c, StartRun) for c in decision.commands)
+    engine.pump()
+    assert engine.run(second).status is RunStatus.CANCELLED

@@ -218,7 +218,19 @@ def start_map_children(
 
 def pump_children(w: Writer, step_id: str, context_of: ContextOf) -> None:
     """Start batches of children while slots are free (only while the run is running): due
-    retries first (one item each), then fresh items in order."""
+    retries first (one item each), then fresh items in order.
+
+    Raises ``NonRetryableError`` (an item's inputs that do not render or validate, the child
+    workflow gone): ``decide`` fails the step with it; the children already in flight are
+    cancelled first, so a failed map leaves none running."""
+    try:
+        _pump_children(w, step_id, context_of)
+    except NonRetryableError as exc:
+        cancel_map_children(w, step_id, reason=f"failed: {exc}")
+        raise
+
+
+def _pump_children(w: Writer, step_id: str, context_of: ContextOf) -> None:
     base: dict[str, Any] | None = None
     while w.run.status is RunStatus.RUNNING:
         progress = node_map.running_map(w.run, step_id)
@@ -422,7 +434,9 @@ def map_child_finished(w: Writer, cmd: ChildRunFinished, context_of: ContextOf) 
     )
     if outcome == "failed" and progress.on_failure == "fail_fast":
         assert error is not None
-        cancel_map_children(w, progress.step_id, reason=f"item {index} failed: {error.message}")
+        cancel_map_children(
+            w, progress.step_id, reason=f"failed fast: item {index} failed: {error.message}"
+        )
         node_map.fail_map(w, progress.step_id, index, error)
         return
     if not node_map.finish_if_complete(w, progress.step_id):
@@ -460,7 +474,8 @@ def map_children_in_flight(run: RunState) -> dict[str, list[str]]:
 
 
 def cancel_map_children(w: Writer, step_id: str, *, reason: str) -> None:
-    """CancelRun (outbox) for the children a map step still waits for (its fail-fast end)."""
+    """CancelRun (outbox) for the children a map step still waits for (it fails: fail fast, or
+    a batch that cannot start); ``reason`` follows "map step 'x' of parent run <id> "."""
     run = w.run
     for child in map_children_in_flight(run).get(step_id, []):
         w.commands.append(
@@ -468,8 +483,8 @@ def cancel_map_children(w: Writer, step_id: str, *, reason: str) -> None:
                 run_id=child,
                 event_id=w.ctx.new_id(),
                 occurred_at=w.ctx.now,
-                command_id=command_id(run.run_id, step_id, "failfast", child),
-                reason=f"map step {step_id!r} of parent run {run.run_id} failed fast: {reason}",
+                command_id=command_id(run.run_id, step_id, "mapfailed", run.last_seq, child),
+                reason=f"map step {step_id!r} of parent run {run.run_id} {reason}",
                 requested_by=f"run:{run.run_id}",
             )
         )
