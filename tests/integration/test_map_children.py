@@ -10,6 +10,7 @@ import json
 from datetime import datetime
 from typing import Any
 
+from api.readmodel import load_run_detail
 from processors.scheduler.child_runs import map_child_run_id
 from projections.postgres import queries
 from schemas.models import CancelRun
@@ -125,6 +126,12 @@ def test_each_item_runs_as_a_child_in_item_order_within_the_cap(
     assert [r.run_id for r in rows] == [map_child_run_id(run_id, "each", 1, i, 1) for i in range(9)]
     assert [r.parent_iteration for r in rows] == list(range(9))
     assert all(r.parent_step_id == "each" and r.source == "parent" for r in rows)
+    with harness.conn() as conn:  # GET /v1/runs/{id}: the map's children, by item index
+        detail = load_run_detail(conn, run_id, schema=harness.schema)
+    assert detail is not None
+    assert sorted((c.iteration, c.step_id, c.status) for c in detail.children) == [
+        (i, "each", "succeeded" if i < 8 else "failed") for i in range(9)
+    ]
     # The cap: never more than 3 children in flight, by the parent's log and by the children's.
     assert in_flight_by_parent_log(harness, run_id) == 3
     assert 1 <= overlap <= 3
