@@ -98,7 +98,11 @@ from processors.scheduler.runtime.results_gate import ResultsGate
 from processors.scheduler.runtime.run_table import RunTable
 from processors.scheduler.runtime.snapshots import SnapshotCycle, SnapshotWriter
 from processors.scheduler.runtime.traces import traces_for
-from processors.scheduler.runtime.workflows import WorkflowsView
+from processors.scheduler.runtime.workflows import (
+    WorkflowRoutesView,
+    WorkflowsView,
+    route_workflow,
+)
 from processors.scheduler.state import RunState
 from processors.scheduler.timers import due_timers
 from schemas import decode, serde
@@ -250,6 +254,8 @@ class SchedulerRuntime:
         # Namespaced like the topics, so environments sharing one Redis never share entries.
         self.cache_prefix = f"{settings.topic_prefix}:step-cache:"
         self._workflows = WorkflowsView(settings, self.catalog)
+        # Splits between workflow versions set by mutation proposals (reflux.mutations).
+        self._routes = WorkflowRoutesView(settings, self.catalog)
         self._workflow_cache: dict[tuple[str, int], WorkflowDefinition] = {}
         # Node versions by catalog status and rollout weight (nodes topic, all partitions).
         self._nodes = NodeCatalogKafkaView(settings, self.catalog)
@@ -388,6 +394,9 @@ class SchedulerRuntime:
             self._workflow_cache[key] = definition
         return RegisteredWorkflow(record.version, definition)
 
+    def _route_workflow(self, workflow_id: str, run_id: str) -> int | None:
+        return route_workflow(self._workflows, self._routes, workflow_id, run_id)
+
     def _load_payload(self, ref: PayloadRef) -> Any:
         """A claim-checked output a template references: a missing or corrupt blob fails the
         step (non-retryable); an unreachable store is retried with the batch."""
@@ -428,6 +437,7 @@ class SchedulerRuntime:
             now=self.clock(),
             invoke_topic=self.invoke_topics,
             lookup_workflow=self._lookup_workflow,
+            route_workflow=self._route_workflow,
             load_payload=self._load_payload,
             store_payload=self._store_params,
             resolve_node_version=self._resolve_node_version,
@@ -1062,6 +1072,7 @@ class SchedulerRuntime:
                 self.producer.close(timeout=5.0)
             finally:
                 self._workflows.close()
+                self._routes.close()
                 self._nodes.close()
 
 
