@@ -139,7 +139,7 @@ async def _await(
         )
         if outcome is not None and outcome.refused_reason is not None:
             raise ConflictError(outcome.refused_reason)
-        if outcome is not None and outcome.statuses and outcome.statuses[-1] in settled:
+        if outcome is not None and settled.intersection(outcome.statuses):
             response.status_code = 200
             return await _detail(pool, api, request.mutation_id)
         remaining = deadline - time.monotonic()
@@ -274,7 +274,16 @@ async def propose(
     response.headers["Location"] = f"/v1/mutations/{mutation_id}"
     if not body.wait_ms:
         return MutationAccepted(mutation_id=mutation_id, request_id=request.event_id)
-    settled = {"rejected", "applied"} | ({"validated"} if policy != "auto" else set())
+    # Under policy auto a validated proposal goes on to applied, unless a canary is running.
+    canaries = await with_conn(
+        pool,
+        api.pool_timeout_s,
+        lambda conn: mq.list_mutations(
+            conn, workflow_id=body.workflow_id, status="applied", limit=1, schema=api.read_schema
+        ),
+    )
+    auto = policy == ImprovementPolicy.AUTO.value and not canaries
+    settled = {"rejected", "applied"} | (set() if auto else {"validated"})
     return await _await(
         pool, api, request, settled=settled, wait_ms=body.wait_ms, response=response
     )

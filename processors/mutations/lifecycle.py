@@ -303,10 +303,19 @@ def _propose(w: _Writer) -> MutationDecision:
             reason="validation failed: " + ", ".join(failed),
         )
         return w.decision
-    validated = w.transition(
-        validating, S.VALIDATED, actor=PROCESSOR_ACTOR, report=report.to_json()
+    auto = w.workflow.policy is ImprovementPolicy.AUTO
+    canary = w.workflow.canary()
+    # Policy auto with a canary running: the proposal waits, validated, for a person (or the
+    # optimizer proposing again) once the canary is kept or rolled back.
+    waits = (
+        f"auto-approval skipped: mutation {canary.mutation_id!r} is applied (one canary at a time)"
+        if auto and canary is not None
+        else None
     )
-    if w.workflow.policy is ImprovementPolicy.AUTO:
+    validated = w.transition(
+        validating, S.VALIDATED, actor=PROCESSOR_ACTOR, report=report.to_json(), reason=waits
+    )
+    if auto and canary is None:
         _approve(w, validated, None, AUTO_ACTOR)
     return w.decision
 

@@ -132,7 +132,7 @@ def list_mutation_events(
     with conn.cursor(row_factory=class_row(MutationEventRow)) as cursor:
         cursor.execute(
             f"SELECT {_columns(MutationEventRow)} FROM {table(schema, 'mutation_events')} "
-            "WHERE mutation_id = %s ORDER BY occurred_at, event_id",
+            "WHERE mutation_id = %s ORDER BY position",
             (mutation_id,),
         )
         return cursor.fetchall()
@@ -163,7 +163,7 @@ def request_outcome(
         row[0]
         for row in conn.execute(
             f"SELECT status FROM {table(schema, 'mutation_events')} WHERE request_id = %s "
-            "ORDER BY occurred_at, event_id",
+            "ORDER BY position",
             (request_id,),
         ).fetchall()
     )

@@ -27,6 +27,9 @@ CREATE INDEX mutation_proposals_status_idx ON mutation_proposals (status, create
 
 -- Every transition (also the guard of the proposal appliers: one row per Mutation record).
 CREATE TABLE mutation_events (
+    -- Projection order = partition order (one workflow's records are in one partition): the
+    -- records of one decision share their occurred_at.
+    position    bigint      GENERATED ALWAYS AS IDENTITY,
     event_id    text        PRIMARY KEY,
     mutation_id text        NOT NULL,
     workflow_id text        NOT NULL,
@@ -37,7 +40,7 @@ CREATE TABLE mutation_events (
     occurred_at timestamptz NOT NULL
 );
 
-CREATE INDEX mutation_events_mutation_idx ON mutation_events (mutation_id, occurred_at);
+CREATE INDEX mutation_events_mutation_idx ON mutation_events (mutation_id, position);
 CREATE INDEX mutation_events_request_idx ON mutation_events (request_id);
 
 -- What was asked; refused_reason is set when the processor refused it.
