@@ -122,6 +122,21 @@ def _versions(harness: Harness, run_ids: list[str], timeout: float = 120) -> dic
     return {run_id: version for run_id, (version, _) in rows.items()}
 
 
+def _routed(harness: Harness, workflow_id: str, mutation_id: str, shares: Any) -> None:
+    """Waits until the scheduler applies the route the proposal's last transition set (it
+    reads reflux.mutations on its own, independently of the projection the API answers from)."""
+    assert harness.engine.scheduler is not None
+    scheduler = harness.engine.scheduler
+    eventually(
+        lambda: scheduler.workflow_route(workflow_id),
+        15,
+        f"the scheduler routing {workflow_id} as {shares}",
+        until=lambda route: (
+            route is not None and (route.mutation_id, route.shares) == (mutation_id, shares)
+        ),
+    )
+
+
 def _statuses(detail: dict[str, Any]) -> list[str]:
     return [event["status"] for event in detail["history"]]
 
@@ -150,6 +165,7 @@ def test_a_proposal_goes_to_kept_and_splits_new_runs_by_run_id(
     assert registered["registered_by"] == f"mutation:{mutation_id}"
     assert registered["definition"]["steps"][0]["params"]["data"] == {"word": "improved"}
 
+    _routed(harness, "canary", mutation_id, ((2, 0.3), (1, 0.7)))
     runs = 500
     versions = _versions(harness, _start_runs(harness, "canary", runs))
     counts = Counter(versions.values())
@@ -181,6 +197,7 @@ def test_a_proposal_goes_to_kept_and_splits_new_runs_by_run_id(
         "applied",
         "kept",
     ]
+    _routed(harness, "canary", mutation_id, ((2, 1.0),))
     after = _versions(harness, _start_runs(harness, "canary", 100))
     assert Counter(after.values()) == {2: 100}
     listed = api.get("/v1/mutations", params={"workflow_id": "canary", "status": "kept"}).json()
@@ -194,11 +211,13 @@ def test_a_rolled_back_proposal_sends_new_runs_to_the_base_again(
     mutation_id = _propose(api, "rollme")["mutation_id"]
     applied = _decide(api, mutation_id, "approve", canary_weight=0.5)
     assert applied["applied_version"] == 2
+    _routed(harness, "rollme", mutation_id, ((2, 0.5), (1, 0.5)))
     during = Counter(_versions(harness, _start_runs(harness, "rollme", 60)).values())
     assert set(during) == {1, 2}, during  # P(all 60 on one side) = 2**-59
     rolled = _decide(api, mutation_id, "rollback", reason="worse p95")
     assert rolled["status"] == "rolled_back" and rolled["reason"] == "worse p95"
     assert _statuses(rolled)[-1] == "rolled_back"
+    _routed(harness, "rollme", mutation_id, ((1, 1.0),))
     after = _versions(harness, _start_runs(harness, "rollme", 100))
     assert Counter(after.values()) == {1: 100}
     # A rolled back proposal stays rolled back.

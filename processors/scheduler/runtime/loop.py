@@ -65,6 +65,7 @@ from foundation.errors import NonRetryableError, RefluxError, ServiceUnavailable
 from foundation.liveness import Heartbeat
 from foundation.objectstore import S3BlobStore, content_key
 from foundation.settings import Settings
+from processors.mutations.routing import WorkflowRoute
 from processors.node_catalog.runtime_view import CatalogResolver, NodeCatalogKafkaView
 from processors.scheduler.decide import (
     CacheHit,
@@ -393,6 +394,12 @@ class SchedulerRuntime:
             definition = WorkflowDefinition.from_json_dict(record.definition)
             self._workflow_cache[key] = definition
         return RegisteredWorkflow(record.version, definition)
+
+    def workflow_route(self, workflow_id: str) -> WorkflowRoute | None:
+        """The split between versions this scheduler applies to new runs of ``workflow_id``
+        (``None``: the latest version), after reading what has arrived."""
+        self._routes.drain()
+        return self._routes.routes.get(workflow_id)
 
     def _route_workflow(self, workflow_id: str, run_id: str) -> int | None:
         return route_workflow(self._workflows, self._routes, workflow_id, run_id)

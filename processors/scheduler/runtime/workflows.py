@@ -122,7 +122,6 @@ def route_workflow(
     workflows.drain()
     routes.drain()
     registered = {
-        version: record.registered_by
-        for version, record in workflows.versions(workflow_id).items()
+        version: record.registered_by for version, record in workflows.versions(workflow_id).items()
     }
     return choose_workflow_version(workflow_id, run_id, routes.routes.get(workflow_id), registered)
