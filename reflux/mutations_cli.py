@@ -199,7 +199,7 @@ def add_mutation_commands(subparsers: Any, default_api: str) -> None:
         ("approve", "approve a validated proposal (applies it as a canary)"),
         ("reject", "reject a proposal not approved yet"),
         ("keep", "keep an applied proposal: all new runs on the new version"),
-        ("rollback", "roll an applied proposal back: new runs on the base version"),
+        ("rollback", "roll an applied proposal back: new runs on the previous version"),
     ):
         parser = actions.add_parser(action, help=text)
         parser.add_argument("mutation_id")

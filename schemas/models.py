@@ -968,6 +968,11 @@ class Mutation(StandaloneEnvelope):
     request_id: str | None = None
     """The MutationRequest this transition answers (the processor dedupes on it)."""
 
+    previous_version: int | None = None
+    """The version new runs got before this proposal was applied (the rest of the canary split,
+    and what a rollback restores); null before applied.
+    """
+
 
 class MutationRequest(StandaloneEnvelope):
     """Asks the mutation processor for a lifecycle transition or a policy change; the processor

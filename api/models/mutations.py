@@ -122,6 +122,10 @@ class MutationPublic(BaseModel):
     rationale: str
     canary_weight: float | None
     applied_version: int | None
+    previous_version: int | None = Field(
+        description="What new runs got before the apply: the canary's other side, and what a "
+        "rollback restores (usually the base version)."
+    )
     reason: str | None
     created_at: datetime
     updated_at: datetime
@@ -134,8 +138,8 @@ class MutationDetail(MutationPublic):
     score: float | None
     history: list[MutationEventPublic]
     effect: list[VersionEffectPublic] | None = Field(
-        description="Once applied: runs of the base and the new version started since the "
-        "apply (counts, success rate, p50/p95 duration)."
+        description="Once applied: runs of the previous and the new version started since "
+        "the apply (counts, success rate, p50/p95 duration)."
     )
 
 

@@ -99,7 +99,7 @@ async def _detail(pool: ConnectionPool[Any], api: ApiSettings, mutation_id: str)
                 for e in mq.version_effect(
                     conn,
                     row.workflow_id,
-                    (row.base_version, row.applied_version),
+                    (row.previous_version or row.base_version, row.applied_version),
                     since,
                     schema=api.read_schema,
                 )
@@ -361,7 +361,8 @@ _decision_route(
 _decision_route(MutationAction.REJECT, "Reject a proposal that is not approved yet")
 _decision_route(MutationAction.KEEP, "Keep an applied proposal: every new run gets the new version")
 _decision_route(
-    MutationAction.ROLLBACK, "Roll an applied proposal back: new runs get the base version again"
+    MutationAction.ROLLBACK,
+    "Roll an applied proposal back: new runs get the previous version again",
 )
 
 

@@ -12,7 +12,7 @@ Lifecycle::
     proposed -> validating -> validated | rejected
     validated -> approved (a person, or policy auto) | rejected (a person)
     approved -> applied (a new workflow version registered, canary share of new runs)
-    applied -> kept (all new runs) | rolled_back (the base version again)
+    applied -> kept (all new runs) | rolled_back (the previous version again)
 
 A request that does not fit (approving a rejected proposal, a second canary on the same
 workflow, an optimizer proposal under policy ``off``) is refused with a reason naming the
@@ -26,12 +26,17 @@ version allocator), as the scheduler's ``DecisionContext`` does.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final
 
-from processors.mutations.routing import MUTATION_REGISTRANT
+from processors.mutations.routing import (
+    MUTATION_REGISTRANT,
+    WorkflowRoute,
+    choose_workflow_version,
+    route_after,
+)
 from processors.mutations.validation import (
     DEFAULT_STAGES,
     Stage,
@@ -103,6 +108,16 @@ class WorkflowMutations:
     policy: ImprovementPolicy = DEFAULT_POLICY
     proposals: dict[str, Mutation] = field(default_factory=dict)
     handled: set[str] = field(default_factory=set)
+    route: WorkflowRoute | None = None
+    """The split the latest applied/kept/rolled_back record set (what the scheduler applies)."""
+
+    def record(self, mutation: Mutation) -> None:
+        self.proposals[mutation.mutation_id] = mutation
+        if mutation.request_id is not None:
+            self.handled.add(mutation.request_id)
+        route = route_after(mutation)
+        if route is not None:
+            self.route = route
 
     def canary(self) -> Mutation | None:
         """The proposal currently applied (routing a share of runs), if any."""
@@ -120,10 +135,7 @@ class MutationsState:
 def evolve(state: MutationsState, record: object) -> None:
     """Folds one record of ``reflux.mutations`` into ``state`` (requests change nothing)."""
     if isinstance(record, Mutation):
-        workflow = state.of(record.workflow_id)
-        workflow.proposals[record.mutation_id] = record
-        if record.request_id is not None:
-            workflow.handled.add(record.request_id)
+        state.of(record.workflow_id).record(record)
     elif isinstance(record, ImprovementPolicySet):
         workflow = state.of(record.workflow_id)
         workflow.policy = record.policy
@@ -137,6 +149,10 @@ def _uuid() -> str:
     return str(uuid.uuid4())
 
 
+def _nothing_registered(workflow_id: str) -> Mapping[int, str | None]:
+    return {}
+
+
 @dataclass(frozen=True)
 class MutationContext:
     now: datetime
@@ -144,6 +160,9 @@ class MutationContext:
     """``(workflow id, version) -> definition`` (``None``: not registered)."""
     allocate_version: Callable[[str], int]
     """A new, never issued version number of the workflow (shared with the API's registrations)."""
+    registered: Callable[[str], Mapping[int, str | None]] = _nothing_registered
+    """``workflow id -> {version: registered_by}``: which version new runs get before an apply
+    (the canary's other side, and what a rollback restores)."""
     node_catalog: NodeCatalogView | None = None
     stages: tuple[Stage, ...] = DEFAULT_STAGES
     new_id: Callable[[], str] = _uuid
@@ -200,8 +219,7 @@ class _Writer:
             }
         )
         self.decision.records.append(record)
-        self.workflow.proposals[record.mutation_id] = record
-        self.workflow.handled.add(self.request.event_id)
+        self.workflow.record(record)
         return record
 
 
@@ -282,8 +300,7 @@ def _propose(w: _Writer) -> MutationDecision:
         request_id=request.event_id,
     )
     w.decision.records.append(proposed)
-    w.workflow.proposals[proposed.mutation_id] = proposed
-    w.workflow.handled.add(request.event_id)
+    w.workflow.record(proposed)
     validating = w.transition(proposed, S.VALIDATING, actor=PROCESSOR_ACTOR)
     subject = ValidationSubject(
         workflow_id=request.workflow_id,
@@ -341,6 +358,11 @@ def _approve(
             current.status,
         )
     candidate = candidate_definition(base, current.changes)  # validated: applies
+    # What new runs get now (one version: a second canary is refused above); a stale route or
+    # no route means the latest version registered by hand, as for the scheduler.
+    previous = choose_workflow_version(
+        current.workflow_id, "", w.workflow.route, w.ctx.registered(current.workflow_id)
+    )
     approved = w.transition(current, S.APPROVED, actor=actor, canary_weight=weight)
     version = w.ctx.allocate_version(current.workflow_id)
     w.decision.registrations.append(
@@ -355,6 +377,11 @@ def _approve(
         )
     )
     w.transition(
-        approved, S.APPLIED, actor=PROCESSOR_ACTOR, applied_version=version, canary_weight=weight
+        approved,
+        S.APPLIED,
+        actor=PROCESSOR_ACTOR,
+        applied_version=version,
+        canary_weight=weight,
+        previous_version=previous or current.base_version,
     )
     return w.decision

@@ -2,9 +2,12 @@
 
 A proposal's lifecycle moves new runs between workflow versions (docs/mutations.md):
 
-- ``applied`` (canary weight ``w``): the new version gets ``w`` of new runs, the base ``1 - w``;
+- ``applied`` (canary weight ``w``): the new version gets ``w`` of new runs, the version new
+  runs got before (``previous_version``, usually the base) ``1 - w``;
 - ``kept``: the new version gets every new run;
-- ``rolled_back``: the base version gets every new run again.
+- ``rolled_back``: the previous version gets every new run again.
+
+(Records without ``previous_version``, e.g. ``Mutation`` v1, fall back to the base version.)
 
 The latest such transition of a workflow is its :class:`WorkflowRoute`. The split is
 deterministic by run id (a sha256 point in [0, 1), as for node rollout,
@@ -59,14 +62,15 @@ def registered_by_mutation(registered_by: str | None) -> bool:
 
 def route_after(record: Mutation) -> WorkflowRoute | None:
     """The route a lifecycle record sets, or ``None`` when it does not move traffic."""
+    previous = record.previous_version or record.base_version
     if record.status is MutationStatus.APPLIED and record.applied_version is not None:
         weight = min(1.0, max(0.0, record.canary_weight or 0.0))
-        shares = ((record.applied_version, weight), (record.base_version, 1.0 - weight))
+        shares = ((record.applied_version, weight), (previous, 1.0 - weight))
         return WorkflowRoute(shares, record.mutation_id)
     if record.status is MutationStatus.KEPT and record.applied_version is not None:
         return WorkflowRoute(((record.applied_version, 1.0),), record.mutation_id)
     if record.status in (MutationStatus.ROLLED_BACK, MutationStatus.REVERTED):
-        return WorkflowRoute(((record.base_version, 1.0),), record.mutation_id)
+        return WorkflowRoute(((previous, 1.0),), record.mutation_id)
     return None
 
 

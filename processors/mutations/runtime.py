@@ -227,6 +227,10 @@ class MutationProcessor:
             self._definitions[key] = WorkflowDefinition.from_json_dict(record.definition)
         return self._definitions[key]
 
+    def _registered(self, workflow_id: str) -> dict[int, str | None]:
+        self._workflows.drain()
+        return {v: r.registered_by for v, r in self._workflows.versions(workflow_id).items()}
+
     def _allocate(self, workflow_id: str) -> int:
         self._workflows.drain()
         known = self._workflows.versions(workflow_id)
@@ -245,6 +249,7 @@ class MutationProcessor:
             now=datetime.now(UTC),
             base_definition=self._base_definition,
             allocate_version=self._allocate,
+            registered=self._registered,
             node_catalog=self.node_catalog,
         )
         try:

@@ -69,12 +69,14 @@ def _(event: Mutation, schema: str) -> Plan:
     proposal = Statement(
         f"INSERT INTO {table(schema, 'mutation_proposals')} "
         "(mutation_id, workflow_id, base_version, status, author, rationale, changes, evidence, "
-        "report, score, canary_weight, applied_version, reason, created_at, updated_at, "
-        "last_event_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+        "report, score, canary_weight, applied_version, previous_version, reason, created_at, "
+        "updated_at, last_event_id) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
         "ON CONFLICT (mutation_id) DO UPDATE SET status = EXCLUDED.status, "
         "changes = EXCLUDED.changes, evidence = EXCLUDED.evidence, report = EXCLUDED.report, "
         "score = EXCLUDED.score, canary_weight = EXCLUDED.canary_weight, "
-        "applied_version = EXCLUDED.applied_version, reason = EXCLUDED.reason, "
+        "applied_version = EXCLUDED.applied_version, "
+        "previous_version = EXCLUDED.previous_version, reason = EXCLUDED.reason, "
         "updated_at = EXCLUDED.updated_at, last_event_id = EXCLUDED.last_event_id",
         (
             event.mutation_id,
@@ -89,6 +91,7 @@ def _(event: Mutation, schema: str) -> Plan:
             event.score,
             event.canary_weight,
             event.applied_version,
+            event.previous_version,
             event.reason,
             event.occurred_at,
             event.occurred_at,

@@ -42,6 +42,7 @@ class MutationRow:
     score: float | None
     canary_weight: float | None
     applied_version: int | None
+    previous_version: int | None
     reason: str | None
     created_at: datetime
     updated_at: datetime

@@ -16,6 +16,7 @@ CREATE TABLE mutation_proposals (
     score           double precision,
     canary_weight   double precision,
     applied_version integer,
+    previous_version integer,       -- what new runs got before the apply (rollback restores it)
     reason          text,           -- of the latest transition (rejection, rollback)
     created_at      timestamptz NOT NULL,
     updated_at      timestamptz NOT NULL,

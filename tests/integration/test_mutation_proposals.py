@@ -159,7 +159,7 @@ def test_a_proposal_goes_to_kept_and_splits_new_runs_by_run_id(
     applied = _decide(api, mutation_id, "approve", canary_weight=0.3)
     assert applied["status"] == "applied" and applied["canary_weight"] == 0.3
     new_version = applied["applied_version"]
-    assert new_version == 2
+    assert (new_version, applied["previous_version"]) == (2, 1)
     assert _statuses(applied)[-2:] == ["approved", "applied"]
     registered = api.get(f"/v1/workflows/canary/versions/{new_version}").json()
     assert registered["registered_by"] == f"mutation:{mutation_id}"

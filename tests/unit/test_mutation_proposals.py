@@ -50,12 +50,14 @@ CHANGE = GraphMutation(
 )
 
 
-def ctx() -> MutationContext:
-    versions = itertools.count(2)
+def ctx(registered: dict[int, str | None] | None = None) -> MutationContext:
+    known = registered or {1: None}
+    versions = itertools.count(max(known) + 1)
     return MutationContext(
         now=datetime(2026, 1, 1, tzinfo=UTC),
-        base_definition=lambda wf, v: BASE if (wf, v) == ("wf", 1) else None,
+        base_definition=lambda wf, v: BASE if wf == "wf" and v in known else None,
         allocate_version=lambda wf: next(versions),
+        registered=lambda wf: known,
         node_catalog=CATALOG,
     )
 
@@ -210,3 +212,19 @@ def test_versions_registered_by_hand_win_and_mutation_versions_never_become_late
     assert choose_workflow_version("wf", "r", kept, {1: None, 2: "mutation:m"}) == 2
     assert choose_workflow_version("wf", "r", kept, {1: None, 2: "mutation:m", 3: "ada"}) == 3
     assert choose_workflow_version("wf", "r", None, {}) is None
+
+
+def test_the_canary_splits_with_and_a_rollback_restores_what_new_runs_got_before() -> None:
+    # Version 2 was registered by hand after version 1; a proposal on version 1 is tried
+    # against version 2 (what new runs get today), and rolling it back restores version 2.
+    registered: dict[int, str | None] = {1: None, 2: "user:ada"}
+    state = MutationsState()
+    req = request(MutationAction.PROPOSE, base_version=1, changes=[CHANGE], rationale="r")
+    decide(state, req, ctx(registered))
+    applied = decide(state, request(MutationAction.APPROVE, canary_weight=0.5), ctx(registered))
+    record = applied.records[-1]
+    assert isinstance(record, Mutation)
+    assert (record.applied_version, record.previous_version) == (3, 2)
+    assert state.of("wf").route == WorkflowRoute(((3, 0.5), (2, 0.5)), "m1")
+    decide(state, request(MutationAction.ROLLBACK), ctx(registered))
+    assert state.of("wf").route == WorkflowRoute(((2, 1.0),), "m1")
