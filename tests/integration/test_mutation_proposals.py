@@ -27,7 +27,7 @@ from api.app import create_app
 from api.config import ApiSettings
 from processors.mutations.routing import WorkflowRoute, choose_workflow_version
 from schemas.models import MutationAction, MutationRequest
-from tests.integration.engine_fixtures import Harness, transform
+from tests.integration.engine_fixtures import Harness, replayed_state, transform
 from tests.support.waiting import eventually
 
 WAIT = 20_000
@@ -181,6 +181,11 @@ def test_a_proposal_goes_to_kept_and_splits_new_runs_by_run_id(
         for run_id in versions
     }
     assert versions == expected
+    # The log alone says which version a routed run got: folding it needs no route.
+    routed = next(run_id for run_id, version in versions.items() if version == 2)
+    folded = replayed_state(harness, routed)
+    assert folded.workflow_version == 2 and folded.outputs == {"said": "improved"}
+    assert folded.definition.to_json_dict() == registered["definition"]
 
     detail = api.get(f"/v1/mutations/{mutation_id}").json()
     effect = {e["version"]: e for e in detail["effect"]}
