@@ -245,8 +245,11 @@ class MutationProcessor:
         """Judges one request on the caught-up state and publishes the outcome."""
         self._table.catch_up()
         self._nodes.refresh()
+        now = datetime.now(UTC)
         ctx = MutationContext(
-            now=datetime.now(UTC),
+            # The records carry milliseconds (timestamp-millis): the state kept in memory must
+            # equal the state a fresh instance folds from the topic.
+            now=now.replace(microsecond=now.microsecond // 1000 * 1000),
             base_definition=self._base_definition,
             allocate_version=self._allocate,
             registered=self._registered,

@@ -25,8 +25,12 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from api.config import ApiSettings
+from processors.mutations.lifecycle import MutationsState, evolve
 from processors.mutations.routing import WorkflowRoute, choose_workflow_version
-from schemas.models import MutationAction, MutationRequest
+from processors.mutations.runtime import MUTATION_TOPIC_TYPES
+from schemas import decode, record_type_of
+from schemas.models import GraphMutation, GraphMutationType, MutationAction, MutationRequest
+from streams.table import TopicTableReader
 from tests.integration.engine_fixtures import Harness, replayed_state, transform
 from tests.support.waiting import eventually
 
@@ -63,11 +67,11 @@ def _register(api: TestClient, workflow_id: str) -> None:
     )
 
 
-_CHANGE = {
-    "type": "update_params",
+_CHANGE_FIELDS: dict[str, Any] = {
     "step_id": "say",
     "data": {"expression": "word", "data": {"word": "improved"}},
 }
+_CHANGE = {"type": "update_params", **_CHANGE_FIELDS}
 
 
 def _propose(api: TestClient, workflow_id: str, **extra: Any) -> dict[str, Any]:
@@ -301,6 +305,13 @@ def test_invalid_proposals_illegal_transitions_and_policies(
     rejected = _decide(api, good["mutation_id"], "reject", reason="not now")
     assert rejected["status"] == "rejected" and rejected["reason"] == "not now"
 
+    # Policy: unknown workflow 404, unknown policy 422 at its path, default 'propose'.
+    assert api.put("/v1/workflows/ghost/improvement", json={"policy": "auto"}).status_code == 404
+    wrong = api.put("/v1/workflows/strict/improvement", json={"policy": "sometimes"})
+    assert wrong.status_code == 422 and wrong.json()["detail"][0]["loc"] == ["body", "policy"]
+    assert api.get("/v1/workflows/strict/improvement").json()["policy"] == "propose"
+    by_author = api.get("/v1/mutations", params={"workflow_id": "strict", "author": "user:ada"})
+    assert by_author.json()["count"] == 3  # bad, unknown_node, good
     # Policy auto: a validated proposal is approved and applied without a person.
     policy = api.put("/v1/workflows/strict/improvement", json={"policy": "auto", "wait_ms": WAIT})
     assert policy.status_code == 200 and policy.json()["policy"] == "auto", policy.text
@@ -353,3 +364,54 @@ def test_invalid_proposals_illegal_transitions_and_policies(
     assert api.get(f"/v1/mutations/{direct.mutation_id}").status_code == 404
     # People may still propose under 'off'.
     assert _propose(api, "strict")["status"] in {"validated", "applied"}
+
+
+def test_a_redelivered_request_is_answered_once_and_the_state_is_the_fold_of_the_topic(
+    harness: Harness, api: TestClient
+) -> None:
+    _register(api, "twice")
+    request = MutationRequest(
+        workflow_id="twice",
+        mutation_id="twice-1",
+        action=MutationAction.PROPOSE,
+        actor="optimizer",
+        base_version=1,
+        changes=[GraphMutation(type=GraphMutationType.UPDATE_PARAMS, **_CHANGE_FIELDS)],
+        rationale="sent twice (a producer retry)",
+    )
+    topic = harness.engine.catalog.mutations.topic
+    harness.send(topic, "twice", request)
+    harness.send(topic, "twice", request)
+    approve = MutationRequest(
+        workflow_id="twice", mutation_id="twice-1", action=MutationAction.APPROVE, actor="user:x"
+    )
+    harness.send(topic, "twice", approve)
+    detail = eventually(
+        lambda: api.get("/v1/mutations/twice-1").json(),
+        20,
+        "twice-1 applied",
+        until=lambda body: body.get("status") == "applied",
+    )
+    assert _statuses(detail) == ["proposed", "validating", "validated", "approved", "applied"]
+    assert detail["applied_version"] == 2
+    versions = api.get("/v1/workflows/twice/versions").json()
+    assert [v["version"] for v in versions["data"]] == [1, 2]  # registered once
+
+    # What the processor holds equals the fold of the topic, read from the beginning.
+    processor = harness.engine.mutation_processor
+    assert processor is not None
+    folded = MutationsState()
+
+    def fold(data: bytes | None) -> None:
+        if data is not None and record_type_of(data) != MutationRequest.AVRO_NAME:
+            evolve(folded, decode(data, MUTATION_TOPIC_TYPES))
+
+    reader = TopicTableReader(harness.settings, topic, fold, name="test-fold")
+    try:
+        assert reader.catch_up() == []
+    finally:
+        reader.close()
+    live = processor.state.of("twice")
+    assert folded.of("twice").proposals == live.proposals
+    assert folded.of("twice").handled == live.handled == {request.event_id, approve.event_id}
+    assert folded.of("twice").route == live.route
