@@ -38,7 +38,9 @@ from api.models.mutations import (
 )
 from api.publisher import Publisher
 from processors.mutations.lifecycle import TRANSITIONS, is_optimizer
+from processors.mutations.routing import choose_workflow_version, route_for
 from projections.postgres import mutation_queries as mq
+from projections.postgres import queries
 from schemas.models import (
     GraphMutation,
     GraphMutationType,
@@ -49,7 +51,7 @@ from schemas.models import (
 )
 from streams.topics import TopicCatalog
 
-__all__ = ["router", "workflow_router"]
+__all__ = ["routed_version", "router", "workflow_router"]
 
 router = APIRouter(prefix="/mutations", tags=["mutations"])
 workflow_router = APIRouter(prefix="/workflows", tags=["workflows"])
@@ -438,3 +440,36 @@ async def set_improvement(
             return ImprovementPublic.model_validate(row, from_attributes=True)
         await anyio.sleep(api.poll_interval_s)
     return accepted
+
+
+def _routed_version(conn: Any, workflow_id: str, run_id: str, schema: str) -> int | None:
+    row = mq.current_route(conn, workflow_id, schema=schema)
+    route = (
+        None
+        if row is None
+        else route_for(
+            row.mutation_id,
+            MutationStatus(row.status),
+            base_version=row.base_version,
+            applied_version=row.applied_version,
+            previous_version=row.previous_version,
+            canary_weight=row.canary_weight,
+        )
+    )
+    registered = {
+        version.version: version.registered_by
+        for version in queries.list_workflow_versions(conn, workflow_id, schema=schema)
+    }
+    return choose_workflow_version(workflow_id, run_id, route, registered)
+
+
+async def routed_version(
+    pool: ConnectionPool[Any], api: ApiSettings, workflow_id: str, run_id: str
+) -> int | None:
+    """The version a run started without one gets: the split set by mutation proposals, by run
+    id, as the scheduler chooses it (:mod:`processors.mutations.routing`); ``None`` when the
+    workflow has no version. ``POST /v1/runs`` pins it, so the inputs are checked against the
+    definition the run will have."""
+    return await with_conn(
+        pool, api.pool_timeout_s, _routed_version, workflow_id, run_id, api.read_schema
+    )

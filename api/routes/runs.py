@@ -17,6 +17,7 @@ from api.config import MAX_WAIT_MS
 from api.deps import (
     ApiSettingsDep,
     ConnDep,
+    PoolDep,
     PublisherDep,
     ReadModelDep,
     StoreDep,
@@ -50,6 +51,7 @@ from api.readmodel import (
     load_run_detail,
     run_public,
 )
+from api.routes.mutations import routed_version
 from api.store import request_fingerprint
 from api.timetravel import UnknownEventTypeError, state_at, state_view
 from api.validation import check_inputs, parse_definition
@@ -106,6 +108,7 @@ async def start_run(
     *,
     response: Response,
     api: ApiSettingsDep,
+    pool: PoolDep,
     store: StoreDep,
     read_model: ReadModelDep,
     publisher: PublisherDep,
@@ -134,7 +137,12 @@ async def start_run(
             ]
         )
     key = idempotency_key or body.idempotency_key
-    workflow = await read_model.workflow(body.workflow_id, body.version)
+    run_id = run_id_for(API_SOURCE, key)
+    version = body.version
+    if version is None:
+        # Not simply the latest: mutation proposals may split new runs between versions.
+        version = await routed_version(pool, api, body.workflow_id, run_id)
+    workflow = await read_model.workflow(body.workflow_id, version)
     if workflow is None:
         if body.version is None:
             raise NotFoundError(f"workflow {body.workflow_id!r} not found")
@@ -142,7 +150,6 @@ async def start_run(
     definition = await run_in_threadpool(parse_definition, workflow.definition)
     await run_in_threadpool(check_inputs, definition, body.inputs)
 
-    run_id = run_id_for(API_SOURCE, key)
     if key is not None:
         fingerprint = request_fingerprint(body.workflow_id, body.version, body.inputs)
         claimed = await store.claim_key(key, run_id, body.workflow_id, fingerprint)

@@ -37,6 +37,7 @@ __all__ = [
     "choose_workflow_version",
     "registered_by_mutation",
     "route_after",
+    "route_for",
     "routing_point",
 ]
 
@@ -62,15 +63,34 @@ def registered_by_mutation(registered_by: str | None) -> bool:
 
 def route_after(record: Mutation) -> WorkflowRoute | None:
     """The route a lifecycle record sets, or ``None`` when it does not move traffic."""
-    previous = record.previous_version or record.base_version
-    if record.status is MutationStatus.APPLIED and record.applied_version is not None:
-        weight = min(1.0, max(0.0, record.canary_weight or 0.0))
-        shares = ((record.applied_version, weight), (previous, 1.0 - weight))
-        return WorkflowRoute(shares, record.mutation_id)
-    if record.status is MutationStatus.KEPT and record.applied_version is not None:
-        return WorkflowRoute(((record.applied_version, 1.0),), record.mutation_id)
-    if record.status in (MutationStatus.ROLLED_BACK, MutationStatus.REVERTED):
-        return WorkflowRoute(((previous, 1.0),), record.mutation_id)
+    return route_for(
+        record.mutation_id,
+        record.status,
+        base_version=record.base_version,
+        applied_version=record.applied_version,
+        previous_version=record.previous_version,
+        canary_weight=record.canary_weight,
+    )
+
+
+def route_for(
+    mutation_id: str,
+    status: MutationStatus,
+    *,
+    base_version: int,
+    applied_version: int | None,
+    previous_version: int | None,
+    canary_weight: float | None,
+) -> WorkflowRoute | None:
+    """:func:`route_after` from a proposal's columns (the API reads them from the read model)."""
+    previous = previous_version or base_version
+    if status is MutationStatus.APPLIED and applied_version is not None:
+        weight = min(1.0, max(0.0, canary_weight or 0.0))
+        return WorkflowRoute(((applied_version, weight), (previous, 1.0 - weight)), mutation_id)
+    if status is MutationStatus.KEPT and applied_version is not None:
+        return WorkflowRoute(((applied_version, 1.0),), mutation_id)
+    if status in (MutationStatus.ROLLED_BACK, MutationStatus.REVERTED):
+        return WorkflowRoute(((previous, 1.0),), mutation_id)
     return None
 
 

@@ -18,7 +18,9 @@ __all__ = [
     "MutationRow",
     "PolicyRow",
     "RequestOutcome",
+    "RouteRow",
     "VersionEffect",
+    "current_route",
     "get_mutation",
     "get_policy",
     "list_mutation_events",
@@ -172,6 +174,36 @@ def request_outcome(
         return None
     reason, current = refused if refused is not None else (None, None)
     return RequestOutcome(reason, current, statuses)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRow:
+    """The proposal whose transition last moved a workflow's traffic, and that transition."""
+
+    mutation_id: str
+    status: str
+    base_version: int
+    applied_version: int | None
+    previous_version: int | None
+    canary_weight: float | None
+
+
+def current_route(
+    conn: psycopg.Connection, workflow_id: str, *, schema: str = DEFAULT_SCHEMA
+) -> RouteRow | None:
+    """The latest ``applied`` / ``kept`` / ``rolled_back`` transition of the workflow."""
+    with conn.cursor(row_factory=class_row(RouteRow)) as cursor:
+        cursor.execute(
+            "SELECT e.mutation_id, e.status, p.base_version, p.applied_version, "
+            "p.previous_version, p.canary_weight "
+            f"FROM {table(schema, 'mutation_events')} e "
+            f"JOIN {table(schema, 'mutation_proposals')} p USING (mutation_id) "
+            "WHERE e.workflow_id = %s "
+            "AND e.status IN ('applied', 'kept', 'rolled_back', 'reverted') "
+            "ORDER BY e.position DESC LIMIT 1",
+            (workflow_id,),
+        )
+        return cursor.fetchone()
 
 
 def version_effect(

@@ -102,6 +102,15 @@ def _start_runs(harness: Harness, workflow_id: str, count: int) -> list[str]:
     return [harness.start(workflow_id) for _ in range(count)]
 
 
+def _api_runs(api: TestClient, workflow_id: str, count: int) -> list[str]:
+    run_ids = []
+    for _ in range(count):
+        response = api.post("/v1/runs", json={"workflow_id": workflow_id})
+        assert response.status_code == 202, response.text
+        run_ids.append(response.json()["run_id"])
+    return run_ids
+
+
 def _versions(harness: Harness, run_ids: list[str], timeout: float = 120) -> dict[str, int]:
     """run id -> workflow version, once every run has finished (succeeded) in the read model."""
 
@@ -223,12 +232,21 @@ def test_a_rolled_back_proposal_sends_new_runs_to_the_base_again(
     _routed(harness, "rollme", mutation_id, ((2, 0.5), (1, 0.5)))
     during = Counter(_versions(harness, _start_runs(harness, "rollme", 60)).values())
     assert set(during) == {1, 2}, during  # P(all 60 on one side) = 2**-59
+    # POST /v1/runs without a version follows the same split (the API pins the choice).
+    route = WorkflowRoute(((2, 0.5), (1, 0.5)), mutation_id)
+    registered_by = {1: None, 2: f"mutation:{mutation_id}"}
+    through_api = _versions(harness, _api_runs(api, "rollme", 40))
+    assert through_api == {
+        run_id: choose_workflow_version("rollme", run_id, route, registered_by)
+        for run_id in through_api
+    }
+    assert set(through_api.values()) == {1, 2}
     rolled = _decide(api, mutation_id, "rollback", reason="worse p95")
     assert rolled["status"] == "rolled_back" and rolled["reason"] == "worse p95"
     assert _statuses(rolled)[-1] == "rolled_back"
     _routed(harness, "rollme", mutation_id, ((1, 1.0),))
-    after = _versions(harness, _start_runs(harness, "rollme", 100))
-    assert Counter(after.values()) == {1: 100}
+    after = _versions(harness, _start_runs(harness, "rollme", 100) + _api_runs(api, "rollme", 20))
+    assert Counter(after.values()) == {1: 120}
     # A rolled back proposal stays rolled back.
     again = api.post(f"/v1/mutations/{mutation_id}/keep", json={})
     assert again.status_code == 409
