@@ -210,6 +210,9 @@ class MutationProcessor:
         evolve(self.state, record)
 
     def _rebuild(self) -> None:
+        # What earlier requests of this batch decided is sent but maybe not delivered yet: it
+        # must be on the topic before the fold that replaces the state reads it.
+        self.producer.flush()
         self._table.close()
         self.state = MutationsState()
         self._own.clear()
