@@ -2,8 +2,10 @@
 appends the lifecycle records that answer them (docs/mutations.md).
 
 State: :class:`~processors.mutations.lifecycle.MutationsState`, folded from the whole topic
-(every partition, from the beginning) by a table reader, and caught up before each request is
-judged, so an instance that just got a partition judges on what its predecessor wrote. Records
+(every partition, from the beginning) by a table reader, caught up to the end before the first
+request after a partition assignment, so an instance that just got a partition judges on what
+its predecessor wrote (a full catch-up costs ~1.5 s of fetch waits, so it is not done for every
+request: between assignments only this instance writes its workflows' lifecycle records). Records
 this instance wrote are applied in memory when decided and skipped when the reader meets them
 again (by event id), so a half-read batch of its own output never rolls a proposal back.
 
@@ -180,6 +182,11 @@ class MutationProcessor:
             settings, self.catalog.mutations.topic, self._fold, name="mutation-processor"
         )
         self._table.catch_up()
+        # Set when partitions are assigned: their previous owner may have written records this
+        # instance has not read yet, so the next request waits for a full catch-up. Otherwise
+        # nobody but this instance writes lifecycle records for its workflows, and what has
+        # arrived (plus what it decided itself) is the whole state.
+        self._stale = False
         self.producer = Producer(settings, client_id="reflux-mutation-processor")
         self.consumer = Consumer(
             [self.catalog.mutations],
@@ -187,11 +194,16 @@ class MutationProcessor:
             settings,
             catalog=self.catalog,
             expected=MUTATION_TOPIC_TYPES,
+            on_assign=self._assigned,
         )
         self._conn: psycopg.Connection[Any] | None = None
         self.handled = 0
 
     # -- state -----------------------------------------------------------------------------------
+
+    def _assigned(self, partitions: list[Any]) -> None:
+        if partitions:
+            self._stale = True
 
     def _fold(self, data: bytes | None) -> None:
         if data is None:
@@ -246,7 +258,11 @@ class MutationProcessor:
 
     def decide(self, request: MutationRequest) -> MutationDecision:
         """Judges one request on the caught-up state and publishes the outcome."""
-        self._table.catch_up()
+        if self._stale:
+            self._table.catch_up()
+            self._stale = False
+        else:
+            self._table.drain()
         self._nodes.refresh()
         now = datetime.now(UTC)
         ctx = MutationContext(
