@@ -3,17 +3,19 @@ from read-model rows to Public models (rows never reach a response as they are).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
 from psycopg_pool import ConnectionPool
 
 from api.db import with_conn
-from api.models.runs import RunDetail, RunEventPublic, RunPublic, StepPublic
+from api.models.runs import ChildRunPublic, RunDetail, RunEventPublic, RunPublic, StepPublic
 from api.models.workflows import WorkflowVersionPublic
 from projections.postgres import queries
 from projections.postgres.queries import RunEventRow, RunRow, StepRow, WorkflowRow
 from schemas.run_log import TERMINAL_RUN_EVENT_TYPES
+from workflows.meta_children import CHILD_RUN_NODES
 
 __all__ = [
     "TERMINAL_EVENTS",
@@ -37,8 +39,24 @@ def step_public(row: StepRow) -> StepPublic:
     return StepPublic.model_validate(row, from_attributes=True)
 
 
-def run_detail(row: RunRow, steps: list[StepRow]) -> RunDetail:
-    return RunDetail(**run_public(row).model_dump(), steps=[step_public(step) for step in steps])
+def run_detail(row: RunRow, steps: list[StepRow], children: Sequence[RunRow] = ()) -> RunDetail:
+    return RunDetail(
+        **run_public(row).model_dump(),
+        steps=[step_public(step) for step in steps],
+        children=[child_public(child) for child in children],
+    )
+
+
+def child_public(row: RunRow) -> ChildRunPublic:
+    return ChildRunPublic(
+        run_id=row.run_id,
+        workflow_id=row.workflow_id,
+        workflow_version=row.workflow_version,
+        status=row.status,  # type: ignore[arg-type]
+        step_id=row.parent_step_id,
+        attempt=row.parent_attempt,
+        iteration=row.parent_iteration,
+    )
 
 
 def event_public(row: RunEventRow) -> RunEventPublic:
@@ -53,7 +71,11 @@ def load_run_detail(conn: psycopg.Connection[Any], run_id: str, *, schema: str) 
     row = queries.get_run(conn, run_id, schema=schema)
     if row is None:
         return None
-    return run_detail(row, queries.get_steps(conn, run_id, schema=schema))
+    steps = queries.get_steps(conn, run_id, schema=schema)
+    # Only a run with a child-run step can have children: others skip the look-up.
+    has_children = any(step.node in CHILD_RUN_NODES for step in steps)
+    children = queries.get_children(conn, run_id, schema=schema) if has_children else []
+    return run_detail(row, steps, children)
 
 
 class ReadModel:

@@ -1,10 +1,12 @@
-"""``make bench``: ``python -m benchmarks.run [--quick] [--skip-peer] [--skip-traces]``.
+"""``make bench``: ``python -m benchmarks.run [--quick] [--skip-peer|--skip-traces|--skip-map]``.
 
 Runs, one after the other (never at the same time: they share the machine's two cores), the
 engine benchmark (:mod:`benchmarks.engine_bench`), the scheduler's restart time against history
 size (:mod:`benchmarks.recovery_bench`), one worker's attempts in flight and per second against
-a 200 ms HTTP service (:mod:`benchmarks.worker_io_bench`), the Temporal peer on the same workload
-(:mod:`benchmarks.peer_temporal`) and, when present, the traces benchmark
+a 200 ms HTTP service (:mod:`benchmarks.worker_io_bench`), a ``meta.map`` of 10,000 items
+(:mod:`benchmarks.map_bench`), graph mutations of running runs
+(:mod:`benchmarks.mutation_bench`: accepted -> visible in the run's graph), the Temporal peer on
+the same workload (:mod:`benchmarks.peer_temporal`) and, when present, the traces benchmark
 (``benchmarks.traces_bench``). Writes ``benchmarks/out/results.json``: one flat object of
 metrics (ours, ``peer_temporal_*``, ``peer_temporal_*_ratio``, the traces keys) plus ``meta``
 (date, commit, machine, errors). A sub-benchmark that fails is recorded in ``meta.errors`` and
@@ -121,6 +123,8 @@ def run_all(
     skip_engine: bool = False,
     skip_recovery: bool = False,
     skip_worker_io: bool = False,
+    skip_map: bool = False,
+    skip_mutation: bool = False,
 ) -> dict[str, Any]:
     settings = get_settings()
     errors: dict[str, str] = {}
@@ -161,6 +165,20 @@ def run_all(
         results |= _attempt(
             "worker_io", errors, timings, lambda: run_worker_io_benchmark(settings, quick)
         )
+    if skip_map:
+        skipped.append("map")
+    else:
+        from benchmarks.map_bench import run_map_benchmark
+
+        results |= _attempt("map", errors, timings, lambda: run_map_benchmark(settings, quick))
+    if skip_mutation:
+        skipped.append("mutation")
+    else:
+        from benchmarks.mutation_bench import run_mutation_benchmark
+
+        results |= _attempt(
+            "mutation", errors, timings, lambda: run_mutation_benchmark(settings, quick)
+        )
     if skip_peer:
         skipped.append("peer_temporal")
     else:
@@ -190,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-engine", action="store_true", help="do not run engine_bench")
     parser.add_argument("--skip-recovery", action="store_true", help="do not run recovery_bench")
     parser.add_argument("--skip-worker-io", action="store_true", help="do not run worker_io_bench")
+    parser.add_argument("--skip-map", action="store_true", help="do not run map_bench")
+    parser.add_argument("--skip-mutation", action="store_true", help="do not run mutation_bench")
     parser.add_argument("--out", type=Path, default=OUT_FILE, help="results JSON file")
     args = parser.parse_args(argv)
     output = run_all(
@@ -199,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         skip_engine=args.skip_engine,
         skip_recovery=args.skip_recovery,
         skip_worker_io=args.skip_worker_io,
+        skip_map=args.skip_map,
+        skip_mutation=args.skip_mutation,
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(output, indent=2) + "\n")

@@ -84,6 +84,7 @@ from node_workers.attempt import (
     run_attempt,
     too_late_to_start,
 )
+from node_workers.chunks import run_chunk
 from node_workers.claimcheck import encode_json, load_json, output_key, store_json
 from node_workers.concurrency import (
     DEFAULT_IO_CONCURRENCY,
@@ -238,6 +239,10 @@ class WorkerStats:
     """Times a lane paused its partitions because it held its buffer limit."""
     held_max: int = 0
     """The most invocations one lane held at once (after a poll's dispatch)."""
+    map_chunks: int = 0
+    """Chunk invocations of meta.map steps started (each counts once in ``started``)."""
+    map_items: int = 0
+    """Items of those chunks run to an outcome."""
 
     @property
     def pending(self) -> int:
@@ -660,6 +665,18 @@ class WorkerRuntime:
             return late
         self.stats.started += 1
         async with self.heartbeats(node, invocation, started):
+            if invocation.chunk is not None:
+                # A chunk of a meta.map step: the node runs once per item (node_workers.chunks).
+                self.stats.map_chunks += 1
+                return await run_chunk(
+                    node,
+                    invocation,
+                    load_params=self.load_params,
+                    default_timeout_s=self.config.default_timeout_s,
+                    secrets=self.secrets,
+                    started_at=started,
+                    on_item=self._map_item_done,
+                )
             return await run_attempt(
                 node,
                 invocation,
@@ -668,6 +685,9 @@ class WorkerRuntime:
                 secrets=self.secrets,
                 started_at=started,
             )
+
+    def _map_item_done(self, _index: int) -> None:
+        self.stats.map_items += 1
 
     @property
     def worker_name(self) -> str:

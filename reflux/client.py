@@ -1,4 +1,5 @@
-"""``reflux run FILE`` and ``reflux runs show RUN_ID``: the API's client side, for people.
+"""``reflux run FILE``, ``reflux runs show|graph|mutate|redrive|rebind``: the API's client side,
+for people.
 
 Both talk to the HTTP API (``REFLUX_API_URL`` or ``--api``), the product's front door, so they
 work the same against ``reflux dev`` on a laptop and against a deployed API.
@@ -86,11 +87,55 @@ def describe_event(event: dict[str, Any]) -> str:
                 f"held {payload.get('held_ms')} ms: {payload['reason']} "
                 f"(circuit {payload.get('circuit')}, {payload.get('dependency')})"
             )
+    elif kind == "GraphMutated":
+        mutation = payload.get("mutation") or {}
+        who = payload.get("requested_by") or "?"
+        why = f": {payload['reason']}" if payload.get("reason") else ""
+        parts.append(f"{mutation.get('type')} {mutation.get('step_id')} by {who}{why}")
     elif payload.get("reason"):
         parts.append(str(payload["reason"]))
+    if kind == "StepsReset":
+        parts.append(f"steps {', '.join(payload.get('step_ids') or [])}")
+    elif kind == "RunRebound":
+        parts.append(f"v{payload.get('previous_version')} -> v{payload.get('workflow_version')}")
+    if kind in ("ChildRunRequested", "ChildRunEnded"):
+        # meta.workflow / meta.loop: the child run (and loop iteration) of the step.
+        if payload.get("iteration"):
+            parts.append(f"iteration {payload['iteration']}")
+        parts.append(f"child {payload.get('child_run_id')}")
+        if kind == "ChildRunEnded":
+            parts.append(str(payload.get("status")))
     if kind == "RunSucceeded":
         parts.append(f"outputs={json.dumps(payload.get('outputs'))}")
+    parts += _describe_map(kind, payload)
     return " ".join(parts)
+
+
+def _describe_map(kind: str, payload: dict[str, Any]) -> list[str]:
+    """meta.map bookkeeping (docs/decisions/0024-chunked-map.md), one line per chunk."""
+    if kind == "MapStarted":
+        return [
+            f"{payload.get('item_count')} items, chunks of {payload.get('chunk_size')} "
+            f"({payload.get('max_chunks_in_flight')} in flight), {payload.get('on_failure')}"
+        ]
+    if kind == "MapChunkDispatched":
+        retry = (
+            f", item attempt {payload['item_attempt']}"
+            if payload.get("item_attempt", 1) > 1
+            else ""
+        )
+        return [
+            f"chunk {payload.get('chunk')}: {payload.get('item_count')} items from "
+            f"#{payload.get('first_item')}{retry}"
+        ]
+    if kind == "MapChunkFinished":
+        failed = len(payload.get("failed_items") or [])
+        retrying = len(payload.get("retry_items") or [])
+        return [
+            f"chunk {payload.get('chunk')}: {payload.get('succeeded')} ok, {failed} failed, "
+            f"{retrying} to retry"
+        ]
+    return []
 
 
 def timeline(client: httpx.Client, run_id: str) -> str:
@@ -100,6 +145,8 @@ def timeline(client: httpx.Client, run_id: str) -> str:
         f"run {run['run_id']}  {run['workflow_id']}@{run['workflow_version']}  "
         f"status={run['status']}",
     ]
+    if run.get("parent_run_id"):
+        lines.append(f"  child of run {run['parent_run_id']} (step {run.get('parent_step_id')})")
     lines += [f"  {describe_event(e)}" for e in events]
     steps = run.get("steps") or []
     if steps:
@@ -107,6 +154,15 @@ def timeline(client: httpx.Client, run_id: str) -> str:
         for s in steps:
             hit = " (cache)" if s.get("cache_hit") else ""
             lines.append(f"    {s['step_id']:<16} {s['status']:<10} attempt {s['attempt']}{hit}")
+    children = run.get("children") or []
+    if children:
+        lines.append("  child runs:")
+        for c in children:
+            iteration = f" iteration {c['iteration']}" if c.get("iteration") else ""
+            lines.append(
+                f"    {c['run_id']}  {c['workflow_id']}  step {c['step_id']} attempt "
+                f"{c['attempt']}{iteration}  {c['status']}"
+            )
     return "\n".join(lines)
 
 
@@ -178,6 +234,102 @@ def show_run(args: argparse.Namespace) -> int:
     return 0
 
 
+MUTATION_TYPES = ("add_step", "remove_step", "update_params", "replace_node")
+
+
+def mutation_body(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``POST /v1/runs/{id}/mutations`` body of ``reflux runs mutate``."""
+    data: Any = {}
+    if args.data is not None:
+        try:
+            data = json.loads(args.data)
+        except ValueError as exc:
+            raise ClientError(f"Expected --data to be JSON, but it does not parse: {exc}") from exc
+    if args.node is not None:
+        if args.op != "replace_node":
+            raise ClientError("--node goes with --op replace_node (add_step takes --data)")
+        data = {"node": args.node, **({"node_version": args.version} if args.version else {})}
+    body: dict[str, Any] = {"type": args.op, "step_id": args.step, "data": data}
+    if args.reason:
+        body["reason"] = args.reason
+    if args.by:
+        body["requested_by"] = args.by
+    return body
+
+
+def mutate_run(args: argparse.Namespace) -> int:
+    return _send_command(args, f"/v1/runs/{args.run_id}/mutations", mutation_body(args))
+
+
+def graph_text(graph: dict[str, Any]) -> str:
+    lines = [f"run {graph['run_id']}  status={graph['status']}  last_seq={graph['last_seq']}"]
+    for step in graph["steps"]:
+        needs = f" needs {', '.join(step['needs'])}" if step["needs"] else ""
+        lines.append(f"  {step['step_id']:<16} {step['status']:<10} {step['node']}{needs}")
+    if graph["mutations"]:
+        lines.append("  mutations:")
+    for m in graph["mutations"]:
+        who = m.get("requested_by") or "?"
+        why = f": {m['reason']}" if m.get("reason") else ""
+        lines.append(
+            f"    #{m['seq']:<4} {m['type']:<14} {m['step_id']:<16} by {who}{why}  "
+            f"{json.dumps(m['data'])}"
+        )
+    return "\n".join(lines)
+
+
+def show_graph(args: argparse.Namespace) -> int:
+    with httpx.Client(base_url=args.api, timeout=30) as client:
+        print(graph_text(_check(client.get(f"/v1/runs/{args.run_id}/graph"))))
+    return 0
+
+
+def _send_command(args: argparse.Namespace, path: str, body: dict[str, Any]) -> int:
+    """POST a run command, wait for its effect (``--wait-ms``), print what happened."""
+    body = {k: v for k, v in body.items() if v is not None}
+    with httpx.Client(base_url=args.api, timeout=30 + args.wait_ms / 1000) as client:
+        params = {"wait_ms": args.wait_ms} if args.wait_ms else {}
+        answer = _check(client.post(path, json=body, params=params))
+        if answer.get("status") == "applied":
+            print(f"{answer['command_id']} applied: {answer['event_type']} at seq {answer['seq']}")
+        else:
+            print(f"{answer['command_id']} accepted (not applied yet)")
+    return 0
+
+
+def redrive_step(args: argparse.Namespace) -> int:
+    return _send_command(
+        args,
+        f"/v1/runs/{args.run_id}/steps/{args.step_id}/redrive",
+        {"downstream": args.downstream, "reason": args.reason, "requested_by": args.by},
+    )
+
+
+def rebind_run(args: argparse.Namespace) -> int:
+    return _send_command(
+        args,
+        f"/v1/runs/{args.run_id}/rebind",
+        {
+            "version": args.version,
+            "redrive_failed": not args.no_redrive_failed,
+            "reason": args.reason,
+            "requested_by": args.by,
+        },
+    )
+
+
+def _command_options(parser: argparse.ArgumentParser, default_api: str) -> None:
+    parser.add_argument("--reason", help="why (kept in the run log)")
+    parser.add_argument("--by", help="who asks (requested_by)")
+    parser.add_argument(
+        "--wait-ms",
+        type=int,
+        default=10_000,
+        help="wait this long for the command to take effect (0: do not wait; default 10000)",
+    )
+    parser.add_argument("--api", default=default_api, help=f"API base URL ({default_api})")
+
+
 def add_client_commands(subparsers: Any, default_api: str) -> None:
     run = subparsers.add_parser("run", help="register a workflow file and start a run")
     run.add_argument("file", help="workflow definition (.yaml or .json)")
@@ -199,6 +351,52 @@ def add_client_commands(subparsers: Any, default_api: str) -> None:
     show.add_argument("run_id")
     show.add_argument("--api", default=default_api, help=f"API base URL ({default_api})")
     show.set_defaults(handler=_guard(show_run))
+    graph = actions.add_parser("graph", help="a run's current graph and its mutations")
+    graph.add_argument("run_id")
+    graph.add_argument("--api", default=default_api, help=f"API base URL ({default_api})")
+    graph.set_defaults(handler=_guard(show_graph))
+    mutate = actions.add_parser(
+        "mutate",
+        help="change a running run's graph",
+        description="e.g. reflux runs mutate RUN --op update_params --step fetch "
+        '--data \'{"url": "https://b.test"}\' --reason "new host" --by alice',
+    )
+    mutate.add_argument("run_id")
+    mutate.add_argument("--op", required=True, choices=MUTATION_TYPES)
+    mutate.add_argument("--step", required=True, help="the step added, removed or changed")
+    mutate.add_argument(
+        "--data", help="JSON: the step (add_step), the new params (update_params), {} (remove)"
+    )
+    mutate.add_argument("--node", help="replace_node: the node name (or name@constraint)")
+    mutate.add_argument("--version", help="replace_node: the version constraint, e.g. ^2")
+    _command_options(mutate, default_api)
+    mutate.set_defaults(handler=_guard(mutate_run))
+    redrive = actions.add_parser(
+        "redrive",
+        help="re-run a failed step, or (--downstream) a step and everything downstream of it",
+    )
+    redrive.add_argument("run_id")
+    redrive.add_argument("step_id")
+    redrive.add_argument(
+        "--downstream",
+        action="store_true",
+        help="re-drive from the step: it and its transitive dependents run again, on the "
+        "upstream outputs the run has (a succeeded or failed run reopens)",
+    )
+    _command_options(redrive, default_api)
+    redrive.set_defaults(handler=_guard(redrive_step))
+    rebind = actions.add_parser(
+        "rebind", help="continue a failed or paused run on another version of its workflow"
+    )
+    rebind.add_argument("run_id")
+    rebind.add_argument("--version", type=int, help="workflow version (default: the latest)")
+    rebind.add_argument(
+        "--no-redrive-failed",
+        action="store_true",
+        help="only rebind: leave a failed run failed (re-drive its steps later)",
+    )
+    _command_options(rebind, default_api)
+    rebind.set_defaults(handler=_guard(rebind_run))
 
 
 def _guard(handler: Any) -> Any:

@@ -139,6 +139,55 @@ class GraphMutation(RefluxRecord):
     """
 
 
+class MapChunk(RefluxRecord):
+    """Which items of a meta.map step a chunk invocation carries, and how many the worker runs at
+    once.
+    """
+
+    AVRO_NAME: ClassVar[str] = "reflux.common.MapChunk"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    index: int
+    """Chunk number within the map attempt (0-based, in dispatch order)."""
+
+    first_item: int
+    """Index of the chunk's first item in the collection."""
+
+    item_indices: list[int] = Field(default_factory=list)
+    """The items' indices when they are not first_item, first_item + 1, ... (a retry of some
+    items); empty = contiguous.
+    """
+
+    concurrency: int
+    """How many items of this chunk the worker may run at the same time."""
+
+
+class ParentRef(RefluxRecord):
+    """The parent of a child run: the run and meta step that started it, and which attempt (and
+    loop iteration) of that step it is.
+    """
+
+    AVRO_NAME: ClassVar[str] = "reflux.common.ParentRef"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    run_id: str
+    """The parent run."""
+
+    step_id: str
+    """The parent's meta step (meta.workflow or meta.loop)."""
+
+    attempt: int
+    """The attempt of the parent step this child belongs to (1-based)."""
+
+    iteration: int | None = None
+    """meta.loop: the iteration (1-based); null for meta.workflow."""
+
+    depth: int = 1
+    """How deep the child is: 1 for a child of a top-level run, its parent's depth + 1 below
+    (bounded, so a workflow that starts itself cannot recurse forever).
+    """
+
+
 class PayloadRef(RefluxRecord):
     """Claim check: a large payload stored in object storage."""
 
@@ -311,6 +360,36 @@ class CancelRun(RunCommandEnvelope):
     SCHEMA_VERSION: ClassVar[int] = 1
 
 
+class ChildRunFinished(RunCommandEnvelope):
+    """Sent by the scheduler to a parent run (in the transaction of the child's terminal event)
+    when one of its child runs ends.
+    """
+
+    AVRO_NAME: ClassVar[str] = "reflux.commands.ChildRunFinished"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    child_run_id: str
+    """The child run that ended."""
+
+    step_id: str
+    """The parent's meta step the child belongs to."""
+
+    attempt: int
+    """The parent step's attempt the child belongs to."""
+
+    iteration: int | None = None
+    """meta.loop: the child's iteration; null for meta.workflow."""
+
+    status: str
+    """The child's terminal status: succeeded, failed or cancelled."""
+
+    outputs: Json
+    """The child's outputs on success, else null (canonical JSON)"""
+
+    error: ErrorInfo | None = None
+    """Why the child failed or was cancelled."""
+
+
 class FireTimer(RunCommandEnvelope):
     """A timer is due; emitted by the per-partition timer into reflux.commands."""
 
@@ -356,14 +435,42 @@ class PauseRun(RunCommandEnvelope):
     SCHEMA_VERSION: ClassVar[int] = 1
 
 
+class RebindRun(RunCommandEnvelope):
+    """Continue a failed or paused run on another registered version of its workflow; finished
+    steps map by id (docs/decisions/0026).
+    """
+
+    AVRO_NAME: ClassVar[str] = "reflux.commands.RebindRun"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    workflow_version: int | None = None
+    """The version to continue on; null: the latest registered."""
+
+    redrive_failed: bool = True
+    """After rebinding a failed run, reopen it and run its failed and timed-out steps again (on
+    the new definition).
+    """
+
+
 class RedriveStep(RunCommandEnvelope):
-    """Run one failed, timed-out or skipped step again."""
+    """Run one failed or timed-out step again (v1), or (v2, downstream) a chosen step and every
+    step downstream of it, with the original upstream outputs.
+    """
 
     AVRO_NAME: ClassVar[str] = "reflux.commands.RedriveStep"
-    SCHEMA_VERSION: ClassVar[int] = 1
+    SCHEMA_VERSION: ClassVar[int] = 2
+
+    schema_version: int = 2
+    """Version of the writer schema; old records keep the version they were written with."""
 
     step_id: str
     """The step to re-drive."""
+
+    downstream: bool = False
+    """false: re-run the failed or timed-out step only (v1 behaviour). true: reset the step and
+    its transitive dependents to pending (StepsReset) and run them again, in a running, failed
+    or succeeded run; upstream steps keep their outputs.
+    """
 
 
 class ResumeRun(RunCommandEnvelope):
@@ -377,7 +484,10 @@ class StartRun(RunCommandEnvelope):
     """Start a run of a registered workflow."""
 
     AVRO_NAME: ClassVar[str] = "reflux.commands.StartRun"
-    SCHEMA_VERSION: ClassVar[int] = 1
+    SCHEMA_VERSION: ClassVar[int] = 2
+
+    schema_version: int = 2
+    """Version of the writer schema; old records keep the version they were written with."""
 
     workflow_id: str
     """Workflow to run."""
@@ -399,6 +509,11 @@ class StartRun(RunCommandEnvelope):
 
     source_key: str | None = None
     """The trigger's source key, if any."""
+
+    parent: ParentRef | None = None
+    """Set when the run is a child run started by a meta step of another run (meta.workflow,
+    meta.loop): the run and step it reports its outcome to (ChildRunFinished).
+    """
 
 
 class DeadLetter(StandaloneEnvelope):
@@ -459,6 +574,65 @@ class RunEventEnvelope(RefluxRecord):
     """Id of what caused this event: a command_id, an invocation_id or a timer_id."""
 
 
+class ChildRunEnded(RunEventEnvelope):
+    """One iteration of a meta.loop step ended (its child run finished); the step then starts the
+    next iteration or finishes.
+    """
+
+    AVRO_NAME: ClassVar[str] = "reflux.events.ChildRunEnded"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    step: StepRef
+    """The meta step."""
+
+    attempt: int
+    """The step's attempt."""
+
+    iteration: int | None = None
+    """The iteration that ended."""
+
+    child_run_id: str
+    """The child run that ended."""
+
+    status: str
+    """The child's terminal status: succeeded, failed or cancelled."""
+
+    outputs: Json
+    """The child's outputs (canonical JSON)"""
+
+
+class ChildRunRequested(RunEventEnvelope):
+    """A meta step (meta.workflow, or one iteration of meta.loop) starts a child run: the
+    scheduler sends its StartRun in the same transaction. The step waits for ChildRunFinished.
+    """
+
+    AVRO_NAME: ClassVar[str] = "reflux.events.ChildRunRequested"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    step: StepRef
+    """The meta step."""
+
+    attempt: int
+    """The step's attempt."""
+
+    iteration: int | None = None
+    """meta.loop: the iteration (1-based); null for meta.workflow."""
+
+    child_run_id: str
+    """The child's run id, derived from (run id, step id, attempt, iteration): a redelivered
+    decision cannot start two children.
+    """
+
+    workflow_id: str
+    """The child's workflow."""
+
+    workflow_version: int | None = None
+    """The child's workflow version; null = latest registered."""
+
+    inputs: Json
+    """The child's inputs, rendered from the parent's context (canonical JSON)"""
+
+
 class CommandRejected(RunEventEnvelope):
     """A command was not valid for the run's state; state is unchanged."""
 
@@ -476,16 +650,162 @@ class CommandRejected(RunEventEnvelope):
 
 
 class GraphMutated(RunEventEnvelope):
-    """The run's graph changed; evolve applies it like any event."""
+    """The run's graph changed; evolve applies it like any event. v2: who asked for the change
+    and why (requested_by, reason), copied from the MutateGraph command.
+    """
 
     AVRO_NAME: ClassVar[str] = "reflux.events.GraphMutated"
-    SCHEMA_VERSION: ClassVar[int] = 1
+    SCHEMA_VERSION: ClassVar[int] = 2
+
+    schema_version: int = 2
+    """Version of the writer schema; old records keep the version they were written with."""
 
     mutation: GraphMutation
     """The change."""
 
     mutation_id: str | None = None
     """The reflux.mutations proposal applied, if any."""
+
+    requested_by: str | None = None
+    """Who asked for the change (the MutateGraph command's requested_by: a user, 'policy',
+    'mutation:<proposal>'); null in v1 records.
+    """
+
+    reason: str | None = None
+    """Why (the MutateGraph command's reason), for the audit trail; null in v1 records."""
+
+
+class MapChunkDispatched(RunEventEnvelope):
+    """A chunk of a meta.map step's items was sent to a worker as one NodeInvocation."""
+
+    AVRO_NAME: ClassVar[str] = "reflux.events.MapChunkDispatched"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    step: StepRef
+    """The meta.map step."""
+
+    attempt: int
+    """Attempt of the map step."""
+
+    chunk: int
+    """Chunk number within the map attempt."""
+
+    item_attempt: int
+    """Attempt of the chunk's items (1 = first try; retried items come again in a new chunk)."""
+
+    first_item: int
+    """Index of the first item."""
+
+    item_count: int
+    """Items in the chunk."""
+
+    item_indices: list[int] = Field(default_factory=list)
+    """The items' indices when not contiguous from first_item (a retry); empty = contiguous."""
+
+    invocation_id: str
+    """The chunk's NodeInvocation id (its NodeResult answers with it)."""
+
+    retry_timer_id: str | None = None
+    """The retry timer whose items this chunk carries, if a retry."""
+
+
+class MapChunkFinished(RunEventEnvelope):
+    """A worker answered a chunk of a meta.map step: per-item outcomes, in item order."""
+
+    AVRO_NAME: ClassVar[str] = "reflux.events.MapChunkFinished"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    step: StepRef
+    """The meta.map step."""
+
+    attempt: int
+    """Attempt of the map step."""
+
+    chunk: int
+    """Chunk number within the map attempt."""
+
+    invocation_id: str
+    """The chunk's invocation id."""
+
+    results: OptionalJson = None
+    """One entry per item of the chunk, in order: {"output": ...} or {"error": ErrorInfo}
+    (canonical JSON; null = absent)
+    """
+
+    results_ref: PayloadRef | None = None
+    """The entries in object storage, when too large to inline (the worker's claim check)."""
+
+    results_bytes: int = 0
+    """Size of the inline results (canonical JSON bytes; 0 when they are not inline): what the
+    run state holds for this chunk.
+    """
+
+    spill_ref: PayloadRef | None = None
+    """Set when the map's inline results grew over its budget: the inline results of its finished
+    chunks, this one included, moved to object storage as {"<chunk>": [entries]} (the run
+    state then drops them).
+    """
+
+    succeeded: int
+    """Items of the chunk that succeeded."""
+
+    failed_items: list[int] = Field(default_factory=list)
+    """Items that failed for good (no attempt left, or not retryable)."""
+
+    retry_items: list[int] = Field(default_factory=list)
+    """Items that failed and will be tried again (in a new chunk, after retry_at)."""
+
+    retry_at: TimestampMillis | None = None
+    """When retry_items may be dispatched again (the step's retry backoff)."""
+
+    retry_timer_id: str | None = None
+    """The backoff timer of retry_items."""
+
+
+class MapStarted(RunEventEnvelope):
+    """A meta.map step started an attempt: its collection is evaluated and its chunking fixed
+    (ADR 0024).
+    """
+
+    AVRO_NAME: ClassVar[str] = "reflux.events.MapStarted"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    step: StepRef
+    """The meta.map step."""
+
+    attempt: int
+    """Attempt of the map step (1-based; a re-drive starts a new one)."""
+
+    item_count: int
+    """Number of items in the collection."""
+
+    items: OptionalJson = None
+    """The collection (canonical JSON; null = absent)"""
+
+    items_ref: PayloadRef | None = None
+    """The collection in object storage, when too large to inline."""
+
+    node: StepRef
+    """The node run per item: step_id is the map step, node_version the version resolved for this
+    attempt.
+    """
+
+    invoke_topic: str
+    """Topic the chunk invocations go to."""
+
+    chunk_size: int
+    """Items per chunk invocation."""
+
+    max_chunks_in_flight: int
+    """Chunks dispatched and not finished at most."""
+
+    chunk_concurrency: int
+    """Items a worker runs at once within one chunk (max_chunks_in_flight * chunk_concurrency <=
+    the step's concurrency).
+    """
+
+    on_failure: str
+    """fail_fast or collect."""
 
 
 class RunCancelled(RunEventEnvelope):
@@ -527,6 +847,49 @@ class RunPaused(RunEventEnvelope):
     """Who."""
 
 
+class RunRebound(RunEventEnvelope):
+    """The run continues on another version of its workflow: the definition (and inputs) are
+    replaced, steps map by id (docs/decisions/0026).
+    """
+
+    AVRO_NAME: ClassVar[str] = "reflux.events.RunRebound"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    workflow_version: int
+    """The version the run continues on."""
+
+    previous_version: int
+    """The version it ran on before."""
+
+    definition: Json
+    """The new version's full definition, so replay needs nothing else (canonical JSON)"""
+
+    inputs: Json
+    """The run inputs validated against the new version (its defaults applied; canonical JSON)"""
+
+    kept_steps: list[str] = Field(default_factory=list)
+    """Steps in both versions: they keep their state (a pending one stays pending; failed ones
+    are re-driven when redrive_failed).
+    """
+
+    added_steps: list[str] = Field(default_factory=list)
+    """Steps new in this version: pending."""
+
+    removed_steps: list[str] = Field(default_factory=list)
+    """Steps of the old graph that had not run (pending) and are gone."""
+
+    changed_steps: list[str] = Field(default_factory=list)
+    """Kept steps whose definition (params, node version, when, retry...) differs: their outputs
+    are kept; failed ones run again on the new definition.
+    """
+
+    reason: str | None = None
+    """Why."""
+
+    requested_by: str | None = None
+    """Who."""
+
+
 class RunResumed(RunEventEnvelope):
     """The run is resumed."""
 
@@ -544,7 +907,10 @@ class RunStarted(RunEventEnvelope):
     """A run started; carries everything replay needs."""
 
     AVRO_NAME: ClassVar[str] = "reflux.events.RunStarted"
-    SCHEMA_VERSION: ClassVar[int] = 1
+    SCHEMA_VERSION: ClassVar[int] = 2
+
+    schema_version: int = 2
+    """Version of the writer schema; old records keep the version they were written with."""
 
     workflow_id: str
     """Workflow id."""
@@ -569,6 +935,11 @@ class RunStarted(RunEventEnvelope):
 
     source_key: str | None = None
     """The trigger's source key, if any."""
+
+    parent: ParentRef | None = None
+    """Set when the run is a child run started by a meta step of another run (meta.workflow,
+    meta.loop): the run and step it reports its outcome to (ChildRunFinished).
+    """
 
 
 class RunSucceeded(RunEventEnvelope):
@@ -822,11 +1193,36 @@ class StepTimeoutExtended(RunEventEnvelope):
     """The timer's new due time."""
 
 
+class StepsReset(RunEventEnvelope):
+    """Steps go back to pending (a re-drive from a step): their outputs, errors and timers are
+    dropped, their attempt numbers are kept (the next attempt continues them).
+    """
+
+    AVRO_NAME: ClassVar[str] = "reflux.events.StepsReset"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    step_ids: list[str]
+    """The steps reset, in topological order: the chosen step first, then its transitive
+    dependents.
+    """
+
+    from_step: str | None = None
+    """The step a re-drive from a step was asked for; null when a rebind resets the run's failed
+    steps.
+    """
+
+    reason: str | None = None
+    """Why."""
+
+    requested_by: str | None = None
+    """Who."""
+
+
 class NodeInvocation(RefluxRecord):
     """Ask a worker group to run one attempt of a step."""
 
     AVRO_NAME: ClassVar[str] = "reflux.invoke.NodeInvocation"
-    SCHEMA_VERSION: ClassVar[int] = 2
+    SCHEMA_VERSION: ClassVar[int] = 3
 
     event_id: str = Field(default_factory=new_id)
     """Unique id (UUID text) of this record; consumers dedupe on it."""
@@ -840,7 +1236,7 @@ class NodeInvocation(RefluxRecord):
     occurred_at: TimestampMillis = Field(default_factory=utc_now)
     """When the producer created this record (UTC, milliseconds)."""
 
-    schema_version: int = 2
+    schema_version: int = 3
     """Version of the writer schema; old records keep the version they were written with."""
 
     invocation_id: str
@@ -885,6 +1281,13 @@ class NodeInvocation(RefluxRecord):
 
     trace_context: dict[str, str] = Field(default_factory=dict)
     """W3C trace context (traceparent, tracestate)."""
+
+    chunk: MapChunk | None = None
+    """Set for a chunk of a meta.map step: params is then a JSON array, one params object per
+    item, and the worker answers with one NodeResult whose output is a JSON array of per-item
+    entries ({"output": ...} or {"error": ErrorInfo}) in the same order. Null = an ordinary
+    attempt.
+    """
 
 
 class ImprovementPolicySet(StandaloneEnvelope):
@@ -1292,23 +1695,33 @@ class WorkflowRegistered(StandaloneEnvelope):
 MODELS: dict[str, type[RefluxRecord]] = {
     "reflux.common.ErrorInfo": ErrorInfo,
     "reflux.common.GraphMutation": GraphMutation,
+    "reflux.common.MapChunk": MapChunk,
+    "reflux.common.ParentRef": ParentRef,
     "reflux.common.PayloadRef": PayloadRef,
     "reflux.common.RetryPolicy": RetryPolicy,
     "reflux.common.StepRef": StepRef,
     "reflux.alerts.Alert": Alert,
     "reflux.commands.CancelRun": CancelRun,
+    "reflux.commands.ChildRunFinished": ChildRunFinished,
     "reflux.commands.FireTimer": FireTimer,
     "reflux.commands.MutateGraph": MutateGraph,
     "reflux.commands.PauseRun": PauseRun,
+    "reflux.commands.RebindRun": RebindRun,
     "reflux.commands.RedriveStep": RedriveStep,
     "reflux.commands.ResumeRun": ResumeRun,
     "reflux.commands.StartRun": StartRun,
     "reflux.dlq.DeadLetter": DeadLetter,
+    "reflux.events.ChildRunEnded": ChildRunEnded,
+    "reflux.events.ChildRunRequested": ChildRunRequested,
     "reflux.events.CommandRejected": CommandRejected,
     "reflux.events.GraphMutated": GraphMutated,
+    "reflux.events.MapChunkDispatched": MapChunkDispatched,
+    "reflux.events.MapChunkFinished": MapChunkFinished,
+    "reflux.events.MapStarted": MapStarted,
     "reflux.events.RunCancelled": RunCancelled,
     "reflux.events.RunFailed": RunFailed,
     "reflux.events.RunPaused": RunPaused,
+    "reflux.events.RunRebound": RunRebound,
     "reflux.events.RunResumed": RunResumed,
     "reflux.events.RunStarted": RunStarted,
     "reflux.events.RunSucceeded": RunSucceeded,
@@ -1321,6 +1734,7 @@ MODELS: dict[str, type[RefluxRecord]] = {
     "reflux.events.StepSucceeded": StepSucceeded,
     "reflux.events.StepTimedOut": StepTimedOut,
     "reflux.events.StepTimeoutExtended": StepTimeoutExtended,
+    "reflux.events.StepsReset": StepsReset,
     "reflux.invoke.NodeInvocation": NodeInvocation,
     "reflux.mutations.ImprovementPolicySet": ImprovementPolicySet,
     "reflux.mutations.Mutation": Mutation,
@@ -1341,6 +1755,9 @@ __all__ = [
     "AlertKind",
     "AlertState",
     "CancelRun",
+    "ChildRunEnded",
+    "ChildRunFinished",
+    "ChildRunRequested",
     "CommandRejected",
     "DeadLetter",
     "ErrorInfo",
@@ -1350,6 +1767,10 @@ __all__ = [
     "GraphMutationType",
     "ImprovementPolicy",
     "ImprovementPolicySet",
+    "MapChunk",
+    "MapChunkDispatched",
+    "MapChunkFinished",
+    "MapStarted",
     "MutateGraph",
     "Mutation",
     "MutationAction",
@@ -1361,8 +1782,10 @@ __all__ = [
     "NodeInvocation",
     "NodeResult",
     "NodeStatus",
+    "ParentRef",
     "PauseRun",
     "PayloadRef",
+    "RebindRun",
     "RedriveStep",
     "ResumeRun",
     "RetryPolicy",
@@ -1371,6 +1794,7 @@ __all__ = [
     "RunEventEnvelope",
     "RunFailed",
     "RunPaused",
+    "RunRebound",
     "RunResumed",
     "RunStarted",
     "RunSucceeded",
@@ -1386,6 +1810,7 @@ __all__ = [
     "StepSucceeded",
     "StepTimedOut",
     "StepTimeoutExtended",
+    "StepsReset",
     "TimerKind",
     "Trace",
     "TraceStatus",

@@ -9,11 +9,17 @@ import the list from here so a new event type cannot reach one of them and not t
 from __future__ import annotations
 
 from schemas.models import (
+    ChildRunEnded,
+    ChildRunRequested,
     CommandRejected,
     GraphMutated,
+    MapChunkDispatched,
+    MapChunkFinished,
+    MapStarted,
     RunCancelled,
     RunFailed,
     RunPaused,
+    RunRebound,
     RunResumed,
     RunStarted,
     RunSucceeded,
@@ -22,6 +28,7 @@ from schemas.models import (
     StepRetryScheduled,
     StepScheduled,
     StepSkipped,
+    StepsReset,
     StepStarted,
     StepSucceeded,
     StepTimedOut,
@@ -41,13 +48,20 @@ RunEvent = (
     | StepRetryScheduled
     | StepTimedOut
     | StepSkipped
+    | MapStarted
+    | MapChunkDispatched
+    | MapChunkFinished
     | GraphMutated
+    | StepsReset
+    | RunRebound
     | RunPaused
     | RunResumed
     | RunSucceeded
     | RunFailed
     | RunCancelled
     | CommandRejected
+    | ChildRunRequested
+    | ChildRunEnded
 )
 """Every record the scheduler appends to ``reflux.runs``."""
 
@@ -62,13 +76,20 @@ RUN_EVENT_TYPES: tuple[type[RunEvent], ...] = (
     StepRetryScheduled,
     StepTimedOut,
     StepSkipped,
+    MapStarted,
+    MapChunkDispatched,
+    MapChunkFinished,
     GraphMutated,
+    StepsReset,
+    RunRebound,
     RunPaused,
     RunResumed,
     RunSucceeded,
     RunFailed,
     RunCancelled,
     CommandRejected,
+    ChildRunRequested,
+    ChildRunEnded,
 )
 """The same, as a tuple for ``isinstance``; anything else on ``reflux.runs`` is poison."""
 

@@ -59,9 +59,11 @@ TERMINAL_RUN_STATUSES: Final = frozenset(
     {RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED}
 )
 """The run has stopped: nothing moves it on unless someone acts (a re-drive re-opens a failed
-run). Clients stop following a run here; the read model re-opens such a run on a re-drive."""
+run, a re-drive from a step a succeeded one too). Clients stop following a run here; the read
+model re-opens such a run on a re-drive."""
 FINISHED_RUN_STATUSES: Final = frozenset({RunStatus.SUCCEEDED, RunStatus.CANCELLED})
-"""Nothing changes a run in these statuses any more."""
+"""Only an explicit re-drive from a step changes a run in these statuses (a succeeded one; a
+cancelled run never changes): the scheduler keeps them as markers and reloads on demand."""
 
 DONE_STEP_STATUSES: Final = frozenset({StepStatus.SUCCEEDED, StepStatus.SKIPPED})
 """Statuses that satisfy a downstream step's needs."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +27,13 @@ from workflows.expressions import (
     iter_expressions,
     secret_name,
 )
+from workflows.meta import MAP_NODE, check_meta_step, is_meta_node, map_inner_node
+from workflows.meta_children import (
+    LOOP_UNTIL_ROOTS,
+    check_child_run_step,
+    is_child_run_node,
+    loop_scoped_roots,
+)
 from workflows.model import (
     CacheSpec,
     Defaults,
@@ -36,6 +43,7 @@ from workflows.model import (
     WorkflowDefinition,
 )
 from workflows.node_catalog import NodeCatalogView
+from workflows.semver import NodeRef, parse_node_ref
 
 __all__ = [
     "RUN_FIELDS",
@@ -43,6 +51,7 @@ __all__ = [
     "WorkflowValidationError",
     "build_definition",
     "check_definition",
+    "check_step_nodes",
     "json_type_name",
     "load_source",
     "merge_step_defaults",
@@ -219,6 +228,31 @@ def check_definition(
     if node_catalog is not None:
         errors += _check_nodes(definition, node_catalog)
     errors += _check_expressions(definition)
+    errors += _check_child_run_steps(definition)
+    return errors
+
+
+def _check_child_run_steps(definition: WorkflowDefinition) -> list[FieldError]:
+    """meta.workflow / meta.loop params (workflows/meta_children.py), and a loop's ``until``."""
+    errors: list[FieldError] = []
+    for i, step in enumerate(definition.steps):
+        if not is_child_run_node(step.node_name):
+            continue
+        for path, message in check_child_run_step(
+            step.node_name, step.params, timeout=step.timeout, queue_timeout=step.queue_timeout
+        ):
+            errors.append(FieldError(f"steps[{i}].{path}", message))
+        until = step.params.get("until") if isinstance(step.params, dict) else None
+        if isinstance(until, str):
+            errors += _check_expression(
+                definition,
+                f"steps[{i}].params.until",
+                until,
+                step.id,
+                definition.upstream(step.id),
+                secrets="when",
+                extra_roots=LOOP_UNTIL_ROOTS,
+            )
     return errors
 
 
@@ -336,26 +370,50 @@ def _check_cycles(definition: WorkflowDefinition) -> list[FieldError]:
     ]
 
 
-def _check_nodes(definition: WorkflowDefinition, catalog: NodeCatalogView) -> list[FieldError]:
+def check_step_nodes(
+    definition: WorkflowDefinition, catalog: NodeCatalogView, step_ids: Collection[str]
+) -> list[FieldError]:
+    """Catalog problems of the named steps' nodes only (a graph mutation checks what it adds)."""
+    return _check_nodes(definition, catalog, step_ids)
+
+
+def _check_nodes(
+    definition: WorkflowDefinition,
+    catalog: NodeCatalogView,
+    only: Collection[str] | None = None,
+) -> list[FieldError]:
     errors: list[FieldError] = []
     for i, step in enumerate(definition.steps):
-        ref = step.ref
-        versions = list(catalog.versions(ref.name))
-        path = f"steps[{i}].node"
-        if not versions:
-            names = list(catalog.names())
-            close = difflib.get_close_matches(ref.name, names, n=1)
-            hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(names[:20])}"
-            errors.append(FieldError(path, f"unknown node {ref.name!r} ({hint})"))
-        elif ref.constraint.best(versions) is None:
-            errors.append(
-                FieldError(
-                    path,
-                    f"no version of {ref.name!r} satisfies {ref.constraint.raw!r} "
-                    f"(available: {', '.join(versions)})",
-                )
-            )
+        if only is not None and step.id not in only:
+            continue
+        ref, path = step.ref, f"steps[{i}].node"
+        if is_child_run_node(ref.name):
+            continue  # run by the scheduler itself: not in the catalog
+        if is_meta_node(ref.name):
+            # Run by the scheduler, never looked up; a map's inner node is, at its own path.
+            inner = map_inner_node(step.params) if ref.name == MAP_NODE else None
+            if inner is None:
+                continue
+            ref, path = parse_node_ref(inner), f"steps[{i}].params.node"
+        problem = _node_problem(ref, catalog)
+        if problem:
+            errors.append(FieldError(path, problem))
     return errors
+
+
+def _node_problem(ref: NodeRef, catalog: NodeCatalogView) -> str | None:
+    versions = list(catalog.versions(ref.name))
+    if not versions:
+        names = list(catalog.names())
+        close = difflib.get_close_matches(ref.name, names, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(names[:20])}"
+        return f"unknown node {ref.name!r} ({hint})"
+    if ref.constraint.best(versions) is None:
+        return (
+            f"no version of {ref.name!r} satisfies {ref.constraint.raw!r} "
+            f"(available: {', '.join(versions)})"
+        )
+    return None
 
 
 def _check_expressions(definition: WorkflowDefinition) -> list[FieldError]:
@@ -366,13 +424,19 @@ def _check_expressions(definition: WorkflowDefinition) -> list[FieldError]:
             errors += _check_expression(
                 definition, f"steps[{i}].when", step.when, step.id, upstream, secrets="when"
             )
+        if is_meta_node(step.node_name):
+            errors += _check_meta(definition, i, step, upstream)
+            continue
         try:
             params = list(iter_expressions(step.params, f"steps[{i}].params"))
         except ExpressionSyntaxError as exc:
             errors.append(FieldError(f"steps[{i}].params", str(exc)))
             params = []
         for path, expr in params:
-            errors += _check_expression(definition, path, expr, step.id, upstream)
+            extra = loop_scoped_roots(step.node_name, _params_path(path, f"steps[{i}].params"))
+            errors += _check_expression(
+                definition, path, expr, step.id, upstream, extra_roots=extra
+            )
         if step.cache.enabled and any(secret_name(expr) for _, expr in params):
             errors.append(
                 FieldError(
@@ -392,11 +456,40 @@ def _check_expressions(definition: WorkflowDefinition) -> list[FieldError]:
     return errors
 
 
+def _check_meta(
+    definition: WorkflowDefinition, index: int, step: StepDefinition, upstream: frozenset[str]
+) -> list[FieldError]:
+    """A meta step's params (workflows.meta), with the generic expression check."""
+
+    def check(path: str, expression: str, extra_roots: frozenset[str]) -> list[tuple[str, str]]:
+        found = _check_expression(
+            definition, path, expression, step.id, upstream, extra_roots=extra_roots
+        )
+        return [(e.path, e.message) for e in found]
+
+    issues = check_meta_step(
+        index,
+        step_id=step.id,
+        node_name=step.node_name,
+        params=step.params,
+        step_ids=definition.step_ids,
+        needs_of={s.id: s.needs for s in definition.steps},
+        check_expression=check,
+    )
+    return [FieldError(path, message) for path, message in issues]
+
+
 _SECRETS_FORBIDDEN = {
     "when": "secrets cannot be used in 'when': conditions are evaluated by the scheduler, "
     "which never sees secret values",
     "outputs": "secrets cannot be used in outputs: run outputs are stored in the run log",
 }
+
+
+def _params_path(path: str, prefix: str) -> tuple[str, ...]:
+    """``steps[1].params.inputs.x`` -> ("inputs", "x"): where in the params an expression is."""
+    rest = path.removeprefix(prefix).lstrip(".")
+    return tuple(part for part in rest.replace("[", ".").split(".") if part)
 
 
 def _secret_problem(expression: str, where: str | None) -> str | None:
@@ -427,8 +520,11 @@ def _check_expression(
     upstream: frozenset[str] | None,
     *,
     secrets: str | None = None,
+    extra_roots: frozenset[str] = frozenset(),
 ) -> list[FieldError]:
-    """``secrets`` names where secrets are forbidden ("when", "outputs"); None = step params."""
+    """``secrets`` names where secrets are forbidden ("when", "outputs"); None = step params.
+    ``extra_roots``: names the context has there besides inputs/steps/run (a meta.loop's
+    ``loop``, a map's ``item`` and ``index``)."""
     try:
         compile_expression(expression)
         refs = expression_references(expression)
@@ -436,7 +532,9 @@ def _check_expression(
         return [FieldError(path, str(exc))]
     errors: list[FieldError] = []
     for ref in refs:
-        if ref.root == "secrets":
+        if ref.root in extra_roots:
+            problem = None
+        elif ref.root == "secrets":
             problem = _secret_problem(expression, secrets)
         else:
             problem = _reference_problem(definition, ref, step_id, upstream)

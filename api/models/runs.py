@@ -77,6 +77,28 @@ class RunPublic(BaseModel):
     updated_at: datetime
     finished_at: datetime | None = None
     last_seq: int = Field(description="seq of the last event in this view.")
+    parent_run_id: str | None = Field(
+        default=None, description="A child run's parent run (meta.workflow / meta.loop)."
+    )
+    parent_step_id: str | None = Field(
+        default=None, description="The parent's meta step that started this child run."
+    )
+    parent_attempt: int | None = None
+    parent_iteration: int | None = Field(
+        default=None, description="meta.loop: the iteration this child run is (1-based)."
+    )
+
+
+class ChildRunPublic(BaseModel):
+    """A child run started by one of the run's meta steps."""
+
+    run_id: str
+    workflow_id: str
+    workflow_version: int
+    status: ProjectedRunStatus
+    step_id: str | None
+    attempt: int | None
+    iteration: int | None
 
 
 class StepPublic(BaseModel):
@@ -110,6 +132,10 @@ class StepPublic(BaseModel):
 
 class RunDetail(RunPublic):
     steps: list[StepPublic]
+    children: list[ChildRunPublic] = Field(
+        default_factory=list,
+        description="Child runs of the run's meta.workflow / meta.loop steps, oldest first.",
+    )
 
 
 class RunsPublic(BaseModel):
@@ -152,6 +178,25 @@ class CommandCreate(BaseModel):
 
     reason: str | None = Field(default=None, max_length=1000)
     requested_by: str | None = Field(default=None, max_length=200)
+
+
+class RedriveCreate(CommandCreate):
+    downstream: bool = Field(
+        default=False,
+        description="false: re-run the failed or timed-out step only. true: re-drive from the "
+        "step: it and every step downstream of it run again (in a running, failed or succeeded "
+        "run, which reopens), on the outputs their upstream steps already have.",
+    )
+
+
+class RebindCreate(CommandCreate):
+    version: int | None = Field(
+        default=None, ge=1, description="The workflow version to continue on (default: latest)."
+    )
+    redrive_failed: bool = Field(
+        default=True,
+        description="Reopen a failed run and run its failed steps again on the new version.",
+    )
 
 
 class CommandAccepted(BaseModel):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from typing import Annotated, Any
 
 import anyio
@@ -32,10 +33,13 @@ from api.errors import (
 )
 from api.ids import API_SOURCE, new_command_id, run_id_for
 from api.models.common import errors
+from api.models.graph import MutationCreate, RunGraphPublic
 from api.models.runs import (
     CommandAccepted,
     CommandApplied,
     CommandCreate,
+    RebindCreate,
+    RedriveCreate,
     RunAccepted,
     RunCreate,
     RunDetail,
@@ -52,16 +56,34 @@ from api.readmodel import (
     run_public,
 )
 from api.routes.mutations import routed_version
+from api.run_graph import (
+    check_mutation,
+    current_graph,
+    graph_view,
+    progress_of_rows,
+    progress_of_state,
+)
 from api.store import request_fingerprint
 from api.timetravel import UnknownEventTypeError, state_at, state_view
-from api.validation import check_inputs, parse_definition
+from api.validation import check_inputs, current_node_catalog, parse_definition
 from processors.scheduler.evolve import EvolveError
+from processors.scheduler.state import RunState
 from projections.postgres import queries
 from projections.postgres.queries import RunEventRow
 from schemas.base import RefluxRecord
-from schemas.models import CancelRun, PauseRun, RedriveStep, ResumeRun, StartRun
+from schemas.models import (
+    CancelRun,
+    MutateGraph,
+    PauseRun,
+    RebindRun,
+    RedriveStep,
+    ResumeRun,
+    StartRun,
+)
 from schemas.statuses import TERMINAL_RUN_STATUSES
 from streams.topics import TopicCatalog
+from workflows.semver import VersionConstraint
+from workflows.validation import WorkflowValidationError
 
 __all__ = ["router"]
 
@@ -275,6 +297,34 @@ def _events_through(conn: Any, run_id: str, seq: int, schema: str) -> list[RunEv
         after = page[-1].seq
 
 
+def _check_seq(last_seq: int, seq: int | None) -> int:
+    """The seq to replay to (default: the last projected event); 422 beyond it."""
+    target = last_seq if seq is None else seq
+    if target > last_seq:
+        raise RequestInvalidError(
+            [
+                FieldIssue(
+                    "seq",
+                    f"Expected seq <= {last_seq} (the run's last projected event), "
+                    f"but got {target}",
+                    "seq_out_of_range",
+                )
+            ],
+            prefix=("query",),
+        )
+    return target
+
+
+def _replay(run_id: str, rows: list[RunEventRow]) -> RunState | None:
+    try:
+        return state_at(rows)
+    except (UnknownEventTypeError, EvolveError, ValidationError) as exc:
+        # The projection holds something the engine cannot replay: a server-side problem.
+        raise ReplayFailedError(
+            f"Expected run {run_id!r} to replay, but it does not: {exc}"
+        ) from exc
+
+
 @router.get(
     "/{run_id}/state",
     response_model=RunStatePublic,
@@ -294,27 +344,9 @@ def get_state(
     run = queries.get_run(conn, run_id, schema=api.read_schema)
     if run is None:
         raise run_not_found(run_id)
-    target = run.last_seq if seq is None else seq
-    if target > run.last_seq:
-        raise RequestInvalidError(
-            [
-                FieldIssue(
-                    "seq",
-                    f"Expected seq <= {run.last_seq} (the run's last projected event), "
-                    f"but got {target}",
-                    "seq_out_of_range",
-                )
-            ],
-            prefix=("query",),
-        )
+    target = _check_seq(run.last_seq, seq)
     rows = _events_through(conn, run_id, target, api.read_schema)
-    try:
-        state = state_at(rows)
-    except (UnknownEventTypeError, EvolveError, ValidationError) as exc:
-        # The projection holds something the engine cannot replay: a server-side problem.
-        raise ReplayFailedError(
-            f"Expected run {run_id!r} to replay, but it does not: {exc}"
-        ) from exc
+    state = _replay(run_id, rows)
     return RunStatePublic(
         run_id=run_id,
         seq=rows[-1].seq if rows else -1,
@@ -380,7 +412,7 @@ async def _follow(
                 event=row.event_type,
                 id=str(row.seq),
             )
-            if row.event_type in TERMINAL_EVENTS:
+            if row.event_type in TERMINAL_EVENTS and await _ended_at(read_model, run_id, row.seq):
                 return
         if rows:
             continue
@@ -391,6 +423,14 @@ async def _follow(
         if await request.is_disconnected():
             return
         await anyio.sleep(poll_s)
+
+
+async def _ended_at(read_model: ReadModel, run_id: str, seq: int) -> bool:
+    """Whether the run's last event is the terminal one at ``seq``: a re-driven or rebound run
+    ends more than once (its status is that of its last terminal event), and a stream replaying
+    its log goes on past an earlier end."""
+    run = await read_model.run(run_id)
+    return run is None or run.last_seq <= seq
 
 
 # -- controlling runs ---------------------------------------------------------------------------
@@ -517,7 +557,7 @@ _lifecycle_route("resume", ResumeRun, "RunResumed", "Resume a paused run")
     "/{run_id}/steps/{step_id}/redrive",
     status_code=202,
     response_model=CommandAccepted | CommandApplied,
-    summary="Re-drive one step of a run",
+    summary="Re-drive one step of a run, or (downstream) everything from a step on",
     responses=_COMMAND_RESPONSES,
 )
 async def redrive_step(
@@ -530,25 +570,30 @@ async def redrive_step(
     publisher: PublisherDep,
     topics: TopicsDep,
     wait_ms: WaitQuery = None,
-    body: OptionalCommandBody = None,
+    body: Annotated[RedriveCreate | None, Body()] = None,
 ) -> CommandAccepted | CommandApplied:
     """Publishes ``RedriveStep``; with ``wait_ms`` answers 200 when the step is scheduled again
-    and 409 with the scheduler's reason (e.g. the step is not failed) on rejection."""
+    (``downstream``: when the steps are reset) and 409 with the scheduler's reason (e.g. the
+    step is not failed, the run is cancelled or paused, a step downstream is in flight) on
+    rejection. See docs/workflows.md (re-drive) and docs/decisions/0026."""
     detail = await read_model.run_detail(run_id)
     if detail is None:
         raise run_not_found(run_id)
     if step_id not in {step.step_id for step in detail.steps}:
         raise NotFoundError(f"step {step_id!r} not found in run {run_id!r}")
-    extra = body or CommandCreate()
+    extra = body or RedriveCreate()
     command = RedriveStep(
         run_id=run_id,
         step_id=step_id,
         command_id=new_command_id(),
         reason=extra.reason,
         requested_by=extra.requested_by,
+        downstream=extra.downstream,
     )
 
     def effect(row: RunEventRow) -> bool:
+        if extra.downstream:
+            return row.event_type == "StepsReset" and row.payload.get("from_step") == step_id
         step = row.payload.get("step") or {}
         return row.event_type == "StepScheduled" and step.get("step_id") == step_id
 
@@ -563,3 +608,173 @@ async def redrive_step(
         topics=topics,
         poll_s=api.poll_interval_s,
     )
+
+
+@router.post(
+    "/{run_id}/rebind",
+    status_code=202,
+    response_model=CommandAccepted | CommandApplied,
+    summary="Continue a failed or paused run on another version of its workflow",
+    responses=_COMMAND_RESPONSES,
+)
+async def rebind_run(
+    run_id: str,
+    *,
+    response: Response,
+    api: ApiSettingsDep,
+    read_model: ReadModelDep,
+    publisher: PublisherDep,
+    topics: TopicsDep,
+    wait_ms: WaitQuery = None,
+    body: Annotated[RebindCreate | None, Body()] = None,
+) -> CommandAccepted | CommandApplied:
+    """Publishes ``RebindRun`` for a registered version (default: the latest, resolved here so
+    the scheduler rebinds to the version the caller saw); with ``wait_ms`` answers 200 on
+    ``RunRebound`` and 409 with the scheduler's reason -- naming the step and the mapping rule
+    -- on rejection. See docs/workflows.md (rebind) and docs/decisions/0026."""
+    extra = body or RebindCreate()
+    run = await _require_run(read_model, run_id)
+    workflow = await read_model.workflow(run.workflow_id, extra.version)
+    if workflow is None:
+        which = "no registered version" if extra.version is None else f"no version {extra.version}"
+        raise NotFoundError(f"workflow {run.workflow_id!r} has {which}")
+    command = RebindRun(
+        run_id=run_id,
+        command_id=new_command_id(),
+        reason=extra.reason,
+        requested_by=extra.requested_by,
+        workflow_version=workflow.version,
+        redrive_failed=extra.redrive_failed,
+    )
+    return await _command(
+        run_id,
+        command=command,
+        effect=_of_type("RunRebound"),
+        wait_ms=wait_ms,
+        response=response,
+        read_model=read_model,
+        publisher=publisher,
+        topics=topics,
+        poll_s=api.poll_interval_s,
+    )
+
+
+# -- living graphs ------------------------------------------------------------------------------
+
+
+def _input_schema_lookup(conn: Any, schema: str) -> Callable[[str, str], Any]:
+    """``(node, constraint) -> input JSON Schema`` of the best catalogued version, if any."""
+
+    def lookup(name: str, constraint: str) -> Any:
+        rows = queries.list_node_versions(conn, name, schema=schema)
+        best = VersionConstraint.parse(constraint).best(row.version for row in rows)
+        for row in rows:
+            if row.version == best and isinstance(row.manifest, dict):
+                found = row.manifest.get("input_schema")
+                return found if isinstance(found, dict) else None
+        return None
+
+    return lookup
+
+
+def _load_graph(conn: Any, run_id: str, schema: str) -> tuple[queries.RunGraphRow, Any]:
+    row = queries.get_run_graph(conn, run_id, schema=schema)
+    if row is None:
+        raise run_not_found(run_id)
+    try:
+        return row, current_graph(row)
+    except WorkflowValidationError as exc:
+        raise ReplayFailedError(
+            f"Expected run {run_id!r}'s projected definition to be valid, but: {exc}"
+        ) from exc
+
+
+def _prepare_mutation(conn: Any, run_id: str, body: MutationCreate, schema: str) -> MutateGraph:
+    _, graph = _load_graph(conn, run_id, schema)
+    mutation = check_mutation(
+        body, graph, current_node_catalog(), _input_schema_lookup(conn, schema)
+    )
+    return MutateGraph(
+        run_id=run_id,
+        command_id=new_command_id(),
+        mutation=mutation,
+        reason=body.reason,
+        requested_by=body.requested_by,
+    )
+
+
+@router.post(
+    "/{run_id}/mutations",
+    status_code=202,
+    response_model=CommandAccepted | CommandApplied,
+    summary="Change a running run's graph (add/remove a step, update params, replace a node)",
+    responses=_COMMAND_RESPONSES,
+)
+async def mutate_run(
+    run_id: str,
+    body: MutationCreate,
+    *,
+    response: Response,
+    api: ApiSettingsDep,
+    pool: PoolDep,
+    read_model: ReadModelDep,
+    publisher: PublisherDep,
+    topics: TopicsDep,
+    wait_ms: WaitQuery = None,
+) -> CommandAccepted | CommandApplied:
+    """Publishes ``MutateGraph`` after checking what does not depend on the run's state (422
+    naming the field); with ``wait_ms`` answers 200 on ``GraphMutated`` and 409 with the
+    scheduler's reason on ``CommandRejected`` (a step that already ran, a cycle, a dependency on
+    a missing step, ...)."""
+
+    def prepare() -> MutateGraph:
+        with pool.connection(timeout=api.pool_timeout_s) as conn:
+            return _prepare_mutation(conn, run_id, body, api.read_schema)
+
+    command = await run_in_threadpool(prepare)
+    return await _command(
+        run_id,
+        command=command,
+        effect=_of_type("GraphMutated"),
+        wait_ms=wait_ms if wait_ms is not None else body.wait_ms,
+        response=response,
+        read_model=read_model,
+        publisher=publisher,
+        topics=topics,
+        poll_s=api.poll_interval_s,
+    )
+
+
+@router.get(
+    "/{run_id}/graph",
+    response_model=RunGraphPublic,
+    summary="A run's current graph and the mutations applied to it (who, why)",
+    responses=errors(404, 503),
+)
+def get_graph(
+    run_id: str,
+    *,
+    conn: ConnDep,
+    api: ApiSettingsDep,
+    seq: Annotated[
+        int | None,
+        Query(ge=0, description="Time travel: the graph after event `seq` (replayed)."),
+    ] = None,
+) -> RunGraphPublic:
+    """The projection's current graph; with ``seq``, the graph folded from the run's events up
+    to ``seq`` with the scheduler's own ``fold`` (as ``GET .../state``), and the mutations up to
+    there. Both are the same graph at the last seq."""
+    row, graph = _load_graph(conn, run_id, api.read_schema)
+    mutations = queries.get_run_mutations(conn, run_id, schema=api.read_schema)
+    if seq is None:
+        steps = queries.get_steps(conn, run_id, schema=api.read_schema)
+        return graph_view(row, graph, progress_of_rows(steps), mutations)
+    target = _check_seq(row.last_seq, seq)
+    rows = _events_through(conn, run_id, target, api.read_schema)
+    state = _replay(run_id, rows)
+    if state is None or state.definition is None:
+        at = replace(row, status="pending", last_seq=target)
+        return graph_view(at, None, {}, [])
+    at = replace(row, status=str(state.status), last_seq=target)
+    earlier = [m for m in mutations if m.seq <= target]
+    return graph_view(at, state.definition, progress_of_state(state), earlier)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from node_workers.node import AnyNode
+from node_workers.nodes.ai_meta import AiMetaNode
 from node_workers.nodes.code_run import CodeRunNode
 from node_workers.nodes.condition import ConditionNode
 from node_workers.nodes.database_query import DatabaseQueryNode
@@ -13,6 +14,7 @@ from node_workers.nodes.transform import TransformNode
 from node_workers.nodes.webhook_trigger import WebhookTriggerNode
 
 __all__ = [
+    "AiMetaNode",
     "CodeRunNode",
     "ConditionNode",
     "DatabaseQueryNode",
@@ -36,4 +38,5 @@ def builtin_nodes() -> list[AnyNode]:
         OpenAIChatNode(),
         CodeRunNode(),
         WebhookTriggerNode(),
+        AiMetaNode(),
     ]

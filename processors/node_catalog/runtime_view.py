@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from foundation.settings import Settings
 from processors.node_catalog.rollout import NodeVersionUnavailableError
@@ -27,7 +29,7 @@ from streams.table import TopicTableReader
 from streams.topics import TopicCatalog
 from workflows.node_catalog import default_resolve_node_version
 
-__all__ = ["CatalogResolver", "NodeCatalogKafkaView"]
+__all__ = ["CatalogResolver", "CatalogValidator", "NodeCatalogKafkaView"]
 
 log = logging.getLogger(__name__)
 
@@ -102,3 +104,36 @@ class CatalogResolver:
         if chosen is None:
             return default_resolve_node_version(name, constraint, run_id)
         return chosen
+
+
+class CatalogValidator:
+    """``DecisionContext.node_catalog`` backed by a catalog view: graph mutations that add a step
+    or replace a node must name a node and version the catalog holds.
+
+    Fresh like :class:`CatalogResolver`: a name the view does not know yet triggers one catch-up
+    before it is reported unknown (a node registered a moment ago must not be refused by a race).
+    An empty catalog (no worker has registered, no entry was ever published) checks nothing, as
+    the resolver falls back to the constraint's major there: a deployment without catalog entries
+    keeps accepting mutations, and a bad node fails its step at dispatch instead.
+    """
+
+    def __init__(self, view: NodeCatalogKafkaView) -> None:
+        self.view = view
+
+    def active(self) -> bool:
+        """Whether the catalog holds any entry (else mutations are not checked against it)."""
+        self.view.refresh()
+        return len(self.view.state) > 0
+
+    def versions(self, name: str) -> Sequence[str]:
+        self.view.refresh()
+        if name not in self.view.state:
+            self.view.catch_up()
+        return self.view.state.versions(name)
+
+    def names(self) -> Sequence[str]:
+        return self.view.state.names()
+
+    def manifest(self, name: str, version: str) -> Mapping[str, Any] | None:
+        """The version's manifest (description, input schema): what ai.meta shows its LLM."""
+        return self.view.state.manifest(name, version)

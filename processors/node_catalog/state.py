@@ -7,7 +7,8 @@ the Kafka reader (:mod:`processors.node_catalog.runtime_view`) and tests feed it
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from processors.node_catalog.rollout import CatalogVersion, choose_version
 from schemas.models import NodeCatalogEntry
@@ -39,6 +40,11 @@ class CatalogState:
 
     def catalog_versions(self, name: str) -> list[CatalogVersion]:
         return [CatalogVersion(e.version, e.status, e.rollout_weight) for e in self.entries(name)]
+
+    def manifest(self, name: str, version: str) -> Mapping[str, Any] | None:
+        """The version's manifest (description, params schema); ai.meta shows it to the LLM."""
+        entry = self.entry(name, version)
+        return entry.manifest if entry is not None and isinstance(entry.manifest, Mapping) else None
 
     def versions(self, name: str) -> Sequence[str]:
         return list(self._nodes.get(name, {}))

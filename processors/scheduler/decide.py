@@ -7,9 +7,12 @@ consecutive ``seq`` from ``state.last_seq + 1``. Nothing here does I/O, reads a 
 random number on its own: all of that comes in through :class:`DecisionContext`.
 
 Inputs (``SchedulerInput``): the commands ``StartRun``, ``CancelRun``, ``PauseRun``,
-``ResumeRun``, ``RedriveStep``, ``MutateGraph``, ``FireTimer``; a worker's ``NodeHeartbeat`` and
-``NodeResult``; and the runtime's answers to cache lookups, :class:`CacheHit` / :class:`CacheMiss`
-(plain dataclasses, not Avro records: they never leave the scheduler process).
+``ResumeRun``, ``RedriveStep`` (one step, or ``downstream``: from a step), ``RebindRun``,
+``MutateGraph``, ``FireTimer``, ``ChildRunFinished`` (a child run of a ``meta.workflow`` /
+``meta.loop`` step ended: :mod:`processors.scheduler.child_runs`); a worker's
+``NodeHeartbeat`` and ``NodeResult``; and the runtime's answers to cache lookups,
+:class:`CacheHit` / :class:`CacheMiss` (plain dataclasses, not Avro records: they never leave
+the scheduler process).
 
 Timeouts (docs/decisions/0013-execution-and-queue-timeouts.md): waiting for a worker is bounded
 only by the step's optional ``queue_timeout`` (a timer armed at dispatch; it fails the step with
@@ -26,6 +29,8 @@ What the runtime does with a :class:`Decision`, in one Kafka transaction with th
 2. publish ``invocations`` to ``NodeInvocation``'s topic (``StepDispatched.invoke_topic``).
    Rendered params larger than the claim-check threshold were already stored through
    ``DecisionContext.store_payload``: ``StepScheduled`` and the invocation carry ``params_ref``;
+   publish ``commands`` (the outbox: commands to *other* runs, keyed by their run id) to the
+   commands topic (docs/decisions/0025-child-runs-and-the-scheduler-outbox.md);
 3. store ``state`` in the run table;
 4. after commit: answer each ``cache_lookups`` entry from Redis by feeding ``CacheHit`` or
    ``CacheMiss`` back into ``decide``; write ``cache_writes`` to Redis with their TTL;
@@ -55,7 +60,23 @@ from typing import Any, NamedTuple, TypeVar
 from foundation.errors import NonRetryableError, classify
 from processors.scheduler.backoff import backoff_ms, should_retry
 from processors.scheduler.cache import cache_key
+from processors.scheduler.child_runs import (
+    ChildOps,
+    RunCommand,
+    child_finished,
+    children_in_flight,
+    is_child_run_node,
+    notify_parent,
+    propagate,
+    rejected_child,
+    resume_loops,
+    schedule_child_step,
+)
 from processors.scheduler.evolve import RUN_EVENT_TYPES, RunEvent, evolve, fold
+from processors.scheduler.meta import ai_plan
+from processors.scheduler.meta.map import map_result, pump, retry_timer_due, start_map
+from processors.scheduler.meta.switch import run_switch, switch_skip_reason
+from processors.scheduler.redrive import plan_rebind, plan_redrive_from, rebind_status_refusal
 from processors.scheduler.retry_gate import UNGATED, Admission, RetryGating, step_dependency
 from processors.scheduler.state import (
     ACTIVE_STEP_STATUSES,
@@ -71,6 +92,7 @@ from schemas.base import RefluxRecord
 from schemas.base import new_id as _uuid
 from schemas.models import (
     CancelRun,
+    ChildRunFinished,
     CommandRejected,
     ErrorInfo,
     FireTimer,
@@ -82,11 +104,13 @@ from schemas.models import (
     NodeResult,
     PauseRun,
     PayloadRef,
+    RebindRun,
     RedriveStep,
     ResumeRun,
     RunCancelled,
     RunFailed,
     RunPaused,
+    RunRebound,
     RunResumed,
     RunStarted,
     RunSucceeded,
@@ -97,6 +121,7 @@ from schemas.models import (
     StepRetryScheduled,
     StepScheduled,
     StepSkipped,
+    StepsReset,
     StepStarted,
     StepSucceeded,
     StepTimedOut,
@@ -111,6 +136,7 @@ from workflows.expressions import (
     iter_expressions,
     render_params,
 )
+from workflows.meta import MAP_NODE, is_meta_node
 from workflows.model import StepDefinition, WorkflowDefinition
 from workflows.mutations import apply_mutation
 from workflows.node_catalog import NodeCatalogView, default_resolve_node_version
@@ -118,6 +144,7 @@ from workflows.semver import invoke_major
 from workflows.validation import (
     WorkflowValidationError,
     check_definition,
+    check_step_nodes,
     validate_inputs,
 )
 
@@ -190,12 +217,14 @@ SchedulerInput = (
     | PauseRun
     | ResumeRun
     | RedriveStep
+    | RebindRun
     | MutateGraph
     | FireTimer
     | NodeHeartbeat
     | NodeResult
     | CacheHit
     | CacheMiss
+    | ChildRunFinished
 )
 
 TIMEOUT_GRACE_MS = 1_000
@@ -203,8 +232,26 @@ TIMEOUT_GRACE_MS = 1_000
 from its own start and reports it, so the scheduler's timer only decides for a worker that is
 lost, and must not beat a result that was sent in time and is still on its way."""
 
-_COMMANDS = (StartRun, CancelRun, PauseRun, ResumeRun, RedriveStep, MutateGraph)
-Command = StartRun | CancelRun | PauseRun | ResumeRun | RedriveStep | MutateGraph
+_COMMANDS = (
+    StartRun,
+    CancelRun,
+    PauseRun,
+    ResumeRun,
+    RedriveStep,
+    RebindRun,
+    MutateGraph,
+    ChildRunFinished,
+)
+Command = (
+    StartRun
+    | CancelRun
+    | PauseRun
+    | ResumeRun
+    | RedriveStep
+    | RebindRun
+    | MutateGraph
+    | ChildRunFinished
+)
 
 
 class RegisteredWorkflow(NamedTuple):
@@ -250,7 +297,8 @@ class DecisionContext:
     (or answering ``None``) means the latest version. Its answer is recorded in ``RunStarted``,
     so replays never ask it."""
     node_catalog: NodeCatalogView | None = None
-    """When set, graph mutations must name nodes/versions that exist."""
+    """When set, the step a graph mutation adds or re-points must name a node/version that
+    exists (the other steps were checked when the run started)."""
     is_cacheable: Callable[[str, str], bool] = _always_cacheable
     """``(node, version) -> bool``: the node's ``cacheable`` flag; steps also opt in."""
     load_payload: Callable[[PayloadRef], Any] | None = None
@@ -278,6 +326,10 @@ class Decision:
     timers_cancelled: tuple[str, ...] = ()
     """Timer ids no longer in state (fired, obsolete, or the run ended)."""
     rejection: str | None = None
+    commands: tuple[RunCommand, ...] = ()
+    """The outbox: commands to *other* runs (a child's StartRun, cancel/pause/resume sent on to
+    children, ChildRunFinished to a parent); written to the commands topic in the same
+    transaction as ``events`` (docs/decisions/0025-child-runs-and-the-scheduler-outbox.md)."""
 
     @property
     def is_noop(self) -> bool:
@@ -299,6 +351,7 @@ class _Writer:
     invocations: list[NodeInvocation] = field(default_factory=list)
     lookups: list[CacheLookup] = field(default_factory=list)
     writes: list[CacheWrite] = field(default_factory=list)
+    commands: list[RunCommand] = field(default_factory=list)
     rejection: str | None = None
 
     @property
@@ -335,6 +388,9 @@ class _Writer:
     def decision(self, before: RunState | None) -> Decision:
         old = before.timers if before is not None else {}
         new = self.state.timers if self.state is not None else {}
+        notification = notify_parent(before, self.state, self.ctx) if self.events else None
+        if notification is not None:
+            self.commands.append(notification)
         return Decision(
             state=self.state,
             events=tuple(self.events),
@@ -344,6 +400,7 @@ class _Writer:
             timers_armed=tuple(t for tid, t in new.items() if tid not in old),
             timers_cancelled=tuple(tid for tid in old if tid not in new),
             rejection=self.rejection,
+            commands=tuple(self.commands),
         )
 
 
@@ -366,6 +423,10 @@ def decide(state: RunState | None, input: SchedulerInput, ctx: DecisionContext) 
     writer = _Writer(state=state, ctx=ctx, run_id=input.run_id, causation=causation)
     handler = _HANDLERS[type(input)]
     handler(writer, input)
+    if isinstance(input, StartRun) and writer.rejection is not None:
+        rejected = rejected_child(input, writer.rejection, ctx)  # its parent must not wait
+        if rejected is not None:
+            writer.commands.append(rejected)
     return writer.decision(state)
 
 
@@ -419,6 +480,7 @@ def _start(w: _Writer, cmd: StartRun) -> None:
         deadline=deadline,
         source=cmd.source,
         source_key=cmd.source_key,
+        parent=cmd.parent,
     )
     _advance(w)
 
@@ -434,22 +496,31 @@ def _expect_status(w: _Writer, cmd: Command, allowed: tuple[RunStatus, ...], wor
 def _cancel(w: _Writer, cmd: CancelRun) -> None:
     allowed = (RunStatus.RUNNING, RunStatus.PAUSED, RunStatus.FAILED)
     if _expect_status(w, cmd, allowed, "running, paused or failed"):
+        children = children_in_flight(w.run)
         w.emit(RunCancelled, reason=cmd.reason, requested_by=cmd.requested_by)
+        propagate(w, children, CancelRun, causation=cmd.command_id, reason=cmd.reason)
 
 
 def _pause(w: _Writer, cmd: PauseRun) -> None:
     if _expect_status(w, cmd, (RunStatus.RUNNING,), "running"):
         w.emit(RunPaused, reason=cmd.reason, requested_by=cmd.requested_by)
+        children = children_in_flight(w.run)
+        propagate(w, children, PauseRun, causation=cmd.command_id, reason=cmd.reason)
 
 
 def _resume(w: _Writer, cmd: ResumeRun) -> None:
     if _expect_status(w, cmd, (RunStatus.PAUSED,), "paused"):
+        children = children_in_flight(w.run)
         w.emit(RunResumed, reason=cmd.reason, requested_by=cmd.requested_by)
+        propagate(w, children, ResumeRun, causation=cmd.command_id, reason=cmd.reason)
         _resume_work(w)
         _advance(w)
 
 
 def _redrive(w: _Writer, cmd: RedriveStep) -> None:
+    if cmd.downstream:
+        _redrive_from(w, cmd)
+        return
     if not _expect_status(w, cmd, (RunStatus.FAILED, RunStatus.RUNNING), "failed or running"):
         return
     run = w.run
@@ -478,12 +549,87 @@ def _redrive(w: _Writer, cmd: RedriveStep) -> None:
     _advance(w)
 
 
+def _redrive_from(w: _Writer, cmd: RedriveStep) -> None:
+    """Re-drive from a step (docs/decisions/0026): the step and everything downstream of it go
+    back to pending (``StepsReset``), a failed or succeeded run is reopened (``RunResumed``), and
+    the reset steps run again on the outputs their upstream steps already have."""
+    plan = plan_redrive_from(w.run, cmd.step_id)
+    if isinstance(plan, str):
+        w.reject(cmd, plan)
+        return
+    reason = cmd.reason or f"re-drive from step {cmd.step_id!r}"
+    w.emit(
+        StepsReset,
+        step_ids=list(plan.step_ids),
+        from_step=cmd.step_id,
+        reason=reason,
+        requested_by=cmd.requested_by,
+    )
+    if plan.reopen:
+        w.emit(RunResumed, reason=reason, requested_by=cmd.requested_by)
+        _resume_work(w)
+    _advance(w)
+
+
+def _rebind(w: _Writer, cmd: RebindRun) -> None:
+    """Continue the run on another workflow version (docs/decisions/0026): ``RunRebound``, then
+    (a failed run, ``redrive_failed``) its failed steps are reset and the run reopens."""
+    run = w.run
+    refusal = rebind_status_refusal(run)
+    if refusal is not None:
+        w.reject(cmd, refusal)
+        return
+    registered = w.ctx.lookup_workflow(run.workflow_id, cmd.workflow_version)
+    if registered is None:
+        which = "latest" if cmd.workflow_version is None else f"version {cmd.workflow_version}"
+        w.reject(
+            cmd, f"Expected workflow {run.workflow_id!r} ({which}) to be registered, but it is not"
+        )
+        return
+    plan = plan_rebind(
+        run, registered.version, registered.definition, redrive_failed=cmd.redrive_failed
+    )
+    if isinstance(plan, str):
+        w.reject(cmd, plan)
+        return
+    reason = cmd.reason or f"rebind to version {registered.version}"
+    w.emit(
+        RunRebound,
+        workflow_version=registered.version,
+        previous_version=run.workflow_version,
+        definition=plan.definition.to_json_dict(),
+        inputs=plan.inputs,
+        kept_steps=list(plan.kept),
+        added_steps=list(plan.added),
+        removed_steps=list(plan.removed),
+        changed_steps=list(plan.changed),
+        reason=reason,
+        requested_by=cmd.requested_by,
+    )
+    if plan.redrive:
+        # Reset, not started directly: a failed step may have gained needs in the new version;
+        # `_advance` starts it (next attempt, through its `when`) once they have ended.
+        w.emit(
+            StepsReset,
+            step_ids=list(plan.redrive),
+            from_step=None,
+            reason=reason,
+            requested_by=cmd.requested_by,
+        )
+        w.emit(RunResumed, reason=reason, requested_by=cmd.requested_by)
+        _resume_work(w)
+        _advance(w)
+
+
 _MUTABLE_STEP = (
     StepStatus.PENDING,
     StepStatus.RETRY_WAIT,
     StepStatus.FAILED,
     StepStatus.TIMED_OUT,
 )
+
+
+_NODE_MUTATIONS = (GraphMutationType.ADD_STEP, GraphMutationType.REPLACE_NODE)
 
 
 def _mutate(w: _Writer, cmd: MutateGraph) -> None:
@@ -497,6 +643,10 @@ def _mutate(w: _Writer, cmd: MutateGraph) -> None:
     if mutation.type is GraphMutationType.ADD_STEP:
         if step is not None:
             w.reject(cmd, f"Expected step {step_id!r} not to exist, but it is {step.status}")
+            return
+        owner = ai_plan.owner_of(run.graph, step_id)
+        if owner is not None:
+            w.reject(cmd, f"Expected a step id outside {owner}__*, the ai.meta step's plan")
             return
     elif step is None:
         w.reject(
@@ -526,13 +676,23 @@ def _mutate(w: _Writer, cmd: MutateGraph) -> None:
     except WorkflowValidationError as exc:
         w.reject(cmd, "Expected a valid graph mutation, but " + "; ".join(map(str, exc.errors)))
         return
-    errors = check_definition(mutated, node_catalog=w.ctx.node_catalog)
+    errors = check_definition(mutated)
+    if w.ctx.node_catalog is not None and mutation.type in _NODE_MUTATIONS:
+        # Only the step the mutation names: the rest of the graph was accepted when the run
+        # started, and a catalog change since must not block an unrelated fix.
+        errors += check_step_nodes(mutated, w.ctx.node_catalog, {step_id})
     if errors:
         w.reject(
             cmd, "Expected a valid graph after the mutation, but " + "; ".join(map(str, errors))
         )
         return
-    w.emit(GraphMutated, mutation=mutation, mutation_id=cmd.mutation_id)
+    w.emit(
+        GraphMutated,
+        mutation=mutation,
+        mutation_id=cmd.mutation_id,
+        requested_by=cmd.requested_by,
+        reason=cmd.reason,
+    )
     _advance(w)
 
 
@@ -585,6 +745,14 @@ def _fire_timer(w: _Writer, cmd: FireTimer) -> None:
         error = w.run.steps[step.step_id].error
         assert error is not None
         _after_failure(w, step.step_id, error)
+        _advance(w)
+        return
+    if step.step_id in run.maps and timer.timer_id in run.maps[step.step_id].retries:
+        # A meta.map's items waiting for their next attempt: dispatch them (if running).
+        try:
+            retry_timer_due(w, step.step_id, timer.timer_id, _meta_context(w, step.step_id))
+        except NonRetryableError as exc:
+            _fail_before_dispatch(w, step.step_id, step.attempt, exc)
         _advance(w)
         return
     # Backoff: start the next attempt (a paused run keeps the timer until it is resumed),
@@ -711,6 +879,17 @@ def _heartbeat(w: _Writer, beat: NodeHeartbeat) -> None:
 
 
 def _result(w: _Writer, result: NodeResult) -> None:
+    if w.state is not None and result.step.step_id in w.state.maps:
+        # A chunk of a meta.map step (processors/scheduler/meta/map.py).
+        try:
+            handled = map_result(w, result, _meta_context(w, result.step.step_id))
+        except NonRetryableError as exc:  # rendering the next chunk failed
+            failing = w.run.steps[result.step.step_id]
+            _fail_before_dispatch(w, failing.step_id, failing.attempt, exc)
+            handled = True
+        if handled:
+            _advance(w)
+            return
     step = _current_attempt(w, result)
     if step is None:
         return
@@ -720,7 +899,9 @@ def _result(w: _Writer, result: NodeResult) -> None:
         node=run.step_definition(step.step_id).node_name,
         node_version=result.step.node_version or step.node_version or "",
     )
-    if result.status is TraceStatus.OK:
+    if result.status is TraceStatus.OK and ai_plan.is_ai_meta(run.step_definition(step.step_id)):
+        _splice_plan(w, step, result)
+    elif result.status is TraceStatus.OK:
         duration = max(0, int((result.finished_at - result.started_at).total_seconds() * 1000))
         w.emit(
             StepSucceeded,
@@ -771,6 +952,72 @@ def _result(w: _Writer, result: NodeResult) -> None:
         )
         _after_failure(w, step.step_id, error)
     _advance(w)
+
+
+def _splice_plan(w: _Writer, step: StepState, result: NodeResult) -> None:
+    """An ai.meta step's plan: fail the attempt with ``InvalidPlan`` (retried with the errors as
+    feedback) or splice it in as ``GraphMutated`` add_steps (ADR 0027)."""
+    try:
+        params = step.params
+        if params is None and step.params_ref is not None and w.ctx.load_payload is not None:
+            params = w.ctx.load_payload(step.params_ref)
+        output = result.output
+        if output is None and result.output_ref is not None and w.ctx.load_payload is not None:
+            output = w.ctx.load_payload(result.output_ref)
+    except NonRetryableError as exc:
+        found = classify(exc)
+        error = ErrorInfo(error_class=found.error_class, message=str(exc), retryable=False)
+        _fail_attempt(w, step.step_id, error)
+        return
+    checked = ai_plan.check_plan(
+        w.run.graph, step.step_id, output, params=params, catalog=w.ctx.node_catalog
+    )
+    if not checked.ok:
+        error = ai_plan.invalid_plan_error(checked.errors, output, step.attempt)
+        _fail_attempt(w, step.step_id, error)
+        return
+    # Who/why in the graph view (ADR 0022): the planner step, and the goal it planned for.
+    goal = params.get("goal") if isinstance(params, dict) else None
+    for mutation in checked.mutations:
+        w.emit(
+            GraphMutated,
+            mutation=mutation,
+            mutation_id=None,
+            requested_by=f"ai.meta:{step.step_id}",
+            reason=f"plan for goal: {goal}" if isinstance(goal, str) else "ai.meta plan",
+        )
+
+
+def _settle_meta_steps(w: _Writer) -> bool:
+    """Complete the ai.meta steps whose sub-graph finished; True if any was completed."""
+    run = w.run
+    if not ai_plan.has_ai_meta(run.graph):
+        return False
+    params = {sid: st.params for sid, st in run.steps.items()}
+    completions = ai_plan.settle(run.graph, run.steps, params)
+    for done in completions:
+        meta = w.run.steps[done.meta_id]
+        ref = w.run.step_ref(done.meta_id)
+        if done.succeeded:
+            output, output_ref = done.output, None
+            if done.output_from is not None:
+                source = w.run.steps[done.output_from]
+                output, output_ref = source.output, source.output_ref
+            began = meta.started_at or meta.dispatched_at or w.ctx.now
+            w.emit(
+                StepSucceeded,
+                step=ref,
+                attempt=meta.attempt,
+                invocation_id=None,
+                output=output,
+                output_ref=output_ref,
+                cache_hit=False,
+                duration_ms=max(0, int((w.ctx.now - began).total_seconds() * 1000)),
+            )
+        elif done.error is not None:
+            w.emit(StepFailed, step=ref, attempt=meta.attempt, error=done.error)
+            _after_failure(w, done.meta_id, done.error)
+    return bool(completions)
 
 
 def _awaiting_cache(run: RunState | None, answer: CacheHit | CacheMiss) -> bool:
@@ -865,6 +1112,11 @@ def _retry_at(
 def _resume_work(w: _Writer) -> None:
     """After RunResumed: restart what a pause (or a failure) left waiting."""
     run = w.run
+    for step_id in list(run.maps):
+        try:  # meta.map steps dispatch the chunks they held back
+            pump(w, step_id, _meta_context(w, step_id))
+        except NonRetryableError as exc:
+            _fail_before_dispatch(w, step_id, w.run.steps[step_id].attempt, exc)
     for step_id in run.graph.topological_order:
         step = w.run.steps[step_id]
         if step.status is StepStatus.SCHEDULED:
@@ -886,6 +1138,7 @@ def _resume_work(w: _Writer) -> None:
             due = backoff is None or backoff.due_at <= w.ctx.now
             if due and not _held_again(w, step_id, step.attempt + 1):
                 _schedule(w, step_id, step.attempt + 1)
+    resume_loops(w, _CHILD_OPS)
 
 
 def _advance(w: _Writer) -> None:
@@ -897,6 +1150,7 @@ def _advance(w: _Writer) -> None:
     """
     if w.run.status is not RunStatus.RUNNING:
         return
+    _settle_meta_steps(w)  # an ai.meta step whose sub-graph is done frees its dependents
     graph = w.run.graph
     for step_id in graph.topological_order:
         run = w.run
@@ -918,12 +1172,19 @@ def _advance(w: _Writer) -> None:
             )
             continue
         _start_step(w, step_id, step.attempt + 1)
+    if w.run.status is RunStatus.RUNNING and _settle_meta_steps(w):
+        _advance(w)  # planned steps skipped in this pass finished an ai.meta step
+        return
     _finish_if_done(w)
 
 
 def _start_step(w: _Writer, step_id: str, attempt: int) -> None:
     """Evaluate ``when`` (skip if false, fail if it errors), else schedule ``attempt``."""
     definition = w.run.step_definition(step_id)
+    branch_skipped = switch_skip_reason(w.run, step_id)  # a meta.switch chose another branch
+    if branch_skipped is not None:
+        w.emit(StepSkipped, step=w.run.step_ref(step_id), reason=branch_skipped)
+        return
     if definition.when is not None:
         try:
             go = evaluate_when(
@@ -987,6 +1248,12 @@ def _schedule(w: _Writer, step_id: str, attempt: int) -> None:
     """StepScheduled for ``attempt`` (params rendered now), then dispatch or a cache lookup."""
     run = w.run
     definition = run.step_definition(step_id)
+    if is_child_run_node(definition.node_name):
+        schedule_child_step(w, _CHILD_OPS, step_id, attempt)  # a child run, no worker
+        return
+    if is_meta_node(definition.node_name):
+        _run_meta(w, step_id, attempt, definition)
+        return
     try:
         params = render_params(
             definition.params, _context(w, definition), path=f"steps.{step_id}.params"
@@ -1002,8 +1269,17 @@ def _schedule(w: _Writer, step_id: str, attempt: int) -> None:
         # same step cannot help, so it fails for good and says why.
         _fail_before_dispatch(w, step_id, attempt, exc)
         return
+    planner = ai_plan.is_ai_meta(definition)
+    if planner:  # the planner sees the catalog and its last rejection
+        params = ai_plan.invocation_params(
+            params,
+            attempt=attempt,
+            previous_error=run.steps[step_id].error,
+            catalog=w.ctx.node_catalog,
+        )
     key = None
-    if definition.cache.enabled and w.ctx.is_cacheable(name, version):
+    # A planner's answer is spliced into the run, never served from the cache.
+    if definition.cache.enabled and not planner and w.ctx.is_cacheable(name, version):
         key = cache_key(name, version, params)
     # Large params (e.g. an upstream output of megabytes) go to the object store: the run log
     # and the invocation carry the reference, never a record over Kafka's message limit.
@@ -1020,6 +1296,21 @@ def _schedule(w: _Writer, step_id: str, attempt: int) -> None:
         w.lookups.append(CacheLookup(run.run_id, step_id, attempt, key))
     else:
         _dispatch(w, step_id)
+
+
+def _run_meta(w: _Writer, step_id: str, attempt: int, definition: StepDefinition) -> None:
+    """A meta node runs in the scheduler (processors/scheduler/meta): never dispatched as such."""
+    try:
+        if definition.node_name == MAP_NODE:
+            start_map(w, step_id, attempt, lambda: _context(w, definition))
+        else:
+            run_switch(w, step_id, attempt, lambda: _context(w, definition))
+    except NonRetryableError as exc:  # a TemplateError, no such node version, no topic
+        _fail_before_dispatch(w, step_id, attempt, exc)
+
+
+def _meta_context(w: _Writer, step_id: str) -> Callable[[], dict[str, Any]]:
+    return lambda: _context(w, w.run.step_definition(step_id))
 
 
 def _dispatch(w: _Writer, step_id: str) -> None:
@@ -1164,6 +1455,7 @@ def fail_input(
     *,
     prefix: Sequence[RunEvent] = (),
     invocations: Sequence[NodeInvocation] = (),
+    commands: Sequence[RunCommand] = (),
     step_id: str | None = None,
     attempt: int | None = None,
 ) -> Decision:
@@ -1174,7 +1466,8 @@ def fail_input(
     recorded on the run, with ``error``, instead of blocking the input's partition.
 
     ``prefix``: the decision's first events, which can be written (kept, with the
-    ``invocations`` of the steps they dispatched); ``step_id`` / ``attempt``: the step the
+    ``invocations`` of the steps they dispatched and the outbox ``commands`` of the child runs
+    they requested); ``step_id`` / ``attempt``: the step the
     refused record belongs to, when known (for a ``NodeResult``, by default the step whose
     current attempt it reports on). Then:
 
@@ -1194,6 +1487,7 @@ def fail_input(
     w = _Writer(state=current, ctx=ctx, run_id=input.run_id, causation=_causation_of(input))
     w.events.extend(prefix)
     w.invocations.extend(invocations)
+    w.commands.extend(commands)
     if isinstance(input, _COMMANDS) and not prefix:
         reason = f"[{error.error_class}] {error.message}"
         if current is None and not isinstance(input, StartRun):
@@ -1228,16 +1522,26 @@ def pending_cache_lookups(state: RunState) -> list[CacheLookup]:
     ]
 
 
+def _child_finished(w: _Writer, cmd: ChildRunFinished) -> None:
+    if w.state is not None:
+        child_finished(w, _CHILD_OPS, cmd)
+
+
+_CHILD_OPS = ChildOps(after_failure=_after_failure, advance=_advance, context=_context)
+"""What the child-run hooks (processors/scheduler/child_runs.py) call back into."""
+
 _HANDLERS: dict[type[Any], Callable[[_Writer, Any], None]] = {
     StartRun: _start,
     CancelRun: _cancel,
     PauseRun: _pause,
     ResumeRun: _resume,
     RedriveStep: _redrive,
+    RebindRun: _rebind,
     MutateGraph: _mutate,
     FireTimer: _fire_timer,
     NodeHeartbeat: _heartbeat,
     NodeResult: _result,
     CacheHit: _cache_hit,
     CacheMiss: _cache_miss,
+    ChildRunFinished: _child_finished,
 }

@@ -18,6 +18,12 @@ from functools import singledispatch
 from typing import Any
 
 from foundation.errors import NonRetryableError
+from processors.scheduler.meta import ai_plan
+from processors.scheduler.meta.fold import (
+    apply_map_chunk_dispatched,
+    apply_map_chunk_finished,
+    apply_map_started,
+)
 from processors.scheduler.state import (
     MAX_PROCESSED_IDS,
     RunState,
@@ -27,13 +33,19 @@ from processors.scheduler.state import (
     Timer,
 )
 from schemas.models import (
+    ChildRunEnded,
+    ChildRunRequested,
     CommandRejected,
     ErrorInfo,
     GraphMutated,
     GraphMutationType,
+    MapChunkDispatched,
+    MapChunkFinished,
+    MapStarted,
     RunCancelled,
     RunFailed,
     RunPaused,
+    RunRebound,
     RunResumed,
     RunStarted,
     RunSucceeded,
@@ -42,6 +54,7 @@ from schemas.models import (
     StepRetryScheduled,
     StepScheduled,
     StepSkipped,
+    StepsReset,
     StepStarted,
     StepSucceeded,
     StepTimedOut,
@@ -197,6 +210,7 @@ def _(event: RunStarted, state: RunState | None) -> RunState:
             "started_at": event.occurred_at,
             "idempotency_key": event.idempotency_key,
             "source": event.source,
+            "parent": event.parent,
             "steps": {sid: StepState(step_id=sid) for sid in definition.step_ids},
             "timers": timers,
         }
@@ -228,6 +242,9 @@ def _(event: StepScheduled, state: RunState | None) -> RunState:
         error=None,
         skip_reason=None,
         finished_at=None,
+        child_run_id=None,
+        iteration=0,
+        iteration_output=None,
     )
 
 
@@ -383,6 +400,24 @@ def _(event: StepSkipped, state: RunState | None) -> RunState:
     )
 
 
+# meta.map (processors/scheduler/meta/fold.py)
+
+
+@_apply.register
+def _(event: MapStarted, state: RunState | None) -> RunState:
+    return apply_map_started(_require(state, event), event)
+
+
+@_apply.register
+def _(event: MapChunkDispatched, state: RunState | None) -> RunState:
+    return apply_map_chunk_dispatched(_require(state, event), event)
+
+
+@_apply.register
+def _(event: MapChunkFinished, state: RunState | None) -> RunState:
+    return apply_map_chunk_finished(_require(state, event), event)
+
+
 @_apply.register
 def _(event: GraphMutated, state: RunState | None) -> RunState:
     state = _require(state, event)
@@ -391,10 +426,82 @@ def _(event: GraphMutated, state: RunState | None) -> RunState:
     step_id = event.mutation.step_id
     if event.mutation.type is GraphMutationType.ADD_STEP:
         steps[step_id] = StepState(step_id=step_id)
+        # A planned step of an ai.meta step: the planner's attempt is over (the LLM answered),
+        # the meta step now runs its sub-graph, so its timers and invocation go (ADR 0027).
+        owner = ai_plan.on_step_added(definition, step_id)
+        if owner is not None and steps[owner].invocation_id is not None:
+            state = _without_step_timers(state, owner)
+            steps[owner] = steps[owner].model_copy(
+                update={"status": StepStatus.RUNNING, "invocation_id": None}
+            )
     elif event.mutation.type is GraphMutationType.REMOVE_STEP:
         steps.pop(step_id, None)
         state = _without_step_timers(state, step_id)
     return state.model_copy(update={"definition": definition, "steps": steps})
+
+
+@_apply.register
+def _(event: StepsReset, state: RunState | None) -> RunState:
+    # Re-drive from a step (docs/decisions/0026): the steps start over as pending, keeping only
+    # their attempt numbers (the next attempt continues them: a new invocation id, never the
+    # old result); their timers go with their attempts.
+    state = _require(state, event)
+    steps = dict(state.steps)
+    for step_id in event.step_ids:
+        old = steps.get(step_id)
+        steps[step_id] = StepState(step_id=step_id, attempt=old.attempt if old else 0)
+        state = _without_step_timers(state, step_id)
+    return state.model_copy(update={"steps": steps})
+
+
+@_apply.register
+def _(event: RunRebound, state: RunState | None) -> RunState:
+    # The run continues on another version (docs/decisions/0026): steps map by id. Kept steps
+    # keep their state; steps new in the version start pending; steps that are gone (they had
+    # not run: decide refuses otherwise) disappear with their timers.
+    state = _require(state, event)
+    definition = WorkflowDefinition.from_json_dict(event.definition)
+    steps = {sid: state.steps.get(sid) or StepState(step_id=sid) for sid in definition.step_ids}
+    for gone in set(state.steps) - set(steps):
+        state = _without_step_timers(state, gone)
+    return state.model_copy(
+        update={
+            "workflow_version": event.workflow_version,
+            "definition": definition,
+            "inputs": dict(event.inputs) if isinstance(event.inputs, dict) else {},
+            "steps": steps,
+        }
+    )
+
+
+@_apply.register
+def _(event: ChildRunRequested, state: RunState | None) -> RunState:
+    # The step runs as a child run (meta.workflow, an iteration of meta.loop): it is running
+    # from the first request of its attempt until ChildRunFinished ends it.
+    state = _require(state, event)
+    step = state.steps.get(event.step.step_id)
+    first = step is None or step.status is not StepStatus.RUNNING
+    return _with_step(
+        state,
+        event.step.step_id,
+        status=StepStatus.RUNNING,
+        attempt=event.attempt,
+        child_run_id=event.child_run_id,
+        invocation_id=event.child_run_id,
+        iteration=event.iteration or 0,
+        started_at=event.occurred_at if first else step.started_at if step else None,
+    )
+
+
+@_apply.register
+def _(event: ChildRunEnded, state: RunState | None) -> RunState:
+    # One loop iteration ended: no child in flight until the next one is requested.
+    return _with_step(
+        _require(state, event),
+        event.step.step_id,
+        child_run_id=None,
+        iteration_output=event.outputs,
+    )
 
 
 @_apply.register
@@ -404,14 +511,17 @@ def _(event: RunPaused, state: RunState | None) -> RunState:
 
 @_apply.register
 def _(event: RunResumed, state: RunState | None) -> RunState:
-    # From paused, or from failed when a step is re-driven: the failure is undone, and the run
-    # deadline is not re-armed (it bounded the original execution; a re-drive is deliberate).
+    # From paused, or from failed or succeeded when steps are re-driven (a succeeded run is
+    # reopened by a re-drive from a step, docs/decisions/0026): the end is undone (outputs too:
+    # they are rendered again when the run ends again), and the run deadline is not re-armed (it
+    # bounded the original execution; a re-drive is deliberate).
     return _require(state, event).model_copy(
         update={
             "status": RunStatus.RUNNING,
             "error": None,
             "failed_step": None,
             "finished_at": None,
+            "outputs": None,
         }
     )
 

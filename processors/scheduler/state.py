@@ -16,7 +16,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from processors.scheduler.cache import params_digest
-from schemas.models import ErrorInfo, PayloadRef, StepRef, TimerKind
+from processors.scheduler.map_state import MapState
+from schemas.models import ErrorInfo, ParentRef, PayloadRef, StepRef, TimerKind
 from schemas.statuses import (
     ACTIVE_STEP_STATUSES,
     DONE_STEP_STATUSES,
@@ -91,6 +92,13 @@ class StepState(_Frozen):
     error: ErrorInfo | None = None
     skip_reason: str | None = None
     finished_at: datetime | None = None
+    child_run_id: str | None = None
+    """meta.workflow / meta.loop: the child run of the current attempt (or iteration), from
+    ChildRunRequested; ``None`` before one is requested and between loop iterations."""
+    iteration: int = 0
+    """meta.loop: the iteration of the current attempt requested last (1-based; 0 = none yet)."""
+    iteration_output: Any = None
+    """meta.loop: the outputs of the last iteration that ended (``loop.previous``)."""
 
     @property
     def params_sha256(self) -> str:
@@ -120,6 +128,10 @@ class RunState(_Frozen):
     outputs: Any = None
     error: ErrorInfo | None = None
     failed_step: str | None = None
+    parent: ParentRef | None = None
+    """A child run's parent (RunStarted v2): its terminal event sends ChildRunFinished there."""
+    maps: dict[str, MapState] = Field(default_factory=dict)
+    """Progress of the run's ``meta.map`` steps (current attempt), by step id."""
     processed_ids: tuple[str, ...] = ()
     """Recent causation ids (command ids, invocation ids, timer ids); bounded, for dedupe."""
 

@@ -29,9 +29,23 @@ Status rules that are not obvious from the event names:
   run;
 - ``StepTimedOut`` stores an error ``{"error_class": "StepTimedOut", ...}`` so a timed-out step
   has an error like a failed one (the event itself carries only the timeout);
-- ``GraphMutated`` only advances the run: step rows appear and change with the step events,
-  which carry the (possibly replaced) node and version;
-- ``CommandRejected`` changes no state: it advances ``last_seq`` but not ``updated_at``.
+- ``GraphMutated`` appends a ``run_mutations`` row (type, step, data, who and why) and rewrites
+  ``runs.definition`` (set from ``RunStarted``) with ``reflux_apply_graph_mutation``, the SQL twin
+  of ``workflows.mutations.apply_mutation`` (migration 004); ``remove_step`` deletes the step's
+  row if it had one. Other step rows appear and change with the step events, which carry the
+  (possibly replaced) node and version: an added step, like every pending step, has no row until
+  it is scheduled;
+- ``StepsReset`` (a re-drive from a step) deletes the reset steps' rows: a pending step has no
+  row (as before its first ``StepScheduled``), and the run log keeps the old attempts;
+- ``RunRebound`` sets the run's ``workflow_version`` and ``definition`` (later mutations apply to
+  it); the steps it removes were pending (no row);
+- ``CommandRejected`` changes no state: it advances ``last_seq`` but not ``updated_at``;
+- ``ChildRunRequested`` (a meta.workflow / meta.loop step starts a child run) makes the step
+  ``running`` with ``invocation_id`` = the child's run id; ``ChildRunEnded`` (a loop iteration
+  ended) only advances the run. A child's ``RunStarted`` fills ``parent_*`` on its row.
+- ``MapStarted`` makes a ``meta.map`` step ``running`` (a re-drive reopens the run);
+  ``MapChunkDispatched`` / ``MapChunkFinished`` only advance the run (their rows are in
+  ``run_events``).
 """
 
 from __future__ import annotations
@@ -51,12 +65,19 @@ from projections.postgres.identifiers import table
 from projections.postgres.statements import RunUpdate, Statement, StepUpsert, Update
 from schemas.base import RefluxRecord
 from schemas.models import (
+    ChildRunEnded,
+    ChildRunRequested,
     CommandRejected,
     GraphMutated,
+    GraphMutationType,
+    MapChunkDispatched,
+    MapChunkFinished,
+    MapStarted,
     NodeCatalogEntry,
     RunCancelled,
     RunFailed,
     RunPaused,
+    RunRebound,
     RunResumed,
     RunStarted,
     RunSucceeded,
@@ -66,6 +87,7 @@ from schemas.models import (
     StepRetryScheduled,
     StepScheduled,
     StepSkipped,
+    StepsReset,
     StepStarted,
     StepSucceeded,
     StepTimedOut,
@@ -219,9 +241,10 @@ def _overwritten(names: tuple[str, ...], set_node: bool, attempt: bool) -> froze
 def _(event: RunStarted, schema: str) -> Plan:
     insert = Statement(
         f"INSERT INTO {table(schema, 'runs')} (run_id, workflow_id, workflow_version, status, "
-        "inputs, source, source_key, idempotency_key, deadline, started_at, updated_at, last_seq) "
-        f"VALUES (%s, %s, %s, '{RunStatus.RUNNING}', %s, %s, %s, %s, %s, %s, %s, %s) "
-        "ON CONFLICT (run_id) DO NOTHING",
+        "inputs, source, source_key, idempotency_key, deadline, started_at, updated_at, last_seq, "
+        "parent_run_id, parent_step_id, parent_attempt, parent_iteration, definition) "
+        f"VALUES (%s, %s, %s, '{RunStatus.RUNNING}', %s, %s, %s, %s, %s, %s, %s, %s, "
+        "%s, %s, %s, %s, %s) ON CONFLICT (run_id) DO NOTHING",
         (
             event.run_id,
             event.workflow_id,
@@ -234,6 +257,11 @@ def _(event: RunStarted, schema: str) -> Plan:
             event.occurred_at,
             event.occurred_at,
             event.seq,
+            event.parent.run_id if event.parent else None,
+            event.parent.step_id if event.parent else None,
+            event.parent.attempt if event.parent else None,
+            event.parent.iteration if event.parent else None,
+            jsonb(event.definition),
         ),
         scope=("runs", event.run_id),
     )
@@ -300,7 +328,65 @@ def _(event: RunCancelled, schema: str) -> Plan:
 
 @plan.register
 def _(event: GraphMutated, schema: str) -> Plan:
-    return _run_plan(event, schema, _update_run(event, schema))
+    mutation = event.mutation
+    data = Jsonb(mutation.data)
+    record = Statement(
+        f"INSERT INTO {table(schema, 'run_mutations')} (run_id, seq, type, step_id, data, "
+        "mutation_id, command_id, requested_by, reason, event_id, at) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (run_id, seq) DO NOTHING",
+        (
+            event.run_id,
+            event.seq,
+            mutation.type.value,
+            mutation.step_id,
+            data,
+            event.mutation_id,
+            event.causation_id,
+            event.requested_by,
+            event.reason,
+            event.event_id,
+            event.occurred_at,
+        ),
+        scope=("run_mutations", event.run_id),
+    )
+    rewrite = Statement(
+        f"UPDATE {table(schema, 'runs')} SET definition = "
+        f"{table(schema, 'reflux_apply_graph_mutation')}(definition, %s, %s, %s) "
+        "WHERE run_id = %s",
+        (mutation.type.value, mutation.step_id, data, event.run_id),
+        scope=("runs", event.run_id),
+    )
+    updates: list[Update] = [record, rewrite]
+    if mutation.type is GraphMutationType.REMOVE_STEP:
+        updates.append(
+            Statement(
+                f"DELETE FROM {table(schema, 'steps')} WHERE run_id = %s AND step_id = %s",
+                (event.run_id, mutation.step_id),
+                scope=("steps", event.run_id, mutation.step_id),
+            )
+        )
+    return _run_plan(event, schema, *updates, _update_run(event, schema))
+
+
+@plan.register
+def _(event: StepsReset, schema: str) -> Plan:
+    delete = Statement(
+        f"DELETE FROM {table(schema, 'steps')} WHERE run_id = %s AND step_id = ANY(%s)",
+        (event.run_id, list(event.step_ids)),
+        scope=("steps", event.run_id),
+    )
+    return _run_plan(event, schema, delete, _update_run(event, schema))
+
+
+@plan.register
+def _(event: RunRebound, schema: str) -> Plan:
+    update = _update_run(
+        event,
+        schema,
+        workflow_version=event.workflow_version,
+        definition=jsonb(event.definition),
+    )
+    return _run_plan(event, schema, update)
 
 
 @plan.register
@@ -471,6 +557,65 @@ def _(event: StepSkipped, schema: str) -> Plan:
         finished_at=event.occurred_at,
     )
     return _run_plan(event, schema, step, _update_run(event, schema))
+
+
+@plan.register
+def _(event: ChildRunRequested, schema: str) -> Plan:
+    # A child-run step (meta.workflow / meta.loop) runs while its child does; invocation_id
+    # names the current child (each loop iteration's is its own run, linked by parent_*).
+    first = event.iteration is None or event.iteration <= 1
+    started: dict[str, Any] = {"started_at": event.occurred_at} if first else {}
+    step = _upsert_step(
+        event,
+        schema,
+        event.step,
+        StepStatus.RUNNING,
+        attempt=event.attempt,
+        invocation_id=event.child_run_id,
+        **started,
+    )
+    return _run_plan(event, schema, step, _update_run(event, schema))
+
+
+@plan.register
+def _(event: ChildRunEnded, schema: str) -> Plan:
+    # A loop iteration ended: the step keeps running (the iteration is in run_events and in
+    # the child's own row); StepSucceeded/StepFailed end the step.
+    return _run_plan(event, schema, _update_run(event, schema))
+
+
+# -- meta.map (ADR 0024) ---------------------------------------------------------------------
+
+
+@plan.register
+def _(event: MapStarted, schema: str) -> Plan:
+    # The map step runs in the scheduler: it is running from its start, with no invocation.
+    step = _upsert_step(
+        event,
+        schema,
+        event.step,
+        StepStatus.RUNNING,
+        attempt=event.attempt,
+        invocation_id=None,
+        dispatched_at=event.occurred_at,
+        started_at=event.occurred_at,
+        worker=None,
+        next_attempt_at=None,
+        finished_at=None,
+        output=None,
+        output_ref=None,
+        error=None,
+        cache_hit=None,
+        duration_ms=None,
+    )
+    return _run_plan(event, schema, step, _reopen_run(event, schema))
+
+
+@plan.register
+def _(event: MapChunkDispatched | MapChunkFinished, schema: str) -> Plan:
+    # Chunk bookkeeping: in the run's event log (run_events) only; the step row changes with
+    # MapStarted and the step's outcome.
+    return _run_plan(event, schema, _update_run(event, schema))
 
 
 # -- workflows -------------------------------------------------------------------------------

@@ -38,6 +38,8 @@ __all__ = [
     "NodeRow",
     "NodeVersionRow",
     "RunEventRow",
+    "RunGraphRow",
+    "RunMutationRow",
     "RunPage",
     "RunRow",
     "StepRow",
@@ -47,6 +49,8 @@ __all__ = [
     "get_node",
     "get_node_version",
     "get_run",
+    "get_run_graph",
+    "get_run_mutations",
     "get_steps",
     "get_workflow",
     "list_node_versions",
@@ -91,6 +95,11 @@ class RunRow:
     finished_at: datetime | None
     last_seq: int
     """seq of the last event applied: clients can wait for ``last_seq >= n``."""
+    parent_run_id: str | None = None
+    """A child run's parent (meta.workflow / meta.loop; migration 007), else None."""
+    parent_step_id: str | None = None
+    parent_attempt: int | None = None
+    parent_iteration: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +193,58 @@ def get_run(
         return cursor.fetchone()
 
 
+@dataclass(frozen=True, slots=True)
+class RunGraphRow:
+    """A run's current definition (migration 004): as started, with every mutation applied."""
+
+    run_id: str
+    status: str
+    last_seq: int
+    definition: Any
+    """``None`` for a run projected before migration 004 without its ``RunStarted`` row."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunMutationRow:
+    """One ``GraphMutated`` of a run, with who asked for it and why."""
+
+    run_id: str
+    seq: int
+    type: str
+    step_id: str
+    data: Any
+    mutation_id: str | None
+    command_id: str | None
+    requested_by: str | None
+    reason: str | None
+    event_id: str
+    at: datetime
+
+
+def get_run_graph(
+    conn: psycopg.Connection, run_id: str, *, schema: str = DEFAULT_SCHEMA
+) -> RunGraphRow | None:
+    with conn.cursor(row_factory=class_row(RunGraphRow)) as cursor:
+        cursor.execute(
+            f"SELECT {_columns(RunGraphRow)} FROM {table(schema, 'runs')} WHERE run_id = %s",
+            (run_id,),
+        )
+        return cursor.fetchone()
+
+
+def get_run_mutations(
+    conn: psycopg.Connection, run_id: str, *, schema: str = DEFAULT_SCHEMA
+) -> list[RunMutationRow]:
+    """The run's applied graph mutations in log order."""
+    with conn.cursor(row_factory=class_row(RunMutationRow)) as cursor:
+        cursor.execute(
+            f"SELECT {_columns(RunMutationRow)} FROM {table(schema, 'run_mutations')} "
+            "WHERE run_id = %s ORDER BY seq",
+            (run_id,),
+        )
+        return cursor.fetchall()
+
+
 def encode_cursor(row: RunRow) -> str:
     raw = json.dumps([row.started_at.isoformat(), row.run_id]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
@@ -235,6 +296,19 @@ def list_runs(
     more = len(rows) > limit
     items = rows[:limit]
     return RunPage(items, encode_cursor(items[-1]) if more else None)
+
+
+def get_children(
+    conn: psycopg.Connection, run_id: str, *, schema: str = DEFAULT_SCHEMA, limit: int = 1000
+) -> list[RunRow]:
+    """The child runs of a run (meta.workflow / meta.loop steps), oldest first."""
+    with conn.cursor(row_factory=class_row(RunRow)) as cursor:
+        cursor.execute(
+            f"SELECT {_columns(RunRow)} FROM {table(schema, 'runs')} WHERE parent_run_id = %s "
+            "ORDER BY started_at, run_id LIMIT %s",
+            (run_id, limit),
+        )
+        return cursor.fetchall()
 
 
 def get_steps(

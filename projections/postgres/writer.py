@@ -67,6 +67,7 @@ READ_MODEL_TABLES = (
     "runs",
     "steps",
     "run_events",
+    "run_mutations",
     "nodes",
     "node_versions",
     "node_catalog_events",

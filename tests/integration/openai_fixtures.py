@@ -13,7 +13,9 @@ Use the ``openai_server`` fixture; point a node at ``openai_server.base_url`` wi
 
 Switches: ``fail_next(status, times=1)`` answers the next requests with that status (``429``
 and ``503`` carry ``Retry-After: 2``); ``delay_s`` sleeps before answering; ``reply`` replaces
-the answer text; ``omit_usage`` drops ``usage``. Every request is recorded (``requests``).
+the answer text; ``script(*texts)`` queues answer texts used one per request, in order, before
+``reply`` (e.g. an invalid plan, then a valid one); ``omit_usage`` drops ``usage``. Every request
+is recorded (``calls``).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class _State:
     failures: list[int] = field(default_factory=list)
     delay_s: float = 0.0
     reply: str | None = None
+    script: list[str] = field(default_factory=list)
     omit_usage: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -63,11 +66,15 @@ def _words(text: str) -> int:
     return len(text.split())
 
 
-def _completion(body: dict[str, Any], state: _State, number: int) -> dict[str, Any]:
+def _completion(
+    body: dict[str, Any], state: _State, number: int, scripted: str | None
+) -> dict[str, Any]:
     messages = body["messages"]
     last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
     wants_json = (body.get("response_format") or {}).get("type") == "json_object"
-    if state.reply is not None:
+    if scripted is not None:
+        content = scripted
+    elif state.reply is not None:
         content = state.reply
     elif wants_json:
         content = json.dumps({"echo": last_user})
@@ -135,6 +142,8 @@ class _Handler(BaseHTTPRequestHandler):
             state.calls.append(RecordedCall(self.path, headers, body))
             number = len(state.calls)
             failure = state.failures.pop(0) if state.failures else None
+            answers = failure is None and self.path == "/v1/chat/completions"
+            scripted = state.script.pop(0) if answers and state.script else None
             delay = state.delay_s
         if delay:
             time.sleep(delay)  # a slow API is the thing under test, not a wait
@@ -149,7 +158,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif body["model"] == "missing-model":
             self._error(404, "The model 'missing-model' does not exist", "model_not_found")
         else:
-            self._send(200, _completion(body, state, number))
+            self._send(200, _completion(body, state, number, scripted))
 
 
 class _Server(ThreadingHTTPServer):
@@ -194,6 +203,11 @@ class OpenAITestServer:
     @reply.setter
     def reply(self, value: str | None) -> None:
         self._server.state.reply = value
+
+    def script(self, *texts: str) -> None:
+        """Answer the next requests with these texts, one each, in order."""
+        with self._server.state.lock:
+            self._server.state.script.extend(texts)
 
     @property
     def omit_usage(self) -> bool:

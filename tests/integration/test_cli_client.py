@@ -1,4 +1,4 @@
-"""``reflux run FILE --wait`` and ``reflux runs show`` against a real API and engine."""
+"""``reflux run FILE --wait``, ``reflux runs show|graph|mutate`` against a real API and engine."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 import uvicorn
@@ -15,7 +16,8 @@ import uvicorn
 from api.app import create_app
 from api.config import ApiSettings
 from reflux.cli import main
-from tests.integration.engine_fixtures import Harness
+from tests.integration.engine_fixtures import Harness, transform
+from tests.integration.http_fixtures import serve
 from tests.support.waiting import eventually
 
 
@@ -101,3 +103,45 @@ def test_bad_input_is_reported_clearly(
     err = capsys.readouterr().err
     assert "422" in err and "steps.0.needs.0" in err and "missing" in err
     assert main(["run", str(workflow), "--input", "oops", "--api", api_url]) == 2
+
+
+def test_mutate_a_running_run_and_show_its_graph(
+    harness: Harness, api_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with serve() as http_server:
+        harness.register(
+            {
+                "id": "cli_mut",
+                "steps": [
+                    {
+                        "id": "wait",
+                        "node": "http.request@^1",
+                        "params": {"url": f"{http_server.url}/slow?ms=1500"},
+                    },
+                    transform("after", "v", {"v": 1}, needs=["wait"]),
+                ],
+                "outputs": {"after": "{{ steps.after.output.result }}"},
+            }
+        )
+        with httpx.Client(base_url=api_url) as client:
+            eventually(
+                lambda: client.get("/v1/workflows/cli_mut").status_code == 200,
+                15,
+                "cli_mut projected",
+            )
+            run_id = client.post("/v1/runs", json={"workflow_id": "cli_mut"}).json()["run_id"]
+        harness.wait_step(run_id, "wait", "running")
+        data = json.dumps({"expression": "v", "data": {"v": 7}})
+        mutate = ["runs", "mutate", run_id, "--op", "update_params", "--step", "after"]
+        who = ["--reason", "seven is better", "--by", "cli-user", "--api", api_url]
+        assert main([*mutate, "--data", data, *who]) == 0
+        assert "applied: GraphMutated at seq" in capsys.readouterr().out
+        refused = ["runs", "mutate", run_id, "--op", "remove_step", "--step", "wait"]
+        assert main([*refused, "--api", api_url]) == 2
+        assert "409: Expected step 'wait' to be pending" in capsys.readouterr().err
+        assert harness.wait(run_id).outputs == {"after": 7}
+        assert main(["runs", "graph", run_id, "--api", api_url]) == 0
+        graph = capsys.readouterr().out
+        assert "update_params  after            by cli-user: seven is better" in graph
+        assert main(["runs", "show", run_id, "--api", api_url]) == 0
+        assert "GraphMutated" in capsys.readouterr().out

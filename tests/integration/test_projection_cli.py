@@ -47,11 +47,10 @@ def test_migrate_then_rebuild_with_progress(
     common = ["--schema", pg_schema, "--prefix", kafka_settings.topic_prefix]
 
     code, out, _ = run_cli(["projections", "migrate", *common])
-    shipped = [f"{m.version:03d}_{m.name}" for m in load_migrations()]
-    assert shipped[:3] == ["001_read_models", "002_node_catalog", "003_step_started"]
     assert (code, out.strip().splitlines()) == (
         0,
-        [f"applied {migration} to schema {pg_schema}" for migration in shipped],
+        # Every shipped migration, in order (001_read_models, 002_node_catalog, ...).
+        [f"applied {m.version:03d}_{m.name} to schema {pg_schema}" for m in load_migrations()],
     )
     code, out, _ = run_cli(["projections", "migrate", *common])
     assert code == 0 and "is up to date" in out

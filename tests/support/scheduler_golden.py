@@ -39,6 +39,7 @@ from schemas.models import (
 )
 from tests.support.scheduler_simulation import NO_ANSWER, NOT_PICKED_UP, Simulation
 from workflows.node_catalog import StaticNodeCatalog
+from workflows.validation import parse_workflow
 
 __all__ = [
     "SCENARIOS",
@@ -342,6 +343,66 @@ def redrive() -> Simulation:
     return sim
 
 
+REDRIVE_FROM = """
+id: redrive-from
+steps:
+  - {id: fetch, node: http.request@^1, params: {url: "https://a.example"}}
+  - {id: parse, node: transform@^1, needs: [fetch],
+     params: {from: "{{ steps.fetch.output.params.url }}"}}
+  - {id: side, node: transform@^1, needs: [fetch], params: {n: 1}}
+  - {id: store, node: transform@^1, needs: [parse],
+     params: {from: "{{ steps.parse.output.params.from }}"}}
+outputs: {stored: "{{ steps.store.output.params.from }}"}
+"""
+
+
+def redrive_from() -> Simulation:
+    """A succeeded run re-driven from a middle step (docs/decisions/0026): it reopens, the step
+    and its downstream run again (attempt 2), fetch and side keep their outputs."""
+    sim = Simulation(REDRIVE_FROM, node_catalog=CATALOG)
+    sim.start()
+    sim.run_workers(_echo)
+    sim.redrive_from("parse")
+    sim.run_workers(_echo)
+    return sim
+
+
+REBIND_V1 = """
+id: rebind
+steps:
+  - {id: fetch, node: http.request@^1, params: {url: "https://a.example"}}
+  - {id: parse, node: transform@^1, needs: [fetch], params: {broken: true}}
+  - {id: store, node: transform@^1, needs: [parse], params: {n: 1}}
+  - {id: unused, node: transform@^1, needs: [store], params: {n: 2}}
+outputs: {parsed: "{{ steps.parse.output.params.from }}"}
+"""
+
+REBIND_V2 = """
+id: rebind
+steps:
+  - {id: fetch, node: http.request@^1, params: {url: "https://a.example"}}
+  - {id: clean, node: transform@^1, needs: [fetch],
+     params: {from: "{{ steps.fetch.output.params.url }}"}}
+  - {id: parse, node: transform@^1, needs: [clean],
+     params: {from: "{{ steps.clean.output.params.from }}"}}
+  - {id: store, node: transform@^1, needs: [parse], params: {n: 1}}
+outputs: {parsed: "{{ steps.parse.output.params.from }}"}
+"""
+
+
+def rebind() -> Simulation:
+    """A failed run rebound to a fixed version 2 (docs/decisions/0026): parse gains a need
+    (clean, new), unused (pending) is gone; fetch is not run again."""
+    sim = Simulation(REBIND_V1, node_catalog=CATALOG)
+    sim.start()
+    sim.versions[2] = parse_workflow(REBIND_V2, node_catalog=CATALOG)
+    sim.succeed("fetch", _echo(sim.invocation("fetch")))
+    sim.fail("parse", "ParseError", retryable=False)
+    sim.rebind(2)
+    sim.run_workers(_echo)
+    return sim
+
+
 CACHE = """
 id: cache
 defaults:
@@ -379,7 +440,13 @@ outputs: {b: "{{ steps.b.output.params }}"}
 def graph_mutation() -> Simulation:
     sim = Simulation(MUTATION, node_catalog=CATALOG)
     sim.start()
-    sim.mutate("update_params", "b", {"v": 20, "from_a": "{{ steps.a.output.params.v }}"})
+    sim.mutate(
+        "update_params",
+        "b",
+        {"v": 20, "from_a": "{{ steps.a.output.params.v }}"},
+        requested_by="alice",
+        reason="b needs a's value",
+    )
     sim.mutate("replace_node", "c", {"node": "http.request", "node_version": "^2"})
     sim.mutate("remove_step", "d")
     sim.mutate(
@@ -506,6 +573,83 @@ def heartbeats() -> Simulation:
     return sim
 
 
+MAP = """
+id: map
+inputs:
+  xs: {type: array, required: true}
+steps:
+  - id: each
+    node: meta.map
+    params:
+      items: "{{ inputs.xs }}"
+      node: transform@^1
+      params: {expression: "@", data: "{{ item }}", at: "{{ index }}"}
+      concurrency: 2
+      chunk_size: 3
+      on_failure: collect
+    retry: {max_attempts: 2, initial_backoff: 100ms, jitter: 0}
+  - id: after
+    node: transform@^1
+    needs: [each]
+    params: {failed: "{{ steps.each.output.failed }}"}
+outputs:
+  results: "{{ steps.each.output.results }}"
+  errors: "{{ steps.each.output.errors }}"
+"""
+
+
+def map_chunks() -> Simulation:
+    """A map of 8 items in chunks of 3, one item retried (then ok), one failing for good."""
+
+    def worker(invocation: NodeInvocation) -> Any:
+        if invocation.chunk is None:
+            return _echo(invocation)
+        entries: list[Any] = []
+        for params in invocation.params:
+            if params["data"] == "flaky" and invocation.attempt == 1:
+                error = ErrorInfo(error_class="Flaky", message="once", retryable=True)
+                entries.append({"error": error.model_dump(mode="json")})
+            elif params["data"] == "bad":
+                error = ErrorInfo(error_class="Bad", message="never", retryable=False)
+                entries.append({"error": error.model_dump(mode="json")})
+            else:
+                entries.append({"output": {"result": params["data"], "at": params["at"]}})
+        return entries
+
+    sim = Simulation(MAP, node_catalog=CATALOG)
+    sim.start({"xs": ["a", "b", "flaky", "d", "bad", "f", "g", "h"]})
+    sim.run_workers(worker)
+    return sim
+
+
+SWITCH = """
+id: switch
+inputs:
+  kind: {type: string, required: true}
+steps:
+  - id: route
+    node: meta.switch
+    params:
+      value: "{{ inputs.kind }}"
+      cases: {small: [cheap], large: [careful]}
+      default: [fallback]
+  - {id: cheap, node: transform@^1, needs: [route], params: {v: 1}}
+  - {id: careful, node: transform@^1, needs: [route], params: {v: 2}}
+  - {id: fallback, node: transform@^1, needs: [route], params: {v: 3}}
+  - {id: review, node: transform@^1, needs: [careful], params: {v: 4}}
+outputs:
+  case: "{{ steps.route.output.case }}"
+"""
+
+
+def switch_branch() -> Simulation:
+    """The "large" case: careful and review run; cheap and fallback are skipped."""
+    sim = Simulation(SWITCH, node_catalog=CATALOG)
+    sim.start({"kind": "large"})
+    sim.run_workers(_echo)
+    return sim
+
+
 SCENARIOS: dict[str, Callable[[], Simulation]] = {
     "linear": linear,
     "diamond": diamond,
@@ -519,6 +663,8 @@ SCENARIOS: dict[str, Callable[[], Simulation]] = {
     "pause_resume": pause_resume,
     "cancel": cancel,
     "redrive": redrive,
+    "redrive_from": redrive_from,
+    "rebind": rebind,
     "cache_hit": cache_hit,
     "graph_mutation": graph_mutation,
     "rejections": rejections,
@@ -528,6 +674,8 @@ SCENARIOS: dict[str, Callable[[], Simulation]] = {
     "queue_timeout": queue_timeout,
     "heartbeats": heartbeats,
     "circuit_held": circuit_held,
+    "map_chunks": map_chunks,
+    "switch_branch": switch_branch,
 }
 
 

@@ -41,6 +41,7 @@ from schemas.models import (
     NodeInvocation,
     NodeResult,
     PauseRun,
+    RebindRun,
     RedriveStep,
     ResumeRun,
     StartRun,
@@ -126,6 +127,8 @@ class Simulation:
         self.lookups: list[CacheLookup] = []
         self.cache: dict[str, Any] = {}
         self.rejections: list[str] = []
+        self.versions: dict[int, WorkflowDefinition] = {}
+        """Other registered versions of the workflow (what a RebindRun may ask for)."""
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -151,9 +154,11 @@ class Simulation:
     def _lookup(self, workflow_id: str, version: int | None) -> RegisteredWorkflow | None:
         if workflow_id != self.definition.id:
             return None
-        if version is not None and version != self.workflow_version:
-            return None
-        return RegisteredWorkflow(self.workflow_version, self.definition)
+        registered = {**self.versions, self.workflow_version: self.definition}
+        if version is None:
+            version = max(registered)
+        found = registered.get(version)
+        return None if found is None else RegisteredWorkflow(version, found)
 
     @property
     def run(self) -> RunState:
@@ -210,11 +215,43 @@ class Simulation:
             RedriveStep(**self._command_fields(), step_id=step_id, requested_by="test")
         )
 
-    def mutate(self, kind: GraphMutationType | str, step_id: str, data: Any = None) -> Decision:
+    def redrive_from(self, step_id: str) -> Decision:
+        return self.send(
+            RedriveStep(
+                **self._command_fields(), step_id=step_id, downstream=True, requested_by="test"
+            )
+        )
+
+    def rebind(self, version: int | None = None, *, redrive_failed: bool = True) -> Decision:
+        return self.send(
+            RebindRun(
+                **self._command_fields(),
+                workflow_version=version,
+                redrive_failed=redrive_failed,
+                requested_by="test",
+            )
+        )
+
+    def mutate(
+        self,
+        kind: GraphMutationType | str,
+        step_id: str,
+        data: Any = None,
+        *,
+        requested_by: str | None = None,
+        reason: str | None = None,
+    ) -> Decision:
         mutation = GraphMutation(
             type=GraphMutationType(kind), step_id=step_id, data=data if data is not None else {}
         )
-        return self.send(MutateGraph(**self._command_fields(), mutation=mutation))
+        return self.send(
+            MutateGraph(
+                **self._command_fields(),
+                mutation=mutation,
+                requested_by=requested_by,
+                reason=reason,
+            )
+        )
 
     def fire_due(self) -> list[Decision]:
         """Send FireTimer for every timer due now (what the runtime's timer loop does)."""

@@ -287,6 +287,7 @@ def test_openapi_lists_every_endpoint_with_its_statuses() -> None:
         ("post", "/v1/runs/{run_id}/pause"): {"200", "202", "404", "409"},
         ("post", "/v1/runs/{run_id}/resume"): {"200", "202", "404", "409"},
         ("post", "/v1/runs/{run_id}/steps/{step_id}/redrive"): {"200", "202", "404", "409"},
+        ("post", "/v1/runs/{run_id}/rebind"): {"200", "202", "404", "409"},
         ("post", "/v1/hooks/{workflow_id}"): {"202", "401", "404", "422"},
         ("get", "/healthz"): {"200"},
         ("get", "/readyz"): {"200", "503"},

@@ -19,6 +19,8 @@ def test_goals_are_the_issues() -> None:
         ("steps_per_s", ">=", 1000),
         ("scheduler_recovery_s_10k", "<", 2),
         ("scheduler_recovery_s_100k", "<", 2),
+        ("map_items_per_s", ">=", 2000),
+        ("mutation_apply_p99_ms", "<", 100),  # issue 9
     }
 
 

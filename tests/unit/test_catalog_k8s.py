@@ -131,7 +131,7 @@ def worker_groups() -> dict[str, str]:
 def test_worker_groups_are_the_seed_groups_and_cover_every_node() -> None:
     groups = worker_groups()
     assert sorted(groups.values()) == sorted(
-        ["http", "transform,condition", "database,email,openai", "code", "webhook"]
+        ["http", "transform,condition", "database,email,openai,ai", "code", "webhook"]
     )
     served: list[str] = []
     for node_filter in groups.values():

@@ -107,6 +107,7 @@ def test_builtin_nodes_have_the_documented_flags() -> None:
         "openai.chat@1.0.0": (True, False),
         "code.run@1.0.0": (False, True),
         "webhook.trigger@1.0.0": (False, True),
+        "ai.meta@1.0.0": (False, False),
     }
     http = HttpRequestNode()
     get = validate_params(http, {"url": "http://x"})
@@ -118,6 +119,7 @@ def test_builtin_nodes_have_the_documented_flags() -> None:
 def test_registry_lookup_and_selection() -> None:
     registry = default_registry()
     assert registry.names() == [
+        "ai.meta@1.0.0",
         "code.run@1.0.0",
         "condition@1.0.0",
         "database.query@1.0.0",

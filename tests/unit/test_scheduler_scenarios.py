@@ -694,6 +694,9 @@ EXAMPLE_INPUTS: dict[str, dict[str, Any]] = {
 }
 
 
+IDENTITY_PLAN = {"plan": {"steps": [{"id": "result", "node": "transform@^1"}]}}
+
+
 @pytest.mark.parametrize(
     "path",
     sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml")),
@@ -702,7 +705,17 @@ EXAMPLE_INPUTS: dict[str, dict[str, Any]] = {
 def test_examples_run_to_success_with_an_identity_worker(path: Path) -> None:
     sim = Simulation(path.read_text())
     sim.start(EXAMPLE_INPUTS.get(path.stem, {}))
-    sim.run_workers(lambda inv: inv.params)  # each step outputs its own rendered params
+
+    # Each step outputs its own rendered params (each item of a meta.map chunk too); an
+    # ai.meta planner plans one such step.
+    def identity(inv: NodeInvocation) -> Any:
+        if inv.step.node == "ai.meta":
+            return IDENTITY_PLAN
+        if inv.chunk is not None:
+            return [{"output": p} for p in inv.params]
+        return inv.params
+
+    sim.run_workers(identity)
     assert run_status(sim) is RunStatus.SUCCEEDED, sim.run.error
     assert fold(sim.log) == sim.state
 

@@ -40,6 +40,7 @@ def test_builtin_nodes_declare_their_workload() -> None:
         "database.query": Workload.IO,
         "email.send": Workload.IO,
         "openai.chat": Workload.IO,
+        "ai.meta": Workload.IO,
         "webhook.trigger": Workload.IO,
         "transform": Workload.CPU,
         "condition": Workload.CPU,

@@ -477,6 +477,7 @@ def test_examples_are_valid(path: Path) -> None:
             "transform": ["1.0.0", "1.2.0"],
             "condition": ["1.0.0"],
             "llm.summarize": ["0.3.0"],
+            "ai.meta": ["1.0.0"],
             "email.send": ["1.0.0"],
             "database.query": ["1.0.0"],
             "openai.chat": ["1.0.0"],

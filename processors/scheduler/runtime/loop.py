@@ -8,8 +8,10 @@ events on ``runs`` partition *p*. A batch is ONE Kafka transaction:
    run's state; cache lookups are answered from Redis right away and fed back into ``decide``;
 2. the resulting events go to ``runs`` (same partition number), the node invocations to their
    invoke topics (created on first use; params above the claim-check threshold go to the object
-   store first, and ``StepScheduled`` carries the reference), due timers become ``FireTimer``
-   commands on ``commands``, poison inputs go to ``dlq``; every record is size-checked against
+   store first, and ``StepScheduled`` carries the reference), the decisions' outbox (commands to
+   other runs: child runs' starts, cancel/pause/resume sent on to them, ``ChildRunFinished`` to
+   their parents; ADR 0025) and due timers (``FireTimer``) go to ``commands``, poison inputs go
+   to ``dlq``; every record is size-checked against
    Kafka's message limit before anything of its input is sent;
 3. the batch's checkpoint commits to a :class:`streams.checkpoint.KafkaTransaction`: the consumed
    positions join the transaction and it commits (the commit order is :mod:`streams.checkpoint`'s).
@@ -66,7 +68,11 @@ from foundation.liveness import Heartbeat
 from foundation.objectstore import S3BlobStore, content_key
 from foundation.settings import Settings
 from processors.mutations.routing import WorkflowRoute
-from processors.node_catalog.runtime_view import CatalogResolver, NodeCatalogKafkaView
+from processors.node_catalog.runtime_view import (
+    CatalogResolver,
+    CatalogValidator,
+    NodeCatalogKafkaView,
+)
 from processors.scheduler.decide import (
     CacheHit,
     CacheLookup,
@@ -95,6 +101,7 @@ from processors.scheduler.runtime.recovery import (
     recover_partitions,
     request_end_offsets,
 )
+from processors.scheduler.runtime.reload import reload_run
 from processors.scheduler.runtime.results_gate import ResultsGate
 from processors.scheduler.runtime.run_table import RunTable
 from processors.scheduler.runtime.snapshots import SnapshotCycle, SnapshotWriter
@@ -104,13 +111,15 @@ from processors.scheduler.runtime.workflows import (
     WorkflowsView,
     route_workflow,
 )
-from processors.scheduler.state import RunState
+from processors.scheduler.state import RunState, RunStatus
 from processors.scheduler.timers import due_timers
 from schemas import decode, serde
 from schemas.base import RefluxRecord, canonical_json
 from schemas.errors import SchemaError
 from schemas.models import (
     CancelRun,
+    ChildRunFinished,
+    ChildRunRequested,
     ErrorInfo,
     FireTimer,
     MutateGraph,
@@ -119,6 +128,7 @@ from schemas.models import (
     NodeResult,
     PauseRun,
     PayloadRef,
+    RebindRun,
     RedriveStep,
     ResumeRun,
     StartRun,
@@ -154,10 +164,12 @@ INPUT_TYPES = (
     PauseRun,
     ResumeRun,
     RedriveStep,
+    RebindRun,
     MutateGraph,
     FireTimer,
     NodeHeartbeat,
     NodeResult,
+    ChildRunFinished,
 )
 
 
@@ -261,6 +273,8 @@ class SchedulerRuntime:
         # Node versions by catalog status and rollout weight (nodes topic, all partitions).
         self._nodes = NodeCatalogKafkaView(settings, self.catalog)
         self._resolve_node_version = CatalogResolver(self._nodes)
+        # Graph mutations (add_step, replace_node) are checked against the same view.
+        self._node_validator = CatalogValidator(self._nodes)
         self.transactional_id = f"{self.group}.{self.instance_id}"
         self.producer = self._new_producer()
         self._fencings: list[float] = []
@@ -368,6 +382,14 @@ class SchedulerRuntime:
         self.stats.last_recovery = recovery.report
         return recovery.tables
 
+    def _reload(self, partition: int, run_id: str, marker: RunState | None) -> RunState | None:
+        """A finished run's full state from the run log (a re-drive from a step reopens it);
+        the marker's minimal state when the log cannot give it (decide then refuses)."""
+        state = reload_run(self.settings, self._admin, self.catalog.runs.topic, partition, run_id)
+        if state is None or marker is None or state.last_seq != marker.last_seq:
+            return marker
+        return state
+
     def _table(self, partition: int) -> RunTable:
         table = self.states.get(partition)
         if table is None:
@@ -449,6 +471,11 @@ class SchedulerRuntime:
             store_payload=self._store_params,
             resolve_node_version=self._resolve_node_version,
             retry_gate=self.retry_gate.gate,
+            # Graph mutations and ai.meta plans are validated against the live catalog; an
+            # empty catalog (a deployment that registers no nodes) checks no node names, as
+            # the resolver then falls back to the constraint's major. The validator refreshes
+            # the view and catches up once before calling a name unknown (ADR 0022).
+            node_catalog=self._node_validator if self._node_validator.active() else None,
         )
 
     # -- the loop --------------------------------------------------------------------------------
@@ -614,6 +641,8 @@ class SchedulerRuntime:
         if isinstance(record, FireTimer):
             self._fired.discard(record.timer_id)
         state = batch.state_of(record.run_id, self._table(partition))
+        if _needs_full_state(record, state):
+            state = self._reload(partition, record.run_id, state)
         strike = self._isolation.strikes.get(coordinates(message))
         if strike is not None and strike.level >= 2:
             # Even writing this input's failure was refused: dead-letter it, nothing else.
@@ -687,10 +716,16 @@ class SchedulerRuntime:
         if not dead_letter_only:
             prefix: tuple[RunEvent, ...] = ()
             invocations: tuple[NodeInvocation, ...] = ()
+            commands: tuple[Any, ...] = ()
             if decision is not None and failure.keep:
                 prefix = decision.events[: failure.keep]
                 sent = {e.invocation_id for e in prefix if isinstance(e, StepDispatched)}
                 invocations = tuple(i for i in decision.invocations if i.invocation_id in sent)
+                # A child requested in the kept events must be started too (its StartRun).
+                children = {e.child_run_id for e in prefix if isinstance(e, ChildRunRequested)}
+                commands = tuple(
+                    c for c in decision.commands if isinstance(c, StartRun) and c.run_id in children
+                )
             try:
                 failed = fail_input(
                     state,
@@ -699,6 +734,7 @@ class SchedulerRuntime:
                     self._context(),
                     prefix=prefix,
                     invocations=invocations,
+                    commands=commands,
                     step_id=failure.step_id,
                     attempt=failure.attempt,
                 )
@@ -726,6 +762,7 @@ class SchedulerRuntime:
         events = list(decision.events)
         invocations = list(decision.invocations)
         writes = list(decision.cache_writes)
+        commands = list(decision.commands)
         state = decision.state
         while lookups:
             lookup = lookups.pop(0)
@@ -738,6 +775,7 @@ class SchedulerRuntime:
             invocations.extend(follow.invocations)
             writes.extend(follow.cache_writes)
             lookups.extend(follow.cache_lookups)
+            commands.extend(follow.commands)
         return Decision(
             state=state,
             events=tuple(events),
@@ -745,6 +783,7 @@ class SchedulerRuntime:
             cache_lookups=(),
             cache_writes=tuple(writes),
             rejection=decision.rejection,
+            commands=tuple(commands),
         )
 
     def _lookup_cache(self, lookup: CacheLookup) -> CacheHit | CacheMiss:
@@ -787,6 +826,12 @@ class SchedulerRuntime:
             # Cut before the StepDispatched of the invocation: the step fails instead.
             index = dispatched.get(invocation.invocation_id, len(decision.events))
             self._check(index, value, record, refused)
+            out.append(record)
+        for command in decision.commands:
+            # The outbox (child runs, ADR 0025): commands to other runs, keyed (and so
+            # partitioned) by their run id like every command, in this same transaction.
+            record = self._encoded(self.catalog.commands.topic, command.run_id, command, None)
+            self._check(len(decision.events), command, record, refused)
             out.append(record)
         if decision.state is not None and decision.events:
             for trace in traces_for(decision.events, decision.state):
@@ -1096,6 +1141,17 @@ class _Batch:
         if run_id in self.states:
             return self.states[run_id][1]
         return committed.get(run_id)
+
+
+def _needs_full_state(record: SchedulerInput, state: RunState | None) -> bool:
+    """A re-drive from a step of a run the table keeps only as a finished marker."""
+    return (
+        isinstance(record, RedriveStep)
+        and record.downstream
+        and state is not None
+        and state.definition is None
+        and state.status is RunStatus.SUCCEEDED
+    )
 
 
 class _Out(NamedTuple):

@@ -1,8 +1,9 @@
 """One partition's runs as the scheduler holds them: active runs in full, finished runs as markers.
 
-A run that finished (``FINISHED_RUN_STATUSES``: succeeded or cancelled) never changes again: the
-only thing ``decide`` can still do with it is judge a late input, and for that it needs three
-facts, not the whole state:
+A run that finished (``FINISHED_RUN_STATUSES``: succeeded or cancelled) rarely changes again (a
+re-drive from a step reopens a succeeded one: the scheduler then reloads its full state from the
+run log, :mod:`processors.scheduler.runtime.reload`); otherwise ``decide`` only judges a late input
+against it, and for that it needs three facts, not the whole state:
 
 - its **status** (every command is rejected with "Expected run to be ..., but it is
   succeeded", exactly as for the full state; late results, timers and cache answers are no-ops);
