@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from api.errors import RequestInvalidError
 from api.models.graph import MutationCreate
@@ -193,7 +196,16 @@ def test_without_a_projected_graph_only_the_body_is_checked() -> None:
 
 
 def _args(**values: Any) -> argparse.Namespace:
-    base = {"data": None, "node": None, "version": None, "reason": None, "by": None}
+    base = {
+        "op": None,
+        "step": None,
+        "data": None,
+        "node": None,
+        "version": None,
+        "reason": None,
+        "by": None,
+        "file": None,
+    }
     return argparse.Namespace(**{**base, **values})
 
 
@@ -214,6 +226,36 @@ def test_cli_mutation_body() -> None:
         mutation_body(_args(op="add_step", step="c", data="{nope"))
     with pytest.raises(ClientError, match="--node goes with --op replace_node"):
         mutation_body(_args(op="add_step", step="c", node="x"))
+
+
+def test_cli_mutations_file_is_one_atomic_list(tmp_path: Path) -> None:
+    ops = [
+        {"type": "add_step", "step_id": "c", "data": {"node": "transform@^1", "needs": ["b"]}},
+        {"type": "update_params", "step_id": "b", "data": {"url": "u"}},
+    ]
+    listed = tmp_path / "ops.json"
+    listed.write_text(json.dumps(ops))
+    assert mutation_body(_args(file=str(listed), by="me")) == {
+        "mutations": ops,
+        "requested_by": "me",
+    }
+    wrapped = tmp_path / "ops.yaml"
+    wrapped.write_text(yaml.safe_dump({"mutations": ops, "reason": "from the file"}))
+    body = mutation_body(_args(file=str(wrapped)))
+    assert body == {"mutations": ops, "reason": "from the file"}
+    assert mutation_body(_args(file=str(wrapped), reason="flag"))["reason"] == "flag"
+    with pytest.raises(ClientError, match="--file carries the operations: drop --op, --step"):
+        mutation_body(_args(file=str(listed), op="add_step", step="c"))
+    with pytest.raises(ClientError, match="Expected --op and --step"):
+        mutation_body(_args())
+    (tmp_path / "bad.json").write_text('{"type": "add_step"}')
+    with pytest.raises(ClientError, match="a list of operations"):
+        mutation_body(_args(file=str(tmp_path / "bad.json")))
+    (tmp_path / "empty.json").write_text("[]")
+    with pytest.raises(ClientError, match="at least one operation"):
+        mutation_body(_args(file=str(tmp_path / "empty.json")))
+    with pytest.raises(ClientError, match="to be readable"):
+        mutation_body(_args(file=str(tmp_path / "missing.json")))
 
 
 def test_cli_graph_text_shows_who_and_why() -> None:
