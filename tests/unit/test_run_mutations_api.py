@@ -365,3 +365,11 @@ def test_mutation_body_rejects_unknown_fields_and_long_waits() -> None:
         MutationCreate(type="remove_step", step_id="a", wait_ms=MAX_WAIT_MS + 1)
     with pytest.raises(ValidationError, match="step_id"):
         MutationCreate(type="remove_step", step_id="")
+
+
+def test_field_name_marks_stay_out_of_ai_meta_prompts() -> None:
+    from processors.scheduler.meta.ai_plan import _strip_titles
+    from workflows.params_schema import FIELD_NAME_KEY
+
+    schema = {"title": "T", "properties": {"json": {"title": "Json", FIELD_NAME_KEY: "json_body"}}}
+    assert _strip_titles(schema) == {"properties": {"json": {}}}
