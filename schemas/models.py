@@ -416,13 +416,26 @@ class FireTimer(RunCommandEnvelope):
 
 
 class MutateGraph(RunCommandEnvelope):
-    """Change the graph of a running run."""
+    """Change the graph of a running run: one operation (v1 `mutation`) or a list applied all or
+    nothing, in order (v2 `mutations`; docs/decisions/0022).
+    """
 
     AVRO_NAME: ClassVar[str] = "reflux.commands.MutateGraph"
-    SCHEMA_VERSION: ClassVar[int] = 1
+    SCHEMA_VERSION: ClassVar[int] = 2
 
-    mutation: GraphMutation
-    """The change."""
+    schema_version: int = 2
+    """Version of the writer schema; old records keep the version they were written with."""
+
+    mutation: GraphMutation | None = None
+    """One operation (what v1 commands always carry). null when `mutations` is given; a command
+    carries one or the other.
+    """
+
+    mutations: list[GraphMutation] = Field(default_factory=list)
+    """Several operations applied all or nothing, in order: each is checked against the graph
+    after the previous ones; the scheduler emits one GraphMutated per operation, or one
+    CommandRejected naming the failing one (mutations[i]). Empty when `mutation` is given.
+    """
 
     mutation_id: str | None = None
     """The reflux.mutations proposal this applies, if any."""
