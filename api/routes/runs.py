@@ -60,6 +60,7 @@ from api.readmodel import (
     load_run_detail,
     run_public,
 )
+from api.routes.mutations import routed_version
 from api.run_graph import (
     check_mutation,
     check_mutations,
@@ -135,6 +136,7 @@ async def start_run(
     *,
     response: Response,
     api: ApiSettingsDep,
+    pool: PoolDep,
     store: StoreDep,
     read_model: ReadModelDep,
     publisher: PublisherDep,
@@ -163,7 +165,12 @@ async def start_run(
             ]
         )
     key = idempotency_key or body.idempotency_key
-    workflow = await read_model.workflow(body.workflow_id, body.version)
+    run_id = run_id_for(API_SOURCE, key)
+    version = body.version
+    if version is None:
+        # Not simply the latest: mutation proposals may split new runs between versions.
+        version = await routed_version(pool, api, body.workflow_id, run_id)
+    workflow = await read_model.workflow(body.workflow_id, version)
     if workflow is None:
         if body.version is None:
             raise NotFoundError(f"workflow {body.workflow_id!r} not found")
@@ -171,7 +178,6 @@ async def start_run(
     definition = await run_in_threadpool(parse_definition, workflow.definition)
     await run_in_threadpool(check_inputs, definition, body.inputs)
 
-    run_id = run_id_for(API_SOURCE, key)
     if key is not None:
         fingerprint = request_fingerprint(body.workflow_id, body.version, body.inputs)
         claimed = await store.claim_key(key, run_id, body.workflow_id, fingerprint)

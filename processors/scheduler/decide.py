@@ -292,6 +292,11 @@ class DecisionContext:
     named or created) fails the step with it instead of dispatching."""
     lookup_workflow: Callable[[str, int | None], RegisteredWorkflow | None] = _no_workflows
     """``(workflow id, version or None = latest) -> registered definition`` for StartRun."""
+    route_workflow: Callable[[str, str], int | None] | None = None
+    """``(workflow id, run id) -> version`` for a StartRun that names none: the split between
+    workflow versions set by mutation proposals (:mod:`processors.mutations.routing`); ``None``
+    (or answering ``None``) means the latest version. Its answer is recorded in ``RunStarted``,
+    so replays never ask it."""
     node_catalog: NodeCatalogView | None = None
     """When set, the step a graph mutation adds or re-points must name a node/version that
     exists (the other steps were checked when the run started)."""
@@ -446,7 +451,10 @@ def _start(w: _Writer, cmd: StartRun) -> None:
             return  # the same start, sent again
         w.reject(cmd, f"Expected run {cmd.run_id!r} not to exist, but it is {state.status}")
         return
-    registered = w.ctx.lookup_workflow(cmd.workflow_id, cmd.workflow_version)
+    version = cmd.workflow_version
+    if version is None and w.ctx.route_workflow is not None:
+        version = w.ctx.route_workflow(cmd.workflow_id, cmd.run_id)
+    registered = w.ctx.lookup_workflow(cmd.workflow_id, version)
     if registered is None:
         which = "latest" if cmd.workflow_version is None else f"version {cmd.workflow_version}"
         w.reject(
