@@ -24,7 +24,7 @@ from api.prometheus import ApiMetrics, MetricsMiddleware
 from api.publisher import Publisher, api_producer
 from api.readmodel import ReadModel
 from api.reflection import LazyAlertsView, close_clickhouse, open_clickhouse
-from api.routes import alerts, health, hooks, nodes, runs, workflows
+from api.routes import alerts, health, hooks, mutations, nodes, runs, workflows
 from api.routes import metrics as metrics_routes
 from api.store import ApiStore
 from api.validation import bind_node_catalog
@@ -52,6 +52,10 @@ TAGS = [
     {"name": "metrics", "description": "Node and workflow metrics from the traces store."},
     {"name": "alerts", "description": "SLO alerts (latency, error rate, cost budget)."},
     {"name": "nodes", "description": "The node catalog: versions, promotion, rollout weights."},
+    {
+        "name": "mutations",
+        "description": "Workflow mutation proposals: validate, approve, canary, keep, roll back.",
+    },
     {"name": "health", "description": "Liveness, readiness and Prometheus metrics."},
 ]
 
@@ -125,12 +129,17 @@ def create_app(
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     # Workflow validation in every /v1 request checks nodes against the projected node catalog.
     v1 = APIRouter(prefix=API_PREFIX, dependencies=[Depends(bind_node_catalog)])
-    v1.include_router(workflows.router)
-    v1.include_router(runs.router)
-    v1.include_router(hooks.router)
-    v1.include_router(metrics_routes.router)
-    v1.include_router(alerts.router)
-    v1.include_router(nodes.router)
+    for resource in (
+        workflows.router,
+        runs.router,
+        hooks.router,
+        metrics_routes.router,
+        alerts.router,
+        nodes.router,
+        mutations.router,
+        mutations.workflow_router,
+    ):
+        v1.include_router(resource)
     app.include_router(v1)
     app.include_router(health.router)
     return app

@@ -24,7 +24,8 @@ from api.errors import FieldIssue, RequestInvalidError
 from api.models.graph import (
     GraphMutationPublic,
     GraphStepPublic,
-    MutationCreate,
+    MutationBatchCreate,
+    MutationOperation,
     RunGraphPublic,
 )
 from processors.scheduler.state import RunState
@@ -33,6 +34,7 @@ from schemas.models import GraphMutation, GraphMutationType
 from workflows.model import WorkflowDefinition
 from workflows.mutations import apply_mutation
 from workflows.node_catalog import NodeCatalogView
+from workflows.params_schema import param_issues
 from workflows.semver import parse_node_ref
 from workflows.validation import WorkflowValidationError, build_definition, check_step_nodes
 
@@ -40,6 +42,7 @@ __all__ = [
     "InputSchemaLookup",
     "StepProgress",
     "check_mutation",
+    "check_mutations",
     "current_graph",
     "graph_view",
     "params_issues",
@@ -66,7 +69,7 @@ def current_graph(row: RunGraphRow | None) -> WorkflowDefinition | None:
 
 
 def check_mutation(
-    body: MutationCreate,
+    body: MutationOperation,
     graph: WorkflowDefinition | None,
     catalog: NodeCatalogView,
     input_schema: InputSchemaLookup,
@@ -113,6 +116,45 @@ def check_mutation(
     return mutation
 
 
+def check_mutations(
+    body: MutationBatchCreate,
+    graph: WorkflowDefinition | None,
+    catalog: NodeCatalogView,
+    input_schema: InputSchemaLookup,
+) -> list[GraphMutation]:
+    """Every operation of an atomic list, as :func:`check_mutation` checks one, each against
+    the graph the previous ones leave; one 422 names every refused field
+    (``mutations[1].data.params.url``). An operation that cannot be applied to the read
+    model's graph (a step that is not there: the run's state, the scheduler's call) leaves the
+    rest checked on their bodies only, as when the graph is unknown; one refused only for its
+    params is applied, so the operations after it are checked against the graph it makes."""
+    mutations: list[GraphMutation] = []
+    issues: list[FieldIssue] = []
+    for index, operation in enumerate(body.mutations):
+        try:
+            mutation = check_mutation(operation, graph, catalog, input_schema)
+        except RequestInvalidError as exc:
+            issues += [
+                FieldIssue(f"mutations[{index}].{issue.path}", issue.message, issue.type)
+                for issue in exc.issues
+            ]
+            # Refused, but its shape may still apply (bad params): the next ones see it.
+            mutation = GraphMutation(
+                type=GraphMutationType(operation.type),
+                step_id=operation.step_id,
+                data=operation.data,
+            )
+        mutations.append(mutation)
+        if graph is not None:
+            try:
+                graph = apply_mutation(graph, mutation)
+            except WorkflowValidationError:
+                graph = None
+    if issues:
+        raise _invalid(issues)
+    return mutations
+
+
 def _check_replace_node(data: Mapping[str, Any], catalog: NodeCatalogView) -> None:
     node = data.get("node")
     if not isinstance(node, str):
@@ -149,62 +191,35 @@ def _data_path(path: str, added_index: int) -> str:
     return path
 
 
-def _is_template(value: Any) -> bool:
-    return isinstance(value, str) and "{{" in value
-
-
-_CONTAINERS: Final = {"object": dict, "array": list}
-
-
 def params_issues(
     schema: Mapping[str, Any], params: Any, prefix: str, node: str
 ) -> list[FieldIssue]:
-    """What the node's input JSON Schema plainly refuses in ``params`` (a deliberate subset).
+    """What the node's input JSON Schema refuses in ``params``, each named by its path under
+    ``prefix`` (``data.params.url``). Real JSON Schema validation (``jsonschema``, the schema's
+    draft); templates, which are rendered at dispatch, pass whatever the schema says, and a
+    parameter may be given by its Python field name (workflows/params_schema.py)."""
+    return [
+        FieldIssue(
+            _join(prefix, issue.path),
+            f"{issue.message} (the input schema of {node})",
+            _ISSUE_TYPES.get(issue.keyword, f"param_{issue.keyword}"),
+        )
+        for issue in param_issues(schema, params)
+    ]
 
-    Checked: required parameters, unknown ones when the schema forbids extras, and a container
-    (object/array) where the schema wants a scalar or the other way round. Values the worker's
-    model may still coerce (``"5"`` for an integer) and templates (rendered at dispatch) are
-    left to the worker, which validates the rendered params against the full model. Names are
-    the schema's (a node's documented parameter names, e.g. ``json`` of ``http.request``): the
-    worker's model also takes its Python field name (``json_body``), which this check refuses.
-    """
-    if not isinstance(params, Mapping):
-        return []  # a template string or similar: rendered at dispatch
-    properties: Mapping[str, Any] = schema.get("properties") or {}
-    issues: list[FieldIssue] = []
-    for name in schema.get("required") or ():
-        if name not in params:
-            issues.append(
-                FieldIssue(
-                    f"{prefix}.{name}", f"required by {node}'s input schema", "missing_param"
-                )
-            )
-    if schema.get("additionalProperties") is False:
-        for name in params:
-            if name not in properties:
-                known = ", ".join(sorted(properties))
-                issues.append(
-                    FieldIssue(
-                        f"{prefix}.{name}",
-                        f"not a parameter of {node} (known: {known})",
-                        "unknown_param",
-                    )
-                )
-    for name, value in params.items():
-        expected = (properties.get(name) or {}).get("type")
-        if not isinstance(expected, str) or value is None or _is_template(value):
-            continue
-        want = _CONTAINERS.get(expected)
-        got_container = isinstance(value, (dict, list))
-        if (want is not None and not isinstance(value, want)) or (want is None and got_container):
-            issues.append(
-                FieldIssue(
-                    f"{prefix}.{name}",
-                    f"expected {expected} (the input schema of {node}), got {type(value).__name__}",
-                    "param_type",
-                )
-            )
-    return issues
+
+_ISSUE_TYPES: Final = {
+    "required": "missing_param",
+    "additionalProperties": "unknown_param",
+    "type": "param_type",
+}
+
+
+def _join(prefix: str, path: tuple[str | int, ...]) -> str:
+    out = prefix
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,10 @@ step just added), spread over several runs.
 Keys: ``mutation_apply_p50_ms`` / ``_p99_ms`` / ``_max_ms`` (ack -> visible),
 ``mutation_api_p50_ms`` / ``_p99_ms`` (the POST itself: validation + publish + ack) and
 ``mutation_count``.
+
+Then atomic lists (``{"mutations": [...]}``, ADR 0022 addendum): per run, rounds of one list of
+``LIST_OPS`` operations (add steps, then update each one's params), timed ack -> every operation
+visible: ``mutation_list_apply_p50_ms`` / ``_p99_ms`` and ``mutation_list_ops`` (per list).
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ __all__ = ["run_mutation_benchmark"]
 RUNS = {True: 10, False: 20}
 MUTATIONS_PER_RUN = {True: 20, False: 25}
 VISIBLE_TIMEOUT_S = 30.0
+LIST_OPS = 10
+LIST_ROUNDS = {True: 3, False: 5}
 WORKFLOW = {
     "id": "bench-mutations",
     "steps": [
@@ -95,6 +101,29 @@ def _mutation(i: int) -> dict[str, Any]:
     }
 
 
+def _mutation_list(round_no: int) -> dict[str, Any]:
+    """``LIST_OPS`` operations: add ``LIST_OPS // 2`` steps, then update each one's params."""
+    half = LIST_OPS // 2
+    steps = [f"l{round_no}_{k}" for k in range(half)]
+    added = [
+        {
+            "type": "add_step",
+            "step_id": step,
+            "data": {
+                "node": "transform@^1",
+                "needs": ["hold"],
+                "params": {"expression": "v", "data": {"v": k}},
+            },
+        }
+        for k, step in enumerate(steps)
+    ]
+    updated = [
+        {"type": "update_params", "step_id": step, "data": {"expression": "v", "data": {"v": -k}}}
+        for k, step in enumerate(steps)
+    ]
+    return {"mutations": added + updated, "reason": "benchmark", "requested_by": "bench"}
+
+
 def _measure(settings: Settings, schema: str, quick: bool) -> dict[str, float]:
     from fastapi.testclient import TestClient
 
@@ -107,8 +136,13 @@ def _measure(settings: Settings, schema: str, quick: bool) -> dict[str, float]:
     visible_sql = (
         f"SELECT 1 FROM {table(schema, 'run_mutations')} WHERE run_id = %s AND command_id = %s"
     )
+    count_sql = (
+        f"SELECT count(*) FROM {table(schema, 'run_mutations')} "
+        "WHERE run_id = %s AND command_id = %s"
+    )
     apply_ms: list[float] = []
     post_ms: list[float] = []
+    list_ms: list[float] = []
     try:
         with (
             TestClient(create_app(settings, api)) as client,
@@ -167,6 +201,27 @@ def _measure(settings: Settings, schema: str, quick: bool) -> dict[str, float]:
                 run_ids
             ):
                 raise RuntimeError(f"Unexpected final graph: {graph}")
+            _progress(f"atomic lists of {LIST_OPS} operations, {LIST_ROUNDS[quick]} per run")
+            for round_no in range(LIST_ROUNDS[quick]):
+                body = _mutation_list(round_no)
+                for run_id in run_ids:
+                    response = client.post(f"/v1/runs/{run_id}/mutations", json=body)
+                    acked = time.perf_counter()
+                    if response.status_code != 202:
+                        raise RuntimeError(
+                            f"Expected 202 from POST mutations (a list), but got "
+                            f"{response.status_code}: {response.text[:300]}"
+                        )
+                    command_id = response.json()["command_id"]
+                    deadline = acked + VISIBLE_TIMEOUT_S
+                    while _count(conn, count_sql, run_id, command_id) < LIST_OPS:
+                        if time.perf_counter() > deadline:
+                            raise TimeoutError(
+                                f"Expected the {LIST_OPS} operations of {command_id} (run "
+                                f"{run_id}) in the read model within {VISIBLE_TIMEOUT_S:.0f}s"
+                            )
+                        time.sleep(0.001)
+                    list_ms.append((time.perf_counter() - acked) * 1000)
     finally:
         engine.stop()
     return {
@@ -176,7 +231,15 @@ def _measure(settings: Settings, schema: str, quick: bool) -> dict[str, float]:
         "mutation_api_p50_ms": statistics.median(post_ms),
         "mutation_api_p99_ms": _pct(post_ms, 0.99),
         "mutation_count": float(len(apply_ms)),
+        "mutation_list_apply_p50_ms": statistics.median(list_ms),
+        "mutation_list_apply_p99_ms": _pct(list_ms, 0.99),
+        "mutation_list_ops": float(LIST_OPS),
     }
+
+
+def _count(conn: Any, sql: str, run_id: str, command_id: str) -> int:
+    row = conn.execute(sql, (run_id, command_id)).fetchone()
+    return int(row[0]) if row is not None else 0
 
 
 def _cleanup(settings: Settings, schema: str) -> None:
@@ -200,7 +263,9 @@ def run_mutation_benchmark(base: Settings, quick: bool = False) -> dict[str, flo
         _cleanup(settings, schema)
     _progress(
         f"apply p50 {results['mutation_apply_p50_ms']:.1f} ms, "
-        f"p99 {results['mutation_apply_p99_ms']:.1f} ms over {results['mutation_count']:.0f}"
+        f"p99 {results['mutation_apply_p99_ms']:.1f} ms over {results['mutation_count']:.0f}; "
+        f"lists of {LIST_OPS}: p50 {results['mutation_list_apply_p50_ms']:.1f} ms, "
+        f"p99 {results['mutation_list_apply_p99_ms']:.1f} ms"
     )
     return results
 

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from foundation.settings import Settings
 from node_workers.errors import NodeError, NonRetryableNodeError, RetryableNodeError
+from workflows.params_schema import FIELD_NAME_KEY
 
 __all__ = [
     "AnyNode",
@@ -187,7 +188,7 @@ class Node(ABC, Generic[InputT, OutputT]):
             "description": self.description,
             "cacheable": self.cacheable,
             "side_effects": self.side_effects,
-            "input_schema": self.Input.model_json_schema(by_alias=True),
+            "input_schema": input_schema(self.Input),
             "output_schema": self.Output.model_json_schema(by_alias=True),
         }
 
@@ -234,3 +235,19 @@ def validate_params(node: Node[InputT, Any], raw: Any) -> InputT:
         raise NonRetryableNodeError(
             format_validation_error(exc), error_class="ValidationError"
         ) from exc
+
+
+def input_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The params' JSON Schema as documented (aliases), each aliased property marked with the
+    Python field name the model also accepts (``populate_by_name``), so a check against the
+    schema reads ``json_body`` as ``json`` (workflows/params_schema.py)."""
+    schema = model.model_json_schema(by_alias=True)
+    config = model.model_config
+    if not (config.get("populate_by_name") or config.get("validate_by_name")):
+        return schema
+    properties = schema.get("properties") or {}
+    for name, info in model.model_fields.items():
+        alias = info.alias
+        if alias and alias != name and isinstance(properties.get(alias), dict):
+            properties[alias][FIELD_NAME_KEY] = name
+    return schema

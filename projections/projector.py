@@ -1,4 +1,4 @@
-"""The Postgres projector: ``runs``, ``workflows`` and ``nodes`` -> the read models.
+"""The Postgres projector: ``runs``, ``workflows``, ``nodes`` and ``mutations`` -> the read models.
 
 Offsets of record live in Postgres (``projection_offsets``), written in the same transaction as
 the rows (:mod:`projections.postgres.writer`). Kafka's committed offsets are only a hint for
@@ -62,6 +62,7 @@ from projections.postgres.appliers import (
 )
 from projections.postgres.identifiers import DEFAULT_SCHEMA, validate_schema
 from projections.postgres.migrations import apply_migrations
+from projections.postgres.mutation_appliers import MUTATION_EVENT_TYPES
 from projections.postgres.writer import (
     BatchItem,
     BatchOutcome,
@@ -177,11 +178,13 @@ class Projector(Closing):
         self.runs_topic = catalog.runs.topic
         self.workflows_topic = catalog.workflows.topic
         self.nodes_topic = catalog.nodes.topic
+        self.mutations_topic = catalog.mutations.topic
         self.group_id = f"{self.settings.topic_prefix}.projector.{name}"
         self._expected: dict[str, tuple[type[RefluxRecord], ...]] = {
             self.runs_topic: RUN_EVENT_TYPES,
             self.workflows_topic: WORKFLOW_EVENT_TYPES,
             self.nodes_topic: NODE_EVENT_TYPES,
+            self.mutations_topic: MUTATION_EVENT_TYPES,
         }
         self._dlq_topic = catalog.dlq
         self._consumer_overrides = dict(consumer_overrides or {})
@@ -204,7 +207,7 @@ class Projector(Closing):
 
     @property
     def topics(self) -> tuple[str, ...]:
-        return (self.runs_topic, self.workflows_topic, self.nodes_topic)
+        return (self.runs_topic, self.workflows_topic, self.nodes_topic, self.mutations_topic)
 
     @property
     def application_name(self) -> str:

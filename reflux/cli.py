@@ -18,6 +18,7 @@ from projections.cli import add_projections_commands
 from projections.traces.cli import add_traces_commands
 from reflux.client import add_client_commands
 from reflux.metrics_cli import add_metrics_commands
+from reflux.mutations_cli import add_mutation_commands
 from streams.cli import add_topics_commands
 
 
@@ -72,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_api_commands(sub)
     add_client_commands(sub, get_settings().api_url)
     add_metrics_commands(sub, get_settings().api_url)
+    add_mutation_commands(sub, get_settings().api_url)
     add_alerts_commands(sub)
     add_topics_commands(sub)
     demo = sub.add_parser("demo", help="run the demo workflow against the local services")

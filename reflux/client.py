@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 
 from foundation.errors import RefluxError
 from schemas.statuses import TERMINAL_RUN_STATUSES, RunStatus
@@ -249,7 +250,12 @@ MUTATION_TYPES = ("add_step", "remove_step", "update_params", "replace_node")
 
 
 def mutation_body(args: argparse.Namespace) -> dict[str, Any]:
-    """The ``POST /v1/runs/{id}/mutations`` body of ``reflux runs mutate``."""
+    """The ``POST /v1/runs/{id}/mutations`` body of ``reflux runs mutate``: one mutation from
+    ``--op/--step/--data``, or (``--file``) a list applied all or nothing."""
+    if getattr(args, "file", None) is not None:
+        return mutations_file_body(args)
+    if args.op is None or args.step is None:
+        raise ClientError("Expected --op and --step (one mutation), or --file (a list of them)")
     data: Any = {}
     if args.data is not None:
         try:
@@ -261,6 +267,45 @@ def mutation_body(args: argparse.Namespace) -> dict[str, Any]:
             raise ClientError("--node goes with --op replace_node (add_step takes --data)")
         data = {"node": args.node, **({"node_version": args.version} if args.version else {})}
     body: dict[str, Any] = {"type": args.op, "step_id": args.step, "data": data}
+    return _who_why(body, args)
+
+
+def mutations_file_body(args: argparse.Namespace) -> dict[str, Any]:
+    """``--file ops.json`` (``-``: stdin; ``.yaml``/``.yml`` read as YAML): a list of operations
+    ``[{"type", "step_id", "data"}, ...]``, or ``{"mutations": [...], "reason", "requested_by"}``
+    (``--reason``/``--by`` win over the file's)."""
+    single = ("op", "step", "data", "node", "version")
+    given = [f"--{name}" for name in single if getattr(args, name, None) is not None]
+    if given:
+        raise ClientError(f"--file carries the operations: drop {', '.join(given)}")
+    path = str(args.file)
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ClientError(f"Expected --file {path} to be readable, but: {exc}") from exc
+    try:
+        if path.endswith((".yaml", ".yml")):
+            content: Any = yaml.safe_load(text)
+        else:
+            content = json.loads(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise ClientError(f"Expected --file {path} to parse, but: {exc}") from exc
+    body: dict[str, Any]
+    if isinstance(content, list):
+        body = {"mutations": content}
+    elif isinstance(content, dict) and isinstance(content.get("mutations"), list):
+        body = dict(content)
+    else:
+        raise ClientError(
+            f"Expected --file {path} to hold a list of operations or "
+            '{"mutations": [...]}, but it holds ' + type(content).__name__
+        )
+    if not body["mutations"]:
+        raise ClientError(f"Expected --file {path} to hold at least one operation")
+    return _who_why(body, args)
+
+
+def _who_why(body: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     if args.reason:
         body["reason"] = args.reason
     if args.by:
@@ -368,13 +413,20 @@ def add_client_commands(subparsers: Any, default_api: str) -> None:
     graph.set_defaults(handler=_guard(show_graph))
     mutate = actions.add_parser(
         "mutate",
-        help="change a running run's graph",
+        help="change a running run's graph (one mutation, or --file: a list, all or nothing)",
         description="e.g. reflux runs mutate RUN --op update_params --step fetch "
-        '--data \'{"url": "https://b.test"}\' --reason "new host" --by alice',
+        '--data \'{"url": "https://b.test"}\' --reason "new host" --by alice; '
+        "reflux runs mutate RUN --file ops.json (a JSON list of "
+        '{"type", "step_id", "data"} applied all or nothing, in order)',
     )
     mutate.add_argument("run_id")
-    mutate.add_argument("--op", required=True, choices=MUTATION_TYPES)
-    mutate.add_argument("--step", required=True, help="the step added, removed or changed")
+    mutate.add_argument("--op", choices=MUTATION_TYPES)
+    mutate.add_argument("--step", help="the step added, removed or changed")
+    mutate.add_argument(
+        "--file",
+        help="a list of operations applied all or nothing (JSON, or YAML by extension; - reads "
+        'stdin): [{"type": ..., "step_id": ..., "data": ...}, ...] or {"mutations": [...]}',
+    )
     mutate.add_argument(
         "--data", help="JSON: the step (add_step), the new params (update_params), {} (remove)"
     )

@@ -24,6 +24,7 @@ import psycopg
 from foundation.settings import Settings
 from node_workers.registry import NodeRegistry, default_registry
 from node_workers.runtime import WorkerConfig, WorkerRuntime
+from processors.mutations.runtime import MutationProcessor
 from processors.scheduler.runtime.loop import SchedulerRuntime
 from processors.triggers.router import TriggerRouter
 from projections.postgres.migrations import apply_migrations
@@ -46,6 +47,23 @@ def _first_then_fresh(first: T, build: Callable[[], T]) -> Callable[[], T]:
 
 def invoke_specs(catalog: TopicCatalog, nodes: NodeRegistry) -> list[Any]:
     return [catalog.invoke_topic(node.name, node.major) for node in nodes]
+
+
+def builtin_node_versions(nodes: NodeRegistry) -> dict[str, list[str]]:
+    """Node name -> versions served: the fallback node catalog for proposal validation."""
+    versions: dict[str, list[str]] = {}
+    for node in nodes:
+        versions.setdefault(node.name, []).append(node.version)
+    return versions
+
+
+def new_mutation_processor(
+    settings: Settings, nodes: NodeRegistry, schema: str = "reflux"
+) -> MutationProcessor:
+    """The mutation processor; versions are allocated in the API's schema (``<schema>_api``)."""
+    return MutationProcessor(
+        settings, version_schema=f"{schema}_api", builtin_nodes=builtin_node_versions(nodes)
+    )
 
 
 def prepare(settings: Settings, nodes: NodeRegistry, schema: str = "reflux") -> TopicCatalog:
@@ -72,6 +90,7 @@ class DevEngine:
         workers: bool = True,
         projector: bool = True,
         trigger_router: bool = True,
+        mutation_processor: bool = True,
         schedulers: int = 1,
         register_nodes: bool = False,
         worker_config: WorkerConfig | None = None,
@@ -85,6 +104,7 @@ class DevEngine:
             "workers": workers,
             "projector": projector,
             "trigger-router": trigger_router,
+            "mutation-processor": mutation_processor,
         }
         self.components: list[Supervisor] = []
         # Several instances share the partitions like separate processes would (each has its
@@ -99,6 +119,7 @@ class DevEngine:
         self.scheduler: SchedulerRuntime | None = None
         self.worker: WorkerRuntime | None = None
         self.projector: Projector | None = None
+        self.mutation_processor: MutationProcessor | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -116,6 +137,18 @@ class DevEngine:
                 return Running(instance.run, instance.close)
 
             self._supervise("trigger-router", router)
+        if self._want["mutation-processor"]:
+
+            def new_processor() -> MutationProcessor:
+                return new_mutation_processor(self.settings, self.nodes, self.schema)
+
+            build_processor = _first_then_fresh(new_processor(), new_processor)
+
+            def mutation_processor() -> Running:
+                instance = self.mutation_processor = build_processor()
+                return Running(instance.run, instance.close)
+
+            self._supervise("mutation-processor", mutation_processor)
         if self._want["workers"]:
             self.start_workers()
         if self._want["projector"]:

@@ -58,8 +58,32 @@ class TraceStatus(StrEnum):
     SKIPPED = "skipped"
 
 
+class ImprovementPolicy(StrEnum):
+    """Per workflow: off (optimizer proposals refused), propose (a person approves), auto
+    (validated proposals are approved without a person).
+    """
+
+    OFF = "off"
+    PROPOSE = "propose"
+    AUTO = "auto"
+
+
+class MutationAction(StrEnum):
+    """What a MutationRequest asks the mutation processor to do."""
+
+    PROPOSE = "propose"
+    APPROVE = "approve"
+    REJECT = "reject"
+    ROLLBACK = "rollback"
+    KEEP = "keep"
+    SET_POLICY = "set_policy"
+
+
 class MutationStatus(StrEnum):
-    """Lifecycle of a proposed graph mutation."""
+    """Lifecycle of a workflow mutation proposal: proposed -> validating -> validated | rejected
+    -> approved -> applied -> kept | rolled_back (docs/mutations.md). 'reverted' is the v1
+    name of rolled_back: old records may carry it, nothing writes it any more.
+    """
 
     PROPOSED = "proposed"
     VALIDATED = "validated"
@@ -67,6 +91,9 @@ class MutationStatus(StrEnum):
     REJECTED = "rejected"
     APPLIED = "applied"
     REVERTED = "reverted"
+    VALIDATING = "validating"
+    KEPT = "kept"
+    ROLLED_BACK = "rolled_back"
 
 
 class NodeStatus(StrEnum):
@@ -389,13 +416,26 @@ class FireTimer(RunCommandEnvelope):
 
 
 class MutateGraph(RunCommandEnvelope):
-    """Change the graph of a running run."""
+    """Change the graph of a running run: one operation (v1 `mutation`) or a list applied all or
+    nothing, in order (v2 `mutations`; docs/decisions/0022).
+    """
 
     AVRO_NAME: ClassVar[str] = "reflux.commands.MutateGraph"
-    SCHEMA_VERSION: ClassVar[int] = 1
+    SCHEMA_VERSION: ClassVar[int] = 2
 
-    mutation: GraphMutation
-    """The change."""
+    schema_version: int = 2
+    """Version of the writer schema; old records keep the version they were written with."""
+
+    mutation: GraphMutation | None = None
+    """One operation (what v1 commands always carry). null when `mutations` is given; a command
+    carries one or the other.
+    """
+
+    mutations: list[GraphMutation] = Field(default_factory=list)
+    """Several operations applied all or nothing, in order: each is checked against the graph
+    after the previous ones; the scheduler emits one GraphMutated per operation, or one
+    CommandRejected naming the failing one (mutations[i]). Empty when `mutation` is given.
+    """
 
     mutation_id: str | None = None
     """The reflux.mutations proposal this applies, if any."""
@@ -1339,11 +1379,35 @@ class NodeInvocation(RefluxRecord):
     """
 
 
+class ImprovementPolicySet(StandaloneEnvelope):
+    """A workflow's improvement policy changed."""
+
+    AVRO_NAME: ClassVar[str] = "reflux.mutations.ImprovementPolicySet"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    workflow_id: str
+    """Workflow concerned; the Kafka key."""
+
+    policy: ImprovementPolicy
+    """The policy from now on."""
+
+    actor: str
+    """Who set it."""
+
+    request_id: str | None = None
+    """The MutationRequest this answers."""
+
+
 class Mutation(StandaloneEnvelope):
-    """A proposed change to a workflow, and where it stands."""
+    """A workflow mutation proposal after one lifecycle transition: every transition is one
+    record carrying the whole proposal (docs/mutations.md).
+    """
 
     AVRO_NAME: ClassVar[str] = "reflux.mutations.Mutation"
-    SCHEMA_VERSION: ClassVar[int] = 1
+    SCHEMA_VERSION: ClassVar[int] = 2
+
+    schema_version: int = 2
+    """Version of the writer schema; old records keep the version they were written with."""
 
     mutation_id: str
     """Id of the proposal; stable across status changes."""
@@ -1358,7 +1422,9 @@ class Mutation(StandaloneEnvelope):
     """Where the proposal stands."""
 
     changes: list[GraphMutation]
-    """The mutation body."""
+    """The diff: operations on the base version's definition, applied in order with
+    workflows.mutations.apply_mutation.
+    """
 
     score: float | None = None
     """Critic / validation score, higher is better."""
@@ -1367,10 +1433,109 @@ class Mutation(StandaloneEnvelope):
     """Why the change is proposed (diagnosis text)."""
 
     proposed_by: str
-    """'critic', 'optimizer' or a user."""
+    """The author: 'user:<name>' or 'optimizer'."""
 
     applied_version: int | None = None
-    """Workflow version created when applied."""
+    """Workflow version registered when the proposal was applied."""
+
+    evidence: OptionalJson = None
+    """Why the author believes in the change: free JSON (metrics, run ids, critic output)
+    (canonical JSON)
+    """
+
+    report: OptionalJson = None
+    """Validation report: {passed, checks: [{name, passed, errors: [{path, message}]}], pending:
+    [...]} (canonical JSON)
+    """
+
+    canary_weight: float | None = None
+    """Share of new runs routed to applied_version while applied (0..1]."""
+
+    actor: str | None = None
+    """Who made this transition: 'user:<name>', 'optimizer' or 'policy:auto'/'processor'."""
+
+    reason: str | None = None
+    """Why this transition (a rejection's or a rollback's reason)."""
+
+    request_id: str | None = None
+    """The MutationRequest this transition answers (the processor dedupes on it)."""
+
+    previous_version: int | None = None
+    """The version new runs got before this proposal was applied (the rest of the canary split,
+    and what a rollback restores); null before applied.
+    """
+
+
+class MutationRequest(StandaloneEnvelope):
+    """Asks the mutation processor for a lifecycle transition or a policy change; the processor
+    answers with Mutation / ImprovementPolicySet records, or MutationRequestRefused.
+    """
+
+    AVRO_NAME: ClassVar[str] = "reflux.mutations.MutationRequest"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    workflow_id: str
+    """Workflow concerned; the Kafka key."""
+
+    mutation_id: str | None = None
+    """The proposal (null for set_policy)."""
+
+    action: MutationAction
+    """What is asked."""
+
+    actor: str
+    """Who asks: 'user:<name>' or 'optimizer'."""
+
+    base_version: int | None = None
+    """propose: the workflow version the diff applies to."""
+
+    changes: list[GraphMutation] = Field(default_factory=list)
+    """propose: the diff."""
+
+    rationale: str | None = None
+    """propose: why."""
+
+    evidence: OptionalJson = None
+    """propose: supporting data (canonical JSON)"""
+
+    canary_weight: float | None = None
+    """approve: share of new runs for the new version (default 0.2)."""
+
+    reason: str | None = None
+    """reject / rollback / keep: why."""
+
+    policy: ImprovementPolicy | None = None
+    """set_policy: the new policy."""
+
+
+class MutationRequestRefused(StandaloneEnvelope):
+    """The mutation processor refused a request (illegal transition, unknown proposal, policy
+    off): nothing changed.
+    """
+
+    AVRO_NAME: ClassVar[str] = "reflux.mutations.MutationRequestRefused"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    workflow_id: str
+    """Workflow concerned; the Kafka key."""
+
+    mutation_id: str | None = None
+    """The proposal, if any."""
+
+    request_id: str
+    """The refused MutationRequest."""
+
+    action: MutationAction
+    """What was asked."""
+
+    actor: str
+    """Who asked."""
+
+    reason: str
+    """Why it was refused (names the current status for an illegal transition)."""
+
+    current_status: str | None = None
+    """The proposal's status when refused."""
 
 
 class NodeCatalogEntry(StandaloneEnvelope):
@@ -1661,7 +1826,10 @@ MODELS: dict[str, type[RefluxRecord]] = {
     "reflux.events.StepTimeoutExtended": StepTimeoutExtended,
     "reflux.events.StepsReset": StepsReset,
     "reflux.invoke.NodeInvocation": NodeInvocation,
+    "reflux.mutations.ImprovementPolicySet": ImprovementPolicySet,
     "reflux.mutations.Mutation": Mutation,
+    "reflux.mutations.MutationRequest": MutationRequest,
+    "reflux.mutations.MutationRequestRefused": MutationRequestRefused,
     "reflux.nodes.NodeCatalogEntry": NodeCatalogEntry,
     "reflux.results.NodeHeartbeat": NodeHeartbeat,
     "reflux.results.NodeResult": NodeResult,
@@ -1687,6 +1855,8 @@ __all__ = [
     "GraphMutated",
     "GraphMutation",
     "GraphMutationType",
+    "ImprovementPolicy",
+    "ImprovementPolicySet",
     "MapChildEnded",
     "MapChunk",
     "MapChunkDispatched",
@@ -1694,6 +1864,9 @@ __all__ = [
     "MapStarted",
     "MutateGraph",
     "Mutation",
+    "MutationAction",
+    "MutationRequest",
+    "MutationRequestRefused",
     "MutationStatus",
     "NodeCatalogEntry",
     "NodeHeartbeat",

@@ -128,7 +128,10 @@ _FIXED: Final[dict[str, tuple[str, dict[str, str], str | None, str]]] = {
         "scheduler run-state snapshots (compacted) for bounded recovery",
     ),
     "traces": ("node", _retention(7 * DAY_MS), None, "one trace per node attempt"),
-    "mutations": ("workflow_id", _retention(90 * DAY_MS), None, "graph mutation lifecycle"),
+    # Kept forever like the run log: it is the source of truth of proposals, improvement
+    # policies and the routes between workflow versions (ADR 0023); a route lost to retention
+    # would send new runs back to a version rolled away from.
+    "mutations": ("workflow_id", _retention(-1), None, "workflow mutation proposals, policies"),
     "triggers": ("source_key", _retention(7 * DAY_MS), None, "external events that start runs"),
     "dlq": ("original_key", _retention(30 * DAY_MS), None, "poison records with error and origin"),
     # Keyed by rule id, and one rule has many subjects (nodes, workflows): compaction would keep

@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+)
 
 from api.config import MAX_WAIT_MS
 
 __all__ = [
+    "MAX_MUTATIONS",
     "GraphMutationPublic",
     "GraphStepPublic",
+    "MutationBatchCreate",
     "MutationCreate",
+    "MutationOperation",
+    "MutationRequest",
     "MutationType",
     "RunGraphPublic",
 ]
@@ -20,7 +30,27 @@ __all__ = [
 MutationType = Literal["add_step", "remove_step", "update_params", "replace_node"]
 
 
-class MutationCreate(BaseModel):
+_DATA_DOC = (
+    "add_step: the step as written in a definition (`id` optional); "
+    "update_params: the step's new params (replaces them); replace_node: "
+    '`{"node": "http.request", "node_version": "^2"}`; remove_step: `{}`.'
+)
+
+MAX_MUTATIONS: Final = 200
+"""Operations in one atomic list (one Kafka record, one scheduler decision)."""
+
+
+class MutationOperation(BaseModel):
+    """One operation of an atomic list (``GraphMutation``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: MutationType
+    step_id: str = Field(min_length=1, max_length=200)
+    data: dict[str, Any] = Field(default_factory=dict, description=_DATA_DOC)
+
+
+class MutationCreate(MutationOperation):
     """One change to a run's graph (``GraphMutation`` plus who asked for it and why)."""
 
     model_config = ConfigDict(
@@ -45,14 +75,6 @@ class MutationCreate(BaseModel):
         },
     )
 
-    type: MutationType
-    step_id: str = Field(min_length=1, max_length=200)
-    data: dict[str, Any] = Field(
-        default_factory=dict,
-        description="add_step: the step as written in a definition (`id` optional); "
-        "update_params: the step's new params (replaces them); replace_node: "
-        '`{"node": "http.request", "node_version": "^2"}`; remove_step: `{}`.',
-    )
     reason: str | None = Field(default=None, max_length=1000)
     requested_by: str | None = Field(default=None, max_length=200)
     wait_ms: int | None = Field(
@@ -61,6 +83,65 @@ class MutationCreate(BaseModel):
         le=MAX_WAIT_MS,
         description=f"Same as the `wait_ms` query parameter (max {MAX_WAIT_MS}).",
     )
+
+
+class MutationBatchCreate(BaseModel):
+    """Several changes applied all or nothing, in order (each sees the graph the previous ones
+    left); the scheduler records one ``GraphMutated`` per operation, or refuses the whole list
+    naming ``mutations[i]``."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "mutations": [
+                        {
+                            "type": "add_step",
+                            "step_id": "clean",
+                            "data": {"node": "transform@^1", "needs": ["fetch"]},
+                        },
+                        {"type": "remove_step", "step_id": "store"},
+                        {
+                            "type": "add_step",
+                            "step_id": "store",
+                            "data": {
+                                "node": "transform@^1",
+                                "needs": ["clean"],
+                                "params": {"data": "{{ steps.clean.output }}"},
+                            },
+                        },
+                    ],
+                    "reason": "clean the data before storing it",
+                    "requested_by": "alice",
+                }
+            ]
+        },
+    )
+
+    mutations: list[MutationOperation] = Field(min_length=1, max_length=MAX_MUTATIONS)
+    reason: str | None = Field(default=None, max_length=1000)
+    requested_by: str | None = Field(default=None, max_length=200)
+    wait_ms: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_WAIT_MS,
+        description=f"Same as the `wait_ms` query parameter (max {MAX_WAIT_MS}).",
+    )
+
+
+def _one_form(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """A body with ``mutations`` is a list, anything else one mutation: validate it as that
+    model only, so an error's path is the body's (``mutations[1].type``), not the union's."""
+    if isinstance(value, (MutationCreate, MutationBatchCreate)):
+        return value
+    if isinstance(value, dict) and "mutations" in value:
+        return MutationBatchCreate.model_validate(value)
+    return MutationCreate.model_validate(value)
+
+
+MutationRequest = Annotated[MutationCreate | MutationBatchCreate, WrapValidator(_one_form)]
+"""``POST /v1/runs/{id}/mutations``'s body: one mutation or ``{"mutations": [...]}``."""
 
 
 class GraphStepPublic(BaseModel):

@@ -33,7 +33,12 @@ from api.errors import (
 )
 from api.ids import API_SOURCE, new_command_id, run_id_for
 from api.models.common import errors
-from api.models.graph import MutationCreate, RunGraphPublic
+from api.models.graph import (
+    MutationBatchCreate,
+    MutationCreate,
+    MutationRequest,
+    RunGraphPublic,
+)
 from api.models.runs import (
     CommandAccepted,
     CommandApplied,
@@ -55,8 +60,10 @@ from api.readmodel import (
     load_run_detail,
     run_public,
 )
+from api.routes.mutations import routed_version
 from api.run_graph import (
     check_mutation,
+    check_mutations,
     current_graph,
     graph_view,
     progress_of_rows,
@@ -129,6 +136,7 @@ async def start_run(
     *,
     response: Response,
     api: ApiSettingsDep,
+    pool: PoolDep,
     store: StoreDep,
     read_model: ReadModelDep,
     publisher: PublisherDep,
@@ -157,7 +165,12 @@ async def start_run(
             ]
         )
     key = idempotency_key or body.idempotency_key
-    workflow = await read_model.workflow(body.workflow_id, body.version)
+    run_id = run_id_for(API_SOURCE, key)
+    version = body.version
+    if version is None:
+        # Not simply the latest: mutation proposals may split new runs between versions.
+        version = await routed_version(pool, api, body.workflow_id, run_id)
+    workflow = await read_model.workflow(body.workflow_id, version)
     if workflow is None:
         if body.version is None:
             raise NotFoundError(f"workflow {body.workflow_id!r} not found")
@@ -165,7 +178,6 @@ async def start_run(
     definition = await run_in_threadpool(parse_definition, workflow.definition)
     await run_in_threadpool(check_inputs, definition, body.inputs)
 
-    run_id = run_id_for(API_SOURCE, key)
     if key is not None:
         fingerprint = request_fingerprint(body.workflow_id, body.version, body.inputs)
         claimed = await store.claim_key(key, run_id, body.workflow_id, fingerprint)
@@ -683,30 +695,50 @@ def _load_graph(conn: Any, run_id: str, schema: str) -> tuple[queries.RunGraphRo
         ) from exc
 
 
-def _prepare_mutation(conn: Any, run_id: str, body: MutationCreate, schema: str) -> MutateGraph:
+def _prepare_mutation(
+    conn: Any, run_id: str, body: MutationCreate | MutationBatchCreate, schema: str
+) -> MutateGraph:
     _, graph = _load_graph(conn, run_id, schema)
-    mutation = check_mutation(
-        body, graph, current_node_catalog(), _input_schema_lookup(conn, schema)
-    )
+    catalog, input_schema = current_node_catalog(), _input_schema_lookup(conn, schema)
+    fields: dict[str, Any] = {}
+    if isinstance(body, MutationBatchCreate):
+        fields["mutations"] = check_mutations(body, graph, catalog, input_schema)
+    else:
+        # One mutation stays v1-shaped (`mutation`): its rejection reason has no index.
+        fields["mutation"] = check_mutation(body, graph, catalog, input_schema)
     return MutateGraph(
         run_id=run_id,
         command_id=new_command_id(),
-        mutation=mutation,
         reason=body.reason,
         requested_by=body.requested_by,
+        **fields,
     )
+
+
+def _all_mutated(command: MutateGraph) -> EventMatch:
+    """The effect of a list: its last ``GraphMutated`` (all of them land in one transaction)."""
+    expected = len(command.mutations) or 1
+    seen = 0
+
+    def match(row: RunEventRow) -> bool:
+        nonlocal seen
+        if row.event_type == "GraphMutated" and _caused_by(row, command):
+            seen += 1
+        return seen >= expected
+
+    return match
 
 
 @router.post(
     "/{run_id}/mutations",
     status_code=202,
     response_model=CommandAccepted | CommandApplied,
-    summary="Change a running run's graph (add/remove a step, update params, replace a node)",
+    summary="Change a running run's graph: one mutation, or a list applied all or nothing",
     responses=_COMMAND_RESPONSES,
 )
 async def mutate_run(
     run_id: str,
-    body: MutationCreate,
+    body: Annotated[MutationRequest, Body()],
     *,
     response: Response,
     api: ApiSettingsDep,
@@ -717,9 +749,10 @@ async def mutate_run(
     wait_ms: WaitQuery = None,
 ) -> CommandAccepted | CommandApplied:
     """Publishes ``MutateGraph`` after checking what does not depend on the run's state (422
-    naming the field); with ``wait_ms`` answers 200 on ``GraphMutated`` and 409 with the
-    scheduler's reason on ``CommandRejected`` (a step that already ran, a cycle, a dependency on
-    a missing step, ...)."""
+    naming the field, ``mutations[i].`` for a list); with ``wait_ms`` answers 200 once every
+    ``GraphMutated`` is there (the seq of the last) and 409 with the scheduler's reason on
+    ``CommandRejected`` (a step that already ran, a cycle, a dependency on a missing step, ...;
+    ``mutations[i]: ...`` names the operation of a list that was refused)."""
 
     def prepare() -> MutateGraph:
         with pool.connection(timeout=api.pool_timeout_s) as conn:
@@ -729,7 +762,7 @@ async def mutate_run(
     return await _command(
         run_id,
         command=command,
-        effect=_of_type("GraphMutated"),
+        effect=_all_mutated(command),
         wait_ms=wait_ms if wait_ms is not None else body.wait_ms,
         response=response,
         read_model=read_model,

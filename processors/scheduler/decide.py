@@ -105,6 +105,7 @@ from schemas.models import (
     ErrorInfo,
     FireTimer,
     GraphMutated,
+    GraphMutation,
     GraphMutationType,
     MutateGraph,
     NodeHeartbeat,
@@ -299,6 +300,11 @@ class DecisionContext:
     named or created) fails the step with it instead of dispatching."""
     lookup_workflow: Callable[[str, int | None], RegisteredWorkflow | None] = _no_workflows
     """``(workflow id, version or None = latest) -> registered definition`` for StartRun."""
+    route_workflow: Callable[[str, str], int | None] | None = None
+    """``(workflow id, run id) -> version`` for a StartRun that names none: the split between
+    workflow versions set by mutation proposals (:mod:`processors.mutations.routing`); ``None``
+    (or answering ``None``) means the latest version. Its answer is recorded in ``RunStarted``,
+    so replays never ask it."""
     node_catalog: NodeCatalogView | None = None
     """When set, the step a graph mutation adds or re-points must name a node/version that
     exists (the other steps were checked when the run started)."""
@@ -460,7 +466,10 @@ def _start(w: _Writer, cmd: StartRun) -> None:
             return  # the same start, sent again
         w.reject(cmd, f"Expected run {cmd.run_id!r} not to exist, but it is {state.status}")
         return
-    registered = w.ctx.lookup_workflow(cmd.workflow_id, cmd.workflow_version)
+    version = cmd.workflow_version
+    if version is None and w.ctx.route_workflow is not None:
+        version = w.ctx.route_workflow(cmd.workflow_id, cmd.run_id)
+    registered = w.ctx.lookup_workflow(cmd.workflow_id, version)
     if registered is None:
         which = "latest" if cmd.workflow_version is None else f"version {cmd.workflow_version}"
         w.reject(
@@ -646,67 +655,100 @@ _NODE_MUTATIONS = (GraphMutationType.ADD_STEP, GraphMutationType.REPLACE_NODE)
 
 
 def _mutate(w: _Writer, cmd: MutateGraph) -> None:
+    """One operation (``mutation``) or a list (``mutations``, v2) applied all or nothing.
+
+    The operations are applied in order on a scratch writer, each checked against the run as the
+    previous ones left it (the step exists or not, its status, its dependents, the body, the
+    catalog for the node it names); the graph they produce must be valid as a whole (references,
+    cycles, outputs) -- an intermediate graph is never scheduled, so ``[remove c, add c with new
+    needs]`` may rewire a step the outputs reference. Only if everything passes do the trial's
+    ``GraphMutated`` events (one per operation) become the decision; otherwise one
+    ``CommandRejected`` names the operation (``mutations[i]: ...``; docs/decisions/0022)."""
     allowed = (RunStatus.RUNNING, RunStatus.PAUSED, RunStatus.FAILED)
     if not _expect_status(w, cmd, allowed, "running, paused or failed"):
         return
-    run = w.run
-    mutation = cmd.mutation
+    if cmd.mutation is not None and cmd.mutations:
+        w.reject(cmd, "Expected either mutation or mutations, but the command has both")
+        return
+    listed = cmd.mutation is None
+    operations = cmd.mutations if cmd.mutation is None else [cmd.mutation]
+    if not operations:
+        w.reject(cmd, "Expected a mutation or a non-empty mutations list, but the command has none")
+        return
+
+    def reject(index: int, problem: str) -> None:
+        w.reject(cmd, f"mutations[{index}]: {problem}" if listed else problem)
+
+    trial = _Writer(state=w.state, ctx=w.ctx, run_id=w.run_id, causation=w.causation)
+    found: list[list[str]] = []  # the graph's problems after each operation
+    for index, mutation in enumerate(operations):
+        problem = _mutation_problem(trial.run, mutation, w.ctx)
+        if problem is not None:
+            reject(index, problem)
+            return
+        trial.emit(
+            GraphMutated,
+            mutation=mutation,
+            mutation_id=cmd.mutation_id,
+            requested_by=cmd.requested_by,
+            reason=cmd.reason,
+        )
+        found.append([str(error) for error in check_definition(trial.run.graph)])
+    if found[-1]:
+        # Name the operation that introduced the final graph's first problem (the first one
+        # after which it is there to stay).
+        first = found[-1][0]
+        index = len(found) - 1
+        while index > 0 and first in found[index - 1]:
+            index -= 1
+        reject(index, "Expected a valid graph after the mutation, but " + "; ".join(found[-1]))
+        return
+    # Every operation passed: the trial's events are the decision. Nothing is scheduled between
+    # operations (one transaction), so no step ever runs on a half-changed graph.
+    w.events.extend(trial.events)
+    w.state = trial.state
+    _advance(w)
+
+
+def _mutation_problem(run: RunState, mutation: GraphMutation, ctx: DecisionContext) -> str | None:
+    """Why ``mutation`` cannot be applied to ``run`` as it is now (``None``: it can); the graph
+    as a whole is checked by the caller, after the last operation."""
     step_id = mutation.step_id
     step = run.steps.get(step_id)
     if mutation.type is GraphMutationType.ADD_STEP:
         if step is not None:
-            w.reject(cmd, f"Expected step {step_id!r} not to exist, but it is {step.status}")
-            return
+            return f"Expected step {step_id!r} not to exist, but it is {step.status}"
         owner = ai_plan.owner_of(run.graph, step_id)
         if owner is not None:
-            w.reject(cmd, f"Expected a step id outside {owner}__*, the ai.meta step's plan")
-            return
+            return f"Expected a step id outside {owner}__*, the ai.meta step's plan"
     elif step is None:
-        w.reject(
-            cmd,
+        return (
             f"Expected step {step_id!r} to exist, but the run has no such step "
-            f"(steps: {', '.join(run.steps)})",
+            f"(steps: {', '.join(run.steps)})"
         )
-        return
     elif mutation.type is GraphMutationType.REMOVE_STEP:
         if step.status is not StepStatus.PENDING:
-            w.reject(cmd, f"Expected step {step_id!r} to be pending, but it is {step.status}")
-            return
+            return f"Expected step {step_id!r} to be pending, but it is {step.status}"
         dependents = run.graph.dependents(step_id)
         if dependents:
             names = ", ".join(repr(d) for d in dependents)
-            w.reject(cmd, f"Expected no step to need {step_id!r}, but {names} needs it")
-            return
+            return f"Expected no step to need {step_id!r}, but {names} needs it"
     elif step.status not in _MUTABLE_STEP:
-        w.reject(
-            cmd,
+        return (
             f"Expected step {step_id!r} to be pending, retry_wait, failed or timed_out, "
-            f"but it is {step.status}",
+            f"but it is {step.status}"
         )
-        return
     try:
         mutated = apply_mutation(run.graph, mutation)
     except WorkflowValidationError as exc:
-        w.reject(cmd, "Expected a valid graph mutation, but " + "; ".join(map(str, exc.errors)))
-        return
-    errors = check_definition(mutated)
-    if w.ctx.node_catalog is not None and mutation.type in _NODE_MUTATIONS:
+        return "Expected a valid graph mutation, but " + "; ".join(map(str, exc.errors))
+    if ctx.node_catalog is not None and mutation.type in _NODE_MUTATIONS:
         # Only the step the mutation names: the rest of the graph was accepted when the run
         # started, and a catalog change since must not block an unrelated fix.
-        errors += check_step_nodes(mutated, w.ctx.node_catalog, {step_id})
-    if errors:
-        w.reject(
-            cmd, "Expected a valid graph after the mutation, but " + "; ".join(map(str, errors))
-        )
-        return
-    w.emit(
-        GraphMutated,
-        mutation=mutation,
-        mutation_id=cmd.mutation_id,
-        requested_by=cmd.requested_by,
-        reason=cmd.reason,
-    )
-    _advance(w)
+        errors = check_step_nodes(mutated, ctx.node_catalog, {step_id})
+        if errors:
+            return "Expected a valid graph after the mutation, but " + "; ".join(map(str, errors))
+    return None
 
 
 def _fire_timer(w: _Writer, cmd: FireTimer) -> None:

@@ -44,6 +44,7 @@ from psycopg.types.json import Jsonb
 from foundation.errors import RefluxError, classify
 from projections.postgres.appliers import Plan
 from projections.postgres.identifiers import table
+from projections.postgres.mutation_appliers import MUTATION_TABLES
 from projections.postgres.statements import coalesce
 from streams.checkpoint import Checkpoint
 from streams.dlq import PoisonRecord
@@ -70,6 +71,7 @@ READ_MODEL_TABLES = (
     "nodes",
     "node_versions",
     "node_catalog_events",
+    *MUTATION_TABLES,
 )
 """The tables this projector owns; a rebuild truncates exactly these."""
 

@@ -145,3 +145,68 @@ def test_mutate_a_running_run_and_show_its_graph(
         assert "update_params  after            by cli-user: seven is better" in graph
         assert main(["runs", "show", run_id, "--api", api_url]) == 0
         assert "GraphMutated" in capsys.readouterr().out
+
+
+def test_mutate_with_a_file_of_operations_is_all_or_nothing(
+    harness: Harness, api_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with serve() as http_server:
+        harness.register(
+            {
+                "id": "cli_mut_file",
+                "steps": [
+                    {
+                        "id": "wait",
+                        "node": "http.request@^1",
+                        "params": {"url": f"{http_server.url}/slow?ms=1500"},
+                    },
+                    transform("after", "v", {"v": 1}, needs=["wait"]),
+                ],
+                "outputs": {"after": "{{ steps.after.output.result }}"},
+            }
+        )
+        with httpx.Client(base_url=api_url) as client:
+            eventually(
+                lambda: client.get("/v1/workflows/cli_mut_file").status_code == 200,
+                15,
+                "cli_mut_file projected",
+            )
+            run_id = client.post("/v1/runs", json={"workflow_id": "cli_mut_file"}).json()["run_id"]
+        harness.wait_step(run_id, "wait", "running")
+        illegal = tmp_path / "illegal.json"
+        illegal.write_text(
+            json.dumps(
+                [
+                    {"type": "add_step", "step_id": "x", "data": transform("x", "v", {})},
+                    {"type": "remove_step", "step_id": "wait"},
+                ]
+            )
+        )
+        mutate = ["runs", "mutate", run_id, "--api", api_url, "--wait-ms", "15000"]
+        assert main([*mutate, "--file", str(illegal)]) == 2
+        assert "409: mutations[1]: Expected step 'wait' to be pending" in capsys.readouterr().err
+        ops = tmp_path / "ops.json"
+        rewired = transform("after", "v", {"v": "{{ steps.seven.output.result }}"}, needs=["seven"])
+        ops.write_text(
+            json.dumps(
+                {
+                    "mutations": [
+                        {
+                            "type": "add_step",
+                            "step_id": "seven",
+                            "data": transform("seven", "v", {"v": 7}, needs=["wait"]),
+                        },
+                        {"type": "remove_step", "step_id": "after"},
+                        {"type": "add_step", "step_id": "after", "data": rewired},
+                    ],
+                    "reason": "compute it upstream",
+                }
+            )
+        )
+        assert main([*mutate, "--file", str(ops), "--by", "cli-user"]) == 0
+        assert "applied: GraphMutated at seq" in capsys.readouterr().out
+        assert harness.wait(run_id).outputs == {"after": 7}
+        assert main(["runs", "graph", run_id, "--api", api_url]) == 0
+        graph = capsys.readouterr().out
+        assert "add_step       seven            by cli-user: compute it upstream" in graph
+        assert "remove_step    after" in graph and "x " not in graph

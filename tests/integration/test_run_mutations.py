@@ -4,6 +4,7 @@ run_mutations) -> GET /v1/runs/{id}/graph, equal to the replayed log."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -436,4 +437,150 @@ def test_mutations_after_a_rebind_apply_to_the_new_version(
             ("bonus", "carol")
         ]
         assert graph["definition"] == replayed_state(registered, run_id).graph.to_json_dict()
+        assert_replay_equivalent(registered, run_id)
+
+
+# -- atomic lists (MutateGraph v2 `mutations`, ADR 0022 addendum) -------------------------------
+
+
+def _mutate_all(api: TestClient, run_id: str, *ops: dict[str, Any], **extra: Any) -> Any:
+    body = {"mutations": list(ops), **extra}
+    return api.post(f"/v1/runs/{run_id}/mutations", params=WAIT, json=body)
+
+
+def _graph_mutated(harness: Harness, run_id: str) -> list[GraphMutated]:
+    return [
+        GraphMutated.model_validate(e.payload)
+        for e in harness.events(run_id)
+        if e.event_type == "GraphMutated"
+    ]
+
+
+def test_a_list_is_applied_atomically_to_a_run_in_flight(
+    registered: Harness, api: TestClient
+) -> None:
+    """Insert a step before `after` and rewire `after` onto it while `wait` runs: one at a time
+    this is refused (removing `after` leaves the outputs dangling); as one list it applies."""
+    with serve() as http:
+        run_id = _start_waiting(registered, api, "mut_list", http.url)
+        alone = _mutate(api, run_id, type="remove_step", step_id="after")
+        assert alone.status_code == 409, alone.text
+        assert "outputs.after: unknown step 'after'" in alone.json()["detail"]
+
+        rewired = transform(
+            "after", "v", {"v": "{{ steps.double.output.result }}"}, needs=["double"]
+        )
+        applied = _mutate_all(
+            api,
+            run_id,
+            {"type": "add_step", "step_id": "double", "data": transform(
+                "double", "v", {"v": 42}, needs=["wait"])},
+            {"type": "remove_step", "step_id": "after"},
+            {"type": "add_step", "step_id": "after", "data": rewired},
+            # the Python field name (json_body) of http.request's `json`, with a template
+            {"type": "add_step", "step_id": "notify", "data": {
+                "node": "http.request@^1", "needs": ["double"],
+                "params": {"url": f"{http.url}/echo", "method": "POST",
+                           "json_body": {"v": "{{ steps.double.output.result }}"}}}},
+            reason="insert double before after",
+            requested_by="alice",
+        )  # fmt: skip
+        assert applied.status_code == 200, applied.text
+        events = _graph_mutated(registered, run_id)
+        assert [(e.mutation.type.value, e.mutation.step_id) for e in events] == [
+            ("add_step", "double"),
+            ("remove_step", "after"),
+            ("add_step", "after"),
+            ("add_step", "notify"),
+        ]
+        # Consecutive seqs, one cause; the 200 names the last of them.
+        assert [e.seq for e in events] == list(range(events[0].seq, events[0].seq + 4))
+        assert {e.causation_id for e in events} == {applied.json()["command_id"]}
+        assert applied.json()["seq"] == events[-1].seq
+        graph = api.get(f"/v1/runs/{run_id}/graph").json()
+        by_id = {step["step_id"]: step for step in graph["steps"]}
+        assert list(by_id) == ["first", "wait", "double", "after", "notify"]
+        assert by_id["wait"]["status"] == "running"
+        assert by_id["after"]["needs"] == ["double"]
+        assert {(m["requested_by"], m["reason"], m["command_id"]) for m in graph["mutations"]} == {
+            ("alice", "insert double before after", applied.json()["command_id"])
+        }
+
+        run = registered.wait(run_id)
+        assert (run.status, run.outputs) == ("succeeded", {"after": 42})
+        (echoed,) = http.requests_to("/echo")
+        assert json.loads(echoed.body) == {"v": 42}
+        final = api.get(f"/v1/runs/{run_id}/graph").json()
+        assert final["definition"] == replayed_state(registered, run_id).graph.to_json_dict()
+        assert [s["status"] for s in final["steps"]] == ["succeeded"] * 5
+        assert_replay_equivalent(registered, run_id)
+
+
+def test_a_list_with_an_illegal_operation_changes_nothing(
+    registered: Harness, api: TestClient
+) -> None:
+    with serve() as http:
+        run_id = _start_waiting(registered, api, "mut_list_illegal", http.url)
+        before = api.get(f"/v1/runs/{run_id}/graph").json()
+        spare = transform("spare", "v", {"v": 0}, needs=["wait"])
+        refused = _mutate_all(
+            api,
+            run_id,
+            {"type": "add_step", "step_id": "spare", "data": spare},
+            {"type": "update_params", "step_id": "first", "data": {"expression": "v"}},
+            {"type": "remove_step", "step_id": "spare"},
+        )
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["detail"] == (
+            "mutations[1]: Expected step 'first' to be pending, retry_wait, failed or timed_out, "
+            "but it is succeeded"
+        )
+        rejected = [e for e in registered.events(run_id) if e.event_type == "CommandRejected"]
+        assert [e.payload["command_type"] for e in rejected] == ["reflux.commands.MutateGraph"]
+        assert _graph_mutated(registered, run_id) == []
+        after = api.get(f"/v1/runs/{run_id}/graph").json()
+        assert (after["definition"], after["mutations"]) == (before["definition"], [])
+
+        # The API's checks cover every element: 422 naming mutations[i] (nothing published).
+        bad_params = _mutate_all(
+            api,
+            run_id,
+            {"type": "add_step", "step_id": "ok", "data": {
+                "node": "http.request@^1", "needs": ["wait"],
+                "params": {"url": "{{ steps.first.output.result }}", "json_body": [1]}}},
+            {"type": "add_step", "step_id": "bad", "data": {
+                "node": "http.request@^1", "needs": ["wait"],
+                "params": {"url": ["not", "a", "url"], "method": "FETCH", "timeout_s": "{{ x }}"}}},
+            {"type": "replace_node", "step_id": "after", "data": {"node": "no.such"}},
+        )  # fmt: skip
+        assert bad_params.status_code == 422, bad_params.text
+        assert [d["loc"] for d in bad_params.json()["detail"]] == [
+            ["body", "mutations", 1, "data", "params", "url"],
+            ["body", "mutations", 1, "data", "params", "method"],
+            ["body", "mutations", 2, "data", "node"],
+        ]
+        shape = _mutate_all(api, run_id, {"type": "remove_step", "step_id": "a"}, {"type": "x"})
+        assert shape.status_code == 422
+        assert [d["loc"] for d in shape.json()["detail"]] == [
+            ["body", "mutations", 1, "type"],
+            ["body", "mutations", 1, "step_id"],
+        ]
+        single = _mutate(
+            api,
+            run_id,
+            type="update_params",
+            step_id="wait",
+            data={"url": 5, "headers": {"a": 1}},
+        )
+        assert single.status_code == 422, single.text
+        assert [d["loc"] for d in single.json()["detail"]] == [
+            ["body", "data", "url"],
+            ["body", "data", "headers", "a"],
+        ]
+        assert "is not of type 'string'" in single.json()["detail"][0]["msg"]
+
+        run = registered.wait(run_id)
+        assert run.status == "succeeded"
+        assert set(registered.steps(run_id)) == {"first", "wait", "after"}
+        assert api.get(f"/v1/runs/{run_id}/graph").json()["mutations"] == []
         assert_replay_equivalent(registered, run_id)

@@ -461,6 +461,32 @@ def graph_mutation() -> Simulation:
     return sim
 
 
+def graph_mutation_list() -> Simulation:
+    """MutateGraph v2: a list refused as a whole (its 2nd operation), then one applied in one
+    decision (insert `b2` before `b`'s dependent: remove and re-add it with new needs)."""
+    sim = Simulation(MUTATION, node_catalog=CATALOG)
+    sim.start()
+    sim.mutate_all(
+        [
+            ("add_step", "x", {"node": "transform@^1", "needs": ["a"]}),
+            ("remove_step", "a", {}),  # rejected: dispatched, not pending
+        ],
+        requested_by="alice",
+    )
+    sim.mutate_all(
+        [
+            ("add_step", "b2", {"node": "transform@^1", "needs": ["a"], "params": {"v": 5}}),
+            ("remove_step", "b", {}),
+            ("add_step", "b", {"node": "transform@^1", "needs": ["b2"],
+                               "params": {"v": "{{ steps.b2.output.params.v }}"}}),
+        ],
+        requested_by="alice",
+        reason="b reads b2",
+    )  # fmt: skip
+    sim.run_workers(_echo)
+    return sim
+
+
 def rejections() -> Simulation:
     sim = Simulation(TWO_STEPS, node_catalog=CATALOG)
     sim.start()
@@ -758,6 +784,7 @@ SCENARIOS: dict[str, Callable[[], Simulation]] = {
     "rebind": rebind,
     "cache_hit": cache_hit,
     "graph_mutation": graph_mutation,
+    "graph_mutation_list": graph_mutation_list,
     "rejections": rejections,
     "start_rejected": start_rejected,
     "stale_and_duplicate": stale_and_duplicate,

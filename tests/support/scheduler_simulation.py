@@ -253,6 +253,27 @@ class Simulation:
             )
         )
 
+    def mutate_all(
+        self,
+        operations: list[tuple[GraphMutationType | str, str, Any]],
+        *,
+        requested_by: str | None = None,
+        reason: str | None = None,
+    ) -> Decision:
+        """Send one ``MutateGraph`` with a ``mutations`` list (applied all or nothing)."""
+        mutations = [
+            GraphMutation(type=GraphMutationType(kind), step_id=step_id, data=data)
+            for kind, step_id, data in operations
+        ]
+        return self.send(
+            MutateGraph(
+                **self._command_fields(),
+                mutations=mutations,
+                requested_by=requested_by,
+                reason=reason,
+            )
+        )
+
     def fire_due(self) -> list[Decision]:
         """Send FireTimer for every timer due now (what the runtime's timer loop does)."""
         if self.state is None:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from api.errors import RequestInvalidError
 from api.models.graph import MutationCreate
@@ -93,9 +96,9 @@ def test_malformed_steps_name_the_field() -> None:
 def test_params_are_checked_against_the_node_input_schema() -> None:
     found = issues_of(type="update_params", step_id="b", data={"headers": "x", "bogus": 1})
     assert [loc for loc, _ in found] == [
+        ("body", "data", "headers"),
         ("body", "data", "url"),
         ("body", "data", "bogus"),
-        ("body", "data", "headers"),
     ]
     added = issues_of(
         type="add_step",
@@ -105,11 +108,86 @@ def test_params_are_checked_against_the_node_input_schema() -> None:
     assert [loc for loc, _ in added] == [("body", "data", "params", "url")]
 
 
-def test_params_subset_leaves_templates_and_coercible_values_to_the_worker() -> None:
-    schema = {"properties": {"n": {"type": "integer"}, "o": {"type": "object"}}}
-    assert params_issues(schema, {"n": "5", "o": "{{ steps.a.output }}"}, "data", "x") == []
+def test_params_are_validated_as_json_schema_with_templates_passing() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "n": {"type": "integer", "minimum": 1},
+            "o": {"type": "object"},
+            "codes": {"anyOf": [{"type": "array", "items": {"type": "integer"}}, {"type": "null"}]},
+            "mode": {"enum": ["a", "b"]},
+            "inner": {"$ref": "#/$defs/Inner"},
+        },
+        "required": ["n", "mode"],
+        "$defs": {"Inner": {"type": "object", "properties": {"k": {"type": "string"}}}},
+    }
+    templated = {
+        "n": "{{ inputs.n }}",  # an integer once rendered: not checked now
+        "o": "{{ steps.a.output }}",
+        "codes": [200, "{{ inputs.code }}"],  # the anyOf branch with a template passes
+        "mode": "{{ inputs.mode }}",
+        "inner": {"k": "{{ inputs.k }}"},
+    }
+    assert params_issues(schema, templated, "data", "x") == []
     assert params_issues(schema, "{{ inputs.all }}", "data", "x") == []
-    assert [i.path for i in params_issues(schema, {"n": {}}, "data", "x")] == ["data.n"]
+    found = params_issues(
+        schema, {"n": "5", "codes": [1, "a"], "inner": {"k": 3}, "o": []}, "data.params", "x"
+    )
+    assert [(i.path, i.type) for i in found] == [
+        ("data.params.n", "param_type"),  # "5" is not an integer: the schema is the contract
+        ("data.params.o", "param_type"),
+        ("data.params.codes[1]", "param_type"),  # the array branch's complaint
+        ("data.params.inner.k", "param_type"),  # through $ref
+        ("data.params.mode", "missing_param"),
+    ]
+    assert "(the input schema of x)" in found[0].message
+    (low,) = params_issues(schema, {"n": 0, "mode": "c"}, "data", "x")[:1]
+    assert (low.path, low.type) == ("data.n", "param_minimum")
+
+
+def test_a_parameter_may_be_given_by_its_python_field_name() -> None:
+    from node_workers.nodes.http_request import HttpRequestNode
+
+    schema = HttpRequestNode().manifest()["input_schema"]
+    assert schema["properties"]["json"]["x-reflux-field-name"] == "json_body"
+    assert params_issues(schema, {"url": "u", "json_body": {"a": 1}}, "data", "h") == []
+    assert params_issues(schema, {"url": "u", "json": {"a": 1}}, "data", "h") == []
+    (unknown,) = params_issues(schema, {"url": "u", "jsn": 1}, "data", "h")
+    assert (unknown.path, unknown.type) == ("data.jsn", "unknown_param")
+    (wrong,) = params_issues(schema, {"url": "u", "body": 3}, "data", "h")
+    assert (wrong.path, wrong.type) == ("data.body", "param_type")
+    assert wrong.message.startswith("3 is not of type 'string' or 'null'")
+
+
+def test_a_list_is_checked_element_by_element_with_indexed_paths() -> None:
+    from api.models.graph import MutationBatchCreate
+    from api.run_graph import check_mutations
+
+    def batch(*operations: dict[str, Any]) -> Any:
+        body = MutationBatchCreate.model_validate({"mutations": list(operations)})
+        return check_mutations(body, GRAPH, CATALOG, _schemas)
+
+    ok = batch(
+        {"type": "add_step", "step_id": "c", "data": {"node": "http.request@^1", "needs": ["b"],
+                                                      "params": {"url": "u"}}},
+        {"type": "update_params", "step_id": "c", "data": {"url": "{{ steps.b.output }}"}},
+    )  # fmt: skip
+    assert [m.step_id for m in ok] == ["c", "c"]
+    with pytest.raises(RequestInvalidError) as caught:
+        batch(
+            {"type": "update_params", "step_id": "b", "data": {"url": "v"}},
+            {"type": "add_step", "step_id": "c", "data": {"node": "http.request@^1",
+                                                          "params": {"url": 5}}},
+            # c is the step the list added: its node's schema applies to the update
+            {"type": "update_params", "step_id": "c", "data": {"headers": "h"}},
+            {"type": "replace_node", "step_id": "a", "data": {"node": "nope"}},
+        )  # fmt: skip
+    assert [tuple(d["loc"]) for d in caught.value.detail] == [
+        ("body", "mutations", 1, "data", "params", "url"),
+        ("body", "mutations", 2, "data", "headers"),
+        ("body", "mutations", 2, "data", "url"),
+        ("body", "mutations", 3, "data", "node"),
+    ]
 
 
 def test_without_a_projected_graph_only_the_body_is_checked() -> None:
@@ -118,7 +196,16 @@ def test_without_a_projected_graph_only_the_body_is_checked() -> None:
 
 
 def _args(**values: Any) -> argparse.Namespace:
-    base = {"data": None, "node": None, "version": None, "reason": None, "by": None}
+    base = {
+        "op": None,
+        "step": None,
+        "data": None,
+        "node": None,
+        "version": None,
+        "reason": None,
+        "by": None,
+        "file": None,
+    }
     return argparse.Namespace(**{**base, **values})
 
 
@@ -139,6 +226,36 @@ def test_cli_mutation_body() -> None:
         mutation_body(_args(op="add_step", step="c", data="{nope"))
     with pytest.raises(ClientError, match="--node goes with --op replace_node"):
         mutation_body(_args(op="add_step", step="c", node="x"))
+
+
+def test_cli_mutations_file_is_one_atomic_list(tmp_path: Path) -> None:
+    ops = [
+        {"type": "add_step", "step_id": "c", "data": {"node": "transform@^1", "needs": ["b"]}},
+        {"type": "update_params", "step_id": "b", "data": {"url": "u"}},
+    ]
+    listed = tmp_path / "ops.json"
+    listed.write_text(json.dumps(ops))
+    assert mutation_body(_args(file=str(listed), by="me")) == {
+        "mutations": ops,
+        "requested_by": "me",
+    }
+    wrapped = tmp_path / "ops.yaml"
+    wrapped.write_text(yaml.safe_dump({"mutations": ops, "reason": "from the file"}))
+    body = mutation_body(_args(file=str(wrapped)))
+    assert body == {"mutations": ops, "reason": "from the file"}
+    assert mutation_body(_args(file=str(wrapped), reason="flag"))["reason"] == "flag"
+    with pytest.raises(ClientError, match="--file carries the operations: drop --op, --step"):
+        mutation_body(_args(file=str(listed), op="add_step", step="c"))
+    with pytest.raises(ClientError, match="Expected --op and --step"):
+        mutation_body(_args())
+    (tmp_path / "bad.json").write_text('{"type": "add_step"}')
+    with pytest.raises(ClientError, match="a list of operations"):
+        mutation_body(_args(file=str(tmp_path / "bad.json")))
+    (tmp_path / "empty.json").write_text("[]")
+    with pytest.raises(ClientError, match="at least one operation"):
+        mutation_body(_args(file=str(tmp_path / "empty.json")))
+    with pytest.raises(ClientError, match="to be readable"):
+        mutation_body(_args(file=str(tmp_path / "missing.json")))
 
 
 def test_cli_graph_text_shows_who_and_why() -> None:
@@ -248,3 +365,11 @@ def test_mutation_body_rejects_unknown_fields_and_long_waits() -> None:
         MutationCreate(type="remove_step", step_id="a", wait_ms=MAX_WAIT_MS + 1)
     with pytest.raises(ValidationError, match="step_id"):
         MutationCreate(type="remove_step", step_id="")
+
+
+def test_field_name_marks_stay_out_of_ai_meta_prompts() -> None:
+    from processors.scheduler.meta.ai_plan import _strip_titles
+    from workflows.params_schema import FIELD_NAME_KEY
+
+    schema = {"title": "T", "properties": {"json": {"title": "Json", FIELD_NAME_KEY: "json_body"}}}
+    assert _strip_titles(schema) == {"properties": {"json": {}}}

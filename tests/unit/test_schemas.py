@@ -135,7 +135,8 @@ def test_enums_are_str_enums_and_validate() -> None:
     assert mutation.type is GraphMutationType.ADD_STEP and isinstance(mutation.type, str)
     record = MutateGraph(run_id="r", mutation=mutation)
     assert record.to_avro()["mutation"]["type"] == "add_step"
-    assert decode(encode(record), MutateGraph).mutation.type is GraphMutationType.ADD_STEP
+    decoded = decode(encode(record), MutateGraph).mutation
+    assert decoded is not None and decoded.type is GraphMutationType.ADD_STEP
     with pytest.raises(ValidationError):
         GraphMutation(type="rename_step", step_id="s", data={})  # type: ignore[arg-type]
 

@@ -37,7 +37,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Final, Protocol, runtime_checkable
 
 from processors.scheduler.state import StepState
 from schemas.models import ErrorInfo, GraphMutation, GraphMutationType
@@ -137,10 +137,16 @@ def owner_of(graph: WorkflowDefinition, step_id: str) -> str | None:
 # -- the invocation: catalog and feedback ---------------------------------------------------------
 
 
+# "x-reflux-field-name": workflows.params_schema.FIELD_NAME_KEY, spelled out so the pure core
+# does not import jsonschema for a constant.
+_NOT_FOR_PROMPTS: Final = frozenset({"title", "x-reflux-field-name"})
+
+
 def _strip_titles(schema: Any) -> Any:
-    """JSON schema without pydantic's ``title`` noise (fewer tokens, same meaning)."""
+    """JSON schema without pydantic's ``title`` noise (fewer tokens, same meaning), nor the
+    manifest's Python field names of aliased params (the plan uses the documented alias)."""
     if isinstance(schema, Mapping):
-        return {k: _strip_titles(v) for k, v in schema.items() if k != "title"}
+        return {k: _strip_titles(v) for k, v in schema.items() if k not in _NOT_FOR_PROMPTS}
     if isinstance(schema, list):
         return [_strip_titles(v) for v in schema]
     return schema

@@ -67,6 +67,7 @@ from foundation.errors import NonRetryableError, RefluxError, ServiceUnavailable
 from foundation.liveness import Heartbeat
 from foundation.objectstore import S3BlobStore, content_key
 from foundation.settings import Settings
+from processors.mutations.routing import WorkflowRoute
 from processors.node_catalog.runtime_view import (
     CatalogResolver,
     CatalogValidator,
@@ -105,7 +106,11 @@ from processors.scheduler.runtime.results_gate import ResultsGate
 from processors.scheduler.runtime.run_table import RunTable
 from processors.scheduler.runtime.snapshots import SnapshotCycle, SnapshotWriter
 from processors.scheduler.runtime.traces import traces_for
-from processors.scheduler.runtime.workflows import WorkflowsView
+from processors.scheduler.runtime.workflows import (
+    WorkflowRoutesView,
+    WorkflowsView,
+    route_workflow,
+)
 from processors.scheduler.state import RunState, RunStatus
 from processors.scheduler.timers import due_timers
 from schemas import decode, serde
@@ -262,6 +267,8 @@ class SchedulerRuntime:
         # Namespaced like the topics, so environments sharing one Redis never share entries.
         self.cache_prefix = f"{settings.topic_prefix}:step-cache:"
         self._workflows = WorkflowsView(settings, self.catalog)
+        # Splits between workflow versions set by mutation proposals (reflux.mutations).
+        self._routes = WorkflowRoutesView(settings, self.catalog)
         self._workflow_cache: dict[tuple[str, int], WorkflowDefinition] = {}
         # Node versions by catalog status and rollout weight (nodes topic, all partitions).
         self._nodes = NodeCatalogKafkaView(settings, self.catalog)
@@ -410,6 +417,15 @@ class SchedulerRuntime:
             self._workflow_cache[key] = definition
         return RegisteredWorkflow(record.version, definition)
 
+    def workflow_route(self, workflow_id: str) -> WorkflowRoute | None:
+        """The split between versions this scheduler applies to new runs of ``workflow_id``
+        (``None``: the latest version), after reading what has arrived."""
+        self._routes.drain()
+        return self._routes.routes.get(workflow_id)
+
+    def _route_workflow(self, workflow_id: str, run_id: str) -> int | None:
+        return route_workflow(self._workflows, self._routes, workflow_id, run_id)
+
     def _load_payload(self, ref: PayloadRef) -> Any:
         """A claim-checked output a template references: a missing or corrupt blob fails the
         step (non-retryable); an unreachable store is retried with the batch."""
@@ -450,6 +466,7 @@ class SchedulerRuntime:
             now=self.clock(),
             invoke_topic=self.invoke_topics,
             lookup_workflow=self._lookup_workflow,
+            route_workflow=self._route_workflow,
             load_payload=self._load_payload,
             store_payload=self._store_params,
             resolve_node_version=self._resolve_node_version,
@@ -1107,6 +1124,7 @@ class SchedulerRuntime:
                 self.producer.close(timeout=5.0)
             finally:
                 self._workflows.close()
+                self._routes.close()
                 self._nodes.close()
 
 

@@ -1,0 +1,172 @@
+"""Validating a proposal: a list of pluggable stages, each reporting what it checked.
+
+A stage is anything with a ``name`` and ``run(subject) -> CheckResult``. The built-in stages:
+
+- ``base``: the base version is registered;
+- ``applies``: every operation of the diff applies, in order, to the base definition
+  (:func:`workflows.mutations.apply_mutation`); errors are prefixed ``changes[i]``;
+- ``definition``: the result passes :func:`workflows.validation.check_definition` against the
+  node catalog.
+
+A stage whose input is missing (``definition`` after ``applies`` failed) is reported as skipped,
+not passed. **A/B replay evaluation (issue 10) is not built**: it plugs in as one more stage
+(its check replays recorded runs on the candidate definition); until then every report lists
+``replay`` under ``not_run`` so nobody mistakes a validated proposal for an evaluated one.
+
+Pure: the base definition and the node catalog are handed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+
+from schemas.models import GraphMutation
+from workflows.model import WorkflowDefinition
+from workflows.mutations import apply_mutation
+from workflows.node_catalog import NodeCatalogView
+from workflows.validation import FieldError, WorkflowValidationError, check_definition
+
+__all__ = [
+    "DEFAULT_STAGES",
+    "NOT_RUN",
+    "CheckResult",
+    "Report",
+    "Stage",
+    "ValidationSubject",
+    "candidate_definition",
+    "validate",
+]
+
+NOT_RUN: Final = (
+    {
+        "name": "replay",
+        "why": "A/B replay evaluation is not built yet (issue 10); it plugs in as a stage",
+    },
+)
+
+
+@dataclass
+class ValidationSubject:
+    """What the stages look at; stages fill ``candidate`` for the ones after them."""
+
+    workflow_id: str
+    base_version: int
+    changes: Sequence[GraphMutation]
+    base: WorkflowDefinition | None
+    node_catalog: NodeCatalogView | None = None
+    candidate: WorkflowDefinition | None = None
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    passed: bool
+    errors: tuple[FieldError, ...] = ()
+    skipped: str | None = None
+    """Why the stage could not run (its input is missing); a skipped stage did not pass."""
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "name": self.name,
+            "passed": self.passed,
+            "errors": [{"path": e.path, "message": e.message} for e in self.errors],
+        }
+        if self.skipped is not None:
+            out["skipped"] = self.skipped
+        return out
+
+
+class Stage(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    def run(self, subject: ValidationSubject) -> CheckResult: ...
+
+
+@dataclass(frozen=True)
+class BaseStage:
+    name: str = "base"
+
+    def run(self, subject: ValidationSubject) -> CheckResult:
+        if subject.base is None:
+            message = (
+                f"workflow {subject.workflow_id!r} has no version {subject.base_version} registered"
+            )
+            return CheckResult(self.name, False, (FieldError("base_version", message),))
+        return CheckResult(self.name, True)
+
+
+def candidate_definition(
+    base: WorkflowDefinition, changes: Sequence[GraphMutation]
+) -> WorkflowDefinition:
+    """``base`` with every change applied in order; raises ``WorkflowValidationError`` with
+    paths prefixed ``changes[i]``."""
+    current = base
+    for index, change in enumerate(changes):
+        try:
+            current = apply_mutation(current, change)
+        except WorkflowValidationError as exc:
+            raise WorkflowValidationError(
+                [
+                    FieldError(f"changes[{index}]." + e.path.removeprefix("mutation."), e.message)
+                    for e in exc.errors
+                ],
+                subject="proposal",
+            ) from exc
+    return current
+
+
+@dataclass(frozen=True)
+class AppliesStage:
+    name: str = "applies"
+
+    def run(self, subject: ValidationSubject) -> CheckResult:
+        if subject.base is None:
+            return CheckResult(self.name, False, skipped="no base definition")
+        if not subject.changes:
+            return CheckResult(
+                self.name, False, (FieldError("changes", "a proposal needs at least one change"),)
+            )
+        try:
+            subject.candidate = candidate_definition(subject.base, subject.changes)
+        except WorkflowValidationError as exc:
+            return CheckResult(self.name, False, tuple(exc.errors))
+        return CheckResult(self.name, True)
+
+
+@dataclass(frozen=True)
+class DefinitionStage:
+    name: str = "definition"
+
+    def run(self, subject: ValidationSubject) -> CheckResult:
+        if subject.candidate is None:
+            return CheckResult(self.name, False, skipped="the diff did not apply")
+        errors = check_definition(subject.candidate, node_catalog=subject.node_catalog)
+        return CheckResult(self.name, not errors, tuple(errors))
+
+
+DEFAULT_STAGES: Final[tuple[Stage, ...]] = (BaseStage(), AppliesStage(), DefinitionStage())
+
+
+@dataclass(frozen=True)
+class Report:
+    checks: tuple[CheckResult, ...]
+    not_run: tuple[dict[str, str], ...] = field(default=NOT_RUN)
+
+    @property
+    def passed(self) -> bool:
+        return all(check.passed for check in self.checks)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "checks": [check.to_json() for check in self.checks],
+            "not_run": [dict(item) for item in self.not_run],
+        }
+
+
+def validate(subject: ValidationSubject, stages: Sequence[Stage] = DEFAULT_STAGES) -> Report:
+    """Runs every stage in order (none is short-circuited: each says why it could not run)."""
+    return Report(tuple(stage.run(subject) for stage in stages))

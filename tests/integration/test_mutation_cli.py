@@ -1,0 +1,67 @@
+"""``reflux mutations propose|list|show|approve|keep|reject|rollback|policy`` against a real
+API and engine."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import httpx
+import pytest
+
+from reflux.cli import main
+from tests.integration.engine_fixtures import transform
+from tests.integration.test_cli_client import api_url  # noqa: F401  the fixture
+from tests.support.waiting import eventually
+
+
+def test_the_mutations_cli_takes_a_proposal_to_kept(
+    api_url: str,  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    workflow = {"id": "clied", "steps": [transform("say", "w", {"w": "one"})]}
+    assert httpx.post(f"{api_url}/v1/workflows", json=workflow).status_code == 201
+    eventually(
+        lambda: httpx.get(f"{api_url}/v1/workflows/clied").status_code == 200, 15, "registered"
+    )
+    proposal = tmp_path / "proposal.yaml"
+    proposal.write_text(
+        json.dumps(
+            {
+                "workflow_id": "clied",
+                "mutation_id": "clied-1",
+                "rationale": "say two",
+                "changes": [
+                    {
+                        "type": "update_params",
+                        "step_id": "say",
+                        "data": {"expression": "w", "data": {"w": "two"}},
+                    }
+                ],
+            }
+        )
+    )
+    assert main(["mutations", "propose", str(proposal), "--api", api_url]) == 0
+    out = capsys.readouterr().out
+    assert "status=validated" in out and "check definition  ok" in out
+    assert "not run: replay" in out
+    assert main(["mutations", "list", "--workflow", "clied", "--api", api_url]) == 0
+    assert "clied-1  clied@1  validated" in capsys.readouterr().out
+    assert main(["mutations", "keep", "clied-1", "--api", api_url]) == 2
+    assert "409: Cannot keep mutation 'clied-1': it is validated" in capsys.readouterr().err
+    approve = ["mutations", "approve", "clied-1", "--canary-weight", "0.4", "--api", api_url]
+    assert main(approve) == 0
+    out = capsys.readouterr().out
+    assert "clied@1 -> v2  status=applied" in out and "canary weight: 0.4" in out
+    assert main(["mutations", "keep", "clied-1", "--reason", "fine", "--api", api_url]) == 0
+    assert "status=kept" in capsys.readouterr().out
+    assert main(["mutations", "show", "clied-1", "--api", api_url]) == 0
+    shown = capsys.readouterr().out
+    history = re.findall(r"^  \d\d:\d\d:\d\d\.\d{3}  (\w+)", shown, re.MULTILINE)
+    assert history == ["proposed", "validating", "validated", "approved", "applied", "kept"]
+    assert "v1: " in shown and "v2: " in shown  # the measured effect per version
+    assert main(["mutations", "policy", "clied", "off", "--api", api_url]) == 0
+    assert "improvement policy off" in capsys.readouterr().out
+    assert main(["mutations", "show", "nope", "--api", api_url]) == 2
