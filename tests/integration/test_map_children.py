@@ -14,9 +14,14 @@ from api.readmodel import load_run_detail
 from processors.scheduler.child_runs import map_child_run_id
 from projections.postgres import queries
 from schemas.models import CancelRun
-from tests.integration.engine_fixtures import Harness, assert_replay_equivalent, transform
+from tests.integration.engine_fixtures import (
+    Harness,
+    HarnessFactory,
+    assert_replay_equivalent,
+    transform,
+)
 from tests.integration.http_fixtures import HttpTestServer
-from tests.integration.test_child_runs import nothing_left_running, slow_child
+from tests.integration.test_child_runs import _scheduler, nothing_left_running, slow_child
 from tests.support.waiting import eventually
 
 SQUARE = {
@@ -274,3 +279,42 @@ def test_cancelling_the_parent_cancels_the_item_children(
     for child in first:
         assert_replay_equivalent(harness, child)
     nothing_left_running(harness, run_id, *first)
+
+
+def test_one_child_per_item_across_a_scheduler_restart(
+    engine_harness: HarnessFactory, http: HttpTestServer
+) -> None:
+    """A scheduler replaced while a map's children are in flight (partitions rebuilt from
+    snapshot + log): no item loses its child or gets a second one, and the ends reach the
+    parent on the new instance."""
+    harness = engine_harness(scheduler=False, trigger_router=False, client_id="map-restart")
+    harness.register(call_child(http))
+    harness.register(
+        mapper("call", concurrency=4, on_failure="fail_fast", inputs={"path": "{{ item }}"})
+    )
+    _, stop, thread = _scheduler(harness, "map-restart")
+    try:
+        run_id = harness.start("map_call_fail_fast", {"xs": ["/slow?ms=1500"] * 8})
+        for index in range(4):
+            child = map_child_run_id(run_id, "each", 1, index, 1)
+            harness.wait_step(child, "call", "running", timeout=60)
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not thread.is_alive()
+    second, stop, thread = _scheduler(harness, "map-restart")
+    try:
+        run = harness.wait(run_id, timeout=90)
+        assert run.status == "succeeded", run.error
+    finally:
+        stop.set()
+        thread.join(30)
+    assert run.outputs["each"]["results"] == [{"status": 200}] * 8
+    expected = [map_child_run_id(run_id, "each", 1, i, 1) for i in range(8)]
+    assert sorted(r.run_id for r in children(harness, run_id)) == sorted(expected)
+    for child in expected:
+        kinds = [e.event_type for e in harness.events(child)]
+        assert kinds.count("RunStarted") == 1 and "CommandRejected" not in kinds
+    ended = [e.payload["item"] for e in harness.events(run_id) if e.event_type == "MapChildEnded"]
+    assert sorted(ended) == list(range(8))
+    assert second.stats.recoveries >= 1
