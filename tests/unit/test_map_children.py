@@ -463,3 +463,19 @@ def test_an_item_whose_inputs_do_not_validate_fails_the_map_and_cancels_its_chil
     assert not any(isinstance(c, StartRun) for c in decision.commands)
     engine.pump()
     assert engine.run(second).status is RunStatus.CANCELLED
+
+
+def test_no_items_succeed_at_once_and_an_unknown_workflow_fails_the_step() -> None:
+    engine = Engine(CHILD, mapper())
+    decision = engine.start("mapper", "p1", {"xs": []})
+    assert not decision.commands
+    run = engine.run("p1")
+    assert run.status is RunStatus.SUCCEEDED
+    assert run.outputs["each"] == {"results": [], "errors": [], "succeeded": 0, "failed": 0}
+    engine = Engine(mapper())  # "child" is not registered
+    decision = engine.start("mapper", "p2")
+    assert not decision.commands
+    run = engine.run("p2")
+    assert run.status is RunStatus.FAILED and run.failed_step == "each"
+    assert run.error is not None and run.error.error_class == "ChildWorkflowNotFound"
+    assert "'child' (latest)" in run.error.message
