@@ -15,6 +15,7 @@ from api.models.workflows import WorkflowVersionPublic
 from projections.postgres import queries
 from projections.postgres.queries import RunEventRow, RunRow, StepRow, WorkflowRow
 from schemas.run_log import TERMINAL_RUN_EVENT_TYPES
+from workflows.meta import MAP_NODE
 from workflows.meta_children import CHILD_RUN_NODES
 
 __all__ = [
@@ -72,8 +73,9 @@ def load_run_detail(conn: psycopg.Connection[Any], run_id: str, *, schema: str) 
     if row is None:
         return None
     steps = queries.get_steps(conn, run_id, schema=schema)
-    # Only a run with a child-run step can have children: others skip the look-up.
-    has_children = any(step.node in CHILD_RUN_NODES for step in steps)
+    # Only a run with a child-run step (or a map, whose items may be child runs) can have
+    # children: others skip the look-up.
+    has_children = any(step.node in CHILD_RUN_NODES or step.node == MAP_NODE for step in steps)
     children = queries.get_children(conn, run_id, schema=schema) if has_children else []
     return run_detail(row, steps, children)
 

@@ -114,6 +114,12 @@ def describe_event(event: dict[str, Any]) -> str:
 
 def _describe_map(kind: str, payload: dict[str, Any]) -> list[str]:
     """meta.map bookkeeping (docs/decisions/0024-chunked-map.md), one line per chunk."""
+    if kind == "MapStarted" and payload.get("workflow_id"):
+        return [
+            f"{payload.get('item_count')} items, a child run of {payload['workflow_id']} "
+            f"v{payload.get('workflow_version')} each ({payload.get('max_chunks_in_flight')} in "
+            f"flight), {payload.get('on_failure')}"
+        ]
     if kind == "MapStarted":
         return [
             f"{payload.get('item_count')} items, chunks of {payload.get('chunk_size')} "
@@ -135,6 +141,11 @@ def _describe_map(kind: str, payload: dict[str, Any]) -> list[str]:
         return [
             f"chunk {payload.get('chunk')}: {payload.get('succeeded')} ok, {failed} failed, "
             f"{retrying} to retry"
+        ]
+    if kind == "MapChildEnded":
+        return [
+            f"item {payload.get('item')} (attempt {payload.get('item_attempt')}): child run "
+            f"{payload.get('child_run_id')} {payload.get('status')} -> {payload.get('outcome')}"
         ]
     return []
 

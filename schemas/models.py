@@ -688,6 +688,63 @@ class GraphMutated(RunEventEnvelope):
     """Why (the MutateGraph command's reason), for the audit trail; null in v1 records."""
 
 
+class MapChildEnded(RunEventEnvelope):
+    """A child run of a meta.map step over a sub-workflow ended (one item's outcome, judged by
+    the step's retry spec). Starting children is batched (MapChunkDispatched); each end is one
+    small record (ADR 0024 addendum).
+    """
+
+    AVRO_NAME: ClassVar[str] = "reflux.events.MapChildEnded"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    step: StepRef
+    """The meta.map step."""
+
+    attempt: int
+    """Attempt of the map step."""
+
+    chunk: int
+    """The batch (MapChunkDispatched.chunk) that started the child."""
+
+    item: int
+    """Index of the item in the collection."""
+
+    item_attempt: int
+    """Attempt of the item (a retry starts a new child)."""
+
+    child_run_id: str
+    """The child run that ended."""
+
+    status: str
+    """The child's terminal status: succeeded, failed or cancelled."""
+
+    entry: OptionalJson = None
+    """The item's outcome, {"output": <child outputs>} or {"error": ErrorInfo} (canonical JSON;
+    null = absent)
+    """
+
+    entry_ref: PayloadRef | None = None
+    """The outcome in object storage, when too large to inline."""
+
+    entry_bytes: int = 0
+    """Size of the inline entry (canonical JSON bytes; 0 when not inline)."""
+
+    outcome: str
+    """succeeded, failed (for good) or retry (a new child after retry_at)."""
+
+    retry_at: TimestampMillis | None = None
+    """When the item may start again (the step's retry backoff)."""
+
+    retry_timer_id: str | None = None
+    """The item's backoff timer."""
+
+    spill_ref: PayloadRef | None = None
+    """Set when this end completed its batch and the map's inline results grew over its budget:
+    the inline results of its finished batches moved to object storage as {"<chunk>":
+    [entries]}.
+    """
+
+
 class MapChunkDispatched(RunEventEnvelope):
     """A chunk of a meta.map step's items was sent to a worker as one NodeInvocation."""
 
@@ -777,11 +834,15 @@ class MapChunkFinished(RunEventEnvelope):
 
 class MapStarted(RunEventEnvelope):
     """A meta.map step started an attempt: its collection is evaluated and its chunking fixed
-    (ADR 0024).
+    (ADR 0024). v2: workflow_id/workflow_version for a map over a sub-workflow (one child run
+    per item).
     """
 
     AVRO_NAME: ClassVar[str] = "reflux.events.MapStarted"
-    SCHEMA_VERSION: ClassVar[int] = 1
+    SCHEMA_VERSION: ClassVar[int] = 2
+
+    schema_version: int = 2
+    """Version of the writer schema; old records keep the version they were written with."""
 
     step: StepRef
     """The meta.map step."""
@@ -800,25 +861,40 @@ class MapStarted(RunEventEnvelope):
 
     node: StepRef
     """The node run per item: step_id is the map step, node_version the version resolved for this
-    attempt.
+    attempt. A map over a sub-workflow: node meta.workflow, version builtin.
     """
 
     invoke_topic: str
-    """Topic the chunk invocations go to."""
+    """Topic the chunk invocations go to (empty for a map over a sub-workflow: children are
+    started through the commands topic).
+    """
 
     chunk_size: int
-    """Items per chunk invocation."""
+    """Items per chunk invocation; a map over a sub-workflow: children started in one batch at
+    most.
+    """
 
     max_chunks_in_flight: int
-    """Chunks dispatched and not finished at most."""
+    """Chunks dispatched and not finished at most; a map over a sub-workflow: child runs in
+    flight at most (the step's concurrency).
+    """
 
     chunk_concurrency: int
     """Items a worker runs at once within one chunk (max_chunks_in_flight * chunk_concurrency <=
-    the step's concurrency).
+    the step's concurrency); a map over a sub-workflow: free child slots needed before a new
+    batch of children starts (fewer when fewer items are left).
     """
 
     on_failure: str
     """fail_fast or collect."""
+
+    workflow_id: str | None = None
+    """A map over a sub-workflow: the workflow each item runs as a child run (null: a map over a
+    node).
+    """
+
+    workflow_version: int | None = None
+    """The child workflow's version, pinned at the map's start."""
 
 
 class RunCancelled(RunEventEnvelope):
@@ -1728,6 +1804,7 @@ MODELS: dict[str, type[RefluxRecord]] = {
     "reflux.events.ChildRunRequested": ChildRunRequested,
     "reflux.events.CommandRejected": CommandRejected,
     "reflux.events.GraphMutated": GraphMutated,
+    "reflux.events.MapChildEnded": MapChildEnded,
     "reflux.events.MapChunkDispatched": MapChunkDispatched,
     "reflux.events.MapChunkFinished": MapChunkFinished,
     "reflux.events.MapStarted": MapStarted,
@@ -1780,6 +1857,7 @@ __all__ = [
     "GraphMutationType",
     "ImprovementPolicy",
     "ImprovementPolicySet",
+    "MapChildEnded",
     "MapChunk",
     "MapChunkDispatched",
     "MapChunkFinished",

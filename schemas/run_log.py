@@ -13,6 +13,7 @@ from schemas.models import (
     ChildRunRequested,
     CommandRejected,
     GraphMutated,
+    MapChildEnded,
     MapChunkDispatched,
     MapChunkFinished,
     MapStarted,
@@ -51,6 +52,7 @@ RunEvent = (
     | MapStarted
     | MapChunkDispatched
     | MapChunkFinished
+    | MapChildEnded
     | GraphMutated
     | StepsReset
     | RunRebound
@@ -79,6 +81,7 @@ RUN_EVENT_TYPES: tuple[type[RunEvent], ...] = (
     MapStarted,
     MapChunkDispatched,
     MapChunkFinished,
+    MapChildEnded,
     GraphMutated,
     StepsReset,
     RunRebound,

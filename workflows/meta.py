@@ -40,6 +40,7 @@ __all__ = [
     "SwitchParams",
     "case_key",
     "is_meta_node",
+    "map_form_issues",
     "map_inner_node",
     "map_params",
     "switch_params",
@@ -65,23 +66,72 @@ class _Frozen(BaseModel):
 class MapParams(_Frozen):
     items: Any
     """A ``{{ expression }}`` giving an array (or a literal array)."""
-    node: str
-    """The node run per item, ``name@constraint`` (not a meta node)."""
-    params: Any = Field(default_factory=dict)
+    node: str | None = None
+    """The node run per item, ``name@constraint`` (not a meta node). Exactly one of ``node``
+    and ``workflow``."""
+    params: Any = None
     """Params of the node, rendered per item; ``item`` and ``index`` are in the context."""
+    workflow: str | None = Field(default=None, min_length=1)
+    """A registered workflow run per item as a child run (ADR 0024 addendum): the map's items
+    are sub-graphs, each with its own run log."""
+    version: int | None = Field(default=None, ge=1)
+    """The child workflow's version (None: the latest when the map starts, then pinned)."""
+    inputs: Any = None
+    """The child run's inputs, rendered per item (``item``, ``index`` in the context)."""
     concurrency: int = Field(default=16, ge=1, le=MAX_MAP_CONCURRENCY)
-    """Items running at the same time at most (across workers)."""
+    """Items running at the same time at most (across workers; child runs in flight)."""
     on_failure: Literal["fail_fast", "collect"] = "fail_fast"
     chunk_size: int | None = Field(default=None, ge=1, le=2_000)
-    """Items per chunk invocation; by default derived from ``concurrency``."""
+    """Items per chunk invocation; by default derived from ``concurrency`` (node form only)."""
 
     @field_validator("node")
     @classmethod
-    def _node(cls, value: str) -> str:
+    def _node(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         ref = parse_node_ref(value)
         if ref.name.startswith("meta."):
             raise ValueError(f"a map runs a node, not the meta node {ref.name!r}")
         return str(ref)
+
+    @property
+    def over_workflow(self) -> bool:
+        return self.workflow is not None
+
+    @property
+    def node_params(self) -> Any:
+        """The node form's per-item params template (``{}`` when absent)."""
+        return {} if self.params is None else self.params
+
+    @property
+    def child_inputs(self) -> Any:
+        """The workflow form's per-item inputs template (``{}`` when absent)."""
+        return {} if self.inputs is None else self.inputs
+
+
+_NODE_ONLY: Final = ("params", "chunk_size")
+_WORKFLOW_ONLY: Final = ("version", "inputs")
+
+
+def map_form_issues(params: MapParams) -> list[tuple[str, str]]:
+    """``(field, message)`` for a map that names both or neither of ``node`` / ``workflow``, or
+    mixes the two forms' fields."""
+    if params.node is None and params.workflow is None:
+        return [("node", "exactly one of 'node' (a node per item) or 'workflow' is required")]
+    if params.node is not None and params.workflow is not None:
+        return [("workflow", "exactly one of 'node' and 'workflow' may be given, not both")]
+    issues: list[tuple[str, str]] = []
+    if params.workflow is not None:
+        for name in _NODE_ONLY:
+            if getattr(params, name) is not None:
+                issues.append((name, f"{name!r} is for a map over a node; use 'inputs'"))
+        if params.inputs is not None and not isinstance(params.inputs, Mapping | str):
+            issues.append(("inputs", "expected an object of the child workflow's inputs"))
+    else:
+        for name in _WORKFLOW_ONLY:
+            if getattr(params, name) is not None:
+                issues.append((name, f"{name!r} is for a map over a workflow"))
+    return issues
 
 
 class SwitchParams(_Frozen):
@@ -102,7 +152,7 @@ def map_inner_node(params: Any) -> str | None:
     params check reports it)."""
     try:
         return map_params(params).node
-    except ValidationError:
+    except (ValidationError, TypeError):
         return None
 
 
@@ -175,7 +225,9 @@ def _check_map(prefix: str, params: Mapping[str, Any], check: ExpressionCheck) -
         parsed = map_params(params)
     except ValidationError as exc:
         return _pydantic_issues(exc, prefix)
-    issues: list[Issue] = []
+    issues: list[Issue] = [(f"{prefix}.{field}", msg) for field, msg in map_form_issues(parsed)]
+    if issues:
+        return issues
     items = parsed.items
     if isinstance(items, str):
         exprs = _iter_templates(items, f"{prefix}.items")
@@ -186,6 +238,8 @@ def _check_map(prefix: str, params: Mapping[str, Any], check: ExpressionCheck) -
     elif not isinstance(items, list | tuple):
         issues.append((f"{prefix}.items", "expected a '{{ expression }}' or an array"))
     for path, expr in _iter_templates(parsed.params, f"{prefix}.params"):
+        issues += check(path, expr, MAP_ITEM_ROOTS)
+    for path, expr in _iter_templates(parsed.inputs, f"{prefix}.inputs"):
         issues += check(path, expr, MAP_ITEM_ROOTS)
     return issues
 

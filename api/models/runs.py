@@ -78,14 +78,18 @@ class RunPublic(BaseModel):
     finished_at: datetime | None = None
     last_seq: int = Field(description="seq of the last event in this view.")
     parent_run_id: str | None = Field(
-        default=None, description="A child run's parent run (meta.workflow / meta.loop)."
+        default=None,
+        description="A child run's parent run (meta.workflow, meta.loop, meta.map over a "
+        "workflow).",
     )
     parent_step_id: str | None = Field(
         default=None, description="The parent's meta step that started this child run."
     )
     parent_attempt: int | None = None
     parent_iteration: int | None = Field(
-        default=None, description="meta.loop: the iteration this child run is (1-based)."
+        default=None,
+        description="meta.loop: the iteration this child run is (1-based); meta.map over a "
+        "workflow: the index of the item it runs (0-based).",
     )
 
 
@@ -99,6 +103,7 @@ class ChildRunPublic(BaseModel):
     step_id: str | None
     attempt: int | None
     iteration: int | None
+    """meta.loop: the iteration (1-based); meta.map over a workflow: the item's index."""
 
 
 class StepPublic(BaseModel):

@@ -82,10 +82,14 @@ __all__ = [
     "CHILD_SOURCE",
     "ChildOps",
     "RunCommand",
+    "child_error",
     "child_finished",
     "child_run_id",
     "children_in_flight",
+    "command_id",
+    "end_children_of_failed_run",
     "is_child_run_node",
+    "map_child_run_id",
     "notify_parent",
     "propagate",
     "rejected_child",
@@ -147,9 +151,22 @@ def child_run_id(parent_run_id: str, step_id: str, attempt: int, iteration: int 
     return str(uuid.uuid5(_NAMESPACE, name))
 
 
+def map_child_run_id(
+    parent_run_id: str, step_id: str, attempt: int, item: int, item_attempt: int
+) -> str:
+    """The run id of the child that runs ``item`` of a map step over a sub-workflow (one per
+    map attempt, item and item attempt: a retried item is a new child)."""
+    name = f"mapchild:{parent_run_id}:{step_id}:{attempt}:{item}:{item_attempt}"
+    return str(uuid.uuid5(_NAMESPACE, name))
+
+
 def _command_id(*parts: object) -> str:
     """Outbox command ids are derived too, so the receiver's dedupe (processed ids) holds."""
     return str(uuid.uuid5(_NAMESPACE, ":".join(str(p) for p in parts)))
+
+
+command_id = _command_id
+"""Public name for the other outbox writers (the map over a sub-workflow)."""
 
 
 # -- scheduling a child-run step ------------------------------------------------------------------
@@ -437,6 +454,11 @@ def _error_of(exc: NonRetryableError) -> ErrorInfo:
     return ErrorInfo(error_class=exc.error_class, message=str(exc), retryable=False)
 
 
+def child_error(cmd: ChildRunFinished) -> ErrorInfo:
+    """The error a failed, cancelled or rejected child gives its parent's step (or map item)."""
+    return _child_error(cmd)
+
+
 def _child_error(cmd: ChildRunFinished) -> ErrorInfo:
     """The step's error: the child's own error class, so the step's retry spec
     (``non_retryable``) can tell failures apart; the message names the child."""
@@ -549,3 +571,56 @@ def propagate(
                 requested_by=f"run:{run.run_id}",
             )
         )
+
+
+# -- a parent that ends does not leave children running -------------------------------------------
+
+
+def end_children_of_failed_run(w: _Writer, map_children: dict[str, list[str]]) -> None:
+    """The run failed in this decision (another step, its deadline, a fail-fast map): every
+    step still waiting for child runs fails with ``ChildRunCancelled`` and the outbox cancels
+    those children (reason naming the parent's end). Their ChildRunFinished is then stale (the
+    step is no longer running) and changes nothing; a re-drive of the step starts new ones.
+
+    ``map_children``: the children of map steps over a sub-workflow (by step id), computed by
+    the caller (:func:`processors.scheduler.meta.map_children.map_children_in_flight`)."""
+    run = w.run
+    if run.status is not RunStatus.FAILED:
+        return
+    cause = run.error.message if run.error is not None else "failed"
+    failed_step = f" (step {run.failed_step!r})" if run.failed_step else ""
+    ended_at = run.last_seq
+    for step_id in run.graph.topological_order:
+        step = w.run.steps.get(step_id)
+        if step is None or step.status is not StepStatus.RUNNING:
+            continue
+        node = run.step_definition(step_id).node_name
+        if is_child_run_node(node) and step.child_run_id is not None:
+            children = [step.child_run_id]
+        elif step_id in map_children:
+            children = map_children[step_id]
+        else:
+            continue
+        reason = f"parent run {run.run_id} failed{failed_step}: {cause}"
+        w.emit(
+            StepFailed,
+            step=run.step_ref(step_id),
+            attempt=step.attempt,
+            invocation_id=step.child_run_id,
+            error=ErrorInfo(
+                error_class=CHILD_CANCELLED,
+                message=f"child run(s) cancelled: {reason}",
+                retryable=False,
+            ),
+        )
+        for child in children:
+            w.commands.append(
+                CancelRun(
+                    run_id=child,
+                    event_id=w.ctx.new_id(),
+                    occurred_at=w.ctx.now,
+                    command_id=_command_id(run.run_id, "ended", ended_at, child),
+                    reason=reason,
+                    requested_by=f"run:{run.run_id}",
+                )
+            )

@@ -65,6 +65,7 @@ from processors.scheduler.child_runs import (
     RunCommand,
     child_finished,
     children_in_flight,
+    end_children_of_failed_run,
     is_child_run_node,
     notify_parent,
     propagate,
@@ -74,7 +75,14 @@ from processors.scheduler.child_runs import (
 )
 from processors.scheduler.evolve import RUN_EVENT_TYPES, RunEvent, evolve, fold
 from processors.scheduler.meta import ai_plan
-from processors.scheduler.meta.map import map_result, pump, retry_timer_due, start_map
+from processors.scheduler.meta.map import map_result
+from processors.scheduler.meta.map_children import (
+    map_child_finished,
+    map_children_in_flight,
+    map_timer_due,
+    pump_map,
+    start_any_map,
+)
 from processors.scheduler.meta.switch import run_switch, switch_skip_reason
 from processors.scheduler.redrive import plan_rebind, plan_redrive_from, rebind_status_refusal
 from processors.scheduler.retry_gate import UNGATED, Admission, RetryGating, step_dependency
@@ -388,6 +396,13 @@ class _Writer:
 
     def decision(self, before: RunState | None) -> Decision:
         old = before.timers if before is not None else {}
+        if (
+            self.state is not None
+            and self.state.status is RunStatus.FAILED
+            and any(isinstance(e, RunFailed) for e in self.events)
+        ):
+            # A run that fails leaves no child run running (ADR 0025 addendum).
+            end_children_of_failed_run(self, map_children_in_flight(self.state))
         new = self.state.timers if self.state is not None else {}
         notification = notify_parent(before, self.state, self.ctx) if self.events else None
         if notification is not None:
@@ -494,10 +509,16 @@ def _expect_status(w: _Writer, cmd: Command, allowed: tuple[RunStatus, ...], wor
     return False
 
 
+def _all_children(run: RunState) -> list[str]:
+    """Child runs in flight: meta.workflow / meta.loop steps' and map items' (ADR 0025)."""
+    mapped = map_children_in_flight(run)
+    return children_in_flight(run) + [c for step in mapped.values() for c in step]
+
+
 def _cancel(w: _Writer, cmd: CancelRun) -> None:
     allowed = (RunStatus.RUNNING, RunStatus.PAUSED, RunStatus.FAILED)
     if _expect_status(w, cmd, allowed, "running, paused or failed"):
-        children = children_in_flight(w.run)
+        children = _all_children(w.run)
         w.emit(RunCancelled, reason=cmd.reason, requested_by=cmd.requested_by)
         propagate(w, children, CancelRun, causation=cmd.command_id, reason=cmd.reason)
 
@@ -505,13 +526,13 @@ def _cancel(w: _Writer, cmd: CancelRun) -> None:
 def _pause(w: _Writer, cmd: PauseRun) -> None:
     if _expect_status(w, cmd, (RunStatus.RUNNING,), "running"):
         w.emit(RunPaused, reason=cmd.reason, requested_by=cmd.requested_by)
-        children = children_in_flight(w.run)
+        children = _all_children(w.run)
         propagate(w, children, PauseRun, causation=cmd.command_id, reason=cmd.reason)
 
 
 def _resume(w: _Writer, cmd: ResumeRun) -> None:
     if _expect_status(w, cmd, (RunStatus.PAUSED,), "paused"):
-        children = children_in_flight(w.run)
+        children = _all_children(w.run)
         w.emit(RunResumed, reason=cmd.reason, requested_by=cmd.requested_by)
         propagate(w, children, ResumeRun, causation=cmd.command_id, reason=cmd.reason)
         _resume_work(w)
@@ -784,7 +805,7 @@ def _fire_timer(w: _Writer, cmd: FireTimer) -> None:
     if step.step_id in run.maps and timer.timer_id in run.maps[step.step_id].retries:
         # A meta.map's items waiting for their next attempt: dispatch them (if running).
         try:
-            retry_timer_due(w, step.step_id, timer.timer_id, _meta_context(w, step.step_id))
+            map_timer_due(w, step.step_id, timer.timer_id, _meta_context(w, step.step_id))
         except NonRetryableError as exc:
             _fail_before_dispatch(w, step.step_id, step.attempt, exc)
         _advance(w)
@@ -1148,7 +1169,7 @@ def _resume_work(w: _Writer) -> None:
     run = w.run
     for step_id in list(run.maps):
         try:  # meta.map steps dispatch the chunks they held back
-            pump(w, step_id, _meta_context(w, step_id))
+            pump_map(w, step_id, _meta_context(w, step_id))
         except NonRetryableError as exc:
             _fail_before_dispatch(w, step_id, w.run.steps[step_id].attempt, exc)
     for step_id in run.graph.topological_order:
@@ -1336,7 +1357,7 @@ def _run_meta(w: _Writer, step_id: str, attempt: int, definition: StepDefinition
     """A meta node runs in the scheduler (processors/scheduler/meta): never dispatched as such."""
     try:
         if definition.node_name == MAP_NODE:
-            start_map(w, step_id, attempt, lambda: _context(w, definition))
+            start_any_map(w, step_id, attempt, lambda: _context(w, definition))
         else:
             run_switch(w, step_id, attempt, lambda: _context(w, definition))
     except NonRetryableError as exc:  # a TemplateError, no such node version, no topic
@@ -1557,8 +1578,19 @@ def pending_cache_lookups(state: RunState) -> list[CacheLookup]:
 
 
 def _child_finished(w: _Writer, cmd: ChildRunFinished) -> None:
-    if w.state is not None:
-        child_finished(w, _CHILD_OPS, cmd)
+    if w.state is None:
+        return
+    progress = w.state.maps.get(cmd.step_id)
+    if progress is not None and progress.workflow_id is not None:
+        # An item of a meta.map over a sub-workflow (processors/scheduler/meta/map_children.py).
+        try:
+            map_child_finished(w, cmd, _meta_context(w, cmd.step_id))
+        except NonRetryableError as exc:  # starting the next batch failed (inputs, workflow)
+            failing = w.run.steps[cmd.step_id]
+            _fail_before_dispatch(w, failing.step_id, failing.attempt, exc)
+        _advance(w)
+        return
+    child_finished(w, _CHILD_OPS, cmd)
 
 
 _CHILD_OPS = ChildOps(after_failure=_after_failure, advance=_advance, context=_context)

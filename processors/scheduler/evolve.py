@@ -20,6 +20,7 @@ from typing import Any
 from foundation.errors import NonRetryableError
 from processors.scheduler.meta import ai_plan
 from processors.scheduler.meta.fold import (
+    apply_map_child_ended,
     apply_map_chunk_dispatched,
     apply_map_chunk_finished,
     apply_map_started,
@@ -39,6 +40,7 @@ from schemas.models import (
     ErrorInfo,
     GraphMutated,
     GraphMutationType,
+    MapChildEnded,
     MapChunkDispatched,
     MapChunkFinished,
     MapStarted,
@@ -416,6 +418,11 @@ def _(event: MapChunkDispatched, state: RunState | None) -> RunState:
 @_apply.register
 def _(event: MapChunkFinished, state: RunState | None) -> RunState:
     return apply_map_chunk_finished(_require(state, event), event)
+
+
+@_apply.register
+def _(event: MapChildEnded, state: RunState | None) -> RunState:
+    return apply_map_child_ended(_require(state, event), event)
 
 
 @_apply.register

@@ -39,6 +39,9 @@ class MapChunkState(_Frozen):
     results_ref: PayloadRef | None = None
     spill: int | None = None
     """Index into ``MapState.spills`` once its inline results were moved there."""
+    ended: int = 0
+    """A batch of child runs (map over a sub-workflow): children that ended so far; its
+    ``results`` hold one entry per item, null until the item's child ends."""
 
     @property
     def indices(self) -> list[int]:
@@ -81,6 +84,14 @@ class MapState(_Frozen):
     spills: tuple[PayloadRef, ...] = ()
     """Objects ``{"<chunk>": [entries]}`` holding results moved out of the state when the
     inline ones grew over the map's budget."""
+    workflow_id: str | None = None
+    """A map over a sub-workflow (one child run per item): the workflow, pinned version below.
+    Then ``max_chunks_in_flight`` is the cap of children in flight, ``chunk_size`` the largest
+    batch of children started at once and ``chunk_concurrency`` the free slots a batch waits
+    for."""
+    workflow_version: int | None = None
+    children_running: int = 0
+    """Child runs started and not ended (map over a sub-workflow)."""
     done: int = 0
     """Items with a final outcome (succeeded, or failed with no attempt left)."""
     failed: int = 0

@@ -44,7 +44,8 @@ Status rules that are not obvious from the event names:
   ``running`` with ``invocation_id`` = the child's run id; ``ChildRunEnded`` (a loop iteration
   ended) only advances the run. A child's ``RunStarted`` fills ``parent_*`` on its row.
 - ``MapStarted`` makes a ``meta.map`` step ``running`` (a re-drive reopens the run);
-  ``MapChunkDispatched`` / ``MapChunkFinished`` only advance the run (their rows are in
+  ``MapChunkDispatched`` / ``MapChunkFinished`` / ``MapChildEnded`` (a map over a sub-workflow:
+  one item's child run ended) only advance the run (their rows are in
   ``run_events``).
 """
 
@@ -70,6 +71,7 @@ from schemas.models import (
     CommandRejected,
     GraphMutated,
     GraphMutationType,
+    MapChildEnded,
     MapChunkDispatched,
     MapChunkFinished,
     MapStarted,
@@ -612,7 +614,7 @@ def _(event: MapStarted, schema: str) -> Plan:
 
 
 @plan.register
-def _(event: MapChunkDispatched | MapChunkFinished, schema: str) -> Plan:
+def _(event: MapChunkDispatched | MapChunkFinished | MapChildEnded, schema: str) -> Plan:
     # Chunk bookkeeping: in the run's event log (run_events) only; the step row changes with
     # MapStarted and the step's outcome.
     return _run_plan(event, schema, _update_run(event, schema))

@@ -75,8 +75,15 @@ class Harness:
             return {s.step_id: s for s in queries.get_steps(conn, run_id, schema=self.schema)}
 
     def events(self, run_id: str) -> list[queries.RunEventRow]:
+        """The whole projected log, page by page (a map's parent log can pass a page)."""
+        rows: list[queries.RunEventRow] = []
         with self.conn() as conn:
-            return list(queries.get_events(conn, run_id, schema=self.schema))
+            while True:
+                after = rows[-1].seq if rows else -1
+                page = queries.get_events(conn, run_id, after, schema=self.schema)
+                rows += page
+                if len(page) < 1000:
+                    return rows
 
     def _engine_alive(self) -> None:
         errors = self.engine.errors()

@@ -19,7 +19,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from processors.scheduler.decide import TIMEOUT_GRACE_MS
+from processors.scheduler.child_runs import map_child_run_id
+from processors.scheduler.decide import TIMEOUT_GRACE_MS, RegisteredWorkflow
 from processors.scheduler.evolve import RUN_EVENT_TYPES, RunEvent, fold
 from processors.scheduler.retry_gate import (
     CircuitPolicy,
@@ -31,10 +32,12 @@ from processors.scheduler.retry_gate import (
 from processors.scheduler.state import RunState
 from schemas.models import (
     MODELS,
+    ChildRunFinished,
     ErrorInfo,
     FireTimer,
     GraphMutationType,
     NodeInvocation,
+    StartRun,
     TraceStatus,
 )
 from tests.support.scheduler_simulation import NO_ANSWER, NOT_PICKED_UP, Simulation
@@ -668,6 +671,94 @@ outputs:
 """
 
 
+MAP_CHILD = """
+id: item_child
+inputs:
+  x: {type: string, required: true}
+steps:
+  - {id: work, node: transform@^1, params: {x: "{{ inputs.x }}"}}
+outputs:
+  x: "{{ steps.work.output.params.x }}"
+"""
+
+MAP_OVER_WORKFLOW = """
+id: map_over_workflow
+inputs:
+  xs: {type: array, required: true}
+steps:
+  - id: each
+    node: meta.map
+    retry: {max_attempts: 2, initial_backoff: 100}
+    params:
+      items: "{{ inputs.xs }}"
+      workflow: item_child
+      inputs: {x: "{{ item }}"}
+      concurrency: 2
+      on_failure: collect
+outputs:
+  results: "{{ steps.each.output.results }}"
+  errors: "{{ steps.each.output.errors }}"
+"""
+
+
+class _WithChildWorkflow(Simulation):
+    """The parent only: its children's ends are fed as ChildRunFinished by the scenario."""
+
+    child = parse_workflow(MAP_CHILD)
+
+    def _lookup(self, workflow_id: str, version: int | None) -> RegisteredWorkflow | None:
+        if workflow_id == self.child.id:
+            return RegisteredWorkflow(1, self.child)
+        return super()._lookup(workflow_id, version)
+
+
+def map_children() -> Simulation:
+    """A map over a sub-workflow: 5 items, 2 children at a time, children ending out of order,
+    one item retried as a new child (then ok), one failing for good (collect)."""
+    sim = _WithChildWorkflow(MAP_OVER_WORKFLOW, node_catalog=CATALOG)
+    sim.start({"xs": ["a", "flaky", "bad", "d", "e"]})
+    answered: set[str] = set()
+    for _ in range(50):
+        starts = [
+            c
+            for d in sim.decisions
+            for c in d.commands
+            if isinstance(c, StartRun) and c.run_id not in answered
+        ]
+        if not starts:
+            if not sim.fire_due() and not sim.advance_and_fire(200):
+                break
+            continue
+        start = starts[-1]  # the youngest child first: ends come back out of order
+        answered.add(start.run_id)
+        assert start.parent is not None
+        x = start.inputs["x"]
+        index = start.parent.iteration
+        assert index is not None
+        first_try = start.run_id == map_child_run_id(sim.run_id, "each", 1, index, 1)
+        error = None
+        if x == "bad":
+            error = ErrorInfo(error_class="Bad", message="never", retryable=False)
+        elif x == "flaky" and first_try:
+            error = ErrorInfo(error_class="Flaky", message="once", retryable=True)
+        sim.advance(5)
+        sim.send(
+            ChildRunFinished(
+                run_id=sim.run_id,
+                command_id=sim.new_id(),
+                occurred_at=sim.now,
+                child_run_id=start.run_id,
+                step_id=start.parent.step_id,
+                attempt=start.parent.attempt,
+                iteration=start.parent.iteration,
+                status="failed" if error is not None else "succeeded",
+                outputs=None if error is not None else {"x": x},
+                error=error,
+            )
+        )
+    return sim
+
+
 def switch_branch() -> Simulation:
     """The "large" case: careful and review run; cheap and fallback are skipped."""
     sim = Simulation(SWITCH, node_catalog=CATALOG)
@@ -702,6 +793,7 @@ SCENARIOS: dict[str, Callable[[], Simulation]] = {
     "heartbeats": heartbeats,
     "circuit_held": circuit_held,
     "map_chunks": map_chunks,
+    "map_children": map_children,
     "switch_branch": switch_branch,
 }
 

@@ -46,7 +46,7 @@ from schemas.models import (
     TraceStatus,
 )
 from workflows.expressions import TemplateError, render_params
-from workflows.meta import MAP_NODE, map_params
+from workflows.meta import MAP_NODE, MapParams, map_params
 from workflows.semver import invoke_major, parse_node_ref
 
 __all__ = [
@@ -58,7 +58,6 @@ __all__ = [
     "finish_if_complete",
     "map_result",
     "pump",
-    "retry_timer_due",
     "start_map",
 ]
 
@@ -105,6 +104,26 @@ class Writer(Protocol):
     def emit(self, cls: type[E], **fields: Any) -> E: ...
 
 
+class _PayloadContext(Protocol):
+    @property
+    def now(self) -> datetime: ...
+    @property
+    def load_payload(self) -> Callable[[PayloadRef], Any] | None: ...
+    @property
+    def store_payload(self) -> Callable[[Any], PayloadRef | None] | None: ...
+
+
+class CoreWriter(Protocol):
+    """The part of a writer that starting, finishing and failing a map need (shared with the
+    map over a sub-workflow, :mod:`processors.scheduler.meta.map_children`)."""
+
+    @property
+    def run(self) -> RunState: ...
+    @property
+    def ctx(self) -> _PayloadContext: ...
+    def emit(self, cls: Any, **fields: Any) -> Any: ...
+
+
 ContextOf = Callable[[], dict[str, Any]]
 """The step's expression context (inputs, steps, run), built by ``decide`` when needed."""
 
@@ -130,7 +149,14 @@ _LOADED: dict[str, Any] = {}
 _LOADED_MAX: Final = 16
 
 
-def _load(w: Writer, ref: PayloadRef) -> Any:
+def remember(ref: PayloadRef, value: Any) -> None:
+    """Keep a payload just stored (content-addressed), so reading it back costs no I/O."""
+    if len(_LOADED) >= _LOADED_MAX:
+        _LOADED.pop(next(iter(_LOADED)))
+    _LOADED[ref.sha256] = value
+
+
+def _load(w: CoreWriter, ref: PayloadRef) -> Any:
     cached = _LOADED.get(ref.sha256)
     if cached is not None:
         return cached
@@ -145,7 +171,8 @@ def _load(w: Writer, ref: PayloadRef) -> Any:
     return value
 
 
-def _items(w: Writer, progress: MapState) -> list[Any]:
+def items_of(w: CoreWriter, progress: MapState) -> list[Any]:
+    """The map's collection, as written in MapStarted."""
     if progress.items_ref is not None:
         loaded: list[Any] = _load(w, progress.items_ref)
         return loaded
@@ -155,26 +182,32 @@ def _items(w: Writer, progress: MapState) -> list[Any]:
 # -- start ----------------------------------------------------------------------------------------
 
 
+def render_items(params: MapParams, step_id: str, context_of: ContextOf) -> list[Any]:
+    """The map's collection, evaluated once at its start (an array, or a TemplateError)."""
+    path = f"steps.{step_id}.params.items"
+    items = render_params(params.items, context_of(), path=path)
+    if not isinstance(items, list):
+        kind = type(items).__name__ if items is not None else "null"
+        raise TemplateError(path, f"expected an array of items, got {kind}")
+    return items
+
+
 def start_map(w: Writer, step_id: str, attempt: int, context_of: ContextOf) -> None:
     """MapStarted for ``attempt``, then the first chunks (or success, for no items).
 
     Raises ``NonRetryableError`` (a template error, no such node, no topic): ``decide`` fails
     the step with it, as for an ordinary step that cannot be dispatched."""
     run = w.run
-    definition = run.step_definition(step_id)
-    params = map_params(definition.params)
-    path = f"steps.{step_id}.params.items"
-    items = render_params(params.items, context_of(), path=path)
-    if not isinstance(items, list):
-        kind = type(items).__name__ if items is not None else "null"
-        raise TemplateError(path, f"expected an array of items, got {kind}")
+    params = map_definition_params(run, step_id)
+    items = render_items(params, step_id, context_of)
+    assert params.node is not None  # the node form (map_children starts the workflow form)
     inner = parse_node_ref(params.node)
     version = w.ctx.resolve_node_version(inner.name, inner.constraint.raw, run.run_id)
     topic = w.ctx.invoke_topic(inner.name, invoke_major(version))
     size, in_flight, per_chunk = chunking(len(items), params.concurrency, params.chunk_size)
     ref = w.ctx.store_payload(items) if w.ctx.store_payload is not None else None
     if ref is not None:
-        _LOADED[ref.sha256] = items
+        remember(ref, items)
     w.emit(
         MapStarted,
         step=run.step_ref(step_id),
@@ -202,6 +235,15 @@ def _is_map(run: RunState, step_id: str) -> bool:
     return graph.has_step(step_id) and graph.step(step_id).node_name == MAP_NODE
 
 
+def map_definition_params(run: RunState, step_id: str) -> MapParams:
+    return map_params(run.step_definition(step_id).params)
+
+
+def running_map(run: RunState, step_id: str) -> MapState | None:
+    """The map's progress if its step is running the attempt the progress is for."""
+    return _running(run, step_id)
+
+
 def _running(run: RunState, step_id: str) -> MapState | None:
     progress = run.maps.get(step_id)
     step = run.steps.get(step_id)
@@ -217,6 +259,9 @@ def _running(run: RunState, step_id: str) -> MapState | None:
 def pump(w: Writer, step_id: str, context_of: ContextOf) -> None:
     """Dispatch chunks while fewer than ``max_chunks_in_flight`` are out: due retries first,
     then fresh items in order. Only while the run is running (a pause holds new chunks)."""
+    current = _running(w.run, step_id)
+    if current is not None and current.workflow_id is not None:
+        return  # a map over a sub-workflow: map_children.pump_children starts its children
     base: dict[str, Any] | None = None
     while w.run.status is RunStatus.RUNNING:
         progress = _running(w.run, step_id)
@@ -258,8 +303,8 @@ def _dispatch(
     run = w.run
     step_id = progress.step_id
     definition = run.step_definition(step_id)
-    template = map_params(definition.params).params
-    items = _items(w, progress)
+    template = map_params(definition.params).node_params
+    items = items_of(w, progress)
     path = f"steps.{step_id}.params.params"
     context = dict(base)
     rendered: list[Any] = []
@@ -309,15 +354,6 @@ def _dispatch(
             ),
         )
     )
-
-
-def retry_timer_due(w: Writer, step_id: str, timer_id: str, context_of: ContextOf) -> bool:
-    """A map retry timer fired: dispatch what is due (if room). False: not a map timer."""
-    progress = w.run.maps.get(step_id)
-    if progress is None or timer_id not in progress.retries:
-        return False
-    pump(w, step_id, context_of)
-    return True
 
 
 # -- results --------------------------------------------------------------------------------------
@@ -370,7 +406,7 @@ def map_result(w: Writer, result: NodeResult, context_of: ContextOf) -> bool:
         held = {str(n): c.results for n, c in sorted(progress.chunks.items()) if _inline(c)}
         spill = w.ctx.store_payload({**held, str(chunk.chunk): entries})
         if spill is not None:
-            _LOADED[spill.sha256] = {**held, str(chunk.chunk): entries}
+            remember(spill, {**held, str(chunk.chunk): entries})
     w.emit(
         MapChunkFinished,
         step=run.step_ref(progress.step_id),
@@ -396,6 +432,11 @@ def map_result(w: Writer, result: NodeResult, context_of: ContextOf) -> bool:
     if not finish_if_complete(w, progress.step_id):
         pump(w, progress.step_id, context_of)
     return True
+
+
+def inline(chunk: MapChunkState) -> bool:
+    """A finished chunk whose results are held in the run state (not a reference, not spilled)."""
+    return _inline(chunk)
 
 
 def _inline(chunk: MapChunkState) -> bool:
@@ -438,7 +479,12 @@ def _entry_error(entry: Any) -> ErrorInfo | None:
     )
 
 
-def _fail(w: Writer, step_id: str, index: int, error: ErrorInfo) -> None:
+def fail_map(w: CoreWriter, step_id: str, index: int, error: ErrorInfo) -> None:
+    """fail_fast: the step fails for good with ``item <index>: ...`` (and so does the run)."""
+    _fail(w, step_id, index, error)
+
+
+def _fail(w: CoreWriter, step_id: str, index: int, error: ErrorInfo) -> None:
     """fail_fast: the step fails for good (retries were per item) and so does the run."""
     run = w.run
     failure = ErrorInfo(
@@ -452,7 +498,7 @@ def _fail(w: Writer, step_id: str, index: int, error: ErrorInfo) -> None:
         w.emit(RunFailed, error=failure, failed_step=ref)
 
 
-def finish_if_complete(w: Writer, step_id: str) -> bool:
+def finish_if_complete(w: CoreWriter, step_id: str) -> bool:
     """StepSucceeded with the assembled output once every item has its outcome."""
     progress = _running(w.run, step_id)
     if progress is None or not progress.complete:
@@ -490,7 +536,11 @@ def assemble(progress: MapState, load: Callable[[PayloadRef], Any]) -> dict[str,
         else:
             entries = chunk.results
         for index, entry in zip(chunk.indices, entries, strict=True):
-            outcome[index] = entry
+            if isinstance(entry, Mapping) and "entry_ref" in entry:
+                # A child's outcome too large to inline (map over a sub-workflow).
+                outcome[index] = load(PayloadRef.model_validate(entry["entry_ref"]))
+            else:
+                outcome[index] = entry
     results: list[Any] = []
     errors: list[dict[str, Any]] = []
     for index, entry in enumerate(outcome):
