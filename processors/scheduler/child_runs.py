@@ -290,29 +290,52 @@ def _request_child(
         inputs=inputs,
     )
     w.commands.append(
-        StartRun(
-            run_id=child,
-            event_id=w.ctx.new_id(),
-            occurred_at=w.ctx.now,
-            schema_version=StartRun.SCHEMA_VERSION,
-            command_id=_command_id(child, "start"),
-            reason=f"step {step_id!r} of run {run.run_id}",
-            requested_by=f"run:{run.run_id}",
-            workflow_id=params.workflow_id,
-            workflow_version=registered.version,
-            inputs=inputs,
-            idempotency_key=f"child:{child}",
-            deadline=None,
-            source=CHILD_SOURCE,
-            source_key=None,
-            parent=ParentRef(
+        child_start(
+            w,
+            child,
+            ParentRef(
                 run_id=run.run_id,
                 step_id=step_id,
                 attempt=attempt,
                 iteration=iteration,
                 depth=depth,
             ),
+            workflow_id=params.workflow_id,
+            workflow_version=registered.version,
+            inputs=inputs,
+            reason=f"step {step_id!r} of run {run.run_id}",
         )
+    )
+
+
+def child_start(
+    w: _Writer,
+    child: str,
+    parent: ParentRef,
+    *,
+    workflow_id: str,
+    workflow_version: int | None,
+    inputs: dict[str, Any],
+    reason: str,
+) -> StartRun:
+    """The ``StartRun`` of a child run (meta.workflow, a loop iteration, a map item): its
+    derived command id and idempotency key make a repeated decision start one child."""
+    return StartRun(
+        run_id=child,
+        event_id=w.ctx.new_id(),
+        occurred_at=w.ctx.now,
+        schema_version=StartRun.SCHEMA_VERSION,
+        command_id=_command_id(child, "start"),
+        reason=reason,
+        requested_by=f"run:{parent.run_id}",
+        workflow_id=workflow_id,
+        workflow_version=workflow_version,
+        inputs=inputs,
+        idempotency_key=f"child:{child}",
+        deadline=None,
+        source=CHILD_SOURCE,
+        source_key=None,
+        parent=parent,
     )
 
 

@@ -34,11 +34,11 @@ from processors.scheduler.backoff import backoff_ms, should_retry
 from processors.scheduler.child_runs import (
     CHILD_DEPTH_EXCEEDED,
     CHILD_INPUTS_INVALID,
-    CHILD_SOURCE,
     CHILD_WORKFLOW_NOT_FOUND,
     MAX_CHILD_DEPTH,
     RunCommand,
     child_error,
+    child_start,
     command_id,
     map_child_run_id,
 )
@@ -54,7 +54,6 @@ from schemas.models import (
     MapStarted,
     ParentRef,
     PayloadRef,
-    StartRun,
     StepRef,
 )
 from workflows.expressions import render_params
@@ -315,28 +314,20 @@ def _start_batch(
     for index, child_inputs in zip(indices, inputs, strict=True):
         child = map_child_run_id(run.run_id, step_id, progress.attempt, index, item_attempt)
         w.commands.append(
-            StartRun(
-                run_id=child,
-                event_id=w.ctx.new_id(),
-                occurred_at=w.ctx.now,
-                schema_version=StartRun.SCHEMA_VERSION,
-                command_id=command_id(child, "start"),
-                reason=f"item {index} of map step {step_id!r} of run {run.run_id}",
-                requested_by=f"run:{run.run_id}",
-                workflow_id=progress.workflow_id,
-                workflow_version=progress.workflow_version,
-                inputs=child_inputs,
-                idempotency_key=f"child:{child}",
-                deadline=None,
-                source=CHILD_SOURCE,
-                source_key=None,
-                parent=ParentRef(
+            child_start(
+                w,
+                child,
+                ParentRef(
                     run_id=run.run_id,
                     step_id=step_id,
                     attempt=progress.attempt,
                     iteration=index,
                     depth=depth,
                 ),
+                workflow_id=progress.workflow_id,
+                workflow_version=progress.workflow_version,
+                inputs=child_inputs,
+                reason=f"item {index} of map step {step_id!r} of run {run.run_id}",
             )
         )
 
