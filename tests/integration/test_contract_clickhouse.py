@@ -232,7 +232,7 @@ def test_traces_ingest_from_kafka_and_the_metrics_queries_agree(
 ) -> None:
     settings, database = traces_store
     ch = backend.ch
-    assert apply(ch, settings, database=database) == [1, 2, 3, 4]
+    assert apply(ch, settings, database=database) == [1, 2, 3, 4, 5]
     traces = [_trace(i) for i in range(90)]
     # Retry decisions of the scheduler (004_retry_metrics.sql): counted apart, not as attempts.
     retries = [
