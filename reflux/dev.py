@@ -25,6 +25,7 @@ from foundation.settings import Settings
 from node_workers.registry import NodeRegistry, default_registry
 from node_workers.runtime import WorkerConfig, WorkerRuntime
 from processors.mutations.runtime import MutationProcessor
+from processors.replay.runner import ReplayRunner
 from processors.scheduler.runtime.loop import SchedulerRuntime
 from processors.triggers.router import TriggerRouter
 from projections.postgres.migrations import apply_migrations
@@ -91,6 +92,7 @@ class DevEngine:
         projector: bool = True,
         trigger_router: bool = True,
         mutation_processor: bool = True,
+        replay_runner: bool = True,
         schedulers: int = 1,
         register_nodes: bool = False,
         worker_config: WorkerConfig | None = None,
@@ -105,6 +107,7 @@ class DevEngine:
             "projector": projector,
             "trigger-router": trigger_router,
             "mutation-processor": mutation_processor,
+            "replay-runner": replay_runner,
         }
         self.components: list[Supervisor] = []
         # Several instances share the partitions like separate processes would (each has its
@@ -120,6 +123,7 @@ class DevEngine:
         self.worker: WorkerRuntime | None = None
         self.projector: Projector | None = None
         self.mutation_processor: MutationProcessor | None = None
+        self.replay_runner: ReplayRunner | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -149,6 +153,18 @@ class DevEngine:
                 return Running(instance.run, instance.close)
 
             self._supervise("mutation-processor", mutation_processor)
+        if self._want["replay-runner"]:
+
+            def new_runner() -> ReplayRunner:
+                return ReplayRunner(self.settings, schema=self.schema)
+
+            build_runner = _first_then_fresh(new_runner(), new_runner)
+
+            def replay_runner() -> Running:
+                instance = self.replay_runner = build_runner()
+                return Running(instance.run, instance.close)
+
+            self._supervise("replay-runner", replay_runner)
         if self._want["workers"]:
             self.start_workers()
         if self._want["projector"]:
