@@ -69,7 +69,9 @@ class ImprovementPolicy(StrEnum):
 
 
 class MutationAction(StrEnum):
-    """What a MutationRequest asks the mutation processor to do."""
+    """What a MutationRequest asks the mutation processor to do. replay_verdict: the replay
+    runner reports the A/B replay of a validating proposal (the result in evidence).
+    """
 
     PROPOSE = "propose"
     APPROVE = "approve"
@@ -77,6 +79,7 @@ class MutationAction(StrEnum):
     ROLLBACK = "rollback"
     KEEP = "keep"
     SET_POLICY = "set_policy"
+    REPLAY_VERDICT = "replay_verdict"
 
 
 class MutationStatus(StrEnum):
@@ -1472,7 +1475,10 @@ class MutationRequest(StandaloneEnvelope):
     """
 
     AVRO_NAME: ClassVar[str] = "reflux.mutations.MutationRequest"
-    SCHEMA_VERSION: ClassVar[int] = 1
+    SCHEMA_VERSION: ClassVar[int] = 2
+
+    schema_version: int = 2
+    """Version of the writer schema; old records keep the version they were written with."""
 
     workflow_id: str
     """Workflow concerned; the Kafka key."""
@@ -1514,7 +1520,10 @@ class MutationRequestRefused(StandaloneEnvelope):
     """
 
     AVRO_NAME: ClassVar[str] = "reflux.mutations.MutationRequestRefused"
-    SCHEMA_VERSION: ClassVar[int] = 1
+    SCHEMA_VERSION: ClassVar[int] = 2
+
+    schema_version: int = 2
+    """Version of the writer schema; old records keep the version they were written with."""
 
     workflow_id: str
     """Workflow concerned; the Kafka key."""
