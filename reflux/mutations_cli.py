@@ -155,7 +155,10 @@ def _run_processor(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    processor = new_mutation_processor(settings, default_registry(), args.schema)
+    from processors.mutations.validation import ReplayValidation
+
+    replay = None if args.replay_sample == 0 else ReplayValidation(sample_size=args.replay_sample)
+    processor = new_mutation_processor(settings, default_registry(), args.schema, replay)
     try:
         processor.run(stop)
     finally:
@@ -172,6 +175,13 @@ def add_mutation_commands(subparsers: Any, default_api: str) -> None:
         "--schema",
         default="reflux",
         help="read-model schema; versions are allocated in <schema>_api, like the API's",
+    )
+    component.add_argument(
+        "--replay-sample",
+        type=int,
+        default=50,
+        help="validate proposals by an A/B replay of this many recent runs of the base version "
+        "(a `reflux replay-runner` must run); 0: static checks only (default 50)",
     )
     component.set_defaults(handler=_run_processor)
 

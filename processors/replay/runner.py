@@ -27,7 +27,7 @@ from processors.replay.report import build_report
 from processors.replay.shadow import Candidate, EffectPolicy, Selection, ShadowReplay
 from processors.replay.stats import VerdictRules
 from projections.clickhouse import ClickHouse
-from schemas.models import ReplayCompleted, ReplayRequested
+from schemas.models import MutationAction, MutationRequest, ReplayCompleted, ReplayRequested
 from streams.consumer import ConsumedRecord, Consumer
 from streams.producer import Producer
 from streams.topics import TopicCatalog
@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 REPLAY_TOPIC_TYPES: Final = (ReplayRequested, ReplayCompleted)
 EFFECT_MODES: Final = ("record", "stub", "skip", "live")
 PROGRESS_EVERY_S: Final = 0.2
+PROPOSAL_REQUESTER: Final = "mutation-processor"
 
 
 class SpecError(ValueError):
@@ -179,6 +180,23 @@ class ReplayRunner:
             error=error,
         )
         self.producer.send(self.catalog.replays, request.replay_id, record)
+        if request.mutation_id is not None and request.requested_by == PROPOSAL_REQUESTER:
+            # The proposal's verdict goes where its lifecycle lives: reflux.mutations, keyed
+            # by workflow, so the processor instance that owns the workflow judges it.
+            verdict_request = MutationRequest(
+                workflow_id=request.workflow_id,
+                mutation_id=request.mutation_id,
+                action=MutationAction.REPLAY_VERDICT,
+                actor="replay-runner",
+                evidence={
+                    "replay_id": request.replay_id,
+                    "status": status,
+                    "verdict": verdict,
+                    "summary": summary,
+                    "error": error,
+                },
+            )
+            self.producer.send(self.catalog.mutations, request.workflow_id, verdict_request)
         self.completed += 1
 
     def execute(self, request: ReplayRequested) -> None:
