@@ -61,6 +61,10 @@ def normalize(event: Any) -> dict[str, Any]:
     """An event as compared: its type and its non-volatile fields (JSON)."""
     data = event.model_dump(mode="json") if hasattr(event, "model_dump") else dict(event)
     out = {k: v for k, v in data.items() if k not in VOLATILE_FIELDS}
+    topic = out.get("invoke_topic")
+    if isinstance(topic, str) and ".invoke." in topic:
+        # The deployment's topic prefix is not the run's behaviour: keep the logical name.
+        out["invoke_topic"] = "invoke." + topic.rpartition(".invoke.")[2]
     out["type"] = type(event).__name__ if hasattr(event, "model_dump") else data.get("type")
     return out
 

@@ -350,6 +350,12 @@ class ShadowReplay:
             version, definition = self._candidate_definition(
                 conn, workflow_id, candidate, originals
             )
+            # Versions resolve as in production: through a node catalog when production has one
+            # (the shadow workers publish theirs to the shadow catalog), else by constraint.
+            catalogued = conn.execute(
+                f"SELECT EXISTS (SELECT 1 FROM {table(self.schema, 'node_versions')})"
+            ).fetchone()
+            register_nodes = bool(catalogued and catalogued[0]) or bool(candidate.node_pins)
         if not run_ids:
             return []
         records = RecordedResults()
@@ -372,7 +378,7 @@ class ShadowReplay:
             schema=shadow_schema,
             trigger_router=False,
             mutation_processor=False,
-            register_nodes=True,
+            register_nodes=register_nodes,
         )
         engine.start()
         producer = Producer(settings, client_id=f"replay-{self.replay_id}")
