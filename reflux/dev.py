@@ -171,7 +171,7 @@ class DevEngine:
         if self._want["replay-runner"]:
 
             def new_runner() -> ReplayRunner:
-                return ReplayRunner(self.settings, schema=self.schema)
+                return ReplayRunner(self.settings, schema=self.schema, nodes=self.nodes)
 
             build_runner = _first_then_fresh(new_runner(), new_runner)
 

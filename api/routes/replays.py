@@ -109,7 +109,8 @@ async def create_replay(
         "policy": body.policy.model_dump(),
         "confidence": body.confidence,
     }
-    replay_id = str(uuid.uuid4())
+    # Shadow topic prefixes and schemas are built from it: lowercase hex, no dashes, short.
+    replay_id = uuid.uuid4().hex[:24]
     await with_conn(
         pool,
         api.pool_timeout_s,

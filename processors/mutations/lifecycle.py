@@ -325,7 +325,8 @@ def _propose(w: _Writer) -> MutationDecision:
     if report.passed and ctx.replay is not None and subject.candidate is not None:
         # The verdict arrives later as a replay_verdict request (the runner's answer): the
         # proposal waits in validating, the processor stays free for other requests.
-        replay_id = ctx.new_id()
+        # Shadow prefixes and schemas are built from it: lowercase hex, no dashes, short.
+        replay_id = ctx.new_id().replace("-", "")[:24]
         w.transition(
             proposed,
             S.VALIDATING,

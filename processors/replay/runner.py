@@ -22,6 +22,7 @@ import psycopg
 
 from foundation.liveness import Heartbeat
 from foundation.settings import Settings
+from node_workers.registry import NodeRegistry
 from processors.replay import storage
 from processors.replay.report import build_report
 from processors.replay.shadow import Candidate, EffectPolicy, Selection, ShadowReplay
@@ -138,8 +139,10 @@ class ReplayRunner:
         clickhouse: ClickHouse | None = None,
         clickhouse_database: str = "reflux",
         shadow: ShadowFactory = ShadowReplay,
+        nodes: NodeRegistry | None = None,
     ) -> None:
         self.settings = settings
+        self.nodes = nodes
         self.schema = schema
         self.clickhouse = clickhouse
         self.clickhouse_database = clickhouse_database
@@ -233,7 +236,13 @@ class ReplayRunner:
                 storage.set_progress(conn, self.schema, request.replay_id, done, total)
 
         try:
-            with self.shadow(self.settings, request.replay_id, progress=progress) as shadow:
+            with self.shadow(
+                self.settings,
+                request.replay_id,
+                progress=progress,
+                schema=self.schema,
+                nodes=self.nodes,
+            ) as shadow:
                 run_ids = shadow.select(selection)
                 storage.set_progress(conn, self.schema, request.replay_id, 0, len(run_ids))
                 pairs = shadow.run(run_ids, candidate, policy) if run_ids else []
