@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import psycopg
 
@@ -26,7 +26,6 @@ from node_workers.registry import NodeRegistry, default_registry
 from node_workers.runtime import WorkerConfig, WorkerRuntime
 from processors.mutations.runtime import MutationProcessor
 from processors.mutations.validation import ReplayValidation
-from processors.replay.runner import ReplayRunner
 from processors.scheduler.runtime.loop import SchedulerRuntime
 from processors.triggers.router import TriggerRouter
 from projections.postgres.migrations import apply_migrations
@@ -34,6 +33,11 @@ from projections.projector import Projector
 from reflux.supervision import Running, Supervisor
 from streams.admin import ensure_topics
 from streams.topics import TopicCatalog
+
+if TYPE_CHECKING:
+    # The runner replays on a shadow DevEngine (processors.replay.shadow imports this module):
+    # imported where it is built, not at module level.
+    from processors.replay.runner import ReplayRunner
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +175,8 @@ class DevEngine:
         if self._want["replay-runner"]:
 
             def new_runner() -> ReplayRunner:
+                from processors.replay.runner import ReplayRunner
+
                 return ReplayRunner(self.settings, schema=self.schema, nodes=self.nodes)
 
             build_runner = _first_then_fresh(new_runner(), new_runner)
