@@ -56,6 +56,16 @@ def describe_mutation(m: dict[str, Any]) -> str:
             lines.append(f"  check {check['name']:<11} {mark}")
             lines += [f"      {e['path']}: {e['message']}" for e in check.get("errors", [])]
         lines += [f"  not run: {n['name']} ({n['why']})" for n in report.get("not_run", [])]
+        lines += [
+            f"  pending: {p['name']} (replay {p.get('replay_id')})"
+            for p in report.get("pending", [])
+        ]
+        replay = report.get("replay")
+        if replay:
+            lines.append(
+                f"  replay {replay.get('replay_id')}: verdict {replay.get('verdict')} "
+                f"({replay.get('runs') or 0} runs; `reflux replay ab` / GET /v1/replays/ID)"
+            )
     for event in m.get("history") or []:
         why = f"  {event['reason']}" if event.get("reason") else ""
         lines.append(
