@@ -301,7 +301,7 @@ def test_divergence_ignores_ids_times_interleaving_and_start_signals() -> None:
 
 
 def test_pins_replace_node_refs_everywhere() -> None:
-    definition = {
+    definition: dict[str, Any] = {
         "id": "w",
         "steps": [
             {"id": "a", "node": "http.request@^1"},
