@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import re
 import threading
 import time
@@ -17,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import jmespath
 import jmespath.exceptions
@@ -25,16 +26,17 @@ import psycopg
 import redis
 from confluent_kafka import KafkaError, KafkaException
 
+from foundation.errors import NonRetryableError
 from foundation.settings import Settings
 from node_workers.registry import NodeRegistry, default_registry
 from processors.replay.recorded import RecordedResults, ServedLog, shadow_registry
 from projections.postgres import queries
 from projections.postgres.identifiers import quote_schema, table
-from reflux.dev import DevEngine
 from schemas import models
 from schemas.models import StartRun, WorkflowRegistered
 from streams.admin import admin_client
 from streams.producer import Producer
+from streams.topics import TopicCatalog
 from workflows import parse_workflow
 
 EffectMode = Literal["record", "stub", "skip", "live"]
@@ -227,8 +229,47 @@ _REPLAY_ID = re.compile(r"^[a-z0-9][a-z0-9_]{0,30}$")
 _TERMINAL = ("succeeded", "failed", "cancelled")
 
 
-class ReplayError(ValueError):
+class ReplayError(NonRetryableError):
     """Bad replay input; the message names the field."""
+
+    error_class = "InvalidReplay"
+
+
+class ShadowEngine(Protocol):
+    """What the replay needs of an engine (``reflux.dev.DevEngine`` is one)."""
+
+    catalog: TopicCatalog
+
+    def start(self) -> Any: ...
+
+    def stop(self, timeout: float = 30.0) -> None: ...
+
+    def errors(self) -> dict[str, list[BaseException]]: ...
+
+
+EngineFactory = Callable[[Settings, NodeRegistry, str, bool], ShadowEngine]
+"""(shadow settings, nodes, read-model schema, register nodes in the catalog) -> an engine."""
+
+
+def dev_engine(
+    settings: Settings, nodes: NodeRegistry, schema: str, register_nodes: bool
+) -> ShadowEngine:
+    """The project's own engine, every component in this process (no trigger router and no
+    mutation processor: nothing in a replay fires triggers or proposes mutations).
+
+    Bound at run time: ``reflux`` (the edge that composes the engine) sits above ``processors``
+    in the package layers, and the replay package is shared with lower-level modules; the
+    engine is the one thing it takes from the edge (docs/decisions/0029-shadow-replay.md)."""
+    engine_class = importlib.import_module("reflux.dev").DevEngine
+    engine: ShadowEngine = engine_class(
+        settings,
+        nodes=nodes,
+        schema=schema,
+        trigger_router=False,
+        mutation_processor=False,
+        register_nodes=register_nodes,
+    )
+    return engine
 
 
 def load_events(conn: psycopg.Connection[Any], schema: str, run_id: str) -> list[Any]:
@@ -259,6 +300,7 @@ class ShadowReplay:
         schema: str = "reflux",
         nodes: NodeRegistry | None = None,
         timeout_s: float | None = None,
+        engine_factory: EngineFactory = dev_engine,
     ) -> None:
         if not _REPLAY_ID.fullmatch(replay_id):
             raise ReplayError(
@@ -270,13 +312,14 @@ class ShadowReplay:
         self.schema = schema
         self.nodes = nodes or default_registry()
         self.timeout_s = timeout_s
+        self.engine_factory = engine_factory
         # Every shadow prefix/schema starts with these; close() removes all of them.
         self.prefix_root = f"{settings.topic_prefix}-replay-{replay_id}"
         self.schema_root = f"replay_{replay_id}"
         self._rounds = 0
         self._prefixes: list[str] = []
         self._schemas: list[str] = []
-        self._engine: DevEngine | None = None
+        self._engine: ShadowEngine | None = None
         self.served = ServedLog()
         # The last round's shadow settings/schema (for events of candidate runs).
         self.shadow_settings: Settings | None = None
@@ -372,13 +415,8 @@ class ShadowReplay:
         self._schemas += [shadow_schema, f"{shadow_schema}_api"]
         settings = self.settings.model_copy(update={"topic_prefix": prefix})
         self.shadow_settings, self.shadow_schema = settings, shadow_schema
-        engine = self._engine = DevEngine(
-            settings,
-            nodes=registry,
-            schema=shadow_schema,
-            trigger_router=False,
-            mutation_processor=False,
-            register_nodes=register_nodes,
+        engine = self._engine = self.engine_factory(
+            settings, registry, shadow_schema, register_nodes
         )
         engine.start()
         producer = Producer(settings, client_id=f"replay-{self.replay_id}")
@@ -503,7 +541,7 @@ class ShadowReplay:
             definition = pin_nodes(definition, candidate.node_pins)
         return version, definition
 
-    def _wait(self, shadow_schema: str, run_ids: list[str], engine: DevEngine) -> None:
+    def _wait(self, shadow_schema: str, run_ids: list[str], engine: ShadowEngine) -> None:
         total = len(run_ids)
         timeout = self.timeout_s if self.timeout_s is not None else 60.0 + 0.5 * total
         deadline = time.monotonic() + timeout
