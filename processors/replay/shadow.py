@@ -35,6 +35,7 @@ from projections.postgres.identifiers import quote_schema, table
 from schemas import models
 from schemas.models import StartRun, WorkflowRegistered
 from streams.admin import admin_client
+from streams.consumer import Consumer
 from streams.producer import Producer
 from streams.topics import TopicCatalog
 from workflows import parse_workflow
@@ -267,6 +268,8 @@ def dev_engine(
         schema=schema,
         trigger_router=False,
         mutation_processor=False,
+        # Outcomes are read from the shadow run log itself: no read model to write.
+        projector=False,
         register_nodes=register_nodes,
     )
     return engine
@@ -324,6 +327,7 @@ class ShadowReplay:
         # The last round's shadow settings/schema (for events of candidate runs).
         self.shadow_settings: Settings | None = None
         self.shadow_schema: str | None = None
+        self._candidate_logs: dict[str, list[Any]] = {}
 
     # -- selection --------------------------------------------------------------------------
 
@@ -420,6 +424,10 @@ class ShadowReplay:
         )
         engine.start()
         producer = Producer(settings, client_id=f"replay-{self.replay_id}")
+        # Subscribed before the first start: reads the shadow run log from the beginning.
+        collector = Consumer(
+            [engine.catalog.runs], f"{prefix}.replay-collector", settings, catalog=engine.catalog
+        )
         try:
             parsed = parse_workflow(definition)
             producer.send(
@@ -450,33 +458,28 @@ class ShadowReplay:
                     ),
                 )
             producer.flush(30)
-            self._wait(shadow_schema, list(run_ids), engine)
-            with psycopg.connect(self.settings.postgres_dsn, autocommit=True) as conn:
-                pairs = []
-                for run_id in run_ids:
-                    candidate_events = load_events(conn, shadow_schema, run_id)
-                    pairs.append(
-                        ReplayPair(
-                            original=run_outcome(run_id, originals[run_id]),
-                            candidate=run_outcome(
-                                run_id,
-                                candidate_events,
-                                served=functools.partial(served.get, run_id),
-                            ),
-                        )
-                    )
-            return pairs
+            logs = self._collect(collector, list(run_ids), engine)
+            self._candidate_logs = logs
+            return [
+                ReplayPair(
+                    original=run_outcome(run_id, originals[run_id]),
+                    candidate=run_outcome(
+                        run_id, logs[run_id], served=functools.partial(served.get, run_id)
+                    ),
+                )
+                for run_id in run_ids
+            ]
         finally:
+            collector.close(commit=False)
             producer.close()
             engine.stop()
             self._engine = None
 
     def candidate_events(self, run_id: str) -> list[Any]:
-        """The last round's shadow log of a run (event models)."""
-        if self.shadow_schema is None:
-            raise ReplayError("run_id: nothing was replayed yet")
-        with psycopg.connect(self.settings.postgres_dsn, autocommit=True) as conn:
-            return load_events(conn, self.shadow_schema, run_id)
+        """The last round's shadow log of a run (event models in seq order)."""
+        if run_id not in self._candidate_logs:
+            raise ReplayError(f"run_id: {run_id!r} was not replayed in the last round")
+        return self._candidate_logs[run_id]
 
     def original_events(self, run_id: str) -> list[Any]:
         with psycopg.connect(self.settings.postgres_dsn, autocommit=True) as conn:
@@ -541,35 +544,39 @@ class ShadowReplay:
             definition = pin_nodes(definition, candidate.node_pins)
         return version, definition
 
-    def _wait(self, shadow_schema: str, run_ids: list[str], engine: ShadowEngine) -> None:
+    def _collect(
+        self, collector: Consumer, run_ids: list[str], engine: ShadowEngine
+    ) -> dict[str, list[Any]]:
+        """The candidate runs' logs, read from the shadow ``runs`` topic until every run is
+        finished (no read model in the shadow: the projector's work is not needed)."""
         total = len(run_ids)
+        wanted = set(run_ids)
         timeout = self.timeout_s if self.timeout_s is not None else 60.0 + 0.5 * total
         deadline = time.monotonic() + timeout
+        logs: dict[str, dict[int, Any]] = {run_id: {} for run_id in run_ids}
         done: set[str] = set()
-        reported = -1
-        pause = threading.Event()
-        with psycopg.connect(self.settings.postgres_dsn, autocommit=True) as conn:
-            while True:
-                rows = conn.execute(
-                    f"SELECT run_id FROM {table(shadow_schema, 'runs')} "
-                    "WHERE run_id = ANY(%s) AND status = ANY(%s)",
-                    (run_ids, list(_TERMINAL)),
-                ).fetchall()
-                done = {str(r[0]) for r in rows}
-                if self.progress is not None and len(done) != reported:
-                    reported = len(done)
-                    self.progress(reported, total)
-                if len(done) >= total:
-                    return
-                errors = engine.errors()
-                if time.monotonic() > deadline:
-                    missing = sorted(set(run_ids) - done)[:5]
-                    raise TimeoutError(
-                        f"replay {self.replay_id}: {total - len(done)} of {total} candidate runs "
-                        f"did not finish within {timeout:.0f}s (e.g. {missing}; engine errors: "
-                        f"{errors})"
-                    )
-                pause.wait(0.05)
+        if self.progress is not None:
+            self.progress(0, total)
+        while len(done) < total:
+            for record in collector.poll_batch(2000, 0.2):
+                event = record.value
+                run_id = getattr(event, "run_id", None)
+                seq = getattr(event, "seq", None)
+                if run_id not in wanted or not isinstance(seq, int):
+                    continue
+                logs[run_id].setdefault(seq, event)  # a record seen twice is one event
+                if type(event).__name__ in _RUN_END and run_id not in done:
+                    done.add(run_id)
+                    if self.progress is not None:
+                        self.progress(len(done), total)
+            if len(done) < total and time.monotonic() > deadline:
+                missing = sorted(wanted - done)[:5]
+                raise TimeoutError(
+                    f"replay {self.replay_id}: {total - len(done)} of {total} candidate runs "
+                    f"did not finish within {timeout:.0f}s (e.g. {missing}; engine errors: "
+                    f"{engine.errors()})"
+                )
+        return {run_id: [log[k] for k in sorted(log)] for run_id, log in logs.items()}
 
     # -- cleanup ----------------------------------------------------------------------------
 
