@@ -19,7 +19,7 @@ from typing import Any, Final
 
 from foundation.settings import Settings
 from node_workers.registry import NodeRegistry
-from processors.replay.shadow import Candidate, ShadowReplay
+from processors.replay.shadow import Candidate, ReplayError, ShadowReplay
 
 __all__ = ["VOLATILE_FIELDS", "DeterminismReport", "check_determinism", "first_divergence"]
 
@@ -126,7 +126,7 @@ def check_determinism(
     ) as replay:
         original = replay.original_events(run_id)
         if not original:
-            raise ValueError(f"run_id: no recorded run {run_id!r} in {schema}")
+            raise ReplayError(f"run_id: no recorded run {run_id!r} in {schema}")
         replay.run([run_id], Candidate(workflow_version=original[0].workflow_version))
         divergence = first_divergence(original, replay.candidate_events(run_id))
     return DeterminismReport(

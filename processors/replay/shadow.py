@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import re
 import threading
 import time
@@ -17,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import jmespath
 import jmespath.exceptions
@@ -25,16 +26,18 @@ import psycopg
 import redis
 from confluent_kafka import KafkaError, KafkaException
 
+from foundation.errors import NonRetryableError
 from foundation.settings import Settings
 from node_workers.registry import NodeRegistry, default_registry
 from processors.replay.recorded import RecordedResults, ServedLog, shadow_registry
 from projections.postgres import queries
 from projections.postgres.identifiers import quote_schema, table
-from reflux.dev import DevEngine
 from schemas import models
 from schemas.models import StartRun, WorkflowRegistered
 from streams.admin import admin_client
+from streams.consumer import Consumer
 from streams.producer import Producer
+from streams.topics import TopicCatalog
 from workflows import parse_workflow
 
 EffectMode = Literal["record", "stub", "skip", "live"]
@@ -227,8 +230,49 @@ _REPLAY_ID = re.compile(r"^[a-z0-9][a-z0-9_]{0,30}$")
 _TERMINAL = ("succeeded", "failed", "cancelled")
 
 
-class ReplayError(ValueError):
+class ReplayError(NonRetryableError):
     """Bad replay input; the message names the field."""
+
+    error_class = "InvalidReplay"
+
+
+class ShadowEngine(Protocol):
+    """What the replay needs of an engine (``reflux.dev.DevEngine`` is one)."""
+
+    catalog: TopicCatalog
+
+    def start(self) -> Any: ...
+
+    def stop(self, timeout: float = 30.0) -> None: ...
+
+    def errors(self) -> dict[str, list[BaseException]]: ...
+
+
+EngineFactory = Callable[[Settings, NodeRegistry, str, bool], ShadowEngine]
+"""(shadow settings, nodes, read-model schema, register nodes in the catalog) -> an engine."""
+
+
+def dev_engine(
+    settings: Settings, nodes: NodeRegistry, schema: str, register_nodes: bool
+) -> ShadowEngine:
+    """The project's own engine, every component in this process (no trigger router and no
+    mutation processor: nothing in a replay fires triggers or proposes mutations).
+
+    Bound at run time: ``reflux`` (the edge that composes the engine) sits above ``processors``
+    in the package layers, and the replay package is shared with lower-level modules; the
+    engine is the one thing it takes from the edge (docs/decisions/0029-shadow-replay.md)."""
+    engine_class = importlib.import_module("reflux.dev").DevEngine
+    engine: ShadowEngine = engine_class(
+        settings,
+        nodes=nodes,
+        schema=schema,
+        trigger_router=False,
+        mutation_processor=False,
+        # Outcomes are read from the shadow run log itself: no read model to write.
+        projector=False,
+        register_nodes=register_nodes,
+    )
+    return engine
 
 
 def load_events(conn: psycopg.Connection[Any], schema: str, run_id: str) -> list[Any]:
@@ -259,6 +303,7 @@ class ShadowReplay:
         schema: str = "reflux",
         nodes: NodeRegistry | None = None,
         timeout_s: float | None = None,
+        engine_factory: EngineFactory = dev_engine,
     ) -> None:
         if not _REPLAY_ID.fullmatch(replay_id):
             raise ReplayError(
@@ -270,17 +315,20 @@ class ShadowReplay:
         self.schema = schema
         self.nodes = nodes or default_registry()
         self.timeout_s = timeout_s
+        self.engine_factory = engine_factory
         # Every shadow prefix/schema starts with these; close() removes all of them.
         self.prefix_root = f"{settings.topic_prefix}-replay-{replay_id}"
         self.schema_root = f"replay_{replay_id}"
         self._rounds = 0
         self._prefixes: list[str] = []
         self._schemas: list[str] = []
-        self._engine: DevEngine | None = None
+        self._engine: ShadowEngine | None = None
         self.served = ServedLog()
         # The last round's shadow settings/schema (for events of candidate runs).
         self.shadow_settings: Settings | None = None
         self.shadow_schema: str | None = None
+        self._candidate_logs: dict[str, list[Any]] = {}
+        self.timings: dict[str, float] = {}
 
     # -- selection --------------------------------------------------------------------------
 
@@ -339,6 +387,7 @@ class ShadowReplay:
         """Replay each run's inputs with the candidate; one pair per run id, in order.
         ``progress(done, total)`` is called as candidate runs finish."""
         self._check(candidate, policy)
+        began = time.monotonic()
         with psycopg.connect(self.settings.postgres_dsn, autocommit=True) as conn:
             originals = {run_id: load_events(conn, self.schema, run_id) for run_id in run_ids}
             for run_id, events in originals.items():
@@ -372,16 +421,16 @@ class ShadowReplay:
         self._schemas += [shadow_schema, f"{shadow_schema}_api"]
         settings = self.settings.model_copy(update={"topic_prefix": prefix})
         self.shadow_settings, self.shadow_schema = settings, shadow_schema
-        engine = self._engine = DevEngine(
-            settings,
-            nodes=registry,
-            schema=shadow_schema,
-            trigger_router=False,
-            mutation_processor=False,
-            register_nodes=register_nodes,
+        engine = self._engine = self.engine_factory(
+            settings, registry, shadow_schema, register_nodes
         )
+        loaded = time.monotonic()
         engine.start()
         producer = Producer(settings, client_id=f"replay-{self.replay_id}")
+        # Subscribed before the first start: reads the shadow run log from the beginning.
+        collector = Consumer(
+            [engine.catalog.runs], f"{prefix}.replay-collector", settings, catalog=engine.catalog
+        )
         try:
             parsed = parse_workflow(definition)
             producer.send(
@@ -395,6 +444,7 @@ class ShadowReplay:
                 ),
             )
             producer.flush(10)
+            ready = time.monotonic()
             for run_id in run_ids:
                 started = originals[run_id][0]
                 producer.send(
@@ -412,33 +462,34 @@ class ShadowReplay:
                     ),
                 )
             producer.flush(30)
-            self._wait(shadow_schema, list(run_ids), engine)
-            with psycopg.connect(self.settings.postgres_dsn, autocommit=True) as conn:
-                pairs = []
-                for run_id in run_ids:
-                    candidate_events = load_events(conn, shadow_schema, run_id)
-                    pairs.append(
-                        ReplayPair(
-                            original=run_outcome(run_id, originals[run_id]),
-                            candidate=run_outcome(
-                                run_id,
-                                candidate_events,
-                                served=functools.partial(served.get, run_id),
-                            ),
-                        )
-                    )
-            return pairs
+            logs = self._collect(collector, list(run_ids), engine)
+            self._candidate_logs = logs
+            # Where a replay's time goes (the benchmark reports it).
+            self.timings = {
+                "load_originals_s": loaded - began,
+                "start_engine_s": ready - loaded,
+                "runs_s": time.monotonic() - ready,
+            }
+            return [
+                ReplayPair(
+                    original=run_outcome(run_id, originals[run_id]),
+                    candidate=run_outcome(
+                        run_id, logs[run_id], served=functools.partial(served.get, run_id)
+                    ),
+                )
+                for run_id in run_ids
+            ]
         finally:
+            collector.close(commit=False)
             producer.close()
             engine.stop()
             self._engine = None
 
     def candidate_events(self, run_id: str) -> list[Any]:
-        """The last round's shadow log of a run (event models)."""
-        if self.shadow_schema is None:
-            raise ReplayError("run_id: nothing was replayed yet")
-        with psycopg.connect(self.settings.postgres_dsn, autocommit=True) as conn:
-            return load_events(conn, self.shadow_schema, run_id)
+        """The last round's shadow log of a run (event models in seq order)."""
+        if run_id not in self._candidate_logs:
+            raise ReplayError(f"run_id: {run_id!r} was not replayed in the last round")
+        return self._candidate_logs[run_id]
 
     def original_events(self, run_id: str) -> list[Any]:
         with psycopg.connect(self.settings.postgres_dsn, autocommit=True) as conn:
@@ -503,35 +554,39 @@ class ShadowReplay:
             definition = pin_nodes(definition, candidate.node_pins)
         return version, definition
 
-    def _wait(self, shadow_schema: str, run_ids: list[str], engine: DevEngine) -> None:
+    def _collect(
+        self, collector: Consumer, run_ids: list[str], engine: ShadowEngine
+    ) -> dict[str, list[Any]]:
+        """The candidate runs' logs, read from the shadow ``runs`` topic until every run is
+        finished (no read model in the shadow: the projector's work is not needed)."""
         total = len(run_ids)
+        wanted = set(run_ids)
         timeout = self.timeout_s if self.timeout_s is not None else 60.0 + 0.5 * total
         deadline = time.monotonic() + timeout
+        logs: dict[str, dict[int, Any]] = {run_id: {} for run_id in run_ids}
         done: set[str] = set()
-        reported = -1
-        pause = threading.Event()
-        with psycopg.connect(self.settings.postgres_dsn, autocommit=True) as conn:
-            while True:
-                rows = conn.execute(
-                    f"SELECT run_id FROM {table(shadow_schema, 'runs')} "
-                    "WHERE run_id = ANY(%s) AND status = ANY(%s)",
-                    (run_ids, list(_TERMINAL)),
-                ).fetchall()
-                done = {str(r[0]) for r in rows}
-                if self.progress is not None and len(done) != reported:
-                    reported = len(done)
-                    self.progress(reported, total)
-                if len(done) >= total:
-                    return
-                errors = engine.errors()
-                if time.monotonic() > deadline:
-                    missing = sorted(set(run_ids) - done)[:5]
-                    raise TimeoutError(
-                        f"replay {self.replay_id}: {total - len(done)} of {total} candidate runs "
-                        f"did not finish within {timeout:.0f}s (e.g. {missing}; engine errors: "
-                        f"{errors})"
-                    )
-                pause.wait(0.05)
+        if self.progress is not None:
+            self.progress(0, total)
+        while len(done) < total:
+            for record in collector.poll_batch(2000, 0.2):
+                event = record.value
+                run_id = getattr(event, "run_id", None)
+                seq = getattr(event, "seq", None)
+                if run_id not in wanted or not isinstance(seq, int):
+                    continue
+                logs[run_id].setdefault(seq, event)  # a record seen twice is one event
+                if type(event).__name__ in _RUN_END and run_id not in done:
+                    done.add(run_id)
+                    if self.progress is not None:
+                        self.progress(len(done), total)
+            if len(done) < total and time.monotonic() > deadline:
+                missing = sorted(wanted - done)[:5]
+                raise TimeoutError(
+                    f"replay {self.replay_id}: {total - len(done)} of {total} candidate runs "
+                    f"did not finish within {timeout:.0f}s (e.g. {missing}; engine errors: "
+                    f"{engine.errors()})"
+                )
+        return {run_id: [log[k] for k in sorted(log)] for run_id, log in logs.items()}
 
     # -- cleanup ----------------------------------------------------------------------------
 
