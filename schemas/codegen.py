@@ -67,7 +67,8 @@ ENVELOPES: Final = (
     Envelope(
         "StandaloneEnvelope",
         "Envelope of a record that belongs to no run (alerts, dead letters, mutations, node "
-        "catalog entries, replay requests, triggers, workflow registrations): no run_id, and seq stays -1.",
+        "catalog entries, replays, triggers, workflow registrations): no run_id, and seq "
+        "stays -1.",
         (
             "reflux.alerts",
             "reflux.dlq",

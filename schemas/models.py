@@ -255,7 +255,7 @@ class StepRef(RefluxRecord):
 
 class StandaloneEnvelope(RefluxRecord):
     """Envelope of a record that belongs to no run (alerts, dead letters, mutations, node catalog
-    entries, replay requests, triggers, workflow registrations): no run_id, and seq stays -1.
+    entries, replays, triggers, workflow registrations): no run_id, and seq stays -1.
     """
 
     event_id: str = Field(default_factory=new_id)

@@ -20,9 +20,9 @@ from typing import Any, Final, cast
 
 import psycopg
 
+from foundation.errors import NonRetryableError
 from foundation.liveness import Heartbeat
 from foundation.settings import Settings
-from node_workers.registry import NodeRegistry
 from processors.replay import storage
 from processors.replay.report import build_report
 from processors.replay.shadow import Candidate, EffectPolicy, Selection, ShadowReplay
@@ -43,13 +43,15 @@ PROGRESS_EVERY_S: Final = 0.2
 PROPOSAL_REQUESTER: Final = "mutation-processor"
 
 
-class SpecError(ValueError):
+class SpecError(NonRetryableError):
     """A replay spec that does not parse; ``path`` names the field."""
+
+    error_class = "InvalidReplay"
 
     def __init__(self, path: str, message: str) -> None:
         super().__init__(f"{path}: {message}")
         self.path = path
-        self.message = message
+        self.detail = message
 
 
 def _obj(value: Any, path: str) -> Mapping[str, Any]:
@@ -139,9 +141,11 @@ class ReplayRunner:
         clickhouse: ClickHouse | None = None,
         clickhouse_database: str = "reflux",
         shadow: ShadowFactory = ShadowReplay,
-        nodes: NodeRegistry | None = None,
+        nodes: Any = None,
     ) -> None:
         self.settings = settings
+        # The node registry the shadow workers serve (node_workers.registry.NodeRegistry; typed
+        # loosely: processors do not import node_workers, the shadow engine is the exception).
         self.nodes = nodes
         self.schema = schema
         self.clickhouse = clickhouse

@@ -1,4 +1,4 @@
-"""processors.replay.runner.parse_spec: the request spec -> the engine's inputs, bad fields named."""
+"""processors.replay.runner.parse_spec: a spec -> the engine's inputs; bad fields named."""
 
 from __future__ import annotations
 
