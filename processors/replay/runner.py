@@ -14,9 +14,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Final, cast
+from types import TracebackType
+from typing import Any, Final, Protocol, cast
 
 import psycopg
 
@@ -25,7 +26,13 @@ from foundation.liveness import Heartbeat
 from foundation.settings import Settings
 from processors.replay import storage
 from processors.replay.report import build_report
-from processors.replay.shadow import Candidate, EffectPolicy, Selection, ShadowReplay
+from processors.replay.shadow import (
+    Candidate,
+    EffectPolicy,
+    ReplayPair,
+    Selection,
+    ShadowReplay,
+)
 from processors.replay.stats import VerdictRules
 from projections.clickhouse import ClickHouse
 from schemas.models import MutationAction, MutationRequest, ReplayCompleted, ReplayRequested
@@ -129,7 +136,26 @@ def parse_spec(
     return selection, candidate, policy, rules
 
 
-ShadowFactory = Callable[..., ShadowReplay]
+class ShadowEngine(Protocol):
+    """What the runner uses of :class:`ShadowReplay` (a context manager that selects and runs)."""
+
+    def __enter__(self) -> ShadowEngine: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    def select(self, selection: Selection) -> list[str]: ...
+
+    def run(
+        self, run_ids: Sequence[str], candidate: Candidate, policy: EffectPolicy
+    ) -> list[ReplayPair]: ...
+
+
+ShadowFactory = Callable[..., ShadowEngine]
 
 
 class ReplayRunner:
