@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import inspect
 import re
 import threading
 import time
@@ -262,15 +263,16 @@ def dev_engine(
     in the package layers, and the replay package is shared with lower-level modules; the
     engine is the one thing it takes from the edge (docs/decisions/0029-shadow-replay.md)."""
     engine_class = importlib.import_module("reflux.dev").DevEngine
-    engine: ShadowEngine = engine_class(
-        settings,
-        nodes=nodes,
-        schema=schema,
-        trigger_router=False,
-        mutation_processor=False,
+    switches: dict[str, Any] = {
+        "trigger_router": False,
+        "mutation_processor": False,
         # Outcomes are read from the shadow run log itself: no read model to write.
-        projector=False,
-        register_nodes=register_nodes,
+        "projector": False,
+    }
+    if "replay_runner" in inspect.signature(engine_class).parameters:
+        switches["replay_runner"] = False  # a shadow never starts replays of its own
+    engine: ShadowEngine = engine_class(
+        settings, nodes=nodes, schema=schema, register_nodes=register_nodes, **switches
     )
     return engine
 
