@@ -127,13 +127,14 @@ def run_outcome(
     events: Sequence[Any],
     *,
     served: Callable[[str], tuple[Served, int]] | None = None,
-    side_effecting: Callable[[str], bool] | None = None,
+    tokens: Callable[[str], int | None] | None = None,
 ) -> RunOutcome:
     """A run's outcome from its event log (event models in seq order).
 
     ``served(step_id)`` says how a shadow step was answered and how many calls reached a real
     node; without it (an original run) every step was executed and each non-cached attempt was
-    a call."""
+    a call. ``tokens(step_id)``: the LLM tokens its executed attempts reported (originals: None,
+    the read model does not hold them)."""
     status = "running"
     outputs: Any = None
     error_class: str | None = None
@@ -192,7 +193,7 @@ def run_outcome(
             duration_ms=None if row["duration_ms"] is None else float(row["duration_ms"]),
             output=row["output"],
             served=how,
-            tokens=None,
+            tokens=None if tokens is None else tokens(step_id),
             calls=calls,
         )
     return RunOutcome(
@@ -476,7 +477,10 @@ class ShadowReplay:
                 ReplayPair(
                     original=run_outcome(run_id, originals[run_id]),
                     candidate=run_outcome(
-                        run_id, logs[run_id], served=functools.partial(served.get, run_id)
+                        run_id,
+                        logs[run_id],
+                        served=functools.partial(served.get, run_id),
+                        tokens=functools.partial(served.tokens_of, run_id),
                     ),
                 )
                 for run_id in run_ids
