@@ -398,6 +398,9 @@ class ShadowReplay:
                     raise ReplayError(
                         f"run_ids: run {run_id!r} has no recorded log in {self.schema}"
                     )
+                if not any(type(e).__name__ in _RUN_END for e in events):
+                    # Its record is incomplete: side effects it has yet to make have no record.
+                    raise ReplayError(f"run_ids: run {run_id!r} has not finished")
             workflow_id = originals[run_ids[0]][0].workflow_id if run_ids else ""
             version, definition = self._candidate_definition(
                 conn, workflow_id, candidate, originals

@@ -176,6 +176,8 @@ def test_a_changed_side_effect_without_a_policy_fails_with_replay_no_record(
     changed = order_flow(http.url + "/", "json.order")  # other params for both POSTs
     http.reset()
     with ShadowReplay(harness.settings, "norecord", schema=harness.schema) as replay:
+        with pytest.raises(ReplayError, match=r"run_ids: run 'nope' has no recorded log"):
+            replay.run(["nope"], Candidate(workflow_version=1))
         [pair] = replay.run([run_id], Candidate(definition=changed))
         # A second round in the same replay: the same version with http.request pinned.
         [pinned] = replay.run(
