@@ -143,6 +143,18 @@ class ServedLog:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     served: dict[tuple[str, str], ServedHow] = field(default_factory=dict)
     calls: dict[tuple[str, str], int] = field(default_factory=dict)
+    tokens: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def spent(self, run_id: str, step_id: str, tokens: int | None) -> None:
+        """LLM tokens an executed attempt reported (``ctx.cost_tokens``)."""
+        if tokens is None:
+            return
+        with self._lock:
+            self.tokens[(run_id, step_id)] = self.tokens.get((run_id, step_id), 0) + tokens
+
+    def tokens_of(self, run_id: str, step_id: str) -> int | None:
+        with self._lock:
+            return self.tokens.get((run_id, step_id))
 
     def note(self, run_id: str, step_id: str, how: ServedHow) -> None:
         with self._lock:
@@ -269,6 +281,7 @@ class RecordedNode(Node[_AnyParams, _AnyOutput]):
 
     async def _call(self, typed: BaseModel, ctx: NodeContext) -> _AnyOutput:
         output = await self.real.execute(typed, ctx)
+        self.served.spent(ctx.run_id, ctx.step_id, ctx.cost_tokens)
         return _AnyOutput.model_validate(output.model_dump(mode="json", by_alias=True))
 
 
@@ -302,7 +315,9 @@ class _ExecutedNode(Node[Any, Any]):
 
     async def execute(self, params: Any, ctx: NodeContext) -> Any:
         self.served.note(ctx.run_id, ctx.step_id, "executed")
-        return await self.real.execute(params, ctx)
+        output = await self.real.execute(params, ctx)
+        self.served.spent(ctx.run_id, ctx.step_id, ctx.cost_tokens)
+        return output
 
 
 def shadow_registry(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import inspect
 import re
 import threading
 import time
@@ -126,13 +127,14 @@ def run_outcome(
     events: Sequence[Any],
     *,
     served: Callable[[str], tuple[Served, int]] | None = None,
-    side_effecting: Callable[[str], bool] | None = None,
+    tokens: Callable[[str], int | None] | None = None,
 ) -> RunOutcome:
     """A run's outcome from its event log (event models in seq order).
 
     ``served(step_id)`` says how a shadow step was answered and how many calls reached a real
     node; without it (an original run) every step was executed and each non-cached attempt was
-    a call."""
+    a call. ``tokens(step_id)``: the LLM tokens its executed attempts reported (originals: None,
+    the read model does not hold them)."""
     status = "running"
     outputs: Any = None
     error_class: str | None = None
@@ -191,7 +193,7 @@ def run_outcome(
             duration_ms=None if row["duration_ms"] is None else float(row["duration_ms"]),
             output=row["output"],
             served=how,
-            tokens=None,
+            tokens=None if tokens is None else tokens(step_id),
             calls=calls,
         )
     return RunOutcome(
@@ -262,15 +264,16 @@ def dev_engine(
     in the package layers, and the replay package is shared with lower-level modules; the
     engine is the one thing it takes from the edge (docs/decisions/0029-shadow-replay.md)."""
     engine_class = importlib.import_module("reflux.dev").DevEngine
-    engine: ShadowEngine = engine_class(
-        settings,
-        nodes=nodes,
-        schema=schema,
-        trigger_router=False,
-        mutation_processor=False,
+    switches: dict[str, Any] = {
+        "trigger_router": False,
+        "mutation_processor": False,
         # Outcomes are read from the shadow run log itself: no read model to write.
-        projector=False,
-        register_nodes=register_nodes,
+        "projector": False,
+    }
+    if "replay_runner" in inspect.signature(engine_class).parameters:
+        switches["replay_runner"] = False  # a shadow never starts replays of its own
+    engine: ShadowEngine = engine_class(
+        settings, nodes=nodes, schema=schema, register_nodes=register_nodes, **switches
     )
     return engine
 
@@ -395,6 +398,9 @@ class ShadowReplay:
                     raise ReplayError(
                         f"run_ids: run {run_id!r} has no recorded log in {self.schema}"
                     )
+                if not any(type(e).__name__ in _RUN_END for e in events):
+                    # Its record is incomplete: side effects it has yet to make have no record.
+                    raise ReplayError(f"run_ids: run {run_id!r} has not finished")
             workflow_id = originals[run_ids[0]][0].workflow_id if run_ids else ""
             version, definition = self._candidate_definition(
                 conn, workflow_id, candidate, originals
@@ -474,7 +480,10 @@ class ShadowReplay:
                 ReplayPair(
                     original=run_outcome(run_id, originals[run_id]),
                     candidate=run_outcome(
-                        run_id, logs[run_id], served=functools.partial(served.get, run_id)
+                        run_id,
+                        logs[run_id],
+                        served=functools.partial(served.get, run_id),
+                        tokens=functools.partial(served.tokens_of, run_id),
                     ),
                 )
                 for run_id in run_ids

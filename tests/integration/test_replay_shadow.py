@@ -11,6 +11,7 @@ import itertools
 from typing import Any
 
 import psycopg
+import pytest
 import redis
 
 from node_workers.node import Node, NodeContext, NodeModel
@@ -18,7 +19,13 @@ from node_workers.nodes import builtin_nodes
 from node_workers.registry import NodeRegistry
 from processors.replay.determinism import check_determinism
 from processors.replay.recorded import REPLAY_NO_RECORD
-from processors.replay.shadow import Candidate, EffectPolicy, Selection, ShadowReplay
+from processors.replay.shadow import (
+    Candidate,
+    EffectPolicy,
+    ReplayError,
+    Selection,
+    ShadowReplay,
+)
 from streams.admin import admin_client
 from tests.integration.engine_fixtures import Harness, HarnessFactory, transform
 from tests.integration.http_fixtures import HttpTestServer
@@ -119,6 +126,17 @@ def test_a_fixing_candidate_turns_failures_into_successes_without_side_effects(
     ) as replay:
         selected = replay.select(Selection(workflow_id="orders", status="failed", sample_size=10))
         assert sorted(selected) == sorted(runs)
+        # Filters: inputs (JMESPath), version, sample size (newest first, deterministic).
+        assert replay.select(Selection(workflow_id="orders", inputs_filter="order == 'o-1'")) == [
+            runs[1]
+        ]
+        assert replay.select(Selection(workflow_id="orders", workflow_version=2)) == []
+        newest = replay.select(Selection(workflow_id="orders", sample_size=2))
+        assert newest == selected[:2] == replay.select(Selection("orders", sample_size=2))
+        with pytest.raises(ReplayError, match=r"selection\.inputs_filter"):
+            replay.select(Selection(workflow_id="orders", inputs_filter="order =="))
+        with pytest.raises(ReplayError, match=r"candidate\.node_pins\.http\.request"):
+            replay.run(selected, Candidate(workflow_version=2, node_pins={"http.request": "9.9.9"}))
         # notify never ran in the originals: no record -> a declared stub answers it.
         pairs = replay.run(
             selected,
@@ -158,8 +176,23 @@ def test_a_changed_side_effect_without_a_policy_fails_with_replay_no_record(
     changed = order_flow(http.url + "/", "json.order")  # other params for both POSTs
     http.reset()
     with ShadowReplay(harness.settings, "norecord", schema=harness.schema) as replay:
+        with pytest.raises(ReplayError, match=r"run_ids: run 'nope' has no recorded log"):
+            replay.run(["nope"], Candidate(workflow_version=1))
         [pair] = replay.run([run_id], Candidate(definition=changed))
+        # A second round in the same replay: the same version with http.request pinned.
+        [pinned] = replay.run(
+            [run_id], Candidate(workflow_version=1, node_pins={"http.request": "1.0.0"})
+        )
+    assert shadow_leftovers(harness, replay) == {
+        "topics": [],
+        "groups": [],
+        "schemas": [],
+        "keys": [],
+    }
     assert http.log == []
+    assert pinned.candidate.status == "succeeded"
+    assert pinned.candidate.outputs == pinned.original.outputs == {"shaped": "x"}
+    assert pinned.candidate.steps["notify"].served == "record"
     assert pair.original.status == "succeeded"
     assert (pair.candidate.status, pair.candidate.error_class) == ("failed", REPLAY_NO_RECORD)
     assert pair.candidate.steps["post"].status == "failed"

@@ -137,6 +137,7 @@ class SpyNode(Node[SpyInput, SpyOutput]):
 
     async def execute(self, params: SpyInput, ctx: NodeContext) -> SpyOutput:
         self.calls += 1
+        ctx.cost_tokens = 7
         return SpyOutput(called=self.calls)
 
 
@@ -173,9 +174,11 @@ def test_a_recorded_side_effect_is_served_from_the_record_never_called(mode: str
     if mode == "live":
         assert serve(node, {"n": 1}) == {"called": 1}  # allowed for this node: it is called
         assert (real.calls, served.get(RUN, "s")) == (1, ("live", 1))
+        assert served.tokens_of(RUN, "s") == 7  # what the node reported
         return
     assert serve(node, {"n": 1}) == {"called": 41}
     assert (real.calls, served.get(RUN, "s")) == (0, ("record", 0))
+    assert served.tokens_of(RUN, "s") is None
 
 
 def test_different_params_follow_the_policy_and_default_to_replay_no_record() -> None:
@@ -251,8 +254,9 @@ def test_run_outcome_reads_status_outputs_and_steps() -> None:
         {"status": 200},
     )
     assert (step.served, step.calls) == ("executed", 1)
-    shadow = run_outcome(RUN, events, served=lambda s: ("record", 0))
+    shadow = run_outcome(RUN, events, served=lambda s: ("record", 0), tokens=lambda s: 12)
     assert (shadow.steps["post"].served, shadow.steps["post"].calls) == ("record", 0)
+    assert (step.tokens, shadow.steps["post"].tokens) == (None, 12)
     failed = run_outcome(
         RUN,
         [
