@@ -58,13 +58,22 @@ def _replay_parser(default_api: str) -> argparse.ArgumentParser:
     return parser
 
 
-def main_replay(argv: Sequence[str], default_api: str, out: TextIO | None = None) -> int:
+def main_replay(
+    argv: Sequence[str],
+    default_api: str,
+    *,
+    out: TextIO | None = None,
+    stdin: TextIO | None = None,
+    client: httpx.Client | None = None,
+) -> int:
+    """``reflux replay``; ``out``/``stdin``/``client`` are for tests (a TestClient is an
+    httpx client)."""
     out = out or sys.stdout
     if argv and argv[0] == "ab":
         return _dispatch_ab(list(argv[1:]))
     args = _replay_parser(default_api).parse_args(list(argv))
     try:
-        events = _load_run(args)
+        events = _load_run(args, client)
     except httpx.ConnectError:
         print(f"reflux: cannot reach the API at {args.api}", file=sys.stderr)
         return 2
@@ -81,7 +90,7 @@ def main_replay(argv: Sequence[str], default_api: str, out: TextIO | None = None
             file=sys.stderr,
         )
         return 2
-    pause = _stepper(sys.stdin) if args.step else None
+    pause = _stepper(stdin or sys.stdin) if args.step else None
     last: ReplayStep | None = None
     for step in replay(events, args.until):
         last = step
@@ -142,13 +151,15 @@ def _dispatch_ab(argv: list[str]) -> int:
     return int(module.main(argv))
 
 
-def _load_run(args: argparse.Namespace) -> list[RunEvent]:
+def _load_run(args: argparse.Namespace, client: httpx.Client | None) -> list[RunEvent]:
     path = Path(args.run)
     if path.is_file():
         bundle = read_bundle(path.read_bytes())
         return list(bundle.events[bundle.run_id])
     if args.from_kafka:
         return events_from_kafka(args.run)
+    if client is not None:
+        return events_from_api(client, args.run)
     with httpx.Client(base_url=args.api, timeout=30) as client:
         return events_from_api(client, args.run)
 
