@@ -160,8 +160,8 @@ def _load_run(args: argparse.Namespace, client: httpx.Client | None) -> list[Run
         return events_from_kafka(args.run)
     if client is not None:
         return events_from_api(client, args.run)
-    with httpx.Client(base_url=args.api, timeout=30) as client:
-        return events_from_api(client, args.run)
+    with httpx.Client(base_url=args.api, timeout=30) as http:
+        return events_from_api(http, args.run)
 
 
 def events_from_api(client: httpx.Client, run_id: str) -> list[RunEvent]:
