@@ -228,9 +228,8 @@ def workflows_used(events: Sequence[RunEvent]) -> set[tuple[str, int]]:
             used.add((event.workflow_id, event.workflow_version))
         elif isinstance(event, RunRebound):
             used.add((_workflow_of(events), event.workflow_version))
-        elif isinstance(event, ChildRunRequested | MapStarted):
-            if event.workflow_id and event.workflow_version is not None:
-                used.add((event.workflow_id, event.workflow_version))
+        elif isinstance(event, ChildRunRequested | MapStarted) and _pinned(event):
+            used.add((str(event.workflow_id), int(event.workflow_version or 0)))
     return used
 
 
@@ -262,6 +261,10 @@ def _refs(value: Any) -> Iterator[PayloadRef]:
     elif isinstance(value, list):
         for item in value:
             yield from _refs(item)
+
+
+def _pinned(event: ChildRunRequested | MapStarted) -> bool:
+    return bool(event.workflow_id) and event.workflow_version is not None
 
 
 def _workflow_of(events: Sequence[RunEvent]) -> str:
