@@ -22,10 +22,11 @@ from foundation.settings import Settings
 from processors.replay.bundle import read_bundle
 from reflux.replay_cli import diff_table, main_replay
 from tests.integration.engine_fixtures import (
+    TERMINAL,
     Harness,
-    HarnessFactory,
     assert_replay_equivalent,
     replayed_state,
+    running_engine,
     transform,
 )
 from tests.integration.http_fixtures import HttpTestServer
@@ -97,8 +98,10 @@ def settings_b(local_services: Settings, request: pytest.FixtureRequest) -> Iter
 
 
 @pytest.fixture
-def harness_b(settings_b: Settings, engine_harness: HarnessFactory) -> Harness:
-    return engine_harness(settings_b)
+def harness_b(settings_b: Settings, request: pytest.FixtureRequest) -> Iterator[Harness]:
+    """B's engine, stopped before B's topics are deleted."""
+    with running_engine(settings_b, request.node.nodeid) as engine:
+        yield engine
 
 
 @pytest.fixture
@@ -255,3 +258,59 @@ def test_diff_highlights_the_step_whose_output_differs(
     assert "≠   .result" in table
     assert "≠ steps.fetch.output" in table and "  steps.size.output" in table
     assert api.get(f"/v1/runs/{first}/diff/nope").status_code == 404
+
+
+def test_an_imported_failed_run_is_held_by_the_scheduler_and_can_be_redriven(
+    harness: Harness,
+    api: TestClient,
+    harness_b: Harness,
+    api_b: TestClient,
+    http: HttpTestServer,
+) -> None:
+    """The bug-report story: a run failed here, is imported there, its failing dependency is
+    healthy there, and a re-drive of the failed step finishes it -- the scheduler of B, which
+    never saw the run, adopts it from B's run log on the command (ADR 0028)."""
+    key = uuid.uuid4().hex
+    definition = {
+        "id": f"fails-{key[:8]}",
+        "steps": [
+            {
+                "id": "call",
+                "node": "http.request@^1",
+                "params": {"url": f"{http.url}/flaky?key={key}&fail=2"},
+                "retry": {"max_attempts": 2, "initial_backoff": "20ms"},
+            },
+            transform("after", "a", {"a": "{{ steps.call.output.body.calls }}"}, needs=["call"]),
+        ],
+        "outputs": {"calls": "{{ steps.after.output.result }}"},
+    }
+    _register(api, definition)
+    response = api.post("/v1/runs", json={"workflow_id": definition["id"], "inputs": {}})
+    assert response.status_code == 202, response.text
+    run_id = str(response.json()["run_id"])
+    failed = harness.wait(run_id)
+    assert failed.status == "failed" and failed.failed_step == "call"
+
+    exported = api.get(f"/v1/runs/{run_id}/export").content
+    imported = api_b.post("/v1/runs/import", content=exported)
+    assert imported.status_code == 201, imported.text
+    eventually(
+        lambda: harness_b.run(run_id),
+        30,
+        f"imported run {run_id} projected in B",
+        until=lambda r: r is not None and r.last_seq == failed.last_seq,
+    )
+    redrive = api_b.post(f"/v1/runs/{run_id}/steps/call/redrive", json={"reason": "fixed"})
+    assert redrive.status_code == 202, redrive.text
+    done = eventually(
+        lambda: harness_b.run(run_id),
+        30,
+        f"run {run_id} re-driven in B to end again",
+        until=lambda r: r is not None and r.last_seq > failed.last_seq and r.status in TERMINAL,
+    )
+    assert done is not None
+    assert (done.status, done.outputs) == ("succeeded", {"calls": 3}), done
+    assert_replay_equivalent(harness_b, run_id)
+    # A's copy is untouched.
+    original = harness.run(run_id)
+    assert original is not None and original.status == "failed"
