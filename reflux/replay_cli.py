@@ -23,6 +23,7 @@ from typing import Any, TextIO
 
 import httpx
 
+from foundation.settings import Settings, get_settings
 from processors.replay.bundle import BundleError, read_bundle
 from processors.replay.explain import ReplayStep, describe_state, event_from_json, replay
 from reflux.client import ClientError, _check, _guard
@@ -179,16 +180,17 @@ def events_from_api(client: httpx.Client, run_id: str) -> list[RunEvent]:
         after = page["next_after_seq"]
 
 
-def events_from_kafka(run_id: str, timeout: float = 60.0) -> list[RunEvent]:
+def events_from_kafka(
+    run_id: str, settings: Settings | None = None, timeout: float = 60.0
+) -> list[RunEvent]:
     """The run's events from the run log topic (every partition is scanned: a debugging tool
     need not know the partitioner; read_committed, as the scheduler reads it)."""
-    from foundation.settings import get_settings
     from processors.scheduler.runtime.recovery import _read, _reader, end_offsets
     from schemas import decode
     from streams.admin import admin_client
     from streams.topics import TopicCatalog
 
-    settings = get_settings()
+    settings = settings or get_settings()
     topic = TopicCatalog.from_settings(settings).runs.topic
     admin = admin_client(settings)
     metadata = admin.list_topics(topic, timeout=10).topics.get(topic)
@@ -256,9 +258,9 @@ def diff_table(
                 (mark, f"  .{change['path']}", _cell(change["a"], width), _cell(change["b"], width))
             )
     name_w = max([len(r[1]) for r in rows] + [5])
-    a_w = max([len(r[2]) for r in rows] + [len(diff["a"])])
+    a_w = max([len(r[2]) for r in rows] + [len(diff["a"]) + 2])
     lines = [
-        f"  {'field':<{name_w}}  {diff['a']:<{a_w}}  {diff['b']}",
+        f"  {'field':<{name_w}}  {'A ' + diff['a']:<{a_w}}  B {diff['b']}",
         f"  {'-' * name_w}  {'-' * a_w}  {'-' * max(len(diff['b']), 8)}",
     ]
     for mark, name, a, b in rows:

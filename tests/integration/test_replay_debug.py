@@ -20,7 +20,7 @@ from api.config import ApiSettings
 from foundation.objectstore import S3BlobStore
 from foundation.settings import Settings
 from processors.replay.bundle import read_bundle
-from reflux.replay_cli import diff_table, main_replay
+from reflux.replay_cli import diff_table, events_from_kafka, main_replay
 from tests.integration.engine_fixtures import (
     TERMINAL,
     Harness,
@@ -194,6 +194,8 @@ def test_export_then_import_replays_identically(
         b = api_b.get(f"/v1/runs/{run_id}/state", params={"seq": seq}).json()
         assert a == b, seq
     assert _replay_text(api, run_id) == _replay_text(api_b, run_id)
+    # The log read from B's Kafka topic is the same too (`reflux replay --from-kafka`).
+    assert events_from_kafka(run_id, harness_b.settings) == list(bundle.events[run_id])
     # The workflow is registered in B, and the payload is in B's object store.
     eventually(
         lambda: api_b.get(f"/v1/workflows/{definition['id']}/versions/1").status_code,
