@@ -25,7 +25,13 @@ import httpx
 
 from foundation.settings import Settings, get_settings
 from processors.replay.bundle import BundleError, read_bundle
-from processors.replay.explain import ReplayStep, describe_state, event_from_json, replay
+from processors.replay.explain import (
+    ReplayStep,
+    UnknownEventError,
+    describe_state,
+    event_from_json,
+    replay,
+)
 from reflux.client import ClientError, _check, _guard
 from schemas.run_log import RunEvent
 
@@ -78,7 +84,7 @@ def main_replay(
     except httpx.ConnectError:
         print(f"reflux: cannot reach the API at {args.api}", file=sys.stderr)
         return 2
-    except (ClientError, BundleError) as exc:
+    except (ClientError, BundleError, UnknownEventError) as exc:
         print(f"reflux: {exc}", file=sys.stderr)
         return 2
     if not events:

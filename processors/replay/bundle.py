@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
-from processors.replay.explain import event_from_json
+from foundation.errors import NonRetryableError
+from processors.replay.explain import UnknownEventError, event_from_json
 from processors.scheduler.evolve import EvolveError, fold
 from schemas.models import (
     ChildRunRequested,
@@ -61,8 +62,10 @@ BUNDLE_FORMAT: Final = "reflux.run-bundle"
 BUNDLE_VERSION: Final = 1
 
 
-class BundleError(ValueError):
+class BundleError(NonRetryableError):
     """A bundle that cannot be read: the message names the line and field."""
+
+    error_class = "BundleError"
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,8 +200,10 @@ def read_bundle(data: bytes) -> Bundle:
             elif kind == "payload":
                 payloads.append(_payload(record))
             else:
-                raise BundleError(f"kind: Expected event, workflow or payload, but got {kind!r}")
-        except (KeyError, TypeError, ValueError) as exc:
+                raise BundleError(
+                    f"line {number}: kind: Expected event, workflow or payload, but got {kind!r}"
+                )
+        except (KeyError, TypeError, ValueError, UnknownEventError) as exc:
             raise BundleError(f"line {number}: {exc}") from exc
     for run_id, log in events.items():
         try:

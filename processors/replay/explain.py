@@ -17,6 +17,7 @@ from datetime import datetime
 from functools import singledispatch
 from typing import Any, Final
 
+from foundation.errors import NonRetryableError
 from processors.scheduler.evolve import evolve
 from processors.scheduler.state import RunState, StepState, StepStatus
 from schemas.models import (
@@ -69,8 +70,10 @@ _BY_NAME: Final[dict[str, type[RunEvent]]] = {
 }
 
 
-class UnknownEventError(ValueError):
+class UnknownEventError(NonRetryableError):
     """A record that is not a run event (wrong type name)."""
+
+    error_class = "UnknownEventError"
 
 
 def event_from_json(event_type: str, payload: Mapping[str, Any]) -> RunEvent:
