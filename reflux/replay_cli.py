@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
@@ -223,6 +224,14 @@ def events_from_kafka(
     return events
 
 
+def _client(args: argparse.Namespace, timeout: float) -> contextlib.AbstractContextManager[Any]:
+    """An HTTP client on ``--api``; tests put one of their own (a TestClient) in ``args.client``."""
+    given = getattr(args, "client", None)
+    if given is not None:
+        return contextlib.nullcontext(given)
+    return httpx.Client(base_url=args.api, timeout=timeout)
+
+
 # -- reflux runs diff -----------------------------------------------------------------------------
 
 _RED = "\x1b[31m"
@@ -291,7 +300,7 @@ def diff_table(
 
 
 def runs_diff(args: argparse.Namespace) -> int:
-    with httpx.Client(base_url=args.api, timeout=60) as client:
+    with _client(args, 60) as client:
         diff = _check(client.get(f"/v1/runs/{args.run_a}/diff/{args.run_b}"))
     if args.json:
         print(json.dumps(diff, indent=2, sort_keys=True))
@@ -306,7 +315,7 @@ def runs_diff(args: argparse.Namespace) -> int:
 
 def runs_export(args: argparse.Namespace) -> int:
     out = Path(args.output or f"{args.run_id}.reflux")
-    with httpx.Client(base_url=args.api, timeout=120) as client:
+    with _client(args, 120) as client:
         response = client.get(
             f"/v1/runs/{args.run_id}/export",
             params={"with_children": str(bool(args.with_children)).lower()},
@@ -330,7 +339,7 @@ def runs_import(args: argparse.Namespace) -> int:
         raise ClientError(f"No such bundle file: {path}")
     data = path.read_bytes()
     bundle = read_bundle(data)  # refuse a damaged file before sending it
-    with httpx.Client(base_url=args.api, timeout=120) as client:
+    with _client(args, 120) as client:
         result = _check(
             client.post(
                 "/v1/runs/import",

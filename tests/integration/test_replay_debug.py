@@ -5,9 +5,11 @@ run with a retry and a skipped condition."""
 
 from __future__ import annotations
 
+import argparse
 import io
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, cast
 
 import httpx
@@ -20,7 +22,15 @@ from api.config import ApiSettings
 from foundation.objectstore import S3BlobStore
 from foundation.settings import Settings
 from processors.replay.bundle import read_bundle
-from reflux.replay_cli import diff_table, events_from_kafka, main_replay
+from processors.scheduler.child_runs import child_run_id
+from reflux.replay_cli import (
+    diff_table,
+    events_from_kafka,
+    main_replay,
+    runs_diff,
+    runs_export,
+    runs_import,
+)
 from tests.integration.engine_fixtures import (
     TERMINAL,
     Harness,
@@ -123,6 +133,15 @@ def _register(api: TestClient, definition: dict[str, Any]) -> None:
         15,
         f"workflow {definition['id']} projected",
         until=lambda status: status == 200,
+    )
+
+
+def _wait_projected(harness: Harness, run_id: str, last_seq: int) -> None:
+    eventually(
+        lambda: harness.run(run_id),
+        30,
+        f"{run_id} projected up to seq {last_seq}",
+        until=lambda r: r is not None and r.last_seq == last_seq,
     )
 
 
@@ -316,3 +335,70 @@ def test_an_imported_failed_run_is_held_by_the_scheduler_and_can_be_redriven(
     # A's copy is untouched.
     original = harness.run(run_id)
     assert original is not None and original.status == "failed"
+
+
+def test_cli_export_with_children_and_import_keep_parent_and_child(
+    harness: Harness,
+    api: TestClient,
+    harness_b: Harness,
+    api_b: TestClient,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    child = {
+        "id": f"double-{tag}",
+        "inputs": {"n": {"type": "integer", "required": True}},
+        "steps": [transform("work", "[n, n]", {"n": "{{ inputs.n }}"})],
+        "outputs": {"pair": "{{ steps.work.output.result }}"},
+    }
+    parent = {
+        "id": f"parent-{tag}",
+        "steps": [
+            {
+                "id": "sub",
+                "node": "meta.workflow",
+                "params": {"workflow_id": child["id"], "inputs": {"n": 21}},
+            }
+        ],
+        "outputs": {"sub": "{{ steps.sub.output }}"},
+    }
+    _register(api, child)
+    _register(api, parent)
+    response = api.post("/v1/runs", json={"workflow_id": parent["id"], "inputs": {}})
+    assert response.status_code == 202, response.text
+    run_id = str(response.json()["run_id"])
+    assert harness.wait(run_id).status == "succeeded"
+    child_id = child_run_id(run_id, "sub", 1, None)
+
+    path = tmp_path / "bug.reflux"
+    export = argparse.Namespace(
+        run_id=run_id, output=str(path), with_children=True, api="-", client=api
+    )
+    assert runs_export(export) == 0
+    assert "2 run(s)" in capsys.readouterr().out
+    bundle = read_bundle(path.read_bytes())
+    assert bundle.runs == [run_id, child_id]
+    assert {w.workflow_id for w in bundle.workflows} == {parent["id"], child["id"]}
+
+    assert runs_import(argparse.Namespace(file=str(path), wait=30.0, api="-", client=api_b)) == 0
+    assert f"run {run_id} is projected" in capsys.readouterr().out
+    for rid in (run_id, child_id):
+        _wait_projected(harness_b, rid, bundle.events[rid][-1].seq)
+        assert replayed_state(harness_b, rid) == replayed_state(harness, rid)
+    # B's read model links the imported child to its parent, as A's does.
+    assert [c["run_id"] for c in api_b.get(f"/v1/runs/{run_id}").json()["children"]] == [child_id]
+
+    # reflux runs diff (CLI) on A: a run against itself is equal, exit status 0.
+    diff = argparse.Namespace(
+        run_a=run_id,
+        run_b=run_id,
+        json=False,
+        changed=False,
+        no_color=True,
+        width=40,
+        api="-",
+        client=api,
+    )
+    assert runs_diff(diff) == 0
+    assert "the runs are equal (timings aside)" in capsys.readouterr().out
