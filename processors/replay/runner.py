@@ -180,13 +180,9 @@ class ReplayRunner:
         self.catalog = TopicCatalog.from_settings(settings)
         self.group = f"{settings.topic_prefix}.replay-runner"
         self.producer = Producer(settings, client_id="reflux-replay-runner")
-        self.consumer = Consumer(
-            [self.catalog.replays],
-            self.group,
-            settings,
-            catalog=self.catalog,
-            expected=REPLAY_TOPIC_TYPES,
-        )
+        # Subscribed on the first run_once: execute() alone (a test, a one-off replay) joins no
+        # group (a consumer that joined and never polled can block close() on the rebalance).
+        self.consumer: Consumer | None = None
         self._conn: psycopg.Connection[Any] | None = None
         self.completed = 0
 
@@ -310,6 +306,14 @@ class ReplayRunner:
             self.execute(record.value)
 
     def run_once(self, timeout: float = 0.5) -> int:
+        if self.consumer is None:
+            self.consumer = Consumer(
+                [self.catalog.replays],
+                self.group,
+                self.settings,
+                catalog=self.catalog,
+                expected=REPLAY_TOPIC_TYPES,
+            )
         result = self.consumer.process(self._handle, timeout=timeout, flush=[self.producer])
         return result.processed
 
@@ -322,7 +326,8 @@ class ReplayRunner:
 
     def close(self) -> None:
         try:
-            self.consumer.close()
+            if self.consumer is not None:
+                self.consumer.close()
             self.producer.close()
         finally:
             if self._conn is not None:
