@@ -653,6 +653,7 @@ def test_migrations_are_recorded_idempotent_and_refuse_edits(env: Env) -> None:
         "workflow_metrics_1m_mv",
         "retry_metrics_1m",
         "retry_metrics_1m_mv",
+        "replay_steps",  # A/B replay per-step rows (005, written by the replay runner)
     }
 
 
