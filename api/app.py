@@ -24,7 +24,7 @@ from api.prometheus import ApiMetrics, MetricsMiddleware
 from api.publisher import Publisher, api_producer
 from api.readmodel import ReadModel
 from api.reflection import LazyAlertsView, close_clickhouse, open_clickhouse
-from api.routes import alerts, health, hooks, mutations, nodes, runs, workflows
+from api.routes import alerts, health, hooks, mutations, nodes, run_replay, runs, workflows
 from api.routes import metrics as metrics_routes
 from api.store import ApiStore
 from api.validation import bind_node_catalog
@@ -131,6 +131,8 @@ def create_app(
     v1 = APIRouter(prefix=API_PREFIX, dependencies=[Depends(bind_node_catalog)])
     for resource in (
         workflows.router,
+        # Before runs.router: `/runs/import` must not be read as the run id "import".
+        run_replay.router,
         runs.router,
         hooks.router,
         metrics_routes.router,

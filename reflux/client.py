@@ -386,7 +386,8 @@ def _command_options(parser: argparse.ArgumentParser, default_api: str) -> None:
     parser.add_argument("--api", default=default_api, help=f"API base URL ({default_api})")
 
 
-def add_client_commands(subparsers: Any, default_api: str) -> None:
+def add_client_commands(subparsers: Any, default_api: str) -> Any:
+    """Adds ``run`` and ``runs ...``; returns the ``runs`` actions (other modules add theirs)."""
     run = subparsers.add_parser("run", help="register a workflow file and start a run")
     run.add_argument("file", help="workflow definition (.yaml or .json)")
     run.add_argument(
@@ -460,6 +461,7 @@ def add_client_commands(subparsers: Any, default_api: str) -> None:
     )
     _command_options(rebind, default_api)
     rebind.set_defaults(handler=_guard(rebind_run))
+    return actions
 
 
 def _guard(handler: Any) -> Any:

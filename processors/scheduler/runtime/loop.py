@@ -384,9 +384,12 @@ class SchedulerRuntime:
 
     def _reload(self, partition: int, run_id: str, marker: RunState | None) -> RunState | None:
         """A finished run's full state from the run log (a re-drive from a step reopens it);
-        the marker's minimal state when the log cannot give it (decide then refuses)."""
+        the marker's minimal state when the log cannot give it (decide then refuses). Without
+        a marker: an imported run, adopted from the log as it is there (None when it is not)."""
         state = reload_run(self.settings, self._admin, self.catalog.runs.topic, partition, run_id)
-        if state is None or marker is None or state.last_seq != marker.last_seq:
+        if marker is None:
+            return state
+        if state is None or state.last_seq != marker.last_seq:
             return marker
         return state
 
@@ -1143,12 +1146,19 @@ class _Batch:
         return committed.get(run_id)
 
 
+_OPERATOR_COMMANDS = (CancelRun, PauseRun, ResumeRun, RedriveStep, RebindRun, MutateGraph)
+"""Commands people send through the API (which checks the run exists in the read model)."""
+
+
 def _needs_full_state(record: SchedulerInput, state: RunState | None) -> bool:
-    """A re-drive from a step of a run the table keeps only as a finished marker."""
+    """A re-drive from a step of a run the table keeps only as a finished marker; or an
+    operator command for a run the table does not know at all: a run imported into this
+    REFLUX's log (``reflux runs import``, ADR 0028) after the partition was recovered."""
+    if state is None:
+        return isinstance(record, _OPERATOR_COMMANDS)
     return (
         isinstance(record, RedriveStep)
         and record.downstream
-        and state is not None
         and state.definition is None
         and state.status is RunStatus.SUCCEEDED
     )
