@@ -42,6 +42,9 @@ GOALS: tuple[Goal, ...] = (
     Goal("scheduler_recovery_s_100k", "<", 2),
     Goal("map_items_per_s", ">=", 2000),
     Goal("mutation_apply_p99_ms", "<", 100),
+    # Issue 10: 1,000 recorded 10-step runs replayed within 60 s, >= 5x faster than live.
+    Goal("replay_1000_runs_s", "<", 60),
+    Goal("replay_speedup_vs_live", ">=", 5),
 )
 
 

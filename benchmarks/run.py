@@ -5,7 +5,9 @@ engine benchmark (:mod:`benchmarks.engine_bench`), the scheduler's restart time 
 size (:mod:`benchmarks.recovery_bench`), one worker's attempts in flight and per second against
 a 200 ms HTTP service (:mod:`benchmarks.worker_io_bench`), a ``meta.map`` of 10,000 items
 (:mod:`benchmarks.map_bench`), graph mutations of running runs
-(:mod:`benchmarks.mutation_bench`: accepted -> visible in the run's graph), the Temporal peer on
+(:mod:`benchmarks.mutation_bench`: accepted -> visible in the run's graph), A/B replay of
+recorded runs with side effects from the record (:mod:`benchmarks.replay_bench`), the Temporal
+peer on
 the same workload (:mod:`benchmarks.peer_temporal`) and, when present, the traces benchmark
 (``benchmarks.traces_bench``). Writes ``benchmarks/out/results.json``: one flat object of
 metrics (ours, ``peer_temporal_*``, ``peer_temporal_*_ratio``, the traces keys) plus ``meta``
@@ -125,6 +127,7 @@ def run_all(
     skip_worker_io: bool = False,
     skip_map: bool = False,
     skip_mutation: bool = False,
+    skip_replay: bool = False,
 ) -> dict[str, Any]:
     settings = get_settings()
     errors: dict[str, str] = {}
@@ -179,6 +182,14 @@ def run_all(
         results |= _attempt(
             "mutation", errors, timings, lambda: run_mutation_benchmark(settings, quick)
         )
+    if skip_replay:
+        skipped.append("replay")
+    else:
+        from benchmarks.replay_bench import run_replay_benchmark
+
+        results |= _attempt(
+            "replay", errors, timings, lambda: run_replay_benchmark(settings, quick)
+        )
     if skip_peer:
         skipped.append("peer_temporal")
     else:
@@ -210,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-worker-io", action="store_true", help="do not run worker_io_bench")
     parser.add_argument("--skip-map", action="store_true", help="do not run map_bench")
     parser.add_argument("--skip-mutation", action="store_true", help="do not run mutation_bench")
+    parser.add_argument("--skip-replay", action="store_true", help="do not run replay_bench")
     parser.add_argument("--out", type=Path, default=OUT_FILE, help="results JSON file")
     args = parser.parse_args(argv)
     output = run_all(
@@ -221,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         skip_worker_io=args.skip_worker_io,
         skip_map=args.skip_map,
         skip_mutation=args.skip_mutation,
+        skip_replay=args.skip_replay,
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(output, indent=2) + "\n")

@@ -21,6 +21,8 @@ def test_goals_are_the_issues() -> None:
         ("scheduler_recovery_s_100k", "<", 2),
         ("map_items_per_s", ">=", 2000),
         ("mutation_apply_p99_ms", "<", 100),  # issue 9
+        ("replay_1000_runs_s", "<", 60),  # issue 10
+        ("replay_speedup_vs_live", ">=", 5),
     }
 
 

@@ -1,0 +1,219 @@
+"""A/B replay throughput: ``replay_runs_per_s``, ``replay_1000_runs_s`` (goal < 60 s) and
+``replay_speedup_vs_live`` (goal >= 5).
+
+On a topic prefix and Postgres schema of its own (``bench-replay-<uuid8>`` /
+``bench_replay_<uuid8>``, deleted afterwards), a :class:`~reflux.dev.DevEngine` records ``N``
+runs (1,000; ``--quick``: 100) of a 10-step workflow, all started at once and measured live:
+four ``http.request`` POSTs to a slow local service (:mod:`benchmarks.slow_service`,
+``LATENCY_MS`` each, its own process) chained with six pure transforms. Then the production
+engine stops and a :class:`~processors.replay.shadow.ShadowReplay` replays all ``N`` against the
+same version, side effects served from the record: its wall time counts everything a replay
+does (loading the originals' logs, creating the shadow topics and schema, starting the shadow
+engine, the runs, reading the outcomes), not its cleanup.
+
+Keys: ``replay_live_s`` (recording N runs live: first start sent -> last run terminal in the
+read model), ``replay_1000_runs_s`` (the replay of N, scaled to 1,000 in ``--quick``),
+``replay_runs_per_s``, ``replay_speedup_vs_live`` (live wall / replay wall),
+``replay_run_p50_ms_live`` / ``replay_run_p50_ms_replayed`` (a run's own duration), and
+``replay_side_effect_calls`` (requests the slow service got during the replay: must be 0).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import statistics
+import time
+import urllib.request
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+
+from benchmarks.cleanup import delete_prefix_topics
+from benchmarks.worker_io_bench import slow_service
+from foundation.settings import Settings
+from processors.replay.shadow import Candidate, ShadowReplay
+from projections.postgres.identifiers import quote_schema, table
+from reflux.dev import DevEngine
+from schemas.models import StartRun, WorkflowRegistered
+from streams.producer import Producer
+from workflows import parse_workflow
+
+__all__ = ["run_replay_benchmark", "workflow"]
+
+RUNS = {True: 100, False: 1000}
+LATENCY_MS = 80.0
+LIVE_TIMEOUT_S = 600.0
+
+
+def _progress(message: str) -> None:
+    print(f"[replay {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def workflow(url: str) -> dict[str, Any]:
+    """10 steps: post1 > t1 > post2 > t2 > post3 > t3 > post4 > t4 > t5 > t6."""
+
+    def post(n: int, needs: list[str]) -> dict[str, Any]:
+        return {
+            "id": f"post{n}",
+            "node": "http.request@^1",
+            "params": {
+                "url": f"{url}/effect/{n}",
+                "method": "POST",
+                "json": {"order": "{{ inputs.order }}", "n": n},
+            },
+            "needs": needs,
+        }
+
+    def shape(n: int, needs: list[str], data: str) -> dict[str, Any]:
+        return {
+            "id": f"t{n}",
+            "node": "transform@^1",
+            "params": {"expression": "{ok: v, n: n}", "data": {"v": data, "n": n}},
+            "needs": needs,
+        }
+
+    steps = [
+        post(1, []),
+        shape(1, ["post1"], "{{ steps.post1.output.body.ok }}"),
+        post(2, ["t1"]),
+        shape(2, ["post2"], "{{ steps.post2.output.body.ok }}"),
+        post(3, ["t2"]),
+        shape(3, ["post3"], "{{ steps.post3.output.body.ok }}"),
+        post(4, ["t3"]),
+        shape(4, ["post4"], "{{ steps.post4.output.body.ok }}"),
+        shape(5, ["t4"], "{{ steps.t4.output.result.ok }}"),
+        shape(6, ["t5"], "{{ inputs.order }}"),
+    ]
+    return {
+        "id": "bench-replay",
+        "inputs": {"order": {"type": "string", "required": True}},
+        "steps": steps,
+        "outputs": {"last": "{{ steps.t6.output.result }}"},
+    }
+
+
+def _requests(url: str) -> int:
+    with urllib.request.urlopen(f"{url}/stats", timeout=10) as response:  # our own service
+        return int(json.loads(response.read())["requests"])
+
+
+def _wait_terminal(settings: Settings, schema: str, run_ids: list[str], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
+        while True:
+            row = conn.execute(
+                f"SELECT count(*) FROM {table(schema, 'runs')} "
+                "WHERE run_id = ANY(%s) AND status IN ('succeeded', 'failed', 'cancelled')",
+                (run_ids,),
+            ).fetchone()
+            if row and row[0] >= len(run_ids):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(run_ids) - (row[0] if row else 0)} runs not finished")
+            time.sleep(0.05)
+
+
+def _p50(values: list[float]) -> float:
+    return round(statistics.median(values), 1) if values else float("nan")
+
+
+def run_replay_benchmark(base: Settings, quick: bool = False) -> dict[str, float]:
+    n = RUNS[quick]
+    tag = uuid.uuid4().hex[:8]
+    settings = base.model_copy(update={"topic_prefix": f"bench-replay-{tag}"})
+    schema = f"bench_replay_{tag}"
+    engine: DevEngine | None = None
+    try:
+        with slow_service(LATENCY_MS) as url:
+            engine = DevEngine(
+                settings, schema=schema, trigger_router=False, mutation_processor=False
+            ).start()
+            producer = Producer(settings, client_id="bench-replay")
+            try:
+                parsed = parse_workflow(workflow(url))
+                producer.send(
+                    engine.catalog.workflows.topic,
+                    f"{parsed.id}@1",
+                    WorkflowRegistered(
+                        workflow_id=parsed.id,
+                        version=1,
+                        definition=parsed.to_json_dict(),
+                        registered_at=datetime.now(UTC),
+                    ),
+                )
+                producer.flush(10)
+                # One warm-up run: topics, consumers and the workflow are in place before timing.
+                warm = str(uuid.uuid4())
+                producer.send(
+                    engine.catalog.commands.topic,
+                    warm,
+                    StartRun(run_id=warm, workflow_id=parsed.id, inputs={"order": "warm"}),
+                )
+                producer.flush(10)
+                _wait_terminal(settings, schema, [warm], 120)
+                run_ids = [str(uuid.uuid4()) for _ in range(n)]
+                _progress(f"recording {n} runs live ({LATENCY_MS:.0f} ms per POST)")
+                began = time.monotonic()
+                for i, run_id in enumerate(run_ids):
+                    producer.send(
+                        engine.catalog.commands.topic,
+                        run_id,
+                        StartRun(run_id=run_id, workflow_id=parsed.id, inputs={"order": f"o{i}"}),
+                    )
+                producer.flush(30)
+                _wait_terminal(settings, schema, run_ids, LIVE_TIMEOUT_S)
+                live_s = time.monotonic() - began
+            finally:
+                producer.close()
+            engine.stop()
+            engine = None
+            _progress(f"live: {n} runs in {live_s:.1f}s; replaying them")
+            calls_before = _requests(url)
+            with ShadowReplay(settings, f"bench{tag}", schema=schema) as replay:
+                began = time.monotonic()
+                pairs = replay.run(run_ids, Candidate(workflow_version=1))
+                replay_s = time.monotonic() - began
+                timings = dict(replay.timings)
+            calls = _requests(url) - calls_before
+        failed = [p.candidate.run_id for p in pairs if p.candidate.status != "succeeded"]
+        if failed:
+            raise RuntimeError(f"{len(failed)} replayed runs did not succeed, e.g. {failed[:3]}")
+        live_ms = [p.original.duration_ms for p in pairs if p.original.duration_ms is not None]
+        replay_ms = [p.candidate.duration_ms for p in pairs if p.candidate.duration_ms is not None]
+        _progress(f"replay: {n} runs in {replay_s:.1f}s, {calls} side-effect calls")
+        return {
+            "replay_runs": float(n),
+            "replay_live_s": round(live_s, 2),
+            "replay_1000_runs_s": round(replay_s * 1000 / n, 2),
+            "replay_runs_per_s": round(n / replay_s, 1),
+            "replay_speedup_vs_live": round(live_s / replay_s, 2),
+            "replay_run_p50_ms_live": _p50(live_ms),
+            "replay_run_p50_ms_replayed": _p50(replay_ms),
+            "replay_side_effect_calls": float(calls),
+            # Where the replay's time went: the originals' logs, the shadow engine's start
+            # (topics, schema, consumers), and the runs themselves.
+            "replay_load_originals_s": round(timings["load_originals_s"], 2),
+            "replay_start_engine_s": round(timings["start_engine_s"], 2),
+            "replay_runs_only_s": round(timings["runs_s"], 2),
+        }
+    finally:
+        if engine is not None:
+            engine.stop()
+        delete_prefix_topics(settings)
+        with (
+            contextlib.suppress(Exception),
+            psycopg.connect(settings.postgres_dsn, autocommit=True) as conn,
+        ):
+            for name in (schema, f"{schema}_api"):
+                conn.execute(f"DROP SCHEMA IF EXISTS {quote_schema(name)} CASCADE")
+
+
+if __name__ == "__main__":
+    import sys
+
+    from foundation.settings import get_settings
+
+    print(json.dumps(run_replay_benchmark(get_settings(), "--quick" in sys.argv), indent=2))

@@ -1,0 +1,669 @@
+"""The A/B replay engine: recorded runs' inputs re-run by a candidate on shadow topics and state.
+
+A :class:`ShadowReplay` owns one shadow engine (its own topic prefix ``replay-<id>``, consumer
+groups, Postgres schema and Redis cache namespace). Nodes that declare side effects are never
+called again: they are answered from the original run's record (:mod:`processors.replay.recorded`)
+or by the :class:`EffectPolicy`. docs/replay.md, docs/decisions/0029-shadow-replay.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+import inspect
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Literal, Protocol
+
+import jmespath
+import jmespath.exceptions
+import psycopg
+import redis
+from confluent_kafka import KafkaError, KafkaException
+
+from foundation.errors import NonRetryableError
+from foundation.settings import Settings
+from node_workers.registry import NodeRegistry, default_registry
+from processors.replay.recorded import RecordedResults, ServedLog, shadow_registry
+from projections.postgres import queries
+from projections.postgres.identifiers import quote_schema, table
+from schemas import models
+from schemas.models import StartRun, WorkflowRegistered
+from streams.admin import admin_client
+from streams.consumer import Consumer
+from streams.producer import Producer
+from streams.topics import TopicCatalog
+from workflows import parse_workflow
+
+EffectMode = Literal["record", "stub", "skip", "live"]
+Served = Literal["executed", "record", "stub", "skip", "live"]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which recorded runs to replay (read from the production read model)."""
+
+    workflow_id: str
+    workflow_version: int | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    status: str | None = None
+    # JMESPath on the run's inputs; a truthy result selects the run.
+    inputs_filter: str | None = None
+    # The newest ``sample_size`` matching runs (deterministic: ordered by start, then run id).
+    sample_size: int = 100
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """What replays the inputs: a registered version, or a definition (e.g. a proposal's)."""
+
+    workflow_version: int | None = None
+    definition: dict[str, Any] | None = None
+    mutation_id: str | None = None  # informational, for reports
+    node_pins: Mapping[str, str] = field(default_factory=dict)  # node name -> exact version
+
+
+@dataclass(frozen=True)
+class EffectPolicy:
+    """How side-effecting nodes are answered; "record" (the default) serves the original's
+    result matched by step id + params hash and fails the step (``ReplayNoRecord``) when none
+    matches. "stub" answers with ``stubs[node]``, "skip" with a null output, "live" calls it."""
+
+    per_node: Mapping[str, EffectMode] = field(default_factory=dict)
+    stubs: Mapping[str, Any] = field(default_factory=dict)
+
+    def mode(self, node: str) -> EffectMode:
+        return self.per_node.get(node, "record")
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    step_id: str
+    status: str
+    attempts: int
+    duration_ms: float | None
+    output: Any
+    served: Served
+    tokens: int | None
+    calls: int
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    run_id: str
+    status: str
+    outputs: Any
+    error_class: str | None
+    duration_ms: float | None
+    steps: Mapping[str, StepOutcome]
+
+
+@dataclass(frozen=True)
+class ReplayPair:
+    original: RunOutcome
+    candidate: RunOutcome
+
+
+# -- outcomes (pure: from a run's event models) -------------------------------------------------
+
+_STEP_END = {
+    "StepSucceeded": "succeeded",
+    "StepFailed": "failed",
+    "StepSkipped": "skipped",
+    "StepTimedOut": "timed_out",
+}
+_RUN_END = {"RunSucceeded": "succeeded", "RunFailed": "failed", "RunCancelled": "cancelled"}
+
+
+def run_outcome(
+    run_id: str,
+    events: Sequence[Any],
+    *,
+    served: Callable[[str], tuple[Served, int]] | None = None,
+    tokens: Callable[[str], int | None] | None = None,
+) -> RunOutcome:
+    """A run's outcome from its event log (event models in seq order).
+
+    ``served(step_id)`` says how a shadow step was answered and how many calls reached a real
+    node; without it (an original run) every step was executed and each non-cached attempt was
+    a call. ``tokens(step_id)``: the LLM tokens its executed attempts reported (originals: None,
+    the read model does not hold them)."""
+    status = "running"
+    outputs: Any = None
+    error_class: str | None = None
+    duration_ms: float | None = None
+    first_at = events[0].occurred_at if events else None
+    steps: dict[str, dict[str, Any]] = {}
+    for event in events:
+        name = type(event).__name__
+        step = getattr(event, "step", None)
+        if step is not None and name.startswith("Step"):
+            row = steps.setdefault(
+                step.step_id,
+                {
+                    "status": "scheduled",
+                    "attempts": 0,
+                    "duration_ms": None,
+                    "output": None,
+                    "cache_hit": False,
+                    "node": step.node,
+                },
+            )
+            attempt = getattr(event, "attempt", None)
+            if isinstance(attempt, int):
+                row["attempts"] = max(row["attempts"], attempt)
+            if name in _STEP_END:
+                row["status"] = _STEP_END[name]
+            if name == "StepSucceeded":
+                row["output"] = event.output
+                row["duration_ms"] = event.duration_ms
+                row["cache_hit"] = bool(event.cache_hit)
+            elif name == "StepFailed":
+                row["output"] = None
+        if name in _RUN_END:
+            status = _RUN_END[name]
+            if name == "RunSucceeded":
+                outputs = event.outputs
+                duration_ms = event.duration_ms
+            elif name == "RunFailed":
+                error_class = event.error.error_class
+        if name == "RunPaused":
+            status = "paused"
+        elif name == "RunResumed":
+            status = "running"
+    if duration_ms is None and first_at is not None and status != "running":
+        duration_ms = (events[-1].occurred_at - first_at).total_seconds() * 1000
+    outcomes: dict[str, StepOutcome] = {}
+    for step_id, row in steps.items():
+        if served is not None:
+            how, calls = served(step_id)
+        else:
+            how, calls = "executed", (0 if row["cache_hit"] else row["attempts"])
+        outcomes[step_id] = StepOutcome(
+            step_id=step_id,
+            status=row["status"],
+            attempts=row["attempts"],
+            duration_ms=None if row["duration_ms"] is None else float(row["duration_ms"]),
+            output=row["output"],
+            served=how,
+            tokens=None if tokens is None else tokens(step_id),
+            calls=calls,
+        )
+    return RunOutcome(
+        run_id=run_id,
+        status=status,
+        outputs=outputs,
+        error_class=error_class,
+        duration_ms=None if duration_ms is None else float(duration_ms),
+        steps=outcomes,
+    )
+
+
+def pin_nodes(definition: dict[str, Any], pins: Mapping[str, str]) -> dict[str, Any]:
+    """The definition with every reference to a pinned node replaced by its exact version
+    (``"http.request@^1"`` -> ``"http.request@1.2.0"``), nested steps included."""
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, dict):
+            out = {k: walk(v) for k, v in value.items()}
+            node = out.get("node")
+            if isinstance(node, str) and node.partition("@")[0] in pins:
+                out["node"] = f"{node.partition('@')[0]}@{pins[node.partition('@')[0]]}"
+            return out
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        return value
+
+    result = walk(definition)
+    assert isinstance(result, dict)
+    return result
+
+
+# -- the engine ---------------------------------------------------------------------------------
+
+_REPLAY_ID = re.compile(r"^[a-z0-9][a-z0-9_]{0,30}$")
+_TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+class ReplayError(NonRetryableError):
+    """Bad replay input; the message names the field."""
+
+    error_class = "InvalidReplay"
+
+
+class ShadowEngine(Protocol):
+    """What the replay needs of an engine (``reflux.dev.DevEngine`` is one)."""
+
+    catalog: TopicCatalog
+
+    def start(self) -> Any: ...
+
+    def stop(self, timeout: float = 30.0) -> None: ...
+
+    def errors(self) -> dict[str, list[BaseException]]: ...
+
+
+EngineFactory = Callable[[Settings, NodeRegistry, str, bool], ShadowEngine]
+"""(shadow settings, nodes, read-model schema, register nodes in the catalog) -> an engine."""
+
+
+def dev_engine(
+    settings: Settings, nodes: NodeRegistry, schema: str, register_nodes: bool
+) -> ShadowEngine:
+    """The project's own engine, every component in this process (no trigger router and no
+    mutation processor: nothing in a replay fires triggers or proposes mutations).
+
+    Bound at run time: ``reflux`` (the edge that composes the engine) sits above ``processors``
+    in the package layers, and the replay package is shared with lower-level modules; the
+    engine is the one thing it takes from the edge (docs/decisions/0029-shadow-replay.md)."""
+    engine_class = importlib.import_module("reflux.dev").DevEngine
+    switches: dict[str, Any] = {
+        "trigger_router": False,
+        "mutation_processor": False,
+        # Outcomes are read from the shadow run log itself: no read model to write.
+        "projector": False,
+    }
+    if "replay_runner" in inspect.signature(engine_class).parameters:
+        switches["replay_runner"] = False  # a shadow never starts replays of its own
+    engine: ShadowEngine = engine_class(
+        settings, nodes=nodes, schema=schema, register_nodes=register_nodes, **switches
+    )
+    return engine
+
+
+def load_events(conn: psycopg.Connection[Any], schema: str, run_id: str) -> list[Any]:
+    """A run's projected log as event models, in seq order."""
+    rows: list[Any] = []
+    after = -1
+    while True:
+        page = queries.get_events(conn, run_id, after, schema=schema)
+        for row in page:
+            rows.append(getattr(models, row.event_type).model_validate(row.payload))
+        if len(page) < 1000:
+            return rows
+        after = page[-1].seq
+
+
+class ShadowReplay:
+    """Context manager; :meth:`close` removes the shadow topics, groups, schema, cache keys.
+
+    ``schema``: the production read models' Postgres schema (where recorded runs are read);
+    ``nodes``: the node versions the shadow workers serve (default: the built-in ones)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        replay_id: str,
+        *,
+        progress: Callable[[int, int], None] | None = None,
+        schema: str = "reflux",
+        nodes: NodeRegistry | None = None,
+        timeout_s: float | None = None,
+        engine_factory: EngineFactory = dev_engine,
+    ) -> None:
+        if not _REPLAY_ID.fullmatch(replay_id):
+            raise ReplayError(
+                f"replay_id: expected 1-31 lowercase letters, digits or '_', but got {replay_id!r}"
+            )
+        self.settings = settings
+        self.replay_id = replay_id
+        self.progress = progress
+        self.schema = schema
+        self.nodes = nodes or default_registry()
+        self.timeout_s = timeout_s
+        self.engine_factory = engine_factory
+        # Every shadow prefix/schema starts with these; close() removes all of them.
+        self.prefix_root = f"{settings.topic_prefix}-replay-{replay_id}"
+        self.schema_root = f"replay_{replay_id}"
+        self._rounds = 0
+        self._prefixes: list[str] = []
+        self._schemas: list[str] = []
+        self._engine: ShadowEngine | None = None
+        self.served = ServedLog()
+        # The last round's shadow settings/schema (for events of candidate runs).
+        self.shadow_settings: Settings | None = None
+        self.shadow_schema: str | None = None
+        self._candidate_logs: dict[str, list[Any]] = {}
+        self.timings: dict[str, float] = {}
+
+    # -- selection --------------------------------------------------------------------------
+
+    def select(self, selection: Selection) -> list[str]:
+        """Original run ids, newest first, at most ``selection.sample_size`` (deterministic:
+        ordered by start time, then run id)."""
+        if selection.sample_size < 1:
+            raise ReplayError(
+                f"selection.sample_size: expected at least 1, but got {selection.sample_size}"
+            )
+        expression = None
+        if selection.inputs_filter:
+            try:
+                expression = jmespath.compile(selection.inputs_filter)
+            except jmespath.exceptions.JMESPathError as exc:
+                raise ReplayError(f"selection.inputs_filter: {exc}") from exc
+        args: list[Any] = [selection.workflow_id]
+        where = ["workflow_id = %s"]
+        if selection.workflow_version is not None:
+            where.append("workflow_version = %s")
+            args.append(selection.workflow_version)
+        if selection.since is not None:
+            where.append("started_at >= %s")
+            args.append(selection.since)
+        if selection.until is not None:
+            where.append("started_at < %s")
+            args.append(selection.until)
+        if selection.status is not None:
+            where.append("status = %s")
+            args.append(selection.status)
+        else:
+            where.append("status = ANY(%s)")
+            args.append(list(_TERMINAL))
+        sql = (
+            f"SELECT run_id, inputs FROM {table(self.schema, 'runs')} "
+            f"WHERE {' AND '.join(where)} ORDER BY started_at DESC, run_id DESC"
+        )
+        chosen: list[str] = []
+        with psycopg.connect(self.settings.postgres_dsn, autocommit=True) as conn:
+            for run_id, inputs in conn.execute(sql, args):
+                if expression is not None and not expression.search(inputs or {}):
+                    continue
+                chosen.append(str(run_id))
+                if len(chosen) >= selection.sample_size:
+                    break
+        return chosen
+
+    # -- running ----------------------------------------------------------------------------
+
+    def run(
+        self,
+        run_ids: Sequence[str],
+        candidate: Candidate,
+        policy: EffectPolicy = EffectPolicy(),
+    ) -> list[ReplayPair]:
+        """Replay each run's inputs with the candidate; one pair per run id, in order.
+        ``progress(done, total)`` is called as candidate runs finish."""
+        self._check(candidate, policy)
+        began = time.monotonic()
+        with psycopg.connect(self.settings.postgres_dsn, autocommit=True) as conn:
+            originals = {run_id: load_events(conn, self.schema, run_id) for run_id in run_ids}
+            for run_id, events in originals.items():
+                if not events or not isinstance(events[0], models.RunStarted):
+                    raise ReplayError(
+                        f"run_ids: run {run_id!r} has no recorded log in {self.schema}"
+                    )
+                if not any(type(e).__name__ in _RUN_END for e in events):
+                    # Its record is incomplete: side effects it has yet to make have no record.
+                    raise ReplayError(f"run_ids: run {run_id!r} has not finished")
+            workflow_id = originals[run_ids[0]][0].workflow_id if run_ids else ""
+            version, definition = self._candidate_definition(
+                conn, workflow_id, candidate, originals
+            )
+            # Versions resolve as in production: through a node catalog when production has one
+            # (the shadow workers publish theirs to the shadow catalog), else by constraint.
+            catalogued = conn.execute(
+                f"SELECT EXISTS (SELECT 1 FROM {table(self.schema, 'node_versions')})"
+            ).fetchone()
+            register_nodes = bool(catalogued and catalogued[0]) or bool(candidate.node_pins)
+        if not run_ids:
+            return []
+        records = RecordedResults()
+        for run_id, events in originals.items():
+            records.add_run(run_id, events)
+        served = self.served = ServedLog()
+        registry = shadow_registry(
+            self.nodes, records, served, modes=policy.per_node, stubs=policy.stubs
+        )
+        self._rounds += 1
+        prefix = f"{self.prefix_root}-{self._rounds}"
+        shadow_schema = f"{self.schema_root}_{self._rounds}"
+        self._prefixes.append(prefix)
+        self._schemas += [shadow_schema, f"{shadow_schema}_api"]
+        settings = self.settings.model_copy(update={"topic_prefix": prefix})
+        self.shadow_settings, self.shadow_schema = settings, shadow_schema
+        engine = self._engine = self.engine_factory(
+            settings, registry, shadow_schema, register_nodes
+        )
+        loaded = time.monotonic()
+        engine.start()
+        producer = Producer(settings, client_id=f"replay-{self.replay_id}")
+        # Subscribed before the first start: reads the shadow run log from the beginning.
+        collector = Consumer(
+            [engine.catalog.runs], f"{prefix}.replay-collector", settings, catalog=engine.catalog
+        )
+        try:
+            parsed = parse_workflow(definition)
+            producer.send(
+                engine.catalog.workflows.topic,
+                f"{parsed.id}@{version}",
+                WorkflowRegistered(
+                    workflow_id=parsed.id,
+                    version=version,
+                    definition=parsed.to_json_dict(),
+                    registered_at=datetime.now(UTC),
+                ),
+            )
+            producer.flush(10)
+            ready = time.monotonic()
+            for run_id in run_ids:
+                started = originals[run_id][0]
+                producer.send(
+                    engine.catalog.commands.topic,
+                    run_id,
+                    StartRun(
+                        run_id=run_id,
+                        workflow_id=parsed.id,
+                        workflow_version=version,
+                        inputs=started.inputs,
+                        idempotency_key=started.idempotency_key,
+                        source=started.source,
+                        source_key=started.source_key,
+                        reason=f"replay {self.replay_id}",
+                    ),
+                )
+            producer.flush(30)
+            logs = self._collect(collector, list(run_ids), engine)
+            self._candidate_logs = logs
+            # Where a replay's time goes (the benchmark reports it).
+            self.timings = {
+                "load_originals_s": loaded - began,
+                "start_engine_s": ready - loaded,
+                "runs_s": time.monotonic() - ready,
+            }
+            return [
+                ReplayPair(
+                    original=run_outcome(run_id, originals[run_id]),
+                    candidate=run_outcome(
+                        run_id,
+                        logs[run_id],
+                        served=functools.partial(served.get, run_id),
+                        tokens=functools.partial(served.tokens_of, run_id),
+                    ),
+                )
+                for run_id in run_ids
+            ]
+        finally:
+            collector.close(commit=False)
+            producer.close()
+            engine.stop()
+            self._engine = None
+
+    def candidate_events(self, run_id: str) -> list[Any]:
+        """The last round's shadow log of a run (event models in seq order)."""
+        if run_id not in self._candidate_logs:
+            raise ReplayError(f"run_id: {run_id!r} was not replayed in the last round")
+        return self._candidate_logs[run_id]
+
+    def original_events(self, run_id: str) -> list[Any]:
+        with psycopg.connect(self.settings.postgres_dsn, autocommit=True) as conn:
+            return load_events(conn, self.schema, run_id)
+
+    def _check(self, candidate: Candidate, policy: EffectPolicy) -> None:
+        if candidate.workflow_version is None and candidate.definition is None:
+            raise ReplayError(
+                "candidate: expected a workflow_version or a definition, but got neither"
+            )
+        served = {node.name: node for node in self.nodes}
+        for name, version in candidate.node_pins.items():
+            node = served.get(name)
+            if node is None or all(n.version != version for n in self.nodes if n.name == name):
+                raise ReplayError(
+                    f"candidate.node_pins.{name}: expected a version the shadow workers serve "
+                    f"({sorted(n.key for n in self.nodes if n.name == name)}), but got {version!r}"
+                )
+        for name, mode in policy.per_node.items():
+            if mode not in ("record", "stub", "skip", "live"):
+                raise ReplayError(
+                    f"policy.per_node.{name}: expected record, stub, skip or live, but got {mode!r}"
+                )
+            if mode == "stub" and name not in policy.stubs:
+                raise ReplayError(f"policy.stubs.{name}: expected the declared stub output")
+
+    def _candidate_definition(
+        self,
+        conn: psycopg.Connection[Any],
+        workflow_id: str,
+        candidate: Candidate,
+        originals: Mapping[str, list[Any]],
+    ) -> tuple[int, dict[str, Any]]:
+        """(version to register in the shadow, definition): a registered version's definition
+        from the read model, or the given one (registered as the next free version)."""
+        if candidate.definition is not None:
+            row = conn.execute(
+                f"SELECT max(version) FROM {table(self.schema, 'workflows')} "
+                "WHERE workflow_id = %s",
+                (workflow_id,),
+            ).fetchone()
+            recorded = [events[0].workflow_version for events in originals.values()]
+            version = candidate.workflow_version or (
+                max([*(r for r in recorded), (row[0] if row and row[0] else 0)]) + 1
+            )
+            definition = dict(candidate.definition)
+        else:
+            assert candidate.workflow_version is not None
+            version = candidate.workflow_version
+            # The definition a run of that version started with, else the registered one.
+            same = [e[0] for e in originals.values() if e[0].workflow_version == version]
+            if same:
+                definition = dict(same[0].definition)
+            else:
+                found = queries.get_workflow(conn, workflow_id, version, schema=self.schema)
+                if found is None:
+                    raise ReplayError(
+                        f"candidate.workflow_version: {workflow_id} has no version {version}"
+                    )
+                definition = dict(found.definition)
+        if candidate.node_pins:
+            definition = pin_nodes(definition, candidate.node_pins)
+        return version, definition
+
+    def _collect(
+        self, collector: Consumer, run_ids: list[str], engine: ShadowEngine
+    ) -> dict[str, list[Any]]:
+        """The candidate runs' logs, read from the shadow ``runs`` topic until every run is
+        finished (no read model in the shadow: the projector's work is not needed)."""
+        total = len(run_ids)
+        wanted = set(run_ids)
+        timeout = self.timeout_s if self.timeout_s is not None else 60.0 + 0.5 * total
+        deadline = time.monotonic() + timeout
+        logs: dict[str, dict[int, Any]] = {run_id: {} for run_id in run_ids}
+        done: set[str] = set()
+        if self.progress is not None:
+            self.progress(0, total)
+        while len(done) < total:
+            for record in collector.poll_batch(2000, 0.2):
+                event = record.value
+                run_id = getattr(event, "run_id", None)
+                seq = getattr(event, "seq", None)
+                if run_id not in wanted or not isinstance(seq, int):
+                    continue
+                logs[run_id].setdefault(seq, event)  # a record seen twice is one event
+                if type(event).__name__ in _RUN_END and run_id not in done:
+                    done.add(run_id)
+                    if self.progress is not None:
+                        self.progress(len(done), total)
+            if len(done) < total and time.monotonic() > deadline:
+                missing = sorted(wanted - done)[:5]
+                raise TimeoutError(
+                    f"replay {self.replay_id}: {total - len(done)} of {total} candidate runs "
+                    f"did not finish within {timeout:.0f}s (e.g. {missing}; engine errors: "
+                    f"{engine.errors()})"
+                )
+        return {run_id: [log[k] for k in sorted(log)] for run_id, log in logs.items()}
+
+    # -- cleanup ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the shadow engine, delete its topics and consumer groups, drop its schemas and
+        remove its cache/ledger/mailbox keys from Redis. Safe to call twice."""
+        if self._engine is not None:
+            self._engine.stop()
+            self._engine = None
+        prefixes, self._prefixes = self._prefixes, []
+        schemas, self._schemas = self._schemas, []
+        for prefix in prefixes:
+            _delete_kafka_prefix(self.settings, prefix)
+            for url in {self.settings.redis_url, self.settings.ledger_redis_url}:
+                _delete_redis_prefix(url, f"{prefix}:")
+        if schemas:
+            with psycopg.connect(self.settings.postgres_dsn, autocommit=True) as conn:
+                for schema in schemas:
+                    conn.execute(f"DROP SCHEMA IF EXISTS {quote_schema(schema)} CASCADE")
+
+    def __enter__(self) -> ShadowReplay:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _delete_kafka_prefix(settings: Settings, prefix: str, timeout: float = 30.0) -> None:
+    """Delete the prefix's topics (``<prefix>.…``) and consumer groups, and wait until the broker
+    lists none of its topics."""
+    client = admin_client(settings)
+    mine = sorted(t for t in client.list_topics(timeout=10).topics if t.startswith(prefix + "."))
+    if mine:
+        for future in client.delete_topics(mine, operation_timeout=10).values():
+            try:
+                future.result(timeout=15)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                    raise
+    groups = client.list_consumer_groups().result(timeout=10)
+    names = [g.group_id for g in groups.valid if g.group_id.startswith(prefix + ".")]
+    if names:
+        for future in client.delete_consumer_groups(names, request_timeout=10).values():
+            with contextlib.suppress(KafkaException):  # already gone, or its members leaving
+                future.result(timeout=15)
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while any(t.startswith(prefix + ".") for t in client.list_topics(timeout=10).topics):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the broker still lists topics of {prefix} after {timeout:.0f}s")
+        pause.wait(0.1)
+
+
+def _delete_redis_prefix(url: str, prefix: str) -> None:
+    client = redis.Redis.from_url(url)
+    try:
+        batch: list[bytes] = []
+        for key in client.scan_iter(match=f"{prefix}*", count=1000):
+            batch.append(key)
+            if len(batch) >= 500:
+                client.delete(*batch)
+                batch = []
+        if batch:
+            client.delete(*batch)
+    finally:
+        client.close()
