@@ -6,8 +6,10 @@ Pure (no I/O). Two questions, each with a test, an effect size and a confidence 
   the effect is the difference of success rates ``p_B - p_A`` with Newcombe's hybrid score
   interval (built from the two Wilson intervals: good coverage at small n and at 0 % / 100 %,
   where the Wald interval collapses).
-- **Latency** (end to end, of the runs that succeeded in each arm: a failure's duration says
-  when it gave up, not how fast the workflow is): the Mann-Whitney U test (two-sided), the
+- **Latency** (of the runs that succeeded in each arm: a failure's duration says when it gave
+  up; what is measured is the caller's choice, the report passes the execution time of the
+  steps the candidate re-executed, see ``report.work_latencies``): the Mann-Whitney U test
+  (two-sided), the
   Hodges-Lehmann shift (median of all ``B_j - A_i`` differences; negative = the candidate is
   faster) with its distribution-free interval from the order statistics of those differences.
 

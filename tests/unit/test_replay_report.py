@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from processors.replay.report import build_report, json_diff, run_report
+from processors.replay.report import build_report, json_diff, run_report, work_latencies
 from processors.replay.shadow import ReplayPair, RunOutcome, StepOutcome
 
 
@@ -75,3 +75,23 @@ def test_equal_pairs_are_no_difference_and_empty_is_insufficient() -> None:
     assert aggregate["verdict"] == "no_difference"
     assert aggregate["outputs_equal"] == 8
     assert build_report([])[0]["verdict"] == "insufficient_data"
+
+
+def test_latency_is_compared_on_the_steps_the_candidate_re_executed() -> None:
+    def side(run_id: str, post_ms: float, shape_ms: float, served: Any) -> RunOutcome:
+        steps = {
+            "post": StepOutcome("post", "succeeded", 1, post_ms, {}, served, None, 0),
+            "shape": StepOutcome("shape", "succeeded", 1, shape_ms, {}, "executed", None, 1),
+        }
+        return RunOutcome(run_id, "succeeded", {}, None, post_ms + shape_ms + 50.0, steps)
+
+    # The original's POST took 400 ms live; the candidate's was served from the record in 0 ms.
+    pairs = [
+        ReplayPair(side(f"r{i}", 400.0, 2.0 + i, "executed"), side(f"r{i}", 0.0, 2.0 + i, "record"))
+        for i in range(6)
+    ]
+    original, candidate = work_latencies(pairs)
+    assert original == candidate == [2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
+    aggregate, _ = build_report(pairs)
+    assert aggregate["verdict"] == "no_difference"  # end to end it would look 400 ms faster
+    assert aggregate["latency_ms"]["original"]["p50"] > aggregate["latency_ms"]["candidate"]["p50"]
