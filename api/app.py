@@ -24,7 +24,17 @@ from api.prometheus import ApiMetrics, MetricsMiddleware
 from api.publisher import Publisher, api_producer
 from api.readmodel import ReadModel
 from api.reflection import LazyAlertsView, close_clickhouse, open_clickhouse
-from api.routes import alerts, health, hooks, mutations, nodes, run_replay, runs, workflows
+from api.routes import (
+    alerts,
+    health,
+    hooks,
+    mutations,
+    nodes,
+    replays,
+    run_replay,
+    runs,
+    workflows,
+)
 from api.routes import metrics as metrics_routes
 from api.store import ApiStore
 from api.validation import bind_node_catalog
@@ -140,6 +150,7 @@ def create_app(
         nodes.router,
         mutations.router,
         mutations.workflow_router,
+        replays.router,
     ):
         v1.include_router(resource)
     app.include_router(v1)

@@ -19,6 +19,7 @@ from projections.traces.cli import add_traces_commands
 from reflux.client import add_client_commands
 from reflux.metrics_cli import add_metrics_commands
 from reflux.mutations_cli import add_mutation_commands
+from reflux.replay_ab_cli import add_replay_runner_command
 from reflux.replay_cli import add_replay_commands
 from streams.cli import add_topics_commands
 
@@ -76,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_replay_commands(sub, runs_actions, get_settings().api_url)
     add_metrics_commands(sub, get_settings().api_url)
     add_mutation_commands(sub, get_settings().api_url)
+    add_replay_runner_command(sub)
     add_alerts_commands(sub)
     add_topics_commands(sub)
     demo = sub.add_parser("demo", help="run the demo workflow against the local services")

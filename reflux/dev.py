@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import psycopg
 
@@ -25,6 +25,7 @@ from foundation.settings import Settings
 from node_workers.registry import NodeRegistry, default_registry
 from node_workers.runtime import WorkerConfig, WorkerRuntime
 from processors.mutations.runtime import MutationProcessor
+from processors.mutations.validation import ReplayValidation
 from processors.scheduler.runtime.loop import SchedulerRuntime
 from processors.triggers.router import TriggerRouter
 from projections.postgres.migrations import apply_migrations
@@ -33,9 +34,17 @@ from reflux.supervision import Running, Supervisor
 from streams.admin import ensure_topics
 from streams.topics import TopicCatalog
 
+if TYPE_CHECKING:
+    # The runner replays on a shadow DevEngine (processors.replay.shadow imports this module):
+    # imported where it is built, not at module level.
+    from processors.replay.runner import ReplayRunner
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+DEFAULT_PROPOSAL_REPLAY: Final = ReplayValidation()
+"""Proposals are validated by an A/B replay of the newest 50 runs of their base version."""
 
 
 def _first_then_fresh(first: T, build: Callable[[], T]) -> Callable[[], T]:
@@ -58,11 +67,18 @@ def builtin_node_versions(nodes: NodeRegistry) -> dict[str, list[str]]:
 
 
 def new_mutation_processor(
-    settings: Settings, nodes: NodeRegistry, schema: str = "reflux"
+    settings: Settings,
+    nodes: NodeRegistry,
+    schema: str = "reflux",
+    replay: ReplayValidation | None = None,
 ) -> MutationProcessor:
-    """The mutation processor; versions are allocated in the API's schema (``<schema>_api``)."""
+    """The mutation processor; versions are allocated in the API's schema (``<schema>_api``).
+    With ``replay``, a proposal is validated by an A/B replay (a replay runner must run)."""
     return MutationProcessor(
-        settings, version_schema=f"{schema}_api", builtin_nodes=builtin_node_versions(nodes)
+        settings,
+        version_schema=f"{schema}_api",
+        builtin_nodes=builtin_node_versions(nodes),
+        replay=replay,
     )
 
 
@@ -91,6 +107,8 @@ class DevEngine:
         projector: bool = True,
         trigger_router: bool = True,
         mutation_processor: bool = True,
+        replay_runner: bool = True,
+        proposal_replay: ReplayValidation | None = DEFAULT_PROPOSAL_REPLAY,
         schedulers: int = 1,
         register_nodes: bool = False,
         worker_config: WorkerConfig | None = None,
@@ -105,8 +123,10 @@ class DevEngine:
             "projector": projector,
             "trigger-router": trigger_router,
             "mutation-processor": mutation_processor,
+            "replay-runner": replay_runner,
         }
         self.components: list[Supervisor] = []
+        self.proposal_replay = proposal_replay
         # Several instances share the partitions like separate processes would (each has its
         # own transactional producer, so their commits overlap instead of queueing).
         self.scheduler_count = schedulers
@@ -120,6 +140,7 @@ class DevEngine:
         self.worker: WorkerRuntime | None = None
         self.projector: Projector | None = None
         self.mutation_processor: MutationProcessor | None = None
+        self.replay_runner: ReplayRunner | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -138,9 +159,11 @@ class DevEngine:
 
             self._supervise("trigger-router", router)
         if self._want["mutation-processor"]:
+            # Proposals are replayed only where a runner answers (this engine's, when it runs).
+            replay = self.proposal_replay if self._want["replay-runner"] else None
 
             def new_processor() -> MutationProcessor:
-                return new_mutation_processor(self.settings, self.nodes, self.schema)
+                return new_mutation_processor(self.settings, self.nodes, self.schema, replay)
 
             build_processor = _first_then_fresh(new_processor(), new_processor)
 
@@ -149,6 +172,20 @@ class DevEngine:
                 return Running(instance.run, instance.close)
 
             self._supervise("mutation-processor", mutation_processor)
+        if self._want["replay-runner"]:
+
+            def new_runner() -> ReplayRunner:
+                from processors.replay.runner import ReplayRunner
+
+                return ReplayRunner(self.settings, schema=self.schema, nodes=self.nodes)
+
+            build_runner = _first_then_fresh(new_runner(), new_runner)
+
+            def replay_runner() -> Running:
+                instance = self.replay_runner = build_runner()
+                return Running(instance.run, instance.close)
+
+            self._supervise("replay-runner", replay_runner)
         if self._want["workers"]:
             self.start_workers()
         if self._want["projector"]:

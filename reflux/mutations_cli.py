@@ -56,6 +56,16 @@ def describe_mutation(m: dict[str, Any]) -> str:
             lines.append(f"  check {check['name']:<11} {mark}")
             lines += [f"      {e['path']}: {e['message']}" for e in check.get("errors", [])]
         lines += [f"  not run: {n['name']} ({n['why']})" for n in report.get("not_run", [])]
+        lines += [
+            f"  pending: {p['name']} (replay {p.get('replay_id')})"
+            for p in report.get("pending", [])
+        ]
+        replay = report.get("replay")
+        if replay:
+            lines.append(
+                f"  replay {replay.get('replay_id')}: verdict {replay.get('verdict')} "
+                f"({replay.get('runs') or 0} runs; `reflux replay ab` / GET /v1/replays/ID)"
+            )
     for event in m.get("history") or []:
         why = f"  {event['reason']}" if event.get("reason") else ""
         lines.append(
@@ -155,7 +165,10 @@ def _run_processor(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    processor = new_mutation_processor(settings, default_registry(), args.schema)
+    from processors.mutations.validation import ReplayValidation
+
+    replay = None if args.replay_sample == 0 else ReplayValidation(sample_size=args.replay_sample)
+    processor = new_mutation_processor(settings, default_registry(), args.schema, replay)
     try:
         processor.run(stop)
     finally:
@@ -172,6 +185,13 @@ def add_mutation_commands(subparsers: Any, default_api: str) -> None:
         "--schema",
         default="reflux",
         help="read-model schema; versions are allocated in <schema>_api, like the API's",
+    )
+    component.add_argument(
+        "--replay-sample",
+        type=int,
+        default=50,
+        help="validate proposals by an A/B replay of this many recent runs of the base version "
+        "(a `reflux replay-runner` must run); 0: static checks only (default 50)",
     )
     component.set_defaults(handler=_run_processor)
 

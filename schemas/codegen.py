@@ -67,12 +67,14 @@ ENVELOPES: Final = (
     Envelope(
         "StandaloneEnvelope",
         "Envelope of a record that belongs to no run (alerts, dead letters, mutations, node "
-        "catalog entries, triggers, workflow registrations): no run_id, and seq stays -1.",
+        "catalog entries, replays, triggers, workflow registrations): no run_id, and seq "
+        "stays -1.",
         (
             "reflux.alerts",
             "reflux.dlq",
             "reflux.mutations",
             "reflux.nodes",
+            "reflux.replays",
             "reflux.triggers",
             "reflux.workflows",
         ),

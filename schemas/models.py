@@ -69,7 +69,9 @@ class ImprovementPolicy(StrEnum):
 
 
 class MutationAction(StrEnum):
-    """What a MutationRequest asks the mutation processor to do."""
+    """What a MutationRequest asks the mutation processor to do. replay_verdict: the replay
+    runner reports the A/B replay of a validating proposal (the result in evidence).
+    """
 
     PROPOSE = "propose"
     APPROVE = "approve"
@@ -77,6 +79,7 @@ class MutationAction(StrEnum):
     ROLLBACK = "rollback"
     KEEP = "keep"
     SET_POLICY = "set_policy"
+    REPLAY_VERDICT = "replay_verdict"
 
 
 class MutationStatus(StrEnum):
@@ -252,7 +255,7 @@ class StepRef(RefluxRecord):
 
 class StandaloneEnvelope(RefluxRecord):
     """Envelope of a record that belongs to no run (alerts, dead letters, mutations, node catalog
-    entries, triggers, workflow registrations): no run_id, and seq stays -1.
+    entries, replays, triggers, workflow registrations): no run_id, and seq stays -1.
     """
 
     event_id: str = Field(default_factory=new_id)
@@ -1472,7 +1475,10 @@ class MutationRequest(StandaloneEnvelope):
     """
 
     AVRO_NAME: ClassVar[str] = "reflux.mutations.MutationRequest"
-    SCHEMA_VERSION: ClassVar[int] = 1
+    SCHEMA_VERSION: ClassVar[int] = 2
+
+    schema_version: int = 2
+    """Version of the writer schema; old records keep the version they were written with."""
 
     workflow_id: str
     """Workflow concerned; the Kafka key."""
@@ -1514,7 +1520,10 @@ class MutationRequestRefused(StandaloneEnvelope):
     """
 
     AVRO_NAME: ClassVar[str] = "reflux.mutations.MutationRequestRefused"
-    SCHEMA_VERSION: ClassVar[int] = 1
+    SCHEMA_VERSION: ClassVar[int] = 2
+
+    schema_version: int = 2
+    """Version of the writer schema; old records keep the version they were written with."""
 
     workflow_id: str
     """Workflow concerned; the Kafka key."""
@@ -1561,6 +1570,60 @@ class NodeCatalogEntry(StandaloneEnvelope):
 
     code_uri: str | None = None
     """Artifact location for generated/user code, if any."""
+
+
+class ReplayCompleted(StandaloneEnvelope):
+    """A replay finished (its report is stored in the replays read model) or failed; the mutation
+    processor decides a validating proposal on it.
+    """
+
+    AVRO_NAME: ClassVar[str] = "reflux.replays.ReplayCompleted"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    replay_id: str
+    """The replay; the Kafka key."""
+
+    workflow_id: str
+    """Workflow whose recorded runs were replayed."""
+
+    mutation_id: str | None = None
+    """The proposal whose definition was the candidate, when there is one."""
+
+    status: str
+    """'completed' (a report exists) or 'failed' (error says why)."""
+
+    verdict: str | None = None
+    """better, worse, no_difference or insufficient_data (null when failed)."""
+
+    summary: OptionalJson = None
+    """The aggregate report: counts, rates, latency, cost, comparison (canonical JSON)"""
+
+    error: str | None = None
+    """Why the replay failed."""
+
+
+class ReplayRequested(StandaloneEnvelope):
+    """Asks the replay runner for an A/B replay (POST /v1/replays, or a mutation proposal being
+    validated); the runner answers with ReplayCompleted once the report is stored.
+    """
+
+    AVRO_NAME: ClassVar[str] = "reflux.replays.ReplayRequested"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    replay_id: str
+    """The replay; the Kafka key."""
+
+    workflow_id: str
+    """Workflow whose recorded runs are replayed."""
+
+    spec: Json
+    """What to replay: {selection, candidate, policy, confidence} (canonical JSON)"""
+
+    requested_by: str
+    """Who asked: 'user:<name>', 'api', or 'mutation-processor'."""
+
+    mutation_id: str | None = None
+    """The proposal whose definition is the candidate, when there is one."""
 
 
 class NodeHeartbeat(RefluxRecord):
@@ -1831,6 +1894,8 @@ MODELS: dict[str, type[RefluxRecord]] = {
     "reflux.mutations.MutationRequest": MutationRequest,
     "reflux.mutations.MutationRequestRefused": MutationRequestRefused,
     "reflux.nodes.NodeCatalogEntry": NodeCatalogEntry,
+    "reflux.replays.ReplayCompleted": ReplayCompleted,
+    "reflux.replays.ReplayRequested": ReplayRequested,
     "reflux.results.NodeHeartbeat": NodeHeartbeat,
     "reflux.results.NodeResult": NodeResult,
     "reflux.traces.Trace": Trace,
@@ -1878,6 +1943,8 @@ __all__ = [
     "PayloadRef",
     "RebindRun",
     "RedriveStep",
+    "ReplayCompleted",
+    "ReplayRequested",
     "ResumeRun",
     "RetryPolicy",
     "RunCancelled",

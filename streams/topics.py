@@ -132,6 +132,10 @@ _FIXED: Final[dict[str, tuple[str, dict[str, str], str | None, str]]] = {
     # policies and the routes between workflow versions (ADR 0023); a route lost to retention
     # would send new runs back to a version rolled away from.
     "mutations": ("workflow_id", _retention(-1), None, "workflow mutation proposals, policies"),
+    # A/B replay requests and completions (ADR 0030): a request waits here until a runner takes
+    # it; a completion tells the mutation processor a proposal's replay verdict. Reports live in
+    # Postgres, so a week is plenty.
+    "replays": ("replay_id", _retention(7 * DAY_MS), None, "A/B replay requests, completions"),
     "triggers": ("source_key", _retention(7 * DAY_MS), None, "external events that start runs"),
     "dlq": ("original_key", _retention(30 * DAY_MS), None, "poison records with error and origin"),
     # Keyed by rule id, and one rule has many subjects (nodes, workflows): compaction would keep
@@ -261,6 +265,10 @@ class TopicCatalog:
     @property
     def mutations(self) -> TopicSpec:
         return self._specs["mutations"]
+
+    @property
+    def replays(self) -> TopicSpec:
+        return self._specs["replays"]
 
     @property
     def triggers(self) -> TopicSpec:

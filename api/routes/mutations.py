@@ -130,9 +130,12 @@ async def _await(
     settled: set[str],
     wait_ms: int,
     response: Response,
+    follow_proposal: bool = False,
 ) -> MutationDetail | MutationAccepted:
     """200 + the proposal once the request's settling status is projected, 409 on a refusal,
-    202 when ``wait_ms`` ran out first."""
+    202 when ``wait_ms`` ran out first. ``follow_proposal`` (a new proposal): the proposal's own
+    status counts too, since a replay-validated proposal is settled by the replay runner's
+    ``replay_verdict`` request, not by the ``propose`` request (ADR 0030)."""
     assert request.mutation_id is not None
     deadline = time.monotonic() + wait_ms / 1000
     while True:
@@ -144,6 +147,14 @@ async def _await(
         if outcome is not None and settled.intersection(outcome.statuses):
             response.status_code = 200
             return await _detail(pool, api, request.mutation_id)
+        if follow_proposal and outcome is not None:
+            current = await with_conn(
+                pool, api.pool_timeout_s, mq.get_mutation, request.mutation_id,
+                schema=api.read_schema,
+            )  # fmt: skip
+            if current is not None and current.status in settled:
+                response.status_code = 200
+                return await _detail(pool, api, request.mutation_id)
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return MutationAccepted(mutation_id=request.mutation_id, request_id=request.event_id)
@@ -287,7 +298,13 @@ async def propose(
     auto = policy == ImprovementPolicy.AUTO.value and not canaries
     settled = {"rejected", "applied"} | (set() if auto else {"validated"})
     return await _await(
-        pool, api, request, settled=settled, wait_ms=body.wait_ms, response=response
+        pool,
+        api,
+        request,
+        settled=settled,
+        wait_ms=body.wait_ms,
+        response=response,
+        follow_proposal=True,
     )
 
 

@@ -10,6 +10,7 @@ instance would decide.
 Lifecycle::
 
     proposed -> validating -> validated | rejected
+        (with a ReplayValidation: validating waits for the A/B replay's ``replay_verdict``)
     validated -> approved (a person, or policy auto) | rejected (a person)
     approved -> applied (a new workflow version registered, canary share of new runs)
     applied -> kept (all new runs) | rolled_back (the previous version again)
@@ -39,9 +40,13 @@ from processors.mutations.routing import (
 )
 from processors.mutations.validation import (
     DEFAULT_STAGES,
+    ReplayValidation,
     Stage,
     ValidationSubject,
     candidate_definition,
+    judge_replay,
+    pending_report,
+    replay_spec,
     validate,
 )
 from schemas.models import (
@@ -52,6 +57,7 @@ from schemas.models import (
     MutationRequest,
     MutationRequestRefused,
     MutationStatus,
+    ReplayRequested,
     WorkflowRegistered,
 )
 from workflows.model import WorkflowDefinition
@@ -166,6 +172,8 @@ class MutationContext:
     node_catalog: NodeCatalogView | None = None
     stages: tuple[Stage, ...] = DEFAULT_STAGES
     new_id: Callable[[], str] = _uuid
+    replay: ReplayValidation | None = None
+    """Replay recent runs before validating (ADR 0030); ``None``: the static checks decide."""
 
 
 @dataclass
@@ -173,6 +181,8 @@ class MutationDecision:
     records: list[OutputRecord] = field(default_factory=list)
     registrations: list[WorkflowRegistered] = field(default_factory=list)
     """Workflow versions to publish on ``workflows`` before ``records``."""
+    replays: list[ReplayRequested] = field(default_factory=list)
+    """A/B replays to request on ``replays`` after ``records``."""
 
     @property
     def refused(self) -> MutationRequestRefused | None:
@@ -255,13 +265,15 @@ def decide(
             f"Expected mutation {request.mutation_id!r} of workflow {request.workflow_id!r}, "
             "but there is none"
         )
-    target = _TARGET[request.action]
+    target = _TARGET.get(request.action, S.VALIDATED)
     if target not in TRANSITIONS.get(current.status, frozenset()):
         return w.refuse(
             f"Cannot {request.action.value} mutation {current.mutation_id!r}: it is "
             f"{current.status.value}",
             current.status,
         )
+    if request.action is MutationAction.REPLAY_VERDICT:
+        return _replay_verdict(w, current)
     if request.action is MutationAction.APPROVE:
         return _approve(w, current, request.canary_weight, request.actor)
     w.transition(current, target, reason=request.reason)
@@ -301,15 +313,46 @@ def _propose(w: _Writer) -> MutationDecision:
     )
     w.decision.records.append(proposed)
     w.workflow.record(proposed)
-    validating = w.transition(proposed, S.VALIDATING, actor=PROCESSOR_ACTOR)
+    base = ctx.base_definition(request.workflow_id, request.base_version)
     subject = ValidationSubject(
         workflow_id=request.workflow_id,
         base_version=request.base_version,
         changes=request.changes,
-        base=ctx.base_definition(request.workflow_id, request.base_version),
+        base=base,
         node_catalog=ctx.node_catalog,
     )
     report = validate(subject, ctx.stages)
+    if report.passed and ctx.replay is not None and subject.candidate is not None:
+        # The verdict arrives later as a replay_verdict request (the runner's answer): the
+        # proposal waits in validating, the processor stays free for other requests.
+        # Shadow prefixes and schemas are built from it: lowercase hex, no dashes, short.
+        replay_id = ctx.new_id().replace("-", "")[:24]
+        w.transition(
+            proposed,
+            S.VALIDATING,
+            actor=PROCESSOR_ACTOR,
+            report=pending_report(report, replay_id),
+            reason=f"replaying recent runs of version {request.base_version} (replay {replay_id})",
+        )
+        w.decision.replays.append(
+            ReplayRequested(
+                event_id=ctx.new_id(),
+                occurred_at=ctx.now,
+                replay_id=replay_id,
+                workflow_id=request.workflow_id,
+                spec=replay_spec(
+                    request.workflow_id,
+                    request.base_version,
+                    request.mutation_id,
+                    subject.candidate,
+                    ctx.replay,
+                ),
+                requested_by="mutation-processor",
+                mutation_id=request.mutation_id,
+            )
+        )
+        return w.decision
+    validating = w.transition(proposed, S.VALIDATING, actor=PROCESSOR_ACTOR)
     if not report.passed:
         failed = [c.name for c in report.checks if not c.passed]
         w.transition(
@@ -320,6 +363,13 @@ def _propose(w: _Writer) -> MutationDecision:
             reason="validation failed: " + ", ".join(failed),
         )
         return w.decision
+    return _validated(w, validating, report.to_json(), None)
+
+
+def _validated(
+    w: _Writer, validating: Mutation, report: dict[str, object], reason: str | None
+) -> MutationDecision:
+    """validating -> validated, then approved and applied under policy ``auto``."""
     auto = w.workflow.policy is ImprovementPolicy.AUTO
     canary = w.workflow.canary()
     # Policy auto with a canary running: the proposal waits, validated, for a person (or the
@@ -329,12 +379,35 @@ def _propose(w: _Writer) -> MutationDecision:
         if auto and canary is not None
         else None
     )
+    reasons = "; ".join(r for r in (reason, waits) if r)
     validated = w.transition(
-        validating, S.VALIDATED, actor=PROCESSOR_ACTOR, report=report.to_json(), reason=waits
+        validating,
+        S.VALIDATED,
+        actor=PROCESSOR_ACTOR,
+        report=report,
+        reason=reasons or None,
     )
     if auto and canary is None:
         _approve(w, validated, None, AUTO_ACTOR)
     return w.decision
+
+
+def _replay_verdict(w: _Writer, current: Mutation) -> MutationDecision:
+    """The runner's answer for a validating proposal: validated or rejected, report attached."""
+    outcome = w.request.evidence if isinstance(w.request.evidence, dict) else {}
+    pending = (current.report or {}).get("pending") or []
+    expected = {p.get("replay_id") for p in pending if isinstance(p, dict)}
+    if outcome.get("replay_id") not in expected:
+        return w.refuse(
+            f"Expected the verdict of replay {sorted(map(str, expected))} for mutation "
+            f"{current.mutation_id!r}, but got replay {outcome.get('replay_id')!r}",
+            current.status,
+        )
+    validated, report, reason = judge_replay(current.report, outcome)
+    if not validated:
+        w.transition(current, S.REJECTED, actor=PROCESSOR_ACTOR, report=report, reason=reason)
+        return w.decision
+    return _validated(w, current, report, reason)
 
 
 def _approve(

@@ -40,6 +40,7 @@ from processors.mutations.lifecycle import (
     decide,
     evolve,
 )
+from processors.mutations.validation import ReplayValidation
 from processors.node_catalog.runtime_view import NodeCatalogKafkaView
 from projections.postgres.identifiers import quote_schema
 from schemas import decode
@@ -167,8 +168,10 @@ class MutationProcessor:
         *,
         version_schema: str = "reflux_api",
         builtin_nodes: Mapping[str, Sequence[str]] | None = None,
+        replay: ReplayValidation | None = None,
     ) -> None:
         self.settings = settings
+        self.replay = replay
         self.version_schema = version_schema
         self.catalog = TopicCatalog.from_settings(settings)
         self.group = f"{settings.topic_prefix}.mutation-processor"
@@ -273,6 +276,7 @@ class MutationProcessor:
             allocate_version=self._allocate,
             registered=self._registered,
             node_catalog=self.node_catalog,
+            replay=self.replay,
         )
         try:
             decision = decide(self.state, request, ctx)
@@ -294,6 +298,10 @@ class MutationProcessor:
         for record in decision.records:
             self._own.add(record.event_id)
             self.producer.send(self.catalog.mutations, record.workflow_id, record)
+        for replay in decision.replays:
+            # After the proposal's validating record: the runner's verdict comes back on
+            # reflux.mutations (a replay_verdict request), keyed by the workflow like the rest.
+            self.producer.send(self.catalog.replays, replay.replay_id, replay)
         for record in decision.records:
             if isinstance(record, Mutation):
                 log.info(

@@ -9,9 +9,18 @@ A stage is anything with a ``name`` and ``run(subject) -> CheckResult``. The bui
   node catalog.
 
 A stage whose input is missing (``definition`` after ``applies`` failed) is reported as skipped,
-not passed. **A/B replay evaluation (issue 10) is not built**: it plugs in as one more stage
-(its check replays recorded runs on the candidate definition); until then every report lists
-``replay`` under ``not_run`` so nobody mistakes a validated proposal for an evaluated one.
+not passed.
+
+**The replay stage** (issue 10, ADR 0030) is asynchronous, so it is not one of these synchronous
+stages: when the static stages pass and the processor is configured with a
+:class:`ReplayValidation`, the proposal stays ``validating`` with the replay listed under
+``pending`` (:func:`pending_report`), the processor asks the replay runner for an A/B replay of
+recent runs of the base version against the proposal's definition (:func:`replay_spec`), and the
+runner's ``replay_verdict`` request is judged by :func:`judge_replay`: ``worse`` rejects;
+``better`` and ``no_difference`` validate; ``insufficient_data`` (too few recorded runs) and a
+replay that failed validate on the static checks alone, and the report says so. Without a
+``ReplayValidation`` every report lists ``replay`` under ``not_run`` so nobody mistakes a
+validated proposal for an evaluated one.
 
 Pure: the base definition and the node catalog are handed in.
 """
@@ -32,17 +41,21 @@ __all__ = [
     "DEFAULT_STAGES",
     "NOT_RUN",
     "CheckResult",
+    "ReplayValidation",
     "Report",
     "Stage",
     "ValidationSubject",
     "candidate_definition",
+    "judge_replay",
+    "pending_report",
+    "replay_spec",
     "validate",
 ]
 
 NOT_RUN: Final = (
     {
         "name": "replay",
-        "why": "A/B replay evaluation is not built yet (issue 10); it plugs in as a stage",
+        "why": "A/B replay evaluation is not configured for this mutation processor",
     },
 )
 
@@ -170,3 +183,87 @@ class Report:
 def validate(subject: ValidationSubject, stages: Sequence[Stage] = DEFAULT_STAGES) -> Report:
     """Runs every stage in order (none is short-circuited: each says why it could not run)."""
     return Report(tuple(stage.run(subject) for stage in stages))
+
+
+# -- the replay stage (asynchronous) -------------------------------------------------------------
+
+REPLAY: Final = "replay"
+
+
+@dataclass(frozen=True)
+class ReplayValidation:
+    """How a proposal is replayed: the newest ``sample_size`` runs of its base version, every
+    side-effecting node answered from the record, judged at ``confidence``."""
+
+    sample_size: int = 50
+    confidence: float = 0.95
+
+
+def replay_spec(
+    workflow_id: str,
+    base_version: int,
+    mutation_id: str,
+    candidate: WorkflowDefinition,
+    config: ReplayValidation,
+) -> dict[str, Any]:
+    """The ``ReplayRequested`` spec (the same shape ``POST /v1/replays`` writes)."""
+    return {
+        "selection": {
+            "workflow_id": workflow_id,
+            "workflow_version": base_version,
+            "sample_size": config.sample_size,
+        },
+        "candidate": {"definition": candidate.to_json_dict(), "mutation_id": mutation_id},
+        "policy": {"per_node": {}, "stubs": {}},
+        "confidence": config.confidence,
+    }
+
+
+def pending_report(report: Report, replay_id: str) -> dict[str, Any]:
+    """The static checks' report of a proposal whose replay is running."""
+    body = report.to_json()
+    body["not_run"] = []
+    body["pending"] = [{"name": REPLAY, "replay_id": replay_id}]
+    return body
+
+
+def judge_replay(
+    report: dict[str, Any] | None, outcome: dict[str, Any]
+) -> tuple[bool, dict[str, Any], str]:
+    """``(validated, report, reason)`` for a validating proposal whose replay ended.
+
+    ``outcome`` is the runner's ``{replay_id, status, verdict, summary, error}``."""
+    body = dict(report or {})
+    verdict = outcome.get("verdict")
+    replay_id = outcome.get("replay_id")
+    summary = outcome.get("summary") or {}
+    check: dict[str, Any] = {"name": REPLAY, "passed": True, "errors": []}
+    if outcome.get("status") != "completed":
+        check["skipped"] = f"the replay failed: {outcome.get('error')}"
+        reason = f"replay {replay_id} failed; validated by the static checks"
+    elif verdict == "worse":
+        check["passed"] = False
+        reason = "replay verdict worse: " + str(summary.get("comparison", {}).get("reason", ""))
+        check["errors"] = [{"path": "replay", "message": reason}]
+    elif verdict == "insufficient_data":
+        check["skipped"] = "too few recorded runs for a verdict"
+        reason = (
+            f"replay {replay_id}: insufficient data ({summary.get('runs', 0)} runs); "
+            "validated by the static checks"
+        )
+    else:
+        reason = f"replay verdict {verdict}"
+    body["checks"] = [*body.get("checks", []), check]
+    body["pending"] = []
+    body["not_run"] = []
+    body["passed"] = bool(body.get("passed", True)) and check["passed"]
+    body["replay"] = {
+        "replay_id": replay_id,
+        "status": outcome.get("status"),
+        "verdict": verdict,
+        "runs": summary.get("runs"),
+        "outcomes": summary.get("outcomes"),
+        "comparison": summary.get("comparison"),
+        "error": outcome.get("error"),
+    }
+    return check["passed"], body, reason

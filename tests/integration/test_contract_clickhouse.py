@@ -232,7 +232,7 @@ def test_traces_ingest_from_kafka_and_the_metrics_queries_agree(
 ) -> None:
     settings, database = traces_store
     ch = backend.ch
-    assert apply(ch, settings, database=database) == [1, 2, 3, 4]
+    assert apply(ch, settings, database=database) == [1, 2, 3, 4, 5]
     traces = [_trace(i) for i in range(90)]
     # Retry decisions of the scheduler (004_retry_metrics.sql): counted apart, not as attempts.
     retries = [
@@ -302,3 +302,37 @@ def test_traces_ingest_from_kafka_and_the_metrics_queries_agree(
     status = ingest_status(ch, database=database)
     assert (status.rows, status.error_rows) == (93, 0)
     assert status.last_received_at is not None and status.last_received_at.tzinfo is UTC
+
+
+def test_replay_step_rows_are_written_once_per_run_step_and_side(
+    backend: Backend, traces_store: tuple[Settings, str]
+) -> None:
+    """Migration 005 (replay_steps) and the runner's writer (processors/replay/storage.py)."""
+    from processors.replay.report import build_report
+    from processors.replay.shadow import ReplayPair, RunOutcome, StepOutcome
+    from processors.replay.storage import write_clickhouse_steps
+
+    settings, database = traces_store
+    ch = backend.ch
+    assert apply(ch, settings, database=database) == [1, 2, 3, 4, 5]
+
+    def run(run_id: str, status: str, ms: float) -> RunOutcome:
+        step = StepOutcome("shape", status, 1, ms, {"v": 1}, "executed", None, 1)
+        return RunOutcome(run_id, status, {"v": 1}, None, ms, {"shape": step})
+
+    pairs = [
+        ReplayPair(run(f"o{i}", "succeeded", 10.0 + i), run(f"o{i}", "failed", 5.0))
+        for i in range(3)
+    ]
+    _, runs = build_report(pairs)
+    assert write_clickhouse_steps(ch, database, "rid1", "wf", runs) == 6
+    # A replay run again after a crash rewrites its rows (ReplacingMergeTree on the key).
+    assert write_clickhouse_steps(ch, database, "rid1", "wf", runs) == 6
+    rows = ch.query(
+        f"SELECT side, status, count() AS n, sum(duration_ms) AS ms FROM {database}.replay_steps "
+        "FINAL WHERE replay_id = 'rid1' GROUP BY side, status ORDER BY side"
+    )
+    assert [(r["side"], r["status"], int(r["n"]), float(r["ms"])) for r in rows] == [
+        ("candidate", "failed", 3, 15.0),
+        ("original", "succeeded", 3, 33.0),
+    ]

@@ -164,8 +164,9 @@ def test_a_proposal_goes_to_kept_and_splits_new_runs_by_run_id(
     assert proposed["author"] == "user:ada" and proposed["base_version"] == 1
     report = proposed["report"]
     assert report["passed"] is True
-    assert [c["name"] for c in report["checks"]] == ["base", "applies", "definition"]
-    assert [n["name"] for n in report["not_run"]] == ["replay"]
+    # The replay stage ran (ADR 0030): no recorded runs yet, so the static checks decided.
+    assert [c["name"] for c in report["checks"]] == ["base", "applies", "definition", "replay"]
+    assert report["replay"]["verdict"] == "insufficient_data" and report["not_run"] == []
     assert proposed["evidence"] == {"runs_seen": 12, "failure_rate": 0.25}
     mutation_id = proposed["mutation_id"]
 
@@ -400,6 +401,13 @@ def test_a_redelivered_request_is_answered_once_and_the_state_is_the_fold_of_the
     topic = harness.engine.catalog.mutations.topic
     harness.send(topic, "twice", request)
     harness.send(topic, "twice", request)
+    # Validation ends with the replay runner's verdict (ADR 0030); approve after it.
+    eventually(
+        lambda: api.get("/v1/mutations/twice-1").json(),
+        20,
+        "twice-1 validated",
+        until=lambda body: body.get("status") == "validated",
+    )
     approve = MutationRequest(
         workflow_id="twice", mutation_id="twice-1", action=MutationAction.APPROVE, actor="user:x"
     )
@@ -431,5 +439,8 @@ def test_a_redelivered_request_is_answered_once_and_the_state_is_the_fold_of_the
         reader.close()
     live = processor.state.of("twice")
     assert folded.of("twice").proposals == live.proposals
-    assert folded.of("twice").handled == live.handled == {request.event_id, approve.event_id}
+    verdict = detail["history"][2]["request_id"]  # the replay runner's replay_verdict request
+    assert verdict not in {request.event_id, approve.event_id}
+    assert folded.of("twice").handled == live.handled
+    assert live.handled == {request.event_id, verdict, approve.event_id}
     assert folded.of("twice").route == live.route

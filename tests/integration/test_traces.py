@@ -223,7 +223,7 @@ def _expected_row(trace: Trace) -> dict[str, Any]:
 
 
 def test_traces_arrive_field_by_field(env: Env) -> None:
-    assert apply(env.ch, env.settings, database=env.database) == [1, 2, 3, 4]
+    assert apply(env.ch, env.settings, database=env.database) == [1, 2, 3, 4, 5]
     traces = [_trace(i) for i in range(600)]
     before = time.time()
     _send(env, traces)
@@ -626,7 +626,7 @@ def test_retry_decisions_are_counted_apart_from_attempts(env: Env) -> None:
 
 
 def test_migrations_are_recorded_idempotent_and_refuse_edits(env: Env) -> None:
-    assert apply(env.ch, env.settings, database=env.database) == [1, 2, 3, 4]
+    assert apply(env.ch, env.settings, database=env.database) == [1, 2, 3, 4, 5]
     assert apply(env.ch, env.settings, database=env.database) == []
     recorded = applied_versions(env.ch, env.database)
     migrations = load_migrations()
@@ -653,6 +653,7 @@ def test_migrations_are_recorded_idempotent_and_refuse_edits(env: Env) -> None:
         "workflow_metrics_1m_mv",
         "retry_metrics_1m",
         "retry_metrics_1m_mv",
+        "replay_steps",  # A/B replay per-step rows (005, written by the replay runner)
     }
 
 

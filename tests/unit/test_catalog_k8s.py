@@ -85,6 +85,7 @@ def test_components_run_the_one_binary_with_the_settings() -> None:
         "api",
         "mutation-processor",
         "projector",
+        "replay-runner",
         "scheduler",
         "trigger-router",
         "worker",

@@ -17,6 +17,7 @@ FIXED = [
     "scheduler-state",
     "traces",
     "mutations",
+    "replays",
     "triggers",
     "dlq",
     "alerts",

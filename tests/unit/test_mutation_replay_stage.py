@@ -1,0 +1,172 @@
+"""The proposal lifecycle's replay stage (issue 10, ADR 0030): validating waits for the A/B
+replay's verdict; worse rejects, better / no_difference validate, insufficient data or a failed
+replay validate on the static checks, and the report says which."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+
+from processors.mutations.lifecycle import MutationContext, MutationsState, decide, evolve
+from processors.mutations.validation import ReplayValidation
+from schemas.models import (
+    ImprovementPolicy,
+    Mutation,
+    MutationAction,
+    MutationRequest,
+    MutationRequestRefused,
+    MutationStatus,
+)
+from tests.unit.test_mutation_proposals import CHANGE, ctx
+
+
+def replay_ctx() -> MutationContext:
+    return dataclasses.replace(ctx(), replay=ReplayValidation(sample_size=20, confidence=0.9))
+
+
+def propose(state: MutationsState) -> tuple[Mutation, str]:
+    req = MutationRequest(
+        workflow_id="wf",
+        mutation_id="m1",
+        action=MutationAction.PROPOSE,
+        actor="user:ada",
+        base_version=1,
+        changes=[CHANGE],
+        rationale="r",
+    )
+    decision = decide(state, req, replay_ctx())
+    mutations = [r for r in decision.records if isinstance(r, Mutation)]
+    assert [m.status for m in mutations] == [MutationStatus.PROPOSED, MutationStatus.VALIDATING]
+    [replay] = decision.replays
+    assert replay.mutation_id == "m1" and replay.requested_by == "mutation-processor"
+    assert replay.spec["selection"] == {
+        "workflow_id": "wf",
+        "workflow_version": 1,
+        "sample_size": 20,
+    }
+    assert replay.spec["candidate"]["definition"]["steps"][0]["params"]["data"] == {"x": 2}
+    assert replay.spec["confidence"] == 0.9
+    validating = mutations[-1]
+    assert validating.report is not None
+    assert validating.report["pending"] == [{"name": "replay", "replay_id": replay.replay_id}]
+    assert validating.report["not_run"] == []
+    return validating, replay.replay_id
+
+
+def verdict(replay_id: str, status: str = "completed", **outcome: Any) -> MutationRequest:
+    return MutationRequest(
+        workflow_id="wf",
+        mutation_id="m1",
+        action=MutationAction.REPLAY_VERDICT,
+        actor="replay-runner",
+        evidence={"replay_id": replay_id, "status": status, **outcome},
+    )
+
+
+SUMMARY = {"runs": 8, "outcomes": {"broke": 8}, "comparison": {"reason": "success 100% -> 0%"}}
+
+
+@pytest.mark.parametrize(
+    ("outcome", "status", "passed", "reason"),
+    [
+        ({"verdict": "worse", "summary": SUMMARY}, "rejected", False, "replay verdict worse"),
+        ({"verdict": "better", "summary": SUMMARY}, "validated", True, "replay verdict better"),
+        ({"verdict": "no_difference"}, "validated", True, "replay verdict no_difference"),
+        (
+            {"verdict": "insufficient_data", "summary": {"runs": 2}},
+            "validated",
+            True,
+            "insufficient",
+        ),
+        (
+            {"status": "failed", "error": "boom"},
+            "validated",
+            True,
+            "failed; validated by the static",
+        ),
+    ],
+)
+def test_the_verdict_decides(
+    outcome: dict[str, Any], status: str, passed: bool, reason: str
+) -> None:
+    state = MutationsState()
+    _, replay_id = propose(state)
+    decision = decide(state, verdict(replay_id, **outcome), replay_ctx())
+    [record] = decision.records
+    assert isinstance(record, Mutation)
+    assert record.status.value == status
+    assert reason in (record.reason or "")
+    assert record.report is not None
+    assert record.report["passed"] is passed
+    assert record.report["pending"] == []
+    replay_check = record.report["checks"][-1]
+    assert replay_check["name"] == "replay" and replay_check["passed"] is passed
+    assert record.report["replay"]["replay_id"] == replay_id
+    assert [c["name"] for c in record.report["checks"]] == [
+        "base",
+        "applies",
+        "definition",
+        "replay",
+    ]
+
+
+def test_a_redelivered_or_stale_verdict_changes_nothing() -> None:
+    state = MutationsState()
+    log: list[object] = []
+    _, replay_id = propose(state)
+    answer = verdict(replay_id, verdict="better")
+    log += decide(state, answer, replay_ctx()).records
+    assert decide(state, answer, replay_ctx()).records == []  # redelivered
+    # A verdict for a proposal that is no longer validating is refused, naming the status.
+    late = decide(state, verdict(replay_id, verdict="worse"), replay_ctx())
+    [refused] = late.records
+    assert isinstance(refused, MutationRequestRefused)
+    assert refused.current_status == "validated"
+    assert state.of("wf").proposals["m1"].status is MutationStatus.VALIDATED
+
+
+def test_a_verdict_of_another_replay_is_refused() -> None:
+    state = MutationsState()
+    propose(state)
+    [refused] = decide(state, verdict("other", verdict="worse"), replay_ctx()).records
+    assert isinstance(refused, MutationRequestRefused)
+    assert "replay" in refused.reason
+    assert state.of("wf").proposals["m1"].status is MutationStatus.VALIDATING
+
+
+def test_policy_auto_applies_after_a_good_verdict_and_the_fold_matches() -> None:
+    state = MutationsState()
+    state.of("wf").policy = ImprovementPolicy.AUTO
+    req = MutationRequest(
+        workflow_id="wf", mutation_id="m1", action=MutationAction.PROPOSE, actor="optimizer",
+        base_version=1, changes=[CHANGE], rationale="r",
+    )  # fmt: skip
+    first = decide(state, req, replay_ctx())
+    replay_id = first.replays[0].replay_id
+    second = decide(state, verdict(replay_id, verdict="no_difference"), replay_ctx())
+    assert [r.status.value for r in second.records if isinstance(r, Mutation)] == [
+        "validated",
+        "approved",
+        "applied",
+    ]
+    assert len(second.registrations) == 1
+    folded = MutationsState()
+    folded.of("wf").policy = ImprovementPolicy.AUTO
+    for record in [*first.records, *second.records]:
+        evolve(folded, record)
+    assert folded.of("wf").proposals == state.of("wf").proposals
+
+
+def test_without_replay_configured_the_static_checks_decide_and_replay_is_not_run() -> None:
+    state = MutationsState()
+    req = MutationRequest(
+        workflow_id="wf", mutation_id="m1", action=MutationAction.PROPOSE, actor="user:ada",
+        base_version=1, changes=[CHANGE], rationale="r",
+    )  # fmt: skip
+    decision = decide(state, req, ctx())
+    assert decision.replays == []
+    last = decision.records[-1]
+    assert isinstance(last, Mutation) and last.status is MutationStatus.VALIDATED
+    assert last.report is not None and last.report["not_run"][0]["name"] == "replay"
