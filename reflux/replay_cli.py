@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import json
 import os
 import sys
@@ -145,18 +144,9 @@ def _stepper(stdin: TextIO) -> Callable[[], bool]:
 
 
 def _dispatch_ab(argv: list[str]) -> int:
-    try:
-        module = importlib.import_module("reflux.replay_ab_cli")
-    except ModuleNotFoundError as exc:
-        if exc.name != "reflux.replay_ab_cli":
-            raise
-        print(
-            "reflux: `reflux replay ab` (A/B replay) is not available in this build: "
-            "reflux/replay_ab_cli.py is missing",
-            file=sys.stderr,
-        )
-        return 2
-    return int(module.main(argv))
+    from reflux import replay_ab_cli  # the A/B replay's own CLI (its parser, progress bar)
+
+    return int(replay_ab_cli.main(argv))
 
 
 def _load_run(args: argparse.Namespace, client: httpx.Client | None) -> list[RunEvent]:
