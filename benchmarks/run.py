@@ -18,6 +18,7 @@ the others still run; the exit status is 1 then.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import importlib.util
 import json
@@ -144,52 +145,22 @@ def run_all(
     }
     results: dict[str, Any] = {}
 
-    if skip_engine:
-        skipped.append("engine")
-    else:
-        from benchmarks.engine_bench import run_engine_benchmark
-
-        results |= _attempt(
-            "engine", errors, timings, lambda: run_engine_benchmark(settings, quick)
-        )
-    if skip_recovery:
-        skipped.append("recovery")
-    else:
-        from benchmarks.recovery_bench import run_recovery_benchmark
-
-        results |= _attempt(
-            "recovery", errors, timings, lambda: run_recovery_benchmark(settings, quick)
-        )
-    if skip_worker_io:
-        skipped.append("worker_io")
-    else:
-        from benchmarks.worker_io_bench import run_worker_io_benchmark
-
-        results |= _attempt(
-            "worker_io", errors, timings, lambda: run_worker_io_benchmark(settings, quick)
-        )
-    if skip_map:
-        skipped.append("map")
-    else:
-        from benchmarks.map_bench import run_map_benchmark
-
-        results |= _attempt("map", errors, timings, lambda: run_map_benchmark(settings, quick))
-    if skip_mutation:
-        skipped.append("mutation")
-    else:
-        from benchmarks.mutation_bench import run_mutation_benchmark
-
-        results |= _attempt(
-            "mutation", errors, timings, lambda: run_mutation_benchmark(settings, quick)
-        )
-    if skip_replay:
-        skipped.append("replay")
-    else:
-        from benchmarks.replay_bench import run_replay_benchmark
-
-        results |= _attempt(
-            "replay", errors, timings, lambda: run_replay_benchmark(settings, quick)
-        )
+    # The engine's sub-benchmarks, in order: (name, skipped?, module, function(settings, quick)).
+    # Imported only when they run (each pulls in its own dependencies).
+    engine_parts = (
+        ("engine", skip_engine, "benchmarks.engine_bench", "run_engine_benchmark"),
+        ("recovery", skip_recovery, "benchmarks.recovery_bench", "run_recovery_benchmark"),
+        ("worker_io", skip_worker_io, "benchmarks.worker_io_bench", "run_worker_io_benchmark"),
+        ("map", skip_map, "benchmarks.map_bench", "run_map_benchmark"),
+        ("mutation", skip_mutation, "benchmarks.mutation_bench", "run_mutation_benchmark"),
+        ("replay", skip_replay, "benchmarks.replay_bench", "run_replay_benchmark"),
+    )
+    for name, skip, module_name, function in engine_parts:
+        if skip:
+            skipped.append(name)
+            continue
+        run = getattr(importlib.import_module(module_name), function)
+        results |= _attempt(name, errors, timings, functools.partial(run, settings, quick))
     if skip_peer:
         skipped.append("peer_temporal")
     else:
