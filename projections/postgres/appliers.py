@@ -467,8 +467,16 @@ def _(event: StepStarted, schema: str) -> Plan:
     return _run_plan(event, schema, step, _update_run(event, schema))
 
 
+_RunPositionOnly = (
+    StepTimeoutExtended | ChildRunEnded | MapChunkDispatched | MapChunkFinished | MapChildEnded
+)
+
+
 @plan.register
-def _(event: StepTimeoutExtended, schema: str) -> Plan:
+def _(event: _RunPositionOnly, schema: str) -> Plan:
+    # Events that change no step row, only the run's position (they are in run_events): a moved
+    # timeout timer; a loop iteration that ended (the step keeps running, the iteration has its
+    # own run row); map chunk bookkeeping (the step row changes with MapStarted and its outcome).
     return _run_plan(event, schema, _update_run(event, schema))
 
 
@@ -579,13 +587,6 @@ def _(event: ChildRunRequested, schema: str) -> Plan:
     return _run_plan(event, schema, step, _update_run(event, schema))
 
 
-@plan.register
-def _(event: ChildRunEnded, schema: str) -> Plan:
-    # A loop iteration ended: the step keeps running (the iteration is in run_events and in
-    # the child's own row); StepSucceeded/StepFailed end the step.
-    return _run_plan(event, schema, _update_run(event, schema))
-
-
 # -- meta.map (ADR 0024) ---------------------------------------------------------------------
 
 
@@ -611,13 +612,6 @@ def _(event: MapStarted, schema: str) -> Plan:
         duration_ms=None,
     )
     return _run_plan(event, schema, step, _reopen_run(event, schema))
-
-
-@plan.register
-def _(event: MapChunkDispatched | MapChunkFinished | MapChildEnded, schema: str) -> Plan:
-    # Chunk bookkeeping: in the run's event log (run_events) only; the step row changes with
-    # MapStarted and the step's outcome.
-    return _run_plan(event, schema, _update_run(event, schema))
 
 
 # -- workflows -------------------------------------------------------------------------------
