@@ -10,11 +10,9 @@ reason it refused). Reads come from the proposal read models (migration 005).
 
 from __future__ import annotations
 
-import time
 import uuid
 from typing import Annotated, Any
 
-import anyio
 from fastapi import APIRouter, Header, Query, Response
 from psycopg_pool import ConnectionPool
 from starlette.concurrency import run_in_threadpool
@@ -37,6 +35,7 @@ from api.models.mutations import (
     VersionEffectPublic,
 )
 from api.publisher import Publisher
+from api.waiting import poll_until
 from processors.mutations.lifecycle import TRANSITIONS, is_optimizer
 from processors.mutations.routing import choose_workflow_version, route_for
 from projections.postgres import mutation_queries as mq
@@ -137,28 +136,30 @@ async def _await(
     status counts too, since a replay-validated proposal is settled by the replay runner's
     ``replay_verdict`` request, not by the ``propose`` request (ADR 0030)."""
     assert request.mutation_id is not None
-    deadline = time.monotonic() + wait_ms / 1000
-    while True:
+    mutation_id = request.mutation_id
+
+    async def settled_yet() -> bool | None:
         outcome = await with_conn(
             pool, api.pool_timeout_s, mq.request_outcome, request.event_id, schema=api.read_schema
         )
-        if outcome is not None and outcome.refused_reason is not None:
+        if outcome is None:
+            return None
+        if outcome.refused_reason is not None:
             raise ConflictError(outcome.refused_reason)
-        if outcome is not None and settled.intersection(outcome.statuses):
-            response.status_code = 200
-            return await _detail(pool, api, request.mutation_id)
-        if follow_proposal and outcome is not None:
+        if settled.intersection(outcome.statuses):
+            return True
+        if follow_proposal:
             current = await with_conn(
-                pool, api.pool_timeout_s, mq.get_mutation, request.mutation_id,
-                schema=api.read_schema,
-            )  # fmt: skip
+                pool, api.pool_timeout_s, mq.get_mutation, mutation_id, schema=api.read_schema
+            )
             if current is not None and current.status in settled:
-                response.status_code = 200
-                return await _detail(pool, api, request.mutation_id)
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return MutationAccepted(mutation_id=request.mutation_id, request_id=request.event_id)
-        await anyio.sleep(min(api.poll_interval_s, remaining))
+                return True
+        return None
+
+    if await poll_until(settled_yet, wait_ms, api.poll_interval_s):
+        response.status_code = 200
+        return await _detail(pool, api, mutation_id)
+    return MutationAccepted(mutation_id=mutation_id, request_id=request.event_id)
 
 
 async def _policy(pool: ConnectionPool[Any], api: ApiSettings, workflow_id: str) -> str:
@@ -447,16 +448,18 @@ async def set_improvement(
     )
     if not body.wait_ms:
         return accepted
-    deadline = time.monotonic() + body.wait_ms / 1000
-    while time.monotonic() < deadline:
+
+    async def applied() -> Any:
         row = await with_conn(
             pool, api.pool_timeout_s, mq.get_policy, workflow_id, schema=api.read_schema
         )
-        if row is not None and row.policy == body.policy:
-            response.status_code = 200
-            return ImprovementPublic.model_validate(row, from_attributes=True)
-        await anyio.sleep(api.poll_interval_s)
-    return accepted
+        return row if row is not None and row.policy == body.policy else None
+
+    row = await poll_until(applied, body.wait_ms, api.poll_interval_s)
+    if row is None:
+        return accepted
+    response.status_code = 200
+    return ImprovementPublic.model_validate(row, from_attributes=True)
 
 
 def _routed_version(conn: Any, workflow_id: str, run_id: str, schema: str) -> int | None:

@@ -14,11 +14,9 @@ is an operator tool, not a high-contention one.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Annotated, Any
 
-import anyio
 from fastapi import APIRouter, Query, Response
 from psycopg_pool import ConnectionPool
 from starlette.concurrency import run_in_threadpool
@@ -38,6 +36,7 @@ from api.models.nodes import (
     RolloutUpdate,
 )
 from api.publisher import Publisher
+from api.waiting import poll_until
 from processors.node_catalog import TransitionError, catalog_key, deprecated, promoted, reweighted
 from projections.postgres import queries
 from projections.postgres.queries import NodeVersionRow
@@ -96,15 +95,12 @@ async def _publish(
     await run_in_threadpool(publisher.publish, topics.nodes, key, entry)
     applied = False
     if wait_ms:
-        deadline = time.monotonic() + wait_ms / 1000
-        while True:
+
+        async def projected() -> bool | None:
             row = await _version_row(pool, api, entry.name, entry.version)
-            if row is not None and row.last_event_id == entry.event_id:
-                applied = True
-                break
-            if time.monotonic() >= deadline:
-                break
-            await anyio.sleep(api.poll_interval_s)
+            return True if row is not None and row.last_event_id == entry.event_id else None
+
+        applied = bool(await poll_until(projected, wait_ms, api.poll_interval_s))
     return NodeVersionAccepted(
         name=entry.name,
         version=entry.version,

@@ -72,6 +72,7 @@ from api.run_graph import (
 from api.store import request_fingerprint
 from api.timetravel import UnknownEventTypeError, state_at, state_view
 from api.validation import check_inputs, current_node_catalog, parse_definition
+from api.waiting import poll_until
 from processors.scheduler.evolve import EvolveError
 from processors.scheduler.state import RunState
 from projections.postgres import queries
@@ -205,17 +206,16 @@ async def start_run(
     if not body.wait_ms:
         return RunAccepted(run_id=run_id)
 
-    deadline = _deadline(body.wait_ms)
-    detail = await read_model.run_detail(run_id)
-    while (detail is None or detail.status not in TERMINAL_RUN_STATUSES) and (
-        time.monotonic() < deadline
-    ):
-        await anyio.sleep(min(api.poll_interval_s, max(0.0, deadline - time.monotonic())))
+    async def finished() -> RunDetail | None:
         detail = await read_model.run_detail(run_id)
-    if detail is not None and detail.status in TERMINAL_RUN_STATUSES:
+        return detail if detail is not None and detail.status in TERMINAL_RUN_STATUSES else None
+
+    detail = await poll_until(finished, body.wait_ms, api.poll_interval_s)
+    if detail is not None:
         response.status_code = 200
         return detail
-    return RunAccepted(run_id=run_id, run=detail)
+    # Not finished in time: 202 with the run as it stands now (None if not projected yet).
+    return RunAccepted(run_id=run_id, run=await read_model.run_detail(run_id))
 
 
 # -- reading runs -------------------------------------------------------------------------------
