@@ -58,6 +58,33 @@ class TraceStatus(StrEnum):
     SKIPPED = "skipped"
 
 
+class DiagnosisKind(StrEnum):
+    """What the critic found. Drifts come from ADWIN on a step's (or node version's) stream;
+    anomaly from HalfSpaceTrees; the rest from windows over traces and run shapes.
+    """
+
+    LATENCY_DRIFT = "latency_drift"
+    FAILURE_DRIFT = "failure_drift"
+    TIMEOUT_DRIFT = "timeout_drift"
+    QUALITY_DRIFT = "quality_drift"
+    ANOMALY = "anomaly"
+    ERROR_CLUSTER = "error_cluster"
+    BOTTLENECK = "bottleneck"
+    REPEATED_INPUTS = "repeated_inputs"
+    SEQUENTIAL_INDEPENDENT = "sequential_independent"
+    COST = "cost"
+
+
+class DiagnosisSeverity(StrEnum):
+    """How much it matters: info (worth knowing), warning (a regression or a clear saving),
+    critical (runs fail or stall because of it).
+    """
+
+    INFO = "info"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
 class ImprovementPolicy(StrEnum):
     """Per workflow: off (optimizer proposals refused), propose (a person approves), auto
     (validated proposals are approved without a person).
@@ -254,8 +281,9 @@ class StepRef(RefluxRecord):
 
 
 class StandaloneEnvelope(RefluxRecord):
-    """Envelope of a record that belongs to no run (alerts, dead letters, mutations, node catalog
-    entries, replays, triggers, workflow registrations): no run_id, and seq stays -1.
+    """Envelope of a record that belongs to no run (alerts, diagnoses, dead letters, mutations,
+    node catalog entries, replays, triggers, workflow registrations): no run_id, and seq stays
+    -1.
     """
 
     event_id: str = Field(default_factory=new_id)
@@ -530,6 +558,69 @@ class StartRun(RunCommandEnvelope):
     """Set when the run is a child run started by a meta step of another run (meta.workflow,
     meta.loop): the run and step it reports its outcome to (ChildRunFinished).
     """
+
+
+class Diagnosis(StandaloneEnvelope):
+    """One finding of the critic about a workflow step, a node version or a whole workflow, with
+    the evidence behind it. The optimizer turns diagnoses into mutation proposals; the
+    historian stores them with an embedding of their context.
+    """
+
+    AVRO_NAME: ClassVar[str] = "reflux.diagnoses.Diagnosis"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    diagnosis_id: str
+    """Stable id of this finding: '<kind>/<subject>/<detected_at ms>'."""
+
+    subject: str
+    """What it is about, the Kafka key: 'workflow:<id>/step:<step_id>', 'workflow:<id>' or
+    'node:<name>@<version>'.
+    """
+
+    kind: DiagnosisKind
+    """What was found."""
+
+    severity: DiagnosisSeverity
+    """How much it matters."""
+
+    detector: str
+    """Which detector found it, e.g. 'adwin', 'half_space_trees', 'critical_path'."""
+
+    workflow_id: str | None = None
+    """The workflow, when the finding is about one."""
+
+    workflow_version: int | None = None
+    """The workflow version the evidence came from, when one."""
+
+    step_id: str | None = None
+    """The step, when the finding is about one."""
+
+    node: str | None = None
+    """The node name, when the finding is about a node or a step."""
+
+    node_version: str | None = None
+    """The node version, when the finding is about one."""
+
+    error_class: str | None = None
+    """The error class, for failure drifts and error clusters."""
+
+    detected_at: TimestampMillis
+    """Event time (the trace's end) at which the detector fired."""
+
+    traces_seen: int
+    """Traces of the subject the detector had seen when it fired."""
+
+    metrics: dict[str, float] = Field(default_factory=dict)
+    """The numbers behind it, e.g. mean_before, mean_after, window, p95_ms, share."""
+
+    example_run_ids: list[str] = Field(default_factory=list)
+    """A few runs that show it."""
+
+    evidence: str = "{}"
+    """Canonical JSON: window statistics and whatever else the detector can show."""
+
+    explanation: str
+    """One or two sentences for people, naming the subject and the numbers."""
 
 
 class DeadLetter(StandaloneEnvelope):
@@ -1862,6 +1953,7 @@ MODELS: dict[str, type[RefluxRecord]] = {
     "reflux.commands.RedriveStep": RedriveStep,
     "reflux.commands.ResumeRun": ResumeRun,
     "reflux.commands.StartRun": StartRun,
+    "reflux.diagnoses.Diagnosis": Diagnosis,
     "reflux.dlq.DeadLetter": DeadLetter,
     "reflux.events.ChildRunEnded": ChildRunEnded,
     "reflux.events.ChildRunRequested": ChildRunRequested,
@@ -1915,6 +2007,9 @@ __all__ = [
     "ChildRunRequested",
     "CommandRejected",
     "DeadLetter",
+    "Diagnosis",
+    "DiagnosisKind",
+    "DiagnosisSeverity",
     "ErrorInfo",
     "FireTimer",
     "GraphMutated",

@@ -140,6 +140,9 @@ _FIXED: Final[dict[str, tuple[str, dict[str, str], str | None, str]]] = {
     "dlq": ("original_key", _retention(30 * DAY_MS), None, "poison records with error and origin"),
     # Keyed by rule id, and one rule has many subjects (nodes, workflows): compaction would keep
     # only the last subject's record of each rule, so this is a retained history of transitions.
+    # The critic's findings (ADR 0031), keyed by subject so one step's diagnoses stay in order.
+    # The historian keeps them (with their embeddings) in Postgres; a month covers a re-read.
+    "diagnoses": ("subject", _retention(30 * DAY_MS), None, "critic findings with evidence"),
     "alerts": ("rule_id", _retention(30 * DAY_MS), None, "SLO alert transitions (firing/resolved)"),
 }
 _INVOKE_CONFIGS: Final = _retention(7 * DAY_MS)
@@ -277,6 +280,10 @@ class TopicCatalog:
     @property
     def dlq(self) -> TopicSpec:
         return self._specs["dlq"]
+
+    @property
+    def diagnoses(self) -> TopicSpec:
+        return self._specs["diagnoses"]
 
     @property
     def alerts(self) -> TopicSpec:

@@ -20,6 +20,7 @@ FIXED = [
     "replays",
     "triggers",
     "dlq",
+    "diagnoses",
     "alerts",
 ]
 
