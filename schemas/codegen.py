@@ -66,9 +66,9 @@ class Envelope:
 ENVELOPES: Final = (
     Envelope(
         "StandaloneEnvelope",
-        "Envelope of a record that belongs to no run (alerts, diagnoses, dead letters, mutations, node "
-        "catalog entries, replays, triggers, workflow registrations): no run_id, and seq "
-        "stays -1.",
+        "Envelope of a record that belongs to no run (alerts, diagnoses, dead letters, "
+        "mutations, node catalog entries, replays, triggers, workflow registrations): no "
+        "run_id, and seq stays -1.",
         (
             "reflux.alerts",
             "reflux.diagnoses",
