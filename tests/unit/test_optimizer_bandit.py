@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Literal
 
 import pytest
 
@@ -44,7 +45,7 @@ def simulate(b: ModelBandit, p: dict[str, float], runs: int, rng: random.Random,
 
 
 @pytest.mark.parametrize("policy", ["thompson", "ucb"])
-def test_learns_the_best_arm_and_relearns_after_a_reset(policy: str) -> None:
+def test_learns_the_best_arm_and_relearns_after_a_reset(policy: Literal["thompson", "ucb"]) -> None:
     rng = random.Random(3)
     b = ModelBandit(
         key="wf/s",
