@@ -37,6 +37,8 @@ from streams.topics import TopicCatalog
 if TYPE_CHECKING:
     # The runner replays on a shadow DevEngine (processors.replay.shadow imports this module):
     # imported where it is built, not at module level.
+    from processors.optimizer.runtime import OptimizerProcessor
+    from processors.optimizer.strategies import OptimizerConfig
     from processors.replay.runner import ReplayRunner
 
 log = logging.getLogger(__name__)
@@ -112,6 +114,8 @@ class DevEngine:
         schedulers: int = 1,
         register_nodes: bool = False,
         worker_config: WorkerConfig | None = None,
+        optimizer: bool = False,
+        optimizer_config: OptimizerConfig | None = None,
     ) -> None:
         self.settings = settings
         self.nodes = nodes or default_registry()
@@ -124,7 +128,9 @@ class DevEngine:
             "trigger-router": trigger_router,
             "mutation-processor": mutation_processor,
             "replay-runner": replay_runner,
+            "optimizer": optimizer,
         }
+        self.optimizer_config = optimizer_config
         self.components: list[Supervisor] = []
         self.proposal_replay = proposal_replay
         # Several instances share the partitions like separate processes would (each has its
@@ -141,6 +147,7 @@ class DevEngine:
         self.projector: Projector | None = None
         self.mutation_processor: MutationProcessor | None = None
         self.replay_runner: ReplayRunner | None = None
+        self.optimizer: OptimizerProcessor | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -200,7 +207,29 @@ class DevEngine:
                 return Running(instance.run, instance.close)
 
             self._supervise("projector", projector)
+        if self._want["optimizer"]:
+            self.start_optimizer()
         return self
+
+    def start_optimizer(self) -> OptimizerProcessor:
+        """The optimizer (docs/learning.md): a faust agent on ``diagnoses`` proposing mutations."""
+        from processors.optimizer.runtime import OptimizerProcessor
+
+        def new_optimizer() -> OptimizerProcessor:
+            from processors.optimizer.strategies import OptimizerConfig
+
+            config = self.optimizer_config or OptimizerConfig()
+            return OptimizerProcessor(self.settings, schema=self.schema, config=config)
+
+        first = new_optimizer()
+        build = _first_then_fresh(first, new_optimizer)
+
+        def optimizer() -> Running:
+            instance = self.optimizer = build()
+            return Running(instance.run)
+
+        self._supervise("optimizer", optimizer)
+        return first
 
     def start_scheduler(self, instance_id: str | None = None) -> SchedulerRuntime:
         def new_scheduler() -> SchedulerRuntime:

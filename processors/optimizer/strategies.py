@@ -373,6 +373,9 @@ class ParalleliseStrategy:
             if isinstance(step_ms, dict)
             else {}
         )
+        if cost:  # steps the evidence does not time count as a typical one
+            typical = sorted(cost.values())[len(cost) // 2]
+            cost = {s.id: cost.get(s.id, typical) for s in definition.steps}
         declared = {s.id: s.needs for s in definition.steps}
         before = critical_path_ms(definition, declared, cost)
         after = critical_path_ms(definition, relaxed, cost)
