@@ -145,7 +145,7 @@ def test_a_diagnosis_becomes_a_proposal_with_its_evidence(engine_harness: Harnes
         30,
         "the optimizer's decision on the second diagnosis",
     )
-    assert decision.request is None
+    assert decision is not None and decision.request is None
     assert "still open" in decision.reason
     assert len(proposals()) == 1
 
@@ -176,5 +176,6 @@ def test_a_diagnosis_becomes_a_proposal_with_its_evidence(engine_harness: Harnes
         30,
         "the optimizer's decision under policy off",
     )
+    assert decision is not None
     assert decision.request is None and decision.reason == "policy off"
     assert len(proposals()) == 1
