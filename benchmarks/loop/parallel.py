@@ -170,9 +170,7 @@ class _Driver:
             self.producer.flush(10)
             _until(
                 lambda w=wave: (
-                    all(  # type: ignore[misc]
-                        s in TERMINAL for s, *_ in _runs(self.conn, self.schema, w).values()
-                    )
+                    all(s in TERMINAL for s, *_ in _runs(self.conn, self.schema, w).values())
                     and len(_runs(self.conn, self.schema, w)) == len(w)
                 ),
                 120,
