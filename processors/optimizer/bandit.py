@@ -11,9 +11,10 @@ field ``difficulty``), so "the cheap model suffices on easy inputs" can be learn
   ``UCB`` on the mean reward.
 - **Bounded exploration** (:meth:`ModelBandit.choose`): a run explores only when its routing
   point (sha256 of the bandit key and the run id, as the workflow routes; deterministic by run
-  id) falls under ``budget``; every other run gets the *incumbent*, the arm with the best mean
-  reward among arms pulled at least ``min_pulls`` times since the last reset (before that: the
-  configured default). So at most ``budget`` of the traffic ever goes to a non-incumbent arm.
+  id) falls under ``budget``; every other run gets the *incumbent*, the arm with the best
+  lower confidence bound on the reward (mean - z x standard error) among arms pulled at least
+  ``min_pulls`` times since the last reset (before that: the configured default). So at most
+  ``budget`` of the traffic ever goes to a non-incumbent arm.
 - **Reset on drift** (:meth:`ModelBandit.reset`): a drift diagnosis about the step or one of its
   arms clears the posteriors (a degraded arm's long good history would otherwise keep it the
   incumbent for hundreds of runs); the incumbent falls back to the default until each arm is
@@ -23,6 +24,7 @@ field ``difficulty``), so "the cheap model suffices on easy inputs" can be learn
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -87,6 +89,7 @@ def reward(outcome: Outcome, weights: RewardWeights) -> float:
 class ArmStats:
     pulls: int = 0
     reward_sum: float = 0.0
+    reward_sq_sum: float = 0.0
     cost_sum: float = 0.0
     quality_sum: float = 0.0
     quality_n: int = 0
@@ -96,6 +99,7 @@ class ArmStats:
     def add(self, outcome: Outcome, value: float) -> None:
         self.pulls += 1
         self.reward_sum += value
+        self.reward_sq_sum += value * value
         self.cost_sum += outcome.cost
         self.latency_sum += outcome.latency_ms
         self.successes += int(outcome.succeeded)
@@ -106,6 +110,15 @@ class ArmStats:
     @property
     def mean_reward(self) -> float:
         return self.reward_sum / self.pulls if self.pulls else 0.0
+
+    def lower_bound(self, z: float) -> float:
+        """``mean - z * standard error``: an arm measured a few times must beat the others by
+        more than its noise to become the incumbent (a lucky streak does not take the traffic)."""
+        if self.pulls == 0:
+            return float("-inf")
+        mean = self.mean_reward
+        variance = max(0.0, self.reward_sq_sum / self.pulls - mean * mean)
+        return mean - z * math.sqrt(variance / self.pulls)
 
     def to_json(self) -> dict[str, Any]:
         n = max(1, self.pulls)
@@ -137,6 +150,8 @@ class ModelBandit:
     """Largest share of runs that may go to a non-incumbent arm."""
     policy: Literal["thompson", "ucb"] = "thompson"
     min_pulls: int = 10
+    confidence_z: float = 1.0
+    """The incumbent is the arm with the best ``mean - z * standard error``."""
     seed: int = 0
     resets: int = 0
     stats: dict[str, ArmStats] = field(default_factory=dict)
@@ -156,7 +171,11 @@ class ModelBandit:
         self.stats = {arm: ArmStats() for arm in self.arms}
         seed = self.seed + 7919 * self.resets
         if self.policy == "thompson":
-            self._policy = bandit.ThompsonSampling(reward_obj=proba.Beta(1, 1), seed=seed)
+            # burn_in: exploration runs first measure every arm min_pulls times (river pulls
+            # an arm below its burn-in before sampling), so the incumbent can be chosen soon.
+            self._policy = bandit.ThompsonSampling(
+                reward_obj=proba.Beta(1, 1), burn_in=self.min_pulls, seed=seed
+            )
         else:
             self._policy = bandit.UCB(delta=1.0, seed=seed)
 
@@ -186,7 +205,7 @@ class ModelBandit:
     def incumbent(self) -> str:
         measured = [arm for arm in self.arms if self.stats[arm].pulls >= self.min_pulls]
         if len(measured) >= 1 and (len(measured) == len(self.arms) or self._excluded is None):
-            best = max(measured, key=lambda arm: self.stats[arm].mean_reward)
+            best = max(measured, key=lambda arm: self.stats[arm].lower_bound(self.confidence_z))
             if len(measured) == len(self.arms) or best != self._excluded:
                 return best
         if self._excluded == self.default:
