@@ -15,13 +15,15 @@ per ``(workflow, step, strategy)``, and the ``MutationRequest`` that carries it.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from processors.optimizer.bandit import ModelBandit
 from processors.optimizer.history import IncidentLike
 from processors.optimizer.strategies import STRATEGIES, Proposal, Strategy, StrategyInput
-from schemas.models import MutationAction, MutationRequest
+from schemas.models import Diagnosis, DiagnosisKind, MutationAction, MutationRequest
 
 __all__ = [
     "AUTHOR_PREFIX",
@@ -32,6 +34,7 @@ __all__ = [
     "order_strategies",
     "plan",
     "proposal_key",
+    "reset_on_drift",
     "strategy_step",
 ]
 
@@ -39,6 +42,31 @@ AUTHOR_PREFIX: Final = "optimizer:"
 FINAL_STATUSES: Final = frozenset({"rejected", "kept", "rolled_back", "reverted"})
 WORKFLOW_WIDE: Final = frozenset({"parallelise"})
 _REPEAT_SIMILARITY: Final = 0.9
+DRIFT_KINDS: Final = frozenset(
+    {
+        DiagnosisKind.LATENCY_DRIFT,
+        DiagnosisKind.FAILURE_DRIFT,
+        DiagnosisKind.TIMEOUT_DRIFT,
+        DiagnosisKind.QUALITY_DRIFT,
+    }
+)
+"""Diagnoses that reset the step's bandits: the arms' history no longer says how they do."""
+
+
+def reset_on_drift(diagnosis: Diagnosis, bandits: Sequence[ModelBandit]) -> bool:
+    """Reset the bandits of the diagnosed step on a drift; the arm named by the evidence
+    (``arm``) or the node version is kept from the incumbent's place until measured again."""
+    if diagnosis.kind not in DRIFT_KINDS or not bandits:
+        return False
+    try:
+        evidence = json.loads(diagnosis.evidence or "{}")
+    except ValueError:
+        evidence = {}
+    arm = evidence.get("arm") if isinstance(evidence, dict) else None
+    arm = arm if isinstance(arm, str) else diagnosis.node_version
+    for b in bandits:
+        b.reset(degraded=arm if arm in b.arms else None)
+    return True
 
 
 def strategy_step(strategy: str, step_id: str | None) -> str:

@@ -49,6 +49,7 @@ from processors.optimizer.planner import (
     mutation_request,
     plan,
     proposal_key,
+    reset_on_drift,
     strategy_step,
 )
 from processors.optimizer.strategies import OptimizerConfig, StrategyInput
@@ -205,6 +206,7 @@ class OptimizerProcessor:
             if self.bandits is not None and diagnosis.step_id is not None
             else ()
         )
+        reset_on_drift(diagnosis, bandits)
         given = StrategyInput(
             diagnosis=diagnosis,
             definition=definition,

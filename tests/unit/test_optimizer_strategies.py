@@ -17,6 +17,7 @@ from processors.optimizer.planner import (
     order_strategies,
     plan,
     proposal_key,
+    reset_on_drift,
 )
 from processors.optimizer.strategies import (
     STRATEGIES,
@@ -437,3 +438,14 @@ def test_reward_weights_are_checked() -> None:
         RewardWeights.from_json({"speed": 1})
     with pytest.raises(ValueError, match=">= 0"):
         RewardWeights.from_json({"cost": -1})
+
+
+def test_a_drift_resets_the_step_bandits_and_keeps_the_degraded_arm_out() -> None:
+    b = trained("wf/answer", "small")
+    assert b.incumbent() == "small"
+    cost = diagnosis(DiagnosisKind.COST, step="answer")
+    assert not reset_on_drift(cost, [b]) and b.resets == 0
+    drift = diagnosis(DiagnosisKind.QUALITY_DRIFT, step="answer", evidence='{"arm": "small"}')
+    assert reset_on_drift(drift, [b])
+    assert b.resets == 1 and b.stats["small"].pulls == 0
+    assert b.incumbent() == "big"
