@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import shutil
 import tempfile
 import threading
 import time
@@ -306,6 +307,8 @@ class OptimizerProcessor:
     def close(self) -> None:
         self.producer.flush(5.0)
         self.producer.close()
+        # faust's data folder (memory store: only its lock and metadata) goes with the instance.
+        shutil.rmtree(self._datadir, ignore_errors=True)
 
 
 def now_utc() -> datetime:
