@@ -17,10 +17,13 @@ needs are not params, and the four mutation types only replace params or nodes, 
 is ``remove_step`` + ``add_step`` of the whole new step (same id): valid for proposals and for
 run mutations alike, and the proposal's ``definition`` check validates the result.
 
-Metric names read from a diagnosis (``Diagnosis.metrics``), first found wins:
-latency quantiles ``p50_ms``, ``p95_ms``, ``p99_ms`` (``max_ms``); failure rate ``error_rate``,
-``failure_rate``, ``rate_after``, ``share``; repeats ``repeat_share``, ``share``, gap
-``median_gap_ms``; per-step latency for the parallelise estimate: ``evidence.step_p50_ms``.
+Metric names read from a diagnosis (``Diagnosis.metrics``), first found wins (the critic's
+names included): latency ``p99_ms``/``p99_after_ms``, ``p95_ms``/``p95_after_ms``, typical
+latency ``p50_ms``/``mean_after``/``mean_latency_ms``; failure rate ``error_rate``,
+``failure_rate``, ``rate_after``, ``timeout_rate``, ``share``; ``retryable_share`` (>= 0.5 makes
+an unnamed or unknown class retryable); repeats ``repeat_share``, ``share``, gap
+``median_gap_ms``; per-step latency for the parallelise estimate: ``evidence.step_p50_ms`` or
+``evidence.durations_ms``.
 """
 
 from __future__ import annotations
@@ -198,8 +201,8 @@ class TimeoutStrategy:
         step = given.step
         if step is None or not _dispatched(step):
             return None
-        p99 = given.metric("p99_ms")
-        p95 = given.metric("p95_ms")
+        p99 = given.metric("p99_ms", "p99_after_ms")
+        p95 = given.metric("p95_ms", "p95_after_ms")
         if p99 is None and p95 is None:
             return None
         basis = p99 if p99 is not None else 2.0 * (p95 or 0.0)
@@ -256,9 +259,10 @@ class RetryStrategy:
         error_class = given.diagnosis.error_class or (
             "Timeout" if given.diagnosis.kind is K.TIMEOUT_DRIFT else None
         )
-        if not is_transient(error_class):
-            return None
-        assert error_class is not None
+        retryable = given.metric("retryable_share")
+        if not is_transient(error_class) and not (retryable is not None and retryable >= 0.5):
+            return None  # a retry cannot fix what fails the same way every time
+        error_class = error_class or "retryable"
         rate = given.metric("error_rate", "failure_rate", "rate_after", "timeout_rate", "share")
         p = min(0.9, max(0.01, rate if rate is not None else 0.1))
         cfg = given.config
@@ -269,7 +273,7 @@ class RetryStrategy:
         if retry.max_attempts >= attempts and non_retryable == retry.non_retryable:
             return None
         attempts = max(attempts, retry.max_attempts)
-        p50 = given.metric("p50_ms") or 200.0
+        p50 = given.metric("p50_ms", "mean_after", "mean_latency_ms") or 200.0
         initial = max(100, _round_up(min(p50, 5_000.0), 50))
         new_retry = {
             **retry.model_dump(mode="json"),
@@ -321,7 +325,7 @@ class CacheStrategy:
         cfg = given.config
         ttl = 3_600_000 if gap is None else _round_up(4 * gap, 1000)
         ttl = min(cfg.max_cache_ttl_ms, max(cfg.min_cache_ttl_ms, ttl))
-        p50 = given.metric("p50_ms")
+        p50 = given.metric("p50_ms", "mean_latency_ms")
         data = _step_json(step)
         data["cache"] = {"enabled": True, "ttl": ttl}
         hit = round(share, 4) if share is not None else None
@@ -367,7 +371,8 @@ class ParalleliseStrategy:
         changed = [s for s in definition.steps if tuple(relaxed[s.id]) != tuple(s.needs)]
         if not changed:
             return None
-        step_ms = given.evidence().get("step_p50_ms")
+        evidence = given.evidence()
+        step_ms = evidence.get("step_p50_ms") or evidence.get("durations_ms")
         cost = (
             {k: float(v) for k, v in step_ms.items() if isinstance(v, int | float)}
             if isinstance(step_ms, dict)

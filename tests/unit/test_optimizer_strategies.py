@@ -449,3 +449,24 @@ def test_a_drift_resets_the_step_bandits_and_keeps_the_degraded_arm_out() -> Non
     assert reset_on_drift(drift, [b])
     assert b.resets == 1 and b.stats["small"].pulls == 0
     assert b.incumbent() == "big"
+
+
+def test_the_critics_metric_names_are_read() -> None:
+    latency = diagnosis(
+        DiagnosisKind.LATENCY_DRIFT, metrics={"p95_after_ms": 300, "mean_after": 90}
+    )
+    p = TimeoutStrategy().propose(given(one_call(), latency))
+    assert p is not None and p.predicted_effect["timeout_ms"]["to"] == 900  # 1.5 x 2 x p95
+    failures = diagnosis(
+        DiagnosisKind.ERROR_CLUSTER,
+        error_class="UpstreamError",
+        metrics={"share": 0.2, "retryable_share": 0.9},
+    )
+    assert RetryStrategy().propose(given(one_call(), failures)) is not None
+    seq = diagnosis(
+        DiagnosisKind.SEQUENTIAL_INDEPENDENT,
+        step="b",
+        evidence='{"durations_ms": {"a": 150, "b": 150}, "steps": ["a", "b"]}',
+    )
+    p2 = ParalleliseStrategy().propose(given(four_calls(), seq))
+    assert p2 is not None and p2.predicted_effect["critical_path"]["unit"] == "ms"
