@@ -270,9 +270,16 @@ class OptimizerProcessor:
                     log.warning("ignoring an unreadable diagnoses record: %s", exc)
                     continue
                 pending = {key: float(sent[key]) for key in list(sent.keys())}
-                decision = await asyncio.get_running_loop().run_in_executor(
-                    None, self.handle, diagnosis, pending
-                )
+                try:
+                    decision = await asyncio.get_running_loop().run_in_executor(
+                        None, self.handle, diagnosis, pending
+                    )
+                except Exception as exc:
+                    # An agent that raises stops consuming for good (faust does not restart
+                    # it): log, record, and go on with the next diagnosis.
+                    log.exception("optimizer failed on %s", diagnosis.diagnosis_id)
+                    self._note(Decision(diagnosis.diagnosis_id, None, f"error: {exc}"))
+                    continue
                 if decision.plan is not None and decision.plan.proposal is not None:
                     p = decision.plan.proposal
                     sent[proposal_key(diagnosis.workflow_id or "", p.step_id, p.strategy)] = (
