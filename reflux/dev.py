@@ -37,6 +37,7 @@ from streams.topics import TopicCatalog
 if TYPE_CHECKING:
     # The runner replays on a shadow DevEngine (processors.replay.shadow imports this module):
     # imported where it is built, not at module level.
+    from processors.historian.runtime import HistorianProjector
     from processors.replay.runner import ReplayRunner
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,7 @@ class DevEngine:
         schedulers: int = 1,
         register_nodes: bool = False,
         worker_config: WorkerConfig | None = None,
+        historian: bool = False,
     ) -> None:
         self.settings = settings
         self.nodes = nodes or default_registry()
@@ -124,6 +126,7 @@ class DevEngine:
             "trigger-router": trigger_router,
             "mutation-processor": mutation_processor,
             "replay-runner": replay_runner,
+            "historian": historian,
         }
         self.components: list[Supervisor] = []
         self.proposal_replay = proposal_replay
@@ -141,6 +144,7 @@ class DevEngine:
         self.projector: Projector | None = None
         self.mutation_processor: MutationProcessor | None = None
         self.replay_runner: ReplayRunner | None = None
+        self.historian: HistorianProjector | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -200,7 +204,27 @@ class DevEngine:
                 return Running(instance.run, instance.close)
 
             self._supervise("projector", projector)
+        if self._want["historian"]:
+            self.start_historian()
         return self
+
+    def start_historian(self) -> HistorianProjector:
+        """The historian (ADR 0034): diagnoses and proposal outcomes, with embeddings, into
+        this engine's schema. Imported here: it loads the embedding model."""
+        from processors.historian.runtime import HistorianProjector
+
+        def new_historian() -> HistorianProjector:
+            return HistorianProjector(self.settings, schema=self.schema)
+
+        first = new_historian()
+        build = _first_then_fresh(first, new_historian)
+
+        def historian() -> Running:
+            instance = self.historian = build()
+            return Running(instance.run, instance.close)
+
+        self._supervise("historian", historian)
+        return first
 
     def start_scheduler(self, instance_id: str | None = None) -> SchedulerRuntime:
         def new_scheduler() -> SchedulerRuntime:

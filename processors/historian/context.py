@@ -72,16 +72,18 @@ def _scalar(value: Any) -> str | None:
     return None
 
 
-def _flatten(value: Any, prefix: str, out: list[tuple[str, str]], depth: int) -> None:
+def _flatten(
+    value: Any, prefix: str, out: list[tuple[str, str]], depth: int, skip: frozenset[str]
+) -> None:
     if len(out) >= _MAX_ITEMS:
         return
     if isinstance(value, Mapping):
         if depth >= 2:
             return
         for key in sorted(value):
-            if key in _SKIPPED_KEYS:
+            if key in skip:
                 continue
-            _flatten(value[key], f"{prefix} {key}".strip(), out, depth + 1)
+            _flatten(value[key], f"{prefix} {key}".strip(), out, depth + 1, skip)
         return
     if isinstance(value, list):
         texts = [t for t in (_scalar(item) for item in value[:5]) if t is not None]
@@ -93,9 +95,10 @@ def _flatten(value: Any, prefix: str, out: list[tuple[str, str]], depth: int) ->
         out.append((prefix, text))
 
 
-def evidence_summary(evidence: Any) -> str:
+def evidence_summary(evidence: Any, *, skip: Iterable[str] = ()) -> str:
     """``'key value; key value'`` over the scalar leaves of the evidence (two levels deep, at most
-    24, opaque ids and run lists left out); ``evidence`` is JSON text or already parsed."""
+    24, opaque ids, run lists and the ``skip`` keys left out); ``evidence`` is JSON text or
+    already parsed."""
     parsed = evidence
     if isinstance(evidence, str):
         try:
@@ -103,7 +106,7 @@ def evidence_summary(evidence: Any) -> str:
         except json.JSONDecodeError:
             return evidence[:_MAX_STRING]
     items: list[tuple[str, str]] = []
-    _flatten(parsed, "", items, 0)
+    _flatten(parsed, "", items, 0, _SKIPPED_KEYS | frozenset(skip))
     return "; ".join(f"{words(key)} {text}" for key, text in items)
 
 
@@ -156,7 +159,8 @@ def diagnosis_context(diagnosis: Diagnosis) -> str:
     )
     if metrics:
         parts.append(f"Metrics: {metrics}.")
-    summary = evidence_summary(d.evidence)
+    # The messages are said above already.
+    summary = evidence_summary(d.evidence, skip=_MESSAGE_KEYS)
     if summary:
         parts.append(f"Evidence: {summary}.")
     parts.append(d.explanation)
