@@ -24,6 +24,7 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from api.config import ApiSettings
 from processors.historian.postgres import PostgresHistorian
+from reflux.cli import main
 from schemas.models import (
     Diagnosis,
     DiagnosisKind,
@@ -32,6 +33,7 @@ from schemas.models import (
     MutationRequest,
 )
 from tests.integration.engine_fixtures import Harness, HarnessFactory, transform
+from tests.integration.test_cli_client import api_url  # noqa: F401  the fixture
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -51,6 +53,12 @@ def historian(engine_harness: HarnessFactory) -> Harness:
         projector=True,  # the API's mutation routes read the proposals' read model
         historian=True,
     )
+
+
+@pytest.fixture
+def harness(historian: Harness) -> Harness:
+    """The engine of ``api_url`` (the CLI tests' API server): this module's lighter one."""
+    return historian
 
 
 @pytest.fixture
@@ -364,3 +372,50 @@ def test_a_past_incident_with_a_kept_fix_comes_first(historian: Harness, api: Te
     assert data[1]["similarity"] == pytest.approx(1.0, abs=1e-4)
     bad = api.get(f"/v1/diagnoses/{new.diagnosis_id}/similar", params={"k": 0})
     assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["query", "k"]
+
+
+def test_the_diagnoses_cli(
+    historian: Harness,
+    api_url: str,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    wf = f"cli-{uuid.uuid4().hex[:6]}"
+    slow = diagnosis(
+        wf,
+        "fetch_price",
+        DiagnosisKind.LATENCY_DRIFT,
+        explanation="fetch_price got slower: mean 120 ms -> 260 ms",
+        evidence={"p95_ms": 410.0},
+    )
+    slower = diagnosis(
+        wf,
+        "fetch_price",
+        DiagnosisKind.LATENCY_DRIFT,
+        explanation="fetch_price got slower again: mean 130 ms -> 300 ms",
+        minutes=60,
+    )
+    publish(historian, slow, slower)
+
+    def listing() -> str:
+        assert main(["diagnoses", "list", "--workflow", wf, "--api", api_url]) == 0
+        return capsys.readouterr().out
+
+    out = eventually(listing, 20, "two diagnoses listed", until=lambda o: o.count("\n  ") == 2)
+    assert out.index(slower.diagnosis_id) < out.index(slow.diagnosis_id)
+    assert "warning  latency_drift" in out
+
+    assert main(["diagnoses", "show", slow.diagnosis_id, "--api", api_url]) == 0
+    shown = capsys.readouterr().out
+    assert f"diagnosis {slow.diagnosis_id}" in shown
+    assert "latency_drift (warning) by adwin" in shown and "proposals: 0" in shown
+    assert "embedded (wordllama/l2_supercat_256): latency drift (warning)" in shown
+
+    assert main(["diagnoses", "similar", slower.diagnosis_id, "-k", "3", "--api", api_url]) == 0
+    similar = capsys.readouterr().out
+    assert "1. similarity 0.9" in similar and slow.diagnosis_id in similar
+    assert "nothing tried" in similar
+
+    assert main(["diagnoses", "show", "latency_drift/nope/1", "--api", api_url]) == 2
+    assert "404: diagnosis 'latency_drift/nope/1' not found" in capsys.readouterr().err
+    assert main(["diagnoses", "list", "--kind", "slowness", "--api", api_url]) == 2
+    assert "422: kind:" in capsys.readouterr().err
