@@ -73,7 +73,8 @@ class WordLlamaEmbedder:
             return []
         with self._lock:
             vectors = self._model.embed(list(texts), norm=True)
-        return [[float(x) for x in row] for row in vectors]
+        rows: list[list[float]] = vectors.tolist()
+        return rows
 
 
 _DEFAULT: list[WordLlamaEmbedder] = []

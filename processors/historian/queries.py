@@ -26,6 +26,7 @@ __all__ = [
     "embedding_of",
     "get_diagnosis",
     "list_diagnoses",
+    "nearest",
     "proposals_for",
     "similar_incidents",
 ]
@@ -176,13 +177,14 @@ def proposals_for(
     return out
 
 
-def _nearest(
+def nearest(
     conn: psycopg.Connection[Any],
     vector: str,
     model: str,
     limit: int,
-    schema: str,
+    schema: str = DEFAULT_SCHEMA,
 ) -> list[tuple[DiagnosisRow, float]]:
+    """The ``limit`` diagnoses nearest to ``vector`` (same model), with their similarity."""
     with conn.transaction():
         # HNSW returns at most ef_search rows per scan: raise it for larger candidate sets.
         conn.execute(
@@ -211,7 +213,7 @@ def similar_incidents(
 ) -> list[tuple[DiagnosisRow, PastIncident]]:
     """The ``k`` best past incidents for an embedding (:func:`~processors.historian.ranking.rank`
     over the nearest :func:`~processors.historian.ranking.candidates_for` ``k``)."""
-    found = _nearest(conn, vector, model, candidates_for(k) + (1 if exclude else 0), schema)
+    found = nearest(conn, vector, model, candidates_for(k) + (1 if exclude else 0), schema)
     proposals = proposals_for(conn, [row.diagnosis_id for row, _ in found], schema=schema)
     rows = {row.diagnosis_id: row for row, _ in found}
     incidents = [
