@@ -8,7 +8,8 @@
 - ``Mutation``: the guard claims the record's ``event_id`` in ``historian_events``; the update
   upserts the proposal's row: status, reason, the replay verdict when the report has one, and on
   ``kept`` / ``rolled_back`` / ``rejected`` the evidence of the request that decided it (read
-  from ``historian_decisions``). The partition keeps one workflow's records in order, so the
+  from ``historian_decisions``; else the record's ``report.canary``, where the lifecycle copies
+  the canary judge's evidence). The partition keeps one workflow's records in order, so the
   last one wins.
 - ``MutationRequest`` keep / rollback / reject: its evidence (the canary's statistics and final
   effect) into ``historian_decisions``; it precedes the transition it asks for in the partition.
@@ -108,6 +109,14 @@ def replay_verdict(report: Any) -> str | None:
     return None
 
 
+def _canary_report(report: Any) -> dict[str, Any] | None:
+    """``report.canary``: where the lifecycle keeps the canary judge's evidence on the record
+    (ADR 0033); the same as the deciding request's evidence, for records without one."""
+    if isinstance(report, dict) and isinstance(report.get("canary"), dict):
+        return dict(report["canary"])
+    return None
+
+
 def mutation_plan(
     m: Mutation, schema: str, *, context: str, embedding: Sequence[float], model: str
 ) -> Plan:
@@ -125,8 +134,8 @@ def mutation_plan(
         "author, strategy, status, rationale, changes, predicted_effect, replay_verdict, effect, "
         "applied_version, reason, proposed_at, updated_at, last_event_id, context, embedding, "
         "embedding_model) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
-        f"(SELECT evidence FROM {table(schema, 'historian_decisions')} "
-        "WHERE request_id = %s AND %s), "
+        f"COALESCE((SELECT evidence FROM {table(schema, 'historian_decisions')} "
+        "WHERE request_id = %s AND %s), %s), "
         "%s, %s, %s, %s, %s, %s, %s::public.vector, %s) "
         "ON CONFLICT (mutation_id) DO UPDATE SET status = EXCLUDED.status, "
         "reason = EXCLUDED.reason, applied_version = "
@@ -148,6 +157,7 @@ def mutation_plan(
             replay_verdict(m.report),
             m.request_id,
             decided,
+            jsonb(_canary_report(m.report)) if decided else None,
             m.applied_version,
             m.reason,
             m.occurred_at,

@@ -247,7 +247,7 @@ def test_a_mutation_plan_links_the_proposal_to_its_diagnosis() -> None:
     assert params[:8] == ("m1", "d1", "orders", 3, "optimizer:retry", "retry", "proposed", "retry")
     assert params[9].obj == {"success_rate": 0.99}  # predicted effect
     assert params[10] is None  # no replay yet
-    assert params[11:13] == ("r1", False)  # not a decision: no effect looked up
+    assert params[11:14] == ("r1", False, None)  # not a decision: no effect looked up
 
 
 def test_a_decided_mutation_takes_the_effect_of_its_request_and_the_replay_verdict() -> None:
@@ -258,8 +258,12 @@ def test_a_decided_mutation_takes_the_effect_of_its_request_and_the_replay_verdi
     )
     (upsert,) = mutation_plan(kept, "s1", context="c", embedding=[1.0], model=MODEL).updates
     assert upsert.params[10] == "better"
-    assert upsert.params[11:13] == ("r1", True)
+    assert upsert.params[11:14] == ("r1", True, None)
     assert "historian_decisions" in upsert.sql
+    # The lifecycle's copy of the canary's evidence, when the request's is not there.
+    judged = kept.model_copy(update={"report": {"canary": {"effect": {"p95_ms": -1.0}}}})
+    (upsert,) = mutation_plan(judged, "s1", context="c", embedding=[1.0], model=MODEL).updates
+    assert upsert.params[13].obj == {"effect": {"p95_ms": -1.0}}
 
 
 def test_only_deciding_requests_are_kept() -> None:
