@@ -38,8 +38,19 @@ _OPAQUE: Final = re.compile(
     r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$|^[0-9a-f]{16,}$", re.I
 )
 _MESSAGE_KEYS: Final = ("error_message", "message", "messages", "error", "errors", "sample_error")
+# Run lists and digests name no meaning; a detector's own settings (the critic's ``detector``
+# block: delta, grace period...) describe the detector, not the incident.
 _SKIPPED_KEYS: Final = frozenset(
-    {"example_run_ids", "run_ids", "runs", "trace_ids", "inputs_hash", "inputs_hashes"}
+    {
+        "example_run_ids",
+        "run_ids",
+        "runs",
+        "trace_ids",
+        "inputs_hash",
+        "inputs_hashes",
+        "detector",
+        "tuning",
+    }
 )
 _MAX_ITEMS: Final = 24
 _MAX_STRING: Final = 200

@@ -70,6 +70,7 @@ def diag(**overrides: Any) -> Diagnosis:
                 "window": {"size": 64, "failures": 20},
                 "run_ids": [RUN_ID],
                 "inputs_hash": "ab" * 32,
+                "detector": {"name": "adwin", "delta": 0.002, "grace_period": 30},
             }
         ),
         "explanation": "charge_card fails in 31% of attempts (was 2%).",
@@ -99,7 +100,7 @@ def test_diagnosis_context_says_what_where_which_error_and_why() -> None:
     assert text.endswith("charge_card fails in 31% of attempts (was 2%).")
     # Opaque values say nothing about the incident: no run ids, no digests, and the message
     # is not repeated in the evidence summary.
-    assert RUN_ID not in text and "abab" not in text
+    assert RUN_ID not in text and "abab" not in text and "grace" not in text
     assert text.count("503 Service Unavailable") == 1
 
 
