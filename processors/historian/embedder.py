@@ -16,12 +16,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final, Protocol
 
-from foundation.errors import ConfigurationError
+import numpy as np
+
+from foundation.errors import ConfigurationError, NonRetryableError
 
 __all__ = [
     "DIMENSIONS",
     "MODEL",
     "Embedder",
+    "EmbeddingError",
     "WordLlamaEmbedder",
     "default_embedder",
     "to_pgvector",
@@ -30,6 +33,13 @@ __all__ = [
 MODEL: Final = "wordllama/l2_supercat_256"
 """Stored next to every embedding: vectors of different models must never be compared."""
 DIMENSIONS: Final = 256
+
+
+class EmbeddingError(NonRetryableError):
+    """A text has no vector (blank: no tokens, so no average to normalise). Permanent: the
+    historian dead-letters the record instead of storing a vector that matches nothing."""
+
+    error_class = "Embedding"
 
 
 class Embedder(Protocol):
@@ -71,8 +81,15 @@ class WordLlamaEmbedder:
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         if not texts:
             return []
+        blank = [i for i, text in enumerate(texts) if not text.strip()]
+        if blank:
+            raise EmbeddingError(f"Expected texts to embed, but texts {blank} are blank")
         with self._lock:
             vectors = self._model.embed(list(texts), norm=True)
+        finite = np.isfinite(vectors).all(axis=1)
+        if not finite.all():
+            bad = [i for i, ok in enumerate(finite.tolist()) if not ok]
+            raise EmbeddingError(f"Expected unit vectors, but texts {bad} have no known token")
         rows: list[list[float]] = vectors.tolist()
         return rows
 

@@ -26,7 +26,13 @@ from processors.historian.context import (
     strategy_of,
     words,
 )
-from processors.historian.embedder import DIMENSIONS, MODEL, default_embedder, to_pgvector
+from processors.historian.embedder import (
+    DIMENSIONS,
+    MODEL,
+    EmbeddingError,
+    default_embedder,
+    to_pgvector,
+)
 from processors.historian.lookup import NoHistory, PastIncident, PastProposal
 from processors.historian.plans import decision_plan, diagnosis_plan, mutation_plan
 from processors.historian.queries import ProposalRow
@@ -335,6 +341,8 @@ def test_embeddings_are_unit_vectors_that_put_like_with_like() -> None:
     assert similarity[0, 1] > 0.9
     assert similarity[0, 2] < similarity[0, 1] - 0.3
     assert embedder.embed([]) == []
+    with pytest.raises(EmbeddingError, match=r"texts \[1\] are blank"):
+        embedder.embed(["fine", "  "])
     assert to_pgvector([0.5, 1.0, -0.125]) == "[0.5,1,-0.125]"
 
 
