@@ -24,6 +24,7 @@ import psycopg
 from foundation.settings import Settings
 from node_workers.registry import NodeRegistry, default_registry
 from node_workers.runtime import WorkerConfig, WorkerRuntime
+from processors.historian.runtime import HistorianProjector
 from processors.mutations.runtime import MutationProcessor
 from processors.mutations.validation import ReplayValidation
 from processors.scheduler.runtime.loop import SchedulerRuntime
@@ -37,7 +38,6 @@ from streams.topics import TopicCatalog
 if TYPE_CHECKING:
     # The runner replays on a shadow DevEngine (processors.replay.shadow imports this module):
     # imported where it is built, not at module level.
-    from processors.historian.runtime import HistorianProjector
     from processors.replay.runner import ReplayRunner
 
 log = logging.getLogger(__name__)
@@ -210,8 +210,7 @@ class DevEngine:
 
     def start_historian(self) -> HistorianProjector:
         """The historian (ADR 0034): diagnoses and proposal outcomes, with embeddings, into
-        this engine's schema. Imported here: it loads the embedding model."""
-        from processors.historian.runtime import HistorianProjector
+        this engine's schema (its first instance loads the embedding model, ~0.1 s)."""
 
         def new_historian() -> HistorianProjector:
             return HistorianProjector(self.settings, schema=self.schema)
