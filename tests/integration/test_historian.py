@@ -124,7 +124,7 @@ def listed(api: TestClient, **params: Any) -> list[dict[str, Any]]:
 def wait_listed(api: TestClient, count: int, **params: Any) -> list[dict[str, Any]]:
     found = eventually(
         lambda: listed(api, **params),
-        20,
+        30,
         f"{count} diagnoses stored by the historian ({params})",
         until=lambda rows: len(rows) >= count,
     )
@@ -304,7 +304,7 @@ def test_a_past_incident_with_a_kept_fix_comes_first(historian: Harness, api: Te
 
     linked = eventually(
         proposals,
-        20,
+        30,
         f"mutation {mutation_id} linked to {past.diagnosis_id} as kept",
         until=lambda ps: bool(ps) and ps[0]["status"] == "kept",
     )
@@ -400,7 +400,7 @@ def test_the_diagnoses_cli(
         assert main(["diagnoses", "list", "--workflow", wf, "--api", api_url]) == 0
         return capsys.readouterr().out
 
-    out = eventually(listing, 20, "two diagnoses listed", until=lambda o: o.count("\n  ") == 2)
+    out = eventually(listing, 30, "two diagnoses listed", until=lambda o: o.count("\n  ") == 2)
     assert out.index(slower.diagnosis_id) < out.index(slow.diagnosis_id)
     assert "warning  latency_drift" in out
 
