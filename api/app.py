@@ -26,6 +26,7 @@ from api.readmodel import ReadModel
 from api.reflection import LazyAlertsView, close_clickhouse, open_clickhouse
 from api.routes import (
     alerts,
+    diagnoses,
     feedback,
     health,
     hooks,
@@ -153,6 +154,7 @@ def create_app(
         mutations.router,
         mutations.workflow_router,
         replays.router,
+        diagnoses.router,
     ):
         v1.include_router(resource)
     app.include_router(v1)

@@ -24,6 +24,7 @@ import psycopg
 from foundation.settings import Settings
 from node_workers.registry import NodeRegistry, default_registry
 from node_workers.runtime import WorkerConfig, WorkerRuntime
+from processors.historian.runtime import HistorianProjector
 from processors.mutations.runtime import MutationProcessor
 from processors.mutations.validation import ReplayValidation
 from processors.scheduler.runtime.loop import SchedulerRuntime
@@ -116,6 +117,7 @@ class DevEngine:
         worker_config: WorkerConfig | None = None,
         optimizer: bool = False,
         optimizer_config: OptimizerConfig | None = None,
+        historian: bool = False,
     ) -> None:
         self.settings = settings
         self.nodes = nodes or default_registry()
@@ -129,6 +131,7 @@ class DevEngine:
             "mutation-processor": mutation_processor,
             "replay-runner": replay_runner,
             "optimizer": optimizer,
+            "historian": historian,
         }
         self.optimizer_config = optimizer_config
         self.components: list[Supervisor] = []
@@ -148,6 +151,7 @@ class DevEngine:
         self.mutation_processor: MutationProcessor | None = None
         self.replay_runner: ReplayRunner | None = None
         self.optimizer: OptimizerProcessor | None = None
+        self.historian: HistorianProjector | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -207,9 +211,28 @@ class DevEngine:
                 return Running(instance.run, instance.close)
 
             self._supervise("projector", projector)
+        if self._want["historian"]:
+            self.start_historian()
         if self._want["optimizer"]:
             self.start_optimizer()
         return self
+
+    def start_historian(self) -> HistorianProjector:
+        """The historian (ADR 0034): diagnoses and proposal outcomes, with embeddings, into
+        this engine's schema (its first instance loads the embedding model, ~0.1 s)."""
+
+        def new_historian() -> HistorianProjector:
+            return HistorianProjector(self.settings, schema=self.schema)
+
+        first = new_historian()
+        build = _first_then_fresh(first, new_historian)
+
+        def historian() -> Running:
+            instance = self.historian = build()
+            return Running(instance.run, instance.close)
+
+        self._supervise("historian", historian)
+        return first
 
     def start_optimizer(self) -> OptimizerProcessor:
         """The optimizer (docs/learning.md): a faust agent on ``diagnoses`` proposing mutations."""
