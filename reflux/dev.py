@@ -24,6 +24,8 @@ import psycopg
 from foundation.settings import Settings
 from node_workers.registry import NodeRegistry, default_registry
 from node_workers.runtime import WorkerConfig, WorkerRuntime
+from processors.canary.judge import CanaryConfig
+from processors.canary.runtime import CanaryJudge
 from processors.mutations.runtime import MutationProcessor
 from processors.mutations.validation import ReplayValidation
 from processors.scheduler.runtime.loop import SchedulerRuntime
@@ -112,6 +114,8 @@ class DevEngine:
         schedulers: int = 1,
         register_nodes: bool = False,
         worker_config: WorkerConfig | None = None,
+        canary: bool = False,
+        canary_config: CanaryConfig | None = None,
     ) -> None:
         self.settings = settings
         self.nodes = nodes or default_registry()
@@ -124,7 +128,11 @@ class DevEngine:
             "trigger-router": trigger_router,
             "mutation-processor": mutation_processor,
             "replay-runner": replay_runner,
+            "canary": canary,
         }
+        # The canary judge (processors/canary, ADR 0033): keeps or rolls back applied proposals
+        # from their live runs; reads this engine's read models, so it needs the projector.
+        self.canary_config = canary_config
         self.components: list[Supervisor] = []
         self.proposal_replay = proposal_replay
         # Several instances share the partitions like separate processes would (each has its
@@ -141,6 +149,7 @@ class DevEngine:
         self.projector: Projector | None = None
         self.mutation_processor: MutationProcessor | None = None
         self.replay_runner: ReplayRunner | None = None
+        self.canary: CanaryJudge | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -200,6 +209,18 @@ class DevEngine:
                 return Running(instance.run, instance.close)
 
             self._supervise("projector", projector)
+        if self._want["canary"]:
+
+            def new_judge() -> CanaryJudge:
+                return CanaryJudge(self.settings, schema=self.schema, config=self.canary_config)
+
+            build_judge = _first_then_fresh(new_judge(), new_judge)
+
+            def canary() -> Running:
+                instance = self.canary = build_judge()
+                return Running(instance.run, instance.close)
+
+            self._supervise("canary", canary)
         return self
 
     def start_scheduler(self, instance_id: str | None = None) -> SchedulerRuntime:

@@ -35,14 +35,15 @@ def simulate(
         fail = fail_canary if canary and fail_canary is not None else fail_base
         ok = rng.random() >= fail
         duration = 100.0 * math.exp(rng.gauss(0.0, 0.3)) * (latency_factor if canary else 1.0)
-        spent = None if cost is None else rng.gauss(cost, cost / 10) * (cost_factor if canary else 1)
+        factor = cost_factor if canary else 1.0
+        spent = None if cost is None else rng.gauss(cost, cost / 10) * factor
         out.append(RunObservation(f"r{i}", canary, ok, duration, spent))
     return out
 
 
 def test_a_good_canary_is_kept_never_rolled_back() -> None:
     for seed in range(8):
-        used, verdict = first_decision(simulate(seed))
+        _, verdict = first_decision(simulate(seed))
         assert verdict.decision == "keep", (seed, verdict.reason)
         assert verdict.canary_runs <= 200
         assert not any(m.regression for m in verdict.metrics)
@@ -50,7 +51,7 @@ def test_a_good_canary_is_kept_never_rolled_back() -> None:
 
 def test_a_better_canary_is_kept_early_by_non_inferiority() -> None:
     # Faster, cheaper, fails less: every upper bound drops below its margin before the horizon.
-    used, verdict = first_decision(
+    _, verdict = first_decision(
         simulate(3, fail_base=0.05, fail_canary=0.0, latency_factor=0.7, cost_factor=0.6)
     )
     assert verdict.decision == "keep"
@@ -69,7 +70,7 @@ def test_a_better_canary_is_kept_early_by_non_inferiority() -> None:
 )
 def test_a_bad_canary_is_rolled_back(bad: dict[str, float], within: int) -> None:
     for seed in range(10):
-        used, verdict = first_decision(simulate(seed, **bad))  # type: ignore[arg-type]
+        _, verdict = first_decision(simulate(seed, **bad))  # type: ignore[arg-type]
         assert verdict.decision == "rollback", (bad, seed, verdict.reason)
         assert verdict.canary_runs <= within, (bad, seed, verdict.canary_runs)
 
