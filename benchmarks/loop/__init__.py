@@ -1,0 +1,1 @@
+"""Scenario modules of ``make bench-loop`` (:mod:`benchmarks.loop_bench`), and their stubs."""
