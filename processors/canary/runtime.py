@@ -142,6 +142,7 @@ class TraceCosts:
             raise ServiceUnavailableError(f"Expected the topic {self.topic!r}, but it is missing")
         self._partitions = sorted(found.partitions)
         self.since: datetime | None = None
+        self._starts: dict[int, int] = {}
         self.workflows: set[str] = set()
         self._spent: dict[str, dict[str, int]] = {}
 
@@ -165,6 +166,9 @@ class TraceCosts:
                 f"Kafka did not answer for {self.topic!r}: {exc}"
             ) from exc
         self._consumer.assign(starts)
+        # Where each partition starts: its position until a record of it is consumed (the
+        # client reports no position before that).
+        self._starts = {tp.partition: tp.offset for tp in starts}
         self.since = since
         self.workflows = set(workflows)
         self._spent.clear()
@@ -187,7 +191,7 @@ class TraceCosts:
         deadline = time.monotonic() + timeout
         while True:
             positions = {
-                tp.partition: tp.offset
+                tp.partition: tp.offset if tp.offset >= 0 else self._starts[tp.partition]
                 for tp in self._consumer.position(
                     [TopicPartition(self.topic, p) for p in self._partitions]
                 )
