@@ -516,7 +516,8 @@ def run(seeds: list[int], quick: bool) -> dict[str, Any]:
         "mutations": bad,
     }
     _progress("proposal -> canary with replay validation")
-    p2c = _proposal_to_canary(base, proposals=4 if quick else 10, recorded=20)
+    # As many recorded runs as the replay samples by default (50) outside quick mode.
+    p2c = _proposal_to_canary(base, proposals=4 if quick else 10, recorded=20 if quick else 50)
     within = all(r <= GOAL_RUNS for r in canary_runs) and len(canary_runs) == len(bad)
     return {
         "per_seed": per_seed,
