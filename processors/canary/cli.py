@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import sys
 import threading
 from typing import Any
 
@@ -60,7 +61,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         config = CanaryConfig(alpha=args.alpha, min_runs=args.min_runs, max_runs=args.max_runs)
     except ValueError as exc:
-        print(f"reflux canary: {exc}")
+        print(f"reflux canary: {exc}", file=sys.stderr)
         return 2
     judge = CanaryJudge(
         get_settings(),
