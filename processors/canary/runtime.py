@@ -224,6 +224,13 @@ class TraceCosts:
     def cost(self, run_id: str) -> float:
         return float(sum(self._spent.get(run_id, {}).values()))
 
+    def reset(self) -> None:
+        """Forgets every count and stops fetching; the next :meth:`start_at` reads again."""
+        self._consumer.unassign()
+        self.since = None
+        self.workflows = set()
+        self._spent.clear()
+
     def forget(self, run_ids: Iterable[str]) -> None:
         for run_id in run_ids:
             self._spent.pop(run_id, None)
@@ -343,6 +350,8 @@ class CanaryJudge:
         for mutation_id, canary in open_now.items():
             self.watching.setdefault(mutation_id, _Watch(canary))
         if not self.watching:
+            if self.costs is not None and self.costs.since is not None:
+                self.costs.reset()  # nothing to count for until the next canary
             return []
         costs = self.costs
         if costs is not None:

@@ -81,6 +81,9 @@ def test_costs_are_summed_per_run_from_the_start_time_once_per_trace(
         costs.start_at(now - timedelta(hours=2), {"judged"})
         assert costs.catch_up(timeout=15)
         assert costs.cost("r-old") == 999.0 and costs.cost("r1") == 150.0
+        costs.reset()  # no canary left: nothing counted, nothing fetched
+        assert costs.since is None and costs.cost("r1") == 0.0
+        assert costs.catch_up()
     finally:
         costs.close()
 
