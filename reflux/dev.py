@@ -26,6 +26,7 @@ from node_workers.registry import NodeRegistry, default_registry
 from node_workers.runtime import WorkerConfig, WorkerRuntime
 from processors.canary.judge import CanaryConfig
 from processors.canary.runtime import CanaryJudge
+from processors.historian.runtime import HistorianProjector
 from processors.mutations.runtime import MutationProcessor
 from processors.mutations.validation import ReplayValidation
 from processors.scheduler.runtime.loop import SchedulerRuntime
@@ -116,6 +117,7 @@ class DevEngine:
         worker_config: WorkerConfig | None = None,
         canary: bool = False,
         canary_config: CanaryConfig | None = None,
+        historian: bool = False,
     ) -> None:
         self.settings = settings
         self.nodes = nodes or default_registry()
@@ -129,6 +131,7 @@ class DevEngine:
             "mutation-processor": mutation_processor,
             "replay-runner": replay_runner,
             "canary": canary,
+            "historian": historian,
         }
         # The canary judge (processors/canary, ADR 0033): keeps or rolls back applied proposals
         # from their live runs; reads this engine's read models, so it needs the projector.
@@ -150,6 +153,7 @@ class DevEngine:
         self.mutation_processor: MutationProcessor | None = None
         self.replay_runner: ReplayRunner | None = None
         self.canary: CanaryJudge | None = None
+        self.historian: HistorianProjector | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -221,7 +225,26 @@ class DevEngine:
                 return Running(instance.run, instance.close)
 
             self._supervise("canary", canary)
+        if self._want["historian"]:
+            self.start_historian()
         return self
+
+    def start_historian(self) -> HistorianProjector:
+        """The historian (ADR 0034): diagnoses and proposal outcomes, with embeddings, into
+        this engine's schema (its first instance loads the embedding model, ~0.1 s)."""
+
+        def new_historian() -> HistorianProjector:
+            return HistorianProjector(self.settings, schema=self.schema)
+
+        first = new_historian()
+        build = _first_then_fresh(first, new_historian)
+
+        def historian() -> Running:
+            instance = self.historian = build()
+            return Running(instance.run, instance.close)
+
+        self._supervise("historian", historian)
+        return first
 
     def start_scheduler(self, instance_id: str | None = None) -> SchedulerRuntime:
         def new_scheduler() -> SchedulerRuntime:

@@ -16,8 +16,9 @@ def serve_dev(host: str = "127.0.0.1", port: int = 8080) -> int:
     from api.app import create_app
 
     settings = get_settings()
-    # The canary judge keeps or rolls back applied proposals (docs/learning.md, "Canary").
-    engine = DevEngine(settings, register_nodes=True, canary=True).start()
+    # The historian too: the API's /v1/diagnoses reads what it stores; the canary judge keeps or
+    # rolls back applied proposals (docs/learning.md, "Canary").
+    engine = DevEngine(settings, register_nodes=True, historian=True, canary=True).start()
     log.info("engine running: %s", ", ".join(c.name for c in engine.components))
     try:
         # uvicorn owns the main thread and its signals; the engine threads stop afterwards.
