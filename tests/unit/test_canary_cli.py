@@ -29,3 +29,38 @@ def test_a_bad_configuration_is_refused(
 ) -> None:
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_mutations_show_prints_the_canary_decision() -> None:
+    from processors.canary.judge import first_decision
+    from reflux.mutations_cli import describe_mutation
+    from tests.unit.test_canary_judge import simulate
+
+    _, verdict = first_decision(simulate(1, fail_canary=0.6))
+    assert verdict.decision == "rollback"
+    text = describe_mutation(
+        {
+            "mutation_id": "m1",
+            "workflow_id": "wf",
+            "base_version": 1,
+            "applied_version": 2,
+            "status": "rolled_back",
+            "author": "optimizer:timeout",
+            "rationale": "r",
+            "report": {
+                "checks": [],
+                "canary": {
+                    "decision": "rollback",
+                    "canary_runs": verdict.canary_runs,
+                    "baseline_runs": verdict.baseline_runs,
+                    "statistics": verdict.to_json(),
+                },
+            },
+            "history": [],
+            "effect": [],
+        }
+    )
+    assert f"canary: rollback after {verdict.canary_runs} canary" in text
+    assert "success      REGRESSED regression +0." in text
+    assert "latency_p95  n/a       fewer than 10 successful runs in an arm" in text
+    assert "cost         ok        regression" in text
