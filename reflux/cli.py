@@ -13,8 +13,8 @@ from foundation.errors import RefluxError
 from foundation.settings import get_settings
 from node_workers.cli import add_worker_commands
 from processors.alerts.cli import add_alerts_commands
-from processors.optimizer.cli import add_optimizer_command
 from processors.canary.cli import add_canary_commands
+from processors.optimizer.cli import add_optimizer_command
 from processors.scheduler.runtime.cli import add_scheduler_commands
 from projections.cli import add_projections_commands
 from projections.traces.cli import add_traces_commands
