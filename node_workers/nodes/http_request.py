@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import json
 import time
+import weakref
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Final, Literal, Self
 
@@ -289,9 +290,13 @@ class HttpRequestNode(Node[HttpRequestInput, HttpRequestOutput]):
     description = "Send one HTTP request; output status, headers and body."
 
     def __init__(self) -> None:
-        # Clients per TLS mode (verify is a client setting in httpx), created on first use so
-        # their pools belong to the running event loop.
-        self._clients: dict[bool, _Clients] = {}
+        # Clients per event loop and TLS mode (verify is a client setting in httpx), created on
+        # first use: a pool belongs to the loop it was opened in, and one node instance can
+        # serve several loops (a worker, and a shadow replay engine or a second DevEngine in
+        # the same process). Weak keys: a closed loop's clients go with it.
+        self._clients: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, dict[bool, _Clients]
+        ] = weakref.WeakKeyDictionary()
         self._max_connections = DEFAULT_MAX_CONNECTIONS
 
     def set_concurrency(self, limit: int) -> None:
@@ -301,13 +306,15 @@ class HttpRequestNode(Node[HttpRequestInput, HttpRequestOutput]):
         return params.method in {"GET", "HEAD"}
 
     def _client(self, verify: bool) -> _Clients:
-        clients = self._clients.get(verify)
+        per_mode = self._clients.setdefault(asyncio.get_running_loop(), {})
+        clients = per_mode.get(verify)
         if clients is None or clients.is_closed:
-            clients = self._clients[verify] = _Clients(verify, self._max_connections)
+            clients = per_mode[verify] = _Clients(verify, self._max_connections)
         return clients
 
     async def aclose(self) -> None:
-        clients, self._clients = list(self._clients.values()), {}
+        """Close this loop's clients (another loop's can only be closed from that loop)."""
+        clients = list(self._clients.pop(asyncio.get_running_loop(), {}).values())
         for client in clients:
             await client.aclose()
 

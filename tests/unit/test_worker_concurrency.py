@@ -167,9 +167,36 @@ def test_http_connections_are_spread_over_small_clients_and_leased_by_free_room(
 def test_the_http_node_sizes_its_connections_to_its_concurrency() -> None:
     node = HttpRequestNode()
     node.set_concurrency(256)
-    clients = node._client(verify=True)
-    assert sum(clients.sizes) == 256 and max(clients.sizes) == 4
-    asyncio.run(node.aclose())
+
+    async def scenario() -> None:
+        clients = node._client(verify=True)
+        assert sum(clients.sizes) == 256 and max(clients.sizes) == 4
+        await node.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_the_http_node_keeps_one_pool_per_event_loop() -> None:
+    # A worker and a shadow replay engine (or two DevEngines) in one process share node
+    # instances; an httpx pool opened in one loop cannot be used from another.
+    node = HttpRequestNode()
+    seen: list[_Clients] = []
+
+    async def use() -> None:
+        clients = node._client(verify=True)
+        assert node._client(verify=True) is clients  # reused within its loop
+        seen.append(clients)
+
+    asyncio.run(use())
+    asyncio.run(use())
+    assert seen[0] is not seen[1]
+
+    async def close_in_own_loop() -> None:
+        await use()
+        await node.aclose()
+        assert seen[-1].is_closed and not seen[1].is_closed
+
+    asyncio.run(close_in_own_loop())
 
 
 def test_blocking_pool_runs_in_its_threads_and_refuses_a_bad_size() -> None:
