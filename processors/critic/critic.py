@@ -213,13 +213,17 @@ class Critic:
         subject = step_subject(t.workflow_id, t.step_id)
         if not t.cache_hit:
             step.anomaly.update(t.latency_ms, t.retry_count, t.failed, t.cost_tokens)
-            if step.anomaly.firing:
+            if step.anomaly.firing and not self._extend(
+                DiagnosisKind.ANOMALY, subject, "", t.end_ms
+            ):
                 self._emit_anomaly(step, t, subject, out)
-        cluster = step.errors.update(
+        clustered = step.errors.update(
             t.error_class if t.failed else None, t.error_message, t.error_retryable, t.run_id
         )
-        if cluster is not None:
-            self.stats.detections += 1
+        if clustered is not None and not self._extend(
+            DiagnosisKind.ERROR_CLUSTER, subject, clustered, t.end_ms
+        ):
+            cluster = step.errors.cluster(clustered)
             severity = (
                 DiagnosisSeverity.CRITICAL if cluster.share >= 0.2 else DiagnosisSeverity.WARNING
             )
@@ -257,9 +261,9 @@ class Critic:
                 ),
             )
         if not t.cache_hit and t.retry_count == 0 and t.status == "ok":
-            rep = step.inputs.update(t.inputs_hash, t.latency_ms, t.run_id)
-            if rep is not None:
-                self.stats.detections += 1
+            repeated = step.inputs.update(t.inputs_hash, t.latency_ms, t.run_id)
+            if repeated and not self._extend(DiagnosisKind.REPEATED_INPUTS, subject, "", t.end_ms):
+                rep = step.inputs.repetition()
                 self._emit(
                     out,
                     kind=DiagnosisKind.REPEATED_INPUTS,
@@ -291,10 +295,19 @@ class Critic:
                     ),
                 )
 
+    def _extend(self, kind: DiagnosisKind, subject: str, key_extra: str, at_ms: int) -> bool:
+        """A window condition holds: True (and the open episode extended) when its episode is
+        open, so the evidence is not built for nothing; False when a diagnosis is due."""
+        self.stats.detections += 1
+        key = f"{kind.value}|{subject}|{key_extra}"
+        if self.episodes.is_open(key, at_ms):
+            self.episodes.fire(key, at_ms, "")
+            return True
+        return False
+
     def _emit_anomaly(
         self, step: _StepState, t: TraceView, subject: str, out: list[Diagnosis]
     ) -> None:
-        self.stats.detections += 1
         a = step.anomaly
         recent = list(step.recent.items)[-a.tuning.window :]
         slow = sorted(recent, key=lambda r: (r[2], r[1]), reverse=True)
@@ -491,14 +504,16 @@ class Critic:
         mean = total / n
         if mean < rt.bottleneck_min_share:
             return
-        self.stats.detections += 1
+        subject = step_subject(run.workflow_id, step)
+        if self._extend(DiagnosisKind.BOTTLENECK, subject, "", run.end_ms):
+            return
         runs_list = list(state.runs)
         ranked = sorted(range(n), key=lambda i: list(state.shares)[i].get(step, 0.0), reverse=True)
         ordered = sorted(totals.items(), key=lambda kv: kv[1], reverse=True)
         self._emit_run_level(
             out,
             kind=DiagnosisKind.BOTTLENECK,
-            subject=step_subject(run.workflow_id, step),
+            subject=subject,
             step_id=step,
             severity=DiagnosisSeverity.WARNING if mean >= 0.8 else DiagnosisSeverity.INFO,
             detector="critical_path",

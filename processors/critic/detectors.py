@@ -56,7 +56,17 @@ class MeanDrift:
     understate the change tenfold; the *before* side is the window ADWIN dropped (W0).
     """
 
-    __slots__ = ("_adwin", "_n", "_recent", "_total", "detections", "rejected", "seen", "tuning")
+    __slots__ = (
+        "_adwin",
+        "_n",
+        "_recent",
+        "_scale",
+        "_total",
+        "detections",
+        "rejected",
+        "seen",
+        "tuning",
+    )
 
     RECENT = 16
 
@@ -64,6 +74,7 @@ class MeanDrift:
         """``zeros``: start as if that many 0.0 values had been seen (a failure indicator
         created lazily at a step's first failure knows that every earlier attempt was a 0)."""
         self.tuning = tuning
+        self._scale = tuning.scale
         self._adwin = self._new()
         self._recent: deque[float] = deque(maxlen=self.RECENT)
         # ADWIN's window only shrinks at a detection (after which it is replaced), so the sum
@@ -88,7 +99,7 @@ class MeanDrift:
         )
 
     def update(self, value: float) -> Drift | None:
-        scaled = value * self.tuning.scale
+        scaled = value * self._scale
         adwin = self._adwin
         adwin.update(scaled)  # type: ignore[no-untyped-call]
         self._recent.append(value)
@@ -284,8 +295,9 @@ class ErrorClusters:
         message: str | None,
         retryable: bool | None,
         run_id: str,
-    ) -> ErrorCluster | None:
-        """Add one attempt; the cluster its class forms, when it is one now."""
+    ) -> str | None:
+        """Add one attempt; its error class when that class is a cluster now (then
+        :meth:`cluster` has the evidence: built on demand, most firings extend an episode)."""
         classes = self._classes
         if len(classes) == classes.maxlen:
             old = classes[0]
@@ -297,11 +309,15 @@ class ErrorClusters:
         self._counts[error_class] += 1
         self._failures.append((error_class, normalize_message(message), retryable, run_id))
         count = self._counts[error_class]
-        window = len(classes)
-        share = count / window
         t = self.tuning
-        if count < t.error_min_count or share < t.error_min_share:
+        if count < t.error_min_count or count / len(classes) < t.error_min_share:
             return None
+        return error_class
+
+    def cluster(self, error_class: str) -> ErrorCluster:
+        count = self._counts[error_class]
+        window = len(self._classes)
+        share = count / window
         mine = [f for f in self._failures if f[0] == error_class]
         retryable_share = sum(1 for f in mine if f[2]) / len(mine)
         messages = Counter(f[1] for f in mine).most_common(3)
@@ -330,7 +346,9 @@ class RepeatedInputs:
         self._window: deque[tuple[str, int, str]] = deque(maxlen=tuning.inputs_window)
         self._counts: Counter[str] = Counter()
 
-    def update(self, inputs_hash: str, latency_ms: int, run_id: str) -> Repetition | None:
+    def update(self, inputs_hash: str, latency_ms: int, run_id: str) -> bool:
+        """Add one attempt; True when the step is a cache candidate now (evidence:
+        :meth:`repetition`)."""
         window = self._window
         if len(window) == window.maxlen:
             old = window[0][0]
@@ -341,12 +359,13 @@ class RepeatedInputs:
         self._counts[inputs_hash] += 1
         n = len(window)
         t = self.tuning
-        if n < t.inputs_min_traces:
-            return None
+        return n >= t.inputs_min_traces and 1.0 - len(self._counts) / n >= t.inputs_min_repeat_share
+
+    def repetition(self) -> Repetition:
+        window = self._window
+        n = len(window)
         distinct = len(self._counts)
         share = 1.0 - distinct / n
-        if share < t.inputs_min_repeat_share:
-            return None
         top = self._counts.most_common(3)
         top_hashes = {h for h, _ in top}
         runs = list(dict.fromkeys(r for h, _, r in reversed(window) if h in top_hashes))

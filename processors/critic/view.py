@@ -84,15 +84,31 @@ def view_from_trace(trace: Trace) -> TraceView:
     )
 
 
-def _get(datum: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
-    value = datum.get(name)
-    if isinstance(value, bool) and kind is not bool:
-        value = None  # JSON true is not an integer on this wire (trace_json is strict too)
-    if not isinstance(value, kind):
-        raise TraceViewError(
-            f"{name}: expected {getattr(kind, '__name__', kind)}, got {type(value).__name__}"
-        )
-    return value
+_FIELDS: tuple[tuple[str, type], ...] = (
+    ("run_id", str),
+    ("workflow_id", str),
+    ("workflow_version", int),
+    ("step_id", str),
+    ("node", str),
+    ("node_version", str),
+    ("status", str),
+    ("start", int),
+    ("end", int),
+    ("latency_ms", int),
+    ("inputs_hash", str),
+    ("retry_count", int),
+    ("cache_hit", bool),
+)
+
+
+def _bad_field(datum: dict[str, Any]) -> TraceViewError:
+    for name, kind in _FIELDS:
+        value = datum.get(name)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            return TraceViewError(
+                f"{name}: expected {kind.__name__}, got {type(value).__name__} {value!r:.40}"
+            )
+    return TraceViewError("<root>: malformed trace")  # pragma: no cover (caller checked)
 
 
 def view_from_json(data: bytes | bytearray | memoryview) -> TraceView:
@@ -103,39 +119,44 @@ def view_from_json(data: bytes | bytearray | memoryview) -> TraceView:
         raise TraceViewError(f"<root>: not a UTF-8 JSON object ({exc})") from None
     if not isinstance(datum, dict):
         raise TraceViewError(f"<root>: expected a JSON object, got {type(datum).__name__}")
-    error = datum.get("error")
+    g = datum.get
+    values = [g(name) for name, _ in _FIELDS]
+    # One pass of isinstance checks on the hot path; the slow path names the field.
+    for value, (_, kind) in zip(values, _FIELDS, strict=True):
+        if type(value) is not kind:
+            raise _bad_field(datum)
+    error = g("error")
     if error is not None and not isinstance(error, dict):
         raise TraceViewError(f"error: expected an object or null, got {type(error).__name__}")
-    metrics = datum.get("metrics") or {}
+    metrics = g("metrics") or {}
     if not isinstance(metrics, dict):
         raise TraceViewError(f"metrics: expected an object, got {type(metrics).__name__}")
-    context = datum.get("context") or {}
-    cost = datum.get("cost_tokens")
-    if cost is not None and (isinstance(cost, bool) or not isinstance(cost, int)):
-        raise TraceViewError(f"cost_tokens: expected an integer or null, got {cost!r}")
+    context = g("context") or {}
+    cost = g("cost_tokens")
+    if cost is not None and type(cost) is not int:
+        raise TraceViewError(f"cost_tokens: expected an integer or null, got {cost!r:.40}")
+    v: list[Any] = values
     return TraceView(
-        run_id=_get(datum, "run_id", str),
-        workflow_id=_get(datum, "workflow_id", str),
-        workflow_version=_get(datum, "workflow_version", int),
-        step_id=_get(datum, "step_id", str),
-        node=_get(datum, "node", str),
-        node_version=_get(datum, "node_version", str),
-        status=_get(datum, "status", str),
-        start_ms=_get(datum, "start", int),
-        end_ms=_get(datum, "end", int),
-        latency_ms=_get(datum, "latency_ms", int),
-        inputs_hash=_get(datum, "inputs_hash", str),
-        retry_count=_get(datum, "retry_count", int),
-        cache_hit=_get(datum, "cache_hit", bool),
+        run_id=v[0],
+        workflow_id=v[1],
+        workflow_version=v[2],
+        step_id=v[3],
+        node=v[4],
+        node_version=v[5],
+        status=v[6],
+        start_ms=v[7],
+        end_ms=v[8],
+        latency_ms=v[9],
+        inputs_hash=v[10],
+        retry_count=v[11],
+        cache_hit=v[12],
         cost_tokens=cost,
         error_class=_str_or_none(error, "error_class"),
         error_message=_str_or_none(error, "message"),
         error_retryable=bool(error.get("retryable")) if error is not None else None,
-        metrics={
-            str(k): float(v)
-            for k, v in metrics.items()
-            if isinstance(v, int | float) and not isinstance(v, bool)
-        },
+        metrics={str(k): float(v) for k, v in metrics.items() if type(v) is float or type(v) is int}
+        if metrics
+        else {},
         is_retry_decision=isinstance(context, dict) and context.get("kind") == "retry",
     )
 
