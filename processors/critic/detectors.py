@@ -50,10 +50,11 @@ class MeanDrift:
     detection re-arms the detector on the new regime after ``grace_period`` values: a change is
     detected once, a later change again.
 
-    The *after* side is the last ``min(|W1|, recent)`` values, not ADWIN's whole new window
-    W1: ADWIN cuts at bucket boundaries, so W1 still holds many values from before the change
-    (x1.5 detected 11 values after it: W1 = 91 values, 80 of them old) and its mean would
-    understate the change tenfold; the *before* side is the window ADWIN dropped (W0).
+    The *after* side is the recent values since the most likely change point (:meth:`_after`,
+    within the last ``min(|W1|, 16)``), not ADWIN's whole new window W1: ADWIN cuts at bucket
+    boundaries, so W1 still holds many values from before the change (x1.5 detected 11 values
+    after it: W1 = 91 values, 80 of them old) and its mean would understate the change
+    tenfold; the *before* side is the window ADWIN dropped (W0).
     """
 
     __slots__ = (
@@ -118,13 +119,27 @@ class MeanDrift:
         if before_n <= 0 or w1_n <= 0:
             return None
         before = (total - w1_total) / before_n / self.tuning.scale
-        after_n = min(w1_n, len(self._recent))
-        after = sum(list(self._recent)[-after_n:]) / after_n
+        after, after_n = self._after(before, min(w1_n, len(self._recent)))
         self.detections += 1
         if abs(after - before) < self.tuning.min_effect:
             self.rejected += 1
             return None
         return Drift(before, after, before_n, after_n, self.seen)
+
+    def _after(self, before: float, limit: int) -> tuple[float, int]:
+        """Mean and length of the recent run that departs most from ``before``: the k (3 <= k
+        <= limit) last values maximising k * (mean_k - before)^2, the change point's
+        likelihood under equal noise (ADWIN's W1 mixes old values in: see the class doc)."""
+        values = list(self._recent)[-limit:]
+        best, best_k, total = -1.0, len(values), 0.0
+        best_mean = sum(values) / len(values)
+        for k, v in enumerate(reversed(values), start=1):
+            total += v
+            mean = total / k
+            score = k * (mean - before) ** 2
+            if k >= min(3, len(values)) and score > best:
+                best, best_k, best_mean = score, k, mean
+        return best_mean, best_k
 
     @property
     def mean(self) -> float:

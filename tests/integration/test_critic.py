@@ -1,0 +1,199 @@
+"""The critic on the real broker: traces with a latency shift and a failure spike go onto a
+test-prefixed traces topic; the faust runtime publishes the expected diagnoses, once each."""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from foundation.settings import Settings
+from processors.critic.runtime import CriticProcessor
+from schemas.models import (
+    Diagnosis,
+    DiagnosisKind,
+    DiagnosisSeverity,
+    ErrorInfo,
+    Trace,
+    TraceStatus,
+)
+from schemas.serde import decode
+from schemas.trace_json import encode_trace
+from streams.producer import Producer
+from streams.topics import TopicCatalog
+from tests.support.kafka_log import read_log
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.integration
+
+T0_MS = 1_780_000_000_000
+STABLE = 500
+SHIFTED = 150
+
+
+def _traces(rng: random.Random) -> list[Trace]:
+    """Step `fetch` (http.request@1.2.0): latency x2 from trace STABLE on. Step `pay`
+    (payments.call@2.0.0): 1% failures, then 40% from trace STABLE on. One run per pair."""
+    out: list[Trace] = []
+    for i in range(STABLE + SHIFTED):
+        run_id = f"run-{i:04d}"
+        start = T0_MS + i * 500
+        factor = 2.0 if i >= STABLE else 1.0
+        latency = max(1, round(math.exp(rng.gauss(math.log(100 * factor), 0.25))))
+        out.append(_trace(run_id, "fetch", "http.request", "1.2.0", start, latency, None))
+        fail_rate = 0.4 if i >= STABLE else 0.01
+        failed = rng.random() < fail_rate
+        latency2 = max(1, round(math.exp(rng.gauss(math.log(50), 0.25))))
+        error = ErrorInfo(error_class="HttpStatusError", message="502 bad gateway", retryable=True)
+        pay = _trace(
+            run_id,
+            "pay",
+            "payments.call",
+            "2.0.0",
+            start + 150,
+            latency2,
+            error if failed else None,
+        )
+        out.append(pay)
+    return out
+
+
+def _trace(
+    run_id: str,
+    step: str,
+    node: str,
+    version: str,
+    start_ms: int,
+    latency: int,
+    error: ErrorInfo | None,
+) -> Trace:
+    return Trace(
+        run_id=run_id,
+        seq=1,
+        workflow_id="checkout",
+        workflow_version=3,
+        step_id=step,
+        node=node,
+        node_version=version,
+        invocation_id=f"{run_id}-{step}",
+        status=TraceStatus.ERROR if error else TraceStatus.OK,
+        start=datetime.fromtimestamp(start_ms / 1000, UTC),
+        end=datetime.fromtimestamp((start_ms + latency) / 1000, UTC),
+        latency_ms=latency,
+        inputs_hash=f"{run_id}-{step}",
+        error=error,
+        retry_count=0,
+        cache_hit=False,
+    )
+
+
+ERRORS: dict[int, list[BaseException]] = {}
+
+
+def _consumed(processor: CriticProcessor) -> int:
+    if ERRORS.get(id(processor)):
+        pytest.fail(f"the critic failed: {ERRORS[id(processor)]!r}")
+    return processor.stats.consumed
+
+
+@pytest.fixture
+def critic(kafka_settings: Settings, tmp_path: Path) -> Iterator[CriticProcessor]:
+    processor = CriticProcessor(kafka_settings, data_dir=tmp_path / "faust")
+    stop = threading.Event()
+    errors = ERRORS[id(processor)] = []
+
+    def run() -> None:
+        try:
+            processor.run(stop)
+        except BaseException as exc:  # reported by the test, not lost in the thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name="critic", daemon=True)
+    thread.start()
+    yield processor
+    stop.set()
+    processor.interrupt()
+    thread.join(30)
+    assert not thread.is_alive(), "the critic did not stop within 30 s"
+    assert not errors, f"the critic failed: {errors!r}"
+
+
+def _diagnoses(settings: Settings, catalog: TopicCatalog) -> list[Diagnosis]:
+    records = read_log(settings, catalog.diagnoses.topic, catalog.diagnoses.partitions)
+    return [decode(value, Diagnosis) for _, _, value in records if value is not None]
+
+
+def test_latency_shift_and_failure_spike_become_diagnoses(
+    kafka_settings: Settings, critic: CriticProcessor
+) -> None:
+    catalog = critic.catalog
+    traces = _traces(random.Random(7))
+    with Producer(kafka_settings, client_id="test-critic") as producer:
+        producer.send(catalog.traces.topic, "http.request", b"{not json")
+        for trace in traces:
+            producer.send(catalog.traces.topic, trace.node, encode_trace(trace))
+
+    eventually(
+        lambda: _consumed(critic),
+        90,
+        "the critic to consume every trace",
+        until=lambda n: n == len(traces) + 1,
+        describe=lambda: f"stats: {critic.stats}",
+    )
+    assert critic.stats.malformed == 1
+
+    def expected_found() -> list[Diagnosis]:
+        found = _diagnoses(kafka_settings, catalog)
+        kinds = {(d.kind, d.subject) for d in found}
+        assert (DiagnosisKind.LATENCY_DRIFT, "workflow:checkout/step:fetch") in kinds, kinds
+        assert (DiagnosisKind.FAILURE_DRIFT, "workflow:checkout/step:pay") in kinds, kinds
+        return found
+
+    found = eventually(expected_found, 30, "the latency and failure diagnoses on the topic")
+    assert critic.stats.published == len(found)
+
+    latency = [
+        d
+        for d in found
+        if d.kind == DiagnosisKind.LATENCY_DRIFT and d.subject == "workflow:checkout/step:fetch"
+    ]
+    # One diagnosis per episode, raised after the shift, not before.
+    assert len(latency) == 1, [d.explanation for d in latency]
+    d = latency[0]
+    assert d.severity == DiagnosisSeverity.WARNING
+    assert d.metrics["ratio"] > 1.3
+    assert d.workflow_id == "checkout" and d.workflow_version == 3 and d.step_id == "fetch"
+    assert d.node == "http.request" and d.node_version == "1.2.0"
+    shifted_runs = {f"run-{i:04d}" for i in range(STABLE, STABLE + SHIFTED)}
+    assert d.example_run_ids and set(d.example_run_ids) <= shifted_runs
+    assert d.detected_at >= datetime.fromtimestamp((T0_MS + STABLE * 500) / 1000, UTC)
+    assert "rose" in d.explanation and "fetch" in d.explanation
+
+    failure = [
+        d
+        for d in found
+        if d.kind == DiagnosisKind.FAILURE_DRIFT and d.subject == "workflow:checkout/step:pay"
+    ]
+    assert len(failure) == 1
+    assert failure[0].severity == DiagnosisSeverity.CRITICAL
+    assert failure[0].metrics["rate_after"] >= 0.2 > failure[0].metrics["rate_before"]
+    assert failure[0].error_class == "HttpStatusError"
+    # The node versions drift too, as their own subjects.
+    subjects = {(x.kind, x.subject) for x in found}
+    assert (DiagnosisKind.LATENCY_DRIFT, "node:http.request@1.2.0") in subjects
+    assert (DiagnosisKind.FAILURE_DRIFT, "node:payments.call@2.0.0") in subjects
+    # Before the change, the only finding is the bottleneck: fetch (100 ms) is about two thirds
+    # of every run's critical path; no drift, anomaly or error cluster on the stable part.
+    change = datetime.fromtimestamp((T0_MS + STABLE * 500) / 1000, UTC)
+    early = [x for x in found if x.detected_at < change]
+    assert [(x.kind, x.subject) for x in early] == [
+        (DiagnosisKind.BOTTLENECK, "workflow:checkout/step:fetch")
+    ], [x.explanation for x in early]
+    assert early[0].metrics["share"] >= 0.5
+    # Keys are subjects; ids are stable and unique.
+    assert len({x.diagnosis_id for x in found}) == len(found)
