@@ -13,6 +13,7 @@ from foundation.errors import RefluxError
 from foundation.settings import get_settings
 from node_workers.cli import add_worker_commands
 from processors.alerts.cli import add_alerts_commands
+from processors.critic.cli import add_critic_commands
 from processors.scheduler.runtime.cli import add_scheduler_commands
 from projections.cli import add_projections_commands
 from projections.traces.cli import add_traces_commands
@@ -79,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_mutation_commands(sub, get_settings().api_url)
     add_replay_runner_command(sub)
     add_alerts_commands(sub)
+    add_critic_commands(sub)
     add_topics_commands(sub)
     demo = sub.add_parser("demo", help="run the demo workflow against the local services")
     demo.set_defaults(handler=_demo)

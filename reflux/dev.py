@@ -37,6 +37,7 @@ from streams.topics import TopicCatalog
 if TYPE_CHECKING:
     # The runner replays on a shadow DevEngine (processors.replay.shadow imports this module):
     # imported where it is built, not at module level.
+    from processors.critic.runtime import CriticProcessor
     from processors.replay.runner import ReplayRunner
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,7 @@ class DevEngine:
         schedulers: int = 1,
         register_nodes: bool = False,
         worker_config: WorkerConfig | None = None,
+        critic: bool = False,
     ) -> None:
         self.settings = settings
         self.nodes = nodes or default_registry()
@@ -124,6 +126,7 @@ class DevEngine:
             "trigger-router": trigger_router,
             "mutation-processor": mutation_processor,
             "replay-runner": replay_runner,
+            "critic": critic,
         }
         self.components: list[Supervisor] = []
         self.proposal_replay = proposal_replay
@@ -141,6 +144,7 @@ class DevEngine:
         self.projector: Projector | None = None
         self.mutation_processor: MutationProcessor | None = None
         self.replay_runner: ReplayRunner | None = None
+        self.critic: CriticProcessor | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -186,6 +190,8 @@ class DevEngine:
                 return Running(instance.run, instance.close)
 
             self._supervise("replay-runner", replay_runner)
+        if self._want["critic"]:
+            self.start_critic()
         if self._want["workers"]:
             self.start_workers()
         if self._want["projector"]:
@@ -221,6 +227,25 @@ class DevEngine:
             return Running(instance.run)
 
         self._supervise(f"scheduler-{first.instance_id}", scheduler)
+        return first
+
+    def start_critic(self) -> CriticProcessor:
+        """The critic (traces -> diagnoses, ADR 0031) on its own event loop in a thread."""
+
+        # Imported here: faust (and its aiokafka) load only for engines that run the critic.
+        from processors.critic.runtime import CriticProcessor
+
+        def new_critic() -> CriticProcessor:
+            return CriticProcessor(self.settings)
+
+        first = new_critic()
+        build = _first_then_fresh(first, new_critic)
+
+        def critic() -> Running:
+            instance = self.critic = build()
+            return Running(instance.run, interrupt=instance.interrupt)
+
+        self._supervise("critic", critic)
         return first
 
     def start_workers(self) -> WorkerRuntime:

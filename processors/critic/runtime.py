@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
 import threading
 from collections.abc import MutableMapping
 from dataclasses import dataclass
@@ -87,7 +88,9 @@ class CriticProcessor:
         self.config = config or CriticConfig()
         self.dependencies = dependencies
         self.app_id = app_id or f"{self.catalog.prefix}.critic"
-        self.data_dir = data_dir or settings.data_dir / "faust" / self.app_id
+        # faust wants a folder; with the memory store nothing in it outlives the process, so by
+        # default a temporary one, removed when the run ends.
+        self.data_dir = data_dir
         self.stats = RuntimeStats()
         self.critic: Critic | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -100,7 +103,7 @@ class CriticProcessor:
 
     # -- the app ---------------------------------------------------------------------------------
 
-    def _build(self) -> faust.App:
+    def _build(self, data_dir: Path) -> faust.App:
         traces = self.catalog.traces
         app = faust.App(
             self.app_id,
@@ -112,7 +115,7 @@ class CriticProcessor:
             web_enabled=False,
             topic_allow_declare=True,
             consumer_auto_offset_reset="earliest",
-            datadir=str(self.data_dir),
+            datadir=str(data_dir),
             # The critic keeps up with ~20k traces/s; larger fetches amortise the Python cost.
             stream_buffer_maxsize=8192,
         )
@@ -162,13 +165,17 @@ class CriticProcessor:
 
     def run(self, stop_event: threading.Event) -> None:
         """Consume and criticise until ``stop_event`` is set (or :meth:`interrupt`)."""
-        asyncio.run(self._serve(stop_event))
+        if self.data_dir is not None:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            asyncio.run(self._serve(stop_event, self.data_dir))
+            return
+        with tempfile.TemporaryDirectory(prefix="reflux-critic-") as folder:
+            asyncio.run(self._serve(stop_event, Path(folder)))
 
-    async def _serve(self, stop_event: threading.Event) -> None:
+    async def _serve(self, stop_event: threading.Event, data_dir: Path) -> None:
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        app = self._build()
+        app = self._build(data_dir)
         worker = _ThreadWorker(
             app,
             loop=self._loop,
