@@ -26,6 +26,7 @@ from api.readmodel import ReadModel
 from api.reflection import LazyAlertsView, close_clickhouse, open_clickhouse
 from api.routes import (
     alerts,
+    diagnoses,
     health,
     hooks,
     mutations,
@@ -151,6 +152,7 @@ def create_app(
         mutations.router,
         mutations.workflow_router,
         replays.router,
+        diagnoses.router,
     ):
         v1.include_router(resource)
     app.include_router(v1)

@@ -18,6 +18,7 @@ from processors.scheduler.runtime.cli import add_scheduler_commands
 from projections.cli import add_projections_commands
 from projections.traces.cli import add_traces_commands
 from reflux.client import add_client_commands
+from reflux.diagnoses_cli import add_diagnoses_commands
 from reflux.metrics_cli import add_metrics_commands
 from reflux.mutations_cli import add_mutation_commands
 from reflux.replay_ab_cli import add_replay_runner_command
@@ -78,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_replay_commands(sub, runs_actions, get_settings().api_url)
     add_metrics_commands(sub, get_settings().api_url)
     add_mutation_commands(sub, get_settings().api_url)
+    add_diagnoses_commands(sub, get_settings().api_url)
     add_replay_runner_command(sub)
     add_alerts_commands(sub)
     add_critic_commands(sub)

@@ -24,6 +24,7 @@ import psycopg
 from foundation.settings import Settings
 from node_workers.registry import NodeRegistry, default_registry
 from node_workers.runtime import WorkerConfig, WorkerRuntime
+from processors.historian.runtime import HistorianProjector
 from processors.mutations.runtime import MutationProcessor
 from processors.mutations.validation import ReplayValidation
 from processors.scheduler.runtime.loop import SchedulerRuntime
@@ -114,6 +115,7 @@ class DevEngine:
         register_nodes: bool = False,
         worker_config: WorkerConfig | None = None,
         critic: bool = False,
+        historian: bool = False,
     ) -> None:
         self.settings = settings
         self.nodes = nodes or default_registry()
@@ -127,6 +129,7 @@ class DevEngine:
             "mutation-processor": mutation_processor,
             "replay-runner": replay_runner,
             "critic": critic,
+            "historian": historian,
         }
         self.components: list[Supervisor] = []
         self.proposal_replay = proposal_replay
@@ -145,6 +148,7 @@ class DevEngine:
         self.mutation_processor: MutationProcessor | None = None
         self.replay_runner: ReplayRunner | None = None
         self.critic: CriticProcessor | None = None
+        self.historian: HistorianProjector | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -206,7 +210,26 @@ class DevEngine:
                 return Running(instance.run, instance.close)
 
             self._supervise("projector", projector)
+        if self._want["historian"]:
+            self.start_historian()
         return self
+
+    def start_historian(self) -> HistorianProjector:
+        """The historian (ADR 0034): diagnoses and proposal outcomes, with embeddings, into
+        this engine's schema (its first instance loads the embedding model, ~0.1 s)."""
+
+        def new_historian() -> HistorianProjector:
+            return HistorianProjector(self.settings, schema=self.schema)
+
+        first = new_historian()
+        build = _first_then_fresh(first, new_historian)
+
+        def historian() -> Running:
+            instance = self.historian = build()
+            return Running(instance.run, instance.close)
+
+        self._supervise("historian", historian)
+        return first
 
     def start_scheduler(self, instance_id: str | None = None) -> SchedulerRuntime:
         def new_scheduler() -> SchedulerRuntime:

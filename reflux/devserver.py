@@ -16,7 +16,8 @@ def serve_dev(host: str = "127.0.0.1", port: int = 8080) -> int:
     from api.app import create_app
 
     settings = get_settings()
-    engine = DevEngine(settings, register_nodes=True).start()
+    # The historian too: the API's /v1/diagnoses reads what it stores.
+    engine = DevEngine(settings, register_nodes=True, historian=True).start()
     log.info("engine running: %s", ", ".join(c.name for c in engine.components))
     try:
         # uvicorn owns the main thread and its signals; the engine threads stop afterwards.

@@ -83,6 +83,7 @@ def test_components_run_the_one_binary_with_the_settings() -> None:
     commands = {name: container(doc)["args"][0] for name, doc in workloads.items()}
     assert sorted(set(commands.values())) == [
         "api",
+        "historian",
         "mutation-processor",
         "projector",
         "replay-runner",
