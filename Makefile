@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 # Kafka, so a third process overlaps waits (measured: 225 s with two, 168 s with three).
 PYTEST_PARALLEL := -n 3 --dist loadfile
 
-.PHONY: help venv up down status lint typecheck test test-unit test-integration demo bench bench-quick clean codegen
+.PHONY: help venv up down status lint typecheck test test-unit test-integration demo bench bench-quick bench-loop clean codegen
 
 help:
 	@echo "make demo    - install, start the local services, run the demo"
@@ -19,6 +19,7 @@ help:
 	@echo "make down    - stop every service started by make up"
 	@echo "make status  - what runs where"
 	@echo "make bench   - run the benchmarks into benchmarks/out/results.json"
+	@echo "make bench-loop - the learning-loop scenarios into benchmarks/out/loop.json"
 	@echo "make lint    - ruff, mypy and import-linter"
 
 # The venv is rebuilt when the lock (constraints.txt) or pyproject.toml changes.
@@ -70,6 +71,9 @@ bench: up $(VENV)/.bench-installed
 
 bench-quick: up $(VENV)/.bench-installed
 	$(PY) -m benchmarks.run --quick
+
+bench-loop: up $(VENV)/.bench-installed
+	$(PY) -m benchmarks.loop_bench
 
 clean: down
 	rm -rf var $(VENV)

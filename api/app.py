@@ -27,6 +27,7 @@ from api.reflection import LazyAlertsView, close_clickhouse, open_clickhouse
 from api.routes import (
     alerts,
     diagnoses,
+    feedback,
     health,
     hooks,
     mutations,
@@ -145,6 +146,7 @@ def create_app(
         # Before runs.router: `/runs/import` must not be read as the run id "import".
         run_replay.router,
         runs.router,
+        feedback.router,
         hooks.router,
         metrics_routes.router,
         alerts.router,

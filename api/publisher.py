@@ -16,6 +16,8 @@ from typing import Any
 from api.prometheus import ApiMetrics
 from foundation.settings import Settings
 from schemas.base import RefluxRecord
+from schemas.models import Trace
+from schemas.trace_json import TRACE_HEADERS, encode_trace
 from streams.producer import Producer
 from streams.topics import TopicCatalog, TopicSpec
 
@@ -55,3 +57,11 @@ class Publisher:
             # Slightly longer than delivery.timeout.ms, so the failure arrives as a callback.
             self.producer.flush(self._timeout_s + 1.0)
         self._metrics.published(type(record).__name__, topic.logical)
+
+    def publish_trace(self, trace: Trace) -> None:
+        """A trace in the topic's JSON wire format (docs/traces.md), keyed by node like the
+        workers' and the scheduler's; confirmed by the broker like :meth:`publish`."""
+        with self._lock:
+            self.producer.send(self.catalog.traces, trace.node, encode_trace(trace), TRACE_HEADERS)
+            self.producer.flush(self._timeout_s + 1.0)
+        self._metrics.published("Trace", self.catalog.traces.logical)

@@ -50,7 +50,8 @@ def run_spans(
         f"FROM {db}.traces "
         "WHERE start >= fromUnixTimestamp64Milli(toInt64(%(since_ms)s), 'UTC') "
         "AND start <= fromUnixTimestamp64Milli(toInt64(%(until_ms)s), 'UTC') "
-        "AND context['kind'] != 'retry' "  # retry decisions are waits, not attempts
+        # Retry decisions are waits, feedback comes later: neither is an attempt of the run.
+        "AND context['kind'] NOT IN ('retry', 'feedback') "
         "GROUP BY workflow_id, workflow_version, run_id) "
         "GROUP BY workflow_id, workflow_version",
         {"since_ms": _millis(since), "until_ms": _millis(until)},

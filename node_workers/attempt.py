@@ -35,6 +35,7 @@ from node_workers.node import AnyNode, NodeContext, validate_params
 from node_workers.secrets import SecretResolver, no_secrets, secret_names
 from schemas.base import canonical_json
 from schemas.models import ErrorInfo, NodeInvocation, TraceStatus
+from schemas.quality import QUALITY_SCORE, CheckerScoreError, checker_score, is_checker
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
@@ -246,7 +247,21 @@ async def run_attempt(
                 f"but it returned {type(output).__name__}",
                 error_class="InvalidOutput",
             )
-        return ended(TraceStatus.OK, output=output.model_dump(mode="json", by_alias=True))
+        dumped = output.model_dump(mode="json", by_alias=True)
+        if is_checker(invocation.trace_context):
+            # A checker step (schemas/quality.py): no usable score fails the attempt for good.
+            try:
+                ctx.metrics[QUALITY_SCORE] = checker_score(dumped)
+            except CheckerScoreError as exc:
+                return ended(
+                    TraceStatus.ERROR,
+                    error=ErrorInfo(
+                        error_class=CheckerScoreError.error_class,
+                        message=f"{node.key} step {invocation.step.step_id!r}: {exc}",
+                        retryable=False,
+                    ),
+                )
+        return ended(TraceStatus.OK, output=dumped)
     except asyncio.CancelledError:
         raise
     except RefluxError as exc:

@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     # The runner replays on a shadow DevEngine (processors.replay.shadow imports this module):
     # imported where it is built, not at module level.
     from processors.critic.runtime import CriticProcessor
+    from processors.optimizer.runtime import OptimizerProcessor
+    from processors.optimizer.strategies import OptimizerConfig
     from processors.replay.runner import ReplayRunner
 
 log = logging.getLogger(__name__)
@@ -115,6 +117,8 @@ class DevEngine:
         register_nodes: bool = False,
         worker_config: WorkerConfig | None = None,
         critic: bool = False,
+        optimizer: bool = False,
+        optimizer_config: OptimizerConfig | None = None,
         historian: bool = False,
     ) -> None:
         self.settings = settings
@@ -129,8 +133,10 @@ class DevEngine:
             "mutation-processor": mutation_processor,
             "replay-runner": replay_runner,
             "critic": critic,
+            "optimizer": optimizer,
             "historian": historian,
         }
+        self.optimizer_config = optimizer_config
         self.components: list[Supervisor] = []
         self.proposal_replay = proposal_replay
         # Several instances share the partitions like separate processes would (each has its
@@ -148,6 +154,7 @@ class DevEngine:
         self.mutation_processor: MutationProcessor | None = None
         self.replay_runner: ReplayRunner | None = None
         self.critic: CriticProcessor | None = None
+        self.optimizer: OptimizerProcessor | None = None
         self.historian: HistorianProjector | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -212,6 +219,8 @@ class DevEngine:
             self._supervise("projector", projector)
         if self._want["historian"]:
             self.start_historian()
+        if self._want["optimizer"]:
+            self.start_optimizer()
         return self
 
     def start_historian(self) -> HistorianProjector:
@@ -229,6 +238,26 @@ class DevEngine:
             return Running(instance.run, instance.close)
 
         self._supervise("historian", historian)
+        return first
+
+    def start_optimizer(self) -> OptimizerProcessor:
+        """The optimizer (docs/learning.md): a faust agent on ``diagnoses`` proposing mutations."""
+        from processors.optimizer.runtime import OptimizerProcessor
+
+        def new_optimizer() -> OptimizerProcessor:
+            from processors.optimizer.strategies import OptimizerConfig
+
+            config = self.optimizer_config or OptimizerConfig()
+            return OptimizerProcessor(self.settings, schema=self.schema, config=config)
+
+        first = new_optimizer()
+        build = _first_then_fresh(first, new_optimizer)
+
+        def optimizer() -> Running:
+            instance = self.optimizer = build()
+            return Running(instance.run)
+
+        self._supervise("optimizer", optimizer)
         return first
 
     def start_scheduler(self, instance_id: str | None = None) -> SchedulerRuntime:

@@ -17,7 +17,15 @@ from collections.abc import Mapping
 from functools import cached_property
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    field_validator,
+    model_validator,
+)
 
 from schemas.base import canonical_json
 from workflows.durations import parse_duration
@@ -136,6 +144,9 @@ class StepDefinition(_Frozen):
     queue_timeout: DurationMs | None = None
     """Bound on the wait for a worker to start an attempt (schedule-to-start); None = no bound."""
     cache: CacheSpec = CacheSpec()
+    checker: StrictBool = False
+    """The step scores the run: its output's numeric ``score`` in [0, 1] becomes the attempt
+    trace's ``metrics["quality_score"]`` (schemas/quality.py, ADR 0035)."""
 
     _queue_timeout = field_validator("queue_timeout")(_positive_queue_timeout)
 
@@ -274,6 +285,11 @@ class WorkflowDefinition(_Frozen):
     def to_json_dict(self) -> dict[str, Any]:
         """Canonical JSON: defaults applied, durations in ms; ``from_json_dict`` reads it back."""
         data: dict[str, Any] = self.model_dump(mode="json")
+        for step in data["steps"]:
+            # Written only when set, so the canonical form (and what is compared or hashed) of
+            # every definition without checker steps is what it was before the flag existed.
+            if not step["checker"]:
+                del step["checker"]
         return data
 
     @classmethod

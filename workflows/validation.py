@@ -229,7 +229,21 @@ def check_definition(
         errors += _check_nodes(definition, node_catalog)
     errors += _check_expressions(definition)
     errors += _check_child_run_steps(definition)
+    errors += _check_checkers(definition)
     return errors
+
+
+def _check_checkers(definition: WorkflowDefinition) -> list[FieldError]:
+    """``checker: true`` only where a worker runs the step: the worker reads the score."""
+    return [
+        FieldError(
+            f"steps[{i}].checker",
+            f"a checker step must run a node on a worker, but {step.node_name!r} is run by "
+            "the scheduler; score its result in a step after it",
+        )
+        for i, step in enumerate(definition.steps)
+        if step.checker and (is_meta_node(step.node_name) or is_child_run_node(step.node_name))
+    ]
 
 
 def _check_child_run_steps(definition: WorkflowDefinition) -> list[FieldError]:

@@ -26,6 +26,8 @@ __all__ = [
     "MetricsWindow",
     "NodeMetricsPublic",
     "NodesMetricsPublic",
+    "QualityMetricsPublic",
+    "QualityPublic",
     "ReliabilityCellPublic",
     "ReliabilityPublic",
     "WindowError",
@@ -245,6 +247,24 @@ class RetryMetricsPublic(BaseModel):
 
 class RetriesMetricsPublic(MetricsWindow):
     data: list[RetryMetricsPublic]
+
+
+class QualityMetricsPublic(BaseModel):
+    workflow_id: str
+    workflow_version: int
+    step_id: str = Field(
+        description="The checker step, the step a feedback was about, or empty (a whole run)."
+    )
+    source: str = Field(description="checker or feedback.", examples=["checker"])
+    scores: int
+    runs: int = Field(description="Distinct runs scored.")
+    score_avg: float = Field(description="Mean quality_score, 0..1.")
+    score_min: float
+    score_max: float
+
+
+class QualityPublic(MetricsWindow):
+    data: list[QualityMetricsPublic]
 
 
 class IngestStatusPublic(BaseModel):

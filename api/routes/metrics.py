@@ -24,6 +24,8 @@ from api.models.metrics import (
     IngestStatusPublic,
     NodeMetricsPublic,
     NodesMetricsPublic,
+    QualityMetricsPublic,
+    QualityPublic,
     ReliabilityCellPublic,
     ReliabilityPublic,
     RetriesMetricsPublic,
@@ -279,6 +281,45 @@ def reliability(
                 latency_ms_p95=c.latency_ms_p95,
             )
             for c in cells
+        ],
+    )
+
+
+@router.get(
+    "/quality",
+    response_model=QualityPublic,
+    summary="Quality scores per workflow version, step and source (checker steps, feedback)",
+    responses=RESPONSES,
+)
+def quality(
+    window: WindowDep,
+    api: ApiSettingsDep,
+    ch: ClickHouseDep,
+    workflow_id: Annotated[str | None, Query(description="Only this workflow.")] = None,
+) -> QualityPublic:
+    """From traces carrying ``metrics.quality_score`` (docs/decisions/0035)."""
+    span, end = window.span, window.end
+    db = api.clickhouse_database
+    rows = _ask(
+        lambda: queries.quality_metrics(ch, span, workflow_id=workflow_id, until=end, database=db)
+    )
+    return QualityPublic(
+        window=window.text,
+        since=_rollup_since(end, span),
+        until=end,
+        data=[
+            QualityMetricsPublic(
+                workflow_id=r.workflow_id,
+                workflow_version=r.workflow_version,
+                step_id=r.step_id,
+                source=r.source,
+                scores=r.scores,
+                runs=r.runs,
+                score_avg=r.score_avg,
+                score_min=r.score_min,
+                score_max=r.score_max,
+            )
+            for r in rows
         ],
     )
 

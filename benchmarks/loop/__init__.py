@@ -1,2 +1,1 @@
-"""Learning-loop benchmark scenarios (``make bench-loop``): each module has
-``run(seeds: list[int], quick: bool) -> dict[str, Any]``."""
+"""Scenario modules of ``make bench-loop`` (:mod:`benchmarks.loop_bench`), and their stubs."""

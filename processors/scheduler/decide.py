@@ -138,6 +138,7 @@ from schemas.models import (
     TimerKind,
     TraceStatus,
 )
+from schemas.quality import checker_context
 from workflows.expressions import (
     TemplateError,
     evaluate_when,
@@ -1489,6 +1490,8 @@ def invocation_for(
         # Stable across retries with the same params (a retry after a timeout must not repeat a
         # side effect that did happen), new when the params change (a mutation, a fix).
         idempotency_key=f"{state.run_id}:{step_id}:{step.params_sha256[:16]}",
+        # A checker step: the worker turns its output's score into the trace's quality_score.
+        trace_context=checker_context() if definition.checker else {},
         **extra,
     )
 

@@ -14,7 +14,9 @@ attempt (cache hits included) and interpolate linearly between samples; they are
 
 The scheduler's traces of retry decisions (``context['kind'] = 'retry'``) are not attempts: the
 attempt rollups and :func:`top_failures` leave them out; :func:`retry_metrics` reads their own
-rollup (004_retry_metrics.sql).
+rollup (004_retry_metrics.sql). Feedback traces (``context['kind'] = 'feedback'``, ADR 0035)
+are not attempts either; :func:`quality_metrics` and :func:`run_quality` read the quality scores
+(``metrics['quality_score']``) of checker steps and feedback.
 """
 
 from __future__ import annotations
@@ -31,14 +33,18 @@ __all__ = [
     "FailureGroup",
     "IngestStatus",
     "NodeMetrics",
+    "QualityMetrics",
+    "QualityScore",
     "QueryError",
     "ReliabilityCell",
     "RetryMetrics",
     "WorkflowMetrics",
     "ingest_status",
     "node_metrics",
+    "quality_metrics",
     "reliability_matrix",
     "retry_metrics",
+    "run_quality",
     "top_failures",
     "workflow_metrics",
 ]
@@ -135,6 +141,40 @@ class RetryMetrics:
     """Retry decisions taken while the circuit was open or half-open."""
     last_circuit: str
     """The circuit's state at the window's last retry decision: closed, open or half_open."""
+
+
+@dataclass(frozen=True, slots=True)
+class QualityMetrics:
+    """Quality scores of one (workflow version, step, source) in the window (ADR 0035)."""
+
+    workflow_id: str
+    workflow_version: int
+    step_id: str
+    """The checker step, the step a feedback was about, or ``""`` for feedback on a whole run."""
+    source: str
+    """``checker`` or ``feedback``."""
+    scores: int
+    runs: int
+    """Distinct runs scored (approximate beyond ~10k: uniq)."""
+    score_avg: float
+    score_min: float
+    score_max: float
+
+
+@dataclass(frozen=True, slots=True)
+class QualityScore:
+    """One quality score of a run: a checker step's attempt or a feedback."""
+
+    run_id: str
+    workflow_id: str
+    workflow_version: int
+    step_id: str
+    source: str
+    score: float
+    at: datetime
+    feedback_id: str | None
+    label: str | None
+    comment: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,7 +350,7 @@ def top_failures(
         f"FROM {db}.traces "
         "WHERE start >= fromUnixTimestamp64Milli(toInt64(%(since_ms)s), 'UTC') "
         "AND start <= fromUnixTimestamp64Milli(toInt64(%(until_ms)s), 'UTC') "
-        "AND status IN ('error', 'timeout') AND context['kind'] != 'retry' "
+        "AND status IN ('error', 'timeout') AND context['kind'] NOT IN ('retry', 'feedback') "
         + ("AND node = %(node)s " if node is not None else "")
         + "GROUP BY node, error_class_or_status "
         "ORDER BY failures DESC, node, error_class_or_status LIMIT %(limit)s",
@@ -413,6 +453,79 @@ def retry_metrics(
                 held_ms_max=int(r["held_ms_max"]),
                 decided_while_open=int(r["circuit_open"]),
                 last_circuit=str(r["last_circuit"]),
+            )
+        )
+    return out
+
+
+def quality_metrics(
+    ch: ClickHouse,
+    window: timedelta,
+    *,
+    workflow_id: str | None = None,
+    until: datetime | None = None,
+    database: str = DEFAULT_DATABASE,
+) -> list[QualityMetrics]:
+    """Per (workflow version, step, source): how many scores, of how many runs, their mean,
+    min and max (006_quality_scores.sql)."""
+    db = validate_database(database)
+    since, end, _ = _span(window, until)
+    rows = ch.query(
+        "SELECT workflow_id, workflow_version, step_id, source, sum(scores) AS scores, "
+        "uniqMerge(runs) AS runs, sum(score_sum) AS score_sum, min(score_min) AS score_min, "
+        "max(score_max) AS score_max "
+        f"FROM {db}.quality_metrics_1m WHERE {_WINDOW_SQL} "
+        + ("AND workflow_id = %(workflow_id)s " if workflow_id is not None else "")
+        + "GROUP BY workflow_id, workflow_version, step_id, source "
+        "ORDER BY workflow_id, workflow_version, step_id, source",
+        {"since_ms": _millis(since), "until_ms": _millis(end), "workflow_id": workflow_id},
+    )
+    return [
+        QualityMetrics(
+            workflow_id=str(r["workflow_id"]),
+            workflow_version=int(r["workflow_version"]),
+            step_id=str(r["step_id"]),
+            source=str(r["source"]),
+            scores=int(r["scores"]),
+            runs=int(r["runs"]),
+            score_avg=float(r["score_sum"]) / int(r["scores"]) if int(r["scores"]) else 0.0,
+            score_min=float(r["score_min"]),
+            score_max=float(r["score_max"]),
+        )
+        for r in rows
+    ]
+
+
+def run_quality(
+    ch: ClickHouse, run_id: str, *, limit: int = 1000, database: str = DEFAULT_DATABASE
+) -> list[QualityScore]:
+    """Every quality score of one run (checker steps and feedback), oldest first; a redelivered
+    trace counts once (``event_id``)."""
+    db = validate_database(database)
+    rows = ch.query(
+        "SELECT any(workflow_id) AS workflow_id, any(workflow_version) AS workflow_version, "
+        "any(step_id) AS step_id, any(context) AS context, "
+        "any(metrics['quality_score']) AS score, any(start) AS at "
+        f"FROM {db}.traces WHERE run_id = %(run_id)s AND mapContains(metrics, 'quality_score') "
+        "GROUP BY event_id ORDER BY at, event_id LIMIT %(limit)s",
+        {"run_id": run_id, "limit": int(limit)},
+    )
+    out: list[QualityScore] = []
+    for r in rows:
+        context = {str(k): str(v) for k, v in dict(r["context"]).items()}
+        feedback = context.get("kind") == "feedback"
+        out.append(
+            QualityScore(
+                run_id=run_id,
+                workflow_id=str(r["workflow_id"]),
+                workflow_version=int(r["workflow_version"]),
+                step_id=str(r["step_id"]),
+                source="feedback" if feedback else "checker",
+                score=float(r["score"]),
+                at=_when(r["at"]),
+                feedback_id=context.get("feedback_id") if feedback else None,
+                label=context.get("label"),
+                comment=context.get("comment"),
             )
         )
     return out

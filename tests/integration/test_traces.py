@@ -223,7 +223,7 @@ def _expected_row(trace: Trace) -> dict[str, Any]:
 
 
 def test_traces_arrive_field_by_field(env: Env) -> None:
-    assert apply(env.ch, env.settings, database=env.database) == [1, 2, 3, 4, 5]
+    assert apply(env.ch, env.settings, database=env.database) == [1, 2, 3, 4, 5, 6]
     traces = [_trace(i) for i in range(600)]
     before = time.time()
     _send(env, traces)
@@ -628,7 +628,7 @@ def test_retry_decisions_are_counted_apart_from_attempts(env: Env) -> None:
 
 
 def test_migrations_are_recorded_idempotent_and_refuse_edits(env: Env) -> None:
-    assert apply(env.ch, env.settings, database=env.database) == [1, 2, 3, 4, 5]
+    assert apply(env.ch, env.settings, database=env.database) == [1, 2, 3, 4, 5, 6]
     assert apply(env.ch, env.settings, database=env.database) == []
     recorded = applied_versions(env.ch, env.database)
     migrations = load_migrations()
@@ -656,6 +656,8 @@ def test_migrations_are_recorded_idempotent_and_refuse_edits(env: Env) -> None:
         "retry_metrics_1m",
         "retry_metrics_1m_mv",
         "replay_steps",  # A/B replay per-step rows (005, written by the replay runner)
+        "quality_metrics_1m",  # quality scores (006, ADR 0035)
+        "quality_metrics_1m_mv",
     }
 
 
@@ -1063,3 +1065,104 @@ def test_the_api_runs_the_alert_evaluator_in_process(
         assert [(a["rule_id"], a["subject"], a["state"]) for a in alerts] == [
             (ERROR_RATE_RULE, "live.node", "firing")
         ]
+
+
+# -- the quality signal (ADR 0035): checker steps and feedback as quality_score -------------------
+
+CHECKED = {
+    "id": "checked",
+    "inputs": {"answer": {"type": "string"}, "expected": {"type": "string"}},
+    "steps": [
+        {
+            "id": "judge",
+            "node": "transform@^1",
+            "checker": True,
+            "params": {
+                "expression": "{score: (answer == expected) && `1` || `0`}",
+                "data": {"answer": "{{ inputs.answer }}", "expected": "{{ inputs.expected }}"},
+            },
+        },
+    ],
+}
+NO_SCORE = {
+    "id": "no-score",
+    "steps": [
+        {"id": "judge", "node": "transform@^1", "checker": True, "params": {"expression": "`1`"}}
+    ],
+}
+
+
+def test_checker_scores_and_feedback_become_quality_scores(env: Env, harness: Any) -> None:
+    apply(env.ch, env.settings, database=env.database)
+    harness.register(CHECKED)
+    harness.register(NO_SCORE)
+    right = harness.start("checked", {"answer": "4", "expected": "4"})
+    wrong = harness.start("checked", {"answer": "5", "expected": "4"})
+    broken = harness.start("no-score")
+    assert harness.wait(right).status == "succeeded"
+    assert harness.wait(wrong).status == "succeeded"
+    failed = harness.wait(broken)
+    assert failed.status == "failed" and failed.error is not None
+    assert failed.error["error_class"] == "CheckerScoreMissing"
+    assert "'score'" in failed.error["message"]
+
+    fields = {"read_schema": harness.schema, "api_schema": f"{harness.schema}_api"}
+    with _api(env, **fields) as api:
+        post = api.post(
+            f"/v1/runs/{right}/feedback", json={"score": 0.8, "label": "good", "comment": "ok"}
+        )
+        assert post.status_code == 202, post.text
+        accepted = post.json()
+        assert accepted["run_id"] == right and accepted["score"] == 0.8
+        on_step = api.post(f"/v1/runs/{wrong}/feedback", json={"score": 0.25, "step_id": "judge"})
+        assert on_step.status_code == 202, on_step.text
+
+        assert api.post("/v1/runs/nope/feedback", json={"score": 1}).status_code == 404
+        for body, loc in [
+            ({"score": 1.5}, ["body", "score"]),
+            ({"score": "high"}, ["body", "score"]),
+            ({}, ["body", "score"]),
+            ({"score": 1, "label": ""}, ["body", "label"]),
+            ({"score": 1, "step_id": "nope"}, ["body", "step_id"]),
+            ({"score": 1, "scor": 1}, ["body", "scor"]),
+        ]:
+            bad = api.post(f"/v1/runs/{right}/feedback", json=body)
+            assert bad.status_code == 422, (body, bad.text)
+            assert [d["loc"] for d in bad.json()["detail"]] == [loc], (body, bad.text)
+        unknown_step = api.post(f"/v1/runs/{right}/feedback", json={"score": 1, "step_id": "x"})
+        assert "its steps: judge" in unknown_step.json()["detail"][0]["msg"]
+
+        def scores(run_id: str) -> list[dict[str, Any]]:
+            data: list[dict[str, Any]] = _ok(api.get(f"/v1/runs/{run_id}/feedback"))["data"]
+            return data
+
+        eventually(lambda: len(scores(right)), INGEST_TIMEOUT_S, "2 scores", until=lambda n: n == 2)
+        eventually(lambda: len(scores(wrong)), INGEST_TIMEOUT_S, "2 scores", until=lambda n: n == 2)
+        mine = _ok(api.get(f"/v1/runs/{right}/feedback"))
+        assert mine["workflow_id"] == "checked" and mine["score_avg"] == pytest.approx(0.9)
+        by_source = {s["source"]: s for s in mine["data"]}
+        assert by_source["checker"]["score"] == 1.0 and by_source["checker"]["step_id"] == "judge"
+        feedback = by_source["feedback"]
+        assert (feedback["score"], feedback["label"], feedback["comment"]) == (0.8, "good", "ok")
+        assert feedback["feedback_id"] == accepted["feedback_id"] and feedback["step_id"] == ""
+        theirs = {(s["source"], s["step_id"]): s["score"] for s in scores(wrong)}
+        assert theirs == {("checker", "judge"): 0.0, ("feedback", "judge"): 0.25}
+        assert scores(broken) == []  # no score: the attempt failed
+        assert api.get("/v1/runs/nope/feedback").status_code == 404
+
+        def quality() -> dict[tuple[str, str], dict[str, Any]]:
+            rows = _ok(api.get("/v1/metrics/quality", params={"workflow_id": "checked"}))["data"]
+            return {(r["step_id"], r["source"]): r for r in rows}
+
+        eventually(quality, INGEST_TIMEOUT_S, "quality rollup", until=lambda q: len(q) == 3)
+        rollup = quality()
+        assert rollup[("judge", "checker")]["scores"] == 2
+        assert rollup[("judge", "checker")]["runs"] == 2
+        assert rollup[("judge", "checker")]["score_avg"] == pytest.approx(0.5)
+        assert rollup[("", "feedback")]["score_avg"] == pytest.approx(0.8)
+        assert rollup[("judge", "feedback")]["score_min"] == pytest.approx(0.25)
+        # Feedback is not an attempt: no "feedback" node, and the workflow counts its 2 attempts.
+        nodes = _ok(api.get("/v1/metrics/nodes"))["data"]
+        assert "feedback" not in {n["node"] for n in nodes}
+        flows = _ok(api.get("/v1/metrics/workflows", params={"workflow_id": "checked"}))["data"]
+        assert [(f["attempts"], f["runs"]) for f in flows] == [(2, 2)]

@@ -140,8 +140,9 @@ def test_unknown_versions_and_damaged_records_are_refused(value: bytes, reason: 
 # default to what a fold of a log without those events gives, so old snapshots still mean
 # what a fold gives. The map over a sub-workflow (ADR 0024 addendum) added MapState.workflow_id/
 # workflow_version/children_running and MapChunkState.ended: defaults a map over a node (the only
-# kind old logs have) folds to.
-RUN_STATE_FINGERPRINT = "04f82a38628cd6c0"
+# kind old logs have) folds to. ADR 0035 added StepDefinition.checker (default false: what every
+# definition written before it means).
+RUN_STATE_FINGERPRINT = "cf223c61c5fdcdfe"
 
 
 def test_the_snapshot_format_changes_only_deliberately() -> None:

@@ -1,0 +1,208 @@
+"""From one diagnosis to at most one proposal (pure): historian first, policy, one open proposal
+per ``(workflow, step, strategy)``, and the ``MutationRequest`` that carries it.
+
+- **Historian first**: the strategies are tried in the order of what worked for similar past
+  incidents (a kept proposal counts its incident's similarity for its strategy, an applied one
+  half of it); a strategy whose proposals for a very similar incident (similarity >= 0.9) were
+  all rolled back or rejected is not tried again for it. The rest keep the library's order.
+- **Policy**: nothing is proposed for a workflow whose improvement policy is ``off``.
+- **One open proposal per key**: a strategy whose key already has a proposal that is not final
+  (proposed, validating, validated, approved, applied) is skipped.
+- **Idempotent**: the mutation id is derived from the diagnosis id and the strategy, so a
+  redelivered diagnosis asks for the same id and the mutation processor refuses the duplicate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from processors.optimizer.bandit import ModelBandit
+from processors.optimizer.history import IncidentLike
+from processors.optimizer.strategies import STRATEGIES, Proposal, Strategy, StrategyInput
+from schemas.models import Diagnosis, DiagnosisKind, MutationAction, MutationRequest
+
+__all__ = [
+    "AUTHOR_PREFIX",
+    "FINAL_STATUSES",
+    "Plan",
+    "mutation_id_for",
+    "mutation_request",
+    "order_strategies",
+    "plan",
+    "proposal_key",
+    "reset_on_drift",
+    "strategy_step",
+]
+
+AUTHOR_PREFIX: Final = "optimizer:"
+FINAL_STATUSES: Final = frozenset({"rejected", "kept", "rolled_back", "reverted"})
+WORKFLOW_WIDE: Final = frozenset({"parallelise"})
+_REPEAT_SIMILARITY: Final = 0.9
+DRIFT_KINDS: Final = frozenset(
+    {
+        DiagnosisKind.LATENCY_DRIFT,
+        DiagnosisKind.FAILURE_DRIFT,
+        DiagnosisKind.TIMEOUT_DRIFT,
+        DiagnosisKind.QUALITY_DRIFT,
+    }
+)
+"""Diagnoses that reset the step's bandits: the arms' history no longer says how they do."""
+
+
+def reset_on_drift(diagnosis: Diagnosis, bandits: Sequence[ModelBandit]) -> bool:
+    """Reset the bandits of the diagnosed step on a drift; the arm named by the evidence
+    (``arm``) or the node version is kept from the incumbent's place until measured again."""
+    if diagnosis.kind not in DRIFT_KINDS or not bandits:
+        return False
+    try:
+        evidence = json.loads(diagnosis.evidence or "{}")
+    except ValueError:
+        evidence = {}
+    arm = evidence.get("arm") if isinstance(evidence, dict) else None
+    arm = arm if isinstance(arm, str) else diagnosis.node_version
+    for b in bandits:
+        b.reset(degraded=arm if arm in b.arms else None)
+    return True
+
+
+def strategy_step(strategy: str, step_id: str | None) -> str:
+    return "*" if strategy in WORKFLOW_WIDE or step_id is None else step_id
+
+
+def proposal_key(workflow_id: str, step_id: str, strategy: str) -> str:
+    return f"{workflow_id}/{step_id}/{strategy}"
+
+
+def mutation_id_for(diagnosis_id: str, strategy: str) -> str:
+    digest = hashlib.sha256(f"{diagnosis_id}\x00{strategy}".encode()).hexdigest()
+    return f"opt-{digest[:24]}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    proposal: Proposal | None
+    skipped: tuple[tuple[str, str], ...] = ()
+    """``(strategy, why)`` for every strategy that applied to the diagnosis but proposed nothing."""
+    similar: tuple[dict[str, Any], ...] = field(default=())
+
+
+def _history_scores(incidents: Sequence[IncidentLike]) -> tuple[dict[str, float], set[str]]:
+    scores: dict[str, float] = {}
+    failed: dict[str, bool] = {}
+    for incident in incidents:
+        for past in incident.proposals:
+            if past.strategy is None:
+                continue
+            if past.status == "kept":
+                scores[past.strategy] = scores.get(past.strategy, 0.0) + incident.similarity
+            elif past.status == "applied":
+                scores[past.strategy] = scores.get(past.strategy, 0.0) + incident.similarity / 2
+            if incident.similarity >= _REPEAT_SIMILARITY:
+                bad = past.status in ("rolled_back", "rejected", "reverted")
+                failed[past.strategy] = failed.get(past.strategy, True) and bad
+    avoid = {name for name, all_bad in failed.items() if all_bad and name not in scores}
+    return scores, avoid
+
+
+def order_strategies(
+    incidents: Sequence[IncidentLike], strategies: Sequence[Strategy] = STRATEGIES
+) -> tuple[list[Strategy], set[str]]:
+    """The strategies in the order to try them, and the names left out because they failed for
+    a very similar incident."""
+    scores, avoid = _history_scores(incidents)
+    position = {s.name: i for i, s in enumerate(strategies)}
+    ordered = sorted(
+        (s for s in strategies if s.name not in avoid),
+        key=lambda s: (-scores.get(s.name, 0.0), position[s.name]),
+    )
+    return ordered, avoid
+
+
+def _similar_json(incidents: Sequence[IncidentLike]) -> tuple[dict[str, Any], ...]:
+    return tuple(
+        {
+            "diagnosis_id": i.diagnosis_id,
+            "kind": i.kind,
+            "subject": i.subject,
+            "similarity": round(float(i.similarity), 4),
+            "proposals": [
+                {"mutation_id": p.mutation_id, "strategy": p.strategy, "status": p.status}
+                for p in i.proposals
+            ],
+        }
+        for i in incidents
+    )
+
+
+def plan(
+    given: StrategyInput,
+    *,
+    policy: str,
+    open_keys: Collection[str],
+    strategies: Sequence[Strategy] = STRATEGIES,
+) -> Plan:
+    diagnosis = given.diagnosis
+    similar = _similar_json(given.incidents)
+    if policy == "off":
+        return Plan(None, (("*", "improvement policy is off"),), similar)
+    workflow_id = given.definition.id
+    ordered, avoid = order_strategies(given.incidents, strategies)
+    skipped: list[tuple[str, str]] = [
+        (name, "rolled back or rejected for a very similar incident") for name in sorted(avoid)
+    ]
+    for strategy in ordered:
+        if diagnosis.kind not in strategy.kinds:
+            continue
+        key = proposal_key(
+            workflow_id, strategy_step(strategy.name, diagnosis.step_id), strategy.name
+        )
+        if key in open_keys:
+            skipped.append((strategy.name, f"a proposal for {key} is still open"))
+            continue
+        proposal = strategy.propose(given)
+        if proposal is None:
+            skipped.append((strategy.name, "nothing to change"))
+            continue
+        return Plan(proposal, tuple(skipped), similar)
+    return Plan(None, tuple(skipped), similar)
+
+
+def mutation_request(found: Plan, given: StrategyInput) -> MutationRequest:
+    """The ``propose`` request for a plan's proposal (author ``optimizer:<strategy>``)."""
+    proposal = found.proposal
+    if proposal is None:
+        raise ValueError("Expected a plan with a proposal, but it proposes nothing")
+    diagnosis = given.diagnosis
+    evidence: dict[str, Any] = {
+        "diagnosis_id": diagnosis.diagnosis_id,
+        "strategy": proposal.strategy,
+        "predicted_effect": proposal.predicted_effect,
+        "similar_incidents": list(found.similar),
+        "diagnosis": {
+            "kind": diagnosis.kind.value,
+            "subject": diagnosis.subject,
+            "severity": diagnosis.severity.value,
+            "detector": diagnosis.detector,
+            "metrics": dict(diagnosis.metrics),
+            "example_run_ids": list(diagnosis.example_run_ids)[:5],
+            "explanation": diagnosis.explanation,
+        },
+        "step_id": proposal.step_id,
+    }
+    if proposal.canary_weight is not None:
+        evidence["suggested_canary_weight"] = proposal.canary_weight
+    return MutationRequest(
+        workflow_id=given.definition.id,
+        mutation_id=mutation_id_for(diagnosis.diagnosis_id, proposal.strategy),
+        action=MutationAction.PROPOSE,
+        actor=f"{AUTHOR_PREFIX}{proposal.strategy}",
+        base_version=given.base_version,
+        changes=list(proposal.changes),
+        rationale=proposal.rationale + f" (diagnosis {diagnosis.diagnosis_id}: "
+        f"{diagnosis.explanation})",
+        evidence=evidence,
+    )

@@ -1,0 +1,322 @@
+"""The optimizer's runtime edge: a faust-streaming agent on ``diagnoses`` (ADR 0032).
+
+For each diagnosis about a workflow: read the definition the workflow's new runs get, its
+improvement policy and its open optimizer proposals from the Postgres read models (the
+projector's ``workflows``, ``workflow_improvement`` and ``mutation_proposals``), ask the
+historian for similar past incidents, let the pure planner pick at most one proposal, and
+publish it as a ``MutationRequest`` ``propose`` on ``mutations`` (keyed by workflow id).
+
+State: the faust table ``sent`` (changelog-backed) remembers each proposal key the optimizer
+proposed for until the read model shows the proposal, so two diagnoses in a row do not give two
+proposals for one ``(workflow, step, strategy)`` while the projector catches up. A diagnosis is
+keyed by subject, so one step's diagnoses come in order on one partition, and its keys' table
+entries live on that partition.
+
+The blocking work (Postgres, the Kafka producer's flush) runs in a thread of the agent's loop
+so faust keeps heartbeating. Delivery is at-least-once: a redelivered diagnosis produces the same
+mutation id (derived from the diagnosis id), which the mutation processor refuses as a
+duplicate.
+
+faust runs in the calling thread's own event loop (``app.start()`` / ``app.stop()``, no
+``Worker``: that one wants the main thread for its signal handlers), so the processor runs in a
+``DevEngine`` thread like every other component, and alone as ``reflux optimizer``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import faust
+import psycopg
+
+from foundation.settings import Settings
+from processors.optimizer.bandit import ModelBandit
+from processors.optimizer.history import Historian, NoHistory
+from processors.optimizer.planner import (
+    AUTHOR_PREFIX,
+    FINAL_STATUSES,
+    Plan,
+    mutation_request,
+    plan,
+    proposal_key,
+    reset_on_drift,
+    strategy_step,
+)
+from processors.optimizer.strategies import OptimizerConfig, StrategyInput
+from projections.postgres.mutation_queries import current_route, get_policy, list_mutations
+from projections.postgres.queries import list_workflow_versions
+from schemas.errors import SchemaError
+from schemas.models import Diagnosis, MutationRequest
+from schemas.serde import decode
+from streams.producer import Producer
+from streams.topics import TopicCatalog
+from workflows.data_dependencies import CatalogSideEffects, SideEffectView
+from workflows.model import WorkflowDefinition
+
+__all__ = ["Decision", "OptimizerProcessor", "ReadModel", "default_historian"]
+
+log = logging.getLogger(__name__)
+
+PENDING_TTL_S = 300.0
+"""How long a sent proposal counts as open while the read model does not show it yet."""
+
+
+def default_historian(settings: Settings, schema: str) -> Historian:
+    """The historian's Postgres implementation when its package is installed, else none.
+
+    Imported by name so the optimizer does not depend on the historian's package (it may be
+    absent; the optimizer then proposes from the strategy library alone)."""
+    try:
+        module = importlib.import_module("processors.historian.postgres")
+        historian: Historian = module.PostgresHistorian(settings, schema=schema)
+        return historian
+    except Exception as exc:  # an absent package or database: run without history
+        log.info("optimizer without a historian (%s)", exc)
+        return NoHistory()
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the optimizer did with one diagnosis (returned for logs and tests)."""
+
+    diagnosis_id: str
+    request: MutationRequest | None
+    reason: str
+    plan: Plan | None = None
+
+
+class ReadModel:
+    """What the optimizer reads from Postgres, one short connection per diagnosis."""
+
+    def __init__(self, settings: Settings, schema: str) -> None:
+        self.settings = settings
+        self.schema = schema
+
+    def connect(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(self.settings.postgres_dsn, autocommit=True)
+
+    def serving(
+        self, conn: psycopg.Connection[Any], workflow_id: str
+    ) -> tuple[int, WorkflowDefinition] | None:
+        """The version new runs get in full: a kept proposal's, the one before a canary or a
+        rollback, else the newest registered by hand (docs/mutations.md, routing)."""
+        rows = list_workflow_versions(conn, workflow_id, schema=self.schema)
+        if not rows:
+            return None
+        by_version = {row.version: row for row in rows}
+        by_hand = [r.version for r in rows if not (r.registered_by or "").startswith("mutation:")]
+        version = max(by_hand) if by_hand else max(by_version)
+        route = current_route(conn, workflow_id, schema=self.schema)
+        if route is not None:
+            routed = (
+                route.applied_version
+                if route.status == "kept"
+                else (route.previous_version or route.base_version)
+            )
+            # A routed version wins over the newest one by hand only if it is newer (a version
+            # registered by hand after the route makes the route stale, as routing says).
+            if routed is not None and routed in by_version and (routed >= version or not by_hand):
+                version = routed
+        definition = WorkflowDefinition.from_json_dict(by_version[version].definition)
+        return version, definition
+
+    def policy(self, conn: psycopg.Connection[Any], workflow_id: str) -> str:
+        row = get_policy(conn, workflow_id, schema=self.schema)
+        return row.policy if row is not None else "propose"
+
+    def open_keys(self, conn: psycopg.Connection[Any], workflow_id: str) -> set[str]:
+        """Keys of the workflow's optimizer proposals that are not final."""
+        keys: set[str] = set()
+        rows = list_mutations(conn, workflow_id=workflow_id, limit=1000, schema=self.schema)
+        for row in rows:
+            if not row.author.startswith(AUTHOR_PREFIX) or row.status in FINAL_STATUSES:
+                continue
+            evidence = row.evidence if isinstance(row.evidence, Mapping) else {}
+            strategy = str(evidence.get("strategy") or row.author.removeprefix(AUTHOR_PREFIX))
+            step = evidence.get("step_id")
+            keys.add(proposal_key(workflow_id, strategy_step(strategy, step), strategy))
+        return keys
+
+    def known_mutations(self, conn: psycopg.Connection[Any], workflow_id: str) -> set[str]:
+        rows = list_mutations(conn, workflow_id=workflow_id, limit=1000, schema=self.schema)
+        return {row.mutation_id for row in rows}
+
+
+@dataclass
+class OptimizerProcessor:
+    settings: Settings
+    schema: str = "reflux"
+    config: OptimizerConfig = field(default_factory=OptimizerConfig)
+    historian: Historian | None = None
+    side_effects: SideEffectView = field(default_factory=CatalogSideEffects)
+    bandits: Callable[[str, str], Sequence[ModelBandit]] | None = None
+    """The bandits of ``(workflow, step)``, when something feeds them (benchmarks do)."""
+    max_age_s: float = 3600.0
+    """Diagnoses older than this (by ``detected_at``) are read but not acted on: a fresh
+    consumer group does not answer last month's findings."""
+    decisions: list[Decision] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.catalog = TopicCatalog.from_settings(self.settings)
+        self.read_model = ReadModel(self.settings, self.schema)
+        self.producer = Producer(self.settings, client_id="reflux-optimizer")
+        if self.historian is None:
+            self.historian = default_historian(self.settings, self.schema)
+        self.app_id = f"{self.settings.topic_prefix}.optimizer"
+        self._started = threading.Event()
+        self._datadir = tempfile.mkdtemp(prefix="reflux-optimizer-")
+
+    # -- the decision for one diagnosis (blocking; runs in a thread) ----------------------------
+
+    def handle(self, diagnosis: Diagnosis, pending: Mapping[str, float] | None = None) -> Decision:
+        if diagnosis.workflow_id is None:
+            return self._note(Decision(diagnosis.diagnosis_id, None, "not about a workflow"))
+        age = time.time() - diagnosis.detected_at.replace(tzinfo=UTC).timestamp()
+        if age > self.max_age_s:
+            return self._note(Decision(diagnosis.diagnosis_id, None, f"too old ({age:.0f} s)"))
+        with self.read_model.connect() as conn:
+            policy = self.read_model.policy(conn, diagnosis.workflow_id)
+            if policy == "off":
+                return self._note(Decision(diagnosis.diagnosis_id, None, "policy off"))
+            serving = self.read_model.serving(conn, diagnosis.workflow_id)
+            if serving is None:
+                return self._note(Decision(diagnosis.diagnosis_id, None, "workflow unknown"))
+            open_keys = self.read_model.open_keys(conn, diagnosis.workflow_id)
+        now = time.time()
+        open_keys |= {k for k, at in (pending or {}).items() if now - at < PENDING_TTL_S}
+        version, definition = serving
+        assert self.historian is not None
+        try:
+            incidents = list(self.historian.similar(diagnosis, k=5))
+        except Exception as exc:  # the historian is advice: its failure must not stop us
+            log.warning("historian lookup failed for %s: %s", diagnosis.diagnosis_id, exc)
+            incidents = []
+        bandits = (
+            self.bandits(diagnosis.workflow_id, diagnosis.step_id)
+            if self.bandits is not None and diagnosis.step_id is not None
+            else ()
+        )
+        reset_on_drift(diagnosis, bandits)
+        given = StrategyInput(
+            diagnosis=diagnosis,
+            definition=definition,
+            base_version=version,
+            side_effects=self.side_effects,
+            config=self.config,
+            incidents=incidents,
+            bandits=tuple(bandits),
+        )
+        found = plan(given, policy=policy, open_keys=open_keys)
+        if found.proposal is None:
+            reasons = "; ".join(f"{name}: {why}" for name, why in found.skipped) or "no strategy"
+            return self._note(Decision(diagnosis.diagnosis_id, None, reasons, found))
+        request = mutation_request(found, given)
+        self.producer.send(self.catalog.mutations, request.workflow_id, request)
+        self.producer.flush(10.0)
+        log.info(
+            "optimizer proposed %s (%s) for %s",
+            request.mutation_id,
+            found.proposal.strategy,
+            diagnosis.diagnosis_id,
+        )
+        return self._note(Decision(diagnosis.diagnosis_id, request, "proposed", found))
+
+    def _note(self, decision: Decision) -> Decision:
+        self.decisions.append(decision)
+        del self.decisions[:-1000]
+        return decision
+
+    # -- faust ------------------------------------------------------------------------------------
+
+    def _app(self, loop: asyncio.AbstractEventLoop) -> faust.App:
+        app = faust.App(
+            self.app_id,
+            broker=f"kafka://{self.settings.kafka_bootstrap}",
+            store="memory://",
+            web_enabled=False,
+            loop=loop,
+            datadir=str(Path(self._datadir)),
+            processing_guarantee="at_least_once",
+            topic_partitions=self.catalog.diagnoses.partitions,
+            consumer_auto_offset_reset="earliest",
+            topic_allow_declare=True,
+        )
+        topic = app.topic(
+            self.catalog.diagnoses.topic,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+        )
+        sent = app.Table("sent", default=float, partitions=self.catalog.diagnoses.partitions)
+
+        @app.agent(topic)
+        async def diagnoses(stream: faust.StreamT[bytes]) -> None:
+            async for value in stream:
+                try:
+                    diagnosis = decode(value, Diagnosis)
+                except SchemaError as exc:
+                    log.warning("ignoring an unreadable diagnoses record: %s", exc)
+                    continue
+                pending = {key: float(sent[key]) for key in list(sent.keys())}
+                try:
+                    decision = await asyncio.get_running_loop().run_in_executor(
+                        None, self.handle, diagnosis, pending
+                    )
+                except Exception as exc:
+                    # An agent that raises stops consuming for good (faust does not restart
+                    # it): log, record, and go on with the next diagnosis.
+                    log.exception("optimizer failed on %s", diagnosis.diagnosis_id)
+                    self._note(Decision(diagnosis.diagnosis_id, None, f"error: {exc}"))
+                    continue
+                if decision.plan is not None and decision.plan.proposal is not None:
+                    p = decision.plan.proposal
+                    sent[proposal_key(diagnosis.workflow_id or "", p.step_id, p.strategy)] = (
+                        time.time()
+                    )
+
+        return app
+
+    def run(self, stop: threading.Event) -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(self._serve(loop, stop))
+        finally:
+            loop.close()
+            self.close()
+
+    async def _serve(self, loop: asyncio.AbstractEventLoop, stop: threading.Event) -> None:
+        app = self._app(loop)
+        await app.start()
+        self._started.set()
+        log.info("optimizer running (faust app %s)", self.app_id)
+        try:
+            while not stop.is_set():
+                await asyncio.sleep(0.1)
+        finally:
+            await app.stop()
+
+    def wait_started(self, timeout: float = 30.0) -> bool:
+        return self._started.wait(timeout)
+
+    def close(self) -> None:
+        self.producer.flush(5.0)
+        self.producer.close()
+        # faust's data folder (memory store: only its lock and metadata) goes with the instance.
+        shutil.rmtree(self._datadir, ignore_errors=True)
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)

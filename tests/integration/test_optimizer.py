@@ -1,0 +1,181 @@
+"""The optimizer end to end on the real services: a Diagnosis on the diagnoses topic -> the faust
+agent -> a MutationRequest propose -> the mutation processor -> the proposal, with its evidence,
+in the read model ``/v1/mutations`` answers from. Also: one open proposal per (workflow, step,
+strategy), and nothing for a workflow whose improvement policy is ``off``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from processors.mutations.validation import candidate_definition
+from projections.postgres.mutation_queries import get_policy, list_mutations
+from projections.postgres.queries import get_workflow
+from schemas.models import (
+    Diagnosis,
+    DiagnosisKind,
+    DiagnosisSeverity,
+    GraphMutation,
+    ImprovementPolicy,
+    MutationAction,
+    MutationRequest,
+)
+from tests.integration.engine_fixtures import HarnessFactory
+from tests.support.waiting import eventually
+from workflows.model import WorkflowDefinition
+
+
+def _four_calls_and_a_trap(workflow_id: str) -> dict[str, Any]:
+    steps: list[dict[str, Any]] = []
+    for i, name in enumerate("abcd"):
+        step: dict[str, Any] = {
+            "id": name,
+            "node": "http.request",
+            "params": {"url": f"http://127.0.0.1:9/{name}"},
+        }
+        if i:
+            step["needs"] = ["abcd"[i - 1]]
+        steps.append(step)
+    steps += [
+        {
+            "id": "put",
+            "node": "http.request",
+            "needs": ["d"],
+            "params": {"url": "http://127.0.0.1:9/kv/k", "method": "PUT", "body": {"v": 1}},
+        },
+        {
+            "id": "get",
+            "node": "http.request",
+            "needs": ["put"],
+            "params": {"url": "http://127.0.0.1:9/kv/k"},
+        },
+    ]
+    return {"id": workflow_id, "steps": steps, "outputs": {"v": "{{ steps.get.output.body }}"}}
+
+
+def _diagnosis(workflow_id: str, kind: DiagnosisKind, step: str | None, **extra: Any) -> Diagnosis:
+    subject = f"workflow:{workflow_id}" + (f"/step:{step}" if step else "")
+    now = datetime.now(UTC)
+    return Diagnosis(
+        diagnosis_id=f"{kind.value}/{subject}/{uuid.uuid4().hex[:8]}",
+        subject=subject,
+        kind=kind,
+        severity=DiagnosisSeverity.WARNING,
+        detector="test",
+        workflow_id=workflow_id,
+        workflow_version=1,
+        step_id=step,
+        detected_at=now,
+        traces_seen=200,
+        explanation=f"{kind.value} on {subject}",
+        **extra,
+    )
+
+
+def test_a_diagnosis_becomes_a_proposal_with_its_evidence(engine_harness: HarnessFactory) -> None:
+    harness = engine_harness(
+        optimizer=True,
+        scheduler=False,
+        workers=False,
+        trigger_router=False,
+        replay_runner=False,
+        proposal_replay=None,
+    )
+    workflow_id = f"opt-{uuid.uuid4().hex[:8]}"
+    harness.register(_four_calls_and_a_trap(workflow_id))
+    with harness.conn() as conn:
+        eventually(
+            lambda: get_workflow(conn, workflow_id, schema=harness.schema),
+            20,
+            "the workflow projected",
+        )
+    topic = harness.engine.catalog.diagnoses.topic
+    first = _diagnosis(
+        workflow_id,
+        DiagnosisKind.SEQUENTIAL_INDEPENDENT,
+        None,
+        evidence='{"step_p50_ms": {"a": 150, "b": 150, "c": 150, "d": 150}}',
+    )
+    harness.send(topic, first.subject, first)
+
+    def proposals() -> list[Any]:
+        with harness.conn() as conn:
+            return list_mutations(conn, workflow_id=workflow_id, schema=harness.schema)
+
+    found = eventually(
+        proposals,
+        60,
+        "the optimizer's proposal in the read model",
+        until=lambda rows: any(r.status == "validated" for r in rows),
+        describe=lambda: str([(r.status, r.reason) for r in proposals()]),
+    )
+    assert len(found) == 1
+    row = found[0]
+    assert row.author == "optimizer:parallelise"
+    assert row.base_version == 1
+    evidence = row.evidence
+    assert evidence["diagnosis_id"] == first.diagnosis_id
+    assert evidence["strategy"] == "parallelise"
+    assert evidence["similar_incidents"] == []
+    # put and get are timed like a typical step: 6 x 150 ms in sequence, then 3 on the path
+    assert evidence["predicted_effect"]["critical_path"]["from"] == 900.0
+    assert evidence["predicted_effect"]["critical_path"]["to"] == 450.0
+    # the trap: the PUT/GET pair keeps its order, the four calls run side by side
+    with harness.conn() as conn:
+        base_row = get_workflow(conn, workflow_id, 1, schema=harness.schema)
+    assert base_row is not None
+    base = WorkflowDefinition.from_json_dict(base_row.definition)
+    changes = [GraphMutation.model_validate(c) for c in row.changes]
+    candidate = candidate_definition(base, changes)
+    assert [candidate.step(s).needs for s in "abcd"] == [(), (), (), ()]
+    assert candidate.step("get").needs == ("put",)
+    assert set(candidate.step("put").needs) == set("abcd")
+
+    # The same finding again: the proposal is still open, so nothing new.
+    second = _diagnosis(workflow_id, DiagnosisKind.SEQUENTIAL_INDEPENDENT, None)
+    harness.send(topic, second.subject, second)
+    optimizer = harness.engine.optimizer
+    assert optimizer is not None
+    decision = eventually(
+        lambda: next(
+            (d for d in optimizer.decisions if d.diagnosis_id == second.diagnosis_id), None
+        ),
+        30,
+        "the optimizer's decision on the second diagnosis",
+    )
+    assert decision is not None and decision.request is None
+    assert "still open" in decision.reason
+    assert len(proposals()) == 1
+
+    # Policy off: a timeout finding proposes nothing.
+    harness.send(
+        harness.engine.catalog.mutations.topic,
+        workflow_id,
+        MutationRequest(
+            workflow_id=workflow_id,
+            action=MutationAction.SET_POLICY,
+            actor="user:test",
+            policy=ImprovementPolicy.OFF,
+        ),
+    )
+    with harness.conn() as conn:
+        eventually(
+            lambda: get_policy(conn, workflow_id, schema=harness.schema),
+            20,
+            "policy off projected",
+            until=lambda row: row is not None and row.policy == "off",
+        )
+    third = _diagnosis(workflow_id, DiagnosisKind.LATENCY_DRIFT, "a", metrics={"p99_ms": 400.0})
+    harness.send(topic, third.subject, third)
+    decision = eventually(
+        lambda: next(
+            (d for d in optimizer.decisions if d.diagnosis_id == third.diagnosis_id), None
+        ),
+        30,
+        "the optimizer's decision under policy off",
+    )
+    assert decision is not None
+    assert decision.request is None and decision.reason == "policy off"
+    assert len(proposals()) == 1
