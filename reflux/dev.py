@@ -288,7 +288,7 @@ class DevEngine:
         from processors.critic.runtime import CriticProcessor
 
         def new_critic() -> CriticProcessor:
-            return CriticProcessor(self.settings)
+            return CriticProcessor(self.settings, schema=self.schema)
 
         first = new_critic()
         build = _first_then_fresh(first, new_critic)

@@ -93,8 +93,9 @@ class RunTuning:
     bottleneck_runs: int = 50
     bottleneck_min_runs: int = 20
     bottleneck_min_share: float = 0.5
+    bottleneck_dominance: float = 1.5
     """A step is a bottleneck when it is on average >= 50% of its runs' duration on the
-    critical path, over the last 50 runs (at least 20)."""
+    critical path, over the last 50 runs (at least 20), and at least 1.5 times the next step."""
     sequential_min_runs: int = 10
     sequential_min_share: float = 0.9
     """Two data-independent steps ran one after the other in >= 90% of >= 10 runs."""

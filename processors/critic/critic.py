@@ -500,9 +500,12 @@ class Critic:
         if n < rt.bottleneck_min_runs:
             return
         totals = state.share_totals
-        step, total = max(totals.items(), key=lambda kv: (kv[1], kv[0]))
+        ranked_steps = sorted(totals.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)
+        step, total = ranked_steps[0]
         mean = total / n
-        if mean < rt.bottleneck_min_share:
+        second = ranked_steps[1][1] / n if len(ranked_steps) > 1 else 0.0
+        # Dominant, not one of two equals: a 50/50 split has no bottleneck to fix.
+        if mean < rt.bottleneck_min_share or mean < rt.bottleneck_dominance * second:
             return
         subject = step_subject(run.workflow_id, step)
         if self._extend(DiagnosisKind.BOTTLENECK, subject, "", run.end_ms):

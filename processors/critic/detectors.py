@@ -112,7 +112,7 @@ class MeanDrift:
         # ADWIN would empty itself on its next update; a fresh one is the same and lets the
         # running sums restart with it.
         self._adwin = self._new()
-        w1_n, w1_total = adwin.width, adwin.total
+        w1_n, w1_total = int(adwin.width), adwin.total
         n, total = self._n, self._total
         self._n, self._total = 0, 0.0
         before_n = n - w1_n

@@ -42,6 +42,7 @@ import faust
 from foundation.settings import Settings
 from processors.critic.config import CriticConfig
 from processors.critic.critic import Critic
+from processors.critic.definitions import PostgresDependencies
 from processors.critic.runs import DependencyOracle
 from processors.critic.view import TraceViewError, view_from_json
 from schemas.serde import encode
@@ -82,10 +83,16 @@ class CriticProcessor:
         dependencies: DependencyOracle | None = None,
         app_id: str | None = None,
         data_dir: Path | None = None,
+        schema: str | None = "reflux",
     ) -> None:
+        """``schema``: the Postgres read model whose workflow definitions tell which steps are
+        data-independent (the sequential-steps finding); None leaves that finding out.
+        ``dependencies`` overrides it."""
         self.settings = settings
         self.catalog = TopicCatalog.from_settings(settings)
         self.config = config or CriticConfig()
+        if dependencies is None and schema is not None:
+            dependencies = PostgresDependencies(settings, schema)
         self.dependencies = dependencies
         self.app_id = app_id or f"{self.catalog.prefix}.critic"
         # faust wants a folder; with the memory store nothing in it outlives the process, so by
