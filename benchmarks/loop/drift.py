@@ -32,8 +32,11 @@ is shared, wall time would measure the neighbours) per trace of ``Critic.observe
 stream (4 steps on 2 nodes, 2% failures, tokens on one step, quality scores on another,
 repeated inputs, runs closing): the detectors' cost. ``critic_decode_us_per_trace`` adds the
 JSON decoding the runtime does (``view_from_json``), ``trace_pydantic_decode_us`` is the strict
-``decode_trace`` it avoids. The end-to-end processor (faust on Kafka) is measured by
-``benchmarks.loop.critic_e2e`` (``critic_e2e_traces_per_s``), outside the quick mode.
+``decode_trace`` it avoids. The end-to-end processor (:func:`critic_e2e`: the faust app on the
+local broker, draining a backlog of traces produced beforehand) gives
+``critic_e2e_traces_per_s``, ``critic_e2e_us_per_trace`` (wall) and
+``critic_e2e_cpu_us_per_trace`` (this process' CPU time: client, decoding and the critic) for
+the default confluent-kafka engine, and ``critic_e2e_faust_*`` for the faust engine.
 """
 
 from __future__ import annotations
@@ -239,7 +242,69 @@ def cost(n: int, seed: int) -> dict[str, float]:
     }
 
 
-def run(seeds: list[int], quick: bool) -> dict[str, Any]:
+def critic_e2e(n: int, seed: int, engine: str = "kafka") -> dict[str, float]:
+    """The faust processor on the real broker: ``n`` traces produced first (a backlog), then the
+    critic started; throughput = traces / (last consumed - first consumed)."""
+    import threading
+    import uuid
+
+    from benchmarks.cleanup import delete_prefix_topics
+    from foundation.settings import get_settings
+    from processors.critic.runtime import CriticProcessor
+    from streams.admin import ensure_topics
+    from streams.producer import Producer
+    from streams.topics import TopicCatalog
+
+    settings = get_settings().model_copy(
+        update={"topic_prefix": f"bench-critic-{uuid.uuid4().hex[:8]}"}
+    )
+    try:
+        catalog = TopicCatalog.from_settings(settings)
+        ensure_topics(catalog, [catalog.traces, catalog.diagnoses], settings=settings)
+        payloads = [(v.node, encode_trace(_to_trace(v))) for v in _mixed(n, seed)]
+        with Producer(settings, client_id="bench-critic") as producer:
+            for key, value in payloads:
+                producer.send(catalog.traces.topic, key, value)
+        processor = CriticProcessor(settings, schema=None, engine=engine)
+        stop = threading.Event()
+        thread = threading.Thread(target=processor.run, args=(stop,), daemon=True)
+        started = time.perf_counter()
+        cpu0 = time.process_time()
+        thread.start()
+        first: float | None = None
+        deadline = started + 300
+        while processor.stats.consumed < n and time.perf_counter() < deadline:
+            if first is None and processor.stats.consumed > 0:
+                first, first_count, cpu_first = (
+                    time.perf_counter(),
+                    processor.stats.consumed,
+                    time.process_time(),
+                )
+            stop.wait(0.005)
+        done, cpu_done = time.perf_counter(), time.process_time()
+        consumed = processor.stats.consumed
+        stop.set()
+        processor.interrupt()
+        thread.join(60)
+        if first is None or consumed < n:
+            raise RuntimeError(f"critic e2e: consumed {consumed} of {n} traces within 300 s")
+        per_s = (consumed - first_count) / max(done - first, 1e-9)
+        tag = "critic_e2e" if engine == "kafka" else f"critic_e2e_{engine}"
+        return {
+            f"{tag}_traces": n,
+            f"{tag}_traces_per_s": round(per_s, 1),
+            f"{tag}_us_per_trace": round(1e6 / per_s, 1),
+            f"{tag}_cpu_us_per_trace": round(
+                (cpu_done - cpu_first) / (consumed - first_count) * 1e6, 1
+            ),
+            f"{tag}_startup_s": round(first - started, 2),
+            f"{tag}_cpu_s_total": round(cpu_done - cpu0, 2),
+        }
+    finally:
+        delete_prefix_topics(settings)
+
+
+def run(seeds: list[int], quick: bool, *, with_kafka: bool = True) -> dict[str, Any]:
     if not seeds:
         raise ValueError("seeds: expected at least one seed")
     reps = max(1, math.ceil((20 if quick else 100) / len(seeds)))
@@ -292,6 +357,9 @@ def run(seeds: list[int], quick: bool) -> dict[str, Any]:
             }
         result["sigma_sweep"] = sweep
     result |= cost(20_000 if quick else 100_000, seeds[0])
+    if with_kafka:
+        for engine in ("kafka", "faust"):
+            result |= critic_e2e(20_000 if quick else 100_000, seeds[0], engine)
     result["goals"] = GOALS
     result["goals_met"] = {
         "delay_x1_5_median": result["delay_x1_5_median"] <= GOALS["delay_median"],
@@ -308,8 +376,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--no-kafka", action="store_true", help="skip the end-to-end processor measurement"
+    )
     args = parser.parse_args()
-    result = run(args.seeds, args.quick)
+    result = run(args.seeds, args.quick, with_kafka=not args.no_kafka)
     text = json.dumps(result, indent=2, sort_keys=True)
     print(text)
     if args.out is not None:

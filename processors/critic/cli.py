@@ -14,7 +14,7 @@ from types import FrameType
 from typing import Any
 
 from foundation.settings import get_settings
-from processors.critic.runtime import CriticProcessor
+from processors.critic.runtime import ENGINES, CriticProcessor
 
 __all__ = ["add_critic_commands", "handle_critic"]
 
@@ -27,13 +27,22 @@ def add_critic_commands(subparsers: Any) -> argparse.ArgumentParser:
         help="read the traces topic and publish diagnoses (drifts, anomalies, error clusters, "
         "bottlenecks, cache and parallelism candidates, cost) until stopped",
     )
+    critic.add_argument(
+        "--engine",
+        choices=sorted(ENGINES),
+        default="kafka",
+        help="kafka: confluent-kafka loop (default, ~7x cheaper per trace); faust: faust-streaming",
+    )
+    critic.add_argument(
+        "--schema", default="reflux", help="read model schema with the workflow definitions"
+    )
     critic.set_defaults(handler=handle_critic)
     return critic
 
 
 def handle_critic(args: argparse.Namespace) -> int:
     settings = get_settings()
-    processor = CriticProcessor(settings)
+    processor = CriticProcessor(settings, engine=args.engine, schema=args.schema)
     stop = threading.Event()
 
     def _stop(signum: int, frame: FrameType | None) -> None:

@@ -1,4 +1,11 @@
-"""The critic's runtime: a faust-streaming app on the ``traces`` topic (ADR 0031).
+"""The critic's runtime on the ``traces`` topic (ADR 0031): two engines around one pure core.
+
+``engine="kafka"`` (the default) is a confluent-kafka loop (:mod:`.kafka_loop`), because faust's
+per-event cost is seven times the critic's own (measured in ADR 0031); ``engine="faust"`` is the
+faust-streaming app described below, kept selectable (the owner's choice of framework) and
+tested like the default.
+
+The faust app:
 
 One agent reads the JSON traces (``schemas/trace_json.py``), decodes the dozen fields the
 critic needs (:func:`~processors.critic.view.view_from_json`), feeds the pure
@@ -39,17 +46,28 @@ from typing import Any
 
 import faust
 
+from foundation.errors import NonRetryableError
 from foundation.settings import Settings
 from processors.critic.config import CriticConfig
 from processors.critic.critic import Critic
 from processors.critic.definitions import PostgresDependencies
+from processors.critic.kafka_loop import episodes_topic, run_kafka_loop
 from processors.critic.runs import DependencyOracle
 from processors.critic.view import TraceViewError, view_from_json
 from schemas.serde import encode
 from streams.admin import ensure_topics
 from streams.topics import TopicCatalog
 
-__all__ = ["CriticProcessor", "RuntimeStats"]
+__all__ = ["ENGINES", "CriticEngineError", "CriticProcessor", "RuntimeStats"]
+
+ENGINES = frozenset({"kafka", "faust"})
+
+
+class CriticEngineError(NonRetryableError):
+    """An unknown critic engine was asked for."""
+
+    error_class = "UnknownCriticEngine"
+
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +102,7 @@ class CriticProcessor:
         app_id: str | None = None,
         data_dir: Path | None = None,
         schema: str | None = "reflux",
+        engine: str = "kafka",
     ) -> None:
         """``schema``: the Postgres read model whose workflow definitions tell which steps are
         data-independent (the sequential-steps finding); None leaves that finding out.
@@ -98,10 +117,14 @@ class CriticProcessor:
         # faust wants a folder; with the memory store nothing in it outlives the process, so by
         # default a temporary one, removed when the run ends.
         self.data_dir = data_dir
+        if engine not in ENGINES:
+            raise CriticEngineError(f"engine: expected one of {sorted(ENGINES)}, got {engine!r}")
+        self.engine = engine
         self.stats = RuntimeStats()
         self.critic: Critic | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
+        self._kafka_stop: threading.Event | None = None
         # The topics faust reads and writes exist with the catalog's settings before it
         # starts (faust would otherwise declare them with its own defaults).
         ensure_topics(
@@ -172,6 +195,9 @@ class CriticProcessor:
 
     def run(self, stop_event: threading.Event) -> None:
         """Consume and criticise until ``stop_event`` is set (or :meth:`interrupt`)."""
+        if self.engine == "kafka":
+            self._run_kafka(stop_event)
+            return
         if self.data_dir is not None:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             asyncio.run(self._serve(stop_event, self.data_dir))
@@ -205,8 +231,25 @@ class CriticProcessor:
         finally:
             await worker.stop()
 
+    def _run_kafka(self, stop_event: threading.Event) -> None:
+        spec = episodes_topic(self.catalog)
+        ensure_topics(self.catalog, [spec], settings=self.settings)
+        self._kafka_stop = stop_event
+
+        def build(store: MutableMapping[str, Any]) -> Critic:
+            critic = self.critic = Critic(
+                self.config, episodes=store, dependencies=self.dependencies
+            )
+            return critic
+
+        run_kafka_loop(
+            self.settings, self.catalog, build, self.app_id, stats=self.stats, stop_event=stop_event
+        )
+
     def interrupt(self) -> None:
         """Wake :meth:`run` from another thread."""
+        if self._kafka_stop is not None:
+            self._kafka_stop.set()
         loop, stopping = self._loop, self._stopping
         if loop is not None and stopping is not None and not loop.is_closed():
             loop.call_soon_threadsafe(stopping.set)
