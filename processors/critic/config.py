@@ -53,10 +53,11 @@ class AnomalyTuning:
     """HST's reference window (it learns from the previous window's mass)."""
     threshold: float = 0.9
     """A trace scoring at least this is 'anomalous'."""
-    warmup: int = 250
+    warmup: int = 500
     """No scoring before two reference windows were learned (counted in learned attempts)."""
-    learn_every: int = 2
-    """The trees learn from every 2nd attempt (cost; see detectors.AnomalyDetector)."""
+    learn_every: int = 4
+    """The trees learn from every 4th attempt (cost; see detectors.AnomalyDetector): mass
+    profiles are frequencies, a 1-in-4 sample keeps them (a window then spans 1,000 attempts)."""
     candidate_z: float = 2.0
     """Only failed, retried or >= 2 sigma attempts are scored."""
     window: int = 50

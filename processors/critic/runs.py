@@ -140,19 +140,27 @@ class RunAssembler:
             )
         else:
             self._open.move_to_end(trace.run_id)
+        start, end = trace.start_ms, trace.end_ms
         span = run.steps.get(trace.step_id)
         if span is None:
-            span = run.steps[trace.step_id] = StepSpan(trace.start_ms, trace.end_ms)
+            span = run.steps[trace.step_id] = StepSpan(start, end)
         else:
-            span.start_ms = min(span.start_ms, trace.start_ms)
-            span.end_ms = max(span.end_ms, trace.end_ms)
+            # Comparisons, not min()/max(): this runs for every trace.
+            if start < span.start_ms:
+                span.start_ms = start
+            if end > span.end_ms:
+                span.end_ms = end
         if not trace.is_retry_decision:
             span.attempts += 1
             span.failed += trace.failed
-        span.cost_tokens += trace.cost_tokens or 0
-        run.first_ms = min(run.first_ms, trace.start_ms)
-        run.last_ms = max(run.last_ms, trace.end_ms)
-        self.watermark_ms = max(self.watermark_ms, trace.end_ms)
+        if trace.cost_tokens:
+            span.cost_tokens += trace.cost_tokens
+        if start < run.first_ms:
+            run.first_ms = start
+        if end > run.last_ms:
+            run.last_ms = end
+        if end > self.watermark_ms:
+            self.watermark_ms = end
         closed: list[ClosedRun] = []
         horizon = self.watermark_ms - self.tuning.idle_close_ms
         # Arrival order approximates last_ms order (traces arrive roughly in time): stop at the
