@@ -32,8 +32,9 @@ is shared, wall time would measure the neighbours) per trace of ``Critic.observe
 stream (4 steps on 2 nodes, 2% failures, tokens on one step, quality scores on another,
 repeated inputs, runs closing): the detectors' cost. ``critic_view_from_json_us`` is the JSON
 decoding the runtime does, ``critic_decode_us_per_trace`` the sum of both,
-``trace_pydantic_decode_us`` the strict ``decode_trace`` the runtime avoids. The end-to-end processor (:func:`critic_e2e`: the faust app on the
-local broker, draining a backlog of traces produced beforehand) gives
+``trace_pydantic_decode_us`` the strict ``decode_trace`` the runtime avoids. The end-to-end
+processor (:func:`critic_e2e`: the critic's runtime on the local broker, draining a backlog of
+traces produced beforehand) gives
 ``critic_e2e_traces_per_s``, ``critic_e2e_us_per_trace`` (wall) and
 ``critic_e2e_cpu_us_per_trace`` (this process' CPU time: client, decoding and the critic) for
 the default confluent-kafka engine, and ``critic_e2e_faust_*`` for the faust engine.

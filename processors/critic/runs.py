@@ -146,20 +146,20 @@ class RunAssembler:
             span = run.steps[trace.step_id] = StepSpan(start, end)
         else:
             # Comparisons, not min()/max(): this runs for every trace.
-            if start < span.start_ms:
+            if start < span.start_ms:  # noqa: PLR1730
                 span.start_ms = start
-            if end > span.end_ms:
+            if end > span.end_ms:  # noqa: PLR1730
                 span.end_ms = end
         if not trace.is_retry_decision:
             span.attempts += 1
             span.failed += trace.failed
         if trace.cost_tokens:
             span.cost_tokens += trace.cost_tokens
-        if start < run.first_ms:
+        if start < run.first_ms:  # noqa: PLR1730
             run.first_ms = start
-        if end > run.last_ms:
+        if end > run.last_ms:  # noqa: PLR1730
             run.last_ms = end
-        if end > self.watermark_ms:
+        if end > self.watermark_ms:  # noqa: PLR1730
             self.watermark_ms = end
         closed: list[ClosedRun] = []
         horizon = self.watermark_ms - self.tuning.idle_close_ms
