@@ -3,6 +3,7 @@ test-prefixed traces topic; the faust runtime publishes the expected diagnoses, 
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import threading
@@ -10,11 +11,13 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from foundation.settings import Settings
 from processors.critic.kafka_loop import episodes_topic, restore_episodes
 from processors.critic.runtime import CriticProcessor
+from projections.postgres.queries import get_workflow
 from schemas.models import (
     Diagnosis,
     DiagnosisKind,
@@ -27,6 +30,7 @@ from schemas.serde import decode
 from schemas.trace_json import encode_trace
 from streams.producer import Producer
 from streams.topics import TopicCatalog
+from tests.integration.engine_fixtures import HarnessFactory
 from tests.support.kafka_log import read_log
 from tests.support.waiting import eventually
 
@@ -206,3 +210,72 @@ def test_latency_shift_and_failure_spike_become_diagnoses(
         )
         entry = restored["latency_drift|workflow:checkout/step:fetch|up"]
         assert entry["diagnosis_id"] == d.diagnosis_id
+
+
+def test_dev_engine_critic_reads_definitions_for_sequential_steps(
+    engine_harness: HarnessFactory,
+) -> None:
+    """DevEngine(critic=True): the critic runs under the engine's supervisor and reads the
+    workflow definitions of the engine's read model. `a` and `b` share no data but `b` needs
+    `a`; `c` reads `b`: traces of runs that ran them in sequence -> `sequential_independent`
+    diagnoses for (a, b) and (a, c), none for (b, c)."""
+    h = engine_harness(
+        scheduler=False,
+        workers=False,
+        trigger_router=False,
+        mutation_processor=False,
+        replay_runner=False,
+        critic=True,
+    )
+    definition = {
+        "id": "seq",
+        "steps": [
+            {"id": "a", "node": "transform@^1", "params": {"expression": "x", "data": {"x": 1}}},
+            {
+                "id": "b",
+                "node": "transform@^1",
+                "needs": ["a"],
+                "params": {"expression": "y", "data": {"y": 2}},
+            },
+            {
+                "id": "c",
+                "node": "transform@^1",
+                "needs": ["b"],
+                "params": {"expression": "result", "data": "{{ steps.b.output }}"},
+            },
+        ],
+    }
+    h.register(definition)
+
+    def projected() -> bool:
+        with psycopg.connect(h.settings.postgres_dsn) as conn:
+            return get_workflow(conn, "seq", 1, schema=h.schema) is not None
+
+    eventually(projected, 30, "the workflow definition in the read model")
+    catalog = h.engine.catalog
+    spans = {"a": (0, 150), "b": (160, 310), "c": (320, 330)}
+    with Producer(h.settings, client_id="test-critic-dev") as producer:
+        for run in range(14):
+            base = T0_MS + run * 60_000  # runs close 30 s (event time) after their last trace
+            for step, (start, end) in spans.items():
+                trace = _trace(
+                    f"run-{run}", step, "transform", "1.0.0", base + start, end - start, None
+                )
+                trace = trace.model_copy(update={"workflow_id": "seq", "workflow_version": 1})
+                producer.send(catalog.traces.topic, trace.node, encode_trace(trace))
+
+    def sequential() -> list[Diagnosis]:
+        found = [
+            d
+            for d in _diagnoses(h.settings, catalog)
+            if d.kind == DiagnosisKind.SEQUENTIAL_INDEPENDENT
+        ]
+        assert found, "no sequential_independent diagnosis yet"
+        return found
+
+    found = eventually(sequential, 60, "a sequential_independent diagnosis")
+    pairs = {tuple(json.loads(d.evidence)["steps"]): d for d in found}
+    assert set(pairs) == {("a", "b"), ("a", "c")}  # never (b, c): c reads b's output
+    assert pairs[("a", "b")].subject == "workflow:seq/step:b"
+    assert pairs[("a", "b")].metrics["saving_ms"] == 150
+    assert not h.engine.errors()
