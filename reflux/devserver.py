@@ -17,7 +17,7 @@ def serve_dev(host: str = "127.0.0.1", port: int = 8080) -> int:
 
     settings = get_settings()
     # The historian too: the API's /v1/diagnoses reads what it stores.
-    engine = DevEngine(settings, register_nodes=True, historian=True).start()
+    engine = DevEngine(settings, register_nodes=True, historian=True, critic=True).start()
     log.info("engine running: %s", ", ".join(c.name for c in engine.components))
     try:
         # uvicorn owns the main thread and its signals; the engine threads stop afterwards.
