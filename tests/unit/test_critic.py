@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from foundation.settings import Settings
 from processors.critic.config import AnomalyTuning, CriticConfig, WindowTuning
 from processors.critic.critic import Critic
 from processors.critic.detectors import (
@@ -22,7 +23,9 @@ from processors.critic.detectors import (
     normalize_message,
 )
 from processors.critic.episodes import Episodes
+from processors.critic.kafka_loop import TrackedStore
 from processors.critic.runs import RunAssembler, StepSpan, critical_path
+from processors.critic.runtime import CriticEngineError, CriticProcessor
 from processors.critic.view import TraceView, TraceViewError, view_from_json, view_from_trace
 from schemas.models import (
     Diagnosis,
@@ -518,3 +521,26 @@ def test_view_from_json_matches_the_model() -> None:
 def test_view_from_json_names_the_bad_field(payload: bytes, message: str) -> None:
     with pytest.raises(TraceViewError, match=message.replace("(", r"\(")):
         view_from_json(payload)
+
+
+# -- runtime pieces without I/O --------------------------------------------------------------------
+
+
+def test_tracked_store_reports_what_changed_once() -> None:
+    store = TrackedStore({"old": {"last_ms": 1}})
+    episodes = Episodes(store, rearm_after_ms=1000)
+    assert episodes.fire("k", 0, "d0")
+    assert not episodes.fire("k", 50, "d1")  # extended by less than a tenth: no write
+    assert store.take_dirty() == [
+        ("k", {"opened_ms": 0, "last_ms": 0, "fires": 1, "diagnosis_id": "d0"})
+    ]
+    assert store.take_dirty() == []
+    assert not episodes.fire("k", 500, "d2")  # moved by half the re-arm time: written
+    assert [key for key, _ in store.take_dirty()] == ["k"]
+    del store["old"]
+    assert store.take_dirty() == [("old", None)]  # a tombstone on the compacted topic
+
+
+def test_an_unknown_engine_is_refused_with_the_field_name() -> None:
+    with pytest.raises(CriticEngineError, match="engine: expected one of \\['faust', 'kafka'\\]"):
+        CriticProcessor(Settings(), engine="spark", schema=None)
