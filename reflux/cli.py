@@ -13,6 +13,7 @@ from foundation.errors import RefluxError
 from foundation.settings import get_settings
 from node_workers.cli import add_worker_commands
 from processors.alerts.cli import add_alerts_commands
+from processors.canary.cli import add_canary_commands
 from processors.critic.cli import add_critic_commands
 from processors.optimizer.cli import add_optimizer_command
 from processors.scheduler.runtime.cli import add_scheduler_commands
@@ -85,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_alerts_commands(sub)
     add_critic_commands(sub)
     add_optimizer_command(sub)
+    add_canary_commands(sub)
     add_topics_commands(sub)
     demo = sub.add_parser("demo", help="run the demo workflow against the local services")
     demo.set_defaults(handler=_demo)

@@ -24,6 +24,8 @@ import psycopg
 from foundation.settings import Settings
 from node_workers.registry import NodeRegistry, default_registry
 from node_workers.runtime import WorkerConfig, WorkerRuntime
+from processors.canary.judge import CanaryConfig
+from processors.canary.runtime import CanaryJudge
 from processors.historian.runtime import HistorianProjector
 from processors.mutations.runtime import MutationProcessor
 from processors.mutations.validation import ReplayValidation
@@ -119,6 +121,8 @@ class DevEngine:
         critic: bool = False,
         optimizer: bool = False,
         optimizer_config: OptimizerConfig | None = None,
+        canary: bool = False,
+        canary_config: CanaryConfig | None = None,
         historian: bool = False,
     ) -> None:
         self.settings = settings
@@ -134,9 +138,13 @@ class DevEngine:
             "replay-runner": replay_runner,
             "critic": critic,
             "optimizer": optimizer,
+            "canary": canary,
             "historian": historian,
         }
         self.optimizer_config = optimizer_config
+        # The canary judge (processors/canary, ADR 0033): keeps or rolls back applied proposals
+        # from their live runs; reads this engine's read models, so it needs the projector.
+        self.canary_config = canary_config
         self.components: list[Supervisor] = []
         self.proposal_replay = proposal_replay
         # Several instances share the partitions like separate processes would (each has its
@@ -155,6 +163,7 @@ class DevEngine:
         self.replay_runner: ReplayRunner | None = None
         self.critic: CriticProcessor | None = None
         self.optimizer: OptimizerProcessor | None = None
+        self.canary: CanaryJudge | None = None
         self.historian: HistorianProjector | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -217,6 +226,18 @@ class DevEngine:
                 return Running(instance.run, instance.close)
 
             self._supervise("projector", projector)
+        if self._want["canary"]:
+
+            def new_judge() -> CanaryJudge:
+                return CanaryJudge(self.settings, schema=self.schema, config=self.canary_config)
+
+            build_judge = _first_then_fresh(new_judge(), new_judge)
+
+            def canary() -> Running:
+                instance = self.canary = build_judge()
+                return Running(instance.run, instance.close)
+
+            self._supervise("canary", canary)
         if self._want["historian"]:
             self.start_historian()
         if self._want["optimizer"]:

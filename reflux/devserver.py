@@ -16,8 +16,12 @@ def serve_dev(host: str = "127.0.0.1", port: int = 8080) -> int:
     from api.app import create_app
 
     settings = get_settings()
-    # The historian too: the API's /v1/diagnoses reads what it stores.
-    engine = DevEngine(settings, register_nodes=True, historian=True, critic=True).start()
+    # The critic (traces -> diagnoses), the historian (the API's /v1/diagnoses reads what it
+    # stores), the optimizer (it turns diagnoses into proposals) and the canary judge (it keeps
+    # or rolls back applied proposals); docs/learning.md.
+    engine = DevEngine(
+        settings, register_nodes=True, critic=True, historian=True, optimizer=True, canary=True
+    ).start()
     log.info("engine running: %s", ", ".join(c.name for c in engine.components))
     try:
         # uvicorn owns the main thread and its signals; the engine threads stop afterwards.

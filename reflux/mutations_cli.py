@@ -66,6 +66,9 @@ def describe_mutation(m: dict[str, Any]) -> str:
                 f"  replay {replay.get('replay_id')}: verdict {replay.get('verdict')} "
                 f"({replay.get('runs') or 0} runs; `reflux replay ab` / GET /v1/replays/ID)"
             )
+        canary = report.get("canary")
+        if isinstance(canary, dict):
+            lines += _describe_canary(canary)
     for event in m.get("history") or []:
         why = f"  {event['reason']}" if event.get("reason") else ""
         lines.append(
@@ -77,6 +80,29 @@ def describe_mutation(m: dict[str, Any]) -> str:
         p95 = "-" if e["p95_ms"] is None else f"{e['p95_ms']:.0f} ms"
         lines.append(f"  v{e['version']}: {e['runs']} runs, success {rate}, p50 {p50}, p95 {p95}")
     return "\n".join(lines)
+
+
+def _describe_canary(canary: dict[str, Any]) -> list[str]:
+    """The keep / rollback evidence (the canary judge's, ADR 0033): decision and per-metric
+    regression estimate with its always-valid interval."""
+    lines = [
+        f"  canary: {canary.get('decision', '?')} after {canary.get('canary_runs', '?')} canary "
+        f"and {canary.get('baseline_runs', '?')} baseline runs"
+    ]
+    metrics = (canary.get("statistics") or {}).get("metrics") or {}
+    for name, m in metrics.items():
+        if not isinstance(m, dict):
+            continue
+        if not m.get("applicable"):
+            lines.append(f"      {name:<12} n/a       {m.get('note') or ''}")
+            continue
+        flag = "REGRESSED" if m.get("significant_regression") else "ok"
+        lines.append(
+            f"      {name:<12} {flag:<9} regression {m.get('regression_estimate'):+.3f} "
+            f"[{m.get('ci_low'):+.3f}, {m.get('ci_high'):+.3f}] "
+            f"always-valid p={m.get('always_valid_p'):.2g}"
+        )
+    return lines
 
 
 def _list(args: argparse.Namespace) -> int:

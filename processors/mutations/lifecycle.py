@@ -14,6 +14,11 @@ Lifecycle::
     validated -> approved (a person, or policy auto) | rejected (a person)
     approved -> applied (a new workflow version registered, canary share of new runs)
     applied -> kept (all new runs) | rolled_back (the previous version again)
+        (the canary judge, processors/canary, asks for one or the other; its evidence is
+        stored as ``report["canary"]``)
+
+A replay verdict validates only ``better``, or ``no_difference`` with a lower cost
+(:func:`~processors.mutations.validation.judge_replay`); anything else rejects.
 
 A request that does not fit (approving a rejected proposal, a second canary on the same
 workflow, an optimizer proposal under policy ``off``) is refused with a reason naming the
@@ -276,6 +281,12 @@ def decide(
         return _replay_verdict(w, current)
     if request.action is MutationAction.APPROVE:
         return _approve(w, current, request.canary_weight, request.actor)
+    if target in (S.KEPT, S.ROLLED_BACK) and isinstance(request.evidence, dict):
+        # What ended the canary lands on the record: the canary judge's statistics and the
+        # final effect (ADR 0033), next to the validation report and the replay's.
+        report = {**(current.report or {}), "canary": request.evidence}
+        w.transition(current, target, reason=request.reason, report=report)
+        return w.decision
     w.transition(current, target, reason=request.reason)
     return w.decision
 

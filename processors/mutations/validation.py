@@ -48,6 +48,7 @@ __all__ = [
     "candidate_definition",
     "judge_replay",
     "pending_report",
+    "replay_cost",
     "replay_spec",
     "validate",
 ]
@@ -227,32 +228,68 @@ def pending_report(report: Report, replay_id: str) -> dict[str, Any]:
     return body
 
 
+def replay_cost(summary: dict[str, Any]) -> tuple[float, float] | None:
+    """``(original, candidate)`` LLM tokens of a replay, or ``None`` when the originals' cost is
+    not known (the report then has no cost to compare: a cheaper candidate cannot be shown).
+
+    Tokens are the cost both sides can measure: ``calls`` are not comparable (a candidate's
+    side effects served from the record count 0 calls where the original paid for them)."""
+    cost = summary.get("cost") or {}
+    original = (cost.get("original") or {}).get("tokens")
+    candidate = (cost.get("candidate") or {}).get("tokens")
+    if not isinstance(original, (int, float)) or not isinstance(candidate, (int, float)):
+        return None
+    if original <= 0:
+        return None
+    return float(original), float(candidate)
+
+
 def judge_replay(
     report: dict[str, Any] | None, outcome: dict[str, Any]
 ) -> tuple[bool, dict[str, Any], str]:
     """``(validated, report, reason)`` for a validating proposal whose replay ended.
 
-    ``outcome`` is the runner's ``{replay_id, status, verdict, summary, error}``."""
+    ``outcome`` is the runner's ``{replay_id, status, verdict, summary, error}``. A proposal is
+    validated only when the replay shows it is worth having (issue 11, ADR 0033): the verdict
+    is ``better``, or ``no_difference`` with a lower cost. Everything else -- ``worse``,
+    ``no_difference`` at the same or a higher cost, ``insufficient_data``, a replay that
+    failed -- rejects it, with the reason: a change with nothing to show for it is only risk.
+    """
     body = dict(report or {})
     verdict = outcome.get("verdict")
     replay_id = outcome.get("replay_id")
     summary = outcome.get("summary") or {}
-    check: dict[str, Any] = {"name": REPLAY, "passed": True, "errors": []}
+    check: dict[str, Any] = {"name": REPLAY, "passed": False, "errors": []}
     if outcome.get("status") != "completed":
-        check["skipped"] = f"the replay failed: {outcome.get('error')}"
-        reason = f"replay {replay_id} failed; validated by the static checks"
-    elif verdict == "worse":
-        check["passed"] = False
-        reason = "replay verdict worse: " + str(summary.get("comparison", {}).get("reason", ""))
-        check["errors"] = [{"path": "replay", "message": reason}]
-    elif verdict == "insufficient_data":
-        check["skipped"] = "too few recorded runs for a verdict"
         reason = (
-            f"replay {replay_id}: insufficient data ({summary.get('runs', 0)} runs); "
-            "validated by the static checks"
+            f"replay {replay_id} failed ({outcome.get('error')}): "
+            "the proposal was not shown to be better"
+        )
+    elif verdict == "better":
+        check["passed"] = True
+        reason = "replay verdict better: " + str(summary.get("comparison", {}).get("reason", ""))
+    elif verdict == "worse":
+        reason = "replay verdict worse: " + str(summary.get("comparison", {}).get("reason", ""))
+    elif verdict == "no_difference":
+        cost = replay_cost(summary)
+        if cost is not None and cost[1] < cost[0]:
+            check["passed"] = True
+            reason = (
+                f"replay verdict no_difference with a lower cost ({cost[0]:.0f} -> "
+                f"{cost[1]:.0f} tokens)"
+            )
+        else:
+            seen = "cost not measured" if cost is None else f"{cost[0]:.0f} -> {cost[1]:.0f} tokens"
+            reason = f"replay verdict no_difference and no lower cost ({seen}): nothing to gain"
+    elif verdict == "insufficient_data":
+        reason = (
+            f"replay {replay_id}: insufficient data ({summary.get('runs', 0)} runs): "
+            "the proposal was not shown to be better"
         )
     else:
-        reason = f"replay verdict {verdict}"
+        reason = f"replay verdict {verdict!r}: the proposal was not shown to be better"
+    if not check["passed"]:
+        check["errors"] = [{"path": "replay", "message": reason}]
     body["checks"] = [*body.get("checks", []), check]
     body["pending"] = []
     body["not_run"] = []
@@ -264,6 +301,7 @@ def judge_replay(
         "runs": summary.get("runs"),
         "outcomes": summary.get("outcomes"),
         "comparison": summary.get("comparison"),
+        "cost": summary.get("cost"),
         "error": outcome.get("error"),
     }
     return check["passed"], body, reason

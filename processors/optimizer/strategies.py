@@ -84,7 +84,9 @@ TRANSIENT_ERROR_CLASSES: Final = frozenset(
 """Error classes a retry can fix; matched also by the words transient/timeout/5xx/unavailable/
 rate/connect in a class name."""
 
-_TRANSIENT_WORDS: Final = re.compile(r"transient|timeout|5\d\d|unavailable|rate|connect", re.I)
+_TRANSIENT_WORDS: Final = re.compile(
+    r"transient|time_?out|timed_?out|5\d\d|unavailable|rate|connect", re.I
+)
 
 
 @dataclass(frozen=True)

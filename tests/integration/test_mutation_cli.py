@@ -1,5 +1,6 @@
 """``reflux mutations propose|list|show|approve|keep|reject|rollback|policy`` against a real
-API and engine."""
+API and engine (validating on the static checks: a fresh workflow has no runs a replay could
+show the proposal better on, and such a proposal is rejected since ADR 0033)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,14 @@ import httpx
 import pytest
 
 from reflux.cli import main
-from tests.integration.engine_fixtures import transform
+from tests.integration.engine_fixtures import Harness, HarnessFactory, transform
 from tests.integration.test_cli_client import api_url  # noqa: F401  the fixture
 from tests.support.waiting import eventually
+
+
+@pytest.fixture
+def harness(engine_harness: HarnessFactory) -> Harness:
+    return engine_harness(proposal_replay=None)
 
 
 def test_the_mutations_cli_takes_a_proposal_to_kept(
@@ -46,8 +52,8 @@ def test_the_mutations_cli_takes_a_proposal_to_kept(
     assert main(["mutations", "propose", str(proposal), "--api", api_url]) == 0
     out = capsys.readouterr().out
     assert "status=validated" in out and "check definition  ok" in out
-    # No recorded runs to replay: the replay stage says so and the static checks decide.
-    assert "check replay      ok" in out and "verdict insufficient_data (0 runs" in out
+    # No replay validation configured: the report says it did not run.
+    assert "not run: replay" in out
     assert main(["mutations", "list", "--workflow", "clied", "--api", api_url]) == 0
     assert "clied-1  clied@1  validated" in capsys.readouterr().out
     assert main(["mutations", "keep", "clied-1", "--api", api_url]) == 2

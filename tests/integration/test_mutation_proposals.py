@@ -9,6 +9,11 @@ the scheduler's routing between workflow versions and the read models, on the re
   current status), bad fields (422 with their path);
 - policy ``auto`` approves and applies without a person; ``off`` refuses optimizer proposals,
   through the API and on Kafka (the processor's refusal is projected).
+
+The engine here validates on the static checks only (``proposal_replay=None``): these tests are
+about the lifecycle and the routing, on fresh workflows with no recorded runs, which a replay
+would reject as not shown better (ADR 0033). The replay path: test_replay_ab.py and
+test_canary_e2e.py.
 """
 
 from __future__ import annotations
@@ -31,10 +36,16 @@ from processors.mutations.runtime import MUTATION_TOPIC_TYPES
 from schemas import decode, record_type_of
 from schemas.models import GraphMutation, GraphMutationType, MutationAction, MutationRequest
 from streams.table import TopicTableReader
-from tests.integration.engine_fixtures import Harness, replayed_state, transform
+from tests.integration.engine_fixtures import Harness, HarnessFactory, replayed_state, transform
 from tests.support.waiting import eventually
 
 WAIT = 20_000
+
+
+@pytest.fixture
+def harness(engine_harness: HarnessFactory) -> Harness:
+    """The whole engine, validating proposals on the static checks (see the module doc)."""
+    return engine_harness(proposal_replay=None)
 
 
 @pytest.fixture
@@ -164,9 +175,9 @@ def test_a_proposal_goes_to_kept_and_splits_new_runs_by_run_id(
     assert proposed["author"] == "user:ada" and proposed["base_version"] == 1
     report = proposed["report"]
     assert report["passed"] is True
-    # The replay stage ran (ADR 0030): no recorded runs yet, so the static checks decided.
-    assert [c["name"] for c in report["checks"]] == ["base", "applies", "definition", "replay"]
-    assert report["replay"]["verdict"] == "insufficient_data" and report["not_run"] == []
+    # No replay validation here: the static checks decided, and the report says replay did not run.
+    assert [c["name"] for c in report["checks"]] == ["base", "applies", "definition"]
+    assert [n["name"] for n in report["not_run"]] == ["replay"]
     assert proposed["evidence"] == {"runs_seen": 12, "failure_rate": 0.25}
     mutation_id = proposed["mutation_id"]
 
@@ -401,7 +412,7 @@ def test_a_redelivered_request_is_answered_once_and_the_state_is_the_fold_of_the
     topic = harness.engine.catalog.mutations.topic
     harness.send(topic, "twice", request)
     harness.send(topic, "twice", request)
-    # Validation ends with the replay runner's verdict (ADR 0030); approve after it.
+    # Validated on the static checks (this engine runs no replay validation); approve after it.
     eventually(
         lambda: api.get("/v1/mutations/twice-1").json(),
         20,
@@ -439,8 +450,7 @@ def test_a_redelivered_request_is_answered_once_and_the_state_is_the_fold_of_the
         reader.close()
     live = processor.state.of("twice")
     assert folded.of("twice").proposals == live.proposals
-    verdict = detail["history"][2]["request_id"]  # the replay runner's replay_verdict request
-    assert verdict not in {request.event_id, approve.event_id}
+    assert detail["history"][2]["request_id"] == request.event_id  # validated by the proposal
     assert folded.of("twice").handled == live.handled
-    assert live.handled == {request.event_id, verdict, approve.event_id}
+    assert live.handled == {request.event_id, approve.event_id}
     assert folded.of("twice").route == live.route

@@ -179,3 +179,164 @@ def test_a_diagnosis_becomes_a_proposal_with_its_evidence(engine_harness: Harnes
     assert decision is not None
     assert decision.request is None and decision.reason == "policy off"
     assert len(proposals()) == 1
+
+
+def _one_call(workflow_id: str) -> dict[str, Any]:
+    return {
+        "id": workflow_id,
+        "steps": [
+            {"id": "call", "node": "http.request", "params": {"url": "http://127.0.0.1:9/x"}},
+            {
+                "id": "after",
+                "node": "transform",
+                "needs": ["call"],
+                "params": {"expression": "@", "data": "{{ steps.call.output.body }}"},
+            },
+        ],
+    }
+
+
+def test_the_historian_is_asked_first_and_what_was_kept_is_tried_first(
+    engine_harness: HarnessFactory,
+) -> None:
+    """A timeout fix was kept for a past timeout drift of the step; on a new, similar drift the
+    optimizer proposes a timeout again, where the library's own order would try a retry first."""
+    from processors.historian.postgres import PostgresHistorian
+    from processors.optimizer.planner import plan
+    from processors.optimizer.strategies import StrategyInput, replace_step
+    from schemas.models import GraphMutationType
+
+    harness = engine_harness(
+        optimizer=True,
+        historian=True,
+        scheduler=False,
+        workers=False,
+        trigger_router=False,
+        replay_runner=False,
+        proposal_replay=None,
+    )
+    workflow_id = f"opt-h-{uuid.uuid4().hex[:8]}"
+    topic = harness.engine.catalog.diagnoses.topic
+    mutations_topic = harness.engine.catalog.mutations.topic
+    harness.register(_one_call(workflow_id))
+
+    def request(**fields: Any) -> None:
+        harness.send(
+            mutations_topic,
+            workflow_id,
+            MutationRequest(workflow_id=workflow_id, actor="user:ops", **fields),
+        )
+
+    def proposal(mutation_id: str, status: str) -> Any:
+        def row() -> Any:
+            with harness.conn() as conn:
+                rows = list_mutations(conn, workflow_id=workflow_id, schema=harness.schema)
+            return next((r for r in rows if r.mutation_id == mutation_id), None)
+
+        return eventually(
+            row, 30, f"{mutation_id} {status}", until=lambda r: r is not None and r.status == status
+        )
+
+    # 1. The past incident, under policy off: the optimizer stays out of it.
+    request(action=MutationAction.SET_POLICY, policy=ImprovementPolicy.OFF)
+    with harness.conn() as conn:
+        eventually(
+            lambda: get_policy(conn, workflow_id, schema=harness.schema),
+            20,
+            "policy off projected",
+            until=lambda row: row is not None and row.policy == "off",
+        )
+    drift = {"error_class": "StepTimedOut", "metrics": {"p99_ms": 1300.0, "timeout_rate": 0.2}}
+    past = _diagnosis(workflow_id, DiagnosisKind.TIMEOUT_DRIFT, "call", **drift)
+    harness.send(topic, past.subject, past)
+
+    # 2. A person fixed it with a timeout, and it was kept.
+    with harness.conn() as conn:
+        base_row = eventually(
+            lambda: get_workflow(conn, workflow_id, 1, schema=harness.schema), 20, "projected"
+        )
+    assert base_row is not None
+    base = WorkflowDefinition.from_json_dict(base_row.definition)
+    fixed = base.step("call").model_dump(mode="json") | {"timeout": 2000}
+    fix_id = f"fix-{uuid.uuid4().hex[:8]}"
+    request(
+        action=MutationAction.PROPOSE,
+        mutation_id=fix_id,
+        base_version=1,
+        changes=list(replace_step("call", fixed)),
+        rationale="bound the supplier call",
+        evidence={"diagnosis_id": past.diagnosis_id, "strategy": "timeout"},
+    )
+    proposal(fix_id, "validated")
+    request(action=MutationAction.APPROVE, mutation_id=fix_id, canary_weight=1.0)
+    proposal(fix_id, "applied")
+    request(action=MutationAction.KEEP, mutation_id=fix_id, reason="p95 better")
+    proposal(fix_id, "kept")
+
+    # 3. The historian has linked the kept fix to the past incident.
+    new = _diagnosis(
+        workflow_id,
+        DiagnosisKind.TIMEOUT_DRIFT,
+        "call",
+        error_class="StepTimedOut",
+        metrics={"p99_ms": 3000.0, "timeout_rate": 0.25},
+    )
+    lookup = PostgresHistorian(harness.settings, schema=harness.schema)
+    try:
+        incidents = eventually(
+            lambda: lookup.similar(new, k=5),
+            60,
+            "the historian linking the kept fix to the past incident",
+            until=lambda found: any(i.diagnosis_id == past.diagnosis_id and i.kept for i in found),
+        )
+    finally:
+        lookup.close()
+    # Without history the library would try a retry first (StepTimedOut is transient).
+    with harness.conn() as conn:
+        v2 = get_workflow(conn, workflow_id, 2, schema=harness.schema)
+    assert v2 is not None
+    current = WorkflowDefinition.from_json_dict(v2.definition)
+    blind = plan(
+        StrategyInput(diagnosis=new, definition=current, base_version=2),
+        policy="propose",
+        open_keys=set(),
+    )
+    assert blind.proposal is not None and blind.proposal.strategy == "retry"
+    assert incidents
+
+    # 4. Policy back to propose; the new drift.
+    request(action=MutationAction.SET_POLICY, policy=ImprovementPolicy.PROPOSE)
+    with harness.conn() as conn:
+        eventually(
+            lambda: get_policy(conn, workflow_id, schema=harness.schema),
+            20,
+            "policy propose projected",
+            until=lambda row: row is not None and row.policy == "propose",
+        )
+    harness.send(topic, new.subject, new)
+
+    def optimizer_rows() -> list[Any]:
+        with harness.conn() as conn:
+            rows = list_mutations(conn, workflow_id=workflow_id, schema=harness.schema)
+        return [r for r in rows if r.author.startswith("optimizer:")]
+
+    rows = eventually(optimizer_rows, 60, "the optimizer's proposal", until=bool)
+    assert len(rows) == 1
+    row = rows[0]
+    assert row.author == "optimizer:timeout"
+    assert row.base_version == 2
+    evidence = row.evidence
+    assert evidence["diagnosis_id"] == new.diagnosis_id
+    similar = {i["diagnosis_id"]: i for i in evidence["similar_incidents"]}
+    assert past.diagnosis_id in similar
+    assert similar[past.diagnosis_id]["proposals"][0] == {
+        "mutation_id": fix_id,
+        "strategy": "timeout",
+        "status": "kept",
+    }
+    assert evidence["predicted_effect"]["timeout_ms"] == {"from": 2000, "to": 4500}
+    changes = [GraphMutation.model_validate(c) for c in row.changes]
+    assert [c.type for c in changes] == [
+        GraphMutationType.REMOVE_STEP,
+        GraphMutationType.ADD_STEP,
+    ]

@@ -1,6 +1,7 @@
 """A/B replay end to end on the real services: the API (POST/GET/list/SSE), the runner in the
 engine, the shadow engine, the report and its verdict; the CLI with its progress bar; mutation
-proposals validated and rejected by replay (issue 10, ADR 0030)."""
+proposals validated and rejected by replay (issue 10, ADR 0030; only a better or cheaper
+replay validates since issue 11, ADR 0033)."""
 
 from __future__ import annotations
 
@@ -201,20 +202,32 @@ def test_proposals_are_validated_or_rejected_by_replay(
     history = [e["status"] for e in rejected["history"]]
     assert history == ["proposed", "validating", "rejected"]
 
+    # The same behaviour at the same cost: nothing to gain, rejected (issue 11, ADR 0033).
     propose(api_url, "abprop", "abprop-same", "value")
-    validated = settled(api_url, "abprop-same")
-    assert validated["status"] == "validated"
-    assert validated["report"]["replay"]["verdict"] == "no_difference"
-    assert validated["report"]["passed"] is True
-    replay_id = validated["report"]["replay"]["replay_id"]
+    same = settled(api_url, "abprop-same")
+    assert same["status"] == "rejected"
+    assert same["report"]["replay"]["verdict"] == "no_difference"
+    assert "no lower cost" in same["reason"] and same["report"]["passed"] is False
+    replay_id = same["report"]["replay"]["replay_id"]
     stored = httpx.get(f"{api_url}/v1/replays/{replay_id}").json()
     assert stored["mutation_id"] == "abprop-same" and stored["requested_by"] == "mutation-processor"
 
-    # No recorded runs of the base version: insufficient data, the static checks decide.
+    # A fix of a broken base: better, validated.
+    harness.register(flow("abfixes", BROKEN), version=1)
+    record_runs(harness, "abfixes", "failed")
+    projected(api_url, "abfixes", 1)
+    propose(api_url, "abfixes", "abfixes-1", "value")
+    validated = settled(api_url, "abfixes-1")
+    assert validated["status"] == "validated", validated["reason"]
+    assert validated["report"]["replay"]["verdict"] == "better"
+    assert validated["report"]["passed"] is True
+    assert validated["report"]["replay"]["outcomes"]["fixed"] == RUNS
+
+    # No recorded runs of the base version: insufficient data, not shown better: rejected.
     harness.register(flow("abempty", "value"), version=1)
     projected(api_url, "abempty", 1)
     propose(api_url, "abempty", "abempty-1", "value")
     empty = settled(api_url, "abempty-1")
-    assert empty["status"] == "validated"
+    assert empty["status"] == "rejected"
     assert empty["report"]["replay"]["verdict"] == "insufficient_data"
-    assert "validated by the static checks" in empty["reason"]
+    assert "not shown to be better" in empty["reason"]

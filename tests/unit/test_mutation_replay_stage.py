@@ -1,6 +1,7 @@
 """The proposal lifecycle's replay stage (issue 10, ADR 0030): validating waits for the A/B
-replay's verdict; worse rejects, better / no_difference validate, insufficient data or a failed
-replay validate on the static checks, and the report says which."""
+replay's verdict. Only ``better``, or ``no_difference`` with a lower cost, validates (issue 11,
+ADR 0033); worse, no_difference at the same cost, insufficient data and a failed replay reject,
+and the reason says which."""
 
 from __future__ import annotations
 
@@ -68,23 +69,58 @@ def verdict(replay_id: str, status: str = "completed", **outcome: Any) -> Mutati
 SUMMARY = {"runs": 8, "outcomes": {"broke": 8}, "comparison": {"reason": "success 100% -> 0%"}}
 
 
+def cost(original: int, candidate: int) -> dict[str, Any]:
+    return {
+        "runs": 8,
+        "cost": {
+            "original": {"tokens": original, "calls": 8},
+            "candidate": {"tokens": candidate, "calls": 0},
+        },
+    }
+
+
 @pytest.mark.parametrize(
     ("outcome", "status", "passed", "reason"),
     [
         ({"verdict": "worse", "summary": SUMMARY}, "rejected", False, "replay verdict worse"),
         ({"verdict": "better", "summary": SUMMARY}, "validated", True, "replay verdict better"),
-        ({"verdict": "no_difference"}, "validated", True, "replay verdict no_difference"),
         (
-            {"verdict": "insufficient_data", "summary": {"runs": 2}},
+            {"verdict": "no_difference", "summary": cost(800, 300)},
             "validated",
             True,
-            "insufficient",
+            "no_difference with a lower cost (800 -> 300 tokens)",
+        ),
+        (
+            {"verdict": "no_difference", "summary": cost(800, 800)},
+            "rejected",
+            False,
+            "no_difference and no lower cost (800 -> 800 tokens): nothing to gain",
+        ),
+        (
+            {"verdict": "no_difference", "summary": cost(800, 900)},
+            "rejected",
+            False,
+            "no lower cost",
+        ),
+        (
+            # The originals' tokens unknown (0): a lower cost cannot be shown.
+            {"verdict": "no_difference", "summary": cost(0, 0)},
+            "rejected",
+            False,
+            "no lower cost (cost not measured)",
+        ),
+        ({"verdict": "no_difference"}, "rejected", False, "nothing to gain"),
+        (
+            {"verdict": "insufficient_data", "summary": {"runs": 2}},
+            "rejected",
+            False,
+            "insufficient data (2 runs): the proposal was not shown to be better",
         ),
         (
             {"status": "failed", "error": "boom"},
-            "validated",
-            True,
-            "failed; validated by the static",
+            "rejected",
+            False,
+            "failed (boom): the proposal was not shown to be better",
         ),
     ],
 )
@@ -103,6 +139,11 @@ def test_the_verdict_decides(
     assert record.report["pending"] == []
     replay_check = record.report["checks"][-1]
     assert replay_check["name"] == "replay" and replay_check["passed"] is passed
+    if passed:
+        assert replay_check["errors"] == []
+    else:
+        assert reason in replay_check["errors"][0]["message"]
+        assert replay_check["errors"][0]["path"] == "replay"
     assert record.report["replay"]["replay_id"] == replay_id
     assert [c["name"] for c in record.report["checks"]] == [
         "base",
@@ -145,7 +186,7 @@ def test_policy_auto_applies_after_a_good_verdict_and_the_fold_matches() -> None
     )  # fmt: skip
     first = decide(state, req, replay_ctx())
     replay_id = first.replays[0].replay_id
-    second = decide(state, verdict(replay_id, verdict="no_difference"), replay_ctx())
+    second = decide(state, verdict(replay_id, verdict="better"), replay_ctx())
     assert [r.status.value for r in second.records if isinstance(r, Mutation)] == [
         "validated",
         "approved",
@@ -170,3 +211,40 @@ def test_without_replay_configured_the_static_checks_decide_and_replay_is_not_ru
     last = decision.records[-1]
     assert isinstance(last, Mutation) and last.status is MutationStatus.VALIDATED
     assert last.report is not None and last.report["not_run"][0]["name"] == "replay"
+
+
+def test_policy_auto_does_not_apply_what_the_replay_did_not_show_better() -> None:
+    state = MutationsState()
+    state.of("wf").policy = ImprovementPolicy.AUTO
+    req = MutationRequest(
+        workflow_id="wf", mutation_id="m1", action=MutationAction.PROPOSE, actor="optimizer",
+        base_version=1, changes=[CHANGE], rationale="r",
+    )  # fmt: skip
+    first = decide(state, req, replay_ctx())
+    replay_id = first.replays[0].replay_id
+    second = decide(state, verdict(replay_id, verdict="no_difference"), replay_ctx())
+    assert [r.status.value for r in second.records if isinstance(r, Mutation)] == ["rejected"]
+    assert second.registrations == []
+
+
+def test_the_canary_judges_evidence_lands_on_the_record() -> None:
+    state = MutationsState()
+    state.of("wf").policy = ImprovementPolicy.AUTO
+    req = MutationRequest(
+        workflow_id="wf", mutation_id="m1", action=MutationAction.PROPOSE, actor="optimizer",
+        base_version=1, changes=[CHANGE], rationale="r",
+    )  # fmt: skip
+    replay_id = decide(state, req, replay_ctx()).replays[0].replay_id
+    decide(state, verdict(replay_id, verdict="better"), replay_ctx())
+    assert state.of("wf").proposals["m1"].status is MutationStatus.APPLIED
+    evidence = {"decision": "rollback", "canary_runs": 23, "effect": {"success": -0.4}}
+    rollback = MutationRequest(
+        workflow_id="wf", mutation_id="m1", action=MutationAction.ROLLBACK, actor="canary",
+        reason="significant regression in success rate", evidence=evidence,
+    )  # fmt: skip
+    [record] = decide(state, rollback, replay_ctx()).records
+    assert isinstance(record, Mutation) and record.status is MutationStatus.ROLLED_BACK
+    assert record.actor == "canary" and record.reason == "significant regression in success rate"
+    assert record.report is not None and record.report["canary"] == evidence
+    assert record.report["replay"]["verdict"] == "better"  # the replay's report stays
+    assert record.evidence is None  # the proposal's own evidence is not replaced

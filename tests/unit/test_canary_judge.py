@@ -1,0 +1,170 @@
+"""The canary's sequential test (processors/canary): seeded simulations of live runs.
+
+Each test can fail: a good canary must be kept (not rolled back), a bad one rolled back within
+a bounded number of canary runs, nothing decided on too few runs, and the always-valid error
+rate must hold when the test is looked at after every run (where a peeked fixed-horizon test
+fails)."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from processors.canary.judge import CanaryConfig, RunObservation, first_decision, judge
+from processors.canary.sequential import always_valid_p, difference_sequence, mixture_radius
+
+
+def simulate(
+    seed: int,
+    runs: int = 1500,
+    *,
+    weight: float = 0.2,
+    fail_base: float = 0.01,
+    fail_canary: float | None = None,
+    latency_factor: float = 1.0,
+    cost_factor: float = 1.0,
+    cost: float | None = 500.0,
+) -> list[RunObservation]:
+    """Runs in finishing order: lognormal latency (median 100 ms, sigma 0.3), cost ~ N(500, 50)."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(runs):
+        canary = rng.random() < weight
+        fail = fail_canary if canary and fail_canary is not None else fail_base
+        ok = rng.random() >= fail
+        duration = 100.0 * math.exp(rng.gauss(0.0, 0.3)) * (latency_factor if canary else 1.0)
+        factor = cost_factor if canary else 1.0
+        spent = None if cost is None else rng.gauss(cost, cost / 10) * factor
+        out.append(RunObservation(f"r{i}", canary, ok, duration, spent))
+    return out
+
+
+def test_a_good_canary_is_kept_never_rolled_back() -> None:
+    for seed in range(8):
+        _, verdict = first_decision(simulate(seed))
+        assert verdict.decision == "keep", (seed, verdict.reason)
+        assert verdict.canary_runs <= 200
+        assert not any(m.regression for m in verdict.metrics)
+
+
+def test_a_better_canary_is_kept_early_by_non_inferiority() -> None:
+    # Faster, cheaper, fails less: every upper bound drops below its margin before the horizon.
+    _, verdict = first_decision(
+        simulate(3, fail_base=0.05, fail_canary=0.0, latency_factor=0.7, cost_factor=0.6)
+    )
+    assert verdict.decision == "keep"
+    assert "non-inferiority shown" in verdict.reason
+    assert verdict.canary_runs < 200
+    assert all(m.non_inferior for m in verdict.metrics)
+
+
+@pytest.mark.parametrize(
+    ("bad", "within"),
+    [
+        ({"fail_canary": 0.5}, 50),
+        ({"latency_factor": 2.0}, 50),
+        ({"cost_factor": 1.5}, 20),
+    ],
+)
+def test_a_bad_canary_is_rolled_back(bad: dict[str, float], within: int) -> None:
+    for seed in range(10):
+        _, verdict = first_decision(simulate(seed, **bad))  # type: ignore[arg-type]
+        assert verdict.decision == "rollback", (bad, seed, verdict.reason)
+        assert verdict.canary_runs <= within, (bad, seed, verdict.canary_runs)
+
+
+def test_the_rollback_names_the_metric_that_regressed() -> None:
+    _, verdict = first_decision(simulate(1, latency_factor=3.0))
+    assert verdict.decision == "rollback"
+    assert verdict.metric("latency_p95").regression
+    assert not verdict.metric("success").regression
+    assert verdict.reason.startswith("significant regression in latency p95")
+    body = verdict.to_json()
+    assert body["metrics"]["latency_p95"]["arms"]["p95_ratio"] > 2.0
+    assert body["metrics"]["latency_p95"]["ci_low"] > 0
+
+
+def test_no_decision_on_too_few_runs() -> None:
+    # Nine canary runs that all failed against a perfect baseline: still no decision.
+    runs = [RunObservation(f"b{i}", False, True, 100.0, 10.0) for i in range(50)]
+    runs += [RunObservation(f"c{i}", True, False, None, 10.0) for i in range(9)]
+    verdict = judge(runs, CanaryConfig(min_runs=10))
+    assert verdict.decision is None and "at least 10 of each" in verdict.reason
+    runs.append(RunObservation("c9", True, False, None, 10.0))
+    assert judge(runs, CanaryConfig(min_runs=10)).decision == "rollback"
+    # And without a baseline nothing is compared, however many canary runs there are.
+    only_canary = [RunObservation(f"c{i}", True, True, 100.0, None) for i in range(500)]
+    assert judge(only_canary).decision is None
+
+
+def test_a_small_sample_of_a_good_canary_decides_nothing_before_the_horizon() -> None:
+    runs = simulate(5, runs=60)
+    used, verdict = first_decision(runs)
+    assert verdict.decision is None, verdict.reason
+    assert used == len(runs)
+
+
+def test_cost_is_not_tested_when_nothing_is_spent() -> None:
+    verdict = judge(simulate(2, runs=400, cost=None))
+    cost = verdict.metric("cost")
+    assert not cost.applicable and cost.non_inferior and not cost.regression
+
+
+def test_the_always_valid_error_rate_holds_when_looking_after_every_run() -> None:
+    # 200 good canaries judged after every run up to the horizon: at most alpha of them may be
+    # rolled back (expected ~1-2 %; 10 of 200 would be 5 %). A fixed-horizon z test at the same
+    # alpha looked at as often rejects far more: the peeking problem the mixture avoids.
+    config = CanaryConfig(max_runs=100)
+    rolled = 0
+    peeked = 0
+    for seed in range(200):
+        runs = simulate(1000 + seed, runs=600, fail_base=0.1)
+        _, verdict = first_decision(runs, config)
+        rolled += verdict.decision == "rollback"
+        peeked += _peeked_z_test_rejects(runs, config.min_runs, config.max_runs)
+    assert rolled <= 10, rolled
+    assert peeked > 2 * max(rolled, 5), (peeked, rolled)
+
+
+def _peeked_z_test_rejects(runs: list[RunObservation], min_runs: int, max_runs: int) -> bool:
+    """A two-proportion z test on success at alpha/3 two-sided, looked at after every run."""
+    z_crit = 2.394  # two-sided 0.05 / 3
+    ok = {True: 0, False: 0}
+    n = {True: 0, False: 0}
+    for run in runs:
+        n[run.canary] += 1
+        ok[run.canary] += run.succeeded
+        if n[True] > max_runs:
+            return False
+        if min(n.values()) < min_runs:
+            continue
+        p_a, p_b = ok[False] / n[False], ok[True] / n[True]
+        pooled = (ok[True] + ok[False]) / (n[True] + n[False])
+        se = math.sqrt(pooled * (1 - pooled) * (1 / n[True] + 1 / n[False]))
+        if se > 0 and abs(p_b - p_a) / se > z_crit:
+            return True
+    return False
+
+
+def test_the_mixture_boundary() -> None:
+    # Lambda >= 1/alpha exactly at the radius: p = alpha there.
+    v, tau, alpha = 0.004, 0.1, 0.05
+    radius = mixture_radius(v, tau, alpha)
+    assert always_valid_p(radius, v, tau) == pytest.approx(alpha, rel=1e-9)
+    assert always_valid_p(0.0, v, tau) == 1.0
+    ci = difference_sequence(
+        mean_a=0.1, var_a=0.09, n_a=100, mean_b=0.3, var_b=0.21, n_b=50, tau=tau, alpha=alpha
+    )
+    assert ci.estimate == pytest.approx(0.2)
+    assert ci.low == pytest.approx(0.2 - mixture_radius(0.09 / 100 + 0.21 / 50, tau, alpha))
+    # The boundary widens (slowly) as the variance shrinks: the price of looking at every n.
+    assert mixture_radius(1e-4, tau, alpha) / math.sqrt(1e-4) > radius / math.sqrt(v)
+
+
+def test_bad_configuration_is_refused() -> None:
+    with pytest.raises(ValueError, match="max_runs"):
+        CanaryConfig(min_runs=20, max_runs=10)
+    with pytest.raises(ValueError, match="alpha"):
+        CanaryConfig(alpha=1.5)
