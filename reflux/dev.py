@@ -303,7 +303,7 @@ class DevEngine:
         return first
 
     def start_critic(self) -> CriticProcessor:
-        """The critic (traces -> diagnoses, ADR 0031) on its own event loop in a thread."""
+        """The critic (traces -> diagnoses, ADR 0031) in a thread of its own."""
 
         # Imported here: faust (and its aiokafka) load only for engines that run the critic.
         from processors.critic.runtime import CriticProcessor

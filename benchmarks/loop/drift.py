@@ -325,18 +325,28 @@ def run(seeds: list[int], quick: bool, *, with_kafka: bool = True) -> dict[str, 
             "min_effect_ratio": round(math.exp(CriticConfig().latency.min_effect), 4),
         },
     }
+    # Per seed too (the loop harness summarises ``per_seed`` over the seeds).
+    per_seed: dict[str, dict[str, float]] = {str(s): {} for s in seeds}
     for factor in (1.5, 2.0):
-        delays = [detection_delay(s, r, factor) for s in seeds for r in range(reps)]
         tag = f"x{factor:g}".replace(".", "_")
+        by_seed = {s: [detection_delay(s, r, factor) for r in range(reps)] for s in seeds}
+        delays = [d for values in by_seed.values() for d in values]
         result[f"delay_{tag}_median"] = statistics.median(delays)
         result[f"delay_{tag}_p95"] = _p95(delays)
         result[f"delay_{tag}_missed"] = sum(1 for d in delays if d >= MAX_AFTER)
+        for s, values in by_seed.items():
+            per_seed[str(s)][f"delay_{tag}_median"] = statistics.median(values)
+            per_seed[str(s)][f"delay_{tag}_p95"] = _p95(values)
     reported = raw = 0
     for s in seeds:
+        seed_reported = 0
         for r in range(fa_reps):
             a, b = false_alarms(s, r)
             reported += a
+            seed_reported += a
             raw += b
+        per_seed[str(s)]["false_alarms_per_100k"] = seed_reported / fa_reps
+    result["per_seed"] = per_seed
     streams = len(seeds) * fa_reps
     result["stable_traces"] = streams * STABLE
     result["false_alarms_per_100k"] = reported / streams
