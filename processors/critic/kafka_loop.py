@@ -146,7 +146,15 @@ def run_kafka_loop(
                     stats.malformed += 1
                     log.warning("critic: skipping a malformed trace: %s", exc)
                     continue
-                for diagnosis in critic.observe(view):
+                try:
+                    diagnoses = critic.observe(view)
+                except Exception:
+                    # A bug for this one trace must not stop the stream (ADR 0011): the same
+                    # batch would fail again after every restart.
+                    stats.failed += 1
+                    log.exception("critic: a trace of run %s could not be judged", view.run_id)
+                    continue
+                for diagnosis in diagnoses:
                     producer.send(catalog.diagnoses.topic, diagnosis.subject, encode(diagnosis))
                     stats.published += 1
                     log.info(

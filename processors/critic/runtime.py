@@ -77,6 +77,8 @@ class RuntimeStats:
     consumed: int = 0
     malformed: int = 0
     published: int = 0
+    failed: int = 0
+    """Traces whose judgement raised (a bug): logged and skipped."""
     started: bool = False
     """Set once faust's worker has started (partitions are assigned a moment later)."""
 
@@ -177,7 +179,13 @@ class CriticProcessor:
                     stats.malformed += 1
                     log.warning("critic: skipping a malformed trace: %s", exc)
                     continue
-                for diagnosis in critic.observe(view):
+                try:
+                    diagnoses = critic.observe(view)
+                except Exception:
+                    stats.failed += 1  # one trace's bug does not stop the stream (ADR 0011)
+                    log.exception("critic: a trace of run %s could not be judged", view.run_id)
+                    continue
+                for diagnosis in diagnoses:
                     sent = await sink.send(key=diagnosis.subject.encode(), value=encode(diagnosis))
                     await sent  # acknowledged before the trace's offset can be committed
                     stats.published += 1
