@@ -98,11 +98,13 @@ class _DriftSet:
 
 
 class _StepState(_DriftSet):
-    __slots__ = ("anomaly", "errors", "inputs")
+    __slots__ = ("anomalous_runs", "anomaly", "errors", "inputs")
 
     def __init__(self, config: CriticConfig) -> None:
         super().__init__(config)
         self.anomaly = AnomalyDetector(config.anomaly)
+        self.anomalous_runs: deque[str] = deque(maxlen=config.examples)
+        """Runs of the latest high-scoring attempts: the anomaly's examples."""
         self.errors = ErrorClusters(config.windows)
         self.inputs = RepeatedInputs(config.windows)
 
@@ -212,7 +214,9 @@ class Critic:
     def _step_windows(self, step: _StepState, t: TraceView, out: list[Diagnosis]) -> None:
         subject = step_subject(t.workflow_id, t.step_id)
         if not t.cache_hit:
-            step.anomaly.update(t.latency_ms, t.retry_count, t.failed, t.cost_tokens)
+            score = step.anomaly.update(t.latency_ms, t.retry_count, t.failed, t.cost_tokens)
+            if score >= step.anomaly.tuning.threshold:
+                step.anomalous_runs.append(t.run_id)
             if step.anomaly.firing and not self._extend(
                 DiagnosisKind.ANOMALY, subject, "", t.end_ms
             ):
@@ -309,8 +313,6 @@ class Critic:
         self, step: _StepState, t: TraceView, subject: str, out: list[Diagnosis]
     ) -> None:
         a = step.anomaly
-        recent = list(step.recent.items)[-a.tuning.window :]
-        slow = sorted(recent, key=lambda r: (r[2], r[1]), reverse=True)
         self._emit(
             out,
             kind=DiagnosisKind.ANOMALY,
@@ -326,7 +328,7 @@ class Critic:
                 "window": a.tuning.window,
                 "threshold": a.tuning.threshold,
             },
-            examples=[r[0] for r in slow],
+            examples=list(reversed(step.anomalous_runs)),
             evidence={
                 "anomalous_traces": a.anomalous_recent,
                 "window": a.tuning.window,

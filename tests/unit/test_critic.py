@@ -544,3 +544,32 @@ def test_tracked_store_reports_what_changed_once() -> None:
 def test_an_unknown_engine_is_refused_with_the_field_name() -> None:
     with pytest.raises(CriticEngineError, match="engine: expected one of \\['faust', 'kafka'\\]"):
         CriticProcessor(Settings(), engine="spark", schema=None)
+
+
+def test_anomaly_diagnosis_names_the_odd_runs() -> None:
+    rng = random.Random(12)
+    critic = Critic()
+    stream = list(_latency_stream(12, 3000, 10_000, 1.0))
+    for i in range(3000, 3060):
+        odd = i % 6 == 0
+        latency = 30_000 if odd else round(math.exp(rng.gauss(math.log(200), 0.25)))
+        stream.append(
+            _view(
+                i,
+                latency_ms=latency,
+                end_ms=T0 + i * 100 + latency,
+                retry_count=2 if odd else 0,
+                status="error" if odd else "ok",
+                error_class="Boom" if odd else None,
+            )
+        )
+    found = [d for t in stream for d in critic.observe(t)]
+    assert not [
+        d for d in found if d.kind == DiagnosisKind.ANOMALY and int(d.example_run_ids[0][1:]) < 3000
+    ]
+    anomaly = [d for d in found if d.kind == DiagnosisKind.ANOMALY]
+    assert len(anomaly) == 1
+    assert anomaly[0].detector == "half_space_trees"
+    assert anomaly[0].metrics["anomalous"] >= 4
+    odd_runs = {f"r{i}" for i in range(3000, 3060) if i % 6 == 0}
+    assert set(anomaly[0].example_run_ids) <= odd_runs
