@@ -5,5 +5,7 @@ read), :mod:`.config` (every tuning knob, with the reasons), :mod:`.detectors` (
 HalfSpaceTrees anomalies, error classes, repeated inputs), :mod:`.runs` (run-level findings:
 bottleneck, cost per run, independent steps run in sequence), :mod:`.episodes` (one diagnosis
 per drift episode) and :mod:`.critic` (routes traces to the detectors of their subjects).
-Edges: :mod:`.runtime` (the faust-streaming app) and :mod:`.cli` (``reflux critic``).
+Edges: :mod:`.runtime` (``CriticProcessor``: the confluent-kafka loop of :mod:`.kafka_loop` by
+default, or the faust-streaming app), :mod:`.definitions` (workflow definitions from the read
+model) and :mod:`.cli` (``reflux critic``).
 """
