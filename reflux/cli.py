@@ -14,6 +14,7 @@ from foundation.settings import get_settings
 from node_workers.cli import add_worker_commands
 from processors.alerts.cli import add_alerts_commands
 from processors.canary.cli import add_canary_commands
+from processors.critic.cli import add_critic_commands
 from processors.optimizer.cli import add_optimizer_command
 from processors.scheduler.runtime.cli import add_scheduler_commands
 from projections.cli import add_projections_commands
@@ -83,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_diagnoses_commands(sub, get_settings().api_url)
     add_replay_runner_command(sub)
     add_alerts_commands(sub)
+    add_critic_commands(sub)
     add_optimizer_command(sub)
     add_canary_commands(sub)
     add_topics_commands(sub)

@@ -40,6 +40,7 @@ from streams.topics import TopicCatalog
 if TYPE_CHECKING:
     # The runner replays on a shadow DevEngine (processors.replay.shadow imports this module):
     # imported where it is built, not at module level.
+    from processors.critic.runtime import CriticProcessor
     from processors.optimizer.runtime import OptimizerProcessor
     from processors.optimizer.strategies import OptimizerConfig
     from processors.replay.runner import ReplayRunner
@@ -117,6 +118,7 @@ class DevEngine:
         schedulers: int = 1,
         register_nodes: bool = False,
         worker_config: WorkerConfig | None = None,
+        critic: bool = False,
         optimizer: bool = False,
         optimizer_config: OptimizerConfig | None = None,
         canary: bool = False,
@@ -134,6 +136,7 @@ class DevEngine:
             "trigger-router": trigger_router,
             "mutation-processor": mutation_processor,
             "replay-runner": replay_runner,
+            "critic": critic,
             "optimizer": optimizer,
             "canary": canary,
             "historian": historian,
@@ -158,6 +161,7 @@ class DevEngine:
         self.projector: Projector | None = None
         self.mutation_processor: MutationProcessor | None = None
         self.replay_runner: ReplayRunner | None = None
+        self.critic: CriticProcessor | None = None
         self.optimizer: OptimizerProcessor | None = None
         self.canary: CanaryJudge | None = None
         self.historian: HistorianProjector | None = None
@@ -206,6 +210,8 @@ class DevEngine:
                 return Running(instance.run, instance.close)
 
             self._supervise("replay-runner", replay_runner)
+        if self._want["critic"]:
+            self.start_critic()
         if self._want["workers"]:
             self.start_workers()
         if self._want["projector"]:
@@ -294,6 +300,25 @@ class DevEngine:
             return Running(instance.run)
 
         self._supervise(f"scheduler-{first.instance_id}", scheduler)
+        return first
+
+    def start_critic(self) -> CriticProcessor:
+        """The critic (traces -> diagnoses, ADR 0031) in a thread of its own."""
+
+        # Imported here: faust (and its aiokafka) load only for engines that run the critic.
+        from processors.critic.runtime import CriticProcessor
+
+        def new_critic() -> CriticProcessor:
+            return CriticProcessor(self.settings, schema=self.schema)
+
+        first = new_critic()
+        build = _first_then_fresh(first, new_critic)
+
+        def critic() -> Running:
+            instance = self.critic = build()
+            return Running(instance.run, interrupt=instance.interrupt)
+
+        self._supervise("critic", critic)
         return first
 
     def start_workers(self) -> WorkerRuntime:

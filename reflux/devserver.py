@@ -16,11 +16,11 @@ def serve_dev(host: str = "127.0.0.1", port: int = 8080) -> int:
     from api.app import create_app
 
     settings = get_settings()
-    # The historian (the API's /v1/diagnoses reads what it stores), the optimizer (it turns
-    # diagnoses into proposals) and the canary judge (it keeps or rolls back applied proposals);
-    # docs/learning.md.
+    # The critic (traces -> diagnoses), the historian (the API's /v1/diagnoses reads what it
+    # stores), the optimizer (it turns diagnoses into proposals) and the canary judge (it keeps
+    # or rolls back applied proposals); docs/learning.md.
     engine = DevEngine(
-        settings, register_nodes=True, historian=True, optimizer=True, canary=True
+        settings, register_nodes=True, critic=True, historian=True, optimizer=True, canary=True
     ).start()
     log.info("engine running: %s", ", ".join(c.name for c in engine.components))
     try:
