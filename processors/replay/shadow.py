@@ -30,18 +30,23 @@ from confluent_kafka import KafkaError, KafkaException
 from foundation.errors import NonRetryableError
 from foundation.settings import Settings
 from node_workers.registry import NodeRegistry, default_registry
+from processors.replay.fold import FoldReplay, catalog_resolver, fold_unsupported, run_in_thread
 from processors.replay.recorded import RecordedResults, ServedLog, shadow_registry
+from processors.scheduler.decide import RegisteredWorkflow
 from projections.postgres import queries
 from projections.postgres.identifiers import quote_schema, table
 from schemas import models
 from schemas.models import StartRun, WorkflowRegistered
-from streams.admin import admin_client
+from streams.admin import admin_client, create_missing_topics
 from streams.consumer import Consumer
 from streams.producer import Producer
-from streams.topics import TopicCatalog
+from streams.topics import TopicCatalog, TopicCatalogError
 from workflows import parse_workflow
+from workflows.model import WorkflowDefinition
+from workflows.node_catalog import default_resolve_node_version
 
 EffectMode = Literal["record", "stub", "skip", "live"]
+ReplayMode = Literal["auto", "fold", "engine"]
 Served = Literal["executed", "record", "stub", "skip", "live"]
 
 
@@ -278,6 +283,30 @@ def dev_engine(
     return engine
 
 
+def load_runs_events(
+    conn: psycopg.Connection[Any], schema: str, run_ids: Sequence[str], page: int = 500
+) -> dict[str, list[Any]]:
+    """Several runs' projected logs as event models in seq order, keyed by run id (every id
+    given has an entry, empty when the read model has no log). One query per ``page`` runs:
+    a query per run cost 1,000 round trips for a 1,000-run replay."""
+    out: dict[str, list[Any]] = {run_id: [] for run_id in run_ids}
+    wanted = list(out)
+    by_type: dict[str, Any] = {}  # event type name -> its model class
+    for start in range(0, len(wanted), page):
+        chunk = wanted[start : start + page]
+        rows = conn.execute(
+            f"SELECT run_id, event_type, payload FROM {table(schema, 'run_events')} "
+            "WHERE run_id = ANY(%s) ORDER BY run_id, seq",
+            (chunk,),
+        ).fetchall()
+        for run_id, event_type, payload in rows:
+            model = by_type.get(event_type)
+            if model is None:
+                model = by_type[event_type] = getattr(models, event_type)
+            out[str(run_id)].append(model.model_validate(payload))
+    return out
+
+
 def load_events(conn: psycopg.Connection[Any], schema: str, run_id: str) -> list[Any]:
     """A run's projected log as event models, in seq order."""
     rows: list[Any] = []
@@ -307,6 +336,7 @@ class ShadowReplay:
         nodes: NodeRegistry | None = None,
         timeout_s: float | None = None,
         engine_factory: EngineFactory = dev_engine,
+        mode: ReplayMode = "auto",
     ) -> None:
         if not _REPLAY_ID.fullmatch(replay_id):
             raise ReplayError(
@@ -319,6 +349,12 @@ class ShadowReplay:
         self.nodes = nodes or default_registry()
         self.timeout_s = timeout_s
         self.engine_factory = engine_factory
+        if mode not in ("auto", "fold", "engine"):
+            raise ReplayError(f"mode: expected auto, fold or engine, but got {mode!r}")
+        # "auto": fold in-process when the candidate allows it and no engine_factory was given,
+        # else the shadow engine (docs/decisions/0036-replay-fold-mode.md).
+        self.mode = mode
+        self.last_mode: ReplayMode | None = None
         # Every shadow prefix/schema starts with these; close() removes all of them.
         self.prefix_root = f"{settings.topic_prefix}-replay-{replay_id}"
         self.schema_root = f"replay_{replay_id}"
@@ -392,7 +428,7 @@ class ShadowReplay:
         self._check(candidate, policy)
         began = time.monotonic()
         with psycopg.connect(self.settings.postgres_dsn, autocommit=True) as conn:
-            originals = {run_id: load_events(conn, self.schema, run_id) for run_id in run_ids}
+            originals = load_runs_events(conn, self.schema, run_ids)
             for run_id, events in originals.items():
                 if not events or not isinstance(events[0], models.RunStarted):
                     raise ReplayError(
@@ -427,10 +463,160 @@ class ShadowReplay:
         self._schemas += [shadow_schema, f"{shadow_schema}_api"]
         settings = self.settings.model_copy(update={"topic_prefix": prefix})
         self.shadow_settings, self.shadow_schema = settings, shadow_schema
+        parsed = parse_workflow(definition)
+        starts = [
+            StartRun(
+                run_id=run_id,
+                workflow_id=parsed.id,
+                workflow_version=version,
+                inputs=originals[run_id][0].inputs,
+                idempotency_key=originals[run_id][0].idempotency_key,
+                source=originals[run_id][0].source,
+                source_key=originals[run_id][0].source_key,
+                reason=f"replay {self.replay_id}",
+            )
+            for run_id in run_ids
+        ]
+        loaded = time.monotonic()
+        unfoldable = fold_unsupported(parsed)
+        if self.mode == "fold" and unfoldable is not None:
+            raise ReplayError(f"candidate: cannot be replayed in fold mode: {unfoldable}")
+        fold = self.mode == "fold" or (
+            self.mode == "auto" and unfoldable is None and self.engine_factory is dev_engine
+        )
+        self.last_mode = "fold" if fold else "engine"
+        if fold:
+            logs, ready = self._fold(
+                settings=settings,
+                registry=registry,
+                parsed=parsed,
+                version=version,
+                starts=starts,
+                register_nodes=register_nodes,
+            )
+        else:
+            logs, ready = self._run_engine(
+                settings=settings,
+                registry=registry,
+                shadow_schema=shadow_schema,
+                register_nodes=register_nodes,
+                parsed=parsed,
+                version=version,
+                starts=starts,
+            )
+        self._candidate_logs = logs
+        # Where a replay's time goes (the benchmark reports it).
+        self.timings = {
+            "load_originals_s": loaded - began,
+            "start_engine_s": ready - loaded,
+            "runs_s": time.monotonic() - ready,
+        }
+        return [
+            ReplayPair(
+                original=run_outcome(run_id, originals[run_id]),
+                candidate=run_outcome(
+                    run_id,
+                    logs[run_id],
+                    served=functools.partial(served.get, run_id),
+                    tokens=functools.partial(served.tokens_of, run_id),
+                ),
+            )
+            for run_id in run_ids
+        ]
+
+    def _fold(
+        self,
+        *,
+        settings: Settings,
+        registry: NodeRegistry,
+        parsed: WorkflowDefinition,
+        version: int,
+        starts: Sequence[StartRun],
+        register_nodes: bool,
+    ) -> tuple[dict[str, list[Any]], float]:
+        """Fold mode (:mod:`processors.replay.fold`): the runs folded in-process with the
+        scheduler's pure core, their logs written to the shadow ``runs`` topic in batches."""
+        catalog = TopicCatalog.from_settings(settings)
+        create_missing_topics([catalog.runs, catalog.workflows], settings=settings)
+        producer = Producer(
+            settings,
+            client_id=f"replay-{self.replay_id}",
+            config={"linger.ms": 50, "batch.size": 1_000_000, "compression.type": "lz4"},
+        )
+        runs_topic = catalog.runs.topic
+
+        def sink(events: Sequence[Any]) -> None:
+            for event in events:
+                producer.send(runs_topic, event.run_id, event)
+
+        def invoke_topic(node: str, major: int) -> str:
+            try:
+                return catalog.invoke_topic(node, major).topic
+            except TopicCatalogError as exc:
+                raise NonRetryableError(
+                    f"Expected node {node!r} v{major} to have an invoke topic, but {exc}",
+                    error_class="NodeUnavailable",
+                ) from exc
+
+        blobs: list[Any] = []
+
+        def blob_store() -> Any:
+            if not blobs:  # created on first use, as the runtime does (S3 client start-up)
+                blobs.append(
+                    importlib.import_module("foundation.objectstore").S3BlobStore(settings)
+                )
+            return blobs[0]
+
+        folder = FoldReplay(
+            settings=settings,
+            nodes=registry,
+            workflow=RegisteredWorkflow(version, parsed),
+            workflow_id=parsed.id,
+            invoke_topic=invoke_topic,
+            resolve_node_version=catalog_resolver(registry)
+            if register_nodes
+            else default_resolve_node_version,
+            sink=sink,
+            blobs=blob_store,
+            progress=self.progress,
+        )
+        total = len(starts)
+        timeout = self.timeout_s if self.timeout_s is not None else 60.0 + 0.5 * total
+        try:
+            # The candidate's definition, registered as the engine mode registers it.
+            producer.send(
+                catalog.workflows.topic,
+                f"{parsed.id}@{version}",
+                WorkflowRegistered(
+                    workflow_id=parsed.id,
+                    version=version,
+                    definition=parsed.to_json_dict(),
+                    registered_at=datetime.now(UTC),
+                ),
+            )
+            ready = time.monotonic()
+            logs = run_in_thread(lambda: folder.run(starts, timeout))
+            producer.flush(60)
+        finally:
+            producer.close()
+        return logs, ready
+
+    def _run_engine(
+        self,
+        *,
+        settings: Settings,
+        registry: NodeRegistry,
+        shadow_schema: str,
+        register_nodes: bool,
+        parsed: WorkflowDefinition,
+        version: int,
+        starts: Sequence[StartRun],
+    ) -> tuple[dict[str, list[Any]], float]:
+        """Engine mode: a whole shadow engine (scheduler, workers) runs the candidate runs."""
+        prefix = settings.topic_prefix
         engine = self._engine = self.engine_factory(
             settings, registry, shadow_schema, register_nodes
         )
-        loaded = time.monotonic()
         engine.start()
         producer = Producer(settings, client_id=f"replay-{self.replay_id}")
         # Subscribed before the first start: reads the shadow run log from the beginning.
@@ -438,7 +624,6 @@ class ShadowReplay:
             [engine.catalog.runs], f"{prefix}.replay-collector", settings, catalog=engine.catalog
         )
         try:
-            parsed = parse_workflow(definition)
             producer.send(
                 engine.catalog.workflows.topic,
                 f"{parsed.id}@{version}",
@@ -451,43 +636,10 @@ class ShadowReplay:
             )
             producer.flush(10)
             ready = time.monotonic()
-            for run_id in run_ids:
-                started = originals[run_id][0]
-                producer.send(
-                    engine.catalog.commands.topic,
-                    run_id,
-                    StartRun(
-                        run_id=run_id,
-                        workflow_id=parsed.id,
-                        workflow_version=version,
-                        inputs=started.inputs,
-                        idempotency_key=started.idempotency_key,
-                        source=started.source,
-                        source_key=started.source_key,
-                        reason=f"replay {self.replay_id}",
-                    ),
-                )
+            for start in starts:
+                producer.send(engine.catalog.commands.topic, start.run_id, start)
             producer.flush(30)
-            logs = self._collect(collector, list(run_ids), engine)
-            self._candidate_logs = logs
-            # Where a replay's time goes (the benchmark reports it).
-            self.timings = {
-                "load_originals_s": loaded - began,
-                "start_engine_s": ready - loaded,
-                "runs_s": time.monotonic() - ready,
-            }
-            return [
-                ReplayPair(
-                    original=run_outcome(run_id, originals[run_id]),
-                    candidate=run_outcome(
-                        run_id,
-                        logs[run_id],
-                        served=functools.partial(served.get, run_id),
-                        tokens=functools.partial(served.tokens_of, run_id),
-                    ),
-                )
-                for run_id in run_ids
-            ]
+            return self._collect(collector, [s.run_id for s in starts], engine), ready
         finally:
             collector.close(commit=False)
             producer.close()
