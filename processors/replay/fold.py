@@ -24,14 +24,19 @@ outbox and other runs' logs, which is the shadow engine's job.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import multiprocessing
+import os
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, TypeVar
+from multiprocessing.connection import Connection
+from multiprocessing.connection import wait as wait_for_connections
+from typing import Any, Final, Protocol, TypeVar
 
 from foundation.errors import RefluxError
 from foundation.objectstore import BlobStore, content_key
@@ -72,8 +77,12 @@ from workflows.semver import invoke_major
 
 __all__ = [
     "FOLDABLE_META_NODES",
+    "MIN_RUNS_PER_PROCESS",
     "FoldReplay",
+    "FoldSink",
     "catalog_resolver",
+    "default_processes",
+    "fold_partitioned",
     "fold_unsupported",
     "run_in_thread",
 ]
@@ -174,8 +183,7 @@ class FoldReplay:
     """Folds candidate runs in-process; see the module docstring.
 
     ``invoke_topic``: the shadow catalog's topic names (what the engine mode's scheduler writes
-    into ``StepDispatched``); ``sink(events)``: where each decision's events go (the shadow run
-    log), called from the loop's thread in decision order."""
+    into ``StepDispatched``)."""
 
     def __init__(
         self,
@@ -186,9 +194,7 @@ class FoldReplay:
         workflow_id: str,
         invoke_topic: Callable[[str, int], str],
         resolve_node_version: Callable[[str, str, str], str],
-        sink: Callable[[Sequence[RunEvent]], None],
         blobs: Callable[[], BlobStore],
-        progress: Callable[[int, int], None] | None = None,
         concurrency: int = 256,
         secrets: SecretResolver | None = None,
     ) -> None:
@@ -198,9 +204,7 @@ class FoldReplay:
         self.workflow_id = workflow_id
         self.invoke_topic = invoke_topic
         self.resolve_node_version = resolve_node_version
-        self.sink = sink
         self._blobs = blobs
-        self.progress = progress
         self.concurrency = concurrency
         self.config = WorkerConfig.from_settings(settings)
         self.secrets = secrets if secrets is not None else resolver_from_settings(settings)
@@ -246,33 +250,35 @@ class FoldReplay:
 
     # -- running ----------------------------------------------------------------------------
 
-    async def run(self, starts: Sequence[StartRun], timeout_s: float) -> dict[str, list[RunEvent]]:
-        """Every run's candidate log (event models in seq order), keyed by run id."""
+    async def run(
+        self,
+        starts: Sequence[StartRun],
+        timeout_s: float,
+        write: Callable[[Sequence[RunEvent]], None],
+        on_done: Callable[[], None] = lambda: None,
+    ) -> dict[str, list[RunEvent]]:
+        """Every run's candidate log (event models in seq order), keyed by run id.
+        ``write(events)``: each decision's events, in decision order (the shadow run log);
+        ``on_done()``: a run finished."""
+        self._write = write
         for node in self.nodes:
             node.bind(self.settings)
             node.set_concurrency(self.config.limit(node).size)
         self._slots = asyncio.Semaphore(self.concurrency)
         logs: dict[str, list[RunEvent]] = {start.run_id: [] for start in starts}
-        total = len(starts)
-        done = 0
-        if self.progress is not None:
-            self.progress(0, total)
 
         async def one(start: StartRun) -> None:
-            nonlocal done
             await self._run(start, logs[start.run_id])
-            done += 1
-            if self.progress is not None:
-                self.progress(done, total)
+            on_done()
 
         try:
             async with asyncio.timeout(timeout_s):
                 await asyncio.gather(*(one(start) for start in starts))
         except TimeoutError:
-            missing = sorted(r for r, log in logs.items() if not _finished(log))[:5]
+            missing = sorted(r for r, log in logs.items() if not _finished(log))
             raise TimeoutError(
-                f"{total - done} of {total} candidate runs did not finish within "
-                f"{timeout_s:.0f}s (e.g. {missing})"
+                f"{len(missing)} of {len(starts)} candidate runs did not finish within "
+                f"{timeout_s:.0f}s (e.g. {missing[:5]})"
             ) from None
         finally:
             for node in self.nodes:
@@ -337,7 +343,7 @@ class FoldReplay:
             )
         if events:
             log.extend(events)
-            self.sink(events)
+            self._write(events)
         for invocation in invocations:
             self.steps += 1
             flying.add(asyncio.create_task(self._invoke(invocation, clock)))
@@ -396,3 +402,221 @@ def _claim_check_failed(attempt: Attempt, exc: BaseException) -> Attempt:
             retryable=True,
         ),
     )
+
+
+# -- several processes -------------------------------------------------------------------------
+
+
+class FoldSink(Protocol):
+    """Where a fold's events go (the shadow run log); one per process."""
+
+    def write(self, events: Sequence[RunEvent]) -> None: ...
+
+    def close(self) -> None:
+        """Flush: every event written is stored."""
+
+
+R = TypeVar("R")
+Finish = Callable[[dict[str, list[RunEvent]], FoldSink], R]
+
+MIN_RUNS_PER_PROCESS: Final = 100
+"""Below this many runs per process a fork does not pay for itself (a few ms per process, plus
+the copy-on-write of the parent's heap as the child touches it)."""
+
+
+def default_processes(runs: int) -> int:
+    """One process per core, as long as each gets :data:`MIN_RUNS_PER_PROCESS` runs."""
+    return max(1, min(os.cpu_count() or 1, runs // MIN_RUNS_PER_PROCESS))
+
+
+def fold_partitioned(
+    folder: FoldReplay,
+    starts: Sequence[StartRun],
+    *,
+    timeout_s: float,
+    processes: int,
+    new_sink: Callable[[], FoldSink],
+    finish: Finish[R],
+    progress: Callable[[int, int], None] | None = None,
+) -> list[R]:
+    """Fold ``starts`` in ``processes`` processes (1: a thread of this one), each with its own
+    sink; ``finish(logs, sink)`` turns a part's logs into what is handed back (it runs where
+    the part was folded, so a child hands back something small and picklable, not models).
+
+    The runs are independent (each its own log; the fold needs no other run), so the only
+    thing the parts share is the machine: the GIL caps one process at one core, and the
+    scheduler's pure core is the fold's cost. Children are forked: the records, the registry
+    and the candidate's definition are inherited, not pickled. ``progress(done, total)`` is
+    called from the calling thread."""
+    total = len(starts)
+    processes = max(1, min(processes, total))
+    if processes == 1:
+        count = [0]
+
+        def part() -> Coroutine[Any, Any, tuple[dict[str, list[RunEvent]], FoldSink]]:
+            async def go() -> tuple[dict[str, list[RunEvent]], FoldSink]:
+                sink = new_sink()
+                try:
+                    logs = await folder.run(starts, timeout_s, sink.write, _increment(count))
+                    sink.close()
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        sink.close()
+                    raise
+                return logs, sink
+
+            return go()
+
+        logs, sink = _watch_thread(part, lambda: count[0], total, progress)
+        return [finish(logs, sink)]
+    return _fold_in_children(
+        folder,
+        starts,
+        timeout_s=timeout_s,
+        processes=processes,
+        new_sink=new_sink,
+        finish=finish,
+        progress=progress,
+    )
+
+
+def _increment(count: list[int]) -> Callable[[], None]:
+    def done() -> None:
+        count[0] += 1
+
+    return done
+
+
+def _watch_thread(
+    factory: Callable[[], Coroutine[Any, Any, T]],
+    done: Callable[[], int],
+    total: int,
+    progress: Callable[[int, int], None] | None,
+) -> T:
+    """:func:`run_in_thread`, reporting ``progress`` from this thread while it runs."""
+    box: dict[str, Any] = {}
+
+    def main() -> None:
+        try:
+            box["value"] = asyncio.run(factory())
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=main, name="replay-fold", daemon=True)
+    thread.start()
+    seen = -1
+    while True:
+        thread.join(PROGRESS_INTERVAL_S)
+        now = done()
+        if progress is not None and now != seen:
+            seen = now
+            progress(now, total)
+        if not thread.is_alive():
+            break
+    if "error" in box:
+        raise box["error"]
+    return box["value"]  # type: ignore[no-any-return]
+
+
+PROGRESS_INTERVAL_S: Final = 0.1
+
+
+def _fold_in_children(
+    folder: FoldReplay,
+    starts: Sequence[StartRun],
+    *,
+    timeout_s: float,
+    processes: int,
+    new_sink: Callable[[], FoldSink],
+    finish: Finish[R],
+    progress: Callable[[int, int], None] | None,
+) -> list[R]:
+    context = multiprocessing.get_context("fork")
+    counter = context.Value("q", 0)
+    total = len(starts)
+    children: list[tuple[Any, Connection]] = []
+    try:
+        for index in range(processes):
+            part = list(starts[index::processes])  # interleaved: similar runs spread evenly
+            receiver, sender = context.Pipe(duplex=False)
+            child = context.Process(
+                target=_child,
+                args=(folder, part, timeout_s, new_sink, finish, sender, counter),
+                name=f"replay-fold-{index}",
+                daemon=True,
+            )
+            child.start()
+            sender.close()
+            children.append((child, receiver))
+        results: dict[int, R] = {}
+        waiting = {receiver: index for index, (_, receiver) in enumerate(children)}
+        # The children enforce timeout_s themselves; this is the backstop for a child that dies.
+        deadline = time.monotonic() + timeout_s + 30.0
+        seen = -1
+        while waiting:
+            for ready in wait_for_connections(list(waiting), PROGRESS_INTERVAL_S):
+                assert isinstance(ready, Connection)
+                index = waiting.pop(ready)
+                try:
+                    status, payload = ready.recv()
+                except EOFError:
+                    child = children[index][0]
+                    child.join(5)
+                    raise RefluxError(
+                        f"replay fold process {index} ended without an answer (exit code "
+                        f"{child.exitcode})",
+                        error_class="ReplayFoldFailed",
+                    ) from None
+                if status == "error":
+                    raise payload
+                results[index] = payload
+            now = int(counter.value)
+            if progress is not None and now != seen:
+                seen = now
+                progress(now, total)
+            if waiting and time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{total - now} of {total} candidate runs did not finish within "
+                    f"{timeout_s:.0f}s"
+                )
+        return [results[index] for index in range(processes)]
+    finally:
+        for child, receiver in children:
+            receiver.close()
+            child.join(5)
+            if child.is_alive():  # only ours, by its own handle
+                child.terminate()
+                child.join(5)
+
+
+def _child(  # noqa: PLR0917 - a Process target takes its arguments by position
+    folder: FoldReplay,
+    part: list[StartRun],
+    timeout_s: float,
+    new_sink: Callable[[], FoldSink],
+    finish: Finish[Any],
+    conn: Connection,
+    counter: Any,
+) -> None:
+    """A forked process: fold its part, hand back ``finish``'s answer (or the error)."""
+
+    def done() -> None:
+        with counter.get_lock():
+            counter.value += 1
+
+    try:
+        sink = new_sink()
+        # In a thread of its own: the forking thread may have had an event loop running.
+        logs = run_in_thread(lambda: folder.run(part, timeout_s, sink.write, done))
+        sink.close()
+        answer: tuple[str, Any] = ("ok", finish(logs, sink))
+    except BaseException as exc:
+        answer = ("error", exc)
+    try:
+        conn.send(answer)
+    except Exception as exc:  # an answer or an error that does not pickle
+        conn.send(
+            ("error", RefluxError(f"replay fold process: {exc!r}", error_class="ReplayFoldFailed"))
+        )
+    finally:
+        conn.close()

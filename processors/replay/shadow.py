@@ -12,6 +12,7 @@ import contextlib
 import functools
 import importlib
 import inspect
+import os
 import re
 import threading
 import time
@@ -30,16 +31,23 @@ from confluent_kafka import KafkaError, KafkaException
 from foundation.errors import NonRetryableError
 from foundation.settings import Settings
 from node_workers.registry import NodeRegistry, default_registry
-from processors.replay.fold import FoldReplay, catalog_resolver, fold_unsupported, run_in_thread
+from processors.replay.fold import (
+    FoldReplay,
+    FoldSink,
+    catalog_resolver,
+    default_processes,
+    fold_partitioned,
+    fold_unsupported,
+)
 from processors.replay.recorded import RecordedResults, ServedLog, shadow_registry
 from processors.scheduler.decide import RegisteredWorkflow
 from projections.postgres import queries
 from projections.postgres.identifiers import quote_schema, table
-from schemas import models
+from schemas import models, serde
 from schemas.models import StartRun, WorkflowRegistered
 from streams.admin import admin_client, create_missing_topics
 from streams.consumer import Consumer
-from streams.producer import Producer
+from streams.producer import TYPE_HEADER, Producer
 from streams.topics import TopicCatalog, TopicCatalogError
 from workflows import parse_workflow
 from workflows.model import WorkflowDefinition
@@ -295,7 +303,9 @@ def load_runs_events(
     for start in range(0, len(wanted), page):
         chunk = wanted[start : start + page]
         rows = conn.execute(
-            f"SELECT run_id, event_type, payload FROM {table(schema, 'run_events')} "
+            # As text: pydantic parses the JSON itself (in Rust), much faster than psycopg's
+            # json.loads followed by validating the resulting dicts.
+            f"SELECT run_id, event_type, payload::text FROM {table(schema, 'run_events')} "
             "WHERE run_id = ANY(%s) ORDER BY run_id, seq",
             (chunk,),
         ).fetchall()
@@ -303,7 +313,7 @@ def load_runs_events(
             model = by_type.get(event_type)
             if model is None:
                 model = by_type[event_type] = getattr(models, event_type)
-            out[str(run_id)].append(model.model_validate(payload))
+            out[str(run_id)].append(model.model_validate_json(payload))
     return out
 
 
@@ -318,6 +328,46 @@ def load_events(conn: psycopg.Connection[Any], schema: str, run_id: str) -> list
         if len(page) < 1000:
             return rows
         after = page[-1].seq
+
+
+class ShadowLogSink:
+    """Fold mode's shadow run log: every event Avro-encoded once and produced to the shadow
+    ``runs`` topic keyed by run id (the producer batches them); ``keep`` also keeps the bytes
+    per run (a fold process hands them back instead of the models)."""
+
+    def __init__(self, settings: Settings, topic: str, client_id: str, *, keep: bool) -> None:
+        self.producer = Producer(
+            settings,
+            client_id=client_id,
+            config={"linger.ms": 20, "batch.size": 1_000_000, "compression.type": "lz4"},
+        )
+        self.topic = topic
+        self.keep = keep
+        self.encoded: dict[str, list[bytes]] = {}
+
+    def write(self, events: Sequence[Any]) -> None:
+        for event in events:
+            data = serde.encode(event)
+            self.producer.send(self.topic, event.run_id, data, {TYPE_HEADER: event.AVRO_NAME})
+            if self.keep:
+                self.encoded.setdefault(event.run_id, []).append(data)
+
+    def close(self) -> None:
+        try:
+            self.producer.flush(60)
+        finally:
+            self.producer.close()
+
+
+@dataclass
+class _FoldedPart:
+    """What one fold process hands back: outcomes, and the logs as models (this process) or
+    as the Avro records written (a child), with how its steps were served (a child's copy)."""
+
+    outcomes: dict[str, RunOutcome]
+    models: dict[str, list[Any]] = field(default_factory=dict)
+    encoded: dict[str, list[bytes]] = field(default_factory=dict)
+    served: tuple[dict[Any, Any], dict[Any, Any], dict[Any, Any]] | None = None
 
 
 class ShadowReplay:
@@ -337,6 +387,7 @@ class ShadowReplay:
         timeout_s: float | None = None,
         engine_factory: EngineFactory = dev_engine,
         mode: ReplayMode = "auto",
+        processes: int | None = None,
     ) -> None:
         if not _REPLAY_ID.fullmatch(replay_id):
             raise ReplayError(
@@ -355,6 +406,8 @@ class ShadowReplay:
         # else the shadow engine (docs/decisions/0036-replay-fold-mode.md).
         self.mode = mode
         self.last_mode: ReplayMode | None = None
+        # Fold mode: processes folding the runs (None: one per core, at least 100 runs each).
+        self.processes = processes
         # Every shadow prefix/schema starts with these; close() removes all of them.
         self.prefix_root = f"{settings.topic_prefix}-replay-{replay_id}"
         self.schema_root = f"replay_{replay_id}"
@@ -367,6 +420,7 @@ class ShadowReplay:
         self.shadow_settings: Settings | None = None
         self.shadow_schema: str | None = None
         self._candidate_logs: dict[str, list[Any]] = {}
+        self._candidate_encoded: dict[str, list[bytes]] = {}
         self.timings: dict[str, float] = {}
 
     # -- selection --------------------------------------------------------------------------
@@ -485,10 +539,12 @@ class ShadowReplay:
             self.mode == "auto" and unfoldable is None and self.engine_factory is dev_engine
         )
         self.last_mode = "fold" if fold else "engine"
+        self._candidate_logs, self._candidate_encoded = {}, {}
         if fold:
-            logs, ready = self._fold(
+            candidates, ready = self._fold(
                 settings=settings,
                 registry=registry,
+                served=served,
                 parsed=parsed,
                 version=version,
                 starts=starts,
@@ -504,50 +560,61 @@ class ShadowReplay:
                 version=version,
                 starts=starts,
             )
-        self._candidate_logs = logs
+            self._candidate_logs = logs
+            candidates = {
+                run_id: run_outcome(
+                    run_id,
+                    logs[run_id],
+                    served=functools.partial(served.get, run_id),
+                    tokens=functools.partial(served.tokens_of, run_id),
+                )
+                for run_id in run_ids
+            }
+        pairs = [
+            ReplayPair(
+                original=run_outcome(run_id, originals[run_id]), candidate=candidates[run_id]
+            )
+            for run_id in run_ids
+        ]
         # Where a replay's time goes (the benchmark reports it).
         self.timings = {
             "load_originals_s": loaded - began,
             "start_engine_s": ready - loaded,
             "runs_s": time.monotonic() - ready,
         }
-        return [
-            ReplayPair(
-                original=run_outcome(run_id, originals[run_id]),
-                candidate=run_outcome(
-                    run_id,
-                    logs[run_id],
-                    served=functools.partial(served.get, run_id),
-                    tokens=functools.partial(served.tokens_of, run_id),
-                ),
-            )
-            for run_id in run_ids
-        ]
+        return pairs
 
     def _fold(
         self,
         *,
         settings: Settings,
         registry: NodeRegistry,
+        served: ServedLog,
         parsed: WorkflowDefinition,
         version: int,
         starts: Sequence[StartRun],
         register_nodes: bool,
-    ) -> tuple[dict[str, list[Any]], float]:
-        """Fold mode (:mod:`processors.replay.fold`): the runs folded in-process with the
-        scheduler's pure core, their logs written to the shadow ``runs`` topic in batches."""
+    ) -> tuple[dict[str, RunOutcome], float]:
+        """Fold mode (:mod:`processors.replay.fold`): the runs folded with the scheduler's pure
+        core, in one process per core, their logs written to the shadow ``runs`` topic."""
         catalog = TopicCatalog.from_settings(settings)
         create_missing_topics([catalog.runs, catalog.workflows], settings=settings)
-        producer = Producer(
-            settings,
-            client_id=f"replay-{self.replay_id}",
-            config={"linger.ms": 50, "batch.size": 1_000_000, "compression.type": "lz4"},
-        )
-        runs_topic = catalog.runs.topic
-
-        def sink(events: Sequence[Any]) -> None:
-            for event in events:
-                producer.send(runs_topic, event.run_id, event)
+        producer = Producer(settings, client_id=f"replay-{self.replay_id}")
+        try:
+            # The candidate's definition, registered as the engine mode registers it.
+            producer.send(
+                catalog.workflows.topic,
+                f"{parsed.id}@{version}",
+                WorkflowRegistered(
+                    workflow_id=parsed.id,
+                    version=version,
+                    definition=parsed.to_json_dict(),
+                    registered_at=datetime.now(UTC),
+                ),
+            )
+            producer.flush(10)
+        finally:
+            producer.close()
 
         def invoke_topic(node: str, major: int) -> str:
             try:
@@ -576,30 +643,61 @@ class ShadowReplay:
             resolve_node_version=catalog_resolver(registry)
             if register_nodes
             else default_resolve_node_version,
-            sink=sink,
             blobs=blob_store,
-            progress=self.progress,
         )
+        parent = os.getpid()
+        client_id = f"replay-{self.replay_id}"
+
+        def new_sink() -> ShadowLogSink:
+            return ShadowLogSink(
+                settings, catalog.runs.topic, client_id, keep=os.getpid() != parent
+            )
+
+        def finish(logs: dict[str, list[Any]], sink: FoldSink) -> _FoldedPart:
+            outcomes = {
+                run_id: run_outcome(
+                    run_id,
+                    log,
+                    served=functools.partial(served.get, run_id),
+                    tokens=functools.partial(served.tokens_of, run_id),
+                )
+                for run_id, log in logs.items()
+            }
+            if os.getpid() == parent:
+                return _FoldedPart(outcomes, models=logs)
+            # A child hands back the Avro bytes it wrote (decoded only if asked for), and how
+            # its steps were served.
+            assert isinstance(sink, ShadowLogSink)
+            return _FoldedPart(
+                outcomes,
+                encoded=sink.encoded,
+                served=(served.served, served.calls, served.tokens),
+            )
+
         total = len(starts)
         timeout = self.timeout_s if self.timeout_s is not None else 60.0 + 0.5 * total
-        try:
-            # The candidate's definition, registered as the engine mode registers it.
-            producer.send(
-                catalog.workflows.topic,
-                f"{parsed.id}@{version}",
-                WorkflowRegistered(
-                    workflow_id=parsed.id,
-                    version=version,
-                    definition=parsed.to_json_dict(),
-                    registered_at=datetime.now(UTC),
-                ),
-            )
-            ready = time.monotonic()
-            logs = run_in_thread(lambda: folder.run(starts, timeout))
-            producer.flush(60)
-        finally:
-            producer.close()
-        return logs, ready
+        processes = self.processes if self.processes is not None else default_processes(total)
+        ready = time.monotonic()
+        parts = fold_partitioned(
+            folder,
+            starts,
+            timeout_s=timeout,
+            processes=processes,
+            new_sink=new_sink,
+            finish=finish,
+            progress=self.progress,
+        )
+        outcomes: dict[str, RunOutcome] = {}
+        for part in parts:
+            outcomes.update(part.outcomes)
+            self._candidate_logs.update(part.models)
+            self._candidate_encoded.update(part.encoded)
+            if part.served is not None:
+                kinds, calls, tokens = part.served
+                served.served.update(kinds)
+                served.calls.update(calls)
+                served.tokens.update(tokens)
+        return outcomes, ready
 
     def _run_engine(
         self,
@@ -648,6 +746,10 @@ class ShadowReplay:
 
     def candidate_events(self, run_id: str) -> list[Any]:
         """The last round's shadow log of a run (event models in seq order)."""
+        if run_id in self._candidate_encoded:  # folded in a child process: its Avro records
+            self._candidate_logs[run_id] = [
+                serde.decode(data) for data in self._candidate_encoded.pop(run_id)
+            ]
         if run_id not in self._candidate_logs:
             raise ReplayError(f"run_id: {run_id!r} was not replayed in the last round")
         return self._candidate_logs[run_id]
