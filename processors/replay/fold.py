@@ -293,7 +293,14 @@ class FoldReplay:
         flying: set[asyncio.Task[NodeResult]] = set()
         while True:
             while pending:
-                state = self._decide(state, pending.popleft(), clock, log, flying)
+                state, invocations = self._decide(state, pending.popleft(), clock, log)
+                self.steps += len(invocations)
+                if len(invocations) == 1 and not flying:
+                    # The usual case (a chain): awaited right here, no task to schedule.
+                    pending.append(await self._invoke(invocations[0], clock))
+                    continue
+                for invocation in invocations:
+                    flying.add(asyncio.create_task(self._invoke(invocation, clock)))
             if flying:
                 finished, _ = await asyncio.wait(flying, return_when=asyncio.FIRST_COMPLETED)
                 for task in finished:
@@ -315,8 +322,9 @@ class FoldReplay:
         input: SchedulerInput,
         clock: _Clock,
         log: list[RunEvent],
-        flying: set[asyncio.Task[NodeResult]],
-    ) -> RunState | None:
+    ) -> tuple[RunState | None, list[NodeInvocation]]:
+        """``decide`` one input (cache lookups answered at once); the state after it and the
+        invocations to execute."""
         decision = decide(state, input, self._context(clock))
         self.decisions += 1
         # Cache lookups answered inside the decision, as the runtime does (no round trip).
@@ -344,10 +352,7 @@ class FoldReplay:
         if events:
             log.extend(events)
             self._write(events)
-        for invocation in invocations:
-            self.steps += 1
-            flying.add(asyncio.create_task(self._invoke(invocation, clock)))
-        return state
+        return state, invocations
 
     # -- executing an invocation, as a worker does ------------------------------------------
 
