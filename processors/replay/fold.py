@@ -422,7 +422,8 @@ class FoldSink(Protocol):
 
 
 R = TypeVar("R")
-Finish = Callable[[dict[str, list[RunEvent]], FoldSink], R]
+P = TypeVar("P")
+Finish = Callable[[P, dict[str, list[RunEvent]], FoldSink], R]
 
 MIN_RUNS_PER_PROCESS: Final = 100
 """Below this many runs per process a fork does not pay for itself (a few ms per process, plus
@@ -441,12 +442,15 @@ def fold_partitioned(
     timeout_s: float,
     processes: int,
     new_sink: Callable[[], FoldSink],
-    finish: Finish[R],
+    prepare: Callable[[Sequence[StartRun]], P],
+    finish: Finish[P, R],
     progress: Callable[[int, int], None] | None = None,
 ) -> list[R]:
     """Fold ``starts`` in ``processes`` processes (1: a thread of this one), each with its own
-    sink; ``finish(logs, sink)`` turns a part's logs into what is handed back (it runs where
-    the part was folded, so a child hands back something small and picklable, not models).
+    sink. In each part, ``prepare(part)`` runs first (e.g. reads the part's original logs and
+    fills the records the stand-ins answer from), then the fold, then ``finish(prepared, logs,
+    sink)`` turns the part into what is handed back (it runs where the part was folded, so a
+    child hands back something small and picklable, not models).
 
     The runs are independent (each its own log; the fold needs no other run), so the only
     thing the parts share is the machine: the GIL caps one process at one core, and the
@@ -457,6 +461,7 @@ def fold_partitioned(
     processes = max(1, min(processes, total))
     if processes == 1:
         count = [0]
+        prepared = prepare(starts)
 
         def part() -> Coroutine[Any, Any, tuple[dict[str, list[RunEvent]], FoldSink]]:
             async def go() -> tuple[dict[str, list[RunEvent]], FoldSink]:
@@ -473,13 +478,14 @@ def fold_partitioned(
             return go()
 
         logs, sink = _watch_thread(part, lambda: count[0], total, progress)
-        return [finish(logs, sink)]
+        return [finish(prepared, logs, sink)]
     return _fold_in_children(
         folder,
         starts,
         timeout_s=timeout_s,
         processes=processes,
         new_sink=new_sink,
+        prepare=prepare,
         finish=finish,
         progress=progress,
     )
@@ -533,7 +539,8 @@ def _fold_in_children(
     timeout_s: float,
     processes: int,
     new_sink: Callable[[], FoldSink],
-    finish: Finish[R],
+    prepare: Callable[[Sequence[StartRun]], P],
+    finish: Finish[P, R],
     progress: Callable[[int, int], None] | None,
 ) -> list[R]:
     context = multiprocessing.get_context("fork")
@@ -546,7 +553,7 @@ def _fold_in_children(
             receiver, sender = context.Pipe(duplex=False)
             child = context.Process(
                 target=_child,
-                args=(folder, part, timeout_s, new_sink, finish, sender, counter),
+                args=(folder, part, timeout_s, new_sink, prepare, finish, sender, counter),
                 name=f"replay-fold-{index}",
                 daemon=True,
             )
@@ -599,22 +606,25 @@ def _child(  # noqa: PLR0917 - a Process target takes its arguments by position
     part: list[StartRun],
     timeout_s: float,
     new_sink: Callable[[], FoldSink],
-    finish: Finish[Any],
+    prepare: Callable[[Sequence[StartRun]], Any],
+    finish: Finish[Any, Any],
     conn: Connection,
     counter: Any,
 ) -> None:
-    """A forked process: fold its part, hand back ``finish``'s answer (or the error)."""
+    """A forked process: prepare and fold its part, hand back ``finish``'s answer (or the
+    error)."""
 
     def done() -> None:
         with counter.get_lock():
             counter.value += 1
 
     try:
+        prepared = prepare(part)
         sink = new_sink()
         # In a thread of its own: the forking thread may have had an event loop running.
         logs = run_in_thread(lambda: folder.run(part, timeout_s, sink.write, done))
         sink.close()
-        answer: tuple[str, Any] = ("ok", finish(logs, sink))
+        answer: tuple[str, Any] = ("ok", finish(prepared, logs, sink))
     except BaseException as exc:
         answer = ("error", exc)
     try:

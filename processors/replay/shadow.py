@@ -317,6 +317,25 @@ def load_runs_events(
     return out
 
 
+def load_run_heads(
+    conn: psycopg.Connection[Any], schema: str, run_ids: Sequence[str]
+) -> dict[str, tuple[Any, bool]]:
+    """Each run's first event if it is its RunStarted (else None), and whether its log holds a
+    run end; one query, without reading the rest of the logs."""
+    out: dict[str, tuple[Any, bool]] = {run_id: (None, False) for run_id in run_ids}
+    events = table(schema, "run_events")
+    rows = conn.execute(
+        f"SELECT e.run_id, e.event_type, e.payload::text, EXISTS (SELECT 1 FROM {events} f "
+        "WHERE f.run_id = e.run_id AND f.event_type = ANY(%s)) "
+        f"FROM {events} e WHERE e.run_id = ANY(%s) AND e.seq = 0",
+        (list(_RUN_END), list(out)),
+    ).fetchall()
+    for run_id, event_type, payload, finished in rows:
+        if event_type == "RunStarted":
+            out[str(run_id)] = (models.RunStarted.model_validate_json(payload), bool(finished))
+    return out
+
+
 def load_events(conn: psycopg.Connection[Any], schema: str, run_id: str) -> list[Any]:
     """A run's projected log as event models, in seq order."""
     rows: list[Any] = []
@@ -365,6 +384,7 @@ class _FoldedPart:
     as the Avro records written (a child), with how its steps were served (a child's copy)."""
 
     outcomes: dict[str, RunOutcome]
+    originals: dict[str, RunOutcome]
     models: dict[str, list[Any]] = field(default_factory=dict)
     encoded: dict[str, list[bytes]] = field(default_factory=dict)
     served: tuple[dict[Any, Any], dict[Any, Any], dict[Any, Any]] | None = None
@@ -482,19 +502,20 @@ class ShadowReplay:
         self._check(candidate, policy)
         began = time.monotonic()
         with psycopg.connect(self.settings.postgres_dsn, autocommit=True) as conn:
-            originals = load_runs_events(conn, self.schema, run_ids)
-            for run_id, events in originals.items():
-                if not events or not isinstance(events[0], models.RunStarted):
+            # Each run's RunStarted (inputs, version, definition) and whether it finished: the
+            # whole logs are read where they are needed (fold mode: in each fold process).
+            heads = load_run_heads(conn, self.schema, run_ids)
+            for run_id, (started, finished) in heads.items():
+                if started is None:
                     raise ReplayError(
                         f"run_ids: run {run_id!r} has no recorded log in {self.schema}"
                     )
-                if not any(type(e).__name__ in _RUN_END for e in events):
+                if not finished:
                     # Its record is incomplete: side effects it has yet to make have no record.
                     raise ReplayError(f"run_ids: run {run_id!r} has not finished")
-            workflow_id = originals[run_ids[0]][0].workflow_id if run_ids else ""
-            version, definition = self._candidate_definition(
-                conn, workflow_id, candidate, originals
-            )
+            firsts = {run_id: [head[0]] for run_id, head in heads.items()}
+            workflow_id = firsts[run_ids[0]][0].workflow_id if run_ids else ""
+            version, definition = self._candidate_definition(conn, workflow_id, candidate, firsts)
             # Versions resolve as in production: through a node catalog when production has one
             # (the shadow workers publish theirs to the shadow catalog), else by constraint.
             catalogued = conn.execute(
@@ -504,8 +525,6 @@ class ShadowReplay:
         if not run_ids:
             return []
         records = RecordedResults()
-        for run_id, events in originals.items():
-            records.add_run(run_id, events)
         served = self.served = ServedLog()
         registry = shadow_registry(
             self.nodes, records, served, modes=policy.per_node, stubs=policy.stubs
@@ -523,10 +542,10 @@ class ShadowReplay:
                 run_id=run_id,
                 workflow_id=parsed.id,
                 workflow_version=version,
-                inputs=originals[run_id][0].inputs,
-                idempotency_key=originals[run_id][0].idempotency_key,
-                source=originals[run_id][0].source,
-                source_key=originals[run_id][0].source_key,
+                inputs=firsts[run_id][0].inputs,
+                idempotency_key=firsts[run_id][0].idempotency_key,
+                source=firsts[run_id][0].source,
+                source_key=firsts[run_id][0].source_key,
                 reason=f"replay {self.replay_id}",
             )
             for run_id in run_ids
@@ -541,9 +560,10 @@ class ShadowReplay:
         self.last_mode = "fold" if fold else "engine"
         self._candidate_logs, self._candidate_encoded = {}, {}
         if fold:
-            candidates, ready = self._fold(
+            candidates, originals, ready = self._fold(
                 settings=settings,
                 registry=registry,
+                records=records,
                 served=served,
                 parsed=parsed,
                 version=version,
@@ -551,6 +571,12 @@ class ShadowReplay:
                 register_nodes=register_nodes,
             )
         else:
+            with psycopg.connect(self.settings.postgres_dsn, autocommit=True) as conn:
+                logs = load_runs_events(conn, self.schema, run_ids)
+            for run_id, events in logs.items():
+                records.add_run(run_id, events)
+            originals = {run_id: run_outcome(run_id, events) for run_id, events in logs.items()}
+            loaded = time.monotonic()
             logs, ready = self._run_engine(
                 settings=settings,
                 registry=registry,
@@ -571,9 +597,7 @@ class ShadowReplay:
                 for run_id in run_ids
             }
         pairs = [
-            ReplayPair(
-                original=run_outcome(run_id, originals[run_id]), candidate=candidates[run_id]
-            )
+            ReplayPair(original=originals[run_id], candidate=candidates[run_id])
             for run_id in run_ids
         ]
         # Where a replay's time goes (the benchmark reports it).
@@ -589,12 +613,13 @@ class ShadowReplay:
         *,
         settings: Settings,
         registry: NodeRegistry,
+        records: RecordedResults,
         served: ServedLog,
         parsed: WorkflowDefinition,
         version: int,
         starts: Sequence[StartRun],
         register_nodes: bool,
-    ) -> tuple[dict[str, RunOutcome], float]:
+    ) -> tuple[dict[str, RunOutcome], dict[str, RunOutcome], float]:
         """Fold mode (:mod:`processors.replay.fold`): the runs folded with the scheduler's pure
         core, in one process per core, their logs written to the shadow ``runs`` topic."""
         catalog = TopicCatalog.from_settings(settings)
@@ -653,7 +678,18 @@ class ShadowReplay:
                 settings, catalog.runs.topic, client_id, keep=os.getpid() != parent
             )
 
-        def finish(logs: dict[str, list[Any]], sink: FoldSink) -> _FoldedPart:
+        def prepare(part: Sequence[StartRun]) -> dict[str, RunOutcome]:
+            """A part's original logs, read where it is folded (in parallel when in processes):
+            its records for the stand-ins, and the originals' outcomes."""
+            with psycopg.connect(self.settings.postgres_dsn, autocommit=True) as conn:
+                logs = load_runs_events(conn, self.schema, [start.run_id for start in part])
+            for run_id, events in logs.items():
+                records.add_run(run_id, events)
+            return {run_id: run_outcome(run_id, events) for run_id, events in logs.items()}
+
+        def finish(
+            originals: dict[str, RunOutcome], logs: dict[str, list[Any]], sink: FoldSink
+        ) -> _FoldedPart:
             outcomes = {
                 run_id: run_outcome(
                     run_id,
@@ -664,12 +700,13 @@ class ShadowReplay:
                 for run_id, log in logs.items()
             }
             if os.getpid() == parent:
-                return _FoldedPart(outcomes, models=logs)
+                return _FoldedPart(outcomes, originals, models=logs)
             # A child hands back the Avro bytes it wrote (decoded only if asked for), and how
             # its steps were served.
             assert isinstance(sink, ShadowLogSink)
             return _FoldedPart(
                 outcomes,
+                originals,
                 encoded=sink.encoded,
                 served=(served.served, served.calls, served.tokens),
             )
@@ -684,12 +721,15 @@ class ShadowReplay:
             timeout_s=timeout,
             processes=processes,
             new_sink=new_sink,
+            prepare=prepare,
             finish=finish,
             progress=self.progress,
         )
         outcomes: dict[str, RunOutcome] = {}
+        originals: dict[str, RunOutcome] = {}
         for part in parts:
             outcomes.update(part.outcomes)
+            originals.update(part.originals)
             self._candidate_logs.update(part.models)
             self._candidate_encoded.update(part.encoded)
             if part.served is not None:
@@ -697,7 +737,7 @@ class ShadowReplay:
                 served.served.update(kinds)
                 served.calls.update(calls)
                 served.tokens.update(tokens)
-        return outcomes, ready
+        return outcomes, originals, ready
 
     def _run_engine(
         self,
