@@ -12,7 +12,8 @@ does (loading the originals' logs, creating the shadow topics and schema, starti
 engine, the runs, reading the outcomes), not its cleanup.
 
 Keys: ``replay_live_s`` (recording N runs live: first start sent -> last run terminal in the
-read model), ``replay_1000_runs_s`` (the replay of N, scaled to 1,000 in ``--quick``),
+read model), ``replay_1000_runs_s`` (the replay of N, scaled to 1,000 in ``--quick``; fold
+mode, ADR 0036: the runs folded with the scheduler's pure core in one process per core),
 ``replay_runs_per_s``, ``replay_speedup_vs_live`` (live wall / replay wall),
 ``replay_run_p50_ms_live`` / ``replay_run_p50_ms_replayed`` (a run's own duration), and
 ``replay_side_effect_calls`` (requests the slow service got during the replay: must be 0).
@@ -177,13 +178,17 @@ def run_replay_benchmark(base: Settings, quick: bool = False) -> dict[str, float
                 pairs = replay.run(run_ids, Candidate(workflow_version=1))
                 replay_s = time.monotonic() - began
                 timings = dict(replay.timings)
+                mode, processes = replay.last_mode, replay.last_processes
             calls = _requests(url) - calls_before
         failed = [p.candidate.run_id for p in pairs if p.candidate.status != "succeeded"]
         if failed:
             raise RuntimeError(f"{len(failed)} replayed runs did not succeed, e.g. {failed[:3]}")
         live_ms = [p.original.duration_ms for p in pairs if p.original.duration_ms is not None]
         replay_ms = [p.candidate.duration_ms for p in pairs if p.candidate.duration_ms is not None]
-        _progress(f"replay: {n} runs in {replay_s:.1f}s, {calls} side-effect calls")
+        _progress(
+            f"replay ({mode}, {processes} processes): {n} runs in {replay_s:.1f}s, "
+            f"{calls} side-effect calls"
+        )
         return {
             "replay_runs": float(n),
             "replay_live_s": round(live_s, 2),
@@ -193,11 +198,14 @@ def run_replay_benchmark(base: Settings, quick: bool = False) -> dict[str, float
             "replay_run_p50_ms_live": _p50(live_ms),
             "replay_run_p50_ms_replayed": _p50(replay_ms),
             "replay_side_effect_calls": float(calls),
-            # Where the replay's time went: the originals' logs, the shadow engine's start
-            # (topics, schema, consumers), and the runs themselves.
+            # Where the replay's time went: the originals' logs (fold mode: only their RunStarted;
+            # each fold process reads its part's logs within the runs' time), the shadow's start
+            # (topics; engine mode also its consumers), and the runs themselves.
             "replay_load_originals_s": round(timings["load_originals_s"], 2),
             "replay_start_engine_s": round(timings["start_engine_s"], 2),
             "replay_runs_only_s": round(timings["runs_s"], 2),
+            # Fold processes (0: the replay ran on a shadow engine).
+            "replay_fold_processes": float(processes),
         }
     finally:
         if engine is not None:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Literal, Protocol
+from typing import Any, Final, Literal, Protocol
 
 import jmespath
 import jmespath.exceptions
@@ -241,6 +241,10 @@ def pin_nodes(definition: dict[str, Any], pins: Mapping[str, str]) -> dict[str, 
 
 # -- the engine ---------------------------------------------------------------------------------
 
+OUTCOME_UNUSED: Final = ("StepDispatched",)
+"""Event types neither :func:`run_outcome` nor the records need (a dispatch repeats its
+StepScheduled's step and attempt): a third of a recorded log, not read in fold mode."""
+
 _REPLAY_ID = re.compile(r"^[a-z0-9][a-z0-9_]{0,30}$")
 _TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -292,11 +296,17 @@ def dev_engine(
 
 
 def load_runs_events(
-    conn: psycopg.Connection[Any], schema: str, run_ids: Sequence[str], page: int = 500
+    conn: psycopg.Connection[Any],
+    schema: str,
+    run_ids: Sequence[str],
+    page: int = 500,
+    *,
+    skip: Sequence[str] = (),
 ) -> dict[str, list[Any]]:
     """Several runs' projected logs as event models in seq order, keyed by run id (every id
     given has an entry, empty when the read model has no log). One query per ``page`` runs:
-    a query per run cost 1,000 round trips for a 1,000-run replay."""
+    a query per run cost 1,000 round trips for a 1,000-run replay. ``skip``: event types not
+    read (their rows are neither fetched nor parsed)."""
     out: dict[str, list[Any]] = {run_id: [] for run_id in run_ids}
     wanted = list(out)
     by_type: dict[str, Any] = {}  # event type name -> its model class
@@ -306,8 +316,8 @@ def load_runs_events(
             # As text: pydantic parses the JSON itself (in Rust), much faster than psycopg's
             # json.loads followed by validating the resulting dicts.
             f"SELECT run_id, event_type, payload::text FROM {table(schema, 'run_events')} "
-            "WHERE run_id = ANY(%s) ORDER BY run_id, seq",
-            (chunk,),
+            "WHERE run_id = ANY(%s) AND event_type <> ALL(%s) ORDER BY run_id, seq",
+            (chunk, list(skip)),
         ).fetchall()
         for run_id, event_type, payload in rows:
             model = by_type.get(event_type)
@@ -428,6 +438,7 @@ class ShadowReplay:
         self.last_mode: ReplayMode | None = None
         # Fold mode: processes folding the runs (None: one per core, at least 100 runs each).
         self.processes = processes
+        self.last_processes = 0  # how many fold processes the last round used (0: engine mode)
         # Every shadow prefix/schema starts with these; close() removes all of them.
         self.prefix_root = f"{settings.topic_prefix}-replay-{replay_id}"
         self.schema_root = f"replay_{replay_id}"
@@ -558,6 +569,7 @@ class ShadowReplay:
             self.mode == "auto" and unfoldable is None and self.engine_factory is dev_engine
         )
         self.last_mode = "fold" if fold else "engine"
+        self.last_processes = 0
         self._candidate_logs, self._candidate_encoded = {}, {}
         if fold:
             candidates, originals, ready = self._fold(
@@ -682,7 +694,9 @@ class ShadowReplay:
             """A part's original logs, read where it is folded (in parallel when in processes):
             its records for the stand-ins, and the originals' outcomes."""
             with psycopg.connect(self.settings.postgres_dsn, autocommit=True) as conn:
-                logs = load_runs_events(conn, self.schema, [start.run_id for start in part])
+                logs = load_runs_events(
+                    conn, self.schema, [start.run_id for start in part], skip=OUTCOME_UNUSED
+                )
             for run_id, events in logs.items():
                 records.add_run(run_id, events)
             return {run_id: run_outcome(run_id, events) for run_id, events in logs.items()}
@@ -714,6 +728,7 @@ class ShadowReplay:
         total = len(starts)
         timeout = self.timeout_s if self.timeout_s is not None else 60.0 + 0.5 * total
         processes = self.processes if self.processes is not None else default_processes(total)
+        self.last_processes = max(1, min(processes, total))
         ready = time.monotonic()
         parts = fold_partitioned(
             folder,
