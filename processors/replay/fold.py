@@ -26,6 +26,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import faulthandler
+import gc
 import multiprocessing
 import os
 import threading
@@ -547,6 +549,11 @@ def _fold_in_children(
     counter = context.Value("q", 0)
     total = len(starts)
     children: list[tuple[Any, Connection]] = []
+    # Everything the parent holds goes to the permanent generation while forking: a child's
+    # garbage collector must never finalize an inherited Kafka client (librdkafka's threads do
+    # not survive a fork; destroying such a handle in the child crashes it).
+    gc.collect()
+    gc.freeze()
     try:
         for index in range(processes):
             part = list(starts[index::processes])  # interleaved: similar runs spread evenly
@@ -560,6 +567,7 @@ def _fold_in_children(
             child.start()
             sender.close()
             children.append((child, receiver))
+        gc.unfreeze()
         results: dict[int, R] = {}
         waiting = {receiver: index for index, (_, receiver) in enumerate(children)}
         # The children enforce timeout_s themselves; this is the backstop for a child that dies.
@@ -593,6 +601,7 @@ def _fold_in_children(
                 )
         return [results[index] for index in range(processes)]
     finally:
+        gc.unfreeze()
         for child, receiver in children:
             receiver.close()
             child.join(5)
@@ -618,6 +627,10 @@ def _child(  # noqa: PLR0917 - a Process target takes its arguments by position
         with counter.get_lock():
             counter.value += 1
 
+    faulthandler.enable()  # a crash in C code leaves its Python traceback on stderr
+    # A short-lived process that allocates a lot and makes few cycles: the cyclic collector
+    # cost ~14% of the fold's CPU. The inherited heap is frozen anyway (see the parent).
+    gc.disable()
     try:
         prepared = prepare(part)
         sink = new_sink()
