@@ -8,6 +8,7 @@ or by the :class:`EffectPolicy`. docs/replay.md, docs/decisions/0029-shadow-repl
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import functools
 import importlib
@@ -240,6 +241,9 @@ def pin_nodes(definition: dict[str, Any], pins: Mapping[str, str]) -> dict[str, 
 
 
 # -- the engine ---------------------------------------------------------------------------------
+
+_BACKGROUND = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="replay-setup")
+"""Setup work that waits on the broker (creating the shadow topics) while the originals load."""
 
 OUTCOME_UNUSED: Final = ("StepDispatched",)
 """Event types neither :func:`run_outcome` nor the records need (a dispatch repeats its
@@ -512,6 +516,9 @@ class ShadowReplay:
         ``progress(done, total)`` is called as candidate runs finish."""
         self._check(candidate, policy)
         began = time.monotonic()
+        if not run_ids:
+            return []
+        settings, shadow_schema, topics = self._new_round()
         with psycopg.connect(self.settings.postgres_dsn, autocommit=True) as conn:
             # Each run's RunStarted (inputs, version, definition) and whether it finished: the
             # whole logs are read where they are needed (fold mode: in each fold process).
@@ -533,20 +540,11 @@ class ShadowReplay:
                 f"SELECT EXISTS (SELECT 1 FROM {table(self.schema, 'node_versions')})"
             ).fetchone()
             register_nodes = bool(catalogued and catalogued[0]) or bool(candidate.node_pins)
-        if not run_ids:
-            return []
         records = RecordedResults()
         served = self.served = ServedLog()
         registry = shadow_registry(
             self.nodes, records, served, modes=policy.per_node, stubs=policy.stubs
         )
-        self._rounds += 1
-        prefix = f"{self.prefix_root}-{self._rounds}"
-        shadow_schema = f"{self.schema_root}_{self._rounds}"
-        self._prefixes.append(prefix)
-        self._schemas += [shadow_schema, f"{shadow_schema}_api"]
-        settings = self.settings.model_copy(update={"topic_prefix": prefix})
-        self.shadow_settings, self.shadow_schema = settings, shadow_schema
         parsed = parse_workflow(definition)
         starts = [
             StartRun(
@@ -571,6 +569,8 @@ class ShadowReplay:
         self.last_mode = "fold" if fold else "engine"
         self.last_processes = 0
         self._candidate_logs, self._candidate_encoded = {}, {}
+        if topics is not None:
+            topics.result()
         if fold:
             candidates, originals, ready = self._fold(
                 settings=settings,
@@ -635,7 +635,7 @@ class ShadowReplay:
         """Fold mode (:mod:`processors.replay.fold`): the runs folded with the scheduler's pure
         core, in one process per core, their logs written to the shadow ``runs`` topic."""
         catalog = TopicCatalog.from_settings(settings)
-        create_missing_topics([catalog.runs, catalog.workflows], settings=settings)
+        create_missing_topics([catalog.runs, catalog.workflows], settings=settings)  # made already
         producer = Producer(settings, client_id=f"replay-{self.replay_id}")
         try:
             # The candidate's definition, registered as the engine mode registers it.
@@ -798,6 +798,25 @@ class ShadowReplay:
             producer.close()
             engine.stop()
             self._engine = None
+
+    def _new_round(self) -> tuple[Settings, str, concurrent.futures.Future[list[str]] | None]:
+        """The next round's shadow settings and schema (recorded for close()), and, unless
+        the engine mode is forced, the creation of the fold's shadow topics, started now so
+        the broker answers while the originals are read."""
+        self._rounds += 1
+        prefix = f"{self.prefix_root}-{self._rounds}"
+        shadow_schema = f"{self.schema_root}_{self._rounds}"
+        self._prefixes.append(prefix)
+        self._schemas += [shadow_schema, f"{shadow_schema}_api"]
+        settings = self.settings.model_copy(update={"topic_prefix": prefix})
+        self.shadow_settings, self.shadow_schema = settings, shadow_schema
+        if self.mode == "engine":
+            return settings, shadow_schema, None
+        catalog = TopicCatalog.from_settings(settings)
+        topics = _BACKGROUND.submit(
+            create_missing_topics, [catalog.runs, catalog.workflows], settings=settings
+        )
+        return settings, shadow_schema, topics
 
     def candidate_events(self, run_id: str) -> list[Any]:
         """The last round's shadow log of a run (event models in seq order)."""
