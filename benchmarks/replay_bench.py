@@ -189,6 +189,7 @@ def run_replay_benchmark(base: Settings, quick: bool = False) -> dict[str, float
                 replay_s = time.monotonic() - began
                 replay_cpu = _cpu_s() - cpu_began
                 timings = dict(replay.timings)
+                fold = dict(replay.fold_timings)
                 mode, processes = replay.last_mode, replay.last_processes
             calls = _requests(url) - calls_before
         failed = [p.candidate.run_id for p in pairs if p.candidate.status != "succeeded"]
@@ -220,6 +221,9 @@ def run_replay_benchmark(base: Settings, quick: bool = False) -> dict[str, float
             # shared machine the wall times follow the load; these follow the work.
             "replay_live_cpu_s": round(live_cpu, 2),
             "replay_cpu_s": round(replay_cpu, 2),
+            # Fold mode: forking, and the slowest fold process's reading of its originals,
+            # folding and outcomes (they overlap across processes, so they do not add up).
+            **{f"replay_fold_{key}": round(value, 2) for key, value in fold.items()},
             # Fold processes (0: the replay ran on a shadow engine).
             "replay_fold_processes": float(processes),
         }

@@ -447,6 +447,7 @@ def fold_partitioned(
     prepare: Callable[[Sequence[StartRun]], P],
     finish: Finish[P, R],
     progress: Callable[[int, int], None] | None = None,
+    timings: dict[str, float] | None = None,
 ) -> list[R]:
     """Fold ``starts`` in ``processes`` processes (1: a thread of this one), each with its own
     sink. In each part, ``prepare(part)`` runs first (e.g. reads the part's original logs and
@@ -458,12 +459,16 @@ def fold_partitioned(
     thing the parts share is the machine: the GIL caps one process at one core, and the
     scheduler's pure core is the fold's cost. Children are forked: the records, the registry
     and the candidate's definition are inherited, not pickled. ``progress(done, total)`` is
-    called from the calling thread."""
+    called from the calling thread. ``timings`` (filled when given): seconds spent forking,
+    and the slowest part's prepare, fold and finish."""
     total = len(starts)
+    timings = timings if timings is not None else {}
     processes = max(1, min(processes, total))
     if processes == 1:
         count = [0]
+        clock = time.monotonic()
         prepared = prepare(starts)
+        timings["prepare_s"] = time.monotonic() - clock
 
         def part() -> Coroutine[Any, Any, tuple[dict[str, list[RunEvent]], FoldSink]]:
             async def go() -> tuple[dict[str, list[RunEvent]], FoldSink]:
@@ -479,8 +484,13 @@ def fold_partitioned(
 
             return go()
 
+        clock = time.monotonic()
         logs, sink = _watch_thread(part, lambda: count[0], total, progress)
-        return [finish(prepared, logs, sink)]
+        timings["fold_s"] = time.monotonic() - clock
+        clock = time.monotonic()
+        result = finish(prepared, logs, sink)
+        timings["finish_s"] = time.monotonic() - clock
+        return [result]
     return _fold_in_children(
         folder,
         starts,
@@ -490,6 +500,7 @@ def fold_partitioned(
         prepare=prepare,
         finish=finish,
         progress=progress,
+        timings=timings,
     )
 
 
@@ -544,7 +555,9 @@ def _fold_in_children(
     prepare: Callable[[Sequence[StartRun]], P],
     finish: Finish[P, R],
     progress: Callable[[int, int], None] | None,
+    timings: dict[str, float],
 ) -> list[R]:
+    forking = time.monotonic()
     context = multiprocessing.get_context("fork")
     counter = context.Value("q", 0)
     total = len(starts)
@@ -568,6 +581,7 @@ def _fold_in_children(
             sender.close()
             children.append((child, receiver))
         gc.unfreeze()
+        timings["fork_s"] = time.monotonic() - forking
         results: dict[int, R] = {}
         waiting = {receiver: index for index, (_, receiver) in enumerate(children)}
         # The children enforce timeout_s themselves; this is the backstop for a child that dies.
@@ -589,7 +603,9 @@ def _fold_in_children(
                     ) from None
                 if status == "error":
                     raise payload
-                results[index] = payload
+                results[index], spent = payload
+                for key, seconds in spent.items():
+                    timings[key] = max(timings.get(key, 0.0), seconds)
             now = int(counter.value)
             if progress is not None and now != seen:
                 seen = now
@@ -632,12 +648,19 @@ def _child(  # noqa: PLR0917 - a Process target takes its arguments by position
     # cost ~14% of the fold's CPU. The inherited heap is frozen anyway (see the parent).
     gc.disable()
     try:
+        clock = time.monotonic()
         prepared = prepare(part)
+        spent = {"prepare_s": time.monotonic() - clock}
+        clock = time.monotonic()
         sink = new_sink()
         # In a thread of its own: the forking thread may have had an event loop running.
         logs = run_in_thread(lambda: folder.run(part, timeout_s, sink.write, done))
         sink.close()
-        answer: tuple[str, Any] = ("ok", finish(prepared, logs, sink))
+        spent["fold_s"] = time.monotonic() - clock
+        clock = time.monotonic()
+        result = finish(prepared, logs, sink)
+        spent["finish_s"] = time.monotonic() - clock
+        answer: tuple[str, Any] = ("ok", (result, spent))
     except BaseException as exc:
         answer = ("error", exc)
     try:

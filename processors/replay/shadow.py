@@ -457,6 +457,9 @@ class ShadowReplay:
         self._candidate_logs: dict[str, list[Any]] = {}
         self._candidate_encoded: dict[str, list[bytes]] = {}
         self.timings: dict[str, float] = {}
+        # Fold mode, the last round: fork_s, and the slowest part's prepare_s (its original
+        # logs), fold_s and finish_s (outcomes), then merge_s (the parts' answers combined).
+        self.fold_timings: dict[str, float] = {}
 
     # -- selection --------------------------------------------------------------------------
 
@@ -568,6 +571,7 @@ class ShadowReplay:
         )
         self.last_mode = "fold" if fold else "engine"
         self.last_processes = 0
+        self.fold_timings = {}
         self._candidate_logs, self._candidate_encoded = {}, {}
         if topics is not None:
             topics.result()
@@ -733,6 +737,7 @@ class ShadowReplay:
         parts = fold_partitioned(
             folder,
             starts,
+            timings=self.fold_timings,
             timeout_s=timeout,
             processes=processes,
             new_sink=new_sink,
@@ -740,6 +745,7 @@ class ShadowReplay:
             finish=finish,
             progress=self.progress,
         )
+        merging = time.monotonic()
         outcomes: dict[str, RunOutcome] = {}
         originals: dict[str, RunOutcome] = {}
         for part in parts:
@@ -752,6 +758,7 @@ class ShadowReplay:
                 served.served.update(kinds)
                 served.calls.update(calls)
                 served.tokens.update(tokens)
+        self.fold_timings["merge_s"] = time.monotonic() - merging
         return outcomes, originals, ready
 
     def _run_engine(
