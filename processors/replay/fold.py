@@ -50,6 +50,7 @@ from node_workers.registry import NodeRegistry, UnknownNodeError
 from node_workers.runtime import WorkerConfig
 from node_workers.secrets import SecretResolver, resolver_from_settings
 from processors.node_catalog.state import CatalogState
+from processors.replay.recorded import RecordedNode
 from processors.scheduler.decide import (
     CacheHit,
     CacheLookup,
@@ -367,15 +368,17 @@ class FoldReplay:
                 f"serves it: {exc}",
                 error_class="ReplayNodeUnavailable",
             ) from exc
-        async with self._slots:
-            attempt = await run_attempt(
-                node,
-                invocation,
-                load_params=self._load_params,
-                default_timeout_s=self.config.default_timeout_s,
-                secrets=self.secrets,
-                started_at=clock.now(),
-            )
+        attempt = self._served_from_record(node, invocation, clock)
+        if attempt is None:
+            async with self._slots:
+                attempt = await run_attempt(
+                    node,
+                    invocation,
+                    load_params=self._load_params,
+                    default_timeout_s=self.config.default_timeout_s,
+                    secrets=self.secrets,
+                    started_at=clock.now(),
+                )
         output_ref = None
         if attempt.status is TraceStatus.OK:
             data = encode_json(attempt.output)
@@ -387,6 +390,41 @@ class FoldReplay:
                 except Exception as exc:  # as the worker: the attempt ends retryable
                     attempt = _claim_check_failed(attempt, exc)
         return build_result(node, invocation, attempt, output_ref=output_ref)
+
+    def _served_from_record(
+        self, node: AnyNode, invocation: NodeInvocation, clock: _Clock
+    ) -> Attempt | None:
+        """A side effect answered by its stand-in like a cache hit: no attempt, no task, the
+        record's output or error as the attempt's end (what :func:`run_attempt` would make of
+        the stand-in's answer). None: the invocation takes the attempt path."""
+        if not isinstance(node, RecordedNode) or invocation.params_ref is not None:
+            return None
+        params = {} if invocation.params is None else invocation.params
+        answer = node.answer(params, invocation.run_id, invocation.step.step_id, invocation.attempt)
+        if answer is None:
+            return None
+        now = clock.now()
+        redactor = self.secrets.redactor
+        if answer.ok:
+            return Attempt(
+                status=TraceStatus.OK,
+                started_at=now,
+                finished_at=now,
+                inputs_hash="",
+                output=redactor.redact(answer.output),
+            )
+        error = ErrorInfo(
+            error_class=answer.error_class or "NodeError",
+            message=answer.message,
+            retryable=answer.retryable,
+        )
+        return Attempt(
+            status=TraceStatus.ERROR,
+            started_at=now,
+            finished_at=now,
+            inputs_hash="",
+            error=redactor.redact_error(error),
+        )
 
     async def _load_params(self, invocation: NodeInvocation) -> Any:
         if invocation.params_ref is None:
