@@ -295,7 +295,7 @@ def test_fold_mode_equals_engine_mode_and_writes_the_shadow_run_log(
         for run_id in runs:
             log = replay.candidate_events(run_id)
             assert [e.seq for e in log] == list(range(len(log)))
-            on_topic = [e for e in written if e.run_id == run_id]
+            on_topic = [e for e in written if getattr(e, "run_id", None) == run_id]
             assert [normalize(e) for e in on_topic] == [normalize(e) for e in log]
             assert first_divergence(replay.original_events(run_id), log) is None
     leftovers = shadow_leftovers(harness, replay)
