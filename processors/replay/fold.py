@@ -24,6 +24,7 @@ outbox and other runs' logs, which is the shadow engine's job.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import faulthandler
@@ -486,6 +487,7 @@ def fold_partitioned(
     finish: Finish[P, R],
     progress: Callable[[int, int], None] | None = None,
     timings: dict[str, float] | None = None,
+    alongside: Callable[[], None] | None = None,
 ) -> list[R]:
     """Fold ``starts`` in ``processes`` processes (1: a thread of this one), each with its own
     sink. In each part, ``prepare(part)`` runs first (e.g. reads the part's original logs and
@@ -498,7 +500,9 @@ def fold_partitioned(
     scheduler's pure core is the fold's cost. Children are forked: the records, the registry
     and the candidate's definition are inherited, not pickled. ``progress(done, total)`` is
     called from the calling thread. ``timings`` (filled when given): seconds spent forking,
-    and the slowest part's prepare, fold and finish."""
+    and the slowest part's prepare, fold and finish. ``alongside()``: work of the calling
+    process done while the parts fold (after the fork: it may use clients that must not be
+    busy while forking); its error is raised."""
     total = len(starts)
     timings = timings if timings is not None else {}
     processes = max(1, min(processes, total))
@@ -523,7 +527,12 @@ def fold_partitioned(
             return go()
 
         clock = time.monotonic()
-        logs, sink = _watch_thread(part, lambda: count[0], total, progress)
+        side = _BACKGROUND.submit(alongside) if alongside is not None else None
+        try:
+            logs, sink = _watch_thread(part, lambda: count[0], total, progress)
+        finally:
+            if side is not None:
+                side.result()
         timings["fold_s"] = time.monotonic() - clock
         clock = time.monotonic()
         result = finish(prepared, logs, sink)
@@ -539,6 +548,7 @@ def fold_partitioned(
         finish=finish,
         progress=progress,
         timings=timings,
+        alongside=alongside,
     )
 
 
@@ -582,6 +592,8 @@ def _watch_thread(
 
 PROGRESS_INTERVAL_S: Final = 0.1
 
+_BACKGROUND = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="replay-alongside")
+
 
 def _fold_in_children(
     folder: FoldReplay,
@@ -594,6 +606,7 @@ def _fold_in_children(
     finish: Finish[P, R],
     progress: Callable[[int, int], None] | None,
     timings: dict[str, float],
+    alongside: Callable[[], None] | None,
 ) -> list[R]:
     forking = time.monotonic()
     context = multiprocessing.get_context("fork")
@@ -620,6 +633,8 @@ def _fold_in_children(
             children.append((child, receiver))
         gc.unfreeze()
         timings["fork_s"] = time.monotonic() - forking
+        if alongside is not None:
+            alongside()
         results: dict[int, R] = {}
         waiting = {receiver: index for index, (_, receiver) in enumerate(children)}
         # The children enforce timeout_s themselves; this is the backstop for a child that dies.

@@ -8,7 +8,6 @@ or by the :class:`EffectPolicy`. docs/replay.md, docs/decisions/0029-shadow-repl
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import functools
 import importlib
@@ -241,9 +240,6 @@ def pin_nodes(definition: dict[str, Any], pins: Mapping[str, str]) -> dict[str, 
 
 
 # -- the engine ---------------------------------------------------------------------------------
-
-_BACKGROUND = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="replay-setup")
-"""Setup work that waits on the broker (creating the shadow topics) while the originals load."""
 
 OUTCOME_UNUSED: Final = ("StepDispatched",)
 """Event types neither :func:`run_outcome` nor the records need (a dispatch repeats its
@@ -521,7 +517,7 @@ class ShadowReplay:
         began = time.monotonic()
         if not run_ids:
             return []
-        settings, shadow_schema, topics = self._new_round()
+        settings, shadow_schema = self._new_round()
         with psycopg.connect(self.settings.postgres_dsn, autocommit=True) as conn:
             # Each run's RunStarted (inputs, version, definition) and whether it finished: the
             # whole logs are read where they are needed (fold mode: in each fold process).
@@ -573,8 +569,6 @@ class ShadowReplay:
         self.last_processes = 0
         self.fold_timings = {}
         self._candidate_logs, self._candidate_encoded = {}, {}
-        if topics is not None:
-            topics.result()
         if fold:
             candidates, originals, ready = self._fold(
                 settings=settings,
@@ -639,23 +633,6 @@ class ShadowReplay:
         """Fold mode (:mod:`processors.replay.fold`): the runs folded with the scheduler's pure
         core, in one process per core, their logs written to the shadow ``runs`` topic."""
         catalog = TopicCatalog.from_settings(settings)
-        create_missing_topics([catalog.runs, catalog.workflows], settings=settings)  # made already
-        producer = Producer(settings, client_id=f"replay-{self.replay_id}")
-        try:
-            # The candidate's definition, registered as the engine mode registers it.
-            producer.send(
-                catalog.workflows.topic,
-                f"{parsed.id}@{version}",
-                WorkflowRegistered(
-                    workflow_id=parsed.id,
-                    version=version,
-                    definition=parsed.to_json_dict(),
-                    registered_at=datetime.now(UTC),
-                ),
-            )
-            producer.flush(10)
-        finally:
-            producer.close()
 
         def invoke_topic(node: str, major: int) -> str:
             try:
@@ -737,6 +714,7 @@ class ShadowReplay:
         parts = fold_partitioned(
             folder,
             starts,
+            alongside=functools.partial(self._shadow_setup, settings, parsed, version),
             timings=self.fold_timings,
             timeout_s=timeout,
             processes=processes,
@@ -760,6 +738,29 @@ class ShadowReplay:
                 served.tokens.update(tokens)
         self.fold_timings["merge_s"] = time.monotonic() - merging
         return outcomes, originals, ready
+
+    def _shadow_setup(self, settings: Settings, parsed: WorkflowDefinition, version: int) -> None:
+        """Fold mode: the shadow topics and the candidate's definition (registered as the
+        engine mode registers it), made while the runs fold: a fold's producer holds what it
+        writes until its topic exists (librdkafka's topic.metadata.propagation.max.ms, 30 s),
+        and no Kafka client of this process is busy while the fold processes are forked."""
+        catalog = TopicCatalog.from_settings(settings)
+        create_missing_topics([catalog.runs, catalog.workflows], settings=settings)
+        producer = Producer(settings, client_id=f"replay-{self.replay_id}")
+        try:
+            producer.send(
+                catalog.workflows.topic,
+                f"{parsed.id}@{version}",
+                WorkflowRegistered(
+                    workflow_id=parsed.id,
+                    version=version,
+                    definition=parsed.to_json_dict(),
+                    registered_at=datetime.now(UTC),
+                ),
+            )
+            producer.flush(10)
+        finally:
+            producer.close()
 
     def _run_engine(
         self,
@@ -806,10 +807,8 @@ class ShadowReplay:
             engine.stop()
             self._engine = None
 
-    def _new_round(self) -> tuple[Settings, str, concurrent.futures.Future[list[str]] | None]:
-        """The next round's shadow settings and schema (recorded for close()), and, unless
-        the engine mode is forced, the creation of the fold's shadow topics, started now so
-        the broker answers while the originals are read."""
+    def _new_round(self) -> tuple[Settings, str]:
+        """The next round's shadow settings and schema (recorded for close())."""
         self._rounds += 1
         prefix = f"{self.prefix_root}-{self._rounds}"
         shadow_schema = f"{self.schema_root}_{self._rounds}"
@@ -817,13 +816,7 @@ class ShadowReplay:
         self._schemas += [shadow_schema, f"{shadow_schema}_api"]
         settings = self.settings.model_copy(update={"topic_prefix": prefix})
         self.shadow_settings, self.shadow_schema = settings, shadow_schema
-        if self.mode == "engine":
-            return settings, shadow_schema, None
-        catalog = TopicCatalog.from_settings(settings)
-        topics = _BACKGROUND.submit(
-            create_missing_topics, [catalog.runs, catalog.workflows], settings=settings
-        )
-        return settings, shadow_schema, topics
+        return settings, shadow_schema
 
     def candidate_events(self, run_id: str) -> list[Any]:
         """The last round's shadow log of a run (event models in seq order)."""

@@ -243,7 +243,9 @@ def test_parts_fold_in_processes_and_hand_back_what_finish_returns(processes: in
         prepare=prepare,
         finish=finish,
         progress=lambda done, total: seen.append((done, total)),
+        alongside=lambda: seen.append((-1, -1)),  # the caller's own work, once, meanwhile
     )
+    assert seen.count((-1, -1)) == 1
     assert len(parts) == processes
     outputs = {r: o for part in parts for r, o in part["outputs"].items()}
     assert outputs == {f"run-{i}": {"b": [f"k{i}", f"k{i}"]} for i in range(6)}
