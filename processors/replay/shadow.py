@@ -327,23 +327,62 @@ def load_runs_events(
     return out
 
 
+@dataclass(frozen=True)
+class RunHead:
+    """What a replay needs of a recorded run before its log: its RunStarted's fields but the
+    definition (parsed only where it is needed), and whether its log holds a run end."""
+
+    run_id: str
+    workflow_id: str
+    workflow_version: int
+    inputs: Any
+    idempotency_key: str | None
+    source: str
+    source_key: str | None
+    finished: bool
+
+
 def load_run_heads(
     conn: psycopg.Connection[Any], schema: str, run_ids: Sequence[str]
-) -> dict[str, tuple[Any, bool]]:
-    """Each run's first event if it is its RunStarted (else None), and whether its log holds a
-    run end; one query, without reading the rest of the logs."""
-    out: dict[str, tuple[Any, bool]] = {run_id: (None, False) for run_id in run_ids}
+) -> dict[str, RunHead | None]:
+    """Each run's head (None: its log does not start with a RunStarted); one query, without
+    reading the rest of the logs nor parsing a definition per run."""
+    out: dict[str, RunHead | None] = dict.fromkeys(run_ids)
     events = table(schema, "run_events")
     rows = conn.execute(
-        f"SELECT e.run_id, e.event_type, e.payload::text, EXISTS (SELECT 1 FROM {events} f "
+        "SELECT e.run_id, e.payload->>'workflow_id', (e.payload->>'workflow_version')::int, "
+        "e.payload->'inputs', e.payload->>'idempotency_key', e.payload->>'source', "
+        f"e.payload->>'source_key', EXISTS (SELECT 1 FROM {events} f "
         "WHERE f.run_id = e.run_id AND f.event_type = ANY(%s)) "
-        f"FROM {events} e WHERE e.run_id = ANY(%s) AND e.seq = 0",
+        f"FROM {events} e WHERE e.run_id = ANY(%s) AND e.seq = 0 "
+        "AND e.event_type = 'RunStarted'",
         (list(_RUN_END), list(out)),
     ).fetchall()
-    for run_id, event_type, payload, finished in rows:
-        if event_type == "RunStarted":
-            out[str(run_id)] = (models.RunStarted.model_validate_json(payload), bool(finished))
+    for run_id, workflow_id, version, inputs, key, source, source_key, finished in rows:
+        out[str(run_id)] = RunHead(
+            run_id=str(run_id),
+            workflow_id=workflow_id,
+            workflow_version=int(version),
+            inputs=inputs,
+            idempotency_key=key,
+            source=source,
+            source_key=source_key,
+            finished=bool(finished),
+        )
     return out
+
+
+def load_started_definition(
+    conn: psycopg.Connection[Any], schema: str, run_id: str
+) -> dict[str, Any]:
+    """The definition a recorded run started with (its RunStarted's)."""
+    row = conn.execute(
+        f"SELECT payload::text FROM {table(schema, 'run_events')} WHERE run_id = %s AND seq = 0",
+        (run_id,),
+    ).fetchone()
+    if row is None:
+        raise ReplayError(f"run_ids: run {run_id!r} has no recorded log in {schema}")
+    return dict(models.RunStarted.model_validate_json(row[0]).definition)
 
 
 def load_events(conn: psycopg.Connection[Any], schema: str, run_id: str) -> list[Any]:
@@ -522,17 +561,18 @@ class ShadowReplay:
             # Each run's RunStarted (inputs, version, definition) and whether it finished: the
             # whole logs are read where they are needed (fold mode: in each fold process).
             heads = load_run_heads(conn, self.schema, run_ids)
-            for run_id, (started, finished) in heads.items():
-                if started is None:
+            started: dict[str, RunHead] = {}
+            for run_id, head in heads.items():
+                if head is None:
                     raise ReplayError(
                         f"run_ids: run {run_id!r} has no recorded log in {self.schema}"
                     )
-                if not finished:
+                if not head.finished:
                     # Its record is incomplete: side effects it has yet to make have no record.
                     raise ReplayError(f"run_ids: run {run_id!r} has not finished")
-            firsts = {run_id: [head[0]] for run_id, head in heads.items()}
-            workflow_id = firsts[run_ids[0]][0].workflow_id if run_ids else ""
-            version, definition = self._candidate_definition(conn, workflow_id, candidate, firsts)
+                started[run_id] = head
+            workflow_id = started[run_ids[0]].workflow_id
+            version, definition = self._candidate_definition(conn, workflow_id, candidate, started)
             # Versions resolve as in production: through a node catalog when production has one
             # (the shadow workers publish theirs to the shadow catalog), else by constraint.
             catalogued = conn.execute(
@@ -550,10 +590,10 @@ class ShadowReplay:
                 run_id=run_id,
                 workflow_id=parsed.id,
                 workflow_version=version,
-                inputs=firsts[run_id][0].inputs,
-                idempotency_key=firsts[run_id][0].idempotency_key,
-                source=firsts[run_id][0].source,
-                source_key=firsts[run_id][0].source_key,
+                inputs=started[run_id].inputs,
+                idempotency_key=started[run_id].idempotency_key,
+                source=started[run_id].source,
+                source_key=started[run_id].source_key,
                 reason=f"replay {self.replay_id}",
             )
             for run_id in run_ids
@@ -858,7 +898,7 @@ class ShadowReplay:
         conn: psycopg.Connection[Any],
         workflow_id: str,
         candidate: Candidate,
-        originals: Mapping[str, list[Any]],
+        heads: Mapping[str, RunHead],
     ) -> tuple[int, dict[str, Any]]:
         """(version to register in the shadow, definition): a registered version's definition
         from the read model, or the given one (registered as the next free version)."""
@@ -868,7 +908,7 @@ class ShadowReplay:
                 "WHERE workflow_id = %s",
                 (workflow_id,),
             ).fetchone()
-            recorded = [events[0].workflow_version for events in originals.values()]
+            recorded = [head.workflow_version for head in heads.values()]
             version = candidate.workflow_version or (
                 max([*(r for r in recorded), (row[0] if row and row[0] else 0)]) + 1
             )
@@ -877,9 +917,9 @@ class ShadowReplay:
             assert candidate.workflow_version is not None
             version = candidate.workflow_version
             # The definition a run of that version started with, else the registered one.
-            same = [e[0] for e in originals.values() if e[0].workflow_version == version]
+            same = [h.run_id for h in heads.values() if h.workflow_version == version]
             if same:
-                definition = dict(same[0].definition)
+                definition = load_started_definition(conn, self.schema, same[0])
             else:
                 found = queries.get_workflow(conn, workflow_id, version, schema=self.schema)
                 if found is None:
