@@ -398,7 +398,12 @@ class FoldReplay:
         """A side effect answered by its stand-in like a cache hit: no attempt, no task, the
         record's output or error as the attempt's end (what :func:`run_attempt` would make of
         the stand-in's answer). None: the invocation takes the attempt path."""
-        if not isinstance(node, RecordedNode) or invocation.params_ref is not None:
+        if (
+            not isinstance(node, RecordedNode)
+            or invocation.params_ref is not None
+            # The attempt reads the trace context (e.g. a checker step's score): let it.
+            or invocation.trace_context
+        ):
             return None
         params = {} if invocation.params is None else invocation.params
         answer = node.answer(params, invocation.run_id, invocation.step.step_id, invocation.attempt)
