@@ -12,7 +12,8 @@ does (loading the originals' logs, creating the shadow topics and schema, starti
 engine, the runs, reading the outcomes), not its cleanup.
 
 Keys: ``replay_live_s`` (recording N runs live: first start sent -> last run terminal in the
-read model), ``replay_1000_runs_s`` (the replay of N, scaled to 1,000 in ``--quick``),
+read model), ``replay_1000_runs_s`` (the replay of N, scaled to 1,000 in ``--quick``; fold
+mode, ADR 0036: the runs folded with the scheduler's pure core in one process per core),
 ``replay_runs_per_s``, ``replay_speedup_vs_live`` (live wall / replay wall),
 ``replay_run_p50_ms_live`` / ``replay_run_p50_ms_replayed`` (a run's own duration), and
 ``replay_side_effect_calls`` (requests the slow service got during the replay: must be 0).
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import resource
 import statistics
 import time
 import urllib.request
@@ -116,6 +118,14 @@ def _wait_terminal(settings: Settings, schema: str, run_ids: list[str], timeout:
             time.sleep(0.05)
 
 
+def _cpu_s() -> float:
+    """CPU seconds of this process and of its children that ended (the replay's fold
+    processes are joined before ``run`` returns; the slow service still runs)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def _p50(values: list[float]) -> float:
     return round(statistics.median(values), 1) if values else float("nan")
 
@@ -156,7 +166,7 @@ def run_replay_benchmark(base: Settings, quick: bool = False) -> dict[str, float
                 _wait_terminal(settings, schema, [warm], 120)
                 run_ids = [str(uuid.uuid4()) for _ in range(n)]
                 _progress(f"recording {n} runs live ({LATENCY_MS:.0f} ms per POST)")
-                began = time.monotonic()
+                began, cpu_began = time.monotonic(), _cpu_s()
                 for i, run_id in enumerate(run_ids):
                     producer.send(
                         engine.catalog.commands.topic,
@@ -166,6 +176,7 @@ def run_replay_benchmark(base: Settings, quick: bool = False) -> dict[str, float
                 producer.flush(30)
                 _wait_terminal(settings, schema, run_ids, LIVE_TIMEOUT_S)
                 live_s = time.monotonic() - began
+                live_cpu = _cpu_s() - cpu_began
             finally:
                 producer.close()
             engine.stop()
@@ -173,17 +184,23 @@ def run_replay_benchmark(base: Settings, quick: bool = False) -> dict[str, float
             _progress(f"live: {n} runs in {live_s:.1f}s; replaying them")
             calls_before = _requests(url)
             with ShadowReplay(settings, f"bench{tag}", schema=schema) as replay:
-                began = time.monotonic()
+                began, cpu_began = time.monotonic(), _cpu_s()
                 pairs = replay.run(run_ids, Candidate(workflow_version=1))
                 replay_s = time.monotonic() - began
+                replay_cpu = _cpu_s() - cpu_began
                 timings = dict(replay.timings)
+                fold = dict(replay.fold_timings)
+                mode, processes = replay.last_mode, replay.last_processes
             calls = _requests(url) - calls_before
         failed = [p.candidate.run_id for p in pairs if p.candidate.status != "succeeded"]
         if failed:
             raise RuntimeError(f"{len(failed)} replayed runs did not succeed, e.g. {failed[:3]}")
         live_ms = [p.original.duration_ms for p in pairs if p.original.duration_ms is not None]
         replay_ms = [p.candidate.duration_ms for p in pairs if p.candidate.duration_ms is not None]
-        _progress(f"replay: {n} runs in {replay_s:.1f}s, {calls} side-effect calls")
+        _progress(
+            f"replay ({mode}, {processes} processes): {n} runs in {replay_s:.1f}s, "
+            f"{calls} side-effect calls"
+        )
         return {
             "replay_runs": float(n),
             "replay_live_s": round(live_s, 2),
@@ -193,11 +210,22 @@ def run_replay_benchmark(base: Settings, quick: bool = False) -> dict[str, float
             "replay_run_p50_ms_live": _p50(live_ms),
             "replay_run_p50_ms_replayed": _p50(replay_ms),
             "replay_side_effect_calls": float(calls),
-            # Where the replay's time went: the originals' logs, the shadow engine's start
-            # (topics, schema, consumers), and the runs themselves.
+            # Where the replay's time went: the originals' logs (fold mode: only their RunStarted;
+            # each fold process reads its part's logs within the runs' time), the shadow's start
+            # (topics; engine mode also its consumers), and the runs themselves.
             "replay_load_originals_s": round(timings["load_originals_s"], 2),
             "replay_start_engine_s": round(timings["start_engine_s"], 2),
             "replay_runs_only_s": round(timings["runs_s"], 2),
+            # CPU seconds spent in this process (and the fold processes): the engine's and
+            # the replay's own work, without the broker, Postgres or the slow service. On a
+            # shared machine the wall times follow the load; these follow the work.
+            "replay_live_cpu_s": round(live_cpu, 2),
+            "replay_cpu_s": round(replay_cpu, 2),
+            # Fold mode: forking, and the slowest fold process's reading of its originals,
+            # folding and outcomes (they overlap across processes, so they do not add up).
+            **{f"replay_fold_{key}": round(value, 2) for key, value in fold.items()},
+            # Fold processes (0: the replay ran on a shadow engine).
+            "replay_fold_processes": float(processes),
         }
     finally:
         if engine is not None:

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict
 from node_workers.errors import NonRetryableNodeError, RetryableNodeError
 from node_workers.node import AnyNode, Node, NodeContext, validate_params
 from node_workers.registry import NodeRegistry
+from node_workers.secrets import secret_names
 from schemas.base import canonical_json
 
 __all__ = [
@@ -253,26 +254,69 @@ class RecordedNode(Node[_AnyParams, _AnyOutput]):
             # A safe invocation of a side-effecting node (an http GET): re-executed.
             self.served.note(ctx.run_id, ctx.step_id, "executed")
             return await self._call(typed, ctx)
-        found = self.records.lookup(ctx.run_id, ctx.step_id, params_hash(raw), ctx.attempt)
+        answer = self._serve(raw, ctx.run_id, ctx.step_id, ctx.attempt)
+        if answer.ok:
+            return _AnyOutput.model_validate(answer.output)
+        error = RetryableNodeError if answer.retryable else NonRetryableNodeError
+        raise error(answer.message, error_class=answer.error_class or "NodeError")
+
+    def answer(self, raw: Any, run_id: str, step_id: str, attempt: int) -> RecordedAttempt | None:
+        """The stand-in's answer to an invocation without running an attempt -- a recorded side
+        effect served like a cache hit (the replay's fold mode) -- or None when the invocation
+        needs the attempt path: ``live`` mode, a safe invocation (re-executed), params that do
+        not validate or carry secret placeholders (the attempt reports / resolves them), a
+        recorded output that is not an object. The same answers :meth:`execute` gives."""
+        if self.mode == "live" or not isinstance(raw, Mapping) or secret_names(raw):
+            return None
+        try:
+            typed = validate_params(self.real, raw)
+        except Exception:
+            return None
+        if not has_side_effects(self.real, typed):
+            return None
+        found = self.records.lookup(run_id, step_id, params_hash(raw), attempt)
+        if found is not None and found.ok and not isinstance(found.output, Mapping | None):
+            return None
+        return self._serve(raw, run_id, step_id, attempt, found=found)
+
+    def _serve(
+        self,
+        raw: Any,
+        run_id: str,
+        step_id: str,
+        attempt: int,
+        *,
+        found: RecordedAttempt | Literal[False] | None = False,
+    ) -> RecordedAttempt:
+        """A side-effecting invocation's answer: the record, else the policy (noted in the
+        served log). The answer's output is always an object."""
+        if found is False:
+            found = self.records.lookup(run_id, step_id, params_hash(raw), attempt)
         if found is not None:
-            self.served.note(ctx.run_id, ctx.step_id, "record")
+            self.served.note(run_id, step_id, "record")
             if found.ok:
-                return _AnyOutput.model_validate(found.output if found.output is not None else {})
-            error = RetryableNodeError if found.retryable else NonRetryableNodeError
-            raise error(found.message, error_class=found.error_class or "NodeError")
+                output = found.output if found.output is not None else {}
+                return RecordedAttempt(
+                    output=_AnyOutput.model_validate(output).model_dump(mode="json")
+                )
+            return found
         if self.mode == "stub":
-            self.served.note(ctx.run_id, ctx.step_id, "stub")
-            return _AnyOutput.model_validate(self.stub if isinstance(self.stub, Mapping) else {})
+            self.served.note(run_id, step_id, "stub")
+            stub = self.stub if isinstance(self.stub, Mapping) else {}
+            return RecordedAttempt(output=_AnyOutput.model_validate(stub).model_dump(mode="json"))
         if self.mode == "skip":
-            self.served.note(ctx.run_id, ctx.step_id, "skip")
-            return _AnyOutput()
-        self.served.note(ctx.run_id, ctx.step_id, "record")
-        raise NonRetryableNodeError(
-            f"Step {ctx.step_id!r} calls {self.real.key}, which has side effects, with params "
-            f"(sha256 {params_hash(raw)[:12]}) the original run {ctx.run_id} never used, and "
-            f"the replay's effect policy for {self.real.name} is {self.mode!r}: not called "
-            "(allow 'stub', 'skip' or 'live' for this node to answer it)",
+            self.served.note(run_id, step_id, "skip")
+            return RecordedAttempt(output={})
+        self.served.note(run_id, step_id, "record")
+        return RecordedAttempt(
             error_class=REPLAY_NO_RECORD,
+            message=(
+                f"Step {step_id!r} calls {self.real.key}, which has side effects, with params "
+                f"(sha256 {params_hash(raw)[:12]}) the original run {run_id} never used, and "
+                f"the replay's effect policy for {self.real.name} is {self.mode!r}: not called "
+                "(allow 'stub', 'skip' or 'live' for this node to answer it)"
+            ),
+            retryable=False,
         )
 
     async def _live(self, typed: BaseModel, ctx: NodeContext) -> _AnyOutput:

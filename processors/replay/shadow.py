@@ -12,6 +12,7 @@ import contextlib
 import functools
 import importlib
 import inspect
+import os
 import re
 import threading
 import time
@@ -19,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Literal, Protocol
+from typing import Any, Final, Literal, Protocol
 
 import jmespath
 import jmespath.exceptions
@@ -30,18 +31,30 @@ from confluent_kafka import KafkaError, KafkaException
 from foundation.errors import NonRetryableError
 from foundation.settings import Settings
 from node_workers.registry import NodeRegistry, default_registry
+from processors.replay.fold import (
+    FoldReplay,
+    FoldSink,
+    catalog_resolver,
+    default_processes,
+    fold_partitioned,
+    fold_unsupported,
+)
 from processors.replay.recorded import RecordedResults, ServedLog, shadow_registry
+from processors.scheduler.decide import RegisteredWorkflow
 from projections.postgres import queries
 from projections.postgres.identifiers import quote_schema, table
-from schemas import models
+from schemas import models, serde
 from schemas.models import StartRun, WorkflowRegistered
-from streams.admin import admin_client
+from streams.admin import admin_client, create_missing_topics
 from streams.consumer import Consumer
-from streams.producer import Producer
-from streams.topics import TopicCatalog
+from streams.producer import TYPE_HEADER, Producer
+from streams.topics import TopicCatalog, TopicCatalogError
 from workflows import parse_workflow
+from workflows.model import WorkflowDefinition
+from workflows.node_catalog import default_resolve_node_version
 
 EffectMode = Literal["record", "stub", "skip", "live"]
+ReplayMode = Literal["auto", "fold", "engine"]
 Served = Literal["executed", "record", "stub", "skip", "live"]
 
 
@@ -228,6 +241,10 @@ def pin_nodes(definition: dict[str, Any], pins: Mapping[str, str]) -> dict[str, 
 
 # -- the engine ---------------------------------------------------------------------------------
 
+OUTCOME_UNUSED: Final = ("StepDispatched",)
+"""Event types neither :func:`run_outcome` nor the records need (a dispatch repeats its
+StepScheduled's step and attempt): a third of a recorded log, not read in fold mode."""
+
 _REPLAY_ID = re.compile(r"^[a-z0-9][a-z0-9_]{0,30}$")
 _TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -278,6 +295,96 @@ def dev_engine(
     return engine
 
 
+def load_runs_events(
+    conn: psycopg.Connection[Any],
+    schema: str,
+    run_ids: Sequence[str],
+    page: int = 500,
+    *,
+    skip: Sequence[str] = (),
+) -> dict[str, list[Any]]:
+    """Several runs' projected logs as event models in seq order, keyed by run id (every id
+    given has an entry, empty when the read model has no log). One query per ``page`` runs:
+    a query per run cost 1,000 round trips for a 1,000-run replay. ``skip``: event types not
+    read (their rows are neither fetched nor parsed)."""
+    out: dict[str, list[Any]] = {run_id: [] for run_id in run_ids}
+    wanted = list(out)
+    by_type: dict[str, Any] = {}  # event type name -> its model class
+    for start in range(0, len(wanted), page):
+        chunk = wanted[start : start + page]
+        rows = conn.execute(
+            # As text: pydantic parses the JSON itself (in Rust), much faster than psycopg's
+            # json.loads followed by validating the resulting dicts.
+            f"SELECT run_id, event_type, payload::text FROM {table(schema, 'run_events')} "
+            "WHERE run_id = ANY(%s) AND event_type <> ALL(%s) ORDER BY run_id, seq",
+            (chunk, list(skip)),
+        ).fetchall()
+        for run_id, event_type, payload in rows:
+            model = by_type.get(event_type)
+            if model is None:
+                model = by_type[event_type] = getattr(models, event_type)
+            out[str(run_id)].append(model.model_validate_json(payload))
+    return out
+
+
+@dataclass(frozen=True)
+class RunHead:
+    """What a replay needs of a recorded run before its log: its RunStarted's fields but the
+    definition (parsed only where it is needed), and whether its log holds a run end."""
+
+    run_id: str
+    workflow_id: str
+    workflow_version: int
+    inputs: Any
+    idempotency_key: str | None
+    source: str
+    source_key: str | None
+    finished: bool
+
+
+def load_run_heads(
+    conn: psycopg.Connection[Any], schema: str, run_ids: Sequence[str]
+) -> dict[str, RunHead | None]:
+    """Each run's head (None: its log does not start with a RunStarted); one query, without
+    reading the rest of the logs nor parsing a definition per run."""
+    out: dict[str, RunHead | None] = dict.fromkeys(run_ids)
+    events = table(schema, "run_events")
+    rows = conn.execute(
+        "SELECT e.run_id, e.payload->>'workflow_id', (e.payload->>'workflow_version')::int, "
+        "e.payload->'inputs', e.payload->>'idempotency_key', e.payload->>'source', "
+        f"e.payload->>'source_key', EXISTS (SELECT 1 FROM {events} f "
+        "WHERE f.run_id = e.run_id AND f.event_type = ANY(%s)) "
+        f"FROM {events} e WHERE e.run_id = ANY(%s) AND e.seq = 0 "
+        "AND e.event_type = 'RunStarted'",
+        (list(_RUN_END), list(out)),
+    ).fetchall()
+    for run_id, workflow_id, version, inputs, key, source, source_key, finished in rows:
+        out[str(run_id)] = RunHead(
+            run_id=str(run_id),
+            workflow_id=workflow_id,
+            workflow_version=int(version),
+            inputs=inputs,
+            idempotency_key=key,
+            source=source,
+            source_key=source_key,
+            finished=bool(finished),
+        )
+    return out
+
+
+def load_started_definition(
+    conn: psycopg.Connection[Any], schema: str, run_id: str
+) -> dict[str, Any]:
+    """The definition a recorded run started with (its RunStarted's)."""
+    row = conn.execute(
+        f"SELECT payload::text FROM {table(schema, 'run_events')} WHERE run_id = %s AND seq = 0",
+        (run_id,),
+    ).fetchone()
+    if row is None:
+        raise ReplayError(f"run_ids: run {run_id!r} has no recorded log in {schema}")
+    return dict(models.RunStarted.model_validate_json(row[0]).definition)
+
+
 def load_events(conn: psycopg.Connection[Any], schema: str, run_id: str) -> list[Any]:
     """A run's projected log as event models, in seq order."""
     rows: list[Any] = []
@@ -289,6 +396,47 @@ def load_events(conn: psycopg.Connection[Any], schema: str, run_id: str) -> list
         if len(page) < 1000:
             return rows
         after = page[-1].seq
+
+
+class ShadowLogSink:
+    """Fold mode's shadow run log: every event Avro-encoded once and produced to the shadow
+    ``runs`` topic keyed by run id (the producer batches them); ``keep`` also keeps the bytes
+    per run (a fold process hands them back instead of the models)."""
+
+    def __init__(self, settings: Settings, topic: str, client_id: str, *, keep: bool) -> None:
+        self.producer = Producer(
+            settings,
+            client_id=client_id,
+            config={"linger.ms": 20, "batch.size": 1_000_000, "compression.type": "lz4"},
+        )
+        self.topic = topic
+        self.keep = keep
+        self.encoded: dict[str, list[bytes]] = {}
+
+    def write(self, events: Sequence[Any]) -> None:
+        for event in events:
+            data = serde.encode(event)
+            self.producer.send(self.topic, event.run_id, data, {TYPE_HEADER: event.AVRO_NAME})
+            if self.keep:
+                self.encoded.setdefault(event.run_id, []).append(data)
+
+    def close(self) -> None:
+        try:
+            self.producer.flush(60)
+        finally:
+            self.producer.close()
+
+
+@dataclass
+class _FoldedPart:
+    """What one fold process hands back: outcomes, and the logs as models (this process) or
+    as the Avro records written (a child), with how its steps were served (a child's copy)."""
+
+    outcomes: dict[str, RunOutcome]
+    originals: dict[str, RunOutcome]
+    models: dict[str, list[Any]] = field(default_factory=dict)
+    encoded: dict[str, list[bytes]] = field(default_factory=dict)
+    served: tuple[dict[Any, Any], dict[Any, Any], dict[Any, Any]] | None = None
 
 
 class ShadowReplay:
@@ -307,6 +455,8 @@ class ShadowReplay:
         nodes: NodeRegistry | None = None,
         timeout_s: float | None = None,
         engine_factory: EngineFactory = dev_engine,
+        mode: ReplayMode = "auto",
+        processes: int | None = None,
     ) -> None:
         if not _REPLAY_ID.fullmatch(replay_id):
             raise ReplayError(
@@ -319,6 +469,15 @@ class ShadowReplay:
         self.nodes = nodes or default_registry()
         self.timeout_s = timeout_s
         self.engine_factory = engine_factory
+        if mode not in ("auto", "fold", "engine"):
+            raise ReplayError(f"mode: expected auto, fold or engine, but got {mode!r}")
+        # "auto": fold in-process when the candidate allows it and no engine_factory was given,
+        # else the shadow engine (docs/decisions/0036-replay-fold-mode.md).
+        self.mode = mode
+        self.last_mode: ReplayMode | None = None
+        # Fold mode: processes folding the runs (None: one per core, at least 100 runs each).
+        self.processes = processes
+        self.last_processes = 0  # how many fold processes the last round used (0: engine mode)
         # Every shadow prefix/schema starts with these; close() removes all of them.
         self.prefix_root = f"{settings.topic_prefix}-replay-{replay_id}"
         self.schema_root = f"replay_{replay_id}"
@@ -331,7 +490,11 @@ class ShadowReplay:
         self.shadow_settings: Settings | None = None
         self.shadow_schema: str | None = None
         self._candidate_logs: dict[str, list[Any]] = {}
+        self._candidate_encoded: dict[str, list[bytes]] = {}
         self.timings: dict[str, float] = {}
+        # Fold mode, the last round: fork_s, and the slowest part's prepare_s (its original
+        # logs), fold_s and finish_s (outcomes), then merge_s (the parts' answers combined).
+        self.fold_timings: dict[str, float] = {}
 
     # -- selection --------------------------------------------------------------------------
 
@@ -391,46 +554,270 @@ class ShadowReplay:
         ``progress(done, total)`` is called as candidate runs finish."""
         self._check(candidate, policy)
         began = time.monotonic()
+        if not run_ids:
+            return []
+        settings, shadow_schema = self._new_round()
         with psycopg.connect(self.settings.postgres_dsn, autocommit=True) as conn:
-            originals = {run_id: load_events(conn, self.schema, run_id) for run_id in run_ids}
-            for run_id, events in originals.items():
-                if not events or not isinstance(events[0], models.RunStarted):
+            # Each run's RunStarted (inputs, version, definition) and whether it finished: the
+            # whole logs are read where they are needed (fold mode: in each fold process).
+            heads = load_run_heads(conn, self.schema, run_ids)
+            started: dict[str, RunHead] = {}
+            for run_id, head in heads.items():
+                if head is None:
                     raise ReplayError(
                         f"run_ids: run {run_id!r} has no recorded log in {self.schema}"
                     )
-                if not any(type(e).__name__ in _RUN_END for e in events):
+                if not head.finished:
                     # Its record is incomplete: side effects it has yet to make have no record.
                     raise ReplayError(f"run_ids: run {run_id!r} has not finished")
-            workflow_id = originals[run_ids[0]][0].workflow_id if run_ids else ""
-            version, definition = self._candidate_definition(
-                conn, workflow_id, candidate, originals
-            )
+                started[run_id] = head
+            workflow_id = started[run_ids[0]].workflow_id
+            version, definition = self._candidate_definition(conn, workflow_id, candidate, started)
             # Versions resolve as in production: through a node catalog when production has one
             # (the shadow workers publish theirs to the shadow catalog), else by constraint.
             catalogued = conn.execute(
                 f"SELECT EXISTS (SELECT 1 FROM {table(self.schema, 'node_versions')})"
             ).fetchone()
             register_nodes = bool(catalogued and catalogued[0]) or bool(candidate.node_pins)
-        if not run_ids:
-            return []
         records = RecordedResults()
-        for run_id, events in originals.items():
-            records.add_run(run_id, events)
         served = self.served = ServedLog()
         registry = shadow_registry(
             self.nodes, records, served, modes=policy.per_node, stubs=policy.stubs
         )
-        self._rounds += 1
-        prefix = f"{self.prefix_root}-{self._rounds}"
-        shadow_schema = f"{self.schema_root}_{self._rounds}"
-        self._prefixes.append(prefix)
-        self._schemas += [shadow_schema, f"{shadow_schema}_api"]
-        settings = self.settings.model_copy(update={"topic_prefix": prefix})
-        self.shadow_settings, self.shadow_schema = settings, shadow_schema
+        parsed = parse_workflow(definition)
+        starts = [
+            StartRun(
+                run_id=run_id,
+                workflow_id=parsed.id,
+                workflow_version=version,
+                inputs=started[run_id].inputs,
+                idempotency_key=started[run_id].idempotency_key,
+                source=started[run_id].source,
+                source_key=started[run_id].source_key,
+                reason=f"replay {self.replay_id}",
+            )
+            for run_id in run_ids
+        ]
+        loaded = time.monotonic()
+        unfoldable = fold_unsupported(parsed)
+        if self.mode == "fold" and unfoldable is not None:
+            raise ReplayError(f"candidate: cannot be replayed in fold mode: {unfoldable}")
+        fold = self.mode == "fold" or (
+            self.mode == "auto" and unfoldable is None and self.engine_factory is dev_engine
+        )
+        self.last_mode = "fold" if fold else "engine"
+        self.last_processes = 0
+        self.fold_timings = {}
+        self._candidate_logs, self._candidate_encoded = {}, {}
+        if fold:
+            candidates, originals, ready = self._fold(
+                settings=settings,
+                registry=registry,
+                records=records,
+                served=served,
+                parsed=parsed,
+                version=version,
+                starts=starts,
+                register_nodes=register_nodes,
+            )
+        else:
+            with psycopg.connect(self.settings.postgres_dsn, autocommit=True) as conn:
+                logs = load_runs_events(conn, self.schema, run_ids)
+            for run_id, events in logs.items():
+                records.add_run(run_id, events)
+            originals = {run_id: run_outcome(run_id, events) for run_id, events in logs.items()}
+            loaded = time.monotonic()
+            logs, ready = self._run_engine(
+                settings=settings,
+                registry=registry,
+                shadow_schema=shadow_schema,
+                register_nodes=register_nodes,
+                parsed=parsed,
+                version=version,
+                starts=starts,
+            )
+            self._candidate_logs = logs
+            candidates = {
+                run_id: run_outcome(
+                    run_id,
+                    logs[run_id],
+                    served=functools.partial(served.get, run_id),
+                    tokens=functools.partial(served.tokens_of, run_id),
+                )
+                for run_id in run_ids
+            }
+        pairs = [
+            ReplayPair(original=originals[run_id], candidate=candidates[run_id])
+            for run_id in run_ids
+        ]
+        # Where a replay's time goes (the benchmark reports it).
+        self.timings = {
+            "load_originals_s": loaded - began,
+            "start_engine_s": ready - loaded,
+            "runs_s": time.monotonic() - ready,
+        }
+        return pairs
+
+    def _fold(
+        self,
+        *,
+        settings: Settings,
+        registry: NodeRegistry,
+        records: RecordedResults,
+        served: ServedLog,
+        parsed: WorkflowDefinition,
+        version: int,
+        starts: Sequence[StartRun],
+        register_nodes: bool,
+    ) -> tuple[dict[str, RunOutcome], dict[str, RunOutcome], float]:
+        """Fold mode (:mod:`processors.replay.fold`): the runs folded with the scheduler's pure
+        core, in one process per core, their logs written to the shadow ``runs`` topic."""
+        catalog = TopicCatalog.from_settings(settings)
+
+        def invoke_topic(node: str, major: int) -> str:
+            try:
+                return catalog.invoke_topic(node, major).topic
+            except TopicCatalogError as exc:
+                raise NonRetryableError(
+                    f"Expected node {node!r} v{major} to have an invoke topic, but {exc}",
+                    error_class="NodeUnavailable",
+                ) from exc
+
+        blobs: list[Any] = []
+
+        def blob_store() -> Any:
+            if not blobs:  # created on first use, as the runtime does (S3 client start-up)
+                blobs.append(
+                    importlib.import_module("foundation.objectstore").S3BlobStore(settings)
+                )
+            return blobs[0]
+
+        folder = FoldReplay(
+            settings=settings,
+            nodes=registry,
+            workflow=RegisteredWorkflow(version, parsed),
+            workflow_id=parsed.id,
+            invoke_topic=invoke_topic,
+            resolve_node_version=catalog_resolver(registry)
+            if register_nodes
+            else default_resolve_node_version,
+            blobs=blob_store,
+        )
+        parent = os.getpid()
+        client_id = f"replay-{self.replay_id}"
+
+        def new_sink() -> ShadowLogSink:
+            return ShadowLogSink(
+                settings, catalog.runs.topic, client_id, keep=os.getpid() != parent
+            )
+
+        def prepare(part: Sequence[StartRun]) -> dict[str, RunOutcome]:
+            """A part's original logs, read where it is folded (in parallel when in processes):
+            its records for the stand-ins, and the originals' outcomes."""
+            with psycopg.connect(self.settings.postgres_dsn, autocommit=True) as conn:
+                logs = load_runs_events(
+                    conn, self.schema, [start.run_id for start in part], skip=OUTCOME_UNUSED
+                )
+            for run_id, events in logs.items():
+                records.add_run(run_id, events)
+            return {run_id: run_outcome(run_id, events) for run_id, events in logs.items()}
+
+        def finish(
+            originals: dict[str, RunOutcome], logs: dict[str, list[Any]], sink: FoldSink
+        ) -> _FoldedPart:
+            outcomes = {
+                run_id: run_outcome(
+                    run_id,
+                    log,
+                    served=functools.partial(served.get, run_id),
+                    tokens=functools.partial(served.tokens_of, run_id),
+                )
+                for run_id, log in logs.items()
+            }
+            if os.getpid() == parent:
+                return _FoldedPart(outcomes, originals, models=logs)
+            # A child hands back the Avro bytes it wrote (decoded only if asked for), and how
+            # its steps were served.
+            assert isinstance(sink, ShadowLogSink)
+            return _FoldedPart(
+                outcomes,
+                originals,
+                encoded=sink.encoded,
+                served=(served.served, served.calls, served.tokens),
+            )
+
+        total = len(starts)
+        timeout = self.timeout_s if self.timeout_s is not None else 60.0 + 0.5 * total
+        processes = self.processes if self.processes is not None else default_processes(total)
+        self.last_processes = max(1, min(processes, total))
+        ready = time.monotonic()
+        parts = fold_partitioned(
+            folder,
+            starts,
+            alongside=functools.partial(self._shadow_setup, settings, parsed, version),
+            timings=self.fold_timings,
+            timeout_s=timeout,
+            processes=processes,
+            new_sink=new_sink,
+            prepare=prepare,
+            finish=finish,
+            progress=self.progress,
+        )
+        merging = time.monotonic()
+        outcomes: dict[str, RunOutcome] = {}
+        originals: dict[str, RunOutcome] = {}
+        for part in parts:
+            outcomes.update(part.outcomes)
+            originals.update(part.originals)
+            self._candidate_logs.update(part.models)
+            self._candidate_encoded.update(part.encoded)
+            if part.served is not None:
+                kinds, calls, tokens = part.served
+                served.served.update(kinds)
+                served.calls.update(calls)
+                served.tokens.update(tokens)
+        self.fold_timings["merge_s"] = time.monotonic() - merging
+        return outcomes, originals, ready
+
+    def _shadow_setup(self, settings: Settings, parsed: WorkflowDefinition, version: int) -> None:
+        """Fold mode: the shadow topics and the candidate's definition (registered as the
+        engine mode registers it), made while the runs fold: a fold's producer holds what it
+        writes until its topic exists (librdkafka's topic.metadata.propagation.max.ms, 30 s),
+        and no Kafka client of this process is busy while the fold processes are forked."""
+        catalog = TopicCatalog.from_settings(settings)
+        create_missing_topics([catalog.runs, catalog.workflows], settings=settings)
+        producer = Producer(settings, client_id=f"replay-{self.replay_id}")
+        try:
+            producer.send(
+                catalog.workflows.topic,
+                f"{parsed.id}@{version}",
+                WorkflowRegistered(
+                    workflow_id=parsed.id,
+                    version=version,
+                    definition=parsed.to_json_dict(),
+                    registered_at=datetime.now(UTC),
+                ),
+            )
+            producer.flush(10)
+        finally:
+            producer.close()
+
+    def _run_engine(
+        self,
+        *,
+        settings: Settings,
+        registry: NodeRegistry,
+        shadow_schema: str,
+        register_nodes: bool,
+        parsed: WorkflowDefinition,
+        version: int,
+        starts: Sequence[StartRun],
+    ) -> tuple[dict[str, list[Any]], float]:
+        """Engine mode: a whole shadow engine (scheduler, workers) runs the candidate runs."""
+        prefix = settings.topic_prefix
         engine = self._engine = self.engine_factory(
             settings, registry, shadow_schema, register_nodes
         )
-        loaded = time.monotonic()
         engine.start()
         producer = Producer(settings, client_id=f"replay-{self.replay_id}")
         # Subscribed before the first start: reads the shadow run log from the beginning.
@@ -438,7 +825,6 @@ class ShadowReplay:
             [engine.catalog.runs], f"{prefix}.replay-collector", settings, catalog=engine.catalog
         )
         try:
-            parsed = parse_workflow(definition)
             producer.send(
                 engine.catalog.workflows.topic,
                 f"{parsed.id}@{version}",
@@ -451,51 +837,33 @@ class ShadowReplay:
             )
             producer.flush(10)
             ready = time.monotonic()
-            for run_id in run_ids:
-                started = originals[run_id][0]
-                producer.send(
-                    engine.catalog.commands.topic,
-                    run_id,
-                    StartRun(
-                        run_id=run_id,
-                        workflow_id=parsed.id,
-                        workflow_version=version,
-                        inputs=started.inputs,
-                        idempotency_key=started.idempotency_key,
-                        source=started.source,
-                        source_key=started.source_key,
-                        reason=f"replay {self.replay_id}",
-                    ),
-                )
+            for start in starts:
+                producer.send(engine.catalog.commands.topic, start.run_id, start)
             producer.flush(30)
-            logs = self._collect(collector, list(run_ids), engine)
-            self._candidate_logs = logs
-            # Where a replay's time goes (the benchmark reports it).
-            self.timings = {
-                "load_originals_s": loaded - began,
-                "start_engine_s": ready - loaded,
-                "runs_s": time.monotonic() - ready,
-            }
-            return [
-                ReplayPair(
-                    original=run_outcome(run_id, originals[run_id]),
-                    candidate=run_outcome(
-                        run_id,
-                        logs[run_id],
-                        served=functools.partial(served.get, run_id),
-                        tokens=functools.partial(served.tokens_of, run_id),
-                    ),
-                )
-                for run_id in run_ids
-            ]
+            return self._collect(collector, [s.run_id for s in starts], engine), ready
         finally:
             collector.close(commit=False)
             producer.close()
             engine.stop()
             self._engine = None
 
+    def _new_round(self) -> tuple[Settings, str]:
+        """The next round's shadow settings and schema (recorded for close())."""
+        self._rounds += 1
+        prefix = f"{self.prefix_root}-{self._rounds}"
+        shadow_schema = f"{self.schema_root}_{self._rounds}"
+        self._prefixes.append(prefix)
+        self._schemas += [shadow_schema, f"{shadow_schema}_api"]
+        settings = self.settings.model_copy(update={"topic_prefix": prefix})
+        self.shadow_settings, self.shadow_schema = settings, shadow_schema
+        return settings, shadow_schema
+
     def candidate_events(self, run_id: str) -> list[Any]:
         """The last round's shadow log of a run (event models in seq order)."""
+        if run_id in self._candidate_encoded:  # folded in a child process: its Avro records
+            self._candidate_logs[run_id] = [
+                serde.decode(data) for data in self._candidate_encoded.pop(run_id)
+            ]
         if run_id not in self._candidate_logs:
             raise ReplayError(f"run_id: {run_id!r} was not replayed in the last round")
         return self._candidate_logs[run_id]
@@ -530,7 +898,7 @@ class ShadowReplay:
         conn: psycopg.Connection[Any],
         workflow_id: str,
         candidate: Candidate,
-        originals: Mapping[str, list[Any]],
+        heads: Mapping[str, RunHead],
     ) -> tuple[int, dict[str, Any]]:
         """(version to register in the shadow, definition): a registered version's definition
         from the read model, or the given one (registered as the next free version)."""
@@ -540,7 +908,7 @@ class ShadowReplay:
                 "WHERE workflow_id = %s",
                 (workflow_id,),
             ).fetchone()
-            recorded = [events[0].workflow_version for events in originals.values()]
+            recorded = [head.workflow_version for head in heads.values()]
             version = candidate.workflow_version or (
                 max([*(r for r in recorded), (row[0] if row and row[0] else 0)]) + 1
             )
@@ -549,9 +917,9 @@ class ShadowReplay:
             assert candidate.workflow_version is not None
             version = candidate.workflow_version
             # The definition a run of that version started with, else the registered one.
-            same = [e[0] for e in originals.values() if e[0].workflow_version == version]
+            same = [h.run_id for h in heads.values() if h.workflow_version == version]
             if same:
-                definition = dict(same[0].definition)
+                definition = load_started_definition(conn, self.schema, same[0])
             else:
                 found = queries.get_workflow(conn, workflow_id, version, schema=self.schema)
                 if found is None:

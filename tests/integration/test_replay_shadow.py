@@ -17,7 +17,7 @@ import redis
 from node_workers.node import Node, NodeContext, NodeModel
 from node_workers.nodes import builtin_nodes
 from node_workers.registry import NodeRegistry
-from processors.replay.determinism import check_determinism
+from processors.replay.determinism import check_determinism, first_divergence, normalize
 from processors.replay.recorded import REPLAY_NO_RECORD
 from processors.replay.shadow import (
     Candidate,
@@ -26,9 +26,12 @@ from processors.replay.shadow import (
     Selection,
     ShadowReplay,
 )
+from schemas import serde
 from streams.admin import admin_client
+from streams.topics import TopicCatalog
 from tests.integration.engine_fixtures import Harness, HarnessFactory, transform
 from tests.integration.http_fixtures import HttpTestServer
+from tests.support.kafka_log import read_log
 
 
 def order_flow(url: str, expression: str) -> dict[str, Any]:
@@ -261,3 +264,53 @@ def test_determinism_is_reported_and_nondeterminism_detected(
     assert divergence["expected"]["type"] == divergence["actual"]["type"] == "StepSucceeded"
     assert divergence["expected"]["output"] != divergence["actual"]["output"]
     assert divergence["seq"] is not None
+
+
+def test_fold_mode_equals_engine_mode_and_writes_the_shadow_run_log(
+    harness: Harness, http: HttpTestServer
+) -> None:
+    """The fold (ADR 0036) against the shadow engine on the same runs: the same outcomes, the
+    same served/calls, each run's log on the shadow ``runs`` topic, deterministic against the
+    original; folded in two forked processes, whose logs come back as the records they wrote."""
+    harness.register(order_flow(http.url, "json.order"), version=1)
+    runs = [harness.start("orders", {"order": f"o-{n}"}) for n in range(4)]
+    for run_id in runs:
+        assert harness.wait(run_id).status == "succeeded"
+    http.reset()
+    before = production_state(harness)
+
+    with ShadowReplay(harness.settings, "engine", schema=harness.schema, mode="engine") as replay:
+        engine_pairs = replay.run(runs, Candidate(workflow_version=1))
+        assert replay.last_mode == "engine"
+    with ShadowReplay(harness.settings, "fold", schema=harness.schema, processes=2) as replay:
+        fold_pairs = replay.run(runs, Candidate(workflow_version=1))
+        assert replay.last_mode == "fold"
+        shadow = replay.shadow_settings
+        assert shadow is not None and shadow.topic_prefix.startswith(replay.prefix_root)
+        spec = TopicCatalog.from_settings(shadow).runs
+        written = [
+            serde.decode(value or b"")
+            for _, _, value in read_log(shadow, spec.topic, spec.partitions)
+        ]
+        for run_id in runs:
+            log = replay.candidate_events(run_id)
+            assert [e.seq for e in log] == list(range(len(log)))
+            on_topic = [e for e in written if getattr(e, "run_id", None) == run_id]
+            assert [normalize(e) for e in on_topic] == [normalize(e) for e in log]
+            assert first_divergence(replay.original_events(run_id), log) is None
+    leftovers = shadow_leftovers(harness, replay)
+
+    def view(pair: Any) -> Any:
+        candidate = pair.candidate
+        steps = {
+            step_id: (s.status, s.served, s.calls, s.attempts, s.output)
+            for step_id, s in candidate.steps.items()
+        }
+        return (candidate.run_id, candidate.status, candidate.outputs, steps)
+
+    assert [view(p) for p in fold_pairs] == [view(p) for p in engine_pairs]
+    assert [p.original for p in fold_pairs] == [p.original for p in engine_pairs]
+    assert fold_pairs[0].candidate.steps["post"].served == "record"
+    assert http.log == []
+    assert production_state(harness) == before
+    assert leftovers == {"topics": [], "groups": [], "schemas": [], "keys": []}

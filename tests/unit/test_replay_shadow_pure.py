@@ -318,3 +318,65 @@ def test_pins_replace_node_refs_everywhere() -> None:
     assert pinned["steps"][1]["params"]["step"]["node"] == "http.request@1.0.0"
     assert pinned["steps"][2]["node"] == "transform@^1"
     assert definition["steps"][0]["node"] == "http.request@^1"  # not changed in place
+
+
+def _executed(node: RecordedNode, params: dict[str, Any]) -> tuple[Any, str | None, str, bool]:
+    """What the stand-in's execute ends in: (output, error class, message, retryable)."""
+    try:
+        return serve(node, params), None, "", False
+    except NodeError as exc:
+        return None, exc.error_class, str(exc), exc.retryable
+
+
+@pytest.mark.parametrize(
+    ("mode", "params"),
+    [
+        ("record", {"n": 1}),  # the record
+        ("record", {"n": 2}),  # no record: ReplayNoRecord
+        ("stub", {"n": 2}),
+        ("skip", {"n": 2}),
+        ("record", {"n": 3}),  # a recorded failure
+    ],
+)
+def test_the_fold_answer_without_an_attempt_equals_what_execute_does(
+    mode: str, params: dict[str, Any]
+) -> None:
+    """Fold mode serves recorded side effects with ``RecordedNode.answer`` (no attempt, like a
+    cache hit); it must end exactly as ``execute`` ends, served log included."""
+    events = [
+        *spy_events({"n": 1}, {"called": 41}),
+        StepScheduled(run_id=RUN, seq=3, step=ref("s", "spy.effect"), attempt=1, params={"n": 3}),
+        StepFailed(
+            run_id=RUN,
+            seq=4,
+            step=ref("s", "spy.effect"),
+            attempt=1,
+            invocation_id="i3",
+            error=ErrorInfo(error_class="Http5xx", message="503", retryable=True),
+        ),
+    ]
+    results = []
+    for way in ("execute", "answer"):
+        real, records, served = SpyNode(), RecordedResults(), ServedLog()
+        records.add_run(RUN, events)
+        node = RecordedNode(real, records, served, mode=mode, stub={"called": -1})
+        if way == "execute":
+            ended = _executed(node, params)
+        else:
+            answer = node.answer(params, RUN, "s", 1)
+            assert answer is not None
+            ended = (answer.output, answer.error_class, answer.message, answer.retryable)
+        results.append((ended, served.get(RUN, "s"), real.calls))
+    assert results[0] == results[1]
+    assert results[0][2] == 0  # never called
+
+
+def test_the_fold_answer_leaves_live_safe_and_invalid_invocations_to_an_attempt() -> None:
+    real, records, served = SpyNode(), RecordedResults(), ServedLog()
+    records.add_run(RUN, spy_events({"n": 1}, {"called": 41}))
+    assert RecordedNode(real, records, served, mode="live").answer({"n": 1}, RUN, "s", 1) is None
+    strict = RecordedNode(real, records, served)
+    assert strict.answer({"n": 1, "method": "GET"}, RUN, "s", 1) is None  # safe: re-executed
+    assert strict.answer({"n": "not a number"}, RUN, "s", 1) is None  # the attempt says why
+    assert strict.answer({"n": "{{ secrets.TOKEN }}"}, RUN, "s", 1) is None  # resolved first
+    assert (real.calls, served.served) == (0, {})
