@@ -26,7 +26,13 @@ from processors.critic.episodes import Episodes
 from processors.critic.kafka_loop import TrackedStore
 from processors.critic.runs import RunAssembler, StepSpan, critical_path
 from processors.critic.runtime import CriticEngineError, CriticProcessor
-from processors.critic.view import TraceView, TraceViewError, view_from_json, view_from_trace
+from processors.critic.view import (
+    TraceView,
+    TraceViewError,
+    _view_reference,
+    view_from_json,
+    view_from_trace,
+)
 from schemas.models import (
     Diagnosis,
     DiagnosisKind,
@@ -521,6 +527,41 @@ def test_view_from_json_matches_the_model() -> None:
 def test_view_from_json_names_the_bad_field(payload: bytes, message: str) -> None:
     with pytest.raises(TraceViewError, match=message.replace("(", r"\(")):
         view_from_json(payload)
+
+
+def _variant(**over: object) -> bytes:
+    return json.dumps({**json.loads(encode_trace(_trace())), **over}).encode()
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        encode_trace(_trace()),
+        encode_trace(_trace(error=None, metrics={}, context={}, status=TraceStatus.OK)),
+        encode_trace(_trace(context={"kind": "retry"}, status=TraceStatus.SKIPPED, error=None)),
+        _variant(error={}),
+        _variant(error={"error_class": 5, "message": None, "retryable": "yes"}),
+        _variant(metrics={"a": True, "b": 2, "c": 1.5, "d": "x"}),
+        _variant(metrics=[], context=0),
+        _variant(context=[1], cost_tokens=None),
+        _variant(workflow_version=2**70),
+        _variant(unknown={"nested": [1, 2]}),
+        _variant(metrics={"q": float("nan")}),  # json.loads reads NaN; msgspec defers
+        b'{"run_id": "\\ud800"}',
+    ],
+)
+def test_view_from_json_fast_path_reads_like_the_reference(payload: bytes) -> None:
+    # The msgspec fast path must accept exactly what the reference (json.loads and checks)
+    # accepts, with the same view, and defer to it for the rest (its error names the field).
+    try:
+        expected: TraceView | str = _view_reference(payload)
+    except TraceViewError as exc:
+        expected = str(exc)
+    try:
+        got: TraceView | str = view_from_json(payload)
+    except TraceViewError as exc:
+        got = str(exc)
+    assert got == expected
 
 
 # -- runtime pieces without I/O --------------------------------------------------------------------
