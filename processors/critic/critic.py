@@ -75,33 +75,33 @@ class CriticStats:
     runs_closed: int = 0
 
 
-@dataclass
-class _Recent:
-    """The subject's last traces, for example run ids."""
-
-    items: deque[tuple[str, float, bool, bool]] = field(default_factory=lambda: deque(maxlen=64))
-    """(run_id, latency_ms, failed, timed_out)."""
+_ATTEMPT = frozenset({"ok", "error", "timeout"})
+_KIND = {kind: kind.value for kind in DiagnosisKind}
+"""Enum ``.value`` is a descriptor call; episode keys are built on hot paths."""
 
 
 class _DriftSet:
-    __slots__ = ("failure", "latency", "quality", "recent", "seen", "timeout")
+    __slots__ = ("failure", "latency", "quality", "recent", "seen", "subject", "timeout")
 
-    def __init__(self, config: CriticConfig) -> None:
+    def __init__(self, config: CriticConfig, subject: str) -> None:
+        self.subject = subject
         self.latency = MeanDrift(config.latency)
         # Created at the subject's first failure / timeout (most steps never time out), with
         # the zeros of every earlier attempt (up to LAZY_ZEROS): the same stream, cheaper.
         self.failure: MeanDrift | None = None
         self.timeout: MeanDrift | None = None
         self.quality: MeanDrift | None = None
-        self.recent = _Recent()
+        self.recent: deque[tuple[str, int, bool, bool]] = deque(maxlen=64)
+        """The subject's last traces, for example run ids: (run_id, latency_ms, failed,
+        timed_out)."""
         self.seen = 0
 
 
 class _StepState(_DriftSet):
     __slots__ = ("anomalous_runs", "anomaly", "errors", "inputs")
 
-    def __init__(self, config: CriticConfig) -> None:
-        super().__init__(config)
+    def __init__(self, config: CriticConfig, subject: str) -> None:
+        super().__init__(config, subject)
         self.anomaly = AnomalyDetector(config.anomaly)
         self.anomalous_runs: deque[str] = deque(maxlen=config.examples)
         """Runs of the latest high-scoring attempts: the anomaly's examples."""
@@ -154,24 +154,33 @@ class Critic:
     # -- per trace -------------------------------------------------------------------------------
 
     def observe(self, trace: TraceView) -> list[Diagnosis]:
-        self.stats.traces += 1
-        if not trace.is_attempt:
-            self.stats.ignored += 1
+        stats = self.stats
+        stats.traces += 1
+        status = trace.status
+        if trace.is_retry_decision or status not in _ATTEMPT:
+            stats.ignored += 1
             return []
+        # Computed once here and passed down: this method runs for every trace.
+        failed = status != "ok"
+        timed_out = status == "timeout"
         out: list[Diagnosis] = []
         key = (trace.workflow_id, trace.step_id)
         step = self._steps.get(key)
         if step is None:
-            step = self._steps[key] = _StepState(self.config)
-        self._drifts(step, trace, "step", out)
+            step = self._steps[key] = _StepState(
+                self.config, step_subject(trace.workflow_id, trace.step_id)
+            )
+        self._drifts(step, trace, "step", failed, timed_out, out)
         if self.config.node_subjects:
             nkey = (trace.node, trace.node_version)
             node = self._nodes.get(nkey)
             if node is None:
-                node = self._nodes[nkey] = _DriftSet(self.config)
-            self._drifts(node, trace, "node", out)
-        self._step_windows(step, trace, out)
-        self._runs(trace, out)
+                node = self._nodes[nkey] = _DriftSet(
+                    self.config, node_subject(trace.node, trace.node_version)
+                )
+            self._drifts(node, trace, "node", failed, timed_out, out)
+        self._step_windows(step, trace, failed, out)
+        self._runs(trace, failed, out)
         return out
 
     def flush(self) -> list[Diagnosis]:
@@ -182,13 +191,20 @@ class Critic:
                 self._closed_run(state, run, out)
         return out
 
-    def _drifts(self, s: _DriftSet, t: TraceView, level: str, out: list[Diagnosis]) -> None:
+    def _drifts(  # noqa: PLR0917 (private, hot: positional on purpose)
+        self,
+        s: _DriftSet,
+        t: TraceView,
+        level: str,
+        failed: bool,
+        timed_out: bool,
+        out: list[Diagnosis],
+    ) -> None:
         s.seen += 1
-        timed_out = t.status == "timeout"
-        failed = t.failed
-        s.recent.items.append((t.run_id, float(t.latency_ms), failed, timed_out))
-        if not t.cache_hit and not failed:
-            drift = s.latency.update(math.log(max(t.latency_ms, 1)))
+        latency = t.latency_ms
+        s.recent.append((t.run_id, latency, failed, timed_out))
+        if not failed and not t.cache_hit:
+            drift = s.latency.update(math.log(latency if latency > 1 else 1))
             if drift is not None:
                 self._emit_drift(DiagnosisKind.LATENCY_DRIFT, level, s, t, drift, out)
         if failed and s.failure is None:
@@ -203,7 +219,7 @@ class Critic:
             drift = s.timeout.update(1.0 if timed_out else 0.0)
             if drift is not None:
                 self._emit_drift(DiagnosisKind.TIMEOUT_DRIFT, level, s, t, drift, out)
-        quality = t.metrics.get("quality_score")
+        quality = t.metrics.get("quality_score") if t.metrics else None
         if quality is not None and level == "step":
             if s.quality is None:
                 s.quality = MeanDrift(self.config.quality)
@@ -211,10 +227,12 @@ class Critic:
             if drift is not None:
                 self._emit_drift(DiagnosisKind.QUALITY_DRIFT, level, s, t, drift, out)
 
-    def _step_windows(self, step: _StepState, t: TraceView, out: list[Diagnosis]) -> None:
-        subject = step_subject(t.workflow_id, t.step_id)
+    def _step_windows(
+        self, step: _StepState, t: TraceView, failed: bool, out: list[Diagnosis]
+    ) -> None:
+        subject = step.subject
         if not t.cache_hit:
-            score = step.anomaly.update(t.latency_ms, t.retry_count, t.failed, t.cost_tokens)
+            score = step.anomaly.update(t.latency_ms, t.retry_count, failed, t.cost_tokens)
             if score >= step.anomaly.tuning.threshold:
                 step.anomalous_runs.append(t.run_id)
             if step.anomaly.firing and not self._extend(
@@ -222,7 +240,7 @@ class Critic:
             ):
                 self._emit_anomaly(step, t, subject, out)
         clustered = step.errors.update(
-            t.error_class if t.failed else None, t.error_message, t.error_retryable, t.run_id
+            t.error_class if failed else None, t.error_message, t.error_retryable, t.run_id
         )
         if clustered is not None and not self._extend(
             DiagnosisKind.ERROR_CLUSTER, subject, clustered, t.end_ms
@@ -303,11 +321,7 @@ class Critic:
         """A window condition holds: True (and the open episode extended) when its episode is
         open, so the evidence is not built for nothing; False when a diagnosis is due."""
         self.stats.detections += 1
-        key = f"{kind.value}|{subject}|{key_extra}"
-        if self.episodes.is_open(key, at_ms):
-            self.episodes.fire(key, at_ms, "")
-            return True
-        return False
+        return self.episodes.extend(f"{_KIND[kind]}|{subject}|{key_extra}", at_ms)
 
     def _emit_anomaly(
         self, step: _StepState, t: TraceView, subject: str, out: list[Diagnosis]
@@ -355,13 +369,12 @@ class Critic:
     ) -> None:
         self.stats.detections += 1
         tuning: DriftTuning
+        subject = s.subject
         if level == "step":
-            subject = step_subject(t.workflow_id, t.step_id)
             where = f"step {t.step_id} of workflow {t.workflow_id}"
         else:
-            subject = node_subject(t.node, t.node_version)
             where = f"node {t.node}@{t.node_version}"
-        recent = list(s.recent.items)[-max(drift.after_n, 1) :]
+        recent = list(s.recent)[-max(drift.after_n, 1) :]
         metrics: dict[str, float] = {
             "window_before": drift.before_n,
             "window_after": drift.after_n,
@@ -454,7 +467,7 @@ class Critic:
 
     # -- per run ---------------------------------------------------------------------------------
 
-    def _runs(self, t: TraceView, out: list[Diagnosis]) -> None:
+    def _runs(self, t: TraceView, failed: bool, out: list[Diagnosis]) -> None:
         state = self._workflows.get(t.workflow_id)
         if state is None:
             rt = self.config.runs
@@ -465,8 +478,10 @@ class Critic:
                 runs=deque(maxlen=rt.bottleneck_runs),
                 costs=deque(maxlen=64),
             )
-        for run in state.assembler.add(t):
-            self._closed_run(state, run, out)
+        closed = state.assembler.add(t, failed)
+        if closed:
+            for run in closed:
+                self._closed_run(state, run, out)
 
     def _closed_run(self, state: _WorkflowState, run: ClosedRun, out: list[Diagnosis]) -> None:
         self.stats.runs_closed += 1

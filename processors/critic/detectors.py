@@ -5,10 +5,12 @@ findings into diagnoses.
 
 from __future__ import annotations
 
+import heapq
 import math
 import re
 from collections import Counter, deque
 from dataclasses import dataclass
+from operator import itemgetter
 
 from river.anomaly import HalfSpaceTrees
 from river.drift import ADWIN
@@ -59,9 +61,10 @@ class MeanDrift:
 
     __slots__ = (
         "_adwin",
-        "_n",
+        "_push",
         "_recent",
         "_scale",
+        "_seen0",
         "_total",
         "detections",
         "rejected",
@@ -77,11 +80,13 @@ class MeanDrift:
         self.tuning = tuning
         self._scale = tuning.scale
         self._adwin = self._new()
+        self._push = self._adwin._helper.update
         self._recent: deque[float] = deque(maxlen=self.RECENT)
         # ADWIN's window only shrinks at a detection (after which it is replaced), so the sum
         # and count since the last reset are its width and total: kept here, because reading
         # them from the Rust helper on every update costs more than the update itself.
-        self._n = 0
+        self._seen0 = 0
+        """``seen`` at the last reset: the values since then are ``seen - _seen0``."""
         self._total = 0.0
         self.seen = 0
         self.detections = 0
@@ -101,20 +106,22 @@ class MeanDrift:
 
     def update(self, value: float) -> Drift | None:
         scaled = value * self._scale
-        adwin = self._adwin
-        adwin.update(scaled)  # type: ignore[no-untyped-call]
         self._recent.append(value)
         self.seen += 1
-        self._n += 1
         self._total += scaled
-        if not adwin._drift_detected:
+        # river's ``ADWIN.update`` is ``if drift_detected: _reset()`` around this call to its
+        # Rust helper; a detector that detected is replaced below, so the reset never applies
+        # and the wrapper's Python frame (a fifth of the update's cost) is skipped.
+        if not self._push(scaled):
             return None
+        adwin = self._adwin
         # ADWIN would empty itself on its next update; a fresh one is the same and lets the
         # running sums restart with it.
         self._adwin = self._new()
+        self._push = self._adwin._helper.update
         w1_n, w1_total = int(adwin.width), adwin.total
-        n, total = self._n, self._total
-        self._n, self._total = 0, 0.0
+        n, total = self.seen - self._seen0, self._total
+        self._seen0, self._total = self.seen, 0.0
         before_n = n - w1_n
         if before_n <= 0 or w1_n <= 0:
             return None
@@ -205,12 +212,15 @@ class AnomalyDetector:
         """Learn one attempt; its anomaly score in [0, 1] (0 during warm-up or when it is not a
         candidate)."""
         t = self.tuning
-        log_lat = math.log1p(max(latency_ms, 0))
-        log_cost = math.log1p(tokens) if tokens else 0.0
-        z_lat = self._lat.z(log_lat)
-        z_cost = self._cost.z(log_cost)
-        self._lat.add(log_lat)
-        self._cost.add(log_cost)
+        z_lat = self._lat.step(math.log1p(max(latency_ms, 0)))
+        cost = self._cost
+        if tokens or cost.mean or cost.var:
+            z_cost = cost.step(math.log1p(tokens) if tokens else 0.0)
+        else:
+            # A step without tokens so far: its estimate is exactly 0 and stays 0 (z 0), so
+            # only the count moves; the same numbers as ``step(0.0)`` for less work.
+            cost.n += 1
+            z_cost = 0.0
         self.seen += 1
         candidate = (
             failed or retries > 0 or abs(z_lat) >= t.candidate_z or abs(z_cost) >= t.candidate_z
@@ -269,6 +279,20 @@ class _Ewm:
         diff = x - self.mean
         self.mean += a * diff
         self.var = (1 - a) * (self.var + a * diff * diff)
+
+    def step(self, x: float) -> float:
+        """``z(x)`` then ``add(x)`` in one call (the same arithmetic; this runs per trace)."""
+        n = self.n = self.n + 1
+        if n == 1:
+            self.mean = x
+            return 0.0
+        mean, var = self.mean, self.var
+        z = 0.0 if n <= 10 else (x - mean) / math.sqrt(var + 1e-6)
+        a = max(self.ALPHA, 1.0 / n)
+        diff = x - mean
+        self.mean = mean + a * diff
+        self.var = (1 - a) * (var + a * diff * diff)
+        return z
 
 
 _NUMBERS = re.compile(r"\b[0-9a-f]{8,}\b|\d+(\.\d+)?", re.IGNORECASE)
@@ -359,29 +383,32 @@ class RepeatedInputs:
     def __init__(self, tuning: WindowTuning) -> None:
         self.tuning = tuning
         self._window: deque[tuple[str, int, str]] = deque(maxlen=tuning.inputs_window)
-        self._counts: Counter[str] = Counter()
+        # A plain dict, not a Counter: Counter's ``-=``/``del`` run Python code per trace.
+        self._counts: dict[str, int] = {}
 
     def update(self, inputs_hash: str, latency_ms: int, run_id: str) -> bool:
         """Add one attempt; True when the step is a cache candidate now (evidence:
         :meth:`repetition`)."""
-        window = self._window
+        window, counts = self._window, self._counts
         if len(window) == window.maxlen:
             old = window[0][0]
-            self._counts[old] -= 1
-            if self._counts[old] == 0:
-                del self._counts[old]
+            left = counts[old] - 1
+            if left:
+                counts[old] = left
+            else:
+                del counts[old]
         window.append((inputs_hash, latency_ms, run_id))
-        self._counts[inputs_hash] += 1
+        counts[inputs_hash] = counts.get(inputs_hash, 0) + 1
         n = len(window)
         t = self.tuning
-        return n >= t.inputs_min_traces and 1.0 - len(self._counts) / n >= t.inputs_min_repeat_share
+        return n >= t.inputs_min_traces and 1.0 - len(counts) / n >= t.inputs_min_repeat_share
 
     def repetition(self) -> Repetition:
         window = self._window
         n = len(window)
         distinct = len(self._counts)
         share = 1.0 - distinct / n
-        top = self._counts.most_common(3)
+        top = heapq.nlargest(3, self._counts.items(), key=itemgetter(1))  # = most_common(3)
         top_hashes = {h for h, _ in top}
         runs = list(dict.fromkeys(r for h, _, r in reversed(window) if h in top_hashes))
         mean_latency = sum(w[1] for w in window) / n

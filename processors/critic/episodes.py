@@ -45,6 +45,21 @@ class Episodes:
         }
         return True
 
+    def extend(self, key: str, at_ms: int) -> bool:
+        """:meth:`fire` for a key whose episode is open (True: extended, stay quiet); False,
+        recording nothing, when none is (the caller builds the diagnosis and fires). One lookup
+        where ``is_open`` then ``fire`` took two: a condition that holds fires per trace."""
+        entry = self.store.get(key)
+        if entry is None:
+            return False
+        last = int(entry["last_ms"])
+        if at_ms - last >= self.rearm_after_ms:
+            return False
+        self.suppressed += 1
+        if at_ms - last > self.rearm_after_ms // 10:
+            self.store[key] = {**entry, "last_ms": at_ms, "fires": int(entry["fires"]) + 1}
+        return True
+
     def is_open(self, key: str, at_ms: int) -> bool:
         entry = self.store.get(key)
         return entry is not None and at_ms - int(entry["last_ms"]) < self.rearm_after_ms

@@ -39,7 +39,7 @@ DependencyOracle = Callable[[str, int], Iterable[tuple[str, str]] | None]
 no side-effect ordering), or None when the definition is unknown."""
 
 
-@dataclass
+@dataclass(slots=True)
 class StepSpan:
     start_ms: int
     end_ms: int
@@ -52,7 +52,7 @@ class StepSpan:
         return max(0, self.end_ms - self.start_ms)
 
 
-@dataclass
+@dataclass(slots=True)
 class _OpenRun:
     run_id: str
     workflow_version: int
@@ -129,7 +129,8 @@ class RunAssembler:
         self.late = 0
         """Traces of runs already closed (analysed without them)."""
 
-    def add(self, trace: TraceView) -> list[ClosedRun]:
+    def add(self, trace: TraceView, failed: bool | None = None) -> list[ClosedRun]:
+        """``failed``: ``trace.failed`` when the caller knows it already (the critic does)."""
         if trace.run_id in self._closed_set:
             self.late += 1
             return []
@@ -152,7 +153,8 @@ class RunAssembler:
                 span.end_ms = end
         if not trace.is_retry_decision:
             span.attempts += 1
-            span.failed += trace.failed
+            if failed if failed is not None else trace.failed:
+                span.failed += 1
         if trace.cost_tokens:
             span.cost_tokens += trace.cost_tokens
         if start < run.first_ms:  # noqa: PLR1730
@@ -161,13 +163,17 @@ class RunAssembler:
             run.last_ms = end
         if end > self.watermark_ms:  # noqa: PLR1730
             self.watermark_ms = end
-        closed: list[ClosedRun] = []
         horizon = self.watermark_ms - self.tuning.idle_close_ms
         # Arrival order approximates last_ms order (traces arrive roughly in time): stop at the
         # first run that is not quiet yet. A run behind it that is quiet closes a little later.
-        while self._open:
-            first = next(iter(self._open.values()))
-            if first.last_ms > horizon and len(self._open) <= self.tuning.max_open_runs:
+        opened = self._open
+        first = next(iter(opened.values()))
+        if first.last_ms > horizon and len(opened) <= self.tuning.max_open_runs:
+            return []  # the common case: nothing closes
+        closed: list[ClosedRun] = []
+        while opened:
+            first = next(iter(opened.values()))
+            if first.last_ms > horizon and len(opened) <= self.tuning.max_open_runs:
                 break
             closed.append(self._close(first))
         return closed
