@@ -517,10 +517,22 @@ class Critic:
         if n < rt.bottleneck_min_runs:
             return
         totals = state.share_totals
-        ranked_steps = sorted(totals.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)
-        step, total = ranked_steps[0]
+        # The top two by (share, step), one pass: this runs for every closed run.
+        top: tuple[float, str] | None = None
+        runner_up = 0.0
+        for name, value in totals.items():
+            if top is None:
+                top = (value, name)
+            elif (value, name) > top:
+                runner_up = top[0]
+                top = (value, name)
+            elif value > runner_up:
+                runner_up = value
+        if top is None:
+            return
+        total, step = top
         mean = total / n
-        second = ranked_steps[1][1] / n if len(ranked_steps) > 1 else 0.0
+        second = runner_up / n
         # Dominant, not one of two equals: a 50/50 split has no bottleneck to fix.
         if mean < rt.bottleneck_min_share or mean < rt.bottleneck_dominance * second:
             return

@@ -61,8 +61,11 @@ class _OpenRun:
     steps: dict[str, StepSpan] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ClosedRun:
+    """Read-only by convention (not ``frozen``: a frozen dataclass's ``__init__`` sets each
+    field through ``object.__setattr__``, and one is built per run)."""
+
     run_id: str
     workflow_id: str
     workflow_version: int
@@ -83,16 +86,23 @@ def critical_path(steps: dict[str, StepSpan], tolerance_ms: int = 0) -> list[str
     """Step ids on the critical path, last step first (see the module docstring)."""
     if not steps:
         return []
-    remaining = dict(steps)
-    current = max(remaining, key=lambda s: (remaining[s].end_ms, s))
+    # The steps by (end, id), latest first: the predecessor of a step is the first one in this
+    # order, not yet on the path, that ended before it started (the latest such end, ties to the
+    # larger id): one sort instead of a max() over the remaining steps at every hop.
+    order = sorted(((span.end_ms, s, span.start_ms) for s, span in steps.items()), reverse=True)
+    _, current, start = order[0]
     path = [current]
+    taken = {current}
     while True:
-        start = remaining.pop(current).start_ms
-        before = [s for s, span in remaining.items() if span.end_ms <= start + tolerance_ms]
-        if not before:
+        limit = start + tolerance_ms
+        for end, s, s_start in order:
+            if end <= limit and s not in taken:
+                current, start = s, s_start
+                break
+        else:
             return path
-        current = max(before, key=lambda s: (remaining[s].end_ms, s))
         path.append(current)
+        taken.add(current)
 
 
 def critical_shares(run: ClosedRun) -> dict[str, float]:
