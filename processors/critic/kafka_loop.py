@@ -21,7 +21,7 @@ import threading
 from collections.abc import Iterator, MutableMapping
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from foundation.settings import Settings
 from processors.critic.critic import Critic
@@ -35,7 +35,7 @@ __all__ = ["TrackedStore", "episodes_topic", "restore_episodes", "run_kafka_loop
 
 log = logging.getLogger(__name__)
 
-BATCH = 2000
+BATCH = 5000
 POLL_S = 0.2
 
 
@@ -124,22 +124,26 @@ def run_kafka_loop(
     spec = episodes_topic(catalog)
     store = TrackedStore(restore_episodes(settings, spec, group))
     critic: Critic = critic_factory(store)
-    consumer = Consumer(consumer_config(group, settings, {"fetch.min.bytes": 1}))
+    # librdkafka stores each returned message's offset (auto offset store) and ``commit()``
+    # commits those positions: the same offsets the loop would collect, without five calls into
+    # the client per message. Everything consume() returned is judged before the commit.
+    consumer = Consumer(
+        consumer_config(group, settings, {"fetch.min.bytes": 1, "enable.auto.offset.store": True})
+    )
     producer = Producer(settings, client_id=f"{group}-producer")
     try:
         consumer.subscribe([catalog.traces.topic])
         stats.started = True
+        observe = critic.observe
         while not stop_event.is_set():
             messages = consumer.consume(BATCH, POLL_S)
             if not messages:
                 continue
-            offsets: dict[tuple[str, int], int] = {}
+            consumed = 0
             for message in messages:
                 if message.error() is not None:
                     continue
-                tp = (message.topic() or "", message.partition() or 0)
-                offsets[tp] = (message.offset() or 0) + 1
-                stats.consumed += 1
+                consumed += 1
                 try:
                     view = view_from_json(message.value() or b"")
                 except TraceViewError as exc:
@@ -147,12 +151,14 @@ def run_kafka_loop(
                     log.warning("critic: skipping a malformed trace: %s", exc)
                     continue
                 try:
-                    diagnoses = critic.observe(view)
+                    diagnoses = observe(view)
                 except Exception:
                     # A bug for this one trace must not stop the stream (ADR 0011): the same
                     # batch would fail again after every restart.
                     stats.failed += 1
                     log.exception("critic: a trace of run %s could not be judged", view.run_id)
+                    continue
+                if not diagnoses:
                     continue
                 for diagnosis in diagnoses:
                     producer.send(catalog.diagnoses.topic, diagnosis.subject, encode(diagnosis))
@@ -163,15 +169,19 @@ def run_kafka_loop(
                         diagnosis.subject,
                         diagnosis.explanation,
                     )
+            stats.consumed += consumed
             for key, entry in store.take_dirty():
                 value = None if entry is None else json.dumps(entry, sort_keys=True).encode()
                 producer.send(spec.topic, key, value)
             # Diagnoses and episode state acknowledged before the offsets move on.
             producer.flush()
-            consumer.commit(
-                offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
-                asynchronous=False,
-            )
+            if consumed:
+                try:
+                    consumer.commit(asynchronous=False)
+                except KafkaException as exc:
+                    # Nothing new stored (the partitions moved away meanwhile): nothing to do.
+                    if exc.args[0].code() != KafkaError._NO_OFFSET:
+                        raise
         return critic
     finally:
         consumer.close()
