@@ -13,6 +13,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 
 from foundation.settings import Settings
 from processors.critic.kafka_loop import episodes_topic, restore_episodes
@@ -28,6 +29,7 @@ from schemas.models import (
 )
 from schemas.serde import decode
 from schemas.trace_json import encode_trace
+from streams.consumer import consumer_config
 from streams.producer import Producer
 from streams.topics import TopicCatalog
 from tests.integration.engine_fixtures import HarnessFactory
@@ -210,6 +212,25 @@ def test_latency_shift_and_failure_spike_become_diagnoses(
         )
         entry = restored["latency_drift|workflow:checkout/step:fetch|up"]
         assert entry["diagnosis_id"] == d.diagnosis_id
+        # Offsets come from librdkafka's offset store: every trace's is committed, so a
+        # restarted critic resumes after the last one.
+        eventually(
+            lambda: _uncommitted(kafka_settings, critic.app_id, catalog),
+            30,
+            "the critic to commit every trace's offset",
+            until=lambda left: left == 0,
+        )
+
+
+def _uncommitted(settings: Settings, group: str, catalog: TopicCatalog) -> int:
+    reader = Consumer(consumer_config(group, settings))
+    try:
+        spec = catalog.traces
+        parts = [TopicPartition(spec.topic, p) for p in range(spec.partitions)]
+        ends = sum(reader.get_watermark_offsets(tp, 10)[1] for tp in parts)
+        return ends - sum(max(tp.offset, 0) for tp in reader.committed(parts, timeout=10))
+    finally:
+        reader.close()
 
 
 def test_dev_engine_critic_reads_definitions_for_sequential_steps(
