@@ -97,11 +97,36 @@ class _DriftSet:
         self.seen = 0
 
 
-class _StepState(_DriftSet):
-    __slots__ = ("anomalous_runs", "anomaly", "errors", "inputs")
+class _NodeState(_DriftSet):
+    __slots__ = ("owner",)
 
     def __init__(self, config: CriticConfig, subject: str) -> None:
         super().__init__(config, subject)
+        self.owner: _StepState | None = None
+        """Set while this node@version is *mirrored*: every trace of it so far came from this
+        one step, and every trace of that step was of this node (both began with the same
+        trace). Its streams are then the step's, value for value, so its detectors would do
+        exactly what the step's do: they are not run, and each drift of the step is also
+        reported for the node (:meth:`Critic._observe_drifts`). The first trace that breaks the
+        pairing gives the node copies of the step's detectors (:meth:`Critic._unmirror`)."""
+
+    def take_over(self, owner: _DriftSet) -> None:
+        """Continue from the owner's state (mirrored until now: the same values)."""
+        self.latency = owner.latency.clone()
+        self.failure = owner.failure.clone() if owner.failure is not None else None
+        self.timeout = owner.timeout.clone() if owner.timeout is not None else None
+        self.recent = deque(owner.recent, maxlen=owner.recent.maxlen)
+        self.seen = owner.seen
+        self.owner = None
+
+
+class _StepState(_DriftSet):
+    __slots__ = ("anomalous_runs", "anomaly", "errors", "inputs", "mirror")
+
+    def __init__(self, config: CriticConfig, subject: str) -> None:
+        super().__init__(config, subject)
+        self.mirror: _NodeState | None = None
+        """The node this step mirrors (see ``_NodeState.owner``)."""
         self.anomaly = AnomalyDetector(config.anomaly)
         self.anomalous_runs: deque[str] = deque(maxlen=config.examples)
         """Runs of the latest high-scoring attempts: the anomaly's examples."""
@@ -148,8 +173,10 @@ class Critic:
         self.dependencies = dependencies
         self.stats = CriticStats()
         self._steps: dict[tuple[str, str], _StepState] = {}
-        self._nodes: dict[tuple[str, str], _DriftSet] = {}
+        self._nodes: dict[tuple[str, str], _NodeState] = {}
         self._workflows: dict[str, _WorkflowState] = {}
+        self._fired: list[tuple[DiagnosisKind, Drift]] = []
+        """Drifts of a step that mirrors a node, for the node (``_observe_drifts``)."""
 
     # -- per trace -------------------------------------------------------------------------------
 
@@ -170,15 +197,13 @@ class Critic:
             step = self._steps[key] = _StepState(
                 self.config, step_subject(trace.workflow_id, trace.step_id)
             )
-        self._drifts(step, trace, "step", failed, timed_out, out)
+            new_step = True
+        else:
+            new_step = False
         if self.config.node_subjects:
-            nkey = (trace.node, trace.node_version)
-            node = self._nodes.get(nkey)
-            if node is None:
-                node = self._nodes[nkey] = _DriftSet(
-                    self.config, node_subject(trace.node, trace.node_version)
-                )
-            self._drifts(node, trace, "node", failed, timed_out, out)
+            self._observe_drifts(step, new_step, trace, failed, timed_out, out)
+        else:
+            self._drifts(step, trace, "step", failed, timed_out, out)
         self._step_windows(step, trace, failed, out)
         self._runs(trace, failed, out)
         return out
@@ -190,6 +215,63 @@ class Critic:
             for run in state.assembler.flush():
                 self._closed_run(state, run, out)
         return out
+
+    MIRROR_NODES = True
+    """Skip the detectors of a node@version that only one step uses (``_NodeState.owner``);
+    False runs them anyway (the tests compare both)."""
+
+    def _observe_drifts(  # noqa: PLR0917 (private, hot: positional on purpose)
+        self,
+        step: _StepState,
+        new_step: bool,
+        t: TraceView,
+        failed: bool,
+        timed_out: bool,
+        out: list[Diagnosis],
+    ) -> None:
+        """The step's drift detectors, then the node's (or the step's drifts again, for a
+        mirrored node)."""
+        nkey = (t.node, t.node_version)
+        node = self._nodes.get(nkey)
+        if node is None:
+            node = self._nodes[nkey] = _NodeState(self.config, node_subject(t.node, t.node_version))
+            if new_step and self.MIRROR_NODES:
+                # Both begin with this trace: the same stream while they stay paired.
+                node.owner, step.mirror = step, node
+        elif node.owner is not None and node.owner is not step:
+            self._unmirror(node)  # a second step uses the node
+        if step.mirror is not None and step.mirror is not node:
+            self._unmirror(step.mirror)  # the step moved to another node (version)
+        if node.owner is None:
+            self._drifts(step, t, "step", failed, timed_out, out)
+            self._drifts(node, t, "node", failed, timed_out, out)
+            return
+        self._drifts(step, t, "step", failed, timed_out, out)
+        if not self._fired:
+            return
+        fired, self._fired = self._fired, []
+        for kind, drift in fired:
+            if kind != DiagnosisKind.QUALITY_DRIFT:  # not a node stream
+                self._emit_drift(kind, "node", step, t, drift, out, subject=node.subject)
+
+    def _found(  # noqa: PLR0917 (private; one call shape)
+        self,
+        kind: DiagnosisKind,
+        level: str,
+        s: _DriftSet,
+        t: TraceView,
+        drift: Drift,
+        out: list[Diagnosis],
+    ) -> None:
+        self._emit_drift(kind, level, s, t, drift, out)
+        if isinstance(s, _StepState) and s.mirror is not None:
+            self._fired.append((kind, drift))  # the mirrored node's detector found it too
+
+    def _unmirror(self, node: _NodeState) -> None:
+        owner = node.owner
+        if owner is not None:
+            node.take_over(owner)
+            owner.mirror = None
 
     def _drifts(  # noqa: PLR0917 (private, hot: positional on purpose)
         self,
@@ -206,26 +288,26 @@ class Critic:
         if not failed and not t.cache_hit:
             drift = s.latency.update(math.log(latency if latency > 1 else 1))
             if drift is not None:
-                self._emit_drift(DiagnosisKind.LATENCY_DRIFT, level, s, t, drift, out)
+                self._found(DiagnosisKind.LATENCY_DRIFT, level, s, t, drift, out)
         if failed and s.failure is None:
             s.failure = MeanDrift(self.config.failure, zeros=min(s.seen - 1, LAZY_ZEROS))
         if s.failure is not None:
             drift = s.failure.update(1.0 if failed else 0.0)
             if drift is not None:
-                self._emit_drift(DiagnosisKind.FAILURE_DRIFT, level, s, t, drift, out)
+                self._found(DiagnosisKind.FAILURE_DRIFT, level, s, t, drift, out)
         if timed_out and s.timeout is None:
             s.timeout = MeanDrift(self.config.timeout, zeros=min(s.seen - 1, LAZY_ZEROS))
         if s.timeout is not None:
             drift = s.timeout.update(1.0 if timed_out else 0.0)
             if drift is not None:
-                self._emit_drift(DiagnosisKind.TIMEOUT_DRIFT, level, s, t, drift, out)
+                self._found(DiagnosisKind.TIMEOUT_DRIFT, level, s, t, drift, out)
         quality = t.metrics.get("quality_score") if t.metrics else None
         if quality is not None and level == "step":
             if s.quality is None:
                 s.quality = MeanDrift(self.config.quality)
             drift = s.quality.update(quality)
             if drift is not None:
-                self._emit_drift(DiagnosisKind.QUALITY_DRIFT, level, s, t, drift, out)
+                self._found(DiagnosisKind.QUALITY_DRIFT, level, s, t, drift, out)
 
     def _step_windows(
         self, step: _StepState, t: TraceView, failed: bool, out: list[Diagnosis]
@@ -366,10 +448,12 @@ class Critic:
         t: TraceView,
         drift: Drift,
         out: list[Diagnosis],
+        subject: str | None = None,
     ) -> None:
+        """``subject``: the mirrored node's, when ``s`` is the step it mirrors."""
         self.stats.detections += 1
         tuning: DriftTuning
-        subject = s.subject
+        subject = subject or s.subject
         if level == "step":
             where = f"step {t.step_id} of workflow {t.workflow_id}"
         else:

@@ -5,6 +5,7 @@ findings into diagnoses.
 
 from __future__ import annotations
 
+import copy
 import heapq
 import math
 import re
@@ -132,6 +133,14 @@ class MeanDrift:
             self.rejected += 1
             return None
         return Drift(before, after, before_n, after_n, self.seen)
+
+    def clone(self) -> MeanDrift:
+        """An independent copy, state included (ADWIN's window is deep-copied)."""
+        other = copy.copy(self)
+        other._adwin = copy.deepcopy(self._adwin)
+        other._push = other._adwin._helper.update
+        other._recent = deque(self._recent, maxlen=self.RECENT)
+        return other
 
     def _after(self, before: float, limit: int) -> tuple[float, int]:
         """Mean and length of the recent run that departs most from ``before``: the k (3 <= k

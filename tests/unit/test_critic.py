@@ -456,6 +456,70 @@ def test_independent_steps_that_ran_in_sequence() -> None:
     ]
 
 
+def _node_sharing_stream(seed: int) -> Iterator[TraceView]:
+    """Step `a` alone on node n@1 (mirrored): latency x1.7 at 600, failures 30% at 1,200; at
+    2,000 workflow `other`'s step `b` joins the node (the pairing breaks); latency x1.7 again
+    at 3,000, timeouts at 3,500; step `c` moves from n.c@1 to n.c@2 at 1,500."""
+    rng = random.Random(seed)
+    for i in range(4000):
+        a = i % 2 == 0
+        joined = i >= 2000 and i % 4 == 1
+        step = "a" if a else ("b" if joined else "c")
+        node = "n" if a or joined else "n.c"
+        version = "2" if node == "n.c" and i >= 1500 else "1"
+        median = 100.0 * (1.7 if a and i >= 600 else 1.0) * (1.7 if i >= 3000 else 1.0)
+        latency = max(1, round(math.exp(rng.gauss(math.log(median), 0.25))))
+        r = rng.random()
+        fail = 0.3 if a and i >= 1200 else 0.01
+        status = "error" if r < fail else "timeout" if i >= 3500 and r < fail + 0.3 else "ok"
+        yield _view(
+            i,
+            workflow_id="other" if joined else "wf",
+            step_id=step,
+            node=node,
+            node_version=version,
+            latency_ms=latency,
+            end_ms=T0 + i * 100 + latency,
+            status=status,
+            error_class=None if status == "ok" else "Boom",
+            error_message=None if status == "ok" else "boom",
+            error_retryable=None if status == "ok" else False,
+        )
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_node_used_by_one_step_mirrors_it_with_the_same_diagnoses(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def diagnoses(mirror: bool) -> list[dict[str, object]]:
+        monkeypatch.setattr(Critic, "MIRROR_NODES", mirror)
+        critic = Critic()
+        out = []
+        for i, view in enumerate(_node_sharing_stream(seed)):
+            out += [d.model_dump(exclude={"occurred_at"}) for d in critic.observe(view)]
+            if mirror and i == 1999:
+                # Until the second step came, the node's detectors were not run at all.
+                assert critic._nodes[("n", "1")].owner is not None
+                assert critic._nodes[("n", "1")].latency.seen == 0
+        assert critic._nodes[("n", "1")].owner is None
+        return out
+
+    mirrored, separate = diagnoses(True), diagnoses(False)
+    assert mirrored == separate
+    subjects = {(d["kind"], d["subject"]) for d in mirrored}
+    # Node drifts both while mirrored (before 2,000) and after the pairing broke.
+    assert (DiagnosisKind.LATENCY_DRIFT, "node:n@1") in subjects
+    assert (DiagnosisKind.FAILURE_DRIFT, "node:n@1") in subjects
+    assert (DiagnosisKind.TIMEOUT_DRIFT, "node:n@1") in subjects
+    late = [
+        d
+        for d in mirrored
+        if d["subject"] == "node:n@1"
+        and int(str(d["diagnosis_id"]).rsplit("/", 1)[1]) > T0 + 2000 * 100
+    ]
+    assert late, "no node diagnosis after the second step joined"
+
+
 def test_retry_decisions_cancelled_and_skipped_are_ignored() -> None:
     critic = Critic()
     for i in range(500):
