@@ -1,16 +1,17 @@
-"""The critic's confluent-kafka runtime: the default engine (ADR 0031 has the measurement).
+"""The critic's confluent-kafka runtime: the default engine (ADR 0031 has the measurements).
 
-faust costs ~170 us of CPU per trace end to end on this machine (aiokafka's fetcher, faust's
-event and acking machinery) against ~24 us for the critic itself; a plain confluent-kafka loop
-around the same critic costs ~38 us. The critic's goal is 25 us per trace, so the hot path is
-this loop and faust stays selectable (``engine="faust"``).
+faust costs ~180-200 us of CPU per trace end to end on this machine (aiokafka's fetcher,
+faust's event and acking machinery); this loop costs ~3 us per trace around the critic (the
+client's threads included), and the whole processor ~20 us (goal 25), so the hot path is this
+loop and faust stays selectable (``engine="faust"``).
 
-Per batch (up to 2,000 traces or 200 ms): decode and criticise every trace, produce its
+Per batch (up to 5,000 traces or 200 ms): decode and criticise every trace, produce its
 diagnoses (``diagnoses``, keyed by subject) and the episode entries that changed (a compacted
 ``<prefix>.critic-episodes`` topic, the same changelog faust's table would keep), flush, then
-commit the consumed offsets: at-least-once, and a re-delivered trace gives the same
-``diagnosis_id``/``event_id``. On start the episode entries are read back from their topic, so a
-restart does not announce an ongoing episode again.
+commit the consumed offsets (librdkafka's offset store: the positions of every message
+``consume`` returned, all judged by then): at-least-once, and a re-delivered trace gives the
+same ``diagnosis_id``/``event_id``. On start the episode entries are read back from their
+topic, so a restart does not announce an ongoing episode again.
 """
 
 from __future__ import annotations
