@@ -246,11 +246,15 @@ class Critic:
             self._drifts(step, t, "step", failed, timed_out, out)
             self._drifts(node, t, "node", failed, timed_out, out)
             return
+        fired = self._fired
+        if fired:
+            fired.clear()  # left by a trace whose judgement raised half-way
         self._drifts(step, t, "step", failed, timed_out, out)
-        if not self._fired:
+        if not fired:
             return
-        fired, self._fired = self._fired, []
-        for kind, drift in fired:
+        found = list(fired)
+        fired.clear()
+        for kind, drift in found:
             if kind != DiagnosisKind.QUALITY_DRIFT:  # not a node stream
                 self._emit_drift(kind, "node", step, t, drift, out, subject=node.subject)
 
