@@ -118,6 +118,8 @@ class Outcome:
     versions: list[int]
     durations_ms: list[float]
     requests: int
+    errors: list[str | None] = field(default_factory=list)
+    """The error class of each failed run (``None`` for the others), in run order."""
     mutations: dict[str, Any] = field(default_factory=dict)
 
 
@@ -151,12 +153,22 @@ def summarize_outcome(outcome: Outcome, before: int) -> dict[str, Any]:
         "run_ms_p95": percentile(outcome.durations_ms, 95) if outcome.durations_ms else None,
         "requests_per_run": outcome.requests / len(ok),
         "failed_runs_after": len(after) - sum(after),
+        "error_classes_before": _count(outcome.errors[:before]),
+        "error_classes_after": _count(outcome.errors[before:]),
     }
     if outcome.mutations:
         result["mutations"] = outcome.mutations
         upgraded = [i for i, v in enumerate(outcome.versions) if v > 1]
         result["first_new_version_run"] = upgraded[0] - before if upgraded else None
     return result
+
+
+def _count(errors: list[str | None]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for error in errors:
+        if error is not None:
+            counts[error] = counts.get(error, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 @contextlib.contextmanager
@@ -195,14 +207,18 @@ def _until(check: Any, timeout: float, what: str, interval: float = 0.2) -> Any:
     return value
 
 
-def _statuses(conn: Any, schema: str, run_ids: list[str]) -> dict[str, tuple[str, int, float]]:
+Row = tuple[str, int, float, str | None]
+"""status, workflow version, duration ms, error class."""
+
+
+def _statuses(conn: Any, schema: str, run_ids: list[str]) -> dict[str, Row]:
     rows = conn.execute(
         f"SELECT run_id, status, workflow_version, "
-        f"EXTRACT(EPOCH FROM (finished_at - started_at)) * 1000 "
+        f"EXTRACT(EPOCH FROM (finished_at - started_at)) * 1000, error->>'error_class' "
         f"FROM {table(schema, 'runs')} WHERE run_id = ANY(%s)",
         (run_ids,),
     ).fetchall()
-    return {r[0]: (r[1], int(r[2]), float(r[3]) if r[3] is not None else 0.0) for r in rows}
+    return {r[0]: (r[1], int(r[2]), float(r[3]) if r[3] is not None else 0.0, r[4]) for r in rows}
 
 
 TERMINAL: Final = frozenset({"succeeded", "failed", "cancelled"})
@@ -262,9 +278,9 @@ def _drive(
                 progress(SCENARIO, f"{config} seed {seed}: {i + 1}/{total} runs started")
         producer.flush(10)
 
-        def finished() -> dict[str, tuple[str, int, float]] | None:
+        def finished() -> dict[str, Row] | None:
             rows = _statuses(conn, schema, run_ids)
-            done = sum(1 for status, _, _ in rows.values() if status in TERMINAL)
+            done = sum(1 for row in rows.values() if row[0] in TERMINAL)
             return rows if done == total else None
 
         rows = _until(finished, DRAIN_TIMEOUT_S, f"{total} runs to end", interval=0.5)
@@ -288,6 +304,7 @@ def _drive(
         versions=[rows[r][1] for r in run_ids],
         durations_ms=[rows[r][2] for r in run_ids],
         requests=requests,
+        errors=[rows[r][3] for r in run_ids],
         mutations=mutations,
     )
 
