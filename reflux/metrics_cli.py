@@ -1,5 +1,5 @@
-"""``reflux metrics [nodes|workflows|failures|reliability|retries|quality|ingest|alerts]``: the metrics
-API as terminal tables.
+"""``reflux metrics [nodes|workflows|failures|reliability|retries|quality|ingest|alerts]``: the
+metrics API as terminal tables.
 
 Reads the HTTP API (``REFLUX_API_URL`` or ``--api``) like ``reflux run`` does, so it shows the
 same numbers against ``reflux dev`` on a laptop and against a deployed API. The ``render_*``

@@ -31,8 +31,8 @@ from reflux.metrics_cli import (
     add_metrics_commands,
     render_alerts,
     render_nodes,
-    render_reliability,
     render_quality,
+    render_reliability,
     render_retries,
     render_table,
 )
