@@ -62,7 +62,9 @@ PROFILE_BEFORE: Final[dict[str, Any]] = {"median_ms": 20, "sigma": 0.3, "error_r
 PROFILE_AFTER: Final[dict[str, Any]] = {"error_rate": 0.30, "hang_share": 0.03, "hang_s": 5.0}
 BEFORE: Final = {True: 100, False: 200}
 AFTER: Final = {True: 400, False: 600}
-RATE_PER_S: Final = 20.0
+RATE_PER_S: Final = 10.0
+"""Runs started per second, every configuration: 300 runs after the change are 30 s in which the
+loop detects, proposes, validates by replay and canaries (the baselines do not depend on it)."""
 WINDOW: Final = 50
 GOAL_RUNS: Final = 300
 GOAL_SUCCESS: Final = 0.99
