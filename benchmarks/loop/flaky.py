@@ -52,12 +52,14 @@ from benchmarks.loop.stubs import StubProcess, dependency_stub
 from foundation.settings import Settings, get_settings
 from projections.postgres.identifiers import table
 
-__all__ = ["CONFIGS", "LOOP_ENGINE_OPTIONS", "loop_available", "run", "workflow"]
+__all__ = ["CONFIGS", "LOOP_ENGINE_OPTIONS", "loop_available", "loop_options", "run", "workflow"]
 
 SCENARIO: Final = "flaky"
 CONFIGS: Final = ("static", "hand", "loop")
 LOOP_ENGINE_OPTIONS: Final[dict[str, Any]] = {"critic": True, "optimizer": True, "canary": True}
 """The DevEngine keywords that turn the learning loop on (branches critic, optimizer, canary)."""
+OPTIONAL_LOOP_OPTIONS: Final[dict[str, Any]] = {"historian": True}
+"""Passed too when DevEngine has them: the historian's store, which the optimizer asks first."""
 PROFILE_BEFORE: Final[dict[str, Any]] = {"median_ms": 20, "sigma": 0.3, "error_rate": 0.02}
 PROFILE_AFTER: Final[dict[str, Any]] = {"error_rate": 0.30, "hang_share": 0.03, "hang_s": 5.0}
 BEFORE: Final = {True: 100, False: 200}
@@ -106,12 +108,22 @@ def workflow(config: str, url: str) -> dict[str, Any]:
     }
 
 
-def loop_available() -> bool:
-    """Whether ``DevEngine`` takes the loop's keywords (the critic/optimizer/canary merged)."""
+def _engine_parameters() -> set[str]:
     from reflux.dev import DevEngine
 
-    parameters = inspect.signature(DevEngine.__init__).parameters
-    return all(name in parameters for name in LOOP_ENGINE_OPTIONS)
+    return set(inspect.signature(DevEngine.__init__).parameters)
+
+
+def loop_available() -> bool:
+    """Whether ``DevEngine`` takes the loop's keywords (the critic/optimizer/canary merged)."""
+    return set(LOOP_ENGINE_OPTIONS) <= _engine_parameters()
+
+
+def loop_options() -> dict[str, Any]:
+    """The keywords the loop configuration starts its DevEngine with."""
+    known = _engine_parameters()
+    optional = {k: v for k, v in OPTIONAL_LOOP_OPTIONS.items() if k in known}
+    return {**LOOP_ENGINE_OPTIONS, **optional}
 
 
 @dataclass
@@ -182,7 +194,7 @@ def _engine(settings: Settings, schema: str, loop: bool) -> Iterator[Any]:
             f"DevEngine has no {sorted(LOOP_ENGINE_OPTIONS)} keywords yet: merge the critic, "
             "optimizer and canary branches to run the loop configuration"
         )
-    options = dict(LOOP_ENGINE_OPTIONS) if loop else {}
+    options = loop_options() if loop else {}
     engine = DevEngine(settings, schema=schema, trigger_router=False, **options).start()
     try:
         yield engine
@@ -347,7 +359,8 @@ def run(seeds: list[int], quick: bool, loop: bool | None = None) -> dict[str, An
         "loop": {
             "ran": with_loop,
             "switch": "benchmarks.loop.flaky.run(seeds, quick, loop=True) / --loop; DevEngine "
-            f"keywords {sorted(LOOP_ENGINE_OPTIONS)} (branches critic, optimizer, canary)",
+            f"keywords {sorted(LOOP_ENGINE_OPTIONS)} (branches critic, optimizer, canary), "
+            f"plus {sorted(OPTIONAL_LOOP_OPTIONS)} when DevEngine has it",
         },
         "parameters": {
             "before": BEFORE[quick],
