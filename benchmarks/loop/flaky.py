@@ -311,6 +311,7 @@ def _drive(
                 "proposed": len(items),
                 "by_status": by_status,
                 "strategies": sorted({str(i.get("author")) for i in items}),
+                "timeline": [_mutation_timeline(api, str(i["mutation_id"])) for i in items],
             }
         requests = int(dep.stats()["requests"])
     return Outcome(
@@ -321,6 +322,24 @@ def _drive(
         errors=[rows[r][3] for r in run_ids],
         mutations=mutations,
     )
+
+
+def _mutation_timeline(api: Any, mutation_id: str) -> dict[str, Any]:
+    """What happened to one proposal, and why (the lifecycle's reasons, shortened)."""
+    answer = api.get(f"/v1/mutations/{mutation_id}")
+    if answer.status_code != 200:
+        return {"mutation_id": mutation_id, "error": f"{answer.status_code}"}
+    detail = answer.json()
+    return {
+        "mutation_id": mutation_id,
+        "author": detail.get("author"),
+        "status": detail.get("status"),
+        "history": [
+            {"status": h.get("status"), "reason": (h.get("reason") or "")[:300]}
+            for h in detail.get("history", [])
+        ],
+        "effect": detail.get("effect"),
+    }
 
 
 def measure(config: str, seed: int, quick: bool, base: Settings | None = None) -> dict[str, Any]:
