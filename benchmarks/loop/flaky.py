@@ -339,7 +339,17 @@ def _mutation_timeline(api: Any, mutation_id: str) -> dict[str, Any]:
             for h in detail.get("history", [])
         ],
         "effect": detail.get("effect"),
+        "changes": detail.get("changes"),
+        "predicted_effect": _evidence(detail).get("predicted_effect"),
     }
+
+
+def _evidence(detail: dict[str, Any]) -> dict[str, Any]:
+    evidence = detail.get("evidence")
+    if isinstance(evidence, str):
+        with contextlib.suppress(ValueError):
+            evidence = json.loads(evidence)
+    return evidence if isinstance(evidence, dict) else {}
 
 
 def measure(config: str, seed: int, quick: bool, base: Settings | None = None) -> dict[str, Any]:

@@ -278,12 +278,16 @@ class RetryStrategy:
         error_class = error_class or "retryable"
         rate = given.metric("error_rate", "failure_rate", "rate_after", "timeout_rate", "share")
         p = min(0.9, max(0.01, rate if rate is not None else 0.1))
-        # A drift is caught early, on a short window after the change: plan for the rate's
-        # upper confidence bound, not its estimate (a failure rate still rising, or a lucky
-        # window, would otherwise leave the fix a retry short; the bench's flaky scenario did).
-        window = given.metric("window_after")
-        if rate is not None and window is not None and window >= 1:
-            p = min(0.9, max(p, wilson_upper(rate, window)))
+        # A drift is caught early, on a short window after the change, and an error cluster
+        # while the rate still rises (its window mixes before and after): plan for the upper
+        # confidence bound of the rate, over the window and over the recent attempts, not for
+        # the estimate (the bench's flaky scenario was left a retry short: 95% success).
+        for share, n in (
+            (rate, given.metric("window_after", "window")),
+            (given.metric("recent_share"), given.metric("recent_window")),
+        ):
+            if share is not None and n is not None and n >= 1:
+                p = min(0.9, max(p, wilson_upper(share, n)))
         cfg = given.config
         attempts = math.ceil(math.log(cfg.target_failure) / math.log(p))
         attempts = max(2, min(cfg.max_attempts, attempts))

@@ -158,6 +158,16 @@ def test_retry_plans_for_the_upper_bound_of_a_short_window() -> None:
     assert applied(one_call(), p2).step("call").retry.max_attempts == 3
 
 
+def test_retry_for_an_error_cluster_plans_for_its_recent_share() -> None:
+    # Caught while rising: 10% of the last 100 attempts, 45% of the last 20.
+    metrics = {"share": 0.1, "window": 100.0, "recent_share": 0.45, "recent_window": 20.0}
+    d = diagnosis(DiagnosisKind.ERROR_CLUSTER, error_class="Http5xx", metrics=metrics)
+    p = RetryStrategy().propose(given(one_call(), d))
+    assert p is not None
+    assert p.predicted_effect["failure_rate_assumed"] > 0.6
+    assert applied(one_call(), p).step("call").retry.max_attempts == 5
+
+
 def test_no_retry_for_a_permanent_class_or_when_already_enough() -> None:
     d = diagnosis(
         DiagnosisKind.ERROR_CLUSTER, error_class="ValidationError", metrics={"share": 0.3}
