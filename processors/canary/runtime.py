@@ -334,7 +334,9 @@ class CanaryJudge:
                 canary=int(r[1]) == canary.applied_version,
                 succeeded=r[2] == "succeeded",
                 duration_ms=None if r[3] is None else float(r[3]),
-                cost=None if costs is None else costs.cost(r[0]),
+                # a bandit experiment weighs cost against quality by the workflow's reward
+                # weights (ADR 0037): its cost is not the judge's to veto
+                cost=None if costs is None or canary.bandit else costs.cost(r[0]),
             )
             for r in rows
         ]

@@ -59,8 +59,9 @@ class ExperimentConfig:
     """Pulls each arm needs (since the last reset) before the weight moves or a decision."""
     min_change: float = 0.05
     """A weight change smaller than this is not worth a record on ``reflux.mutations``."""
-    drift_delta: float = 0.002
-    """ADWIN's delta on each arm's quality scores (a drift resets the experiment)."""
+    drift_delta: float = 0.0005
+    """ADWIN's delta on each arm's quality scores (a drift resets the experiment); with the
+    scale 10, clock 1 and grace 30 of the critic's ``quality_drift`` (ADR 0031)."""
     weights: RewardWeights = field(default_factory=RewardWeights)
 
     def __post_init__(self) -> None:
@@ -149,7 +150,9 @@ class Experiment:
         self.posteriors = {arm: proba.Beta(1, 1) for arm in ARMS}
         self.stats = {arm: ArmStats() for arm in ARMS}
         self._detectors = {
-            arm: drift.ADWIN(delta=self.config.drift_delta)  # type: ignore[no-untyped-call]
+            arm: drift.ADWIN(  # type: ignore[no-untyped-call]
+                delta=self.config.drift_delta, clock=1, grace_period=30
+            )
             for arm in ARMS
         }
 
@@ -166,7 +169,7 @@ class Experiment:
         if quality is None:
             return False
         detector = self._detectors[run.arm]
-        detector.update(quality)  # type: ignore[no-untyped-call]
+        detector.update(10.0 * quality)  # type: ignore[no-untyped-call]
         if detector.drift_detected:
             self.reset()
             return True
