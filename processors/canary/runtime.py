@@ -65,7 +65,7 @@ class OpenCanary:
     applied_at: datetime
     bandit: bool = False
     """Driven by the optimizer's bandit experiment (evidence ``bandit``, ADR 0037): the
-    experiment keeps it; the judge only rolls back on a significant regression."""
+    experiment keeps it; the judge only rolls back, on a significant success regression."""
 
 
 def _quantile(values: list[float], q: float) -> float | None:
@@ -333,9 +333,11 @@ class CanaryJudge:
                 run_id=r[0],
                 canary=int(r[1]) == canary.applied_version,
                 succeeded=r[2] == "succeeded",
-                duration_ms=None if r[3] is None else float(r[3]),
-                # a bandit experiment weighs cost against quality by the workflow's reward
-                # weights (ADR 0037): its cost is not the judge's to veto
+                # A bandit experiment trades latency and cost against quality by the workflow's
+                # reward weights (ADR 0037): those are not the judge's to veto (going back to
+                # the big model after the small one degraded is slower and dearer, and right).
+                # The judge keeps its veto on success: a version that fails more is rolled back.
+                duration_ms=None if r[3] is None or canary.bandit else float(r[3]),
                 cost=None if costs is None or canary.bandit else costs.cost(r[0]),
             )
             for r in rows
