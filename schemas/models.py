@@ -1569,9 +1569,9 @@ class MutationRequest(StandaloneEnvelope):
     """
 
     AVRO_NAME: ClassVar[str] = "reflux.mutations.MutationRequest"
-    SCHEMA_VERSION: ClassVar[int] = 2
+    SCHEMA_VERSION: ClassVar[int] = 3
 
-    schema_version: int = 2
+    schema_version: int = 3
     """Version of the writer schema; old records keep the version they were written with."""
 
     workflow_id: str
@@ -1614,9 +1614,9 @@ class MutationRequestRefused(StandaloneEnvelope):
     """
 
     AVRO_NAME: ClassVar[str] = "reflux.mutations.MutationRequestRefused"
-    SCHEMA_VERSION: ClassVar[int] = 2
+    SCHEMA_VERSION: ClassVar[int] = 3
 
-    schema_version: int = 2
+    schema_version: int = 3
     """Version of the writer schema; old records keep the version they were written with."""
 
     workflow_id: str
