@@ -6,14 +6,16 @@ experiment makes that split a Thompson-sampling bandit:
 
 - **Arms**: ``previous`` and ``new`` (the two versions). Each finished run of either is one
   pull: its :func:`~processors.optimizer.bandit.reward` (success, the checker's
-  ``quality_score``, latency, cost; weights per workflow) feeds a river ``Beta`` posterior as
-  a Bernoulli trial. The trial's uniform draw is a sha256 point of (experiment, run id), so the
-  posteriors depend on which runs were seen, never on the order they were read in or on when
-  the runtime polled.
+  ``quality_score``, latency, cost; weights per workflow). The posterior of each arm's mean
+  reward is normal (sample mean, sample variance / n: Gaussian Thompson sampling), or with
+  ``posterior="beta"`` a river ``Beta`` fed the reward as a Bernoulli trial whose uniform draw is
+  a sha256 point of (experiment, run id). Either way the posteriors depend on which runs were
+  seen, never on the order they were read in or on when the runtime polled.
 - **Probability matching**: the new version's canary weight is ``P(new is the better arm)``
-  under the posteriors -- the share of runs Thompson sampling would send it -- clipped to
-  ``[budget, 1 - budget]``: exploration of the worse-looking arm is bounded by the budget and
-  both arms stay measured. Routing by run id turns that weight into the runs' assignment.
+  under the posteriors (exact, no sampling) -- the share of runs Thompson sampling would send
+  it -- clipped to ``[budget, 1 - budget]``: exploration of the worse-looking arm is bounded
+  by the budget and both arms stay measured. Routing by run id turns that weight into the
+  runs' assignment.
 - **Decision**: once each arm has ``decide_runs`` pulls (the weight moves from ``min_runs``
   on), ``keep`` when ``P(new better) >= decisive``, ``rollback`` when ``<= 1 - decisive``.
 - **Reset on drift**: a quality drift of an arm (river ADWIN on its checker scores, the critic's
@@ -42,11 +44,14 @@ __all__ = [
     "ExperimentStep",
     "RunOutcome",
     "prob_better",
+    "prob_better_normal",
 ]
 
 Arm = Literal["previous", "new"]
 ARMS: tuple[Arm, Arm] = ("previous", "new")
 _GRID = 400
+_MIN_VARIANCE = 0.0025
+"""Floor of a reward's variance (a standard deviation of 0.05)."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,10 @@ class ExperimentConfig:
     """``P(new better)`` at which the experiment keeps (and ``1 - decisive`` rolls back)."""
     min_runs: int = 20
     """Pulls each arm needs (since the last reset) before the weight moves or a decision."""
+    posterior: Literal["gaussian", "beta"] = "gaussian"
+    """``gaussian``: a normal posterior of each arm's mean reward (its measured variance); ``beta``:
+    river ``Beta`` posteriors fed Bernoulli trials (the ADR 0032 bandit's trick; ~4x the
+    variance of the rewards here, measured slower to decide: ADR 0037)."""
     decide_runs: int = 30
     """Pulls each arm needs (since the last reset) before a keep or a rollback: the posterior is
     looked at after every batch, and a decision on 10 Bernoulli trials is too often a fluke
@@ -95,6 +104,7 @@ class ExperimentConfig:
         return {
             "budget": self.budget,
             "decisive": self.decisive,
+            "posterior": self.posterior,
             "min_runs": self.min_runs,
             "decide_runs": self.decide_runs,
             "min_change": self.min_change,
@@ -132,6 +142,20 @@ def prob_better(a: proba.Beta, b: proba.Beta) -> float:
     norm = sum(densities)
     total = sum(d * b.cdf(x) for d, x in zip(densities, grid, strict=True))
     return total / norm if norm > 0 else 0.5
+
+
+def prob_better_normal(a: ArmStats, b: ArmStats) -> float:
+    """``P(mean_a > mean_b)`` under normal posteriors of the means (flat prior: mean ~
+    N(sample mean, sample variance / n)), i.e. Gaussian Thompson sampling's allocation. The
+    variance is floored (an arm whose rewards were all equal is not infinitely certain)."""
+
+    def moments(s: ArmStats) -> tuple[float, float]:
+        mean = s.mean_reward
+        variance = max(_MIN_VARIANCE, s.reward_sq_sum / s.pulls - mean * mean)
+        return mean, variance / s.pulls
+
+    (mean_a, var_a), (mean_b, var_b) = moments(a), moments(b)
+    return 0.5 * (1.0 + math.erf((mean_a - mean_b) / math.sqrt(2.0 * (var_a + var_b))))
 
 
 def _point(key: str, run_id: str) -> float:
@@ -194,7 +218,9 @@ class Experiment:
         """``None`` until each arm has ``min_runs`` pulls since the last reset."""
         if any(self.stats[arm].pulls < self.config.min_runs for arm in ARMS):
             return None
-        return prob_better(self.posteriors["new"], self.posteriors["previous"])
+        if self.config.posterior == "beta":
+            return prob_better(self.posteriors["new"], self.posteriors["previous"])
+        return prob_better_normal(self.stats["new"], self.stats["previous"])
 
     def step(self) -> ExperimentStep:
         """The weight to route by now, or the decision that ends the experiment."""

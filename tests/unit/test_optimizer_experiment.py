@@ -11,12 +11,13 @@ from river import proba
 
 from processors.mutations.lifecycle import MutationsState, decide
 from processors.mutations.routing import WorkflowRoute, choose_workflow_version
-from processors.optimizer.bandit import Outcome, RewardWeights
+from processors.optimizer.bandit import ArmStats, Outcome, RewardWeights
 from processors.optimizer.experiment import (
     Experiment,
     ExperimentConfig,
     RunOutcome,
     prob_better,
+    prob_better_normal,
 )
 from schemas.models import Mutation, MutationAction, MutationRequestRefused, MutationStatus
 from tests.unit.test_mutation_proposals import ctx, propose, request
@@ -80,6 +81,29 @@ def test_prob_better_matches_a_seeded_monte_carlo() -> None:
         assert abs(exact - draws / 20_000) < 0.015
 
 
+def test_prob_better_normal_matches_a_seeded_monte_carlo_of_the_means() -> None:
+    rng = random.Random(4)
+    a, b = ArmStats(), ArmStats()
+    for _ in range(60):
+        v = min(1.0, max(0.0, rng.gauss(0.8, 0.2)))
+        a.add(Outcome(True), v)
+    for _ in range(25):
+        v = min(1.0, max(0.0, rng.gauss(0.7, 0.3)))
+        b.add(Outcome(True), v)
+    exact = prob_better_normal(a, b)
+
+    def sd(s: ArmStats) -> float:
+        m = s.mean_reward
+        return float(((s.reward_sq_sum / s.pulls - m * m) / s.pulls) ** 0.5)
+
+    wins = sum(
+        rng.gauss(a.mean_reward, sd(a)) > rng.gauss(b.mean_reward, sd(b)) for _ in range(20_000)
+    )
+    assert abs(exact - wins / 20_000) < 0.015
+    assert 0.5 < exact < 1.0
+    assert abs(prob_better_normal(a, b) + prob_better_normal(b, a) - 1.0) < 1e-9
+
+
 def _feed(
     e: Experiment, seed: int, n: int, quality: dict[str, float], cost: dict[str, float]
 ) -> list[float | None]:
@@ -99,9 +123,12 @@ def _feed(
     return asked
 
 
+@pytest.mark.parametrize("posterior", ["gaussian", "beta"])
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_cheaper_and_as_good_is_kept_and_weights_stay_in_the_budget(seed: int) -> None:
-    config = ExperimentConfig(budget=0.1, min_runs=15, weights=WEIGHTS)
+def test_cheaper_and_as_good_is_kept_and_weights_stay_in_the_budget(
+    seed: int, posterior: str
+) -> None:
+    config = ExperimentConfig(budget=0.1, min_runs=15, weights=WEIGHTS, posterior=posterior)  # type: ignore[arg-type]
     e = Experiment("m", config, weight=0.2)
     asked = _feed(e, seed, 600, {"previous": 0.95, "new": 0.95}, {"previous": 0.8, "new": 0.08})
     step = e.step()
@@ -110,9 +137,10 @@ def test_cheaper_and_as_good_is_kept_and_weights_stay_in_the_budget(seed: int) -
     assert all(0.1 <= w <= 0.9 for w in moved)  # decisive at once on some seeds: none moved
 
 
+@pytest.mark.parametrize("posterior", ["gaussian", "beta"])
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_cheaper_but_much_worse_is_rolled_back(seed: int) -> None:
-    config = ExperimentConfig(budget=0.1, min_runs=15, weights=WEIGHTS)
+def test_cheaper_but_much_worse_is_rolled_back(seed: int, posterior: str) -> None:
+    config = ExperimentConfig(budget=0.1, min_runs=15, weights=WEIGHTS, posterior=posterior)  # type: ignore[arg-type]
     e = Experiment("m", config, weight=0.2)
     _feed(e, seed, 600, {"previous": 0.95, "new": 0.5}, {"previous": 0.8, "new": 0.08})
     assert e.step().decision == "rollback", e.snapshot()
