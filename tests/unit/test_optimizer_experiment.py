@@ -218,3 +218,11 @@ def test_a_better_proposal_is_rarely_rolled_back_over_many_seeded_experiments() 
         _feed(e, 1000 + seed, 800, {"previous": 0.965, "new": 0.965}, {"previous": 210, "new": 75})
         wrong += e.step().decision == "rollback"
     assert wrong <= 2
+
+
+def test_reflux_bandit_command_parses() -> None:
+    from processors.optimizer.experiment_cli import _run
+    from reflux.cli import build_parser
+
+    args = build_parser().parse_args(["bandit", "--schema", "s1", "--interval", "0.5", "--once"])
+    assert (args.schema, args.interval, args.once, args.handler) == ("s1", 0.5, True, _run)
