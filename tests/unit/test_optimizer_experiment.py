@@ -226,3 +226,25 @@ def test_reflux_bandit_command_parses() -> None:
 
     args = build_parser().parse_args(["bandit", "--schema", "s1", "--interval", "0.5", "--once"])
     assert (args.schema, args.interval, args.once, args.handler) == ("s1", 0.5, True, _run)
+
+
+def test_a_model_choice_proposal_asks_for_a_bandit_experiment_and_others_do_not() -> None:
+    from processors.optimizer.planner import mutation_request, plan
+    from processors.optimizer.strategies import OptimizerConfig
+    from schemas.models import DiagnosisKind
+    from tests.unit.test_optimizer_strategies import chat, diagnosis, given, one_call, trained
+
+    config = OptimizerConfig(exploration_budget=0.15, weights={"*": RewardWeights(cost=0.7)})
+    d = diagnosis(DiagnosisKind.COST, step="answer")
+    g = given(chat(), d, bandits=[trained("wf/answer", "small")], config=config)
+    found = plan(g, policy="auto", open_keys=set())
+    assert found.proposal is not None and found.proposal.strategy == "model_choice"
+    evidence = mutation_request(found, g).evidence
+    assert isinstance(evidence, dict)
+    experiment = ExperimentConfig.from_json(evidence["bandit"])
+    assert experiment.budget == 0.15 and experiment.weights.cost == 0.7
+
+    d2 = diagnosis(DiagnosisKind.LATENCY_DRIFT, metrics={"p99_ms": 420})
+    g2 = given(one_call(), d2)
+    other = mutation_request(plan(g2, policy="propose", open_keys=set()), g2).evidence
+    assert isinstance(other, dict) and "bandit" not in other
