@@ -490,6 +490,14 @@ def _reweight(w: _Writer, current: Mutation) -> MutationDecision:
         return w.refuse(
             f"Expected a canary_weight in (0, 1) to reweight, but got {weight}", current.status
         )
+    if is_optimizer(w.request.actor) and w.workflow.policy is ImprovementPolicy.OFF:
+        # exploration never touches a workflow whose policy is off (a person may still move
+        # the weight, keep or roll back)
+        return w.refuse(
+            f"Workflow {current.workflow_id!r} has improvement policy 'off': the optimizer may "
+            "not move its traffic",
+            current.status,
+        )
     reason = w.request.reason or f"canary weight {current.canary_weight} -> {weight}"
     w.transition(current, S.APPLIED, reason=reason, canary_weight=weight)
     return w.decision

@@ -19,7 +19,14 @@ from processors.optimizer.experiment import (
     prob_better,
     prob_better_normal,
 )
-from schemas.models import Mutation, MutationAction, MutationRequestRefused, MutationStatus
+from schemas.models import (
+    ImprovementPolicy,
+    Mutation,
+    MutationAction,
+    MutationRequest,
+    MutationRequestRefused,
+    MutationStatus,
+)
 from tests.unit.test_mutation_proposals import ctx, propose, request
 
 WEIGHTS = RewardWeights(success=1.0, quality=2.0, latency=0.0, cost=0.5, cost_scale=1.0)
@@ -55,6 +62,27 @@ def test_reweight_outside_0_1_is_refused(weight: float | None) -> None:
     out = decide(state, request(MutationAction.REWEIGHT, canary_weight=weight), ctx())
     assert isinstance(out.refused, MutationRequestRefused)
     assert "canary_weight in (0, 1)" in out.refused.reason
+
+
+def test_the_optimizer_may_not_reweight_under_policy_off() -> None:
+    state = MutationsState()
+    _applied(state)
+    decide(state, request(MutationAction.SET_POLICY, policy=ImprovementPolicy.OFF), ctx())
+    out = decide(
+        state,
+        MutationRequest(
+            workflow_id="wf",
+            mutation_id="m1",
+            action=MutationAction.REWEIGHT,
+            actor="optimizer:bandit",
+            canary_weight=0.6,
+        ),
+        ctx(),
+    )
+    assert out.refused is not None and "policy 'off'" in out.refused.reason
+    person = decide(state, request(MutationAction.REWEIGHT, canary_weight=0.6), ctx())
+    route = state.of("wf").route
+    assert person.refused is None and route is not None and route.shares[0] == (2, 0.6)
 
 
 def test_reweight_of_a_proposal_not_applied_is_refused() -> None:
