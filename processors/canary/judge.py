@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from statistics import fmean
 from typing import Any, Final, Literal
 
@@ -492,16 +492,30 @@ def _describe(test: MetricTest) -> str:
 
 
 def first_decision(
-    observations: Sequence[RunObservation], config: CanaryConfig | None = None, *, start: int = 0
+    observations: Sequence[RunObservation],
+    config: CanaryConfig | None = None,
+    *,
+    start: int = 0,
+    rollback_only: bool = False,
 ) -> tuple[int, CanaryVerdict]:
     """The first prefix (from ``start`` observations on) at which :func:`judge` decides:
     ``(observations used, verdict)``; the whole sequence and no decision when none does.
 
     This is how the test is meant to be used: looked at after every finished run, stopped at
-    the first decision, which the confidence sequences make valid."""
+    the first decision, which the confidence sequences make valid.
+
+    ``rollback_only``: a ``keep`` is not a decision (a bandit-driven proposal is kept by the
+    optimizer's experiment, ADR 0037; the judge stays the safety net for regressions)."""
     c = config or CanaryConfig()
     for end in range(max(start, 1), len(observations) + 1):
         verdict = judge(observations[:end], c)
-        if verdict.decision is not None:
+        if verdict.decision is not None and not (rollback_only and verdict.decision == "keep"):
             return end, verdict
-    return len(observations), judge(observations, c)
+    verdict = judge(observations, c)
+    if rollback_only and verdict.decision == "keep":
+        verdict = replace(
+            verdict,
+            decision=None,
+            reason=f"no significant regression ({verdict.reason}; the bandit experiment keeps)",
+        )
+    return len(observations), verdict
