@@ -16,6 +16,7 @@ from processors.alerts.cli import add_alerts_commands
 from processors.canary.cli import add_canary_commands
 from processors.critic.cli import add_critic_commands
 from processors.optimizer.cli import add_optimizer_command
+from processors.optimizer.experiment_cli import add_bandit_commands
 from processors.scheduler.runtime.cli import add_scheduler_commands
 from projections.cli import add_projections_commands
 from projections.traces.cli import add_traces_commands
@@ -87,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_critic_commands(sub)
     add_optimizer_command(sub)
     add_canary_commands(sub)
+    add_bandit_commands(sub)
     add_topics_commands(sub)
     demo = sub.add_parser("demo", help="run the demo workflow against the local services")
     demo.set_defaults(handler=_demo)

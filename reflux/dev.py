@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     # The runner replays on a shadow DevEngine (processors.replay.shadow imports this module):
     # imported where it is built, not at module level.
     from processors.critic.runtime import CriticProcessor
+    from processors.optimizer.experiment_runtime import BanditExperiments
     from processors.optimizer.runtime import OptimizerProcessor
     from processors.optimizer.strategies import OptimizerConfig
     from processors.replay.runner import ReplayRunner
@@ -124,6 +125,7 @@ class DevEngine:
         canary: bool = False,
         canary_config: CanaryConfig | None = None,
         historian: bool = False,
+        bandit: bool = False,
     ) -> None:
         self.settings = settings
         self.nodes = nodes or default_registry()
@@ -140,6 +142,7 @@ class DevEngine:
             "optimizer": optimizer,
             "canary": canary,
             "historian": historian,
+            "bandit": bandit,
         }
         self.optimizer_config = optimizer_config
         # The canary judge (processors/canary, ADR 0033): keeps or rolls back applied proposals
@@ -165,6 +168,7 @@ class DevEngine:
         self.optimizer: OptimizerProcessor | None = None
         self.canary: CanaryJudge | None = None
         self.historian: HistorianProjector | None = None
+        self.bandit: BanditExperiments | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -238,6 +242,21 @@ class DevEngine:
                 return Running(instance.run, instance.close)
 
             self._supervise("canary", canary)
+        if self._want["bandit"]:
+            # The optimizer's bandit experiments (ADR 0037): reweight, keep or roll back
+            # model_choice canaries from their live runs; reads the read models.
+            from processors.optimizer.experiment_runtime import BanditExperiments
+
+            def new_experiments() -> BanditExperiments:
+                return BanditExperiments(self.settings, schema=self.schema)
+
+            build_experiments = _first_then_fresh(new_experiments(), new_experiments)
+
+            def experiments() -> Running:
+                instance = self.bandit = build_experiments()
+                return Running(instance.run, instance.close)
+
+            self._supervise("bandit", experiments)
         if self._want["historian"]:
             self.start_historian()
         if self._want["optimizer"]:

@@ -97,7 +97,9 @@ class ImprovementPolicy(StrEnum):
 
 class MutationAction(StrEnum):
     """What a MutationRequest asks the mutation processor to do. replay_verdict: the replay
-    runner reports the A/B replay of a validating proposal (the result in evidence).
+    runner reports the A/B replay of a validating proposal (the result in evidence). reweight:
+    move an applied proposal's canary weight (the optimizer's bandit experiment, canary_weight
+    in the request).
     """
 
     PROPOSE = "propose"
@@ -107,6 +109,7 @@ class MutationAction(StrEnum):
     KEEP = "keep"
     SET_POLICY = "set_policy"
     REPLAY_VERDICT = "replay_verdict"
+    REWEIGHT = "reweight"
 
 
 class MutationStatus(StrEnum):
@@ -1566,9 +1569,9 @@ class MutationRequest(StandaloneEnvelope):
     """
 
     AVRO_NAME: ClassVar[str] = "reflux.mutations.MutationRequest"
-    SCHEMA_VERSION: ClassVar[int] = 2
+    SCHEMA_VERSION: ClassVar[int] = 3
 
-    schema_version: int = 2
+    schema_version: int = 3
     """Version of the writer schema; old records keep the version they were written with."""
 
     workflow_id: str
@@ -1611,9 +1614,9 @@ class MutationRequestRefused(StandaloneEnvelope):
     """
 
     AVRO_NAME: ClassVar[str] = "reflux.mutations.MutationRequestRefused"
-    SCHEMA_VERSION: ClassVar[int] = 2
+    SCHEMA_VERSION: ClassVar[int] = 3
 
-    schema_version: int = 2
+    schema_version: int = 3
     """Version of the writer schema; old records keep the version they were written with."""
 
     workflow_id: str

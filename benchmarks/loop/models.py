@@ -29,8 +29,8 @@ policies differ by their choices only, not by arrival-order luck, until their fi
 answer). This drives the stub directly instead of through the engine: it measures the choice
 policy (what the optimizer would route), not the engine's latency, which scenario 3 covers. In
 the engine, the bandit's per-class choice becomes a ``model_choice`` proposal (the step's
-``model`` param as a JMESPath choice on the input field), validated by replay and rolled out by
-the canary.
+``model`` param as a JMESPath choice on the input field) whose canary is a live bandit
+experiment: :mod:`benchmarks.loop.models_engine` measures that variant (ADR 0037).
 
 Reported per seed: cost per run and quality (% correct) of each policy before the
 degradation; the bandit's cost change and quality difference (points) vs ``static_big`` once

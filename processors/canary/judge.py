@@ -21,6 +21,12 @@ is a *regression* of the canary, and gets an always-valid confidence sequence
 Decision, evaluated after every finished run (:func:`first_decision`), nothing before both arms
 have ``min_runs`` runs:
 
+0. ``keep`` when the success rate is significantly *better* (its upper bound below 0) while
+   latency or cost regressed significantly (``success_outweighs``, default on; the regressions
+   are in the evidence): a fix for failures that costs some latency is the trade it proposed.
+   While such a regression is significant and the success rate only *looks* better (by more
+   than its margin, with an always-valid p below 0.5), nothing is decided until one of them
+   is (or the horizon rolls back).
 1. ``rollback`` as soon as one metric's lower bound is above 0: a significant regression.
 2. ``keep`` as soon as every metric's upper bound is below its non-inferiority margin
    (success 2 points, latency 10 points of the exceedance share, cost 10 %): non-inferiority
@@ -37,7 +43,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from statistics import fmean
 from typing import Any, Final, Literal
 
@@ -87,6 +93,10 @@ class CanaryConfig:
     cost_tau: float = 0.25
     """The mixtures' scales: the regression sizes the tests are tuned to see fastest."""
     quantile: float = 0.95
+    success_outweighs: bool = True
+    """A significant *improvement* of the success rate is kept even if the canary is slower
+    or costlier (those regressions are reported, not acted on): a failed run costs its user
+    more than a slow one, and a retry fix for a flaky dependency is slower by design."""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.alpha < 1.0:
@@ -120,6 +130,7 @@ class CanaryConfig:
                 "cost": self.cost_tau,
             },
             "quantile": self.quantile,
+            "success_outweighs": self.success_outweighs,
         }
 
 
@@ -387,6 +398,43 @@ def judge(
         )
     tests = (_success(base, canary, c), _latency(base, canary, c), _cost(base, canary, c))
     regressed = [t for t in tests if t.regression]
+    success = tests[0]
+    improved = success.applicable and success.high is not None and success.high < 0
+    traded = [t for t in regressed if t.name != "success"]
+    if improved and traded and c.success_outweighs:
+        return CanaryVerdict(
+            "keep",
+            "significant improvement in "
+            + _describe(success)
+            + " outweighs the regression in "
+            + ", ".join(_describe(t) for t in traded),
+            len(canary),
+            len(base),
+            tests,
+            c,
+        )
+    # Looks better: the estimate beats the baseline by more than the margin, with at least
+    # some evidence (always-valid p below 0.5; a lucky handful of runs is not enough to wait).
+    looks_better = (
+        success.estimate is not None
+        and success.estimate < -c.success_margin
+        and success.p_value is not None
+        and success.p_value < 0.5
+    )
+    if traded and looks_better and c.success_outweighs and len(canary) < c.max_runs:
+        # Latency (or cost) got worse while the success rate looks better but is not yet
+        # significantly so: the trade is not decided either way, so keep watching (the
+        # horizon still rolls the regression back).
+        return CanaryVerdict(
+            None,
+            "regression in "
+            + ", ".join(_describe(t) for t in traded)
+            + f" while the success rate looks better ({_describe(success)}): watching",
+            len(canary),
+            len(base),
+            tests,
+            c,
+        )
     if regressed:
         return CanaryVerdict(
             "rollback",
@@ -444,16 +492,30 @@ def _describe(test: MetricTest) -> str:
 
 
 def first_decision(
-    observations: Sequence[RunObservation], config: CanaryConfig | None = None, *, start: int = 0
+    observations: Sequence[RunObservation],
+    config: CanaryConfig | None = None,
+    *,
+    start: int = 0,
+    rollback_only: bool = False,
 ) -> tuple[int, CanaryVerdict]:
     """The first prefix (from ``start`` observations on) at which :func:`judge` decides:
     ``(observations used, verdict)``; the whole sequence and no decision when none does.
 
     This is how the test is meant to be used: looked at after every finished run, stopped at
-    the first decision, which the confidence sequences make valid."""
+    the first decision, which the confidence sequences make valid.
+
+    ``rollback_only``: a ``keep`` is not a decision (a bandit-driven proposal is kept by the
+    optimizer's experiment, ADR 0037; the judge stays the safety net for regressions)."""
     c = config or CanaryConfig()
     for end in range(max(start, 1), len(observations) + 1):
         verdict = judge(observations[:end], c)
-        if verdict.decision is not None:
+        if verdict.decision is not None and not (rollback_only and verdict.decision == "keep"):
             return end, verdict
-    return len(observations), judge(observations, c)
+    verdict = judge(observations, c)
+    if rollback_only and verdict.decision == "keep":
+        verdict = replace(
+            verdict,
+            decision=None,
+            reason=f"no significant regression ({verdict.reason}; the bandit experiment keeps)",
+        )
+    return len(observations), verdict

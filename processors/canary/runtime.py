@@ -63,6 +63,9 @@ class OpenCanary:
     previous_version: int
     canary_weight: float | None
     applied_at: datetime
+    bandit: bool = False
+    """Driven by the optimizer's bandit experiment (evidence ``bandit``, ADR 0037): the
+    experiment keeps it; the judge only rolls back, on a significant success regression."""
 
 
 def _quantile(values: list[float], q: float) -> float | None:
@@ -287,14 +290,17 @@ class CanaryJudge:
             .execute(
                 "SELECT p.mutation_id, p.workflow_id, p.applied_version, "
                 "coalesce(p.previous_version, p.base_version), p.canary_weight, "
-                f"(SELECT max(e.occurred_at) FROM {events} e "
-                "  WHERE e.mutation_id = p.mutation_id AND e.status = 'applied') "
+                # the first applied record: a reweight (ADR 0037) is another applied record
+                # and does not restart the comparison
+                f"(SELECT min(e.occurred_at) FROM {events} e "
+                "  WHERE e.mutation_id = p.mutation_id AND e.status = 'applied'), "
+                "coalesce(jsonb_typeof(p.evidence) = 'object' AND p.evidence ? 'bandit', false) "
                 f"FROM {proposals} p WHERE p.status = 'applied' AND p.applied_version IS NOT NULL"
             )
             .fetchall()
         )
         return [
-            OpenCanary(r[0], r[1], int(r[2]), int(r[3]), r[4], r[5])
+            OpenCanary(r[0], r[1], int(r[2]), int(r[3]), r[4], r[5], bool(r[6]))
             for r in rows
             if r[5] is not None
         ]
@@ -327,8 +333,12 @@ class CanaryJudge:
                 run_id=r[0],
                 canary=int(r[1]) == canary.applied_version,
                 succeeded=r[2] == "succeeded",
-                duration_ms=None if r[3] is None else float(r[3]),
-                cost=None if costs is None else costs.cost(r[0]),
+                # A bandit experiment trades latency and cost against quality by the workflow's
+                # reward weights (ADR 0037): those are not the judge's to veto (going back to
+                # the big model after the small one degraded is slower and dearer, and right).
+                # The judge keeps its veto on success: a version that fails more is rolled back.
+                duration_ms=None if r[3] is None or canary.bandit else float(r[3]),
+                cost=None if costs is None or canary.bandit else costs.cost(r[0]),
             )
             for r in rows
         ]
@@ -383,7 +393,9 @@ class CanaryJudge:
         watch.run_ids.update(o.run_id for o in runs)
         if len(runs) <= watch.judged:
             return None
-        used, verdict = first_decision(runs, self.config, start=watch.judged + 1)
+        used, verdict = first_decision(
+            runs, self.config, start=watch.judged + 1, rollback_only=watch.canary.bandit
+        )
         watch.judged = len(runs) if verdict.decision is None else used
         watch.last = verdict
         if verdict.decision is None:

@@ -351,6 +351,8 @@ class Critic:
                     "window": cluster.window,
                     "share": cluster.share,
                     "retryable_share": cluster.retryable_share,
+                    "recent_share": cluster.recent_share,
+                    "recent_window": cluster.recent_window,
                 },
                 examples=cluster.run_ids,
                 evidence={

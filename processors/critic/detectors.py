@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import copy
 import heapq
+import itertools
 import math
 import re
 from collections import Counter, deque
 from dataclasses import dataclass
 from operator import itemgetter
+from typing import Final
 
 from river.anomaly import HalfSpaceTrees
 from river.drift import ADWIN
@@ -323,6 +325,13 @@ class ErrorCluster:
     retryable_share: float
     messages: list[tuple[str, int]]
     run_ids: list[str]
+    recent_share: float = 0.0
+    """The class's share of the last :data:`RECENT_ATTEMPTS` attempts: a cluster is caught
+    while the rate rises, so the whole window's share lags the current rate."""
+    recent_window: int = 0
+
+
+RECENT_ATTEMPTS: Final = 20
 
 
 class ErrorClusters:
@@ -370,7 +379,19 @@ class ErrorClusters:
         retryable_share = sum(1 for f in mine if f[2]) / len(mine)
         messages = Counter(f[1] for f in mine).most_common(3)
         runs = list(dict.fromkeys(f[3] for f in reversed(mine)))
-        return ErrorCluster(error_class, count, window, share, retryable_share, messages, runs)
+        recent = list(itertools.islice(reversed(self._classes), RECENT_ATTEMPTS))
+        recent_share = sum(1 for c in recent if c == error_class) / len(recent)
+        return ErrorCluster(
+            error_class,
+            count,
+            window,
+            share,
+            retryable_share,
+            messages,
+            runs,
+            recent_share,
+            len(recent),
+        )
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ Lifecycle::
     validated -> approved (a person, or policy auto) | rejected (a person)
     approved -> applied (a new workflow version registered, canary share of new runs)
     applied -> kept (all new runs) | rolled_back (the previous version again)
+    applied -> applied (``reweight``: a new canary weight in (0, 1), the optimizer's bandit
+        experiment moving traffic between the two versions; ADR 0037)
         (the canary judge, processors/canary, asks for one or the other; its evidence is
         stored as ``report["canary"]``)
 
@@ -270,6 +272,8 @@ def decide(
             f"Expected mutation {request.mutation_id!r} of workflow {request.workflow_id!r}, "
             "but there is none"
         )
+    if request.action is MutationAction.REWEIGHT:
+        return _reweight(w, current)
     target = _TARGET.get(request.action, S.VALIDATED)
     if target not in TRANSITIONS.get(current.status, frozenset()):
         return w.refuse(
@@ -468,4 +472,32 @@ def _approve(
         canary_weight=weight,
         previous_version=previous or current.base_version,
     )
+    return w.decision
+
+
+def _reweight(w: _Writer, current: Mutation) -> MutationDecision:
+    """applied -> applied with a new canary weight (the optimizer's two-arm bandit experiment,
+    ADR 0037). The weight must stay strictly inside (0, 1): both versions keep some traffic, so
+    both stay measured; ending the experiment is a ``keep`` or a ``rollback``."""
+    weight = w.request.canary_weight
+    if current.status is not S.APPLIED:
+        return w.refuse(
+            f"Cannot reweight mutation {current.mutation_id!r}: it is {current.status.value} "
+            "(only an applied proposal routes a share of runs)",
+            current.status,
+        )
+    if weight is None or not 0.0 < weight < 1.0:
+        return w.refuse(
+            f"Expected a canary_weight in (0, 1) to reweight, but got {weight}", current.status
+        )
+    if is_optimizer(w.request.actor) and w.workflow.policy is ImprovementPolicy.OFF:
+        # exploration never touches a workflow whose policy is off (a person may still move
+        # the weight, keep or roll back)
+        return w.refuse(
+            f"Workflow {current.workflow_id!r} has improvement policy 'off': the optimizer may "
+            "not move its traffic",
+            current.status,
+        )
+    reason = w.request.reason or f"canary weight {current.canary_weight} -> {weight}"
+    w.transition(current, S.APPLIED, reason=reason, canary_weight=weight)
     return w.decision

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from processors.optimizer.bandit import ModelBandit
+from processors.optimizer.experiment import ExperimentConfig
 from processors.optimizer.history import IncidentLike
 from processors.optimizer.strategies import STRATEGIES, Proposal, Strategy, StrategyInput
 from schemas.models import Diagnosis, DiagnosisKind, MutationAction, MutationRequest
@@ -195,6 +196,13 @@ def mutation_request(found: Plan, given: StrategyInput) -> MutationRequest:
     }
     if proposal.canary_weight is not None:
         evidence["suggested_canary_weight"] = proposal.canary_weight
+    if proposal.strategy == "model_choice":
+        # The canary becomes a two-arm bandit experiment (ADR 0037): the experiment runner
+        # moves its weight within the budget and keeps or rolls it back.
+        evidence["bandit"] = ExperimentConfig(
+            budget=min(0.49, max(0.01, given.config.exploration_budget)),
+            weights=given.config.weights_for(given.definition.id),
+        ).to_json()
     return MutationRequest(
         workflow_id=given.definition.id,
         mutation_id=mutation_id_for(diagnosis.diagnosis_id, proposal.strategy),

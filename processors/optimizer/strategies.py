@@ -70,6 +70,10 @@ TRANSIENT_ERROR_CLASSES: Final = frozenset(
         "ConnectError",
         "ConnectTimeout",
         "ReadTimeout",
+        "Http5xx",  # what http.request raises for a 5xx (node_workers/nodes/http_request.py)
+        "Http429",
+        "HttpTimeout",
+        "NetworkError",
         "HttpStatus5xx",
         "HTTPStatus503",
         "ServiceUnavailable",
@@ -85,7 +89,7 @@ TRANSIENT_ERROR_CLASSES: Final = frozenset(
 rate/connect in a class name."""
 
 _TRANSIENT_WORDS: Final = re.compile(
-    r"transient|time_?out|timed_?out|5\d\d|unavailable|rate|connect", re.I
+    r"transient|time_?out|timed_?out|5\d\d|5xx|unavailable|rate|connect", re.I
 )
 
 
@@ -250,6 +254,13 @@ def is_transient(error_class: str | None) -> bool:
     return error_class in TRANSIENT_ERROR_CLASSES or bool(_TRANSIENT_WORDS.search(error_class))
 
 
+def wilson_upper(rate: float, n: float, z: float = 1.645) -> float:
+    """One-sided 95% Wilson upper bound of a proportion ``rate`` seen over ``n`` trials."""
+    centre = rate + z * z / (2 * n)
+    spread = z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n))
+    return min(1.0, (centre + spread) / (1 + z * z / n))
+
+
 class RetryStrategy:
     name = "retry"
     kinds = frozenset({K.FAILURE_DRIFT, K.ERROR_CLUSTER, K.TIMEOUT_DRIFT})
@@ -267,6 +278,16 @@ class RetryStrategy:
         error_class = error_class or "retryable"
         rate = given.metric("error_rate", "failure_rate", "rate_after", "timeout_rate", "share")
         p = min(0.9, max(0.01, rate if rate is not None else 0.1))
+        # A drift is caught early, on a short window after the change, and an error cluster
+        # while the rate still rises (its window mixes before and after): plan for the upper
+        # confidence bound of the rate, over the window and over the recent attempts, not for
+        # the estimate (the bench's flaky scenario was left a retry short: 95% success).
+        for share, n in (
+            (rate, given.metric("window_after", "window")),
+            (given.metric("recent_share"), given.metric("recent_window")),
+        ):
+            if share is not None and n is not None and n >= 1:
+                p = min(0.9, max(p, wilson_upper(share, n)))
         cfg = given.config
         attempts = math.ceil(math.log(cfg.target_failure) / math.log(p))
         attempts = max(2, min(cfg.max_attempts, attempts))

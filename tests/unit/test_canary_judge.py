@@ -168,3 +168,16 @@ def test_bad_configuration_is_refused() -> None:
         CanaryConfig(min_runs=20, max_runs=10)
     with pytest.raises(ValueError, match="alpha"):
         CanaryConfig(alpha=1.5)
+
+
+def test_a_significant_success_gain_outweighs_a_latency_regression() -> None:
+    # A retry fix for a flaky dependency: far fewer failures, and slower (the retries).
+    runs = simulate(2, fail_base=0.3, fail_canary=0.02, latency_factor=2.5)
+    _, verdict = first_decision(runs)
+    assert verdict.decision == "keep", verdict.reason
+    assert verdict.reason.startswith("significant improvement in success rate")
+    assert "outweighs the regression in latency p95" in verdict.reason
+    assert verdict.metric("latency_p95").regression
+    # With the trade switched off, the same runs are rolled back for their latency.
+    _, strict = first_decision(runs, CanaryConfig(success_outweighs=False))
+    assert strict.decision == "rollback" and strict.metric("latency_p95").regression

@@ -1,0 +1,125 @@
+"""A ``model_choice`` proposal's canary run as a bandit experiment on the real engine (ADR 0037).
+
+The whole ``DevEngine`` (scheduler, workers, projector, mutation processor, canary judge, the
+optimizer's bandit experiments) on its own topic prefix and schema, an OpenAI-compatible stub in
+its own process (``benchmarks/loop/stubs.py``: ``big`` answers with 10x the tokens of ``small``;
+``small`` is as right as ``big`` on easy questions, much worse on hard ones) and a checker step
+scoring each answer. Version 1 asks ``big`` for everything; the proposal asks ``small`` for easy
+questions. Applied by policy ``auto`` at weight 0.2, the experiment moves the weight towards the
+cheaper-and-good-enough version and keeps it; the judge does not keep it in its place.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from benchmarks.loop.models import questions
+from benchmarks.loop.models_engine import (
+    ENGINE_MODELS,
+    PER_CLASS,
+    checked_workflow,
+    model_choice_request,
+)
+from benchmarks.loop.stubs import openai_stub
+from processors.canary.judge import CanaryConfig
+from projections.postgres.mutation_queries import get_mutation, list_mutation_events
+from schemas.models import ImprovementPolicy, MutationAction, MutationRequest
+from tests.integration.engine_fixtures import Harness, HarnessFactory
+from tests.support.waiting import eventually
+
+WORKFLOW = "answer"
+
+
+@pytest.fixture
+def harness(engine_harness: HarnessFactory) -> Harness:
+    return engine_harness(
+        trigger_router=False,
+        replay_runner=False,
+        proposal_replay=None,
+        canary=True,
+        canary_config=CanaryConfig(min_runs=8, max_runs=400),
+        bandit=True,
+    )
+
+
+def _batch(harness: Harness, qs: Any, n: int = 8) -> list[Any]:
+    run_ids = []
+    for q in itertools.islice(qs, n):
+        inputs = {"prompt": q.prompt, "answer": q.answer, "difficulty": q.difficulty}
+        run_ids.append(harness.start(WORKFLOW, inputs))
+    return [harness.wait(run_id, timeout=60) for run_id in run_ids]
+
+
+def test_the_cheaper_good_enough_model_gets_the_traffic_and_is_kept(harness: Harness) -> None:
+    qs = iter(questions(5, 2000))
+    with openai_stub(ENGINE_MODELS, seed=5) as llm:
+        harness.register(checked_workflow(llm.base_url, "big"))
+        harness.send(
+            harness.engine.catalog.mutations.topic,
+            WORKFLOW,
+            MutationRequest(
+                workflow_id=WORKFLOW,
+                action=MutationAction.SET_POLICY,
+                actor="user:test",
+                policy=ImprovementPolicy.AUTO,
+            ),
+        )
+        first = _batch(harness, qs)  # recorded runs of version 1 (and the policy is read)
+        assert {r.status for r in first} == {"succeeded"}
+        proposal = model_choice_request(WORKFLOW, llm.base_url, PER_CLASS, 1, "small for easy")
+        assert proposal.mutation_id is not None
+        harness.send(harness.engine.catalog.mutations.topic, WORKFLOW, proposal)
+
+        def row() -> Any:
+            with harness.conn() as conn:
+                return get_mutation(conn, proposal.mutation_id or "", schema=harness.schema)
+
+        applied = eventually(row, 30, "applied", until=lambda r: r and r.status == "applied")
+        assert applied.canary_weight == 0.2 and applied.applied_version == 2
+
+        versions: Counter[int] = Counter()
+        for _ in range(60):  # at most 480 runs; the experiment decides well before
+            found = row()
+            if found.status != "applied":
+                break
+            versions.update(r.workflow_version for r in _batch(harness, qs))
+        kept = eventually(row, 15, "decided", until=lambda r: r.status != "applied")
+        assert kept.status == "kept", (kept.reason, kept.report["canary"].get("experiment"))
+
+        with harness.conn() as conn:
+            events = list_mutation_events(conn, kept.mutation_id, schema=harness.schema)
+        assert [e.status for e in events][:5] == [
+            "proposed",
+            "validating",
+            "validated",
+            "approved",
+            "applied",
+        ]
+        assert events[-1].actor == "optimizer:bandit"
+        evidence = kept.report["canary"]
+        assert evidence["judge"] == "bandit" and evidence["decision"] == "keep"
+        experiment = evidence["experiment"]
+        assert experiment["p_new_better"] >= 0.95
+        arms = experiment["arms"]
+        # cheaper (tokens) and as good (checker scores) as version 1
+        assert arms["new"]["mean_cost"] < 0.6 * arms["previous"]["mean_cost"]
+        assert arms["new"]["mean_quality"] >= arms["previous"]["mean_quality"] - 0.1
+        # the weight only moved within [budget, 1 - budget] and ended on the new version's side
+        # Each reweight is an applied record by the experiment; the weights stay within
+        # [budget, 1 - budget] and move towards the new version (a first measurement that is
+        # already decisive keeps at once, from the approval's 0.2).
+        reweights = [e for e in events if e.status == "applied" and e.actor == "optimizer:bandit"]
+        weights = [w["weight"] for w in evidence["weights"] if "weight" in w]
+        assert len(weights) == len(reweights)
+        assert all(0.1 <= w <= 0.9 for w in weights)
+        assert not weights or weights[-1] > 0.5
+        assert versions[2] > 0 and versions[1] > 0
+
+        # kept: every new run gets version 2; small answers the easy questions
+        after = _batch(harness, qs, 16)
+        assert {r.workflow_version for r in after} == {2}
+        assert {r.status for r in after} == {"succeeded"}
