@@ -6,8 +6,10 @@ is a *regression* of the canary, and gets an always-valid confidence sequence
 (:mod:`processors.canary.sequential`) at ``alpha / 3`` (Bonferroni over the three metrics):
 
 - **success**: ``p_baseline - p_canary`` (the drop of the success rate);
-- **latency p95**: ``e_canary - e_baseline`` where ``e`` is the share of an arm's successful
-  runs slower than the *baseline's* p95 (so ``e_baseline`` ~ 5 %). With no difference the
+- **latency p95**: ``e_canary - e_baseline`` where ``e`` is the share of an arm's finished
+  runs slower than the *baseline's* p95 (so ``e_baseline`` ~ 5 %), on the time to a successful
+  result: a failed run counts as slower than any success (else a retry fix, which turns
+  failures into slower successes, would look like a tail regression). With no difference the
   canary's share is ~5 % too; a canary whose tail moved right has more of its runs above the
   line. The line is estimated, and the baseline's binomial variance ``e (1 - e) / n`` is what
   that estimate contributes to the canary's share (``Var F(q_hat) ~ q (1 - q) / n``), so the
@@ -264,34 +266,64 @@ def _success(
     )
 
 
+def _time_to_success(runs: Sequence[RunObservation]) -> list[float]:
+    """Each finished run's time to a successful result: its duration, or ``inf`` for a failed
+    run (it never delivered one). Runs with no duration are left out."""
+    return [
+        (o.duration_ms if o.duration_ms is not None else math.inf) if o.succeeded else math.inf
+        for o in runs
+        if o.duration_ms is not None or not o.succeeded
+    ]
+
+
 def _latency(
     base: Sequence[RunObservation], canary: Sequence[RunObservation], c: CanaryConfig
 ) -> MetricTest:
-    lat_b = [o.duration_ms for o in base if o.succeeded and o.duration_ms is not None]
-    lat_c = [o.duration_ms for o in canary if o.succeeded and o.duration_ms is not None]
-    if len(lat_b) < c.min_runs or len(lat_c) < c.min_runs:
+    # The tail is that of the time to a successful result, failures counted as slower than any
+    # success. Comparing successful runs only is biased against a fix that turns failures into
+    # (slower) successes -- a retry policy: the baseline's failed runs drop out of its tail while
+    # the canary's retried runs stay in, so every retry fix for a >= 5% transient failure rate
+    # would be "a significant regression in latency p95". When the baseline fails more than
+    # 1 - quantile of its runs its p95 time to success is unbounded and nothing exceeds it: the
+    # success test decides that case.
+    times_b, times_c = _time_to_success(base), _time_to_success(canary)
+    lat_b = [t for t in times_b if math.isfinite(t)]
+    lat_c = [t for t in times_c if math.isfinite(t)]
+    if len(times_b) < c.min_runs or len(times_c) < c.min_runs or not lat_b or not lat_c:
         return MetricTest(
             "latency_p95",
             applicable=False,
             margin=c.latency_margin,
             arms={"baseline": {"succeeded": len(lat_b)}, "canary": {"succeeded": len(lat_c)}},
-            note=f"fewer than {c.min_runs} successful runs in an arm",
+            note=f"fewer than {c.min_runs} finished runs or no successful run in an arm",
         )
-    line = _quantile(lat_b, c.quantile)
-    over_b = sum(d > line for d in lat_b)
-    over_c = sum(d > line for d in lat_c)
+    line = _quantile(times_b, c.quantile)
+    over_b = sum(d > line for d in times_b)
+    over_c = sum(d > line for d in times_c)
     p95_b, p95_c = _quantile(lat_b, c.quantile), _quantile(lat_c, c.quantile)
     arms = {
-        "baseline": {"succeeded": len(lat_b), "p95_ms": _r(p95_b), "above_baseline_p95": over_b},
-        "canary": {"succeeded": len(lat_c), "p95_ms": _r(p95_c), "above_baseline_p95": over_c},
+        "baseline": {
+            "finished": len(times_b),
+            "succeeded": len(lat_b),
+            "p95_ms": _r(p95_b),
+            "above_baseline_p95": over_b,
+        },
+        "canary": {
+            "finished": len(times_c),
+            "succeeded": len(lat_c),
+            "p95_ms": _r(p95_c),
+            "above_baseline_p95": over_c,
+        },
         "p95_ratio": _r(p95_c / p95_b) if p95_b > 0 else None,
+        "line_ms": _r(line) if math.isfinite(line) else None,
+        "line": "p95 of the baseline's time to success (a failed run counts as never)",
     }
     return _proportions(
         "latency_p95",
         over_b,
-        len(lat_b),
+        len(times_b),
         over_c,
-        len(lat_c),
+        len(times_c),
         worse_is_more=True,
         margin=c.latency_margin,
         tau=c.latency_tau,
@@ -433,9 +465,14 @@ def _describe(test: MetricTest) -> str:
             f"(always-valid p={test.p_value:.2g})"
         )
     if test.name == "latency_p95":
+        base, canary = arms["baseline"], arms["canary"]
+        # The share above the line is what the test compares; failed runs count in it.
+        share_b = base["above_baseline_p95"] / base["finished"]
+        share_c = canary["above_baseline_p95"] / canary["finished"]
         return (
-            f"latency p95 {arms['baseline']['p95_ms']:.0f} -> {arms['canary']['p95_ms']:.0f} ms "
-            f"(always-valid p={test.p_value:.2g})"
+            f"latency p95 {base['p95_ms']:.0f} -> {canary['p95_ms']:.0f} ms "
+            f"(runs slower than the baseline's p95 time to success, failures included: "
+            f"{share_b:.0%} -> {share_c:.0%}; always-valid p={test.p_value:.2g})"
         )
     return (
         f"cost per run {arms['baseline']['mean']:.4g} -> {arms['canary']['mean']:.4g} "
