@@ -72,15 +72,22 @@ class StoryConfig:
 
 
 def loop_workflow(url: str, workflow_id: str = WORKFLOW_ID) -> dict[str, Any]:
-    """A GET of a quote (no retry: the first version as written), then shape its price."""
+    """A GET of a quote for ``inputs.item`` (no retry: the first version as written), then
+    shape its price. Every run asks for its own item: the same inputs over and over would
+    (rightly) make the critic see a cache candidate, which is another story."""
     return {
         "id": workflow_id,
         "description": "Fetch a supplier quote (reflux demo improve)",
+        "inputs": {"item": {"type": "string", "required": True}},
         "steps": [
             {
                 "id": "fetch_quote",
                 "node": "http.request@^1",
-                "params": {"url": f"{url}/quote", "method": "GET", "timeout_s": 5},
+                "params": {
+                    "url": f"{url}/quote?item={{{{ inputs.item }}}}",
+                    "method": "GET",
+                    "timeout_s": 5,
+                },
             },
             {
                 "id": "price",
@@ -164,7 +171,7 @@ class Traffic:
             with httpx.Client(base_url=self.api_url, timeout=30) as client:
                 i = 0
                 while not self._stop.is_set():
-                    body = {"workflow_id": self.workflow_id, "inputs": {}}
+                    body = {"workflow_id": self.workflow_id, "inputs": {"item": f"sku-{i}"}}
                     accepted = _check(client.post("/v1/runs", json=body))
                     self.runs.append(Submitted(i, str(accepted["run_id"]), self.phase))
                     i += 1

@@ -85,7 +85,7 @@ def _handler(service: FlakyService) -> type[BaseHTTPRequestHandler]:
             if fails:
                 self._send(503, {"error": "supplier overloaded, try again", "n": n})
             else:
-                self._send(200, {"price": 100 + n % 7, "n": n})
+                self._send(200, {"price": round(90 + 0.37 * n, 2), "n": n})
 
     return Handler
 
@@ -94,7 +94,11 @@ def _handler(service: FlakyService) -> type[BaseHTTPRequestHandler]:
 def flaky_service(error_rate: float = 0.02, seed: int = 7) -> Iterator[FlakyService]:
     """Serves a :class:`FlakyService` on 127.0.0.1 (ephemeral port, ``service.url``)."""
     service = FlakyService(error_rate, seed)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(service))
+    # An A/B replay sends its ~50 recorded runs' calls at once: the default listen backlog (5)
+    # drops SYNs past it, and each dropped one costs a 1 s retransmit -- a +1 s "latency shift"
+    # the replay then blames on the candidate.
+    server_class = type("FlakyServer", (ThreadingHTTPServer,), {"request_queue_size": 256})
+    server = server_class(("127.0.0.1", 0), _handler(service))
     server.daemon_threads = True
     thread = threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="flaky-service"
