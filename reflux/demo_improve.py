@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import socket
 import threading
 import time
@@ -37,13 +36,13 @@ from reflux.client import ClientError, _check, wait_registered
 from reflux.flaky_service import FlakyService, flaky_service
 from reflux.mutations_cli import describe_mutation
 
-__all__ = ["StoryConfig", "StoryFailed", "loop_workflow", "run_demo_improve"]
+__all__ = ["StoryConfig", "StoryError", "loop_workflow", "run_demo_improve"]
 
 T = TypeVar("T")
 WORKFLOW_ID = "quote-check"
 
 
-class StoryFailed(Exception):
+class StoryError(Exception):
     """A stage did not happen within its bound."""
 
 
@@ -126,7 +125,7 @@ def _within(check: Callable[[], T | None], bound_s: float, stage: str, what: str
         if found is not None:
             return found
         if time.monotonic() > deadline:
-            raise StoryFailed(f"stage {stage!r}: {what} did not happen within {bound_s:.0f} s")
+            raise StoryError(f"stage {stage!r}: {what} did not happen within {bound_s:.0f} s")
         time.sleep(0.2)  # polling the API's read models, which other threads write
 
 
@@ -286,7 +285,8 @@ def _cleanup(settings: Settings, schema: str) -> None:
         admin = admin_client(settings)
         prefix = settings.topic_prefix + "."
         topics = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefix)]
-        for future in (admin.delete_topics(topics, operation_timeout=30) if topics else {}).values():
+        futures = admin.delete_topics(topics, operation_timeout=30) if topics else {}
+        for future in futures.values():
             with contextlib.suppress(Exception):
                 future.result(30)
     with (
@@ -305,185 +305,244 @@ def _pct(value: float | None) -> str:
 
 
 def _print_windows(say: Callable[[str, str], None], rows: list[dict[str, Any]]) -> None:
-    lines = ["runs       phase                      finished  success  versions"]
+    lines = ["runs       phase                    finished  success  versions"]
     for row in rows:
         versions = " ".join(f"v{v}:{n}" for v, n in sorted(row["versions"].items()))
         lines.append(
-            f"{row['runs']:<10} {row['phase']:<26} {row['finished']:>8}  "
+            f"{row['runs']:<10} {row['phase']:<24} {row['finished']:>8}  "
             f"{_pct(row['success']):>7}  {versions}"
         )
     say("windows", "\n".join(lines))
 
 
-def _story(
-    client: httpx.Client, api_url: str, service: FlakyService, config: StoryConfig, tl: Timeline
-) -> tuple[str, bool]:
-    bounds = config.bounds_s
-    registered = _check(client.post("/v1/workflows", json=loop_workflow(service.url)))
-    wait_registered(client, WORKFLOW_ID, registered["version"])
-    _check(
-        client.put(
-            f"/v1/workflows/{WORKFLOW_ID}/improvement", json={"policy": "auto", "wait_ms": 20_000}
-        )
-    )
-    tl.say(
-        "setup",
-        f"workflow {WORKFLOW_ID} v{registered['version']}: GET {service.url}/quote (no retry), "
-        f"then a transform; improvement policy auto",
-    )
-    traffic = Traffic(api_url, WORKFLOW_ID, config.rate_per_s).start()
-    try:
-        tl.say(
-            "traffic",
-            f"{config.rate_per_s:.0f} runs/s through POST /v1/runs; dependency fails "
-            f"{config.error_before:.0%} of requests",
-        )
-        _within(
-            lambda: True if traffic.count() >= config.healthy_runs or traffic.error else None,
-            config.healthy_runs / config.rate_per_s + 30,
-            "healthy",
-            f"{config.healthy_runs} runs started",
-        )
-        degraded_at = datetime.now(UTC)
-        service.degrade(config.error_after)
-        traffic.phase = "degraded (v1 only)"
-        tl.say(
-            "degrade",
-            f"after {traffic.count()} runs the dependency starts failing "
-            f"{config.error_after:.0%} of requests (HTTP 503)",
+class _Story:
+    """The stages, in order; each waits for its record in the API within its bound."""
+
+    def __init__(
+        self,
+        client: httpx.Client,
+        api_url: str,
+        service: FlakyService,
+        config: StoryConfig,
+        tl: Timeline,
+    ) -> None:
+        self.client = client
+        self.api_url = api_url
+        self.service = service
+        self.config = config
+        self.bounds = config.bounds_s
+        self.tl = tl
+        self.traffic = Traffic(api_url, WORKFLOW_ID, config.rate_per_s)
+        self.mutation_id = ""
+
+    def get(self, path: str, **params: Any) -> Any:
+        return _check(self.client.get(path, params=params))
+
+    def mutation(self) -> dict[str, Any]:
+        body: dict[str, Any] = self.get(f"/v1/mutations/{self.mutation_id}")
+        return body
+
+    def run(self) -> tuple[str, bool]:
+        self.setup()
+        self.traffic.start()
+        try:
+            self.healthy()
+            self.diagnose(self.degrade())
+            self.propose()
+            self.replay()
+            self.canary()
+            kept = self.decision()
+            self.after()
+        finally:
+            self.traffic.stop()
+        if self.traffic.error:
+            raise StoryError(f"traffic stopped: {self.traffic.error}")
+        return self.mutation_id, self.report() and kept
+
+    def setup(self) -> None:
+        client = self.client
+        registered = _check(client.post("/v1/workflows", json=loop_workflow(self.service.url)))
+        wait_registered(client, WORKFLOW_ID, registered["version"])
+        policy = {"policy": "auto", "wait_ms": 20_000}
+        _check(client.put(f"/v1/workflows/{WORKFLOW_ID}/improvement", json=policy))
+        self.tl.say(
+            "setup",
+            f"workflow {WORKFLOW_ID} v{registered['version']}: GET {self.service.url}/quote "
+            "(no retry), then a transform; improvement policy auto",
         )
 
+    def healthy(self) -> None:
+        c = self.config
+        self.tl.say(
+            "traffic",
+            f"{c.rate_per_s:.0f} runs/s through POST /v1/runs, each for its own item; "
+            f"the dependency fails {c.error_before:.0%} of requests",
+        )
+        _within(
+            lambda: True if self.traffic.count() >= c.healthy_runs or self.traffic.error else None,
+            c.healthy_runs / c.rate_per_s + 30,
+            "healthy",
+            f"{c.healthy_runs} runs started",
+        )
+
+    def degrade(self) -> datetime:
+        degraded_at = datetime.now(UTC)
+        self.service.degrade(self.config.error_after)
+        self.traffic.phase = "degraded"
+        self.tl.say(
+            "degrade",
+            f"after {self.traffic.count()} runs the dependency starts failing "
+            f"{self.config.error_after:.0%} of requests (HTTP 503)",
+        )
+        return degraded_at
+
+    def diagnose(self, degraded_at: datetime) -> None:
         def diagnosis() -> dict[str, Any] | None:
-            if traffic.error:
-                raise StoryFailed(f"traffic stopped: {traffic.error}")
-            rows = _check(client.get("/v1/diagnoses", params={"workflow_id": WORKFLOW_ID}))
+            if self.traffic.error:
+                raise StoryError(f"traffic stopped: {self.traffic.error}")
+            rows = self.get("/v1/diagnoses", workflow_id=WORKFLOW_ID)["data"]
             found = [
                 d
-                for d in rows["data"]
+                for d in rows
                 if d["kind"] in {"failure_drift", "error_cluster"}
                 and d["step_id"] == "fetch_quote"
                 and d["severity"] != "info"
             ]
             return min(found, key=lambda d: str(d["detected_at"])) if found else None
 
-        first = _within(diagnosis, bounds["diagnosis"], "diagnosis", "a critic diagnosis")
-        detail = _check(client.get(f"/v1/diagnoses/{first['diagnosis_id']}"))
+        first = _within(diagnosis, self.bounds["diagnosis"], "diagnosis", "a critic diagnosis")
+        detail = self.get(f"/v1/diagnoses/{first['diagnosis_id']}")
         metrics = ", ".join(f"{k} {v:.3g}" for k, v in sorted(detail["metrics"].items()))
-        tl.say(
+        took = (datetime.fromisoformat(detail["detected_at"]) - degraded_at).total_seconds()
+        self.tl.say(
             "critic",
             f"{detail['kind']} ({detail['severity']}) on {detail['subject']}, "
-            f"{traffic.count('degraded (v1 only)')} runs after the change, "
-            f"{(datetime.fromisoformat(detail['detected_at']) - degraded_at).total_seconds():.1f}"
-            f" s\n{detail['explanation']}\nmetrics: {metrics}",
+            f"{self.traffic.count('degraded')} runs and {took:.1f} s after the change\n"
+            f"{detail['explanation']}\nmetrics: {metrics}",
         )
 
+    def propose(self) -> None:
         def proposal() -> dict[str, Any] | None:
-            rows = _check(client.get("/v1/mutations", params={"workflow_id": WORKFLOW_ID}))
-            return rows["data"][0] if rows["data"] else None
+            rows = self.get("/v1/mutations", workflow_id=WORKFLOW_ID)["data"]
+            return rows[-1] if rows else None
 
-        listed = _within(proposal, bounds["proposal"], "proposal", "an optimizer proposal")
-        mutation_id = str(listed["mutation_id"])
-        m = _check(client.get(f"/v1/mutations/{mutation_id}"))
+        listed = _within(proposal, self.bounds["proposal"], "proposal", "an optimizer proposal")
+        self.mutation_id = str(listed["mutation_id"])
+        m = self.mutation()
         evidence = m.get("evidence") or {}
         changes = "; ".join(
             f"{c['type']} {c['step_id']}"
             + (f" retry={json.dumps(c['data'].get('retry'))}" if c["data"].get("retry") else "")
             for c in m["changes"]
         )
-        tl.say(
+        similar = ", ".join(
+            f"{i.get('kind')} ({float(i.get('similarity') or 0):.2f})"
+            for i in evidence.get("similar_incidents") or []
+        )
+        self.tl.say(
             "optimizer",
-            f"proposal {mutation_id} by {m['author']} for diagnosis "
+            f"proposal {self.mutation_id} by {m['author']} for diagnosis "
             f"{evidence.get('diagnosis_id')}\n{m['rationale']}\nchanges: {changes}\n"
             f"predicted effect: {json.dumps(evidence.get('predicted_effect'))}\n"
-            f"similar past incidents: {len(evidence.get('similar_incidents') or [])}",
+            f"similar incidents in the historian: {similar or 'none'}",
         )
 
-        def replayed() -> dict[str, Any] | None:
-            body: dict[str, Any] = _check(client.get(f"/v1/mutations/{mutation_id}"))
+    def _until_status(self, stage: str, statuses: set[str], what: str) -> dict[str, Any]:
+        def check() -> dict[str, Any] | None:
+            body = self.mutation()
             if body["status"] == "rejected":
-                raise StoryFailed(f"stage 'replay': proposal rejected: {body.get('reason')}")
-            replay = (body.get("report") or {}).get("replay")
-            return body if replay and replay.get("verdict") else None
+                raise StoryError(f"stage {stage!r}: proposal rejected: {body.get('reason')}")
+            return body if body["status"] in statuses else None
 
-        m = _within(replayed, bounds["replay"], "replay", "the A/B replay's verdict")
-        replay = m["report"]["replay"]
-        tl.say("replay", _describe_replay(client, replay))
+        return _within(check, self.bounds[stage], stage, what)
 
-        def applied() -> dict[str, Any] | None:
-            body: dict[str, Any] = _check(client.get(f"/v1/mutations/{mutation_id}"))
-            if body["status"] == "rejected":
-                raise StoryFailed(f"stage 'applied': proposal rejected: {body.get('reason')}")
-            return body if body["status"] in {"applied", "kept", "rolled_back"} else None
+    def replay(self) -> None:
+        m = self._until_status(
+            "replay", {"validated", "approved", "applied", "kept", "rolled_back"}, "validation"
+        )
+        replay = (m.get("report") or {}).get("replay") or {}
+        self.tl.say("replay", _describe_replay(self.client, replay))
+        validated = [e for e in m["history"] if e["status"] == "validated"]
+        self.tl.say("replay", f"validated: {validated[0]['reason']}")
 
-        m = _within(applied, bounds["applied"], "applied", "the canary apply")
-        traffic.phase = f"canary v{m['applied_version']}"
-        tl.say(
+    def canary(self) -> None:
+        m = self._until_status("applied", {"applied", "kept", "rolled_back"}, "the canary apply")
+        self.traffic.phase = "canary"
+        self.tl.say(
             "canary",
             f"applied as v{m['applied_version']} to {m['canary_weight']:.0%} of new runs "
-            f"(policy auto; previous v{m['previous_version']}), after run {traffic.count()}",
+            f"(policy auto; previous v{m['previous_version']}), after run {self.traffic.count()}",
         )
 
-        def decided() -> dict[str, Any] | None:
-            body: dict[str, Any] = _check(client.get(f"/v1/mutations/{mutation_id}"))
-            return body if body["status"] in {"kept", "rolled_back"} else None
+    def decision(self) -> bool:
+        m = self._until_status("decision", {"kept", "rolled_back"}, "the judge's decision")
+        self.tl.say("judge", _describe_judge(m, m["report"]["canary"]))
+        self.traffic.phase = "kept" if m["status"] == "kept" else "rolled back"
+        return bool(m["status"] == "kept")
 
-        m = _within(decided, bounds["decision"], "decision", "the canary judge's decision")
-        canary = m["report"]["canary"]
-        tl.say("judge", _describe_judge(m, canary))
-        kept = m["status"] == "kept"
-        traffic.phase = "kept" if kept else "rolled back"
-        marker = traffic.count()
+    def after(self) -> None:
+        marker, n = self.traffic.count(), self.config.runs_after_kept
         _within(
-            lambda: True if traffic.count() >= marker + config.runs_after_kept else None,
-            config.runs_after_kept / config.rate_per_s + 30,
+            lambda: True if self.traffic.count() >= marker + n else None,
+            n / self.config.rate_per_s + 30,
             "after",
-            f"{config.runs_after_kept} runs after the decision",
+            f"{n} runs after the decision",
         )
-    finally:
-        traffic.stop()
-    if traffic.error:
-        raise StoryFailed(f"traffic stopped: {traffic.error}")
-    runs = traffic.runs
-    ids = {r.run_id for r in runs}
 
-    def drained() -> dict[str, tuple[str, int]] | None:
-        found = _runs_by_id(client, WORKFLOW_ID)
-        done = {k: v for k, v in found.items() if k in ids and v[0] in {"succeeded", "failed"}}
-        return found if len(done) >= len(ids) else None
+    def report(self) -> bool:
+        """Waits for every run to end; prints the windows and the effect; whether the runs
+        after the decision recovered (>= 97% success)."""
+        runs = list(self.traffic.runs)
+        ids = {r.run_id for r in runs}
 
-    finished = _within(drained, bounds["drain"], "drain", f"all {len(runs)} runs finishing")
-    rows = window_table(runs, finished, config.window)
-    _print_windows(tl.say, rows)
-    phases: dict[str, list[str]] = {}
-    for r in runs:
-        phases.setdefault(r.phase, []).append(finished[r.run_id][0])
-    summary = [
-        f"{phase:<22} {len(s):>4} runs, success {_pct(sum(x == 'succeeded' for x in s) / len(s))}"
-        for phase, s in phases.items()
-    ]
-    stats = service.stats()
-    summary.append(f"dependency: {stats.requests} requests, {stats.errors} answered 503")
-    tl.say("effect", "\n".join(summary))
-    after = phases.get("kept", [])
-    recovered = bool(after) and sum(x == "succeeded" for x in after) / len(after) >= 0.97
-    return mutation_id, kept and recovered
+        def drained() -> dict[str, tuple[str, int]] | None:
+            found = _runs_by_id(self.client, WORKFLOW_ID)
+            done = [k for k, v in found.items() if k in ids and v[0] in {"succeeded", "failed"}]
+            return found if len(done) >= len(ids) else None
+
+        finished = _within(drained, self.bounds["drain"], "drain", f"{len(runs)} runs ending")
+        _print_windows(self.tl.say, window_table(runs, finished, self.config.window))
+        phases: dict[str, list[str]] = {}
+        for r in runs:
+            phases.setdefault(r.phase, []).append(finished[r.run_id][0])
+        lines = [
+            f"{phase:<12} {len(s):>4} runs, success "
+            f"{_pct(sum(x == 'succeeded' for x in s) / len(s))}"
+            for phase, s in phases.items()
+        ]
+        stats = self.service.stats()
+        lines.append(f"dependency: {stats.requests} requests, {stats.errors} answered 503")
+        self.tl.say("effect", "\n".join(lines))
+        after = phases.get("kept", [])
+        return bool(after) and sum(x == "succeeded" for x in after) / len(after) >= 0.97
 
 
 def _describe_replay(client: httpx.Client, replay: dict[str, Any]) -> str:
+    """The verdict and what it rests on (GET /v1/replays/{id}'s aggregate report)."""
     lines = [f"A/B replay {replay.get('replay_id')}: verdict {replay.get('verdict')}"]
-    with contextlib.suppress(ClientError):
-        full = _check(client.get(f"/v1/replays/{replay['replay_id']}"))
-        report = full.get("report") or full
-        lines.append(json.dumps(_replay_numbers(report), sort_keys=True)[:600])
+    body = _check(client.get(f"/v1/replays/{replay['replay_id']}"))
+    report = body.get("report") or {}
+    comparison = report.get("comparison") or {}
+    if comparison.get("reason"):
+        lines.append(str(comparison["reason"]))
+    outcomes = report.get("outcomes") or {}
+    if outcomes:
+        lines.append(
+            f"{report.get('runs')} recorded runs of v1 re-executed with the candidate: "
+            + ", ".join(f"{k} {v}" for k, v in outcomes.items())
+        )
+    success = comparison.get("success") or {}
+    if success:
+        shown = {k: v for k, v in success.items() if v is not None}
+        lines.append("success: " + json.dumps(shown, sort_keys=True)[:300])
+    steps = report.get("executed_steps_ms") or {}
+    if steps:
+        a, b = steps.get("original") or {}, steps.get("candidate") or {}
+        lines.append(
+            f"executed steps p50 {a.get('p50')} -> {b.get('p50')} ms, "
+            f"p95 {a.get('p95')} -> {b.get('p95')} ms"
+        )
     return "\n".join(lines)
-
-
-def _replay_numbers(report: Any) -> Any:
-    """The replay report's headline numbers (what the verdict rests on)."""
-    if not isinstance(report, dict):
-        return report
-    keep = ("runs", "verdict", "success", "stats", "statistics", "summary", "metrics")
-    return {k: v for k, v in report.items() if k in keep} or report
 
 
 def _describe_judge(m: dict[str, Any], canary: dict[str, Any]) -> str:
@@ -531,8 +590,8 @@ def run_demo_improve(
         ):
             tl.say("engine", f"API on {api_url}; dependency on {service.url}")
             try:
-                mutation_id, ok = _story(client, api_url, service, config, tl)
-            except StoryFailed as exc:
+                mutation_id, ok = _Story(client, api_url, service, config, tl).run()
+            except StoryError as exc:
                 errors = engine.errors()
                 print(f"\ndemo improve FAILED: {exc}", flush=True)
                 if errors:
@@ -545,9 +604,5 @@ def run_demo_improve(
             print(f"kept: topics {settings.topic_prefix}.*, schemas {schema}, {schema}_api")
         else:
             _cleanup(settings, schema)
-    print("\ndemo improve", "OK" if ok else "FAILED (the fix was not kept or success did not recover)")
+    print("\ndemo improve", "OK" if ok else "FAILED: the fix was not kept or success stayed low")
     return 0 if ok else 1
-
-
-def quiet_logs() -> None:
-    logging.getLogger().setLevel(logging.WARNING)

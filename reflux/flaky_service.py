@@ -90,6 +90,15 @@ def _handler(service: FlakyService) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 256
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that went away (a timed-out or cancelled attempt, the engine stopping) is
+        # not the service's error: no traceback on the demo's output.
+        return
+
+
 @contextmanager
 def flaky_service(error_rate: float = 0.02, seed: int = 7) -> Iterator[FlakyService]:
     """Serves a :class:`FlakyService` on 127.0.0.1 (ephemeral port, ``service.url``)."""
@@ -97,8 +106,7 @@ def flaky_service(error_rate: float = 0.02, seed: int = 7) -> Iterator[FlakyServ
     # An A/B replay sends its ~50 recorded runs' calls at once: the default listen backlog (5)
     # drops SYNs past it, and each dropped one costs a 1 s retransmit -- a +1 s "latency shift"
     # the replay then blames on the candidate.
-    server_class = type("FlakyServer", (ThreadingHTTPServer,), {"request_queue_size": 256})
-    server = server_class(("127.0.0.1", 0), _handler(service))
+    server = _Server(("127.0.0.1", 0), _handler(service))
     server.daemon_threads = True
     thread = threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="flaky-service"

@@ -290,6 +290,9 @@ class ErrorCluster:
     retryable_share: float
     messages: list[tuple[str, int]]
     run_ids: list[str]
+    recent_share: float = 0.0
+    """The class's share of the newest ``recent`` attempts (the current rate, noisier)."""
+    recent: int = 0
 
 
 class ErrorClusters:
@@ -337,7 +340,12 @@ class ErrorClusters:
         retryable_share = sum(1 for f in mine if f[2]) / len(mine)
         messages = Counter(f[1] for f in mine).most_common(3)
         runs = list(dict.fromkeys(f[3] for f in reversed(mine)))
-        return ErrorCluster(error_class, count, window, share, retryable_share, messages, runs)
+        recent = min(window, self.tuning.error_recent)
+        newest = list(self._classes)[-recent:] if recent else []
+        recent_share = sum(1 for c in newest if c == error_class) / recent if recent else 0.0
+        return ErrorCluster(
+            error_class, count, window, share, retryable_share, messages, runs, recent_share, recent
+        )
 
 
 @dataclass(frozen=True)

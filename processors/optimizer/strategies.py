@@ -79,6 +79,12 @@ TRANSIENT_ERROR_CLASSES: Final = frozenset(
         "TransientError",
         "UpstreamUnavailable",
         "BrokenPipe",
+        # The built-in nodes' own names (node_workers/nodes): http.request's 5xx / 429 /
+        # connection failures, openai.chat's server errors.
+        "Http5xx",
+        "Http429",
+        "NetworkError",
+        "LlmServerError",
     }
 )
 """Error classes a retry can fix; matched also by the words transient/timeout/5xx/unavailable/
@@ -266,6 +272,12 @@ class RetryStrategy:
             return None  # a retry cannot fix what fails the same way every time
         error_class = error_class or "retryable"
         rate = given.metric("error_rate", "failure_rate", "rate_after", "timeout_rate", "share")
+        # An error cluster's window share lags a rising rate; its newest attempts' share is
+        # the current one. Size the retry on the larger (a policy sized too short is the
+        # expensive mistake: the canary keeps it and the step still fails).
+        recent = given.metric("recent_share")
+        if recent is not None and (rate is None or recent > rate):
+            rate = recent
         p = min(0.9, max(0.01, rate if rate is not None else 0.1))
         cfg = given.config
         attempts = math.ceil(math.log(cfg.target_failure) / math.log(p))

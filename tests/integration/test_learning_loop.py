@@ -77,9 +77,7 @@ class Traffic:
 
     def batch(self, phase: str, n: int = BATCH) -> None:
         first = len(self.runs)
-        run_ids = [
-            self.harness.start(WORKFLOW, {"item": f"sku-{first + i}"}) for i in range(n)
-        ]
+        run_ids = [self.harness.start(WORKFLOW, {"item": f"sku-{first + i}"}) for i in range(n)]
         for run_id in run_ids:
             row = self.harness.wait(run_id, timeout=60)
             self.runs.append((phase, row.status, row.workflow_version))
@@ -230,6 +228,7 @@ def test_a_degraded_dependency_is_diagnosed_fixed_validated_canaried_and_kept(
         return found[0] if found and found[0]["status"] == "kept" else None
 
     outcome = eventually(linked, 20, "the kept outcome linked to the diagnosis")
+    assert outcome is not None
     assert outcome["strategy"] == "retry" and outcome["replay_verdict"] == "better"
     assert outcome["effect"]["decision"] == "keep"
 

@@ -190,6 +190,22 @@ def test_error_clusters_need_count_and_share_and_forget_old_failures() -> None:
     assert clusters.update("Timeout", "x", True, "late") is None  # the old ones left the window
 
 
+def test_an_error_cluster_reports_the_share_of_its_newest_attempts() -> None:
+    # A rate rising from 0 to ~1 in 3: the cluster fires at 10 of 100 while the newest 25
+    # attempts fail far more often -- the rate a retry policy must be sized for.
+    clusters = ErrorClusters(WindowTuning())
+    fired = None
+    for i in range(200):
+        cls = "Http5xx" if i >= 80 and i % 3 == 0 else None
+        fired = fired or clusters.update(cls, "HTTP 503", True, f"r{i}")
+        if fired:
+            break
+    assert fired == "Http5xx"
+    cluster = clusters.cluster("Http5xx")
+    assert cluster.share == pytest.approx(0.1)
+    assert cluster.recent == 25 and cluster.recent_share >= 0.3
+
+
 def test_normalize_message_groups_numbers_and_ids() -> None:
     assert normalize_message("id 3f2a9c0b1d: 503 after 1.5 s") == "id #: # after # s"
     assert normalize_message(None) == ""
