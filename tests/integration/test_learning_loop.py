@@ -120,11 +120,9 @@ def test_a_degraded_dependency_is_diagnosed_fixed_validated_canaried_and_kept(
     assert traffic.success("healthy") >= 0.9
     diagnoses = _get(api, "/v1/diagnoses", workflow_id=WORKFLOW)["data"]
     assert not [d for d in diagnoses if d["kind"] in {"failure_drift", "error_cluster"}]
+    # (A busy box may show a latency drift and get a timeout proposal: not this story.)
     proposed = _get(api, "/v1/mutations", workflow_id=WORKFLOW)["data"]
-    assert proposed == [], (
-        [(m["author"], m["rationale"]) for m in proposed],
-        [(d["kind"], d["explanation"]) for d in diagnoses],
-    )
+    assert not [m for m in proposed if m["author"] == "optimizer:retry"], proposed
 
     service.degrade(ERROR_AFTER)
 
@@ -145,12 +143,12 @@ def test_a_degraded_dependency_is_diagnosed_fixed_validated_canaried_and_kept(
     # 2. The optimizer: a retry proposal whose evidence names the diagnosis it answers.
     def proposal() -> dict[str, Any] | None:
         rows = _get(api, "/v1/mutations", workflow_id=WORKFLOW)["data"]
-        return rows[0] if rows else None
+        retries = [m for m in rows if m["author"] == "optimizer:retry"]
+        return retries[0] if retries else None
 
     listed, runs_to_proposal = traffic.until("degraded", proposal, "an optimizer proposal")
     mutation_id = listed["mutation_id"]
     detail = _get(api, f"/v1/mutations/{mutation_id}")
-    assert detail["author"] == "optimizer:retry", detail["author"]
     evidence = detail["evidence"]
     assert evidence["strategy"] == "retry"
     assert {"diagnosis_id", "predicted_effect", "similar_incidents"} <= set(evidence)
