@@ -19,6 +19,7 @@ live runs -- is tests/integration/test_canary_e2e.py's second test (not repeated
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from typing import Any, TypeVar
 
 import pytest
@@ -239,6 +240,13 @@ def test_a_degraded_dependency_is_diagnosed_fixed_validated_canaried_and_kept(
         "to_decision": runs_to_decision,
         "total": len(traffic.runs),
     }
-    print("learning loop, runs per stage:", counts)
+    at = {e["status"]: datetime.fromisoformat(e["occurred_at"]) for e in kept["history"]}
+    seconds = {
+        "proposed_to_applied": (at["applied"] - at["proposed"]).total_seconds(),
+        "applied_to_kept": (at["kept"] - at["applied"]).total_seconds(),
+    }
+    print("learning loop, runs per stage:", counts, "seconds:", seconds)
+    # The critic's speed is in runs (traces); the replay's in seconds (the runs between the
+    # proposal and the apply are only the batches the test kept sending meanwhile).
     assert counts["to_diagnosis"] <= 100, counts
-    assert counts["to_apply"] <= 150, counts
+    assert seconds["proposed_to_applied"] <= 30, seconds
