@@ -149,9 +149,7 @@ def test_retry_of_an_error_cluster_is_sized_on_its_newest_attempts() -> None:
     assert p is not None and p.predicted_effect["max_attempts"]["to"] == 5
     assert p.predicted_effect["failure_rate_assumed"] == 0.3
     # (Http5xx is http.request's class: transient by name, with no retryable_share either.)
-    lagging = diagnosis(
-        DiagnosisKind.ERROR_CLUSTER, error_class="Http5xx", metrics={"share": 0.1}
-    )
+    lagging = diagnosis(DiagnosisKind.ERROR_CLUSTER, error_class="Http5xx", metrics={"share": 0.1})
     q = RetryStrategy().propose(given(one_call(), lagging))
     assert q is not None and q.predicted_effect["max_attempts"]["to"] == 3
 
