@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 import httpx
 import psycopg
 
+from foundation.errors import RefluxError
 from foundation.settings import Settings, get_settings
 from reflux.client import ClientError, _check, wait_registered
 from reflux.flaky_service import FlakyService, flaky_service
@@ -42,8 +43,10 @@ T = TypeVar("T")
 WORKFLOW_ID = "quote-check"
 
 
-class StoryError(Exception):
+class StoryError(RefluxError):
     """A stage did not happen within its bound."""
+
+    error_class = "DemoStageMissed"
 
 
 @dataclass(frozen=True)
