@@ -374,6 +374,20 @@ def rebind_run(args: argparse.Namespace) -> int:
     )
 
 
+def send_feedback(args: argparse.Namespace) -> int:
+    """``reflux runs feedback RUN --score 0.8``: a quality score on the run (ADR 0035)."""
+    body = {"score": args.score, "label": args.label, "comment": args.comment, "step_id": args.step}
+    with httpx.Client(base_url=args.api, timeout=30) as client:
+        answer = _check(
+            client.post(
+                f"/v1/runs/{args.run_id}/feedback",
+                json={k: v for k, v in body.items() if v is not None},
+            )
+        )
+    print(f"feedback {answer['feedback_id']} on run {answer['run_id']}: score {answer['score']}")
+    return 0
+
+
 def _command_options(parser: argparse.ArgumentParser, default_api: str) -> None:
     parser.add_argument("--reason", help="why (kept in the run log)")
     parser.add_argument("--by", help="who asks (requested_by)")
@@ -461,6 +475,19 @@ def add_client_commands(subparsers: Any, default_api: str) -> Any:
     )
     _command_options(rebind, default_api)
     rebind.set_defaults(handler=_guard(rebind_run))
+    feedback = actions.add_parser(
+        "feedback",
+        help="score a run (or one of its steps): 0 = wrong/bad .. 1 = right/good",
+        description="e.g. reflux runs feedback RUN --score 0.2 --label wrong --comment 'VAT id' "
+        "(becomes a trace with metrics.quality_score; read back with GET /v1/runs/RUN/feedback)",
+    )
+    feedback.add_argument("run_id")
+    feedback.add_argument("--score", type=float, required=True, help="0..1")
+    feedback.add_argument("--label", help="a short category (<= 64 chars)")
+    feedback.add_argument("--comment", help="free text (<= 2000 chars)")
+    feedback.add_argument("--step", help="the step the feedback is about (default: the run)")
+    feedback.add_argument("--api", default=default_api, help=f"API base URL ({default_api})")
+    feedback.set_defaults(handler=_guard(send_feedback))
     return actions
 
 

@@ -1,5 +1,5 @@
-"""``reflux metrics [nodes|workflows|failures|reliability|retries|ingest|alerts]``: the metrics
-API as terminal tables.
+"""``reflux metrics [nodes|workflows|failures|reliability|retries|quality|ingest|alerts]``: the
+metrics API as terminal tables.
 
 Reads the HTTP API (``REFLUX_API_URL`` or ``--api``) like ``reflux run`` does, so it shows the
 same numbers against ``reflux dev`` on a laptop and against a deployed API. The ``render_*``
@@ -25,6 +25,7 @@ __all__ = [
     "render_failures",
     "render_ingest",
     "render_nodes",
+    "render_quality",
     "render_reliability",
     "render_retries",
     "render_table",
@@ -206,6 +207,27 @@ def render_retries(payload: Json) -> str:
     return _with_title("retries", payload, headers, rows)
 
 
+def render_quality(payload: Json) -> str:
+    """Quality scores (0..1) per workflow version, step and source (docs/decisions/0035)."""
+    headers = ["workflow", "version", "step", "source", "scores", "runs", "avg", "min", "max"]
+    rows = [
+        [
+            r["workflow_id"],
+            r["workflow_version"],
+            r["step_id"] or "(run)",
+            r["source"],
+            r["scores"],
+            r["runs"],
+            # Scores live in [0, 1]: the table's one decimal would hide the difference.
+            f"{r['score_avg']:.3f}",
+            f"{r['score_min']:.3f}",
+            f"{r['score_max']:.3f}",
+        ]
+        for r in payload["data"]
+    ]
+    return _with_title("quality", payload, headers, rows)
+
+
 def _heat(cell: Json | None) -> str:
     if cell is None:
         return "."
@@ -259,6 +281,7 @@ RENDERERS: dict[str, Callable[[Json], str]] = {
     "failures": render_failures,
     "reliability": render_reliability,
     "retries": render_retries,
+    "quality": render_quality,
     "ingest": render_ingest,
     "alerts": render_alerts,
 }
@@ -322,6 +345,8 @@ def add_metrics_commands(subparsers: Any, default_api: str | None = None) -> Non
     reliability.add_argument("--bucket", default="5m", help="cell width, whole minutes (5m)")
     retries = view("retries", "retries per node and dependency: held by budget or circuit")
     retries.add_argument("--node", help="only this node")
+    quality = view("quality", "quality scores (checker steps, feedback) per workflow and step")
+    quality.add_argument("--workflow", dest="workflow_id", help="only this workflow")
     view("ingest", "traces store ingestion: rows, refused rows, lag", windowed=False)
     alerts = view("alerts", "SLO alerts firing now", windowed=False)
     alerts.add_argument("--all", action="store_true", help="also resolved alerts")

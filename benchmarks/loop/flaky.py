@@ -52,17 +52,21 @@ from benchmarks.loop.stubs import StubProcess, dependency_stub
 from foundation.settings import Settings, get_settings
 from projections.postgres.identifiers import table
 
-__all__ = ["CONFIGS", "LOOP_ENGINE_OPTIONS", "loop_available", "run", "workflow"]
+__all__ = ["CONFIGS", "LOOP_ENGINE_OPTIONS", "loop_available", "loop_options", "run", "workflow"]
 
 SCENARIO: Final = "flaky"
 CONFIGS: Final = ("static", "hand", "loop")
 LOOP_ENGINE_OPTIONS: Final[dict[str, Any]] = {"critic": True, "optimizer": True, "canary": True}
 """The DevEngine keywords that turn the learning loop on (branches critic, optimizer, canary)."""
+OPTIONAL_LOOP_OPTIONS: Final[dict[str, Any]] = {"historian": True}
+"""Passed too when DevEngine has them: the historian's store, which the optimizer asks first."""
 PROFILE_BEFORE: Final[dict[str, Any]] = {"median_ms": 20, "sigma": 0.3, "error_rate": 0.02}
 PROFILE_AFTER: Final[dict[str, Any]] = {"error_rate": 0.30, "hang_share": 0.03, "hang_s": 5.0}
 BEFORE: Final = {True: 100, False: 200}
 AFTER: Final = {True: 400, False: 600}
-RATE_PER_S: Final = 20.0
+RATE_PER_S: Final = 10.0
+"""Runs started per second, every configuration: 300 runs after the change are 30 s in which the
+loop detects, proposes, validates by replay and canaries (the baselines do not depend on it)."""
 WINDOW: Final = 50
 GOAL_RUNS: Final = 300
 GOAL_SUCCESS: Final = 0.99
@@ -104,12 +108,22 @@ def workflow(config: str, url: str) -> dict[str, Any]:
     }
 
 
-def loop_available() -> bool:
-    """Whether ``DevEngine`` takes the loop's keywords (the critic/optimizer/canary merged)."""
+def _engine_parameters() -> set[str]:
     from reflux.dev import DevEngine
 
-    parameters = inspect.signature(DevEngine.__init__).parameters
-    return all(name in parameters for name in LOOP_ENGINE_OPTIONS)
+    return set(inspect.signature(DevEngine.__init__).parameters)
+
+
+def loop_available() -> bool:
+    """Whether ``DevEngine`` takes the loop's keywords (the critic/optimizer/canary merged)."""
+    return set(LOOP_ENGINE_OPTIONS) <= _engine_parameters()
+
+
+def loop_options() -> dict[str, Any]:
+    """The keywords the loop configuration starts its DevEngine with."""
+    known = _engine_parameters()
+    optional = {k: v for k, v in OPTIONAL_LOOP_OPTIONS.items() if k in known}
+    return {**LOOP_ENGINE_OPTIONS, **optional}
 
 
 @dataclass
@@ -118,6 +132,8 @@ class Outcome:
     versions: list[int]
     durations_ms: list[float]
     requests: int
+    errors: list[str | None] = field(default_factory=list)
+    """The error class of each failed run (``None`` for the others), in run order."""
     mutations: dict[str, Any] = field(default_factory=dict)
 
 
@@ -151,12 +167,22 @@ def summarize_outcome(outcome: Outcome, before: int) -> dict[str, Any]:
         "run_ms_p95": percentile(outcome.durations_ms, 95) if outcome.durations_ms else None,
         "requests_per_run": outcome.requests / len(ok),
         "failed_runs_after": len(after) - sum(after),
+        "error_classes_before": _count(outcome.errors[:before]),
+        "error_classes_after": _count(outcome.errors[before:]),
     }
     if outcome.mutations:
         result["mutations"] = outcome.mutations
         upgraded = [i for i, v in enumerate(outcome.versions) if v > 1]
         result["first_new_version_run"] = upgraded[0] - before if upgraded else None
     return result
+
+
+def _count(errors: list[str | None]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for error in errors:
+        if error is not None:
+            counts[error] = counts.get(error, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 @contextlib.contextmanager
@@ -168,7 +194,7 @@ def _engine(settings: Settings, schema: str, loop: bool) -> Iterator[Any]:
             f"DevEngine has no {sorted(LOOP_ENGINE_OPTIONS)} keywords yet: merge the critic, "
             "optimizer and canary branches to run the loop configuration"
         )
-    options = dict(LOOP_ENGINE_OPTIONS) if loop else {}
+    options = loop_options() if loop else {}
     engine = DevEngine(settings, schema=schema, trigger_router=False, **options).start()
     try:
         yield engine
@@ -195,14 +221,18 @@ def _until(check: Any, timeout: float, what: str, interval: float = 0.2) -> Any:
     return value
 
 
-def _statuses(conn: Any, schema: str, run_ids: list[str]) -> dict[str, tuple[str, int, float]]:
+Row = tuple[str, int, float, str | None]
+"""status, workflow version, duration ms, error class."""
+
+
+def _statuses(conn: Any, schema: str, run_ids: list[str]) -> dict[str, Row]:
     rows = conn.execute(
         f"SELECT run_id, status, workflow_version, "
-        f"EXTRACT(EPOCH FROM (finished_at - started_at)) * 1000 "
+        f"EXTRACT(EPOCH FROM (finished_at - started_at)) * 1000, error->>'error_class' "
         f"FROM {table(schema, 'runs')} WHERE run_id = ANY(%s)",
         (run_ids,),
     ).fetchall()
-    return {r[0]: (r[1], int(r[2]), float(r[3]) if r[3] is not None else 0.0) for r in rows}
+    return {r[0]: (r[1], int(r[2]), float(r[3]) if r[3] is not None else 0.0, r[4]) for r in rows}
 
 
 TERMINAL: Final = frozenset({"succeeded", "failed", "cancelled"})
@@ -262,9 +292,9 @@ def _drive(
                 progress(SCENARIO, f"{config} seed {seed}: {i + 1}/{total} runs started")
         producer.flush(10)
 
-        def finished() -> dict[str, tuple[str, int, float]] | None:
+        def finished() -> dict[str, Row] | None:
             rows = _statuses(conn, schema, run_ids)
-            done = sum(1 for status, _, _ in rows.values() if status in TERMINAL)
+            done = sum(1 for row in rows.values() if row[0] in TERMINAL)
             return rows if done == total else None
 
         rows = _until(finished, DRAIN_TIMEOUT_S, f"{total} runs to end", interval=0.5)
@@ -281,6 +311,7 @@ def _drive(
                 "proposed": len(items),
                 "by_status": by_status,
                 "strategies": sorted({str(i.get("author")) for i in items}),
+                "timeline": [_mutation_timeline(api, str(i["mutation_id"])) for i in items],
             }
         requests = int(dep.stats()["requests"])
     return Outcome(
@@ -288,8 +319,27 @@ def _drive(
         versions=[rows[r][1] for r in run_ids],
         durations_ms=[rows[r][2] for r in run_ids],
         requests=requests,
+        errors=[rows[r][3] for r in run_ids],
         mutations=mutations,
     )
+
+
+def _mutation_timeline(api: Any, mutation_id: str) -> dict[str, Any]:
+    """What happened to one proposal, and why (the lifecycle's reasons, shortened)."""
+    answer = api.get(f"/v1/mutations/{mutation_id}")
+    if answer.status_code != 200:
+        return {"mutation_id": mutation_id, "error": f"{answer.status_code}"}
+    detail = answer.json()
+    return {
+        "mutation_id": mutation_id,
+        "author": detail.get("author"),
+        "status": detail.get("status"),
+        "history": [
+            {"status": h.get("status"), "reason": (h.get("reason") or "")[:300]}
+            for h in detail.get("history", [])
+        ],
+        "effect": detail.get("effect"),
+    }
 
 
 def measure(config: str, seed: int, quick: bool, base: Settings | None = None) -> dict[str, Any]:
@@ -328,7 +378,8 @@ def run(seeds: list[int], quick: bool, loop: bool | None = None) -> dict[str, An
         "loop": {
             "ran": with_loop,
             "switch": "benchmarks.loop.flaky.run(seeds, quick, loop=True) / --loop; DevEngine "
-            f"keywords {sorted(LOOP_ENGINE_OPTIONS)} (branches critic, optimizer, canary)",
+            f"keywords {sorted(LOOP_ENGINE_OPTIONS)} (branches critic, optimizer, canary), "
+            f"plus {sorted(OPTIONAL_LOOP_OPTIONS)} when DevEngine has it",
         },
         "parameters": {
             "before": BEFORE[quick],

@@ -25,7 +25,8 @@ described by :class:`ModelProfile`: lognormal latency, ``completion_tokens`` per
 cost: ``usage`` counts prompt words + these), and an accuracy per difficulty. The last user
 message is a question from :func:`question_set` ("What is 3 + 4? Answer with the number only.");
 the stub computes the right answer and, with probability ``1 - accuracy[difficulty]``, answers a
-wrong number instead. Other prompts get ``"echo: <text>"``. Unknown models get 404
+wrong number instead. Other prompts get ``"echo: <text>"``; with ``response_format: json_object``
+the text comes as ``{"answer": <text>}``. Unknown models get 404
 ``model_not_found``. Model profiles change like the dependency's: ``change: {"after": N, "models":
 {"small": {...}}}`` (N counted over all completions) or ``POST /_stub/control {"models": {...},
 "after": N}``. ``GET /_stub/stats``: per model requests and correct answers.
@@ -384,6 +385,8 @@ class OpenAIStub(_Stub):
                 content = str(value)
             else:
                 content = str(value + self.rng.choice([-10, -2, -1, 1, 2, 10]))
+        if (body.get("response_format") or {}).get("type") == "json_object":
+            content = json.dumps({"answer": content})  # what a JSON-mode model would send
         prompt = sum(len(str(m.get("content", "")).split()) for m in messages)
         return 200, {
             "id": f"chatcmpl-{self.completions}",

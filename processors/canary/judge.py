@@ -6,10 +6,8 @@ is a *regression* of the canary, and gets an always-valid confidence sequence
 (:mod:`processors.canary.sequential`) at ``alpha / 3`` (Bonferroni over the three metrics):
 
 - **success**: ``p_baseline - p_canary`` (the drop of the success rate);
-- **latency p95**: ``e_canary - e_baseline`` where ``e`` is the share of an arm's finished
-  runs slower than the *baseline's* p95 (so ``e_baseline`` ~ 5 %), on the time to a successful
-  result: a failed run counts as slower than any success (else a retry fix, which turns
-  failures into slower successes, would look like a tail regression). With no difference the
+- **latency p95**: ``e_canary - e_baseline`` where ``e`` is the share of an arm's successful
+  runs slower than the *baseline's* p95 (so ``e_baseline`` ~ 5 %). With no difference the
   canary's share is ~5 % too; a canary whose tail moved right has more of its runs above the
   line. The line is estimated, and the baseline's binomial variance ``e (1 - e) / n`` is what
   that estimate contributes to the canary's share (``Var F(q_hat) ~ q (1 - q) / n``), so the
@@ -23,6 +21,12 @@ is a *regression* of the canary, and gets an always-valid confidence sequence
 Decision, evaluated after every finished run (:func:`first_decision`), nothing before both arms
 have ``min_runs`` runs:
 
+0. ``keep`` when the success rate is significantly *better* (its upper bound below 0) while
+   latency or cost regressed significantly (``success_outweighs``, default on; the regressions
+   are in the evidence): a fix for failures that costs some latency is the trade it proposed.
+   While such a regression is significant and the success rate only *looks* better (by more
+   than its margin, with an always-valid p below 0.5), nothing is decided until one of them
+   is (or the horizon rolls back).
 1. ``rollback`` as soon as one metric's lower bound is above 0: a significant regression.
 2. ``keep`` as soon as every metric's upper bound is below its non-inferiority margin
    (success 2 points, latency 10 points of the exceedance share, cost 10 %): non-inferiority
@@ -89,6 +93,10 @@ class CanaryConfig:
     cost_tau: float = 0.25
     """The mixtures' scales: the regression sizes the tests are tuned to see fastest."""
     quantile: float = 0.95
+    success_outweighs: bool = True
+    """A significant *improvement* of the success rate is kept even if the canary is slower
+    or costlier (those regressions are reported, not acted on): a failed run costs its user
+    more than a slow one, and a retry fix for a flaky dependency is slower by design."""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.alpha < 1.0:
@@ -122,6 +130,7 @@ class CanaryConfig:
                 "cost": self.cost_tau,
             },
             "quantile": self.quantile,
+            "success_outweighs": self.success_outweighs,
         }
 
 
@@ -266,64 +275,34 @@ def _success(
     )
 
 
-def _time_to_success(runs: Sequence[RunObservation]) -> list[float]:
-    """Each finished run's time to a successful result: its duration, or ``inf`` for a failed
-    run (it never delivered one). Runs with no duration are left out."""
-    return [
-        (o.duration_ms if o.duration_ms is not None else math.inf) if o.succeeded else math.inf
-        for o in runs
-        if o.duration_ms is not None or not o.succeeded
-    ]
-
-
 def _latency(
     base: Sequence[RunObservation], canary: Sequence[RunObservation], c: CanaryConfig
 ) -> MetricTest:
-    # The tail is that of the time to a successful result, failures counted as slower than any
-    # success. Comparing successful runs only is biased against a fix that turns failures into
-    # (slower) successes -- a retry policy: the baseline's failed runs drop out of its tail while
-    # the canary's retried runs stay in, so every retry fix for a >= 5% transient failure rate
-    # would be "a significant regression in latency p95". When the baseline fails more than
-    # 1 - quantile of its runs its p95 time to success is unbounded and nothing exceeds it: the
-    # success test decides that case.
-    times_b, times_c = _time_to_success(base), _time_to_success(canary)
-    lat_b = [t for t in times_b if math.isfinite(t)]
-    lat_c = [t for t in times_c if math.isfinite(t)]
-    if len(times_b) < c.min_runs or len(times_c) < c.min_runs or not lat_b or not lat_c:
+    lat_b = [o.duration_ms for o in base if o.succeeded and o.duration_ms is not None]
+    lat_c = [o.duration_ms for o in canary if o.succeeded and o.duration_ms is not None]
+    if len(lat_b) < c.min_runs or len(lat_c) < c.min_runs:
         return MetricTest(
             "latency_p95",
             applicable=False,
             margin=c.latency_margin,
             arms={"baseline": {"succeeded": len(lat_b)}, "canary": {"succeeded": len(lat_c)}},
-            note=f"fewer than {c.min_runs} finished runs or no successful run in an arm",
+            note=f"fewer than {c.min_runs} successful runs in an arm",
         )
-    line = _quantile(times_b, c.quantile)
-    over_b = sum(d > line for d in times_b)
-    over_c = sum(d > line for d in times_c)
+    line = _quantile(lat_b, c.quantile)
+    over_b = sum(d > line for d in lat_b)
+    over_c = sum(d > line for d in lat_c)
     p95_b, p95_c = _quantile(lat_b, c.quantile), _quantile(lat_c, c.quantile)
     arms = {
-        "baseline": {
-            "finished": len(times_b),
-            "succeeded": len(lat_b),
-            "p95_ms": _r(p95_b),
-            "above_baseline_p95": over_b,
-        },
-        "canary": {
-            "finished": len(times_c),
-            "succeeded": len(lat_c),
-            "p95_ms": _r(p95_c),
-            "above_baseline_p95": over_c,
-        },
+        "baseline": {"succeeded": len(lat_b), "p95_ms": _r(p95_b), "above_baseline_p95": over_b},
+        "canary": {"succeeded": len(lat_c), "p95_ms": _r(p95_c), "above_baseline_p95": over_c},
         "p95_ratio": _r(p95_c / p95_b) if p95_b > 0 else None,
-        "line_ms": _r(line) if math.isfinite(line) else None,
-        "line": "p95 of the baseline's time to success (a failed run counts as never)",
     }
     return _proportions(
         "latency_p95",
         over_b,
-        len(times_b),
+        len(lat_b),
         over_c,
-        len(times_c),
+        len(lat_c),
         worse_is_more=True,
         margin=c.latency_margin,
         tau=c.latency_tau,
@@ -419,6 +398,43 @@ def judge(
         )
     tests = (_success(base, canary, c), _latency(base, canary, c), _cost(base, canary, c))
     regressed = [t for t in tests if t.regression]
+    success = tests[0]
+    improved = success.applicable and success.high is not None and success.high < 0
+    traded = [t for t in regressed if t.name != "success"]
+    if improved and traded and c.success_outweighs:
+        return CanaryVerdict(
+            "keep",
+            "significant improvement in "
+            + _describe(success)
+            + " outweighs the regression in "
+            + ", ".join(_describe(t) for t in traded),
+            len(canary),
+            len(base),
+            tests,
+            c,
+        )
+    # Looks better: the estimate beats the baseline by more than the margin, with at least
+    # some evidence (always-valid p below 0.5; a lucky handful of runs is not enough to wait).
+    looks_better = (
+        success.estimate is not None
+        and success.estimate < -c.success_margin
+        and success.p_value is not None
+        and success.p_value < 0.5
+    )
+    if traded and looks_better and c.success_outweighs and len(canary) < c.max_runs:
+        # Latency (or cost) got worse while the success rate looks better but is not yet
+        # significantly so: the trade is not decided either way, so keep watching (the
+        # horizon still rolls the regression back).
+        return CanaryVerdict(
+            None,
+            "regression in "
+            + ", ".join(_describe(t) for t in traded)
+            + f" while the success rate looks better ({_describe(success)}): watching",
+            len(canary),
+            len(base),
+            tests,
+            c,
+        )
     if regressed:
         return CanaryVerdict(
             "rollback",
@@ -465,14 +481,9 @@ def _describe(test: MetricTest) -> str:
             f"(always-valid p={test.p_value:.2g})"
         )
     if test.name == "latency_p95":
-        base, canary = arms["baseline"], arms["canary"]
-        # The share above the line is what the test compares; failed runs count in it.
-        share_b = base["above_baseline_p95"] / base["finished"]
-        share_c = canary["above_baseline_p95"] / canary["finished"]
         return (
-            f"latency p95 {base['p95_ms']:.0f} -> {canary['p95_ms']:.0f} ms "
-            f"(runs slower than the baseline's p95 time to success, failures included: "
-            f"{share_b:.0%} -> {share_c:.0%}; always-valid p={test.p_value:.2g})"
+            f"latency p95 {arms['baseline']['p95_ms']:.0f} -> {arms['canary']['p95_ms']:.0f} ms "
+            f"(always-valid p={test.p_value:.2g})"
         )
     return (
         f"cost per run {arms['baseline']['mean']:.4g} -> {arms['canary']['mean']:.4g} "

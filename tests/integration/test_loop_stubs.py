@@ -95,6 +95,14 @@ def test_openai_stub_per_model_accuracy_cost_and_change() -> None:
         with pytest.raises(openai.NotFoundError):
             ask("nope", "hi")
         assert ask("big", "hello there")[0] == "echo: hello there"
+        as_json = client.chat.completions.create(
+            model="big",
+            messages=[{"role": "user", "content": questions[0].prompt}],
+            response_format={"type": "json_object"},
+        )
+        assert json.loads(as_json.choices[0].message.content or "") == {
+            "answer": questions[0].answer
+        }
         stats = llm.stats()
     assert stats["changed_at"] == 40
     assert stats["counts"]["small"]["correct"] == 10

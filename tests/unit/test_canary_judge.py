@@ -170,47 +170,14 @@ def test_bad_configuration_is_refused() -> None:
         CanaryConfig(alpha=1.5)
 
 
-def _retry_fix(seed: int, fail_base: float, runs: int = 1500) -> list[RunObservation]:
-    """A retry policy as the optimizer proposes it: the baseline fails ``fail_base`` of its runs
-    (transient errors); the canary retries them, so it almost never fails but those runs take
-    about twice as long (the backoff and a second call)."""
-    rng = random.Random(seed)
-    out = []
-    for i in range(runs):
-        canary = rng.random() < 0.2
-        transient = rng.random() < fail_base
-        duration = 100.0 * math.exp(rng.gauss(0.0, 0.3))
-        if canary:
-            ok = not (transient and rng.random() < fail_base)  # both attempts failed
-            duration = duration * 2.2 if transient else duration
-        else:
-            ok = not transient
-        out.append(RunObservation(f"r{i}", canary, ok, duration, None))
-    return out
-
-
-def test_a_retry_fix_is_kept_though_its_retried_runs_are_slower() -> None:
-    # Integration finding (demo improve): on successful runs only, the baseline's failed runs
-    # drop out of its tail while the canary's retried runs stay in, so this fix was rolled back
-    # as "a significant regression in latency p95". On the time to success (a failure never
-    # delivered one) it is what it is: a large improvement.
-    for seed in range(10):
-        _, verdict = first_decision(_retry_fix(seed, fail_base=0.3))
-        assert verdict.decision == "keep", (seed, verdict.reason)
-        assert not verdict.metric("latency_p95").regression
-
-
-def test_a_retry_that_slows_a_healthy_step_is_still_a_latency_regression() -> None:
-    # The same change where failures are rare: 20% of the canary's runs twice as slow, no
-    # failures to recover. The time to success moved right; the judge must still see it.
-    rng = random.Random(4)
-    runs = []
-    for i in range(1500):
-        canary = rng.random() < 0.2
-        duration = 100.0 * math.exp(rng.gauss(0.0, 0.3))
-        if canary and rng.random() < 0.2:
-            duration *= 2.5
-        runs.append(RunObservation(f"r{i}", canary, True, duration, None))
+def test_a_significant_success_gain_outweighs_a_latency_regression() -> None:
+    # A retry fix for a flaky dependency: far fewer failures, and slower (the retries).
+    runs = simulate(2, fail_base=0.3, fail_canary=0.02, latency_factor=2.5)
     _, verdict = first_decision(runs)
-    assert verdict.decision == "rollback", verdict.reason
+    assert verdict.decision == "keep", verdict.reason
+    assert verdict.reason.startswith("significant improvement in success rate")
+    assert "outweighs the regression in latency p95" in verdict.reason
     assert verdict.metric("latency_p95").regression
+    # With the trade switched off, the same runs are rolled back for their latency.
+    _, strict = first_decision(runs, CanaryConfig(success_outweighs=False))
+    assert strict.decision == "rollback" and strict.metric("latency_p95").regression

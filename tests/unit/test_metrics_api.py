@@ -31,6 +31,7 @@ from reflux.metrics_cli import (
     add_metrics_commands,
     render_alerts,
     render_nodes,
+    render_quality,
     render_reliability,
     render_retries,
     render_table,
@@ -269,6 +270,34 @@ def test_render_retries() -> None:
         "2,500.0", "9,000", "open",
     ]  # fmt: skip
     assert "(no traces in this window)" in render_retries({**WINDOW, "data": []})
+
+
+def test_render_quality() -> None:
+    row = {
+        "workflow_id": "answers",
+        "workflow_version": 2,
+        "step_id": "",
+        "source": "feedback",
+        "scores": 3,
+        "runs": 2,
+        "score_avg": 0.5,
+        "score_min": 0.25,
+        "score_max": 1.0,
+    }
+    lines = render_quality({**WINDOW, "data": [row]}).splitlines()
+    assert lines[0].startswith("quality over 1h")
+    assert lines[3].split() == [
+        "answers",
+        "2",
+        "(run)",
+        "feedback",
+        "3",
+        "2",
+        "0.500",
+        "0.250",
+        "1.000",
+    ]
+    assert "(no traces in this window)" in render_quality({**WINDOW, "data": []})
 
 
 def test_render_alerts() -> None:

@@ -154,6 +154,27 @@ def test_retry_of_an_error_cluster_is_sized_on_its_newest_attempts() -> None:
     assert q is not None and q.predicted_effect["max_attempts"]["to"] == 3
 
 
+def test_retry_plans_for_the_upper_bound_of_a_short_window() -> None:
+    # Caught early: 1 failure in the 20 attempts after the cut (5%). The estimate alone asks
+    # for 3 attempts (0.05^3 <= 0.001); the window's 95% upper bound (~0.2) asks for 5.
+    metrics = {"rate_after": 0.05, "window_after": 20.0, "p50_ms": 80.0}
+    d = diagnosis(DiagnosisKind.FAILURE_DRIFT, error_class="HttpStatus5xx", metrics=metrics)
+    p = RetryStrategy().propose(given(one_call(), d))
+    assert p is not None
+    assert p.predicted_effect["failure_rate_assumed"] == pytest.approx(0.2, abs=0.03)
+    assert applied(one_call(), p).step("call").retry.max_attempts == 5
+    # A long window barely moves it: 5% over 5,000 attempts plans for ~5.5%, 3 attempts.
+    long = diagnosis(
+        DiagnosisKind.FAILURE_DRIFT,
+        error_class="HttpStatus5xx",
+        metrics=metrics | {"window_after": 5000.0},
+    )
+    p2 = RetryStrategy().propose(given(one_call(), long))
+    assert p2 is not None
+    assert p2.predicted_effect["failure_rate_assumed"] == pytest.approx(0.055, abs=0.003)
+    assert applied(one_call(), p2).step("call").retry.max_attempts == 3
+
+
 def test_no_retry_for_a_permanent_class_or_when_already_enough() -> None:
     d = diagnosis(
         DiagnosisKind.ERROR_CLUSTER, error_class="ValidationError", metrics={"share": 0.3}
