@@ -18,6 +18,7 @@ live runs -- is tests/integration/test_canary_e2e.py's second test (not repeated
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any, TypeVar
@@ -83,10 +84,12 @@ class Traffic:
             row = self.harness.wait(run_id, timeout=60)
             self.runs.append((phase, row.status, row.workflow_version))
 
-    def until(self, phase: str, check: Callable[[], T | None], what: str) -> tuple[T, int]:
+    def until(
+        self, phase: str, check: Callable[[], T | None], what: str, batches: int = MAX_BATCHES
+    ) -> tuple[T, int]:
         """Batches until ``check`` finds something; ``(found, runs it took)``."""
         started = len(self.runs)
-        for _ in range(MAX_BATCHES):
+        for _ in range(batches):
             found = check()
             if found is not None:
                 return found, len(self.runs) - started
@@ -182,7 +185,9 @@ def test_a_degraded_dependency_is_diagnosed_fixed_validated_canaried_and_kept(
         body: dict[str, Any] = _get(api, f"/v1/mutations/{mutation_id}")
         return body if body["status"] in {"kept", "rolled_back"} else None
 
-    kept, runs_to_decision = traffic.until("canary", decided, "the judge's decision")
+    # The judge decides at the latest at its horizon (max_runs canary runs, a 20% share).
+    horizon = math.ceil(CONFIG.max_runs / 0.2 / BATCH) + 5
+    kept, runs_to_decision = traffic.until("canary", decided, "the judge's decision", horizon)
     assert kept["status"] == "kept", kept["reason"]
     assert [e["status"] for e in kept["history"]] == [
         "proposed",
