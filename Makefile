@@ -10,10 +10,11 @@ STAMP := $(VENV)/.installed
 # Kafka, so a third process overlaps waits (measured: 225 s with two, 168 s with three).
 PYTEST_PARALLEL := -n 3 --dist loadfile
 
-.PHONY: help venv up down status lint typecheck test test-unit test-integration demo bench bench-quick bench-loop clean codegen
+.PHONY: help venv up down status lint typecheck test test-unit test-integration demo demo-improve bench bench-quick bench-loop clean codegen
 
 help:
 	@echo "make demo    - install, start the local services, run the demo"
+	@echo "make demo-improve - the learning loop fixing a degraded dependency (reflux demo improve)"
 	@echo "make test    - install, start the services, lint, run every test"
 	@echo "make up      - start Kafka, PostgreSQL, Redis, S3 (s3proxy), Docker (+ sandbox image); check ClickHouse"
 	@echo "make down    - stop every service started by make up"
@@ -61,6 +62,9 @@ test: lint up
 
 demo: up
 	$(VENV)/bin/reflux demo
+
+demo-improve: up
+	$(VENV)/bin/reflux demo improve
 
 $(VENV)/.bench-installed: $(STAMP)
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev,bench]'

@@ -30,11 +30,15 @@ from streams.cli import add_topics_commands
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from reflux.demo import run_demo
-
     if not args.verbose:
         # The demo narrates itself; component logs are for `reflux -v demo`.
         logging.getLogger().setLevel(logging.WARNING)
+    if args.story == "improve":
+        from reflux.demo_improve import run_demo_improve
+
+        return run_demo_improve(keep=args.keep)
+    from reflux.demo import run_demo
+
     return run_demo()
 
 
@@ -91,6 +95,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_bandit_commands(sub)
     add_topics_commands(sub)
     demo = sub.add_parser("demo", help="run the demo workflow against the local services")
+    demo.add_argument(
+        "story",
+        nargs="?",
+        choices=["run", "improve"],
+        default="run",
+        help="run: a workflow through the engine (default); improve: the learning loop fixing "
+        "a degraded dependency (critic, optimizer, replay, canary)",
+    )
+    demo.add_argument(
+        "--keep", action="store_true", help="improve: keep its topics and schemas afterwards"
+    )
     demo.set_defaults(handler=_demo)
     return parser
 

@@ -75,6 +75,10 @@ class WindowTuning:
     error_min_share: float = 0.1
     """An error class is a cluster when it is at least 10 of the last 100 attempts (a steady
     background of 2% failures is not one)."""
+    error_recent: int = 25
+    """The class's share among the last 25 attempts is reported too (``recent_share``): the
+    100-attempt share lags a rising rate (at the firing, 10% of 100 while the newest attempts
+    fail 30%), and a retry policy sized on the lagging share is too short."""
     inputs_window: int = 200
     inputs_min_traces: int = 50
     inputs_min_repeat_share: float = 0.3

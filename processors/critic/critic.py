@@ -352,7 +352,7 @@ class Critic:
                     "share": cluster.share,
                     "retryable_share": cluster.retryable_share,
                     "recent_share": cluster.recent_share,
-                    "recent_window": cluster.recent_window,
+                    "recent_window": cluster.recent,
                 },
                 examples=cluster.run_ids,
                 evidence={
@@ -360,12 +360,15 @@ class Critic:
                     "count": cluster.count,
                     "share": round(cluster.share, 4),
                     "retryable_share": round(cluster.retryable_share, 4),
+                    "recent": cluster.recent,
+                    "recent_share": round(cluster.recent_share, 4),
                     "messages": [{"message": m, "count": c} for m, c in cluster.messages],
                 },
                 explanation=(
                     f"{cluster.error_class} is {cluster.count} of the last {cluster.window} "
                     f"attempts of step {t.step_id} in workflow {t.workflow_id} "
-                    f"({cluster.share:.0%}; {cluster.retryable_share:.0%} retryable)"
+                    f"({cluster.share:.0%}, {cluster.recent_share:.0%} of the last "
+                    f"{cluster.recent}; {cluster.retryable_share:.0%} retryable)"
                     + (f": {cluster.messages[0][0]!r}" if cluster.messages else "")
                     + "."
                 ),

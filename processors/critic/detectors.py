@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import copy
 import heapq
-import itertools
 import math
 import re
 from collections import Counter, deque
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import Final
 
 from river.anomaly import HalfSpaceTrees
 from river.drift import ADWIN
@@ -326,12 +324,8 @@ class ErrorCluster:
     messages: list[tuple[str, int]]
     run_ids: list[str]
     recent_share: float = 0.0
-    """The class's share of the last :data:`RECENT_ATTEMPTS` attempts: a cluster is caught
-    while the rate rises, so the whole window's share lags the current rate."""
-    recent_window: int = 0
-
-
-RECENT_ATTEMPTS: Final = 20
+    """The class's share of the newest ``recent`` attempts (the current rate, noisier)."""
+    recent: int = 0
 
 
 class ErrorClusters:
@@ -379,18 +373,11 @@ class ErrorClusters:
         retryable_share = sum(1 for f in mine if f[2]) / len(mine)
         messages = Counter(f[1] for f in mine).most_common(3)
         runs = list(dict.fromkeys(f[3] for f in reversed(mine)))
-        recent = list(itertools.islice(reversed(self._classes), RECENT_ATTEMPTS))
-        recent_share = sum(1 for c in recent if c == error_class) / len(recent)
+        recent = min(window, self.tuning.error_recent)
+        newest = list(self._classes)[-recent:] if recent else []
+        recent_share = sum(1 for c in newest if c == error_class) / recent if recent else 0.0
         return ErrorCluster(
-            error_class,
-            count,
-            window,
-            share,
-            retryable_share,
-            messages,
-            runs,
-            recent_share,
-            len(recent),
+            error_class, count, window, share, retryable_share, messages, runs, recent_share, recent
         )
 
 

@@ -59,8 +59,9 @@ from projections.postgres.queries import list_workflow_versions
 from schemas.errors import SchemaError
 from schemas.models import Diagnosis, MutationRequest
 from schemas.serde import decode
+from streams.admin import ensure_topics
 from streams.producer import Producer
-from streams.topics import TopicCatalog
+from streams.topics import TopicCatalog, TopicSpec
 from workflows.data_dependencies import CatalogSideEffects, SideEffectView
 from workflows.model import WorkflowDefinition
 
@@ -282,13 +283,35 @@ class OptimizerProcessor:
                     continue
                 if decision.plan is not None and decision.plan.proposal is not None:
                     p = decision.plan.proposal
-                    sent[proposal_key(diagnosis.workflow_id or "", p.step_id, p.strategy)] = (
-                        time.time()
-                    )
+                    key = proposal_key(diagnosis.workflow_id or "", p.step_id, p.strategy)
+                    try:
+                        sent[key] = time.time()
+                    except Exception:
+                        # The proposal is out; only the "sent, not yet projected" note is
+                        # lost (the read model's open proposals still guard duplicates). A
+                        # raise here would end the agent for good (e.g. faust's
+                        # PartitionsMismatch while its changelog's metadata is missing).
+                        log.exception("optimizer: could not note %s as sent", key)
 
         return app
 
+    def changelog_topic(self) -> TopicSpec:
+        """The table ``sent``'s changelog, as faust names it. Created before the app starts:
+        declared by faust on a fresh prefix, it can be missing from the client's metadata when
+        the first proposal is noted (seen in ``reflux demo improve``: PartitionsMismatch,
+        "the changelog topic has 0 partitions", and the agent crashed)."""
+        return TopicSpec(
+            logical="optimizer-sent-changelog",
+            topic=f"{self.app_id}-sent-changelog",
+            partitions=self.catalog.diagnoses.partitions,
+            replication=self.catalog.replication,
+            key="proposal key (workflow|step|strategy)",
+            description="the optimizer's proposals sent but not yet projected (faust table)",
+            configs={"cleanup.policy": "compact"},
+        )
+
     def run(self, stop: threading.Event) -> None:
+        ensure_topics(self.catalog, [self.changelog_topic()], settings=self.settings)
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         try:

@@ -83,6 +83,7 @@ TRANSIENT_ERROR_CLASSES: Final = frozenset(
         "TransientError",
         "UpstreamUnavailable",
         "BrokenPipe",
+        "LlmServerError",  # openai.chat's 5xx
     }
 )
 """Error classes a retry can fix; matched also by the words transient/timeout/5xx/unavailable/
@@ -278,10 +279,15 @@ class RetryStrategy:
         error_class = error_class or "retryable"
         rate = given.metric("error_rate", "failure_rate", "rate_after", "timeout_rate", "share")
         p = min(0.9, max(0.01, rate if rate is not None else 0.1))
+        recent = given.metric("recent_share")
+        if recent is not None:
+            p = min(0.9, max(p, recent))
         # A drift is caught early, on a short window after the change, and an error cluster
         # while the rate still rises (its window mixes before and after): plan for the upper
         # confidence bound of the rate, over the window and over the recent attempts, not for
-        # the estimate (the bench's flaky scenario was left a retry short: 95% success).
+        # the estimate (the bench's flaky scenario was left a retry short: 95% success). A
+        # policy sized too short is the expensive mistake: the canary keeps it and the step
+        # still fails.
         for share, n in (
             (rate, given.metric("window_after", "window")),
             (given.metric("recent_share"), given.metric("recent_window")),

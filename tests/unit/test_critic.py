@@ -196,19 +196,20 @@ def test_error_clusters_need_count_and_share_and_forget_old_failures() -> None:
     assert clusters.update("Timeout", "x", True, "late") is None  # the old ones left the window
 
 
-def test_an_error_cluster_reports_the_recent_share_of_a_rising_rate() -> None:
-    # Quiet for 90 attempts, then 6 failures in the last 10: the window says 6%, the recent
-    # attempts say what the rate is now (what the optimizer's retry sizing needs).
-    clusters = ErrorClusters(WindowTuning(error_min_count=5, error_min_share=0.05))
-    for i in range(90):
-        clusters.update(None, None, None, f"ok{i}")
-    hit = None
-    for i in range(10):
-        hit = clusters.update("Http5xx" if i % 5 < 3 else None, "503", True, f"e{i}") or hit
-    assert hit == "Http5xx"
+def test_an_error_cluster_reports_the_share_of_its_newest_attempts() -> None:
+    # A rate rising from 0 to ~1 in 3: the cluster fires at 10 of 100 while the newest 25
+    # attempts fail far more often -- the rate a retry policy must be sized for.
+    clusters = ErrorClusters(WindowTuning())
+    fired = None
+    for i in range(200):
+        cls = "Http5xx" if i >= 80 and i % 3 == 0 else None
+        fired = fired or clusters.update(cls, "HTTP 503", True, f"r{i}")
+        if fired:
+            break
+    assert fired == "Http5xx"
     cluster = clusters.cluster("Http5xx")
-    assert cluster.share == pytest.approx(0.06)
-    assert cluster.recent_window == 20 and cluster.recent_share == pytest.approx(0.3)
+    assert cluster.share == pytest.approx(0.1)
+    assert cluster.recent == 25 and cluster.recent_share >= 0.3
 
 
 def test_normalize_message_groups_numbers_and_ids() -> None:

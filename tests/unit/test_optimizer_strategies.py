@@ -137,6 +137,23 @@ def test_retry_for_a_transient_class() -> None:
     assert p.predicted_effect["step_success_rate"]["to"] == pytest.approx(1 - 0.3**5, abs=1e-6)
 
 
+def test_retry_of_an_error_cluster_is_sized_on_its_newest_attempts() -> None:
+    # 10% of the window, 30% of the newest attempts (a rising rate): 10% would give 3
+    # attempts (97.3% at the real 30%); the recent share gives the cap, 5.
+    d = diagnosis(
+        DiagnosisKind.ERROR_CLUSTER,
+        error_class="Http5xx",
+        metrics={"share": 0.1, "recent_share": 0.3, "retryable_share": 1.0},
+    )
+    p = RetryStrategy().propose(given(one_call(), d))
+    assert p is not None and p.predicted_effect["max_attempts"]["to"] == 5
+    assert p.predicted_effect["failure_rate_assumed"] == 0.3
+    # (Http5xx is http.request's class: transient by name, with no retryable_share either.)
+    lagging = diagnosis(DiagnosisKind.ERROR_CLUSTER, error_class="Http5xx", metrics={"share": 0.1})
+    q = RetryStrategy().propose(given(one_call(), lagging))
+    assert q is not None and q.predicted_effect["max_attempts"]["to"] == 3
+
+
 def test_retry_plans_for_the_upper_bound_of_a_short_window() -> None:
     # Caught early: 1 failure in the 20 attempts after the cut (5%). The estimate alone asks
     # for 3 attempts (0.05^3 <= 0.001); the window's 95% upper bound (~0.2) asks for 5.
