@@ -44,6 +44,7 @@ from processors.critic.runs import (
 )
 from processors.critic.view import TraceView
 from schemas.models import Diagnosis, DiagnosisKind, DiagnosisSeverity
+from schemas.quality import FEEDBACK_NODE
 
 __all__ = ["Critic", "CriticStats", "node_subject", "step_subject", "workflow_subject"]
 
@@ -173,6 +174,8 @@ class Critic:
         self.dependencies = dependencies
         self.stats = CriticStats()
         self._steps: dict[tuple[str, str], _StepState] = {}
+        # People's feedback per (workflow, step or ""): quality detectors of their own.
+        self._feedback_states: dict[tuple[str, str], _StepState] = {}
         self._nodes: dict[tuple[str, str], _NodeState] = {}
         self._workflows: dict[str, _WorkflowState] = {}
         self._fired: list[tuple[DiagnosisKind, Drift]] = []
@@ -184,6 +187,8 @@ class Critic:
         stats = self.stats
         stats.traces += 1
         status = trace.status
+        if status == "skipped" and trace.node == FEEDBACK_NODE:
+            return self._feedback(trace)
         if trace.is_retry_decision or status not in _ATTEMPT:
             stats.ignored += 1
             return []
@@ -206,6 +211,33 @@ class Critic:
             self._drifts(step, trace, "step", failed, timed_out, out)
         self._step_windows(step, trace, failed, out)
         self._runs(trace, failed, out)
+        return out
+
+    def _feedback(self, t: TraceView) -> list[Diagnosis]:
+        """People's feedback (``POST /v1/runs/{id}/feedback``, a trace of node ``feedback``):
+        its ``quality_score`` goes to a quality detector of its own per step (or per workflow
+        for feedback on a whole run), apart from the checker steps' scores, whose scale and
+        meaning can differ."""
+        quality = t.metrics.get("quality_score") if t.metrics else None
+        if quality is None:
+            self.stats.ignored += 1
+            return []
+        key = (t.workflow_id, t.step_id)
+        state = self._feedback_states.get(key)
+        if state is None:
+            subject = (
+                step_subject(t.workflow_id, t.step_id)
+                if t.step_id
+                else workflow_subject(t.workflow_id)
+            )
+            state = self._feedback_states[key] = _StepState(self.config, subject)
+        state.seen += 1
+        if state.quality is None:
+            state.quality = MeanDrift(self.config.quality)
+        out: list[Diagnosis] = []
+        drift = state.quality.update(quality)
+        if drift is not None:
+            self._emit_drift(DiagnosisKind.QUALITY_DRIFT, "step", state, t, drift, out)
         return out
 
     def flush(self) -> list[Diagnosis]:
@@ -463,7 +495,13 @@ class Critic:
         self.stats.detections += 1
         tuning: DriftTuning
         subject = subject or s.subject
-        if level == "step":
+        if t.node == FEEDBACK_NODE:
+            where = "people's feedback on " + (
+                f"step {t.step_id} of workflow {t.workflow_id}"
+                if t.step_id
+                else f"runs of workflow {t.workflow_id}"
+            )
+        elif level == "step":
             where = f"step {t.step_id} of workflow {t.workflow_id}"
         else:
             where = f"node {t.node}@{t.node_version}"

@@ -364,6 +364,34 @@ def test_quality_drift_on_quality_score() -> None:
     assert quality[0].metrics["mean_before"] > 0.85 > 0.7 > quality[0].metrics["mean_after"]
 
 
+def test_peoples_feedback_drifts_on_its_own_detector() -> None:
+    # Feedback on whole runs (POST /v1/runs/{id}/feedback, no step): a trace of node
+    # "feedback", status skipped. Its scores drop from ~0.9 to ~0.5 at the 300th feedback.
+    rng = random.Random(4)
+    critic = Critic()
+    found = []
+    for i in range(400):
+        score = min(1.0, max(0.0, rng.gauss(0.9 if i < 300 else 0.5, 0.1)))
+        feedback = _view(
+            i,
+            node="feedback",
+            node_version="1",
+            step_id="",
+            status="skipped",
+            latency_ms=0,
+            metrics={"quality_score": score},
+        )
+        found += [(i, d) for d in critic.observe(feedback)]
+    assert [d.kind for _, d in found] == [DiagnosisKind.QUALITY_DRIFT]
+    at, diagnosis = found[0]
+    assert 300 <= at < 340
+    assert diagnosis.subject == "workflow:wf"
+    assert "people's feedback on runs of workflow wf" in diagnosis.explanation
+    # A feedback without a score, and the skipped steps of runs, are ignored.
+    assert critic.observe(_view(1, node="feedback", step_id="", status="skipped")) == []
+    assert critic.observe(_view(2, status="skipped")) == []
+
+
 def test_repeated_inputs_diagnosis() -> None:
     critic = Critic()
     found = [d for i in range(300) for d in critic.observe(_view(i, inputs_hash=f"h{i % 20}"))]
