@@ -46,7 +46,7 @@ from schemas.models import MutationAction, MutationRequest
 from streams.producer import Producer
 from streams.topics import TopicCatalog
 
-__all__ = ["ACTOR", "CanaryJudge", "OpenCanary", "TraceCosts", "final_effect"]
+__all__ = ["ACTOR", "CanaryJudge", "OpenCanary", "TraceCosts", "final_effect", "finished_runs"]
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +227,13 @@ class TraceCosts:
     def cost(self, run_id: str) -> float:
         return float(sum(self._spent.get(run_id, {}).values()))
 
+    def cover(self, since: datetime, workflows: set[str]) -> None:
+        """Makes sure the traces of ``workflows`` are read from ``since`` on: recounts from
+        ``since`` (:meth:`start_at`) when that is earlier than what is read or a workflow is
+        new; does nothing otherwise."""
+        if self.since is None or since < self.since or not workflows <= self.workflows:
+            self.start_at(since, workflows)
+
     def reset(self) -> None:
         """Forgets every count and stops fetching; the next :meth:`start_at` reads again."""
         self._consumer.unassign()
@@ -240,6 +247,28 @@ class TraceCosts:
 
     def close(self) -> None:
         self._consumer.close()
+
+
+def finished_runs(
+    conn: psycopg.Connection[Any],
+    schema: str,
+    workflow_id: str,
+    versions: list[int],
+    since: datetime,
+) -> list[tuple[Any, ...]]:
+    """The runs of ``workflow_id`` at ``versions`` started since ``since`` that finished
+    (succeeded or failed; a cancelled run says nothing about its version), in the order they
+    finished: ``(run_id, workflow_version, status, duration_ms)``. The canary judge and the
+    bandit experiments (ADR 0037) read the same runs."""
+    return conn.execute(
+        "SELECT run_id, workflow_version, status, "
+        "extract(epoch FROM finished_at - started_at) * 1000 "
+        f"FROM {table(schema, 'runs')} WHERE workflow_id = %s "
+        "AND workflow_version = ANY(%s) AND started_at >= %s "
+        "AND finished_at IS NOT NULL AND status IN ('succeeded', 'failed') "
+        "ORDER BY finished_at, run_id",
+        (workflow_id, versions, since),
+    ).fetchall()
 
 
 @dataclass
@@ -306,22 +335,12 @@ class CanaryJudge:
         ]
 
     def _rows(self, canary: OpenCanary) -> list[tuple[Any, ...]]:
-        return (
-            self._db()
-            .execute(
-                "SELECT run_id, workflow_version, status, "
-                "extract(epoch FROM finished_at - started_at) * 1000 "
-                f"FROM {table(self.schema, 'runs')} WHERE workflow_id = %s "
-                "AND workflow_version = ANY(%s) AND started_at >= %s "
-                "AND finished_at IS NOT NULL AND status IN ('succeeded', 'failed') "
-                "ORDER BY finished_at, run_id",
-                (
-                    canary.workflow_id,
-                    [canary.applied_version, canary.previous_version],
-                    canary.applied_at,
-                ),
-            )
-            .fetchall()
+        return finished_runs(
+            self._db(),
+            self.schema,
+            canary.workflow_id,
+            [canary.applied_version, canary.previous_version],
+            canary.applied_at,
         )
 
     def _observations(
@@ -367,9 +386,8 @@ class CanaryJudge:
         if costs is not None:
             workflows = {w.canary.workflow_id for w in self.watching.values()}
             earliest = min(w.canary.applied_at for w in self.watching.values())
-            if costs.since is None or earliest < costs.since or not workflows <= costs.workflows:
-                # A canary it did not count for: recount from the earliest apply.
-                costs.start_at(earliest, workflows)
+            # A canary it did not count for: recount from the earliest apply.
+            costs.cover(earliest, workflows)
         sent: list[MutationRequest] = []
         rows = {m: self._rows(w.canary) for m, w in self.watching.items()}
         if costs is not None and not costs.catch_up():

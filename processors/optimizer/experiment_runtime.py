@@ -33,7 +33,7 @@ import psycopg
 
 from foundation.liveness import Heartbeat
 from foundation.settings import Settings
-from processors.canary.runtime import TraceCosts
+from processors.canary.runtime import TraceCosts, finished_runs
 from processors.optimizer.bandit import Outcome
 from processors.optimizer.experiment import Arm, Experiment, ExperimentConfig, RunOutcome
 from projections.postgres.identifiers import table
@@ -155,18 +155,12 @@ class BanditExperiments:
         return found
 
     def _runs(self, e: OpenExperiment) -> list[tuple[Any, ...]]:
-        return (
-            self._db()
-            .execute(
-                "SELECT run_id, workflow_version, status, "
-                "extract(epoch FROM finished_at - started_at) * 1000 "
-                f"FROM {table(self.schema, 'runs')} WHERE workflow_id = %s "
-                "AND workflow_version = ANY(%s) AND started_at >= %s "
-                "AND finished_at IS NOT NULL AND status IN ('succeeded', 'failed') "
-                "ORDER BY finished_at, run_id",
-                (e.workflow_id, [e.applied_version, e.previous_version], e.applied_at),
-            )
-            .fetchall()
+        return finished_runs(
+            self._db(),
+            self.schema,
+            e.workflow_id,
+            [e.applied_version, e.previous_version],
+            e.applied_at,
         )
 
     def tick(self) -> list[MutationRequest]:
@@ -184,11 +178,9 @@ class BanditExperiments:
             return []
         workflows = {r.open.workflow_id for r in self.running.values()}
         earliest = min(r.open.applied_at for r in self.running.values())
-        t = self.traces
-        if t.since is None or earliest < t.since or not workflows <= t.workflows:
-            t.start_at(earliest, workflows)
+        self.traces.cover(earliest, workflows)
         rows = {m: self._runs(r.open) for m, r in self.running.items()}
-        if not t.catch_up():
+        if not self.traces.catch_up():
             log.warning("the traces were not read to their end in time; next round")
             return []
         sent = []
