@@ -21,7 +21,6 @@ mode, ADR 0036: the runs folded with the scheduler's pure core in one process pe
 
 from __future__ import annotations
 
-import contextlib
 import json
 import resource
 import statistics
@@ -33,11 +32,11 @@ from typing import Any
 
 import psycopg
 
-from benchmarks.cleanup import delete_prefix_topics
+from benchmarks.cleanup import delete_prefix_topics, drop_engine_schemas
 from benchmarks.worker_io_bench import slow_service
 from foundation.settings import Settings
 from processors.replay.shadow import Candidate, ShadowReplay
-from projections.postgres.identifiers import quote_schema, table
+from projections.postgres.identifiers import table
 from reflux.dev import DevEngine
 from schemas.models import StartRun, WorkflowRegistered
 from streams.producer import Producer
@@ -231,12 +230,7 @@ def run_replay_benchmark(base: Settings, quick: bool = False) -> dict[str, float
         if engine is not None:
             engine.stop()
         delete_prefix_topics(settings)
-        with (
-            contextlib.suppress(Exception),
-            psycopg.connect(settings.postgres_dsn, autocommit=True) as conn,
-        ):
-            for name in (schema, f"{schema}_api"):
-                conn.execute(f"DROP SCHEMA IF EXISTS {quote_schema(name)} CASCADE")
+        drop_engine_schemas(settings, schema)
 
 
 if __name__ == "__main__":

@@ -40,29 +40,27 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Final
 
 import psycopg
 
-from benchmarks.cleanup import delete_prefix_topics
+from benchmarks.cleanup import delete_prefix_topics, drop_engine_schemas
+from benchmarks.loop.register import register_auto
 from benchmarks.worker_io_bench import slow_service
 from foundation.settings import Settings, get_settings
 from processors.canary.judge import RunObservation, first_decision
 from processors.mutations.validation import ReplayValidation
-from projections.postgres.identifiers import quote_schema, table
+from projections.postgres.identifiers import table
 from reflux.dev import DevEngine
 from schemas.models import (
     GraphMutation,
     GraphMutationType,
-    ImprovementPolicy,
     MutationAction,
     MutationRequest,
     StartRun,
-    WorkflowRegistered,
 )
 from streams.producer import Producer
-from workflows import parse_workflow
 
 __all__ = ["run"]
 
@@ -104,26 +102,7 @@ class _Session:
         self.producer.send(topic, key, record)
 
     def register(self, definition: dict[str, Any]) -> str:
-        parsed = parse_workflow(definition)
-        self.send(
-            self.engine.catalog.workflows.topic,
-            f"{parsed.id}@1",
-            WorkflowRegistered(
-                workflow_id=parsed.id,
-                version=1,
-                definition=parsed.to_json_dict(),
-                registered_at=datetime.now(UTC),
-            ),
-        )
-        self.request(
-            MutationRequest(
-                workflow_id=parsed.id,
-                action=MutationAction.SET_POLICY,
-                actor="user:bench",
-                policy=ImprovementPolicy.AUTO,
-            )
-        )
-        return parsed.id
+        return register_auto(self.producer, self.engine.catalog, definition)
 
     def request(self, request: MutationRequest) -> float:
         """Publishes a mutation request; the wall time it was flushed."""
@@ -195,12 +174,7 @@ def _session(base: Settings, tag: str, **engine: Any) -> Iterator[_Session]:
         if dev is not None:
             dev.stop()
         delete_prefix_topics(settings)
-        with (
-            contextlib.suppress(Exception),
-            psycopg.connect(settings.postgres_dsn, autocommit=True) as conn,
-        ):
-            for name in (schema, f"{schema}_api"):
-                conn.execute(f"DROP SCHEMA IF EXISTS {quote_schema(name)} CASCADE")
+        drop_engine_schemas(settings, schema)
 
 
 def _workflow(workflow_id: str, fast_url: str) -> dict[str, Any]:

@@ -34,31 +34,28 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Final
 
 import psycopg
 from river import drift
 
-from benchmarks.cleanup import delete_prefix_topics
+from benchmarks.cleanup import delete_prefix_topics, drop_engine_schemas
 from benchmarks.loop.common import progress
 from benchmarks.loop.models import DEGRADED, EASY_SHARE, questions
+from benchmarks.loop.register import register_auto
 from benchmarks.loop.stubs import Question, openai_stub
 from foundation.settings import Settings
 from processors.optimizer.bandit import RewardWeights
 from processors.optimizer.experiment import ExperimentConfig
-from projections.postgres.identifiers import quote_schema, table
+from projections.postgres.identifiers import table
 from schemas.models import (
     GraphMutation,
     GraphMutationType,
-    ImprovementPolicy,
     MutationAction,
     MutationRequest,
     StartRun,
-    WorkflowRegistered,
 )
 from streams.producer import Producer
-from workflows import parse_workflow
 
 __all__ = ["ENGINE_MODELS", "EXPERIMENT", "checked_workflow", "measure", "run"]
 
@@ -185,25 +182,7 @@ class Session:
         self.producer.flush(10)
 
     def register(self, definition: dict[str, Any]) -> None:
-        parsed = parse_workflow(definition)
-        self.producer.send(
-            self.engine.catalog.workflows.topic,
-            f"{parsed.id}@1",
-            WorkflowRegistered(
-                workflow_id=parsed.id,
-                version=1,
-                definition=parsed.to_json_dict(),
-                registered_at=datetime.now(UTC),
-            ),
-        )
-        self.request(
-            MutationRequest(
-                workflow_id=parsed.id,
-                action=MutationAction.SET_POLICY,
-                actor="user:bench",
-                policy=ImprovementPolicy.AUTO,
-            )
-        )
+        register_auto(self.producer, self.engine.catalog, definition)
 
     def batch(self, qs: list[Question], timeout: float = 120.0) -> list[RunResult]:
         run_ids = []
@@ -292,12 +271,7 @@ def session(base: Settings, tag: str) -> Iterator[Session]:
         if dev is not None:
             dev.stop()
         delete_prefix_topics(settings)
-        with (
-            contextlib.suppress(Exception),
-            psycopg.connect(settings.postgres_dsn, autocommit=True) as conn,
-        ):
-            for name in (schema, f"{schema}_api"):
-                conn.execute(f"DROP SCHEMA IF EXISTS {quote_schema(name)} CASCADE")
+        drop_engine_schemas(settings, schema)
 
 
 def _until(check: Any, timeout: float, what: str) -> Any:
