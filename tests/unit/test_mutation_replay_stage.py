@@ -10,7 +10,13 @@ from typing import Any
 
 import pytest
 
-from processors.mutations.lifecycle import MutationContext, MutationsState, decide, evolve
+from processors.mutations.lifecycle import (
+    MutationContext,
+    MutationDecision,
+    MutationsState,
+    decide,
+    evolve,
+)
 from processors.mutations.validation import ReplayValidation
 from schemas.models import (
     ImprovementPolicy,
@@ -27,17 +33,28 @@ def replay_ctx() -> MutationContext:
     return dataclasses.replace(ctx(), replay=ReplayValidation(sample_size=20, confidence=0.9))
 
 
-def propose(state: MutationsState) -> tuple[Mutation, str]:
-    req = MutationRequest(
+def proposal(actor: str = "user:ada") -> MutationRequest:
+    """The proposal ``m1`` of ``wf`` (``CHANGE`` on version 1)."""
+    return MutationRequest(
         workflow_id="wf",
         mutation_id="m1",
         action=MutationAction.PROPOSE,
-        actor="user:ada",
+        actor=actor,
         base_version=1,
         changes=[CHANGE],
         rationale="r",
     )
-    decision = decide(state, req, replay_ctx())
+
+
+def propose_auto(state: MutationsState) -> tuple[MutationDecision, str]:
+    """The optimizer's proposal under policy ``auto``: its decision and the replay it asks."""
+    state.of("wf").policy = ImprovementPolicy.AUTO
+    first = decide(state, proposal("optimizer"), replay_ctx())
+    return first, first.replays[0].replay_id
+
+
+def propose(state: MutationsState) -> tuple[Mutation, str]:
+    decision = decide(state, proposal(), replay_ctx())
     mutations = [r for r in decision.records if isinstance(r, Mutation)]
     assert [m.status for m in mutations] == [MutationStatus.PROPOSED, MutationStatus.VALIDATING]
     [replay] = decision.replays
@@ -179,13 +196,7 @@ def test_a_verdict_of_another_replay_is_refused() -> None:
 
 def test_policy_auto_applies_after_a_good_verdict_and_the_fold_matches() -> None:
     state = MutationsState()
-    state.of("wf").policy = ImprovementPolicy.AUTO
-    req = MutationRequest(
-        workflow_id="wf", mutation_id="m1", action=MutationAction.PROPOSE, actor="optimizer",
-        base_version=1, changes=[CHANGE], rationale="r",
-    )  # fmt: skip
-    first = decide(state, req, replay_ctx())
-    replay_id = first.replays[0].replay_id
+    first, replay_id = propose_auto(state)
     second = decide(state, verdict(replay_id, verdict="better"), replay_ctx())
     assert [r.status.value for r in second.records if isinstance(r, Mutation)] == [
         "validated",
@@ -202,11 +213,7 @@ def test_policy_auto_applies_after_a_good_verdict_and_the_fold_matches() -> None
 
 def test_without_replay_configured_the_static_checks_decide_and_replay_is_not_run() -> None:
     state = MutationsState()
-    req = MutationRequest(
-        workflow_id="wf", mutation_id="m1", action=MutationAction.PROPOSE, actor="user:ada",
-        base_version=1, changes=[CHANGE], rationale="r",
-    )  # fmt: skip
-    decision = decide(state, req, ctx())
+    decision = decide(state, proposal(), ctx())
     assert decision.replays == []
     last = decision.records[-1]
     assert isinstance(last, Mutation) and last.status is MutationStatus.VALIDATED
@@ -215,13 +222,7 @@ def test_without_replay_configured_the_static_checks_decide_and_replay_is_not_ru
 
 def test_policy_auto_does_not_apply_what_the_replay_did_not_show_better() -> None:
     state = MutationsState()
-    state.of("wf").policy = ImprovementPolicy.AUTO
-    req = MutationRequest(
-        workflow_id="wf", mutation_id="m1", action=MutationAction.PROPOSE, actor="optimizer",
-        base_version=1, changes=[CHANGE], rationale="r",
-    )  # fmt: skip
-    first = decide(state, req, replay_ctx())
-    replay_id = first.replays[0].replay_id
+    _, replay_id = propose_auto(state)
     second = decide(state, verdict(replay_id, verdict="no_difference"), replay_ctx())
     assert [r.status.value for r in second.records if isinstance(r, Mutation)] == ["rejected"]
     assert second.registrations == []
@@ -229,12 +230,7 @@ def test_policy_auto_does_not_apply_what_the_replay_did_not_show_better() -> Non
 
 def test_the_canary_judges_evidence_lands_on_the_record() -> None:
     state = MutationsState()
-    state.of("wf").policy = ImprovementPolicy.AUTO
-    req = MutationRequest(
-        workflow_id="wf", mutation_id="m1", action=MutationAction.PROPOSE, actor="optimizer",
-        base_version=1, changes=[CHANGE], rationale="r",
-    )  # fmt: skip
-    replay_id = decide(state, req, replay_ctx()).replays[0].replay_id
+    _, replay_id = propose_auto(state)
     decide(state, verdict(replay_id, verdict="better"), replay_ctx())
     assert state.of("wf").proposals["m1"].status is MutationStatus.APPLIED
     evidence = {"decision": "rollback", "canary_runs": 23, "effect": {"success": -0.4}}
