@@ -46,7 +46,7 @@ from typing import Any, Final
 import psycopg
 
 from benchmarks.cleanup import delete_prefix_topics, drop_engine_schemas
-from benchmarks.loop.register import register_auto
+from benchmarks.loop.common import register_auto
 from benchmarks.worker_io_bench import slow_service
 from foundation.settings import Settings, get_settings
 from processors.canary.judge import RunObservation, first_decision

@@ -6,13 +6,38 @@ import math
 import statistics
 import time
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["percentile", "progress", "summarize", "summarize_per_seed"]
+from schemas.models import ImprovementPolicy, MutationAction, MutationRequest, WorkflowRegistered
+from streams.producer import Producer
+from streams.topics import TopicCatalog
+from workflows import parse_workflow
+
+__all__ = [
+    "percentile",
+    "progress",
+    "register_auto",
+    "summarize",
+    "summarize_per_seed",
+    "until",
+]
 
 
 def progress(scenario: str, message: str) -> None:
     print(f"[loop {time.strftime('%H:%M:%S')}] {scenario}: {message}", flush=True)
+
+
+def until(check: Any, timeout: float, what: str, interval: float = 0.2) -> Any:
+    """Polls ``check`` until it returns something true, and returns that; ``TimeoutError``
+    naming ``what`` after ``timeout`` seconds. For the engine scenarios' read models, which
+    other processes and threads write (benchmark drivers, not tests)."""
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"Expected {what} within {timeout:.0f}s")
+        time.sleep(interval)
+    return value
 
 
 def percentile(values: Iterable[float], q: float) -> float:
@@ -53,3 +78,29 @@ def summarize_per_seed(per_seed: Mapping[str, Mapping[str, Any]]) -> dict[str, d
     for result in per_seed.values():
         collect("", result)
     return {name: summarize(values) for name, values in sorted(columns.items())}
+
+
+def register_auto(producer: Producer, catalog: TopicCatalog, definition: dict[str, Any]) -> str:
+    """Publishes ``definition`` as version 1 and sets its improvement policy to ``auto`` (the
+    loop scenarios let the engine apply its own proposals); returns the workflow id once both
+    records are flushed."""
+    parsed = parse_workflow(definition)
+    producer.send(
+        catalog.workflows.topic,
+        f"{parsed.id}@1",
+        WorkflowRegistered(
+            workflow_id=parsed.id,
+            version=1,
+            definition=parsed.to_json_dict(),
+            registered_at=datetime.now(UTC),
+        ),
+    )
+    policy = MutationRequest(
+        workflow_id=parsed.id,
+        action=MutationAction.SET_POLICY,
+        actor="user:bench",
+        policy=ImprovementPolicy.AUTO,
+    )
+    producer.send(catalog.mutations.topic, policy.workflow_id, policy)
+    producer.flush(10)
+    return parsed.id

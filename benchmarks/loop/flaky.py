@@ -46,8 +46,8 @@ from typing import Any, Final
 
 import psycopg
 
-from benchmarks.cleanup import delete_prefix_topics
-from benchmarks.loop.common import percentile, progress
+from benchmarks.cleanup import delete_prefix_topics, drop_engine_schemas
+from benchmarks.loop.common import percentile, progress, until
 from benchmarks.loop.stubs import StubProcess, dependency_stub
 from foundation.settings import Settings, get_settings
 from projections.postgres.identifiers import table
@@ -202,25 +202,6 @@ def _engine(settings: Settings, schema: str, loop: bool) -> Iterator[Any]:
         engine.stop()
 
 
-def _cleanup(settings: Settings, schema: str) -> None:
-    delete_prefix_topics(settings, timeout=30)
-    with (
-        contextlib.suppress(Exception),
-        psycopg.connect(settings.postgres_dsn, autocommit=True) as conn,
-    ):
-        for name in (schema, f"{schema}_api"):
-            conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
-
-
-def _until(check: Any, timeout: float, what: str, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"Expected {what} within {timeout:.0f}s")
-        time.sleep(interval)  # polling a read model that other processes write
-    return value
-
-
 Row = tuple[str, int, float, str | None]
 """status, workflow version, duration ms, error class."""
 
@@ -263,7 +244,7 @@ def _drive(
         created = api.post("/v1/workflows", json=definition)
         if created.status_code != 201:
             raise RuntimeError(f"register: {created.status_code} {created.text[:300]}")
-        _until(
+        until(
             lambda: api.get(f"/v1/workflows/{WORKFLOW_ID}").status_code == 200,
             30,
             "the workflow in the read model",
@@ -297,7 +278,7 @@ def _drive(
             done = sum(1 for row in rows.values() if row[0] in TERMINAL)
             return rows if done == total else None
 
-        rows = _until(finished, DRAIN_TIMEOUT_S, f"{total} runs to end", interval=0.5)
+        rows = until(finished, DRAIN_TIMEOUT_S, f"{total} runs to end", interval=0.5)
         mutations: dict[str, Any] = {}
         if loop:
             listed = api.get("/v1/mutations", params={"workflow_id": WORKFLOW_ID, "limit": 100})
@@ -363,7 +344,8 @@ def measure(config: str, seed: int, quick: bool, base: Settings | None = None) -
         with dependency_stub(PROFILE_BEFORE, seed=seed) as dep:
             outcome = _drive(config, seed, quick, settings, schema, dep)
     finally:
-        _cleanup(settings, schema)
+        delete_prefix_topics(settings, timeout=30)
+        drop_engine_schemas(settings, schema)
     summary = summarize_outcome(outcome, BEFORE[quick])
     progress(
         SCENARIO,

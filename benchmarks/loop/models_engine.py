@@ -40,9 +40,8 @@ import psycopg
 from river import drift
 
 from benchmarks.cleanup import delete_prefix_topics, drop_engine_schemas
-from benchmarks.loop.common import progress
+from benchmarks.loop.common import progress, register_auto
 from benchmarks.loop.models import DEGRADED, EASY_SHARE, questions
-from benchmarks.loop.register import register_auto
 from benchmarks.loop.stubs import Question, openai_stub
 from foundation.settings import Settings
 from processors.optimizer.bandit import RewardWeights

@@ -40,8 +40,8 @@ from typing import Any, Final
 
 import psycopg
 
-from benchmarks.cleanup import delete_prefix_topics
-from benchmarks.loop.common import percentile, progress
+from benchmarks.cleanup import delete_prefix_topics, drop_engine_schemas
+from benchmarks.loop.common import percentile, progress, until
 from benchmarks.loop.stubs import StubProcess, dependency_stub
 from foundation.settings import Settings, get_settings
 from projections.postgres.identifiers import table
@@ -104,15 +104,6 @@ def trap_workflow(url: str, *, ordered: bool = True, workflow_id: str = TRAP) ->
     }
 
 
-def _until(check: Any, timeout: float, what: str, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"Expected {what} within {timeout:.0f}s")
-        time.sleep(interval)  # polling read models other threads write
-    return value
-
-
 def _runs(conn: Any, schema: str, run_ids: list[str]) -> dict[str, tuple[str, int, float, Any]]:
     rows = conn.execute(
         "SELECT run_id, status, workflow_version, "
@@ -147,7 +138,7 @@ class _Driver:
         created = self.api.post("/v1/workflows", json=definition)
         if created.status_code != 201:
             raise RuntimeError(f"register: {created.status_code} {created.text[:300]}")
-        _until(
+        until(
             lambda: self.api.get(f"/v1/workflows/{definition['id']}").status_code == 200,
             30,
             f"{definition['id']} in the read model",
@@ -168,7 +159,7 @@ class _Driver:
                     StartRun(run_id=run_id, workflow_id=workflow_id, inputs=given),
                 )
             self.producer.flush(10)
-            _until(
+            until(
                 lambda w=wave: (
                     all(s in TERMINAL for s, *_ in _runs(self.conn, self.schema, w).values())
                     and len(_runs(self.conn, self.schema, w)) == len(w)
@@ -223,7 +214,8 @@ def measure(seed: int, quick: bool, base: Settings | None = None) -> dict[str, A
         with dependency_stub(PROFILE, seed=seed) as dep:
             return _measure(seed, quick, settings, schema, dep)
     finally:
-        _cleanup(settings, schema)
+        delete_prefix_topics(settings, timeout=30)
+        drop_engine_schemas(settings, schema)
 
 
 def _measure(
@@ -266,8 +258,8 @@ def _measure(
             return next((d for d in optimizer.decisions if d.diagnosis_id == diagnosis_id), None)
 
         started = time.monotonic()
-        four_decision = _until(lambda: decided(four_diag), 60, "the optimizer's decision")
-        trap_decision = _until(lambda: decided(trap_diag), 60, "the optimizer's decision")
+        four_decision = until(lambda: decided(four_diag), 60, "the optimizer's decision")
+        trap_decision = until(lambda: decided(trap_diag), 60, "the optimizer's decision")
         if four_decision.request is None:
             raise RuntimeError(f"no proposal for {FOUR}: {four_decision.reason}")
         mutation_id = four_decision.request.mutation_id
@@ -276,7 +268,7 @@ def _measure(
             answer = api.get(f"/v1/mutations/{mutation_id}")
             return str(answer.json()["status"]) if answer.status_code == 200 else None
 
-        _until(lambda: status() == "validated", 60, "the proposal validated")
+        until(lambda: status() == "validated", 60, "the proposal validated")
         proposal_to_validated_s = time.monotonic() - started
         approved = api.post(
             f"/v1/mutations/{mutation_id}/approve",
@@ -286,7 +278,7 @@ def _measure(
         if approved.status_code != 200:
             raise RuntimeError(f"approve: {approved.status_code} {approved.text[:300]}")
         # new runs get the new version once the scheduler read the route
-        _until(
+        until(
             lambda: engine.scheduler.workflow_route(FOUR) is not None,
             30,
             "the scheduler routing to the new version",
@@ -366,16 +358,6 @@ def _engine(settings: Settings, schema: str) -> Iterator[Any]:
         yield engine
     finally:
         engine.stop()
-
-
-def _cleanup(settings: Settings, schema: str) -> None:
-    delete_prefix_topics(settings, timeout=30)
-    with (
-        contextlib.suppress(Exception),
-        psycopg.connect(settings.postgres_dsn, autocommit=True) as conn,
-    ):
-        for name in (schema, f"{schema}_api"):
-            conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
 
 
 def run(seeds: list[int], quick: bool) -> dict[str, Any]:

@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.loop.common import percentile, summarize, summarize_per_seed
+from benchmarks.loop.common import percentile, summarize, summarize_per_seed, until
 from benchmarks.loop_bench import available_scenarios, format_report
 
 
 def test_helpers_are_not_scenarios() -> None:
     names = available_scenarios()
     assert "stubs" not in names and "common" not in names
+    assert set(names) == {
+        "drift", "flaky", "parallel", "models", "bad_mutations", "historian", "models_engine",
+    }  # fmt: skip
+
+
+def test_until_returns_the_first_true_value_and_names_what_timed_out() -> None:
+    answers = iter([None, 0, "found"])
+    assert until(lambda: next(answers), 5, "the answer", interval=0) == "found"
+    with pytest.raises(TimeoutError, match="Expected the run within 0s"):
+        until(lambda: None, 0, "the run", interval=0)
 
 
 def test_percentile_is_nearest_rank() -> None:
