@@ -41,7 +41,7 @@ from river import drift
 
 from benchmarks.cleanup import delete_prefix_topics, drop_engine_schemas
 from benchmarks.loop.common import progress, register_auto
-from benchmarks.loop.models import DEGRADED, EASY_SHARE, questions
+from benchmarks.loop.models import DEGRADED, EASY_SHARE, MODELS, questions
 from benchmarks.loop.stubs import Question, openai_stub
 from foundation.settings import Settings
 from processors.optimizer.bandit import RewardWeights
@@ -61,19 +61,11 @@ __all__ = ["ENGINE_MODELS", "EXPERIMENT", "checked_workflow", "measure", "run"]
 SCENARIO: Final = "models_engine"
 WORKFLOW: Final = "answer"
 ENGINE_MODELS: Final[dict[str, dict[str, Any]]] = {
-    "big": {
-        "median_ms": 6.0,
-        "sigma": 0.2,
-        "completion_tokens": 200,
-        "accuracy": {"easy": 0.97, "hard": 0.95},
-    },
-    "small": {
-        "median_ms": 2.0,
-        "sigma": 0.2,
-        "completion_tokens": 20,
-        "accuracy": {"easy": 0.97, "hard": 0.45},
-    },
+    **MODELS,
+    "big": {**MODELS["big"], "completion_tokens": 200},
 }
+"""The pure scenario's two models, but ``big`` answers with 10x the completion tokens: on the
+engine, the cost is the call's tokens (the pure scenario prices the calls instead)."""
 EXPERIMENT: Final = ExperimentConfig(
     budget=0.1,
     min_runs=10,
