@@ -18,7 +18,10 @@ from typing import Any, Protocol
 
 import psycopg
 import pytest
+from fastapi.testclient import TestClient
 
+from api.app import create_app
+from api.config import ApiSettings
 from foundation.settings import Settings
 from node_workers.registry import NodeRegistry
 from projections.postgres import queries
@@ -210,6 +213,18 @@ def engine_harness(
 def harness(engine_harness: HarnessFactory) -> Harness:
     """The whole engine with the built-in nodes."""
     return engine_harness()
+
+
+def api_client(harness: Harness) -> TestClient:
+    """The API on the harness's read model and its own ``<schema>_api`` schema (polling fast,
+    no ClickHouse); enter it (``with``) to start the app."""
+    settings = ApiSettings(
+        read_schema=harness.schema,
+        api_schema=f"{harness.schema}_api",
+        poll_interval_s=0.05,
+        clickhouse_enabled=False,
+    )
+    return TestClient(create_app(harness.settings, settings))
 
 
 def replayed_state(harness: Harness, run_id: str) -> Any:

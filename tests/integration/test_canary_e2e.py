@@ -23,10 +23,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
-from api.config import ApiSettings
 from processors.canary.judge import CanaryConfig
-from tests.integration.engine_fixtures import Harness, HarnessFactory, transform
+from tests.integration.engine_fixtures import Harness, HarnessFactory, api_client, transform
 from tests.support.waiting import eventually
 
 WAIT = 20_000
@@ -40,13 +38,7 @@ def harness(engine_harness: HarnessFactory) -> Harness:
 
 @pytest.fixture
 def api(harness: Harness) -> Iterator[TestClient]:
-    settings = ApiSettings(
-        read_schema=harness.schema,
-        api_schema=f"{harness.schema}_api",
-        poll_interval_s=0.05,
-        clickhouse_enabled=False,
-    )
-    with TestClient(create_app(harness.settings, settings)) as client:
+    with api_client(harness) as client:
         yield client
 
 

@@ -13,14 +13,13 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
-from api.config import ApiSettings
 from processors.scheduler.runtime.reload import reload_run
 from processors.scheduler.state import RunState
 from streams.admin import admin_client
 from tests.integration.engine_fixtures import (
     Harness,
     HarnessFactory,
+    api_client,
     assert_replay_equivalent,
     replayed_state,
     transform,
@@ -29,19 +28,9 @@ from tests.integration.http_fixtures import HttpTestServer
 from tests.support.waiting import eventually
 
 
-def _api(harness: Harness) -> TestClient:
-    settings = ApiSettings(
-        read_schema=harness.schema,
-        api_schema=f"{harness.schema}_api",
-        poll_interval_s=0.05,
-        clickhouse_enabled=False,
-    )
-    return TestClient(create_app(harness.settings, settings))
-
-
 @pytest.fixture
 def api(harness: Harness) -> Iterator[TestClient]:
-    with _api(harness) as client:
+    with api_client(harness) as client:
         yield client
     _drop_api_schema(harness)
 
@@ -249,7 +238,7 @@ def test_redrive_from_a_run_kept_only_as_a_marker(
     assert scheduler is not None
     marker = scheduler.run_state(run_id)
     assert marker is not None and marker.definition is None  # only the marker is held
-    with _api(harness) as api:
+    with api_client(harness) as api:
         answer = api.post(
             f"/v1/runs/{run_id}/steps/store/redrive",
             params={"wait_ms": 20_000},

@@ -26,12 +26,10 @@ from typing import Any, TypeVar
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
-from api.config import ApiSettings
 from processors.canary.judge import CanaryConfig
 from reflux.demo_improve import loop_workflow
 from reflux.flaky_service import FlakyService, flaky_service
-from tests.integration.engine_fixtures import Harness, HarnessFactory
+from tests.integration.engine_fixtures import Harness, HarnessFactory, api_client
 from tests.support.waiting import eventually
 
 T = TypeVar("T")
@@ -60,13 +58,7 @@ def harness(engine_harness: HarnessFactory) -> Harness:
 
 @pytest.fixture
 def api(harness: Harness) -> Iterator[TestClient]:
-    settings = ApiSettings(
-        read_schema=harness.schema,
-        api_schema=f"{harness.schema}_api",
-        poll_interval_s=0.05,
-        clickhouse_enabled=False,
-    )
-    with TestClient(create_app(harness.settings, settings)) as client:
+    with api_client(harness) as client:
         yield client
 
 

@@ -28,15 +28,19 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
-from api.config import ApiSettings
 from processors.mutations.lifecycle import MutationsState, evolve
 from processors.mutations.routing import WorkflowRoute, choose_workflow_version
 from processors.mutations.runtime import MUTATION_TOPIC_TYPES
 from schemas import decode, record_type_of
 from schemas.models import GraphMutation, GraphMutationType, MutationAction, MutationRequest
 from streams.table import TopicTableReader
-from tests.integration.engine_fixtures import Harness, HarnessFactory, replayed_state, transform
+from tests.integration.engine_fixtures import (
+    Harness,
+    HarnessFactory,
+    api_client,
+    replayed_state,
+    transform,
+)
 from tests.support.waiting import eventually
 
 WAIT = 20_000
@@ -50,13 +54,7 @@ def harness(engine_harness: HarnessFactory) -> Harness:
 
 @pytest.fixture
 def api(harness: Harness) -> Iterator[TestClient]:
-    settings = ApiSettings(
-        read_schema=harness.schema,
-        api_schema=f"{harness.schema}_api",
-        poll_interval_s=0.05,
-        clickhouse_enabled=False,
-    )
-    with TestClient(create_app(harness.settings, settings)) as client:
+    with api_client(harness) as client:
         yield client
 
 
