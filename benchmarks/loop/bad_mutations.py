@@ -45,8 +45,7 @@ from typing import Any, Final
 
 import psycopg
 
-from benchmarks.cleanup import delete_prefix_topics, drop_engine_schemas
-from benchmarks.loop.common import register_auto
+from benchmarks.loop.common import engine_session, register_auto
 from benchmarks.worker_io_bench import slow_service
 from foundation.settings import Settings, get_settings
 from processors.canary.judge import RunObservation, first_decision
@@ -161,20 +160,8 @@ class _Session:
 def _session(base: Settings, tag: str, **engine: Any) -> Iterator[_Session]:
     settings = base.model_copy(update={"topic_prefix": f"bench-canary-{tag}"})
     schema = f"bench_canary_{tag}"
-    dev: DevEngine | None = None
-    producer: Producer | None = None
-    try:
-        dev = DevEngine(settings, schema=schema, trigger_router=False, **engine).start()
-        producer = Producer(settings, client_id="bench-canary")
-        with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
-            yield _Session(settings, schema, dev, producer, conn)
-    finally:
-        if producer is not None:
-            producer.close()
-        if dev is not None:
-            dev.stop()
-        delete_prefix_topics(settings)
-        drop_engine_schemas(settings, schema)
+    with engine_session(settings, schema, "bench-canary", **engine) as (dev, producer, conn):
+        yield _Session(settings, schema, dev, producer, conn)
 
 
 def _workflow(workflow_id: str, fast_url: str) -> dict[str, Any]:

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
+
+from benchmarks.cleanup import delete_prefix_topics, drop_engine_schemas
+from foundation.settings import Settings
 from schemas.models import ImprovementPolicy, MutationAction, MutationRequest, WorkflowRegistered
 from streams.producer import Producer
 from streams.topics import TopicCatalog
 from workflows import parse_workflow
 
 __all__ = [
+    "engine_session",
     "percentile",
     "progress",
     "register_auto",
@@ -104,3 +110,28 @@ def register_auto(producer: Producer, catalog: TopicCatalog, definition: dict[st
     producer.send(catalog.mutations.topic, policy.workflow_id, policy)
     producer.flush(10)
     return parsed.id
+
+
+@contextlib.contextmanager
+def engine_session(
+    settings: Settings, schema: str, client_id: str, **engine: Any
+) -> Iterator[tuple[Any, Producer, psycopg.Connection[Any]]]:
+    """A started ``DevEngine`` (``trigger_router=False`` plus ``engine``) on ``settings``'s own
+    topic prefix and the Postgres schema ``schema``, a producer and a connection; on the way
+    out all three are closed, the prefix's topics deleted and the schemas dropped."""
+    from reflux.dev import DevEngine  # the whole engine: only the engine scenarios load it
+
+    dev: DevEngine | None = None
+    producer: Producer | None = None
+    try:
+        dev = DevEngine(settings, schema=schema, trigger_router=False, **engine).start()
+        producer = Producer(settings, client_id=client_id)
+        with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
+            yield dev, producer, conn
+    finally:
+        if producer is not None:
+            producer.close()
+        if dev is not None:
+            dev.stop()
+        delete_prefix_topics(settings)
+        drop_engine_schemas(settings, schema)

@@ -39,8 +39,7 @@ from typing import Any, Final
 import psycopg
 from river import drift
 
-from benchmarks.cleanup import delete_prefix_topics, drop_engine_schemas
-from benchmarks.loop.common import progress, register_auto
+from benchmarks.loop.common import engine_session, progress, register_auto
 from benchmarks.loop.models import DEGRADED, EASY_SHARE, MODELS, questions
 from benchmarks.loop.stubs import Question, openai_stub
 from foundation.settings import Settings
@@ -237,32 +236,18 @@ class Session:
 
 @contextlib.contextmanager
 def session(base: Settings, tag: str) -> Iterator[Session]:
-    from reflux.dev import DevEngine
-
     settings = base.model_copy(update={"topic_prefix": f"bench-loop-models-{tag}"})
     schema = f"bench_models_{tag}"
-    dev: Any = None
-    producer: Producer | None = None
-    try:
-        dev = DevEngine(
-            settings,
-            schema=schema,
-            trigger_router=False,
-            replay_runner=False,
-            proposal_replay=None,
-            canary=True,
-            bandit=True,
-        ).start()
-        producer = Producer(settings, client_id="bench-models")
-        with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
-            yield Session(settings, schema, dev, producer, conn)
-    finally:
-        if producer is not None:
-            producer.close()
-        if dev is not None:
-            dev.stop()
-        delete_prefix_topics(settings)
-        drop_engine_schemas(settings, schema)
+    with engine_session(
+        settings,
+        schema,
+        "bench-models",
+        replay_runner=False,
+        proposal_replay=None,
+        canary=True,
+        bandit=True,
+    ) as (dev, producer, conn):
+        yield Session(settings, schema, dev, producer, conn)
 
 
 def _until(check: Any, timeout: float, what: str) -> Any:
