@@ -46,7 +46,15 @@ from schemas.models import MutationAction, MutationRequest
 from streams.producer import Producer
 from streams.topics import TopicCatalog
 
-__all__ = ["ACTOR", "CanaryJudge", "OpenCanary", "TraceCosts", "final_effect", "finished_runs"]
+__all__ = [
+    "ACTOR",
+    "CanaryJudge",
+    "OpenCanary",
+    "TraceCosts",
+    "applied_proposals",
+    "final_effect",
+    "finished_runs",
+]
 
 log = logging.getLogger(__name__)
 
@@ -249,6 +257,29 @@ class TraceCosts:
         self._consumer.close()
 
 
+def applied_proposals(
+    conn: psycopg.Connection[Any], schema: str, *, bandit_only: bool = False
+) -> list[tuple[Any, ...]]:
+    """The proposals ``applied`` now (with an applied version): ``(mutation_id, workflow_id,
+    applied_version, previous_version, canary_weight, applied_at, bandit, evidence.bandit)``.
+    ``applied_at`` is the time of the first ``applied`` record (``None`` until the events
+    show it): a reweight (ADR 0037) is another applied record and does not restart the
+    comparison. ``bandit``: the evidence has a ``bandit`` object (the canary is a bandit
+    experiment); ``bandit_only``: only those. The canary judge and the bandit experiments read
+    the same proposals."""
+    bandit = "jsonb_typeof(p.evidence) = 'object' AND p.evidence ? 'bandit'"
+    return conn.execute(
+        "SELECT p.mutation_id, p.workflow_id, p.applied_version, "
+        "coalesce(p.previous_version, p.base_version), p.canary_weight, "
+        f"(SELECT min(e.occurred_at) FROM {table(schema, 'mutation_events')} e "
+        "  WHERE e.mutation_id = p.mutation_id AND e.status = 'applied'), "
+        f"coalesce({bandit}, false), p.evidence -> 'bandit' "
+        f"FROM {table(schema, 'mutation_proposals')} p "
+        "WHERE p.status = 'applied' AND p.applied_version IS NOT NULL"
+        + (f" AND {bandit}" if bandit_only else "")
+    ).fetchall()
+
+
 def finished_runs(
     conn: psycopg.Connection[Any],
     schema: str,
@@ -312,25 +343,9 @@ class CanaryJudge:
         return self._conn
 
     def open_canaries(self) -> list[OpenCanary]:
-        proposals = table(self.schema, "mutation_proposals")
-        events = table(self.schema, "mutation_events")
-        rows = (
-            self._db()
-            .execute(
-                "SELECT p.mutation_id, p.workflow_id, p.applied_version, "
-                "coalesce(p.previous_version, p.base_version), p.canary_weight, "
-                # the first applied record: a reweight (ADR 0037) is another applied record
-                # and does not restart the comparison
-                f"(SELECT min(e.occurred_at) FROM {events} e "
-                "  WHERE e.mutation_id = p.mutation_id AND e.status = 'applied'), "
-                "coalesce(jsonb_typeof(p.evidence) = 'object' AND p.evidence ? 'bandit', false) "
-                f"FROM {proposals} p WHERE p.status = 'applied' AND p.applied_version IS NOT NULL"
-            )
-            .fetchall()
-        )
         return [
             OpenCanary(r[0], r[1], int(r[2]), int(r[3]), r[4], r[5], bool(r[6]))
-            for r in rows
+            for r in applied_proposals(self._db(), self.schema)
             if r[5] is not None
         ]
 

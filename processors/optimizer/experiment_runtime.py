@@ -33,10 +33,9 @@ import psycopg
 
 from foundation.liveness import Heartbeat
 from foundation.settings import Settings
-from processors.canary.runtime import TraceCosts, finished_runs
+from processors.canary.runtime import TraceCosts, applied_proposals, finished_runs
 from processors.optimizer.bandit import Outcome
 from processors.optimizer.experiment import Arm, Experiment, ExperimentConfig, RunOutcome
-from projections.postgres.identifiers import table
 from schemas.models import MutationAction, MutationRequest
 from schemas.quality import QUALITY_SCORE
 from streams.producer import Producer
@@ -125,27 +124,13 @@ class BanditExperiments:
         return self._conn
 
     def open_experiments(self) -> list[OpenExperiment]:
-        proposals = table(self.schema, "mutation_proposals")
-        events = table(self.schema, "mutation_events")
-        rows = (
-            self._db()
-            .execute(
-                "SELECT p.mutation_id, p.workflow_id, p.applied_version, "
-                "coalesce(p.previous_version, p.base_version), p.canary_weight, "
-                f"(SELECT min(e.occurred_at) FROM {events} e "
-                "  WHERE e.mutation_id = p.mutation_id AND e.status = 'applied'), "
-                "p.evidence -> 'bandit' "
-                f"FROM {proposals} p WHERE p.status = 'applied' AND p.applied_version IS NOT NULL "
-                "AND jsonb_typeof(p.evidence) = 'object' AND p.evidence ? 'bandit'"
-            )
-            .fetchall()
-        )
+        rows = applied_proposals(self._db(), self.schema, bandit_only=True)
         found = []
         for r in rows:
             if r[5] is None:
                 continue
             try:
-                config = ExperimentConfig.from_json(r[6] if isinstance(r[6], dict) else {})
+                config = ExperimentConfig.from_json(r[7] if isinstance(r[7], dict) else {})
             except (TypeError, ValueError) as exc:
                 log.warning("proposal %s: evidence.bandit is not usable (%s)", r[0], exc)
                 continue
