@@ -41,6 +41,7 @@ from foundation.errors import ServiceUnavailableError
 from foundation.liveness import Heartbeat
 from foundation.settings import Settings
 from processors.canary.judge import CanaryConfig, CanaryVerdict, RunObservation, first_decision
+from projections.postgres.connection import ReconnectingConnection
 from projections.postgres.identifiers import table
 from schemas.models import MutationAction, MutationRequest
 from streams.producer import Producer
@@ -330,7 +331,7 @@ class CanaryJudge:
         self.catalog = TopicCatalog.from_settings(settings)
         self.producer = Producer(settings, client_id="reflux-canary")
         self.costs = TraceCosts(settings, self.catalog) if costs else None
-        self._conn: psycopg.Connection[Any] | None = None
+        self._conn = ReconnectingConnection(settings.postgres_dsn)
         self.watching: dict[str, _Watch] = {}
         self.decisions: list[MutationRequest] = []
         """Every request this instance sent (tests and benchmarks read it)."""
@@ -338,9 +339,7 @@ class CanaryJudge:
     # -- reads -----------------------------------------------------------------------------------
 
     def _db(self) -> psycopg.Connection[Any]:
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = psycopg.connect(self.settings.postgres_dsn, autocommit=True)
-        return self._conn
+        return self._conn.get()
 
     def open_canaries(self) -> list[OpenCanary]:
         return [
@@ -489,5 +488,4 @@ class CanaryJudge:
         finally:
             if self.costs is not None:
                 self.costs.close()
-            if self._conn is not None:
-                self._conn.close()
+            self._conn.close()

@@ -18,6 +18,7 @@ from processors.historian.context import diagnosis_context
 from processors.historian.embedder import Embedder, default_embedder, to_pgvector
 from processors.historian.lookup import PastIncident
 from processors.historian.queries import similar_incidents
+from projections.postgres.connection import ReconnectingConnection
 from projections.postgres.identifiers import DEFAULT_SCHEMA, validate_schema
 from schemas.models import Diagnosis
 
@@ -40,15 +41,13 @@ class PostgresHistorian:
         self.schema = validate_schema(schema)
         self.embedder = embedder or default_embedder()
         self.min_similarity = min_similarity
-        self._conn: psycopg.Connection[Any] | None = None
+        self._conn = ReconnectingConnection(
+            settings.postgres_dsn, application_name="reflux-historian"
+        )
         self._lock = threading.Lock()
 
     def _connection(self) -> psycopg.Connection[Any]:
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = psycopg.connect(
-                self.settings.postgres_dsn, autocommit=True, application_name="reflux-historian"
-            )
-        return self._conn
+        return self._conn.get()
 
     def similar(self, diagnosis: Diagnosis, k: int = 5) -> list[PastIncident]:
         if k <= 0:
@@ -73,6 +72,4 @@ class PostgresHistorian:
 
     def close(self) -> None:
         with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+            self._conn.close()

@@ -42,6 +42,7 @@ from processors.mutations.lifecycle import (
 )
 from processors.mutations.validation import ReplayValidation
 from processors.node_catalog.runtime_view import NodeCatalogKafkaView
+from projections.postgres.connection import ReconnectingConnection
 from projections.postgres.identifiers import quote_schema
 from schemas import decode
 from schemas.base import RefluxRecord
@@ -199,7 +200,7 @@ class MutationProcessor:
             expected=MUTATION_TOPIC_TYPES,
             on_assign=self._assigned,
         )
-        self._conn: psycopg.Connection[Any] | None = None
+        self._conn = ReconnectingConnection(settings.postgres_dsn)
         self.handled = 0
 
     # -- state -----------------------------------------------------------------------------------
@@ -253,9 +254,7 @@ class MutationProcessor:
         self._workflows.drain()
         known = self._workflows.versions(workflow_id)
         at_least = max(known) + 1 if known else 1
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = psycopg.connect(self.settings.postgres_dsn, autocommit=True)
-        return allocate_version(self._conn, self.version_schema, workflow_id, at_least)
+        return allocate_version(self._conn.get(), self.version_schema, workflow_id, at_least)
 
     # -- requests --------------------------------------------------------------------------------
 
@@ -339,5 +338,4 @@ class MutationProcessor:
             self._table.close()
             self._workflows.close()
             self._nodes.close()
-            if self._conn is not None:
-                self._conn.close()
+            self._conn.close()

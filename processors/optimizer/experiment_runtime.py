@@ -36,6 +36,7 @@ from foundation.settings import Settings
 from processors.canary.runtime import TraceCosts, applied_proposals, finished_runs
 from processors.optimizer.bandit import Outcome
 from processors.optimizer.experiment import Arm, Experiment, ExperimentConfig, RunOutcome
+from projections.postgres.connection import ReconnectingConnection
 from schemas.models import MutationAction, MutationRequest
 from schemas.quality import QUALITY_SCORE
 from streams.producer import Producer
@@ -113,15 +114,13 @@ class BanditExperiments:
         self.catalog = TopicCatalog.from_settings(settings)
         self.producer = Producer(settings, client_id="reflux-bandit")
         self.traces = TraceOutcomes(settings, self.catalog)
-        self._conn: psycopg.Connection[Any] | None = None
+        self._conn = ReconnectingConnection(settings.postgres_dsn)
         self.running: dict[str, _Running] = {}
         self.requests: list[MutationRequest] = []
         """Every request this instance sent (tests and benchmarks read it)."""
 
     def _db(self) -> psycopg.Connection[Any]:
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = psycopg.connect(self.settings.postgres_dsn, autocommit=True)
-        return self._conn
+        return self._conn.get()
 
     def open_experiments(self) -> list[OpenExperiment]:
         rows = applied_proposals(self._db(), self.schema, bandit_only=True)
@@ -259,5 +258,4 @@ class BanditExperiments:
             self.producer.close()
         finally:
             self.traces.close()
-            if self._conn is not None:
-                self._conn.close()
+            self._conn.close()

@@ -35,6 +35,7 @@ from processors.replay.shadow import (
 )
 from processors.replay.stats import VerdictRules
 from projections.clickhouse import ClickHouse
+from projections.postgres.connection import ReconnectingConnection
 from schemas.models import MutationAction, MutationRequest, ReplayCompleted, ReplayRequested
 from streams.consumer import ConsumedRecord, Consumer
 from streams.producer import Producer
@@ -183,13 +184,11 @@ class ReplayRunner:
         # Subscribed on the first run_once: execute() alone (a test, a one-off replay) joins no
         # group (a consumer that joined and never polled can block close() on the rebalance).
         self.consumer: Consumer | None = None
-        self._conn: psycopg.Connection[Any] | None = None
+        self._conn = ReconnectingConnection(settings.postgres_dsn)
         self.completed = 0
 
     def _db(self) -> psycopg.Connection[Any]:
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = psycopg.connect(self.settings.postgres_dsn, autocommit=True)
-        return self._conn
+        return self._conn.get()
 
     def _complete(
         self,
@@ -330,5 +329,4 @@ class ReplayRunner:
                 self.consumer.close()
             self.producer.close()
         finally:
-            if self._conn is not None:
-                self._conn.close()
+            self._conn.close()
