@@ -37,6 +37,7 @@ from typing import Any, Final, Protocol
 
 from processors.optimizer.bandit import ModelBandit, RewardWeights
 from processors.optimizer.history import IncidentLike
+from processors.replay.stats import wilson_interval
 from schemas.base import canonical_json
 from schemas.models import Diagnosis, DiagnosisKind, GraphMutation, GraphMutationType
 from workflows.data_dependencies import (
@@ -255,13 +256,6 @@ def is_transient(error_class: str | None) -> bool:
     return error_class in TRANSIENT_ERROR_CLASSES or bool(_TRANSIENT_WORDS.search(error_class))
 
 
-def wilson_upper(rate: float, n: float, z: float = 1.645) -> float:
-    """One-sided 95% Wilson upper bound of a proportion ``rate`` seen over ``n`` trials."""
-    centre = rate + z * z / (2 * n)
-    spread = z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n))
-    return min(1.0, (centre + spread) / (1 + z * z / n))
-
-
 class RetryStrategy:
     name = "retry"
     kinds = frozenset({K.FAILURE_DRIFT, K.ERROR_CLUSTER, K.TIMEOUT_DRIFT})
@@ -293,7 +287,9 @@ class RetryStrategy:
             (given.metric("recent_share"), given.metric("recent_window")),
         ):
             if share is not None and n is not None and n >= 1:
-                p = min(0.9, max(p, wilson_upper(share, n)))
+                # The upper end of a two-sided 90% interval: a one-sided 95% bound.
+                upper = wilson_interval(round(share * n), round(n), 0.90)[1]
+                p = min(0.9, max(p, upper))
         cfg = given.config
         attempts = math.ceil(math.log(cfg.target_failure) / math.log(p))
         attempts = max(2, min(cfg.max_attempts, attempts))
