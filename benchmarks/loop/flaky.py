@@ -326,10 +326,7 @@ def _mutation_timeline(api: Any, mutation_id: str) -> dict[str, Any]:
 
 
 def _evidence(detail: dict[str, Any]) -> dict[str, Any]:
-    evidence = detail.get("evidence")
-    if isinstance(evidence, str):
-        with contextlib.suppress(ValueError):
-            evidence = json.loads(evidence)
+    evidence = detail.get("evidence")  # free JSON (a jsonb column): an object for our proposals
     return evidence if isinstance(evidence, dict) else {}
 
 
