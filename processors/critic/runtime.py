@@ -61,6 +61,8 @@ from streams.topics import TopicCatalog
 __all__ = ["ENGINES", "CriticEngineError", "CriticProcessor", "RuntimeStats"]
 
 ENGINES = frozenset({"kafka", "faust"})
+PUBLISH_RETRY_FIRST_S = 0.1
+PUBLISH_RETRY_MAX_S = 5.0
 
 
 class CriticEngineError(NonRetryableError):
@@ -79,6 +81,8 @@ class RuntimeStats:
     published: int = 0
     failed: int = 0
     """Traces whose judgement raised (a bug): logged and skipped."""
+    publish_retries: int = 0
+    """Diagnosis sends that failed and were tried again (faust engine)."""
     started: bool = False
     """Set once faust's worker has started (partitions are assigned a moment later)."""
 
@@ -127,6 +131,7 @@ class CriticProcessor:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self._kafka_stop: threading.Event | None = None
+        self._fatal: BaseException | None = None
         # The topics faust reads and writes exist with the catalog's settings before it
         # starts (faust would otherwise declare them with its own defaults).
         ensure_topics(
@@ -171,33 +176,59 @@ class CriticProcessor:
 
         @app.agent(source)
         async def criticise(stream: faust.StreamT[bytes]) -> None:
-            async for value in stream:
-                stats.consumed += 1
-                try:
-                    view = view_from_json(value)
-                except TraceViewError as exc:
-                    stats.malformed += 1
-                    log.warning("critic: skipping a malformed trace: %s", exc)
-                    continue
-                try:
-                    diagnoses = critic.observe(view)
-                except Exception:
-                    stats.failed += 1  # one trace's bug does not stop the stream (ADR 0011)
-                    log.exception("critic: a trace of run %s could not be judged", view.run_id)
-                    continue
-                for diagnosis in diagnoses:
-                    sent = await sink.send(key=diagnosis.subject.encode(), value=encode(diagnosis))
-                    await sent  # acknowledged before the trace's offset can be committed
-                    stats.published += 1
-                    log.info(
-                        "critic: %s %s: %s",
-                        diagnosis.kind,
-                        diagnosis.subject,
-                        diagnosis.explanation,
-                    )
+            try:
+                async for value in stream:
+                    await judge(value)
+            except Exception as exc:
+                # faust would restart the agent and go on past the trace that raised, losing
+                # what it was publishing; the processor stops instead (``run`` raises) and a
+                # restart resumes from the committed offsets (at-least-once).
+                log.error("critic: the faust agent failed: %r", exc)
+                self._fatal = exc
+                self.interrupt()
+                raise
+
+        async def judge(value: bytes) -> None:
+            stats.consumed += 1
+            try:
+                view = view_from_json(value)
+            except TraceViewError as exc:
+                stats.malformed += 1
+                log.warning("critic: skipping a malformed trace: %s", exc)
+                return
+            try:
+                diagnoses = critic.observe(view)
+            except Exception:
+                stats.failed += 1  # one trace's bug does not stop the stream (ADR 0011)
+                log.exception("critic: a trace of run %s could not be judged", view.run_id)
+                return
+            for diagnosis in diagnoses:
+                await self._publish(sink, diagnosis.subject.encode(), encode(diagnosis))
+                stats.published += 1
+                log.info(
+                    "critic: %s %s: %s", diagnosis.kind, diagnosis.subject, diagnosis.explanation
+                )
 
         del criticise
         return app
+
+    async def _publish(self, sink: Any, key: bytes, value: bytes) -> None:
+        """Send one diagnosis and wait for the broker's acknowledgement, so faust commits the
+        trace's offset only after it; a failed send (a leader moving, a broker restarting) is
+        retried with backoff rather than dropped."""
+        delay = PUBLISH_RETRY_FIRST_S
+        while True:
+            try:
+                sent = await sink.send(key=key, value=value)
+                await sent
+                return
+            except Exception as exc:  # faust wraps the client's errors in its own
+                if self._stopping is not None and self._stopping.is_set():
+                    raise
+                self.stats.publish_retries += 1
+                log.warning("critic: publishing a diagnosis failed (%r); retrying", exc)
+                await asyncio.sleep(delay)  # backoff between attempts, not synchronisation
+                delay = min(delay * 2, PUBLISH_RETRY_MAX_S)
 
     # -- running ---------------------------------------------------------------------------------
 
@@ -238,6 +269,8 @@ class CriticProcessor:
                     raise RuntimeError("the critic's faust app stopped by itself")
         finally:
             await worker.stop()
+        if self._fatal is not None:
+            raise RuntimeError("the critic's faust agent failed") from self._fatal
 
     def _run_kafka(self, stop_event: threading.Event) -> None:
         spec = episodes_topic(self.catalog)

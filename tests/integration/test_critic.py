@@ -165,7 +165,13 @@ def test_latency_shift_and_failure_spike_become_diagnoses(
         assert (DiagnosisKind.FAILURE_DRIFT, "workflow:checkout/step:pay") in kinds, kinds
         return found
 
-    found = eventually(expected_found, 30, "the latency and failure diagnoses on the topic")
+    found = eventually(
+        expected_found,
+        30,
+        "the latency and failure diagnoses on the topic",
+        describe=lambda: f"stats: {critic.stats}, critic: {critic.critic and critic.critic.stats}",
+    )
+    assert critic.stats.failed == 0
     assert critic.stats.published == len(found)
 
     latency = [
