@@ -50,6 +50,7 @@ from processors.mutations.validation import (
     ReplayValidation,
     Stage,
     ValidationSubject,
+    auto_canary_weight,
     candidate_definition,
     judge_replay,
     pending_report,
@@ -403,7 +404,7 @@ def _validated(
         reason=reasons or None,
     )
     if auto and canary is None:
-        _approve(w, validated, None, AUTO_ACTOR)
+        _approve(w, validated, auto_canary_weight(report, DEFAULT_CANARY_WEIGHT), AUTO_ACTOR)
     return w.decision
 
 

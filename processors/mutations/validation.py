@@ -27,7 +27,7 @@ Pure: the base definition and the node catalog are handed in.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
@@ -40,11 +40,13 @@ from workflows.validation import FieldError, WorkflowValidationError, check_defi
 __all__ = [
     "DEFAULT_STAGES",
     "NOT_RUN",
+    "RESCUE_CANARY_WEIGHT",
     "CheckResult",
     "ReplayValidation",
     "Report",
     "Stage",
     "ValidationSubject",
+    "auto_canary_weight",
     "candidate_definition",
     "judge_replay",
     "pending_report",
@@ -305,3 +307,38 @@ def judge_replay(
         "error": outcome.get("error"),
     }
     return check["passed"], body, reason
+
+
+RESCUE_CANARY_WEIGHT: Final = 0.5
+"""Policy auto's canary share for a proposal whose replay showed the baseline failing runs the
+candidate saves (:func:`auto_canary_weight`)."""
+RESCUE_MIN_GAIN: Final = 0.10
+"""The success-rate gain (the replay's whole confidence interval above zero, the estimate at
+least this) that makes a proposal a rescue."""
+
+
+def auto_canary_weight(report: Mapping[str, Any] | None, default: float) -> float:
+    """The canary share policy ``auto`` applies a validated proposal with.
+
+    ``default`` for most: a change that only saves latency or cost risks little by waiting.
+    :data:`RESCUE_CANARY_WEIGHT` when the replay showed a significant success-rate gain of at
+    least :data:`RESCUE_MIN_GAIN`: then every run left on the baseline is a failure the replay
+    predicts the candidate avoids, and a larger share both saves those runs and gives the
+    canary judge its evidence sooner (the judge still rolls it back on live traces). Flagger's
+    progressive delivery steps the weight up for the same reason; here the replay has already
+    given the first step's evidence.
+    """
+    replay = (report or {}).get("replay") or {}
+    if replay.get("verdict") != "better":
+        return default
+    success = (replay.get("comparison") or {}).get("success") or {}
+    gain, low = success.get("difference"), success.get("ci_low")
+    rescue = (
+        isinstance(gain, int | float)
+        and isinstance(low, int | float)
+        and low > 0
+        and gain >= RESCUE_MIN_GAIN
+    )
+    if rescue:
+        return max(default, RESCUE_CANARY_WEIGHT)
+    return default

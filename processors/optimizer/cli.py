@@ -21,7 +21,7 @@ def load_config(path: str | None) -> Any:
     """An :class:`OptimizerConfig` from a YAML/JSON file (every field optional)::
 
     timeout_margin: 1.5
-    max_attempts: 5
+    max_attempts: 8
     exploration_budget: 0.1
     weights: {"*": {cost: 0.5}, order-quote: {quality: 2, latency: 0.2}}
     fallbacks: {"order-quote/fetch": {node: http.request, params: {url: http://backup}}}

@@ -6,18 +6,21 @@ and the reason says which."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import pytest
 
 from processors.mutations.lifecycle import (
+    DEFAULT_CANARY_WEIGHT,
     MutationContext,
     MutationDecision,
     MutationsState,
     decide,
     evolve,
 )
-from processors.mutations.validation import ReplayValidation
+from processors.mutations.validation import RESCUE_CANARY_WEIGHT, ReplayValidation
+from processors.replay.stats import compare_success
 from schemas.models import (
     ImprovementPolicy,
     Mutation,
@@ -209,6 +212,58 @@ def test_policy_auto_applies_after_a_good_verdict_and_the_fold_matches() -> None
     for record in [*first.records, *second.records]:
         evolve(folded, record)
     assert folded.of("wf").proposals == state.of("wf").proposals
+
+
+def _success(original: tuple[int, int], candidate: tuple[int, int]) -> dict[str, Any]:
+    """A replay summary whose success comparison is computed by the replay statistics."""
+    a = [True] * original[0] + [False] * (original[1] - original[0])
+    b = [True] * candidate[0] + [False] * (candidate[1] - candidate[0])
+    success = {  # as the report writes it: JSON has no inf (an odds ratio of a 0 cell)
+        k: v
+        for k, v in dataclasses.asdict(compare_success(a, b, 0.95)).items()
+        if not (isinstance(v, float) and not math.isfinite(v))
+    }
+    return {"runs": len(a), "comparison": {"reason": "r", "success": success}}
+
+
+@pytest.mark.parametrize(
+    ("original", "candidate", "weight"),
+    [
+        # The baseline fails a fifth of the runs the candidate saves: a rescue, half the runs.
+        ((40, 50), (50, 50), RESCUE_CANARY_WEIGHT),
+        # Better, but the success gain's interval reaches zero (the verdict came from latency).
+        ((48, 50), (50, 50), DEFAULT_CANARY_WEIGHT),
+        # Better with the same success rate: the default share.
+        ((50, 50), (50, 50), DEFAULT_CANARY_WEIGHT),
+    ],
+)
+def test_policy_auto_gives_a_rescue_a_larger_canary_share(
+    original: tuple[int, int], candidate: tuple[int, int], weight: float
+) -> None:
+    state = MutationsState()
+    _, replay_id = propose_auto(state)
+    summary = _success(original, candidate)
+    decision = decide(state, verdict(replay_id, verdict="better", summary=summary), replay_ctx())
+    [applied] = [
+        r for r in decision.records if isinstance(r, Mutation) and r.status.value == "applied"
+    ]
+    assert applied.canary_weight == weight
+
+
+def test_a_person_approving_a_rescue_chooses_the_weight() -> None:
+    """The larger share is policy auto's; a person's approval keeps the default or theirs."""
+    state = MutationsState()
+    _, replay_id = propose(state)
+    summary = _success((40, 50), (50, 50))
+    decide(state, verdict(replay_id, verdict="better", summary=summary), replay_ctx())
+    approval = MutationRequest(
+        workflow_id="wf", mutation_id="m1", action=MutationAction.APPROVE, actor="user:ada"
+    )
+    decision = decide(state, approval, replay_ctx())
+    [applied] = [
+        r for r in decision.records if isinstance(r, Mutation) and r.status.value == "applied"
+    ]
+    assert applied.canary_weight == DEFAULT_CANARY_WEIGHT
 
 
 def test_without_replay_configured_the_static_checks_decide_and_replay_is_not_run() -> None:

@@ -132,21 +132,21 @@ def test_retry_for_a_transient_class() -> None:
     p = RetryStrategy().propose(given(one_call(), d))
     assert p is not None
     retry = applied(one_call(), p).step("call").retry
-    assert retry.max_attempts == 5  # 0.3^n <= 0.001 -> n = 6, capped at 5
+    assert retry.max_attempts == 6  # 0.3^n <= 0.001 -> n = 6
     assert retry.initial_backoff == 100
-    assert p.predicted_effect["step_success_rate"]["to"] == pytest.approx(1 - 0.3**5, abs=1e-6)
+    assert p.predicted_effect["step_success_rate"]["to"] == pytest.approx(1 - 0.3**6, abs=1e-6)
 
 
 def test_retry_of_an_error_cluster_is_sized_on_its_newest_attempts() -> None:
     # 10% of the window, 30% of the newest attempts (a rising rate): 10% would give 3
-    # attempts (97.3% at the real 30%); the recent share gives the cap, 5.
+    # attempts (97.3% at the real 30%); the recent share gives 6.
     d = diagnosis(
         DiagnosisKind.ERROR_CLUSTER,
         error_class="Http5xx",
         metrics={"share": 0.1, "recent_share": 0.3, "retryable_share": 1.0},
     )
     p = RetryStrategy().propose(given(one_call(), d))
-    assert p is not None and p.predicted_effect["max_attempts"]["to"] == 5
+    assert p is not None and p.predicted_effect["max_attempts"]["to"] == 6
     assert p.predicted_effect["failure_rate_assumed"] == 0.3
     # (Http5xx is http.request's class: transient by name, with no retryable_share either.)
     lagging = diagnosis(DiagnosisKind.ERROR_CLUSTER, error_class="Http5xx", metrics={"share": 0.1})
@@ -182,7 +182,7 @@ def test_retry_for_an_error_cluster_plans_for_its_recent_share() -> None:
     p = RetryStrategy().propose(given(one_call(), d))
     assert p is not None
     assert p.predicted_effect["failure_rate_assumed"] > 0.6
-    assert applied(one_call(), p).step("call").retry.max_attempts == 5
+    assert applied(one_call(), p).step("call").retry.max_attempts == 8  # the cap
 
 
 def test_no_retry_for_a_permanent_class_or_when_already_enough() -> None:
