@@ -425,6 +425,8 @@ def _proposal_to_canary(base: Settings, proposals: int, recorded: int) -> dict[s
         "max_s": round(max(totals), 3),
         "replay_p50_s": round(statistics.median(replay), 3),
         "validated_to_applied_p50_s": round(statistics.median(approve), 3),
+        "each_s": [round(t, 3) for t in totals],
+        "replay_each_s": [round(t, 3) for t in replay],
     }
 
 

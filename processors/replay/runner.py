@@ -11,10 +11,12 @@ runner died runs again from the start (its rows are rewritten, not doubled).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Final, Protocol, cast
@@ -186,6 +188,8 @@ class ReplayRunner:
         self.consumer: Consumer | None = None
         self._conn = ReconnectingConnection(settings.postgres_dsn)
         self.completed = 0
+        # Finished replays' shadows are removed here, one at a time, off the replay path.
+        self._janitor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="replay-janitor")
 
     def _db(self) -> psycopg.Connection[Any]:
         return self._conn.get()
@@ -261,16 +265,60 @@ class ReplayRunner:
                 storage.set_progress(conn, self.schema, request.replay_id, done, total)
 
         try:
-            with self.shadow(
+            shadow = self.shadow(
                 self.settings,
                 request.replay_id,
                 progress=progress,
                 schema=self.schema,
                 nodes=self.nodes,
-            ) as shadow:
-                run_ids = shadow.select(selection)
-                storage.set_progress(conn, self.schema, request.replay_id, 0, len(run_ids))
-                pairs = shadow.run(run_ids, candidate, policy) if run_ids else []
+            )
+        except Exception as exc:
+            self._failed(request, conn, exc)
+            return
+        with contextlib.ExitStack() as cleanup:
+            cleanup.enter_context(shadow)
+            self._replay(
+                request,
+                conn,
+                shadow,
+                selection=selection,
+                candidate=candidate,
+                policy=policy,
+                rules=rules,
+            )
+            # The verdict is out before the shadow's clean-up (about a second of topic
+            # deletions, waiting for the broker, and a schema drop), which the janitor thread
+            # does meanwhile: a proposal's lifecycle waits on the verdict and the next replay
+            # on this runner, nothing on the clean-up.
+            self.producer.flush(10)
+            later = cleanup.pop_all()
+        self._janitor.submit(self._clean_up, request.replay_id, later)
+
+    @staticmethod
+    def _clean_up(replay_id: str, cleanup: contextlib.ExitStack) -> None:
+        try:
+            cleanup.close()
+        except Exception:
+            # A clean-up that failed leaves shadow topics or a schema behind under the
+            # replay's own prefix, nothing else.
+            log.exception("replay %s: cleaning up its shadow failed", replay_id)
+
+    def _replay(
+        self,
+        request: ReplayRequested,
+        conn: psycopg.Connection[Any],
+        shadow: ShadowEngine,
+        *,
+        selection: Selection,
+        candidate: Candidate,
+        policy: EffectPolicy,
+        rules: VerdictRules,
+    ) -> None:
+        """Select, run, report and announce one replay (failed, with the reason, on an error)."""
+        try:
+            run_ids = shadow.select(selection)
+            storage.set_progress(conn, self.schema, request.replay_id, 0, len(run_ids))
+            pairs = shadow.run(run_ids, candidate, policy) if run_ids else []
             summary, runs = build_report(pairs, rules)
             summary["selected"] = len(run_ids)
             if self.clickhouse is not None:
@@ -286,10 +334,7 @@ class ReplayRunner:
                 conn, self.schema, request.replay_id, summary=summary, runs=runs, pairs=pairs
             )
         except Exception as exc:
-            log.exception("replay %s failed", request.replay_id)
-            message = f"{type(exc).__name__}: {exc}"
-            storage.mark_failed(conn, self.schema, request.replay_id, message)
-            self._complete(request, "failed", error=message)
+            self._failed(request, conn, exc)
             return
         log.info(
             "replay %s of %s: %d runs, %s",
@@ -299,6 +344,14 @@ class ReplayRunner:
             summary["verdict"],
         )
         self._complete(request, "completed", summary["verdict"], summary)
+
+    def _failed(
+        self, request: ReplayRequested, conn: psycopg.Connection[Any], exc: Exception
+    ) -> None:
+        log.exception("replay %s failed", request.replay_id)
+        message = f"{type(exc).__name__}: {exc}"
+        storage.mark_failed(conn, self.schema, request.replay_id, message)
+        self._complete(request, "failed", error=message)
 
     def _handle(self, record: ConsumedRecord) -> None:
         if isinstance(record.value, ReplayRequested):
@@ -323,10 +376,15 @@ class ReplayRunner:
             heartbeat.beat()
             self.run_once()
 
+    def wait_for_cleanup(self) -> None:
+        """Block until every finished replay's shadow is removed (tests, one-off replays)."""
+        self._janitor.submit(lambda: None).result()
+
     def close(self) -> None:
         try:
             if self.consumer is not None:
                 self.consumer.close()
             self.producer.close()
         finally:
+            self._janitor.shutdown(wait=True)  # no shadow left behind by a clean stop
             self._conn.close()

@@ -24,6 +24,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from processors.canary.judge import CanaryConfig
+from processors.mutations.validation import RESCUE_CANARY_WEIGHT
 from tests.integration.engine_fixtures import Harness, HarnessFactory, api_client, transform
 from tests.support.waiting import eventually
 
@@ -138,7 +139,8 @@ def test_a_validated_proposal_applied_by_policy_auto_is_kept_by_the_canary_judge
     assert "replay verdict better" in next(
         e["reason"] for e in applied["history"] if e["status"] == "validated"
     )
-    assert applied["canary_weight"] == 0.2 and applied["applied_version"] == 2
+    # A rescue (40% -> 100% on replay): policy auto gives it half the new runs.
+    assert applied["canary_weight"] == RESCUE_CANARY_WEIGHT and applied["applied_version"] == 2
 
     # Live traffic like the recorded one: the canary fixes the strings and slows nothing.
     detail, started = _drive_until_decided(

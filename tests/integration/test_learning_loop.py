@@ -27,6 +27,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from processors.canary.judge import CanaryConfig
+from processors.mutations.lifecycle import DEFAULT_CANARY_WEIGHT
+from processors.mutations.validation import auto_canary_weight
 from reflux.demo_improve import loop_workflow
 from reflux.flaky_service import FlakyService, flaky_service
 from tests.integration.engine_fixtures import Harness, HarnessFactory, api_client
@@ -170,15 +172,19 @@ def test_a_degraded_dependency_is_diagnosed_fixed_validated_canaried_and_kept(
     assert "replay verdict better: success rate" in validated["reason"]
     replay_row = _get(api, f"/v1/replays/{replay['replay_id']}")
     assert replay_row["mutation_id"] == mutation_id and replay_row["verdict"] == "better"
-    assert applied_detail["canary_weight"] == 0.2 and applied_detail["applied_version"] == 2
+    # Policy auto's share: 50% when the replay showed a rescue (a significant success gain of
+    # 10 points or more), else 20%.
+    weight = applied_detail["canary_weight"]
+    assert weight == auto_canary_weight(applied_detail["report"], DEFAULT_CANARY_WEIGHT)
+    assert applied_detail["applied_version"] == 2
 
     # 5. The judge keeps it from the live runs of both versions.
     def decided() -> dict[str, Any] | None:
         body: dict[str, Any] = _get(api, f"/v1/mutations/{mutation_id}")
         return body if body["status"] in {"kept", "rolled_back"} else None
 
-    # The judge decides at the latest at its horizon (max_runs canary runs, a 20% share).
-    horizon = math.ceil(CONFIG.max_runs / 0.2 / BATCH) + 5
+    # The judge decides at the latest at its horizon (max_runs canary runs at the weight).
+    horizon = math.ceil(CONFIG.max_runs / weight / BATCH) + 5
     kept, runs_to_decision = traffic.until("canary", decided, "the judge's decision", horizon)
     assert kept["status"] == "kept", kept["reason"]
     assert [e["status"] for e in kept["history"]] == [
