@@ -139,6 +139,23 @@ class _Session:
                 raise RuntimeError(f"engine component failed: {errors}")
             time.sleep(0.05)  # polling the read model (benchmark driver, not a test)
 
+    def give_up(self, mutation_id: str, workflow_id: str, timeout: float = 60.0) -> None:
+        """Rolls an undecided canary back (actor ``user:bench``) and waits for it to land."""
+        self.request(
+            MutationRequest(
+                workflow_id=workflow_id,
+                mutation_id=mutation_id,
+                action=MutationAction.ROLLBACK,
+                actor="user:bench",
+                reason="benchmark: undecided at the cap",
+            )
+        )
+        deadline = time.monotonic() + timeout
+        while (state := self.proposal(mutation_id)) is not None and state[0] == "applied":
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{mutation_id} still applied {timeout:g} s after a rollback")
+            time.sleep(0.05)  # polling the read model (benchmark driver)
+
     def proposal(self, mutation_id: str) -> tuple[str, Any] | None:
         row = self.conn.execute(
             f"SELECT status, report FROM {table(self.schema, 'mutation_proposals')} "
@@ -307,6 +324,11 @@ def _live(
             if state[0] == "applied" and not cap_reached:
                 return False
             _record(s, o, state[0], state[1], result)
+            if state[0] == "applied":
+                # Undecided at the cap (counted as such): roll it back by hand, as a person
+                # would, else the workflow's next proposal is never applied (one canary per
+                # workflow) and the run never ends.
+                s.give_up(o.mutation_id, o.workflow_id)
             del open_[o.workflow_id]
             if todo:
                 propose(o.workflow_id)
