@@ -271,6 +271,7 @@ def _record(s: _Session, o: _Open, status: str, report: Any, result: _LiveResult
             "judged_runs": (canary.get("canary_runs") or 0) + (canary.get("baseline_runs") or 0),
             "runs_started": o.runs,
             "effect": effect.get("change"),
+            "reason": canary.get("reason"),
             "p95_ms": {arm: effect.get(arm, {}).get("p95_ms") for arm in ("baseline", "canary")},
             "undecided_because": None if status != "applied" or last is None else last.reason,
         }
