@@ -272,7 +272,7 @@ def test_a_slower_dependency_on_a_busy_box_is_rolled_back_within_50_runs() -> No
 
 def test_a_tail_only_regression_is_rolled_back_by_the_p95_line() -> None:
     # One canary run in five x5 slower: the median moves a little, the p95 a lot; rolled back
-    # before the horizon (28-158 canary runs on these seeds: a tail is slow to see), by the
+    # before the horizon (29-173 canary runs on these seeds: a tail is slow to see), by the
     # p95 line on most seeds.
     by_p95 = 0
     for seed in range(10):
