@@ -16,8 +16,13 @@ Three parts (docs/learning.md, section "Canary"; ADR 0033):
    (8 runs/s per workflow, started one by one: live traffic) and **bursts** (10 runs per
    workflow started at once and waited for: a stress shape whose queueing spreads the run
    latencies, so latency regressions take longer to see; full mode only).
-   Per mutation: the decision, the **canary runs** the judge had seen when it decided (the
-   runs that got the bad version) and the total runs of both versions it judged.
+   Per mutation: the decision (and the judge's reason: which test decided), the **canary
+   runs** the judge had seen when it decided (finished runs of the bad version, in the order
+   they finished: what "within 50 runs" counts; runs not finished at the decision are not in
+   it), the total runs of both versions it judged, and the runs the driver started (both
+   versions, up to the moment it saw the decision). A mutation still ``applied`` after
+   :data:`MAX_ROUNDS` batches of runs is counted as undecided and rolled back by hand
+   (``user:bench``), so the workflow's next proposal can be applied.
 2. **proposal_to_canary**: on a second engine *with* replay validation (the real path: static
    checks, A/B replay of the recorded runs, ``validated``, policy ``auto`` approves, version
    registered, route written), one proposal per workflow published on ``reflux.mutations`` (as
