@@ -16,8 +16,13 @@ Three parts (docs/learning.md, section "Canary"; ADR 0033):
    (8 runs/s per workflow, started one by one: live traffic) and **bursts** (10 runs per
    workflow started at once and waited for: a stress shape whose queueing spreads the run
    latencies, so latency regressions take longer to see; full mode only).
-   Per mutation: the decision, the **canary runs** the judge had seen when it decided (the
-   runs that got the bad version) and the total runs of both versions it judged.
+   Per mutation: the decision (and the judge's reason: which test decided), the **canary
+   runs** the judge had seen when it decided (finished runs of the bad version, in the order
+   they finished: what "within 50 runs" counts; runs not finished at the decision are not in
+   it), the total runs of both versions it judged, and the runs the driver started (both
+   versions, up to the moment it saw the decision). A mutation still ``applied`` after
+   :data:`MAX_ROUNDS` batches of runs is counted as undecided and rolled back by hand
+   (``user:bench``), so the workflow's next proposal can be applied.
 2. **proposal_to_canary**: on a second engine *with* replay validation (the real path: static
    checks, A/B replay of the recorded runs, ``validated``, policy ``auto`` approves, version
    registered, route written), one proposal per workflow published on ``reflux.mutations`` (as
@@ -139,6 +144,23 @@ class _Session:
                 raise RuntimeError(f"engine component failed: {errors}")
             time.sleep(0.05)  # polling the read model (benchmark driver, not a test)
 
+    def give_up(self, mutation_id: str, workflow_id: str, timeout: float = 60.0) -> None:
+        """Rolls an undecided canary back (actor ``user:bench``) and waits for it to land."""
+        self.request(
+            MutationRequest(
+                workflow_id=workflow_id,
+                mutation_id=mutation_id,
+                action=MutationAction.ROLLBACK,
+                actor="user:bench",
+                reason="benchmark: undecided at the cap",
+            )
+        )
+        deadline = time.monotonic() + timeout
+        while (state := self.proposal(mutation_id)) is not None and state[0] == "applied":
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{mutation_id} still applied {timeout:g} s after a rollback")
+            time.sleep(0.05)  # polling the read model (benchmark driver)
+
     def proposal(self, mutation_id: str) -> tuple[str, Any] | None:
         row = self.conn.execute(
             f"SELECT status, report FROM {table(self.schema, 'mutation_proposals')} "
@@ -254,6 +276,7 @@ def _record(s: _Session, o: _Open, status: str, report: Any, result: _LiveResult
             "judged_runs": (canary.get("canary_runs") or 0) + (canary.get("baseline_runs") or 0),
             "runs_started": o.runs,
             "effect": effect.get("change"),
+            "reason": canary.get("reason"),
             "p95_ms": {arm: effect.get(arm, {}).get("p95_ms") for arm in ("baseline", "canary")},
             "undecided_because": None if status != "applied" or last is None else last.reason,
         }
@@ -307,6 +330,11 @@ def _live(
             if state[0] == "applied" and not cap_reached:
                 return False
             _record(s, o, state[0], state[1], result)
+            if state[0] == "applied":
+                # Undecided at the cap (counted as such): roll it back by hand, as a person
+                # would, else the workflow's next proposal is never applied (one canary per
+                # workflow) and the run never ends.
+                s.give_up(o.mutation_id, o.workflow_id)
             del open_[o.workflow_id]
             if todo:
                 propose(o.workflow_id)

@@ -13,7 +13,13 @@ import random
 import pytest
 
 from processors.canary.judge import CanaryConfig, RunObservation, first_decision, judge
-from processors.canary.sequential import always_valid_p, difference_sequence, mixture_radius
+from processors.canary.sequential import (
+    always_valid_p,
+    difference_sequence,
+    exceedance_mixture_p,
+    exceedance_null,
+    mixture_radius,
+)
 
 
 def simulate(
@@ -181,3 +187,97 @@ def test_a_significant_success_gain_outweighs_a_latency_regression() -> None:
     # With the trade switched off, the same runs are rolled back for their latency.
     _, strict = first_decision(runs, CanaryConfig(success_outweighs=False))
     assert strict.decision == "rollback" and strict.metric("latency_p95").regression
+
+
+def test_the_exceedance_null_is_exact() -> None:
+    # Share of m new draws above the k-th smallest of n reference draws, same distribution.
+    rng = random.Random(7)
+    n, k, m = 20, 19, 10
+    mean, variance = exceedance_null(n, k, m)
+    shares = []
+    for _ in range(20000):
+        line = sorted(rng.random() for _ in range(n))[k - 1]
+        shares.append(sum(rng.random() > line for _ in range(m)) / m)
+    assert mean == pytest.approx(2 / 21)  # above the reference's own share, 1/20
+    assert sum(shares) / len(shares) == pytest.approx(mean, abs=0.004)
+    observed = sum((s - mean) ** 2 for s in shares) / len(shares)
+    assert observed == pytest.approx(variance, rel=0.05)
+
+
+def test_the_exceedance_mixture_is_always_valid_and_a_normal_approximation_is_not() -> None:
+    # A fixed line (the 95th of 100 reference draws, the p95), new draws from the same
+    # distribution looked at after each one up to 200, at the judge's per-metric alpha: the
+    # mixture rejects at most alpha of the sequences (2 of 400 here). The normal mixture with
+    # the exact null variance, on the same sequences, rejects more than alpha (15 of 400): a
+    # binomial at ~5 % has a longer right tail than its variance says.
+    alpha, n, k = 0.05 / 3, 100, 95
+    rng = random.Random(11)
+    exact = normal = 0
+    for _ in range(400):
+        line = sorted(rng.random() for _ in range(n))[k - 1]
+        hits = 0
+        exact_hit = normal_hit = False
+        for m in range(1, 201):
+            hits += rng.random() > line
+            if m < 10:
+                continue
+            mean, variance = exceedance_null(n, k, m)
+            exact_hit |= exceedance_mixture_p(hits, m, n=n, k=k) <= alpha
+            normal_hit |= hits / m > mean and always_valid_p(hits / m - mean, variance, 0.15) <= (
+                alpha
+            )
+        exact += exact_hit
+        normal += normal_hit
+    assert exact <= alpha * 400, exact
+    assert normal > alpha * 400 and normal > 3 * exact, (normal, exact)
+
+
+def test_the_exceedance_mixture_sees_a_quarter_of_the_runs_above_the_line() -> None:
+    assert exceedance_mixture_p(2, 20, n=80, k=76) > 0.5  # ~what an unchanged canary shows
+    assert exceedance_mixture_p(8, 20, n=80, k=76) < 0.05 / 3
+    assert exceedance_mixture_p(8, 20, n=80, k=76) < exceedance_mixture_p(8, 30, n=80, k=76)
+    with pytest.raises(ValueError, match="hits"):
+        exceedance_mixture_p(5, 4, n=80, k=76)
+
+
+def _busy(seed: int, *, shift_ms: float = 0.0, tail: float = 0.0) -> list[RunObservation]:
+    """A busy box: runs of a 20 ms call take 50-500 ms (the engine's queueing: lognormal,
+    sigma 0.8, median 120 ms). The canary adds ``shift_ms`` to every run, and multiplies one
+    run in five by ``tail``."""
+    rng = random.Random(seed)
+    runs = []
+    for i in range(1500):
+        canary = rng.random() < 0.2
+        duration = 120.0 * math.exp(rng.gauss(0.0, 0.8))
+        if canary:
+            duration += shift_ms
+            if rng.random() < 0.2:
+                duration *= tail or 1.0
+        runs.append(RunObservation(f"r{i}", canary, True, duration, None))
+    return runs
+
+
+def test_a_slower_dependency_on_a_busy_box_is_rolled_back_within_50_runs() -> None:
+    # +230 ms on every run moves the p95 x~1.5 but the median x~3. The p95 test alone needs
+    # a median of ~36 canary runs and more than 50 for a third of the seeds (100 seeds
+    # simulated); the median's line sees it at the minimum (10-11 here).
+    rolled: list[int] = []
+    for seed in range(40):
+        _, verdict = first_decision(_busy(seed, shift_ms=230.0))
+        assert verdict.decision == "rollback", (seed, verdict.reason)
+        assert verdict.metric("latency_p50").regression or verdict.metric("latency_p95").regression
+        rolled.append(verdict.canary_runs)
+    assert max(rolled) <= 20, sorted(rolled)
+
+
+def test_a_tail_only_regression_is_rolled_back_by_the_p95_line() -> None:
+    # One canary run in five x5 slower: the median moves a little, the p95 a lot; rolled back
+    # before the horizon (29-173 canary runs on these seeds: a tail is slow to see), by the
+    # p95 line on most seeds.
+    by_p95 = 0
+    for seed in range(10):
+        _, verdict = first_decision(_busy(seed, tail=5.0))
+        assert verdict.decision == "rollback", (seed, verdict.reason)
+        assert verdict.canary_runs < 200, verdict.canary_runs
+        by_p95 += verdict.reason.startswith("significant regression in latency p95")
+    assert by_p95 >= 7, by_p95
