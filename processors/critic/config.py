@@ -104,6 +104,15 @@ class RunTuning:
     sequential_min_runs: int = 10
     sequential_min_share: float = 0.9
     """Two data-independent steps ran one after the other in >= 90% of >= 10 runs."""
+    cost_min_runs: int = 20
+    cost_min_share: float = 0.5
+    cost_min_tokens: float = 50.0
+    cost_dominance: float = 1.5
+    """A step is where a workflow's money goes (a ``cost`` diagnosis about the step, detector
+    ``cost_share``) when it is >= 50% of the tokens of the workflow's last runs (at least 20,
+    in the 64 kept), >= 1.5x the next step, and averages >= 50 tokens per run: the cost
+    counterpart of the bottleneck, which the optimizer's model choice answers. A drift is not
+    needed: a workflow that always asked the expensive model never drifts."""
 
 
 @dataclass(frozen=True)

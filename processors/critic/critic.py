@@ -628,6 +628,7 @@ class Critic:
             drift = state.cost.update(math.log1p(cost))
             if drift is not None:
                 self._emit_cost(state, run, drift, out)
+            self._cost_share(state, run, out)
         if self.dependencies is not None and len(run.steps) > 1:
             pairs = self.dependencies(run.workflow_id, run.workflow_version)
             if pairs is not None:
@@ -691,6 +692,60 @@ class Critic:
             explanation=(
                 f"Step {step} is {mean:.0%} of the duration of workflow {run.workflow_id}'s runs "
                 f"on the critical path (mean over its last {n} runs): its bottleneck."
+            ),
+        )
+
+    def _cost_share(self, state: _WorkflowState, run: ClosedRun, out: list[Diagnosis]) -> None:
+        """The step carrying most of the workflow's tokens over its last runs (one diagnosis
+        per episode, kept open while the condition holds)."""
+        rt = self.config.runs
+        n = len(state.costs)
+        if n < rt.cost_min_runs:
+            return
+        by_step: dict[str, int] = {}
+        total = 0
+        for _, cost, per_step in state.costs:
+            total += cost
+            for s, c in per_step.items():
+                by_step[s] = by_step.get(s, 0) + c
+        if total <= 0 or not by_step:
+            return
+        step, tokens = max(by_step.items(), key=lambda kv: (kv[1], kv[0]))
+        runner_up = max((c for s, c in by_step.items() if s != step), default=0)
+        share = tokens / total
+        per_run = tokens / n
+        # Dominant, not one of two equals (as for the bottleneck): a model change on one of
+        # two equal spenders saves at most half.
+        if share < rt.cost_min_share or per_run < rt.cost_min_tokens:
+            return
+        if tokens < rt.cost_dominance * runner_up:
+            return
+        subject = step_subject(run.workflow_id, step)
+        if self._extend(DiagnosisKind.COST, subject, "share", run.end_ms):
+            return
+        self._emit_run_level(
+            out,
+            kind=DiagnosisKind.COST,
+            subject=subject,
+            step_id=step,
+            key_extra="share",
+            severity=DiagnosisSeverity.INFO,
+            detector="cost_share",
+            run=run,
+            seen=state.runs_seen,
+            metrics={"share": share, "tokens_per_run": per_run, "runs": n},
+            examples=[r for r, c, _ in sorted(state.costs, key=lambda x: x[1], reverse=True)],
+            evidence={
+                "runs": n,
+                "tokens_per_run": round(per_run, 1),
+                "workflow_tokens_per_run": round(total / n, 1),
+                "share_by_step": {
+                    s: round(c / total, 4) for s, c in sorted(by_step.items(), key=lambda kv: kv[0])
+                },
+            },
+            explanation=(
+                f"Step {step} spends {share:.0%} of workflow {run.workflow_id}'s tokens "
+                f"({per_run:.0f} per run over its last {n} runs): where its cost goes."
             ),
         )
 

@@ -168,6 +168,14 @@ def plan(
         if proposal is None:
             skipped.append((strategy.name, "nothing to change"))
             continue
+        # The proposal may be about another step than the diagnosis (a checker's quality
+        # drift answered on the model step it scores): its own key must be free too.
+        own = proposal_key(
+            workflow_id, strategy_step(strategy.name, proposal.step_id), strategy.name
+        )
+        if own != key and own in open_keys:
+            skipped.append((strategy.name, f"a proposal for {own} is still open"))
+            continue
         return Plan(proposal, tuple(skipped), similar)
     return Plan(None, tuple(skipped), similar)
 
@@ -199,8 +207,11 @@ def mutation_request(found: Plan, given: StrategyInput) -> MutationRequest:
     if proposal.strategy == "model_choice":
         # The canary becomes a two-arm bandit experiment (ADR 0037): the experiment runner
         # moves its weight within the budget and keeps or rolls it back.
+        min_runs = max(1, given.config.experiment_min_runs)
         evidence["bandit"] = ExperimentConfig(
             budget=min(0.49, max(0.01, given.config.exploration_budget)),
+            min_runs=min_runs,
+            decide_runs=max(min_runs, ExperimentConfig.decide_runs),
             weights=given.config.weights_for(given.definition.id),
         ).to_json()
     return MutationRequest(

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import logging
 import shutil
 import tempfile
@@ -41,10 +42,18 @@ import faust
 import psycopg
 
 from foundation.settings import Settings
+from processors.optimizer.arms import (
+    ArmSample,
+    bandits_from_samples,
+    drift_since,
+    model_step,
+    sample_from_row,
+)
 from processors.optimizer.bandit import ModelBandit
 from processors.optimizer.history import Historian, NoHistory
 from processors.optimizer.planner import (
     AUTHOR_PREFIX,
+    DRIFT_KINDS,
     FINAL_STATUSES,
     Plan,
     mutation_request,
@@ -54,6 +63,7 @@ from processors.optimizer.planner import (
     strategy_step,
 )
 from processors.optimizer.strategies import OptimizerConfig, StrategyInput
+from projections.postgres.identifiers import table
 from projections.postgres.mutation_queries import current_route, get_policy, list_mutations
 from projections.postgres.queries import list_workflow_versions
 from schemas.errors import SchemaError
@@ -71,6 +81,10 @@ log = logging.getLogger(__name__)
 
 PENDING_TTL_S = 300.0
 """How long a sent proposal counts as open while the read model does not show it yet."""
+ARM_WINDOW = 500
+"""Finished runs the model-choice bandits are measured on (the newest)."""
+ARM_MIN_PULLS = 10
+"""Pulls an arm needs in an input class before the bandits compare it."""
 
 
 def default_historian(settings: Settings, schema: str) -> Historian:
@@ -149,6 +163,39 @@ class ReadModel:
             keys.add(proposal_key(workflow_id, strategy_step(strategy, step), strategy))
         return keys
 
+    def arm_samples(
+        self,
+        conn: psycopg.Connection[Any],
+        definition: WorkflowDefinition,
+        step_id: str,
+        context_field: str | None,
+        limit: int = ARM_WINDOW,
+    ) -> list[ArmSample]:
+        """The workflow's last ``limit`` finished runs as the model step's bandits see them
+        (any version: the experiment's two arms included)."""
+        checkers = [s.id for s in definition.steps if s.checker]
+        rows = conn.execute(
+            "SELECT r.run_id, r.finished_at, r.status, "
+            "CASE WHEN %(field)s::text IS NULL THEN NULL ELSE r.inputs ->> %(field)s::text END, "
+            "s.output, extract(epoch FROM r.finished_at - r.started_at) * 1000, "
+            f"(SELECT array_agg(c.output) FROM {table(self.schema, 'steps')} c "
+            "WHERE c.run_id = r.run_id AND c.step_id = ANY(%(checkers)s)) "
+            f"FROM {table(self.schema, 'runs')} r "
+            f"LEFT JOIN {table(self.schema, 'steps')} s "
+            "ON s.run_id = r.run_id AND s.step_id = %(step)s "
+            "WHERE r.workflow_id = %(workflow)s AND r.finished_at IS NOT NULL "
+            "AND r.status IN ('succeeded', 'failed') "
+            "ORDER BY r.finished_at DESC, r.run_id DESC LIMIT %(limit)s",
+            {
+                "field": context_field,
+                "checkers": checkers,
+                "step": step_id,
+                "workflow": definition.id,
+                "limit": limit,
+            },
+        ).fetchall()
+        return [sample_from_row(*row) for row in rows]
+
     def known_mutations(self, conn: psycopg.Connection[Any], workflow_id: str) -> set[str]:
         rows = list_mutations(conn, workflow_id=workflow_id, limit=1000, schema=self.schema)
         return {row.mutation_id for row in rows}
@@ -162,7 +209,9 @@ class OptimizerProcessor:
     historian: Historian | None = None
     side_effects: SideEffectView = field(default_factory=CatalogSideEffects)
     bandits: Callable[[str, str], Sequence[ModelBandit]] | None = None
-    """The bandits of ``(workflow, step)``, when something feeds them (benchmarks do)."""
+    """The bandits of ``(workflow, step)`` when something else feeds them (reset here on a
+    drift). Without it, the bandits of a step with models in ``config.models`` are measured
+    from its recent runs in the read models for each diagnosis (``_measured_arms``)."""
     max_age_s: float = 3600.0
     """Diagnoses older than this (by ``detected_at``) are read but not acted on: a fresh
     consumer group does not answer last month's findings."""
@@ -194,21 +243,22 @@ class OptimizerProcessor:
             if serving is None:
                 return self._note(Decision(diagnosis.diagnosis_id, None, "workflow unknown"))
             open_keys = self.read_model.open_keys(conn, diagnosis.workflow_id)
+            version, definition = serving
+            if self.bandits is not None and diagnosis.step_id is not None:
+                bandits: Sequence[ModelBandit] = self.bandits(
+                    diagnosis.workflow_id, diagnosis.step_id
+                )
+                reset_on_drift(diagnosis, bandits)
+            else:
+                bandits = self._measured_arms(conn, diagnosis, definition)
         now = time.time()
         open_keys |= {k for k, at in (pending or {}).items() if now - at < PENDING_TTL_S}
-        version, definition = serving
         assert self.historian is not None
         try:
             incidents = list(self.historian.similar(diagnosis, k=5))
         except Exception as exc:  # the historian is advice: its failure must not stop us
             log.warning("historian lookup failed for %s: %s", diagnosis.diagnosis_id, exc)
             incidents = []
-        bandits = (
-            self.bandits(diagnosis.workflow_id, diagnosis.step_id)
-            if self.bandits is not None and diagnosis.step_id is not None
-            else ()
-        )
-        reset_on_drift(diagnosis, bandits)
         given = StrategyInput(
             diagnosis=diagnosis,
             definition=definition,
@@ -232,6 +282,38 @@ class OptimizerProcessor:
             diagnosis.diagnosis_id,
         )
         return self._note(Decision(diagnosis.diagnosis_id, request, "proposed", found))
+
+    def _measured_arms(
+        self, conn: psycopg.Connection[Any], diagnosis: Diagnosis, definition: WorkflowDefinition
+    ) -> list[ModelBandit]:
+        """The model step's bandits measured from its recent runs (``config.models`` names its
+        arms); on a drift, only the runs since the drift began count (the reset)."""
+        step_id = model_step(definition, diagnosis.step_id)
+        if step_id is None:
+            return []
+        arms = self.config.models_for(definition.id, step_id)
+        if not arms:
+            return []
+        context_field = self.config.contexts.get(definition.id)
+        samples = self.read_model.arm_samples(conn, definition, step_id, context_field)
+        since = None
+        if diagnosis.kind in DRIFT_KINDS:
+            evidence = _json_object(diagnosis.evidence)
+            after = evidence.get("after")
+            after_n = after.get("n") if isinstance(after, dict) else None
+            detected = diagnosis.detected_at.replace(tzinfo=diagnosis.detected_at.tzinfo or UTC)
+            since = drift_since(samples, detected, int(after_n or 0))
+            if since is None:
+                return []  # the drift's window is not in the read model yet: nothing measured
+        return bandits_from_samples(
+            samples,
+            key=f"{definition.id}/{step_id}",
+            arms=arms,
+            weights=self.config.weights_for(definition.id),
+            budget=self.config.exploration_budget,
+            min_pulls=ARM_MIN_PULLS,
+            since=since,
+        )
 
     def _note(self, decision: Decision) -> Decision:
         self.decisions.append(decision)
@@ -339,6 +421,14 @@ class OptimizerProcessor:
         self.producer.close()
         # faust's data folder (memory store: only its lock and metadata) goes with the instance.
         shutil.rmtree(self._datadir, ignore_errors=True)
+
+
+def _json_object(text: str | None) -> dict[str, Any]:
+    try:
+        data = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def now_utc() -> datetime:

@@ -722,3 +722,40 @@ def test_anomaly_diagnosis_names_the_odd_runs() -> None:
     assert anomaly[0].metrics["anomalous"] >= 4
     odd_runs = {f"r{i}" for i in range(3000, 3060) if i % 6 == 0}
     assert set(anomaly[0].example_run_ids) <= odd_runs
+
+
+def test_the_step_carrying_most_of_the_tokens_is_a_cost_finding() -> None:
+    """A workflow that always asked the expensive model has no cost drift; the critic still
+    says which step its tokens go to (``cost`` about the step, detector ``cost_share``), once
+    per episode."""
+    critic = Critic(replace(CriticConfig(), runs=replace(CriticConfig().runs, idle_close_ms=5000)))
+    found: list[Diagnosis] = []
+    for run in range(80):
+        # _run puts the tokens on every span: two equal spenders, none dominant.
+        found += _run(critic, run, {"ask": (0, 50), "check": (50, 60)}, 210)
+    assert not [d for d in found if d.kind == DiagnosisKind.COST]
+
+    critic = Critic(replace(CriticConfig(), runs=replace(CriticConfig().runs, idle_close_ms=5000)))
+    found = []
+    for run in range(80):
+        base = T0 + run * 10_000
+        for step, (start, end), tokens in (("ask", (0, 50), 210), ("check", (50, 60), None)):
+            found += critic.observe(
+                _view(
+                    run,
+                    run_id=f"run{run}",
+                    step_id=step,
+                    start_ms=base + start,
+                    end_ms=base + end,
+                    latency_ms=end - start,
+                    cost_tokens=tokens,
+                )
+            )
+    shares = [d for d in found if d.kind == DiagnosisKind.COST]
+    assert [(d.subject, d.detector, d.step_id) for d in shares] == [
+        ("workflow:wf/step:ask", "cost_share", "ask")
+    ]
+    assert shares[0].metrics["share"] == 1.0
+    assert shares[0].metrics["tokens_per_run"] == 210.0
+    assert shares[0].metrics["runs"] == CriticConfig().runs.cost_min_runs
+    assert json.loads(shares[0].evidence)["share_by_step"] == {"ask": 1.0}
