@@ -129,10 +129,9 @@ def bandits_from_samples(
 
 
 def in_use(bandit: ModelBandit) -> str | None:
-    """The arm the class's runs got most in the window (None: no pulls)."""
-    pulls = {arm: bandit.stats[arm].pulls for arm in bandit.arms}
-    best = max(bandit.arms, key=lambda arm: (pulls[arm], -bandit.arms.index(arm)))
-    return best if pulls[best] > 0 else None
+    """The arm the class's newest run got (None: no pulls): what it runs on now, since the
+    samples are folded in finish order."""
+    return bandit.last_arm
 
 
 def sample_from_row(  # noqa: PLR0917 (one read-model row, column by column)

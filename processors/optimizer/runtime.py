@@ -81,6 +81,9 @@ log = logging.getLogger(__name__)
 
 PENDING_TTL_S = 300.0
 """How long a sent proposal counts as open while the read model does not show it yet."""
+PENDING_CLOCK_SLACK_S = 5.0
+"""The proposal's time in the read model is the mutation processor's clock (same machine or
+NTP): a proposal projected within this before the note still answers it."""
 ARM_WINDOW = 500
 """Finished runs the model-choice bandits are measured on (the newest)."""
 ARM_MIN_PULLS = 10
@@ -154,13 +157,18 @@ class ReadModel:
         """Keys of the workflow's optimizer proposals that are not final."""
         keys: set[str] = set()
         rows = list_mutations(conn, workflow_id=workflow_id, limit=1000, schema=self.schema)
+        # Under policy auto, a proposal validated while another one was the canary waits (one
+        # canary at a time): it does not hold its key against a newer diagnosis. The newer
+        # proposal is the one applied when the slot frees (the lifecycle applies the newest
+        # waiting one made on the version new runs get then); one made on a version that is
+        # no longer served is never applied by itself, and the optimizer proposes again.
+        auto = self.policy(conn, workflow_id) == "auto"
         for row in rows:
             if not row.author.startswith(AUTHOR_PREFIX) or row.status in FINAL_STATUSES:
                 continue
-            evidence = row.evidence if isinstance(row.evidence, Mapping) else {}
-            strategy = str(evidence.get("strategy") or row.author.removeprefix(AUTHOR_PREFIX))
-            step = evidence.get("step_id")
-            keys.add(proposal_key(workflow_id, strategy_step(strategy, step), strategy))
+            if auto and row.status == "validated":
+                continue
+            keys.add(proposal_key(workflow_id, *self._step_strategy(row)))
         return keys
 
     def arm_samples(
@@ -195,6 +203,23 @@ class ReadModel:
             },
         ).fetchall()
         return [sample_from_row(*row) for row in rows]
+
+    def proposed_at(self, conn: psycopg.Connection[Any], workflow_id: str) -> dict[str, float]:
+        """Per key, when the newest optimizer proposal for it was made (epoch seconds)."""
+        found: dict[str, float] = {}
+        rows = list_mutations(conn, workflow_id=workflow_id, limit=1000, schema=self.schema)
+        for row in rows:
+            if not row.author.startswith(AUTHOR_PREFIX):
+                continue
+            key = proposal_key(workflow_id, *self._step_strategy(row))
+            found[key] = max(found.get(key, 0.0), row.created_at.timestamp())
+        return found
+
+    @staticmethod
+    def _step_strategy(row: Any) -> tuple[str, str]:
+        evidence = row.evidence if isinstance(row.evidence, Mapping) else {}
+        strategy = str(evidence.get("strategy") or row.author.removeprefix(AUTHOR_PREFIX))
+        return strategy_step(strategy, evidence.get("step_id")), strategy
 
     def known_mutations(self, conn: psycopg.Connection[Any], workflow_id: str) -> set[str]:
         rows = list_mutations(conn, workflow_id=workflow_id, limit=1000, schema=self.schema)
@@ -243,6 +268,7 @@ class OptimizerProcessor:
             if serving is None:
                 return self._note(Decision(diagnosis.diagnosis_id, None, "workflow unknown"))
             open_keys = self.read_model.open_keys(conn, diagnosis.workflow_id)
+            projected = self.read_model.proposed_at(conn, diagnosis.workflow_id)
             version, definition = serving
             if self.bandits is not None and diagnosis.step_id is not None:
                 bandits: Sequence[ModelBandit] = self.bandits(
@@ -252,7 +278,13 @@ class OptimizerProcessor:
             else:
                 bandits = self._measured_arms(conn, diagnosis, definition)
         now = time.time()
-        open_keys |= {k for k, at in (pending or {}).items() if now - at < PENDING_TTL_S}
+        # A key sent but not projected yet counts as open; once the read model has a proposal
+        # for it made since, the read model says whether it is still open.
+        open_keys |= {
+            k
+            for k, at in (pending or {}).items()
+            if now - at < PENDING_TTL_S and projected.get(k, 0.0) < at - PENDING_CLOCK_SLACK_S
+        }
         assert self.historian is not None
         try:
             incidents = list(self.historian.similar(diagnosis, k=5))

@@ -243,6 +243,10 @@ class TimeoutStrategy:
         step = given.step
         if step is None or not _dispatched(step):
             return None
+        if given.diagnosis.kind is K.LATENCY_DRIFT and given.evidence().get("direction") == "down":
+            # Faster is not a problem to answer, and a timeout sized on the faster period would
+            # cut the attempts if the latency comes back (seen: a warm-up's 75 -> 19 ms).
+            return None
         p99 = given.metric("p99_ms", "p99_after_ms")
         p95 = given.metric("p95_ms", "p95_after_ms")
         if p99 is None and p95 is None:
@@ -375,6 +379,8 @@ class CacheStrategy:
         step = given.step
         if step is None or not _dispatched(step) or step.cache.enabled:
             return None
+        if step.checker:
+            return None  # a cache hit is not scored: the run would lose its quality signal
         if given.side_effects.has_side_effects(step.node_name, step.params):
             return None  # serving a write from the cache would skip the write
         if secret_placeholders(canonical_json(step.params)):

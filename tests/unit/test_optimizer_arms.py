@@ -277,3 +277,28 @@ def test_the_open_model_choice_of_the_scored_step_blocks_the_checker_drift() -> 
     config = ExperimentConfig.from_json(request.evidence["bandit"])
     assert config.min_runs == CONFIG.experiment_min_runs == 10
     assert config.budget == 0.1 and config.weights == WEIGHTS
+
+
+def test_a_checker_step_is_never_cached() -> None:
+    """A cache hit is a scheduler trace without metrics: the run would not be scored, and the
+    critic's quality drift and the experiments' rewards would lose their signal."""
+    from processors.optimizer.strategies import CacheStrategy
+
+    d = diagnosis(DiagnosisKind.REPEATED_INPUTS, "check", metrics={"repeat_share": 0.6})
+    assert CacheStrategy().propose(StrategyInput(d, checked(), 1)) is None
+    ask = diagnosis(DiagnosisKind.REPEATED_INPUTS, "ask", metrics={"repeat_share": 0.6})
+    assert CacheStrategy().propose(StrategyInput(ask, checked(), 1)) is not None
+
+
+def test_a_latency_that_fell_gets_no_timeout() -> None:
+    from processors.optimizer.strategies import TimeoutStrategy
+
+    metrics = {"p50_ms": 19, "p95_ms": 25, "p99_ms": 30}
+    fell = diagnosis(
+        DiagnosisKind.LATENCY_DRIFT, "ask", metrics=metrics, evidence='{"direction": "down"}'
+    )
+    assert TimeoutStrategy().propose(StrategyInput(fell, checked(), 1)) is None
+    rose = diagnosis(
+        DiagnosisKind.LATENCY_DRIFT, "ask", metrics=metrics, evidence='{"direction": "up"}'
+    )
+    assert TimeoutStrategy().propose(StrategyInput(rose, checked(), 1)) is not None
