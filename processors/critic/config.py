@@ -110,9 +110,9 @@ class RunTuning:
     cost_dominance: float = 1.5
     """A step is where a workflow's money goes (a ``cost`` diagnosis about the step, detector
     ``cost_share``) when it is >= 50% of the tokens of the workflow's last runs (at least 20,
-    in the 64 kept), >= 1.5x the next step, and averages >= 50 tokens per run: the cost
-    counterpart of the bottleneck, which the optimizer's model choice answers. A drift is not
-    needed: a workflow that always asked the expensive model never drifts."""
+    up to 64, all of one version), >= 1.5x the next step, and averages >= 50 tokens per run:
+    the cost counterpart of the bottleneck, which the optimizer's model choice answers. A drift
+    is not needed: a workflow that always asked the expensive model never drifts."""
 
 
 @dataclass(frozen=True)

@@ -710,18 +710,20 @@ class Critic:
         )
 
     def _cost_share(self, state: _WorkflowState, run: ClosedRun, out: list[Diagnosis]) -> None:
-        """The step carrying most of the tokens of the workflow version its newest runs ran
-        (the last ``cost_min_runs`` all of it: a finding about one definition, which is what a
-        proposal changes). One diagnosis per episode of the version; a mix of versions (a
-        canary) ends the episode, so the version that new runs get once it is decided -- kept,
-        rolled back or the same again -- is looked at anew."""
+        """The step carrying most of the tokens of the workflow version its runs ran (every
+        run in the window of it, at least ``cost_min_runs``): a finding about one definition,
+        which is what a proposal changes. One diagnosis per episode of the version; a mix of
+        versions (a canary) ends the episode, so the version that new runs get once it is
+        decided -- kept, rolled back or the same again -- is looked at anew."""
         rt = self.config.runs
         version = run.workflow_version
         versions = state.cost_versions
         key = f"share|v{version}"
         if len(versions) < rt.cost_min_runs:
             return
-        if any(versions[-k] != version for k in range(1, rt.cost_min_runs + 1)):
+        if any(v != version for v in versions):
+            # the whole window (64 runs): a 10% canary leaves 20 runs in a row of one version
+            # often enough to re-announce the finding again and again
             for opened in state.share_keys:
                 self.episodes.close(opened)
             state.share_keys.clear()

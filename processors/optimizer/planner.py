@@ -20,11 +20,13 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from processors.optimizer.arms import model_step
 from processors.optimizer.bandit import ModelBandit
 from processors.optimizer.experiment import ExperimentConfig
 from processors.optimizer.history import IncidentLike
 from processors.optimizer.strategies import STRATEGIES, Proposal, Strategy, StrategyInput
 from schemas.models import Diagnosis, DiagnosisKind, MutationAction, MutationRequest
+from workflows.model import WorkflowDefinition
 
 __all__ = [
     "AUTHOR_PREFIX",
@@ -37,6 +39,7 @@ __all__ = [
     "proposal_key",
     "reset_on_drift",
     "strategy_step",
+    "superseding_key",
 ]
 
 AUTHOR_PREFIX: Final = "optimizer:"
@@ -68,6 +71,20 @@ def reset_on_drift(diagnosis: Diagnosis, bandits: Sequence[ModelBandit]) -> bool
     for b in bandits:
         b.reset(degraded=arm if arm in b.arms else None)
     return True
+
+
+def superseding_key(diagnosis: Diagnosis, definition: WorkflowDefinition) -> str | None:
+    """The ``model_choice`` key whose open experiment a diagnosis supersedes: a quality drop
+    of a model step (or of the checker scoring it) makes the arms' history void, so the
+    optimizer's own experiment on that step is rolled back for the answer (ADR 0040)."""
+    if diagnosis.kind is not DiagnosisKind.QUALITY_DRIFT:
+        return None
+    before = diagnosis.metrics.get("mean_before")
+    after = diagnosis.metrics.get("mean_after")
+    if before is None or after is None or after >= before:
+        return None
+    step_id = model_step(definition, diagnosis.step_id)
+    return None if step_id is None else proposal_key(definition.id, step_id, "model_choice")
 
 
 def strategy_step(strategy: str, step_id: str | None) -> str:

@@ -61,13 +61,14 @@ from processors.optimizer.planner import (
     proposal_key,
     reset_on_drift,
     strategy_step,
+    superseding_key,
 )
 from processors.optimizer.strategies import OptimizerConfig, StrategyInput
 from projections.postgres.identifiers import table
 from projections.postgres.mutation_queries import current_route, get_policy, list_mutations
 from projections.postgres.queries import list_workflow_versions
 from schemas.errors import SchemaError
-from schemas.models import Diagnosis, MutationRequest
+from schemas.models import Diagnosis, MutationAction, MutationRequest
 from schemas.serde import decode
 from streams.admin import ensure_topics
 from streams.producer import Producer
@@ -204,6 +205,15 @@ class ReadModel:
         ).fetchall()
         return [sample_from_row(*row) for row in rows]
 
+    def applied_own(self, conn: psycopg.Connection[Any], workflow_id: str) -> str | None:
+        """The optimizer's proposal that is the workflow's canary now, if any (a person's
+        canary is never the optimizer's to end)."""
+        rows = list_mutations(conn, workflow_id=workflow_id, limit=1000, schema=self.schema)
+        for row in rows:
+            if row.status == "applied" and row.author.startswith(AUTHOR_PREFIX):
+                return row.mutation_id
+        return None
+
     def proposed_at(self, conn: psycopg.Connection[Any], workflow_id: str) -> dict[str, float]:
         """Per key, when the newest optimizer proposal for it was made (epoch seconds)."""
         found: dict[str, float] = {}
@@ -270,6 +280,9 @@ class OptimizerProcessor:
             open_keys = self.read_model.open_keys(conn, diagnosis.workflow_id)
             projected = self.read_model.proposed_at(conn, diagnosis.workflow_id)
             version, definition = serving
+            superseded = self._superseded(conn, diagnosis, definition)
+            if superseded is not None:
+                open_keys.discard(superseded[0])  # its experiment, if open, is the one ended
             if self.bandits is not None and diagnosis.step_id is not None:
                 bandits: Sequence[ModelBandit] = self.bandits(
                     diagnosis.workflow_id, diagnosis.step_id
@@ -305,6 +318,21 @@ class OptimizerProcessor:
             reasons = "; ".join(f"{name}: {why}" for name, why in found.skipped) or "no strategy"
             return self._note(Decision(diagnosis.diagnosis_id, None, reasons, found))
         request = mutation_request(found, given)
+        if superseded is not None:
+            key, mutation_id = superseded
+            p = found.proposal
+            if proposal_key(diagnosis.workflow_id, p.step_id, p.strategy) == key:
+                # Before the proposal, on the same partition (keyed by workflow): the slot is
+                # free when the proposal comes.
+                rollback = MutationRequest(
+                    workflow_id=diagnosis.workflow_id,
+                    mutation_id=mutation_id,
+                    action=MutationAction.ROLLBACK,
+                    actor=f"{AUTHOR_PREFIX}{p.strategy}",
+                    reason=f"superseded by the answer to {diagnosis.diagnosis_id}: "
+                    f"{diagnosis.explanation}",
+                )
+                self.producer.send(self.catalog.mutations, rollback.workflow_id, rollback)
         self.producer.send(self.catalog.mutations, request.workflow_id, request)
         self.producer.flush(10.0)
         log.info(
@@ -314,6 +342,21 @@ class OptimizerProcessor:
             diagnosis.diagnosis_id,
         )
         return self._note(Decision(diagnosis.diagnosis_id, request, "proposed", found))
+
+    def _superseded(
+        self, conn: psycopg.Connection[Any], diagnosis: Diagnosis, definition: WorkflowDefinition
+    ) -> tuple[str, str] | None:
+        """A quality drop of a model step while one of the optimizer's own proposals is the
+        workflow's canary: the answer needs the slot (one canary per workflow), and a
+        regression of what the workflow answers goes before a tune-up still being measured (a
+        model-choice experiment on the step measures arms whose history the drift voided; a
+        timeout or retry is proposed again if its finding recurs). (the answer's key, the
+        canary's mutation id) to roll back before proposing; None otherwise."""
+        key = superseding_key(diagnosis, definition)
+        if key is None or diagnosis.workflow_id is None:
+            return None
+        mutation_id = self.read_model.applied_own(conn, diagnosis.workflow_id)
+        return None if mutation_id is None else (key, mutation_id)
 
     def _measured_arms(
         self, conn: psycopg.Connection[Any], diagnosis: Diagnosis, definition: WorkflowDefinition

@@ -768,9 +768,11 @@ def test_the_step_carrying_most_of_the_tokens_is_a_cost_finding() -> None:
     # A canary mixes two versions: nothing, and the episode ends; once the runs are all of
     # the version new runs get (kept, or rolled back), it is a finding about that version.
     assert runs(80, 120, lambda run: 1 + run % 2) == []
-    again = runs(120, 160, lambda _: 2)
+    # once the whole window (64 runs) is of the version new runs get
+    assert runs(120, 120 + 63, lambda _: 2) == []
+    again = runs(183, 200, lambda _: 2)
     assert [json.loads(d.evidence)["workflow_version"] for d in again] == [2]
-    assert runs(160, 200, lambda run: 2 + run % 2) + runs(200, 240, lambda _: 2) != []
+    assert runs(200, 240, lambda run: 2 + run % 2) + runs(240, 320, lambda _: 2) != []
 
 
 def test_whole_millisecond_jitter_of_a_fast_step_is_no_latency_drift() -> None:

@@ -302,3 +302,28 @@ def test_a_latency_that_fell_gets_no_timeout() -> None:
         DiagnosisKind.LATENCY_DRIFT, "ask", metrics=metrics, evidence='{"direction": "up"}'
     )
     assert TimeoutStrategy().propose(StrategyInput(rose, checked(), 1)) is not None
+
+
+def test_a_quality_drop_of_the_model_step_supersedes_its_model_choice_experiment() -> None:
+    from processors.optimizer.planner import superseding_key
+
+    fell = {"mean_before": 0.96, "mean_after": 0.5}
+    key = "answer/ask/model_choice"
+    assert (
+        superseding_key(diagnosis(DiagnosisKind.QUALITY_DRIFT, "check", metrics=fell), checked())
+        == key
+    )
+    assert (
+        superseding_key(diagnosis(DiagnosisKind.QUALITY_DRIFT, "ask", metrics=fell), checked())
+        == key
+    )
+    rose = {"mean_before": 0.5, "mean_after": 0.9}
+    assert (
+        superseding_key(diagnosis(DiagnosisKind.QUALITY_DRIFT, "check", metrics=rose), checked())
+        is None
+    )
+    assert superseding_key(diagnosis(DiagnosisKind.COST, "ask", metrics=fell), checked()) is None
+    two = checked(second_chat=True)
+    assert (
+        superseding_key(diagnosis(DiagnosisKind.QUALITY_DRIFT, "check", metrics=fell), two) is None
+    )
