@@ -239,15 +239,21 @@ def test_policy_auto_applies_the_newest_waiting_proposal_when_the_canary_slot_fr
     assert statuses(propose(state, actor="optimizer", mid="c1"))[-1] == "applied"
     assert statuses(propose(state, actor="optimizer", mid="w1"))[-1] == "validated"
     assert statuses(propose(state, actor="optimizer", mid="w2"))[-1] == "validated"
-    ended = decide(state, request(MutationAction.ROLLBACK, "c1"), ctx()).records
-    assert [(r.mutation_id, r.status.value) for r in ended] == [  # type: ignore[attr-defined]
+    ended = [
+        r
+        for r in decide(state, request(MutationAction.ROLLBACK, "c1"), ctx()).records
+        if isinstance(r, Mutation)
+    ]
+    assert [(r.mutation_id, r.status.value) for r in ended] == [
         ("c1", "rolled_back"),
         ("w2", "approved"),
         ("w2", "applied"),
     ]
-    assert ended[1].actor == "policy:auto"  # type: ignore[attr-defined]
-    kept = decide(state, request(MutationAction.KEEP, "w2"), ctx()).records
-    assert [(r.mutation_id, r.status.value) for r in kept] == [  # type: ignore[attr-defined]
-        ("w2", "kept")
+    assert ended[1].actor == "policy:auto"
+    kept = [
+        r
+        for r in decide(state, request(MutationAction.KEEP, "w2"), ctx()).records
+        if isinstance(r, Mutation)
     ]
+    assert [(r.mutation_id, r.status.value) for r in kept] == [("w2", "kept")]
     assert state.of("wf").proposals["w1"].status.value == "validated"

@@ -293,7 +293,7 @@ def test_a_checker_step_is_never_cached() -> None:
 def test_a_latency_that_fell_gets_no_timeout() -> None:
     from processors.optimizer.strategies import TimeoutStrategy
 
-    metrics = {"p50_ms": 19, "p95_ms": 25, "p99_ms": 30}
+    metrics = {"p50_ms": 19.0, "p95_ms": 25.0, "p99_ms": 30.0}
     fell = diagnosis(
         DiagnosisKind.LATENCY_DRIFT, "ask", metrics=metrics, evidence='{"direction": "down"}'
     )
