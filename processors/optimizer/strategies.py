@@ -130,6 +130,29 @@ class OptimizerConfig:
     """``min_runs`` of a ``model_choice`` proposal's experiment (ADR 0037): pulls per arm
     before its weight moves."""
 
+    def __post_init__(self) -> None:
+        for key, arms in self.models.items():
+            if (
+                isinstance(arms, str)
+                or not isinstance(arms, Sequence)
+                or not arms
+                or not all(isinstance(a, str) and a for a in arms)
+                or len(set(arms)) != len(arms)
+            ):
+                raise ValueError(
+                    f"models[{key!r}]: expected a list of distinct model names, the reference "
+                    f"first, but got {arms!r}"
+                )
+        for workflow, name in self.contexts.items():
+            if not isinstance(name, str) or not name:
+                raise ValueError(
+                    f"contexts[{workflow!r}]: expected an input field name, got {name!r}"
+                )
+        if self.experiment_min_runs < 1:
+            raise ValueError(
+                f"experiment_min_runs: expected >= 1, but got {self.experiment_min_runs}"
+            )
+
     def weights_for(self, workflow_id: str) -> RewardWeights:
         return self.weights.get(workflow_id) or self.weights.get("*") or RewardWeights()
 
