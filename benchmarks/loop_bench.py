@@ -1,4 +1,5 @@
-"""``make bench-loop``: ``python -m benchmarks.loop_bench [--quick] [--only a,b] [--seeds 1,2,3]``.
+"""``make bench-loop``: ``python -m benchmarks.loop_bench [--quick] [--only a,b] [--seeds 1,2,3]
+[--merge]``.
 
 Runs the learning-loop scenarios of issue 11, one after the other (they share the machine's two
 cores), and writes ``benchmarks/out/loop.json``. A scenario is a module under
@@ -17,7 +18,8 @@ What a scenario returns is its own, with two conventions the harness reads:
 
 ``meta`` says when, on what (machine, like :mod:`benchmarks.run`), at which git commit, with
 which seeds, what was skipped or failed and each scenario's wall time. A scenario that raises is
-recorded in ``meta.errors`` and the others still run; the exit status is 1 then.
+recorded in ``meta.errors`` and the others still run; the exit status is 1 then. ``--merge``
+re-runs some scenarios into an existing file, each scenario's own run recorded in ``meta.runs``.
 """
 
 from __future__ import annotations
@@ -98,6 +100,41 @@ def run_scenarios(names: list[str], seeds: list[int], quick: bool) -> dict[str, 
     return {"scenarios": scenarios, "meta": meta}
 
 
+def merge_into(previous: dict[str, Any], fresh: dict[str, Any]) -> dict[str, Any]:
+    """``previous`` with the scenarios of ``fresh`` replaced. Scenarios run at different times
+    (or commits) stay honest: ``meta.runs[name]`` records each one's date, commit, dirtiness,
+    seeds, mode and wall time; the top-level meta is the newest run's."""
+    runs: dict[str, Any] = dict(previous.get("meta", {}).get("runs") or {})
+    old_meta = previous.get("meta", {})
+    for name in previous.get("scenarios", {}):
+        runs.setdefault(name, _run_meta(old_meta, name))
+    meta = fresh["meta"]
+    for name in fresh["scenarios"]:
+        runs[name] = _run_meta(meta, name)
+    errors = {**old_meta.get("errors", {}), **meta["errors"]}
+    for name in fresh["scenarios"]:
+        errors.pop(name, None)
+    merged_meta = {
+        **meta,
+        "errors": errors,
+        "wall_s": {**old_meta.get("wall_s", {}), **meta["wall_s"]},
+        "runs": runs,
+    }
+    scenarios = {**previous.get("scenarios", {}), **fresh["scenarios"]}
+    return {"scenarios": scenarios, "meta": merged_meta}
+
+
+def _run_meta(meta: dict[str, Any], name: str) -> dict[str, Any]:
+    return {
+        "date": meta.get("date"),
+        "git_commit": meta.get("git_commit"),
+        "git_dirty": meta.get("git_dirty"),
+        "quick": meta.get("quick"),
+        "seeds": meta.get("seeds"),
+        "wall_s": (meta.get("wall_s") or {}).get(name),
+    }
+
+
 def format_report(output: dict[str, Any]) -> str:
     lines: list[str] = []
     for name, result in output["scenarios"].items():
@@ -127,10 +164,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="", help="comma-separated scenario names")
     parser.add_argument("--seeds", type=_ints, default=None, help="comma-separated seeds")
     parser.add_argument("--out", type=Path, default=OUT_FILE, help="results JSON file")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="replace only the scenarios run in the existing --out file (each scenario's own "
+        "date, commit, seeds and mode are kept in meta.runs)",
+    )
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()] or available_scenarios()
     seeds = args.seeds or SEEDS[args.quick]
     output = run_scenarios(names, seeds, args.quick)
+    if args.merge and args.out.exists():
+        output = merge_into(json.loads(args.out.read_text()), output)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(output, indent=2) + "\n")
     print()

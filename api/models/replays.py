@@ -39,6 +39,11 @@ class PolicyIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     per_node: dict[str, Literal["record", "stub", "skip", "live"]] = Field(default_factory=dict)
     stubs: dict[str, Any] = Field(default_factory=dict)
+    pace: Literal["free", "recorded"] = Field(
+        default="free",
+        description="Fold mode: 'free' replays every run at once; 'recorded' at most as many "
+        "at once as the originals had in flight (a fair latency comparison).",
+    )
 
 
 class ReplayCreate(BaseModel):

@@ -383,6 +383,12 @@ def run(seeds: list[int], quick: bool, loop: bool | None = None) -> dict[str, An
     }
 
 
+def _applied(mutations: dict[str, Any]) -> int:
+    """Proposals that reached live traffic: applied, then kept or rolled back (or still on)."""
+    by_status: dict[str, int] = mutations.get("by_status", {})
+    return sum(by_status.get(status, 0) for status in ("applied", "kept", "rolled_back"))
+
+
 def _goal(per_seed: dict[str, dict[str, Any]], configs: list[str]) -> dict[str, Any]:
     target = (
         f"loop: success >= {GOAL_SUCCESS:.0%} from {GOAL_RUNS} runs after the change, "
@@ -391,8 +397,11 @@ def _goal(per_seed: dict[str, dict[str, Any]], configs: list[str]) -> dict[str, 
     if "loop" not in configs:
         return {"name": "flaky_recovery", "target": target, "value": None, "met": None}
     worst = min(s["loop"]["success_after_goal"] or 0.0 for s in per_seed.values())
+    # Strict reading: every proposal counts as a mutation, rejected ones included; how many
+    # changed the workflow (applied as a canary) is reported beside it.
     most = max(s["loop"].get("mutations", {}).get("proposed", 0) for s in per_seed.values())
-    value = {"worst_success_after_goal": worst, "most_mutations": most}
+    applied = max(_applied(s["loop"].get("mutations", {})) for s in per_seed.values())
+    value = {"worst_success_after_goal": worst, "most_mutations": most, "most_applied": applied}
     return {
         "name": "flaky_recovery",
         "target": target,

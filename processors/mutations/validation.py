@@ -196,10 +196,15 @@ REPLAY: Final = "replay"
 @dataclass(frozen=True)
 class ReplayValidation:
     """How a proposal is replayed: the newest ``sample_size`` runs of its base version, every
-    side-effecting node answered from the record, judged at ``confidence``."""
+    side-effecting node answered from the record, at the originals' ``pace``, judged at
+    ``confidence``."""
 
     sample_size: int = 50
     confidence: float = 0.95
+    pace: str = "recorded"
+    """``recorded``: the replay admits at most as many runs at once as the originals had in
+    flight, so a candidate's latency is measured under the load its originals met
+    (processors/replay/pace.py); ``free``: every sampled run at once (fastest)."""
 
 
 def replay_spec(
@@ -217,7 +222,7 @@ def replay_spec(
             "sample_size": config.sample_size,
         },
         "candidate": {"definition": candidate.to_json_dict(), "mutation_id": mutation_id},
-        "policy": {"per_node": {}, "stubs": {}},
+        "policy": {"per_node": {}, "stubs": {}, "pace": config.pace},
         "confidence": config.confidence,
     }
 

@@ -201,6 +201,7 @@ class FoldReplay:
         blobs: Callable[[], BlobStore],
         concurrency: int = 256,
         secrets: SecretResolver | None = None,
+        runs_in_flight: int | None = None,
     ) -> None:
         self.settings = settings
         self.nodes = nodes
@@ -210,6 +211,9 @@ class FoldReplay:
         self.resolve_node_version = resolve_node_version
         self._blobs = blobs
         self.concurrency = concurrency
+        # At most this many runs folded at once per process (None: all of them); see
+        # processors/replay/pace.py.
+        self.runs_in_flight = runs_in_flight
         self.config = WorkerConfig.from_settings(settings)
         self.secrets = secrets if secrets is not None else resolver_from_settings(settings)
         self.cache = _Cache()
@@ -271,8 +275,11 @@ class FoldReplay:
         self._slots = asyncio.Semaphore(self.concurrency)
         logs: dict[str, list[RunEvent]] = {start.run_id: [] for start in starts}
 
+        admitted = asyncio.Semaphore(self.runs_in_flight or max(len(starts), 1))
+
         async def one(start: StartRun) -> None:
-            await self._run(start, logs[start.run_id])
+            async with admitted:
+                await self._run(start, logs[start.run_id])
             on_done()
 
         try:

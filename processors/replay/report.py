@@ -173,12 +173,40 @@ def _ok_latencies(runs: Sequence[RunOutcome]) -> list[float]:
 
 
 def _work_ms(run: RunOutcome, executed: set[str]) -> float:
-    return sum(run.steps[s].duration_ms or 0.0 for s in executed if s in run.steps)
+    """The wall time ``executed`` steps of ``run`` took: the length of the union of their
+    execution intervals ``[end - duration, end]``. Steps one after the other add up (a chain:
+    the sum of their durations); steps that ran at the same time count once (the longest).
+    Gaps between steps (scheduling, steps served from the record) are left out. A step with no
+    end time (a hand-made outcome) makes it the plain sum."""
+    spans: list[tuple[float, float]] = []
+    total = 0.0
+    timed = True
+    for step_id in executed:
+        step = run.steps.get(step_id)
+        if step is None or step.duration_ms is None:
+            continue
+        total += step.duration_ms
+        if step.ended_at_ms is None:
+            timed = False
+        else:
+            spans.append((step.ended_at_ms - step.duration_ms, step.ended_at_ms))
+    if not timed:
+        return total
+    covered = 0.0
+    reach = float("-inf")
+    for start, end in sorted(spans):
+        if end <= reach:
+            continue
+        covered += end - max(start, reach)
+        reach = end
+    return covered
 
 
 def work_latencies(pairs: Sequence[ReplayPair]) -> tuple[list[float], list[float]]:
-    """What the statistics compare: per successful run, the summed execution time of the steps
-    the candidate re-executed (``served == "executed"``), on each side.
+    """What the statistics compare: per successful run, the wall time of the steps the
+    candidate re-executed (``served == "executed"``), on each side (:func:`_work_ms`: the
+    union of their execution intervals, so a candidate that runs independent steps together
+    is measured by the time they took together, not by their sum).
 
     Not end to end: a shadow run's end-to-end time is not comparable with its original's
     (side effects are served from the record in ~0 ms, the shadow engine starts its runs

@@ -27,6 +27,7 @@ from foundation.errors import NonRetryableError
 from foundation.liveness import Heartbeat
 from foundation.settings import Settings
 from processors.replay import storage
+from processors.replay.pace import PACES
 from processors.replay.report import build_report
 from processors.replay.shadow import (
     Candidate,
@@ -130,7 +131,10 @@ def parse_spec(
                 f"policy.per_node.{node}", f"Expected one of {EFFECT_MODES}, but got {mode!r}"
             )
     stubs = _obj(pol.get("stubs"), "policy.stubs")
-    policy = EffectPolicy(per_node=dict(per_node), stubs=dict(stubs))
+    pace = pol.get("pace", "free")
+    if pace not in PACES:
+        raise SpecError("policy.pace", f"Expected one of {PACES}, but got {pace!r}")
+    policy = EffectPolicy(per_node=dict(per_node), stubs=dict(stubs), pace=pace)
     confidence = spec.get("confidence", 0.95)
     try:
         rules = VerdictRules(confidence=float(confidence))
@@ -321,6 +325,8 @@ class ReplayRunner:
             pairs = shadow.run(run_ids, candidate, policy) if run_ids else []
             summary, runs = build_report(pairs, rules)
             summary["selected"] = len(run_ids)
+            # Fold mode with policy.pace "recorded": the runs replayed at once (None: all).
+            summary["runs_in_flight"] = getattr(shadow, "last_runs_in_flight", None)
             if self.clickhouse is not None:
                 written = storage.write_clickhouse_steps(
                     self.clickhouse,

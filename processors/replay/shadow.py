@@ -39,6 +39,7 @@ from processors.replay.fold import (
     fold_partitioned,
     fold_unsupported,
 )
+from processors.replay.pace import Pace, peak_in_flight
 from processors.replay.recorded import RecordedResults, ServedLog, shadow_registry
 from processors.scheduler.decide import RegisteredWorkflow
 from projections.postgres import queries
@@ -91,6 +92,10 @@ class EffectPolicy:
 
     per_node: Mapping[str, EffectMode] = field(default_factory=dict)
     stubs: Mapping[str, Any] = field(default_factory=dict)
+    pace: Pace = "free"
+    """Fold mode: ``free`` folds every run at once; ``recorded`` admits at most as many runs at
+    once as the originals had in flight, so re-executed calls meet the load they met then
+    (:mod:`processors.replay.pace`; what a proposal's latency comparison needs)."""
 
     def mode(self, node: str) -> EffectMode:
         return self.per_node.get(node, "record")
@@ -106,6 +111,10 @@ class StepOutcome:
     served: Served
     tokens: int | None
     calls: int
+    ended_at_ms: float | None = None
+    """When the step's successful attempt ended (its ``StepSucceeded``'s time, epoch ms; None
+    when it did not succeed): with ``duration_ms``, the interval it ran in, which says which
+    steps of a run ran at the same time (:func:`processors.replay.report.work_latencies`)."""
 
 
 @dataclass(frozen=True)
@@ -164,6 +173,7 @@ def run_outcome(
                     "status": "scheduled",
                     "attempts": 0,
                     "duration_ms": None,
+                    "ended_at_ms": None,
                     "output": None,
                     "cache_hit": False,
                     "node": step.node,
@@ -177,6 +187,7 @@ def run_outcome(
             if name == "StepSucceeded":
                 row["output"] = event.output
                 row["duration_ms"] = event.duration_ms
+                row["ended_at_ms"] = event.occurred_at.timestamp() * 1000
                 row["cache_hit"] = bool(event.cache_hit)
             elif name == "StepFailed":
                 row["output"] = None
@@ -208,6 +219,7 @@ def run_outcome(
             served=how,
             tokens=None if tokens is None else tokens(step_id),
             calls=calls,
+            ended_at_ms=row["ended_at_ms"],
         )
     return RunOutcome(
         run_id=run_id,
@@ -478,6 +490,8 @@ class ShadowReplay:
         # Fold mode: processes folding the runs (None: one per core, at least 100 runs each).
         self.processes = processes
         self.last_processes = 0  # how many fold processes the last round used (0: engine mode)
+        # Fold mode: the runs folded at once per process in the last round (None: all).
+        self.last_runs_in_flight: int | None = None
         # Every shadow prefix/schema starts with these; close() removes all of them.
         self.prefix_root = f"{settings.topic_prefix}-replay-{replay_id}"
         self.schema_root = f"replay_{replay_id}"
@@ -607,10 +621,12 @@ class ShadowReplay:
         )
         self.last_mode = "fold" if fold else "engine"
         self.last_processes = 0
+        self.last_runs_in_flight = None
         self.fold_timings = {}
         self._candidate_logs, self._candidate_encoded = {}, {}
         if fold:
             candidates, originals, ready = self._fold(
+                pace=policy.pace,
                 settings=settings,
                 registry=registry,
                 records=records,
@@ -661,6 +677,7 @@ class ShadowReplay:
     def _fold(
         self,
         *,
+        pace: Pace = "free",
         settings: Settings,
         registry: NodeRegistry,
         records: RecordedResults,
@@ -750,6 +767,11 @@ class ShadowReplay:
         timeout = self.timeout_s if self.timeout_s is not None else 60.0 + 0.5 * total
         processes = self.processes if self.processes is not None else default_processes(total)
         self.last_processes = max(1, min(processes, total))
+        if pace == "recorded":
+            # The originals' peak of runs in flight, shared out over the fold processes.
+            peak = self._recorded_peak([start.run_id for start in starts])
+            folder.runs_in_flight = max(1, -(-peak // self.last_processes))
+        self.last_runs_in_flight = folder.runs_in_flight
         ready = time.monotonic()
         parts = fold_partitioned(
             folder,
@@ -778,6 +800,17 @@ class ShadowReplay:
                 served.tokens.update(tokens)
         self.fold_timings["merge_s"] = time.monotonic() - merging
         return outcomes, originals, ready
+
+    def _recorded_peak(self, run_ids: Sequence[str]) -> int:
+        """How many of ``run_ids`` were in flight at once when they ran (the runs read model;
+        at least 1)."""
+        with psycopg.connect(self.settings.postgres_dsn, autocommit=True) as conn:
+            rows = conn.execute(
+                f"SELECT started_at, finished_at FROM {table(self.schema, 'runs')} "
+                "WHERE run_id = ANY(%s)",
+                (list(run_ids),),
+            ).fetchall()
+        return max(1, peak_in_flight((row[0], row[1]) for row in rows))
 
     def _shadow_setup(self, settings: Settings, parsed: WorkflowDefinition, version: int) -> None:
         """Fold mode: the shadow topics and the candidate's definition (registered as the

@@ -148,6 +148,16 @@ def test_the_cli_reports_an_equal_candidate_as_no_difference_and_a_fix_as_better
     )
     assert missing.status_code == 422
     assert missing.json()["detail"][0]["loc"] == ["body", "candidate", "workflow_version"]
+    slow = httpx.post(
+        f"{api_url}/v1/replays",
+        json={
+            "workflow_id": "abcli",
+            "candidate": {"workflow_version": 1},
+            "policy": {"pace": "slow"},
+        },
+    )
+    assert slow.status_code == 422
+    assert slow.json()["detail"][0]["loc"] == ["body", "policy", "pace"]
 
 
 def propose(api: str, workflow_id: str, mutation_id: str, expression: str) -> None:

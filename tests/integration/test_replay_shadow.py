@@ -19,6 +19,7 @@ from node_workers.nodes import builtin_nodes
 from node_workers.registry import NodeRegistry
 from processors.replay.determinism import check_determinism, first_divergence, normalize
 from processors.replay.recorded import REPLAY_NO_RECORD
+from processors.replay.report import build_report
 from processors.replay.shadow import (
     Candidate,
     EffectPolicy,
@@ -26,12 +27,14 @@ from processors.replay.shadow import (
     Selection,
     ShadowReplay,
 )
+from projections.postgres import queries
 from schemas import serde
 from streams.admin import admin_client
 from streams.topics import TopicCatalog
 from tests.integration.engine_fixtures import Harness, HarnessFactory, transform
 from tests.integration.http_fixtures import HttpTestServer
 from tests.support.kafka_log import read_log
+from tests.support.waiting import eventually
 
 
 def order_flow(url: str, expression: str) -> dict[str, Any]:
@@ -314,3 +317,61 @@ def test_fold_mode_equals_engine_mode_and_writes_the_shadow_run_log(
     assert http.log == []
     assert production_state(harness) == before
     assert leftovers == {"topics": [], "groups": [], "schemas": [], "keys": []}
+
+
+def fan_out(url: str, chained: bool) -> dict[str, Any]:
+    """Three 150 ms GETs (re-executed by a replay: they have no side effect), one after the
+    other (``chained``) or all at once."""
+    steps: list[dict[str, Any]] = []
+    for i, step_id in enumerate("abc"):
+        step: dict[str, Any] = {
+            "id": step_id,
+            "node": "http.request@^1",
+            "params": {"url": f"{url}/slow?ms=150&k={{{{ inputs.k }}}}&s={step_id}"},
+        }
+        if chained and i:
+            step["needs"] = ["abc"[i - 1]]
+        steps.append(step)
+    return {
+        "id": "fan",
+        "inputs": {"k": {"type": "integer", "required": True}},
+        "steps": steps,
+        "outputs": {"slept": "{{ steps.c.output.body.slept_ms }}"},
+    }
+
+
+def test_a_parallelised_candidate_replays_better_at_the_recorded_pace(
+    harness: Harness, http: HttpTestServer
+) -> None:
+    """ADR 0038: runs recorded two at a time are replayed two at a time (``pace: recorded``),
+    and the latency compared is the wall time of the re-executed steps, so running the three
+    calls together is measured as the gain it is (their sum would be unchanged)."""
+    harness.register(fan_out(http.url, chained=True), version=1)
+    runs: list[str] = []
+    for wave in range(3):
+        started = [harness.start("fan", {"k": 2 * wave + n}) for n in range(2)]
+        for run_id in started:
+            assert harness.wait(run_id).status == "succeeded"
+        runs += started
+    harness.register(fan_out(http.url, chained=False), version=2)
+
+    def registered() -> bool:
+        with harness.conn() as conn:
+            return queries.get_workflow(conn, "fan", 2, schema=harness.schema) is not None
+
+    eventually(registered, 30, "version 2 of fan in the read model")
+    http.reset()
+
+    with ShadowReplay(harness.settings, "paced", schema=harness.schema) as replay:
+        pairs = replay.run(runs, Candidate(workflow_version=2), EffectPolicy(pace="recorded"))
+        assert replay.last_mode == "fold"
+        assert replay.last_runs_in_flight == 2  # the originals ran in waves of two
+    # Two runs at once, each with its three calls together; all six runs at once would be 18.
+    assert 3 <= http.in_flight_max <= 6
+    assert len(http.requests_to("/slow")) == 18
+    aggregate, _ = build_report(pairs)
+    assert aggregate["outputs_equal"] == 6
+    assert aggregate["verdict"] == "better", aggregate["comparison"]["reason"]
+    work = aggregate["executed_steps_ms"]
+    assert work["original"]["p50"] >= 450.0  # three 150 ms calls one after the other
+    assert work["candidate"]["p50"] < 300.0  # the same three at once

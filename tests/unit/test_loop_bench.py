@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from benchmarks.loop.common import percentile, summarize, summarize_per_seed, until
-from benchmarks.loop_bench import available_scenarios, format_report
+from benchmarks.loop_bench import available_scenarios, format_report, merge_into
 
 
 def test_helpers_are_not_scenarios() -> None:
@@ -100,3 +100,33 @@ def test_flaky_workflows_are_valid_and_differ_only_in_the_call_policy() -> None:
     assert static.step("call").retry.max_attempts == 1 and static.step("call").timeout is None
     assert hand.step("call").retry.max_attempts == 6 and hand.step("call").timeout == 1000
     assert static.step("shape") == hand.step("shape")
+
+
+def _output(names: list[str], commit: str, date: str, errors: dict[str, str]) -> dict[str, object]:
+    return {
+        "scenarios": {n: {"value": f"{n}@{commit}"} for n in names},
+        "meta": {
+            "date": date,
+            "git_commit": commit,
+            "git_dirty": False,
+            "quick": False,
+            "seeds": [1, 2],
+            "errors": errors,
+            "wall_s": dict.fromkeys(names, 1.0),
+        },
+    }
+
+
+def test_merge_replaces_only_the_scenarios_run_and_records_each_runs_provenance() -> None:
+    old = _output(["drift", "flaky"], "aaa", "d1", {"flaky": "boom"})
+    new = _output(["flaky"], "bbb", "d2", {})
+    merged = merge_into(old, new)
+    assert merged["scenarios"] == {"drift": {"value": "drift@aaa"}, "flaky": {"value": "flaky@bbb"}}
+    runs = merged["meta"]["runs"]
+    assert runs["drift"]["git_commit"] == "aaa" and runs["drift"]["date"] == "d1"
+    assert runs["flaky"]["git_commit"] == "bbb" and runs["flaky"]["date"] == "d2"
+    assert merged["meta"]["errors"] == {}  # flaky's old failure is replaced by its new run
+    # A later merge keeps the provenance already recorded.
+    again = merge_into(merged, _output(["parallel"], "ccc", "d3", {}))
+    assert again["meta"]["runs"]["flaky"]["git_commit"] == "bbb"
+    assert again["meta"]["runs"]["parallel"]["git_commit"] == "ccc"

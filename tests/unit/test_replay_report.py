@@ -95,3 +95,30 @@ def test_latency_is_compared_on_the_steps_the_candidate_re_executed() -> None:
     aggregate, _ = build_report(pairs)
     assert aggregate["verdict"] == "no_difference"  # end to end it would look 400 ms faster
     assert aggregate["latency_ms"]["original"]["p50"] > aggregate["latency_ms"]["candidate"]["p50"]
+
+
+def _timed(run_id: str, steps: dict[str, tuple[float, float]]) -> RunOutcome:
+    """A run whose steps ran in the given ``(start_ms, end_ms)`` intervals."""
+    outcomes = {
+        s: StepOutcome(s, "succeeded", 1, end - start, {}, "executed", None, 1, ended_at_ms=end)
+        for s, (start, end) in steps.items()
+    }
+    last = max(end for _, end in steps.values())
+    return RunOutcome(run_id, "succeeded", {}, None, last, outcomes)
+
+
+def test_steps_that_ran_together_count_once_and_a_chain_is_its_sum() -> None:
+    # Four 150 ms calls one after the other (with scheduling gaps) against the same four at once.
+    chain = {s: (i * 170.0, i * 170.0 + 150.0 + i) for i, s in enumerate("abcd")}
+    together = {s: (0.0, 150.0 + i) for i, s in enumerate("abcd")}
+    overlapping = {"a": (0.0, 100.0), "b": (50.0, 200.0), "c": (300.0, 310.0)}
+    pairs = [ReplayPair(_timed(f"r{i}", chain), _timed(f"r{i}", together)) for i in range(8)] + [
+        ReplayPair(_timed("o", overlapping), _timed("o", overlapping))
+    ]
+    original, candidate = work_latencies(pairs)
+    assert original[:8] == [606.0] * 8  # 150 + 151 + 152 + 153: the gaps are left out
+    assert candidate[:8] == [153.0] * 8  # the longest of the four
+    assert original[8] == candidate[8] == 210.0  # [0, 200) and [300, 310)
+    aggregate, _ = build_report(pairs[:8])
+    assert aggregate["verdict"] == "better"
+    assert aggregate["comparison"]["latency"]["shift_ms"] == -453.0
