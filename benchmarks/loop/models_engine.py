@@ -107,7 +107,9 @@ PER_CLASS: Final = "{{ inputs.difficulty == 'easy' && 'small' || 'big' }}"
 experiment proposes it directly)."""
 BATCH: Final = 8
 SETTLED: Final = {True: 120, False: 240}
-MAX_EXPERIMENT_RUNS: Final = {True: 400, False: 600}
+MAX_EXPERIMENT_RUNS: Final = {True: 1200, False: 1600}
+"""Runs within which phase 1 must keep a model choice: the loop may first spend ~700 runs on a
+noise finding's canary (a timeout the canary judge keeps after ~140 canary runs at 20%)."""
 AFTER: Final = {True: 300, False: 400}
 MAX_BEFORE_PROPOSAL: Final = 400
 """Runs of version 1 after which the benchmark gives up waiting for the optimizer's proposal."""

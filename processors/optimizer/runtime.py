@@ -85,6 +85,8 @@ PENDING_TTL_S = 300.0
 PENDING_CLOCK_SLACK_S = 5.0
 """The proposal's time in the read model is the mutation processor's clock (same machine or
 NTP): a proposal projected within this before the note still answers it."""
+PROJECTION_WAIT_S = 10.0
+"""How long a diagnosis waits for a proposal just sent to show in the read model."""
 ARM_WINDOW = 500
 """Finished runs the model-choice bandits are measured on (the newest)."""
 ARM_MIN_PULLS = 10
@@ -103,6 +105,10 @@ def default_historian(settings: Settings, schema: str) -> Historian:
     except Exception as exc:  # an absent package or database: run without history
         log.info("optimizer without a historian (%s)", exc)
         return NoHistory()
+
+
+class _NotProjectedYetError(Exception):
+    """The only thing in a diagnosis's way is a sent proposal the read model does not show."""
 
 
 @dataclass(frozen=True)
@@ -205,6 +211,16 @@ class ReadModel:
         ).fetchall()
         return [sample_from_row(*row) for row in rows]
 
+    def waiting_own(self, conn: psycopg.Connection[Any], workflow_id: str) -> dict[str, list[str]]:
+        """The optimizer's validated proposals (waiting for the canary slot), by key."""
+        found: dict[str, list[str]] = {}
+        rows = list_mutations(conn, workflow_id=workflow_id, limit=1000, schema=self.schema)
+        for row in rows:
+            if row.status == "validated" and row.author.startswith(AUTHOR_PREFIX):
+                key = proposal_key(workflow_id, *self._step_strategy(row))
+                found.setdefault(key, []).append(row.mutation_id)
+        return found
+
     def applied_own(self, conn: psycopg.Connection[Any], workflow_id: str) -> str | None:
         """The optimizer's proposal that is the workflow's canary now, if any (a person's
         canary is never the optimizer's to end)."""
@@ -265,6 +281,21 @@ class OptimizerProcessor:
     # -- the decision for one diagnosis (blocking; runs in a thread) ----------------------------
 
     def handle(self, diagnosis: Diagnosis, pending: Mapping[str, float] | None = None) -> Decision:
+        """What to do with one diagnosis. A diagnosis blocked only by a proposal this optimizer
+        sent that the read model does not show yet is looked at again once it does (up to
+        :data:`PROJECTION_WAIT_S`): the read model then says whether that proposal still holds
+        the key, or is the canary the diagnosis supersedes (seen: a quality drop answered
+        "still open" because the exploring proposal sent a moment before was not projected)."""
+        deadline = time.monotonic() + PROJECTION_WAIT_S
+        while True:
+            try:
+                return self._handle(diagnosis, pending, wait=time.monotonic() < deadline)
+            except _NotProjectedYetError:
+                time.sleep(0.25)
+
+    def _handle(
+        self, diagnosis: Diagnosis, pending: Mapping[str, float] | None, *, wait: bool
+    ) -> Decision:
         if diagnosis.workflow_id is None:
             return self._note(Decision(diagnosis.diagnosis_id, None, "not about a workflow"))
         age = time.time() - diagnosis.detected_at.replace(tzinfo=UTC).timestamp()
@@ -280,6 +311,7 @@ class OptimizerProcessor:
             open_keys = self.read_model.open_keys(conn, diagnosis.workflow_id)
             projected = self.read_model.proposed_at(conn, diagnosis.workflow_id)
             version, definition = serving
+            waiting = self.read_model.waiting_own(conn, diagnosis.workflow_id)
             superseded = self._superseded(conn, diagnosis, definition)
             if superseded is not None:
                 open_keys.discard(superseded[0])  # its experiment, if open, is the one ended
@@ -293,11 +325,12 @@ class OptimizerProcessor:
         now = time.time()
         # A key sent but not projected yet counts as open; once the read model has a proposal
         # for it made since, the read model says whether it is still open.
-        open_keys |= {
+        unprojected = {
             k
             for k, at in (pending or {}).items()
             if now - at < PENDING_TTL_S and projected.get(k, 0.0) < at - PENDING_CLOCK_SLACK_S
         }
+        open_keys |= unprojected
         assert self.historian is not None
         try:
             incidents = list(self.historian.similar(diagnosis, k=5))
@@ -315,25 +348,39 @@ class OptimizerProcessor:
         )
         found = plan(given, policy=policy, open_keys=open_keys)
         if found.proposal is None:
+            blocked = {k for k in unprojected if any(k in why for _, why in found.skipped)}
+            if wait and blocked:
+                raise _NotProjectedYetError(blocked)
             reasons = "; ".join(f"{name}: {why}" for name, why in found.skipped) or "no strategy"
             return self._note(Decision(diagnosis.diagnosis_id, None, reasons, found))
         request = mutation_request(found, given)
-        if superseded is not None:
-            key, mutation_id = superseded
-            p = found.proposal
-            if proposal_key(diagnosis.workflow_id, p.step_id, p.strategy) == key:
-                # Before the proposal, on the same partition (keyed by workflow): the slot is
-                # free when the proposal comes.
-                rollback = MutationRequest(
-                    workflow_id=diagnosis.workflow_id,
-                    mutation_id=mutation_id,
-                    action=MutationAction.ROLLBACK,
-                    actor=f"{AUTHOR_PREFIX}{p.strategy}",
-                    reason=f"superseded by the answer to {diagnosis.diagnosis_id}: "
-                    f"{diagnosis.explanation}",
-                )
-                self.producer.send(self.catalog.mutations, rollback.workflow_id, rollback)
+        p = found.proposal
+        key = proposal_key(diagnosis.workflow_id, p.step_id, p.strategy)
+        actor = f"{AUTHOR_PREFIX}{p.strategy}"
+        # All on the workflow's partition, in this order: the proposal (validated, it waits
+        # while a canary runs), then the optimizer's older proposals for the key that wait too
+        # (withdrawn: superseded by this one), then the canary this answer supersedes, whose
+        # end lets the lifecycle apply the newest waiting proposal: this one.
         self.producer.send(self.catalog.mutations, request.workflow_id, request)
+        for old in waiting.get(key, []):
+            withdraw = MutationRequest(
+                workflow_id=diagnosis.workflow_id,
+                mutation_id=old,
+                action=MutationAction.REJECT,
+                actor=actor,
+                reason=f"superseded by {request.mutation_id} ({diagnosis.diagnosis_id})",
+            )
+            self.producer.send(self.catalog.mutations, withdraw.workflow_id, withdraw)
+        if superseded is not None and superseded[0] == key:
+            rollback = MutationRequest(
+                workflow_id=diagnosis.workflow_id,
+                mutation_id=superseded[1],
+                action=MutationAction.ROLLBACK,
+                actor=actor,
+                reason=f"superseded by the answer to {diagnosis.diagnosis_id}: "
+                f"{diagnosis.explanation}",
+            )
+            self.producer.send(self.catalog.mutations, rollback.workflow_id, rollback)
         self.producer.flush(10.0)
         log.info(
             "optimizer proposed %s (%s) for %s",
