@@ -41,6 +41,7 @@ from typing import Any
 import faust
 import psycopg
 
+from foundation.errors import RefluxError
 from foundation.settings import Settings
 from processors.optimizer.arms import (
     ArmSample,
@@ -107,8 +108,10 @@ def default_historian(settings: Settings, schema: str) -> Historian:
         return NoHistory()
 
 
-class _NotProjectedYetError(Exception):
+class _NotProjectedYetError(RefluxError):
     """The only thing in a diagnosis's way is a sent proposal the read model does not show."""
+
+    error_class = "NotProjectedYet"
 
 
 @dataclass(frozen=True)
@@ -350,7 +353,7 @@ class OptimizerProcessor:
         if found.proposal is None:
             blocked = {k for k in unprojected if any(k in why for _, why in found.skipped)}
             if wait and blocked:
-                raise _NotProjectedYetError(blocked)
+                raise _NotProjectedYetError(f"sent, not projected yet: {sorted(blocked)}")
             reasons = "; ".join(f"{name}: {why}" for name, why in found.skipped) or "no strategy"
             return self._note(Decision(diagnosis.diagnosis_id, None, reasons, found))
         request = mutation_request(found, given)
