@@ -40,6 +40,7 @@ from streams.topics import TopicCatalog
 if TYPE_CHECKING:
     # The runner replays on a shadow DevEngine (processors.replay.shadow imports this module):
     # imported where it is built, not at module level.
+    from processors.critic.config import CriticConfig
     from processors.critic.runtime import CriticProcessor
     from processors.optimizer.experiment_runtime import BanditExperiments
     from processors.optimizer.runtime import OptimizerProcessor
@@ -120,6 +121,7 @@ class DevEngine:
         register_nodes: bool = False,
         worker_config: WorkerConfig | None = None,
         critic: bool = False,
+        critic_config: CriticConfig | None = None,
         optimizer: bool = False,
         optimizer_config: OptimizerConfig | None = None,
         canary: bool = False,
@@ -145,6 +147,7 @@ class DevEngine:
             "bandit": bandit,
         }
         self.optimizer_config = optimizer_config
+        self.critic_config = critic_config
         # The canary judge (processors/canary, ADR 0033): keeps or rolls back applied proposals
         # from their live runs; reads this engine's read models, so it needs the projector.
         self.canary_config = canary_config
@@ -328,7 +331,7 @@ class DevEngine:
         from processors.critic.runtime import CriticProcessor
 
         def new_critic() -> CriticProcessor:
-            return CriticProcessor(self.settings, schema=self.schema)
+            return CriticProcessor(self.settings, schema=self.schema, config=self.critic_config)
 
         first = new_critic()
         build = _first_then_fresh(first, new_critic)

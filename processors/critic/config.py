@@ -104,6 +104,15 @@ class RunTuning:
     sequential_min_runs: int = 10
     sequential_min_share: float = 0.9
     """Two data-independent steps ran one after the other in >= 90% of >= 10 runs."""
+    cost_min_runs: int = 20
+    cost_min_share: float = 0.5
+    cost_min_tokens: float = 50.0
+    cost_dominance: float = 1.5
+    """A step is where a workflow's money goes (a ``cost`` diagnosis about the step, detector
+    ``cost_share``) when it is >= 50% of the tokens of the workflow's last runs (at least 20,
+    up to 64, all of one version), >= 1.5x the next step, and averages >= 50 tokens per run:
+    the cost counterpart of the bottleneck, which the optimizer's model choice answers. A drift
+    is not needed: a workflow that always asked the expensive model never drifts."""
 
 
 @dataclass(frozen=True)
@@ -122,9 +131,14 @@ class CriticConfig:
         default_factory=lambda: DriftTuning(delta=0.0005, scale=1.0, min_effect=0.05)
     )
     quality: DriftTuning = field(
-        default_factory=lambda: DriftTuning(delta=0.0005, scale=10.0, min_effect=0.05)
+        default_factory=lambda: DriftTuning(
+            delta=0.0005, scale=10.0, min_effect=0.05, min_window_length=10
+        )
     )
-    """On metrics['quality_score'] (scores in [0, 1]); scaled like latency for the same reason."""
+    """On metrics['quality_score'] (scores in [0, 1]); scaled like latency for the same reason.
+    Each side of a cut holds >= 10 scores: with 0/1 scores, two wrong answers among the last 3
+    of a 97%-right step were a "0.98 -> 0.33" drift (seen every ~1,000 runs in scenario 4), and
+    its episode then hid the real drop that came later."""
     cost: DriftTuning = field(
         default_factory=lambda: DriftTuning(delta=0.0005, scale=10.0, min_effect=math.log(1.2))
     )

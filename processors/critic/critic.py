@@ -51,6 +51,13 @@ __all__ = ["Critic", "CriticStats", "node_subject", "step_subject", "workflow_su
 LAZY_ZEROS = 500
 """A failure or timeout detector created late starts with at most this many earlier zeros."""
 
+LATENCY_FLOOR_MS = 10
+"""Latencies up to this count as this on the latency detectors' log scale: traces have whole
+milliseconds, so a 1 ms step's 1 -> 2 ms is a x2 "drift" of nothing, and a few ms more of a
+fast step is the machine's scheduling (seen: a checker step's 1 -> 2 ms and 5 -> 7 ms over 3
+attempts, each answered by a timeout proposal that held the canary slot)."""
+_LOG_FLOOR = math.log(LATENCY_FLOOR_MS)
+
 _NAMESPACE = uuid.UUID("6f1c2a52-8a6e-4a4b-9a51-3b0f5c1f0c31")
 
 
@@ -142,6 +149,10 @@ class _WorkflowState:
     shares: deque[dict[str, float]]
     runs: deque[str]
     costs: deque[tuple[str, int, dict[str, int]]]
+    cost_versions: deque[int] = field(default_factory=lambda: deque(maxlen=64))
+    """The workflow version of each run in ``costs`` (the cost share is about one version)."""
+    share_keys: set[str] = field(default_factory=set)
+    """Episode keys of the cost-share findings opened (closed when versions mix)."""
     sequential: dict[tuple[str, str], deque[bool]] = field(default_factory=dict)
     share_totals: dict[str, float] = field(default_factory=dict)
     """Sum of the critical-path shares in ``shares``, per step (kept incrementally)."""
@@ -322,7 +333,9 @@ class Critic:
         latency = t.latency_ms
         s.recent.append((t.run_id, latency, failed, timed_out))
         if not failed and not t.cache_hit:
-            drift = s.latency.update(math.log(latency if latency > 1 else 1))
+            drift = s.latency.update(
+                _LOG_FLOOR if latency <= LATENCY_FLOOR_MS else math.log(latency)
+            )
             if drift is not None:
                 self._found(DiagnosisKind.LATENCY_DRIFT, level, s, t, drift, out)
         if failed and s.failure is None:
@@ -625,9 +638,11 @@ class Critic:
         if cost > 0:
             per_step = {s: span.cost_tokens for s, span in run.steps.items() if span.cost_tokens}
             state.costs.append((run.run_id, cost, per_step))
+            state.cost_versions.append(run.workflow_version)
             drift = state.cost.update(math.log1p(cost))
             if drift is not None:
                 self._emit_cost(state, run, drift, out)
+            self._cost_share(state, run, out)
         if self.dependencies is not None and len(run.steps) > 1:
             pairs = self.dependencies(run.workflow_id, run.workflow_version)
             if pairs is not None:
@@ -691,6 +706,84 @@ class Critic:
             explanation=(
                 f"Step {step} is {mean:.0%} of the duration of workflow {run.workflow_id}'s runs "
                 f"on the critical path (mean over its last {n} runs): its bottleneck."
+            ),
+        )
+
+    def _cost_share(self, state: _WorkflowState, run: ClosedRun, out: list[Diagnosis]) -> None:
+        """The step carrying most of the tokens of the workflow version its runs ran (every
+        run in the window of it, at least ``cost_min_runs``): a finding about one definition,
+        which is what a proposal changes. One diagnosis per episode of the version; a mix of
+        versions (a canary) ends the episode, so the version that new runs get once it is
+        decided -- kept, rolled back or the same again -- is looked at anew."""
+        rt = self.config.runs
+        version = run.workflow_version
+        versions = state.cost_versions
+        key = f"share|v{version}"
+        if len(versions) < rt.cost_min_runs:
+            return
+        if any(v != version for v in versions):
+            # the whole window (64 runs): a 10% canary leaves 20 runs in a row of one version
+            # often enough to re-announce the finding again and again
+            for opened in state.share_keys:
+                self.episodes.close(opened)
+            state.share_keys.clear()
+            return
+        by_step: dict[str, int] = {}
+        total = 0
+        n = 0
+        for (_, cost, per_step), v in zip(state.costs, versions, strict=True):
+            if v != version:
+                continue
+            n += 1
+            total += cost
+            for s, c in per_step.items():
+                by_step[s] = by_step.get(s, 0) + c
+        if total <= 0 or not by_step:
+            return
+        step, tokens = max(by_step.items(), key=lambda kv: (kv[1], kv[0]))
+        runner_up = max((c for s, c in by_step.items() if s != step), default=0)
+        share = tokens / total
+        per_run = tokens / n
+        # Dominant, not one of two equals (as for the bottleneck): a model change on one of
+        # two equal spenders saves at most half.
+        if share < rt.cost_min_share or per_run < rt.cost_min_tokens:
+            return
+        if tokens < rt.cost_dominance * runner_up:
+            return
+        subject = step_subject(run.workflow_id, step)
+        if self._extend(DiagnosisKind.COST, subject, key, run.end_ms):
+            return
+        state.share_keys.add(f"{_KIND[DiagnosisKind.COST]}|{subject}|{key}")
+        self._emit_run_level(
+            out,
+            kind=DiagnosisKind.COST,
+            subject=subject,
+            step_id=step,
+            key_extra=key,
+            severity=DiagnosisSeverity.INFO,
+            detector="cost_share",
+            run=run,
+            seen=state.runs_seen,
+            metrics={"share": share, "tokens_per_run": per_run, "runs": n},
+            examples=[
+                r
+                for (r, c, _), v in sorted(
+                    zip(state.costs, versions, strict=True), key=lambda x: x[0][1], reverse=True
+                )
+                if v == version
+            ],
+            evidence={
+                "runs": n,
+                "workflow_version": version,
+                "tokens_per_run": round(per_run, 1),
+                "workflow_tokens_per_run": round(total / n, 1),
+                "share_by_step": {
+                    s: round(c / total, 4) for s, c in sorted(by_step.items(), key=lambda kv: kv[0])
+                },
+            },
+            explanation=(
+                f"Step {step} spends {share:.0%} of the tokens of workflow {run.workflow_id} "
+                f"v{version} ({per_run:.0f} per run over its last {n} runs): where its cost goes."
             ),
         )
 

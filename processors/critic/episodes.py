@@ -60,6 +60,12 @@ class Episodes:
             self.store[key] = {**entry, "last_ms": at_ms, "fires": int(entry["fires"]) + 1}
         return True
 
+    def close(self, key: str) -> None:
+        """End ``key``'s episode now (its condition no longer holds in a way a window can
+        tell, e.g. a cost share whose runs mixed two versions): the next firing opens one."""
+        if key in self.store:
+            del self.store[key]
+
     def is_open(self, key: str, at_ms: int) -> bool:
         entry = self.store.get(key)
         return entry is not None and at_ms - int(entry["last_ms"]) < self.rearm_after_ms

@@ -290,10 +290,29 @@ def decide(
         # What ended the canary lands on the record: the canary judge's statistics and the
         # final effect (ADR 0033), next to the validation report and the replay's.
         report = {**(current.report or {}), "canary": request.evidence}
-        w.transition(current, target, reason=request.reason, report=report)
+        ended = w.transition(current, target, reason=request.reason, report=report)
+        return _next_waiting(w, ended)
+    ended = w.transition(current, target, reason=request.reason)
+    return _next_waiting(w, ended) if target in (S.KEPT, S.ROLLED_BACK) else w.decision
+
+
+def _next_waiting(w: _Writer, ended: Mutation) -> MutationDecision:
+    """Policy ``auto``, the canary slot free again: the newest proposal validated on the version
+    new runs get now (it waited for the slot) is approved and applied. A proposal made on
+    another version (the ended canary was kept: new runs get its version) stays validated for a
+    person; its proposer proposes again on the new version (ADR 0040)."""
+    if w.workflow.policy is not ImprovementPolicy.AUTO or w.workflow.canary() is not None:
         return w.decision
-    w.transition(current, target, reason=request.reason)
-    return w.decision
+    serving = ended.applied_version if ended.status is S.KEPT else ended.previous_version
+    waiting = [
+        m
+        for m in w.workflow.proposals.values()
+        if m.status is S.VALIDATED and m.base_version == serving
+    ]
+    if serving is None or not waiting:
+        return w.decision
+    newest = max(waiting, key=lambda m: (m.occurred_at, m.mutation_id))
+    return _approve(w, newest, auto_canary_weight(newest.report, DEFAULT_CANARY_WEIGHT), AUTO_ACTOR)
 
 
 def _propose(w: _Writer) -> MutationDecision:

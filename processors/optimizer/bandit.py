@@ -158,6 +158,9 @@ class ModelBandit:
     _policy: bandit.base.Policy | None = field(default=None, repr=False)
     _rng: random.Random = field(default_factory=random.Random, repr=False)
     _excluded: str | None = None
+    last_arm: str | None = None
+    """The arm of the newest observation since the last reset (what the class runs on now,
+    when the observations come from the live runs)."""
 
     def __post_init__(self) -> None:
         if self.default not in self.arms:
@@ -186,6 +189,7 @@ class ModelBandit:
             raise KeyError(f"unknown arm {arm!r} (arms: {', '.join(self.arms)})")
         value = reward(outcome, self.weights)
         self.stats[arm].add(outcome, value)
+        self.last_arm = arm
         assert self._policy is not None
         if self.policy == "thompson":
             self._policy.update(arm, self._rng.random() < value)  # type: ignore[no-untyped-call]
@@ -198,6 +202,7 @@ class ModelBandit:
         until it is measured anew."""
         self.resets += 1
         self._excluded = degraded
+        self.last_arm = None
         self._fresh()
 
     # -- choosing --------------------------------------------------------------------------------

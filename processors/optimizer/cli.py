@@ -25,6 +25,9 @@ def load_config(path: str | None) -> Any:
     exploration_budget: 0.1
     weights: {"*": {cost: 0.5}, order-quote: {quality: 2, latency: 0.2}}
     fallbacks: {"order-quote/fetch": {node: http.request, params: {url: http://backup}}}
+    models: {"answer/ask": [big, small]}   # reference first, then cheaper ones to try
+    contexts: {answer: difficulty}          # the input field classifying a run
+    experiment_min_runs: 10
     """
     from processors.optimizer.bandit import RewardWeights
     from processors.optimizer.strategies import OptimizerConfig

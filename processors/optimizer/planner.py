@@ -20,11 +20,13 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from processors.optimizer.arms import model_step
 from processors.optimizer.bandit import ModelBandit
 from processors.optimizer.experiment import ExperimentConfig
 from processors.optimizer.history import IncidentLike
 from processors.optimizer.strategies import STRATEGIES, Proposal, Strategy, StrategyInput
 from schemas.models import Diagnosis, DiagnosisKind, MutationAction, MutationRequest
+from workflows.model import WorkflowDefinition
 
 __all__ = [
     "AUTHOR_PREFIX",
@@ -37,6 +39,7 @@ __all__ = [
     "proposal_key",
     "reset_on_drift",
     "strategy_step",
+    "superseding_key",
 ]
 
 AUTHOR_PREFIX: Final = "optimizer:"
@@ -68,6 +71,20 @@ def reset_on_drift(diagnosis: Diagnosis, bandits: Sequence[ModelBandit]) -> bool
     for b in bandits:
         b.reset(degraded=arm if arm in b.arms else None)
     return True
+
+
+def superseding_key(diagnosis: Diagnosis, definition: WorkflowDefinition) -> str | None:
+    """The ``model_choice`` key whose open experiment a diagnosis supersedes: a quality drop
+    of a model step (or of the checker scoring it) makes the arms' history void, so the
+    optimizer's own experiment on that step is rolled back for the answer (ADR 0040)."""
+    if diagnosis.kind is not DiagnosisKind.QUALITY_DRIFT:
+        return None
+    before = diagnosis.metrics.get("mean_before")
+    after = diagnosis.metrics.get("mean_after")
+    if before is None or after is None or after >= before:
+        return None
+    step_id = model_step(definition, diagnosis.step_id)
+    return None if step_id is None else proposal_key(definition.id, step_id, "model_choice")
 
 
 def strategy_step(strategy: str, step_id: str | None) -> str:
@@ -168,6 +185,14 @@ def plan(
         if proposal is None:
             skipped.append((strategy.name, "nothing to change"))
             continue
+        # The proposal may be about another step than the diagnosis (a checker's quality
+        # drift answered on the model step it scores): its own key must be free too.
+        own = proposal_key(
+            workflow_id, strategy_step(strategy.name, proposal.step_id), strategy.name
+        )
+        if own != key and own in open_keys:
+            skipped.append((strategy.name, f"a proposal for {own} is still open"))
+            continue
         return Plan(proposal, tuple(skipped), similar)
     return Plan(None, tuple(skipped), similar)
 
@@ -199,8 +224,11 @@ def mutation_request(found: Plan, given: StrategyInput) -> MutationRequest:
     if proposal.strategy == "model_choice":
         # The canary becomes a two-arm bandit experiment (ADR 0037): the experiment runner
         # moves its weight within the budget and keeps or rolls it back.
+        min_runs = max(1, given.config.experiment_min_runs)
         evidence["bandit"] = ExperimentConfig(
             budget=min(0.49, max(0.01, given.config.exploration_budget)),
+            min_runs=min_runs,
+            decide_runs=max(min_runs, ExperimentConfig.decide_runs),
             weights=given.config.weights_for(given.definition.id),
         ).to_json()
     return MutationRequest(

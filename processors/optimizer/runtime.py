@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import logging
 import shutil
 import tempfile
@@ -40,11 +41,20 @@ from typing import Any
 import faust
 import psycopg
 
+from foundation.errors import RefluxError
 from foundation.settings import Settings
+from processors.optimizer.arms import (
+    ArmSample,
+    bandits_from_samples,
+    drift_since,
+    model_step,
+    sample_from_row,
+)
 from processors.optimizer.bandit import ModelBandit
 from processors.optimizer.history import Historian, NoHistory
 from processors.optimizer.planner import (
     AUTHOR_PREFIX,
+    DRIFT_KINDS,
     FINAL_STATUSES,
     Plan,
     mutation_request,
@@ -52,12 +62,14 @@ from processors.optimizer.planner import (
     proposal_key,
     reset_on_drift,
     strategy_step,
+    superseding_key,
 )
 from processors.optimizer.strategies import OptimizerConfig, StrategyInput
+from projections.postgres.identifiers import table
 from projections.postgres.mutation_queries import current_route, get_policy, list_mutations
 from projections.postgres.queries import list_workflow_versions
 from schemas.errors import SchemaError
-from schemas.models import Diagnosis, MutationRequest
+from schemas.models import Diagnosis, MutationAction, MutationRequest
 from schemas.serde import decode
 from streams.admin import ensure_topics
 from streams.producer import Producer
@@ -71,6 +83,15 @@ log = logging.getLogger(__name__)
 
 PENDING_TTL_S = 300.0
 """How long a sent proposal counts as open while the read model does not show it yet."""
+PENDING_CLOCK_SLACK_S = 5.0
+"""The proposal's time in the read model is the mutation processor's clock (same machine or
+NTP): a proposal projected within this before the note still answers it."""
+PROJECTION_WAIT_S = 10.0
+"""How long a diagnosis waits for a proposal just sent to show in the read model."""
+ARM_WINDOW = 500
+"""Finished runs the model-choice bandits are measured on (the newest)."""
+ARM_MIN_PULLS = 10
+"""Pulls an arm needs in an input class before the bandits compare it."""
 
 
 def default_historian(settings: Settings, schema: str) -> Historian:
@@ -85,6 +106,12 @@ def default_historian(settings: Settings, schema: str) -> Historian:
     except Exception as exc:  # an absent package or database: run without history
         log.info("optimizer without a historian (%s)", exc)
         return NoHistory()
+
+
+class _NotProjectedYetError(RefluxError):
+    """The only thing in a diagnosis's way is a sent proposal the read model does not show."""
+
+    error_class = "NotProjectedYet"
 
 
 @dataclass(frozen=True)
@@ -140,14 +167,88 @@ class ReadModel:
         """Keys of the workflow's optimizer proposals that are not final."""
         keys: set[str] = set()
         rows = list_mutations(conn, workflow_id=workflow_id, limit=1000, schema=self.schema)
+        # Under policy auto, a proposal validated while another one was the canary waits (one
+        # canary at a time): it does not hold its key against a newer diagnosis. The newer
+        # proposal is the one applied when the slot frees (the lifecycle applies the newest
+        # waiting one made on the version new runs get then); one made on a version that is
+        # no longer served is never applied by itself, and the optimizer proposes again.
+        auto = self.policy(conn, workflow_id) == "auto"
         for row in rows:
             if not row.author.startswith(AUTHOR_PREFIX) or row.status in FINAL_STATUSES:
                 continue
-            evidence = row.evidence if isinstance(row.evidence, Mapping) else {}
-            strategy = str(evidence.get("strategy") or row.author.removeprefix(AUTHOR_PREFIX))
-            step = evidence.get("step_id")
-            keys.add(proposal_key(workflow_id, strategy_step(strategy, step), strategy))
+            if auto and row.status == "validated":
+                continue
+            keys.add(proposal_key(workflow_id, *self._step_strategy(row)))
         return keys
+
+    def arm_samples(
+        self,
+        conn: psycopg.Connection[Any],
+        definition: WorkflowDefinition,
+        step_id: str,
+        context_field: str | None,
+        limit: int = ARM_WINDOW,
+    ) -> list[ArmSample]:
+        """The workflow's last ``limit`` finished runs as the model step's bandits see them
+        (any version: the experiment's two arms included)."""
+        checkers = [s.id for s in definition.steps if s.checker]
+        rows = conn.execute(
+            "SELECT r.run_id, r.finished_at, r.status, "
+            "CASE WHEN %(field)s::text IS NULL THEN NULL ELSE r.inputs ->> %(field)s::text END, "
+            "s.output, extract(epoch FROM r.finished_at - r.started_at) * 1000, "
+            f"(SELECT array_agg(c.output) FROM {table(self.schema, 'steps')} c "
+            "WHERE c.run_id = r.run_id AND c.step_id = ANY(%(checkers)s)) "
+            f"FROM {table(self.schema, 'runs')} r "
+            f"LEFT JOIN {table(self.schema, 'steps')} s "
+            "ON s.run_id = r.run_id AND s.step_id = %(step)s "
+            "WHERE r.workflow_id = %(workflow)s AND r.finished_at IS NOT NULL "
+            "AND r.status IN ('succeeded', 'failed') "
+            "ORDER BY r.finished_at DESC, r.run_id DESC LIMIT %(limit)s",
+            {
+                "field": context_field,
+                "checkers": checkers,
+                "step": step_id,
+                "workflow": definition.id,
+                "limit": limit,
+            },
+        ).fetchall()
+        return [sample_from_row(*row) for row in rows]
+
+    def waiting_own(self, conn: psycopg.Connection[Any], workflow_id: str) -> dict[str, list[str]]:
+        """The optimizer's validated proposals (waiting for the canary slot), by key."""
+        found: dict[str, list[str]] = {}
+        rows = list_mutations(conn, workflow_id=workflow_id, limit=1000, schema=self.schema)
+        for row in rows:
+            if row.status == "validated" and row.author.startswith(AUTHOR_PREFIX):
+                key = proposal_key(workflow_id, *self._step_strategy(row))
+                found.setdefault(key, []).append(row.mutation_id)
+        return found
+
+    def applied_own(self, conn: psycopg.Connection[Any], workflow_id: str) -> str | None:
+        """The optimizer's proposal that is the workflow's canary now, if any (a person's
+        canary is never the optimizer's to end)."""
+        rows = list_mutations(conn, workflow_id=workflow_id, limit=1000, schema=self.schema)
+        for row in rows:
+            if row.status == "applied" and row.author.startswith(AUTHOR_PREFIX):
+                return row.mutation_id
+        return None
+
+    def proposed_at(self, conn: psycopg.Connection[Any], workflow_id: str) -> dict[str, float]:
+        """Per key, when the newest optimizer proposal for it was made (epoch seconds)."""
+        found: dict[str, float] = {}
+        rows = list_mutations(conn, workflow_id=workflow_id, limit=1000, schema=self.schema)
+        for row in rows:
+            if not row.author.startswith(AUTHOR_PREFIX):
+                continue
+            key = proposal_key(workflow_id, *self._step_strategy(row))
+            found[key] = max(found.get(key, 0.0), row.created_at.timestamp())
+        return found
+
+    @staticmethod
+    def _step_strategy(row: Any) -> tuple[str, str]:
+        evidence = row.evidence if isinstance(row.evidence, Mapping) else {}
+        strategy = str(evidence.get("strategy") or row.author.removeprefix(AUTHOR_PREFIX))
+        return strategy_step(strategy, evidence.get("step_id")), strategy
 
     def known_mutations(self, conn: psycopg.Connection[Any], workflow_id: str) -> set[str]:
         rows = list_mutations(conn, workflow_id=workflow_id, limit=1000, schema=self.schema)
@@ -162,7 +263,9 @@ class OptimizerProcessor:
     historian: Historian | None = None
     side_effects: SideEffectView = field(default_factory=CatalogSideEffects)
     bandits: Callable[[str, str], Sequence[ModelBandit]] | None = None
-    """The bandits of ``(workflow, step)``, when something feeds them (benchmarks do)."""
+    """The bandits of ``(workflow, step)`` when something else feeds them (reset here on a
+    drift). Without it, the bandits of a step with models in ``config.models`` are measured
+    from its recent runs in the read models for each diagnosis (``_measured_arms``)."""
     max_age_s: float = 3600.0
     """Diagnoses older than this (by ``detected_at``) are read but not acted on: a fresh
     consumer group does not answer last month's findings."""
@@ -181,6 +284,21 @@ class OptimizerProcessor:
     # -- the decision for one diagnosis (blocking; runs in a thread) ----------------------------
 
     def handle(self, diagnosis: Diagnosis, pending: Mapping[str, float] | None = None) -> Decision:
+        """What to do with one diagnosis. A diagnosis blocked only by a proposal this optimizer
+        sent that the read model does not show yet is looked at again once it does (up to
+        :data:`PROJECTION_WAIT_S`): the read model then says whether that proposal still holds
+        the key, or is the canary the diagnosis supersedes (seen: a quality drop answered
+        "still open" because the exploring proposal sent a moment before was not projected)."""
+        deadline = time.monotonic() + PROJECTION_WAIT_S
+        while True:
+            try:
+                return self._handle(diagnosis, pending, wait=time.monotonic() < deadline)
+            except _NotProjectedYetError:
+                time.sleep(0.25)
+
+    def _handle(
+        self, diagnosis: Diagnosis, pending: Mapping[str, float] | None, *, wait: bool
+    ) -> Decision:
         if diagnosis.workflow_id is None:
             return self._note(Decision(diagnosis.diagnosis_id, None, "not about a workflow"))
         age = time.time() - diagnosis.detected_at.replace(tzinfo=UTC).timestamp()
@@ -194,21 +312,34 @@ class OptimizerProcessor:
             if serving is None:
                 return self._note(Decision(diagnosis.diagnosis_id, None, "workflow unknown"))
             open_keys = self.read_model.open_keys(conn, diagnosis.workflow_id)
+            projected = self.read_model.proposed_at(conn, diagnosis.workflow_id)
+            version, definition = serving
+            waiting = self.read_model.waiting_own(conn, diagnosis.workflow_id)
+            superseded = self._superseded(conn, diagnosis, definition)
+            if superseded is not None:
+                open_keys.discard(superseded[0])  # its experiment, if open, is the one ended
+            if self.bandits is not None and diagnosis.step_id is not None:
+                bandits: Sequence[ModelBandit] = self.bandits(
+                    diagnosis.workflow_id, diagnosis.step_id
+                )
+                reset_on_drift(diagnosis, bandits)
+            else:
+                bandits = self._measured_arms(conn, diagnosis, definition)
         now = time.time()
-        open_keys |= {k for k, at in (pending or {}).items() if now - at < PENDING_TTL_S}
-        version, definition = serving
+        # A key sent but not projected yet counts as open; once the read model has a proposal
+        # for it made since, the read model says whether it is still open.
+        unprojected = {
+            k
+            for k, at in (pending or {}).items()
+            if now - at < PENDING_TTL_S and projected.get(k, 0.0) < at - PENDING_CLOCK_SLACK_S
+        }
+        open_keys |= unprojected
         assert self.historian is not None
         try:
             incidents = list(self.historian.similar(diagnosis, k=5))
         except Exception as exc:  # the historian is advice: its failure must not stop us
             log.warning("historian lookup failed for %s: %s", diagnosis.diagnosis_id, exc)
             incidents = []
-        bandits = (
-            self.bandits(diagnosis.workflow_id, diagnosis.step_id)
-            if self.bandits is not None and diagnosis.step_id is not None
-            else ()
-        )
-        reset_on_drift(diagnosis, bandits)
         given = StrategyInput(
             diagnosis=diagnosis,
             definition=definition,
@@ -220,10 +351,39 @@ class OptimizerProcessor:
         )
         found = plan(given, policy=policy, open_keys=open_keys)
         if found.proposal is None:
+            blocked = {k for k in unprojected if any(k in why for _, why in found.skipped)}
+            if wait and blocked:
+                raise _NotProjectedYetError(f"sent, not projected yet: {sorted(blocked)}")
             reasons = "; ".join(f"{name}: {why}" for name, why in found.skipped) or "no strategy"
             return self._note(Decision(diagnosis.diagnosis_id, None, reasons, found))
         request = mutation_request(found, given)
+        p = found.proposal
+        key = proposal_key(diagnosis.workflow_id, p.step_id, p.strategy)
+        actor = f"{AUTHOR_PREFIX}{p.strategy}"
+        # All on the workflow's partition, in this order: the proposal (validated, it waits
+        # while a canary runs), then the optimizer's older proposals for the key that wait too
+        # (withdrawn: superseded by this one), then the canary this answer supersedes, whose
+        # end lets the lifecycle apply the newest waiting proposal: this one.
         self.producer.send(self.catalog.mutations, request.workflow_id, request)
+        for old in waiting.get(key, []):
+            withdraw = MutationRequest(
+                workflow_id=diagnosis.workflow_id,
+                mutation_id=old,
+                action=MutationAction.REJECT,
+                actor=actor,
+                reason=f"superseded by {request.mutation_id} ({diagnosis.diagnosis_id})",
+            )
+            self.producer.send(self.catalog.mutations, withdraw.workflow_id, withdraw)
+        if superseded is not None and superseded[0] == key:
+            rollback = MutationRequest(
+                workflow_id=diagnosis.workflow_id,
+                mutation_id=superseded[1],
+                action=MutationAction.ROLLBACK,
+                actor=actor,
+                reason=f"superseded by the answer to {diagnosis.diagnosis_id}: "
+                f"{diagnosis.explanation}",
+            )
+            self.producer.send(self.catalog.mutations, rollback.workflow_id, rollback)
         self.producer.flush(10.0)
         log.info(
             "optimizer proposed %s (%s) for %s",
@@ -232,6 +392,53 @@ class OptimizerProcessor:
             diagnosis.diagnosis_id,
         )
         return self._note(Decision(diagnosis.diagnosis_id, request, "proposed", found))
+
+    def _superseded(
+        self, conn: psycopg.Connection[Any], diagnosis: Diagnosis, definition: WorkflowDefinition
+    ) -> tuple[str, str] | None:
+        """A quality drop of a model step while one of the optimizer's own proposals is the
+        workflow's canary: the answer needs the slot (one canary per workflow), and a
+        regression of what the workflow answers goes before a tune-up still being measured (a
+        model-choice experiment on the step measures arms whose history the drift voided; a
+        timeout or retry is proposed again if its finding recurs). (the answer's key, the
+        canary's mutation id) to roll back before proposing; None otherwise."""
+        key = superseding_key(diagnosis, definition)
+        if key is None or diagnosis.workflow_id is None:
+            return None
+        mutation_id = self.read_model.applied_own(conn, diagnosis.workflow_id)
+        return None if mutation_id is None else (key, mutation_id)
+
+    def _measured_arms(
+        self, conn: psycopg.Connection[Any], diagnosis: Diagnosis, definition: WorkflowDefinition
+    ) -> list[ModelBandit]:
+        """The model step's bandits measured from its recent runs (``config.models`` names its
+        arms); on a drift, only the runs since the drift began count (the reset)."""
+        step_id = model_step(definition, diagnosis.step_id)
+        if step_id is None:
+            return []
+        arms = self.config.models_for(definition.id, step_id)
+        if not arms:
+            return []
+        context_field = self.config.contexts.get(definition.id)
+        samples = self.read_model.arm_samples(conn, definition, step_id, context_field)
+        since = None
+        if diagnosis.kind in DRIFT_KINDS:
+            evidence = _json_object(diagnosis.evidence)
+            after = evidence.get("after")
+            after_n = after.get("n") if isinstance(after, dict) else None
+            detected = diagnosis.detected_at.replace(tzinfo=diagnosis.detected_at.tzinfo or UTC)
+            since = drift_since(samples, detected, int(after_n or 0))
+            if since is None:
+                return []  # the drift's window is not in the read model yet: nothing measured
+        return bandits_from_samples(
+            samples,
+            key=f"{definition.id}/{step_id}",
+            arms=arms,
+            weights=self.config.weights_for(definition.id),
+            budget=self.config.exploration_budget,
+            min_pulls=ARM_MIN_PULLS,
+            since=since,
+        )
 
     def _note(self, decision: Decision) -> Decision:
         self.decisions.append(decision)
@@ -339,6 +546,14 @@ class OptimizerProcessor:
         self.producer.close()
         # faust's data folder (memory store: only its lock and metadata) goes with the instance.
         shutil.rmtree(self._datadir, ignore_errors=True)
+
+
+def _json_object(text: str | None) -> dict[str, Any]:
+    try:
+        data = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def now_utc() -> datetime:

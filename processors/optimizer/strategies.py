@@ -35,6 +35,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
+from processors.optimizer.arms import in_use, model_step
 from processors.optimizer.bandit import ModelBandit, RewardWeights
 from processors.optimizer.history import IncidentLike
 from processors.replay.stats import wilson_interval
@@ -117,9 +118,52 @@ class OptimizerConfig:
     """Reward weights per workflow id (``"*"``: every other workflow)."""
     exploration_budget: float = 0.2
     """Largest share of traffic a bandit may explore with (also the suggested canary weight)."""
+    models: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    """``"<workflow>/<step>"``, ``"<workflow>"`` or ``"*"`` -> the models an ``openai.chat``
+    step may use, the reference first (the one that answers well; the default arm), then the
+    cheaper alternatives in the order to try them. Without an entry the optimizer measures no
+    model arms for the step (it still proposes what externally fed bandits measured)."""
+    contexts: Mapping[str, str] = field(default_factory=dict)
+    """Workflow id -> the input field whose value classifies a run's inputs (``difficulty``):
+    one bandit per class, so a cheap model can be chosen for the classes it suffices for."""
+    experiment_min_runs: int = 10
+    """``min_runs`` of a ``model_choice`` proposal's experiment (ADR 0037): pulls per arm
+    before its weight moves."""
+
+    def __post_init__(self) -> None:
+        for key, arms in self.models.items():
+            if (
+                isinstance(arms, str)
+                or not isinstance(arms, Sequence)
+                or not arms
+                or not all(isinstance(a, str) and a for a in arms)
+                or len(set(arms)) != len(arms)
+            ):
+                raise ValueError(
+                    f"models[{key!r}]: expected a list of distinct model names, the reference "
+                    f"first, but got {arms!r}"
+                )
+        for workflow, name in self.contexts.items():
+            if not isinstance(name, str) or not name:
+                raise ValueError(
+                    f"contexts[{workflow!r}]: expected an input field name, got {name!r}"
+                )
+        if self.experiment_min_runs < 1:
+            raise ValueError(
+                f"experiment_min_runs: expected >= 1, but got {self.experiment_min_runs}"
+            )
 
     def weights_for(self, workflow_id: str) -> RewardWeights:
         return self.weights.get(workflow_id) or self.weights.get("*") or RewardWeights()
+
+    def models_for(self, workflow_id: str, step_id: str) -> tuple[str, ...]:
+        found = (
+            self.models.get(f"{workflow_id}/{step_id}")
+            or self.models.get(workflow_id)
+            or self.models.get("*")
+            or ()
+        )
+        return tuple(found)
 
 
 @dataclass(frozen=True)
@@ -139,6 +183,16 @@ class StrategyInput:
         if step_id is None or not self.definition.has_step(step_id):
             return None
         return self.definition.step(step_id)
+
+    @property
+    def model_step(self) -> StepDefinition | None:
+        """The step a model choice is about: the diagnosed step, or for a checker step the
+        ``openai.chat`` step it scores (:func:`processors.optimizer.arms.model_step`)."""
+        step = self.step
+        if step is None or not step.checker:
+            return step
+        target = model_step(self.definition, step.id)
+        return None if target is None else self.definition.step(target)
 
     def metric(self, *names: str) -> float | None:
         for name in names:
@@ -211,6 +265,10 @@ class TimeoutStrategy:
     def propose(self, given: StrategyInput) -> Proposal | None:
         step = given.step
         if step is None or not _dispatched(step):
+            return None
+        if given.diagnosis.kind is K.LATENCY_DRIFT and given.evidence().get("direction") == "down":
+            # Faster is not a problem to answer, and a timeout sized on the faster period would
+            # cut the attempts if the latency comes back (seen: a warm-up's 75 -> 19 ms).
             return None
         p99 = given.metric("p99_ms", "p99_after_ms")
         p95 = given.metric("p95_ms", "p95_after_ms")
@@ -344,6 +402,8 @@ class CacheStrategy:
         step = given.step
         if step is None or not _dispatched(step) or step.cache.enabled:
             return None
+        if step.checker:
+            return None  # a cache hit is not scored: the run would lose its quality signal
         if given.side_effects.has_side_effects(step.node_name, step.params):
             return None  # serving a write from the cache would skip the write
         if secret_placeholders(canonical_json(step.params)):
@@ -584,20 +644,33 @@ def _strings(value: Any) -> list[str]:
 class ModelChoiceStrategy:
     """What the step's bandits measured, as a change: the model param of an ``openai.chat`` step
     (one value, or a JMESPath choice by input context when contexts differ), or the node
-    version constraint of any other step (arms are constraints)."""
+    version constraint of any other step (arms are constraints).
+
+    When the bandits have not measured every arm (the step only ever used one model), an
+    ``openai.chat`` step with configured models (``OptimizerConfig.models``) gets an
+    *exploring* proposal, whose canary experiment (ADR 0037) measures it on live runs:
+
+    - on a ``cost`` finding, the largest input class that has an untried alternative gets the
+      first one (one class at a time: the experiment judges the class's change);
+    - on a ``quality_drift`` down (of the step, or of the checker that scores it; the bandits
+      then only count runs since the drift began), the classes answered by an alternative go
+      back to the reference model.
+    """
 
     name = "model_choice"
     kinds = frozenset({K.COST, K.QUALITY_DRIFT, K.LATENCY_DRIFT, K.FAILURE_DRIFT})
 
     def propose(self, given: StrategyInput) -> Proposal | None:
-        step = given.step
+        step = given.model_step
         if step is None or not given.bandits:
             return None
+        if any(b.best() is None for b in given.bandits):
+            # not every arm is measured yet: explore, if the step has candidate models
+            return self._explore(given, step) if step.node_name == "openai.chat" else None
         best: dict[str, str] = {}
         for b in given.bandits:
             arm = b.best()
-            if arm is None:
-                return None  # not every arm is measured yet: nothing to say
+            assert arm is not None
             best[b.key] = arm
         bandit_by_key = {b.key: b for b in given.bandits}
         summary = {key: bandit_by_key[key].snapshot() for key in best}
@@ -624,26 +697,75 @@ class ModelChoiceStrategy:
             canary_weight=given.config.exploration_budget,
         )
 
-    def _model(
+    def _explore(self, given: StrategyInput, step: StepDefinition) -> Proposal | None:
+        arms = given.config.models_for(given.definition.id, step.id)
+        if len(arms) < 2:
+            return None
+        reference = arms[0]
+        choice: dict[str, str] = {}
+        for b in given.bandits:
+            choice[b.key] = in_use(b) or reference
+        kind = given.diagnosis.kind
+        if kind is K.COST:
+            # The largest class (most runs in the window) with an alternative not tried on it.
+            for b in sorted(given.bandits, key=lambda b: (-_pulls(b), b.key)):
+                untried = [a for a in arms[1:] if a in b.arms and b.stats[a].pulls == 0]
+                if untried and choice[b.key] == reference:
+                    choice[b.key] = untried[0]
+                    why = f"try {untried[0]} for {b.key} (its largest input class)"
+                    break
+            else:
+                return None
+        elif kind is K.QUALITY_DRIFT and _fell(given):
+            moved = sorted(key for key, arm in choice.items() if arm != reference)
+            if not moved:
+                return None
+            for key in moved:
+                choice[key] = reference
+            why = f"quality fell: back to {reference} for {', '.join(moved)}"
+        else:
+            return None
+        bandit_by_key = {b.key: b for b in given.bandits}
+        summary = {key: bandit_by_key[key].snapshot() for key in choice}
+        proposal = self._model(given, step, choice, bandit_by_key, summary, default=reference)
+        if proposal is None:
+            return None
+        return Proposal(
+            strategy=proposal.strategy,
+            step_id=proposal.step_id,
+            changes=proposal.changes,
+            predicted_effect={**proposal.predicted_effect, "explore": why},
+            rationale=f"Step {step.id!r}: {why}; its canary experiment measures it on live "
+            f"runs (diagnosis {given.diagnosis.kind.value}).",
+            canary_weight=proposal.canary_weight,
+        )
+
+    def _model(  # noqa: PLR0917 (private)
         self,
         given: StrategyInput,
         step: StepDefinition,
         best: dict[str, str],
         bandits: Mapping[str, ModelBandit],
         summary: dict[str, Any],
+        default: str | None = None,
     ) -> Proposal | None:
         params = dict(step.params) if isinstance(step.params, Mapping) else {}
         current = params.get("model")
         contexts = {key.rsplit("/", 2)[-1]: arm for key, arm in best.items()}
-        context_field = given.evidence().get("context_field")
+        context_field = given.evidence().get("context_field") or given.config.contexts.get(
+            given.definition.id
+        )
         if len(set(best.values())) == 1:
             new_value: Any = next(iter(best.values()))
         elif isinstance(context_field, str):
             # inputs.<field> == 'easy' && 'cheap' || inputs.<field> == 'hard' && 'big' || default
-            default = given.bandits[0].default
+            # An explicit default (exploring) leaves out the classes that get it anyway.
+            explicit = default is not None
+            default = default or given.bandits[0].default
             parts = [
                 f"inputs.{context_field} == '{ctx}' && '{arm}'"
                 for ctx, arm in sorted(contexts.items())
+                if not explicit or arm != default
             ]
             new_value = "{{ " + " || ".join([*parts, f"'{default}'"]) + " }}"
         else:
@@ -672,6 +794,16 @@ class ModelChoiceStrategy:
             ),
             canary_weight=given.config.exploration_budget,
         )
+
+
+def _pulls(b: ModelBandit) -> int:
+    return sum(b.stats[arm].pulls for arm in b.arms)
+
+
+def _fell(given: StrategyInput) -> bool:
+    before = given.metric("mean_before")
+    after = given.metric("mean_after")
+    return before is not None and after is not None and after < before
 
 
 def _arm_effect(snapshot: Mapping[str, Any], before: str, after: str) -> dict[str, Any]:

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
-from benchmarks.loop.models import questions
+from benchmarks.loop.models import DEGRADED, questions
 from benchmarks.loop.models_engine import (
     ENGINE_MODELS,
     PER_CLASS,
@@ -26,7 +27,11 @@ from benchmarks.loop.models_engine import (
 )
 from benchmarks.loop.stubs import openai_stub
 from processors.canary.judge import CanaryConfig
-from projections.postgres.mutation_queries import get_mutation, list_mutation_events
+from projections.postgres.mutation_queries import (
+    get_mutation,
+    list_mutation_events,
+    list_mutations,
+)
 from schemas.models import ImprovementPolicy, MutationAction, MutationRequest
 from tests.integration.engine_fixtures import Harness, HarnessFactory
 from tests.support.waiting import eventually
@@ -123,3 +128,92 @@ def test_the_cheaper_good_enough_model_gets_the_traffic_and_is_kept(harness: Har
         after = _batch(harness, qs, 16)
         assert {r.workflow_version for r in after} == {2}
         assert {r.status for r in after} == {"succeeded"}
+
+
+@pytest.fixture
+def loop_harness(engine_harness: HarnessFactory) -> Harness:
+    """The whole loop: critic, optimizer (with scenario 4's settings for the workflow), canary
+    judge and bandit experiments."""
+    from benchmarks.loop.models_engine import CRITIC, OPTIMIZER
+
+    return engine_harness(
+        trigger_router=False,
+        replay_runner=False,
+        proposal_replay=None,
+        canary=True,
+        bandit=True,
+        critic=True,
+        critic_config=CRITIC,
+        optimizer=True,
+        optimizer_config=OPTIMIZER,
+    )
+
+
+def _model_choices(harness: Harness) -> list[Any]:
+    with harness.conn() as conn:
+        rows = list_mutations(conn, workflow_id=WORKFLOW, limit=100, schema=harness.schema)
+    return sorted(
+        (r for r in rows if r.author == "optimizer:model_choice"),
+        key=lambda r: (r.created_at, r.mutation_id),
+    )
+
+
+def _unique(qs: Any) -> Any:
+    # each question asked once (a request id in the prompt), as in the benchmark: repeats would
+    # rightly get the answers cached, which is not what this test is about
+    for i, q in enumerate(qs):
+        yield replace(q, prompt=f"{q.prompt} (request {i})")
+
+
+def test_the_loop_chooses_the_cheap_model_for_easy_inputs_and_goes_back_when_it_degrades(
+    loop_harness: Harness,
+) -> None:
+    """ADR 0040, nothing played: the critic's cost_share finding -> the optimizer's exploring
+    model_choice (small for the largest input class) -> its experiment keeps it; small degrades
+    -> the critic's quality_drift of the checker -> the optimizer's answer (big again, its own
+    exploring canary rolled back if one runs) -> kept."""
+    harness = loop_harness
+    qs = _unique(questions(5, 5000))
+    with openai_stub(ENGINE_MODELS, seed=5) as llm:
+        harness.register(checked_workflow(llm.base_url, "big"))
+        harness.send(
+            harness.engine.catalog.mutations.topic,
+            WORKFLOW,
+            MutationRequest(
+                workflow_id=WORKFLOW,
+                action=MutationAction.SET_POLICY,
+                actor="user:test",
+                policy=ImprovementPolicy.AUTO,
+            ),
+        )
+        for _ in range(50):  # the cost finding needs 20 analysed runs of version 1
+            _batch(harness, qs)
+            if _model_choices(harness):
+                break
+        [first] = _model_choices(harness)
+        assert first.evidence["diagnosis"]["kind"] == "cost"
+        assert first.evidence["diagnosis"]["detector"] == "cost_share"
+        assert first.changes[0]["data"]["model"] == PER_CLASS
+        for _ in range(80):
+            _batch(harness, qs)
+            if any(c.status == "kept" for c in _model_choices(harness)):
+                break
+        kept = next(c for c in _model_choices(harness) if c.status == "kept")
+        assert kept.mutation_id == first.mutation_id
+
+        llm.control(models=DEGRADED)
+        known = {c.mutation_id for c in _model_choices(harness)}
+        back = None
+        for _ in range(100):
+            _batch(harness, qs)
+            new = [c for c in _model_choices(harness) if c.mutation_id not in known]
+            back = new[0] if new else None
+            if back is not None and back.status == "kept":
+                break
+        assert back is not None, "no answer to the degradation"
+        assert back.evidence["diagnosis"]["kind"] == "quality_drift"
+        assert back.changes[0]["data"]["model"] == "big"
+        assert back.status == "kept", back.reason
+        after = _batch(harness, qs, 16)
+        assert {r.status for r in after} == {"succeeded"}
+        assert {r.workflow_version for r in after} == {back.applied_version}

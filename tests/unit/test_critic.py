@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -722,3 +722,69 @@ def test_anomaly_diagnosis_names_the_odd_runs() -> None:
     assert anomaly[0].metrics["anomalous"] >= 4
     odd_runs = {f"r{i}" for i in range(3000, 3060) if i % 6 == 0}
     assert set(anomaly[0].example_run_ids) <= odd_runs
+
+
+def test_the_step_carrying_most_of_the_tokens_is_a_cost_finding() -> None:
+    """A workflow that always asked the expensive model has no cost drift; the critic still
+    says which step its tokens go to (``cost`` about the step, detector ``cost_share``), once
+    per episode."""
+    critic = Critic(replace(CriticConfig(), runs=replace(CriticConfig().runs, idle_close_ms=5000)))
+    found: list[Diagnosis] = []
+    for run in range(80):
+        # _run puts the tokens on every span: two equal spenders, none dominant.
+        found += _run(critic, run, {"ask": (0, 50), "check": (50, 60)}, 210)
+    assert not [d for d in found if d.kind == DiagnosisKind.COST]
+
+    critic = Critic(replace(CriticConfig(), runs=replace(CriticConfig().runs, idle_close_ms=5000)))
+
+    def runs(first: int, last: int, version: Callable[[int], int]) -> list[Diagnosis]:
+        out: list[Diagnosis] = []
+        for run in range(first, last):
+            base = T0 + run * 10_000
+            for step, (start, end), tokens in (("ask", (0, 50), 210), ("check", (50, 60), None)):
+                out += critic.observe(
+                    _view(
+                        run,
+                        run_id=f"run{run}",
+                        workflow_version=version(run),
+                        step_id=step,
+                        start_ms=base + start,
+                        end_ms=base + end,
+                        latency_ms=end - start,
+                        cost_tokens=tokens,
+                    )
+                )
+        return [d for d in out if d.kind == DiagnosisKind.COST]
+
+    shares = runs(0, 80, lambda _: 1)
+    assert [(d.subject, d.detector, d.step_id) for d in shares] == [
+        ("workflow:wf/step:ask", "cost_share", "ask")
+    ]
+    assert shares[0].metrics["share"] == 1.0
+    assert shares[0].metrics["tokens_per_run"] == 210.0
+    assert shares[0].metrics["runs"] == CriticConfig().runs.cost_min_runs
+    evidence = json.loads(shares[0].evidence)
+    assert evidence["share_by_step"] == {"ask": 1.0} and evidence["workflow_version"] == 1
+    # A canary mixes two versions: nothing, and the episode ends; once the runs are all of
+    # the version new runs get (kept, or rolled back), it is a finding about that version.
+    assert runs(80, 120, lambda run: 1 + run % 2) == []
+    # once the whole window (64 runs) is of the version new runs get
+    assert runs(120, 120 + 63, lambda _: 2) == []
+    again = runs(183, 200, lambda _: 2)
+    assert [json.loads(d.evidence)["workflow_version"] for d in again] == [2]
+    assert runs(200, 240, lambda run: 2 + run % 2) + runs(240, 320, lambda _: 2) != []
+
+
+def test_whole_millisecond_jitter_of_a_fast_step_is_no_latency_drift() -> None:
+    """A 1 ms step measured 1, 2 or 3 ms (traces have whole milliseconds) is not x2 slower."""
+    rng = random.Random(3)
+    critic = Critic()
+    found: list[Diagnosis] = []
+    for i in range(600):
+        latency = 1 if i < 300 else rng.choice([1, 2, 3, 4])
+        found += critic.observe(_view(i, latency_ms=latency, end_ms=T0 + i * 100 + latency))
+    assert not [d for d in found if d.kind == DiagnosisKind.LATENCY_DRIFT]
+    # a real slowdown of the same step still is one
+    for i in range(600, 700):
+        found += critic.observe(_view(i, latency_ms=40, end_ms=T0 + i * 100 + 40))
+    assert [d for d in found if d.kind == DiagnosisKind.LATENCY_DRIFT]

@@ -228,3 +228,32 @@ def test_the_canary_splits_with_and_a_rollback_restores_what_new_runs_got_before
     assert state.of("wf").route == WorkflowRoute(((3, 0.5), (2, 0.5)), "m1")
     decide(state, request(MutationAction.ROLLBACK), ctx(registered))
     assert state.of("wf").route == WorkflowRoute(((2, 1.0),), "m1")
+
+
+def test_policy_auto_applies_the_newest_waiting_proposal_when_the_canary_slot_frees() -> None:
+    """ADR 0040: a proposal validated while another one was the canary waits; when that one is
+    rolled back (new runs get the waiting ones' base again), the newest waiting one is applied.
+    After a keep, the waiting ones were made on the old version: they stay for a person."""
+    state = MutationsState()
+    decide(state, request(MutationAction.SET_POLICY, None, policy=ImprovementPolicy.AUTO), ctx())
+    assert statuses(propose(state, actor="optimizer", mid="c1"))[-1] == "applied"
+    assert statuses(propose(state, actor="optimizer", mid="w1"))[-1] == "validated"
+    assert statuses(propose(state, actor="optimizer", mid="w2"))[-1] == "validated"
+    ended = [
+        r
+        for r in decide(state, request(MutationAction.ROLLBACK, "c1"), ctx()).records
+        if isinstance(r, Mutation)
+    ]
+    assert [(r.mutation_id, r.status.value) for r in ended] == [
+        ("c1", "rolled_back"),
+        ("w2", "approved"),
+        ("w2", "applied"),
+    ]
+    assert ended[1].actor == "policy:auto"
+    kept = [
+        r
+        for r in decide(state, request(MutationAction.KEEP, "w2"), ctx()).records
+        if isinstance(r, Mutation)
+    ]
+    assert [(r.mutation_id, r.status.value) for r in kept] == [("w2", "kept")]
+    assert state.of("wf").proposals["w1"].status.value == "validated"

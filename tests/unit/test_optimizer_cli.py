@@ -23,12 +23,16 @@ def test_a_config_file(tmp_path: Path) -> None:
         "timeout_margin: 2\nexploration_budget: 0.05\n"
         "weights: {'*': {cost: 0.5}, wf: {quality: 2}}\n"
         "fallbacks: {'wf/call': {node: http.request, params: {url: 'http://backup'}}}\n"
+        "models: {'wf/ask': [big, small]}\ncontexts: {wf: difficulty}\n"
     )
     config = load_config(str(path))
     assert config.timeout_margin == 2 and config.exploration_budget == 0.05
     assert config.weights_for("wf") == RewardWeights(quality=2.0)
     assert config.weights_for("other") == RewardWeights(cost=0.5)
     assert config.fallbacks["wf/call"]["node"] == "http.request"
+    assert config.models_for("wf", "ask") == ("big", "small")
+    assert config.models_for("wf", "other") == ()
+    assert config.contexts == {"wf": "difficulty"} and config.experiment_min_runs == 10
 
 
 @pytest.mark.parametrize(
@@ -37,6 +41,10 @@ def test_a_config_file(tmp_path: Path) -> None:
         ("speed: 1\n", r"unknown field\(s\) \['speed'\]"),
         ("weights: {wf: {speed: 1}}\n", "unknown reward weight"),
         ("- 1\n", "expected a mapping"),
+        ("models: {'wf/ask': big}\n", r"models\['wf/ask'\]: expected a list of distinct model"),
+        ("models: {'wf/ask': [big, big]}\n", r"models\['wf/ask'\]"),
+        ("contexts: {wf: 3}\n", r"contexts\['wf'\]: expected an input field name"),
+        ("experiment_min_runs: 0\n", "experiment_min_runs: expected >= 1"),
     ],
 )
 def test_bad_config_names_the_problem(tmp_path: Path, text: str, message: str) -> None:
