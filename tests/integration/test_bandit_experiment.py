@@ -59,20 +59,25 @@ def _batch(harness: Harness, qs: Any, n: int = 8) -> list[Any]:
     return [harness.wait(run_id, timeout=60) for run_id in run_ids]
 
 
+def _register_auto(harness: Harness, base_url: str) -> None:
+    """Version 1 (``big`` for everything) under improvement policy ``auto``."""
+    harness.register(checked_workflow(base_url, "big"))
+    harness.send(
+        harness.engine.catalog.mutations.topic,
+        WORKFLOW,
+        MutationRequest(
+            workflow_id=WORKFLOW,
+            action=MutationAction.SET_POLICY,
+            actor="user:test",
+            policy=ImprovementPolicy.AUTO,
+        ),
+    )
+
+
 def test_the_cheaper_good_enough_model_gets_the_traffic_and_is_kept(harness: Harness) -> None:
     qs = iter(questions(5, 2000))
     with openai_stub(ENGINE_MODELS, seed=5) as llm:
-        harness.register(checked_workflow(llm.base_url, "big"))
-        harness.send(
-            harness.engine.catalog.mutations.topic,
-            WORKFLOW,
-            MutationRequest(
-                workflow_id=WORKFLOW,
-                action=MutationAction.SET_POLICY,
-                actor="user:test",
-                policy=ImprovementPolicy.AUTO,
-            ),
-        )
+        _register_auto(harness, llm.base_url)
         first = _batch(harness, qs)  # recorded runs of version 1 (and the policy is read)
         assert {r.status for r in first} == {"succeeded"}
         proposal = model_choice_request(WORKFLOW, llm.base_url, PER_CLASS, 1, "small for easy")
@@ -175,17 +180,7 @@ def test_the_loop_chooses_the_cheap_model_for_easy_inputs_and_goes_back_when_it_
     harness = loop_harness
     qs = _unique(questions(5, 5000))
     with openai_stub(ENGINE_MODELS, seed=5) as llm:
-        harness.register(checked_workflow(llm.base_url, "big"))
-        harness.send(
-            harness.engine.catalog.mutations.topic,
-            WORKFLOW,
-            MutationRequest(
-                workflow_id=WORKFLOW,
-                action=MutationAction.SET_POLICY,
-                actor="user:test",
-                policy=ImprovementPolicy.AUTO,
-            ),
-        )
+        _register_auto(harness, llm.base_url)
         for _ in range(50):  # the cost finding needs 20 analysed runs of version 1
             _batch(harness, qs)
             if _model_choices(harness):
