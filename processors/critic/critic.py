@@ -51,6 +51,11 @@ __all__ = ["Critic", "CriticStats", "node_subject", "step_subject", "workflow_su
 LAZY_ZEROS = 500
 """A failure or timeout detector created late starts with at most this many earlier zeros."""
 
+COST_SHARE_EVERY = 8
+"""The cost share (a finding about a 64-run window) is judged every this many closed runs of
+a workflow: judging it per run cost ~2 us per trace, a tenth of the critic's budget, for a
+finding that moves slowly; a mix of versions still ends its episode at once."""
+
 LATENCY_FLOOR_MS = 10
 """Latencies up to this count as this on the latency detectors' log scale: traces have whole
 milliseconds, so a 1 ms step's 1 -> 2 ms is a x2 "drift" of nothing, and a few ms more of a
@@ -153,10 +158,40 @@ class _WorkflowState:
     """The workflow version of each run in ``costs`` (the cost share is about one version)."""
     share_keys: set[str] = field(default_factory=set)
     """Episode keys of the cost-share findings opened (closed when versions mix)."""
+    cost_total: int = 0
+    cost_by_step: dict[str, int] = field(default_factory=dict)
+    version_counts: dict[int, int] = field(default_factory=dict)
+    """Sums over the ``costs`` window, kept incrementally: the cost share is judged per run
+    closed, and summing the 64-run window each time doubled the critic's cost per trace."""
     sequential: dict[tuple[str, str], deque[bool]] = field(default_factory=dict)
     share_totals: dict[str, float] = field(default_factory=dict)
     """Sum of the critical-path shares in ``shares``, per step (kept incrementally)."""
     runs_seen: int = 0
+
+    def add_cost(self, run_id: str, cost: int, per_step: dict[str, int], version: int) -> None:
+        costs, versions = self.costs, self.cost_versions
+        if len(costs) == costs.maxlen:
+            _, old_cost, old_steps = costs[0]
+            self.cost_total -= old_cost
+            by_step = self.cost_by_step
+            for step, tokens in old_steps.items():
+                left = by_step[step] - tokens
+                if left:
+                    by_step[step] = left
+                else:
+                    del by_step[step]
+            old_version = versions[0]
+            remaining = self.version_counts[old_version] - 1
+            if remaining:
+                self.version_counts[old_version] = remaining
+            else:
+                del self.version_counts[old_version]
+        costs.append((run_id, cost, per_step))
+        versions.append(version)
+        self.cost_total += cost
+        for step, tokens in per_step.items():
+            self.cost_by_step[step] = self.cost_by_step.get(step, 0) + tokens
+        self.version_counts[version] = self.version_counts.get(version, 0) + 1
 
     def add_shares(self, run_id: str, shares: dict[str, float]) -> None:
         totals = self.share_totals
@@ -637,8 +672,7 @@ class Critic:
         cost = run.cost_tokens
         if cost > 0:
             per_step = {s: span.cost_tokens for s, span in run.steps.items() if span.cost_tokens}
-            state.costs.append((run.run_id, cost, per_step))
-            state.cost_versions.append(run.workflow_version)
+            state.add_cost(run.run_id, cost, per_step, run.workflow_version)
             drift = state.cost.update(math.log1p(cost))
             if drift is not None:
                 self._emit_cost(state, run, drift, out)
@@ -721,23 +755,19 @@ class Critic:
         key = f"share|v{version}"
         if len(versions) < rt.cost_min_runs:
             return
-        if any(v != version for v in versions):
+        if len(state.version_counts) > 1:
             # the whole window (64 runs): a 10% canary leaves 20 runs in a row of one version
             # often enough to re-announce the finding again and again
             for opened in state.share_keys:
                 self.episodes.close(opened)
             state.share_keys.clear()
             return
-        by_step: dict[str, int] = {}
-        total = 0
-        n = 0
-        for (_, cost, per_step), v in zip(state.costs, versions, strict=True):
-            if v != version:
-                continue
-            n += 1
-            total += cost
-            for s, c in per_step.items():
-                by_step[s] = by_step.get(s, 0) + c
+        if len(versions) != rt.cost_min_runs and state.runs_seen % COST_SHARE_EVERY:
+            return  # (judged as soon as the window allows, then every few runs)
+        # One version in the whole window: its sums are the window's.
+        by_step = state.cost_by_step
+        total = state.cost_total
+        n = len(versions)
         if total <= 0 or not by_step:
             return
         step, tokens = max(by_step.items(), key=lambda kv: (kv[1], kv[0]))
