@@ -382,10 +382,6 @@ class ReplayRunner:
             heartbeat.beat()
             self.run_once()
 
-    def wait_for_cleanup(self) -> None:
-        """Block until every finished replay's shadow is removed (tests, one-off replays)."""
-        self._janitor.submit(lambda: None).result()
-
     def close(self) -> None:
         try:
             if self.consumer is not None:
