@@ -23,7 +23,9 @@ OFFERS = {
 }
 
 
-class _Handler(BaseHTTPRequestHandler):
+class JsonHandler(BaseHTTPRequestHandler):
+    """A quiet request handler that answers JSON (the demos' local services)."""
+
     def log_message(self, format: str, *args: Any) -> None:
         return
 
@@ -35,6 +37,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+
+class _Handler(JsonHandler):
     def do_GET(self) -> None:
         url = urlparse(self.path)
         if url.path != "/offers":

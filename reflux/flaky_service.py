@@ -10,7 +10,6 @@ in the ``reflux`` package so the installed CLI can run the demo without the benc
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import threading
@@ -20,6 +19,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from reflux.demo_service import JsonHandler
 
 __all__ = ["FlakyService", "ServiceStats", "flaky_service"]
 
@@ -62,21 +63,10 @@ class FlakyService:
 
 
 def _handler(service: FlakyService) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(JsonHandler):
         protocol_version = "HTTP/1.1"  # keep-alive: the node's client pools its connections
 
-        def log_message(self, format: str, *args: Any) -> None:
-            return
-
-        def _send(self, status: int, body: Any) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_GET(self) -> None:
+        def do_GET(self) -> None:  # noqa: N802 (http.server calls it by this name)
             if not self.path.startswith("/quote"):
                 self._send(404, {"error": f"no route {self.path}"})
                 return
