@@ -39,7 +39,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -59,16 +58,16 @@ from benchmarks.profiling import (
     format_stacks,
     parse_py_spy_raw,
 )
+from benchmarks.registration import publish_version_one
 from benchmarks.report import evaluate_goals
 from benchmarks.topology import Topology, build_engine
 from foundation.settings import PROJECT_ROOT, Settings
 from schemas import decode
-from schemas.models import CommandRejected, RunSucceeded, StartRun, WorkflowRegistered
+from schemas.models import CommandRejected, RunSucceeded, StartRun
 from schemas.run_log import TERMINAL_RUN_EVENT_TYPES
 from streams.consumer import consume_available
 from streams.producer import TYPE_HEADER, Producer
 from streams.topics import TopicCatalog
-from workflows import parse_workflow
 
 __all__ = ["FULL", "QUICK", "EnginePlan", "run_engine_benchmark"]
 
@@ -278,14 +277,7 @@ class EngineBench:
             raise RuntimeError(f"Expected a healthy engine, but components failed: {errors}")
 
     def register(self, definition: dict[str, Any]) -> None:
-        parsed = parse_workflow(definition)
-        record = WorkflowRegistered(
-            workflow_id=parsed.id,
-            version=1,
-            definition=parsed.to_json_dict(),
-            registered_at=datetime.now(UTC),
-        )
-        self.producer.send(self.catalog.workflows, f"{parsed.id}@1", record)
+        publish_version_one(self.producer, self.catalog, definition)
         self.producer.flush(10)
 
     def _command(self, workflow_id: str) -> StartRun:

@@ -27,20 +27,19 @@ import statistics
 import time
 import urllib.request
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 
 from benchmarks.cleanup import delete_prefix_topics, drop_engine_schemas
+from benchmarks.registration import publish_version_one
 from benchmarks.worker_io_bench import slow_service
 from foundation.settings import Settings
 from processors.replay.shadow import Candidate, ShadowReplay
 from projections.postgres.identifiers import table
 from reflux.dev import DevEngine
-from schemas.models import StartRun, WorkflowRegistered
+from schemas.models import StartRun
 from streams.producer import Producer
-from workflows import parse_workflow
 
 __all__ = ["run_replay_benchmark", "workflow"]
 
@@ -142,24 +141,14 @@ def run_replay_benchmark(base: Settings, quick: bool = False) -> dict[str, float
             ).start()
             producer = Producer(settings, client_id="bench-replay")
             try:
-                parsed = parse_workflow(workflow(url))
-                producer.send(
-                    engine.catalog.workflows.topic,
-                    f"{parsed.id}@1",
-                    WorkflowRegistered(
-                        workflow_id=parsed.id,
-                        version=1,
-                        definition=parsed.to_json_dict(),
-                        registered_at=datetime.now(UTC),
-                    ),
-                )
+                workflow_id = publish_version_one(producer, engine.catalog, workflow(url))
                 producer.flush(10)
                 # One warm-up run: topics, consumers and the workflow are in place before timing.
                 warm = str(uuid.uuid4())
                 producer.send(
                     engine.catalog.commands.topic,
                     warm,
-                    StartRun(run_id=warm, workflow_id=parsed.id, inputs={"order": "warm"}),
+                    StartRun(run_id=warm, workflow_id=workflow_id, inputs={"order": "warm"}),
                 )
                 producer.flush(10)
                 _wait_terminal(settings, schema, [warm], 120)
@@ -170,7 +159,7 @@ def run_replay_benchmark(base: Settings, quick: bool = False) -> dict[str, float
                     producer.send(
                         engine.catalog.commands.topic,
                         run_id,
-                        StartRun(run_id=run_id, workflow_id=parsed.id, inputs={"order": f"o{i}"}),
+                        StartRun(run_id=run_id, workflow_id=workflow_id, inputs={"order": f"o{i}"}),
                     )
                 producer.flush(30)
                 _wait_terminal(settings, schema, run_ids, LIVE_TIMEOUT_S)

@@ -7,17 +7,16 @@ import math
 import statistics
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 
 from benchmarks.cleanup import delete_prefix_topics, drop_engine_schemas
+from benchmarks.registration import publish_version_one
 from foundation.settings import Settings
-from schemas.models import ImprovementPolicy, MutationAction, MutationRequest, WorkflowRegistered
+from schemas.models import ImprovementPolicy, MutationAction, MutationRequest
 from streams.producer import Producer
 from streams.topics import TopicCatalog
-from workflows import parse_workflow
 
 __all__ = [
     "engine_session",
@@ -90,26 +89,16 @@ def register_auto(producer: Producer, catalog: TopicCatalog, definition: dict[st
     """Publishes ``definition`` as version 1 and sets its improvement policy to ``auto`` (the
     loop scenarios let the engine apply its own proposals); returns the workflow id once both
     records are flushed."""
-    parsed = parse_workflow(definition)
-    producer.send(
-        catalog.workflows.topic,
-        f"{parsed.id}@1",
-        WorkflowRegistered(
-            workflow_id=parsed.id,
-            version=1,
-            definition=parsed.to_json_dict(),
-            registered_at=datetime.now(UTC),
-        ),
-    )
+    workflow_id = publish_version_one(producer, catalog, definition)
     policy = MutationRequest(
-        workflow_id=parsed.id,
+        workflow_id=workflow_id,
         action=MutationAction.SET_POLICY,
         actor="user:bench",
         policy=ImprovementPolicy.AUTO,
     )
     producer.send(catalog.mutations.topic, policy.workflow_id, policy)
     producer.flush(10)
-    return parsed.id
+    return workflow_id
 
 
 @contextlib.contextmanager
