@@ -201,12 +201,19 @@ def test_the_loop_chooses_the_cheap_model_for_easy_inputs_and_goes_back_when_it_
         back = None
         for _ in range(100):
             _batch(harness, qs)
-            new = [c for c in _model_choices(harness) if c.mutation_id not in known]
+            # The answer to the degradation is the proposal made on the checker's quality drift.
+            # A cost exploration of the kept version (small for the hard class too, on its
+            # cost_share finding once 64 runs of it are in) may come first on a loaded machine:
+            # it is not the answer, and the optimizer rolls it back when it answers.
+            new = [
+                c
+                for c in _model_choices(harness)
+                if c.mutation_id not in known and c.evidence["diagnosis"]["kind"] == "quality_drift"
+            ]
             back = new[0] if new else None
             if back is not None and back.status == "kept":
                 break
-        assert back is not None, "no answer to the degradation"
-        assert back.evidence["diagnosis"]["kind"] == "quality_drift"
+        assert back is not None, "no answer to the degradation (a quality_drift proposal)"
         assert back.changes[0]["data"]["model"] == "big"
         assert back.status == "kept", back.reason
         after = _batch(harness, qs, 16)
