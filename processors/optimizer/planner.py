@@ -8,6 +8,10 @@ per ``(workflow, step, strategy)``, and the ``MutationRequest`` that carries it.
 - **Policy**: nothing is proposed for a workflow whose improvement policy is ``off``.
 - **One open proposal per key**: a strategy whose key already has a proposal that is not final
   (proposed, validating, validated, approved, applied) is skipped.
+- **A rejection holds its key**: a proposal its validation rejected (the replay showed nothing to
+  gain, or worse) holds its key for ``rejection_hold_s``, doubled for each earlier rejection of
+  the key (:func:`rejection_holds`); the diagnoses that follow the same incident would otherwise
+  ask for the same change again (seen: a timeout replayed twice in the flaky scenario, ADR 0041).
 - **Idempotent**: the mutation id is derived from the diagnosis id and the strategy, so a
   redelivered diagnosis asks for the same id and the mutation processor refuses the duplicate.
 """
@@ -16,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -37,6 +41,7 @@ __all__ = [
     "order_strategies",
     "plan",
     "proposal_key",
+    "rejection_holds",
     "reset_on_drift",
     "strategy_step",
     "superseding_key",
@@ -46,6 +51,7 @@ AUTHOR_PREFIX: Final = "optimizer:"
 FINAL_STATUSES: Final = frozenset({"rejected", "kept", "rolled_back", "reverted"})
 WORKFLOW_WIDE: Final = frozenset({"parallelise"})
 _REPEAT_SIMILARITY: Final = 0.9
+MAX_REJECTION_HOLD_S: Final = 86_400.0
 DRIFT_KINDS: Final = frozenset(
     {
         DiagnosisKind.LATENCY_DRIFT,
@@ -98,6 +104,33 @@ def proposal_key(workflow_id: str, step_id: str, strategy: str) -> str:
 def mutation_id_for(diagnosis_id: str, strategy: str) -> str:
     digest = hashlib.sha256(f"{diagnosis_id}\x00{strategy}".encode()).hexdigest()
     return f"opt-{digest[:24]}"
+
+
+def rejection_holds(
+    rejections: Iterable[tuple[str, float]], *, now: float, hold_s: float
+) -> dict[str, str]:
+    """Key -> why it is held, for the keys whose last validation rejection is recent.
+
+    ``rejections`` are ``(key, rejected_at)`` (epoch seconds) of the optimizer's proposals its
+    validation rejected. The n-th rejection of a key holds it ``hold_s * 2**(n-1)`` seconds
+    after it (at most :data:`MAX_REJECTION_HOLD_S`): one rejection is a verdict about that
+    moment's traffic, repeated ones say the strategy does not fit the step.
+    """
+    if hold_s <= 0:
+        return {}
+    by_key: dict[str, list[float]] = {}
+    for key, at in rejections:
+        by_key.setdefault(key, []).append(at)
+    held: dict[str, str] = {}
+    for key, times in by_key.items():
+        hold = min(MAX_REJECTION_HOLD_S, hold_s * 2 ** (len(times) - 1))
+        left = max(times) + hold - now
+        if left > 0:
+            count = f"{len(times)} rejections" if len(times) > 1 else "a rejection"
+            held[key] = (
+                f"validation rejected a proposal for {key} ({count}; held {left:.0f} s more)"
+            )
+    return held
 
 
 @dataclass(frozen=True)
@@ -161,8 +194,11 @@ def plan(
     *,
     policy: str,
     open_keys: Collection[str],
+    held: Mapping[str, str] | None = None,
     strategies: Sequence[Strategy] = STRATEGIES,
 ) -> Plan:
+    """The first strategy, in the historian's order, that applies to the diagnosis, whose key
+    is neither open nor ``held`` (:func:`rejection_holds`), and that proposes a change."""
     diagnosis = given.diagnosis
     similar = _similar_json(given.incidents)
     if policy == "off":
@@ -181,6 +217,9 @@ def plan(
         if key in open_keys:
             skipped.append((strategy.name, f"a proposal for {key} is still open"))
             continue
+        if held and key in held:
+            skipped.append((strategy.name, held[key]))
+            continue
         proposal = strategy.propose(given)
         if proposal is None:
             skipped.append((strategy.name, "nothing to change"))
@@ -192,6 +231,9 @@ def plan(
         )
         if own != key and own in open_keys:
             skipped.append((strategy.name, f"a proposal for {own} is still open"))
+            continue
+        if own != key and held and own in held:
+            skipped.append((strategy.name, held[own]))
             continue
         return Plan(proposal, tuple(skipped), similar)
     return Plan(None, tuple(skipped), similar)

@@ -60,6 +60,7 @@ from processors.optimizer.planner import (
     mutation_request,
     plan,
     proposal_key,
+    rejection_holds,
     reset_on_drift,
     strategy_step,
     superseding_key,
@@ -180,6 +181,24 @@ class ReadModel:
                 continue
             keys.add(proposal_key(workflow_id, *self._step_strategy(row)))
         return keys
+
+    def rejections(
+        self, conn: psycopg.Connection[Any], workflow_id: str
+    ) -> list[tuple[str, float]]:
+        """``(key, rejected_at)`` of the optimizer's proposals that validation rejected (a
+        report that did not pass; a withdrawn proposal's report passed)."""
+        found: list[tuple[str, float]] = []
+        rows = list_mutations(
+            conn, workflow_id=workflow_id, status="rejected", limit=1000, schema=self.schema
+        )
+        for row in rows:
+            report = row.report if isinstance(row.report, Mapping) else None
+            if not row.author.startswith(AUTHOR_PREFIX) or report is None:
+                continue
+            if report.get("passed") is False:
+                key = proposal_key(workflow_id, *self._step_strategy(row))
+                found.append((key, row.updated_at.timestamp()))
+        return found
 
     def arm_samples(
         self,
@@ -316,6 +335,7 @@ class OptimizerProcessor:
             version, definition = serving
             waiting = self.read_model.waiting_own(conn, diagnosis.workflow_id)
             superseded = self._superseded(conn, diagnosis, definition)
+            held = self._held(conn, diagnosis, definition)
             if superseded is not None:
                 open_keys.discard(superseded[0])  # its experiment, if open, is the one ended
             if self.bandits is not None and diagnosis.step_id is not None:
@@ -349,7 +369,7 @@ class OptimizerProcessor:
             incidents=incidents,
             bandits=tuple(bandits),
         )
-        found = plan(given, policy=policy, open_keys=open_keys)
+        found = plan(given, policy=policy, open_keys=open_keys, held=held)
         if found.proposal is None:
             blocked = {k for k in unprojected if any(k in why for _, why in found.skipped)}
             if wait and blocked:
@@ -392,6 +412,22 @@ class OptimizerProcessor:
             diagnosis.diagnosis_id,
         )
         return self._note(Decision(diagnosis.diagnosis_id, request, "proposed", found))
+
+    def _held(
+        self, conn: psycopg.Connection[Any], diagnosis: Diagnosis, definition: WorkflowDefinition
+    ) -> dict[str, str]:
+        """The keys a recent validation rejection holds (``planner.rejection_holds``), but for
+        the one a quality drop answers: the drop voids what the rejected replay measured."""
+        assert diagnosis.workflow_id is not None
+        held = rejection_holds(
+            self.read_model.rejections(conn, diagnosis.workflow_id),
+            now=time.time(),
+            hold_s=self.config.rejection_hold_s,
+        )
+        voided = superseding_key(diagnosis, definition)
+        if voided is not None:
+            held.pop(voided, None)
+        return held
 
     def _superseded(
         self, conn: psycopg.Connection[Any], diagnosis: Diagnosis, definition: WorkflowDefinition

@@ -126,6 +126,9 @@ class OptimizerConfig:
     contexts: Mapping[str, str] = field(default_factory=dict)
     """Workflow id -> the input field whose value classifies a run's inputs (``difficulty``):
     one bandit per class, so a cheap model can be chosen for the classes it suffices for."""
+    rejection_hold_s: float = 900.0
+    """How long a proposal rejected by its validation holds its ``(workflow, step, strategy)``
+    key, doubled for each earlier rejection of the key (0: no hold)."""
     experiment_min_runs: int = 10
     """``min_runs`` of a ``model_choice`` proposal's experiment (ADR 0037): pulls per arm
     before its weight moves."""

@@ -340,3 +340,80 @@ def test_the_historian_is_asked_first_and_what_was_kept_is_tried_first(
         GraphMutationType.REMOVE_STEP,
         GraphMutationType.ADD_STEP,
     ]
+
+
+def test_a_proposal_its_validation_rejected_holds_its_key(engine_harness: HarnessFactory) -> None:
+    """The optimizer's retry for the step was rejected by validation: on the next timeout drift
+    of the step it proposes the next strategy (a timeout), not the same retry again."""
+    from processors.optimizer.strategies import replace_step
+
+    harness = engine_harness(
+        optimizer=True,
+        scheduler=False,
+        workers=False,
+        trigger_router=False,
+        replay_runner=False,
+        proposal_replay=None,
+    )
+    workflow_id = f"opt-r-{uuid.uuid4().hex[:8]}"
+    harness.register(_one_call(workflow_id))
+    with harness.conn() as conn:
+        base_row = eventually(
+            lambda: get_workflow(conn, workflow_id, 1, schema=harness.schema), 20, "projected"
+        )
+    assert base_row is not None
+    base = WorkflowDefinition.from_json_dict(base_row.definition)
+    # A retry on a node no catalog has: the static checks reject it, with a report that failed.
+    broken = base.step("call").model_dump(mode="json") | {"node": "no.such.node@1"}
+    rejected_id = f"opt-{uuid.uuid4().hex[:24]}"
+    harness.send(
+        harness.engine.catalog.mutations.topic,
+        workflow_id,
+        MutationRequest(
+            workflow_id=workflow_id,
+            mutation_id=rejected_id,
+            action=MutationAction.PROPOSE,
+            actor="optimizer:retry",
+            base_version=1,
+            changes=list(replace_step("call", broken)),
+            rationale="retry the transient failures",
+            evidence={"strategy": "retry", "step_id": "call"},
+        ),
+    )
+
+    def rows() -> list[Any]:
+        with harness.conn() as conn:
+            return list_mutations(conn, workflow_id=workflow_id, schema=harness.schema)
+
+    found = eventually(
+        rows,
+        30,
+        "the broken retry rejected by validation",
+        until=lambda rs: any(r.mutation_id == rejected_id and r.status == "rejected" for r in rs),
+        describe=lambda: str([(r.status, r.reason) for r in rows()]),
+    )
+    assert found[0].report is not None and found[0].report["passed"] is False
+
+    drift = _diagnosis(
+        workflow_id,
+        DiagnosisKind.TIMEOUT_DRIFT,
+        "call",
+        error_class="StepTimedOut",
+        metrics={"p99_ms": 1300.0, "timeout_rate": 0.2},
+    )
+    harness.send(harness.engine.catalog.diagnoses.topic, drift.subject, drift)
+    optimizer = harness.engine.optimizer
+    assert optimizer is not None
+    decision = eventually(
+        lambda: next(
+            (d for d in optimizer.decisions if d.diagnosis_id == drift.diagnosis_id), None
+        ),
+        30,
+        "the optimizer's decision on the drift",
+    )
+    assert decision is not None and decision.request is not None
+    assert decision.request.actor == "optimizer:timeout"
+    assert decision.plan is not None
+    skipped = dict(decision.plan.skipped)
+    held = f"validation rejected a proposal for {workflow_id}/call/retry"
+    assert skipped["retry"].startswith(held)

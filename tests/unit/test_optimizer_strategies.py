@@ -17,6 +17,7 @@ from processors.optimizer.planner import (
     order_strategies,
     plan,
     proposal_key,
+    rejection_holds,
     reset_on_drift,
 )
 from processors.optimizer.strategies import (
@@ -429,6 +430,32 @@ def test_one_open_proposal_per_key() -> None:
     )
     assert second.proposal is not None and second.proposal.strategy == "timeout"
     assert ("retry", "a proposal for wf/call/retry is still open") in second.skipped
+
+
+def test_a_rejected_proposal_holds_its_key_and_each_rejection_doubles_the_hold() -> None:
+    key = proposal_key("wf", "call", "timeout")
+    assert rejection_holds([(key, 1000.0)], now=1899.0, hold_s=900) == {
+        key: f"validation rejected a proposal for {key} (a rejection; held 1 s more)"
+    }
+    assert rejection_holds([(key, 1000.0)], now=1900.0, hold_s=900) == {}
+    twice = rejection_holds([(key, 100.0), (key, 1000.0)], now=2000.0, hold_s=900)
+    assert set(twice) == {key} and "2 rejections; held 800 s more" in twice[key]
+    assert rejection_holds([(key, 1000.0)] * 40, now=1000.0 + 86_399, hold_s=900) != {}
+    assert rejection_holds([(key, 1000.0)] * 40, now=1000.0 + 86_400, hold_s=900) == {}
+    assert rejection_holds([(key, 1000.0)], now=1001.0, hold_s=0) == {}
+
+
+def test_a_held_key_is_skipped_and_the_next_strategy_proposes() -> None:
+    d = diagnosis(
+        DiagnosisKind.TIMEOUT_DRIFT,
+        error_class="Timeout",
+        metrics={"p99_ms": 420, "timeout_rate": 0.2},
+    )
+    key = proposal_key("wf", "call", "retry")
+    held = rejection_holds([(key, 0.0)], now=1.0, hold_s=900)
+    found = plan(given(one_call(timeout=100), d), policy="propose", open_keys=set(), held=held)
+    assert found.proposal is not None and found.proposal.strategy == "timeout"
+    assert ("retry", held[key]) in found.skipped
 
 
 def test_historian_first_what_was_kept_goes_first_and_what_failed_is_avoided() -> None:
