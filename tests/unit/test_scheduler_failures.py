@@ -274,6 +274,12 @@ def test_fatal_producer_errors_end_the_loop() -> None:
     assert is_fatal(KafkaException(KafkaError(KafkaError._FENCED, fatal=True)))
     assert not is_fatal(KafkaException(KafkaError(KafkaError._TRANSPORT)))
     assert not is_fatal(KeyError("x"))
+    # A produce refused by a producer that already had a fatal error carries no fatal flag.
+    assert is_fatal(KafkaException(KafkaError(KafkaError._FATAL)))
+    refused = DeliveryFailure("t", b"k", "_FATAL", "Unable to produce message", False)
+    assert is_fatal(DeliveryError([refused]))
+    timed_out = DeliveryFailure("t", b"k", "_MSG_TIMED_OUT", "timed out", True)
+    assert not is_fatal(DeliveryError([timed_out]))
 
 
 def test_backoff_doubles_up_to_its_cap_and_resets() -> None:

@@ -91,6 +91,10 @@ _TRANSIENT_CODES: Final = frozenset(
 )
 _TOO_LARGE_CODES: Final = frozenset({"MSG_SIZE_TOO_LARGE", "RECORD_LIST_TOO_LARGE"})
 _MISSING_TOPIC_CODES: Final = frozenset({"UNKNOWN_TOPIC_OR_PART", "_UNKNOWN_TOPIC"})
+_FATAL_CODES: Final = frozenset({"_FATAL", "_FENCED"})
+"""Codes that say the producer itself is unusable. A ``produce`` refused because the producer
+had a fatal error raises ``_FATAL`` without the error's fatal flag (seen when a fencing struck
+while the scheduler wrote its snapshot checkpoint)."""
 
 
 def _kafka_error(exc: BaseException) -> KafkaError | None:
@@ -105,7 +109,11 @@ def is_fatal(exc: BaseException) -> bool:
     if isinstance(exc, TransactionStuckError):
         return True
     error = _kafka_error(exc)
-    return error is not None and error.fatal()
+    if error is not None:
+        return bool(error.fatal()) or error.name() in _FATAL_CODES
+    if isinstance(exc, DeliveryError):
+        return any(f.code in _FATAL_CODES for f in exc.failures)
+    return False
 
 
 def _transient(exc: BaseException) -> bool:

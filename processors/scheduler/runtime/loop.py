@@ -972,14 +972,23 @@ class SchedulerRuntime:
         if not fatal:
             # A record that failed earlier in the transaction is the real cause (the error
             # that surfaced may be a later produce refused because the transaction had failed).
-            reports = self.producer.take_failures()
+            try:
+                reports = self.producer.take_failures()
+            except (KafkaException, SystemError) as flush_exc:
+                # A producer broken beyond what its error said: confluent-kafka's flush raised
+                # SystemError ("returned NULL without setting an exception") on a fenced one.
+                log.warning(
+                    "scheduler %s: the producer cannot flush: %r", self.instance_id, flush_exc
+                )
+                reports, fatal = [], True
             if reports:
                 then = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 exc = DeliveryError(reports, f" (then: {then})")
+                fatal = is_fatal(exc)
         failure = classify_failure(exc)
         self.stats.aborted += 1
         self.checkpoint.clear()
-        self._abort(exc)
+        self._abort(exc, fatal=fatal)
         self._rewind(messages)
         # Check invoke topics again on their next use: one deleted meanwhile (its records time
         # out, or are refused) is created again instead of failing every try.
@@ -1011,11 +1020,11 @@ class SchedulerRuntime:
         else:
             self._wait_after("firing timers", exc)
 
-    def _abort(self, exc: BaseException) -> None:
+    def _abort(self, exc: BaseException, *, fatal: bool = False) -> None:
         """Abort the open transaction; an abort that times out (broker unreachable) is tried
-        again after a backoff, as librdkafka allows. A fenced or broken producer, which cannot
-        abort, is replaced (:meth:`_replace_producer`)."""
-        if is_fatal(exc):
+        again after a backoff, as librdkafka allows. A fenced or broken producer (``fatal``),
+        which cannot abort, is replaced (:meth:`_replace_producer`)."""
+        if fatal or is_fatal(exc):
             self._replace_producer(exc)
             return
         for attempt in range(1, ABORT_ATTEMPTS + 1):
