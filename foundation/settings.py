@@ -110,6 +110,24 @@ class Settings(BaseSettings):
     # (docs/decisions/0021-engine-throughput.md). 0: each record as it is produced.
     scheduler_linger_ms: int = 100
 
+    # Egress policy of the nodes that connect where a workflow says (http.request, openai.chat,
+    # email.send; docs/nodes.md#security, docs/decisions/0042-egress-policy.md). Loopback,
+    # link-local, private, CGNAT, metadata and the platform's own endpoints above are denied
+    # unless listed. Entries: CIDR, address or host name, optional ":port" ("10.0.0.0/8",
+    # "127.0.0.1:8080", "[::1]:8080", "*.corp.example:443"); JSON lists in the environment.
+    # egress_allow: open for every workflow; only an exact host:port here opens a platform
+    # endpoint, only an exact address a metadata one.
+    egress_allow: tuple[str, ...] = ()
+    # The ceiling of per-workflow (later per-tenant) lists: their entries open only what an
+    # entry here matches too.
+    egress_grantable: tuple[str, ...] = ()
+    # workflow id -> entries, held by the operator (JSON object), bounded by egress_grantable.
+    egress_workflow_allow: dict[str, tuple[str, ...]] = {}
+    # More platform services to protect (host:port), e.g. the engine's own behind other names.
+    egress_platform_extra: tuple[str, ...] = ()
+    # Operator's maximum response body of http.request (decoded bytes); a step may ask for less.
+    egress_max_response_bytes: int = 16 * 1024 * 1024
+
     def resolved_clickhouse_dsn(self) -> str:
         return self.clickhouse_dsn or f"chdb://{self.data_dir / 'chdb'}"
 

@@ -21,6 +21,7 @@ from typing import Any, Final
 
 from pydantic import Field, HttpUrl, SecretStr
 
+from foundation.settings import Settings
 from node_workers.node import Node, NodeContext, NodeModel, Workload
 from node_workers.nodes.openai_chat import (
     DEFAULT_BASE_URL,
@@ -198,6 +199,9 @@ class AiMetaNode(Node[AiMetaInput, AiMetaOutput]):
 
     def set_concurrency(self, limit: int) -> None:
         self._chat.set_concurrency(limit)
+
+    def bind(self, settings: Settings) -> None:
+        self._chat.bind(settings)  # the egress policy of base_url
 
     async def aclose(self) -> None:
         await self._chat.aclose()

@@ -26,6 +26,11 @@ A recipient refused while others are accepted does not fail the step: the messag
 
 Header injection is refused at validation: no CR/LF in addresses, subject or headers, and the
 structural headers (From, To, Message-ID, ...) cannot be overridden through ``headers``.
+
+Egress policy: ``host`` is the workflow's, so the connection goes through
+:func:`node_workers.egress.net.connect_checked` (resolved, checked, connected to the checked
+address; TLS still verifies the certificate against ``host``). A denied address fails the step
+with non-retryable ``EgressDenied`` naming the host, the address and the rule.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import re
 import smtplib
+import socket
 import ssl
 import time
 from collections.abc import Iterable
@@ -43,6 +49,9 @@ from typing import Annotated, Final, Self
 
 from pydantic import AfterValidator, Field, SecretStr, field_validator, model_validator
 
+from foundation.settings import Settings, get_settings
+from node_workers.egress.net import connect_checked, policy_from_settings
+from node_workers.egress.policy import EgressPolicy, EgressScope
 from node_workers.node import (
     Node,
     NodeContext,
@@ -278,16 +287,53 @@ def _tls_context(params: EmailSendInput) -> ssl.SSLContext:
     return context
 
 
+def _source(smtp: smtplib.SMTP) -> tuple[str, int] | None:
+    source = smtp.source_address
+    return (str(source[0]), int(source[1])) if isinstance(source, tuple) else None
+
+
+class _CheckedSMTP(smtplib.SMTP):
+    """SMTP whose connection is opened by :func:`connect_checked` (the egress policy)."""
+
+    def __init__(self, policy: EgressPolicy, host: str, port: int, timeout: float) -> None:
+        self.egress_policy = policy  # before super().__init__: it connects
+        super().__init__(host, port, timeout=timeout)
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        return connect_checked(
+            self.egress_policy, host, port, timeout, _source(self), node="email.send"
+        )
+
+
+class _CheckedSMTPSSL(smtplib.SMTP_SSL):
+    def __init__(
+        self, policy: EgressPolicy, host: str, port: int, timeout: float, context: ssl.SSLContext
+    ) -> None:
+        self.egress_policy = policy
+        super().__init__(host, port, timeout=timeout, context=context)
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        sock = connect_checked(
+            self.egress_policy, host, port, timeout, _source(self), node="email.send"
+        )
+        # The certificate is checked against the name the step gave, not the address.
+        return self.context.wrap_socket(sock, server_hostname=host)
+
+
 def _send(
-    params: EmailSendInput, msg: EmailMessage, recipients: Iterable[str], timeout: float
+    params: EmailSendInput,
+    msg: EmailMessage,
+    recipients: Iterable[str],
+    timeout: float,
+    policy: EgressPolicy,
 ) -> dict[str, tuple[int, bytes]]:
     """Blocking: connect, (STARTTLS), (AUTH), send; the server's refusals per recipient."""
     host, port = params.host, params.effective_port
     smtp: smtplib.SMTP
     if params.use_ssl:
-        smtp = smtplib.SMTP_SSL(host, port, timeout=timeout, context=_tls_context(params))
+        smtp = _CheckedSMTPSSL(policy, host, port, timeout, _tls_context(params))
     else:
-        smtp = smtplib.SMTP(host, port, timeout=timeout)
+        smtp = _CheckedSMTP(policy, host, port, timeout)
     with smtp:  # QUIT on the way out, also after a failure
         smtp.ehlo()
         if params.starttls:
@@ -312,6 +358,16 @@ class EmailSendNode(Node[EmailSendInput, EmailSendOutput]):
 
     def __init__(self) -> None:
         self.pool = BlockingPool("smtp")
+        self._policy: EgressPolicy | None = None
+
+    def bind(self, settings: Settings) -> None:
+        self._policy = policy_from_settings(settings)
+
+    def policy(self) -> EgressPolicy:
+        """The operator's policy; outside a worker (never bound), the environment's settings."""
+        if self._policy is None:
+            self._policy = policy_from_settings(get_settings())
+        return self._policy
 
     def set_concurrency(self, limit: int) -> None:
         self.pool.resize(limit)
@@ -332,7 +388,8 @@ class EmailSendNode(Node[EmailSendInput, EmailSendOutput]):
         try:
             # No asyncio timeout around the thread: it could not stop the send, only stop us
             # waiting for it. The socket timeout bounds every step instead.
-            refused_raw = await self.pool.run(_send, params, msg, recipients, timeout)
+            policy = self.policy().for_scope(EgressScope(workflow_id=ctx.workflow_id))
+            refused_raw = await self.pool.run(_send, params, msg, recipients, timeout, policy)
         except (smtplib.SMTPException, OSError) as exc:
             raise classify_smtp_error(exc, server=server) from exc
         finally:

@@ -23,12 +23,25 @@ connections): httpcore's pool scans its connections, and for keep-alive bookkeep
 again per connection, every time a request comes or goes. Measured at 256 requests in flight
 (200 ms each): one pool of 256 connections cost 20 ms of CPU per request (45 requests/s, some
 timing out), pools of 4 cost 1.2 ms (docs/decisions/0019-worker-concurrency.md).
+
+Egress policy (docs/nodes.md#security, docs/decisions/0042-egress-policy.md): every connection
+goes through :func:`node_workers.egress.net.egress_transport`, which resolves the host, checks
+the address with the operator's policy (loopback, link-local, private, metadata and the
+platform's own endpoints denied unless allowed) and connects to the address it checked. A
+denied destination fails the step with non-retryable ``EgressDenied`` naming the host, the
+address and the rule. Redirects are followed here, not by httpx (at most
+:data:`MAX_REDIRECTS`): each hop connects through the same check, and a hop to another origin
+carries only :data:`~node_workers.egress.policy.CROSS_ORIGIN_SAFE_HEADERS` (no Authorization,
+Cookie or custom auth header). The body limit is the step's ``max_response_bytes``, capped by
+the operator's ``REFLUX_EGRESS_MAX_RESPONSE_BYTES``. No cookie jar: a response's cookies never
+reach another request (the clients are shared by every run).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.cookiejar
 import json
 import time
 import weakref
@@ -38,6 +51,14 @@ from typing import Any, Final, Literal, Self
 import httpx
 from pydantic import Field, HttpUrl, field_validator, model_validator
 
+from foundation.settings import Settings, get_settings
+from node_workers.egress.net import EgressDeniedError, egress_transport, policy_from_settings
+from node_workers.egress.policy import (
+    EgressPolicy,
+    EgressScope,
+    cross_origin_headers,
+    same_origin,
+)
 from node_workers.node import (
     Node,
     NodeContext,
@@ -50,6 +71,7 @@ from node_workers.node import (
 
 __all__ = [
     "DEFAULT_MAX_RESPONSE_BYTES",
+    "MAX_REDIRECTS",
     "HttpRequestInput",
     "HttpRequestNode",
     "HttpRequestOutput",
@@ -67,6 +89,10 @@ CONNECTIONS_PER_CLIENT: Final = 4
 per request at 256 in flight, measured: 1.0 ms with 2, 1.2 ms with 4, 1.2-1.6 ms with 8,
 2.1 ms with 16, 20 ms with 256; 4 keeps the clients few (64 for 256 connections)."""
 SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
+MAX_REDIRECTS: Final = 10
+"""Redirect hops followed before ``TooManyRedirects`` (each one is checked by the policy)."""
+# Request headers that describe the request itself: rebuilt for each redirect hop.
+_HOP_HEADERS: Final = frozenset({"host", "content-length", "transfer-encoding", "cookie"})
 USER_AGENT: Final = "reflux-worker/1.0"
 INVOCATION_HEADER: Final = "X-Reflux-Invocation-Id"
 _EXCERPT_CHARS: Final = 200
@@ -236,12 +262,17 @@ async def _read_limited(response: httpx.Response, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _no_cookies() -> http.cookiejar.CookieJar:
+    """A jar that stores nothing: the clients serve every run, cookies must not cross them."""
+    return http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+
+
 class _Clients:
     """httpx clients sharing ``max_connections`` (one TLS mode), at most
     :data:`CONNECTIONS_PER_CLIENT` each; a request leases the client with the most free
     connections, so up to ``max_connections`` requests at once never wait for one."""
 
-    def __init__(self, verify: bool, max_connections: int) -> None:
+    def __init__(self, verify: bool, max_connections: int, policy: EgressPolicy) -> None:
         count = -(-max_connections // CONNECTIONS_PER_CLIENT)  # ceiling
         # Sizes differ by at most one: 10 -> 3 clients of 4, 3 and 3.
         self.sizes = [
@@ -252,10 +283,16 @@ class _Clients:
         tls = httpx.create_ssl_context(verify=verify)
         self.clients = [
             httpx.AsyncClient(
-                verify=tls,
+                transport=egress_transport(
+                    policy,
+                    node=HttpRequestNode.name,
+                    verify=tls,
+                    limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
+                ),
                 timeout=None,  # noqa: S113  # set per request in execute, never unbounded
-                limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
                 headers={"User-Agent": USER_AGENT},
+                trust_env=False,  # no proxy, no .netrc: the checked address is the one used
+                cookies=_no_cookies(),
             )
             for size in self.sizes
         ]
@@ -294,22 +331,37 @@ class HttpRequestNode(Node[HttpRequestInput, HttpRequestOutput]):
         # first use: a pool belongs to the loop it was opened in, and one node instance can
         # serve several loops (a worker, and a shadow replay engine or a second DevEngine in
         # the same process). Weak keys: a closed loop's clients go with it.
+        # Per TLS mode and egress scope: a pooled connection was checked against the policy of
+        # the workflow that opened it, so another workflow never reuses it.
         self._clients: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, dict[bool, _Clients]
+            asyncio.AbstractEventLoop, dict[tuple[bool, EgressPolicy], _Clients]
         ] = weakref.WeakKeyDictionary()
         self._max_connections = DEFAULT_MAX_CONNECTIONS
+        self._policy: EgressPolicy | None = None
+        self._max_response_cap = Settings.model_fields["egress_max_response_bytes"].default
 
     def set_concurrency(self, limit: int) -> None:
         self._max_connections = limit
 
+    def bind(self, settings: Settings) -> None:
+        self._policy = policy_from_settings(settings)
+        self._max_response_cap = settings.egress_max_response_bytes
+
+    def policy(self) -> EgressPolicy:
+        """The operator's policy; outside a worker (never bound), the environment's settings."""
+        if self._policy is None:
+            self.bind(get_settings())
+        assert self._policy is not None
+        return self._policy
+
     def cacheable_for(self, params: HttpRequestInput) -> bool:
         return params.method in {"GET", "HEAD"}
 
-    def _client(self, verify: bool) -> _Clients:
+    def _client(self, verify: bool, policy: EgressPolicy) -> _Clients:
         per_mode = self._clients.setdefault(asyncio.get_running_loop(), {})
-        clients = per_mode.get(verify)
+        clients = per_mode.get((verify, policy))
         if clients is None or clients.is_closed:
-            clients = per_mode[verify] = _Clients(verify, self._max_connections)
+            clients = per_mode[verify, policy] = _Clients(verify, self._max_connections, policy)
         return clients
 
     async def aclose(self) -> None:
@@ -335,7 +387,9 @@ class HttpRequestNode(Node[HttpRequestInput, HttpRequestOutput]):
         remaining = ctx.remaining_s()
         if remaining is not None:
             timeout = max(min(timeout, remaining), 0.001)
-        clients = self._client(params.verify_tls)
+        policy = self.policy().for_scope(EgressScope(workflow_id=ctx.workflow_id))
+        clients = self._client(params.verify_tls, policy)
+        limit = min(params.max_response_bytes, self._max_response_cap)
         kwargs: dict[str, Any] = {}
         if params.has_json:
             kwargs["json"] = params.json_body
@@ -356,17 +410,22 @@ class HttpRequestNode(Node[HttpRequestInput, HttpRequestOutput]):
                     timeout=httpx.Timeout(timeout),
                     **kwargs,
                 )
-                response = await client.send(
-                    request, stream=True, follow_redirects=params.follow_redirects
-                )
+                response = await _send(client, request, params.follow_redirects)
                 try:
-                    content = await _read_limited(response, params.max_response_bytes)
+                    content = await _read_limited(response, limit)
                 finally:
                     await response.aclose()
+        except EgressDeniedError as exc:
+            raise EgressDeniedError(exc.decision, node=f"http.request {method} {url}") from None
         except _TooLargeError as exc:
             ctx.record("response_bytes", exc.size)
+            which = (
+                "the step's max_response_bytes"
+                if limit == params.max_response_bytes
+                else "the operator's maximum (REFLUX_EGRESS_MAX_RESPONSE_BYTES)"
+            )
             raise NonRetryableNodeError(
-                f"Expected a response of at most {params.max_response_bytes} bytes from "
+                f"Expected a response of at most {limit} bytes ({which}) from "
                 f"{method} {url}, but got at least {exc.size}",
                 error_class="ResponseTooLarge",
             ) from None
@@ -395,3 +454,63 @@ class HttpRequestNode(Node[HttpRequestInput, HttpRequestOutput]):
         return HttpRequestOutput(
             status=response.status_code, headers=headers, body=body, elapsed_ms=elapsed_ms
         )
+
+
+async def _send(
+    client: httpx.AsyncClient, request: httpx.Request, follow_redirects: bool
+) -> httpx.Response:
+    """The final response (streamed), following at most :data:`MAX_REDIRECTS` redirects
+    ourselves: each hop's connection is checked by the egress transport, and its headers by
+    :func:`_redirect_request`."""
+    response = await client.send(request, stream=True, follow_redirects=False)
+    hops = 0
+    while follow_redirects and response.is_redirect:
+        await response.aclose()
+        if hops == MAX_REDIRECTS:
+            raise httpx.TooManyRedirects(f"Exceeded {MAX_REDIRECTS} redirects", request=request)
+        hops += 1
+        request = _redirect_request(client, request, response)
+        response = await client.send(request, stream=True, follow_redirects=False)
+    return response
+
+
+def _redirect_request(
+    client: httpx.AsyncClient, request: httpx.Request, response: httpx.Response
+) -> httpx.Request:
+    """The next hop of a redirect, built the way browsers (and httpx) do, except that a hop to
+    another origin keeps only the safe headers (egress policy: credentials stay with the origin
+    the step named)."""
+    try:
+        target = request.url.join(response.headers["location"])
+    except httpx.InvalidURL as exc:
+        raise NonRetryableNodeError(
+            f"Invalid redirect Location from {request.method} {request.url}: {exc}",
+            error_class="InvalidUrl",
+        ) from None
+    if target.scheme not in {"http", "https"}:
+        raise NonRetryableNodeError(
+            f"Expected a redirect to an http(s) URL from {request.method} {request.url}, "
+            f"but got {str(target)!r}",
+            error_class="InvalidUrl",
+        )
+    method = request.method
+    status = response.status_code
+    if (status == 303 and method != "HEAD") or (status in {301, 302} and method == "POST"):
+        method = "GET"
+    keep_body = method == request.method  # 307/308 (and 301/302 of a non-POST) keep it
+    headers = [
+        (name, value)
+        for name, value in request.headers.multi_items()
+        if name.lower() not in _HOP_HEADERS
+        and (keep_body or name.lower() not in {"content-type", "content-encoding"})
+    ]
+    if not same_origin(
+        (request.url.scheme, request.url.host, request.url.port),
+        (target.scheme, target.host, target.port),
+    ):
+        headers = cross_origin_headers(headers)
+    hop = client.build_request(
+        method, target, headers=headers, content=request.content if keep_body else None
+    )
+    hop.extensions["timeout"] = request.extensions["timeout"]
+    return hop

@@ -18,6 +18,12 @@ Workload: I/O (a completion waits seconds on the model). One connection pool ser
 URL; it allows as many connections as the runtime runs attempts of this node at once
 (:meth:`OpenAIChatNode.set_concurrency`), so no attempt waits for a connection inside its
 timeout.
+
+Egress policy: ``base_url`` is the workflow's, so every connection goes through
+:func:`node_workers.egress.net.egress_transport` (resolved, checked, pinned; a denied address
+fails the step with non-retryable ``EgressDenied``), and redirects are not followed (an
+OpenAI-compatible API does not redirect; following one would carry the API key elsewhere):
+a 3xx is a non-retryable ``LlmRequestError``. Pools are per egress scope (workflow).
 """
 
 from __future__ import annotations
@@ -30,6 +36,9 @@ from typing import Any, Final, Literal
 import openai
 from pydantic import Field, HttpUrl, SecretStr, field_validator
 
+from foundation.settings import Settings, get_settings
+from node_workers.egress.net import EgressDeniedError, egress_transport, policy_from_settings
+from node_workers.egress.policy import EgressPolicy, EgressScope
 from node_workers.node import (
     Node,
     NodeContext,
@@ -160,31 +169,51 @@ class OpenAIChatNode(Node[OpenAIChatInput, OpenAIChatOutput]):
     def __init__(self) -> None:
         # One connection pool for every base URL and key; the AsyncOpenAI facade per call is
         # cheap (<1 ms) and keeps keys from different workflows in different objects.
-        self._http: openai.DefaultAsyncHttpxClient | None = None
+        # One pool per egress scope: a connection checked for one workflow's policy is never
+        # reused by another's.
+        self._http: dict[EgressPolicy, openai.DefaultAsyncHttpxClient] = {}
         self._max_connections = DEFAULT_MAX_CONNECTIONS
+        self._policy: EgressPolicy | None = None
 
     def set_concurrency(self, limit: int) -> None:
         self._max_connections = limit
 
-    def _client(self, params: OpenAIChatInput, timeout: float) -> openai.AsyncOpenAI:
-        if self._http is None or self._http.is_closed:
+    def bind(self, settings: Settings) -> None:
+        self._policy = policy_from_settings(settings)
+
+    def policy(self) -> EgressPolicy:
+        """The operator's policy; outside a worker (never bound), the environment's settings."""
+        if self._policy is None:
+            self._policy = policy_from_settings(get_settings())
+        return self._policy
+
+    def _client(
+        self, params: OpenAIChatInput, timeout: float, policy: EgressPolicy
+    ) -> openai.AsyncOpenAI:
+        http = self._http.get(policy)
+        if http is None or http.is_closed:
             # The SDK's own Limits class (httpx's or its fork httpx2's, by SDK version).
             limits = type(openai.DEFAULT_CONNECTION_LIMITS)(
                 max_connections=self._max_connections,
                 max_keepalive_connections=self._max_connections,
             )
-            self._http = openai.DefaultAsyncHttpxClient(limits=limits)
+            library = type(limits).__module__.split(".", 1)[0]
+            http = self._http[policy] = openai.DefaultAsyncHttpxClient(
+                transport=egress_transport(policy, node=self.name, library=library, limits=limits),
+                follow_redirects=False,
+                trust_env=False,
+            )
         return openai.AsyncOpenAI(
             api_key=params.api_key.get_secret_value(),
             base_url=str(params.base_url),
             max_retries=0,
             timeout=timeout,
-            http_client=self._http,
+            http_client=http,
         )
 
     async def aclose(self) -> None:
-        http, self._http = self._http, None
-        if http is not None:
+        clients, self._http = list(self._http.values()), {}
+        for http in clients:
             await http.aclose()
 
     async def execute(self, params: OpenAIChatInput, ctx: NodeContext) -> OpenAIChatOutput:
@@ -203,7 +232,8 @@ class OpenAIChatNode(Node[OpenAIChatInput, OpenAIChatOutput]):
             request["max_tokens"] = params.max_tokens
         if params.response_format == "json_object":
             request["response_format"] = {"type": "json_object"}
-        client = self._client(params, timeout)
+        policy = self.policy().for_scope(EgressScope(workflow_id=ctx.workflow_id))
+        client = self._client(params, timeout, policy)
         started = time.perf_counter()
         try:
             # The client's timeout is per operation; this bounds the whole exchange (a server
@@ -215,6 +245,9 @@ class OpenAIChatNode(Node[OpenAIChatInput, OpenAIChatOutput]):
                 f"Timed out calling {base_url} after {timeout:.3f}s", error_class="LlmUnavailable"
             ) from None
         except openai.OpenAIError as exc:
+            denied = exc.__cause__  # the SDK wraps every transport exception
+            if isinstance(denied, EgressDeniedError):
+                raise EgressDeniedError(denied.decision, node=f"openai.chat {base_url}") from None
             retry_after = _retry_after(exc)
             if retry_after is not None:
                 ctx.record("retry_after_s", retry_after)
