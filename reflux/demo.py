@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -68,16 +69,23 @@ def _follow(client: httpx.Client, run_id: str, timeout: float = 60) -> str:
 
 def run_demo(settings: Settings | None = None, workflow: Path = WORKFLOW) -> int:
     settings = settings or get_settings()
+    with offers_service() as service:
+        # The supplier stand-in listens on loopback, which the egress policy denies: the demo's
+        # operator allows exactly its host:port (docs/nodes.md#security).
+        settings = settings.model_copy(
+            update={"egress_allow": (*settings.egress_allow, urlsplit(service).netloc)}
+        )
+        return _run_demo(settings, workflow, service)
+
+
+def _run_demo(settings: Settings, workflow: Path, service: str) -> int:
     print(f"1. Starting the engine (scheduler, workers, projector) on {settings.kafka_bootstrap}")
     engine = DevEngine(settings, register_nodes=True).start()
     port = _free_port()
     server, thread = _serve_api(settings, port)
     ok = True
     try:
-        with (
-            offers_service() as service,
-            httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client,
-        ):
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
             print(f"2. API on http://127.0.0.1:{port}; supplier API (demo stand-in) on {service}")
             registered = _check(
                 client.post(

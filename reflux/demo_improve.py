@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 import psycopg
@@ -258,6 +259,12 @@ def _api(settings: Settings, schema: str) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def _allowing(settings: Settings, url: str) -> Settings:
+    return settings.model_copy(
+        update={"egress_allow": (*settings.egress_allow, urlsplit(url).netloc)}
+    )
 
 
 @contextlib.contextmanager
@@ -603,9 +610,11 @@ def run_demo_improve(
     ok = False
     try:
         with (
-            _engine(settings, schema) as engine,
-            _api(settings, schema) as api_url,
             flaky_service(config.error_before, config.seed) as service,
+            # The dependency listens on loopback, which the egress policy denies: the demo's
+            # operator allows exactly its host:port (docs/nodes.md#security).
+            _engine(_allowing(settings, service.url), schema) as engine,
+            _api(settings, schema) as api_url,
             httpx.Client(base_url=api_url, timeout=30) as client,
         ):
             tl.say("engine", f"API on {api_url}; dependency on {service.url}")

@@ -272,7 +272,10 @@ class _Clients:
     :data:`CONNECTIONS_PER_CLIENT` each; a request leases the client with the most free
     connections, so up to ``max_connections`` requests at once never wait for one."""
 
-    def __init__(self, verify: bool, max_connections: int, policy: EgressPolicy) -> None:
+    def __init__(
+        self, verify: bool, max_connections: int, policy: EgressPolicy | None = None
+    ) -> None:
+        policy = policy or EgressPolicy()  # no allow list: the defaults deny
         count = -(-max_connections // CONNECTIONS_PER_CLIENT)  # ceiling
         # Sizes differ by at most one: 10 -> 3 clients of 4, 3 and 3.
         self.sizes = [
@@ -357,7 +360,9 @@ class HttpRequestNode(Node[HttpRequestInput, HttpRequestOutput]):
     def cacheable_for(self, params: HttpRequestInput) -> bool:
         return params.method in {"GET", "HEAD"}
 
-    def _client(self, verify: bool, policy: EgressPolicy) -> _Clients:
+    def _client(self, verify: bool, policy: EgressPolicy | None = None) -> _Clients:
+        """The clients of this loop, TLS mode and egress scope (default: the operator's)."""
+        policy = policy or self.policy()
         per_mode = self._clients.setdefault(asyncio.get_running_loop(), {})
         clients = per_mode.get((verify, policy))
         if clients is None or clients.is_closed:

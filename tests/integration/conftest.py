@@ -11,7 +11,16 @@ that nothing of this session is left, and fails the run loudly if something is.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+
+# The egress policy denies loopback by default; the stub servers these tests call (HTTP, SMTP,
+# OpenAI-compatible) listen on 127.0.0.1 at ephemeral ports. The harness's operator therefore
+# allows exactly that address, every port except the platform's own (Redis, Postgres, Kafka...
+# need an exact host:port entry, which this is not). Set before any Settings is built, so the
+# engines, the unbound nodes and the `reflux` subprocesses all see it; tests of the policy
+# itself (test_egress.py) build their own settings. An environment that sets it wins.
+os.environ.setdefault("REFLUX_EGRESS_ALLOW", '["127.0.0.1"]')
 
 import pytest
 
