@@ -111,7 +111,7 @@ class Settings(BaseSettings):
     scheduler_linger_ms: int = 100
 
     # Egress policy of the nodes that connect where a workflow says (http.request, openai.chat,
-    # email.send; docs/nodes.md#security, docs/decisions/0042-egress-policy.md). Loopback,
+    # email.send; docs/nodes.md#security, docs/decisions/0045-egress-policy.md). Loopback,
     # link-local, private, CGNAT, metadata and the platform's own endpoints above are denied
     # unless listed. Entries: CIDR, address or host name, optional ":port" ("10.0.0.0/8",
     # "127.0.0.1:8080", "[::1]:8080", "*.corp.example:443"); JSON lists in the environment.

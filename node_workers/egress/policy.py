@@ -4,7 +4,7 @@ A node that calls a destination a workflow controls (``http.request``'s URL, ``o
 ``base_url``, ``email.send``'s SMTP host) asks :meth:`EgressPolicy.check` about the address it
 is about to connect to, after DNS resolution (the edge, :mod:`node_workers.egress.net`, resolves,
 checks and connects to the checked address). The answer names the rule that decided, so a
-denied step says why (docs/decisions/0042-egress-policy.md).
+denied step says why (docs/decisions/0045-egress-policy.md).
 
 Order of the rules, first match wins:
 

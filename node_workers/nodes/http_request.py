@@ -24,7 +24,7 @@ again per connection, every time a request comes or goes. Measured at 256 reques
 (200 ms each): one pool of 256 connections cost 20 ms of CPU per request (45 requests/s, some
 timing out), pools of 4 cost 1.2 ms (docs/decisions/0019-worker-concurrency.md).
 
-Egress policy (docs/nodes.md#security, docs/decisions/0042-egress-policy.md): every connection
+Egress policy (docs/nodes.md#security, docs/decisions/0045-egress-policy.md): every connection
 goes through :func:`node_workers.egress.net.egress_transport`, which resolves the host, checks
 the address with the operator's policy (loopback, link-local, private, metadata and the
 platform's own endpoints denied unless allowed) and connects to the address it checked. A
