@@ -223,6 +223,20 @@ def _endpoint(name: str, url_or_hostport: str, default_port: int) -> tuple[str, 
     return name, parts.hostname, port
 
 
+_NAMED: Final = {
+    "postgres_dsn": ("Postgres", 5432),
+    "redis_url": ("Redis (cache and mailboxes)", 6379),
+    "ledger_redis_url": ("Redis (attempt ledger)", 6379),
+    "s3_endpoint": ("S3", 443),
+    "api_url": ("API", 80),
+    # A ClickHouse server ("http://host:8123"); "chdb://" names no host and is skipped.
+    "clickhouse_dsn": ("ClickHouse", 8123),
+}
+# Any other setting named like these is a service of the platform too (a Redis, a database, a
+# broker added later is protected without touching this module).
+_PLATFORM_SUFFIXES: Final = ("redis_url", "_dsn", "_bootstrap")
+
+
 def platform_endpoints(settings: Settings) -> list[tuple[str, str, int]]:
     """(name, host, port) of every service of the platform named in ``settings``."""
     found: list[tuple[str, str, int] | None] = []
@@ -231,13 +245,20 @@ def platform_endpoints(settings: Settings) -> list[tuple[str, str, int]]:
         found.append(kafka)
         if kafka is not None:  # infra/services/kafka.py: the KRaft controller is the next port
             found.append(("Kafka controller", kafka[1], kafka[2] + 1))
-    found.append(_endpoint("Postgres", settings.postgres_dsn, 5432))
-    found.append(_endpoint("Redis (cache and mailboxes)", settings.redis_url, 6379))
-    found.append(_endpoint("Redis (attempt ledger)", settings.ledger_redis_url, 6379))
-    found.append(_endpoint("S3", settings.s3_endpoint, 443))
-    found.append(_endpoint("API", settings.api_url, 80))
-    if settings.clickhouse_dsn.startswith(("http://", "https://")):
-        found.append(_endpoint("ClickHouse", settings.clickhouse_dsn, 8123))
+    for field, (name, port) in _NAMED.items():
+        found.append(_endpoint(name, str(getattr(settings, field)), port))
+    for field in type(settings).model_fields:
+        value = getattr(settings, field)
+        if (
+            field not in _NAMED
+            and field != "kafka_bootstrap"
+            and field.endswith(_PLATFORM_SUFFIXES)
+            and isinstance(value, str)
+        ):
+            for part in value.split(","):
+                found.append(_endpoint(field, part, 0))
+    if settings.docker_host.startswith("tcp://"):
+        found.append(_endpoint("Docker engine", settings.docker_host, 2375))
     found.extend(_endpoint("platform service", e, 0) for e in settings.egress_platform_extra)
     return [e for e in found if e is not None and e[2] > 0]
 

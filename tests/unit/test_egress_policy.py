@@ -254,7 +254,7 @@ def test_workflow_entries_open_only_inside_the_grantable_set() -> None:
     other = base.for_scope(EgressScope(workflow_id="other"))
     assert not other.check("10.1.2.3", 80, ip("10.1.2.3")).allowed
     # Pools are keyed by the scoped policy: the two are different keys.
-    assert hash(billing) != hash(other) or billing != other
+    assert billing != other
 
 
 def test_workflow_entries_never_open_platform_or_metadata() -> None:
@@ -287,6 +287,17 @@ def test_settings_name_every_platform_endpoint() -> None:
     }
     # Embedded chdb has no port to protect.
     assert ("127.0.0.1", 8123) not in {(h, p) for _, h, p in platform_endpoints(Settings())}
+
+
+def test_a_service_added_to_the_settings_later_is_protected_too() -> None:
+    class More(Settings):
+        mailbox_redis_url: str = "redis://127.0.0.1:16381/0"
+        tenants_dsn: str = "postgresql://u@db.internal:6432/t"
+        oidc_issuer_url: str = "https://accounts.example.com"  # external: not the platform
+
+    found = {(host, port) for _, host, port in platform_endpoints(More(docker_host="tcp://d:2376"))}
+    assert {("127.0.0.1", 16381), ("db.internal", 6432), ("d", 2376)} <= found
+    assert ("accounts.example.com", 443) not in found
 
 
 def test_same_origin() -> None:
