@@ -92,7 +92,7 @@ SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 MAX_REDIRECTS: Final = 10
 """Redirect hops followed before ``TooManyRedirects`` (each one is checked by the policy)."""
 # Request headers that describe the request itself: rebuilt for each redirect hop.
-_HOP_HEADERS: Final = frozenset({"host", "content-length", "transfer-encoding", "cookie"})
+_HOP_HEADERS: Final = frozenset({"host", "content-length", "transfer-encoding"})
 USER_AGENT: Final = "reflux-worker/1.0"
 INVOCATION_HEADER: Final = "X-Reflux-Invocation-Id"
 _EXCERPT_CHARS: Final = 200
