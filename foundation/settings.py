@@ -30,7 +30,7 @@ class Settings(BaseSettings):
     replication_factor: int = 1
 
     postgres_dsn: str = "postgresql://reflux@127.0.0.1:15432/reflux"
-    # Step cache and webhook mailboxes: volatile, evicts least recently used keys when full.
+    # Step cache: volatile, evicts least recently used keys when full (never webhook state).
     redis_url: str = "redis://127.0.0.1:16379/0"
     # The workers' attempt ledger, on its own instance: never evicted, append-only file
     # (docs/decisions/0017-attempt-ledger-store.md). Never the cache's instance.
