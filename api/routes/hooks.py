@@ -27,7 +27,7 @@ then the body is stored in the step's mailbox (:mod:`node_workers.webhooks`) and
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Path, Request
 from pydantic import BaseModel, Field
@@ -71,6 +71,11 @@ router = APIRouter(prefix="/hooks", tags=["hooks"])
 
 
 _SIGNATURE_DOC = "t=<unix seconds>,v1=<hex HMAC-SHA256 of 't.METHOD.PATH.' + body>"
+_SIGNATURE_401: dict[str, Any] = {
+    "model": ErrorMessage,
+    "description": "Webhook signature refused: missing, malformed, too_old, wrong, replayed or "
+    "legacy (the detail says which)",
+}
 
 
 class PayloadTooLargeError(ApiError):
@@ -126,7 +131,8 @@ def _mailbox(request: Request) -> WebhookMailbox:
     response_model=HookAccepted,
     summary="Start a run of a workflow from a webhook",
     responses={
-        **errors(401, 404, 422, 503),
+        **errors(404, 422, 503),
+        401: _SIGNATURE_401,
         413: {"model": ErrorMessage, "description": "The body is over webhook_max_body_bytes"},
     },
     openapi_extra={
@@ -241,7 +247,12 @@ class WebhookDelivered(BaseModel):
     response_model=WebhookDelivered,
     summary="Deliver a webhook call to a waiting webhook.trigger step",
     responses={
-        **errors(401, 409, 422, 503),
+        **errors(422, 503),
+        401: _SIGNATURE_401,
+        409: {
+            "model": ErrorMessage,
+            "description": "No attempt of the step waits for a call; nothing was stored",
+        },
         413: {"model": ErrorMessage, "description": f"The body is over {MAX_BODY_BYTES} bytes"},
         429: {
             "model": ErrorMessage,

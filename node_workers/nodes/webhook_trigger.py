@@ -34,6 +34,7 @@ from typing import Any, Final
 from jmespath.exceptions import JMESPathError
 from pydantic import Field, field_validator
 
+from foundation.errors import ServiceUnavailableError
 from foundation.settings import Settings, get_settings
 from foundation.signatures import callback_key
 from node_workers.node import (
@@ -198,7 +199,11 @@ class WebhookTriggerNode(Node[WebhookTriggerInput, WebhookTriggerOutput]):
         finally:
             # Calls stop being accepted the moment this attempt stops waiting (a call the API
             # stored just before stays in the mailbox for the next attempt, if any).
-            await self.waiter.withdraw(keys, ctx.attempt)
+            try:
+                await self.waiter.withdraw(keys, ctx.attempt)
+            except ServiceUnavailableError as exc:
+                # The outcome stands; the record expires with its TTL (the wait + a margin).
+                ctx.logger.warning("could not withdraw the wait of step %s: %s", ctx.step_id, exc)
 
     async def _wait(
         self,
