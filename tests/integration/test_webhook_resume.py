@@ -25,7 +25,7 @@ from api.app import create_app
 from api.config import ApiSettings
 from api.signatures import callback_key, callback_path, sign, sign_callback
 from foundation.settings import Settings
-from foundation.signatures import verify
+from foundation.signatures import SignatureError, parse_signature, replay_id, verify
 from node_workers.node import NodeContext, RetryableNodeError
 from node_workers.nodes import TransformNode
 from node_workers.nodes.webhook_trigger import WebhookTriggerInput, WebhookTriggerNode
@@ -61,9 +61,9 @@ def approval(workflow_id: str = "approval", **wait: Any) -> dict[str, Any]:
                 "id": "wait_for_approval",
                 "node": "webhook.trigger@^1",
                 "needs": ["prepare"],
-                "timeout": "20s",
+                "timeout": "100s",
                 "params": {
-                    "timeout_s": 15,
+                    "timeout_s": 90,  # long: a loaded machine must not end the wait mid-test
                     "secret": "{{ secrets.APPROVAL_HOOK }}",
                     "expect": "approved != null",
                     **wait,
@@ -150,7 +150,8 @@ def api(harness: Harness) -> Iterator[TestClient]:
 def rds(settings: Settings) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(settings.webhook_store_url)
     yield client
-    for key in client.scan_iter(match=f"{settings.topic_prefix}:webhook*"):
+    # The store is the ledger's instance (a million keys): large SCAN pages, once per module.
+    for key in client.scan_iter(match=f"{settings.topic_prefix}:webhook*", count=10_000):
         client.delete(key)
     client.close()
 
@@ -179,16 +180,27 @@ def stored_raw(rds: redis.Redis, key: str) -> list[bytes]:
     return cast(list[bytes], rds.lrange(key, 0, -1))
 
 
-def step_keys(rds: redis.Redis, settings: Settings, run_id: str, step_id: str) -> dict[str, Any]:
-    """Every key of the step's mailbox space, with its type: what a refused call must not
-    change (the waiting record aside, which the node owns)."""
+def written(
+    rds: redis.Redis,
+    settings: Settings,
+    run_id: str,
+    step_id: str,
+    signatures: list[str] = [],  # noqa: B006  # read only
+    body: bytes = b"",
+) -> list[str]:
+    """The keys of the step's mailbox space that exist (the waiting record aside, which the node
+    owns): what a refused call must not create. ``signatures`` sent with ``body`` name their
+    replay entries. By name, not SCAN: the store is the ledger's instance (a million keys)."""
     keys = mailbox_keys(settings.topic_prefix, run_id, step_id)
-    found = {
-        cast(bytes, k).decode(): cast(bytes, rds.type(k)).decode()
-        for k in rds.scan_iter(match=keys.mailbox + "*")
-    }
-    found.pop(keys.waiting, None)
-    return found
+    path = callback_path(run_id, step_id)
+    names = [keys.mailbox, keys.inflight, keys.bytes]
+    for signature in signatures:
+        try:
+            timestamp, _ = parse_signature(signature)
+        except SignatureError:
+            continue
+        names.append(keys.replay(replay_id(timestamp, "POST", path, body)))
+    return [name for name in names if rds.exists(name)]
 
 
 def wait_waiting(rds: redis.Redis, settings: Settings, run_id: str, step_id: str) -> int:
@@ -219,6 +231,16 @@ def wait_taken(rds: redis.Redis, settings: Settings, run_id: str, step_id: str) 
 def test_the_webhook_store_never_evicts_and_is_not_the_cache(
     settings: Settings, rds: redis.Redis
 ) -> None:
+    # A delivery through the API's own client lands on the server the test inspects.
+    run_id = str(uuid.uuid4())
+    _announce(rds, settings, run_id, "s", attempt=1)
+    mailbox = WebhookMailbox.from_settings(settings)
+    try:
+        mailbox.deliver(run_id, "s", Delivery(b"{}"), "k-1", attempt=1)
+    finally:
+        mailbox.close()
+    keys = mailbox_keys(settings.topic_prefix, run_id, "s")
+    assert rds.exists(keys.mailbox, keys.bytes, keys.seen("k-1"), keys.waiting) == 4
     policy = cast(dict[str, str], rds.config_get("maxmemory-policy"))
     assert policy["maxmemory-policy"] == "noeviction"
     cache = redis.Redis.from_url(settings.redis_url)
@@ -227,6 +249,7 @@ def test_the_webhook_store_never_evicts_and_is_not_the_cache(
         assert cache_policy["maxmemory-policy"] == "allkeys-lru"
         # Different servers, not two databases of one (eviction is per server).
         assert rds.config_get("port") != cache.config_get("port")
+        assert cache.exists(keys.mailbox) == 0
     finally:
         cache.close()
 
@@ -246,10 +269,13 @@ def test_a_signed_call_resumes_the_run_and_bad_ones_are_refused(
     now = int(time.time())
     other_run = str(uuid.uuid4())
 
+    sent: list[str] = []
+
     def refused(signature: str | None, *, to: str = path, **extra: str) -> str:
         headers = {"content-type": "application/json", **extra}
         if signature is not None:
             headers["Reflux-Signature"] = signature
+            sent.append(signature)
         response = api.post(to, content=body, headers=headers)
         assert response.status_code == 401, response.text
         return str(response.json()["detail"])
@@ -264,8 +290,10 @@ def test_a_signed_call_resumes_the_run_and_bad_ones_are_refused(
     # Mis-addressed: valid for another run's step, sent to this one's path.
     assert "(wrong)" in refused(sign_callback(SECRET, other_run, step, body))
     # Nothing of the refused calls was written, and the step still waits.
-    assert step_keys(rds, settings, run_id, step) == {}
-    assert harness.steps(run_id)[step].status == "running"
+    assert written(rds, settings, run_id, step, sent, body) == []
+    harness.wait_step(run_id, step, "running")
+    waiting = harness.steps(run_id)[step]
+    assert (waiting.status, waiting.attempt) == ("running", 1), waiting.error
 
     # A signed call the condition refuses: stored, then dropped by the node; sent again as it
     # is, it is a replay.
@@ -277,9 +305,8 @@ def test_a_signed_call_resumes_the_run_and_bad_ones_are_refused(
     again = api.post(path, content=unmet_body, headers=headers)
     assert again.status_code == 401 and "(replayed)" in again.json()["detail"], again.text
     keys = mailbox_keys(settings.topic_prefix, run_id, step)
-    replays = list(rds.scan_iter(match=keys.replay_prefix + "*"))
-    assert len(replays) == 1
-    replay_ttl = int(rds.ttl(replays[0]))
+    unmet_t, _ = parse_signature(unmet)
+    replay_ttl = int(rds.ttl(keys.replay(replay_id(unmet_t, "POST", path, unmet_body))))
     assert 0 < replay_ttl <= 301, "kept until the signature is too old anyway"
     eventually(
         lambda: [
@@ -319,14 +346,21 @@ def test_a_signed_call_resumes_the_run_and_bad_ones_are_refused(
     eventually(
         lambda: rds.exists(keys.waiting), 10, "the wait's record to go", until=lambda n: n == 0
     )
-    for key in rds.scan_iter(match=f"{settings.topic_prefix}:webhook*"):
-        if rds.type(key) == b"list":
-            assert all(SECRET.encode() not in raw for raw in stored_raw(rds, key))
+    for key in (keys.mailbox, keys.inflight):
+        assert all(SECRET.encode() not in raw for raw in stored_raw(rds, key))
     # The step no longer waits: a new, correctly signed call is refused and stores nothing.
-    before = step_keys(rds, settings, run_id, step)
-    late = post(api, run_id, step, {"approved": False}, status=409)
-    assert "no attempt of it waits" in late["detail"]
-    assert step_keys(rds, settings, run_id, step) == before
+    before = [rds.llen(keys.mailbox), rds.llen(keys.inflight), rds.get(keys.bytes)]
+    late_body = json.dumps({"approved": False}).encode()
+    late_signature = sign_callback(SECRET, run_id, step, late_body)
+    late = api.post(
+        path,
+        content=late_body,
+        headers={"content-type": "application/json", "Reflux-Signature": late_signature},
+    )
+    assert late.status_code == 409 and "no attempt of it waits" in late.json()["detail"]
+    assert [rds.llen(keys.mailbox), rds.llen(keys.inflight), rds.get(keys.bytes)] == before
+    late_t, _ = parse_signature(late_signature)
+    assert not rds.exists(keys.replay(replay_id(late_t, "POST", path, late_body)))
     assert_replay_equivalent(harness, run_id)
 
 
@@ -338,7 +372,7 @@ def test_calls_for_a_step_that_is_not_waiting_are_refused_and_change_nothing(
     unknown = str(uuid.uuid4())
     early = post(api, unknown, "wait_for_approval", {"approved": True}, status=409)
     assert "nothing was stored" in early["detail"]
-    assert list(rds.scan_iter(match=f"{settings.topic_prefix}:webhook:*{unknown}*")) == []
+    assert written(rds, settings, unknown, "wait_for_approval") == []
 
     # A running run: another step of it (not a webhook wait), and another run's waiting step
     # with a call signed for this run (mis-addressed to a run that waits too).
@@ -346,6 +380,7 @@ def test_calls_for_a_step_that_is_not_waiting_are_refused_and_change_nothing(
     run_b = harness.start("approval", {"order": "b"})
     wait_waiting(rds, settings, run_a, "wait_for_approval")
     wait_waiting(rds, settings, run_b, "wait_for_approval")
+    harness.wait_step(run_b, "wait_for_approval", "running")
     post(api, run_a, "prepare", {"approved": True}, status=409)
     body = json.dumps({"approved": True, "by": "mallory"}).encode()
     for_a = sign_callback(SECRET, run_a, "wait_for_approval", body)
@@ -355,8 +390,8 @@ def test_calls_for_a_step_that_is_not_waiting_are_refused_and_change_nothing(
         headers={"content-type": "application/json", "Reflux-Signature": for_a},
     )
     assert to_b.status_code == 401 and "(wrong)" in to_b.json()["detail"], to_b.text
-    assert step_keys(rds, settings, run_b, "wait_for_approval") == {}
-    assert step_keys(rds, settings, run_a, "prepare") == {}
+    assert written(rds, settings, run_b, "wait_for_approval", [for_a], body) == []
+    assert written(rds, settings, run_a, "prepare") == []
     assert harness.steps(run_b)["wait_for_approval"].status == "running"
     # Sent where it belongs, the same call resumes run A only.
     to_a = api.post(
