@@ -3,7 +3,7 @@
 
 ``Reflux-Signature: t=<unix>,v1=<hex HMAC-SHA256 of "t.METHOD.PATH." + body>`` (several ``v1``
 during a secret rotation). The body-only ``X-Reflux-Signature: sha256=<hex>`` scheme is gone:
-a request that only carries it is refused with reason ``legacy`` (ADR 0042, docs/triggers.md).
+a request that only carries it is refused with reason ``legacy`` (ADR 0047, docs/triggers.md).
 """
 
 from __future__ import annotations

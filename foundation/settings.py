@@ -36,7 +36,7 @@ class Settings(BaseSettings):
     # (docs/decisions/0017-attempt-ledger-store.md). Never the cache's instance.
     ledger_redis_url: str = "redis://127.0.0.1:16380/0"
     # Webhook mailboxes, waiting records and the signature replay store: must not be evicted
-    # (docs/decisions/0042-webhook-signatures-and-store.md). Unset: the ledger's noeviction
+    # (docs/decisions/0047-webhook-signatures-and-store.md). Unset: the ledger's noeviction
     # instance, under their own `<prefix>:webhook` keys. Never the cache's instance.
     webhook_redis_url: str | None = None
 

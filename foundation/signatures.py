@@ -14,7 +14,7 @@ again within the window) needs Redis and lives with the callers; its id is :func
 Step callbacks (``POST /v1/hooks/runs/{run}/steps/{step}``) are signed with a key *derived*
 from the step's secret for that run and step, :func:`callback_key`, so the API can verify a
 call before storing it without the secret itself ever leaving the worker (the worker publishes
-only the derived key, for the time it waits: :mod:`node_workers.webhooks`). ADR 0042.
+only the derived key, for the time it waits: :mod:`node_workers.webhooks`). ADR 0047.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ The API (``POST /v1/hooks/runs/{run_id}/steps/{step_id}``) and the node
 (:mod:`node_workers.nodes.webhook_trigger`) meet in Redis, on keys derived from
 ``(topic_prefix, run_id, step_id)``, on the **webhook store** (``Settings.webhook_store_url``:
 a ``noeviction`` instance, by default the attempt ledger's, under its own ``<prefix>:webhook:``
-keys; ADR 0042). Nothing here may be evicted: a lost mailbox loses a human's approval, a lost
+keys; ADR 0047). Nothing here may be evicted: a lost mailbox loses a human's approval, a lost
 replay entry lets a captured call be replayed.
 
 - the attempt, while it waits, publishes a **waiting record** (:meth:`WebhookWaiter.announce`):

@@ -2,7 +2,7 @@
 webhook calls that resume a waiting ``webhook.trigger`` step. Both are authenticated by their
 signatures only (no API key), so both check everything before they write anything.
 
-Signatures (:mod:`foundation.signatures`, docs/triggers.md, ADR 0042): ``Reflux-Signature:
+Signatures (:mod:`foundation.signatures`, docs/triggers.md, ADR 0047): ``Reflux-Signature:
 t=<unix>,v1=<hex HMAC-SHA256 of "t.METHOD.PATH." + body>``; 401 with the reason when it is
 missing, malformed, outside the replay window (``webhook_tolerance_s``), wrong, or a replay of a
 message already accepted within the window (replay store on the noeviction webhook Redis).

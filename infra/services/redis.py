@@ -4,7 +4,7 @@
   at ``maxmemory`` the least recently used keys are evicted.
 - ``redis-ledger`` (``REFLUX_LEDGER_REDIS_URL``): the workers' attempt ledger, and (unless
   ``REFLUX_WEBHOOK_REDIS_URL`` names another noeviction instance) the webhook mailboxes and
-  replay store under their own keys (ADR 0042). Nothing is ever evicted (``noeviction``: a full
+  replay store under their own keys (ADR 0047). Nothing is ever evicted (``noeviction``: a full
   instance refuses writes, loudly) and every write goes to the append-only file, so a
   ``kill -9`` of the server loses no claim (ADR 0017).
 
