@@ -30,11 +30,15 @@ class Settings(BaseSettings):
     replication_factor: int = 1
 
     postgres_dsn: str = "postgresql://reflux@127.0.0.1:15432/reflux"
-    # Step cache and webhook mailboxes: volatile, evicts least recently used keys when full.
+    # Step cache: volatile, evicts least recently used keys when full (never webhook state).
     redis_url: str = "redis://127.0.0.1:16379/0"
     # The workers' attempt ledger, on its own instance: never evicted, append-only file
     # (docs/decisions/0017-attempt-ledger-store.md). Never the cache's instance.
     ledger_redis_url: str = "redis://127.0.0.1:16380/0"
+    # Webhook mailboxes, waiting records and the signature replay store: must not be evicted
+    # (docs/decisions/0047-webhook-signatures-and-store.md). Unset: the ledger's noeviction
+    # instance, under their own `<prefix>:webhook` keys. Never the cache's instance.
+    webhook_redis_url: str | None = None
 
     s3_endpoint: str = "http://127.0.0.1:19000"
     s3_access_key: str = "reflux"
@@ -112,6 +116,11 @@ class Settings(BaseSettings):
 
     def resolved_clickhouse_dsn(self) -> str:
         return self.clickhouse_dsn or f"chdb://{self.data_dir / 'chdb'}"
+
+    @property
+    def webhook_store_url(self) -> str:
+        """Where webhook mailboxes and the replay store live (a ``noeviction`` Redis)."""
+        return self.webhook_redis_url or self.ledger_redis_url
 
     def resolved_docker_host(self) -> str:
         """The engine's address as DOCKER_HOST spells it."""
