@@ -82,6 +82,11 @@ class Settings(BaseSettings):
     # without it only REFLUX_SECRET_<NAME> variables exist and nothing is granted.
     # docs/secrets.md
     secrets_dir: Path | None = None
+    # The master key of encrypted secret files (NAME.enc in secrets_dir): 32 bytes, base64
+    # (`reflux secrets generate-key`), or a file holding it. Unset: NAME.enc files cannot be
+    # read (a configuration error naming this setting). node_workers/secrets/encryption.py
+    secrets_key: SecretStr | None = None
+    secrets_key_file: Path | None = None
 
     # Components without an HTTP port (scheduler, projector, trigger router, workers) touch
     # this file from their loops; a liveness probe (python -m foundation.liveness) checks its
