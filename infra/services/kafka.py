@@ -240,8 +240,17 @@ class Kafka(Service):
 
     def start(self) -> float:
         took = super().start()
-        self.ensure_scram_user()
+        # A broker running from a config rendered before the SASL listener existed is left
+        # alone; it gets the listener (and its user) when it is next started.
+        if took or self.sasl_listener_configured():
+            self.ensure_scram_user()
         return took
+
+    def sasl_listener_configured(self) -> bool:
+        try:
+            return "SASL_SSL://" in self.config_file.read_text()
+        except OSError:
+            return False
 
     def ensure_scram_user(self) -> None:
         """Upsert the SCRAM user with the password file's password (idempotent): a cluster
