@@ -1,6 +1,6 @@
 """Apache Kafka, single-node KRaft, from Maven Central jars run on the machine's Java 17.
 
-Three listeners on loopback (docs/kafka-security.md, ADR 0042): PLAINTEXT on the local port (no
+Three listeners on loopback (docs/kafka-security.md, ADR 0045): PLAINTEXT on the local port (no
 authentication: local development), the KRaft controller on port + 1, and SASL_SSL with
 SCRAM-SHA-512 on port + 2. At start the broker gets, under ``var/kafka``, a CA and a broker
 certificate (``tls/``, made with openssl once) and a SCRAM user ``reflux`` with a generated
