@@ -16,6 +16,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
+SaslMechanism = Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"]
+
 
 class Settings(BaseSettings):
     """Connection and tuning settings; every field maps to ``REFLUX_<FIELD>``."""
@@ -37,7 +39,7 @@ class Settings(BaseSettings):
     # Kafka client security, mapped for every client library by streams/security.py
     # (docs/kafka-security.md). PLAINTEXT: the local broker's development listener.
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = "SCRAM-SHA-512"
+    kafka_sasl_mechanism: SaslMechanism = "SCRAM-SHA-512"
     # Unset with a SASL protocol: the local broker's SCRAM user (var/kafka/scram/), which
     # `make up` creates with a generated password.
     kafka_sasl_username: str = ""
@@ -51,6 +53,11 @@ class Settings(BaseSettings):
     kafka_ssl_certfile: Path | None = None
     kafka_ssl_keyfile: Path | None = None
     kafka_ssl_check_hostname: bool = True
+    # The SASL mechanism of ClickHouse's Kafka table engine. Unset: kafka_sasl_mechanism for a
+    # ClickHouse server, PLAIN for the embedded chdb (its librdkafka is built without SCRAM).
+    clickhouse_kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] | None = (
+        None
+    )
     # The local broker of `make up`: its PLAINTEXT port (controller +1, SASL_SSL listener +2).
     # Unset: the port of kafka_bootstrap (minus 2 when that names the SASL_SSL listener).
     kafka_local_port: int | None = None

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ssl
 from dataclasses import dataclass, field
+from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -38,6 +39,8 @@ __all__ = [
     "LOCAL_SCRAM_USER",
     "KafkaSecurity",
     "aiokafka_config",
+    "clickhouse_kafka_config_xml",
+    "clickhouse_kafka_mechanism",
     "clickhouse_kafka_settings",
     "faust_credentials",
     "java_client_properties",
@@ -277,24 +280,45 @@ def aiokafka_config(settings: Settings | KafkaSecurity | None = None) -> dict[st
 # -- ClickHouse Kafka table engine -----------------------------------------------------------------
 
 
-def clickhouse_kafka_settings(settings: Settings | KafkaSecurity | None = None) -> dict[str, str]:
+def clickhouse_kafka_mechanism(settings: Settings) -> str:
+    """ClickHouse's SASL mechanism: ``clickhouse_kafka_sasl_mechanism``, else PLAIN for the
+    embedded chdb (chdb 3.7.2's librdkafka has no SCRAM: "No provider for SASL mechanism
+    SCRAM-SHA-512 ... Current build options: PLAIN"), else the clients' mechanism."""
+    if settings.clickhouse_kafka_sasl_mechanism is not None:
+        return settings.clickhouse_kafka_sasl_mechanism
+    if settings.resolved_clickhouse_dsn().startswith("chdb://"):
+        return "PLAIN"
+    return settings.kafka_sasl_mechanism
+
+
+def clickhouse_kafka_settings(settings: Settings | None = None) -> dict[str, str]:
     """``SETTINGS`` of a ClickHouse ``ENGINE = Kafka`` table (values unquoted).
 
-    ClickHouse has table settings for the protocol and SASL, not for the CA: a private CA goes
-    into the server's ``<kafka><ssl_ca_location>`` (config.xml); the embedded chdb engine has
-    no config file, so it verifies against the system's CAs (docs/kafka-security.md).
+    ClickHouse has table settings for the protocol and SASL, not for the CA: the CA goes into
+    the server's config (``<kafka><ssl_ca_location>``, :func:`clickhouse_kafka_config_xml`),
+    which the embedded chdb session is started with (projections/clickhouse.py).
     """
-    security = _security(settings)
+    settings = settings or get_settings()
+    security = kafka_security(settings)
     if security.protocol == "PLAINTEXT":
         return {}
     out = {"kafka_security_protocol": security.protocol.lower()}
     if security.sasl:
         out |= {
-            "kafka_sasl_mechanism": security.mechanism,
+            "kafka_sasl_mechanism": clickhouse_kafka_mechanism(settings),
             "kafka_sasl_username": security.username,
             "kafka_sasl_password": security.password,
         }
     return out
+
+
+def clickhouse_kafka_config_xml(settings: Settings | None = None) -> str | None:
+    """A ClickHouse config file giving its Kafka engine the CA (``None``: nothing to give)."""
+    security = kafka_security(settings)
+    if not security.tls or security.cafile is None:
+        return None
+    ca = escape(str(security.cafile))
+    return f"<clickhouse><kafka><ssl_ca_location>{ca}</ssl_ca_location></kafka></clickhouse>\n"
 
 
 # -- Java clients (Kafka CLI tools, Kafka Connect) -------------------------------------------------

@@ -155,6 +155,8 @@ class Kafka(Service):
                 sasl_port=self.sasl_port,
                 keystore=self.keystore,
                 data_dir=self.root / "data",
+                scram_user=LOCAL_SCRAM_USER,
+                scram_password=self.scram_password(),
             ),
         )
 

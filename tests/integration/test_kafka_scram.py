@@ -302,3 +302,53 @@ def test_the_critics_faust_app_consumes_through_scram(broker: Kafka, tmp_path: P
         thread.join(30)
     assert not thread.is_alive(), "the critic did not stop within 30 s"
     assert not errors, errors
+
+
+def test_clickhouse_ingests_traces_through_the_sasl_listener(broker: Kafka, tmp_path: Path) -> None:
+    """The embedded ClickHouse's Kafka table reads the traces topic through the SASL_SSL
+    listener (PLAIN inside TLS: chdb's librdkafka has no SCRAM; the CA through its config file).
+    A store first created against the PLAINTEXT listener is reconnected by ``apply``."""
+    from projections.clickhouse import connect
+    from projections.traces.migrations import apply, drop
+    from tests.integration.test_traces import _trace
+
+    settings = _secure(broker, clickhouse_dsn=f"chdb://{tmp_path / 'chdb'}")
+    plain = settings.model_copy(
+        update={
+            "kafka_bootstrap": f"127.0.0.1:{broker.host_port[1]}",
+            "kafka_security_protocol": "PLAINTEXT",
+        }
+    )
+    catalog = TopicCatalog.from_settings(settings)
+    ensure_topics(catalog, [catalog.traces], settings=settings)
+    ch = connect(settings)
+    try:
+        apply(ch, plain)  # the store as an older installation made it
+        queue = ch.query(
+            "SELECT create_table_query AS q FROM system.tables "
+            "WHERE database = 'reflux' AND name = 'traces_queue'"
+        )[0]["q"]
+        assert "kafka_security_protocol" not in queue
+        assert apply(ch, settings) == []  # nothing new to apply, but the queue is reconnected
+        queue = ch.query(
+            "SELECT create_table_query AS q FROM system.tables "
+            "WHERE database = 'reflux' AND name = 'traces_queue'"
+        )[0]["q"]
+        assert f"kafka_broker_list = '127.0.0.1:{broker.sasl_port}'" in queue
+        assert "kafka_security_protocol = 'sasl_ssl'" in queue
+        assert "kafka_sasl_password = '[HIDDEN]'" in queue
+        traces = [_trace(i) for i in range(20)]
+        with Producer(settings, client_id="scram-traces") as producer:
+            for trace in traces:
+                producer.send(catalog.traces.topic, trace.node, encode_trace(trace))
+
+        def rows() -> int:
+            return int(ch.query("SELECT count() AS n FROM reflux.traces")[0]["n"])
+
+        def describe() -> str:
+            return str(ch.query("SELECT exceptions.text AS e FROM system.kafka_consumers"))
+
+        eventually(rows, 60, "the traces in ClickHouse", until=lambda n: n == 20, describe=describe)
+    finally:
+        drop(ch)
+        ch.close()

@@ -18,6 +18,7 @@ from streams.producer import producer_config
 from streams.security import (
     LOCAL_SCRAM_USER,
     aiokafka_config,
+    clickhouse_kafka_config_xml,
     clickhouse_kafka_settings,
     faust_credentials,
     java_client_properties,
@@ -155,12 +156,21 @@ def test_ssl_only_for_faust_and_aiokafka(tmp_path: Path) -> None:
 
 
 def test_clickhouse_kafka_engine_settings(tmp_path: Path) -> None:
-    assert clickhouse_kafka_settings(_sasl_ssl(tmp_path)) == {
+    server = _sasl_ssl(tmp_path, clickhouse_dsn="http://clickhouse:8123")
+    assert clickhouse_kafka_settings(server) == {
         "kafka_security_protocol": "sasl_ssl",
         "kafka_sasl_mechanism": "SCRAM-SHA-512",
         "kafka_sasl_username": "alice",
         "kafka_sasl_password": "s3cret-pw",
     }
+    # chdb's librdkafka has PLAIN only (inside TLS); a setting overrides either default.
+    assert clickhouse_kafka_settings(_sasl_ssl(tmp_path))["kafka_sasl_mechanism"] == "PLAIN"
+    forced = _sasl_ssl(tmp_path, clickhouse_kafka_sasl_mechanism="SCRAM-SHA-256")
+    assert clickhouse_kafka_settings(forced)["kafka_sasl_mechanism"] == "SCRAM-SHA-256"
+    # The CA goes into the ClickHouse config file (no table setting exists for it).
+    xml = clickhouse_kafka_config_xml(_sasl_ssl(tmp_path))
+    assert xml is not None and f"<ssl_ca_location>{tmp_path / 'ca.pem'}</ssl_ca_location>" in xml
+    assert clickhouse_kafka_config_xml(Settings(data_dir=tmp_path)) is None
 
 
 def test_java_client_properties(tmp_path: Path) -> None:
@@ -274,7 +284,7 @@ def test_traces_queue_is_rendered_with_the_security_settings(tmp_path: Path) -> 
         queue
     )
     for fragment in (
-        "kafka_sasl_mechanism = 'SCRAM-SHA-512'",
+        "kafka_sasl_mechanism = 'PLAIN'",  # the default store is chdb
         "kafka_sasl_username = 'alice'",
         "kafka_sasl_password = 's3cret-pw'",
         "kafka_topic_list = 'reflux.traces'",
