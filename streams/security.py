@@ -18,7 +18,7 @@ library, so no client spells a security option itself:
 With a SASL protocol and no username/password set, the local broker's SCRAM user is used (the
 one `make up` creates, password in ``var/kafka/scram/password``, mode 0600); with an SSL protocol
 and no CA set, the local broker's generated CA (``var/kafka/tls/ca.pem``) when it exists, else
-the system's CAs. Docs: docs/kafka-security.md, ADR 0045.
+the system's CAs. Docs: docs/kafka-security.md, ADR 0048.
 """
 
 from __future__ import annotations

@@ -1,12 +1,14 @@
 """Apache Kafka, single-node KRaft, from Maven Central jars run on the machine's Java 17.
 
-Three listeners on loopback (docs/kafka-security.md, ADR 0045): PLAINTEXT on the local port (no
+Three listeners on loopback (docs/kafka-security.md, ADR 0048): PLAINTEXT on the local port (no
 authentication: local development), the KRaft controller on port + 1, and SASL_SSL with
-SCRAM-SHA-512 on port + 2. At start the broker gets, under ``var/kafka``, a CA and a broker
-certificate (``tls/``, made with openssl once) and a SCRAM user ``reflux`` with a generated
-password (``scram/password``, mode 0600): written into the metadata by ``kafka-storage format
---add-scram`` for a new cluster and upserted through the admin API on every start (an existing
-cluster, a changed password file), so it is idempotent.
+SCRAM-SHA-512 on port + 2 (plus PLAIN inside TLS for the same user, only for the embedded
+ClickHouse, whose librdkafka lacks SCRAM). At start the broker gets, under ``var/kafka``, a CA
+and a broker certificate (``tls/``, made with openssl once) and a SCRAM user ``reflux`` with a
+generated password (``scram/password``, mode 0600): written into the metadata by
+``kafka-storage format --add-scram`` for a new cluster and upserted through the admin API on
+every start of a broker rendered with the SASL listener (an existing cluster, a changed password
+file), so it is idempotent.
 """
 
 from __future__ import annotations

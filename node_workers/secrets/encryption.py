@@ -11,7 +11,7 @@ up without a restart.
 (``REFLUX_SECRETS_KEY``, base64, or ``REFLUX_SECRETS_KEY_FILE``); a cloud KMS (AWS KMS
 ``Encrypt``/``Decrypt``, GCP KMS, Vault transit) implements the same two methods, and the files
 stay the same apart from ``kms`` and ``key_id``. ``reflux secrets encrypt NAME`` writes a file,
-``reflux secrets generate-key`` prints a new master key. docs/secrets.md, ADR 0045.
+``reflux secrets generate-key`` prints a new master key. docs/secrets.md, ADR 0048.
 """
 
 from __future__ import annotations
