@@ -20,6 +20,7 @@ import dataclasses
 import json
 import os
 import socket
+import subprocess
 import threading
 import time
 import uuid
@@ -36,6 +37,7 @@ from node_workers.nodes.code_run import CodeRunInput, CodeRunNode
 from node_workers.sandbox import (
     CodeRunRequest,
     CodeRunResult,
+    LimitAboveMaximumError,
     SandboxConfig,
     SandboxRunner,
     SandboxUnavailableError,
@@ -401,3 +403,137 @@ def test_code_run_node(runner: SandboxRunner) -> None:
         assert time.monotonic() - started < 2
 
     asyncio.run(scenario())
+
+
+# -- issue 12: /dev/shm sized, a seccomp filter, operator maximums -------------------------------
+
+SHM_PROBE = """
+import errno, json, os
+def fill(path):
+    written, chunk = 0, b"x" * (1024 * 1024)
+    try:
+        with open(path, "wb") as handle:
+            while written < 512 * 1024 * 1024:
+                handle.write(chunk)
+                handle.flush()
+                written += len(chunk)
+        return written, "no error"
+    except OSError as exc:
+        return written, errno.errorcode.get(exc.errno, str(exc.errno))
+    finally:
+        if os.path.exists(path):
+            os.unlink(path)
+shm, shm_error = fill("/dev/shm/fill")
+try:
+    open("/dev/fill-here", "wb").close()
+    dev = "created"
+except OSError as exc:
+    dev = errno.errorcode.get(exc.errno, str(exc.errno))
+print(json.dumps({"shm_mib": shm / 2**20, "shm_error": shm_error, "dev": dev}))
+"""
+
+
+def test_dev_shm_is_size_limited(runner: SandboxRunner) -> None:
+    """Issue 12: 192 MiB could be written to /dev/shm with memMb 64. Now /dev/shm is a tmpfs
+    of min(64 MiB, memMb); /dev itself is not writable."""
+    report = _report(_run(runner, code=SHM_PROBE, limits={"memMb": 48}))
+    assert report["shm_error"] == "ENOSPC", report
+    assert 40 <= report["shm_mib"] <= 48, report
+    assert report["dev"] in {"EACCES", "EROFS", "EPERM"}, report
+    default = _report(_run(runner, code=SHM_PROBE, limits={"memMb": 256}))
+    assert default["shm_error"] == "ENOSPC" and 56 <= default["shm_mib"] <= 64, default
+
+
+# Each dangerous call with arguments that would succeed (or fail differently) without the
+# filter: the control run on the host below shows which do. ``--host`` (the control) leaves out
+# what must never run unfiltered as root on the worker: mount (it would mount over a host
+# folder) and ptrace. Even inside, mount's target is a folder the probe made for itself and is
+# unmounted again should the call ever succeed.
+SYSCALL_PROBE = """
+import ctypes, errno, json, os, subprocess, sys, tempfile, threading
+host = "--host" in sys.argv
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+buf = ctypes.create_string_buffer(4096)
+addr = ctypes.addressof(buf)
+def call(nr, *args):
+    ctypes.set_errno(0)
+    result = libc.syscall(ctypes.c_long(nr), *[ctypes.c_long(a) for a in args])
+    return {"result": result, "errno": errno.errorcode.get(ctypes.get_errno(), "0")}
+calls = {
+    "keyctl": (250, 0, -3, 0),  # KEYCTL_GET_KEYRING_ID of the session keyring
+    "bpf": (321, 0, addr, 72),  # BPF_MAP_CREATE, zeroed attributes
+    "perf_event_open": (298, addr, 0, -1, -1, 0),
+    "io_uring_setup": (425, 1, addr),
+    "unshare": (272, 0),  # no flags: a no-op that succeeds unfiltered
+    "personality": (135, 0x0040000),  # ADDR_NO_RANDOMIZE
+    "clone3": (435, 0, 0),
+    "process_vm_readv": (310, os.getpid(), 0, 0, 0, 0, 0),
+}
+report = {name: call(*args) for name, args in calls.items()}
+if not host:
+    report["ptrace"] = call(101, 0, 0, 0, 0)  # PTRACE_TRACEME
+    target = tempfile.mkdtemp()
+    fs = ctypes.create_string_buffer(b"tmpfs")
+    where = ctypes.create_string_buffer(target.encode())
+    fs_at, where_at = ctypes.addressof(fs), ctypes.addressof(where)
+    report["mount"] = call(165, fs_at, where_at, fs_at, 0, 0)
+    if report["mount"]["result"] == 0:
+        libc.umount2(where, 2)  # MNT_DETACH
+    os.rmdir(target)
+lines = open("/proc/self/status").read().splitlines()
+report["seccomp_mode"] = [line.split()[1] for line in lines if line.startswith("Seccomp:")][0]
+# ordinary code keeps working: threads (clone), a child process (clone/fork + exec)
+out = []
+thread = threading.Thread(target=lambda: out.append(sum(range(1000))))
+thread.start(); thread.join()
+report["thread"] = out == [499500]
+child = subprocess.run(["/bin/sh", "-c", "echo ok"], capture_output=True, text=True)
+report["child"] = child.stdout
+print(json.dumps(report))
+"""
+DANGEROUS = ("keyctl", "bpf", "perf_event_open", "io_uring_setup", "mount", "ptrace", "unshare")
+
+
+def test_dangerous_syscalls_fail_inside_the_sandbox(runner: SandboxRunner) -> None:
+    report = _report(_run(runner, code=SYSCALL_PROBE))
+    for name in (*DANGEROUS, "personality", "process_vm_readv"):
+        assert report[name]["result"] == -1 and report[name]["errno"] == "EPERM", (name, report)
+    assert report["clone3"] == {"result": -1, "errno": "ENOSYS"}
+    assert report["seccomp_mode"] == "2"  # a filter is installed
+    assert report["thread"] is True and report["child"] == "ok\n"
+
+
+def test_the_syscall_probe_succeeds_unfiltered() -> None:
+    """The control: on the host (no filter) the same calls succeed, so the failures above are
+    the filter's, not missing privileges."""
+    probe = subprocess.run(
+        ["/usr/bin/python3", "-c", SYSCALL_PROBE, "--host"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    report = json.loads(probe.stdout.strip().splitlines()[-1])
+    for name in ("keyctl", "unshare", "personality", "io_uring_setup"):
+        assert report[name]["result"] >= 0, (name, report)
+    assert report["seccomp_mode"] == "0"
+
+
+def test_requests_over_the_maximums_are_refused(
+    runner: SandboxRunner, store: S3BlobStore, local_services: Settings
+) -> None:
+    config = dataclasses.replace(runner.config, max_mem_mb=128, max_timeout_sec=10)
+    strict = SandboxRunner(config, store=store, settings=local_services)
+    try:
+        with pytest.raises(LimitAboveMaximumError) as caught:
+            _run(strict, code="print(1)", limits={"memMb": 256, "timeoutSec": 30})
+        assert str(caught.value) == (
+            "params.limits.memMb: Expected at most 128 (this worker's maximum, "
+            "REFLUX_SANDBOX_MAX_MEM_MB), but got 256; params.limits.timeoutSec: Expected at "
+            "most 10 (this worker's maximum, REFLUX_SANDBOX_MAX_TIMEOUT_SEC), but got 30"
+        )
+        assert not caught.value.retryable
+        assert _run(strict, code="print(1)", limits={"memMb": 128}).status == "ok"
+    finally:
+        strict.close()
