@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shlex
 import signal
@@ -44,6 +45,7 @@ from pathlib import Path
 from typing import Final
 
 from node_workers.sandbox.backend import BackendName, RawRun, SandboxJob
+from node_workers.sandbox.cgroups import CgroupV1, RunCgroup, cgroup_join_prefix
 from node_workers.sandbox.errors import SandboxFailedError
 from node_workers.sandbox.limits import SandboxConfig
 from node_workers.sandbox.logs import HeadTailBuffer
@@ -79,6 +81,7 @@ NETWORK_ETC_FILES: Final = ("/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.con
 SANDBOX_TMP: Final = "/tmp"  # noqa: S108
 SANDBOX_SHM: Final = "/dev/shm"  # noqa: S108  # the sandbox's own, sized tmpfs
 ROOT_LINKS: Final = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+log = logging.getLogger(__name__)
 
 
 # Runs inside the sandbox as the parent of the user's program, so the run's peak memory can be
@@ -341,6 +344,22 @@ class BubblewrapBackend:
         # Assembled once per backend (a few hundred bytes); a machine without a syscall table
         # fails here, before any run, unless the operator turned the filter off.
         self._filter = bpf_program() if config.seccomp else None
+        self._cgroups: CgroupV1 | None = None
+        if config.cgroups:
+            cgroups = CgroupV1(config.cgroup_root)
+            if cgroups.available:
+                self._cgroups = cgroups
+            else:
+                log.info("bubblewrap sandbox without cgroup limits: %s", cgroups.problem)
+
+    def _cgroup(self, job: SandboxJob) -> RunCgroup | None:
+        if self._cgroups is None:
+            return None
+        try:
+            return self._cgroups.create(job.limits)
+        except OSError as exc:  # e.g. a controller refusing a value: rlimits still hold
+            log.warning("sandbox cgroup not created (%s); running with rlimits only", exc)
+            return None
 
     def _seccomp_pipe(self) -> int | None:
         """A pipe holding the filter, its read end for bwrap (it reads to EOF)."""
@@ -354,6 +373,14 @@ class BubblewrapBackend:
         return read_end
 
     def run(self, job: SandboxJob, cancel: threading.Event) -> RawRun:
+        group = self._cgroup(job)
+        try:
+            return self._run(job, cancel, group)
+        finally:
+            if group is not None:
+                group.remove()
+
+    def _run(self, job: SandboxJob, cancel: threading.Event, group: RunCgroup | None) -> RawRun:
         seccomp_read = self._seccomp_pipe()
         status_read, status_write = os.pipe()
         usage_read, usage_write = os.pipe()
@@ -366,6 +393,8 @@ class BubblewrapBackend:
             usage_fd=usage_write,
             seccomp_fd=seccomp_read,
         )
+        if group is not None:  # joined by a root shell before setpriv: no process escapes
+            command = cgroup_join_prefix(group.procs_files) + command
         passed = (status_write, usage_write) + (() if seccomp_read is None else (seccomp_read,))
         started = time.monotonic()
         try:

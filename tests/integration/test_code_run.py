@@ -537,3 +537,26 @@ def test_requests_over_the_maximums_are_refused(
         assert _run(strict, code="print(1)", limits={"memMb": 128}).status == "ok"
     finally:
         strict.close()
+
+
+def test_memory_is_bounded_for_the_whole_sandbox(runner: SandboxRunner) -> None:
+    """RLIMIT_DATA bounds each process; a cgroup (Docker's, or bubblewrap's cgroup v1 group
+    where the worker may create one) bounds them together: eight children of 48 MiB each,
+    every one under memMb 64, exceed the sandbox's memMb + /tmp + /dev/shm + 64 MiB = 256 MiB
+    and the kernel's OOM killer ends some of them."""
+    code = """
+import json, os, time
+children = []
+for _ in range(8):
+    pid = os.fork()
+    if pid == 0:
+        data = b"x" * (48 << 20)  # written, so resident
+        time.sleep(2)
+        os._exit(0)
+    children.append(pid)
+codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in children]
+print(json.dumps({"codes": codes}))
+"""
+    report = _report(_run(runner, code=code, limits={"memMb": 64, "timeoutSec": 20}))
+    assert -9 in report["codes"], report  # SIGKILL by the OOM killer
+    assert 0 in report["codes"], report  # the others went on

@@ -39,6 +39,7 @@ from node_workers.sandbox import (
     resource_limits,
 )
 from node_workers.sandbox.bubblewrap import LAUNCHER
+from node_workers.sandbox.cgroups import CgroupV1, cgroup_join_prefix
 from node_workers.sandbox.definition_check import sandbox_limit_errors
 from node_workers.sandbox.docker_backend import _work_archive
 from node_workers.sandbox.image import DOCKERFILE, packages, sandbox_image_tag
@@ -551,3 +552,33 @@ def test_no_docker_engine_is_a_non_retryable_error_with_a_fix(tmp_path: Path) ->
     assert not caught.value.retryable
     assert f"no Docker engine answered ping at {host}" in str(caught.value)
     assert "`make up` starts one" in str(caught.value)
+
+
+def test_cgroup_join_prefix_writes_its_pid_then_execs(tmp_path: Path) -> None:
+    files = [str(tmp_path / "a.procs"), str(tmp_path / "b.procs")]
+    command = [*cgroup_join_prefix(files), "/bin/sh", "-c", "echo $$"]
+    ran = subprocess.run(command, capture_output=True, text=True, timeout=10, check=True)
+    pid = ran.stdout.strip()
+    assert [Path(f).read_text().strip() for f in files] == [pid, pid]  # exec kept the pid
+
+
+def test_cgroup_v1_groups_carry_the_run_limits(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("cgroup groups are created by a root worker only")
+    for controller in ("memory", "pids", "cpu"):
+        (tmp_path / controller).mkdir()
+        (tmp_path / controller / "cgroup.procs").write_text("")
+    cgroups = CgroupV1(tmp_path)
+    assert cgroups.available, cgroups.problem
+    limits = resource_limits(
+        Limits.model_validate({"memMb": 128, "cpu": 1.5, "processes": 32}), SandboxConfig()
+    )
+    group = cgroups.create(limits)
+    memory, pids, cpu = group.paths
+    assert memory.parent == tmp_path / "memory" / "reflux-sandbox"
+    assert int((memory / "memory.limit_in_bytes").read_text()) == (128 + 64 + 64 + 64) * MIB
+    assert (pids / "pids.max").read_text() == "40"
+    assert (cpu / "cpu.cfs_quota_us").read_text() == "200000"  # ceil(1.5) whole CPUs
+    assert group.procs_files[0] == str(memory / "cgroup.procs")
+    missing = CgroupV1(tmp_path / "nowhere")
+    assert not missing.available and "no cgroup v1 memory controller" in (missing.problem or "")
