@@ -5,7 +5,7 @@ The command (built by the pure :func:`build_command`) is
     setpriv --reuid U --regid G --clear-groups --no-new-privs --   (only when the worker is root)
     bwrap --unshare-all --unshare-user --disable-userns --die-with-parent --new-session
           --ro-bind /usr /usr  (+ /bin, /lib* as on the host)  --ro-bind-try <a few /etc files>
-          --proc /proc --dev /dev --size S --tmpfs /dev/shm --size N --tmpfs /tmp
+          --proc /proc --dev /dev --size S --tmpfs /dev/shm --remount-ro /dev --size N --tmpfs /tmp
           --seccomp FD   (the filter of seccomp.py, read from a pipe)
           --bind <run>/work /work --ro-bind <run>/in /work/in --chdir /work --clearenv ...
           -- prlimit <limits> -- nice -n 10 -- <interpreter> <entry>
@@ -24,7 +24,8 @@ Why each part:
 - ``--die-with-parent`` + the pid namespace: killing the outer bwrap on a timeout kills the
   sandbox's pid 1, and with it every process the code started.
 - ``/dev/shm`` is a tmpfs of its own with a size: under ``--dev`` alone it is a folder of
-  /dev's tmpfs, which has none (tmpfs pages are not counted by RLIMIT_DATA).
+  /dev's tmpfs, which has none (tmpfs pages are not counted by RLIMIT_DATA); /dev itself is
+  then remounted read-only (it was writable by the sandbox user, and as unsized).
 - ``--seccomp``: bwrap installs the filter (with no_new_privs) right before it executes the
   command, after its own namespace and mount set-up, which the filter would refuse.
 """
@@ -224,6 +225,10 @@ def build_command(
         str(limits.shm_size_bytes),
         "--tmpfs",
         SANDBOX_SHM,
+        # /dev's own tmpfs (device nodes, the shm folder) has no size and is writable by the
+        # sandbox user: read-only, or it would be an unsized /dev/shm under another name.
+        "--remount-ro",
+        "/dev",
         "--size",
         str(limits.tmp_size_bytes),
         "--tmpfs",

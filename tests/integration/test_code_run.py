@@ -439,7 +439,7 @@ def test_dev_shm_is_size_limited(runner: SandboxRunner) -> None:
     report = _report(_run(runner, code=SHM_PROBE, limits={"memMb": 48}))
     assert report["shm_error"] == "ENOSPC", report
     assert 40 <= report["shm_mib"] <= 48, report
-    assert report["dev"] in {"EACCES", "EROFS", "EPERM"}, report
+    assert report["dev"] in {"EACCES", "EROFS"}, report  # /dev is no unsized tmpfs either
     default = _report(_run(runner, code=SHM_PROBE, limits={"memMb": 256}))
     assert default["shm_error"] == "ENOSPC" and 56 <= default["shm_mib"] <= 64, default
 

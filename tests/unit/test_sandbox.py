@@ -207,7 +207,7 @@ def test_bwrap_command_isolates_by_default(tmp_path: Path) -> None:
     ):
         assert flag in sandbox
     assert "--share-net" not in sandbox
-    assert sandbox[sandbox.index("--remount-ro") + 1] == "/"
+    assert sandbox[len(sandbox) - 1 - sandbox[::-1].index("--remount-ro") + 1] == "/"
     # The only writable bind is the run's work dir; inputs are read-only; nothing of the host's
     # home, project or /var is mounted.
     assert _pairs(sandbox, "--bind") == [(str(tmp_path / "work"), "/work")]
@@ -223,6 +223,8 @@ def test_bwrap_command_isolates_by_default(tmp_path: Path) -> None:
         ["--size", str(64 * MIB), "--tmpfs", "/tmp"],
     ]
     assert sandbox.index("--dev") < sandbox.index("/dev/shm")  # mounted over /dev's folder
+    # /dev's own tmpfs (unsized) is read-only once /dev/shm is mounted on it
+    assert [sandbox[i + 1] for i, a in enumerate(sandbox) if a == "--remount-ro"] == ["/dev", "/"]
     assert sandbox[sandbox.index("--json-status-fd") + 1] == "7"
     assert "--seccomp" not in sandbox  # only with a filter's fd
     filtered = build_command(_job(tmp_path), config, as_root=False, seccomp_fd=9, root_entries=[])
