@@ -450,7 +450,7 @@ def test_dev_shm_is_size_limited(runner: SandboxRunner) -> None:
 # folder) and ptrace. Even inside, mount's target is a folder the probe made for itself and is
 # unmounted again should the call ever succeed.
 SYSCALL_PROBE = """
-import ctypes, errno, json, os, subprocess, sys, tempfile, threading
+import ctypes, errno, json, mmap, os, subprocess, sys, tempfile, threading
 host = "--host" in sys.argv
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
@@ -471,6 +471,12 @@ calls = {
     "process_vm_readv": (310, os.getpid(), 0, 0, 0, 0, 0),
 }
 report = {name: call(*args) for name, args in calls.items()}
+# getpid through the i386 ABI (int 0x80; its number 20): a foreign ABI, other numbers
+code = b"\\xb8\\x14\\x00\\x00\\x00\\xcd\\x80\\xc3"  # mov eax, 20; int 0x80; ret
+page = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+page.write(code)
+i386 = ctypes.CFUNCTYPE(ctypes.c_int)(ctypes.addressof(ctypes.c_char.from_buffer(page)))()
+report["i386_getpid"] = {"result": i386, "pid": os.getpid()}
 if not host:
     report["ptrace"] = call(101, 0, 0, 0, 0)  # PTRACE_TRACEME
     target = tempfile.mkdtemp()
@@ -500,6 +506,7 @@ def test_dangerous_syscalls_fail_inside_the_sandbox(runner: SandboxRunner) -> No
     for name in (*DANGEROUS, "personality", "process_vm_readv"):
         assert report[name]["result"] == -1 and report[name]["errno"] == "EPERM", (name, report)
     assert report["clone3"] == {"result": -1, "errno": "ENOSYS"}
+    assert report["i386_getpid"]["result"] == -1  # -EPERM in eax: the i386 ABI is refused
     assert report["seccomp_mode"] == "2"  # a filter is installed
     assert report["thread"] is True and report["child"] == "ok\n"
 
@@ -515,8 +522,9 @@ def test_the_syscall_probe_succeeds_unfiltered() -> None:
         check=True,
     )
     report = json.loads(probe.stdout.strip().splitlines()[-1])
-    for name in ("keyctl", "unshare", "personality", "io_uring_setup"):
+    for name in ("keyctl", "unshare", "personality", "io_uring_setup", "process_vm_readv"):
         assert report[name]["result"] >= 0, (name, report)
+    assert report["i386_getpid"]["result"] == report["i386_getpid"]["pid"]
     assert report["seccomp_mode"] == "0"
 
 
