@@ -113,6 +113,17 @@ class Settings(BaseSettings):
     # /var/run/docker.sock). Any DOCKER_HOST-style value ("unix:///…", "tcp://…") selects
     # another engine, which must then hold the sandbox image (node_workers/sandbox/docker_image/).
     docker_host: str = ""
+    # code.run's operator maximums (docs/decisions/0042-sandbox-seccomp-and-maximums.md): a
+    # step asking for more memory, CPUs, processes or time than these is refused with the
+    # field's path; the disk sizes bound what a run may write (outputs under /work, /tmp and
+    # /dev/shm, both tmpfs; /dev/shm also by the run's memMb).
+    sandbox_max_mem_mb: int = 4096
+    sandbox_max_cpu: float = 4.0
+    sandbox_max_processes: int = 512
+    sandbox_max_timeout_sec: float = 900.0
+    sandbox_max_output_mb: int = 64
+    sandbox_tmp_mb: int = 64
+    sandbox_shm_mb: int = 64
     # Where `make up` fetches the Debian packages of the sandbox image's root file system.
     debian_mirror: str = "http://deb.debian.org/debian"
 

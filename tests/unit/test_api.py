@@ -282,6 +282,19 @@ def test_invalid_definition_names_the_field_path() -> None:
     assert {issue["type"] for issue in exc.value.detail} == {"workflow_invalid"}
 
 
+def test_code_run_limits_over_the_sandbox_maximum_are_refused_at_registration() -> None:
+    """docs/decisions/0042: literal limits above REFLUX_SANDBOX_MAX_* (default memMb 4096)."""
+    params: dict[str, Any] = {"lang": "python", "entry": "m.py", "code": "1"}
+    step = {"id": "run", "node": "code.run", "params": {**params, "limits": {"memMb": 8192}}}
+    with pytest.raises(RequestInvalidError) as exc:
+        parse_definition({"id": "sandboxed", "steps": [step]})
+    (issue,) = exc.value.detail
+    assert issue["loc"] == ["body", "steps", 0, "params", "limits", "memMb"]
+    assert "at most 4096" in issue["msg"] and "REFLUX_SANDBOX_MAX_MEM_MB" in issue["msg"]
+    step["params"] = {**params, "limits": {"memMb": 4096}}
+    parse_definition({"id": "sandboxed", "steps": [step]})
+
+
 def test_inputs_errors_point_into_inputs_or_the_body() -> None:
     definition = parse_definition(DEFINITION)
     assert check_inputs(definition, {"order_id": 7}) == {"order_id": 7}
