@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from foundation.errors import NonRetryableError
+from foundation.parse_limits import ParseLimitError, load_yaml
 from workflows.expressions import (
     SECRET_NAME,
     ExpressionSyntaxError,
@@ -100,7 +101,9 @@ def load_source(source: str | bytes | Mapping[str, Any]) -> dict[str, Any]:
                 [FieldError(ROOT_PATH, f"not UTF-8 text: {exc}")]
             ) from exc
     try:
-        data = yaml.safe_load(source)
+        data = load_yaml(source)
+    except ParseLimitError as exc:
+        raise WorkflowValidationError([FieldError(ROOT_PATH, str(exc))]) from exc
     except yaml.YAMLError as exc:
         where = ""
         mark = getattr(exc, "problem_mark", None)

@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Final
 
 from pydantic import BaseModel, Field
 
-__all__ = ["ERRORS", "ErrorMessage", "ValidationErrorBody", "ValidationIssue", "errors"]
+__all__ = [
+    "ERRORS",
+    "PG_INT_MAX",
+    "ErrorMessage",
+    "StrictFraction",
+    "ValidationErrorBody",
+    "ValidationIssue",
+    "VersionNumber",
+    "errors",
+]
+
+PG_INT_MAX: Final = 2**31 - 1
+"""Largest Postgres ``integer``: the read models store versions (and semver parts) as one."""
+
+VersionNumber = Annotated[int, Field(strict=True, ge=1, le=PG_INT_MAX)]
+"""A workflow version: an integer the read model can hold (``true`` is not 1, 2**31 is 422)."""
+
+StrictFraction = Annotated[float, Field(strict=True, ge=0.0, le=1.0, allow_inf_nan=False)]
+"""A share in [0, 1]: a JSON number (``true`` is not 1.0), finite."""
 
 
 class ErrorMessage(BaseModel):
