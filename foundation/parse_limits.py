@@ -26,6 +26,8 @@ from typing import Any, Final
 import yaml
 from yaml.events import AliasEvent, CollectionStartEvent, NodeEvent
 
+from foundation.errors import NonRetryableError
+
 __all__ = [
     "MAX_DEPTH",
     "MAX_EXPANDED_NODES",
@@ -48,8 +50,11 @@ MAX_EXPANDED_NODES: Final = 100_000
 """Nodes a YAML document may hold once its aliases are expanded."""
 
 
-class ParseLimitError(ValueError):
-    """The input exceeds a parse limit; the message names the limit."""
+class ParseLimitError(NonRetryableError, ValueError):
+    """The input exceeds a parse limit; the message names the limit. A ``ValueError`` too, so
+    callers that already catch bad input as one keep working."""
+
+    error_class = "ParseLimit"
 
     def __init__(self, message: str, *, kind: str = "parse_limit") -> None:
         super().__init__(message)

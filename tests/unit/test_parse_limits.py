@@ -226,3 +226,23 @@ def test_strict_types_refuse_booleans_strings_and_out_of_range_numbers(
         model.model_validate_json(json.dumps(body))
     assert refused.value.errors()[0]["loc"][0] == field
     assert RolloutUpdate.model_validate_json('{"weight": 1}').weight == 1.0  # ints are numbers
+
+
+# -- records from Kafka -------------------------------------------------------------------------
+
+
+def test_a_trigger_whose_payload_nests_too_deep_is_malformed_not_a_crash() -> None:
+    # Anything can produce onto `triggers`: the router must dead-letter it, not die on it.
+    from schemas import serde
+    from schemas.errors import MalformedRecordError
+    from schemas.models import Trigger
+    from schemas.registry import default_registry
+
+    trigger = Trigger(
+        source="kafka", source_key="k", idempotency_key="k", workflow_id="w", payload={}
+    )
+    datum = trigger.to_avro()
+    datum["payload"] = "[" * 100_000 + "]" * 100_000
+    raw = serde.encode_datum(default_registry().entry(Trigger.AVRO_NAME), datum)
+    with pytest.raises(MalformedRecordError, match="nested too deeply"):
+        serde.decode(raw, Trigger)
