@@ -246,3 +246,42 @@ def test_a_trigger_whose_payload_nests_too_deep_is_malformed_not_a_crash() -> No
     raw = serde.encode_datum(default_registry().entry(Trigger.AVRO_NAME), datum)
     with pytest.raises(MalformedRecordError, match="nested too deeply"):
         serde.decode(raw, Trigger)
+
+
+def test_the_cli_refuses_a_yaml_bomb_file(tmp_path: Any) -> None:
+    import argparse
+
+    from reflux.client import ClientError, mutations_file_body
+
+    bomb = tmp_path / "ops.yaml"
+    bomb.write_text(billion_laughs())
+    args = argparse.Namespace(file=str(bomb), op=None, step=None, data=None, node=None)
+    started = time.perf_counter()
+    with pytest.raises(ClientError, match="alias expansion limit"):
+        mutations_file_body(args)
+    assert time.perf_counter() - started < 0.1
+
+
+def test_a_command_too_large_for_kafka_is_413_not_an_outage() -> None:
+    from fastapi import FastAPI
+
+    from api.errors import install_error_handlers
+    from streams.producer import DeliveryError, DeliveryFailure
+
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.get("/big")
+    def big() -> None:
+        failure = DeliveryFailure("t", None, "MSG_SIZE_TOO_LARGE", "Message size too large", False)
+        raise DeliveryError([failure])
+
+    @app.get("/down")
+    def down() -> None:
+        raise DeliveryError([DeliveryFailure("t", None, "_MSG_TIMED_OUT", "timed out", True)])
+
+    client = TestClient(app)
+    big_answer = client.get("/big")
+    assert big_answer.status_code == 413
+    assert "larger than Kafka accepts" in big_answer.json()["detail"]
+    assert client.get("/down").status_code == 503
