@@ -120,13 +120,87 @@ def _applied_url(method: str, path: str, response: Any) -> str | None:
     return None
 
 
+SEED_WORKFLOW: dict[str, Any] = {
+    "id": "fuzzed",
+    "steps": [{"id": "say", "node": "transform@^1", "params": {"expression": "`1`", "data": {}}}],
+}
+
+
+@dataclass(frozen=True)
+class Seeds:
+    """Things that exist, so generated requests also reach past the 404s: a third of each
+    operation's cases name them instead of random ids."""
+
+    workflow_id: str
+    run_id: str
+    mutation_id: str
+    node: str
+    node_version: str
+
+    def path_parameters(self, path: str) -> dict[str, Any]:
+        known: dict[str, Any] = {
+            "workflow_id": self.workflow_id,
+            "run_id": self.run_id,
+            "run_a": self.run_id,
+            "run_b": self.run_id,
+            "step_id": "say",
+            "mutation_id": self.mutation_id,
+            "name": self.node,
+            "version": self.node_version if path.startswith("/v1/nodes") else 1,
+        }
+        return {name: value for name, value in known.items() if "{" + name + "}" in path}
+
+    def into_body(self, case: Any) -> Any:
+        if isinstance(case.body, dict) and "workflow_id" in case.body:
+            case.body["workflow_id"] = self.workflow_id
+        return case
+
+
+def _seed(client: TestClient, headers: dict[str, str]) -> Seeds:
+    assert client.post("/v1/workflows", json=SEED_WORKFLOW, headers=headers).status_code == 201
+    eventually(
+        lambda: client.get("/v1/workflows/fuzzed", headers=headers).status_code,
+        20,
+        "the seed workflow in the read model",
+        until=lambda status: status == 200,
+    )
+    run = client.post(
+        "/v1/runs", json={"workflow_id": "fuzzed", "wait_ms": 20_000}, headers=headers
+    )
+    assert run.status_code == 200, run.text
+    node = client.post(
+        "/v1/nodes",
+        json={"name": "fuzz.seed", "version": "1.0.0"},
+        params={"wait_ms": 20_000},
+        headers=headers,
+    )
+    assert node.status_code == 202 and node.json()["applied"], node.text
+    proposal = client.post(
+        "/v1/mutations",
+        json={
+            "workflow_id": "fuzzed",
+            "changes": [{"type": "update_params", "step_id": "say", "data": {"data": {"x": 1}}}],
+            "rationale": "seed",
+        },
+        headers=headers,
+    )
+    assert proposal.status_code in (200, 202), proposal.text
+    return Seeds(
+        "fuzzed", run.json()["run_id"], proposal.json()["mutation_id"], "fuzz.seed", "1.0.0"
+    )
+
+
 def _fuzz_operation(
-    client: TestClient, operation: Any, headers: dict[str, str], tally: Tally
+    client: TestClient, operation: Any, headers: dict[str, str], tally: Tally, seeds: Seeds
 ) -> None:
     label = f"{operation.method.upper()} {operation.path}"
+    known = seeds.path_parameters(operation.path)
     strategy = st.one_of(
         operation.as_strategy(generation_mode=GenerationMode.POSITIVE),
         operation.as_strategy(generation_mode=GenerationMode.NEGATIVE),
+        operation.as_strategy(
+            generation_mode=GenerationMode.POSITIVE, path_parameters=known or None
+        ).map(seeds.into_body),
     )
 
     @given(case=strategy)
@@ -196,6 +270,7 @@ def test_fuzz_the_live_api(
     document = client.get("/openapi.json").json()
     schema = schemathesis.openapi.from_dict(document)
     tally = Tally()
+    seeds = _seed(client, api_headers)
     started = time.monotonic()
     methods_by_path: dict[str, set[str]] = {}
     for result in schema.get_all_operations():
@@ -204,7 +279,7 @@ def test_fuzz_the_live_api(
             continue
         operation = result.ok()
         methods_by_path.setdefault(operation.path, set()).add(operation.method.upper())
-        _fuzz_operation(client, operation, api_headers, tally)
+        _fuzz_operation(client, operation, api_headers, tally, seeds)
     for path, methods in methods_by_path.items():
         _wrong_method(client, path, methods, tally)
     fuzz_s = time.monotonic() - started
