@@ -8,7 +8,7 @@
   deeper than :data:`~foundation.parse_limits.MAX_DEPTH`, ``NaN``/``Infinity``, NUL characters
   and lone surrogates are 422 naming the field path. Postgres cannot store NUL or non-finite
   numbers, so such a write would otherwise be accepted (202) and then lost by the projector.
-  A body that is not JSON at all is left to the route (its own 422).
+  A body declared JSON that does not parse is 422 too (``type: json_invalid``).
 - **NUL in the path or query** is 422 too (Postgres lookups cannot carry it).
 
 Checked once for every route, so a new route cannot forget them.
@@ -149,14 +149,17 @@ def _issue(loc: list[str | int], msg: str, type_: str) -> dict[str, Any]:
 
 
 def _json_problem(body: bytes) -> list[dict[str, Any]] | None:
-    """422 detail for a JSON body storage cannot hold, None when it is fine (or not JSON: the
-    route answers that itself)."""
+    """422 detail for a JSON body that does not parse or that storage cannot hold; None when
+    it is fine."""
     try:
         value = load_json(body)
     except ParseLimitError as exc:
         return [_issue(["body"], str(exc), exc.kind)]
-    except (ValueError, UnicodeDecodeError):
-        return None
+    except (ValueError, UnicodeDecodeError) as exc:
+        # FastAPI answers some of these 400 ("error parsing the body"), others 422: one answer.
+        return [
+            _issue(["body"], f"Expected a JSON body, but it does not parse: {exc}", "json_invalid")
+        ]
     issues = storage_issues(value)
     if not issues:
         return None

@@ -93,6 +93,10 @@ def load_source(source: str | bytes | Mapping[str, Any]) -> dict[str, Any]:
     """YAML or JSON text (JSON is YAML) or an already-parsed mapping -> a plain dict."""
     if isinstance(source, Mapping):
         return dict(source)
+    if not isinstance(source, str | bytes):  # an already-parsed JSON body that is no object
+        raise WorkflowValidationError(
+            [FieldError(ROOT_PATH, f"expected a mapping at the top level, got {_kind(source)}")]
+        )
     if isinstance(source, bytes):
         try:
             source = source.decode("utf-8")

@@ -285,3 +285,10 @@ def test_a_command_too_large_for_kafka_is_413_not_an_outage() -> None:
     assert big_answer.status_code == 413
     assert "larger than Kafka accepts" in big_answer.json()["detail"]
     assert client.get("/down").status_code == 503
+
+
+@pytest.mark.parametrize("body", [0, 1.5, True, None, [1]])
+def test_a_definition_body_that_is_no_object_is_a_validation_error(body: Any) -> None:
+    # Found by the fuzzer: `POST /v1/workflows` with the JSON body `0` was a 500.
+    with pytest.raises(WorkflowValidationError, match="expected a mapping at the top level"):
+        load_source(body)
