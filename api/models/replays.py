@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.models.common import VersionNumber
+from api.models.common import IsoDateTime, VersionNumber
 
 __all__ = [
     "CandidateIn",
@@ -23,8 +23,8 @@ __all__ = [
 class SelectionIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     workflow_version: VersionNumber | None = Field(None, description="Only runs of this version.")
-    since: datetime | None = None
-    until: datetime | None = None
+    since: IsoDateTime | None = None
+    until: IsoDateTime | None = None
     status: str | None = Field(None, description="Only runs that ended so (e.g. succeeded).")
     inputs_filter: str | None = Field(None, description="JMESPath on inputs; truthy selects.")
     sample_size: int = Field(

@@ -292,3 +292,13 @@ def test_a_definition_body_that_is_no_object_is_a_validation_error(body: Any) ->
     # Found by the fuzzer: `POST /v1/workflows` with the JSON body `0` was a 500.
     with pytest.raises(WorkflowValidationError, match="expected a mapping at the top level"):
         load_source(body)
+
+
+@pytest.mark.parametrize("value", ["12.0", "0.15", "1700000000", 12, 1.5])
+def test_times_are_iso_text_not_numbers(value: Any) -> None:
+    # Found by the fuzzer: `?until=12.0` was read as 1970-01-01T00:00:12Z.
+    from api.models.replays import SelectionIn
+
+    with pytest.raises(ValidationError, match="Expected an ISO 8601 time"):
+        SelectionIn.model_validate({"until": value})
+    assert SelectionIn.model_validate({"until": "2025-03-04T10:00:00Z"}).until is not None
