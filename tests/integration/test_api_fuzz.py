@@ -323,11 +323,13 @@ def _fuzz_operation(
     run()
 
 
-def _wrong_method(client: TestClient, path: str, allowed: set[str], tally: Tally) -> None:
-    """One method the path does not serve: 405 and an ``Allow`` naming exactly what it does."""
+def _wrong_method(
+    client: TestClient, path: str, allowed: set[str], headers: dict[str, str], tally: Tally
+) -> None:
+    """One method the path does not serve: 405 and an ``Allow`` naming every method it does."""
     concrete = path.replace("{", "").replace("}", "")
     wrong = next(m for m in ("PATCH", "DELETE", "PUT", "POST") if m not in allowed)
-    response = client.request(wrong, concrete)
+    response = client.request(wrong, concrete, headers=headers)
     tally.statuses[(f"{wrong} {path} (wrong method)", response.status_code)] += 1
     allow = {m.strip() for m in response.headers.get("allow", "").split(",") if m.strip()}
     if response.status_code != 405 or not allowed <= allow:
@@ -384,7 +386,7 @@ def test_fuzz_the_live_api(
         methods_by_path.setdefault(operation.path, set()).add(operation.method.upper())
         _fuzz_operation(client, operation, api_headers, tally, seeds)
     for path, methods in methods_by_path.items():
-        _wrong_method(client, path, methods, tally)
+        _wrong_method(client, path, methods, api_headers, tally)
     fuzz_s = time.monotonic() - started
 
     unapplied: list[str] = []
