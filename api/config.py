@@ -38,6 +38,12 @@ class ApiSettings(BaseSettings):
     webhook_max_body_bytes: int = Field(default=1024 * 1024, ge=1, le=64 * 1024 * 1024)
     """Largest start-webhook body (413 beyond)."""
 
+    max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    """Largest request body of any route without its own limit (413 beyond it; api.limits)."""
+
+    max_import_body_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
+    """Largest run bundle ``POST /v1/runs/import`` accepts (bundles carry payloads)."""
+
     pool_min_size: int = 1
     pool_max_size: int = 10
     pool_timeout_s: float = 5.0
