@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,10 +21,12 @@ from starlette.concurrency import run_in_threadpool
 
 from api.config import ApiSettings
 from api.errors import install_error_handlers
+from api.limits import BodyLimit, RequestLimitsMiddleware
 from api.prometheus import ApiMetrics, MetricsMiddleware
 from api.publisher import Publisher, api_producer
 from api.readmodel import ReadModel
 from api.reflection import LazyAlertsView, close_clickhouse, open_clickhouse
+from api.responses import install_common_responses
 from api.routes import (
     alerts,
     diagnoses,
@@ -41,11 +44,12 @@ from api.routes import metrics as metrics_routes
 from api.store import ApiStore
 from api.validation import bind_node_catalog
 from foundation.settings import Settings, get_settings
+from node_workers.webhooks import MAX_BODY_BYTES
 from projections.clickhouse import ClickHouse
 from streams.admin import admin_client
 from streams.topics import TopicCatalog
 
-__all__ = ["API_PREFIX", "create_app"]
+__all__ = ["API_PREFIX", "body_limits", "create_app"]
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +142,11 @@ def create_app(
     )
     app.state.metrics = metrics
     install_error_handlers(app)
+    install_common_responses(app)
+    # Inside the metrics middleware, so refused requests are counted too.
+    app.add_middleware(
+        RequestLimitsMiddleware, max_bytes=api.max_body_bytes, routes=body_limits(api)
+    )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     # Workflow validation in every /v1 request checks nodes against the projected node catalog.
     v1 = APIRouter(prefix=API_PREFIX, dependencies=[Depends(bind_node_catalog)])
@@ -160,3 +169,12 @@ def create_app(
     app.include_router(v1)
     app.include_router(health.router)
     return app
+
+
+def body_limits(api: ApiSettings) -> list[BodyLimit]:
+    """Routes whose bodies may be larger (or must be smaller) than ``api.max_body_bytes``."""
+    return [
+        BodyLimit("POST", re.compile(f"{API_PREFIX}/runs/import"), api.max_import_body_bytes),
+        # The step mailbox holds the body as it came: its own cap (node_workers.webhooks).
+        BodyLimit("POST", re.compile(f"{API_PREFIX}/hooks/runs/[^/]+/steps/[^/]+"), MAX_BODY_BYTES),
+    ]

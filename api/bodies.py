@@ -3,10 +3,10 @@ payloads), with errors in the same 422 shape as FastAPI's own."""
 
 from __future__ import annotations
 
-import json
 from typing import Any, Final
 
 from api.errors import FieldIssue, RequestInvalidError
+from foundation.parse_limits import ParseLimitError, load_json
 
 __all__ = ["YAML_TYPES", "decode_body", "media_type"]
 
@@ -31,7 +31,9 @@ def decode_body(raw: bytes, content_type: str | None) -> Any:
             [FieldIssue("", f"Expected content-type {accepted}, but got {kind!r}", "content_type")]
         )
     try:
-        return json.loads(raw)
+        return load_json(raw)
+    except ParseLimitError as exc:
+        raise RequestInvalidError([FieldIssue("", str(exc), exc.kind)]) from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise RequestInvalidError(
             [FieldIssue("", f"Expected a JSON body, but it does not parse: {exc}", "json_invalid")]

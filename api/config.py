@@ -26,9 +26,23 @@ class ApiSettings(BaseSettings):
     api_schema: str = "reflux_api"
     """Postgres schema the API owns: version allocation and idempotency keys."""
 
-    webhook_secrets: dict[str, str] = Field(default_factory=dict)
-    """workflow id -> HMAC secret; JSON in ``REFLUX_API_WEBHOOK_SECRETS``. A workflow listed
-    here only accepts webhook calls signed with ``X-Reflux-Signature: sha256=<hex>``."""
+    webhook_secrets: dict[str, str | list[str]] = Field(default_factory=dict)
+    """workflow id -> HMAC secret (or a list: during a rotation, each is accepted); JSON in
+    ``REFLUX_API_WEBHOOK_SECRETS``. A workflow listed here only accepts start webhooks signed
+    with ``Reflux-Signature: t=<unix>,v1=<hex>`` (docs/triggers.md)."""
+
+    webhook_tolerance_s: int = Field(default=300, ge=1, le=3600)
+    """Replay window of webhook signatures: how far a ``t=`` may be from the API's clock; a
+    signed message is refused a second time while it is inside the window."""
+
+    webhook_max_body_bytes: int = Field(default=1024 * 1024, ge=1, le=64 * 1024 * 1024)
+    """Largest start-webhook body (413 beyond)."""
+
+    max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    """Largest request body of any route without its own limit (413 beyond it; api.limits)."""
+
+    max_import_body_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
+    """Largest run bundle ``POST /v1/runs/import`` accepts (bundles carry payloads)."""
 
     pool_min_size: int = 1
     pool_max_size: int = 10

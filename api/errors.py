@@ -128,7 +128,20 @@ async def _api_error(_request: Request, exc: Exception) -> JSONResponse:
     return _json(exc.status_code, exc.detail)
 
 
+_TOO_LARGE: Final = frozenset({"MSG_SIZE_TOO_LARGE", "RECORD_LIST_TOO_LARGE"})
+"""Kafka error names for a record over the producer's or the broker's size limit."""
+
+
 async def _kafka_unavailable(_request: Request, exc: Exception) -> JSONResponse:
+    failures = getattr(exc, "failures", ())
+    if failures and all(failure.code in _TOO_LARGE for failure in failures):
+        # Not an outage: retrying the same request cannot help, and nothing was accepted.
+        return _json(
+            413,
+            "Expected a request whose command fits a Kafka record, but it is larger than Kafka "
+            f"accepts ({failures[0].reason}); send less data (large inputs belong in object "
+            "storage, referenced by URL)",
+        )
     log.warning("Kafka publish failed: %s", exc)
     return _json(
         503,

@@ -1,51 +1,54 @@
-"""Webhook signatures: ``X-Reflux-Signature: sha256=<hex HMAC-SHA256 of the raw body>``.
+"""Webhook signatures as the API checks them; the scheme itself is :mod:`foundation.signatures`
+(pure, shared with the ``webhook.trigger`` node and with senders).
 
-The HMAC covers the exact bytes received, so senders must sign what they send (no re-encoding).
-Comparison is constant-time.
+``Reflux-Signature: t=<unix>,v1=<hex HMAC-SHA256 of "t.METHOD.PATH." + body>`` (several ``v1``
+during a secret rotation). The body-only ``X-Reflux-Signature: sha256=<hex>`` scheme is gone:
+a request that only carries it is refused with reason ``legacy`` (ADR 0047, docs/triggers.md).
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-from typing import Final
+from collections.abc import Mapping
 
-from foundation.errors import NonRetryableError
+from foundation.signatures import (
+    DEFAULT_TOLERANCE_S,
+    LEGACY_SIGNATURE_HEADER,
+    SIGNATURE_HEADER,
+    SignatureError,
+    Verified,
+    callback_key,
+    callback_path,
+    replay_id,
+    sign,
+    sign_callback,
+    verify,
+)
 
-__all__ = ["SIGNATURE_HEADER", "SignatureError", "sign", "verify_signature"]
-
-SIGNATURE_HEADER: Final = "X-Reflux-Signature"
-_SCHEME: Final = "sha256="
-
-
-class SignatureError(NonRetryableError):
-    """The request is not signed with the workflow's secret; the message says how."""
-
-    error_class = "SignatureError"
-
-
-def sign(secret: str, body: bytes) -> str:
-    """The header value a sender puts on ``body``."""
-    digest = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    return f"{_SCHEME}{digest}"
+__all__ = [
+    "DEFAULT_TOLERANCE_S",
+    "LEGACY_SIGNATURE_HEADER",
+    "SIGNATURE_HEADER",
+    "SignatureError",
+    "Verified",
+    "callback_key",
+    "callback_path",
+    "replay_id",
+    "sign",
+    "sign_callback",
+    "signature_header",
+    "verify",
+]
 
 
-def verify_signature(secret: str, body: bytes, header: str | None) -> None:
-    """Raise :class:`SignatureError` unless ``header`` is ``sign(secret, body)``."""
-    if header is None or not header.strip():
+def signature_header(headers: Mapping[str, str]) -> str | None:
+    """The ``Reflux-Signature`` value; :class:`SignatureError` (``legacy``) when a request only
+    carries the removed body-only header, so its sender learns what changed."""
+    value = headers.get(SIGNATURE_HEADER)
+    if value is None and headers.get(LEGACY_SIGNATURE_HEADER) is not None:
         raise SignatureError(
-            f"Expected a {SIGNATURE_HEADER} header (sha256=<hex>), because this workflow's "
-            "webhook has a secret, but the request has none"
+            "legacy",
+            f"Expected a {SIGNATURE_HEADER} header (t=<unix>,v1=<hex HMAC-SHA256 of "
+            f"'t.METHOD.PATH.' + body>), but got only {LEGACY_SIGNATURE_HEADER}: the body-only "
+            "scheme is no longer accepted (docs/triggers.md#signatures)",
         )
-    value = header.strip()
-    if not value.lower().startswith(_SCHEME):
-        raise SignatureError(
-            f"Expected {SIGNATURE_HEADER} to start with 'sha256=', but got {value[:16]!r}"
-        )
-    given = value[len(_SCHEME) :].lower()
-    expected = sign(secret, body)[len(_SCHEME) :]
-    if not hmac.compare_digest(given.encode(), expected.encode()):
-        raise SignatureError(
-            f"Expected {SIGNATURE_HEADER} to be the HMAC-SHA256 of the body with this "
-            "workflow's secret, but it does not match"
-        )
+    return value

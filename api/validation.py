@@ -24,6 +24,9 @@ from fastapi import Request
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from api.errors import FieldIssue, RequestInvalidError
+from foundation.settings import get_settings
+from node_workers.sandbox.definition_check import sandbox_limit_errors
+from node_workers.sandbox.limits import SandboxConfig
 from projections.postgres import queries
 from workflows import (
     WorkflowDefinition,
@@ -121,7 +124,12 @@ def parse_definition(
     """The parsed definition; 422 (``type: workflow_invalid``) naming every bad field."""
     catalog = node_catalog if node_catalog is not None else current_node_catalog()
     try:
-        return parse_workflow(source, node_catalog=catalog)
+        definition = parse_workflow(source, node_catalog=catalog)
+        # code.run limits over the operator's REFLUX_SANDBOX_MAX_* (docs/decisions/0042).
+        sandbox = sandbox_limit_errors(definition, SandboxConfig.from_settings(get_settings()))
+        if sandbox:
+            raise WorkflowValidationError(sandbox)
+        return definition
     except WorkflowValidationError as exc:
         raise RequestInvalidError(_issues(exc, "workflow_invalid")) from exc
 

@@ -67,6 +67,7 @@ from schemas.models import CommandRejected, RunSucceeded, StartRun
 from schemas.run_log import TERMINAL_RUN_EVENT_TYPES
 from streams.consumer import consume_available
 from streams.producer import TYPE_HEADER, Producer
+from streams.security import kafka_client_config
 from streams.topics import TopicCatalog
 
 __all__ = ["FULL", "QUICK", "EnginePlan", "run_engine_benchmark"]
@@ -145,7 +146,7 @@ class Watcher:
         }
         self._consumer = Consumer(
             {
-                "bootstrap.servers": settings.kafka_bootstrap,
+                **kafka_client_config(settings),
                 "group.id": f"{settings.topic_prefix}.bench-watcher",
                 "enable.auto.commit": False,
                 "isolation.level": "read_committed",

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
+from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+SaslMechanism = Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"]
 
 
 class Settings(BaseSettings):
@@ -28,13 +32,46 @@ class Settings(BaseSettings):
     topic_prefix: str = "reflux"
     default_partitions: int = 6
     replication_factor: int = 1
+    # min.insync.replicas of the topics REFLUX creates. Unset: min(2, replication_factor) when
+    # that is above 1 (with producers' acks=all a write then survives one broker's loss), else
+    # the broker's default. Set: 1..replication_factor, on every topic created.
+    min_insync_replicas: int | None = None
+    # Kafka client security, mapped for every client library by streams/security.py
+    # (docs/kafka-security.md). PLAINTEXT: the local broker's development listener.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: SaslMechanism = "SCRAM-SHA-512"
+    # Unset with a SASL protocol: the local broker's SCRAM user (var/kafka/scram/), which
+    # `make up` creates with a generated password.
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: SecretStr | None = None
+    # A file holding the password (one trailing newline dropped); wins over kafka_sasl_password.
+    kafka_sasl_password_file: Path | None = None
+    # The CA that signed the broker's certificate (PEM). Unset with an SSL protocol: the local
+    # broker's generated CA (var/kafka/tls/ca.pem) if it exists, else the system's CAs.
+    kafka_ssl_cafile: Path | None = None
+    # Client certificate and key (PEM) for brokers that require mutual TLS.
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+    kafka_ssl_check_hostname: bool = True
+    # The SASL mechanism of ClickHouse's Kafka table engine. Unset: kafka_sasl_mechanism for a
+    # ClickHouse server, PLAIN for the embedded chdb (its librdkafka is built without SCRAM).
+    clickhouse_kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] | None = (
+        None
+    )
+    # The local broker of `make up`: its PLAINTEXT port (controller +1, SASL_SSL listener +2).
+    # Unset: the port of kafka_bootstrap (minus 2 when that names the SASL_SSL listener).
+    kafka_local_port: int | None = None
 
     postgres_dsn: str = "postgresql://reflux@127.0.0.1:15432/reflux"
-    # Step cache and webhook mailboxes: volatile, evicts least recently used keys when full.
+    # Step cache: volatile, evicts least recently used keys when full (never webhook state).
     redis_url: str = "redis://127.0.0.1:16379/0"
     # The workers' attempt ledger, on its own instance: never evicted, append-only file
     # (docs/decisions/0017-attempt-ledger-store.md). Never the cache's instance.
     ledger_redis_url: str = "redis://127.0.0.1:16380/0"
+    # Webhook mailboxes, waiting records and the signature replay store: must not be evicted
+    # (docs/decisions/0047-webhook-signatures-and-store.md). Unset: the ledger's noeviction
+    # instance, under their own `<prefix>:webhook` keys. Never the cache's instance.
+    webhook_redis_url: str | None = None
 
     s3_endpoint: str = "http://127.0.0.1:19000"
     s3_access_key: str = "reflux"
@@ -56,6 +93,11 @@ class Settings(BaseSettings):
     # without it only REFLUX_SECRET_<NAME> variables exist and nothing is granted.
     # docs/secrets.md
     secrets_dir: Path | None = None
+    # The master key of encrypted secret files (NAME.enc in secrets_dir): 32 bytes, base64
+    # (`reflux secrets generate-key`), or a file holding it. Unset: NAME.enc files cannot be
+    # read (a configuration error naming this setting). node_workers/secrets/encryption.py
+    secrets_key: SecretStr | None = None
+    secrets_key_file: Path | None = None
 
     # Components without an HTTP port (scheduler, projector, trigger router, workers) touch
     # this file from their loops; a liveness probe (python -m foundation.liveness) checks its
@@ -71,6 +113,17 @@ class Settings(BaseSettings):
     # /var/run/docker.sock). Any DOCKER_HOST-style value ("unix:///…", "tcp://…") selects
     # another engine, which must then hold the sandbox image (node_workers/sandbox/docker_image/).
     docker_host: str = ""
+    # code.run's operator maximums (docs/decisions/0042-sandbox-seccomp-and-maximums.md): a
+    # step asking for more memory, CPUs, processes or time than these is refused with the
+    # field's path; the disk sizes bound what a run may write (outputs under /work, /tmp and
+    # /dev/shm, both tmpfs; /dev/shm also by the run's memMb).
+    sandbox_max_mem_mb: int = 4096
+    sandbox_max_cpu: float = 4.0
+    sandbox_max_processes: int = 512
+    sandbox_max_timeout_sec: float = 900.0
+    sandbox_max_output_mb: int = 64
+    sandbox_tmp_mb: int = 64
+    sandbox_shm_mb: int = 64
     # Where `make up` fetches the Debian packages of the sandbox image's root file system.
     debian_mirror: str = "http://deb.debian.org/debian"
 
@@ -130,6 +183,11 @@ class Settings(BaseSettings):
 
     def resolved_clickhouse_dsn(self) -> str:
         return self.clickhouse_dsn or f"chdb://{self.data_dir / 'chdb'}"
+
+    @property
+    def webhook_store_url(self) -> str:
+        """Where webhook mailboxes and the replay store live (a ``noeviction`` Redis)."""
+        return self.webhook_redis_url or self.ledger_redis_url
 
     def resolved_docker_host(self) -> str:
         """The engine's address as DOCKER_HOST spells it."""

@@ -37,6 +37,7 @@ from schemas.errors import SchemaError
 from schemas.models import NodeCatalogEntry, NodeStatus
 from streams.admin import create_missing_topics
 from streams.producer import Producer
+from streams.security import kafka_client_config
 from streams.topics import TopicCatalog
 
 __all__ = [
@@ -80,7 +81,7 @@ def read_catalog_keys(settings: Settings, catalog: TopicCatalog, timeout: float 
     topic = catalog.nodes.topic
     consumer = Consumer(
         {
-            "bootstrap.servers": settings.kafka_bootstrap,
+            **kafka_client_config(settings),
             "group.id": f"{settings.topic_prefix}.worker-registration-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
             "isolation.level": "read_committed",

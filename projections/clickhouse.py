@@ -25,6 +25,7 @@ from clickhouse_connect.driver.binding import finalize_query
 
 from foundation.errors import NonRetryableError
 from foundation.settings import Settings
+from streams.security import clickhouse_kafka_config_xml
 
 
 class ClickHouseError(NonRetryableError):
@@ -52,13 +53,20 @@ class EmbeddedClickHouse:
 
     mode = "embedded"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, config_xml: str | None = None) -> None:
         from chdb import session
 
         path.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
-        self._session = session.Session(str(path))
+        target = str(path)
+        if config_xml is not None:
+            # The Kafka engine's CA has no table setting; chdb passes connection-string
+            # parameters to its clickhouse-local as options (--config-file).
+            config = path / "reflux-kafka-config.xml"
+            config.write_text(config_xml)
+            target += f"?config-file={config}"
+        self._session = session.Session(target)
         self._session.query("SET output_format_json_quote_64bit_integers = 0")
 
     def _run(self, sql: str, fmt: str) -> Any:
@@ -109,7 +117,9 @@ class HttpClickHouse:
 def connect(settings: Settings) -> ClickHouse:
     dsn = settings.resolved_clickhouse_dsn()
     if dsn.startswith("chdb://"):
-        return EmbeddedClickHouse(Path(dsn.removeprefix("chdb://")))
+        return EmbeddedClickHouse(
+            Path(dsn.removeprefix("chdb://")), clickhouse_kafka_config_xml(settings)
+        )
     if dsn.startswith(("http://", "https://", "clickhouse://")):
         return HttpClickHouse(dsn)
     raise ClickHouseError(

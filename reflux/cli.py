@@ -12,6 +12,7 @@ from api.cli import add_api_commands
 from foundation.errors import RefluxError
 from foundation.settings import get_settings
 from node_workers.cli import add_worker_commands
+from node_workers.secrets.cli import add_secrets_commands
 from processors.alerts.cli import add_alerts_commands
 from processors.canary.cli import add_canary_commands
 from processors.critic.cli import add_critic_commands
@@ -94,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_canary_commands(sub)
     add_bandit_commands(sub)
     add_topics_commands(sub)
+    add_secrets_commands(sub)
     demo = sub.add_parser("demo", help="run the demo workflow against the local services")
     demo.add_argument(
         "story",

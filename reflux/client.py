@@ -19,6 +19,7 @@ import httpx
 import yaml
 
 from foundation.errors import RefluxError
+from foundation.parse_limits import load_json, load_yaml
 from schemas.statuses import TERMINAL_RUN_STATUSES, RunStatus
 
 DEFAULT_API = "http://127.0.0.1:8080"
@@ -285,9 +286,9 @@ def mutations_file_body(args: argparse.Namespace) -> dict[str, Any]:
         raise ClientError(f"Expected --file {path} to be readable, but: {exc}") from exc
     try:
         if path.endswith((".yaml", ".yml")):
-            content: Any = yaml.safe_load(text)
+            content: Any = load_yaml(text)
         else:
-            content = json.loads(text)
+            content = load_json(text)
     except (ValueError, yaml.YAMLError) as exc:
         raise ClientError(f"Expected --file {path} to parse, but: {exc}") from exc
     body: dict[str, Any]

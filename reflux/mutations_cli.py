@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import yaml
 
+from foundation.parse_limits import load_yaml
 from foundation.settings import get_settings
 from reflux.client import ClientError, _check, _guard
 
@@ -154,7 +155,10 @@ def _propose(args: argparse.Namespace) -> int:
     path = Path(args.file)
     if not path.exists():
         raise ClientError(f"No such proposal file: {path}")
-    body = yaml.safe_load(path.read_text(encoding="utf-8"))
+    try:
+        body = load_yaml(path.read_text(encoding="utf-8"))
+    except (ValueError, yaml.YAMLError) as exc:
+        raise ClientError(f"Expected {path} to parse, but: {exc}") from exc
     if not isinstance(body, dict):
         raise ClientError(f"Expected {path} to hold an object (the proposal), but it does not")
     body.setdefault("wait_ms", _WAIT_MS)

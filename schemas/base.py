@@ -48,7 +48,12 @@ def _validate_json(value: Any, handler: ValidatorFunctionWrapHandler, info: Vali
     if _is_avro(info.context):
         if not isinstance(value, str):
             raise ValueError(f"expected a JSON string on the wire, got {type(value).__name__}")
-        return json.loads(value)
+        try:
+            return json.loads(value)
+        except RecursionError as exc:
+            # Anything can produce onto a topic: a record nested too deep for the decoder is
+            # malformed (dead-lettered), not a crash of the consumer that reads it.
+            raise ValueError("JSON nested too deeply to decode") from exc
     if type(value) in _ALWAYS_JSON or (type(value) is float and math.isfinite(value)):
         return handler(value)  # no need to serialize a scalar to know it is JSON
     try:

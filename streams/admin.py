@@ -34,7 +34,8 @@ from confluent_kafka.cimpl import NewTopic
 
 from foundation.errors import ConfigurationError, NonRetryableError, ServiceUnavailableError
 from foundation.settings import Settings, get_settings
-from streams.topics import TopicCatalog, TopicSpec
+from streams.security import kafka_client_config
+from streams.topics import TopicCatalog, TopicSpec, min_insync_replicas
 
 __all__ = [
     "EnsureReport",
@@ -44,6 +45,7 @@ __all__ = [
     "TopicState",
     "admin_client",
     "create_missing_topics",
+    "creation_configs",
     "describe_topics",
     "ensure_topics",
 ]
@@ -119,7 +121,17 @@ class EnsureReport:
 
 def admin_client(settings: Settings | None = None) -> AdminClient:
     settings = settings or get_settings()
-    return AdminClient({"bootstrap.servers": settings.kafka_bootstrap, "socket.timeout.ms": 10000})
+    return AdminClient({**kafka_client_config(settings), "socket.timeout.ms": 10000})
+
+
+def creation_configs(spec: TopicSpec, settings: Settings | None = None) -> dict[str, str]:
+    """The configs a topic is created with: the catalog's, plus ``min.insync.replicas`` by
+    :func:`streams.topics.min_insync_replicas` (a catalog value wins)."""
+    configs = dict(spec.configs)
+    isr = min_insync_replicas(spec.replication, (settings or get_settings()).min_insync_replicas)
+    if isr is not None:
+        configs.setdefault("min.insync.replicas", str(isr))
+    return configs
 
 
 def _unavailable(bootstrap: str, exc: BaseException) -> ServiceUnavailableError:
@@ -180,7 +192,7 @@ def describe_topics(
             mismatches.append(
                 TopicMismatch(spec.topic, "partitions", str(spec.partitions), str(partitions))
             )
-        for key, expected in spec.configs.items():
+        for key, expected in creation_configs(spec, settings).items():
             value = actual.get(key, "<unset>")
             if value != expected:
                 target = mismatches if key == "cleanup.policy" else drift
@@ -231,7 +243,7 @@ def ensure_topics(
                 s.topic,
                 num_partitions=s.partitions,
                 replication_factor=s.replication,
-                config=dict(s.configs),
+                config=creation_configs(s, settings),
             )
             for s in missing
         ]
@@ -342,7 +354,7 @@ def create_missing_topics(
             s.topic,
             num_partitions=s.partitions,
             replication_factor=s.replication,
-            config=dict(s.configs),
+            config=creation_configs(s, settings),
         )
         for s in missing
     ]

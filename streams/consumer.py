@@ -42,6 +42,7 @@ from schemas.errors import SchemaError
 from streams.checkpoint import Checkpoint, ConsumerCommit, RebalanceHook
 from streams.dlq import DeadLetterPublisher, PoisonRecord, message_headers, poison_record
 from streams.producer import TYPE_HEADER, Producer
+from streams.security import kafka_client_config
 from streams.topics import TopicCatalog, TopicSpec
 
 __all__ = [
@@ -78,7 +79,7 @@ def consumer_config(
 ) -> dict[str, Any]:
     settings = settings or get_settings()
     config: dict[str, Any] = {
-        "bootstrap.servers": settings.kafka_bootstrap,
+        **kafka_client_config(settings),
         "group.id": group_id,
         **DEFAULT_CONFIG,
     }

@@ -27,6 +27,7 @@ from foundation.errors import ConfigurationError, RefluxError
 from foundation.settings import Settings, get_settings
 from schemas import serde
 from schemas.base import RefluxRecord
+from streams.security import kafka_client_config
 from streams.topics import TopicSpec
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ def producer_config(
 ) -> dict[str, Any]:
     """The librdkafka config; idempotence and ``acks=all`` cannot be weakened by overrides."""
     settings = settings or get_settings()
-    config: dict[str, Any] = {"bootstrap.servers": settings.kafka_bootstrap, **DEFAULT_CONFIG}
+    config: dict[str, Any] = {**kafka_client_config(settings), **DEFAULT_CONFIG}
     config.update(overrides or {})
     if str(config.get("enable.idempotence")).lower() != "true" or str(config["acks"]) not in {
         "all",

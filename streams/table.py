@@ -16,6 +16,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPar
 
 from foundation.errors import ServiceUnavailableError
 from foundation.settings import Settings
+from streams.security import kafka_client_config
 
 __all__ = ["TopicTableReader"]
 
@@ -38,7 +39,7 @@ class TopicTableReader:
         self._apply = apply
         self._consumer = Consumer(
             {
-                "bootstrap.servers": settings.kafka_bootstrap,
+                **kafka_client_config(settings),
                 # Required by librdkafka, never used to commit: positions live in this object.
                 "group.id": f"{settings.topic_prefix}.{name}-{uuid.uuid4().hex[:8]}",
                 "enable.auto.commit": False,

@@ -28,6 +28,7 @@ __all__ = [
     "TopicCatalogError",
     "TopicSpec",
     "invoke_topic",
+    "min_insync_replicas",
     "validate_topic_name",
 ]
 
@@ -44,6 +45,25 @@ class TopicCatalogError(ConfigurationError):
     """The catalog itself is inconsistent (bad name, broken co-partitioning, unknown topic)."""
 
     error_class = "TopicCatalog"
+
+
+def min_insync_replicas(replication: int, configured: int | None = None) -> int | None:
+    """``min.insync.replicas`` for a topic of ``replication`` replicas (``None``: leave the
+    broker's default).
+
+    With producers at ``acks=all`` (enforced by :func:`streams.producer.producer_config`) a write
+    is acknowledged once this many replicas have it: ``min(2, replication)`` for a replicated
+    topic, so one broker's loss never loses an acknowledged write. ``configured``
+    (``Settings.min_insync_replicas``) overrides it, within 1..replication.
+    """
+    if configured is not None:
+        if isinstance(configured, bool) or not 1 <= configured <= replication:
+            raise TopicCatalogError(
+                "Expected min_insync_replicas (REFLUX_MIN_INSYNC_REPLICAS) between 1 and the "
+                f"replication factor {replication}, but got {configured!r}"
+            )
+        return configured
+    return min(2, replication) if replication > 1 else None
 
 
 def validate_topic_name(name: str) -> str:

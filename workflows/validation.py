@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from foundation.errors import NonRetryableError
+from foundation.parse_limits import ParseLimitError, load_yaml
 from workflows.expressions import (
     SECRET_NAME,
     ExpressionSyntaxError,
@@ -92,6 +93,10 @@ def load_source(source: str | bytes | Mapping[str, Any]) -> dict[str, Any]:
     """YAML or JSON text (JSON is YAML) or an already-parsed mapping -> a plain dict."""
     if isinstance(source, Mapping):
         return dict(source)
+    if not isinstance(source, str | bytes):  # an already-parsed JSON body that is no object
+        raise WorkflowValidationError(
+            [FieldError(ROOT_PATH, f"expected a mapping at the top level, got {_kind(source)}")]
+        )
     if isinstance(source, bytes):
         try:
             source = source.decode("utf-8")
@@ -100,7 +105,9 @@ def load_source(source: str | bytes | Mapping[str, Any]) -> dict[str, Any]:
                 [FieldError(ROOT_PATH, f"not UTF-8 text: {exc}")]
             ) from exc
     try:
-        data = yaml.safe_load(source)
+        data = load_yaml(source)
+    except ParseLimitError as exc:
+        raise WorkflowValidationError([FieldError(ROOT_PATH, str(exc))]) from exc
     except yaml.YAMLError as exc:
         where = ""
         mark = getattr(exc, "problem_mark", None)

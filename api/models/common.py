@@ -2,11 +2,46 @@
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from datetime import datetime
+from typing import Annotated, Any, Final
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
 
-__all__ = ["ERRORS", "ErrorMessage", "ValidationErrorBody", "ValidationIssue", "errors"]
+__all__ = [
+    "ERRORS",
+    "PG_INT_MAX",
+    "ErrorMessage",
+    "IsoDateTime",
+    "StrictFraction",
+    "ValidationErrorBody",
+    "ValidationIssue",
+    "VersionNumber",
+    "errors",
+]
+
+PG_INT_MAX: Final = 2**31 - 1
+"""Largest Postgres ``integer``: the read models store versions (and semver parts) as one."""
+
+VersionNumber = Annotated[int, Field(strict=True, ge=1, le=PG_INT_MAX)]
+"""A workflow version: an integer the read model can hold (``true`` is not 1, 2**31 is 422)."""
+
+
+def _iso_text(value: Any) -> Any:
+    # pydantic reads numbers (and numeric strings) as Unix timestamps; the document says
+    # ISO 8601 text, so "12.0" is a mistake to report, not 1970-01-01T00:00:12Z.
+    if isinstance(value, int | float) or (isinstance(value, str) and _NUMBER.fullmatch(value)):
+        raise ValueError(f"Expected an ISO 8601 time (e.g. 2025-03-04T10:00:00Z), got {value!r}")
+    return value
+
+
+_NUMBER: Final = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*")
+
+IsoDateTime = Annotated[datetime, BeforeValidator(_iso_text)]
+"""A time given as ISO 8601 text, never as a number."""
+
+StrictFraction = Annotated[float, Field(strict=True, ge=0.0, le=1.0, allow_inf_nan=False)]
+"""A share in [0, 1]: a JSON number (``true`` is not 1.0), finite."""
 
 
 class ErrorMessage(BaseModel):

@@ -19,6 +19,7 @@ class FeedbackCreate(BaseModel):
     )
 
     score: float = Field(
+        strict=True,
         ge=SCORE_MIN,
         le=SCORE_MAX,
         allow_inf_nan=False,

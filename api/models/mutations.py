@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.config import MAX_WAIT_MS
+from api.models.common import StrictFraction, VersionNumber
 
 __all__ = [
     "ACTOR_PATTERN",
@@ -53,8 +54,8 @@ class MutationCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     workflow_id: str = Field(min_length=1, max_length=200)
-    base_version: int | None = Field(
-        default=None, ge=1, description="The version the diff applies to (default: the latest)."
+    base_version: VersionNumber | None = Field(
+        default=None, description="The version the diff applies to (default: the latest)."
     )
     changes: list[GraphChange] = Field(min_length=1, max_length=200)
     rationale: str = Field(min_length=1, max_length=10_000)
@@ -76,10 +77,9 @@ class DecisionCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     reason: str | None = Field(default=None, max_length=10_000)
-    canary_weight: float | None = Field(
+    canary_weight: StrictFraction | None = Field(
         default=None,
         gt=0.0,
-        le=1.0,
         description="approve only: share of new runs for the new version (default 0.2).",
     )
     actor: str | None = Field(

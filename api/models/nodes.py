@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from api.models.common import PG_INT_MAX, StrictFraction
 
 __all__ = [
     "NODE_NAME_PATTERN",
@@ -40,16 +42,27 @@ class NodeVersionCreate(BaseModel):
     status: Literal["draft", "staging", "production"] = Field(
         default="draft", description="Start stage; promote it later."
     )
-    rollout_weight: float = Field(
-        default=0.0, ge=0.0, le=1.0, description="Share of range-resolved runs once in production."
+    rollout_weight: StrictFraction = Field(
+        default=0.0, description="Share of range-resolved runs once in production."
     )
     code_uri: str | None = Field(default=None, max_length=2000)
+
+    @field_validator("version")
+    @classmethod
+    def _parts_fit(cls, version: str) -> str:
+        # The catalog read model orders versions by casting major.minor.patch to integer[].
+        core = version.split("-", 1)[0].split(".")
+        if any(int(part) > PG_INT_MAX for part in core):
+            raise ValueError(
+                f"Expected major, minor and patch of at most {PG_INT_MAX}, but got {version!r}"
+            )
+        return version
 
 
 class RolloutUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    weight: float = Field(ge=0.0, le=1.0, examples=[0.1])
+    weight: StrictFraction = Field(examples=[0.1])
 
 
 class NodeVersionAccepted(BaseModel):

@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.models.common import IsoDateTime, VersionNumber
+
 __all__ = [
     "CandidateIn",
     "PolicyIn",
@@ -20,17 +22,19 @@ __all__ = [
 
 class SelectionIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    workflow_version: int | None = Field(None, ge=1, description="Only runs of this version.")
-    since: datetime | None = None
-    until: datetime | None = None
+    workflow_version: VersionNumber | None = Field(None, description="Only runs of this version.")
+    since: IsoDateTime | None = None
+    until: IsoDateTime | None = None
     status: str | None = Field(None, description="Only runs that ended so (e.g. succeeded).")
     inputs_filter: str | None = Field(None, description="JMESPath on inputs; truthy selects.")
-    sample_size: int = Field(50, ge=1, le=10_000, description="The newest N matching runs.")
+    sample_size: int = Field(
+        50, strict=True, ge=1, le=10_000, description="The newest N matching runs."
+    )
 
 
 class CandidateIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    workflow_version: int | None = Field(None, ge=1, description="A registered version.")
+    workflow_version: VersionNumber | None = Field(None, description="A registered version.")
     mutation_id: str | None = Field(None, description="A proposal: its derived definition.")
     node_pins: dict[str, str] = Field(default_factory=dict, description="node -> exact version")
 
@@ -52,7 +56,7 @@ class ReplayCreate(BaseModel):
     selection: SelectionIn = Field(default_factory=lambda: SelectionIn.model_validate({}))
     candidate: CandidateIn
     policy: PolicyIn = Field(default_factory=lambda: PolicyIn.model_validate({}))
-    confidence: float = Field(0.95, ge=0.5, lt=1.0)
+    confidence: float = Field(0.95, strict=True, ge=0.5, lt=1.0, allow_inf_nan=False)
 
 
 class ReplayAccepted(BaseModel):

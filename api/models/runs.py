@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.config import MAX_WAIT_MS
+from api.models.common import VersionNumber
 from schemas.statuses import ProjectedRunStatus, ProjectedStepStatus
 
 __all__ = [
@@ -43,7 +44,7 @@ class RunCreate(BaseModel):
     )
 
     workflow_id: str = Field(min_length=1, max_length=200)
-    version: int | None = Field(default=None, ge=1, description="Default: the latest version.")
+    version: VersionNumber | None = Field(default=None, description="Default: the latest version.")
     inputs: dict[str, Any] = Field(default_factory=dict)
     idempotency_key: str | None = Field(
         default=None,

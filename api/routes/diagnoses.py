@@ -8,7 +8,7 @@ API) and the historian's ranking (similarity, plus a bonus when a fix was kept).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
@@ -16,7 +16,7 @@ from fastapi import APIRouter, Query
 from api.db import with_conn
 from api.deps import ApiSettingsDep, PoolDep
 from api.errors import NotFoundError
-from api.models.common import errors
+from api.models.common import IsoDateTime, errors
 from api.models.diagnoses import (
     DiagnosesPublic,
     DiagnosisDetail,
@@ -60,7 +60,7 @@ async def list_diagnoses(
     kind: DiagnosisKind | None = None,
     severity: DiagnosisSeverity | None = None,
     since: Annotated[
-        datetime | None,
+        IsoDateTime | None,
         Query(description="Detected at or after (ISO 8601; without a zone: UTC)"),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,

@@ -1,27 +1,33 @@
 """``/v1/hooks/{workflow_id}``: webhook triggers; ``/v1/hooks/runs/{run_id}/steps/{step_id}``:
-webhook calls that resume a waiting ``webhook.trigger`` step.
+webhook calls that resume a waiting ``webhook.trigger`` step. Both are authenticated by their
+signatures only (no API key), so both check everything before they write anything.
+
+Signatures (:mod:`foundation.signatures`, docs/triggers.md, ADR 0047): ``Reflux-Signature:
+t=<unix>,v1=<hex HMAC-SHA256 of "t.METHOD.PATH." + body>``; 401 with the reason when it is
+missing, malformed, outside the replay window (``webhook_tolerance_s``), wrong, or a replay of a
+message already accepted within the window (replay store on the noeviction webhook Redis).
 
 Rules for starting a run (documented in docs/api.md):
 
-- The body must be JSON. An object becomes the run's inputs; any other value arrives as
-  ``{"payload": <value>}`` (:func:`processors.triggers.mapping.inputs_from_payload`).
-- If ``ApiSettings.webhook_secrets`` has a secret for the workflow, the request must carry
-  ``X-Reflux-Signature: sha256=<hex HMAC-SHA256 of the raw body>`` (401 otherwise).
+- The body must be JSON, at most ``webhook_max_body_bytes`` (413). An object becomes the run's
+  inputs; any other value arrives as ``{"payload": <value>}``.
+- If ``ApiSettings.webhook_secrets`` has a secret (or secrets) for the workflow, the request must
+  be signed with one of them (401 otherwise).
 - ``Idempotency-Key`` (e.g. the sender's delivery id) makes redeliveries start one run; without
   it the API draws a random key. run_id = ``uuid5(TRIGGER_NAMESPACE, "webhook:" + key)``.
 - The API validates (workflow exists, inputs fit) and publishes a ``Trigger`` on ``triggers``; the
   trigger router turns it into ``StartRun``.
 
-Resuming a step: the JSON body is stored as received in the step's Redis mailbox
-(:mod:`node_workers.webhooks`) and the answer is 202 at once. The API does not check that the
-run or step exists (the projection may lag, and a call may come before the step waits) nor the
-signature (the step's secret is resolved in the worker only): the waiting node does.
+Resuming a step: only while an attempt of the step waits (its waiting record, published by the
+node: 409 otherwise); signed with the callback key the record names when the step has a secret;
+then the body is stored in the step's mailbox (:mod:`node_workers.webhooks`) and the answer is
+202. The check of the record's attempt, the replay claim and the append are one Redis script.
 """
 
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Path, Request
 from pydantic import BaseModel, Field
@@ -29,22 +35,32 @@ from starlette.concurrency import run_in_threadpool
 
 from api.bodies import decode_body
 from api.deps import ApiSettingsDep, PublisherDep, ReadModelDep, TopicsDep
-from api.errors import ApiError, NotFoundError, UnauthorizedError
+from api.errors import ApiError, ConflictError, NotFoundError, UnauthorizedError
 from api.ids import WEBHOOK_SOURCE, run_id_for
 from api.models.common import ErrorMessage, errors
 from api.models.hooks import HookAccepted
-from api.signatures import SIGNATURE_HEADER, SignatureError, verify_signature
+from api.signatures import (
+    SIGNATURE_HEADER,
+    SignatureError,
+    Verified,
+    signature_header,
+    verify,
+)
 from api.validation import check_inputs, parse_definition
 from foundation.errors import RetryableError
 from node_workers.webhooks import (
     MAX_BODY_BYTES,
+    MAX_MAILBOX_BYTES,
     MAX_QUEUED,
     RUN_ID_PATTERN,
     STEP_ID_PATTERN,
     Delivery,
     MailboxFullError,
+    NotWaitingError,
+    ReplayedError,
     WebhookMailbox,
     passed_headers,
+    start_replay_key,
 )
 from processors.triggers.mapping import inputs_from_payload
 from schemas.models import Trigger
@@ -54,12 +70,71 @@ __all__ = ["WebhookDelivered", "router"]
 router = APIRouter(prefix="/hooks", tags=["hooks"])
 
 
+_SIGNATURE_DOC = "t=<unix seconds>,v1=<hex HMAC-SHA256 of 't.METHOD.PATH.' + body>"
+_SIGNATURE_401: dict[str, Any] = {
+    "model": ErrorMessage,
+    "description": "Webhook signature refused: missing, malformed, too_old, wrong, replayed or "
+    "legacy (the detail says which)",
+}
+
+
+class PayloadTooLargeError(ApiError):
+    error_class = "PayloadTooLargeError"
+    status_code = 413
+
+
+class WebhookSignatureError(UnauthorizedError):
+    """401 whose detail starts with the reason: ``missing``, ``malformed``, ``too_old``,
+    ``wrong``, ``legacy`` or ``replayed``."""
+
+    error_class = "WebhookSignatureError"
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"Webhook signature refused ({reason}): {message}")
+        self.reason = reason
+
+
+def _refused(exc: SignatureError) -> WebhookSignatureError:
+    return WebhookSignatureError(exc.reason, str(exc))
+
+
+async def _read_capped(request: Request, limit: int) -> bytes:
+    """The body, refused (413) as soon as it is over ``limit`` bytes: a declared length is
+    checked before reading, a chunked body while reading (never buffered beyond the limit)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(
+            f"Expected a body of at most {limit} bytes, but Content-Length is {declared}"
+        )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError(f"Expected a body of at most {limit} bytes, but got more")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _mailbox(request: Request) -> WebhookMailbox:
+    # Created on first use (one Redis pool per app): most API processes never see a webhook.
+    state = request.app.state
+    mailbox: WebhookMailbox | None = getattr(state, "webhook_mailbox", None)
+    if mailbox is None:
+        mailbox = state.webhook_mailbox = WebhookMailbox.from_settings(state.settings)
+    return mailbox
+
+
 @router.post(
     "/{workflow_id}",
     status_code=202,
     response_model=HookAccepted,
     summary="Start a run of a workflow from a webhook",
-    responses=errors(401, 404, 422, 503),
+    responses={
+        **errors(404, 422, 503),
+        401: _SIGNATURE_401,
+        413: {"model": ErrorMessage, "description": "The body is over webhook_max_body_bytes"},
+    },
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -77,19 +152,27 @@ async def webhook(
     publisher: PublisherDep,
     topics: TopicsDep,
     signature: Annotated[
-        str | None, Header(alias=SIGNATURE_HEADER, description="sha256=<hex HMAC of the body>")
+        str | None, Header(alias=SIGNATURE_HEADER, description=_SIGNATURE_DOC)
     ] = None,
     idempotency_key: Annotated[
         str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200)
     ] = None,
 ) -> HookAccepted:
-    raw = await request.body()
-    secret = api.webhook_secrets.get(workflow_id)
-    if secret is not None:
+    raw = await _read_capped(request, api.webhook_max_body_bytes)
+    secrets = api.webhook_secrets.get(workflow_id)
+    verified: Verified | None = None
+    if secrets is not None:
         try:
-            verify_signature(secret, raw, signature)
+            verified = verify(
+                signature_header(request.headers),
+                secrets,
+                request.method,
+                request.url.path,
+                raw,
+                tolerance_s=api.webhook_tolerance_s,
+            )
         except SignatureError as exc:
-            raise UnauthorizedError(str(exc)) from exc
+            raise _refused(exc) from exc
     payload = decode_body(raw, request.headers.get("content-type"))
     workflow = await read_model.workflow(workflow_id)
     if workflow is None:
@@ -108,7 +191,25 @@ async def webhook(
         payload=payload,
         idempotency_key=key,
     )
-    await run_in_threadpool(publisher.publish, topics.triggers, trigger.source_key, trigger)
+    replay_key: str | None = None
+    mailbox = _mailbox(request)
+    if verified is not None:
+        # Claimed only now: a request refused above (404, 422) may be sent again as it is.
+        replay_key = start_replay_key(
+            request.app.state.settings.topic_prefix, workflow_id, verified.replay_id
+        )
+        if not await run_in_threadpool(mailbox.claim_replay, replay_key, verified):
+            raise WebhookSignatureError(
+                "replayed",
+                "this signed request was accepted before (same t, method, path and body); "
+                "sign every delivery anew, with its own timestamp",
+            )
+    try:
+        await run_in_threadpool(publisher.publish, topics.triggers, trigger.source_key, trigger)
+    except BaseException:
+        if replay_key is not None:  # not started: the sender may retry the same request
+            await run_in_threadpool(mailbox.release_replay, replay_key)
+        raise
     return HookAccepted(
         run_id=run_id_for(WEBHOOK_SOURCE, key),
         workflow_id=workflow_id,
@@ -120,14 +221,13 @@ async def webhook(
 # -- resuming a waiting step ----------------------------------------------------------------------
 
 
-class PayloadTooLargeError(ApiError):
-    error_class = "PayloadTooLargeError"
-    status_code = 413
-
-
 class MailboxFullApiError(ApiError, RetryableError):
     error_class = "MailboxFullApiError"
     status_code = 429
+
+
+class StepNotWaitingError(ConflictError, RetryableError):
+    error_class = "StepNotWaitingError"
 
 
 class WebhookDelivered(BaseModel):
@@ -138,15 +238,7 @@ class WebhookDelivered(BaseModel):
         description="`duplicate`: this Idempotency-Key was delivered before; nothing was stored"
     )
     queued: int = Field(description="Calls waiting in the step's mailbox, this one included")
-
-
-def _mailbox(request: Request) -> WebhookMailbox:
-    # Created on first use (one Redis pool per app): most API processes never resume a step.
-    state = request.app.state
-    mailbox: WebhookMailbox | None = getattr(state, "webhook_mailbox", None)
-    if mailbox is None:
-        mailbox = state.webhook_mailbox = WebhookMailbox.from_settings(state.settings)
-    return mailbox
+    attempt: int = Field(description="The waiting attempt of the step the call was stored for")
 
 
 @router.post(
@@ -156,14 +248,23 @@ def _mailbox(request: Request) -> WebhookMailbox:
     summary="Deliver a webhook call to a waiting webhook.trigger step",
     responses={
         **errors(422, 503),
+        401: _SIGNATURE_401,
+        409: {
+            "model": ErrorMessage,
+            "description": "No attempt of the step waits for a call; nothing was stored",
+        },
         413: {"model": ErrorMessage, "description": f"The body is over {MAX_BODY_BYTES} bytes"},
-        429: {"model": ErrorMessage, "description": f"{MAX_QUEUED} calls wait already"},
+        429: {
+            "model": ErrorMessage,
+            "description": f"{MAX_QUEUED} calls or {MAX_MAILBOX_BYTES} bytes wait already",
+        },
     },
     openapi_extra={
         "requestBody": {
             "required": True,
             "description": "Any JSON; it becomes the step's `output.payload`. Signed with "
-            "`X-Reflux-Signature: sha256=<hex>` when the step declares a `secret`.",
+            f"`{SIGNATURE_HEADER}: {_SIGNATURE_DOC}` using the step's callback key when the "
+            "step declares a `secret`.",
             "content": {"application/json": {"schema": {}, "example": {"approved": True}}},
         }
     },
@@ -173,8 +274,9 @@ async def resume_step(
     step_id: Annotated[str, Path(pattern=STEP_ID_PATTERN)],
     *,
     request: Request,
+    api: ApiSettingsDep,
     signature: Annotated[
-        str | None, Header(alias=SIGNATURE_HEADER, description="sha256=<hex HMAC of the body>")
+        str | None, Header(alias=SIGNATURE_HEADER, description=_SIGNATURE_DOC)
     ] = None,
     idempotency_key: Annotated[
         str | None,
@@ -186,27 +288,58 @@ async def resume_step(
         ),
     ] = None,
 ) -> WebhookDelivered:
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise PayloadTooLargeError(f"Expected a body of at most {MAX_BODY_BYTES} bytes")
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise PayloadTooLargeError(
-            f"Expected a body of at most {MAX_BODY_BYTES} bytes, but got {len(raw)}"
-        )
+    raw = await _read_capped(request, MAX_BODY_BYTES)
     decode_body(raw, request.headers.get("content-type"))  # 422 unless JSON; stored as bytes
-    delivery = Delivery(body=raw, signature=signature, headers=passed_headers(request.headers))
     mailbox = _mailbox(request)
+    waiting = await run_in_threadpool(mailbox.waiting, run_id, step_id)
+    if waiting is None:
+        raise StepNotWaitingError(
+            f"Expected step {step_id!r} of run {run_id!r} to be waiting for a webhook call, but "
+            "no attempt of it waits (not started yet, between attempts, finished, or not a "
+            "webhook.trigger step); nothing was stored"
+        )
+    verified: Verified | None = None
+    if waiting.key is not None:
+        try:
+            verified = verify(
+                signature_header(request.headers),
+                waiting.key,
+                request.method,
+                request.url.path,
+                raw,
+                tolerance_s=api.webhook_tolerance_s,
+            )
+        except SignatureError as exc:
+            raise _refused(exc) from exc
+    delivery = Delivery(
+        body=raw,
+        signature=signature,
+        headers=passed_headers(request.headers),
+        method=request.method,
+        path=request.url.path,
+    )
     try:
         outcome = await run_in_threadpool(
-            mailbox.deliver, run_id, step_id, delivery, idempotency_key
+            lambda: mailbox.deliver(
+                run_id,
+                step_id,
+                delivery,
+                idempotency_key,
+                attempt=waiting.attempt,
+                verified=verified,
+            )
         )
+    except NotWaitingError as exc:
+        raise StepNotWaitingError(str(exc)) from exc
+    except ReplayedError as exc:
+        raise WebhookSignatureError("replayed", str(exc)) from exc
     except MailboxFullError as exc:
-        raise MailboxFullApiError(f"{exc} (at most {MAX_QUEUED})") from exc
+        raise MailboxFullApiError(str(exc)) from exc
     return WebhookDelivered(
         run_id=run_id,
         step_id=step_id,
         delivery_id=outcome.delivery_id,
         status="duplicate" if outcome.duplicate else "accepted",
         queued=outcome.queued,
+        attempt=waiting.attempt,
     )

@@ -17,7 +17,7 @@ from fastapi import APIRouter, Depends, Query
 
 from api.deps import ApiSettingsDep, ClickHouseDep
 from api.errors import UnavailableError
-from api.models.common import ErrorMessage, errors
+from api.models.common import ErrorMessage, IsoDateTime, errors
 from api.models.metrics import (
     FailureGroupPublic,
     FailuresPublic,
@@ -59,7 +59,7 @@ WindowQuery = Annotated[
     str, Query(description="How far back from `until`: 15m, 1h, 1h30m, 7d (max 90d).")
 ]
 UntilQuery = Annotated[
-    datetime | None,
+    IsoDateTime | None,
     Query(description="End of the window, timezone-aware ISO 8601 (default: now)."),
 ]
 

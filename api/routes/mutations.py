@@ -412,7 +412,10 @@ async def get_improvement(
     status_code=202,
     response_model=ImprovementPublic,
     summary="Set a workflow's improvement policy: off | propose | auto",
-    responses=errors(404, 422, 503),
+    responses={
+        200: {"model": ImprovementPublic, "description": "Applied within `wait_ms`"},
+        **errors(404, 422, 503),
+    },
 )
 async def set_improvement(
     workflow_id: str,

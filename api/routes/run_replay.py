@@ -306,7 +306,12 @@ def import_bundle(
     response_model=RunImported,
     summary="Import a run bundle (from `GET /v1/runs/{id}/export`): same run ids, same events",
     responses=errors(409, 422, 503),
-    openapi_extra={"requestBody": {"content": {BUNDLE_MEDIA_TYPE: {}}, "required": True}},
+    openapi_extra={
+        "requestBody": {
+            "content": {BUNDLE_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+            "required": True,
+        }
+    },
 )
 async def import_run(
     request: Request,

@@ -361,6 +361,21 @@ def get_state(
     )
 
 
+_SSE_EVENT: dict[str, Any] = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "id": {"type": "string", "description": "The event's seq."},
+        "event": {"type": "string", "description": "The event type, e.g. RunStarted."},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "description": "The run event as JSON (seq, event_type, event_id, payload, ...).",
+        },
+    },
+}
+
+
 @router.get(
     "/{run_id}/stream",
     summary="Server-sent events of a run",
@@ -369,7 +384,8 @@ def get_state(
         200: {
             "description": "`text/event-stream`: one SSE event per run event (id = seq, "
             "event = event type, data = the event as JSON); ends after the terminal event.",
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            # The schema of one event (how SSE-aware tools, schemathesis among them, read it).
+            "content": {"text/event-stream": {"schema": _SSE_EVENT}},
         },
         **errors(404, 422, 503),
     },

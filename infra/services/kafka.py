@@ -1,15 +1,36 @@
-"""Apache Kafka, single-node KRaft, from Maven Central jars run on the machine's Java 17."""
+"""Apache Kafka, single-node KRaft, from Maven Central jars run on the machine's Java 17.
+
+Three listeners on loopback (docs/kafka-security.md, ADR 0048): PLAINTEXT on the local port (no
+authentication: local development), the KRaft controller on port + 1, and SASL_SSL with
+SCRAM-SHA-512 on port + 2 (plus PLAIN inside TLS for the same user, only for the embedded
+ClickHouse, whose librdkafka lacks SCRAM). At start the broker gets, under ``var/kafka``, a CA
+and a broker certificate (``tls/``, made with openssl once) and a SCRAM user ``reflux`` with a
+generated password (``scram/password``, mode 0600): written into the metadata by
+``kafka-storage format --add-scram`` for a new cluster and upserted through the admin API on
+every start of a broker rendered with the SASL listener (an existing cluster, a changed password
+file), so it is idempotent.
+"""
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import os
+import secrets
 import subprocess
 import uuid
 from pathlib import Path
 
 from foundation.settings import PROJECT_ROOT
-from infra.services.base import Service, ServiceError, log, port_open, require_command
+from infra.services.base import (
+    Service,
+    ServiceError,
+    ensure_debian_packages,
+    log,
+    port_open,
+    require_command,
+)
+from streams.security import LOCAL_SCRAM_USER, local_ca_file, local_scram_password_file
 
 INFRA = PROJECT_ROOT / "infra" / "kafka"
 
@@ -59,12 +80,34 @@ class Kafka(Service):
 
     @property
     def host_port(self) -> tuple[str, int]:
+        """The PLAINTEXT listener (readiness, administration)."""
         host, port = self.settings.kafka_bootstrap.split(",")[0].rsplit(":", 1)
-        return host, int(port)
+        if self.settings.kafka_local_port is not None:
+            return host, self.settings.kafka_local_port
+        # Clients pointed at the SASL_SSL listener (port + 2) leave the broker where it was.
+        secured = self.settings.kafka_security_protocol != "PLAINTEXT"
+        return host, int(port) - 2 if secured else int(port)
+
+    @property
+    def sasl_port(self) -> int:
+        return self.host_port[1] + 2
 
     @property
     def endpoint(self) -> str:
-        return self.settings.kafka_bootstrap
+        host, port = self.host_port
+        return f"{host}:{port} (SASL_SSL {host}:{self.sasl_port})"
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.root / "tls"
+
+    @property
+    def keystore(self) -> Path:
+        return self.tls_dir / "broker-keystore.pem"
+
+    @property
+    def scram_password_file(self) -> Path:
+        return local_scram_password_file(self.settings.data_dir)
 
     @property
     def libs(self) -> Path:
@@ -75,6 +118,7 @@ class Kafka(Service):
         return self.root / "server.properties"
 
     def install(self) -> None:
+        ensure_debian_packages({"openssl": "openssl"})
         if java_major() < 17:
             raise ServiceError("Kafka here needs Java 17 or newer on PATH.")
         maven_classpath(INFRA / "pom.xml", self.libs, [INFRA / "pom.xml"])
@@ -105,14 +149,80 @@ class Kafka(Service):
         if host not in ("127.0.0.1", "localhost"):
             raise ServiceError(f"The local broker only listens on loopback, not {host}.")
         template = (INFRA / "server.properties.tmpl").read_text()
-        self.config_file.write_text(
-            template.format(port=port, controller_port=port + 1, data_dir=self.root / "data")
+        _write_private(
+            self.config_file,
+            template.format(
+                port=port,
+                controller_port=port + 1,
+                sasl_port=self.sasl_port,
+                keystore=self.keystore,
+                data_dir=self.root / "data",
+                scram_user=LOCAL_SCRAM_USER,
+                scram_password=self.scram_password(),
+            ),
         )
 
+    def scram_password(self) -> str:
+        """The local SCRAM user's password, generated once (mode 0600)."""
+        path = self.scram_password_file
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            _write_private(path, secrets.token_urlsafe(32) + "\n", exclusive=True)
+        return path.read_text().strip()
+
+    def ensure_tls(self) -> None:
+        """A local CA and a broker certificate for 127.0.0.1/localhost, made once."""
+        if self.keystore.exists() and local_ca_file(self.settings.data_dir).exists():
+            return
+        openssl = require_command("openssl", "Install OpenSSL (Debian package 'openssl').")
+        tls = self.tls_dir
+        tls.mkdir(parents=True, exist_ok=True, mode=0o700)
+        log(f"generating the Kafka CA and broker certificate in {tls}")
+
+        def run(*args: str) -> None:
+            result = subprocess.run(
+                [openssl, *args], cwd=tls, capture_output=True, text=True, check=False
+            )
+            if result.returncode != 0:
+                raise ServiceError(f"openssl {args[0]} failed: {result.stderr.strip()}")
+
+        old = os.umask(0o077)  # keys are never readable by others, even for a moment
+        try:
+            run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key",
+                "-out", "ca.pem", "-days", "3650", "-subj", "/CN=REFLUX local Kafka CA",
+                "-addext", "basicConstraints=critical,CA:TRUE",
+                "-addext", "keyUsage=critical,keyCertSign,cRLSign")  # fmt: skip
+            run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "broker.key",
+                "-out", "broker.csr", "-subj", "/CN=localhost")  # fmt: skip
+            (tls / "broker.ext").write_text(
+                "basicConstraints=CA:FALSE\n"
+                "keyUsage=critical,digitalSignature,keyEncipherment\n"
+                "extendedKeyUsage=serverAuth\n"
+                "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+                "subjectKeyIdentifier=hash\n"
+                "authorityKeyIdentifier=keyid\n"
+            )
+            run("x509", "-req", "-in", "broker.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                "-CAcreateserial", "-out", "broker.pem", "-days", "825",
+                "-extfile", "broker.ext")  # fmt: skip
+        finally:
+            os.umask(old)
+        # Kafka's PEM keystore: the (unencrypted PKCS#8) key, then the chain.
+        _write_private(
+            self.keystore,
+            (tls / "broker.key").read_text()
+            + (tls / "broker.pem").read_text()
+            + (tls / "ca.pem").read_text(),
+        )
+        (tls / "broker.csr").unlink(missing_ok=True)
+        (tls / "ca.pem").chmod(0o644)  # the CA certificate is public: clients read it
+
     def launch(self) -> None:
+        self.ensure_tls()
         self.render_config()
         if not (self.root / "data" / "meta.properties").exists():
-            # KRaft needs its log folder formatted once with a cluster id.
+            # KRaft needs its log folder formatted once with a cluster id; the SCRAM user goes
+            # into the first metadata so the SASL listener accepts it from the first second.
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
             log(f"formatting KRaft storage (cluster {cluster_id})")
             subprocess.run(
@@ -124,11 +234,55 @@ class Kafka(Service):
                     "-c",
                     str(self.config_file),
                     "--ignore-formatted",
+                    "--add-scram",
+                    f"SCRAM-SHA-512=[name={LOCAL_SCRAM_USER},password={self.scram_password()}]",
                 ),
                 check=True,
                 capture_output=True,
             )
         self.spawn(self.java("kafka.Kafka", str(self.config_file)))
+
+    def start(self) -> float:
+        took = super().start()
+        # A broker running from a config rendered before the SASL listener existed is left
+        # alone; it gets the listener (and its user) when it is next started.
+        if took or self.sasl_listener_configured():
+            self.ensure_scram_user()
+        return took
+
+    def sasl_listener_configured(self) -> bool:
+        try:
+            return "SASL_SSL://" in self.config_file.read_text()
+        except OSError:
+            return False
+
+    def ensure_scram_user(self) -> None:
+        """Upsert the SCRAM user with the password file's password (idempotent): a cluster
+        formatted before the SASL listener existed, or a rotated password file."""
+        from confluent_kafka.admin import AdminClient
+
+        # Imported from their defining module so mypy --strict sees them (no __all__ there).
+        from confluent_kafka.admin._scram import (
+            ScramCredentialInfo,
+            ScramMechanism,
+            UserScramCredentialUpsertion,
+        )
+
+        host, port = self.host_port
+        admin = AdminClient({"bootstrap.servers": f"{host}:{port}", "log_level": 0})
+        upsert = UserScramCredentialUpsertion(
+            LOCAL_SCRAM_USER,
+            ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 8192),
+            self.scram_password().encode(),
+        )
+        futures = admin.alter_user_scram_credentials([upsert], request_timeout=30)
+        for future in futures.values():
+            try:
+                future.result(timeout=30)
+            except Exception as exc:
+                raise ServiceError(
+                    f"Expected the broker to store SCRAM user {LOCAL_SCRAM_USER!r}, but: {exc}"
+                ) from exc
 
     def is_ready(self) -> bool:
         if not port_open(*self.host_port):
@@ -137,11 +291,25 @@ class Kafka(Service):
         from confluent_kafka.admin import AdminClient
 
         try:
-            admin = AdminClient({"bootstrap.servers": self.endpoint, "log_level": 0})
+            host, port = self.host_port
+            admin = AdminClient({"bootstrap.servers": f"{host}:{port}", "log_level": 0})
             metadata = admin.list_topics(timeout=2)
             return len(metadata.brokers) > 0
         except Exception:
             return False
 
     def detail(self) -> str:
-        return f"KRaft, jars {self.libs}, data {self.root / 'data'}"
+        return (
+            f"KRaft, jars {self.libs}, data {self.root / 'data'}, "
+            f"SCRAM user {LOCAL_SCRAM_USER} (password {self.scram_password_file}), "
+            f"CA {local_ca_file(self.settings.data_dir)}"
+        )
+
+
+def _write_private(path: Path, text: str, *, exclusive: bool = False) -> None:
+    """Write ``text`` to a file only its owner can read (created with mode 0600)."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
+    fd = os.open(path, flags, 0o600)
+    os.chmod(path, 0o600)  # an existing file keeps its mode on open(); make sure
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)

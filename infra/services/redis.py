@@ -1,10 +1,12 @@
 """Redis from Debian's redis-server: two instances with opposite memory policies.
 
-- ``redis`` (``REFLUX_REDIS_URL``): the step cache and webhook mailboxes. Volatile on purpose:
-  no persistence, and at ``maxmemory`` the least recently used keys are evicted.
-- ``redis-ledger`` (``REFLUX_LEDGER_REDIS_URL``): the workers' attempt ledger only. Nothing is
-  ever evicted (``noeviction``: a full instance refuses writes, loudly) and every write goes to
-  the append-only file, so a ``kill -9`` of the server loses no claim (ADR 0017).
+- ``redis`` (``REFLUX_REDIS_URL``): the step cache. Volatile on purpose: no persistence, and
+  at ``maxmemory`` the least recently used keys are evicted.
+- ``redis-ledger`` (``REFLUX_LEDGER_REDIS_URL``): the workers' attempt ledger, and (unless
+  ``REFLUX_WEBHOOK_REDIS_URL`` names another noeviction instance) the webhook mailboxes and
+  replay store under their own keys (ADR 0047). Nothing is ever evicted (``noeviction``: a full
+  instance refuses writes, loudly) and every write goes to the append-only file, so a
+  ``kill -9`` of the server loses no claim (ADR 0017).
 
 They are separate processes because ``maxmemory`` and the eviction policy belong to the
 instance, not to a logical database: a cache filling up must never push out a ledger entry.

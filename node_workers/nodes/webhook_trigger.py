@@ -1,13 +1,17 @@
 """``webhook.trigger@1.0.0``: wait, inside a run, for an inbound webhook call; its payload is the
 step's output.
 
-The call goes to ``POST /v1/hooks/runs/{run_id}/steps/{step_id}``, which stores it in the step's
-Redis mailbox (:mod:`node_workers.webhooks`) and answers 202. The attempt takes deliveries from
+While an attempt waits it publishes a *waiting record* (its attempt number and, with a
+``secret``, the step's callback key for this run: ``foundation.signatures.callback_key``, never
+the secret). The call goes to ``POST /v1/hooks/runs/{run_id}/steps/{step_id}``: the API refuses
+it (409) unless the step waits, verifies its ``Reflux-Signature`` with the callback key
+(timestamp window, method and path in the MAC, replay store) and only then stores it in the
+step's mailbox (:mod:`node_workers.webhooks`) and answers 202. The attempt takes deliveries from
 that mailbox, oldest first, until one passes its checks:
 
-- ``secret``: the ``X-Reflux-Signature: sha256=<hex>`` header must be the HMAC-SHA256 of the
-  raw body. Checked here, not in the API, because only the worker holds the resolved
-  ``{{ secrets.NAME }}`` value (secrets never go to Redis).
+- ``secret``: the signature is verified again here, with the key derived from the secret this
+  worker resolved (``{{ secrets.NAME }}``; secrets never go to Redis), and the stored path must
+  be this step's.
 - ``expect``: a JMESPath condition on the payload (JMESPath truthiness).
 
 A refused delivery is dropped for good (logged with the reason, counted in the ``rejected``
@@ -30,7 +34,9 @@ from typing import Any, Final
 from jmespath.exceptions import JMESPathError
 from pydantic import Field, field_validator
 
+from foundation.errors import ServiceUnavailableError
 from foundation.settings import Settings, get_settings
+from foundation.signatures import callback_key
 from node_workers.node import (
     Node,
     NodeContext,
@@ -41,7 +47,13 @@ from node_workers.node import (
 )
 from node_workers.nodes.condition import jmespath_truthy
 from node_workers.nodes.transform import compile_expression
-from node_workers.webhooks import DEFAULT_MAX_WAITS, Delivery, WebhookWaiter, signature_problem
+from node_workers.webhooks import (
+    DEFAULT_MAX_WAITS,
+    Delivery,
+    MailboxKeys,
+    WebhookWaiter,
+    signature_problem,
+)
 
 __all__ = [
     "DEADLINE_MARGIN_S",
@@ -67,7 +79,9 @@ class WebhookTriggerInput(NodeModel):
     timeout_s: float = Field(default=DEFAULT_WAIT_S, gt=0, le=MAX_WAIT_S)
     """How long one attempt waits; keep it below the step's ``timeout``."""
     secret: str | None = Field(default=None, min_length=1)
-    """HMAC-SHA256 secret the sender signs the body with; write ``{{ secrets.NAME }}``."""
+    """The step's secret; the sender signs with the key derived from it for the run and step
+    (``foundation.signatures.sign_callback``). Write ``{{ secrets.NAME }}``. Without one, any
+    caller who can reach the API may resume the step while it waits."""
     expect: str | None = Field(default=None, min_length=1)
     """JMESPath condition on the payload; deliveries where it is false are dropped."""
 
@@ -94,14 +108,16 @@ class WebhookTriggerOutput(NodeModel):
     """The signature was checked against ``secret``."""
 
 
-def refusal(params: WebhookTriggerInput, delivery: Delivery) -> tuple[str | None, Any]:
+def refusal(
+    params: WebhookTriggerInput, delivery: Delivery, run_id: str, step_id: str
+) -> tuple[str | None, Any]:
     """``(None, payload)`` when the delivery resumes the step, else ``(reason, None)``.
 
     Pure, so the rules are unit-tested without Redis. Signature first: an unsigned payload's
     content must not influence anything, not even which condition error is logged.
     """
     if params.secret is not None:
-        problem = signature_problem(params.secret, delivery.body, delivery.signature)
+        problem = signature_problem(params.secret, run_id, step_id, delivery)
         if problem is not None:
             return problem, None
     try:
@@ -160,7 +176,7 @@ class WebhookTriggerNode(Node[WebhookTriggerInput, WebhookTriggerOutput]):
         if self._waiter is None:
             settings = self._settings or get_settings()
             self._waiter = WebhookWaiter(
-                settings.redis_url, settings.topic_prefix, max_waits=self._max_waits
+                settings.webhook_store_url, settings.topic_prefix, max_waits=self._max_waits
             )
         return self._waiter
 
@@ -170,11 +186,35 @@ class WebhookTriggerNode(Node[WebhookTriggerInput, WebhookTriggerOutput]):
         remaining = ctx.remaining_s()
         if remaining is not None:
             budget = max(min(budget, remaining - DEADLINE_MARGIN_S), 0.0)
-        until = started + budget
         keys = self.waiter.keys(ctx.run_id, ctx.step_id)
         recovered = await self.waiter.recover(keys)
         if recovered:
             ctx.record("recovered", recovered)
+        key = (
+            None if params.secret is None else callback_key(params.secret, ctx.run_id, ctx.step_id)
+        )
+        await self.waiter.announce(keys, ctx.attempt, key, budget)
+        try:
+            return await self._wait(params, ctx, keys, started=started, budget=budget)
+        finally:
+            # Calls stop being accepted the moment this attempt stops waiting (a call the API
+            # stored just before stays in the mailbox for the next attempt, if any).
+            try:
+                await self.waiter.withdraw(keys, ctx.attempt)
+            except ServiceUnavailableError as exc:
+                # The outcome stands; the record expires with its TTL (the wait + a margin).
+                ctx.logger.warning("could not withdraw the wait of step %s: %s", ctx.step_id, exc)
+
+    async def _wait(
+        self,
+        params: WebhookTriggerInput,
+        ctx: NodeContext,
+        keys: MailboxKeys,
+        *,
+        started: float,
+        budget: float,
+    ) -> WebhookTriggerOutput:
+        until = started + budget
         rejected = 0
         while True:
             left = until - time.monotonic()
@@ -183,7 +223,7 @@ class WebhookTriggerNode(Node[WebhookTriggerInput, WebhookTriggerOutput]):
                 if left <= 0:
                     break
                 continue
-            reason, payload, delivery = self._check(params, raw)
+            reason, payload, delivery = self._check(params, raw, ctx.run_id, ctx.step_id)
             if reason is None and delivery is not None:
                 ctx.record("waited_ms", round((time.monotonic() - started) * 1000, 3))
                 ctx.record("rejected", rejected)
@@ -214,12 +254,14 @@ class WebhookTriggerNode(Node[WebhookTriggerInput, WebhookTriggerOutput]):
         )
 
     @staticmethod
-    def _check(params: WebhookTriggerInput, raw: bytes) -> tuple[str | None, Any, Delivery | None]:
+    def _check(
+        params: WebhookTriggerInput, raw: bytes, run_id: str, step_id: str
+    ) -> tuple[str | None, Any, Delivery | None]:
         try:
             delivery = Delivery.decode(raw)
         except ValueError as exc:
             return str(exc), None, None
-        reason, payload = refusal(params, delivery)
+        reason, payload = refusal(params, delivery, run_id, step_id)
         return reason, payload, delivery
 
     async def aclose(self) -> None:

@@ -14,6 +14,7 @@ from node_workers.sandbox.bubblewrap import BubblewrapBackend, build_command
 from node_workers.sandbox.docker_backend import DockerBackend
 from node_workers.sandbox.errors import (
     InputError,
+    LimitAboveMaximumError,
     NetworkNotAllowedError,
     SandboxFailedError,
     SandboxUnavailableError,
@@ -41,6 +42,7 @@ __all__ = [
     "DockerBackend",
     "InputError",
     "InputFile",
+    "LimitAboveMaximumError",
     "Limits",
     "NetworkNotAllowedError",
     "OutputFile",

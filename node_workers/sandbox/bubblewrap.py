@@ -5,7 +5,8 @@ The command (built by the pure :func:`build_command`) is
     setpriv --reuid U --regid G --clear-groups --no-new-privs --   (only when the worker is root)
     bwrap --unshare-all --unshare-user --disable-userns --die-with-parent --new-session
           --ro-bind /usr /usr  (+ /bin, /lib* as on the host)  --ro-bind-try <a few /etc files>
-          --proc /proc --dev /dev --size N --tmpfs /tmp
+          --proc /proc --dev /dev --size S --tmpfs /dev/shm --remount-ro /dev --size N --tmpfs /tmp
+          --seccomp FD   (the filter of seccomp.py, read from a pipe)
           --bind <run>/work /work --ro-bind <run>/in /work/in --chdir /work --clearenv ...
           -- prlimit <limits> -- nice -n 10 -- <interpreter> <entry>
 
@@ -22,12 +23,18 @@ Why each part:
   processes only (per-namespace ucounts), not every process of the uid.
 - ``--die-with-parent`` + the pid namespace: killing the outer bwrap on a timeout kills the
   sandbox's pid 1, and with it every process the code started.
+- ``/dev/shm`` is a tmpfs of its own with a size: under ``--dev`` alone it is a folder of
+  /dev's tmpfs, which has none (tmpfs pages are not counted by RLIMIT_DATA); /dev itself is
+  then remounted read-only (it was writable by the sandbox user, and as unsized).
+- ``--seccomp``: bwrap installs the filter (with no_new_privs) right before it executes the
+  command, after its own namespace and mount set-up, which the filter would refuse.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shlex
 import signal
@@ -39,10 +46,12 @@ from pathlib import Path
 from typing import Final
 
 from node_workers.sandbox.backend import BackendName, RawRun, SandboxJob
+from node_workers.sandbox.cgroups import CgroupV1, RunCgroup, cgroup_join_prefix
 from node_workers.sandbox.errors import SandboxFailedError
 from node_workers.sandbox.limits import SandboxConfig
 from node_workers.sandbox.logs import HeadTailBuffer
 from node_workers.sandbox.models import Lang
+from node_workers.sandbox.seccomp import bpf_program
 from node_workers.sandbox.workdir import work_overflow
 
 __all__ = [
@@ -71,7 +80,9 @@ ETC_FILES: Final = (
 NETWORK_ETC_FILES: Final = ("/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf")
 # The sandbox's private tmpfs, not the host's /tmp.
 SANDBOX_TMP: Final = "/tmp"  # noqa: S108
+SANDBOX_SHM: Final = "/dev/shm"  # noqa: S108  # the sandbox's own, sized tmpfs
 ROOT_LINKS: Final = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+log = logging.getLogger(__name__)
 
 
 # Runs inside the sandbox as the parent of the user's program, so the run's peak memory can be
@@ -171,6 +182,7 @@ def build_command(
     as_root: bool,
     status_fd: int | None = None,
     usage_fd: int | None = None,
+    seccomp_fd: int | None = None,
     root_entries: list[str] | None = None,
 ) -> list[str]:
     """The full argv for one run (pure given ``root_entries``; see the module docstring)."""
@@ -210,6 +222,14 @@ def build_command(
         "--dev",
         "/dev",
         "--size",
+        str(limits.shm_size_bytes),
+        "--tmpfs",
+        SANDBOX_SHM,
+        # /dev's own tmpfs (device nodes, the shm folder) has no size and is writable by the
+        # sandbox user: read-only, or it would be an unsized /dev/shm under another name.
+        "--remount-ro",
+        "/dev",
+        "--size",
         str(limits.tmp_size_bytes),
         "--tmpfs",
         SANDBOX_TMP,
@@ -231,6 +251,8 @@ def build_command(
         command += ["--setenv", name, value]
     if status_fd is not None:
         command += ["--json-status-fd", str(status_fd)]
+    if seccomp_fd is not None:
+        command += ["--seccomp", str(seccomp_fd)]
     command.append("--")
     if usage_fd is not None:
         command += [config.launcher_python, "-I", "-S", "-c", LAUNCHER, str(usage_fd)]
@@ -248,6 +270,11 @@ def bubblewrap_problem(config: SandboxConfig) -> str | None:
     missing = [path for path in needed if not os.access(path, os.X_OK)]
     if missing:
         return f"missing executables: {', '.join(missing)}"
+    if config.seccomp:
+        try:
+            bpf_program()
+        except ValueError as exc:
+            return str(exc)
     return None
 
 
@@ -319,8 +346,47 @@ class BubblewrapBackend:
 
     def __init__(self, config: SandboxConfig) -> None:
         self.config = config
+        # Assembled once per backend (a few hundred bytes); a machine without a syscall table
+        # fails here, before any run, unless the operator turned the filter off.
+        self._filter = bpf_program() if config.seccomp else None
+        self._cgroups: CgroupV1 | None = None
+        if config.cgroups:
+            cgroups = CgroupV1(config.cgroup_root)
+            if cgroups.available:
+                self._cgroups = cgroups
+            else:
+                log.info("bubblewrap sandbox without cgroup limits: %s", cgroups.problem)
+
+    def _cgroup(self, job: SandboxJob) -> RunCgroup | None:
+        if self._cgroups is None:
+            return None
+        try:
+            return self._cgroups.create(job.limits)
+        except OSError as exc:  # e.g. a controller refusing a value: rlimits still hold
+            log.warning("sandbox cgroup not created (%s); running with rlimits only", exc)
+            return None
+
+    def _seccomp_pipe(self) -> int | None:
+        """A pipe holding the filter, its read end for bwrap (it reads to EOF)."""
+        if self._filter is None:
+            return None
+        read_end, write_end = os.pipe()
+        try:
+            os.write(write_end, self._filter)  # far below the pipe's buffer: never blocks
+        finally:
+            os.close(write_end)
+        return read_end
 
     def run(self, job: SandboxJob, cancel: threading.Event) -> RawRun:
+        group = self._cgroup(job)
+        try:
+            return self._run(job, cancel, group)
+        finally:
+            if group is not None:
+                group.remove()
+
+    def _run(self, job: SandboxJob, cancel: threading.Event, group: RunCgroup | None) -> RawRun:
+        seccomp_read = self._seccomp_pipe()
         status_read, status_write = os.pipe()
         usage_read, usage_write = os.pipe()
         log_read, log_write = os.pipe()
@@ -330,7 +396,11 @@ class BubblewrapBackend:
             as_root=os.geteuid() == 0,
             status_fd=status_write,
             usage_fd=usage_write,
+            seccomp_fd=seccomp_read,
         )
+        if group is not None:  # joined by a root shell before setpriv: no process escapes
+            command = cgroup_join_prefix(group.procs_files) + command
+        passed = (status_write, usage_write) + (() if seccomp_read is None else (seccomp_read,))
         started = time.monotonic()
         try:
             process = subprocess.Popen(  # argv list, no shell; see build_command
@@ -338,7 +408,7 @@ class BubblewrapBackend:
                 stdin=subprocess.DEVNULL,
                 stdout=log_write,
                 stderr=log_write,  # one pipe: stdout and stderr stay in order
-                pass_fds=(status_write, usage_write),
+                pass_fds=passed,
                 start_new_session=True,
                 env={"PATH": "/usr/bin:/bin"},
                 cwd=job.host_work.parent,
@@ -348,7 +418,7 @@ class BubblewrapBackend:
                 os.close(fd)
             raise SandboxFailedError(f"Could not start bubblewrap: {exc}") from exc
         finally:
-            for fd in (status_write, usage_write, log_write):
+            for fd in (*passed, log_write):
                 os.close(fd)
         buffer = HeadTailBuffer(self.config.log_cap_bytes)
         logs, status, usage = (

@@ -23,13 +23,14 @@ log, no log driver: nothing is written to the engine's disk). Limits:
   output cap + 1, NOFILE, no core; RLIMIT_CPU only as a backstop, ``ceil(cpu * timeoutSec)`` + 1;
 - cgroups on top: ``nano_cpus`` = ``cpu`` (a real quota: a busy loop gets ``cpu`` vCPUs, so it
   runs until the wall clock and ends as a timeout, where bubblewrap's CPU-seconds budget ends it
-  earlier with SIGXCPU), ``pids_limit`` = ``processes`` (not
-  RLIMIT_NPROC: without a user namespace it would count every process of the uid on the host,
-  other sandboxes included), ``mem_limit`` = ``memswap_limit`` = ``memMb`` + /tmp + 64 MiB, a
-  bound on the whole container (all processes, tmpfs, page cache) that bubblewrap lacks;
-- read-only root, a /tmp tmpfs of the configured size, all capabilities dropped,
-  ``no-new-privileges``, the unprivileged uid, ``network_mode`` none (host when network is
-  allowed and requested: the engine has no bridge);
+  earlier with SIGXCPU), ``pids_limit`` = ``processes`` (not RLIMIT_NPROC: without a user
+  namespace it would count every process of the uid on the host, other sandboxes included),
+  ``mem_limit`` = ``memswap_limit`` = ``memMb`` + /tmp + /dev/shm + 64 MiB, a bound on the
+  whole container (all processes, tmpfs, page cache);
+- read-only root, a /tmp tmpfs of the configured size, /dev/shm of the run's size
+  (``shm_size``), the seccomp profile of seccomp.py (``security_opt``, replacing the engine's
+  default profile), all capabilities dropped, ``no-new-privileges``, the unprivileged uid,
+  ``network_mode`` none (host when network is allowed and requested: the engine has no bridge);
 - the wall clock, cancel and the /work watchdog as under bubblewrap: the watchdog reads the
   volume's folder on this host (``Mountpoint``) with the same check. With a remote engine that
   folder is not visible: then only RLIMIT_FSIZE and the capped copy-out bound the outputs.
@@ -62,6 +63,7 @@ from node_workers.sandbox.bubblewrap import LAUNCHER, SANDBOX_TMP, program_comma
 from node_workers.sandbox.errors import SandboxFailedError
 from node_workers.sandbox.limits import IMAGE_INTERPRETERS, MIB, SandboxConfig
 from node_workers.sandbox.logs import HeadTailBuffer
+from node_workers.sandbox.seccomp import docker_security_opt
 from node_workers.sandbox.workdir import directory_usage, work_overflow
 
 __all__ = ["DockerBackend", "docker_client", "docker_problem"]
@@ -249,12 +251,24 @@ class DockerBackend:
     def __init__(self, config: SandboxConfig, client: Any) -> None:
         self.config = config
         self.client = client
-        self._cpus: int | None = None
+        self._info: dict[str, Any] | None = None
+
+    def _engine_info(self) -> dict[str, Any]:
+        if self._info is None:
+            self._info = dict(self.client.info())
+        return self._info
 
     def _engine_cpus(self) -> int:
-        if self._cpus is None:
-            self._cpus = int(self.client.info().get("NCPU") or 1)
-        return self._cpus
+        return int(self._engine_info().get("NCPU") or 1)
+
+    def _security_opt(self) -> list[str]:
+        options = ["no-new-privileges"]
+        if self.config.seccomp:
+            try:
+                options.append(docker_security_opt(self._engine_info().get("Architecture")))
+            except ValueError as exc:  # an engine on a machine without a syscall table
+                raise SandboxFailedError(f"Docker sandbox: {exc}") from exc
+        return options
 
     def run(self, job: SandboxJob, cancel: threading.Event) -> RawRun:
         import docker.errors
@@ -398,7 +412,9 @@ class DockerBackend:
             f"2:{backstop}",
             *program_command(job, image_config),
         ]
-        memory = limits.data_bytes + limits.tmp_size_bytes + _MEMORY_HEADROOM
+        memory = (
+            limits.data_bytes + limits.tmp_size_bytes + limits.shm_size_bytes + _MEMORY_HEADROOM
+        )
         cpus = min(max(limits.cpus, 0.01), self._engine_cpus())
         return self.client.containers.create(
             config.image,
@@ -416,7 +432,8 @@ class DockerBackend:
             pids_limit=limits.processes,
             read_only=True,
             tmpfs={SANDBOX_TMP: f"rw,exec,nosuid,nodev,size={limits.tmp_size_bytes},mode=1777"},
-            security_opt=["no-new-privileges"],
+            shm_size=limits.shm_size_bytes,
+            security_opt=self._security_opt(),
             cap_drop=["ALL"],
             ulimits=[
                 # A backstop one CPU-second above the budget: under the quota a process reaches

@@ -11,6 +11,7 @@ from node_workers.errors import NonRetryableNodeError, RetryableNodeError
 
 __all__ = [
     "InputError",
+    "LimitAboveMaximumError",
     "NetworkNotAllowedError",
     "SandboxFailedError",
     "SandboxUnavailableError",
@@ -46,3 +47,10 @@ class InputError(NonRetryableNodeError):
     """An input or code_ref could not be used (missing blob, over the size cap)."""
 
     error_class = "InputError"
+
+
+class LimitAboveMaximumError(NonRetryableNodeError):
+    """The request asks for more memory, CPU, processes or time than the operator allows
+    (``REFLUX_SANDBOX_MAX_*``); the message names each field path and its maximum."""
+
+    error_class = "LimitAboveMaximum"

@@ -15,7 +15,12 @@ a wall clock enforced by the parent:
   detected after the run) and a watchdog on the work directory's total size.
 
 The docker backend sets the same rlimits as ulimits (RLIMIT_CPU one CPU-second higher, as a
-backstop behind its CPU quota) and adds cgroup limits; see docker_backend.py.
+backstop behind its CPU quota) and adds cgroup limits; see docker_backend.py. bubblewrap adds
+cgroup v1 limits where the worker may write them (cgroups.py).
+
+The operator's maximums (``SandboxConfig.max_*``, ``REFLUX_SANDBOX_MAX_*``) bound what a request
+may ask for: :func:`limit_violations` names every field over its maximum, and the runner refuses
+such a request before anything runs (docs/decisions/0042-sandbox-seccomp-and-maximums.md).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Literal
 
+from foundation.settings import Settings
 from node_workers.sandbox.image import sandbox_image_tag
 from node_workers.sandbox.models import Lang, Limits
 
@@ -35,9 +41,12 @@ __all__ = [
     "DEFAULT_SANDBOX_UID",
     "IMAGE_INTERPRETERS",
     "BackendChoice",
+    "LimitViolation",
     "ResourceLimits",
     "SandboxConfig",
+    "limit_violations",
     "resource_limits",
+    "setting_name",
 ]
 
 MIB: Final = 1024 * 1024
@@ -91,11 +100,94 @@ class SandboxConfig:
     log_cap_bytes: int = 64 * 1024
     tmp_size_bytes: int = 64 * MIB
     """Size of the sandbox's private /tmp (a tmpfs: memory not counted by RLIMIT_DATA)."""
+    shm_size_bytes: int = 64 * MIB
+    """Size of the sandbox's /dev/shm (a tmpfs, like /tmp), further bounded by ``memMb``."""
     max_open_files: int = 256
+    seccomp: bool = True
+    """Install the seccomp filter (node_workers/sandbox/seccomp.py) in both backends. Off only
+    for a machine the filter has no syscall table for."""
+    cgroups: bool = True
+    """bubblewrap: put each run in cgroup v1 memory/pids/cpu groups when the worker may create
+    them (node_workers/sandbox/cgroups.py); without, rlimits alone hold."""
+    cgroup_root: Path = Path("/sys/fs/cgroup")
+    max_mem_mb: int = 4096
+    """Operator maximums: a request asking for more is refused (``REFLUX_SANDBOX_MAX_*``)."""
+    max_cpu: float = 4.0
+    max_processes: int = 512
+    max_timeout_sec: float = 900.0
     nice: int = 10
     watchdog_interval_s: float = 0.2
     max_parallel_runs: int = 8
     output_key_prefix: str = "code-run"
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: object) -> SandboxConfig:
+        """The operator's settings (``REFLUX_SANDBOX_*``); ``overrides`` win."""
+        values: dict[str, object] = {
+            "max_mem_mb": settings.sandbox_max_mem_mb,
+            "max_cpu": settings.sandbox_max_cpu,
+            "max_processes": settings.sandbox_max_processes,
+            "max_timeout_sec": settings.sandbox_max_timeout_sec,
+            "max_output_bytes": settings.sandbox_max_output_mb * MIB,
+            "tmp_size_bytes": settings.sandbox_tmp_mb * MIB,
+            "shm_size_bytes": settings.sandbox_shm_mb * MIB,
+        }
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]  # field types checked by the settings
+
+    def maximums(self) -> dict[str, float]:
+        """Request field (as the contract spells it) -> the most it may ask for."""
+        return {
+            "memMb": self.max_mem_mb,
+            "cpu": self.max_cpu,
+            "processes": self.max_processes,
+            "timeoutSec": self.max_timeout_sec,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class LimitViolation:
+    path: str
+    """Where in the step's params: ``params.limits.memMb``."""
+    requested: float
+    maximum: float
+    setting: str
+    """The environment variable that sets the maximum."""
+
+    @property
+    def message(self) -> str:
+        return (
+            f"{self.path}: Expected at most {self.maximum:g} (this worker's maximum, "
+            f"{self.setting}), but got {self.requested:g}"
+        )
+
+
+_SETTING_NAMES: Final = {
+    "memMb": "REFLUX_SANDBOX_MAX_MEM_MB",
+    "cpu": "REFLUX_SANDBOX_MAX_CPU",
+    "processes": "REFLUX_SANDBOX_MAX_PROCESSES",
+    "timeoutSec": "REFLUX_SANDBOX_MAX_TIMEOUT_SEC",
+}
+
+
+def setting_name(field: str) -> str:
+    """The environment variable holding the maximum of a request's ``limits`` field."""
+    return _SETTING_NAMES[field]
+
+
+def limit_violations(limits: Limits, config: SandboxConfig) -> list[LimitViolation]:
+    """Every requested limit above the operator's maximum (empty when the request fits)."""
+    requested = {
+        "memMb": limits.mem_mb,
+        "cpu": limits.cpu,
+        "processes": limits.processes,
+        "timeoutSec": limits.timeout_sec,
+    }
+    return [
+        LimitViolation(f"params.limits.{field}", requested[field], maximum, _SETTING_NAMES[field])
+        for field, maximum in config.maximums().items()
+        if requested[field] > maximum
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +205,7 @@ class ResourceLimits:
     open_files: int
     nice: int
     tmp_size_bytes: int
+    shm_size_bytes: int
     max_output_bytes: int
     max_output_files: int
 
@@ -143,6 +236,9 @@ def resource_limits(limits: Limits, config: SandboxConfig) -> ResourceLimits:
         open_files=config.max_open_files,
         nice=config.nice,
         tmp_size_bytes=config.tmp_size_bytes,
+        # tmpfs pages escape RLIMIT_DATA: /dev/shm never holds more than the program may
+        # allocate (issue 12: 192 MiB were written there under memMb 64).
+        shm_size_bytes=min(config.shm_size_bytes, limits.mem_mb * MIB),
         max_output_bytes=config.max_output_bytes,
         max_output_files=config.max_output_files,
     )

@@ -33,11 +33,17 @@ from node_workers.sandbox.bubblewrap import BubblewrapBackend, bubblewrap_proble
 from node_workers.sandbox.docker_backend import DockerBackend, docker_client, docker_problem
 from node_workers.sandbox.errors import (
     InputError,
+    LimitAboveMaximumError,
     NetworkNotAllowedError,
     SandboxUnavailableError,
     UnsupportedRequestError,
 )
-from node_workers.sandbox.limits import ResourceLimits, SandboxConfig, resource_limits
+from node_workers.sandbox.limits import (
+    ResourceLimits,
+    SandboxConfig,
+    limit_violations,
+    resource_limits,
+)
 from node_workers.sandbox.models import (
     MAX_CODE_BYTES,
     CodeRunError,
@@ -78,6 +84,9 @@ def exit_hint(exit_code: int, limits: ResourceLimits) -> str:
 
 def check_policy(request: CodeRunRequest, config: SandboxConfig) -> None:
     """Refuse what this worker will not run, before anything is fetched."""
+    violations = limit_violations(request.limits, config)
+    if violations:
+        raise LimitAboveMaximumError("; ".join(v.message for v in violations))
     network = request.limits.network
     if network == "limited":
         raise UnsupportedRequestError(
@@ -151,7 +160,8 @@ class SandboxRunner:
         store: BlobStore | None = None,
         settings: Settings | None = None,
     ) -> None:
-        self.config = config or SandboxConfig()
+        # Without an explicit config: the operator's REFLUX_SANDBOX_* settings (maximums, sizes).
+        self.config = config or SandboxConfig.from_settings(settings or get_settings())
         self._store = store
         self._settings = settings
         self._backend: SandboxBackend | None = None

@@ -31,6 +31,11 @@ One module per concern; import from this package, which re-exports the public na
 
 from __future__ import annotations
 
+from node_workers.secrets.encryption import (
+    EncryptedFileSecretProvider,
+    KeyManager,
+    LocalKeyManager,
+)
 from node_workers.secrets.errors import SecretProviderError, SecretUnavailable
 from node_workers.secrets.grants import GRANTS_FILES, GrantsFile, SecretGrants
 from node_workers.secrets.log_redaction import install_log_redaction
@@ -50,9 +55,12 @@ __all__ = [
     "GRANTS_FILES",
     "REDACTED",
     "ChainSecretProvider",
+    "EncryptedFileSecretProvider",
     "EnvSecretProvider",
     "FileSecretProvider",
     "GrantsFile",
+    "KeyManager",
+    "LocalKeyManager",
     "Redactor",
     "SecretGrants",
     "SecretProvider",

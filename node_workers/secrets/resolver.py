@@ -14,6 +14,7 @@ from typing import Any
 
 from foundation.errors import ConfigurationError, RefluxError
 from foundation.settings import Settings
+from node_workers.secrets.encryption import EncryptedFileSecretProvider, key_manager_from_settings
 from node_workers.secrets.errors import SecretProviderError, SecretUnavailable
 from node_workers.secrets.grants import GRANTS_FILES, GrantsFile, SecretGrants
 from node_workers.secrets.log_redaction import install_log_redaction
@@ -102,8 +103,9 @@ def no_secrets() -> SecretResolver:
 
 
 def resolver_from_settings(settings: Settings) -> SecretResolver:
-    """The worker's resolver: files in ``secrets_dir`` (one per secret, then ``secrets.yaml``),
-    then ``REFLUX_SECRET_<NAME>``; grants from ``secrets_dir/grants.yaml`` (or .yml/.json)."""
+    """The worker's resolver: files in ``secrets_dir`` (``NAME.enc`` encrypted, decrypted with
+    ``secrets_key``; ``NAME``; then ``secrets.yaml``), then ``REFLUX_SECRET_<NAME>``; grants
+    from ``secrets_dir/grants.yaml`` (or .yml/.json)."""
     directory = settings.secrets_dir
     if directory is None:
         return SecretResolver(
@@ -114,7 +116,11 @@ def resolver_from_settings(settings: Settings) -> SecretResolver:
         raise ConfigurationError(
             f"Expected secrets_dir {directory} to be a directory, but it is not"
         )
-    providers: list[SecretProvider] = [FileSecretProvider(directory)]
+    # Encrypted files first: once a secret is encrypted, a stale plaintext copy never wins.
+    providers: list[SecretProvider] = [
+        EncryptedFileSecretProvider(directory, key_manager_from_settings(settings)),
+        FileSecretProvider(directory),
+    ]
     providers += [
         FileSecretProvider(directory / n) for n in MAPPING_FILES if (directory / n).is_file()
     ]

@@ -45,6 +45,7 @@ from projections.postgres.connection import ReconnectingConnection
 from projections.postgres.identifiers import table
 from schemas.models import MutationAction, MutationRequest
 from streams.producer import Producer
+from streams.security import kafka_client_config
 from streams.topics import TopicCatalog
 
 __all__ = [
@@ -134,7 +135,7 @@ class TraceCosts:
         self.topic = catalog.traces.topic
         self._consumer = Consumer(
             {
-                "bootstrap.servers": settings.kafka_bootstrap,
+                **kafka_client_config(settings),
                 "group.id": f"{settings.topic_prefix}.canary-traces",  # never committed
                 "enable.auto.commit": False,
                 "isolation.level": "read_committed",

@@ -56,6 +56,7 @@ from processors.critic.runs import DependencyOracle
 from processors.critic.view import TraceViewError, view_from_json
 from schemas.serde import encode
 from streams.admin import ensure_topics
+from streams.security import faust_credentials
 from streams.topics import TopicCatalog
 
 __all__ = ["ENGINES", "CriticEngineError", "CriticProcessor", "RuntimeStats"]
@@ -145,6 +146,7 @@ class CriticProcessor:
         app = faust.App(
             self.app_id,
             broker=f"kafka://{self.settings.kafka_bootstrap}",
+            broker_credentials=faust_credentials(self.settings),
             store="memory://",
             processing_guarantee="at_least_once",
             topic_partitions=traces.partitions,

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from foundation.errors import RefluxError
+from foundation.parse_limits import load_yaml
 from foundation.settings import get_settings
 
 __all__ = ["add_optimizer_command", "load_config"]
@@ -35,8 +36,8 @@ def load_config(path: str | None) -> Any:
     if path is None:
         return OptimizerConfig()
     try:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
+        raw = load_yaml(Path(path).read_text()) or {}
+    except (OSError, ValueError, yaml.YAMLError) as exc:
         raise RefluxError(f"--config {path}: {exc}", error_class="Config") from None
     if not isinstance(raw, dict):
         raise RefluxError(f"--config {path}: expected a mapping", error_class="Config")

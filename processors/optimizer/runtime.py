@@ -74,6 +74,7 @@ from schemas.models import Diagnosis, MutationAction, MutationRequest
 from schemas.serde import decode
 from streams.admin import ensure_topics
 from streams.producer import Producer
+from streams.security import faust_credentials
 from streams.topics import TopicCatalog, TopicSpec
 from workflows.data_dependencies import CatalogSideEffects, SideEffectView
 from workflows.model import WorkflowDefinition
@@ -487,6 +488,7 @@ class OptimizerProcessor:
         app = faust.App(
             self.app_id,
             broker=f"kafka://{self.settings.kafka_bootstrap}",
+            broker_credentials=faust_credentials(self.settings),
             store="memory://",
             web_enabled=False,
             loop=loop,

@@ -1010,7 +1010,8 @@ class ShadowReplay:
         schemas, self._schemas = self._schemas, []
         for prefix in prefixes:
             _delete_kafka_prefix(self.settings, prefix)
-            for url in {self.settings.redis_url, self.settings.ledger_redis_url}:
+            stores = (self.settings.ledger_redis_url, self.settings.webhook_store_url)
+            for url in {self.settings.redis_url, *stores}:
                 _delete_redis_prefix(url, f"{prefix}:")
         if schemas:
             with psycopg.connect(self.settings.postgres_dsn, autocommit=True) as conn:

@@ -645,6 +645,7 @@ def _(event: WorkflowRegistered, schema: str) -> Plan:
 
 _CATALOG_NAMESPACE: Final = uuid.UUID("6f1c2a8e-3d0b-5c53-9a41-7e2f1b0c9d11")
 _NODE_NAME: Final = re.compile(r"^[a-z0-9][a-z0-9_-]*(\.[a-z0-9][a-z0-9_-]*)*$")
+_PG_INT_MAX: Final = 2**31 - 1
 _SEMVER: Final = re.compile(r"^\d+\.\d+\.\d+(?:-[0-9A-Za-z.-]+)?$")
 # Semver order in SQL: numeric core, then a release after its pre-releases.
 _SEMVER_ORDER: Final = (
@@ -684,6 +685,9 @@ def _check_entry(event: NodeCatalogEntry) -> None:
         problems.append(f"a dotted lowercase node name, but got {event.name!r}")
     if not _SEMVER.fullmatch(event.version):
         problems.append(f"a semver version, but got {event.version!r}")
+    elif any(int(part) > _PG_INT_MAX for part in event.version.split("-", 1)[0].split(".")):
+        # _SEMVER_ORDER casts the parts to integer[]: a larger one fails the whole batch.
+        problems.append(f"semver parts of at most {_PG_INT_MAX}, but got {event.version!r}")
     if not 0.0 <= event.rollout_weight <= 1.0:
         problems.append(f"a rollout weight between 0 and 1, but got {event.rollout_weight!r}")
     if problems:

@@ -9,14 +9,20 @@ ClickHouse has no transactional DDL, so every statement is written to be idempot
 EXISTS``): a migration that failed half-way is completed by running :func:`apply` again. The
 checksum is taken over the template, not the rendered SQL, so moving to another broker does not
 look like an edited migration; an edited template is refused, as for the Postgres migrations.
-Settings baked into the Kafka table at creation (broker list, tuning) change only by a new
-migration that recreates ``traces_queue``.
+Settings baked into the Kafka table at creation (tuning) change only by a new migration that
+recreates ``traces_queue``. The connection (broker list and Kafka security, ``streams.security``)
+is not schema: it rides on the ``$kafka_broker_list`` placeholder (so the templates and their
+checksums stay as applied), and :func:`apply` recreates the Kafka table when the one in the store
+points at another broker or protocol or user than the settings (:func:`reconnect_ingest`, which
+also serves a rotated password: ClickHouse hides the stored one).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
@@ -25,7 +31,10 @@ from typing import Final
 from foundation.errors import ConfigurationError
 from foundation.settings import Settings
 from projections.clickhouse import ClickHouse
+from streams.security import clickhouse_kafka_settings
 from streams.topics import TopicCatalog
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_DATABASE",
@@ -39,6 +48,7 @@ __all__ = [
     "drop",
     "load_migrations",
     "quote_string",
+    "reconnect_ingest",
     "render",
     "template_params",
     "validate_database",
@@ -51,6 +61,17 @@ _FILE: Final = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
 _IDENTIFIER: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 # A statement ends with ";" at the end of a line; the templates keep ";" out of everything else.
 _STATEMENT_END: Final = re.compile(r";[ \t]*(?:\n|$)")
+INGEST_MIGRATION: Final = 3
+"""The migration that creates the Kafka table ``traces_queue`` and the views reading it."""
+_QUEUE_SETTING: Final = re.compile(r"\b(kafka_[a-z_]+) = '((?:[^'\\]|\\.)*)'")
+# What identifies the queue's connection; the password is compared by nobody (ClickHouse shows
+# '[HIDDEN]'), so a rotated password needs reconnect_ingest.
+_CONNECTION_KEYS: Final = (
+    "kafka_broker_list",
+    "kafka_security_protocol",
+    "kafka_sasl_mechanism",
+    "kafka_sasl_username",
+)
 
 
 class MigrationError(ConfigurationError):
@@ -94,12 +115,17 @@ class TemplateParams:
     traces_topic: str
     consumer_group: str
     tuning: IngestTuning = field(default_factory=IngestTuning)
+    kafka_security: Mapping[str, str] = field(default_factory=dict, repr=False)
+    """``streams.security.clickhouse_kafka_settings``: SETTINGS after the broker list."""
 
     def substitutions(self) -> dict[str, str]:
         """Values as they appear in SQL: an identifier, quoted strings, integers."""
+        security = "".join(
+            f",\n    {name} = {quote_string(value)}" for name, value in self.kafka_security.items()
+        )
         return {
             "database": validate_database(self.database),
-            "kafka_broker_list": quote_string(self.kafka_broker_list),
+            "kafka_broker_list": quote_string(self.kafka_broker_list) + security,
             "traces_topic": quote_string(self.traces_topic),
             "consumer_group": quote_string(self.consumer_group),
             "kafka_flush_interval_ms": str(self.tuning.flush_interval_ms),
@@ -140,6 +166,7 @@ def template_params(
         traces_topic=TopicCatalog.from_settings(settings).traces.topic,
         consumer_group=consumer_group(settings, database),
         tuning=tuning or IngestTuning(),
+        kafka_security=clickhouse_kafka_settings(settings),
     )
 
 
@@ -239,7 +266,58 @@ def apply(
             {"version": migration.version, "name": migration.name, "checksum": migration.checksum},
         )
         applied_now.append(migration.version)
+    if INGEST_MIGRATION in done and _queue_connection(ch, params.database) != _connection(params):
+        log.warning(
+            "traces_queue in %s reads another broker/protocol/user than the settings: recreating "
+            "it (the consumer group keeps its offsets)",
+            params.database,
+        )
+        reconnect_ingest(ch, settings, database=database, tuning=tuning)
     return applied_now
+
+
+def _connection(params: TemplateParams) -> dict[str, str]:
+    wanted = {"kafka_broker_list": params.kafka_broker_list, **params.kafka_security}
+    return {k: wanted[k] for k in _CONNECTION_KEYS if k in wanted}
+
+
+def _queue_connection(ch: ClickHouse, database: str) -> dict[str, str] | None:
+    rows = ch.query(
+        "SELECT create_table_query AS q FROM system.tables "
+        "WHERE database = %(db)s AND name = 'traces_queue'",
+        {"db": database},
+    )
+    if not rows:
+        return None
+    found = {
+        name: value.replace("\\'", "'").replace("\\\\", "\\")
+        for name, value in _QUEUE_SETTING.findall(str(rows[0]["q"]))
+    }
+    return {k: found[k] for k in _CONNECTION_KEYS if k in found}
+
+
+def reconnect_ingest(
+    ch: ClickHouse,
+    settings: Settings,
+    *,
+    database: str = DEFAULT_DATABASE,
+    tuning: IngestTuning | None = None,
+    migrations: list[Migration] | None = None,
+) -> None:
+    """Recreate the Kafka table and its views with the settings' connection (another broker,
+    protocol, user or password). The consumer group is the same, so ingestion resumes at the
+    committed offsets."""
+    params = template_params(settings, database=database, tuning=tuning)
+    ingest = next(
+        m
+        for m in (migrations if migrations is not None else load_migrations())
+        if m.version == INGEST_MIGRATION
+    )
+    for view in ("traces_errors_mv", "traces_mv"):
+        ch.command(f"DROP VIEW IF EXISTS {params.database}.{view}")
+    ch.command(f"DROP TABLE IF EXISTS {params.database}.traces_queue")
+    for statement in render(ingest, params):  # every statement is IF NOT EXISTS
+        ch.command(statement)
 
 
 def drop(ch: ClickHouse, database: str = DEFAULT_DATABASE) -> None:

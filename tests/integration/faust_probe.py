@@ -10,6 +10,9 @@ import os
 
 import faust
 
+from foundation.settings import Settings
+from streams.security import faust_credentials
+
 BROKER = os.environ.get("PROBE_BROKER", "kafka://127.0.0.1:19092")
 IN_TOPIC = os.environ["PROBE_IN"]
 OUT_TOPIC = os.environ["PROBE_OUT"]
@@ -18,6 +21,8 @@ GUARANTEE = os.environ.get("PROBE_GUARANTEE", "at_least_once")
 app = faust.App(
     os.environ["PROBE_APP"],
     broker=BROKER,
+    # REFLUX_KAFKA_* of the environment, as the project's own faust apps take them.
+    broker_credentials=faust_credentials(Settings()),
     store="memory://",
     processing_guarantee=GUARANTEE,
     topic_partitions=2,

@@ -553,16 +553,21 @@ def test_webhook_signature_and_trigger(env: Env) -> None:
     env.project()
 
     body = json.dumps({"order_id": 5}).encode()
-    unsigned = env.client.post("/v1/hooks/signed-wf", content=body)
-    assert unsigned.status_code == 401 and "X-Reflux-Signature" in unsigned.json()["detail"]
+    path = "/v1/hooks/signed-wf"
+    unsigned = env.client.post(path, content=body)
+    assert unsigned.status_code == 401 and "Reflux-Signature" in unsigned.json()["detail"]
     forged = env.client.post(
-        "/v1/hooks/signed-wf", content=body, headers={"X-Reflux-Signature": sign("wrong", body)}
+        path, content=body, headers={"Reflux-Signature": sign("wrong", "POST", path, body)}
     )
-    assert forged.status_code == 401
+    assert forged.status_code == 401 and "(wrong)" in forged.json()["detail"]
     signed = env.client.post(
-        "/v1/hooks/signed-wf",
+        path,
         content=body,
-        headers={"X-Reflux-Signature": sign(SECRET, body), "Idempotency-Key": "delivery-9"},
+        headers={
+            # A rotation: the sender signs with the next and the current secret.
+            "Reflux-Signature": sign(["next-secret", SECRET], "POST", path, body),
+            "Idempotency-Key": "delivery-9",
+        },
     )
     assert signed.status_code == 202, signed.text
     assert signed.json()["run_id"] == run_id_for_trigger("webhook", "delivery-9")

@@ -15,6 +15,7 @@ from processors.canary.runtime import TraceCosts, final_effect
 from schemas.models import Trace, TraceStatus
 from schemas.trace_json import encode_trace
 from streams.producer import Producer
+from streams.security import kafka_client_config
 from streams.topics import TopicCatalog
 
 
@@ -59,7 +60,7 @@ def test_costs_are_summed_per_run_from_the_start_time_once_per_trace(
     finally:
         producer.close()
     # The old trace carries an old Kafka timestamp: before the start time.
-    raw = KafkaProducer({"bootstrap.servers": kafka_settings.kafka_bootstrap})
+    raw = KafkaProducer({**kafka_client_config(kafka_settings)})
     raw.produce(
         topics.traces.topic,
         encode_trace(old),

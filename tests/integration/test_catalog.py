@@ -30,6 +30,7 @@ from projections.postgres.writer import load_offsets
 from projections.projector import Projector
 from schemas.models import NodeStatus
 from streams.admin import admin_client
+from streams.security import kafka_client_config
 from streams.topics import TopicCatalog
 from tests.support.waiting import eventually
 
@@ -79,7 +80,7 @@ def env(kafka_settings: Settings, topics: TopicCatalog) -> Iterator[Env]:
     thread = threading.Thread(target=projector.run, args=(stop,), daemon=True)
     thread.start()
     watched = [topics.runs.topic, topics.workflows.topic, topics.nodes.topic]
-    probe = KafkaConsumer({"bootstrap.servers": kafka_settings.kafka_bootstrap, "group.id": name})
+    probe = KafkaConsumer({**kafka_client_config(kafka_settings), "group.id": name})
 
     def project(timeout: float = 20.0) -> None:
         targets: dict[tuple[str, int], int] = {}

@@ -20,6 +20,7 @@ import dataclasses
 import json
 import os
 import socket
+import subprocess
 import threading
 import time
 import uuid
@@ -36,6 +37,7 @@ from node_workers.nodes.code_run import CodeRunInput, CodeRunNode
 from node_workers.sandbox import (
     CodeRunRequest,
     CodeRunResult,
+    LimitAboveMaximumError,
     SandboxConfig,
     SandboxRunner,
     SandboxUnavailableError,
@@ -401,3 +403,192 @@ def test_code_run_node(runner: SandboxRunner) -> None:
         assert time.monotonic() - started < 2
 
     asyncio.run(scenario())
+
+
+# -- issue 12: /dev/shm sized, a seccomp filter, operator maximums -------------------------------
+
+SHM_PROBE = """
+import errno, json, os
+def fill(folder):
+    # files of 4 MiB: RLIMIT_FSIZE (the output cap) bounds each file on any file system
+    written, chunk, files = 0, b"x" * (1024 * 1024), []
+    try:
+        while written < 512 * 1024 * 1024:
+            files.append(os.path.join(folder, f"fill-{len(files)}"))
+            with open(files[-1], "wb") as handle:
+                for _ in range(4):
+                    handle.write(chunk)
+                    handle.flush()
+                    written += len(chunk)
+        return written, "no error"
+    except OSError as exc:
+        return written, errno.errorcode.get(exc.errno, str(exc.errno))
+    finally:
+        for path in files:
+            if os.path.exists(path):
+                os.unlink(path)
+shm, shm_error = fill("/dev/shm")
+try:
+    open("/dev/fill-here", "wb").close()
+    dev = "created"
+except OSError as exc:
+    dev = errno.errorcode.get(exc.errno, str(exc.errno))
+print(json.dumps({"shm_mib": shm / 2**20, "shm_error": shm_error, "dev": dev}))
+"""
+
+
+def test_dev_shm_is_size_limited(runner: SandboxRunner) -> None:
+    """Issue 12: 192 MiB could be written to /dev/shm with memMb 64. Now /dev/shm is a tmpfs
+    of min(64 MiB, memMb); /dev itself is not writable."""
+    report = _report(_run(runner, code=SHM_PROBE, limits={"memMb": 48}))
+    assert report["shm_error"] == "ENOSPC", report
+    assert 40 <= report["shm_mib"] <= 48, report
+    assert report["dev"] in {"EACCES", "EROFS"}, report  # /dev is no unsized tmpfs either
+    default = _report(_run(runner, code=SHM_PROBE, limits={"memMb": 256}))
+    assert default["shm_error"] == "ENOSPC" and 56 <= default["shm_mib"] <= 64, default
+
+
+# Each dangerous call with arguments that would succeed (or fail differently) without the
+# filter: the control run on the host below shows which do. ``--host`` (the control) leaves out
+# what must never run unfiltered as root on the worker: mount (it would mount over a host
+# folder) and ptrace. Even inside, mount's target is a folder the probe made for itself and is
+# unmounted again should the call ever succeed.
+SYSCALL_PROBE = """
+import ctypes, errno, json, os, subprocess, sys, tempfile, threading
+host = "--host" in sys.argv
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+buf = ctypes.create_string_buffer(4096)
+addr = ctypes.addressof(buf)
+def call(nr, *args):
+    ctypes.set_errno(0)
+    result = libc.syscall(ctypes.c_long(nr), *[ctypes.c_long(a) for a in args])
+    return {"result": result, "errno": errno.errorcode.get(ctypes.get_errno(), "0")}
+calls = {
+    "keyctl": (250, 0, -3, 0),  # KEYCTL_GET_KEYRING_ID of the session keyring
+    "bpf": (321, 0, addr, 72),  # BPF_MAP_CREATE, zeroed attributes
+    "perf_event_open": (298, addr, 0, -1, -1, 0),
+    "io_uring_setup": (425, 1, addr),
+    "unshare": (272, 0),  # no flags: a no-op that succeeds unfiltered
+    "personality": (135, 0x0040000),  # ADDR_NO_RANDOMIZE
+    "clone3": (435, 0, 0),
+    "process_vm_readv": (310, os.getpid(), 0, 0, 0, 0, 0),
+}
+report = {name: call(*args) for name, args in calls.items()}
+if not host:
+    report["ptrace"] = call(101, 0, 0, 0, 0)  # PTRACE_TRACEME
+    target = tempfile.mkdtemp()
+    fs = ctypes.create_string_buffer(b"tmpfs")
+    where = ctypes.create_string_buffer(target.encode())
+    fs_at, where_at = ctypes.addressof(fs), ctypes.addressof(where)
+    report["mount"] = call(165, fs_at, where_at, fs_at, 0, 0)
+    if report["mount"]["result"] == 0:
+        libc.umount2(where, 2)  # MNT_DETACH
+    os.rmdir(target)
+lines = open("/proc/self/status").read().splitlines()
+report["seccomp_mode"] = [line.split()[1] for line in lines if line.startswith("Seccomp:")][0]
+# ordinary code keeps working: threads (clone), a child process (clone/fork + exec)
+out = []
+thread = threading.Thread(target=lambda: out.append(sum(range(1000))))
+thread.start(); thread.join()
+report["thread"] = out == [499500]
+child = subprocess.run(["/bin/sh", "-c", "echo ok"], capture_output=True, text=True)
+report["child"] = child.stdout
+print(json.dumps(report))
+"""
+# getpid through the i386 ABI (int 0x80, its number 20): a foreign ABI whose numbers differ,
+# so a filter checking x86_64 numbers only would let everything through this door.
+I386_PROBE = """
+import ctypes, json, mmap, os
+code = b"\\xb8\\x14\\x00\\x00\\x00\\xcd\\x80\\xc3"  # mov eax, 20; int 0x80; ret
+page = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+page.write(code)
+result = ctypes.CFUNCTYPE(ctypes.c_int)(ctypes.addressof(ctypes.c_char.from_buffer(page)))()
+print(json.dumps({"result": result, "pid": os.getpid()}))
+"""
+DANGEROUS = ("keyctl", "bpf", "perf_event_open", "io_uring_setup", "mount", "ptrace", "unshare")
+
+
+def test_dangerous_syscalls_fail_inside_the_sandbox(runner: SandboxRunner) -> None:
+    report = _report(_run(runner, code=SYSCALL_PROBE))
+    for name in (*DANGEROUS, "personality", "process_vm_readv"):
+        assert report[name]["result"] == -1 and report[name]["errno"] == "EPERM", (name, report)
+    assert report["clone3"] == {"result": -1, "errno": "ENOSYS"}
+    assert report["seccomp_mode"] == "2"  # a filter is installed
+    assert report["thread"] is True and report["child"] == "ok\n"
+
+
+def test_foreign_abi_calls_fail(runner: SandboxRunner, backend: str) -> None:
+    result = _run(runner, code=I386_PROBE)
+    if backend == "bubblewrap":
+        assert json.loads(result.logs)["result"] == -1  # -EPERM in eax
+    else:
+        # libseccomp's bad-architecture action under runc: the process is killed (SIGSYS)
+        assert (result.status, result.metrics.exit_code) == ("error", 128 + 31), result
+
+
+def test_the_syscall_probe_succeeds_unfiltered() -> None:
+    """The control: on the host (no filter) the same calls succeed, so the failures above are
+    the filter's, not missing privileges."""
+    probe = subprocess.run(
+        ["/usr/bin/python3", "-c", SYSCALL_PROBE, "--host"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    report = json.loads(probe.stdout.strip().splitlines()[-1])
+    for name in ("keyctl", "unshare", "personality", "io_uring_setup", "process_vm_readv"):
+        assert report[name]["result"] >= 0, (name, report)
+    i386 = subprocess.run(
+        ["/usr/bin/python3", "-c", I386_PROBE],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert json.loads(i386.stdout)["result"] == json.loads(i386.stdout)["pid"]  # works unfiltered
+    assert report["seccomp_mode"] == "0"
+
+
+def test_requests_over_the_maximums_are_refused(
+    runner: SandboxRunner, store: S3BlobStore, local_services: Settings
+) -> None:
+    config = dataclasses.replace(runner.config, max_mem_mb=128, max_timeout_sec=10)
+    strict = SandboxRunner(config, store=store, settings=local_services)
+    try:
+        with pytest.raises(LimitAboveMaximumError) as caught:
+            _run(strict, code="print(1)", limits={"memMb": 256, "timeoutSec": 30})
+        assert str(caught.value) == (
+            "params.limits.memMb: Expected at most 128 (this worker's maximum, "
+            "REFLUX_SANDBOX_MAX_MEM_MB), but got 256; params.limits.timeoutSec: Expected at "
+            "most 10 (this worker's maximum, REFLUX_SANDBOX_MAX_TIMEOUT_SEC), but got 30"
+        )
+        assert not caught.value.retryable
+        fits = {"memMb": 128, "timeoutSec": 10}
+        assert _run(strict, code="print(1)", limits=fits).status == "ok"
+    finally:
+        strict.close()
+
+
+def test_memory_is_bounded_for_the_whole_sandbox(runner: SandboxRunner) -> None:
+    """RLIMIT_DATA bounds each process; a cgroup (Docker's, or bubblewrap's cgroup v1 group
+    where the worker may create one) bounds them together: eight children of 48 MiB each,
+    every one under memMb 64, exceed the sandbox's memMb + /tmp + /dev/shm + 64 MiB = 256 MiB
+    and the kernel's OOM killer ends some of them."""
+    code = """
+import json, os, time
+children = []
+for _ in range(8):
+    pid = os.fork()
+    if pid == 0:
+        data = b"x" * (48 << 20)  # written, so resident
+        time.sleep(2)
+        os._exit(0)
+    children.append(pid)
+codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in children]
+print(json.dumps({"codes": codes}))
+"""
+    report = _report(_run(runner, code=code, limits={"memMb": 64, "timeoutSec": 20}))
+    assert -9 in report["codes"], report  # SIGKILL by the OOM killer
+    assert 0 in report["codes"], report  # the others went on

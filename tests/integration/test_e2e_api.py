@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -82,28 +83,60 @@ def test_start_a_run_and_wait_for_it(harness: Harness, api: TestClient) -> None:
     assert_replay_equivalent(harness, body["run_id"])
 
 
+def _sender_signature(secret: str, path: str, body: bytes, timestamp: int) -> str:
+    """What a sender computes, from docs/triggers.md alone (not the project's helper)."""
+    message = f"{timestamp}.POST.{path}.".encode() + body
+    return f"t={timestamp},v1=" + hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+
+
 def test_webhook_starts_a_signed_run(harness: Harness, api: TestClient) -> None:
     definition = {**ECHO, "id": "hooked"}
     _register(api, definition)
     _wait_visible(api, "hooked")
     payload = json.dumps({"word": "from-hook"}).encode()
-    signature = hmac.new(SECRET.encode(), payload, hashlib.sha256).hexdigest()
-    unsigned = api.post(
-        "/v1/hooks/hooked", content=payload, headers={"content-type": "application/json"}
-    )
-    assert unsigned.status_code == 401
-    accepted = api.post(
-        "/v1/hooks/hooked",
-        content=payload,
-        headers={
-            "content-type": "application/json",
-            "X-Reflux-Signature": f"sha256={signature}",
-            "Idempotency-Key": "hook-1",
-        },
-    )
+    path = "/v1/hooks/hooked"
+    now = int(time.time())
+
+    def post(**headers: str) -> Any:
+        return api.post(
+            path, content=payload, headers={"content-type": "application/json", **headers}
+        )
+
+    refused = {
+        "missing": post(),
+        "wrong": post(**{"Reflux-Signature": _sender_signature("guess", path, payload, now)}),
+        "too_old": post(
+            **{"Reflux-Signature": _sender_signature(SECRET, path, payload, now - 301)}
+        ),
+        # Valid for another workflow's hook: the path is in the MAC.
+        "wrong-path": post(
+            **{"Reflux-Signature": _sender_signature(SECRET, "/v1/hooks/other", payload, now)}
+        ),
+        "legacy": post(
+            **{
+                "X-Reflux-Signature": "sha256="
+                + hmac.new(SECRET.encode(), payload, hashlib.sha256).hexdigest()
+            }
+        ),
+    }
+    for case, response in refused.items():
+        assert response.status_code == 401, (case, response.text)
+        reason = "wrong" if case == "wrong-path" else case
+        assert f"refused ({reason})" in response.json()["detail"], (case, response.text)
+    good = {"Reflux-Signature": _sender_signature(SECRET, path, payload, now)}
+    accepted = post(**good, **{"Idempotency-Key": "hook-1"})
     assert accepted.status_code == 202, accepted.text
     run = harness.wait(accepted.json()["run_id"])
     assert (run.status, run.outputs, run.source) == ("succeeded", {"said": "from-hook"}, "webhook")
+    # The same signed request again (even with another Idempotency-Key) is a replay.
+    again = post(**good, **{"Idempotency-Key": "hook-2"})
+    assert again.status_code == 401 and "refused (replayed)" in again.json()["detail"]
+    too_big = api.post(
+        path,
+        content=b'"' + b"x" * (1024 * 1024) + b'"',
+        headers={"content-type": "application/json"},
+    )
+    assert too_big.status_code == 413 and "at most 1048576 bytes" in too_big.json()["detail"]
 
 
 def test_illegal_command_is_a_409_with_the_reason(harness: Harness, api: TestClient) -> None:

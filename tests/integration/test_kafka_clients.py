@@ -17,13 +17,14 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from foundation.settings import Settings
+from streams.security import kafka_client_config
 from tests.support.waiting import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _create(settings: Settings, *topics: str) -> None:
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin = AdminClient({**kafka_client_config(settings)})
     futures = admin.create_topics([NewTopic(t, 2, 1) for t in topics])
     for future in futures.values():
         future.result(timeout=30)
@@ -38,7 +39,7 @@ def _drain(
 ) -> list[bytes]:
     consumer = Consumer(
         {
-            "bootstrap.servers": settings.kafka_bootstrap,
+            **kafka_client_config(settings),
             "group.id": f"drain-{uuid.uuid4()}",
             "auto.offset.reset": "earliest",
             "isolation.level": "read_committed",
@@ -70,9 +71,7 @@ def _drain(
 def test_confluent_kafka_idempotent_round_trip(kafka_settings: Settings) -> None:
     topic = f"{kafka_settings.topic_prefix}.probe-ck"
     _create(kafka_settings, topic)
-    producer = Producer(
-        {"bootstrap.servers": kafka_settings.kafka_bootstrap, "enable.idempotence": True}
-    )
+    producer = Producer({**kafka_client_config(kafka_settings), "enable.idempotence": True})
     for i in range(1000):
         producer.produce(topic, key=str(i % 7).encode(), value=str(i).encode())
     assert producer.flush(30) == 0
@@ -84,7 +83,7 @@ def test_faust_streaming_agent_with_table(kafka_settings: Settings, tmp_path: Pa
     prefix = kafka_settings.topic_prefix
     src, out = f"{prefix}.probe-in", f"{prefix}.probe-out"
     _create(kafka_settings, src, out)
-    producer = Producer({"bootstrap.servers": kafka_settings.kafka_bootstrap})
+    producer = Producer({**kafka_client_config(kafka_settings)})
     for i in range(200):
         producer.produce(src, key=str(i).encode(), value=str(i).encode())
     assert producer.flush(30) == 0

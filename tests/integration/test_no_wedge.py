@@ -29,6 +29,7 @@ from processors.scheduler.runtime import loop as scheduler_loop
 from processors.scheduler.runtime.loop import SchedulerRuntime
 from schemas.models import RedriveStep
 from streams.admin import admin_client
+from streams.security import kafka_client_config
 from tests.integration.engine_fixtures import (
     Harness,
     HarnessFactory,
@@ -136,9 +137,7 @@ def dlq_records(settings: Settings, harness: Harness) -> int:
     """Everything ever written to the dlq topic (its high watermarks; transaction markers count
     too, so 0 means no record at all)."""
     topic = harness.engine.catalog.dlq.topic
-    consumer = Consumer(
-        {"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"dlq-{uuid.uuid4().hex}"}
-    )
+    consumer = Consumer({**kafka_client_config(settings), "group.id": f"dlq-{uuid.uuid4().hex}"})
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         return sum(

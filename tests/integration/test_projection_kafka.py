@@ -27,6 +27,7 @@ from projections.projector import Progress, Projector, rebuild
 from schemas.models import DeadLetter, RunStarted, StartRun, StepScheduled, StepSucceeded
 from streams.consumer import Consumer
 from streams.producer import Producer
+from streams.security import kafka_client_config
 from streams.topics import TopicCatalog
 from tests.integration.kafka_fixtures import admin, catalog, drain, kafka_settings, topics
 from tests.integration.test_projection_scenarios import (
@@ -79,7 +80,7 @@ def counts(conn: psycopg.Connection, schema: str) -> dict[str, int]:
 
 
 def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
-    probe = RawConsumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "probe"})
+    probe = RawConsumer({**kafka_client_config(settings), "group.id": "probe"})
     try:
         meta = probe.list_topics(topic, timeout=10).topics[topic]
         return {
@@ -151,7 +152,7 @@ def test_kafka_group_offsets_are_only_a_hint(
     assert first.stats.applied == total + len(scenario.workflows)
 
     # Rewind the group's Kafka offsets to 0: a Kafka-driven projector would replay everything.
-    rewind = RawConsumer({"bootstrap.servers": kafka_settings.kafka_bootstrap, "group.id": group})
+    rewind = RawConsumer({**kafka_client_config(kafka_settings), "group.id": group})
     try:
         partitions = [
             TopicPartition(topic, p, 0)
@@ -193,9 +194,7 @@ def test_crash_mid_batch_resumes_without_gaps_or_duplicates(
     crashed.close()
     assert counts(pg, pg_schema)["run_events"] + counts(pg, pg_schema)["workflows"] == committed
     # Worse: Kafka's group offsets claim everything was consumed (a hint committed too early).
-    hint = RawConsumer(
-        {"bootstrap.servers": kafka_settings.kafka_bootstrap, "group.id": crashed.group_id}
-    )
+    hint = RawConsumer({**kafka_client_config(kafka_settings), "group.id": crashed.group_id})
     try:
         hint.commit(
             offsets=[

@@ -15,6 +15,7 @@ from processors.scheduler.runtime.results_gate import ResultsGate, read_past
 from schemas.models import FireTimer, NodeResult, TimerKind
 from schemas.samples import sample_record
 from streams.producer import Producer
+from streams.security import kafka_client_config
 from streams.topics import TopicCatalog
 from tests.support.waiting import eventually
 
@@ -31,7 +32,7 @@ def _timer(kind: TimerKind, due_at: datetime) -> FireTimer:
 def consumer(kafka_settings: Settings) -> Iterator[Consumer]:
     client = Consumer(
         {
-            "bootstrap.servers": kafka_settings.kafka_bootstrap,
+            **kafka_client_config(kafka_settings),
             "group.id": f"{kafka_settings.topic_prefix}.gate-{uuid.uuid4().hex[:6]}",
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",

@@ -21,6 +21,7 @@ from foundation.settings import Settings
 from processors.scheduler.retry_gate import CircuitState
 from schemas.models import Trace
 from schemas.trace_json import decode_trace
+from streams.security import kafka_client_config
 from tests.integration.engine_fixtures import HarnessFactory, assert_replay_equivalent
 from tests.integration.http_fixtures import HttpTestServer
 from tests.support.waiting import eventually
@@ -35,7 +36,7 @@ def _retry_traces(settings: Settings, topic: str, expected: int) -> list[Trace]:
     """The scheduler's retry traces on the traces topic, once ``expected`` of them arrived."""
     consumer = Consumer(
         {
-            "bootstrap.servers": settings.kafka_bootstrap,
+            **kafka_client_config(settings),
             "group.id": f"{settings.topic_prefix}.retry-traces-{uuid.uuid4().hex[:6]}",
             "enable.auto.commit": False,
             "isolation.level": "read_committed",

@@ -23,6 +23,7 @@ from processors.node_catalog.runtime_view import CatalogResolver, NodeCatalogKaf
 from schemas.models import NodeCatalogEntry, NodeStatus
 from schemas.trace_json import decode_trace
 from streams.producer import Producer
+from streams.security import kafka_client_config
 from streams.topics import TopicCatalog
 from tests.integration.engine_fixtures import Harness, HarnessFactory
 from tests.support.waiting import eventually
@@ -177,7 +178,7 @@ def worker_traces(settings: Settings, catalog: TopicCatalog, run_ids: list[str])
     wanted = set(run_ids)
     consumer = Consumer(
         {
-            "bootstrap.servers": settings.kafka_bootstrap,
+            **kafka_client_config(settings),
             "group.id": f"{settings.topic_prefix}.trace-reader-{uuid.uuid4().hex[:6]}",
             "enable.auto.commit": False,
         }

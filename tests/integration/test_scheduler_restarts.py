@@ -49,6 +49,7 @@ from schemas.models import StartRun, WorkflowRegistered
 from schemas.run_log import RUN_EVENT_TYPES, TERMINAL_RUN_EVENT_TYPES
 from streams.admin import ensure_topics
 from streams.producer import Producer
+from streams.security import kafka_client_config
 from streams.topics import TopicCatalog, TopicSpec
 from tests.integration.engine_fixtures import HarnessFactory, slow_http_chain
 from tests.integration.http_fixtures import HttpTestServer
@@ -82,7 +83,7 @@ class RunLog:
     def __post_init__(self) -> None:
         self._consumer = Consumer(
             {
-                "bootstrap.servers": self.settings.kafka_bootstrap,
+                **kafka_client_config(self.settings),
                 "group.id": f"{self.settings.topic_prefix}.run-log-reader",
                 "enable.auto.commit": False,
                 "isolation.level": "read_committed",
@@ -212,7 +213,7 @@ def scenario(
     ]
     ensure_topics(catalog, settings=settings)
     ensure_topics(catalog, invoke, settings=settings)
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin = AdminClient({**kafka_client_config(settings)})
     producer = Producer(settings, client_id="restarts-test")
     definition = parse_workflow(
         slow_http_chain("restarts", http.url, slow_ms=SLOW_MS, timeout=STEP_TIMEOUT)

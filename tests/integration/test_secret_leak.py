@@ -27,6 +27,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from foundation.settings import Settings
+from streams.security import kafka_client_config
 from tests.integration.engine_fixtures import Harness, HarnessFactory
 from tests.integration.http_fixtures import HttpTestServer
 from tests.support.waiting import eventually
@@ -206,7 +207,7 @@ def _raw_records(settings: Settings, topic: str, partitions: list[int]) -> list[
     """Values, keys and headers of every record of ``topic``, read to the end it has now."""
     consumer = Consumer(
         {
-            "bootstrap.servers": settings.kafka_bootstrap,
+            **kafka_client_config(settings),
             "group.id": f"leak-scan-{uuid.uuid4().hex}",
             "enable.auto.commit": False,
             # Aborted transactions too: bytes on the broker are what an operator could read.

@@ -13,10 +13,11 @@ from infra.services.docker import docker_api
 from infra.services.s3 import S3
 from node_workers.sandbox.image import sandbox_image_tag
 from node_workers.sandbox.limits import DEFAULT_SANDBOX_GID, DEFAULT_SANDBOX_UID
+from streams.security import kafka_client_config
 
 
 def test_kafka_is_apache_kafka_in_kraft_mode(local_services: Settings) -> None:
-    admin = AdminClient({"bootstrap.servers": local_services.kafka_bootstrap})
+    admin = AdminClient({**kafka_client_config(local_services)})
     cluster = admin.describe_cluster().result(timeout=10)
     assert len(cluster.nodes) == 1
     # KRaft brokers report a controller; there is no ZooKeeper in this deployment.

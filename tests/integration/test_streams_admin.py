@@ -28,6 +28,7 @@ from streams.admin import (
 )
 from streams.cli import add_topics_commands
 from streams.producer import Producer
+from streams.security import kafka_client_config
 from streams.topics import TopicCatalog
 from tests.integration.kafka_fixtures import admin, catalog, kafka_settings
 
@@ -72,7 +73,7 @@ def test_wrong_partition_count_is_refused_and_left_untouched(
     )
     for future in futures.values():
         future.result(timeout=10)
-    producer = RawProducer({"bootstrap.servers": kafka_settings.kafka_bootstrap})
+    producer = RawProducer({**kafka_client_config(kafka_settings)})
     producer.produce(runs, value=b"precious", key=b"run-1")
     assert producer.flush(10) == 0
 
@@ -94,7 +95,7 @@ def test_wrong_partition_count_is_refused_and_left_untouched(
     existing = admin.list_topics(timeout=5).topics
     assert len(existing[runs].partitions) == 2
     assert catalog.commands.topic not in existing
-    probe = RawConsumer({"bootstrap.servers": kafka_settings.kafka_bootstrap, "group.id": "probe"})
+    probe = RawConsumer({**kafka_client_config(kafka_settings), "group.id": "probe"})
     try:
         total = 0
         for partition in (0, 1):

@@ -31,6 +31,7 @@ from streams.producer import (
     TransactionalProducer,
     TransactionStuckError,
 )
+from streams.security import kafka_client_config
 from streams.topics import TopicCatalog, TopicSpec
 from tests.integration.kafka_fixtures import admin, catalog, drain, kafka_settings, topics
 from tests.support.waiting import eventually
@@ -43,7 +44,7 @@ def _group() -> str:
 
 
 def _end_offsets(settings: Settings, topic: str, partitions: int) -> dict[int, int]:
-    probe = RawConsumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "probe"})
+    probe = RawConsumer({**kafka_client_config(settings), "group.id": "probe"})
     try:
         return {
             p: probe.get_watermark_offsets(TopicPartition(topic, p), timeout=5)[1]
@@ -208,7 +209,7 @@ def test_offsets_are_not_committed_when_the_dead_letter_cannot_be_delivered(
         with contextlib.suppress(DeliveryError):
             dlq_producer.close(1)
     # Not even on the way out of the group (the revoke callback).
-    probe = RawConsumer({"bootstrap.servers": kafka_settings.kafka_bootstrap, "group.id": group})
+    probe = RawConsumer({**kafka_client_config(kafka_settings), "group.id": group})
     try:
         partitions = [TopicPartition(catalog.commands.topic, p) for p in range(3)]
         assert all(tp.offset < 0 for tp in probe.committed(partitions, timeout=5))

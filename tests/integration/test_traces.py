@@ -60,6 +60,7 @@ from schemas.models import Alert, AlertKind, AlertState, ErrorInfo, Trace, Trace
 from schemas.trace_json import encode_trace
 from streams.admin import ensure_topics
 from streams.producer import Producer
+from streams.security import kafka_client_config
 from streams.topics import TopicCatalog
 from tests.support.waiting import eventually
 
@@ -290,7 +291,7 @@ def _committed(settings: Settings, database: str, topic: str, partitions: int) -
     """The traces store's consumer group: its committed offsets, summed over the partitions."""
     probe = KafkaConsumer(
         {
-            "bootstrap.servers": settings.kafka_bootstrap,
+            **kafka_client_config(settings),
             "group.id": consumer_group(settings, database),
         }
     )
@@ -913,7 +914,7 @@ def _read_alert_records(env: Env) -> list[tuple[bytes, Alert]]:
     """Every record on the alerts topic as (key, record)."""
     consumer = KafkaConsumer(
         {
-            "bootstrap.servers": env.settings.kafka_bootstrap,
+            **kafka_client_config(env.settings),
             "group.id": f"t-alerts-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
         }

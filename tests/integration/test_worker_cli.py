@@ -19,6 +19,7 @@ from foundation.settings import PROJECT_ROOT, Settings
 from schemas.models import NodeHeartbeat, NodeInvocation, NodeResult, StepRef
 from streams.consumer import Consumer
 from streams.producer import Producer
+from streams.security import kafka_client_config
 from streams.topics import TopicCatalog
 from tests.integration.kafka_fixtures import admin, catalog, drain, kafka_settings, topics
 from tests.support.waiting import eventually
@@ -105,7 +106,7 @@ def test_worker_process_serves_and_stops_on_sigterm(
     assert "transform@1.0.0" in output and "condition" not in output.split("serving")[-1]
 
     group = topics.worker_group("transform", 1)
-    probe = RawConsumer({"bootstrap.servers": kafka_settings.kafka_bootstrap, "group.id": group})
+    probe = RawConsumer({**kafka_client_config(kafka_settings), "group.id": group})
     try:
         parts = [TopicPartition(invoke.topic, p) for p in range(kafka_settings.default_partitions)]
         committed = probe.committed(parts, timeout=10)

@@ -25,6 +25,7 @@ from confluent_kafka.admin import AdminClient
 from foundation.settings import Settings
 from schemas import serde
 from schemas.models import NodeResult, StartRun
+from streams.security import kafka_client_config
 from streams.topics import TopicCatalog
 from tests.integration.engine_fixtures import TERMINAL, HarnessFactory, slow_http_chain
 from tests.integration.http_fixtures import HttpTestServer
@@ -79,7 +80,7 @@ def _results(settings: Settings, catalog: TopicCatalog) -> dict[str, list[NodeRe
     topic = catalog.results.topic
     consumer = Consumer(
         {
-            "bootstrap.servers": settings.kafka_bootstrap,
+            **kafka_client_config(settings),
             "group.id": f"{settings.topic_prefix}.results-reader",
             "enable.auto.commit": False,
             "isolation.level": "read_committed",

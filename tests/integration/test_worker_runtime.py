@@ -42,6 +42,7 @@ from schemas.trace_json import decode_trace
 from streams.admin import ensure_topics
 from streams.consumer import ConsumedRecord, Consumer
 from streams.producer import Producer
+from streams.security import kafka_client_config
 from streams.topics import TopicCatalog
 from tests.integration.http_fixtures import HttpTestServer, http_server
 from tests.integration.kafka_fixtures import admin, catalog, drain, kafka_settings, topics
@@ -317,7 +318,7 @@ def test_poison_invocations_go_to_the_dlq(
 
 
 def _committed(settings: Settings, group: str, topic: str, partitions: int) -> dict[int, int]:
-    probe = RawConsumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": group})
+    probe = RawConsumer({**kafka_client_config(settings), "group.id": group})
     try:
         tps = [TopicPartition(topic, p) for p in range(partitions)]
         return {tp.partition: tp.offset for tp in probe.committed(tps, timeout=10)}

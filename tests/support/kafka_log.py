@@ -7,6 +7,7 @@ import uuid
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
 from foundation.settings import Settings
+from streams.security import kafka_client_config
 from tests.support.waiting import eventually
 
 __all__ = ["read_log"]
@@ -19,7 +20,7 @@ def read_log(
     value), in offset order per partition."""
     reader = Consumer(
         {
-            "bootstrap.servers": settings.kafka_bootstrap,
+            **kafka_client_config(settings),
             "group.id": f"{settings.topic_prefix}.test-reader-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
             "isolation.level": "read_committed",

@@ -24,7 +24,14 @@ from api.errors import (
 )
 from api.ids import run_id_for
 from api.prometheus import route_template
-from api.signatures import SignatureError, sign, verify_signature
+from api.signatures import (
+    SignatureError,
+    callback_key,
+    sign,
+    sign_callback,
+    signature_header,
+    verify,
+)
 from api.store import request_fingerprint
 from api.timetravel import UnknownEventTypeError, event_model, state_at, state_view
 from api.validation import check_inputs, parse_definition
@@ -47,38 +54,107 @@ DEFINITION: dict[str, Any] = {
 # -- signatures ---------------------------------------------------------------------------------
 
 
+PATH = "/v1/hooks/order-sync"
+NOW = 1_800_000_000
+
+
 def test_signature_roundtrip_and_known_vector() -> None:
     body = b'{"order_id": 42}'
-    header = sign("s3cret", body)
-    # Known HMAC-SHA256 vector, computed independently (RFC 4231 style check of the scheme).
+    header = sign("s3cret", "POST", PATH, body, timestamp=NOW)
+    # Known HMAC-SHA256 vector, computed independently: "t.METHOD.PATH." + body.
     import hashlib
     import hmac
 
-    assert header == "sha256=" + hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
-    verify_signature("s3cret", body, header)
-    verify_signature("s3cret", body, header.upper().replace("SHA256=", "sha256="))
+    message = f"{NOW}.POST.{PATH}.".encode() + body
+    assert header == f"t={NOW},v1=" + hmac.new(b"s3cret", message, hashlib.sha256).hexdigest()
+    verified = verify(header, "s3cret", "POST", PATH, body, now=NOW + 10)
+    assert verified.timestamp == NOW
+    assert verified.expires_in_s == 300 - 10 + 1
+    assert verified.replay_id == hashlib.sha256(message).hexdigest()
+    verify(
+        header.upper().replace("T=", "t=").replace("V1=", "v1="),
+        "s3cret",
+        "POST",
+        PATH,
+        body,
+        now=NOW,
+    )
 
 
 @pytest.mark.parametrize(
-    ("header", "fragment"),
+    ("header", "reason"),
     [
-        (None, "has none"),
-        ("", "has none"),
-        ("md5=abcd", "start with 'sha256='"),
-        ("sha256=" + "0" * 64, "does not match"),
+        (None, "missing"),
+        ("", "missing"),
+        ("sha256=" + "0" * 64, "malformed"),
+        (f"t={NOW}", "malformed"),
+        ("v1=" + "0" * 64, "malformed"),
+        (f"t={NOW},v1=abcd", "malformed"),
+        (f"t=x{NOW},v1=" + "0" * 64, "malformed"),
+        (f"t={NOW},t={NOW},v1=" + "0" * 64, "malformed"),
+        (f"t={NOW}," + ",".join(["v1=" + "0" * 64] * 9), "malformed"),
+        (f"t={NOW},v1=" + "0" * 64, "wrong"),
+        (f"t={NOW - 301},v1=" + "0" * 64, "too_old"),
+        (f"t={NOW + 301},v1=" + "0" * 64, "too_old"),
     ],
 )
-def test_signature_rejections_say_why(header: str | None, fragment: str) -> None:
-    with pytest.raises(SignatureError, match=fragment):
-        verify_signature("s3cret", b"{}", header)
+def test_signature_rejections_say_why(header: str | None, reason: str) -> None:
+    with pytest.raises(SignatureError) as caught:
+        verify(header, "s3cret", "POST", PATH, b"{}", now=NOW)
+    assert caught.value.reason == reason, caught.value
 
 
-def test_signature_covers_exact_bytes_and_secret() -> None:
-    header = sign("s3cret", b'{"a":1}')
+def test_signature_covers_time_method_path_bytes_and_secret() -> None:
+    header = sign("s3cret", "POST", PATH, b'{"a":1}', timestamp=NOW)
+    for method, path, body, secret in [
+        ("POST", PATH, b'{"a": 1}', "s3cret"),  # same JSON value, other bytes
+        ("POST", PATH, b'{"a":1}', "other"),
+        ("PUT", PATH, b'{"a":1}', "s3cret"),
+        ("POST", "/v1/hooks/other-workflow", b'{"a":1}', "s3cret"),
+    ]:
+        with pytest.raises(SignatureError) as caught:
+            verify(header, secret, method, path, body, now=NOW)
+        assert caught.value.reason == "wrong"
+    # Another timestamp with the same MAC (a replay re-dated) does not verify either.
+    forged = header.replace(f"t={NOW}", f"t={NOW + 100}")
+    with pytest.raises(SignatureError, match="none matches"):
+        verify(forged, "s3cret", "POST", PATH, b'{"a":1}', now=NOW + 100)
+
+
+def test_signature_rotation_accepts_either_secret_and_names_one_message() -> None:
+    body = b"{}"
+    both = sign(["new", "old"], "POST", PATH, body, timestamp=NOW)
+    assert both.count("v1=") == 2
+    only_old = sign("old", "POST", PATH, body, timestamp=NOW)
+    ids = {
+        verify(both, "new", "POST", PATH, body, now=NOW).replay_id,
+        verify(both, ["old"], "POST", PATH, body, now=NOW).replay_id,
+        verify(only_old, ["new", "old"], "POST", PATH, body, now=NOW).replay_id,
+    }
+    # Stripping one v1 of a rotated header is still the same message for the replay store.
+    assert len(ids) == 1
     with pytest.raises(SignatureError):
-        verify_signature("s3cret", b'{"a": 1}', header)
-    with pytest.raises(SignatureError):
-        verify_signature("other", b'{"a":1}', header)
+        verify(only_old, "new", "POST", PATH, body, now=NOW)
+
+
+def test_the_legacy_header_alone_is_refused_with_its_own_reason() -> None:
+    with pytest.raises(SignatureError) as caught:
+        signature_header({"X-Reflux-Signature": "sha256=" + "0" * 64})
+    assert caught.value.reason == "legacy" and "no longer accepted" in str(caught.value)
+    assert signature_header({"Reflux-Signature": "t=1,v1=x"}) == "t=1,v1=x"
+    assert signature_header({}) is None
+
+
+def test_callback_signatures_are_bound_to_the_run_and_step() -> None:
+    body = b'{"approved": true}'
+    header = sign_callback("step-secret", "run-a", "approve", body, timestamp=NOW)
+    key_a = callback_key("step-secret", "run-a", "approve")
+    assert key_a != callback_key("step-secret", "run-b", "approve")
+    assert key_a != callback_key("step-secret", "run-a", "other")
+    verify(header, key_a, "POST", "/v1/hooks/runs/run-a/steps/approve", body, now=NOW)
+    key_b = callback_key("step-secret", "run-b", "approve")
+    with pytest.raises(SignatureError):  # sent to run B's path: neither key nor path fit
+        verify(header, key_b, "POST", "/v1/hooks/runs/run-b/steps/approve", body, now=NOW)
 
 
 # -- error shapes -------------------------------------------------------------------------------
@@ -204,6 +280,19 @@ def test_invalid_definition_names_the_field_path() -> None:
     locs = [issue["loc"] for issue in exc.value.detail]
     assert ["body", "steps", 1, "needs", 0] in locs
     assert {issue["type"] for issue in exc.value.detail} == {"workflow_invalid"}
+
+
+def test_code_run_limits_over_the_sandbox_maximum_are_refused_at_registration() -> None:
+    """docs/decisions/0042: literal limits above REFLUX_SANDBOX_MAX_* (default memMb 4096)."""
+    params: dict[str, Any] = {"lang": "python", "entry": "m.py", "code": "1"}
+    step = {"id": "run", "node": "code.run", "params": {**params, "limits": {"memMb": 8192}}}
+    with pytest.raises(RequestInvalidError) as exc:
+        parse_definition({"id": "sandboxed", "steps": [step]})
+    (issue,) = exc.value.detail
+    assert issue["loc"] == ["body", "steps", 0, "params", "limits", "memMb"]
+    assert "at most 4096" in issue["msg"] and "REFLUX_SANDBOX_MAX_MEM_MB" in issue["msg"]
+    step["params"] = {**params, "limits": {"memMb": 4096}}
+    parse_definition({"id": "sandboxed", "steps": [step]})
 
 
 def test_inputs_errors_point_into_inputs_or_the_body() -> None:

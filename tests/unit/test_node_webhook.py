@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 from datetime import UTC, datetime
 
 import pytest
 
 from api.signatures import SIGNATURE_HEADER as API_SIGNATURE_HEADER
-from api.signatures import sign
+from api.signatures import callback_path, sign, sign_callback
 from node_workers.node import NonRetryableNodeError, validate_params
 from node_workers.nodes import builtin_nodes
 from node_workers.nodes.webhook_trigger import (
@@ -86,16 +84,21 @@ def test_step_ids_follow_the_workflow_rule() -> None:
 def test_delivery_round_trips_the_exact_bytes() -> None:
     body = b'{"b": 1,   "a": "\\u00e9"}'  # odd spacing and escapes: the HMAC covers these bytes
     at = datetime(2025, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
-    delivery = Delivery(body, "sha256=ab", {"user-agent": "t"}, at, "d-1")
+    delivery = Delivery(body, "t=1,v1=ab", {"user-agent": "t"}, at, "d-1", "POST", "/v1/x")
     back = Delivery.decode(delivery.encode())
     assert back == delivery
+    # A version 1 record (stored before the path was kept) still decodes, without a path.
+    old = json.loads(delivery.encode())
+    del old["method"], old["path"]
+    old["v"] = 1
+    assert Delivery.decode(json.dumps(old).encode()).path is None
     assert back.payload() == {"b": 1, "a": "é"}
     assert Delivery(b"x").delivery_id != Delivery(b"x").delivery_id
 
 
 @pytest.mark.parametrize(
     "raw",
-    [b"junk", b"[]", b'{"v": 2}', b'{"v": 1, "headers": {}}', json.dumps({"v": 1}).encode()],
+    [b"junk", b"[]", b'{"v": 3}', b'{"v": 1, "headers": {}}', json.dumps({"v": 2}).encode()],
 )
 def test_foreign_records_do_not_decode(raw: bytes) -> None:
     with pytest.raises(ValueError, match="Expected a stored webhook delivery"):
@@ -131,33 +134,65 @@ def test_only_harmless_headers_are_kept() -> None:
 # -- signatures -----------------------------------------------------------------------------------
 
 
+STEP = "approve"
+PATH = callback_path(RUN, STEP)
+
+
+def _delivery(body: bytes, signature: str | None, path: str | None = PATH) -> Delivery:
+    return Delivery(body, signature, path=path)
+
+
 def test_signature_scheme_is_the_api_one() -> None:
     body = b'{"approved": true}'
-    digest = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
-    assert sign(SECRET, body) == f"sha256={digest}"
-    assert SIGNATURE_HEADER == API_SIGNATURE_HEADER
-    assert signature_problem(SECRET, body, sign(SECRET, body)) is None
-    assert signature_problem(SECRET, body, f"  SHA256={digest.upper()} ") is None
+    assert SIGNATURE_HEADER == API_SIGNATURE_HEADER == "Reflux-Signature"
+    assert (
+        signature_problem(
+            SECRET, RUN, STEP, _delivery(body, sign_callback(SECRET, RUN, STEP, body))
+        )
+        is None
+    )
+    # Rotation: the step's secret is one of the two the sender signed with.
+    rotated = sign_callback(["next", SECRET], RUN, STEP, body)
+    assert signature_problem(SECRET, RUN, STEP, _delivery(body, rotated)) is None
 
 
 @pytest.mark.parametrize(
-    ("header", "why"),
+    ("signature", "path", "why"),
     [
-        (None, "no X-Reflux-Signature header"),
-        ("  ", "no X-Reflux-Signature header"),
-        ("sha1=abc", "does not start with 'sha256='"),
-        (sign("other", b"{}"), "not the HMAC-SHA256"),
-        ("sha256=", "not the HMAC-SHA256"),
+        (None, PATH, "missing"),
+        ("  ", PATH, "missing"),
+        ("sha256=" + "0" * 64, PATH, "malformed"),
+        (sign_callback("other", RUN, STEP, b"{}"), PATH, "wrong"),
+        # Signed with the secret itself instead of the run/step callback key.
+        (sign(SECRET, "POST", PATH, b"{}"), PATH, "wrong"),
+        # Valid for another run's step, stored (somehow) under this one.
+        (
+            sign_callback(SECRET, "other-run", STEP, b"{}"),
+            callback_path("other-run", STEP),
+            "addressed",
+        ),
+        (sign_callback(SECRET, RUN, STEP, b"{}"), None, "addressed"),
     ],
 )
-def test_bad_signatures_say_why(header: str | None, why: str) -> None:
-    problem = signature_problem(SECRET, b"{}", header)
+def test_bad_signatures_say_why(signature: str | None, path: str | None, why: str) -> None:
+    problem = signature_problem(SECRET, RUN, STEP, _delivery(b"{}", signature, path))
     assert problem is not None and why in problem and SECRET not in problem
 
 
 def test_a_signature_covers_the_body_not_its_json_value() -> None:
-    signed = sign(SECRET, b'{"a":1}')
-    assert signature_problem(SECRET, b'{"a": 1}', signed) is not None
+    signed = sign_callback(SECRET, RUN, STEP, b'{"a":1}')
+    assert signature_problem(SECRET, RUN, STEP, _delivery(b'{"a": 1}', signed)) is not None
+
+
+def test_the_time_is_checked_against_when_the_api_received_it() -> None:
+    body = b"{}"
+    at = datetime(2025, 1, 2, tzinfo=UTC)
+    old = sign_callback(SECRET, RUN, STEP, body, timestamp=int(at.timestamp()) - 10)
+    kept = Delivery(body, old, received_at=at, path=PATH)
+    assert signature_problem(SECRET, RUN, STEP, kept) is None  # waited in the mailbox: fine
+    stale = sign_callback(SECRET, RUN, STEP, body, timestamp=int(at.timestamp()) - 3600)
+    problem = signature_problem(SECRET, RUN, STEP, Delivery(body, stale, received_at=at, path=PATH))
+    assert problem is not None and "too_old" in problem
 
 
 # -- params ---------------------------------------------------------------------------------------
@@ -206,38 +241,42 @@ def _params(**kw: object) -> WebhookTriggerInput:
 
 
 def _signed(body: bytes, secret: str = SECRET) -> Delivery:
-    return Delivery(body, sign(secret, body))
+    return Delivery(body, sign_callback(secret, RUN, STEP, body), path=PATH)
+
+
+def _refusal(params: WebhookTriggerInput, delivery: Delivery) -> tuple[str | None, object]:
+    return refusal(params, delivery, RUN, STEP)
 
 
 def test_without_secret_or_condition_any_json_resumes() -> None:
-    assert refusal(_params(), Delivery(b'"yes"')) == (None, "yes")
-    assert refusal(_params(), Delivery(b"null")) == (None, None)
-    reason, _ = refusal(_params(), Delivery(b"not json"))
+    assert _refusal(_params(), Delivery(b'"yes"')) == (None, "yes")
+    assert _refusal(_params(), Delivery(b"null")) == (None, None)
+    reason, _ = _refusal(_params(), Delivery(b"not json"))
     assert reason is not None and "not JSON" in reason
 
 
 def test_secret_requires_a_matching_signature() -> None:
     body = b'{"approved": true}'
-    assert refusal(_params(secret=SECRET), _signed(body)) == (None, {"approved": True})
-    for delivery in (Delivery(body), _signed(body, "wrong"), Delivery(body, "sha256=00")):
-        reason, payload = refusal(_params(secret=SECRET), delivery)
+    assert _refusal(_params(secret=SECRET), _signed(body)) == (None, {"approved": True})
+    for delivery in (_delivery(body, None), _signed(body, "wrong"), _delivery(body, "t=1,v1=00")):
+        reason, payload = _refusal(_params(secret=SECRET), delivery)
         assert reason is not None and payload is None
 
 
 def test_expect_filters_with_jmespath_truthiness() -> None:
     params = _params(expect="decision")
-    assert refusal(params, Delivery(b'{"decision": 0}')) == (None, {"decision": 0})  # 0 is true
+    assert _refusal(params, Delivery(b'{"decision": 0}')) == (None, {"decision": 0})  # 0 is true
     for body in (b'{"decision": ""}', b'{"decision": []}', b"{}", b'{"decision": false}'):
-        reason, _ = refusal(params, Delivery(body))
+        reason, _ = _refusal(params, Delivery(body))
         assert reason is not None and "is false" in reason
     typed = _params(expect="abs(decision) > `1`")
-    reason, _ = refusal(typed, Delivery(b'{"decision": "x"}'))
+    reason, _ = _refusal(typed, Delivery(b'{"decision": "x"}'))
     assert reason is not None and "failed on the payload" in reason
 
 
 def test_signature_is_checked_before_the_condition() -> None:
     params = _params(secret=SECRET, expect="approved")
-    reason, _ = refusal(params, Delivery(b'{"approved": false}'))
-    assert reason is not None and "X-Reflux-Signature" in reason
-    reason, _ = refusal(params, _signed(b'{"approved": false}'))
+    reason, _ = _refusal(params, _delivery(b'{"approved": false}', None))
+    assert reason is not None and "missing" in reason
+    reason, _ = _refusal(params, _signed(b'{"approved": false}'))
     assert reason is not None and "is false" in reason

@@ -20,11 +20,13 @@ from typing import Any
 
 import pytest
 
+from foundation.settings import Settings
 from node_workers.node import NonRetryableNodeError, RetryableNodeError, validate_params
 from node_workers.nodes.code_run import CodeRunNode, error_for_result
 from node_workers.sandbox import (
     CodeRunRequest,
     CodeRunResult,
+    LimitAboveMaximumError,
     Limits,
     NetworkNotAllowedError,
     RawRun,
@@ -37,6 +39,8 @@ from node_workers.sandbox import (
     resource_limits,
 )
 from node_workers.sandbox.bubblewrap import LAUNCHER
+from node_workers.sandbox.cgroups import CgroupV1, cgroup_join_prefix
+from node_workers.sandbox.definition_check import sandbox_limit_errors
 from node_workers.sandbox.docker_backend import _work_archive
 from node_workers.sandbox.image import DOCKERFILE, packages, sandbox_image_tag
 from node_workers.sandbox.limits import (
@@ -48,6 +52,7 @@ from node_workers.sandbox.limits import (
 from node_workers.sandbox.logs import HeadTailBuffer
 from node_workers.sandbox.runner import check_policy, exit_hint, result_from_run
 from node_workers.sandbox.workdir import collect_outputs, directory_usage, work_overflow
+from workflows.validation import build_definition
 
 BASE: dict[str, Any] = {"lang": "python", "entry": "main.py", "code": "print(1)"}
 
@@ -202,7 +207,7 @@ def test_bwrap_command_isolates_by_default(tmp_path: Path) -> None:
     ):
         assert flag in sandbox
     assert "--share-net" not in sandbox
-    assert sandbox[sandbox.index("--remount-ro") + 1] == "/"
+    assert sandbox[len(sandbox) - 1 - sandbox[::-1].index("--remount-ro") + 1] == "/"
     # The only writable bind is the run's work dir; inputs are read-only; nothing of the host's
     # home, project or /var is mounted.
     assert _pairs(sandbox, "--bind") == [(str(tmp_path / "work"), "/work")]
@@ -211,13 +216,20 @@ def test_bwrap_command_isolates_by_default(tmp_path: Path) -> None:
     assert not {s for s in sources if s.startswith(("/root", "/home", "/var", "/run"))}
     assert "/etc/resolv.conf" not in sources
     assert ("/usr", "/usr") in _pairs(sandbox, "--ro-bind")
-    assert sandbox[sandbox.index("--tmpfs") - 2 : sandbox.index("--tmpfs") + 2] == [
-        "--size",
-        str(64 * MIB),
-        "--tmpfs",
-        "/tmp",
+    # Both writable tmpfs have a size: /dev/shm its own (not a folder of /dev's unsized tmpfs)
+    tmpfs = [sandbox[i - 2 : i + 2] for i, arg in enumerate(sandbox) if arg == "--tmpfs"]
+    assert tmpfs == [
+        ["--size", str(64 * MIB), "--tmpfs", "/dev/shm"],
+        ["--size", str(64 * MIB), "--tmpfs", "/tmp"],
     ]
+    assert sandbox.index("--dev") < sandbox.index("/dev/shm")  # mounted over /dev's folder
+    # /dev's own tmpfs (unsized) is read-only once /dev/shm is mounted on it
+    assert [sandbox[i + 1] for i, a in enumerate(sandbox) if a == "--remount-ro"] == ["/dev", "/"]
     assert sandbox[sandbox.index("--json-status-fd") + 1] == "7"
+    assert "--seccomp" not in sandbox  # only with a filter's fd
+    filtered = build_command(_job(tmp_path), config, as_root=False, seccomp_fd=9, root_entries=[])
+    assert filtered[filtered.index("--seccomp") + 1] == "9"
+    assert filtered.index("--seccomp") < filtered.index("--")
     inner = command[command.index("--", 6) + 1 :]
     assert inner[:4] == ["/usr/bin/python3", "-I", "-S", "-c"]
     assert inner[5] == "8"  # the launcher reports peak memory on fd 8
@@ -267,6 +279,78 @@ def test_network_policy() -> None:
         check_policy(full, SandboxConfig())
     check_policy(full, SandboxConfig(allow_network=True))
     check_policy(CodeRunRequest.model_validate(BASE), SandboxConfig())
+
+
+def test_requests_over_the_operator_maximums_are_refused_with_the_field_path() -> None:
+    config = SandboxConfig(max_mem_mb=256, max_cpu=1.0, max_processes=64, max_timeout_sec=30)
+    fits = {"memMb": 256, "cpu": 1, "processes": 64, "timeoutSec": 30}
+    check_policy(CodeRunRequest.model_validate({**BASE, "limits": fits}), config)
+    over = {"memMb": 257, "cpu": 2, "processes": 65, "timeoutSec": 31}
+    with pytest.raises(LimitAboveMaximumError) as caught:
+        check_policy(CodeRunRequest.model_validate({**BASE, "limits": over}), config)
+    assert caught.value.error_class == "LimitAboveMaximum" and not caught.value.retryable
+    assert str(caught.value) == (
+        "params.limits.memMb: Expected at most 256 (this worker's maximum, "
+        "REFLUX_SANDBOX_MAX_MEM_MB), but got 257; "
+        "params.limits.cpu: Expected at most 1 (this worker's maximum, "
+        "REFLUX_SANDBOX_MAX_CPU), but got 2; "
+        "params.limits.processes: Expected at most 64 (this worker's maximum, "
+        "REFLUX_SANDBOX_MAX_PROCESSES), but got 65; "
+        "params.limits.timeoutSec: Expected at most 30 (this worker's maximum, "
+        "REFLUX_SANDBOX_MAX_TIMEOUT_SEC), but got 31"
+    )
+    # the defaults of the model fit the default maximums
+    check_policy(CodeRunRequest.model_validate(BASE), SandboxConfig())
+
+
+def test_maximums_and_sizes_come_from_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {
+        "REFLUX_SANDBOX_MAX_MEM_MB": "300",
+        "REFLUX_SANDBOX_MAX_CPU": "0.5",
+        "REFLUX_SANDBOX_MAX_PROCESSES": "40",
+        "REFLUX_SANDBOX_MAX_TIMEOUT_SEC": "12",
+        "REFLUX_SANDBOX_MAX_OUTPUT_MB": "5",
+        "REFLUX_SANDBOX_TMP_MB": "20",
+        "REFLUX_SANDBOX_SHM_MB": "10",
+    }.items():
+        monkeypatch.setenv(name, value)
+    config = SandboxConfig.from_settings(Settings(), backend="bubblewrap")
+    assert config.maximums() == {"memMb": 300, "cpu": 0.5, "processes": 40, "timeoutSec": 12}
+    assert (config.max_output_bytes, config.tmp_size_bytes, config.shm_size_bytes) == (
+        5 * MIB,
+        20 * MIB,
+        10 * MIB,
+    )
+    assert config.backend == "bubblewrap"
+    assert SandboxRunner(settings=Settings()).config.max_mem_mb == 300
+
+
+def test_shm_is_bounded_by_the_memory_limit() -> None:
+    small = resource_limits(Limits.model_validate({"memMb": 32}), SandboxConfig())
+    assert small.shm_size_bytes == 32 * MIB
+    assert resource_limits(Limits(), SandboxConfig()).shm_size_bytes == 64 * MIB
+
+
+def test_definitions_with_code_run_limits_over_the_maximum_are_refused() -> None:
+    definition = build_definition(
+        {
+            "id": "limits",
+            "steps": [
+                {"id": "ok", "node": "code.run", "params": {**BASE, "limits": {"memMb": 64}}},
+                {
+                    "id": "big",
+                    "node": "code.run",
+                    "params": {**BASE, "limits": {"memMb": 9000, "cpu": "{{ inputs.cpu }}"}},
+                },
+                {"id": "other", "node": "transform", "params": {"limits": {"memMb": 9000}}},
+            ],
+        }
+    )
+    errors = sandbox_limit_errors(definition, SandboxConfig(max_mem_mb=4096))
+    assert [str(e) for e in errors] == [
+        "steps[1].params.limits.memMb: Expected at most 4096 (the sandbox's maximum, "
+        "REFLUX_SANDBOX_MAX_MEM_MB), but got 9000"
+    ]
 
 
 def test_no_backend_is_a_non_retryable_error_with_a_fix() -> None:
@@ -470,3 +554,33 @@ def test_no_docker_engine_is_a_non_retryable_error_with_a_fix(tmp_path: Path) ->
     assert not caught.value.retryable
     assert f"no Docker engine answered ping at {host}" in str(caught.value)
     assert "`make up` starts one" in str(caught.value)
+
+
+def test_cgroup_join_prefix_writes_its_pid_then_execs(tmp_path: Path) -> None:
+    files = [str(tmp_path / "a.procs"), str(tmp_path / "b.procs")]
+    command = [*cgroup_join_prefix(files), "/bin/sh", "-c", "echo $$"]
+    ran = subprocess.run(command, capture_output=True, text=True, timeout=10, check=True)
+    pid = ran.stdout.strip()
+    assert [Path(f).read_text().strip() for f in files] == [pid, pid]  # exec kept the pid
+
+
+def test_cgroup_v1_groups_carry_the_run_limits(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("cgroup groups are created by a root worker only")
+    for controller in ("memory", "pids", "cpu"):
+        (tmp_path / controller).mkdir()
+        (tmp_path / controller / "cgroup.procs").write_text("")
+    cgroups = CgroupV1(tmp_path)
+    assert cgroups.available, cgroups.problem
+    limits = resource_limits(
+        Limits.model_validate({"memMb": 128, "cpu": 1.5, "processes": 32}), SandboxConfig()
+    )
+    group = cgroups.create(limits)
+    memory, pids, cpu = group.paths
+    assert memory.parent == tmp_path / "memory" / "reflux-sandbox"
+    assert int((memory / "memory.limit_in_bytes").read_text()) == (128 + 64 + 64 + 64) * MIB
+    assert (pids / "pids.max").read_text() == "40"
+    assert (cpu / "cpu.cfs_quota_us").read_text() == "200000"  # ceil(1.5) whole CPUs
+    assert group.procs_files[0] == str(memory / "cgroup.procs")
+    missing = CgroupV1(tmp_path / "nowhere")
+    assert not missing.available and "no cgroup v1 memory controller" in (missing.problem or "")

@@ -59,6 +59,7 @@ from schemas import decode
 from schemas.errors import SchemaError
 from streams.admin import admin_client
 from streams.consumer import consume_available, kafka_transient
+from streams.security import kafka_client_config
 from streams.topics import TopicCatalog
 
 __all__ = [
@@ -114,7 +115,7 @@ class Recovery:
 def _reader(settings: Settings) -> Consumer:
     return Consumer(
         {
-            "bootstrap.servers": settings.kafka_bootstrap,
+            **kafka_client_config(settings),
             "group.id": f"{settings.topic_prefix}.scheduler-recovery-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
             "isolation.level": "read_committed",
