@@ -240,11 +240,20 @@ _PLATFORM_SUFFIXES: Final = ("redis_url", "_dsn", "_bootstrap")
 def platform_endpoints(settings: Settings) -> list[tuple[str, str, int]]:
     """(name, host, port) of every service of the platform named in ``settings``."""
     found: list[tuple[str, str, int] | None] = []
-    for server in settings.kafka_bootstrap.split(","):
+    secured = settings.kafka_security_protocol != "PLAINTEXT"
+    for index, server in enumerate(settings.kafka_bootstrap.split(",")):
         kafka = _endpoint("Kafka", server, 9092)
         found.append(kafka)
-        if kafka is not None:  # infra/services/kafka.py: the KRaft controller is the next port
-            found.append(("Kafka controller", kafka[1], kafka[2] + 1))
+        if kafka is None:
+            continue
+        # The local broker (infra/services/kafka.py): PLAINTEXT port p, KRaft controller p+1,
+        # SASL_SSL listener p+2; clients of the secured listener name p+2.
+        base = kafka[2] - 2 if secured else kafka[2]
+        if index == 0 and settings.kafka_local_port is not None:
+            base = settings.kafka_local_port
+        found.append(("Kafka (PLAINTEXT listener)", kafka[1], base))
+        found.append(("Kafka controller", kafka[1], base + 1))
+        found.append(("Kafka (SASL_SSL listener)", kafka[1], base + 2))
     for field, (name, port) in _NAMED.items():
         found.append(_endpoint(name, str(getattr(settings, field)), port))
     for field in type(settings).model_fields:

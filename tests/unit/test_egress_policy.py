@@ -277,6 +277,7 @@ def test_settings_name_every_platform_endpoint() -> None:
     assert found >= {
         ("127.0.0.1", 19092),
         ("127.0.0.1", 19093),  # the KRaft controller
+        ("127.0.0.1", 19094),  # the SASL_SSL listener
         ("127.0.0.1", 15432),
         ("127.0.0.1", 16379),
         ("127.0.0.1", 16380),
@@ -287,6 +288,15 @@ def test_settings_name_every_platform_endpoint() -> None:
     }
     # Embedded chdb has no port to protect.
     assert ("127.0.0.1", 8123) not in {(h, p) for _, h, p in platform_endpoints(Settings())}
+
+
+def test_every_listener_of_the_local_broker_is_protected() -> None:
+    secured = Settings(kafka_bootstrap="127.0.0.1:19094", kafka_security_protocol="SASL_SSL")
+    ports = {port for _, host, port in platform_endpoints(secured) if host == "127.0.0.1"}
+    assert {19092, 19093, 19094} <= ports
+    moved = Settings(kafka_bootstrap="127.0.0.1:29092", kafka_local_port=39092)
+    ports = {port for _, _, port in platform_endpoints(moved)}
+    assert {29092, 39092, 39093, 39094} <= ports
 
 
 def test_a_service_added_to_the_settings_later_is_protected_too() -> None:
