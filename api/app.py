@@ -18,6 +18,9 @@ from fastapi import APIRouter, Depends, FastAPI
 from psycopg_pool import ConnectionPool
 from starlette.concurrency import run_in_threadpool
 
+from api.auth.audit import AuditMiddleware
+from api.auth.guard import authorize, bind_route_access
+from api.auth.openapi import install_security_openapi
 from api.config import ApiSettings
 from api.errors import install_error_handlers
 from api.prometheus import ApiMetrics, MetricsMiddleware
@@ -30,6 +33,7 @@ from api.routes import (
     feedback,
     health,
     hooks,
+    identity,
     mutations,
     nodes,
     replays,
@@ -55,6 +59,8 @@ DESCRIPTION = """\
 Writes become commands on Kafka (202 + id, with an optional bounded wait); reads come from the
 Postgres projections, so a just-accepted run appears after the projector has caught up.
 Errors are `{"detail": ...}`; 422 details carry the field path in `loc`.
+Every /v1 route needs a credential (`Authorization: Bearer <API key or OIDC token>`) and a role
+(`x-reflux-role` on each operation); webhooks are authenticated by their HMAC signature.
 """
 
 TAGS = [
@@ -68,7 +74,8 @@ TAGS = [
         "name": "mutations",
         "description": "Workflow mutation proposals: validate, approve, canary, keep, roll back.",
     },
-    {"name": "health", "description": "Liveness, readiness and Prometheus metrics."},
+    {"name": "identity", "description": "API keys and the audit log (admins)."},
+    {"name": "health", "description": "Liveness, readiness and Prometheus metrics (open)."},
 ]
 
 
@@ -138,9 +145,11 @@ def create_app(
     )
     app.state.metrics = metrics
     install_error_handlers(app)
+    app.add_middleware(AuditMiddleware, prefix=f"{API_PREFIX}/")
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    # authorize first (ADR 0042): nothing of a /v1 route runs for a caller without the role.
     # Workflow validation in every /v1 request checks nodes against the projected node catalog.
-    v1 = APIRouter(prefix=API_PREFIX, dependencies=[Depends(bind_node_catalog)])
+    v1 = APIRouter(prefix=API_PREFIX, dependencies=[Depends(authorize), Depends(bind_node_catalog)])
     for resource in (
         workflows.router,
         # Before runs.router: `/runs/import` must not be read as the run id "import".
@@ -155,8 +164,12 @@ def create_app(
         mutations.workflow_router,
         replays.router,
         diagnoses.router,
+        identity.keys_router,
+        identity.audit_router,
     ):
         v1.include_router(resource)
     app.include_router(v1)
     app.include_router(health.router)
+    bind_route_access(app, API_PREFIX)
+    install_security_openapi(app)
     return app

@@ -5,6 +5,7 @@
 - ``api_idempotency``: idempotency key -> run id plus a fingerprint of the request, so a retry gets
   the same run id and a *different* request with a reused key is refused instead of silently
   answered with someone else's run.
+- ``api_keys``: API keys, hashed (:mod:`api.auth.keys`, ADR 0042).
 
 These are not read models (nothing here is derived from a log); the projector never touches them.
 """
@@ -12,12 +13,14 @@ These are not read models (nothing here is derived from a log); the projector ne
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from api.auth.keys import ensure_key_table
 from api.db import with_conn
 from projections.postgres.identifiers import quote_schema
 from schemas.base import canonical_json
@@ -30,6 +33,9 @@ __all__ = [
     "ensure_api_schema",
     "request_fingerprint",
 ]
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 def ensure_api_schema(conn: psycopg.Connection[Any], schema: str) -> None:
@@ -54,6 +60,7 @@ def ensure_api_schema(conn: psycopg.Connection[Any], schema: str) -> None:
             " fingerprint text NOT NULL,"
             " created_at timestamptz NOT NULL DEFAULT now())"
         )
+        ensure_key_table(conn, schema)
 
 
 def allocate_workflow_version(
@@ -163,3 +170,17 @@ class ApiStore:
             )
 
         return await with_conn(self.pool, self.timeout, call)
+
+    async def call(
+        self,
+        fn: Callable[Concatenate[psycopg.Connection[Any], P], T],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        """``fn(conn, *args, **kwargs)`` on a pooled connection once the tables exist."""
+
+        def run(conn: psycopg.Connection[Any]) -> T:
+            self._ensure(conn)
+            return fn(conn, *args, **kwargs)
+
+        return await with_conn(self.pool, self.timeout, run)
