@@ -20,7 +20,6 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from api.auth.keys import ensure_key_table
 from api.db import with_conn
 from projections.postgres.identifiers import quote_schema
 from schemas.base import canonical_json
@@ -60,7 +59,20 @@ def ensure_api_schema(conn: psycopg.Connection[Any], schema: str) -> None:
             " fingerprint text NOT NULL,"
             " created_at timestamptz NOT NULL DEFAULT now())"
         )
-        ensure_key_table(conn, schema)
+        # API keys (api.auth.keys, ADR 0042): the secret only as its SHA-256.
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {quoted}.api_keys ("
+            " key_id text PRIMARY KEY,"
+            " name text NOT NULL,"
+            " role text NOT NULL,"
+            " tenant text NOT NULL,"
+            " secret_sha256 text NOT NULL,"
+            " created_at timestamptz NOT NULL DEFAULT now(),"
+            " created_by text NOT NULL,"
+            " expires_at timestamptz,"
+            " rotated_at timestamptz,"
+            " revoked_at timestamptz)"
+        )
 
 
 def allocate_workflow_version(

@@ -23,6 +23,7 @@ from typing import Any, Final
 import psycopg
 
 from api.auth.roles import Role
+from foundation.errors import RefluxError
 from projections.postgres.identifiers import quote_schema
 
 __all__ = [
@@ -32,7 +33,6 @@ __all__ = [
     "KeyRefusedError",
     "check_key",
     "create_key",
-    "ensure_key_table",
     "get_key",
     "hash_secret",
     "list_keys",
@@ -75,8 +75,10 @@ class ApiKey:
         return None
 
 
-class KeyRefusedError(Exception):
+class KeyRefusedError(RefluxError):
     """The presented key is unknown, malformed, revoked, expired or has a wrong secret."""
+
+    error_class = "KeyRefused"
 
     def __init__(self, reason: str, key_id: str | None = None) -> None:
         super().__init__(reason)
@@ -96,23 +98,6 @@ def parse_key(token: str) -> tuple[str, str] | None:
 
 def _new_secret() -> str:
     return secrets.token_urlsafe(32)
-
-
-def ensure_key_table(conn: psycopg.Connection[Any], schema: str) -> None:
-    """The ``api_keys`` table; called inside :func:`api.store.ensure_api_schema`'s transaction."""
-    conn.execute(
-        f"CREATE TABLE IF NOT EXISTS {quote_schema(schema)}.api_keys ("
-        " key_id text PRIMARY KEY,"
-        " name text NOT NULL,"
-        " role text NOT NULL,"
-        " tenant text NOT NULL,"
-        " secret_sha256 text NOT NULL,"
-        " created_at timestamptz NOT NULL DEFAULT now(),"
-        " created_by text NOT NULL,"
-        " expires_at timestamptz,"
-        " rotated_at timestamptz,"
-        " revoked_at timestamptz)"
-    )
 
 
 def _row(row: tuple[Any, ...]) -> ApiKey:

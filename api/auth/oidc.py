@@ -23,12 +23,15 @@ from jwt import PyJWK
 
 from api.auth.roles import ROLE_RANK, Role
 from api.config import ApiSettings
+from foundation.errors import RefluxError
 
 __all__ = ["JwksCache", "TokenClaims", "TokenRefusedError", "verify_token"]
 
 
-class TokenRefusedError(Exception):
+class TokenRefusedError(RefluxError):
     """The token cannot be accepted; ``reason`` says why (shown to the client)."""
+
+    error_class = "TokenRefused"
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
