@@ -19,13 +19,13 @@ def _create(args: argparse.Namespace) -> int:
     from api.auth.bootstrap import create_api_key, write_key_file
     from api.auth.roles import parse_role
     from api.config import ApiSettings
-    from foundation.settings import get_settings
+    from foundation.settings import Settings
 
     expires_at = (
         datetime.now(UTC) + timedelta(days=args.expires_in_days) if args.expires_in_days else None
     )
     key, secret = create_api_key(
-        get_settings(),
+        Settings(),
         ApiSettings(),
         name=args.name,
         role=parse_role(args.role),
@@ -49,10 +49,10 @@ def _list(_args: argparse.Namespace) -> int:
     from api.auth.keys import list_keys
     from api.config import ApiSettings
     from api.store import ensure_api_schema
-    from foundation.settings import get_settings
+    from foundation.settings import Settings
 
     api = ApiSettings()
-    with psycopg.connect(get_settings().postgres_dsn, autocommit=True) as conn:
+    with psycopg.connect(Settings().postgres_dsn, autocommit=True) as conn:
         ensure_api_schema(conn, api.api_schema)
         now = datetime.now(UTC)
         for key in list_keys(conn, api.api_schema):
@@ -67,10 +67,10 @@ def _revoke(args: argparse.Namespace) -> int:
     from api.auth.keys import revoke_key
     from api.config import ApiSettings
     from api.store import ensure_api_schema
-    from foundation.settings import get_settings
+    from foundation.settings import Settings
 
     api = ApiSettings()
-    with psycopg.connect(get_settings().postgres_dsn, autocommit=True) as conn:
+    with psycopg.connect(Settings().postgres_dsn, autocommit=True) as conn:
         ensure_api_schema(conn, api.api_schema)
         key = revoke_key(conn, api.api_schema, args.key_id)
     if key is None:

@@ -17,18 +17,24 @@ from typing import Any
 
 import httpx
 
-from foundation.settings import Settings, get_settings
+from foundation.settings import Settings
 
 __all__ = ["api_client", "api_key", "auth_headers", "default_key_file"]
 
 
+def _settings() -> Settings:
+    # Read afresh (not the cached get_settings()): a CLI process reads it once anyway, and a
+    # test or an embedding program may set REFLUX_API_KEY after the first settings were built.
+    return Settings()
+
+
 def default_key_file(settings: Settings | None = None) -> Path:
-    settings = settings or get_settings()
+    settings = settings or _settings()
     return settings.api_key_file or settings.data_dir / "api-key"
 
 
 def api_key(settings: Settings | None = None) -> str | None:
-    settings = settings or get_settings()
+    settings = settings or _settings()
     if settings.api_key:
         return settings.api_key.strip()
     path = default_key_file(settings)

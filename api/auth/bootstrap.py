@@ -16,7 +16,13 @@ from api.config import ApiSettings
 from api.store import ensure_api_schema
 from foundation.settings import Settings
 
-__all__ = ["LOCAL_ADMIN", "create_api_key", "ensure_local_admin_key", "write_key_file"]
+__all__ = [
+    "LOCAL_ADMIN",
+    "bearer_headers",
+    "create_api_key",
+    "ensure_local_admin_key",
+    "write_key_file",
+]
 
 LOCAL_ADMIN = "local-admin"
 
@@ -55,6 +61,19 @@ def create_api_key(
             expires_at=expires_at,
             created_by=created_by,
         )
+
+
+def bearer_headers(
+    settings: Settings,
+    api: ApiSettings,
+    *,
+    name: str,
+    role: Role = Role.ADMIN,
+    created_by: str = "cli",
+) -> dict[str, str]:
+    """``Authorization`` of a new key: for in-process clients (benchmarks, demos, tests)."""
+    _, key = create_api_key(settings, api, name=name, role=role, created_by=created_by)
+    return {"Authorization": f"Bearer {key}"}
 
 
 def ensure_local_admin_key(settings: Settings, api: ApiSettings, path: Path) -> tuple[Path, bool]:
