@@ -147,7 +147,7 @@ def create_app(
     install_error_handlers(app)
     app.add_middleware(AuditMiddleware, prefix=f"{API_PREFIX}/")
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    # authorize first (ADR 0042): nothing of a /v1 route runs for a caller without the role.
+    # authorize first (ADR 0046): nothing of a /v1 route runs for a caller without the role.
     # Workflow validation in every /v1 request checks nodes against the projected node catalog.
     v1 = APIRouter(prefix=API_PREFIX, dependencies=[Depends(authorize), Depends(bind_node_catalog)])
     for resource in (

@@ -58,7 +58,7 @@ class ApiSettings(BaseSettings):
     alerts_catch_up_timeout_s: float = 5.0
     """How long ``GET /v1/alerts`` may read the alerts topic to reach its end before 503."""
 
-    # -- identity (ADR 0042, docs/api.md#authentication-and-roles) ---------------------------
+    # -- identity (ADR 0046, docs/api.md#authentication-and-roles) ---------------------------
     # API keys need no settings (they live in `api_schema`). OIDC bearer tokens are accepted
     # only when issuer, audience and JWKS URL are all set.
 

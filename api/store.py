@@ -5,7 +5,7 @@
 - ``api_idempotency``: idempotency key -> run id plus a fingerprint of the request, so a retry gets
   the same run id and a *different* request with a reused key is refused instead of silently
   answered with someone else's run.
-- ``api_keys``: API keys, hashed (:mod:`api.auth.keys`, ADR 0042).
+- ``api_keys``: API keys, hashed (:mod:`api.auth.keys`, ADR 0046).
 
 These are not read models (nothing here is derived from a log); the projector never touches them.
 """
@@ -59,7 +59,7 @@ def ensure_api_schema(conn: psycopg.Connection[Any], schema: str) -> None:
             " fingerprint text NOT NULL,"
             " created_at timestamptz NOT NULL DEFAULT now())"
         )
-        # API keys (api.auth.keys, ADR 0042): the secret only as its SHA-256.
+        # API keys (api.auth.keys, ADR 0046): the secret only as its SHA-256.
         conn.execute(
             f"CREATE TABLE IF NOT EXISTS {quoted}.api_keys ("
             " key_id text PRIMARY KEY,"

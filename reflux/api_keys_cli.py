@@ -1,7 +1,7 @@
 """``reflux api-keys create|list|revoke``: API keys straight in Postgres, without the API.
 
 For the first admin key (the API itself wants an admin key to create keys) and for operators
-with database access; day-to-day key management goes through ``/v1/api-keys``. ADR 0042.
+with database access; day-to-day key management goes through ``/v1/api-keys``. ADR 0046.
 """
 
 from __future__ import annotations

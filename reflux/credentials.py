@@ -1,4 +1,4 @@
-"""The API key the ``reflux`` CLI sends (ADR 0042, docs/api.md#authentication-and-roles).
+"""The API key the ``reflux`` CLI sends (ADR 0046, docs/api.md#authentication-and-roles).
 
 Where it comes from, first found wins:
 

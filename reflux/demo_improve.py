@@ -239,7 +239,7 @@ def _free_port() -> int:
 
 @contextlib.contextmanager
 def _api(settings: Settings, schema: str) -> Iterator[tuple[str, dict[str, str]]]:
-    """The API's URL and the headers of an admin key created for this demo (ADR 0042)."""
+    """The API's URL and the headers of an admin key created for this demo (ADR 0046)."""
     import uvicorn
 
     from api.app import create_app

@@ -19,7 +19,7 @@ def serve_dev(host: str = "127.0.0.1", port: int = 8080) -> int:
     from reflux.credentials import default_key_file
 
     settings = get_settings()
-    # A local admin key (ADR 0042): every /v1 route wants one; the reflux CLI reads this file.
+    # A local admin key (ADR 0046): every /v1 route wants one; the reflux CLI reads this file.
     key_file, created = ensure_local_admin_key(settings, ApiSettings(), default_key_file(settings))
     print(
         f"reflux dev: admin API key {'created in' if created else 'reused from'} {key_file} "

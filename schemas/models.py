@@ -357,7 +357,7 @@ class Alert(StandaloneEnvelope):
 
 class AuditRecorded(RefluxRecord):
     """One write to the HTTP API (or a refused attempt at one): who, in which tenant, what, when,
-    from where, and the answer's status code (ADR 0042).
+    from where, and the answer's status code (ADR 0046).
     """
 
     AVRO_NAME: ClassVar[str] = "reflux.audit.AuditRecorded"

@@ -144,7 +144,7 @@ _FIXED: Final[dict[str, tuple[str, dict[str, str], str | None, str]]] = {
     # The historian keeps them (with their embeddings) in Postgres; a month covers a re-read.
     "diagnoses": ("subject", _retention(30 * DAY_MS), None, "critic findings with evidence"),
     "alerts": ("rule_id", _retention(30 * DAY_MS), None, "SLO alert transitions (firing/resolved)"),
-    # Every write to the API, refused ones included (ADR 0042), keyed by tenant. Kept a year:
+    # Every write to the API, refused ones included (ADR 0046), keyed by tenant. Kept a year:
     # the Postgres projection serves queries, the topic is the record an auditor replays.
     "audit": ("tenant", _retention(400 * DAY_MS), None, "API writes: who, tenant, what, outcome"),
 }

@@ -1,4 +1,4 @@
-"""Identity, roles and audit of the HTTP API (ADR 0042, docs/api.md#authentication-and-roles).
+"""Identity, roles and audit of the HTTP API (ADR 0046, docs/api.md#authentication-and-roles).
 
 - :mod:`api.auth.roles`: the four roles and the per-route table of what each /v1 route needs;
 - :mod:`api.auth.keys`: API keys, stored hashed in the API's own Postgres schema;

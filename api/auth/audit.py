@@ -1,5 +1,5 @@
 """The audit trail: every write to /v1 -- applied, failed or refused -- becomes one
-``AuditRecorded`` on the ``audit`` topic (ADR 0042), projected to ``audit_log`` and served at
+``AuditRecorded`` on the ``audit`` topic (ADR 0046), projected to ``audit_log`` and served at
 ``GET /v1/audit``.
 
 A pure ASGI middleware, outside the routes, so a write refused before any route code runs (401,

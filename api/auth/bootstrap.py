@@ -1,5 +1,5 @@
 """Keys without the API: the first admin key, and the local one of ``reflux dev`` / ``make
-demo`` (ADR 0042). Straight to the API's Postgres schema, the same rows ``POST /v1/api-keys``
+demo`` (ADR 0046). Straight to the API's Postgres schema, the same rows ``POST /v1/api-keys``
 writes; the secret goes to a file only its owner can read."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Who is calling and may they: the dependency every /v1 route runs first (ADR 0042).
+"""Who is calling and may they: the dependency every /v1 route runs first (ADR 0046).
 
 :func:`authorize` is a dependency of the /v1 router, so no route can skip it. It finds the
 route's entry in :data:`api.auth.roles.ROUTE_ACCESS` (via :func:`bind_route_access`, which

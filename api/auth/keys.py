@@ -2,7 +2,7 @@
 
 A key reads ``rfx_<id>_<secret>``: the id (16 hex) is public and finds the row in one primary
 key lookup; the secret (43 url-safe characters, 256 random bits) is stored only as its SHA-256.
-A slow password hash would add nothing against a secret with 256 bits of entropy (ADR 0042), and
+A slow password hash would add nothing against a secret with 256 bits of entropy (ADR 0046), and
 one hash per request keeps authentication at one indexed read.
 
 Rotation replaces the stored hash (same id, name and role): the old secret stops working at

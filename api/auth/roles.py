@@ -1,4 +1,4 @@
-"""The roles and the route table: what each /v1 route needs (ADR 0042).
+"""The roles and the route table: what each /v1 route needs (ADR 0046).
 
 Roles are ordered: each includes every role below it (``admin`` > ``editor`` > ``operator`` >
 ``viewer``), so a key has exactly one role and a check is one comparison.

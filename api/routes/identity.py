@@ -1,4 +1,4 @@
-"""``/v1/api-keys`` (create, list, rotate, revoke) and ``/v1/audit``: admins only (ADR 0042).
+"""``/v1/api-keys`` (create, list, rotate, revoke) and ``/v1/audit``: admins only (ADR 0046).
 
 A key's secret is in the answer to its creation and to each rotation, never again: the API
 keeps its SHA-256 only (:mod:`api.auth.keys`). The audit log is the projection of the ``audit``

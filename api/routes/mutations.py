@@ -80,7 +80,7 @@ def _person(header: str | None) -> str:
 
 
 def _actor(principal: Principal, claimed: str | None, user: str | None, field: str) -> str:
-    """Who did it: the principal (ADR 0042); a body field or ``X-Reflux-User`` may only name
+    """Who did it: the principal (ADR 0046); a body field or ``X-Reflux-User`` may only name
     the principal itself, or anyone when the principal is an admin (:func:`acting_as`)."""
     if claimed is None and user is not None:
         claimed, field = _person(user), "X-Reflux-User"

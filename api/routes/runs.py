@@ -201,7 +201,7 @@ async def start_run(
         # Namespaced by source like the trigger router's keys, so sources never collide.
         idempotency_key=f"{API_SOURCE}:{key}" if key is not None else None,
         source=API_SOURCE,
-        requested_by=principal.actor,  # who started it: the principal (ADR 0042)
+        requested_by=principal.actor,  # who started it: the principal (ADR 0046)
     )
     # Published again on a retry with the same key: the first attempt may not have reached the
     # broker, and the scheduler starts a run id only once.

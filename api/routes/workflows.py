@@ -106,7 +106,7 @@ async def register_workflow(
         version=version,
         definition=definition.to_json_dict(),
         registered_at=registered_at,
-        # The principal (ADR 0042); X-Reflux-User may only name it (or anyone, for an admin).
+        # The principal (ADR 0046); X-Reflux-User may only name it (or anyone, for an admin).
         registered_by=acting_as(principal, registered_by, "X-Reflux-User"),
     )
     # Keyed by id@version: compaction must keep every version (runs pin old ones).

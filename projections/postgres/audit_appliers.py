@@ -1,4 +1,4 @@
-"""Applier of ``reflux.audit`` (the ``audit_log`` table of migration 010; ADR 0042).
+"""Applier of ``reflux.audit`` (the ``audit_log`` table of migration 010; ADR 0046).
 
 Registered on :func:`projections.postgres.appliers.plan` when imported (the projector imports
 this module). The guard is the row itself: an audit record is inserted once (``event_id``) and

@@ -1,4 +1,4 @@
--- The audit log (ADR 0042, docs/api.md#authentication-and-roles): one row per AuditRecorded
+-- The audit log (ADR 0046, docs/api.md#authentication-and-roles): one row per AuditRecorded
 -- from the `audit` topic -- every write to the API, refused ones included -- served by
 -- GET /v1/audit. Append-only: the projector inserts each event once (event_id) and never
 -- updates a row.

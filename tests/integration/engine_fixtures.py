@@ -225,7 +225,7 @@ def api_client(harness: Harness) -> TestClient:
         poll_interval_s=0.05,
         clickhouse_enabled=False,
     )
-    # A real admin key in <schema>_api (ADR 0042): every /v1 route wants a credential.
+    # A real admin key in <schema>_api (ADR 0046): every /v1 route wants a credential.
     headers = key_headers(harness.settings, settings, name="harness-admin")
     return TestClient(create_app(harness.settings, settings), headers=headers)
 

@@ -29,7 +29,7 @@ def api_url(
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     api_schema = f"{harness.schema}_api"
-    # The key the real way (ADR 0042): `reflux api-keys create --write-to` (straight to the
+    # The key the real way (ADR 0046): `reflux api-keys create --write-to` (straight to the
     # API's Postgres schema, file mode 0600), then the CLI reads it from REFLUX_API_KEY_FILE.
     key_file = tmp_path_factory.mktemp("reflux-key") / "api-key"
     monkeypatch.setenv("REFLUX_API_API_SCHEMA", api_schema)

@@ -1,4 +1,4 @@
-"""Authenticated API clients for tests: a real key, created the real way (ADR 0042).
+"""Authenticated API clients for tests: a real key, created the real way (ADR 0046).
 
 The key is written to the API's own Postgres schema by :func:`api.auth.bootstrap.create_api_key`
 -- what ``reflux api-keys create`` does -- and the client sends it on every request. There is no

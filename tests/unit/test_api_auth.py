@@ -1,4 +1,4 @@
-"""Identity without services (ADR 0042): the route table covers every /v1 route, the OpenAPI
+"""Identity without services (ADR 0046): the route table covers every /v1 route, the OpenAPI
 document declares the security, OIDC tokens are checked against a real local JWKS server, and
 the actor of a write is the principal's."""
 
