@@ -74,7 +74,9 @@ class NotAuthenticatedError(ApiError):
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
-        quoted = reason.replace("\\", "\\\\").replace('"', "'")
+        # A header value is latin-1 without control characters; the reason may quote a claim.
+        printable = "".join(c if " " <= c <= "~" else "?" for c in reason)
+        quoted = printable.replace("\\", "\\\\").replace('"', "'")
         self.headers = {
             "WWW-Authenticate": f'{_REALM}, error="invalid_token", error_description="{quoted}"'
         }

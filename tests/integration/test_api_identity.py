@@ -146,7 +146,7 @@ def test_a_bad_credential_is_401_with_the_reason(env: Env) -> None:
         response = env.client.get("/v1/runs", headers={"Authorization": header})
         assert response.status_code == 401, header
         assert reason in response.json()["detail"], (header, response.json())
-        assert reason.split(":")[0] in response.headers["www-authenticate"] or True
+        assert 'error="invalid_token"' in response.headers["www-authenticate"]
 
 
 def test_a_viewer_reads_but_gets_403_on_a_write(env: Env) -> None:

@@ -247,3 +247,10 @@ def test_unknown_kids_do_not_hammer_the_issuer(issuer: LocalIssuer) -> None:
         with pytest.raises(TokenRefusedError, match="no signing key"):
             verify_token(issuer.token(kid="forged", key=issuer.keys[issuer.kid]), api, cache)
     assert cache.fetches == 1
+
+
+def test_a_reason_quoting_a_claim_cannot_break_the_header() -> None:
+    error = NotAuthenticatedError("no role in 'r\u00f4le\r\nSet-Cookie: x'")
+    header = error.headers["WWW-Authenticate"]
+    assert "\r" not in header and "\n" not in header
+    header.encode("latin-1")
