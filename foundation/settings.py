@@ -10,6 +10,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -48,7 +49,7 @@ class Settings(BaseSettings):
     # The key the `reflux` CLI sends to it (ADR 0046): REFLUX_API_KEY, else the first line of
     # api_key_file (unset: <data_dir>/api-key, where `reflux dev` / `make demo` / `reflux
     # api-keys create --write-to` put a local admin key).
-    api_key: str | None = None
+    api_key: SecretStr | None = None
     api_key_file: Path | None = None
 
     # Step params / outputs larger than this travel through the object store (claim check).

@@ -35,8 +35,8 @@ def default_key_file(settings: Settings | None = None) -> Path:
 
 def api_key(settings: Settings | None = None) -> str | None:
     settings = settings or _settings()
-    if settings.api_key:
-        return settings.api_key.strip()
+    if settings.api_key is not None and settings.api_key.get_secret_value().strip():
+        return settings.api_key.get_secret_value().strip()
     path = default_key_file(settings)
     try:
         lines = path.read_text().splitlines()

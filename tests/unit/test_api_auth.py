@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -254,3 +255,22 @@ def test_a_reason_quoting_a_claim_cannot_break_the_header() -> None:
     header = error.headers["WWW-Authenticate"]
     assert "\r" not in header and "\n" not in header
     header.encode("latin-1")
+
+
+def test_the_cli_sends_reflux_api_key_else_the_key_file(tmp_path: Path) -> None:
+    from api.auth.bootstrap import write_key_file
+    from reflux.credentials import api_key, auth_headers
+
+    key_file = write_key_file(tmp_path / "sub" / "api-key", "rfx_from_file")
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    from_file = Settings(api_key_file=key_file)
+    assert api_key(from_file) == "rfx_from_file"
+    assert auth_headers(from_file) == {"Authorization": "Bearer rfx_from_file"}
+    both = Settings(api_key_file=key_file, api_key="rfx_from_env")  # type: ignore[arg-type]
+    assert api_key(both) == "rfx_from_env"
+    assert "rfx_from_env" not in repr(both), "the key is a secret in the settings"
+    assert api_key(Settings(api_key_file=tmp_path / "missing")) is None
+    assert auth_headers(Settings(api_key_file=tmp_path / "missing")) == {}
+    key_file.chmod(0o644)
+    write_key_file(key_file, "rfx_again")  # rewriting an existing file restores 0600
+    assert key_file.stat().st_mode & 0o777 == 0o600
