@@ -19,7 +19,7 @@ from psycopg_pool import ConnectionPool
 from starlette.concurrency import run_in_threadpool
 
 from api.auth.audit import AuditMiddleware
-from api.auth.guard import authorize, bind_route_access
+from api.auth.guard import AuthenticationMiddleware, authorize, bind_route_access
 from api.auth.openapi import install_security_openapi
 from api.config import ApiSettings
 from api.errors import install_error_handlers
@@ -145,6 +145,8 @@ def create_app(
     )
     app.state.metrics = metrics
     install_error_handlers(app)
+    # Outermost last: audit wraps authentication, so a 401 is audited too.
+    app.add_middleware(AuthenticationMiddleware, prefix=f"{API_PREFIX}/")
     app.add_middleware(AuditMiddleware, prefix=f"{API_PREFIX}/")
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     # authorize first (ADR 0046): nothing of a /v1 route runs for a caller without the role.

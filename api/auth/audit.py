@@ -19,7 +19,7 @@ from typing import Any, Final
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.auth.guard import Principal, route_rule
+from api.auth.guard import Principal, match_route, route_rule
 from api.auth.roles import SIGNED
 from api.prometheus import route_template
 from schemas.models import AuditRecorded
@@ -47,7 +47,10 @@ def audit_record(scope: Scope, status: int) -> AuditRecorded:
         actor, kind, pid, role, tenant = "anonymous", "anonymous", None, None, "default"
         pid = state.get("auth_key_id")
     client = scope.get("client")
-    params = scope.get("path_params") or {}
+    params = scope.get("path_params")
+    if params is None:  # refused before routing (401): the ids the path names anyway
+        matched = match_route(scope)
+        params = matched[1] if matched is not None else {}
     return AuditRecorded(
         actor=actor,
         principal_kind=kind,

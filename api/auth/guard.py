@@ -1,9 +1,9 @@
 """Who is calling and may they: the dependency every /v1 route runs first (ADR 0046).
 
-:func:`authorize` is a dependency of the /v1 router, so no route can skip it. It finds the
+:class:`AuthenticationMiddleware` authenticates every /v1 request before routing and body
+parsing; :func:`authorize`, a dependency of the /v1 router (so no route can skip it), finds the
 route's entry in :data:`api.auth.roles.ROUTE_ACCESS` (via :func:`bind_route_access`, which
-``create_app`` calls and which refuses an app with an undeclared /v1 route), authenticates the
-credential and checks the role:
+``create_app`` calls and which refuses an app with an undeclared /v1 route) and checks the role:
 
 - ``Authorization: Bearer <credential>`` or ``X-API-Key: <key>``; a credential starting with
   ``rfx_`` is an API key (:mod:`api.auth.keys`), anything else a JWT (:mod:`api.auth.oidc`);
@@ -20,12 +20,19 @@ at least ``operator``.
 
 from __future__ import annotations
 
+import logging
+import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Final, Literal
 
+import psycopg
 from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute, iter_route_contexts
+from psycopg_pool import PoolTimeout
 from starlette.concurrency import run_in_threadpool
+from starlette.routing import compile_path
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.auth.keys import KEY_PREFIX, KeyRefusedError, check_key, parse_key
 from api.auth.oidc import JwksCache, TokenRefusedError, verify_token
@@ -37,6 +44,7 @@ from foundation.errors import ConfigurationError
 
 __all__ = [
     "API_KEY_HEADER",
+    "AuthenticationMiddleware",
     "ForbiddenError",
     "NotAuthenticatedError",
     "Principal",
@@ -45,8 +53,11 @@ __all__ = [
     "acting_as",
     "authorize",
     "bind_route_access",
+    "match_route",
     "route_rule",
 ]
+
+log = logging.getLogger(__name__)
 
 API_KEY_HEADER: Final = "X-API-Key"
 _REALM: Final = 'Bearer realm="reflux"'
@@ -100,6 +111,7 @@ def bind_route_access(app: FastAPI, prefix: str = "/v1") -> dict[int, RouteRule]
     the router puts in ``scope["route"]``); :class:`ConfigurationError` listing the routes with
     no entry, so an undeclared route stops the app from being built."""
     rules: dict[int, RouteRule] = {}
+    patterns: list[tuple[re.Pattern[str], RouteRule]] = []
     missing: list[str] = []
     for context in iter_route_contexts(app.routes):
         route = context.original_route
@@ -112,24 +124,43 @@ def bind_route_access(app: FastAPI, prefix: str = "/v1") -> dict[int, RouteRule]
             if access is None:
                 missing.append(f"{method} {path}")
             else:
-                rules[id(route)] = RouteRule(method, path, access)
+                rules[id(route)] = rule = RouteRule(method, path, access)
+                patterns.append((compile_path(context.path or path)[0], rule))
     if missing:
         raise ConfigurationError(
             "Expected every /v1 route to declare its permission in api.auth.roles.ROUTE_ACCESS, "
             f"but these have none: {missing}"
         )
     app.state.route_access = rules
+    app.state.route_patterns = patterns
     return rules
 
 
 def route_rule(scope: dict[str, Any] | Any) -> RouteRule | None:
-    """The rule of the route that matched ``scope`` (None: not a /v1 route, or unmatched)."""
-    app = scope.get("app")
-    rules: dict[int, RouteRule] | None = getattr(getattr(app, "state", None), "route_access", None)
-    route = scope.get("route")
-    if rules is None or route is None:
+    """The rule of the route that matched ``scope`` -- or, for a request refused before routing
+    (401), of the route its method and path would match (None: not a /v1 route)."""
+    state = getattr(scope.get("app"), "state", None)
+    rules: dict[int, RouteRule] | None = getattr(state, "route_access", None)
+    if rules is None:
         return None
-    return rules.get(id(route))
+    route = scope.get("route")
+    if route is not None:
+        return rules.get(id(route))
+    matched = match_route(scope)
+    return matched[0] if matched is not None else None
+
+
+def match_route(scope: dict[str, Any] | Any) -> tuple[RouteRule, dict[str, str]] | None:
+    """The rule and path parameters of the /v1 route ``scope``'s method and path match,
+    without routing (for requests answered before the router ran)."""
+    state = getattr(scope.get("app"), "state", None)
+    patterns: list[tuple[re.Pattern[str], RouteRule]] = getattr(state, "route_patterns", [])
+    path, method = str(scope.get("path", "")), scope.get("method")
+    for pattern, rule in patterns:
+        found = pattern.match(path) if rule.method == method else None
+        if found is not None:
+            return rule, found.groupdict()
+    return None
 
 
 def _credential(request: Request) -> str | None:
@@ -189,29 +220,68 @@ def _need(rule: RouteRule, principal: Principal, role: Role) -> None:
         )
 
 
+_NO_CREDENTIAL: Final = (
+    "Expected a credential: 'Authorization: Bearer <API key or OIDC token>' or "
+    f"'{API_KEY_HEADER}: <API key>'"
+)
+
+
+class AuthenticationMiddleware:
+    """Who is calling, before anything else of a /v1 request runs: routing, body parsing (a
+    malformed body from an anonymous caller is 401, not 422), validation. Puts the principal on
+    ``request.state``; :func:`authorize` then checks the route's role. Only the webhook routes
+    (``/v1/hooks/...``, all ``SIGNED``) are let through without a credential."""
+
+    def __init__(self, app: ASGIApp, prefix: str = "/v1/", signed_prefix: str = "/v1/hooks/"):
+        self.app = app
+        self.prefix = prefix
+        self.signed_prefix = signed_prefix
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = str(scope.get("path", ""))
+        if scope["type"] != "http" or not path.startswith(self.prefix):
+            await self.app(scope, receive, send)
+            return
+        scope.setdefault("state", {})
+        request = Request(scope)  # headers only: the body stays unread for the route
+        try:
+            credential = _credential(request)
+            if credential is not None:
+                scope["state"]["principal"] = await _authenticate(request, credential)
+            elif not path.startswith(self.signed_prefix):
+                raise NotAuthenticatedError(_NO_CREDENTIAL)
+        except NotAuthenticatedError as exc:
+            scope["state"]["auth_refusal"] = str(exc.detail)
+            response = JSONResponse({"detail": exc.detail}, 401, headers=exc.headers)
+            await response(scope, receive, send)
+            return
+        except (PoolTimeout, psycopg.OperationalError) as exc:
+            # Outside the app's exception handlers: the same answer they give (api.errors).
+            log.warning("Postgres unavailable while checking an API key: %s", exc)
+            detail = f"Postgres is unavailable: {type(exc).__name__}: {exc}"
+            await JSONResponse({"detail": detail}, 503)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 async def authorize(request: Request) -> None:
-    """The /v1 router's dependency; see the module docstring."""
+    """The /v1 router's dependency: the route's role; see the module docstring."""
     rule = route_rule(request.scope)
+    principal: Principal | None = getattr(request.state, "principal", None)
     try:
         if rule is None:  # fail closed: bind_route_access makes this unreachable for /v1
             raise ForbiddenError(
                 f"no permission is declared for {request.method} {request.url.path}"
             )
-        credential = _credential(request)
-        if rule.access == SIGNED and credential is None:
+        if principal is None:
+            if rule.access != SIGNED:  # AuthenticationMiddleware answers first; fail closed
+                raise NotAuthenticatedError(_NO_CREDENTIAL)
             if _signed_without_key(request):
                 return
             raise NotAuthenticatedError(
                 "this workflow has no webhook secret: send an API key or OIDC token "
                 "(role operator or higher)"
             )
-        if credential is None:
-            raise NotAuthenticatedError(
-                f"Expected a credential: 'Authorization: Bearer <API key or OIDC token>' or "
-                f"'{API_KEY_HEADER}: <API key>'"
-            )
-        principal = await _authenticate(request, credential)
-        request.state.principal = principal
         _need(rule, principal, Role.OPERATOR if rule.access == SIGNED else Role(rule.access))
     except (NotAuthenticatedError, ForbiddenError) as exc:
         request.state.auth_refusal = str(exc.detail)
