@@ -163,9 +163,16 @@ def match_route(scope: dict[str, Any] | Any) -> tuple[RouteRule, dict[str, str]]
     return None
 
 
-def _credential(request: Request) -> str | None:
+def _credential(request: Request, *, webhook: bool = False) -> str | None:
+    """The credential the request carries. On a webhook route (``webhook``) the Authorization
+    header may be the sender's own (it is passed on to the waiting step): only an API key
+    (``Bearer rfx_...``) there counts as ours; anything else is left to the HMAC signature."""
     bearer: str | None = None
     header = request.headers.get("authorization")
+    if webhook and header is not None:
+        scheme, _, value = header.strip().partition(" ")
+        if scheme.lower() != "bearer" or not value.strip().startswith(KEY_PREFIX):
+            header = None
     if header is not None:
         scheme, _, value = header.strip().partition(" ")
         if scheme.lower() != "bearer" or not value.strip():
@@ -245,7 +252,7 @@ class AuthenticationMiddleware:
         scope.setdefault("state", {})
         request = Request(scope)  # headers only: the body stays unread for the route
         try:
-            credential = _credential(request)
+            credential = _credential(request, webhook=path.startswith(self.signed_prefix))
             if credential is not None:
                 scope["state"]["principal"] = await _authenticate(request, credential)
             elif not path.startswith(self.signed_prefix):
