@@ -18,7 +18,7 @@ from fastapi import APIRouter, Depends, FastAPI
 from psycopg_pool import ConnectionPool
 from starlette.concurrency import run_in_threadpool
 
-from api.auth.audit import AuditMiddleware
+from api.auth.audit import AuditMiddleware, AuditSink
 from api.auth.guard import AuthenticationMiddleware, authorize, bind_route_access
 from api.auth.openapi import install_security_openapi
 from api.config import ApiSettings
@@ -111,6 +111,7 @@ def create_app(
         app.state.pool = pool
         app.state.topics = topics
         app.state.publisher = Publisher(producer, topics, metrics, api.publish_timeout_s)
+        app.state.audit = audit = AuditSink(settings, topics.audit)  # ADR 0046
         app.state.admin = admin_client(settings)
         app.state.read_model = ReadModel(pool, api.read_schema, api.pool_timeout_s)
         app.state.store = store = ApiStore(pool, api.api_schema, api.pool_timeout_s)
@@ -134,6 +135,7 @@ def create_app(
                 await run_in_threadpool(producer.close, api.publish_timeout_s)
             except Exception as exc:
                 log.warning("producer close: %s", exc)
+            await run_in_threadpool(audit.close)
             await run_in_threadpool(pool.close)
 
     app = FastAPI(

@@ -3,28 +3,33 @@
 ``GET /v1/audit``.
 
 A pure ASGI middleware, outside the routes, so a write refused before any route code runs (401,
-403, 422) is recorded like one that succeeded. It publishes after the answer is complete (the
+403, 422) is recorded like one that succeeded. It records after the answer is complete (the
 status code is part of the record); the principal comes from ``request.state`` where
-:func:`api.auth.guard.authorize` put it -- never from the request.
+:mod:`api.auth.guard` put it -- never from the request.
 
-A failed publish (Kafka down) is logged and counted, not turned into an error answer: the write
-itself has already been applied or refused by then.
+Records go through :class:`AuditSink`, the audit topic's own producer, queued without waiting
+for the broker; a refused delivery (Kafka down) is logged and counted, not turned into an error
+answer: the write itself has already been applied or refused by then.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any, Final
 
-from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.auth.guard import Principal, match_route, route_rule
 from api.auth.roles import SIGNED
 from api.prometheus import route_template
+from foundation.closing import Closing
+from foundation.settings import Settings
 from schemas.models import AuditRecorded
+from streams.producer import DeliveryError, Producer
+from streams.topics import TopicSpec
 
-__all__ = ["WRITE_METHODS", "AuditMiddleware", "audit_record"]
+__all__ = ["WRITE_METHODS", "AuditMiddleware", "AuditSink", "audit_record"]
 
 log = logging.getLogger(__name__)
 
@@ -97,14 +102,12 @@ class AuditMiddleware:
             await self._publish(scope, status)
 
     async def _publish(self, scope: Scope, status: int) -> None:
-        app_state = getattr(scope.get("app"), "state", None)
-        publisher = getattr(app_state, "publisher", None)
-        topics = getattr(app_state, "topics", None)
+        sink: AuditSink | None = getattr(getattr(scope.get("app"), "state", None), "audit", None)
         try:
             record = audit_record(scope, status)
-            if publisher is None or topics is None:
-                raise RuntimeError("the app has no publisher (lifespan not started)")
-            await run_in_threadpool(publisher.publish, topics.audit, record.tenant, record)
+            if sink is None:
+                raise RuntimeError("the app has no audit sink (lifespan not started)")
+            sink.record(record)
         except Exception as exc:
             self.failures += 1
             log.error(
@@ -114,3 +117,45 @@ class AuditMiddleware:
                 status,
                 exc,
             )
+
+
+class AuditSink(Closing):
+    """The audit topic's own producer: records are queued without waiting for the broker (a
+    write's answer does not wait for its audit record, and the API's command publisher -- one
+    flush at a time -- is not held by it); a background thread flushes every ``interval_s`` and
+    logs and counts what the broker refused. ``close`` flushes what is left."""
+
+    def __init__(self, settings: Settings, topic: TopicSpec, interval_s: float = 0.5) -> None:
+        self.topic = topic
+        self.failed = 0
+        self._producer = Producer(settings, config={"linger.ms": 20}, client_id="reflux-api-audit")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._flush_loop, args=(interval_s,), name="reflux-api-audit", daemon=True
+        )
+        self._thread.start()
+
+    def record(self, record: AuditRecorded) -> None:
+        self._producer.send(self.topic, record.tenant, record)
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Wait until every queued record is on the broker; a refusal is logged and counted."""
+        try:
+            self._producer.flush(timeout)
+        except DeliveryError as exc:
+            self.failed += len(exc.failures)
+            log.error("audit records not delivered to %s: %s", self.topic.topic, exc)
+
+    def _flush_loop(self, interval_s: float) -> None:
+        while not self._stop.wait(interval_s):
+            self.flush()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self.flush()
+        try:
+            self._producer.close(10)
+        except DeliveryError as exc:
+            self.failed += len(exc.failures)
+            log.error("audit records not delivered at close: %s", exc)

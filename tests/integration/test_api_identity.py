@@ -309,6 +309,7 @@ def test_every_write_is_in_the_audit_log_with_its_principal(env: Env) -> None:
         "/v1/workflows", json=DEFINITION, headers={"Authorization": f"Bearer {token}"}
     )
     assert oidc.status_code == 201
+    env.client.app.state.audit.flush()  # type: ignore[attr-defined]  # queued, not awaited
     env.project()
 
     page = env.client.get("/v1/audit", headers=admin, params={"since": since.isoformat()})
