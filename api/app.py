@@ -18,9 +18,9 @@ from fastapi import APIRouter, Depends, FastAPI
 from psycopg_pool import ConnectionPool
 from starlette.concurrency import run_in_threadpool
 
-from api.auth.audit import AuditMiddleware, AuditSink
-from api.auth.guard import AuthenticationMiddleware, authorize, bind_route_access
-from api.auth.openapi import install_security_openapi
+from api.auth.audit import AuditSink
+from api.auth.guard import authorize
+from api.auth.install import install_identity
 from api.config import ApiSettings
 from api.errors import install_error_handlers
 from api.prometheus import ApiMetrics, MetricsMiddleware
@@ -111,7 +111,9 @@ def create_app(
         app.state.pool = pool
         app.state.topics = topics
         app.state.publisher = Publisher(producer, topics, metrics, api.publish_timeout_s)
-        app.state.audit = audit = AuditSink(settings, topics.audit)  # ADR 0046
+        app.state.audit = audit = AuditSink(  # ADR 0046
+            settings, topics.audit, timeout_s=api.publish_timeout_s
+        )
         app.state.admin = admin_client(settings)
         app.state.read_model = ReadModel(pool, api.read_schema, api.pool_timeout_s)
         app.state.store = store = ApiStore(pool, api.api_schema, api.pool_timeout_s)
@@ -147,9 +149,6 @@ def create_app(
     )
     app.state.metrics = metrics
     install_error_handlers(app)
-    # Outermost last: audit wraps authentication, so a 401 is audited too.
-    app.add_middleware(AuthenticationMiddleware, prefix=f"{API_PREFIX}/")
-    app.add_middleware(AuditMiddleware, prefix=f"{API_PREFIX}/")
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     # authorize first (ADR 0046): nothing of a /v1 route runs for a caller without the role.
     # Workflow validation in every /v1 request checks nodes against the projected node catalog.
@@ -174,6 +173,5 @@ def create_app(
         v1.include_router(resource)
     app.include_router(v1)
     app.include_router(health.router)
-    bind_route_access(app, API_PREFIX)
-    install_security_openapi(app)
+    install_identity(app, API_PREFIX)  # roles, authentication, audit, OpenAPI (ADR 0046)
     return app

@@ -125,8 +125,11 @@ class AuditSink(Closing):
     flush at a time -- is not held by it); a background thread flushes every ``interval_s`` and
     logs and counts what the broker refused. ``close`` flushes what is left."""
 
-    def __init__(self, settings: Settings, topic: TopicSpec, interval_s: float = 0.5) -> None:
+    def __init__(
+        self, settings: Settings, topic: TopicSpec, interval_s: float = 0.5, timeout_s: float = 5.0
+    ) -> None:
         self.topic = topic
+        self.timeout_s = timeout_s
         self.failed = 0
         self._producer = Producer(settings, config={"linger.ms": 20}, client_id="reflux-api-audit")
         self._stop = threading.Event()
@@ -138,10 +141,10 @@ class AuditSink(Closing):
     def record(self, record: AuditRecorded) -> None:
         self._producer.send(self.topic, record.tenant, record)
 
-    def flush(self, timeout: float = 10.0) -> None:
+    def flush(self, timeout: float | None = None) -> None:
         """Wait until every queued record is on the broker; a refusal is logged and counted."""
         try:
-            self._producer.flush(timeout)
+            self._producer.flush(self.timeout_s if timeout is None else timeout)
         except DeliveryError as exc:
             self.failed += len(exc.failures)
             log.error("audit records not delivered to %s: %s", self.topic.topic, exc)
@@ -152,10 +155,10 @@ class AuditSink(Closing):
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join(10)
+        self._thread.join(self.timeout_s + 1)
         self.flush()
         try:
-            self._producer.close(10)
+            self._producer.close(self.timeout_s)
         except DeliveryError as exc:
             self.failed += len(exc.failures)
             log.error("audit records not delivered at close: %s", exc)
