@@ -1,4 +1,5 @@
-"""Who is calling and may they: the dependency every /v1 route runs first (ADR 0046).
+"""Who is calling (a middleware, before routing) and may they (the /v1 router's first
+dependency); ADR 0046.
 
 :class:`AuthenticationMiddleware` authenticates every /v1 request before routing and body
 parsing; :func:`authorize`, a dependency of the /v1 router (so no route can skip it), finds the
