@@ -110,8 +110,6 @@ def create_app(
         pool.open(wait=False)
         producer = api_producer(settings, api.publish_timeout_s)
         topics = TopicCatalog.from_settings(settings)
-        app.state.settings = settings
-        app.state.api_settings = api
         app.state.pool = pool
         app.state.topics = topics
         app.state.publisher = Publisher(producer, topics, metrics, api.publish_timeout_s)
@@ -152,6 +150,10 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.metrics = metrics
+    # Configuration, not I/O: set here rather than by the lifespan, so authentication and the
+    # limits can answer a request that needs no backend.
+    app.state.settings = settings
+    app.state.api_settings = api
     install_error_handlers(app)
     install_common_responses(app)
     # Inside the metrics middleware, so refused requests are counted too.
