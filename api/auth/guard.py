@@ -25,6 +25,7 @@ import logging
 import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Final, Literal
+from urllib.parse import unquote
 
 import psycopg
 from fastapi import Depends, FastAPI, Request
@@ -258,6 +259,9 @@ class AuthenticationMiddleware:
                 scope["state"]["principal"] = await _authenticate(request, credential)
             elif not path.startswith(self.signed_prefix):
                 raise NotAuthenticatedError(_NO_CREDENTIAL)
+            elif not _start_hook_may_be_anonymous(request, path[len(self.signed_prefix) :]):
+                # Answered here, before the body is read (as for any other anonymous write).
+                raise NotAuthenticatedError(_START_HOOK_NEEDS_KEY)
         except NotAuthenticatedError as exc:
             scope["state"]["auth_refusal"] = str(exc.detail)
             response = JSONResponse({"detail": exc.detail}, 401, headers=exc.headers)
@@ -286,14 +290,25 @@ async def authorize(request: Request) -> None:
                 raise NotAuthenticatedError(_NO_CREDENTIAL)
             if _signed_without_key(request):
                 return
-            raise NotAuthenticatedError(
-                "this workflow has no webhook secret: send an API key or OIDC token "
-                "(role operator or higher)"
-            )
+            raise NotAuthenticatedError(_START_HOOK_NEEDS_KEY)
         _need(rule, principal, Role.OPERATOR if rule.access == SIGNED else Role(rule.access))
     except (NotAuthenticatedError, ForbiddenError) as exc:
         request.state.auth_refusal = str(exc.detail)
         raise
+
+
+_START_HOOK_NEEDS_KEY = (
+    "this workflow has no webhook secret: send an API key or OIDC token (role operator or higher)"
+)
+
+
+def _start_hook_may_be_anonymous(request: Request, rest: str) -> bool:
+    """``rest``: the path after ``/v1/hooks/``. A start hook (``{workflow_id}``, one segment)
+    goes without a key only for a workflow with a webhook secret; the other hooks always do."""
+    if not rest or "/" in rest:
+        return True
+    api: ApiSettings = request.app.state.api_settings
+    return unquote(rest) in api.webhook_secrets
 
 
 def _signed_without_key(request: Request) -> bool:
