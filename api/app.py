@@ -19,6 +19,9 @@ from fastapi import APIRouter, Depends, FastAPI
 from psycopg_pool import ConnectionPool
 from starlette.concurrency import run_in_threadpool
 
+from api.auth.audit import AuditSink
+from api.auth.guard import authorize
+from api.auth.install import install_identity
 from api.config import ApiSettings
 from api.errors import install_error_handlers
 from api.limits import BodyLimit, RequestLimitsMiddleware
@@ -33,6 +36,7 @@ from api.routes import (
     feedback,
     health,
     hooks,
+    identity,
     mutations,
     nodes,
     replays,
@@ -59,6 +63,8 @@ DESCRIPTION = """\
 Writes become commands on Kafka (202 + id, with an optional bounded wait); reads come from the
 Postgres projections, so a just-accepted run appears after the projector has caught up.
 Errors are `{"detail": ...}`; 422 details carry the field path in `loc`.
+Every /v1 route needs a credential (`Authorization: Bearer <API key or OIDC token>`) and a role
+(`x-reflux-role` on each operation); webhooks are authenticated by their HMAC signature.
 """
 
 TAGS = [
@@ -72,7 +78,8 @@ TAGS = [
         "name": "mutations",
         "description": "Workflow mutation proposals: validate, approve, canary, keep, roll back.",
     },
-    {"name": "health", "description": "Liveness, readiness and Prometheus metrics."},
+    {"name": "identity", "description": "API keys and the audit log (admins)."},
+    {"name": "health", "description": "Liveness, readiness and Prometheus metrics (open)."},
 ]
 
 
@@ -103,11 +110,12 @@ def create_app(
         pool.open(wait=False)
         producer = api_producer(settings, api.publish_timeout_s)
         topics = TopicCatalog.from_settings(settings)
-        app.state.settings = settings
-        app.state.api_settings = api
         app.state.pool = pool
         app.state.topics = topics
         app.state.publisher = Publisher(producer, topics, metrics, api.publish_timeout_s)
+        app.state.audit = audit = AuditSink(  # ADR 0046
+            settings, topics.audit, timeout_s=api.publish_timeout_s
+        )
         app.state.admin = admin_client(settings)
         app.state.read_model = ReadModel(pool, api.read_schema, api.pool_timeout_s)
         app.state.store = store = ApiStore(pool, api.api_schema, api.pool_timeout_s)
@@ -131,6 +139,7 @@ def create_app(
                 await run_in_threadpool(producer.close, api.publish_timeout_s)
             except Exception as exc:
                 log.warning("producer close: %s", exc)
+            await run_in_threadpool(audit.close)
             await run_in_threadpool(pool.close)
 
     app = FastAPI(
@@ -141,6 +150,10 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.metrics = metrics
+    # Configuration, not I/O: set here rather than by the lifespan, so authentication and the
+    # limits can answer a request that needs no backend.
+    app.state.settings = settings
+    app.state.api_settings = api
     install_error_handlers(app)
     install_common_responses(app)
     # Inside the metrics middleware, so refused requests are counted too.
@@ -148,8 +161,9 @@ def create_app(
         RequestLimitsMiddleware, max_bytes=api.max_body_bytes, routes=body_limits(api)
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    # authorize first (ADR 0046): nothing of a /v1 route runs for a caller without the role.
     # Workflow validation in every /v1 request checks nodes against the projected node catalog.
-    v1 = APIRouter(prefix=API_PREFIX, dependencies=[Depends(bind_node_catalog)])
+    v1 = APIRouter(prefix=API_PREFIX, dependencies=[Depends(authorize), Depends(bind_node_catalog)])
     for resource in (
         workflows.router,
         # Before runs.router: `/runs/import` must not be read as the run id "import".
@@ -164,10 +178,13 @@ def create_app(
         mutations.workflow_router,
         replays.router,
         diagnoses.router,
+        identity.keys_router,
+        identity.audit_router,
     ):
         v1.include_router(resource)
     app.include_router(v1)
     app.include_router(health.router)
+    install_identity(app, API_PREFIX)  # roles, authentication, audit, OpenAPI (ADR 0046)
     return app
 
 

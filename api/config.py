@@ -71,3 +71,40 @@ class ApiSettings(BaseSettings):
 
     alerts_catch_up_timeout_s: float = 5.0
     """How long ``GET /v1/alerts`` may read the alerts topic to reach its end before 503."""
+
+    # -- identity (ADR 0046, docs/api.md#authentication-and-roles) ---------------------------
+    # API keys need no settings (they live in `api_schema`). OIDC bearer tokens are accepted
+    # only when issuer, audience and JWKS URL are all set.
+
+    oidc_issuer: str | None = None
+    """Expected ``iss`` of OIDC tokens, e.g. ``https://login.example.com/realms/acme``."""
+
+    oidc_audience: str | None = None
+    """Expected ``aud`` (this API's client id at the issuer)."""
+
+    oidc_jwks_url: str | None = None
+    """Where the issuer publishes its signing keys (JWKS)."""
+
+    oidc_roles_claim: str = "roles"
+    """Claim holding the REFLUX role(s): a string or a list; dotted for nested claims
+    (``realm_access.roles``). The highest known role wins; a token with none gets 403."""
+
+    oidc_tenant_claim: str = "tenant"
+    """Claim holding the tenant; ``default`` when the token has none."""
+
+    oidc_algorithms: tuple[str, ...] = ("RS256", "ES256")
+    """Accepted signature algorithms (never ``none`` or HMAC: the JWKS holds public keys)."""
+
+    oidc_jwks_cache_s: float = 600.0
+    """How long fetched signing keys are used before the JWKS is read again."""
+
+    oidc_jwks_min_refresh_s: float = 10.0
+    """An unknown ``kid`` re-reads the JWKS at most this often (a stream of forged kids cannot
+    turn into a stream of requests to the issuer)."""
+
+    oidc_leeway_s: float = 30.0
+    """Clock skew allowed on ``exp``/``nbf``/``iat``."""
+
+    @property
+    def oidc_enabled(self) -> bool:
+        return bool(self.oidc_issuer and self.oidc_audience and self.oidc_jwks_url)

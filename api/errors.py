@@ -119,13 +119,14 @@ def validation_detail(
     ]
 
 
-def _json(status: int, detail: Any) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"detail": detail})
+def _json(status: int, detail: Any, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"detail": detail}, headers=headers)
 
 
 async def _api_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return _json(exc.status_code, exc.detail)
+    # e.g. WWW-Authenticate on a 401 (api.auth.guard)
+    return _json(exc.status_code, exc.detail, getattr(exc, "headers", None))
 
 
 _TOO_LARGE: Final = frozenset({"MSG_SIZE_TOO_LARGE", "RECORD_LIST_TOO_LARGE"})

@@ -5,6 +5,7 @@
 - ``api_idempotency``: idempotency key -> run id plus a fingerprint of the request, so a retry gets
   the same run id and a *different* request with a reused key is refused instead of silently
   answered with someone else's run.
+- ``api_keys``: API keys, hashed (:mod:`api.auth.keys`, ADR 0046).
 
 These are not read models (nothing here is derived from a log); the projector never touches them.
 """
@@ -12,8 +13,9 @@ These are not read models (nothing here is derived from a log); the projector ne
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import psycopg
 from psycopg_pool import ConnectionPool
@@ -30,6 +32,9 @@ __all__ = [
     "ensure_api_schema",
     "request_fingerprint",
 ]
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 def ensure_api_schema(conn: psycopg.Connection[Any], schema: str) -> None:
@@ -53,6 +58,20 @@ def ensure_api_schema(conn: psycopg.Connection[Any], schema: str) -> None:
             " workflow_id text NOT NULL,"
             " fingerprint text NOT NULL,"
             " created_at timestamptz NOT NULL DEFAULT now())"
+        )
+        # API keys (api.auth.keys, ADR 0046): the secret only as its SHA-256.
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {quoted}.api_keys ("
+            " key_id text PRIMARY KEY,"
+            " name text NOT NULL,"
+            " role text NOT NULL,"
+            " tenant text NOT NULL,"
+            " secret_sha256 text NOT NULL,"
+            " created_at timestamptz NOT NULL DEFAULT now(),"
+            " created_by text NOT NULL,"
+            " expires_at timestamptz,"
+            " rotated_at timestamptz,"
+            " revoked_at timestamptz)"
         )
 
 
@@ -163,3 +182,17 @@ class ApiStore:
             )
 
         return await with_conn(self.pool, self.timeout, call)
+
+    async def call(
+        self,
+        fn: Callable[Concatenate[psycopg.Connection[Any], P], T],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        """``fn(conn, *args, **kwargs)`` on a pooled connection once the tables exist."""
+
+        def run(conn: psycopg.Connection[Any]) -> T:
+            self._ensure(conn)
+            return fn(conn, *args, **kwargs)
+
+        return await with_conn(self.pool, self.timeout, run)

@@ -317,6 +317,7 @@ class EngineBench:
         from fastapi.testclient import TestClient
 
         from api.app import create_app
+        from api.auth.bootstrap import bearer_headers
         from api.config import ApiSettings
 
         # No ClickHouse: the benchmark measures the run engine, not trace ingestion.
@@ -325,7 +326,8 @@ class EngineBench:
         )
         start_ms: list[float] = []
         request_ms: list[float] = []
-        with TestClient(create_app(self.settings, api)) as client:
+        headers = bearer_headers(self.settings, api, name="bench", created_by="benchmark")
+        with TestClient(create_app(self.settings, api), headers=headers) as client:
             body = {"workflow_id": SEQ_WORKFLOW, "inputs": {}}
             # The projection may not have the workflow yet (404 until it does).
             deadline = time.monotonic() + 30

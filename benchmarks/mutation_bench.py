@@ -128,6 +128,7 @@ def _measure(settings: Settings, schema: str, quick: bool) -> dict[str, float]:
     from fastapi.testclient import TestClient
 
     from api.app import create_app
+    from api.auth.bootstrap import bearer_headers
     from api.config import ApiSettings
     from reflux.dev import DevEngine
 
@@ -145,7 +146,10 @@ def _measure(settings: Settings, schema: str, quick: bool) -> dict[str, float]:
     list_ms: list[float] = []
     try:
         with (
-            TestClient(create_app(settings, api)) as client,
+            TestClient(
+                create_app(settings, api),
+                headers=bearer_headers(settings, api, name="bench", created_by="benchmark"),
+            ) as client,
             psycopg.connect(settings.postgres_dsn, autocommit=True) as conn,
         ):
             registered = client.post("/v1/workflows", json=WORKFLOW)

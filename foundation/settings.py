@@ -82,6 +82,11 @@ class Settings(BaseSettings):
 
     # Where `reflux run` / `reflux runs show` find the HTTP API.
     api_url: str = "http://127.0.0.1:8080"
+    # The key the `reflux` CLI sends to it (ADR 0046): REFLUX_API_KEY, else the first line of
+    # api_key_file (unset: <data_dir>/api-key, where `reflux dev` / `make demo` / `reflux
+    # api-keys create --write-to` put a local admin key).
+    api_key: SecretStr | None = None
+    api_key_file: Path | None = None
 
     # Step params / outputs larger than this travel through the object store (claim check).
     claim_check_threshold_bytes: int = 256 * 1024

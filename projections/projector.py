@@ -60,6 +60,7 @@ from projections.postgres.appliers import (
     Plan,
     plan,
 )
+from projections.postgres.audit_appliers import AUDIT_EVENT_TYPES
 from projections.postgres.identifiers import DEFAULT_SCHEMA, validate_schema
 from projections.postgres.migrations import apply_migrations
 from projections.postgres.mutation_appliers import MUTATION_EVENT_TYPES
@@ -179,12 +180,14 @@ class Projector(Closing):
         self.workflows_topic = catalog.workflows.topic
         self.nodes_topic = catalog.nodes.topic
         self.mutations_topic = catalog.mutations.topic
+        self.audit_topic = catalog.audit.topic
         self.group_id = f"{self.settings.topic_prefix}.projector.{name}"
         self._expected: dict[str, tuple[type[RefluxRecord], ...]] = {
             self.runs_topic: RUN_EVENT_TYPES,
             self.workflows_topic: WORKFLOW_EVENT_TYPES,
             self.nodes_topic: NODE_EVENT_TYPES,
             self.mutations_topic: MUTATION_EVENT_TYPES,
+            self.audit_topic: AUDIT_EVENT_TYPES,
         }
         self._dlq_topic = catalog.dlq
         self._consumer_overrides = dict(consumer_overrides or {})
@@ -207,7 +210,13 @@ class Projector(Closing):
 
     @property
     def topics(self) -> tuple[str, ...]:
-        return (self.runs_topic, self.workflows_topic, self.nodes_topic, self.mutations_topic)
+        return (
+            self.runs_topic,
+            self.workflows_topic,
+            self.nodes_topic,
+            self.mutations_topic,
+            self.audit_topic,
+        )
 
     @property
     def application_name(self) -> str:

@@ -21,6 +21,7 @@ from processors.optimizer.experiment_cli import add_bandit_commands
 from processors.scheduler.runtime.cli import add_scheduler_commands
 from projections.cli import add_projections_commands
 from projections.traces.cli import add_traces_commands
+from reflux.api_keys_cli import add_api_key_commands
 from reflux.client import add_client_commands
 from reflux.diagnoses_cli import add_diagnoses_commands
 from reflux.metrics_cli import add_metrics_commands
@@ -83,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_projections_commands(sub)
     add_traces_commands(sub)
     add_api_commands(sub)
+    add_api_key_commands(sub)
     runs_actions = add_client_commands(sub, get_settings().api_url)
     add_replay_commands(sub, runs_actions, get_settings().api_url)
     add_metrics_commands(sub, get_settings().api_url)

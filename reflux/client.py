@@ -20,6 +20,7 @@ import yaml
 
 from foundation.errors import RefluxError
 from foundation.parse_limits import load_json, load_yaml
+from reflux.credentials import api_client
 from schemas.statuses import TERMINAL_RUN_STATUSES, RunStatus
 
 DEFAULT_API = "http://127.0.0.1:8080"
@@ -184,7 +185,7 @@ def run_file(args: argparse.Namespace) -> int:
     if not path.exists():
         raise ClientError(f"No such workflow file: {path}")
     content_type = "application/yaml" if path.suffix in {".yaml", ".yml"} else "application/json"
-    with httpx.Client(base_url=args.api, timeout=30) as client:
+    with api_client(args.api, timeout=30) as client:
         registered = _check(
             client.post(
                 "/v1/workflows", content=path.read_bytes(), headers={"content-type": content_type}
@@ -242,7 +243,7 @@ def _follow(client: httpx.Client, run_id: str, timeout: float) -> int:
 
 
 def show_run(args: argparse.Namespace) -> int:
-    with httpx.Client(base_url=args.api, timeout=30) as client:
+    with api_client(args.api, timeout=30) as client:
         print(timeline(client, args.run_id))
     return 0
 
@@ -336,7 +337,7 @@ def graph_text(graph: dict[str, Any]) -> str:
 
 
 def show_graph(args: argparse.Namespace) -> int:
-    with httpx.Client(base_url=args.api, timeout=30) as client:
+    with api_client(args.api, timeout=30) as client:
         print(graph_text(_check(client.get(f"/v1/runs/{args.run_id}/graph"))))
     return 0
 
@@ -344,7 +345,7 @@ def show_graph(args: argparse.Namespace) -> int:
 def _send_command(args: argparse.Namespace, path: str, body: dict[str, Any]) -> int:
     """POST a run command, wait for its effect (``--wait-ms``), print what happened."""
     body = {k: v for k, v in body.items() if v is not None}
-    with httpx.Client(base_url=args.api, timeout=30 + args.wait_ms / 1000) as client:
+    with api_client(args.api, timeout=30 + args.wait_ms / 1000) as client:
         params = {"wait_ms": args.wait_ms} if args.wait_ms else {}
         answer = _check(client.post(path, json=body, params=params))
         if answer.get("status") == "applied":
@@ -378,7 +379,7 @@ def rebind_run(args: argparse.Namespace) -> int:
 def send_feedback(args: argparse.Namespace) -> int:
     """``reflux runs feedback RUN --score 0.8``: a quality score on the run (ADR 0035)."""
     body = {"score": args.score, "label": args.label, "comment": args.comment, "step_id": args.step}
-    with httpx.Client(base_url=args.api, timeout=30) as client:
+    with api_client(args.api, timeout=30) as client:
         answer = _check(
             client.post(
                 f"/v1/runs/{args.run_id}/feedback",

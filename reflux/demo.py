@@ -18,8 +18,11 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from api.auth.bootstrap import ensure_local_admin_key
+from api.config import ApiSettings
 from foundation.settings import PROJECT_ROOT, Settings, get_settings
 from reflux.client import ClientError, _check, describe_event, timeline, wait_registered
+from reflux.credentials import api_client, default_key_file
 from reflux.demo_service import offers_service
 from reflux.dev import DevEngine
 from schemas.statuses import TERMINAL_RUN_STATUSES, RunStatus
@@ -83,9 +86,14 @@ def _run_demo(settings: Settings, workflow: Path, service: str) -> int:
     engine = DevEngine(settings, register_nodes=True).start()
     port = _free_port()
     server, thread = _serve_api(settings, port)
+    key_file, created = ensure_local_admin_key(settings, ApiSettings(), default_key_file(settings))
+    print(
+        f"   API key (role admin) {'created in' if created else 'reused from'} {key_file} "
+        "(mode 0600): the reflux CLI sends it; or export REFLUX_API_KEY=$(cat that file)"
+    )
     ok = True
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        with api_client(f"http://127.0.0.1:{port}", timeout=30) as client:
             print(f"2. API on http://127.0.0.1:{port}; supplier API (demo stand-in) on {service}")
             registered = _check(
                 client.post(

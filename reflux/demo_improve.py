@@ -147,8 +147,15 @@ class Traffic:
     """Starts runs through ``POST /v1/runs`` at a steady rate in a thread; the version is left
     to the API's routing, so a canary gets its share of new runs."""
 
-    def __init__(self, api_url: str, workflow_id: str, rate_per_s: float) -> None:
+    def __init__(
+        self,
+        api_url: str,
+        workflow_id: str,
+        rate_per_s: float,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.api_url = api_url
+        self.headers = dict(headers or {})
         self.workflow_id = workflow_id
         self.rate_per_s = rate_per_s
         self.phase = "healthy"
@@ -171,7 +178,7 @@ class Traffic:
     def _run(self) -> None:
         began = time.monotonic()
         try:
-            with httpx.Client(base_url=self.api_url, timeout=30) as client:
+            with httpx.Client(base_url=self.api_url, timeout=30, headers=self.headers) as client:
                 i = 0
                 while not self._stop.is_set():
                     body = {"workflow_id": self.workflow_id, "inputs": {"item": f"sku-{i}"}}
@@ -232,14 +239,20 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def _api(settings: Settings, schema: str) -> Iterator[str]:
+def _api(settings: Settings, schema: str) -> Iterator[tuple[str, dict[str, str]]]:
+    """The API's URL and the headers of an admin key created for this demo (ADR 0046)."""
     import uvicorn
 
     from api.app import create_app
+    from api.auth.bootstrap import create_api_key
+    from api.auth.roles import Role
     from api.config import ApiSettings
 
     api_settings = ApiSettings(
         read_schema=schema, api_schema=f"{schema}_api", clickhouse_enabled=False
+    )
+    _, key = create_api_key(
+        settings, api_settings, name="demo-improve", role=Role.ADMIN, created_by="demo"
     )
     port = _free_port()
     server = uvicorn.Server(
@@ -255,7 +268,7 @@ def _api(settings: Settings, schema: str) -> Iterator[str]:
             raise ClientError("the API did not start")
         time.sleep(0.05)  # waiting for uvicorn's own start flag
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {key}"}
     finally:
         server.should_exit = True
         thread.join(10)
@@ -342,7 +355,7 @@ class _Story:
         self.config = config
         self.bounds = config.bounds_s
         self.tl = tl
-        self.traffic = Traffic(api_url, WORKFLOW_ID, config.rate_per_s)
+        self.traffic = Traffic(api_url, WORKFLOW_ID, config.rate_per_s, dict(client.headers))
         self.mutation_id = ""
 
     def get(self, path: str, **params: Any) -> Any:
@@ -614,8 +627,8 @@ def run_demo_improve(
             # The dependency listens on loopback, which the egress policy denies: the demo's
             # operator allows exactly its host:port (docs/nodes.md#security).
             _engine(_allowing(settings, service.url), schema) as engine,
-            _api(settings, schema) as api_url,
-            httpx.Client(base_url=api_url, timeout=30) as client,
+            _api(settings, schema) as (api_url, auth),
+            httpx.Client(base_url=api_url, timeout=30, headers=auth) as client,
         ):
             tl.say("engine", f"API on {api_url}; dependency on {service.url}")
             try:

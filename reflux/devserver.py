@@ -14,8 +14,18 @@ def serve_dev(host: str = "127.0.0.1", port: int = 8080) -> int:
     import uvicorn
 
     from api.app import create_app
+    from api.auth.bootstrap import ensure_local_admin_key
+    from api.config import ApiSettings
+    from reflux.credentials import default_key_file
 
     settings = get_settings()
+    # A local admin key (ADR 0046): every /v1 route wants one; the reflux CLI reads this file.
+    key_file, created = ensure_local_admin_key(settings, ApiSettings(), default_key_file(settings))
+    print(
+        f"reflux dev: admin API key {'created in' if created else 'reused from'} {key_file} "
+        "(mode 0600; the reflux CLI sends it, or set REFLUX_API_KEY)",
+        flush=True,
+    )
     # The critic (traces -> diagnoses), the historian (the API's /v1/diagnoses reads what it
     # stores), the optimizer (it turns diagnoses into proposals) and the canary judge (it keeps
     # or rolls back applied proposals); docs/learning.md.

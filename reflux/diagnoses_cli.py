@@ -11,10 +11,9 @@ import threading
 from typing import Any
 from urllib.parse import quote
 
-import httpx
-
 from foundation.settings import get_settings
 from reflux.client import _check, _guard
+from reflux.credentials import api_client
 
 __all__ = ["add_diagnoses_commands", "describe_diagnosis"]
 
@@ -80,7 +79,7 @@ def _list(args: argparse.Namespace) -> int:
         )
         if v is not None
     }
-    with httpx.Client(base_url=args.api, timeout=30) as client:
+    with api_client(args.api, timeout=30) as client:
         body = _check(client.get("/v1/diagnoses", params=params))
     for d in body["data"]:
         print(f"{d['diagnosis_id']}\n  {_line(d)}")
@@ -90,13 +89,13 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    with httpx.Client(base_url=args.api, timeout=30) as client:
+    with api_client(args.api, timeout=30) as client:
         print(describe_diagnosis(_check(client.get(_path(args.diagnosis_id)))))
     return 0
 
 
 def _similar(args: argparse.Namespace) -> int:
-    with httpx.Client(base_url=args.api, timeout=30) as client:
+    with api_client(args.api, timeout=30) as client:
         body = _check(client.get(_path(args.diagnosis_id) + "/similar", params={"k": args.k}))
     print(f"past incidents like {body['diagnosis_id']} ({body['embedding_model']}):")
     for n, d in enumerate(body["data"], 1):

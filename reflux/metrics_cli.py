@@ -14,9 +14,8 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-import httpx
-
 from reflux.client import _check, _guard
+from reflux.credentials import api_client
 
 __all__ = [
     "RENDERERS",
@@ -302,7 +301,7 @@ def _params(args: argparse.Namespace) -> dict[str, str | int]:
 
 def show_metrics(args: argparse.Namespace) -> int:
     path = "/v1/alerts" if args.view == "alerts" else f"/v1/metrics/{args.view}"
-    with httpx.Client(base_url=args.api, timeout=30) as client:
+    with api_client(args.api, timeout=30) as client:
         payload = _check(client.get(path, params=_params(args)))
     if args.json:
         print(json.dumps(payload, indent=2))

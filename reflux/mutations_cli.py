@@ -17,12 +17,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import httpx
 import yaml
 
 from foundation.parse_limits import load_yaml
 from foundation.settings import get_settings
 from reflux.client import ClientError, _check, _guard
+from reflux.credentials import api_client
 
 __all__ = ["add_mutation_commands", "describe_mutation"]
 
@@ -116,7 +116,7 @@ def _list(args: argparse.Namespace) -> int:
         )
         if v
     }
-    with httpx.Client(base_url=args.api, timeout=30) as client:
+    with api_client(args.api, timeout=30) as client:
         body = _check(client.get("/v1/mutations", params=params))
     for m in body["data"]:
         print(
@@ -127,7 +127,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    with httpx.Client(base_url=args.api, timeout=30) as client:
+    with api_client(args.api, timeout=30) as client:
         print(describe_mutation(_check(client.get(f"/v1/mutations/{args.mutation_id}"))))
     return 0
 
@@ -138,7 +138,7 @@ def _decision(args: argparse.Namespace) -> int:
         body["reason"] = args.reason
     if getattr(args, "canary_weight", None) is not None:
         body["canary_weight"] = args.canary_weight
-    with httpx.Client(base_url=args.api, timeout=60) as client:
+    with api_client(args.api, timeout=60) as client:
         answer = _check(
             client.post(
                 f"/v1/mutations/{args.mutation_id}/{args.action}", json=body, headers=_headers()
@@ -162,7 +162,7 @@ def _propose(args: argparse.Namespace) -> int:
     if not isinstance(body, dict):
         raise ClientError(f"Expected {path} to hold an object (the proposal), but it does not")
     body.setdefault("wait_ms", _WAIT_MS)
-    with httpx.Client(base_url=args.api, timeout=60) as client:
+    with api_client(args.api, timeout=60) as client:
         answer = _check(client.post("/v1/mutations", json=body, headers=_headers()))
     if answer.get("status") == "accepted":
         print(f"proposal {answer['mutation_id']} accepted (request {answer['request_id']})")
@@ -172,7 +172,7 @@ def _propose(args: argparse.Namespace) -> int:
 
 
 def _policy(args: argparse.Namespace) -> int:
-    with httpx.Client(base_url=args.api, timeout=60) as client:
+    with api_client(args.api, timeout=60) as client:
         answer = _check(
             client.put(
                 f"/v1/workflows/{args.workflow_id}/improvement",

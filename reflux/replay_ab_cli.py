@@ -20,6 +20,7 @@ import httpx
 
 from foundation.settings import get_settings
 from reflux.client import ClientError, _check
+from reflux.credentials import api_client
 
 __all__ = ["add_replay_runner_command", "build_parser", "describe", "main"]
 
@@ -144,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         body = _body(args)
-        with httpx.Client(base_url=args.api, timeout=30) as client:
+        with api_client(args.api, timeout=30) as client:
             accepted = _check(client.post("/v1/replays", json=body))
             replay_id = accepted["replay_id"]
             if args.no_wait:

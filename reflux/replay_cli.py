@@ -33,6 +33,7 @@ from processors.replay.explain import (
     replay,
 )
 from reflux.client import ClientError, _check, _guard
+from reflux.credentials import api_client
 from schemas.run_log import RunEvent
 
 __all__ = ["add_replay_commands", "diff_table", "main_replay"]
@@ -158,7 +159,7 @@ def _load_run(args: argparse.Namespace, client: httpx.Client | None) -> list[Run
         return events_from_kafka(args.run)
     if client is not None:
         return events_from_api(client, args.run)
-    with httpx.Client(base_url=args.api, timeout=30) as http:
+    with api_client(args.api, timeout=30) as http:
         return events_from_api(http, args.run)
 
 
@@ -219,7 +220,7 @@ def _client(args: argparse.Namespace, timeout: float) -> contextlib.AbstractCont
     given = getattr(args, "client", None)
     if given is not None:
         return contextlib.nullcontext(given)
-    return httpx.Client(base_url=args.api, timeout=timeout)
+    return api_client(args.api, timeout=timeout)
 
 
 # -- reflux runs diff -----------------------------------------------------------------------------

@@ -355,6 +355,69 @@ class Alert(StandaloneEnvelope):
     """
 
 
+class AuditRecorded(RefluxRecord):
+    """One write to the HTTP API (or a refused attempt at one): who, in which tenant, what, when,
+    from where, and the answer's status code (ADR 0046).
+    """
+
+    AVRO_NAME: ClassVar[str] = "reflux.audit.AuditRecorded"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    event_id: str = Field(default_factory=new_id)
+    """Unique id (UUID text) of this record; consumers dedupe on it."""
+
+    seq: int = -1
+    """-1: not positioned in a run log. Only the scheduler assigns run-log positions, to the
+    events it writes.
+    """
+
+    occurred_at: TimestampMillis = Field(default_factory=utc_now)
+    """When the producer created this record (UTC, milliseconds)."""
+
+    schema_version: int = 1
+    """Version of the writer schema; old records keep the version they were written with."""
+
+    actor: str
+    """The authenticated principal's actor ('user:<key name or token subject>'), or 'anonymous'
+    for a request without valid credentials.
+    """
+
+    principal_kind: str
+    """'api_key', 'oidc' or 'anonymous'."""
+
+    principal_id: str | None = None
+    """The API key id or the token subject; for a refused credential, the key id it named when
+    readable.
+    """
+
+    role: str | None = None
+    """The principal's role; null when unauthenticated."""
+
+    tenant: str
+    """The principal's tenant ('default' when unauthenticated)."""
+
+    method: str
+    """HTTP method, e.g. POST."""
+
+    route: str
+    """The route template, e.g. /v1/runs/{run_id}/cancel ('unmatched' for an unknown path)."""
+
+    path: str
+    """The request path as sent."""
+
+    resource_ids: dict[str, str] = Field(default_factory=dict)
+    """The route's path parameters (run_id, workflow_id, mutation_id, key_id...)."""
+
+    status_code: int
+    """The HTTP status of the answer: 2xx applied or accepted, 401/403 refused, others failed."""
+
+    client: str | None = None
+    """The client address (host:port) as the server saw it."""
+
+    reason: str | None = None
+    """Why a write was refused (the 401/403 detail); null otherwise."""
+
+
 class RunCommandEnvelope(RefluxRecord):
     """Envelope of a command to a run (reflux.commands): not positioned in the run log (seq -1),
     deduplicated on command_id, with who asked and why for the audit trail.
@@ -1947,6 +2010,7 @@ MODELS: dict[str, type[RefluxRecord]] = {
     "reflux.common.RetryPolicy": RetryPolicy,
     "reflux.common.StepRef": StepRef,
     "reflux.alerts.Alert": Alert,
+    "reflux.audit.AuditRecorded": AuditRecorded,
     "reflux.commands.CancelRun": CancelRun,
     "reflux.commands.ChildRunFinished": ChildRunFinished,
     "reflux.commands.FireTimer": FireTimer,
@@ -2004,6 +2068,7 @@ __all__ = [
     "Alert",
     "AlertKind",
     "AlertState",
+    "AuditRecorded",
     "CancelRun",
     "ChildRunEnded",
     "ChildRunFinished",

@@ -164,6 +164,9 @@ _FIXED: Final[dict[str, tuple[str, dict[str, str], str | None, str]]] = {
     # The historian keeps them (with their embeddings) in Postgres; a month covers a re-read.
     "diagnoses": ("subject", _retention(30 * DAY_MS), None, "critic findings with evidence"),
     "alerts": ("rule_id", _retention(30 * DAY_MS), None, "SLO alert transitions (firing/resolved)"),
+    # Every write to the API, refused ones included (ADR 0046), keyed by tenant. Kept a year:
+    # the Postgres projection serves queries, the topic is the record an auditor replays.
+    "audit": ("tenant", _retention(400 * DAY_MS), None, "API writes: who, tenant, what, outcome"),
 }
 _INVOKE_CONFIGS: Final = _retention(7 * DAY_MS)
 
@@ -308,6 +311,10 @@ class TopicCatalog:
     @property
     def alerts(self) -> TopicSpec:
         return self._specs["alerts"]
+
+    @property
+    def audit(self) -> TopicSpec:
+        return self._specs["audit"]
 
     def __getitem__(self, logical: str) -> TopicSpec:
         try:

@@ -17,6 +17,7 @@ from fastapi import APIRouter, Header, Query, Response
 from psycopg_pool import ConnectionPool
 from starlette.concurrency import run_in_threadpool
 
+from api.auth.guard import Principal, PrincipalDep, acting_as
 from api.config import ApiSettings
 from api.db import with_conn
 from api.deps import ApiSettingsDep, PoolDep, PublisherDep, ReadModelDep, TopicsDep
@@ -76,6 +77,14 @@ _SETTLED = {
 def _person(header: str | None) -> str:
     name = "".join(ch for ch in (header or "anonymous") if not ch.isspace() and ch != ":")
     return f"user:{name or 'anonymous'}"
+
+
+def _actor(principal: Principal, claimed: str | None, user: str | None, field: str) -> str:
+    """Who did it: the principal (ADR 0046); a body field or ``X-Reflux-User`` may only name
+    the principal itself, or anyone when the principal is an admin (:func:`acting_as`)."""
+    if claimed is None and user is not None:
+        claimed, field = _person(user), "X-Reflux-User"
+    return acting_as(principal, claimed, field)
 
 
 def _not_found(mutation_id: str) -> NotFoundError:
@@ -237,6 +246,7 @@ async def propose(
     read_model: ReadModelDep,
     publisher: PublisherDep,
     topics: TopicsDep,
+    principal: PrincipalDep,
     user: UserHeader = None,
 ) -> MutationDetail | MutationAccepted:
     """Publishes a ``propose`` request; the processor validates it (proposed -> validating ->
@@ -257,7 +267,7 @@ async def propose(
                 )
             ]
         )
-    author = body.author or _person(user)
+    author = _actor(principal, body.author, user, "author")
     policy = await _policy(pool, api, body.workflow_id)
     if is_optimizer(author) and policy == ImprovementPolicy.OFF.value:
         raise ConflictError(
@@ -318,6 +328,7 @@ def _decision_route(action: MutationAction, summary: str) -> None:
         api: ApiSettingsDep,
         publisher: PublisherDep,
         topics: TopicsDep,
+        principal: PrincipalDep,
         body: DecisionCreate | None = None,
         user: UserHeader = None,
     ) -> MutationDetail | MutationAccepted:
@@ -344,7 +355,7 @@ def _decision_route(action: MutationAction, summary: str) -> None:
             workflow_id=row.workflow_id,
             mutation_id=mutation_id,
             action=action,
-            actor=extra.actor or _person(user),
+            actor=_actor(principal, extra.actor, user, "actor"),
             canary_weight=extra.canary_weight,
             reason=extra.reason,
         )
@@ -427,6 +438,7 @@ async def set_improvement(
     read_model: ReadModelDep,
     publisher: PublisherDep,
     topics: TopicsDep,
+    principal: PrincipalDep,
     user: UserHeader = None,
 ) -> ImprovementPublic:
     """``off``: proposals from the optimizer are refused; ``propose``: a person approves;
@@ -434,7 +446,7 @@ async def set_improvement(
     ``ImprovementPolicySet`` record (the processor's answer to the request) and projected."""
     if await read_model.workflow(workflow_id) is None:
         raise NotFoundError(f"workflow {workflow_id!r} not found")
-    actor = _person(user)
+    actor = _actor(principal, None, user, "actor")
     request = MutationRequest(
         workflow_id=workflow_id,
         action=MutationAction.SET_POLICY,

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
+from api.auth.guard import PrincipalDep, acting_as
 from api.config import MAX_WAIT_MS
 from api.deps import (
     ApiSettingsDep,
@@ -142,6 +143,7 @@ async def start_run(
     read_model: ReadModelDep,
     publisher: PublisherDep,
     topics: TopicsDep,
+    principal: PrincipalDep,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -199,6 +201,7 @@ async def start_run(
         # Namespaced by source like the trigger router's keys, so sources never collide.
         idempotency_key=f"{API_SOURCE}:{key}" if key is not None else None,
         source=API_SOURCE,
+        requested_by=principal.actor,  # who started it: the principal (ADR 0046)
     )
     # Published again on a retry with the same key: the first attempt may not have reached the
     # broker, and the scheduler starts a run id only once.
@@ -534,6 +537,7 @@ def _lifecycle_route(
         read_model: ReadModelDep,
         publisher: PublisherDep,
         topics: TopicsDep,
+        principal: PrincipalDep,
         wait_ms: WaitQuery = None,
         body: OptionalCommandBody = None,
     ) -> CommandAccepted | CommandApplied:
@@ -542,7 +546,7 @@ def _lifecycle_route(
             run_id=run_id,
             command_id=new_command_id(),
             reason=extra.reason,
-            requested_by=extra.requested_by,
+            requested_by=acting_as(principal, extra.requested_by, "requested_by"),
         )
         return await _command(
             run_id,
@@ -591,6 +595,7 @@ async def redrive_step(
     read_model: ReadModelDep,
     publisher: PublisherDep,
     topics: TopicsDep,
+    principal: PrincipalDep,
     wait_ms: WaitQuery = None,
     body: Annotated[RedriveCreate | None, Body()] = None,
 ) -> CommandAccepted | CommandApplied:
@@ -609,7 +614,7 @@ async def redrive_step(
         step_id=step_id,
         command_id=new_command_id(),
         reason=extra.reason,
-        requested_by=extra.requested_by,
+        requested_by=acting_as(principal, extra.requested_by, "requested_by"),
         downstream=extra.downstream,
     )
 
@@ -647,6 +652,7 @@ async def rebind_run(
     read_model: ReadModelDep,
     publisher: PublisherDep,
     topics: TopicsDep,
+    principal: PrincipalDep,
     wait_ms: WaitQuery = None,
     body: Annotated[RebindCreate | None, Body()] = None,
 ) -> CommandAccepted | CommandApplied:
@@ -664,7 +670,7 @@ async def rebind_run(
         run_id=run_id,
         command_id=new_command_id(),
         reason=extra.reason,
-        requested_by=extra.requested_by,
+        requested_by=acting_as(principal, extra.requested_by, "requested_by"),
         workflow_version=workflow.version,
         redrive_failed=extra.redrive_failed,
     )
@@ -712,7 +718,11 @@ def _load_graph(conn: Any, run_id: str, schema: str) -> tuple[queries.RunGraphRo
 
 
 def _prepare_mutation(
-    conn: Any, run_id: str, body: MutationCreate | MutationBatchCreate, schema: str
+    conn: Any,
+    run_id: str,
+    body: MutationCreate | MutationBatchCreate,
+    schema: str,
+    requested_by: str | None = None,
 ) -> MutateGraph:
     _, graph = _load_graph(conn, run_id, schema)
     catalog, input_schema = current_node_catalog(), _input_schema_lookup(conn, schema)
@@ -726,7 +736,7 @@ def _prepare_mutation(
         run_id=run_id,
         command_id=new_command_id(),
         reason=body.reason,
-        requested_by=body.requested_by,
+        requested_by=requested_by if requested_by is not None else body.requested_by,
         **fields,
     )
 
@@ -762,6 +772,7 @@ async def mutate_run(
     read_model: ReadModelDep,
     publisher: PublisherDep,
     topics: TopicsDep,
+    principal: PrincipalDep,
     wait_ms: WaitQuery = None,
 ) -> CommandAccepted | CommandApplied:
     """Publishes ``MutateGraph`` after checking what does not depend on the run's state (422
@@ -769,10 +780,11 @@ async def mutate_run(
     ``GraphMutated`` is there (the seq of the last) and 409 with the scheduler's reason on
     ``CommandRejected`` (a step that already ran, a cycle, a dependency on a missing step, ...;
     ``mutations[i]: ...`` names the operation of a list that was refused)."""
+    requested_by = acting_as(principal, body.requested_by, "requested_by")
 
     def prepare() -> MutateGraph:
         with pool.connection(timeout=api.pool_timeout_s) as conn:
-            return _prepare_mutation(conn, run_id, body, api.read_schema)
+            return _prepare_mutation(conn, run_id, body, api.read_schema, requested_by)
 
     command = await run_in_threadpool(prepare)
     return await _command(

@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from api.auth.guard import PrincipalDep, acting_as
 from api.bodies import YAML_TYPES, decode_body, media_type
 from api.deps import ApiSettingsDep, ConnDep, PublisherDep, ReadModelDep, StoreDep, TopicsDep
 from api.errors import NotFoundError
@@ -84,6 +85,7 @@ async def register_workflow(
     read_model: ReadModelDep,
     publisher: PublisherDep,
     topics: TopicsDep,
+    principal: PrincipalDep,
     registered_by: Annotated[str | None, Header(alias="X-Reflux-User", max_length=200)] = None,
 ) -> WorkflowCreated:
     """Validates the definition (cycles, unknown steps, templates, ...: 422 with the field path),
@@ -104,7 +106,8 @@ async def register_workflow(
         version=version,
         definition=definition.to_json_dict(),
         registered_at=registered_at,
-        registered_by=registered_by,
+        # The principal (ADR 0046); X-Reflux-User may only name it (or anyone, for an admin).
+        registered_by=acting_as(principal, registered_by, "X-Reflux-User"),
     )
     # Keyed by id@version: compaction must keep every version (runs pin old ones).
     key = f"{definition.id}@{version}"

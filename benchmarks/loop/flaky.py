@@ -225,6 +225,7 @@ def _drive(
     from fastapi.testclient import TestClient
 
     from api.app import create_app
+    from api.auth.bootstrap import bearer_headers
     from api.config import ApiSettings
     from schemas.models import StartRun
     from streams.producer import Producer
@@ -236,7 +237,10 @@ def _drive(
     )
     with (
         _engine(settings, schema, loop) as engine,
-        TestClient(create_app(settings, api_settings)) as api,
+        TestClient(
+            create_app(settings, api_settings),
+            headers=bearer_headers(settings, api_settings, name="bench", created_by="benchmark"),
+        ) as api,
         Producer(settings, client_id="bench-loop-flaky") as producer,
         psycopg.connect(settings.postgres_dsn, autocommit=True) as conn,
     ):

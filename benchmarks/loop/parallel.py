@@ -295,6 +295,7 @@ def _measure(
     from fastapi.testclient import TestClient
 
     from api.app import create_app
+    from api.auth.bootstrap import bearer_headers
     from api.config import ApiSettings
 
     n = RUNS[quick]
@@ -307,7 +308,10 @@ def _measure(
             producer,
             conn,
         ),
-        TestClient(create_app(settings, api_settings)) as api,
+        TestClient(
+            create_app(settings, api_settings),
+            headers=bearer_headers(settings, api_settings, name="bench", created_by="benchmark"),
+        ) as api,
     ):
         drive = _Driver(engine, api, producer, conn, schema)
         for definition in (four_workflow(dep.url), trap_workflow(dep.url)):

@@ -43,6 +43,7 @@ from psycopg.types.json import Jsonb
 
 from foundation.errors import RefluxError, classify
 from projections.postgres.appliers import Plan
+from projections.postgres.audit_appliers import AUDIT_TABLES
 from projections.postgres.identifiers import table
 from projections.postgres.mutation_appliers import MUTATION_TABLES
 from projections.postgres.statements import coalesce
@@ -72,6 +73,7 @@ READ_MODEL_TABLES = (
     "node_versions",
     "node_catalog_events",
     *MUTATION_TABLES,
+    *AUDIT_TABLES,
 )
 """The tables this projector owns; a rebuild truncates exactly these."""
 

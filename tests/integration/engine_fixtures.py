@@ -31,6 +31,7 @@ from schemas.models import StartRun, WorkflowRegistered
 from schemas.statuses import TERMINAL_RUN_STATUSES
 from streams.producer import Producer
 from tests.integration.kafka_fixtures import LEDGER, register_schema
+from tests.support.api_auth import key_headers
 from tests.support.waiting import eventually
 from workflows import parse_workflow
 
@@ -217,14 +218,16 @@ def harness(engine_harness: HarnessFactory) -> Harness:
 
 def api_client(harness: Harness) -> TestClient:
     """The API on the harness's read model and its own ``<schema>_api`` schema (polling fast,
-    no ClickHouse); enter it (``with``) to start the app."""
+    no ClickHouse), sending an admin key; enter it (``with``) to start the app."""
     settings = ApiSettings(
         read_schema=harness.schema,
         api_schema=f"{harness.schema}_api",
         poll_interval_s=0.05,
         clickhouse_enabled=False,
     )
-    return TestClient(create_app(harness.settings, settings))
+    # A real admin key in <schema>_api (ADR 0046): every /v1 route wants a credential.
+    headers = key_headers(harness.settings, settings, name="harness-admin")
+    return TestClient(create_app(harness.settings, settings), headers=headers)
 
 
 def replayed_state(harness: Harness, run_id: str) -> Any:

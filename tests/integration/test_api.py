@@ -48,6 +48,7 @@ from streams.consumer import ConsumedRecord, Consumer
 from streams.producer import Producer
 from streams.topics import TopicCatalog
 from tests.integration.kafka_fixtures import drain
+from tests.support.api_auth import key_headers
 
 pytestmark = pytest.mark.integration
 
@@ -111,7 +112,8 @@ def env(kafka_settings: Settings, topics: TopicCatalog) -> Iterator[Env]:
             projector.run_until_caught_up(timeout=30)
 
     try:
-        with TestClient(create_app(kafka_settings, api_settings)) as client:
+        headers = key_headers(kafka_settings, api_settings)
+        with TestClient(create_app(kafka_settings, api_settings), headers=headers) as client:
             yield Env(client, kafka_settings, topics, read_schema, project)
     finally:
         with psycopg.connect(kafka_settings.postgres_dsn, autocommit=True) as conn:
@@ -625,12 +627,17 @@ def test_unreachable_services_are_503_naming_them(env: Env, kafka_settings: Sett
     )
     api_settings = ApiSettings(
         read_schema=env.read_schema,
+        api_schema=_schema("api"),
         publish_timeout_s=1.0,
         pool_timeout_s=1.0,
         readiness_timeout_s=1.0,
         clickhouse_enabled=False,
     )
-    with TestClient(create_app(broken, api_settings)) as client:
+    # A real key (in a schema of the reachable Postgres): checking it needs the database too.
+    headers = key_headers(kafka_settings, api_settings)
+    with psycopg.connect(kafka_settings.postgres_dsn, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{api_settings.api_schema}" CASCADE')
+    with TestClient(create_app(broken, api_settings), headers=headers) as client:
         ready = client.get("/readyz")
         assert ready.status_code == 503
         checks = ready.json()["checks"]
@@ -648,7 +655,8 @@ def test_unreachable_services_are_503_naming_them(env: Env, kafka_settings: Sett
         publish_timeout_s=1.0,
         clickhouse_enabled=False,
     )
-    with TestClient(create_app(kafka_down, api_settings)) as client:
+    headers = key_headers(kafka_settings, api_settings)
+    with TestClient(create_app(kafka_down, api_settings), headers=headers) as client:
         response = client.post("/v1/workflows", json=DEFINITION)
         assert response.status_code == 503
         assert response.json()["detail"].startswith("Kafka is unavailable")

@@ -46,6 +46,7 @@ from projections.traces.migrations import drop as drop_traces
 from schemas.models import DeadLetter
 from streams.consumer import Consumer
 from tests.integration.engine_fixtures import Harness
+from tests.support.api_auth import key_headers
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(300)
@@ -70,25 +71,30 @@ CHECKS = [
 
 
 @pytest.fixture
-def api_headers() -> dict[str, str]:
-    """Headers every fuzzed request carries (authentication adds its admin key here)."""
-    return {"X-Reflux-User": "fuzzer"}
-
-
-@pytest.fixture
-def client(harness: Harness, tmp_path: Path) -> Iterator[TestClient]:
-    """The API over the harness, with a traces store of its own (an embedded chdb in a temporary
-    folder, closed afterwards) so the metrics and feedback routes answer instead of 503."""
-    settings = harness.settings.model_copy(update={"clickhouse_dsn": f"chdb://{tmp_path / 'ch'}"})
-    traces = connect(settings)
-    apply_traces_migrations(traces, settings, database=harness.schema)
-    api = ApiSettings(
+def fuzz_api(harness: Harness) -> ApiSettings:
+    return ApiSettings(
         read_schema=harness.schema,
         api_schema=f"{harness.schema}_api",  # dropped with the harness's schemas
         poll_interval_s=0.05,
         clickhouse_database=harness.schema,
         alert_evaluator=False,
     )
+
+
+@pytest.fixture
+def api_headers(harness: Harness, fuzz_api: ApiSettings) -> dict[str, str]:
+    """Headers every fuzzed request carries: a real admin key, so every route is reachable."""
+    return key_headers(harness.settings, fuzz_api, name="fuzzer")
+
+
+@pytest.fixture
+def client(harness: Harness, fuzz_api: ApiSettings, tmp_path: Path) -> Iterator[TestClient]:
+    """The API over the harness, with a traces store of its own (an embedded chdb in a temporary
+    folder, closed afterwards) so the metrics and feedback routes answer instead of 503."""
+    settings = harness.settings.model_copy(update={"clickhouse_dsn": f"chdb://{tmp_path / 'ch'}"})
+    traces = connect(settings)
+    apply_traces_migrations(traces, settings, database=harness.schema)
+    api = fuzz_api
     try:
         with TestClient(create_app(settings, api, clickhouse=traces)) as test_client:
             yield test_client

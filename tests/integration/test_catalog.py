@@ -32,6 +32,7 @@ from schemas.models import NodeStatus
 from streams.admin import admin_client
 from streams.security import kafka_client_config
 from streams.topics import TopicCatalog
+from tests.support.api_auth import key_headers
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -104,7 +105,8 @@ def env(kafka_settings: Settings, topics: TopicCatalog) -> Iterator[Env]:
 
     api = ApiSettings(read_schema=read_schema, api_schema=api_schema, poll_interval_s=0.05)
     try:
-        with TestClient(create_app(kafka_settings, api)) as client:
+        headers = key_headers(kafka_settings, api)
+        with TestClient(create_app(kafka_settings, api), headers=headers) as client:
             yield Env(client, kafka_settings, topics, read_schema, name, project)
     finally:
         stop.set()

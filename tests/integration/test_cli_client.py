@@ -8,7 +8,6 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import psycopg
 import pytest
 import uvicorn
@@ -16,17 +15,30 @@ import uvicorn
 from api.app import create_app
 from api.config import ApiSettings
 from reflux.cli import main
+from reflux.credentials import api_client
 from tests.integration.engine_fixtures import Harness, transform
 from tests.integration.http_fixtures import serve
 from tests.support.waiting import eventually
 
 
 @pytest.fixture
-def api_url(harness: Harness) -> Iterator[str]:
+def api_url(
+    harness: Harness, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     api_schema = f"{harness.schema}_api"
+    # The key the real way (ADR 0046): `reflux api-keys create --write-to` (straight to the
+    # API's Postgres schema, file mode 0600), then the CLI reads it from REFLUX_API_KEY_FILE.
+    key_file = tmp_path_factory.mktemp("reflux-key") / "api-key"
+    monkeypatch.setenv("REFLUX_API_API_SCHEMA", api_schema)
+    monkeypatch.setenv("REFLUX_POSTGRES_DSN", harness.settings.postgres_dsn)
+    args = ["api-keys", "create", "--role", "admin", "--name", "cli-test", "--write-to"]
+    assert main([*args, str(key_file)]) == 0
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    monkeypatch.delenv("REFLUX_API_KEY", raising=False)
+    monkeypatch.setenv("REFLUX_API_KEY_FILE", str(key_file))
     app = create_app(
         harness.settings,
         ApiSettings(
@@ -123,7 +135,7 @@ def test_mutate_a_running_run_and_show_its_graph(
                 "outputs": {"after": "{{ steps.after.output.result }}"},
             }
         )
-        with httpx.Client(base_url=api_url) as client:
+        with api_client(api_url) as client:
             eventually(
                 lambda: client.get("/v1/workflows/cli_mut").status_code == 200,
                 15,
@@ -165,7 +177,7 @@ def test_mutate_with_a_file_of_operations_is_all_or_nothing(
                 "outputs": {"after": "{{ steps.after.output.result }}"},
             }
         )
-        with httpx.Client(base_url=api_url) as client:
+        with api_client(api_url) as client:
             eventually(
                 lambda: client.get("/v1/workflows/cli_mut_file").status_code == 200,
                 15,

@@ -17,6 +17,7 @@ from api.app import create_app
 from api.config import ApiSettings
 from tests.integration.engine_fixtures import Harness, assert_replay_equivalent
 from tests.integration.http_fixtures import serve
+from tests.support.api_auth import key_headers
 from tests.support.waiting import eventually
 
 SECRET = "s3cret-for-tests"
@@ -32,7 +33,8 @@ def api(harness: Harness) -> Iterator[TestClient]:
         poll_interval_s=0.05,
         clickhouse_enabled=False,  # metrics are tested in test_traces.py (one chdb per process)
     )
-    with TestClient(create_app(harness.settings, settings)) as client:
+    headers = key_headers(harness.settings, settings)
+    with TestClient(create_app(harness.settings, settings), headers=headers) as client:
         yield client
     with psycopg.connect(harness.settings.postgres_dsn, autocommit=True) as conn:
         conn.execute(f'DROP SCHEMA IF EXISTS "{api_schema}" CASCADE')

@@ -34,6 +34,7 @@ from schemas.models import (
 )
 from tests.integration.engine_fixtures import Harness, HarnessFactory, transform
 from tests.integration.test_cli_client import api_url  # noqa: F401  the fixture
+from tests.support.api_auth import key_headers
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -69,7 +70,8 @@ def api(historian: Harness) -> Iterator[TestClient]:
         poll_interval_s=0.05,
         clickhouse_enabled=False,
     )
-    with TestClient(create_app(historian.settings, settings)) as client:
+    headers = key_headers(historian.settings, settings)
+    with TestClient(create_app(historian.settings, settings), headers=headers) as client:
         yield client
 
 

@@ -7,14 +7,25 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from reflux.cli import main
+from reflux.credentials import auth_headers
 from tests.integration.engine_fixtures import Harness, HarnessFactory, transform
 from tests.integration.test_cli_client import api_url  # noqa: F401  the fixture
 from tests.support.waiting import eventually
+
+
+# The API wants a key (ADR 0046): the one the api_url fixture wrote (REFLUX_API_KEY_FILE).
+def _get(url: str, **kwargs: Any) -> httpx.Response:
+    return httpx.get(url, headers=auth_headers(), **kwargs)
+
+
+def _post(url: str, **kwargs: Any) -> httpx.Response:
+    return httpx.post(url, headers=auth_headers(), **kwargs)
 
 
 @pytest.fixture
@@ -28,10 +39,8 @@ def test_the_mutations_cli_takes_a_proposal_to_kept(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     workflow = {"id": "clied", "steps": [transform("say", "w", {"w": "one"})]}
-    assert httpx.post(f"{api_url}/v1/workflows", json=workflow).status_code == 201
-    eventually(
-        lambda: httpx.get(f"{api_url}/v1/workflows/clied").status_code == 200, 15, "registered"
-    )
+    assert _post(f"{api_url}/v1/workflows", json=workflow).status_code == 201
+    eventually(lambda: _get(f"{api_url}/v1/workflows/clied").status_code == 200, 15, "registered")
     proposal = tmp_path / "proposal.yaml"
     proposal.write_text(
         json.dumps(

@@ -12,12 +12,26 @@ import httpx
 import pytest
 
 from reflux.cli import main
+from reflux.credentials import auth_headers
 from tests.integration.engine_fixtures import Harness, transform
 from tests.integration.test_cli_client import api_url  # noqa: F401  the fixture
 from tests.support.waiting import eventually
 
 RUNS = 6
 BROKEN = "value.[x"  # an invalid JMESPath: passes the static checks, fails when it runs
+
+
+# The API wants a key (ADR 0046): the one the api_url fixture wrote (REFLUX_API_KEY_FILE).
+def _get(url: str, **kwargs: Any) -> httpx.Response:
+    return httpx.get(url, headers=auth_headers(), **kwargs)
+
+
+def _post(url: str, **kwargs: Any) -> httpx.Response:
+    return httpx.post(url, headers=auth_headers(), **kwargs)
+
+
+def _stream(method: str, url: str, **kwargs: Any) -> Any:
+    return httpx.stream(method, url, headers=auth_headers(), **kwargs)
 
 
 def flow(workflow_id: str, expression: str) -> dict[str, Any]:
@@ -31,7 +45,7 @@ def flow(workflow_id: str, expression: str) -> dict[str, Any]:
 
 def projected(api: str, workflow_id: str, version: int) -> None:
     url = f"{api}/v1/workflows/{workflow_id}/versions/{version}"
-    eventually(lambda: httpx.get(url).status_code == 200, 20, f"{url} projected")
+    eventually(lambda: _get(url).status_code == 200, 20, f"{url} projected")
 
 
 def record_runs(harness: Harness, workflow_id: str, status: str) -> list[str]:
@@ -43,7 +57,7 @@ def record_runs(harness: Harness, workflow_id: str, status: str) -> list[str]:
 
 def finished(api: str, replay_id: str, timeout: float = 180) -> dict[str, Any]:
     def done() -> dict[str, Any] | None:
-        body: dict[str, Any] = httpx.get(f"{api}/v1/replays/{replay_id}").json()
+        body: dict[str, Any] = _get(f"{api}/v1/replays/{replay_id}").json()
         return body if body["status"] in {"completed", "failed"} else None
 
     result: dict[str, Any] | None = eventually(done, timeout, f"replay {replay_id} to finish")
@@ -52,7 +66,7 @@ def finished(api: str, replay_id: str, timeout: float = 180) -> dict[str, Any]:
 
 
 def start(api: str, workflow_id: str, **candidate: Any) -> str:
-    response = httpx.post(
+    response = _post(
         f"{api}/v1/replays",
         json={
             "workflow_id": workflow_id,
@@ -68,7 +82,7 @@ def start(api: str, workflow_id: str, **candidate: Any) -> str:
 def sse(api: str, replay_id: str) -> list[tuple[str, dict[str, Any]]]:
     events: list[tuple[str, dict[str, Any]]] = []
     name = ""
-    with httpx.stream("GET", f"{api}/v1/replays/{replay_id}/events", timeout=180) as response:
+    with _stream("GET", f"{api}/v1/replays/{replay_id}/events", timeout=180) as response:
         assert response.status_code == 200
         for line in response.iter_lines():
             if line.startswith("event:"):
@@ -108,7 +122,7 @@ def test_a_breaking_candidate_is_worse_with_progress_and_a_per_run_report(
         assert run["output_equal"] is False
         assert run["steps"][0]["step_id"] == "shape"
         assert run["steps"][0]["original"]["duration_ms"] is not None
-    listed = httpx.get(f"{api_url}/v1/replays", params={"workflow_id": "abbreak"}).json()
+    listed = _get(f"{api_url}/v1/replays", params={"workflow_id": "abbreak"}).json()
     assert [r["replay_id"] for r in listed["data"]] == [replay_id]
     assert listed["data"][0]["verdict"] == "worse"
 
@@ -142,13 +156,13 @@ def test_the_cli_reports_an_equal_candidate_as_no_difference_and_a_fix_as_better
     # Bad input: a clear error naming the field.
     assert main(["replay", "ab", "--workflow", "abcli", "--api", api_url]) == 2
     assert "candidate" in capsys.readouterr().err
-    missing = httpx.post(
+    missing = _post(
         f"{api_url}/v1/replays",
         json={"workflow_id": "abcli", "candidate": {"workflow_version": 9}},
     )
     assert missing.status_code == 422
     assert missing.json()["detail"][0]["loc"] == ["body", "candidate", "workflow_version"]
-    slow = httpx.post(
+    slow = _post(
         f"{api_url}/v1/replays",
         json={
             "workflow_id": "abcli",
@@ -161,7 +175,7 @@ def test_the_cli_reports_an_equal_candidate_as_no_difference_and_a_fix_as_better
 
 
 def propose(api: str, workflow_id: str, mutation_id: str, expression: str) -> None:
-    response = httpx.post(
+    response = _post(
         f"{api}/v1/mutations",
         json={
             "workflow_id": workflow_id,
@@ -182,7 +196,7 @@ def propose(api: str, workflow_id: str, mutation_id: str, expression: str) -> No
 
 def settled(api: str, mutation_id: str) -> dict[str, Any]:
     def done() -> dict[str, Any] | None:
-        response = httpx.get(f"{api}/v1/mutations/{mutation_id}")
+        response = _get(f"{api}/v1/mutations/{mutation_id}")
         if response.status_code != 200:
             return None
         body: dict[str, Any] = response.json()
@@ -219,7 +233,7 @@ def test_proposals_are_validated_or_rejected_by_replay(
     assert same["report"]["replay"]["verdict"] == "no_difference"
     assert "no lower cost" in same["reason"] and same["report"]["passed"] is False
     replay_id = same["report"]["replay"]["replay_id"]
-    stored = httpx.get(f"{api_url}/v1/replays/{replay_id}").json()
+    stored = _get(f"{api_url}/v1/replays/{replay_id}").json()
     assert stored["mutation_id"] == "abprop-same" and stored["requested_by"] == "mutation-processor"
 
     # A fix of a broken base: better, validated.

@@ -41,6 +41,7 @@ from tests.integration.engine_fixtures import (
 )
 from tests.integration.http_fixtures import HttpTestServer
 from tests.integration.kafka_fixtures import isolated_kafka
+from tests.support.api_auth import key_headers
 from tests.support.waiting import eventually
 
 
@@ -88,7 +89,8 @@ def _api(harness: Harness) -> Iterator[TestClient]:
         poll_interval_s=0.05,
         clickhouse_enabled=False,
     )
-    with TestClient(create_app(harness.settings, settings)) as client:
+    headers = key_headers(harness.settings, settings)
+    with TestClient(create_app(harness.settings, settings), headers=headers) as client:
         yield client
     with psycopg.connect(harness.settings.postgres_dsn, autocommit=True) as conn:
         conn.execute(f'DROP SCHEMA IF EXISTS "{api_schema}" CASCADE')

@@ -37,6 +37,7 @@ from tests.integration.engine_fixtures import (
 )
 from tests.integration.http_fixtures import serve
 from tests.integration.kafka_fixtures import register_schema
+from tests.support.api_auth import key_headers
 from tests.support.scheduler_golden import load_events
 from tests.support.waiting import eventually
 from workflows.mutations import apply_mutation
@@ -61,7 +62,8 @@ def api(registered: Harness) -> Iterator[TestClient]:
         poll_interval_s=0.02,
         clickhouse_enabled=False,
     )
-    with TestClient(create_app(registered.settings, settings)) as client:
+    headers = key_headers(registered.settings, settings)
+    with TestClient(create_app(registered.settings, settings), headers=headers) as client:
         yield client
     with psycopg.connect(registered.settings.postgres_dsn, autocommit=True) as conn:
         conn.execute(f'DROP SCHEMA IF EXISTS "{api_schema}" CASCADE')

@@ -62,6 +62,7 @@ from streams.admin import ensure_topics
 from streams.producer import Producer
 from streams.security import kafka_client_config
 from streams.topics import TopicCatalog
+from tests.support.api_auth import key_headers
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -785,7 +786,8 @@ def _api(env: Env, **api_fields: Any) -> Iterator[TestClient]:
     fields.update(api_fields)
     app = create_app(env.settings, ApiSettings(**fields), clickhouse=env.ch)
     try:
-        with TestClient(app) as client:
+        settings = ApiSettings(**fields)
+        with TestClient(app, headers=key_headers(env.settings, settings)) as client:
             yield client
     finally:
         with psycopg.connect(env.settings.postgres_dsn, autocommit=True) as conn:

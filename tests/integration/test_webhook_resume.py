@@ -42,6 +42,7 @@ from node_workers.webhooks import (
 )
 from tests.integration.engine_fixtures import Harness, assert_replay_equivalent, running_engine
 from tests.integration.kafka_fixtures import isolated_kafka
+from tests.support.api_auth import key_headers
 from tests.support.waiting import eventually, eventually_async
 
 SECRET = "whsec-integration-7f3a"
@@ -140,7 +141,8 @@ def api(harness: Harness) -> Iterator[TestClient]:
     api_settings = ApiSettings(
         read_schema=harness.schema, api_schema=api_schema, clickhouse_enabled=False
     )
-    with TestClient(create_app(harness.settings, api_settings)) as client:
+    headers = key_headers(harness.settings, api_settings)
+    with TestClient(create_app(harness.settings, api_settings), headers=headers) as client:
         yield client
     with psycopg.connect(harness.settings.postgres_dsn, autocommit=True) as conn:
         conn.execute(f'DROP SCHEMA IF EXISTS "{api_schema}" CASCADE')

@@ -27,6 +27,7 @@ from foundation.parse_limits import (
     storage_issues,
 )
 from foundation.settings import Settings
+from tests.support.oidc_issuer import local_issuer
 from workflows import WorkflowValidationError
 from workflows.validation import load_source
 
@@ -108,8 +109,18 @@ def test_non_finite_numbers_nul_and_lone_surrogates_are_not_storable() -> None:
 
 @pytest.fixture
 def client() -> Iterator[TestClient]:
-    app = create_app(Settings(), ApiSettings(max_body_bytes=4096))
-    yield TestClient(app)  # not entered: no lifespan, no backends
+    """An admin caller (a token of a local OIDC issuer: no database needed to authenticate), so
+    the limits answer, not the authentication in front of them."""
+    with local_issuer() as issuer:
+        api = ApiSettings(
+            max_body_bytes=4096,
+            oidc_issuer=issuer.url,
+            oidc_audience=issuer.audience,
+            oidc_jwks_url=issuer.jwks_url,
+        )
+        token = issuer.token(roles=["admin"])
+        # Not entered: no lifespan, no backends.
+        yield TestClient(create_app(Settings(), api), headers={"Authorization": f"Bearer {token}"})
 
 
 def _post(client: TestClient, url: str, body: bytes, **headers: str) -> Any:

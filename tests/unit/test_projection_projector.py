@@ -16,7 +16,13 @@ from streams.producer import DeliveryError, DeliveryFailure
 
 def test_topics_and_group_come_from_the_catalog_and_prefix() -> None:
     projector = Projector(Settings(topic_prefix="acme"), "reads", "pg")
-    assert projector.topics == ("acme.runs", "acme.workflows", "acme.nodes", "acme.mutations")
+    assert projector.topics == (
+        "acme.runs",
+        "acme.workflows",
+        "acme.nodes",
+        "acme.mutations",
+        "acme.audit",
+    )
     assert projector.group_id == "acme.projector.pg"
     assert projector.application_name == "reflux-projector reads/pg"
 

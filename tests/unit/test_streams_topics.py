@@ -22,6 +22,7 @@ FIXED = [
     "dlq",
     "diagnoses",
     "alerts",
+    "audit",
 ]
 
 

@@ -1,0 +1,234 @@
+"""``/v1/api-keys`` (create, list, rotate, revoke) and ``/v1/audit``: admins only (ADR 0046).
+
+A key's secret is in the answer to its creation and to each rotation, never again: the API
+keeps its SHA-256 only (:mod:`api.auth.keys`). The audit log is the projection of the ``audit``
+topic (every write, refused ones included), newest first.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, Field, field_validator
+
+from api.auth import keys
+from api.auth.guard import PrincipalDep
+from api.auth.roles import Role
+from api.db import with_conn
+from api.deps import ApiSettingsDep, PoolDep, StoreDep
+from api.errors import ConflictError, NotFoundError
+from api.models.common import errors
+from projections.postgres.identifiers import table
+
+__all__ = ["audit_router", "keys_router"]
+
+keys_router = APIRouter(prefix="/api-keys", tags=["identity"])
+audit_router = APIRouter(prefix="/audit", tags=["identity"])
+
+
+class ApiKeyCreate(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    name: str = Field(
+        pattern=keys.NAME_PATTERN,
+        description="Who or what holds the key; writes by it are recorded as `user:<name>`",
+        examples=["ci-deployer"],
+    )
+    role: Role
+    tenant: str = Field(default="default", pattern=keys.TENANT_PATTERN)
+    expires_at: datetime | None = Field(
+        default=None, description="When the key stops working (UTC if no offset); none: never"
+    )
+
+    @field_validator("expires_at")
+    @classmethod
+    def _future(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        value = value if value.tzinfo else value.replace(tzinfo=UTC)
+        if value <= datetime.now(UTC):
+            raise ValueError("Expected a time in the future")
+        return value
+
+
+class ApiKeyPublic(BaseModel):
+    id: str
+    name: str
+    role: Role
+    tenant: str
+    created_at: datetime
+    created_by: str
+    expires_at: datetime | None
+    rotated_at: datetime | None
+    revoked_at: datetime | None
+    status: str = Field(description="active | expired | revoked")
+
+
+class ApiKeySecret(ApiKeyPublic):
+    key: str = Field(description="The secret key: shown once; send it as `Authorization: Bearer`")
+
+
+class ApiKeyList(BaseModel):
+    data: list[ApiKeyPublic]
+    count: int
+
+
+def _public(key: keys.ApiKey) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    status = (
+        "revoked"
+        if key.revoked_at is not None
+        else "expired"
+        if key.expires_at is not None and key.expires_at <= now
+        else "active"
+    )
+    return {
+        "id": key.key_id,
+        "name": key.name,
+        "role": key.role,
+        "tenant": key.tenant,
+        "created_at": key.created_at,
+        "created_by": key.created_by,
+        "expires_at": key.expires_at,
+        "rotated_at": key.rotated_at,
+        "revoked_at": key.revoked_at,
+        "status": status,
+    }
+
+
+@keys_router.post(
+    "",
+    status_code=201,
+    response_model=ApiKeySecret,
+    summary="Create an API key; the answer holds its secret, shown this once",
+    responses=errors(422, 503),
+)
+async def create_api_key(
+    body: ApiKeyCreate, store: StoreDep, principal: PrincipalDep
+) -> ApiKeySecret:
+    key, secret = await store.call(
+        keys.create_key,
+        store.schema,
+        name=body.name,
+        role=body.role,
+        tenant=body.tenant,
+        expires_at=body.expires_at,
+        created_by=principal.actor,
+    )
+    return ApiKeySecret(**_public(key), key=secret)
+
+
+@keys_router.get(
+    "",
+    response_model=ApiKeyList,
+    summary="Every API key (never a secret), oldest first",
+    responses=errors(503),
+)
+async def list_api_keys(store: StoreDep) -> ApiKeyList:
+    rows = await store.call(keys.list_keys, store.schema)
+    return ApiKeyList(data=[ApiKeyPublic(**_public(k)) for k in rows], count=len(rows))
+
+
+@keys_router.post(
+    "/{key_id}/rotate",
+    response_model=ApiKeySecret,
+    summary="A new secret for a key (shown once); the old secret stops working at once",
+    responses=errors(404, 409, 503),
+)
+async def rotate_api_key(key_id: str, store: StoreDep) -> ApiKeySecret:
+    try:
+        rotated = await store.call(keys.rotate_key, store.schema, key_id)
+    except ValueError as exc:
+        raise ConflictError(str(exc)) from exc
+    if rotated is None:
+        raise NotFoundError(f"API key {key_id!r} not found")
+    key, secret = rotated
+    return ApiKeySecret(**_public(key), key=secret)
+
+
+@keys_router.delete(
+    "/{key_id}",
+    response_model=ApiKeyPublic,
+    summary="Revoke a key: it is refused from now on (401 'revoked')",
+    responses=errors(404, 503),
+)
+async def revoke_api_key(key_id: str, store: StoreDep) -> ApiKeyPublic:
+    key = await store.call(keys.revoke_key, store.schema, key_id)
+    if key is None:
+        raise NotFoundError(f"API key {key_id!r} not found")
+    return ApiKeyPublic(**_public(key))
+
+
+# -- audit ----------------------------------------------------------------------------------------
+
+
+class AuditEntry(BaseModel):
+    event_id: str
+    occurred_at: datetime
+    actor: str
+    principal_kind: str = Field(description="api_key | oidc | anonymous")
+    principal_id: str | None
+    role: str | None
+    tenant: str
+    method: str
+    route: str
+    path: str
+    resource_ids: dict[str, str]
+    status_code: int
+    client: str | None
+    reason: str | None = Field(description="Why a refused write was refused")
+
+
+class AuditPage(BaseModel):
+    data: list[AuditEntry]
+    count: int
+
+
+_AUDIT_COLUMNS = (
+    "event_id, occurred_at, actor, principal_kind, principal_id, role, tenant, method, route, "
+    "path, resource_ids, status_code, client, reason"
+)
+
+
+@audit_router.get(
+    "",
+    response_model=AuditPage,
+    summary="The audit log: every write (refused ones included), newest first",
+    responses=errors(422, 503),
+)
+async def list_audit(
+    *,
+    pool: PoolDep,
+    api: ApiSettingsDep,
+    actor: Annotated[str | None, Query(max_length=200, description="e.g. user:ci")] = None,
+    tenant: Annotated[str | None, Query(max_length=63)] = None,
+    since: Annotated[datetime | None, Query(description="Only entries at or after this")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> AuditPage:
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=UTC)
+    where: list[str] = []
+    params: list[Any] = []
+    for column, value in (("actor", actor), ("tenant", tenant)):
+        if value is not None:
+            where.append(f"{column} = %s")
+            params.append(value)
+    if since is not None:
+        where.append("occurred_at >= %s")
+        params.append(since)
+    sql = (
+        f"SELECT {_AUDIT_COLUMNS} FROM {table(api.read_schema, 'audit_log')}"
+        + (f" WHERE {' AND '.join(where)}" if where else "")
+        + " ORDER BY occurred_at DESC, event_id DESC LIMIT %s"
+    )
+    params.append(limit)
+
+    def query(conn: Any) -> list[tuple[Any, ...]]:
+        return list(conn.execute(sql, params).fetchall())
+
+    rows = await with_conn(pool, api.pool_timeout_s, query)
+    names = [c.strip() for c in _AUDIT_COLUMNS.split(",")]
+    entries = [AuditEntry(**dict(zip(names, row, strict=True))) for row in rows]
+    return AuditPage(data=entries, count=len(entries))
