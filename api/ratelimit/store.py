@@ -149,6 +149,10 @@ def take_in_redis(
 ) -> Taken:
     """Run :data:`TAKE_LUA` (a registered script) and read its answer as a :class:`Taken`
     (``states`` is empty: they stay in Redis)."""
+    if len(keys) != len(limits):
+        raise ValueError(
+            f"Expected a limit per key, but got {len(keys)} keys, {len(limits)} limits"
+        )
     args: list[int | str] = ["" if now_ms is None else now_ms, cost]
     for limit in limits:
         args += [limit.capacity, limit.rate]
