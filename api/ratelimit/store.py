@@ -20,6 +20,7 @@ import redis
 
 from api.ratelimit.bucket import TAKE_LUA, BucketLimit, Taken
 from api.ratelimit.policy import Charge, Quota
+from foundation.errors import ServiceUnavailableError
 
 __all__ = ["QUOTA_RELEASE_LUA", "QUOTA_TAKE_LUA", "QuotaTaken", "RateStore", "StoreDownError"]
 
@@ -45,8 +46,10 @@ return 0
 """
 
 
-class StoreDownError(Exception):
+class StoreDownError(ServiceUnavailableError):
     """The Redis of a bucket is unreachable (or was, less than ``retry_s`` ago)."""
+
+    error_class = "RateStoreDown"
 
 
 @dataclass(frozen=True, slots=True)
