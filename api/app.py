@@ -142,7 +142,7 @@ def create_app(
                 log.warning("producer close: %s", exc)
             await run_in_threadpool(audit.close)
             await run_in_threadpool(pool.close)
-            await run_in_threadpool(close_limiter, limiter)
+            await close_limiter(limiter)
 
     app = FastAPI(
         title="REFLUX API",

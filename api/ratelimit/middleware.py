@@ -17,7 +17,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import Counter
-from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.auth.guard import Principal, match_route
@@ -66,13 +65,13 @@ class RateLimiter:
             registry=metrics.registry,
         )
 
-    def close(self) -> None:
-        self.store.close()
+    async def close(self) -> None:
+        await self.store.close()
 
 
-def close_limiter(limiter: RateLimiter | None) -> None:
+async def close_limiter(limiter: RateLimiter | None) -> None:
     if limiter is not None:
-        limiter.close()
+        await limiter.close()
 
 
 class RateLimitMiddleware:
@@ -147,19 +146,19 @@ class RateLimitMiddleware:
         """The answer of the buckets; ``None`` when Redis is away and the bucket fails open,
         :data:`_CLOSED` when it fails closed."""
         try:
-            return await run_in_threadpool(self.limiter.store.take, charge)
+            return await self.limiter.store.take(charge)
         except StoreDownError as exc:
             return self._down(charge.name, exc)
 
     async def _take_quota(self, quota: Quota) -> bool | object | None:
         try:
-            return (await run_in_threadpool(self.limiter.store.take_quota, quota)).allowed
+            return (await self.limiter.store.take_quota(quota)).allowed
         except StoreDownError as exc:
             return self._down("starts", exc)
 
     async def _release_quota(self, quota: Quota) -> None:
         try:
-            await run_in_threadpool(self.limiter.store.release_quota, quota)
+            await self.limiter.store.release_quota(quota)
         except StoreDownError as exc:  # the day's count stays one too high: the safe side
             log.warning(
                 "rate limits: a refused start of %r was not given back: %s", quota.tenant, exc

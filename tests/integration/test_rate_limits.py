@@ -7,6 +7,7 @@ Redis keys) and Postgres schemas. Waiting for a bucket to refill polls the API w
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import time
@@ -19,6 +20,7 @@ from typing import Any
 import psycopg
 import pytest
 import redis
+import redis.asyncio as aioredis
 from fastapi.testclient import TestClient
 
 from api.app import create_app
@@ -110,7 +112,11 @@ def _project(settings: Settings, client: TestClient) -> None:
 
 
 def test_the_lua_script_and_the_pure_function_agree(kafka_settings: Settings) -> None:
-    client = redis.Redis.from_url(kafka_settings.redis_url)
+    asyncio.run(_lua_against_pure(kafka_settings))
+
+
+async def _lua_against_pure(kafka_settings: Settings) -> None:
+    client = aioredis.Redis.from_url(kafka_settings.redis_url)
     script = client.register_script(TAKE_LUA)
     keys = (f"{kafka_settings.topic_prefix}:t:a", f"{kafka_settings.topic_prefix}:t:b")
     rng = random.Random(12)
@@ -118,14 +124,14 @@ def test_the_lua_script_and_the_pure_function_agree(kafka_settings: Settings) ->
         (BucketLimit(5, 2), BucketLimit(3, 0.7)),
         (BucketLimit(1, 0.001), BucketLimit(10_000_000, 1_000_000)),
     ):
-        client.delete(*keys)
+        await client.delete(*keys)
         states: list[BucketState | None] = [None, None]
         now = 1_700_000_000_000
         for step in range(300):
             now += rng.choice([0, 0, 1, 7, 150, 333, 1000, 2500])
             cost = rng.choice([1, 1, 1, 2])
             expected = take(states, limits, now, cost)
-            got = take_in_redis(script, keys, limits, now, cost)
+            got = await take_in_redis(script, keys, limits, now, cost)
             assert (got.allowed, got.limiting, got.wait_ms, got.remaining, got.full_ms) == (
                 expected.allowed,
                 expected.limiting,
@@ -135,15 +141,16 @@ def test_the_lua_script_and_the_pure_function_agree(kafka_settings: Settings) ->
             ), (limits, step)
             if expected.allowed:
                 states = list(expected.states)
-                stored = [client.hgetall(k) for k in keys]
+                stored = [await client.hgetall(k) for k in keys]
                 assert [int(s[b"l"]) for s in stored] == [s.level for s in expected.states]
-                ttl = client.pttl(keys[0])
+                ttl = await client.pttl(keys[0])
                 assert 0 < ttl <= expected.full_ms[0] + 1000
-    client.delete(*keys)
+    await client.delete(*keys)
     # The server's clock when none is given.
-    got = take_in_redis(script, keys[:1], (BucketLimit(2, 1),), None)
+    got = await take_in_redis(script, keys[:1], (BucketLimit(2, 1),), None)
     assert got.allowed and got.remaining == (1,)
-    client.delete(*keys)
+    await client.delete(*keys)
+    await client.aclose()
 
 
 def test_the_write_after_the_burst_gets_429_and_passes_after_retry_after(
