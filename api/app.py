@@ -27,6 +27,7 @@ from api.errors import install_error_handlers
 from api.limits import BodyLimit, RequestLimitsMiddleware
 from api.prometheus import ApiMetrics, MetricsMiddleware
 from api.publisher import Publisher, api_producer
+from api.ratelimit.middleware import RateLimiter, RateLimitMiddleware, close_limiter
 from api.readmodel import ReadModel
 from api.reflection import LazyAlertsView, close_clickhouse, open_clickhouse
 from api.responses import install_common_responses
@@ -141,6 +142,7 @@ def create_app(
                 log.warning("producer close: %s", exc)
             await run_in_threadpool(audit.close)
             await run_in_threadpool(pool.close)
+            await close_limiter(limiter)
 
     app = FastAPI(
         title="REFLUX API",
@@ -156,11 +158,7 @@ def create_app(
     app.state.api_settings = api
     install_error_handlers(app)
     install_common_responses(app)
-    # Inside the metrics middleware, so refused requests are counted too.
-    app.add_middleware(
-        RequestLimitsMiddleware, max_bytes=api.max_body_bytes, routes=body_limits(api)
-    )
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    limiter = _install_limits_and_metrics(app, settings, api, metrics)
     # authorize first (ADR 0046): nothing of a /v1 route runs for a caller without the role.
     # Workflow validation in every /v1 request checks nodes against the projected node catalog.
     v1 = APIRouter(prefix=API_PREFIX, dependencies=[Depends(authorize), Depends(bind_node_catalog)])
@@ -186,6 +184,25 @@ def create_app(
     app.include_router(health.router)
     install_identity(app, API_PREFIX)  # roles, authentication, audit, OpenAPI (ADR 0046)
     return app
+
+
+def _install_limits_and_metrics(
+    app: FastAPI, settings: Settings, api: ApiSettings, metrics: ApiMetrics
+) -> RateLimiter | None:
+    """The middleware between authentication (added later, outermost) and the routes, inner
+    first: body and parse limits (ADR 0043), rate limits and quotas (ADR 0049), metrics.
+    The rate limits sit outside the body limits (a refused request's body is never read),
+    inside authentication (they need the tenant; an anonymous 401 costs no tenant a token)
+    and inside the metrics (so 413s and 429s are counted). Returns the rate limiter (None when
+    ``rate_enabled`` is off) for the lifespan to close; no I/O until the first request."""
+    app.add_middleware(
+        RequestLimitsMiddleware, max_bytes=api.max_body_bytes, routes=body_limits(api)
+    )
+    limiter = RateLimiter(settings, api, metrics) if api.rate_enabled else None
+    if limiter is not None:
+        app.add_middleware(RateLimitMiddleware, limiter=limiter, prefix=f"{API_PREFIX}/")
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return limiter
 
 
 def body_limits(api: ApiSettings) -> list[BodyLimit]:

@@ -6,13 +6,31 @@ the API can be configured per process (schemas per test, webhook secrets per dep
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["MAX_WAIT_MS", "ApiSettings"]
+__all__ = ["MAX_WAIT_MS", "ApiSettings", "TenantRateLimits"]
 
 MAX_WAIT_MS = 30_000
 """Upper bound of every ``wait_ms``: a request never holds a connection longer than this."""
+
+
+_BURST = Field(default=None, ge=1, le=10_000_000)
+_PER_S = Field(default=None, ge=0.001, le=1_000_000)
+
+
+class TenantRateLimits(BaseModel):
+    """One tenant's overrides of the ``rate_*`` defaults (ADR 0049); a field left out keeps the
+    default. ``starts_per_day: null`` (given explicitly) means no quota for this tenant."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    write_burst: int | None = _BURST
+    write_per_s: float | None = _PER_S
+    read_burst: int | None = _BURST
+    read_per_s: float | None = _PER_S
+    principal_share: float | None = Field(default=None, gt=0, le=1)
+    starts_per_day: int | None = Field(default=None, ge=0)
 
 
 class ApiSettings(BaseSettings):
@@ -104,6 +122,66 @@ class ApiSettings(BaseSettings):
 
     oidc_leeway_s: float = 30.0
     """Clock skew allowed on ``exp``/``nbf``/``iat``."""
+
+    # -- rate limits and quotas (ADR 0049, docs/api.md#rate-limits-and-quotas) ---------------
+    # Token buckets in Redis: `write` and `read` per tenant (and per principal with
+    # `rate_principal_share`), `hook` per workflow (start webhooks) or run (step callbacks);
+    # a daily quota of run starts per tenant. Over a limit: 429 with Retry-After.
+
+    rate_enabled: bool = True
+    """Off: no buckets and no quota (a benchmark measuring the API without them)."""
+
+    rate_write_burst: int = Field(default=2000, ge=1, le=10_000_000)
+    """Writes (any method but GET/HEAD/OPTIONS) a tenant may send in a burst."""
+    rate_write_per_s: float = Field(default=200.0, ge=0.001, le=1_000_000)
+    """Writes per second a tenant's bucket regains."""
+    rate_read_burst: int = Field(default=5000, ge=1, le=10_000_000)
+    rate_read_per_s: float = Field(default=500.0, ge=0.001, le=1_000_000)
+    rate_hook_burst: int = Field(default=1000, ge=1, le=10_000_000)
+    """Webhook calls per workflow (start hooks) or per run (step callbacks) in a burst; keyed
+    by what they address because they may come without a credential."""
+    rate_hook_per_s: float = Field(default=100.0, ge=0.001, le=1_000_000)
+
+    rate_principal_share: float | None = Field(default=None, gt=0, le=1)
+    """When set: each principal (key, token subject) also has its own write and read buckets of
+    this share of its tenant's, so one key cannot use up its tenant's budget."""
+
+    rate_starts_per_day: int | None = Field(default=1_000_000, ge=0)
+    """Runs a tenant may start per UTC day (``POST /v1/runs``, start webhooks); counted when
+    the start is accepted (2xx). ``None``: no quota."""
+
+    rate_tenants: dict[str, TenantRateLimits] = Field(default_factory=dict)
+    """Per-tenant overrides, JSON in ``REFLUX_API_RATE_TENANTS``, e.g.
+    ``{"acme": {"write_burst": 50, "write_per_s": 5, "starts_per_day": 10000}}``."""
+
+    rate_redis_url: str | None = None
+    """Redis of the buckets. Unset: the cache's (``Settings.redis_url``, ``allkeys-lru``):
+    losing a bucket only refills it (ADR 0049)."""
+
+    rate_quota_redis_url: str | None = None
+    """Redis of the daily quota counters. Unset: ``Settings.webhook_store_url`` (noeviction):
+    an evicted counter would hand a tenant a fresh day."""
+
+    rate_redis_timeout_s: float = Field(default=0.25, gt=0, le=10)
+    """Connect and read timeout of the rate-limit Redis calls."""
+
+    rate_redis_retry_s: float = Field(default=5.0, ge=0, le=300)
+    """After a failed Redis call, how long requests skip Redis (and apply the bucket's
+    fail policy) before it is tried again, so an outage does not add a timeout per request."""
+
+    rate_fail_closed: frozenset[str] = frozenset({"starts"})
+    """Buckets that refuse (503) while their Redis is unreachable; the others let requests
+    through (logged, counted). Names: ``write``, ``read``, ``hook``, ``starts``."""
+
+    @field_validator("rate_fail_closed")
+    @classmethod
+    def _known_buckets(cls, value: frozenset[str]) -> frozenset[str]:
+        unknown = sorted(value - {"write", "read", "hook", "starts"})
+        if unknown:
+            raise ValueError(
+                f"Expected bucket names of write, read, hook, starts, but got {unknown}"
+            )
+        return value
 
     @property
     def oidc_enabled(self) -> bool:

@@ -3,7 +3,8 @@ in the OpenAPI document, and ``405`` with a correct ``Allow`` header.
 
 Routes declare the answers of their own logic (``responses=errors(404, 409)``);
 :data:`COMMON_RESPONSES` adds what any ``/v1`` operation can answer whatever it does -- 413 and
-422 from :mod:`api.limits`, 503 when Kafka or Postgres is away. Authentication adds 401/403 here
+422 from :mod:`api.limits`, 429 from :mod:`api.ratelimit`, 503 when Kafka or Postgres is away.
+Authentication adds 401/403 here
 (one entry each, e.g. ``COMMON_RESPONSES.append(CommonResponse(401, "..."))``), not route by
 route.
 """
@@ -48,6 +49,11 @@ COMMON_RESPONSES: list[CommonResponse] = [
         "A field is invalid, too deeply nested, or holds what storage cannot (NUL, NaN); "
         "`loc` is its path",
         ValidationErrorBody,
+    ),
+    CommonResponse(
+        429,
+        "A rate limit or the tenant's daily run quota is exceeded (docs/api.md, Rate limits "
+        "and quotas); `Retry-After` says when to retry",
     ),
     CommonResponse(503, "Kafka or Postgres is unavailable; retry later"),
 ]
