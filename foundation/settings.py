@@ -7,12 +7,44 @@ in one place.
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
+from pydantic import model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+# Credentials `make up` generates for the local services live under the data folder, mode 0600
+# (docs/decisions/0042-database-access-and-platform-credentials.md); no secret is written in code.
+CREDENTIALS_DIR = "credentials"
+POSTGRES_PASSFILE = "postgres.pgpass"
+"""libpq password file of the platform role (``host:port:*:reflux:password``)."""
+POSTGRES_SUPERUSER_FILE = "postgres-superuser.pgpass"
+"""The bootstrap superuser's password file: only `make up` (infra) uses it."""
+S3_CREDENTIALS = "s3.json"
+"""``{"access_key": ..., "secret_key": ...}`` of the local s3proxy."""
+DEFAULT_POSTGRES = "postgresql://reflux@127.0.0.1:15432/reflux"
+"""The platform database without a password: it comes from the passfile next to the data."""
+
+
+def _local_postgres_dsn(data_dir: Path) -> str:
+    passfile = data_dir / CREDENTIALS_DIR / POSTGRES_PASSFILE
+    return f"{DEFAULT_POSTGRES}?passfile={quote(str(passfile), safe='/')}"
+
+
+def _local_s3_credentials(data_dir: Path) -> dict[str, str]:
+    try:
+        data = json.loads((data_dir / CREDENTIALS_DIR / S3_CREDENTIALS).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    keys = ("access_key", "secret_key")
+    return {k: v for k, v in data.items() if k in keys and isinstance(v, str)}
 
 
 class Settings(BaseSettings):
@@ -29,7 +61,10 @@ class Settings(BaseSettings):
     default_partitions: int = 6
     replication_factor: int = 1
 
-    postgres_dsn: str = "postgresql://reflux@127.0.0.1:15432/reflux"
+    # Unset: the local platform database, its password read by libpq from the passfile `make up`
+    # wrote (data_dir/credentials/postgres.pgpass). Set: used as given (a password in it is
+    # masked wherever it is logged: foundation/redact.py).
+    postgres_dsn: str = ""
     # Step cache and webhook mailboxes: volatile, evicts least recently used keys when full.
     redis_url: str = "redis://127.0.0.1:16379/0"
     # The workers' attempt ledger, on its own instance: never evicted, append-only file
@@ -37,9 +72,10 @@ class Settings(BaseSettings):
     ledger_redis_url: str = "redis://127.0.0.1:16380/0"
 
     s3_endpoint: str = "http://127.0.0.1:19000"
-    s3_access_key: str = "reflux"
-    # Credentials of the loopback-only local s3proxy; set real ones through the environment.
-    s3_secret_key: str = "reflux-secret-key"  # noqa: S105
+    # Unset: the credentials `make up` generated for the loopback-only local s3proxy
+    # (data_dir/credentials/s3.json); set real ones through the environment.
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
     s3_bucket: str = "reflux"
     s3_region: str = "us-east-1"
 
@@ -109,6 +145,28 @@ class Settings(BaseSettings):
     # sends them at once anyway, so the default lets a batch's records leave in one request
     # (docs/decisions/0021-engine-throughput.md). 0: each record as it is produced.
     scheduler_linger_ms: int = 100
+
+    @model_validator(mode="before")
+    @classmethod
+    def _local_credentials(cls, data: Any) -> Any:
+        """Fills what was not set from the files `make up` keeps next to the local data."""
+        if not isinstance(data, dict):
+            return data
+        data_dir = Path(data.get("data_dir") or PROJECT_ROOT / "var")
+        filled = dict(data)
+        if not filled.get("postgres_dsn"):
+            filled["postgres_dsn"] = _local_postgres_dsn(data_dir)
+        if not filled.get("s3_access_key") or not filled.get("s3_secret_key"):
+            local = _local_s3_credentials(data_dir)
+            for key in ("access_key", "secret_key"):
+                if not filled.get(f"s3_{key}") and key in local:
+                    filled[f"s3_{key}"] = local[key]
+        return filled
+
+    @property
+    def credentials_dir(self) -> Path:
+        """Where `make up` keeps the generated credentials of the local services (0700)."""
+        return self.data_dir / CREDENTIALS_DIR
 
     def resolved_clickhouse_dsn(self) -> str:
         return self.clickhouse_dsn or f"chdb://{self.data_dir / 'chdb'}"
