@@ -40,6 +40,7 @@ from api.routes import (
 from api.routes import metrics as metrics_routes
 from api.store import ApiStore
 from api.validation import bind_node_catalog
+from foundation.redact import redact_credentials
 from foundation.settings import Settings, get_settings
 from projections.clickhouse import ClickHouse
 from streams.admin import admin_client
@@ -95,6 +96,12 @@ def create_app(
             open=False,
             name="reflux-api",
         )
+        # Where it goes, said once at start; never a password (foundation/redact.py).
+        log.info(
+            "API starting: Postgres %s, Kafka %s",
+            redact_credentials(settings.postgres_dsn),
+            redact_credentials(settings.kafka_bootstrap),
+        )
         # wait=False: start even when Postgres is down; requests then answer 503.
         pool.open(wait=False)
         producer = api_producer(settings, api.publish_timeout_s)
@@ -110,7 +117,9 @@ def create_app(
         try:
             await run_in_threadpool(store.ensure)
         except Exception as exc:  # retried lazily by the first write that needs the tables
-            log.warning("API schema %r not ready yet: %s", api.api_schema, exc)
+            log.warning(
+                "API schema %r not ready yet: %s", api.api_schema, redact_credentials(str(exc))
+            )
         app.state.clickhouse = ch_access = await run_in_threadpool(
             open_clickhouse, settings, api, clickhouse, topics
         )

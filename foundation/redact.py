@@ -31,11 +31,11 @@ _URL_USERINFO: Final = re.compile(
 # key=value / key: value, where the key names a credential. Keys may be dotted or prefixed
 # (sasl.password, ssl.key.password, aws_secret_access_key, REFLUX_S3_SECRET_KEY).
 _KEY_NAMES: Final = (
-    r"[\w.\-]*(?:password|passwd|pwd|secret|secret[_\-.]?key|token|api[_\-.]?key|"
+    r"[\w.\-]*(?:password|passwd|pwd|secret|secret[\w.\-]*?key|token|api[_\-.]?key|"
     r"access[_\-.]?key[_\-.]?secret)"
 )
 _KEY_VALUE: Final = re.compile(
-    rf"(?P<head>\b{_KEY_NAMES}\s*[=:]\s*)"
+    rf"(?P<head>\b{_KEY_NAMES}[\"']?\s*[=:]\s*)"
     r"(?P<secret>'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[^\s&;,'\")]+)",
     re.IGNORECASE,
 )
@@ -47,8 +47,8 @@ def redact_credentials(text: str) -> str:
     text = _URL_USERINFO.sub(lambda m: f"{m['head']}{REDACTED}" if m["secret"] else m[0], text)
 
     def _pair(match: re.Match[str]) -> str:
-        if match["secret"].strip("'\"") == REDACTED:
-            return match[0]
-        return f"{match['head']}{REDACTED}"
+        secret = match["secret"]
+        quote = secret[0] if secret[0] in "'\"" else ""
+        return f"{match['head']}{quote}{REDACTED}{quote}"
 
     return _KEY_VALUE.sub(_pair, text)

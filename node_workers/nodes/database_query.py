@@ -111,7 +111,7 @@ _UNAVAILABLE_STATES: Final = frozenset({"57P01", "57P02", "57P03"})
 
 
 class DatabaseQueryInput(NodeModel):
-    connection: str | None = Field(default=None, pattern=CONNECTION_NAME.pattern)
+    connection: str | None = Field(default=None, pattern=f"^{CONNECTION_NAME.pattern}$")
     """A database the operator configured (``databases.yaml`` in the secrets folder)."""
     dsn: SecretStr | None = None
     """Instead of ``connection`` (kept for older definitions): a libpq connection string,
