@@ -19,7 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 # Credentials `make up` generates for the local services live under the data folder, mode 0600
-# (docs/decisions/0042-database-access-and-platform-credentials.md); no secret is written in code.
+# (docs/decisions/0044-database-access-and-platform-credentials.md); no secret is written in code.
 CREDENTIALS_DIR = "credentials"
 POSTGRES_PASSFILE = "postgres.pgpass"
 """libpq password file of the platform role (``host:port:*:reflux:password``)."""

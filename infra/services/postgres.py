@@ -7,7 +7,7 @@ data folder. When the project folder is not reachable by ``nobody`` (a clone und
 say), binaries and data go to ``/var/tmp/reflux-<hash>/postgres`` and ``var/postgres`` is a
 symlink to it, so "all data under one project-local folder" still holds from the user's view.
 
-Roles (docs/decisions/0042-database-access-and-platform-credentials.md): ``postgres`` is the
+Roles (docs/decisions/0044-database-access-and-platform-credentials.md): ``postgres`` is the
 superuser, used only here to bootstrap (extensions, roles, databases); the platform's role
 (``reflux``, the user of ``Settings.postgres_dsn``) is NOSUPERUSER NOCREATEROLE NOCREATEDB and
 owns its database. Both have generated passwords in ``data_dir/credentials`` (0600 libpq password

@@ -1,4 +1,4 @@
-"""Which databases ``database.query`` may reach (docs/decisions/0042-...-credentials.md).
+"""Which databases ``database.query`` may reach (docs/decisions/0044-database-access-and-platform-credentials.md).
 
 Two rules, both non-retryable ``DatabasePolicy`` errors that name the rule:
 

@@ -8,7 +8,7 @@ Safety rules, each enforced here rather than left to the workflow author:
   (host, port, database, user) as a configured connection granted to the workflow. The
   platform's own PostgreSQL (host:port of ``Settings.postgres_dsn``, any database) is refused
   even when configured. Refusals are non-retryable ``DatabasePolicy`` errors naming the rule
-  (:mod:`node_workers.nodes.database_policy`; docs/decisions/0042-...-credentials.md).
+  (:mod:`node_workers.nodes.database_policy`; docs/decisions/0044-database-access-and-platform-credentials.md).
 
 - **Parameters only.** Values go in ``params`` and reach the server separately from the SQL
   text (psycopg placeholders ``%s`` / ``%(name)s``); the node never formats values into SQL.

@@ -8,7 +8,7 @@ analytics: ANALYTICS_DSN
 A step names a connection (``connection: orders``); the worker reads the DSN from the secret,
 which must be granted to the workflow in ``grants.yaml`` like any other secret. A missing file
 configures nothing (every ``database.query`` is refused). Re-read when it changes.
-See docs/secrets.md and docs/decisions/0042-database-access-and-platform-credentials.md.
+See docs/secrets.md and docs/decisions/0044-database-access-and-platform-credentials.md.
 """
 
 from __future__ import annotations

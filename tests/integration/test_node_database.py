@@ -358,7 +358,7 @@ def test_unknown_database_is_retryable_unavailable(db: Db) -> None:
     assert "does not exist" in str(error)
 
 
-# -- the database policy (docs/decisions/0042-database-access-and-platform-credentials.md) -----
+# -- the database policy (docs/decisions/0044-database-access-and-platform-credentials.md) -----
 
 
 def test_a_dsn_param_matching_the_configured_connection_still_works(db: Db) -> None:
