@@ -138,3 +138,28 @@ def test_another_database_resolves_to_the_address_it_connects_to() -> None:
     assert asyncio.run(platform.checked_address(target)) == "192.0.2.7"
     other_port = target_of("postgresql://u@127.0.0.1:25432/d", "x")
     assert asyncio.run(platform.checked_address(other_port)) == "127.0.0.1"
+
+
+def test_a_step_naming_a_connection_cannot_be_cached() -> None:
+    from workflows.model import WorkflowDefinition
+    from workflows.validation import check_definition
+
+    def errors(params: dict[str, Any]) -> list[str]:
+        definition = WorkflowDefinition.model_validate(
+            {
+                "id": "wf",
+                "steps": [
+                    {
+                        "id": "q",
+                        "node": "database.query@^1",
+                        "cache": {"enabled": True},
+                        "params": {"sql": "SELECT 1", **params},
+                    }
+                ],
+            }
+        )
+        return [f"{e.path}: {e.message}" for e in check_definition(definition)]
+
+    found = errors({"connection": "orders"})
+    assert any(e.startswith("steps[0].cache.enabled: a database.query step naming") for e in found)
+    assert not errors({"dsn": "postgresql://u@db/x"})
