@@ -262,9 +262,15 @@ class Postgres(Service):
     def ensure_passwords(self) -> tuple[str, str]:
         """The superuser's and the platform role's passwords, generated into their (0600)
         password files when missing; an existing file is kept."""
+        from psycopg.conninfo import conninfo_to_dict
+
         _, port = self.host_port
         found: list[str] = []
+        given = conninfo_to_dict(self.settings.postgres_dsn).get("password")
         for path, role in ((self.superuser_passfile, SUPERUSER), (self.passfile, self.role)):
+            if role == self.role and given:  # REFLUX_POSTGRES_DSN carries it: the role gets it
+                found.append(str(given))
+                continue
             password = read_pgpass_password(path, role)
             if password is None:
                 password = new_password()

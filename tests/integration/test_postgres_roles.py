@@ -32,7 +32,11 @@ def _check_platform_role(pg: Postgres) -> None:
             conn.execute("ALTER SYSTEM SET work_mem = '8MB'")
         with pytest.raises(pg_errors.InsufficientPrivilege):
             conn.execute("CREATE ROLE intruder SUPERUSER")
-        rules = conn.execute("SELECT auth_method FROM pg_hba_file_rules").fetchall()
+        # Only the superuser may read the rules, which is what this also shows.
+        with pytest.raises(pg_errors.InsufficientPrivilege):
+            conn.execute("SELECT auth_method FROM pg_hba_file_rules")
+    with pg._connect_admin() as admin:
+        rules = admin.execute("SELECT auth_method FROM pg_hba_file_rules").fetchall()
     assert {method for (method,) in rules} == {"scram-sha-256"}
     host, port = pg.host_port
     # No password: refused (trust is gone); a wrong one: refused.
