@@ -1,6 +1,7 @@
-"""Which databases ``database.query`` may reach (docs/decisions/0044-database-access-and-platform-credentials.md).
+"""Which databases ``database.query`` may reach.
 
-Two rules, both non-retryable ``DatabasePolicy`` errors that name the rule:
+See docs/decisions/0044-database-access-and-platform-credentials.md. Three rules, each a
+non-retryable ``DatabasePolicy`` error that names the rule (``tcp-target`` below too):
 
 - ``configured-connection``: the target is one the operator configured (``databases.yaml``
   maps a connection name to the secret holding its DSN, granted to the workflow). A ``dsn`` param

@@ -8,7 +8,7 @@ Safety rules, each enforced here rather than left to the workflow author:
   (host, port, database, user) as a configured connection granted to the workflow. The
   platform's own PostgreSQL (host:port of ``Settings.postgres_dsn``, any database) is refused
   even when configured. Refusals are non-retryable ``DatabasePolicy`` errors naming the rule
-  (:mod:`node_workers.nodes.database_policy`; docs/decisions/0044-database-access-and-platform-credentials.md).
+  (:mod:`node_workers.nodes.database_policy`; ADR 0044 in docs/decisions/).
 
 - **Parameters only.** Values go in ``params`` and reach the server separately from the SQL
   text (psycopg placeholders ``%s`` / ``%(name)s``); the node never formats values into SQL.
@@ -66,6 +66,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from foundation.errors import RefluxError, classify
 from foundation.settings import Settings, get_settings
 from node_workers.node import (
     Node,
@@ -359,7 +360,14 @@ class DatabaseQueryNode(Node[DatabaseQueryInput, DatabaseQueryOutput]):
 
     async def execute(self, params: DatabaseQueryInput, ctx: NodeContext) -> DatabaseQueryOutput:
         _, _, platform = self._configured()
-        dsn = await self.resolve_dsn(params, ctx.workflow_id)
+        try:
+            dsn = await self.resolve_dsn(params, ctx.workflow_id)
+        except NodeError:
+            raise
+        except RefluxError as exc:  # not granted, not set, provider down, broken databases file
+            found = classify(exc)
+            error = RetryableNodeError if found.retryable else NonRetryableNodeError
+            raise error(str(exc), error_class=found.error_class) from None
         what = f"connection {params.connection!r}" if params.connection else "params.dsn"
         address = await platform.checked_address(target_of(dsn, what))
         secrets = _secrets(dsn)

@@ -291,7 +291,8 @@ def test_statement_timeout_is_retryable(db: Db) -> None:
 
 
 def test_deadline_caps_the_statement_timeout(db: Db) -> None:
-    ctx = NodeContext("i", "r", "s", 1, deadline=datetime.now(UTC) + timedelta(milliseconds=400))
+    deadline = datetime.now(UTC) + timedelta(milliseconds=400)
+    ctx = NodeContext("i", "r", "s", 1, deadline=deadline, workflow_id="shop-orders")
     error = db.error({"connection": db.connection, "sql": "SELECT pg_sleep(5)"}, ctx)
     assert error.error_class == "DatabaseTimeout"
 

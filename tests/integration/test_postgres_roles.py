@@ -41,7 +41,10 @@ def _check_platform_role(pg: Postgres) -> None:
     host, port = pg.host_port
     # No password: refused (trust is gone); a wrong one: refused.
     with pytest.raises(psycopg.OperationalError, match="no password supplied"):
-        psycopg.connect(f"postgresql://{pg.role}@{host}:{port}/{pg.database}", passfile="/dev/null")
+        psycopg.connect(
+            f"postgresql://{pg.role}@{host}:{port}/{pg.database}",
+            passfile=str(pg.home / "no-such-passfile"),
+        )
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         psycopg.connect(f"postgresql://{pg.role}:wrong-password@{host}:{port}/{pg.database}")
     for path in (pg.passfile, pg.superuser_passfile):
