@@ -25,6 +25,10 @@ from foundation.redact import redact_credentials
         ),
         ("sasl.password=kafka-pw, sasl.username=app", "sasl.password=***, sasl.username=app"),
         ("aws_secret_access_key=AKIAxyz", "aws_secret_access_key=***"),
+        (
+            str({"bootstrap.servers": "h:9093", "sasl.username": "app", "sasl.password": "k-1"}),
+            "{'bootstrap.servers': 'h:9093', 'sasl.username': 'app', 'sasl.password': '***'}",
+        ),
         ("REFLUX_S3_SECRET_KEY=abc123", "REFLUX_S3_SECRET_KEY=***"),
         ('{"api_key": "k-1", "user": "u"}', '{"api_key": "***", "user": "u"}'),
     ],
