@@ -48,6 +48,7 @@ from api.routes import (
 from api.routes import metrics as metrics_routes
 from api.store import ApiStore
 from api.validation import bind_node_catalog
+from foundation.redact import redact_credentials
 from foundation.settings import Settings, get_settings
 from node_workers.webhooks import MAX_BODY_BYTES
 from projections.clickhouse import ClickHouse
@@ -99,16 +100,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        pool: ConnectionPool[Any] = ConnectionPool(
-            settings.postgres_dsn,
-            min_size=api.pool_min_size,
-            max_size=api.pool_max_size,
-            kwargs={"autocommit": True},
-            open=False,
-            name="reflux-api",
-        )
-        # wait=False: start even when Postgres is down; requests then answer 503.
-        pool.open(wait=False)
+        pool = _open_pool(settings, api)
         producer = api_producer(settings, api.publish_timeout_s)
         topics = TopicCatalog.from_settings(settings)
         app.state.pool = pool
@@ -123,7 +115,9 @@ def create_app(
         try:
             await run_in_threadpool(store.ensure)
         except Exception as exc:  # retried lazily by the first write that needs the tables
-            log.warning("API schema %r not ready yet: %s", api.api_schema, exc)
+            log.warning(
+                "API schema %r not ready yet: %s", api.api_schema, redact_credentials(str(exc))
+            )
         app.state.clickhouse = ch_access = await run_in_threadpool(
             open_clickhouse, settings, api, clickhouse, topics
         )
@@ -203,6 +197,26 @@ def _install_limits_and_metrics(
         app.add_middleware(RateLimitMiddleware, limiter=limiter, prefix=f"{API_PREFIX}/")
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return limiter
+
+
+def _open_pool(settings: Settings, api: ApiSettings) -> ConnectionPool[Any]:
+    """The Postgres pool, opened without waiting: the API starts even when Postgres is down
+    (requests then answer 503). Where it connects is said once, never with a password."""
+    pool: ConnectionPool[Any] = ConnectionPool(
+        settings.postgres_dsn,
+        min_size=api.pool_min_size,
+        max_size=api.pool_max_size,
+        kwargs={"autocommit": True},
+        open=False,
+        name="reflux-api",
+    )
+    log.info(
+        "API starting: Postgres %s, Kafka %s",
+        redact_credentials(settings.postgres_dsn),
+        redact_credentials(settings.kafka_bootstrap),
+    )
+    pool.open(wait=False)
+    return pool
 
 
 def body_limits(api: ApiSettings) -> list[BodyLimit]:

@@ -26,6 +26,7 @@ from typing import IO
 
 from api.config import ApiSettings
 from api.errors import UnavailableError
+from foundation.redact import redact_credentials
 from foundation.settings import Settings
 from processors.alerts.evaluator import AlertEvaluator
 from processors.alerts.view import AlertsView
@@ -101,6 +102,7 @@ def _release(lock: IO[str] | None) -> None:
 def _open_client(settings: Settings, api: ApiSettings) -> ClickHouseAccess:
     database = api.clickhouse_database
     dsn = settings.resolved_clickhouse_dsn()
+    safe = redact_credentials(dsn)  # what logs and messages may say about where it is
     if not api.clickhouse_enabled:
         return ClickHouseAccess(
             None,
@@ -131,17 +133,23 @@ def _open_client(settings: Settings, api: ApiSettings) -> ClickHouseAccess:
             owner.open()
         except Exception as exc:
             _release(lock)
-            log.warning("traces store %s could not be opened: %s", dsn, exc)
-            return ClickHouseAccess(
-                None, f"the embedded store {dsn} could not be opened: {exc}", database
+            log.warning(
+                "traces store %s could not be opened: %s", safe, redact_credentials(str(exc))
             )
-        log.info("this API owns the embedded traces store %s (database %s)", dsn, database)
+            return ClickHouseAccess(
+                None,
+                redact_credentials(f"the embedded store {dsn} could not be opened: {exc}"),
+                database,
+            )
+        log.info("this API owns the embedded traces store %s (database %s)", safe, database)
         return ClickHouseAccess(owner.ch, None, database, owner=owner, lock=lock)
     try:
         ch = connect(settings)
     except Exception as exc:
-        log.warning("ClickHouse %s unreachable: %s", dsn, exc)
-        return ClickHouseAccess(None, f"{dsn} could not be reached: {exc}", database)
+        log.warning("ClickHouse %s unreachable: %s", safe, redact_credentials(str(exc)))
+        return ClickHouseAccess(
+            None, redact_credentials(f"{dsn} could not be reached: {exc}"), database
+        )
     return ClickHouseAccess(ch, None, database, connected_here=True)
 
 

@@ -7,16 +7,46 @@ in one place.
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import quote
 
-from pydantic import SecretStr
+from pydantic import SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 SaslMechanism = Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"]
+
+# Credentials `make up` generates for the local services live under the data folder, mode 0600
+# (docs/decisions/0044-database-access-and-platform-credentials.md); no secret is written in code.
+CREDENTIALS_DIR = "credentials"
+POSTGRES_PASSFILE = "postgres.pgpass"
+"""libpq password file of the platform role (``host:port:*:reflux:password``)."""
+POSTGRES_SUPERUSER_FILE = "postgres-superuser.pgpass"
+"""The bootstrap superuser's password file: only `make up` (infra) uses it."""
+S3_CREDENTIALS = "s3.json"
+"""``{"access_key": ..., "secret_key": ...}`` of the local s3proxy."""
+DEFAULT_POSTGRES = "postgresql://reflux@127.0.0.1:15432/reflux"
+"""The platform database without a password: it comes from the passfile next to the data."""
+
+
+def _local_postgres_dsn(data_dir: Path) -> str:
+    passfile = data_dir / CREDENTIALS_DIR / POSTGRES_PASSFILE
+    return f"{DEFAULT_POSTGRES}?passfile={quote(str(passfile), safe='/')}"
+
+
+def _local_s3_credentials(data_dir: Path) -> dict[str, str]:
+    try:
+        data = json.loads((data_dir / CREDENTIALS_DIR / S3_CREDENTIALS).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    keys = ("access_key", "secret_key")
+    return {k: v for k, v in data.items() if k in keys and isinstance(v, str)}
 
 
 class Settings(BaseSettings):
@@ -62,7 +92,10 @@ class Settings(BaseSettings):
     # Unset: the port of kafka_bootstrap (minus 2 when that names the SASL_SSL listener).
     kafka_local_port: int | None = None
 
-    postgres_dsn: str = "postgresql://reflux@127.0.0.1:15432/reflux"
+    # Unset: the local platform database, its password read by libpq from the passfile `make up`
+    # wrote (data_dir/credentials/postgres.pgpass). Set: used as given (a password in it is
+    # masked wherever it is logged: foundation/redact.py).
+    postgres_dsn: str = ""
     # Step cache: volatile, evicts least recently used keys when full (never webhook state).
     redis_url: str = "redis://127.0.0.1:16379/0"
     # The workers' attempt ledger, on its own instance: never evicted, append-only file
@@ -74,9 +107,10 @@ class Settings(BaseSettings):
     webhook_redis_url: str | None = None
 
     s3_endpoint: str = "http://127.0.0.1:19000"
-    s3_access_key: str = "reflux"
-    # Credentials of the loopback-only local s3proxy; set real ones through the environment.
-    s3_secret_key: str = "reflux-secret-key"  # noqa: S105
+    # Unset: the credentials `make up` generated for the loopback-only local s3proxy
+    # (data_dir/credentials/s3.json); set real ones through the environment.
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
     s3_bucket: str = "reflux"
     s3_region: str = "us-east-1"
 
@@ -185,6 +219,28 @@ class Settings(BaseSettings):
     egress_platform_extra: tuple[str, ...] = ()
     # Operator's maximum response body of http.request (decoded bytes); a step may ask for less.
     egress_max_response_bytes: int = 16 * 1024 * 1024
+
+    @model_validator(mode="before")
+    @classmethod
+    def _local_credentials(cls, data: Any) -> Any:
+        """Fills what was not set from the files `make up` keeps next to the local data."""
+        if not isinstance(data, dict):
+            return data
+        data_dir = Path(data.get("data_dir") or PROJECT_ROOT / "var")
+        filled = dict(data)
+        if not filled.get("postgres_dsn"):
+            filled["postgres_dsn"] = _local_postgres_dsn(data_dir)
+        if not filled.get("s3_access_key") or not filled.get("s3_secret_key"):
+            local = _local_s3_credentials(data_dir)
+            for key in ("access_key", "secret_key"):
+                if not filled.get(f"s3_{key}") and key in local:
+                    filled[f"s3_{key}"] = local[key]
+        return filled
+
+    @property
+    def credentials_dir(self) -> Path:
+        """Where `make up` keeps the generated credentials of the local services (0700)."""
+        return self.data_dir / CREDENTIALS_DIR
 
     def resolved_clickhouse_dsn(self) -> str:
         return self.clickhouse_dsn or f"chdb://{self.data_dir / 'chdb'}"

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from clickhouse_connect.driver.binding import finalize_query
 
 from foundation.errors import NonRetryableError
+from foundation.redact import redact_credentials
 from foundation.settings import Settings
 from streams.security import clickhouse_kafka_config_xml
 
@@ -123,5 +124,6 @@ def connect(settings: Settings) -> ClickHouse:
     if dsn.startswith(("http://", "https://", "clickhouse://")):
         return HttpClickHouse(dsn)
     raise ClickHouseError(
-        f"REFLUX_CLICKHOUSE_DSN={dsn!r} is neither chdb:///path nor http(s)://host:port"
+        f"REFLUX_CLICKHOUSE_DSN={redact_credentials(dsn)!r} is neither chdb:///path nor "
+        "http(s)://host:port"
     )

@@ -52,6 +52,7 @@ from foundation.errors import (
     classify,
 )
 from foundation.liveness import Heartbeat
+from foundation.redact import redact_credentials
 from foundation.settings import Settings, get_settings
 from projections.postgres.appliers import (
     NODE_EVENT_TYPES,
@@ -243,7 +244,7 @@ class Projector(Closing):
             )
         except psycopg.OperationalError as exc:
             raise ServiceUnavailableError(
-                f"Expected Postgres at {self.settings.postgres_dsn}, but: {exc}"
+                redact_credentials(f"Expected Postgres at {self.settings.postgres_dsn}, but: {exc}")
             ) from exc
         try:
             mode = "" if self.exclusive else "_shared"

@@ -467,6 +467,20 @@ def _check_expressions(definition: WorkflowDefinition) -> list[FieldError]:
                     "params would be served this one's output (set cache: {enabled: false})",
                 )
             )
+        if (
+            step.cache.enabled
+            and step.node_name == "database.query"
+            and isinstance(step.params, dict)
+            and "connection" in step.params
+        ):
+            errors.append(
+                FieldError(
+                    f"steps[{i}].cache.enabled",
+                    "a database.query step naming a connection cannot be cached: the cache key "
+                    "holds the connection name, not the grant, so another workflow with the same "
+                    "params would be served this one's rows (set cache: {enabled: false})",
+                )
+            )
     try:
         outputs = list(iter_expressions(definition.outputs, "outputs"))
     except ExpressionSyntaxError as exc:

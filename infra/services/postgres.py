@@ -6,6 +6,14 @@ root, so as root the server runs as ``nobody``; that user must reach both the bi
 data folder. When the project folder is not reachable by ``nobody`` (a clone under a 0700 home,
 say), binaries and data go to ``/var/tmp/reflux-<hash>/postgres`` and ``var/postgres`` is a
 symlink to it, so "all data under one project-local folder" still holds from the user's view.
+
+Roles (docs/decisions/0044-database-access-and-platform-credentials.md): ``postgres`` is the
+superuser, used only here to bootstrap (extensions, roles, databases); the platform's role
+(``reflux``, the user of ``Settings.postgres_dsn``) is NOSUPERUSER NOCREATEROLE NOCREATEDB and
+owns its database. Both have generated passwords in ``data_dir/credentials`` (0600 libpq password
+files; the DSN names the file with ``passfile=``); every connection authenticates with
+scram-sha-256, no trust. A data folder from an older `make up` (trust, superuser ``reflux``) is
+upgraded in place by :meth:`Postgres.bootstrap`, which `make up` runs on every start.
 """
 
 from __future__ import annotations
@@ -17,11 +25,31 @@ import pwd
 import shutil
 import subprocess
 from pathlib import Path
-from urllib.parse import urlparse
+from typing import Any
+from urllib.parse import quote, urlparse
 
+from foundation.redact import redact_credentials
+from foundation.settings import POSTGRES_PASSFILE, POSTGRES_SUPERUSER_FILE
 from infra.services.base import Service, ServiceError, log, port_open
+from infra.services.credentials import (
+    new_password,
+    pgpass_line,
+    read_pgpass_password,
+    write_private,
+)
 
 SERVICE_USER = "nobody"
+SUPERUSER = "postgres"
+# Written over pg_hba.conf on every bootstrap: password (SCRAM) for every role, from anywhere the
+# server listens; no trust line, so a leaked port is not a leaked database.
+PG_HBA = """# Written by infra/services/postgres.py (make up) on every start; edits are overwritten.
+# TYPE  DATABASE  USER  ADDRESS     METHOD
+local   all       all               scram-sha-256
+host    all       all   0.0.0.0/0   scram-sha-256
+host    all       all   ::/0        scram-sha-256
+"""
+# What the platform role may not do: it runs migrations and owns its database, nothing more.
+ROLE_ATTRIBUTES = "LOGIN NOSUPERUSER NOCREATEROLE NOCREATEDB NOREPLICATION NOBYPASSRLS"
 
 
 def _as_service_user(argv: list[str]) -> list[str]:
@@ -144,23 +172,35 @@ class Postgres(Service):
             self.pgdata.mkdir(mode=0o700, exist_ok=True)
             self._chown_to_service_user(self.pgdata)
             log("initdb (PostgreSQL data folder)")
-            result = subprocess.run(
-                _as_service_user(
-                    [
-                        str(self.bin / "initdb"),
-                        "-D",
-                        str(self.pgdata),
-                        "-U",
-                        "postgres",
-                        "--auth=trust",
-                        "--encoding=UTF8",
-                        "--locale=C.UTF-8",
-                    ]
-                ),
-                capture_output=True,
-                text=True,
-                check=False,
-            )
+            superuser_password, _ = self.ensure_passwords()
+            # initdb reads the superuser's password from a file the service user can read:
+            # one in the (0700) home of the service, removed right after.
+            pwfile = self.home / f".initdb-pw-{os.getpid()}"
+            fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(superuser_password + "\n")
+            self._chown_to_service_user(pwfile)
+            try:
+                result = subprocess.run(
+                    _as_service_user(
+                        [
+                            str(self.bin / "initdb"),
+                            "-D",
+                            str(self.pgdata),
+                            "-U",
+                            SUPERUSER,
+                            "--auth=scram-sha-256",
+                            f"--pwfile={pwfile}",
+                            "--encoding=UTF8",
+                            "--locale=C.UTF-8",
+                        ]
+                    ),
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                )
+            finally:
+                pwfile.unlink(missing_ok=True)
             if result.returncode != 0:
                 raise ServiceError(f"initdb failed:\n{result.stdout}\n{result.stderr}")
         self.log_file.touch()
@@ -196,30 +236,144 @@ class Postgres(Service):
             )
         self.bootstrap()
 
-    def admin_dsn(self, database: str = "postgres") -> str:
-        host, port = self.host_port
-        return f"postgresql://postgres@{host}:{port}/{database}"
+    # -- credentials ------------------------------------------------------------------------------
 
-    def bootstrap(self) -> None:
-        """Creates the application role and database with pgvector; idempotent."""
+    @property
+    def role(self) -> str:
+        return urlparse(self.settings.postgres_dsn).username or "reflux"
+
+    @property
+    def database(self) -> str:
+        return (urlparse(self.settings.postgres_dsn).path or "/reflux").lstrip("/") or "reflux"
+
+    @property
+    def passfile(self) -> Path:
+        """The platform role's password file: the one its DSN names (``passfile=``), else the
+        default under ``data_dir/credentials``."""
+        from psycopg.conninfo import conninfo_to_dict
+
+        named = conninfo_to_dict(self.settings.postgres_dsn).get("passfile")
+        return Path(str(named)) if named else self.settings.credentials_dir / POSTGRES_PASSFILE
+
+    @property
+    def superuser_passfile(self) -> Path:
+        return self.settings.credentials_dir / POSTGRES_SUPERUSER_FILE
+
+    def ensure_passwords(self) -> tuple[str, str]:
+        """The superuser's and the platform role's passwords, generated into their (0600)
+        password files when missing; an existing file is kept."""
+        from psycopg.conninfo import conninfo_to_dict
+
+        _, port = self.host_port
+        found: list[str] = []
+        given = conninfo_to_dict(self.settings.postgres_dsn).get("password")
+        for path, role in ((self.superuser_passfile, SUPERUSER), (self.passfile, self.role)):
+            if role == self.role and given:  # REFLUX_POSTGRES_DSN carries it: the role gets it
+                found.append(str(given))
+                continue
+            password = read_pgpass_password(path, role)
+            if password is None:
+                password = new_password()
+                write_private(path, pgpass_line(port, role, password))
+                log(f"generated the password of PostgreSQL role '{role}' into {path}")
+            found.append(password)
+        return found[0], found[1]
+
+    def admin_dsn(self, database: str = "postgres") -> str:
+        """The bootstrap superuser's DSN (password from its passfile); never the platform's."""
+        host, port = self.host_port
+        passfile = quote(str(self.superuser_passfile), safe="/")
+        return f"postgresql://{SUPERUSER}@{host}:{port}/{database}?passfile={passfile}"
+
+    def _connect_admin(self, database: str = "postgres") -> Any:
         import psycopg
 
-        url = urlparse(self.settings.postgres_dsn)
-        role = url.username or "reflux"
-        database = (url.path or "/reflux").lstrip("/") or "reflux"
-        with psycopg.connect(self.admin_dsn(), autocommit=True) as conn:
-            if (
-                conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
-                is None
-            ):
-                conn.execute(f'CREATE ROLE "{role}" LOGIN SUPERUSER')
+        try:
+            return psycopg.connect(self.admin_dsn(database), autocommit=True, connect_timeout=10)
+        except psycopg.OperationalError as exc:
+            raise ServiceError(
+                f"Cannot connect to PostgreSQL as the bootstrap superuser '{SUPERUSER}' "
+                f"(password file {self.superuser_passfile}): "
+                f"{redact_credentials(str(exc).strip())}. If the password file was lost, "
+                f"the data folder {self.pgdata} cannot be administered: restore the file or "
+                "delete the folder (all local data) and run `make up` again."
+            ) from None
+
+    def bootstrap(self) -> None:
+        """Creates or upgrades the roles, the platform database, pgvector and SCRAM-only auth;
+        idempotent. Runs on every start, so a data folder from an older `make up` (trust auth,
+        a superuser platform role without password) is upgraded in place: passwords are set
+        while the old rules still let the superuser in, then pg_hba.conf is rewritten and
+        reloaded (no restart; open sessions keep running, new ones must authenticate)."""
+        from psycopg import sql
+
+        superuser_password, role_password = self.ensure_passwords()
+        role, database = self.role, self.database
+        with self._connect_admin() as conn:
+            conn.execute(
+                sql.SQL("ALTER ROLE {} WITH PASSWORD {}").format(
+                    sql.Identifier(SUPERUSER), sql.Literal(superuser_password)
+                )
+            )
+            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
+            verb = "ALTER" if exists.fetchone() is not None else "CREATE"
+            conn.execute(
+                sql.SQL("{} ROLE {} WITH {} PASSWORD {}").format(
+                    sql.SQL(verb),
+                    sql.Identifier(role),
+                    sql.SQL(ROLE_ATTRIBUTES),
+                    sql.Literal(role_password),
+                )
+            )
             exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,))
             if exists.fetchone() is None:
-                conn.execute(f'CREATE DATABASE "{database}" OWNER "{role}"')
-        # Databases created later (tests) inherit the extension from template1.
+                conn.execute(
+                    sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                        sql.Identifier(database), sql.Identifier(role)
+                    )
+                )
+            else:
+                conn.execute(
+                    sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
+                        sql.Identifier(database), sql.Identifier(role)
+                    )
+                )
+        # Extensions need the superuser: made here, in template1 too, so databases created
+        # later inherit it and the migrations' CREATE EXTENSION IF NOT EXISTS finds it.
         for db in ("template1", database):
-            with psycopg.connect(self.admin_dsn(db), autocommit=True) as conn:
+            with self._connect_admin(db) as conn:
                 conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        with self._connect_admin(database) as conn:
+            # The role owns the database (CREATE SCHEMA) and its public schema (PG 15+:
+            # pg_database_owner); said explicitly for a folder whose database predates that.
+            conn.execute(
+                sql.SQL("GRANT CREATE, CONNECT, TEMPORARY ON DATABASE {} TO {}").format(
+                    sql.Identifier(database), sql.Identifier(role)
+                )
+            )
+            conn.execute(
+                sql.SQL("GRANT USAGE, CREATE ON SCHEMA public TO {}").format(sql.Identifier(role))
+            )
+        self._require_password_auth()
+
+    def _require_password_auth(self) -> None:
+        hba = self.pgdata / "pg_hba.conf"
+        try:
+            current = hba.read_text()
+        except OSError:
+            current = None
+        if current == PG_HBA:
+            return
+        write_private(hba, PG_HBA)
+        self._chown_to_service_user(hba)
+        with self._connect_admin() as conn:
+            conn.execute("SELECT pg_reload_conf()")
+            errors = conn.execute(
+                "SELECT line_number, error FROM pg_hba_file_rules WHERE error IS NOT NULL"
+            ).fetchall()
+        if errors:
+            raise ServiceError(f"PostgreSQL refused {hba}: {errors}")
+        log(f"PostgreSQL: password (scram-sha-256) authentication only, from {hba}")
 
     def read_pid(self) -> int | None:
         from infra.services.base import pid_alive
@@ -265,8 +419,12 @@ class Postgres(Service):
             with psycopg.connect(self.admin_dsn(), connect_timeout=2) as conn:
                 conn.execute("SELECT 1")
             return True
-        except Exception:
+        except Exception as exc:
+            self.last_probe_error = redact_credentials(f"{type(exc).__name__}: {exc}")
             return False
 
     def detail(self) -> str:
-        return f"PostgreSQL 18 + pgvector as '{SERVICE_USER}', data {self.pgdata}"
+        return (
+            f"PostgreSQL 18 + pgvector as '{SERVICE_USER}', data {self.pgdata}, role "
+            f"'{self.role}' (password in {self.passfile})"
+        )

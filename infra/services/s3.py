@@ -1,13 +1,22 @@
-"""An S3-compatible object store: s3proxy (Maven Central) with a filesystem backend."""
+"""An S3-compatible object store: s3proxy (Maven Central) with a filesystem backend.
+
+Its credentials are not in the code: unless the environment sets ``REFLUX_S3_ACCESS_KEY`` and
+``REFLUX_S3_SECRET_KEY``, `make up` generates them into ``data_dir/credentials/s3.json`` (0600),
+where ``Settings`` reads them. A running s3proxy configured with other keys (one started by an
+older `make up` with the former built-in key) is restarted with the current ones.
+"""
 
 from __future__ import annotations
 
+import re
+import secrets
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from foundation.settings import PROJECT_ROOT
-from infra.services.base import Service, ServiceError, port_open
+from foundation.settings import PROJECT_ROOT, S3_CREDENTIALS
+from infra.services.base import Service, ServiceError, log, port_open
+from infra.services.credentials import read_or_create_json, write_private
 from infra.services.kafka import java_major, maven_classpath
 
 INFRA = PROJECT_ROOT / "infra" / "s3proxy"
@@ -33,6 +42,37 @@ class S3(Service):
         if java_major() < 17:
             raise ServiceError("s3proxy here needs Java 17 or newer on PATH.")
         maven_classpath(INFRA / "pom.xml", self.libs, [INFRA / "pom.xml"])
+        self.ensure_credentials()
+
+    def ensure_credentials(self) -> None:
+        """Fills the settings' S3 keys from ``credentials/s3.json``, generated when missing."""
+        if self.settings.s3_access_key and self.settings.s3_secret_key:
+            return
+        keys = read_or_create_json(
+            self.settings.credentials_dir / S3_CREDENTIALS,
+            ("access_key", "secret_key"),
+            {"access_key": f"reflux-{secrets.token_hex(4)}", "secret_key": secrets.token_hex(32)},
+        )
+        self.settings = self.settings.model_copy(
+            update={"s3_access_key": keys["access_key"], "s3_secret_key": keys["secret_key"]}
+        )
+
+    def _configured_keys(self) -> tuple[str, str] | None:
+        """The keys the running s3proxy was started with (its properties file)."""
+        try:
+            text = (self.root / "s3proxy.properties").read_text()
+        except OSError:
+            return None
+        found = dict(re.findall(r"^s3proxy\.(identity|credential)=(.*)$", text, re.MULTILINE))
+        return (found.get("identity", ""), found.get("credential", ""))
+
+    def start(self) -> float:
+        self.install()
+        wanted = (self.settings.s3_access_key, self.settings.s3_secret_key)
+        if self.is_running() and self._configured_keys() != wanted:
+            log("s3: restarting s3proxy with the credentials in credentials/s3.json")
+            self.stop()
+        return super().start()
 
     def port_in_use(self) -> bool:
         return port_open(*self.host_port)
@@ -42,7 +82,8 @@ class S3(Service):
         data = self.root / "data"
         data.mkdir(parents=True, exist_ok=True)
         config = self.root / "s3proxy.properties"
-        config.write_text(
+        write_private(  # it holds the secret key
+            config,
             (INFRA / "s3proxy.properties.tmpl")
             .read_text()
             .format(
@@ -50,7 +91,7 @@ class S3(Service):
                 access_key=self.settings.s3_access_key,
                 secret_key=self.settings.s3_secret_key,
                 data_dir=data,
-            )
+            ),
         )
         self.spawn(
             [

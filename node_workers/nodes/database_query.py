@@ -2,6 +2,14 @@
 
 Safety rules, each enforced here rather than left to the workflow author:
 
+- **Configured databases only.** The step names a connection (``connection: orders``) the
+  operator configured in ``<secrets_dir>/databases.yaml`` (name -> the secret holding its DSN,
+  granted to the workflow). A ``dsn`` param is accepted only when it points at the same
+  (host, port, database, user) as a configured connection granted to the workflow. The
+  platform's own PostgreSQL (host:port of ``Settings.postgres_dsn``, any database) is refused
+  even when configured. Refusals are non-retryable ``DatabasePolicy`` errors naming the rule
+  (:mod:`node_workers.nodes.database_policy`; ADR 0044 in docs/decisions/).
+
 - **Parameters only.** Values go in ``params`` and reach the server separately from the SQL
   text (psycopg placeholders ``%s`` / ``%(name)s``); the node never formats values into SQL.
   The statement is always sent with the extended protocol, which accepts exactly one
@@ -56,8 +64,10 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
+from foundation.errors import RefluxError, classify
+from foundation.settings import Settings, get_settings
 from node_workers.node import (
     Node,
     NodeContext,
@@ -67,6 +77,14 @@ from node_workers.node import (
     RetryableNodeError,
     Workload,
 )
+from node_workers.nodes.database_policy import (
+    DatabaseTarget,
+    PlatformDatabase,
+    policy_error,
+    target_of,
+)
+from node_workers.secrets import SecretResolver, SecretUnavailable, resolver_from_settings
+from node_workers.secrets.databases import CONNECTION_NAME, DatabasesFile
 
 __all__ = [
     "DEFAULT_MAX_ROWS",
@@ -94,8 +112,12 @@ _UNAVAILABLE_STATES: Final = frozenset({"57P01", "57P02", "57P03"})
 
 
 class DatabaseQueryInput(NodeModel):
-    dsn: SecretStr
-    """libpq connection string (URI or ``key=value``); later ``{{ secrets.NAME }}``."""
+    connection: str | None = Field(default=None, pattern=f"^{CONNECTION_NAME.pattern}$")
+    """A database the operator configured (``databases.yaml`` in the secrets folder)."""
+    dsn: SecretStr | None = None
+    """Instead of ``connection`` (kept for older definitions): a libpq connection string,
+    usually ``{{ secrets.NAME }}``, accepted only when it points at a configured connection
+    granted to the workflow (same host, port, database and user)."""
     sql: str = Field(min_length=1)
     """One statement with ``%s`` / ``%(name)s`` placeholders; write a literal ``%`` as ``%%``."""
     params: list[Any] | dict[str, Any] = Field(default_factory=list)
@@ -105,9 +127,19 @@ class DatabaseQueryInput(NodeModel):
     statement_timeout_ms: int = Field(default=10_000, ge=1, le=3_600_000)
     connect_timeout_s: int = Field(default=10, ge=1, le=300)
 
+    @model_validator(mode="after")
+    def _one_target(self) -> DatabaseQueryInput:
+        if (self.connection is None) == (self.dsn is None):
+            raise ValueError(
+                "Expected exactly one of connection (a configured database, preferred) or dsn"
+            )
+        return self
+
     @field_validator("dsn")
     @classmethod
-    def _parses(cls, value: SecretStr) -> SecretStr:
+    def _parses(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return value
         if not value.get_secret_value().strip():
             # libpq would fill an empty string in from PG* environment variables: hidden config.
             raise ValueError("Expected a PostgreSQL connection string, but it is empty")
@@ -234,6 +266,13 @@ def classify_db_error(
     return NonRetryableNodeError(f"{prefix}{detail}", error_class="DatabaseError")
 
 
+def _same_target(dsn: str, wanted: DatabaseTarget, name: str) -> bool:
+    try:
+        return target_of(dsn, f"connection {name!r}") == wanted
+    except NodeError:
+        return False  # a broken configured DSN matches nothing; naming it reports why
+
+
 def _columns(description: Sequence[Any] | None) -> list[str]:
     names = [column.name for column in description or []]
     seen: set[str] = set()
@@ -264,11 +303,73 @@ class DatabaseQueryNode(Node[DatabaseQueryInput, DatabaseQueryOutput]):
     workload = Workload.IO
     description = "Run one parameterized SQL statement on PostgreSQL; output rows as JSON."
 
+    def __init__(self) -> None:
+        self._secrets: SecretResolver | None = None
+        self._databases: DatabasesFile | None = None
+        self._platform: PlatformDatabase | None = None
+
+    def bind(self, settings: Settings) -> None:
+        # Its own resolver over the same files as the worker's: grants and redaction apply to
+        # a connection's DSN exactly as to a {{ secrets.NAME }} in params.
+        self._secrets = resolver_from_settings(settings)
+        self._databases = DatabasesFile.in_folder(settings.secrets_dir)
+        self._platform = PlatformDatabase.from_dsn(settings.postgres_dsn)
+
     def cacheable_for(self, params: DatabaseQueryInput) -> bool:
         return params.read_only
 
+    def _configured(self) -> tuple[SecretResolver, DatabasesFile | None, PlatformDatabase]:
+        if self._secrets is None or self._platform is None:
+            self.bind(get_settings())  # used outside a worker runtime (scripts, tests)
+        assert self._secrets is not None and self._platform is not None
+        return self._secrets, self._databases, self._platform
+
+    async def resolve_dsn(self, params: DatabaseQueryInput, workflow_id: str) -> str:
+        """The DSN the step may use, or a ``DatabasePolicy`` error (see module docstring)."""
+        secrets, databases, _ = self._configured()
+        configured = databases.current() if databases is not None else None
+        names = configured.secrets if configured is not None else {}
+        source = configured.source if configured is not None else "no secrets_dir"
+        if params.connection is not None:
+            secret = names.get(params.connection)
+            if secret is None:
+                raise policy_error(
+                    "configured-connection",
+                    f"Expected params.connection {params.connection!r} to be a database the "
+                    f"operator configured ({source}), but it is not; configured: "
+                    f"{sorted(names) or 'none'}",
+                )
+            value = secrets.resolve(f"{{{{ secrets.{secret} }}}}", workflow_id=workflow_id)
+            return str(value)
+        assert params.dsn is not None
+        given = params.dsn.get_secret_value()
+        wanted = target_of(given, "params.dsn")
+        for name, secret in names.items():
+            try:
+                value = secrets.resolve(f"{{{{ secrets.{secret} }}}}", workflow_id=workflow_id)
+            except SecretUnavailable:
+                continue  # not this workflow's database
+            if _same_target(str(value), wanted, name):
+                return given
+        raise policy_error(
+            "configured-connection",
+            f"Expected params.dsn to point at a database the operator configured for this "
+            f"workflow ({source}), but {wanted} is none of them; name one with "
+            "params.connection instead",
+        )
+
     async def execute(self, params: DatabaseQueryInput, ctx: NodeContext) -> DatabaseQueryOutput:
-        dsn = params.dsn.get_secret_value()
+        _, _, platform = self._configured()
+        try:
+            dsn = await self.resolve_dsn(params, ctx.workflow_id)
+        except NodeError:
+            raise
+        except RefluxError as exc:  # not granted, not set, provider down, broken databases file
+            found = classify(exc)
+            error = RetryableNodeError if found.retryable else NonRetryableNodeError
+            raise error(str(exc), error_class=found.error_class) from None
+        what = f"connection {params.connection!r}" if params.connection else "params.dsn"
+        address = await platform.checked_address(target_of(dsn, what))
         secrets = _secrets(dsn)
         timeout_ms = params.statement_timeout_ms
         remaining = ctx.remaining_s()
@@ -281,6 +382,8 @@ class DatabaseQueryNode(Node[DatabaseQueryInput, DatabaseQueryOutput]):
             try:
                 conn = await psycopg.AsyncConnection.connect(
                     dsn,
+                    # The address the policy checked: the host is not resolved a second time.
+                    hostaddr=address,
                     connect_timeout=params.connect_timeout_s,
                     application_name=APPLICATION_NAME,
                 )

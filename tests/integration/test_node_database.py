@@ -1,4 +1,6 @@
-"""database.query@1.0.0 against the real PostgreSQL (one fresh schema per test)."""
+"""database.query@1.0.0 against real PostgreSQL: a second instance started from the project's own
+service code (tests/integration/postgres_fixtures.py) is the operator's configured database
+(one fresh schema per test); the platform's own database is refused."""
 
 from __future__ import annotations
 
@@ -9,22 +11,30 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
 from foundation.settings import Settings
+from infra.services.postgres import Postgres
 from node_workers.node import NodeContext, NodeError, validate_params
 from node_workers.nodes.database_query import DatabaseQueryNode, DatabaseQueryOutput
+from tests.integration.postgres_fixtures import password_dsn, second_postgres  # noqa: F401
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 
-@dataclass(frozen=True)
+@dataclass
 class Db:
     dsn: str
+    """The configured database's DSN, password included (what the operator's secret holds)."""
     schema: str
+    secrets_dir: Path
+    platform: Settings
+    connection: str = "shop"
+    connections: dict[str, str] | None = None
 
     @property
     def t(self) -> str:
@@ -36,11 +46,45 @@ class Db:
             row = conn.execute(sql).fetchone()
             return None if row is None else row[0]
 
+    def configure(self, name: str, dsn: str, *, granted: str = "*") -> None:
+        """The operator adds connection ``name`` (its DSN in secret ``<NAME>_DSN``)."""
+        secret = f"{name.upper()}_DSN"
+        (self.secrets_dir / secret).write_text(dsn)
+        self.connections = {**(self.connections or {}), name: secret}
+        (self.secrets_dir / "databases.yaml").write_text(
+            "".join(f"{n}: {s}\n" for n, s in self.connections.items())
+        )
+        grants = (self.secrets_dir / "grants.yaml").read_text() if name != "shop" else ""
+        (self.secrets_dir / "grants.yaml").write_text(f"{grants}{secret}: ['{granted}']\n")
+
+    def node(self) -> DatabaseQueryNode:
+        node = DatabaseQueryNode()
+        node.bind(self.platform.model_copy(update={"secrets_dir": self.secrets_dir}))
+        return node
+
+    def run(self, params: dict[str, Any], ctx: NodeContext | None = None) -> DatabaseQueryOutput:
+        node = self.node()
+        return asyncio.run(
+            node.execute(
+                validate_params(node, params),
+                ctx or NodeContext("inv-1", "run", "q", 1, workflow_id="shop-orders"),
+            )
+        )
+
+    def error(self, params: dict[str, Any], ctx: NodeContext | None = None) -> NodeError:
+        with pytest.raises(NodeError) as info:
+            self.run(params, ctx)
+        return info.value
+
 
 @pytest.fixture
-def db(local_services: Settings) -> Iterator[Db]:
+def db(
+    local_services: Settings,
+    second_postgres: Postgres,  # noqa: F811
+    tmp_path: Path,
+) -> Iterator[Db]:
     schema = f"test_dbq_{uuid.uuid4().hex[:10]}"
-    dsn = local_services.postgres_dsn
+    dsn = password_dsn(second_postgres)
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA {schema}")
         conn.execute(
@@ -49,31 +93,22 @@ def db(local_services: Settings) -> Iterator[Db]:
         conn.execute(
             f"INSERT INTO {schema}.t (name, amount) VALUES ('ann', 12.50), ('bob', 3), ('cy', 7.25)"
         )
+    secrets_dir = tmp_path / "secrets"
+    secrets_dir.mkdir()
+    db = Db(dsn, schema, secrets_dir, local_services)
+    db.configure("shop", dsn, granted="shop-*")
     try:
-        yield Db(dsn, schema)
+        yield db
     finally:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
-def _run(params: dict[str, Any], ctx: NodeContext | None = None) -> DatabaseQueryOutput:
-    node = DatabaseQueryNode()
-    return asyncio.run(
-        node.execute(validate_params(node, params), ctx or NodeContext("inv-1", "run", "q", 1))
-    )
-
-
-def _error(params: dict[str, Any], ctx: NodeContext | None = None) -> NodeError:
-    with pytest.raises(NodeError) as info:
-        _run(params, ctx)
-    return info.value
-
-
 def test_select_with_positional_and_named_params(db: Db) -> None:
-    ctx = NodeContext("inv-1", "run", "q", 1)
-    out = _run(
+    ctx = NodeContext("inv-1", "run", "q", 1, workflow_id="shop-orders")
+    out = db.run(
         {
-            "dsn": db.dsn,
+            "connection": db.connection,
             "sql": f"SELECT name, amount FROM {db.t} WHERE amount > %s ORDER BY name",
             "params": [5],
         },
@@ -83,9 +118,9 @@ def test_select_with_positional_and_named_params(db: Db) -> None:
     assert out.rows == [{"name": "ann", "amount": "12.50"}, {"name": "cy", "amount": "7.25"}]
     assert (out.row_count, out.truncated) == (2, False)
     assert ctx.metrics["rows"] == 2 and ctx.metrics["duration_ms"] > 0
-    named = _run(
+    named = db.run(
         {
-            "dsn": db.dsn,
+            "connection": db.connection,
             "sql": f"SELECT id FROM {db.t} WHERE name = %(who)s OR name = %(who2)s ORDER BY id",
             "params": {"who": "bob", "who2": "cy"},
         }
@@ -94,9 +129,9 @@ def test_select_with_positional_and_named_params(db: Db) -> None:
 
 
 def test_values_become_json(db: Db) -> None:
-    out = _run(
+    out = db.run(
         {
-            "dsn": db.dsn,
+            "connection": db.connection,
             "sql": (
                 "SELECT %s::jsonb AS doc, %s::int[] AS ids, 1.10::numeric AS n,"
                 " '2026-01-02T03:04:05Z'::timestamptz AS ts, '2026-01-02'::date AS d,"
@@ -127,38 +162,44 @@ def test_values_become_json(db: Db) -> None:
 
 def test_row_limit_truncates(db: Db) -> None:
     sql = "SELECT g AS n FROM generate_series(1, %s) AS g"
-    out = _run({"dsn": db.dsn, "sql": sql, "params": [50_000], "max_rows": 10})
+    out = db.run({"connection": db.connection, "sql": sql, "params": [50_000], "max_rows": 10})
     assert [r["n"] for r in out.rows] == list(range(1, 11))
     assert (out.row_count, out.truncated) == (10, True)
-    exact = _run({"dsn": db.dsn, "sql": sql, "params": [10], "max_rows": 10})
+    exact = db.run({"connection": db.connection, "sql": sql, "params": [10], "max_rows": 10})
     assert (exact.row_count, exact.truncated) == (10, False)
 
 
 def test_empty_result(db: Db) -> None:
     sql = f"SELECT name FROM {db.t} WHERE false"
-    ro = _run({"dsn": db.dsn, "sql": sql})
+    ro = db.run({"connection": db.connection, "sql": sql})
     assert (ro.rows, ro.row_count, ro.truncated) == ([], 0, False)
-    rw = _run({"dsn": db.dsn, "sql": sql, "read_only": False})
+    rw = db.run({"connection": db.connection, "sql": sql, "read_only": False})
     assert rw.columns == ["name"] and rw.rows == []
 
 
 def test_read_only_refuses_writes(db: Db) -> None:
-    error = _error(
-        {"dsn": db.dsn, "sql": f"INSERT INTO {db.t} (name) VALUES (%s)", "params": ["x"]}
+    error = db.error(
+        {
+            "connection": db.connection,
+            "sql": f"INSERT INTO {db.t} (name) VALUES (%s)",
+            "params": ["x"],
+        }
     )
     assert (error.error_class, error.retryable) == ("ReadOnlyViolation", False)
     assert "read-only transaction" in str(error)
     # Even a function with side effects runs read-only.
-    error = _error({"dsn": db.dsn, "sql": "SELECT nextval(%s)", "params": [f"{db.t}_id_seq"]})
+    error = db.error(
+        {"connection": db.connection, "sql": "SELECT nextval(%s)", "params": [f"{db.t}_id_seq"]}
+    )
     assert error.error_class == "ReadOnlyViolation"
     assert db.scalar(f"SELECT count(*) FROM {db.t}") == 3
 
 
 def test_writes_commit_when_allowed(db: Db) -> None:
-    ctx = NodeContext("inv-1", "run", "q", 1)
-    out = _run(
+    ctx = NodeContext("inv-1", "run", "q", 1, workflow_id="shop-orders")
+    out = db.run(
         {
-            "dsn": db.dsn,
+            "connection": db.connection,
             "sql": f"INSERT INTO {db.t} (name, amount) VALUES (%s, %s), (%s, %s)"
             " RETURNING id, name",
             "params": ["dee", "1.5", "eve", 2],
@@ -168,9 +209,9 @@ def test_writes_commit_when_allowed(db: Db) -> None:
     )
     assert out.rows == [{"id": 4, "name": "dee"}, {"id": 5, "name": "eve"}]
     assert out.row_count == 2
-    update = _run(
+    update = db.run(
         {
-            "dsn": db.dsn,
+            "connection": db.connection,
             "sql": f"UPDATE {db.t} SET amount = amount + 1 WHERE amount < %s",
             "params": [10],
             "read_only": False,
@@ -182,9 +223,9 @@ def test_writes_commit_when_allowed(db: Db) -> None:
 
 
 def test_write_returning_more_than_max_rows_commits_and_truncates(db: Db) -> None:
-    out = _run(
+    out = db.run(
         {
-            "dsn": db.dsn,
+            "connection": db.connection,
             "sql": f"UPDATE {db.t} SET amount = 0 RETURNING name",
             "read_only": False,
             "max_rows": 2,
@@ -197,22 +238,26 @@ def test_write_returning_more_than_max_rows_commits_and_truncates(db: Db) -> Non
 def test_injection_through_params_is_only_data(db: Db) -> None:
     evil = "x'); DROP TABLE t; --"
     for target in (evil, f"x'); DROP TABLE {db.t}; --"):
-        _run(
+        db.run(
             {
-                "dsn": db.dsn,
+                "connection": db.connection,
                 "sql": f"INSERT INTO {db.t} (name) VALUES (%s)",
                 "params": [target],
                 "read_only": False,
             }
         )
-    found = _run(
-        {"dsn": db.dsn, "sql": f"SELECT name FROM {db.t} WHERE name = %s", "params": [evil]}
+    found = db.run(
+        {
+            "connection": db.connection,
+            "sql": f"SELECT name FROM {db.t} WHERE name = %s",
+            "params": [evil],
+        }
     )
     assert found.rows == [{"name": evil}]
     assert db.scalar(f"SELECT count(*) FROM {db.t}") == 5  # the table is still there
-    sneaky = _run(
+    sneaky = db.run(
         {
-            "dsn": db.dsn,
+            "connection": db.connection,
             "sql": f"SELECT count(*) AS n FROM {db.t} WHERE name = %s",
             "params": ["' OR '1'='1"],
         }
@@ -223,9 +268,9 @@ def test_injection_through_params_is_only_data(db: Db) -> None:
 def test_stacked_statements_are_refused(db: Db) -> None:
     # A template that smuggled "; DROP TABLE" into the SQL text itself cannot run a batch.
     for read_only in (True, False):
-        error = _error(
+        error = db.error(
             {
-                "dsn": db.dsn,
+                "connection": db.connection,
                 "sql": f"SELECT 1; DROP TABLE {db.t}",
                 "read_only": read_only,
             }
@@ -237,15 +282,18 @@ def test_stacked_statements_are_refused(db: Db) -> None:
 
 def test_statement_timeout_is_retryable(db: Db) -> None:
     started = datetime.now(UTC)
-    error = _error({"dsn": db.dsn, "sql": "SELECT pg_sleep(5)", "statement_timeout_ms": 200})
+    error = db.error(
+        {"connection": db.connection, "sql": "SELECT pg_sleep(5)", "statement_timeout_ms": 200}
+    )
     assert (error.error_class, error.retryable) == ("DatabaseTimeout", True)
     assert "57014" in str(error) and "statement timeout" in str(error)
     assert datetime.now(UTC) - started < timedelta(seconds=3)
 
 
 def test_deadline_caps_the_statement_timeout(db: Db) -> None:
-    ctx = NodeContext("i", "r", "s", 1, deadline=datetime.now(UTC) + timedelta(milliseconds=400))
-    error = _error({"dsn": db.dsn, "sql": "SELECT pg_sleep(5)"}, ctx)
+    deadline = datetime.now(UTC) + timedelta(milliseconds=400)
+    ctx = NodeContext("i", "r", "s", 1, deadline=deadline, workflow_id="shop-orders")
+    error = db.error({"connection": db.connection, "sql": "SELECT pg_sleep(5)"}, ctx)
     assert error.error_class == "DatabaseTimeout"
 
 
@@ -264,15 +312,15 @@ def test_deadline_caps_the_statement_timeout(db: Db) -> None:
 )
 def test_bad_sql_is_not_retryable(db: Db, sql: str, params: Any, fragment: str) -> None:
     query = sql.format(t=db.t, schema=db.schema)
-    error = _error({"dsn": db.dsn, "sql": query, "params": params})
+    error = db.error({"connection": db.connection, "sql": query, "params": params})
     assert (error.error_class, error.retryable) == ("DatabaseError", False)
     assert fragment in str(error), str(error)
 
 
 def test_constraint_violation_rolls_back_the_write(db: Db) -> None:
-    error = _error(
+    error = db.error(
         {
-            "dsn": db.dsn,
+            "connection": db.connection,
             "sql": f"INSERT INTO {db.t} (name) VALUES (%s), (%s)",
             "params": ["new", "ann"],
             "read_only": False,
@@ -284,17 +332,18 @@ def test_constraint_violation_rolls_back_the_write(db: Db) -> None:
 
 
 def test_read_only_statement_without_rows(db: Db) -> None:
-    out = _run({"dsn": db.dsn, "sql": "SET LOCAL work_mem = '8MB'"})
+    out = db.run({"connection": db.connection, "sql": "SET LOCAL work_mem = '8MB'"})
     assert (out.rows, out.columns, out.row_count) == ([], [], 0)
 
 
-def test_unreachable_database_is_retryable_and_hides_the_password() -> None:
+def test_unreachable_database_is_retryable_and_hides_the_password(db: Db) -> None:
     with socket.socket() as sock:  # free a moment ago, nobody listens now
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     dsn = f"postgresql://reflux:hunter2-secret@127.0.0.1:{port}/reflux"
-    ctx = NodeContext("inv-1", "run", "q", 1)
-    error = _error({"dsn": dsn, "sql": "SELECT 1", "connect_timeout_s": 2}, ctx)
+    db.configure("down", dsn)
+    ctx = NodeContext("inv-1", "run", "q", 1, workflow_id="shop-orders")
+    error = db.error({"connection": "down", "sql": "SELECT 1", "connect_timeout_s": 2}, ctx)
     assert (error.error_class, error.retryable) == ("DatabaseUnavailable", True)
     assert "hunter2-secret" not in str(error) and dsn not in str(error)
     # Not chained: a logged traceback cannot show the psycopg exception either.
@@ -302,9 +351,49 @@ def test_unreachable_database_is_retryable_and_hides_the_password() -> None:
     assert "duration_ms" in ctx.metrics
 
 
-def test_unknown_database_is_retryable_unavailable(local_services: Settings) -> None:
+def test_unknown_database_is_retryable_unavailable(db: Db) -> None:
     # libpq reports connection failures without a SQLSTATE; all of them count as unavailable.
-    dsn = local_services.postgres_dsn.rsplit("/", 1)[0] + f"/nodb_{uuid.uuid4().hex[:8]}"
-    error = _error({"dsn": dsn, "sql": "SELECT 1"})
+    db.configure("gone", db.dsn.rsplit("/", 1)[0] + f"/nodb_{uuid.uuid4().hex[:8]}")
+    error = db.error({"connection": "gone", "sql": "SELECT 1"})
     assert (error.error_class, error.retryable) == ("DatabaseUnavailable", True)
     assert "does not exist" in str(error)
+
+
+# -- the database policy (docs/decisions/0044-database-access-and-platform-credentials.md) -----
+
+
+def test_a_dsn_param_matching_the_configured_connection_still_works(db: Db) -> None:
+    out = db.run({"dsn": db.dsn, "sql": f"SELECT count(*) AS n FROM {db.t}"})
+    assert out.rows == [{"n": 3}]
+
+
+def test_a_dsn_param_to_another_database_is_refused(db: Db) -> None:
+    other = db.dsn.rsplit("/", 1)[0] + "/postgres"  # same server, a database nobody configured
+    error = db.error({"dsn": other, "sql": "SELECT 1"})
+    assert (error.error_class, error.retryable) == ("DatabasePolicy", False)
+    assert "configured-connection" in str(error) and "/postgres" in str(error)
+
+
+def test_a_connection_not_granted_to_the_workflow_is_unavailable(db: Db) -> None:
+    ctx = NodeContext("inv-1", "run", "q", 1, workflow_id="another-team")
+    error = db.error({"connection": "shop", "sql": "SELECT 1"}, ctx)
+    assert (error.error_class, error.retryable) == ("SecretUnavailable", False)
+
+
+@pytest.mark.parametrize("how", ["connection", "dsn"])
+def test_the_platform_database_is_refused_even_when_configured(db: Db, how: str) -> None:
+    platform = db.platform.postgres_dsn  # its role, its passfile: a working DSN
+    with psycopg.connect(platform, autocommit=True) as conn:  # reachable for the platform...
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    db.configure("platform", platform)  # ...and configured by a careless operator
+    host, port = platform.split("@", 1)[1].split("/", 1)[0].rsplit(":", 1)
+    for params in (
+        {"connection": "platform"} if how == "connection" else {"dsn": platform},
+        {"dsn": f"postgresql://reflux@localhost:{port}/postgres"},
+        {"dsn": f"host=127.0.0.2 port={port} dbname=template1 user=postgres"},
+    ):
+        error = db.error({**params, "sql": "SELECT 1"})
+        assert (error.error_class, error.retryable) == ("DatabasePolicy", False), str(error)
+        if "connection" in params or params.get("dsn") == platform:
+            assert "platform-database" in str(error), str(error)
+            assert f"{host}:{port}" in str(error)

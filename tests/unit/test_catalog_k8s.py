@@ -74,8 +74,10 @@ def test_configmap_sets_only_real_settings() -> None:
     known = {f"REFLUX_{name.upper()}" for name in Settings.model_fields}
     data = settings()
     assert set(data) <= known, set(data) - known
-    assert {"REFLUX_KAFKA_BOOTSTRAP", "REFLUX_POSTGRES_DSN", "REFLUX_TOPIC_PREFIX"} <= set(data)
+    assert {"REFLUX_KAFKA_BOOTSTRAP", "REFLUX_TOPIC_PREFIX"} <= set(data)
     assert all(isinstance(v, str) for v in data.values())  # env values must be strings
+    # Credentials come from the Secret reflux-credentials, never from the ConfigMap (ADR 0044).
+    assert not {"REFLUX_POSTGRES_DSN", "REFLUX_S3_ACCESS_KEY", "REFLUX_S3_SECRET_KEY"} & set(data)
 
 
 def test_components_run_the_one_binary_with_the_settings() -> None:
@@ -97,8 +99,11 @@ def test_components_run_the_one_binary_with_the_settings() -> None:
             spec["selector"]["matchLabels"].items()
             <= spec["template"]["metadata"]["labels"].items()
         ), name
-        refs = [e["configMapRef"]["name"] for e in container(doc).get("envFrom", [])]
-        assert refs == ["reflux-settings"], name
+        refs = [next(iter(e.items())) for e in container(doc).get("envFrom", [])]
+        assert refs == [
+            ("configMapRef", {"name": "reflux-settings"}),
+            ("secretRef", {"name": "reflux-credentials"}),
+        ], name
         assert container(doc)["image"], name
 
 

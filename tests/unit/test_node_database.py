@@ -85,13 +85,39 @@ def test_the_dsn_stays_out_of_reprs_and_dumps() -> None:
     params = _params()
     assert "pa55word" not in repr(params)
     assert "pa55word" not in str(params.model_dump(mode="json"))
-    assert params.dsn.get_secret_value() == DSN
+    assert params.dsn is not None and params.dsn.get_secret_value() == DSN
 
 
 def test_manifest_marks_the_dsn_write_only() -> None:
     schema = DatabaseQueryNode().manifest()["input_schema"]
-    assert schema["properties"]["dsn"]["writeOnly"] is True
-    assert schema["required"] == ["dsn", "sql"]
+    assert {"format": "password", "type": "string", "writeOnly": True} in schema["properties"][
+        "dsn"
+    ]["anyOf"]
+    assert schema["required"] == ["sql"]
+    assert "connection" in schema["properties"]
+
+
+def test_a_connection_name_is_the_other_way_to_name_the_database() -> None:
+    params = validate_params(DatabaseQueryNode(), {"connection": "orders", "sql": "SELECT 1"})
+    assert params.connection == "orders" and params.dsn is None
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"sql": "SELECT 1"},
+        {"sql": "SELECT 1", "connection": "orders", "dsn": DSN},
+    ],
+)
+def test_exactly_one_of_connection_or_dsn(raw: dict[str, Any]) -> None:
+    with pytest.raises(NonRetryableNodeError, match="exactly one of connection"):
+        validate_params(DatabaseQueryNode(), raw)
+
+
+def test_a_connection_name_is_checked() -> None:
+    with pytest.raises(NonRetryableNodeError) as info:
+        validate_params(DatabaseQueryNode(), {"connection": "Orders DB", "sql": "SELECT 1"})
+    assert str(info.value).startswith("params.connection:")
 
 
 def test_only_read_only_invocations_are_cacheable() -> None:
