@@ -16,7 +16,6 @@ Checked once for every route, so a new route cannot forget them.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.asgi_answer import answer_json
 from api.errors import path_to_loc
 from foundation.parse_limits import ParseLimitError, load_json, storage_issues
 
@@ -70,7 +70,9 @@ class RequestLimitsMiddleware:
         path: str = scope["path"]
         nul = _nul_in_request(scope)
         if nul is not None:
-            await _answer(send, 422, [_issue(nul, "Expected no NUL (\\u0000) character", "nul")])
+            await answer_json(
+                send, 422, [_issue(nul, "Expected no NUL (\\u0000) character", "nul")]
+            )
             return
         limit = self.limit_for(method, path)
         too_large = (
@@ -79,7 +81,7 @@ class RequestLimitsMiddleware:
         )
         declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            await _answer(send, 413, f"{too_large} (Content-Length: {declared})")
+            await answer_json(send, 413, f"{too_large} (Content-Length: {declared})")
             return
         chunks: list[bytes] = []
         size = 0
@@ -90,7 +92,7 @@ class RequestLimitsMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                await _answer(send, 413, too_large)
+                await answer_json(send, 413, too_large)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -99,7 +101,7 @@ class RequestLimitsMiddleware:
         if body and _is_json(_header(scope, b"content-type")):
             problem = _json_problem(body)
             if problem is not None:
-                await _answer(send, 422, problem)
+                await answer_json(send, 422, problem)
                 return
         await self.app(scope, _replay(body, receive), send)
 
@@ -166,18 +168,3 @@ def _json_problem(body: bytes) -> list[dict[str, Any]] | None:
     return [
         _issue(["body", *path_to_loc(issue.path)], issue.message, issue.type) for issue in issues
     ]
-
-
-async def _answer(send: Send, status: int, detail: Any) -> None:
-    body = json.dumps({"detail": detail}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})

@@ -10,7 +10,6 @@ its bucket too.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from datetime import UTC, datetime
@@ -19,6 +18,7 @@ from typing import Any
 from prometheus_client import Counter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.asgi_answer import answer_json
 from api.auth.guard import Principal, match_route
 from api.config import ApiSettings
 from api.prometheus import ApiMetrics
@@ -189,22 +189,6 @@ def _bucket_headers(charge: Charge, taken: Taken, index: int) -> list[tuple[byte
     return [(k.lower().encode(), v.encode("latin-1", "replace")) for k, v in values.items()]
 
 
-async def _answer(send: Send, status: int, detail: str, headers: list[tuple[bytes, bytes]]) -> None:
-    body = json.dumps({"detail": detail}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                *headers,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
 async def _too_many(send: Send, charge: Charge, taken: Taken) -> None:
     index = taken.limiting or 0
     limit = charge.limits[index]
@@ -215,7 +199,7 @@ async def _too_many(send: Send, charge: Charge, taken: Taken) -> None:
         f"retry in {retry} s (Retry-After)"
     )
     headers = [(b"retry-after", str(retry).encode()), *_bucket_headers(charge, taken, index)]
-    await _answer(send, 429, detail, headers)
+    await answer_json(send, 429, detail, headers)
 
 
 async def _quota_exhausted(send: Send, quota: Quota) -> None:
@@ -231,7 +215,7 @@ async def _quota_exhausted(send: Send, quota: Quota) -> None:
         (b"ratelimit-reset", str(quota.reset_s).encode()),
         (b"ratelimit-policy", f'{quota.limit};w=86400;name="starts"'.encode()),
     ]
-    await _answer(send, 429, detail, headers)
+    await answer_json(send, 429, detail, headers)
 
 
 async def _unavailable(send: Send, bucket: str, retry_s: float) -> None:
@@ -240,4 +224,4 @@ async def _unavailable(send: Send, bucket: str, retry_s: float) -> None:
         "closed (rate_fail_closed); retry later"
     )
     retry = str(max(1, math.ceil(retry_s))).encode()
-    await _answer(send, 503, detail, [(b"retry-after", retry)])
+    await answer_json(send, 503, detail, [(b"retry-after", retry)])
