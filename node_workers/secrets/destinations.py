@@ -78,3 +78,15 @@ class SecretDestinations:
                     f"those hosts, or ask the operator to add {host} to the hosts of "
                     f"{secret.name!r} in grants.yaml"
                 )
+
+    def require_any_host(self, *, node: str, why: str) -> None:
+        """Refuse secrets limited to some hosts for a node that can send anywhere unchecked
+        (``code.run`` with network): its destinations cannot be checked, so only a secret whose
+        hosts say ``*`` (or a legacy grant) may go there."""
+        for secret in self.used:
+            if not secret.rule.any_host:
+                raise SecretHostDenied(
+                    f"{node} cannot be given secret {secret.name!r}: {why}, and the secret may "
+                    f"only be sent to {secret.rule.describe_hosts()}; nothing was run. Turn the "
+                    f"step's network off, or call those hosts with http.request"
+                )

@@ -159,6 +159,10 @@ class SecretRule:
     def host_allowed(self, host: str, port: int) -> bool:
         return self.hosts is None or any(p.matches(host, port) for p in self.hosts)
 
+    @property
+    def any_host(self) -> bool:
+        return self.hosts is None or any(p.host == ANY_HOST and p.port is None for p in self.hosts)
+
     def describe_hosts(self) -> str:
         if self.hosts is None:
             return "any (legacy grant without hosts)"

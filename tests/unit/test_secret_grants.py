@@ -285,3 +285,25 @@ def test_an_attempt_of_an_ungranted_version_fails_before_the_node_runs() -> None
     )
     assert attempt.error is not None and attempt.error.error_class == "SecretUnavailable"
     assert "'billing' version 2 (tenant 'default')" in attempt.error.message
+
+
+def test_code_run_with_network_takes_only_secrets_allowed_everywhere() -> None:
+    data = {
+        "API_TOKEN": {
+            "hosts": ["api.example.com"],
+            "grants": [{"workflow": "billing", "versions": [1]}],
+        },
+        "NOWHERE": {"hosts": ["*"], "grants": [{"workflow": "billing", "versions": [1]}]},
+    }
+    resolver = _resolver(data)
+    for name, refused in (("API_TOKEN", True), ("NOWHERE", False)):
+        _, destinations = resolver.resolve_with_destinations(
+            {"v": f"{{{{ secrets.{name} }}}}"}, workflow_id="billing", workflow_version=1
+        )
+        if refused:
+            with pytest.raises(
+                SecretHostDenied, match="code.run cannot be given secret 'API_TOKEN'"
+            ):
+                destinations.require_any_host(node="code.run", why="with network")
+        else:
+            destinations.require_any_host(node="code.run", why="with network")
