@@ -146,7 +146,8 @@ def invocation_tenant(invocation: NodeInvocation) -> str:
     Seam (issue 12, tenancy): ``NodeInvocation`` carries no tenant yet and workflows are not
     registered per tenant, so every run is tenant ``default``; a grant for another tenant is
     never used by them. When workflows get a tenant, the scheduler puts it on the invocation
-    (a new optional field, schema v4) and this returns it (docs/decisions/0049-secret-grants.md).
+    (a new optional field, schema v4) and this returns it
+    (docs/decisions/0050-secret-grants-versions-hosts.md).
     """
     tenant = getattr(invocation, "tenant", None)
     return tenant if isinstance(tenant, str) and tenant else DEFAULT_TENANT
@@ -227,7 +228,7 @@ async def run_attempt(
         ctx.params_bytes = len(encoded)
         if secret_names(raw):
             # In a thread: a provider may block (files, a Vault round trip). Grants bind to the
-            # tenant, the workflow and its version (ADR 0049).
+            # tenant, the workflow and its version (ADR 0050).
             raw, ctx.secrets = await asyncio.to_thread(
                 lambda: resolver.resolve_with_destinations(
                     raw,

@@ -108,7 +108,7 @@ class NodeContext:
     secrets: SecretDestinations = field(default_factory=SecretDestinations)
     """The secrets resolved into the params and the hosts each may be sent to: a node that
     sends to a workflow-chosen destination calls ``ctx.secrets.check(host, port, ...)`` before
-    each request (docs/secrets.md, ADR 0049)."""
+    each request (docs/secrets.md, ADR 0050)."""
 
     def __post_init__(self) -> None:
         if not self.idempotency_key:

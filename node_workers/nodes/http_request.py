@@ -465,7 +465,7 @@ class HttpRequestNode(Node[HttpRequestInput, HttpRequestOutput]):
 
 
 def _check_secrets(secrets: SecretDestinations, request: httpx.Request, *, first: bool) -> None:
-    """Refuse a request that would carry a secret to a host outside its ``hosts`` (ADR 0049):
+    """Refuse a request that would carry a secret to a host outside its ``hosts`` (ADR 0050):
     the step's own request carries every secret of its params; a redirect hop, those whose value
     is in its URL, header values or body (a cross-origin hop already lost its credentials)."""
     if not secrets:

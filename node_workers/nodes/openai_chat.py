@@ -233,7 +233,7 @@ class OpenAIChatNode(Node[OpenAIChatInput, OpenAIChatOutput]):
         if params.response_format == "json_object":
             request["response_format"] = {"type": "json_object"}
         # Every secret of the params (the API key, one in a message) goes to base_url, and
-        # redirects are not followed: one check before the request (ADR 0049).
+        # redirects are not followed: one check before the request (ADR 0050).
         ctx.secrets.check(
             params.base_url.host or "",
             params.base_url.port or (443 if params.base_url.scheme == "https" else 80),

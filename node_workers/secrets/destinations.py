@@ -8,7 +8,7 @@ sent: for the step's own destination every secret of the params counts as carrie
 node does with them, they go there); for a redirect hop, which the server chose, only the secrets
 whose value (or a common encoding of it, as the redactor knows them) is in the hop's URL, headers
 or body. A secret carried to a host outside its list fails the step with non-retryable
-``SecretHostDenied`` (docs/decisions/0049-secret-grants.md).
+``SecretHostDenied`` (docs/decisions/0050-secret-grants-versions-hosts.md).
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """Who may read which secret, and where it may be sent: operator configuration, never the
-workflow definition (docs/secrets.md, docs/decisions/0009-secrets.md, 0049-secret-grants.md).
+workflow definition (docs/secrets.md; docs/decisions/0009-secrets.md and
+0050-secret-grants-versions-hosts.md).
 
 ``<secrets_dir>/grants.yaml`` maps each secret ``NAME`` to the hosts its value may be sent to and
 to grants, each naming a **tenant**, a **workflow** id pattern and the **versions** allowed::
@@ -13,7 +14,7 @@ to grants, each naming a **tenant**, a **workflow** id pattern and the **version
 A new version of a granted workflow gets nothing until the operator adds it: that closes
 "whoever can register version N+1 can send the secret anywhere". ``versions: any`` is the
 explicit, visible opt-out. The legacy form ``NAME: [workflow id patterns]`` still loads, as
-tenant ``default``, any version, any host, with a warning per name (ADR 0049).
+tenant ``default``, any version, any host, with a warning per name (ADR 0050).
 
 A definition cannot grant itself anything, a name nobody listed is granted to nobody, and with no
 grants file nothing is granted (deny by default).

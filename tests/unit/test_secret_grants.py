@@ -1,5 +1,5 @@
 """Secret grants bound to tenant + workflow + versions, and the hosts a secret may be sent to
-(ADR 0049): parsing, refusals, the legacy form, and the check a node makes before sending."""
+(ADR 0050): parsing, refusals, the legacy form, and the check a node makes before sending."""
 
 from __future__ import annotations
 
@@ -302,7 +302,7 @@ def test_code_run_with_network_takes_only_secrets_allowed_everywhere() -> None:
         )
         if refused:
             with pytest.raises(
-                SecretHostDenied, match="code.run cannot be given secret 'API_TOKEN'"
+                SecretHostDenied, match=r"code\.run cannot be given secret 'API_TOKEN'"
             ):
                 destinations.require_any_host(node="code.run", why="with network")
         else:
