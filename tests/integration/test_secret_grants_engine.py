@@ -1,5 +1,5 @@
 """Secret grants bind to tenant + workflow + version, and a secret goes only to its hosts
-(ADR 0049), on the real engine: DevEngine on the local Kafka and Postgres, the real worker and
+(ADR 0050), on the real engine: DevEngine on the local Kafka and Postgres, the real worker and
 ``http.request``, and two real local HTTP servers that record what they received.
 
 Server A (``127.0.0.1:<a>``) is the only host of ``PAY_TOKEN``; server B (``127.0.0.1:<b>``)
@@ -41,7 +41,7 @@ def _port(server: HttpTestServer) -> int:
 @pytest.fixture
 def harness(
     tmp_path: Path,
-    http_server: HttpTestServer,
+    http: HttpTestServer,
     kafka_settings: Settings,
     engine_harness: HarnessFactory,
 ) -> Harness:
@@ -50,7 +50,7 @@ def harness(
     (secrets_dir / "PAY_TOKEN").write_text(TOKEN + "\n")
     grants = {
         "PAY_TOKEN": {
-            "hosts": [f"127.0.0.1:{_port(http_server)}"],
+            "hosts": [f"127.0.0.1:{_port(http)}"],
             "grants": [
                 {"workflow": "grant-pay", "versions": [1]},
                 {"workflow": "grant-hops", "versions": [1]},
@@ -82,12 +82,12 @@ def _error(harness: Harness, run_id: str, step_id: str) -> dict[str, Any]:
 
 
 def test_only_granted_versions_and_tenants_get_the_secret(
-    harness: Harness, http_server: HttpTestServer
+    harness: Harness, http: HttpTestServer
 ) -> None:
-    pay = _pay("grant-pay", f"{http_server.url}/echo?case=pay")
+    pay = _pay("grant-pay", f"{http.url}/echo?case=pay")
     harness.register(pay, version=1)
     harness.register(pay, version=2)  # "version N+1 of a granted workflow"
-    harness.register(_pay("grant-acme", f"{http_server.url}/echo?case=acme"))
+    harness.register(_pay("grant-acme", f"{http.url}/echo?case=acme"))
 
     v1 = harness.start("grant-pay", workflow_version=1)
     v2 = harness.start("grant-pay", workflow_version=2)
@@ -106,15 +106,15 @@ def test_only_granted_versions_and_tenants_get_the_secret(
     assert "tenant 'acme' only, not in tenant 'default'" in error["message"]
 
     # Only the granted version's request reached the server, with the real value.
-    received = [r for r in http_server.requests_to("/echo")]
+    received = [r for r in http.requests_to("/echo")]
     assert [r.query["case"] for r in received] == [["pay"]]
     assert received[0].header("authorization") == f"Bearer {TOKEN}"
 
 
 def test_a_secret_goes_only_to_its_hosts_redirects_included(
-    harness: Harness, http_server: HttpTestServer, elsewhere: HttpTestServer
+    harness: Harness, http: HttpTestServer, elsewhere: HttpTestServer
 ) -> None:
-    a, b = http_server.url, elsewhere.url
+    a, b = http.url, elsewhere.url
     secret = "{{ secrets.PAY_TOKEN }}"
     auth = {"Authorization": f"Bearer {secret}"}
     harness.register(_pay("grant-elsewhere", f"{b}/echo?case=direct"))
@@ -149,7 +149,7 @@ def test_a_secret_goes_only_to_its_hosts_redirects_included(
     error = _error(harness, direct, "pay")
     assert error["error_class"] == "SecretHostDenied"
     assert f"127.0.0.1:{_port(elsewhere)}" in error["message"]
-    assert f"127.0.0.1:{_port(http_server)}" in error["message"]  # the hosts it may go to
+    assert f"127.0.0.1:{_port(http)}" in error["message"]  # the hosts it may go to
     assert "'PAY_TOKEN'" in error["message"] and "nothing was sent" in error["message"]
     for step_id in ("url_hop", "body_hop"):
         error = _error(harness, hopped, step_id)
@@ -164,7 +164,7 @@ def test_a_secret_goes_only_to_its_hosts_redirects_included(
     assert [r.query["case"] for r in received_b] == [["header"]]
     assert TOKEN.encode() not in repr(received_b[0]).encode()
     assert all(TOKEN not in str(r) for r in elsewhere.log)
-    same = [r for r in http_server.requests_to("/echo") if r.query.get("case") == ["same"]]
+    same = [r for r in http.requests_to("/echo") if r.query.get("case") == ["same"]]
     assert len(same) == 1 and same[0].header("authorization") == f"Bearer {TOKEN}"
     # A saw the requests that carried the secret to it (allowed), once each: non-retryable.
-    assert len(http_server.requests_to("/redirect")) == 4
+    assert len(http.requests_to("/redirect")) == 4
