@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from foundation.settings import Settings
 from node_workers.errors import NodeError, NonRetryableNodeError, RetryableNodeError
+from node_workers.secrets.destinations import SecretDestinations
 from workflows.params_schema import FIELD_NAME_KEY
 
 __all__ = [
@@ -104,6 +105,10 @@ class NodeContext:
     """Numbers the node wants recorded in the trace (e.g. ``http_status``, ``response_bytes``)."""
     cost_tokens: int | None = None
     """LLM tokens spent, for nodes that call a model."""
+    secrets: SecretDestinations = field(default_factory=SecretDestinations)
+    """The secrets resolved into the params and the hosts each may be sent to: a node that
+    sends to a workflow-chosen destination calls ``ctx.secrets.check(host, port, ...)`` before
+    each request (docs/secrets.md, ADR 0050)."""
 
     def __post_init__(self) -> None:
         if not self.idempotency_key:

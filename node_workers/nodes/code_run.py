@@ -77,6 +77,11 @@ class CodeRunNode(Node[CodeRunInput, CodeRunResult]):
         self.runner.set_parallel_runs(limit)
 
     async def execute(self, params: CodeRunInput, ctx: NodeContext) -> CodeRunResult:
+        if params.limits.network != "off":
+            # Sandboxed code with network reaches any host unchecked (ADR 0050).
+            ctx.secrets.require_any_host(
+                node="code.run", why="with network the code can reach any host"
+            )
         remaining = ctx.remaining_s()
         cap = None if remaining is None else max(remaining - UPLOAD_MARGIN_S, 1.0)
         # Keyed by the invocation: a re-delivered invocation overwrites its own outputs.

@@ -384,6 +384,11 @@ class EmailSendNode(Node[EmailSendInput, EmailSendOutput]):
         msg = build_message(params, message_id=message_id, invocation_id=ctx.invocation_id)
         recipients = params.recipients
         server = f"SMTP {params.host}:{params.effective_port}"
+        # A secret in the params goes to the SMTP server, and through it to each recipient's
+        # domain (its mail exchanger, port 25): both must be among the secret's hosts (ADR 0050).
+        ctx.secrets.check(params.host, params.effective_port, node="email.send", target=server)
+        for domain in sorted({rcpt.rpartition("@")[2].lower() for rcpt in recipients}):
+            ctx.secrets.check(domain, 25, node="email.send", target=f"recipient domain {domain}")
         started = time.perf_counter()
         try:
             # No asyncio timeout around the thread: it could not stop the send, only stop us

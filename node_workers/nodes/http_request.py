@@ -68,6 +68,7 @@ from node_workers.node import (
     RetryableNodeError,
     Workload,
 )
+from node_workers.secrets.destinations import SecretDestinations
 
 __all__ = [
     "DEFAULT_MAX_RESPONSE_BYTES",
@@ -415,7 +416,9 @@ class HttpRequestNode(Node[HttpRequestInput, HttpRequestOutput]):
                     timeout=httpx.Timeout(timeout),
                     **kwargs,
                 )
-                response = await _send(client, request, params.follow_redirects)
+                response = await _send(
+                    client, request, params.follow_redirects, secrets=ctx.secrets
+                )
                 try:
                     content = await _read_limited(response, limit)
                 finally:
@@ -461,12 +464,39 @@ class HttpRequestNode(Node[HttpRequestInput, HttpRequestOutput]):
         )
 
 
+def _check_secrets(secrets: SecretDestinations, request: httpx.Request, *, first: bool) -> None:
+    """Refuse a request that would carry a secret to a host outside its ``hosts`` (ADR 0050):
+    the step's own request carries every secret of its params; a redirect hop, those whose value
+    is in its URL, header values or body (a cross-origin hop already lost its credentials)."""
+    if not secrets:
+        return
+    url = request.url
+    port = url.port or (443 if url.scheme == "https" else 80)
+    parts: list[str | bytes] | None = None
+    if not first:
+        parts = [str(url), *(value for _, value in request.headers.items()), request.content]
+    secrets.check(
+        url.host,
+        port,
+        node=f"http.request {request.method}",
+        target="the step's URL" if first else "a redirect hop",
+        parts=parts,
+    )
+
+
 async def _send(
-    client: httpx.AsyncClient, request: httpx.Request, follow_redirects: bool
+    client: httpx.AsyncClient,
+    request: httpx.Request,
+    follow_redirects: bool,
+    *,
+    secrets: SecretDestinations | None = None,
 ) -> httpx.Response:
     """The final response (streamed), following at most :data:`MAX_REDIRECTS` redirects
-    ourselves: each hop's connection is checked by the egress transport, and its headers by
-    :func:`_redirect_request`."""
+    ourselves: each hop's connection is checked by the egress transport, its headers by
+    :func:`_redirect_request` and the secrets it carries by :func:`_check_secrets`, before it
+    is sent."""
+    secrets = secrets or SecretDestinations()
+    _check_secrets(secrets, request, first=True)
     response = await client.send(request, stream=True, follow_redirects=False)
     hops = 0
     while follow_redirects and response.is_redirect:
@@ -475,6 +505,7 @@ async def _send(
             raise httpx.TooManyRedirects(f"Exceeded {MAX_REDIRECTS} redirects", request=request)
         hops += 1
         request = _redirect_request(client, request, response)
+        _check_secrets(secrets, request, first=False)
         response = await client.send(request, stream=True, follow_redirects=False)
     return response
 

@@ -232,6 +232,14 @@ class OpenAIChatNode(Node[OpenAIChatInput, OpenAIChatOutput]):
             request["max_tokens"] = params.max_tokens
         if params.response_format == "json_object":
             request["response_format"] = {"type": "json_object"}
+        # Every secret of the params (the API key, one in a message) goes to base_url, and
+        # redirects are not followed: one check before the request (ADR 0050).
+        ctx.secrets.check(
+            params.base_url.host or "",
+            params.base_url.port or (443 if params.base_url.scheme == "https" else 80),
+            node="openai.chat",
+            target="base_url",
+        )
         policy = self.policy().for_scope(EgressScope(workflow_id=ctx.workflow_id))
         client = self._client(params, timeout, policy)
         started = time.perf_counter()

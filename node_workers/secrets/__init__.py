@@ -18,8 +18,11 @@ One module per concern; import from this package, which re-exports the public na
   :class:`ChainSecretProvider` (first that knows the name). A Vault or KMS adapter implements
   the same protocol.
 - :mod:`~node_workers.secrets.grants`: who may read what (:class:`SecretGrants`), operator
-  configuration, ``NAME -> workflow id patterns``, in ``<secrets_dir>/grants.yaml``. A workflow
-  definition cannot grant itself anything; with no grants file nothing is granted.
+  configuration in ``<secrets_dir>/grants.yaml``: per ``NAME``, grants to tenant + workflow +
+  versions, and the hosts the value may be sent to. A workflow definition cannot grant itself
+  anything; with no grants file nothing is granted.
+- :mod:`~node_workers.secrets.destinations`: :class:`SecretDestinations`, what a node checks
+  before sending a request that carries secrets (``SecretHostDenied``).
 - :mod:`~node_workers.secrets.placeholders`: finding and filling placeholders in params.
 - :mod:`~node_workers.secrets.redaction` (:class:`Redactor`) and
   :mod:`~node_workers.secrets.log_redaction` (:func:`install_log_redaction`): masking values.
@@ -31,13 +34,23 @@ One module per concern; import from this package, which re-exports the public na
 
 from __future__ import annotations
 
+from node_workers.secrets.destinations import SecretDestinations, UsedSecret
 from node_workers.secrets.encryption import (
     EncryptedFileSecretProvider,
     KeyManager,
     LocalKeyManager,
 )
-from node_workers.secrets.errors import SecretProviderError, SecretUnavailable
-from node_workers.secrets.grants import GRANTS_FILES, GrantsFile, SecretGrants
+from node_workers.secrets.errors import SecretHostDenied, SecretProviderError, SecretUnavailable
+from node_workers.secrets.grants import (
+    DEFAULT_TENANT,
+    GRANTS_FILES,
+    Grant,
+    GrantsFile,
+    HostPattern,
+    SecretGrants,
+    SecretRule,
+    VersionSet,
+)
 from node_workers.secrets.log_redaction import install_log_redaction
 from node_workers.secrets.placeholders import secret_names
 from node_workers.secrets.providers import (
@@ -51,6 +64,7 @@ from node_workers.secrets.redaction import REDACTED, Redactor
 from node_workers.secrets.resolver import SecretResolver, no_secrets, resolver_from_settings
 
 __all__ = [
+    "DEFAULT_TENANT",
     "ENV_PREFIX",
     "GRANTS_FILES",
     "REDACTED",
@@ -58,15 +72,22 @@ __all__ = [
     "EncryptedFileSecretProvider",
     "EnvSecretProvider",
     "FileSecretProvider",
+    "Grant",
     "GrantsFile",
+    "HostPattern",
     "KeyManager",
     "LocalKeyManager",
     "Redactor",
+    "SecretDestinations",
     "SecretGrants",
+    "SecretHostDenied",
     "SecretProvider",
     "SecretProviderError",
     "SecretResolver",
+    "SecretRule",
     "SecretUnavailable",
+    "UsedSecret",
+    "VersionSet",
     "install_log_redaction",
     "no_secrets",
     "resolver_from_settings",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from foundation.errors import NonRetryableError, RetryableError
 
-__all__ = ["SecretProviderError", "SecretUnavailable"]
+__all__ = ["SecretHostDenied", "SecretProviderError", "SecretUnavailable"]
 
 
 class SecretUnavailable(NonRetryableError):  # noqa: N818 - the error class name users see
@@ -22,13 +22,39 @@ class SecretUnavailable(NonRetryableError):  # noqa: N818 - the error class name
 
     error_class = "SecretUnavailable"
 
-    def __init__(self, name: str, workflow_id: str, reason: str) -> None:
-        super().__init__(f"secret {name!r} is not available to workflow {workflow_id!r}: {reason}")
+    def __init__(
+        self,
+        name: str,
+        workflow_id: str,
+        reason: str,
+        *,
+        version: int | None = None,
+        tenant: str | None = None,
+    ) -> None:
+        who = f"workflow {workflow_id!r}"
+        if version is not None:
+            who += f" version {version}"
+        if tenant is not None:
+            who += f" (tenant {tenant!r})"
+        super().__init__(f"secret {name!r} is not available to {who}: {reason}")
         self.name = name
         self.workflow_id = workflow_id
+        self.version = version
+        self.tenant = tenant
 
 
 class SecretProviderError(RetryableError):
     """A provider failed to answer (unreadable file, Vault down): another attempt may work."""
 
     error_class = "SecretProviderUnavailable"
+
+
+class SecretHostDenied(NonRetryableError):  # noqa: N818 - the error class name users see
+    """A request would carry a secret to a host its grant does not list (grants.yaml ``hosts``).
+
+    Raised before anything is sent, on the first request and on every redirect hop. Non-retryable:
+    the destination is the step's params (or the server's redirect), the hosts the operator's
+    configuration; another attempt meets the same ones.
+    """
+
+    error_class = "SecretHostDenied"

@@ -18,7 +18,7 @@ from urllib.parse import quote, quote_plus
 
 from schemas.models import ErrorInfo
 
-__all__ = ["REDACTED", "Redactor"]
+__all__ = ["REDACTED", "Redactor", "encoded_forms"]
 
 REDACTED: Final = "***"
 # Lines of a multi-line secret (a PEM key) are redacted on their own when at least this long:
@@ -30,7 +30,7 @@ _MIN_LINE_CHARS: Final = 8
 _URL_SAFE: Final = "!$&'()*+,;=:@/?~"
 
 
-def _forms(value: str) -> set[str]:
+def encoded_forms(value: str) -> set[str]:
     """The value and the encodings it commonly travels in: JSON-escaped, URL-escaped (strict,
     path, form and minimal), base64 (standard and URL-safe, with and without padding)."""
     forms = {value, json.dumps(value, ensure_ascii=False)[1:-1], json.dumps(value)[1:-1]}
@@ -67,7 +67,7 @@ class Redactor:
             return
         with self._lock:
             values = self._values | {value}
-            forms = set().union(*(_forms(v) for v in values))
+            forms = set().union(*(encoded_forms(v) for v in values))
             # Longest first: a secret that contains another is replaced whole.
             alternatives = sorted(forms, key=lambda f: (-len(f), f))
             self._pattern = re.compile("|".join(map(re.escape, alternatives)))

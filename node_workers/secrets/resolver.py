@@ -14,9 +14,10 @@ from typing import Any
 
 from foundation.errors import ConfigurationError, RefluxError
 from foundation.settings import Settings
+from node_workers.secrets.destinations import SecretDestinations, UsedSecret
 from node_workers.secrets.encryption import EncryptedFileSecretProvider, key_manager_from_settings
 from node_workers.secrets.errors import SecretProviderError, SecretUnavailable
-from node_workers.secrets.grants import GRANTS_FILES, GrantsFile, SecretGrants
+from node_workers.secrets.grants import DEFAULT_TENANT, GRANTS_FILES, GrantsFile, SecretGrants
 from node_workers.secrets.log_redaction import install_log_redaction
 from node_workers.secrets.placeholders import secret_names, substitute_secrets
 from node_workers.secrets.providers import (
@@ -26,7 +27,7 @@ from node_workers.secrets.providers import (
     FileSecretProvider,
     SecretProvider,
 )
-from node_workers.secrets.redaction import Redactor
+from node_workers.secrets.redaction import Redactor, encoded_forms
 
 __all__ = ["SecretResolver", "no_secrets", "resolver_from_settings"]
 
@@ -51,25 +52,56 @@ class SecretResolver:
     def grants(self) -> SecretGrants:
         return self._grants.current() if isinstance(self._grants, GrantsFile) else self._grants
 
-    def resolve(self, params: Any, *, workflow_id: str) -> Any:
-        """``params`` with each ``{{ secrets.NAME }}`` replaced by the value.
+    def resolve(
+        self,
+        params: Any,
+        *,
+        workflow_id: str,
+        workflow_version: int | None = None,
+        tenant: str = DEFAULT_TENANT,
+    ) -> Any:
+        """``params`` with each ``{{ secrets.NAME }}`` replaced by the value (see
+        :meth:`resolve_with_destinations`, which also says where the values may go)."""
+        resolved, _ = self.resolve_with_destinations(
+            params, workflow_id=workflow_id, workflow_version=workflow_version, tenant=tenant
+        )
+        return resolved
+
+    def resolve_with_destinations(
+        self,
+        params: Any,
+        *,
+        workflow_id: str,
+        workflow_version: int | None,
+        tenant: str = DEFAULT_TENANT,
+    ) -> tuple[Any, SecretDestinations]:
+        """``params`` with each ``{{ secrets.NAME }}`` replaced by the value, and the secrets
+        substituted with the hosts each may be sent to.
 
         A string that is only a placeholder (blanks around it allowed) becomes the value;
-        otherwise each placeholder is replaced in place. Keys are never resolved. Raises
-        :class:`SecretUnavailable` (not granted, not set, empty) or
+        otherwise each placeholder is replaced in place. Keys are never resolved. Each name must
+        be granted to ``tenant`` + ``workflow_id`` + ``workflow_version`` (``None``: only grants
+        of any version pass). Raises :class:`SecretUnavailable` (not granted, not set, empty) or
         :class:`SecretProviderError`; nothing is resolved unless every name is available.
         """
         names = secret_names(params)
         if not names:
-            return params
+            return params, SecretDestinations()
         grants = self.grants
         values: dict[str, str] = {}
+        used: list[UsedSecret] = []
         for name in names:
-            if not grants.allows(name, workflow_id):
+            if workflow_version is not None:
+                refusal = grants.refusal(
+                    name, tenant=tenant, workflow_id=workflow_id, version=workflow_version
+                )
+            elif grants.allows(name, workflow_id, None, tenant):
+                refusal = None
+            else:  # a caller that knows no version: only grants of every version pass
+                refusal = f"it is not granted to every version of it (grants: {grants.source})"
+            if refusal is not None:
                 raise SecretUnavailable(
-                    name,
-                    workflow_id,
-                    f"it is not granted to this workflow (grants: {grants.source})",
+                    name, workflow_id, refusal, version=workflow_version, tenant=tenant
                 )
             try:
                 value = self.provider.get(name)
@@ -90,7 +122,8 @@ class SecretResolver:
                 )
             self.redactor.add(value)
             values[name] = value
-        return substitute_secrets(params, values)
+            used.append(UsedSecret(name, grants.rules[name], frozenset(encoded_forms(value))))
+        return substitute_secrets(params, values), SecretDestinations(tuple(used))
 
 
 @lru_cache(maxsize=1)

@@ -10,7 +10,7 @@ the ``serve()`` context manager outside pytest. Endpoints:
   ``/slow`` requests the server held at once (each request has its own thread);
 - ``/big?bytes=N``: ``N`` bytes of text (at most 16 MiB); ``&json=1`` wraps them as
   ``{"data": "..."}`` with a JSON content type;
-- ``/redirect?to=PATH``: ``302`` to ``PATH``.
+- ``/redirect?to=PATH&status=N``: ``N`` (default ``302``) to ``PATH``.
 - ``/odds?run=R&step=S&seed=N&fail=F&hang=H&hang_ms=MS``: a sick dependency with fixed odds:
   the n-th call for ``(run, step)`` answers ``500`` with probability ``F``, hangs ``MS`` ms
   then answers ``200`` with probability ``H``, else ``200`` at once; the draw is
@@ -184,7 +184,9 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._send(200, b"x" * size, content_type="text/plain; charset=utf-8")
         elif path == "/redirect":
-            self._send(302, "", content_type="text/plain", headers={"Location": arg("to", "/echo")})
+            status = int(arg("status", "302"))
+            location = {"Location": arg("to", "/echo")}
+            self._send(status, "", content_type="text/plain", headers=location)
         else:
             self._send(404, {"error": f"no route {path}"})
 

@@ -82,6 +82,8 @@ def secrets_dir(tmp_path: Path) -> Path:
     directory = tmp_path / "secrets"
     directory.mkdir()
     (directory / "DB_PASSWORD").write_text(SECRETS["DB_PASSWORD"] + "\n")
+    # The legacy form (ADR 0050): still loads (any version, any host, a warning), and this test
+    # keeps it so that it stays covered; test_secret_grants_engine.py uses the current form.
     (directory / "grants.yaml").write_text(
         "API_TOKEN: [secret-leak, secret-fail, secret-denied]\n"
         "DB_PASSWORD: ['secret-*']\n"

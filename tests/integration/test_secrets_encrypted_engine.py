@@ -47,7 +47,9 @@ def test_workers_decrypt_encrypted_secret_files(
     key = generate_key()
     secrets_dir = tmp_path / "secrets"
     secrets_dir.mkdir()
-    (secrets_dir / "grants.yaml").write_text("ENC_TOKEN: [secret-encrypted]\n")
+    (secrets_dir / "grants.yaml").write_text(
+        "ENC_TOKEN: {hosts: [127.0.0.1], grants: [{workflow: secret-encrypted, versions: [1]}]}\n"
+    )
     write_encrypted_secret(secrets_dir, "ENC_TOKEN", VALUE, LocalKeyManager(base64.b64decode(key)))
     for path in secrets_dir.iterdir():  # nothing on disk holds the value
         assert VALUE.encode() not in path.read_bytes()

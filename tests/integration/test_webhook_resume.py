@@ -115,7 +115,9 @@ def settings(
     the module) and a secrets folder."""
     secrets_dir: Path = tmp_path_factory.mktemp("secrets")
     (secrets_dir / "APPROVAL_HOOK").write_text(SECRET + "\n")
-    (secrets_dir / "grants.yaml").write_text("APPROVAL_HOOK: [approval]\n")
+    (secrets_dir / "grants.yaml").write_text(  # sent nowhere: the waiting node only checks a MAC
+        "APPROVAL_HOOK: {hosts: [], grants: [{workflow: approval, versions: [1]}]}\n"
+    )
     with isolated_kafka(
         local_services, request.node.nodeid, default_partitions=3, secrets_dir=secrets_dir
     ) as isolated:
