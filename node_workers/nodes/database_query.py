@@ -369,7 +369,10 @@ class DatabaseQueryNode(Node[DatabaseQueryInput, DatabaseQueryOutput]):
             error = RetryableNodeError if found.retryable else NonRetryableNodeError
             raise error(str(exc), error_class=found.error_class) from None
         what = f"connection {params.connection!r}" if params.connection else "params.dsn"
-        address = await platform.checked_address(target_of(dsn, what))
+        target = target_of(dsn, what)
+        # A secret placed in params.dsn goes to that database: its hosts must allow it (ADR 0050).
+        ctx.secrets.check(target.host, target.port, node="database.query", target=what)
+        address = await platform.checked_address(target)
         secrets = _secrets(dsn)
         timeout_ms = params.statement_timeout_ms
         remaining = ctx.remaining_s()
