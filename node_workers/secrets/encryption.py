@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from foundation.errors import ConfigurationError
 from foundation.settings import Settings
-from node_workers.secrets.errors import SecretProviderError
+from node_workers.secrets.files import read_secret_file
 from workflows.expressions import SECRET_NAME
 
 __all__ = [
@@ -230,17 +230,9 @@ class EncryptedFileSecretProvider:
         if not SECRET_NAME.fullmatch(name):
             return None
         path = self.directory / f"{name}{ENCRYPTED_SUFFIX}"
-        try:
-            if not path.is_file():
-                return None
-            with path.open("rb") as handle:
-                blob = handle.read(_MAX_FILE_BYTES + 1)
-        except OSError as exc:
-            raise SecretProviderError(
-                f"Expected to read secret file {path}, but: {exc.strerror or type(exc).__name__}"
-            ) from None
-        if len(blob) > _MAX_FILE_BYTES:
-            raise ConfigurationError(f"Expected {path} to hold at most {_MAX_FILE_BYTES} bytes")
+        blob = read_secret_file(path, _MAX_FILE_BYTES)
+        if blob is None:
+            return None
         if self.kms is None:
             raise ConfigurationError(
                 f"Expected secrets_key (REFLUX_SECRETS_KEY) or secrets_key_file to decrypt "

@@ -19,6 +19,7 @@ from typing import Final, Protocol, runtime_checkable
 from foundation.errors import ConfigurationError
 from node_workers.secrets.config_files import load_config_file
 from node_workers.secrets.errors import SecretProviderError
+from node_workers.secrets.files import read_secret_file
 from workflows.expressions import SECRET_NAME
 
 __all__ = [
@@ -90,20 +91,9 @@ class FileSecretProvider:
         return self._read_mapping().get(name)
 
     def _read_file(self, file: Path) -> str | None:
-        try:
-            if not file.is_file():
-                return None
-            with file.open("rb") as handle:
-                data = handle.read(MAX_SECRET_BYTES + 1)
-        except OSError as exc:
-            raise SecretProviderError(
-                f"Expected to read secret file {file}, but: {exc.strerror or type(exc).__name__}"
-            ) from None
-        if len(data) > MAX_SECRET_BYTES:
-            raise ConfigurationError(
-                f"Expected secret file {file} to hold at most {MAX_SECRET_BYTES} bytes, "
-                "but it is larger"
-            )
+        data = read_secret_file(file, MAX_SECRET_BYTES)
+        if data is None:
+            return None
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
