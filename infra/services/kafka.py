@@ -229,8 +229,9 @@ class Kafka(Service):
                 self.java(
                     "kafka.tools.StorageTool",
                     "format",
-                    "-t",
-                    cluster_id,
+                    # One argument: an id starting with "-" (1 in 64 random ids) would be read
+                    # as an option ("argument --cluster-id/-t: expected one argument").
+                    f"--cluster-id={cluster_id}",
                     "-c",
                     str(self.config_file),
                     "--ignore-formatted",
