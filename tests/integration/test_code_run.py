@@ -576,16 +576,30 @@ def test_memory_is_bounded_for_the_whole_sandbox(runner: SandboxRunner) -> None:
     where the worker may create one) bounds them together: eight children of 48 MiB each,
     every one under memMb 64, exceed the sandbox's memMb + /tmp + /dev/shm + 64 MiB = 256 MiB
     and the kernel's OOM killer ends some of them."""
+    # The children hold their memory until every one has allocated or died (a barrier of two
+    # pipes, no sleep): the "ready" pipe reaches EOF when each child has written and closed it
+    # or was killed; closing "release" then lets the survivors exit.
     code = """
-import json, os, time
+import json, os
+ready_r, ready_w = os.pipe()
+release_r, release_w = os.pipe()
 children = []
 for _ in range(8):
     pid = os.fork()
     if pid == 0:
+        os.close(ready_r)
+        os.close(release_w)
         data = b"x" * (48 << 20)  # written, so resident
-        time.sleep(2)
+        os.write(ready_w, b"r")
+        os.close(ready_w)
+        os.read(release_r, 1)  # EOF once the parent closes release_w
         os._exit(0)
     children.append(pid)
+os.close(ready_w)
+os.close(release_r)
+while os.read(ready_r, 64):
+    pass
+os.close(release_w)
 codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in children]
 print(json.dumps({"codes": codes}))
 """
