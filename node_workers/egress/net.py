@@ -24,11 +24,12 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Final, cast
 from urllib.parse import urlsplit
 
-from foundation.settings import Settings
+from foundation.settings import Settings, get_settings
 from node_workers.egress.policy import (
     AllowEntry,
     Decision,
     EgressPolicy,
+    EgressScope,
     IPAddress,
     PlatformEndpoint,
     parse_allow_entry,
@@ -37,6 +38,7 @@ from node_workers.errors import NonRetryableNodeError, RetryableNodeError
 
 __all__ = [
     "EgressDeniedError",
+    "OperatorPolicy",
     "PolicyNetworkBackend",
     "allowed_addresses",
     "connect_checked",
@@ -279,6 +281,27 @@ def _resolved(host: str, port: int) -> frozenset[IPAddress]:
         # Not resolvable from here now: still matched by name, and the addresses of a name
         # the platform cannot resolve are no platform service of ours.
         return frozenset()
+
+
+class OperatorPolicy:
+    """A node's copy of the operator's egress policy: built from the worker's settings when it
+    binds the node, else (a node used outside a worker) from the environment's, once."""
+
+    def __init__(self) -> None:
+        self._policy: EgressPolicy | None = None
+
+    def bind(self, settings: Settings) -> None:
+        self._policy = policy_from_settings(settings)
+
+    def get(self) -> EgressPolicy:
+        if self._policy is None:
+            self.bind(get_settings())
+        assert self._policy is not None
+        return self._policy
+
+    def for_workflow(self, workflow_id: str) -> EgressPolicy:
+        """The policy for one step: the operator's, widened by the workflow's own allow list."""
+        return self.get().for_scope(EgressScope(workflow_id=workflow_id))
 
 
 def policy_from_settings(settings: Settings) -> EgressPolicy:

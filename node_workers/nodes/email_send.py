@@ -49,9 +49,9 @@ from typing import Annotated, Final, Self
 
 from pydantic import AfterValidator, Field, SecretStr, field_validator, model_validator
 
-from foundation.settings import Settings, get_settings
-from node_workers.egress.net import connect_checked, policy_from_settings
-from node_workers.egress.policy import EgressPolicy, EgressScope
+from foundation.settings import Settings
+from node_workers.egress.net import OperatorPolicy, connect_checked
+from node_workers.egress.policy import EgressPolicy
 from node_workers.node import (
     Node,
     NodeContext,
@@ -358,16 +358,14 @@ class EmailSendNode(Node[EmailSendInput, EmailSendOutput]):
 
     def __init__(self) -> None:
         self.pool = BlockingPool("smtp")
-        self._policy: EgressPolicy | None = None
+        self._egress = OperatorPolicy()
 
     def bind(self, settings: Settings) -> None:
-        self._policy = policy_from_settings(settings)
+        self._egress.bind(settings)
 
     def policy(self) -> EgressPolicy:
         """The operator's policy; outside a worker (never bound), the environment's settings."""
-        if self._policy is None:
-            self._policy = policy_from_settings(get_settings())
-        return self._policy
+        return self._egress.get()
 
     def set_concurrency(self, limit: int) -> None:
         self.pool.resize(limit)
@@ -393,7 +391,7 @@ class EmailSendNode(Node[EmailSendInput, EmailSendOutput]):
         try:
             # No asyncio timeout around the thread: it could not stop the send, only stop us
             # waiting for it. The socket timeout bounds every step instead.
-            policy = self.policy().for_scope(EgressScope(workflow_id=ctx.workflow_id))
+            policy = self._egress.for_workflow(ctx.workflow_id)
             refused_raw = await self.pool.run(_send, params, msg, recipients, timeout, policy)
         except (smtplib.SMTPException, OSError) as exc:
             raise classify_smtp_error(exc, server=server) from exc

@@ -51,11 +51,10 @@ from typing import Any, Final, Literal, Self
 import httpx
 from pydantic import Field, HttpUrl, field_validator, model_validator
 
-from foundation.settings import Settings, get_settings
-from node_workers.egress.net import EgressDeniedError, egress_transport, policy_from_settings
+from foundation.settings import Settings
+from node_workers.egress.net import EgressDeniedError, OperatorPolicy, egress_transport
 from node_workers.egress.policy import (
     EgressPolicy,
-    EgressScope,
     cross_origin_headers,
     same_origin,
 )
@@ -341,22 +340,19 @@ class HttpRequestNode(Node[HttpRequestInput, HttpRequestOutput]):
             asyncio.AbstractEventLoop, dict[tuple[bool, EgressPolicy], _Clients]
         ] = weakref.WeakKeyDictionary()
         self._max_connections = DEFAULT_MAX_CONNECTIONS
-        self._policy: EgressPolicy | None = None
+        self._egress = OperatorPolicy()
         self._max_response_cap = Settings.model_fields["egress_max_response_bytes"].default
 
     def set_concurrency(self, limit: int) -> None:
         self._max_connections = limit
 
     def bind(self, settings: Settings) -> None:
-        self._policy = policy_from_settings(settings)
+        self._egress.bind(settings)
         self._max_response_cap = settings.egress_max_response_bytes
 
     def policy(self) -> EgressPolicy:
         """The operator's policy; outside a worker (never bound), the environment's settings."""
-        if self._policy is None:
-            self.bind(get_settings())
-        assert self._policy is not None
-        return self._policy
+        return self._egress.get()
 
     def cacheable_for(self, params: HttpRequestInput) -> bool:
         return params.method in {"GET", "HEAD"}
@@ -393,7 +389,7 @@ class HttpRequestNode(Node[HttpRequestInput, HttpRequestOutput]):
         remaining = ctx.remaining_s()
         if remaining is not None:
             timeout = max(min(timeout, remaining), 0.001)
-        policy = self.policy().for_scope(EgressScope(workflow_id=ctx.workflow_id))
+        policy = self._egress.for_workflow(ctx.workflow_id)
         clients = self._client(params.verify_tls, policy)
         limit = min(params.max_response_bytes, self._max_response_cap)
         kwargs: dict[str, Any] = {}

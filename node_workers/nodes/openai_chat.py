@@ -36,9 +36,9 @@ from typing import Any, Final, Literal
 import openai
 from pydantic import Field, HttpUrl, SecretStr, field_validator
 
-from foundation.settings import Settings, get_settings
-from node_workers.egress.net import EgressDeniedError, egress_transport, policy_from_settings
-from node_workers.egress.policy import EgressPolicy, EgressScope
+from foundation.settings import Settings
+from node_workers.egress.net import EgressDeniedError, OperatorPolicy, egress_transport
+from node_workers.egress.policy import EgressPolicy
 from node_workers.node import (
     Node,
     NodeContext,
@@ -173,19 +173,17 @@ class OpenAIChatNode(Node[OpenAIChatInput, OpenAIChatOutput]):
         # reused by another's.
         self._http: dict[EgressPolicy, openai.DefaultAsyncHttpxClient] = {}
         self._max_connections = DEFAULT_MAX_CONNECTIONS
-        self._policy: EgressPolicy | None = None
+        self._egress = OperatorPolicy()
 
     def set_concurrency(self, limit: int) -> None:
         self._max_connections = limit
 
     def bind(self, settings: Settings) -> None:
-        self._policy = policy_from_settings(settings)
+        self._egress.bind(settings)
 
     def policy(self) -> EgressPolicy:
         """The operator's policy; outside a worker (never bound), the environment's settings."""
-        if self._policy is None:
-            self._policy = policy_from_settings(get_settings())
-        return self._policy
+        return self._egress.get()
 
     def _client(
         self, params: OpenAIChatInput, timeout: float, policy: EgressPolicy
@@ -240,7 +238,7 @@ class OpenAIChatNode(Node[OpenAIChatInput, OpenAIChatOutput]):
             node="openai.chat",
             target="base_url",
         )
-        policy = self.policy().for_scope(EgressScope(workflow_id=ctx.workflow_id))
+        policy = self._egress.for_workflow(ctx.workflow_id)
         client = self._client(params, timeout, policy)
         started = time.perf_counter()
         try:
