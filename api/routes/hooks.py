@@ -94,8 +94,24 @@ class WebhookSignatureError(UnauthorizedError):
         self.reason = reason
 
 
-def _refused(exc: SignatureError) -> WebhookSignatureError:
-    return WebhookSignatureError(exc.reason, str(exc))
+def _verified(
+    request: Request, secrets: str | list[str] | None, raw: bytes, tolerance_s: int
+) -> Verified | None:
+    """The request's signature checked against ``secrets`` (None: the hook is unsigned), or a
+    401 naming why it is refused."""
+    if secrets is None:
+        return None
+    try:
+        return verify(
+            signature_header(request.headers),
+            secrets,
+            request.method,
+            request.url.path,
+            raw,
+            tolerance_s=tolerance_s,
+        )
+    except SignatureError as exc:
+        raise WebhookSignatureError(exc.reason, str(exc)) from exc
 
 
 async def _read_capped(request: Request, limit: int) -> bytes:
@@ -159,20 +175,9 @@ async def webhook(
     ] = None,
 ) -> HookAccepted:
     raw = await _read_capped(request, api.webhook_max_body_bytes)
-    secrets = api.webhook_secrets.get(workflow_id)
-    verified: Verified | None = None
-    if secrets is not None:
-        try:
-            verified = verify(
-                signature_header(request.headers),
-                secrets,
-                request.method,
-                request.url.path,
-                raw,
-                tolerance_s=api.webhook_tolerance_s,
-            )
-        except SignatureError as exc:
-            raise _refused(exc) from exc
+    verified = _verified(
+        request, api.webhook_secrets.get(workflow_id), raw, api.webhook_tolerance_s
+    )
     payload = decode_body(raw, request.headers.get("content-type"))
     workflow = await read_model.workflow(workflow_id)
     if workflow is None:
@@ -298,19 +303,7 @@ async def resume_step(
             "no attempt of it waits (not started yet, between attempts, finished, or not a "
             "webhook.trigger step); nothing was stored"
         )
-    verified: Verified | None = None
-    if waiting.key is not None:
-        try:
-            verified = verify(
-                signature_header(request.headers),
-                waiting.key,
-                request.method,
-                request.url.path,
-                raw,
-                tolerance_s=api.webhook_tolerance_s,
-            )
-        except SignatureError as exc:
-            raise _refused(exc) from exc
+    verified = _verified(request, waiting.key, raw, api.webhook_tolerance_s)
     delivery = Delivery(
         body=raw,
         signature=signature,
