@@ -40,7 +40,7 @@ from api.auth.keys import KEY_PREFIX, KeyRefusedError, check_key, parse_key
 from api.auth.oidc import JwksCache, TokenRefusedError, verify_token
 from api.auth.roles import ROUTE_ACCESS, SIGNED, Access, Role, satisfies
 from api.config import ApiSettings
-from api.errors import ApiError
+from api.errors import ApiError, UnauthorizedError
 from api.store import ApiStore
 from foundation.errors import ConfigurationError
 
@@ -81,9 +81,10 @@ class Principal:
         return f"user:{self.name}"
 
 
-class NotAuthenticatedError(ApiError):
+class NotAuthenticatedError(UnauthorizedError):
+    """A credential missing or refused (the 401 with ``WWW-Authenticate``)."""
+
     error_class = "NotAuthenticatedError"
-    status_code = 401
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
