@@ -67,7 +67,12 @@ from processors.optimizer.planner import (
 )
 from processors.optimizer.strategies import OptimizerConfig, StrategyInput
 from projections.postgres.identifiers import table
-from projections.postgres.mutation_queries import current_route, get_policy, list_mutations
+from projections.postgres.mutation_queries import (
+    MutationRow,
+    current_route,
+    get_policy,
+    list_mutations,
+)
 from projections.postgres.queries import list_workflow_versions
 from schemas.errors import SchemaError
 from schemas.models import Diagnosis, MutationAction, MutationRequest
@@ -165,41 +170,11 @@ class ReadModel:
         row = get_policy(conn, workflow_id, schema=self.schema)
         return row.policy if row is not None else "propose"
 
-    def open_keys(self, conn: psycopg.Connection[Any], workflow_id: str) -> set[str]:
-        """Keys of the workflow's optimizer proposals that are not final."""
-        keys: set[str] = set()
+    def own_proposals(self, conn: psycopg.Connection[Any], workflow_id: str) -> OwnProposals:
+        """The optimizer's proposals of the workflow (the newest 1,000), read once per diagnosis."""
         rows = list_mutations(conn, workflow_id=workflow_id, limit=1000, schema=self.schema)
-        # Under policy auto, a proposal validated while another one was the canary waits (one
-        # canary at a time): it does not hold its key against a newer diagnosis. The newer
-        # proposal is the one applied when the slot frees (the lifecycle applies the newest
-        # waiting one made on the version new runs get then); one made on a version that is
-        # no longer served is never applied by itself, and the optimizer proposes again.
-        auto = self.policy(conn, workflow_id) == "auto"
-        for row in rows:
-            if not row.author.startswith(AUTHOR_PREFIX) or row.status in FINAL_STATUSES:
-                continue
-            if auto and row.status == "validated":
-                continue
-            keys.add(proposal_key(workflow_id, *self._step_strategy(row)))
-        return keys
-
-    def rejections(
-        self, conn: psycopg.Connection[Any], workflow_id: str
-    ) -> list[tuple[str, float]]:
-        """``(key, rejected_at)`` of the optimizer's proposals that validation rejected (a
-        report that did not pass; a withdrawn proposal's report passed)."""
-        found: list[tuple[str, float]] = []
-        rows = list_mutations(
-            conn, workflow_id=workflow_id, status="rejected", limit=1000, schema=self.schema
-        )
-        for row in rows:
-            report = row.report if isinstance(row.report, Mapping) else None
-            if not row.author.startswith(AUTHOR_PREFIX) or report is None:
-                continue
-            if report.get("passed") is False:
-                key = proposal_key(workflow_id, *self._step_strategy(row))
-                found.append((key, row.updated_at.timestamp()))
-        return found
+        own = [row for row in rows if row.author.startswith(AUTHOR_PREFIX)]
+        return OwnProposals(workflow_id, own)
 
     def arm_samples(
         self,
@@ -234,45 +209,66 @@ class ReadModel:
         ).fetchall()
         return [sample_from_row(*row) for row in rows]
 
-    def waiting_own(self, conn: psycopg.Connection[Any], workflow_id: str) -> dict[str, list[str]]:
-        """The optimizer's validated proposals (waiting for the canary slot), by key."""
-        found: dict[str, list[str]] = {}
-        rows = list_mutations(conn, workflow_id=workflow_id, limit=1000, schema=self.schema)
-        for row in rows:
-            if row.status == "validated" and row.author.startswith(AUTHOR_PREFIX):
-                key = proposal_key(workflow_id, *self._step_strategy(row))
-                found.setdefault(key, []).append(row.mutation_id)
-        return found
 
-    def applied_own(self, conn: psycopg.Connection[Any], workflow_id: str) -> str | None:
-        """The optimizer's proposal that is the workflow's canary now, if any (a person's
-        canary is never the optimizer's to end)."""
-        rows = list_mutations(conn, workflow_id=workflow_id, limit=1000, schema=self.schema)
-        for row in rows:
-            if row.status == "applied" and row.author.startswith(AUTHOR_PREFIX):
-                return row.mutation_id
-        return None
+@dataclass(frozen=True)
+class OwnProposals:
+    """What the optimizer needs to know of its own proposals for one workflow (pure)."""
 
-    def proposed_at(self, conn: psycopg.Connection[Any], workflow_id: str) -> dict[str, float]:
-        """Per key, when the newest optimizer proposal for it was made (epoch seconds)."""
-        found: dict[str, float] = {}
-        rows = list_mutations(conn, workflow_id=workflow_id, limit=1000, schema=self.schema)
-        for row in rows:
-            if not row.author.startswith(AUTHOR_PREFIX):
-                continue
-            key = proposal_key(workflow_id, *self._step_strategy(row))
-            found[key] = max(found.get(key, 0.0), row.created_at.timestamp())
-        return found
+    workflow_id: str
+    rows: Sequence[MutationRow]
 
-    @staticmethod
-    def _step_strategy(row: Any) -> tuple[str, str]:
+    def _key(self, row: MutationRow) -> str:
         evidence = row.evidence if isinstance(row.evidence, Mapping) else {}
         strategy = str(evidence.get("strategy") or row.author.removeprefix(AUTHOR_PREFIX))
-        return strategy_step(strategy, evidence.get("step_id")), strategy
+        return proposal_key(
+            self.workflow_id, strategy_step(strategy, evidence.get("step_id")), strategy
+        )
 
-    def known_mutations(self, conn: psycopg.Connection[Any], workflow_id: str) -> set[str]:
-        rows = list_mutations(conn, workflow_id=workflow_id, limit=1000, schema=self.schema)
-        return {row.mutation_id for row in rows}
+    def open_keys(self, *, auto: bool) -> set[str]:
+        """Keys of the proposals that are not final.
+
+        Under policy auto, a proposal validated while another one was the canary waits (one
+        canary at a time): it does not hold its key against a newer diagnosis. The newer
+        proposal is the one applied when the slot frees (the lifecycle applies the newest
+        waiting one made on the version new runs get then); one made on a version that is no
+        longer served is never applied by itself, and the optimizer proposes again."""
+        return {
+            self._key(row)
+            for row in self.rows
+            if row.status not in FINAL_STATUSES and not (auto and row.status == "validated")
+        }
+
+    def rejections(self) -> list[tuple[str, float]]:
+        """``(key, rejected_at)`` of the proposals that validation rejected (a report that did
+        not pass; a withdrawn proposal's report passed)."""
+        return [
+            (self._key(row), row.updated_at.timestamp())
+            for row in self.rows
+            if row.status == "rejected"
+            and isinstance(row.report, Mapping)
+            and row.report.get("passed") is False
+        ]
+
+    def waiting(self) -> dict[str, list[str]]:
+        """The validated proposals (waiting for the canary slot), by key."""
+        found: dict[str, list[str]] = {}
+        for row in self.rows:
+            if row.status == "validated":
+                found.setdefault(self._key(row), []).append(row.mutation_id)
+        return found
+
+    def applied(self) -> str | None:
+        """The proposal that is the workflow's canary now, if any (a person's canary is never
+        the optimizer's to end)."""
+        return next((row.mutation_id for row in self.rows if row.status == "applied"), None)
+
+    def proposed_at(self) -> dict[str, float]:
+        """Per key, when the newest proposal for it was made (epoch seconds)."""
+        found: dict[str, float] = {}
+        for row in self.rows:
+            key = self._key(row)
+            found[key] = max(found.get(key, 0.0), row.created_at.timestamp())
+        return found
 
 
 @dataclass
@@ -331,12 +327,13 @@ class OptimizerProcessor:
             serving = self.read_model.serving(conn, diagnosis.workflow_id)
             if serving is None:
                 return self._note(Decision(diagnosis.diagnosis_id, None, "workflow unknown"))
-            open_keys = self.read_model.open_keys(conn, diagnosis.workflow_id)
-            projected = self.read_model.proposed_at(conn, diagnosis.workflow_id)
+            own = self.read_model.own_proposals(conn, diagnosis.workflow_id)
+            open_keys = own.open_keys(auto=policy == "auto")
+            projected = own.proposed_at()
             version, definition = serving
-            waiting = self.read_model.waiting_own(conn, diagnosis.workflow_id)
-            superseded = self._superseded(conn, diagnosis, definition)
-            held = self._held(conn, diagnosis, definition)
+            waiting = own.waiting()
+            superseded = self._superseded(own, diagnosis, definition)
+            held = self._held(own, diagnosis, definition)
             if superseded is not None:
                 open_keys.discard(superseded[0])  # its experiment, if open, is the one ended
             if self.bandits is not None and diagnosis.step_id is not None:
@@ -415,13 +412,12 @@ class OptimizerProcessor:
         return self._note(Decision(diagnosis.diagnosis_id, request, "proposed", found))
 
     def _held(
-        self, conn: psycopg.Connection[Any], diagnosis: Diagnosis, definition: WorkflowDefinition
+        self, own: OwnProposals, diagnosis: Diagnosis, definition: WorkflowDefinition
     ) -> dict[str, str]:
         """The keys a recent validation rejection holds (``planner.rejection_holds``), but for
         the one a quality drop answers: the drop voids what the rejected replay measured."""
-        assert diagnosis.workflow_id is not None
         held = rejection_holds(
-            self.read_model.rejections(conn, diagnosis.workflow_id),
+            own.rejections(),
             now=time.time(),
             hold_s=self.config.rejection_hold_s,
         )
@@ -431,7 +427,7 @@ class OptimizerProcessor:
         return held
 
     def _superseded(
-        self, conn: psycopg.Connection[Any], diagnosis: Diagnosis, definition: WorkflowDefinition
+        self, own: OwnProposals, diagnosis: Diagnosis, definition: WorkflowDefinition
     ) -> tuple[str, str] | None:
         """A quality drop of a model step while one of the optimizer's own proposals is the
         workflow's canary: the answer needs the slot (one canary per workflow), and a
@@ -442,7 +438,7 @@ class OptimizerProcessor:
         key = superseding_key(diagnosis, definition)
         if key is None or diagnosis.workflow_id is None:
             return None
-        mutation_id = self.read_model.applied_own(conn, diagnosis.workflow_id)
+        mutation_id = own.applied()
         return None if mutation_id is None else (key, mutation_id)
 
     def _measured_arms(
