@@ -163,7 +163,12 @@ class ApiSettings(BaseSettings):
     an evicted counter would hand a tenant a fresh day."""
 
     rate_redis_timeout_s: float = Field(default=0.25, gt=0, le=10)
-    """Connect and read timeout of the rate-limit Redis calls."""
+    """Connect and read timeout of the rate-limit Redis calls of buckets that fail open: a
+    slow Redis lets the request through rather than holding it."""
+
+    rate_redis_closed_timeout_s: float = Field(default=2.0, gt=0, le=30)
+    """The same for limits that fail closed (``rate_fail_closed`` buckets and the daily quota):
+    a timeout there refuses the request with 503, so a busy Redis gets longer to answer."""
 
     rate_redis_retry_s: float = Field(default=5.0, ge=0, le=300)
     """After a failed Redis call, how long requests skip Redis (and apply the bucket's

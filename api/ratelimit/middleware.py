@@ -49,6 +49,7 @@ class RateLimiter:
             api.rate_redis_url or settings.redis_url,
             api.rate_quota_redis_url or settings.webhook_store_url,
             timeout_s=api.rate_redis_timeout_s,
+            closed_timeout_s=api.rate_redis_closed_timeout_s,
             retry_s=api.rate_redis_retry_s,
         )
         self.refused = Counter(
@@ -146,7 +147,8 @@ class RateLimitMiddleware:
         """The answer of the buckets; ``None`` when Redis is away and the bucket fails open,
         :data:`_CLOSED` when it fails closed."""
         try:
-            return await self.limiter.store.take(charge)
+            fails_closed = charge.name in self.limiter.api.rate_fail_closed
+            return await self.limiter.store.take(charge, fails_closed=fails_closed)
         except StoreDownError as exc:
             return self._down(charge.name, exc)
 

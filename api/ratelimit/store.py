@@ -126,19 +126,28 @@ class RateStore:
         quota_url: str,
         *,
         timeout_s: float,
+        closed_timeout_s: float,
         retry_s: float,
     ) -> None:
+        # Fail-open and fail-closed calls keep separate clients (and circuits): one slow answer
+        # to a short-timeout open call must not turn the closed limits into 503s for retry_s.
         self._buckets = _Redis(buckets_url, timeout_s, retry_s, "bucket")
-        self._quota = (
-            self._buckets
-            if quota_url == buckets_url
-            else _Redis(quota_url, timeout_s, retry_s, "quota")
-        )
+        self._closed_buckets = _Redis(buckets_url, closed_timeout_s, retry_s, "bucket")
+        self._quota = _Redis(quota_url, closed_timeout_s, retry_s, "quota")
 
-    async def take(self, charge: Charge, now_ms: int | None = None, cost: int = 1) -> Taken:
-        """One token from every bucket of ``charge``, or none; :class:`StoreDownError`."""
-        script = self._buckets.script(TAKE_LUA)
-        return await self._buckets.run(
+    async def take(
+        self,
+        charge: Charge,
+        now_ms: int | None = None,
+        cost: int = 1,
+        *,
+        fails_closed: bool = False,
+    ) -> Taken:
+        """One token from every bucket of ``charge``, or none; :class:`StoreDownError`.
+        ``fails_closed``: the caller refuses when the store is down, so wait longer for it."""
+        redis_ = self._closed_buckets if fails_closed else self._buckets
+        script = redis_.script(TAKE_LUA)
+        return await redis_.run(
             lambda: take_in_redis(script, charge.keys, charge.limits, now_ms, cost)
         )
 
@@ -160,9 +169,8 @@ class RateStore:
         await self._quota.run(call)
 
     async def close(self) -> None:
-        await self._buckets.close()
-        if self._quota is not self._buckets:
-            await self._quota.close()
+        for redis_ in (self._buckets, self._closed_buckets, self._quota):
+            await redis_.close()
 
 
 async def take_in_redis(
