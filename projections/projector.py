@@ -81,6 +81,7 @@ from streams.consumer import consume_messages, consumer_config
 from streams.dlq import DeadLetterPublisher, PoisonRecord, poison_record
 from streams.producer import Producer
 from streams.topics import TopicCatalog
+from streams.watermarks import WatermarkReader
 
 __all__ = [
     "DEFAULT_NAME",
@@ -195,6 +196,9 @@ class Projector(Closing):
         self.stats = ProjectorStats()
         self._conn: psycopg.Connection | None = None
         self._consumer: KafkaConsumer | None = None
+        self._ends = WatermarkReader(
+            consumer_config(self.group_id, self.settings, self._consumer_overrides)
+        )
         self._producer: Producer | None = None
         self._dead_letters: DeadLetterPublisher | None = None
         # Positions of the assigned partitions: always committed ones (stored at assignment, or
@@ -308,6 +312,7 @@ class Projector(Closing):
             return
         self._closed = True
         try:
+            self._ends.close()
             if self._consumer is not None:
                 self._consumer.close()
         finally:
@@ -527,17 +532,11 @@ class Projector(Closing):
         return self.stats
 
     def _watermarks(self, timeout: float = 10.0) -> dict[TopicPartitionKey, tuple[int, int]]:
+        # On a client of their own: the fetching consumer's requests queue behind its long-poll
+        # fetches (0.5 s each, streams.watermarks).
         consumer = self._ensure_consumer()
-        marks: dict[TopicPartitionKey, tuple[int, int]] = {}
-        for tp in self._all_partitions(consumer):
-            try:
-                low, high = consumer.get_watermark_offsets(tp, timeout=timeout, cached=False)
-            except KafkaException as exc:
-                raise ServiceUnavailableError(
-                    f"Expected watermarks of {tp.topic}/{tp.partition}, but: {exc}"
-                ) from exc
-            marks[(tp.topic, tp.partition)] = (low, high)
-        return marks
+        partitions = [(tp.topic, tp.partition) for tp in self._all_partitions(consumer)]
+        return self._ends.ends(partitions, timeout)
 
     def _positions(self) -> dict[TopicPartitionKey, int]:
         """How far each assigned partition got, including control records Kafka skipped."""

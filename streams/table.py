@@ -17,6 +17,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPar
 from foundation.errors import ServiceUnavailableError
 from foundation.settings import Settings
 from streams.security import kafka_client_config
+from streams.watermarks import WatermarkReader
 
 __all__ = ["TopicTableReader"]
 
@@ -37,16 +38,16 @@ class TopicTableReader:
     ) -> None:
         self.topic = topic
         self._apply = apply
-        self._consumer = Consumer(
-            {
-                **kafka_client_config(settings),
-                # Required by librdkafka, never used to commit: positions live in this object.
-                "group.id": f"{settings.topic_prefix}.{name}-{uuid.uuid4().hex[:8]}",
-                "enable.auto.commit": False,
-                "isolation.level": "read_committed",
-                "allow.auto.create.topics": False,
-            }
-        )
+        config = {
+            **kafka_client_config(settings),
+            # Required by librdkafka, never used to commit: positions live in this object.
+            "group.id": f"{settings.topic_prefix}.{name}-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "allow.auto.create.topics": False,
+        }
+        self._consumer = Consumer(config)
+        self._ends = WatermarkReader(config)
         try:
             metadata = self._consumer.list_topics(topic, timeout=metadata_timeout)
         except KafkaException as exc:
@@ -93,16 +94,8 @@ class TopicTableReader:
 
     def high_watermarks(self, timeout: float = 5.0) -> dict[int, int]:
         """Each partition's end now; 0 for an empty one (or one emptied by retention)."""
-        try:
-            ends = {
-                tp.partition: self._consumer.get_watermark_offsets(tp, timeout=timeout)
-                for tp in self._partitions
-            }
-        except KafkaException as exc:
-            raise ServiceUnavailableError(
-                f"Kafka did not answer for {self.topic!r}: {exc}"
-            ) from exc
-        return {p: high if high > low else 0 for p, (low, high) in ends.items()}
+        marks = self._ends.ends([(tp.topic, tp.partition) for tp in self._partitions], timeout)
+        return {p: high if high > low else 0 for (_, p), (low, high) in marks.items()}
 
     def catch_up(self, timeout: float = 10.0) -> list[int]:
         """Reads until every partition reached the end it had now; returns the partitions still
@@ -116,4 +109,5 @@ class TopicTableReader:
             self.poll(timeout=0.1)
 
     def close(self) -> None:
+        self._ends.close()
         self._consumer.close()

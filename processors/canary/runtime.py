@@ -47,6 +47,7 @@ from schemas.models import MutationAction, MutationRequest
 from streams.producer import Producer
 from streams.security import kafka_client_config
 from streams.topics import TopicCatalog
+from streams.watermarks import WatermarkReader
 
 __all__ = [
     "ACTOR",
@@ -133,15 +134,15 @@ class TraceCosts:
 
     def __init__(self, settings: Settings, catalog: TopicCatalog) -> None:
         self.topic = catalog.traces.topic
-        self._consumer = Consumer(
-            {
-                **kafka_client_config(settings),
-                "group.id": f"{settings.topic_prefix}.canary-traces",  # never committed
-                "enable.auto.commit": False,
-                "isolation.level": "read_committed",
-                "allow.auto.create.topics": False,
-            }
-        )
+        config = {
+            **kafka_client_config(settings),
+            "group.id": f"{settings.topic_prefix}.canary-traces",  # never committed
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "allow.auto.create.topics": False,
+        }
+        self._consumer = Consumer(config)
+        self._ends = WatermarkReader(config)
         try:
             metadata = self._consumer.list_topics(self.topic, timeout=10)
         except KafkaException as exc:
@@ -192,15 +193,8 @@ class TraceCosts:
         finished before this call has its traces below these ends. ``False``: timed out."""
         if self.since is None:
             return True
-        try:
-            ends = {
-                p: self._consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=5)[1]
-                for p in self._partitions
-            }
-        except KafkaException as exc:
-            raise ServiceUnavailableError(
-                f"Kafka did not answer for {self.topic!r}: {exc}"
-            ) from exc
+        marks = self._ends.ends([(self.topic, p) for p in self._partitions], timeout=5)
+        ends = {partition: high for (_, partition), (_, high) in marks.items()}
         deadline = time.monotonic() + timeout
         while True:
             positions = {
@@ -256,6 +250,7 @@ class TraceCosts:
             self._spent.pop(run_id, None)
 
     def close(self) -> None:
+        self._ends.close()
         self._consumer.close()
 
 

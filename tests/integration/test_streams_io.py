@@ -16,7 +16,7 @@ from confluent_kafka import Consumer as RawConsumer
 from confluent_kafka import TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from foundation.errors import NonRetryableError, RetryableError
+from foundation.errors import NonRetryableError, RetryableError, ServiceUnavailableError
 from foundation.settings import Settings
 from schemas.models import DeadLetter, NodeResult, RunStarted, StartRun, StepSucceeded
 from schemas.samples import sample_record
@@ -313,3 +313,48 @@ def test_a_transactional_call_stuck_past_its_timeout_abandons_the_producer(
     ) as successor:
         successor.begin()
         successor.commit([], None)
+
+
+def test_watermark_reader_gives_the_committed_ends_while_a_consumer_is_fetching(
+    kafka_settings: Settings, topics: TopicCatalog
+) -> None:
+    """The ends from the side client match what was written, leave an open transaction's
+    records out (read_committed: the last stable offset), and name a partition Kafka lacks."""
+    from confluent_kafka import Producer as RawProducer
+
+    from streams.watermarks import WatermarkReader
+
+    topic = topics.traces.topic
+    plain = RawProducer(kafka_client_config(kafka_settings))
+    for i in range(5):
+        plain.produce(topic, value=f"v{i}".encode(), partition=1)
+    assert plain.flush(10) == 0
+    open_txn = RawProducer(
+        {**kafka_client_config(kafka_settings), "transactional.id": f"wm-{uuid.uuid4().hex[:6]}"}
+    )
+    open_txn.init_transactions(10)
+    open_txn.begin_transaction()
+    open_txn.produce(topic, value=b"uncommitted", partition=2)
+    assert open_txn.flush(10) == 0
+    config = {**kafka_client_config(kafka_settings), "group.id": _group()}
+    fetching = RawConsumer({**config, "isolation.level": "read_committed"})
+    fetching.assign([TopicPartition(topic, p, 0) for p in range(3)])
+    fetching.poll(0.5)
+    reader = WatermarkReader({**config, "isolation.level": "read_committed"})
+    try:
+        ends = reader.ends([(topic, 0), (topic, 1), (topic, 2)], timeout=10)
+        assert ends == {(topic, 0): (0, 0), (topic, 1): (0, 5), (topic, 2): (0, 0)}
+        open_txn.commit_transaction(10)
+        # The commit marker is a record too: the stable end moves past it (markers are
+        # written after the commit returns, hence the wait).
+        eventually(
+            lambda: reader.ends([(topic, 2)], timeout=10),
+            10,
+            "the stable end past the committed transaction",
+            until=lambda ends: ends == {(topic, 2): (0, 2)},
+        )
+        with pytest.raises(ServiceUnavailableError, match=rf"{topic}/7"):
+            reader.ends([(topic, 7)], timeout=2)
+    finally:
+        reader.close()
+        fetching.close()
