@@ -33,7 +33,6 @@ from pydantic import BaseModel
 from foundation.errors import RefluxError, classify
 from node_workers.node import AnyNode, NodeContext, validate_params
 from node_workers.secrets import SecretResolver, no_secrets, secret_names
-from node_workers.secrets.grants import DEFAULT_TENANT
 from schemas.base import canonical_json
 from schemas.models import ErrorInfo, NodeInvocation, TraceStatus
 from schemas.quality import QUALITY_SCORE, CheckerScoreError, checker_score, is_checker
@@ -46,7 +45,6 @@ __all__ = [
     "attempt_deadline",
     "error_info",
     "inputs_hash",
-    "invocation_tenant",
     "run_attempt",
     "too_late_to_start",
 ]
@@ -140,19 +138,6 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def invocation_tenant(invocation: NodeInvocation) -> str:
-    """The tenant a run belongs to, for secret grants.
-
-    Seam (issue 12, tenancy): ``NodeInvocation`` carries no tenant yet and workflows are not
-    registered per tenant, so every run is tenant ``default``; a grant for another tenant is
-    never used by them. When workflows get a tenant, the scheduler puts it on the invocation
-    (a new optional field, schema v4) and this returns it
-    (docs/decisions/0050-secret-grants-versions-hosts.md).
-    """
-    tenant = getattr(invocation, "tenant", None)
-    return tenant if isinstance(tenant, str) and tenant else DEFAULT_TENANT
-
-
 async def _inline_params(invocation: NodeInvocation) -> Any:
     if invocation.params_ref is not None:
         raise RefluxError(
@@ -234,7 +219,7 @@ async def run_attempt(
                     raw,
                     workflow_id=invocation.workflow_id,
                     workflow_version=invocation.workflow_version,
-                    tenant=invocation_tenant(invocation),
+                    tenant=invocation.tenant,
                 )
             )
         params = validate_params(node, raw)

@@ -594,9 +594,9 @@ class StartRun(RunCommandEnvelope):
     """Start a run of a registered workflow."""
 
     AVRO_NAME: ClassVar[str] = "reflux.commands.StartRun"
-    SCHEMA_VERSION: ClassVar[int] = 2
+    SCHEMA_VERSION: ClassVar[int] = 3
 
-    schema_version: int = 2
+    schema_version: int = 3
     """Version of the writer schema; old records keep the version they were written with."""
 
     workflow_id: str
@@ -623,6 +623,12 @@ class StartRun(RunCommandEnvelope):
     parent: ParentRef | None = None
     """Set when the run is a child run started by a meta step of another run (meta.workflow,
     meta.loop): the run and step it reports its outcome to (ChildRunFinished).
+    """
+
+    tenant: str | None = None
+    """The tenant the starter acts for (an API principal's, a parent run's); the scheduler
+    rejects the start when the workflow belongs to another tenant. Null: the workflow's own (a
+    trigger bound to the workflow).
     """
 
 
@@ -1156,9 +1162,9 @@ class RunStarted(RunEventEnvelope):
     """A run started; carries everything replay needs."""
 
     AVRO_NAME: ClassVar[str] = "reflux.events.RunStarted"
-    SCHEMA_VERSION: ClassVar[int] = 2
+    SCHEMA_VERSION: ClassVar[int] = 3
 
-    schema_version: int = 2
+    schema_version: int = 3
     """Version of the writer schema; old records keep the version they were written with."""
 
     workflow_id: str
@@ -1188,6 +1194,11 @@ class RunStarted(RunEventEnvelope):
     parent: ParentRef | None = None
     """Set when the run is a child run started by a meta step of another run (meta.workflow,
     meta.loop): the run and step it reports its outcome to (ChildRunFinished).
+    """
+
+    tenant: str = "default"
+    """The tenant of the run: its workflow's. Invocations carry it to the workers (secret grants,
+    egress lists).
     """
 
 
@@ -1471,7 +1482,7 @@ class NodeInvocation(RefluxRecord):
     """Ask a worker group to run one attempt of a step."""
 
     AVRO_NAME: ClassVar[str] = "reflux.invoke.NodeInvocation"
-    SCHEMA_VERSION: ClassVar[int] = 3
+    SCHEMA_VERSION: ClassVar[int] = 4
 
     event_id: str = Field(default_factory=new_id)
     """Unique id (UUID text) of this record; consumers dedupe on it."""
@@ -1485,7 +1496,7 @@ class NodeInvocation(RefluxRecord):
     occurred_at: TimestampMillis = Field(default_factory=utc_now)
     """When the producer created this record (UTC, milliseconds)."""
 
-    schema_version: int = 3
+    schema_version: int = 4
     """Version of the writer schema; old records keep the version they were written with."""
 
     invocation_id: str
@@ -1537,6 +1548,9 @@ class NodeInvocation(RefluxRecord):
     entries ({"output": ...} or {"error": ErrorInfo}) in the same order. Null = an ordinary
     attempt.
     """
+
+    tenant: str = "default"
+    """The run's tenant: secret grants and egress allow lists are looked up for it."""
 
 
 class ImprovementPolicySet(StandaloneEnvelope):
@@ -1708,7 +1722,10 @@ class NodeCatalogEntry(StandaloneEnvelope):
     """State of one node version in the catalog."""
 
     AVRO_NAME: ClassVar[str] = "reflux.nodes.NodeCatalogEntry"
-    SCHEMA_VERSION: ClassVar[int] = 1
+    SCHEMA_VERSION: ClassVar[int] = 2
+
+    schema_version: int = 2
+    """Version of the writer schema; old records keep the version they were written with."""
 
     name: str
     """Node name, e.g. 'http.request'."""
@@ -1727,6 +1744,11 @@ class NodeCatalogEntry(StandaloneEnvelope):
 
     code_uri: str | None = None
     """Artifact location for generated/user code, if any."""
+
+    tenant: str = "default"
+    """The tenant whose node version this is. default: the platform catalog, usable by every
+    tenant; another tenant's versions are usable by its own workflows only.
+    """
 
 
 class ReplayCompleted(StandaloneEnvelope):
@@ -1983,7 +2005,10 @@ class WorkflowRegistered(StandaloneEnvelope):
     """A workflow version was registered."""
 
     AVRO_NAME: ClassVar[str] = "reflux.workflows.WorkflowRegistered"
-    SCHEMA_VERSION: ClassVar[int] = 1
+    SCHEMA_VERSION: ClassVar[int] = 2
+
+    schema_version: int = 2
+    """Version of the writer schema; old records keep the version they were written with."""
 
     workflow_id: str
     """Workflow id; the Kafka key."""
@@ -1999,6 +2024,11 @@ class WorkflowRegistered(StandaloneEnvelope):
 
     registered_by: str | None = None
     """Who registered it."""
+
+    tenant: str = "default"
+    """The tenant the workflow belongs to (of the principal that registered version 1; later
+    versions keep it). Its runs, mutations and secrets grants are that tenant's.
+    """
 
 
 MODELS: dict[str, type[RefluxRecord]] = {

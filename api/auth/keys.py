@@ -24,6 +24,7 @@ import psycopg
 
 from api.auth.roles import Role
 from foundation.errors import RefluxError
+from foundation.tenancy import DEFAULT_TENANT, check_tenant_id
 from projections.postgres.identifiers import quote_schema
 
 __all__ = [
@@ -44,7 +45,6 @@ __all__ = [
 KEY_PREFIX: Final = "rfx_"
 NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._@:-]{0,99}$"
 """A key's name becomes its actor (``user:<name>``): no spaces, at most 100 characters."""
-TENANT_PATTERN: Final = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 
 _KEY: Final = re.compile(r"^rfx_([0-9a-f]{16})_([A-Za-z0-9_-]{20,200})$")
 _COLUMNS: Final = (
@@ -120,7 +120,7 @@ def create_key(
     *,
     name: str,
     role: Role,
-    tenant: str = "default",
+    tenant: str = DEFAULT_TENANT,
     expires_at: datetime | None = None,
     created_by: str,
 ) -> tuple[ApiKey, str]:
@@ -128,8 +128,7 @@ def create_key(
     never stored and cannot be read again."""
     if not re.fullmatch(NAME_PATTERN, name):
         raise ValueError(f"Expected a key name matching {NAME_PATTERN}, but got {name!r}")
-    if not re.fullmatch(TENANT_PATTERN, tenant):
-        raise ValueError(f"Expected a tenant matching {TENANT_PATTERN}, but got {tenant!r}")
+    check_tenant_id(tenant)
     key_id = secrets.token_hex(8)
     secret = _new_secret()
     row = conn.execute(

@@ -20,6 +20,7 @@ from api.db import with_conn
 from api.deps import ApiSettingsDep, PoolDep, StoreDep
 from api.errors import ConflictError, NotFoundError
 from api.models.common import errors
+from foundation.tenancy import TENANT_PATTERN
 from projections.postgres.identifiers import table
 
 __all__ = ["audit_router", "keys_router"]
@@ -37,7 +38,7 @@ class ApiKeyCreate(BaseModel):
         examples=["ci-deployer"],
     )
     role: Role
-    tenant: str = Field(default="default", pattern=keys.TENANT_PATTERN)
+    tenant: str = Field(default="default", pattern=TENANT_PATTERN)
     expires_at: datetime | None = Field(
         default=None, description="When the key stops working (UTC if no offset); none: never"
     )

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from foundation.errors import ConfigurationError
+from foundation.tenancy import DEFAULT_TENANT
 from node_workers.secrets.config_files import load_config_file
 from workflows.expressions import SECRET_NAME
 
@@ -51,9 +52,6 @@ log = logging.getLogger(__name__)
 
 GRANTS_FILES: Final = ("grants.yaml", "grants.yml", "grants.json")
 """Looked up in ``secrets_dir`` in this order. Lower-case, so never mistaken for a secret."""
-
-DEFAULT_TENANT: Final = "default"
-"""The tenant of a grant that names none, and (until invocations carry one) of every run."""
 
 ANY_HOST: Final = "*"
 _RANGE: Final = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*$")

@@ -30,6 +30,7 @@ from confluent_kafka import KafkaError, KafkaException
 
 from foundation.errors import NonRetryableError
 from foundation.settings import Settings
+from foundation.tenancy import DEFAULT_TENANT
 from node_workers.registry import NodeRegistry, default_registry
 from processors.replay.fold import (
     FoldReplay,
@@ -352,6 +353,7 @@ class RunHead:
     source: str
     source_key: str | None
     finished: bool
+    tenant: str = DEFAULT_TENANT
 
 
 def load_run_heads(
@@ -364,13 +366,14 @@ def load_run_heads(
     rows = conn.execute(
         "SELECT e.run_id, e.payload->>'workflow_id', (e.payload->>'workflow_version')::int, "
         "e.payload->'inputs', e.payload->>'idempotency_key', e.payload->>'source', "
-        f"e.payload->>'source_key', EXISTS (SELECT 1 FROM {events} f "
+        f"e.payload->>'source_key', COALESCE(e.payload->>'tenant', '{DEFAULT_TENANT}'), "
+        f"EXISTS (SELECT 1 FROM {events} f "
         "WHERE f.run_id = e.run_id AND f.event_type = ANY(%s)) "
         f"FROM {events} e WHERE e.run_id = ANY(%s) AND e.seq = 0 "
         "AND e.event_type = 'RunStarted'",
         (list(_RUN_END), list(out)),
     ).fetchall()
-    for run_id, workflow_id, version, inputs, key, source, source_key, finished in rows:
+    for run_id, workflow_id, version, inputs, key, source, source_key, tenant, finished in rows:
         out[str(run_id)] = RunHead(
             run_id=str(run_id),
             workflow_id=workflow_id,
@@ -380,6 +383,7 @@ def load_run_heads(
             source=source,
             source_key=source_key,
             finished=bool(finished),
+            tenant=str(tenant),
         )
     return out
 
@@ -487,6 +491,8 @@ class ShadowReplay:
         # else the shadow engine (docs/decisions/0036-replay-fold-mode.md).
         self.mode = mode
         self.last_mode: ReplayMode | None = None
+        # The recorded runs' tenant (set per round from their RunStarted).
+        self._tenant: str = DEFAULT_TENANT
         # Fold mode: processes folding the runs (None: one per core, at least 100 runs each).
         self.processes = processes
         self.last_processes = 0  # how many fold processes the last round used (0: engine mode)
@@ -586,6 +592,9 @@ class ShadowReplay:
                     raise ReplayError(f"run_ids: run {run_id!r} has not finished")
                 started[run_id] = head
             workflow_id = started[run_ids[0]].workflow_id
+            # The shadow runs in the recorded runs' tenant: its live nodes get that tenant's
+            # secrets and egress lists, never the platform's.
+            self._tenant = started[run_ids[0]].tenant
             version, definition = self._candidate_definition(conn, workflow_id, candidate, started)
             # Versions resolve as in production: through a node catalog when production has one
             # (the shadow workers publish theirs to the shadow catalog), else by constraint.
@@ -712,7 +721,7 @@ class ShadowReplay:
         folder = FoldReplay(
             settings=settings,
             nodes=registry,
-            workflow=RegisteredWorkflow(version, parsed),
+            workflow=RegisteredWorkflow(version, parsed, self._tenant),
             workflow_id=parsed.id,
             invoke_topic=invoke_topic,
             resolve_node_version=catalog_resolver(registry)
@@ -829,6 +838,7 @@ class ShadowReplay:
                     version=version,
                     definition=parsed.to_json_dict(),
                     registered_at=datetime.now(UTC),
+                    tenant=self._tenant,
                 ),
             )
             producer.flush(10)
@@ -866,6 +876,7 @@ class ShadowReplay:
                     version=version,
                     definition=parsed.to_json_dict(),
                     registered_at=datetime.now(UTC),
+                    tenant=self._tenant,
                 ),
             )
             producer.flush(10)

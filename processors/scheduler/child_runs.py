@@ -336,6 +336,7 @@ def child_start(
         source=CHILD_SOURCE,
         source_key=None,
         parent=parent,
+        tenant=w.run.tenant,
     )
 
 

@@ -58,6 +58,7 @@ from datetime import datetime, timedelta
 from typing import Any, NamedTuple, TypeVar
 
 from foundation.errors import NonRetryableError, classify
+from foundation.tenancy import DEFAULT_TENANT
 from processors.scheduler.backoff import backoff_ms, should_retry
 from processors.scheduler.cache import cache_key
 from processors.scheduler.child_runs import (
@@ -267,6 +268,8 @@ Command = (
 class RegisteredWorkflow(NamedTuple):
     version: int
     definition: WorkflowDefinition
+    tenant: str = DEFAULT_TENANT
+    """The tenant the workflow belongs to (``WorkflowRegistered.tenant``)."""
 
 
 def default_invoke_topic(node: str, major: int) -> str:
@@ -477,6 +480,15 @@ def _start(w: _Writer, cmd: StartRun) -> None:
             cmd, f"Expected workflow {cmd.workflow_id!r} ({which}) to be registered, but it is not"
         )
         return
+    if cmd.tenant is not None and cmd.tenant != registered.tenant:
+        # Same words as a missing workflow: another tenant's workflow ids are not disclosed.
+        which = "latest" if cmd.workflow_version is None else f"version {cmd.workflow_version}"
+        w.reject(
+            cmd,
+            f"Expected workflow {cmd.workflow_id!r} ({which}) to be registered in tenant "
+            f"{cmd.tenant!r}, but it is not",
+        )
+        return
     definition = registered.definition
     try:
         inputs = validate_inputs(definition, cmd.inputs)
@@ -498,6 +510,7 @@ def _start(w: _Writer, cmd: StartRun) -> None:
         source=cmd.source,
         source_key=cmd.source_key,
         parent=cmd.parent,
+        tenant=registered.tenant,
     )
     _advance(w)
 
@@ -1479,6 +1492,7 @@ def invocation_for(
         attempt=step.attempt,
         workflow_id=state.workflow_id,
         workflow_version=state.workflow_version,
+        tenant=state.tenant,
         step=StepRef(step_id=step_id, node=definition.node_name, node_version=version),
         params=step.params,
         params_ref=step.params_ref,

@@ -212,6 +212,7 @@ def _(event: RunStarted, state: RunState | None) -> RunState:
             "started_at": event.occurred_at,
             "idempotency_key": event.idempotency_key,
             "source": event.source,
+            "tenant": event.tenant,
             "parent": event.parent,
             "steps": {sid: StepState(step_id=sid) for sid in definition.step_ids},
             "timers": timers,

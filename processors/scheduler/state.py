@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from foundation.tenancy import DEFAULT_TENANT
 from processors.scheduler.cache import params_digest
 from processors.scheduler.map_state import MapState
 from schemas.models import ErrorInfo, ParentRef, PayloadRef, StepRef, TimerKind
@@ -123,6 +124,9 @@ class RunState(_Frozen):
     finished_at: datetime | None = None
     idempotency_key: str | None = None
     source: str = "api"
+    tenant: str = DEFAULT_TENANT
+    """The run's tenant (its workflow's, RunStarted v3): on every invocation, and on the
+    StartRun of its children (a run cannot start another tenant's workflow)."""
     steps: dict[str, StepState] = Field(default_factory=dict)
     timers: dict[str, Timer] = Field(default_factory=dict)
     outputs: Any = None

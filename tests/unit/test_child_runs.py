@@ -228,7 +228,7 @@ def test_a_parent_waits_for_its_child_and_gets_its_outputs() -> None:
 
     engine.pump()
     started = engine.events(child, RunStarted)[0]
-    assert started.parent == start.parent and started.schema_version == 2
+    assert started.parent == start.parent and started.schema_version == 3
     assert engine.run("p1").steps["sub"].status is StepStatus.RUNNING  # still waiting
 
     engine.work_child(child)
@@ -598,3 +598,73 @@ steps:
     deepest = max(runs, key=lambda r: r.parent.depth if r.parent else 0)
     assert deepest.error is not None and deepest.error.error_class == "ChildDepthExceeded"
     assert engine.run("s0").error is not None
+
+
+# -- tenancy (ADR 0051) ---------------------------------------------------------------------------
+
+
+class TenantEngine(Engine):
+    """The engine with each workflow registered in a tenant."""
+
+    def __init__(self, tenants: dict[str, str], *definitions: str) -> None:
+        super().__init__(*definitions)
+        self.tenants = tenants
+
+    def lookup(self, workflow_id: str, version: int | None) -> RegisteredWorkflow | None:
+        found = super().lookup(workflow_id, version)
+        return None if found is None else found._replace(tenant=self.tenants[workflow_id])
+
+
+def test_a_run_and_its_children_carry_the_workflows_tenant_to_every_invocation() -> None:
+    engine = TenantEngine({"parent": "acme", "child": "acme"}, CHILD, PARENT)
+    engine.send(
+        StartRun(
+            run_id="p1",
+            command_id=engine.new_id(),
+            occurred_at=engine.now,
+            workflow_id="parent",
+            inputs={"n": 1},
+            tenant="acme",
+        )
+    )
+    assert engine.events("p1", RunStarted)[0].tenant == "acme"
+    [start] = [c for c in engine.sent_commands if isinstance(c, StartRun)]
+    assert start.tenant == "acme"  # the child is started for the parent's tenant
+    engine.pump()
+    child = engine.child_of("p1", "sub")
+    assert engine.events(child, RunStarted)[0].tenant == "acme"
+    assert engine.invocations[(child, "work")].tenant == "acme"
+    engine.work_child(child)
+    assert engine.invocations[("p1", "after")].tenant == "acme"
+
+
+def test_a_start_for_another_tenant_is_rejected_in_the_words_of_a_missing_workflow() -> None:
+    engine = TenantEngine({"child": "acme"}, CHILD)
+    decision = engine.send(
+        StartRun(
+            run_id="r1",
+            command_id=engine.new_id(),
+            occurred_at=engine.now,
+            workflow_id="child",
+            inputs={"n": 1},
+            tenant="beta",
+        )
+    )
+    assert not engine.events("r1", RunStarted) and not decision.invocations
+    assert decision.rejection == (
+        "Expected workflow 'child' (latest) to be registered in tenant 'beta', but it is not"
+    )
+    # Null: the workflow's own tenant (a trigger bound to the workflow).
+    engine.start("child", "r2", {"n": 1})
+    assert engine.events("r2", RunStarted)[0].tenant == "acme"
+
+
+def test_a_run_cannot_start_a_child_of_another_tenants_workflow() -> None:
+    engine = TenantEngine({"parent": "acme", "child": "beta"}, CHILD, PARENT)
+    engine.start("parent", "p1", {"n": 1})
+    engine.pump()
+    run = engine.run("p1")
+    assert run.steps["sub"].status is StepStatus.FAILED
+    assert run.error is not None and run.error.error_class == "ChildRunRejected"
+    assert "registered in tenant 'acme'" in run.error.message
+    assert not engine.events(child_run_id("p1", "sub", 1, None), RunStarted)

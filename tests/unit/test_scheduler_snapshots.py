@@ -141,8 +141,9 @@ def test_unknown_versions_and_damaged_records_are_refused(value: bytes, reason: 
 # what a fold gives. The map over a sub-workflow (ADR 0024 addendum) added MapState.workflow_id/
 # workflow_version/children_running and MapChunkState.ended: defaults a map over a node (the only
 # kind old logs have) folds to. ADR 0035 added StepDefinition.checker (default false: what every
-# definition written before it means).
-RUN_STATE_FINGERPRINT = "cf223c61c5fdcdfe"
+# definition written before it means). Tenancy (ADR 0051) added RunState.tenant, default
+# "default": the tenant a fold of a RunStarted written before it gives.
+RUN_STATE_FINGERPRINT = "a0706e792a78c33a"
 
 
 def test_the_snapshot_format_changes_only_deliberately() -> None:

@@ -338,6 +338,7 @@ def _dispatch(
             attempt=item_attempt,
             workflow_id=run.workflow_id,
             workflow_version=run.workflow_version,
+            tenant=run.tenant,
             step=StepRef(step_id=step_id, node=progress.node, node_version=progress.node_version),
             params=None if ref is not None else rendered,
             params_ref=ref,

@@ -418,7 +418,7 @@ class SchedulerRuntime:
         if definition is None:
             definition = WorkflowDefinition.from_json_dict(record.definition)
             self._workflow_cache[key] = definition
-        return RegisteredWorkflow(record.version, definition)
+        return RegisteredWorkflow(record.version, definition, record.tenant)
 
     def workflow_route(self, workflow_id: str) -> WorkflowRoute | None:
         """The split between versions this scheduler applies to new runs of ``workflow_id``
