@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from api.auth.audit import AuditSink
 from api.auth.guard import authorize
 from api.auth.install import install_identity
+from api.auth.tenancy import scope_to_tenant
 from api.config import ApiSettings
 from api.errors import install_error_handlers
 from api.limits import BodyLimit, RequestLimitsMiddleware
@@ -155,7 +156,10 @@ def create_app(
     limiter = _install_limits_and_metrics(app, settings, api, metrics)
     # authorize first (ADR 0046): nothing of a /v1 route runs for a caller without the role.
     # Workflow validation in every /v1 request checks nodes against the projected node catalog.
-    v1 = APIRouter(prefix=API_PREFIX, dependencies=[Depends(authorize), Depends(bind_node_catalog)])
+    v1 = APIRouter(
+        prefix=API_PREFIX,
+        dependencies=[Depends(authorize), Depends(scope_to_tenant), Depends(bind_node_catalog)],
+    )
     for resource in (
         workflows.router,
         # Before runs.router: `/runs/import` must not be read as the run id "import".

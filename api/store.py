@@ -21,6 +21,8 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from api.db import with_conn
+from api.errors import ConflictError
+from foundation.tenancy import DEFAULT_TENANT
 from projections.postgres.identifiers import quote_schema
 from schemas.base import canonical_json
 
@@ -51,6 +53,11 @@ def ensure_api_schema(conn: psycopg.Connection[Any], schema: str) -> None:
             " version integer NOT NULL,"
             " updated_at timestamptz NOT NULL DEFAULT now())"
         )
+        # Tenancy (ADR 0051): a workflow id belongs to the tenant that allocated it first.
+        conn.execute(
+            f"ALTER TABLE {quoted}.api_workflow_versions "
+            f"ADD COLUMN IF NOT EXISTS tenant text NOT NULL DEFAULT '{DEFAULT_TENANT}'"
+        )
         conn.execute(
             f"CREATE TABLE IF NOT EXISTS {quoted}.api_idempotency ("
             " idempotency_key text PRIMARY KEY,"
@@ -75,10 +82,24 @@ def ensure_api_schema(conn: psycopg.Connection[Any], schema: str) -> None:
         )
 
 
+class WorkflowIdTakenError(ConflictError):
+    """The workflow id belongs to another tenant (ADR 0051)."""
+
+    def __init__(self, workflow_id: str) -> None:
+        super().__init__(
+            f"workflow id {workflow_id!r} is taken by another tenant; register under another id"
+        )
+
+
 def allocate_workflow_version(
-    conn: psycopg.Connection[Any], schema: str, workflow_id: str, at_least: int = 1
+    conn: psycopg.Connection[Any],
+    schema: str,
+    workflow_id: str,
+    at_least: int = 1,
+    tenant: str = DEFAULT_TENANT,
 ) -> int:
-    """The next version of ``workflow_id`` (1 for a new one), committed before it is used.
+    """The next version of ``workflow_id`` (1 for a new one), committed before it is used;
+    :class:`WorkflowIdTakenError` when another tenant owns the id.
 
     ``at_least`` lets the caller pass ``max(projected version) + 1`` so an empty allocation table
     (e.g. a fresh API schema next to an existing read model) never re-issues a registered version.
@@ -88,14 +109,16 @@ def allocate_workflow_version(
     quoted = quote_schema(schema)
     with conn.transaction():
         row = conn.execute(
-            f"INSERT INTO {quoted}.api_workflow_versions AS v (workflow_id, version) "
-            "VALUES (%(id)s, %(min)s) "
+            f"INSERT INTO {quoted}.api_workflow_versions AS v (workflow_id, version, tenant) "
+            "VALUES (%(id)s, %(min)s, %(tenant)s) "
             "ON CONFLICT (workflow_id) DO UPDATE "
             "SET version = GREATEST(v.version + 1, %(min)s), updated_at = now() "
+            "WHERE v.tenant = %(tenant)s "
             "RETURNING version",
-            {"id": workflow_id, "min": at_least},
+            {"id": workflow_id, "min": at_least, "tenant": tenant},
         ).fetchone()
-    assert row is not None
+    if row is None:  # the conflict's WHERE refused: another tenant's id
+        raise WorkflowIdTakenError(workflow_id)
     return int(row[0])
 
 
@@ -160,10 +183,12 @@ class ApiStore:
         with self.pool.connection(timeout=self.timeout) as conn:
             self._ensure(conn)
 
-    async def allocate_version(self, workflow_id: str, at_least: int) -> int:
+    async def allocate_version(
+        self, workflow_id: str, at_least: int, tenant: str = DEFAULT_TENANT
+    ) -> int:
         def call(conn: psycopg.Connection[Any]) -> int:
             self._ensure(conn)
-            return allocate_workflow_version(conn, self.schema, workflow_id, at_least)
+            return allocate_workflow_version(conn, self.schema, workflow_id, at_least, tenant)
 
         return await with_conn(self.pool, self.timeout, call)
 

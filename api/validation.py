@@ -25,6 +25,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from api.errors import FieldIssue, RequestInvalidError
 from foundation.settings import get_settings
+from foundation.tenancy import PLATFORM_TENANT
 from node_workers.sandbox.definition_check import sandbox_limit_errors
 from node_workers.sandbox.limits import SandboxConfig
 from projections.postgres import queries
@@ -77,19 +78,24 @@ def merged_catalog(projected: dict[str, list[str]]) -> StaticNodeCatalog:
     return StaticNodeCatalog(versions)
 
 
-def projected_catalog(conn: psycopg.Connection[Any], schema: str) -> StaticNodeCatalog:
-    """The catalog read model merged with the built-ins (see :func:`merged_catalog`)."""
+def projected_catalog(
+    conn: psycopg.Connection[Any], schema: str, tenants: Sequence[str] | None = None
+) -> StaticNodeCatalog:
+    """The catalog read model (the nodes of ``tenants``; ``None``: all) merged with the
+    built-ins (see :func:`merged_catalog`)."""
     projected: dict[str, list[str]] = {}
-    for row in queries.list_node_versions(conn, schema=schema):
+    for row in queries.list_node_versions(conn, schema=schema, tenants=tenants):
         projected.setdefault(row.name, []).append(row.version)
     return merged_catalog(projected)
 
 
-def _pool_loader(pool: ConnectionPool[Any], schema: str, timeout: float) -> CatalogLoader:
+def _pool_loader(
+    pool: ConnectionPool[Any], schema: str, timeout: float, tenants: Sequence[str] | None
+) -> CatalogLoader:
     def load() -> NodeCatalogView:
         try:
             with pool.connection(timeout=timeout) as conn:
-                return projected_catalog(conn, schema)
+                return projected_catalog(conn, schema, tenants)
         except (psycopg.Error, PoolTimeout) as exc:
             # No read model yet (projector not migrated) or Postgres away: the built-ins still
             # catch typos; the scheduler refuses versions the catalog cannot serve anyway.
@@ -109,7 +115,10 @@ async def bind_node_catalog(request: Request) -> None:
     if getattr(state, "pool", None) is None or getattr(state, "api_settings", None) is None:
         return
     api = state.api_settings
-    _catalog_loader.set(_pool_loader(state.pool, api.read_schema, api.pool_timeout_s))
+    # A workflow may use its tenant's nodes and the platform's catalog (ADR 0051).
+    principal = getattr(request.state, "principal", None)
+    tenants = None if principal is None else (principal.tenant, PLATFORM_TENANT)
+    _catalog_loader.set(_pool_loader(state.pool, api.read_schema, api.pool_timeout_s, tenants))
 
 
 def current_node_catalog() -> NodeCatalogView:

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from api.auth.guard import API_KEY_HEADER
 from api.auth.roles import ROUTE_ACCESS, SIGNED
+from api.auth.tenancy import OWNER_PARAMS
 
 __all__ = ["SECURITY_SCHEMES", "install_security_openapi"]
 
@@ -55,6 +56,11 @@ def _secure(spec: dict[str, Any]) -> dict[str, Any]:
                 continue
             responses = operation.setdefault("responses", {})
             operation["x-reflux-role"] = access
+            if any(f"{{{param}}}" in path or f"{{{param}:" in path for param in OWNER_PARAMS):
+                # The tenant guard (api.auth.tenancy): another tenant's resource is missing.
+                responses.setdefault(
+                    "404", _answer("The resource does not exist (or is another tenant's)")
+                )
             if access == SIGNED:
                 # Optional credentials: the HMAC signature (or, without a secret, a key).
                 operation["security"] = [{}, {"bearer": []}, {"apiKey": []}]

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.config import MAX_WAIT_MS
+from api.ids import IDEMPOTENCY_KEY_PATTERN
 from api.models.common import VersionNumber
 from schemas.statuses import ProjectedRunStatus, ProjectedStepStatus
 
@@ -50,6 +51,7 @@ class RunCreate(BaseModel):
         default=None,
         min_length=1,
         max_length=200,
+        pattern=IDEMPOTENCY_KEY_PATTERN,
         description="Same as the Idempotency-Key header: the same key yields the same run.",
     )
     wait_ms: int | None = WaitMs

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
+from api.auth.guard import PrincipalDep
 from api.db import with_conn
 from api.deps import ApiSettingsDep, PoolDep
 from api.errors import NotFoundError
@@ -55,6 +56,7 @@ def _not_found(diagnosis_id: str) -> NotFoundError:
 async def list_diagnoses(
     pool: PoolDep,
     api: ApiSettingsDep,
+    principal: PrincipalDep,
     *,
     workflow_id: Annotated[str | None, Query(max_length=200)] = None,
     kind: DiagnosisKind | None = None,
@@ -78,6 +80,7 @@ async def list_diagnoses(
             since=since,
             limit=limit,
             schema=api.read_schema,
+            tenant=principal.tenant,
         ),
     )
     data = [DiagnosisPublic(**_public(row)) for row in rows]
@@ -94,6 +97,7 @@ async def similar(
     diagnosis_id: str,
     pool: PoolDep,
     api: ApiSettingsDep,
+    principal: PrincipalDep,
     *,
     k: Annotated[int, Query(ge=1, le=50, description="How many")] = 5,
     min_similarity: Annotated[float, Query(ge=-1.0, le=1.0)] = 0.0,
@@ -111,6 +115,7 @@ async def similar(
             exclude=diagnosis_id,
             min_similarity=min_similarity,
             schema=api.read_schema,
+            tenant=principal.tenant,  # past incidents of the caller's tenant only
         )
         proposals = hq.proposals_for(
             conn, [row.diagnosis_id for row, _ in found], schema=api.read_schema

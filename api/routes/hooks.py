@@ -36,7 +36,7 @@ from starlette.concurrency import run_in_threadpool
 from api.bodies import decode_body
 from api.deps import ApiSettingsDep, PublisherDep, ReadModelDep, TopicsDep
 from api.errors import ApiError, ConflictError, NotFoundError, UnauthorizedError
-from api.ids import WEBHOOK_SOURCE, run_id_for
+from api.ids import IDEMPOTENCY_KEY_PATTERN, WEBHOOK_SOURCE, run_id_for, tenant_key
 from api.models.common import ErrorMessage, errors
 from api.models.hooks import HookAccepted
 from api.signatures import (
@@ -171,7 +171,10 @@ async def webhook(
         str | None, Header(alias=SIGNATURE_HEADER, description=_SIGNATURE_DOC)
     ] = None,
     idempotency_key: Annotated[
-        str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200)
+        str | None,
+        Header(
+            alias="Idempotency-Key", min_length=1, max_length=200, pattern=IDEMPOTENCY_KEY_PATTERN
+        ),
     ] = None,
 ) -> HookAccepted:
     raw = await _read_capped(request, api.webhook_max_body_bytes)
@@ -187,6 +190,9 @@ async def webhook(
     # The body *is* the inputs, so an input's loc is its path in the body.
     await run_in_threadpool(lambda: check_inputs(definition, inputs, ("body",), under_inputs=False))
     key = idempotency_key or str(uuid.uuid4())
+    # The run is the workflow's tenant's (the signature, or the guard for a key, bound the
+    # caller to the workflow); its keys are that tenant's own (ADR 0051).
+    scoped_key = tenant_key(workflow.tenant, key)
     trigger = Trigger(
         source=WEBHOOK_SOURCE,
         source_key=workflow_id,
@@ -194,7 +200,7 @@ async def webhook(
         # Pinned to the version the inputs were checked against.
         workflow_version=workflow.version,
         payload=payload,
-        idempotency_key=key,
+        idempotency_key=scoped_key,
     )
     replay_key: str | None = None
     mailbox = _mailbox(request)
@@ -216,7 +222,7 @@ async def webhook(
             await run_in_threadpool(mailbox.release_replay, replay_key)
         raise
     return HookAccepted(
-        run_id=run_id_for(WEBHOOK_SOURCE, key),
+        run_id=run_id_for(WEBHOOK_SOURCE, scoped_key),
         workflow_id=workflow_id,
         workflow_version=workflow.version,
         idempotency_key=key,

@@ -14,13 +14,14 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field, field_validator
 
 from api.auth import keys
-from api.auth.guard import PrincipalDep
+from api.auth.guard import ForbiddenError, Principal, PrincipalDep
 from api.auth.roles import Role
 from api.db import with_conn
 from api.deps import ApiSettingsDep, PoolDep, StoreDep
 from api.errors import ConflictError, NotFoundError
 from api.models.common import errors
-from foundation.tenancy import TENANT_PATTERN
+from api.store import ApiStore
+from foundation.tenancy import PLATFORM_TENANT, TENANT_PATTERN
 from projections.postgres.identifiers import table
 
 __all__ = ["audit_router", "keys_router"]
@@ -38,7 +39,14 @@ class ApiKeyCreate(BaseModel):
         examples=["ci-deployer"],
     )
     role: Role
-    tenant: str = Field(default="default", pattern=TENANT_PATTERN)
+    tenant: str | None = Field(
+        default=None,
+        pattern=TENANT_PATTERN,
+        description=(
+            "The key's tenant; default: the caller's. Only admins of the platform tenant "
+            f"({PLATFORM_TENANT!r}) create keys for other tenants"
+        ),
+    )
     expires_at: datetime | None = Field(
         default=None, description="When the key stops working (UTC if no offset); none: never"
     )
@@ -109,12 +117,19 @@ def _public(key: keys.ApiKey) -> dict[str, Any]:
 async def create_api_key(
     body: ApiKeyCreate, store: StoreDep, principal: PrincipalDep
 ) -> ApiKeySecret:
+    tenant = body.tenant or principal.tenant
+    if not _manages(principal, tenant):
+        raise ForbiddenError(
+            f"an admin of tenant {principal.tenant!r} creates keys of that tenant only; keys of "
+            f"tenant {tenant!r} are created by its admins or the platform tenant's "
+            f"({PLATFORM_TENANT!r})"
+        )
     key, secret = await store.call(
         keys.create_key,
         store.schema,
         name=body.name,
         role=body.role,
-        tenant=body.tenant,
+        tenant=tenant,
         expires_at=body.expires_at,
         created_by=principal.actor,
     )
@@ -127,8 +142,9 @@ async def create_api_key(
     summary="Every API key (never a secret), oldest first",
     responses=errors(503),
 )
-async def list_api_keys(store: StoreDep) -> ApiKeyList:
-    rows = await store.call(keys.list_keys, store.schema)
+async def list_api_keys(store: StoreDep, principal: PrincipalDep) -> ApiKeyList:
+    every = await store.call(keys.list_keys, store.schema)
+    rows = [k for k in every if _manages(principal, k.tenant)]
     return ApiKeyList(data=[ApiKeyPublic(**_public(k)) for k in rows], count=len(rows))
 
 
@@ -138,7 +154,8 @@ async def list_api_keys(store: StoreDep) -> ApiKeyList:
     summary="A new secret for a key (shown once); the old secret stops working at once",
     responses=errors(404, 409, 503),
 )
-async def rotate_api_key(key_id: str, store: StoreDep) -> ApiKeySecret:
+async def rotate_api_key(key_id: str, store: StoreDep, principal: PrincipalDep) -> ApiKeySecret:
+    await _managed_key(store, principal, key_id)
     try:
         rotated = await store.call(keys.rotate_key, store.schema, key_id)
     except ValueError as exc:
@@ -155,11 +172,25 @@ async def rotate_api_key(key_id: str, store: StoreDep) -> ApiKeySecret:
     summary="Revoke a key: it is refused from now on (401 'revoked')",
     responses=errors(404, 503),
 )
-async def revoke_api_key(key_id: str, store: StoreDep) -> ApiKeyPublic:
+async def revoke_api_key(key_id: str, store: StoreDep, principal: PrincipalDep) -> ApiKeyPublic:
+    await _managed_key(store, principal, key_id)
     key = await store.call(keys.revoke_key, store.schema, key_id)
     if key is None:
         raise NotFoundError(f"API key {key_id!r} not found")
     return ApiKeyPublic(**_public(key))
+
+
+def _manages(principal: Principal, tenant: str) -> bool:
+    """Whether the (admin) principal manages keys and reads the audit of ``tenant``: its own
+    tenant's, or any tenant's for the platform tenant's admins (ADR 0051)."""
+    return principal.tenant in (tenant, PLATFORM_TENANT)
+
+
+async def _managed_key(store: ApiStore, principal: Principal, key_id: str) -> None:
+    """404 for a key of a tenant the principal does not manage, as for a missing one."""
+    key = await store.call(keys.get_key, store.schema, key_id)
+    if key is not None and not _manages(principal, key.tenant):
+        raise NotFoundError(f"API key {key_id!r} not found")
 
 
 # -- audit ----------------------------------------------------------------------------------------
@@ -203,6 +234,7 @@ async def list_audit(
     *,
     pool: PoolDep,
     api: ApiSettingsDep,
+    principal: PrincipalDep,
     actor: Annotated[str | None, Query(max_length=200, description="e.g. user:ci")] = None,
     tenant: Annotated[str | None, Query(max_length=63)] = None,
     since: Annotated[datetime | None, Query(description="Only entries at or after this")] = None,
@@ -210,6 +242,10 @@ async def list_audit(
 ) -> AuditPage:
     if since is not None and since.tzinfo is None:
         since = since.replace(tzinfo=UTC)
+    if principal.tenant != PLATFORM_TENANT:
+        if tenant not in (None, principal.tenant):
+            return AuditPage(data=[], count=0)  # another tenant's log: nothing of it is visible
+        tenant = principal.tenant
     where: list[str] = []
     params: list[Any] = []
     for column, value in (("actor", actor), ("tenant", tenant)):

@@ -15,7 +15,9 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Query
 
-from api.deps import ApiSettingsDep, ClickHouseDep
+from api.auth.guard import PrincipalDep
+from api.auth.tenancy import require_platform, workflow_scope
+from api.deps import ApiSettingsDep, ClickHouseDep, ConnDep
 from api.errors import UnavailableError
 from api.models.common import ErrorMessage, IsoDateTime, errors
 from api.models.metrics import (
@@ -39,6 +41,7 @@ from api.models.metrics import (
 from api.run_spans import run_spans
 from projections.clickhouse import ClickHouseError
 from projections.traces import queries
+from projections.traces.queries import WorkflowScope
 
 __all__ = ["router"]
 
@@ -62,6 +65,19 @@ UntilQuery = Annotated[
     IsoDateTime | None,
     Query(description="End of the window, timezone-aware ISO 8601 (default: now)."),
 ]
+
+
+def _tenant_scope(conn: ConnDep, api: ApiSettingsDep, principal: PrincipalDep) -> WorkflowScope:
+    """The caller's tenant's workflows (ADR 0051)."""
+    return workflow_scope(conn, api.read_schema, principal.tenant)
+
+
+def _platform_only(principal: PrincipalDep) -> None:
+    require_platform(principal, "node metrics, the reliability matrix, retries and ingestion")
+
+
+TenantScopeDep = Annotated[WorkflowScope, Depends(_tenant_scope)]
+PlatformOnlyDep = Annotated[None, Depends(_platform_only)]
 
 
 def _ask(query: Callable[[], T]) -> T:
@@ -117,6 +133,7 @@ def nodes(
     window: WindowDep,
     api: ApiSettingsDep,
     ch: ClickHouseDep,
+    _platform: PlatformOnlyDep,
     node: Annotated[str | None, Query(description="Only this node.")] = None,
     by_version: Annotated[bool, Query(description="One row per (node, version).")] = False,
 ) -> NodesMetricsPublic:
@@ -164,6 +181,7 @@ def workflows(
     window: WindowDep,
     api: ApiSettingsDep,
     ch: ClickHouseDep,
+    scope: TenantScopeDep,
     workflow_id: Annotated[str | None, Query(description="Only this workflow.")] = None,
 ) -> WorkflowsMetricsPublic:
     """From traces: a run counts when it has attempts in the window, and fails when one of
@@ -172,7 +190,9 @@ def workflows(
     since = _rollup_since(end, span)
     db = api.clickhouse_database
     rows = _ask(
-        lambda: queries.workflow_metrics(ch, span, workflow_id=workflow_id, until=end, database=db)
+        lambda: queries.workflow_metrics(
+            ch, span, workflow_id=workflow_id, scope=scope, until=end, database=db
+        )
     )
     spans = _ask(lambda: run_spans(ch, since, end, database=db)) if rows else {}
     data = []
@@ -214,6 +234,8 @@ def failures(
     window: WindowDep,
     api: ApiSettingsDep,
     ch: ClickHouseDep,
+    scope: TenantScopeDep,
+    *,
     limit: Annotated[int, Query(ge=1, le=1000)] = 10,
     node: Annotated[str | None, Query(description="Only this node.")] = None,
 ) -> FailuresPublic:
@@ -221,7 +243,7 @@ def failures(
     span, end = window.span, window.end
     rows = _ask(
         lambda: queries.top_failures(
-            ch, span, limit, node=node, until=end, database=api.clickhouse_database
+            ch, span, limit, node=node, scope=scope, until=end, database=api.clickhouse_database
         )
     )
     return FailuresPublic(
@@ -255,6 +277,7 @@ def reliability(
     bucket: BucketDep,
     api: ApiSettingsDep,
     ch: ClickHouseDep,
+    _platform: PlatformOnlyDep,
 ) -> ReliabilityPublic:
     """Buckets are aligned to the epoch; only cells with attempts are listed."""
     span, end = window.span, window.end
@@ -295,13 +318,16 @@ def quality(
     window: WindowDep,
     api: ApiSettingsDep,
     ch: ClickHouseDep,
+    scope: TenantScopeDep,
     workflow_id: Annotated[str | None, Query(description="Only this workflow.")] = None,
 ) -> QualityPublic:
     """From traces carrying ``metrics.quality_score`` (docs/decisions/0035)."""
     span, end = window.span, window.end
     db = api.clickhouse_database
     rows = _ask(
-        lambda: queries.quality_metrics(ch, span, workflow_id=workflow_id, until=end, database=db)
+        lambda: queries.quality_metrics(
+            ch, span, workflow_id=workflow_id, scope=scope, until=end, database=db
+        )
     )
     return QualityPublic(
         window=window.text,
@@ -335,6 +361,7 @@ def retries(
     window: WindowDep,
     api: ApiSettingsDep,
     ch: ClickHouseDep,
+    _platform: PlatformOnlyDep,
     node: Annotated[str | None, Query(description="Only this node.")] = None,
 ) -> RetriesMetricsPublic:
     """Most retries first. From the scheduler's traces of its retry decisions
@@ -372,7 +399,9 @@ def retries(
     summary="Ingestion status of the traces store: rows, refused rows, lag",
     responses={503: RESPONSES[503]},
 )
-def ingest(ch: ClickHouseDep, api: ApiSettingsDep) -> IngestStatusPublic:
+def ingest(
+    ch: ClickHouseDep, api: ApiSettingsDep, _platform: PlatformOnlyDep
+) -> IngestStatusPublic:
     status = _ask(lambda: queries.ingest_status(ch, database=api.clickhouse_database))
     return IngestStatusPublic(
         rows=status.rows,

@@ -189,6 +189,7 @@ _WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {
 async def list_mutations(
     pool: PoolDep,
     api: ApiSettingsDep,
+    principal: PrincipalDep,
     *,
     workflow_id: str | None = None,
     status: Annotated[str | None, Query(description=f"One of {', '.join(_STATUSES)}")] = None,
@@ -214,6 +215,7 @@ async def list_mutations(
             author=author,
             limit=limit,
             schema=api.read_schema,
+            tenant=principal.tenant,
         ),
     )
     data = [MutationPublic.model_validate(row, from_attributes=True) for row in rows]
@@ -254,7 +256,7 @@ async def propose(
     The diff itself is judged by the processor's validation, not here: an invalid diff is a
     ``rejected`` proposal with its report."""
     latest = await read_model.workflow(body.workflow_id)
-    if latest is None:
+    if latest is None or latest.tenant != principal.tenant:  # another tenant's: as if missing
         raise NotFoundError(f"workflow {body.workflow_id!r} not found")
     base = body.base_version or latest.version
     if body.base_version is not None and await read_model.workflow(body.workflow_id, base) is None:

@@ -21,6 +21,8 @@ from fastapi import APIRouter, Query, Response
 from psycopg_pool import ConnectionPool
 from starlette.concurrency import run_in_threadpool
 
+from api.auth.guard import ForbiddenError, PrincipalDep
+from api.auth.tenancy import tenant_of, visible_node_tenants
 from api.config import MAX_WAIT_MS, ApiSettings
 from api.db import with_conn
 from api.deps import ApiSettingsDep, ConnDep, PoolDep, PublisherDep, SettingsDep, TopicsDep
@@ -36,7 +38,9 @@ from api.models.nodes import (
     RolloutUpdate,
 )
 from api.publisher import Publisher
+from api.validation import builtin_catalog
 from api.waiting import poll_until
+from foundation.tenancy import PLATFORM_TENANT
 from processors.node_catalog import TransitionError, catalog_key, deprecated, promoted, reweighted
 from projections.postgres import queries
 from projections.postgres.queries import NodeVersionRow
@@ -121,9 +125,29 @@ def _next_entry(row: NodeVersionRow, **changes: Any) -> NodeCatalogEntry:
         "rollout_weight": row.rollout_weight,
         "manifest": row.manifest,
         "code_uri": row.code_url,
+        "tenant": row.tenant,
     }
     fields.update(changes)
     return NodeCatalogEntry(**fields)
+
+
+async def _check_name_owner(
+    pool: ConnectionPool[Any], api: ApiSettings, name: str, tenant: str
+) -> None:
+    """Refuses a registration of a node name that another tenant owns (see register)."""
+    owner = await with_conn(
+        pool, api.pool_timeout_s, lambda conn: tenant_of(conn, api.read_schema, "node", name)
+    )
+    if owner is None and name in builtin_catalog().names():
+        owner = PLATFORM_TENANT  # a built-in, even before its workers registered it
+    if owner is None or owner == tenant:
+        return
+    if owner == PLATFORM_TENANT:
+        raise ForbiddenError(
+            f"node {name!r} belongs to the platform catalog (tenant {PLATFORM_TENANT!r}); "
+            f"register your own node under another name"
+        )
+    raise ConflictError(f"node name {name!r} is taken by another tenant; choose another name")
 
 
 async def _require(
@@ -137,9 +161,18 @@ async def _require(
 
 @router.get("", response_model=NodesPublic, summary="List catalogued nodes", responses=errors(503))
 def list_nodes(
-    conn: ConnDep, api: ApiSettingsDep, category: Annotated[str | None, Query()] = None
+    conn: ConnDep,
+    api: ApiSettingsDep,
+    principal: PrincipalDep,
+    category: Annotated[str | None, Query()] = None,
 ) -> NodesPublic:
-    rows = queries.list_nodes(conn, category=category, schema=api.read_schema)
+    """The caller's tenant's nodes and the platform's catalog (ADR 0051)."""
+    rows = queries.list_nodes(
+        conn,
+        category=category,
+        schema=api.read_schema,
+        tenants=visible_node_tenants(principal.tenant),
+    )
     data = [NodeSummaryPublic.model_validate(row, from_attributes=True) for row in rows]
     return NodesPublic(data=data, count=len(data))
 
@@ -187,11 +220,15 @@ async def register_version(
     publisher: PublisherDep,
     topics: TopicsDep,
     settings: SettingsDep,
+    principal: PrincipalDep,
     wait_ms: WaitQuery = None,
 ) -> NodeVersionAccepted:
     """Publishes the version's first ``NodeCatalogEntry``, after creating its major's invoke
     topic if missing. Versions are immutable: registering one the catalog has is 409 (ship a
-    new version instead); so is a version whose invoke topic the broker refuses."""
+    new version instead); so is a version whose invoke topic the broker refuses. A node name
+    belongs to the tenant of its first version: another tenant's name is 409, the platform's
+    (and the built-in nodes') 403 for every other tenant (ADR 0051)."""
+    await _check_name_owner(pool, api, body.name, principal.tenant)
     existing = await _version_row(pool, api, body.name, body.version)
     if existing is not None:
         raise ConflictError(
@@ -212,6 +249,7 @@ async def register_version(
         rollout_weight=body.rollout_weight,
         manifest=body.manifest,
         code_uri=body.code_uri,
+        tenant=principal.tenant,
     )
     accepted = await _publish(
         entry, publisher=publisher, topics=topics, pool=pool, api=api, wait_ms=wait_ms

@@ -17,6 +17,7 @@ from fastapi import APIRouter, Query, Request
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
+from api.auth.guard import PrincipalDep
 from api.db import with_conn
 from api.deps import ApiSettingsDep, PoolDep, PublisherDep, ReadModelDep, TopicsDep
 from api.errors import FieldIssue, NotFoundError, RequestInvalidError
@@ -72,8 +73,10 @@ async def create_replay(
     read_model: ReadModelDep,
     publisher: PublisherDep,
     topics: TopicsDep,
+    principal: PrincipalDep,
 ) -> ReplayAccepted:
-    if await read_model.workflow(body.workflow_id) is None:
+    latest = await read_model.workflow(body.workflow_id)
+    if latest is None or latest.tenant != principal.tenant:  # another tenant's: as if missing
         raise NotFoundError(f"workflow {body.workflow_id!r} not found")
     for path, version in (
         ("selection.workflow_version", body.selection.workflow_version),
@@ -120,7 +123,7 @@ async def create_replay(
             replay_id=replay_id,
             workflow_id=body.workflow_id,
             mutation_id=body.candidate.mutation_id,
-            requested_by="api",
+            requested_by=principal.actor,
             spec=spec,
         ),
     )
@@ -128,7 +131,7 @@ async def create_replay(
         replay_id=replay_id,
         workflow_id=body.workflow_id,
         spec=spec,
-        requested_by="api",
+        requested_by=principal.actor,
         mutation_id=body.candidate.mutation_id,
     )
     await run_in_threadpool(publisher.publish, topics.replays, replay_id, request)
@@ -166,6 +169,7 @@ async def _proposal_definition(
 async def list_replays(
     pool: PoolDep,
     api: ApiSettingsDep,
+    principal: PrincipalDep,
     *,
     workflow_id: str | None = None,
     mutation_id: str | None = None,
@@ -175,7 +179,12 @@ async def list_replays(
         pool,
         api.pool_timeout_s,
         lambda conn: storage.list_replays(
-            conn, api.read_schema, workflow_id=workflow_id, mutation_id=mutation_id, limit=limit
+            conn,
+            api.read_schema,
+            workflow_id=workflow_id,
+            mutation_id=mutation_id,
+            limit=limit,
+            tenant=principal.tenant,
         ),
     )
     data = [_public(row).model_copy(update={"spec": None}) for row in rows]

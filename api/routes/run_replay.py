@@ -17,6 +17,7 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from api.auth.guard import PrincipalDep
 from api.deps import ApiSettingsDep, ConnDep, PublisherDep, SettingsDep, TopicsDep
 from api.errors import (
     ConflictError,
@@ -27,9 +28,11 @@ from api.errors import (
 )
 from api.models.common import errors
 from api.publisher import Publisher
+from api.store import WorkflowIdTakenError
 from foundation.errors import NonRetryableError
 from foundation.objectstore import BlobStore, S3BlobStore
 from foundation.settings import Settings
+from foundation.tenancy import DEFAULT_TENANT
 from processors.replay.bundle import (
     Bundle,
     BundleError,
@@ -45,7 +48,7 @@ from processors.replay.diff import diff_runs
 from processors.replay.explain import UnknownEventError, event_from_json
 from processors.scheduler.evolve import EvolveError
 from projections.postgres import queries
-from schemas.models import PayloadRef, WorkflowRegistered
+from schemas.models import PayloadRef, RunStarted, WorkflowRegistered
 from schemas.run_log import RunEvent
 from streams.topics import TopicCatalog
 
@@ -239,9 +242,14 @@ def import_bundle(
     bucket: str,
     publisher: Publisher,
     topics: TopicCatalog,
+    tenant: str = DEFAULT_TENANT,
 ) -> RunImported:
     """Register the definitions, store the payloads, append the events to this REFLUX's run
-    log (the projector projects them; a scheduler recovering the partition holds the run)."""
+    log (the projector projects them; a scheduler recovering the partition holds the run).
+
+    Everything imported becomes ``tenant``'s (the importer's, ADR 0051), whatever tenant the
+    bundle's records name: a bundle cannot place a run, and so its steps' secrets, in another
+    tenant."""
     existing = [rid for rid in bundle.runs if queries.get_run(conn, rid, schema=schema) is not None]
     if existing:
         raise ConflictError(
@@ -268,6 +276,8 @@ def import_bundle(
         row = queries.get_workflow(conn, wf.workflow_id, wf.version, schema=schema)
         name = f"{wf.workflow_id}@{wf.version}"
         if row is not None:
+            if row.tenant != tenant:
+                raise WorkflowIdTakenError(wf.workflow_id)
             if row.definition != wf.definition:
                 raise ConflictError(
                     f"workflow {name} exists here with another definition; import into a "
@@ -281,6 +291,7 @@ def import_bundle(
             definition=wf.definition,
             registered_at=datetime.now(UTC),
             registered_by="reflux runs import",
+            tenant=tenant,
         )
         publisher.publish(topics.workflows, name, record)
         registered.append(name)
@@ -288,7 +299,12 @@ def import_bundle(
     # Children first: a parent's ChildRunRequested is answered by their ends, already there.
     for run_id in reversed(bundle.runs):
         for event in bundle.events[run_id]:
-            publisher.publish(topics.runs, run_id, event)
+            owned = (
+                event.model_copy(update={"tenant": tenant})
+                if isinstance(event, RunStarted)
+                else event
+            )
+            publisher.publish(topics.runs, run_id, owned)
             count += 1
     return RunImported(
         run_id=bundle.run_id,
@@ -321,6 +337,7 @@ async def import_run(
     settings: SettingsDep,
     publisher: PublisherDep,
     topics: TopicsDep,
+    principal: PrincipalDep,
 ) -> RunImported:
     raw = await request.body()
     try:
@@ -336,4 +353,5 @@ async def import_run(
         bucket=settings.s3_bucket,
         publisher=publisher,
         topics=topics,
+        tenant=principal.tenant,
     )

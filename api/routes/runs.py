@@ -32,7 +32,13 @@ from api.errors import (
     ReplayFailedError,
     RequestInvalidError,
 )
-from api.ids import API_SOURCE, new_command_id, run_id_for
+from api.ids import (
+    API_SOURCE,
+    IDEMPOTENCY_KEY_PATTERN,
+    new_command_id,
+    run_id_for,
+    tenant_key,
+)
 from api.models.common import errors
 from api.models.graph import (
     MutationBatchCreate,
@@ -150,6 +156,7 @@ async def start_run(
             alias="Idempotency-Key",
             min_length=1,
             max_length=200,
+            pattern=IDEMPOTENCY_KEY_PATTERN,
             description="The same key yields the same run_id (and the run starts once).",
         ),
     ] = None,
@@ -168,22 +175,24 @@ async def start_run(
             ]
         )
     key = idempotency_key or body.idempotency_key
-    run_id = run_id_for(API_SOURCE, key)
+    # The caller's tenant's key (ADR 0051): two tenants' equal keys name two runs.
+    scoped_key = tenant_key(principal.tenant, key) if key is not None else None
+    run_id = run_id_for(API_SOURCE, scoped_key)
     version = body.version
     if version is None:
         # Not simply the latest: mutation proposals may split new runs between versions.
         version = await routed_version(pool, api, body.workflow_id, run_id)
     workflow = await read_model.workflow(body.workflow_id, version)
-    if workflow is None:
-        if body.version is None:
+    if workflow is None or workflow.tenant != principal.tenant:  # another's: as if missing
+        if body.version is None or workflow is not None:
             raise NotFoundError(f"workflow {body.workflow_id!r} not found")
         raise NotFoundError(f"workflow {body.workflow_id!r} has no version {body.version}")
     definition = await run_in_threadpool(parse_definition, workflow.definition)
     await run_in_threadpool(check_inputs, definition, body.inputs)
 
-    if key is not None:
+    if key is not None and scoped_key is not None:
         fingerprint = request_fingerprint(body.workflow_id, body.version, body.inputs)
-        claimed = await store.claim_key(key, run_id, body.workflow_id, fingerprint)
+        claimed = await store.claim_key(scoped_key, run_id, body.workflow_id, fingerprint)
         if claimed.fingerprint != fingerprint:
             raise ConflictError(
                 f"Expected Idempotency-Key {key!r} to be reused with the same request, but it "
@@ -202,6 +211,7 @@ async def start_run(
         idempotency_key=f"{API_SOURCE}:{key}" if key is not None else None,
         source=API_SOURCE,
         requested_by=principal.actor,  # who started it: the principal (ADR 0046)
+        tenant=principal.tenant,  # the scheduler checks it against the workflow's (ADR 0051)
     )
     # Published again on a retry with the same key: the first attempt may not have reached the
     # broker, and the scheduler starts a run id only once.
@@ -231,6 +241,7 @@ def list_runs(
     conn: ConnDep,
     *,
     api: ApiSettingsDep,
+    principal: PrincipalDep,
     workflow_id: str | None = None,
     status: Annotated[
         str | None, Query(description=f"One of {', '.join(queries.RUN_STATUSES)}")
@@ -250,7 +261,15 @@ def list_runs(
             prefix=("query",),
         )
     try:
-        page = queries.list_runs(conn, workflow_id, status, limit, cursor, schema=api.read_schema)
+        page = queries.list_runs(
+            conn,
+            workflow_id,
+            status,
+            limit,
+            cursor,
+            schema=api.read_schema,
+            tenant=principal.tenant,
+        )
     except queries.InvalidQueryError as exc:
         raise RequestInvalidError(
             [FieldIssue("cursor", str(exc), "cursor_invalid")], prefix=("query",)

@@ -23,6 +23,7 @@ from api.models.workflows import (
     WorkflowVersionsPublic,
 )
 from api.readmodel import workflow_version_public
+from api.store import WorkflowIdTakenError
 from api.validation import parse_definition
 from projections.postgres import queries
 from schemas.models import WorkflowRegistered
@@ -73,7 +74,7 @@ def _not_found(workflow_id: str, version: int | None = None) -> NotFoundError:
     status_code=201,
     response_model=WorkflowCreated,
     summary="Register a new version of a workflow",
-    responses=errors(422, 503),
+    responses=errors(409, 422, 503),
     openapi_extra={"requestBody": _DEFINITION_BODY},
 )
 async def register_workflow(
@@ -90,15 +91,18 @@ async def register_workflow(
 ) -> WorkflowCreated:
     """Validates the definition (cycles, unknown steps, templates, ...: 422 with the field path),
     allocates the next version atomically and publishes ``WorkflowRegistered`` on ``workflows``.
-    Versions are immutable: registering again always creates a new version."""
+    Versions are immutable: registering again always creates a new version. The workflow
+    belongs to the caller's tenant; an id another tenant registered is refused (409)."""
     raw = await request.body()
     content_type = request.headers.get("content-type")
     # YAML goes to the parser as text, so its errors can name lines and columns.
     source = raw if media_type(content_type) in YAML_TYPES else decode_body(raw, content_type)
     definition = await run_in_threadpool(parse_definition, source)
     latest = await read_model.workflow(definition.id)
+    if latest is not None and latest.tenant != principal.tenant:
+        raise WorkflowIdTakenError(definition.id)
     version = await store.allocate_version(
-        definition.id, at_least=1 if latest is None else latest.version + 1
+        definition.id, at_least=1 if latest is None else latest.version + 1, tenant=principal.tenant
     )
     registered_at = datetime.now(UTC)
     record = WorkflowRegistered(
@@ -108,6 +112,7 @@ async def register_workflow(
         registered_at=registered_at,
         # The principal (ADR 0046); X-Reflux-User may only name it (or anyone, for an admin).
         registered_by=acting_as(principal, registered_by, "X-Reflux-User"),
+        tenant=principal.tenant,
     )
     # Keyed by id@version: compaction must keep every version (runs pin old ones).
     key = f"{definition.id}@{version}"
@@ -119,8 +124,8 @@ async def register_workflow(
 
 
 @router.get("", response_model=WorkflowsPublic, summary="List workflows", responses=errors(503))
-def list_workflows(conn: ConnDep, api: ApiSettingsDep) -> WorkflowsPublic:
-    rows = queries.list_workflows(conn, schema=api.read_schema)
+def list_workflows(conn: ConnDep, api: ApiSettingsDep, principal: PrincipalDep) -> WorkflowsPublic:
+    rows = queries.list_workflows(conn, schema=api.read_schema, tenant=principal.tenant)
     data = [WorkflowSummaryPublic.model_validate(row, from_attributes=True) for row in rows]
     return WorkflowsPublic(data=data, count=len(data))
 

@@ -16,6 +16,7 @@ from typing import Any, Final
 import psycopg
 from psycopg.rows import class_row
 
+from foundation.tenancy import PLATFORM_TENANT
 from processors.historian.lookup import PastIncident, PastProposal
 from processors.historian.ranking import candidates_for, rank
 from projections.postgres.identifiers import DEFAULT_SCHEMA, table
@@ -106,6 +107,16 @@ class ProposalRow:
         )
 
 
+def _of_tenant(schema: str) -> str:
+    """SQL true for a diagnosis of the tenant given as its one parameter: its workflow's tenant;
+    a node's diagnosis (no workflow) aggregates every tenant's runs: the platform's (ADR 0051)."""
+    diagnoses, workflows = table(schema, "diagnoses"), table(schema, "workflows")
+    return (
+        f"COALESCE((SELECT w.tenant FROM {workflows} w "
+        f"WHERE w.workflow_id = {diagnoses}.workflow_id LIMIT 1), '{PLATFORM_TENANT}') = %s"
+    )
+
+
 def list_diagnoses(
     conn: psycopg.Connection[Any],
     *,
@@ -115,10 +126,14 @@ def list_diagnoses(
     since: datetime | None = None,
     limit: int = 100,
     schema: str = DEFAULT_SCHEMA,
+    tenant: str | None = None,
 ) -> list[DiagnosisRow]:
-    """Newest first (by detection time)."""
+    """Newest first (by detection time); ``tenant``: that tenant's only."""
     where: list[str] = []
     params: list[Any] = []
+    if tenant is not None:
+        where.append(_of_tenant(schema))
+        params.append(tenant)
     for column, value in (("workflow_id", workflow_id), ("kind", kind), ("severity", severity)):
         if value is not None:
             where.append(f"{column} = %s")
@@ -183,8 +198,12 @@ def nearest(
     model: str,
     limit: int,
     schema: str = DEFAULT_SCHEMA,
+    *,
+    tenant: str | None = None,
 ) -> list[tuple[DiagnosisRow, float]]:
-    """The ``limit`` diagnoses nearest to ``vector`` (same model), with their similarity."""
+    """The ``limit`` diagnoses nearest to ``vector`` (same model; of ``tenant`` when given),
+    with their similarity."""
+    only = f"AND {_of_tenant(schema)} " if tenant is not None else ""
     with conn.transaction():
         # HNSW returns at most ef_search rows per scan: raise it for larger candidate sets.
         conn.execute(
@@ -194,9 +213,9 @@ def nearest(
         rows = conn.execute(
             f"SELECT {_DIAGNOSIS_COLUMNS}, "
             "1 - (embedding OPERATOR(public.<=>) %s::public.vector) AS similarity "
-            f"FROM {table(schema, 'diagnoses')} WHERE embedding_model = %s "
+            f"FROM {table(schema, 'diagnoses')} WHERE embedding_model = %s {only}"
             "ORDER BY embedding OPERATOR(public.<=>) %s::public.vector LIMIT %s",
-            (vector, model, vector, limit),
+            (vector, model, *([tenant] if tenant is not None else []), vector, limit),
         ).fetchall()
     return [(DiagnosisRow(*row[:-1]), float(row[-1])) for row in rows]
 
@@ -210,10 +229,13 @@ def similar_incidents(
     exclude: str | None = None,
     min_similarity: float = 0.0,
     schema: str = DEFAULT_SCHEMA,
+    tenant: str | None = None,
 ) -> list[tuple[DiagnosisRow, PastIncident]]:
     """The ``k`` best past incidents for an embedding (:func:`~processors.historian.ranking.rank`
     over the nearest :func:`~processors.historian.ranking.candidates_for` ``k``)."""
-    found = nearest(conn, vector, model, candidates_for(k) + (1 if exclude else 0), schema)
+    found = nearest(
+        conn, vector, model, candidates_for(k) + (1 if exclude else 0), schema, tenant=tenant
+    )
     proposals = proposals_for(conn, [row.diagnosis_id for row, _ in found], schema=schema)
     rows = {row.diagnosis_id: row for row, _ in found}
     incidents = [

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final
 
+from foundation.tenancy import DEFAULT_TENANT
 from processors.mutations.routing import (
     MUTATION_REGISTRANT,
     WorkflowRoute,
@@ -167,6 +168,10 @@ def _nothing_registered(workflow_id: str) -> Mapping[int, str | None]:
     return {}
 
 
+def _default_tenant(workflow_id: str, version: int) -> str:
+    return DEFAULT_TENANT
+
+
 @dataclass(frozen=True)
 class MutationContext:
     now: datetime
@@ -177,6 +182,9 @@ class MutationContext:
     registered: Callable[[str], Mapping[int, str | None]] = _nothing_registered
     """``workflow id -> {version: registered_by}``: which version new runs get before an apply
     (the canary's other side, and what a rollback restores)."""
+    tenant_of: Callable[[str, int], str] = _default_tenant
+    """``(workflow id, version) -> tenant``: an applied proposal's version is registered in its
+    base version's tenant (ADR 0051)."""
     node_catalog: NodeCatalogView | None = None
     stages: tuple[Stage, ...] = DEFAULT_STAGES
     new_id: Callable[[], str] = _uuid
@@ -482,6 +490,7 @@ def _approve(
             definition=candidate.to_json_dict(),
             registered_at=w.ctx.now,
             registered_by=f"{MUTATION_REGISTRANT}{current.mutation_id}",
+            tenant=w.ctx.tenant_of(current.workflow_id, current.base_version),
         )
     )
     w.transition(

@@ -33,6 +33,7 @@ import psycopg
 from foundation.errors import ServiceUnavailableError
 from foundation.liveness import Heartbeat
 from foundation.settings import Settings
+from foundation.tenancy import DEFAULT_TENANT
 from processors.mutations.lifecycle import (
     MutationContext,
     MutationDecision,
@@ -246,6 +247,10 @@ class MutationProcessor:
             self._definitions[key] = WorkflowDefinition.from_json_dict(record.definition)
         return self._definitions[key]
 
+    def _tenant_of(self, workflow_id: str, version: int) -> str:
+        record = self._workflows.resolve(workflow_id, version)
+        return DEFAULT_TENANT if record is None else record.tenant
+
     def _registered(self, workflow_id: str) -> dict[int, str | None]:
         self._workflows.drain()
         return {v: r.registered_by for v, r in self._workflows.versions(workflow_id).items()}
@@ -274,6 +279,7 @@ class MutationProcessor:
             base_definition=self._base_definition,
             allocate_version=self._allocate,
             registered=self._registered,
+            tenant_of=self._tenant_of,
             node_catalog=self.node_catalog,
             replay=self.replay,
         )

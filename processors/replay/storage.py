@@ -169,11 +169,19 @@ def list_replays(
     workflow_id: str | None = None,
     mutation_id: str | None = None,
     limit: int = 50,
+    tenant: str | None = None,
 ) -> list[ReplayRow]:
-    where, params = [], []
+    """Newest first; ``tenant``: replays of that tenant's workflows only."""
+    where: list[str] = []
+    params: list[object] = []
     if workflow_id is not None:
         where.append("workflow_id = %s")
         params.append(workflow_id)
+    if tenant is not None:
+        where.append(
+            f"workflow_id IN (SELECT workflow_id FROM {_t(schema, 'workflows')} WHERE tenant = %s)"
+        )
+        params.append(tenant)
     if mutation_id is not None:
         where.append("mutation_id = %s")
         params.append(mutation_id)

@@ -244,9 +244,9 @@ def _(event: RunStarted, schema: str) -> Plan:
     insert = Statement(
         f"INSERT INTO {table(schema, 'runs')} (run_id, workflow_id, workflow_version, status, "
         "inputs, source, source_key, idempotency_key, deadline, started_at, updated_at, last_seq, "
-        "parent_run_id, parent_step_id, parent_attempt, parent_iteration, definition) "
+        "parent_run_id, parent_step_id, parent_attempt, parent_iteration, definition, tenant) "
         f"VALUES (%s, %s, %s, '{RunStatus.RUNNING}', %s, %s, %s, %s, %s, %s, %s, %s, "
-        "%s, %s, %s, %s, %s) ON CONFLICT (run_id) DO NOTHING",
+        "%s, %s, %s, %s, %s, %s) ON CONFLICT (run_id) DO NOTHING",
         (
             event.run_id,
             event.workflow_id,
@@ -264,6 +264,7 @@ def _(event: RunStarted, schema: str) -> Plan:
             event.parent.attempt if event.parent else None,
             event.parent.iteration if event.parent else None,
             jsonb(event.definition),
+            event.tenant,
         ),
         scope=("runs", event.run_id),
     )
@@ -622,8 +623,8 @@ def _(event: WorkflowRegistered, schema: str) -> Plan:
     return Plan(
         Statement(
             f"INSERT INTO {table(schema, 'workflows')} "
-            "(workflow_id, version, definition, registered_at, registered_by) "
-            "VALUES (%s, %s, %s, %s, %s) "
+            "(workflow_id, version, definition, registered_at, registered_by, tenant) "
+            "VALUES (%s, %s, %s, %s, %s, %s) "
             "ON CONFLICT (workflow_id, version) DO NOTHING",
             (
                 event.workflow_id,
@@ -631,6 +632,7 @@ def _(event: WorkflowRegistered, schema: str) -> Plan:
                 Jsonb(event.definition),
                 event.registered_at,
                 event.registered_by,
+                event.tenant,
             ),
         )
     )
@@ -707,8 +709,9 @@ def _(event: NodeCatalogEntry, schema: str) -> Plan:
     )
     node = Statement(
         f"INSERT INTO {table(schema, 'nodes')} "
-        "(id, name, latest_version, category, created_at, updated_at) "
-        "VALUES (%s, %s, %s, %s, %s, %s) "
+        "(id, name, latest_version, category, created_at, updated_at, tenant) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s) "
+        # The name keeps the tenant of its first version (the API refuses another's).
         "ON CONFLICT (name) DO UPDATE SET category = EXCLUDED.category, "
         "updated_at = EXCLUDED.updated_at",
         (
@@ -718,6 +721,7 @@ def _(event: NodeCatalogEntry, schema: str) -> Plan:
             node_category(event.name, manifest),
             event.occurred_at,
             event.occurred_at,
+            event.tenant,
         ),
         scope=_NODES,
     )

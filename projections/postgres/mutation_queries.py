@@ -101,12 +101,21 @@ def list_mutations(
     author: str | None = None,
     limit: int = 100,
     schema: str = DEFAULT_SCHEMA,
+    tenant: str | None = None,
 ) -> list[MutationRow]:
-    where, params = [], []
+    """Newest first; ``tenant``: proposals of that tenant's workflows only."""
+    where: list[str] = []
+    params: list[object] = []
     for column, value in (("workflow_id", workflow_id), ("status", status), ("author", author)):
         if value is not None:
             where.append(f"{column} = %s")
             params.append(value)
+    if tenant is not None:
+        where.append(
+            f"workflow_id IN (SELECT workflow_id FROM {table(schema, 'workflows')} "
+            "WHERE tenant = %s)"
+        )
+        params.append(tenant)
     clause = f"WHERE {' AND '.join(where)} " if where else ""
     with conn.cursor(row_factory=class_row(MutationRow)) as cursor:
         cursor.execute(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, Final
@@ -100,6 +101,8 @@ class RunRow:
     parent_step_id: str | None = None
     parent_attempt: int | None = None
     parent_iteration: int | None = None
+    tenant: str = "default"
+    """The run's tenant (its workflow's; migration 011)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +156,7 @@ class WorkflowRow:
     definition: Any
     registered_at: datetime
     registered_by: str | None
+    tenant: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,13 +273,18 @@ def list_runs(
     cursor: str | None = None,
     *,
     schema: str = DEFAULT_SCHEMA,
+    tenant: str | None = None,
 ) -> RunPage:
-    """Runs newest first (``started_at``, then ``run_id``), optionally filtered."""
+    """Runs newest first (``started_at``, then ``run_id``), optionally filtered (``tenant``:
+    that tenant's runs only)."""
     _check_limit(limit, MAX_LIMIT)
     if status is not None and status not in RUN_STATUSES:
         raise InvalidQueryError(f"Expected status to be one of {RUN_STATUSES}, but got {status!r}")
     where: list[str] = []
     params: list[object] = []
+    if tenant is not None:
+        where.append("tenant = %s")
+        params.append(tenant)
     if workflow_id is not None:
         where.append("workflow_id = %s")
         params.append(workflow_id)
@@ -364,15 +373,17 @@ def get_workflow(
 
 
 def list_workflows(
-    conn: psycopg.Connection, *, schema: str = DEFAULT_SCHEMA
+    conn: psycopg.Connection, *, schema: str = DEFAULT_SCHEMA, tenant: str | None = None
 ) -> list[WorkflowSummary]:
-    """Every workflow with its latest version, by workflow id."""
+    """Every workflow (of ``tenant``; ``None``: of all) with its latest version, by id."""
+    where, params = ("WHERE tenant = %s ", (tenant,)) if tenant is not None else ("", ())
     with conn.cursor(row_factory=class_row(WorkflowSummary)) as cursor:
         cursor.execute(
             "SELECT DISTINCT ON (workflow_id) workflow_id, version AS latest_version, "
             "count(*) OVER (PARTITION BY workflow_id) AS version_count, "
             f"registered_at, registered_by FROM {table(schema, 'workflows')} "
-            "ORDER BY workflow_id, version DESC"
+            f"{where}ORDER BY workflow_id, version DESC",
+            params,
         )
         return cursor.fetchall()
 
@@ -419,6 +430,8 @@ class NodeVersionRow:
     updated_at: datetime
     last_event_id: str
     """The catalog entry this row shows (lets a writer wait for its own entry)."""
+    tenant: str = "default"
+    """The node's tenant (migration 011)."""
 
 
 # Semver order (numeric core, release after its pre-releases), as in the appliers.
@@ -428,7 +441,7 @@ _VERSION_ORDER: Final = (
 )
 _NODE_VERSION_COLUMNS: Final = (
     "n.name, v.version, v.status, v.rollout_weight, v.manifest, v.code_url, v.created_at, "
-    "v.updated_at, v.last_event_id"
+    "v.updated_at, v.last_event_id, n.tenant"
 )
 
 
@@ -437,8 +450,10 @@ def list_nodes(
     *,
     category: str | None = None,
     schema: str = DEFAULT_SCHEMA,
+    tenants: Sequence[str] | None = None,
 ) -> list[NodeRow]:
-    """Every catalogued node by name, with its version count and production versions."""
+    """Every catalogued node (of ``tenants``; ``None``: of all) by name, with its version
+    count and production versions."""
     sql = (
         "SELECT n.name, n.latest_version, n.category, n.created_at, n.updated_at, "
         "count(v.id)::int AS version_count, "
@@ -447,10 +462,16 @@ def list_nodes(
         f"FROM {table(schema, 'nodes')} n "
         f"LEFT JOIN {table(schema, 'node_versions')} v ON v.node_id = n.id"
     )
+    where: list[str] = []
     params: list[object] = []
     if category is not None:
-        sql += " WHERE n.category = %s"
+        where.append("n.category = %s")
         params.append(category)
+    if tenants is not None:
+        where.append("n.tenant = ANY(%s)")
+        params.append(list(tenants))
+    if where:
+        sql += " WHERE " + " AND ".join(where)
     sql += " GROUP BY n.id ORDER BY n.name"
     with conn.cursor(row_factory=class_row(NodeRow)) as cursor:
         return cursor.execute(sql, params).fetchall()
@@ -469,8 +490,10 @@ def list_node_versions(
     *,
     status: str | None = None,
     schema: str = DEFAULT_SCHEMA,
+    tenants: Sequence[str] | None = None,
 ) -> list[NodeVersionRow]:
-    """Versions of one node (or of every node), oldest first; empty if none."""
+    """Versions of one node (or of every node of ``tenants``; ``None``: of all), oldest
+    first; empty if none."""
     if status is not None and status not in NODE_STATUSES:
         raise InvalidQueryError(f"Expected status to be one of {NODE_STATUSES}, but got {status!r}")
     where: list[str] = []
@@ -481,6 +504,9 @@ def list_node_versions(
     if status is not None:
         where.append("v.status = %s")
         params.append(status)
+    if tenants is not None:
+        where.append("n.tenant = ANY(%s)")
+        params.append(list(tenants))
     sql = (
         f"SELECT {_NODE_VERSION_COLUMNS} FROM {table(schema, 'node_versions')} v "
         f"JOIN {table(schema, 'nodes')} n ON n.id = v.node_id"

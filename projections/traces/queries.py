@@ -187,6 +187,25 @@ class IngestStatus:
     lag_ms_p99: float | None
 
 
+@dataclass(frozen=True, slots=True)
+class WorkflowScope:
+    """Which workflows' rows a query sees: a tenant's (ADR 0051). ``only``: these and no
+    other (an empty tuple matches none); ``besides``: every workflow but these."""
+
+    only: tuple[str, ...] | None = None
+    besides: tuple[str, ...] = ()
+
+    @property
+    def sql(self) -> str:
+        if self.only is not None:
+            return "AND has(%(scope_only)s, workflow_id) "
+        return "AND NOT has(%(scope_besides)s, workflow_id) " if self.besides else ""
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {"scope_only": list(self.only or ()), "scope_besides": list(self.besides)}
+
+
 def _millis(moment: datetime) -> int:
     if moment.tzinfo is None:
         raise QueryError(f"Expected a timezone-aware datetime, but got naive {moment.isoformat()}")
@@ -280,6 +299,7 @@ def workflow_metrics(
     window: timedelta,
     *,
     workflow_id: str | None = None,
+    scope: WorkflowScope | None = None,
     until: datetime | None = None,
     database: str = DEFAULT_DATABASE,
 ) -> list[WorkflowMetrics]:
@@ -298,9 +318,15 @@ def workflow_metrics(
         "quantilesMerge(0.5, 0.95, 0.99)(latency_ms_quantiles) AS q "
         f"FROM {db}.workflow_metrics_1m WHERE {_WINDOW_SQL} "
         + ("AND workflow_id = %(workflow_id)s " if workflow_id is not None else "")
+        + (scope.sql if scope is not None else "")
         + "GROUP BY workflow_id, workflow_version "
         "ORDER BY attempts DESC, workflow_id, workflow_version",
-        {"since_ms": _millis(since), "until_ms": _millis(end), "workflow_id": workflow_id},
+        {
+            "since_ms": _millis(since),
+            "until_ms": _millis(end),
+            "workflow_id": workflow_id,
+            **(scope.params if scope is not None else {}),
+        },
     )
     out: list[WorkflowMetrics] = []
     for r in rows:
@@ -332,6 +358,7 @@ def top_failures(
     limit: int = 10,
     *,
     node: str | None = None,
+    scope: WorkflowScope | None = None,
     until: datetime | None = None,
     database: str = DEFAULT_DATABASE,
 ) -> list[FailureGroup]:
@@ -352,9 +379,16 @@ def top_failures(
         "AND start <= fromUnixTimestamp64Milli(toInt64(%(until_ms)s), 'UTC') "
         "AND status IN ('error', 'timeout') AND context['kind'] NOT IN ('retry', 'feedback') "
         + ("AND node = %(node)s " if node is not None else "")
+        + (scope.sql if scope is not None else "")
         + "GROUP BY node, error_class_or_status "
         "ORDER BY failures DESC, node, error_class_or_status LIMIT %(limit)s",
-        {"since_ms": _millis(since), "until_ms": _millis(end), "node": node, "limit": limit},
+        {
+            "since_ms": _millis(since),
+            "until_ms": _millis(end),
+            "node": node,
+            "limit": limit,
+            **(scope.params if scope is not None else {}),
+        },
     )
     return [
         FailureGroup(
@@ -463,6 +497,7 @@ def quality_metrics(
     window: timedelta,
     *,
     workflow_id: str | None = None,
+    scope: WorkflowScope | None = None,
     until: datetime | None = None,
     database: str = DEFAULT_DATABASE,
 ) -> list[QualityMetrics]:
@@ -476,9 +511,15 @@ def quality_metrics(
         "max(score_max) AS score_max "
         f"FROM {db}.quality_metrics_1m WHERE {_WINDOW_SQL} "
         + ("AND workflow_id = %(workflow_id)s " if workflow_id is not None else "")
+        + (scope.sql if scope is not None else "")
         + "GROUP BY workflow_id, workflow_version, step_id, source "
         "ORDER BY workflow_id, workflow_version, step_id, source",
-        {"since_ms": _millis(since), "until_ms": _millis(end), "workflow_id": workflow_id},
+        {
+            "since_ms": _millis(since),
+            "until_ms": _millis(end),
+            "workflow_id": workflow_id,
+            **(scope.params if scope is not None else {}),
+        },
     )
     return [
         QualityMetrics(
