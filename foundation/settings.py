@@ -210,11 +210,15 @@ class Settings(BaseSettings):
     # egress_allow: open for every workflow; only an exact host:port here opens a platform
     # endpoint, only an exact address a metadata one.
     egress_allow: tuple[str, ...] = ()
-    # The ceiling of per-workflow (later per-tenant) lists: their entries open only what an
+    # The ceiling of the per-tenant and per-workflow lists: their entries open only what an
     # entry here matches too.
     egress_grantable: tuple[str, ...] = ()
     # workflow id -> entries, held by the operator (JSON object), bounded by egress_grantable.
+    # A workflow id belongs to one tenant (ADR 0051): the list serves that workflow's runs.
     egress_workflow_allow: dict[str, tuple[str, ...]] = {}
+    # tenant -> entries (JSON object, e.g. {"acme": ["api.acme.example", "10.1.2.0/24:443"]}),
+    # for every workflow of that tenant; bounded by egress_grantable like a workflow's list.
+    egress_tenant_allow: dict[str, tuple[str, ...]] = {}
     # More platform services to protect (host:port), e.g. the engine's own behind other names.
     egress_platform_extra: tuple[str, ...] = ()
     # Operator's maximum response body of http.request (decoded bytes); a step may ask for less.

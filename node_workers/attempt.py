@@ -177,6 +177,7 @@ async def run_attempt(
         deadline=deadline,
         idempotency_key=invocation.idempotency_key,
         workflow_id=invocation.workflow_id,
+        tenant=invocation.tenant,
         logger=logging.LoggerAdapter(
             logger or log,
             {"run_id": invocation.run_id, "step_id": invocation.step.step_id},

@@ -22,6 +22,7 @@ from typing import Any, Final, Generic, TypeVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from foundation.settings import Settings
+from foundation.tenancy import DEFAULT_TENANT
 from node_workers.errors import NodeError, NonRetryableNodeError, RetryableNodeError
 from node_workers.secrets.destinations import SecretDestinations
 from workflows.params_schema import FIELD_NAME_KEY
@@ -95,6 +96,8 @@ class NodeContext:
     """Key for side effects (HTTP ``Idempotency-Key``, SMTP ``Message-ID``); defaults to the
     invocation id. The scheduler may keep it stable across attempts of a step."""
     workflow_id: str = ""
+    tenant: str = DEFAULT_TENANT
+    """The run's tenant (``NodeInvocation.tenant``): whose egress allow list applies (ADR 0045)."""
     logger: logging.Logger | logging.LoggerAdapter[logging.Logger] = field(
         default_factory=lambda: logging.getLogger("node_workers.node")
     )

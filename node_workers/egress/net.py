@@ -25,7 +25,10 @@ from typing import Any, Final, cast
 from urllib.parse import urlsplit
 
 from foundation.settings import Settings, get_settings
+from foundation.tenancy import check_tenant_id
 from node_workers.egress.policy import (
+    TENANT_ALLOW_SETTING,
+    WORKFLOW_ALLOW_SETTING,
     AllowEntry,
     Decision,
     EgressPolicy,
@@ -299,9 +302,10 @@ class OperatorPolicy:
         assert self._policy is not None
         return self._policy
 
-    def for_workflow(self, workflow_id: str) -> EgressPolicy:
-        """The policy for one step: the operator's, widened by the workflow's own allow list."""
-        return self.get().for_scope(EgressScope(workflow_id=workflow_id))
+    def for_call(self, *, workflow_id: str, tenant: str) -> EgressPolicy:
+        """The policy for one step of a run of ``workflow_id`` in ``tenant``: the operator's,
+        widened by the tenant's and the workflow's allow lists (inside the grantable set)."""
+        return self.get().for_scope(EgressScope(workflow_id=workflow_id, tenant=tenant))
 
 
 def policy_from_settings(settings: Settings) -> EgressPolicy:
@@ -314,11 +318,23 @@ def policy_from_settings(settings: Settings) -> EgressPolicy:
         allow=_entries("REFLUX_EGRESS_ALLOW", settings.egress_allow),
         grantable=_entries("REFLUX_EGRESS_GRANTABLE", settings.egress_grantable),
         workflow_allow={
-            workflow: _entries(f"REFLUX_EGRESS_WORKFLOW_ALLOW[{workflow!r}]", entries)
+            workflow: _entries(f"{WORKFLOW_ALLOW_SETTING}[{workflow!r}]", entries)
             for workflow, entries in settings.egress_workflow_allow.items()
+        },
+        tenant_allow={
+            _tenant(tenant): _entries(f"{TENANT_ALLOW_SETTING}[{tenant!r}]", entries)
+            for tenant, entries in settings.egress_tenant_allow.items()
         },
         platform=endpoints,
     )
+
+
+def _tenant(tenant: str) -> str:
+    # A key that is no tenant id ("Acme") would silently never match a run: refuse it.
+    try:
+        return check_tenant_id(tenant)
+    except ValueError as exc:
+        raise ValueError(f"{TENANT_ALLOW_SETTING}: {exc}") from None
 
 
 def _entries(setting: str, texts: Iterable[str]) -> tuple[AllowEntry, ...]:

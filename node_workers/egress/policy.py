@@ -16,8 +16,8 @@ Order of the rules, first match wins:
 3. public unicast: allowed;
 4. every other class (loopback, link-local, private, CGNAT, unspecified, multicast, broadcast,
    reserved, documentation, IPv6 transition forms of those): denied unless an allow entry
-   matches (the operator's list; or a workflow's list, only inside the operator's grantable
-   set).
+   matches: the operator's list; or the run's tenant's list or its workflow's list, each only
+   inside the operator's grantable set. A denial names every list it consulted.
 
 IPv4 embedded in IPv6 (mapped ``::ffff:a.b.c.d``, compatible ``::a.b.c.d``, NAT64
 ``64:ff9b::/96``, 6to4 ``2002::/16``, Teredo ``2001::/32``) is judged as the IPv4 it reaches.
@@ -30,8 +30,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+from foundation.tenancy import DEFAULT_TENANT
+
 __all__ = [
     "CROSS_ORIGIN_SAFE_HEADERS",
+    "TENANT_ALLOW_SETTING",
+    "WORKFLOW_ALLOW_SETTING",
     "AllowEntry",
     "Decision",
     "EgressPolicy",
@@ -284,7 +288,8 @@ class PlatformEndpoint:
 class Decision:
     allowed: bool
     rule: str
-    """``public``, ``allow-list``, ``workflow-allow-list``, or the denying class:
+    """``public``, ``allow-list``, ``tenant-allow-list``, ``workflow-allow-list``, or the
+    denying class:
     ``platform-endpoint``, ``metadata``, ``loopback``, ``link-local``, ``private``, ``cgnat``,
     ``unspecified``, ``multicast``, ``broadcast``, ``reserved``."""
     host: str
@@ -306,44 +311,100 @@ class Decision:
 
 @dataclass(frozen=True, slots=True)
 class EgressScope:
-    """Whose call it is. The tenant is the seam for the per-tenant allow list (tenancy, issue 12
-    item 2): :meth:`EgressPolicy.for_scope` will add the tenant's list, bounded by the operator's
-    grantable set exactly like a workflow's."""
+    """Whose call it is: the run's tenant and its workflow. Each may have an allow list of its
+    own, held by the operator and bounded by the grantable set (:meth:`EgressPolicy.for_scope`)."""
 
     workflow_id: str = ""
-    tenant_id: str | None = None
+    tenant: str = DEFAULT_TENANT
+
+
+TENANT_ALLOW_SETTING: Final = "REFLUX_EGRESS_TENANT_ALLOW"
+WORKFLOW_ALLOW_SETTING: Final = "REFLUX_EGRESS_WORKFLOW_ALLOW"
 
 
 @dataclass(frozen=True, slots=True)
 class EgressPolicy:
-    """The operator's policy; :meth:`for_scope` narrows it to one workflow's call."""
+    """The operator's policy; :meth:`for_scope` narrows it to one call (a tenant's workflow)."""
 
     allow: tuple[AllowEntry, ...] = ()
     """Open for every workflow (and the only list that opens platform endpoints and metadata)."""
     grantable: tuple[AllowEntry, ...] = ()
-    """The ceiling of every narrower list: a workflow's entry opens a destination only if an
-    entry here matches it too."""
+    """The ceiling of every narrower list: a tenant's or a workflow's entry opens a destination
+    only if an entry here matches it too."""
     workflow_allow: Mapping[str, tuple[AllowEntry, ...]] = field(default_factory=dict)
-    """Per workflow id, held by the operator (never by the workflow definition)."""
+    """Per workflow id, held by the operator (never by the workflow definition). A workflow id
+    belongs to one tenant (ADR 0051), so the list applies to that workflow's runs only."""
+    tenant_allow: Mapping[str, tuple[AllowEntry, ...]] = field(default_factory=dict)
+    """Per tenant, held by the operator: for every workflow of that tenant."""
     platform: tuple[PlatformEndpoint, ...] = ()
-    scoped: tuple[AllowEntry, ...] = ()
-    """The workflow's own entries, set by :meth:`for_scope`."""
+    scope: EgressScope | None = None
+    """The call this policy was narrowed to by :meth:`for_scope` (``None``: the operator's
+    lists only). Part of the identity: connection pools are per scope, and a denial names the
+    scope's lists."""
+    tenant_scoped: tuple[AllowEntry, ...] = ()
+    """The scope's tenant's entries, set by :meth:`for_scope`."""
+    workflow_scoped: tuple[AllowEntry, ...] = ()
+    """The scope's workflow's entries, set by :meth:`for_scope`."""
 
     def __hash__(self) -> int:  # Mapping fields are not hashable; identity of the lists is.
-        return hash((self.allow, self.grantable, self.platform, self.scoped))
+        return hash(
+            (
+                self.allow,
+                self.grantable,
+                self.platform,
+                self.scope,
+                self.tenant_scoped,
+                self.workflow_scoped,
+            )
+        )
 
     def for_scope(self, scope: EgressScope) -> EgressPolicy:
-        """The policy of one call: the operator's lists plus the workflow's (tenant: later)."""
-        scoped = self.workflow_allow.get(scope.workflow_id, ())
-        if scoped == self.scoped:
+        """The policy of one call: the operator's lists plus the tenant's and the workflow's."""
+        if scope == self.scope:
             return self
         return EgressPolicy(
             allow=self.allow,
             grantable=self.grantable,
             workflow_allow=self.workflow_allow,
+            tenant_allow=self.tenant_allow,
             platform=self.platform,
-            scoped=scoped,
+            scope=scope,
+            tenant_scoped=self.tenant_allow.get(scope.tenant, ()),
+            workflow_scoped=self.workflow_allow.get(scope.workflow_id, ()),
         )
+
+    def consulted(self) -> str:
+        """The allow lists this policy consults, for a denial: where an entry would go."""
+        lists = ["REFLUX_EGRESS_ALLOW (operator)"]
+        if self.scope is not None:
+            tenant, workflow = self.scope.tenant, self.scope.workflow_id
+            lists.append(
+                f"{self._list_name('tenant')} (tenant {tenant!r}: {_count(self.tenant_scoped)})"
+            )
+            lists.append(
+                f"{self._list_name('workflow')} (workflow {workflow!r}: "
+                f"{_count(self.workflow_scoped)})"
+            )
+        return ", ".join(lists)
+
+    def _scoped_opener(
+        self, host: str, port: int, address: IPAddress
+    ) -> tuple[str, AllowEntry] | None:
+        """``(kind, entry)``: the first entry of the tenant's, then the workflow's list that
+        matches the destination; ``None`` when neither list has one."""
+        for kind, entries in (("tenant", self.tenant_scoped), ("workflow", self.workflow_scoped)):
+            entry = next((e for e in entries if e.matches(host, port, address)), None)
+            if entry is not None:
+                return kind, entry
+        return None
+
+    def _list_name(self, kind: str) -> str:
+        """The setting holding the scope's ``kind`` (``tenant``, ``workflow``) list, e.g.
+        ``REFLUX_EGRESS_TENANT_ALLOW['acme']``."""
+        assert self.scope is not None  # scoped entries exist only in a scoped policy
+        if kind == "tenant":
+            return f"{TENANT_ALLOW_SETTING}[{self.scope.tenant!r}]"
+        return f"{WORKFLOW_ALLOW_SETTING}[{self.scope.workflow_id!r}]"
 
     def check(self, host: str, port: int, address: IPAddress) -> Decision:
         """Whether a connection to ``address:port`` (resolved from ``host``) is allowed."""
@@ -361,7 +422,7 @@ class EgressPolicy:
                     "platform-endpoint",
                     f"the platform's {endpoint.name} at {endpoint.host}:{endpoint.port}; only "
                     f"an exact '{endpoint.host}:{endpoint.port}' entry in REFLUX_EGRESS_ALLOW "
-                    "opens it",
+                    "opens it (never a tenant's or a workflow's list)",
                 )
         denied = address_class(address)
         if denied is None:
@@ -384,27 +445,47 @@ class EgressPolicy:
                 False,
                 "metadata",
                 "a cloud instance-metadata address; only an exact address entry in "
-                "REFLUX_EGRESS_ALLOW opens it",
+                "REFLUX_EGRESS_ALLOW opens it (never a tenant's or a workflow's list)",
             )
         opener = next((e for e in self.allow if e.matches(host, port, address)), None)
         if opener is not None:
             return decide(True, "allow-list", f"entry {opener.text!r}")
-        scoped = next((e for e in self.scoped if e.matches(host, port, address)), None)
-        if scoped is not None:
-            ceiling = next((g for g in self.grantable if g.matches(host, port, address)), None)
+        # The destination's grantable-ness does not depend on which scoped entry matched.
+        ceiling = next((g for g in self.grantable if g.matches(host, port, address)), None)
+        found = self._scoped_opener(host, port, address)
+        if found is not None:
+            kind, scoped = found
             if ceiling is not None:
                 return decide(
-                    True, "workflow-allow-list", f"entry {scoped.text!r} within {ceiling.text!r}"
+                    True,
+                    f"{kind}-allow-list",
+                    f"entry {scoped.text!r} of {self._list_name(kind)} within {ceiling.text!r}",
                 )
             return decide(
                 False,
                 denied,
-                f"the workflow's entry {scoped.text!r} is outside the operator's grantable set "
-                "(REFLUX_EGRESS_GRANTABLE)",
+                f"entry {scoped.text!r} of {self._list_name(kind)} is outside the operator's "
+                "grantable set (REFLUX_EGRESS_GRANTABLE)",
             )
-        return decide(
-            False, denied, "not in REFLUX_EGRESS_ALLOW (nor in this workflow's allow list)"
+        if self.scope is None:
+            return decide(False, denied, "not in REFLUX_EGRESS_ALLOW")
+        where = (
+            "an entry in the tenant's or the workflow's list would open it (the operator's "
+            "grantable set covers it)"
+            if ceiling is not None
+            else "outside the operator's grantable set (REFLUX_EGRESS_GRANTABLE), so only "
+            "REFLUX_EGRESS_ALLOW can open it"
         )
+        consulted = self.consulted()
+        return decide(
+            False, denied, f"it is in none of the allow lists consulted: {consulted}; {where}"
+        )
+
+
+def _count(entries: tuple[AllowEntry, ...]) -> str:
+    if not entries:
+        return "no entries"
+    return f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}, none matching"
 
 
 # -- redirects ----------------------------------------------------------------------------------

@@ -391,7 +391,7 @@ class EmailSendNode(Node[EmailSendInput, EmailSendOutput]):
         try:
             # No asyncio timeout around the thread: it could not stop the send, only stop us
             # waiting for it. The socket timeout bounds every step instead.
-            policy = self._egress.for_workflow(ctx.workflow_id)
+            policy = self._egress.for_call(workflow_id=ctx.workflow_id, tenant=ctx.tenant)
             refused_raw = await self.pool.run(_send, params, msg, recipients, timeout, policy)
         except (smtplib.SMTPException, OSError) as exc:
             raise classify_smtp_error(exc, server=server) from exc

@@ -389,7 +389,7 @@ class HttpRequestNode(Node[HttpRequestInput, HttpRequestOutput]):
         remaining = ctx.remaining_s()
         if remaining is not None:
             timeout = max(min(timeout, remaining), 0.001)
-        policy = self._egress.for_workflow(ctx.workflow_id)
+        policy = self._egress.for_call(workflow_id=ctx.workflow_id, tenant=ctx.tenant)
         clients = self._client(params.verify_tls, policy)
         limit = min(params.max_response_bytes, self._max_response_cap)
         kwargs: dict[str, Any] = {}

@@ -238,7 +238,7 @@ class OpenAIChatNode(Node[OpenAIChatInput, OpenAIChatOutput]):
             node="openai.chat",
             target="base_url",
         )
-        policy = self._egress.for_workflow(ctx.workflow_id)
+        policy = self._egress.for_call(workflow_id=ctx.workflow_id, tenant=ctx.tenant)
         client = self._client(params, timeout, policy)
         started = time.perf_counter()
         try:

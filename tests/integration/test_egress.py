@@ -1,7 +1,8 @@
 """The egress policy on real services: workflows on DevEngine call the platform's own Redis, the
 metadata address and redirects to both, and fail with ``EgressDenied``; the operator's allow
-list opens them; a cross-origin redirect carries no credentials (a real server records what it
-got); a big body is cut with ``ResponseTooLarge``; email.send and openai.chat are held too.
+list opens them; a tenant's list opens a grantable destination for that tenant's runs only; a
+cross-origin redirect carries no credentials (a real server records what it got); a big body is
+cut with ``ResponseTooLarge``; email.send and openai.chat are held too.
 
 The integration conftest allows ``127.0.0.1`` (any port but the platform's) for the other tests'
 stub servers; every test here builds its own settings with an explicit egress configuration.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -22,7 +24,8 @@ from node_workers.node import NodeContext, NodeError, validate_params
 from node_workers.nodes.email_send import EmailSendNode
 from node_workers.nodes.http_request import MAX_REDIRECTS, HttpRequestNode, HttpRequestOutput
 from node_workers.nodes.openai_chat import OpenAIChatNode
-from tests.integration.engine_fixtures import HarnessFactory
+from schemas.models import WorkflowRegistered
+from tests.integration.engine_fixtures import Harness, HarnessFactory
 from tests.integration.http_fixtures import serve
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -42,6 +45,7 @@ def policy_settings(settings: Settings, *allow: str, **extra: Any) -> Settings:
         "egress_allow": allow,
         "egress_grantable": (),
         "egress_workflow_allow": {},
+        "egress_tenant_allow": {},
         **extra,
     }
     return settings.model_copy(update=update)
@@ -149,6 +153,56 @@ def test_the_operator_allow_list_opens_them(
             harness.wait(run_id)
             found = harness.steps(run_id)["fetch"].error
             assert found is None or found["error_class"] != "EgressDenied", (url, found)
+
+
+def register_in_tenant(harness: Harness, definition: dict[str, Any], tenant: str) -> None:
+    """Register version 1 of ``definition`` owned by ``tenant`` (as the API does for a caller
+    of that tenant)."""
+    record = WorkflowRegistered(
+        workflow_id=definition["id"],
+        version=1,
+        definition=definition,
+        registered_at=datetime.now(UTC),
+        tenant=tenant,
+    )
+    harness.send(harness.engine.catalog.workflows.topic, f"{definition['id']}@1", record)
+
+
+def test_a_tenant_list_opens_a_destination_for_that_tenants_runs_only(
+    engine_harness: HarnessFactory, kafka_settings: Settings
+) -> None:
+    with serve() as stub:
+        port = urlsplit(stub.url).port
+        harness = engine_harness(
+            policy_settings(
+                kafka_settings,
+                egress_grantable=("127.0.0.0/8",),
+                egress_tenant_allow={"acme": (f"127.0.0.1:{port}",)},
+            )
+        )
+        register_in_tenant(harness, fetch_workflow("acme-fetch"), "acme")
+        register_in_tenant(harness, fetch_workflow("beta-fetch"), "beta")
+        url = f"{stub.url}/echo"
+
+        run_id = harness.start("acme-fetch", {"url": url})
+        run = harness.wait(run_id)
+        assert (run.status, run.outputs) == ("succeeded", {"status": 200}), run
+        assert len(stub.requests_to("/echo")) == 1
+
+        # The same call from a run of tenant beta: denied, and the error says which lists were
+        # consulted (so where an entry would open it).
+        error = step_error(harness, url, "beta-fetch")
+        assert (error["error_class"], error["retryable"]) == ("EgressDenied", False), error
+        message = error["message"]
+        assert f"127.0.0.1:{port}" in message and "'loopback'" in message, message
+        assert (
+            "REFLUX_EGRESS_ALLOW (operator), REFLUX_EGRESS_TENANT_ALLOW['beta'] (tenant 'beta': "
+            "no entries), REFLUX_EGRESS_WORKFLOW_ALLOW['beta-fetch'] (workflow 'beta-fetch': "
+            "no entries)"
+        ) in message, message
+        assert "the operator's grantable set covers it" in message, message
+        # beta's run never reached the server.
+        assert len(stub.requests_to("/echo")) == 1
 
 
 # -- node level (no engine): redirects, headers, sizes, other nodes ---------------------------

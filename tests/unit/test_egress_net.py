@@ -12,6 +12,7 @@ import pytest
 from foundation.settings import Settings
 from node_workers.egress.net import (
     EgressDeniedError,
+    OperatorPolicy,
     PolicyNetworkBackend,
     egress_transport,
     policy_from_settings,
@@ -66,6 +67,26 @@ def test_a_malformed_setting_is_named() -> None:
         policy_from_settings(Settings(egress_allow=("10.0.0.0/8", "10.0.0.1:0")))
     with pytest.raises(ValueError, match=r"REFLUX_EGRESS_WORKFLOW_ALLOW\['w'\]\[0\]"):
         policy_from_settings(Settings(egress_workflow_allow={"w": ("bad host",)}))
+    with pytest.raises(ValueError, match=r"REFLUX_EGRESS_TENANT_ALLOW\['acme'\]\[1\]"):
+        policy_from_settings(Settings(egress_tenant_allow={"acme": ("10.0.0.1", "a b")}))
+    # A key that is no tenant id would never match a run: refused, not ignored.
+    with pytest.raises(ValueError, match=r"REFLUX_EGRESS_TENANT_ALLOW: Expected a tenant"):
+        policy_from_settings(Settings(egress_tenant_allow={"Acme": ("10.0.0.1",)}))
+
+
+def test_the_tenant_lists_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REFLUX_EGRESS_GRANTABLE", '["10.0.0.0/8"]')
+    monkeypatch.setenv(
+        "REFLUX_EGRESS_TENANT_ALLOW", '{"acme": ["api.acme.example", "10.1.2.0/24:443"]}'
+    )
+    operator = OperatorPolicy()
+    operator.bind(Settings())
+    acme = operator.for_call(workflow_id="orders", tenant="acme")
+    decision = acme.check("x", 443, ipaddress.ip_address("10.1.2.7"))
+    assert (decision.allowed, decision.rule) == (True, "tenant-allow-list")
+    assert not acme.check("x", 80, ipaddress.ip_address("10.1.2.7")).allowed
+    beta = operator.for_call(workflow_id="orders", tenant="beta")
+    assert not beta.check("x", 443, ipaddress.ip_address("10.1.2.7")).allowed
 
 
 def test_the_platform_is_resolved_from_settings() -> None:

@@ -1,5 +1,6 @@
 """The pure egress policy: address classes, IPv4 inside IPv6, ports, allow entries, platform
-endpoints, per-workflow lists bounded by the grantable set, cross-origin headers."""
+endpoints, per-tenant and per-workflow lists bounded by the grantable set, denials naming the
+lists they consulted, cross-origin headers."""
 
 from __future__ import annotations
 
@@ -266,6 +267,113 @@ def test_workflow_entries_never_open_platform_or_metadata() -> None:
     w = base.for_scope(EgressScope(workflow_id="w"))
     assert w.check("127.0.0.1", 16379, ip("127.0.0.1")).rule == "platform-endpoint"
     assert w.check("x", 80, ip("169.254.169.254")).rule == "metadata"
+
+
+def tenant_policy(**kwargs: object) -> EgressPolicy:
+    """Operator: 10/8 grantable; acme opens 10.1.2.0/24:443 and a host, plus 192.168.7.7 (not
+    grantable); beta opens nothing."""
+    fields: dict[str, object] = {
+        "grantable": parse_allow_entries(["10.0.0.0/8", "*.acme.example"]),
+        "tenant_allow": {
+            "acme": parse_allow_entries(["10.1.2.0/24:443", "api.acme.example", "192.168.7.7"])
+        },
+        "platform": (redis_cache(),),
+        **kwargs,
+    }
+    return EgressPolicy(**fields)  # type: ignore[arg-type]
+
+
+def test_a_tenant_entry_opens_a_grantable_destination_for_that_tenant_only() -> None:
+    base = tenant_policy()
+    acme = base.for_scope(EgressScope(workflow_id="orders", tenant="acme"))
+    opened = acme.check("10.1.2.9", 443, ip("10.1.2.9"))
+    assert (opened.allowed, opened.rule) == (True, "tenant-allow-list")
+    assert "REFLUX_EGRESS_TENANT_ALLOW['acme']" in opened.explain()
+    # By host name too (within the grantable '*.acme.example'), whatever it resolved to.
+    assert acme.check("api.acme.example", 8443, ip("10.9.9.9")).rule == "tenant-allow-list"
+    # The entry's port holds.
+    assert not acme.check("10.1.2.9", 80, ip("10.1.2.9")).allowed
+    # Every workflow of acme gets it.
+    other_workflow = base.for_scope(EgressScope(workflow_id="billing", tenant="acme"))
+    assert other_workflow.check("10.1.2.9", 443, ip("10.1.2.9")).allowed
+    # Another tenant does not, even for a workflow of the same name; nor does the operator's
+    # unscoped policy.
+    for scoped in (
+        base.for_scope(EgressScope(workflow_id="orders", tenant="beta")),
+        base.for_scope(EgressScope(workflow_id="orders")),
+        base,
+    ):
+        refused = scoped.check("10.1.2.9", 443, ip("10.1.2.9"))
+        assert (refused.allowed, refused.rule) == (False, "private"), scoped.scope
+    # Pools are keyed by the scoped policy: one per tenant (and workflow).
+    assert len({acme, other_workflow, base.for_scope(EgressScope("orders", "beta"))}) == 3
+
+
+def test_a_tenant_entry_never_opens_beyond_the_grantable_set() -> None:
+    acme = tenant_policy().for_scope(EgressScope(workflow_id="orders", tenant="acme"))
+    refused = acme.check("192.168.7.7", 80, ip("192.168.7.7"))
+    assert (refused.allowed, refused.rule) == (False, "private")
+    assert (
+        "entry '192.168.7.7' of REFLUX_EGRESS_TENANT_ALLOW['acme'] is outside the operator's "
+        "grantable set (REFLUX_EGRESS_GRANTABLE)"
+    ) in refused.explain()
+    # Shrinking the ceiling revokes the tenant's entries at once.
+    shrunk = tenant_policy(grantable=()).for_scope(EgressScope("orders", "acme"))
+    assert not shrunk.check("10.1.2.9", 443, ip("10.1.2.9")).allowed
+
+
+def test_a_tenant_entry_never_opens_platform_or_metadata() -> None:
+    base = EgressPolicy(
+        grantable=parse_allow_entries(["0.0.0.0/0", "::/0", "localhost"]),
+        tenant_allow={
+            "acme": parse_allow_entries(
+                ["127.0.0.1:16379", "localhost:16379", "169.254.169.254", "169.254.169.254:80"]
+            )
+        },
+        platform=(redis_cache(),),
+    )
+    acme = base.for_scope(EgressScope(workflow_id="w", tenant="acme"))
+    for host in ("127.0.0.1", "localhost"):
+        refused = acme.check(host, 16379, ip("127.0.0.1"))
+        assert (refused.allowed, refused.rule) == (False, "platform-endpoint")
+        assert "never a tenant's or a workflow's list" in refused.explain()
+    refused = acme.check("x", 80, ip("169.254.169.254"))
+    assert (refused.allowed, refused.rule) == (False, "metadata")
+    assert "never a tenant's or a workflow's list" in refused.explain()
+
+
+def test_tenant_and_workflow_lists_combine() -> None:
+    base = tenant_policy(
+        workflow_allow={"orders": parse_allow_entries(["10.5.0.0/16"])},
+    )
+    acme_orders = base.for_scope(EgressScope(workflow_id="orders", tenant="acme"))
+    assert acme_orders.check("10.1.2.9", 443, ip("10.1.2.9")).rule == "tenant-allow-list"
+    assert acme_orders.check("10.5.0.1", 80, ip("10.5.0.1")).rule == "workflow-allow-list"
+    # The workflow's list serves its runs only; the tenant's serves every workflow of acme.
+    acme_other = base.for_scope(EgressScope(workflow_id="other", tenant="acme"))
+    assert not acme_other.check("10.5.0.1", 80, ip("10.5.0.1")).allowed
+    assert acme_other.check("10.1.2.9", 443, ip("10.1.2.9")).allowed
+
+
+def test_a_denial_names_every_list_it_consulted() -> None:
+    base = tenant_policy(workflow_allow={"orders": parse_allow_entries(["10.5.0.0/16"])})
+    beta = base.for_scope(EgressScope(workflow_id="orders", tenant="beta"))
+    grantable = beta.check("10.1.2.9", 443, ip("10.1.2.9")).explain()
+    assert (
+        "it is in none of the allow lists consulted: REFLUX_EGRESS_ALLOW (operator), "
+        "REFLUX_EGRESS_TENANT_ALLOW['beta'] (tenant 'beta': no entries), "
+        "REFLUX_EGRESS_WORKFLOW_ALLOW['orders'] (workflow 'orders': 1 entry, none matching); "
+        "an entry in the tenant's or the workflow's list would open it"
+    ) in grantable
+    outside = beta.check("192.168.1.1", 80, ip("192.168.1.1")).explain()
+    assert "REFLUX_EGRESS_TENANT_ALLOW['beta']" in outside
+    assert "outside the operator's grantable set (REFLUX_EGRESS_GRANTABLE), so only " in outside
+    # The operator's own (unscoped) policy has only its list to name.
+    assert (
+        base.check("10.1.2.9", 443, ip("10.1.2.9"))
+        .explain()
+        .endswith("denies: not in REFLUX_EGRESS_ALLOW")
+    )
 
 
 def test_settings_name_every_platform_endpoint() -> None:

@@ -87,6 +87,30 @@ def test_success_output_and_context() -> None:
     assert attempt.finished_at >= attempt.started_at
 
 
+class _WhoseOut(NodeModel):
+    workflow_id: str
+    tenant: str
+
+
+class _Whose(Node[NodeModel, _WhoseOut]):
+    """Reports whose call it is: what an egress-checking node passes to the policy."""
+
+    name = "whose"
+    version = "1.0.0"
+    Input = NodeModel
+    Output = _WhoseOut
+
+    async def execute(self, params: NodeModel, ctx: NodeContext) -> _WhoseOut:
+        return _WhoseOut(workflow_id=ctx.workflow_id, tenant=ctx.tenant)
+
+
+def test_the_context_carries_the_runs_tenant() -> None:
+    attempt = _run(_Whose(), _invocation("whose", {}, tenant="acme"))
+    assert attempt.output == {"workflow_id": "wf", "tenant": "acme"}
+    # An invocation written before tenancy names none: the default tenant's.
+    assert _run(_Whose(), _invocation("whose", {})).output["tenant"] == "default"
+
+
 def test_inputs_hash_is_sha256_of_canonical_params() -> None:
     params = {"b": [1, 2], "a": "é"}
     expected = hashlib.sha256(canonical_json(params).encode()).hexdigest()
