@@ -23,6 +23,7 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from api.config import ApiSettings
 from foundation.settings import Settings
+from foundation.tenancy import DEFAULT_TENANT
 from node_workers.registry import NodeRegistry
 from projections.postgres import queries
 from reflux.dev import DevEngine
@@ -45,13 +46,16 @@ class Harness:
     schema: str
     producer: Producer
 
-    def register(self, definition: dict[str, Any], version: int = 1) -> None:
+    def register(
+        self, definition: dict[str, Any], version: int = 1, *, tenant: str = DEFAULT_TENANT
+    ) -> None:
         parsed = parse_workflow(definition)
         record = WorkflowRegistered(
             workflow_id=parsed.id,
             version=version,
             definition=parsed.to_json_dict(),
             registered_at=datetime.now(UTC),
+            tenant=tenant,
         )
         self.send(self.engine.catalog.workflows.topic, f"{parsed.id}@{version}", record)
 

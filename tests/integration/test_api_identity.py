@@ -305,8 +305,11 @@ def test_every_write_is_in_the_audit_log_with_its_principal(env: Env) -> None:
     assert [w.status_code for w in writes] == [201, 403, 401, 404, 422]
     assert env.client.get("/v1/runs", headers=editor).status_code == 200  # a read: not audited
     token = env.issuer.token(sub="oidc-ed", roles=["editor"], tenant="acme")
+    # Its own workflow id: "greet" is the default tenant's now (ADR 0051).
     oidc = env.client.post(
-        "/v1/workflows", json=DEFINITION, headers={"Authorization": f"Bearer {token}"}
+        "/v1/workflows",
+        json={**DEFINITION, "id": "greet-acme"},
+        headers={"Authorization": f"Bearer {token}"},
     )
     assert oidc.status_code == 201
     env.client.app.state.audit.flush()  # type: ignore[attr-defined]  # queued, not awaited

@@ -55,7 +55,7 @@ def harness(
                 {"workflow": "grant-pay", "versions": [1]},
                 {"workflow": "grant-hops", "versions": [1]},
                 {"workflow": "grant-elsewhere", "versions": [1]},
-                {"tenant": "acme", "workflow": "grant-acme", "versions": [1]},
+                {"tenant": "acme", "workflow": "grant-acme*", "versions": [1]},
             ],
         }
     }
@@ -87,28 +87,36 @@ def test_only_granted_versions_and_tenants_get_the_secret(
     pay = _pay("grant-pay", f"{http.url}/echo?case=pay")
     harness.register(pay, version=1)
     harness.register(pay, version=2)  # "version N+1 of a granted workflow"
-    harness.register(_pay("grant-acme", f"{http.url}/echo?case=acme"))
+    # The tenant is the workflow's (ADR 0051): "grant-acme" registered in tenant acme gets the
+    # secret; a workflow of another tenant whose id fits the grant's pattern does not.
+    harness.register(_pay("grant-acme", f"{http.url}/echo?case=acme"), tenant="acme")
+    harness.register(_pay("grant-acme-copy", f"{http.url}/echo?case=copy"), tenant="beta")
+    harness.register(_pay("grant-acme-default", f"{http.url}/echo?case=default"))
 
     v1 = harness.start("grant-pay", workflow_version=1)
     v2 = harness.start("grant-pay", workflow_version=2)
     acme = harness.start("grant-acme")
-    runs = {r: harness.wait(r, timeout=60) for r in (v1, v2, acme)}
+    copy = harness.start("grant-acme-copy")
+    default = harness.start("grant-acme-default")
+    runs = {r: harness.wait(r, timeout=60) for r in (v1, v2, acme, copy, default)}
 
     assert runs[v1].status == "succeeded"
+    assert runs[acme].status == "succeeded"
     error = _error(harness, v2, "pay")
     assert error["error_class"] == "SecretUnavailable"
     assert "'PAY_TOKEN'" in error["message"] and "'grant-pay' version 2" in error["message"]
     assert (
         "granted versions: 1;" in error["message"] and "adds 2 to the versions" in error["message"]
     )
-    error = _error(harness, acme, "pay")
-    assert error["error_class"] == "SecretUnavailable"
-    assert "tenant 'acme' only, not in tenant 'default'" in error["message"]
+    for other, tenant in ((copy, "beta"), (default, "default")):
+        error = _error(harness, other, "pay")
+        assert error["error_class"] == "SecretUnavailable"
+        assert f"tenant 'acme' only, not in tenant {tenant!r}" in error["message"]
 
-    # Only the granted version's request reached the server, with the real value.
+    # Only the granted runs' requests reached the server, with the real value.
     received = [r for r in http.requests_to("/echo")]
-    assert [r.query["case"] for r in received] == [["pay"]]
-    assert received[0].header("authorization") == f"Bearer {TOKEN}"
+    assert sorted(r.query["case"][0] for r in received) == ["acme", "pay"]
+    assert {r.header("authorization") for r in received} == {f"Bearer {TOKEN}"}
 
 
 def test_a_secret_goes_only_to_its_hosts_redirects_included(
