@@ -15,11 +15,15 @@ import math
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
 from prometheus_client import Counter
+from psycopg_pool import PoolTimeout
+from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.asgi_answer import answer_json
 from api.auth.guard import Principal, match_route
+from api.auth.tenancy import tenant_of
 from api.config import ApiSettings
 from api.prometheus import ApiMetrics
 from api.ratelimit.bucket import Taken, retry_after_s
@@ -114,7 +118,7 @@ class RateLimitMiddleware:
                 headers = _bucket_headers(charge, taken, 0)
         quota: Quota | None = None
         if matched is not None and f"{scope['method']} {template}" in START_ROUTES:
-            tenant = principal.tenant if principal else ANONYMOUS_HOOK_TENANT
+            tenant = principal.tenant if principal else await _hook_tenant(scope, params)
             quota = quota_for(limiter.api, limiter.prefix, tenant, datetime.now(UTC))
             if quota is not None:
                 verdict = await self._take_quota(quota)
@@ -171,6 +175,28 @@ class RateLimitMiddleware:
         self.limiter.unavailable.labels(bucket, "closed" if closed else "open").inc()
         log.debug("rate limits: %s (%s fails %s)", exc, bucket, "closed" if closed else "open")
         return _CLOSED if closed else None
+
+
+async def _hook_tenant(scope: Scope, params: dict[str, str]) -> str:
+    """The tenant of the workflow an anonymous (signed) start hook names: its runs are that
+    tenant's, so is the start (ADR 0051); the default tenant when the read model cannot say."""
+    workflow_id = params.get("workflow_id")
+    state = getattr(scope.get("app"), "state", None)
+    pool = getattr(state, "pool", None)
+    api = getattr(state, "api_settings", None)
+    if workflow_id is None or pool is None or api is None:
+        return ANONYMOUS_HOOK_TENANT
+
+    def look() -> str | None:
+        with pool.connection(timeout=api.pool_timeout_s) as conn:
+            return tenant_of(conn, api.read_schema, "workflow", workflow_id)
+
+    try:
+        owner = await run_in_threadpool(look)
+    except (psycopg.Error, PoolTimeout) as exc:
+        log.warning("rate limits: the tenant of workflow %r is unknown (%s)", workflow_id, exc)
+        return ANONYMOUS_HOOK_TENANT
+    return owner or ANONYMOUS_HOOK_TENANT
 
 
 _CLOSED: Any = object()

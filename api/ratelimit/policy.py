@@ -42,8 +42,8 @@ START_ROUTES: Final = frozenset({"POST /v1/runs", "POST /v1/hooks/{workflow_id}"
 """Routes that start a run: they count against the daily quota."""
 
 ANONYMOUS_HOOK_TENANT: Final = "default"
-"""The tenant whose quota a start webhook sent without a credential counts against: until
-workflows carry a tenant (issue 12, tenancy), the signed hook names no one else."""
+"""The tenant whose quota a start webhook sent without a credential counts against when the
+read model does not know its workflow (yet); a known workflow's tenant otherwise (ADR 0051)."""
 
 _HOOK_ROUTES: Final = frozenset(
     {"/v1/hooks/{workflow_id}", "/v1/hooks/runs/{run_id}/steps/{step_id}"}

@@ -312,6 +312,30 @@ def test_start_webhooks_are_limited_per_workflow_even_without_a_credential(
         assert ok.headers["ratelimit-remaining"] == str(2000 - 2)
 
 
+def test_an_anonymous_start_hook_counts_against_its_workflows_tenant(
+    kafka_settings: Settings, app_with: AppFactory
+) -> None:
+    secret = "s3cret-for-tests"
+    tenants = {"acme": TenantRateLimits(starts_per_day=1)}
+    with app_with(rate_tenants=tenants, webhook_secrets={"greet": secret}) as client:
+        acme = _key(kafka_settings, client, "acme")
+        assert client.post("/v1/workflows", json=DEFINITION, headers=acme).status_code == 201
+        _project(kafka_settings, client)
+
+        def hook(i: int) -> Any:
+            body = json.dumps({"name": f"n{i}"}).encode()
+            headers = {
+                SIGNATURE_HEADER: sign(secret, "POST", "/v1/hooks/greet", body),
+                "content-type": "application/json",
+            }
+            return client.post("/v1/hooks/greet", content=body, headers=headers)
+
+        assert hook(0).status_code == 202
+        refused = hook(1)
+        assert refused.status_code == 429, refused.text
+        assert "tenant 'acme' may start 1 runs per UTC day" in refused.json()["detail"]
+
+
 def test_unreachable_redis_fails_open_for_requests_and_closed_for_the_quota(
     kafka_settings: Settings, app_with: AppFactory
 ) -> None:
