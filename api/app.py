@@ -28,6 +28,7 @@ from api.errors import install_error_handlers
 from api.limits import BodyLimit, RequestLimitsMiddleware
 from api.prometheus import ApiMetrics, MetricsMiddleware
 from api.publisher import Publisher, api_producer
+from api.ratelimit.concurrency import close_run_limits
 from api.ratelimit.middleware import RateLimiter, RateLimitMiddleware, close_limiter
 from api.readmodel import ReadModel
 from api.reflection import LazyAlertsView, close_clickhouse, open_clickhouse
@@ -138,6 +139,7 @@ def create_app(
             await run_in_threadpool(audit.close)
             await run_in_threadpool(pool.close)
             await close_limiter(limiter)
+            await close_run_limits(app)  # made on the first start with a limit (ADR 0052)
 
     app = FastAPI(
         title="REFLUX API",

@@ -39,6 +39,7 @@ from api.errors import ApiError, ConflictError, NotFoundError, UnauthorizedError
 from api.ids import IDEMPOTENCY_KEY_PATTERN, WEBHOOK_SOURCE, run_id_for, tenant_key
 from api.models.common import ErrorMessage, errors
 from api.models.hooks import HookAccepted
+from api.ratelimit.concurrency import admitted
 from api.signatures import (
     SIGNATURE_HEADER,
     SignatureError,
@@ -216,7 +217,8 @@ async def webhook(
                 "sign every delivery anew, with its own timestamp",
             )
     try:
-        await run_in_threadpool(publisher.publish, topics.triggers, trigger.source_key, trigger)
+        async with admitted(request, workflow_id, definition, run_id_for(WEBHOOK_SOURCE, key)):
+            await run_in_threadpool(publisher.publish, topics.triggers, trigger.source_key, trigger)
     except BaseException:
         if replay_key is not None:  # not started: the sender may retry the same request
             await run_in_threadpool(mailbox.release_replay, replay_key)

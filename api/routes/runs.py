@@ -60,6 +60,7 @@ from api.models.runs import (
     RunStatePublic,
 )
 from api.publisher import Publisher
+from api.ratelimit.concurrency import admitted
 from api.readmodel import (
     TERMINAL_EVENTS,
     ReadModel,
@@ -142,6 +143,7 @@ def _deadline(wait_ms: int) -> float:
 async def start_run(
     body: RunCreate,
     *,
+    request: Request,
     response: Response,
     api: ApiSettingsDep,
     pool: PoolDep,
@@ -215,7 +217,8 @@ async def start_run(
     )
     # Published again on a retry with the same key: the first attempt may not have reached the
     # broker, and the scheduler starts a run id only once.
-    await run_in_threadpool(publisher.publish, topics.commands, run_id, command)
+    async with admitted(request, body.workflow_id, definition, run_id):  # ADR 0052
+        await run_in_threadpool(publisher.publish, topics.commands, run_id, command)
     if not body.wait_ms:
         return RunAccepted(run_id=run_id)
 
