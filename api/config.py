@@ -162,6 +162,11 @@ class ApiSettings(BaseSettings):
     """An admitted start whose run has not appeared in the read model after this long (the
     scheduler rejected it, or it was never produced) stops counting against its workflow."""
 
+    rate_concurrency_recheck_s: float = Field(default=1.0, ge=0, le=60)
+    """A full workflow's admitted runs are checked against the read model at most this often
+    per API process: refusals in between cost one Redis call, however many runs are counted
+    (a client polling a full workflow must not turn into a Postgres query per request)."""
+
     rate_concurrency_retry_s: int = Field(default=5, ge=1, le=3600)
     """``Retry-After`` of a start refused by a concurrent-run limit (when a run finishes is
     not known in advance)."""

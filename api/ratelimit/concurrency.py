@@ -10,13 +10,15 @@ A workflow may declare ``max_concurrent_runs``; the operator may set a ceiling p
   else ``Settings.webhook_store_url``): an evicted set would admit a whole new batch.
 - :data:`ADMIT_LUA` admits atomically: a run id already in the set passes without counting
   again (an idempotent retry), else it is added while the set holds fewer than the limit.
-- Only when that refuses, the members are checked against the read model (the ``runs``
-  table): a run that has finished (succeeded, failed, cancelled), or that has not appeared
+- Only when that refuses (and at most every ``rate_concurrency_recheck_s`` per workflow and
+  API process), the members are checked against the read model (the ``runs`` table), oldest
+  admission first, :data:`CHUNK` at a time, until a chunk frees a place: a run
+  that has finished (succeeded, failed, cancelled), or that has not appeared
   ``rate_concurrency_grace_s`` after its admission (the scheduler rejected it, or the publish
   never made it), no longer counts and is removed (:func:`stale_members`); then the script is
   tried once more. So the read model is queried only at the limit, and a refusal is exact up to
-  the projection's lag. A start whose run id is already in the read model is a retry of a start
-  the scheduler has seen: it passes without counting.
+  the projection's lag and the recheck interval. A start whose run id is already in the read
+  model is a retry of a start the scheduler has seen: it passes without counting.
 - A start that is not accepted after all (the publish raised: 503, 413) is removed again.
 - Refused: 429 ``TooManyRunsError`` with ``Retry-After`` (``rate_concurrency_retry_s``) and a
   message naming the workflow, its limit and the runs in flight. Redis unreachable: 503 (fails
@@ -30,6 +32,7 @@ the set; they also take nobody's place.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -53,6 +56,7 @@ from workflows.model import WorkflowDefinition
 
 __all__ = [
     "ADMIT_LUA",
+    "CHUNK",
     "MEMBERS_LUA",
     "PRUNE_LUA",
     "RELEASE_LUA",
@@ -90,10 +94,11 @@ return {1, count + 1}
 """
 
 MEMBERS_LUA: Final = """
--- KEYS[1]: the set. Returns {now in ms (Redis's clock), run id, score, run id, score, ...}.
+-- KEYS[1]: the set; ARGV: first and last rank (oldest admission first).
+-- Returns {now in ms (Redis's clock), run id, score, run id, score, ...}.
 local t = redis.call('TIME')
 local answer = {tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)}
-for _, v in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')) do
+for _, v in ipairs(redis.call('ZRANGE', KEYS[1], ARGV[1], ARGV[2], 'WITHSCORES')) do
   answer[#answer + 1] = v
 end
 return answer
@@ -116,6 +121,12 @@ RELEASE_LUA: Final = """
 -- KEYS[1]: the set; ARGV[1]: a run id whose start was not accepted after all.
 return redis.call('ZREM', KEYS[1], ARGV[1])
 """
+
+CHUNK: Final = 1000
+"""Admitted run ids checked against the read model per query."""
+
+_RETRY: Final = object()
+_PRUNED: Final = object()
 
 _TERMINAL: Final = frozenset(status.value for status in TERMINAL_RUN_STATUSES)
 
@@ -232,6 +243,8 @@ class RunLimits:
             api.rate_redis_retry_s,
             "concurrency",
         )
+        self._checked: dict[str, float] = {}
+        """Workflow -> when (monotonic) its full set was last checked against the read model."""
         self.refused = Counter(
             "reflux_api_run_concurrency_refused",
             "Run starts refused with 429 by a workflow's concurrent-run limit.",
@@ -247,21 +260,14 @@ class RunLimits:
         key = concurrency_key(self.prefix, workflow_id)
         try:
             verdict, count = await self._admit(key, run_id, limit)
-            if verdict == REFUSED:
-                now_ms, members = await self._members(key)
-                statuses = await with_conn(
-                    self.read_model.pool,
-                    self.read_model.timeout,
-                    _statuses,
-                    [*(m for m, _ in members), run_id],
-                    self.read_model.schema,
-                )
-                if run_id in statuses:  # the scheduler has this run: a retry starts nothing
+            if verdict == REFUSED and self._may_check(workflow_id):
+                try:
+                    outcome = await self._check(key, run_id)
+                finally:  # the interval runs from the end of a check: a long one is not redone
+                    self._checked[workflow_id] = time.monotonic()
+                if outcome is _RETRY:
                     return Admission(key, run_id, added=False)
-                grace_ms = round(self.api.rate_concurrency_grace_s * 1000)
-                stale = stale_members(members, statuses, now_ms, grace_ms)
-                if stale:
-                    await self._prune(key, stale)
+                if outcome is _PRUNED:
                     verdict, count = await self._admit(key, run_id, limit)
         except StoreDownError as exc:
             log.debug("concurrent-run limit of %r: %s", workflow_id, exc)
@@ -271,6 +277,45 @@ class RunLimits:
             retry = self.api.rate_concurrency_retry_s
             raise TooManyRunsError(refusal_message(workflow_id, limit, count, retry), retry)
         return Admission(key, run_id, added=verdict == ADMITTED)
+
+    def _may_check(self, workflow_id: str) -> bool:
+        last = self._checked.get(workflow_id)
+        if last is not None and time.monotonic() - last < self.api.rate_concurrency_recheck_s:
+            return False
+        if len(self._checked) > 10_000:  # forget old entries rather than grow without bound
+            self._checked.clear()
+        return True
+
+    async def _check(self, key: str, run_id: str) -> object:
+        """The full set against the read model, oldest admissions first (the likeliest to have
+        finished), :data:`CHUNK` at a time: stops at the first chunk with stale members (one
+        freed place is all this start needs) after removing them. :data:`_RETRY` when the read
+        model already has ``run_id``, :data:`_PRUNED` when something was removed."""
+        grace_ms = round(self.api.rate_concurrency_grace_s * 1000)
+        offset = 0
+        while True:
+            now_ms, members = await self._members(key, offset, CHUNK)
+            ids = [m for m, _ in members]
+            if offset == 0:
+                ids.append(run_id)  # is this start a retry of one the scheduler has seen?
+            if not ids:
+                return None
+            statuses = await with_conn(
+                self.read_model.pool,
+                self.read_model.timeout,
+                _statuses,
+                ids,
+                self.read_model.schema,
+            )
+            if offset == 0 and run_id in statuses:
+                return _RETRY
+            stale = stale_members(members, statuses, now_ms, grace_ms)
+            if stale:
+                await self._prune(key, stale)
+                return _PRUNED
+            if len(members) < CHUNK:
+                return None
+            offset += len(members)
 
     async def release(self, admission: Admission) -> None:
         """Takes back a start that was not accepted after all (best effort: if Redis is away,
@@ -296,11 +341,13 @@ class RunLimits:
 
         return await self.redis.run(call)
 
-    async def _members(self, key: str) -> tuple[int, list[tuple[str, str]]]:
+    async def _members(
+        self, key: str, offset: int, count: int
+    ) -> tuple[int, list[tuple[str, str]]]:
         script = self.redis.script(MEMBERS_LUA)
 
         async def call() -> tuple[int, list[tuple[str, str]]]:
-            answer = await script(keys=[key])
+            answer = await script(keys=[key], args=[offset, offset + count - 1])
             flat = [v.decode() if isinstance(v, bytes) else str(v) for v in answer[1:]]
             return int(answer[0]), list(zip(flat[0::2], flat[1::2], strict=True))
 
