@@ -86,9 +86,9 @@ def _status(api: TestClient, run_id: str) -> str | None:
 
 
 def _members(harness: Harness, workflow_id: str) -> set[str]:
-    store = redis.Redis.from_url(harness.settings.webhook_store_url)
+    store = redis.Redis.from_url(harness.settings.webhook_store_url, decode_responses=True)
     key = concurrency_key(harness.settings.topic_prefix, workflow_id)
-    return {m.decode() for m in store.zrange(key, 0, -1)}
+    return {str(m) for m in store.zrange(key, 0, -1)}
 
 
 def test_the_third_start_is_refused_until_a_run_finishes(harness: Harness, api: TestClient) -> None:
