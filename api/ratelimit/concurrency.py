@@ -32,6 +32,7 @@ the set; they also take nobody's place.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -152,7 +153,7 @@ class ConcurrencyStoreDownError(UnavailableError):
             f"The store of the concurrent-run limit of workflow {workflow_id!r} is unreachable "
             "and that limit fails closed (ADR 0052); the run was not started, retry later"
         )
-        self.headers = {"Retry-After": str(max(1, round(retry_after_s + 0.4999)))}
+        self.headers = {"Retry-After": str(max(1, math.ceil(retry_after_s)))}
 
 
 # -- pure parts ---------------------------------------------------------------------------------
