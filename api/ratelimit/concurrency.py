@@ -46,7 +46,6 @@ from prometheus_client import Counter
 from api.config import ApiSettings
 from api.db import with_conn
 from api.errors import ApiError, UnavailableError
-from api.ratelimit.policy import ANONYMOUS_HOOK_TENANT
 from api.ratelimit.store import CircuitRedis, StoreDownError
 from api.readmodel import ReadModel
 from foundation.errors import RetryableError
@@ -390,15 +389,11 @@ async def admitted(
     definition: WorkflowDefinition,
     run_id: str,
     *,
-    tenant: str | None = None,
+    tenant: str,
 ) -> AsyncIterator[None]:
     """Admits the start of ``run_id`` against the workflow's concurrent-run limit (429/503 when
     refused); the body publishes the start, and if it raises the admission is taken back.
-    ``tenant``: whose ceiling applies (default: the caller's; ``default`` for an anonymous
-    start webhook)."""
-    if tenant is None:
-        principal = getattr(request.state, "principal", None)
-        tenant = principal.tenant if principal is not None else ANONYMOUS_HOOK_TENANT
+    ``tenant``: the workflow's (ADR 0051), whose ceiling applies."""
     limits = _run_limits(request.app)
     limit = limits.limit_for(definition.max_concurrent_runs, tenant)
     if limit is None:

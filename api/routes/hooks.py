@@ -217,14 +217,15 @@ async def webhook(
                 "sign every delivery anew, with its own timestamp",
             )
     try:
-        async with admitted(request, workflow_id, definition, run_id_for(WEBHOOK_SOURCE, key)):
+        run_id = run_id_for(WEBHOOK_SOURCE, scoped_key)
+        async with admitted(request, workflow_id, definition, run_id, tenant=workflow.tenant):
             await run_in_threadpool(publisher.publish, topics.triggers, trigger.source_key, trigger)
     except BaseException:
         if replay_key is not None:  # not started: the sender may retry the same request
             await run_in_threadpool(mailbox.release_replay, replay_key)
         raise
     return HookAccepted(
-        run_id=run_id_for(WEBHOOK_SOURCE, scoped_key),
+        run_id=run_id,
         workflow_id=workflow_id,
         workflow_version=workflow.version,
         idempotency_key=key,

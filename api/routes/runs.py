@@ -217,7 +217,7 @@ async def start_run(
     )
     # Published again on a retry with the same key: the first attempt may not have reached the
     # broker, and the scheduler starts a run id only once.
-    async with admitted(request, body.workflow_id, definition, run_id):  # ADR 0052
+    async with admitted(request, body.workflow_id, definition, run_id, tenant=workflow.tenant):
         await run_in_threadpool(publisher.publish, topics.commands, run_id, command)
     if not body.wait_ms:
         return RunAccepted(run_id=run_id)

@@ -199,8 +199,10 @@ def test_the_tenant_ceiling_limits_workflows_that_declare_more_or_nothing(
         rate_tenants={"default": TenantRateLimits(max_concurrent_runs=1)},
     ) as api:
         _register(api, held("roomy", 5))
-        first = _start(api, "roomy")
+        # A start webhook is admitted under the run id it answers (the one its run will have).
+        first = api.post("/v1/hooks/roomy", json={"n": 1})
         assert first.status_code == 202, first.text
+        assert _members(harness, "roomy") == {first.json()["run_id"]}
         refused = _start(api, "roomy")
         assert refused.status_code == 429
         assert "allows 1 run in flight" in refused.json()["detail"]
