@@ -36,6 +36,7 @@ from schemas.models import Trigger
 
 __all__ = [
     "CLOUDEVENTS_JSON",
+    "HTTP_BINDING",
     "KAFKA_BINDING",
     "PLAIN_FIELDS",
     "CloudEvent",
@@ -45,6 +46,7 @@ __all__ = [
     "cloud_event_from_headers",
     "cloud_event_from_json",
     "decode_trigger",
+    "json_value",
     "plain_trigger",
     "trigger_format",
     "trigger_from_cloud_event",
@@ -193,7 +195,7 @@ def decode_trigger(
     if shape == "cloudevent-binary":
         event = cloud_event_from_headers(_headers(headers), value, KAFKA_BINDING)
     else:
-        document = _json_value(value or b"", "the record's value")
+        document = json_value(value or b"", "the record's value")
         if shape == "json" and not (isinstance(document, dict) and "specversion" in document):
             return shape, plain_trigger(document, source_key=source_key, received_at=received_at)
         shape = "cloudevent-structured"
@@ -216,7 +218,7 @@ def _key_text(key: bytes | None) -> str | None:
         return None  # a binary key partitions; it names nothing
 
 
-def _json_value(raw: bytes | str, what: str) -> Any:
+def json_value(raw: bytes | str, what: str) -> Any:
     try:
         return load_json(raw)
     except ParseLimitError as exc:
