@@ -15,6 +15,8 @@ Rules for starting a run (documented in docs/api.md):
   be signed with one of them (401 otherwise).
 - ``Idempotency-Key`` (e.g. the sender's delivery id) makes redeliveries start one run; without
   it the API draws a random key. run_id = ``uuid5(TRIGGER_NAMESPACE, "webhook:" + key)``.
+- A CloudEvent (``application/cloudevents+json``, or binary mode with ``ce-*`` headers;
+  :mod:`api.hook_events`, ADR 0053): its data is the body above, ``source:id`` its key.
 - The API validates (workflow exists, inputs fit) and publishes a ``Trigger`` on ``triggers``; the
   trigger router turns it into ``StartRun``.
 
@@ -36,6 +38,7 @@ from starlette.concurrency import run_in_threadpool
 from api.bodies import decode_body
 from api.deps import ApiSettingsDep, PublisherDep, ReadModelDep, TopicsDep
 from api.errors import ApiError, ConflictError, NotFoundError, UnauthorizedError
+from api.hook_events import hook_cloud_event
 from api.ids import IDEMPOTENCY_KEY_PATTERN, WEBHOOK_SOURCE, run_id_for, tenant_key
 from api.models.common import ErrorMessage, errors
 from api.models.hooks import HookAccepted
@@ -156,7 +159,11 @@ def _mailbox(request: Request) -> WebhookMailbox:
         "requestBody": {
             "required": True,
             "description": "Any JSON; an object becomes the inputs, other values `inputs.payload`.",
-            "content": {"application/json": {"schema": {}, "example": {"order_id": 42}}},
+            "content": {
+                "application/json": {"schema": {}, "example": {"order_id": 42}},
+                # Or binary mode: ce-specversion, ce-id, ce-source, ce-type headers + the data.
+                "application/cloudevents+json": {"schema": {"type": "object"}},
+            },
         }
     },
 )
@@ -182,15 +189,22 @@ async def webhook(
     verified = _verified(
         request, api.webhook_secrets.get(workflow_id), raw, api.webhook_tolerance_s
     )
-    payload = decode_body(raw, request.headers.get("content-type"))
+    # A CloudEvent (structured or binary mode) brings its data and its key (api.hook_events).
+    event = hook_cloud_event(request.headers, raw, idempotency_key)
+    payload = (
+        event.payload
+        if event is not None
+        else decode_body(raw, request.headers.get("content-type"))
+    )
     workflow = await read_model.workflow(workflow_id)
     if workflow is None:
         raise NotFoundError(f"workflow {workflow_id!r} not found")
     definition = await run_in_threadpool(parse_definition, workflow.definition)
     inputs = inputs_from_payload(payload)
-    # The body *is* the inputs, so an input's loc is its path in the body.
-    await run_in_threadpool(lambda: check_inputs(definition, inputs, ("body",), under_inputs=False))
-    key = idempotency_key or str(uuid.uuid4())
+    # The body (a CloudEvent's data) *is* the inputs, so an input's loc is its path there.
+    loc = event.inputs_loc if event is not None else ("body",)
+    await run_in_threadpool(lambda: check_inputs(definition, inputs, loc, under_inputs=False))
+    key = (event.key if event is not None else idempotency_key) or str(uuid.uuid4())
     # The run is the workflow's tenant's (the signature, or the guard for a key, bound the
     # caller to the workflow); its keys are that tenant's own (ADR 0051).
     scoped_key = tenant_key(workflow.tenant, key)
