@@ -14,6 +14,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -217,12 +221,16 @@ APPROVAL: dict[str, Any] = {
 }
 
 
+SECRET = "approval-secret-for-tests"
+
+
 @pytest.fixture
 def api(harness: Harness) -> Iterator[TestClient]:
     api_schema = f"{harness.schema}_api"
     settings = ApiSettings(
         read_schema=harness.schema,
         api_schema=api_schema,
+        webhook_secrets={"approval-hook": SECRET},
         poll_interval_s=0.05,
         clickhouse_enabled=False,
     )
@@ -258,6 +266,11 @@ def test_a_signal_through_the_api_approves_a_waiting_step(
     assert "the run waits for 'approval'" in wrong.json()["detail"]
     bad_name = api.post(f"/v1/runs/{run_id}/signals/has%20space", json={})
     assert bad_name.status_code == 422, bad_name.text
+    # The signed step route knows the step waits for a signal, but this workflow has no webhook
+    # secret to sign with: refused, pointing to the signal API.
+    hooked = api.post(f"/v1/hooks/runs/{run_id}/steps/approve", json={"approved": True})
+    assert hooked.status_code == 409, hooked.text
+    assert f"POST /v1/runs/{run_id}/signals/approval" in hooked.json()["detail"]
 
     ok = api.post(
         f"/v1/runs/{run_id}/signals/approval",
@@ -275,4 +288,56 @@ def test_a_signal_through_the_api_approves_a_waiting_step(
     assert detail["outputs"] == {"shipped_by": "ann"}
     again = api.post(f"/v1/runs/{run_id}/signals/approval", params={"wait_ms": 5_000}, json={})
     assert again.status_code == 409, again.text  # the run ended: nothing waits any more
+    assert_replay_equivalent(harness, run_id)
+
+
+def _start_and_wait(api: TestClient, workflow_id: str) -> str:
+    eventually(
+        lambda: api.get(f"/v1/workflows/{workflow_id}").status_code,
+        15,
+        "the workflow in the projection",
+        until=lambda status: status == 200,
+    )
+    started = api.post("/v1/runs", json={"workflow_id": workflow_id})
+    assert started.status_code == 202, started.text
+    run_id = str(started.json()["run_id"])
+
+    def approve_status() -> str | None:
+        steps = api.get(f"/v1/runs/{run_id}").json().get("steps", [])
+        return next((s["status"] for s in steps if s["step_id"] == "approve"), None)
+
+    eventually(approve_status, 20, "the approval step waiting", until=lambda s: s == "running")
+    return run_id
+
+
+def _signed(secret: str, path: str, body: bytes) -> dict[str, str]:
+    """What a sender computes from docs/triggers.md (not the project's helper)."""
+    now = int(time.time())
+    mac = hmac.new(secret.encode(), f"{now}.POST.{path}.".encode() + body, hashlib.sha256)
+    return {"Reflux-Signature": f"t={now},v1={mac.hexdigest()}", "content-type": "application/json"}
+
+
+def test_a_signed_webhook_call_resumes_a_meta_signal_step(
+    harness: Harness, api: TestClient
+) -> None:
+    assert api.post("/v1/workflows", json={**APPROVAL, "id": "approval-hook"}).status_code == 201
+    run_id = _start_and_wait(api, "approval-hook")
+    path = f"/v1/hooks/runs/{run_id}/steps/approve"
+    body = json.dumps({"approved": True, "by": "hook"}).encode()
+    unsigned = api.post(path, content=body, headers={"content-type": "application/json"})
+    assert unsigned.status_code == 401, unsigned.text
+    wrong = api.post(path, content=body, headers=_signed("guess", path, body))
+    assert wrong.status_code == 401, wrong.text
+    signed = _signed(SECRET, path, body)
+    ok = api.post(path, content=body, headers={**signed, "Idempotency-Key": "d-1"})
+    assert ok.status_code == 202, ok.text
+    assert ok.json()["status"] == "accepted" and ok.json()["attempt"] == 1
+    replayed = api.post(path, content=body, headers={**signed, "Idempotency-Key": "d-1"})
+    assert replayed.status_code == 401 and "replayed" in replayed.json()["detail"]
+
+    def status() -> str:
+        return str(api.get(f"/v1/runs/{run_id}").json()["status"])
+
+    eventually(status, 20, "the run succeeded", until=lambda s: s == "succeeded")
+    assert api.get(f"/v1/runs/{run_id}").json()["outputs"] == {"shipped_by": "hook"}
     assert_replay_equivalent(harness, run_id)
