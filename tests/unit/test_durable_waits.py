@@ -336,3 +336,32 @@ def test_bad_wait_params_are_refused_with_the_field_path(
     found = {e.path: e.message for e in caught.value.errors}
     assert path in found, found
     assert words in found[path]
+
+
+def test_the_durable_approval_example_runs_as_documented() -> None:
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "examples" / "durable-approval.yaml").read_text()
+    engine = Engine(text)
+    engine.start("durable-approval", "ok")
+    engine.answer("ok", "ask_approver", {"status": 200})
+    signal(engine, "ok", "approval", {"approved": True, "by": "ana"})
+    assert engine.run("ok").steps["cool_off"].status is StepStatus.RUNNING
+    engine.now = T0 + timedelta(hours=1)
+    fire_due(engine, "ok")
+    engine.answer("ok", "fulfil", {"status": 200})
+    assert engine.run("ok").status is RunStatus.SUCCEEDED
+
+    engine.now = T0
+    engine.start("durable-approval", "silent")
+    engine.answer("silent", "ask_approver", {"status": 200})
+    engine.now = T0 + timedelta(days=3)
+    fire_due(engine, "silent")  # no answer in 3 days: not approved, nothing fulfilled
+    run = engine.run("silent")
+    assert run.status is RunStatus.SUCCEEDED
+    assert run.steps["approval"].output == {
+        "signal": "approval",
+        "payload": None,
+        "timed_out": True,
+    }
+    assert [run.steps[s].status for s in ("cool_off", "fulfil")] == [StepStatus.SKIPPED] * 2
