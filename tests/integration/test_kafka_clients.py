@@ -112,8 +112,14 @@ def test_faust_streaming_agent_with_table(kafka_settings: Settings, tmp_path: Pa
             describe=lambda: (tmp_path / "faust.log").read_text()[-3000:],
         )
     finally:
+        # A worker that crashed in start-up can ignore SIGTERM; left running, it holds faust's
+        # web port and breaks every later run of this test.
         worker.terminate()
-        worker.wait(30)
+        try:
+            worker.wait(30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait(10)
     assert sorted(int(v) for v in values) == [2 * i for i in range(200)], (
         tmp_path / "faust.log"
     ).read_text()[-3000:]
