@@ -17,6 +17,7 @@ from processors.scheduler.outcomes import (
     outcome_source,
     outcomes_for,
 )
+from processors.scheduler.runtime.outcomes import OutcomeWriter
 from processors.scheduler.state import RunState
 from schemas.json_schemas import check, load_schema, schema_names
 from schemas.models import PayloadRef, RunCancelled, RunSucceeded
@@ -200,3 +201,18 @@ def test_the_trigger_schemas_take_the_agreed_shapes() -> None:
     assert list(event.iter_errors({**ce, "specversion": "0.3"}))
     assert list(event.iter_errors({**ce, "data_base64": "AA=="}))
     assert list(event.iter_errors({**ce, "Bad-Name": 1}))
+
+
+def test_the_runtime_records_point_at_their_run_events_and_carry_the_content_type() -> None:
+    sim = SCENARIOS["retries_exhausted"]()
+    writer = OutcomeWriter("acme", "acme.run-outcomes", lambda outputs: None)
+    seen = 0
+    for decision in sim.decisions:
+        for record in writer.records(decision):
+            event = decision.events[record.event_index]
+            value = json.loads(record.value)
+            assert value["id"] == event.event_id and value["data"]["seq"] == event.seq
+            assert record.key == event.run_id.encode()
+            assert record.headers == [("content-type", b"application/cloudevents+json")]
+            seen += 1
+    assert seen == sum(1 for e in sim.log if type(e).__name__ in RUN_TYPES)
