@@ -275,61 +275,73 @@ def _outcome() -> dict[str, Any]:
     }
 
 
+# What processors/triggers/formats.py accepts as text (ids, keys, attributes): a non-empty
+# string without control characters (they become Kafka keys and run ids).
+_TEXT: Final = {"type": "string", "minLength": 1, "pattern": "^[^\\u0000-\\u001F\\u007F]+$"}
+
+
 def _trigger() -> dict[str, Any]:
+    """``processors.triggers.formats.plain_trigger`` (ADR 0053)."""
     return {
         "title": "REFLUX trigger (plain JSON)",
         "description": (
-            "A JSON object on <prefix>.triggers with the Trigger record's fields: starts "
-            "`workflow_id` with `payload` as its inputs (an object becomes the inputs, any "
-            "other value inputs.payload); the run's idempotency key is `idempotency_key`."
+            "A JSON object on <prefix>.triggers with the Trigger record's fields and no "
+            "`specversion` (that would make it a CloudEvent): starts `workflow_id` with "
+            "`payload` as its inputs (an object becomes the inputs, any other value "
+            "inputs.payload); the run's idempotency key is `idempotency_key`."
         ),
         "type": "object",
-        "required": ["source", "source_key", "workflow_id", "payload", "idempotency_key"],
+        "required": ["source", "workflow_id", "idempotency_key"],
         "additionalProperties": False,
         "properties": {
-            "source": {**_NON_EMPTY, "description": "Source system, e.g. 'webhook', 'erp'."},
-            "source_key": {"type": "string", "description": "Key within the source."},
-            "workflow_id": _NON_EMPTY,
+            "source": {**_TEXT, "description": "Source system, e.g. 'erp', 'webhook'."},
+            "source_key": {
+                "anyOf": [_TEXT, {"type": "null"}],
+                "description": "Key within the source; default: the Kafka key, else the "
+                "workflow id.",
+            },
+            "workflow_id": {**_TEXT, "description": "The workflow to start."},
             "workflow_version": {
                 "type": ["integer", "null"],
                 "minimum": 1,
                 "description": "null or absent: the latest version (or the routed one).",
             },
-            "payload": {"description": "The external event's payload (any JSON)."},
+            "payload": {"description": "The external event's payload (any JSON); default {}."},
             "idempotency_key": {
-                **_NON_EMPTY,
+                **_TEXT,
                 "description": "e.g. the delivery id; a second trigger with it starts no run.",
             },
-            "event_id": {"type": "string", "description": "Optional record id (UUID text)."},
-            "occurred_at": {**_RFC3339, "description": "Optional; default: when it was read."},
         },
     }
 
 
 def _cloudevent_trigger() -> dict[str, Any]:
+    """``processors.triggers.formats.cloud_event_from_json`` (ADR 0053)."""
+    optional = {"anyOf": [_TEXT, {"type": "null"}]}
     return {
         "title": "REFLUX trigger (CloudEvents 1.0, structured mode)",
         "description": (
-            "A CloudEvent on <prefix>.triggers (value application/cloudevents+json, or any JSON "
-            "object with `specversion`). The workflow is `subject` (or the deployment's "
-            "type -> workflow mapping); `data` is the payload; the idempotency key is `source` "
-            "+ `id`. Binary mode (ce_* headers, data as the value) carries the same attributes "
-            "in headers and is not described by a JSON Schema."
+            "A CloudEvent on <prefix>.triggers (header content-type: "
+            "application/cloudevents+json, or any JSON object with `specversion`). The "
+            "workflow is the one REFLUX_TRIGGER_TYPE_MAP maps `type` to, else `subject`; "
+            "`data` (or `data_base64`) is the payload; the idempotency key is `source` + `id`. "
+            "Binary mode (ce_* headers, the data as the value) carries the same attributes in "
+            "headers and is not described by a JSON Schema."
         ),
         "type": "object",
         "required": ["specversion", "id", "source", "type"],
-        # CloudEvents allows extension attributes: lowercase letters and digits.
+        # CloudEvents names attributes with lowercase letters and digits (extensions too).
         "propertyNames": {"pattern": "^(data_base64|[a-z0-9]{1,20})$"},
         "properties": {
             "specversion": {"const": "1.0"},
-            "id": _NON_EMPTY,
-            "source": _NON_EMPTY,
-            "type": _NON_EMPTY,
-            "subject": {**_NON_EMPTY, "description": "The workflow id to start."},
-            "time": _RFC3339,
-            "datacontenttype": {"type": "string"},
-            "dataschema": {"type": "string", "format": "uri"},
-            "data": {"description": "The payload (any JSON)."},
+            "id": _TEXT,
+            "source": _TEXT,
+            "type": _TEXT,
+            "subject": {**optional, "description": "The workflow id to start."},
+            "time": {"anyOf": [_RFC3339, {"type": "null"}]},
+            "datacontenttype": optional,
+            "dataschema": optional,
+            "data": {"description": "The payload: JSON for a JSON datacontenttype, else text."},
             "data_base64": {"type": "string", "contentEncoding": "base64"},
         },
         "not": {"required": ["data", "data_base64"]},

@@ -1,7 +1,8 @@
-"""The public outcomes topic on the real engine, read only with tools that are not REFLUX's code
-(ADR 0054): Debian's ``kcat`` reads ``<prefix>.run-outcomes`` as JSON (read_committed), the
-``jsonschema`` package validates every record against the published schemas, and the outcomes
-are exactly the run log's events. Plus ``GET /v1/schemas`` with real keys.
+"""The public topics on the real engine, used only with tools that are not REFLUX's code
+(ADR 0054): Debian's ``kcat`` publishes JSON triggers and reads ``<prefix>.run-outcomes`` as JSON
+(read_committed); the ``jsonschema`` package validates every record of both topics against the
+published schemas; the outcomes are exactly the run log's events. Plus ``GET /v1/schemas`` with
+real keys.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import uuid
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -21,8 +24,10 @@ from api.auth.roles import Role
 from api.config import ApiSettings
 from foundation.objectstore import S3BlobStore
 from foundation.settings import Settings
+from processors.triggers.mapping import run_id_for_trigger
 from schemas.json_schemas import load_schema, schema_names
 from schemas.models import CancelRun
+from streams.security import kcat_args
 from tests.integration.engine_fixtures import Harness, HarnessFactory, transform
 from tests.integration.http_fixtures import HttpTestServer
 from tests.support.api_auth import key_headers
@@ -30,7 +35,6 @@ from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
-KCAT = shutil.which("kcat")
 # Run outputs larger than this travel by claim check on the outcomes topic.
 THRESHOLD = 2048
 OUTCOME_EVENTS = {
@@ -43,14 +47,19 @@ OUTCOME_EVENTS = {
 }
 
 
+def kcat_path() -> str:
+    path = shutil.which("kcat")
+    # `make up` (infra.stack.SYSTEM_TOOLS) installs it.
+    assert path is not None, "kcat is not installed: apt-get install -y kcat"
+    return path
+
+
 def kcat(settings: Settings, topic: str, fmt: str) -> list[str]:
     """Everything committed on ``topic`` so far, one line per record (``-e``: stop at the end)."""
-    assert KCAT is not None
     done = subprocess.run(
         [
-            KCAT,
-            "-b",
-            settings.kafka_bootstrap,
+            kcat_path(),
+            *kcat_args(settings),
             "-C",
             "-t",
             topic,
@@ -85,9 +94,21 @@ def http_step(step_id: str, url: str, **extra: Any) -> dict[str, Any]:
     return {"id": step_id, "node": "http.request@^1", "params": {"url": url}, **extra}
 
 
-@pytest.mark.skipif(KCAT is None, reason="kcat is not installed (apt-get install -y kcat)")
+def publish(settings: Settings, tmp_path: Path, value: dict[str, Any], key: str) -> None:
+    """One JSON record on the triggers topic, as a person sends it: ``kcat -P -k KEY FILE``."""
+    body = tmp_path / f"trigger-{uuid.uuid4().hex[:8]}.json"
+    body.write_text(json.dumps(value))
+    topic = f"{settings.topic_prefix}.triggers"
+    subprocess.run(
+        [kcat_path(), *kcat_args(settings), "-P", "-t", topic, "-k", key, str(body)],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+
+
 def test_kcat_reads_each_runs_outcomes_exactly_as_the_run_log_has_them(
-    engine_harness: HarnessFactory, kafka_settings: Settings, http: HttpTestServer
+    engine_harness: HarnessFactory, kafka_settings: Settings, http: HttpTestServer, tmp_path: Path
 ) -> None:
     settings = kafka_settings.model_copy(update={"claim_check_threshold_bytes": THRESHOLD})
     harness = engine_harness(settings)
@@ -127,14 +148,36 @@ def test_kcat_reads_each_runs_outcomes_exactly_as_the_run_log_has_them(
     big = harness.start("big", {"blob": blob})
     boom = harness.start("boom")
     slow = harness.start("slow")
+    # Two runs started by JSON triggers that kcat publishes: a plain one and a CloudEvent.
+    plain: dict[str, Any] = {
+        "source": "erp",
+        "workflow_id": "ok",
+        "payload": {"word": "plain"},
+        "idempotency_key": f"erp-{uuid.uuid4().hex[:8]}",
+    }
+    cloud: dict[str, Any] = {
+        "specversion": "1.0",
+        "id": uuid.uuid4().hex,
+        "source": "crm",
+        "type": "com.example.greeting",
+        "subject": "ok",
+        "datacontenttype": "application/json",
+        "data": {"word": "cloud"},
+    }
+    publish(settings, tmp_path, plain, "orders")
+    publish(settings, tmp_path, cloud, "greetings")
+    by_plain = run_id_for_trigger("erp", plain["idempotency_key"])
+    by_event = run_id_for_trigger("crm", cloud["id"])
     harness.wait_step(slow, "wait", "running")
     harness.command(CancelRun(run_id=slow, reason="no longer needed", requested_by="tests"))
-    runs = {run_id: harness.wait(run_id) for run_id in (ok, big, boom, slow)}
+    runs = {run_id: harness.wait(run_id) for run_id in (ok, big, boom, slow, by_plain, by_event)}
     assert {r: row.status for r, row in runs.items()} == {
         ok: "succeeded",
         big: "succeeded",
         boom: "failed",
         slow: "cancelled",
+        by_plain: "succeeded",
+        by_event: "succeeded",
     }
 
     # The outcomes of each run: exactly its log's outcome events, in its log's order.
@@ -175,6 +218,14 @@ def test_kcat_reads_each_runs_outcomes_exactly_as_the_run_log_has_them(
         assert event["source"] == f"reflux://{settings.topic_prefix}"
 
     final = {key: event for key, event in records if event["type"] != "reflux.step.failed"}
+    assert final[by_plain]["data"]["outputs"] == {"said": "plain"}
+    assert final[by_event]["data"]["outputs"] == {"said": "cloud"}
+    started = {key: e["data"]["started_by"] for key, e in records if e["type"].endswith("started")}
+    # The trigger's source key and idempotency key (source:key) say which trigger it was.
+    assert started[by_plain]["source_key"] == "orders"
+    assert started[by_plain]["idempotency_key"] == f"erp:{plain['idempotency_key']}"
+    assert "erp" in started[by_plain]["source"]
+    assert started[by_event]["idempotency_key"] == f"crm:{cloud['id']}"
     assert final[ok]["data"]["outputs"] == {"said": "héllo"} == runs[ok].outputs
     assert final[boom]["data"]["error"]["error_class"] == "Http5xx"
     assert final[boom]["data"]["step_id"] == "call"
@@ -186,14 +237,26 @@ def test_kcat_reads_each_runs_outcomes_exactly_as_the_run_log_has_them(
     stored = S3BlobStore(settings).get(ref["uri"])
     assert len(stored) == ref["size_bytes"] > THRESHOLD
     assert json.loads(stored) == {"blob": blob} == runs[big].outputs
-    for key, event in records:
-        assert (
-            event["data"]["workflow_id"] == {ok: "ok", big: "big", boom: "boom", slow: "slow"}[key]
-        )
+    workflows = {ok: "ok", big: "big", boom: "boom", slow: "slow", by_plain: "ok", by_event: "ok"}
+    for key, outcome in records:
+        assert outcome["data"]["workflow_id"] == workflows[key]
 
     # The structured-mode content type is on every record (CloudEvents' Kafka binding).
     headers = kcat(settings, topic, "%h\n")
     assert headers and set(headers) == {"content-type=application/cloudevents+json"}
+
+    # Every record on the triggers topic is valid against the trigger schema of its shape.
+    triggers = kcat(settings, f"{settings.topic_prefix}.triggers", "%s\n")
+    assert len(triggers) == 2
+    shapes = {
+        "trigger": jsonschema.Draft202012Validator(load_schema("trigger")),
+        "trigger.cloudevent": jsonschema.Draft202012Validator(load_schema("trigger.cloudevent")),
+    }
+    for line in triggers:
+        document = json.loads(line)
+        shape = "trigger.cloudevent" if "specversion" in document else "trigger"
+        errors = [f"{list(e.path)}: {e.message}" for e in shapes[shape].iter_errors(document)]
+        assert not errors, (shape, document, errors)
 
 
 def test_the_schemas_are_served_to_any_key_and_to_no_one_without(harness: Harness) -> None:

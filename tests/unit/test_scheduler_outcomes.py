@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import jsonschema
@@ -19,6 +20,7 @@ from processors.scheduler.outcomes import (
 )
 from processors.scheduler.runtime.outcomes import OutcomeWriter
 from processors.scheduler.state import RunState
+from processors.triggers.formats import TriggerFormatError, cloud_event_from_json, plain_trigger
 from schemas.json_schemas import check, load_schema, schema_names
 from schemas.models import PayloadRef, RunCancelled, RunSucceeded
 from schemas.run_log import RunEvent
@@ -172,35 +174,82 @@ def test_the_published_schema_files_are_generated_and_valid() -> None:
         assert all(r.startswith("#/$defs/") for r in refs), (name, refs)
 
 
-def test_the_trigger_schemas_take_the_agreed_shapes() -> None:
-    plain = jsonschema.Draft202012Validator(load_schema("trigger"))
-    ok = {
-        "source": "erp",
-        "source_key": "orders",
-        "workflow_id": "order-placed",
-        "payload": {"order": 7},
-        "idempotency_key": "erp-7",
-    }
-    assert not list(plain.iter_errors(ok))
-    assert not list(plain.iter_errors({**ok, "workflow_version": 2}))
-    assert list(plain.iter_errors({k: v for k, v in ok.items() if k != "workflow_id"}))
-    assert list(plain.iter_errors({**ok, "workflow": "typo"}))
-    event = jsonschema.Draft202012Validator(load_schema("trigger.cloudevent"))
-    ce = {
-        "specversion": "1.0",
-        "id": "e-1",
-        "source": "erp",
-        "type": "com.example.order.placed",
-        "subject": "order-placed",
-        "datacontenttype": "application/json",
-        "data": {"order": 7},
-        "traceparent": "00-abc",
-    }
-    assert not list(event.iter_errors(ce))
-    assert list(event.iter_errors({k: v for k, v in ce.items() if k != "id"}))
-    assert list(event.iter_errors({**ce, "specversion": "0.3"}))
-    assert list(event.iter_errors({**ce, "data_base64": "AA=="}))
-    assert list(event.iter_errors({**ce, "Bad-Name": 1}))
+PLAIN_OK: dict[str, Any] = {
+    "source": "erp",
+    "source_key": "orders",
+    "workflow_id": "order-placed",
+    "payload": {"order": 7},
+    "idempotency_key": "erp-7",
+}
+PLAIN_CASES: list[Any] = [
+    PLAIN_OK,
+    {**PLAIN_OK, "workflow_version": 2},
+    {**PLAIN_OK, "workflow_version": None, "source_key": None},
+    {k: v for k, v in PLAIN_OK.items() if k not in ("payload", "source_key")},
+    {**PLAIN_OK, "payload": [1, "two"]},
+    {k: v for k, v in PLAIN_OK.items() if k != "workflow_id"},
+    {k: v for k, v in PLAIN_OK.items() if k != "idempotency_key"},
+    {**PLAIN_OK, "workflow": "typo"},
+    {**PLAIN_OK, "workflow_version": 0},
+    {**PLAIN_OK, "workflow_version": "2"},
+    {**PLAIN_OK, "source": ""},
+    {**PLAIN_OK, "source": 7},
+    {**PLAIN_OK, "idempotency_key": "a\nb"},
+    {**PLAIN_OK, "source_key": ""},
+    ["not", "an", "object"],
+]
+CE_OK: dict[str, Any] = {
+    "specversion": "1.0",
+    "id": "e-1",
+    "source": "erp",
+    "type": "com.example.order.placed",
+    "subject": "order-placed",
+    "time": "2026-12-06T17:00:00Z",
+    "datacontenttype": "application/json",
+    "data": {"order": 7},
+}
+CE_CASES: list[Any] = [
+    CE_OK,
+    {**CE_OK, "traceparent": "00-abc"},
+    {k: v for k, v in CE_OK.items() if k not in ("data", "time", "datacontenttype")},
+    {**CE_OK, "subject": None},
+    {k: v for k, v in CE_OK.items() if k != "data"} | {"data_base64": "eyJhIjoxfQ=="},
+    {k: v for k, v in CE_OK.items() if k != "id"},
+    {**CE_OK, "id": ""},
+    {**CE_OK, "source": 3},
+    {**CE_OK, "specversion": "0.3"},
+    {**CE_OK, "subject": ""},
+    {**CE_OK, "time": "yesterday"},
+    {**CE_OK, "type": "a\u0001b"},
+    {**CE_OK, "data_base64": "AA=="},
+]
+
+
+def _accepted(parse: Callable[[], object]) -> bool:
+    try:
+        parse()
+    except TriggerFormatError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("index", range(len(PLAIN_CASES)))
+def test_the_plain_trigger_schema_accepts_what_the_trigger_router_accepts(index: int) -> None:
+    document = PLAIN_CASES[index]
+    schema = jsonschema.Draft202012Validator(load_schema("trigger"))
+    parsed = _accepted(
+        lambda: plain_trigger(document, source_key="k", received_at=datetime.now(UTC))
+    )
+    assert schema.is_valid(document) == parsed, document
+
+
+@pytest.mark.parametrize("index", range(len(CE_CASES)))
+def test_the_cloudevent_trigger_schema_accepts_what_the_trigger_router_accepts(
+    index: int,
+) -> None:
+    document = CE_CASES[index]
+    schema = jsonschema.Draft202012Validator(load_schema("trigger.cloudevent"))
+    assert schema.is_valid(document) == _accepted(lambda: cloud_event_from_json(document)), document
 
 
 def test_the_runtime_records_point_at_their_run_events_and_carry_the_content_type() -> None:
