@@ -48,6 +48,7 @@ from api.routes import (
     workflows,
 )
 from api.routes import metrics as metrics_routes
+from api.routes import schemas as schema_routes
 from api.store import ApiStore
 from api.validation import bind_node_catalog
 from foundation.redact import redact_credentials
@@ -178,6 +179,7 @@ def create_app(
         diagnoses.router,
         identity.keys_router,
         identity.audit_router,
+        schema_routes.router,
     ):
         v1.include_router(resource)
     app.include_router(v1)

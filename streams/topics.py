@@ -167,6 +167,10 @@ _FIXED: Final[dict[str, tuple[str, dict[str, str], str | None, str]]] = {
     # Every write to the API, refused ones included (ADR 0046), keyed by tenant. Kept a year:
     # the Postgres projection serves queries, the topic is the record an auditor replays.
     "audit": ("tenant", _retention(400 * DAY_MS), None, "API writes: who, tenant, what, outcome"),
+    # The public outcomes (ADR 0054): CloudEvents JSON for systems that do not import REFLUX,
+    # written in the scheduler's transactions with the run events. Derived from the run log, so
+    # a week like the other transient topics; a consumer away longer reads the API.
+    "run-outcomes": ("run_id", _retention(7 * DAY_MS), None, "run outcomes as CloudEvents JSON"),
 }
 _INVOKE_CONFIGS: Final = _retention(7 * DAY_MS)
 
@@ -315,6 +319,10 @@ class TopicCatalog:
     @property
     def audit(self) -> TopicSpec:
         return self._specs["audit"]
+
+    @property
+    def run_outcomes(self) -> TopicSpec:
+        return self._specs["run-outcomes"]
 
     def __getitem__(self, logical: str) -> TopicSpec:
         try:

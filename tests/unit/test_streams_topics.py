@@ -23,6 +23,7 @@ FIXED = [
     "diagnoses",
     "alerts",
     "audit",
+    "run-outcomes",
 ]
 
 

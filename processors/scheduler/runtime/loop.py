@@ -96,6 +96,7 @@ from processors.scheduler.runtime.failures import (
 )
 from processors.scheduler.runtime.gate import SchedulerGate
 from processors.scheduler.runtime.invoke_topics import InvokeTopics
+from processors.scheduler.runtime.outcomes import OutcomeWriter
 from processors.scheduler.runtime.recovery import (
     RecoveryReport,
     recover_partitions,
@@ -286,6 +287,10 @@ class SchedulerRuntime:
             self.producer.config.get("message.max.bytes", DEFAULT_MAX_MESSAGE_BYTES)
         )
         self.invoke_topics = InvokeTopics(settings, self.catalog)
+        # Public CloudEvents of run outcomes, in the same transaction as their run events.
+        self._outcomes = OutcomeWriter(
+            settings.topic_prefix, self.catalog.run_outcomes.topic, self._store_outputs
+        )
         # Retry budget and circuit per dependency: soft state fed by what this process decides.
         self.retry_gate = SchedulerGate(settings, self.instance_id)
         self._backoff = Backoff()
@@ -454,10 +459,17 @@ class SchedulerRuntime:
     def _store_params(self, params: Any) -> PayloadRef | None:
         """Claim check: params over the threshold go to the object store (content-addressed,
         so a retried batch stores the same object again)."""
-        payload = canonical_json(params).encode()
+        return self._store_json(params, "params")
+
+    def _store_outputs(self, outputs: Any) -> PayloadRef | None:
+        """Claim check of a run's outputs on the outcomes topic (ADR 0054)."""
+        return self._store_json(outputs, "outputs")
+
+    def _store_json(self, value: Any, prefix: str) -> PayloadRef | None:
+        payload = canonical_json(value).encode()
         if len(payload) <= self.settings.claim_check_threshold_bytes:
             return None
-        key = content_key(payload, prefix="params")
+        key = content_key(payload, prefix=prefix)
         uri = self._blobs.put(key, payload, "application/json")
         return PayloadRef(
             uri=uri,
@@ -848,6 +860,14 @@ class SchedulerRuntime:
                 headers = normalize_headers(TRACE_HEADERS)
                 topic = self.catalog.traces.topic
                 out.append(_Out(topic, trace.node.encode(), data, headers, None, size))
+        for outcome in self._outcomes.records(decision):
+            size = len(outcome.value) + len(outcome.key) + _RECORD_OVERHEAD
+            record = _Out(
+                self._outcomes.topic, outcome.key, outcome.value, outcome.headers, None, size
+            )
+            # Refused: the run fails at the event the outcome is made from (and so has none).
+            self._check(outcome.event_index, decision.events[outcome.event_index], record, refused)
+            out.append(record)
         return out
 
     def _check(self, index: int, value: RefluxRecord, record: _Out, refused: Strike | None) -> None:
