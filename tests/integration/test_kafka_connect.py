@@ -139,17 +139,18 @@ def topic_values(settings: Settings, topic: str, partitions: int) -> list[bytes]
         for p in range(partitions):
             _, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
             ends[p] = high
-        consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+        assigned = [TopicPartition(topic, p, 0) for p in range(partitions)]
+        consumer.assign(assigned)
         values: list[bytes] = []
-        seen = dict.fromkeys(ends, 0)
 
         def done() -> bool:
             for message in consumer.consume(500, timeout=0.5):
-                partition, offset = message.partition(), message.offset()
-                if message.error() is None and partition is not None and offset is not None:
+                if message.error() is None:
                     values.append(message.value() or b"")
-                    seen[partition] = offset + 1
-            return all(seen[p] >= ends[p] for p in ends)
+            # Positions, not the last record's offset: a transactional topic (the scheduler
+            # writes run-outcomes in its transactions) ends with commit markers.
+            positions = consumer.position(assigned)
+            return all(tp.offset >= ends[tp.partition] for tp in positions)
 
         eventually(done, 30, f"every record of {topic} to be read")
         return values
