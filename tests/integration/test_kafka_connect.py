@@ -10,6 +10,8 @@ consumer group) before the prefix's topics are.
 from __future__ import annotations
 
 import json
+import socket
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +26,7 @@ from confluent_kafka.cimpl import NewTopic
 from foundation.settings import PROJECT_ROOT, Settings
 from infra.services.base import ServiceError
 from infra.services.connect import ConnectRest, KafkaConnect, load_connector, running_states
+from infra.services.kafka import Kafka
 from infra.stack import up
 from processors.triggers.mapping import run_id_for_trigger
 from streams.admin import admin_client
@@ -289,3 +292,88 @@ def test_connect_source_to_reflux_to_connect_sink(
     on_topic = topic_values(settings, outcomes_topic, partitions)
     assert sorted(line.encode() for line in lines) == sorted(on_topic)
     assert {json.loads(line)["subject"] for line in lines} == set(expected)
+
+
+class _TestWorker(KafkaConnect):
+    """Another worker, the test's own: the jars the local worker resolved, its config, log and
+    pid in ``root`` (the test's folder), its group and internal topics under the settings'
+    (the test's) prefix."""
+
+    name = "connect-test-worker"
+
+    def __init__(self, settings: Settings, root: Path) -> None:
+        super().__init__(settings)
+        self.shared = KafkaConnect(settings)
+        self.root = root
+        self.log_file = root / "connect.log"
+        self.pid_file = root / "connect.pid"
+
+    @property
+    def libs(self) -> Path:
+        return self.shared.libs
+
+    @property
+    def plugin_path(self) -> Path:
+        return self.shared.plugin_path
+
+    def install(self) -> None:
+        """Nothing: the session's worker resolved the jars (``connect_worker``)."""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_worker_on_the_sasl_ssl_listener(
+    connect_worker: ConnectRest, kafka_settings: Settings, admin: AdminClient, tmp_path: Path
+) -> None:
+    """With the settings of a client of the SASL_SSL listener (SCRAM user, local CA) the same
+    service code runs a worker whose own clients and connectors' clients all authenticate."""
+    settings = kafka_settings.model_copy(
+        update={
+            "kafka_bootstrap": f"127.0.0.1:{Kafka(kafka_settings).sasl_port}",
+            "kafka_security_protocol": "SASL_SSL",
+            "connect_url": f"http://127.0.0.1:{free_port()}",
+        }
+    )
+    topic = f"{settings.topic_prefix}.connect-sasl"
+    create_topic(admin, topic, 1)
+    source_file = tmp_path / "in.jsonl"
+    lines = [json.dumps({"over": "SASL_SSL", "n": i}) for i in range(5)]
+    source_file.write_text("".join(f"{line}\n" for line in lines))
+    worker = _TestWorker(settings, tmp_path / "worker")
+    try:
+        worker.start()
+        config = worker.config_file.read_text()
+        assert "bootstrap.servers=127.0.0.1:19094" in config
+        assert "producer.security.protocol=SASL_SSL" in config
+        assert stat.S_IMODE(worker.config_file.stat().st_mode) == 0o600  # it holds the password
+        test_connectors = Connectors(worker.rest(), settings)
+        try:
+            test_connectors.create(SOURCE_EXAMPLE, file=str(source_file), topic=topic)
+            values = eventually(
+                lambda: topic_values(kafka_settings, topic, 1),
+                60,
+                f"the {len(lines)} lines on {topic}",
+                until=lambda got: len(got) >= len(lines),
+            )
+            assert values == [line.encode() for line in lines]
+        finally:
+            test_connectors.delete_all()
+    finally:
+        worker.stop()
+
+    def delete_worker_group() -> str | None:
+        future = admin.delete_consumer_groups([worker.group_id], request_timeout=10)
+        try:
+            future[worker.group_id].result()
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.GROUP_ID_NOT_FOUND:
+                return str(exc)
+        return None
+
+    eventually(
+        delete_worker_group, 30, f"group {worker.group_id} deleted", until=lambda e: e is None
+    )
