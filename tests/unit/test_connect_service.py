@@ -33,6 +33,8 @@ def test_plaintext_worker_on_the_settings_bootstrap(tmp_path: Path) -> None:
     assert config["key.converter"] == "org.apache.kafka.connect.storage.StringConverter"
     for prefix in ("", "producer.", "consumer.", "admin."):
         assert config[f"{prefix}security.protocol"] == "PLAINTEXT"
+    # Sinks never deliver outcomes of an aborted scheduler transaction.
+    assert config["consumer.isolation.level"] == "read_committed"
 
 
 def test_sasl_ssl_worker_gives_every_client_the_credentials(tmp_path: Path) -> None:
