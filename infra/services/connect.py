@@ -112,7 +112,9 @@ class KafkaConnect(Service):
                 replication=self.settings.replication_factor,
                 host=host,
                 port=port,
-                plugin_path=self.plugin_path,
+                # Resolved: worktrees sharing one data folder through a link render the same config
+                # (a different text would make each `up` restart the shared worker).
+                plugin_path=self.plugin_path.resolve(),
                 security=security,
             )
         )

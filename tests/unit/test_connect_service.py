@@ -27,7 +27,7 @@ def test_plaintext_worker_on_the_settings_bootstrap(tmp_path: Path) -> None:
     assert config["offset.storage.topic"] == "acme.connect-offsets"
     assert config["status.storage.topic"] == "acme.connect-status"
     assert config["listeners"] == "http://127.0.0.1:18083"
-    assert config["plugin.path"] == str(tmp_path / "connect" / "plugins")
+    assert config["plugin.path"] == str((tmp_path / "connect" / "plugins").resolve())
     # JSON text passes verbatim unless a connector chooses another converter.
     assert config["value.converter"] == "org.apache.kafka.connect.storage.StringConverter"
     assert config["key.converter"] == "org.apache.kafka.connect.storage.StringConverter"
