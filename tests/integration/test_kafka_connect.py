@@ -9,6 +9,7 @@ consumer group) before the prefix's topics are.
 
 from __future__ import annotations
 
+import functools
 import json
 import socket
 import stat
@@ -127,38 +128,67 @@ def read_lines(path: Path) -> list[str]:
     return text.split("\n")[:-1]  # a last line without its newline is still being written
 
 
-def topic_values(settings: Settings, topic: str, partitions: int) -> list[bytes]:
-    """Every value of ``topic`` as raw bytes (a plain consumer, assigned, no group state)."""
+def read_topic(settings: Settings, topic: str) -> list[tuple[int, int, bytes]]:
+    """Every committed record of ``topic``: (partition, offset, raw value), by a plain
+    read-committed consumer that is assigned the partitions (no group state)."""
     consumer = Consumer(
         {
             **kafka_client_config(settings),
             "group.id": f"{settings.topic_prefix}.connect-test-reader",
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
         }
     )
     try:
+        metadata = consumer.list_topics(topic, timeout=10).topics[topic]
+        assigned = [TopicPartition(topic, p, 0) for p in sorted(metadata.partitions)]
         ends = {}
-        for p in range(partitions):
-            _, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            ends[p] = high
-        assigned = [TopicPartition(topic, p, 0) for p in range(partitions)]
+        for tp in assigned:
+            low, high = consumer.get_watermark_offsets(tp, timeout=10)
+            if high > low:  # an empty partition has no position to reach
+                ends[tp.partition] = high
+        assigned = [tp for tp in assigned if tp.partition in ends]
         consumer.assign(assigned)
-        values: list[bytes] = []
+        records: list[tuple[int, int, bytes]] = []
 
         def done() -> bool:
             for message in consumer.consume(500, timeout=0.5):
-                if message.error() is None:
-                    values.append(message.value() or b"")
+                partition, offset = message.partition(), message.offset()
+                if message.error() is None and partition is not None and offset is not None:
+                    records.append((partition, offset, message.value() or b""))
             # Positions, not the last record's offset: a transactional topic (the scheduler
             # writes run-outcomes in its transactions) ends with commit markers.
             positions = consumer.position(assigned)
             return all(tp.offset >= ends[tp.partition] for tp in positions)
 
         eventually(done, 30, f"every record of {topic} to be read")
-        return values
+        return records
     finally:
         consumer.close()
+
+
+def topic_values(settings: Settings, topic: str) -> list[bytes]:
+    return [value for _, _, value in read_topic(settings, topic)]
+
+
+def committed_past_every_record(settings: Settings, group: str, topic: str) -> dict[int, str]:
+    """The partitions of ``topic`` where consumer group ``group`` has not yet committed past
+    the last record (empty: it has processed everything there is)."""
+    ends: dict[int, int] = {}
+    for partition, offset, _ in read_topic(settings, topic):
+        ends[partition] = max(ends.get(partition, 0), offset + 1)
+    # A consumer of the group that never subscribes only reads its committed offsets.
+    probe = Consumer({**kafka_client_config(settings), "group.id": group})
+    try:
+        committed = probe.committed([TopicPartition(topic, p) for p in ends], timeout=10)
+    finally:
+        probe.close()
+    return {
+        tp.partition: f"committed {tp.offset}, records up to {ends[tp.partition]}"
+        for tp in committed
+        if tp.offset < ends[tp.partition]
+    }
 
 
 def create_topic(admin: AdminClient, topic: str, partitions: int) -> None:
@@ -221,7 +251,7 @@ def test_json_lines_pass_source_topic_sink_verbatim(
     assert read_lines(sink_file) == lines + more
 
     # On Kafka the value is the line itself (StringConverter): no schema envelope, no quoting.
-    assert topic_values(kafka_settings, topic, 1) == [line.encode() for line in lines + more]
+    assert topic_values(kafka_settings, topic) == [line.encode() for line in lines + more]
 
 
 def test_connect_source_to_reflux_to_connect_sink(
@@ -286,12 +316,42 @@ def test_connect_source_to_reflux_to_connect_sink(
 
     # The file holds exactly the topic's records, byte for byte (StringConverter, no wrapping).
     lines = read_lines(sink_file)
-    partitions = len(
-        admin.list_topics(outcomes_topic, timeout=10).topics[outcomes_topic].partitions
-    )
-    on_topic = topic_values(settings, outcomes_topic, partitions)
-    assert sorted(line.encode() for line in lines) == sorted(on_topic)
+    assert sorted(line.encode() for line in lines) == sorted(topic_values(settings, outcomes_topic))
     assert {json.loads(line)["subject"] for line in lines} == set(expected)
+
+    # The source connector is at-least-once: the same lines again start no second run. One new
+    # trigger after them, then every trigger routed and every command taken by the scheduler:
+    # only the new run has outcomes more.
+    late = {**triggers[0], "idempotency_key": "greeting-late", "payload": {"name": "Late"}}
+    with source_file.open("a", encoding="utf-8") as out:
+        out.write((EXAMPLES / "triggers.jsonl").read_text() + json.dumps(late) + "\n")
+    late_run = run_id_for_trigger(late["source"], late["idempotency_key"])
+    assert harness.wait(late_run, timeout=60).status == "succeeded"
+    catalog = harness.engine.catalog
+    for group, topic in (
+        (f"{prefix}.trigger-router", catalog.triggers.topic),
+        (f"{prefix}.scheduler", catalog.commands.topic),
+    ):
+        eventually(
+            functools.partial(committed_past_every_record, settings, group, topic),
+            60,
+            f"group {group} to have processed every record of {topic}",
+            until=lambda behind: not behind,
+        )
+    final = topic_values(settings, outcomes_topic)
+    types_per_run: dict[str, list[str]] = {}
+    for value in final:
+        event = json.loads(value)
+        types_per_run.setdefault(event["subject"], []).append(event["type"])
+    assert types_per_run == {
+        run_id: ["reflux.run.started", "reflux.run.succeeded"] for run_id in [*expected, late_run]
+    }
+    eventually(
+        lambda: sorted(line.encode() for line in read_lines(sink_file)),
+        60,
+        "the sink file to hold the late run's outcomes too",
+        until=lambda got: got == sorted(final),
+    )
 
 
 class _TestWorker(KafkaConnect):
@@ -354,7 +414,7 @@ def test_worker_on_the_sasl_ssl_listener(
         try:
             test_connectors.create(SOURCE_EXAMPLE, file=str(source_file), topic=topic)
             values = eventually(
-                lambda: topic_values(kafka_settings, topic, 1),
+                lambda: topic_values(kafka_settings, topic),
                 60,
                 f"the {len(lines)} lines on {topic}",
                 until=lambda got: len(got) >= len(lines),
