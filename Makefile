@@ -11,13 +11,14 @@ STAMP := $(VENV)/.installed
 # 2,985 tests of 2026-12-06, 724 s with three and 626 s with four).
 PYTEST_PARALLEL := -n 4 --dist loadfile
 
-.PHONY: help venv up down status lint typecheck test test-unit test-integration demo demo-improve bench bench-quick bench-loop clean codegen
+.PHONY: help venv up down status connect lint typecheck test test-unit test-integration demo demo-improve bench bench-quick bench-loop clean codegen
 
 help:
 	@echo "make demo    - install, start the local services, run the demo"
 	@echo "make demo-improve - the learning loop fixing a degraded dependency (reflux demo improve)"
 	@echo "make test    - install, start the services, lint, run every test"
-	@echo "make up      - start Kafka, PostgreSQL, Redis, S3 (s3proxy), Docker (+ sandbox image); check ClickHouse"
+	@echo "make up      - start Kafka, PostgreSQL, Redis, S3 (s3proxy), Docker (+ sandbox image), Kafka Connect; check ClickHouse"
+	@echo "make connect - start (only) Kafka and the Kafka Connect worker (docs/connect.md)"
 	@echo "make down    - stop every service started by make up"
 	@echo "make status  - what runs where"
 	@echo "make bench   - run the benchmarks into benchmarks/out/results.json"
@@ -35,6 +36,10 @@ venv: $(STAMP)
 
 up: venv
 	$(PY) -m infra.stack up
+
+# Kafka Connect alone (with the broker it needs): REST API at REFLUX_CONNECT_URL (docs/connect.md).
+connect: venv
+	$(PY) -m infra.stack up kafka connect
 
 down:
 	@if [ -x $(PY) ]; then $(PY) -m infra.stack down; else echo "nothing to stop (no venv)"; fi

@@ -114,6 +114,10 @@ class Settings(BaseSettings):
     s3_bucket: str = "reflux"
     s3_region: str = "us-east-1"
 
+    # The local Kafka Connect worker's REST API (`make connect`, docs/connect.md); loopback only.
+    # Its worker group and internal topics are named after topic_prefix.
+    connect_url: str = "http://127.0.0.1:18083"
+
     # Where `reflux run` / `reflux runs show` find the HTTP API.
     api_url: str = "http://127.0.0.1:8080"
     # The key the `reflux` CLI sends to it (ADR 0046): REFLUX_API_KEY, else the first line of

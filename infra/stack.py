@@ -15,6 +15,7 @@ import time
 from foundation.settings import Settings, get_settings
 from infra.services.base import Service, ServiceError, ensure_debian_packages, log
 from infra.services.clickhouse import ClickHouse
+from infra.services.connect import KafkaConnect
 from infra.services.docker import Docker
 from infra.services.kafka import Kafka
 from infra.services.postgres import Postgres
@@ -31,6 +32,8 @@ SERVICE_TYPES: dict[str, type[Service]] = {
     "clickhouse": ClickHouse,
     # The Docker engine of code.run's docker backend, with the sandbox image (built if missing).
     "docker": Docker,
+    # A Kafka Connect worker on the local broker (docs/connect.md); after Kafka, stopped first.
+    "connect": KafkaConnect,
 }
 
 
