@@ -44,6 +44,7 @@ from api.routes import (
     replays,
     run_replay,
     runs,
+    schedules,
     workflows,
 )
 from api.routes import metrics as metrics_routes
@@ -81,6 +82,7 @@ TAGS = [
         "name": "mutations",
         "description": "Workflow mutation proposals: validate, approve, canary, keep, roll back.",
     },
+    {"name": "schedules", "description": "Cron schedules that start runs (ADR 0056)."},
     {"name": "identity", "description": "API keys and the audit log (admins)."},
     {"name": "health", "description": "Liveness, readiness and Prometheus metrics (open)."},
 ]
@@ -127,6 +129,7 @@ def create_app(
             yield
         finally:
             await run_in_threadpool(alerts_view.close)
+            await run_in_threadpool(schedules.close_view, app.state)
             mailbox = getattr(app.state, "webhook_mailbox", None)  # created on first use
             if mailbox is not None:
                 await run_in_threadpool(mailbox.close)
@@ -176,6 +179,7 @@ def create_app(
         diagnoses.router,
         identity.keys_router,
         identity.audit_router,
+        schedules.router,
     ):
         v1.include_router(resource)
     app.include_router(v1)
