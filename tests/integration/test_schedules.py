@@ -1,0 +1,240 @@
+"""Schedules on the real services (ADR 0056).
+
+- A schedule firing every second, its processor a separate ``reflux schedules run`` process that
+  is ``kill -9``'d and started again: every slot of the window starts exactly one run (counted
+  on the commands topic by the slot-derived run ids, and as runs in the read model), and the
+  slots of the downtime follow the catch-up policy (``all``: fired late; ``skip``: not fired).
+- The API: create, list, read, pause, resume, delete; tenant scoping; field-path errors; a
+  schedule created over the API fires in ``reflux dev``'s engine (``DevEngine(schedules=True)``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from api.config import ApiSettings
+from processors.schedules.firing import run_id_for_slot
+from processors.schedules.table import KeyedTableReader
+from schemas import serde
+from schemas.models import CatchupPolicy, OverlapPolicy, Schedule, StartRun
+from tests.integration.engine_fixtures import Harness, HarnessFactory, api_client, transform
+from tests.support.api_auth import key_headers
+from tests.support.processes import Component, wait_for
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.integration
+
+WORKFLOW = {
+    "id": "tick",
+    "steps": [transform("echo", "data", {"ok": True})],
+}
+
+
+class Commands:
+    """Every committed ``StartRun`` on the commands topic, by run id (read_committed)."""
+
+    def __init__(self, harness: Harness) -> None:
+        self.starts: Counter[str] = Counter()
+        self.slots: dict[str, str] = {}
+        self._reader = KeyedTableReader(
+            harness.settings, harness.engine.catalog.commands.topic, self._apply, name="test"
+        )
+
+    def _apply(self, key: str, value: bytes | None, _partition: int) -> None:
+        if value is None:
+            return
+        record = serde.decode(value)
+        if isinstance(record, StartRun) and record.source == "schedule":
+            self.starts[record.run_id] += 1
+            # "schedule:<schedule id>@<slot>"
+            self.slots[record.run_id] = str(record.idempotency_key).removeprefix("schedule:")
+
+    def read(self) -> Counter[str]:
+        self._reader.catch_up(10.0)
+        return self.starts
+
+    def close(self) -> None:
+        self._reader.close()
+
+
+def _schedule(schedule_id: str, catchup: CatchupPolicy, window_ms: int) -> Schedule:
+    now = datetime.now(UTC)
+    return Schedule(
+        schedule_id=schedule_id,
+        tenant="default",
+        workflow_id="tick",
+        cron="* * * * * *",
+        timezone="UTC",
+        catchup=catchup,
+        catchup_window_ms=window_ms,
+        overlap=OverlapPolicy.ALLOW,
+        inputs={},
+        created_at=now - timedelta(microseconds=now.microsecond),
+    )
+
+
+def _slot(seconds: float) -> datetime:
+    instant = datetime.fromtimestamp(seconds, UTC)
+    return instant - timedelta(microseconds=instant.microsecond)
+
+
+@pytest.mark.parametrize("catchup", [CatchupPolicy.ALL, CatchupPolicy.SKIP])
+def test_every_second_across_kill9_fires_each_slot_exactly_once(
+    harness: Harness, tmp_path: Path, catchup: CatchupPolicy
+) -> None:
+    harness.register(WORKFLOW)
+    schedule_id = f"every-second-{catchup.value}"
+    # skip: a slot more than 1 s late at the restart is missed (the downtime is longer).
+    window_ms = 60_000 if catchup is CatchupPolicy.ALL else 1_000
+    schedule = _schedule(schedule_id, catchup, window_ms)
+    harness.send(harness.engine.catalog.schedules.topic, schedule_id, schedule)
+    processor = Component(
+        "schedules",
+        ["schedules", "run", "--instance-id", "test-sched", "--schema", harness.schema],
+        harness.settings,
+        tmp_path,
+    )
+    commands = Commands(harness)
+    try:
+        processor.start()
+        wait_for(lambda: len(commands.read()) >= 3, 60, "3 slots fired", processor)
+        processor.kill9()
+        killed_at = time.time()
+        fired_before_kill = set(commands.read())
+        # The downtime the catch-up policy is about: a deliberate 3 s outage, not a wait for
+        # something to happen (the restart's own start-up adds ~2 s).
+        time.sleep(3)
+        processor.start()
+        restarted_at = time.time()
+
+        def fired_past_restart() -> bool:
+            slots = {commands.slots[r] for r in commands.read()}
+            latest = max(slots)
+            return latest >= f"{schedule_id}@{_slot(restarted_at + 3).isoformat()[:19]}"
+
+        wait_for(fired_past_restart, 60, "slots after the restart", processor)
+        processor.stop()
+        starts = commands.read()
+    finally:
+        processor.stop()
+        commands.close()
+
+    # Exactly once: no run id was started twice, in spite of the kill and the restart.
+    doubles = {commands.slots[r]: n for r, n in starts.items() if n != 1}
+    assert not doubles, f"slots fired more than once: {doubles}\n{processor.tail()}"
+    by_slot = {datetime.fromisoformat(commands.slots[r].split("@", 1)[1]): r for r in starts}
+    first, last = min(by_slot), max(by_slot)
+    window = [first + timedelta(seconds=s) for s in range(int((last - first).total_seconds()) + 1)]
+    for slot, run_id in by_slot.items():  # the run ids are the slot-derived ones
+        assert run_id == run_id_for_slot(schedule_id, slot)
+    missing = [s for s in window if s not in by_slot]
+    down = [s for s in window if killed_at - 1 < s.timestamp() < restarted_at - 1]
+    assert len(down) >= 3, (
+        f"expected a downtime of several slots, got {down} (killed {killed_at}, restarted "
+        f"{restarted_at}, fired {first}..{last})"
+    )
+    if catchup is CatchupPolicy.ALL:
+        assert missing == [], f"missed slots with catch-up all: {missing}\n{processor.tail()}"
+    else:
+        # skip: the slots of the downtime older than the 1 s window when the processor was back
+        # did not fire; they are one gap, after the kill; every slot around it fired.
+        assert len(missing) >= 2, f"catch-up skip fired the downtime slots: {missing}"
+        gap = [missing[0] + timedelta(seconds=n) for n in range(len(missing))]
+        assert missing == gap, f"expected one gap of skipped slots, got {missing}"
+        assert missing[0].timestamp() >= killed_at - 1, (missing, killed_at)
+        assert fired_before_kill <= set(starts)
+    # Each fired slot started a run, once, in the engine.
+    for run_id in list(starts)[:5] + list(starts)[-3:]:
+        assert harness.wait(run_id).status == "succeeded"
+    with harness.conn() as conn:
+        rows = conn.execute(
+            f'SELECT count(*) FROM "{harness.schema}".runs WHERE run_id = ANY(%s)',
+            (list(starts),),
+        ).fetchone()
+    assert rows is not None
+    eventually(
+        lambda: _projected(harness, list(starts)) == len(starts),
+        30,
+        "every fired slot's run projected",
+    )
+
+
+def _projected(harness: Harness, run_ids: list[str]) -> int:
+    with harness.conn() as conn:
+        row = conn.execute(
+            f'SELECT count(*) FROM "{harness.schema}".runs WHERE run_id = ANY(%s)', (run_ids,)
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_schedules_api_and_the_dev_engine(engine_harness: HarnessFactory) -> None:
+    harness = engine_harness(schedules=True)
+    harness.register(WORKFLOW)
+    harness.register({**WORKFLOW, "id": "beta-flow"}, tenant="beta")
+    api = ApiSettings(read_schema=harness.schema, api_schema=f"{harness.schema}_api")
+    with api_client(harness) as client:
+        eventually(
+            lambda: client.get("/v1/workflows/tick").status_code == 200, 30, "workflow projected"
+        )
+        bad = client.post(
+            "/v1/schedules",
+            json={"workflow_id": "tick", "cron": "61 * * * *", "timezone": "Mars/Base"},
+        )
+        assert bad.status_code == 422, bad.text
+        assert bad.json()["detail"][0]["loc"] == ["body", "timezone"]
+        bad_cron = client.post("/v1/schedules", json={"workflow_id": "tick", "cron": "* *"})
+        assert bad_cron.status_code == 422 and bad_cron.json()["detail"][0]["loc"] == [
+            "body",
+            "cron",
+        ]
+        missing = client.post("/v1/schedules", json={"workflow_id": "nope", "cron": "* * * * *"})
+        assert missing.status_code == 404
+        body: dict[str, Any] = {
+            "schedule_id": "api-every-second",
+            "workflow_id": "tick",
+            "cron": "* * * * * *",
+            "timezone": "Europe/Berlin",
+            "catchup": "one",
+            "overlap": "allow",
+        }
+        created = client.post("/v1/schedules", json=body)
+        assert created.status_code == 201, created.text
+        assert len(created.json()["next_slots"]) == 3
+        assert client.post("/v1/schedules", json=body).status_code == 409
+        listed = client.get("/v1/schedules").json()
+        assert [s["schedule_id"] for s in listed["data"]] == ["api-every-second"]
+
+        # The engine's schedule processor fires it: runs with slot-derived ids succeed.
+        def started() -> list[str]:
+            with harness.conn() as conn:
+                rows = conn.execute(
+                    f"SELECT run_id FROM \"{harness.schema}\".runs WHERE status = 'succeeded'"
+                ).fetchall()
+            return [str(r[0]) for r in rows]
+
+        eventually(lambda: len(started()) >= 2, 60, "two scheduled runs succeeded")
+
+        paused = client.post("/v1/schedules/api-every-second/pause")
+        assert paused.status_code == 200 and paused.json()["paused"] is True
+        assert paused.json()["next_slots"] == []
+        resumed = client.post("/v1/schedules/api-every-second/resume")
+        assert resumed.json()["paused"] is False and resumed.json()["resumed_at"]
+
+        # Another tenant sees nothing of it: 404 as if missing, absent from its list.
+        beta = key_headers(harness.settings, api, name="beta-editor", tenant="beta")
+        assert client.get("/v1/schedules/api-every-second", headers=beta).status_code == 404
+        assert client.delete("/v1/schedules/api-every-second", headers=beta).status_code == 404
+        assert client.get("/v1/schedules", headers=beta).json()["count"] == 0
+        # ... and cannot schedule a workflow that is not its own.
+        other = client.post("/v1/schedules", json={**body, "schedule_id": "x"}, headers=beta)
+        assert other.status_code == 404
+
+        assert client.delete("/v1/schedules/api-every-second").status_code == 204
+        assert client.get("/v1/schedules/api-every-second").status_code == 404
+        assert client.get("/v1/schedules").json()["count"] == 0
