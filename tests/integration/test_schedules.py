@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -238,3 +239,86 @@ def test_schedules_api_and_the_dev_engine(engine_harness: HarnessFactory) -> Non
         assert client.delete("/v1/schedules/api-every-second").status_code == 204
         assert client.get("/v1/schedules/api-every-second").status_code == 404
         assert client.get("/v1/schedules").json()["count"] == 0
+
+
+def test_two_instances_share_the_schedules_and_one_takes_over_after_kill9(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """Several instances: each schedule has one owner (its partition's); when one instance is
+    killed, the other takes its partitions over (fencing the dead one's transactions) and
+    catches up: every slot of every schedule fires exactly once."""
+    harness.register(WORKFLOW)
+    ids = [f"shared-{n}" for n in range(6)]
+    for schedule_id in ids:
+        schedule = _schedule(schedule_id, CatchupPolicy.ALL, 120_000)
+        harness.send(harness.engine.catalog.schedules.topic, schedule_id, schedule)
+    instances = [
+        Component(
+            name,
+            ["schedules", "run", "--instance-id", name, "--schema", harness.schema],
+            harness.settings,
+            tmp_path,
+        )
+        for name in ("sched-a", "sched-b")
+    ]
+    commands = Commands(harness)
+
+    def latest(schedule_id: str) -> str:
+        slots = [s for s in commands.slots.values() if s.startswith(f"{schedule_id}@")]
+        return max(slots, default="")
+
+    try:
+        for instance in instances:
+            instance.start()
+        wait_for(
+            lambda: bool(commands.read()) and all(latest(i) for i in ids),
+            60,
+            "every schedule fired",
+            *instances,
+        )
+        # Both own partitions before one dies (the group has settled).
+        wait_for(
+            lambda: all(_owned(i) for i in instances),
+            60,
+            "both instances own partitions",
+            *instances,
+        )
+        instances[0].kill9()
+        killed_at = time.time()
+
+        def all_past_kill() -> bool:
+            commands.read()
+            mark = f"@{_slot(killed_at + 3).isoformat()[:19]}"
+            return all(latest(i).split("@")[1] >= mark[1:] for i in ids)
+
+        # The survivor gets the dead one's partitions when its session times out (10 s).
+        wait_for(all_past_kill, 90, "every schedule fired after the kill", instances[1])
+        instances[1].stop()
+        starts = commands.read()
+    finally:
+        for instance in instances:
+            instance.stop()
+        commands.close()
+    doubles = {commands.slots[r]: n for r, n in starts.items() if n != 1}
+    assert not doubles, f"slots fired more than once: {doubles}"
+    for schedule_id in ids:
+        slots = sorted(
+            datetime.fromisoformat(s.split("@", 1)[1])
+            for s in commands.slots.values()
+            if s.startswith(f"{schedule_id}@")
+        )
+        expected = [
+            slots[0] + timedelta(seconds=n)
+            for n in range(int((slots[-1] - slots[0]).total_seconds()) + 1)
+        ]
+        assert slots == expected, f"{schedule_id}: missed {sorted(set(expected) - set(slots))}"
+    # The survivor took the dead one's partitions: it ended up owning all of them.
+    assert _owned(instances[1]) == set(range(harness.settings.default_partitions))
+
+
+def _owned(instance: Component) -> set[int]:
+    """The partitions ``instance`` said it owns last (its log)."""
+    found = re.findall(r"owns partitions (set\(\)|\{[\d, ]*\})", instance.tail(100_000))
+    if not found or found[-1] == "set()":
+        return set()
+    return {int(p) for p in found[-1].strip("{}").split(",")}
