@@ -21,13 +21,17 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterBadCronError, croniter
 
+from foundation.errors import NonRetryableError
+
 __all__ = ["CronError", "CronSpec"]
 
 _TICK = timedelta(microseconds=1)
 
 
-class CronError(ValueError):
+class CronError(NonRetryableError, ValueError):
     """An expression or time zone that cannot be used; ``field`` names which."""
+
+    error_class = "CronError"
 
     def __init__(self, field_name: str, message: str) -> None:
         super().__init__(message)
