@@ -44,7 +44,9 @@ class ScheduleCreate(BaseModel):
         description="5 fields (minute hour day-of-month month day-of-week), 6 with seconds "
         "first, or an alias (@hourly, @daily, ...).",
     )
-    timezone: str = Field(default="UTC", description="IANA time zone the expression is read in.")
+    timezone: str = Field(
+        default="UTC", max_length=64, description="IANA time zone the expression is read in."
+    )
     start_at: datetime | None = Field(default=None, description="No slot before (with a zone).")
     end_at: datetime | None = Field(default=None, description="No slot after (with a zone).")
     jitter_s: float = Field(

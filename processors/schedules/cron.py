@@ -19,13 +19,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import CroniterBadCronError, croniter
+from croniter import CroniterBadCronError, CroniterBadDateError, croniter
 
 from foundation.errors import NonRetryableError
 
 __all__ = ["CronError", "CronSpec"]
 
 _TICK = timedelta(microseconds=1)
+_REFERENCE = datetime(2000, 1, 1, tzinfo=UTC)
 
 
 class CronError(NonRetryableError, ValueError):
@@ -81,6 +82,13 @@ class CronSpec:
             raise CronError("cron", f"Expected a valid cron expression, but got {expression!r}")
         object.__setattr__(self, "_zone", zone)
         object.__setattr__(self, "_seconds", seconds)
+        try:
+            self.next_after(_REFERENCE)
+        except CroniterBadDateError:  # valid fields that never meet, e.g. 31 February
+            raise CronError(
+                "cron",
+                f"Expected a cron expression that matches a date, but {expression!r} never does",
+            ) from None
 
     def _wall(self, instant: datetime) -> datetime:
         """The naive wall-clock time of an aware instant in this zone."""

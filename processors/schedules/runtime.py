@@ -239,7 +239,11 @@ class ScheduleProcessor:
             previous_active = rule.overlap is not Overlap.ALLOW and self._previous_active(
                 progress, now
             )
-            result = plan(rule, last, now, previous_active=previous_active)
+            try:
+                result = plan(rule, last, now, previous_active=previous_active)
+            except Exception as exc:  # one schedule's failure must not stop the others
+                log.error("schedule %s: cannot plan: %s", schedule.schedule_id, exc)
+                continue
             if result.last_slot is not None:
                 plans.append((schedule, result))
         return plans

@@ -85,6 +85,7 @@ def test_last_at_or_before_includes_the_instant() -> None:
         ("* * *", "UTC", "cron"),
         ("61 * * * *", "UTC", "cron"),
         ("* * * * * * *", "UTC", "cron"),
+        ("0 0 31 2 *", "UTC", "cron"),
         ("0 9 * * *", "Mars/Olympus", "timezone"),
     ],
 )
