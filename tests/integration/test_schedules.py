@@ -25,6 +25,7 @@ from processors.schedules.table import KeyedTableReader
 from schemas import serde
 from schemas.models import CatchupPolicy, OverlapPolicy, Schedule, StartRun
 from tests.integration.engine_fixtures import Harness, HarnessFactory, api_client, transform
+from tests.integration.http_fixtures import HttpTestServer
 from tests.support.api_auth import key_headers
 from tests.support.processes import Component, wait_for
 from tests.support.waiting import eventually
@@ -322,3 +323,54 @@ def _owned(instance: Component) -> set[int]:
     if not found or found[-1] == "set()":
         return set()
     return {int(p) for p in found[-1].strip("{}").split(",")}
+
+
+@pytest.mark.parametrize("overlap", [OverlapPolicy.SKIP, OverlapPolicy.CANCEL_PREVIOUS])
+def test_overlap_policies_with_runs_longer_than_the_interval(
+    engine_harness: HarnessFactory, http: HttpTestServer, overlap: OverlapPolicy
+) -> None:
+    """Runs of 2.5 s on an every-second schedule: ``skip`` never has two runs in flight (the
+    HTTP server counts them); ``cancel_previous`` cancels the running one when the next is due."""
+    harness = engine_harness(schedules=True)
+    harness.register(
+        {
+            "id": "slow",
+            "steps": [
+                {
+                    "id": "wait",
+                    "node": "http.request@^1",
+                    "params": {"url": f"{http.url}/slow?ms=2500"},
+                }
+            ],
+        }
+    )
+    schedule = _schedule("slow-every-second", CatchupPolicy.SKIP, 5_000).model_copy(
+        update={"workflow_id": "slow", "overlap": overlap}
+    )
+    # The workflow must be in the scheduler's view before the first slot starts a run of it.
+    eventually(lambda: _registered(harness, "slow"), 30, "workflow projected")
+    harness.send(harness.engine.catalog.schedules.topic, schedule.schedule_id, schedule)
+
+    def statuses() -> Counter[str]:
+        with harness.conn() as conn:
+            rows = conn.execute(
+                f"SELECT status FROM \"{harness.schema}\".runs WHERE workflow_id = 'slow'"
+            ).fetchall()
+        return Counter(str(r[0]) for r in rows)
+
+    if overlap is OverlapPolicy.SKIP:
+        eventually(lambda: statuses()["succeeded"] >= 2, 60, "two runs succeeded")
+        assert http.in_flight_max == 1, "two runs of a skip schedule were in flight at once"
+        assert statuses()["cancelled"] == 0
+    else:
+        eventually(lambda: statuses()["cancelled"] >= 2, 60, "two runs cancelled by the next")
+        assert statuses()["succeeded"] == 0, statuses()
+        assert statuses()["running"] <= 1, statuses()
+
+
+def _registered(harness: Harness, workflow_id: str) -> bool:
+    with harness.conn() as conn:
+        row = conn.execute(
+            f'SELECT 1 FROM "{harness.schema}".workflows WHERE workflow_id = %s', (workflow_id,)
+        ).fetchone()
+    return row is not None
