@@ -37,7 +37,9 @@ class ScheduleCreate(BaseModel):
         description="Your id for it (default: a new UUID); a second POST with it answers 409.",
     )
     workflow_id: str = Field(min_length=1, max_length=200)
-    workflow_version: int | None = Field(default=None, ge=1, description="null: the latest.")
+    workflow_version: int | None = Field(
+        default=None, ge=1, le=2**31 - 1, description="null: the latest."
+    )
     cron: str = Field(
         min_length=1,
         max_length=200,

@@ -26,6 +26,7 @@ from api.publisher import Publisher
 from api.validation import check_inputs, parse_definition
 from processors.schedules.cron import CronError
 from processors.schedules.firing import rule_of
+from processors.schedules.plan import ScheduleRuleError
 from processors.schedules.view import LazySchedulesView, SchedulesView
 from schemas.models import CatchupPolicy, OverlapPolicy, Schedule
 from streams.topics import TopicCatalog
@@ -36,6 +37,10 @@ router = APIRouter(prefix="/schedules", tags=["schedules"])
 
 _LOCK = threading.Lock()
 CATCH_UP_TIMEOUT_S = 5.0
+_BODY_FIELD = {"jitter_ms": "jitter_s", "catchup_window_ms": "catchup_window_s"}
+"""Record fields the core names -> the body fields they come from."""
+_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+_LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 NEXT_SLOTS = 3
 
 
@@ -102,6 +107,11 @@ def _aware(value: datetime | None, path: str, issues: list[FieldIssue]) -> datet
             )
         )
         return None
+    if value is not None and not _EARLIEST <= value < _LATEST:
+        issues.append(
+            FieldIssue(path, f"Expected an instant in 1970..9000, but got {value}", "value_error")
+        )
+        return None
     return value
 
 
@@ -134,10 +144,9 @@ def _record(body: ScheduleCreate, principal: Principal, version: int | None) -> 
         rule_of(schedule)
     except CronError as exc:
         raise RequestInvalidError([FieldIssue(exc.field, str(exc), "value_error")]) from None
-    except ValueError as exc:
-        text = str(exc)
-        path = "jitter_s" if "jitter" in text else "end_at" if "end_at" in text else "cron"
-        raise RequestInvalidError([FieldIssue(path, text, "value_error")]) from None
+    except ScheduleRuleError as exc:
+        path = _BODY_FIELD.get(exc.field, exc.field)
+        raise RequestInvalidError([FieldIssue(path, str(exc), "value_error")]) from None
     return schedule
 
 

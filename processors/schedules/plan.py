@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 
+from foundation.errors import NonRetryableError
 from processors.schedules.cron import CronSpec
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "Overlap",
     "Plan",
     "ScheduleRule",
+    "ScheduleRuleError",
     "jitter",
     "plan",
 ]
@@ -35,6 +37,16 @@ __all__ = [
 MAX_FIRES_PER_PLAN = 500
 """At most this many slots per plan (``catchup=all`` after a long downtime of a fast schedule):
 the rest are due again at the next tick, so one transaction stays small."""
+
+
+class ScheduleRuleError(NonRetryableError, ValueError):
+    """A schedule whose timing fields contradict each other; ``field`` names the record field."""
+
+    error_class = "ScheduleRuleError"
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field_name
 
 
 class Catchup(StrEnum):
@@ -67,22 +79,28 @@ class ScheduleRule:
 
     def __post_init__(self) -> None:
         if self.jitter < timedelta(0):
-            raise ValueError(f"Expected jitter >= 0, but got {self.jitter}")
+            raise ScheduleRuleError("jitter_ms", f"Expected jitter >= 0, but got {self.jitter}")
         if self.catchup_window <= timedelta(0):
-            raise ValueError(f"Expected catchup_window > 0, but got {self.catchup_window}")
+            raise ScheduleRuleError(
+                "catchup_window_ms", f"Expected catchup_window > 0, but got {self.catchup_window}"
+            )
         if self.jitter >= self.catchup_window:
             # A jittered slot would count as missed before it was even due.
-            raise ValueError(
-                f"Expected jitter ({self.jitter}) below the catch-up window ({self.catchup_window})"
+            raise ScheduleRuleError(
+                "jitter_ms",
+                f"Expected jitter ({self.jitter}) below the catch-up window "
+                f"({self.catchup_window})",
             )
         if self.start_at and self.end_at and self.end_at < self.start_at:
-            raise ValueError(f"Expected end_at {self.end_at} after start_at {self.start_at}")
+            raise ScheduleRuleError(
+                "end_at", f"Expected end_at {self.end_at} after start_at {self.start_at}"
+            )
 
     def floor(self) -> datetime:
         """Slots at or before this instant never fire (creation, start, resumption)."""
         floor = self.created_at
-        if self.start_at is not None:
-            floor = max(floor, self.start_at - timedelta(microseconds=1))
+        if self.start_at is not None and self.start_at > floor:
+            floor = self.start_at - timedelta(microseconds=1)
         if self.resumed_at is not None:
             floor = max(floor, self.resumed_at)
         return floor

@@ -195,6 +195,16 @@ def test_schedules_api_and_the_dev_engine(engine_harness: HarnessFactory) -> Non
             "body",
             "cron",
         ]
+        jitter = client.post(
+            "/v1/schedules",
+            json={"workflow_id": "tick", "cron": "* * * * *", "jitter_s": 90},
+        )
+        assert jitter.status_code == 422 and jitter.json()["detail"][0]["loc"] == [
+            "body",
+            "jitter_s",
+        ]
+        never = client.post("/v1/schedules", json={"workflow_id": "tick", "cron": "0 0 31 2 *"})
+        assert never.status_code == 422 and "never" in never.json()["detail"][0]["msg"]
         missing = client.post("/v1/schedules", json={"workflow_id": "nope", "cron": "* * * * *"})
         assert missing.status_code == 404
         body: dict[str, Any] = {
