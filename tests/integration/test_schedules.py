@@ -11,17 +11,23 @@
 from __future__ import annotations
 
 import re
+import socket
+import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+import uvicorn
 
+from api.app import create_app
 from api.config import ApiSettings
 from processors.schedules.firing import run_id_for_slot
 from processors.schedules.table import KeyedTableReader
+from reflux.cli import main
 from schemas import serde
 from schemas.models import CatchupPolicy, OverlapPolicy, Schedule, StartRun
 from tests.integration.engine_fixtures import Harness, HarnessFactory, api_client, transform
@@ -384,3 +390,62 @@ def _registered(harness: Harness, workflow_id: str) -> bool:
             f'SELECT 1 FROM "{harness.schema}".workflows WHERE workflow_id = %s', (workflow_id,)
         ).fetchone()
     return row is not None
+
+
+@pytest.fixture
+def api_url(harness: Harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The API over the harness, served by uvicorn, and an admin key file the CLI reads (as
+    tests/integration/test_cli_client.py does)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    api = ApiSettings(
+        read_schema=harness.schema,
+        api_schema=f"{harness.schema}_api",
+        poll_interval_s=0.05,
+        clickhouse_enabled=False,
+    )
+    key_file = tmp_path / "api-key"
+    key_file.write_text(key_headers(harness.settings, api)["Authorization"].split()[1])
+    monkeypatch.delenv("REFLUX_API_KEY", raising=False)
+    monkeypatch.setenv("REFLUX_API_KEY_FILE", str(key_file))
+    app = create_app(harness.settings, api)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    eventually(lambda: server.started or not thread.is_alive(), 20, "the API listening")
+    assert server.started, "the API server thread ended before listening"
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+def test_the_schedules_cli(
+    harness: Harness, api_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    harness.register(WORKFLOW)
+    eventually(lambda: _registered(harness, "tick"), 30, "workflow projected")
+    api = ["--api", api_url]
+    create = ["schedules", "create", "tick", "--id", "weekdays", "--cron", "0 9 * * 1-5"]
+    options = ["--timezone", "Europe/Berlin", "--catchup", "one"]
+    # Inputs are checked against the workflow when the schedule is created.
+    assert main([*create, *options, "--input", "region=eu", *api]) == 2
+    assert "inputs.region: unknown input 'region'" in capsys.readouterr().err
+    assert main([*create, *options, *api]) == 0
+    out = capsys.readouterr().out
+    assert "schedule weekdays (active) -> workflow tick" in out
+    assert "catch-up one" in out and "Europe/Berlin" in out
+    # The next slot is a weekday 09:00 in Berlin: 07:00 or 08:00 UTC.
+    assert "T07:00:00Z" in out or "T08:00:00Z" in out, out
+    assert main(["schedules", "list", *api]) == 0
+    assert "schedule weekdays" in capsys.readouterr().out
+    assert main(["schedules", "pause", "weekdays", *api]) == 0
+    assert "(paused)" in capsys.readouterr().out
+    assert main(["schedules", "resume", "weekdays", *api]) == 0
+    assert "(active)" in capsys.readouterr().out
+    assert main(["schedules", "delete", "weekdays", *api]) == 0
+    assert main(["schedules", "show", "weekdays", *api]) == 2
+    assert "schedule 'weekdays' not found" in capsys.readouterr().err
+    bad = ["schedules", "create", "tick", "--cron", "0 25 * * *", *api]
+    assert main(bad) == 2
+    assert "cron" in capsys.readouterr().err
