@@ -28,6 +28,7 @@ from api.errors import install_error_handlers
 from api.limits import BodyLimit, RequestLimitsMiddleware
 from api.prometheus import ApiMetrics, MetricsMiddleware
 from api.publisher import Publisher, api_producer
+from api.ratelimit.concurrency import close_run_limits
 from api.ratelimit.middleware import RateLimiter, RateLimitMiddleware, close_limiter
 from api.readmodel import ReadModel
 from api.reflection import LazyAlertsView, close_clickhouse, open_clickhouse
@@ -128,8 +129,7 @@ def create_app(
         try:
             yield
         finally:
-            await run_in_threadpool(alerts_view.close)
-            await run_in_threadpool(schedules.close_view, app.state)
+            await run_in_threadpool(_close_views, alerts_view, app.state)
             mailbox = getattr(app.state, "webhook_mailbox", None)  # created on first use
             if mailbox is not None:
                 await run_in_threadpool(mailbox.close)
@@ -141,6 +141,7 @@ def create_app(
             await run_in_threadpool(audit.close)
             await run_in_threadpool(pool.close)
             await close_limiter(limiter)
+            await close_run_limits(app)  # made on the first start with a limit (ADR 0052)
 
     app = FastAPI(
         title="REFLUX API",
@@ -186,6 +187,12 @@ def create_app(
     app.include_router(health.router)
     install_identity(app, API_PREFIX)  # roles, authentication, audit, OpenAPI (ADR 0046)
     return app
+
+
+def _close_views(alerts_view: LazyAlertsView, state: Any) -> None:
+    """The topic views a request may have opened: alerts, schedules (ADR 0056)."""
+    alerts_view.close()
+    schedules.close_view(state)
 
 
 def _install_limits_and_metrics(

@@ -31,6 +31,9 @@ class TenantRateLimits(BaseModel):
     read_per_s: float | None = _PER_S
     principal_share: float | None = Field(default=None, gt=0, le=1)
     starts_per_day: int | None = Field(default=None, ge=0)
+    max_concurrent_runs: int | None = Field(default=None, ge=1, le=100_000)
+    """Ceiling on runs in flight per workflow of this tenant (``rate_max_concurrent_runs``);
+    ``null`` given explicitly: none."""
 
 
 class ApiSettings(BaseSettings):
@@ -149,6 +152,24 @@ class ApiSettings(BaseSettings):
     rate_starts_per_day: int | None = Field(default=1_000_000, ge=0)
     """Runs a tenant may start per UTC day (``POST /v1/runs``, start webhooks); counted when
     the start is accepted (2xx). ``None``: no quota."""
+
+    rate_max_concurrent_runs: int | None = Field(default=None, ge=1, le=100_000)
+    """Ceiling on the runs of any one workflow in flight at once, for workflows that declare
+    no ``max_concurrent_runs`` or a higher one (the lower of the two holds; ADR 0052).
+    ``None``: only what workflows declare. Overridable per tenant."""
+
+    rate_concurrency_grace_s: float = Field(default=600.0, gt=0, le=86_400)
+    """An admitted start whose run has not appeared in the read model after this long (the
+    scheduler rejected it, or it was never produced) stops counting against its workflow."""
+
+    rate_concurrency_recheck_s: float = Field(default=1.0, ge=0, le=60)
+    """A full workflow's admitted runs are checked against the read model at most this often
+    per API process: refusals in between cost one Redis call, however many runs are counted
+    (a client polling a full workflow must not turn into a Postgres query per request)."""
+
+    rate_concurrency_retry_s: int = Field(default=5, ge=1, le=3600)
+    """``Retry-After`` of a start refused by a concurrent-run limit (when a run finishes is
+    not known in advance)."""
 
     rate_tenants: dict[str, TenantRateLimits] = Field(default_factory=dict)
     """Per-tenant overrides, JSON in ``REFLUX_API_RATE_TENANTS``, e.g.

@@ -202,6 +202,11 @@ class Settings(BaseSettings):
     # (docs/decisions/0021-engine-throughput.md). 0: each record as it is produced.
     scheduler_linger_ms: int = 100
 
+    # CloudEvents on the triggers topic (docs/triggers.md, ADR 0053): event type -> the workflow
+    # it starts (JSON object, e.g. {"com.shop.order.created": "order_quote"}). A mapped type wins
+    # over the event's subject; an unmapped one needs the workflow id as its subject.
+    trigger_type_map: dict[str, str] = {}
+
     # Egress policy of the nodes that connect where a workflow says (http.request, openai.chat,
     # email.send; docs/nodes.md#security, docs/decisions/0045-egress-policy.md). Loopback,
     # link-local, private, CGNAT, metadata and the platform's own endpoints above are denied

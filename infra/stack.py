@@ -43,9 +43,10 @@ def services(settings: Settings, names: list[str] | None = None) -> list[Service
 
 
 # Tools the product runs (not services): bubblewrap is code.run's other sandbox backend (the
-# one used where no Docker engine is reachable). Installed with the services so a fresh machine
-# needs nothing by hand.
-SYSTEM_TOOLS = {"bwrap": "bubblewrap"}
+# one used where no Docker engine is reachable); kcat is the Kafka command-line client the docs
+# use to publish triggers and read topics, and the tests use as an outside producer (ADR 0053).
+# Installed with the services so a fresh machine needs nothing by hand.
+SYSTEM_TOOLS = {"bwrap": "bubblewrap", "kcat": "kcat"}
 
 
 def up(settings: Settings, names: list[str] | None = None) -> dict[str, float]:

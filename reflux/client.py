@@ -1,5 +1,5 @@
-"""``reflux run FILE``, ``reflux runs show|graph|mutate|redrive|rebind``: the API's client side,
-for people.
+"""``reflux run FILE``, ``reflux runs show|graph|mutate|redrive|rebind|signal``: the API's client
+side, for people.
 
 Both talk to the HTTP API (``REFLUX_API_URL`` or ``--api``), the product's front door, so they
 work the same against ``reflux dev`` on a laptop and against a deployed API.
@@ -108,6 +108,13 @@ def describe_event(event: dict[str, Any]) -> str:
         parts.append(f"child {payload.get('child_run_id')}")
         if kind == "ChildRunEnded":
             parts.append(str(payload.get("status")))
+    if kind == "StepWaitStarted":
+        # meta.wait / meta.signal (ADR 0057): waits in the scheduler, no worker.
+        if payload.get("signal"):
+            parts.append(f"waits for signal {payload['signal']!r}")
+        if payload.get("due_at"):
+            word = "times out" if payload.get("signal") else "until"
+            parts.append(f"{word} {_time(payload['due_at'])}")
     if kind == "RunSucceeded":
         parts.append(f"outputs={json.dumps(payload.get('outputs'))}")
     parts += _describe_map(kind, payload)
@@ -376,6 +383,16 @@ def rebind_run(args: argparse.Namespace) -> int:
     )
 
 
+def signal_run(args: argparse.Namespace) -> int:
+    """``reflux runs signal RUN NAME --payload JSON``: end a meta.signal wait (ADR 0057)."""
+    try:
+        payload = json.loads(args.payload) if args.payload is not None else None
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"--payload: expected JSON, but {exc}") from None
+    body = {"payload": payload, "reason": args.reason, "requested_by": args.by}
+    return _send_command(args, f"/v1/runs/{args.run_id}/signals/{args.name}", body)
+
+
 def send_feedback(args: argparse.Namespace) -> int:
     """``reflux runs feedback RUN --score 0.8``: a quality score on the run (ADR 0035)."""
     body = {"score": args.score, "label": args.label, "comment": args.comment, "step_id": args.step}
@@ -400,6 +417,20 @@ def _command_options(parser: argparse.ArgumentParser, default_api: str) -> None:
         help="wait this long for the command to take effect (0: do not wait; default 10000)",
     )
     parser.add_argument("--api", default=default_api, help=f"API base URL ({default_api})")
+
+
+def _add_signal_command(actions: Any, default_api: str) -> None:
+    signal = actions.add_parser(
+        "signal",
+        help="deliver a named signal to the run's waiting meta.signal steps (e.g. an approval)",
+        description="e.g. reflux runs signal RUN approval --payload '{\"approved\": true}' "
+        "(POST /v1/runs/RUN/signals/NAME; refused when no step waits for the signal)",
+    )
+    signal.add_argument("run_id")
+    signal.add_argument("name", help="the signal's name (a meta.signal step's params.name)")
+    signal.add_argument("--payload", help="JSON: the step's output.payload (default: null)")
+    _command_options(signal, default_api)
+    signal.set_defaults(handler=_guard(signal_run))
 
 
 def add_client_commands(subparsers: Any, default_api: str) -> Any:
@@ -477,6 +508,7 @@ def add_client_commands(subparsers: Any, default_api: str) -> Any:
     )
     _command_options(rebind, default_api)
     rebind.set_defaults(handler=_guard(rebind_run))
+    _add_signal_command(actions, default_api)
     feedback = actions.add_parser(
         "feedback",
         help="score a run (or one of its steps): 0 = wrong/bad .. 1 = right/good",

@@ -40,12 +40,15 @@ class GraphMutationType(StrEnum):
 
 
 class TimerKind(StrEnum):
-    """Why a timer fires."""
+    """Why a timer fires. wait: a meta.wait step's time has come, or a meta.signal step's timeout
+    passed (ADR 0057).
+    """
 
     BACKOFF = "backoff"
     STEP_TIMEOUT = "step_timeout"
     RUN_DEADLINE = "run_deadline"
     QUEUE_TIMEOUT = "queue_timeout"
+    WAIT = "wait"
 
 
 class TraceStatus(StrEnum):
@@ -511,9 +514,9 @@ class FireTimer(RunCommandEnvelope):
     """A timer is due; emitted by the per-partition timer into reflux.commands."""
 
     AVRO_NAME: ClassVar[str] = "reflux.commands.FireTimer"
-    SCHEMA_VERSION: ClassVar[int] = 2
+    SCHEMA_VERSION: ClassVar[int] = 3
 
-    schema_version: int = 2
+    schema_version: int = 3
     """Version of the writer schema; old records keep the version they were written with."""
 
     timer_id: str
@@ -608,6 +611,22 @@ class ResumeRun(RunCommandEnvelope):
 
     AVRO_NAME: ClassVar[str] = "reflux.commands.ResumeRun"
     SCHEMA_VERSION: ClassVar[int] = 1
+
+
+class SignalRun(RunCommandEnvelope):
+    """Deliver a named signal (with a JSON payload) to the run's steps waiting for it
+    (meta.signal); refused with CommandRejected when no step waits for it. See
+    docs/decisions/0057-durable-waits-and-signals.md.
+    """
+
+    AVRO_NAME: ClassVar[str] = "reflux.commands.SignalRun"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    signal: str
+    """The signal name (a meta.signal step's params.name)."""
+
+    payload: Json
+    """The signal's data (canonical JSON); becomes the waiting step's output.payload."""
 
 
 class StartRun(RunCommandEnvelope):
@@ -1473,6 +1492,34 @@ class StepTimeoutExtended(RunEventEnvelope):
     """The timer's new due time."""
 
 
+class StepWaitStarted(RunEventEnvelope):
+    """A meta.wait or meta.signal step started waiting in the scheduler (no worker): until due_at
+    (a durable timer in run state), or for the named signal (SignalRun), with an optional
+    timeout at due_at. See docs/decisions/0057-durable-waits-and-signals.md.
+    """
+
+    AVRO_NAME: ClassVar[str] = "reflux.events.StepWaitStarted"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    step: StepRef
+    """The waiting step."""
+
+    attempt: int
+    """The step's attempt."""
+
+    timer_id: str | None = None
+    """The wait timer's id (FireTimer kind wait); null for a signal wait without a timeout."""
+
+    due_at: TimestampMillis | None = None
+    """meta.wait: when the wait ends. meta.signal: when it times out (null: never)."""
+
+    signal: str | None = None
+    """meta.signal: the signal name the step waits for; null for meta.wait."""
+
+    on_timeout: str | None = None
+    """meta.signal: what its timeout does, 'fail' or 'continue'; null for meta.wait."""
+
+
 class StepsReset(RunEventEnvelope):
     """Steps go back to pending (a re-drive from a step): their outputs, errors and timers are
     dropped, their attempt numbers are kept (the next attempt continues them).
@@ -2189,6 +2236,7 @@ MODELS: dict[str, type[RefluxRecord]] = {
     "reflux.commands.RebindRun": RebindRun,
     "reflux.commands.RedriveStep": RedriveStep,
     "reflux.commands.ResumeRun": ResumeRun,
+    "reflux.commands.SignalRun": SignalRun,
     "reflux.commands.StartRun": StartRun,
     "reflux.diagnoses.Diagnosis": Diagnosis,
     "reflux.dlq.DeadLetter": DeadLetter,
@@ -2216,6 +2264,7 @@ MODELS: dict[str, type[RefluxRecord]] = {
     "reflux.events.StepSucceeded": StepSucceeded,
     "reflux.events.StepTimedOut": StepTimedOut,
     "reflux.events.StepTimeoutExtended": StepTimeoutExtended,
+    "reflux.events.StepWaitStarted": StepWaitStarted,
     "reflux.events.StepsReset": StepsReset,
     "reflux.invoke.NodeInvocation": NodeInvocation,
     "reflux.mutations.ImprovementPolicySet": ImprovementPolicySet,
@@ -2295,6 +2344,7 @@ __all__ = [
     "RunSucceeded",
     "Schedule",
     "ScheduleProgress",
+    "SignalRun",
     "StandaloneEnvelope",
     "StartRun",
     "StepDispatched",
@@ -2307,6 +2357,7 @@ __all__ = [
     "StepSucceeded",
     "StepTimedOut",
     "StepTimeoutExtended",
+    "StepWaitStarted",
     "StepsReset",
     "TimerKind",
     "Trace",

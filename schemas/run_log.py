@@ -34,6 +34,7 @@ from schemas.models import (
     StepSucceeded,
     StepTimedOut,
     StepTimeoutExtended,
+    StepWaitStarted,
 )
 
 __all__ = ["RUN_EVENT_TYPES", "TERMINAL_RUN_EVENT_TYPES", "RunEvent", "TerminalRunEvent"]
@@ -64,6 +65,7 @@ RunEvent = (
     | CommandRejected
     | ChildRunRequested
     | ChildRunEnded
+    | StepWaitStarted
 )
 """Every record the scheduler appends to ``reflux.runs``."""
 
@@ -93,6 +95,7 @@ RUN_EVENT_TYPES: tuple[type[RunEvent], ...] = (
     CommandRejected,
     ChildRunRequested,
     ChildRunEnded,
+    StepWaitStarted,
 )
 """The same, as a tuple for ``isinstance``; anything else on ``reflux.runs`` is poison."""
 

@@ -97,7 +97,7 @@ class ConsumedRecord:
     offset: int
     key: bytes | None
     value: RefluxRecord | None
-    """The decoded record; ``None`` for a tombstone (compacted topics)."""
+    """The decoded record; ``None`` for a tombstone (compacted topics) or a ``raw`` consumer."""
     headers: tuple[tuple[str, bytes], ...]
     timestamp_ms: int | None
     raw: bytes | None
@@ -215,6 +215,7 @@ class Consumer(Closing):
         config: Mapping[str, Any] | None = None,
         expected: type[RefluxRecord] | tuple[type[RefluxRecord], ...] | None = None,
         decoder: Decoder | None = None,
+        raw: bool = False,
         on_assign: RebalanceHook | None = None,
         on_revoke: RebalanceHook | None = None,
         on_lost: RebalanceHook | None = None,
@@ -228,6 +229,10 @@ class Consumer(Closing):
                 return serde.decode(data, expected)
 
         self._decoder: Decoder = decoder
+        # raw: records are handed over undecoded (``value`` None, the bytes in ``raw``) for a
+        # topic that takes more than REFLUX Avro; the handler decodes, and what it raises is
+        # dead-lettered like a record that does not decode (the trigger router, ADR 0053).
+        self._raw = raw
         self._owned_producer: Producer | None = None
         if dead_letters is None:
             catalog = catalog or TopicCatalog.from_settings(settings)
@@ -257,7 +262,7 @@ class Consumer(Closing):
         """The decoded record, or ``None`` after dead-lettering a record that cannot be decoded."""
         value = message.value()
         try:
-            decoded = None if value is None else self._decoder(value)
+            decoded = None if value is None or self._raw else self._decoder(value)
         except SchemaError as exc:
             self.dead_letters.publish(poison_record(message), exc.error_class, str(exc))
             return None

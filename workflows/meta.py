@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from schemas.base import canonical_json
 from workflows.expressions import iter_expressions
+from workflows.meta_waits import WAIT_NODES, check_wait_step
 from workflows.semver import parse_node_ref
 
 __all__ = [
@@ -48,14 +49,15 @@ __all__ = [
 
 MAP_NODE: Final = "meta.map"
 SWITCH_NODE: Final = "meta.switch"
-META_NODES: Final = frozenset({MAP_NODE, SWITCH_NODE})
+META_NODES: Final = frozenset({MAP_NODE, SWITCH_NODE}) | WAIT_NODES
+"""Map, switch, and the waits ``meta.wait`` / ``meta.signal`` (workflows/meta_waits.py)."""
 MAX_MAP_CONCURRENCY: Final = 1_000
 MAP_ITEM_ROOTS: Final = frozenset({"item", "index"})
 """Names a map's inner params may use besides inputs/steps/run."""
 
 
 def is_meta_node(node_name: str) -> bool:
-    """Only map and switch here; ``meta.`` is the namespace of every scheduler-run node."""
+    """Map, switch and the waits; ``meta.`` is the namespace of every scheduler-run node."""
     return node_name in META_NODES
 
 
@@ -210,6 +212,11 @@ def check_meta_step(
         return [(prefix, f"expected an object for {node_name}'s params")]
     if node_name == MAP_NODE:
         return _check_map(prefix, params, check_expression)
+    if node_name in WAIT_NODES:
+        issues = check_wait_step(prefix, node_name, params, _pydantic_issues)
+        for path, expr in _iter_templates(dict(params), prefix):
+            issues += check_expression(path, expr, frozenset())
+        return issues
     return _check_switch(
         prefix,
         step_id=step_id,

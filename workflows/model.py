@@ -32,6 +32,7 @@ from workflows.durations import parse_duration
 from workflows.semver import NodeRef, parse_node_ref
 
 __all__ = [
+    "MAX_CONCURRENT_RUNS",
     "CacheSpec",
     "Defaults",
     "DurationMs",
@@ -51,6 +52,10 @@ _WORKFLOW_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
 # Step ids appear in expressions as steps.<id>.output, so they must be JMESPath identifiers.
 _STEP_ID = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _INPUT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+MAX_CONCURRENT_RUNS = 100_000
+"""Upper bound of a workflow's ``max_concurrent_runs`` (the API checks up to that many run ids
+against the read model when the limit is reached; ADR 0052)."""
 
 
 def _check_json(value: Any) -> Any:
@@ -193,6 +198,26 @@ class WorkflowDefinition(_Frozen):
     deadline: DurationMs | None = None
     """Run-level deadline, relative to the run's start."""
     defaults: Defaults = Defaults()
+    max_concurrent_runs: int | None = None
+    """Most runs of this workflow in flight at once, admitted by the API's starts
+    (``POST /v1/runs``, start webhooks); None = no limit of its own (ADR 0052)."""
+
+    @field_validator("max_concurrent_runs", mode="before")
+    @classmethod
+    def _concurrency(cls, value: Any) -> Any:
+        # Strict: `true` or "2" are mistakes, not 1 or 2.
+        if value is None:
+            return value
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(
+                f"expected an integer in 1..{MAX_CONCURRENT_RUNS} (or leave it "
+                f"out for no limit), but got {value!r}"
+            )
+        if not 1 <= value <= MAX_CONCURRENT_RUNS:
+            raise ValueError(
+                f"expected 1..{MAX_CONCURRENT_RUNS} (or leave it out for no limit), but got {value}"
+            )
+        return value
 
     @field_validator("id")
     @classmethod
@@ -290,6 +315,9 @@ class WorkflowDefinition(_Frozen):
             # every definition without checker steps is what it was before the flag existed.
             if not step["checker"]:
                 del step["checker"]
+        # Likewise: without a limit, the canonical form is what it was before the field.
+        if data["max_concurrent_runs"] is None:
+            del data["max_concurrent_runs"]
         return data
 
     @classmethod

@@ -87,6 +87,7 @@ ROUTE_ACCESS: Final[dict[str, Access]] = {
     "POST /v1/runs/{run_id}/resume": _O,
     "POST /v1/runs/{run_id}/steps/{step_id}/redrive": _O,
     "POST /v1/runs/{run_id}/rebind": _O,
+    "POST /v1/runs/{run_id}/signals/{name}": _O,
     "POST /v1/runs/{run_id}/mutations": _E,
     "POST /v1/runs/{run_id}/feedback": _O,
     "GET /v1/runs/{run_id}/feedback": _V,

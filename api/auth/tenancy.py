@@ -142,15 +142,17 @@ def workflow_scope(conn: psycopg.Connection[Any], schema: str, tenant: str) -> W
     workflow no other tenant owns (traces of workflows the read model does not know count as
     the platform's, as unknown resources do above)."""
     workflows = table(schema, "workflows")
-    if tenant == PLATFORM_TENANT:
+    platform = tenant == PLATFORM_TENANT
+    try:
         rows = conn.execute(
-            f"SELECT DISTINCT workflow_id FROM {workflows} WHERE tenant <> %s", (tenant,)
+            f"SELECT DISTINCT workflow_id FROM {workflows} WHERE "
+            + ("tenant <> %s" if platform else "tenant = %s"),
+            (tenant,),
         ).fetchall()
-        return WorkflowScope(besides=tuple(str(r[0]) for r in rows))
-    rows = conn.execute(
-        f"SELECT DISTINCT workflow_id FROM {workflows} WHERE tenant = %s", (tenant,)
-    ).fetchall()
-    return WorkflowScope(only=tuple(str(r[0]) for r in rows))
+    except psycopg.errors.UndefinedTable:
+        rows = []  # no read model (a traces-only deployment): no tenant owns a workflow yet
+    ids = tuple(str(r[0]) for r in rows)
+    return WorkflowScope(besides=ids) if platform else WorkflowScope(only=ids)
 
 
 def require_platform(principal: Principal, what: str) -> None:

@@ -197,6 +197,14 @@ class RedriveCreate(CommandCreate):
     )
 
 
+class SignalCreate(CommandCreate):
+    payload: Any = Field(
+        default=None,
+        description="Any JSON: the waiting meta.signal step's output.payload (ADR 0057). For an "
+        'approval: {"approved": true|false, "comment": "..."}.',
+    )
+
+
 class RebindCreate(CommandCreate):
     version: int | None = Field(
         default=None, ge=1, description="The workflow version to continue on (default: latest)."

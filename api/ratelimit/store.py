@@ -24,7 +24,14 @@ from api.ratelimit.bucket import TAKE_LUA, BucketLimit, Taken
 from api.ratelimit.policy import Charge, Quota
 from foundation.errors import ServiceUnavailableError
 
-__all__ = ["QUOTA_RELEASE_LUA", "QUOTA_TAKE_LUA", "QuotaTaken", "RateStore", "StoreDownError"]
+__all__ = [
+    "QUOTA_RELEASE_LUA",
+    "QUOTA_TAKE_LUA",
+    "CircuitRedis",
+    "QuotaTaken",
+    "RateStore",
+    "StoreDownError",
+]
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +67,7 @@ class QuotaTaken:
     count: int
 
 
-class _Redis:
+class CircuitRedis:
     """One Redis (asyncio client) with a circuit: after a failure, calls raise
     :class:`StoreDownError` at once for ``retry_s``.
 
@@ -131,9 +138,9 @@ class RateStore:
     ) -> None:
         # Fail-open and fail-closed calls keep separate clients (and circuits): one slow answer
         # to a short-timeout open call must not turn the closed limits into 503s for retry_s.
-        self._buckets = _Redis(buckets_url, timeout_s, retry_s, "bucket")
-        self._closed_buckets = _Redis(buckets_url, closed_timeout_s, retry_s, "bucket")
-        self._quota = _Redis(quota_url, closed_timeout_s, retry_s, "quota")
+        self._buckets = CircuitRedis(buckets_url, timeout_s, retry_s, "bucket")
+        self._closed_buckets = CircuitRedis(buckets_url, closed_timeout_s, retry_s, "bucket")
+        self._quota = CircuitRedis(quota_url, closed_timeout_s, retry_s, "quota")
 
     async def take(
         self,

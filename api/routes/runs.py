@@ -9,7 +9,7 @@ from dataclasses import replace
 from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, Body, Header, Query, Request, Response
+from fastapi import APIRouter, Body, Header, Path, Query, Request, Response
 from pydantic import ValidationError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
@@ -58,8 +58,10 @@ from api.models.runs import (
     RunEventsPublic,
     RunsPublic,
     RunStatePublic,
+    SignalCreate,
 )
 from api.publisher import Publisher
+from api.ratelimit.concurrency import admitted
 from api.readmodel import (
     TERMINAL_EVENTS,
     ReadModel,
@@ -92,10 +94,12 @@ from schemas.models import (
     RebindRun,
     RedriveStep,
     ResumeRun,
+    SignalRun,
     StartRun,
 )
 from schemas.statuses import TERMINAL_RUN_STATUSES
 from streams.topics import TopicCatalog
+from workflows.meta_waits import SIGNAL_NAME_PATTERN
 from workflows.semver import VersionConstraint
 from workflows.validation import WorkflowValidationError
 
@@ -142,6 +146,7 @@ def _deadline(wait_ms: int) -> float:
 async def start_run(
     body: RunCreate,
     *,
+    request: Request,
     response: Response,
     api: ApiSettingsDep,
     pool: PoolDep,
@@ -215,7 +220,8 @@ async def start_run(
     )
     # Published again on a retry with the same key: the first attempt may not have reached the
     # broker, and the scheduler starts a run id only once.
-    await run_in_threadpool(publisher.publish, topics.commands, run_id, command)
+    async with admitted(request, body.workflow_id, definition, run_id, tenant=workflow.tenant):
+        await run_in_threadpool(publisher.publish, topics.commands, run_id, command)
     if not body.wait_ms:
         return RunAccepted(run_id=run_id)
 
@@ -697,6 +703,53 @@ async def rebind_run(
         run_id,
         command=command,
         effect=_of_type("RunRebound"),
+        wait_ms=wait_ms,
+        response=response,
+        read_model=read_model,
+        publisher=publisher,
+        topics=topics,
+        poll_s=api.poll_interval_s,
+    )
+
+
+@router.post(
+    "/{run_id}/signals/{name}",
+    status_code=202,
+    response_model=CommandAccepted | CommandApplied,
+    summary="Deliver a named signal (and its payload) to the run's steps waiting for it",
+    responses=_COMMAND_RESPONSES,
+)
+async def signal_run(
+    run_id: str,
+    name: Annotated[str, Path(pattern=SIGNAL_NAME_PATTERN, description="The signal's name.")],
+    *,
+    response: Response,
+    api: ApiSettingsDep,
+    read_model: ReadModelDep,
+    publisher: PublisherDep,
+    topics: TopicsDep,
+    principal: PrincipalDep,
+    wait_ms: WaitQuery = None,
+    body: Annotated[SignalCreate | None, Body()] = None,
+) -> CommandAccepted | CommandApplied:
+    """Publishes ``SignalRun``: every ``meta.signal`` step of the run waiting for ``name``
+    succeeds with ``{"signal", "payload", "timed_out": false}`` (ADR 0057). With ``wait_ms``
+    answers 200 on that ``StepSucceeded`` and 409 with the scheduler's reason when no step waits
+    for the signal (not started yet, already signalled, timed out, another name: a signal is
+    not kept for later)."""
+    extra = body or SignalCreate()
+    command = SignalRun(
+        run_id=run_id,
+        command_id=new_command_id(),
+        reason=extra.reason,
+        requested_by=acting_as(principal, extra.requested_by, "requested_by"),
+        signal=name,
+        payload=extra.payload,
+    )
+    return await _command(
+        run_id,
+        command=command,
+        effect=_of_type("StepSucceeded"),
         wait_ms=wait_ms,
         response=response,
         read_model=read_model,

@@ -19,6 +19,10 @@ metric) and the attempt keeps waiting. Waiting holds one of the worker's I/O con
 (workload I/O: hundreds of waits per process) and one Redis connection; the mailbox client's
 pool is sized to the node's concurrency (:meth:`WebhookTriggerNode.set_concurrency`).
 
+Long waits: this node waits *in a worker* (one slot, one attempt at most 24 h). The durable
+alternative is the scheduler's ``meta.signal`` step and ``POST /v1/runs/{id}/signals/{name}``:
+the wait is run state with a timer, holds no worker and survives restarts (ADR 0057).
+
 Timeouts: the attempt waits ``timeout_s`` (capped by the invocation deadline minus a margin),
 then fails with the **retryable** ``WebhookTimeout``: a retry policy with ``max_attempts: N``
 waits N times; ``non_retryable: [WebhookTimeout]`` (or the default single attempt) ends the

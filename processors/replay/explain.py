@@ -47,6 +47,7 @@ from schemas.models import (
     StepSucceeded,
     StepTimedOut,
     StepTimeoutExtended,
+    StepWaitStarted,
 )
 from schemas.run_log import RUN_EVENT_TYPES, RunEvent
 from workflows.expressions import TemplateError, evaluate, is_truthy
@@ -212,6 +213,16 @@ def _(event: StepStarted, before: RunState | None, after: RunState) -> list[str]
     if event.timeout_at is not None:
         line += f"; times out at {event.timeout_at.isoformat()}"
     return [line]
+
+
+@_explain.register
+def _(event: StepWaitStarted, before: RunState | None, after: RunState) -> list[str]:
+    head = f"step {event.step.step_id} attempt {event.attempt} waits in the scheduler (no worker)"
+    due = event.due_at.isoformat() if event.due_at is not None else None
+    if event.signal is None:
+        return [f"{head} until {due}"]
+    limit = f", timeout at {due} ({event.on_timeout})" if due is not None else ", no timeout"
+    return [f"{head} for signal {event.signal!r}{limit}"]
 
 
 @_explain.register

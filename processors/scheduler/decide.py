@@ -8,8 +8,9 @@ random number on its own: all of that comes in through :class:`DecisionContext`.
 
 Inputs (``SchedulerInput``): the commands ``StartRun``, ``CancelRun``, ``PauseRun``,
 ``ResumeRun``, ``RedriveStep`` (one step, or ``downstream``: from a step), ``RebindRun``,
-``MutateGraph``, ``FireTimer``, ``ChildRunFinished`` (a child run of a ``meta.workflow`` /
-``meta.loop`` step ended: :mod:`processors.scheduler.child_runs`); a worker's
+``MutateGraph``, ``SignalRun`` (for a ``meta.signal`` step: :mod:`~.meta.waits`), ``FireTimer``,
+``ChildRunFinished`` (a child run of a ``meta.workflow`` / ``meta.loop`` step ended:
+:mod:`processors.scheduler.child_runs`); a worker's
 ``NodeHeartbeat`` and ``NodeResult``; and the runtime's answers to cache lookups,
 :class:`CacheHit` / :class:`CacheMiss` (plain dataclasses, not Avro records: they never leave
 the scheduler process).
@@ -85,6 +86,13 @@ from processors.scheduler.meta.map_children import (
     start_any_map,
 )
 from processors.scheduler.meta.switch import run_switch, switch_skip_reason
+from processors.scheduler.meta.waits import (
+    deliver_signal,
+    is_wait_node,
+    signal_refusal,
+    start_wait,
+    wait_timer_due,
+)
 from processors.scheduler.redrive import plan_rebind, plan_redrive_from, rebind_status_refusal
 from processors.scheduler.retry_gate import UNGATED, Admission, RetryGating, step_dependency
 from processors.scheduler.state import (
@@ -124,6 +132,7 @@ from schemas.models import (
     RunResumed,
     RunStarted,
     RunSucceeded,
+    SignalRun,
     StartRun,
     StepDispatched,
     StepFailed,
@@ -230,6 +239,7 @@ SchedulerInput = (
     | RedriveStep
     | RebindRun
     | MutateGraph
+    | SignalRun
     | FireTimer
     | NodeHeartbeat
     | NodeResult
@@ -251,6 +261,7 @@ _COMMANDS = (
     RedriveStep,
     RebindRun,
     MutateGraph,
+    SignalRun,
     ChildRunFinished,
 )
 Command = (
@@ -261,6 +272,7 @@ Command = (
     | RedriveStep
     | RebindRun
     | MutateGraph
+    | SignalRun
     | ChildRunFinished
 )
 
@@ -794,6 +806,12 @@ def _fire_timer(w: _Writer, cmd: FireTimer) -> None:
     step = run.steps.get(timer.step_id)
     if step is None:
         return
+    if timer.kind is TimerKind.WAIT:
+        # A meta.wait's time has come, or a meta.signal's timeout passed (ADR 0057). Recorded
+        # in a paused or failed run too (like a result); the run moves on once running.
+        if wait_timer_due(w, timer, lambda sid, error: _fail_attempt(w, sid, error)):
+            _advance(w)
+        return
     if timer.kind is TimerKind.QUEUE_TIMEOUT:
         if step.status is not StepStatus.DISPATCHED or step.attempt != timer.attempt:
             return  # a worker started it (or it ended) first
@@ -831,6 +849,20 @@ def _fire_timer(w: _Writer, cmd: FireTimer) -> None:
             return
         _schedule(w, step.step_id, timer.attempt)
         _advance(w)
+
+
+def _signal(w: _Writer, cmd: SignalRun) -> None:
+    """Deliver a signal to the steps waiting for it (meta.signal, ADR 0057); refused when none
+    does (a signal is not kept for a step that will wait later: the sender retries)."""
+    allowed = (RunStatus.RUNNING, RunStatus.PAUSED, RunStatus.FAILED)
+    if not _expect_status(w, cmd, allowed, "running, paused or failed"):
+        return
+    refusal = signal_refusal(w.run, cmd.signal)
+    if refusal is not None:
+        w.reject(cmd, refusal)
+        return
+    deliver_signal(w, cmd)
+    _advance(w)
 
 
 def _timeout_ms(run: RunState, step_id: str) -> int:
@@ -1372,6 +1404,8 @@ def _run_meta(w: _Writer, step_id: str, attempt: int, definition: StepDefinition
     try:
         if definition.node_name == MAP_NODE:
             start_any_map(w, step_id, attempt, lambda: _context(w, definition))
+        elif is_wait_node(definition.node_name):  # meta.wait / meta.signal: ADR 0057
+            start_wait(w, step_id, attempt, lambda: _context(w, definition))
         else:
             run_switch(w, step_id, attempt, lambda: _context(w, definition))
     except NonRetryableError as exc:  # a TemplateError, no such node version, no topic
@@ -1621,6 +1655,7 @@ _HANDLERS: dict[type[Any], Callable[[_Writer, Any], None]] = {
     RedriveStep: _redrive,
     RebindRun: _rebind,
     MutateGraph: _mutate,
+    SignalRun: _signal,
     FireTimer: _fire_timer,
     NodeHeartbeat: _heartbeat,
     NodeResult: _result,

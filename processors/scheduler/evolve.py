@@ -31,6 +31,7 @@ from processors.scheduler.state import (
     RunStatus,
     StepState,
     StepStatus,
+    StepWait,
     Timer,
 )
 from schemas.models import (
@@ -61,6 +62,7 @@ from schemas.models import (
     StepSucceeded,
     StepTimedOut,
     StepTimeoutExtended,
+    StepWaitStarted,
     TimerKind,
 )
 from schemas.run_log import RUN_EVENT_TYPES, RunEvent
@@ -69,6 +71,7 @@ from workflows.mutations import apply_mutation
 
 __all__ = [
     "ATTEMPT_TIMER_KINDS",
+    "FAILED_RUN_TIMER_KINDS",
     "RUN_EVENT_TYPES",
     "EvolveError",
     "RunEvent",
@@ -144,6 +147,9 @@ def _remember(state: RunState, causation: str | None) -> tuple[str, ...]:
 
 ATTEMPT_TIMER_KINDS = frozenset({TimerKind.STEP_TIMEOUT, TimerKind.QUEUE_TIMEOUT})
 """Timers that end an attempt in flight (kept while a failed run waits for a re-drive)."""
+FAILED_RUN_TIMER_KINDS = ATTEMPT_TIMER_KINDS | {TimerKind.WAIT}
+"""Timers a failed run keeps: the attempts' and the waits' (a waiting step is in flight too;
+without its timer it would wait forever once a re-drive reopens the run)."""
 
 
 # -- persistent-update helpers --------------------------------------------------------------------
@@ -248,6 +254,7 @@ def _(event: StepScheduled, state: RunState | None) -> RunState:
         child_run_id=None,
         iteration=0,
         iteration_output=None,
+        wait=None,
     )
 
 
@@ -403,6 +410,57 @@ def _(event: StepSkipped, state: RunState | None) -> RunState:
     )
 
 
+@_apply.register
+def _(event: StepWaitStarted, state: RunState | None) -> RunState:
+    # meta.wait / meta.signal (ADR 0057): a new attempt that runs in the scheduler; the step is
+    # running until its timer fires or its signal arrives, and no worker holds it.
+    step_id = event.step.step_id
+    state = _without_step_timers(_require(state, event), step_id)
+    wait = StepWait(
+        attempt=event.attempt,
+        timer_id=event.timer_id,
+        due_at=event.due_at,
+        signal=event.signal,
+        on_timeout=event.on_timeout,
+    )
+    state = _with_step(
+        state,
+        step_id,
+        status=StepStatus.RUNNING,
+        attempt=event.attempt,
+        node_version=event.step.node_version,
+        params=None,
+        params_ref=None,
+        cache_key=None,
+        invocation_id=None,
+        invoke_topic=None,
+        dispatch_seq=None,
+        dispatched_at=None,
+        queue_timeout_at=None,
+        started_at=event.occurred_at,
+        timeout_at=None,
+        output=None,
+        output_ref=None,
+        cache_hit=False,
+        error=None,
+        skip_reason=None,
+        finished_at=None,
+        wait=wait,
+    )
+    if event.timer_id is not None and event.due_at is not None:
+        state = _with_timer(
+            state,
+            Timer(
+                timer_id=event.timer_id,
+                kind=TimerKind.WAIT,
+                due_at=event.due_at,
+                step_id=step_id,
+                attempt=event.attempt,
+            ),
+        )
+    return state
+
+
 # meta.map (processors/scheduler/meta/fold.py)
 
 
@@ -552,7 +610,7 @@ def _(event: RunFailed, state: RunState | None) -> RunState:
     # Step and queue timeouts stay armed: a failed run can be re-driven, and attempts still in
     # flight must end (result or timeout) for it to finish then. Backoffs and the deadline are
     # dropped.
-    timers = {tid: t for tid, t in state.timers.items() if t.kind in ATTEMPT_TIMER_KINDS}
+    timers = {tid: t for tid, t in state.timers.items() if t.kind in FAILED_RUN_TIMER_KINDS}
     return state.model_copy(
         update={
             "status": RunStatus.FAILED,

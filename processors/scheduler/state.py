@@ -40,6 +40,7 @@ __all__ = [
     "RunStatus",
     "StepState",
     "StepStatus",
+    "StepWait",
     "Timer",
 ]
 
@@ -61,6 +62,20 @@ class Timer(_Frozen):
     attempt: int = 0
     """Backoff: the attempt it will start. Step or queue timeout: the attempt it guards.
     Deadline: 0."""
+
+
+class StepWait(_Frozen):
+    """A ``meta.wait`` / ``meta.signal`` step's wait (StepWaitStarted; ADR 0057): the step is
+    ``running`` in the scheduler, no worker holds it."""
+
+    attempt: int
+    timer_id: str | None = None
+    """The wait timer (TimerKind.wait) in ``RunState.timers``; None: a signal wait, no timeout."""
+    due_at: datetime | None = None
+    signal: str | None = None
+    """meta.signal: the signal name; None for meta.wait."""
+    on_timeout: str | None = None
+    """meta.signal: ``fail`` or ``continue``."""
 
 
 class StepState(_Frozen):
@@ -100,6 +115,8 @@ class StepState(_Frozen):
     """meta.loop: the iteration of the current attempt requested last (1-based; 0 = none yet)."""
     iteration_output: Any = None
     """meta.loop: the outputs of the last iteration that ended (``loop.previous``)."""
+    wait: StepWait | None = None
+    """meta.wait / meta.signal: the wait of the current attempt (kept after it ends)."""
 
     @property
     def params_sha256(self) -> str:

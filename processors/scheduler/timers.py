@@ -3,7 +3,8 @@
 Design: ``decide`` never arms a timer "somewhere else". ``evolve`` records every timer in
 ``RunState.timers`` (backoff from StepRetryScheduled, queue timeout from
 StepDispatched.queue_timeout_at, step timeout from StepStarted.timeout_at and
-StepTimeoutExtended, run deadline from RunStarted.deadline) and removes it when it can no longer
+StepTimeoutExtended, run deadline from RunStarted.deadline, the wait of a meta.wait / meta.signal
+step from StepWaitStarted: ADR 0057) and removes it when it can no longer
 matter. A per-partition loop in the runtime keeps an index of ``next_due(state)`` per run (or
 re-reads the ``timers_armed`` / ``timers_cancelled`` of each
 :class:`~processors.scheduler.decide.Decision`), and when one is due writes
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from processors.scheduler.evolve import ATTEMPT_TIMER_KINDS
+from processors.scheduler.evolve import FAILED_RUN_TIMER_KINDS
 from processors.scheduler.state import RunState, RunStatus, Timer
 from schemas.models import FireTimer, TimerKind
 
@@ -34,8 +35,9 @@ def live_timers(state: RunState) -> list[Timer]:
     elif state.status is RunStatus.PAUSED:
         timers = [t for t in state.timers.values() if t.kind is not TimerKind.BACKOFF]
     elif state.status is RunStatus.FAILED:
-        # Attempts still in flight in a failed run must end for a later re-drive to finish.
-        timers = [t for t in state.timers.values() if t.kind in ATTEMPT_TIMER_KINDS]
+        # Attempts (and waits) still in flight in a failed run must end for a later re-drive
+        # to finish.
+        timers = [t for t in state.timers.values() if t.kind in FAILED_RUN_TIMER_KINDS]
     else:
         return []
     return sorted(timers, key=lambda t: (t.due_at, t.timer_id))

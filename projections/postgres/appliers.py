@@ -47,6 +47,9 @@ Status rules that are not obvious from the event names:
   ``MapChunkDispatched`` / ``MapChunkFinished`` / ``MapChildEnded`` (a map over a sub-workflow:
   one item's child run ended) only advance the run (their rows are in
   ``run_events``).
+- ``StepWaitStarted`` makes a ``meta.wait`` / ``meta.signal`` step ``running`` with no invocation
+  and no worker (the scheduler waits; ADR 0057); a re-drive reopens the run. The wait ends with
+  the usual ``StepSucceeded`` / ``StepFailed``.
 """
 
 from __future__ import annotations
@@ -94,6 +97,7 @@ from schemas.models import (
     StepSucceeded,
     StepTimedOut,
     StepTimeoutExtended,
+    StepWaitStarted,
     WorkflowRegistered,
 )
 from schemas.run_log import RUN_EVENT_TYPES
@@ -602,6 +606,30 @@ def _(event: MapStarted, schema: str) -> Plan:
         attempt=event.attempt,
         invocation_id=None,
         dispatched_at=event.occurred_at,
+        started_at=event.occurred_at,
+        worker=None,
+        next_attempt_at=None,
+        finished_at=None,
+        output=None,
+        output_ref=None,
+        error=None,
+        cache_hit=None,
+        duration_ms=None,
+    )
+    return _run_plan(event, schema, step, _reopen_run(event, schema))
+
+
+@plan.register
+def _(event: StepWaitStarted, schema: str) -> Plan:
+    # meta.wait / meta.signal (ADR 0057): running in the scheduler, no invocation, no worker.
+    step = _upsert_step(
+        event,
+        schema,
+        event.step,
+        StepStatus.RUNNING,
+        attempt=event.attempt,
+        invocation_id=None,
+        dispatched_at=None,
         started_at=event.occurred_at,
         worker=None,
         next_attempt_at=None,

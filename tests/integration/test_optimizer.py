@@ -249,6 +249,16 @@ def test_the_historian_is_asked_first_and_what_was_kept_is_tried_first(
     drift = {"error_class": "StepTimedOut", "metrics": {"p99_ms": 1300.0, "timeout_rate": 0.2}}
     past = _diagnosis(workflow_id, DiagnosisKind.TIMEOUT_DRIFT, "call", **drift)
     harness.send(topic, past.subject, past)
+    # Waited for: the rest of the story is faster than the optimizer's first group join, and a
+    # past incident read after the policy went back to propose would get a proposal of its own.
+    optimizer = harness.engine.optimizer
+    assert optimizer is not None
+    skipped = eventually(
+        lambda: next((d for d in optimizer.decisions if d.diagnosis_id == past.diagnosis_id), None),
+        60,
+        "the optimizer's decision on the past incident",
+    )
+    assert skipped is not None and skipped.request is None and skipped.reason == "policy off"
 
     # 2. A person fixed it with a timeout, and it was kept.
     with harness.conn() as conn:

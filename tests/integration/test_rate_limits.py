@@ -266,9 +266,12 @@ def test_the_daily_quota_refuses_the_next_start_until_midnight_utc(
         assert "tenant 'acme' may start 2 runs per UTC day" in detail
         assert "retry after midnight UTC" in detail
         assert refused.headers["ratelimit-policy"] == '2;w=86400;name="starts"'
-        # Other writes are not starts; other tenants have their own quota.
+        # Other writes are not starts; other tenants have their own quota (and workflows).
         assert client.post("/v1/workflows", json=_workflow(1), headers=acme).status_code == 201
-        assert client.post("/v1/runs", json=start, headers=globex).status_code == 202
+        assert client.post("/v1/workflows", json=_workflow(2), headers=globex).status_code == 201
+        _project(kafka_settings, client)
+        theirs = {"workflow_id": "w2", "inputs": {}}
+        assert client.post("/v1/runs", json=theirs, headers=globex).status_code == 202
         # The counter is on the noeviction store and goes an hour after the day ends.
         store = redis.Redis.from_url(kafka_settings.webhook_store_url)
         day = datetime.now(UTC).strftime("%Y-%m-%d")

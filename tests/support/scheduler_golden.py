@@ -37,6 +37,7 @@ from schemas.models import (
     FireTimer,
     GraphMutationType,
     NodeInvocation,
+    SignalRun,
     StartRun,
     TraceStatus,
 )
@@ -767,6 +768,43 @@ def switch_branch() -> Simulation:
     return sim
 
 
+WAITS = """
+id: waits
+steps:
+  - {id: nap, node: meta.wait, params: {duration: 1h}}
+  - id: approve
+    node: meta.signal
+    needs: [nap]
+    params: {name: approval, timeout: 1d}
+  - id: ship
+    node: transform@^1
+    needs: [approve]
+    when: "steps.approve.output.payload.approved == `true`"
+    params: {by: "{{ steps.approve.output.payload.by }}"}
+outputs: {by: "{{ steps.ship.output.params.by }}"}
+"""
+
+
+def wait_and_signal() -> Simulation:
+    """Durable waits (ADR 0057): a 1 h timer wait, then an approval signal: one to the wrong
+    name (refused), then the right one; the approval's timeout timer goes with its wait."""
+    sim = Simulation(WAITS, node_catalog=CATALOG)
+    sim.start()
+    sim.advance_and_fire(3_600_000)
+    for name in ("aproval", "approval"):
+        sim.advance(60_000)
+        sim.send(
+            SignalRun(
+                **sim._command_fields(),
+                requested_by="ann",
+                signal=name,
+                payload={"approved": True, "by": "ann"},
+            )
+        )
+    sim.run_workers(_echo)
+    return sim
+
+
 SCENARIOS: dict[str, Callable[[], Simulation]] = {
     "linear": linear,
     "diamond": diamond,
@@ -795,6 +833,7 @@ SCENARIOS: dict[str, Callable[[], Simulation]] = {
     "map_chunks": map_chunks,
     "map_children": map_children,
     "switch_branch": switch_branch,
+    "wait_and_signal": wait_and_signal,
 }
 
 

@@ -131,6 +131,7 @@ from schemas.models import (
     RebindRun,
     RedriveStep,
     ResumeRun,
+    SignalRun,
     StartRun,
     StepDispatched,
 )
@@ -166,6 +167,7 @@ INPUT_TYPES = (
     RedriveStep,
     RebindRun,
     MutateGraph,
+    SignalRun,
     FireTimer,
     NodeHeartbeat,
     NodeResult,
@@ -1155,7 +1157,15 @@ class _Batch:
         return committed.get(run_id)
 
 
-_OPERATOR_COMMANDS = (CancelRun, PauseRun, ResumeRun, RedriveStep, RebindRun, MutateGraph)
+_OPERATOR_COMMANDS = (
+    CancelRun,
+    PauseRun,
+    ResumeRun,
+    RedriveStep,
+    RebindRun,
+    MutateGraph,
+    SignalRun,
+)
 """Commands people send through the API (which checks the run exists in the read model)."""
 
 
