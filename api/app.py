@@ -45,6 +45,7 @@ from api.routes import (
     replays,
     run_replay,
     runs,
+    schedules,
     workflows,
 )
 from api.routes import metrics as metrics_routes
@@ -83,6 +84,7 @@ TAGS = [
         "name": "mutations",
         "description": "Workflow mutation proposals: validate, approve, canary, keep, roll back.",
     },
+    {"name": "schedules", "description": "Cron schedules that start runs (ADR 0056)."},
     {"name": "identity", "description": "API keys and the audit log (admins)."},
     {"name": "health", "description": "Liveness, readiness and Prometheus metrics (open)."},
 ]
@@ -128,7 +130,7 @@ def create_app(
         try:
             yield
         finally:
-            await run_in_threadpool(alerts_view.close)
+            await run_in_threadpool(_close_views, alerts_view, app.state)
             mailbox = getattr(app.state, "webhook_mailbox", None)  # created on first use
             if mailbox is not None:
                 await run_in_threadpool(mailbox.close)
@@ -180,12 +182,19 @@ def create_app(
         identity.keys_router,
         identity.audit_router,
         schema_routes.router,
+        schedules.router,
     ):
         v1.include_router(resource)
     app.include_router(v1)
     app.include_router(health.router)
     install_identity(app, API_PREFIX)  # roles, authentication, audit, OpenAPI (ADR 0046)
     return app
+
+
+def _close_views(alerts_view: LazyAlertsView, state: Any) -> None:
+    """The topic views a request may have opened: alerts, schedules (ADR 0056)."""
+    alerts_view.close()
+    schedules.close_view(state)
 
 
 def _install_limits_and_metrics(

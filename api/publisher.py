@@ -58,6 +58,13 @@ class Publisher:
             self.producer.flush(self._timeout_s + 1.0)
         self._metrics.published(type(record).__name__, topic.logical)
 
+    def publish_tombstone(self, topic: TopicSpec, key: str) -> None:
+        """Deletes ``key`` from a compacted topic (a null value), confirmed like :meth:`publish`."""
+        with self._lock:
+            self.producer.send(topic, key, None)
+            self.producer.flush(self._timeout_s + 1.0)
+        self._metrics.published("Tombstone", topic.logical)
+
     def publish_trace(self, trace: Trace) -> None:
         """A trace in the topic's JSON wire format (docs/traces.md), keyed by node like the
         workers' and the scheduler's; confirmed by the broker like :meth:`publish`."""

@@ -28,6 +28,7 @@ from reflux.metrics_cli import add_metrics_commands
 from reflux.mutations_cli import add_mutation_commands
 from reflux.replay_ab_cli import add_replay_runner_command
 from reflux.replay_cli import add_replay_commands
+from reflux.schedules_cli import add_schedules_commands
 from streams.cli import add_topics_commands
 
 
@@ -90,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_metrics_commands(sub, get_settings().api_url)
     add_mutation_commands(sub, get_settings().api_url)
     add_diagnoses_commands(sub, get_settings().api_url)
+    add_schedules_commands(sub, get_settings().api_url)
     add_replay_runner_command(sub)
     add_alerts_commands(sub)
     add_critic_commands(sub)

@@ -30,6 +30,7 @@ from processors.historian.runtime import HistorianProjector
 from processors.mutations.runtime import MutationProcessor
 from processors.mutations.validation import ReplayValidation
 from processors.scheduler.runtime.loop import SchedulerRuntime
+from processors.schedules.runtime import ScheduleProcessor
 from processors.triggers.router import TriggerRouter
 from projections.postgres.migrations import apply_migrations
 from projections.projector import Projector
@@ -128,6 +129,7 @@ class DevEngine:
         canary_config: CanaryConfig | None = None,
         historian: bool = False,
         bandit: bool = False,
+        schedules: bool = False,
     ) -> None:
         self.settings = settings
         self.nodes = nodes or default_registry()
@@ -145,6 +147,7 @@ class DevEngine:
             "canary": canary,
             "historian": historian,
             "bandit": bandit,
+            "schedules": schedules,
         }
         self.optimizer_config = optimizer_config
         self.critic_config = critic_config
@@ -172,6 +175,7 @@ class DevEngine:
         self.canary: CanaryJudge | None = None
         self.historian: HistorianProjector | None = None
         self.bandit: BanditExperiments | None = None
+        self.schedule_processor: ScheduleProcessor | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -264,7 +268,23 @@ class DevEngine:
             self.start_historian()
         if self._want["optimizer"]:
             self.start_optimizer()
+        if self._want["schedules"]:
+            self.start_schedules()
         return self
+
+    def start_schedules(self) -> None:
+        """The schedule processor (ADR 0056): fires the due slots of every schedule."""
+
+        def new_processor() -> ScheduleProcessor:
+            return ScheduleProcessor(self.settings, schema=self.schema, instance_id="dev")
+
+        build = _first_then_fresh(new_processor(), new_processor)
+
+        def schedules() -> Running:
+            instance = self.schedule_processor = build()
+            return Running(instance.run)
+
+        self._supervise("schedules", schedules)
 
     def start_historian(self) -> HistorianProjector:
         """The historian (ADR 0034): diagnoses and proposal outcomes, with embeddings, into

@@ -30,7 +30,13 @@ def serve_dev(host: str = "127.0.0.1", port: int = 8080) -> int:
     # stores), the optimizer (it turns diagnoses into proposals) and the canary judge (it keeps
     # or rolls back applied proposals); docs/learning.md.
     engine = DevEngine(
-        settings, register_nodes=True, critic=True, historian=True, optimizer=True, canary=True
+        settings,
+        register_nodes=True,
+        critic=True,
+        historian=True,
+        optimizer=True,
+        canary=True,
+        schedules=True,
     ).start()
     log.info("engine running: %s", ", ".join(c.name for c in engine.components))
     try:

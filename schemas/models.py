@@ -141,6 +141,26 @@ class NodeStatus(StrEnum):
     DEPRECATED = "deprecated"
 
 
+class CatchupPolicy(StrEnum):
+    """What a schedule does with slots missed while nothing could fire them (downtime, a pause is
+    not downtime): skip them, fire the latest one, or fire all.
+    """
+
+    SKIP = "skip"
+    ONE = "one"
+    ALL = "all"
+
+
+class OverlapPolicy(StrEnum):
+    """What a due slot does while the run of the previous slot is still running: skip the slot,
+    start it anyway, or cancel the previous run first.
+    """
+
+    SKIP = "skip"
+    ALLOW = "allow"
+    CANCEL_PREVIOUS = "cancel_previous"
+
+
 class ErrorInfo(RefluxRecord):
     """An error as traces and the critic group it: by error_class."""
 
@@ -1950,6 +1970,126 @@ class NodeResult(RefluxRecord):
     """When it finished."""
 
 
+class Schedule(RefluxRecord):
+    """A schedule that starts runs of a workflow at the slots of a cron expression; the latest
+    record per schedule_id (the Kafka key) on the compacted schedules topic is the schedule, a
+    tombstone deletes it.
+    """
+
+    AVRO_NAME: ClassVar[str] = "reflux.schedules.Schedule"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    event_id: str = Field(default_factory=new_id)
+    """Unique id (UUID text) of this record; consumers dedupe on it."""
+
+    seq: int = -1
+    """-1: not positioned in a run log. Only the scheduler assigns run-log positions, to the
+    events it writes.
+    """
+
+    occurred_at: TimestampMillis = Field(default_factory=utc_now)
+    """When the producer created this record (UTC, milliseconds)."""
+
+    schema_version: int = 1
+    """Version of the writer schema; old records keep the version they were written with."""
+
+    schedule_id: str
+    """Id of the schedule; the Kafka key."""
+
+    tenant: str
+    """The tenant owning the schedule: its workflow's (ADR 0051); its runs start as this tenant."""
+
+    workflow_id: str
+    """Workflow the schedule starts."""
+
+    workflow_version: int | None = None
+    """null = latest."""
+
+    cron: str
+    """Cron expression: 5 fields (minute hour day-of-month month day-of-week) or 6 with seconds
+    first.
+    """
+
+    timezone: str
+    """IANA time zone the expression is read in, e.g. 'Europe/Berlin'."""
+
+    start_at: TimestampMillis | None = None
+    """No slot before this instant; null = from creation."""
+
+    end_at: TimestampMillis | None = None
+    """No slot after this instant; null = no end."""
+
+    jitter_ms: int = 0
+    """Each slot fires up to this many milliseconds late, by an amount derived from the schedule
+    id and the slot (deterministic).
+    """
+
+    catchup: CatchupPolicy
+    """What to do with missed slots."""
+
+    catchup_window_ms: int = 60000
+    """A slot older than this when it could fire counts as missed."""
+
+    overlap: OverlapPolicy
+    """What to do while the previous slot's run is still running."""
+
+    inputs: Json
+    """The runs' inputs (a JSON object)."""
+
+    paused: bool = False
+    """A paused schedule fires nothing; slots passed while paused are skipped."""
+
+    created_at: TimestampMillis
+    """When the schedule was created; slots start after it."""
+
+    resumed_at: TimestampMillis | None = None
+    """When it was last resumed; slots up to it (passed while paused) never fire."""
+
+    created_by: str | None = None
+    """Principal that created it (API key id or OIDC subject)."""
+
+
+class ScheduleProgress(RefluxRecord):
+    """How far a schedule has fired: written by the schedule processor in the transaction that
+    starts the slot's run, keyed by schedule_id on the compacted schedule-state topic.
+    """
+
+    AVRO_NAME: ClassVar[str] = "reflux.schedules.ScheduleProgress"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    event_id: str = Field(default_factory=new_id)
+    """Unique id (UUID text) of this record; consumers dedupe on it."""
+
+    seq: int = -1
+    """-1: not positioned in a run log. Only the scheduler assigns run-log positions, to the
+    events it writes.
+    """
+
+    occurred_at: TimestampMillis = Field(default_factory=utc_now)
+    """When the producer created this record (UTC, milliseconds)."""
+
+    schema_version: int = 1
+    """Version of the writer schema; old records keep the version they were written with."""
+
+    schedule_id: str
+    """The schedule; the Kafka key."""
+
+    last_slot: TimestampMillis
+    """The latest slot handled (fired or skipped): no slot at or before it fires again."""
+
+    last_fired_slot: TimestampMillis | None = None
+    """The latest slot that started a run."""
+
+    last_run_id: str | None = None
+    """The run id of last_fired_slot (derived from schedule id + slot)."""
+
+    fired: int = 0
+    """Slots fired so far."""
+
+    skipped: int = 0
+    """Slots skipped so far (catch-up or overlap policy)."""
+
+
 class Trace(RefluxRecord):
     """One trace per attempt (the seed's reflection-layer schema)."""
 
@@ -2136,6 +2276,8 @@ MODELS: dict[str, type[RefluxRecord]] = {
     "reflux.replays.ReplayRequested": ReplayRequested,
     "reflux.results.NodeHeartbeat": NodeHeartbeat,
     "reflux.results.NodeResult": NodeResult,
+    "reflux.schedules.Schedule": Schedule,
+    "reflux.schedules.ScheduleProgress": ScheduleProgress,
     "reflux.traces.Trace": Trace,
     "reflux.triggers.Trigger": Trigger,
     "reflux.workflows.WorkflowRegistered": WorkflowRegistered,
@@ -2149,6 +2291,7 @@ __all__ = [
     "AlertState",
     "AuditRecorded",
     "CancelRun",
+    "CatchupPolicy",
     "ChildRunEnded",
     "ChildRunFinished",
     "ChildRunRequested",
@@ -2180,6 +2323,7 @@ __all__ = [
     "NodeInvocation",
     "NodeResult",
     "NodeStatus",
+    "OverlapPolicy",
     "ParentRef",
     "PauseRun",
     "PayloadRef",
@@ -2198,6 +2342,8 @@ __all__ = [
     "RunResumed",
     "RunStarted",
     "RunSucceeded",
+    "Schedule",
+    "ScheduleProgress",
     "SignalRun",
     "StandaloneEnvelope",
     "StartRun",

@@ -24,6 +24,7 @@ from foundation.settings import Settings, get_settings
 
 __all__ = [
     "RUN_GROUP",
+    "SCHEDULE_GROUP",
     "TopicCatalog",
     "TopicCatalogError",
     "TopicSpec",
@@ -34,6 +35,7 @@ __all__ = [
 
 DAY_MS: Final = 24 * 60 * 60 * 1000
 RUN_GROUP: Final = "run"
+SCHEDULE_GROUP: Final = "schedule"
 
 # Kafka's own rule (kafka.common.internals.Topic): legal characters and at most 249 of them.
 _TOPIC_NAME = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
@@ -171,6 +173,17 @@ _FIXED: Final[dict[str, tuple[str, dict[str, str], str | None, str]]] = {
     # written in the scheduler's transactions with the run events. Derived from the run log, so
     # a week like the other transient topics; a consumer away longer reads the API.
     "run-outcomes": ("run_id", _retention(7 * DAY_MS), None, "run outcomes as CloudEvents JSON"),
+    # Schedules (ADR 0056): the latest record per schedule is the schedule (a tombstone deletes
+    # it), and the schedule processor's progress (last slot fired) is written in the transaction
+    # that starts the slot's run. Co-partitioned: the owner of schedules partition p reads its
+    # schedules' progress from schedule-state partition p.
+    "schedules": ("schedule_id", _COMPACT, SCHEDULE_GROUP, "cron schedules that start runs"),
+    "schedule-state": (
+        "schedule_id",
+        _COMPACT,
+        SCHEDULE_GROUP,
+        "schedule progress (last slot fired), written with the runs it starts",
+    ),
 }
 _INVOKE_CONFIGS: Final = _retention(7 * DAY_MS)
 
@@ -323,6 +336,14 @@ class TopicCatalog:
     @property
     def run_outcomes(self) -> TopicSpec:
         return self._specs["run-outcomes"]
+
+    @property
+    def schedules(self) -> TopicSpec:
+        return self._specs["schedules"]
+
+    @property
+    def schedule_state(self) -> TopicSpec:
+        return self._specs["schedule-state"]
 
     def __getitem__(self, logical: str) -> TopicSpec:
         try:

@@ -127,6 +127,13 @@ ROUTE_ACCESS: Final[dict[str, Access]] = {
     "GET /v1/replays": _V,
     "GET /v1/replays/{replay_id}": _V,
     "GET /v1/replays/{replay_id}/events": _V,
+    # schedules (ADR 0056): editors create and change them, viewers read them
+    "POST /v1/schedules": _E,
+    "GET /v1/schedules": _V,
+    "GET /v1/schedules/{schedule_id}": _V,
+    "DELETE /v1/schedules/{schedule_id}": _E,
+    "POST /v1/schedules/{schedule_id}/pause": _E,
+    "POST /v1/schedules/{schedule_id}/resume": _E,
     # identity and audit: admins
     "POST /v1/api-keys": _A,
     "GET /v1/api-keys": _A,

@@ -24,6 +24,8 @@ FIXED = [
     "alerts",
     "audit",
     "run-outcomes",
+    "schedules",
+    "schedule-state",
 ]
 
 
@@ -50,7 +52,7 @@ def test_default_prefix_matches_design() -> None:
 def test_cleanup_policies(settings: Settings) -> None:
     catalog = TopicCatalog.from_settings(settings)
     compacted = {s.logical for s in catalog if s.compacted}
-    assert compacted == {"workflows", "nodes", "scheduler-state"}
+    assert compacted == {"workflows", "nodes", "scheduler-state", "schedules", "schedule-state"}
     assert catalog.runs.cleanup_policy == "delete"
     # The run log is the source of truth: never expired by time.
     assert catalog.runs.configs["retention.ms"] == "-1"
@@ -147,3 +149,10 @@ def test_spec_validation() -> None:
         TopicSpec("x", "p.x", 0, 1, "k", "d")
     with pytest.raises(TopicCatalogError, match="replication"):
         TopicSpec("x", "p.x", 1, 0, "k", "d")
+
+
+def test_schedule_topics_are_copartitioned_by_schedule_id(settings: Settings) -> None:
+    catalog = TopicCatalog.from_settings(settings)
+    group = catalog.copartitioned("schedule")
+    assert {s.logical for s in group} == {"schedules", "schedule-state"}
+    assert {(s.partitions, s.key) for s in group} == {(4, "schedule_id")}
