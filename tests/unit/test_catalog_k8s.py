@@ -90,6 +90,7 @@ def test_components_run_the_one_binary_with_the_settings() -> None:
         "projector",
         "replay-runner",
         "scheduler",
+        "schedules",
         "trigger-router",
         "worker",
     ]
