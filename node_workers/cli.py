@@ -15,6 +15,9 @@ Concurrency (docs/decisions/0019-worker-concurrency.md): ``--io-concurrency``,
 ``--cpu-concurrency`` and ``--node-concurrency NODE[@MAJOR]=N`` win over the
 ``REFLUX_WORKER_IO_CONCURRENCY`` / ``_CPU_CONCURRENCY`` / ``_NODE_CONCURRENCY`` settings (the
 flag's entries are added to the setting's, replacing those of the same key).
+
+Custom nodes: ``--module mypkg.nodes`` (repeatable) serves the module's ``@node`` functions
+(reflux.sdk_nodes, ADR 0059), registered in the catalog like built-ins.
 """
 
 from __future__ import annotations
@@ -25,13 +28,15 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from foundation.errors import ConfigurationError
 from foundation.liveness import BEAT_EVERY_S, Heartbeat
 from foundation.settings import Settings, get_settings
 from node_workers.concurrency import DEFAULT_IO_CONCURRENCY, parse_node_concurrency
+from node_workers.function_nodes import load_module_nodes
+from node_workers.node import AnyNode
 from node_workers.registry import NodeRegistry, default_registry
 from node_workers.runtime import DEFAULT_MAX_INLINE_OUTPUT_BYTES, WorkerConfig, WorkerRuntime
 from streams.admin import ensure_topics
@@ -41,6 +46,7 @@ __all__ = [
     "add_worker_commands",
     "handle_worker",
     "select_nodes",
+    "served_nodes",
     "worker_config",
 ]
 
@@ -58,6 +64,15 @@ def add_worker_commands(subparsers: Any) -> argparse.ArgumentParser:
         "--nodes",
         help="node groups to serve, e.g. 'http,transform' (name or dotted prefix, 'name@major' "
         f"pins a major; default: ${NODES_FILTER_ENV}, else every node)",
+    )
+    worker.add_argument(
+        "--module",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="serve the @node functions of this importable module, e.g. 'mypkg.nodes' "
+        "(repeatable; with --module, built-ins are served only if --nodes/$"
+        f"{NODES_FILTER_ENV} names them; docs/sdk-nodes.md)",
     )
     worker.add_argument(
         "--io-concurrency",
@@ -123,7 +138,9 @@ def _limit(text: str) -> int:
     return int(text)
 
 
-def worker_config(args: argparse.Namespace, settings: Settings) -> WorkerConfig:
+def worker_config(
+    args: argparse.Namespace, settings: Settings, nodes: Iterable[AnyNode] = ()
+) -> WorkerConfig:
     """The worker's configuration: defaults, then the ``REFLUX_WORKER_*`` settings, then the
     flags. A ``--node-concurrency`` (or setting) entry naming no built-in node is an error: a
     typo must not silently leave a group at its class's limit."""
@@ -133,12 +150,13 @@ def worker_config(args: argparse.Namespace, settings: Settings) -> WorkerConfig:
             settings.worker_node_concurrency, "REFLUX_WORKER_NODE_CONCURRENCY"
         )
     overrides |= parse_node_concurrency(args.node_concurrency, "--node-concurrency")
-    known = {key for n in default_registry() for key in (n.name, f"{n.name}@{n.major}")}
+    served = [*default_registry(), *nodes]
+    known = {key for n in served for key in (n.name, f"{n.name}@{n.major}")}
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise ConfigurationError(
             f"Expected --node-concurrency / REFLUX_WORKER_NODE_CONCURRENCY entries to name a "
-            f"node (one of {sorted(n.name for n in default_registry())}, optionally @MAJOR), "
+            f"node (one of {sorted({n.name for n in served})}, optionally @MAJOR), "
             f"but {unknown} name none"
         )
     changes: dict[str, Any] = {
@@ -159,6 +177,24 @@ def select_nodes(node_filter: str | None, environ: Mapping[str, str] | None = No
     env = os.environ if environ is None else environ
     chosen = node_filter if node_filter is not None else env.get(NODES_FILTER_ENV)
     return default_registry().select(chosen)
+
+
+def served_nodes(
+    node_filter: str | None, modules: Sequence[str], environ: Mapping[str, str] | None = None
+) -> NodeRegistry:
+    """Without ``modules``, :func:`select_nodes`. With them, the modules' ``@node`` functions
+    (node_workers.function_nodes), plus the built-ins the filter names, if it names any: a
+    custom-node worker serves its own nodes, in their own worker groups (ADR 0059)."""
+    if not modules:
+        return select_nodes(node_filter, environ)
+    env = os.environ if environ is None else environ
+    chosen = node_filter if node_filter is not None else env.get(NODES_FILTER_ENV)
+    if os.getcwd() not in sys.path:
+        # As `python -m` does: `reflux worker --module mypkg.nodes` run from a project finds it.
+        sys.path.insert(0, os.getcwd())
+    builtins = default_registry()
+    custom = load_module_nodes(modules, {n.name for n in builtins})
+    return NodeRegistry([*(builtins.select(chosen) if chosen else []), *custom])
 
 
 def _install_signal_handlers(stop: asyncio.Event) -> None:
@@ -190,8 +226,8 @@ async def _beat(heartbeat: Heartbeat, stop: asyncio.Event) -> None:
 
 def handle_worker(args: argparse.Namespace, settings: Settings | None = None) -> int:
     settings = settings or get_settings()
-    nodes = select_nodes(args.nodes)
-    config = worker_config(args, settings)
+    nodes = served_nodes(args.nodes, getattr(args, "module", []))
+    config = worker_config(args, settings, nodes)
     if args.list:
         for node in nodes:
             flags = [f for f in ("cacheable", "side_effects") if getattr(node, f)]
