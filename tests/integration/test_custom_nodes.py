@@ -1,0 +1,126 @@
+"""Custom nodes as code on real services: ``reflux worker --module tests.support.custom_nodes``
+as a real process discovers the module's ``@node`` functions, registers both majors of
+``acme.greet`` in the catalog (the platform's, tenant default), serves each major in its own
+worker group, and workflows pinned to ``@^1`` / ``@^2`` get each version's output.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from foundation.settings import PROJECT_ROOT
+from projections.postgres import queries
+from tests.integration.engine_fixtures import Harness, HarnessFactory
+from tests.support.waiting import eventually
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+
+def greet_workflow(workflow_id: str, constraint: str, params: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": workflow_id,
+        "steps": [{"id": "greet", "node": f"acme.greet@{constraint}", "params": params}],
+        "outputs": {
+            "greeting": "{{ steps.greet.output.greeting }}",
+            "version": "{{ steps.greet.output.version }}",
+        },
+    }
+
+
+@pytest.fixture
+def custom_worker(engine_harness: HarnessFactory) -> Any:
+    """The engine (built-in nodes only) and a custom-node worker process beside it."""
+    harness = engine_harness(client_id="custom-nodes-e2e")
+    settings = harness.settings
+    env = {
+        **os.environ,
+        "REFLUX_TOPIC_PREFIX": settings.topic_prefix,
+        "REFLUX_DEFAULT_PARTITIONS": str(settings.default_partitions),
+        "NODES_FILTER": "",  # the module's nodes only
+    }
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "reflux.cli",
+            "worker",
+            "--module",
+            "tests.support.custom_nodes",
+            "--client-id",
+            "custom-nodes-worker",
+        ],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        yield harness, process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+        print(output)
+
+
+def test_a_module_node_is_discovered_registered_versioned_and_called(
+    custom_worker: tuple[Harness, subprocess.Popen[str]],
+) -> None:
+    h, process = custom_worker
+
+    def catalogued() -> dict[str, queries.NodeVersionRow]:
+        if process.poll() is not None:
+            output = process.stdout.read()  # type: ignore[union-attr]
+            pytest.fail(f"the custom-node worker exited:\n{output}")
+        with h.conn() as conn:
+            rows = queries.list_node_versions(conn, "acme.greet", schema=h.schema)
+        return {row.version: row for row in rows}
+
+    rows = eventually(
+        catalogued,
+        60,
+        "the worker to register acme.greet 1.0.0 and 2.0.0",
+        until=lambda found: set(found) == {"1.0.0", "2.0.0"},
+        interval=0.2,
+    )
+    for version, row in rows.items():
+        assert (row.status, row.rollout_weight, row.tenant) == ("production", 1.0, "default")
+        assert row.manifest["version"] == version
+        assert row.manifest["idempotent"] is True
+        assert row.manifest["input_schema"]["required"] == ["name"]
+        assert row.code_url and row.code_url.endswith(f"nodes/acme.greet/{version}/manifest.json")
+    assert rows["1.0.0"].manifest["cacheable"] is True
+    assert rows["2.0.0"].manifest["source"] == "tests.support.custom_nodes.greet_v2"
+
+    h.register(greet_workflow("greet-v1", "^1", {"name": "ada"}))
+    h.register(greet_workflow("greet-v2", "^2", {"name": "ada", "times": 2}))
+    h.register(greet_workflow("greet-bad", "^2", {"name": "ada", "times": "often"}))
+    v1, v2, bad = h.start("greet-v1"), h.start("greet-v2"), h.start("greet-bad")
+
+    run = h.wait(v1, timeout=60)
+    assert run.status == "succeeded", run
+    assert run.outputs == {"greeting": "hello ada", "version": "1.0.0"}
+    assert h.steps(v1)["greet"].node_version == "1.0.0"
+
+    run = h.wait(v2, timeout=60)
+    assert run.status == "succeeded", run
+    assert run.outputs == {"greeting": "HELLO ADA HELLO ADA", "version": "2.0.0"}
+    assert h.steps(v2)["greet"].node_version == "2.0.0"
+    prefix = h.settings.topic_prefix
+    dispatched = [e for e in h.events(v2) if e.event_type == "StepDispatched"]
+    assert [e.payload["invoke_topic"] for e in dispatched] == [f"{prefix}.invoke.acme.greet.v2"]
+
+    # Bad params fail the step at once, for good, naming the field path.
+    run = h.wait(bad, timeout=60)
+    assert run.status == "failed", run
+    assert run.error is not None
+    assert run.error["retryable"] is False
+    assert "params.times: Input should be a valid integer" in run.error["message"]
+    kinds = [e.event_type for e in h.events(bad)]
+    assert "StepRetryScheduled" not in kinds
