@@ -16,7 +16,7 @@ import pytest
 
 from foundation.settings import PROJECT_ROOT
 from projections.postgres import queries
-from tests.integration.engine_fixtures import Harness, HarnessFactory
+from tests.integration.engine_fixtures import Harness, HarnessFactory, api_client
 from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -98,10 +98,24 @@ def test_a_module_node_is_discovered_registered_versioned_and_called(
     assert rows["1.0.0"].manifest["cacheable"] is True
     assert rows["2.0.0"].manifest["source"] == "tests.support.custom_nodes.greet_v2"
 
+    # The public API shows them as platform nodes and accepts workflows using them.
+    with api_client(h) as api:
+        versions = api.get("/v1/nodes/acme.greet/versions")
+        assert versions.status_code == 200, versions.text
+        assert [v["version"] for v in versions.json()["data"]] == ["1.0.0", "2.0.0"]
+        listed = {n["name"]: n for n in api.get("/v1/nodes").json()["data"]}
+        assert listed["acme.greet"]["production_versions"] == ["1.0.0", "2.0.0"]
+        created = api.post(
+            "/v1/workflows", json=greet_workflow("greet-v2", "^2", {"name": "ada", "times": 2})
+        )
+        assert created.status_code == 201, created.text
+        unknown = api.post("/v1/workflows", json=greet_workflow("greet-v9", "^9", {"name": "x"}))
+        assert unknown.status_code == 422, unknown.text
+
     h.register(greet_workflow("greet-v1", "^1", {"name": "ada"}))
-    h.register(greet_workflow("greet-v2", "^2", {"name": "ada", "times": 2}))
     h.register(greet_workflow("greet-bad", "^2", {"name": "ada", "times": "often"}))
-    v1, v2, bad = h.start("greet-v1"), h.start("greet-v2"), h.start("greet-bad")
+    v1, bad = h.start("greet-v1"), h.start("greet-bad")
+    v2 = h.start("greet-v2")  # registered through the API, on the same workflows topic
 
     run = h.wait(v1, timeout=60)
     assert run.status == "succeeded", run
