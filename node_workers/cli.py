@@ -230,7 +230,7 @@ def handle_worker(args: argparse.Namespace, settings: Settings | None = None) ->
     config = worker_config(args, settings, nodes)
     if args.list:
         for node in nodes:
-            flags = [f for f in ("cacheable", "side_effects") if getattr(node, f)]
+            flags = [f for f in ("cacheable", "side_effects", "idempotent") if getattr(node, f, 0)]
             limit = config.limit(node)
             print(f"{node.key}\t{', '.join(flags)}\t{limit.pool} pool of {limit.size}")
         return 0
