@@ -13,9 +13,12 @@ import sys
 from typing import Any
 
 import pytest
+from confluent_kafka import Consumer as RawConsumer
+from confluent_kafka import TopicPartition
 
 from foundation.settings import PROJECT_ROOT
 from projections.postgres import queries
+from streams.security import kafka_client_config
 from tests.integration.engine_fixtures import Harness, HarnessFactory, api_client
 from tests.support.waiting import eventually
 
@@ -138,3 +141,24 @@ def test_a_module_node_is_discovered_registered_versioned_and_called(
     assert "params.times: Input should be a valid integer" in run.error["message"]
     kinds = [e.event_type for e in h.events(bad)]
     assert "StepRetryScheduled" not in kinds
+
+    # Each major was consumed by its own worker group: v1 took one invocation, v2 two.
+    for major, taken in ((1, 1), (2, 2)):
+        eventually(
+            lambda major=major: committed(h, major),  # type: ignore[misc]
+            30,
+            f"worker group {h.engine.catalog.worker_group('acme.greet', major)} to commit",
+            until=lambda n, taken=taken: n == taken,  # type: ignore[misc]
+        )
+
+
+def committed(h: Harness, major: int) -> int:
+    """Offsets the major's worker group committed on its invoke topic, summed."""
+    topic = h.engine.catalog.invoke_topic("acme.greet", major).topic
+    group = h.engine.catalog.worker_group("acme.greet", major)
+    probe = RawConsumer({**kafka_client_config(h.settings), "group.id": group})
+    try:
+        parts = [TopicPartition(topic, p) for p in range(h.settings.default_partitions)]
+        return sum(tp.offset for tp in probe.committed(parts, timeout=10) if tp.offset > 0)
+    finally:
+        probe.close()
