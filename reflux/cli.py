@@ -48,7 +48,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _dev(args: argparse.Namespace) -> int:
     from reflux.devserver import serve_dev
 
-    return serve_dev(host=args.host, port=args.port)
+    return serve_dev(host=args.host, port=args.port, modules=args.module)
 
 
 def _supervise(args: argparse.Namespace) -> int:
@@ -69,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=8080)
+    dev.add_argument(
+        "--module",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="also serve the @node functions of this module (repeatable; docs/sdk-nodes.md)",
+    )
     dev.set_defaults(handler=_dev)
     supervise = sub.add_parser(
         "supervise",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from foundation.settings import get_settings
 from reflux.dev import DevEngine
@@ -10,15 +11,19 @@ from reflux.dev import DevEngine
 log = logging.getLogger(__name__)
 
 
-def serve_dev(host: str = "127.0.0.1", port: int = 8080) -> int:
+def serve_dev(host: str = "127.0.0.1", port: int = 8080, modules: Sequence[str] = ()) -> int:
+    """``modules``: import their ``@node`` functions and serve them beside the built-ins
+    (``reflux dev --module mypkg.nodes``; ADR 0059)."""
     import uvicorn
 
     from api.app import create_app
     from api.auth.bootstrap import ensure_local_admin_key
     from api.config import ApiSettings
+    from node_workers.cli import served_nodes
     from reflux.credentials import default_key_file
 
     settings = get_settings()
+    nodes = served_nodes("*", modules)  # every built-in, plus the modules' nodes
     # A local admin key (ADR 0046): every /v1 route wants one; the reflux CLI reads this file.
     key_file, created = ensure_local_admin_key(settings, ApiSettings(), default_key_file(settings))
     print(
@@ -31,6 +36,7 @@ def serve_dev(host: str = "127.0.0.1", port: int = 8080) -> int:
     # or rolls back applied proposals); docs/learning.md.
     engine = DevEngine(
         settings,
+        nodes=nodes,
         register_nodes=True,
         critic=True,
         historian=True,

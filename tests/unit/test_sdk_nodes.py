@@ -240,3 +240,15 @@ def _settings() -> Any:
     from foundation.settings import Settings
 
     return Settings()
+
+
+def test_reflux_dev_serves_every_builtin_plus_the_modules_nodes() -> None:
+    from node_workers.nodes import builtin_nodes
+    from reflux.cli import build_parser
+
+    args = build_parser().parse_args(["dev", "--module", "tests.support.custom_nodes"])
+    assert args.module == ["tests.support.custom_nodes"]
+    nodes = served_nodes("*", args.module, {})
+    assert len(nodes) == len(builtin_nodes()) + 3
+    assert {"acme.greet@2.0.0", "transform@1.0.0"} <= set(nodes.names())
+    assert len(served_nodes("*", [], {})) == len(builtin_nodes())
