@@ -137,17 +137,13 @@ SIGNALLED: dict[str, Any] = {
 def test_async_client_streams_a_run_and_signals_it(api: tuple[str, str]) -> None:
     url, key = api
 
-    async def scenario() -> tuple[list[dict[str, Any]], dict[str, Any], list[dict[str, Any]]]:
+    async def start() -> str:
         async with AsyncRefluxClient(url, api_key=key) as client:
             await client.register_workflow(SIGNALLED)
-            run_id = (await client.start_run("sdk-signalled", {"word": "hi"}))["run_id"]
-            await_visible = client.get_run
-            for _ in range(200):  # the run reaches the read model shortly after the 202
-                try:
-                    await await_visible(run_id)
-                    break
-                except NotFound:
-                    await asyncio.sleep(0.05)
+            return str((await client.start_run("sdk-signalled", {"word": "hi"}))["run_id"])
+
+    async def follow(run_id: str) -> tuple[list[dict[str, Any]], Any, list[dict[str, Any]]]:
+        async with AsyncRefluxClient(url, api_key=key) as client:
             streamed: list[dict[str, Any]] = []
             async for event in client.stream_events(run_id):
                 streamed.append(event)
@@ -158,7 +154,10 @@ def test_async_client_streams_a_run_and_signals_it(api: tuple[str, str]) -> None
             run = await client.wait_run(run_id, timeout=30)
             return streamed, run, await client.events(run_id)
 
-    streamed, run, logged = asyncio.run(scenario())
+    run_id = asyncio.run(start())
+    with RefluxClient(url, api_key=key) as sync_client:  # the stream wants a projected run
+        eventually(lambda: _exists(sync_client, run_id), 20, f"run {run_id} in the read model")
+    streamed, run, logged = asyncio.run(follow(run_id))
     assert run["status"] == "succeeded" and run["outputs"] == {"said": ["hi", {"ok": 1}]}
     # The stream is the whole log, in order, ending at the terminal event.
     assert [e["seq"] for e in streamed] == [e["seq"] for e in logged]
