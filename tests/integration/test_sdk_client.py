@@ -93,10 +93,14 @@ def test_order_quote_from_python_runs_like_the_yaml(api: tuple[str, str]) -> Non
         assert (from_yaml["workflow_id"], from_code["workflow_id"]) == ("order_quote",) * 2
         assert (from_yaml["version"], from_code["version"]) == (1, 2)
         inputs = {"city": "Lyon", "service": service}
-        runs = {}
-        for version in (1, 2):
-            started = client.start_run("order_quote", inputs, version=version)
-            runs[version] = client.wait_run(started["run_id"], timeout=90)
+        runs = {1: client.wait_run(client.start_run("order_quote", inputs, version=1)["run_id"])}
+        # wait_ms: the API answers with the finished run (200) when it ends in time.
+        finished = client.start_run("order_quote", inputs, version=2, wait_ms=30_000)
+        runs[2] = (
+            finished
+            if finished["status"] != "accepted"  # RunAccepted: not over within wait_ms
+            else client.wait_run(finished["run_id"])
+        )
         yaml_run, code_run = runs[1], runs[2]
         assert yaml_run["status"] == code_run["status"] == "succeeded", (yaml_run, code_run)
         assert yaml_run["outputs"] == code_run["outputs"]
@@ -113,6 +117,18 @@ def test_order_quote_from_python_runs_like_the_yaml(api: tuple[str, str]) -> Non
         code_events = client.events(code_run["run_id"])
         assert _shape(code_events) == _shape(yaml_events)
         assert ("StepSkipped", "auto_approve") in _shape(code_events)
+        # The computed steps' outputs too (the HTTP ones carry per-run headers and keys).
+        computed = {"cheapest", "fastest", "suppliers", "auto_approve", "quote"}
+        assert _outputs(code_events, computed) == _outputs(yaml_events, computed)
+        assert set(_outputs(code_events, computed)) == computed - {"auto_approve"}
+
+
+def _outputs(events: list[dict[str, Any]], steps: set[str]) -> dict[str, Any]:
+    return {
+        e["payload"]["step"]["step_id"]: e["payload"]["output"]
+        for e in events
+        if e["event_type"] == "StepSucceeded" and e["payload"]["step"]["step_id"] in steps
+    }
 
 
 SIGNALLED: dict[str, Any] = {

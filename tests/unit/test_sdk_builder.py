@@ -115,3 +115,14 @@ def test_from_definition_validates_too() -> None:
     with pytest.raises(WorkflowValidationError) as exc:
         Workflow.from_definition("id: x\nsteps: []\nunknown: 1\n")
     assert "unknown" in _paths(exc)
+
+
+def test_the_docs_builder_example_builds() -> None:
+    """docs/sdk.md's first example is code that runs (and validates)."""
+    text = (EXAMPLES.parent / "docs" / "sdk.md").read_text()
+    code = text.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "docs/sdk.md", "exec"), namespace)  # our own docs
+    definition = namespace["definition"]
+    assert [s["id"] for s in definition["steps"]] == ["offers", "cheapest", "approval"]
+    parse_workflow(definition)
