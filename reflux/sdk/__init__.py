@@ -10,7 +10,7 @@ from reflux.sdk.builder import (
     WorkflowValidationError,
     input_ref,
 )
-from reflux.sdk.client import AsyncRefluxClient, RefluxClient, RunTimeout, WorkflowSource
+from reflux.sdk.client import AsyncRefluxClient, RefluxClient, WaitTimeoutError, WorkflowSource
 from reflux.sdk.errors import (
     Conflict,
     FieldProblem,
@@ -36,10 +36,10 @@ __all__ = [
     "RefluxApiError",
     "RefluxClient",
     "Retry",
-    "RunTimeout",
     "StepRef",
     "Unauthorized",
     "Unavailable",
+    "WaitTimeoutError",
     "Workflow",
     "WorkflowSource",
     "WorkflowValidationError",

@@ -17,26 +17,27 @@ from typing import Any
 import anyio
 import httpx
 
+from foundation.errors import RefluxError
 from foundation.settings import Settings
 from reflux.credentials import api_key as configured_api_key
 from reflux.sdk.builder import Workflow
-from reflux.sdk.errors import RefluxApiError, raise_for_response
+from reflux.sdk.errors import raise_for_response
 from schemas.statuses import TERMINAL_RUN_STATUSES
 
-__all__ = ["AsyncRefluxClient", "RefluxClient", "RunTimeout", "WorkflowSource"]
+__all__ = ["AsyncRefluxClient", "RefluxClient", "WaitTimeoutError", "WorkflowSource"]
 
 WorkflowSource = Workflow | Mapping[str, Any] | str
 """What ``register_workflow`` takes: a builder, a definition dict, or YAML/JSON text."""
 
 
-class RunTimeout(RefluxApiError):  # noqa: N818  reads as what happened
-    """``wait_run`` gave up: the run had not ended (``run`` is how far it got)."""
+class WaitTimeoutError(RefluxError):
+    """A wait gave up: ``wait_run``'s run had not ended (``run`` is how far it got, None when
+    not visible yet), or ``register_workflow``'s version was still not readable."""
 
-    error_class = "RunTimeout"
+    error_class = "WaitTimeout"
 
-    def __init__(self, run_id: str, timeout: float, run: dict[str, Any] | None) -> None:
-        status = run.get("status") if run else "not visible yet"
-        super().__init__(0, f"run {run_id} is still {status} after {timeout:g}s")
+    def __init__(self, message: str, run: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
         self.run = run
 
 
@@ -48,6 +49,18 @@ class _Call:
     json: Any = None
     content: bytes | None = None
     headers: dict[str, str] = field(default_factory=dict)
+
+
+def _not_visible(created: Mapping[str, Any], waited: float) -> str:
+    return (
+        f"{created['workflow_id']} version {created['version']} was registered but is still not "
+        f"readable after {waited:g}s; is the projector running?"
+    )
+
+
+def _not_ended(run_id: str, waited: float, run: Mapping[str, Any] | None) -> str:
+    status = run["status"] if run else "not visible yet"
+    return f"run {run_id} is still {status} after {waited:g}s"
 
 
 def _drop_none(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -207,7 +220,7 @@ class RefluxClient:
                 raise_for_response(response)
                 break
             if time.monotonic() > deadline:
-                raise RunTimeout(created["workflow_id"], wait_visible, None)
+                raise WaitTimeoutError(_not_visible(created, wait_visible))
             time.sleep(0.05)
         return created
 
@@ -247,7 +260,7 @@ class RefluxClient:
         return result
 
     def wait_run(self, run_id: str, *, timeout: float = 60.0, poll: float = 0.1) -> dict[str, Any]:
-        """The run once it has ended (succeeded, failed, cancelled, ...); :class:`RunTimeout`
+        """The run once it has ended (succeeded, failed, cancelled, ...); :class:`WaitTimeoutError`
         if it has not after ``timeout`` s."""
         deadline = time.monotonic() + timeout
         run: dict[str, Any] | None = None
@@ -258,7 +271,7 @@ class RefluxClient:
                 if run is not None and run["status"] in TERMINAL_RUN_STATUSES:
                     return run
             if time.monotonic() > deadline:
-                raise RunTimeout(run_id, timeout, run)
+                raise WaitTimeoutError(_not_ended(run_id, timeout, run), run)
             time.sleep(poll)
 
     def stream_events(
@@ -406,7 +419,7 @@ class AsyncRefluxClient:
                 raise_for_response(response)
                 break
             if time.monotonic() > deadline:
-                raise RunTimeout(created["workflow_id"], wait_visible, None)
+                raise WaitTimeoutError(_not_visible(created, wait_visible))
             await anyio.sleep(0.05)
         return created
 
@@ -455,7 +468,7 @@ class AsyncRefluxClient:
                 if run is not None and run["status"] in TERMINAL_RUN_STATUSES:
                     return run
             if time.monotonic() > deadline:
-                raise RunTimeout(run_id, timeout, run)
+                raise WaitTimeoutError(_not_ended(run_id, timeout, run), run)
             await anyio.sleep(poll)
 
     async def stream_events(

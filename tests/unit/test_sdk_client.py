@@ -22,6 +22,7 @@ from reflux.sdk import (
     RefluxApiError,
     RefluxClient,
     Unauthorized,
+    WaitTimeoutError,
     Workflow,
 )
 
@@ -141,3 +142,14 @@ def test_async_stream_parses_server_sent_events() -> None:
     assert asyncio.run(collect()) == events
     with RefluxClient("http://api.test", api_key="k", transport=httpx.MockTransport(handle)) as c:
         assert list(c.stream_events("r1")) == events
+
+
+def test_wait_run_gives_up_with_the_run_as_far_as_it_got() -> None:
+    seen: Seen = []
+    running = _transport(seen, 200, {"run_id": "r1", "status": "running"})
+    client = RefluxClient("http://api.test", api_key="k", transport=running)
+    with client, pytest.raises(WaitTimeoutError) as raised:
+        client.wait_run("r1", timeout=0.2, poll=0.05)
+    assert raised.value.run == {"run_id": "r1", "status": "running"}
+    assert "run r1 is still running after 0.2s" in str(raised.value)
+    assert len(seen) >= 2  # it polled
