@@ -163,7 +163,7 @@ def _sse_events(lines: Iterable[str], state: list[str]) -> Iterator[dict[str, An
                 state.clear()
                 yield dict(json.loads(data))
         elif line.startswith("data:"):
-            state.append(line[5:].lstrip(" ") if line[5:6] == " " else line[5:])
+            state.append(line[6:] if line[5:6] == " " else line[5:])  # one space, per SSE
         # id:, event:, retry: and ":" comments (pings): the data carries seq and event_type
 
 
