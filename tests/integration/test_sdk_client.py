@@ -30,6 +30,7 @@ from reflux.sdk import (
     Workflow,
 )
 from tests.integration.engine_fixtures import Harness
+from tests.integration.http_fixtures import serve
 from tests.support.api_auth import key_headers
 from tests.support.waiting import eventually
 
@@ -229,3 +230,21 @@ def _exists(client: RefluxClient, run_id: str) -> bool:
     except NotFound:
         return False
     return True
+
+
+def test_redrive_a_failed_step_with_the_sync_client(api: tuple[str, str]) -> None:
+    url, key = api
+    with RefluxClient(url, api_key=key) as client, serve() as http:
+        wf = Workflow("sdk-redrive")
+        # One attempt; the endpoint fails its first call, so the run fails, then a re-drive
+        # of the step succeeds.
+        wf.step("call", "http.request@^1", params={"url": f"{http.url}/flaky?key=sdk&fail=1"})
+        wf.output("status", "{{ steps.call.output.status }}")
+        client.register_workflow(wf)
+        failed = client.wait_run(client.start_run("sdk-redrive")["run_id"], timeout=60)
+        assert failed["status"] == "failed", failed
+        applied = client.redrive(failed["run_id"], "call", wait_ms=10_000, reason="sdk test")
+        assert applied["status"] == "applied" and applied["event_type"] == "StepScheduled"
+        redriven = client.wait_run(failed["run_id"], timeout=60)
+        assert redriven["status"] == "succeeded" and redriven["outputs"] == {"status": 200}
+        assert len(http.requests_to("/flaky")) == 2
