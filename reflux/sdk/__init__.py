@@ -1,5 +1,6 @@
-"""The REFLUX Python SDK: workflows as code (:class:`Workflow`) and API clients
-(:class:`RefluxClient`, :class:`AsyncRefluxClient`). See docs/sdk.md."""
+"""The REFLUX Python SDK: workflows as code (:class:`Workflow`), API clients
+(:class:`RefluxClient`, :class:`AsyncRefluxClient`) and custom nodes as code (``@node``,
+re-exported from :mod:`reflux.sdk_nodes`). See docs/sdk.md and docs/sdk-nodes.md."""
 
 from reflux.sdk.builder import (
     Cache,
@@ -22,6 +23,15 @@ from reflux.sdk.errors import (
     Unauthorized,
     Unavailable,
 )
+from reflux.sdk_nodes import (
+    FunctionNode,
+    NodeContext,
+    NodeDefinitionError,
+    NodeModel,
+    NonRetryableNodeError,
+    RetryableNodeError,
+    node,
+)
 
 __all__ = [
     "AsyncRefluxClient",
@@ -29,13 +39,19 @@ __all__ = [
     "Conflict",
     "FieldProblem",
     "Forbidden",
+    "FunctionNode",
     "Input",
     "Invalid",
+    "NodeContext",
+    "NodeDefinitionError",
+    "NodeModel",
+    "NonRetryableNodeError",
     "NotFound",
     "RateLimited",
     "RefluxApiError",
     "RefluxClient",
     "Retry",
+    "RetryableNodeError",
     "StepRef",
     "Unauthorized",
     "Unavailable",
@@ -44,4 +60,5 @@ __all__ = [
     "WorkflowSource",
     "WorkflowValidationError",
     "input_ref",
+    "node",
 ]
