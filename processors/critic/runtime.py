@@ -57,7 +57,7 @@ from processors.critic.view import TraceViewError, view_from_json
 from schemas.serde import encode
 from streams.admin import ensure_topics
 from streams.security import faust_credentials
-from streams.topics import TopicCatalog
+from streams.topics import TopicCatalog, TopicSpec
 
 __all__ = ["ENGINES", "CriticEngineError", "CriticProcessor", "RuntimeStats"]
 
@@ -239,12 +239,29 @@ class CriticProcessor:
         if self.engine == "kafka":
             self._run_kafka(stop_event)
             return
+        # The table's changelog exists before faust starts: declared by faust on a fresh prefix,
+        # it can be missing from the client's metadata when the first episode is written, and
+        # every write then raises PartitionsMismatch ("the changelog topic has 0 partitions";
+        # seen under load in make test). The optimizer does the same for its table.
+        ensure_topics(self.catalog, [self._episodes_changelog()], settings=self.settings)
         if self.data_dir is not None:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             asyncio.run(self._serve(stop_event, self.data_dir))
             return
         with tempfile.TemporaryDirectory(prefix="reflux-critic-") as folder:
             asyncio.run(self._serve(stop_event, Path(folder)))
+
+    def _episodes_changelog(self) -> TopicSpec:
+        """The faust table ``episodes``' changelog, as faust names it."""
+        return TopicSpec(
+            logical="critic-episodes-changelog",
+            topic=f"{self.app_id}-episodes-changelog",
+            partitions=self.catalog.traces.partitions,
+            replication=self.catalog.replication,
+            key="episode key (kind|subject|direction or class)",
+            description="the critic's open drift episodes (faust table changelog)",
+            configs={"cleanup.policy": "compact"},
+        )
 
     async def _serve(self, stop_event: threading.Event, data_dir: Path) -> None:
         self._loop = asyncio.get_running_loop()
