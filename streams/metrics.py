@@ -21,6 +21,7 @@ component in one process; the shared lag gauge is labelled by consumer group.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import threading
@@ -40,6 +41,7 @@ __all__ = [
     "add_metrics_port_argument",
     "consumer_statistics",
     "lag_callback",
+    "partition_lag",
     "serve",
     "serve_if_asked",
     "serving",
@@ -228,31 +230,51 @@ def serving() -> bool:
     return bool(_served)
 
 
+def partition_lag(p: dict[str, Any]) -> int | None:
+    """The lag of one partition of a librdkafka statistics report, or ``None`` when this member
+    does not consume it (not assigned, or no position known yet).
+
+    Not librdkafka's own ``consumer_lag``: that is measured from the offset *this client*
+    committed, and the scheduler's offsets are committed by its transactional producer
+    (``send_offsets_to_transaction``), so its ``consumer_lag`` stays -1. The position is
+    ``app_offset`` (the offset after the last record handed to the application), else the
+    committed offset; the end is ``ls_offset`` (last stable offset, what a read_committed
+    consumer can reach; equal to ``hi_offset`` without transactions in flight).
+    """
+    if not p.get("desired", False):
+        return None
+    end = p.get("ls_offset", -1)
+    if end < 0:
+        end = p.get("hi_offset", -1)
+    position = next(
+        (o for o in (p.get("app_offset", -1), p.get("committed_offset", -1)) if o >= 0), None
+    )
+    if end < 0 or position is None:
+        return None
+    return max(int(end) - int(position), 0)
+
+
 def lag_callback(group: str) -> Callable[[str], None]:
     """A librdkafka ``stats_cb`` that sets :data:`CONSUMER_LAG` for ``group``'s partitions."""
-
     assigned: set[tuple[str, str, str]] = set()
 
     def on_stats(document: str) -> None:
         try:
             stats = json.loads(document)
+            seen: set[tuple[str, str, str]] = set()
             for topic, body in stats.get("topics", {}).items():
                 for partition, p in body.get("partitions", {}).items():
-                    lag = p.get("consumer_lag", -1)
-                    # -1: not assigned to this member or no position yet; the internal
-                    # partition -1 is librdkafka's unassigned-messages queue.
-                    if partition == "-1":
-                        continue
-                    if lag >= 0:
+                    # "-1" is librdkafka's internal queue of not yet assigned messages.
+                    lag = None if partition == "-1" else partition_lag(p)
+                    if lag is not None:
                         CONSUMER_LAG.labels(group, topic, partition).set(lag)
-                    elif (group, topic, partition) in assigned:
-                        # Revoked: drop the series rather than report a stale lag forever.
-                        CONSUMER_LAG.remove(group, topic, partition)
-                        assigned.discard((group, topic, partition))
-                        continue
-                    else:
-                        continue
-                    assigned.add((group, topic, partition))
+                        seen.add((group, topic, partition))
+            for gone in assigned - seen:
+                # Revoked: drop the series rather than report a stale lag forever.
+                with contextlib.suppress(KeyError):
+                    CONSUMER_LAG.remove(*gone)
+            assigned.clear()
+            assigned.update(seen)
         except Exception:  # a metrics bug must never break the consumer's poll
             log.exception("metrics: could not read consumer statistics")
 
