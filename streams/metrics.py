@@ -45,6 +45,7 @@ __all__ = [
     "serve",
     "serve_if_asked",
     "serving",
+    "stop_serving",
 ]
 
 log = logging.getLogger(__name__)
@@ -208,8 +209,8 @@ WORKER: Final = WorkerMetrics(REGISTRY)
 PROJECTOR: Final = ProjectorMetrics(REGISTRY)
 
 _lock = threading.Lock()
-_served: dict[int, int] = {}
-"""Requested port -> bound port of the servers this process started."""
+_served: dict[int, Any] = {}
+"""Requested port -> the server this process started on it."""
 
 
 def serve(port: int, host: str = "0.0.0.0") -> int:  # noqa: S104 - scraped from other hosts
@@ -217,12 +218,22 @@ def serve(port: int, host: str = "0.0.0.0") -> int:  # noqa: S104 - scraped from
     port. Idempotent per requested port: ``reflux dev`` components may each ask."""
     with _lock:
         if port and port in _served:
-            return _served[port]
+            return int(_served[port].server_address[1])
         server, _thread = start_http_server(port, addr=host, registry=REGISTRY)
         bound = int(server.server_address[1])
-        _served[port or bound] = bound
+        _served[port or bound] = server
         log.info("metrics: serving /metrics on %s:%d", host, bound)
         return bound
+
+
+def stop_serving() -> None:
+    """Stop every metrics server of this process (tests); consumers built afterwards no
+    longer report lag."""
+    with _lock:
+        for server in _served.values():
+            server.shutdown()
+            server.server_close()
+        _served.clear()
 
 
 def serving() -> bool:
