@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import httpx
 import pytest
@@ -12,6 +14,8 @@ from foundation.errors import ConfigurationError
 from foundation.settings import Settings
 from streams import metrics
 from streams.metrics import CONSUMER_LAG, lag_callback, partition_lag
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _partition(**fields: object) -> dict[str, object]:
@@ -90,3 +94,24 @@ def test_served_metrics_parse_with_the_prometheus_parser() -> None:
         "reflux_projector_applied",
         "reflux_consumer_lag",
     } <= names
+
+
+def test_the_grafana_dashboard_queries_only_metrics_that_exist() -> None:
+    dashboard = json.loads((ROOT / "infra" / "grafana" / "reflux.json").read_text())
+    exported = {
+        name + suffix
+        for family in metrics.REGISTRY.collect()
+        for name in (family.name,)
+        for suffix in ("", "_total", "_bucket", "_sum", "_count")
+    }
+    queried = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"reflux_\w+", target["expr"])
+    }
+    assert queried, "the dashboard has no query"
+    assert queried <= exported, queried - exported
+    titles = " ".join(p["title"].lower() for p in dashboard["panels"])
+    for needed in ("lag", "per second", "duration", "in flight"):
+        assert needed in titles, needed
