@@ -114,10 +114,13 @@ class SchedulerMetrics:
     def committed(
         self, topics: Iterable[str], events: int, invocations: int, dead: int, seconds: float
     ) -> None:
-        n = 0
+        # One increment per topic, not per record: labels() takes a lock and a dict lookup.
+        counts: dict[str, int] = {}
         for topic in topics:
-            self.consumed.labels(topic).inc()
-            n += 1
+            counts[topic] = counts.get(topic, 0) + 1
+        for topic, count in counts.items():
+            self.consumed.labels(topic).inc(count)
+        n = sum(counts.values())
         if events:
             self.events.inc(events)
         if invocations:
