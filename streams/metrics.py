@@ -88,6 +88,11 @@ class SchedulerMetrics:
         self.dead_letters = Counter(
             "reflux_scheduler_dead_letters", "Inputs dead-lettered.", registry=registry
         )
+        self.cache_hits = Counter(
+            "reflux_scheduler_cache_hits",
+            "Steps answered from the step cache (no invocation sent).",
+            registry=registry,
+        )
         self.aborts = Counter(
             "reflux_scheduler_transactions_aborted",
             "Batches whose transaction failed (retried).",

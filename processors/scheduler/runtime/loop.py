@@ -569,7 +569,7 @@ class SchedulerRuntime:
         if not messages and not timers and not snapshot:
             return 0
         started = time.perf_counter()
-        before = (self.stats.events, self.stats.invocations)
+        before = (self.stats.events, self.stats.invocations, self.stats.cache_hits)
         batch = _Batch()
         cycle: SnapshotCycle | None = None
         try:
@@ -619,7 +619,7 @@ class SchedulerRuntime:
         return len(messages)
 
     def _observe(
-        self, messages: list[Message], batch: _Batch, before: tuple[int, int], started: float
+        self, messages: list[Message], batch: _Batch, before: tuple[int, int, int], started: float
     ) -> None:
         """Count a committed batch for /metrics (streams.metrics, ADR 0060)."""
         SCHEDULER.committed(
@@ -629,6 +629,8 @@ class SchedulerRuntime:
             batch.dead_lettered,
             time.perf_counter() - started,
         )
+        if self.stats.cache_hits != before[2]:
+            SCHEDULER.cache_hits.inc(self.stats.cache_hits - before[2])
         SCHEDULER.runs_in_memory.set(sum(len(table) for table in self.states.values()))
 
     def _apply_committed(self, batch: _Batch, cycle: SnapshotCycle | None) -> None:
