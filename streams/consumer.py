@@ -84,7 +84,7 @@ def consumer_config(
         "group.id": group_id,
         **DEFAULT_CONFIG,
         # Lag per partition for /metrics, only while this process serves them (ADR 0060).
-        **consumer_statistics(group_id),
+        **consumer_statistics(group_id, settings.metrics_lag_interval_ms),
     }
     config.update(overrides or {})
     config.update(_FORCED)

@@ -300,11 +300,12 @@ def lag_callback(group: str) -> Callable[[str], None]:
     return on_stats
 
 
-def consumer_statistics(group: str) -> dict[str, Any]:
-    """Consumer settings that make it report lag, or nothing while metrics are not served."""
+def consumer_statistics(group: str, interval_ms: int = STATISTICS_INTERVAL_MS) -> dict[str, Any]:
+    """Consumer settings that make it report lag every ``interval_ms``
+    (``metrics_lag_interval_ms``), or nothing while metrics are not served."""
     if not serving():
         return {}
-    return {"statistics.interval.ms": STATISTICS_INTERVAL_MS, "stats_cb": lag_callback(group)}
+    return {"statistics.interval.ms": interval_ms, "stats_cb": lag_callback(group)}
 
 
 def add_metrics_port_argument(parser: argparse.ArgumentParser) -> None:
