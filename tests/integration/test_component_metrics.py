@@ -4,7 +4,9 @@ The scheduler, a worker and the projector run as real processes (``reflux schedu
 projector --metrics-port N``) on this test's own topics. Two waves of runs go through; each
 component's ``/metrics`` is scraped after each wave and parsed with Prometheus' own text parser.
 The counters must have moved between the scrapes, and every component must show a consumer-lag
-series for every partition it consumes, which is 0 once the load is done.
+series for every partition it consumes, which is 0 once the load is done. The projector starts
+only after the first wave went through the scheduler and the worker, one record per transaction
+and lag reports every 100 ms: its lag must be seen above 0 while it catches up.
 """
 
 from __future__ import annotations
