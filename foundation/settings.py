@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
 
-from pydantic import SecretStr, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -146,6 +146,12 @@ class Settings(BaseSettings):
     # this file from their loops; a liveness probe (python -m foundation.liveness) checks its
     # age. Unset: no heartbeat (foundation/liveness.py).
     liveness_file: Path | None = None
+    # Port on which the scheduler, a worker or a projector serves Prometheus /metrics (the
+    # CLI's --metrics-port wins); 0: no metrics server (streams/metrics.py, docs/metrics.md).
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    # How often each consumer reports its lag (librdkafka statistics.interval.ms) while metrics
+    # are served; tests shorten it to see lag move within a short load.
+    metrics_lag_interval_ms: int = Field(default=5_000, ge=100, le=600_000)
 
     # "chdb:///abs/path" selects the embedded engine (one process owns that folder);
     # "http://host:8123" selects a ClickHouse server. Same client code either way.

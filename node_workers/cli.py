@@ -40,6 +40,7 @@ from node_workers.node import AnyNode
 from node_workers.registry import NodeRegistry, default_registry
 from node_workers.runtime import DEFAULT_MAX_INLINE_OUTPUT_BYTES, WorkerConfig, WorkerRuntime
 from streams.admin import ensure_topics
+from streams.metrics import add_metrics_port_argument, serve_if_asked
 
 __all__ = [
     "NODES_FILTER_ENV",
@@ -60,6 +61,7 @@ def add_worker_commands(subparsers: Any) -> argparse.ArgumentParser:
     worker: argparse.ArgumentParser = subparsers.add_parser(
         "worker", help="serve node invocations (one worker group per node major version)"
     )
+    add_metrics_port_argument(worker)
     worker.add_argument(
         "--nodes",
         help="node groups to serve, e.g. 'http,transform' (name or dotted prefix, 'name@major' "
@@ -234,6 +236,7 @@ def handle_worker(args: argparse.Namespace, settings: Settings | None = None) ->
             limit = config.limit(node)
             print(f"{node.key}\t{', '.join(flags)}\t{limit.pool} pool of {limit.size}")
         return 0
+    serve_if_asked(getattr(args, "metrics_port", None), settings)
     runtime = WorkerRuntime(settings, nodes, config=config)
     if args.create_topics:
         ensure_topics(

@@ -115,6 +115,7 @@ from schemas.trace_json import TRACE_HEADERS, encode_trace
 from streams.checkpoint import Checkpoint, ConsumerCommit, Flushable, TopicPartitionKey
 from streams.consumer import consume_messages, consumer_config
 from streams.dlq import DeadLetterPublisher, poison_record
+from streams.metrics import WORKER
 from streams.producer import TYPE_HEADER, DeliveryError, Producer
 from streams.topics import TopicCatalog, TopicSpec
 
@@ -428,6 +429,7 @@ class _Lane:
             log.warning("%s: dead-lettering %s/%s@%s: %s", self.group, *tp, offset, exc)
             self.dead_letters.publish(poison_record(message), exc.error_class, str(exc))
             self.runtime.stats.dead_lettered += 1
+            WORKER.dead_letters.labels(tp[0]).inc()
             self.checkpoint.finish(tp, offset)
             return
         task = asyncio.create_task(self._handle(tp, offset, invocation))
@@ -450,8 +452,14 @@ class _Lane:
             # dies was never started, so its redelivery may run it.
             claim = await runtime.ledger.claim(invocation.invocation_id)
             if claim.state is ClaimState.NEW:
-                attempt = await runtime.execute(self.node, invocation)
+                in_flight = WORKER.in_flight.labels(self.node.name)
+                in_flight.inc()
+                try:
+                    attempt = await runtime.execute(self.node, invocation)
+                finally:
+                    in_flight.dec()
         if claim.state is ClaimState.DONE and claim.result is not None:
+            WORKER.cache_hits.labels(self.node.name).inc()
             # Executed and recorded by an earlier delivery: hand over the same result again.
             runtime.producer.send(
                 runtime.catalog.results,
@@ -491,6 +499,7 @@ class _Lane:
             runtime.catalog.traces, self.node.name, encode_trace(trace), TRACE_HEADERS
         )
         runtime.stats.results += 1
+        _observe(self.node.name, attempt)
         if attempt.status is TraceStatus.OK:
             runtime.stats.ok += 1
         else:
@@ -543,6 +552,14 @@ class _Lane:
             if self.consumer is not None:
                 consumer, self.consumer = self.consumer, None
                 await asyncio.to_thread(consumer.close)
+
+
+def _observe(node: str, attempt: Attempt) -> None:
+    """Count one finished attempt for /metrics (ADR 0060)."""
+    WORKER.attempts.labels(node, attempt.status.value).inc()
+    WORKER.duration.labels(node).observe(attempt.latency_ms / 1000)
+    if attempt.error is not None and attempt.error.retryable:
+        WORKER.retries.labels(node).inc()
 
 
 def _claim_check_failed(attempt: Attempt, exc: BaseException) -> Attempt:

@@ -25,6 +25,7 @@ from foundation.settings import Settings, get_settings
 from projections.postgres.identifiers import DEFAULT_SCHEMA
 from projections.postgres.migrations import apply_migrations, load_migrations
 from projections.projector import DEFAULT_NAME, Progress, Projector, rebuild
+from streams.metrics import add_metrics_port_argument, serve_if_asked
 
 __all__ = ["add_projections_commands"]
 
@@ -39,6 +40,7 @@ def add_projections_commands(subparsers: Any) -> None:
     projector.add_argument(
         "--progress-interval", type=float, default=30.0, help="seconds between progress logs"
     )
+    add_metrics_port_argument(projector)
     projector.set_defaults(handler=handle_projector)
 
     projections: argparse.ArgumentParser = subparsers.add_parser(
@@ -121,9 +123,9 @@ def handle_projector(
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     try:
-        with Projector(
-            _settings(args), args.schema, args.name, batch_size=args.batch_size
-        ) as projector:
+        settings = _settings(args)
+        serve_if_asked(args.metrics_port, settings)
+        with Projector(settings, args.schema, args.name, batch_size=args.batch_size) as projector:
             stats = projector.run(stop, progress_interval=args.progress_interval)
     except (RefluxError, psycopg.Error) as exc:
         return _fail(exc, err)

@@ -79,6 +79,7 @@ from schemas.errors import SchemaError
 from streams.checkpoint import Checkpoint
 from streams.consumer import consume_messages, consumer_config
 from streams.dlq import DeadLetterPublisher, PoisonRecord, poison_record
+from streams.metrics import PROJECTOR
 from streams.producer import Producer
 from streams.topics import TopicCatalog
 from streams.watermarks import WatermarkReader
@@ -480,7 +481,20 @@ class Projector(Closing):
         if self._needs_rewind:
             self._rewind()
             self._needs_rewind = False
-        return self.process(self.poll(timeout))
+        stats = self.stats
+        before = (stats.records, stats.applied, stats.duplicates, stats.dead_lettered)
+        started = time.perf_counter()
+        outcome = self.process(self.poll(timeout))
+        records, applied, duplicates, dead = before
+        if stats.records != records:
+            # Counted only for batches that carried records: an idle poll is no batch.
+            name = self.name
+            PROJECTOR.records.labels(name).inc(stats.records - records)
+            PROJECTOR.applied.labels(name).inc(stats.applied - applied)
+            PROJECTOR.duplicates.labels(name).inc(stats.duplicates - duplicates)
+            PROJECTOR.dead_letters.labels(name).inc(stats.dead_lettered - dead)
+            PROJECTOR.batch.labels(name).observe(time.perf_counter() - started)
+        return outcome
 
     # -- loops ---------------------------------------------------------------------------------
 

@@ -34,6 +34,12 @@ def serve_dev(host: str = "127.0.0.1", port: int = 8080, modules: Sequence[str] 
     # The critic (traces -> diagnoses), the historian (the API's /v1/diagnoses reads what it
     # stores), the optimizer (it turns diagnoses into proposals) and the canary judge (it keeps
     # or rolls back applied proposals); docs/learning.md.
+    from streams.metrics import serve_if_asked
+
+    # REFLUX_METRICS_PORT: every component's /metrics on one port (one registry per process).
+    metrics_port = serve_if_asked(None, settings)
+    if metrics_port is not None:
+        print(f"reflux dev: Prometheus /metrics on port {metrics_port}", flush=True)
     engine = DevEngine(
         settings,
         nodes=nodes,

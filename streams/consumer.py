@@ -41,6 +41,7 @@ from schemas.base import RefluxRecord
 from schemas.errors import SchemaError
 from streams.checkpoint import Checkpoint, ConsumerCommit, RebalanceHook
 from streams.dlq import DeadLetterPublisher, PoisonRecord, message_headers, poison_record
+from streams.metrics import consumer_statistics
 from streams.producer import TYPE_HEADER, Producer
 from streams.security import kafka_client_config
 from streams.topics import TopicCatalog, TopicSpec
@@ -82,6 +83,8 @@ def consumer_config(
         **kafka_client_config(settings),
         "group.id": group_id,
         **DEFAULT_CONFIG,
+        # Lag per partition for /metrics, only while this process serves them (ADR 0060).
+        **consumer_statistics(group_id, settings.metrics_lag_interval_ms),
     }
     config.update(overrides or {})
     config.update(_FORCED)

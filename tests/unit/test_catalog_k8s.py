@@ -214,3 +214,23 @@ def test_every_pod_is_restarted_and_every_component_has_a_liveness_probe() -> No
         assert max_age >= 10 * BEAT_EVERY_S, name
         assert probe["initialDelaySeconds"] >= 30, name
         assert probe["failureThreshold"] >= 2, name
+
+
+def test_scheduler_workers_and_projector_expose_metrics_to_prometheus() -> None:
+    """Each serves /metrics on the port its annotations tell Prometheus (ADR 0060)."""
+    workloads = {**of_kind("Deployment"), **of_kind("StatefulSet")}
+    served = {"scheduler", "worker", "projector"}
+    found = set()
+    for name, doc in workloads.items():
+        args = container(doc)["args"]
+        if args[0] not in served:
+            continue
+        found.add(args[0])
+        port = args[args.index("--metrics-port") + 1]
+        annotations = doc["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true", name
+        assert annotations["prometheus.io/port"] == port, name
+        assert annotations["prometheus.io/path"] == "/metrics", name
+        ports = {p["name"]: p["containerPort"] for p in container(doc)["ports"]}
+        assert ports["metrics"] == int(port), name
+    assert found == served

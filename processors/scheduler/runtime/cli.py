@@ -9,6 +9,7 @@ import threading
 from typing import Any
 
 from foundation.settings import get_settings
+from streams.metrics import add_metrics_port_argument, serve_if_asked
 
 __all__ = ["add_scheduler_commands"]
 
@@ -31,6 +32,7 @@ def add_scheduler_commands(subparsers: Any) -> None:
         help="stable id of this instance (its Kafka transactional id derives from it; "
         "default: REFLUX_SCHEDULER_INSTANCE_ID or '0')",
     )
+    add_metrics_port_argument(scheduler)
     scheduler.set_defaults(handler=_run_scheduler)
     router = subparsers.add_parser(
         "trigger-router", help="turn records on the triggers topic into StartRun commands"
@@ -46,6 +48,7 @@ def _run_scheduler(args: argparse.Namespace) -> int:
     settings = get_settings()
     ensure_topics(TopicCatalog.from_settings(settings), settings=settings)
     stop = _stop_on_signals()
+    serve_if_asked(args.metrics_port, settings)
     runtime = SchedulerRuntime(settings, instance_id=args.instance_id)
     try:
         runtime.run(stop)

@@ -141,6 +141,7 @@ from streams.admin import admin_client
 from streams.checkpoint import Checkpoint, KafkaTransaction
 from streams.consumer import consume_messages, consumer_config
 from streams.dlq import DeadLetterPublisher, poison_record
+from streams.metrics import SCHEDULER
 from streams.producer import (
     TYPE_HEADER,
     DeliveryError,
@@ -568,6 +569,7 @@ class SchedulerRuntime:
         if not messages and not timers and not snapshot:
             return 0
         started = time.perf_counter()
+        before = (self.stats.events, self.stats.invocations, self.stats.cache_hits)
         batch = _Batch()
         cycle: SnapshotCycle | None = None
         try:
@@ -612,7 +614,24 @@ class SchedulerRuntime:
         self.stats.dead_lettered += batch.dead_lettered
         self.stats.failed_inputs += batch.failed_inputs
         self.stats.last_commit_ms = (time.perf_counter() - started) * 1000
+        if messages or timers:
+            self._observe(messages, batch, before, started)
         return len(messages)
+
+    def _observe(
+        self, messages: list[Message], batch: _Batch, before: tuple[int, int, int], started: float
+    ) -> None:
+        """Count a committed batch for /metrics (streams.metrics, ADR 0060)."""
+        SCHEDULER.committed(
+            (message.topic() or "" for message in messages),
+            self.stats.events - before[0],
+            self.stats.invocations - before[1],
+            batch.dead_lettered,
+            time.perf_counter() - started,
+        )
+        if self.stats.cache_hits != before[2]:
+            SCHEDULER.cache_hits.inc(self.stats.cache_hits - before[2])
+        SCHEDULER.runs_in_memory.set(sum(len(table) for table in self.states.values()))
 
     def _apply_committed(self, batch: _Batch, cycle: SnapshotCycle | None) -> None:
         """A batch's transaction committed: its states and snapshots are now the truth."""
@@ -1009,6 +1028,7 @@ class SchedulerRuntime:
                 fatal = is_fatal(exc)
         failure = classify_failure(exc)
         self.stats.aborted += 1
+        SCHEDULER.aborts.inc()
         self.checkpoint.clear()
         self._abort(exc, fatal=fatal)
         self._rewind(messages)
