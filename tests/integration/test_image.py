@@ -101,6 +101,8 @@ def worker_container(image: str, topics: TopicCatalog, kafka_settings: Settings)
         "--env", f"REFLUX_KAFKA_BOOTSTRAP={kafka_settings.kafka_bootstrap}",
         "--env", f"REFLUX_TOPIC_PREFIX={kafka_settings.topic_prefix}",
         "--env", f"REFLUX_DEFAULT_PARTITIONS={kafka_settings.default_partitions}",
+        # Every start signalled at once (a transform ends within the default delay).
+        "--env", "REFLUX_WORKER_START_SIGNAL_DELAY_MS=0",
         image,
         "worker", "--nodes", "transform", "--cpu-concurrency", "2", "--create-topics",
         "--catalog-status", "none", "--shutdown-grace", "5",
@@ -130,7 +132,8 @@ def test_image_runs_a_worker_against_the_local_kafka(
             timeout=90,
         )
     results = [r.value for r in records if isinstance(r.value, NodeResult)]
-    assert len([r for r in records if isinstance(r.value, NodeHeartbeat)]) >= 5
+    # Each attempt signalled its start (a NodeHeartbeat) before its result.
+    assert len([r for r in records if isinstance(r.value, NodeHeartbeat)]) == 5
     outputs = {r.invocation_id: r.output for r in results}
     assert outputs == {i.invocation_id: {"result": n} for n, i in enumerate(invocations)}
 
