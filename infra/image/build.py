@@ -35,6 +35,20 @@ DOCKERFILE: Final = Path(__file__).resolve().parent / "Dockerfile"
 LOCAL_TAG: Final = "reflux:local"
 K8S_IMAGE: Final = "reflux/reflux:latest"
 """The image infra/k8s/*.yaml name; the local build carries this tag too."""
+# What pyproject.toml's [tool.setuptools.packages.find] includes, and the files it reads.
+_PACKAGES: Final = (
+    "reflux",
+    "foundation",
+    "workflows",
+    "streams",
+    "processors",
+    "schemas",
+    "node_workers",
+    "projections",
+    "api",
+    "infra",
+)
+_SOURCE_FILES: Final = ("pyproject.toml", "README.md")
 
 
 def docker_env(settings: Settings) -> dict[str, str]:
@@ -42,25 +56,45 @@ def docker_env(settings: Settings) -> dict[str, str]:
     return {**os.environ, "DOCKER_HOST": settings.resolved_docker_host()}
 
 
+def _source_copy(target: Path) -> Path:
+    """The files the wheel is made of, copied: setuptools writes ``build/`` and ``*.egg-info``
+    into the source tree, and a ``build/`` in the checkout would break ``mypy .`` (make lint)."""
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    for name in _SOURCE_FILES:
+        shutil.copy2(PROJECT_ROOT / name, target / name)
+    for name in _PACKAGES:
+        shutil.copytree(
+            PROJECT_ROOT / name,
+            target / name,
+            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+        )
+    return target
+
+
 def _wheels(context: Path) -> Path:
     wheels = context / "wheels"
     shutil.rmtree(wheels, ignore_errors=True)  # no stale reflux wheel or dropped dependency
     wheels.mkdir(parents=True)
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--quiet",
-            "--wheel-dir",
-            str(wheels),
-            "--constraint",
-            str(PROJECT_ROOT / "constraints.txt"),
-            str(PROJECT_ROOT),
-        ],
-        check=True,
-    )
+    source = _source_copy(context.parent / "source")
+    try:
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                "--quiet",
+                "--wheel-dir",
+                str(wheels),
+                "--constraint",
+                str(PROJECT_ROOT / "constraints.txt"),
+                str(source),
+            ],
+            check=True,
+        )
+    finally:
+        shutil.rmtree(source, ignore_errors=True)
     return wheels
 
 
