@@ -72,7 +72,7 @@ test: lint up
 image: up
 	$(PY) -m infra.image.build
 
-# Slow (a cold build is about three minutes), so outside `make test` (marker `image`).
+# Slow (a build is 3 to 4.5 minutes here), so outside `make test` (marker `image`).
 test-image: up
 	$(VENV)/bin/pytest tests/integration/test_image.py -q -m image
 

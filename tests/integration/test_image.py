@@ -1,7 +1,7 @@
 """The container image (`make image`, infra/image/): it builds here from the lock without a
 registry, runs the CLI as a non-root user, and runs `reflux worker` against the local Kafka.
 
-Slow (a cold build takes about three minutes: wheels of every dependency plus a docker build),
+Slow (a build takes 3 to 4.5 minutes here: wheels of every dependency plus a docker build),
 so it is marked ``image`` and left out of `make test` by ``addopts``; `make test-image` runs it
 (``-m image``). Nothing is skipped: a missing dockerd or a failed build fails the test.
 """
@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import pytest
 
 from foundation.settings import Settings
-from infra.image.build import K8S_IMAGE, LOCAL_TAG, build_image, docker_env
+from infra.image.build import IMAGE_LABEL, K8S_IMAGE, LOCAL_TAG, build_image, docker_env
 from schemas.models import NodeHeartbeat, NodeInvocation, NodeResult, StepRef
 from streams.consumer import Consumer
 from streams.producer import Producer
@@ -64,6 +64,13 @@ def test_image_runs_the_cli_as_non_root(image: str, local_services: Settings) ->
     # The k8s manifests' name is the same image.
     k8s_named = json.loads(_docker(local_services, "image", "inspect", K8S_IMAGE).stdout)
     assert k8s_named[0]["Id"] == attrs["Id"]
+
+    # The build stage's image and the replaced image were pruned: disk stays at one image.
+    leftover = _docker(
+        local_services, "images", "--quiet",
+        "--filter", "dangling=true", "--filter", f"label={IMAGE_LABEL}",
+    )  # fmt: skip
+    assert leftover.returncode == 0 and leftover.stdout == "", leftover
 
     whoami = _docker(local_services, "run", "--rm", "--entrypoint", "id", image)
     assert whoami.stdout.startswith("uid=10001(reflux) gid=10001(reflux)"), whoami.stdout
