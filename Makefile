@@ -11,12 +11,14 @@ STAMP := $(VENV)/.installed
 # 2,985 tests of 2026-12-06, 724 s with three and 626 s with four).
 PYTEST_PARALLEL := -n 4 --dist loadfile
 
-.PHONY: help venv up down status connect lint typecheck test test-unit test-integration demo demo-improve bench bench-quick bench-loop clean codegen
+.PHONY: image test-image help venv up down status connect lint typecheck test test-unit test-integration demo demo-improve bench bench-quick bench-loop clean codegen
 
 help:
 	@echo "make demo    - install, start the local services, run the demo"
 	@echo "make demo-improve - the learning loop fixing a degraded dependency (reflux demo improve)"
 	@echo "make test    - install, start the services, lint, run every test"
+	@echo "make image   - build the container image reflux:local (= reflux/reflux:latest), no registry"
+	@echo "make test-image - build the image and test it (CLI, non-root, a worker on the local Kafka)"
 	@echo "make up      - start Kafka, PostgreSQL, Redis, S3 (s3proxy), Docker (+ sandbox image), Kafka Connect; check ClickHouse"
 	@echo "make connect - start (only) Kafka and the Kafka Connect worker (docs/connect.md)"
 	@echo "make down    - stop every service started by make up"
@@ -65,6 +67,14 @@ test-integration: up
 
 test: lint up
 	$(VENV)/bin/pytest tests -q $(PYTEST_PARALLEL) --durations=10
+
+# The container image (infra/image/, docs/image.md): built on the project's own dockerd.
+image: up
+	$(PY) -m infra.image.build
+
+# Slow (a build is 3 to 4.5 minutes here), so outside `make test` (marker `image`).
+test-image: up
+	$(VENV)/bin/pytest tests/integration/test_image.py -q -m image
 
 demo: up
 	$(VENV)/bin/reflux demo

@@ -58,11 +58,45 @@ def _supervise(args: argparse.Namespace) -> int:
     return supervise(command, max_backoff_s=args.max_backoff)
 
 
+# One-shot commands whose standard output is the answer (API clients, admin tools): library INFO
+# lines (httpx logs every request) would only clutter the terminal, so they log at WARNING
+# unless -v. Components (worker, scheduler, api, `schedules run`, ...) keep INFO: their log is
+# what an operator reads. Logs always go to stderr, never into the answer on stdout.
+QUIET_COMMANDS = frozenset(
+    {
+        "run",
+        "runs",
+        "replay",
+        "metrics",
+        "mutations",
+        "diagnoses",
+        "schedules",
+        "api-keys",
+        "topics",
+        "secrets",
+    }
+)
+
+
+def log_level(args: argparse.Namespace) -> int:
+    """DEBUG with -v; WARNING for a one-shot command; INFO for a component."""
+    if args.verbose:
+        return logging.DEBUG
+    if args.command in QUIET_COMMANDS and getattr(args, "schedules_action", None) != "run":
+        return logging.WARNING
+    return logging.INFO
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="reflux", description="REFLUX: self-improving workflows, event-sourced on Kafka."
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="debug logging (default: INFO for components, WARNING for one-shot commands)",
+    )
     sub: Any = parser.add_subparsers(dest="command", required=True)
     dev = sub.add_parser(
         "dev", help="every component in one process (scheduler, workers, projector, API)"
@@ -127,7 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=log_level(args),
+        stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:

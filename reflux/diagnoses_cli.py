@@ -14,6 +14,7 @@ from urllib.parse import quote
 from foundation.settings import get_settings
 from reflux.client import _check, _guard
 from reflux.credentials import api_client
+from reflux.output import add_json_flag, print_json
 
 __all__ = ["add_diagnoses_commands", "describe_diagnosis"]
 
@@ -81,6 +82,9 @@ def _list(args: argparse.Namespace) -> int:
     }
     with api_client(args.api, timeout=30) as client:
         body = _check(client.get("/v1/diagnoses", params=params))
+    if args.json:
+        print_json(body)
+        return 0
     for d in body["data"]:
         print(f"{d['diagnosis_id']}\n  {_line(d)}")
     if not body["data"]:
@@ -90,7 +94,11 @@ def _list(args: argparse.Namespace) -> int:
 
 def _show(args: argparse.Namespace) -> int:
     with api_client(args.api, timeout=30) as client:
-        print(describe_diagnosis(_check(client.get(_path(args.diagnosis_id)))))
+        body = _check(client.get(_path(args.diagnosis_id)))
+    if args.json:
+        print_json(body)
+    else:
+        print(describe_diagnosis(body))
     return 0
 
 
@@ -161,10 +169,12 @@ def add_diagnoses_commands(subparsers: Any, default_api: str) -> None:
     listing.add_argument("--since", help="ISO 8601 time (UTC without a zone)")
     listing.add_argument("--limit", type=int)
     api_arg(listing)
+    add_json_flag(listing)
     listing.set_defaults(handler=_guard(_list))
     show = actions.add_parser("show", help="evidence, embedded context, proposals")
     show.add_argument("diagnosis_id")
     api_arg(show)
+    add_json_flag(show)
     show.set_defaults(handler=_guard(_show))
     similar = actions.add_parser(
         "similar", help="past incidents like this one, best first, with what was tried"

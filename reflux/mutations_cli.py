@@ -23,6 +23,7 @@ from foundation.parse_limits import load_yaml
 from foundation.settings import get_settings
 from reflux.client import ClientError, _check, _guard
 from reflux.credentials import api_client
+from reflux.output import add_json_flag, print_json
 
 __all__ = ["add_mutation_commands", "describe_mutation"]
 
@@ -118,6 +119,9 @@ def _list(args: argparse.Namespace) -> int:
     }
     with api_client(args.api, timeout=30) as client:
         body = _check(client.get("/v1/mutations", params=params))
+    if args.json:
+        print_json(body)
+        return 0
     for m in body["data"]:
         print(
             f"{m['mutation_id']}  {m['workflow_id']}@{m['base_version']}  {m['status']:<11} "
@@ -128,7 +132,11 @@ def _list(args: argparse.Namespace) -> int:
 
 def _show(args: argparse.Namespace) -> int:
     with api_client(args.api, timeout=30) as client:
-        print(describe_mutation(_check(client.get(f"/v1/mutations/{args.mutation_id}"))))
+        body = _check(client.get(f"/v1/mutations/{args.mutation_id}"))
+    if args.json:
+        print_json(body)
+    else:
+        print(describe_mutation(body))
     return 0
 
 
@@ -236,10 +244,12 @@ def add_mutation_commands(subparsers: Any, default_api: str) -> None:
     listing.add_argument("--status")
     listing.add_argument("--author", help="'user:<name>' or 'optimizer'")
     api_arg(listing)
+    add_json_flag(listing)
     listing.set_defaults(handler=_guard(_list))
     show = actions.add_parser("show", help="diff, report, history and measured effect")
     show.add_argument("mutation_id")
     api_arg(show)
+    add_json_flag(show)
     show.set_defaults(handler=_guard(_show))
     propose = actions.add_parser("propose", help="propose from a JSON/YAML file")
     propose.add_argument("file")

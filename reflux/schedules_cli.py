@@ -13,6 +13,7 @@ from urllib.parse import quote
 from foundation.settings import get_settings
 from reflux.client import _check, _guard, parse_inputs
 from reflux.credentials import api_client
+from reflux.output import add_json_flag, print_json
 
 __all__ = ["add_schedules_commands", "describe_schedule"]
 
@@ -65,6 +66,9 @@ def _create(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> int:
     with api_client(args.api, timeout=30) as client:
         body = _check(client.get("/v1/schedules"))
+    if args.json:
+        print_json(body)
+        return 0
     for s in body["data"]:
         print(describe_schedule(s))
     if not body["data"]:
@@ -74,7 +78,11 @@ def _list(args: argparse.Namespace) -> int:
 
 def _show(args: argparse.Namespace) -> int:
     with api_client(args.api, timeout=30) as client:
-        print(describe_schedule(_check(client.get(_path(args.schedule_id)))))
+        body = _check(client.get(_path(args.schedule_id)))
+    if args.json:
+        print_json(body)
+    else:
+        print(describe_schedule(body))
     return 0
 
 
@@ -166,6 +174,7 @@ def add_schedules_commands(subparsers: Any, default_api: str) -> None:
     create.set_defaults(handler=_guard(_create))
     listing = actions.add_parser("list", help="your tenant's schedules")
     api_arg(listing)
+    add_json_flag(listing)
     listing.set_defaults(handler=_guard(_list))
     for name, handler, text in (
         ("show", _show, "one schedule and its next slots"),
@@ -176,4 +185,6 @@ def add_schedules_commands(subparsers: Any, default_api: str) -> None:
         parser = actions.add_parser(name, help=text)
         parser.add_argument("schedule_id")
         api_arg(parser)
+        if name == "show":
+            add_json_flag(parser)
         parser.set_defaults(handler=_guard(handler))

@@ -276,6 +276,16 @@ class Docker(Service):
             client.close()
         return tag
 
+    def ensure_base_image(self) -> str:
+        """The debootstrap base image's tag (``reflux-sandbox-base:<hash>``), imported first if
+        the engine lacks it; the reflux image (infra/image/build.py) is built on it too."""
+        client = docker_api(self.endpoint, timeout=600)
+        try:
+            with self._image_lock():
+                return self._ensure_base_image(client)
+        finally:
+            client.close()
+
     def _ensure_base_image(self, client: Any) -> str:
         base = f"{BASE_REPOSITORY}:{rootfs_digest()}"
         if client.images.list(name=base):

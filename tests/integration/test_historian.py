@@ -411,6 +411,12 @@ def test_the_diagnoses_cli(
     assert f"diagnosis {slow.diagnosis_id}" in shown
     assert "latency_drift (warning) by adwin" in shown and "proposals: 0" in shown
     assert "embedded (wordllama/l2_supercat_256): latency drift (warning)" in shown
+    # --json: the API's body as one JSON document, nothing else on stdout.
+    assert main(["diagnoses", "show", slow.diagnosis_id, "--json", "--api", api_url]) == 0
+    assert json.loads(capsys.readouterr().out)["diagnosis_id"] == slow.diagnosis_id
+    assert main(["diagnoses", "list", "--workflow", wf, "--json", "--api", api_url]) == 0
+    listed = [d["diagnosis_id"] for d in json.loads(capsys.readouterr().out)["data"]]
+    assert listed == [slower.diagnosis_id, slow.diagnosis_id]
 
     assert main(["diagnoses", "similar", slower.diagnosis_id, "-k", "3", "--api", api_url]) == 0
     similar = capsys.readouterr().out

@@ -65,6 +65,12 @@ def test_the_mutations_cli_takes_a_proposal_to_kept(
     assert "not run: replay" in out
     assert main(["mutations", "list", "--workflow", "clied", "--api", api_url]) == 0
     assert "clied-1  clied@1  validated" in capsys.readouterr().out
+    # --json: the API's body as one JSON document, nothing else on stdout.
+    assert main(["mutations", "list", "--workflow", "clied", "--json", "--api", api_url]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(m["mutation_id"], m["status"]) for m in listed["data"]] == [("clied-1", "validated")]
+    assert main(["mutations", "show", "clied-1", "--json", "--api", api_url]) == 0
+    assert json.loads(capsys.readouterr().out)["mutation_id"] == "clied-1"
     assert main(["mutations", "keep", "clied-1", "--api", api_url]) == 2
     assert "409: Cannot keep mutation 'clied-1': it is validated" in capsys.readouterr().err
     approve = ["mutations", "approve", "clied-1", "--canary-weight", "0.4", "--api", api_url]

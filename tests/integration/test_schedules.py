@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import threading
@@ -439,6 +440,13 @@ def test_the_schedules_cli(
     assert "T07:00:00Z" in out or "T08:00:00Z" in out, out
     assert main(["schedules", "list", *api]) == 0
     assert "schedule weekdays" in capsys.readouterr().out
+    # --json: the API's body as one JSON document, nothing else on stdout.
+    assert main(["schedules", "list", "--json", *api]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [s["schedule_id"] for s in listed["data"]] == ["weekdays"]
+    assert main(["schedules", "show", "weekdays", "--json", *api]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["schedule_id"] == "weekdays" and shown["timezone"] == "Europe/Berlin"
     assert main(["schedules", "pause", "weekdays", *api]) == 0
     assert "(paused)" in capsys.readouterr().out
     assert main(["schedules", "resume", "weekdays", *api]) == 0
