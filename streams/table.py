@@ -3,41 +3,46 @@
 Views that must see a whole topic wherever they run (registered workflow versions, the node
 catalog, alert states) use one of these instead of a consumer group: a group would split the
 partitions between instances, and a committed position would skip the history a new instance
-needs to rebuild its view.
+needs to rebuild its view. :class:`KeyedTableReader` reads chosen partitions and hands over
+each record's key (a tombstone has no value to say what it deletes): the schedule processor
+reads the progress of the schedules it owns with it.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 
 from foundation.errors import ServiceUnavailableError
 from foundation.settings import Settings
 from streams.security import kafka_client_config
 from streams.watermarks import WatermarkReader
 
-__all__ = ["TopicTableReader"]
+__all__ = ["KeyedApply", "KeyedTableReader", "TopicTableReader"]
 
 BATCH = 500
 
+KeyedApply = Callable[[str, bytes | None, int], None]
+"""``(key, value or None for a tombstone, partition)``."""
 
-class TopicTableReader:
-    """Feeds every record of ``topic`` (all partitions, from offset 0) to ``apply``."""
+
+class _TableReader:
+    """Reads ``partitions`` of ``topic`` (all: ``None``) from offset 0; subclasses say what a
+    record is handed to."""
 
     def __init__(
         self,
         settings: Settings,
         topic: str,
-        apply: Callable[[bytes | None], None],
         *,
         name: str,
+        partitions: Collection[int] | None = None,
         metadata_timeout: float = 10.0,
     ) -> None:
         self.topic = topic
-        self._apply = apply
         config = {
             **kafka_client_config(settings),
             # Required by librdkafka, never used to commit: positions live in this object.
@@ -51,20 +56,20 @@ class TopicTableReader:
         try:
             metadata = self._consumer.list_topics(topic, timeout=metadata_timeout)
         except KafkaException as exc:
-            self._consumer.close()
+            self.close()
             raise ServiceUnavailableError(
                 f"Kafka at {settings.kafka_bootstrap} is unavailable, so {topic!r} cannot be "
                 f"read: {exc}"
             ) from exc
         found = metadata.topics.get(topic)
         if found is None or found.error is not None or not found.partitions:
-            self._consumer.close()
+            self.close()
             raise ServiceUnavailableError(
                 f"Expected the topic {topic!r} on Kafka, but it does not exist yet "
                 "(`reflux topics create` creates the catalog's topics)"
             )
-        partitions = sorted(found.partitions)
-        self._partitions = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions]
+        chosen = sorted(found.partitions) if partitions is None else sorted(partitions)
+        self._partitions = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in chosen]
         self._consumer.assign(self._partitions)
 
     def poll(self, timeout: float = 0.0) -> int:
@@ -75,8 +80,11 @@ class TopicTableReader:
         messages = [first, *self._consumer.consume(BATCH - 1, 0)]
         for message in messages:
             if message.error() is None:
-                self._apply(message.value())
+                self._deliver(message)
         return len(messages)
+
+    def _deliver(self, message: Message) -> None:
+        raise NotImplementedError
 
     def drain(self) -> None:
         """Applies everything already fetched, without waiting."""
@@ -100,6 +108,8 @@ class TopicTableReader:
     def catch_up(self, timeout: float = 10.0) -> list[int]:
         """Reads until every partition reached the end it had now; returns the partitions still
         behind when ``timeout`` ran out (empty: caught up)."""
+        if not self._partitions:
+            return []
         targets = self.high_watermarks()
         deadline = time.monotonic() + timeout
         while True:
@@ -111,3 +121,46 @@ class TopicTableReader:
     def close(self) -> None:
         self._ends.close()
         self._consumer.close()
+
+
+class TopicTableReader(_TableReader):
+    """Feeds every record's value of ``topic`` (all partitions, from offset 0) to ``apply``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        topic: str,
+        apply: Callable[[bytes | None], None],
+        *,
+        name: str,
+        metadata_timeout: float = 10.0,
+    ) -> None:
+        self._apply = apply
+        super().__init__(settings, topic, name=name, metadata_timeout=metadata_timeout)
+
+    def _deliver(self, message: Message) -> None:
+        self._apply(message.value())
+
+
+class KeyedTableReader(_TableReader):
+    """Feeds ``(key, value, partition)`` of every record of ``partitions`` (all: ``None``)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        topic: str,
+        apply: KeyedApply,
+        *,
+        name: str,
+        partitions: Collection[int] | None = None,
+        metadata_timeout: float = 10.0,
+    ) -> None:
+        self._apply_keyed = apply
+        super().__init__(
+            settings, topic, name=name, partitions=partitions, metadata_timeout=metadata_timeout
+        )
+
+    def _deliver(self, message: Message) -> None:
+        raw_key = message.key()
+        key = raw_key.decode() if isinstance(raw_key, bytes) else str(raw_key or "")
+        self._apply_keyed(key, message.value(), message.partition() or 0)

@@ -37,12 +37,12 @@ from foundation.liveness import Heartbeat
 from foundation.settings import Settings
 from processors.schedules.firing import cancel_command, progress_after, rule_of, start_command
 from processors.schedules.plan import Overlap, Plan, ScheduleRule, plan
-from processors.schedules.table import KeyedTableReader
 from projections.postgres.identifiers import table
 from schemas import serde
 from schemas.models import Schedule, ScheduleProgress
 from streams.producer import TransactionalProducer
 from streams.security import kafka_client_config
+from streams.table import KeyedTableReader
 from streams.topics import TopicCatalog
 
 __all__ = ["ScheduleProcessor"]

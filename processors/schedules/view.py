@@ -6,10 +6,10 @@ import logging
 import threading
 
 from foundation.settings import Settings
-from processors.schedules.table import KeyedTableReader
 from schemas import serde
 from schemas.models import Schedule
 from streams.admin import ensure_topics
+from streams.table import KeyedTableReader
 from streams.topics import TopicCatalog
 
 __all__ = ["LazySchedulesView", "SchedulesView"]

@@ -27,10 +27,10 @@ import uvicorn
 from api.app import create_app
 from api.config import ApiSettings
 from processors.schedules.firing import run_id_for_slot
-from processors.schedules.table import KeyedTableReader
 from reflux.cli import main
 from schemas import serde
 from schemas.models import CatchupPolicy, OverlapPolicy, Schedule, StartRun
+from streams.table import KeyedTableReader
 from tests.integration.engine_fixtures import Harness, HarnessFactory, api_client, transform
 from tests.integration.http_fixtures import HttpTestServer
 from tests.support.api_auth import key_headers
