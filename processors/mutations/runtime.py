@@ -53,19 +53,18 @@ from schemas.models import (
     Mutation,
     MutationRequest,
     MutationRequestRefused,
-    WorkflowRegistered,
 )
 from streams.consumer import ConsumedRecord, Consumer
 from streams.producer import Producer
 from streams.table import TopicTableReader
 from streams.topics import TopicCatalog
+from streams.workflow_versions import WorkflowVersions
 from workflows.model import WorkflowDefinition
 
 __all__ = [
     "MUTATION_TOPIC_TYPES",
     "MergedCatalog",
     "MutationProcessor",
-    "WorkflowVersions",
     "allocate_version",
 ]
 
@@ -106,47 +105,6 @@ def allocate_version(
     return int(row[0])
 
 
-class WorkflowVersions:
-    """Registered workflow versions, read from ``workflows`` (every partition), with one
-    catch-up when a version asked for is missing (registration may race the request).
-
-    The scheduler has its own view (``processors.scheduler.runtime.workflows``); this one is
-    separate so the processors do not import each other both ways."""
-
-    def __init__(self, settings: Settings, catalog: TopicCatalog) -> None:
-        self._versions: dict[str, dict[int, WorkflowRegistered]] = {}
-        self._reader = TopicTableReader(
-            settings, catalog.workflows.topic, self._apply, name="mutation-workflows"
-        )
-
-    def _apply(self, data: bytes | None) -> None:
-        if data is None:
-            return
-        try:
-            record = decode(data, WorkflowRegistered)
-        except SchemaError as exc:
-            log.warning("ignoring an unreadable workflows record: %s", exc)
-            return
-        self._versions.setdefault(record.workflow_id, {})[record.version] = record
-
-    def drain(self) -> None:
-        self._reader.drain()
-
-    def versions(self, workflow_id: str) -> dict[int, WorkflowRegistered]:
-        return dict(self._versions.get(workflow_id, {}))
-
-    def resolve(self, workflow_id: str, version: int) -> WorkflowRegistered | None:
-        self._reader.drain()
-        found = self._versions.get(workflow_id, {}).get(version)
-        if found is None:
-            self._reader.catch_up()
-            found = self._versions.get(workflow_id, {}).get(version)
-        return found
-
-    def close(self) -> None:
-        self._reader.close()
-
-
 class MergedCatalog:
     """The node catalog read from ``nodes``, with ``fallback`` versions (the built-in nodes) for
     every node it does not know: the same rule as the API's registration check."""
@@ -179,7 +137,9 @@ class MutationProcessor:
         self.group = f"{settings.topic_prefix}.mutation-processor"
         self.state = MutationsState()
         self._own: set[str] = set()
-        self._workflows = WorkflowVersions(settings, self.catalog)
+        self._workflows = WorkflowVersions(
+            settings, self.catalog.workflows.topic, name="mutation-workflows"
+        )
         self._nodes = NodeCatalogKafkaView(settings, self.catalog)
         self.node_catalog = MergedCatalog(self._nodes, builtin_nodes or {})
         self._definitions: dict[tuple[str, int], WorkflowDefinition] = {}

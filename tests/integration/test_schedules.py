@@ -161,12 +161,6 @@ def test_every_second_across_kill9_fires_each_slot_exactly_once(
     # Each fired slot started a run, once, in the engine.
     for run_id in list(starts)[:5] + list(starts)[-3:]:
         assert harness.wait(run_id).status == "succeeded"
-    with harness.conn() as conn:
-        rows = conn.execute(
-            f'SELECT count(*) FROM "{harness.schema}".runs WHERE run_id = ANY(%s)',
-            (list(starts),),
-        ).fetchone()
-    assert rows is not None
     eventually(
         lambda: _projected(harness, list(starts)) == len(starts),
         30,
