@@ -8,6 +8,9 @@ the ``serve()`` context manager outside pytest. Endpoints:
 - ``/status/{code}``: that status with a small JSON body (``429``/``503`` add ``Retry-After: 1``);
 - ``/slow?ms=N``: waits ``N`` ms (at most 10 s), then ``200``; ``in_flight_max`` is the most
   ``/slow`` requests the server held at once (each request has its own thread);
+- ``/gate?name=G``: held until the test calls :meth:`HttpTestServer.open_gate` with ``G`` (at
+  most 60 s, then ``504``), then ``200``: a step that stays running exactly as long as a test
+  needs it to, whatever the machine's load;
 - ``/big?bytes=N``: ``N`` bytes of text (at most 16 MiB); ``&json=1`` wraps them as
   ``{"data": "..."}`` with a JSON content type;
 - ``/redirect?to=PATH&status=N``: ``N`` (default ``302``) to ``PATH``.
@@ -41,6 +44,7 @@ __all__ = ["HttpTestServer", "RecordedRequest", "http_server", "odds_outcome", "
 MAX_SLOW_MS = 10_000
 MAX_BIG_BYTES = 16 * 1024 * 1024
 MAX_REQUEST_BODY = 8 * 1024 * 1024
+MAX_GATE_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +78,7 @@ class _State:
     requests: list[RecordedRequest] = field(default_factory=list)
     flaky_calls: dict[str, int] = field(default_factory=dict)
     odds_calls: dict[tuple[str, str], int] = field(default_factory=dict)
+    gates: dict[str, threading.Event] = field(default_factory=dict)
     slow_in_flight: int = 0
     slow_in_flight_max: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -177,6 +182,13 @@ class _Handler(BaseHTTPRequestHandler):
                 with state.lock:
                     state.slow_in_flight -= 1
             self._send(200, {"slept_ms": ms})
+        elif path == "/gate":
+            with state.lock:
+                gate = state.gates.setdefault(arg("name"), threading.Event())
+            if gate.wait(MAX_GATE_S):
+                self._send(200, {"gate": arg("name")})
+            else:
+                self._send(504, {"error": f"gate {arg('name')!r} was never opened"})
         elif path == "/big":
             size = min(int(arg("bytes", "1024")), MAX_BIG_BYTES)
             if arg("json") == "1":
@@ -231,6 +243,12 @@ class HttpTestServer:
         with self._server.state.lock:
             return self._server.state.slow_in_flight_max
 
+    def open_gate(self, name: str) -> None:
+        """Answer every request held (and every later one) at ``/gate?name={name}``."""
+        with self._server.state.lock:
+            gate = self._server.state.gates.setdefault(name, threading.Event())
+        gate.set()
+
     def reset(self) -> None:
         with self._server.state.lock:
             self._server.state.requests.clear()
@@ -249,6 +267,8 @@ def serve() -> Iterator[HttpTestServer]:
     try:
         yield HttpTestServer(server)
     finally:
+        for gate in list(server.state.gates.values()):
+            gate.set()  # nothing held past the block
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)

@@ -70,7 +70,7 @@ def api(registered: Harness) -> Iterator[TestClient]:
 
 
 def _workflow(workflow_id: str, url: str) -> dict[str, Any]:
-    """first (quick) -> wait (a slow HTTP call the test mutates around) -> after."""
+    """first (quick) -> wait (an HTTP call held until the test opens its gate) -> after."""
     return {
         "id": workflow_id,
         "steps": [
@@ -79,7 +79,7 @@ def _workflow(workflow_id: str, url: str) -> dict[str, Any]:
                 "id": "wait",
                 "node": "http.request@^1",
                 "needs": ["first"],
-                "params": {"url": f"{url}/slow?ms=1500"},
+                "params": {"url": f"{url}/gate?name={workflow_id}"},
             },
             transform("after", "v", {"v": 1}, needs=["wait"]),
         ],
@@ -145,6 +145,7 @@ def test_mutations_while_in_flight_change_the_outcome(registered: Harness, api: 
         ]
         assert graph["mutations"][0]["command_id"] == updated.json()["command_id"]
 
+        http.open_gate("mut_flight")  # the held step answers: the run may finish now
         run = registered.wait(run_id)
         assert (run.status, run.outputs) == ("succeeded", {"after": 42})
         steps = registered.steps(run_id)
@@ -284,6 +285,7 @@ def test_illegal_mutations_are_rejected_with_reasons(registered: Harness, api: T
         reason = CommandRejected.model_validate(rejected[0].payload).reason
         assert "unknown node 'no.such.node'" in reason, reason
 
+        http.open_gate("mut_illegal")  # the held step answers: the run may finish now
         run = registered.wait(run_id)
         assert run.status == "succeeded"
         graph = api.get(f"/v1/runs/{run_id}/graph").json()
@@ -431,6 +433,7 @@ def test_mutations_after_a_rebind_apply_to_the_new_version(
         )
         assert bonus.status_code == 200, bonus.text
         assert api.post(f"/v1/runs/{run_id}/resume", params=WAIT).status_code == 200
+        http.open_gate("mut_rebind")  # the held step answers: the run may finish now
         assert registered.wait(run_id).status == "succeeded"
         assert registered.steps(run_id)["bonus"].output == {"result": 99}
         graph = api.get(f"/v1/runs/{run_id}/graph").json()
@@ -508,6 +511,7 @@ def test_a_list_is_applied_atomically_to_a_run_in_flight(
             ("alice", "insert double before after", applied.json()["command_id"])
         }
 
+        http.open_gate("mut_list")  # the held step answers: the run may finish now
         run = registered.wait(run_id)
         assert (run.status, run.outputs) == ("succeeded", {"after": 42})
         (echoed,) = http.requests_to("/echo")
@@ -581,6 +585,7 @@ def test_a_list_with_an_illegal_operation_changes_nothing(
         ]
         assert "is not of type 'string'" in single.json()["detail"][0]["msg"]
 
+        http.open_gate("mut_list_illegal")  # the held step answers: the run may finish now
         run = registered.wait(run_id)
         assert run.status == "succeeded"
         assert set(registered.steps(run_id)) == {"first", "wait", "after"}
