@@ -211,6 +211,11 @@ class Settings(BaseSettings):
     # sends them at once anyway, so the default lets a batch's records leave in one request
     # (docs/decisions/0021-engine-throughput.md). 0: each record as it is produced.
     scheduler_linger_ms: int = 100
+    # Steps of a built-in pure node (transform, condition) are evaluated by the scheduler itself,
+    # as journaled events in its transaction, with no invocation, worker or result record
+    # (docs/decisions/0064-inline-pure-steps.md). false: every step goes to a worker. A step can
+    # opt out with `inline: false`.
+    inline_nodes: bool = True
 
     # CloudEvents on the triggers topic (docs/triggers.md, ADR 0053): event type -> the workflow
     # it starts (JSON object, e.g. {"com.shop.order.created": "order_quote"}). A mapped type wins

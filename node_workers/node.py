@@ -5,6 +5,9 @@ A node is a versioned, typed async function. It knows nothing about Kafka: the w
 (:func:`validate_params`), calls :meth:`Node.execute` with a :class:`NodeContext`, and turns the
 returned ``Output`` or the raised :class:`~node_workers.errors.NodeError` into a result and a
 trace. That split keeps nodes unit-testable with nothing but ``asyncio.run``.
+
+``NodeModel`` and the params error format live in :mod:`workflows.node_io` (re-exported here):
+the scheduler's inline pure nodes validate params exactly as a worker does.
 """
 
 from __future__ import annotations
@@ -14,18 +17,19 @@ import logging
 import math
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from foundation.settings import Settings
 from foundation.tenancy import DEFAULT_TENANT
 from node_workers.errors import NodeError, NonRetryableNodeError, RetryableNodeError
 from node_workers.secrets.destinations import SecretDestinations
+from workflows.node_io import NodeModel, format_validation_error
 from workflows.params_schema import FIELD_NAME_KEY
+from workflows.pure_nodes import pure_node
 
 __all__ = [
     "AnyNode",
@@ -56,13 +60,6 @@ def parse_semver(version: str) -> tuple[int, int, int, str]:
         raise ValueError(f"Expected a semver version like '1.0.0', but got {version!r}")
     major, minor, patch, pre = match.groups()
     return int(major), int(minor), int(patch), pre or ""
-
-
-class NodeModel(BaseModel):
-    """Base of node ``Input``/``Output`` models: unknown params are errors, not silently dropped
-    (a typo like ``urll`` must fail the step, not send a request without a URL)."""
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
 class Workload(enum.Enum):
@@ -151,6 +148,10 @@ class Node(ABC, Generic[InputT, OutputT]):
     """Same params, same output: the scheduler may serve it from the step cache."""
     side_effects: bool = False
     """Changes the outside world: never replayed for real in shadow evaluation."""
+    pure: bool = False
+    """A deterministic function of its params (no I/O, no clock, no randomness) whose evaluation
+    lives in :mod:`workflows.pure_nodes`: the scheduler may run its steps inline, without a worker
+    (docs/decisions/0064-inline-pure-steps.md). Written in the catalog manifest."""
     workload: Workload = Workload.IO
     """Which concurrency limit of the worker its attempts count against. ``IO`` by default:
     ``execute`` is a coroutine, and a coroutine must not block the loop anyway."""
@@ -183,6 +184,13 @@ class Node(ABC, Generic[InputT, OutputT]):
                     f"Expected {type(self).__name__}.{attr} to be a pydantic model, "
                     f"but it is {model!r}"
                 )
+        if self.pure and pure_node(self.name, self.version) is None:
+            # The scheduler inlines only what workflows.pure_nodes implements: a flag without
+            # that implementation would promise something nothing does.
+            raise ValueError(
+                f"Expected {self.key}, which declares pure = True, to be implemented in "
+                "workflows.pure_nodes, but it is not"
+            )
 
     def cacheable_for(self, params: InputT) -> bool:
         """Whether this invocation's output may be cached; nodes may narrow it per params."""
@@ -196,6 +204,7 @@ class Node(ABC, Generic[InputT, OutputT]):
             "description": self.description,
             "cacheable": self.cacheable,
             "side_effects": self.side_effects,
+            "pure": self.pure,
             "input_schema": input_schema(self.Input),
             "output_schema": self.Output.model_json_schema(by_alias=True),
         }
@@ -221,18 +230,6 @@ class Node(ABC, Generic[InputT, OutputT]):
 
 
 AnyNode = Node[Any, Any]
-
-
-def _path(loc: Sequence[int | str]) -> str:
-    out = "params"
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return out
-
-
-def format_validation_error(exc: ValidationError) -> str:
-    """``"params.url: Input should be a valid URL; params.timeout_s: ..."``."""
-    return "; ".join(f"{_path(error['loc'])}: {error['msg']}" for error in exc.errors())
 
 
 def validate_params(node: Node[InputT, Any], raw: Any) -> InputT:

@@ -152,6 +152,9 @@ class StepDefinition(_Frozen):
     checker: StrictBool = False
     """The step scores the run: its output's numeric ``score`` in [0, 1] becomes the attempt
     trace's ``metrics["quality_score"]`` (schemas/quality.py, ADR 0035)."""
+    inline: StrictBool = True
+    """``False``: always run the step on a worker, even when the scheduler could evaluate its
+    pure node inline (docs/decisions/0064-inline-pure-steps.md). No effect on other nodes."""
 
     _queue_timeout = field_validator("queue_timeout")(_positive_queue_timeout)
 
@@ -312,9 +315,12 @@ class WorkflowDefinition(_Frozen):
         data: dict[str, Any] = self.model_dump(mode="json")
         for step in data["steps"]:
             # Written only when set, so the canonical form (and what is compared or hashed) of
-            # every definition without checker steps is what it was before the flag existed.
+            # every definition without checker steps (or steps kept off the inline path) is what
+            # it was before the flag existed.
             if not step["checker"]:
                 del step["checker"]
+            if step["inline"]:
+                del step["inline"]
         # Likewise: without a limit, the canonical form is what it was before the field.
         if data["max_concurrent_runs"] is None:
             del data["max_concurrent_runs"]

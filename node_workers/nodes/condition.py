@@ -5,63 +5,32 @@ scheduler already resolved). Truthiness follows the JMESPath spec, not Python: `
 only ``null``, ``false``, ``""``, ``[]`` and ``{}`` are false. Workflows written against other
 JMESPath implementations therefore branch the same way here.
 
+Pure, like ``transform``: models and truthiness live in :mod:`workflows.pure_nodes`, shared with
+the scheduler's inline path (docs/decisions/0064-inline-pure-steps.md).
+
 Workload: CPU, evaluated like ``transform`` (:func:`node_workers.nodes.transform.evaluate`: small
 params on the event loop, large ones in the node's own thread pool).
 """
 
 from __future__ import annotations
 
-from typing import Any, Self
-
-from pydantic import model_validator
-
-from node_workers.node import Node, NodeContext, NodeModel, Workload
+from node_workers.node import Node, NodeContext, Workload
 from node_workers.nodes.transform import evaluate
 from node_workers.pools import BlockingPool
+from workflows import pure_nodes
+from workflows.pure_nodes import ConditionInput, ConditionOutput, jmespath_truthy
 
 __all__ = ["ConditionInput", "ConditionNode", "ConditionOutput", "jmespath_truthy"]
 
 
-def jmespath_truthy(value: Any) -> bool:
-    """JMESPath truthiness (spec: "Or Expressions"); numbers, ``0`` included, are true."""
-    if value is None or value is False:
-        return False
-    if isinstance(value, str | list | dict | tuple):
-        return len(value) > 0
-    return True
-
-
-class ConditionInput(NodeModel):
-    expression: str | None = None
-    data: Any = None
-    value: Any = None
-
-    @model_validator(mode="after")
-    def _one_form(self) -> Self:
-        given = self.model_fields_set
-        if ("expression" in given) == ("value" in given):
-            raise ValueError(
-                "Expected either {expression, data} or {value}, but got "
-                + (", ".join(sorted(given)) or "neither")
-            )
-        if "value" in given and "data" in given:
-            raise ValueError("Expected 'data' only together with 'expression', but got value")
-        if "expression" in given and self.expression is None:
-            raise ValueError("Expected 'expression' to be a JMESPath string, but got null")
-        return self
-
-
-class ConditionOutput(NodeModel):
-    result: bool
-
-
 class ConditionNode(Node[ConditionInput, ConditionOutput]):
-    name = "condition"
-    version = "1.0.0"
+    name = pure_nodes.CONDITION.name
+    version = pure_nodes.CONDITION.version
     Input = ConditionInput
     Output = ConditionOutput
     cacheable = True
     side_effects = False
+    pure = True
     workload = Workload.CPU
     description = "True or false from a value or a JMESPath expression (JMESPath truthiness)."
 

@@ -4,6 +4,10 @@ JMESPath is a query language, not a programming language: an expression can sele
 project and call a fixed set of pure functions, but can never run code, so user-supplied
 expressions are safe to evaluate in a shared worker (no ``eval``).
 
+Pure (``pure = True``): the evaluation lives in :mod:`workflows.pure_nodes`, which the scheduler
+also calls to run an eligible step inline, without a worker
+(docs/decisions/0064-inline-pure-steps.md); this class is the worker path of the same function.
+
 Workload: CPU. An evaluation costs about linear time in the data (measured: ~10 ms for a filter
 over 260 KB of JSON, a few microseconds for the usual small documents), so params up to
 :data:`INLINE_PARAMS_BYTES` are evaluated right on the event loop -- a thread hop would cost more
@@ -14,15 +18,14 @@ so the loop keeps serving (and heartbeating) every other attempt meanwhile
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Any, Final
 
-import jmespath
-from jmespath.exceptions import JMESPathError
 from jmespath.parser import ParsedResult
 
-from node_workers.node import Node, NodeContext, NodeModel, NonRetryableNodeError, Workload
+from node_workers.node import Node, NodeContext, NonRetryableNodeError, Workload
 from node_workers.pools import BlockingPool
+from workflows import pure_nodes
+from workflows.pure_nodes import PureNodeError, TransformInput, TransformOutput
 
 __all__ = [
     "INLINE_PARAMS_BYTES",
@@ -34,49 +37,32 @@ __all__ = [
     "search",
 ]
 
-INLINE_PARAMS_BYTES: Final = 64 * 1024
+INLINE_PARAMS_BYTES: Final = pure_nodes.SMALL_PARAMS_BYTES
 """Params (canonical JSON) up to this size are evaluated on the event loop: ~2-3 ms at most
 for ordinary expressions, the order of what validating and hashing the same params costs there
-anyway; above it, in a thread."""
+anyway; above it, in a thread. (The scheduler inlines only steps with params up to this size;
+larger ones come here.)"""
 
 
-class TransformInput(NodeModel):
-    expression: str
-    """A JMESPath expression, e.g. ``"items[?price > `10`].name"``."""
-    data: Any = None
-    """The JSON value the expression is evaluated against."""
-
-
-class TransformOutput(NodeModel):
-    result: Any
-
-
-@lru_cache(maxsize=1024)
-def _compile(expression: str) -> ParsedResult:
-    return jmespath.compile(expression)
+def _as_node_error(exc: PureNodeError) -> NonRetryableNodeError:
+    # A node reports its failures as NodeErrors; class and message stay those of the pure core.
+    return NonRetryableNodeError(str(exc), error_class=exc.error_class)
 
 
 def compile_expression(expression: str) -> ParsedResult:
     """The parsed expression; an invalid one is a non-retryable ``TransformError``."""
     try:
-        return _compile(expression)
-    except JMESPathError as exc:
-        raise NonRetryableNodeError(
-            f"Expected a valid JMESPath expression, but {expression!r} is not: {exc}",
-            error_class="TransformError",
-        ) from exc
+        return pure_nodes.compile_expression(expression)
+    except PureNodeError as exc:
+        raise _as_node_error(exc) from exc
 
 
 def search(expression: str, data: Any) -> Any:
     """Evaluate ``expression`` on ``data``; type errors (``abs('x')``) are ``TransformError``."""
-    parsed = compile_expression(expression)
     try:
-        return parsed.search(data)
-    except JMESPathError as exc:
-        raise NonRetryableNodeError(
-            f"Expected JMESPath expression {expression!r} to evaluate, but: {exc}",
-            error_class="TransformError",
-        ) from exc
+        return pure_nodes.search(expression, data)
+    except PureNodeError as exc:
+        raise _as_node_error(exc) from exc
 
 
 async def evaluate(pool: BlockingPool, ctx: NodeContext, expression: str, data: Any) -> Any:
@@ -89,12 +75,13 @@ async def evaluate(pool: BlockingPool, ctx: NodeContext, expression: str, data: 
 
 
 class TransformNode(Node[TransformInput, TransformOutput]):
-    name = "transform"
-    version = "1.0.0"
+    name = pure_nodes.TRANSFORM.name
+    version = pure_nodes.TRANSFORM.version
     Input = TransformInput
     Output = TransformOutput
     cacheable = True
     side_effects = False
+    pure = True
     workload = Workload.CPU
     description = "Reshape JSON with a JMESPath expression."
 

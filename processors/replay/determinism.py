@@ -5,7 +5,9 @@ record) must yield the same events and outputs.
 field except what differs by nature between two executions -- record ids, timestamps, durations,
 invocation/timer ids, the worker's name, cache hits (the shadow cache starts empty), and the
 StepStarted signal (emitted only when an attempt outlasts the start-signal delay, so a timing
-fact). Steps run in parallel interleave differently each time, so the logs are compared per
+fact), and where an attempt ran: a pure step evaluated inline by the scheduler has no
+StepDispatched and no cache key (docs/decisions/0064-inline-pure-steps.md), so a run recorded with
+inlining on replays the same as with it off, and the other way round. Steps run in parallel interleave differently each time, so the logs are compared per
 step (each step's events in order) and for the run's own events in order; the first divergence
 is the one with the lowest original seq.
 """
@@ -43,9 +45,11 @@ VOLATILE_FIELDS: Final = frozenset(
         "deadline",
         "cache_hit",
         "registered_at",
+        "cache_key",
     }
 )
-TIMING_EVENTS: Final = frozenset({"StepStarted", "StepTimeoutExtended"})
+TIMING_EVENTS: Final = frozenset({"StepStarted", "StepTimeoutExtended", "StepDispatched"})
+"""Events not compared: when a worker started (timing), and whether the attempt went to one."""
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,12 @@ gives ``StepDispatched`` + a ``NodeInvocation``. Lookups lost in a crash are rec
 state: :func:`pending_cache_lookups`. A ``CacheMiss`` that arrives while the run is paused is
 dropped; ``ResumeRun`` issues the lookup again.
 
+Inline steps (docs/decisions/0064-inline-pure-steps.md): a step of a built-in pure node
+(``transform``, ``condition``) that ``DecisionContext.inline_node`` allows is evaluated here,
+right after its ``StepScheduled``: ``StepStarted(worker="scheduler-inline")`` and
+``StepSucceeded`` / ``StepFailed`` follow in the same decision, with no invocation and no cache
+lookup (:mod:`processors.scheduler.inline`), so a chain of such steps finishes in one call.
+
 Rejections: an invalid command yields a ``CommandRejected`` event ("Expected X, but Y") and
 ``Decision.rejection`` holds the same reason. A command for a run with no events (other than
 ``StartRun``) cannot be placed in a log; it yields no event, only ``rejection``. Results, cache
@@ -76,6 +82,7 @@ from processors.scheduler.child_runs import (
     schedule_child_step,
 )
 from processors.scheduler.evolve import RUN_EVENT_TYPES, RunEvent, evolve, fold
+from processors.scheduler.inline import InlineNodes, inline_node_for, run_inline
 from processors.scheduler.meta import ai_plan
 from processors.scheduler.meta.map import map_result
 from processors.scheduler.meta.map_children import (
@@ -333,6 +340,11 @@ class DecisionContext:
     store_payload: Callable[[Any], PayloadRef | None] | None = None
     """Claim check for rendered params (runtime I/O hook): stores them and returns their
     ``PayloadRef`` when they are too large to inline in the run log, else ``None``."""
+    inline_node: InlineNodes | None = None
+    """``(node, resolved version) -> PureNode | None``: which pure node versions ``decide``
+    evaluates itself instead of dispatching (:mod:`processors.scheduler.inline`, ADR 0064). The
+    runtime passes :class:`~processors.scheduler.inline.InlinePolicy`; ``None`` (the default)
+    dispatches every step. The outcome is in the events, so replays never ask it."""
     retry_gate: RetryGating = UNGATED
     """When a retry may go (retry budget and circuit per dependency; soft runtime state, like
     ``now``): what it answers is written in ``StepRetryScheduled``, so replays never ask it.
@@ -1378,9 +1390,12 @@ def _schedule(w: _Writer, step_id: str, attempt: int) -> None:
             previous_error=run.steps[step_id].error,
             catalog=w.ctx.node_catalog,
         )
+    # A pure node the scheduler evaluates itself, in this decision (ADR 0064): no cache, no worker.
+    pure = inline_node_for(w.ctx.inline_node, definition, version, params)
     key = None
     # A planner's answer is spliced into the run, never served from the cache.
-    if definition.cache.enabled and not planner and w.ctx.is_cacheable(name, version):
+    cached = definition.cache.enabled and not planner and pure is None
+    if cached and w.ctx.is_cacheable(name, version):
         key = cache_key(name, version, params)
     # Large params (e.g. an upstream output of megabytes) go to the object store: the run log
     # and the invocation carry the reference, never a record over Kafka's message limit.
@@ -1393,7 +1408,9 @@ def _schedule(w: _Writer, step_id: str, attempt: int) -> None:
         params_ref=ref,
         cache_key=key,
     )
-    if key is not None:
+    if pure is not None:
+        run_inline(w, step_id, pure, params, lambda sid, error: _after_failure(w, sid, error))
+    elif key is not None:
         w.lookups.append(CacheLookup(run.run_id, step_id, attempt, key))
     else:
         _dispatch(w, step_id)

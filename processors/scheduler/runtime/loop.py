@@ -85,6 +85,7 @@ from processors.scheduler.decide import (
     fail_input,
 )
 from processors.scheduler.evolve import RunEvent
+from processors.scheduler.inline import InlinePolicy
 from processors.scheduler.runtime.failures import (
     Backoff,
     Isolation,
@@ -277,6 +278,8 @@ class SchedulerRuntime:
         # Node versions by catalog status and rollout weight (nodes topic, all partitions).
         self._nodes = NodeCatalogKafkaView(settings, self.catalog)
         self._resolve_node_version = CatalogResolver(self._nodes)
+        # Pure steps evaluated in decide, no worker (ADR 0064); no rollout may split the node.
+        self._inline = InlinePolicy(settings.inline_nodes, self._nodes.state.catalog_versions)
         # Graph mutations (add_step, replace_node) are checked against the same view.
         self._node_validator = CatalogValidator(self._nodes)
         self.transactional_id = f"{self.group}.{self.instance_id}"
@@ -488,6 +491,7 @@ class SchedulerRuntime:
             load_payload=self._load_payload,
             store_payload=self._store_params,
             resolve_node_version=self._resolve_node_version,
+            inline_node=self._inline,
             retry_gate=self.retry_gate.gate,
             # Graph mutations and ai.meta plans are validated against the live catalog; an
             # empty catalog (a deployment that registers no nodes) checks no node names, as

@@ -5,6 +5,11 @@ Workers trace every attempt they execute. A cache hit, a step timeout (the worke
 answer), a queue timeout (no worker started the attempt) and a skipped step have no worker trace,
 so the scheduler emits one from the run events, in the same transaction as those events.
 
+An inline attempt (a pure step the scheduler evaluated itself, ADR 0064) has no worker either:
+its ``StepStarted(worker="scheduler-inline")`` and its ``StepSucceeded`` / ``StepFailed`` are in
+the same decision, and become one trace (status ``ok`` or ``error``, ``context["worker"] =
+"scheduler-inline"``), which the critic, the metrics and ClickHouse read like a worker's.
+
 Every ``StepRetryScheduled`` also gets a trace, ``context["kind"] = "retry"`` (status
 ``skipped``: it is a decision, not an attempt), spanning the wait (``start`` = the decision,
 ``end`` = when the retry goes) with the retry gate's answer in ``context`` (``reason``,
@@ -17,11 +22,13 @@ from __future__ import annotations
 
 from processors.scheduler.cache import params_digest
 from processors.scheduler.decide import QUEUE_TIMEOUT
+from processors.scheduler.inline import INLINE_WORKER
 from processors.scheduler.state import RunState
 from schemas.models import (
     StepFailed,
     StepRetryScheduled,
     StepSkipped,
+    StepStarted,
     StepSucceeded,
     StepTimedOut,
     Trace,
@@ -36,8 +43,13 @@ RETRY_KIND = "retry"
 
 def traces_for(events: tuple[object, ...], state: RunState) -> list[Trace]:
     traces: list[Trace] = []
+    inline: dict[str, StepStarted] = {}  # inline attempts started in this decision, by id
     for event in events:
-        if isinstance(event, StepSucceeded) and event.cache_hit:
+        if isinstance(event, StepStarted) and event.worker == INLINE_WORKER:
+            inline[event.invocation_id] = event
+        elif isinstance(event, StepSucceeded | StepFailed) and event.invocation_id in inline:
+            traces.append(_inline_trace(event, inline.pop(event.invocation_id), state))
+        elif isinstance(event, StepSucceeded) and event.cache_hit:
             traces.append(_trace(event, state, TraceStatus.OK))
         elif isinstance(event, StepTimedOut) or (
             isinstance(event, StepFailed) and event.error.error_class == QUEUE_TIMEOUT
@@ -48,6 +60,32 @@ def traces_for(events: tuple[object, ...], state: RunState) -> list[Trace]:
         elif isinstance(event, StepRetryScheduled):
             traces.append(_retry_trace(event, state))
     return traces
+
+
+def _inline_trace(
+    event: StepSucceeded | StepFailed, started: StepStarted, state: RunState
+) -> Trace:
+    step = state.steps.get(event.step.step_id)
+    failed = isinstance(event, StepFailed)
+    return Trace(
+        run_id=state.run_id,
+        seq=started.seq,  # like a worker's trace: the position the attempt started from
+        workflow_id=state.workflow_id,
+        workflow_version=state.workflow_version,
+        step_id=event.step.step_id,
+        node=event.step.node,
+        node_version=event.step.node_version,
+        invocation_id=started.invocation_id,
+        status=TraceStatus.ERROR if failed else TraceStatus.OK,
+        start=started.started_at,
+        end=event.occurred_at,
+        latency_ms=max(int((event.occurred_at - started.started_at).total_seconds() * 1000), 0),
+        inputs_hash=step.params_sha256 if step is not None else params_digest(None),
+        error=event.error if isinstance(event, StepFailed) else None,
+        retry_count=max(event.attempt - 1, 0),
+        cache_hit=False,
+        context={"source": "scheduler", "worker": INLINE_WORKER},
+    )
 
 
 def _retry_trace(event: StepRetryScheduled, state: RunState) -> Trace:
