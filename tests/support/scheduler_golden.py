@@ -22,6 +22,7 @@ from typing import Any
 from processors.scheduler.child_runs import map_child_run_id
 from processors.scheduler.decide import TIMEOUT_GRACE_MS, RegisteredWorkflow
 from processors.scheduler.evolve import RUN_EVENT_TYPES, RunEvent, fold
+from processors.scheduler.inline import InlinePolicy
 from processors.scheduler.retry_gate import (
     CircuitPolicy,
     GatePolicy,
@@ -805,6 +806,44 @@ def wait_and_signal() -> Simulation:
     return sim
 
 
+INLINE = """
+id: inline
+inputs:
+  items: {type: array, required: true}
+steps:
+  - id: fetch
+    node: http.request@^1
+    params: {url: "https://shop.example/items"}
+  - id: pick
+    node: transform@1.0.0
+    needs: [fetch]
+    params: {expression: "[?price > `10`].name", data: "{{ inputs.items }}"}
+  - id: any
+    node: condition@1.0.0
+    needs: [pick]
+    params: {expression: "length(@) > `1`", data: "{{ steps.pick.output.result }}"}
+  - id: remote
+    node: transform@1.0.0
+    needs: [pick]
+    inline: false
+    params: {expression: "length(@)", data: "{{ steps.pick.output.result }}"}
+  - id: broken
+    node: transform@1.0.0
+    needs: [any, remote]
+    params: {expression: "abs(name)", data: {name: "x"}}
+outputs: {picked: "{{ steps.pick.output.result }}"}
+"""
+
+
+def inline_steps() -> Simulation:
+    """Pure steps evaluated in decide (ADR 0064): pick and any inline after fetch's result, one
+    step kept on a worker (inline: false), and an inline evaluation error failing the run."""
+    sim = Simulation(INLINE, node_catalog=CATALOG, inline_node=InlinePolicy(enabled=True))
+    sim.start({"items": [{"name": "a", "price": 5}, {"name": "b", "price": 15}]})
+    sim.run_workers(_echo)
+    return sim
+
+
 SCENARIOS: dict[str, Callable[[], Simulation]] = {
     "linear": linear,
     "diamond": diamond,
@@ -834,6 +873,7 @@ SCENARIOS: dict[str, Callable[[], Simulation]] = {
     "map_children": map_children,
     "switch_branch": switch_branch,
     "wait_and_signal": wait_and_signal,
+    "inline_steps": inline_steps,
 }
 
 

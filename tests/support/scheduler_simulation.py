@@ -28,6 +28,7 @@ from processors.scheduler.decide import (
     default_resolve_node_version,
 )
 from processors.scheduler.evolve import RunEvent, fold
+from processors.scheduler.inline import InlineNodes
 from processors.scheduler.retry_gate import UNGATED, RetryGate, retry_signals
 from processors.scheduler.state import RunState, RunStatus
 from processors.scheduler.timers import due_timers, next_due
@@ -100,6 +101,7 @@ class Simulation:
         node_catalog: NodeCatalogView | None = None,
         check_replay: bool = True,
         retry_gate: RetryGate | None = None,
+        inline_node: InlineNodes | None = None,
     ) -> None:
         self.definition = (
             definition
@@ -114,6 +116,8 @@ class Simulation:
         self.retry_gate = retry_gate
         """Shared by the simulations of one "scheduler process" (see :mod:`scheduler_fleet`);
         fed every decision's signals, as the runtime does. None: retries are not gated."""
+        self.inline_node = inline_node
+        """Which pure node versions decide evaluates inline (ADR 0064); None: none."""
         self._ids = count(1)
         self._rng = random.Random(seed)
         self.state: RunState | None = None
@@ -149,6 +153,7 @@ class Simulation:
             lookup_workflow=self._lookup,
             node_catalog=self.node_catalog,
             retry_gate=self.retry_gate if self.retry_gate is not None else UNGATED,
+            inline_node=self.inline_node,
         )
 
     def _lookup(self, workflow_id: str, version: int | None) -> RegisteredWorkflow | None:
