@@ -19,6 +19,13 @@ expression):
 - steps/s: N runs of the 10-step workflow started at once; succeeded steps / (first StartRun
   sent -> last RunSucceeded visible); median over rounds.
 
+Two paths (docs/decisions/0064-inline-pure-steps.md): the workflow above keeps every step on a
+worker (``inline: false``: the remote path, what ``steps_per_s`` and ``step_overhead_*`` always
+measured); the same chain without that flag is evaluated by the scheduler itself (the inline
+path): ``steps_per_s_inline`` and ``step_overhead_inline_*`` (end to end, per step, with p95),
+next to ``steps_per_s_remote`` and ``step_overhead_remote_*`` (the same definitions on the
+remote path). ``inline_step_share`` checks that the inline runs did run inline.
+
 Timings come from a watcher thread that consumes ``runs``, ``results`` and the invoke topic
 directly (read_committed), never from the projection. It only files raw bytes while the engine
 runs and decodes after each phase, so it takes as little CPU from the engine as possible.
@@ -77,6 +84,9 @@ log = logging.getLogger(__name__)
 OUT_DIR = PROJECT_ROOT / "benchmarks" / "out"
 STEPS = 10
 SEQ_WORKFLOW = "bench-seq10"
+"""The remote path: every step dispatched to a worker (``inline: false``)."""
+INLINE_WORKFLOW = "bench-seq10-inline"
+"""The same chain, evaluated inline by the scheduler (no invocation, worker or result)."""
 CACHE_WORKFLOW = "bench-cache1"
 # The node and topic the no-op steps use: transform@1 with a constant JMESPath expression.
 NOOP_NODE = ("transform", 1)
@@ -110,22 +120,31 @@ FULL = EnginePlan(5, 100, 30, 100, 100, 3, 60, 300)
 
 
 def noop(step_id: str, needs: Sequence[str] = (), **extra: Any) -> dict[str, Any]:
+    # Pinned: the benchmark's workers register no catalog entries, and only an exact version
+    # can be evaluated inline (ADR 0064). The remote workflows say `inline: false`.
     return {
         "id": step_id,
-        "node": "transform@^1",
+        "node": "transform@1.0.0",
         "params": {"expression": "`1`"},
         "needs": list(needs),
         **extra,
     }
 
 
-def sequential_workflow(steps: int = STEPS) -> dict[str, Any]:
-    chain = [noop(f"s{i}", [f"s{i - 1}"] if i else []) for i in range(steps)]
-    return {"id": SEQ_WORKFLOW, "steps": chain}
+def sequential_workflow(
+    steps: int = STEPS, *, workflow_id: str = SEQ_WORKFLOW, inline: bool = False
+) -> dict[str, Any]:
+    """The chain of no-op steps: on workers (the remote path), or evaluated by the scheduler
+    itself (``inline=True``: the inline path, docs/decisions/0064-inline-pure-steps.md)."""
+    extra = {} if inline else {"inline": False}
+    chain = [noop(f"s{i}", [f"s{i - 1}"] if i else [], **extra) for i in range(steps)]
+    return {"id": workflow_id, "steps": chain}
 
 
 def cached_workflow() -> dict[str, Any]:
-    return {"id": CACHE_WORKFLOW, "steps": [noop("c", cache={"enabled": True, "ttl": "1h"})]}
+    # An inline step never consults the cache: the cache path is measured on a remote step.
+    step = noop("c", cache={"enabled": True, "ttl": "1h"}, inline=False)
+    return {"id": CACHE_WORKFLOW, "steps": [step]}
 
 
 # -- the watcher ----------------------------------------------------------------------------------
@@ -426,9 +445,11 @@ def _measure(
     out_dir: Path,
 ) -> dict[str, float]:
     bench.register(sequential_workflow())
+    bench.register(sequential_workflow(workflow_id=INLINE_WORKFLOW, inline=True))
     bench.register(cached_workflow())
     _progress(f"warm-up: {plan.warmup_runs} runs (consumer groups join)")
     bench.sequential(SEQ_WORKFLOW, plan.warmup_runs)
+    bench.sequential(INLINE_WORKFLOW, plan.warmup_runs)
 
     _progress(f"sequential: {plan.sequential_runs} runs of {STEPS} steps, one at a time")
     seq = bench.sequential(SEQ_WORKFLOW, plan.sequential_runs)
@@ -437,10 +458,23 @@ def _measure(
     results |= em.latency_keys("start_latency", starts)
     results |= em.latency_keys("step_overhead", [em.step_overhead_ms(r, STEPS) for r in seq])
     results |= em.latency_keys("start_to_first_step", [em.start_to_first_step_ms(r) for r in seq])
-    results |= em.latency_keys("step_overhead_e2e", [em.end_to_end_step_ms(r, STEPS) for r in seq])
+    remote_e2e = [em.end_to_end_step_ms(r, STEPS) for r in seq]
+    results |= em.latency_keys("step_overhead_e2e", remote_e2e)
+    results |= em.latency_keys("step_overhead_remote", remote_e2e, p95=True)
     _progress(
         f"start p50 {results['start_latency_p50_ms']:.1f} ms, step overhead p50 "
-        f"{results['step_overhead_p50_ms']:.1f} ms"
+        f"{results['step_overhead_p50_ms']:.1f} ms "
+        f"(end to end {results['step_overhead_e2e_p50_ms']:.1f} ms)"
+    )
+
+    _progress(f"inline: {plan.sequential_runs} runs of {STEPS} inline steps, one at a time")
+    inline_seq = bench.sequential(INLINE_WORKFLOW, plan.sequential_runs)
+    results["inline_step_share"] = em.inline_step_share(inline_seq)
+    inline_e2e = [em.end_to_end_step_ms(r, STEPS) for r in inline_seq]
+    results |= em.latency_keys("step_overhead_inline", inline_e2e, p95=True)
+    _progress(
+        f"inline step overhead p50 {results['step_overhead_inline_p50_ms']:.2f} ms end to end "
+        f"(share of steps inline: {results['inline_step_share']:.2f})"
     )
 
     _progress(f"through the API (FastAPI TestClient): {plan.http_runs} runs")
@@ -472,14 +506,26 @@ def _measure(
         loaded.extend(runs)
         _progress(f"  {rates[-1]:.0f} steps/s")
     cpu = cpu_delta(before, cpu_snapshot(pids))
-    results["steps_per_s"] = statistics.median(rates)
+    # The headline keeps its meaning: the remote path (every step on a worker).
+    results["steps_per_s"] = results["steps_per_s_remote"] = statistics.median(rates)
     results["concurrent_runs"] = float(plan.concurrent_runs)
+
+    inline_rates: list[float] = []
+    for i in range(plan.throughput_rounds):
+        _progress(
+            f"inline throughput round {i + 1}/{plan.throughput_rounds}: {plan.concurrent_runs} runs"
+        )
+        runs, began = bench.concurrent(INLINE_WORKFLOW, plan.concurrent_runs)
+        inline_rates.append(em.steps_per_s(runs, began))
+        _progress(f"  {inline_rates[-1]:.0f} steps/s (inline)")
+    results["steps_per_s_inline"] = statistics.median(inline_rates)
 
     details: dict[str, Any] = {
         "plan": asdict(plan),
         "hops_sequential": em.summarize_hops(em.hop_samples(seq)),
         "hops_loaded": em.summarize_hops(em.hop_samples(loaded)),
         "throughput_rounds_steps_per_s": rates,
+        "throughput_rounds_steps_per_s_inline": inline_rates,
         # The tail in detail: (position in the sequential phase, ms) of the slowest starts.
         "slowest_starts_ms": sorted(enumerate(starts), key=lambda s: -s[1])[:5],
         "cpu_throughput": {"wall_s": wall, "threads": cpu.threads, "services": cpu.services},

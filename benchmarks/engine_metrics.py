@@ -14,7 +14,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from benchmarks.peers.stats import p50_p99, rate
+from benchmarks.peers.stats import p50_p99, percentile, rate
+from processors.scheduler.inline import INLINE_WORKER
 from schemas.base import RefluxRecord
 from schemas.models import (
     NodeInvocation,
@@ -23,6 +24,7 @@ from schemas.models import (
     RunSucceeded,
     StepDispatched,
     StepScheduled,
+    StepStarted,
     StepSucceeded,
 )
 
@@ -33,6 +35,7 @@ __all__ = [
     "cache_hit_ms",
     "end_to_end_step_ms",
     "hop_samples",
+    "inline_step_share",
     "latency_keys",
     "start_latency_ms",
     "start_to_first_step_ms",
@@ -243,7 +246,24 @@ def summarize_hops(samples: dict[str, list[float]]) -> dict[str, dict[str, float
     return summary
 
 
-def latency_keys(prefix: str, samples: Sequence[float]) -> dict[str, float]:
-    """``{prefix}_p50_ms`` and ``{prefix}_p99_ms`` (numpy's linear percentile)."""
+def latency_keys(prefix: str, samples: Sequence[float], *, p95: bool = False) -> dict[str, float]:
+    """``{prefix}_p50_ms`` and ``{prefix}_p99_ms`` (numpy's linear percentile), and
+    ``{prefix}_p95_ms`` when asked."""
     p50, p99 = p50_p99(samples)
-    return {f"{prefix}_p50_ms": p50, f"{prefix}_p99_ms": p99}
+    keys = {f"{prefix}_p50_ms": p50, f"{prefix}_p99_ms": p99}
+    if p95:
+        keys[f"{prefix}_p95_ms"] = percentile(samples, 95)
+    return keys
+
+
+def inline_step_share(runs: Iterable[RunTrace]) -> float:
+    """Succeeded steps the scheduler evaluated inline (``StepStarted.worker``) / all succeeded."""
+    inline: set[tuple[str, str]] = set()
+    succeeded = 0
+    for run in runs:
+        for event in run.events():
+            if isinstance(event, StepStarted) and event.worker == INLINE_WORKER:
+                inline.add((run.run_id, event.invocation_id))
+            elif isinstance(event, StepSucceeded):
+                succeeded += 1
+    return len(inline) / succeeded if succeeded else 0.0

@@ -18,6 +18,7 @@ from schemas.models import (
     StepDispatched,
     StepRef,
     StepScheduled,
+    StepStarted,
     StepSucceeded,
     TraceStatus,
 )
@@ -226,3 +227,19 @@ def test_latency_keys() -> None:
     assert em.latency_keys("x", [1.0, 2.0, 3.0]) == {"x_p50_ms": 2.0, "x_p99_ms": 2.98}
     with pytest.raises(ValueError, match="at least one sample"):
         em.latency_keys("x", [])
+
+
+def test_latency_keys_with_p95() -> None:
+    keys = em.latency_keys("x", [float(v) for v in range(1, 102)], p95=True)
+    assert keys == {"x_p50_ms": 51.0, "x_p95_ms": 96.0, "x_p99_ms": 100.0}
+
+
+def test_inline_step_share_counts_the_steps_the_scheduler_evaluated() -> None:
+    trace = RunTrace("r1", sent=EPOCH0, acked=EPOCH0)
+    for i, worker in enumerate(["scheduler-inline", "scheduler-inline", "worker-1"]):
+        start = rec(StepStarted, run_id="r1", step=step_ref(i), invocation_id=f"a{i}")
+        start = start.model_copy(update={"worker": worker})
+        trace.seen.append(Seen(EPOCH0, "runs", start))
+        trace.seen.append(Seen(EPOCH0, "runs", rec(StepSucceeded, run_id="r1", step=step_ref(i))))
+    assert em.inline_step_share([trace]) == pytest.approx(2 / 3)
+    assert em.inline_step_share([]) == 0.0
