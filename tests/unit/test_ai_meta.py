@@ -247,7 +247,7 @@ def test_invalid_plan_reports_every_error_with_plan_paths() -> None:
             {"steps": [{"id": "result", "node": "transform@^1", "bogus": 1}]},
             {},
             "plan.steps[0].bogus: unknown field 'bogus' (allowed: id, node, description, "
-            "params, needs, when, retry, timeout, queue_timeout, cache, checker)",
+            "params, needs, when, retry, timeout, queue_timeout, cache, checker, inline)",
         ),
         (
             {
