@@ -7,9 +7,10 @@ invocation/timer ids, the worker's name, cache hits (the shadow cache starts emp
 StepStarted signal (emitted only when an attempt outlasts the start-signal delay, so a timing
 fact), and where an attempt ran: a pure step evaluated inline by the scheduler has no
 StepDispatched and no cache key (docs/decisions/0064-inline-pure-steps.md), so a run recorded with
-inlining on replays the same as with it off, and the other way round. Steps run in parallel interleave differently each time, so the logs are compared per
-step (each step's events in order) and for the run's own events in order; the first divergence
-is the one with the lowest original seq.
+inlining on replays the same as with it off, and the other way round. Steps run in parallel
+interleave differently each time, so the logs are compared per step (each step's events in
+order) and for the run's own events in order; the first divergence is the one with the lowest
+original seq.
 """
 
 from __future__ import annotations

@@ -75,7 +75,8 @@ ITEMS = [{"name": "a", "price": 5}, {"name": "b", "price": 15}, {"name": "c", "p
 
 
 def _node_for(name: str) -> AnyNode:
-    return {"transform": TransformNode(), "condition": ConditionNode()}[name]
+    nodes: dict[str, AnyNode] = {"transform": TransformNode(), "condition": ConditionNode()}
+    return nodes[name]
 
 
 def real_worker(invocation: NodeInvocation) -> Any:
@@ -88,11 +89,12 @@ def real_worker(invocation: NodeInvocation) -> Any:
 
 
 def _kinds(sim: Simulation, step_id: str) -> list[str]:
-    return [
-        type(e).__name__
-        for e in sim.log
-        if getattr(e, "step", None) is not None and e.step.step_id == step_id
-    ]
+    kinds = []
+    for event in sim.log:
+        step = getattr(event, "step", None)
+        if step is not None and step.step_id == step_id:
+            kinds.append(type(event).__name__)
+    return kinds
 
 
 def one_step(node: str, params: Any, **step: Any) -> dict[str, Any]:
