@@ -19,6 +19,7 @@ from typing import Any, Final
 
 from foundation.errors import NonRetryableError
 from processors.scheduler.evolve import evolve
+from processors.scheduler.inline import INLINE_WORKER
 from processors.scheduler.state import RunState, StepState, StepStatus
 from schemas.models import (
     MODELS,
@@ -209,6 +210,9 @@ def _(event: StepDispatched, before: RunState | None, after: RunState) -> list[s
 
 @_explain.register
 def _(event: StepStarted, before: RunState | None, after: RunState) -> list[str]:
+    if event.worker == INLINE_WORKER:  # ADR 0064: no worker, the outcome follows at once
+        head = f"step {event.step.step_id} attempt {event.attempt}"
+        return [f"{head} evaluated inline by the scheduler (no worker)"]
     line = f"step {event.step.step_id} attempt {event.attempt} started on worker {event.worker}"
     if event.timeout_at is not None:
         line += f"; times out at {event.timeout_at.isoformat()}"

@@ -94,3 +94,9 @@ def test_until_stops_at_that_seq_with_the_state_there() -> None:
 def test_unknown_event_type_is_refused_with_its_name() -> None:
     with pytest.raises(UnknownEventError, match="'NotAnEvent'"):
         event_from_json("NotAnEvent", {})
+
+
+def test_inline_steps_are_described_as_evaluated_by_the_scheduler() -> None:
+    text = _text("inline_steps")
+    assert "step pick attempt 1 evaluated inline by the scheduler (no worker)" in text
+    assert "step fetch attempt 1 started on worker sim-worker" in text
