@@ -72,12 +72,14 @@ def lag(samples: Samples, topic: str) -> dict[str, float]:
 
 
 def _workflow() -> dict[str, Any]:
+    # The worker registers transform@1.0.0, so the scheduler would evaluate these steps itself
+    # (ADR 0064) and the worker would see no attempt: this test is about the remote path.
     return {
         "id": WORKFLOW,
         "inputs": {"index": {"type": "integer", "required": True}},
         "steps": [
-            transform("a", "value", {"value": "{{ inputs.index }}"}),
-            transform("b", "value", {"value": "{{ steps.a.output }}"}, needs=["a"]),
+            transform("a", "value", {"value": "{{ inputs.index }}"}, inline=False),
+            transform("b", "value", {"value": "{{ steps.a.output }}"}, needs=["a"], inline=False),
         ],
     }
 
