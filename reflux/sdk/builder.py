@@ -161,9 +161,11 @@ class Workflow:
         cache: Cache | Mapping[str, Any] | None = None,
         description: str | None = None,
         checker: bool = False,
+        inline: bool = True,
     ) -> StepRef:
         """Add a step (``node`` is ``name@constraint``, e.g. ``"http.request@^1"``); returns a
-        reference to it for later steps' ``needs`` and templates."""
+        reference to it for later steps' ``needs`` and templates. ``inline=False`` keeps a
+        ``transform`` / ``condition`` step on a worker (docs/workflows.md#inline-steps)."""
         if isinstance(needs, str | StepRef):
             needs = [needs]
         step = _present(
@@ -178,6 +180,7 @@ class Workflow:
             queue_timeout=queue_timeout,
             cache=_spec(cache),
             checker=checker or None,
+            inline=None if inline else False,
         )
         self._steps.append(step)
         return StepRef(id)

@@ -62,9 +62,13 @@ def test_every_field_reaches_the_definition() -> None:
         cache=Cache(enabled=True, ttl=60_000),
         description="first step",
     )
-    wf.step("second", "condition@^1", needs=first, when=f"{first.expr('result')} == 'a'")
+    wf.step(
+        "second", "condition@^1", needs=first, when=f"{first.expr('result')} == 'a'", inline=False
+    )
     wf.output("w", first.ref("result"))
     model = wf.build()
+    assert model.step("first").inline and not model.step("second").inline
+    assert "inline" not in wf.raw()["steps"][0]
     assert model.deadline == 3_600_000 and model.max_concurrent_runs == 3
     assert model.defaults.timeout == 5000 and model.defaults.queue_timeout == 1000
     step = model.step("first")
