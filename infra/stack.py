@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 import time
 
 from foundation.settings import Settings, get_settings
@@ -53,18 +54,49 @@ SYSTEM_TOOLS = {"bwrap": "bubblewrap", "kcat": "kcat"}
 
 
 def up(settings: Settings, names: list[str] | None = None) -> dict[str, float]:
-    """Starts the services; returns each one's start time in seconds (0 = already running)."""
-    if not names:
-        ensure_debian_packages(SYSTEM_TOOLS)
+    """Starts the services; returns each one's start time in seconds (0 = already running).
+
+    Every service's Debian packages are installed first, in one apt-get run; then the
+    ``background`` services (slow installs no other service needs) start in threads while the
+    others start one after the other, in order (Connect needs Kafka)."""
+    chosen = services(settings, names)
+    packages = {cmd: pkg for service in chosen for cmd, pkg in service.debian_packages.items()}
+    ensure_debian_packages(packages if names else {**SYSTEM_TOOLS, **packages})
     timings: dict[str, float] = {}
-    for service in services(settings, names):
+    failures: dict[str, BaseException] = {}
+
+    def start(service: Service) -> None:
         log(f"{service.name}: starting ({service.endpoint})")
         began = time.monotonic()
-        started = service.start()
+        try:
+            started = service.start()
+        except BaseException as exc:  # reported after every thread has ended
+            failures[service.name] = exc
+            return
         total = time.monotonic() - began
         timings[service.name] = round(started, 2)
         state = f"started in {started:.1f}s" if started else "already running"
         log(f"{service.name}: ready, {state} (incl. install {total:.1f}s)")
+
+    beside = [
+        threading.Thread(target=start, args=(s,), name=f"start-{s.name}", daemon=True)
+        for s in chosen
+        if s.background
+    ]
+    for thread in beside:
+        thread.start()
+    for service in chosen:
+        if not service.background and not failures:
+            start(service)
+    for thread in beside:
+        thread.join()
+    if failures:
+        for name, exc in failures.items():
+            log(f"{name}: failed: {exc}")
+        first = next(iter(failures.values()))
+        if isinstance(first, ServiceError) and len(failures) == 1:
+            raise first
+        raise ServiceError("; ".join(f"{name}: {exc}" for name, exc in failures.items())) from first
     timings_file = settings.data_dir / "run" / "start-times.json"
     timings_file.parent.mkdir(parents=True, exist_ok=True)
     previous = json.loads(timings_file.read_text()) if timings_file.exists() else {}
