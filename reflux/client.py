@@ -1,5 +1,5 @@
-"""``reflux run FILE``, ``reflux runs show|graph|mutate|redrive|rebind|signal``: the API's client
-side, for people.
+"""``reflux run FILE [--count N]``, ``reflux runs list|show|graph|mutate|redrive|rebind|signal``:
+the API's client side, for people.
 
 Both talk to the HTTP API (``REFLUX_API_URL`` or ``--api``), the product's front door, so they
 work the same against ``reflux dev`` on a laptop and against a deployed API.
