@@ -117,3 +117,27 @@ def test_the_command_prints_the_script(capsys: pytest.CaptureFixture[str]) -> No
     assert main(["completion", "bash"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("# reflux completion for bash") and "complete -o default" in out
+
+
+def test_zsh_completes_through_compsys_at_a_real_tab(tmp_path: Path) -> None:
+    """An interactive zsh on a pseudo-terminal (zpty), compinit loaded, the script sourced: TAB
+    completes `reflux runs sh` and then `--j` (each read waits for the completed text)."""
+    zsh = _need("zsh")
+    script = _script("zsh", tmp_path)
+    driver = tmp_path / "drive.zsh"
+    driver.write_text(
+        "zmodload zsh/zpty\n"
+        "zpty -b z 'zsh -f -i'\n"
+        # PS1 spelt so that the echoed command line does not match the prompt's pattern.
+        f'zpty -w z \'autoload -U compinit && compinit -u; source {script}; PS1="RE""ADY> "\'\n'
+        "zpty -r z out '*READY> *'\n"
+        "zpty -n -w z $'reflux runs sh\\t'\n"
+        "zpty -r z out '*runs show*' && print -r -- FIRST-OK\n"
+        "zpty -n -w z $'--j\\t'\n"
+        "zpty -r z out '*--json*' && print -r -- SECOND-OK\n"
+        "zpty -d z\n"
+    )
+    out = subprocess.run(
+        [zsh, "-f", str(driver)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert "FIRST-OK" in out.stdout and "SECOND-OK" in out.stdout, out.stdout + out.stderr
