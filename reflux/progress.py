@@ -35,7 +35,10 @@ def progress_enabled(stream: TextIO | None = None) -> bool:
     mode = get_settings().progress
     if mode != "auto":
         return mode == "always"
-    stream = stream or sys.stderr
+    return _isatty(stream or sys.stderr)
+
+
+def _isatty(stream: TextIO) -> bool:
     return bool(getattr(stream, "isatty", lambda: False)())
 
 
@@ -84,9 +87,9 @@ def progress_bar(
         TimeElapsedColumn(),
         console=console,
         transient=False,
-        # print() while the bar is drawn: above it when stdout is the same terminal, straight
-        # to stdout when that is a pipe (moving it to stderr would break `| tee` and `| jq`).
-        redirect_stdout=sys.stdout.isatty(),
+        # print() while the bar is drawn: above it when stdout and the bar share a terminal,
+        # else straight to stdout (moving it to the bar's stream would break `| tee`, `| jq`).
+        redirect_stdout=_isatty(sys.stdout) and _isatty(stream),
     )
     with progress:
         yield Bar(progress, progress.add_task(description, total=total))
