@@ -125,6 +125,9 @@ class Settings(BaseSettings):
     # api-keys create --write-to` put a local admin key).
     api_key: SecretStr | None = None
     api_key_file: Path | None = None
+    # The CLI's progress bars (reflux/progress.py): on stderr when it is a terminal (auto), or
+    # always (tests, CI logs), or never.
+    progress: Literal["auto", "always", "never"] = "auto"
 
     # Step params / outputs larger than this travel through the object store (claim check).
     claim_check_threshold_bytes: int = 256 * 1024

@@ -22,7 +22,9 @@ from processors.scheduler.runtime.cli import add_scheduler_commands
 from projections.cli import add_projections_commands
 from projections.traces.cli import add_traces_commands
 from reflux.api_keys_cli import add_api_key_commands
+from reflux.catalog_cli import add_catalog_commands
 from reflux.client import add_client_commands
+from reflux.completion import add_completion_command
 from reflux.diagnoses_cli import add_diagnoses_commands
 from reflux.metrics_cli import add_metrics_commands
 from reflux.mutations_cli import add_mutation_commands
@@ -74,6 +76,9 @@ QUIET_COMMANDS = frozenset(
         "api-keys",
         "topics",
         "secrets",
+        "workflows",
+        "nodes",
+        "completion",
     }
 )
 
@@ -129,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_api_key_commands(sub)
     runs_actions = add_client_commands(sub, get_settings().api_url)
     add_replay_commands(sub, runs_actions, get_settings().api_url)
+    add_catalog_commands(sub, get_settings().api_url)
     add_metrics_commands(sub, get_settings().api_url)
     add_mutation_commands(sub, get_settings().api_url)
     add_diagnoses_commands(sub, get_settings().api_url)
@@ -154,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--keep", action="store_true", help="improve: keep its topics and schemas afterwards"
     )
     demo.set_defaults(handler=_demo)
+    add_completion_command(sub, build_parser)
     return parser
 
 
