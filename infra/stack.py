@@ -50,7 +50,8 @@ def services(settings: Settings, names: list[str] | None = None) -> list[Service
 # one used where no Docker engine is reachable); kcat is the Kafka command-line client the docs
 # use to publish triggers and read topics, and the tests use as an outside producer (ADR 0053).
 # Installed with the services so a fresh machine needs nothing by hand.
-SYSTEM_TOOLS = {"bwrap": "bubblewrap", "kcat": "kcat"}
+# zsh and fish: the shells `reflux completion` writes scripts for, which its tests drive.
+SYSTEM_TOOLS = {"bwrap": "bubblewrap", "kcat": "kcat", "zsh": "zsh", "fish": "fish"}
 
 
 def up(settings: Settings, names: list[str] | None = None) -> dict[str, float]:

@@ -42,7 +42,8 @@ def _script(shell: str, tmp_path: Path, parser: argparse.ArgumentParser | None =
 def _need(shell: str) -> str:
     found = shutil.which(shell)
     if found is None:
-        pytest.skip(f"{shell} is not installed (apt-get install -y {shell})")
+        # `make up` installs the shells (infra/stack.py SYSTEM_TOOLS): missing is a failure.
+        pytest.fail(f"{shell} is not installed: run `make up` (or apt-get install -y {shell})")
     return found
 
 
