@@ -60,8 +60,18 @@ class TracingMiddleware:
                     # The route template, once routing matched one (low-cardinality span names).
                     route = getattr(scope.get("route"), "path", None)
                     if route:
+                        route = _with_prefix(str(scope.get("path", "")), route)
                         span.update_name(f"{method} {route}")
                         span.set_attribute("http.route", route)
                     span.set_attribute("http.response.status_code", status)
                     if status >= 500:
                         span.set_status(Status(StatusCode.ERROR))
+
+
+def _with_prefix(path: str, route: str) -> str:
+    """The route template with the router's prefix (``/v1``) that an included router's route
+    leaves out: as many leading segments of the path as the template lacks."""
+    missing = path.count("/") - route.count("/")
+    if missing <= 0 or route.startswith("/v1/"):
+        return route
+    return "/" + "/".join(path.split("/")[1 : 1 + missing]) + route
