@@ -39,7 +39,10 @@ from infra.services.base import (
 
 INFRA: Final = PROJECT_ROOT / "infra" / "otel"
 PACKAGE: Final = "github.com/jaegertracing/jaeger/cmd/jaeger"
-GO_HINT: Final = "Jaeger is built with Go 1.26.8 or newer (the go line of infra/otel/go.mod) (https://go.dev/dl/, e.g. unpacked in /usr/local/go)."
+GO_HINT: Final = (
+    "Jaeger is built with Go 1.26.8 or newer (the go line of infra/otel/go.mod): "
+    "https://go.dev/dl/, e.g. unpacked in /usr/local/go."
+)
 BUILD_TIMEOUT_S: Final = 20 * 60.0
 
 

@@ -55,7 +55,7 @@ def test_a_valid_traceparent_parses_and_round_trips() -> None:
 )
 def test_a_bad_traceparent_is_ignored_never_an_error(bad: object) -> None:
     assert parse_traceparent(bad) is None
-    assert clean_trace_context({"traceparent": bad, "tracestate": "k=v"}) == {}  # type: ignore[dict-item]
+    assert clean_trace_context({"traceparent": bad, "tracestate": "k=v"}) == {}
 
 
 def test_clean_context_keeps_a_short_tracestate_beside_a_valid_traceparent() -> None:
@@ -163,6 +163,8 @@ def test_the_scheduler_exports_run_and_attempt_spans_with_the_derived_ids() -> N
     ]
     attempt, run = spans_for(before, after, events, Resource.create({}))
     trace = run_trace("r1", before.trace_context)
+    assert run.context is not None and run.parent is not None
+    assert attempt.context is not None and attempt.parent is not None
     assert f"{run.context.span_id:016x}" == trace.run_span_id
     assert f"{run.parent.span_id:016x}" == SPAN and f"{run.context.trace_id:032x}" == TRACE
     assert f"{attempt.context.span_id:016x}" == attempt_span_id("r1", "s", "inv-1")
