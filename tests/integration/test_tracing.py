@@ -214,3 +214,39 @@ def test_without_an_exporter_the_context_still_travels(
     (dispatched,) = [e for e in harness.events(run["run_id"]) if e.event_type == "StepDispatched"]
     invocation_id = dispatched.payload["invocation_id"]
     assert echoed.span_id == attempt_span_id(run["run_id"], "call", invocation_id)
+
+
+def test_a_webhooks_traceparent_reaches_the_runs_http_call(
+    harness: Harness, http: HttpTestServer
+) -> None:
+    """Webhook → trigger record headers → trigger router → StartRun → the run's call."""
+    trace_id, caller_span = secrets.token_hex(16), secrets.token_hex(8)
+    try:
+        with _api(harness, harness.settings) as client:
+            response = client.post("/v1/workflows", json=_workflow("hooked", f"{http.url}/echo"))
+            assert response.status_code == 201, response.text
+            eventually(
+                lambda: client.get("/v1/workflows/hooked").status_code,
+                20,
+                "workflow hooked in the projection",
+                until=lambda status: status == 200,
+            )
+            hooked = client.post(
+                "/v1/hooks/hooked",
+                json={},
+                headers={"traceparent": f"00-{trace_id}-{caller_span}-01"},
+            )
+            assert hooked.status_code == 202, hooked.text
+            run_id = hooked.json()["run_id"]
+            eventually(
+                lambda: dict(client.get(f"/v1/runs/{run_id}").json()),
+                90,
+                f"run {run_id} succeeded",
+                until=lambda found: found.get("status") == "succeeded",
+            )
+    finally:
+        _drop_api_schema(harness)
+    echoed = parse_traceparent(_echoed_traceparent(http))
+    assert echoed is not None and echoed.trace_id == trace_id
+    (started,) = [e for e in harness.events(run_id) if e.event_type == "RunStarted"]
+    assert started.payload["trace_context"] == {"traceparent": f"00-{trace_id}-{caller_span}-01"}
