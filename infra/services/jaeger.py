@@ -4,9 +4,9 @@ Built from source through the Go module proxy (no binary download, no image): ``
 pins Jaeger as a Go tool (``go get -tool github.com/jaegertracing/jaeger/cmd/jaeger@v1.75.0``),
 and ``go build`` makes ``var/jaeger/bin/jaeger``. A cold build takes about five minutes on two
 cores, so ``stack up`` starts this service in a thread beside the others (``background``): the
-build overlaps their starts, and only this service waits for it (:meth:`Jaeger.install`). The binary is
-rebuilt only when ``go.mod``/``go.sum`` (or the Go toolchain) change: their digest is stamped
-next to it.
+build overlaps their starts, and only this service waits for it (:meth:`Jaeger.install`).
+The binary is rebuilt only when ``go.mod``/``go.sum`` (or the Go toolchain) change: their
+digest is stamped next to it.
 
 It runs all-in-one with ``infra/otel/jaeger.yaml``: OTLP/HTTP in, traces in memory, the query
 API (``/api/traces/{id}``, ``/api/services``) and UI out, all on loopback and on ports away from
