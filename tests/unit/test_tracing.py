@@ -174,3 +174,26 @@ def test_the_scheduler_exports_run_and_attempt_spans_with_the_derived_ids() -> N
         int(began.timestamp() * 1e9),
         int(ended.timestamp() * 1e9),
     )
+
+
+def test_http_request_sends_the_context_but_never_over_the_workflows_own() -> None:
+    from node_workers.node import NodeContext
+    from node_workers.nodes.http_request import HttpRequestInput, HttpRequestNode
+
+    node = HttpRequestNode()
+    ctx = NodeContext(
+        invocation_id="inv-1",
+        run_id="r1",
+        step_id="s",
+        attempt=1,
+        trace_context={"traceparent": GOOD},
+    )
+    # Tracing off (no span of ours is current): the invocation's context goes on.
+    sent = node._headers(HttpRequestInput.model_validate({"url": "http://example.com/"}), ctx)
+    assert sent["traceparent"] == GOOD
+    own = f"00-{'a' * 32}-{'b' * 16}-01"
+    params = HttpRequestInput.model_validate(
+        {"url": "http://example.com/", "headers": {"TraceParent": own}}
+    )
+    sent = node._headers(params, ctx)
+    assert sent["TraceParent"] == own and "traceparent" not in sent
