@@ -18,6 +18,7 @@ from infra.services.base import Service, ServiceError, ensure_debian_packages, l
 from infra.services.clickhouse import ClickHouse
 from infra.services.connect import KafkaConnect
 from infra.services.docker import Docker
+from infra.services.jaeger import Jaeger
 from infra.services.kafka import Kafka
 from infra.services.postgres import Postgres
 from infra.services.redis import LedgerRedis, Redis
@@ -35,6 +36,9 @@ SERVICE_TYPES: dict[str, type[Service]] = {
     "docker": Docker,
     # A Kafka Connect worker on the local broker (docs/connect.md); after Kafka, stopped first.
     "connect": KafkaConnect,
+    # The OTLP receiver and trace store of the tracing tests (ADR 0062): built with Go (~5 min
+    # cold), so it starts in a thread beside the others (``background``).
+    "jaeger": Jaeger,
 }
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from api.cli import add_api_commands
 from foundation.errors import RefluxError
 from foundation.settings import get_settings
+from foundation.telemetry import shutdown_tracing
 from node_workers.cli import add_worker_commands
 from node_workers.secrets.cli import add_secrets_commands
 from processors.alerts.cli import add_alerts_commands
@@ -186,6 +187,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "reflux %s exiting on %s: %s", args.command, type(exc).__name__, exc, exc_info=exc
         )
         return 1
+    finally:
+        # The spans still queued are sent before the process ends (ADR 0062); a no-op when
+        # tracing is off.
+        shutdown_tracing()
 
 
 if __name__ == "__main__":

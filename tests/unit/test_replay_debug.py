@@ -172,7 +172,7 @@ def test_bundle_round_trip_keeps_every_event_and_payload() -> None:
     first = json.loads(gzip.decompress(data).splitlines()[1])
     assert first["kind"] == "workflow"
     event = json.loads(gzip.decompress(data).splitlines()[2])
-    assert (event["type"], event["schema_version"]) == ("reflux.events.RunStarted", 3)
+    assert (event["type"], event["schema_version"]) == ("reflux.events.RunStarted", 4)
 
 
 def test_a_damaged_bundle_is_refused_naming_what_is_wrong() -> None:

@@ -146,8 +146,9 @@ def test_unknown_versions_and_damaged_records_are_refused(value: bytes, reason: 
 # added StepState.wait (default None: no log before it has a StepWaitStarted) and the timer kind
 # "wait" (no old state holds one): old snapshots still mean what a fold gives. Concurrent-run
 # limits (ADR 0052) added WorkflowDefinition.max_concurrent_runs (default None, left out of the
-# canonical form: what every definition written before it means).
-RUN_STATE_FINGERPRINT = "1909092b1b38621d"
+# canonical form: what every definition written before it means). Tracing (ADR 0062) added
+# RunState.trace_context (default {}: what a fold of a RunStarted written before it gives).
+RUN_STATE_FINGERPRINT = "813285f3dcf6d1c9"
 
 
 def test_the_snapshot_format_changes_only_deliberately() -> None:
