@@ -149,6 +149,13 @@ class Service(ABC):
     background: ClassVar[bool] = False
     """Slow to install and needed by no other service: ``stack up`` starts it in a thread
     beside the others (on a fresh machine the Docker sandbox image takes ~100 s)."""
+    deferred: ClassVar[bool] = False
+    """Needed only by a few tests and minutes to build: ``stack up`` (all services) only
+    begins its install (:meth:`prepare`) and does not wait; ``stack up NAME`` and the tests
+    that use it start it (waiting for the install)."""
+
+    def prepare(self) -> None:  # noqa: B027 - a hook: only deferred services begin anything
+        """Begins a deferred service's install without waiting for it (a no-op by default)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings

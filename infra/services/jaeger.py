@@ -3,8 +3,9 @@
 Built from source through the Go module proxy (no binary download, no image): ``infra/otel/go.mod``
 pins Jaeger as a Go tool (``go get -tool github.com/jaegertracing/jaeger/cmd/jaeger@v1.75.0``),
 and ``go build`` makes ``var/jaeger/bin/jaeger``. A cold build takes about five minutes on two
-cores, so ``stack up`` starts this service in a thread beside the others (``background``): the
-build overlaps their starts, and only this service waits for it (:meth:`Jaeger.install`).
+cores, so ``stack up`` only begins the build in the background (``deferred``) and goes on:
+``make test`` lints and tests meanwhile, and the tracing tests' fixture starts Jaeger, waiting
+for the build (:meth:`Jaeger.install`); ``stack up jaeger`` does the same by hand.
 The binary is rebuilt only when ``go.mod``/``go.sum`` (or the Go toolchain) change: their
 digest is stamped next to it.
 
@@ -57,8 +58,10 @@ def _go() -> str:
 
 class Jaeger(Service):
     name = "jaeger"
-    # Its build is slow and no other service needs it: `stack up` starts it in a thread.
+    # Its build is slow and only the tracing tests need it: `stack up` begins the build and
+    # goes on; `stack up jaeger` and the tests' fixture start it (waiting for the build).
     background = True
+    deferred = True
 
     @property
     def endpoint(self) -> str:

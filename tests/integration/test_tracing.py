@@ -24,6 +24,7 @@ from api.app import create_app
 from api.config import ApiSettings
 from foundation.settings import Settings, get_settings
 from foundation.trace_context import parse_traceparent
+from infra.services.jaeger import Jaeger
 from processors.scheduler.spans import attempt_span_id
 from streams.admin import ensure_topics
 from streams.topics import TopicCatalog
@@ -92,6 +93,13 @@ def _echoed_traceparent(http: HttpTestServer) -> str:
     value = echoed.header("traceparent")
     assert value is not None, echoed.headers
     return value
+
+
+@pytest.fixture(scope="module", autouse=True)
+def jaeger() -> None:
+    """Jaeger is deferred (``make up`` only begins its Go build): start it, waiting for the
+    build (a cold build is ~5 min; it began when the services started)."""
+    Jaeger(get_settings()).start()
 
 
 @pytest.fixture
