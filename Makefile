@@ -65,7 +65,8 @@ test-unit: venv
 test-integration: up
 	$(VENV)/bin/pytest tests/integration -q $(PYTEST_PARALLEL)
 
-test: lint up
+# `up` first: the services start (and Jaeger's Go build begins, ADR 0062) while lint runs.
+test: up lint
 	$(VENV)/bin/pytest tests -q $(PYTEST_PARALLEL) --durations=10
 
 # The container image (infra/image/, docs/image.md): built on the project's own dockerd.

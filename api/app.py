@@ -51,6 +51,7 @@ from api.routes import (
 from api.routes import metrics as metrics_routes
 from api.routes import schemas as schema_routes
 from api.store import ApiStore
+from api.tracing import TracingMiddleware
 from api.validation import bind_node_catalog
 from foundation.redact import redact_credentials
 from foundation.settings import Settings, get_settings
@@ -188,6 +189,12 @@ def create_app(
     app.include_router(v1)
     app.include_router(health.router)
     install_identity(app, API_PREFIX)  # roles, authentication, audit, OpenAPI (ADR 0046)
+    return _with_tracing(app, settings)
+
+
+def _with_tracing(app: FastAPI, settings: Settings) -> FastAPI:
+    """A span per request, outermost: refused requests are traced too (ADR 0062)."""
+    app.add_middleware(TracingMiddleware, settings=settings)
     return app
 
 

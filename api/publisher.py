@@ -50,10 +50,17 @@ class Publisher:
         self._timeout_s = timeout_s
         self._lock = threading.Lock()
 
-    def publish(self, topic: TopicSpec, key: str, record: RefluxRecord) -> None:
-        """Send and wait for the broker; raises ``DeliveryError`` (-> 503) when not confirmed."""
+    def publish(
+        self,
+        topic: TopicSpec,
+        key: str,
+        record: RefluxRecord,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        """Send and wait for the broker; raises ``DeliveryError`` (-> 503) when not confirmed.
+        ``headers``: e.g. the request's trace context (:func:`streams.tracing.trace_headers`)."""
         with self._lock:
-            self.producer.send(topic, key, record)
+            self.producer.send(topic, key, record, headers)
             # Slightly longer than delivery.timeout.ms, so the failure arrives as a callback.
             self.producer.flush(self._timeout_s + 1.0)
         self._metrics.published(type(record).__name__, topic.logical)

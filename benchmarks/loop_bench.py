@@ -39,6 +39,7 @@ import benchmarks.loop
 from benchmarks.loop.common import progress, summarize_per_seed
 from benchmarks.run import _git, describe_machine
 from foundation.settings import PROJECT_ROOT, get_settings
+from reflux.progress import progress_bar
 
 OUT_FILE = PROJECT_ROOT / "benchmarks" / "out" / "loop.json"
 SCENARIOS = ("drift", "flaky", "parallel", "models", "bad_mutations")
@@ -72,30 +73,32 @@ def run_scenarios(names: list[str], seeds: list[int], quick: bool) -> dict[str, 
         "machine": describe_machine(get_settings()),
     }
     present = available_scenarios()
-    for name in names:
-        if name not in present:
-            skipped.append(f"{name} (benchmarks/loop/{name}.py not present)")
-            continue
-        module = importlib.import_module(f"benchmarks.loop.{name}")
-        run = getattr(module, "run", None)
-        if run is None:
-            skipped.append(f"{name} (no run(seeds, quick) function)")
-            continue
-        progress(name, f"starting (seeds {seeds}, quick={quick})")
-        began = time.monotonic()
-        try:
-            result: dict[str, Any] = run(list(seeds), quick)
-        except Exception as exc:
-            errors[name] = f"{type(exc).__name__}: {exc}"
-            traceback.print_exc()
-            progress(name, f"FAILED ({errors[name][:200]})")
-            continue
-        finally:
-            wall[name] = round(time.monotonic() - began, 1)
-        if isinstance(result.get("per_seed"), dict):
-            result["summary"] = summarize_per_seed(result["per_seed"])
-        scenarios[name] = result
-        progress(name, f"done in {wall[name]:.0f}s")
+    # One bar over the scenarios (reflux/progress.py: stderr, on a terminal).
+    with progress_bar("loop scenarios", len(names)) as bar:
+        for name in bar.each(names):
+            if name not in present:
+                skipped.append(f"{name} (benchmarks/loop/{name}.py not present)")
+                continue
+            module = importlib.import_module(f"benchmarks.loop.{name}")
+            run = getattr(module, "run", None)
+            if run is None:
+                skipped.append(f"{name} (no run(seeds, quick) function)")
+                continue
+            progress(name, f"starting (seeds {seeds}, quick={quick})")
+            began = time.monotonic()
+            try:
+                result: dict[str, Any] = run(list(seeds), quick)
+            except Exception as exc:
+                errors[name] = f"{type(exc).__name__}: {exc}"
+                traceback.print_exc()
+                progress(name, f"FAILED ({errors[name][:200]})")
+                continue
+            finally:
+                wall[name] = round(time.monotonic() - began, 1)
+            if isinstance(result.get("per_seed"), dict):
+                result["summary"] = summarize_per_seed(result["per_seed"])
+            scenarios[name] = result
+            progress(name, f"done in {wall[name]:.0f}s")
     meta |= {"errors": errors, "skipped": skipped, "wall_s": wall}
     return {"scenarios": scenarios, "meta": meta}
 

@@ -35,6 +35,7 @@ from typing import Any
 
 from benchmarks.report import evaluate_goals, format_table, peer_ratios
 from foundation.settings import PROJECT_ROOT, Settings, get_settings
+from reflux.progress import progress_bar
 
 OUT_FILE = PROJECT_ROOT / "benchmarks" / "out" / "results.json"
 TRACES_MODULE = "benchmarks.traces_bench"
@@ -155,28 +156,39 @@ def run_all(
         ("mutation", skip_mutation, "benchmarks.mutation_bench", "run_mutation_benchmark"),
         ("replay", skip_replay, "benchmarks.replay_bench", "run_replay_benchmark"),
     )
-    for name, skip, module_name, function in engine_parts:
-        if skip:
-            skipped.append(name)
-            continue
-        run = getattr(importlib.import_module(module_name), function)
-        results |= _attempt(name, errors, timings, functools.partial(run, settings, quick))
-    if skip_peer:
-        skipped.append("peer_temporal")
-    else:
-        from benchmarks.peer_temporal import run_temporal_benchmark
+    traces_present = importlib.util.find_spec(TRACES_MODULE) is not None
+    planned = sum(not skip for _, skip, _, _ in engine_parts) + (not skip_peer)
+    planned += not skip_traces and traces_present
+    # One bar over the benchmarks (reflux/progress.py: stderr, on a terminal); the [bench]
+    # lines stay on stdout, the record of what ran.
+    with progress_bar("benchmarks", planned) as bar:
+        for name, skip, module_name, function in engine_parts:
+            if skip:
+                skipped.append(name)
+                continue
+            run = getattr(importlib.import_module(module_name), function)
+            results |= _attempt(name, errors, timings, functools.partial(run, settings, quick))
+            bar.advance()
+        if skip_peer:
+            skipped.append("peer_temporal")
+        else:
+            from benchmarks.peer_temporal import run_temporal_benchmark
 
-        results |= _attempt("peer_temporal", errors, timings, lambda: run_temporal_benchmark(quick))
-    if skip_traces:
-        skipped.append("traces")
-    elif importlib.util.find_spec(TRACES_MODULE) is None:
-        skipped.append("traces (benchmarks/traces_bench.py not present)")
-    else:
-        module = importlib.import_module(TRACES_MODULE)
-        n = TRACES_N[quick]
-        results |= _attempt(
-            "traces", errors, timings, lambda: module.run_traces_benchmark(settings, n)
-        )
+            results |= _attempt(
+                "peer_temporal", errors, timings, lambda: run_temporal_benchmark(quick)
+            )
+            bar.advance()
+        if skip_traces:
+            skipped.append("traces")
+        elif not traces_present:
+            skipped.append("traces (benchmarks/traces_bench.py not present)")
+        else:
+            module = importlib.import_module(TRACES_MODULE)
+            n = TRACES_N[quick]
+            results |= _attempt(
+                "traces", errors, timings, lambda: module.run_traces_benchmark(settings, n)
+            )
+            bar.advance()
     results |= peer_ratios(results)
     meta |= {"errors": errors, "skipped": skipped, "wall_s": timings}
     return {**results, "meta": meta}

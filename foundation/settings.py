@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -125,6 +125,9 @@ class Settings(BaseSettings):
     # api-keys create --write-to` put a local admin key).
     api_key: SecretStr | None = None
     api_key_file: Path | None = None
+    # The CLI's progress bars (reflux/progress.py): on stderr when it is a terminal (auto), or
+    # always (tests, CI logs), or never.
+    progress: Literal["auto", "always", "never"] = "auto"
 
     # Step params / outputs larger than this travel through the object store (claim check).
     claim_check_threshold_bytes: int = 256 * 1024
@@ -152,6 +155,28 @@ class Settings(BaseSettings):
     # How often each consumer reports its lag (librdkafka statistics.interval.ms) while metrics
     # are served; tests shorten it to see lag move within a short load.
     metrics_lag_interval_ms: int = Field(default=5_000, ge=100, le=600_000)
+
+    # Tracing (ADR 0062, docs/tracing.md) is configured by the standard OpenTelemetry variables,
+    # not REFLUX_*: spans are exported over OTLP/HTTP only when one of the two endpoints is set
+    # (the traces endpoint as given; the general one + /v1/traces) and OTEL_SDK_DISABLED is not
+    # true. Unset: no exporter, no span processing (trace context still travels on records).
+    otel_exporter_otlp_endpoint: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("otel_exporter_otlp_endpoint", "OTEL_EXPORTER_OTLP_ENDPOINT"),
+    )
+    otel_exporter_otlp_traces_endpoint: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "otel_exporter_otlp_traces_endpoint", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+        ),
+    )
+    otel_sdk_disabled: bool = Field(
+        default=False, validation_alias=AliasChoices("otel_sdk_disabled", "OTEL_SDK_DISABLED")
+    )
+    # The local Jaeger of `make up` (infra/services/jaeger.py): its OTLP/HTTP receiver (point
+    # OTEL_EXPORTER_OTLP_ENDPOINT here) and its query API/UI. Loopback, non-default ports.
+    jaeger_otlp_url: str = "http://127.0.0.1:14318"
+    jaeger_query_url: str = "http://127.0.0.1:16687"
 
     # "chdb:///abs/path" selects the embedded engine (one process owns that folder);
     # "http://host:8123" selects a ClickHouse server. Same client code either way.
@@ -273,6 +298,16 @@ class Settings(BaseSettings):
     def webhook_store_url(self) -> str:
         """Where webhook mailboxes and the replay store live (a ``noeviction`` Redis)."""
         return self.webhook_redis_url or self.ledger_redis_url
+
+    def otlp_traces_endpoint(self) -> str | None:
+        """Where spans go (OTLP/HTTP), or ``None``: tracing is off (ADR 0062)."""
+        if self.otel_sdk_disabled:
+            return None
+        if self.otel_exporter_otlp_traces_endpoint:
+            return self.otel_exporter_otlp_traces_endpoint
+        if self.otel_exporter_otlp_endpoint:
+            return self.otel_exporter_otlp_endpoint.rstrip("/") + "/v1/traces"
+        return None
 
     def resolved_docker_host(self) -> str:
         """The engine's address as DOCKER_HOST spells it."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 import time
 
 from foundation.settings import Settings, get_settings
@@ -17,6 +18,7 @@ from infra.services.base import Service, ServiceError, ensure_debian_packages, l
 from infra.services.clickhouse import ClickHouse
 from infra.services.connect import KafkaConnect
 from infra.services.docker import Docker
+from infra.services.jaeger import Jaeger
 from infra.services.kafka import Kafka
 from infra.services.postgres import Postgres
 from infra.services.redis import LedgerRedis, Redis
@@ -34,6 +36,10 @@ SERVICE_TYPES: dict[str, type[Service]] = {
     "docker": Docker,
     # A Kafka Connect worker on the local broker (docs/connect.md); after Kafka, stopped first.
     "connect": KafkaConnect,
+    # The OTLP receiver and trace store of the tracing tests (ADR 0062): built with Go (~5 min
+    # cold), so `up` of all services only begins the build (``deferred``); the tracing tests,
+    # or `up jaeger`, start it once built.
+    "jaeger": Jaeger,
 }
 
 
@@ -49,22 +55,61 @@ def services(settings: Settings, names: list[str] | None = None) -> list[Service
 # one used where no Docker engine is reachable); kcat is the Kafka command-line client the docs
 # use to publish triggers and read topics, and the tests use as an outside producer (ADR 0053).
 # Installed with the services so a fresh machine needs nothing by hand.
-SYSTEM_TOOLS = {"bwrap": "bubblewrap", "kcat": "kcat"}
+# zsh and fish: the shells `reflux completion` writes scripts for, which its tests drive.
+SYSTEM_TOOLS = {"bwrap": "bubblewrap", "kcat": "kcat", "zsh": "zsh", "fish": "fish"}
 
 
 def up(settings: Settings, names: list[str] | None = None) -> dict[str, float]:
-    """Starts the services; returns each one's start time in seconds (0 = already running)."""
+    """Starts the services; returns each one's start time in seconds (0 = already running).
+
+    Every service's Debian packages are installed first, in one apt-get run; then the
+    ``background`` services (slow installs no other service needs) start in threads while the
+    others start one after the other, in order (Connect needs Kafka). Without ``names``, a
+    ``deferred`` service only begins its install, in the background (Jaeger's Go build:
+    ``make test`` lints and tests meanwhile; its tests start it)."""
+    chosen = services(settings, names)
     if not names:
-        ensure_debian_packages(SYSTEM_TOOLS)
+        for service in [s for s in chosen if s.deferred]:
+            service.prepare()
+            log(f"{service.name}: deferred (`python -m infra.stack up {service.name}` starts it)")
+        chosen = [s for s in chosen if not s.deferred]
+    packages = {cmd: pkg for service in chosen for cmd, pkg in service.debian_packages.items()}
+    ensure_debian_packages(packages if names else {**SYSTEM_TOOLS, **packages})
     timings: dict[str, float] = {}
-    for service in services(settings, names):
+    failures: dict[str, BaseException] = {}
+
+    def start(service: Service) -> None:
         log(f"{service.name}: starting ({service.endpoint})")
         began = time.monotonic()
-        started = service.start()
+        try:
+            started = service.start()
+        except BaseException as exc:  # reported after every thread has ended
+            failures[service.name] = exc
+            return
         total = time.monotonic() - began
         timings[service.name] = round(started, 2)
         state = f"started in {started:.1f}s" if started else "already running"
         log(f"{service.name}: ready, {state} (incl. install {total:.1f}s)")
+
+    beside = [
+        threading.Thread(target=start, args=(s,), name=f"start-{s.name}", daemon=True)
+        for s in chosen
+        if s.background
+    ]
+    for thread in beside:
+        thread.start()
+    for service in chosen:
+        if not service.background and not failures:
+            start(service)
+    for thread in beside:
+        thread.join()
+    if failures:
+        for name, exc in failures.items():
+            log(f"{name}: failed: {exc}")
+        first = next(iter(failures.values()))
+        if isinstance(first, ServiceError) and len(failures) == 1:
+            raise first
+        raise ServiceError("; ".join(f"{name}: {exc}" for name, exc in failures.items())) from first
     timings_file = settings.data_dir / "run" / "start-times.json"
     timings_file.parent.mkdir(parents=True, exist_ok=True)
     previous = json.loads(timings_file.read_text()) if timings_file.exists() else {}
@@ -80,7 +125,8 @@ def down(settings: Settings, names: list[str] | None = None) -> None:
 
 
 def status(settings: Settings) -> bool:
-    rows = [s.status() for s in services(settings)]
+    chosen = services(settings)
+    rows = [s.status() for s in chosen]
     width = max(38, *(len(row.endpoint) for row in rows))
     names = max(11, *(len(row.name) for row in rows))
     print(f"{'service':<{names}} {'state':<9} {'pid':<8} {'endpoint':<{width}} detail")
@@ -88,7 +134,9 @@ def status(settings: Settings) -> bool:
         state = "ready" if row.ready else ("starting" if row.running else "stopped")
         pid = str(row.pid) if row.pid else "-"
         print(f"{row.name:<{names}} {state:<9} {pid:<8} {row.endpoint:<{width}} {row.detail}")
-    return all(row.ready for row in rows)
+    # A deferred service not started is not a fault (its tests start it).
+    pairs = zip(chosen, rows, strict=True)
+    return all(row.ready or (s.deferred and not row.running) for s, row in pairs)
 
 
 def main(argv: list[str] | None = None) -> int:

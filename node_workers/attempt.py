@@ -28,11 +28,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from pydantic import BaseModel
 
 from foundation.errors import RefluxError, classify
+from foundation.telemetry import context_of
 from node_workers.node import AnyNode, NodeContext, validate_params
 from node_workers.secrets import SecretResolver, no_secrets, secret_names
+from node_workers.tracing import worker_tracer
 from schemas.base import canonical_json
 from schemas.models import ErrorInfo, NodeInvocation, TraceStatus
 from schemas.quality import QUALITY_SCORE, CheckerScoreError, checker_score, is_checker
@@ -158,6 +161,44 @@ async def run_attempt(
     secrets: SecretResolver | None = None,
     started_at: datetime | None = None,
 ) -> Attempt:
+    """:func:`_run_attempt` in a span, child of the invocation's ``traceparent`` (ADR 0062)."""
+    with worker_tracer().start_as_current_span(
+        f"{node.key} {invocation.step.step_id}",
+        context=context_of(invocation.trace_context),
+        kind=SpanKind.CONSUMER,
+        attributes={
+            "reflux.run_id": invocation.run_id,
+            "reflux.step_id": invocation.step.step_id,
+            "reflux.node": node.key,
+            "reflux.attempt": invocation.attempt,
+            "reflux.invocation_id": invocation.invocation_id,
+        },
+    ) as span:
+        attempt = await _run_attempt(
+            node,
+            invocation,
+            load_params=load_params,
+            default_timeout_s=default_timeout_s,
+            logger=logger,
+            secrets=secrets,
+            started_at=started_at,
+        )
+        if attempt.error is not None:
+            span.set_attribute("error.type", attempt.error.error_class)
+            span.set_status(Status(StatusCode.ERROR))
+        return attempt
+
+
+async def _run_attempt(
+    node: AnyNode,
+    invocation: NodeInvocation,
+    *,
+    load_params: ParamsLoader,
+    default_timeout_s: float,
+    logger: logging.Logger | None,
+    secrets: SecretResolver | None,
+    started_at: datetime | None,
+) -> Attempt:
     """Resolve secrets, validate params, run ``node.execute`` under the attempt's deadline
     (:func:`attempt_deadline` from ``started_at``, default now), capture the end (redacted).
 
@@ -178,6 +219,7 @@ async def run_attempt(
         idempotency_key=invocation.idempotency_key,
         workflow_id=invocation.workflow_id,
         tenant=invocation.tenant,
+        trace_context=dict(invocation.trace_context),
         logger=logging.LoggerAdapter(
             logger or log,
             {"run_id": invocation.run_id, "step_id": invocation.step.step_id},

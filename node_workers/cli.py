@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -121,6 +122,9 @@ def add_worker_commands(subparsers: Any) -> argparse.ArgumentParser:
         help="create the served invoke topics (and the fixed topics) if missing",
     )
     worker.add_argument("--list", action="store_true", help="print the selected nodes and exit")
+    worker.add_argument(
+        "--json", action="store_true", help="with --list: JSON instead of text (for scripts)"
+    )
     worker.add_argument(
         "--catalog-status",
         choices=["draft", "staging", "production", "none"],
@@ -231,10 +235,17 @@ def handle_worker(args: argparse.Namespace, settings: Settings | None = None) ->
     nodes = served_nodes(args.nodes, getattr(args, "module", []))
     config = worker_config(args, settings, nodes)
     if args.list:
+        listed = []
         for node in nodes:
             flags = [f for f in ("cacheable", "side_effects", "idempotent") if getattr(node, f, 0)]
             limit = config.limit(node)
-            print(f"{node.key}\t{', '.join(flags)}\t{limit.pool} pool of {limit.size}")
+            listed.append(
+                {"node": node.key, "flags": flags, "pool": limit.pool, "size": limit.size}
+            )
+            if not getattr(args, "json", False):
+                print(f"{node.key}\t{', '.join(flags)}\t{limit.pool} pool of {limit.size}")
+        if getattr(args, "json", False):
+            print(json.dumps({"data": listed}, indent=2))
         return 0
     serve_if_asked(getattr(args, "metrics_port", None), settings)
     runtime = WorkerRuntime(settings, nodes, config=config)

@@ -105,6 +105,9 @@ class NodeContext:
     """Numbers the node wants recorded in the trace (e.g. ``http_status``, ``response_bytes``)."""
     cost_tokens: int | None = None
     """LLM tokens spent, for nodes that call a model."""
+    trace_context: dict[str, str] = field(default_factory=dict)
+    """The invocation's W3C trace context (its scheduler attempt span): what a node that calls
+    out sends on when no span of the worker's is current (tracing off; ADR 0062)."""
     secrets: SecretDestinations = field(default_factory=SecretDestinations)
     """The secrets resolved into the params and the hosts each may be sent to: a node that
     sends to a workflow-chosen destination calls ``ctx.secrets.check(host, port, ...)`` before

@@ -71,7 +71,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from confluent_kafka import Consumer as KafkaConsumer
-from confluent_kafka import Message, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from foundation.errors import ConfigurationError, RefluxError, ServiceUnavailableError
 from foundation.objectstore import BlobStore, S3BlobStore
@@ -122,6 +122,31 @@ from streams.topics import TopicCatalog, TopicSpec
 __all__ = ["DEFAULT_MAX_INLINE_OUTPUT_BYTES", "WorkerConfig", "WorkerRuntime", "WorkerStats"]
 
 log = logging.getLogger(__name__)
+
+# Seek errors that mean "a rebalance moved this partition's fetch state on".
+_SEEK_TOLERATED: Final = frozenset(
+    {KafkaError._OUTDATED, KafkaError._STATE, KafkaError._UNKNOWN_PARTITION}
+)
+
+
+def seek_unless_rebalanced(consumer: KafkaConsumer, position: TopicPartition) -> bool:
+    """Seek; ``False`` when librdkafka declares the seek outdated or no longer fetches the
+    partition (a rebalance under way: observed ``_OUTDATED`` on a resume right after an
+    assignment, which killed the lane). The lane's seek after a resume only saves a re-fetch,
+    and ``_dispatch`` skips re-fetched offsets (``checkpoint.seen``), so skipping it loses and
+    duplicates nothing. Any other error is raised."""
+    try:
+        consumer.seek(position)
+    except KafkaException as exc:
+        error = exc.args[0] if exc.args else None
+        if not isinstance(error, KafkaError) or error.code() not in _SEEK_TOLERATED:
+            raise
+        log.info(
+            "seek %s/%s@%s skipped: %s", position.topic, position.partition, position.offset, error
+        )
+        return False
+    return True
+
 
 DEFAULT_MAX_INLINE_OUTPUT_BYTES: Final = 256 * 1024
 
@@ -342,7 +367,9 @@ class _Lane:
                 for tp in assignment:
                     following = self.checkpoint.next_offset((tp.topic, tp.partition))
                     if following is not None:
-                        consumer.seek(TopicPartition(tp.topic, tp.partition, following))
+                        seek_unless_rebalanced(
+                            consumer, TopicPartition(tp.topic, tp.partition, following)
+                        )
             self._paused = full
         return consume_messages(
             consumer,

@@ -12,6 +12,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from reflux.output import add_json_flag, print_json
+
 __all__ = ["add_api_key_commands"]
 
 
@@ -43,7 +45,7 @@ def _create(args: argparse.Namespace) -> int:
     return 0
 
 
-def _list(_args: argparse.Namespace) -> int:
+def _list(args: argparse.Namespace) -> int:
     import psycopg
 
     from api.auth.keys import list_keys
@@ -54,10 +56,18 @@ def _list(_args: argparse.Namespace) -> int:
     api = ApiSettings()
     with psycopg.connect(Settings().postgres_dsn, autocommit=True) as conn:
         ensure_api_schema(conn, api.api_schema)
-        now = datetime.now(UTC)
-        for key in list_keys(conn, api.api_schema):
-            status = key.refusal(now) or "active"
-            print(f"{key.key_id}  {key.name:<24} {key.role.value:<8} {key.tenant:<12} {status}")
+        keys = list_keys(conn, api.api_schema)
+    if args.json:
+        # GET /v1/api-keys's body (an admin's view: every tenant), built by the API's own models.
+        from api.routes.identity import ApiKeyList, public_key
+
+        body = ApiKeyList(data=[public_key(k) for k in keys], count=len(keys))
+        print_json(body.model_dump(mode="json"))
+        return 0
+    now = datetime.now(UTC)
+    for key in keys:
+        status = key.refusal(now) or "active"
+        print(f"{key.key_id}  {key.name:<24} {key.role.value:<8} {key.tenant:<12} {status}")
     return 0
 
 
@@ -95,6 +105,7 @@ def add_api_key_commands(subparsers: Any) -> argparse.ArgumentParser:
     )
     create.set_defaults(handler=_create)
     listing = sub.add_parser("list", help="every key (never a secret)")
+    add_json_flag(listing)
     listing.set_defaults(handler=_list)
     revoke = sub.add_parser("revoke", help="revoke a key by id")
     revoke.add_argument("key_id")

@@ -11,6 +11,7 @@ from typing import Any
 from api.cli import add_api_commands
 from foundation.errors import RefluxError
 from foundation.settings import get_settings
+from foundation.telemetry import shutdown_tracing
 from node_workers.cli import add_worker_commands
 from node_workers.secrets.cli import add_secrets_commands
 from processors.alerts.cli import add_alerts_commands
@@ -22,7 +23,9 @@ from processors.scheduler.runtime.cli import add_scheduler_commands
 from projections.cli import add_projections_commands
 from projections.traces.cli import add_traces_commands
 from reflux.api_keys_cli import add_api_key_commands
+from reflux.catalog_cli import add_catalog_commands
 from reflux.client import add_client_commands
+from reflux.completion import add_completion_command
 from reflux.diagnoses_cli import add_diagnoses_commands
 from reflux.metrics_cli import add_metrics_commands
 from reflux.mutations_cli import add_mutation_commands
@@ -74,6 +77,9 @@ QUIET_COMMANDS = frozenset(
         "api-keys",
         "topics",
         "secrets",
+        "workflows",
+        "nodes",
+        "completion",
     }
 )
 
@@ -129,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_api_key_commands(sub)
     runs_actions = add_client_commands(sub, get_settings().api_url)
     add_replay_commands(sub, runs_actions, get_settings().api_url)
+    add_catalog_commands(sub, get_settings().api_url)
     add_metrics_commands(sub, get_settings().api_url)
     add_mutation_commands(sub, get_settings().api_url)
     add_diagnoses_commands(sub, get_settings().api_url)
@@ -154,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--keep", action="store_true", help="improve: keep its topics and schemas afterwards"
     )
     demo.set_defaults(handler=_demo)
+    add_completion_command(sub, build_parser)
     return parser
 
 
@@ -179,6 +187,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "reflux %s exiting on %s: %s", args.command, type(exc).__name__, exc, exc_info=exc
         )
         return 1
+    finally:
+        # The spans still queued are sent before the process ends (ADR 0062); a no-op when
+        # tracing is off.
+        shutdown_tracing()
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""``reflux run FILE``, ``reflux runs show|graph|mutate|redrive|rebind|signal``: the API's client
-side, for people.
+"""``reflux run FILE [--count N]``, ``reflux runs list|show|graph|mutate|redrive|rebind|signal``:
+the API's client side, for people.
 
 Both talk to the HTTP API (``REFLUX_API_URL`` or ``--api``), the product's front door, so they
 work the same against ``reflux dev`` on a laptop and against a deployed API.
@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ import yaml
 from foundation.errors import RefluxError
 from foundation.parse_limits import load_json, load_yaml
 from reflux.credentials import api_client
+from reflux.output import add_json_flag, print_json
+from reflux.progress import progress_bar
 from schemas.statuses import TERMINAL_RUN_STATUSES, RunStatus
 
 DEFAULT_API = "http://127.0.0.1:8080"
@@ -205,12 +208,63 @@ def run_file(args: argparse.Namespace) -> int:
             "version": registered["version"],
             "inputs": parse_inputs(args.input),
         }
+        if args.count > 1:
+            return _start_many(client, body, args)
         accepted = _check(client.post("/v1/runs", json=body))
         run_id = accepted["run_id"]
         print(f"run {run_id} accepted")
         if not args.wait:
             return 0
         return _follow(client, run_id, args.timeout)
+
+
+def _start_many(client: httpx.Client, body: dict[str, Any], args: argparse.Namespace) -> int:
+    """``reflux run FILE --count N``: N runs of one version, ``--concurrency`` requests at a
+    time, a line per accepted run (as for one run); with ``--wait``, until every one ended."""
+    run_ids: list[str] = []
+
+    def start(_: int) -> str:
+        return str(_check(client.post("/v1/runs", json=body))["run_id"])
+
+    with (
+        progress_bar("starting runs", args.count) as bar,
+        ThreadPoolExecutor(max_workers=args.concurrency) as pool,
+    ):
+        for run_id in pool.map(start, range(args.count)):
+            run_ids.append(run_id)
+            bar.advance()
+            print(f"run {run_id} accepted", flush=True)
+    if not args.wait:
+        return 0
+    return _wait_all(client, run_ids, args.timeout)
+
+
+def _wait_all(client: httpx.Client, run_ids: list[str], timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    pending = set(run_ids)
+    ended: dict[str, str] = {}
+    with progress_bar("runs ended", len(run_ids)) as bar:
+        while pending and time.monotonic() < deadline:
+            for run_id in sorted(pending):
+                response = client.get(f"/v1/runs/{run_id}")
+                if response.status_code == 404:
+                    continue  # the projection has not seen the run yet
+                status = _check(response)["status"]
+                if status in TERMINAL_RUN_STATUSES:
+                    ended[run_id] = status
+                    pending.discard(run_id)
+                    bar.advance()
+            if pending:
+                time.sleep(0.2)
+    counts: dict[str, int] = {}
+    for status in ended.values():
+        counts[status] = counts.get(status, 0) + 1
+    summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "none ended"
+    print(f"{len(run_ids)} runs: {summary}")
+    if pending:
+        print(f"{len(pending)} runs still running after {timeout:.0f}s", file=sys.stderr)
+        return 3
+    return 0 if counts.get(RunStatus.SUCCEEDED, 0) == len(run_ids) else 1
 
 
 def wait_registered(client: httpx.Client, workflow_id: str, version: int) -> None:
@@ -251,7 +305,33 @@ def _follow(client: httpx.Client, run_id: str, timeout: float) -> int:
 
 def show_run(args: argparse.Namespace) -> int:
     with api_client(args.api, timeout=30) as client:
+        if args.json:
+            # The two API bodies the timeline is drawn from, each as is.
+            run = _check(client.get(f"/v1/runs/{args.run_id}"))
+            events = _check(client.get(f"/v1/runs/{args.run_id}/events"))["data"]
+            print_json({"run": run, "events": events})
+            return 0
         print(timeline(client, args.run_id))
+    return 0
+
+
+def list_runs(args: argparse.Namespace) -> int:
+    params = {"workflow_id": args.workflow, "status": args.status, "limit": args.limit}
+    params |= {"cursor": args.cursor}
+    with api_client(args.api, timeout=30) as client:
+        body = _check(client.get("/v1/runs", params={k: v for k, v in params.items() if v}))
+    if args.json:
+        print_json(body)
+        return 0
+    for run in body["data"]:
+        print(
+            f"{run['run_id']}  {run['workflow_id']}@{run['workflow_version']:<4} "
+            f"{run['status']:<10} started {run['started_at']}"
+        )
+    if not body["data"]:
+        print("no runs")
+    elif body.get("next_cursor"):
+        print(f"more: --cursor {body['next_cursor']}")
     return 0
 
 
@@ -345,7 +425,11 @@ def graph_text(graph: dict[str, Any]) -> str:
 
 def show_graph(args: argparse.Namespace) -> int:
     with api_client(args.api, timeout=30) as client:
-        print(graph_text(_check(client.get(f"/v1/runs/{args.run_id}/graph"))))
+        graph = _check(client.get(f"/v1/runs/{args.run_id}/graph"))
+    if args.json:
+        print_json(graph)
+    else:
+        print(graph_text(graph))
     return 0
 
 
@@ -433,8 +517,7 @@ def _add_signal_command(actions: Any, default_api: str) -> None:
     signal.set_defaults(handler=_guard(signal_run))
 
 
-def add_client_commands(subparsers: Any, default_api: str) -> Any:
-    """Adds ``run`` and ``runs ...``; returns the ``runs`` actions (other modules add theirs)."""
+def _add_run_command(subparsers: Any, default_api: str) -> None:
     run = subparsers.add_parser("run", help="register a workflow file and start a run")
     run.add_argument("file", help="workflow definition (.yaml or .json)")
     run.add_argument(
@@ -447,17 +530,51 @@ def add_client_commands(subparsers: Any, default_api: str) -> Any:
     )
     run.add_argument("--wait", action="store_true", help="follow the run until it ends")
     run.add_argument("--timeout", type=float, default=300.0, help="seconds to wait (300)")
+    run.add_argument(
+        "--count",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="start N runs with these inputs (a progress bar on a terminal; --wait: until "
+        "every one ended, then a count per status)",
+    )
+    run.add_argument(
+        "--concurrency",
+        type=_positive,
+        default=8,
+        metavar="C",
+        help="--count: requests in flight at a time (8)",
+    )
     run.add_argument("--api", default=default_api, help=f"API base URL ({default_api})")
     run.set_defaults(handler=_guard(run_file))
+
+
+def _add_list_command(actions: Any, default_api: str) -> None:
+    listing = actions.add_parser("list", help="runs, newest first (GET /v1/runs)")
+    listing.add_argument("--workflow", help="only runs of this workflow id")
+    listing.add_argument("--status", help="only runs with this status (e.g. failed)")
+    listing.add_argument("--limit", type=int, default=50, help="at most this many (50)")
+    listing.add_argument("--cursor", help="the next page (printed after a full page)")
+    listing.add_argument("--api", default=default_api, help=f"API base URL ({default_api})")
+    add_json_flag(listing)
+    listing.set_defaults(handler=_guard(list_runs))
+
+
+def add_client_commands(subparsers: Any, default_api: str) -> Any:
+    """Adds ``run`` and ``runs ...``; returns the ``runs`` actions (other modules add theirs)."""
+    _add_run_command(subparsers, default_api)
     runs = subparsers.add_parser("runs", help="inspect runs")
     actions = runs.add_subparsers(dest="runs_action", required=True)
+    _add_list_command(actions, default_api)
     show = actions.add_parser("show", help="a run's timeline")
     show.add_argument("run_id")
     show.add_argument("--api", default=default_api, help=f"API base URL ({default_api})")
+    add_json_flag(show)
     show.set_defaults(handler=_guard(show_run))
     graph = actions.add_parser("graph", help="a run's current graph and its mutations")
     graph.add_argument("run_id")
     graph.add_argument("--api", default=default_api, help=f"API base URL ({default_api})")
+    add_json_flag(graph)
     graph.set_defaults(handler=_guard(show_graph))
     mutate = actions.add_parser(
         "mutate",
@@ -523,6 +640,13 @@ def add_client_commands(subparsers: Any, default_api: str) -> Any:
     feedback.add_argument("--api", default=default_api, help=f"API base URL ({default_api})")
     feedback.set_defaults(handler=_guard(send_feedback))
     return actions
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"Expected a number >= 1, but got {value}")
+    return value
 
 
 def _guard(handler: Any) -> Any:

@@ -105,6 +105,9 @@ def _show(args: argparse.Namespace) -> int:
 def _similar(args: argparse.Namespace) -> int:
     with api_client(args.api, timeout=30) as client:
         body = _check(client.get(_path(args.diagnosis_id) + "/similar", params={"k": args.k}))
+    if args.json:
+        print_json(body)
+        return 0
     print(f"past incidents like {body['diagnosis_id']} ({body['embedding_model']}):")
     for n, d in enumerate(body["data"], 1):
         kept = "  kept fix" if d["kept"] else ""
@@ -182,4 +185,5 @@ def add_diagnoses_commands(subparsers: Any, default_api: str) -> None:
     similar.add_argument("diagnosis_id")
     similar.add_argument("-k", type=int, default=5, help="how many (default 5)")
     api_arg(similar)
+    add_json_flag(similar)
     similar.set_defaults(handler=_guard(_similar))

@@ -14,13 +14,14 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import Any
 
 import httpx
 
 from foundation.settings import get_settings
 from reflux.client import ClientError, _check
 from reflux.credentials import api_client
+from reflux.progress import progress_bar
 
 __all__ = ["add_replay_runner_command", "build_parser", "describe", "main"]
 
@@ -87,19 +88,14 @@ def _body(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _bar(done: int, total: int | None, out: TextIO, width: int = 30) -> None:
-    if not total:
-        out.write(f"\rselecting runs... {done}")
-    else:
-        filled = int(width * done / total)
-        out.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} runs")
-    out.flush()
-
-
-def follow(client: httpx.Client, replay_id: str, out: TextIO) -> dict[str, Any]:
-    """Reads the SSE stream to its end, drawing progress; returns the final event's data."""
+def follow(client: httpx.Client, replay_id: str, *, bar: bool = True) -> dict[str, Any]:
+    """Reads the SSE stream to its end, drawing progress (reflux/progress.py: stderr, on a
+    terminal); returns the final event's data."""
     event, final = "", {}
-    with client.stream("GET", f"/v1/replays/{replay_id}/events", timeout=None) as response:
+    with (
+        progress_bar("replaying runs", None, enabled=bar) as progress,
+        client.stream("GET", f"/v1/replays/{replay_id}/events", timeout=None) as response,
+    ):
         if response.status_code >= 400:
             response.read()
             _check(response)
@@ -108,10 +104,9 @@ def follow(client: httpx.Client, replay_id: str, out: TextIO) -> dict[str, Any]:
                 event = line.removeprefix("event:").strip()
             elif line.startswith("data:"):
                 data = json.loads(line.removeprefix("data:").strip())
-                _bar(int(data.get("done") or 0), data.get("total"), out)
+                progress.update(int(data.get("done") or 0), data.get("total"))
                 if event in {"completed", "failed"}:
                     final = data
-    out.write("\n")
     return final
 
 
@@ -152,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(replay_id)
                 return 0
             print(f"replay {replay_id}", file=sys.stderr)
-            follow(client, replay_id, sys.stderr)
+            follow(client, replay_id, bar=not args.json)
             replay = _check(client.get(f"/v1/replays/{replay_id}", params={"include_runs": False}))
     except ClientError as exc:
         print(f"reflux: {exc}", file=sys.stderr)

@@ -34,6 +34,7 @@ from processors.replay.explain import (
 )
 from reflux.client import ClientError, _check, _guard
 from reflux.credentials import api_client
+from reflux.progress import progress_bar
 from schemas.run_log import RunEvent
 
 __all__ = ["add_replay_commands", "diff_table", "main_replay"]
@@ -62,6 +63,11 @@ def _replay_parser(default_api: str) -> argparse.ArgumentParser:
         "--from-kafka", action="store_true", help="read the run log from Kafka, not the API"
     )
     parser.add_argument("--quiet", "-q", action="store_true", help="only print the final state")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print the replay as JSON (each event's explanation, the final state) for scripts",
+    )
     parser.add_argument("--api", default=default_api, help=f"API base URL ({default_api})")
     return parser
 
@@ -98,19 +104,44 @@ def main_replay(
             file=sys.stderr,
         )
         return 2
+    if args.json:
+        steps = list(replay(events, args.until))
+        out.write(json.dumps(replay_json(args.run, steps), indent=2, ensure_ascii=False) + "\n")
+        return 0
     pause = _stepper(stdin or sys.stdin) if args.step else None
     last: ReplayStep | None = None
-    for step in replay(events, args.until):
-        last = step
-        if not args.quiet:
-            out.write(format_step(step) + "\n")
-            out.flush()
-        if pause is not None and not pause():
-            break
+    total = len([e for e in events if args.until is None or e.seq <= args.until])
+    # A bar only when the events are not printed one by one (they would tear it apart).
+    with progress_bar("replaying events", total, enabled=args.quiet and not args.step) as bar:
+        for step in replay(events, args.until):
+            last = step
+            bar.advance()
+            if not args.quiet:
+                out.write(format_step(step) + "\n")
+                out.flush()
+            if pause is not None and not pause():
+                break
     if last is not None:
         where = f"state after seq {last.seq}"
         out.write(f"\n== {where} ==\n" + "\n".join(describe_state(last.state)) + "\n")
     return 0
+
+
+def replay_json(run: str, steps: Sequence[ReplayStep]) -> dict[str, Any]:
+    """``reflux replay RUN --json``: each event's explanation, and the state after the last."""
+    return {
+        "run": run,
+        "events": [
+            {
+                "seq": s.seq,
+                "event_type": s.event_type,
+                "occurred_at": s.occurred_at.isoformat(),
+                "explanation": list(s.lines),
+            }
+            for s in steps
+        ],
+        "state": steps[-1].state.model_dump(mode="json") if steps else None,
+    }
 
 
 def format_step(step: ReplayStep) -> str:
@@ -148,6 +179,12 @@ def _dispatch_ab(argv: list[str]) -> int:
     from reflux import replay_ab_cli  # the A/B replay's own CLI (its parser, progress bar)
 
     return int(replay_ab_cli.main(argv))
+
+
+def _ab_parser() -> argparse.ArgumentParser:
+    from reflux import replay_ab_cli
+
+    return replay_ab_cli.build_parser()
 
 
 def _load_run(args: argparse.Namespace, client: httpx.Client | None) -> list[RunEvent]:
@@ -374,7 +411,11 @@ def add_replay_commands(subparsers: Any, runs_actions: Any, default_api: str) ->
         prefix_chars="\x00",
     )
     replay_cmd.add_argument("argv", nargs=argparse.REMAINDER)
-    replay_cmd.set_defaults(handler=lambda a: main_replay(a.argv, default_api))
+    replay_cmd.set_defaults(
+        handler=lambda a: main_replay(a.argv, default_api),
+        # Its real parsers, for shell completion and the command-tree test (command_tree.py).
+        delegated_parsers=lambda: {"": _replay_parser(default_api), "ab": _ab_parser()},
+    )
 
     diff = runs_actions.add_parser(
         "diff", help="two runs side by side (inputs, graph, steps), differences marked"

@@ -633,9 +633,9 @@ class StartRun(RunCommandEnvelope):
     """Start a run of a registered workflow."""
 
     AVRO_NAME: ClassVar[str] = "reflux.commands.StartRun"
-    SCHEMA_VERSION: ClassVar[int] = 3
+    SCHEMA_VERSION: ClassVar[int] = 4
 
-    schema_version: int = 3
+    schema_version: int = 4
     """Version of the writer schema; old records keep the version they were written with."""
 
     workflow_id: str
@@ -668,6 +668,12 @@ class StartRun(RunCommandEnvelope):
     """The tenant the starter acts for (an API principal's, a parent run's); the scheduler
     rejects the start when the workflow belongs to another tenant. Null: the workflow's own (a
     trigger bound to the workflow).
+    """
+
+    trace_context: dict[str, str] = Field(default_factory=dict)
+    """W3C trace context (traceparent, optional tracestate) of whoever started the run (an API
+    request, a webhook, a trigger, a parent run's step); the run's spans join that trace (ADR
+    0062). Empty: none.
     """
 
 
@@ -1201,9 +1207,9 @@ class RunStarted(RunEventEnvelope):
     """A run started; carries everything replay needs."""
 
     AVRO_NAME: ClassVar[str] = "reflux.events.RunStarted"
-    SCHEMA_VERSION: ClassVar[int] = 3
+    SCHEMA_VERSION: ClassVar[int] = 4
 
-    schema_version: int = 3
+    schema_version: int = 4
     """Version of the writer schema; old records keep the version they were written with."""
 
     workflow_id: str
@@ -1238,6 +1244,12 @@ class RunStarted(RunEventEnvelope):
     tenant: str = "default"
     """The tenant of the run: its workflow's. Invocations carry it to the workers (secret grants,
     egress lists).
+    """
+
+    trace_context: dict[str, str] = Field(default_factory=dict)
+    """The run's W3C trace context (traceparent, optional tracestate) from its StartRun, checked:
+    the run's spans join that trace (ADR 0062). Empty: the run's trace id derives from its run
+    id.
     """
 
 

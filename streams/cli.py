@@ -16,6 +16,7 @@ Wire into the main parser with::
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -33,7 +34,13 @@ from streams.topics import TopicCatalog, TopicSpec
 
 log = logging.getLogger(__name__)
 
-__all__ = ["add_topics_commands", "catalog_invoke_topics", "handle_topics", "render_table"]
+__all__ = [
+    "add_topics_commands",
+    "catalog_invoke_topics",
+    "handle_topics",
+    "render_table",
+    "state_json",
+]
 
 
 def add_topics_commands(subparsers: Any) -> argparse.ArgumentParser:
@@ -63,6 +70,10 @@ def add_topics_commands(subparsers: Any) -> argparse.ArgumentParser:
             help="leave out the invoke topics of the nodes the node catalog knows",
         )
         action.add_argument("--timeout", type=float, default=15.0, help="seconds (default 15)")
+        if name == "list":
+            action.add_argument(
+                "--json", action="store_true", help="print JSON instead of the table (scripts)"
+            )
         action.set_defaults(handler=handle_topics)
     return topics
 
@@ -167,6 +178,30 @@ def _state_rows(states: Sequence[TopicState]) -> list[list[str]]:
     return rows
 
 
+def state_json(state: TopicState) -> dict[str, Any]:
+    """``topics list --json``: one topic, what the catalog wants next to what the broker has."""
+    return {
+        "topic": state.spec.topic,
+        "status": state.status,
+        "key": state.spec.key,
+        "want": {
+            "partitions": state.spec.partitions,
+            "replication": state.spec.replication,
+            "cleanup.policy": state.spec.cleanup_policy,
+            "configs": dict(state.spec.configs),
+        },
+        "actual": {
+            "partitions": state.partitions,
+            "replication": state.replication,
+            "configs": dict(state.configs),
+        }
+        if state.exists
+        else None,
+        "mismatches": [str(m) for m in state.mismatches],
+        "drift": [str(m) for m in state.drift],
+    }
+
+
 def _with_catalog_nodes(
     catalog: TopicCatalog, settings: Settings, specs: list[TopicSpec], timeout: float
 ) -> list[TopicSpec]:
@@ -211,6 +246,9 @@ def handle_topics(args: argparse.Namespace, out: TextIO | None = None) -> int:
         if catalog_nodes:
             specs += _with_catalog_nodes(catalog, settings, specs, args.timeout)
         states = describe_topics(catalog, specs, settings=settings, timeout=args.timeout)
+        if getattr(args, "json", False):
+            print(json.dumps({"data": [state_json(s) for s in states]}, indent=2), file=out)
+            return 1 if any(s.status == "mismatch" for s in states) else 0
         print(render_table(_state_rows(states)), file=out)
         problems = [m for s in states for m in (*s.mismatches, *s.drift)]
         for problem in problems:

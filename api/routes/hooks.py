@@ -61,6 +61,7 @@ from api.signatures import (
 )
 from api.validation import check_inputs, parse_definition
 from foundation.errors import RetryableError
+from foundation.telemetry import caller_trace_context
 from node_workers.webhooks import (
     MAX_BODY_BYTES,
     MAX_MAILBOX_BYTES,
@@ -78,6 +79,7 @@ from node_workers.webhooks import (
 from processors.triggers.mapping import inputs_from_payload
 from schemas.models import SignalRun, Trigger
 from streams.topics import TopicCatalog
+from streams.tracing import trace_headers
 from workflows.meta_waits import SIGNAL_NODE
 
 __all__ = ["WebhookDelivered", "router"]
@@ -244,7 +246,15 @@ async def webhook(
     try:
         run_id = run_id_for(WEBHOOK_SOURCE, scoped_key)
         async with admitted(request, workflow_id, definition, run_id, tenant=workflow.tenant):
-            await run_in_threadpool(publisher.publish, topics.triggers, trigger.source_key, trigger)
+            await run_in_threadpool(
+                publisher.publish,
+                topics.triggers,
+                trigger.source_key,
+                trigger,
+                # The request's span (or the sender's traceparent): the trigger router puts it
+                # on the StartRun, and the run joins that trace (ADR 0062).
+                trace_headers(caller_trace_context()),
+            )
     except BaseException:
         if replay_key is not None:  # not started: the sender may retry the same request
             await run_in_threadpool(mailbox.release_replay, replay_key)

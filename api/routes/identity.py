@@ -107,6 +107,11 @@ def _public(key: keys.ApiKey) -> dict[str, Any]:
     }
 
 
+def public_key(key: keys.ApiKey) -> ApiKeyPublic:
+    """A key as the API shows it (``reflux api-keys list --json`` prints the same)."""
+    return ApiKeyPublic(**_public(key))
+
+
 @keys_router.post(
     "",
     status_code=201,

@@ -82,6 +82,7 @@ from api.store import request_fingerprint
 from api.timetravel import UnknownEventTypeError, state_at, state_view
 from api.validation import check_inputs, current_node_catalog, parse_definition
 from api.waiting import poll_until
+from foundation.telemetry import caller_trace_context
 from processors.scheduler.evolve import EvolveError
 from processors.scheduler.state import RunState
 from projections.postgres import queries
@@ -99,6 +100,7 @@ from schemas.models import (
 )
 from schemas.statuses import TERMINAL_RUN_STATUSES
 from streams.topics import TopicCatalog
+from streams.tracing import trace_headers
 from workflows.meta_waits import SIGNAL_NAME_PATTERN
 from workflows.semver import VersionConstraint
 from workflows.validation import WorkflowValidationError
@@ -217,11 +219,19 @@ async def start_run(
         source=API_SOURCE,
         requested_by=principal.actor,  # who started it: the principal (ADR 0046)
         tenant=principal.tenant,  # the scheduler checks it against the workflow's (ADR 0051)
+        # This request's span (or the caller's traceparent): the run joins its trace (ADR 0062).
+        trace_context=caller_trace_context(),
     )
     # Published again on a retry with the same key: the first attempt may not have reached the
     # broker, and the scheduler starts a run id only once.
     async with admitted(request, body.workflow_id, definition, run_id, tenant=workflow.tenant):
-        await run_in_threadpool(publisher.publish, topics.commands, run_id, command)
+        await run_in_threadpool(
+            publisher.publish,
+            topics.commands,
+            run_id,
+            command,
+            trace_headers(command.trace_context),
+        )
     if not body.wait_ms:
         return RunAccepted(run_id=run_id)
 

@@ -14,11 +14,13 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from foundation.errors import NonRetryableError
 from foundation.settings import PROJECT_ROOT, Settings
@@ -109,10 +111,16 @@ def find_command(name: str) -> str | None:
 
 
 _apt_updated = False
+_apt_lock = threading.Lock()  # dpkg takes one install at a time; services start in threads
 
 
 def ensure_debian_packages(commands: dict[str, str]) -> None:
     """Installs Debian packages for missing commands (``{command: package}``) with apt-get."""
+    with _apt_lock:
+        _install_debian_packages(commands)
+
+
+def _install_debian_packages(commands: dict[str, str]) -> None:
     global _apt_updated  # noqa: PLW0603 - apt-get update once per process
     missing = {cmd: pkg for cmd, pkg in commands.items() if find_command(cmd) is None}
     if not missing:
@@ -135,6 +143,19 @@ class Service(ABC):
     """A local service with a data folder under ``settings.data_dir``."""
 
     name: str
+    debian_packages: ClassVar[dict[str, str]] = {}
+    """``{command: Debian package}`` the service needs; ``stack up`` installs every service's
+    at once (one apt-get run) before starting any."""
+    background: ClassVar[bool] = False
+    """Slow to install and needed by no other service: ``stack up`` starts it in a thread
+    beside the others (on a fresh machine the Docker sandbox image takes ~100 s)."""
+    deferred: ClassVar[bool] = False
+    """Needed only by a few tests and minutes to build: ``stack up`` (all services) only
+    begins its install (:meth:`prepare`) and does not wait; ``stack up NAME`` and the tests
+    that use it start it (waiting for the install)."""
+
+    def prepare(self) -> None:  # noqa: B027 - a hook: only deferred services begin anything
+        """Begins a deferred service's install without waiting for it (a no-op by default)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings

@@ -34,7 +34,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 from infra.services.base import (
     Service,
@@ -120,6 +120,11 @@ def _remove_tree(path: Path) -> None:
 
 class Docker(Service):
     name = "docker"
+    debian_packages: ClassVar[dict[str, str]] = {
+        "dockerd": "docker.io",
+        "debootstrap": "debootstrap",
+    }
+    background: ClassVar[bool] = True  # debootstrap + image build: ~100 s on a fresh machine
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -166,7 +171,7 @@ class Docker(Service):
                 "The docker service runs dockerd, which needs root: run `make up` as root "
                 "(code.run's docker backend and its tests need this engine)."
             )
-        ensure_debian_packages({"dockerd": "docker.io", "debootstrap": "debootstrap"})
+        ensure_debian_packages(self.debian_packages)
 
     def port_in_use(self) -> bool:
         # Our pid file names no live dockerd, yet something answers on our socket.

@@ -20,6 +20,7 @@ import secrets
 import subprocess
 import uuid
 from pathlib import Path
+from typing import ClassVar
 
 from foundation.settings import PROJECT_ROOT
 from infra.services.base import (
@@ -77,6 +78,7 @@ def java_major() -> int:
 
 class Kafka(Service):
     name = "kafka"
+    debian_packages: ClassVar[dict[str, str]] = {"openssl": "openssl"}
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -118,7 +120,7 @@ class Kafka(Service):
         return self.root / "server.properties"
 
     def install(self) -> None:
-        ensure_debian_packages({"openssl": "openssl"})
+        ensure_debian_packages(self.debian_packages)
         if java_major() < 17:
             raise ServiceError("Kafka here needs Java 17 or newer on PATH.")
         maven_classpath(INFRA / "pom.xml", self.libs, [INFRA / "pom.xml"])

@@ -14,6 +14,7 @@ instance, not to a logical database: a cache filling up must never push out a le
 
 from __future__ import annotations
 
+from typing import ClassVar
 from urllib.parse import urlparse
 
 from infra.services.base import Service, ensure_debian_packages, port_open
@@ -21,6 +22,7 @@ from infra.services.base import Service, ensure_debian_packages, port_open
 
 class Redis(Service):
     name = "redis"
+    debian_packages: ClassVar[dict[str, str]] = {"redis-server": "redis-server"}
     maxmemory = "512mb"
     # Options that make the instance what it is; the base ones (address, folder) come first.
     policy: tuple[str, ...] = (
@@ -46,7 +48,7 @@ class Redis(Service):
         return self.url
 
     def install(self) -> None:
-        ensure_debian_packages({"redis-server": "redis-server"})
+        ensure_debian_packages(self.debian_packages)
 
     def port_in_use(self) -> bool:
         return port_open(*self.host_port)

@@ -49,9 +49,12 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any, Final, Literal, Self
 
 import httpx
+from opentelemetry.trace import SpanKind
 from pydantic import Field, HttpUrl, field_validator, model_validator
 
 from foundation.settings import Settings
+from foundation.telemetry import current_trace_context
+from foundation.trace_context import TRACEPARENT, clean_trace_context
 from node_workers.egress.net import EgressDeniedError, OperatorPolicy, egress_transport
 from node_workers.egress.policy import (
     EgressPolicy,
@@ -68,6 +71,7 @@ from node_workers.node import (
     Workload,
 )
 from node_workers.secrets.destinations import SecretDestinations
+from node_workers.tracing import worker_tracer
 
 __all__ = [
     "DEFAULT_MAX_RESPONSE_BYTES",
@@ -380,9 +384,23 @@ class HttpRequestNode(Node[HttpRequestInput, HttpRequestOutput]):
             headers["Idempotency-Key"] = ctx.idempotency_key
         # Names the attempt, so a receiver (and our tests) can tell a retry from a redelivery.
         headers.setdefault(INVOCATION_HEADER, ctx.invocation_id)
+        if not any(name.lower() == TRACEPARENT for name in headers):
+            # The client span's context (the attempt's when tracing is off): the destination's
+            # spans join the run's trace. A traceparent the workflow set wins (ADR 0062).
+            headers.update(current_trace_context() or clean_trace_context(ctx.trace_context))
         return headers
 
     async def execute(self, params: HttpRequestInput, ctx: NodeContext) -> HttpRequestOutput:
+        with worker_tracer().start_as_current_span(
+            f"HTTP {params.method}",
+            kind=SpanKind.CLIENT,
+            attributes={"http.request.method": params.method, "url.full": str(params.url)},
+        ) as span:
+            output = await self._execute(params, ctx)
+            span.set_attribute("http.response.status_code", output.status)
+            return output
+
+    async def _execute(self, params: HttpRequestInput, ctx: NodeContext) -> HttpRequestOutput:
         url = str(params.url)
         method = params.method
         timeout = params.timeout_s

@@ -74,6 +74,7 @@ from schemas.models import (
     StartRun,
     TraceStatus,
 )
+from schemas.quality import is_checker
 from schemas.statuses import TERMINAL_RUN_STATUSES
 from workflows.model import WorkflowDefinition
 from workflows.node_catalog import default_resolve_node_version
@@ -409,7 +410,7 @@ class FoldReplay:
             not isinstance(node, RecordedNode)
             or invocation.params_ref is not None
             # The attempt reads the trace context (e.g. a checker step's score): let it.
-            or invocation.trace_context
+            or is_checker(invocation.trace_context)
         ):
             return None
         params = {} if invocation.params is None else invocation.params

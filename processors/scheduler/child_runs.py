@@ -29,6 +29,7 @@ from datetime import datetime
 from typing import Any, Final, NamedTuple, Protocol
 
 from foundation.errors import NonRetryableError
+from processors.scheduler.spans import run_trace
 from processors.scheduler.state import RunState, RunStatus, StepStatus
 from schemas.models import (
     CancelRun,
@@ -337,6 +338,8 @@ def child_start(
         source_key=None,
         parent=parent,
         tenant=w.run.tenant,
+        # The child's spans join the parent's trace, under the parent run's span (ADR 0062).
+        trace_context=run_trace(w.run.run_id, w.run.trace_context).run_context(),
     )
 
 

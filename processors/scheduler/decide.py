@@ -66,6 +66,7 @@ from typing import Any, NamedTuple, TypeVar
 
 from foundation.errors import NonRetryableError, classify
 from foundation.tenancy import DEFAULT_TENANT
+from foundation.trace_context import clean_trace_context
 from processors.scheduler.backoff import backoff_ms, should_retry
 from processors.scheduler.cache import cache_key
 from processors.scheduler.child_runs import (
@@ -102,6 +103,7 @@ from processors.scheduler.meta.waits import (
 )
 from processors.scheduler.redrive import plan_rebind, plan_redrive_from, rebind_status_refusal
 from processors.scheduler.retry_gate import UNGATED, Admission, RetryGating, step_dependency
+from processors.scheduler.spans import invocation_trace_context
 from processors.scheduler.state import (
     ACTIVE_STEP_STATUSES,
     DONE_STEP_STATUSES,
@@ -155,7 +157,6 @@ from schemas.models import (
     TimerKind,
     TraceStatus,
 )
-from schemas.quality import checker_context
 from workflows.expressions import (
     TemplateError,
     evaluate_when,
@@ -535,6 +536,9 @@ def _start(w: _Writer, cmd: StartRun) -> None:
         source_key=cmd.source_key,
         parent=cmd.parent,
         tenant=registered.tenant,
+        # Recorded so the run's spans survive scheduler restarts; a bad value is dropped here,
+        # once, never an error (ADR 0062).
+        trace_context=clean_trace_context(cmd.trace_context),
     )
     _advance(w)
 
@@ -1555,8 +1559,15 @@ def invocation_for(
         # Stable across retries with the same params (a retry after a timeout must not repeat a
         # side effect that did happen), new when the params change (a mutation, a fix).
         idempotency_key=f"{state.run_id}:{step_id}:{step.params_sha256[:16]}",
-        # A checker step: the worker turns its output's score into the trace's quality_score.
-        trace_context=checker_context() if definition.checker else {},
+        # The attempt's span as the worker's parent (ADR 0062); a checker step is marked: the
+        # worker turns its output's score into the trace's quality_score.
+        trace_context=invocation_trace_context(
+            state.run_id,
+            state.trace_context,
+            step_id,
+            step.invocation_id,
+            checker=definition.checker,
+        ),
         **extra,
     )
 

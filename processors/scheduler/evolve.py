@@ -219,6 +219,7 @@ def _(event: RunStarted, state: RunState | None) -> RunState:
             "idempotency_key": event.idempotency_key,
             "source": event.source,
             "tenant": event.tenant,
+            "trace_context": dict(event.trace_context),
             "parent": event.parent,
             "steps": {sid: StepState(step_id=sid) for sid in definition.step_ids},
             "timers": timers,

@@ -142,6 +142,9 @@ class RunState(_Frozen):
     idempotency_key: str | None = None
     source: str = "api"
     tenant: str = DEFAULT_TENANT
+    trace_context: dict[str, str] = Field(default_factory=dict)
+    """The W3C trace context recorded in ``RunStarted`` (ADR 0062); empty for runs nobody traced
+    and for runs started before it existed."""
     """The run's tenant (its workflow's, RunStarted v3): on every invocation, and on the
     StartRun of its children (a run cannot start another tenant's workflow)."""
     steps: dict[str, StepState] = Field(default_factory=dict)

@@ -29,6 +29,7 @@ from datetime import datetime
 from typing import Any, Final, Literal
 
 from foundation.parse_limits import ParseLimitError, load_json, storage_issues
+from foundation.trace_context import clean_trace_context
 from processors.triggers.mapping import TRIGGER_NAMESPACE
 from schemas import serde
 from schemas.errors import SchemaError
@@ -50,6 +51,7 @@ __all__ = [
     "plain_trigger",
     "trigger_format",
     "trigger_from_cloud_event",
+    "trigger_trace_context",
     "workflow_of",
 ]
 
@@ -539,3 +541,38 @@ def _json_kind(value: Any) -> str:
     if isinstance(value, list):
         return "an array"
     return "an object"
+
+
+def trigger_trace_context(
+    value: bytes | None, headers: Sequence[tuple[str, bytes]]
+) -> dict[str, str]:
+    """The W3C trace context a trigger record brings, ``{}`` without a valid one (ADR 0062):
+    ``traceparent``/``tracestate`` record headers (the API's webhooks, any traced producer),
+    else the CloudEvents distributed-tracing extension (``ce_traceparent`` headers in binary
+    mode, ``traceparent`` attributes in structured mode). Never an error: a trace context that
+    does not parse is dropped and the run starts untraced."""
+    named = _headers(headers)
+
+    def text(name: str) -> str | None:
+        try:
+            return _text_header(named, name)
+        except TriggerFormatError:
+            return None
+
+    for prefix in ("", KAFKA_BINDING.header_prefix):
+        found = clean_trace_context(
+            {"traceparent": text(prefix + "traceparent"), "tracestate": text(prefix + "tracestate")}
+        )
+        if found:
+            return found
+    if value is None or value.lstrip()[:1] != b"{":
+        return {}
+    try:
+        document = json_value(value, "the record's value")
+    except TriggerFormatError:
+        return {}
+    if not isinstance(document, dict) or "specversion" not in document:
+        return {}
+    return clean_trace_context(
+        {"traceparent": document.get("traceparent"), "tracestate": document.get("tracestate")}
+    )

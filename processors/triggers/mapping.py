@@ -26,7 +26,8 @@ def inputs_from_payload(payload: Any) -> dict[str, Any]:
     return {"payload": payload}
 
 
-def start_command(trigger: Trigger) -> StartRun:
+def start_command(trigger: Trigger, trace_context: dict[str, str] | None = None) -> StartRun:
+    """``trace_context``: the trigger's W3C context (ADR 0062), recorded on the run."""
     return StartRun(
         run_id=run_id_for_trigger(trigger.source, trigger.idempotency_key),
         workflow_id=trigger.workflow_id,
@@ -36,4 +37,5 @@ def start_command(trigger: Trigger) -> StartRun:
         source=trigger.source,
         source_key=trigger.source_key,
         requested_by=f"trigger:{trigger.event_id}",
+        trace_context=trace_context or {},
     )

@@ -23,12 +23,13 @@ from datetime import UTC, datetime
 from foundation.errors import NonRetryableError
 from foundation.liveness import Heartbeat
 from foundation.settings import Settings
-from processors.triggers.formats import decode_trigger
+from processors.triggers.formats import decode_trigger, trigger_trace_context
 from processors.triggers.mapping import start_command
 from processors.triggers.registered import RegisteredWorkflows
 from streams.consumer import ConsumedRecord, Consumer
 from streams.producer import Producer
 from streams.topics import TopicCatalog
+from streams.tracing import trace_headers
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +75,13 @@ class TriggerRouter:
                 f"Expected workflow {trigger.workflow_id!r} ({which}) to be registered, but it "
                 f"is not (trigger {trigger.idempotency_key!r} from {trigger.source!r}, {shape})"
             )
-        command = start_command(trigger)
-        self.producer.send(self.catalog.commands, key=command.run_id, value=command)
+        command = start_command(trigger, trigger_trace_context(record.raw, record.headers))
+        self.producer.send(
+            self.catalog.commands,
+            key=command.run_id,
+            value=command,
+            headers=trace_headers(command.trace_context),
+        )
         self.routed += 1
         log.info(
             "%s trigger %s from %s -> run %s of %s",

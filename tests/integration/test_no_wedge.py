@@ -316,13 +316,16 @@ def test_a_bug_in_decide_and_a_record_the_broker_refuses_fail_only_their_runs(
     assert_replay_equivalent(harness, tiny)
 
     # Three inputs failed on their runs; nothing dead-lettered; the refused commit cost two
-    # aborts (its batch, then the input alone), not a loop.
+    # aborts (its batch, then the input alone), not a loop. librdkafka often answers the first
+    # transaction after that abort with OUT_OF_ORDER_SEQUENCE_NUMBER "skipped sequence numbers"
+    # on a partition whose records the abort purged (seen here, 2026-12-06); the scheduler
+    # retries that batch as a transient failure: one more abort, at most one.
     stats = scheduler.stats
     assert stats.failed_inputs == 3, stats
     assert stats.dead_lettered == 0
     assert dlq_records(kafka_settings, harness) == 0
-    assert (stats.aborted, stats.isolated_batches) == (2, 1), stats
-    assert stats.transient_failures == 0, stats
+    assert stats.transient_failures <= 1, stats
+    assert (stats.aborted - stats.transient_failures, stats.isolated_batches) == (2, 1), stats
     print(
         f"40 ordinary runs succeeded; failed inputs={stats.failed_inputs}, "
         f"aborted={stats.aborted}, isolated batches={stats.isolated_batches}"

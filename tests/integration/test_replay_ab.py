@@ -6,11 +6,13 @@ replay validates since issue 11, ADR 0033)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
+from foundation import settings as settings_module
 from reflux.cli import main
 from reflux.credentials import auth_headers
 from tests.integration.engine_fixtures import Harness, transform
@@ -127,10 +129,21 @@ def test_a_breaking_candidate_is_worse_with_progress_and_a_per_run_report(
     assert listed["data"][0]["verdict"] == "worse"
 
 
+@pytest.fixture
+def forced_progress(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Progress bars drawn though stderr is not a terminal (REFLUX_PROGRESS=always)."""
+    monkeypatch.setenv("REFLUX_PROGRESS", "always")
+    settings_module.get_settings.cache_clear()
+    yield
+    monkeypatch.delenv("REFLUX_PROGRESS")
+    settings_module.get_settings.cache_clear()
+
+
 def test_the_cli_reports_an_equal_candidate_as_no_difference_and_a_fix_as_better(
     harness: Harness,
     api_url: str,  # noqa: F811
     capsys: pytest.CaptureFixture[str],
+    forced_progress: None,
 ) -> None:
     harness.register(flow("abcli", "value"), version=1)
     record_runs(harness, "abcli", "succeeded")
@@ -146,10 +159,14 @@ def test_the_cli_reports_an_equal_candidate_as_no_difference_and_a_fix_as_better
     captured = capsys.readouterr()
     assert "verdict: no_difference at 0.95 confidence" in captured.out
     assert f"both_succeeded={RUNS}" in captured.out and f"outputs equal={RUNS}" in captured.out
-    assert f"{RUNS}/{RUNS} runs" in captured.err  # the progress bar's last state
+    # The progress bar's last state, on stderr (drawn because forced: stderr is captured).
+    assert "replaying runs" in captured.err and f"{RUNS}/{RUNS}" in captured.err
+    assert "replaying runs" not in captured.out
 
     assert main(["replay", "ab", "--workflow", "abfix", *args, "--json"]) == 0
-    replay = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    assert "replaying runs" not in captured.err  # never a bar with --json
+    replay = json.loads(captured.out)
     assert replay["verdict"] == "better"
     assert replay["report"]["outcomes"]["fixed"] == RUNS
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 
 import pytest
 from confluent_kafka import Consumer as RawConsumer
@@ -129,6 +130,15 @@ def test_cli_create_and_list(kafka_settings: Settings, admin: AdminClient) -> No
     table = out.getvalue()
     assert f"{kafka_settings.topic_prefix}.invoke.code.run.v2" in table
     assert "missing" not in table and "mismatch" not in table
+
+    out = io.StringIO()
+    args = parser.parse_args(["topics", "list", *common, "--json"])
+    assert args.handler(args, out) == 0
+    listed = {t["topic"]: t for t in json.loads(out.getvalue())["data"]}
+    invoke = listed[f"{kafka_settings.topic_prefix}.invoke.code.run.v2"]
+    assert invoke["status"] == "ok"
+    assert invoke["actual"]["partitions"] == invoke["want"]["partitions"]
+    assert len(listed) == expected and all(t["status"] == "ok" for t in listed.values())
 
 
 def test_create_missing_topics_leaves_existing_ones_and_classifies_refusals(

@@ -228,7 +228,7 @@ def test_a_parent_waits_for_its_child_and_gets_its_outputs() -> None:
 
     engine.pump()
     started = engine.events(child, RunStarted)[0]
-    assert started.parent == start.parent and started.schema_version == 3
+    assert started.parent == start.parent and started.schema_version == RunStarted.SCHEMA_VERSION
     assert engine.run("p1").steps["sub"].status is StepStatus.RUNNING  # still waiting
 
     engine.work_child(child)

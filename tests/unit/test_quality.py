@@ -19,6 +19,7 @@ from schemas.quality import (
     CheckerScoreError,
     checker_score,
     feedback_trace,
+    is_checker,
 )
 from schemas.trace_json import decode_trace, encode_trace
 from tests.support.scheduler_simulation import Simulation
@@ -123,9 +124,11 @@ def test_the_scheduler_marks_a_checker_steps_invocation() -> None:
     sim = Simulation(CHECKED)
     sim.start(inputs={"answer": "4", "expected": "4"})
     judge = sim.invocation("judge")
-    assert judge.trace_context == {CHECKER_CONTEXT_KEY: "true"}
+    # Beside the attempt's traceparent (ADR 0062), which every invocation carries.
+    assert judge.trace_context[CHECKER_CONTEXT_KEY] == "true" and is_checker(judge.trace_context)
     sim.succeed("judge", {"result": {"score": 1}})
-    assert sim.invocation("after").trace_context == {}
+    assert not is_checker(sim.invocation("after").trace_context)
+    assert set(sim.invocation("after").trace_context) == {"traceparent"}
 
 
 def _invocation(params: Any, checker: bool) -> NodeInvocation:

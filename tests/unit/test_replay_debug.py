@@ -172,7 +172,7 @@ def test_bundle_round_trip_keeps_every_event_and_payload() -> None:
     first = json.loads(gzip.decompress(data).splitlines()[1])
     assert first["kind"] == "workflow"
     event = json.loads(gzip.decompress(data).splitlines()[2])
-    assert (event["type"], event["schema_version"]) == ("reflux.events.RunStarted", 3)
+    assert (event["type"], event["schema_version"]) == ("reflux.events.RunStarted", 4)
 
 
 def test_a_damaged_bundle_is_refused_naming_what_is_wrong() -> None:
@@ -219,6 +219,21 @@ def test_replay_until_prints_the_state_there(tmp_path: Path) -> None:
     assert "#6" not in text
     assert "== state after seq 5 ==" in text
     assert "approve          skipped" in text
+
+
+def test_replay_json_has_each_explanation_and_the_state(tmp_path: Path) -> None:
+    path = tmp_path / "run.reflux"
+    path.write_bytes(write_bundle(_bundle()))
+    out = io.StringIO()
+    assert main_replay([str(path), "--until", "5", "--json"], "http://unused", out=out) == 0
+    body = json.loads(out.getvalue())
+    assert [e["seq"] for e in body["events"]][-1] == 5
+    skipped = body["events"][-1]
+    assert skipped["event_type"] == "StepSkipped"
+    assert any("-> false" in line for line in skipped["explanation"])
+    assert body["state"]["last_seq"] == 5 and body["state"]["steps"]["approve"]["status"] == (
+        "skipped"
+    )
 
 
 def test_step_reads_one_line_per_event_when_stdin_is_not_a_terminal(tmp_path: Path) -> None:

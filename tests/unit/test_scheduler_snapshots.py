@@ -146,10 +146,12 @@ def test_unknown_versions_and_damaged_records_are_refused(value: bytes, reason: 
 # added StepState.wait (default None: no log before it has a StepWaitStarted) and the timer kind
 # "wait" (no old state holds one): old snapshots still mean what a fold gives. Concurrent-run
 # limits (ADR 0052) added WorkflowDefinition.max_concurrent_runs (default None, left out of the
-# canonical form: what every definition written before it means). Inline pure steps (ADR 0064)
-# added StepDefinition.inline (default true, left out of the canonical form: no definition
-# written before it opted out): old snapshots still mean what a fold gives.
-RUN_STATE_FINGERPRINT = "09064d7ebdfdd400"
+# canonical form: what every definition written before it means). Tracing (ADR 0062) added
+# RunState.trace_context (default {}: what a fold of a RunStarted written before it gives).
+# Inline pure steps (ADR 0064) added StepDefinition.inline (default true, left out of the
+# canonical form: no definition written before it opted out): old snapshots still mean what a
+# fold gives.
+RUN_STATE_FINGERPRINT = "485d2b213964a224"
 
 
 def test_the_snapshot_format_changes_only_deliberately() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 import pytest
 
@@ -54,6 +55,13 @@ def test_worker_arguments_and_list(capsys: pytest.CaptureFixture[str]) -> None:
         "transform@1.0.0\tcacheable\ttransform pool of 5",
     ]
     assert handle_worker is args.handler
+    args = _parse("--nodes", "http", "--io-concurrency", "300", "--list", "--json")
+    assert args.handler(args, Settings()) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "data": [
+            {"node": "http.request@1.0.0", "flags": ["side_effects"], "pool": "io", "size": 300}
+        ]
+    }
 
 
 def test_worker_config_defaults_settings_then_flags() -> None:

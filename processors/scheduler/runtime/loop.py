@@ -62,6 +62,7 @@ from typing import Any, Final, NamedTuple
 import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
+from opentelemetry.sdk.trace import ReadableSpan
 
 from foundation.errors import NonRetryableError, RefluxError, ServiceUnavailableError
 from foundation.liveness import Heartbeat
@@ -107,6 +108,7 @@ from processors.scheduler.runtime.reload import reload_run
 from processors.scheduler.runtime.results_gate import ResultsGate
 from processors.scheduler.runtime.run_table import RunTable
 from processors.scheduler.runtime.snapshots import SnapshotCycle, SnapshotWriter
+from processors.scheduler.runtime.spans import SchedulerSpans
 from processors.scheduler.runtime.traces import traces_for
 from processors.scheduler.runtime.workflows import (
     WorkflowRoutesView,
@@ -151,6 +153,7 @@ from streams.producer import (
     normalize_headers,
 )
 from streams.topics import TopicCatalog
+from streams.tracing import trace_headers
 from workflows.model import WorkflowDefinition
 from workflows.validation import WorkflowValidationError
 
@@ -246,6 +249,7 @@ class SchedulerRuntime:
         max_message_bytes: int | None = None,
     ) -> None:
         self.settings = settings
+        self._spans = SchedulerSpans(settings)
         self.catalog = TopicCatalog.from_settings(settings)
         self.group = f"{settings.topic_prefix}.scheduler"
         self.instance_id = instance_id or settings.scheduler_instance_id
@@ -607,6 +611,7 @@ class SchedulerRuntime:
             return 0
         # Committed: the new states are now the truth.
         self._apply_committed(batch, cycle)
+        self._spans.export(batch.spans)
         self._fired.update(t.timer_id for t in timers)
         self._write_cache(batch)
         self._backoff.reset()
@@ -724,6 +729,7 @@ class SchedulerRuntime:
             return
         self._send(records)
         self._applied(decision, partition, batch)
+        batch.spans.extend(self._spans.of(state, decision.state, decision.events))
         if decision.rejection:
             log.info(
                 "rejected %s for run %s: %s",
@@ -916,6 +922,9 @@ class SchedulerRuntime:
         data = serde.encode(value)
         key_bytes = key.encode()
         headers = [(TYPE_HEADER, value.AVRO_NAME.encode())]
+        if isinstance(value, NodeInvocation | StartRun):
+            # The attempt's span (a child run: the parent run's) for whoever consumes it.
+            headers += trace_headers(value.trace_context)
         size = len(data) + len(key_bytes) + _RECORD_OVERHEAD
         return _Out(topic, key_bytes, data, headers, partition, size)
 
@@ -1194,6 +1203,8 @@ class _Batch:
         self.cache_writes: list[Any] = []
         self.dead_lettered = 0
         self.failed_inputs = 0
+        self.spans: list[ReadableSpan] = []
+        """Spans that ended in this batch, exported once it committed (ADR 0062)."""
 
     def state_of(self, run_id: str, committed: RunTable) -> RunState | None:
         if run_id in self.states:
