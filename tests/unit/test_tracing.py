@@ -197,3 +197,25 @@ def test_http_request_sends_the_context_but_never_over_the_workflows_own() -> No
     )
     sent = node._headers(params, ctx)
     assert sent["TraceParent"] == own and "traceparent" not in sent
+
+
+def test_an_inline_attempt_is_an_internal_span_marked_with_the_scheduler() -> None:
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.trace import SpanKind
+
+    from processors.scheduler.inline import INLINE_WORKER, InlinePolicy
+    from tests.support.scheduler_simulation import Simulation
+
+    spec = {
+        "id": "wf",
+        "steps": [{"id": "s", "node": "transform@1.0.0", "params": {"expression": "`1`"}}],
+    }
+    sim = Simulation(spec, inline_node=InlinePolicy(enabled=True))
+    decision = sim.start(trace_context={"traceparent": GOOD})
+    assert decision.state is not None
+    attempt, run = spans_for(None, decision.state, decision.events, Resource.create({}))
+    assert attempt.kind is SpanKind.INTERNAL and run.name == "run wf"
+    assert attempt.attributes is not None
+    assert attempt.attributes["reflux.worker"] == INLINE_WORKER
+    assert attempt.parent is not None
+    assert f"{attempt.parent.span_id:016x}" == run_trace("run-1", {"traceparent": GOOD}).run_span_id

@@ -6,7 +6,9 @@ events at its end, with the ids :mod:`processors.scheduler.spans` derived for it
 (the attempt span's id is already in the worker's ``traceparent``) and the real start and end
 times from the run's events: the run span when the run ends (``RunSucceeded``, ``RunFailed``,
 ``RunCancelled``), an attempt span when its result arrives (``StepSucceeded``, ``StepFailed``,
-``StepTimedOut`` naming the invocation).
+``StepTimedOut`` naming the invocation). An attempt the scheduler evaluated inline (ADR 0064:
+its ``StepStarted(worker="scheduler-inline")`` is in the same decision) is an ``INTERNAL`` span
+with ``reflux.worker = "scheduler-inline"``: no invocation went out, no worker span joins it.
 
 Best effort: spans are queued for export only after the batch's transaction committed; a crash
 between the commit and the exporter's send loses them (the run is unaffected), and a failed run
@@ -27,6 +29,7 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, Trace
 
 from foundation.settings import Settings
 from foundation.telemetry import SCOPE, tracing
+from processors.scheduler.inline import INLINE_WORKER
 from processors.scheduler.spans import RunTrace, attempt_span_id, run_trace
 from processors.scheduler.state import RunState
 from schemas.models import (
@@ -34,6 +37,7 @@ from schemas.models import (
     RunFailed,
     RunSucceeded,
     StepFailed,
+    StepStarted,
     StepSucceeded,
     StepTimedOut,
 )
@@ -81,9 +85,13 @@ def spans_for(
     if not trace.sampled:
         return []
     spans: list[ReadableSpan] = []
+    inline = {
+        e.invocation_id for e in events if isinstance(e, StepStarted) and e.worker == INLINE_WORKER
+    }
     for event in events:
         if isinstance(event, _AttemptEnd) and event.invocation_id:
-            spans.append(_attempt_span(trace, before, after, event, resource))
+            inlined = event.invocation_id in inline
+            spans.append(_attempt_span(trace, before, after, event, resource, inline=inlined))
         elif isinstance(event, _RunEnd):
             spans.append(_run_span(trace, after, event, resource))
     return spans
@@ -95,6 +103,8 @@ def _attempt_span(
     after: RunState,
     event: _AttemptEnd,
     resource: Resource,
+    *,
+    inline: bool = False,
 ) -> ReadableSpan:
     step_id = event.step.step_id
     assert event.invocation_id is not None
@@ -107,6 +117,16 @@ def _attempt_span(
     error = event.error.error_class if isinstance(event, StepFailed) else None
     if isinstance(event, StepTimedOut):
         error = "StepTimedOut"
+    attributes: dict[str, str | int] = {
+        "reflux.run_id": after.run_id,
+        "reflux.workflow_id": after.workflow_id,
+        "reflux.step_id": step_id,
+        "reflux.node": event.step.node,
+        "reflux.attempt": event.attempt,
+        "reflux.invocation_id": event.invocation_id,
+    }
+    if inline:
+        attributes["reflux.worker"] = INLINE_WORKER
     return _span(
         f"step {step_id}",
         trace,
@@ -114,15 +134,9 @@ def _attempt_span(
         trace.run_span_id,
         start=dispatched or event.occurred_at,
         end=event.occurred_at,
-        kind=SpanKind.PRODUCER,  # it dispatched the invocation the worker consumed
-        attributes={
-            "reflux.run_id": after.run_id,
-            "reflux.workflow_id": after.workflow_id,
-            "reflux.step_id": step_id,
-            "reflux.node": event.step.node,
-            "reflux.attempt": event.attempt,
-            "reflux.invocation_id": event.invocation_id,
-        },
+        # Remote: it dispatched the invocation the worker consumed. Inline: it ran the step.
+        kind=SpanKind.INTERNAL if inline else SpanKind.PRODUCER,
+        attributes=attributes,
         error=error,
         resource=resource,
     )
