@@ -3,17 +3,38 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import signal
+import sys
 import threading
-from typing import Any
+from typing import Any, NoReturn
 
 from foundation.settings import get_settings
 from streams.metrics import add_metrics_port_argument, serve_if_asked
 
-__all__ = ["add_scheduler_commands"]
+__all__ = ["add_scheduler_commands", "exit_at_once"]
 
 log = logging.getLogger(__name__)
+
+
+def exit_at_once(code: int) -> NoReturn:
+    """End the process now, without waiting for its threads.
+
+    A scheduler that gives up must really exit so its supervisor starts a new one. A normal
+    exit joins every non-daemon thread, among them the transaction executor's
+    (``streams.producer``), which may be blocked for good in librdkafka (the producer it
+    belongs to was abandoned for that reason): seen in the chaos test after a broker restart,
+    the process logged its exit and then hung for minutes, and no run moved. Logs and the
+    standard streams are flushed first; Kafka needs nothing: uncommitted transactions are
+    aborted by the next owner of the transactional id."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        # A closed pipe must not keep the process alive either.
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)
 
 
 def _stop_on_signals() -> threading.Event:
@@ -61,7 +82,7 @@ def _run_scheduler(args: argparse.Namespace) -> int:
             exc,
             exc_info=exc,
         )
-        return 1
+        exit_at_once(1)
     log.info("scheduler %s stopped on request", runtime.instance_id)
     return 0
 
