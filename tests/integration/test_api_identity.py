@@ -337,7 +337,9 @@ def test_every_write_is_in_the_audit_log_with_its_principal(env: Env) -> None:
     oidc_entry = by_status[("user:oidc-ed", 201)]
     assert (oidc_entry["principal_kind"], oidc_entry["tenant"]) == ("oidc", "acme")
     # Newest first, and the filters work.
-    times = [e["occurred_at"] for e in entries]
+    # As instants: a time on a whole second is written without a fraction ("...:30Z"), which
+    # sorts after "...:30.064Z" as a string.
+    times = [datetime.fromisoformat(e["occurred_at"]) for e in entries]
     assert times == sorted(times, reverse=True)
     mine = env.client.get("/v1/audit", headers=admin, params={"actor": "user:eddie"}).json()
     assert {e["status_code"] for e in mine["data"]} == {201, 404, 422}
