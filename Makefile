@@ -8,7 +8,8 @@ STAMP := $(VENV)/.installed
 # Four processes on two cores, one test file each at a time (--dist loadfile keeps a module, and
 # so the one process that may own a chdb store, together): the integration tests mostly wait on
 # Kafka, so more processes overlap waits (measured: 225 s with two, 168 s with three; with the
-# 2,985 tests of 2026-12-06, 724 s with three and 626 s with four).
+# 2,985 tests of 2026-12-06, 724 s with three and 626 s with four; with 3,435 tests, 678 s with
+# four and 718 s with five).
 PYTEST_PARALLEL := -n 4 --dist loadfile
 
 .PHONY: image test-image help venv up down status connect lint typecheck test test-unit test-integration demo demo-improve bench bench-quick bench-loop clean codegen
