@@ -333,7 +333,17 @@ def test_a_signed_webhook_call_resumes_a_meta_signal_step(
     assert ok.status_code == 202, ok.text
     assert ok.json()["status"] == "accepted" and ok.json()["attempt"] == 1
     replayed = api.post(path, content=body, headers={**signed, "Idempotency-Key": "d-1"})
-    assert replayed.status_code == 401 and "replayed" in replayed.json()["detail"]
+    if replayed.status_code == 409:
+        # The signal was applied and projected before the replay arrived (inline steps make
+        # that quick): the route then answers that no attempt waits, before any signature
+        # check, and stores nothing; the step must indeed be past its wait.
+        assert "nothing was stored" in replayed.json()["detail"], replayed.text
+        step = next(
+            s for s in api.get(f"/v1/runs/{run_id}").json()["steps"] if s["step_id"] == "approve"
+        )
+        assert step["status"] != "running", step
+    else:
+        assert replayed.status_code == 401 and "replayed" in replayed.json()["detail"]
 
     def status() -> str:
         return str(api.get(f"/v1/runs/{run_id}").json()["status"])
