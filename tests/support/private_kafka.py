@@ -9,6 +9,7 @@ the jars of the shared installation (no second Maven resolution).
 
 from __future__ import annotations
 
+import random
 import socket
 import time
 from collections.abc import Iterator
@@ -21,12 +22,16 @@ from infra.services.kafka import Kafka
 __all__ = ["PrivateKafka", "free_port_pair", "private_kafka"]
 
 
+# Below Linux's ephemeral range (32768-60999 here): a port the kernel may hand to any outgoing
+# connection can be taken between this probe and the broker's bind (seen: "Address already in
+# use" for the chaos test's broker). Above the project's service ports (all below 20000).
+_PORT_RANGE = (20000, 32000)
+
+
 def free_port_pair() -> int:
     """A port ``p`` with ``p`` and ``p + 1`` free (listener and KRaft controller)."""
     for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = int(probe.getsockname()[1])
+        port = random.randrange(*_PORT_RANGE)  # not a secret: a port to try
         try:
             with socket.socket() as first, socket.socket() as second:
                 first.bind(("127.0.0.1", port))
