@@ -17,29 +17,16 @@ from schemas.errors import SchemaError
 from schemas.models import Mutation, WorkflowRegistered
 from streams.table import TopicTableReader
 from streams.topics import TopicCatalog
+from streams.workflow_versions import WorkflowVersions
 
 log = logging.getLogger(__name__)
 
 
-class WorkflowsView:
+class WorkflowsView(WorkflowVersions):
     def __init__(self, settings: Settings, catalog: TopicCatalog | None = None) -> None:
         self.catalog = catalog or TopicCatalog.from_settings(settings)
         self.topic = self.catalog.workflows.topic
-        self._versions: dict[str, dict[int, WorkflowRegistered]] = {}
-        self._reader = TopicTableReader(
-            settings, self.topic, self._apply, name="scheduler-workflows"
-        )
-
-    def _apply(self, data: bytes | None) -> None:
-        if data is None:
-            return
-        try:
-            record = decode(data, WorkflowRegistered)
-        except SchemaError as exc:
-            # The projector dead-letters these; the scheduler just cannot use them.
-            log.warning("ignoring an unreadable workflows record: %s", exc)
-            return
-        self._versions.setdefault(record.workflow_id, {})[record.version] = record
+        super().__init__(settings, self.topic, name="scheduler-workflows")
 
     def poll(self, timeout: float = 0.0) -> int:
         return self._reader.poll(timeout)
@@ -47,32 +34,8 @@ class WorkflowsView:
     def catch_up(self, timeout: float = 10.0) -> None:
         self._reader.catch_up(timeout)
 
-    def drain(self) -> None:
-        self._reader.drain()
-
-    def versions(self, workflow_id: str) -> dict[int, WorkflowRegistered]:
-        return dict(self._versions.get(workflow_id, {}))
-
     def get(self, workflow_id: str, version: int | None = None) -> WorkflowRegistered | None:
-        versions = self._versions.get(workflow_id)
-        if not versions:
-            return None
-        if version is None:
-            return versions[max(versions)]
-        return versions.get(version)
-
-    def resolve(self, workflow_id: str, version: int | None) -> WorkflowRegistered | None:
-        """``get`` after draining what has arrived, with one blocking catch-up when the answer
-        is missing (it may be missing only because registration raced the command)."""
-        self._reader.drain()
-        found = self.get(workflow_id, version)
-        if found is None:
-            self.catch_up()
-            found = self.get(workflow_id, version)
-        return found
-
-    def close(self) -> None:
-        self._reader.close()
+        return self._get(workflow_id, version)
 
 
 class WorkflowRoutesView:
