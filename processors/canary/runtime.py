@@ -44,6 +44,7 @@ from processors.canary.judge import CanaryConfig, CanaryVerdict, RunObservation,
 from projections.postgres.connection import ReconnectingConnection
 from projections.postgres.identifiers import table
 from schemas.models import MutationAction, MutationRequest
+from streams.consumer import kafka_transient
 from streams.producer import Producer
 from streams.security import kafka_client_config
 from streams.topics import TopicCatalog
@@ -164,21 +165,19 @@ class TraceCosts:
         """(Re)reads the traces of ``workflows`` from ``since`` on; what was counted is
         forgotten."""
         millis = int(since.timestamp() * 1000)
-        wanted = [TopicPartition(self.topic, p, millis) for p in self._partitions]
-        try:
-            found = self._consumer.offsets_for_times(wanted, timeout=10)
-            starts = []
-            for tp in found:
-                offset = tp.offset
-                if offset < 0:  # no record at or after the time: from the current end
-                    offset = self._consumer.get_watermark_offsets(
-                        TopicPartition(self.topic, tp.partition), timeout=10
-                    )[1]
-                starts.append(TopicPartition(self.topic, tp.partition, offset))
-        except KafkaException as exc:
-            raise ServiceUnavailableError(
-                f"Kafka did not answer for {self.topic!r}: {exc}"
-            ) from exc
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                starts = self._start_offsets(millis)
+                break
+            except KafkaException as exc:
+                # A topic created moments ago may not have its leaders known to every broker
+                # yet (NOT_LEADER_FOR_PARTITION): retriable errors are retried until the deadline.
+                if not kafka_transient(exc) or time.monotonic() >= deadline:
+                    raise ServiceUnavailableError(
+                        f"Kafka did not answer for {self.topic!r}: {exc}"
+                    ) from exc
+                time.sleep(0.1)  # backoff before asking the broker again
         self._consumer.assign(starts)
         # Where each partition starts: its position until a record of it is consumed (the
         # client reports no position before that).
@@ -186,6 +185,18 @@ class TraceCosts:
         self.since = since
         self.workflows = set(workflows)
         self._spent.clear()
+
+    def _start_offsets(self, millis: int) -> list[TopicPartition]:
+        wanted = [TopicPartition(self.topic, p, millis) for p in self._partitions]
+        starts = []
+        for tp in self._consumer.offsets_for_times(wanted, timeout=10):
+            offset = tp.offset
+            if offset < 0:  # no record at or after the time: from the current end
+                offset = self._consumer.get_watermark_offsets(
+                    TopicPartition(self.topic, tp.partition), timeout=10
+                )[1]
+            starts.append(TopicPartition(self.topic, tp.partition, offset))
+        return starts
 
     def catch_up(self, timeout: float = 5.0) -> bool:
         """Reads up to the end each partition has now. Traces of an attempt are written with

@@ -77,12 +77,18 @@ def _order_quote() -> Workflow:
     return workflow
 
 
+# Written only when an attempt outlasts the worker's lazy start-signal delay
+# (node_workers/heartbeats.py): whether a step has them depends on timing, not on the definition.
+_TIMING_EVENTS = frozenset({"StepStarted", "StepTimeoutExtended"})
+
+
 def _shape(events: list[dict[str, Any]]) -> Counter[tuple[str, str | None]]:
     """What a run did, independent of timing: (event type, step) with multiplicity (the three
     analyses run in parallel, so their events interleave differently from run to run)."""
     return Counter(
         (e["event_type"], ((e.get("payload") or {}).get("step") or {}).get("step_id"))
         for e in events
+        if e["event_type"] not in _TIMING_EVENTS
     )
 
 
