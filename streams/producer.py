@@ -243,13 +243,20 @@ class Producer(Closing):
             raise DeliveryError(failures)
 
     def close(self, timeout: float = 30.0) -> None:
-        """Flush, then release the client. Raises :class:`DeliveryError` like :meth:`flush`."""
+        """Flush, then release the client, within about ``timeout``. Raises
+        :class:`DeliveryError` like :meth:`flush`."""
         if self._closed:
             return
         try:
             self.flush(timeout)
         finally:
             self._closed = True
+            if len(self._producer):
+                # Not delivered within the timeout (the error above says so): librdkafka's
+                # close() would flush them again without a bound (measured: 30 s with the broker
+                # down), so they are dropped first.
+                self._producer.purge()
+                self._producer.poll(0)
             self._producer.close()
 
     def close_after_error(self, error: BaseException) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any, Final
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -154,11 +155,13 @@ class AuditSink(Closing):
             self.flush()
 
     def close(self) -> None:
+        """Delivers what is queued within ``timeout_s`` in all (the flush thread's flush
+        included), so a shutdown with the broker down is not held several timeouts long."""
+        deadline = time.monotonic() + self.timeout_s
         self._stop.set()
         self._thread.join(self.timeout_s + 1)
-        self.flush()
         try:
-            self._producer.close(self.timeout_s)
+            self._producer.close(max(0.1, deadline - time.monotonic()))
         except DeliveryError as exc:
             self.failed += len(exc.failures)
             log.error("audit records not delivered at close: %s", exc)

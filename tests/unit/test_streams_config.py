@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import time
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException
@@ -22,6 +23,7 @@ from streams.dlq import PoisonRecord, dead_letter_headers
 from streams.producer import (
     DeliveryError,
     DeliveryFailure,
+    Producer,
     normalize_headers,
     producer_config,
 )
@@ -156,3 +158,15 @@ def test_producers_partition_like_the_java_client() -> None:
     from streams.producer import producer_config
 
     assert producer_config()["partitioner"] == "murmur2_random"
+
+
+def test_close_is_bounded_by_its_timeout_when_the_broker_is_unreachable() -> None:
+    """librdkafka's own close() flushes again without a bound (30 s measured): what the timeout
+    did not deliver is purged, reported, and the close returns."""
+    unreachable = Settings(kafka_bootstrap="127.0.0.1:1", topic_prefix="unit")
+    producer = Producer(unreachable, config={"log_level": 0})
+    producer.send("unit.t", "k", b"v")  # one record that cannot be delivered
+    began = time.monotonic()
+    with pytest.raises(DeliveryError, match="still in flight"):
+        producer.close(0.5)
+    assert time.monotonic() - began < 5
