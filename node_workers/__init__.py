@@ -12,9 +12,38 @@ clients: the scheduler and the API may read node flags and manifests without the
 :mod:`node_workers.runtime` for the worker itself.
 """
 
-from node_workers.errors import NodeError, NonRetryableNodeError, RetryableNodeError
-from node_workers.node import AnyNode, Node, NodeContext, NodeModel, validate_params
-from node_workers.registry import NodeRegistry, default_registry
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from node_workers.errors import NodeError, NonRetryableNodeError, RetryableNodeError
+    from node_workers.node import AnyNode, Node, NodeContext, NodeModel, validate_params
+    from node_workers.registry import NodeRegistry, default_registry
+
+# Loaded on first use (PEP 562): importing one submodule -- ``reflux worker --help`` imports
+# node_workers.cli -- must not load every built-in node and their clients (openai, numpy).
+_LAZY = {
+    "NodeError": "node_workers.errors",
+    "NonRetryableNodeError": "node_workers.errors",
+    "RetryableNodeError": "node_workers.errors",
+    "AnyNode": "node_workers.node",
+    "Node": "node_workers.node",
+    "NodeContext": "node_workers.node",
+    "NodeModel": "node_workers.node",
+    "validate_params": "node_workers.node",
+    "NodeRegistry": "node_workers.registry",
+    "default_registry": "node_workers.registry",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'node_workers' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
 
 __all__ = [
     "AnyNode",

@@ -30,18 +30,19 @@ import os
 import signal
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from foundation.errors import ConfigurationError
 from foundation.liveness import BEAT_EVERY_S, Heartbeat
 from foundation.settings import Settings, get_settings
 from node_workers.concurrency import DEFAULT_IO_CONCURRENCY, parse_node_concurrency
-from node_workers.function_nodes import load_module_nodes
-from node_workers.node import AnyNode
-from node_workers.registry import NodeRegistry, default_registry
-from node_workers.runtime import DEFAULT_MAX_INLINE_OUTPUT_BYTES, WorkerConfig, WorkerRuntime
-from streams.admin import ensure_topics
+from node_workers.limits import DEFAULT_MAX_INLINE_OUTPUT_BYTES
 from streams.metrics import add_metrics_port_argument, serve_if_asked
+
+if TYPE_CHECKING:
+    from node_workers.node import AnyNode
+    from node_workers.registry import NodeRegistry
+    from node_workers.runtime import WorkerConfig, WorkerRuntime
 
 __all__ = [
     "NODES_FILTER_ENV",
@@ -150,6 +151,9 @@ def worker_config(
     """The worker's configuration: defaults, then the ``REFLUX_WORKER_*`` settings, then the
     flags. A ``--node-concurrency`` (or setting) entry naming no built-in node is an error: a
     typo must not silently leave a group at its class's limit."""
+    from node_workers.registry import default_registry
+    from node_workers.runtime import WorkerConfig
+
     overrides: dict[str, int] = {}
     if settings.worker_node_concurrency:
         overrides |= parse_node_concurrency(
@@ -180,6 +184,8 @@ def worker_config(
 
 def select_nodes(node_filter: str | None, environ: Mapping[str, str] | None = None) -> NodeRegistry:
     """The built-in nodes selected by ``node_filter``, else by ``$NODES_FILTER``, else all."""
+    from node_workers.registry import default_registry
+
     env = os.environ if environ is None else environ
     chosen = node_filter if node_filter is not None else env.get(NODES_FILTER_ENV)
     return default_registry().select(chosen)
@@ -191,6 +197,9 @@ def served_nodes(
     """Without ``modules``, :func:`select_nodes`. With them, the modules' ``@node`` functions
     (node_workers.function_nodes), plus the built-ins the filter names, if it names any: a
     custom-node worker serves its own nodes, in their own worker groups (ADR 0059)."""
+    from node_workers.function_nodes import load_module_nodes
+    from node_workers.registry import NodeRegistry, default_registry
+
     if not modules:
         return select_nodes(node_filter, environ)
     env = os.environ if environ is None else environ
@@ -231,6 +240,9 @@ async def _beat(heartbeat: Heartbeat, stop: asyncio.Event) -> None:
 
 
 def handle_worker(args: argparse.Namespace, settings: Settings | None = None) -> int:
+    from node_workers.runtime import WorkerRuntime
+    from streams.admin import ensure_topics
+
     settings = settings or get_settings()
     nodes = served_nodes(args.nodes, getattr(args, "module", []))
     config = worker_config(args, settings, nodes)

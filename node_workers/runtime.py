@@ -104,6 +104,7 @@ from node_workers.heartbeats import (
     start_signal_delay,
 )
 from node_workers.ledger import AttemptLedger, ClaimState
+from node_workers.limits import DEFAULT_MAX_INLINE_OUTPUT_BYTES
 from node_workers.node import AnyNode
 from node_workers.records import build_result, build_trace
 from node_workers.registry import NodeRegistry
@@ -146,9 +147,6 @@ def seek_unless_rebalanced(consumer: KafkaConsumer, position: TopicPartition) ->
         )
         return False
     return True
-
-
-DEFAULT_MAX_INLINE_OUTPUT_BYTES: Final = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ upgraded in place by :meth:`Postgres.bootstrap`, which `make up` runs on every s
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.util
 import os
@@ -387,7 +388,16 @@ class Postgres(Service):
     def start(self) -> float:
         elapsed = super().start()
         if elapsed == 0.0:
-            self.bootstrap()
+            # Every `up` of a running server re-checks roles and grants, and the test processes
+            # all call it at once: concurrent GRANTs on one role fail ("tuple concurrently
+            # updated"), so one process at a time.
+            lock = self.root / "bootstrap.lock"
+            with lock.open("a") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                try:
+                    self.bootstrap()
+                finally:
+                    fcntl.flock(handle, fcntl.LOCK_UN)
         return elapsed
 
     def stop(self, timeout: float = 30.0) -> bool:

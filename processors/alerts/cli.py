@@ -15,14 +15,13 @@ import signal
 import threading
 from collections.abc import Iterator
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from foundation.settings import Settings, get_settings
-from processors.alerts.config import AlertSettings
-from processors.alerts.evaluator import AlertEvaluator
-from projections.clickhouse import ClickHouse, connect
 from projections.traces.migrations import DEFAULT_DATABASE
-from projections.traces.owner import TracesOwner
+
+if TYPE_CHECKING:
+    from projections.clickhouse import ClickHouse
 
 __all__ = ["add_alerts_commands", "handle_serve"]
 
@@ -49,6 +48,10 @@ def add_alerts_commands(subparsers: Any) -> argparse.ArgumentParser:
 
 @contextlib.contextmanager
 def _store(settings: Settings, database: str) -> Iterator[ClickHouse]:
+    # The store's clients (chdb) load only when the command runs, not for `reflux --help`.
+    from projections.clickhouse import connect
+    from projections.traces.owner import TracesOwner
+
     if settings.resolved_clickhouse_dsn().startswith("chdb://"):
         with TracesOwner(settings, database=database) as owner:
             yield owner.ch
@@ -61,6 +64,9 @@ def _store(settings: Settings, database: str) -> Iterator[ClickHouse]:
 
 
 def handle_serve(args: argparse.Namespace) -> int:
+    from processors.alerts.config import AlertSettings
+    from processors.alerts.evaluator import AlertEvaluator
+
     settings = get_settings()
     with _store(settings, args.database) as ch:
         evaluator = AlertEvaluator(

@@ -51,6 +51,7 @@ from foundation.settings import Settings
 from processors.critic.config import CriticConfig
 from processors.critic.critic import Critic
 from processors.critic.definitions import PostgresDependencies
+from processors.critic.engines import ENGINES
 from processors.critic.kafka_loop import episodes_topic, run_kafka_loop
 from processors.critic.runs import DependencyOracle
 from processors.critic.view import TraceViewError, view_from_json
@@ -61,7 +62,6 @@ from streams.topics import TopicCatalog, TopicSpec
 
 __all__ = ["ENGINES", "CriticEngineError", "CriticProcessor", "RuntimeStats"]
 
-ENGINES = frozenset({"kafka", "faust"})
 PUBLISH_RETRY_FIRST_S = 0.1
 PUBLISH_RETRY_MAX_S = 5.0
 
