@@ -131,14 +131,15 @@ class ProcessEngine:
 
     def start(self) -> ProcessEngine:
         for name, args in self.commands.items():
+            # `reflux supervise`, without loading the whole CLI for a supervisor.
             command = (
-                ["supervise", "--max-backoff", str(self.max_backoff_s), "--", *args]
+                ["reflux.supervision", "--max-backoff", str(self.max_backoff_s), "--", *args]
                 if self.supervised
-                else args
+                else ["reflux.cli", *args]
             )
             with (self.log_dir / f"{name}.log").open("wb") as out:
                 self.processes[name] = subprocess.Popen(
-                    [sys.executable, "-m", "reflux.cli", *command],
+                    [sys.executable, "-m", *command],
                     stdout=out,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
@@ -147,7 +148,7 @@ class ProcessEngine:
                 )
         return self
 
-    def wait_started(self, timeout: float = 30.0) -> dict[str, int]:
+    def wait_started(self, timeout: float = 60.0) -> dict[str, int]:
         """Supervised: until every supervisor has started its component (their pids)."""
         deadline = time.monotonic() + timeout
         while True:

@@ -48,7 +48,7 @@ import faust
 
 from foundation.errors import NonRetryableError
 from foundation.settings import Settings
-from processors.critic.config import CriticConfig
+from processors.critic.config import ENGINES, CriticConfig
 from processors.critic.critic import Critic
 from processors.critic.definitions import PostgresDependencies
 from processors.critic.kafka_loop import episodes_topic, run_kafka_loop
@@ -61,7 +61,6 @@ from streams.topics import TopicCatalog, TopicSpec
 
 __all__ = ["ENGINES", "CriticEngineError", "CriticProcessor", "RuntimeStats"]
 
-ENGINES = frozenset({"kafka", "faust"})
 PUBLISH_RETRY_FIRST_S = 0.1
 PUBLISH_RETRY_MAX_S = 5.0
 

@@ -16,7 +16,6 @@ import threading
 from typing import Any
 
 from foundation.settings import get_settings
-from processors.optimizer.experiment_runtime import BanditExperiments
 
 __all__ = ["add_bandit_commands"]
 
@@ -37,6 +36,9 @@ def add_bandit_commands(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # Imported here: river's bandits (and scipy) cost ~1.5 s of every `reflux` start otherwise.
+    from processors.optimizer.experiment_runtime import BanditExperiments
+
     runner = BanditExperiments(get_settings(), schema=args.schema, interval_s=args.interval)
     try:
         if args.once:
