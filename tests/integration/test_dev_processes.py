@@ -13,7 +13,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -53,6 +53,8 @@ class Dev:
     url: str
     key_file: Path
     output: Path
+    seen: set[int] = field(default_factory=set)
+    """Every process seen under ``reflux dev``: killed at teardown if still alive."""
 
     def tail(self, chars: int = 4000) -> str:
         return self.output.read_text(errors="replace")[-chars:]
@@ -102,18 +104,20 @@ def dev(kafka_settings: Settings, tmp_path: Path, request: pytest.FixtureRequest
             stderr=subprocess.STDOUT,
         )
     found = Dev(proc, f"http://127.0.0.1:{port}", tmp_path / "api-key", output)
-    everything: set[int] = set()
     try:
         yield found
     finally:
         # Whatever the test left running is killed (a failed test must not leave orphans).
-        everything = {pid for s in children_of(proc.pid) for pid in [s, *children_of(s)]}
         if proc.poll() is None:
+            found.seen.update(s for s in children_of(proc.pid))
+            found.seen.update(c for s in children_of(proc.pid) for c in children_of(s))
             proc.kill()
             proc.wait(10)
-        for pid in everything:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        for pid in found.seen:
+            ours = {"reflux.cli", "reflux.supervision"} & set(_cmdline(pid))  # not a reused pid
+            if _alive(pid) and ours:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
         drop_schemas(kafka_settings, schema, f"{schema}_api")
 
 
@@ -124,7 +128,9 @@ def test_reflux_dev_processes_runs_schedulers_and_workers_apart_and_leaves_no_ch
         """The supervised components: pid -> their `reflux` arguments."""
         found = {}
         for supervisor in children_of(dev.proc.pid):
+            dev.seen.add(supervisor)
             for pid in children_of(supervisor):
+                dev.seen.add(pid)
                 args = _cmdline(pid)
                 if "reflux.cli" in args:
                     found[pid] = args[args.index("reflux.cli") + 1 :]
@@ -180,6 +186,13 @@ def test_reflux_dev_processes_runs_schedulers_and_workers_apart_and_leaves_no_ch
     headers = {"Authorization": f"Bearer {dev.key_file.read_text().strip()}"}
     with httpx.Client(base_url=dev.url, headers=headers, timeout=30) as api:
         assert api.post("/v1/workflows", json=WORKFLOW).status_code == 201
+        # A run starts once the read model has the workflow (the projector process writes it).
+        eventually(
+            lambda: api.get(f"/v1/workflows/{WORKFLOW['id']}").status_code,
+            30,
+            "the workflow in the API's read model",
+            until=lambda code: code == 200,
+        )
         started = api.post("/v1/runs", json={"workflow_id": WORKFLOW["id"]})
         assert started.status_code in {200, 202}, started.text
         run_id = started.json()["run_id"]
