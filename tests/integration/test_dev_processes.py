@@ -189,7 +189,7 @@ def test_reflux_dev_processes_runs_schedulers_and_workers_apart_and_leaves_no_ch
         # A run starts once the read model has the workflow (the projector process writes it).
         eventually(
             lambda: api.get(f"/v1/workflows/{WORKFLOW['id']}").status_code,
-            30,
+            60,
             "the workflow in the API's read model",
             until=lambda code: code == 200,
         )

@@ -212,7 +212,8 @@ def test_a_killed_scheduler_instance_s_partitions_are_taken_over_and_every_run_c
     diverged = [r for r in reports if not r.deterministic]
     assert not diverged, str(diverged[:2])[:3000]
     print(
-        f"runs {RUNS} (of a: {len(runs_of_a)}, unfinished at the kill: {len(unfinished_of_a)}); "
+        f"runs {RUNS} (of a, partitions {sorted(partitions_of_a)}: {len(runs_of_a)}, "
+        f"unfinished at the kill: {len(unfinished_of_a)}); "
         f"takeover at {took_over - began:.1f}s; "
         f"total {time.monotonic() - began:.1f}s"
     )
