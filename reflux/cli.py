@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from api.cli import add_api_commands
@@ -51,7 +52,20 @@ def _demo(args: argparse.Namespace) -> int:
 def _dev(args: argparse.Namespace) -> int:
     from reflux.devserver import serve_dev
 
-    return serve_dev(host=args.host, port=args.port, modules=args.module)
+    return serve_dev(
+        host=args.host,
+        port=args.port,
+        modules=args.module,
+        processes=args.processes,
+        log_dir=args.log_dir,
+    )
+
+
+def _processes(text: str) -> int:
+    count = int(text)
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1 process, got {count}")
+    return count
 
 
 def _supervise(args: argparse.Namespace) -> int:
@@ -115,6 +129,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="MODULE",
         help="also serve the @node functions of this module (repeatable; docs/sdk-nodes.md)",
+    )
+    dev.add_argument(
+        "--processes",
+        type=_processes,
+        default=0,
+        metavar="N",
+        help="run N scheduler and N worker processes (and a projector and a trigger router), "
+        "each supervised, so the engine uses every core (default: all in this process)",
+    )
+    dev.add_argument(
+        "--log-dir",
+        type=Path,
+        metavar="DIR",
+        help="with --processes: one log file per process here (default var/log/dev)",
     )
     dev.set_defaults(handler=_dev)
     supervise = sub.add_parser(

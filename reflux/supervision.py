@@ -209,3 +209,25 @@ def supervise(argv: list[str], *, max_backoff_s: float = MAX_BACKOFF_S) -> int:
     supervisor.stop()
     supervisor.join()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m reflux.supervision [--max-backoff S] -- <reflux command>``: ``reflux
+    supervise`` without importing the whole CLI (every sub-command's modules: seconds of CPU per
+    process). :class:`reflux.processes.ProcessEngine` starts its supervisors this way."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m reflux.supervision")
+    parser.add_argument("--max-backoff", type=float, default=MAX_BACKOFF_S)
+    parser.add_argument("component", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return supervise([a for a in args.component if a != "--"], max_backoff_s=args.max_backoff)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -14,7 +14,7 @@ from types import FrameType
 from typing import Any
 
 from foundation.settings import get_settings
-from processors.critic.engines import ENGINES
+from processors.critic.config import ENGINES
 
 __all__ = ["add_critic_commands", "handle_critic"]
 
@@ -42,7 +42,8 @@ def add_critic_commands(subparsers: Any) -> argparse.ArgumentParser:
 
 def handle_critic(args: argparse.Namespace) -> int:
     settings = get_settings()
-    from processors.critic.runtime import CriticProcessor  # river, scipy: only when it runs
+    # Imported here: the detectors (river, scipy) cost ~2 s of every `reflux` start otherwise.
+    from processors.critic.runtime import CriticProcessor
 
     processor = CriticProcessor(settings, engine=args.engine, schema=args.schema)
     stop = threading.Event()

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 
 __all__ = [
+    "ENGINES",
     "AnomalyTuning",
     "CriticConfig",
     "DriftTuning",
@@ -153,3 +154,8 @@ class CriticConfig:
     """Also run the drift detectors per node@version (not only per workflow step)."""
     examples: int = 5
     """Example run ids per diagnosis."""
+
+
+ENGINES = frozenset({"kafka", "faust"})
+"""How the critic consumes: a confluent-kafka loop or the faust app (``reflux critic --engine``);
+here, not in the runtime, so the CLI offers the choice without importing the detectors."""

@@ -48,10 +48,9 @@ import faust
 
 from foundation.errors import NonRetryableError
 from foundation.settings import Settings
-from processors.critic.config import CriticConfig
+from processors.critic.config import ENGINES, CriticConfig
 from processors.critic.critic import Critic
 from processors.critic.definitions import PostgresDependencies
-from processors.critic.engines import ENGINES
 from processors.critic.kafka_loop import episodes_topic, run_kafka_loop
 from processors.critic.runs import DependencyOracle
 from processors.critic.view import TraceViewError, view_from_json

@@ -24,7 +24,13 @@ from foundation.settings import Settings
 from node_workers.registry import NodeRegistry
 from processors.replay.shadow import Candidate, ReplayError, ShadowReplay
 
-__all__ = ["VOLATILE_FIELDS", "DeterminismReport", "check_determinism", "first_divergence"]
+__all__ = [
+    "VOLATILE_FIELDS",
+    "DeterminismReport",
+    "check_determinism",
+    "check_determinism_runs",
+    "first_divergence",
+]
 
 VOLATILE_FIELDS: Final = frozenset(
     {
@@ -126,14 +132,47 @@ def check_determinism(
 ) -> DeterminismReport:
     """Replay ``run_id`` against the version it ran on, side effects from its record, in a
     shadow engine (removed afterwards), and compare the logs."""
+    (report,) = check_determinism_runs(
+        settings, [run_id], schema=schema, nodes=nodes, replay_id=replay_id
+    )
+    return report
+
+
+def check_determinism_runs(
+    settings: Settings,
+    run_ids: Sequence[str],
+    *,
+    schema: str = "reflux",
+    nodes: NodeRegistry | None = None,
+    replay_id: str | None = None,
+) -> list[DeterminismReport]:
+    """:func:`check_determinism` for several finished runs, one report per run in order: the
+    runs of each workflow version are replayed together, in one shadow round (one fold or one
+    shadow engine, not one per run), each compared with its own record."""
     with ShadowReplay(
         settings, replay_id or f"det_{uuid.uuid4().hex[:10]}", schema=schema, nodes=nodes
     ) as replay:
-        original = replay.original_events(run_id)
-        if not original:
-            raise ReplayError(f"run_id: no recorded run {run_id!r} in {schema}")
-        replay.run([run_id], Candidate(workflow_version=original[0].workflow_version))
-        divergence = first_divergence(original, replay.candidate_events(run_id))
-    return DeterminismReport(
-        run_id=run_id, deterministic=divergence is None, first_divergence=divergence
-    )
+        originals = {}
+        # A shadow round replays runs of one workflow version.
+        by_version: dict[tuple[str, int], list[str]] = {}
+        for run_id in run_ids:
+            original = originals[run_id] = replay.original_events(run_id)
+            if not original:
+                raise ReplayError(f"run_id: no recorded run {run_id!r} in {schema}")
+            head = original[0]
+            by_version.setdefault((head.workflow_id, head.workflow_version), []).append(run_id)
+        divergences = {}
+        for (_, version), runs in by_version.items():
+            replay.run(runs, Candidate(workflow_version=version))
+            for run_id in runs:
+                divergences[run_id] = first_divergence(
+                    originals[run_id], replay.candidate_events(run_id)
+                )
+    return [
+        DeterminismReport(
+            run_id=run_id,
+            deterministic=divergences[run_id] is None,
+            first_divergence=divergences[run_id],
+        )
+        for run_id in run_ids
+    ]

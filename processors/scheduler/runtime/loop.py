@@ -142,7 +142,7 @@ from schemas.models import (
 from schemas.trace_json import TRACE_HEADERS, encode_trace
 from streams.admin import admin_client
 from streams.checkpoint import Checkpoint, KafkaTransaction
-from streams.consumer import consume_messages, consumer_config
+from streams.consumer import consume_messages, consumer_config, kafka_transient
 from streams.dlq import DeadLetterPublisher, poison_record
 from streams.metrics import SCHEDULER
 from streams.producer import (
@@ -358,18 +358,31 @@ class SchedulerRuntime:
         new = {tp.partition for tp in partitions} - set(self.states)
         if not new:
             return
-        self._results_gate.assigned(self.consumer, [tp for tp in partitions if tp.partition in new])
-        self._own(new)
+        self._own(new, [tp for tp in partitions if tp.partition in new])
 
-    def _own(self, partitions: set[int]) -> None:
+    def _own(self, partitions: set[int], assigned: Sequence[TopicPartition] = ()) -> None:
         """Rebuild ``partitions``' run tables, retrying transient failures: a partition is only
         processed with its state rebuilt. Observed in the chaos test: right after a broker
         restart the end-offset request failed (FENCED_LEADER_EPOCH) inside the assignment
         callback, the partitions stayed assigned without state, and results of their runs were
-        consumed against empty tables and dropped -- 142 of 200 runs hung."""
+        consumed against empty tables and dropped -- 142 of 200 runs hung.
+
+        ``assigned``: the newly assigned topic partitions, whose results backlog the gate
+        learns first (their committed offsets, from the group coordinator): on a loaded machine
+        that request timed out (``_TIMED_OUT``, "Failed to get committed offsets") inside the
+        assignment callback, and the exception ended the scheduler that was taking over."""
         deadline = time.monotonic() + self.rebuild_timeout_s
         while True:
             try:
+                try:
+                    self._results_gate.assigned(self.consumer, assigned)
+                except KafkaException as exc:
+                    if not (kafka_transient(exc) or _timed_out(exc)):
+                        raise
+                    raise ServiceUnavailableError(
+                        f"Expected the committed offsets of {len(assigned)} new partitions, "
+                        f"but: {exc}"
+                    ) from exc
                 tables = self._rebuild(partitions)
                 break
             except ServiceUnavailableError as exc:
@@ -1284,3 +1297,9 @@ class _RecordRefusedError(NonRetryableError):
             step_id=step.step_id if step is not None else None,
             attempt=getattr(self.record, "attempt", None),
         )
+
+
+def _timed_out(exc: KafkaException) -> bool:
+    """A request librdkafka gave up waiting for (not marked retriable, but it is)."""
+    error = exc.args[0] if exc.args else None
+    return isinstance(error, KafkaError) and error.code() == KafkaError._TIMED_OUT
