@@ -130,6 +130,7 @@ def run_all(
     skip_map: bool = False,
     skip_mutation: bool = False,
     skip_replay: bool = False,
+    cluster: bool = False,
 ) -> dict[str, Any]:
     settings = get_settings()
     errors: dict[str, str] = {}
@@ -155,6 +156,9 @@ def run_all(
         ("map", skip_map, "benchmarks.map_bench", "run_map_benchmark"),
         ("mutation", skip_mutation, "benchmarks.mutation_bench", "run_mutation_benchmark"),
         ("replay", skip_replay, "benchmarks.replay_bench", "run_replay_benchmark"),
+        # Scale-out (issue 15): its own three-broker cluster beside the local broker; minutes
+        # long, so only with --cluster.
+        ("scaling", not cluster, "benchmarks.scaling_bench", "run_scaling_benchmark"),
     )
     traces_present = importlib.util.find_spec(TRACES_MODULE) is not None
     planned = sum(not skip for _, skip, _, _ in engine_parts) + (not skip_peer)
@@ -194,6 +198,41 @@ def run_all(
     return {**results, "meta": meta}
 
 
+# Sub-benchmark names for --only; each also has a --skip-<name> flag ("scaling": --cluster).
+PARTS = (
+    "engine",
+    "recovery",
+    "worker_io",
+    "map",
+    "mutation",
+    "replay",
+    "peer",
+    "traces",
+    "scaling",
+)
+
+
+def _previous(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def merge_partial(previous: dict[str, Any], partial: dict[str, Any]) -> dict[str, Any]:
+    """A partial run (``--only``) on top of the last full results: its keys replace the old ones,
+    the rest stays, and ``meta.partial_runs`` says which keys came from which run."""
+    merged = {k: v for k, v in previous.items() if k != "meta"}
+    merged |= {k: v for k, v in partial.items() if k != "meta"}
+    meta = dict(previous.get("meta") or partial["meta"])
+    runs = list(meta.get("partial_runs") or [])
+    runs.append({**partial["meta"], "keys": sorted(k for k in partial if k != "meta")})
+    meta["partial_runs"] = runs
+    meta["errors"] = partial["meta"]["errors"]
+    return {**merged, "meta": meta}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer runs (a few minutes)")
@@ -205,8 +244,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-map", action="store_true", help="do not run map_bench")
     parser.add_argument("--skip-mutation", action="store_true", help="do not run mutation_bench")
     parser.add_argument("--skip-replay", action="store_true", help="do not run replay_bench")
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="also the scale-out benchmark: 1, 2, 4 processes of each kind on a three-broker "
+        "cluster and on one broker (benchmarks/scaling_bench.py)",
+    )
+    parser.add_argument(
+        "--only",
+        metavar="NAMES",
+        help=f"comma-separated sub-benchmarks to run ({', '.join(PARTS)}); the others are "
+        "skipped and their keys kept from the existing results file",
+    )
     parser.add_argument("--out", type=Path, default=OUT_FILE, help="results JSON file")
     args = parser.parse_args(argv)
+    if args.only:
+        only = {name.strip() for name in args.only.split(",") if name.strip()}
+        if unknown := only - set(PARTS):
+            parser.error(f"unknown sub-benchmarks {sorted(unknown)}; known: {', '.join(PARTS)}")
+        for name in PARTS:
+            if name not in only and name != "scaling":
+                setattr(args, f"skip_{name}", True)
+        args.cluster = args.cluster or "scaling" in only
     output = run_all(
         args.quick,
         args.skip_peer,
@@ -217,7 +276,10 @@ def main(argv: list[str] | None = None) -> int:
         skip_map=args.skip_map,
         skip_mutation=args.skip_mutation,
         skip_replay=args.skip_replay,
+        cluster=args.cluster,
     )
+    if args.only:
+        output = merge_partial(_previous(args.out), output)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(output, indent=2) + "\n")
     print()
