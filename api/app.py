@@ -28,6 +28,7 @@ from api.errors import install_error_handlers
 from api.limits import BodyLimit, RequestLimitsMiddleware
 from api.prometheus import ApiMetrics, MetricsMiddleware
 from api.publisher import Publisher, api_producer
+from api.query_params import single_valued_query
 from api.ratelimit.concurrency import close_run_limits
 from api.ratelimit.middleware import RateLimiter, RateLimitMiddleware, close_limiter
 from api.readmodel import ReadModel
@@ -164,7 +165,12 @@ def create_app(
     # Workflow validation in every /v1 request checks nodes against the projected node catalog.
     v1 = APIRouter(
         prefix=API_PREFIX,
-        dependencies=[Depends(authorize), Depends(scope_to_tenant), Depends(bind_node_catalog)],
+        dependencies=[
+            Depends(authorize),
+            Depends(scope_to_tenant),
+            Depends(bind_node_catalog),
+            Depends(single_valued_query),
+        ],
     )
     for resource in (
         workflows.router,

@@ -122,8 +122,21 @@ def _cap_wait(case: Any) -> None:
         case.body["wait_ms"] = min(max(case.body["wait_ms"], 0), WAIT_MS_CAP)
 
 
+def _query_values(value: Any) -> list[Any]:
+    """A query value as schemathesis's own transport (``requests``) and its curl line send it:
+    a list or an object (its keys) becomes the parameter repeated. httpx would send an
+    object's Python ``str()`` instead: a valid string, which the check then calls accepted
+    invalid data."""
+    if isinstance(value, dict | list | tuple):
+        return list(value)
+    return [value]
+
+
 def _send(client: TestClient, case: Any, headers: dict[str, str]) -> Any:
     kwargs = case.as_transport_kwargs(base_url="http://testserver", headers=headers)
+    params = kwargs.pop("params", None)
+    if params:
+        kwargs["params"] = [(k, v) for k, value in params.items() for v in _query_values(value)]
     data = kwargs.pop("data", None)
     if data is not None:
         if isinstance(data, (bytes, str)):
