@@ -88,8 +88,8 @@ class KafkaCluster(Service):
     def start(self) -> float:
         """Starts every node that is not running and waits until all are registered brokers;
         returns the seconds spent (0: all were running)."""
-        self.install()
         self._refuse_single_broker()
+        self.install()
         began = time.monotonic()
         first = self.nodes[0]
         first.ensure_tls()
