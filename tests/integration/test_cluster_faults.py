@@ -86,7 +86,7 @@ def _workflow(http: HttpTestServer) -> dict[str, Any]:
     return {
         "id": "cluster",
         "inputs": {"index": {"type": "integer", "required": True}},
-        "defaults": {"retry": {"max_attempts": 4, "initial_backoff": "200ms"}, "timeout": "5s"},
+        "defaults": {"retry": {"max_attempts": 4, "initial_backoff": "200ms"}, "timeout": "20s"},
         "steps": steps,
     }
 
