@@ -71,9 +71,6 @@ class KafkaCluster(Service):
     def start_timeout(self) -> float:
         return 120.0
 
-    def launch(self) -> None:
-        self.start()
-
     def _refuse_single_broker(self) -> None:
         single = Kafka(self.settings)
         pid = single.read_pid()
@@ -91,6 +88,22 @@ class KafkaCluster(Service):
         self._refuse_single_broker()
         self.install()
         began = time.monotonic()
+        launched = self._begin_nodes()
+        wait_until(
+            self._ready_or_died,
+            self.start_timeout(),
+            f"Kafka cluster {self.bootstrap}",
+            None,
+            lambda: self.last_probe_error,
+        )
+        self.nodes[0].ensure_scram_user()
+        return time.monotonic() - began if launched else 0.0
+
+    def launch(self) -> None:
+        self._begin_nodes()
+
+    def _begin_nodes(self) -> bool:
+        """Launches every node that is not running, without waiting; True if any was."""
         first = self.nodes[0]
         first.ensure_tls()
         first.cluster_id()  # written once before the nodes format their storage with it
@@ -112,15 +125,7 @@ class KafkaCluster(Service):
             thread.join()
         if failures:
             raise failures[0]
-        wait_until(
-            self._ready_or_died,
-            self.start_timeout(),
-            f"Kafka cluster {self.bootstrap}",
-            None,
-            lambda: self.last_probe_error,
-        )
-        first.ensure_scram_user()
-        return time.monotonic() - began if any(launched) else 0.0
+        return any(launched)
 
     def _ready_or_died(self) -> bool:
         if self.is_ready():
