@@ -111,4 +111,4 @@ def private_cluster(
         cluster.start()
         yield cluster
     finally:
-        cluster.stop()
+        cluster.stop(timeout=10)  # its data is thrown away: no need to wait on a slow shutdown
