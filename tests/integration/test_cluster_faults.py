@@ -104,15 +104,15 @@ def _transaction_partition(transactional_id: str) -> int:
     return (0 if code == -(1 << 31) else abs(code)) % TRANSACTION_STATE_PARTITIONS
 
 
-def _leaders(cluster: KafkaCluster, topic: str) -> dict[int, int]:
-    """{partition: leader node} of ``topic`` (every partition has a live leader)."""
+def _leaders(cluster: KafkaCluster, topic: str, partitions: int = PARTITIONS) -> dict[int, int]:
+    """{partition: leader node} of ``topic`` (every one of its ``partitions`` has a leader)."""
     admin = AdminClient({"bootstrap.servers": cluster.bootstrap, "log_level": 0})
 
     def leaders() -> dict[int, int]:
         metadata = admin.list_topics(topic, timeout=5).topics[topic]
         assert metadata.error is None, metadata.error
         found = {p.id: p.leader for p in metadata.partitions.values()}
-        assert found and min(found.values()) > 0, found
+        assert len(found) == partitions and min(found.values()) > 0, found
         return found
 
     return eventually(leaders, 30, f"the leaders of {topic}")
@@ -233,6 +233,9 @@ def test_runs_survive_two_broker_kills(
             catalog, [*catalog, catalog.invoke_topic("http.request", 1)], settings=settings
         )
         runs_topic = catalog.runs.topic
+        # Every partition has a leader (a topic created a moment ago may not be listed by
+        # every broker yet); then its replicas.
+        _leaders(cluster, runs_topic)
         replicas = {
             len(p.replicas)
             for p in AdminClient({"bootstrap.servers": cluster.bootstrap, "log_level": 0})
@@ -308,7 +311,7 @@ def test_runs_survive_two_broker_kills(
         at(calls() + 30, "second kill")
         transactional_id = f"{settings.topic_prefix}.scheduler.{SCHEDULER_INSTANCE}"
         slot = _transaction_partition(transactional_id)
-        coordinator = _leaders(cluster, "__transaction_state")[slot]
+        coordinator = _leaders(cluster, "__transaction_state", TRANSACTION_STATE_PARTITIONS)[slot]
         if coordinator != first:
             second, why = coordinator, f"the scheduler's transaction coordinator ({slot=})"
         else:

@@ -18,6 +18,7 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._config import ConfigResource
+from confluent_kafka.admin._metadata import TopicMetadata
 
 from foundation.settings import Settings
 from infra.services.kafka_cluster import KafkaCluster
@@ -51,7 +52,15 @@ def test_killed_leader_replication_and_sasl(cluster: KafkaCluster) -> None:
     topic = catalog.runs.topic
     ensure_topics(catalog, [catalog.runs], settings=settings)
     admin = AdminClient({"bootstrap.servers": cluster.bootstrap, "log_level": 0})
-    described = admin.list_topics(topic, timeout=10).topics[topic]
+
+    def described_with_leaders() -> TopicMetadata:
+        # Created a moment ago: another broker's metadata may not list its partitions yet.
+        found = admin.list_topics(topic, timeout=10).topics[topic]
+        assert len(found.partitions) == PARTITIONS, found.partitions
+        assert all(p.leader > 0 for p in found.partitions.values()), found.partitions
+        return found
+
+    described = eventually(described_with_leaders, 30, f"{topic}'s partitions and leaders")
     assert {len(p.replicas) for p in described.partitions.values()} == {3}
     configs = admin.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, topic)])
     (entries,) = (future.result(timeout=10) for future in configs.values())
