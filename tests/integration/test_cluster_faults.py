@@ -34,6 +34,7 @@ import psycopg
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin._metadata import PartitionMetadata
 
 from foundation.settings import Settings
 from infra.services.kafka_cluster import KafkaCluster
@@ -104,18 +105,27 @@ def _transaction_partition(transactional_id: str) -> int:
     return (0 if code == -(1 << 31) else abs(code)) % TRANSACTION_STATE_PARTITIONS
 
 
-def _leaders(cluster: KafkaCluster, topic: str, partitions: int = PARTITIONS) -> dict[int, int]:
-    """{partition: leader node} of ``topic`` (every one of its ``partitions`` has a leader)."""
+def _partitions(
+    cluster: KafkaCluster, topic: str, partitions: int = PARTITIONS
+) -> dict[int, PartitionMetadata]:
+    """``topic``'s partitions as one broker lists them, once every one of its ``partitions``
+    has a leader (a broker may not list a topic created a moment ago yet)."""
     admin = AdminClient({"bootstrap.servers": cluster.bootstrap, "log_level": 0})
 
-    def leaders() -> dict[int, int]:
+    def listed() -> dict[int, PartitionMetadata]:
         metadata = admin.list_topics(topic, timeout=5).topics[topic]
         assert metadata.error is None, metadata.error
-        found = {p.id: p.leader for p in metadata.partitions.values()}
-        assert len(found) == partitions and min(found.values()) > 0, found
+        found = dict(metadata.partitions)
+        assert len(found) == partitions, found
+        assert all(p.leader > 0 for p in found.values()), found
         return found
 
-    return eventually(leaders, 30, f"the leaders of {topic}")
+    return eventually(listed, 30, f"the partitions and leaders of {topic}")
+
+
+def _leaders(cluster: KafkaCluster, topic: str, partitions: int = PARTITIONS) -> dict[int, int]:
+    """{partition: leader node} of ``topic``."""
+    return {p: meta.leader for p, meta in _partitions(cluster, topic, partitions).items()}
 
 
 def _prefix_topics(cluster: KafkaCluster, prefix: str) -> dict[str, int]:
@@ -233,16 +243,7 @@ def test_runs_survive_two_broker_kills(
             catalog, [*catalog, catalog.invoke_topic("http.request", 1)], settings=settings
         )
         runs_topic = catalog.runs.topic
-        # Every partition has a leader (a topic created a moment ago may not be listed by
-        # every broker yet); then its replicas.
-        _leaders(cluster, runs_topic)
-        replicas = {
-            len(p.replicas)
-            for p in AdminClient({"bootstrap.servers": cluster.bootstrap, "log_level": 0})
-            .list_topics(runs_topic, timeout=10)
-            .topics[runs_topic]
-            .partitions.values()
-        }
+        replicas = {len(p.replicas) for p in _partitions(cluster, runs_topic).values()}
         assert replicas == {3}, f"runs topic replicas {replicas}"
         producer.send(
             catalog.workflows,

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._config import ConfigResource
 from confluent_kafka.admin._metadata import TopicMetadata
@@ -62,9 +62,16 @@ def test_killed_leader_replication_and_sasl(cluster: KafkaCluster) -> None:
 
     described = eventually(described_with_leaders, 30, f"{topic}'s partitions and leaders")
     assert {len(p.replicas) for p in described.partitions.values()} == {3}
-    configs = admin.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, topic)])
-    (entries,) = (future.result(timeout=10) for future in configs.values())
-    assert entries["min.insync.replicas"].value == "2"
+
+    def min_insync() -> str:
+        configs = admin.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, topic)])
+        try:
+            (entries,) = (future.result(timeout=10) for future in configs.values())
+        except KafkaException as exc:  # a broker that does not list the topic yet
+            raise AssertionError(str(exc)) from exc
+        return str(entries["min.insync.replicas"].value)
+
+    assert eventually(min_insync, 30, f"{topic}'s configs") == "2"
 
     producer = Producer({**kafka_client_config(settings), "acks": "all"})
     for i in range(RECORDS):
