@@ -12,6 +12,14 @@ STAMP := $(VENV)/.installed
 # four and 718 s with five).
 PYTEST_PARALLEL := -n 4 --dist loadfile
 
+# `make up CLUSTER=3` (and demo, status, down with the same CLUSTER=3): a three-broker KRaft
+# cluster instead of the single broker (ADR 0065, docs/kafka-cluster.md); every command of one
+# session must say the same, since the single broker and the cluster never run together.
+CLUSTER ?=
+ifneq ($(strip $(CLUSTER)),)
+export REFLUX_KAFKA_BROKERS := $(CLUSTER)
+endif
+
 .PHONY: image test-image help venv up down status connect lint typecheck test test-unit test-integration demo demo-improve bench bench-quick bench-loop clean codegen
 
 help:
@@ -21,6 +29,7 @@ help:
 	@echo "make image   - build the container image reflux:local (= reflux/reflux:latest), no registry"
 	@echo "make test-image - build the image and test it (CLI, non-root, a worker on the local Kafka)"
 	@echo "make up      - start Kafka, PostgreSQL, Redis, S3 (s3proxy), Docker (+ sandbox image), Kafka Connect; check ClickHouse"
+	@echo "make up CLUSTER=3 - the same with a three-broker Kafka cluster (also demo, status, down CLUSTER=3)"
 	@echo "make connect - start (only) Kafka and the Kafka Connect worker (docs/connect.md)"
 	@echo "make down    - stop every service started by make up"
 	@echo "make status  - what runs where"

@@ -33,6 +33,29 @@ DEFAULT_POSTGRES = "postgresql://reflux@127.0.0.1:15432/reflux"
 """The platform database without a password: it comes from the passfile next to the data."""
 
 
+DEFAULT_KAFKA_PORT = 19092
+"""The local broker's PLAINTEXT port (node 1's in cluster mode)."""
+KAFKA_PORTS_PER_NODE = 3
+"""PLAINTEXT, controller, SASL_SSL: node k of a local cluster starts at base + 3(k-1)."""
+
+
+def cluster_bootstrap(base_port: int, brokers: int, host: str = "127.0.0.1") -> str:
+    """Every node's PLAINTEXT endpoint of a local cluster whose node 1 listens on ``base_port``."""
+    return ",".join(f"{host}:{base_port + KAFKA_PORTS_PER_NODE * k}" for k in range(brokers))
+
+
+def _int_or_none(value: Any) -> int | None:
+    """An integer setting as it arrives before validation (an int, or text from the
+    environment); anything else is left for validation to reject."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None
+
+
 def _local_postgres_dsn(data_dir: Path) -> str:
     passfile = data_dir / CREDENTIALS_DIR / POSTGRES_PASSFILE
     return f"{DEFAULT_POSTGRES}?passfile={quote(str(passfile), safe='/')}"
@@ -58,6 +81,12 @@ class Settings(BaseSettings):
     data_dir: Path = PROJECT_ROOT / "var"
 
     kafka_bootstrap: str = "127.0.0.1:19092"
+    # Brokers of the local stack (`make up CLUSTER=3`, ADR 0065): 1 is the single broker of
+    # var/kafka; above 1 a KRaft cluster of that many nodes under var/kafka-cluster/node-k, node
+    # k on port base + 3(k-1) (PLAINTEXT; controller +1, SASL_SSL +2). Above 1 and unset:
+    # kafka_bootstrap lists every node's PLAINTEXT endpoint (base: kafka_local_port, else 19092)
+    # and replication_factor is min(3, kafka_brokers).
+    kafka_brokers: int = Field(default=1, ge=1, le=9)
     # Every topic name starts with this prefix; tests use their own prefix for isolation.
     topic_prefix: str = "reflux"
     default_partitions: int = 6
@@ -277,6 +306,13 @@ class Settings(BaseSettings):
             return data
         data_dir = Path(data.get("data_dir") or PROJECT_ROOT / "var")
         filled = dict(data)
+        brokers = _int_or_none(filled.get("kafka_brokers"))
+        if brokers is not None and brokers > 1:
+            if not filled.get("kafka_bootstrap"):
+                base = _int_or_none(filled.get("kafka_local_port")) or DEFAULT_KAFKA_PORT
+                filled["kafka_bootstrap"] = cluster_bootstrap(base, brokers)
+            if filled.get("replication_factor") in (None, ""):
+                filled["replication_factor"] = min(3, brokers)
         if not filled.get("postgres_dsn"):
             filled["postgres_dsn"] = _local_postgres_dsn(data_dir)
         if not filled.get("s3_access_key") or not filled.get("s3_secret_key"):

@@ -20,6 +20,7 @@ from infra.services.connect import KafkaConnect
 from infra.services.docker import Docker
 from infra.services.jaeger import Jaeger
 from infra.services.kafka import Kafka
+from infra.services.kafka_cluster import KafkaCluster
 from infra.services.postgres import Postgres
 from infra.services.redis import LedgerRedis, Redis
 from infra.services.s3 import S3
@@ -48,7 +49,14 @@ def services(settings: Settings, names: list[str] | None = None) -> list[Service
     unknown = [n for n in chosen if n not in SERVICE_TYPES]
     if unknown:
         raise ServiceError(f"Unknown service(s) {unknown}; known: {', '.join(SERVICE_TYPES)}")
-    return [SERVICE_TYPES[n](settings) for n in chosen]
+    return [_service(n, settings) for n in chosen]
+
+
+def _service(name: str, settings: Settings) -> Service:
+    # REFLUX_KAFKA_BROKERS > 1 (`make up CLUSTER=3`): "kafka" is the local cluster (ADR 0065).
+    if name == "kafka" and settings.kafka_brokers > 1:
+        return KafkaCluster(settings, settings.kafka_brokers)
+    return SERVICE_TYPES[name](settings)
 
 
 # Tools the product runs (not services): bubblewrap is code.run's other sandbox backend (the
@@ -122,11 +130,17 @@ def down(settings: Settings, names: list[str] | None = None) -> None:
     for service in reversed(services(settings, names)):
         stopped = service.stop()
         log(f"{service.name}: {'stopped' if stopped else 'was not running'}")
+        if isinstance(service, Kafka) and (nodes := service.cluster_pids()):
+            log(
+                f"kafka: a local cluster still runs (nodes {sorted(nodes)}); stop it with "
+                f"`make down CLUSTER={max(len(nodes), 2)}`"
+            )
 
 
 def status(settings: Settings) -> bool:
     chosen = services(settings)
-    rows = [s.status() for s in chosen]
+    per_service = [s.statuses() for s in chosen]
+    rows = [row for service_rows in per_service for row in service_rows]
     width = max(38, *(len(row.endpoint) for row in rows))
     names = max(11, *(len(row.name) for row in rows))
     print(f"{'service':<{names}} {'state':<9} {'pid':<8} {'endpoint':<{width}} detail")
@@ -135,8 +149,12 @@ def status(settings: Settings) -> bool:
         pid = str(row.pid) if row.pid else "-"
         print(f"{row.name:<{names}} {state:<9} {pid:<8} {row.endpoint:<{width}} {row.detail}")
     # A deferred service not started is not a fault (its tests start it).
-    pairs = zip(chosen, rows, strict=True)
-    return all(row.ready or (s.deferred and not row.running) for s, row in pairs)
+    pairs = zip(chosen, per_service, strict=True)
+    return all(
+        row.ready or (s.deferred and not row.running)
+        for s, service_rows in pairs
+        for row in service_rows
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

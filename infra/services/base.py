@@ -200,7 +200,7 @@ class Service(ABC):
         """Installs, starts and waits for readiness; returns the seconds spent starting."""
         self.install()
         started = time.monotonic()
-        if self.is_running():
+        if not self.begin():
             wait_until(
                 self.is_ready,
                 self.start_timeout(),
@@ -209,6 +209,20 @@ class Service(ABC):
                 lambda: self.last_probe_error,
             )
             return 0.0
+        wait_until(
+            self._ready_or_died,
+            self.start_timeout(),
+            self.name,
+            self.log_file,
+            lambda: self.last_probe_error,
+        )
+        return time.monotonic() - started
+
+    def begin(self) -> bool:
+        """Launches the process unless it runs (no waiting); False if it was running. Services
+        that are ready only together (a Kafka cluster's quorum) begin all, then wait."""
+        if self.is_running():
+            return False
         if self.port_in_use():
             raise ServiceError(
                 f"{self.name}: {self.endpoint} is already in use by a process this project did "
@@ -218,14 +232,11 @@ class Service(ABC):
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         self.pid_file.parent.mkdir(parents=True, exist_ok=True)
         self.launch()
-        wait_until(
-            self._ready_or_died,
-            self.start_timeout(),
-            self.name,
-            self.log_file,
-            lambda: self.last_probe_error,
-        )
-        return time.monotonic() - started
+        return True
+
+    def statuses(self) -> list[ServiceStatus]:
+        """One row per process for ``stack status`` (a cluster: one per node)."""
+        return [self.status()]
 
     def _ready_or_died(self) -> bool:
         """Readiness, but a process that exited (a port taken, a bad config) fails at once

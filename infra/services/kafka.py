@@ -9,6 +9,10 @@ generated password (``scram/password``, mode 0600): written into the metadata by
 ``kafka-storage format --add-scram`` for a new cluster and upserted through the admin API on
 every start of a broker rendered with the SASL listener (an existing cluster, a changed password
 file), so it is idempotent.
+
+The same class runs node k of the local cluster (``make up CLUSTER=3``, ADR 0065,
+:mod:`infra.services.kafka_cluster`): its data under ``var/kafka-cluster/node-k``, its ports at
+base + 3(k-1), the same CA, certificate and SCRAM user as the single broker.
 """
 
 from __future__ import annotations
@@ -22,18 +26,29 @@ import uuid
 from pathlib import Path
 from typing import ClassVar
 
-from foundation.settings import PROJECT_ROOT
+from foundation.settings import KAFKA_PORTS_PER_NODE, PROJECT_ROOT, Settings
 from infra.services.base import (
     Service,
     ServiceError,
     ensure_debian_packages,
     log,
+    pid_alive,
     port_open,
     require_command,
 )
 from streams.security import LOCAL_SCRAM_USER, local_ca_file, local_scram_password_file
 
 INFRA = PROJECT_ROOT / "infra" / "kafka"
+CLUSTER_DIR = "kafka-cluster"
+"""Under the data folder: the local cluster's nodes (``node-k``) and its id, never var/kafka."""
+
+
+def cluster_replication(size: int) -> tuple[int, int]:
+    """(replication factor, min in-sync replicas) of a local cluster's internal topics and
+    defaults: 3 replicas (fewer nodes: all of them), a write acknowledged by 2 (one node may
+    be lost without losing an acknowledged write); 1 and 1 for a single node."""
+    replication = min(3, size)
+    return replication, (min(2, replication) if replication > 1 else 1)
 
 
 def maven_classpath(pom: Path, libs: Path, stamp_inputs: list[Path]) -> None:
@@ -77,18 +92,52 @@ def java_major() -> int:
 
 
 class Kafka(Service):
+    """The single broker (``node=None``), or node ``node`` (1-based) of a local cluster of
+    ``cluster_size`` nodes. ``jars_from``: use that installation's jars (no Maven run)."""
+
     name = "kafka"
     debian_packages: ClassVar[dict[str, str]] = {"openssl": "openssl"}
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        node: int | None = None,
+        cluster_size: int = 1,
+        jars_from: Settings | None = None,
+    ) -> None:
+        super().__init__(settings)
+        if node is not None and not 1 <= node <= cluster_size:
+            raise ServiceError(f"Expected a node between 1 and {cluster_size}, but got {node}")
+        self.node = node
+        self.cluster_size = cluster_size if node is not None else 1
+        self._jars_root = (jars_from.data_dir if jars_from else settings.data_dir) / "kafka"
+        if node is not None:
+            self.name = f"kafka-{node}"
+            self.root = settings.data_dir / CLUSTER_DIR / f"node-{node}"
+            self.log_file = settings.data_dir / "log" / f"kafka-node-{node}.log"
+            self.pid_file = settings.data_dir / "run" / f"kafka-node-{node}.pid"
+
+    @property
+    def base_port(self) -> int:
+        """The single broker's PLAINTEXT port, or node 1's: ``kafka_local_port``, else the
+        first port of ``kafka_bootstrap``."""
+        _, port = self.settings.kafka_bootstrap.split(",")[0].rsplit(":", 1)
+        if self.settings.kafka_local_port is not None:
+            return self.settings.kafka_local_port
+        # Clients pointed at the SASL_SSL listener (port + 2) leave the broker where it was.
+        secured = self.settings.kafka_security_protocol != "PLAINTEXT"
+        return int(port) - 2 if secured else int(port)
+
+    def node_port(self, node: int) -> int:
+        """Node ``node``'s PLAINTEXT port (controller + 1, SASL_SSL + 2)."""
+        return self.base_port + KAFKA_PORTS_PER_NODE * (node - 1)
 
     @property
     def host_port(self) -> tuple[str, int]:
         """The PLAINTEXT listener (readiness, administration)."""
-        host, port = self.settings.kafka_bootstrap.split(",")[0].rsplit(":", 1)
-        if self.settings.kafka_local_port is not None:
-            return host, self.settings.kafka_local_port
-        # Clients pointed at the SASL_SSL listener (port + 2) leave the broker where it was.
-        secured = self.settings.kafka_security_protocol != "PLAINTEXT"
-        return host, int(port) - 2 if secured else int(port)
+        host = self.settings.kafka_bootstrap.split(",")[0].rsplit(":", 1)[0]
+        return host, self.node_port(self.node or 1)
 
     @property
     def sasl_port(self) -> int:
@@ -101,7 +150,8 @@ class Kafka(Service):
 
     @property
     def tls_dir(self) -> Path:
-        return self.root / "tls"
+        # One CA and one certificate (for 127.0.0.1) for the single broker and every node.
+        return local_ca_file(self.settings.data_dir).parent
 
     @property
     def keystore(self) -> Path:
@@ -113,7 +163,7 @@ class Kafka(Service):
 
     @property
     def libs(self) -> Path:
-        return self.root / "libs"
+        return self._jars_root / "libs"
 
     @property
     def config_file(self) -> Path:
@@ -130,6 +180,50 @@ class Kafka(Service):
 
     def port_in_use(self) -> bool:
         return port_open(*self.host_port)
+
+    @property
+    def cluster_id_file(self) -> Path:
+        return self.settings.data_dir / CLUSTER_DIR / "cluster-id"
+
+    def cluster_id(self) -> str:
+        """A new single broker's id, or the local cluster's (one for every node, made once)."""
+        fresh = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if self.node is None:
+            return fresh
+        path = self.cluster_id_file
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(fresh + "\n")
+        return path.read_text().strip()
+
+    def cluster_pids(self) -> dict[int, int]:
+        """Nodes of a local cluster running from this data folder: {node: pid}."""
+        found = {}
+        for pid_file in (self.settings.data_dir / "run").glob("kafka-node-*.pid"):
+            try:
+                node, pid = int(pid_file.stem.rsplit("-", 1)[1]), int(pid_file.read_text())
+            except (OSError, ValueError):
+                continue
+            if pid_alive(pid):
+                found[node] = pid
+        return found
+
+    def start(self) -> float:
+        if self.node is None and (nodes := self.cluster_pids()):
+            raise ServiceError(
+                f"A local Kafka cluster runs from {self.settings.data_dir} (nodes "
+                f"{sorted(nodes)}, pids {sorted(nodes.values())}); the single broker and the "
+                "cluster never run together. Stop it first: `make down CLUSTER="
+                f"{max(len(nodes), 2)}` (or REFLUX_KAFKA_BROKERS=N python -m infra.stack down "
+                "kafka), then start again."
+            )
+        took = super().start()
+        # A broker running from a config rendered before the SASL listener existed is left
+        # alone; it gets the listener (and its user) when it is next started. A cluster node
+        # leaves this to the cluster (the user is cluster-wide metadata).
+        if self.node is None and (took or self.sasl_listener_configured()):
+            self.ensure_scram_user()
+        return took
 
     def java(self, main_class: str, *args: str) -> list[str]:
         return [
@@ -151,9 +245,15 @@ class Kafka(Service):
         if host not in ("127.0.0.1", "localhost"):
             raise ServiceError(f"The local broker only listens on loopback, not {host}.")
         template = (INFRA / "server.properties.tmpl").read_text()
+        nodes = range(1, self.cluster_size + 1)
+        replication, min_isr = cluster_replication(self.cluster_size)
         _write_private(
             self.config_file,
             template.format(
+                node_id=self.node or 1,
+                quorum_voters=",".join(f"{k}@127.0.0.1:{self.node_port(k) + 1}" for k in nodes),
+                replication=replication,
+                min_isr=min_isr,
                 port=port,
                 controller_port=port + 1,
                 sasl_port=self.sasl_port,
@@ -225,7 +325,7 @@ class Kafka(Service):
         if not (self.root / "data" / "meta.properties").exists():
             # KRaft needs its log folder formatted once with a cluster id; the SCRAM user goes
             # into the first metadata so the SASL listener accepts it from the first second.
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            cluster_id = self.cluster_id()
             log(f"formatting KRaft storage (cluster {cluster_id})")
             subprocess.run(
                 self.java(
@@ -244,14 +344,6 @@ class Kafka(Service):
                 capture_output=True,
             )
         self.spawn(self.java("kafka.Kafka", str(self.config_file)))
-
-    def start(self) -> float:
-        took = super().start()
-        # A broker running from a config rendered before the SASL listener existed is left
-        # alone; it gets the listener (and its user) when it is next started.
-        if took or self.sasl_listener_configured():
-            self.ensure_scram_user()
-        return took
 
     def sasl_listener_configured(self) -> bool:
         try:
@@ -302,8 +394,9 @@ class Kafka(Service):
             return False
 
     def detail(self) -> str:
+        role = f"node {self.node} of {self.cluster_size}, " if self.node else ""
         return (
-            f"KRaft, jars {self.libs}, data {self.root / 'data'}, "
+            f"KRaft, {role}jars {self.libs}, data {self.root / 'data'}, "
             f"SCRAM user {LOCAL_SCRAM_USER} (password {self.scram_password_file}), "
             f"CA {local_ca_file(self.settings.data_dir)}"
         )

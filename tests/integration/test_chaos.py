@@ -36,17 +36,14 @@ import psycopg
 import pytest
 
 from foundation.settings import Settings
-from processors.scheduler import fold
-from processors.scheduler.evolve import RUN_EVENT_TYPES
 from projections.postgres import queries
-from schemas import decode, models
 from schemas.models import StartRun, WorkflowRegistered
 from schemas.statuses import TERMINAL_RUN_STATUSES
 from streams.producer import Producer
 from streams.topics import TopicCatalog
 from tests.integration.engine_fixtures import drop_schemas
 from tests.integration.http_fixtures import HttpTestServer, odds_outcome
-from tests.support.kafka_log import read_log
+from tests.integration.projection_checks import assert_projection_is_log
 from tests.support.private_kafka import PrivateKafka, private_kafka
 from tests.support.processes import Component, wait_for
 from workflows import parse_workflow
@@ -239,30 +236,7 @@ def test_burst_survives_kills_and_a_broker_restart(
         assert abs(succeeded - allowed) <= TOLERANCE * RUNS, summary
 
         # -- projection == Kafka, replay == projection ---------------------------------------
-        on_kafka: dict[str, list[tuple[int, str]]] = collections.defaultdict(list)
-        for _partition, _key, value in read_log(settings, catalog.runs.topic, PARTITIONS):
-            assert value is not None
-            event = decode(value)
-            assert isinstance(event, RUN_EVENT_TYPES), event
-            if event.run_id in run_ids:
-                on_kafka[event.run_id].append((event.seq, type(event).__name__))
-        with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
-            for run_id in run_ids:
-                projected = queries.get_events(conn, run_id, schema=schema)
-                assert [(e.seq, e.event_type) for e in projected] == on_kafka[run_id], run_id
-                state = fold(
-                    [getattr(models, e.event_type).model_validate(e.payload) for e in projected]
-                )
-                row = rows[run_id]
-                assert state is not None
-                assert (state.status.value, state.last_seq) == (row.status, row.last_seq), run_id
-                steps = {
-                    s.step_id: s.status for s in queries.get_steps(conn, run_id, schema=schema)
-                }
-                folded = {k: s.status.value for k, s in state.steps.items()}
-                assert {k: folded.get(k) for k in steps} == steps, run_id
-                # Steps never scheduled have no row; folded they are still pending.
-                assert {folded[k] for k in folded.keys() - steps.keys()} <= {"pending"}, run_id
+        assert_projection_is_log(settings, catalog, schema, run_ids, rows, PARTITIONS)
     finally:
         producer.close()
         for component in components:

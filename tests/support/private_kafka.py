@@ -4,7 +4,8 @@ The suite shares one broker (``make up``) among parallel test processes; restart
 break every other test. A :class:`PrivateKafka` is the project's own broker service
 (:class:`infra.services.kafka.Kafka`: same KRaft configuration template, same start and
 readiness code) with its data, log and pid file in the test's folder, on a free port pair, and
-the jars of the shared installation (no second Maven resolution).
+the jars of the shared installation (no second Maven resolution). :func:`private_cluster` does
+the same for a local cluster (:class:`infra.services.kafka_cluster.KafkaCluster`, ADR 0065).
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from foundation.settings import Settings
+from foundation.settings import KAFKA_PORTS_PER_NODE, Settings, cluster_bootstrap
 from infra.services.kafka import Kafka
+from infra.services.kafka_cluster import KafkaCluster
 
-__all__ = ["PrivateKafka", "free_port_pair", "private_kafka"]
+__all__ = ["PrivateKafka", "free_port_pair", "free_ports", "private_cluster", "private_kafka"]
 
 
 # Below Linux's ephemeral range (32768-60999 here): a port the kernel may hand to any outgoing
@@ -30,16 +32,24 @@ _PORT_RANGE = (20000, 32000)
 
 def free_port_pair() -> int:
     """A port ``p`` with ``p`` and ``p + 1`` free (listener and KRaft controller)."""
+    return free_ports(2)
+
+
+def free_ports(count: int) -> int:
+    """A port ``p`` with ``p`` .. ``p + count - 1`` free."""
     for _ in range(50):
-        port = random.randrange(*_PORT_RANGE)  # not a secret: a port to try
+        port = random.randrange(_PORT_RANGE[0], _PORT_RANGE[1] - count)  # not a secret
+        sockets = [socket.socket() for _ in range(count)]
         try:
-            with socket.socket() as first, socket.socket() as second:
-                first.bind(("127.0.0.1", port))
-                second.bind(("127.0.0.1", port + 1))
+            for offset, sock in enumerate(sockets):
+                sock.bind(("127.0.0.1", port + offset))
         except OSError:
             continue
+        finally:
+            for sock in sockets:
+                sock.close()
         return port
-    raise RuntimeError("Expected a free pair of loopback ports, but found none in 50 tries")
+    raise RuntimeError(f"Expected {count} free loopback ports in a row, but found none in 50 tries")
 
 
 class PrivateKafka(Kafka):
@@ -76,3 +86,29 @@ def private_kafka(base: Settings, data_dir: Path, **overrides: object) -> Iterat
         yield broker
     finally:
         broker.stop()
+
+
+@contextmanager
+def private_cluster(
+    base: Settings, data_dir: Path, size: int = 3, **overrides: object
+) -> Iterator[KafkaCluster]:
+    """Starts a cluster of ``size`` nodes under ``data_dir`` on free ports, with the shared
+    installation's jars; yields it (``.settings``: every node's bootstrap, replication
+    min(3, size), ``kafka_brokers=size``, then ``overrides``); stops it."""
+    port = free_ports(KAFKA_PORTS_PER_NODE * size)
+    settings = base.model_copy(
+        update={
+            "kafka_bootstrap": cluster_bootstrap(port, size),
+            "kafka_local_port": None,
+            "kafka_brokers": size,
+            "replication_factor": min(3, size),
+            "data_dir": data_dir,
+            **overrides,
+        }
+    )
+    cluster = KafkaCluster(settings, size, jars_from=base)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop(timeout=10)  # its data is thrown away: no need to wait on a slow shutdown

@@ -33,6 +33,9 @@ def component_env(settings: Settings) -> dict[str, str]:
         "REFLUX_TOPIC_PREFIX": settings.topic_prefix,
         "REFLUX_DEFAULT_PARTITIONS": str(settings.default_partitions),
         "REFLUX_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        # A cluster's topics get its replication (and min.insync.replicas 2) whoever makes them.
+        "REFLUX_KAFKA_BROKERS": str(settings.kafka_brokers),
+        "REFLUX_REPLICATION_FACTOR": str(settings.replication_factor),
     }
 
 

@@ -116,6 +116,8 @@ def test_a_marker_is_a_small_fraction_of_the_full_state() -> None:
         ),
         (b'{"v":1,"kind":"run","state":{"status":"running"}}', "valid 'run'"),
         (b'{"v":1,"kind":"checkpoint"}', "valid 'checkpoint'"),
+        # An end-offset answer of -1001 (a killed leader) once became a checkpoint.
+        (b'{"v":1,"kind":"checkpoint","runs_offset":-1001}', "-1001 is not an offset"),
         (b"[1, 2]", "JSON object, but got list"),
         (b"\x00\x01not json", "JSON snapshot record"),
     ],

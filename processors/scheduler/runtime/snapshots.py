@@ -112,6 +112,8 @@ def encode_entry(entry: TableEntry) -> bytes:
 
 
 def encode_checkpoint(runs_offset: int) -> bytes:
+    if runs_offset < 0:
+        raise ValueError(f"Expected a runs offset for a checkpoint, but got {runs_offset}")
     return _dumps({"v": SNAPSHOT_VERSION, "kind": "checkpoint", "runs_offset": runs_offset})
 
 
@@ -161,7 +163,13 @@ def decode_snapshot(value: bytes) -> SnapshotRecord:
         if kind == "run":
             return RunState.from_snapshot(data["state"])
         if kind == "checkpoint":
-            return SnapshotCheckpoint(int(data["runs_offset"]))
+            runs_offset = int(data["runs_offset"])
+            if runs_offset < 0:
+                # Written from a -1001 end-offset answer (a killed leader, before the fix of
+                # ADR 0018's 2026-12-07 addendum): not a position; the partition is folded
+                # from offset 0 instead of read from "offset -1001" (never reaching its end).
+                raise ValueError(f"runs_offset {runs_offset} is not an offset")
+            return SnapshotCheckpoint(runs_offset)
     except (KeyError, TypeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
         raise SnapshotFormatError(f"Expected a valid {kind!r} snapshot record, but: {exc}") from exc
     raise SnapshotFormatError(f"Expected a snapshot record kind, but got {kind!r}")
