@@ -278,7 +278,8 @@ def apply(
             {"version": migration.version, "name": migration.name, "checksum": migration.checksum},
         )
         applied_now.append(migration.version)
-    if any(v in done for v in INGEST_MIGRATIONS) and _queue_connection(ch, params.database) != _connection(params):
+    had_queue = any(v in done for v in INGEST_MIGRATIONS)
+    if had_queue and _queue_connection(ch, params.database) != _connection(params):
         log.warning(
             "traces_queue in %s reads another broker/protocol/user than the settings: recreating "
             "it (the consumer group keeps its offsets)",

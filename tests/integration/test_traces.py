@@ -312,9 +312,10 @@ def test_fields_of_the_wrong_json_type_go_to_traces_errors(env: Env) -> None:
     by_case = dict(zip(bad, (e["error"] for e in errors), strict=True))
     assert "Wrong JSON type for field seq" in by_case["seq as a string"]
     assert "Wrong JSON type for field metrics" in by_case["a metric as a string"]
-    assert "Unknown field found while parsing trace JSON: Node" in by_case[
-        "an unknown nested field position"
-    ]
+    assert (
+        "Unknown field found while parsing trace JSON: Node"
+        in by_case["an unknown nested field position"]
+    )
     rows = env.ch.query(f"SELECT * FROM {env.database}.traces")
     by_id = {r["event_id"]: r for r in rows}
     assert set(by_id) == {t.event_id for t in good}
