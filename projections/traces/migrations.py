@@ -245,9 +245,10 @@ def apply(
 ) -> list[int]:
     """Bring ``database`` up to date; returns the versions applied now (empty when current).
 
-    Applying 003 starts consumption (a Kafka table consumes once a view is attached), so the
-    caller must be the process that owns the store. Not safe to run from two processes at once
-    against one server: ClickHouse has no lock for it; one owner applies.
+    Applying an ingest migration (003, 007) starts consumption (a Kafka table consumes once a
+    view is attached), so the caller must be the process that owns the store. On a new store
+    003 is recorded without running: 007 replaces its queue and views. Not safe to run from two
+    processes at once against one server: ClickHouse has no lock for it; one owner applies.
     """
     params = template_params(settings, database=database, tuning=tuning)
     _bootstrap(ch, params.database)
