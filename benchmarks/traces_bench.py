@@ -16,6 +16,11 @@ own data folder under ``var/bench``; all removed afterwards.
   while a background producer sends ``load_per_s`` traces per second.
   ``trace_ingest_lag_p50_ms`` is ClickHouse's own view of the same: received_at - Kafka
   CreateTime of the markers, with no polling in it.
+- ``trace_ingest_cpu_us_per_trace``: CPU time of this process (the embedded ClickHouse consuming,
+  plus this module's 50 ms ``count()`` polls) while the backlog drains, per trace. On a shared
+  machine the wall-clock rates above move with the other processes' load; this moves much less,
+  so it is the number to compare two ingest designs by (ADR 0067). ``None`` with a ClickHouse
+  server (its CPU is not in this process).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import resource
 import shutil
 import statistics
 import threading
@@ -72,6 +78,11 @@ def _trace(i: int, node: str | None = None) -> Trace:
         cost_tokens=i % 1000 if i % 2 else None,
         context={"tenant": f"t{i % 3}"},
     )
+
+
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _count(ch: ClickHouse, database: str) -> int:
@@ -205,6 +216,7 @@ def run_traces_benchmark(
 
         say("creating the store; the Kafka engine starts consuming the backlog")
         began = time.monotonic()
+        cpu_began = _cpu_s()
         apply(ch, settings, database=database, tuning=tuning)
         deadline = began + max(120.0, n / 1000)
         count = 0
@@ -214,6 +226,7 @@ def run_traces_benchmark(
             time.sleep(0.05)
             count = _count(ch, database)
         ingest_s = time.monotonic() - began
+        ingest_cpu_s = _cpu_s() - cpu_began
         if count != n:
             raise RuntimeError(f"Expected {n} rows, but got {count}")
         span = ch.query(
@@ -255,6 +268,9 @@ def run_traces_benchmark(
             "trace_freshness_under_load_p99_ms": round(_percentile(loaded, 0.99), 1),
             "trace_ingest_lag_p50_ms": round(_percentile(idle_lag, 0.5), 1),
             "trace_ingest_lag_p99_ms": round(_percentile(idle_lag, 0.99), 1),
+            "trace_ingest_cpu_us_per_trace": round(ingest_cpu_s / n * 1e6, 1)
+            if ch.mode == "embedded"
+            else None,
             "trace_bench": {
                 "n": n,
                 "ingest_s": round(ingest_s, 2),

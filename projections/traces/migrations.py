@@ -61,8 +61,13 @@ _FILE: Final = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
 _IDENTIFIER: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 # A statement ends with ";" at the end of a line; the templates keep ";" out of everything else.
 _STATEMENT_END: Final = re.compile(r";[ \t]*(?:\n|$)")
-INGEST_MIGRATION: Final = 3
-"""The migration that creates the Kafka table ``traces_queue`` and the views reading it."""
+INGEST_MIGRATIONS: Final = (3, 7)
+"""The migrations that (re)create the Kafka table ``traces_queue`` and the views reading it;
+each later one replaces the earlier ones' (007: one JSONAsString column, ADR 0067)."""
+INGEST_VIEWS: Final = ("traces_ingest_mv", "traces_errors_mv", "traces_mv")
+"""The views that read the Kafka table (007: ``traces_ingest_mv``; 003: the other two), in the
+order to drop them: consumption stops with the first, and a good row never goes to the errors
+view alone."""
 _QUEUE_SETTING: Final = re.compile(r"\b(kafka_[a-z_]+) = '((?:[^'\\]|\\.)*)'")
 # What identifies the queue's connection; the password is compared by nobody (ClickHouse shows
 # '[HIDDEN]'), so a rotated password needs reconnect_ingest.
@@ -240,15 +245,20 @@ def apply(
 ) -> list[int]:
     """Bring ``database`` up to date; returns the versions applied now (empty when current).
 
-    Applying 003 starts consumption (a Kafka table consumes once a view is attached), so the
-    caller must be the process that owns the store. Not safe to run from two processes at once
-    against one server: ClickHouse has no lock for it; one owner applies.
+    Applying an ingest migration (003, 007) starts consumption (a Kafka table consumes once a
+    view is attached), so the caller must be the process that owns the store. On a new store
+    003 is recorded without running: 007 replaces its queue and views. Not safe to run from two
+    processes at once against one server: ClickHouse has no lock for it; one owner applies.
     """
     params = template_params(settings, database=database, tuning=tuning)
     _bootstrap(ch, params.database)
     done = applied_versions(ch, params.database)
     applied_now: list[int] = []
-    for migration in migrations if migrations is not None else load_migrations():
+    migrations = migrations if migrations is not None else load_migrations()
+    pending_ingest = [
+        m.version for m in migrations if m.version in INGEST_MIGRATIONS and m.version not in done
+    ]
+    for migration in migrations:
         recorded = done.get(migration.version)
         if recorded is not None:
             if recorded != migration.checksum:
@@ -258,7 +268,10 @@ def apply(
                     "differs; add a new migration instead of editing an applied one"
                 )
             continue
-        for statement in render(migration, params):
+        # An ingest migration that a later pending one replaces is recorded without running:
+        # its Kafka table would start consuming only to be dropped a moment later.
+        superseded = migration.version in pending_ingest[:-1]
+        for statement in [] if superseded else render(migration, params):
             ch.command(statement)
         ch.command(
             f"INSERT INTO {params.database}.schema_migrations (version, name, checksum) "
@@ -266,7 +279,8 @@ def apply(
             {"version": migration.version, "name": migration.name, "checksum": migration.checksum},
         )
         applied_now.append(migration.version)
-    if INGEST_MIGRATION in done and _queue_connection(ch, params.database) != _connection(params):
+    had_queue = any(v in done for v in INGEST_MIGRATIONS)
+    if had_queue and _queue_connection(ch, params.database) != _connection(params):
         log.warning(
             "traces_queue in %s reads another broker/protocol/user than the settings: recreating "
             "it (the consumer group keeps its offsets)",
@@ -308,12 +322,20 @@ def reconnect_ingest(
     protocol, user or password). The consumer group is the same, so ingestion resumes at the
     committed offsets."""
     params = template_params(settings, database=database, tuning=tuning)
-    ingest = next(
+    applied = applied_versions(ch, params.database)
+    ingests = [
         m
         for m in (migrations if migrations is not None else load_migrations())
-        if m.version == INGEST_MIGRATION
+        if m.version in INGEST_MIGRATIONS
+    ]
+    # The queue as the store's applied migrations define it (the newest of them), so a store
+    # not yet upgraded keeps its own layout; the newest shipped one when none is recorded.
+    ingest = max(
+        (m for m in ingests if m.version in applied),
+        key=lambda m: m.version,
+        default=ingests[-1],
     )
-    for view in ("traces_errors_mv", "traces_mv"):
+    for view in INGEST_VIEWS:
         ch.command(f"DROP VIEW IF EXISTS {params.database}.{view}")
     ch.command(f"DROP TABLE IF EXISTS {params.database}.traces_queue")
     for statement in render(ingest, params):  # every statement is IF NOT EXISTS
@@ -324,7 +346,7 @@ def drop(ch: ClickHouse, database: str = DEFAULT_DATABASE) -> None:
     """Delete the whole store (tests, rebuilds). Views and the Kafka table go first: with chdb
     3.7.2 ``DROP DATABASE ... SYNC`` hangs while a Kafka table in it has attached views."""
     database = validate_database(database)
-    for view in ("traces_errors_mv", "traces_mv"):
+    for view in INGEST_VIEWS:
         ch.command(f"DROP VIEW IF EXISTS {database}.{view}")
     ch.command(f"DROP TABLE IF EXISTS {database}.traces_queue")
     ch.command(f"DROP DATABASE IF EXISTS {database}")

@@ -225,7 +225,7 @@ def _expected_row(trace: Trace) -> dict[str, Any]:
 
 
 def test_traces_arrive_field_by_field(env: Env) -> None:
-    assert apply(env.ch, env.settings, database=env.database) == [1, 2, 3, 4, 5, 6]
+    assert apply(env.ch, env.settings, database=env.database) == [1, 2, 3, 4, 5, 6, 7]
     traces = [_trace(i) for i in range(600)]
     before = time.time()
     _send(env, traces)
@@ -271,6 +271,93 @@ def test_malformed_messages_go_to_traces_errors_and_later_traces_still_arrive(en
     assert "Unknown field" in errors[2]["error"]
     ids = {r["event_id"] for r in env.ch.query(f"SELECT event_id FROM {env.database}.traces")}
     assert ids == {t.event_id for t in good_before + good_after}
+
+
+def test_fields_of_the_wrong_json_type_go_to_traces_errors(env: Env) -> None:
+    """The queue reads each message as one string (007, ADR 0067) and the views check the
+    Trace fields' JSON types: a message that is JSON but not a trace never becomes a row."""
+    apply(env.ch, env.settings, database=env.database)
+    good = [_trace(i) for i in range(10)]
+    text = encode_trace(good[1]).decode()  # an error trace: error is an object, metrics numbers
+    assert '"error":{' in text and '"metrics":{"bytes":' in text
+
+    def edit(old: str, new: str) -> bytes:
+        assert old in text, old
+        return text.replace(old, new, 1).encode()
+
+    bad = {
+        "{not json}": b"{not json}",
+        "an empty object": b"{}",
+        "seq as a string": edit(f'"seq":{good[1].seq}', '"seq":"1"'),
+        "latency as a float": edit(f'"latency_ms":{good[1].latency_ms}', '"latency_ms":11.5'),
+        "run_id as a number": edit(f'"run_id":"{good[1].run_id}"', '"run_id":7'),
+        "cache_hit as 0": edit('"cache_hit":false', '"cache_hit":0'),
+        "a metric as a string": edit('"metrics":{"bytes":', '"metrics":{"x":"1","bytes":'),
+        "a context value as a number": edit('"context":{}', '"context":{"n":1}'),
+        "retryable as a string": edit('"retryable":true', '"retryable":"yes"'),
+        "an unknown error field": edit('"retryable":true', '"retryable":true,"why":"x"'),
+        "an unknown nested field position": edit('"node":', '"Node":"x","node":'),
+    }
+    messages = [("k", encode_trace(t)) for t in good[:5]]
+    messages += [("k", value) for value in bad.values()]
+    messages += [("k", encode_trace(t)) for t in good[5:]]
+    _produce(env.settings, env.catalog.traces.topic, messages)
+
+    _wait("rows in traces", env.count, len(good))
+    _wait("rows in traces_errors", lambda: env.count("traces_errors"), len(bad))
+    errors = env.ch.query(f"SELECT * FROM {env.database}.traces_errors ORDER BY offset")
+    assert [e["raw_message"].encode() for e in errors] == list(bad.values())
+    assert [e["offset"] for e in errors] == list(range(5, 5 + len(bad)))
+    assert all(e["error"] for e in errors)
+    by_case = dict(zip(bad, (e["error"] for e in errors), strict=True))
+    assert "Wrong JSON type for field seq" in by_case["seq as a string"]
+    assert "Wrong JSON type for field metrics" in by_case["a metric as a string"]
+    assert (
+        "Unknown field found while parsing trace JSON: Node"
+        in by_case["an unknown nested field position"]
+    )
+    rows = env.ch.query(f"SELECT * FROM {env.database}.traces")
+    by_id = {r["event_id"]: r for r in rows}
+    assert set(by_id) == {t.event_id for t in good}
+    for trace in good:
+        expected = _expected_row(trace)
+        assert {k: by_id[trace.event_id][k] for k in expected} == expected
+
+
+def test_upgrading_a_store_to_the_string_queue_loses_and_duplicates_nothing(env: Env) -> None:
+    """A store created before 007 reads with 003's JSONEachRow queue; applying 007 replaces the
+    queue and its views under the same consumer group, so ingestion resumes at the committed
+    offsets: traces sent before, during and after the upgrade arrive exactly once."""
+    before_007 = [m for m in load_migrations() if m.version < 7]
+    assert apply(env.ch, env.settings, database=env.database, migrations=before_007) == [
+        1, 2, 3, 4, 5, 6,
+    ]  # fmt: skip
+
+    def queue_format() -> str:
+        query = env.ch.query(
+            "SELECT create_table_query AS q FROM system.tables "
+            "WHERE database = %(db)s AND name = 'traces_queue'",
+            {"db": env.database},
+        )[0]["q"]
+        return str(query).split("kafka_format = '")[1].split("'")[0]
+
+    assert queue_format() == "JSONEachRow"
+    first = [_trace(i) for i in range(300)]
+    _send(env, first)
+    _wait("rows in traces", env.count, len(first))
+    during = [_trace(i) for i in range(300, 600)]
+    _send(env, during)  # some read by the old queue, the rest by the new one
+    assert apply(env.ch, env.settings, database=env.database) == [7]
+    assert queue_format() == "JSONAsString"
+    after = [_trace(i) for i in range(600, 900)]
+    _send(env, after)
+    _wait("rows in traces", env.count, 900)
+    ids = [r["event_id"] for r in env.ch.query(f"SELECT event_id FROM {env.database}.traces")]
+    assert sorted(ids) == sorted(t.event_id for t in first + during + after)
+    assert env.count("traces_errors") == 0
+    # The rollups saw every attempt exactly once, across both queues.
+    rollup = f"SELECT sum(attempts) AS n FROM {env.database}.node_metrics_1m"
+    _wait("attempts in node_metrics_1m", lambda: int(env.ch.query(rollup)[0]["n"]), 900)
 
 
 FLUSH_MS = 3000
@@ -630,7 +717,7 @@ def test_retry_decisions_are_counted_apart_from_attempts(env: Env) -> None:
 
 
 def test_migrations_are_recorded_idempotent_and_refuse_edits(env: Env) -> None:
-    assert apply(env.ch, env.settings, database=env.database) == [1, 2, 3, 4, 5, 6]
+    assert apply(env.ch, env.settings, database=env.database) == [1, 2, 3, 4, 5, 6, 7]
     assert apply(env.ch, env.settings, database=env.database) == []
     recorded = applied_versions(env.ch, env.database)
     migrations = load_migrations()
@@ -649,6 +736,8 @@ def test_migrations_are_recorded_idempotent_and_refuse_edits(env: Env) -> None:
         "traces",
         "traces_errors",
         "traces_queue",
+        "traces_ingest",  # the parsed block, routed to the two views below (007, ADR 0067)
+        "traces_ingest_mv",
         "traces_mv",
         "traces_errors_mv",
         "node_metrics_1m",

@@ -272,13 +272,15 @@ def test_replicated_topics_are_created_with_min_insync_replicas(tmp_path: Path) 
 # -- ClickHouse's Kafka table -----------------------------------------------------------------
 
 
-def test_traces_queue_is_rendered_with_the_security_settings(tmp_path: Path) -> None:
-    from projections.traces.migrations import INGEST_MIGRATION, load_migrations, render
+@pytest.mark.parametrize("version", [3, 7])
+def test_traces_queue_is_rendered_with_the_security_settings(tmp_path: Path, version: int) -> None:
+    from projections.traces.migrations import INGEST_MIGRATIONS, load_migrations, render
     from projections.traces.migrations import template_params as params_of
 
+    assert version in INGEST_MIGRATIONS
     migrations = {m.version: m for m in load_migrations()}
-    before = migrations[INGEST_MIGRATION].checksum
-    statements = render(migrations[INGEST_MIGRATION], params_of(_sasl_ssl(tmp_path)))
+    before = migrations[version].checksum
+    statements = render(migrations[version], params_of(_sasl_ssl(tmp_path)))
     queue = next(s for s in statements if "ENGINE = Kafka" in s)
     assert "kafka_broker_list = '127.0.0.1:19094',\n    kafka_security_protocol = 'sasl_ssl'" in (
         queue
@@ -291,9 +293,9 @@ def test_traces_queue_is_rendered_with_the_security_settings(tmp_path: Path) -> 
     ):
         assert fragment in queue
     # The template (and so the checksum an existing store recorded) is unchanged.
-    assert {m.version: m for m in load_migrations()}[INGEST_MIGRATION].checksum == before
+    assert {m.version: m for m in load_migrations()}[version].checksum == before
     plain = render(
-        migrations[INGEST_MIGRATION], params_of(Settings(data_dir=tmp_path, kafka_bootstrap="b:1"))
+        migrations[version], params_of(Settings(data_dir=tmp_path, kafka_bootstrap="b:1"))
     )
     assert "kafka_security_protocol" not in next(s for s in plain if "ENGINE = Kafka" in s)
     assert "s3cret-pw" not in repr(params_of(_sasl_ssl(tmp_path)))
