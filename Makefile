@@ -20,7 +20,7 @@ ifneq ($(strip $(CLUSTER)),)
 export REFLUX_KAFKA_BROKERS := $(CLUSTER)
 endif
 
-.PHONY: image test-image help venv up down status connect lint typecheck test test-unit test-integration demo demo-improve bench bench-quick bench-loop clean codegen
+.PHONY: image test-image help venv up down status connect lint typecheck test test-unit test-integration demo demo-improve bench bench-quick bench-cluster bench-loop clean codegen
 
 help:
 	@echo "make demo    - install, start the local services, run the demo"
@@ -34,6 +34,7 @@ help:
 	@echo "make down    - stop every service started by make up"
 	@echo "make status  - what runs where"
 	@echo "make bench   - run the benchmarks into benchmarks/out/results.json"
+	@echo "make bench-cluster - scale-out curve (1/2/4 processes, 3 brokers vs 1) + trace ingestion"
 	@echo "make bench-loop - the learning-loop scenarios into benchmarks/out/loop.json"
 	@echo "make lint    - ruff, mypy and import-linter"
 
@@ -97,8 +98,16 @@ $(VENV)/.bench-installed: $(STAMP)
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev,bench]'
 	@touch $@
 
+# BENCH_ARGS: e.g. --cluster (also the scale-out curve), --only traces,scaling (merged into the
+# existing results); python -m benchmarks.run --help.
 bench: up $(VENV)/.bench-installed
-	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks.run $(BENCH_ARGS)
+
+# The scale-out measurements alone (issue 15): 1, 2, 4 processes of each kind on a private
+# three-broker cluster and on the local broker, plus trace ingestion; merged into results.json.
+bench-cluster: up $(VENV)/.bench-installed
+	$(PY) -m benchmarks.run --only scaling,traces
+	$(PY) -m benchmarks.scaling_model
 
 bench-quick: up $(VENV)/.bench-installed
 	$(PY) -m benchmarks.run --quick

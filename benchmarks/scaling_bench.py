@@ -137,6 +137,12 @@ def _three_brokers(base: Settings, tag: str) -> Iterator[Deployment]:
 def _one_broker(base: Settings) -> Iterator[Deployment]:
     from infra.services.kafka import Kafka
 
+    if base.kafka_brokers > 1:
+        raise RuntimeError(
+            "Expected the single local broker for the one-broker series (it starts its own "
+            "three-broker cluster for the other), but REFLUX_KAFKA_BROKERS="
+            f"{base.kafka_brokers}: run it after `make up` without CLUSTER"
+        )
     broker = Kafka(base)
     pid = broker.read_pid()
     settings = base.model_copy(update={"replication_factor": 1})
@@ -204,14 +210,17 @@ def _measure(deployment: Deployment, processes: int, plan: ScalingPlan) -> dict[
         concurrent(plan.warmup_runs)
         pids: dict[str, int | None] = dict(engine.pids())
         pids |= {f"kafka broker {i + 1}": pid for i, pid in enumerate(deployment.kafka_pids)}
+        pids |= _store_pids(settings)
         before = cpu_snapshot(pids)
         rates: list[float] = []
         wall = 0.0
+        run_events = 0
         for i in range(plan.rounds):
             started = time.monotonic()
             runs, began = concurrent(plan.concurrent_runs)
             wall += time.monotonic() - started
             rates.append(em.steps_per_s(runs, began))
+            run_events += sum(len(run.events()) for run in runs)
             _progress(f"  round {i + 1}/{plan.rounds}: {rates[-1]:.0f} steps/s")
         cpu = cpu_delta(before, cpu_snapshot(pids))
         steps = plan.rounds * plan.concurrent_runs * STEPS
@@ -224,6 +233,8 @@ def _measure(deployment: Deployment, processes: int, plan: ScalingPlan) -> dict[
             "cpu_ms_per_step": _cpu_by_kind(cpu.services, steps),
             "cores_busy": round(sum(cpu.services.values()) / wall, 2) if wall else None,
             "partitions": plan.partitions,
+            # What the projector writes to Postgres per step (one row per run event and more).
+            "run_events_per_step": round(run_events / steps, 2),
             "bytes_per_step": {
                 topic: round(size / deployment.replication / all_steps, 1)
                 for topic, size in sorted(on_disk.items())
@@ -236,6 +247,14 @@ def _measure(deployment: Deployment, processes: int, plan: ScalingPlan) -> dict[
         watcher.close()
         engine.stop()
         _cleanup(settings, schema)
+
+
+def _store_pids(settings: Settings) -> dict[str, int | None]:
+    """The stores every configuration shares (their CPU, children included, counts too)."""
+    from infra.services.postgres import Postgres
+    from infra.services.redis import LedgerRedis, Redis
+
+    return {cls.name: cls(settings).read_pid() for cls in (Postgres, Redis, LedgerRedis)}
 
 
 def _cpu_by_kind(services: dict[str, float], steps: int) -> dict[str, float]:
