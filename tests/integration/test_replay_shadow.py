@@ -123,6 +123,13 @@ def test_a_fixing_candidate_turns_failures_into_successes_without_side_effects(
         assert harness.wait(run_id).status == "failed"
     harness.register(order_flow(http.url, "json.order"), version=2)  # the fix
     assert len(http.requests_to("/echo")) == 3  # the originals' POSTs; notify never ran
+    # The "before" picture includes version 2's row: projected asynchronously after the send.
+    eventually(
+        lambda: production_state(harness)["rows"]["workflows"],
+        20,
+        "the projection to hold both workflow versions",
+        until=lambda n: n == 2,
+    )
     before = production_state(harness)
     http.reset()
     seen: list[tuple[int, int]] = []

@@ -81,7 +81,9 @@ def test_worker_process_serves_and_stops_on_sigterm(
                 pytest.fail(f"the worker exited before creating its invoke topic:\n{output}")
             return invoke.topic in topics_on_broker(kafka_settings)
 
-        eventually(invoke_topic_created, 20, f"the worker to create {invoke.topic}", interval=0.1)
+        # A process start: interpreter, imports, Kafka connection; seconds when four test
+        # processes share two cores (a slow start fails nothing the test checks).
+        eventually(invoke_topic_created, 60, f"the worker to create {invoke.topic}", interval=0.1)
         invocations = [_invocation(n) for n in range(10)]
         with Producer(kafka_settings) as producer:
             for inv in invocations:
