@@ -24,7 +24,6 @@ visible: ``mutation_list_apply_p50_ms`` / ``_p99_ms`` and ``mutation_list_ops`` 
 
 from __future__ import annotations
 
-import contextlib
 import statistics
 import sys
 import time
@@ -33,7 +32,7 @@ from typing import Any
 
 import psycopg
 
-from benchmarks.cleanup import delete_prefix_topics
+from benchmarks.cleanup import delete_prefix_topics, drop_engine_schemas
 from foundation.settings import Settings
 from projections.postgres.identifiers import table
 
@@ -248,12 +247,7 @@ def _count(conn: Any, sql: str, run_id: str, command_id: str) -> int:
 
 def _cleanup(settings: Settings, schema: str) -> None:
     delete_prefix_topics(settings, timeout=30)
-    with (
-        contextlib.suppress(Exception),
-        psycopg.connect(settings.postgres_dsn, autocommit=True) as conn,
-    ):
-        for name in (schema, f"{schema}_api"):
-            conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+    drop_engine_schemas(settings, schema)
 
 
 def run_mutation_benchmark(base: Settings, quick: bool = False) -> dict[str, float]:

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import engine_metrics as em
-from benchmarks.cleanup import delete_prefix_topics
+from benchmarks.cleanup import delete_prefix_topics, drop_engine_schemas
 from benchmarks.engine_bench import SEQ_WORKFLOW, STEPS, Watcher, sequential_workflow
 from benchmarks.profiling import cpu_delta, cpu_snapshot
 from benchmarks.registration import publish_version_one
@@ -267,16 +267,8 @@ def _cpu_by_kind(services: dict[str, float], steps: int) -> dict[str, float]:
 
 
 def _cleanup(settings: Settings, schema: str) -> None:
-    import psycopg
-
-    with contextlib.suppress(Exception):
-        delete_prefix_topics(settings, timeout=30)
-    with (
-        contextlib.suppress(Exception),
-        psycopg.connect(settings.postgres_dsn, autocommit=True) as conn,
-    ):
-        for name in (schema, f"{schema}_api"):
-            conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+    delete_prefix_topics(settings, timeout=30)
+    drop_engine_schemas(settings, schema)
 
 
 # -- the whole benchmark -------------------------------------------------------------------------

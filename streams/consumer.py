@@ -28,7 +28,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from confluent_kafka import Consumer as _KafkaConsumer
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
@@ -45,6 +45,8 @@ from streams.metrics import consumer_statistics
 from streams.producer import TYPE_HEADER, Producer
 from streams.security import kafka_client_config
 from streams.topics import TopicCatalog, TopicSpec
+
+T = TypeVar("T")
 
 __all__ = [
     "BatchResult",
@@ -141,6 +143,20 @@ def kafka_transient(exc: BaseException) -> bool:
     if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
         return bool(exc.args[0].retriable())
     return False
+
+
+def retry_transient(call: Callable[[], T], timeout: float, *, backoff_s: float = 0.1) -> T:
+    """``call()``, again while it raises a retriable ``KafkaException`` (:func:`kafka_transient`:
+    NOT_LEADER_FOR_PARTITION on a topic created moments ago or a partition whose leader just
+    moved) and ``timeout`` seconds have not passed; then the last error propagates."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return call()
+        except KafkaException as exc:
+            if not kafka_transient(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(backoff_s)  # the client refreshes its metadata meanwhile
 
 
 def is_retryable(exc: BaseException) -> bool:

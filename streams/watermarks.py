@@ -13,7 +13,7 @@ offsets, which is what a transactional reader can reach).
 
 from __future__ import annotations
 
-import time
+import functools
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -21,7 +21,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from foundation.closing import Closing
 from foundation.errors import ServiceUnavailableError
-from streams.consumer import kafka_transient
+from streams.consumer import retry_transient
 
 __all__ = ["WatermarkReader"]
 
@@ -45,23 +45,21 @@ class WatermarkReader(Closing):
         """
         consumer = self._client()
         marks: dict[tuple[str, int], tuple[int, int]] = {}
-        deadline = time.monotonic() + timeout
         for topic, partition in partitions:
-            while True:
-                try:
-                    low, high = consumer.get_watermark_offsets(
-                        TopicPartition(topic, partition), timeout=timeout, cached=False
-                    )
-                    break
-                except KafkaException as exc:
-                    # A topic created moments ago, or a partition whose leader just moved:
-                    # NOT_LEADER_FOR_PARTITION and the like are retried (the client refreshes
-                    # its metadata meanwhile) until the deadline.
-                    if not kafka_transient(exc) or time.monotonic() >= deadline:
-                        raise ServiceUnavailableError(
-                            f"Expected the watermarks of {topic}/{partition}, but: {exc}"
-                        ) from exc
-                    time.sleep(0.1)  # backoff before asking again
+            try:
+                low, high = retry_transient(
+                    functools.partial(
+                        consumer.get_watermark_offsets,
+                        TopicPartition(topic, partition),
+                        timeout=timeout,
+                        cached=False,
+                    ),
+                    timeout,
+                )
+            except KafkaException as exc:
+                raise ServiceUnavailableError(
+                    f"Expected the watermarks of {topic}/{partition}, but: {exc}"
+                ) from exc
             marks[(topic, partition)] = (low, high)
         return marks
 

@@ -44,7 +44,7 @@ from processors.canary.judge import CanaryConfig, CanaryVerdict, RunObservation,
 from projections.postgres.connection import ReconnectingConnection
 from projections.postgres.identifiers import table
 from schemas.models import MutationAction, MutationRequest
-from streams.consumer import kafka_transient
+from streams.consumer import retry_transient
 from streams.producer import Producer
 from streams.security import kafka_client_config
 from streams.topics import TopicCatalog
@@ -165,19 +165,13 @@ class TraceCosts:
         """(Re)reads the traces of ``workflows`` from ``since`` on; what was counted is
         forgotten."""
         millis = int(since.timestamp() * 1000)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                starts = self._start_offsets(millis)
-                break
-            except KafkaException as exc:
-                # A topic created moments ago may not have its leaders known to every broker
-                # yet (NOT_LEADER_FOR_PARTITION): retriable errors are retried until the deadline.
-                if not kafka_transient(exc) or time.monotonic() >= deadline:
-                    raise ServiceUnavailableError(
-                        f"Kafka did not answer for {self.topic!r}: {exc}"
-                    ) from exc
-                time.sleep(0.1)  # backoff before asking the broker again
+        try:
+            # Retriable errors (a topic created moments ago) are retried for 10 s.
+            starts = retry_transient(lambda: self._start_offsets(millis), 10)
+        except KafkaException as exc:
+            raise ServiceUnavailableError(
+                f"Kafka did not answer for {self.topic!r}: {exc}"
+            ) from exc
         self._consumer.assign(starts)
         # Where each partition starts: its position until a record of it is consumed (the
         # client reports no position before that).

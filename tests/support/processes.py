@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from foundation.settings import Settings
+from reflux.processes import children_of
 from tests.support.waiting import eventually
 
 __all__ = ["Component", "component_env", "wait_for"]
@@ -37,23 +38,6 @@ def component_env(settings: Settings) -> dict[str, str]:
         "REFLUX_KAFKA_BROKERS": str(settings.kafka_brokers),
         "REFLUX_REPLICATION_FACTOR": str(settings.replication_factor),
     }
-
-
-def _children(pid: int) -> list[int]:
-    """Live child pids of ``pid`` (scanning /proc: no third-party dependency for one test)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # "pid (comm) state ppid ...": comm may hold spaces and parentheses, split after it.
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.append(int(entry.name))
-    return found
 
 
 class Component:
@@ -98,7 +82,7 @@ class Component:
         found: list[int] = []
 
         def has_child() -> bool:
-            found[:] = _children(self.proc.pid) if self.proc is not None else []
+            found[:] = children_of(self.proc.pid) if self.proc is not None else []
             return len(found) == 1
 
         eventually(has_child, timeout, f"{self.name}'s supervised child", interval=0.05)

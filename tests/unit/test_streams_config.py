@@ -170,3 +170,39 @@ def test_close_is_bounded_by_its_timeout_when_the_broker_is_unreachable() -> Non
     with pytest.raises(DeliveryError, match="still in flight"):
         producer.close(0.5)
     assert time.monotonic() - began < 5
+
+
+def test_retry_transient_retries_retriable_errors_only() -> None:
+    from streams.consumer import retry_transient
+
+    answers: list[object] = [
+        KafkaException(KafkaError(KafkaError.NOT_LEADER_FOR_PARTITION, retriable=True)),
+        KafkaException(KafkaError(KafkaError.NOT_LEADER_FOR_PARTITION, retriable=True)),
+        (0, 10),
+    ]
+
+    def call() -> object:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert retry_transient(call, 5, backoff_s=0.01) == (0, 10)
+    fatal = KafkaException(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED))
+    calls = []
+
+    def refused() -> None:
+        calls.append(1)
+        raise fatal
+
+    with pytest.raises(KafkaException):
+        retry_transient(refused, 5, backoff_s=0.01)
+    assert len(calls) == 1  # not retried
+    began = time.monotonic()
+    with pytest.raises(KafkaException):
+        retry_transient(call_always_transient, 0.2, backoff_s=0.01)
+    assert time.monotonic() - began < 2
+
+
+def call_always_transient() -> None:
+    raise KafkaException(KafkaError(KafkaError.NOT_LEADER_FOR_PARTITION, retriable=True))
