@@ -17,6 +17,14 @@ Afterwards, counted and asserted: every run terminal (lost 0), no invocation exe
 (duplicated 0), no run failed (the service has no faults), the projection holds exactly the
 log, and no transaction is left hanging: on every topic the last stable offset reaches the
 high watermark and a ``read_committed`` consumer reads to the end.
+
+The same cluster (module-scoped: one start) also serves the check of ADR 0065's setup on its own:
+a topic created from the catalog's settings gets 3 replicas and ``min.insync.replicas=2``; after
+``kill -9`` of a partition's leader, the scheduler's end-offset request
+(``processors.scheduler.runtime.recovery``), through an admin client that knew the old leader,
+answers every partition's real end (it used to answer -1001 for the killed leader's partitions,
+which recovery took as an empty partition); the node comes back in sync; every node serves the
+SASL_SSL listener with the local CA and user.
 """
 
 from __future__ import annotations
@@ -32,16 +40,19 @@ from typing import Any
 
 import psycopg
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from confluent_kafka import Producer as KafkaProducer
 from confluent_kafka.admin import AdminClient
-from confluent_kafka.admin._metadata import PartitionMetadata
+from confluent_kafka.admin._config import ConfigResource
+from confluent_kafka.admin._metadata import PartitionMetadata, TopicMetadata
 
 from foundation.settings import Settings
 from infra.services.kafka_cluster import KafkaCluster
+from processors.scheduler.runtime.recovery import end_offsets
 from projections.postgres import queries
 from schemas.models import StartRun, WorkflowRegistered
 from schemas.statuses import TERMINAL_RUN_STATUSES
-from streams.admin import ensure_topics
+from streams.admin import admin_client, ensure_topics
 from streams.producer import Producer
 from streams.security import kafka_client_config
 from streams.topics import TopicCatalog
@@ -64,11 +75,15 @@ SCHEDULER_INSTANCE = "cluster"
 IN_SYNC_S = 120
 
 
-@pytest.fixture
-def cluster(kafka_settings: Settings, tmp_path: Path) -> Iterator[KafkaCluster]:
+@pytest.fixture(scope="module")
+def cluster(
+    local_services: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[KafkaCluster]:
+    """One cluster for this module's tests (a start is ~20 s, 50 under load): each test leaves
+    it with every node running and in sync, and uses a topic prefix of its own."""
     with private_cluster(
-        kafka_settings,
-        tmp_path / "cluster",
+        local_services,
+        tmp_path_factory.mktemp("cluster"),
         topic_prefix=f"cluster-{uuid.uuid4().hex[:6]}",
         default_partitions=PARTITIONS,
     ) as started:
@@ -385,3 +400,64 @@ def test_runs_survive_two_broker_kills(
         for component in components:
             component.stop()
         drop_schemas(settings, schema)
+
+
+LEADER_TEST_RECORDS = 60
+
+
+@pytest.mark.timeout(300)
+def test_killed_leader_replication_and_sasl(cluster: KafkaCluster) -> None:
+    # A prefix of its own: the module's other test must not find this one's topics.
+    settings = cluster.settings.model_copy(update={"topic_prefix": f"kc-{uuid.uuid4().hex[:6]}"})
+    assert cluster.brokers() == {1, 2, 3}
+    catalog = TopicCatalog.from_settings(settings)
+    topic = catalog.runs.topic
+    ensure_topics(catalog, [catalog.runs], settings=settings)
+    admin = AdminClient({"bootstrap.servers": cluster.bootstrap, "log_level": 0})
+
+    def described_with_leaders() -> TopicMetadata:
+        # Created a moment ago: another broker's metadata may not list its partitions yet.
+        found = admin.list_topics(topic, timeout=10).topics[topic]
+        assert len(found.partitions) == PARTITIONS, found.partitions
+        assert all(p.leader > 0 for p in found.partitions.values()), found.partitions
+        return found
+
+    described = eventually(described_with_leaders, 30, f"{topic}'s partitions and leaders")
+    assert {len(p.replicas) for p in described.partitions.values()} == {3}
+
+    def min_insync() -> str:
+        configs = admin.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, topic)])
+        try:
+            (entries,) = (future.result(timeout=10) for future in configs.values())
+        except KafkaException as exc:  # a broker that does not list the topic yet
+            raise AssertionError(str(exc)) from exc
+        return str(entries["min.insync.replicas"].value)
+
+    assert eventually(min_insync, 30, f"{topic}'s configs") == "2"
+
+    producer = KafkaProducer({**kafka_client_config(settings), "acks": "all"})
+    for i in range(LEADER_TEST_RECORDS):
+        producer.produce(topic, value=b"x", partition=i % PARTITIONS)
+    assert producer.flush(30) == 0
+    expected = {p: LEADER_TEST_RECORDS // PARTITIONS for p in range(PARTITIONS)}
+    long_lived = admin_client(settings)  # as the scheduler's: it has cached the leaders
+    assert end_offsets(long_lived, [topic], range(PARTITIONS), timeout=30)[topic] == expected
+
+    victim = described.partitions[0].leader
+    cluster.kill9(victim)
+    eventually(lambda: victim not in cluster.brokers(), 60, f"broker {victim} fenced")
+    ends = end_offsets(long_lived, [topic], range(PARTITIONS), timeout=60)[topic]
+    assert ends == expected, f"end offsets after kill -9 of broker {victim}: {ends}"
+
+    cluster.start_node(victim)
+    cluster.wait_in_sync(120)
+    assert cluster.under_replicated() == []
+
+    secured = settings.model_copy(
+        update={
+            "kafka_security_protocol": "SASL_SSL",
+            "kafka_bootstrap": ",".join(f"127.0.0.1:{n.sasl_port}" for n in cluster.nodes),
+        }
+    )
+    brokers = AdminClient(kafka_client_config(secured)).list_topics(timeout=20).brokers
+    assert {b.port for b in brokers.values()} == {n.sasl_port for n in cluster.nodes}
