@@ -60,6 +60,9 @@ def component_env(settings: Settings, base: Mapping[str, str] | None = None) -> 
     env["REFLUX_TOPIC_PREFIX"] = settings.topic_prefix
     env["REFLUX_DEFAULT_PARTITIONS"] = str(settings.default_partitions)
     env["REFLUX_KAFKA_BOOTSTRAP"] = settings.kafka_bootstrap
+    # A cluster's topics get its replication (and min.insync.replicas 2) whoever makes them.
+    env["REFLUX_KAFKA_BROKERS"] = str(settings.kafka_brokers)
+    env["REFLUX_REPLICATION_FACTOR"] = str(settings.replication_factor)
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p
     )

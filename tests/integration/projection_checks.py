@@ -20,7 +20,20 @@ from schemas import decode, models
 from streams.topics import TopicCatalog
 from tests.support.kafka_log import read_log
 
-__all__ = ["assert_projection_is_log"]
+__all__ = ["assert_projection_is_log", "projected_runs"]
+
+
+def projected_runs(
+    settings: Settings, schema: str, run_ids: Iterable[str]
+) -> dict[str, queries.RunRow]:
+    """The projected row of each of ``run_ids`` the projection has so far."""
+    with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
+        found = {}
+        for run_id in run_ids:
+            row = queries.get_run(conn, run_id, schema=schema)
+            if row is not None:
+                found[run_id] = row
+        return found
 
 
 def assert_projection_is_log(

@@ -32,7 +32,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 
 from foundation.settings import Settings
@@ -43,9 +42,9 @@ from streams.producer import Producer
 from streams.topics import TopicCatalog
 from tests.integration.engine_fixtures import drop_schemas
 from tests.integration.http_fixtures import HttpTestServer, odds_outcome
-from tests.integration.projection_checks import assert_projection_is_log
+from tests.integration.projection_checks import assert_projection_is_log, projected_runs
 from tests.support.private_kafka import PrivateKafka, private_kafka
-from tests.support.processes import Component, wait_for
+from tests.support.processes import supervised_engine, wait_for
 from workflows import parse_workflow
 
 log = logging.getLogger(__name__)
@@ -115,27 +114,8 @@ def test_burst_survives_kills_and_a_broker_restart(
     logs = tmp_path / "logs"
     logs.mkdir()
     bootstrap = ["--bootstrap", settings.kafka_bootstrap, "--prefix", settings.topic_prefix]
-    scheduler = Component(
-        "scheduler", ["scheduler", "--instance-id", "chaos"], settings, logs, supervised=True
-    )
-    worker_a = Component(
-        "worker-a",
-        ["worker", "--nodes", "http", "--client-id", "chaos-a", "--create-topics"],
-        settings,
-        logs,
-        supervised=True,
-    )
-    worker_b = Component(
-        "worker-b",
-        ["worker", "--nodes", "http", "--client-id", "chaos-b"],
-        settings,
-        logs,
-        supervised=True,
-    )
-    projector = Component(
-        "projector", ["projector", "--schema", schema, *bootstrap], settings, logs, supervised=True
-    )
-    components = [scheduler, worker_a, worker_b, projector]
+    components = supervised_engine("chaos", settings, logs, schema)
+    scheduler, worker_a, _, projector = components
     producer = Producer(settings, client_id="chaos-test")
     try:
         subprocess.run(
@@ -199,13 +179,7 @@ def test_burst_survives_kills_and_a_broker_restart(
         faults.append(f"broker down {stopping:.1f} s, up again in {starting:.1f} s")
 
         def runs() -> dict[str, queries.RunRow]:
-            with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
-                found = {}
-                for run_id in run_ids:
-                    row = queries.get_run(conn, run_id, schema=schema)
-                    if row is not None:
-                        found[run_id] = row
-                return found
+            return projected_runs(settings, schema, run_ids)
 
         def terminal() -> int:
             return sum(r.status in TERMINAL_RUN_STATUSES for r in runs().values())

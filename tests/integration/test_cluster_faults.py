@@ -38,7 +38,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 from confluent_kafka import Producer as KafkaProducer
@@ -58,9 +57,9 @@ from streams.security import kafka_client_config
 from streams.topics import TopicCatalog
 from tests.integration.engine_fixtures import drop_schemas
 from tests.integration.http_fixtures import HttpTestServer
-from tests.integration.projection_checks import assert_projection_is_log
+from tests.integration.projection_checks import assert_projection_is_log, projected_runs
 from tests.support.private_kafka import private_cluster
-from tests.support.processes import Component, wait_for
+from tests.support.processes import supervised_engine, wait_for
 from tests.support.waiting import eventually
 from workflows import parse_workflow
 
@@ -223,32 +222,7 @@ def test_runs_survive_two_broker_kills(
     schema = f"cluster_{uuid.uuid4().hex[:10]}"
     logs = tmp_path / "logs"
     logs.mkdir()
-    bootstrap = ["--bootstrap", settings.kafka_bootstrap, "--prefix", settings.topic_prefix]
-    scheduler = Component(
-        "scheduler",
-        ["scheduler", "--instance-id", SCHEDULER_INSTANCE],
-        settings,
-        logs,
-        supervised=True,
-    )
-    worker_a = Component(
-        "worker-a",
-        ["worker", "--nodes", "http", "--client-id", "cluster-a", "--create-topics"],
-        settings,
-        logs,
-        supervised=True,
-    )
-    worker_b = Component(
-        "worker-b",
-        ["worker", "--nodes", "http", "--client-id", "cluster-b"],
-        settings,
-        logs,
-        supervised=True,
-    )
-    projector = Component(
-        "projector", ["projector", "--schema", schema, *bootstrap], settings, logs, supervised=True
-    )
-    components = [scheduler, worker_a, worker_b, projector]
+    components = supervised_engine(SCHEDULER_INSTANCE, settings, logs, schema)
     producer = Producer(settings, client_id="cluster-test")
     began = time.monotonic()
     try:
@@ -340,13 +314,7 @@ def test_runs_survive_two_broker_kills(
         assert not waves, f"{len(waves)} waves not sent"
 
         def runs() -> dict[str, queries.RunRow]:
-            with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
-                found = {}
-                for run_id in run_ids:
-                    row = queries.get_run(conn, run_id, schema=schema)
-                    if row is not None:
-                        found[run_id] = row
-                return found
+            return projected_runs(settings, schema, run_ids)
 
         def terminal() -> int:
             return sum(r.status in TERMINAL_RUN_STATUSES for r in runs().values())

@@ -19,25 +19,12 @@ from pathlib import Path
 import pytest
 
 from foundation.settings import Settings
-from reflux.processes import children_of
+from reflux.processes import children_of, component_env
 from tests.support.waiting import eventually
 
 __all__ = ["Component", "component_env", "wait_for"]
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def component_env(settings: Settings) -> dict[str, str]:
-    """The environment that points a ``reflux`` process at ``settings``' Kafka and topics."""
-    return {
-        **os.environ,
-        "REFLUX_TOPIC_PREFIX": settings.topic_prefix,
-        "REFLUX_DEFAULT_PARTITIONS": str(settings.default_partitions),
-        "REFLUX_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        # A cluster's topics get its replication (and min.insync.replicas 2) whoever makes them.
-        "REFLUX_KAFKA_BROKERS": str(settings.kafka_brokers),
-        "REFLUX_REPLICATION_FACTOR": str(settings.replication_factor),
-    }
 
 
 class Component:
@@ -136,3 +123,33 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str, *procs: Compo
         interval=0.2,
         describe=lambda: "\n".join(p.tail() for p in procs),
     )
+
+
+def supervised_engine(name: str, settings: Settings, logs: Path, schema: str) -> list[Component]:
+    """The engine of the fault tests as separate supervised processes: a scheduler (instance id
+    ``name``), two workers of the HTTP node (the first creates the invoke topics) and a
+    projector into ``schema``; not started."""
+    bootstrap = ["--bootstrap", settings.kafka_bootstrap, "--prefix", settings.topic_prefix]
+    workers = [
+        Component(
+            f"worker-{letter}",
+            ["worker", "--nodes", "http", "--client-id", f"{name}-{letter}", *extra],
+            settings,
+            logs,
+            supervised=True,
+        )
+        for letter, extra in (("a", ["--create-topics"]), ("b", []))
+    ]
+    return [
+        Component(
+            "scheduler", ["scheduler", "--instance-id", name], settings, logs, supervised=True
+        ),
+        *workers,
+        Component(
+            "projector",
+            ["projector", "--schema", schema, *bootstrap],
+            settings,
+            logs,
+            supervised=True,
+        ),
+    ]
