@@ -24,6 +24,7 @@ need.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -145,10 +146,20 @@ def kafka_transient(exc: BaseException) -> bool:
     return False
 
 
-def retry_transient(call: Callable[[], T], timeout: float, *, backoff_s: float = 0.1) -> T:
+def retry_transient(
+    call: Callable[[], T],
+    timeout: float,
+    *,
+    refresh: Callable[[], object] | None = None,
+    backoff_s: float = 0.1,
+) -> T:
     """``call()``, again while it raises a retriable ``KafkaException`` (:func:`kafka_transient`:
     NOT_LEADER_FOR_PARTITION on a topic created moments ago or a partition whose leader just
-    moved) and ``timeout`` seconds have not passed; then the last error propagates."""
+    moved) and ``timeout`` seconds have not passed; then the last error propagates.
+
+    ``refresh``: called before each retry, e.g. a metadata request for the topic: a client does
+    not refresh the leaders it cached on such an error by itself soon enough (seen: still
+    NOT_LEADER_FOR_PARTITION after 10 s of retries in ``make test``)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -156,7 +167,10 @@ def retry_transient(call: Callable[[], T], timeout: float, *, backoff_s: float =
         except KafkaException as exc:
             if not kafka_transient(exc) or time.monotonic() >= deadline:
                 raise
-            time.sleep(backoff_s)  # the client refreshes its metadata meanwhile
+            time.sleep(backoff_s)
+            if refresh is not None:
+                with contextlib.suppress(KafkaException):
+                    refresh()
 
 
 def is_retryable(exc: BaseException) -> bool:

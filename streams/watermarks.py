@@ -55,6 +55,7 @@ class WatermarkReader(Closing):
                         cached=False,
                     ),
                     timeout,
+                    refresh=functools.partial(consumer.list_topics, topic, timeout=5),
                 )
             except KafkaException as exc:
                 raise ServiceUnavailableError(

@@ -167,7 +167,11 @@ class TraceCosts:
         millis = int(since.timestamp() * 1000)
         try:
             # Retriable errors (a topic created moments ago) are retried for 10 s.
-            starts = retry_transient(lambda: self._start_offsets(millis), 10)
+            starts = retry_transient(
+                lambda: self._start_offsets(millis),
+                10,
+                refresh=lambda: self._consumer.list_topics(self.topic, timeout=5),
+            )
         except KafkaException as exc:
             raise ServiceUnavailableError(
                 f"Kafka did not answer for {self.topic!r}: {exc}"

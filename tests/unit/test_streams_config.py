@@ -206,3 +206,18 @@ def test_retry_transient_retries_retriable_errors_only() -> None:
 
 def call_always_transient() -> None:
     raise KafkaException(KafkaError(KafkaError.NOT_LEADER_FOR_PARTITION, retriable=True))
+
+
+def test_retry_transient_refreshes_before_each_retry() -> None:
+    from streams.consumer import retry_transient
+
+    failures = [KafkaException(KafkaError(KafkaError.NOT_LEADER_FOR_PARTITION, retriable=True))]
+    refreshed: list[int] = []
+
+    def call() -> str:
+        if failures:
+            raise failures.pop()
+        return "ends"
+
+    assert retry_transient(call, 5, refresh=lambda: refreshed.append(1), backoff_s=0.01) == "ends"
+    assert refreshed == [1]
