@@ -9,7 +9,8 @@ STAMP := $(VENV)/.installed
 # so the one process that may own a chdb store, together): the integration tests mostly wait on
 # Kafka, so more processes overlap waits (measured: 225 s with two, 168 s with three; with the
 # 2,985 tests of 2026-12-06, 724 s with three and 626 s with four; with 3,435 tests, 678 s with
-# four and 718 s with five).
+# four and 718 s with five). tests/conftest.py keeps the files of one group of
+# tests/support/xdist_groups.py (the broker-fault tests) in one process, one after the other.
 PYTEST_PARALLEL := -n 4 --dist loadfile
 
 # `make up CLUSTER=3` (and demo, status, down with the same CLUSTER=3): a three-broker KRaft

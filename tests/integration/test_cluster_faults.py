@@ -244,7 +244,9 @@ def test_runs_survive_two_broker_kills(
                 registered_at=datetime.now(UTC),
             ),
         )
-        producer.flush(10)
+        # A cluster started moments ago, on a busy machine, can take more than 10 s to elect
+        # the leaders of topics it just created.
+        producer.flush(60)
         for component in components:
             component.start()
 
