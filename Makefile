@@ -21,7 +21,8 @@ ifneq ($(strip $(CLUSTER)),)
 export REFLUX_KAFKA_BROKERS := $(CLUSTER)
 endif
 
-.PHONY: image test-image help venv up down status connect lint typecheck test test-unit test-integration demo demo-improve bench bench-quick bench-cluster bench-loop clean codegen
+# web: the console (web/, issue 16).
+.PHONY: web image test-image help venv up down status connect lint typecheck test test-unit test-integration demo demo-improve bench bench-quick bench-cluster bench-loop clean codegen
 
 help:
 	@echo "make demo    - install, start the local services, run the demo"
@@ -77,8 +78,21 @@ test-unit: venv
 test-integration: up
 	$(VENV)/bin/pytest tests/integration -q $(PYTEST_PARALLEL)
 
+# The web console (web/, docs/console.md): installed from the lock file with `npm ci`, built
+# (type check, then Vite) into web/dist, which the API serves under /ui. Rebuilt when a source
+# or the lock changes.
+WEB_SOURCES := $(shell find web/src -type f 2>/dev/null) web/index.html web/vite.config.ts web/tsconfig.json web/package.json
+web/node_modules/.installed: web/package-lock.json
+	cd web && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+web/dist/index.html: web/node_modules/.installed $(WEB_SOURCES)
+	cd web && npm run --silent build
+
+web: web/dist/index.html
+
 # `up` first: the services start (and Jaeger's Go build begins, ADR 0062) while lint runs.
-test: up lint
+test: up lint web
 	$(VENV)/bin/pytest tests -q $(PYTEST_PARALLEL) --durations=10
 
 # The container image (infra/image/, docs/image.md): built on the project's own dockerd.
@@ -89,7 +103,7 @@ image: up
 test-image: up
 	$(VENV)/bin/pytest tests/integration/test_image.py -q -m image
 
-demo: up
+demo: up web
 	$(VENV)/bin/reflux demo
 
 demo-improve: up

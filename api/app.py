@@ -24,6 +24,7 @@ from api.auth.guard import authorize
 from api.auth.install import install_identity
 from api.auth.tenancy import scope_to_tenant
 from api.config import ApiSettings
+from api.console import install_console
 from api.errors import install_error_handlers
 from api.limits import BodyLimit, RequestLimitsMiddleware
 from api.prometheus import ApiMetrics, MetricsMiddleware
@@ -193,9 +194,16 @@ def create_app(
     ):
         v1.include_router(resource)
     app.include_router(v1)
-    app.include_router(health.router)
+    _install_public_routes(app, api)
     install_identity(app, API_PREFIX)  # roles, authentication, audit, OpenAPI (ADR 0046)
     return _with_tracing(app, settings)
+
+
+def _install_public_routes(app: FastAPI, api: ApiSettings) -> None:
+    """The routes outside /v1, which need no credential: health and the web console's files
+    (code only; the console reads /v1 with the user's own credential)."""
+    app.include_router(health.router)
+    install_console(app, api.console_dir)
 
 
 def _with_tracing(app: FastAPI, settings: Settings) -> FastAPI:

@@ -6,6 +6,8 @@ the API can be configured per process (schemas per test, webhook secrets per dep
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -198,6 +200,10 @@ class ApiSettings(BaseSettings):
     rate_fail_closed: frozenset[str] = frozenset({"starts"})
     """Buckets that refuse (503) while their Redis is unreachable; the others let requests
     through (logged, counted). Names: ``write``, ``read``, ``hook``, ``starts``."""
+
+    console_dir: Path | None = None
+    """The built web console (``web/dist``, built by ``make``) served under ``/ui``; unset:
+    ``web/dist`` beside the source tree, if it exists (api/console.py)."""
 
     @field_validator("rate_fail_closed")
     @classmethod

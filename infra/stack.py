@@ -64,7 +64,14 @@ def _service(name: str, settings: Settings) -> Service:
 # use to publish triggers and read topics, and the tests use as an outside producer (ADR 0053).
 # Installed with the services so a fresh machine needs nothing by hand.
 # zsh and fish: the shells `reflux completion` writes scripts for, which its tests drive.
-SYSTEM_TOOLS = {"bwrap": "bubblewrap", "kcat": "kcat", "zsh": "zsh", "fish": "fish"}
+# chromium: the console's browser tests (Playwright drives Debian's build; nothing is downloaded).
+SYSTEM_TOOLS = {
+    "bwrap": "bubblewrap",
+    "kcat": "kcat",
+    "zsh": "zsh",
+    "fish": "fish",
+    "chromium": "chromium",
+}
 
 
 def up(settings: Settings, names: list[str] | None = None) -> dict[str, float]:

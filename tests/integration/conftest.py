@@ -61,6 +61,12 @@ def isolated_settings(
 
 # Shared fixtures (kafka_settings, admin, catalog, topics, the engine harness) for every
 # integration test.
+from tests.integration.console_fixtures import (  # noqa: E402, F401
+    browser,
+    console,
+    console_api,
+    playwright_driver,
+)
 from tests.integration.engine_fixtures import engine_harness, harness  # noqa: E402, F401
 from tests.integration.kafka_fixtures import admin, catalog, kafka_settings, topics  # noqa: E402, F401
 

@@ -1,0 +1,126 @@
+"""The web console against the real stack: the engine (harness), the API with the built console
+under /ui served by uvicorn on a free port, an admin API key made the real way (``reflux
+api-keys create``), and headless Chromium (Debian's, driven by Playwright; nothing downloaded).
+
+``console`` signs the browser in with the key in the link's fragment (``/ui/...#key=...``), as
+the link ``make demo`` prints does. Screenshots land in docs/console/ (shown in the README).
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+import uvicorn
+from playwright.sync_api import Browser, Page, Playwright, sync_playwright
+
+from api.app import create_app
+from api.config import ApiSettings
+from api.console import DEFAULT_CONSOLE_DIR
+from reflux.cli import main
+from tests.integration.engine_fixtures import Harness
+from tests.support.waiting import eventually
+
+CHROMIUM = "/usr/bin/chromium"
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "console"
+
+
+@dataclass
+class Console:
+    url: str
+    """The API's base URL (the console is under ``{url}/ui``)."""
+    key: str
+    """An admin API key, for the browser and for arranging data through /v1."""
+    harness: Harness
+    page: Page
+
+    def open(self, path: str = "/runs") -> None:
+        """Loads a console page (``path`` below /ui), signed in."""
+        self.page.goto(f"{self.url}/ui{path}#key={self.key}")
+
+    def screenshot(self, name: str) -> Path:
+        """A full-page screenshot of the current page in docs/console/<name>.png."""
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        target = SCREENSHOTS / f"{name}.png"
+        self.page.screenshot(path=str(target), full_page=True)
+        return target
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+
+@pytest.fixture(scope="session")
+def playwright_driver() -> Iterator[Playwright]:
+    if shutil.which(CHROMIUM) is None:
+        pytest.fail(f"{CHROMIUM} is missing: `make up` installs Debian's chromium")
+    with sync_playwright() as driver:
+        yield driver
+
+
+@pytest.fixture(scope="session")
+def browser(playwright_driver: Playwright) -> Iterator[Browser]:
+    launched = playwright_driver.chromium.launch(
+        executable_path=CHROMIUM, headless=True, args=["--no-sandbox"]
+    )
+    yield launched
+    launched.close()
+
+
+@pytest.fixture
+def console_api(
+    harness: Harness, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[str, str]]:
+    """The API (with the console) on a free port, and an admin key: ``(url, key)``."""
+    if not (DEFAULT_CONSOLE_DIR / "index.html").is_file():
+        pytest.fail(f"the console is not built in {DEFAULT_CONSOLE_DIR}: `make web` builds it")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    api_schema = f"{harness.schema}_api"
+    key_file = tmp_path_factory.mktemp("console-key") / "api-key"
+    monkeypatch.setenv("REFLUX_API_API_SCHEMA", api_schema)
+    monkeypatch.setenv("REFLUX_POSTGRES_DSN", harness.settings.postgres_dsn)
+    args = ["api-keys", "create", "--role", "admin", "--name", "console-test", "--write-to"]
+    assert main([*args, str(key_file)]) == 0
+    app = create_app(
+        harness.settings,
+        ApiSettings(
+            read_schema=harness.schema,
+            api_schema=api_schema,
+            poll_interval_s=0.05,
+            clickhouse_enabled=False,  # one chdb per process: metrics live in test_traces.py
+            console_dir=DEFAULT_CONSOLE_DIR,
+        ),
+    )
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+
+    def started() -> bool:
+        if not server.started and not thread.is_alive():
+            pytest.fail(f"the API server thread ended before listening on port {port}")
+        return server.started
+
+    eventually(started, 20, f"the API to listen on port {port}")
+    yield f"http://127.0.0.1:{port}", key_file.read_text().strip()
+    server.should_exit = True
+    thread.join(10)
+    with psycopg.connect(harness.settings.postgres_dsn, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{api_schema}" CASCADE')
+
+
+@pytest.fixture
+def console(console_api: tuple[str, str], harness: Harness, browser: Browser) -> Iterator[Console]:
+    url, key = console_api
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    yield Console(url=url, key=key, harness=harness, page=page)
+    context.close()
