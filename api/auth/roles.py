@@ -80,6 +80,7 @@ ROUTE_ACCESS: Final[dict[str, Access]] = {
     "GET /v1/runs/{run_id}/stream": _V,
     "GET /v1/runs/{run_id}/graph": _V,
     "GET /v1/runs/{run_id}/export": _V,
+    "GET /v1/runs/{run_id}/payload": _V,
     "GET /v1/runs/{run_a}/diff/{run_b}": _V,
     "POST /v1/runs/import": _E,
     "POST /v1/runs/{run_id}/cancel": _O,

@@ -230,6 +230,36 @@ def export_run(
     )
 
 
+# -- one claim-checked payload --------------------------------------------------------------------
+
+
+@router.get(
+    "/{run_id}/payload",
+    summary="One claim-checked payload of a run (a large step output, params or map items), "
+    "as JSON: the `uri` of a claim check the run's events hold",
+    responses=errors(404, 422, 503),
+)
+def get_payload(
+    run_id: str,
+    *,
+    request: Request,
+    conn: ConnDep,
+    api: ApiSettingsDep,
+    settings: SettingsDep,
+    uri: Annotated[str, Query(min_length=1, max_length=2000, description="The claim check's uri")],
+) -> Any:
+    """Loads only a uri that one of the run's own events names (so a caller who may read the
+    run reads its payloads, and nothing else in the bucket), checked against its sha256."""
+    refs = {ref.uri: ref for ref in payload_refs(run_log(conn, run_id, api.read_schema))}
+    ref = refs.get(uri)
+    if ref is None:
+        raise NotFoundError(f"run {run_id!r} holds no claim check {uri!r}")
+    try:
+        return load_payload(blob_store(request, settings), ref)
+    except json.JSONDecodeError as exc:
+        raise ReplayFailedError(f"Expected {uri} to hold JSON, but: {exc}") from exc
+
+
 # -- import ---------------------------------------------------------------------------------------
 
 

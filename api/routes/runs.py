@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
+from datetime import datetime
 from typing import Annotated, Any
 
 import anyio
@@ -262,6 +263,21 @@ def list_runs(
     status: Annotated[
         str | None, Query(description=f"One of {', '.join(queries.RUN_STATUSES)}")
     ] = None,
+    source: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=200,
+            description="How the run was started: `api`, `webhook`, `schedule`, `parent` (a child "
+            "run), or a trigger's source.",
+        ),
+    ] = None,
+    started_after: Annotated[
+        datetime | None, Query(description="Runs started at or after this time (ISO 8601).")
+    ] = None,
+    started_before: Annotated[
+        datetime | None, Query(description="Runs started before this time (ISO 8601).")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=queries.MAX_LIMIT)] = 50,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
 ) -> RunsPublic:
@@ -285,6 +301,9 @@ def list_runs(
             cursor,
             schema=api.read_schema,
             tenant=principal.tenant,
+            source=source,
+            started_after=started_after,
+            started_before=started_before,
         )
     except queries.InvalidQueryError as exc:
         raise RequestInvalidError(

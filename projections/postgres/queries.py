@@ -274,9 +274,12 @@ def list_runs(
     *,
     schema: str = DEFAULT_SCHEMA,
     tenant: str | None = None,
+    source: str | None = None,
+    started_after: datetime | None = None,
+    started_before: datetime | None = None,
 ) -> RunPage:
     """Runs newest first (``started_at``, then ``run_id``), optionally filtered (``tenant``:
-    that tenant's runs only)."""
+    that tenant's runs only; ``started_after`` inclusive, ``started_before`` exclusive)."""
     _check_limit(limit, MAX_LIMIT)
     if status is not None and status not in RUN_STATUSES:
         raise InvalidQueryError(f"Expected status to be one of {RUN_STATUSES}, but got {status!r}")
@@ -291,6 +294,15 @@ def list_runs(
     if status is not None:
         where.append("status = %s")
         params.append(status)
+    if source is not None:
+        where.append("source = %s")
+        params.append(source)
+    if started_after is not None:
+        where.append("started_at >= %s")
+        params.append(started_after)
+    if started_before is not None:
+        where.append("started_at < %s")
+        params.append(started_before)
     if cursor is not None:
         started_at, run_id = decode_cursor(cursor)
         where.append("(started_at, run_id) < (%s, %s)")
