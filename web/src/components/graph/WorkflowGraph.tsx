@@ -3,7 +3,7 @@
 
 import "@xyflow/react/dist/style.css";
 
-import { Background, Controls, ReactFlow, type Edge, type Node } from "@xyflow/react";
+import { Background, Controls, ReactFlow, type Edge, type FitViewOptions, type Node } from "@xyflow/react";
 import { useMemo } from "react";
 
 import { place, type GraphStep } from "./layout";
@@ -17,9 +17,22 @@ export interface WorkflowGraphProps {
   height?: number | string;
   /** Accessible name of the graph region. */
   label?: string;
+  /** What the first view fits (default: every step); a big run fits its first steps. */
+  fitViewOptions?: FitViewOptions;
+  /** Above this many edges only the selected step's are drawn: React Flow renders every edge
+   * whose box crosses the view, and a 1,000-step fan-out's all do (thousands of SVG paths). */
+  edgeLimit?: number;
 }
 
-export function WorkflowGraph({ steps, selected, onSelect, height = 420, label }: WorkflowGraphProps) {
+export function WorkflowGraph({
+  steps,
+  selected,
+  onSelect,
+  height = 420,
+  label,
+  fitViewOptions,
+  edgeLimit = Infinity,
+}: WorkflowGraphProps) {
   // Positions depend on the shape only, so a status change re-colours without re-laying out.
   const shape = steps.map((s) => `${s.id}<${s.needs.join(",")}`).join(";");
   const positions = useMemo(() => place(steps), [shape]);
@@ -44,10 +57,13 @@ export function WorkflowGraph({ steps, selected, onSelect, height = 420, label }
   );
   const edges: Edge[] = useMemo(() => {
     const ids = new Set(steps.map((s) => s.id));
-    return steps.flatMap((step) =>
+    const all = steps.flatMap((step) =>
       step.needs.filter((n) => ids.has(n)).map((need) => ({ id: `${need}->${step.id}`, source: need, target: step.id })),
     );
-  }, [steps]);
+    if (all.length <= edgeLimit) return all;
+    return all.filter((edge) => edge.source === selected || edge.target === selected);
+    // Keyed by the shape, not the steps: a status change must not rebuild every edge.
+  }, [shape, edgeLimit, selected]);
 
   return (
     <div className="workflow-graph" style={{ height }} role="region" aria-label={label ?? "workflow graph"}>
@@ -55,6 +71,7 @@ export function WorkflowGraph({ steps, selected, onSelect, height = 420, label }
         nodes={nodes}
         edges={edges}
         fitView
+        fitViewOptions={fitViewOptions}
         minZoom={0.05}
         onlyRenderVisibleElements
         nodesDraggable={false}

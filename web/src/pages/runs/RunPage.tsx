@@ -17,6 +17,10 @@ import { fromLive, fromState, StepPanel } from "./StepPanel";
 import type { RunGraph, RunState, RunSummary } from "./types";
 import { useRunStream, type Connection } from "./useRunStream";
 
+const BIG_GRAPH = 60;
+const FIT_FIRST = 24;
+const EDGE_LIMIT = 400;
+
 export function RunPage() {
   const { runId = "" } = useParams();
   const [params, setParams] = useSearchParams();
@@ -70,6 +74,11 @@ export function RunPage() {
     }));
     // `version` stands for the model, which the stream mutates in place.
   }, [shape, atSeq, version]);
+
+  // A big graph first shows its first steps at a readable zoom (all of it would be specks);
+  // fewer nodes in view also means fewer in the DOM (onlyRenderVisibleElements).
+  const firstIds = shape && shape.steps.length > BIG_GRAPH ? shape.steps.slice(0, FIT_FIRST).map((s) => s.step_id).join(",") : "";
+  const fitFirst = useMemo(() => (firstIds ? { nodes: firstIds.split(",").map((id) => ({ id })) } : undefined), [firstIds]);
 
   const status = run.lastSeq >= 0 ? run.runStatus : (detail.data?.status ?? "…");
   const lastSeq = Math.max(run.lastSeq, detail.data?.last_seq ?? -1);
@@ -127,7 +136,9 @@ export function RunPage() {
       <TimeTravel lastSeq={lastSeq} atSeq={atSeq} onTravel={travel} run={run} version={version} />
       {atSeq !== null && pastGraph.error && <ErrorBox error={pastGraph.error} title={`Could not replay the run to seq ${atSeq}`} />}
 
-      <div className={selected ? "run-body with-panel" : "run-body"}>
+      {/* The panel's column is always there: a graph that changed width would keep its old
+          viewport, and steps outside it are not rendered (onlyRenderVisibleElements). */}
+      <div className="run-body with-panel">
         <div className="run-graph">
           <StepFinder steps={steps} selected={selected} onSelect={select} />
           {graph.error && <ErrorBox error={graph.error} title="Could not load the graph" />}
@@ -139,9 +150,16 @@ export function RunPage() {
               onSelect={select}
               height={460}
               label={atSeq !== null ? `run graph at seq ${atSeq}` : "run graph"}
+              fitViewOptions={fitFirst}
+              edgeLimit={EDGE_LIMIT}
             />
           )}
         </div>
+        {!selected && (
+          <aside className="step-panel" aria-label="Step details">
+            <p className="state empty">Select a step (in the graph, the timeline or by name) to see its params, output and error.</p>
+          </aside>
+        )}
         {selected && (
           <StepPanel
             key={selected}
@@ -175,6 +193,7 @@ function ConnectionState({ connection }: { connection: Connection }) {
 /** Jump to a step by name: the keyboard's way into a graph of 1,000 steps. */
 function StepFinder({ steps, selected, onSelect }: { steps: GraphStep[]; selected: string | null; onSelect: (id: string) => void }) {
   const [text, setText] = useState("");
+  const [active, setActive] = useState(false);
   const ids = useMemo(() => steps.map((s) => s.id), [steps.length]);
   return (
     <form
@@ -186,13 +205,22 @@ function StepFinder({ steps, selected, onSelect }: { steps: GraphStep[]; selecte
     >
       <label>
         Find step
-        <input list="run-step-ids" value={text} placeholder={selected ?? "step id"} onChange={(e) => setText(e.target.value)} />
+        <input
+          list="run-step-ids"
+          value={text}
+          placeholder={selected ?? "step id"}
+          onFocus={() => setActive(true)}
+          onChange={(e) => setText(e.target.value)}
+        />
       </label>
-      <datalist id="run-step-ids">
-        {ids.slice(0, 2000).map((id) => (
-          <option key={id} value={id} />
-        ))}
-      </datalist>
+      {/* Built on first use: a 1,000-option list re-rendered with every page update costs. */}
+      {active && (
+        <datalist id="run-step-ids">
+          {ids.map((id) => (
+            <option key={id} value={id} />
+          ))}
+        </datalist>
+      )}
       <button type="submit">Show</button>
     </form>
   );
