@@ -3,7 +3,7 @@
 
 import "@xyflow/react/dist/style.css";
 
-import { Background, Controls, ReactFlow, type Edge, type FitViewOptions, type Node } from "@xyflow/react";
+import { Background, Controls, Position, ReactFlow, type Edge, type FitViewOptions, type Node } from "@xyflow/react";
 import { useMemo } from "react";
 
 import { place, type GraphStep } from "./layout";
@@ -51,6 +51,9 @@ export function WorkflowGraph({
         ].join(" "),
         draggable: false,
         connectable: false,
+        // The layout runs left to right: edges leave a step on its right, enter on its left.
+        sourcePosition: Position.Right,
+        targetPosition: Position.Left,
         ariaLabel: `step ${step.id}${step.status ? `: ${step.status}` : ""}`,
       })),
     [steps, positions, selected],

@@ -147,7 +147,7 @@ function Payload({ title, runId, value, refValue }: { title: string; runId: stri
   const [loaded, setLoaded] = useState<{ uri: string; value: unknown }>();
   const [failure, setFailure] = useState<Error>();
   const [busy, setBusy] = useState(false);
-  if (value === undefined && !refValue) return null;
+  if ((value === undefined || value === null) && !refValue) return null;
   const load = async () => {
     if (!refValue) return;
     setBusy(true);
