@@ -152,6 +152,7 @@ def test_a_failing_step_shows_its_error_and_is_redriven_from_the_page(
     page = console.page
     console.open(f"/runs/{run_id}")
     expect(page.get_by_label("Run status")).to_have_text("failed")
+    expect(page.get_by_role("alert", name="Run error")).to_contain_text("Failed at step fetch")
     _node(page, "fetch", "failed").click()
     panel = page.get_by_role("complementary", name="Step fetch")
     expect(panel.get_by_role("alert", name="Step error")).to_contain_text(error["message"])

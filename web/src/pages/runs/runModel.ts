@@ -165,7 +165,9 @@ export function apply(run: RunLive, event: RunEvent): boolean {
     run.endedAt = at;
     if (event.event_type === "RunFailed") {
       run.error = (p.error as ErrorInfo | undefined) ?? null;
-      run.failedStep = (p.failed_step as string | undefined) ?? null;
+      // The event names the step as a StepRef ({step_id, node, ...}); older logs as a string.
+      const failed = p.failed_step as { step_id?: string } | string | null | undefined;
+      run.failedStep = typeof failed === "string" ? failed : (failed?.step_id ?? null);
     }
     for (const id of [...run.open.keys()]) closeOpen(run, id, at);
     return true;
