@@ -44,6 +44,12 @@ export function RunPage() {
   useEffect(() => {
     if (run.shapeChanges) reloadGraph();
   }, [run.shapeChanges, reloadGraph]);
+  // A run opened right after POST /v1/runs may not be projected yet (404): the stream retries
+  // until its first events arrive, and the graph is asked again then.
+  const graphMissing = graph.error !== undefined && !graph.data;
+  useEffect(() => {
+    if (graphMissing && run.lastSeq >= 0) reloadGraph();
+  }, [graphMissing, run.lastSeq, reloadGraph]);
 
   const setParam = useCallback(
     (name: string, value: string | null) => {
@@ -90,7 +96,14 @@ export function RunPage() {
         ? fromState((pastState.data?.state.steps as Record<string, Record<string, unknown>> | undefined)?.[selected])
         : fromLive(run.steps.get(selected));
 
-  if (detail.error && !detail.data) return <ErrorBox error={detail.error} title={`Could not load run ${runId}`} />;
+  if (detail.error && !detail.data && run.lastSeq < 0) {
+    return (
+      <section className="run-page">
+        <ErrorBox error={detail.error} title={`Could not load run ${runId}`} />
+        <p className="state">The page keeps trying: a run started a moment ago appears once its first event is projected.</p>
+      </section>
+    );
+  }
 
   return (
     <section className="run-page" aria-labelledby="run-title">
