@@ -1,7 +1,9 @@
 """The console's runs pages on the real stack: a run started from the start form turns green step
 by step on the live graph; a failing step shows its error and is re-driven from the page; the
 time-travel slider shows an earlier state; pause, resume, signal and cancel work from their
-dialogs (a refused signal shows the API's reason); a claim-checked output loads on demand; the
+dialogs (a refused signal shows the API's reason); a page opened before its run is projected, or
+whose stream is cut, catches up (from the last seq it applied); a claim-checked output loads on
+demand; the
 list filters by status, source and time; and the page stays responsive with a 1,000-step run
 (measured and printed). Screenshots: docs/console/runs-list.png, run-start.png, run-page.png,
 run-timetravel.png.
@@ -15,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Page, Route, expect
 
 from api.ids import API_SOURCE, run_id_for
 from processors.replay.bundle import Bundle, BundleWorkflow, write_bundle
@@ -246,6 +248,43 @@ def test_a_run_page_opened_before_the_run_is_projected_follows_it(
     assert started.status_code == 202 and started.json()["run_id"] == run_id
     expect(_node(page, "one", "succeeded")).to_be_visible(timeout=20_000)
     expect(page.get_by_label("Run status")).to_have_text("succeeded")
+
+
+def test_a_cut_stream_resumes_from_the_last_seq_it_applied(
+    console: Console, http: HttpTestServer
+) -> None:
+    _register(
+        console,
+        {
+            "id": "console-resume",
+            "steps": [
+                _call("one", f"{http.url}/echo"),
+                _call("two", f"{http.url}/echo", needs=["one"]),
+            ],
+        },
+    )
+    run_id = _start(console, "console-resume")
+    last_seq = _wait_status(console, run_id, "succeeded")["last_seq"]
+    page = console.page
+    streams: list[str] = []
+    page.on("request", lambda r: streams.append(r.url) if "/stream?" in r.url else None)
+
+    def cut(route: Route) -> None:
+        """The first stream ends after its first 3 events, as if the connection dropped."""
+        body = route.fetch().text()
+        blocks = re.split(r"\r?\n\r?\n", body)
+        events = [block for block in blocks if "data:" in block][:3]
+        route.fulfill(
+            status=200,
+            headers={"content-type": "text/event-stream"},
+            body="\n\n".join(events) + "\n\n",
+        )
+
+    page.route(lambda url: "/stream?after_seq=-1" in url, cut)
+    console.open(f"/runs/{run_id}")
+    expect(_node(page, "two", "succeeded")).to_be_visible(timeout=20_000)
+    expect(page.get_by_role("heading", name=f"Events ({last_seq + 1})")).to_be_visible()
+    assert [url.split("after_seq=")[1] for url in streams][:2] == ["-1", "2"], streams
 
 
 def test_a_claim_checked_output_is_loaded_on_demand(console: Console, http: HttpTestServer) -> None:
