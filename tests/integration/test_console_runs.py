@@ -3,10 +3,9 @@ by step on the live graph; a failing step shows its error and is re-driven from 
 time-travel slider shows an earlier state; pause, resume, signal and cancel work from their
 dialogs (a refused signal shows the API's reason); a page opened before its run is projected, or
 whose stream is cut, catches up (from the last seq it applied); a claim-checked output loads on
-demand; the
-list filters by status, source and time; and the page stays responsive with a 1,000-step run
-(measured and printed). Screenshots: docs/console/runs-list.png, run-start.png, run-page.png,
-run-timetravel.png.
+demand; the list filters by status, source and time; and the page stays responsive with a
+1,000-step run (measured and printed). Screenshots: docs/console/runs-list.png, run-start.png,
+run-page.png, run-timetravel.png, run-page-1000-steps.png.
 """
 
 from __future__ import annotations
