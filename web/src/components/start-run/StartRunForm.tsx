@@ -67,7 +67,11 @@ export function StartRunForm({ workflowId, version, definition, onStarted }: Sta
           field={field}
           text={texts[field.name] ?? ""}
           error={fieldErrors[field.name]}
-          onChange={(text) => setTexts((t) => ({ ...t, [field.name]: text }))}
+          onChange={(text) => {
+            setTexts((t) => ({ ...t, [field.name]: text }));
+            // An error belongs to the text it was about: editing the field clears it.
+            setFieldErrors(({ [field.name]: _gone, ...rest }) => rest);
+          }}
         />
       ))}
       {failure && <ErrorBox error={failure} title="The run was not started" />}

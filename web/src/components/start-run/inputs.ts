@@ -18,7 +18,12 @@ const TYPES: InputType[] = ["string", "number", "integer", "boolean", "object", 
 
 export function inputFields(definition: Record<string, unknown> | undefined): InputField[] {
   const declared = (definition?.inputs ?? {}) as Record<string, Record<string, unknown>>;
-  return Object.entries(declared).map(([name, spec]) => ({
+  // The stored definition (Postgres jsonb) does not keep the author's key order: required
+  // inputs first, then by name, so the form reads the same every time.
+  const entries = Object.entries(declared).sort(
+    ([a, specA], [b, specB]) => Number(Boolean(specB.required)) - Number(Boolean(specA.required)) || a.localeCompare(b),
+  );
+  return entries.map(([name, spec]) => ({
     name,
     type: TYPES.includes(spec.type as InputType) ? (spec.type as InputType) : "string",
     required: Boolean(spec.required),
