@@ -96,11 +96,11 @@ test: up lint web
 	$(VENV)/bin/pytest tests -q $(PYTEST_PARALLEL) --durations=10
 
 # The container image (infra/image/, docs/image.md): built on the project's own dockerd.
-image: up
+image: up web
 	$(PY) -m infra.image.build
 
 # Slow (a build is 3 to 4.5 minutes here), so outside `make test` (marker `image`).
-test-image: up
+test-image: up web
 	$(VENV)/bin/pytest tests/integration/test_image.py -q -m image
 
 demo: up web
