@@ -46,7 +46,7 @@ export function ConfirmAction({ mutation, action, onClose, onDone }: Props) {
     setBusy(true);
     setError(undefined);
     const body: Record<string, unknown> = { wait_ms: WAIT_MS };
-    if (reason.trim()) body.reason = reason.trim();
+    if (reason.trim() && action !== "approve") body.reason = reason.trim();
     if (action === "approve") body.canary_weight = Number(weight);
     try {
       const answer = await apiSend<MutationDetail | { status: "accepted" }>(
@@ -84,10 +84,13 @@ export function ConfirmAction({ mutation, action, onClose, onDone }: Props) {
             />
           </label>
         )}
-        <label>
-          Reason (optional)
-          <textarea value={reason} onChange={(e) => setReason(e.target.value)} rows={2} />
-        </label>
+        {action !== "approve" && (
+          // The processor records no reason on an approval (lifecycle._approve), so none is asked.
+          <label>
+            Reason (optional)
+            <textarea value={reason} onChange={(e) => setReason(e.target.value)} rows={2} />
+          </label>
+        )}
         {error && <ErrorBox error={error} title={`${ACTION_LABEL[action]} refused`} />}
         <div className="actions">
           <button type="button" onClick={onClose} disabled={busy}>

@@ -73,7 +73,9 @@ export function MutationPage() {
             {ACTION_LABEL[action]}
           </button>
         ))}
-        {actions.length === 0 && <span className="muted">No decision left: {m.status} is final.</span>}
+        {actions.length === 0 && (
+          <span className="muted">No decision left: the proposal is {m.status.replace("_", " ")}.</span>
+        )}
         {mutation.loading && <span className="muted"> refreshing…</span>}
       </div>
       {notice && (

@@ -83,7 +83,7 @@ function ReplayDetail({ replayId, onEnded }: { replayId: string; onEnded: () => 
         </dd>
         <dt>Verdict</dt>
         <dd>
-          <strong className={`verdict verdict-${r.verdict ?? "none"}`}>{r.verdict ?? "—"}</strong>
+          <strong className={`verdict verdict-${r.verdict ?? "none"}`} aria-label="replay verdict">{r.verdict ?? "—"}</strong>
           {typeof comparison.reason === "string" && <span className="muted"> {comparison.reason}</span>}
         </dd>
         <dt>Runs</dt>
