@@ -277,6 +277,12 @@ def test_a_refused_decision_shows_the_api_s_reason(console: Console, harness: Ha
         dialog.get_by_role("button", name="Cancel").click()
         expect(dialog).to_be_hidden()
         assert _status(api, mutation_id) == "rejected"
+        # A phone's width: the page reflows (tables scroll in their own box), nothing sideways.
+        page.set_viewport_size({"width": 390, "height": 800})
+        page.reload()
+        expect(status).to_have_text("rejected")
+        expect(page.get_by_role("group", name="Decisions").get_by_role("button")).to_have_count(0)
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
 
 
 def test_the_diagnoses_list_and_a_diagnosis_page(console: Console, harness: Harness) -> None:
