@@ -139,6 +139,7 @@ export function DiagnosisPage() {
                     <td>{when(s.detected_at)}</td>
                     <td>{s.kept ? "yes" : "no"}</td>
                     <td>
+                      {s.proposals.length === 0 && "—"}
                       {s.proposals.map((p) => (
                         <Link key={p.mutation_id} to={`/improvement/mutations/${encodeURIComponent(p.mutation_id)}`}>
                           {p.status.replace("_", " ")}
