@@ -29,7 +29,7 @@ const LABEL_WIDTH = 150;
 const HEADER = 18;
 
 export function describeCell(node: string, start: string, cell: HeatCell | undefined): string {
-  const time = new Date(start).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  const time = new Date(start).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", hourCycle: "h23" });
   if (!cell) return `${node} at ${time}: no attempts`;
   const rate = (cell.error_rate * 100).toFixed(cell.error_rate > 0 && cell.error_rate < 0.1 ? 1 : 0);
   return `${node} at ${time}: ${cell.attempts} attempts, ${cell.failures} failed (${rate}%), p95 ${Math.round(cell.latency_ms_p95)} ms`;
@@ -50,7 +50,7 @@ export function HeatMap({ rows, columns, cells, highlight, label }: HeatMapProps
   }, [cells]);
   const [focus, setFocus] = useState<[number, number]>([0, Math.max(0, columns.length - 1)]);
   const [shown, setShown] = useState<string | null>(null);
-  const width = LABEL_WIDTH + columns.length * (CELL + GAP);
+  const width = LABEL_WIDTH + columns.length * (CELL + GAP) + 24; // room for the last time label
   const height = HEADER + rows.length * (CELL + GAP);
   const at = (r: number, c: number) => byKey.get(`${rows[r]}|${Date.parse(columns[c])}`);
 
@@ -82,7 +82,7 @@ export function HeatMap({ rows, columns, cells, highlight, label }: HeatMapProps
             {columns.map((start, c) =>
               c % 3 === 0 ? (
                 <text key={start} x={LABEL_WIDTH + c * (CELL + GAP)} y={12} className="heat-time">
-                  {new Date(start).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })}
+                  {new Date(start).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", hourCycle: "h23" })}
                 </text>
               ) : null,
             )}

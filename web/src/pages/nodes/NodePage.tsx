@@ -13,6 +13,7 @@ import { Empty, ErrorBox, Loading } from "../../components/States";
 import { percent, type NodeVersions } from "./catalog";
 import {
   bucketEnds,
+  bucketQuery,
   bucketStarts,
   DEFAULT_WINDOW,
   pick,
@@ -39,13 +40,14 @@ function useSeries(name: string, version: string | null, windowKey: string, gene
       ends.map((end) =>
         apiGet<NodesMetrics>(
           "/v1/metrics/nodes",
-          { node: name, by_version: version !== null, window: spec.bucket, until: new Date(end).toISOString() },
+          { node: name, by_version: version !== null, ...bucketQuery(end, spec.minutes) },
           abort.signal,
         ),
       ),
     )
       .then((answers) => {
-        setSeries({ times: ends.map((end) => end / 1000), rows: answers.map((a) => pick(a, version)) });
+        // Plotted at the bucket start, like the heat map's columns.
+        setSeries({ times: ends.map((end) => (end - spec.minutes * 60_000) / 1000), rows: answers.map((a) => pick(a, version)) });
         setError(undefined);
       })
       .catch((reason: unknown) => {

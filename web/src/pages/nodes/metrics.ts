@@ -54,6 +54,17 @@ export function bucketEnds(now: number, minutes: number, count: number): number[
   return Array.from({ length: count }, (_, i) => last - (count - 1 - i) * width);
 }
 
+/**
+ * The query for one bucket `[end - minutes, end)`. The API's rollup windows start at the minute
+ * that contains `until - window` and include the minute that contains `until`; so `until` is the
+ * last millisecond of the bucket and the window one second short of the bucket, or a bucket would
+ * also count its neighbour's minute.
+ */
+export function bucketQuery(end: number, minutes: number): { window: string; until: string } {
+  const window = minutes > 1 ? `${minutes - 1}m59s` : "59s";
+  return { window, until: new Date(end - 1).toISOString() };
+}
+
 /** Every bucket start of a reliability answer's range (the API lists only buckets with data). */
 export function bucketStarts(since: string, until: string, minutes: number): string[] {
   const width = minutes * 60_000;
