@@ -132,7 +132,7 @@ export function NodePage() {
       {versions.data && (
         <VersionTable versions={versions.data} metrics={summary.data?.data ?? []} window={windowKey} />
       )}
-      {summary.error && <ErrorBox error={summary.error} title="Metrics unavailable" />}
+      {summary.error && !seriesError && <ErrorBox error={summary.error} title="Metrics unavailable" />}
 
       <h2>Over the last {windowKey}{version ? ` (version ${version})` : ""}</h2>
       {seriesError && <ErrorBox error={seriesError} title="Metrics unavailable" />}

@@ -12,7 +12,7 @@ import { ApiError } from "../../api/errors";
 import { useApi } from "../../api/useApi";
 import { problemsOf, YamlEditor, type Problem } from "../../components/editor/YamlEditor";
 import { ErrorBox, Loading } from "../../components/States";
-import { pruneDefaults, type WorkflowVersion } from "./definition";
+import { forEditing, type WorkflowVersion } from "./definition";
 
 const TEMPLATE = `id: my-workflow
 inputs:
@@ -48,7 +48,7 @@ export function WorkflowEditor() {
   const [busy, setBusy] = useState(false);
 
   useEffect(() => {
-    if (loaded.data && text === null) setText(stringify(pruneDefaults(loaded.data.definition)));
+    if (loaded.data && text === null) setText(stringify(forEditing(loaded.data.definition)));
   }, [loaded.data, text]);
 
   async function send(path: string): Promise<Validated | null> {

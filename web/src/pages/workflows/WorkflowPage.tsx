@@ -4,6 +4,7 @@
 import { useEffect, useState, type FormEvent } from "react";
 import { Link, useNavigate, useParams, useSearchParams } from "react-router-dom";
 
+import { ApiError } from "../../api/errors";
 import { useApi } from "../../api/useApi";
 import { WorkflowGraph } from "../../components/graph/WorkflowGraph";
 import { ErrorBox, Loading } from "../../components/States";
@@ -26,7 +27,10 @@ export function WorkflowPage() {
   const { data, error, loading, reload } = useApi<Versions>(path);
   const versions = data?.data ?? [];
   const latest = versions.length ? versions[versions.length - 1].version : null;
-  const pending = wanted !== null && data !== undefined && !versions.some((v) => v.version === wanted);
+  // A new workflow is a 404 until its first version is projected.
+  const notYet = error instanceof ApiError && error.status === 404;
+  const pending =
+    wanted !== null && ((data !== undefined && !versions.some((v) => v.version === wanted)) || notYet);
   const shown = versions.find((v) => v.version === (pending ? latest : (wanted ?? latest)));
 
   // A version saved a moment ago reaches the read model after the projector applies it.
@@ -57,7 +61,7 @@ export function WorkflowPage() {
           </div>
         )}
       </div>
-      {error && <ErrorBox error={error} title="Could not load the workflow" />}
+      {error && !(pending && notYet) && <ErrorBox error={error} title="Could not load the workflow" />}
       {loading && !data && <Loading what="versions" />}
       {pending && (
         <p className="state loading" role="status">

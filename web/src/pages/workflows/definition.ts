@@ -126,6 +126,28 @@ export function pruneDefaults(value: unknown): unknown {
   return result;
 }
 
+const TOP_ORDER = ["id", "description", "inputs", "steps", "outputs", "deadline", "defaults"];
+const STEP_ORDER = ["id", "node", "description", "needs", "when", "params"];
+
+function ordered(value: Record<string, unknown>, first: string[]): Record<string, unknown> {
+  const keys = Object.keys(value);
+  const rank = (key: string) => (first.includes(key) ? first.indexOf(key) : first.length);
+  return Object.fromEntries(
+    keys.sort((a, b) => rank(a) - rank(b) || a.localeCompare(b)).map((key) => [key, value[key]]),
+  );
+}
+
+/** The definition as people write it: without null/empty defaults, fields in the usual order
+ * (the read model's JSON does not keep the order they were written in). */
+export function forEditing(definition: Definition): Record<string, unknown> {
+  const pruned = pruneDefaults(definition) as Record<string, unknown>;
+  const steps = Array.isArray(pruned.steps) ? pruned.steps : [];
+  return ordered(
+    { ...pruned, steps: steps.map((step) => ordered(step as Record<string, unknown>, STEP_ORDER)) },
+    TOP_ORDER,
+  );
+}
+
 export function shortTime(iso: string): string {
   const date = new Date(iso);
   return Number.isNaN(date.getTime()) ? iso : date.toLocaleString();
