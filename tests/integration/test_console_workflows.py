@@ -155,6 +155,10 @@ def test_the_editor_shows_validation_errors_at_their_field_then_saves(console: C
     expect(editor).to_have_attribute("data-marker-lines", str(INVALID_LINE))
     expect(editor.locator(".squiggly-error")).to_have_count(1)
     console.screenshot("workflow-editor-error")
+    # The problem's line is a button that puts the cursor on it.
+    problems.get_by_role("button", name=f"line {INVALID_LINE}").click()
+    expect(editor.locator(".monaco-editor.focused")).to_have_count(1)
+    expect(editor.locator(".active-line-number")).to_have_text(str(INVALID_LINE))
 
     # Nothing was registered by validating.
     versions = httpx.get(f"{console.url}/v1/workflows/edited/versions", headers=console.headers)

@@ -20,13 +20,15 @@ export interface MonacoYamlProps {
   problems: Problem[];
   label: string;
   height?: number;
+  /** Moves the cursor there and focuses the editor; a new object each time asks again. */
+  reveal?: { line: number; column: number } | null;
 }
 
 function theme(): string {
   return window.matchMedia?.("(prefers-color-scheme: dark)").matches ? "vs-dark" : "vs";
 }
 
-export default function MonacoYaml({ value, onChange, problems, label, height = 420 }: MonacoYamlProps) {
+export default function MonacoYaml({ value, onChange, problems, label, height = 420, reveal }: MonacoYamlProps) {
   const host = useRef<HTMLDivElement>(null);
   const editor = useRef<monaco.editor.IStandaloneCodeEditor | null>(null);
   const changed = useRef(onChange);
@@ -82,6 +84,14 @@ export default function MonacoYaml({ value, onChange, problems, label, height = 
     const lines = monaco.editor.getModelMarkers({ owner: OWNER }).map((m) => m.startLineNumber);
     host.current.dataset.markerLines = lines.join(" ");
   }, [problems]);
+
+  useEffect(() => {
+    const current = editor.current;
+    if (!current || !reveal) return;
+    current.setPosition({ lineNumber: reveal.line, column: reveal.column });
+    current.revealLineInCenterIfOutsideViewport(reveal.line);
+    current.focus();
+  }, [reveal]);
 
   return <div ref={host} className="monaco-host" style={{ height }} data-marker-lines="" />;
 }

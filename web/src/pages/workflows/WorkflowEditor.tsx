@@ -46,6 +46,7 @@ export function WorkflowEditor() {
   const [outcome, setOutcome] = useState<Outcome>(null);
   const [failure, setFailure] = useState<Error>();
   const [busy, setBusy] = useState(false);
+  const [reveal, setReveal] = useState<{ line: number; column: number } | null>(null);
 
   useEffect(() => {
     if (loaded.data && text === null) setText(stringify(forEditing(loaded.data.definition)));
@@ -116,6 +117,7 @@ export function WorkflowEditor() {
             setOutcome(null);
           }}
           problems={problems}
+          reveal={reveal}
           label="Workflow definition (YAML)"
         />
       )}
@@ -135,7 +137,14 @@ export function WorkflowEditor() {
           <ul aria-label="Problems">
             {problems.map((p, i) => (
               <li key={i}>
-                <span className="where">line {p.line}</span> <code>{p.path || "(document)"}</code>: {p.message}
+                <button
+                  type="button"
+                  className="link where"
+                  onClick={() => setReveal({ line: p.line, column: p.column })}
+                >
+                  line {p.line}
+                </button>{" "}
+                <code>{p.path || "(document)"}</code>: {p.message}
               </li>
             ))}
           </ul>
