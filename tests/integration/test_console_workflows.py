@@ -186,3 +186,19 @@ def test_a_new_workflow_from_the_template_saves_as_version_1(console: Console) -
     page.get_by_role("button", name="Save").click()
     expect(page).to_have_url(re.compile(r"/ui/workflows/my-workflow\?version=1$"))
     expect(page.get_by_role("list", name="Versions").get_by_role("link")).to_have_text(["v1"])
+
+
+def test_a_yaml_syntax_error_is_marked_at_the_line_the_api_names(console: Console) -> None:
+    page = console.page
+    console.open("/workflows/new")
+    editor = page.locator(".monaco-host")
+    expect(editor).to_contain_text("my-workflow")
+    _replace_text(console, "id: broken\nsteps:\n  - id: a\n    node: [transform@^1\n")
+    page.get_by_role("button", name="Validate").click()
+    problems = page.get_by_role("list", name="Problems")
+    expect(problems).to_contain_text("(document)")
+    expect(problems).to_contain_text("not valid YAML")
+    line = re.search(r"at line (\d+)", problems.inner_text())  # where the API says
+    assert line is not None
+    expect(editor).to_have_attribute("data-marker-lines", line.group(1))
+    expect(editor.locator(".squiggly-error")).to_have_count(1)
