@@ -3,7 +3,7 @@
 
 import "@xyflow/react/dist/style.css";
 
-import { Background, Controls, ReactFlow, type Edge, type Node } from "@xyflow/react";
+import { Background, Controls, Position, ReactFlow, type Edge, type Node } from "@xyflow/react";
 import { useMemo } from "react";
 
 import { place, type GraphStep } from "./layout";
@@ -36,6 +36,9 @@ export function WorkflowGraph({ steps, selected, onSelect, height = 420, label }
           step.change ? `change-${step.change}` : "",
           step.id === selected ? "selected-step" : "",
         ].join(" "),
+        // The layout runs left to right: edges leave a step on its right and enter on the left.
+        sourcePosition: Position.Right,
+        targetPosition: Position.Left,
         draggable: false,
         connectable: false,
         ariaLabel: `step ${step.id}${step.status ? `: ${step.status}` : ""}`,
