@@ -1,16 +1,21 @@
-// Monaco with only what the console needs: the editor API, the YAML tokenizer and the editor's
-// own worker (bundled by Vite: nothing from a CDN). Loaded lazily (YamlEditor.tsx): the chunk
-// only downloads on the editor pages.
+// Monaco with only what the console needs: the editor API and the YAML tokenizer (bundled by
+// Vite: nothing from a CDN). Loaded lazily (YamlEditor.tsx): the chunk only downloads on the
+// editor pages.
 
 import * as monaco from "monaco-editor/editor/editor.api";
 import "monaco-editor/languages/definitions/yaml/register";
-import EditorWorker from "monaco-editor/editor/editor.worker?worker";
 import { useEffect, useRef } from "react";
 
 import type { Problem } from "./markers";
 
-// YAML has no language worker here: the editor worker (diffs, links) is the only one needed.
-self.MonacoEnvironment = { getWorker: () => new EditorWorker() };
+// No web worker (ADR 0069): Monaco runs its editor-worker code (links, word suggestions) on the
+// main thread, a fallback it bundles anyway; for definitions of a few hundred lines that costs
+// nothing visible, and a separate worker file would be 90 kB gzipped of the 1 MB budget.
+self.MonacoEnvironment = {
+  getWorker: () => {
+    throw new Error("the REFLUX console runs Monaco without a web worker (ADR 0069)");
+  },
+};
 
 const OWNER = "reflux-api";
 
