@@ -22,7 +22,7 @@ export REFLUX_KAFKA_BROKERS := $(CLUSTER)
 endif
 
 # web: the console (web/, issue 16).
-.PHONY: web image test-image help venv up down status connect lint typecheck test test-unit test-integration demo demo-improve bench bench-quick bench-cluster bench-loop clean codegen
+.PHONY: web console-screenshots image test-image help venv up down status connect lint typecheck test test-unit test-integration demo demo-improve bench bench-quick bench-cluster bench-loop clean codegen
 
 help:
 	@echo "make demo    - install, start the local services, run the demo"
@@ -91,16 +91,21 @@ web/dist/index.html: web/node_modules/.installed $(WEB_SOURCES)
 
 web: web/dist/index.html
 
+# The console's browser tests with their screenshots written to docs/console/ (shown in the
+# README) instead of var/console-screenshots/.
+console-screenshots: up web
+	REFLUX_CONSOLE_SCREENSHOTS=docs/console $(VENV)/bin/pytest tests/integration/test_console_*.py -q $(PYTEST_PARALLEL)
+
 # `up` first: the services start (and Jaeger's Go build begins, ADR 0062) while lint runs.
 test: up lint web
 	$(VENV)/bin/pytest tests -q $(PYTEST_PARALLEL) --durations=10
 
 # The container image (infra/image/, docs/image.md): built on the project's own dockerd.
-image: up
+image: up web
 	$(PY) -m infra.image.build
 
 # Slow (a build is 3 to 4.5 minutes here), so outside `make test` (marker `image`).
-test-image: up
+test-image: up web
 	$(VENV)/bin/pytest tests/integration/test_image.py -q -m image
 
 demo: up web

@@ -46,7 +46,7 @@ def _demo(args: argparse.Namespace) -> int:
         return run_demo_improve(keep=args.keep)
     from reflux.demo import run_demo
 
-    return run_demo()
+    return run_demo(stay=args.stay)
 
 
 def _dev(args: argparse.Namespace) -> int:
@@ -187,6 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--keep", action="store_true", help="improve: keep its topics and schemas afterwards"
+    )
+    demo.add_argument(
+        "--stay",
+        action="store_true",
+        help="run: keep the engine and the API (and its web console) up after the runs, "
+        "until Ctrl-C",
     )
     demo.set_defaults(handler=_demo)
     add_completion_command(sub, build_parser)

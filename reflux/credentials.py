@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -54,3 +55,12 @@ def api_client(base_url: str, timeout: float = 30, **kwargs: Any) -> httpx.Clien
     """An ``httpx.Client`` for the API that sends the configured key."""
     headers = {**auth_headers(), **kwargs.pop("headers", {})}
     return httpx.Client(base_url=base_url, timeout=timeout, headers=headers, **kwargs)
+
+
+def console_link(base_url: str, path: str = "/runs", *, sign_in: bool) -> str:
+    """The web console's address (``/ui``, docs/console.md). ``sign_in``: with the local key in
+    the fragment, which browsers never send to a server and the console drops once read; only
+    for a terminal a person reads, never for logs."""
+    url = f"{base_url.rstrip('/')}/ui{path}"
+    key = api_key() if sign_in else None
+    return f"{url}#key={quote(key, safe='')}" if key else url

@@ -9,7 +9,9 @@ timelines from the API.
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -22,7 +24,7 @@ from api.auth.bootstrap import ensure_local_admin_key
 from api.config import ApiSettings
 from foundation.settings import PROJECT_ROOT, Settings, get_settings
 from reflux.client import ClientError, _check, describe_event, timeline, wait_registered
-from reflux.credentials import api_client, default_key_file
+from reflux.credentials import api_client, console_link, default_key_file
 from reflux.demo_service import offers_service
 from reflux.dev import DevEngine
 from schemas.statuses import TERMINAL_RUN_STATUSES, RunStatus
@@ -70,7 +72,11 @@ def _follow(client: httpx.Client, run_id: str, timeout: float = 60) -> str:
     return "timeout"
 
 
-def run_demo(settings: Settings | None = None, workflow: Path = WORKFLOW) -> int:
+def run_demo(
+    settings: Settings | None = None, workflow: Path = WORKFLOW, *, stay: bool = False
+) -> int:
+    """``stay``: keep the engine and the API (with the web console) up after the runs, until
+    Ctrl-C, so the console can show them."""
     settings = settings or get_settings()
     with offers_service() as service:
         # The supplier stand-in listens on loopback, which the egress policy denies: the demo's
@@ -78,10 +84,10 @@ def run_demo(settings: Settings | None = None, workflow: Path = WORKFLOW) -> int
         settings = settings.model_copy(
             update={"egress_allow": (*settings.egress_allow, urlsplit(service).netloc)}
         )
-        return _run_demo(settings, workflow, service)
+        return _run_demo(settings, workflow, service, stay=stay)
 
 
-def _run_demo(settings: Settings, workflow: Path, service: str) -> int:
+def _run_demo(settings: Settings, workflow: Path, service: str, *, stay: bool) -> int:
     print(f"1. Starting the engine (scheduler, workers, projector) on {settings.kafka_bootstrap}")
     engine = DevEngine(settings, register_nodes=True).start()
     port = _free_port()
@@ -95,6 +101,8 @@ def _run_demo(settings: Settings, workflow: Path, service: str) -> int:
     try:
         with api_client(f"http://127.0.0.1:{port}", timeout=30) as client:
             print(f"2. API on http://127.0.0.1:{port}; supplier API (demo stand-in) on {service}")
+            console = console_link(f"http://127.0.0.1:{port}", sign_in=sys.stdout.isatty())
+            print(f"   Web console: {console}")
             registered = _check(
                 client.post(
                     "/v1/workflows",
@@ -121,6 +129,10 @@ def _run_demo(settings: Settings, workflow: Path, service: str) -> int:
                 print(timeline(client, accepted["run_id"]))
                 print()
                 ok = ok and status == RunStatus.SUCCEEDED
+        if stay:
+            print(f"The engine and the API stay up: {console} (Ctrl-C ends the demo)", flush=True)
+            with contextlib.suppress(KeyboardInterrupt):
+                threading.Event().wait()
     finally:
         server.should_exit = True  # type: ignore[attr-defined]
         thread.join(10)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -92,7 +93,7 @@ def serve_dev(
     from api.auth.bootstrap import ensure_local_admin_key
     from api.config import ApiSettings
     from node_workers.cli import served_nodes
-    from reflux.credentials import default_key_file
+    from reflux.credentials import console_link, default_key_file
 
     settings = get_settings()
     api_settings = ApiSettings()
@@ -140,6 +141,10 @@ def serve_dev(
             schedules=True,
         ).start()
         log.info("engine running: %s", ", ".join(c.name for c in engine.components))
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104 - a wildcard is
+        # not an address a browser can open
+        console = console_link(f"http://{shown}:{port}", sign_in=sys.stdout.isatty())
+        print(f"reflux dev: web console on {console}", flush=True)
         try:
             # uvicorn owns the main thread and its signals; the engine threads stop afterwards.
             uvicorn.run(create_app(settings, api_settings), host=host, port=port, log_level="info")

@@ -65,6 +65,7 @@ _V, _O, _E, _A = Role.VIEWER, Role.OPERATOR, Role.EDITOR, Role.ADMIN
 ROUTE_ACCESS: Final[dict[str, Access]] = {
     # workflows: editors register versions
     "POST /v1/workflows": _E,
+    "POST /v1/workflows/validate": _E,
     "GET /v1/workflows": _V,
     "GET /v1/workflows/{workflow_id}": _V,
     "GET /v1/workflows/{workflow_id}/versions": _V,

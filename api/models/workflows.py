@@ -11,6 +11,7 @@ __all__ = [
     "WorkflowCreated",
     "WorkflowPublic",
     "WorkflowSummaryPublic",
+    "WorkflowValidated",
     "WorkflowVersionPublic",
     "WorkflowVersionsPublic",
     "WorkflowsPublic",
@@ -24,6 +25,15 @@ class WorkflowCreated(BaseModel):
     workflow_id: str = Field(examples=["order-sync"])
     version: int = Field(ge=1, examples=[3])
     registered_at: datetime
+
+
+class WorkflowValidated(BaseModel):
+    """A dry run's answer: the definition is valid; registering it now would create
+    ``version``."""
+
+    workflow_id: str = Field(examples=["order-sync"])
+    version: int = Field(ge=1, description="The version registering it now would allocate.")
+    definition: dict[str, Any] = Field(description="The normalised definition (JSON).")
 
 
 class WorkflowVersionPublic(BaseModel):

@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from api.auth.guard import PrincipalDep, acting_as
+from api.auth.guard import Principal, PrincipalDep, acting_as
 from api.bodies import YAML_TYPES, decode_body, media_type
 from api.deps import ApiSettingsDep, ConnDep, PublisherDep, ReadModelDep, StoreDep, TopicsDep
 from api.errors import NotFoundError
@@ -19,14 +19,16 @@ from api.models.workflows import (
     WorkflowPublic,
     WorkflowsPublic,
     WorkflowSummaryPublic,
+    WorkflowValidated,
     WorkflowVersionPublic,
     WorkflowVersionsPublic,
 )
-from api.readmodel import workflow_version_public
+from api.readmodel import ReadModel, workflow_version_public
 from api.store import WorkflowIdTakenError
 from api.validation import parse_definition
 from projections.postgres import queries
 from schemas.models import WorkflowRegistered
+from workflows import WorkflowDefinition
 
 __all__ = ["router"]
 
@@ -69,6 +71,22 @@ def _not_found(workflow_id: str, version: int | None = None) -> NotFoundError:
     return NotFoundError(f"workflow {workflow_id!r} has no version {version}")
 
 
+async def _checked_definition(
+    request: Request, read_model: ReadModel, principal: Principal
+) -> tuple[WorkflowDefinition, int]:
+    """The parsed definition and the workflow's latest version (0: none yet), or the 422 / 409
+    that registering it would answer."""
+    raw = await request.body()
+    content_type = request.headers.get("content-type")
+    # YAML goes to the parser as text, so its errors can name lines and columns.
+    source = raw if media_type(content_type) in YAML_TYPES else decode_body(raw, content_type)
+    definition = await run_in_threadpool(parse_definition, source)
+    latest = await read_model.workflow(definition.id)
+    if latest is not None and latest.tenant != principal.tenant:
+        raise WorkflowIdTakenError(definition.id)
+    return definition, 0 if latest is None else latest.version
+
+
 @router.post(
     "",
     status_code=201,
@@ -93,16 +111,9 @@ async def register_workflow(
     allocates the next version atomically and publishes ``WorkflowRegistered`` on ``workflows``.
     Versions are immutable: registering again always creates a new version. The workflow
     belongs to the caller's tenant; an id another tenant registered is refused (409)."""
-    raw = await request.body()
-    content_type = request.headers.get("content-type")
-    # YAML goes to the parser as text, so its errors can name lines and columns.
-    source = raw if media_type(content_type) in YAML_TYPES else decode_body(raw, content_type)
-    definition = await run_in_threadpool(parse_definition, source)
-    latest = await read_model.workflow(definition.id)
-    if latest is not None and latest.tenant != principal.tenant:
-        raise WorkflowIdTakenError(definition.id)
+    definition, latest_version = await _checked_definition(request, read_model, principal)
     version = await store.allocate_version(
-        definition.id, at_least=1 if latest is None else latest.version + 1, tenant=principal.tenant
+        definition.id, at_least=latest_version + 1, tenant=principal.tenant
     )
     registered_at = datetime.now(UTC)
     record = WorkflowRegistered(
@@ -120,6 +131,28 @@ async def register_workflow(
     response.headers["Location"] = f"{request.url.path}/{definition.id}/versions/{version}"
     return WorkflowCreated(
         workflow_id=definition.id, version=version, registered_at=record.registered_at
+    )
+
+
+@router.post(
+    "/validate",
+    response_model=WorkflowValidated,
+    summary="Validate a workflow definition without registering it (a dry run)",
+    responses=errors(409, 422, 503),
+    openapi_extra={"requestBody": _DEFINITION_BODY},
+)
+async def validate_workflow(
+    request: Request, *, read_model: ReadModelDep, principal: PrincipalDep
+) -> WorkflowValidated:
+    """The same checks as registering (the same 422 with field paths, the same 409 for another
+    tenant's id), but nothing is published: an editor can show every error before saving. The
+    answer is what registering would create now: the next version and the normalised
+    definition (a concurrent registration may take that version first)."""
+    definition, latest_version = await _checked_definition(request, read_model, principal)
+    return WorkflowValidated(
+        workflow_id=definition.id,
+        version=latest_version + 1,
+        definition=definition.to_json_dict(),
     )
 
 

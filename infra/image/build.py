@@ -100,6 +100,18 @@ def _wheels(context: Path) -> Path:
     return wheels
 
 
+def _console(context: Path) -> Path:
+    """The web console's production build (``make web``) into the context; the image serves
+    it under /ui (``REFLUX_API_CONSOLE_DIR``, docs/console.md)."""
+    built = PROJECT_ROOT / "web" / "dist"
+    if not (built / "index.html").is_file():
+        raise ServiceError(f"the web console is not built in {built}: `make web` builds it")
+    target = context / "console"
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(built, target)
+    return target
+
+
 def build_image(settings: Settings, tags: tuple[str, ...] = (LOCAL_TAG, K8S_IMAGE)) -> float:
     """Builds the image under ``tags``; returns the seconds it took."""
     docker = find_command("docker")
@@ -111,6 +123,7 @@ def build_image(settings: Settings, tags: tuple[str, ...] = (LOCAL_TAG, K8S_IMAG
     context.mkdir(parents=True, exist_ok=True)
     log(f"image: wheels of reflux and its locked dependencies into {context / 'wheels'}")
     wheels = _wheels(context)
+    _console(context)
     size_mb = sum(p.stat().st_size for p in wheels.iterdir()) / 1e6
     log(f"image: {len(list(wheels.iterdir()))} wheels ({size_mb:.0f} MB); docker build on {base}")
     argv = [docker, "build", "--network", "none", "--build-arg", f"BASE={base}"]

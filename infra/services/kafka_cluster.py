@@ -213,17 +213,27 @@ class KafkaCluster(Service):
         return time.monotonic() - began
 
     def under_replicated(self) -> list[str]:
-        """Partitions (``topic/partition``) with fewer in-sync replicas than replicas."""
+        """Partitions (``topic/partition``) with fewer in-sync replicas than replicas, or no
+        leader, in the view of any running node. Each node is asked on its own: a node that
+        just restarted serves its metadata cache before catching up with the controller, so
+        one node saying "in sync" does not mean the next request, answered by another, will."""
         from confluent_kafka.admin import AdminClient
 
-        admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
-        metadata = admin.list_topics(timeout=5)
-        return sorted(
-            f"{topic.topic}/{partition.id}"
-            for topic in metadata.topics.values()
-            for partition in topic.partitions.values()
-            if len(partition.isrs) < len(partition.replicas) or partition.leader < 0
-        )
+        found: set[str] = set()
+        for node in self.nodes:
+            if not node.is_running():
+                continue
+            # A fresh client knows only its bootstrap broker, so it asks that node.
+            host, port = node.host_port
+            admin = AdminClient({"bootstrap.servers": f"{host}:{port}", "log_level": 0})
+            metadata = admin.list_topics(timeout=5)
+            found.update(
+                f"{topic.topic}/{partition.id}"
+                for topic in metadata.topics.values()
+                for partition in topic.partitions.values()
+                if len(partition.isrs) < len(partition.replicas) or partition.leader < 0
+            )
+        return sorted(found)
 
     def wait_in_sync(self, timeout: float) -> None:
         """Waits until no partition is under-replicated (or leaderless)."""

@@ -65,7 +65,9 @@ from tests.integration.console_fixtures import (  # noqa: E402, F401
     browser,
     console,
     console_api,
+    metrics_console,
     playwright_driver,
+    traces_store,
 )
 from tests.integration.engine_fixtures import engine_harness, harness  # noqa: E402, F401
 from tests.integration.kafka_fixtures import admin, catalog, kafka_settings, topics  # noqa: E402, F401

@@ -277,6 +277,34 @@ def test_bad_yaml_is_422_with_the_line(env: Env) -> None:
     assert "line 1" in response.json()["detail"][0]["msg"]
 
 
+def test_validate_is_a_dry_run_with_the_same_answers_as_registering(env: Env) -> None:
+    ok = env.client.post("/v1/workflows/validate", json=DEFINITION)
+    assert ok.status_code == 200, ok.text
+    assert (ok.json()["workflow_id"], ok.json()["version"]) == ("order-sync", 1)
+    assert ok.json()["definition"]["steps"][0]["retry"]["max_attempts"] == 1  # normalised
+    as_yaml = env.client.post(
+        "/v1/workflows/validate",
+        content=yaml.safe_dump(DEFINITION).encode(),
+        headers={"content-type": "application/yaml"},
+    )
+    assert as_yaml.status_code == 200 and as_yaml.json()["version"] == 1
+
+    bad = _invalid(lambda d: d["steps"][1].__setitem__("needs", ["fetsh"]))
+    dry = env.client.post("/v1/workflows/validate", json=bad)
+    real = env.client.post("/v1/workflows", json=bad)
+    assert dry.status_code == real.status_code == 422
+    assert dry.json() == real.json()
+    assert dry.json()["detail"][0]["loc"] == ["body", "steps", 1, "needs", 0]
+
+    # Nothing was allocated or published: the first registration is still version 1.
+    assert env.register()["version"] == 1
+    records = env.consume(env.catalog.workflows.topic, lambda r: len(r) >= 1)
+    assert [r.key for r in records] == [b"order-sync@1"]
+    env.project()
+    after = env.client.post("/v1/workflows/validate", json=DEFINITION)
+    assert after.status_code == 200 and after.json()["version"] == 2
+
+
 # -- starting runs ------------------------------------------------------------------------------
 
 

@@ -128,7 +128,7 @@ def test_mutate_a_running_run_and_show_its_graph(
                     {
                         "id": "wait",
                         "node": "http.request@^1",
-                        "params": {"url": f"{http_server.url}/slow?ms=1500"},
+                        "params": {"url": f"{http_server.url}/gate?name=cli-mut"},
                     },
                     transform("after", "v", {"v": 1}, needs=["wait"]),
                 ],
@@ -151,6 +151,9 @@ def test_mutate_a_running_run_and_show_its_graph(
         refused = ["runs", "mutate", run_id, "--op", "remove_step", "--step", "wait"]
         assert main([*refused, "--api", api_url]) == 2
         assert "409: Expected step 'wait' to be pending" in capsys.readouterr().err
+        # `wait` is held at the gate until now: the mutations above met a running run however
+        # slowly they were answered.
+        http_server.open_gate("cli-mut")
         assert harness.wait(run_id).outputs == {"after": 7}
         assert main(["runs", "graph", run_id, "--api", api_url]) == 0
         graph = capsys.readouterr().out
@@ -170,7 +173,7 @@ def test_mutate_with_a_file_of_operations_is_all_or_nothing(
                     {
                         "id": "wait",
                         "node": "http.request@^1",
-                        "params": {"url": f"{http_server.url}/slow?ms=1500"},
+                        "params": {"url": f"{http_server.url}/gate?name=cli-mut-file"},
                     },
                     transform("after", "v", {"v": 1}, needs=["wait"]),
                 ],
@@ -217,6 +220,7 @@ def test_mutate_with_a_file_of_operations_is_all_or_nothing(
         )
         assert main([*mutate, "--file", str(ops), "--by", "cli-user"]) == 0
         assert "applied: GraphMutated at seq" in capsys.readouterr().out
+        http_server.open_gate("cli-mut-file")  # `wait` was held until the mutations were in
         assert harness.wait(run_id).outputs == {"after": 7}
         assert main(["runs", "graph", run_id, "--api", api_url]) == 0
         graph = capsys.readouterr().out

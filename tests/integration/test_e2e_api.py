@@ -151,7 +151,9 @@ def test_illegal_command_is_a_409_with_the_reason(harness: Harness, api: TestCli
                     {
                         "id": "wait",
                         "node": "http.request@^1",
-                        "params": {"url": f"{http.url}/slow?ms=2000"},
+                        # Held until the test is done with the running run, however slowly
+                        # the API answers on a busy machine.
+                        "params": {"url": f"{http.url}/gate?name=busy"},
                     }
                 ],
             },
@@ -173,6 +175,7 @@ def test_illegal_command_is_a_409_with_the_reason(harness: Harness, api: TestCli
         assert paused.status_code == 200, paused.text
         resumed = api.post(f"/v1/runs/{run_id}/resume", params={"wait_ms": 10_000})
         assert resumed.status_code == 200, resumed.text
+        http.open_gate("busy")
         assert harness.wait(run_id).status == "succeeded"
 
 

@@ -72,6 +72,14 @@ def test_image_runs_the_cli_as_non_root(image: str, local_services: Settings) ->
     )  # fmt: skip
     assert leftover.returncode == 0 and leftover.stdout == "", leftover
 
+    # The API in the image finds the web console's build (served under /ui).
+    console = _docker(
+        local_services, "run", "--rm", "--entrypoint", "python", image, "-c",
+        "from api.config import ApiSettings; d = ApiSettings().console_dir; "
+        "print(d, (d / 'index.html').is_file())",
+    )  # fmt: skip
+    assert console.stdout.strip() == "/opt/reflux/console True", console
+
     whoami = _docker(local_services, "run", "--rm", "--entrypoint", "id", image)
     assert whoami.stdout.startswith("uid=10001(reflux) gid=10001(reflux)"), whoami.stdout
     # The k8s liveness probe's command exists in the image (`python -m foundation.liveness`).

@@ -365,6 +365,7 @@ def test_openapi_lists_every_endpoint_with_its_statuses() -> None:
     spec = create_app(Settings()).openapi()
     expected = {
         ("post", "/v1/workflows"): {"201", "422", "503"},
+        ("post", "/v1/workflows/validate"): {"200", "409", "422", "503"},
         ("get", "/v1/workflows/{workflow_id}/versions/{version}"): {"200", "404"},
         ("post", "/v1/runs"): {"200", "202", "404", "409", "422", "503"},
         ("get", "/v1/runs"): {"200", "422"},

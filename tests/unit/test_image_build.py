@@ -23,7 +23,9 @@ def test_the_runtime_stage_is_non_root_with_the_cli_as_entrypoint() -> None:
     (user,) = [line.split()[1] for line in runtime if line.startswith("USER ")]
     uid, gid = (int(part) for part in user.split(":"))
     assert uid != 0 and gid != 0
-    # The build stage's wheels stay there: only the venv is copied over.
+    # The build stage's wheels stay there: only the venv is copied over, and the web console's
+    # build from the context.
     assert [line for line in runtime if line.startswith("COPY ")] == [
-        "COPY --from=build /opt/reflux /opt/reflux"
+        "COPY --from=build /opt/reflux /opt/reflux",
+        "COPY console/ /opt/reflux/console/",
     ]

@@ -49,11 +49,11 @@ export function WorkflowGraph({
           step.change ? `change-${step.change}` : "",
           step.id === selected ? "selected-step" : "",
         ].join(" "),
-        draggable: false,
-        connectable: false,
-        // The layout runs left to right: edges leave a step on its right, enter on its left.
+        // The layout runs left to right: edges leave a step on its right and enter on the left.
         sourcePosition: Position.Right,
         targetPosition: Position.Left,
+        draggable: false,
+        connectable: false,
         ariaLabel: `step ${step.id}${step.status ? `: ${step.status}` : ""}`,
       })),
     [steps, positions, selected],

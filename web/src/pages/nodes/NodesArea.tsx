@@ -1,4 +1,19 @@
-// Placeholder until the nodes pages land (issue 16).
+// Nodes (issue 16): the catalog, and per node its versions, metrics over time and the
+// reliability heat map.
+
+import { Route, Routes } from "react-router-dom";
+
+import "../workflows/workflows.css";
+import { NodeList } from "./NodeList";
+import { NodePage } from "./NodePage";
+import "./nodes.css";
+
 export default function NodesArea() {
-  return <p className="state empty">The nodes pages are not built yet.</p>;
+  return (
+    <Routes>
+      <Route index element={<NodeList />} />
+      <Route path=":name" element={<NodePage />} />
+      <Route path="*" element={<p className="state empty">No such node page.</p>} />
+    </Routes>
+  );
 }
