@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import threading
 import time
+from pathlib import Path
 
 from foundation.settings import Settings, get_settings
 from infra.services.base import Service, ServiceError, ensure_debian_packages, log
@@ -125,12 +127,26 @@ def up(settings: Settings, names: list[str] | None = None) -> dict[str, float]:
         if isinstance(first, ServiceError) and len(failures) == 1:
             raise first
         raise ServiceError("; ".join(f"{name}: {exc}" for name, exc in failures.items())) from first
-    timings_file = settings.data_dir / "run" / "start-times.json"
-    timings_file.parent.mkdir(parents=True, exist_ok=True)
-    previous = json.loads(timings_file.read_text()) if timings_file.exists() else {}
-    previous.update({k: v for k, v in timings.items() if v})
-    timings_file.write_text(json.dumps(previous, indent=2))
+    _record_start_times(settings.data_dir / "run" / "start-times.json", timings)
     return timings
+
+
+def _record_start_times(path: Path, timings: dict[str, float]) -> None:
+    """Merges this start's times into ``path``. Several processes call ``up`` at once (every
+    xdist worker of ``make test``): the file is replaced atomically, so a reader never sees it
+    half written, and one that is unreadable anyway counts as empty (it is informational)."""
+    started = {k: v for k, v in timings.items() if v}
+    if not started:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        previous = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        previous = {}
+    previous.update(started)
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    partial.write_text(json.dumps(previous, indent=2))
+    os.replace(partial, path)
 
 
 def down(settings: Settings, names: list[str] | None = None) -> None:
