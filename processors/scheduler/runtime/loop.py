@@ -107,7 +107,7 @@ from processors.scheduler.runtime.recovery import (
 from processors.scheduler.runtime.reload import reload_run
 from processors.scheduler.runtime.results_gate import ResultsGate
 from processors.scheduler.runtime.run_table import RunTable
-from processors.scheduler.runtime.snapshots import SnapshotCycle, SnapshotWriter
+from processors.scheduler.runtime.snapshots import RECORD_OVERHEAD, SnapshotCycle, SnapshotWriter
 from processors.scheduler.runtime.spans import SchedulerSpans
 from processors.scheduler.runtime.traces import traces_for
 from processors.scheduler.runtime.workflows import (
@@ -161,7 +161,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_MESSAGE_BYTES: Final = 1_000_000
 """librdkafka's default ``message.max.bytes``; the producer refuses larger records locally."""
-_RECORD_OVERHEAD: Final = 512
+_RECORD_OVERHEAD: Final = RECORD_OVERHEAD
 """Bytes kept free for the record's framing (headers, lengths, timestamps) within the limit."""
 _MAX_ERROR_MESSAGE: Final = 4000
 
@@ -227,6 +227,8 @@ class RuntimeStats:
     snapshot_cycles: int = 0
     snapshot_records: int = 0
     snapshot_bytes: int = 0
+    snapshot_oversized: int = 0
+    """Run records left out of snapshot cycles for exceeding the record limit."""
     snapshot_s: float = 0.0
     """Time spent producing snapshot cycles (what snapshots cost the loop)."""
 
@@ -294,6 +296,7 @@ class SchedulerRuntime:
         self.max_message_bytes = max_message_bytes or int(
             self.producer.config.get("message.max.bytes", DEFAULT_MAX_MESSAGE_BYTES)
         )
+        self._snapshots.max_record_bytes = self.max_message_bytes
         self.invoke_topics = InvokeTopics(settings, self.catalog)
         # Public CloudEvents of run outcomes, in the same transaction as their run events.
         self._outcomes = OutcomeWriter(
@@ -553,6 +556,8 @@ class SchedulerRuntime:
                 self.stats.snapshot_records += cycle.records
                 self.stats.snapshot_bytes += cycle.bytes
                 written += cycle.records
+                if not cycle.records:
+                    break  # what is still dirty is over the record limit (never written)
         except Exception as exc:
             log.warning("no snapshot before stopping (the next owner folds the tail): %s", exc)
             with contextlib.suppress(Exception):
@@ -662,6 +667,7 @@ class SchedulerRuntime:
             self.stats.snapshot_cycles += 1
             self.stats.snapshot_records += cycle.records
             self.stats.snapshot_bytes += cycle.bytes
+            self.stats.snapshot_oversized += len(cycle.oversized)
         for run_id, (partition, state) in batch.states.items():
             self.stats.committed_seq[run_id] = state.last_seq
             if state.is_finished:

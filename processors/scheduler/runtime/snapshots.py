@@ -24,6 +24,13 @@ only the tail of ``runs`` that they do not cover. What makes that correct:
   current positions with it, so a scheduler that lost its partitions cannot commit snapshots
   (``send_offsets_to_transaction`` checks the group generation).
 
+A run whose record would exceed the largest record the producer may send
+(``max_record_bytes``: a run of a thousand steps can) is left out, and its partition gets no
+checkpoint in that cycle, so recovery folds that partition from its previous checkpoint: longer,
+still exact. Before this, the oversized record failed the whole transaction, and every retry of
+the batch failed the same way: the partition stopped. Once the run finishes, its small marker
+is written and checkpoints move on.
+
 A cycle runs when the interval has passed and some run changed, and writes at most ``chunk``
 records (the first cycle after folding a long history writes a marker for every finished run:
 spread over several batches); a partial cycle leaves its partitions' checkpoints where they were
@@ -55,6 +62,7 @@ from streams.producer import Producer
 
 __all__ = [
     "CHECKPOINT_KEY",
+    "RECORD_OVERHEAD",
     "SNAPSHOT_VERSION",
     "EndsRequest",
     "SnapshotCheckpoint",
@@ -69,6 +77,10 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+RECORD_OVERHEAD: Final = 512
+"""Bytes a record costs beyond its key and value (headers, batch framing), counted against the
+producer's ``message.max.bytes`` like the scheduler's other records."""
 
 SNAPSHOT_VERSION: Final = 1
 CHECKPOINT_KEY: Final = b"\x00checkpoint"
@@ -186,6 +198,8 @@ class SnapshotCycle:
     """Where those ``runs`` partitions end (asked for when the cycle started)."""
     checkpoints: dict[int, int] = field(default_factory=dict)
     """partition -> runs offset of the checkpoint written (by :meth:`SnapshotWriter.finish`)."""
+    oversized: list[str] = field(default_factory=list)
+    """Runs left out: their record is over ``max_record_bytes`` (they stay dirty)."""
     bytes: int = 0
 
     @property
@@ -209,13 +223,17 @@ class SnapshotWriter:
         *,
         chunk: int = DEFAULT_CHUNK,
         clock: Callable[[], float] = time.monotonic,
+        max_record_bytes: int | None = None,
     ) -> None:
         self.topic = topic
         self.interval_s = interval_s
         self.chunk = max(1, chunk)
         self.clock = clock
+        self.max_record_bytes = max_record_bytes
+        """Records larger than this (value + key + overhead) are not sent (module docstring)."""
         self._last = clock()
         self._unfinished = False
+        self._warned: set[str] = set()
 
     @property
     def enabled(self) -> bool:
@@ -242,24 +260,47 @@ class SnapshotWriter:
                 unfinished = True
                 break
             ids = list(table.dirty) if len(table.dirty) <= budget else list(table.dirty)[:budget]
+            written: list[str] = []
             for run_id in ids:
                 entry = table.entry(run_id)
                 if entry is None:
                     continue  # cannot happen: a dirty run is in its table
                 value = encode_entry(entry)
+                if self._too_large(run_id, value):
+                    cycle.oversized.append(run_id)
+                    continue
                 producer.send(self.topic, run_id, value, partition=partition)
                 cycle.bytes += len(value)
-            cycle.written[partition] = ids
+                written.append(run_id)
+            cycle.written[partition] = written
             budget -= len(ids)
-            if len(ids) == len(table.dirty):
+            if len(written) == len(table.dirty):
                 cycle.complete.append(partition)
-            else:
-                unfinished = True
+            elif len(ids) < len(table.dirty):
+                unfinished = True  # the budget ran out; an oversized run alone does not hurry
         if cycle.complete:
             cycle.ends = request_ends(cycle.complete)
         self._unfinished = unfinished
         self._last = self.clock()
         return cycle
+
+    def _too_large(self, run_id: str, value: bytes) -> bool:
+        if self.max_record_bytes is None:
+            return False
+        size = len(value) + len(run_id) + RECORD_OVERHEAD
+        if size <= self.max_record_bytes:
+            self._warned.discard(run_id)
+            return False
+        if run_id not in self._warned:  # once per run, not every cycle
+            self._warned.add(run_id)
+            log.warning(
+                "run %s: its %d-byte snapshot is over the %d-byte record limit; not "
+                "snapshotted while it runs (its partition recovers from the previous checkpoint)",
+                run_id,
+                size,
+                self.max_record_bytes,
+            )
+        return True
 
     def finish(self, producer: Producer, cycle: SnapshotCycle) -> None:
         """The checkpoints of the cycle's complete partitions (call before the commit)."""
