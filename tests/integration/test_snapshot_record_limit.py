@@ -1,8 +1,8 @@
 """A run whose snapshot record is over the record limit does not stop its partition.
 
 Found by the console's 1,000-step run: its state was over Kafka's 1 MB message limit, the
-producer refused the snapshot record, the batch's transaction failed, and every retry of the
-batch failed the same way. Now the writer leaves that run out of the cycle (it stays dirty) and
+producer refused the snapshot record and the batch's transaction failed, batch after batch while
+the run was active. Now the writer leaves that run out of the cycle (it stays dirty) and
 gives its partition no checkpoint, so recovery folds that partition from its previous
 checkpoint; the other runs are written; once the run finishes, its small marker is written and
 the partition is checkpointed again. On the real broker, through the real producer.

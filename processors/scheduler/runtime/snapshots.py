@@ -27,9 +27,9 @@ only the tail of ``runs`` that they do not cover. What makes that correct:
 A run whose record would exceed the largest record the producer may send
 (``max_record_bytes``: a run of a thousand steps can) is left out, and its partition gets no
 checkpoint in that cycle, so recovery folds that partition from its previous checkpoint: longer,
-still exact. Before this, the oversized record failed the whole transaction, and every retry of
-the batch failed the same way: the partition stopped. Once the run finishes, its small marker
-is written and checkpoints move on.
+still exact. Before this, the oversized record failed the whole transaction and the batch was
+retried in the loop's isolation mode (no snapshots), batch after batch. Once the run finishes,
+its small marker is written and checkpoints move on.
 
 A cycle runs when the interval has passed and some run changed, and writes at most ``chunk``
 records (the first cycle after folding a long history writes a marker for every finished run:
