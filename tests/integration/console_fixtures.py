@@ -66,7 +66,10 @@ class Console:
         return {"Authorization": f"Bearer {self.key}"}
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: while Playwright's sync API is started it has set an asyncio loop
+# as the thread's running loop, so a later test module in the same xdist worker that calls
+# asyncio.run() fails ("cannot be called from a running event loop").
+@pytest.fixture(scope="module")
 def playwright_driver() -> Iterator[Playwright]:
     if shutil.which(CHROMIUM) is None:
         pytest.fail(f"{CHROMIUM} is missing: `make up` installs Debian's chromium")
@@ -74,7 +77,7 @@ def playwright_driver() -> Iterator[Playwright]:
         yield driver
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(playwright_driver: Playwright) -> Iterator[Browser]:
     launched = playwright_driver.chromium.launch(
         executable_path=CHROMIUM, headless=True, args=["--no-sandbox"]
