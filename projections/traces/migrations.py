@@ -248,8 +248,9 @@ def apply(
 
     Applying an ingest migration (003, 007, 008) starts consumption (a Kafka table consumes once
     a view is attached), so the caller must be the process that owns the store. On a new store
-    003 and 007 are recorded without running: 008 replaces their queue and views. Not safe to run from two
-    processes at once against one server: ClickHouse has no lock for it; one owner applies.
+    003 and 007 are recorded without running: 008 replaces their queue and views. Not safe to
+    run from two processes at once against one server: ClickHouse has no lock for it; one owner
+    applies.
     """
     params = template_params(settings, database=database, tuning=tuning)
     _bootstrap(ch, params.database)
