@@ -146,6 +146,7 @@ FAST = {
         invocation_id=None, cost_tokens=None, metrics={}, context={}, status=TraceStatus.SKIPPED
     ),
     "negative and zero numbers": _trace(seq=0, latency_ms=0, retry_count=0, metrics={"d": -0.5}),
+    "a small ratio (18 decimals)": _trace(metrics={"ratio": 1 / 213}),
     "an epoch before 1970": _trace(start=datetime(1969, 7, 20, tzinfo=UTC)),
 }
 
