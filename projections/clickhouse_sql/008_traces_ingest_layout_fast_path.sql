@@ -173,7 +173,8 @@ AS SELECT
         length(_error) > 0, trim(BOTH ' \n' FROM _error),
         -- The fast path: the layout encode_trace writes, every field of its JSON type. A string
         -- here is "[^"\x5c\x00-\x1f]*" (no backslash: a string with an escape takes the check
-        -- below); an integer has at most 18 digits; a float a two-digit exponent.
+        -- below); an integer has at most 18 digits; a float at most 18 before its point, any
+        -- fraction and at most a two-digit exponent.
         isValidUTF8(raw) AND match(raw, concat(
             '^[{]',
             '"event_id":(?:null|"[^"\\x5c\\x00-\\x1f]*")',
