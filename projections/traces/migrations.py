@@ -61,9 +61,10 @@ _FILE: Final = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
 _IDENTIFIER: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 # A statement ends with ";" at the end of a line; the templates keep ";" out of everything else.
 _STATEMENT_END: Final = re.compile(r";[ \t]*(?:\n|$)")
-INGEST_MIGRATIONS: Final = (3, 7)
+INGEST_MIGRATIONS: Final = (3, 7, 8)
 """The migrations that (re)create the Kafka table ``traces_queue`` and the views reading it;
-each later one replaces the earlier ones' (007: one JSONAsString column, ADR 0067)."""
+each later one replaces the earlier ones' (007: one JSONAsString column, ADR 0067; 008: the
+same with a pattern that accepts encode_trace's layout before the per-field check, ADR 0068)."""
 INGEST_VIEWS: Final = ("traces_ingest_mv", "traces_errors_mv", "traces_mv")
 """The views that read the Kafka table (007: ``traces_ingest_mv``; 003: the other two), in the
 order to drop them: consumption stops with the first, and a good row never goes to the errors
@@ -245,10 +246,11 @@ def apply(
 ) -> list[int]:
     """Bring ``database`` up to date; returns the versions applied now (empty when current).
 
-    Applying an ingest migration (003, 007) starts consumption (a Kafka table consumes once a
-    view is attached), so the caller must be the process that owns the store. On a new store
-    003 is recorded without running: 007 replaces its queue and views. Not safe to run from two
-    processes at once against one server: ClickHouse has no lock for it; one owner applies.
+    Applying an ingest migration (003, 007, 008) starts consumption (a Kafka table consumes once
+    a view is attached), so the caller must be the process that owns the store. On a new store
+    003 and 007 are recorded without running: 008 replaces their queue and views. Not safe to
+    run from two processes at once against one server: ClickHouse has no lock for it; one owner
+    applies.
     """
     params = template_params(settings, database=database, tuning=tuning)
     _bootstrap(ch, params.database)

@@ -232,7 +232,7 @@ def test_traces_ingest_from_kafka_and_the_metrics_queries_agree(
 ) -> None:
     settings, database = traces_store
     ch = backend.ch
-    assert apply(ch, settings, database=database) == [1, 2, 3, 4, 5, 6, 7]
+    assert apply(ch, settings, database=database) == [1, 2, 3, 4, 5, 6, 7, 8]
     traces = [_trace(i) for i in range(90)]
     # Retry decisions of the scheduler (004_retry_metrics.sql): counted apart, not as attempts.
     retries = [
@@ -314,7 +314,7 @@ def test_replay_step_rows_are_written_once_per_run_step_and_side(
 
     settings, database = traces_store
     ch = backend.ch
-    assert apply(ch, settings, database=database) == [1, 2, 3, 4, 5, 6, 7]
+    assert apply(ch, settings, database=database) == [1, 2, 3, 4, 5, 6, 7, 8]
 
     def run(run_id: str, status: str, ms: float) -> RunOutcome:
         step = StepOutcome("shape", status, 1, ms, {"v": 1}, "executed", None, 1)

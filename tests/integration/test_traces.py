@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import threading
 import time
 import uuid
@@ -225,7 +226,7 @@ def _expected_row(trace: Trace) -> dict[str, Any]:
 
 
 def test_traces_arrive_field_by_field(env: Env) -> None:
-    assert apply(env.ch, env.settings, database=env.database) == [1, 2, 3, 4, 5, 6, 7]
+    assert apply(env.ch, env.settings, database=env.database) == [1, 2, 3, 4, 5, 6, 7, 8]
     traces = [_trace(i) for i in range(600)]
     before = time.time()
     _send(env, traces)
@@ -324,31 +325,121 @@ def test_fields_of_the_wrong_json_type_go_to_traces_errors(env: Env) -> None:
         assert {k: by_id[trace.event_id][k] for k in expected} == expected
 
 
-def test_upgrading_a_store_to_the_string_queue_loses_and_duplicates_nothing(env: Env) -> None:
-    """A store created before 007 reads with 003's JSONEachRow queue; applying 007 replaces the
-    queue and its views under the same consumer group, so ingestion resumes at the committed
-    offsets: traces sent before, during and after the upgrade arrive exactly once."""
-    before_007 = [m for m in load_migrations() if m.version < 7]
-    assert apply(env.ch, env.settings, database=env.database, migrations=before_007) == [
-        1, 2, 3, 4, 5, 6,
-    ]  # fmt: skip
+def test_traces_outside_the_fast_layout_take_the_field_check_and_still_arrive(env: Env) -> None:
+    """008 accepts encode_trace's compact layout with one pattern (ADR 0068). Valid traces just
+    outside it (an escape, spaces, another field order, a 19-digit integer, a 3-digit exponent)
+    go through 007's per-field check and arrive; messages one byte outside it that are not
+    traces (an integer beyond Int64, a float beyond Float64, a raw tab in a string, invalid
+    UTF-8) land in traces_errors with a reason, never in traces."""
+    apply(env.ch, env.settings, database=env.database)
+    # _trace puts an escaped quote and a newline in every third context: none here but one.
+    compact = [_trace(i, context={}) for i in range(200, 204)]  # the fast path, around the others
+
+    def spaced(trace: Trace) -> bytes:
+        return json.dumps(json.loads(encode_trace(trace))).encode()
+
+    def reordered(trace: Trace) -> bytes:
+        fields = list(json.loads(encode_trace(trace)).items())
+        return json.dumps(dict(reversed(fields)), separators=(",", ":")).encode()
+
+    good = {
+        "an escaped quote": (_trace(210, context={"q": 'say "hi"'}), encode_trace),
+        "spaces after separators": (_trace(211, context={}), spaced),
+        "another field order": (_trace(212, context={}), reordered),
+        "an integer of 19 digits": (
+            _trace(213, seq=1234567890123456789, context={}),
+            encode_trace,
+        ),
+        "a float with a 3-digit exponent": (
+            _trace(214, metrics={"huge": 1.5e300}, context={}),
+            encode_trace,
+        ),
+    }
+    text = encode_trace(_trace(220, context={"k": "v"})).decode()
+
+    def edit(old: str, new: str) -> bytes:
+        assert old in text, old
+        return text.replace(old, new, 1).encode()
+
+    bad = {
+        "an integer beyond Int64": edit('"seq":220,', '"seq":12345678901234567890,'),
+        "a float beyond Float64": edit('"metrics":{', '"metrics":{"x":1e999'),
+        "a raw tab in a string": edit('"k":"v"', '"k":"v\tw"'),
+        "invalid UTF-8 in a string": edit('"k":"v"', '"k":"v~w"').replace(b"v~w", b"v\xffw"),
+    }
+    messages = [("k", encode_trace(t)) for t in compact[:2]]
+    messages += [("k", encode(trace)) for trace, encode in good.values()]
+    messages += [("k", value) for value in bad.values()]
+    messages += [("k", encode_trace(t)) for t in compact[2:]]
+    _produce(env.settings, env.catalog.traces.topic, messages)
+
+    arrived = compact + [trace for trace, _ in good.values()]
+    _wait("rows in traces", env.count, len(arrived))
+    _wait("rows in traces_errors", lambda: env.count("traces_errors"), len(bad))
+    rows = {r["event_id"]: r for r in env.ch.query(f"SELECT * FROM {env.database}.traces")}
+    assert set(rows) == {t.event_id for t in arrived}
+    for trace in arrived:
+        expected = _expected_row(trace)
+        assert {k: rows[trace.event_id][k] for k in expected} == expected
+    # Not SELECT *: raw_message holds the invalid UTF-8, which the JSON result cannot carry.
+    errors = env.ch.query(f"SELECT offset, error FROM {env.database}.traces_errors ORDER BY offset")
+    first_bad = 2 + len(good)
+    assert [e["offset"] for e in errors] == list(range(first_bad, first_bad + len(bad)))
+    by_case = dict(zip(bad, (e["error"] for e in errors), strict=True))
+    assert (
+        "Wrong JSON type for field seq: 12345678901234567890" in by_case["an integer beyond Int64"]
+    )
+    parse_failure = "Expected a JSON object with the Trace fields"
+    assert {
+        case: error for case, error in by_case.items() if case != "an integer beyond Int64"
+    } == {
+        "a float beyond Float64": parse_failure,
+        "a raw tab in a string": parse_failure,
+        "invalid UTF-8 in a string": parse_failure,
+    }
+
+
+@pytest.mark.parametrize(
+    ("store_version", "queue_before"),
+    [(6, "JSONEachRow"), (7, "JSONAsString")],
+    ids=["003 queue", "007 queue"],
+)
+def test_upgrading_a_store_to_the_newest_ingest_loses_and_duplicates_nothing(
+    env: Env, store_version: int, queue_before: str
+) -> None:
+    """A store created before 007 reads with 003's JSONEachRow queue, one created before 008
+    with 007's view; applying the rest replaces the queue and its views under the same consumer
+    group, so ingestion resumes at the committed offsets: traces sent before, during and after
+    the upgrade arrive exactly once."""
+    everything = load_migrations()
+    older = [m for m in everything if m.version <= store_version]
+    assert apply(env.ch, env.settings, database=env.database, migrations=older) == [
+        m.version for m in older
+    ]
+
+    def created(name: str) -> str:
+        return str(
+            env.ch.query(
+                "SELECT create_table_query AS q FROM system.tables "
+                "WHERE database = %(db)s AND name = %(name)s",
+                {"db": env.database, "name": name},
+            )[0]["q"]
+        )
 
     def queue_format() -> str:
-        query = env.ch.query(
-            "SELECT create_table_query AS q FROM system.tables "
-            "WHERE database = %(db)s AND name = 'traces_queue'",
-            {"db": env.database},
-        )[0]["q"]
-        return str(query).split("kafka_format = '")[1].split("'")[0]
+        return created("traces_queue").split("kafka_format = '")[1].split("'")[0]
 
-    assert queue_format() == "JSONEachRow"
+    assert queue_format() == queue_before
     first = [_trace(i) for i in range(300)]
     _send(env, first)
     _wait("rows in traces", env.count, len(first))
     during = [_trace(i) for i in range(300, 600)]
     _send(env, during)  # some read by the old queue, the rest by the new one
-    assert apply(env.ch, env.settings, database=env.database) == [7]
+    assert apply(env.ch, env.settings, database=env.database) == [
+        m.version for m in everything if m.version > store_version
+    ]
     assert queue_format() == "JSONAsString"
+    assert "match(raw" in created("traces_ingest_mv")  # 008's view
     after = [_trace(i) for i in range(600, 900)]
     _send(env, after)
     _wait("rows in traces", env.count, 900)
@@ -717,7 +808,7 @@ def test_retry_decisions_are_counted_apart_from_attempts(env: Env) -> None:
 
 
 def test_migrations_are_recorded_idempotent_and_refuse_edits(env: Env) -> None:
-    assert apply(env.ch, env.settings, database=env.database) == [1, 2, 3, 4, 5, 6, 7]
+    assert apply(env.ch, env.settings, database=env.database) == [1, 2, 3, 4, 5, 6, 7, 8]
     assert apply(env.ch, env.settings, database=env.database) == []
     recorded = applied_versions(env.ch, env.database)
     migrations = load_migrations()
