@@ -2,10 +2,10 @@
 // waits (wait_ms) for the mutation processor's answer, so the page shows the new state, or the
 // refusal with the API's reason (409 naming the current status, 422 naming the field).
 
-import { useEffect, useRef, useState, type FormEvent } from "react";
+import { useState } from "react";
 
 import { apiSend } from "../../api/client";
-import { ErrorBox } from "../../components/States";
+import { ConfirmDialog } from "../../components/confirm/ConfirmDialog";
 import type { Action } from "./diff";
 import { ACTION_LABEL } from "./format";
 import type { MutationDetail } from "./types";
@@ -29,78 +29,54 @@ interface Props {
 }
 
 export function ConfirmAction({ mutation, action, onClose, onDone }: Props) {
-  const dialog = useRef<HTMLDialogElement>(null);
   const [reason, setReason] = useState("");
   const [weight, setWeight] = useState("0.2");
-  const [busy, setBusy] = useState(false);
-  const [error, setError] = useState<Error>();
 
-  useEffect(() => {
-    const element = dialog.current;
-    if (element && !element.open) element.showModal();
-    return () => element?.close();
-  }, []);
-
-  async function confirm(event: FormEvent) {
-    event.preventDefault();
-    setBusy(true);
-    setError(undefined);
+  async function decide() {
     const body: Record<string, unknown> = { wait_ms: WAIT_MS };
     if (reason.trim() && action !== "approve") body.reason = reason.trim();
     if (action === "approve") body.canary_weight = Number(weight);
-    try {
-      const answer = await apiSend<MutationDetail | { status: "accepted" }>(
-        "POST",
-        `/v1/mutations/${encodeURIComponent(mutation.mutation_id)}/${action}`,
-        body,
-      );
-      onDone(answer && "history" in answer ? answer : null);
-    } catch (reason) {
-      setError(reason instanceof Error ? reason : new Error(String(reason)));
-    } finally {
-      setBusy(false);
-    }
+    const answer = await apiSend<MutationDetail | { status: "accepted" }>(
+      "POST",
+      `/v1/mutations/${encodeURIComponent(mutation.mutation_id)}/${action}`,
+      body,
+    );
+    onDone(answer && "history" in answer ? answer : null);
   }
 
-  const titleId = `confirm-${action}-title`;
   return (
-    <dialog ref={dialog} className="confirm" aria-labelledby={titleId} onCancel={onClose}>
-      <form onSubmit={confirm}>
-        <h2 id={titleId}>
-          {ACTION_LABEL[action]} proposal {mutation.mutation_id}?
-        </h2>
-        <p>{EXPLAIN[action]}</p>
-        {action === "approve" && (
-          <label>
-            Canary weight (share of new runs)
-            <input
-              type="number"
-              min="0.01"
-              max="1"
-              step="0.01"
-              value={weight}
-              onChange={(e) => setWeight(e.target.value)}
-              required
-            />
-          </label>
-        )}
-        {action !== "approve" && (
-          // The processor records no reason on an approval (lifecycle._approve), so none is asked.
-          <label>
-            Reason (optional)
-            <textarea value={reason} onChange={(e) => setReason(e.target.value)} rows={2} />
-          </label>
-        )}
-        {error && <ErrorBox error={error} title={`${ACTION_LABEL[action]} refused`} />}
-        <div className="actions">
-          <button type="button" onClick={onClose} disabled={busy}>
-            Cancel
-          </button>
-          <button type="submit" className={action === "approve" || action === "keep" ? "primary" : "danger"} disabled={busy}>
-            {busy ? "Waiting for the processor…" : `Confirm ${ACTION_LABEL[action].toLowerCase()}`}
-          </button>
-        </div>
-      </form>
-    </dialog>
+    <ConfirmDialog
+      title={`${ACTION_LABEL[action]} proposal ${mutation.mutation_id}?`}
+      confirmLabel={`Confirm ${ACTION_LABEL[action].toLowerCase()}`}
+      danger={action === "reject" || action === "rollback"}
+      onConfirm={decide}
+      onClose={onClose}
+      cancelLabel="Cancel"
+      busyLabel="Waiting for the processor…"
+      refusedTitle={`${ACTION_LABEL[action]} refused`}
+    >
+      <p>{EXPLAIN[action]}</p>
+      {action === "approve" && (
+        <label>
+          Canary weight (share of new runs)
+          <input
+            type="number"
+            min="0.01"
+            max="1"
+            step="0.01"
+            value={weight}
+            onChange={(e) => setWeight(e.target.value)}
+            required
+          />
+        </label>
+      )}
+      {action !== "approve" && (
+        // The processor records no reason on an approval (lifecycle._approve), so none is asked.
+        <label>
+          Reason (optional)
+          <textarea value={reason} onChange={(e) => setReason(e.target.value)} rows={2} />
+        </label>
+      )}
+    </ConfirmDialog>
   );
 }

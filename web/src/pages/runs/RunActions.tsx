@@ -4,7 +4,7 @@
 import { useState } from "react";
 
 import { apiSend } from "../../api/client";
-import { ConfirmDialog } from "./ConfirmDialog";
+import { ConfirmDialog } from "../../components/confirm/ConfirmDialog";
 
 const WAIT_MS = 5000;
 

@@ -7,7 +7,7 @@ import { useState } from "react";
 
 import { apiGet, apiSend } from "../../api/client";
 import { ErrorBox } from "../../components/States";
-import { ConfirmDialog } from "./ConfirmDialog";
+import { ConfirmDialog } from "../../components/confirm/ConfirmDialog";
 import { json, StatusBadge } from "./format";
 import type { StepLive } from "./runModel";
 import type { ErrorInfo, GraphStepView, PayloadRef } from "./types";
