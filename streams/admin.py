@@ -317,6 +317,17 @@ def _wait_for_leaders(
         time.sleep(0.05)
 
 
+def kafka_unavailable(exc: BaseException) -> bool:
+    """A ``KafkaException`` a new attempt may not meet: retriable, or one of librdkafka's local
+    errors (a dropped connection, a timeout) -- :func:`_transient_kafka_error`."""
+    return (
+        isinstance(exc, KafkaException)
+        and bool(exc.args)
+        and isinstance(exc.args[0], KafkaError)
+        and _transient_kafka_error(exc.args[0])
+    )
+
+
 def _transient_kafka_error(error: KafkaError) -> bool:
     # librdkafka's own (negative) codes are local: transport, timeouts, resolution.
     return error.retriable() or error.code() < 0 or error.code() == KafkaError.REQUEST_TIMED_OUT

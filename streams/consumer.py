@@ -152,6 +152,7 @@ def retry_transient(
     *,
     refresh: Callable[[], object] | None = None,
     backoff_s: float = 0.1,
+    transient: Callable[[BaseException], bool] | None = None,
 ) -> T:
     """``call()``, again while it raises a retriable ``KafkaException`` (:func:`kafka_transient`:
     NOT_LEADER_FOR_PARTITION on a topic created moments ago or a partition whose leader just
@@ -159,13 +160,15 @@ def retry_transient(
 
     ``refresh``: called before each retry, e.g. a metadata request for the topic: a client does
     not refresh the leaders it cached on such an error by itself soon enough (seen: still
-    NOT_LEADER_FOR_PARTITION after 10 s of retries in ``make test``)."""
+    NOT_LEADER_FOR_PARTITION after 10 s of retries in ``make test``).
+
+    ``transient``: which errors are retried, instead of :func:`kafka_transient`."""
     deadline = time.monotonic() + timeout
     while True:
         try:
             return call()
         except KafkaException as exc:
-            if not kafka_transient(exc) or time.monotonic() >= deadline:
+            if not (transient or kafka_transient)(exc) or time.monotonic() >= deadline:
                 raise
             time.sleep(backoff_s)
             if refresh is not None:

@@ -22,7 +22,6 @@ import hashlib
 import os
 import secrets
 import subprocess
-import time
 import uuid
 from pathlib import Path
 from typing import ClassVar
@@ -37,6 +36,8 @@ from infra.services.base import (
     port_open,
     require_command,
 )
+from streams.admin import kafka_unavailable
+from streams.consumer import retry_transient
 from streams.security import LOCAL_SCRAM_USER, local_ca_file, local_scram_password_file
 
 INFRA = PROJECT_ROOT / "infra" / "kafka"
@@ -365,30 +366,28 @@ class Kafka(Service):
         )
 
         host, port = self.host_port
-        admin = AdminClient({"bootstrap.servers": f"{host}:{port}", "log_level": 0})
         upsert = UserScramCredentialUpsertion(
             LOCAL_SCRAM_USER,
             ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 8192),
             self.scram_password().encode(),
         )
-        # A node started a moment ago can drop the request: librdkafka then answers
-        # _DESTROY_BROKER (the bootstrap connection replaced by the node's own) or a timeout.
-        # Those are asked again, with a fresh client, for up to a minute.
-        deadline = time.monotonic() + 60
-        while True:
-            futures = admin.alter_user_scram_credentials([upsert], request_timeout=30)
-            try:
-                for future in futures.values():
-                    future.result(timeout=30)
-                return
-            except Exception as exc:
-                if _transient(exc) and time.monotonic() < deadline:
-                    time.sleep(0.5)  # a retry's backoff, not a test's synchronisation
-                    admin = AdminClient({"bootstrap.servers": f"{host}:{port}", "log_level": 0})
-                    continue
-                raise ServiceError(
-                    f"Expected the broker to store SCRAM user {LOCAL_SCRAM_USER!r}, but: {exc}"
-                ) from exc
+
+        def upsert_once() -> None:
+            # A fresh client each time: the one that met the error may keep a dropped handle.
+            client = AdminClient({"bootstrap.servers": f"{host}:{port}", "log_level": 0})
+            for future in client.alter_user_scram_credentials(
+                [upsert], request_timeout=30
+            ).values():
+                future.result(timeout=30)
+
+        try:
+            # A node started a moment ago can drop the request (librdkafka: _DESTROY_BROKER, the
+            # bootstrap connection replaced by the node's own): asked again for up to a minute.
+            retry_transient(upsert_once, 60, backoff_s=0.5, transient=kafka_unavailable)
+        except Exception as exc:
+            raise ServiceError(
+                f"Expected the broker to store SCRAM user {LOCAL_SCRAM_USER!r}, but: {exc}"
+            ) from exc
 
     def is_ready(self) -> bool:
         if not port_open(*self.host_port):
@@ -420,22 +419,3 @@ def _write_private(path: Path, text: str, *, exclusive: bool = False) -> None:
     os.chmod(path, 0o600)  # an existing file keeps its mode on open(); make sure
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
-
-
-def _transient(exc: BaseException) -> bool:
-    """A Kafka client error that a new attempt may not meet (retriable, or a connection the
-    client dropped while the request was in flight)."""
-    from confluent_kafka import KafkaError, KafkaException
-
-    if not isinstance(exc, KafkaException) or not exc.args:
-        return False
-    error = exc.args[0]
-    if not isinstance(error, KafkaError):
-        return False
-    transient_codes = {
-        KafkaError._DESTROY_BROKER,
-        KafkaError._TRANSPORT,
-        KafkaError._TIMED_OUT,
-        KafkaError._ALL_BROKERS_DOWN,
-    }
-    return bool(error.retriable()) or error.code() in transient_codes

@@ -283,26 +283,16 @@ def list_runs(
     _check_limit(limit, MAX_LIMIT)
     if status is not None and status not in RUN_STATUSES:
         raise InvalidQueryError(f"Expected status to be one of {RUN_STATUSES}, but got {status!r}")
-    where: list[str] = []
-    params: list[object] = []
-    if tenant is not None:
-        where.append("tenant = %s")
-        params.append(tenant)
-    if workflow_id is not None:
-        where.append("workflow_id = %s")
-        params.append(workflow_id)
-    if status is not None:
-        where.append("status = %s")
-        params.append(status)
-    if source is not None:
-        where.append("source = %s")
-        params.append(source)
-    if started_after is not None:
-        where.append("started_at >= %s")
-        params.append(started_after)
-    if started_before is not None:
-        where.append("started_at < %s")
-        params.append(started_before)
+    filters: list[tuple[str, object]] = [
+        ("tenant = %s", tenant),
+        ("workflow_id = %s", workflow_id),
+        ("status = %s", status),
+        ("source = %s", source),
+        ("started_at >= %s", started_after),
+        ("started_at < %s", started_before),
+    ]
+    where = [clause for clause, value in filters if value is not None]
+    params: list[object] = [value for _, value in filters if value is not None]
     if cursor is not None:
         started_at, run_id = decode_cursor(cursor)
         where.append("(started_at, run_id) < (%s, %s)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from confluent_kafka import KafkaError, KafkaException
 
-from infra.services.kafka import _transient
+from streams.admin import kafka_unavailable as _transient
 
 
 def test_dropped_connections_and_timeouts_are_asked_again() -> None:
