@@ -12,18 +12,8 @@ import { json, StatusBadge } from "./format";
 import type { StepLive } from "./runModel";
 import type { ErrorInfo, GraphStepView, PayloadRef } from "./types";
 
-export interface StepView {
-  status: string;
-  attempt: number;
-  params?: unknown;
-  paramsRef?: PayloadRef | null;
-  output?: unknown;
-  outputRef?: PayloadRef | null;
-  error?: ErrorInfo | null;
-  nodeVersion?: string | null;
-  worker?: string | null;
-  skipReason?: string | null;
-}
+/** What the panel shows of a step: the live model's fields, less the ones only the live fold has. */
+export type StepView = Omit<StepLive, "cacheHit" | "durationMs">;
 
 /** A step of GET .../state's RunState as the panel's view. */
 export function fromState(state: Record<string, unknown> | undefined): StepView | undefined {
