@@ -4,9 +4,10 @@ Issue 19's acceptance test, on real services with every component in its own pro
 product's own supervisor (``reflux supervise``, ADR 0018): one scheduler, two workers, one
 projector, on a Kafka broker of this test's own (restarting the shared one would break the
 other tests running beside it). A local service answers the five HTTP steps of each run with
-fixed odds: 20% ``500``, 10% a 2.5 s hang (the step timeout is 1 s), else ``200``. The fate of
+fixed odds: 20% ``500``, 10% a 6 s hang (the step timeout is 3 s), else ``200``. The fate of
 every call is a seeded draw (``odds_outcome``), so the runs that *can* succeed within four
-attempts are known in advance.
+attempts are known in advance. (The timeout was 1 s; on a CI machine at load 10 a ``200`` then
+reached the worker after it and burned an attempt: that measures the machine, not the engine.)
 
 While the burst of :data:`RUNS` runs is in flight: ``kill -9`` of the scheduler, of one worker
 and of the projector (each at a different moment, chosen by how many calls the service has
@@ -74,7 +75,7 @@ def _workflow(http: HttpTestServer) -> dict[str, Any]:
     for k in range(STEPS):
         url = (
             f"{http.url}/odds?run={{{{ inputs.index }}}}&step=s{k}&seed={SEED}"
-            f"&fail={FAIL}&hang={HANG}&hang_ms=2500"
+            f"&fail={FAIL}&hang={HANG}&hang_ms=6000"
         )
         step: dict[str, Any] = {"id": f"s{k}", "node": "http.request@^1", "params": {"url": url}}
         if k:
@@ -85,7 +86,7 @@ def _workflow(http: HttpTestServer) -> dict[str, Any]:
         "inputs": {"index": {"type": "integer", "required": True}},
         "defaults": {
             "retry": {"max_attempts": MAX_ATTEMPTS, "initial_backoff": "200ms"},
-            "timeout": "1s",
+            "timeout": "3s",
         },
         "steps": steps,
     }
@@ -197,9 +198,16 @@ def test_burst_survives_kills_and_a_broker_restart(
         statuses = collections.Counter(r.status for r in rows.values())
         succeeded = statuses.get("succeeded", 0)
         allowed = sum(_can_succeed(i) for i in run_ids.values())
+        # Why the runs the odds let succeed failed: the engine, not the service, decided those.
+        unexpected = collections.Counter(
+            f"{row.failed_step}: {(row.error or {}).get('message', '')[:80]}"
+            for run_id, row in rows.items()
+            if row.status == "failed" and _can_succeed(run_ids[run_id])
+        )
         summary = (
             f"{RUNS} runs in {elapsed:.1f} s, {sum(executed.values())} calls: {dict(statuses)}; "
             f"odds allow {allowed}; lost {lost}; duplicated {len(duplicated)}; "
+            f"failed although the odds allow success: {dict(unexpected.most_common(5))}; "
             f"restarts logged: { {c.name: c.restarts_logged() for c in components} }; "
             f"faults: {faults}"
         )
