@@ -98,7 +98,7 @@ console-screenshots: up web
 
 # `up` first: the services start (and Jaeger's Go build begins, ADR 0062) while lint runs.
 test: up lint web
-	$(VENV)/bin/pytest tests -q $(PYTEST_PARALLEL) --durations=10
+	$(VENV)/bin/pytest tests -q $(PYTEST_PARALLEL) --durations=10 --junitxml=var/junit.xml
 
 # The container image (infra/image/, docs/image.md): built on the project's own dockerd.
 image: up web
