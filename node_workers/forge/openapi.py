@@ -541,8 +541,9 @@ def _cases(
         if label in response_by_name:
             response: Any = response_by_name[label]
         elif response_examples:
-            label_r, response = response_examples[i % len(response_examples)]
-            label = label if operation.has_body and body_examples else label_r
+            response_label, response = response_examples[i % len(response_examples)]
+            # a named example names the test; the unnamed singular `example` does not
+            label = response_label if label == "example" else label
         elif operation.has_output:
             response = sample_value(_response_schema(operation), output_defs)
         else:
