@@ -10,11 +10,13 @@ egress limited to the server's ``host:port``, a generated ``node.py`` that only 
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import re
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+import yaml
 from jsonschema import Draft202012Validator
 
 from node_workers.artifacts.bundle import (
@@ -26,13 +28,21 @@ from node_workers.forge.openapi_codegen import ExampleCase, node_source, tests_s
 from node_workers.forge.openapi_model import Auth, Operation, Parameter
 from node_workers.forge.openapi_schema import (
     OpenApiError,
+    OperationNotFoundError,
     SchemaConverter,
     resolve_ref,
     sample_value,
 )
 from schemas.base import canonical_json
 
-__all__ = ["GENERATOR", "OpenApiError", "artifact_from_openapi", "operation_ids"]
+__all__ = [
+    "GENERATOR",
+    "OpenApiError",
+    "OperationNotFoundError",
+    "artifact_from_openapi",
+    "load_openapi_text",
+    "operation_ids",
+]
 
 GENERATOR: Final = "reflux forge openapi/1"
 _METHODS: Final = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
@@ -42,6 +52,32 @@ _IDEMPOTENT_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE
 # security scheme own them).
 _RESERVED_HEADERS: Final = frozenset({"accept", "content-type", "authorization"})
 _JSON_MEDIA: Final = re.compile(r"^application/([a-z0-9.+-]+\+)?json(\s*;.*)?$", re.IGNORECASE)
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML without anchors and aliases: a few aliased lines can expand to gigabytes once the
+    document is serialised (digested, stored), and OpenAPI documents use ``$ref`` instead."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise OpenApiError(
+                f"document: YAML aliases are not supported (line {event.start_mark.line + 1}); "
+                "use $ref"
+            )
+        return super().compose_node(parent, index)
+
+
+def load_openapi_text(text: str) -> dict[str, Any]:
+    """The document in ``text`` (YAML or JSON); :class:`OpenApiError` when it is neither or not
+    a mapping."""
+    try:
+        document = yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 -- a SafeLoader
+    except yaml.YAMLError as exc:
+        raise OpenApiError(f"document: Expected YAML or JSON, but {exc}") from None
+    if not isinstance(document, dict):
+        raise OpenApiError("document: Expected an OpenAPI object (a mapping) at the top")
+    return document
 
 
 def operation_ids(document: dict[str, Any]) -> list[str]:
@@ -61,6 +97,7 @@ def artifact_from_openapi(
     """The node artifact calling ``operation_id`` of ``document``; :class:`OpenApiError` naming
     the field path when the document cannot make one (missing operation, unsupported content
     type or security scheme, no server)."""
+    document = _plain(document)
     openapi_30 = _openapi_version(document)
     operation, cases, error_input, warnings = _read_operation(
         document, operation_id, openapi_30=openapi_30, secret=secret, server_url=server_url
@@ -107,6 +144,17 @@ def artifact_from_openapi(
         if "validation error" in message:
             message = str(exc).splitlines()[1] + ": " + str(exc).splitlines()[2].strip()
         raise OpenApiError(f"{operation_id}: the generated node is invalid: {message}") from exc
+
+
+def _plain(value: Any) -> Any:
+    """JSON's data model: YAML reads ``200:`` as an int key and ``2024-01-31`` as a date."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, (datetime.date, datetime.datetime)):
+        return value.isoformat()
+    return value
 
 
 def _openapi_version(document: dict[str, Any]) -> bool:
@@ -184,7 +232,7 @@ def _read_operation(
     matches = [entry for entry in _operations(document) if entry[0] == operation_id]
     if not matches:
         known = operation_ids(document)
-        raise OpenApiError(
+        raise OperationNotFoundError(
             f"paths: Expected an operation with operationId {operation_id!r}, but the document "
             f"has {', '.join(known) if known else 'none'}"
         )

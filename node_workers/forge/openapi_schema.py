@@ -15,7 +15,13 @@ from typing import Any, Final
 
 from foundation.errors import NonRetryableError
 
-__all__ = ["OpenApiError", "SchemaConverter", "resolve_ref", "sample_value"]
+__all__ = [
+    "OpenApiError",
+    "OperationNotFoundError",
+    "SchemaConverter",
+    "resolve_ref",
+    "sample_value",
+]
 
 _COMPONENT_SCHEMAS: Final = "#/components/schemas/"
 _OPENAPI_ONLY: Final = frozenset({"discriminator", "xml", "externalDocs"})
@@ -46,6 +52,12 @@ class OpenApiError(NonRetryableError):
     (``paths./pets/{petId}.get.responses.200: ...``) and, where it helps, what there is."""
 
     error_class = "OpenApiUnsupported"
+
+
+class OperationNotFoundError(OpenApiError):
+    """No operation has the operationId asked for; the message lists the ones there are."""
+
+    error_class = "OperationNotFound"
 
 
 def _unescape(token: str) -> str:

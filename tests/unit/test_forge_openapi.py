@@ -18,7 +18,12 @@ from jsonschema import Draft202012Validator
 
 from foundation.errors import NonRetryableError
 from node_workers.artifacts.bundle import NodeArtifact, artifact_digest, parse_artifact
-from node_workers.forge.openapi import OpenApiError, artifact_from_openapi, operation_ids
+from node_workers.forge.openapi import (
+    OpenApiError,
+    artifact_from_openapi,
+    load_openapi_text,
+    operation_ids,
+)
 
 SPECS = Path(__file__).parent / "forge_specs"
 GUEST = Path(__file__).parents[2] / "node_workers" / "artifacts" / "guest"
@@ -226,7 +231,8 @@ def test_clear_errors(petstore: dict[str, Any], operation: str, message: str) ->
         artifact_from_openapi(petstore, operation)
     assert message in str(caught.value)
     assert isinstance(caught.value, NonRetryableError)
-    assert caught.value.error_class == "OpenApiUnsupported"
+    expected = "OperationNotFound" if operation == "nope" else "OpenApiUnsupported"
+    assert caught.value.error_class == expected
 
 
 def test_missing_or_relative_servers(petstore: dict[str, Any], quotes: dict[str, Any]) -> None:
@@ -263,6 +269,16 @@ def test_external_and_dangling_refs_are_named(petstore: dict[str, Any]) -> None:
     del document["components"]["schemas"]["NewPet"]
     with pytest.raises(OpenApiError, match="NewPet' points at nothing"):
         artifact_from_openapi(document, "getPetById")
+
+
+def test_yaml_text_int_status_keys_and_no_aliases() -> None:
+    # the petstore spec writes its statuses unquoted (200:), which YAML reads as ints
+    document = load_openapi_text((SPECS / "petstore.yaml").read_text())
+    assert artifact_from_openapi(document, "getPetById").manifest.output_schema["$ref"]
+    with pytest.raises(OpenApiError, match="YAML aliases are not supported"):
+        load_openapi_text("a: &x [1, 2]\nb: *x\n")
+    with pytest.raises(OpenApiError, match="a mapping"):
+        load_openapi_text("- 1\n")
 
 
 def test_operation_ids(petstore: dict[str, Any]) -> None:
