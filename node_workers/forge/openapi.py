@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import yaml
 from jsonschema import Draft202012Validator
 
+from foundation.parse_limits import ParseLimitError, load_yaml
 from node_workers.artifacts.bundle import (
     ArtifactError,
     ArtifactManifest,
@@ -54,26 +55,13 @@ _RESERVED_HEADERS: Final = frozenset({"accept", "content-type", "authorization"}
 _JSON_MEDIA: Final = re.compile(r"^application/([a-z0-9.+-]+\+)?json(\s*;.*)?$", re.IGNORECASE)
 
 
-class _NoAliasLoader(yaml.SafeLoader):
-    """YAML without anchors and aliases: a few aliased lines can expand to gigabytes once the
-    document is serialised (digested, stored), and OpenAPI documents use ``$ref`` instead."""
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise OpenApiError(
-                f"document: YAML aliases are not supported (line {event.start_mark.line + 1}); "
-                "use $ref"
-            )
-        return super().compose_node(parent, index)
-
-
 def load_openapi_text(text: str) -> dict[str, Any]:
-    """The document in ``text`` (YAML or JSON); :class:`OpenApiError` when it is neither or not
-    a mapping."""
+    """The document in ``text`` (YAML or JSON) within the limits every user file gets
+    (foundation.parse_limits: aliases, expansion, depth); :class:`OpenApiError` when it is
+    neither or not a mapping."""
     try:
-        document = yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 -- a SafeLoader
-    except yaml.YAMLError as exc:
+        document = load_yaml(text)
+    except (yaml.YAMLError, ParseLimitError) as exc:
         raise OpenApiError(f"document: Expected YAML or JSON, but {exc}") from None
     if not isinstance(document, dict):
         raise OpenApiError("document: Expected an OpenAPI object (a mapping) at the top")
