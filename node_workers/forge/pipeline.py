@@ -40,6 +40,8 @@ class ForgeResult:
     timings: ForgeTimings
     created: bool = True
     """False when the catalog already had this very artifact (forging it again is a no-op)."""
+    status: str = "draft"
+    """The version's catalog status (a re-forged, already promoted artifact keeps its own)."""
 
 
 class ForgeRefused(NonRetryableError):  # noqa: N818 -- the shared contract's name (issue 17)
@@ -83,6 +85,7 @@ def test_and_register(
             total_s=round(generate_s + registered - started, 3),
         ),
         created=published.created,
+        status=published.status,
     )
 
 
