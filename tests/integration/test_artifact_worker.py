@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -49,7 +49,7 @@ def fetching(url: str) -> str:
 @pytest.fixture
 def artifact_worker(
     engine_harness: HarnessFactory, http: HttpTestServer
-) -> Iterator[tuple[Harness, Any]]:
+) -> Iterator[tuple[Harness, Callable[[], subprocess.Popen[str]]]]:
     """The engine and a starter for a ``reflux worker --artifacts`` process beside it."""
     harness = engine_harness(client_id="artifacts-e2e")
     settings = harness.settings
@@ -85,7 +85,7 @@ def artifact_worker(
 
 
 def test_artifacts_run_end_to_end_with_schemas_egress_and_policy(
-    artifact_worker: tuple[Harness, Any], http: HttpTestServer
+    artifact_worker: tuple[Harness, Callable[[], subprocess.Popen[str]]], http: HttpTestServer
 ) -> None:
     h, start_worker = artifact_worker
     settings = h.settings
