@@ -24,9 +24,11 @@ import pytest
 import yaml
 
 from foundation.settings import PROJECT_ROOT
+from reflux.cli import main
 from tests.integration.engine_fixtures import Harness, HarnessFactory, api_client
 from tests.integration.http_fixtures import HttpTestServer
 from tests.integration.test_catalog import Env, env  # noqa: F401  # the catalog API fixture
+from tests.integration.test_cli_client import api_url  # noqa: F401  # a real API server
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -286,3 +288,27 @@ def test_a_forged_node_is_promoted_and_called_by_a_run(
     assert "output.price: 'twelve' is not of type 'number'" in error["message"], error
     assert error["retryable"] is False
     assert "StepRetryScheduled" not in [e.event_type for e in h.events(bad)]
+
+
+def test_the_cli_forges_through_the_api(
+    api_url: str,  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    spec = tmp_path / "prices.yaml"
+    spec.write_text(yaml.safe_dump(prices_spec("http://127.0.0.1:18997")))
+    argv = ["forge", "openapi", str(spec), "--operation", "getPrice", "--api", api_url]
+    assert main([*argv, "--name", "prices.cli", "--secret", "PRICE_TOKEN"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("prices.cli@0.1.0  draft  sha256:"), out
+    assert "tests: 4/4 passed in the sandbox" in out
+    assert "egress 127.0.0.1:18997  secrets PRICE_TOKEN" in out
+    assert "timings: generate " in out and "sandbox " in out and "total " in out
+
+    assert main([*argv, "--name", "prices.cli", "--secret", "PRICE_TOKEN", "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert (again["name"], again["created"]) == ("prices.cli", False)
+
+    # checked locally: nothing is sent for an operation the document does not have
+    assert main([*argv[:4], "getPrices", "--api", api_url]) == 2
+    assert "[OperationNotFound]" in capsys.readouterr().err
