@@ -312,3 +312,36 @@ def test_the_cli_forges_through_the_api(
     # checked locally: nothing is sent for an operation the document does not have
     assert main([*argv[:4], "getPrices", "--api", api_url]) == 2
     assert "[OperationNotFound]" in capsys.readouterr().err
+
+
+def _breaking_retries(real: Any) -> Any:
+    """The generator, but its node gets 5xx wrong (a generator bug the tests must catch)."""
+
+    def generate(*args: Any, **kwargs: Any) -> Any:
+        artifact = real(*args, **kwargs)
+        code = artifact.files["node.py"].replace(
+            'error_class="HttpServerError", retryable=True', 'error_class="HttpServerError"'
+        )
+        assert code != artifact.files["node.py"]
+        return artifact.model_copy(update={"files": {**artifact.files, "node.py": code}})
+
+    return generate
+
+
+def test_a_failing_generated_test_registers_nothing(
+    env: Env,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import api.routes.forge as forge_routes
+
+    monkeypatch.setattr(
+        forge_routes, "artifact_from_openapi", _breaking_retries(forge_routes.artifact_from_openapi)
+    )
+    name = f"prices.t{uuid.uuid4().hex[:8]}"
+    spec = prices_spec("http://127.0.0.1:18999")
+    refused = _forge(env, {"document": spec, "operation_id": "getPrice", "name": name})
+    assert refused.status_code == 422, refused.text
+    (issue,) = refused.json()["detail"]
+    assert issue["loc"] == ["body", "tests", "test_server_error_is_retryable"]
+    assert issue["type"] == "ForgeRefused" and issue["msg"].startswith("AssertionError")
+    assert env.client.get(f"/v1/nodes/{name}/versions").status_code == 404
