@@ -333,9 +333,10 @@ def test_a_failing_generated_test_registers_nothing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import api.routes.forge as forge_routes
+    from node_workers.forge.openapi import artifact_from_openapi
 
     monkeypatch.setattr(
-        forge_routes, "artifact_from_openapi", _breaking_retries(forge_routes.artifact_from_openapi)
+        forge_routes, "artifact_from_openapi", _breaking_retries(artifact_from_openapi)
     )
     name = f"prices.t{uuid.uuid4().hex[:8]}"
     spec = prices_spec("http://127.0.0.1:18999")
