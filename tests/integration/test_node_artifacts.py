@@ -12,11 +12,16 @@ import pytest
 from foundation.objectstore import S3BlobStore
 from foundation.settings import Settings
 from node_workers.artifacts.bundle import artifact_bytes, artifact_digest, artifact_key
+from node_workers.artifacts.egress_proxy import EgressProxy
+from node_workers.artifacts.execution import ArtifactSandbox
 from node_workers.artifacts.publish import ArtifactImmutableError, publish_artifact
 from node_workers.artifacts.store import ArtifactDigestMismatchError, ArtifactStore
 from node_workers.artifacts.tests_runner import run_artifact_tests
+from node_workers.egress.policy import EgressPolicy, parse_allow_entries
 from node_workers.registration import read_catalog_entries
+from node_workers.sandbox import SandboxConfig
 from streams.topics import TopicCatalog
+from tests.integration.http_fixtures import HttpTestServer
 from tests.integration.test_catalog import Env, env  # noqa: F401  # the catalog API fixture
 from tests.support.artifacts import ECHO_CODE, make_artifact
 
@@ -177,3 +182,55 @@ def test_the_api_registers_an_artifact_after_its_tests_and_keeps_versions_immuta
         "test_fails: AssertionError: always (test_node.py line 2, in test_fails)"
     ]
     assert env.client.get(f"/v1/nodes/{failing.manifest.name}/versions").status_code == 404
+
+
+@pytest.mark.parametrize("backend", ["bubblewrap", "docker"])
+def test_the_sandbox_reaches_declared_hosts_only_through_the_proxy(
+    local_services: Settings, http: HttpTestServer, backend: str
+) -> None:
+    """Both backends bind the proxy's socket; the code has no other way out."""
+    port = int(http.url.rsplit(":", 1)[1])
+    code = f"""
+import urllib.request
+
+def run(input, ctx):
+    echo = ctx.http("POST", "{http.url}/echo", json={{"n": input["n"]}}).json()
+    try:
+        ctx.http("GET", "https://api.example.com/")
+        other = "reached"
+    except Exception as exc:
+        other = type(exc).__name__ + ": " + str(exc)
+    try:
+        urllib.request.urlopen("{http.url}/echo", timeout=2)
+        direct = "reached"
+    except Exception as exc:
+        direct = type(exc).__name__
+    return {{"echo": echo["json"], "other": other, "direct": direct}}
+"""
+    artifact = make_artifact(
+        _name(),
+        code=code,
+        tests=None,
+        input_schema={"type": "object"},
+        output_schema={"type": "object"},
+        egress=(f"127.0.0.1:{port}",),
+    )
+    config = SandboxConfig.from_settings(local_services, backend=backend)
+    sandbox = ArtifactSandbox(local_services, config)
+    policy = EgressPolicy(allow=parse_allow_entries([f"127.0.0.1:{port}"]))
+    proxy = EgressProxy.for_manifest("acme.t", artifact.manifest.egress, policy)
+    try:
+        run = sandbox.run_job(artifact, mode="run", params={"n": 7}, egress=proxy.serve)
+    finally:
+        sandbox.close()
+    assert run.backend == backend
+    assert run.answer is not None, run
+    output = run.answer["output"]
+    assert output["echo"] == {"n": 7}
+    assert output["other"] == (
+        "EgressDenied: acme.t: host api.example.com is not in the node's declared egress "
+        f"[127.0.0.1:{port}]"
+    )
+    assert output["direct"] == "URLError"  # no network namespace route: only the socket
+    assert proxy.requests == 2 and len(proxy.denied) == 1
+    assert http.requests_to("/echo")[-1].json() == {"n": 7}
