@@ -39,6 +39,7 @@ from api.routes import (
     alerts,
     diagnoses,
     feedback,
+    forge,
     health,
     hooks,
     identity,
@@ -57,6 +58,7 @@ from api.tracing import TracingMiddleware
 from api.validation import bind_node_catalog
 from foundation.redact import redact_credentials
 from foundation.settings import Settings, get_settings
+from node_workers.artifacts.bundle import MAX_ARTIFACT_BYTES
 from node_workers.webhooks import MAX_BODY_BYTES
 from projections.clickhouse import ClickHouse
 from streams.admin import admin_client
@@ -183,6 +185,7 @@ def create_app(
         metrics_routes.router,
         alerts.router,
         nodes.router,
+        forge.router,
         mutations.router,
         mutations.workflow_router,
         replays.router,
@@ -263,4 +266,6 @@ def body_limits(api: ApiSettings) -> list[BodyLimit]:
         BodyLimit("POST", re.compile(f"{API_PREFIX}/runs/import"), api.max_import_body_bytes),
         # The step mailbox holds the body as it came: its own cap (node_workers.webhooks).
         BodyLimit("POST", re.compile(f"{API_PREFIX}/hooks/runs/[^/]+/steps/[^/]+"), MAX_BODY_BYTES),
+        # An artifact carries its code and tests (node_workers.artifacts.bundle's own cap).
+        BodyLimit("POST", re.compile(f"{API_PREFIX}/nodes/artifacts"), MAX_ARTIFACT_BYTES),
     ]

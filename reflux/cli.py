@@ -28,6 +28,7 @@ from reflux.catalog_cli import add_catalog_commands
 from reflux.client import add_client_commands
 from reflux.completion import add_completion_command
 from reflux.diagnoses_cli import add_diagnoses_commands
+from reflux.forge_cli import add_forge_commands
 from reflux.metrics_cli import add_metrics_commands
 from reflux.mutations_cli import add_mutation_commands
 from reflux.replay_ab_cli import add_replay_runner_command
@@ -94,6 +95,7 @@ QUIET_COMMANDS = frozenset(
         "workflows",
         "nodes",
         "completion",
+        "forge",
     }
 )
 
@@ -168,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_mutation_commands(sub, get_settings().api_url)
     add_diagnoses_commands(sub, get_settings().api_url)
     add_schedules_commands(sub, get_settings().api_url)
+    add_forge_commands(sub, get_settings().api_url)
     add_replay_runner_command(sub)
     add_alerts_commands(sub)
     add_critic_commands(sub)

@@ -113,9 +113,12 @@ ROUTE_ACCESS: Final[dict[str, Access]] = {
     "GET /v1/nodes/{name}/versions": _V,
     "GET /v1/nodes/{name}/versions/{version}": _V,
     "POST /v1/nodes": _A,
+    "POST /v1/nodes/artifacts": _A,
     "POST /v1/nodes/{name}/versions/{version}/promote": _A,
     "POST /v1/nodes/{name}/versions/{version}/deprecate": _A,
     "PUT /v1/nodes/{name}/versions/{version}/rollout": _A,
+    # the forge registers node versions (drafts): admins, like POST /v1/nodes
+    "POST /v1/forge/openapi": _A,
     # mutation proposals: editors propose, operators decide
     "GET /v1/mutations": _V,
     "GET /v1/mutations/{mutation_id}": _V,

@@ -76,7 +76,7 @@ _PY_MODULE_FILE: Final = re.compile(r"^[a-z_][a-z0-9_]*\.py$")
 
 class ArtifactError(NonRetryableError, ValueError):
     """An artifact that cannot be parsed or does not keep the contract; the message names the
-    field path (``manifest.egress[1]: ...``)."""
+    field path (``manifest.egress[1]: ...``). A ``ValueError`` too, as before."""
 
     error_class = "InvalidArtifact"
 
