@@ -32,6 +32,9 @@ class SandboxJob:
     """Bound read-only at /work/in."""
     packages: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
+    binds: tuple[tuple[Path, str], ...] = ()
+    """Extra host paths bound read-write at a sandbox path (the artifact worker's egress proxy
+    socket, ADR 0070); Docker binds them from the engine's host, so only a local engine."""
 
     @property
     def host_out(self) -> Path:

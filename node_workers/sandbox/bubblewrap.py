@@ -239,6 +239,10 @@ def build_command(
         "--ro-bind",
         str(job.host_inputs),
         "/work/in",
+    ]
+    for host, inside in job.binds:
+        command += ["--bind", str(host), inside]
+    command += [
         # bwrap builds the root on a private tmpfs (where it creates /etc for the binds above);
         # make it read-only so only /work and /tmp are writable.
         "--remount-ro",

@@ -446,7 +446,10 @@ class DockerBackend:
                 Ulimit(name="nofile", soft=limits.open_files, hard=limits.open_files),
                 Ulimit(name="core", soft=0, hard=0),
             ],
-            volumes={name: {"bind": "/work", "mode": "rw"}},
+            volumes={
+                name: {"bind": "/work", "mode": "rw"},
+                **{str(host): {"bind": inside, "mode": "rw"} for host, inside in job.binds},
+            },
             log_config=LogConfig(type="none"),
             labels={_LABEL: "1"},
             detach=True,
