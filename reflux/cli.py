@@ -28,6 +28,7 @@ from reflux.catalog_cli import add_catalog_commands
 from reflux.client import add_client_commands
 from reflux.completion import add_completion_command
 from reflux.diagnoses_cli import add_diagnoses_commands
+from reflux.forge_cli import add_forge_commands
 from reflux.metrics_cli import add_metrics_commands
 from reflux.mutations_cli import add_mutation_commands
 from reflux.replay_ab_cli import add_replay_runner_command
@@ -94,6 +95,7 @@ QUIET_COMMANDS = frozenset(
         "workflows",
         "nodes",
         "completion",
+        "forge",
     }
 )
 
@@ -176,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bandit_commands(sub)
     add_topics_commands(sub)
     add_secrets_commands(sub)
+    add_forge_commands(sub)
     demo = sub.add_parser("demo", help="run the demo workflow against the local services")
     demo.add_argument(
         "story",

@@ -22,7 +22,7 @@ import hashlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 import openai
@@ -32,6 +32,7 @@ from foundation.settings import Settings
 from foundation.tenancy import DEFAULT_TENANT
 from node_workers.artifacts.bundle import ArtifactError, ArtifactManifest, NodeArtifact
 from node_workers.artifacts.bundle import parse_artifact as _parse_artifact
+from node_workers.artifacts.tests_runner import ArtifactTestReport, run_artifact_tests
 from node_workers.egress.policy import AllowEntry, parse_allow_entries, parse_allow_entry
 from node_workers.forge.pipeline import ForgeRefused, ForgeResult, ForgeTimings
 from node_workers.forge.prompts import (
@@ -49,7 +50,6 @@ __all__ = [
     "ForgeLlmError",
     "ForgeOutcome",
     "RoundEvent",
-    "SandboxReport",
     "Tester",
     "egress_covered",
     "forge_from_description",
@@ -77,31 +77,7 @@ class ForgeLlmAuthError(NonRetryableError):
     error_class = "ForgeLlmAuth"
 
 
-class ReportedTest(Protocol):
-    """One test's outcome, as A's ``TestOutcome`` has it."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def passed(self) -> bool: ...
-    @property
-    def message(self) -> str: ...
-
-
-class SandboxReport(Protocol):
-    """A sandbox test run, as A's ``ArtifactTestReport`` has it."""
-
-    @property
-    def passed(self) -> bool: ...
-    @property
-    def tests(self) -> Sequence[ReportedTest]: ...
-    @property
-    def sandbox_s(self) -> float: ...
-    @property
-    def policy(self) -> str | None: ...
-
-
-Tester = Callable[[NodeArtifact], SandboxReport]
+Tester = Callable[[NodeArtifact], ArtifactTestReport]
 """Runs an artifact's tests in the sandbox (``run_artifact_tests`` bound to the settings)."""
 
 
@@ -202,7 +178,7 @@ class ForgeOutcome:
     """A forged artifact whose tests passed, its provenance inside, not yet registered."""
 
     artifact: NodeArtifact
-    report: SandboxReport
+    report: ArtifactTestReport
     rounds: int
     generate_s: float
     """Time spent waiting for the model, all rounds."""
@@ -258,7 +234,7 @@ def _named(artifact: NodeArtifact, name: str | None) -> NodeArtifact:
     return _parse_artifact(raw)
 
 
-def _tests_record(report: SandboxReport) -> list[dict[str, Any]]:
+def _tests_record(report: ArtifactTestReport) -> list[dict[str, Any]]:
     return [{"name": t.name, "passed": t.passed, "message": t.message} for t in report.tests]
 
 
@@ -296,7 +272,7 @@ def forge_from_description(
 
     generate_s = sandbox_s = 0.0
     last_reason = "no answer"
-    last_report: SandboxReport | None = None
+    last_report: ArtifactTestReport | None = None
     for number in range(1, max_rounds + 1):
         asked = time.perf_counter()
         answer = _ask(client, model, messages, timeout_s=timeout_s)
@@ -453,7 +429,6 @@ def forge_new(
     """``reflux forge new`` / ``POST /v1/forge/new``: forge from ``description`` with the
     settings' model and endpoint, test in the sandbox, register the result as a draft."""
     from node_workers.artifacts.publish import publish_artifact
-    from node_workers.artifacts.tests_runner import run_artifact_tests
 
     started = time.perf_counter()
     outcome = forge_from_description(

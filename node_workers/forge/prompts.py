@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from foundation.errors import NonRetryableError
 from node_workers.artifacts import bundle
 from node_workers.artifacts.bundle import ArtifactError, NodeArtifact, parse_artifact
 
@@ -45,7 +46,7 @@ _FENCE: Final = re.compile(r"```(?:json|JSON)?[ \t]*\n(.*?)\n[ \t]*```", re.DOTA
 _TEST_FUNCTION: Final = re.compile(r"^def test_\w*\(\s*\)", re.MULTILINE)
 
 
-class AnswerError(ArtifactError):
+class AnswerError(ArtifactError, NonRetryableError):
     """An answer the forge cannot use; the message names the field path (``files.node.py``,
     ``manifest.egress[0]``), which goes back to the model as feedback."""
 

@@ -16,6 +16,7 @@ import pytest
 
 from foundation.settings import Settings
 from node_workers.artifacts.bundle import ArtifactError, NodeArtifact, artifact_digest
+from node_workers.artifacts.tests_runner import ArtifactTestReport, TestOutcome
 from node_workers.egress.policy import parse_allow_entries, parse_allow_entry
 from node_workers.forge.llm import (
     FORGE_SOURCE,
@@ -217,27 +218,18 @@ def test_forge_limits_from_settings_take_the_tenants_list_only_inside_the_granta
 # -- the loop -------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Outcome:
-    name: str
-    passed: bool
-    message: str
+def report(
+    passed: bool, tests: list[TestOutcome], *, policy: str | None = None
+) -> ArtifactTestReport:
+    return ArtifactTestReport(passed=passed, tests=tests, sandbox_s=0.25, policy=policy)
 
 
-@dataclass(frozen=True)
-class Report:
-    passed: bool
-    tests: list[Outcome]
-    sandbox_s: float = 0.25
-    policy: str | None = None
-
-
-def sandbox(artifact: NodeArtifact) -> Report:
+def sandbox(artifact: NodeArtifact) -> ArtifactTestReport:
     """Stands in for the real sandbox (integration tests run that): the multiplication is
     right or it is not."""
     if "*" in artifact.files["node.py"]:
-        return Report(True, [Outcome("test_total", True, "")])
-    return Report(False, [Outcome("test_total", False, "AssertionError: {'total': 7} != 12")])
+        return report(True, [TestOutcome("test_total", True, "")])
+    return report(False, [TestOutcome("test_total", False, "AssertionError: {'total': 7} != 12")])
 
 
 @dataclass
@@ -284,7 +276,7 @@ class ScriptedModel:
 def forge(
     model: ScriptedModel,
     *,
-    tester: Callable[[NodeArtifact], Report] = sandbox,
+    tester: Callable[[NodeArtifact], ArtifactTestReport] = sandbox,
     allowed: tuple[str, ...] = (),
     **kwargs: Any,
 ) -> Any:
@@ -357,7 +349,7 @@ def test_code_that_still_fails_after_the_bounded_rounds_is_refused_with_the_last
 def test_undeclared_or_unallowed_egress_is_refused_without_running_the_tests() -> None:
     ran: list[NodeArtifact] = []
 
-    def tester(artifact: NodeArtifact) -> Report:
+    def tester(artifact: NodeArtifact) -> ArtifactTestReport:
         ran.append(artifact)
         return sandbox(artifact)
 
@@ -378,7 +370,7 @@ def test_limits_over_the_worker_maxima_are_refused() -> None:
 
 def test_tests_that_never_ran_are_reported_by_the_sandbox_policy() -> None:
     model = ScriptedModel([answer(), answer()])
-    reports = iter([Report(False, [], policy="timed out after 10 s"), Report(True, [])])
+    reports = iter([report(False, [], policy="timed out after 10 s"), report(True, [])])
     outcome = forge(model, tester=lambda _: next(reports))
     assert outcome.rounds == 2
     assert "- sandbox: timed out after 10 s" in model.requests[1]["messages"][-1]["content"]
