@@ -62,6 +62,8 @@ FORGE_SOURCE: Final = "forge.llm"
 """``provenance.source`` of an artifact this forge made."""
 _TEMPERATURE: Final = 0.2
 """Low: the answer is code that must pass tests, not prose; feedback rounds add the variety."""
+_NO_REPORT: Final = ArtifactTestReport(passed=False, tests=[], sandbox_s=0.0)
+"""A refusal's report when no answer got as far as the sandbox."""
 _LLM_RETRIES: Final = 2
 """The client's own retries: a one-shot command, unlike openai.chat, whose attempts the run's
 retry policy owns."""
@@ -234,6 +236,23 @@ def _named(artifact: NodeArtifact, name: str | None) -> NodeArtifact:
     return _parse_artifact(raw)
 
 
+def _candidate(text: str, *, name: str | None, limits: ForgeLimits) -> NodeArtifact:
+    """The answer's artifact, named, within the operator's limits and egress; else
+    :class:`~node_workers.artifacts.bundle.ArtifactError` with the field path(s)."""
+    artifact = _named(parse_answer(text), name)
+    refusals = policy_refusals(artifact.manifest, limits)
+    if refusals:
+        raise AnswerError("; ".join(refusals))
+    return artifact
+
+
+def _failed_tests(report: ArtifactTestReport) -> list[FailedTest]:
+    failed = [FailedTest(t.name, t.message) for t in report.tests if not t.passed]
+    if not failed:  # no test ran (an import error, the time limit): say what happened
+        failed = [FailedTest("sandbox", report.policy or "no test_* function ran")]
+    return failed
+
+
 def _tests_record(report: ArtifactTestReport) -> list[dict[str, Any]]:
     return [{"name": t.name, "passed": t.passed, "message": t.message} for t in report.tests]
 
@@ -255,9 +274,11 @@ def forge_from_description(
     at most ``max_rounds`` answers; :class:`ForgeRefused` with the last reason otherwise.
     ``name`` replaces the node name the model chose; ``on_round`` hears each round's outcome."""
     if not description.strip():
-        raise ForgeRefused("description: Expected a description of the node, but it is empty")
+        raise ForgeRefused(
+            "description: Expected a description of the node, but it is empty", _NO_REPORT
+        )
     if max_rounds < 1:
-        raise ForgeRefused(f"max_rounds: Expected at least 1, but got {max_rounds}")
+        raise ForgeRefused(f"max_rounds: Expected at least 1, but got {max_rounds}", _NO_REPORT)
     started = time.perf_counter()
     prompt = build_prompt(description, examples)
     messages = prompt.messages()
@@ -272,7 +293,7 @@ def forge_from_description(
 
     generate_s = sandbox_s = 0.0
     last_reason = "no answer"
-    last_report: ArtifactTestReport | None = None
+    last_report = _NO_REPORT
     for number in range(1, max_rounds + 1):
         asked = time.perf_counter()
         answer = _ask(client, model, messages, timeout_s=timeout_s)
@@ -289,10 +310,7 @@ def forge_from_description(
         }
         rounds.append(record)
         try:
-            artifact = _named(parse_answer(answer.text), name)
-            refusals = policy_refusals(artifact.manifest, limits)
-            if refusals:
-                raise AnswerError("; ".join(refusals))
+            artifact = _candidate(answer.text, name=name, limits=limits)
         except ArtifactError as exc:
             last_reason = str(exc)
             record.update(outcome="rejected", reason=last_reason)
@@ -301,14 +319,15 @@ def forge_from_description(
             continue
         report = tester(artifact)
         last_report = report
+        passed = report.passed and bool(report.tests)  # no test ran: nothing was shown to work
         sandbox_s += report.sandbox_s
         record.update(
-            outcome="passed" if report.passed else "tests_failed",
+            outcome="passed" if passed else "tests_failed",
             tests=_tests_record(report),
             policy=report.policy,
             sandbox_s=round(report.sandbox_s, 3),
         )
-        if report.passed:
+        if passed:
             tell(
                 number,
                 "passed",
@@ -340,20 +359,12 @@ def forge_from_description(
                 total_s=time.perf_counter() - started,
                 events=tuple(events),
             )
-        failed = [FailedTest(t.name, t.message) for t in report.tests if not t.passed]
-        if not failed:  # the tests never ran (an import error, the time limit): say what did
-            failed = [FailedTest("sandbox", report.policy or "the tests did not run")]
+        failed = _failed_tests(report)
         last_reason = "; ".join(f"{t.name}: {t.message}" for t in failed)
         messages.append({"role": "user", "content": failure_feedback(failed, policy=report.policy)})
-        tell(
-            number,
-            "tests_failed",
-            last_reason,
-            round_generate_s,
-            report.sandbox_s,
-        )
+        tell(number, "tests_failed", last_reason, round_generate_s, report.sandbox_s)
     raise ForgeRefused(
-        f"Refused after {max_rounds} round(s), the last one: {last_reason}", report=last_report
+        f"Refused after {max_rounds} round(s), the last one: {last_reason}", last_report
     )
 
 
@@ -456,4 +467,5 @@ def forge_new(
             register_s=done - registering,
             total_s=done - started,
         ),
+        created=published.created,
     )

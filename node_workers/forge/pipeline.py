@@ -35,6 +35,7 @@ class ForgeResult:
     code_uri: str
     report: ArtifactTestReport
     timings: ForgeTimings
+    created: bool = True
 
 
 class ForgeRefused(NonRetryableError):  # noqa: N818 (the name agreed in issue 17)
@@ -43,7 +44,7 @@ class ForgeRefused(NonRetryableError):  # noqa: N818 (the name agreed in issue 1
 
     error_class = "ForgeRefused"
 
-    def __init__(self, message: str, *, report: ArtifactTestReport | None = None) -> None:
+    def __init__(self, message: str, report: ArtifactTestReport) -> None:
         super().__init__(message)
         self.report = report
 
@@ -63,7 +64,7 @@ def test_and_register(
         why = "; ".join(failed) or report.policy
         raise ForgeRefused(
             f"{artifact.node_key}: tests failed in the sandbox: {why}",
-            report=report,
+            report,
         )
     registering = time.perf_counter()
     published = publish_artifact(settings, artifact, tenant=tenant)

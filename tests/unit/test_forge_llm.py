@@ -369,11 +369,18 @@ def test_limits_over_the_worker_maxima_are_refused() -> None:
 
 
 def test_tests_that_never_ran_are_reported_by_the_sandbox_policy() -> None:
-    model = ScriptedModel([answer(), answer()])
-    reports = iter([report(False, [], policy="timed out after 10 s"), report(True, [])])
+    model = ScriptedModel([answer(), answer(), answer()])
+    reports = iter(
+        [
+            report(False, [], policy="timed out after 10 s"),
+            report(True, []),  # no test ran: not a pass
+            report(True, [TestOutcome("test_total", True, "")]),
+        ]
+    )
     outcome = forge(model, tester=lambda _: next(reports))
-    assert outcome.rounds == 2
+    assert outcome.rounds == 3
     assert "- sandbox: timed out after 10 s" in model.requests[1]["messages"][-1]["content"]
+    assert "- sandbox: no test_* function ran" in model.requests[2]["messages"][-1]["content"]
 
 
 def test_name_replaces_the_models_choice() -> None:
