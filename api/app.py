@@ -39,6 +39,7 @@ from api.routes import (
     alerts,
     diagnoses,
     feedback,
+    forge,
     health,
     hooks,
     identity,
@@ -191,6 +192,7 @@ def create_app(
         identity.audit_router,
         schema_routes.router,
         schedules.router,
+        forge.router,
     ):
         v1.include_router(resource)
     app.include_router(v1)

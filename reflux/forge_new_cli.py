@@ -19,7 +19,7 @@ from foundation.settings import get_settings
 from foundation.tenancy import DEFAULT_TENANT
 from reflux.output import add_json_flag, print_json
 
-__all__ = ["add_new_command", "forged_summary", "load_examples"]
+__all__ = ["add_new_command", "load_examples"]
 
 
 def load_examples(path: Path) -> list[dict[str, Any]]:
@@ -36,32 +36,8 @@ def load_examples(path: Path) -> list[dict[str, Any]]:
     return value
 
 
-def forged_summary(result: Any) -> dict[str, Any]:
-    """What the CLI prints with ``--json`` and the API answers: the draft and how it was made."""
-    manifest = result.artifact.manifest
-    provenance = result.artifact.provenance
-    return {
-        "name": manifest.name,
-        "version": manifest.version,
-        "status": "draft",
-        "digest": result.digest,
-        "code_uri": result.code_uri,
-        "rounds": len(provenance.get("rounds", [])),
-        "tests": [
-            {"name": t.name, "passed": t.passed, "message": t.message} for t in result.report.tests
-        ],
-        "timings": {
-            "generate_s": round(result.timings.generate_s, 3),
-            "sandbox_s": round(result.timings.sandbox_s, 3),
-            "register_s": round(result.timings.register_s, 3),
-            "total_s": round(result.timings.total_s, 3),
-        },
-        "provenance": {k: v for k, v in provenance.items() if k != "prompt"},
-    }
-
-
 def _new(args: argparse.Namespace) -> int:
-    from node_workers.forge.llm import RoundEvent, forge_new
+    from node_workers.forge.llm import RoundEvent, forge_new, forge_summary
 
     def progress(event: RoundEvent) -> None:
         print(
@@ -82,7 +58,7 @@ def _new(args: argparse.Namespace) -> int:
         tenant=args.tenant,
         on_round=progress,
     )
-    summary = forged_summary(result)
+    summary = forge_summary(result)
     if args.json:
         print_json(summary)
         return 0

@@ -54,6 +54,7 @@ __all__ = [
     "egress_covered",
     "forge_from_description",
     "forge_new",
+    "forge_summary",
     "llm_client",
     "policy_refusals",
 ]
@@ -469,3 +470,27 @@ def forge_new(
         ),
         created=published.created,
     )
+
+
+def forge_summary(result: ForgeResult) -> dict[str, Any]:
+    """What the CLI prints with ``--json`` and the API answers: the draft and how it was made."""
+    manifest = result.artifact.manifest
+    provenance = result.artifact.provenance
+    return {
+        "name": manifest.name,
+        "version": manifest.version,
+        "status": "draft",
+        "digest": result.digest,
+        "code_uri": result.code_uri,
+        "rounds": len(provenance.get("rounds", [])),
+        "tests": [
+            {"name": t.name, "passed": t.passed, "message": t.message} for t in result.report.tests
+        ],
+        "timings": {
+            "generate_s": round(result.timings.generate_s, 3),
+            "sandbox_s": round(result.timings.sandbox_s, 3),
+            "register_s": round(result.timings.register_s, 3),
+            "total_s": round(result.timings.total_s, 3),
+        },
+        "provenance": {k: v for k, v in provenance.items() if k != "prompt"},
+    }
