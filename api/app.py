@@ -58,6 +58,7 @@ from api.tracing import TracingMiddleware
 from api.validation import bind_node_catalog
 from foundation.redact import redact_credentials
 from foundation.settings import Settings, get_settings
+from node_workers.artifacts.bundle import MAX_ARTIFACT_BYTES
 from node_workers.webhooks import MAX_BODY_BYTES
 from projections.clickhouse import ClickHouse
 from streams.admin import admin_client
@@ -265,4 +266,6 @@ def body_limits(api: ApiSettings) -> list[BodyLimit]:
         BodyLimit("POST", re.compile(f"{API_PREFIX}/runs/import"), api.max_import_body_bytes),
         # The step mailbox holds the body as it came: its own cap (node_workers.webhooks).
         BodyLimit("POST", re.compile(f"{API_PREFIX}/hooks/runs/[^/]+/steps/[^/]+"), MAX_BODY_BYTES),
+        # An artifact carries its code and tests (node_workers.artifacts.bundle's own cap).
+        BodyLimit("POST", re.compile(f"{API_PREFIX}/nodes/artifacts"), MAX_ARTIFACT_BYTES),
     ]

@@ -20,13 +20,14 @@ some other process would have created (the scheduler also creates it on first us
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from foundation.objectstore import BlobStore, S3BlobStore
 from foundation.settings import Settings
@@ -36,6 +37,7 @@ from schemas.base import canonical_json
 from schemas.errors import SchemaError
 from schemas.models import NodeCatalogEntry, NodeStatus
 from streams.admin import create_missing_topics
+from streams.consumer import retry_transient
 from streams.producer import Producer
 from streams.security import kafka_client_config
 from streams.topics import TopicCatalog
@@ -45,6 +47,7 @@ __all__ = [
     "RegistrationResult",
     "catalog_entry",
     "manifest_key",
+    "read_catalog_entries",
     "read_catalog_keys",
     "register_nodes",
 ]
@@ -78,6 +81,30 @@ def catalog_entry(
 
 def read_catalog_keys(settings: Settings, catalog: TopicCatalog, timeout: float = 10.0) -> set[str]:
     """Every ``node@version`` on the compacted ``nodes`` topic, read to the high watermarks."""
+    return set(read_catalog_entries(settings, catalog, timeout))
+
+
+_LEADER_ERRORS = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+    }
+)
+
+
+def _leader_moving(exc: BaseException) -> bool:
+    """librdkafka does not flag these retriable on a watermark query, but they pass."""
+    if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
+        return exc.args[0].code() in _LEADER_ERRORS or bool(exc.args[0].retriable())
+    return False
+
+
+def read_catalog_entries(
+    settings: Settings, catalog: TopicCatalog, timeout: float = 10.0
+) -> dict[str, NodeCatalogEntry]:
+    """The last entry of every ``node@version`` on the compacted ``nodes`` topic, read to the
+    high watermarks (the artifact worker and ``publish_artifact`` need the manifests too)."""
     topic = catalog.nodes.topic
     consumer = Consumer(
         {
@@ -87,17 +114,25 @@ def read_catalog_keys(settings: Settings, catalog: TopicCatalog, timeout: float 
             "isolation.level": "read_committed",
         }
     )
-    keys: set[str] = set()
+    entries: dict[str, NodeCatalogEntry] = {}
     try:
         metadata = consumer.list_topics(topic, timeout=10)
         partitions = sorted(metadata.topics[topic].partitions)
         targets: dict[int, int] = {}
         for p in partitions:
-            _, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5)
+            # A topic created moments ago answers NOT_LEADER_FOR_PARTITION for a while.
+            _, high = retry_transient(
+                functools.partial(
+                    consumer.get_watermark_offsets, TopicPartition(topic, p), timeout=5
+                ),
+                timeout,
+                refresh=functools.partial(consumer.list_topics, topic, timeout=5),
+                transient=_leader_moving,
+            )
             if high > 0:
                 targets[p] = high
         if not targets:
-            return keys
+            return entries
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in targets])
         deadline = time.monotonic() + timeout
         done: set[int] = set()
@@ -109,7 +144,7 @@ def read_catalog_keys(settings: Settings, catalog: TopicCatalog, timeout: float 
                     record = decode(message.value() or b"", NodeCatalogEntry)
                 except SchemaError:
                     continue
-                keys.add(f"{record.name}@{record.version}")
+                entries[f"{record.name}@{record.version}"] = record
             for tp in consumer.position([TopicPartition(topic, p) for p in targets]):
                 if tp.offset >= targets[tp.partition]:
                     done.add(tp.partition)
@@ -117,7 +152,7 @@ def read_catalog_keys(settings: Settings, catalog: TopicCatalog, timeout: float 
             log.warning("read the node catalog only partly within %.0fs", timeout)
     finally:
         consumer.close()
-    return keys
+    return entries
 
 
 @dataclass(frozen=True, slots=True)

@@ -113,6 +113,7 @@ ROUTE_ACCESS: Final[dict[str, Access]] = {
     "GET /v1/nodes/{name}/versions": _V,
     "GET /v1/nodes/{name}/versions/{version}": _V,
     "POST /v1/nodes": _A,
+    "POST /v1/nodes/artifacts": _A,
     "POST /v1/nodes/{name}/versions/{version}/promote": _A,
     "POST /v1/nodes/{name}/versions/{version}/deprecate": _A,
     "PUT /v1/nodes/{name}/versions/{version}/rollout": _A,

@@ -108,3 +108,24 @@ class NodeSummaryPublic(BaseModel):
 class NodesPublic(BaseModel):
     data: list[NodeSummaryPublic]
     count: int
+
+
+class ArtifactTestPublic(BaseModel):
+    name: str
+    passed: bool
+    message: str = ""
+
+
+class ArtifactPublished(BaseModel):
+    """A node artifact stored by digest and registered (or already registered, unchanged)."""
+
+    name: str
+    version: str
+    digest: str = Field(description="sha256:<hex> of the artifact's canonical bytes.")
+    code_uri: str = Field(description="Where the object store holds the artifact.")
+    status: Status
+    created: bool = Field(description="False when the catalog already had this artifact.")
+    event_id: str | None = None
+    applied: bool = False
+    tests: list[ArtifactTestPublic] = Field(default_factory=list)
+    sandbox_s: float = Field(default=0.0, description="Seconds the tests ran in the sandbox.")

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 from psycopg_pool import ConnectionPool
 from starlette.concurrency import run_in_threadpool
 
@@ -26,9 +26,11 @@ from api.auth.tenancy import tenant_of, visible_node_tenants
 from api.config import MAX_WAIT_MS, ApiSettings
 from api.db import with_conn
 from api.deps import ApiSettingsDep, ConnDep, PoolDep, PublisherDep, SettingsDep, TopicsDep
-from api.errors import ConflictError, NotFoundError
+from api.errors import ApiError, ConflictError, FieldIssue, NotFoundError, RequestInvalidError
 from api.models.common import errors
 from api.models.nodes import (
+    ArtifactPublished,
+    ArtifactTestPublic,
     NodesPublic,
     NodeSummaryPublic,
     NodeVersionAccepted,
@@ -41,6 +43,19 @@ from api.publisher import Publisher
 from api.validation import builtin_catalog
 from api.waiting import poll_until
 from foundation.tenancy import PLATFORM_TENANT
+from node_workers.artifacts.bundle import (
+    ArtifactError,
+    NodeArtifact,
+    artifact_digest,
+    parse_artifact,
+)
+from node_workers.artifacts.publish import (
+    ArtifactImmutableError,
+    artifact_catalog_entry,
+    check_immutable,
+)
+from node_workers.artifacts.store import ArtifactDigestMismatchError, ArtifactStore
+from node_workers.artifacts.tests_runner import ArtifactTestReport, run_artifact_tests
 from processors.node_catalog import TransitionError, catalog_key, deprecated, promoted, reweighted
 from projections.postgres import queries
 from projections.postgres.queries import NodeVersionRow
@@ -378,4 +393,113 @@ async def set_rollout(
         pool=pool,
         api=api,
         wait_ms=wait_ms,
+    )
+
+
+class ArtifactTestsFailedError(ApiError):
+    """An artifact whose own tests fail in the sandbox is not registered."""
+
+    error_class = "ArtifactTestsFailed"
+    status_code = 422
+
+
+def _parse_artifact_body(raw: bytes) -> NodeArtifact:
+    try:
+        return parse_artifact(raw)
+    except ArtifactError as exc:
+        path = str(exc).partition(": ")[0]
+        raise RequestInvalidError([FieldIssue(path, str(exc), "artifact")]) from exc
+
+
+def _tests_failed(artifact: NodeArtifact, report: ArtifactTestReport) -> ArtifactTestsFailedError:
+    loc = ["body", "files", artifact.tests or artifact.entry]
+    detail = [
+        {"loc": loc, "msg": f"{test.name}: {test.message}", "type": "artifact_test_failed"}
+        for test in report.tests
+        if not test.passed
+    ] or [{"loc": loc, "msg": report.summary(), "type": "artifact_test_failed"}]
+    return ArtifactTestsFailedError(detail)
+
+
+@router.post(
+    "/artifacts",
+    status_code=201,
+    response_model=ArtifactPublished,
+    summary="Register a node that carries its code (an artifact), as a draft",
+    responses=errors(409, 422, 503),
+)
+async def register_artifact(
+    request: Request,
+    *,
+    response: Response,
+    pool: PoolDep,
+    api: ApiSettingsDep,
+    publisher: PublisherDep,
+    topics: TopicsDep,
+    settings: SettingsDep,
+    principal: PrincipalDep,
+    wait_ms: WaitQuery = None,
+) -> ArtifactPublished:
+    """The body is the artifact JSON (node_workers/artifacts/bundle.py; 422 names the field
+    path). Its tests run in the sandbox first, with no network: a failing test is 422 with
+    every failure. Then it is stored by digest and registered as a draft of the caller's
+    tenant (201). The same artifact again is 200 and changes nothing; another artifact (or a
+    compiled node) under the same name and version is 409 ``ArtifactImmutable``: supersede it
+    with a new version (ADR 0070)."""
+    artifact = _parse_artifact_body(await request.body())
+    m = artifact.manifest
+    key = catalog_key(m.name, m.version)
+    digest = artifact_digest(artifact)
+    await _check_name_owner(pool, api, m.name, principal.tenant)
+    existing = await _version_row(pool, api, m.name, m.version)
+    store = ArtifactStore.from_settings(settings)
+    if existing is not None:
+        try:
+            check_immutable(key, existing.manifest, digest)
+        except ArtifactImmutableError as exc:
+            raise ConflictError(str(exc)) from exc
+        response.status_code = 200
+        return ArtifactPublished(
+            name=m.name,
+            version=m.version,
+            digest=digest,
+            code_uri=existing.code_url or store.uri(digest),
+            status=existing.status,  # type: ignore[arg-type]  # a catalog status
+            created=False,
+            event_id=existing.last_event_id,
+            applied=True,
+        )
+    report = await run_in_threadpool(run_artifact_tests, settings, artifact)
+    if not report.passed:
+        raise _tests_failed(artifact, report)
+    try:
+        stored = await run_in_threadpool(store.put, artifact)
+    except ArtifactDigestMismatchError as exc:
+        raise ConflictError(str(exc)) from exc
+    try:
+        spec = topics.invoke_topic(m.name, int(m.version.split(".", 1)[0]))
+        await run_in_threadpool(create_missing_topics, [spec], settings=settings)
+    except (TopicCatalogError, TopicRefusedError) as exc:
+        raise ConflictError(f"Expected an invoke topic for {key}, but {exc}") from exc
+    entry = artifact_catalog_entry(
+        artifact, digest=digest, code_uri=stored.uri, tenant=principal.tenant
+    )
+    accepted = await _publish(
+        entry, publisher=publisher, topics=topics, pool=pool, api=api, wait_ms=wait_ms
+    )
+    response.headers["Location"] = f"/v1/nodes/{m.name}/versions/{m.version}"
+    return ArtifactPublished(
+        name=m.name,
+        version=m.version,
+        digest=digest,
+        code_uri=stored.uri,
+        status=accepted.status,
+        created=True,
+        event_id=accepted.event_id,
+        applied=accepted.applied,
+        tests=[
+            ArtifactTestPublic(name=t.name, passed=t.passed, message=t.message)
+            for t in report.tests
+        ],
+        sandbox_s=report.sandbox_s,
     )

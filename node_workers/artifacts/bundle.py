@@ -44,6 +44,7 @@ from typing import Any, Final, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from foundation.errors import NonRetryableError
 from node_workers.egress.policy import parse_allow_entry
 from node_workers.sandbox.models import check_relative_path
 from schemas.base import canonical_json
@@ -73,9 +74,9 @@ _SECRET_NAME: Final = re.compile(r"^[A-Z][A-Z0-9_]*$")
 _PY_MODULE_FILE: Final = re.compile(r"^[a-z_][a-z0-9_]*\.py$")
 
 
-class ArtifactError(ValueError):
+class ArtifactError(NonRetryableError, ValueError):
     """An artifact that cannot be parsed or does not keep the contract; the message names the
-    field path (``manifest.egress[1]: ...``)."""
+    field path (``manifest.egress[1]: ...``). A ``ValueError`` too, as before."""
 
     error_class = "InvalidArtifact"
 
