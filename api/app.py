@@ -185,6 +185,7 @@ def create_app(
         metrics_routes.router,
         alerts.router,
         nodes.router,
+        forge.router,
         mutations.router,
         mutations.workflow_router,
         replays.router,
@@ -193,7 +194,6 @@ def create_app(
         identity.audit_router,
         schema_routes.router,
         schedules.router,
-        forge.router,
     ):
         v1.include_router(resource)
     app.include_router(v1)

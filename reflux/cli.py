@@ -170,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_mutation_commands(sub, get_settings().api_url)
     add_diagnoses_commands(sub, get_settings().api_url)
     add_schedules_commands(sub, get_settings().api_url)
+    add_forge_commands(sub, get_settings().api_url)
     add_replay_runner_command(sub)
     add_alerts_commands(sub)
     add_critic_commands(sub)
@@ -178,7 +179,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_bandit_commands(sub)
     add_topics_commands(sub)
     add_secrets_commands(sub)
-    add_forge_commands(sub)
     demo = sub.add_parser("demo", help="run the demo workflow against the local services")
     demo.add_argument(
         "story",

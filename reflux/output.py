@@ -77,6 +77,7 @@ OTHER_COMMANDS = frozenset(
         "traces migrate",
         "secrets generate-key",
         "secrets encrypt",
+        "forge openapi",
         "forge new",
         # components (serve until stopped; `--once` modes judge and write, then exit)
         "dev",

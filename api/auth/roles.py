@@ -117,7 +117,8 @@ ROUTE_ACCESS: Final[dict[str, Access]] = {
     "POST /v1/nodes/{name}/versions/{version}/promote": _A,
     "POST /v1/nodes/{name}/versions/{version}/deprecate": _A,
     "PUT /v1/nodes/{name}/versions/{version}/rollout": _A,
-    # the node forge: registers node versions, like POST /v1/nodes
+    # the forge registers node versions (drafts): admins, like POST /v1/nodes
+    "POST /v1/forge/openapi": _A,
     "POST /v1/forge/new": _A,
     # mutation proposals: editors propose, operators decide
     "GET /v1/mutations": _V,

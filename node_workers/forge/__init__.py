@@ -1,2 +1,2 @@
-"""The node forge: node artifacts made from an OpenAPI operation or from a description, tested
-in the sandbox and registered as drafts (docs/forge.md, docs/decisions/0071-forge.md)."""
+"""The node forge: new artifact nodes from an OpenAPI operation (``openapi``) or a description
+(``llm``), tested in the sandbox and registered as drafts (``pipeline``); ADR 0071."""

@@ -32,6 +32,7 @@ from foundation.settings import Settings
 from foundation.tenancy import DEFAULT_TENANT
 from node_workers.artifacts.bundle import ArtifactError, ArtifactManifest, NodeArtifact
 from node_workers.artifacts.bundle import parse_artifact as _parse_artifact
+from node_workers.artifacts.publish import publish_artifact
 from node_workers.artifacts.tests_runner import ArtifactTestReport, run_artifact_tests
 from node_workers.egress.policy import AllowEntry, parse_allow_entries, parse_allow_entry
 from node_workers.forge.pipeline import ForgeRefused, ForgeResult, ForgeTimings
@@ -52,11 +53,13 @@ __all__ = [
     "RoundEvent",
     "Tester",
     "egress_covered",
+    "forge_artifact",
     "forge_from_description",
     "forge_new",
     "forge_summary",
     "llm_client",
     "policy_refusals",
+    "register_forged",
 ]
 
 FORGE_SOURCE: Final = "forge.llm"
@@ -426,7 +429,7 @@ def llm_client(settings: Settings) -> openai.OpenAI:
     )
 
 
-def forge_new(
+def forge_artifact(
     settings: Settings,
     description: str,
     *,
@@ -437,13 +440,10 @@ def forge_new(
     tenant: str = DEFAULT_TENANT,
     on_round: Callable[[RoundEvent], None] | None = None,
     client: openai.OpenAI | None = None,
-) -> ForgeResult:
-    """``reflux forge new`` / ``POST /v1/forge/new``: forge from ``description`` with the
-    settings' model and endpoint, test in the sandbox, register the result as a draft."""
-    from node_workers.artifacts.publish import publish_artifact
-
-    started = time.perf_counter()
-    outcome = forge_from_description(
+) -> ForgeOutcome:
+    """The loop with the settings' model and endpoint, A's sandbox test runner and the
+    operator's limits for ``tenant``; nothing registered yet."""
+    return forge_from_description(
         description,
         examples=examples,
         client=client or llm_client(settings),
@@ -454,22 +454,42 @@ def forge_new(
         name=name,
         on_round=on_round,
     )
+
+
+def register_forged(
+    settings: Settings, outcome: ForgeOutcome, *, tenant: str = DEFAULT_TENANT
+) -> ForgeResult:
+    """Registers a tested outcome as a draft (A's publisher: object store by digest, catalog
+    entry, invoke topic); ``ArtifactImmutableError`` when the version exists with other code."""
     registering = time.perf_counter()
     published = publish_artifact(settings, outcome.artifact, tenant=tenant)
-    done = time.perf_counter()
+    register_s = time.perf_counter() - registering
     return ForgeResult(
         artifact=outcome.artifact,
         digest=published.digest,
         code_uri=published.code_uri,
         report=outcome.report,
         timings=ForgeTimings(
-            generate_s=outcome.generate_s,
-            sandbox_s=outcome.sandbox_s,
-            register_s=done - registering,
-            total_s=done - started,
+            generate_s=round(outcome.generate_s, 3),
+            sandbox_s=round(outcome.sandbox_s, 3),
+            register_s=round(register_s, 3),
+            total_s=round(outcome.total_s + register_s, 3),
         ),
         created=published.created,
+        status=published.status,
     )
+
+
+def forge_new(
+    settings: Settings,
+    description: str,
+    *,
+    tenant: str = DEFAULT_TENANT,
+    **options: Any,
+) -> ForgeResult:
+    """``reflux forge new``: :func:`forge_artifact`, then :func:`register_forged`."""
+    outcome = forge_artifact(settings, description, tenant=tenant, **options)
+    return register_forged(settings, outcome, tenant=tenant)
 
 
 def forge_summary(result: ForgeResult) -> dict[str, Any]:
@@ -479,7 +499,7 @@ def forge_summary(result: ForgeResult) -> dict[str, Any]:
     return {
         "name": manifest.name,
         "version": manifest.version,
-        "status": "draft",
+        "status": result.status,
         "digest": result.digest,
         "code_uri": result.code_uri,
         "rounds": len(provenance.get("rounds", [])),

@@ -1,21 +1,22 @@
-"""Test an artifact in the sandbox, refuse it if a test fails, register it as a draft.
+"""The forge's last two steps, shared by every generator: test in the sandbox, register a draft.
 
-The shared end of both forges (OpenAPI and LLM). Helper C's copy of the signature agreed with
-helper B (issue 17); the lead keeps one.
+A generated artifact is registered only when all of its tests pass in the ``code.run`` sandbox
+(no network there); otherwise :class:`ForgeRefused` carries the test report. The draft then goes
+through the catalog lifecycle like any node version (promote, rollout, deprecate). The timings
+say where the forge's wall time went, the sandbox's share included (``make bench``).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from foundation.errors import NonRetryableError
 from foundation.settings import Settings
+from foundation.tenancy import DEFAULT_TENANT
 from node_workers.artifacts.bundle import NodeArtifact
-
-if TYPE_CHECKING:
-    from node_workers.artifacts.tests_runner import ArtifactTestReport
+from node_workers.artifacts.publish import publish_artifact
+from node_workers.artifacts.tests_runner import ArtifactTestReport, run_artifact_tests
 
 __all__ = ["ForgeRefused", "ForgeResult", "ForgeTimings", "test_and_register"]
 
@@ -24,8 +25,10 @@ __all__ = ["ForgeRefused", "ForgeResult", "ForgeTimings", "test_and_register"]
 class ForgeTimings:
     generate_s: float
     sandbox_s: float
+    """The sandbox job's own wall time (start to report)."""
     register_s: float
     total_s: float
+    """generate + the whole test step (sandbox plus its setup) + register."""
 
 
 @dataclass(frozen=True)
@@ -36,11 +39,13 @@ class ForgeResult:
     report: ArtifactTestReport
     timings: ForgeTimings
     created: bool = True
+    """False when the catalog already had this very artifact (forging it again is a no-op)."""
+    status: str = "draft"
+    """The version's catalog status (a re-forged, already promoted artifact keeps its own)."""
 
 
-class ForgeRefused(NonRetryableError):  # noqa: N818 (the name agreed in issue 17)
-    """The forge will not register this artifact; the message says why, ``report`` is the last
-    sandbox test report (None when no answer got as far as the tests)."""
+class ForgeRefused(NonRetryableError):  # noqa: N818 -- the shared contract's name (issue 17)
+    """The generated artifact failed its own tests (or met a sandbox policy): not registered."""
 
     error_class = "ForgeRefused"
 
@@ -50,29 +55,39 @@ class ForgeRefused(NonRetryableError):  # noqa: N818 (the name agreed in issue 1
 
 
 def test_and_register(
-    settings: Settings, artifact: NodeArtifact, *, tenant: str = "default", generate_s: float = 0.0
+    settings: Settings,
+    artifact: NodeArtifact,
+    *,
+    tenant: str = DEFAULT_TENANT,
+    generate_s: float = 0.0,
 ) -> ForgeResult:
-    """Runs the artifact's tests in the sandbox; refuses it on a failing test, else publishes
-    it as a draft."""
-    from node_workers.artifacts.publish import publish_artifact
-    from node_workers.artifacts.tests_runner import run_artifact_tests
-
-    started = time.perf_counter()
+    """Runs ``artifact``'s tests in the sandbox and registers it as a draft when all pass
+    (blocking); :class:`ForgeRefused` with the report otherwise."""
+    started = time.monotonic()
     report = run_artifact_tests(settings, artifact)
-    if not report.passed:
-        failed = [f"{t.name}: {t.message}" for t in report.tests if not t.passed]
-        why = "; ".join(failed) or report.policy
+    tested = time.monotonic()
+    if not report.passed or not report.tests:
+        reason = report.summary() if report.tests else (report.policy or "it has no tests")
         raise ForgeRefused(
-            f"{artifact.node_key}: tests failed in the sandbox: {why}",
-            report,
+            f"Expected {artifact.node_key} to pass its tests in the sandbox, but {reason}", report
         )
-    registering = time.perf_counter()
     published = publish_artifact(settings, artifact, tenant=tenant)
-    done = time.perf_counter()
-    timings = ForgeTimings(
-        generate_s=generate_s,
-        sandbox_s=report.sandbox_s,
-        register_s=done - registering,
-        total_s=generate_s + done - started,
+    registered = time.monotonic()
+    return ForgeResult(
+        artifact=artifact,
+        digest=published.digest,
+        code_uri=published.code_uri,
+        report=report,
+        timings=ForgeTimings(
+            generate_s=round(generate_s, 3),
+            sandbox_s=report.sandbox_s,
+            register_s=round(registered - tested, 3),
+            total_s=round(generate_s + registered - started, 3),
+        ),
+        created=published.created,
+        status=published.status,
     )
-    return ForgeResult(artifact, published.digest, published.code_uri, report, timings)
+
+
+# pytest collects module-level functions named test_*: this one is the forge's, not a test.
+test_and_register.__test__ = False  # type: ignore[attr-defined]

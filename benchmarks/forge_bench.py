@@ -1,0 +1,142 @@
+"""The node forge's wall time (issue 17): ``python -m benchmarks.forge_bench [--quick]``.
+
+Each metric has its own function (the OpenAPI forge here; the LLM forge adds its own), run on
+a topic prefix of its own (``bench-forge-<uuid8>``: its ``nodes`` topic and invoke topics,
+deleted afterwards), so the drafts it registers never reach the shared catalog. The artifacts
+stay in the object store (content-addressed, a few KiB each).
+
+- ``forge_openapi_s``: generate (``artifact_from_openapi`` on
+  ``benchmarks/forge_openapi_spec.yaml``'s ``createOrder``: path, query and header
+  parameters, a ``$ref``'d JSON body, an apiKey, three named examples) + the generated tests in
+  the ``code.run`` sandbox + registration as a draft (object store, invoke topic, catalog
+  entry). Median of 3 rounds (quick: 1), each a new version, after one warm-up round (the
+  sandbox's first start pays for image and page cache). Goal: < 60 s.
+- ``forge_openapi_sandbox_share``: the sandbox job's wall time / the total, median round.
+- ``forge_openapi_generate_s``, ``forge_openapi_sandbox_s``, ``forge_openapi_register_s``: the
+  median round's parts.
+
+``main`` merges the keys into ``benchmarks/out/results.json`` (``benchmarks.run``'s partial
+merge, so the other benchmarks' keys stay) and prints them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final
+
+from benchmarks.cleanup import delete_prefix_topics
+from foundation.settings import Settings, get_settings
+from node_workers.forge.openapi import artifact_from_openapi, load_openapi_text
+from node_workers.forge.pipeline import ForgeResult, test_and_register
+from streams.admin import create_missing_topics
+from streams.topics import TopicCatalog
+
+__all__ = ["OPENAPI_SPEC", "main", "run_forge_openapi_benchmark"]
+
+OPENAPI_SPEC: Final = Path(__file__).with_name("forge_openapi_spec.yaml")
+OPENAPI_OPERATION: Final = "createOrder"
+ROUNDS: Final = {False: 3, True: 1}
+OUT_FILE: Final = Path(__file__).parent / "out" / "results.json"
+
+
+def _progress(message: str) -> None:
+    print(f"[forge {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def bench_settings(settings: Settings) -> Settings:
+    """``settings`` on a topic prefix of its own, with its catalog topic created."""
+    own = settings.model_copy(update={"topic_prefix": f"bench-forge-{uuid.uuid4().hex[:8]}"})
+    create_missing_topics([TopicCatalog.from_settings(own).nodes], settings=own)
+    return own
+
+
+def forge_openapi_once(settings: Settings, document: dict[str, Any], version: str) -> ForgeResult:
+    """One forge of the bench operation, timed like the API times it."""
+    started = time.monotonic()
+    artifact = artifact_from_openapi(document, OPENAPI_OPERATION, version=version)
+    return test_and_register(settings, artifact, generate_s=time.monotonic() - started)
+
+
+def run_forge_openapi_benchmark(settings: Settings, quick: bool) -> dict[str, float]:
+    own = bench_settings(settings)
+    try:
+        document = load_openapi_text(OPENAPI_SPEC.read_text())
+        warm = forge_openapi_once(own, document, "0.0.1")
+        _progress(f"warm-up: {warm.timings.total_s:.2f}s ({len(warm.report.tests)} tests)")
+        rounds: list[ForgeResult] = []
+        for i in range(ROUNDS[quick]):
+            result = forge_openapi_once(own, document, f"1.0.{i}")
+            t = result.timings
+            _progress(
+                f"round {i + 1}/{ROUNDS[quick]}: total {t.total_s:.2f}s = generate "
+                f"{t.generate_s:.3f}s + sandbox {t.sandbox_s:.2f}s (+ setup) + register "
+                f"{t.register_s:.2f}s; {len(result.report.tests)} tests passed"
+            )
+            rounds.append(result)
+    finally:
+        delete_prefix_topics(own, timeout=30)
+    median = statistics.median_low([r.timings.total_s for r in rounds])
+    middle = next(r.timings for r in rounds if r.timings.total_s == median)
+    return {
+        "forge_openapi_s": round(median, 3),
+        "forge_openapi_sandbox_share": round(middle.sandbox_s / middle.total_s, 3),
+        "forge_openapi_generate_s": middle.generate_s,
+        "forge_openapi_sandbox_s": middle.sandbox_s,
+        "forge_openapi_register_s": middle.register_s,
+        "forge_openapi_tests": float(len(rounds[0].report.tests)),
+    }
+
+
+BENCHMARKS: Final[dict[str, Callable[[Settings, bool], dict[str, float]]]] = {
+    "openapi": run_forge_openapi_benchmark,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.forge_bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="one round instead of three")
+    parser.add_argument(
+        "--only", choices=sorted(BENCHMARKS), action="append", help="this forge only"
+    )
+    parser.add_argument("--out", type=Path, default=OUT_FILE, help="results JSON to merge into")
+    args = parser.parse_args(argv)
+    from benchmarks.run import _previous, describe_machine, merge_partial
+
+    settings = get_settings()
+    results: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    for name, run in BENCHMARKS.items():
+        if args.only and name not in args.only:
+            continue
+        try:
+            results |= run(settings, args.quick)
+        except Exception as exc:
+            logging.getLogger(__name__).exception("forge benchmark %s failed", name)
+            errors[f"forge_{name}"] = f"{type(exc).__name__}: {exc}"
+    meta = {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "quick": args.quick,
+        "machine": describe_machine(settings),
+        "errors": errors,
+    }
+    merged = merge_partial(_previous(args.out), {**results, "meta": meta})
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(merged, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+    for name, error in errors.items():
+        print(f"ERROR in {name}: {error}", file=sys.stderr)
+    print(f"merged into {args.out}")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING)
+    sys.exit(main())
