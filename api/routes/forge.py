@@ -129,8 +129,9 @@ async def forge_openapi(
     """Typed HTTP node from ``operation_id``: input = its parameters and ``body``, output = its
     success response's JSON schema, auth bound to a secret, egress = the server's host:port,
     tests from the document's examples (run in the sandbox with no network). 201 with the
-    draft's digest, test results and timings; with ``wait_ms``, once the catalog's read model
-    shows it (so a promote right after is judged against it)."""
+    draft's digest, test results and timings (200 and ``created: false`` when the catalog has
+    this very artifact already); with ``wait_ms``, once the catalog's read model shows it (so
+    a promote right after is judged against it)."""
     started = time.monotonic()
     artifact = await run_in_threadpool(_generate, body)
     generate_s = time.monotonic() - started
@@ -158,6 +159,8 @@ async def forge_openapi(
             return True if row is not None else None
 
         await poll_until(projected, wait_ms, api.poll_interval_s)
+    if not result.created:  # this very artifact was registered before: nothing changed
+        response.status_code = 200
     response.headers["Location"] = f"/v1/nodes/{m.name}/versions/{m.version}"
     warnings: Any = artifact.provenance.get("warnings") or []
     return forged_public(result, [str(w) for w in warnings])

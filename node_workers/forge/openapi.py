@@ -135,9 +135,11 @@ def artifact_from_openapi(
 
 
 def _plain(value: Any) -> Any:
-    """JSON's data model: YAML reads ``200:`` as an int key and ``2024-01-31`` as a date."""
+    """JSON's data model: YAML reads ``200:`` as an int key and ``2024-01-31`` as a date; and
+    keys sorted, since a JSON object has no order: the same document as JSON or as YAML, keys
+    in any order, gives the same artifact and digest."""
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): _plain(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
     if isinstance(value, list):
         return [_plain(v) for v in value]
     if isinstance(value, (datetime.date, datetime.datetime)):

@@ -14,6 +14,9 @@ the ``serve()`` context manager outside pytest. Endpoints:
 - ``/big?bytes=N``: ``N`` bytes of text (at most 16 MiB); ``&json=1`` wraps them as
   ``{"data": "..."}`` with a JSON content type;
 - ``/redirect?to=PATH&status=N``: ``N`` (default ``302``) to ``PATH``.
+- ``/prices/{sku}?currency=C``: a typed answer for the OpenAPI forge's tests,
+  ``{"sku", "price", "currency"}`` (``price``: ``len(sku) * 1.5``); a ``sku`` starting with
+  ``bad-`` answers ``price`` as a string, which the service's document says it never does.
 - ``/odds?run=R&step=S&seed=N&fail=F&hang=H&hang_ms=MS``: a sick dependency with fixed odds:
   the n-th call for ``(run, step)`` answers ``500`` with probability ``F``, hangs ``MS`` ms
   then answers ``200`` with probability ``H``, else ``200`` at once; the draw is
@@ -35,7 +38,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 
@@ -195,6 +198,10 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(200, {"data": "x" * size})
             else:
                 self._send(200, b"x" * size, content_type="text/plain; charset=utf-8")
+        elif path.startswith("/prices/"):
+            sku = unquote(path.removeprefix("/prices/"))
+            price: Any = "twelve" if sku.startswith("bad-") else len(sku) * 1.5
+            self._send(200, {"sku": sku, "price": price, "currency": arg("currency", "EUR")})
         elif path == "/redirect":
             status = int(arg("status", "302"))
             location = {"Location": arg("to", "/echo")}

@@ -93,10 +93,22 @@ def test_get_operation_input_output_auth_and_egress(petstore: dict[str, Any]) ->
     assert artifact.provenance["source"] == "openapi"
 
 
-def test_the_same_document_gives_the_same_digest(petstore: dict[str, Any]) -> None:
+def _reversed_keys(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _reversed_keys(v) for k, v in reversed(list(value.items()))}
+    if isinstance(value, list):
+        return [_reversed_keys(v) for v in value]
+    return value
+
+
+def test_the_same_document_in_any_key_order_gives_the_same_digest(petstore: dict[str, Any]) -> None:
     first = artifact_from_openapi(petstore, "createPet")
     again = artifact_from_openapi(copy.deepcopy(petstore), "createPet")
     assert artifact_digest(first) == artifact_digest(again)
+    reordered = _reversed_keys(petstore)
+    examples = reordered["paths"]["/pets"]["post"]["responses"]["201"]["content"]
+    assert list(examples["application/json"]["examples"]) == ["tom", "rex"]
+    assert artifact_digest(artifact_from_openapi(reordered, "createPet")) == artifact_digest(first)
     assert parse_artifact(first.model_dump(mode="json")) == first
 
 
