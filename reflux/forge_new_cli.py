@@ -55,6 +55,7 @@ def _new(args: argparse.Namespace) -> int:
         model=args.model,
         max_rounds=args.rounds,
         name=args.name,
+        version=args.version,
         tenant=args.tenant,
         on_round=progress,
     )
@@ -106,6 +107,11 @@ def add_new_command(actions: Any) -> None:
         help="answers asked at most before refusing (default REFLUX_FORGE_LLM_ROUNDS, 3)",
     )
     new.add_argument("--name", help="the node's name (default: the model's choice)")
+    new.add_argument(
+        "--version",
+        help="the node's version (default: the model's), e.g. the next version of a node "
+        "the forged one would replace",
+    )
     new.add_argument(
         "--tenant", default=DEFAULT_TENANT, help=f"register for this tenant ({DEFAULT_TENANT})"
     )

@@ -125,6 +125,12 @@ class ForgeNewCreate(BaseModel):
         max_length=200,
         description="Node name (default: the model's choice).",
     )
+    version: str | None = Field(
+        default=None,
+        pattern=SEMVER_PATTERN,
+        max_length=64,
+        description="Node version (default: the model's choice).",
+    )
 
 
 class ForgedLlmNodePublic(ForgedNodePublic):

@@ -218,6 +218,7 @@ async def forge_new_node(
                 model=body.model,
                 max_rounds=body.rounds,
                 name=body.name,
+                version=body.version,
                 tenant=principal.tenant,
             )
         )

@@ -232,18 +232,26 @@ def _ask(
     )
 
 
-def _named(artifact: NodeArtifact, name: str | None) -> NodeArtifact:
-    if name is None or name == artifact.manifest.name:
+def _named(artifact: NodeArtifact, name: str | None, version: str | None) -> NodeArtifact:
+    """The artifact under the caller's name and version (a new version of a node it would
+    replace, for example), instead of the model's; checked like the model's."""
+    wanted = {"name": name, "version": version}
+    changes = {
+        k: v for k, v in wanted.items() if v is not None and v != getattr(artifact.manifest, k)
+    }
+    if not changes:
         return artifact
     raw = artifact.model_dump(mode="json")
-    raw["manifest"]["name"] = name
+    raw["manifest"].update(changes)
     return _parse_artifact(raw)
 
 
-def _candidate(text: str, *, name: str | None, limits: ForgeLimits) -> NodeArtifact:
+def _candidate(
+    text: str, *, name: str | None, version: str | None, limits: ForgeLimits
+) -> NodeArtifact:
     """The answer's artifact, named, within the operator's limits and egress; else
     :class:`~node_workers.artifacts.bundle.ArtifactError` with the field path(s)."""
-    artifact = _named(parse_answer(text), name)
+    artifact = _named(parse_answer(text), name, version)
     refusals = policy_refusals(artifact.manifest, limits)
     if refusals:
         raise AnswerError("; ".join(refusals))
@@ -271,12 +279,13 @@ def forge_from_description(
     tester: Tester,
     limits: ForgeLimits,
     name: str | None = None,
+    version: str | None = None,
     on_round: Callable[[RoundEvent], None] | None = None,
     timeout_s: float | None = None,
 ) -> ForgeOutcome:
     """Asks ``model`` for a node doing ``description`` until its tests pass in the sandbox, for
     at most ``max_rounds`` answers; :class:`ForgeRefused` with the last reason otherwise.
-    ``name`` replaces the node name the model chose; ``on_round`` hears each round's outcome."""
+    ``name`` and ``version`` replace the model's choice; ``on_round`` hears each round."""
     if not description.strip():
         raise ForgeRefused(
             "description: Expected a description of the node, but it is empty", _NO_REPORT
@@ -314,7 +323,7 @@ def forge_from_description(
         }
         rounds.append(record)
         try:
-            artifact = _candidate(answer.text, name=name, limits=limits)
+            artifact = _candidate(answer.text, name=name, version=version, limits=limits)
         except ArtifactError as exc:
             last_reason = str(exc)
             record.update(outcome="rejected", reason=last_reason)
@@ -437,6 +446,7 @@ def forge_artifact(
     model: str | None = None,
     max_rounds: int | None = None,
     name: str | None = None,
+    version: str | None = None,
     tenant: str = DEFAULT_TENANT,
     on_round: Callable[[RoundEvent], None] | None = None,
     client: openai.OpenAI | None = None,
@@ -452,6 +462,7 @@ def forge_artifact(
         tester=lambda artifact: run_artifact_tests(settings, artifact),
         limits=ForgeLimits.from_settings(settings, tenant=tenant),
         name=name,
+        version=version,
         on_round=on_round,
     )
 

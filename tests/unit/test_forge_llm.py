@@ -383,9 +383,13 @@ def test_tests_that_never_ran_are_reported_by_the_sandbox_policy() -> None:
     assert "- sandbox: no test_* function ran" in model.requests[2]["messages"][-1]["content"]
 
 
-def test_name_replaces_the_models_choice() -> None:
-    outcome = forge(ScriptedModel([answer()]), name="ops.multiply")
-    assert outcome.artifact.manifest.name == "ops.multiply"
+def test_name_and_version_replace_the_models_choice() -> None:
+    outcome = forge(ScriptedModel([answer()]), name="ops.multiply", version="2.1.0")
+    assert (outcome.artifact.manifest.name, outcome.artifact.manifest.version) == (
+        "ops.multiply",
+        "2.1.0",
+    )
+    assert forge(ScriptedModel([answer()])).artifact.manifest.name == "acme.total"
 
 
 def test_an_empty_description_is_refused_before_asking() -> None:
