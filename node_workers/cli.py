@@ -79,6 +79,13 @@ def add_worker_commands(subparsers: Any) -> argparse.ArgumentParser:
         f"{NODES_FILTER_ENV} names them; docs/sdk-nodes.md)",
     )
     worker.add_argument(
+        "--artifacts",
+        action="store_true",
+        help="serve every artifact node version in the catalog (nodes that carry their code, "
+        "run in the code.run sandbox; follows the catalog, no --nodes/--module; "
+        "docs/nodes.md#nodes-that-carry-their-code)",
+    )
+    worker.add_argument(
         "--io-concurrency",
         type=_limit,
         metavar="N",
@@ -244,6 +251,8 @@ def handle_worker(args: argparse.Namespace, settings: Settings | None = None) ->
     from streams.admin import ensure_topics
 
     settings = settings or get_settings()
+    if getattr(args, "artifacts", False):
+        return _serve_artifacts(args, settings)
     nodes = served_nodes(args.nodes, getattr(args, "module", []))
     config = worker_config(args, settings, nodes)
     if args.list:
@@ -273,6 +282,32 @@ def handle_worker(args: argparse.Namespace, settings: Settings | None = None) ->
         log.info("catalog: %s", registered)
     log.info("serving %s in groups %s", nodes.names(), runtime.consumer_groups())
     asyncio.run(_serve(runtime))
+    return 0
+
+
+def _serve_artifacts(args: argparse.Namespace, settings: Settings) -> int:
+    """``reflux worker --artifacts``: the generic artifact worker group (ADR 0070)."""
+    from node_workers.artifacts.worker import ArtifactWorker
+
+    if args.nodes or getattr(args, "module", []) or args.list:
+        raise ConfigurationError(
+            "Expected --artifacts alone: it serves what the catalog registers, not --nodes, "
+            "--module or --list"
+        )
+    serve_if_asked(getattr(args, "metrics_port", None), settings)
+    worker = ArtifactWorker(settings, config=worker_config(args, settings))
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        _install_signal_handlers(stop)
+        beating = asyncio.create_task(_beat(Heartbeat.from_settings(settings), stop))
+        try:
+            await worker.run_forever(stop)
+        finally:
+            beating.cancel()
+
+    log.info("serving the catalog's artifact nodes")
+    asyncio.run(serve())
     return 0
 
 

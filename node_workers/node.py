@@ -19,7 +19,7 @@ import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -30,6 +30,9 @@ from node_workers.secrets.destinations import SecretDestinations
 from workflows.node_io import NodeModel, format_validation_error
 from workflows.params_schema import FIELD_NAME_KEY
 from workflows.pure_nodes import pure_node
+
+if TYPE_CHECKING:
+    from schemas.models import NodeInvocation
 
 __all__ = [
     "AnyNode",
@@ -215,6 +218,12 @@ class Node(ABC, Generic[InputT, OutputT]):
     @abstractmethod
     async def execute(self, params: InputT, ctx: NodeContext) -> OutputT:
         """Run one attempt; raise a :class:`NodeError` subclass to fail it."""
+
+    def for_invocation(self, invocation: NodeInvocation) -> Node[Any, Any]:
+        """The node version that runs ``invocation``: this one. A lane serves one node major;
+        the artifact worker's lanes serve every registered version of theirs and answer with
+        the version the invocation names (node_workers/artifacts/worker.py)."""
+        return self
 
     def bind(self, settings: Settings) -> None:  # optional hook, deliberately not abstract
         """Receive the serving runtime's settings before the first attempt (nodes that talk to

@@ -472,6 +472,7 @@ class _Lane:
 
     async def _handle(self, tp: TopicPartitionKey, offset: int, invocation: NodeInvocation) -> None:
         runtime = self.runtime
+        node = self.node.for_invocation(invocation)
         async with self.semaphore:
             # Claimed only once a slot is free: an invocation still queued here when the worker
             # dies was never started, so its redelivery may run it.
@@ -480,7 +481,7 @@ class _Lane:
                 in_flight = WORKER.in_flight.labels(self.node.name)
                 in_flight.inc()
                 try:
-                    attempt = await runtime.execute(self.node, invocation)
+                    attempt = await runtime.execute(node, invocation)
                 finally:
                     in_flight.dec()
         if claim.state is ClaimState.DONE and claim.result is not None:
@@ -508,9 +509,9 @@ class _Lane:
                     runtime.stats.claim_checked += 1
                 except Exception as exc:
                     attempt = _claim_check_failed(attempt, exc)
-        result = build_result(self.node, invocation, attempt, output_ref=output_ref)
+        result = build_result(node, invocation, attempt, output_ref=output_ref)
         trace = build_trace(
-            self.node,
+            node,
             invocation,
             attempt,
             context={"worker": runtime.config.client_id, "origin": f"{tp[0]}/{tp[1]}/{offset}"},

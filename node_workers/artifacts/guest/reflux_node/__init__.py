@@ -36,6 +36,7 @@ EGRESS_SOCKET = "/run/reflux/egress.sock"
 DENIED_HEADER = "X-Reflux-Egress-Denied"
 """Set by the proxy on a 403 it answered itself: the refusal's reason."""
 ERROR_HEADER = "X-Reflux-Egress-Error"
+TIMEOUT_HEADER = "X-Reflux-Timeout"
 """Set by the proxy on a 502/504 it answered itself: the destination could not be reached."""
 
 
@@ -185,7 +186,8 @@ class Context:
         try:
             # Absolute-form request line (GET https://host/path HTTP/1.1), as to any forward
             # proxy; the proxy makes the TLS connection itself for https.
-            connection.request(method, url, body=body, headers=headers)
+            sent = {**headers, TIMEOUT_HEADER: f"{timeout:g}"}  # the proxy's own limit
+            connection.request(method, url, body=body, headers=sent)
             answer = connection.getresponse()
             payload = answer.read()
             received = {k: v for k, v in answer.getheaders()}
