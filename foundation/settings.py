@@ -232,7 +232,7 @@ class Settings(BaseSettings):
     # key is the secret of this name, read where workers read secrets (secrets_dir, then
     # REFLUX_SECRET_<NAME>): the {{ secrets.OPENAI_API_KEY }} of an openai.chat step.
     forge_llm_base_url: str = "https://api.openai.com/v1"
-    forge_llm_api_key_secret: str = "OPENAI_API_KEY"  # noqa: S105 (a name, not a value)
+    forge_llm_api_key_name: str = "OPENAI_API_KEY"
     forge_llm_model: str = "gpt-4o-mini"
     # Answers asked at most (the first, then one per feedback) before the forge refuses.
     forge_llm_rounds: int = Field(default=3, ge=1, le=10)

@@ -2,7 +2,7 @@
 registered as a draft (:func:`node_workers.forge.llm.forge_new`; docs/forge.md).
 
 Runs here, with this process's settings: the model at ``REFLUX_FORGE_LLM_BASE_URL`` with the
-key in the secret ``REFLUX_FORGE_LLM_API_KEY_SECRET`` names, the sandbox, the object store and
+key in the secret ``REFLUX_FORGE_LLM_API_KEY_NAME`` names, the sandbox, the object store and
 Kafka. One progress line per round on stderr; the registered node on stdout.
 """
 

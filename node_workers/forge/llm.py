@@ -418,12 +418,12 @@ def _with_provenance(
 
 def llm_client(settings: Settings) -> openai.OpenAI:
     """The forge's client: ``forge_llm_base_url`` with the key in the secret named
-    ``forge_llm_api_key_secret``, read where the workers read secrets (``secrets_dir``, then
+    ``forge_llm_api_key_name``, read where the workers read secrets (``secrets_dir``, then
     ``REFLUX_SECRET_<NAME>``) -- the ``{{ secrets.OPENAI_API_KEY }}`` an ``openai.chat`` step
     uses."""
     from node_workers.secrets.resolver import resolver_from_settings
 
-    name = settings.forge_llm_api_key_secret
+    name = settings.forge_llm_api_key_name
     key = resolver_from_settings(settings).provider.get(name)
     if not key:
         raise ForgeLlmAuthError(
