@@ -4,8 +4,9 @@ draft with its provenance (issue 17, docs/forge.md, ADR 0071).
 
 :func:`forge_from_description` is the loop; its I/O comes in as arguments (the ``openai``
 client, the sandbox ``tester``), so the loop is tested with a scripted model and a scripted
-sandbox. :func:`forge_new` is the edge: the client from the settings, A's sandbox test runner,
-A's publisher.
+sandbox. The edges: :func:`forge_artifact` (the client from the settings, the sandbox test
+runner, the operator's limits), :func:`register_forged` (the publisher: object store, catalog
+draft), :func:`forge_new` (both, for the CLI).
 
 A round: ask the model; parse its answer (:func:`~node_workers.forge.prompts.parse_answer`, the
 artifact contract with field paths); check the manifest against the operator's limits and
@@ -48,6 +49,7 @@ from node_workers.forge.prompts import (
 __all__ = [
     "FORGE_SOURCE",
     "ForgeLimits",
+    "ForgeLlmAuthError",
     "ForgeLlmError",
     "ForgeOutcome",
     "RoundEvent",
@@ -80,6 +82,8 @@ class ForgeLlmError(RetryableError):
 
 
 class ForgeLlmAuthError(NonRetryableError):
+    """The model refused the key, or the forge has none (a configuration to fix, not to retry)."""
+
     error_class = "ForgeLlmAuth"
 
 
@@ -209,6 +213,7 @@ def _sha256(text: str) -> str:
 def _ask(
     client: openai.OpenAI, model: str, messages: list[dict[str, str]], *, timeout_s: float | None
 ) -> _Answer:
+    # Here, not at the top: node_workers.nodes loads every built-in node (and its clients).
     from node_workers.nodes.openai_chat import classify_llm_error
 
     request: dict[str, Any] = {"model": model, "messages": messages, "temperature": _TEMPERATURE}
@@ -232,26 +237,14 @@ def _ask(
     )
 
 
-def _named(artifact: NodeArtifact, name: str | None, version: str | None) -> NodeArtifact:
-    """The artifact under the caller's name and version (a new version of a node it would
-    replace, for example), instead of the model's; checked like the model's."""
-    wanted = {"name": name, "version": version}
-    changes = {
-        k: v for k, v in wanted.items() if v is not None and v != getattr(artifact.manifest, k)
-    }
-    if not changes:
-        return artifact
-    raw = artifact.model_dump(mode="json")
-    raw["manifest"].update(changes)
-    return _parse_artifact(raw)
-
-
 def _candidate(
     text: str, *, name: str | None, version: str | None, limits: ForgeLimits
 ) -> NodeArtifact:
-    """The answer's artifact, named, within the operator's limits and egress; else
+    """The answer's artifact under the caller's name and version if given (a new version of a
+    node it would replace, say), within the operator's limits and egress; else
     :class:`~node_workers.artifacts.bundle.ArtifactError` with the field path(s)."""
-    artifact = _named(parse_answer(text), name, version)
+    overrides = {k: v for k, v in (("name", name), ("version", version)) if v is not None}
+    artifact = parse_answer(text, manifest_overrides=overrides)
     refusals = policy_refusals(artifact.manifest, limits)
     if refusals:
         raise AnswerError("; ".join(refusals))

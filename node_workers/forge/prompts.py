@@ -150,10 +150,16 @@ def _json_text(answer: str) -> str:
     return (fenced.group(1) if fenced else answer).strip()
 
 
-def parse_answer(answer: str, *, provenance: Mapping[str, Any] | None = None) -> NodeArtifact:
+def parse_answer(
+    answer: str,
+    *,
+    provenance: Mapping[str, Any] | None = None,
+    manifest_overrides: Mapping[str, Any] | None = None,
+) -> NodeArtifact:
     """The artifact in the model's answer; :class:`AnswerError` naming the field path when the
     answer is not the one JSON object asked for or breaks the contract (:func:`parse_artifact`'s
-    checks, plus: both files present, at least one ``test_*`` function)."""
+    checks, plus: both files present, at least one ``test_*`` function). ``manifest_overrides``
+    (the caller's name or version) replace the model's values before the checks."""
     text = _json_text(answer)
     if not text:
         raise AnswerError("answer: Expected one JSON object, but the answer is empty")
@@ -177,7 +183,7 @@ def parse_answer(answer: str, *, provenance: Mapping[str, Any] | None = None) ->
         raise AnswerError(f"files.{TESTS}: Expected at least one 'def test_...():' function")
     return parse_artifact(
         {
-            "manifest": value["manifest"],
+            "manifest": {**value["manifest"], **(manifest_overrides or {})},
             "files": files,
             "entry": ENTRY,
             "tests": TESTS,

@@ -390,6 +390,8 @@ def test_name_and_version_replace_the_models_choice() -> None:
         "2.1.0",
     )
     assert forge(ScriptedModel([answer()])).artifact.manifest.name == "acme.total"
+    # The caller's name wins before the checks: a model's invalid one costs no round.
+    assert forge(ScriptedModel([answer(name="Not Valid")]), name="ops.m", max_rounds=1).rounds == 1
 
 
 def test_an_empty_description_is_refused_before_asking() -> None:
