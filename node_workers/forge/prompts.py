@@ -107,12 +107,13 @@ The manifest (JSON object; no other keys):
 
 _RULES: Final = """\
 Rules:
-- Python 3.11, standard library only (no pip packages): use ctx.http for every HTTP call, never
+- Python 3, standard library only (no pip packages): use ctx.http for every HTTP call, never
   urllib, socket, requests or subprocess.
 - test_node.py must test node.run through reflux_node.testing.fake_context with canned
   responses for every URL the code calls; the tests run with no network at all, so a test that
   reaches a real host fails.
-- Cover the normal case and at least one failure (an HTTP error status raising NodeFailure).
+- Cover the normal case and at least one failure (an HTTP error status or an input the node
+  refuses, raising NodeFailure).
 - Keep to what the description asks; do not invent hosts, secrets or fields it does not need."""
 
 
