@@ -406,3 +406,36 @@ def test_an_empty_description_is_refused_before_asking() -> None:
 def test_a_rejected_key_is_a_clear_non_retryable_error() -> None:
     with pytest.raises(ForgeLlmAuthError, match="LlmAuth: HTTP 401"):
         forge(ScriptedModel([], status=401))
+
+
+# -- the CLI's parts ------------------------------------------------------------------------------
+
+
+def test_examples_file_is_a_json_list_or_an_object_with_examples(tmp_path: Any) -> None:
+    from foundation.errors import ConfigurationError
+    from reflux.cli import build_parser
+    from reflux.forge_new_cli import load_examples
+
+    listed = tmp_path / "list.json"
+    listed.write_text('[{"input": {"price": 1, "qty": 2}, "output": {"total": 2}}]')
+    wrapped = tmp_path / "wrapped.json"
+    wrapped.write_text('{"examples": [{"input": {}}]}')
+    assert load_examples(listed) == [{"input": {"price": 1, "qty": 2}, "output": {"total": 2}}]
+    assert load_examples(wrapped) == [{"input": {}}]
+    for text in ("not json", '{"input": {}}', "[1, 2]"):
+        bad = tmp_path / "bad.json"
+        bad.write_text(text)
+        with pytest.raises(ConfigurationError, match="--examples"):
+            load_examples(bad)
+
+    args = build_parser().parse_args(
+        ["forge", "new", "a node", "--rounds", "2", "--name", "ops.m", "--version", "1.2.0"]
+    )
+    assert (args.description, args.rounds, args.name, args.version) == (
+        "a node",
+        2,
+        "ops.m",
+        "1.2.0",
+    )
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["forge", "new", "a node", "--rounds", "11"])
