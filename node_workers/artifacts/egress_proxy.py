@@ -269,7 +269,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         try:
             addresses = _resolve(host, port)
         except OSError as exc:
-            self._fail(502, "NetworkError", f"{owner.node}: could not resolve {host}: {exc}")
+            if refusal is not None:  # an undeclared name: its (missing) address changes nothing
+                self._deny(f"{owner.node}: {refusal}")
+            else:
+                self._fail(502, "NetworkError", f"{owner.node}: could not resolve {host}: {exc}")
             return None
         decision = decide(owner.declared, owner.policy, host, port, addresses, node=owner.node)
         if decision.address is None:
