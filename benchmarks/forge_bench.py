@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from benchmarks.cleanup import delete_prefix_topics
+from benchmarks.report import evaluate_goals
 from foundation.settings import Settings, get_settings
 from node_workers.forge.openapi import artifact_from_openapi, load_openapi_text
 from node_workers.forge.pipeline import ForgeResult, test_and_register
@@ -191,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(merged, indent=2) + "\n")
     print(json.dumps(results, indent=2))
+    for goal, value, met in evaluate_goals(results):
+        if met is not None:
+            print(f"goal {goal.key} {goal}: {value:.2f} -> {'met' if met else 'MISSED'}")
     for name, error in errors.items():
         print(f"ERROR in {name}: {error}", file=sys.stderr)
     print(f"merged into {args.out}")

@@ -45,6 +45,8 @@ GOALS: tuple[Goal, ...] = (
     # Issue 10: 1,000 recorded 10-step runs replayed within 60 s, >= 5x faster than live.
     Goal("replay_1000_runs_s", "<", 60),
     Goal("replay_speedup_vs_live", ">=", 5),
+    # Issue 17: a forged node (generate, sandbox tests, register) in under a minute.
+    Goal("forge_openapi_s", "<", 60),
 )
 
 

@@ -23,6 +23,7 @@ def test_goals_are_the_issues() -> None:
         ("mutation_apply_p99_ms", "<", 100),  # issue 9
         ("replay_1000_runs_s", "<", 60),  # issue 10
         ("replay_speedup_vs_live", ">=", 5),
+        ("forge_openapi_s", "<", 60),  # issue 17
     }
 
 

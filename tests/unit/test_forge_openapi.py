@@ -4,6 +4,7 @@ generated code from small specs: the sandbox runs are the integration tests').""
 
 from __future__ import annotations
 
+import ast
 import copy
 import json
 import os
@@ -306,3 +307,34 @@ def test_operation_ids(petstore: dict[str, Any]) -> None:
         "listPets",
         "uploadPhoto",
     ]
+
+
+def test_document_text_cannot_inject_code(petstore: dict[str, Any], tmp_path: Path) -> None:
+    """Titles, summaries, ids, names and URLs reach the generated code only as literals or
+    escaped docstring text."""
+    hostile = '"""\\nimport os; os.system("x")  # \'\\\\'
+    document = copy.deepcopy(petstore)
+    document["info"]["title"] = "Pets " + hostile
+    operation = document["paths"]["/pets/{petId}"]["get"]
+    operation["summary"] = hostile
+    operation["operationId"] = "get" + hostile
+    operation["parameters"][0]["name"] = "X-Id" + hostile
+    artifact = artifact_from_openapi(
+        document,
+        "get" + hostile,
+        name="pets.get",
+        server_url="http://127.0.0.1:9/a'b\"c",
+    )
+    for name, text in artifact.files.items():
+        tree = ast.parse(text, filename=name)
+        calls = [
+            node.func
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+        ]
+        assert not any(isinstance(f.value, ast.Name) and f.value.id == "os" for f in calls), name
+        assert not any(
+            isinstance(node, ast.Import) and node.names[0].name == "os" for node in tree.body
+        )
+    report = run_generated_tests(artifact, tmp_path)
+    assert report["tests"] and all(passed(report).values()), report
