@@ -137,7 +137,7 @@ def run_forge_llm_benchmark(settings: Settings, quick: bool) -> dict[str, float]
                 t = result.timings
                 _progress(
                     f"llm round {i + 1}/{ROUNDS[quick]}: total {t.total_s:.2f}s = model "
-                    f"{t.generate_s:.3f}s + sandbox {t.sandbox_s:.2f}s (2 test runs, + setup) "
+                    f"{t.generate_s:.3f}s + sandbox {t.sandbox_s:.2f}s (2 test runs) "
                     f"+ register {t.register_s:.2f}s"
                 )
                 rounds.append(result)
