@@ -1,6 +1,6 @@
 """The node forge's wall time (issue 17): ``python -m benchmarks.forge_bench [--quick]``.
 
-Each metric has its own function (the OpenAPI forge here; the LLM forge adds its own), run on
+Each metric has its own function (the OpenAPI forge, the LLM forge), run on
 a topic prefix of its own (``bench-forge-<uuid8>``: its ``nodes`` topic and invoke topics,
 deleted afterwards), so the drafts it registers never reach the shared catalog. The artifacts
 stay in the object store (content-addressed, a few KiB each).
@@ -14,6 +14,14 @@ stay in the object store (content-addressed, a few KiB each).
 - ``forge_openapi_sandbox_share``: the sandbox job's wall time / the total, median round.
 - ``forge_openapi_generate_s``, ``forge_openapi_sandbox_s``, ``forge_openapi_register_s``: the
   median round's parts.
+
+- ``forge_llm_s``: ``reflux forge new``'s path (:func:`node_workers.forge.llm.forge_new`)
+  against a local OpenAI-compatible server scripted like the integration test -- the first
+  answer's code fails its own tests, the second passes after the feedback -- so the time is
+  REFLUX's own: prompt and parsing, two sandbox test runs, registration. Median of 3 rounds
+  (quick: 1), each a new version, after a warm-up. Goal: < 60 s.
+- ``forge_llm_sandbox_share``: both sandbox runs' wall time / the total, median round;
+  ``forge_llm_generate_s``, ``forge_llm_sandbox_s``, ``forge_llm_register_s``: its parts.
 
 ``main`` merges the keys into ``benchmarks/out/results.json`` (``benchmarks.run``'s partial
 merge, so the other benchmarks' keys stay) and prints them.
@@ -40,11 +48,12 @@ from node_workers.forge.pipeline import ForgeResult, test_and_register
 from streams.admin import create_missing_topics
 from streams.topics import TopicCatalog
 
-__all__ = ["OPENAPI_SPEC", "main", "run_forge_openapi_benchmark"]
+__all__ = ["OPENAPI_SPEC", "main", "run_forge_llm_benchmark", "run_forge_openapi_benchmark"]
 
 OPENAPI_SPEC: Final = Path(__file__).with_name("forge_openapi_spec.yaml")
 OPENAPI_OPERATION: Final = "createOrder"
 ROUNDS: Final = {False: 3, True: 1}
+LLM_NODE: Final = "bench.line-total"
 OUT_FILE: Final = Path(__file__).parent / "out" / "results.json"
 
 
@@ -96,8 +105,59 @@ def run_forge_openapi_benchmark(settings: Settings, quick: bool) -> dict[str, fl
     }
 
 
+def forge_llm_once(settings: Settings, server: Any, version: str) -> ForgeResult:
+    """One forge from a description against the scripted local server: the first answer's
+    code fails its own tests in the sandbox, the second (after the feedback) passes."""
+    import openai
+
+    from node_workers.forge.llm import forge_new
+    from tests.support.forge_answers import DESCRIPTION, EXAMPLES, FIXED_CODE, WRONG_CODE, answer
+
+    server.script(
+        answer(WRONG_CODE, name=LLM_NODE, version=version),
+        answer(FIXED_CODE, name=LLM_NODE, version=version),
+    )
+    client = openai.OpenAI(base_url=server.base_url, api_key=server.api_key, max_retries=0)
+    result = forge_new(settings, DESCRIPTION, examples=EXAMPLES, client=client, model="bench")
+    assert len(result.artifact.provenance["rounds"]) == 2, "the script has two rounds"
+    return result
+
+
+def run_forge_llm_benchmark(settings: Settings, quick: bool) -> dict[str, float]:
+    from tests.integration.openai_fixtures import serve_openai
+
+    own = bench_settings(settings)
+    try:
+        with serve_openai() as server:
+            warm = forge_llm_once(own, server, "0.0.1")
+            _progress(f"llm warm-up: {warm.timings.total_s:.2f}s (2 rounds)")
+            rounds: list[ForgeResult] = []
+            for i in range(ROUNDS[quick]):
+                result = forge_llm_once(own, server, f"1.0.{i}")
+                t = result.timings
+                _progress(
+                    f"llm round {i + 1}/{ROUNDS[quick]}: total {t.total_s:.2f}s = model "
+                    f"{t.generate_s:.3f}s + sandbox {t.sandbox_s:.2f}s (2 test runs) "
+                    f"+ register {t.register_s:.2f}s"
+                )
+                rounds.append(result)
+    finally:
+        delete_prefix_topics(own, timeout=30)
+    median = statistics.median_low([r.timings.total_s for r in rounds])
+    middle = next(r.timings for r in rounds if r.timings.total_s == median)
+    return {
+        "forge_llm_s": round(median, 3),
+        "forge_llm_sandbox_share": round(middle.sandbox_s / middle.total_s, 3),
+        "forge_llm_generate_s": middle.generate_s,
+        "forge_llm_sandbox_s": middle.sandbox_s,
+        "forge_llm_register_s": middle.register_s,
+        "forge_llm_rounds": 2.0,
+    }
+
+
 BENCHMARKS: Final[dict[str, Callable[[Settings, bool], dict[str, float]]]] = {
     "openapi": run_forge_openapi_benchmark,
+    "llm": run_forge_llm_benchmark,
 }
 
 

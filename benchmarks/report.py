@@ -47,6 +47,7 @@ GOALS: tuple[Goal, ...] = (
     Goal("replay_speedup_vs_live", ">=", 5),
     # Issue 17: a forged node (generate, sandbox tests, register) in under a minute.
     Goal("forge_openapi_s", "<", 60),
+    Goal("forge_llm_s", "<", 60),
 )
 
 

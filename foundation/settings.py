@@ -227,6 +227,16 @@ class Settings(BaseSettings):
     sandbox_max_output_mb: int = 64
     sandbox_tmp_mb: int = 64
     sandbox_shm_mb: int = 64
+    # The LLM forge (`reflux forge new`, POST /v1/forge/new; docs/forge.md, ADR 0071): any
+    # OpenAI-compatible endpoint, up to and including /v1 (like openai.chat's base_url). The
+    # key is the secret of this name, read where workers read secrets (secrets_dir, then
+    # REFLUX_SECRET_<NAME>): the {{ secrets.OPENAI_API_KEY }} of an openai.chat step.
+    forge_llm_base_url: str = "https://api.openai.com/v1"
+    forge_llm_api_key_name: str = "OPENAI_API_KEY"
+    forge_llm_model: str = "gpt-4o-mini"
+    # Answers asked at most (the first, then one per feedback) before the forge refuses.
+    forge_llm_rounds: int = Field(default=3, ge=1, le=10)
+    forge_llm_timeout_s: float = Field(default=120.0, gt=0, le=600)
     # Where `make up` fetches the Debian packages of the sandbox image's root file system.
     debian_mirror: str = "http://deb.debian.org/debian"
 

@@ -78,6 +78,7 @@ OTHER_COMMANDS = frozenset(
         "secrets generate-key",
         "secrets encrypt",
         "forge openapi",
+        "forge new",
         # components (serve until stopped; `--once` modes judge and write, then exit)
         "dev",
         "supervise",

@@ -119,6 +119,7 @@ ROUTE_ACCESS: Final[dict[str, Access]] = {
     "PUT /v1/nodes/{name}/versions/{version}/rollout": _A,
     # the forge registers node versions (drafts): admins, like POST /v1/nodes
     "POST /v1/forge/openapi": _A,
+    "POST /v1/forge/new": _A,
     # mutation proposals: editors propose, operators decide
     "GET /v1/mutations": _V,
     "GET /v1/mutations/{mutation_id}": _V,

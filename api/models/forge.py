@@ -8,7 +8,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from api.models.nodes import NODE_NAME_PATTERN, SEMVER_PATTERN
 
-__all__ = ["ForgeOpenApiCreate", "ForgeTestPublic", "ForgeTimingsPublic", "ForgedNodePublic"]
+__all__ = [
+    "ForgeNewCreate",
+    "ForgeOpenApiCreate",
+    "ForgeTestPublic",
+    "ForgeTimingsPublic",
+    "ForgedLlmNodePublic",
+    "ForgedNodePublic",
+]
 
 SECRET_PATTERN = r"^[A-Z][A-Z0-9_]*$"  # noqa: S105 -- a name pattern, not a secret
 
@@ -79,3 +86,58 @@ class ForgedNodePublic(BaseModel):
     secrets: list[str]
     warnings: list[str] = Field(default_factory=list)
     """Examples left out of the generated tests (they do not fit their schema)."""
+
+
+# -- POST /v1/forge/new: from a description, with an LLM ------------------------------------------
+
+
+class ForgeNewCreate(BaseModel):
+    """A description (and examples) of the node the operator's model should write."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "description": "Total of an order line: price times quantity",
+                    "examples": [{"input": {"price": 2.5, "qty": 3}, "output": {"total": 7.5}}],
+                }
+            ]
+        },
+    )
+
+    description: str = Field(min_length=1, max_length=4000, description="What the node does.")
+    examples: list[dict[str, Any]] = Field(
+        default_factory=list, max_length=20, description="Inputs and expected outputs."
+    )
+    model: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="Model name (default: REFLUX_FORGE_LLM_MODEL).",
+    )
+    rounds: int | None = Field(
+        default=None, ge=1, le=10, description="Answers asked at most before refusing."
+    )
+    name: str | None = Field(
+        default=None,
+        pattern=NODE_NAME_PATTERN,
+        max_length=200,
+        description="Node name (default: the model's choice).",
+    )
+    version: str | None = Field(
+        default=None,
+        pattern=SEMVER_PATTERN,
+        max_length=64,
+        description="Node version (default: the model's choice).",
+    )
+
+
+class ForgedLlmNodePublic(ForgedNodePublic):
+    """The registered draft and how the model made it."""
+
+    rounds: int
+    """Answers used (the last one passed its tests)."""
+    provenance: dict[str, Any]
+    """The artifact's provenance (description, model, endpoint host, prompt sha256, every
+    round's answer sha256 and test results, file digests, timings) without the prompt's text."""

@@ -18,10 +18,12 @@ from starlette.concurrency import run_in_threadpool
 
 from api.auth.guard import PrincipalDep
 from api.deps import ApiSettingsDep, PoolDep, SettingsDep
-from api.errors import ConflictError, FieldIssue, RequestInvalidError
+from api.errors import ConflictError, FieldIssue, RequestInvalidError, UnavailableError
 from api.models.common import errors
 from api.models.forge import (
+    ForgedLlmNodePublic,
     ForgedNodePublic,
+    ForgeNewCreate,
     ForgeOpenApiCreate,
     ForgeTestPublic,
     ForgeTimingsPublic,
@@ -30,6 +32,13 @@ from api.routes.nodes import WaitQuery, _check_name_owner, _version_row
 from api.waiting import poll_until
 from node_workers.artifacts.bundle import NodeArtifact, artifact_digest
 from node_workers.artifacts.publish import ArtifactImmutableError, check_immutable
+from node_workers.forge.llm import (
+    ForgeLlmAuthError,
+    ForgeLlmError,
+    forge_artifact,
+    forge_summary,
+    register_forged,
+)
 from node_workers.forge.openapi import (
     OpenApiError,
     OperationNotFoundError,
@@ -161,3 +170,81 @@ def _test_and_register(
     settings: Any, artifact: NodeArtifact, tenant: str, generate_s: float
 ) -> ForgeResult:
     return test_and_register(settings, artifact, tenant=tenant, generate_s=generate_s)
+
+
+# -- POST /v1/forge/new: from a description, with an LLM (docs/forge.md#from-a-description) -------
+
+
+def _refused_by_the_forge(exc: ForgeRefused) -> RequestInvalidError:
+    """422: why (the last round's reason) at ``description``, and each failing test."""
+    failing = [t for t in exc.report.tests if not t.passed]
+    return RequestInvalidError(
+        [
+            FieldIssue("description", str(exc), exc.error_class),
+            *(FieldIssue(f"tests.{t.name}", t.message, exc.error_class) for t in failing),
+        ]
+    )
+
+
+@router.post(
+    "/new",
+    status_code=201,
+    response_model=ForgedLlmNodePublic,
+    summary="Forge a node from a description with an LLM; test it in the sandbox; register a draft",
+    responses=errors(409, 422, 503),
+)
+async def forge_new_node(
+    body: ForgeNewCreate,
+    *,
+    response: Response,
+    pool: PoolDep,
+    api: ApiSettingsDep,
+    settings: SettingsDep,
+    principal: PrincipalDep,
+    wait_ms: WaitQuery = None,
+) -> ForgedLlmNodePublic:
+    """Asks the operator's model (``REFLUX_FORGE_LLM_*``) for manifest, code and tests, runs
+    the tests in the sandbox (no network) and feeds failures back, for at most ``rounds``
+    answers; registers the first passing artifact as a draft of the caller's tenant. 422 with
+    the last reason when the forge refuses (tests still failing, limits or egress the operator
+    does not allow); 503 when the model cannot be asked. Blocks for the whole forge (seconds to
+    minutes)."""
+    try:
+        outcome = await run_in_threadpool(
+            lambda: forge_artifact(
+                settings,
+                body.description,
+                examples=body.examples,
+                model=body.model,
+                max_rounds=body.rounds,
+                name=body.name,
+                version=body.version,
+                tenant=principal.tenant,
+            )
+        )
+    except ForgeRefused as exc:
+        raise _refused_by_the_forge(exc) from exc
+    except (ForgeLlmError, ForgeLlmAuthError) as exc:
+        raise UnavailableError(f"The forge's model cannot be asked: {exc}") from exc
+    m = outcome.artifact.manifest
+    await _check_name_owner(pool, api, m.name, principal.tenant)
+    try:
+        result = await run_in_threadpool(
+            register_forged, settings, outcome, tenant=principal.tenant
+        )
+    except ArtifactImmutableError as exc:  # that version exists with other code
+        raise ConflictError(str(exc)) from exc
+    if wait_ms:
+
+        async def projected() -> bool | None:
+            row = await _version_row(pool, api, m.name, m.version)
+            return True if row is not None else None
+
+        await poll_until(projected, wait_ms, api.poll_interval_s)
+    response.headers["Location"] = f"/v1/nodes/{m.name}/versions/{m.version}"
+    summary = forge_summary(result)
+    return ForgedLlmNodePublic(
+        **forged_public(result, []).model_dump(),
+        rounds=summary["rounds"],
+        provenance=summary["provenance"],
+    )

@@ -46,6 +46,7 @@ from projections.traces.migrations import drop as drop_traces
 from schemas.models import DeadLetter
 from streams.consumer import Consumer
 from tests.integration.engine_fixtures import Harness
+from tests.integration.openai_fixtures import OpenAITestServer, serve_openai
 from tests.support.api_auth import key_headers
 from tests.support.waiting import eventually
 
@@ -88,10 +89,29 @@ def api_headers(harness: Harness, fuzz_api: ApiSettings) -> dict[str, str]:
 
 
 @pytest.fixture
-def client(harness: Harness, fuzz_api: ApiSettings, tmp_path: Path) -> Iterator[TestClient]:
+def forge_model(monkeypatch: pytest.MonkeyPatch) -> Iterator[OpenAITestServer]:
+    """The forge's model: a local server whose answers are never a node, so ``POST
+    /v1/forge/new`` refuses after its rounds in milliseconds (instead of 503 for a model it
+    cannot ask, or a real one)."""
+    with serve_openai() as model:
+        model.reply = "I cannot write that node."
+        monkeypatch.setenv("REFLUX_SECRET_OPENAI_API_KEY", model.api_key)
+        yield model
+
+
+@pytest.fixture
+def client(
+    harness: Harness, fuzz_api: ApiSettings, tmp_path: Path, forge_model: OpenAITestServer
+) -> Iterator[TestClient]:
     """The API over the harness, with a traces store of its own (an embedded chdb in a temporary
-    folder, closed afterwards) so the metrics and feedback routes answer instead of 503."""
-    settings = harness.settings.model_copy(update={"clickhouse_dsn": f"chdb://{tmp_path / 'ch'}"})
+    folder, closed afterwards) so the metrics and feedback routes answer instead of 503, and
+    the forge's model at ``forge_model``."""
+    settings = harness.settings.model_copy(
+        update={
+            "clickhouse_dsn": f"chdb://{tmp_path / 'ch'}",
+            "forge_llm_base_url": forge_model.base_url,
+        }
+    )
     traces = connect(settings)
     apply_traces_migrations(traces, settings, database=harness.schema)
     api = fuzz_api

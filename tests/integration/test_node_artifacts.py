@@ -3,21 +3,31 @@ Kafka's ``nodes`` topic, the projector and the API, and the code.run sandbox."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from foundation.errors import RefluxError
 from foundation.objectstore import S3BlobStore
 from foundation.settings import Settings
 from node_workers.artifacts.bundle import artifact_bytes, artifact_digest, artifact_key
 from node_workers.artifacts.egress_proxy import EgressProxy
 from node_workers.artifacts.execution import ArtifactSandbox
-from node_workers.artifacts.publish import ArtifactImmutableError, publish_artifact
+from node_workers.artifacts.publish import (
+    ArtifactImmutableError,
+    artifact_catalog_entry,
+    publish_artifact,
+)
 from node_workers.artifacts.store import ArtifactDigestMismatchError, ArtifactStore
 from node_workers.artifacts.tests_runner import run_artifact_tests
+from node_workers.artifacts.worker import ArtifactService
 from node_workers.egress.policy import EgressPolicy, parse_allow_entries
+from node_workers.node import NodeContext, NonRetryableNodeError
 from node_workers.registration import read_catalog_entries
 from node_workers.sandbox import SandboxConfig
 from streams.topics import TopicCatalog
@@ -234,3 +244,80 @@ def run(input, ctx):
     assert output["direct"] == "URLError"  # no network namespace route: only the socket
     assert proxy.requests == 2 and len(proxy.denied) == 1
     assert http.requests_to("/echo")[-1].json() == {"n": 7}
+
+
+def test_only_declared_granted_secrets_reach_the_code_and_only_their_hosts(
+    local_services: Settings, http: HttpTestServer, tmp_path: Path
+) -> None:
+    port = int(http.url.rsplit(":", 1)[1])
+    secrets_dir = tmp_path / "secrets"
+    secrets_dir.mkdir()
+    (secrets_dir / "PAY_TOKEN").write_text("tok-123\n")
+    (secrets_dir / "OTHER_TOKEN").write_text("other-456\n")
+    grant = {"hosts": [f"127.0.0.1:{port}"], "grants": [{"workflow": "wf-pay", "versions": [1]}]}
+    (secrets_dir / "grants.yaml").write_text(
+        yaml.safe_dump({"PAY_TOKEN": grant, "OTHER_TOKEN": grant})
+    )
+    settings = local_services.model_copy(
+        update={
+            "secrets_dir": secrets_dir,
+            "egress_allow": (f"127.0.0.1:{port}",),
+            "egress_grantable": (),
+            "egress_workflow_allow": {},
+            "egress_tenant_allow": {},
+        }
+    )
+    code = f"""
+from reflux_node import NodeFailure
+
+def run(input, ctx):
+    token = ctx.secret("PAY_TOKEN")
+    echo = ctx.http("GET", "http://" + input["host"] + ":{port}/echo",
+                    headers={{"Authorization": "Bearer " + token}}).json()
+    try:
+        ctx.secret("OTHER_TOKEN")
+        other = "read"
+    except NodeFailure as exc:
+        other = exc.error_class
+    return {{"auth": echo["headers"]["authorization"], "other": other}}
+"""
+    artifact = make_artifact(
+        _name(),
+        code=code,
+        tests=None,
+        input_schema={"type": "object"},
+        output_schema={"type": "object"},
+        egress=(f"127.0.0.1:{port}", f"localhost:{port}"),
+        secrets=("PAY_TOKEN",),
+    )
+    stored = ArtifactStore.from_settings(settings).put(artifact)
+    # The entry publish_artifact would write (no Kafka needed to run one attempt).
+    entry = artifact_catalog_entry(artifact, digest=stored.digest, code_uri=stored.uri)
+    service = ArtifactService.from_settings(settings)
+
+    def run(workflow_id: str, version: int, host: str) -> Any:
+        ctx = NodeContext(
+            invocation_id=str(uuid.uuid4()),
+            run_id="r",
+            step_id="s",
+            attempt=1,
+            workflow_id=workflow_id,
+        )
+        return asyncio.run(service.run(entry, {"host": host}, ctx, workflow_version=version))
+
+    try:
+        assert run("wf-pay", 1, "127.0.0.1") == {
+            "auth": "Bearer tok-123",
+            "other": "SecretNotAvailable",  # granted, but not declared in the manifest
+        }
+        with pytest.raises(RefluxError) as refused:
+            run("wf-pay", 2, "127.0.0.1")
+        assert refused.value.error_class == "SecretUnavailable"
+        assert "version 2 is not granted" in str(refused.value)
+        # localhost is declared and opened, but the token's grant lists 127.0.0.1 only.
+        with pytest.raises(NonRetryableNodeError) as denied:
+            run("wf-pay", 1, "localhost")
+        assert denied.value.error_class == "EgressDenied"
+        assert "PAY_TOKEN" in str(denied.value)
+    finally:
+        service.close()

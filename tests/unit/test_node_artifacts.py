@@ -225,6 +225,12 @@ def test_the_platform_policy_applies_to_declared_hosts_too() -> None:
     assert "'loopback'" in loopback.reason
     opened = EgressPolicy(allow=parse_allow_entries(["127.0.0.1:8080"]))
     assert decide(declared, opened, "localhost", 8080, [_ip("127.0.0.1")], node="n").address
+    undeclared = decide(declared, opened, "evil.example", 443, [_ip("93.184.216.34")], node="n")
+    assert (undeclared.address, undeclared.reason) == (
+        None,
+        "n: host evil.example is not in the node's declared egress [api.example.com, "
+        "localhost:8080]",
+    )
     mixed = decide(
         declared, policy, "api.example.com", 443, [_ip("10.0.0.1"), _ip("93.184.216.34")], node="n"
     )
