@@ -1,4 +1,5 @@
-"""The node forge's wall time (issue 17): ``python -m benchmarks.forge_bench [--quick]``.
+"""The node forge's wall time (issue 17): part ``forge`` of ``python -m benchmarks.run``
+(``make bench``; alone: ``python -m benchmarks.run --only forge [--quick]``).
 
 Each metric has its own function (the OpenAPI forge, the LLM forge), run on
 a topic prefix of its own (``bench-forge-<uuid8>``: its ``nodes`` topic and invoke topics,
@@ -23,17 +24,13 @@ stay in the object store (content-addressed, a few KiB each).
 - ``forge_llm_sandbox_share``: both sandbox runs' wall time / the total, median round;
   ``forge_llm_generate_s``, ``forge_llm_sandbox_s``, ``forge_llm_register_s``: its parts.
 
-``main`` merges the keys into ``benchmarks/out/results.json`` (``benchmarks.run``'s partial
-merge, so the other benchmarks' keys stay) and prints them.
+``benchmarks.run`` writes the keys into ``benchmarks/out/results.json`` with the others (a
+partial run merges them into the last full results).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
 import statistics
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -41,20 +38,23 @@ from pathlib import Path
 from typing import Any, Final
 
 from benchmarks.cleanup import delete_prefix_topics
-from benchmarks.report import evaluate_goals
-from foundation.settings import Settings, get_settings
+from foundation.settings import Settings
 from node_workers.forge.openapi import artifact_from_openapi, load_openapi_text
 from node_workers.forge.pipeline import ForgeResult, test_and_register
 from streams.admin import create_missing_topics
 from streams.topics import TopicCatalog
 
-__all__ = ["OPENAPI_SPEC", "main", "run_forge_llm_benchmark", "run_forge_openapi_benchmark"]
+__all__ = [
+    "OPENAPI_SPEC",
+    "run_forge_benchmark",
+    "run_forge_llm_benchmark",
+    "run_forge_openapi_benchmark",
+]
 
 OPENAPI_SPEC: Final = Path(__file__).with_name("forge_openapi_spec.yaml")
 OPENAPI_OPERATION: Final = "createOrder"
 ROUNDS: Final = {False: 3, True: 1}
 LLM_NODE: Final = "bench.line-total"
-OUT_FILE: Final = Path(__file__).parent / "out" / "results.json"
 
 
 def _progress(message: str) -> None:
@@ -161,46 +161,9 @@ BENCHMARKS: Final[dict[str, Callable[[Settings, bool], dict[str, float]]]] = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.forge_bench", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="one round instead of three")
-    parser.add_argument(
-        "--only", choices=sorted(BENCHMARKS), action="append", help="this forge only"
-    )
-    parser.add_argument("--out", type=Path, default=OUT_FILE, help="results JSON to merge into")
-    args = parser.parse_args(argv)
-    from benchmarks.run import _previous, describe_machine, merge_partial
-
-    settings = get_settings()
-    results: dict[str, Any] = {}
-    errors: dict[str, str] = {}
-    for name, run in BENCHMARKS.items():
-        if args.only and name not in args.only:
-            continue
-        try:
-            results |= run(settings, args.quick)
-        except Exception as exc:
-            logging.getLogger(__name__).exception("forge benchmark %s failed", name)
-            errors[f"forge_{name}"] = f"{type(exc).__name__}: {exc}"
-    meta = {
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "quick": args.quick,
-        "machine": describe_machine(settings),
-        "errors": errors,
-    }
-    merged = merge_partial(_previous(args.out), {**results, "meta": meta})
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(merged, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
-    for goal, value, met in evaluate_goals(results):
-        if met is not None:
-            print(f"goal {goal.key} {goal}: {value:.2f} -> {'met' if met else 'MISSED'}")
-    for name, error in errors.items():
-        print(f"ERROR in {name}: {error}", file=sys.stderr)
-    print(f"merged into {args.out}")
-    return 1 if errors else 0
-
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.WARNING)
-    sys.exit(main())
+def run_forge_benchmark(settings: Settings, quick: bool) -> dict[str, float]:
+    """Both forges, one after the other (``benchmarks.run``'s part ``forge``)."""
+    results: dict[str, float] = {}
+    for run in BENCHMARKS.values():
+        results |= run(settings, quick)
+    return results

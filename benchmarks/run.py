@@ -130,6 +130,7 @@ def run_all(
     skip_map: bool = False,
     skip_mutation: bool = False,
     skip_replay: bool = False,
+    skip_forge: bool = False,
     cluster: bool = False,
 ) -> dict[str, Any]:
     settings = get_settings()
@@ -156,6 +157,7 @@ def run_all(
         ("map", skip_map, "benchmarks.map_bench", "run_map_benchmark"),
         ("mutation", skip_mutation, "benchmarks.mutation_bench", "run_mutation_benchmark"),
         ("replay", skip_replay, "benchmarks.replay_bench", "run_replay_benchmark"),
+        ("forge", skip_forge, "benchmarks.forge_bench", "run_forge_benchmark"),
         # Scale-out (issue 15): its own three-broker cluster beside the local broker; minutes
         # long, so only with --cluster.
         ("scaling", not cluster, "benchmarks.scaling_bench", "run_scaling_benchmark"),
@@ -206,6 +208,7 @@ PARTS = (
     "map",
     "mutation",
     "replay",
+    "forge",
     "peer",
     "traces",
     "scaling",
@@ -244,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-map", action="store_true", help="do not run map_bench")
     parser.add_argument("--skip-mutation", action="store_true", help="do not run mutation_bench")
     parser.add_argument("--skip-replay", action="store_true", help="do not run replay_bench")
+    parser.add_argument("--skip-forge", action="store_true", help="do not run forge_bench")
     parser.add_argument(
         "--cluster",
         action="store_true",
@@ -276,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         skip_map=args.skip_map,
         skip_mutation=args.skip_mutation,
         skip_replay=args.skip_replay,
+        skip_forge=args.skip_forge,
         cluster=args.cluster,
     )
     if args.only:
