@@ -32,6 +32,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -83,6 +84,8 @@ _CACHE_SIZE: Final = 256
 _LOG_TAIL: Final = 1500
 # Left of the attempt's deadline for reading the answer after the sandbox ends.
 _MARGIN_S: Final = 1.0
+# How long an invocation of a version this worker has not read in the catalog yet waits for it.
+_CATALOG_WAIT_S: Final = 10.0
 
 
 class ArtifactParams(BaseModel):
@@ -302,9 +305,12 @@ class ArtifactVersionNode(Node[ArtifactParams, ArtifactOutput]):
         version: str,
         entry: NodeCatalogEntry | None,
         service: ArtifactService,
+        *,
         workflow_version: int | None = None,
+        lookup: Callable[[str], NodeCatalogEntry | None] | None = None,
     ) -> None:
         self.name = name
+        self.lookup = lookup
         self.version = version
         self.entry = entry
         self.service = service
@@ -314,8 +320,15 @@ class ArtifactVersionNode(Node[ArtifactParams, ArtifactOutput]):
         self.side_effects = bool(manifest.get("side_effects", False))
 
     async def execute(self, params: ArtifactParams, ctx: NodeContext) -> ArtifactOutput:
+        waited = 0.0
+        while self.entry is None and self.lookup is not None and waited < _CATALOG_WAIT_S:
+            # The scheduler dispatched a version it read in the catalog; this worker reads the
+            # same topic and is about to see it (observed: up to ~1 s behind).
+            await asyncio.sleep(0.1)
+            waited += 0.1
+            self.entry = self.lookup(self.version)
         if self.entry is None:
-            # Registered after this worker last read the catalog: a later attempt finds it.
+            # Still unknown: a later attempt (the step's retry policy) may find it.
             raise RetryableNodeError(
                 f"Expected {self.key} among the artifact versions this worker serves, but the "
                 "catalog it has read does not have it yet",
@@ -360,8 +373,13 @@ class ArtifactMajorNode(Node[ArtifactParams, ArtifactOutput]):
             version,
             self.versions.get(version),
             self.service,
-            invocation.workflow_version,
+            workflow_version=invocation.workflow_version,
+            lookup=self.entry_of,
         )
+
+    def entry_of(self, version: str) -> NodeCatalogEntry | None:
+        """The served entry of ``version`` now (``update`` replaces the map)."""
+        return self.versions.get(version)
 
     def set_concurrency(self, limit: int) -> None:
         self.service.set_parallel_runs(limit)

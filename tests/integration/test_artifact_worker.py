@@ -181,16 +181,16 @@ def test_artifacts_run_end_to_end_with_schemas_egress_and_policy(
         return h.wait(runs[case], timeout=120)
 
     run = finished("greet")
-    assert run.status == "succeeded", run
+    assert run.status == "succeeded", run.error
     assert run.outputs == {"result": {"greeting": "hello ada"}}
     assert h.steps(runs["greet"])["call"].node_version == "0.1.0"
     run = finished("greet2")
-    assert run.status == "succeeded", run
+    assert run.status == "succeeded", run.error
     assert run.outputs == {"result": {"greeting": "hi bob"}}
     assert h.steps(runs["greet2"])["call"].node_version == "0.2.0"
 
     run = finished("local")
-    assert run.status == "succeeded", run
+    assert run.status == "succeeded", run.error
     echo = run.outputs["result"]["echo"]
     assert (run.outputs["result"]["status"], echo["method"], echo["query"]) == (
         200,
@@ -228,3 +228,28 @@ def test_artifacts_run_end_to_end_with_schemas_egress_and_policy(
     assert published.digest in error["message"]
     for case in ("badinput", "badoutput", "undeclared", "writer", "tampered"):
         assert "StepRetryScheduled" not in [e.event_type for e in h.events(runs[case])]
+
+    # A node registered while the worker runs is picked up (its lanes restart with it), and so
+    # is a new version of a node already served (in place).
+    late = make_artifact(
+        "acme.late",
+        code="def run(input, ctx):\n    return {'greeting': 'late ' + input['name']}\n",
+        tests=None,
+    )
+    greet3 = make_artifact(
+        "acme.greet",
+        "0.3.0",
+        code="def run(input, ctx):\n    return {'greeting': 'v3 ' + input['name']}\n",
+        tests=None,
+    )
+    publish_artifact(settings, late)
+    publish_artifact(settings, greet3)
+    h.register(pinned("wf-late", "acme.late@0.1.0", {"name": "cy"}))
+    h.register(pinned("wf-greet3", "acme.greet@0.3.0", {"name": "di"}))
+    runs["late"], runs["greet3"] = h.start("wf-late"), h.start("wf-greet3")
+    run = finished("late")
+    assert run.status == "succeeded", run.error
+    assert run.outputs == {"result": {"greeting": "late cy"}}
+    run = finished("greet3")
+    assert run.status == "succeeded", run.error
+    assert run.outputs == {"result": {"greeting": "v3 di"}}

@@ -4,6 +4,7 @@ content-addressed store on a file store, the sandbox command's socket bind."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import errno
 import ipaddress
@@ -11,7 +12,7 @@ import json
 import re
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -31,6 +32,7 @@ from node_workers.artifacts.store import ArtifactDigestMismatchError, ArtifactSt
 from node_workers.artifacts.tests_runner import report_from_answer
 from node_workers.artifacts.worker import guest_error, schema_violation, served_versions
 from node_workers.egress.policy import EgressPolicy, parse_allow_entries
+from node_workers.errors import RetryableNodeError
 from node_workers.sandbox import SandboxConfig, SandboxJob, build_command, resource_limits
 from node_workers.sandbox.models import Limits
 from schemas.models import NodeCatalogEntry, NodeStatus
@@ -361,3 +363,41 @@ def test_the_egress_socket_is_bound_into_the_bubblewrap_sandbox(tmp_path: Path) 
     binds = [(command[i + 1], command[i + 2]) for i, a in enumerate(command) if a == "--bind"]
     assert (str(tmp_path / "egress.sock"), "/run/reflux/egress.sock") in binds
     assert "--share-net" not in command
+
+
+class _Service:
+    """Stands in for the sandbox: only the version lookup is under test here."""
+
+    async def run(
+        self, entry: NodeCatalogEntry, params: Any, ctx: Any, *, workflow_version: int | None
+    ) -> Any:
+        return {"version": entry.version, "workflow_version": workflow_version}
+
+
+def test_an_invoked_version_the_worker_has_not_read_yet_is_waited_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from node_workers.artifacts import worker
+    from node_workers.node import NodeContext
+
+    monkeypatch.setattr(worker, "_CATALOG_WAIT_S", 0.5)
+    service = cast(worker.ArtifactService, _Service())
+    major = worker.ArtifactMajorNode("acme.x", 1, service)
+    entry = _entry("1.1.0", NodeStatus.DRAFT, {"artifact": {"digest": "sha256:" + "d" * 64}})
+    ctx = NodeContext(invocation_id="i", run_id="r", step_id="s", attempt=1)
+
+    def node(version: str) -> worker.ArtifactVersionNode:
+        return worker.ArtifactVersionNode(
+            "acme.x", version, None, service, workflow_version=3, lookup=major.entry_of
+        )
+
+    async def arrives_late() -> Any:
+        task = asyncio.create_task(node("1.1.0").execute(worker.ArtifactParams(), ctx))
+        await asyncio.sleep(0.2)
+        major.update({"1.1.0": entry})  # the catalog follower caught up
+        return await task
+
+    assert asyncio.run(arrives_late()).root == {"version": "1.1.0", "workflow_version": 3}
+    with pytest.raises(RetryableNodeError) as unknown:
+        asyncio.run(node("1.2.0").execute(worker.ArtifactParams(), ctx))
+    assert unknown.value.error_class == "ArtifactNotServed"
