@@ -32,6 +32,7 @@ from foundation.errors import NonRetryableError
 from foundation.settings import Settings
 from foundation.tenancy import DEFAULT_TENANT
 from node_workers.registry import NodeRegistry, default_registry
+from processors.replay.artifacts import UnservedPinError, pinned_artifacts
 from processors.replay.fold import (
     FoldReplay,
     FoldSink,
@@ -574,8 +575,28 @@ class ShadowReplay:
         ``progress(done, total)`` is called as candidate runs finish."""
         self._check(candidate, policy)
         began = time.monotonic()
-        if not run_ids:
-            return []
+        # Pins no compiled node serves: catalogued artifact versions (a forge draft), served by
+        # the artifact worker's code path for this round (processors/replay/artifacts.py).
+        try:
+            pinned = pinned_artifacts(self.settings, self.nodes, candidate.node_pins)
+        except UnservedPinError as exc:
+            raise ReplayError(str(exc)) from exc
+        try:
+            if not run_ids:
+                return []
+            pinned.preload()
+            return self._run_round(run_ids, candidate, policy, pinned.registry(self.nodes), began)
+        finally:
+            pinned.close()
+
+    def _run_round(
+        self,
+        run_ids: Sequence[str],
+        candidate: Candidate,
+        policy: EffectPolicy,
+        nodes: NodeRegistry,
+        began: float,
+    ) -> list[ReplayPair]:
         settings, shadow_schema = self._new_round()
         with psycopg.connect(self.settings.postgres_dsn, autocommit=True) as conn:
             # Each run's RunStarted (inputs, version, definition) and whether it finished: the
@@ -605,7 +626,7 @@ class ShadowReplay:
         records = RecordedResults()
         served = self.served = ServedLog()
         registry = shadow_registry(
-            self.nodes, records, served, modes=policy.per_node, stubs=policy.stubs
+            nodes, records, served, modes=policy.per_node, stubs=policy.stubs
         )
         parsed = parse_workflow(definition)
         starts = [
@@ -921,14 +942,8 @@ class ShadowReplay:
             raise ReplayError(
                 "candidate: expected a workflow_version or a definition, but got neither"
             )
-        served = {node.name: node for node in self.nodes}
-        for name, version in candidate.node_pins.items():
-            node = served.get(name)
-            if node is None or all(n.version != version for n in self.nodes if n.name == name):
-                raise ReplayError(
-                    f"candidate.node_pins.{name}: expected a version the shadow workers serve "
-                    f"({sorted(n.key for n in self.nodes if n.name == name)}), but got {version!r}"
-                )
+        # Pins are checked against the compiled nodes and the node catalog's artifact versions
+        # when the round starts (pinned_artifacts).
         for name, mode in policy.per_node.items():
             if mode not in ("record", "stub", "skip", "live"):
                 raise ReplayError(
