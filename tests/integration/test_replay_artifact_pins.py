@@ -249,14 +249,15 @@ def test_a_draft_artifact_replaces_a_built_in_step_through_a_replace_node_mutati
             type=GraphMutationType.REPLACE_NODE, step_id="shape", data={"node": "acme.double@0.1.0"}
         ),
     )
-    with ShadowReplay(h.settings, "swap", schema=h.schema) as shadow:
-        pairs = shadow.run(
-            runs,
-            Candidate(definition=swapped.to_json_dict(), node_pins={"acme.double": "0.1.0"}),
-        )
-    report = build_report(pairs)[0]
-    assert report["outcomes"]["both_succeeded"] == RUNS
-    for qty, pair in enumerate(pairs):
-        assert pair.original.outputs == {"result": qty}
-        assert pair.candidate.outputs == {"result": 2 * qty}
-        assert pair.candidate.steps["shape"].served == "executed"
+    candidate = Candidate(definition=swapped.to_json_dict(), node_pins={"acme.double": "0.1.0"})
+    # Both replay modes: folded in this process, and a shadow engine whose workers serve it.
+    for mode in ("fold", "engine"):
+        with ShadowReplay(h.settings, f"swap_{mode}", schema=h.schema, mode=mode) as shadow:
+            pairs = shadow.run(runs, candidate)
+            assert shadow.last_mode == mode
+        report = build_report(pairs)[0]
+        assert report["outcomes"]["both_succeeded"] == RUNS, (mode, report)
+        for qty, pair in enumerate(pairs):
+            assert pair.original.outputs == {"result": qty}
+            assert pair.candidate.outputs == {"result": 2 * qty}, (mode, pair)
+            assert pair.candidate.steps["shape"].served == "executed"
