@@ -460,7 +460,9 @@ class ShadowReplay:
     """Context manager; :meth:`close` removes the shadow topics, groups, schema, cache keys.
 
     ``schema``: the production read models' Postgres schema (where recorded runs are read);
-    ``nodes``: the node versions the shadow workers serve (default: the built-in ones)."""
+    ``nodes``: the node versions the shadow workers serve (default: the built-in ones); a
+    candidate's pins to catalogued artifact versions are served besides them, per round
+    (:mod:`processors.replay.artifacts`)."""
 
     def __init__(
         self,
