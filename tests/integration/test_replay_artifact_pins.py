@@ -24,7 +24,7 @@ from foundation.settings import PROJECT_ROOT
 from node_workers.artifacts.publish import publish_artifact
 from processors.replay.report import build_report
 from processors.replay.shadow import Candidate, EffectPolicy, ReplayError, ShadowReplay
-from schemas.models import GraphMutation, GraphMutationType
+from schemas.models import GraphMutation
 from tests.integration.engine_fixtures import Harness, HarnessFactory, api_client, transform
 from tests.support.artifacts import make_artifact
 from tests.support.waiting import eventually
@@ -243,12 +243,48 @@ def test_a_draft_artifact_replaces_a_built_in_step_through_a_replace_node_mutati
             description=f"doubles {tag}",
         ),
     )
-    swapped = apply_mutation(
-        parse_workflow(doubles),
-        GraphMutation(
-            type=GraphMutationType.REPLACE_NODE, step_id="shape", data={"node": "acme.double@0.1.0"}
-        ),
-    )
+    replace_node = {
+        "type": "replace_node",
+        "step_id": "shape",
+        "data": {"node": "acme.double@0.1.0"},
+    }
+    swapped = apply_mutation(parse_workflow(doubles), GraphMutation.model_validate(replace_node))
+    # The API: a proposal carrying the replace_node change, replayed with the draft pinned.
+    with api_client(h) as api:
+        proposed = api.post(
+            "/v1/mutations",
+            json={
+                "workflow_id": "doubles",
+                "changes": [replace_node],
+                "rationale": "the forged draft instead of the transform",
+                "wait_ms": 20_000,
+            },
+        )
+        assert proposed.status_code == 200, proposed.text
+        mutation_id = proposed.json()["mutation_id"]
+        created = api.post(
+            "/v1/replays",
+            json={
+                "workflow_id": "doubles",
+                "selection": {"workflow_version": 1, "sample_size": RUNS},
+                "candidate": {"mutation_id": mutation_id, "node_pins": {"acme.double": "0.1.0"}},
+            },
+        )
+        assert created.status_code == 202, created.text
+        replay_id = created.json()["replay_id"]
+        replay = eventually(
+            lambda: api.get(f"/v1/replays/{replay_id}").json(),
+            180,
+            f"replay {replay_id} to finish",
+            until=lambda body: body["status"] in {"completed", "failed"},
+        )
+    assert replay["status"] == "completed", replay
+    assert replay["report"]["outcomes"]["both_succeeded"] == RUNS
+    for run in replay["runs"]:
+        qty = runs.index(run["original"]["run_id"])
+        expected = [{"path": "$.result", "op": "changed", "original": qty, "candidate": 2 * qty}]
+        assert run["output_diff"] == (expected if qty else []), run
+
     candidate = Candidate(definition=swapped.to_json_dict(), node_pins={"acme.double": "0.1.0"})
     # Both replay modes: folded in this process, and a shadow engine whose workers serve it.
     for mode in ("fold", "engine"):
