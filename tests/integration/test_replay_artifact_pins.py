@@ -4,8 +4,9 @@ Production (a test engine on the real services) records runs of a workflow whose
 artifact ``acme.quote@0.1.0``, served by ``reflux worker --artifacts``. Drafts of the node are
 then published and replayed against those runs with ``node_pins`` -- through ``POST
 /v1/replays`` (the runner in the engine) and through :class:`ShadowReplay` (what the runner
-calls). Every draft gives outputs that only its own code computes, so a replay that did not run
-the draft's code in the sandbox cannot pass.
+calls). The drafts that differ give outputs only their own code computes (and the equal one is
+counted as executed), so a replay that did not run the draft's code in the sandbox cannot pass.
+A draft of another name replaces a built-in step through a ``replace_node`` proposal.
 """
 
 from __future__ import annotations
