@@ -287,11 +287,15 @@ def test_a_draft_artifact_replaces_a_built_in_step_through_a_replace_node_mutati
         assert run["output_diff"] == (expected if qty else []), run
 
     candidate = Candidate(definition=swapped.to_json_dict(), node_pins={"acme.double": "0.1.0"})
-    # Both replay modes: folded in this process, and a shadow engine whose workers serve it.
+    # Both replay modes: folded in two forked processes (the artifact was fetched before the
+    # fork), and a shadow engine whose workers serve it.
     for mode in ("fold", "engine"):
-        with ShadowReplay(h.settings, f"swap_{mode}", schema=h.schema, mode=mode) as shadow:
+        with ShadowReplay(
+            h.settings, f"swap_{mode}", schema=h.schema, mode=mode, processes=2
+        ) as shadow:
             pairs = shadow.run(runs, candidate)
             assert shadow.last_mode == mode
+            assert shadow.last_processes == (2 if mode == "fold" else 0)
         report = build_report(pairs)[0]
         assert report["outcomes"]["both_succeeded"] == RUNS, (mode, report)
         for qty, pair in enumerate(pairs):
