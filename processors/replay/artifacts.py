@@ -20,6 +20,7 @@ from typing import Any
 
 from foundation.errors import NonRetryableError
 from foundation.settings import Settings
+from foundation.tenancy import PLATFORM_TENANT
 from node_workers.artifacts.publish import manifest_digest
 from node_workers.artifacts.worker import ArtifactService, ArtifactVersionNode
 from node_workers.node import AnyNode
@@ -104,25 +105,33 @@ class PinnedArtifacts:
 
 
 def pinned_artifacts(
-    settings: Settings, nodes: NodeRegistry, pins: Mapping[str, str]
+    settings: Settings,
+    nodes: NodeRegistry,
+    pins: Mapping[str, str],
+    *,
+    tenant: str | None = None,
 ) -> PinnedArtifacts:
     """The catalogued artifact versions serving the pins ``nodes`` does not serve; raises
     :class:`UnservedPinError` (naming the pin and what is served) for a pin nothing serves.
-    Reads the catalog only when some pin needs it."""
+    ``tenant``: the recorded runs' tenant; only its artifacts and the platform's are served
+    (what the API lets that tenant see and use). Reads the catalog only when a pin needs it."""
     wanted = unserved_pins(nodes, pins)
     if not wanted:
         return PinnedArtifacts({}, None)
-    catalog = read_catalog_entries(settings, TopicCatalog.from_settings(settings))
+    visible = None if tenant is None else {tenant, PLATFORM_TENANT}
+    entries = read_catalog_entries(settings, TopicCatalog.from_settings(settings))
+    catalog = {
+        key: entry
+        for key, entry in entries.items()
+        if manifest_digest(entry.manifest) is not None
+        and (visible is None or entry.tenant in visible)
+    }
     found: dict[str, NodeCatalogEntry] = {}
     for name, version in sorted(wanted.items()):
         entry = catalog.get(f"{name}@{version}")
-        if entry is None or manifest_digest(entry.manifest) is None:
+        if entry is None:
             compiled = sorted(node.key for node in nodes if node.name == name)
-            artifacts = sorted(
-                key
-                for key, e in catalog.items()
-                if e.name == name and manifest_digest(e.manifest) is not None
-            )
+            artifacts = sorted(key for key, e in catalog.items() if e.name == name)
             raise UnservedPinError(
                 f"candidate.node_pins.{name}: expected a version the shadow workers serve "
                 f"({compiled}) or an artifact version in the node catalog ({artifacts}), but "

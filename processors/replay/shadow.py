@@ -32,7 +32,7 @@ from foundation.errors import NonRetryableError
 from foundation.settings import Settings
 from foundation.tenancy import DEFAULT_TENANT
 from node_workers.registry import NodeRegistry, default_registry
-from processors.replay.artifacts import UnservedPinError, pinned_artifacts
+from processors.replay.artifacts import UnservedPinError, pinned_artifacts, unserved_pins
 from processors.replay.fold import (
     FoldReplay,
     FoldSink,
@@ -579,8 +579,14 @@ class ShadowReplay:
         began = time.monotonic()
         # Pins no compiled node serves: catalogued artifact versions (a forge draft), served by
         # the artifact worker's code path for this round (processors/replay/artifacts.py).
+        tenant = None
+        if run_ids and unserved_pins(self.nodes, candidate.node_pins):
+            # Served only from the recorded runs' tenant's artifacts and the platform's.
+            with psycopg.connect(self.settings.postgres_dsn, autocommit=True) as conn:
+                head = load_run_heads(conn, self.schema, run_ids[:1])[run_ids[0]]
+            tenant = head.tenant if head is not None else None
         try:
-            pinned = pinned_artifacts(self.settings, self.nodes, candidate.node_pins)
+            pinned = pinned_artifacts(self.settings, self.nodes, candidate.node_pins, tenant=tenant)
         except UnservedPinError as exc:
             raise ReplayError(str(exc)) from exc
         try:

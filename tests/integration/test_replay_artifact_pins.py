@@ -175,6 +175,12 @@ def test_a_draft_artifact_is_replayed_against_the_version_it_would_replace(
     with ShadowReplay(settings, "artpins", schema=h.schema) as shadow:
         with pytest.raises(ReplayError, match=r"candidate\.node_pins\.acme\.quote: .*0\.9\.0"):
             shadow.run(runs, Candidate(workflow_version=1, node_pins={"acme.quote": "0.9.0"}))
+        # Another tenant's artifact is not served to the recorded runs' tenant.
+        publish_artifact(
+            settings, quote("0.6.0", "    return {'price': 0}", tag), tenant="othertenant"
+        )
+        with pytest.raises(ReplayError, match=r"candidate\.node_pins\.acme\.quote: .*0\.6\.0"):
+            shadow.run(runs, Candidate(workflow_version=1, node_pins={"acme.quote": "0.6.0"}))
 
         def replay_with(version: str, policy: EffectPolicy | None = None) -> Any:
             pairs = shadow.run(
