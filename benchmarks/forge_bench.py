@@ -75,34 +75,49 @@ def forge_openapi_once(settings: Settings, document: dict[str, Any], version: st
     return test_and_register(settings, artifact, generate_s=time.monotonic() - started)
 
 
-def run_forge_openapi_benchmark(settings: Settings, quick: bool) -> dict[str, float]:
-    own = bench_settings(settings)
-    try:
-        document = load_openapi_text(OPENAPI_SPEC.read_text())
-        warm = forge_openapi_once(own, document, "0.0.1")
-        _progress(f"warm-up: {warm.timings.total_s:.2f}s ({len(warm.report.tests)} tests)")
-        rounds: list[ForgeResult] = []
-        for i in range(ROUNDS[quick]):
-            result = forge_openapi_once(own, document, f"1.0.{i}")
-            t = result.timings
-            _progress(
-                f"round {i + 1}/{ROUNDS[quick]}: total {t.total_s:.2f}s = generate "
-                f"{t.generate_s:.3f}s + sandbox {t.sandbox_s:.2f}s (+ setup) + register "
-                f"{t.register_s:.2f}s; {len(result.report.tests)} tests passed"
-            )
-            rounds.append(result)
-    finally:
-        delete_prefix_topics(own, timeout=30)
+def _timed(
+    key: str, label: str, once: Callable[[str], ForgeResult], quick: bool
+) -> dict[str, float]:
+    """A warm-up (the sandbox's first start pays for image and page cache), then the rounds,
+    each a new version; the median round's total and its parts under ``key``."""
+    warm = once("0.0.1")
+    _progress(f"{label} warm-up: {warm.timings.total_s:.2f}s ({len(warm.report.tests)} tests)")
+    rounds: list[ForgeResult] = []
+    for i in range(ROUNDS[quick]):
+        result = once(f"1.0.{i}")
+        t = result.timings
+        _progress(
+            f"{label} round {i + 1}/{ROUNDS[quick]}: total {t.total_s:.2f}s = generate "
+            f"{t.generate_s:.3f}s + sandbox {t.sandbox_s:.2f}s (+ setup) + register "
+            f"{t.register_s:.2f}s; {len(result.report.tests)} tests passed"
+        )
+        rounds.append(result)
     median = statistics.median_low([r.timings.total_s for r in rounds])
     middle = next(r.timings for r in rounds if r.timings.total_s == median)
     return {
-        "forge_openapi_s": round(median, 3),
-        "forge_openapi_sandbox_share": round(middle.sandbox_s / middle.total_s, 3),
-        "forge_openapi_generate_s": middle.generate_s,
-        "forge_openapi_sandbox_s": middle.sandbox_s,
-        "forge_openapi_register_s": middle.register_s,
-        "forge_openapi_tests": float(len(rounds[0].report.tests)),
+        f"{key}_s": round(median, 3),
+        f"{key}_sandbox_share": round(middle.sandbox_s / middle.total_s, 3),
+        f"{key}_generate_s": middle.generate_s,
+        f"{key}_sandbox_s": middle.sandbox_s,
+        f"{key}_register_s": middle.register_s,
     }
+
+
+def run_forge_openapi_benchmark(settings: Settings, quick: bool) -> dict[str, float]:
+    own = bench_settings(settings)
+    document = load_openapi_text(OPENAPI_SPEC.read_text())
+    tests: list[int] = []
+
+    def once(version: str) -> ForgeResult:
+        result = forge_openapi_once(own, document, version)
+        tests.append(len(result.report.tests))
+        return result
+
+    try:
+        metrics = _timed("forge_openapi", "openapi", once, quick)
+    finally:
+        delete_prefix_topics(own, timeout=30)
+    return {**metrics, "forge_openapi_tests": float(tests[-1])}
 
 
 def forge_llm_once(settings: Settings, server: Any, version: str) -> ForgeResult:
@@ -129,30 +144,12 @@ def run_forge_llm_benchmark(settings: Settings, quick: bool) -> dict[str, float]
     own = bench_settings(settings)
     try:
         with serve_openai() as server:
-            warm = forge_llm_once(own, server, "0.0.1")
-            _progress(f"llm warm-up: {warm.timings.total_s:.2f}s (2 rounds)")
-            rounds: list[ForgeResult] = []
-            for i in range(ROUNDS[quick]):
-                result = forge_llm_once(own, server, f"1.0.{i}")
-                t = result.timings
-                _progress(
-                    f"llm round {i + 1}/{ROUNDS[quick]}: total {t.total_s:.2f}s = model "
-                    f"{t.generate_s:.3f}s + sandbox {t.sandbox_s:.2f}s (2 test runs) "
-                    f"+ register {t.register_s:.2f}s"
-                )
-                rounds.append(result)
+            metrics = _timed(
+                "forge_llm", "llm", lambda version: forge_llm_once(own, server, version), quick
+            )
     finally:
         delete_prefix_topics(own, timeout=30)
-    median = statistics.median_low([r.timings.total_s for r in rounds])
-    middle = next(r.timings for r in rounds if r.timings.total_s == median)
-    return {
-        "forge_llm_s": round(median, 3),
-        "forge_llm_sandbox_share": round(middle.sandbox_s / middle.total_s, 3),
-        "forge_llm_generate_s": middle.generate_s,
-        "forge_llm_sandbox_s": middle.sandbox_s,
-        "forge_llm_register_s": middle.register_s,
-        "forge_llm_rounds": 2.0,
-    }
+    return {**metrics, "forge_llm_rounds": 2.0}
 
 
 BENCHMARKS: Final[dict[str, Callable[[Settings, bool], dict[str, float]]]] = {

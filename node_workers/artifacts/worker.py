@@ -44,6 +44,7 @@ from pydantic import BaseModel, ConfigDict, RootModel
 
 from foundation.errors import RefluxError
 from foundation.settings import Settings
+from foundation.tenancy import DEFAULT_TENANT
 from node_workers.artifacts.bundle import NodeArtifact
 from node_workers.artifacts.egress_proxy import EgressProxy
 from node_workers.artifacts.execution import ArtifactSandbox, EgressFactory, GuestRun
@@ -333,6 +334,14 @@ class ArtifactVersionNode(Node[ArtifactParams, ArtifactOutput]):
                 f"Expected {self.key} among the artifact versions this worker serves, but the "
                 "catalog it has read does not have it yet",
                 error_class="ArtifactNotServed",
+            )
+        if self.entry.tenant not in (DEFAULT_TENANT, ctx.tenant):
+            # The scheduler resolves only versions the run's tenant may use; a worker that
+            # serves every tenant's artifacts checks again rather than trust the invocation.
+            raise NonRetryableNodeError(
+                f"Expected a version of tenant {ctx.tenant!r} or the platform's, but {self.key} "
+                f"belongs to tenant {self.entry.tenant!r}",
+                error_class="NodeVersionUnavailable",
             )
         output = await self.service.run(
             self.entry,

@@ -32,7 +32,7 @@ from node_workers.artifacts.store import ArtifactDigestMismatchError, ArtifactSt
 from node_workers.artifacts.tests_runner import report_from_answer
 from node_workers.artifacts.worker import guest_error, schema_violation, served_versions
 from node_workers.egress.policy import EgressPolicy, parse_allow_entries
-from node_workers.errors import RetryableNodeError
+from node_workers.errors import NonRetryableNodeError, RetryableNodeError
 from node_workers.sandbox import SandboxConfig, SandboxJob, build_command, resource_limits
 from node_workers.sandbox.models import Limits
 from schemas.models import NodeCatalogEntry, NodeStatus
@@ -401,3 +401,25 @@ def test_an_invoked_version_the_worker_has_not_read_yet_is_waited_for(
     with pytest.raises(RetryableNodeError) as unknown:
         asyncio.run(node("1.2.0").execute(worker.ArtifactParams(), ctx))
     assert unknown.value.error_class == "ArtifactNotServed"
+
+
+def test_a_version_of_another_tenant_is_refused_by_the_worker_too() -> None:
+    from node_workers.artifacts import worker
+    from node_workers.node import NodeContext
+
+    service = cast(worker.ArtifactService, _Service())
+    digest = {"artifact": {"digest": "sha256:" + "e" * 64}}
+    acme = _entry("1.0.0", NodeStatus.DRAFT, digest).model_copy(update={"tenant": "acme"})
+    platform = _entry("1.0.0", NodeStatus.DRAFT, digest)
+
+    def execute(entry: NodeCatalogEntry, tenant: str) -> Any:
+        node = worker.ArtifactVersionNode("acme.x", "1.0.0", entry, service)
+        ctx = NodeContext(invocation_id="i", run_id="r", step_id="s", attempt=1, tenant=tenant)
+        return asyncio.run(node.execute(worker.ArtifactParams(), ctx)).root
+
+    assert execute(acme, "acme")["version"] == "1.0.0"
+    assert execute(platform, "beta")["version"] == "1.0.0"
+    with pytest.raises(NonRetryableNodeError) as refused:
+        execute(acme, "beta")
+    assert refused.value.error_class == "NodeVersionUnavailable"
+    assert "belongs to tenant 'acme'" in str(refused.value)

@@ -162,16 +162,22 @@ class Context:
         data: bytes | str | Mapping[str, Any] | None = None,
         timeout: float = 10.0,
     ) -> Response:
-        method = method.upper()
-        full = build_url(url, params)
         sent = dict(headers or {})
-        body = encode_body(sent, json, data)
-        self.requests.append({"method": method, "url": full, "headers": sent, "body": body})
-        return self._send(method, full, sent, body, timeout)
+        request = {
+            "method": method.upper(),
+            "url": build_url(url, params),
+            "headers": sent,
+            "body": encode_body(sent, json, data),
+            "params": dict(params or {}),
+            "json": json,
+        }
+        self.requests.append(request)
+        return self._send(request, timeout)
 
-    def _send(
-        self, method: str, url: str, headers: dict[str, str], body: bytes | None, timeout: float
-    ) -> Response:
+    def _send(self, request: dict[str, Any], timeout: float) -> Response:
+        """Sends a recorded request through the egress proxy (``testing`` answers it itself)."""
+        method, url = request["method"], request["url"]
+        headers, body = request["headers"], request["body"]
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise NodeFailure(

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from . import Context, Response, build_url, encode_body
+from . import Context, Response
 
 __all__ = ["FakeContext", "fake_context"]
 
@@ -41,32 +41,10 @@ class FakeContext(Context):
         super().__init__(secrets, egress_socket=None, log_stream=sys.stderr)
         self._responses = responses
 
-    def http(
-        self,
-        method: str,
-        url: str,
-        *,
-        headers: Mapping[str, str] | None = None,
-        params: Mapping[str, Any] | None = None,
-        json: Any = None,
-        data: bytes | str | Mapping[str, Any] | None = None,
-        timeout: float = 10.0,
-    ) -> Response:
-        method = method.upper()
-        full = build_url(url, params)
-        sent = dict(headers or {})
-        body = encode_body(sent, json, data)
-        request = {
-            "method": method,
-            "url": full,
-            "headers": sent,
-            "body": body,
-            "params": dict(params or {}),
-            "json": json,
-        }
-        self.requests.append(request)
-        parts = urlsplit(full)
-        key = f"{method} {urlunsplit((parts.scheme, parts.netloc, parts.path, '', ''))}"
+    def _send(self, request: dict[str, Any], timeout: float) -> Response:
+        parts = urlsplit(request["url"])
+        base = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+        key = f"{request['method']} {base}"
         responses = self._responses
         if callable(responses):
             answer = responses(request)
