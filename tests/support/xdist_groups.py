@@ -25,6 +25,7 @@ GROUP_OF_FILE: dict[str, str] = {
     "tests/integration/test_artifact_worker.py": SANDBOXES,
     "tests/integration/test_forge_openapi.py": SANDBOXES,
     "tests/integration/test_forge_llm.py": SANDBOXES,
+    "tests/integration/test_replay_artifact_pins.py": SANDBOXES,
 }
 
 
