@@ -7,10 +7,7 @@ service (127.0.0.1) is opened by the operator's allow list, as http.request need
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -18,12 +15,12 @@ from typing import Any
 import pytest
 
 from foundation.objectstore import S3BlobStore
-from foundation.settings import PROJECT_ROOT
 from node_workers.artifacts.bundle import artifact_bytes, artifact_key
 from node_workers.artifacts.publish import publish_artifact
 from tests.integration.engine_fixtures import Harness, HarnessFactory, api_client
 from tests.integration.http_fixtures import HttpTestServer
 from tests.support.artifacts import make_artifact
+from tests.support.processes import ArtifactWorkers
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -54,34 +51,12 @@ def artifact_worker(
     harness = engine_harness(client_id="artifacts-e2e")
     settings = harness.settings
     port = int(http.url.rsplit(":", 1)[1].split("/", 1)[0])
-    env = {
-        **os.environ,
-        "REFLUX_TOPIC_PREFIX": settings.topic_prefix,
-        "REFLUX_DEFAULT_PARTITIONS": str(settings.default_partitions),
-        # The operator opens the local test service (loopback is denied by default).
-        "REFLUX_EGRESS_ALLOW": json.dumps([f"127.0.0.1:{port}"]),
-    }
-    processes: list[subprocess.Popen[str]] = []
-
-    def start() -> subprocess.Popen[str]:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "reflux.cli", "worker", "--artifacts", "--client-id", "art"],
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        processes.append(process)
-        return process
-
+    # The operator opens the local test service (loopback is denied by default).
+    workers = ArtifactWorkers(settings, {"REFLUX_EGRESS_ALLOW": json.dumps([f"127.0.0.1:{port}"])})
     try:
-        yield harness, start
+        yield harness, workers.start
     finally:
-        for process in processes:
-            process.send_signal(signal.SIGTERM)
-            output, _ = process.communicate(timeout=60)
-            print(output[-20_000:])
+        workers.stop_all()
 
 
 def test_artifacts_run_end_to_end_with_schemas_egress_and_policy(

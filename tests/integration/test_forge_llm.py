@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import uuid
@@ -33,6 +32,7 @@ from tests.support.forge_answers import (
     WRONG_CODE,
     answer,
 )
+from tests.support.processes import ArtifactWorkers
 from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -58,26 +58,11 @@ def forge_env(settings: Settings, server: OpenAITestServer) -> dict[str, str]:
 def artifact_worker(engine_harness: HarnessFactory) -> Iterator[tuple[Harness, Any]]:
     """The engine (built-in nodes) and a generic artifact worker process beside it."""
     harness = engine_harness(client_id="forge-llm-e2e")
-    settings = harness.settings
-    env = {
-        **os.environ,
-        "REFLUX_TOPIC_PREFIX": settings.topic_prefix,
-        "REFLUX_DEFAULT_PARTITIONS": str(settings.default_partitions),
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "reflux.cli", "worker", "--artifacts", "--client-id", "forge-e2e"],
-        cwd=PROJECT_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    workers = ArtifactWorkers(harness.settings)
     try:
-        yield harness, process
+        yield harness, workers.start("forge-e2e")
     finally:
-        process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=30)
-        print(output)
+        workers.stop_all()
 
 
 def test_a_described_node_fails_then_passes_after_feedback_and_runs_in_a_workflow(

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import signal
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,12 +20,12 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from foundation.settings import PROJECT_ROOT
 from reflux.cli import main
 from tests.integration.engine_fixtures import Harness, HarnessFactory, api_client
 from tests.integration.http_fixtures import HttpTestServer
 from tests.integration.test_catalog import Env, env  # noqa: F401  # the catalog API fixture
 from tests.integration.test_cli_client import api_url  # noqa: F401  # a real API server
+from tests.support.processes import ArtifactWorkers
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -204,27 +201,14 @@ def forge_engine(
     grant = {"workflow": "forge-prices", "versions": [1]}
     grants = {"PRICES_API_KEY": {"hosts": [service], "grants": [grant]}}
     (secrets_dir / "grants.yaml").write_text(yaml.safe_dump(grants))
-    worker_env = {
-        **os.environ,
-        "REFLUX_TOPIC_PREFIX": settings.topic_prefix,
-        "REFLUX_DEFAULT_PARTITIONS": str(settings.default_partitions),
-        "REFLUX_EGRESS_ALLOW": json.dumps([service]),
-        "REFLUX_SECRETS_DIR": str(secrets_dir),
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "reflux.cli", "worker", "--artifacts", "--client-id", "forge"],
-        cwd=PROJECT_ROOT,
-        env=worker_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    workers = ArtifactWorkers(
+        settings,
+        {"REFLUX_EGRESS_ALLOW": json.dumps([service]), "REFLUX_SECRETS_DIR": str(secrets_dir)},
     )
     try:
-        yield harness, process
+        yield harness, workers.start("forge")
     finally:
-        process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=60)
-        print(output[-20_000:])
+        workers.stop_all()
 
 
 def test_a_forged_node_is_promoted_and_called_by_a_run(

@@ -11,23 +11,20 @@ A draft of another name replaces a built-in step through a ``replace_node`` prop
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
-from foundation.settings import PROJECT_ROOT
 from node_workers.artifacts.publish import publish_artifact
 from processors.replay.report import build_report
 from processors.replay.shadow import Candidate, EffectPolicy, ReplayError, ShadowReplay
 from schemas.models import GraphMutation
 from tests.integration.engine_fixtures import Harness, HarnessFactory, api_client, transform
 from tests.support.artifacts import make_artifact
+from tests.support.processes import ArtifactWorkers
 from tests.support.waiting import eventually
 from workflows import parse_workflow
 from workflows.mutations import apply_mutation
@@ -73,26 +70,11 @@ def quotes_flow(workflow_id: str) -> dict[str, Any]:
 def production(engine_harness: HarnessFactory) -> Iterator[tuple[Harness, subprocess.Popen[str]]]:
     """The engine, and a ``reflux worker --artifacts`` process serving its artifacts."""
     harness = engine_harness(client_id="replay-artifacts")
-    settings = harness.settings
-    env = {
-        **os.environ,
-        "REFLUX_TOPIC_PREFIX": settings.topic_prefix,
-        "REFLUX_DEFAULT_PARTITIONS": str(settings.default_partitions),
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "reflux.cli", "worker", "--artifacts", "--client-id", "art"],
-        cwd=PROJECT_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    workers = ArtifactWorkers(harness.settings)
     try:
-        yield harness, process
+        yield harness, workers.start("art")
     finally:
-        process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=60)
-        print(output[-20_000:])
+        workers.stop_all()
 
 
 def record(

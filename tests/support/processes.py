@@ -22,7 +22,7 @@ from foundation.settings import Settings
 from reflux.processes import children_of, component_env
 from tests.support.waiting import eventually
 
-__all__ = ["Component", "component_env", "wait_for"]
+__all__ = ["ArtifactWorkers", "Component", "component_env", "wait_for"]
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -153,3 +153,36 @@ def supervised_engine(name: str, settings: Settings, logs: Path, schema: str) ->
             supervised=True,
         ),
     ]
+
+
+class ArtifactWorkers:
+    """Starts ``reflux worker --artifacts`` processes on ``settings``' topics (with ``env``
+    added) and, on :meth:`stop_all`, ends them with SIGTERM and prints the tail of their output
+    (pytest shows it for a failed test)."""
+
+    def __init__(self, settings: Settings, env: Mapping[str, str] | None = None) -> None:
+        self.env = {
+            **os.environ,
+            "REFLUX_TOPIC_PREFIX": settings.topic_prefix,
+            "REFLUX_DEFAULT_PARTITIONS": str(settings.default_partitions),
+            **(env or {}),
+        }
+        self.started: list[subprocess.Popen[str]] = []
+
+    def start(self, client_id: str = "artifacts") -> subprocess.Popen[str]:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "reflux.cli", "worker", "--artifacts", "--client-id", client_id],
+            cwd=ROOT,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.started.append(process)
+        return process
+
+    def stop_all(self) -> None:
+        for process in self.started:
+            process.send_signal(signal.SIGTERM)
+            output, _ = process.communicate(timeout=60)
+            print(output[-20_000:])
