@@ -14,9 +14,11 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Response
+from psycopg_pool import ConnectionPool
 from starlette.concurrency import run_in_threadpool
 
 from api.auth.guard import PrincipalDep
+from api.config import ApiSettings
 from api.deps import ApiSettingsDep, PoolDep, SettingsDep
 from api.errors import ConflictError, FieldIssue, RequestInvalidError, UnavailableError
 from api.models.common import errors
@@ -102,11 +104,26 @@ def forged_public(result: ForgeResult, warnings: list[str]) -> ForgedNodePublic:
     )
 
 
-def refused(exc: ForgeRefused) -> RequestInvalidError:
-    """422 naming each failing test (``tests.<name>``), or the sandbox's reason."""
+def refused(exc: ForgeRefused, *, reason_at: str | None = None) -> RequestInvalidError:
+    """422 naming each failing test (``tests.<name>``), after the reason at ``reason_at`` when
+    given; the reason at ``tests`` when no test failed (a sandbox policy)."""
     failing = [t for t in exc.report.tests if not t.passed]
     issues = [FieldIssue(f"tests.{t.name}", t.message, exc.error_class) for t in failing]
+    if reason_at is not None:
+        issues.insert(0, FieldIssue(reason_at, str(exc), exc.error_class))
     return RequestInvalidError(issues or [FieldIssue("tests", str(exc), exc.error_class)])
+
+
+async def _visible(
+    pool: ConnectionPool[Any], api: ApiSettings, name: str, version: str, wait_ms: int
+) -> None:
+    """Returns once the catalog's read model shows ``name@version`` (or ``wait_ms`` passed), so a
+    promote right after is judged against it."""
+
+    async def projected() -> bool | None:
+        return True if await _version_row(pool, api, name, version) is not None else None
+
+    await poll_until(projected, wait_ms, api.poll_interval_s)
 
 
 @router.post(
@@ -146,19 +163,14 @@ async def forge_openapi(
             raise ConflictError(str(exc)) from exc
     try:
         result = await run_in_threadpool(
-            _test_and_register, settings, artifact, principal.tenant, generate_s
+            test_and_register, settings, artifact, tenant=principal.tenant, generate_s=generate_s
         )
     except ForgeRefused as exc:
         raise refused(exc) from exc
     except ArtifactImmutableError as exc:  # registered by someone else meanwhile
         raise ConflictError(str(exc)) from exc
     if wait_ms:
-
-        async def projected() -> bool | None:
-            row = await _version_row(pool, api, m.name, m.version)
-            return True if row is not None else None
-
-        await poll_until(projected, wait_ms, api.poll_interval_s)
+        await _visible(pool, api, m.name, m.version, wait_ms)
     if not result.created:  # this very artifact was registered before: nothing changed
         response.status_code = 200
     response.headers["Location"] = f"/v1/nodes/{m.name}/versions/{m.version}"
@@ -166,24 +178,7 @@ async def forge_openapi(
     return forged_public(result, [str(w) for w in warnings])
 
 
-def _test_and_register(
-    settings: Any, artifact: NodeArtifact, tenant: str, generate_s: float
-) -> ForgeResult:
-    return test_and_register(settings, artifact, tenant=tenant, generate_s=generate_s)
-
-
 # -- POST /v1/forge/new: from a description, with an LLM (docs/forge.md#from-a-description) -------
-
-
-def _refused_by_the_forge(exc: ForgeRefused) -> RequestInvalidError:
-    """422: why (the last round's reason) at ``description``, and each failing test."""
-    failing = [t for t in exc.report.tests if not t.passed]
-    return RequestInvalidError(
-        [
-            FieldIssue("description", str(exc), exc.error_class),
-            *(FieldIssue(f"tests.{t.name}", t.message, exc.error_class) for t in failing),
-        ]
-    )
 
 
 @router.post(
@@ -223,7 +218,7 @@ async def forge_new_node(
             )
         )
     except ForgeRefused as exc:
-        raise _refused_by_the_forge(exc) from exc
+        raise refused(exc, reason_at="description") from exc  # the last round's reason
     except (ForgeLlmError, ForgeLlmAuthError) as exc:
         raise UnavailableError(f"The forge's model cannot be asked: {exc}") from exc
     m = outcome.artifact.manifest
@@ -235,12 +230,7 @@ async def forge_new_node(
     except ArtifactImmutableError as exc:  # that version exists with other code
         raise ConflictError(str(exc)) from exc
     if wait_ms:
-
-        async def projected() -> bool | None:
-            row = await _version_row(pool, api, m.name, m.version)
-            return True if row is not None else None
-
-        await poll_until(projected, wait_ms, api.poll_interval_s)
+        await _visible(pool, api, m.name, m.version, wait_ms)
     response.headers["Location"] = f"/v1/nodes/{m.name}/versions/{m.version}"
     summary = forge_summary(result)
     return ForgedLlmNodePublic(

@@ -33,10 +33,9 @@ from foundation.settings import Settings
 from foundation.tenancy import DEFAULT_TENANT
 from node_workers.artifacts.bundle import ArtifactError, ArtifactManifest, NodeArtifact
 from node_workers.artifacts.bundle import parse_artifact as _parse_artifact
-from node_workers.artifacts.publish import publish_artifact
 from node_workers.artifacts.tests_runner import ArtifactTestReport, run_artifact_tests
 from node_workers.egress.policy import AllowEntry, parse_allow_entries, parse_allow_entry
-from node_workers.forge.pipeline import ForgeRefused, ForgeResult, ForgeTimings
+from node_workers.forge.pipeline import ForgeRefused, ForgeResult, register_tested
 from node_workers.forge.prompts import (
     AnswerError,
     FailedTest,
@@ -463,24 +462,16 @@ def forge_artifact(
 def register_forged(
     settings: Settings, outcome: ForgeOutcome, *, tenant: str = DEFAULT_TENANT
 ) -> ForgeResult:
-    """Registers a tested outcome as a draft (A's publisher: object store by digest, catalog
-    entry, invoke topic); ``ArtifactImmutableError`` when the version exists with other code."""
-    registering = time.perf_counter()
-    published = publish_artifact(settings, outcome.artifact, tenant=tenant)
-    register_s = time.perf_counter() - registering
-    return ForgeResult(
-        artifact=outcome.artifact,
-        digest=published.digest,
-        code_uri=published.code_uri,
-        report=outcome.report,
-        timings=ForgeTimings(
-            generate_s=round(outcome.generate_s, 3),
-            sandbox_s=round(outcome.sandbox_s, 3),
-            register_s=round(register_s, 3),
-            total_s=round(outcome.total_s + register_s, 3),
-        ),
-        created=published.created,
-        status=published.status,
+    """Registers a tested outcome as a draft (object store by digest, catalog entry, invoke
+    topic); ``ArtifactImmutableError`` when the version exists with other code."""
+    return register_tested(
+        settings,
+        outcome.artifact,
+        outcome.report,
+        tenant=tenant,
+        generate_s=outcome.generate_s,
+        sandbox_s=outcome.sandbox_s,
+        before_s=outcome.total_s,
     )
 
 

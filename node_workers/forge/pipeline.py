@@ -18,7 +18,7 @@ from node_workers.artifacts.bundle import NodeArtifact
 from node_workers.artifacts.publish import publish_artifact
 from node_workers.artifacts.tests_runner import ArtifactTestReport, run_artifact_tests
 
-__all__ = ["ForgeRefused", "ForgeResult", "ForgeTimings", "test_and_register"]
+__all__ = ["ForgeRefused", "ForgeResult", "ForgeTimings", "register_tested", "test_and_register"]
 
 
 @dataclass(frozen=True)
@@ -71,8 +71,33 @@ def test_and_register(
         raise ForgeRefused(
             f"Expected {artifact.node_key} to pass its tests in the sandbox, but {reason}", report
         )
+    return register_tested(
+        settings,
+        artifact,
+        report,
+        tenant=tenant,
+        generate_s=generate_s,
+        sandbox_s=report.sandbox_s,
+        before_s=generate_s + tested - started,
+    )
+
+
+def register_tested(
+    settings: Settings,
+    artifact: NodeArtifact,
+    report: ArtifactTestReport,
+    *,
+    tenant: str,
+    generate_s: float,
+    sandbox_s: float,
+    before_s: float,
+) -> ForgeResult:
+    """Registers ``artifact``, whose tests passed (``report``), as a draft and times it;
+    ``before_s``: what generating and testing took. ``ArtifactImmutableError`` when the version
+    exists with other code."""
+    registering = time.monotonic()
     published = publish_artifact(settings, artifact, tenant=tenant)
-    registered = time.monotonic()
+    register_s = time.monotonic() - registering
     return ForgeResult(
         artifact=artifact,
         digest=published.digest,
@@ -80,9 +105,9 @@ def test_and_register(
         report=report,
         timings=ForgeTimings(
             generate_s=round(generate_s, 3),
-            sandbox_s=report.sandbox_s,
-            register_s=round(registered - tested, 3),
-            total_s=round(generate_s + registered - started, 3),
+            sandbox_s=round(sandbox_s, 3),
+            register_s=round(register_s, 3),
+            total_s=round(before_s + register_s, 3),
         ),
         created=published.created,
         status=published.status,
