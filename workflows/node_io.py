@@ -9,11 +9,11 @@ live here, below both layers.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-__all__ = ["NodeModel", "format_validation_error"]
+__all__ = ["NodeModel", "field_path", "format_validation_error"]
 
 
 class NodeModel(BaseModel):
@@ -23,13 +23,17 @@ class NodeModel(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
-def _path(loc: Sequence[int | str]) -> str:
-    out = "params"
+def field_path(loc: Iterable[int | str], root: str = "") -> str:
+    """``root.name[0].field`` for a validator's location (pydantic ``loc``, jsonschema
+    ``absolute_path``); without a root the path starts at its first name."""
+    out = root
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
 
 
 def format_validation_error(exc: ValidationError) -> str:
     """``"params.url: Input should be a valid URL; params.timeout_s: ..."``."""
-    return "; ".join(f"{_path(error['loc'])}: {error['msg']}" for error in exc.errors())
+    return "; ".join(
+        f"{field_path(error['loc'], 'params')}: {error['msg']}" for error in exc.errors()
+    )

@@ -48,6 +48,7 @@ from foundation.errors import NonRetryableError
 from node_workers.egress.policy import parse_allow_entry
 from node_workers.sandbox.models import check_relative_path
 from schemas.base import canonical_json
+from workflows.node_io import field_path
 from workflows.semver import Version
 
 __all__ = [
@@ -204,13 +205,6 @@ class NodeArtifact(_Strict):
         return f"{self.manifest.name}@{self.manifest.version}"
 
 
-def _path(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "artifact"
-
-
 def parse_artifact(value: Any) -> NodeArtifact:
     """The artifact in ``value`` (a dict, or JSON text/bytes); :class:`ArtifactError` naming the
     first bad field path otherwise."""
@@ -239,7 +233,7 @@ def parse_artifact(value: Any) -> NodeArtifact:
 def _artifact_error(exc: ValidationError) -> ArtifactError:
     first = exc.errors()[0]
     message = str(first["msg"]).removeprefix("Value error, ")
-    return ArtifactError(f"{_path(tuple(first['loc']))}: {message}")
+    return ArtifactError(f"{field_path(first['loc']) or 'artifact'}: {message}")
 
 
 def artifact_bytes(artifact: NodeArtifact) -> bytes:

@@ -67,6 +67,7 @@ from schemas.errors import SchemaError
 from schemas.models import NodeCatalogEntry, NodeInvocation, NodeStatus
 from streams.security import kafka_client_config
 from streams.topics import TopicCatalog
+from workflows.node_io import field_path
 from workflows.semver import Version
 
 __all__ = [
@@ -99,19 +100,12 @@ class ArtifactOutput(RootModel[Any]):
     """The output as the code returned it, checked against ``output_schema``."""
 
 
-def _json_path(parts: Any) -> str:
-    out = ""
-    for part in parts:
-        out += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return out
-
-
 def schema_violation(schema: dict[str, Any], value: Any, root: str) -> str | None:
     """``root.field.path: message`` of the most relevant violation, or None (pure)."""
     error = best_match(Draft202012Validator(schema).iter_errors(value))
     if error is None:
         return None
-    return f"{root}{_json_path(error.absolute_path)}: {error.message}"
+    return f"{field_path(error.absolute_path, root)}: {error.message}"
 
 
 def guest_error(
