@@ -45,9 +45,15 @@ class RunTiming:
 
 
 def summarize(
-    latency_runs: list[RunTiming], throughput_rounds: list[tuple[int, float]]
+    latency_runs: list[RunTiming],
+    throughput_rounds: list[tuple[int, float]],
+    prefix: str = "peer_temporal",
 ) -> dict[str, float]:
-    """The reported metrics from raw timings (pure, so it is unit tested)."""
+    """The reported metrics from raw timings (pure, so it is unit tested).
+
+    ``prefix`` names the peer and, where a peer has two kinds of step, the kind
+    (``peer_restate_call``): every key is ``<prefix>_<metric>``.
+    """
     step_ms = [t.end_to_end_s * 1000 / STEPS_PER_RUN for t in latency_runs]
     start_ms = [(t.first_step - t.accepted) * 1000 for t in latency_runs]
     request_ms = [(t.first_step - t.requested) * 1000 for t in latency_runs]
@@ -56,12 +62,12 @@ def summarize(
     request_p50, request_p99 = p50_p99(request_ms)
     step_p50, step_p99 = p50_p99(step_ms)
     return {
-        "peer_temporal_start_latency_p50_ms": start_p50,
-        "peer_temporal_start_latency_p99_ms": start_p99,
-        "peer_temporal_step_overhead_p50_ms": step_p50,
-        "peer_temporal_step_overhead_p99_ms": step_p99,
-        "peer_temporal_steps_per_s": statistics.median(rates),
+        f"{prefix}_start_latency_p50_ms": start_p50,
+        f"{prefix}_start_latency_p99_ms": start_p99,
+        f"{prefix}_step_overhead_p50_ms": step_p50,
+        f"{prefix}_step_overhead_p99_ms": step_p99,
+        f"{prefix}_steps_per_s": statistics.median(rates),
         # Not in the common key set: includes the start call itself (persisting the start).
-        "peer_temporal_start_request_to_first_step_p50_ms": request_p50,
-        "peer_temporal_start_request_to_first_step_p99_ms": request_p99,
+        f"{prefix}_start_request_to_first_step_p50_ms": request_p50,
+        f"{prefix}_start_request_to_first_step_p99_ms": request_p99,
     }

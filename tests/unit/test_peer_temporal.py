@@ -92,3 +92,22 @@ def test_dynamic_config_is_valid_server_yaml() -> None:
     for key, entries in DYNAMIC_CONFIG.items():
         assert "." in key
         assert all(set(entry) == {"value", "constraints"} for entry in entries)
+
+
+def test_summarize_names_keys_after_the_peer_and_step_kind() -> None:
+    runs = [RunTiming(0.0, 0.001, 0.002, 0.01), RunTiming(1.0, 1.001, 1.003, 1.02)]
+    metrics = summarize(runs, [(1000, 1.0)], prefix="peer_restate_call")
+
+    assert set(metrics) == {
+        f"peer_restate_call_{name}"
+        for name in (
+            "start_latency_p50_ms",
+            "start_latency_p99_ms",
+            "step_overhead_p50_ms",
+            "step_overhead_p99_ms",
+            "steps_per_s",
+            "start_request_to_first_step_p50_ms",
+            "start_request_to_first_step_p99_ms",
+        )
+    }
+    assert metrics["peer_restate_call_steps_per_s"] == 1000.0
