@@ -1,8 +1,10 @@
 """Goals, peer ratios and the printed table of ``make bench`` (pure, no I/O).
 
-Ratio direction: every ``peer_temporal_*_ratio`` is "how many times better REFLUX is", so > 1
+Ratio direction: every ``peer_<name>_*_ratio`` is "how many times better REFLUX is", so > 1
 means REFLUX wins whatever the unit: peer / ours for latencies, ours / peer for throughput.
-Each ratio compares like with like, which is not always our headline key (see :data:`RATIOS`).
+Each ratio compares like with like, which is not always our headline key (see :data:`RATIOS`):
+a peer's step that runs on a worker with our remote path, one journaled by the engine itself with
+our inline path (:data:`PEER_KINDS`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["GOALS", "RATIOS", "Goal", "Ratio", "evaluate_goals", "format_table", "peer_ratios"]
+__all__ = [
+    "GOALS",
+    "OUR_KEYS",
+    "PEER_KINDS",
+    "RATIOS",
+    "Goal",
+    "Ratio",
+    "evaluate_goals",
+    "floor_fractions",
+    "format_side_by_side",
+    "format_table",
+    "peer_ratios",
+]
 
 
 @dataclass(frozen=True)
@@ -60,35 +74,49 @@ class Ratio:
     """True for throughput (ratio = ours / peer), False for latencies (ratio = peer / ours)."""
 
 
-# Temporal's start latency runs until the first activity *executes*, and its step overhead is
-# end to end (start call issued -> result) / 10, so ours are taken the same way for the ratio.
-RATIOS: tuple[Ratio, ...] = (
-    Ratio(
-        "peer_temporal_start_latency_p50_ratio",
-        "peer_temporal_start_latency_p50_ms",
-        "start_to_first_step_p50_ms",
-        False,
-    ),
-    Ratio(
-        "peer_temporal_start_latency_p99_ratio",
-        "peer_temporal_start_latency_p99_ms",
-        "start_to_first_step_p99_ms",
-        False,
-    ),
-    Ratio(
-        "peer_temporal_step_overhead_p50_ratio",
-        "peer_temporal_step_overhead_p50_ms",
-        "step_overhead_e2e_p50_ms",
-        False,
-    ),
-    Ratio(
-        "peer_temporal_step_overhead_p99_ratio",
-        "peer_temporal_step_overhead_p99_ms",
-        "step_overhead_e2e_p99_ms",
-        False,
-    ),
-    Ratio("peer_temporal_steps_per_s_ratio", "peer_temporal_steps_per_s", "steps_per_s", True),
+# What each peer's "step" is, and which of our two paths it compares with (ADR 0072): a step
+# that leaves the engine for a worker (Temporal activity, Restate call to another service's
+# handler, LittleHorse task run, Hatchet task) with our remote path; a step journaled by the
+# engine itself (Restate ``ctx.run``) with our inline path.
+PEER_KINDS: tuple[tuple[str, Literal["remote", "inline"]], ...] = (
+    ("peer_temporal", "remote"),
+    ("peer_restate", "inline"),
+    ("peer_restate_call", "remote"),
+    ("peer_littlehorse", "remote"),
+    ("peer_hatchet", "remote"),
 )
+
+# Our key for each peer metric, per path. Peers' start latency runs until the first step
+# *executes* and their step overhead is end to end (start call issued -> result) / 10, so ours
+# are taken the same way. The inline path has no step that "starts executing" on a worker, so
+# start latency is compared on the remote path only.
+OUR_KEYS: dict[str, dict[str, str]] = {
+    "remote": {
+        "start_latency_p50": "start_to_first_step_p50_ms",
+        "start_latency_p99": "start_to_first_step_p99_ms",
+        "step_overhead_p50": "step_overhead_e2e_p50_ms",
+        "step_overhead_p99": "step_overhead_e2e_p99_ms",
+        "steps_per_s": "steps_per_s",
+    },
+    "inline": {
+        "step_overhead_p50": "step_overhead_inline_p50_ms",
+        "step_overhead_p99": "step_overhead_inline_p99_ms",
+        "steps_per_s": "steps_per_s_inline",
+    },
+}
+
+
+def _ratios() -> tuple[Ratio, ...]:
+    out: list[Ratio] = []
+    for prefix, path in PEER_KINDS:
+        for metric, ours in OUR_KEYS[path].items():
+            throughput = metric == "steps_per_s"
+            peer = f"{prefix}_{metric}" + ("" if throughput else "_ms")
+            out.append(Ratio(f"{prefix}_{metric}_ratio", peer, ours, throughput))
+    return tuple(out)
+
+
+RATIOS: tuple[Ratio, ...] = _ratios()
 
 
 def _usable(value: object) -> bool:
@@ -119,27 +147,67 @@ def evaluate_goals(results: Mapping[str, object]) -> list[tuple[Goal, float | No
     return rows
 
 
-def _peer_key_for(key: str) -> str | None:
-    for ratio in RATIOS:
-        if ratio.ours == key:
-            return ratio.peer
-    return None
-
-
 def format_table(results: Mapping[str, object]) -> str:
-    """Every numeric key: value, goal and pass/miss where there is a goal, the peer beside it."""
+    """Every numeric key: value, goal and pass/miss where there is a goal."""
     goals = {g.key: g for g in GOALS}
     numeric = {k: v for k, v in results.items() if isinstance(v, int | float)}
     width = max([len(k) for k in numeric] + [6])
-    lines = [f"{'metric':<{width}}  {'value':>10}  {'goal':>8}  {'':4}  {'temporal':>10}"]
+    lines = [f"{'metric':<{width}}  {'value':>10}  {'goal':>8}"]
     for key, value in numeric.items():
         goal = goals.get(key)
         verdict = "" if goal is None else ("ok" if goal.met(float(value)) else "MISS")
-        peer_key = _peer_key_for(key)
-        peer = numeric.get(peer_key) if peer_key else None
-        peer_text = f"{peer:10.2f}" if peer is not None else ""
         goal_text = str(goal) if goal else ""
-        lines.append(
-            f"{key:<{width}}  {float(value):10.2f}  {goal_text:>8}  {verdict:4}  {peer_text:>10}"
-        )
+        lines.append(f"{key:<{width}}  {float(value):10.2f}  {goal_text:>8}  {verdict}")
     return "\n".join(lines)
+
+
+_SIDE_BY_SIDE = (
+    ("step_overhead_p50", "step overhead p50 (ms)"),
+    ("step_overhead_p99", "step overhead p99 (ms)"),
+    ("steps_per_s", "steps/s, 100 runs at once"),
+    ("start_latency_p50", "start -> first step p50 (ms)"),
+)
+
+
+def format_side_by_side(results: Mapping[str, object]) -> str:
+    """REFLUX's two paths and every peer that ran, one column each (same definitions)."""
+    columns: list[tuple[str, dict[str, str]]] = [
+        (f"REFLUX {path}", keys) for path, keys in OUR_KEYS.items()
+    ]
+    for prefix, _ in PEER_KINDS:
+        keys = {
+            metric: f"{prefix}_{metric}" + ("" if metric == "steps_per_s" else "_ms")
+            for metric, _ in _SIDE_BY_SIDE
+        }
+        if any(_usable(results.get(k)) for k in keys.values()):
+            columns.append((prefix.removeprefix("peer_"), keys))
+    width = max(len(label) for _, label in _SIDE_BY_SIDE)
+    lines = [f"{'':<{width}}" + "".join(f"  {name:>17}" for name, _ in columns)]
+    for metric, label in _SIDE_BY_SIDE:
+        cells = []
+        for _, keys in columns:
+            value = results.get(keys.get(metric, ""))
+            cells.append(f"{value:17.2f}" if _usable(value) else f"{'-':>17}")
+        lines.append(f"{label:<{width}}" + "".join(f"  {c}" for c in cells))
+    return "\n".join(lines)
+
+
+def floor_fractions(results: Mapping[str, object]) -> dict[str, float]:
+    """REFLUX's remote path as a fraction of the floor (``benchmarks/floor_bench.py``): the same
+    step's Kafka traffic with no application work. 1.0 would be the architecture's limit."""
+    out: dict[str, float] = {}
+    pairs = (
+        ("floor_fraction_steps_per_s", "steps_per_s", "floor_steps_per_s", True),
+        (
+            "floor_fraction_step_overhead_p50",
+            "step_overhead_e2e_p50_ms",
+            "floor_step_overhead_p50_ms",
+            False,
+        ),
+    )
+    for key, ours, floor, throughput in pairs:
+        a, b = results.get(ours), results.get(floor)
+        if _usable(a) and _usable(b):
+            assert isinstance(a, int | float) and isinstance(b, int | float)
+            out[key] = a / b if throughput else b / a
+    return out

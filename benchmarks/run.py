@@ -1,4 +1,4 @@
-"""``make bench``: ``python -m benchmarks.run [--quick] [--skip-peer|--skip-traces|--skip-map]``.
+"""``make bench``: ``python -m benchmarks.run [--quick] [--skip-peers|--skip-traces|--skip-map]``.
 
 Runs, one after the other (never at the same time: they share the machine's two cores), the
 engine benchmark (:mod:`benchmarks.engine_bench`), the scheduler's restart time against history
@@ -6,13 +6,15 @@ size (:mod:`benchmarks.recovery_bench`), one worker's attempts in flight and per
 a 200 ms HTTP service (:mod:`benchmarks.worker_io_bench`), a ``meta.map`` of 10,000 items
 (:mod:`benchmarks.map_bench`), graph mutations of running runs
 (:mod:`benchmarks.mutation_bench`: accepted -> visible in the run's graph), A/B replay of
-recorded runs with side effects from the record (:mod:`benchmarks.replay_bench`), the Temporal
-peer on
-the same workload (:mod:`benchmarks.peer_temporal`) and, when present, the traces benchmark
+recorded runs with side effects from the record (:mod:`benchmarks.replay_bench`), the node
+forge (:mod:`benchmarks.forge_bench`), the floor of the architecture (:mod:`benchmarks.floor_bench`:
+a step's Kafka traffic with no application work), the peers on the same workload
+(``benchmarks.peer_<name>`` for each of :data:`PEERS`: Temporal, Restate, LittleHorse, Hatchet;
+docs/decisions/0072-strongest-peers.md) and, when present, the traces benchmark
 (``benchmarks.traces_bench``). Writes ``benchmarks/out/results.json``: one flat object of
-metrics (ours, ``peer_temporal_*``, ``peer_temporal_*_ratio``, the traces keys) plus ``meta``
-(date, commit, machine, errors). A sub-benchmark that fails is recorded in ``meta.errors`` and
-the others still run; the exit status is 1 then.
+metrics (ours, ``floor_*``, ``peer_<name>_*``, ``peer_<name>_*_ratio``, the traces keys) plus
+``meta`` (date, commit, machine, errors). A sub-benchmark that fails is recorded in
+``meta.errors`` and the others still run; the exit status is 1 then.
 """
 
 from __future__ import annotations
@@ -28,12 +30,18 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.report import evaluate_goals, format_table, peer_ratios
+from benchmarks.report import (
+    evaluate_goals,
+    floor_fractions,
+    format_side_by_side,
+    format_table,
+    peer_ratios,
+)
 from foundation.settings import PROJECT_ROOT, Settings, get_settings
 from reflux.progress import progress_bar
 
@@ -41,6 +49,9 @@ OUT_FILE = PROJECT_ROOT / "benchmarks" / "out" / "results.json"
 TRACES_MODULE = "benchmarks.traces_bench"
 # Traces per traces-benchmark run (its own module decides what it does with them).
 TRACES_N = {True: 20_000, False: 200_000}
+# The peer engines, in the order they run: each is ``benchmarks.peer_<name>`` with
+# ``run_<name>_benchmark(quick) -> dict`` (it installs, starts and stops its own server).
+PEERS = ("temporal", "restate", "littlehorse", "hatchet")
 
 
 def _progress(message: str) -> None:
@@ -121,7 +132,7 @@ def _attempt(
 
 def run_all(
     quick: bool,
-    skip_peer: bool,
+    peers: Sequence[str],
     skip_traces: bool,
     *,
     skip_engine: bool = False,
@@ -131,6 +142,7 @@ def run_all(
     skip_mutation: bool = False,
     skip_replay: bool = False,
     skip_forge: bool = False,
+    skip_floor: bool = False,
     cluster: bool = False,
 ) -> dict[str, Any]:
     settings = get_settings()
@@ -143,7 +155,7 @@ def run_all(
         "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
         "quick": quick,
         "machine": describe_machine(settings),
-        "ratio_direction": "peer_temporal_*_ratio > 1 means REFLUX is better: peer/ours for "
+        "ratio_direction": "peer_<name>_*_ratio > 1 means REFLUX is better: peer/ours for "
         "latencies, ours/peer for throughput (see benchmarks/README.md)",
     }
     results: dict[str, Any] = {}
@@ -158,12 +170,14 @@ def run_all(
         ("mutation", skip_mutation, "benchmarks.mutation_bench", "run_mutation_benchmark"),
         ("replay", skip_replay, "benchmarks.replay_bench", "run_replay_benchmark"),
         ("forge", skip_forge, "benchmarks.forge_bench", "run_forge_benchmark"),
+        ("floor", skip_floor, "benchmarks.floor_bench", "run_floor_benchmark"),
         # Scale-out (issue 15): its own three-broker cluster beside the local broker; minutes
         # long, so only with --cluster.
         ("scaling", not cluster, "benchmarks.scaling_bench", "run_scaling_benchmark"),
     )
     traces_present = importlib.util.find_spec(TRACES_MODULE) is not None
-    planned = sum(not skip for _, skip, _, _ in engine_parts) + (not skip_peer)
+    present = [p for p in peers if importlib.util.find_spec(f"benchmarks.peer_{p}") is not None]
+    planned = sum(not skip for _, skip, _, _ in engine_parts) + len(present)
     planned += not skip_traces and traces_present
     # One bar over the benchmarks (reflux/progress.py: stderr, on a terminal); the [bench]
     # lines stay on stdout, the record of what ran.
@@ -175,15 +189,19 @@ def run_all(
             run = getattr(importlib.import_module(module_name), function)
             results |= _attempt(name, errors, timings, functools.partial(run, settings, quick))
             bar.advance()
-        if skip_peer:
-            skipped.append("peer_temporal")
-        else:
-            from benchmarks.peer_temporal import run_temporal_benchmark
-
-            results |= _attempt(
-                "peer_temporal", errors, timings, lambda: run_temporal_benchmark(quick)
-            )
-            bar.advance()
+        for name in PEERS:
+            if name not in peers:
+                skipped.append(f"peer_{name}")
+            elif name not in present:
+                skipped.append(f"peer_{name} (benchmarks/peer_{name}.py not present)")
+            else:
+                run_peer = getattr(
+                    importlib.import_module(f"benchmarks.peer_{name}"), f"run_{name}_benchmark"
+                )
+                results |= _attempt(
+                    f"peer_{name}", errors, timings, functools.partial(run_peer, quick)
+                )
+                bar.advance()
         if skip_traces:
             skipped.append("traces")
         elif not traces_present:
@@ -195,7 +213,7 @@ def run_all(
                 "traces", errors, timings, lambda: module.run_traces_benchmark(settings, n)
             )
             bar.advance()
-    results |= peer_ratios(results)
+    results |= peer_ratios(results) | floor_fractions(results)
     meta |= {"errors": errors, "skipped": skipped, "wall_s": timings}
     return {**results, "meta": meta}
 
@@ -209,7 +227,8 @@ PARTS = (
     "mutation",
     "replay",
     "forge",
-    "peer",
+    "floor",
+    "peers",
     "traces",
     "scaling",
 )
@@ -239,7 +258,20 @@ def merge_partial(previous: dict[str, Any], partial: dict[str, Any]) -> dict[str
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer runs (a few minutes)")
-    parser.add_argument("--skip-peer", action="store_true", help="do not run the Temporal peer")
+    parser.add_argument(
+        "--skip-peers",
+        "--skip-peer",
+        dest="skip_peers",
+        action="store_true",
+        help="do not run any peer engine (the fast path; --skip-peer is the old spelling)",
+    )
+    parser.add_argument(
+        "--peers",
+        metavar="NAMES",
+        default=",".join(PEERS),
+        help=f"comma-separated peers to run (default: all of {', '.join(PEERS)})",
+    )
+    parser.add_argument("--skip-floor", action="store_true", help="do not run floor_bench")
     parser.add_argument("--skip-traces", action="store_true", help="do not run traces_bench")
     parser.add_argument("--skip-engine", action="store_true", help="do not run engine_bench")
     parser.add_argument("--skip-recovery", action="store_true", help="do not run recovery_bench")
@@ -270,9 +302,12 @@ def main(argv: list[str] | None = None) -> int:
             if name not in only and name != "scaling":
                 setattr(args, f"skip_{name}", True)
         args.cluster = args.cluster or "scaling" in only
+    peers = [name.strip() for name in args.peers.split(",") if name.strip()]
+    if unknown_peers := set(peers) - set(PEERS):
+        parser.error(f"unknown peers {sorted(unknown_peers)}; known: {', '.join(PEERS)}")
     output = run_all(
         args.quick,
-        args.skip_peer,
+        [] if args.skip_peers else peers,
         args.skip_traces,
         skip_engine=args.skip_engine,
         skip_recovery=args.skip_recovery,
@@ -281,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         skip_mutation=args.skip_mutation,
         skip_replay=args.skip_replay,
         skip_forge=args.skip_forge,
+        skip_floor=args.skip_floor,
         cluster=args.cluster,
     )
     if args.only:
@@ -289,6 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(output, indent=2) + "\n")
     print()
     print(format_table(output))
+    print()
+    print("Side by side (same workload and definitions; ADR 0072):")
+    print(format_side_by_side(output))
     print()
     for goal, value, met in evaluate_goals(output):
         verdict = "missing" if met is None else ("met" if met else "MISSED")

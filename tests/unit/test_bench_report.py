@@ -6,7 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.report import GOALS, RATIOS, evaluate_goals, format_table, peer_ratios
+from benchmarks.report import (
+    GOALS,
+    PEER_KINDS,
+    RATIOS,
+    evaluate_goals,
+    floor_fractions,
+    format_side_by_side,
+    format_table,
+    peer_ratios,
+)
 from benchmarks.run import cpu_model, kafka_version, memory_gib
 
 
@@ -65,27 +74,80 @@ def test_ratios_skip_unusable_inputs(bad: object) -> None:
 
 
 def test_every_ratio_compares_a_peer_key_with_one_of_ours() -> None:
+    prefixes = {prefix for prefix, _ in PEER_KINDS}
     for ratio in RATIOS:
-        assert ratio.key.startswith("peer_temporal_") and ratio.key.endswith("_ratio")
-        assert ratio.peer.startswith("peer_temporal_")
-        assert not ratio.ours.startswith("peer_")
+        prefix = ratio.key.removesuffix("_ratio").rsplit("_", 2)[0]
+        assert ratio.key.endswith("_ratio") and ratio.peer.startswith("peer_")
+        assert any(ratio.peer.startswith(p + "_") for p in prefixes)
+        assert not ratio.ours.startswith("peer_"), prefix
 
 
-def test_table_shows_goal_verdict_and_peer_beside_ours() -> None:
+def test_a_journaled_peer_step_pairs_with_our_inline_path_a_worker_step_with_remote() -> None:
+    results = {
+        "steps_per_s": 500.0,
+        "steps_per_s_inline": 2000.0,
+        "step_overhead_e2e_p50_ms": 10.0,
+        "step_overhead_inline_p50_ms": 1.0,
+        "peer_restate_steps_per_s": 1000.0,
+        "peer_restate_step_overhead_p50_ms": 1.5,
+        "peer_restate_call_steps_per_s": 250.0,
+        "peer_restate_call_step_overhead_p50_ms": 5.0,
+        "peer_littlehorse_steps_per_s": 100.0,
+    }
+    ratios = peer_ratios(results)
+    assert ratios["peer_restate_steps_per_s_ratio"] == 2.0  # inline vs ctx.run
+    assert ratios["peer_restate_step_overhead_p50_ratio"] == 1.5
+    assert ratios["peer_restate_call_steps_per_s_ratio"] == 2.0  # remote vs handler call
+    assert ratios["peer_restate_call_step_overhead_p50_ratio"] == 0.5  # the call is faster
+    assert ratios["peer_littlehorse_steps_per_s_ratio"] == 5.0
+    assert "peer_hatchet_steps_per_s_ratio" not in ratios  # not run
+
+
+def test_table_shows_goal_and_verdict() -> None:
     table = format_table(
         {
             "step_overhead_p50_ms": 17.5,
             "steps_per_s": 1200.0,
             "step_overhead_e2e_p50_ms": 18.25,
-            "peer_temporal_step_overhead_p50_ms": 55.0,
             "meta": {"ignored": True},
         }
     )
     lines = {line.split()[0]: line for line in table.splitlines()[1:]}
     assert "MISS" in lines["step_overhead_p50_ms"] and "< 10" in lines["step_overhead_p50_ms"]
     assert lines["steps_per_s"].split()[-1] == "ok"
-    assert lines["step_overhead_e2e_p50_ms"].split()[-1] == "55.00"
+    assert lines["step_overhead_e2e_p50_ms"].split()[-1] == "18.25"
     assert "meta" not in lines
+
+
+def test_side_by_side_has_a_column_per_path_and_per_peer_that_ran() -> None:
+    table = format_side_by_side(
+        {
+            "steps_per_s": 500.0,
+            "steps_per_s_inline": 2000.0,
+            "peer_temporal_steps_per_s": 80.0,
+            "peer_restate_call_steps_per_s": 300.0,
+        }
+    )
+    header, *rows = table.splitlines()
+    assert header.split() == ["REFLUX", "remote", "REFLUX", "inline", "temporal", "restate_call"]
+    throughput = next(r for r in rows if r.startswith("steps/s"))
+    assert throughput.split()[-4:] == ["500.00", "2000.00", "80.00", "300.00"]
+
+
+def test_floor_fractions_say_how_close_to_the_architecture_limit_we_are() -> None:
+    fractions = floor_fractions(
+        {
+            "steps_per_s": 500.0,
+            "floor_steps_per_s": 2000.0,
+            "step_overhead_e2e_p50_ms": 12.0,
+            "floor_step_overhead_p50_ms": 9.0,
+        }
+    )
+    assert fractions == {
+        "floor_fraction_steps_per_s": 0.25,
+        "floor_fraction_step_overhead_p50": 0.75,
+    }
+    assert floor_fractions({"steps_per_s": 500.0}) == {}
 
 
 def test_machine_description_parsers(tmp_path: Path) -> None:

@@ -1,0 +1,382 @@
+"""The architecture's floor: a step's Kafka traffic with no application work, on this machine.
+
+``python -m benchmarks.floor_bench [--quick]`` (and part ``floor`` of ``make bench``). What is the
+best a REFLUX step could do on these 2 cores, given that it *is* a set of Kafka records moved by
+Python processes? This benchmark builds that skeleton and measures it with the engine
+benchmark's definitions:
+
+- a **scheduler** process: a transactional consume-produce loop on ``commands`` + ``results``
+  (the engine's consumer and transactional producer settings, batches of up to 500 inputs, one
+  transaction per batch with its offsets), which for each input writes the records a real
+  decision writes, as opaque bytes of the real sizes: a start -> ``RunStarted`` (3.5 KB: it
+  carries the definition), ``StepScheduled``, ``StepDispatched`` to ``runs`` and an invocation to
+  ``invoke``; a result -> ``StepStarted``, ``StepSucceeded`` and either the next step's three
+  records or ``RunSucceeded``. Its only state is a counter per run.
+- a **worker** process: consumes ``invoke`` (``read_committed``) and produces a result and a
+  trace per invocation with the engine worker's producer settings (linger 1 ms); no ledger.
+- a **projector** process: consumes ``runs`` (``read_committed``) and drops what it reads; no
+  Postgres.
+- the driver (this process): 100 runs started at once, one flush; a watcher consuming ``runs``
+  for the ``RunSucceeded`` markers, like the engine benchmark's watcher.
+
+So the floor keeps every Kafka hop, record, byte, transaction and consumer of a remote step and
+drops everything else: Avro, pydantic, ``decide``/``evolve``, the attempt ledger, the node
+itself, Postgres, traces to ClickHouse. The keys (``floor_*``) and what they bound are in
+benchmarks/README.md ("The floor"). Topics use a prefix of their own (``bench-floor-<uuid8>``),
+deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, Message, TopicPartition
+from confluent_kafka.cimpl import NewTopic
+
+from benchmarks.cleanup import delete_prefix_topics
+from benchmarks.profiling import cpu_delta, cpu_snapshot
+from foundation.settings import PROJECT_ROOT, Settings, get_settings
+from streams.admin import admin_client
+from streams.consumer import consume_available, consumer_config
+from streams.producer import Producer, TransactionalProducer
+
+STEPS = 10
+BATCH = 500
+# Sizes (bytes) of the engine's records for the benchmark's no-op step, measured from
+# serde.encode of a real decision (RunStarted carries the workflow definition).
+SIZES = {
+    b"start": 157,
+    b"RunStarted": 3524,
+    b"StepScheduled": 173,
+    b"StepDispatched": 222,
+    b"invoke": 324,
+    b"StepStarted": 190,
+    b"StepSucceeded": 260,
+    b"RunSucceeded": 240,
+    b"result": 300,
+    b"trace": 520,
+}
+TOPICS = ("commands", "results", "runs", "invoke", "traces")
+
+
+def record(kind: bytes, run_id: bytes) -> bytes:
+    """``kind|run_id|`` padded to the real record's size (opaque bytes, like an Avro body)."""
+    head = kind + b"|" + run_id + b"|"
+    return head + b"x" * max(0, SIZES[kind] - len(head))
+
+
+def parse(value: bytes) -> tuple[bytes, bytes]:
+    kind, run_id, _ = value.split(b"|", 2)
+    return kind, run_id
+
+
+def topic(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}"
+
+
+# -- the roles (each in its own process) ------------------------------------------------------
+
+
+def _consumer(settings: Settings, group: str, topics: list[str], **extra: Any) -> Consumer:
+    consumer = Consumer(consumer_config(group, settings, {"client.id": group, **extra}))
+    consumer.subscribe(topics)
+    return consumer
+
+
+def run_scheduler(settings: Settings, prefix: str, stop: threading.Event) -> None:
+    """The transactional consume-decide-produce loop, with nothing to decide but a counter."""
+    consumer = _consumer(
+        settings,
+        f"{prefix}-scheduler",
+        [topic(prefix, "commands"), topic(prefix, "results")],
+        **{"fetch.wait.max.ms": 5, "enable.auto.commit": False},
+    )
+    producer = TransactionalProducer(
+        settings,
+        transactional_id=f"{prefix}-scheduler",
+        client_id=f"{prefix}-scheduler",
+        config={"linger.ms": settings.scheduler_linger_ms},
+    )
+    runs, invoke = topic(prefix, "runs"), topic(prefix, "invoke")
+    done: dict[bytes, int] = {}
+    raw = producer._producer  # the confluent-kafka producer inside (no Avro, no headers)
+    while not stop.is_set():
+        messages = consume_available(consumer, BATCH, 0.1)
+        messages = [m for m in messages if m.error() is None]
+        if not messages:
+            continue
+        producer.begin()
+        for message in messages:
+            kind, run_id = parse(message.value() or b"")
+            if kind == b"start":
+                done[run_id] = 0
+                out = [b"RunStarted", b"StepScheduled", b"StepDispatched"]
+            else:
+                done[run_id] = done.get(run_id, 0) + 1
+                out = [b"StepStarted", b"StepSucceeded"]
+                out += (
+                    [b"RunSucceeded"]
+                    if done[run_id] >= STEPS
+                    else [b"StepScheduled", b"StepDispatched"]
+                )
+            for kind_out in out:
+                raw.produce(runs, record(kind_out, run_id), run_id)
+            if out[-1] == b"StepDispatched":
+                raw.produce(invoke, record(b"invoke", run_id), run_id)
+        producer.commit(_next_offsets(messages), consumer.consumer_group_metadata())
+
+
+def _next_offsets(messages: list[Message]) -> list[TopicPartition]:
+    """The position after the last message of each partition (what a transaction commits)."""
+    last: dict[tuple[str, int], int] = {}
+    for m in messages:
+        key = (m.topic() or "", m.partition() or 0)
+        last[key] = max(last.get(key, -1), m.offset() or 0)
+    return [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
+
+
+def run_worker(settings: Settings, prefix: str, stop: threading.Event) -> None:
+    consumer = _consumer(settings, f"{prefix}-worker", [topic(prefix, "invoke")])
+    producer = Producer(settings, client_id=f"{prefix}-worker", config={"linger.ms": 1})
+    raw = producer._producer
+    results, traces = topic(prefix, "results"), topic(prefix, "traces")
+    while not stop.is_set():
+        for message in consume_available(consumer, BATCH, 0.1):
+            if message.error() is not None:
+                continue
+            _, run_id = parse(message.value() or b"")
+            raw.produce(results, record(b"result", run_id), run_id)
+            raw.produce(traces, record(b"trace", run_id), run_id)
+        raw.poll(0)
+
+
+def run_projector(settings: Settings, prefix: str, stop: threading.Event) -> None:
+    consumer = _consumer(settings, f"{prefix}-projector", [topic(prefix, "runs")])
+    while not stop.is_set():
+        for message in consume_available(consumer, BATCH, 0.1):
+            if message.error() is None:
+                parse(message.value() or b"")
+
+
+ROLES: dict[str, Callable[[Settings, str, threading.Event], None]] = {
+    "scheduler": run_scheduler,
+    "worker": run_worker,
+    "projector": run_projector,
+}
+
+
+def _serve_role(role: str, prefix: str) -> int:
+    """A role's process: runs until stdin closes (the driver ends), so no orphan outlives it."""
+    settings = get_settings()
+    stop = threading.Event()
+    worker = threading.Thread(target=ROLES[role], args=(settings, prefix, stop), daemon=True)
+    worker.start()
+    sys.stdin.read()
+    stop.set()
+    worker.join(10)
+    return 0
+
+
+# -- the driver ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FloorPlan:
+    warmup_runs: int
+    sequential_runs: int
+    concurrent_runs: int
+    rounds: int
+    timeout_s: float
+
+
+QUICK = FloorPlan(3, 30, 100, 1, 60)
+FULL = FloorPlan(5, 100, 100, 3, 120)
+
+
+class Watcher:
+    """Reads ``runs`` (read_committed) and notes when each run's ``RunSucceeded`` is visible."""
+
+    def __init__(self, settings: Settings, prefix: str) -> None:
+        self.finished: dict[bytes, float] = {}
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._consumer = Consumer(
+            consumer_config(
+                f"{prefix}-watcher",
+                settings,
+                {"fetch.wait.max.ms": 5, "auto.offset.reset": "earliest"},
+            )
+        )
+        self._consumer.subscribe([topic(prefix, "runs")])
+        self._thread = threading.Thread(target=self._loop, name="floor-watcher", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            for message in consume_available(self._consumer, BATCH, 0.05):
+                value = message.value()
+                if message.error() is None and value and value.startswith(b"RunSucceeded|"):
+                    _, run_id = parse(value)
+                    with self._cond:
+                        self.finished[run_id] = time.time()
+                        self._cond.notify_all()
+
+    def wait(self, run_ids: list[bytes], timeout_s: float) -> list[float]:
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while not all(r in self.finished for r in run_ids):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    missing = sum(r not in self.finished for r in run_ids)
+                    raise TimeoutError(
+                        f"Expected {len(run_ids)} floor runs to finish within {timeout_s:.0f} s, "
+                        f"but {missing} did not"
+                    )
+                self._cond.wait(left)
+            return [self.finished[r] for r in run_ids]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._consumer.close()
+
+
+def _create_topics(settings: Settings, prefix: str) -> None:
+    admin = admin_client(settings)
+    partitions = settings.default_partitions
+    futures = admin.create_topics([NewTopic(topic(prefix, name), partitions, 1) for name in TOPICS])
+    for future in futures.values():
+        future.result(30)
+
+
+def _start(producer: Producer, prefix: str, n: int) -> tuple[list[bytes], float]:
+    run_ids = [uuid.uuid4().hex.encode() for _ in range(n)]
+    began = time.time()
+    raw = producer._producer
+    for run_id in run_ids:
+        raw.produce(topic(prefix, "commands"), record(b"start", run_id), run_id)
+    producer.flush()
+    return run_ids, began
+
+
+def measure_floor(settings: Settings, plan: FloorPlan) -> dict[str, float]:
+    """Starts the three roles on a topic prefix of their own, measures, removes everything."""
+    from benchmarks.engine_bench import _service_pids  # the services' pids, as the engine's
+
+    prefix = f"bench-floor-{uuid.uuid4().hex[:8]}"
+    scoped = settings.model_copy(update={"topic_prefix": prefix})
+    _create_topics(scoped, prefix)
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    watcher: Watcher | None = None
+    try:
+        for role in ROLES:
+            procs[role] = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "benchmarks.floor_bench",
+                    "--role",
+                    role,
+                    "--prefix",
+                    prefix,
+                ],
+                cwd=PROJECT_ROOT,
+                stdin=subprocess.PIPE,
+            )
+        watcher = Watcher(settings, prefix)
+        producer = Producer(settings, client_id=f"{prefix}-driver", config={"linger.ms": 0})
+
+        def runs(n: int) -> tuple[list[bytes], float, list[float]]:
+            for role, proc in procs.items():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"Expected the floor's {role} to run, but it exited")
+            assert watcher is not None
+            run_ids, began = _start(producer, prefix, n)
+            return run_ids, began, watcher.wait(run_ids, plan.timeout_s)
+
+        # The first run waits for every consumer group to join: bounded like any phase.
+        runs(1)
+        for _ in range(plan.warmup_runs):
+            runs(1)
+        step_ms = []
+        for _ in range(plan.sequential_runs):
+            _, began, ends = runs(1)
+            step_ms.append((ends[0] - began) * 1000 / STEPS)
+        pids: dict[str, int | None] = {
+            **_service_pids(settings),
+            **{f"floor {role}": proc.pid for role, proc in procs.items()},
+        }
+        before = cpu_snapshot(pids)
+        rates = []
+        wall = 0.0
+        for _ in range(plan.rounds):
+            run_ids, began, ends = runs(plan.concurrent_runs)
+            rates.append(len(run_ids) * STEPS / (max(ends) - began))
+            wall += max(ends) - began
+        cpu = cpu_delta(before, cpu_snapshot(pids))
+        steps = plan.rounds * plan.concurrent_runs * STEPS
+        step_ms.sort()
+        metrics = {
+            "floor_step_overhead_p50_ms": statistics.median(step_ms),
+            "floor_step_overhead_p99_ms": step_ms[min(len(step_ms) - 1, int(len(step_ms) * 0.99))],
+            "floor_steps_per_s": statistics.median(rates),
+        }
+        # Each role and service (children included), and this process (driver and watcher).
+        spent = {**cpu.services, "driver": sum(cpu.threads.values())}
+        for name, seconds in spent.items():
+            key = name.removeprefix("floor ").replace("-", "_")
+            metrics[f"floor_cpu_ms_per_step_{key}"] = seconds * 1000 / steps
+        total_ms = sum(v for k, v in metrics.items() if k.startswith("floor_cpu_ms_per_step_"))
+        metrics["floor_cpu_ms_per_step"] = total_ms
+        # Cores busy during the rounds: well under 2 means the floor is bound by the cycle time
+        # of a step (Little's law: runs in flight / cycle), not by CPU.
+        metrics["floor_cores_busy"] = total_ms * steps / 1000 / wall
+        return metrics
+    finally:
+        if watcher is not None:
+            watcher.close()
+        for proc in procs.values():
+            if proc.stdin is not None:
+                proc.stdin.close()
+        for proc in procs.values():
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        delete_prefix_topics(scoped)
+
+
+def run_floor_benchmark(settings: Settings, quick: bool = False) -> dict[str, float]:
+    return measure_floor(settings, QUICK if quick else FULL)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.floor_bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--role", choices=sorted(ROLES), help=argparse.SUPPRESS)
+    parser.add_argument("--prefix", help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    if args.role:
+        return _serve_role(args.role, args.prefix)
+    metrics = run_floor_benchmark(get_settings(), args.quick)
+    for name, value in metrics.items():
+        print(f"{name:<44} {value:10.3f}")
+    if args.out:
+        args.out.write_text(json.dumps(metrics, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
