@@ -1,9 +1,10 @@
-"""Drives the workload through Restate's HTTP ingress: ``python -m benchmarks.peers.restate_driver``.
+"""Drives the workload through Restate's HTTP ingress (``benchmarks.peers.restate_driver``).
 
 Runs as a child of ``benchmarks.peer_restate`` with the peer venv's Python (aiohttp from
-there, ``PYTHONPATH`` = the project root for ``benchmarks.peers``), against a server and a registered
-service endpoint that are already up. For each workload of ``restate_workloads.WORKLOADS``:
-warm-up runs, sequential latency runs, then rounds of 100 runs started at once.
+there, ``PYTHONPATH`` = the project root for ``benchmarks.peers``), against a server and a
+registered service endpoint that are already up. For each workload of
+``restate_workloads.WORKLOADS``: warm-up runs, sequential latency runs, then rounds of 100 runs
+started at once.
 
 A run is started with ``POST /<service>/<handler>/send`` (answered once the server has accepted
 the invocation, with its id) and its result fetched with ``GET /restate/invocation/<id>/attach``,
@@ -162,9 +163,7 @@ async def measure_restate(
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
     metrics: dict[str, float] = {}
     meta: dict[str, Any] = {}
-    async with aiohttp.ClientSession(
-        connector=connector, timeout=timeout, trust_env=False
-    ) as http:
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False) as http:
         for workload in WORKLOADS:
             bench = RestateBench(http, ingress, workload)
             found, details = await measure_workload(bench, plan, meter)

@@ -132,6 +132,19 @@ def registration_body(endpoint_url: str) -> dict[str, Any]:
     return {"uri": endpoint_url}
 
 
+def pinned_version(requirements: str, package: str) -> str:
+    """The version ``package==X`` pins in a requirements text (names compared as pip does)."""
+
+    def canonical(name: str) -> str:
+        return name.strip().lower().replace("_", "-").replace(".", "-")
+
+    for line in requirements.splitlines():
+        name, sep, version = line.split("#", 1)[0].partition("==")
+        if sep and canonical(name) == canonical(package):
+            return version.strip()
+    raise ValueError(f"Expected {package} to be pinned with ==, but it is not in the requirements")
+
+
 def requirements_digest(text: str) -> str:
     """What the venv was installed from; a changed requirements file reinstalls it."""
     return hashlib.sha256(text.encode()).hexdigest()

@@ -1,0 +1,161 @@
+"""REFLUX's run-engine benchmark workload on Restate: ``python -m benchmarks.peer_restate``.
+
+The workload is REFLUX's: a run of 10 sequential no-op steps. Here a run is one invocation of
+a Restate service handler, written with Restate's Python SDK and served by a Hypercorn
+endpoint that Restate's server (1.7.12, one node) pushes work to; both are started by
+``infra.peers.restate`` on loopback. Restate has two kinds of step, so both are measured, each
+with the full set of keys (``benchmarks.peers.timings.summarize``):
+
+- ``peer_restate_*``: a step is a journaled ``ctx.run`` of a no-op closure, run inline in the
+  handler (comparable with REFLUX's inline path);
+- ``peer_restate_call_*``: a step is an awaited durable call to another service's no-op
+  handler (comparable with REFLUX's remote path, a worker round trip).
+
+Measurements, as for Temporal (docs/decisions/0005-benchmark-peer.md): step overhead = one run
+at a time, (``/send`` issued -> result received from ``/attach``) / 10; start latency = ``/send``
+answered (the invocation is accepted) -> first step begins executing, the latter read with
+``time.time()`` in the endpoint process, the former in the driver (same machine clock);
+throughput = 100 runs started at once, 1,000 steps / (first ``/send`` -> last result), median of
+the rounds.
+
+This process runs in the project's venv and never imports the SDK: it installs and starts the
+peer, runs ``benchmarks.peers.restate_driver`` with the peer venv's Python, reads its JSON, and
+stops what it started. The data directory is emptied before a server this module starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from benchmarks.peers.timings import FULL, QUICK, STEPS_PER_RUN
+from foundation.settings import PROJECT_ROOT, get_settings
+from infra.peers.restate import REQUIREMENTS_FILE, SERVER_VERSION, RestatePeer, pinned_version
+
+OUT_FILE = PROJECT_ROOT / "benchmarks" / "out" / "peer_restate.json"
+# Bounds the driver: the slowest full plan is 2 workloads x 5 phases of at most 300 s each.
+DRIVER_TIMEOUT_S = 2 * 5 * FULL.phase_timeout_s + 60
+
+
+def run_restate_benchmark(quick: bool) -> dict[str, float]:
+    """Measures Restate on the benchmark workload; returns its ``peer_restate*`` metrics."""
+    metrics, _ = measure(quick)
+    return metrics
+
+
+def measure(quick: bool) -> tuple[dict[str, float], dict[str, Any]]:
+    """Installs and starts the peer unless running, runs the driver, stops what it started.
+
+    Returns the metrics and what the driver reported beside them (CPU seconds per process
+    and phase) plus the install and start times.
+    """
+    peer = RestatePeer(get_settings())
+    server_started_here = not peer.server.is_running()
+    endpoint_started_here = not peer.services.is_running()
+    installed = peer.install()
+    if server_started_here:
+        peer.server.reset()
+    try:
+        up_s = peer.up()
+        found, driver_meta = run_driver(peer, quick)
+    finally:
+        if endpoint_started_here:
+            peer.services.stop()
+        if server_started_here:
+            peer.server.stop()
+    return found, {**installed, "up_s": round(up_s, 1), "driver": driver_meta}
+
+
+def run_driver(peer: RestatePeer, quick: bool) -> tuple[dict[str, float], dict[str, Any]]:
+    server_pid, endpoint_pid = peer.server.read_pid(), peer.services.read_pid()
+    if server_pid is None or endpoint_pid is None:
+        raise RuntimeError("Expected the Restate server and endpoint to run, but one has no pid")
+    with tempfile.TemporaryDirectory(prefix="reflux-peer-restate-") as tmp:
+        out = Path(tmp) / "driver.json"
+        argv = [
+            str(peer.services.python),
+            "-m",
+            "benchmarks.peers.restate_driver",
+            "--ingress",
+            peer.server.ingress_url,
+            "--out",
+            str(out),
+            "--server-pid",
+            str(server_pid),
+            "--endpoint-pid",
+            str(endpoint_pid),
+            *(["--quick"] if quick else []),
+        ]
+        proc = subprocess.run(
+            argv,
+            cwd=PROJECT_ROOT,
+            env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+            timeout=DRIVER_TIMEOUT_S,
+            check=False,
+        )
+        if proc.returncode != 0 or not out.exists():
+            raise RuntimeError(
+                f"Expected the Restate driver to exit 0 and write {out.name}, but it exited "
+                f"{proc.returncode}; its output above says why."
+            )
+        result = json.loads(out.read_text())
+    metrics: dict[str, float] = result["metrics"]
+    meta: dict[str, Any] = result["meta"]
+    return metrics, meta
+
+
+def describe_environment(quick: bool) -> dict[str, Any]:
+    requirements = REQUIREMENTS_FILE.read_text()
+    return {
+        "peer": "restate",
+        "server": f"restate-server {SERVER_VERSION} (npm, one node, default settings)",
+        "sdk": " ".join(
+            f"{name} {pinned_version(requirements, name)}"
+            for name in ("restate-sdk", "Hypercorn", "aiohttp")
+        ),
+        "steps_per_run": STEPS_PER_RUN,
+        "plan": asdict(QUICK if quick else FULL),
+        "cpus": os.cpu_count(),
+        # Others may share the machine; a high load at the start explains a noisy result.
+        "loadavg_1m_at_start": round(os.getloadavg()[0], 2),
+    }
+
+
+def print_table(metrics: dict[str, float]) -> None:
+    width = max(len(name) for name in metrics)
+    print(f"{'metric':<{width}}  value")
+    for name, value in metrics.items():
+        print(f"{name:<{width}}  {value:10.2f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.peer_restate", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer runs (smoke check)")
+    parser.add_argument("--out", type=Path, default=OUT_FILE, help="JSON result file")
+    args = parser.parse_args(argv)
+    began = time.monotonic()
+    environment = describe_environment(args.quick)
+    metrics, details = measure(args.quick)
+    meta = {
+        **environment,
+        **details,
+        "loadavg_1m_at_end": round(os.getloadavg()[0], 2),
+        "wall_s": round(time.monotonic() - began, 1),
+    }
+    print_table(metrics)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"metrics": metrics, "meta": meta}, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
