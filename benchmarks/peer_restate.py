@@ -41,8 +41,9 @@ from foundation.settings import PROJECT_ROOT, get_settings
 from infra.peers.restate import REQUIREMENTS_FILE, SERVER_VERSION, RestatePeer, pinned_version
 
 OUT_FILE = PROJECT_ROOT / "benchmarks" / "out" / "peer_restate.json"
-# Bounds the driver: the slowest full plan is 2 workloads x 5 phases of at most 300 s each.
-DRIVER_TIMEOUT_S = 2 * 5 * FULL.phase_timeout_s + 60
+# Bounds the driver: per workload, warm-up, latency, request/response check and the rounds,
+# each phase bounded by the plan's phase timeout.
+DRIVER_TIMEOUT_S = 2 * (3 + FULL.throughput_rounds) * FULL.phase_timeout_s + 60
 
 
 def run_restate_benchmark(quick: bool) -> dict[str, float]:

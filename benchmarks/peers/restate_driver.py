@@ -44,6 +44,7 @@ from benchmarks.peers.restate_workloads import (
     invocation_id_of,
     process_cpu_seconds,
 )
+from benchmarks.peers.stats import p50_p99
 from benchmarks.peers.timings import FULL, QUICK, STEPS_PER_RUN, Plan, RunTiming, summarize
 
 # A run of 10 no-ops that takes a minute has failed; bound every request instead of waiting.
@@ -83,6 +84,30 @@ class RestateBench:
                     f"{done.status}: {body[:300]!r}"
                 )
         return RunTiming(requested, accepted, first_step_of(json.loads(body)), finished)
+
+    async def request_response_run(self) -> float:
+        """One run as a single request/response call; returns its seconds.
+
+        Not a reported metric (there is no "accepted" moment to measure start latency from):
+        a cross-check against the one-request figure in peers.md and against what ``/send``
+        plus ``/attach`` add.
+        """
+        began = time.time()
+        async with self.http.post(
+            self.ingress + self.workload.call_path, skip_auto_headers=["Content-Type"]
+        ) as answer:
+            body = await answer.read()
+            ended = time.time()
+            if answer.status != 200:
+                raise RuntimeError(
+                    f"Expected {self.workload.call_path} to answer 200, but it answered "
+                    f"{answer.status}: {body[:300]!r}"
+                )
+        first_step_of(json.loads(body))
+        return ended - began
+
+    async def request_response_runs(self, runs: int) -> list[float]:
+        return [await self.request_response_run() for _ in range(runs)]
 
     async def sequential(self, runs: int) -> list[RunTiming]:
         return [await self.one_run() for _ in range(runs)]
@@ -128,6 +153,8 @@ async def measure_workload(
     latency, latency_cpu = await meter.measure(
         lambda: asyncio.wait_for(bench.sequential(plan.latency_runs), timeout)
     )
+    plain_s = await asyncio.wait_for(bench.request_response_runs(plan.latency_runs), timeout)
+    plain_p50, plain_p99 = p50_p99([seconds * 1000 for seconds in plain_s])
     rounds: list[tuple[int, float]] = []
     rounds_cpu: list[dict[str, float]] = []
     for _ in range(plan.throughput_rounds):
@@ -139,6 +166,8 @@ async def measure_workload(
     meta = {
         "step": workload.step,
         "latency_phase": latency_cpu,
+        "request_response_run_p50_ms": round(plain_p50, 2),
+        "request_response_run_p99_ms": round(plain_p99, 2),
         "throughput_rounds": rounds_cpu,
         # Share of one core each process kept busy while 100 runs were in flight.
         "throughput_cpu_share": {

@@ -27,6 +27,11 @@ class Workload:
     step: str
 
     @property
+    def call_path(self) -> str:
+        """Request/response: the ingress answers with the run's output when it has ended."""
+        return f"/{RUN_SERVICE}/{self.handler}"
+
+    @property
     def send_path(self) -> str:
         """``/send``: the ingress answers once the invocation is accepted, with its id."""
         return f"/{RUN_SERVICE}/{self.handler}/send"

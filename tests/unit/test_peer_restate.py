@@ -100,6 +100,10 @@ def test_workloads_are_the_two_kinds_of_step() -> None:
         f"/{RUN_SERVICE}/{JOURNALED_HANDLER}/send",
         f"/{RUN_SERVICE}/{CALLED_HANDLER}/send",
     ]
+    assert [w.call_path for w in WORKLOADS] == [
+        f"/{RUN_SERVICE}/{JOURNALED_HANDLER}",
+        f"/{RUN_SERVICE}/{CALLED_HANDLER}",
+    ]
     assert attach_path("inv_1abc") == "/restate/invocation/inv_1abc/attach"
 
 
