@@ -21,6 +21,21 @@ the rounds.
 This process runs in the project's venv and never imports the SDK: it installs and starts the
 peer, runs ``benchmarks.peers.restate_driver`` with the peer venv's Python, reads its JSON, and
 stops what it started. The data directory is emptied before a server this module starts.
+
+Where this differs from the recipe in ``../shared/peers.md`` (which measured one
+request/response ``POST /<Service>/<handler>`` a run, with ``ctx.run``):
+
+- runs are started with ``/send`` and awaited with ``/attach`` (two requests), because a
+  request/response call has no "accepted" moment to measure start latency from; the
+  request/response time is still measured, as a cross-check kept in the JSON's ``meta``
+  (``request_response_run_p50_ms``), not as a metric;
+- ``ctx.run_typed``, the SDK's non-deprecated form of ``ctx.run`` (same journal entry), with an
+  ``async`` closure (a sync one would go through a thread pool);
+- the driver's client is aiohttp: httpx's connection pool was the bottleneck at 100 runs in
+  flight (see ``benchmarks.peers.restate_driver``); the JSON's ``meta`` has each process's CPU
+  share during the rounds so that this stays checked;
+- server settings beyond the recipe are in ``infra.peers.restate`` (no PostgreSQL listener in
+  1.7.12, fixed node name, fabric port moved, telemetry off).
 """
 
 from __future__ import annotations
