@@ -12,14 +12,18 @@ Two processes, both on loopback with non-default ports, both logging under
   (8080, 9070, 5122), with ``--listen-mode tcp`` so it creates no Unix sockets. The recipe in
   peers.md also sets ``[admin.query-engine] pgsql-bind-address``; 1.7.12 has no such listener
   (``--dump-config`` drops the key, nothing listens on its default 9071), so it is not set.
-  Everything else is the server's default: one node with all roles, 24 partitions, the
-  replicated loglet on the node's own log server, RocksDB with WAL fsync on;
+  ``disable-telemetry = true`` keeps it from reporting usage; an update check against GitHub
+  still runs at start and logs a harmless connect error here (no internet). Everything else
+  is the server's default: one node with all roles, 24 partitions, the replicated loglet on
+  the node's own log server, whose RocksDB WAL is fsynced (``rocksdb-disable-wal-fsync =
+  false``);
 - the service endpoint: the Python SDK (``restate-sdk``) app in
   ``benchmarks.peers.restate_services``, served by Hypercorn in its own virtualenv
   (``var/peers/restate/venv``, pins in ``infra/peers/restate-requirements.txt``), because the
   SDK's dependencies must not meet temporalio's or another peer's in the project's ``.venv``.
   Restate pushes work to an endpoint over HTTP, so the endpoint is a server the Restate server
-  calls, registered once with ``POST <admin>/deployments``.
+  calls, registered once with ``POST <admin>/deployments``; the server discovers it as a
+  bidirectional stream over HTTP/2 (h2c), one stream per invocation.
 
 Idempotent like ``infra.peers.temporal``: ``install`` is a no-op when the pinned server and the
 venv with the pinned requirements are there; ``up`` starts only what is not running, waits for
