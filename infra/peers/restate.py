@@ -12,8 +12,8 @@ Two processes, both on loopback with non-default ports, both logging under
   (8080, 9070, 5122), with ``--listen-mode tcp`` so it creates no Unix sockets. The recipe in
   peers.md also sets ``[admin.query-engine] pgsql-bind-address``; 1.7.12 has no such listener
   (``--dump-config`` drops the key, nothing listens on its default 9071), so it is not set.
-  ``disable-telemetry = true`` keeps it from reporting usage; an update check against GitHub
-  still runs at start and logs a harmless connect error here (no internet). Everything else
+  It also sets ``disable-telemetry = true``; even so, the server checks GitHub for a newer
+  release at start and logs a harmless connect error here (no internet). Everything else
   is the server's default: one node with all roles, 24 partitions, the replicated loglet on
   the node's own log server, whose RocksDB WAL is fsynced (``rocksdb-disable-wal-fsync =
   false``);
