@@ -163,6 +163,7 @@ async def measure_workload(
         )
         rounds.append((plan.concurrent_runs * STEPS_PER_RUN, seconds))
         rounds_cpu.append(cpu)
+    steps = sum(count for count, _ in rounds)
     meta = {
         "step": workload.step,
         "latency_phase": latency_cpu,
@@ -175,6 +176,13 @@ async def measure_workload(
                 cpu_share(sum(r[name] for r in rounds_cpu), sum(r["wall_s"] for r in rounds_cpu)),
                 2,
             )
+            for name in rounds_cpu[0]
+            if name.endswith("_cpu_s")
+        },
+        # CPU a step costs each process: far less moved by other work on the machine than the
+        # rates, so it bounds what the peer could do with the cores to itself.
+        "throughput_cpu_ms_per_step": {
+            name.removesuffix("_cpu_s"): round(sum(r[name] for r in rounds_cpu) * 1000 / steps, 3)
             for name in rounds_cpu[0]
             if name.endswith("_cpu_s")
         },
