@@ -116,7 +116,7 @@ def render_config(ports: RestatePorts, base_dir: Path) -> str:
             # A fixed node name: the data folder is <base-dir>/<node-name>, not the host name.
             f"node-name = {toml_string(NODE_NAME)}",
             'listen-mode = "tcp"',
-            # No version check or usage report: the peer contacts nothing beyond loopback.
+            # Telemetry off. (A start-up check for a newer release still runs and fails offline.)
             "disable-telemetry = true",
             f"bind-address = {address(ports.fabric)}",
             f"advertised-address = {toml_string(f'http://{HOST}:{ports.fabric}')}",
@@ -175,7 +175,7 @@ def _healthy(url: str) -> bool:
         return False
 
 
-def _run_logged(argv: list[str], log_file: Path, what: str, cwd: Path | None = None) -> float:
+def _run_logged(argv: list[str], log_file: Path, what: str) -> float:
     """Runs an install command, its output appended to ``log_file``; returns its seconds or
     raises with the log's tail."""
     started = time.monotonic()
@@ -188,7 +188,6 @@ def _run_logged(argv: list[str], log_file: Path, what: str, cwd: Path | None = N
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                cwd=cwd,
                 timeout=INSTALL_TIMEOUT_S,
                 check=False,
             ).returncode
@@ -387,8 +386,8 @@ class RestateEndpoint(Service):
                 str(self.python),
                 "-m",
                 "hypercorn",
-                # 0 workers: serve in this process (1 would fork a worker), so the pid we
-                # record is the one doing the work, and its CPU time is the endpoint's.
+                # 0 workers: serve in this process (the default, 1, starts a worker process),
+                # so the pid we record is the one doing the work, and its CPU is the endpoint's.
                 "--workers",
                 "0",
                 "--bind",
@@ -404,9 +403,9 @@ class RestateEndpoint(Service):
     def stop(self, timeout: float = 30.0) -> bool:
         """Interrupts Hypercorn (Ctrl-C), then falls back to TERM and KILL.
 
-        WHY: served with ``--workers 0``, Hypercorn 0.18 with this app stayed up 30 s after
-        SIGTERM (its handler never ran: the process sat idle in its event loop), while
-        SIGINT stops it at once. The endpoint holds no state, so the fallback is harmless.
+        WHY: served with ``--workers 0``, Hypercorn 0.18 with this app was still up, idle in
+        its event loop, 30 s after SIGTERM (and after a second one), while SIGINT stopped it
+        at once. The endpoint holds no state, so the fallback to KILL is harmless.
         """
         pid = self.read_pid()
         if pid is not None:
