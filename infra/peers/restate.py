@@ -403,9 +403,12 @@ class RestateEndpoint(Service):
     def stop(self, timeout: float = 30.0) -> bool:
         """Interrupts Hypercorn (Ctrl-C), then falls back to TERM and KILL.
 
-        WHY: served with ``--workers 0``, Hypercorn 0.18 with this app was still up, idle in
-        its event loop, 30 s after SIGTERM (and after a second one), while SIGINT stopped it
-        at once. The endpoint holds no state, so the fallback to KILL is harmless.
+        WHY: the SDK's ASGI app (restate-sdk 1.3.0, ``restate/server.py``), on its first
+        request, installs its own SIGTERM handler on the event loop, which replaces
+        Hypercorn's: SIGTERM then only asks in-flight invocations to drain and the server
+        stays up (observed: still up 30 s later; a trivial ASGI app under the same Hypercorn
+        stops on SIGTERM). SIGINT is still Hypercorn's. The endpoint holds no state, so the
+        fallback to KILL is harmless.
         """
         pid = self.read_pid()
         if pid is not None:
