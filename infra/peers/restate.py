@@ -443,7 +443,13 @@ class RestatePeer:
         began = time.monotonic()
         self.server.start()
         self.services.start()
-        wait_until(self.register, 60.0, "restate deployment registration", self.server.log_file)
+        wait_until(
+            self.register,
+            60.0,
+            "restate deployment registration",
+            self.server.log_file,
+            lambda: self.server.last_probe_error,
+        )
         return time.monotonic() - began
 
     def register(self) -> bool:
