@@ -35,10 +35,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from benchmarks.peers.timings import FULL, QUICK, STEPS_PER_RUN
+from benchmarks.peers.timings import STEPS_PER_RUN
 from foundation.settings import PROJECT_ROOT, get_settings
 from infra.peers.hatchet import DATABASE, VERSION, HatchetServer
 
@@ -77,27 +78,38 @@ def measure(quick: bool) -> dict[str, Any]:
     return result
 
 
+def driver_argv(python: Path, out: Path, worker_log: Path, quick: bool) -> list[str]:
+    """The driver's command line, run by the peer virtualenv's ``python``."""
+    argv = [str(python), "-m", "benchmarks.peers.hatchet_driver", "--out", str(out)]
+    return [*argv, "--worker-log", str(worker_log), *(["--quick"] if quick else [])]
+
+
+def driver_env(base: Mapping[str, str], client: Mapping[str, str]) -> dict[str, str]:
+    """The driver's environment: the project root on its path, the server's client settings.
+
+    Only the project root: the driver imports ``benchmarks.peers`` (stdlib only) from it and
+    everything else from its own virtualenv, never the project's site-packages.
+    """
+    env = {k: v for k, v in base.items() if k not in {"VIRTUAL_ENV", "PYTHONHOME"}}
+    return {**env, "PYTHONPATH": str(PROJECT_ROOT), **client}
+
+
 def run_driver(server: HatchetServer, quick: bool) -> dict[str, Any]:
     """Runs the driver in the peer's virtualenv; returns its ``{"metrics", "meta"}``."""
+    worker_log = server.root / "worker.log"
     with tempfile.TemporaryDirectory(prefix="reflux-peer-") as tmp:
         out = Path(tmp) / "peer_hatchet.json"
-        argv = [
-            str(server.venv_python),
-            "-m",
-            "benchmarks.peers.hatchet_driver",
-            "--out",
-            str(out),
-            "--worker-log",
-            str(server.root / "worker.log"),
-            *(["--quick"] if quick else []),
-        ]
-        env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), **server.client_env()}
-        env.pop("VIRTUAL_ENV", None)  # the child's interpreter is the peer's venv
-        proc = subprocess.run(argv, cwd=PROJECT_ROOT, env=env, timeout=DRIVER_TIMEOUT_S, check=False)
+        proc = subprocess.run(
+            driver_argv(server.venv_python, out, worker_log, quick),
+            cwd=PROJECT_ROOT,
+            env=driver_env(os.environ, server.client_env()),
+            timeout=DRIVER_TIMEOUT_S,
+            check=False,
+        )
         if proc.returncode != 0 or not out.exists():
             raise RuntimeError(
                 f"Expected the Hatchet peer driver to exit 0 and write {out.name}, but it exited "
-                f"{proc.returncode}; its output above and {server.root / 'worker.log'} say why."
+                f"{proc.returncode}; its output above and {worker_log} say why."
             )
         result: dict[str, Any] = json.loads(out.read_text())
         return result

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -72,11 +73,16 @@ async def wait_for_worker(hatchet: Hatchet, name: str, timeout_s: float) -> floa
     began = time.monotonic()
     while True:
         listed = await hatchet.workers.aio_list()
-        rows = [{"name": w.name, "status": getattr(w.status, "value", w.status)} for w in listed.rows or []]
+        rows = [
+            {"name": w.name, "status": getattr(w.status, "value", w.status)}
+            for w in listed.rows or []
+        ]
         if worker_ready(rows, name):
             return time.monotonic() - began
         if time.monotonic() - began > timeout_s:
-            raise TimeoutError(f"Expected worker {name} to be active within {timeout_s:.0f}s; got {rows}")
+            raise TimeoutError(
+                f"Expected worker {name} to be active within {timeout_s:.0f}s; got {rows}"
+            )
         await asyncio.sleep(0.2)
 
 
@@ -105,14 +111,10 @@ def stop_worker(proc: subprocess.Popen[bytes]) -> None:
     """SIGTERM (the SDK drains and exits), then SIGKILL of the group after a bound."""
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(WORKER_STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)  # leftovers of the group, if any
-    except ProcessLookupError:
-        pass
     proc.wait()
 
 

@@ -7,7 +7,7 @@ it imports neither the SDK nor anything of the project beyond ``benchmarks.peers
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 PREFIX = "peer_hatchet"
@@ -49,6 +49,6 @@ def first_step_began(result: Mapping[str, Any], steps: int) -> float:
     return float(began)
 
 
-def worker_ready(workers: list[Mapping[str, Any]], name: str) -> bool:
+def worker_ready(workers: Sequence[Mapping[str, Any]], name: str) -> bool:
     """True once the engine lists the worker ``name`` as ACTIVE (registered and listening)."""
     return any(w.get("name") == name and w.get("status") == "ACTIVE" for w in workers)

@@ -398,8 +398,14 @@ class HatchetServer(Service):
         )
         if not self.token_file.exists():
             out = self.run_admin(
-                [str(self.binary("hatchet-admin")), "token", "create", "--name", "reflux-bench"]
-                + config,
+                [
+                    str(self.binary("hatchet-admin")),
+                    "token",
+                    "create",
+                    "--name",
+                    "reflux-bench",
+                    *config,
+                ],
                 "token",
             )
             write_private(self.token_file, parse_token(out) + "\n")
