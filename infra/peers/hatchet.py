@@ -252,6 +252,8 @@ class HatchetServer(Service):
                         stdin=subprocess.DEVNULL,
                         timeout=max(left, 1.0),
                         check=False,
+                        # Like the Jaeger build: the installed Go, never a downloaded toolchain.
+                        env={**os.environ, "GOTOOLCHAIN": "local"},
                     ).returncode
                 except subprocess.TimeoutExpired:
                     code = -1
