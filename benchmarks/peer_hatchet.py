@@ -29,8 +29,10 @@ only 127.0.0.1 is contacted (hatchet-lite's HTTP listeners bind all interfaces, 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -99,17 +101,24 @@ def run_driver(server: HatchetServer, quick: bool) -> dict[str, Any]:
     worker_log = server.root / "worker.log"
     with tempfile.TemporaryDirectory(prefix="reflux-peer-") as tmp:
         out = Path(tmp) / "peer_hatchet.json"
-        proc = subprocess.run(
+        # Its own process group, holding its worker process too: killed as a whole at the end,
+        # so a hung or interrupted driver leaves no worker behind.
+        proc = subprocess.Popen(
             driver_argv(server.venv_python, out, worker_log, quick),
             cwd=PROJECT_ROOT,
             env=driver_env(os.environ, server.client_env()),
-            timeout=DRIVER_TIMEOUT_S,
-            check=False,
+            start_new_session=True,
         )
-        if proc.returncode != 0 or not out.exists():
+        try:
+            code = proc.wait(DRIVER_TIMEOUT_S)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        if code != 0 or not out.exists():
             raise RuntimeError(
                 f"Expected the Hatchet peer driver to exit 0 and write {out.name}, but it exited "
-                f"{proc.returncode}; its output above and {worker_log} say why."
+                f"{code}; its output above and {worker_log} say why."
             )
         result: dict[str, Any] = json.loads(out.read_text())
         return result

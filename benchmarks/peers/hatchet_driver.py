@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -87,7 +86,8 @@ async def wait_for_worker(hatchet: Hatchet, name: str, timeout_s: float) -> floa
 
 
 def start_worker(workflow: str, worker_name: str, log_file: Path) -> subprocess.Popen[bytes]:
-    with log_file.open("ab") as out:
+    # One log per benchmark: the SDK logs three lines per step at its default level (INFO).
+    with log_file.open("wb") as out:
         return subprocess.Popen(
             [
                 sys.executable,
@@ -102,19 +102,22 @@ def start_worker(workflow: str, worker_name: str, log_file: Path) -> subprocess.
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            # Its own group: the SDK's action-listener child is stopped with it.
-            start_new_session=True,
+            # The driver's process group (the parent's to kill if the driver hangs).
         )
 
 
 def stop_worker(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM (the SDK drains and exits), then SIGKILL of the group after a bound."""
+    """SIGTERM (the SDK stops its listener process, drains and exits), SIGKILL after a bound.
+
+    Anything of the worker that outlives this (its listener process after a SIGKILL) is in the
+    driver's process group, which ``benchmarks.peer_hatchet`` kills when the driver is done.
+    """
     if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
+        proc.terminate()
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(WORKER_STOP_TIMEOUT_S)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)  # leftovers of the group, if any
+    if proc.poll() is None:
+        proc.kill()
     proc.wait()
 
 
