@@ -102,9 +102,10 @@ def test_the_foundation_imports_no_other_package_of_the_project() -> None:
     assert edges.get("foundation", set()) == set()
 
 
-# Installed only by `make bench` (pyproject's `bench` extra): modules that need them are skipped
-# when they are missing, and only then.
-OPTIONAL_DEPENDENCIES = {"temporalio"}
+# Installed only by `make bench` (pyproject's `bench` extra) or only in a peer's own virtualenv
+# (hatchet_sdk: var/peers/hatchet/venv): modules that need them are skipped when they are
+# missing, and only then.
+OPTIONAL_DEPENDENCIES = {"temporalio", "hatchet_sdk"}
 
 
 def project_modules() -> list[ModuleType]:
