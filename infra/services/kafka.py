@@ -61,7 +61,9 @@ def maven_classpath(pom: Path, libs: Path, stamp_inputs: list[Path]) -> None:
         return
     mvn = require_command("mvn", "Install Maven (Debian package 'maven').")
     require_command("java", "Install a Java 17 runtime (Debian package 'openjdk-17-jre-headless').")
-    log(f"resolving {pom.relative_to(PROJECT_ROOT)} from Maven Central into {libs}")
+    # A pom may be generated under the data folder, which need not be inside the project.
+    shown = pom.relative_to(PROJECT_ROOT) if pom.is_relative_to(PROJECT_ROOT) else pom
+    log(f"resolving {shown} from Maven Central into {libs}")
     if libs.exists():
         for jar in libs.glob("*.jar"):
             jar.unlink()

@@ -1,0 +1,81 @@
+"""What the LittleHorse benchmark's parent and its driver process agree on (pure, stdlib only).
+
+The driver runs in the SDK's own virtualenv, which has neither pydantic nor the project's other
+dependencies, so everything both sides share lives here: the names registered on the server,
+the driver's command line and the shape of the JSON it writes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.peers.timings import FULL, QUICK, Plan
+
+KEY_PREFIX = "peer_littlehorse"
+# The keys summarize() writes; the parent refuses a result without exactly these.
+METRIC_NAMES = (
+    "start_latency_p50_ms",
+    "start_latency_p99_ms",
+    "step_overhead_p50_ms",
+    "step_overhead_p99_ms",
+    "steps_per_s",
+    "start_request_to_first_step_p50_ms",
+    "start_request_to_first_step_p99_ms",
+)
+# Setting up (registering, the worker's first heartbeat) and tearing down, beyond the phases.
+SETUP_TIMEOUT_S = 120.0
+
+
+@dataclass(frozen=True)
+class Names:
+    """What one benchmark invocation registers: its own names, so that tasks left queued by
+    an earlier, aborted invocation on a reused server never reach this one's worker."""
+
+    suffix: str
+
+    @property
+    def task_def(self) -> str:
+        return f"reflux-peer-noop-step-{self.suffix}"
+
+    @property
+    def wf_spec(self) -> str:
+        return f"reflux-peer-sequential-noop-{self.suffix}"
+
+    @property
+    def done_event(self) -> str:
+        """The WorkflowEvent a run throws after its last step; the client awaits it."""
+        return f"reflux-peer-run-done-{self.suffix}"
+
+
+def plan_for(quick: bool) -> Plan:
+    return QUICK if quick else FULL
+
+
+def child_timeout_s(plan: Plan) -> float:
+    """The bound on the whole driver process: every phase at its limit, plus setup."""
+    phases = 2 + plan.throughput_rounds  # warm-up, latency, one per throughput round
+    return phases * plan.phase_timeout_s + SETUP_TIMEOUT_S
+
+
+def driver_argv(python: Path, host: str, port: int, quick: bool, out: Path) -> list[str]:
+    argv = [str(python), "-m", "benchmarks.peers.littlehorse_driver"]
+    argv += ["--host", host, "--port", str(port), "--out", str(out)]
+    return [*argv, *(["--quick"] if quick else [])]
+
+
+def read_result(text: str) -> tuple[dict[str, float], dict[str, object]]:
+    """The driver's JSON: ``{"metrics": {...}, "meta": {...}}``, metrics exactly the peer's keys."""
+    document = json.loads(text)
+    metrics = document.get("metrics")
+    meta = document.get("meta", {})
+    expected = {f"{KEY_PREFIX}_{name}" for name in METRIC_NAMES}
+    if not isinstance(metrics, dict) or set(metrics) != expected:
+        got = sorted(metrics) if isinstance(metrics, dict) else metrics
+        raise ValueError(f"Expected the metrics {sorted(expected)}, but the driver wrote {got}")
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in metrics.values()):
+        raise ValueError(f"Expected numeric metrics, but the driver wrote {metrics}")
+    if not isinstance(meta, dict):
+        raise ValueError(f"Expected an object under 'meta', but the driver wrote {meta!r}")
+    return {name: float(value) for name, value in metrics.items()}, meta
