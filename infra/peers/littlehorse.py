@@ -42,6 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient
 
 from foundation.settings import PROJECT_ROOT, Settings, get_settings
 from infra.services.base import Service, ServiceError, log, port_open, tail_of
@@ -57,6 +59,8 @@ HOST = "127.0.0.1"
 CLUSTER_ID_PREFIX = "lhbench"
 REQUIREMENTS = PROJECT_ROOT / "infra" / "peers" / "littlehorse-requirements.txt"
 PIP_TIMEOUT_S = 15 * 60.0
+# The server's Kafka Streams session timeout (LHS_STREAMS_SESSION_TIMEOUT, its default).
+GROUP_SESSION_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -331,9 +335,9 @@ class LittleHorseServer(Service):
                     future.result(60)
             listed = admin.list_consumer_groups().result(timeout=10).valid
             groups = cluster_names(cluster_id, (g.group_id for g in listed))
-            if groups:
-                for future in admin.delete_consumer_groups(groups, request_timeout=30).values():
-                    future.result(30)
+            self.delete_groups(admin, groups)
+        except ServiceError:
+            raise
         except Exception as exc:  # confluent-kafka raises KafkaException and plain errors
             raise ServiceError(
                 f"Expected to delete LittleHorse cluster {cluster_id}'s topics and groups from "
@@ -344,6 +348,39 @@ class LittleHorseServer(Service):
         self.cluster_id_file.unlink(missing_ok=True)
         removed = f"{len(topics)} topics, {len(groups)} consumer groups"
         log(f"littlehorse: removed cluster {cluster_id} ({removed})")
+
+    def delete_groups(self, admin: AdminClient, groups: list[str]) -> None:
+        """Deletes the consumer groups, waiting while a dead server's members still hold them.
+
+        A server that was killed leaves its Kafka Streams members in their groups until their
+        session times out (``LHS_STREAMS_SESSION_TIMEOUT``, 60 s by default); the broker
+        refuses to delete a group that has members. A server stopped by ``down`` leaves at once.
+        """
+        deadline = time.monotonic() + GROUP_SESSION_TIMEOUT_S + 15
+        remaining = groups
+        while remaining:
+            busy = []
+            futures = admin.delete_consumer_groups(remaining, request_timeout=30)
+            for group, future in futures.items():
+                try:
+                    future.result(30)
+                except KafkaException as exc:
+                    code = exc.args[0].code() if exc.args else None
+                    if code == KafkaError.NON_EMPTY_GROUP:
+                        busy.append(group)
+                    elif code != KafkaError.GROUP_ID_NOT_FOUND:
+                        raise
+            if busy and time.monotonic() > deadline:
+                raise ServiceError(
+                    f"Expected LittleHorse's consumer groups {busy} to empty within "
+                    f"{GROUP_SESSION_TIMEOUT_S + 15:.0f}s, but they still have members. Is a "
+                    "server of that cluster still running elsewhere?"
+                )
+            if busy:
+                if busy != remaining or remaining is groups:  # say it once, not every 5 s
+                    log(f"littlehorse: waiting for {busy} to lose a dead server's members")
+                time.sleep(5)
+            remaining = busy
 
     def detail(self) -> str:
         installed = "installed" if (self.lib / ".stamp").exists() else "not installed"
