@@ -39,6 +39,7 @@ from littlehorse.workflow import create_task_def, create_workflow_spec
 
 from benchmarks.peers.littlehorse_flow import StepClock, sequential_noop
 from benchmarks.peers.littlehorse_shape import KEY_PREFIX, Names, plan_for
+from benchmarks.peers.stats import p50_p99
 from benchmarks.peers.timings import STEPS_PER_RUN, Plan, RunTiming, summarize
 
 # A run of 10 no-ops that takes a minute has failed; bound it instead of waiting forever.
@@ -54,6 +55,9 @@ class LittleHorseBench:
         self.clock = clock
         self.names = names
         self.run_ids: list[str] = []
+        # Wall-clock ms from the server creating the run's final event to the client having it
+        # (same machine, same clock): what the server-side wait adds to a run's end.
+        self.event_delivery_ms: list[float] = []
 
     async def one_run(self) -> RunTiming:
         run_id = f"{self.names.suffix}-{uuid.uuid4().hex}"
@@ -72,6 +76,9 @@ class LittleHorseBench:
             timeout=RUN_TIMEOUT_S,
         )
         finished = time.perf_counter()
+        received = time.time()
+        thrown = event.created_at.seconds + event.created_at.nanos / 1e9
+        self.event_delivery_ms.append((received - thrown) * 1000)
         if extract_value(event.content) != STEPS_PER_RUN:
             raise RuntimeError(
                 f"Expected run {run_id} to report {STEPS_PER_RUN} steps, but its event says "
@@ -134,9 +141,11 @@ async def measure_littlehorse(host: str, port: int, plan: Plan) -> dict[str, Any
     worker_task = asyncio.create_task(worker.start())
     try:
         await phase("the warm-up runs", bench.sequential(plan.warmup_runs), plan, worker_task)
+        bench.event_delivery_ms.clear()
         latency = await phase(
             "the latency runs", bench.sequential(plan.latency_runs), plan, worker_task
         )
+        delivery_p50, delivery_p99 = p50_p99(bench.event_delivery_ms)
         rounds: list[tuple[int, float]] = []
         for _ in range(plan.throughput_rounds):
             _, seconds = await phase(
@@ -157,6 +166,7 @@ async def measure_littlehorse(host: str, port: int, plan: Plan) -> dict[str, Any
         "worker": f"1 LHTaskWorker in the driver process, {config.num_worker_threads} "
         "tasks at most in flight (LHW_NUM_WORKER_THREADS default)",
         "runs_completed": completed,
+        "latency_runs_event_delivery_ms_p50_p99": [round(delivery_p50, 2), round(delivery_p99, 2)],
         "throughput_round_s": [round(seconds, 3) for _, seconds in rounds],
     }
     return {"metrics": summarize(latency, rounds, prefix=KEY_PREFIX), "meta": meta}
