@@ -60,9 +60,9 @@ def measure(quick: bool) -> tuple[dict[str, float], dict[str, Any]]:
     """Installs and starts the server unless it runs, runs the driver, stops what it started."""
     server = LittleHorseServer(get_settings())
     started_here = not server.is_running()
-    startup_s = server.start()
-    cluster_id = server.cluster_id()
     try:
+        startup_s = server.start()  # a start that times out still leaves a process to stop
+        cluster_id = server.cluster_id()
         metrics, meta = run_driver(server, quick)
     finally:
         if started_here:
