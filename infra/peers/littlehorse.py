@@ -265,6 +265,12 @@ class LittleHorseServer(Service):
         return None
 
     def launch(self) -> None:
+        kafka = Kafka(self.settings).host_port
+        if not port_open(*kafka):
+            raise ServiceError(
+                f"Expected the project's Kafka at {kafka[0]}:{kafka[1]} (LittleHorse keeps its "
+                "state there), but nothing answers. Start the local services: `make up`."
+            )
         # A stopped server's leftovers (it died, or `down` never ran) go before a new cluster.
         self.cleanup()
         cluster_id = new_cluster_id()
