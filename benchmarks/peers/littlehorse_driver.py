@@ -19,17 +19,20 @@ import sys
 import time
 import traceback
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import grpc
 from google.protobuf.empty_pb2 import Empty
 from littlehorse.config import LHConfig
 from littlehorse.model import (
     AwaitWorkflowEventRequest,
     LHStatus,
     RunWfRequest,
+    TaskDefId,
     WfRunId,
     WorkflowEventDefId,
 )
@@ -45,6 +48,7 @@ from benchmarks.peers.timings import STEPS_PER_RUN, Plan, RunTiming, summarize
 # A run of 10 no-ops that takes a minute has failed; bound it instead of waiting forever.
 RUN_TIMEOUT_S = 60.0
 RPC_TIMEOUT_S = 30.0
+METADATA_WAIT_S = 30.0
 
 
 class LittleHorseBench:
@@ -59,14 +63,18 @@ class LittleHorseBench:
         # (same machine, same clock): what the server-side wait adds to a run's end.
         self.event_delivery_ms: list[float] = []
 
-    async def one_run(self) -> RunTiming:
+    async def one_run(self, first: bool = False) -> RunTiming:
+        """One run, timed. ``first``: the WfSpec was just registered and may not have reached
+        the core processor yet; its start is retried while the server does not know it."""
         run_id = f"{self.names.suffix}-{uuid.uuid4().hex}"
         self.run_ids.append(run_id)
+        request = RunWfRequest(wf_spec_name=self.names.wf_spec, id=run_id)
         requested = time.perf_counter()
         # RunWf returns once the server has processed the start command (it is on Kafka).
-        await self.stub.RunWf(
-            RunWfRequest(wf_spec_name=self.names.wf_spec, id=run_id), timeout=RPC_TIMEOUT_S
-        )
+        if first:
+            await until_found(lambda: self.stub.RunWf(request, timeout=RPC_TIMEOUT_S))
+        else:
+            await self.stub.RunWf(request, timeout=RPC_TIMEOUT_S)
         accepted = time.perf_counter()
         event = await self.stub.AwaitWorkflowEvent(
             AwaitWorkflowEventRequest(
@@ -89,8 +97,8 @@ class LittleHorseBench:
             raise RuntimeError(f"Expected run {run_id} to record its first step, but it did not")
         return RunTiming(requested, accepted, first_step, finished)
 
-    async def sequential(self, runs: int) -> list[RunTiming]:
-        return [await self.one_run() for _ in range(runs)]
+    async def sequential(self, runs: int, first: bool = False) -> list[RunTiming]:
+        return [await self.one_run(first=first and index == 0) for index in range(runs)]
 
     async def concurrent(self, runs: int) -> tuple[list[RunTiming], float]:
         """Starts ``runs`` runs at once; returns their timings and the wall time of the batch."""
@@ -107,6 +115,23 @@ class LittleHorseBench:
             run = await self.stub.GetWfRun(WfRunId(id=run_id), timeout=RPC_TIMEOUT_S)
             completed += run.status == LHStatus.COMPLETED
         return completed
+
+
+async def until_found(call: Callable[[], Awaitable[Any]]) -> Any:
+    """``call()``, retried while the server answers NOT_FOUND, for at most METADATA_WAIT_S.
+
+    Metadata (TaskDef, WfSpec) is written by the server's metadata processor and reaches the
+    core processor through a global store a moment later: a RunWf or GetTaskDef right after
+    registering can miss it ("Couldn't find specified WfSpec", seen here on a busy machine).
+    """
+    deadline = time.monotonic() + METADATA_WAIT_S
+    while True:
+        try:
+            return await call()
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND or time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.1)
 
 
 def register(config: Any, clock: StepClock, names: Names) -> None:
@@ -128,8 +153,11 @@ async def phase(what: str, work: Any, plan: Plan, worker_task: asyncio.Task[None
         raise RuntimeError(f"Expected {what} to end within {plan.phase_timeout_s:.0f}s") from None
 
 
-async def measure_littlehorse(host: str, port: int, plan: Plan) -> dict[str, Any]:
-    """Registers, starts the worker, runs the three measurements; returns metrics and meta."""
+async def measure_littlehorse(
+    host: str, port: int, plan: Plan, jvm_warmup_batches: int
+) -> dict[str, Any]:
+    """Registers, starts the worker, warms up, runs the three measurements; returns metrics
+    and meta."""
     config = LHConfig()
     config.load({"LHC_API_HOST": host, "LHC_API_PORT": str(port), "LHC_API_PROTOCOL": "PLAINTEXT"})
     clock = StepClock()
@@ -137,10 +165,22 @@ async def measure_littlehorse(host: str, port: int, plan: Plan) -> dict[str, Any
     register(config, clock, names)
     bench = LittleHorseBench(config.stub(async_channel=True), clock, names)
     server_version = await bench.stub.GetServerVersion(Empty(), timeout=RPC_TIMEOUT_S)
+    # The worker starts by fetching the TaskDef and dies if the server does not know it yet.
+    task_def_id = TaskDefId(name=names.task_def)
+    await until_found(lambda: bench.stub.GetTaskDef(task_def_id, timeout=RPC_TIMEOUT_S))
     worker = LHTaskWorker(clock.noop_step, names.task_def, config)
     worker_task = asyncio.create_task(worker.start())
     try:
-        await phase("the warm-up runs", bench.sequential(plan.warmup_runs), plan, worker_task)
+        warmup = bench.sequential(plan.warmup_runs, first=True)
+        await phase("the warm-up runs", warmup, plan, worker_task)
+        # The server is a fresh JVM: until its JIT has compiled the hot paths (a few thousand
+        # steps), it runs several times slower than it will. Not measured; its rate is kept.
+        jvm_warmup: list[float] = []
+        for _ in range(jvm_warmup_batches):
+            _, seconds = await phase(
+                "a JVM warm-up batch", bench.concurrent(plan.concurrent_runs), plan, worker_task
+            )
+            jvm_warmup.append(plan.concurrent_runs * STEPS_PER_RUN / seconds)
         bench.event_delivery_ms.clear()
         latency = await phase(
             "the latency runs", bench.sequential(plan.latency_runs), plan, worker_task
@@ -166,6 +206,7 @@ async def measure_littlehorse(host: str, port: int, plan: Plan) -> dict[str, Any
         "worker": f"1 LHTaskWorker in the driver process, {config.num_worker_threads} "
         "tasks at most in flight (LHW_NUM_WORKER_THREADS default)",
         "runs_completed": completed,
+        "jvm_warmup_steps_per_s": [round(rate, 1) for rate in jvm_warmup],
         "latency_runs_event_delivery_ms_p50_p99": [round(delivery_p50, 2), round(delivery_p99, 2)],
         "throughput_round_s": [round(seconds, 3) for _, seconds in rounds],
     }
@@ -183,13 +224,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--jvm-warmup-batches", type=int, required=True)
     args = parser.parse_args(argv)
     # The SDK warns on every insecure channel; loopback is plaintext on purpose.
     logging.basicConfig(level=logging.ERROR)
     plan = plan_for(args.quick)
     began = time.monotonic()
-    document = asyncio.run(measure_littlehorse(args.host, args.port, plan))
-    document["meta"] |= {"plan": asdict(plan), "driver_wall_s": round(time.monotonic() - began, 1)}
+    document = asyncio.run(measure_littlehorse(args.host, args.port, plan, args.jvm_warmup_batches))
+    document["meta"] |= {
+        "plan": asdict(plan),
+        "jvm_warmup_batches": args.jvm_warmup_batches,
+        "driver_wall_s": round(time.monotonic() - began, 1),
+    }
     args.out.write_text(json.dumps(document, indent=2) + "\n")
     return 0
 

@@ -26,6 +26,11 @@ METRIC_NAMES = (
 )
 # Setting up (registering, the worker's first heartbeat) and tearing down, beyond the phases.
 SETUP_TIMEOUT_S = 120.0
+# Batches of concurrent runs, not measured, before the latency runs: the server is a fresh JVM
+# each time, and its step rate climbs for ~3,000 steps while the JIT compiles (measured here:
+# 35, 73, 95, 144, then 104-143 steps/s over 8 batches of 100 runs; the latency runs' step
+# overhead went from 27-35 ms without them to 5-7 ms after). Temporal's Go server needs none.
+JVM_WARMUP_BATCHES = 5
 
 
 @dataclass(frozen=True)
@@ -55,13 +60,15 @@ def plan_for(quick: bool) -> Plan:
 
 def child_timeout_s(plan: Plan) -> float:
     """The bound on the whole driver process: every phase at its limit, plus setup."""
-    phases = 2 + plan.throughput_rounds  # warm-up, latency, one per throughput round
+    # Warm-up, JVM warm-up batches, latency, one per throughput round.
+    phases = 2 + JVM_WARMUP_BATCHES + plan.throughput_rounds
     return phases * plan.phase_timeout_s + SETUP_TIMEOUT_S
 
 
 def driver_argv(python: Path, host: str, port: int, quick: bool, out: Path) -> list[str]:
     argv = [str(python), "-m", "benchmarks.peers.littlehorse_driver"]
     argv += ["--host", host, "--port", str(port), "--out", str(out)]
+    argv += ["--jvm-warmup-batches", str(JVM_WARMUP_BATCHES)]
     return [*argv, *(["--quick"] if quick else [])]
 
 

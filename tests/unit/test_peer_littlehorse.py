@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.peers.littlehorse_shape import (
+    JVM_WARMUP_BATCHES,
     KEY_PREFIX,
     METRIC_NAMES,
     SETUP_TIMEOUT_S,
@@ -146,8 +147,10 @@ def test_driver_command_line_and_timeout(tmp_path: Path) -> None:
     assert "--quick" not in driver_argv(tmp_path / "python", HOST, 1, False, tmp_path / "o")
     assert plan_for(True) is QUICK
     assert plan_for(False) is FULL
-    # Full plan: warm-up, latency and 3 throughput rounds, each at most 300 s.
-    assert child_timeout_s(FULL) == 5 * 300 + SETUP_TIMEOUT_S
+    assert argv[argv.index("--jvm-warmup-batches") + 1] == str(JVM_WARMUP_BATCHES)
+    # Full plan: warm-up, the JVM's warm-up batches, latency and 3 throughput rounds, each at
+    # most 300 s.
+    assert child_timeout_s(FULL) == (5 + JVM_WARMUP_BATCHES) * 300 + SETUP_TIMEOUT_S
 
 
 def test_read_result_accepts_what_summarize_writes_under_the_peer_prefix() -> None:
