@@ -204,7 +204,7 @@ async def measure_littlehorse(
         "server_version": _version_text(server_version),
         "sdk": f"littlehorse-client {metadata.version('littlehorse-client')}",
         "worker": f"1 LHTaskWorker in the driver process, {config.num_worker_threads} "
-        "tasks at most in flight (LHW_NUM_WORKER_THREADS default)",
+        "tasks at most in flight (LHW_NUM_WORKER_THREADS; the SDK's default is 8)",
         "runs_completed": completed,
         "jvm_warmup_steps_per_s": [round(rate, 1) for rate in jvm_warmup],
         "latency_runs_event_delivery_ms_p50_p99": [round(delivery_p50, 2), round(delivery_p99, 2)],
