@@ -19,10 +19,10 @@ Three measurements, as for the Temporal peer (docs/decisions/0005-benchmark-peer
 - throughput: 100 runs started at once; steps per second from the first start call to the last
   result (median over the rounds).
 
-Deviations from the Temporal peer: after the plan's warm-up runs come 5 batches of 100
+Deviations from the Temporal peer: after the plan's warm-up runs come 8 batches of 100
 concurrent runs that are not measured (``littlehorse_shape.JVM_WARMUP_BATCHES``): the server is
-a fresh JVM on every invocation, and without them its JIT warm-up (~3,000 steps) would be
-measured as LittleHorse's overhead (27-35 ms a step instead of 5-7 ms on this machine); their
+a fresh JVM on every invocation, and without them its JIT warm-up (thousands of steps) would be
+measured as LittleHorse's overhead (27-35 ms a step instead of 4-7 ms on this machine); their
 rates are in the result's meta. The SDK has no "wait for the run's result" call, so the
 WfSpec ends with a THROW_EVENT node (after the 10th step, executed by the server in the same
 command, no extra round trip) that the client awaits on the server, no polling; and the SDK runs

@@ -27,10 +27,11 @@ METRIC_NAMES = (
 # Setting up (registering, the worker's first heartbeat) and tearing down, beyond the phases.
 SETUP_TIMEOUT_S = 120.0
 # Batches of concurrent runs, not measured, before the latency runs: the server is a fresh JVM
-# each time, and its step rate climbs for ~3,000 steps while the JIT compiles (measured here:
-# 35, 73, 95, 144, then 104-143 steps/s over 8 batches of 100 runs; the latency runs' step
-# overhead went from 27-35 ms without them to 5-7 ms after). Temporal's Go server needs none.
-JVM_WARMUP_BATCHES = 5
+# each time, and its step rate climbs for thousands of steps while the JIT compiles. Measured
+# here over batches of 100 runs: 35, 73, 95, 144, 120, 119, 104, 143 steps/s (load 12);
+# 75, 155, 185, 200, 260 then 240-290 in the measured rounds (load 9); the latency runs' step
+# overhead was 27-35 ms without these batches and 4-7 ms after. Temporal's Go server needs none.
+JVM_WARMUP_BATCHES = 8
 
 
 @dataclass(frozen=True)
