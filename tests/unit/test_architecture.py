@@ -104,8 +104,9 @@ def test_the_foundation_imports_no_other_package_of_the_project() -> None:
 
 # Installed only by `make bench` (pyproject's `bench` extra), or only in a benchmark peer's own
 # venv (var/peers/<name>/venv, pinned in infra/peers/<name>-requirements.txt): modules that need
-# them are skipped when they are missing, and only then.
-OPTIONAL_DEPENDENCIES = {"temporalio", "restate", "hatchet_sdk", "littlehorse"}
+# them are skipped when they are missing, and only then. grpc: the LittleHorse SDK's transport,
+# which the LittleHorse driver imports itself (for the status code of a NOT_FOUND answer).
+OPTIONAL_DEPENDENCIES = {"temporalio", "restate", "hatchet_sdk", "littlehorse", "grpc"}
 
 
 def project_modules() -> list[ModuleType]:
