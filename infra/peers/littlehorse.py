@@ -21,7 +21,7 @@ which is why it is a peer. It runs here on the project's own Kafka broker (``mak
 The server's own defaults are kept (read from its 1.2.1 jar and log): 12 partitions per topic,
 one core stream thread, Kafka Streams ``exactly_once_v2`` with a 500 ms commit interval,
 commands produced with ``acks=all``, idempotence and ``linger.ms=0``; a request is answered once
-its command is on Kafka and processed, and a task is handed to a worker once its claim is.
+its command is on Kafka and processed, and a task goes to a worker once its claim is on Kafka.
 
 Deviations from the recipe in ``../shared/peers.md``: the settings go into
 ``var/peers/littlehorse/server.config``, not the environment, because ``io.littlehorse.App``
