@@ -94,7 +94,45 @@ def _consumer(settings: Settings, group: str, topics: list[str], **extra: Any) -
     return consumer
 
 
-def run_scheduler(settings: Settings, prefix: str, stop: threading.Event) -> None:
+@dataclass(frozen=True)
+class Discipline:
+    """When the scheduler commits and what a worker may read: the one thing the two floors vary.
+
+    ``per_batch`` is REFLUX's (ADR 0006): one transaction per batch of inputs, committed before
+    the next batch is read, and workers read ``read_committed``, so a step's invocation reaches
+    its worker only after the decision that made it committed. ``interval`` is LittleHorse's
+    (Kafka Streams ``exactly_once_v2``, 500 ms commit interval, a task dispatched once its
+    record is acknowledged): records go out at once (linger 0) in a transaction committed every
+    ``commit_interval_ms``, and workers read ``read_uncommitted``, so a step costs produce +
+    fetch hops, never a commit. What ``interval`` gives up is in ADR 0072.
+    """
+
+    name: str
+    commit_interval_ms: float | None
+    worker_isolation: str
+    producer_linger_ms: float | None
+    """The scheduler's and the worker's linger; None: the engine's (scheduler 100, worker 1)."""
+
+
+DISCIPLINES = {
+    "per_batch": Discipline("per_batch", None, "read_committed", None),
+    "interval": Discipline("interval", 10.0, "read_uncommitted", 0.0),
+}
+
+
+def _decide(done: dict[bytes, int], kind: bytes, run_id: bytes) -> list[bytes]:
+    """The records one input makes: a start begins the run, a result ends a step."""
+    if kind == b"start":
+        done[run_id] = 0
+        return [b"RunStarted", b"StepScheduled", b"StepDispatched"]
+    done[run_id] = done.get(run_id, 0) + 1
+    last = [b"RunSucceeded"] if done[run_id] >= STEPS else [b"StepScheduled", b"StepDispatched"]
+    return [b"StepStarted", b"StepSucceeded", *last]
+
+
+def run_scheduler(
+    settings: Settings, prefix: str, stop: threading.Event, discipline: Discipline
+) -> None:
     """The transactional consume-decide-produce loop, with nothing to decide but a counter."""
     consumer = _consumer(
         settings,
@@ -102,39 +140,38 @@ def run_scheduler(settings: Settings, prefix: str, stop: threading.Event) -> Non
         [topic(prefix, "commands"), topic(prefix, "results")],
         **{"fetch.wait.max.ms": 5, "enable.auto.commit": False},
     )
+    linger = discipline.producer_linger_ms
     producer = TransactionalProducer(
         settings,
         transactional_id=f"{prefix}-scheduler",
         client_id=f"{prefix}-scheduler",
-        config={"linger.ms": settings.scheduler_linger_ms},
+        config={"linger.ms": settings.scheduler_linger_ms if linger is None else linger},
     )
     runs, invoke = topic(prefix, "runs"), topic(prefix, "invoke")
     done: dict[bytes, int] = {}
     raw = producer._producer  # the confluent-kafka producer inside (no Avro, no headers)
+    interval = (discipline.commit_interval_ms or 0.0) / 1000
+    pending: list[Message] = []  # consumed since the open transaction began
+    opened: float | None = None
     while not stop.is_set():
-        messages = consume_available(consumer, BATCH, 0.1)
+        # With a transaction open, poll briefly: the commit is due at its interval.
+        messages = consume_available(consumer, BATCH, 0.001 if opened is not None else 0.1)
         messages = [m for m in messages if m.error() is None]
-        if not messages:
-            continue
-        producer.begin()
+        if messages and opened is None:
+            producer.begin()
+            opened = time.monotonic()
         for message in messages:
             kind, run_id = parse(message.value() or b"")
-            if kind == b"start":
-                done[run_id] = 0
-                out = [b"RunStarted", b"StepScheduled", b"StepDispatched"]
-            else:
-                done[run_id] = done.get(run_id, 0) + 1
-                out = [b"StepStarted", b"StepSucceeded"]
-                out += (
-                    [b"RunSucceeded"]
-                    if done[run_id] >= STEPS
-                    else [b"StepScheduled", b"StepDispatched"]
-                )
+            out = _decide(done, kind, run_id)
             for kind_out in out:
                 raw.produce(runs, record(kind_out, run_id), run_id)
             if out[-1] == b"StepDispatched":
                 raw.produce(invoke, record(b"invoke", run_id), run_id)
-        producer.commit(_next_offsets(messages), consumer.consumer_group_metadata())
+        raw.poll(0)
+        pending += messages
+        if opened is not None and time.monotonic() - opened >= interval:
+            producer.commit(_next_offsets(pending), consumer.consumer_group_metadata())
+            pending, opened = [], None
 
 
 def _next_offsets(messages: list[Message]) -> list[TopicPartition]:
@@ -146,9 +183,21 @@ def _next_offsets(messages: list[Message]) -> list[TopicPartition]:
     return [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
 
 
-def run_worker(settings: Settings, prefix: str, stop: threading.Event) -> None:
-    consumer = _consumer(settings, f"{prefix}-worker", [topic(prefix, "invoke")])
-    producer = Producer(settings, client_id=f"{prefix}-worker", config={"linger.ms": 1})
+def run_worker(
+    settings: Settings, prefix: str, stop: threading.Event, discipline: Discipline
+) -> None:
+    consumer = _consumer(
+        settings,
+        f"{prefix}-worker",
+        [topic(prefix, "invoke")],
+        **{"isolation.level": discipline.worker_isolation},
+    )
+    linger = discipline.producer_linger_ms
+    producer = Producer(
+        settings,
+        client_id=f"{prefix}-worker",
+        config={"linger.ms": 1 if linger is None else linger},
+    )
     raw = producer._producer
     results, traces = topic(prefix, "results"), topic(prefix, "traces")
     while not stop.is_set():
@@ -161,7 +210,9 @@ def run_worker(settings: Settings, prefix: str, stop: threading.Event) -> None:
         raw.poll(0)
 
 
-def run_projector(settings: Settings, prefix: str, stop: threading.Event) -> None:
+def run_projector(
+    settings: Settings, prefix: str, stop: threading.Event, discipline: Discipline
+) -> None:
     consumer = _consumer(settings, f"{prefix}-projector", [topic(prefix, "runs")])
     while not stop.is_set():
         for message in consume_available(consumer, BATCH, 0.1):
@@ -169,18 +220,19 @@ def run_projector(settings: Settings, prefix: str, stop: threading.Event) -> Non
                 parse(message.value() or b"")
 
 
-ROLES: dict[str, Callable[[Settings, str, threading.Event], None]] = {
+ROLES: dict[str, Callable[[Settings, str, threading.Event, Discipline], None]] = {
     "scheduler": run_scheduler,
     "worker": run_worker,
     "projector": run_projector,
 }
 
 
-def _serve_role(role: str, prefix: str) -> int:
+def _serve_role(role: str, prefix: str, discipline: str) -> int:
     """A role's process: runs until stdin closes (the driver ends), so no orphan outlives it."""
     settings = get_settings()
     stop = threading.Event()
-    worker = threading.Thread(target=ROLES[role], args=(settings, prefix, stop), daemon=True)
+    args = (settings, prefix, stop, DISCIPLINES[discipline])
+    worker = threading.Thread(target=ROLES[role], args=args, daemon=True)
     worker.start()
     sys.stdin.read()
     stop.set()
@@ -270,8 +322,11 @@ def _start(producer: Producer, prefix: str, n: int) -> tuple[list[bytes], float]
     return run_ids, began
 
 
-def measure_floor(settings: Settings, plan: FloorPlan) -> dict[str, float]:
-    """Starts the three roles on a topic prefix of their own, measures, removes everything."""
+def measure_floor(settings: Settings, plan: FloorPlan, discipline: str) -> dict[str, float]:
+    """Starts the three roles on a topic prefix of their own, measures, removes everything.
+
+    Keys are ``floor_*`` for the engine's discipline, ``floor_<discipline>_*`` for another."""
+    key = "floor" if discipline == "per_batch" else f"floor_{discipline}"
     from benchmarks.engine_bench import _service_pids  # the services' pids, as the engine's
 
     prefix = f"bench-floor-{uuid.uuid4().hex[:8]}"
@@ -290,6 +345,8 @@ def measure_floor(settings: Settings, plan: FloorPlan) -> dict[str, float]:
                     role,
                     "--prefix",
                     prefix,
+                    "--discipline",
+                    discipline,
                 ],
                 cwd=PROJECT_ROOT,
                 stdin=subprocess.PIPE,
@@ -328,20 +385,20 @@ def measure_floor(settings: Settings, plan: FloorPlan) -> dict[str, float]:
         steps = plan.rounds * plan.concurrent_runs * STEPS
         step_ms.sort()
         metrics = {
-            "floor_step_overhead_p50_ms": statistics.median(step_ms),
-            "floor_step_overhead_p99_ms": step_ms[min(len(step_ms) - 1, int(len(step_ms) * 0.99))],
-            "floor_steps_per_s": statistics.median(rates),
+            f"{key}_step_overhead_p50_ms": statistics.median(step_ms),
+            f"{key}_step_overhead_p99_ms": step_ms[min(len(step_ms) - 1, int(len(step_ms) * 0.99))],
+            f"{key}_steps_per_s": statistics.median(rates),
         }
         # Each role and service (children included), and this process (driver and watcher).
         spent = {**cpu.services, "driver": sum(cpu.threads.values())}
         for name, seconds in spent.items():
-            key = name.removeprefix("floor ").replace("-", "_")
-            metrics[f"floor_cpu_ms_per_step_{key}"] = seconds * 1000 / steps
-        total_ms = sum(v for k, v in metrics.items() if k.startswith("floor_cpu_ms_per_step_"))
-        metrics["floor_cpu_ms_per_step"] = total_ms
+            who = name.removeprefix("floor ").replace("-", "_")
+            metrics[f"{key}_cpu_ms_per_step_{who}"] = seconds * 1000 / steps
+        total_ms = sum(v for k, v in metrics.items() if k.startswith(f"{key}_cpu_ms_per_step_"))
+        metrics[f"{key}_cpu_ms_per_step"] = total_ms
         # Cores busy during the rounds: well under 2 means the floor is bound by the cycle time
         # of a step (Little's law: runs in flight / cycle), not by CPU.
-        metrics["floor_cores_busy"] = total_ms * steps / 1000 / wall
+        metrics[f"{key}_cores_busy"] = total_ms * steps / 1000 / wall
         return metrics
     finally:
         if watcher is not None:
@@ -358,7 +415,13 @@ def measure_floor(settings: Settings, plan: FloorPlan) -> dict[str, float]:
 
 
 def run_floor_benchmark(settings: Settings, quick: bool = False) -> dict[str, float]:
-    return measure_floor(settings, QUICK if quick else FULL)
+    """Both disciplines, one after the other: the engine's floor and LittleHorse's."""
+    plan = QUICK if quick else FULL
+    metrics: dict[str, float] = {}
+    for discipline in DISCIPLINES:
+        print(f"[floor {time.strftime('%H:%M:%S')}] discipline {discipline}", flush=True)
+        metrics |= measure_floor(settings, plan, discipline)
+    return metrics
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -366,10 +429,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--role", choices=sorted(ROLES), help=argparse.SUPPRESS)
     parser.add_argument("--prefix", help=argparse.SUPPRESS)
+    parser.add_argument("--discipline", choices=sorted(DISCIPLINES), help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     if args.role:
-        return _serve_role(args.role, args.prefix)
+        return _serve_role(args.role, args.prefix, args.discipline)
     metrics = run_floor_benchmark(get_settings(), args.quick)
     for name, value in metrics.items():
         print(f"{name:<44} {value:10.3f}")

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks.floor_bench import SIZES, _next_offsets, parse, record
+from benchmarks.floor_bench import DISCIPLINES, SIZES, _decide, _next_offsets, parse, record
 
 
 @pytest.mark.parametrize("kind", sorted(SIZES))
@@ -35,3 +35,22 @@ def test_a_transaction_commits_the_position_after_each_partitions_last_message()
     messages: list[Any] = [_Message("c", 0, 4), _Message("r", 1, 9), _Message("c", 0, 7)]
     committed = {(tp.topic, tp.partition): tp.offset for tp in _next_offsets(messages)}
     assert committed == {("c", 0): 8, ("r", 1): 10}
+
+
+def test_a_run_is_a_start_and_ten_results_with_a_remote_steps_records() -> None:
+    done: dict[bytes, int] = {}
+    first = _decide(done, b"start", b"r")
+    assert first == [b"RunStarted", b"StepScheduled", b"StepDispatched"]
+    middles = [_decide(done, b"result", b"r") for _ in range(9)]
+    assert all(
+        m == [b"StepStarted", b"StepSucceeded", b"StepScheduled", b"StepDispatched"]
+        for m in middles
+    )
+    assert _decide(done, b"result", b"r") == [b"StepStarted", b"StepSucceeded", b"RunSucceeded"]
+
+
+def test_the_engines_discipline_commits_per_batch_and_hides_uncommitted_invocations() -> None:
+    engine, interval = DISCIPLINES["per_batch"], DISCIPLINES["interval"]
+    assert engine.commit_interval_ms is None and engine.worker_isolation == "read_committed"
+    assert interval.commit_interval_ms and interval.worker_isolation == "read_uncommitted"
+    assert interval.producer_linger_ms == 0
