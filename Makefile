@@ -35,7 +35,7 @@ help:
 	@echo "make connect - start (only) Kafka and the Kafka Connect worker (docs/connect.md)"
 	@echo "make down    - stop every service started by make up"
 	@echo "make status  - what runs where"
-	@echo "make bench   - run the benchmarks into benchmarks/out/results.json"
+	@echo "make bench   - run the benchmarks (and the peers) into benchmarks/out/results.json; BENCH_ARGS=--skip-peers skips the peers"
 	@echo "make bench-cluster - scale-out curve (1/2/4 processes, 3 brokers vs 1) + trace ingestion"
 	@echo "make bench-loop - the learning-loop scenarios into benchmarks/out/loop.json"
 	@echo "make lint    - ruff, mypy and import-linter"

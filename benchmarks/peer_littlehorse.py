@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.peers.littlehorse_shape import child_timeout_s, driver_argv, plan_for, read_result
+from benchmarks.peers.table import print_table
 from benchmarks.peers.timings import STEPS_PER_RUN
 from foundation.settings import PROJECT_ROOT, get_settings
 from infra.peers.littlehorse import HOST, JVM_OPTIONS, SERVER_VERSION, LittleHorseServer
@@ -118,13 +119,6 @@ def describe_environment(server: LittleHorseServer) -> dict[str, Any]:
         "steps_per_run": STEPS_PER_RUN,
         "cpus": os.cpu_count(),
     }
-
-
-def print_table(metrics: dict[str, float]) -> None:
-    width = max(len(name) for name in metrics)
-    print(f"{'metric':<{width}}  value")
-    for name, value in metrics.items():
-        print(f"{name:<{width}}  {value:10.2f}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -51,6 +51,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from benchmarks.peers.table import print_table
 from benchmarks.peers.timings import FULL, QUICK, STEPS_PER_RUN
 from foundation.settings import PROJECT_ROOT, get_settings
 from infra.peers.restate import REQUIREMENTS_FILE, SERVER_VERSION, RestatePeer, pinned_version
@@ -143,13 +144,6 @@ def describe_environment(quick: bool) -> dict[str, Any]:
         # Others may share the machine; a high load at the start explains a noisy result.
         "loadavg_1m_at_start": round(os.getloadavg()[0], 2),
     }
-
-
-def print_table(metrics: dict[str, float]) -> None:
-    width = max(len(name) for name in metrics)
-    print(f"{'metric':<{width}}  value")
-    for name, value in metrics.items():
-        print(f"{name:<{width}}  {value:10.2f}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,12 +27,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from benchmarks.peers.hard_exit import run_and_exit_hard
+from benchmarks.peers.table import print_table
 from benchmarks.peers.timings import FULL, QUICK, STEPS_PER_RUN
 from foundation.settings import PROJECT_ROOT, get_settings
 from infra.peers.temporal import BUILD_TIMEOUT_S, NAMESPACE, SERVER_VERSION, TemporalServer
@@ -100,13 +101,6 @@ def describe_environment(quick: bool) -> dict[str, Any]:
     }
 
 
-def print_table(metrics: dict[str, float]) -> None:
-    width = max(len(name) for name in metrics)
-    print(f"{'metric':<{width}}  value")
-    for name, value in metrics.items():
-        print(f"{name:<{width}}  {value:10.2f}")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.peer_temporal", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer runs (smoke check)")
@@ -123,21 +117,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _exit_hard(code: int) -> None:
-    """Exits without interpreter teardown (see run_temporal_benchmark for why)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
 if __name__ == "__main__":
-    try:
-        exit_code = main()
-    except KeyboardInterrupt:
-        exit_code = 130
-    except SystemExit as exc:  # argparse errors and --help
-        exit_code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
-    except BaseException:
-        traceback.print_exc()
-        exit_code = 1
-    _exit_hard(exit_code)
+    run_and_exit_hard(main)

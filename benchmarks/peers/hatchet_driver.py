@@ -17,11 +17,9 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import subprocess
 import sys
 import time
-import traceback
 import uuid
 from dataclasses import asdict
 from importlib import metadata
@@ -30,6 +28,7 @@ from typing import Any
 
 from hatchet_sdk import Hatchet
 
+from benchmarks.peers.hard_exit import run_and_exit_hard
 from benchmarks.peers.hatchet_flow import build_chain
 from benchmarks.peers.hatchet_results import (
     PREFIX,
@@ -165,17 +164,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Exits without interpreter teardown: the SDK's gRPC threads and listener tasks can hang
-    # or complain at shutdown, and everything worth keeping is written by then.
-    try:
-        exit_code = main()
-    except KeyboardInterrupt:
-        exit_code = 130
-    except SystemExit as exc:  # argparse errors and --help
-        exit_code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
-    except BaseException:
-        traceback.print_exc()
-        exit_code = 1
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(exit_code)
+    run_and_exit_hard(main)

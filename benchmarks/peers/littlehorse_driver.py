@@ -14,10 +14,7 @@ import argparse
 import asyncio
 import json
 import logging
-import os
-import sys
 import time
-import traceback
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
@@ -40,6 +37,7 @@ from littlehorse.utils import extract_value
 from littlehorse.worker import LHTaskWorker
 from littlehorse.workflow import create_task_def, create_workflow_spec
 
+from benchmarks.peers.hard_exit import run_and_exit_hard
 from benchmarks.peers.littlehorse_flow import StepClock, sequential_noop
 from benchmarks.peers.littlehorse_shape import KEY_PREFIX, Names, plan_for
 from benchmarks.peers.stats import p50_p99
@@ -241,13 +239,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        exit_code = main()
-    except BaseException:
-        traceback.print_exc()
-        exit_code = 1
-    # grpc's asyncio channels can hold the interpreter at exit once their loop is gone; the
-    # result is written and nothing else needs tearing down.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(exit_code)
+    run_and_exit_hard(main)

@@ -50,6 +50,7 @@ import httpx
 
 from foundation.redact import redact_credentials
 from foundation.settings import PROJECT_ROOT, Settings, get_settings
+from infra.peers.cli import ACTIONS, run_action
 from infra.services.base import Service, ServiceError, log, port_open, tail_of
 from infra.services.credentials import write_private
 from infra.services.postgres import Postgres
@@ -476,32 +477,16 @@ class HatchetServer(Service):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m infra.peers.hatchet", description=__doc__)
-    parser.add_argument("action", choices=["install", "up", "down", "status", "reset"])
+    parser.add_argument("action", choices=["install", *ACTIONS])
     parser.add_argument("--port", type=int, default=DEFAULT_GRPC_PORT, help="gRPC port")
     args = parser.parse_args(argv)
     server = HatchetServer(get_settings(), HatchetPorts(args.port))
-    try:
-        if args.action == "install":
-            server.install()
-            print(server.build_info.read_text())
-        elif args.action == "up":
-            log(f"hatchet: starting ({server.endpoint})")
-            seconds = server.start()
-            state = f"started in {seconds:.1f}s" if seconds else "already running"
-            log(f"hatchet: ready, {state}")
-        elif args.action == "down":
-            log(f"hatchet: {'stopped' if server.stop() else 'was not running'}")
-        elif args.action == "reset":
-            server.reset()
-        else:
-            row = server.status()
-            state = "ready" if row.ready else ("starting" if row.running else "stopped")
-            print(f"{row.name:<9} {state:<9} {row.pid or '-':<8} {row.endpoint:<18} {row.detail}")
-            return 0 if row.ready else 3
-        return 0
-    except ServiceError as exc:
-        print(f"[infra] error: {exc}", file=sys.stderr)
-        return 2
+
+    def install() -> str:
+        server.install()
+        return server.build_info.read_text()
+
+    return run_action("hatchet", server, args.action, install=install)
 
 
 if __name__ == "__main__":

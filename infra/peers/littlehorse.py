@@ -51,6 +51,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
 from foundation.settings import PROJECT_ROOT, Settings, get_settings
+from infra.peers.cli import ACTIONS, run_action
 from infra.services.base import Service, ServiceError, log, port_open, tail_of
 from infra.services.kafka import Kafka, maven_classpath
 from streams.admin import admin_client
@@ -405,32 +406,21 @@ def _http(timeout: float) -> httpx.Client:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m infra.peers.littlehorse", description=__doc__)
-    parser.add_argument("action", choices=["install", "up", "down", "status", "reset"])
+    parser.add_argument("action", choices=["install", *ACTIONS])
     args = parser.parse_args(argv)
     server = LittleHorseServer(get_settings())
-    try:
-        if args.action == "install":
-            server.install()
-            if server.install_info.exists():
-                print(server.install_info.read_text(), end="")
-        elif args.action == "up":
-            log(f"littlehorse: starting ({server.endpoint})")
-            seconds = server.start()
-            state = f"started in {seconds:.1f}s" if seconds else "already running"
-            log(f"littlehorse: ready, {state}, cluster {server.cluster_id()}")
-        elif args.action == "down":
-            log(f"littlehorse: {'stopped' if server.stop() else 'was not running'}")
-        elif args.action == "reset":
-            server.reset()
-        else:
-            row = server.status()
-            state = "ready" if row.ready else ("starting" if row.running else "stopped")
-            print(f"{row.name:<11} {state:<9} {row.pid or '-':<8} {row.endpoint:<16} {row.detail}")
-            return 0 if row.ready else 3
-        return 0
-    except ServiceError as exc:
-        print(f"[infra] error: {exc}", file=sys.stderr)
-        return 2
+
+    def install() -> str | None:
+        server.install()
+        return server.install_info.read_text() if server.install_info.exists() else None
+
+    return run_action(
+        "littlehorse",
+        server,
+        args.action,
+        install=install,
+        ready_note=lambda: f"cluster {server.cluster_id()}",
+    )
 
 
 if __name__ == "__main__":

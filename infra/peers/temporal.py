@@ -34,6 +34,7 @@ import httpx
 import yaml
 
 from foundation.settings import Settings, get_settings
+from infra.peers.cli import ACTIONS, run_action
 from infra.services.base import Service, ServiceError, log, port_open, tail_of, wait_until
 
 SERVER_MODULE = "go.temporal.io/server/cmd/server"
@@ -263,6 +264,7 @@ class TemporalServer(Service):
             raise ServiceError(f"Expected {self.name} to be stopped before reset, but it runs.")
         for suffix in ("", "-wal", "-shm", "-journal"):
             Path(f"{self.db_file}{suffix}").unlink(missing_ok=True)
+        log(f"temporal: removed {self.db_file}")
 
     def launch(self) -> None:
         config = render_config(self.ports, self.db_file, self.dynamic_config_file)
@@ -346,33 +348,16 @@ def _http(timeout: float) -> httpx.Client:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m infra.peers.temporal", description=__doc__)
-    parser.add_argument("action", choices=["build", "up", "down", "status", "reset"])
+    parser.add_argument("action", choices=["build", *ACTIONS])
     parser.add_argument("--port", type=int, default=DEFAULT_FRONTEND_PORT, help="frontend port")
     args = parser.parse_args(argv)
     server = TemporalServer(get_settings(), TemporalPorts(args.port))
-    try:
-        if args.action == "build":
-            server.build()
-            print(server.build_info.read_text())
-        elif args.action == "up":
-            log(f"temporal: starting ({server.endpoint})")
-            seconds = server.start()
-            state = f"started in {seconds:.1f}s" if seconds else "already running"
-            log(f"temporal: ready, {state}")
-        elif args.action == "down":
-            log(f"temporal: {'stopped' if server.stop() else 'was not running'}")
-        elif args.action == "reset":
-            server.reset()
-            log(f"temporal: removed {server.db_file}")
-        else:
-            row = server.status()
-            state = "ready" if row.ready else ("starting" if row.running else "stopped")
-            print(f"{row.name:<9} {state:<9} {row.pid or '-':<8} {row.endpoint:<18} {row.detail}")
-            return 0 if row.ready else 3
-        return 0
-    except ServiceError as exc:
-        print(f"[infra] error: {exc}", file=sys.stderr)
-        return 2
+
+    def build() -> str:
+        server.build()
+        return server.build_info.read_text()
+
+    return run_action("temporal", server, args.action, install=build)
 
 
 if __name__ == "__main__":
