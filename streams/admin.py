@@ -23,12 +23,13 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 # The admin package re-exports these without __all__; import from their defining modules so
 # mypy --strict sees them.
 from confluent_kafka.admin._config import ConfigResource
+from confluent_kafka.admin._listoffsets import OffsetSpec
 from confluent_kafka.admin._resource import ResourceType
 from confluent_kafka.cimpl import NewTopic
 
@@ -305,6 +306,7 @@ def _wait_for_leaders(
                 and meta.error is None
                 and meta.partitions
                 and all(p.leader >= 0 and p.error is None for p in meta.partitions.values())
+                and _logs_open(client, name, list(meta.partitions))
             ):
                 pending.discard(name)
         if not pending:
@@ -315,6 +317,24 @@ def _wait_for_leaders(
                 "but they have none yet"
             )
         time.sleep(0.05)
+
+
+def _logs_open(client: AdminClient, topic: str, partitions: list[int]) -> bool:
+    """Every partition's leader answers where its log ends: the log exists on the broker.
+
+    In KRaft a partition has a leader in the metadata as soon as the controller records it; the
+    leader creates the log a moment later, when it applies that record (0.25 s after the
+    metadata on a loaded machine, seen in make test). A transactional producer that wrote to the
+    partition in between had its record time out inside the transaction and its producer fenced.
+    """
+    latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]  # untyped in the library
+    futures = client.list_offsets(
+        {TopicPartition(topic, p): latest for p in partitions}, request_timeout=5
+    )
+    try:
+        return all(int(f.result().offset) >= 0 for f in futures.values())
+    except KafkaException:
+        return False  # not yet (NOT_LEADER_OR_FOLLOWER, UNKNOWN_TOPIC_OR_PARTITION, ...)
 
 
 def kafka_unavailable(exc: BaseException) -> bool:
