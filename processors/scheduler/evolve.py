@@ -121,8 +121,8 @@ def evolve(state: RunState | None, event: RunEvent) -> RunState:
             f"({type(event).__name__})"
         )
     new = _apply(event, state)
-    return new.model_copy(
-        update={"last_seq": event.seq, "processed_ids": _remember(new, _causation(event))}
+    return new.replace(
+        **{"last_seq": event.seq, "processed_ids": _remember(new, _causation(event))}
     )
 
 
@@ -166,19 +166,19 @@ def _require(state: RunState | None, event: RunEvent) -> RunState:
 
 def _with_step(state: RunState, step_id: str, **changes: Any) -> RunState:
     current = state.steps.get(step_id) or StepState(step_id=step_id)
-    steps = {**state.steps, step_id: current.model_copy(update=changes)}
-    return state.model_copy(update={"steps": steps})
+    steps = {**state.steps, step_id: current.replace(**changes)}
+    return state.replace(**{"steps": steps})
 
 
 def _without_step_timers(state: RunState, step_id: str) -> RunState:
     timers = {tid: t for tid, t in state.timers.items() if t.step_id != step_id}
     if len(timers) == len(state.timers):
         return state
-    return state.model_copy(update={"timers": timers})
+    return state.replace(**{"timers": timers})
 
 
 def _with_timer(state: RunState, timer: Timer) -> RunState:
-    return state.model_copy(update={"timers": {**state.timers, timer.timer_id: timer}})
+    return state.replace(**{"timers": {**state.timers, timer.timer_id: timer}})
 
 
 def _finish_step(state: RunState, step_id: str, at: datetime, **changes: Any) -> RunState:
@@ -207,8 +207,8 @@ def _(event: RunStarted, state: RunState | None) -> RunState:
         )
         timers[timer.timer_id] = timer
     base = state or RunState(run_id=event.run_id, status=RunStatus.PENDING)
-    return base.model_copy(
-        update={
+    return base.replace(
+        **{
             "status": RunStatus.RUNNING,
             "workflow_id": event.workflow_id,
             "workflow_version": event.workflow_version,
@@ -498,13 +498,13 @@ def _(event: GraphMutated, state: RunState | None) -> RunState:
         owner = ai_plan.on_step_added(definition, step_id)
         if owner is not None and steps[owner].invocation_id is not None:
             state = _without_step_timers(state, owner)
-            steps[owner] = steps[owner].model_copy(
-                update={"status": StepStatus.RUNNING, "invocation_id": None}
+            steps[owner] = steps[owner].replace(
+                **{"status": StepStatus.RUNNING, "invocation_id": None}
             )
     elif event.mutation.type is GraphMutationType.REMOVE_STEP:
         steps.pop(step_id, None)
         state = _without_step_timers(state, step_id)
-    return state.model_copy(update={"definition": definition, "steps": steps})
+    return state.replace(**{"definition": definition, "steps": steps})
 
 
 @_apply.register
@@ -518,7 +518,7 @@ def _(event: StepsReset, state: RunState | None) -> RunState:
         old = steps.get(step_id)
         steps[step_id] = StepState(step_id=step_id, attempt=old.attempt if old else 0)
         state = _without_step_timers(state, step_id)
-    return state.model_copy(update={"steps": steps})
+    return state.replace(**{"steps": steps})
 
 
 @_apply.register
@@ -531,8 +531,8 @@ def _(event: RunRebound, state: RunState | None) -> RunState:
     steps = {sid: state.steps.get(sid) or StepState(step_id=sid) for sid in definition.step_ids}
     for gone in set(state.steps) - set(steps):
         state = _without_step_timers(state, gone)
-    return state.model_copy(
-        update={
+    return state.replace(
+        **{
             "workflow_version": event.workflow_version,
             "definition": definition,
             "inputs": dict(event.inputs) if isinstance(event.inputs, dict) else {},
@@ -573,7 +573,7 @@ def _(event: ChildRunEnded, state: RunState | None) -> RunState:
 
 @_apply.register
 def _(event: RunPaused, state: RunState | None) -> RunState:
-    return _require(state, event).model_copy(update={"status": RunStatus.PAUSED})
+    return _require(state, event).replace(**{"status": RunStatus.PAUSED})
 
 
 @_apply.register
@@ -582,8 +582,8 @@ def _(event: RunResumed, state: RunState | None) -> RunState:
     # reopened by a re-drive from a step, docs/decisions/0026): the end is undone (outputs too:
     # they are rendered again when the run ends again), and the run deadline is not re-armed (it
     # bounded the original execution; a re-drive is deliberate).
-    return _require(state, event).model_copy(
-        update={
+    return _require(state, event).replace(
+        **{
             "status": RunStatus.RUNNING,
             "error": None,
             "failed_step": None,
@@ -595,8 +595,8 @@ def _(event: RunResumed, state: RunState | None) -> RunState:
 
 @_apply.register
 def _(event: RunSucceeded, state: RunState | None) -> RunState:
-    return _require(state, event).model_copy(
-        update={
+    return _require(state, event).replace(
+        **{
             "status": RunStatus.SUCCEEDED,
             "outputs": event.outputs,
             "finished_at": event.occurred_at,
@@ -612,8 +612,8 @@ def _(event: RunFailed, state: RunState | None) -> RunState:
     # flight must end (result or timeout) for it to finish then. Backoffs and the deadline are
     # dropped.
     timers = {tid: t for tid, t in state.timers.items() if t.kind in FAILED_RUN_TIMER_KINDS}
-    return state.model_copy(
-        update={
+    return state.replace(
+        **{
             "status": RunStatus.FAILED,
             "error": event.error,
             "failed_step": event.failed_step.step_id if event.failed_step else None,
@@ -638,15 +638,13 @@ _ABANDONED = frozenset(
 def _(event: RunCancelled, state: RunState | None) -> RunState:
     state = _require(state, event)
     steps = {
-        sid: st.model_copy(
-            update={"status": StepStatus.CANCELLED, "finished_at": event.occurred_at}
-        )
+        sid: st.replace(**{"status": StepStatus.CANCELLED, "finished_at": event.occurred_at})
         if st.status in _ABANDONED
         else st
         for sid, st in state.steps.items()
     }
-    return state.model_copy(
-        update={
+    return state.replace(
+        **{
             "status": RunStatus.CANCELLED,
             "steps": steps,
             "finished_at": event.occurred_at,

@@ -1,6 +1,6 @@
 """Run state: what ``evolve`` builds from a run's events and ``decide`` reads (frozen pydantic).
 
-Immutable by convention and by construction: every change goes through ``model_copy(update=...)``
+Immutable by convention and by construction: every change goes through ``replace(...)``
 in :mod:`processors.scheduler.evolve`; nothing else ever writes a field. Mappings inside are only
 replaced, never mutated in place, so a state handed to ``decide`` can be kept as "before".
 
@@ -11,7 +11,7 @@ The state is also the runtime's table value: :meth:`RunState.to_snapshot` /
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -50,6 +50,24 @@ MAX_PROCESSED_IDS = 512
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def replace(self, **changes: Any) -> Self:
+        """``model_copy(update=changes)`` for these models (frozen, no extra fields, no private
+        attributes), without pydantic's general path. ``evolve`` makes about three copies per
+        run event, and ``model_copy``'s four ``copy.copy`` calls were ~15% of the scheduler's
+        CPU on inline runs (cProfile, 2026-12-07). Like ``model_copy``: shallow, and
+        ``changes`` are not validated."""
+        cls = type(self)
+        new = cls.__new__(cls)
+        fields = self.__dict__.copy()
+        fields.update(changes)
+        object.__setattr__(new, "__dict__", fields)
+        object.__setattr__(new, "__pydantic_extra__", None)
+        object.__setattr__(
+            new, "__pydantic_fields_set__", self.__pydantic_fields_set__ | changes.keys()
+        )
+        object.__setattr__(new, "__pydantic_private__", None)
+        return new
 
 
 class Timer(_Frozen):
