@@ -428,7 +428,10 @@ def test_a_batch_cut_at_its_time_budget_leaves_the_rest_for_the_next_one(
     assert scheduler.stats.batches == scheduler.stats.inputs, scheduler.stats
     run_log = RunLog(harness.settings, harness.engine.catalog.runs.topic)
     try:
-        eventually(lambda: run_log.finished(runs), 30, "the run log read to the end")
+        # finished() counts the runs read to their end: wait for all of them, not the first.
+        eventually(
+            lambda: run_log.finished(runs) == len(runs), 30, "every run read to its end in the log"
+        )
         counts = run_log.counts(runs)
     finally:
         run_log.close()
