@@ -394,7 +394,8 @@ def _cleanup(settings: Settings, schema: str) -> None:
             client.delete(*keys)
 
 
-def _service_pids(settings: Settings) -> dict[str, int | None]:
+def service_pids(settings: Settings) -> dict[str, int | None]:
+    """The local services' pids (Kafka, Postgres, both Redis, S3): what a CPU profile counts."""
     from infra.services.kafka import Kafka
     from infra.services.postgres import Postgres
     from infra.services.redis import LedgerRedis, Redis
@@ -492,7 +493,7 @@ def _measure(
         "cache_hit_run", [(r.first(RunSucceeded).received - r.acked) * 1000 for r in cached]
     )
 
-    pids: dict[str, int | None] = {**_service_pids(settings), **bench.engine.pids()}
+    pids: dict[str, int | None] = {**service_pids(settings), **bench.engine.pids()}
     rates: list[float] = []
     loaded: list[RunTrace] = []
     before = cpu_snapshot(pids)

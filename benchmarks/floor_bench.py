@@ -326,9 +326,10 @@ def measure_floor(settings: Settings, plan: FloorPlan, discipline: str) -> dict[
     """Starts the three roles on a topic prefix of their own, measures, removes everything.
 
     Keys are ``floor_*`` for the engine's discipline, ``floor_<discipline>_*`` for another."""
-    key = "floor" if discipline == "per_batch" else f"floor_{discipline}"
-    from benchmarks.engine_bench import _service_pids  # the services' pids, as the engine's
+    # Imported here: the role processes import this module and need none of the engine's.
+    from benchmarks.engine_bench import service_pids
 
+    key = "floor" if discipline == "per_batch" else f"floor_{discipline}"
     prefix = f"bench-floor-{uuid.uuid4().hex[:8]}"
     scoped = settings.model_copy(update={"topic_prefix": prefix})
     _create_topics(scoped, prefix)
@@ -371,7 +372,7 @@ def measure_floor(settings: Settings, plan: FloorPlan, discipline: str) -> dict[
             _, began, ends = runs(1)
             step_ms.append((ends[0] - began) * 1000 / STEPS)
         pids: dict[str, int | None] = {
-            **_service_pids(settings),
+            **service_pids(settings),
             **{f"floor {role}": proc.pid for role, proc in procs.items()},
         }
         before = cpu_snapshot(pids)

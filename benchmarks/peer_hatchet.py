@@ -28,7 +28,6 @@ only 127.0.0.1 is contacted (hatchet-lite's HTTP listeners bind all interfaces, 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -41,7 +40,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from benchmarks.peers.table import print_table
+from benchmarks.peers.standalone import Measured, run_alone
 from benchmarks.peers.timings import STEPS_PER_RUN
 from foundation.settings import PROJECT_ROOT, get_settings
 from infra.peers.hatchet import DATABASE, VERSION, HatchetServer
@@ -131,31 +130,22 @@ def describe_environment(quick: bool) -> dict[str, Any]:
         "server": f"hatchet-lite {VERSION} (Postgres database {DATABASE}, Postgres queue)",
         "steps_per_run": STEPS_PER_RUN,
         "plan_name": "quick" if quick else "full",
-        "cpus": os.cpu_count(),
-        # Others may share the machine; a high load at the start explains a noisy result.
-        "loadavg_1m_at_start": round(os.getloadavg()[0], 2),
     }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.peer_hatchet", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="fewer runs (smoke check)")
-    parser.add_argument("--out", type=Path, default=OUT_FILE, help="JSON result file")
-    args = parser.parse_args(argv)
-    began = time.monotonic()
-    environment = describe_environment(args.quick)
-    result = measure(args.quick)
-    meta = {
-        **environment,
-        **result["meta"],
-        "loadavg_1m_at_end": round(os.getloadavg()[0], 2),
-        "wall_s": round(time.monotonic() - began, 1),
-    }
-    print_table(result["metrics"])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"metrics": result["metrics"], "meta": meta}, indent=2) + "\n")
-    print(f"wrote {args.out}")
-    return 0
+    def measured(quick: bool) -> Measured:
+        result = measure(quick)
+        return result["metrics"], result["meta"]
+
+    return run_alone(
+        argv,
+        prog="python -m benchmarks.peer_hatchet",
+        description=__doc__,
+        out_file=OUT_FILE,
+        describe=describe_environment,
+        measure=measured,
+    )
 
 
 if __name__ == "__main__":

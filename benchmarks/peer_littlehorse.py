@@ -35,19 +35,17 @@ Every loop is bounded in count and every phase in time; only 127.0.0.1 is contac
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.peers.littlehorse_shape import child_timeout_s, driver_argv, plan_for, read_result
-from benchmarks.peers.table import print_table
-from benchmarks.peers.timings import STEPS_PER_RUN
+from benchmarks.peers.littlehorse_shape import child_timeout_s, driver_argv, read_result
+from benchmarks.peers.standalone import run_alone
+from benchmarks.peers.timings import STEPS_PER_RUN, plan_for
 from foundation.settings import PROJECT_ROOT, get_settings
 from infra.peers.littlehorse import HOST, JVM_OPTIONS, SERVER_VERSION, LittleHorseServer
 
@@ -117,37 +115,18 @@ def describe_environment(server: LittleHorseServer) -> dict[str, Any]:
         f"({server.kafka_bootstrap}), Temurin 25, {' '.join(JVM_OPTIONS)}",
         "install": install,
         "steps_per_run": STEPS_PER_RUN,
-        "cpus": os.cpu_count(),
     }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.peer_littlehorse", description=__doc__
+    return run_alone(
+        argv,
+        prog="python -m benchmarks.peer_littlehorse",
+        description=__doc__,
+        out_file=OUT_FILE,
+        describe=lambda _quick: describe_environment(LittleHorseServer(get_settings())),
+        measure=measure,
     )
-    parser.add_argument("--quick", action="store_true", help="fewer runs (smoke check)")
-    parser.add_argument("--out", type=Path, default=OUT_FILE, help="JSON result file")
-    args = parser.parse_args(argv)
-    began = time.monotonic()
-    # Others may share the machine; a high load explains a noisy result.
-    load_at_start = round(os.getloadavg()[0], 2)
-    metrics, run_meta = measure(args.quick)
-    meta = {
-        **describe_environment(LittleHorseServer(get_settings())),
-        **run_meta,
-        "loadavg_1m_at_start": load_at_start,
-        "loadavg_1m_at_end": round(os.getloadavg()[0], 2),
-        "wall_s": round(time.monotonic() - began, 1),
-    }
-    print_table(metrics)
-    print(
-        f"load average (1 min): {meta['loadavg_1m_at_start']} at start, "
-        f"{meta['loadavg_1m_at_end']} at end; wall {meta['wall_s']}s"
-    )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"metrics": metrics, "meta": meta}, indent=2) + "\n")
-    print(f"wrote {args.out}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -40,19 +40,17 @@ request/response ``POST /<Service>/<handler>`` a run, with ``ctx.run``):
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from benchmarks.peers.table import print_table
-from benchmarks.peers.timings import FULL, QUICK, STEPS_PER_RUN
+from benchmarks.peers.standalone import run_alone
+from benchmarks.peers.timings import FULL, STEPS_PER_RUN, plan_for
 from foundation.settings import PROJECT_ROOT, get_settings
 from infra.peers.restate import REQUIREMENTS_FILE, SERVER_VERSION, RestatePeer, pinned_version
 
@@ -139,32 +137,19 @@ def describe_environment(quick: bool) -> dict[str, Any]:
             for name in ("restate-sdk", "Hypercorn", "aiohttp")
         ),
         "steps_per_run": STEPS_PER_RUN,
-        "plan": asdict(QUICK if quick else FULL),
-        "cpus": os.cpu_count(),
-        # Others may share the machine; a high load at the start explains a noisy result.
-        "loadavg_1m_at_start": round(os.getloadavg()[0], 2),
+        "plan": asdict(plan_for(quick)),
     }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.peer_restate", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="fewer runs (smoke check)")
-    parser.add_argument("--out", type=Path, default=OUT_FILE, help="JSON result file")
-    args = parser.parse_args(argv)
-    began = time.monotonic()
-    environment = describe_environment(args.quick)
-    metrics, details = measure(args.quick)
-    meta = {
-        **environment,
-        **details,
-        "loadavg_1m_at_end": round(os.getloadavg()[0], 2),
-        "wall_s": round(time.monotonic() - began, 1),
-    }
-    print_table(metrics)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"metrics": metrics, "meta": meta}, indent=2) + "\n")
-    print(f"wrote {args.out}")
-    return 0
+    return run_alone(
+        argv,
+        prog="python -m benchmarks.peer_restate",
+        description=__doc__,
+        out_file=OUT_FILE,
+        describe=describe_environment,
+        measure=measure,
+    )
 
 
 if __name__ == "__main__":

@@ -19,22 +19,19 @@ numbers mean and do not mean: docs/decisions/0005-benchmark-peer.md.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from benchmarks.peers.hard_exit import run_and_exit_hard
-from benchmarks.peers.table import print_table
-from benchmarks.peers.timings import FULL, QUICK, STEPS_PER_RUN
+from benchmarks.peers.standalone import run_alone
+from benchmarks.peers.timings import STEPS_PER_RUN, plan_for
 from foundation.settings import PROJECT_ROOT, get_settings
 from infra.peers.temporal import BUILD_TIMEOUT_S, NAMESPACE, SERVER_VERSION, TemporalServer
 
@@ -82,7 +79,7 @@ def measure_in_process(quick: bool) -> dict[str, float]:
         server.reset()
     server.start()
     try:
-        return asyncio.run(measure_temporal(server.endpoint, NAMESPACE, QUICK if quick else FULL))
+        return asyncio.run(measure_temporal(server.endpoint, NAMESPACE, plan_for(quick)))
     finally:
         if started_here:
             server.stop()
@@ -94,27 +91,19 @@ def describe_environment(quick: bool) -> dict[str, Any]:
         "server": f"go.temporal.io/server {SERVER_VERSION} (SQLite file, 1 history shard)",
         "sdk": f"temporalio {metadata.version('temporalio')}",
         "steps_per_run": STEPS_PER_RUN,
-        "plan": asdict(QUICK if quick else FULL),
-        "cpus": os.cpu_count(),
-        # Others may share the machine; a high load at the start explains a noisy result.
-        "loadavg_1m_at_start": round(os.getloadavg()[0], 2),
+        "plan": asdict(plan_for(quick)),
     }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.peer_temporal", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="fewer runs (smoke check)")
-    parser.add_argument("--out", type=Path, default=OUT_FILE, help="JSON result file")
-    args = parser.parse_args(argv)
-    began = time.monotonic()
-    environment = describe_environment(args.quick)
-    metrics = measure_in_process(args.quick)
-    meta = {**environment, "wall_s": round(time.monotonic() - began, 1)}
-    print_table(metrics)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"metrics": metrics, "meta": meta}, indent=2) + "\n")
-    print(f"wrote {args.out}")
-    return 0
+    return run_alone(
+        argv,
+        prog="python -m benchmarks.peer_temporal",
+        description=__doc__,
+        out_file=OUT_FILE,
+        describe=describe_environment,
+        measure=lambda quick: (measure_in_process(quick), {}),
+    )
 
 
 if __name__ == "__main__":

@@ -106,14 +106,17 @@ OUR_KEYS: dict[str, dict[str, str]] = {
 }
 
 
+def _peer_key(prefix: str, metric: str) -> str:
+    """A peer's key for one metric: milliseconds but for throughput."""
+    return f"{prefix}_{metric}" + ("" if metric == "steps_per_s" else "_ms")
+
+
 def _ratios() -> tuple[Ratio, ...]:
-    out: list[Ratio] = []
-    for prefix, path in PEER_KINDS:
-        for metric, ours in OUR_KEYS[path].items():
-            throughput = metric == "steps_per_s"
-            peer = f"{prefix}_{metric}" + ("" if throughput else "_ms")
-            out.append(Ratio(f"{prefix}_{metric}_ratio", peer, ours, throughput))
-    return tuple(out)
+    return tuple(
+        Ratio(f"{prefix}_{metric}_ratio", _peer_key(prefix, metric), ours, metric == "steps_per_s")
+        for prefix, path in PEER_KINDS
+        for metric, ours in OUR_KEYS[path].items()
+    )
 
 
 RATIOS: tuple[Ratio, ...] = _ratios()
@@ -125,8 +128,12 @@ def _usable(value: object) -> bool:
 
 def peer_ratios(results: Mapping[str, object]) -> dict[str, float]:
     """The ratios whose two inputs are both present and positive."""
+    return _computed(RATIOS, results)
+
+
+def _computed(ratios: tuple[Ratio, ...], results: Mapping[str, object]) -> dict[str, float]:
     out: dict[str, float] = {}
-    for ratio in RATIOS:
+    for ratio in ratios:
         peer, ours = results.get(ratio.peer), results.get(ratio.ours)
         if not (_usable(peer) and _usable(ours)):
             continue
@@ -175,10 +182,7 @@ def format_side_by_side(results: Mapping[str, object]) -> str:
         (f"REFLUX {path}", keys) for path, keys in OUR_KEYS.items()
     ]
     for prefix, _ in PEER_KINDS:
-        keys = {
-            metric: f"{prefix}_{metric}" + ("" if metric == "steps_per_s" else "_ms")
-            for metric, _ in _SIDE_BY_SIDE
-        }
+        keys = {metric: _peer_key(prefix, metric) for metric, _ in _SIDE_BY_SIDE}
         if any(_usable(results.get(k)) for k in keys.values()):
             columns.append((prefix.removeprefix("peer_"), keys))
     width = max(len(label) for _, label in _SIDE_BY_SIDE)
@@ -192,22 +196,20 @@ def format_side_by_side(results: Mapping[str, object]) -> str:
     return "\n".join(lines)
 
 
+# The floor (``benchmarks/floor_bench.py``) in the place of a peer: the same step's Kafka
+# traffic with no application work, so each ratio is REFLUX's fraction of the architecture's
+# limit (1.0 = at the floor).
+FLOOR_RATIOS: tuple[Ratio, ...] = (
+    Ratio("floor_fraction_steps_per_s", "floor_steps_per_s", "steps_per_s", True),
+    Ratio(
+        "floor_fraction_step_overhead_p50",
+        "floor_step_overhead_p50_ms",
+        "step_overhead_e2e_p50_ms",
+        False,
+    ),
+)
+
+
 def floor_fractions(results: Mapping[str, object]) -> dict[str, float]:
-    """REFLUX's remote path as a fraction of the floor (``benchmarks/floor_bench.py``): the same
-    step's Kafka traffic with no application work. 1.0 would be the architecture's limit."""
-    out: dict[str, float] = {}
-    pairs = (
-        ("floor_fraction_steps_per_s", "steps_per_s", "floor_steps_per_s", True),
-        (
-            "floor_fraction_step_overhead_p50",
-            "step_overhead_e2e_p50_ms",
-            "floor_step_overhead_p50_ms",
-            False,
-        ),
-    )
-    for key, ours, floor, throughput in pairs:
-        a, b = results.get(ours), results.get(floor)
-        if _usable(a) and _usable(b):
-            assert isinstance(a, int | float) and isinstance(b, int | float)
-            out[key] = a / b if throughput else b / a
-    return out
+    """REFLUX's remote path as a fraction of the floor (:data:`FLOOR_RATIOS`)."""
+    return _computed(FLOOR_RATIOS, results)

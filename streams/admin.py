@@ -299,16 +299,17 @@ def _wait_for_leaders(
             metadata = client.list_topics(timeout=max(deadline - time.monotonic(), 0.1))
         except KafkaException as exc:
             raise _unavailable(_bootstrap(settings), exc) from exc
-        for name in list(pending):
+        led: dict[str, list[int]] = {}
+        for name in pending:
             meta = metadata.topics.get(name)
             if (
                 meta is not None
                 and meta.error is None
                 and meta.partitions
                 and all(p.leader >= 0 and p.error is None for p in meta.partitions.values())
-                and _logs_open(client, name, list(meta.partitions))
             ):
-                pending.discard(name)
+                led[name] = list(meta.partitions)
+        pending -= _open_logs(client, led)
         if not pending:
             return
         if time.monotonic() >= deadline:
@@ -319,22 +320,30 @@ def _wait_for_leaders(
         time.sleep(0.05)
 
 
-def _logs_open(client: AdminClient, topic: str, partitions: list[int]) -> bool:
-    """Every partition's leader answers where its log ends: the log exists on the broker.
+def _open_logs(client: AdminClient, partitions: Mapping[str, list[int]]) -> set[str]:
+    """The topics whose every partition's leader answers where its log ends (one request): the
+    log exists on the broker.
 
     In KRaft a partition has a leader in the metadata as soon as the controller records it; the
     leader creates the log a moment later, when it applies that record (0.25 s after the
     metadata on a loaded machine, seen in make test). A transactional producer that wrote to the
     partition in between had its record time out inside the transaction and its producer fenced.
     """
+    if not partitions:
+        return set()
     latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]  # untyped in the library
     futures = client.list_offsets(
-        {TopicPartition(topic, p): latest for p in partitions}, request_timeout=5
+        {TopicPartition(t, p): latest for t, ps in partitions.items() for p in ps},
+        request_timeout=5,
     )
-    try:
-        return all(int(f.result().offset) >= 0 for f in futures.values())
-    except KafkaException:
-        return False  # not yet (NOT_LEADER_OR_FOLLOWER, UNKNOWN_TOPIC_OR_PARTITION, ...)
+    closed: set[str] = set()
+    for tp, future in futures.items():
+        try:
+            if int(future.result().offset) < 0:
+                closed.add(tp.topic)
+        except KafkaException:  # not yet (NOT_LEADER_OR_FOLLOWER, UNKNOWN_TOPIC_OR_PARTITION, ...)
+            closed.add(tp.topic)
+    return set(partitions) - closed
 
 
 def kafka_unavailable(exc: BaseException) -> bool:

@@ -37,7 +37,8 @@ from benchmarks.peers.hatchet_results import (
     worker_ready,
     workflow_name,
 )
-from benchmarks.peers.timings import FULL, QUICK, STEPS_PER_RUN, Plan, RunTiming, summarize
+from benchmarks.peers.rounds import all_at_once
+from benchmarks.peers.timings import STEPS_PER_RUN, Plan, RunTiming, plan_for, summarize
 
 WORKER_STOP_TIMEOUT_S = 15.0
 
@@ -60,10 +61,7 @@ class HatchetBench:
         return [await self.one_run() for _ in range(runs)]
 
     async def concurrent(self, runs: int) -> tuple[list[RunTiming], float]:
-        """Starts ``runs`` runs at once; returns their timings and the wall time of the batch."""
-        began = time.time()
-        timings = await asyncio.gather(*(self.one_run() for _ in range(runs)))
-        return list(timings), time.time() - began
+        return await all_at_once(self.one_run, runs, time.time)
 
 
 async def wait_for_worker(hatchet: Hatchet, name: str, timeout_s: float) -> float:
@@ -156,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="JSON result file")
     parser.add_argument("--worker-log", type=Path, required=True, help="the worker's log file")
     args = parser.parse_args(argv)
-    plan = QUICK if args.quick else FULL
+    plan = plan_for(args.quick)
     metrics, meta = asyncio.run(measure_hatchet(plan, args.worker_log))
     meta["plan"] = asdict(plan)
     args.out.write_text(json.dumps({"metrics": metrics, "meta": meta}, indent=2) + "\n")

@@ -39,9 +39,10 @@ from littlehorse.workflow import create_task_def, create_workflow_spec
 
 from benchmarks.peers.hard_exit import run_and_exit_hard
 from benchmarks.peers.littlehorse_flow import StepClock, sequential_noop
-from benchmarks.peers.littlehorse_shape import KEY_PREFIX, Names, plan_for
+from benchmarks.peers.littlehorse_shape import KEY_PREFIX, Names
+from benchmarks.peers.rounds import all_at_once
 from benchmarks.peers.stats import p50_p99
-from benchmarks.peers.timings import STEPS_PER_RUN, Plan, RunTiming, summarize
+from benchmarks.peers.timings import STEPS_PER_RUN, Plan, RunTiming, plan_for, summarize
 
 # A run of 10 no-ops that takes a minute has failed; bound it instead of waiting forever.
 RUN_TIMEOUT_S = 60.0
@@ -99,10 +100,7 @@ class LittleHorseBench:
         return [await self.one_run(first=first and index == 0) for index in range(runs)]
 
     async def concurrent(self, runs: int) -> tuple[list[RunTiming], float]:
-        """Starts ``runs`` runs at once; returns their timings and the wall time of the batch."""
-        began = time.perf_counter()
-        timings = await asyncio.gather(*(self.one_run() for _ in range(runs)))
-        return list(timings), time.perf_counter() - began
+        return await all_at_once(self.one_run, runs)
 
     async def count_completed(self) -> int:
         """How many runs the server reports COMPLETED (after the measurements, off the clock):

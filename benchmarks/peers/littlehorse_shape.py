@@ -11,19 +11,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.peers.timings import FULL, QUICK, Plan
+from benchmarks.peers.timings import METRIC_NAMES, Plan
 
 KEY_PREFIX = "peer_littlehorse"
-# The keys summarize() writes; the parent refuses a result without exactly these.
-METRIC_NAMES = (
-    "start_latency_p50_ms",
-    "start_latency_p99_ms",
-    "step_overhead_p50_ms",
-    "step_overhead_p99_ms",
-    "steps_per_s",
-    "start_request_to_first_step_p50_ms",
-    "start_request_to_first_step_p99_ms",
-)
 # Setting up (registering, the worker's first heartbeat) and tearing down, beyond the phases.
 SETUP_TIMEOUT_S = 120.0
 # Batches of concurrent runs, not measured, before the latency runs: the server is a fresh JVM
@@ -53,10 +43,6 @@ class Names:
     def done_event(self) -> str:
         """The WorkflowEvent a run throws after its last step; the client awaits it."""
         return f"reflux-peer-run-done-{self.suffix}"
-
-
-def plan_for(quick: bool) -> Plan:
-    return QUICK if quick else FULL
 
 
 def child_timeout_s(plan: Plan) -> float:

@@ -44,8 +44,9 @@ from benchmarks.peers.restate_workloads import (
     invocation_id_of,
     process_cpu_seconds,
 )
+from benchmarks.peers.rounds import all_at_once
 from benchmarks.peers.stats import p50_p99
-from benchmarks.peers.timings import FULL, QUICK, STEPS_PER_RUN, Plan, RunTiming, summarize
+from benchmarks.peers.timings import STEPS_PER_RUN, Plan, RunTiming, plan_for, summarize
 
 # A run of 10 no-ops that takes a minute has failed; bound every request instead of waiting.
 REQUEST_TIMEOUT_S = 60.0
@@ -115,9 +116,8 @@ class RestateBench:
     async def concurrent(self, runs: int) -> float:
         """Starts ``runs`` runs at once; returns the wall time from the first start call to
         the last result."""
-        began = time.time()
-        await asyncio.gather(*(self.one_run() for _ in range(runs)))
-        return time.time() - began
+        _, seconds = await all_at_once(self.one_run, runs, time.time)
+        return seconds
 
 
 class CpuMeter:
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--endpoint-pid", type=int, required=True)
     args = parser.parse_args(argv)
     pids = {"server": args.server_pid, "endpoint": args.endpoint_pid}
-    plan = QUICK if args.quick else FULL
+    plan = plan_for(args.quick)
     metrics, meta = asyncio.run(measure_restate(args.ingress, plan, pids))
     args.out.write_text(json.dumps({"metrics": metrics, "meta": meta}, indent=2) + "\n")
     return 0

@@ -14,6 +14,7 @@ from datetime import timedelta
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from benchmarks.peers.rounds import all_at_once
 from benchmarks.peers.temporal_flow import SequentialNoop, StepClock
 from benchmarks.peers.timings import STEPS_PER_RUN, Plan, RunTiming, summarize
 
@@ -57,10 +58,7 @@ class TemporalBench:
         return [await self.one_run() for _ in range(runs)]
 
     async def concurrent(self, runs: int) -> tuple[list[RunTiming], float]:
-        """Starts ``runs`` runs at once; returns their timings and the wall time of the batch."""
-        began = time.perf_counter()
-        timings = await asyncio.gather(*(self.one_run() for _ in range(runs)))
-        return list(timings), time.perf_counter() - began
+        return await all_at_once(self.one_run, runs)
 
 
 async def measure_temporal(target: str, namespace: str, plan: Plan) -> dict[str, float]:

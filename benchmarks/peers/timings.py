@@ -30,6 +30,22 @@ FULL = Plan(
 )
 
 
+def plan_for(quick: bool) -> Plan:
+    return QUICK if quick else FULL
+
+
+METRIC_NAMES = (
+    "start_latency_p50_ms",
+    "start_latency_p99_ms",
+    "step_overhead_p50_ms",
+    "step_overhead_p99_ms",
+    "steps_per_s",
+    "start_request_to_first_step_p50_ms",
+    "start_request_to_first_step_p99_ms",
+)
+"""The metrics :func:`summarize` reports, each as ``<prefix>_<name>``."""
+
+
 @dataclass(frozen=True)
 class RunTiming:
     """perf_counter readings of one run, all on this process's clock."""
@@ -61,13 +77,15 @@ def summarize(
     start_p50, start_p99 = p50_p99(start_ms)
     request_p50, request_p99 = p50_p99(request_ms)
     step_p50, step_p99 = p50_p99(step_ms)
-    return {
-        f"{prefix}_start_latency_p50_ms": start_p50,
-        f"{prefix}_start_latency_p99_ms": start_p99,
-        f"{prefix}_step_overhead_p50_ms": step_p50,
-        f"{prefix}_step_overhead_p99_ms": step_p99,
-        f"{prefix}_steps_per_s": statistics.median(rates),
-        # Not in the common key set: includes the start call itself (persisting the start).
-        f"{prefix}_start_request_to_first_step_p50_ms": request_p50,
-        f"{prefix}_start_request_to_first_step_p99_ms": request_p99,
-    }
+    # In METRIC_NAMES' order. The last two are not in the common key set: they include the
+    # start call itself (persisting the start).
+    values = (
+        start_p50,
+        start_p99,
+        step_p50,
+        step_p99,
+        statistics.median(rates),
+        request_p50,
+        request_p99,
+    )
+    return {f"{prefix}_{name}": value for name, value in zip(METRIC_NAMES, values, strict=True)}

@@ -12,15 +12,13 @@ import pytest
 from benchmarks.peers.littlehorse_shape import (
     JVM_WARMUP_BATCHES,
     KEY_PREFIX,
-    METRIC_NAMES,
     SETUP_TIMEOUT_S,
     Names,
     child_timeout_s,
     driver_argv,
-    plan_for,
     read_result,
 )
-from benchmarks.peers.timings import FULL, QUICK, RunTiming, summarize
+from benchmarks.peers.timings import FULL, METRIC_NAMES, QUICK, RunTiming, plan_for, summarize
 from infra.peers.littlehorse import (
     CLUSTER_ID_PREFIX,
     HOST,
