@@ -512,13 +512,18 @@ def _measure(
     results["concurrent_runs"] = float(plan.concurrent_runs)
 
     inline_rates: list[float] = []
+    before_inline = cpu_snapshot(pids)
+    wall_inline = 0.0
     for i in range(plan.throughput_rounds):
         _progress(
             f"inline throughput round {i + 1}/{plan.throughput_rounds}: {plan.concurrent_runs} runs"
         )
+        began_mono = time.monotonic()
         runs, began = bench.concurrent(INLINE_WORKFLOW, plan.concurrent_runs)
+        wall_inline += time.monotonic() - began_mono
         inline_rates.append(em.steps_per_s(runs, began))
         _progress(f"  {inline_rates[-1]:.0f} steps/s (inline)")
+    cpu_inline = cpu_delta(before_inline, cpu_snapshot(pids))
     results["steps_per_s_inline"] = statistics.median(inline_rates)
 
     details: dict[str, Any] = {
@@ -530,11 +535,18 @@ def _measure(
         # The tail in detail: (position in the sequential phase, ms) of the slowest starts.
         "slowest_starts_ms": sorted(enumerate(starts), key=lambda s: -s[1])[:5],
         "cpu_throughput": {"wall_s": wall, "threads": cpu.threads, "services": cpu.services},
+        "cpu_throughput_inline": {
+            "wall_s": wall_inline,
+            "threads": cpu_inline.threads,
+            "services": cpu_inline.services,
+        },
     }
     missed = [g.key for g, _, met in evaluate_goals(results) if met is False]
     if profile or (profile is None and missed):
         _progress(f"goals missed ({', '.join(missed) or 'none'}): profiling one more round")
-        details["profile"] = _profile_round(bench, plan, pids, seq, loaded, cpu, wall, out_dir)
+        details["profile"] = _profile_round(
+            bench, plan, seq, loaded, (cpu, wall), (cpu_inline, wall_inline), out_dir
+        )
     (out_dir / "engine_details.json").write_text(json.dumps(details, indent=2) + "\n")
     return results
 
@@ -542,13 +554,13 @@ def _measure(
 def _profile_round(
     bench: EngineBench,
     plan: EnginePlan,
-    pids: dict[str, int | None],
     seq: list[RunTrace],
     loaded: list[RunTrace],
-    cpu: Any,
-    wall: float,
+    remote_cpu: tuple[Any, float],
+    inline_cpu: tuple[Any, float],
     out_dir: Path,
 ) -> str:
+    steps = plan.concurrent_runs * plan.throughput_rounds * STEPS
     sections = [
         "REFLUX engine benchmark profile (everything co-located; see benchmarks/README.md)",
         "",
@@ -556,7 +568,10 @@ def _profile_round(
         "",
         _format_hops(f"One step under load ({plan.concurrent_runs} concurrent runs)", loaded),
         "",
-        format_cpu(cpu, wall, _cores(), steps=len(loaded) * STEPS),
+        "Remote path: " + format_cpu(*remote_cpu, _cores(), steps=len(loaded) * STEPS),
+        "",
+        "Inline path (the same chain, every step evaluated by the scheduler): "
+        + format_cpu(*inline_cpu, _cores(), steps=steps),
     ]
     spy = find_py_spy()
     if spy is None:
