@@ -97,8 +97,9 @@ def add_worker_commands(subparsers: Any) -> argparse.ArgumentParser:
         "--cpu-concurrency",
         type=_limit,
         metavar="N",
-        help="attempts of CPU nodes (transform, condition, code.run) running at once, all "
-        "together (default: the cores this process may use; $REFLUX_WORKER_CPU_CONCURRENCY)",
+        help="attempts of CPU nodes (transform, condition) running at once, all together "
+        "(default: 4 per core this process may use; code.run: at most the cores; "
+        "$REFLUX_WORKER_CPU_CONCURRENCY)",
     )
     worker.add_argument(
         "--node-concurrency",

@@ -6,12 +6,16 @@ workload class, shared by the lanes (node majors) of that class:
 - **I/O** (``http.request``, ``database.query``, ``email.send``, ``openai.chat``,
   ``webhook.trigger``): :data:`DEFAULT_IO_CONCURRENCY` attempts at once. They wait on other
   systems, on the event loop, so hundreds in flight cost memory, not cores.
-- **CPU** (``transform``, ``condition``, ``code.run``): about one per core
-  (:func:`default_cpu_concurrency`).
+- **CPU** (``transform``, ``condition``, CPU function nodes): :data:`CPU_SLOTS_PER_CORE` per
+  core (:func:`default_cpu_concurrency`): a slot is held from the ledger claim to the result,
+  of which the node's own work is a small part (ADR 0073).
 
 Nodes whose attempts last long (``webhook.trigger`` waits, ``code.run`` programs: ``own_pool``)
 get a pool of their own, of their class's size: a few hundred waits must not hold the slots of
-HTTP calls, two long programs must not stall every ``transform``.
+HTTP calls, two long programs must not stall every ``transform``. A CPU node's own pool is at
+most the cores (:func:`available_cores`): each ``code.run`` program is a process of its own
+that keeps a core busy, so more at once would only stretch every program's wall time, which
+its timeout counts.
 
 A node group can have a limit of its own (``node_concurrency``: ``{"http.request": 512,
 "database.query@1": 32}``): the lanes an entry names then draw from a pool of that size instead
@@ -31,9 +35,11 @@ from foundation.errors import ConfigurationError
 from node_workers.node import AnyNode, Workload
 
 __all__ = [
+    "CPU_SLOTS_PER_CORE",
     "DEFAULT_IO_CONCURRENCY",
     "MIN_BUFFERED",
     "Limit",
+    "available_cores",
     "check_limit",
     "check_node_concurrency",
     "default_cpu_concurrency",
@@ -56,12 +62,28 @@ _ENTRY: Final = re.compile(
 )
 
 
-def default_cpu_concurrency() -> int:
+CPU_SLOTS_PER_CORE: Final = 4
+"""Attempts of the shared CPU pool per core. A slot is held from the attempt's ledger claim (a
+Redis round trip) to its result, with the event loop's turns in between, while the node's own
+work on usual params takes 10-30 us on the loop: with one slot per core, the slots -- not the
+cores -- bounded a worker. Measured on 2 cores, 100 runs of 10 remote no-op steps at once:
+2 slots, 380-410 steps/s with the worker at 0.4 cores and invocations waiting ~150 ms for a
+slot; 8 slots, 490-760 steps/s, and 25% less CPU per step in all (larger batches everywhere).
+Large params run in the node's thread pool, sized to the same number; their CPU is still
+bounded by the GIL to about one core (ADR 0073)."""
+
+
+def available_cores() -> int:
     """The cores this process may run on (its CPU affinity), at least 1."""
     try:
         return max(len(os.sched_getaffinity(0)), 1)
     except AttributeError:  # no sched_getaffinity (not Linux)
         return os.cpu_count() or 1
+
+
+def default_cpu_concurrency() -> int:
+    """The shared CPU pool's default size: :data:`CPU_SLOTS_PER_CORE` per available core."""
+    return CPU_SLOTS_PER_CORE * available_cores()
 
 
 def check_limit(value: int, what: str) -> int:
@@ -128,15 +150,17 @@ def lane_limit(
     node: AnyNode, *, io: int, cpu: int, overrides: Mapping[str, int] | None = None
 ) -> Limit:
     """The pool of ``node``'s lane: ``name@major`` entry, else ``name`` entry, else its class's
-    (a pool named after the node, of the class's size, for an ``own_pool`` node)."""
+    (a pool named after the node for an ``own_pool`` node: of the class's size, and at most the
+    cores for a CPU node)."""
     overrides = overrides or {}
     for key in (f"{node.name}@{node.major}", node.name):
         if key in overrides:
             return Limit(key, overrides[key])
-    size = io if node.workload is Workload.IO else cpu
-    if node.own_pool:
-        return Limit(node.name, size)
-    return Limit(node.workload.value, size, of_class=True)
+    if node.workload is Workload.IO:
+        return Limit(node.name, io) if node.own_pool else Limit("io", io, of_class=True)
+    if node.own_pool:  # one process per attempt (code.run): at most a core each
+        return Limit(node.name, min(cpu, available_cores()))
+    return Limit("cpu", cpu, of_class=True)
 
 
 def unmatched_entries(overrides: Mapping[str, int], nodes: Iterable[AnyNode]) -> list[str]:

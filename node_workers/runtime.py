@@ -5,9 +5,9 @@ invoke topic ``{prefix}.invoke.<node>.v<major>`` (both named by :mod:`streams.to
 of a process share one idempotent producer and one object store. Concurrency is per workload
 class (:mod:`node_workers.concurrency`): I/O lanes share ``io_concurrency`` slots (256 by
 default: hundreds of attempts in flight on the event loop), CPU lanes share ``cpu_concurrency``
-(the cores), and a node group named in ``node_concurrency`` has a pool of its own; each node is
-told its lane's limit (:meth:`~node_workers.node.Node.set_concurrency`) to size its client and
-thread pools to it (docs/decisions/0019-worker-concurrency.md).
+(four per core, ADR 0073), and a node group named in ``node_concurrency`` has a pool of its
+own; each node is told its lane's limit (:meth:`~node_workers.node.Node.set_concurrency`) to
+size its client and thread pools to it (docs/decisions/0019-worker-concurrency.md).
 
 Delivery is **at-least-once**; execution is at most once per attempt. Per invocation, a lane:
 
@@ -156,7 +156,8 @@ class WorkerConfig:
     their lanes."""
     cpu_concurrency: int = field(default_factory=default_cpu_concurrency)
     """Attempts of CPU nodes (``Workload.CPU``) running at once, shared by their lanes; default:
-    the cores this process may run on."""
+    ``CPU_SLOTS_PER_CORE`` (4) per core this process may run on (ADR 0073). A CPU node with a
+    pool of its own (``code.run``) gets at most the cores."""
     node_concurrency: Mapping[str, int] = field(default_factory=dict)
     """Per node group (``"http.request"``, ``"database.query@1"``): a pool of its own of that
     size instead of its class's."""

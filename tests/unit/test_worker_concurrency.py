@@ -13,7 +13,9 @@ from foundation.errors import ConfigurationError
 from foundation.settings import Settings
 from node_workers.attempt import run_attempt
 from node_workers.concurrency import (
+    CPU_SLOTS_PER_CORE,
     DEFAULT_IO_CONCURRENCY,
+    available_cores,
     lane_limit,
     parse_node_concurrency,
     unmatched_entries,
@@ -58,9 +60,12 @@ def test_a_lane_draws_from_its_class_unless_a_group_entry_names_it() -> None:
 
     assert limit(http) == ("io", 300, "class:io")
     assert limit(transform) == ("cpu", 3, "class:cpu")
-    # Long attempts: a pool of their own, of their class's size.
-    assert limit(code) == ("code.run", 3, "group:code.run")
+    # Long attempts: a pool of their own, of their class's size; a CPU one at most the cores
+    # (each code.run program is a process keeping a core busy).
+    assert limit(code) == ("code.run", min(3, available_cores()), "group:code.run")
     assert limit(webhook) == ("webhook.trigger", 300, "group:webhook.trigger")
+    many = lane_limit(code, io=300, cpu=1000)
+    assert (many.size, lane_limit(transform, io=300, cpu=1000).size) == (available_cores(), 1000)
     overrides = {"http.request": 20, "http.request@1": 10, "transform@2": 7, "code.run": 1}
     assert limit(http, overrides) == ("http.request@1", 10, "group:http.request@1")
     assert limit(http, {"http.request": 20}) == ("http.request", 20, "group:http.request")
@@ -77,7 +82,7 @@ def test_only_long_attempts_get_a_pool_of_their_own() -> None:
 def test_worker_config_defaults_and_buffers() -> None:
     config = WorkerConfig()
     assert config.io_concurrency == DEFAULT_IO_CONCURRENCY == 256
-    assert config.cpu_concurrency >= 1
+    assert config.cpu_concurrency == CPU_SLOTS_PER_CORE * available_cores() >= 4
     # A lane holds more than it runs: twice its pool, at least 256.
     assert config.buffer_limit(256) == 512
     assert config.buffer_limit(2) == 256
