@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import functools
+import gc
 import logging
 import sys
 from collections.abc import Sequence
@@ -202,9 +204,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@functools.cache
+def _freeze_startup_objects() -> None:
+    """Once per process, after the command's modules are imported: those objects live as long
+    as the process, so the collector need not walk them again. Measured in the engine benchmark
+    (one process per component): full collections cost the scheduler 0.50 s and the projector
+    0.57 s of CPU in ~15 s, ~125 ms a pause; with the startup objects frozen, 0.21 s and 0.03 s.
+    Once only (cached): a process calling ``main`` again (tests) would freeze its garbage too."""
+    gc.freeze()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _freeze_startup_objects()
     logging.basicConfig(
         level=log_level(args),
         stream=sys.stderr,
