@@ -17,12 +17,11 @@ cannot be reached or timed out: try again later).
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Literal
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
@@ -38,6 +37,7 @@ from foundation.errors import ConfigurationError, NonRetryableError, ServiceUnav
 from foundation.settings import Settings, get_settings
 from streams.security import kafka_client_config
 from streams.topics import TopicCatalog, TopicSpec, min_insync_replicas
+from streams.warmup import warm_up
 
 __all__ = [
     "EnsureReport",
@@ -121,33 +121,15 @@ class EnsureReport:
         return bool(self.created)
 
 
-def admin_client(settings: Settings | None = None, *, warm_topic: str | None = None) -> AdminClient:
-    """An admin client; with ``warm_topic``, one whose first requests are answered at once (see
-    :func:`warm_up`)."""
+def admin_client(settings: Settings | None = None, *, warm: bool = False) -> AdminClient:
+    """An admin client; with ``warm``, one whose first requests are answered at once
+    (:func:`streams.warmup.warm_up`: without it, one fresh client's first ``list_offsets`` in
+    five waited 1 or 3 s)."""
     settings = settings or get_settings()
     client = AdminClient({**kafka_client_config(settings), "socket.timeout.ms": 10000})
-    if warm_topic is not None:
-        warm_up(client, warm_topic)
+    if warm:
+        warm_up(client)
     return client
-
-
-WARM_UP_TIMEOUT_S: Final = 5.0
-
-
-def warm_up(client: AdminClient, topic: str, timeout: float = WARM_UP_TIMEOUT_S) -> None:
-    """Asks for ``topic``'s metadata and waits for the answer (errors ignored: the caller's own
-    requests report them).
-
-    Why: a fresh librdkafka client (2.16) sends its first request for a topic's leaders on the
-    bootstrap connection, which it closes as soon as the first metadata answer names the real
-    broker; that request then fails ("Broker handle destroyed") and is asked again only at the
-    next metadata refresh, 1-3 s later. Measured: the first ``list_offsets`` of one fresh
-    admin client in three took 1.00 or 3.00 s instead of 2 ms (the scheduler's restart,
-    ``scheduler_recovery_s``, stalled exactly 3.00 s); with this request first, 30 of 30
-    answered in ~55 ms in all.
-    """
-    with contextlib.suppress(KafkaException):
-        client.list_topics(topic, timeout=timeout)
 
 
 def creation_configs(spec: TopicSpec, settings: Settings | None = None) -> dict[str, str]:

@@ -349,7 +349,7 @@ class SchedulerRuntime:
     def _admin(self) -> AdminClient:
         """Asks where partitions end (snapshot checkpoints, recovery); warmed so that the
         restart's first question is answered at once."""
-        return admin_client(self.settings, warm_topic=self.catalog.runs.topic)
+        return admin_client(self.settings, warm=True)
 
     @functools.cached_property
     def _blobs(self) -> S3BlobStore:

@@ -389,7 +389,7 @@ def recover_partitions(
     runs_topic, state_topic = catalog.runs.topic, catalog.scheduler_state.topic
     # Both ends at once: snapshots and events as of one moment (any later record of either
     # is consistent too: a snapshot never holds less than its checkpoint says).
-    admin = admin or admin_client(settings, warm_topic=runs_topic)
+    admin = admin or admin_client(settings, warm=True)
     ends = end_offsets(admin, (runs_topic, state_topic), wanted, timeout=timeout)
     report.offsets_s = time.monotonic() - started
     # One reader per topic: re-assigning a reader to another topic costs ~1 s before its first
