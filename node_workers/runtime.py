@@ -517,9 +517,12 @@ class _Lane:
             attempt,
             context={"worker": runtime.config.client_id, "origin": f"{tp[0]}/{tp[1]}/{offset}"},
         )
+        encoded = serde.encode(result)  # once: the same bytes are recorded and sent
         if claim.state is ClaimState.NEW:
-            await runtime.ledger.record(invocation.invocation_id, serde.encode(result))
-        runtime.producer.send(runtime.catalog.results, invocation.run_id, result)
+            await runtime.ledger.record(invocation.invocation_id, encoded)
+        runtime.producer.send(
+            runtime.catalog.results, invocation.run_id, encoded, {TYPE_HEADER: NodeResult.AVRO_NAME}
+        )
         # Traces are JSON (the Avro Trace schema's fields) so ClickHouse's Kafka engine reads
         # them with no Python in the path: docs/decisions/0004-traces-json-on-kafka.md.
         runtime.producer.send(
