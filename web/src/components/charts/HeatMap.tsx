@@ -48,8 +48,15 @@ export function HeatMap({ rows, columns, cells, highlight, label }: HeatMapProps
     for (const c of cells) map.set(`${c.node}|${Date.parse(c.bucket_start)}`, c);
     return map;
   }, [cells]);
-  const [focus, setFocus] = useState<[number, number]>([0, Math.max(0, columns.length - 1)]);
+  const [wanted, setFocus] = useState<[number, number]>([0, Math.max(0, columns.length - 1)]);
   const [shown, setShown] = useState<string | null>(null);
+  // The grid's one tab stop, kept inside the grid when its rows or columns change (a shorter
+  // window, a node gone): the state is set at the first render and would otherwise point past
+  // the last column, leaving no cell reachable with Tab.
+  const focus: [number, number] = [
+    Math.max(0, Math.min(wanted[0], rows.length - 1)),
+    Math.max(0, Math.min(wanted[1], columns.length - 1)),
+  ];
   const width = LABEL_WIDTH + columns.length * (CELL + GAP) + 24; // room for the last time label
   const height = HEADER + rows.length * (CELL + GAP);
   const at = (r: number, c: number) => byKey.get(`${rows[r]}|${Date.parse(columns[c])}`);
