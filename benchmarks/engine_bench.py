@@ -169,8 +169,6 @@ class Watcher:
                 "group.id": f"{settings.topic_prefix}.bench-watcher",
                 "enable.auto.commit": False,
                 "isolation.level": "read_committed",
-                # Low, so the watcher's own fetch wait adds little to what it observes.
-                "fetch.wait.max.ms": 5,
             }
         )
         assignment = []

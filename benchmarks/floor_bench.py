@@ -138,7 +138,7 @@ def run_scheduler(
         settings,
         f"{prefix}-scheduler",
         [topic(prefix, "commands"), topic(prefix, "results")],
-        **{"fetch.wait.max.ms": 5, "enable.auto.commit": False},
+        **{"enable.auto.commit": False},
     )
     linger = discipline.producer_linger_ms
     producer = TransactionalProducer(
@@ -267,7 +267,7 @@ class Watcher:
             consumer_config(
                 f"{prefix}-watcher",
                 settings,
-                {"fetch.wait.max.ms": 5, "auto.offset.reset": "earliest"},
+                {"auto.offset.reset": "earliest"},
             )
         )
         self._consumer.subscribe([topic(prefix, "runs")])
