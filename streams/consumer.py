@@ -50,6 +50,7 @@ from streams.topics import TopicCatalog, TopicSpec
 T = TypeVar("T")
 
 __all__ = [
+    "LOOP_POLL_S",
     "BatchResult",
     "ConsumedRecord",
     "Consumer",
@@ -60,6 +61,12 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+LOOP_POLL_S: Final = 0.1
+"""How long a component's loop waits for records before it looks at its stop event again: the
+bound on how long stopping it takes. A wait returns as soon as records arrive, so this only
+sets the idle wake-ups (10 a second, ~1 ms of CPU); at 0.5 s, stopping a `DevEngine` took
+0.5 s (every integration test pays it in its teardown)."""
 
 Decoder = Callable[[bytes], RefluxRecord]
 

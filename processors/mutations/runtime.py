@@ -54,7 +54,7 @@ from schemas.models import (
     MutationRequest,
     MutationRequestRefused,
 )
-from streams.consumer import ConsumedRecord, Consumer
+from streams.consumer import LOOP_POLL_S, ConsumedRecord, Consumer
 from streams.producer import Producer
 from streams.table import TopicTableReader
 from streams.topics import TopicCatalog
@@ -285,7 +285,7 @@ class MutationProcessor:
         if isinstance(record.value, MutationRequest):
             self.decide(record.value)
 
-    def run_once(self, timeout: float = 0.5) -> int:
+    def run_once(self, timeout: float = LOOP_POLL_S) -> int:
         result = self.consumer.process(self._handle, timeout=timeout, flush=[self.producer])
         return result.processed
 

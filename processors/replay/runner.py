@@ -40,7 +40,7 @@ from processors.replay.stats import VerdictRules
 from projections.clickhouse import ClickHouse
 from projections.postgres.connection import ReconnectingConnection
 from schemas.models import MutationAction, MutationRequest, ReplayCompleted, ReplayRequested
-from streams.consumer import ConsumedRecord, Consumer
+from streams.consumer import LOOP_POLL_S, ConsumedRecord, Consumer
 from streams.producer import Producer
 from streams.topics import TopicCatalog
 
@@ -363,7 +363,7 @@ class ReplayRunner:
         if isinstance(record.value, ReplayRequested):
             self.execute(record.value)
 
-    def run_once(self, timeout: float = 0.5) -> int:
+    def run_once(self, timeout: float = LOOP_POLL_S) -> int:
         if self.consumer is None:
             self.consumer = Consumer(
                 [self.catalog.replays],

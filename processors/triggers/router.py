@@ -26,7 +26,7 @@ from foundation.settings import Settings
 from processors.triggers.formats import decode_trigger, trigger_trace_context
 from processors.triggers.mapping import start_command
 from processors.triggers.registered import RegisteredWorkflows
-from streams.consumer import ConsumedRecord, Consumer
+from streams.consumer import LOOP_POLL_S, ConsumedRecord, Consumer
 from streams.producer import Producer
 from streams.topics import TopicCatalog
 from streams.tracing import trace_headers
@@ -92,7 +92,7 @@ class TriggerRouter:
             command.workflow_id,
         )
 
-    def run_once(self, timeout: float = 0.5) -> int:
+    def run_once(self, timeout: float = LOOP_POLL_S) -> int:
         result = self.consumer.process(self._route, timeout=timeout, flush=[self.producer])
         return result.processed
 
