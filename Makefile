@@ -96,8 +96,11 @@ web: web/dist/index.html
 console-screenshots: up web
 	REFLUX_CONSOLE_SCREENSHOTS=docs/console $(VENV)/bin/pytest tests/integration/test_console_*.py -q $(PYTEST_PARALLEL)
 
-# `up` first: the services start (and Jaeger's Go build begins, ADR 0062) while lint runs.
-test: up lint web
+# The services start (and Jaeger's Go build begins, ADR 0062) while lint and the console build
+# run beside them: on a fresh machine `up` mostly waits on downloads (Maven, debootstrap), lint on
+# the CPU and `npm ci` on the registry. Output is kept whole per line.
+test:
+	$(MAKE) --no-print-directory -j3 -Oline up lint web
 	$(VENV)/bin/pytest tests -q $(PYTEST_PARALLEL) --durations=10 --junitxml=var/junit.xml
 
 # The container image (infra/image/, docs/image.md): built on the project's own dockerd.
