@@ -35,6 +35,7 @@ from processors.critic.detectors import (
     RepeatedInputs,
 )
 from processors.critic.episodes import Episodes
+from processors.critic.event_clock import PartitionClock
 from processors.critic.runs import (
     ClosedRun,
     DependencyOracle,
@@ -219,6 +220,9 @@ class Critic:
         self.episodes = Episodes(store, self.config.rearm_after_ms)
         self.dependencies = dependencies
         self.stats = CriticStats()
+        self.clock = PartitionClock()
+        """Fed by a consumer loop reading several partitions (:mod:`.event_clock`); left
+        alone, it limits nothing."""
         self._steps: dict[tuple[str, str], _StepState] = {}
         # People's feedback per (workflow, step or ""): quality detectors of their own.
         self._feedback_states: dict[tuple[str, str], _StepState] = {}
@@ -285,6 +289,20 @@ class Critic:
         if drift is not None:
             self._emit_drift(DiagnosisKind.QUALITY_DRIFT, "step", state, t, drift, out)
         return out
+
+    def advance(self) -> list[Diagnosis]:
+        """Analyse the runs that are quiet now that :attr:`clock`'s limit rose (the consumer
+        loop calls it when :meth:`PartitionClock.settle` says so)."""
+        out: list[Diagnosis] = []
+        for state in self._workflows.values():
+            for run in state.assembler.close_quiet():
+                self._closed_run(state, run, out)
+        return out
+
+    @property
+    def late_traces(self) -> int:
+        """Traces of runs already analysed (and so left out of their run's analysis)."""
+        return sum(state.assembler.late for state in self._workflows.values())
 
     def flush(self) -> list[Diagnosis]:
         """Analyse every open run now (the end of a bounded stream: tests, benchmarks)."""
@@ -651,7 +669,7 @@ class Critic:
         if state is None:
             rt = self.config.runs
             state = self._workflows[t.workflow_id] = _WorkflowState(
-                assembler=RunAssembler(t.workflow_id, rt),
+                assembler=RunAssembler(t.workflow_id, rt, self.clock),
                 cost=MeanDrift(self.config.cost),
                 shares=deque(maxlen=rt.bottleneck_runs),
                 runs=deque(maxlen=rt.bottleneck_runs),

@@ -2,7 +2,9 @@
 
 Traces do not say when a run ends, so a run is *closed* when the workflow's newest trace ended
 ``idle_close_ms`` after the run's last one (event time, so the result does not depend on when
-the critic reads the stream), or when the workflow has too many open runs.
+the critic reads the stream), or when the workflow has too many open runs. A run's traces span
+partitions (they are keyed by node), so "newest" is capped by how far every partition still
+behind has been read (:mod:`.event_clock`).
 
 From a closed run:
 
@@ -24,6 +26,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from processors.critic.config import RunTuning
+from processors.critic.event_clock import PartitionClock
 from processors.critic.view import TraceView
 
 __all__ = [
@@ -128,9 +131,12 @@ def sequential_pairs(run: ClosedRun, pairs: Iterable[tuple[str, str]]) -> list[t
 class RunAssembler:
     """Open runs of one workflow; :meth:`add` returns the runs it closed."""
 
-    def __init__(self, workflow_id: str, tuning: RunTuning) -> None:
+    def __init__(
+        self, workflow_id: str, tuning: RunTuning, clock: PartitionClock | None = None
+    ) -> None:
         self.workflow_id = workflow_id
         self.tuning = tuning
+        self.clock = clock
         # Ordered by the last trace's arrival: the quiet runs are at the front.
         self._open: OrderedDict[str, _OpenRun] = OrderedDict()
         self._closed_ids: deque[str] = deque(maxlen=10_000)
@@ -173,7 +179,22 @@ class RunAssembler:
             run.last_ms = end
         if end > self.watermark_ms:  # noqa: PLR1730
             self.watermark_ms = end
-        horizon = self.watermark_ms - self.tuning.idle_close_ms
+        return self._close_quiet()
+
+    def close_quiet(self) -> list[ClosedRun]:
+        """Close the runs that are quiet now: after the clock's limit rose with no new trace of
+        this workflow (a partition behind caught up)."""
+        if not self._open:
+            return []
+        return self._close_quiet()
+
+    def _close_quiet(self) -> list[ClosedRun]:
+        watermark = self.watermark_ms
+        if self.clock is not None:
+            limit = self.clock.limit_ms
+            if limit is not None and limit < watermark:
+                watermark = limit
+        horizon = watermark - self.tuning.idle_close_ms
         # Arrival order approximates last_ms order (traces arrive roughly in time): stop at the
         # first run that is not quiet yet. A run behind it that is quiet closes a little later.
         opened = self._open
