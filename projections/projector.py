@@ -542,7 +542,12 @@ class Projector(Closing):
                     self._lag_text(),
                 )
                 last_report, reported = now, self.stats.records
-        log.info("projector %s: stopped after %d records", self.name, self.stats.records)
+        log.info(
+            "projector %s: stopped after %d records in %d batches",
+            self.name,
+            self.stats.records,
+            self.stats.batches,
+        )
         return self.stats
 
     def _watermarks(self, timeout: float = 10.0) -> dict[TopicPartitionKey, tuple[int, int]]:

@@ -420,8 +420,10 @@ def test_killed_leader_replication_and_sasl(cluster: KafkaCluster) -> None:
     assert ends == expected, f"end offsets after kill -9 of broker {victim}: {ends}"
 
     cluster.start_node(victim)
+    # Raises unless every partition is fully in sync on every node within 120 s. (No second
+    # look right after: under a loaded machine a follower can drop out of the ISR again for a
+    # moment, which is Kafka working as designed; that check failed a full run in session 12.)
     cluster.wait_in_sync(120)
-    assert cluster.under_replicated() == []
 
     secured = settings.model_copy(
         update={
