@@ -1267,12 +1267,14 @@ class RunSucceeded(RunEventEnvelope):
 
 
 class StepDispatched(RunEventEnvelope):
-    """A node invocation was sent to a worker group."""
+    """A node invocation was sent to a worker group (since version 3, maybe scheduling the step
+    in the same event).
+    """
 
     AVRO_NAME: ClassVar[str] = "reflux.events.StepDispatched"
-    SCHEMA_VERSION: ClassVar[int] = 2
+    SCHEMA_VERSION: ClassVar[int] = 3
 
-    schema_version: int = 2
+    schema_version: int = 3
     """Version of the writer schema; old records keep the version they were written with."""
 
     step: StepRef
@@ -1300,6 +1302,24 @@ class StepDispatched(RunEventEnvelope):
     """When the step fails with QueueTimeout unless a worker has started the attempt (the step's
     queue_timeout); null = wait for a worker as long as it takes.
     """
+
+    scheduled: bool = False
+    """Version 3: this event also schedules the step, in place of the StepScheduled the same
+    decision wrote just before it in older logs (same step, same attempt, this seq); params,
+    params_ref and cache_key below are that StepScheduled's (docs/decisions/0075-one-event-to-
+    schedule-and-dispatch.md). False: a StepScheduled came before.
+    """
+
+    params: OptionalJson = None
+    """With scheduled: the resolved step parameters (canonical JSON); null when they are in
+    params_ref or not scheduled here.
+    """
+
+    cache_key: str | None = None
+    """With scheduled: the StepScheduled's cache key."""
+
+    params_ref: PayloadRef | None = None
+    """With scheduled: params in object storage (claim check), when too large to inline."""
 
 
 class StepFailed(RunEventEnvelope):

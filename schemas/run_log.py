@@ -8,6 +8,8 @@ import the list from here so a new event type cannot reach one of them and not t
 
 from __future__ import annotations
 
+from typing import TypeGuard
+
 from schemas.models import (
     ChildRunEnded,
     ChildRunRequested,
@@ -37,7 +39,13 @@ from schemas.models import (
     StepWaitStarted,
 )
 
-__all__ = ["RUN_EVENT_TYPES", "TERMINAL_RUN_EVENT_TYPES", "RunEvent", "TerminalRunEvent"]
+__all__ = [
+    "RUN_EVENT_TYPES",
+    "TERMINAL_RUN_EVENT_TYPES",
+    "RunEvent",
+    "TerminalRunEvent",
+    "schedules_step",
+]
 
 RunEvent = (
     RunStarted
@@ -108,3 +116,12 @@ TERMINAL_RUN_EVENT_TYPES: tuple[type[TerminalRunEvent], ...] = (
     RunCancelled,
 )
 """The same, as a tuple; their names are what the read model's ``run_events.event_type`` says."""
+
+
+def schedules_step(event: object) -> TypeGuard[StepScheduled | StepDispatched]:
+    """The event schedules an attempt of a step: a ``StepScheduled``, or a ``StepDispatched``
+    that schedules its step in the same event (version 3, ``scheduled``; ADR 0075). Readers
+    looking for where an attempt began (its params, its start) must accept both."""
+    return isinstance(event, StepScheduled) or (
+        isinstance(event, StepDispatched) and event.scheduled
+    )

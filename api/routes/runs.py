@@ -676,7 +676,11 @@ async def redrive_step(
         if extra.downstream:
             return row.event_type == "StepsReset" and row.payload.get("from_step") == step_id
         step = row.payload.get("step") or {}
-        return row.event_type == "StepScheduled" and step.get("step_id") == step_id
+        # The step scheduled again: a StepScheduled, or a dispatch that schedules (ADR 0075).
+        scheduling = row.event_type == "StepScheduled" or (
+            row.event_type == "StepDispatched" and row.payload.get("scheduled") is True
+        )
+        return scheduling and step.get("step_id") == step_id
 
     return await _command(
         run_id,

@@ -22,8 +22,8 @@ from typing import Any, Literal
 
 from processors.scheduler.evolve import fold
 from processors.scheduler.state import RunState, StepState
-from schemas.models import GraphMutated, PayloadRef, StepScheduled, StepSucceeded
-from schemas.run_log import RunEvent
+from schemas.models import GraphMutated, PayloadRef, StepSucceeded
+from schemas.run_log import RunEvent, schedules_step
 
 __all__ = [
     "FieldDiff",
@@ -204,7 +204,7 @@ def _folded(events: Sequence[RunEvent], side: str) -> _Folded:
             )
         elif isinstance(event, StepSucceeded) and event.duration_ms is not None:
             durations[event.step.step_id] = float(event.duration_ms)
-        elif isinstance(event, StepScheduled):
+        elif schedules_step(event):  # a StepScheduled, or a dispatch that schedules (ADR 0075)
             first.setdefault(event.step.step_id, event.occurred_at)
     return _Folded(state, mutations, durations, first)
 

@@ -154,6 +154,11 @@ def _(event: RunStarted, before: RunState | None, after: RunState) -> list[str]:
 
 @_explain.register
 def _(event: StepScheduled, before: RunState | None, after: RunState) -> list[str]:
+    return _scheduling(event, before)
+
+
+def _scheduling(event: StepScheduled | StepDispatched, before: RunState | None) -> list[str]:
+    """A StepScheduled, or a StepDispatched that schedules its step too (ADR 0075)."""
     step_id = event.step.step_id
     node = f"{event.step.node}@{event.step.node_version}"
     previous = before.steps.get(step_id) if before else None
@@ -205,7 +210,7 @@ def _(event: StepDispatched, before: RunState | None, after: RunState) -> list[s
     )
     if event.queue_timeout_at is not None:
         line += f"; queue timeout at {event.queue_timeout_at.isoformat()}"
-    return [line]
+    return [*_scheduling(event, before), line] if event.scheduled else [line]
 
 
 @_explain.register

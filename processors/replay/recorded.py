@@ -82,6 +82,7 @@ def recorded_attempts(events: Iterable[Any]) -> dict[tuple[str, str], list[Recor
     event models). An attempt ends in StepSucceeded, StepFailed, StepRetryScheduled (a
     retryable failure) or StepTimedOut; one without an end (still running) is not recorded."""
     from schemas import models
+    from schemas.run_log import schedules_step
 
     pending: dict[str, str] = {}  # step id -> params hash of the attempt in flight
     out: dict[tuple[str, str], list[RecordedAttempt]] = {}
@@ -92,7 +93,7 @@ def recorded_attempts(events: Iterable[Any]) -> dict[tuple[str, str], list[Recor
             out.setdefault((step_id, digest), []).append(attempt)
 
     for event in events:
-        if isinstance(event, models.StepScheduled):
+        if schedules_step(event):  # a StepScheduled, or a dispatch that schedules (ADR 0075)
             digest = (
                 event.params_ref.sha256
                 if event.params_ref is not None

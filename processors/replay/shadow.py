@@ -257,7 +257,8 @@ def pin_nodes(definition: dict[str, Any], pins: Mapping[str, str]) -> dict[str, 
 
 OUTCOME_UNUSED: Final = ("StepDispatched",)
 """Event types neither :func:`run_outcome` nor the records need (a dispatch repeats its
-StepScheduled's step and attempt): a third of a recorded log, not read in fold mode."""
+StepScheduled's step and attempt): a third of a recorded log, not read in fold mode. A
+``StepDispatched`` that schedules its step (version 3, ADR 0075) is read all the same."""
 
 _REPLAY_ID = re.compile(r"^[a-z0-9][a-z0-9_]{0,30}$")
 _TERMINAL = ("succeeded", "failed", "cancelled")
@@ -330,7 +331,10 @@ def load_runs_events(
             # As text: pydantic parses the JSON itself (in Rust), much faster than psycopg's
             # json.loads followed by validating the resulting dicts.
             f"SELECT run_id, event_type, payload::text FROM {table(schema, 'run_events')} "
-            "WHERE run_id = ANY(%s) AND event_type <> ALL(%s) ORDER BY run_id, seq",
+            "WHERE run_id = ANY(%s) AND (event_type <> ALL(%s) "
+            # A dispatch that schedules its step (ADR 0075) is a StepScheduled too: kept.
+            "OR (event_type = 'StepDispatched' AND payload->>'scheduled' = 'true')) "
+            "ORDER BY run_id, seq",
             (chunk, list(skip)),
         ).fetchall()
         for run_id, event_type, payload in rows:

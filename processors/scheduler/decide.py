@@ -391,6 +391,8 @@ class _Writer:
     writes: list[CacheWrite] = field(default_factory=list)
     commands: list[RunCommand] = field(default_factory=list)
     rejection: str | None = None
+    _before: RunState | None = None
+    """The state before the last event emitted (a dispatch may take that event's place)."""
 
     @property
     def run(self) -> RunState:
@@ -398,6 +400,14 @@ class _Writer:
         return self.state
 
     def emit(self, cls: type[E], **fields: Any) -> E:
+        if cls is StepDispatched and self.events:
+            last = self.events[-1]
+            if (
+                type(last) is StepScheduled
+                and last.step.step_id == fields["step"].step_id
+                and last.attempt == fields["attempt"]
+            ):
+                return self._dispatch_scheduled(last, fields)  # type: ignore[return-value]
         seq = self.state.last_seq + 1 if self.state is not None else 0
         envelope: dict[str, Any] = {
             "run_id": self.run_id,
@@ -410,7 +420,32 @@ class _Writer:
         }
         event = cls(**envelope, **fields)
         assert isinstance(event, RUN_EVENT_TYPES)
+        self._before = self.state
         self.state = evolve(self.state, event)
+        self.events.append(event)
+        return event
+
+    def _dispatch_scheduled(
+        self, scheduled: StepScheduled, fields: dict[str, Any]
+    ) -> StepDispatched:
+        """A step dispatched right after it was scheduled, in this decision: ONE event in place
+        of the two (ADR 0075), at the ``StepScheduled``'s position, folded from the state before
+        it: a record fewer per remote step, and ``fold(log)`` still equals this state."""
+        self.events.pop()
+        event = StepDispatched(
+            run_id=self.run_id,
+            seq=scheduled.seq,
+            event_id=self.ctx.new_id(),
+            occurred_at=self.ctx.now,
+            schema_version=StepDispatched.SCHEMA_VERSION,
+            causation_id=self.causation,
+            **fields,
+            scheduled=True,
+            params=scheduled.params,
+            params_ref=scheduled.params_ref,
+            cache_key=scheduled.cache_key,
+        )
+        self.state = evolve(self._before, event)
         self.events.append(event)
         return event
 
@@ -1579,6 +1614,37 @@ _UNFINISHED_STEP = (
     StepStatus.RUNNING,
     StepStatus.RETRY_WAIT,
 )
+
+
+def scheduling_of(dispatched: StepDispatched) -> StepScheduled:
+    """The ``StepScheduled`` a dispatch that schedules its step stands for (ADR 0075): same
+    position, time, cause and id, for when the dispatch itself cannot be written."""
+    return StepScheduled(
+        run_id=dispatched.run_id,
+        seq=dispatched.seq,
+        event_id=dispatched.event_id,
+        occurred_at=dispatched.occurred_at,
+        schema_version=StepScheduled.SCHEMA_VERSION,
+        causation_id=dispatched.causation_id,
+        step=dispatched.step,
+        attempt=dispatched.attempt,
+        params=dispatched.params,
+        params_ref=dispatched.params_ref,
+        cache_key=dispatched.cache_key,
+    )
+
+
+def kept_events(events: Sequence[RunEvent], keep: int) -> tuple[RunEvent, ...]:
+    """The first ``keep`` events of a decision whose event ``keep`` cannot be written (its
+    invocation is refused, say), for :func:`fail_input`'s ``prefix``: when that event is a
+    dispatch that schedules its step, the scheduling is kept, as it was when the two were
+    separate events, so the step fails as an attempt that was scheduled."""
+    kept = tuple(events[:keep])
+    if keep < len(events):
+        cut = events[keep]
+        if isinstance(cut, StepDispatched) and cut.scheduled:
+            return (*kept, scheduling_of(cut))
+    return kept
 
 
 def fail_input(

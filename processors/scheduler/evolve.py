@@ -229,7 +229,13 @@ def _(event: RunStarted, state: RunState | None) -> RunState:
 
 @_apply.register
 def _(event: StepScheduled, state: RunState | None) -> RunState:
-    state = _without_step_timers(_require(state, event), event.step.step_id)
+    return _schedule_step(_require(state, event), event)
+
+
+def _schedule_step(state: RunState, event: StepScheduled | StepDispatched) -> RunState:
+    """A ``StepScheduled``, or what a ``StepDispatched`` that also schedules its step (version
+    3, ``scheduled``; ADR 0075) implies before its dispatch: the same fields."""
+    state = _without_step_timers(state, event.step.step_id)
     return _with_step(
         state,
         event.step.step_id,
@@ -262,6 +268,8 @@ def _(event: StepScheduled, state: RunState | None) -> RunState:
 @_apply.register
 def _(event: StepDispatched, state: RunState | None) -> RunState:
     state = _require(state, event)
+    if event.scheduled:
+        state = _schedule_step(state, event)
     step_id = event.step.step_id
     state = _with_step(
         state,

@@ -435,6 +435,12 @@ def _(event: StepScheduled, schema: str) -> Plan:
 
 @plan.register
 def _(event: StepDispatched, schema: str) -> Plan:
+    # Version 3 may schedule the step too (ADR 0075): what StepScheduled would have set.
+    scheduling = (
+        {"params": jsonb(event.params), "scheduled_at": event.occurred_at, "skip_reason": None}
+        if event.scheduled
+        else {}
+    )
     step = _upsert_step(
         event,
         schema,
@@ -442,6 +448,7 @@ def _(event: StepDispatched, schema: str) -> Plan:
         StepStatus.DISPATCHED,
         attempt=event.attempt,
         set_node=True,
+        **scheduling,
         invocation_id=event.invocation_id,
         dispatched_at=event.occurred_at,
         started_at=None,

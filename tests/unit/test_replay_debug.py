@@ -168,7 +168,7 @@ def test_bundle_round_trip_keeps_every_event_and_payload() -> None:
     assert fold(back.events["run-1"]) == fold(original.events["run-1"])
     assert back.payloads == list(original.payloads)
     assert back.workflows == list(original.workflows)
-    assert back.manifest["counts"] == {"events": 12, "workflows": 1, "payloads": 1}
+    assert back.manifest["counts"] == {"events": 10, "workflows": 1, "payloads": 1}
     first = json.loads(gzip.decompress(data).splitlines()[1])
     assert first["kind"] == "workflow"
     event = json.loads(gzip.decompress(data).splitlines()[2])
@@ -212,12 +212,12 @@ def test_replay_until_prints_the_state_there(tmp_path: Path) -> None:
     path = tmp_path / "run.reflux"
     path.write_bytes(write_bundle(_bundle()))
     out = io.StringIO()
-    assert main_replay([str(path), "--until", "5"], "http://unused", out=out) == 0
+    assert main_replay([str(path), "--until", "4"], "http://unused", out=out) == 0
     text = out.getvalue()
-    assert "#5    StepSkipped" in text
+    assert "#4    StepSkipped" in text
     assert "why: condition `steps.check.output.params.amount > `100`` -> false" in text
-    assert "#6" not in text
-    assert "== state after seq 5 ==" in text
+    assert "#5" not in text
+    assert "== state after seq 4 ==" in text
     assert "approve          skipped" in text
 
 
@@ -225,13 +225,13 @@ def test_replay_json_has_each_explanation_and_the_state(tmp_path: Path) -> None:
     path = tmp_path / "run.reflux"
     path.write_bytes(write_bundle(_bundle()))
     out = io.StringIO()
-    assert main_replay([str(path), "--until", "5", "--json"], "http://unused", out=out) == 0
+    assert main_replay([str(path), "--until", "4", "--json"], "http://unused", out=out) == 0
     body = json.loads(out.getvalue())
-    assert [e["seq"] for e in body["events"]][-1] == 5
+    assert [e["seq"] for e in body["events"]][-1] == 4
     skipped = body["events"][-1]
     assert skipped["event_type"] == "StepSkipped"
     assert any("-> false" in line for line in skipped["explanation"])
-    assert body["state"]["last_seq"] == 5 and body["state"]["steps"]["approve"]["status"] == (
+    assert body["state"]["last_seq"] == 4 and body["state"]["steps"]["approve"]["status"] == (
         "skipped"
     )
 
@@ -246,7 +246,7 @@ def test_step_reads_one_line_per_event_when_stdin_is_not_a_terminal(tmp_path: Pa
     out = io.StringIO()
     # End of input: the replay runs on to the end without waiting.
     assert main_replay([str(path), "--step"], "x", out=out, stdin=io.StringIO("\n")) == 0
-    assert "== state after seq 11 ==" in out.getvalue()
+    assert "== state after seq 9 ==" in out.getvalue()
 
 
 def test_until_beyond_the_log_is_refused(
@@ -255,7 +255,7 @@ def test_until_beyond_the_log_is_refused(
     path = tmp_path / "run.reflux"
     path.write_bytes(write_bundle(_bundle()))
     assert main_replay([str(path), "--until", "99"], "x", out=io.StringIO()) == 2
-    assert "--until: Expected a seq <= 11" in capsys.readouterr().err
+    assert "--until: Expected a seq <= 9" in capsys.readouterr().err
 
 
 def test_replay_ab_is_handed_to_the_ab_cli(capsys: pytest.CaptureFixture[str]) -> None:

@@ -26,7 +26,7 @@ from processors.replay.fold import (
 from processors.replay.recorded import RecordedResults, ServedLog, shadow_registry
 from processors.replay.shadow import run_outcome
 from processors.scheduler.decide import RegisteredWorkflow
-from schemas.models import StartRun, StepSucceeded
+from schemas.models import StartRun, StepDispatched, StepSucceeded
 from streams.topics import TopicCatalog
 from workflows import parse_workflow
 from workflows.model import WorkflowDefinition
@@ -135,22 +135,22 @@ def test_a_retry_is_fired_at_once_on_the_runs_virtual_clock() -> None:
     logs = asyncio.run(folder(parsed).run(starts(1, "retry"), 10.0, written.extend))
     assert time.monotonic() - began < 5
     log = logs["run-0"]
+    # Each attempt scheduled and dispatched in one event (ADR 0075).
     assert names(log) == [
         "RunStarted",
-        "StepScheduled",
         "StepDispatched",
         "StepFailed",
         "StepRetryScheduled",
-        "StepScheduled",
         "StepDispatched",
         "StepSucceeded",
         "RunSucceeded",
     ]
+    assert [e.scheduled for e in log if isinstance(e, StepDispatched)] == [True, True]
     assert written == log  # every event went to the sink, in order
     assert [e.seq for e in log] == list(range(len(log)))
-    retry = log[4]
+    retry = log[3]
     # The retry's attempt ran a minute "later" on the run's clock.
-    assert (log[5].occurred_at - retry.occurred_at).total_seconds() >= 59.9
+    assert (log[4].occurred_at - retry.occurred_at).total_seconds() >= 59.9
     outcome = run_outcome("run-0", log)
     assert outcome.status == "succeeded"
     assert outcome.steps["flaky"].attempts == 2

@@ -23,8 +23,8 @@ from schemas.models import (
     RunFailed,
     StepDispatched,
     StepFailed,
-    StepScheduled,
 )
+from schemas.run_log import schedules_step
 from tests.support.scheduler_simulation import Simulation
 
 P, S, D, X = NodeStatus.PRODUCTION, NodeStatus.STAGING, NodeStatus.DRAFT, NodeStatus.DEPRECATED
@@ -231,7 +231,7 @@ def test_the_chosen_version_is_dispatched_on_its_major_topic() -> None:
     assert [(e.node_version, e.invoke_topic) for e in dispatched] == [
         ("2.0.0", "reflux.invoke.echo.v2")
     ]
-    scheduled = [e for e in sim.log if isinstance(e, StepScheduled)]
+    scheduled = [e for e in sim.log if schedules_step(e)]
     assert scheduled[0].step.node_version == "2.0.0"
     assert sim.sent[0].step.node_version == "2.0.0"
 

@@ -17,7 +17,7 @@ from foundation.errors import RetryableError, ServiceUnavailableError
 from foundation.objectstore import BlobNotFoundError
 from processors.scheduler import DecisionContext, RunStatus, StepStatus, fold
 from processors.scheduler.cache import params_digest
-from processors.scheduler.decide import fail_input, invocation_for
+from processors.scheduler.decide import fail_input, invocation_for, kept_events
 from processors.scheduler.runtime.failures import (
     Backoff,
     Isolation,
@@ -35,9 +35,9 @@ from schemas.models import (
     RunFailed,
     StartRun,
     StepFailed,
-    StepScheduled,
     TraceStatus,
 )
+from schemas.run_log import schedules_step
 from streams.producer import DeliveryError, DeliveryFailure
 from tests.support.scheduler_simulation import Simulation
 
@@ -80,7 +80,7 @@ def test_large_params_are_claim_checked_in_the_run_log_and_the_invocation() -> N
     sim = HookedSimulation(TWO, store_payload=store)
     sim.start()
     sim.succeed("first", "big")
-    scheduled = [e for e in sim.log if isinstance(e, StepScheduled)]
+    scheduled = [e for e in sim.log if schedules_step(e)]
     assert [s.params_ref is None for s in scheduled] == [True, False]
     second = scheduled[1]
     assert second.params is None and second.params_ref == ref_for({"n": "big"})
@@ -219,14 +219,18 @@ def test_fail_input_keeps_the_writable_prefix_and_fails_the_refused_step() -> No
     result = ok_result(sim, "first", 2)
     decided = sim.send(result)
     kinds = [type(e).__name__ for e in decided.events]
-    assert kinds == ["StepSucceeded", "StepScheduled", "StepDispatched"]
-    # Say the invocation of "second" was refused: keep StepSucceeded and StepScheduled.
+    assert kinds == ["StepSucceeded", "StepDispatched"]  # scheduling "second" too (ADR 0075)
+    # Say the invocation of "second" was refused: keep StepSucceeded and the scheduling of
+    # "second" (the StepScheduled its dispatch stands for).
+    prefix = kept_events(decided.events, 1)
+    assert [type(e).__name__ for e in prefix] == ["StepSucceeded", "StepScheduled"]
+    assert prefix[1].seq == decided.events[1].seq
     redo = fail_input(
         before,
         result,
         error("PayloadTooLarge"),
         sim.context(),
-        prefix=decided.events[:2],
+        prefix=prefix,
         step_id="second",
         attempt=1,
     )

@@ -17,6 +17,10 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "runs"
 BEFORE_STEP_STARTED = FIXTURES / "before-step-started"
 """The logs as schedulers wrote them before StepStarted existed (step timeout armed at dispatch,
 no queue timeout): runs in flight at an upgrade have such logs, and they must replay unchanged."""
+BEFORE_MERGED_DISPATCH = FIXTURES / "before-merged-dispatch"
+"""The logs as schedulers wrote them before a dispatch could schedule its step in the same event
+(ADR 0075: a StepScheduled before every StepDispatched); they must replay to the same summaries
+as today's logs of the same scenarios, but for ``last_seq`` (one event fewer per dispatch)."""
 
 
 def logs() -> list[Path]:
@@ -64,3 +68,26 @@ def test_load_events_rejects_non_run_records() -> None:
     line = json.dumps({"type": "reflux.commands.PauseRun", "event": {"run_id": "r"}})
     with pytest.raises(ValueError, match="Expected a run event type"):
         load_events(line)
+
+
+@pytest.mark.parametrize(
+    "path", sorted(BEFORE_MERGED_DISPATCH.glob("*.jsonl")), ids=lambda p: p.stem
+)
+def test_logs_from_before_merged_dispatches_replay_to_todays_summaries(path: Path) -> None:
+    old = json.loads(path.with_suffix(".summary.json").read_text(encoding="utf-8"))
+    today = json.loads((FIXTURES / path.name).with_suffix(".summary.json").read_text("utf-8"))
+    events = load_events(path.read_text(encoding="utf-8"))
+    assert not any(getattr(e, "scheduled", False) for e in events)
+    assert [e.seq for e in events] == list(range(len(events)))
+    state = replay_file(path)
+    assert state.summary() == old
+    merged = sum(
+        1
+        for e in load_events((FIXTURES / path.name).read_text("utf-8"))
+        if getattr(e, "scheduled", False)
+    )
+    assert {**old, "last_seq": old["last_seq"] - merged} == today
+
+
+def test_every_scenario_has_a_log_from_before_merged_dispatches() -> None:
+    assert {p.stem for p in BEFORE_MERGED_DISPATCH.glob("*.jsonl")} == set(SCENARIOS)

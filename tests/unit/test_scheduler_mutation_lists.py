@@ -12,8 +12,8 @@ from schemas.models import (
     GraphMutation,
     GraphMutationType,
     MutateGraph,
-    StepScheduled,
 )
+from schemas.run_log import schedules_step
 from tests.support.scheduler_simulation import Simulation
 from workflows import StaticNodeCatalog
 
@@ -147,7 +147,7 @@ def test_added_steps_are_scheduled_once_after_the_whole_list() -> None:
     kinds = [type(e) for e in d.events]
     # Both GraphMutated first (one transaction), then what the new graph makes ready.
     assert kinds[:2] == [GraphMutated, GraphMutated]
-    scheduled = [e.step.step_id for e in d.events if isinstance(e, StepScheduled)]
+    scheduled = [e.step.step_id for e in d.events if schedules_step(e)]
     assert scheduled == ["p"]
 
 

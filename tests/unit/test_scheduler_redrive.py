@@ -17,9 +17,11 @@ from schemas.models import (
     RunRebound,
     RunResumed,
     RunSucceeded,
+    StepDispatched,
     StepScheduled,
     StepsReset,
 )
+from schemas.run_log import schedules_step
 from tests.support.scheduler_simulation import Simulation
 from workflows.validation import parse_workflow
 
@@ -49,8 +51,8 @@ def run_status(sim: Simulation) -> RunStatus:
     return sim.run.status  # a call: mypy does not narrow it across the commands in between
 
 
-def scheduled(sim: Simulation, step_id: str) -> list[StepScheduled]:
-    return [e for e in events_of(sim, StepScheduled) if e.step.step_id == step_id]
+def scheduled(sim: Simulation, step_id: str) -> list[StepScheduled | StepDispatched]:
+    return [e for e in sim.log if schedules_step(e) and e.step.step_id == step_id]
 
 
 def succeeded_chain() -> Simulation:
@@ -75,7 +77,7 @@ def test_redrive_from_a_middle_step_of_a_succeeded_run() -> None:
     invocations_before = len(sim.sent)
     d = sim.redrive_from("b")
     kinds = [type(e).__name__ for e in d.events]
-    assert kinds[:3] == ["StepsReset", "RunResumed", "StepScheduled"]
+    assert kinds[:3] == ["StepsReset", "RunResumed", "StepDispatched"]  # scheduling (ADR 0075)
     reset = d.events[0]
     assert isinstance(reset, StepsReset)
     assert reset.step_ids == ["b", "c", "gated"] and reset.from_step == "b"
@@ -223,7 +225,7 @@ def test_rebind_a_failed_run_to_a_fixed_version() -> None:
     sim = failed_v1()
     d = sim.rebind(2)
     kinds = [type(e).__name__ for e in d.events]
-    assert kinds[:4] == ["RunRebound", "StepsReset", "RunResumed", "StepScheduled"]
+    assert kinds[:4] == ["RunRebound", "StepsReset", "RunResumed", "StepDispatched"]
     rebound = d.events[0]
     assert isinstance(rebound, RunRebound)
     assert (rebound.workflow_version, rebound.previous_version) == (2, 1)

@@ -42,7 +42,6 @@ from schemas.models import (
     StepDispatched,
     StepFailed,
     StepRetryScheduled,
-    StepScheduled,
     StepSkipped,
     StepStarted,
     StepSucceeded,
@@ -51,6 +50,7 @@ from schemas.models import (
     TimerKind,
     TraceStatus,
 )
+from schemas.run_log import schedules_step
 from tests.support.scheduler_golden import SCENARIOS, load_events
 from tests.support.scheduler_simulation import NO_ANSWER, T0, WORKER, Simulation
 from workflows import RetrySpec
@@ -118,11 +118,12 @@ def test_scenarios_are_deterministic(name: str) -> None:
 def test_linear() -> None:
     sim = SCENARIOS["linear"]()
     assert run_status(sim) is RunStatus.SUCCEEDED
-    order = [(type(e).__name__, e.step.step_id) for e in sim.log if isinstance(e, StepScheduled)]
+    # Each step scheduled and dispatched in one event (ADR 0075).
+    order = [(type(e).__name__, e.step.step_id) for e in sim.log if schedules_step(e)]
     assert order == [
-        ("StepScheduled", "fetch"),
-        ("StepScheduled", "parse"),
-        ("StepScheduled", "store"),
+        ("StepDispatched", "fetch"),
+        ("StepDispatched", "parse"),
+        ("StepDispatched", "store"),
     ]
     # Templates were rendered from the upstream output at dispatch time.
     assert sim.invocation("parse").params == {"body": "https://example.com/a"}
@@ -211,7 +212,6 @@ def test_non_retryable_class_is_not_retried() -> None:
     sim = SCENARIOS["non_retryable"]()
     assert kinds(sim) == [
         "RunStarted",
-        "StepScheduled",
         "StepDispatched",
         "StepStarted",
         "StepFailed",
@@ -318,7 +318,7 @@ def test_pause_stops_dispatch_and_resume_continues() -> None:
     assert [type(e).__name__ for e in d.events] == ["StepSucceeded"]  # recorded, nothing new
     assert step_status(sim, "second") is StepStatus.PENDING
     d = sim.resume()
-    assert [type(e).__name__ for e in d.events] == ["RunResumed", "StepScheduled", "StepDispatched"]
+    assert [type(e).__name__ for e in d.events] == ["RunResumed", "StepDispatched"]
     assert d.invocations[0].params == {"n": 7}
     sim.run_workers(echo)
     assert run_status(sim) is RunStatus.SUCCEEDED and sim.run.outputs == {"n": 7}
@@ -332,7 +332,7 @@ def test_retry_backoff_due_during_pause_is_dispatched_on_resume() -> None:
     sim.advance(500)
     assert due_timers(sim.run, sim.now) == []  # paused: backoffs are not due
     d = sim.resume()
-    assert [type(e).__name__ for e in d.events] == ["RunResumed", "StepScheduled", "StepDispatched"]
+    assert [type(e).__name__ for e in d.events] == ["RunResumed", "StepDispatched"]
     assert d.invocations[0].attempt == 2
 
 
@@ -349,7 +349,7 @@ def test_cancel_is_terminal_and_ignores_late_results() -> None:
 def test_redrive_failed_step_to_success() -> None:
     sim = SCENARIOS["redrive"]()
     assert run_status(sim) is RunStatus.SUCCEEDED
-    scheduled = [e for e in events_of(sim, StepScheduled) if e.step.step_id == "fetch"]
+    scheduled = [e for e in sim.log if schedules_step(e) and e.step.step_id == "fetch"]
     assert [e.attempt for e in scheduled] == [1, 2]  # the attempt counter continues
     assert scheduled[1].params == {"url": "https://good.example"}  # the mutation took effect
     assert sim.run.error is None and sim.run.failed_step is None
@@ -463,7 +463,7 @@ def test_cache_hit_skips_the_worker() -> None:
     assert not any(i.step.step_id == "second" for i in sim.sent)
     hit = next(e for e in events_of(sim, StepSucceeded) if e.step.step_id == "second")
     assert hit.cache_hit and hit.invocation_id is None and hit.duration_ms == 0
-    keys = {e.step.step_id: e.cache_key for e in events_of(sim, StepScheduled)}
+    keys = {e.step.step_id: e.cache_key for e in sim.log if schedules_step(e)}
     assert keys["first"] == keys["second"] == cache_key("llm.summarize", "0.3.0", {"text": "hello"})
     assert keys["fresh"] is None  # cache disabled on that step
 

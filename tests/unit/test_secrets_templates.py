@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from foundation.errors import NonRetryableError
-from schemas.models import StepFailed, StepScheduled
+from schemas.models import StepFailed
+from schemas.run_log import schedules_step
 from tests.support.scheduler_simulation import Simulation
 from workflows import WorkflowValidationError, parse_workflow, render_params
 from workflows.expressions import (
@@ -213,7 +214,7 @@ steps:
 def test_scheduled_and_dispatched_params_hold_the_placeholder() -> None:
     sim = Simulation(SECRET_FLOW)
     decision = sim.start({"user": "ada"})
-    scheduled = [e for e in decision.events if isinstance(e, StepScheduled)]
+    scheduled = [e for e in decision.events if schedules_step(e)]
     expected = {
         "url": "https://api.example/ada",
         "headers": {"Authorization": "Bearer {{ secrets.API_TOKEN }}"},

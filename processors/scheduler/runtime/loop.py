@@ -84,6 +84,7 @@ from processors.scheduler.decide import (
     SchedulerInput,
     decide,
     fail_input,
+    kept_events,
 )
 from processors.scheduler.evolve import RunEvent
 from processors.scheduler.inline import InlinePolicy
@@ -785,8 +786,9 @@ class SchedulerRuntime:
             prefix: tuple[RunEvent, ...] = ()
             invocations: tuple[NodeInvocation, ...] = ()
             commands: tuple[Any, ...] = ()
-            if decision is not None and failure.keep:
-                prefix = decision.events[: failure.keep]
+            if decision is not None:
+                # With the scheduling of a refused dispatch that scheduled its step (ADR 0075).
+                prefix = kept_events(decision.events, failure.keep)
                 sent = {e.invocation_id for e in prefix if isinstance(e, StepDispatched)}
                 invocations = tuple(i for i in decision.invocations if i.invocation_id in sent)
                 # A child requested in the kept events must be started too (its StartRun).

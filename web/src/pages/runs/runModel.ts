@@ -175,17 +175,23 @@ export function apply(run: RunLive, event: RunEvent): boolean {
   if (stepId === null) return true;
 
   const s = step(stepId);
+  // A dispatch that schedules its step too (StepDispatched version 3, ADR 0075) is both.
+  const scheduling =
+    event.event_type === "StepScheduled" ||
+    (event.event_type === "StepDispatched" && p.scheduled === true);
+  if (scheduling) {
+    closeOpen(run, stepId, at);
+    s.status = "scheduled";
+    s.attempt = attempt;
+    s.params = p.params;
+    s.paramsRef = (p.params_ref as PayloadRef | null | undefined) ?? null;
+    s.error = null;
+    if (run.runStatus === "failed") run.runStatus = "running"; // a re-drive reopened it
+    run.endedAt = run.runStatus === "running" ? null : run.endedAt;
+    openSegment(run, stepId, attempt, "queued", at);
+  }
   switch (event.event_type) {
     case "StepScheduled":
-      closeOpen(run, stepId, at);
-      s.status = "scheduled";
-      s.attempt = attempt;
-      s.params = p.params;
-      s.paramsRef = (p.params_ref as PayloadRef | null | undefined) ?? null;
-      s.error = null;
-      if (run.runStatus === "failed") run.runStatus = "running"; // a re-drive reopened it
-      run.endedAt = run.runStatus === "running" ? null : run.endedAt;
-      openSegment(run, stepId, attempt, "queued", at);
       break;
     case "StepDispatched":
       s.status = "dispatched";
