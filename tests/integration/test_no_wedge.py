@@ -203,7 +203,10 @@ def test_big_params_and_missing_invoke_topics_end_clearly_while_100_runs_succeed
     scheduled = [
         e.payload
         for e in harness.events(big)
-        if e.event_type == "StepScheduled" and e.payload["step"]["step_id"] == "size"
+        # The scheduling of the step: one StepDispatched that schedules it too (ADR 0075).
+        if e.event_type == "StepDispatched"
+        and e.payload["scheduled"]
+        and e.payload["step"]["step_id"] == "size"
     ]
     assert len(scheduled) == 1
     assert scheduled[0]["params"] is None

@@ -250,7 +250,8 @@ def test_redrive_a_failed_step_with_the_sync_client(api: tuple[str, str]) -> Non
         failed = client.wait_run(client.start_run("sdk-redrive")["run_id"], timeout=60)
         assert failed["status"] == "failed", failed
         applied = client.redrive(failed["run_id"], "call", wait_ms=10_000, reason="sdk test")
-        assert applied["status"] == "applied" and applied["event_type"] == "StepScheduled"
+        # The effect: the step scheduled again, by its dispatch (ADR 0075).
+        assert applied["status"] == "applied" and applied["event_type"] == "StepDispatched"
         redriven = client.wait_run(failed["run_id"], timeout=60)
         assert redriven["status"] == "succeeded" and redriven["outputs"] == {"status": 200}
         assert len(http.requests_to("/flaky")) == 2
