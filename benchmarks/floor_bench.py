@@ -9,9 +9,11 @@ benchmark's definitions:
   (the engine's consumer and transactional producer settings, batches of up to 500 inputs, one
   transaction per batch with its offsets), which for each input writes the records a real
   decision writes, as opaque bytes of the real sizes: a start -> ``RunStarted`` (3.5 KB: it
-  carries the definition), ``StepScheduled``, ``StepDispatched`` to ``runs`` and an invocation to
-  ``invoke``; a result -> ``StepStarted``, ``StepSucceeded`` and either the next step's three
-  records or ``RunSucceeded``. Its only state is a counter per run.
+  carries the definition) and a ``StepDispatched`` that schedules the step (ADR 0075) to ``runs``
+  and an invocation to ``invoke``; a result -> ``StepSucceeded`` and either the next step's two
+  records or ``RunSucceeded``. (A no-op attempt sends no start signal, so no ``StepStarted``;
+  before 2026-12-07 the floor wrote a ``StepScheduled`` and a ``StepStarted`` per step too.)
+  Its only state is a counter per run.
 - a **worker** process: consumes ``invoke`` (``read_committed``) and produces a result and a
   trace per invocation with the engine worker's producer settings (linger 1 ms); no ledger.
 - a **projector** process: consumes ``runs`` (``read_committed``) and drops what it reads; no
@@ -58,10 +60,8 @@ BATCH = 500
 SIZES = {
     b"start": 157,
     b"RunStarted": 3524,
-    b"StepScheduled": 173,
-    b"StepDispatched": 222,
+    b"StepDispatched": 247,
     b"invoke": 324,
-    b"StepStarted": 190,
     b"StepSucceeded": 260,
     b"RunSucceeded": 240,
     b"result": 300,
@@ -124,10 +124,10 @@ def _decide(done: dict[bytes, int], kind: bytes, run_id: bytes) -> list[bytes]:
     """The records one input makes: a start begins the run, a result ends a step."""
     if kind == b"start":
         done[run_id] = 0
-        return [b"RunStarted", b"StepScheduled", b"StepDispatched"]
+        return [b"RunStarted", b"StepDispatched"]
     done[run_id] = done.get(run_id, 0) + 1
-    last = [b"RunSucceeded"] if done[run_id] >= STEPS else [b"StepScheduled", b"StepDispatched"]
-    return [b"StepStarted", b"StepSucceeded", *last]
+    last = [b"RunSucceeded"] if done[run_id] >= STEPS else [b"StepDispatched"]
+    return [b"StepSucceeded", *last]
 
 
 def run_scheduler(

@@ -45,6 +45,7 @@ __all__ = [
     "RunEvent",
     "TerminalRunEvent",
     "schedules_step",
+    "scheduling_of",
 ]
 
 RunEvent = (
@@ -124,4 +125,22 @@ def schedules_step(event: object) -> TypeGuard[StepScheduled | StepDispatched]:
     looking for where an attempt began (its params, its start) must accept both."""
     return isinstance(event, StepScheduled) or (
         isinstance(event, StepDispatched) and event.scheduled
+    )
+
+
+def scheduling_of(dispatched: StepDispatched) -> StepScheduled:
+    """The ``StepScheduled`` a dispatch that schedules its step stands for (ADR 0075): same
+    position, time, cause and id, for when the dispatch itself cannot be written."""
+    return StepScheduled(
+        run_id=dispatched.run_id,
+        seq=dispatched.seq,
+        event_id=dispatched.event_id,
+        occurred_at=dispatched.occurred_at,
+        schema_version=StepScheduled.SCHEMA_VERSION,
+        causation_id=dispatched.causation_id,
+        step=dispatched.step,
+        attempt=dispatched.attempt,
+        params=dispatched.params,
+        params_ref=dispatched.params_ref,
+        cache_key=dispatched.cache_key,
     )

@@ -23,6 +23,8 @@ from typing import Any, Final
 from foundation.settings import Settings
 from node_workers.registry import NodeRegistry
 from processors.replay.shadow import Candidate, ReplayError, ShadowReplay
+from schemas.models import StepDispatched
+from schemas.run_log import scheduling_of
 
 __all__ = [
     "VOLATILE_FIELDS",
@@ -56,7 +58,8 @@ VOLATILE_FIELDS: Final = frozenset(
     }
 )
 TIMING_EVENTS: Final = frozenset({"StepStarted", "StepTimeoutExtended", "StepDispatched"})
-"""Events not compared: when a worker started (timing), and whether the attempt went to one."""
+"""Events not compared: when a worker started (timing), and whether the attempt went to one (a
+dispatch that schedules its step is compared as its ``StepScheduled``)."""
 
 
 @dataclass(frozen=True)
@@ -82,8 +85,13 @@ def normalize(event: Any) -> dict[str, Any]:
 
 def _groups(events: Sequence[Any]) -> dict[str, list[tuple[int, dict[str, Any]]]]:
     groups: dict[str, list[tuple[int, dict[str, Any]]]] = {}
-    for event in events:
-        if type(event).__name__ in TIMING_EVENTS:
+    for recorded in events:
+        event = recorded
+        if isinstance(recorded, StepDispatched) and recorded.scheduled:
+            # A dispatch that schedules its step (ADR 0075) is compared as that scheduling, so
+            # a log with a StepScheduled before each dispatch (older, or inline) replays the same.
+            event = scheduling_of(recorded)
+        elif type(recorded).__name__ in TIMING_EVENTS:
             continue
         step = getattr(event, "step", None)
         key = step.step_id if step is not None else ""

@@ -157,6 +157,7 @@ from schemas.models import (
     TimerKind,
     TraceStatus,
 )
+from schemas.run_log import scheduling_of
 from workflows.expressions import (
     TemplateError,
     evaluate_when,
@@ -1614,24 +1615,6 @@ _UNFINISHED_STEP = (
     StepStatus.RUNNING,
     StepStatus.RETRY_WAIT,
 )
-
-
-def scheduling_of(dispatched: StepDispatched) -> StepScheduled:
-    """The ``StepScheduled`` a dispatch that schedules its step stands for (ADR 0075): same
-    position, time, cause and id, for when the dispatch itself cannot be written."""
-    return StepScheduled(
-        run_id=dispatched.run_id,
-        seq=dispatched.seq,
-        event_id=dispatched.event_id,
-        occurred_at=dispatched.occurred_at,
-        schema_version=StepScheduled.SCHEMA_VERSION,
-        causation_id=dispatched.causation_id,
-        step=dispatched.step,
-        attempt=dispatched.attempt,
-        params=dispatched.params,
-        params_ref=dispatched.params_ref,
-        cache_key=dispatched.cache_key,
-    )
 
 
 def kept_events(events: Sequence[RunEvent], keep: int) -> tuple[RunEvent, ...]:

@@ -40,13 +40,10 @@ def test_a_transaction_commits_the_position_after_each_partitions_last_message()
 def test_a_run_is_a_start_and_ten_results_with_a_remote_steps_records() -> None:
     done: dict[bytes, int] = {}
     first = _decide(done, b"start", b"r")
-    assert first == [b"RunStarted", b"StepScheduled", b"StepDispatched"]
+    assert first == [b"RunStarted", b"StepDispatched"]  # scheduling the step too (ADR 0075)
     middles = [_decide(done, b"result", b"r") for _ in range(9)]
-    assert all(
-        m == [b"StepStarted", b"StepSucceeded", b"StepScheduled", b"StepDispatched"]
-        for m in middles
-    )
-    assert _decide(done, b"result", b"r") == [b"StepStarted", b"StepSucceeded", b"RunSucceeded"]
+    assert all(m == [b"StepSucceeded", b"StepDispatched"] for m in middles)
+    assert _decide(done, b"result", b"r") == [b"StepSucceeded", b"RunSucceeded"]
 
 
 def test_the_engines_discipline_commits_per_batch_and_hides_uncommitted_invocations() -> None:

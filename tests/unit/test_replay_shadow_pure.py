@@ -304,6 +304,37 @@ def test_divergence_ignores_ids_times_interleaving_and_start_signals() -> None:
     assert missing is not None and (missing["seq"], missing["actual"]) == (3, None)
 
 
+def _dispatched(seq: int, step: str, params: Any, *, scheduled: bool) -> StepDispatched:
+    return StepDispatched(
+        run_id=RUN,
+        seq=seq,
+        step=ref(step),
+        attempt=1,
+        invocation_id=f"inv-{seq}",
+        invoke_topic="reflux.invoke.http.request.v1",
+        node_version="1.0.0",
+        occurred_at=T0,
+        scheduled=scheduled,
+        params=params if scheduled else None,
+    )
+
+
+def test_a_dispatch_that_schedules_compares_as_the_scheduling_it_replaces() -> None:
+    """ADR 0075: a log with StepScheduled + StepDispatched (older) and one with a single
+    scheduling StepDispatched are the same run; a different param in the latter is found."""
+    pairs = [started(), scheduled(1, "x", {"v": 1}), _dispatched(2, "x", None, scheduled=False)]
+    pairs.append(succeeded(3, "x", {"r": 1}))
+    merged = [started(), _dispatched(1, "x", {"v": 1}, scheduled=True)]
+    merged.append(succeeded(2, "x", {"r": 1}))
+    assert first_divergence(pairs, merged) is None
+    assert first_divergence(merged, pairs) is None
+    changed = [started(), _dispatched(1, "x", {"v": 2}, scheduled=True), merged[2]]
+    found = first_divergence(pairs, changed)
+    assert found is not None
+    assert (found["seq"], found["candidate_seq"], found["step_id"]) == (1, 1, "x")
+    assert (found["expected"]["params"], found["actual"]["params"]) == ({"v": 1}, {"v": 2})
+
+
 def test_pins_replace_node_refs_everywhere() -> None:
     definition: dict[str, Any] = {
         "id": "w",
