@@ -20,6 +20,7 @@ from foundation.settings import PROJECT_ROOT
 from projections.postgres import queries
 from streams.security import kafka_client_config
 from tests.integration.engine_fixtures import Harness, HarnessFactory, api_client
+from tests.support.kafka_log import record_offsets
 from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -153,12 +154,18 @@ def test_a_module_node_is_discovered_registered_versioned_and_called(
 
 
 def committed(h: Harness, major: int) -> int:
-    """Offsets the major's worker group committed on its invoke topic, summed."""
+    """Invocations of the major's invoke topic that its worker group has committed past.
+
+    Counted from the records, not by summing offsets: the scheduler writes invocations in
+    transactions, and each commit marker takes an offset of its own, which a consumer's
+    committed position may or may not have passed yet."""
     topic = h.engine.catalog.invoke_topic("acme.greet", major).topic
     group = h.engine.catalog.worker_group("acme.greet", major)
     probe = RawConsumer({**kafka_client_config(h.settings), "group.id": group})
     try:
         parts = [TopicPartition(topic, p) for p in range(h.settings.default_partitions)]
-        return sum(tp.offset for tp in probe.committed(parts, timeout=10) if tp.offset > 0)
+        positions = {tp.partition: tp.offset for tp in probe.committed(parts, timeout=10)}
     finally:
         probe.close()
+    records = record_offsets(h.settings, topic, h.settings.default_partitions)
+    return sum(1 for partition, offset in records if offset < positions.get(partition, -1))

@@ -18,6 +18,20 @@ def read_log(
 ) -> list[tuple[int, bytes | None, bytes | None]]:
     """Every committed record of ``topic`` up to its end offsets at the call: (partition, key,
     value), in offset order per partition."""
+    return [(p, key, value) for p, _, key, value in _read(settings, topic, partitions, timeout)]
+
+
+def record_offsets(
+    settings: Settings, topic: str, partitions: int, timeout: float = 30.0
+) -> list[tuple[int, int]]:
+    """(partition, offset) of every committed record of ``topic`` up to its end offsets at the
+    call (transaction markers take offsets too, and are not records)."""
+    return [(p, offset) for p, offset, _, _ in _read(settings, topic, partitions, timeout)]
+
+
+def _read(
+    settings: Settings, topic: str, partitions: int, timeout: float
+) -> list[tuple[int, int, bytes | None, bytes | None]]:
     reader = Consumer(
         {
             **kafka_client_config(settings),
@@ -37,12 +51,13 @@ def read_log(
 
         ends = eventually(watermarks, 15, f"the end offsets of {topic}")
         reader.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
-        records: list[tuple[int, bytes | None, bytes | None]] = []
+        records: list[tuple[int, int, bytes | None, bytes | None]] = []
 
         def behind() -> list[int]:
             for message in reader.consume(1000, 0.2):
                 if message.error() is None:
-                    records.append((message.partition() or 0, message.key(), message.value()))
+                    partition, offset = message.partition() or 0, message.offset() or 0
+                    records.append((partition, offset, message.key(), message.value()))
             positions = reader.position(parts)
             return [tp.partition for tp in positions if ends[tp.partition] > max(tp.offset, 0)]
 
