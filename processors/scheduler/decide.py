@@ -82,7 +82,13 @@ from processors.scheduler.child_runs import (
     resume_loops,
     schedule_child_step,
 )
-from processors.scheduler.evolve import RUN_EVENT_TYPES, RunEvent, evolve, fold
+from processors.scheduler.evolve import (
+    RUN_EVENT_TYPES,
+    RunEvent,
+    dispatch_scheduled,
+    evolve,
+    fold,
+)
 from processors.scheduler.inline import InlineNodes, inline_node_for, run_inline
 from processors.scheduler.meta import ai_plan
 from processors.scheduler.meta.map import map_result
@@ -392,8 +398,6 @@ class _Writer:
     writes: list[CacheWrite] = field(default_factory=list)
     commands: list[RunCommand] = field(default_factory=list)
     rejection: str | None = None
-    _before: RunState | None = None
-    """The state before the last event emitted (a dispatch may take that event's place)."""
 
     @property
     def run(self) -> RunState:
@@ -421,7 +425,6 @@ class _Writer:
         }
         event = cls(**envelope, **fields)
         assert isinstance(event, RUN_EVENT_TYPES)
-        self._before = self.state
         self.state = evolve(self.state, event)
         self.events.append(event)
         return event
@@ -430,8 +433,9 @@ class _Writer:
         self, scheduled: StepScheduled, fields: dict[str, Any]
     ) -> StepDispatched:
         """A step dispatched right after it was scheduled, in this decision: ONE event in place
-        of the two (ADR 0075), at the ``StepScheduled``'s position, folded from the state before
-        it: a record fewer per remote step, and ``fold(log)`` still equals this state."""
+        of the two (ADR 0075), at the ``StepScheduled``'s position, applied to the state the
+        scheduling made: a record fewer per remote step, and ``fold(log)`` still equals this
+        state (``evolve`` of the merged event schedules, then dispatches)."""
         self.events.pop()
         event = StepDispatched(
             run_id=self.run_id,
@@ -446,7 +450,7 @@ class _Writer:
             params_ref=scheduled.params_ref,
             cache_key=scheduled.cache_key,
         )
-        self.state = evolve(self._before, event)
+        self.state = dispatch_scheduled(self.run, event)
         self.events.append(event)
         return event
 
