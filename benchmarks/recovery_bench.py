@@ -3,7 +3,8 @@
 For each history size N, on a topic prefix of its own (deleted afterwards):
 
 1. **History.** N finished runs (a one-step ``transform`` workflow: ``RunStarted``,
-   ``StepScheduled``, ``StepDispatched``, ``StepSucceeded``, ``RunSucceeded``) and
+   ``StepDispatched`` scheduling the step, ``StepSucceeded``, ``RunSucceeded``; five events
+   with a ``StepScheduled`` of its own before ADR 0075) and
    :data:`ACTIVE_RUNS` runs still in flight (dispatched, no result) are written straight to
    ``runs``, in batches, by a plain producer: the events ``decide`` produced for one template run,
    copied under new run ids. Nothing else is needed to fold them.
@@ -12,8 +13,8 @@ For each history size N, on a topic prefix of its own (deleted afterwards):
    (a marker per finished run, the active runs in full): ``scheduler_first_snapshot_s_*`` until
    every run is written.
 3. **Tail.** It stops; :data:`TAIL_RUNS` more finished runs are written to ``runs``: events after
-   the last checkpoint, what a crash leaves for the next start to fold (5,000 events: about what
-   one 2 s snapshot interval writes at 1,000 steps/s).
+   the last checkpoint, what a crash leaves for the next start to fold (4,000 events, 5,000
+   before ADR 0075: about what one 2 s snapshot interval writes at 1,000 steps/s).
 4. **Restart**: a new scheduler starts. ``scheduler_recovery_s_*`` is the wall time from
    constructing it (Kafka clients, transactional producer, workflow and node views) until it owns
    every partition with its state rebuilt -- the restart time. ``scheduler_recovery_rebuild_s_*``

@@ -262,7 +262,7 @@ def run_kafka_loop(
         backlog = _Backlog(consumer)
         while not stop_event.is_set():
             messages = consumer.consume(BATCH, POLL_S)
-            consumed = _judge(messages, critic, producer, catalog, stats) if messages else 0
+            consumed = _judge(messages, critic, producer, catalog, stats)
             stats.consumed += consumed
             if backlog.settle(clock):
                 # A partition behind caught up: runs quiet by now close with no new trace.

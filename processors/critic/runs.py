@@ -179,16 +179,14 @@ class RunAssembler:
             run.last_ms = end
         if end > self.watermark_ms:  # noqa: PLR1730
             self.watermark_ms = end
-        return self._close_quiet()
+        return self.close_quiet()
 
     def close_quiet(self) -> list[ClosedRun]:
-        """Close the runs that are quiet now: after the clock's limit rose with no new trace of
-        this workflow (a partition behind caught up)."""
-        if not self._open:
+        """Close the runs that are quiet now: after a trace of this workflow, or after the
+        clock's limit rose with no new trace of it (a partition behind caught up)."""
+        opened = self._open
+        if not opened:
             return []
-        return self._close_quiet()
-
-    def _close_quiet(self) -> list[ClosedRun]:
         watermark = self.watermark_ms
         if self.clock is not None:
             limit = self.clock.limit_ms
@@ -197,7 +195,6 @@ class RunAssembler:
         horizon = watermark - self.tuning.idle_close_ms
         # Arrival order approximates last_ms order (traces arrive roughly in time): stop at the
         # first run that is not quiet yet. A run behind it that is quiet closes a little later.
-        opened = self._open
         first = next(iter(opened.values()))
         if first.last_ms > horizon and len(opened) <= self.tuning.max_open_runs:
             return []  # the common case: nothing closes

@@ -414,7 +414,14 @@ class _Writer:
             ):
                 return self._dispatch_scheduled(last, fields)  # type: ignore[return-value]
         seq = self.state.last_seq + 1 if self.state is not None else 0
-        envelope: dict[str, Any] = {
+        event = cls(**self._envelope(cls, seq), **fields)
+        assert isinstance(event, RUN_EVENT_TYPES)
+        self.state = evolve(self.state, event)
+        self.events.append(event)
+        return event
+
+    def _envelope(self, cls: type[RefluxRecord], seq: int) -> dict[str, Any]:
+        return {
             "run_id": self.run_id,
             "seq": seq,
             "event_id": self.ctx.new_id(),
@@ -423,11 +430,6 @@ class _Writer:
             "schema_version": cls.SCHEMA_VERSION,
             "causation_id": self.causation,
         }
-        event = cls(**envelope, **fields)
-        assert isinstance(event, RUN_EVENT_TYPES)
-        self.state = evolve(self.state, event)
-        self.events.append(event)
-        return event
 
     def _dispatch_scheduled(
         self, scheduled: StepScheduled, fields: dict[str, Any]
@@ -438,12 +440,7 @@ class _Writer:
         state (``evolve`` of the merged event schedules, then dispatches)."""
         self.events.pop()
         event = StepDispatched(
-            run_id=self.run_id,
-            seq=scheduled.seq,
-            event_id=self.ctx.new_id(),
-            occurred_at=self.ctx.now,
-            schema_version=StepDispatched.SCHEMA_VERSION,
-            causation_id=self.causation,
+            **self._envelope(StepDispatched, scheduled.seq),
             **fields,
             scheduled=True,
             params=scheduled.params,
