@@ -15,7 +15,7 @@ benchmark's definitions:
   before 2026-12-07 the floor wrote a ``StepScheduled`` and a ``StepStarted`` per step too.)
   Its only state is a counter per run.
 - a **worker** process: consumes ``invoke`` (``read_committed``) and produces a result and a
-  trace per invocation with the engine worker's producer settings (linger 1 ms); no ledger.
+  trace per invocation with the engine worker's producer settings (linger 0); no ledger.
 - a **projector** process: consumes ``runs`` (``read_committed``) and drops what it reads; no
   Postgres.
 - the driver (this process): 100 runs started at once, one flush; a watcher consuming ``runs``
@@ -49,6 +49,7 @@ from confluent_kafka.cimpl import NewTopic
 from benchmarks.cleanup import delete_prefix_topics
 from benchmarks.profiling import cpu_delta, cpu_snapshot
 from foundation.settings import PROJECT_ROOT, Settings, get_settings
+from node_workers.runtime import RESULT_LINGER_MS
 from streams.admin import admin_client
 from streams.consumer import consume_available, consumer_config
 from streams.producer import Producer, TransactionalProducer
@@ -111,7 +112,8 @@ class Discipline:
     commit_interval_ms: float | None
     worker_isolation: str
     producer_linger_ms: float | None
-    """The scheduler's and the worker's linger; None: the engine's (scheduler 100, worker 1)."""
+    """The scheduler's and the worker's linger; None: the engine's (scheduler 100, worker
+    :data:`node_workers.runtime.RESULT_LINGER_MS`)."""
 
 
 DISCIPLINES = {
@@ -196,7 +198,7 @@ def run_worker(
     producer = Producer(
         settings,
         client_id=f"{prefix}-worker",
-        config={"linger.ms": 1 if linger is None else linger},
+        config={"linger.ms": RESULT_LINGER_MS if linger is None else linger},
     )
     raw = producer._producer
     results, traces = topic(prefix, "results"), topic(prefix, "traces")

@@ -120,7 +120,21 @@ from streams.metrics import WORKER
 from streams.producer import TYPE_HEADER, DeliveryError, Producer
 from streams.topics import TopicCatalog, TopicSpec
 
-__all__ = ["DEFAULT_MAX_INLINE_OUTPUT_BYTES", "WorkerConfig", "WorkerRuntime", "WorkerStats"]
+__all__ = [
+    "DEFAULT_MAX_INLINE_OUTPUT_BYTES",
+    "RESULT_LINGER_MS",
+    "WorkerConfig",
+    "WorkerRuntime",
+    "WorkerStats",
+]
+
+RESULT_LINGER_MS = 0
+"""The worker producer's ``linger.ms``: a result (and its trace) leaves at once. It was 1 ms
+while every attempt sent a start signal, so that signal, result and trace shared one request
+(ADR 0021); a fast attempt sends none now (ADR 0013, "the start signal is lazy"). Paired runs
+on 2026-12-07 (benchmarks/README.md, "Worker linger"): result hop 2-3 -> 1-2 ms p50, and under
+load 1.3 instead of 0.7 produce requests per step for no more broker CPU and less worker CPU
+(no 1 ms linger timers)."""
 
 log = logging.getLogger(__name__)
 
@@ -674,12 +688,10 @@ class WorkerRuntime:
     @property
     def producer(self) -> Producer:
         if self._producer is None:
-            # linger 1 ms: an attempt's start signal, result and trace travel in one request
-            # (a no-op node finishes well within it), so the scheduler decides the start and
-            # the result in one transaction instead of two in a row: step overhead p50 ~15 ->
-            # ~10 ms, and a third fewer produce requests under load. 5 ms cost ~5 ms a step.
             self._producer = Producer(
-                self.settings, client_id=self.config.client_id, config={"linger.ms": 1}
+                self.settings,
+                client_id=self.config.client_id,
+                config={"linger.ms": RESULT_LINGER_MS},
             )
         return self._producer
 
