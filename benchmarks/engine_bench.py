@@ -59,6 +59,7 @@ from benchmarks.engine_metrics import RunTrace, Seen
 from benchmarks.profiling import (
     PySpy,
     cpu_delta,
+    cpu_ms_per_step,
     cpu_snapshot,
     find_py_spy,
     format_cpu,
@@ -505,6 +506,8 @@ def _measure(
         loaded.extend(runs)
         _progress(f"  {rates[-1]:.0f} steps/s")
     cpu = cpu_delta(before, cpu_snapshot(pids))
+    steps_run = plan.throughput_rounds * plan.concurrent_runs * STEPS
+    results |= cpu_ms_per_step(cpu, steps_run, "remote", this_process="bench")
     # The headline keeps its meaning: the remote path (every step on a worker).
     results["steps_per_s"] = results["steps_per_s_remote"] = statistics.median(rates)
     results["concurrent_runs"] = float(plan.concurrent_runs)
@@ -523,6 +526,7 @@ def _measure(
         _progress(f"  {inline_rates[-1]:.0f} steps/s (inline)")
     cpu_inline = cpu_delta(before_inline, cpu_snapshot(pids))
     results["steps_per_s_inline"] = statistics.median(inline_rates)
+    results |= cpu_ms_per_step(cpu_inline, steps_run, "inline", this_process="bench")
 
     details: dict[str, Any] = {
         "plan": asdict(plan),

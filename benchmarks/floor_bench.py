@@ -47,7 +47,7 @@ from confluent_kafka import Consumer, Message, TopicPartition
 from confluent_kafka.cimpl import NewTopic
 
 from benchmarks.cleanup import delete_prefix_topics
-from benchmarks.profiling import cpu_delta, cpu_snapshot
+from benchmarks.profiling import cpu_delta, cpu_ms_per_step, cpu_snapshot
 from foundation.settings import PROJECT_ROOT, Settings, get_settings
 from node_workers.runtime import RESULT_LINGER_MS
 from streams.admin import admin_client
@@ -393,12 +393,8 @@ def measure_floor(settings: Settings, plan: FloorPlan, discipline: str) -> dict[
             f"{key}_steps_per_s": statistics.median(rates),
         }
         # Each role and service (children included), and this process (driver and watcher).
-        spent = {**cpu.services, "driver": sum(cpu.threads.values())}
-        for name, seconds in spent.items():
-            who = name.removeprefix("floor ").replace("-", "_")
-            metrics[f"{key}_cpu_ms_per_step_{who}"] = seconds * 1000 / steps
-        total_ms = sum(v for k, v in metrics.items() if k.startswith(f"{key}_cpu_ms_per_step_"))
-        metrics[f"{key}_cpu_ms_per_step"] = total_ms
+        metrics |= cpu_ms_per_step(cpu, steps, key, this_process="driver")
+        total_ms = metrics[f"{key}_cpu_ms_per_step"]
         # Cores busy during the rounds: well under 2 means the floor is bound by the cycle time
         # of a step (Little's law: runs in flight / cycle), not by CPU.
         metrics[f"{key}_cores_busy"] = total_ms * steps / 1000 / wall

@@ -103,6 +103,25 @@ def cpu_delta(before: CpuSnapshot, after: CpuSnapshot) -> CpuSnapshot:
     return CpuSnapshot(diff(before.threads, after.threads), diff(before.services, after.services))
 
 
+def cpu_ms_per_step(
+    delta: CpuSnapshot, steps: int, key: str, this_process: str
+) -> dict[str, float]:
+    """Result keys: ``{key}_cpu_ms_per_step`` (every process measured) and
+    ``{key}_cpu_ms_per_step_<who>`` for each process or service (``engine scheduler-0`` ->
+    ``scheduler_0``, ``floor worker`` -> ``worker``, ``redis-ledger`` -> ``redis_ledger``) and for
+    this process's threads together (``this_process``). CPU per step is what two runs of a
+    noisy machine can be compared by; steps per second is not."""
+    spent = {**delta.services, this_process: sum(delta.threads.values())}
+    out: dict[str, float] = {}
+    for name, seconds in spent.items():
+        who = name.removeprefix("engine ").removeprefix("floor ")
+        who = re.sub(r"[^a-z0-9]+", "_", who.lower()).strip("_")
+        per_step = f"{key}_cpu_ms_per_step_{who}"
+        out[per_step] = out.get(per_step, 0.0) + seconds * 1000 / steps
+    out[f"{key}_cpu_ms_per_step"] = sum(out.values())
+    return out
+
+
 def format_cpu(delta: CpuSnapshot, wall_s: float, cores: int, steps: int | None = None) -> str:
     """A table of CPU seconds and cores used over ``wall_s``, largest first; with ``steps``
     (the steps run meanwhile) also CPU milliseconds per step, the measure that does not depend

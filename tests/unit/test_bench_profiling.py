@@ -7,6 +7,7 @@ import threading
 from benchmarks.profiling import (
     CpuSnapshot,
     cpu_delta,
+    cpu_ms_per_step,
     cpu_snapshot,
     format_cpu,
     format_stacks,
@@ -91,3 +92,25 @@ def test_cpu_snapshot_sees_a_busy_thread_of_this_process() -> None:
         thread.join()
     assert during.threads.get("bench-spinner", 0.0) > 0.05
     assert "bench-spinner" not in cpu_snapshot({}).threads  # joined: its task is gone
+
+
+def test_cpu_ms_per_step_names_each_process_and_sums_them() -> None:
+    delta = CpuSnapshot(
+        {"MainThread": 0.25, "bench-watcher": 0.25},
+        {"engine scheduler-0": 1.5, "engine trigger-router": 0.0, "redis-ledger": 0.5, "kafka": 1},
+    )
+    keys = cpu_ms_per_step(delta, steps=1000, key="remote", this_process="bench")
+    assert keys == {
+        "remote_cpu_ms_per_step_scheduler_0": 1.5,
+        "remote_cpu_ms_per_step_trigger_router": 0.0,
+        "remote_cpu_ms_per_step_redis_ledger": 0.5,
+        "remote_cpu_ms_per_step_kafka": 1.0,
+        "remote_cpu_ms_per_step_bench": 0.5,
+        "remote_cpu_ms_per_step": 3.5,
+    }
+    floor = cpu_ms_per_step(CpuSnapshot({}, {"floor worker": 2.0}), 4000, "floor", "driver")
+    assert floor == {
+        "floor_cpu_ms_per_step_worker": 0.5,
+        "floor_cpu_ms_per_step_driver": 0.0,
+        "floor_cpu_ms_per_step": 0.5,
+    }
