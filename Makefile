@@ -22,7 +22,7 @@ export REFLUX_KAFKA_BROKERS := $(CLUSTER)
 endif
 
 # web: the console (web/, issue 16).
-.PHONY: web console-screenshots image test-image help venv up down status connect lint typecheck test test-unit test-integration demo demo-improve bench bench-quick bench-cluster bench-loop clean codegen
+.PHONY: web test-web console-screenshots image test-image help venv up down status connect lint typecheck test test-unit test-integration demo demo-improve bench bench-quick bench-cluster bench-loop clean codegen
 
 help:
 	@echo "make demo    - install, start the local services, run the demo"
@@ -91,6 +91,11 @@ web/dist/index.html: web/node_modules/.installed $(WEB_SOURCES)
 
 web: web/dist/index.html
 
+# The console's unit tests (web/test/, Vitest, type-checked first): its pure modules, such as
+# the live run model folding every golden run log of tests/fixtures/runs as the engine does.
+test-web: web/node_modules/.installed
+	cd web && npm test --silent
+
 # The console's browser tests with their screenshots written to docs/console/ (shown in the
 # README) instead of var/console-screenshots/.
 console-screenshots: up web
@@ -100,7 +105,7 @@ console-screenshots: up web
 # run beside them: on a fresh machine `up` mostly waits on downloads (Maven, debootstrap), lint on
 # the CPU and `npm ci` on the registry. Output is kept whole per line.
 test:
-	$(MAKE) --no-print-directory -j3 -Oline up lint web
+	$(MAKE) --no-print-directory -j3 -Oline up lint web test-web
 	$(VENV)/bin/pytest tests -q $(PYTEST_PARALLEL) --durations=10 --junitxml=var/junit.xml
 
 # The container image (infra/image/, docs/image.md): built on the project's own dockerd.

@@ -49,6 +49,8 @@ export interface RunLive {
   events: RunEvent[];
   /** Bumped when the graph's shape may have changed (a mutation, a rebind). */
   shapeChanges: number;
+  /** The step ids of the run's definition (RunStarted, RunRebound): a cancel ends them all. */
+  definedSteps: string[];
 }
 
 export function emptyRun(): RunLive {
@@ -64,8 +66,32 @@ export function emptyRun(): RunLive {
     open: new Map(),
     events: [],
     shapeChanges: 0,
+    definedSteps: [],
   };
 }
+
+function stepIdsOf(definition: unknown): string[] {
+  const steps = (definition as { steps?: { id?: unknown }[] } | undefined)?.steps ?? [];
+  return steps.map((s) => s.id).filter((id): id is string => typeof id === "string");
+}
+
+/** The step statuses a cancelled run leaves as `cancelled` (the engine's `_ABANDONED`,
+ * processors/scheduler/evolve.py); steps that ended keep their status. */
+const ABANDONED = new Set(["pending", "scheduled", "dispatched", "running", "retry_wait"]);
+
+/** The events that set their step's current attempt, as the engine's fold does: the scheduling
+ * and the end of an attempt, and the start of a meta step's (a wait, a map, a child run), which
+ * has no StepScheduled. Not StepRetryScheduled: its attempt is the next one, still waiting. */
+const SETS_ATTEMPT = new Set([
+  "StepScheduled",
+  "StepDispatched",
+  "StepSucceeded",
+  "StepFailed",
+  "StepTimedOut",
+  "StepWaitStarted",
+  "MapStarted",
+  "ChildRunRequested",
+]);
 
 const TERMINAL_RUN_EVENTS: Record<string, string> = {
   RunSucceeded: "succeeded",
@@ -132,6 +158,7 @@ export function apply(run: RunLive, event: RunEvent): boolean {
     case "RunStarted":
       run.runStatus = "running";
       run.startedAt = at;
+      run.definedSteps = stepIdsOf(p.definition);
       break;
     case "RunPaused":
       run.runStatus = "paused";
@@ -139,11 +166,20 @@ export function apply(run: RunLive, event: RunEvent): boolean {
     case "RunResumed":
       run.runStatus = "running";
       break;
-    case "GraphMutated":
+    case "GraphMutated": {
       run.shapeChanges += 1;
+      const mutation = p.mutation as { type?: string; step_id?: string } | undefined;
+      const id = mutation?.step_id;
+      if (mutation?.type === "add_step" && id && !run.definedSteps.includes(id)) run.definedSteps.push(id);
+      if (mutation?.type === "remove_step" && id) {
+        run.definedSteps = run.definedSteps.filter((d) => d !== id);
+        run.steps.delete(id);
+      }
       break;
+    }
     case "RunRebound":
       run.shapeChanges += 1;
+      run.definedSteps = stepIdsOf(p.definition);
       run.runStatus = "running";
       run.endedAt = null;
       break;
@@ -169,12 +205,19 @@ export function apply(run: RunLive, event: RunEvent): boolean {
       const failed = p.failed_step as { step_id?: string } | string | null | undefined;
       run.failedStep = typeof failed === "string" ? failed : (failed?.step_id ?? null);
     }
+    if (event.event_type === "RunCancelled") {
+      // As the engine's fold: every step that had not ended is cancelled, those that never
+      // had an event included.
+      for (const id of run.definedSteps) step(id);
+      for (const s of run.steps.values()) if (ABANDONED.has(s.status)) s.status = "cancelled";
+    }
     for (const id of [...run.open.keys()]) closeOpen(run, id, at);
     return true;
   }
   if (stepId === null) return true;
 
   const s = step(stepId);
+  if (SETS_ATTEMPT.has(event.event_type) && attempt > 0) s.attempt = attempt;
   // A dispatch that schedules its step too (StepDispatched version 3, ADR 0075) is both.
   const scheduling =
     event.event_type === "StepScheduled" ||
