@@ -192,6 +192,7 @@ def create_app(
         diagnoses.router,
         identity.keys_router,
         identity.audit_router,
+        identity.me_router,
         schema_routes.router,
         schedules.router,
     ):

@@ -146,6 +146,7 @@ ROUTE_ACCESS: Final[dict[str, Access]] = {
     "POST /v1/api-keys/{key_id}/rotate": _A,
     "DELETE /v1/api-keys/{key_id}": _A,
     "GET /v1/audit": _A,
+    "GET /v1/me": _V,
     # the JSON Schemas of the public records (ADR 0054): the same for every tenant
     "GET /v1/schemas": _V,
     "GET /v1/schemas/{name}": _V,

@@ -1,4 +1,5 @@
-"""``/v1/api-keys`` (create, list, rotate, revoke) and ``/v1/audit``: admins only (ADR 0046).
+"""``/v1/api-keys`` (create, list, rotate, revoke) and ``/v1/audit``: admins only (ADR 0046);
+``/v1/me``: who the caller is and what its role allows, for anyone with a key.
 
 A key's secret is in the answer to its creation and to each rotation, never again: the API
 keeps its SHA-256 only (:mod:`api.auth.keys`). The audit log is the projection of the ``audit``
@@ -15,7 +16,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from api.auth import keys
 from api.auth.guard import ForbiddenError, Principal, PrincipalDep
-from api.auth.roles import Role
+from api.auth.roles import ROUTE_ACCESS, SIGNED, Role, satisfies
 from api.db import with_conn
 from api.deps import ApiSettingsDep, PoolDep, StoreDep
 from api.errors import ConflictError, NotFoundError
@@ -24,10 +25,11 @@ from api.store import ApiStore
 from foundation.tenancy import PLATFORM_TENANT, TENANT_PATTERN
 from projections.postgres.identifiers import table
 
-__all__ = ["audit_router", "keys_router"]
+__all__ = ["audit_router", "keys_router", "me_router"]
 
 keys_router = APIRouter(prefix="/api-keys", tags=["identity"])
 audit_router = APIRouter(prefix="/audit", tags=["identity"])
+me_router = APIRouter(prefix="/me", tags=["identity"])
 
 
 class ApiKeyCreate(BaseModel):
@@ -274,3 +276,39 @@ async def list_audit(
     names = [c.strip() for c in _AUDIT_COLUMNS.split(",")]
     entries = [AuditEntry(**dict(zip(names, row, strict=True))) for row in rows]
     return AuditPage(data=entries, count=len(entries))
+
+
+class Me(BaseModel):
+    kind: str = Field(description="How the caller authenticated: `api_key` or `oidc`")
+    name: str = Field(description="The key's name or the token's subject")
+    actor: str = Field(description="What the API records as the author of the caller's writes")
+    role: Role
+    tenant: str
+    allowed: list[str] = Field(
+        description=(
+            "Every /v1 operation (`METHOD /v1/template`, as in the route table of docs/api.md) "
+            "the caller's role allows; a client hides what is not in it rather than offer a "
+            "button answered by 403"
+        )
+    )
+
+
+@me_router.get(
+    "",
+    response_model=Me,
+    summary="Who the caller is, and the operations its role allows",
+)
+async def me(principal: PrincipalDep) -> Me:
+    allowed = [
+        operation
+        for operation, need in ROUTE_ACCESS.items()
+        if need != SIGNED and satisfies(principal.role, Role(need))
+    ]
+    return Me(
+        kind=principal.kind,
+        name=principal.name,
+        actor=principal.actor,
+        role=principal.role,
+        tenant=principal.tenant,
+        allowed=sorted(allowed),
+    )

@@ -173,6 +173,30 @@ def test_a_viewer_reads_but_gets_403_on_a_write(env: Env) -> None:
     assert env.client.get("/v1/audit", headers=viewer).status_code == 403
 
 
+def test_me_says_who_the_caller_is_and_exactly_what_its_role_allows(env: Env) -> None:
+    viewer = env.client.get("/v1/me", headers=env.key(Role.VIEWER, "vera"))
+    assert viewer.status_code == 200, viewer.text
+    body = viewer.json()
+    assert {k: body[k] for k in ("kind", "name", "actor", "role")} == {
+        "kind": "api_key",
+        "name": "vera",
+        "actor": "user:vera",
+        "role": "viewer",
+    }
+    allowed = set(body["allowed"])
+    assert "GET /v1/runs" in allowed and "GET /v1/me" in allowed
+    assert "POST /v1/runs" not in allowed
+    assert "POST /v1/mutations/{mutation_id}/approve" not in allowed
+    operator = env.client.get("/v1/me", headers=env.key(Role.OPERATOR)).json()
+    assert "POST /v1/mutations/{mutation_id}/approve" in operator["allowed"]
+    assert "POST /v1/mutations" not in operator["allowed"]  # editors propose
+    admin = env.client.get("/v1/me", headers=env.key(Role.ADMIN)).json()
+    # An admin: every operation a key can be allowed (webhooks are signed, not keyed).
+    keyed = {op for op, need in ROUTE_ACCESS.items() if need != SIGNED}
+    assert set(admin["allowed"]) == keyed
+    assert env.client.get("/v1/me").status_code == 401
+
+
 def test_an_operator_starts_runs_but_cannot_register_or_touch_the_catalog(env: Env) -> None:
     _register(env, env.key(Role.EDITOR))
     operator = env.key(Role.OPERATOR, "otto")

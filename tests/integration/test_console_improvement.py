@@ -285,6 +285,31 @@ def test_a_refused_decision_shows_the_api_s_reason(console: Console, harness: Ha
         assert page.evaluate("document.documentElement.scrollWidth") <= 390
 
 
+def test_a_viewer_is_offered_no_decision_and_told_why(console: Console) -> None:
+    """The decisions a proposal's status allows are offered only to roles the API lets decide
+    (GET /v1/me): a viewer sees none and the reason, an operator sees them."""
+    page = console.page
+    wf = f"viewer-{uuid.uuid4().hex[:6]}"
+    with _api(console) as api:
+        _register(api, wf)
+        mutation_id = _propose(api, wf, {"note": "for the viewer"})
+        keys = {}
+        for role in ("viewer", "operator"):
+            created = api.post("/v1/api-keys", json={"name": f"{role}-{wf}", "role": role})
+            assert created.status_code == 201, created.text
+            keys[role] = created.json()["key"]
+    path = f"/improvement/mutations/{mutation_id}"
+    page.goto(f"{console.url}/ui{path}#key={keys['viewer']}")
+    expect(page.get_by_label("status", exact=True)).to_have_text("validated")
+    decisions = page.get_by_role("group", name="Decisions")
+    expect(decisions).to_contain_text("Your role (viewer) cannot decide on proposals")
+    expect(decisions.get_by_role("button")).to_have_count(0)
+    page.goto(f"{console.url}/ui{path}#key={keys['operator']}")
+    page.reload()  # the key of a link replaces the tab's on load
+    expect(decisions.get_by_role("button")).to_have_text(["Approve", "Reject"])
+    expect(decisions).not_to_contain_text("cannot decide")
+
+
 def test_the_diagnoses_list_and_a_diagnosis_page(console: Console, harness: Harness) -> None:
     page = console.page
     wf = f"diag-{uuid.uuid4().hex[:6]}"

@@ -5,6 +5,7 @@
 import { useState } from "react";
 import { Link, useParams } from "react-router-dom";
 
+import { can, type Me } from "../../api/permissions";
 import { useApi } from "../../api/useApi";
 import { WorkflowGraph } from "../../components/graph/WorkflowGraph";
 import { ErrorBox, Loading } from "../../components/States";
@@ -20,11 +21,14 @@ export function MutationPage() {
   const mutation = useApi<MutationDetail>(`/v1/mutations/${encodeURIComponent(mutationId)}`);
   const [asking, setAsking] = useState<Action | null>(null);
   const [notice, setNotice] = useState<string>();
+  const me = useApi<Me>("/v1/me");
 
   if (mutation.error && !mutation.data) return <ErrorBox error={mutation.error} title="Proposal not loaded" />;
   if (!mutation.data) return <Loading what="proposal" />;
   const m = mutation.data;
-  const actions = allowedActions(m.status);
+  const possible = allowedActions(m.status);
+  const caller = me.error ? null : me.data;
+  const actions = possible.filter((a) => can(caller, `POST /v1/mutations/{mutation_id}/${a}`));
 
   return (
     <article className="improvement-page">
@@ -73,8 +77,13 @@ export function MutationPage() {
             {ACTION_LABEL[action]}
           </button>
         ))}
-        {actions.length === 0 && (
+        {possible.length === 0 && (
           <span className="muted">No decision left: the proposal is {m.status.replace("_", " ")}.</span>
+        )}
+        {possible.length > 0 && actions.length === 0 && caller && (
+          <span className="muted">
+            Your role ({caller.role}) cannot decide on proposals: operators, editors and admins can.
+          </span>
         )}
         {mutation.loading && <span className="muted"> refreshing…</span>}
       </div>
