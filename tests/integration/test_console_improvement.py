@@ -286,13 +286,17 @@ def test_a_refused_decision_shows_the_api_s_reason(console: Console, harness: Ha
 
 
 def test_a_viewer_is_offered_no_decision_and_told_why(console: Console) -> None:
-    """The decisions a proposal's status allows are offered only to roles the API lets decide
-    (GET /v1/me): a viewer sees none and the reason, an operator sees them."""
+    """Writes are offered only to roles the API lets make them (GET /v1/me): a viewer sees no
+    decision on a proposal, no run action, no re-drive and no start button, each with the
+    reason; an operator sees the decisions."""
     page = console.page
     wf = f"viewer-{uuid.uuid4().hex[:6]}"
     with _api(console) as api:
         _register(api, wf)
         mutation_id = _propose(api, wf, {"note": "for the viewer"})
+        started = api.post("/v1/runs", json={"workflow_id": wf, "inputs": {}})
+        assert started.status_code == 202, started.text
+        run_id = started.json()["run_id"]
         keys = {}
         for role in ("viewer", "operator"):
             created = api.post("/v1/api-keys", json={"name": f"{role}-{wf}", "role": role})
@@ -304,6 +308,16 @@ def test_a_viewer_is_offered_no_decision_and_told_why(console: Console) -> None:
     decisions = page.get_by_role("group", name="Decisions")
     expect(decisions).to_contain_text("Your role (viewer) cannot decide on proposals")
     expect(decisions.get_by_role("button")).to_have_count(0)
+    page.goto(f"{console.url}/ui/runs/{run_id}")  # the tab keeps the viewer's key
+    expect(page.get_by_role("note")).to_contain_text("Your role (viewer) can follow this run")
+    expect(page.get_by_role("button", name="Cancel")).to_have_count(0)
+    page.get_by_label("step say: succeeded", exact=True).click()
+    panel = page.get_by_role("complementary", name="Step say")
+    expect(panel).to_contain_text("Output")
+    expect(panel.get_by_role("button", name="Re-drive step…")).to_have_count(0)
+    page.goto(f"{console.url}/ui/runs/new?workflow={wf}")
+    expect(page.get_by_role("note")).to_contain_text("Your role (viewer) cannot start runs")
+    expect(page.get_by_role("button", name="Start run")).to_have_count(0)
     page.goto(f"{console.url}/ui{path}#key={keys['operator']}")
     page.reload()  # the key of a link replaces the tab's on load
     expect(decisions.get_by_role("button")).to_have_text(["Approve", "Reject"])

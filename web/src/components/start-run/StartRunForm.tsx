@@ -4,6 +4,7 @@
 import { useEffect, useMemo, useState, type FormEvent } from "react";
 
 import { apiSend } from "../../api/client";
+import { can, useMe } from "../../api/permissions";
 import { ApiError } from "../../api/errors";
 import { ErrorBox } from "../States";
 import { initialText, inputFields, parseInputs, type InputField } from "./inputs";
@@ -21,6 +22,7 @@ export function StartRunForm({ workflowId, version, definition, onStarted }: Sta
   const [fieldErrors, setFieldErrors] = useState<Record<string, string>>({});
   const [failure, setFailure] = useState<Error>();
   const [busy, setBusy] = useState(false);
+  const me = useMe();
 
   useEffect(() => {
     setTexts(Object.fromEntries(fields.map((f) => [f.name, initialText(f)])));
@@ -76,9 +78,15 @@ export function StartRunForm({ workflowId, version, definition, onStarted }: Sta
       ))}
       {failure && <ErrorBox error={failure} title="The run was not started" />}
       <div className="actions">
-        <button type="submit" className="primary" disabled={busy}>
-          {busy ? "Starting…" : "Start run"}
-        </button>
+        {me && !can(me, "POST /v1/runs") ? (
+          <p className="muted" role="note">
+            Your role ({me.role}) cannot start runs: operators can.
+          </p>
+        ) : (
+          <button type="submit" className="primary" disabled={busy || me === undefined}>
+            {busy ? "Starting…" : "Start run"}
+          </button>
+        )}
       </div>
     </form>
   );

@@ -5,7 +5,7 @@
 import { useState } from "react";
 import { Link, useParams } from "react-router-dom";
 
-import { can, type Me } from "../../api/permissions";
+import { can, useMe } from "../../api/permissions";
 import { useApi } from "../../api/useApi";
 import { WorkflowGraph } from "../../components/graph/WorkflowGraph";
 import { ErrorBox, Loading } from "../../components/States";
@@ -21,13 +21,12 @@ export function MutationPage() {
   const mutation = useApi<MutationDetail>(`/v1/mutations/${encodeURIComponent(mutationId)}`);
   const [asking, setAsking] = useState<Action | null>(null);
   const [notice, setNotice] = useState<string>();
-  const me = useApi<Me>("/v1/me");
+  const caller = useMe();
 
   if (mutation.error && !mutation.data) return <ErrorBox error={mutation.error} title="Proposal not loaded" />;
   if (!mutation.data) return <Loading what="proposal" />;
   const m = mutation.data;
   const possible = allowedActions(m.status);
-  const caller = me.error ? null : me.data;
   const actions = possible.filter((a) => can(caller, `POST /v1/mutations/{mutation_id}/${a}`));
 
   return (

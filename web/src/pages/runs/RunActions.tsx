@@ -4,6 +4,7 @@
 import { useState } from "react";
 
 import { apiSend } from "../../api/client";
+import { can, useMe } from "../../api/permissions";
 import { ConfirmDialog } from "../../components/confirm/ConfirmDialog";
 
 const WAIT_MS = 5000;
@@ -16,6 +17,16 @@ export function RunActions({ runId, status, onDone }: { runId: string; status: s
   const [payload, setPayload] = useState("{}");
   const base = `/v1/runs/${encodeURIComponent(runId)}`;
   const finished = status === "succeeded" || status === "cancelled";
+  const me = useMe();
+  const may = (action: Action) =>
+    can(me, action === "signal" ? "POST /v1/runs/{run_id}/signals/{name}" : `POST /v1/runs/{run_id}/${action}`);
+  if (me && !(["cancel", "pause", "resume", "signal"] as const).some(may)) {
+    return (
+      <p className="muted run-actions" role="note">
+        Your role ({me.role}) can follow this run, not act on it: operators can.
+      </p>
+    );
+  }
 
   const command = (action: "cancel" | "pause" | "resume") => async () => {
     await apiSend("POST", `${base}/${action}?wait_ms=${WAIT_MS}`, { reason: "from the console" });
@@ -35,18 +46,26 @@ export function RunActions({ runId, status, onDone }: { runId: string; status: s
 
   return (
     <div className="run-actions" role="group" aria-label="Run actions">
-      <button type="button" className="danger" disabled={finished} onClick={() => setOpen("cancel")}>
-        Cancel
-      </button>
-      <button type="button" disabled={status !== "running"} onClick={() => setOpen("pause")}>
-        Pause
-      </button>
-      <button type="button" disabled={status !== "paused"} onClick={() => setOpen("resume")}>
-        Resume
-      </button>
-      <button type="button" disabled={finished} onClick={() => setOpen("signal")}>
-        Signal…
-      </button>
+      {may("cancel") && (
+        <button type="button" className="danger" disabled={finished} onClick={() => setOpen("cancel")}>
+          Cancel
+        </button>
+      )}
+      {may("pause") && (
+        <button type="button" disabled={status !== "running"} onClick={() => setOpen("pause")}>
+          Pause
+        </button>
+      )}
+      {may("resume") && (
+        <button type="button" disabled={status !== "paused"} onClick={() => setOpen("resume")}>
+          Resume
+        </button>
+      )}
+      {may("signal") && (
+        <button type="button" disabled={finished} onClick={() => setOpen("signal")}>
+          Signal…
+        </button>
+      )}
       {open === "cancel" && (
         <ConfirmDialog title="Cancel this run?" confirmLabel="Cancel run" danger onConfirm={command("cancel")} onClose={() => setOpen(null)}>
           <p>Steps in flight are abandoned; a cancelled run cannot be resumed or re-driven.</p>

@@ -6,6 +6,7 @@
 import { useState } from "react";
 
 import { apiGet, apiSend } from "../../api/client";
+import { can, useMe } from "../../api/permissions";
 import { ErrorBox } from "../../components/States";
 import { ConfirmDialog } from "../../components/confirm/ConfirmDialog";
 import { json, StatusBadge } from "./format";
@@ -50,6 +51,7 @@ export interface StepPanelProps {
 export function StepPanel({ runId, stepId, graphStep, view, atSeq, onClose, onRedriven }: StepPanelProps) {
   const [redrive, setRedrive] = useState(false);
   const [downstream, setDownstream] = useState(false);
+  const me = useMe();
   const status = view?.status ?? "pending";
 
   return (
@@ -103,7 +105,7 @@ export function StepPanel({ runId, stepId, graphStep, view, atSeq, onClose, onRe
       )}
       <Payload title="Params" runId={runId} value={view?.params ?? (view ? undefined : graphStep?.params)} refValue={view?.paramsRef} />
       <Payload title="Output" runId={runId} value={view?.output} refValue={view?.outputRef} />
-      {atSeq === null && (
+      {atSeq === null && can(me, "POST /v1/runs/{run_id}/steps/{step_id}/redrive") && (
         <div className="actions">
           <button type="button" onClick={() => setRedrive(true)}>
             Re-drive step…
