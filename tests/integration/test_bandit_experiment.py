@@ -163,6 +163,25 @@ def _model_choices(harness: Harness) -> list[Any]:
     )
 
 
+def _all_mutations(harness: Harness) -> list[dict[str, Any]]:
+    """Every proposal of the workflow, any author, oldest first: what else held the canary slot
+    when a model choice waited (the failure of 2026-12-07: one waited "validated" behind another
+    optimizer's canary and was never approved nor proposed again)."""
+    with harness.conn() as conn:
+        rows = list_mutations(conn, workflow_id=WORKFLOW, limit=100, schema=harness.schema)
+    return [
+        {
+            "mutation": r.mutation_id,
+            "author": r.author,
+            "status": r.status,
+            "base": r.base_version,
+            "applied": r.applied_version,
+            "reason": r.reason,
+        }
+        for r in sorted(rows, key=lambda r: (r.created_at, r.mutation_id))
+    ]
+
+
 def _where(choice: Any) -> dict[str, Any]:
     """A proposal's state for a failure message: status, reason, the experiment's last word."""
     canary = (choice.report or {}).get("canary") or {}
@@ -209,7 +228,7 @@ def test_the_loop_chooses_the_cheap_model_for_easy_inputs_and_goes_back_when_it_
         kept = next((c for c in choices if c.status == "kept"), None)
         # On failure, say where each proposal stands (this failed twice in full runs in
         # session 12, undiagnosed: the experiment's state is what tells why).
-        assert kept is not None, [_where(c) for c in choices]
+        assert kept is not None, ([_where(c) for c in choices], _all_mutations(harness))
         assert kept.mutation_id == first.mutation_id
 
         llm.control(models=DEGRADED)
