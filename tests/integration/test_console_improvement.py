@@ -287,8 +287,8 @@ def test_a_refused_decision_shows_the_api_s_reason(console: Console, harness: Ha
 
 def test_a_viewer_is_offered_no_decision_and_told_why(console: Console) -> None:
     """Writes are offered only to roles the API lets make them (GET /v1/me): a viewer sees no
-    decision on a proposal, no run action, no re-drive and no start button, each with the
-    reason; an operator sees the decisions."""
+    decision on a proposal, no run action, re-drive, start, save or policy button, each with
+    the reason; an operator sees the decisions."""
     page = console.page
     wf = f"viewer-{uuid.uuid4().hex[:6]}"
     with _api(console) as api:
@@ -318,6 +318,12 @@ def test_a_viewer_is_offered_no_decision_and_told_why(console: Console) -> None:
     page.goto(f"{console.url}/ui/runs/new?workflow={wf}")
     expect(page.get_by_role("note")).to_contain_text("Your role (viewer) cannot start runs")
     expect(page.get_by_role("button", name="Start run")).to_have_count(0)
+    page.goto(f"{console.url}/ui/workflows/{wf}/edit")
+    expect(page.get_by_role("note")).to_contain_text("cannot validate or register workflows")
+    expect(page.get_by_role("button", name="Save")).to_have_count(0)
+    page.goto(f"{console.url}/ui/improvement/workflows/{wf}")
+    expect(page.get_by_role("note")).to_contain_text("cannot change the policy: admins can")
+    expect(page.get_by_role("button", name="Save policy")).to_have_count(0)
     page.goto(f"{console.url}/ui{path}#key={keys['operator']}")
     page.reload()  # the key of a link replaces the tab's on load
     expect(decisions.get_by_role("button")).to_have_text(["Approve", "Reject"])

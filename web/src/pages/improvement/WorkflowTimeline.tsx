@@ -6,6 +6,7 @@ import { useEffect, useState, type FormEvent } from "react";
 import { Link, useParams } from "react-router-dom";
 
 import { apiGet, apiSend } from "../../api/client";
+import { can, useMe } from "../../api/permissions";
 import { useApi } from "../../api/useApi";
 import { Empty, ErrorBox, Loading } from "../../components/States";
 import { ms, pct, record, when } from "./format";
@@ -181,6 +182,8 @@ function PolicyEditor({ workflowId }: { workflowId: string }) {
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState<Error>();
   const [saved, setSaved] = useState<string>();
+  const me = useMe();
+  const mayEdit = can(me, "PUT /v1/workflows/{workflow_id}/improvement");
 
   async function save(event: FormEvent) {
     event.preventDefault();
@@ -209,6 +212,7 @@ function PolicyEditor({ workflowId }: { workflowId: string }) {
           <label>
             Policy
             <select
+              disabled={!mayEdit}
               value={choice ?? current.data.policy}
               onChange={(e) => setChoice(e.target.value as Policy)}
             >
@@ -219,9 +223,13 @@ function PolicyEditor({ workflowId }: { workflowId: string }) {
               ))}
             </select>
           </label>
-          <button type="submit" disabled={busy || !choice || choice === current.data.policy}>
-            {busy ? "Saving…" : "Save policy"}
-          </button>
+          {mayEdit ? (
+            <button type="submit" disabled={busy || !choice || choice === current.data.policy}>
+              {busy ? "Saving…" : "Save policy"}
+            </button>
+          ) : (
+            me && <span role="note">Your role ({me.role}) cannot change the policy: admins can.</span>
+          )}
           <span className="muted">
             {current.data.updated_at
               ? `set by ${current.data.actor ?? "?"} ${when(current.data.updated_at)}`

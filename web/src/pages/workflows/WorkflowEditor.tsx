@@ -8,6 +8,7 @@ import { Link, useNavigate, useParams, useSearchParams } from "react-router-dom"
 import { stringify } from "yaml";
 
 import { apiSend } from "../../api/client";
+import { can, useMe } from "../../api/permissions";
 import { ApiError } from "../../api/errors";
 import { useApi } from "../../api/useApi";
 import { problemsOf, YamlEditor, type Problem } from "../../components/editor/YamlEditor";
@@ -47,6 +48,7 @@ export function WorkflowEditor() {
   const [failure, setFailure] = useState<Error>();
   const [busy, setBusy] = useState(false);
   const [reveal, setReveal] = useState<{ line: number; column: number } | null>(null);
+  const me = useMe();
 
   useEffect(() => {
     if (loaded.data && text === null) setText(stringify(forEditing(loaded.data.definition)));
@@ -98,14 +100,20 @@ export function WorkflowEditor() {
       </p>
       <div className="page-head">
         <h1 id="editor-title">{title}</h1>
-        <div className="actions">
-          <button type="button" onClick={validate} disabled={busy || text === null}>
-            Validate
-          </button>
-          <button type="button" className="primary" onClick={save} disabled={busy || text === null}>
-            Save
-          </button>
-        </div>
+        {me && !can(me, "POST /v1/workflows") ? (
+          <p className="muted" role="note">
+            Your role ({me.role}) cannot validate or register workflows: editors can.
+          </p>
+        ) : (
+          <div className="actions">
+            <button type="button" onClick={validate} disabled={busy || text === null || me === undefined}>
+              Validate
+            </button>
+            <button type="button" className="primary" onClick={save} disabled={busy || text === null || me === undefined}>
+              Save
+            </button>
+          </div>
+        )}
       </div>
       {loaded.error && <ErrorBox error={loaded.error} title="Could not load the definition" />}
       {text === null && !loaded.error && <Loading what="definition" />}
