@@ -49,7 +49,7 @@ from confluent_kafka.cimpl import NewTopic
 from benchmarks.cleanup import delete_prefix_topics
 from benchmarks.profiling import cpu_delta, cpu_ms_per_step, cpu_snapshot
 from foundation.settings import PROJECT_ROOT, Settings, get_settings
-from node_workers.runtime import RESULT_LINGER_MS
+from node_workers.limits import RESULT_LINGER_MS
 from streams.admin import admin_client
 from streams.consumer import consume_available, consumer_config
 from streams.producer import Producer, TransactionalProducer
@@ -113,7 +113,7 @@ class Discipline:
     worker_isolation: str
     producer_linger_ms: float | None
     """The scheduler's and the worker's linger; None: the engine's (scheduler 100, worker
-    :data:`node_workers.runtime.RESULT_LINGER_MS`)."""
+    :data:`node_workers.limits.RESULT_LINGER_MS`)."""
 
 
 DISCIPLINES = {

@@ -104,7 +104,7 @@ from node_workers.heartbeats import (
     start_signal_delay,
 )
 from node_workers.ledger import AttemptLedger, ClaimState
-from node_workers.limits import DEFAULT_MAX_INLINE_OUTPUT_BYTES
+from node_workers.limits import DEFAULT_MAX_INLINE_OUTPUT_BYTES, RESULT_LINGER_MS
 from node_workers.node import AnyNode
 from node_workers.records import build_result, build_trace
 from node_workers.registry import NodeRegistry
@@ -120,21 +120,7 @@ from streams.metrics import WORKER
 from streams.producer import TYPE_HEADER, DeliveryError, Producer
 from streams.topics import TopicCatalog, TopicSpec
 
-__all__ = [
-    "DEFAULT_MAX_INLINE_OUTPUT_BYTES",
-    "RESULT_LINGER_MS",
-    "WorkerConfig",
-    "WorkerRuntime",
-    "WorkerStats",
-]
-
-RESULT_LINGER_MS = 0
-"""The worker producer's ``linger.ms``: a result (and its trace) leaves at once. It was 1 ms
-while every attempt sent a start signal, so that signal, result and trace shared one request
-(ADR 0021); a fast attempt sends none now (ADR 0013, "the start signal is lazy"). Paired runs
-on 2026-12-07 (benchmarks/README.md, "Worker linger"): result hop 2-3 -> 1-2 ms p50, and under
-load 1.3 instead of 0.7 produce requests per step for no more broker CPU and less worker CPU
-(no 1 ms linger timers)."""
+__all__ = ["DEFAULT_MAX_INLINE_OUTPUT_BYTES", "WorkerConfig", "WorkerRuntime", "WorkerStats"]
 
 log = logging.getLogger(__name__)
 

@@ -156,21 +156,21 @@ def loop_harness(engine_harness: HarnessFactory) -> Harness:
     )
 
 
-def _model_choices(harness: Harness) -> list[Any]:
+def _mutations(harness: Harness) -> list[Any]:
+    """Every proposal of the workflow, any author, oldest first."""
     with harness.conn() as conn:
         rows = list_mutations(conn, workflow_id=WORKFLOW, limit=100, schema=harness.schema)
-    return sorted(
-        (r for r in rows if r.author == "optimizer:model_choice"),
-        key=lambda r: (r.created_at, r.mutation_id),
-    )
+    return sorted(rows, key=lambda r: (r.created_at, r.mutation_id))
+
+
+def _model_choices(harness: Harness) -> list[Any]:
+    return [r for r in _mutations(harness) if r.author == "optimizer:model_choice"]
 
 
 def _all_mutations(harness: Harness) -> list[dict[str, Any]]:
-    """Every proposal of the workflow, any author, oldest first: what else held the canary slot
-    when a model choice waited (the failure of 2026-12-07: one waited "validated" behind another
-    optimizer's canary and was never approved nor proposed again)."""
-    with harness.conn() as conn:
-        rows = list_mutations(conn, workflow_id=WORKFLOW, limit=100, schema=harness.schema)
+    """Every proposal of the workflow for a failure message: what else held the canary slot when
+    a model choice waited (the failure of 2026-12-07: one waited "validated" behind another
+    optimizer's canary)."""
     return [
         {
             "mutation": r.mutation_id,
@@ -180,7 +180,7 @@ def _all_mutations(harness: Harness) -> list[dict[str, Any]]:
             "applied": r.applied_version,
             "reason": r.reason,
         }
-        for r in sorted(rows, key=lambda r: (r.created_at, r.mutation_id))
+        for r in _mutations(harness)
     ]
 
 
